@@ -1,0 +1,528 @@
+"""All of largestep's SQL: the schema and its migrations, ingest of job spools, and queries.
+
+DuckDB lets one process write a database file, or several read it, never both. Every reader
+and writer here opens a short-lived connection under a cross-process file lock, retries on
+DuckDB's own lock error (another program holding the file), and closes it again. Values are
+always bound parameters; bulk rows go in as DataFrames, never row by row.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import duckdb
+import pandas as pd
+from filelock import FileLock, Timeout
+
+from engine import jobs as jobs_mod
+from engine.errors import StoreError
+from engine.home import Home
+
+__all__ = [
+    "MIGRATIONS", "connect", "migrate", "applied_migrations", "check_database_file", "ingest",
+    "IngestReport", "list_profiles", "load_profile", "profile_points", "profile_telemetry",
+    "list_jobs", "get_job", "list_devices", "register_event_handler",
+]
+
+DUCKDB_MAGIC = b"DUCK"          # bytes 8..12 of every DuckDB database file
+LOCK_TIMEOUT_S = 120.0          # how long to wait for another largestep process to finish
+OPEN_RETRIES = 40               # how often to retry DuckDB's own lock error (another program)
+
+# -- schema --------------------------------------------------------------------------------------
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("001_devices_and_jobs", """
+        CREATE TABLE devices (
+            id VARCHAR PRIMARY KEY,          -- "cpu", "cuda:<uuid>", "mps"
+            kind VARCHAR NOT NULL,           -- cpu | cuda | mps
+            name VARCHAR,
+            total_memory_bytes BIGINT,
+            compute_capability VARCHAR,
+            uuid VARCHAR,
+            cores INTEGER,
+            host VARCHAR,
+            first_seen TIMESTAMPTZ,
+            last_seen TIMESTAMPTZ
+        );
+        CREATE TABLE jobs (
+            id VARCHAR PRIMARY KEY,
+            kind VARCHAR NOT NULL,           -- profile | train | noise | autopilot ...
+            state VARCHAR NOT NULL,          -- PENDING RUNNING FINISHED FAILED KILLED DIVERGED CRASHED
+            workload VARCHAR,
+            device VARCHAR,
+            created_at TIMESTAMPTZ,
+            started_at TIMESTAMPTZ,
+            ended_at TIMESTAMPTZ,
+            heartbeat_at TIMESTAMPTZ,
+            pid INTEGER,
+            phase VARCHAR,
+            progress DOUBLE,
+            error VARCHAR,
+            spec JSON,
+            spool_offset BIGINT NOT NULL DEFAULT 0   -- bytes of events.jsonl already ingested
+        );
+    """),
+    ("002_profiles", """
+        CREATE TABLE profiles (
+            id VARCHAR PRIMARY KEY,          -- the job id of the profiling job
+            job_id VARCHAR NOT NULL,
+            workload VARCHAR NOT NULL,
+            workload_spec VARCHAR,
+            options JSON,
+            device_id VARCHAR,
+            device_name VARCHAR,
+            device_kind VARCHAR,
+            dtype VARCHAR,
+            started_at TIMESTAMPTZ,
+            ended_at TIMESTAMPTZ,
+            stop_reason VARCHAR,             -- max | list | dataset | oom | over_budget | plateau | error
+            saturation_batch INTEGER,        -- smallest batch reaching 90% of the best throughput
+            memory_fit_intercept_bytes DOUBLE,
+            memory_fit_slope_bytes DOUBLE,   -- peak memory ~ intercept + slope * batch
+            memory_budget_bytes BIGINT,
+            baseline_batch_size INTEGER,
+            baseline_lr DOUBLE,
+            optimizer VARCHAR,
+            epochs INTEGER,
+            n_train BIGINT,
+            telemetry_source VARCHAR,        -- nvml | psutil
+            telemetry_reason VARCHAR,        -- why not nvml
+            config JSON,
+            versions JSON
+        );
+        CREATE TABLE profile_points (
+            profile_id VARCHAR NOT NULL,
+            batch_size INTEGER NOT NULL,
+            status VARCHAR NOT NULL,         -- ok | oom | over_budget | error
+            step_times_s DOUBLE[],           -- raw timed steps
+            median_s DOUBLE,
+            p25_s DOUBLE,
+            p75_s DOUBLE,
+            n INTEGER,
+            noisy BOOLEAN,
+            samples_per_s DOUBLE,
+            peak_memory_bytes BIGINT,
+            memory_is_estimate BOOLEAN,      -- CPU: parameters + grads + optimizer state + activations
+            predicted_memory_bytes BIGINT,
+            flops_per_step DOUBLE,
+            flops_per_s DOUBLE,
+            mean_power_w DOUBLE,
+            energy_per_sample_j DOUBLE,
+            started_at TIMESTAMPTZ,
+            ended_at TIMESTAMPTZ,
+            error VARCHAR,
+            PRIMARY KEY (profile_id, batch_size)
+        );
+        CREATE TABLE telemetry (
+            job_id VARCHAR NOT NULL,
+            t TIMESTAMPTZ NOT NULL,
+            batch_size INTEGER,              -- the batch being timed when sampled, if any
+            source VARCHAR,                  -- nvml | psutil
+            gpu_util_pct DOUBLE,
+            mem_used_bytes BIGINT,
+            power_w DOUBLE,
+            sm_clock_mhz DOUBLE,
+            temp_c DOUBLE,
+            cpu_util_pct DOUBLE,
+            rss_bytes BIGINT
+        );
+        CREATE INDEX telemetry_job ON telemetry (job_id);
+    """),
+]
+
+
+# -- connections ---------------------------------------------------------------------------------
+
+
+def check_database_file(path: Path) -> None:
+    """Refuse a file at the database path that is not a DuckDB database; never overwrite it."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder, not a DuckDB database; choose another --home")
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(12)
+    except OSError as exc:
+        raise StoreError(f"cannot read database {path}: {exc.strerror or exc}") from None
+    if header[8:12] != DUCKDB_MAGIC:
+        raise StoreError(f"{path} is not a DuckDB database; refusing to touch it (move it away or choose another --home)")
+
+
+_migrated: set[Path] = set()
+
+
+@contextmanager
+def connect(home: Home, migrate_schema: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short-lived connection under the cross-process lock; closed on exit."""
+    home.ensure()
+    check_database_file(home.database)
+    lock = FileLock(str(home.lock), timeout=LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise StoreError(f"database {home.database} stayed locked for {LOCK_TIMEOUT_S:.0f}s; is a largestep command stuck?") from None
+    try:
+        con = _open(home.database)
+        try:
+            if migrate_schema and home.database not in _migrated:
+                migrate(con)
+                _migrated.add(home.database)
+            yield con
+        finally:
+            con.close()
+    finally:
+        lock.release()
+
+
+def _open(path: Path) -> duckdb.DuckDBPyConnection:
+    delay = 0.05
+    for _ in range(OPEN_RETRIES):
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            # Another program (a user's duckdb shell, say) holds DuckDB's own lock: wait and retry.
+            if "lock" not in str(exc).lower():
+                raise StoreError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
+    raise StoreError(f"database {path} is locked by another program; close it and try again")
+
+
+def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[str, str]] | None = None) -> list[str]:
+    """Apply the migrations not yet recorded, in order, each in its own transaction."""
+    con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")
+    done = set(applied_migrations(con))
+    applied = []
+    for name, sql in migrations if migrations is not None else MIGRATIONS:
+        if name in done:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(sql)
+            con.execute("INSERT INTO _migrations VALUES (?, now())", [name])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(name)
+    return applied
+
+
+def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [row[0] for row in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()]
+
+
+# -- ingest --------------------------------------------------------------------------------------
+
+
+@dataclass
+class IngestReport:
+    jobs_seen: int = 0
+    events: int = 0
+    skipped_lines: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def add_rows(self, table: str, n: int) -> None:
+        self.rows[table] = self.rows.get(table, 0) + n
+
+
+EventHandler = Callable[[duckdb.DuckDBPyConnection, str, list[dict], IngestReport], None]
+_HANDLERS: dict[str, EventHandler] = {}
+
+
+def register_event_handler(event_type: str, handler: EventHandler) -> None:
+    """Later parts of the engine (training, noise) add the event types they spool."""
+    _HANDLERS[event_type] = handler
+
+
+def ingest(home: Home) -> IngestReport:
+    """Read every job's spool from its saved offset to the last full line, insert, record the offset.
+
+    Idempotent: the offset moves in the same transaction as the rows, so running it again, or
+    from several processes in turn, never duplicates or loses a row.
+    """
+    report = IngestReport()
+    home.ensure()
+    job_dirs = sorted(p for p in home.jobs.iterdir() if p.is_dir())
+    with connect(home) as con:
+        known = {row[0]: (row[1], row[2]) for row in con.execute("SELECT id, state, spool_offset FROM jobs").fetchall()}
+        for job_dir in job_dirs:
+            report.jobs_seen += 1
+            _ingest_job(con, job_dir, known.get(job_dir.name), report)
+    return report
+
+
+def _ingest_job(con, job_dir: Path, known: tuple[str, int] | None, report: IngestReport) -> None:
+    events_path = job_dir / "events.jsonl"
+    if known is not None:
+        state, offset = known
+        try:
+            size = events_path.stat().st_size
+        except OSError:
+            size = 0
+        if state in jobs_mod.FINAL_STATES and offset >= size:
+            return  # finished and fully ingested: nothing to do
+    spec = jobs_mod.read_spec(job_dir)
+    if spec is None:
+        return  # still being created
+    offset = known[1] if known else 0
+    chunk, new_offset = _read_complete_lines(events_path, offset)
+    events = []
+    for line in chunk.splitlines():
+        if not line.strip():
+            continue
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            report.skipped_lines += 1
+    state = jobs_mod.derive_state(job_dir)
+    status = jobs_mod.read_status(job_dir) or {}
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if known is None:
+            con.execute(
+                "INSERT INTO jobs (id, kind, state, workload, device, created_at, spec, spool_offset) "
+                "VALUES (?, ?, ?, ?, ?, to_timestamp(?), ?, 0)",
+                [spec["id"], spec["kind"], jobs_mod.PENDING, spec.get("workload"), spec.get("device"),
+                 spec.get("created_at", time.time()), json.dumps(spec)],
+            )
+        by_type: dict[str, list[dict]] = {}
+        for event in events:
+            by_type.setdefault(event.get("type", "?"), []).append(event)
+        for type_, batch in by_type.items():
+            handler = _HANDLERS.get(type_)
+            if handler is not None:
+                handler(con, spec["id"], batch, report)
+        report.events += len(events)
+        con.execute(
+            "UPDATE jobs SET state = ?, spool_offset = ?, pid = ?, phase = ?, progress = ?, "
+            "heartbeat_at = to_timestamp(?), "
+            "started_at = coalesce(started_at, to_timestamp(?)), "
+            "ended_at = coalesce(ended_at, to_timestamp(?)), error = coalesce(?, error) WHERE id = ?",
+            [state, new_offset, status.get("pid"), status.get("phase"), status.get("progress"),
+             status.get("heartbeat"), status.get("started_at"),
+             status.get("ended_at") if state in jobs_mod.FINAL_STATES else None,
+             status.get("error") if state in jobs_mod.FINAL_STATES else None, spec["id"]],
+        )
+        if state == jobs_mod.CRASHED:
+            con.execute("UPDATE jobs SET ended_at = coalesce(ended_at, now()), "
+                        "error = coalesce(error, 'process ended without an exit record') WHERE id = ?", [spec["id"]])
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+def _read_complete_lines(path: Path, offset: int) -> tuple[str, int]:
+    """The text from ``offset`` up to the last newline, and the offset after it."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except OSError:
+        return "", offset
+    end = data.rfind(b"\n")
+    if end < 0:
+        return "", offset
+    return data[: end + 1].decode("utf-8", "replace"), offset + end + 1
+
+
+def _insert_frame(con, table: str, frame: pd.DataFrame, replace: bool = False) -> int:
+    if frame.empty:
+        return 0
+    con.register("_incoming", frame)
+    try:
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        con.execute(f"{verb} INTO {table} BY NAME SELECT * FROM _incoming")  # table: a constant of ours
+    finally:
+        con.unregister("_incoming")
+    return len(frame)
+
+
+def _timestamps(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    for column in columns:
+        if column in frame:
+            frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+    return frame
+
+
+def _on_profile_start(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    for e in events:
+        device = e.get("device") or {}
+        _upsert_device(con, device, (e.get("versions") or {}).get("host"))
+        config = e.get("config") or {}
+        con.execute(
+            "INSERT OR REPLACE INTO profiles (id, job_id, workload, workload_spec, options, device_id, device_name, "
+            "device_kind, dtype, started_at, memory_budget_bytes, baseline_batch_size, baseline_lr, optimizer, "
+            "epochs, n_train, telemetry_source, telemetry_reason, config, versions) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [e["profile_id"], job_id, e.get("workload"), e.get("workload_spec"), json.dumps(e.get("options") or {}),
+             device.get("id"), device.get("name"), device.get("kind"), config.get("dtype"), e["t"],
+             config.get("memory_budget_bytes"), e.get("baseline_batch_size"), e.get("baseline_lr"),
+             e.get("optimizer"), e.get("epochs"), e.get("n_train"), e.get("telemetry_source"),
+             e.get("telemetry_reason"), json.dumps(config), json.dumps(e.get("versions") or {})],
+        )
+        report.add_rows("profiles", 1)
+
+
+def _upsert_device(con, device: dict, host: str | None) -> None:
+    if not device.get("id"):
+        return
+    con.execute(
+        "INSERT INTO devices (id, kind, name, total_memory_bytes, compute_capability, uuid, cores, host, first_seen, last_seen) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), now()) "
+        "ON CONFLICT (id) DO UPDATE SET name = excluded.name, total_memory_bytes = excluded.total_memory_bytes, "
+        "last_seen = now()",
+        [device["id"], device.get("kind"), device.get("name"), device.get("total_memory_bytes"),
+         device.get("compute_capability"), device.get("uuid"), device.get("cores"), host],
+    )
+
+
+_POINT_COLUMNS = ["profile_id", "batch_size", "status", "step_times_s", "median_s", "p25_s", "p75_s", "n", "noisy",
+                  "samples_per_s", "peak_memory_bytes", "memory_is_estimate", "predicted_memory_bytes",
+                  "flops_per_step", "flops_per_s", "mean_power_w", "energy_per_sample_j", "started_at",
+                  "ended_at", "error"]
+
+
+def _on_points(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    rows = []
+    for e in events:
+        row = {c: e.get(c) for c in _POINT_COLUMNS}
+        row["step_times_s"] = [float(x) for x in (e.get("step_times_s") or [])]
+        row["n"] = len(row["step_times_s"])
+        rows.append(row)
+    frame = _timestamps(pd.DataFrame(rows, columns=_POINT_COLUMNS), "started_at", "ended_at")
+    report.add_rows("profile_points", _insert_frame(con, "profile_points", frame, replace=True))
+
+
+def _on_profile_end(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    for e in events:
+        con.execute(
+            "UPDATE profiles SET ended_at = to_timestamp(?), stop_reason = ?, saturation_batch = ?, "
+            "memory_fit_intercept_bytes = ?, memory_fit_slope_bytes = ? WHERE id = ?",
+            [e["t"], e.get("stop_reason"), e.get("saturation_batch"), e.get("memory_fit_intercept_bytes"),
+             e.get("memory_fit_slope_bytes"), e["profile_id"]],
+        )
+
+
+_TELEMETRY_COLUMNS = ["t", "batch_size", "source", "gpu_util_pct", "mem_used_bytes", "power_w", "sm_clock_mhz",
+                      "temp_c", "cpu_util_pct", "rss_bytes"]
+
+
+def _on_telemetry(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    rows = [{c: s.get(c) for c in _TELEMETRY_COLUMNS} for e in events for s in e.get("samples") or []]
+    if not rows:
+        return
+    frame = pd.DataFrame(rows, columns=_TELEMETRY_COLUMNS)
+    frame.insert(0, "job_id", job_id)
+    report.add_rows("telemetry", _insert_frame(con, "telemetry", _timestamps(frame, "t")))
+
+
+def _on_start(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    con.execute("UPDATE jobs SET started_at = coalesce(started_at, to_timestamp(?)) WHERE id = ?", [events[0]["t"], job_id])
+
+
+def _on_exit(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    e = events[-1]
+    con.execute("UPDATE jobs SET ended_at = to_timestamp(?), error = ? WHERE id = ?", [e["t"], e.get("error"), job_id])
+
+
+for _type, _handler in {"start": _on_start, "exit": _on_exit, "profile_start": _on_profile_start,
+                        "point": _on_points, "profile_end": _on_profile_end, "telemetry": _on_telemetry}.items():
+    register_event_handler(_type, _handler)
+
+
+# -- queries ---------------------------------------------------------------------------------------
+
+
+def list_profiles(con) -> pd.DataFrame:
+    return con.execute(
+        "SELECT p.id, p.workload, p.device_name, p.device_kind, p.dtype, p.started_at, p.ended_at, p.stop_reason, "
+        "p.saturation_batch, j.state, "
+        "(SELECT count(*) FROM profile_points pp WHERE pp.profile_id = p.id AND pp.status = 'ok') AS ok_points, "
+        "(SELECT max(batch_size) FROM profile_points pp WHERE pp.profile_id = p.id AND pp.status = 'ok') AS max_ok_batch "
+        "FROM profiles p LEFT JOIN jobs j ON j.id = p.job_id ORDER BY p.started_at DESC"
+    ).df()
+
+
+def resolve_profile_id(con, profile_id: str | None) -> str | None:
+    """An explicit id if it exists; ``latest`` or None: the newest profile with measured points."""
+    if profile_id and profile_id != "latest":
+        row = con.execute("SELECT id FROM profiles WHERE id = ?", [profile_id]).fetchone()
+        return row[0] if row else None
+    row = con.execute(
+        "SELECT p.id FROM profiles p WHERE EXISTS (SELECT 1 FROM profile_points pp WHERE pp.profile_id = p.id "
+        "AND pp.status = 'ok') ORDER BY p.started_at DESC LIMIT 1"
+    ).fetchone()
+    return row[0] if row else None
+
+
+def load_profile(con, profile_id: str | None = "latest") -> dict | None:
+    """One profile with its points (as dicts, increasing batch), or None."""
+    resolved = resolve_profile_id(con, profile_id)
+    if resolved is None:
+        return None
+    frame = con.execute(
+        "SELECT p.*, j.state FROM profiles p LEFT JOIN jobs j ON j.id = p.job_id WHERE p.id = ?", [resolved]
+    ).df()
+    profile = _records(frame)[0]
+    for key in ("config", "versions", "options"):
+        if isinstance(profile.get(key), str):
+            profile[key] = json.loads(profile[key])
+    profile["points"] = _records(profile_points(con, resolved))
+    return profile
+
+
+def profile_points(con, profile_id: str) -> pd.DataFrame:
+    return con.execute("SELECT * FROM profile_points WHERE profile_id = ? ORDER BY batch_size", [profile_id]).df()
+
+
+def profile_telemetry(con, profile_id: str) -> pd.DataFrame:
+    return con.execute(
+        "SELECT t.* FROM telemetry t JOIN profiles p ON p.job_id = t.job_id WHERE p.id = ? ORDER BY t.t",
+        [profile_id],
+    ).df()
+
+
+def list_jobs(con, kind: str | None = None, states: list[str] | None = None) -> pd.DataFrame:
+    return con.execute(
+        "SELECT id, kind, state, workload, device, created_at, started_at, ended_at, phase, progress, error "
+        "FROM jobs WHERE (? IS NULL OR kind = ?) AND (? IS NULL OR list_contains(?, state)) ORDER BY created_at DESC",
+        [kind, kind, states, states],
+    ).df()
+
+
+def get_job(con, job_id: str) -> dict | None:
+    records = _records(con.execute("SELECT * FROM jobs WHERE id = ?", [job_id]).df())
+    return records[0] if records else None
+
+
+def list_devices(con) -> pd.DataFrame:
+    return con.execute("SELECT * FROM devices ORDER BY last_seen DESC").df()
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """DataFrame rows as plain dicts: NaN/NaT -> None, numpy scalars and arrays -> Python values."""
+    out = []
+    for row in frame.to_dict(orient="records"):
+        clean = {}
+        for key, value in row.items():
+            if hasattr(value, "tolist"):
+                value = value.tolist()
+            elif isinstance(value, pd.Timestamp):
+                value = value.isoformat()
+            elif value is pd.NaT:
+                value = None
+            if isinstance(value, float) and value != value:
+                value = None
+            clean[key] = value
+        out.append(clean)
+    return out

@@ -1,0 +1,79 @@
+"""Job bodies: what runs inside a job process, wiring the engine to the spool.
+
+Each body takes a :class:`engine.jobs.JobContext`; the spool's events are what
+:func:`engine.store.ingest` turns into rows.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+from dataclasses import asdict
+
+import torch
+
+from engine import __version__, devices, telemetry
+from engine.jobs import JobContext
+from engine.profiler import ProfileConfig, ProfilePoint, plan_batch_sizes, run_profile
+from engine.workloads import load_workload
+
+__all__ = ["profile_task", "profile_config_from_params", "versions"]
+
+
+def versions() -> dict:
+    return {"largestep": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version(), "host": platform.node()}
+
+
+def profile_config_from_params(params: dict) -> ProfileConfig:
+    fields = {k: v for k, v in params.get("config", {}).items() if k in ProfileConfig.__dataclass_fields__}
+    if fields.get("batch_sizes") is not None:
+        fields["batch_sizes"] = tuple(fields["batch_sizes"])
+    return ProfileConfig(**fields)
+
+
+def profile_task(ctx: JobContext) -> None:
+    params = ctx.params
+    ctx.progress("loading workload", 0.0)
+    workload = load_workload(params["workload"], params.get("options") or {})
+    device = devices.resolve_device(params.get("device", "auto"))
+    info = devices.device_info(device)
+    config = profile_config_from_params(params)
+    config.validate()
+    planned = plan_batch_sizes(config, workload)
+
+    sampler = telemetry.Sampler(info, on_samples=lambda samples: ctx.spool.emit("telemetry", samples=samples))
+    ctx.spool.emit(
+        "profile_start", profile_id=ctx.job_id, workload=workload.name, workload_spec=params["workload"],
+        options=params.get("options") or {}, device=info.to_dict(), config=asdict(config), planned=planned,
+        baseline_batch_size=workload.baseline_batch_size, baseline_lr=workload.baseline_lr,
+        optimizer=workload.optimizer, n_train=workload.n_train, epochs=workload.epochs,
+        telemetry_source=sampler.source, telemetry_reason=sampler.reason, versions=versions(),
+    )
+
+    def tag(batch_size: int | None) -> None:
+        sampler.tag = batch_size
+
+    def power_between(start: float, end: float) -> float | None:
+        watts = [s["power_w"] for s in list(sampler.samples)
+                 if s.get("power_w") is not None and start <= s["t"] <= end]
+        return statistics.fmean(watts) if watts else None
+
+    def on_point(point: ProfilePoint, index: int, count: int) -> None:
+        ctx.spool.emit("point", profile_id=ctx.job_id, **point.to_dict())
+        ctx.spool.flush()
+        ctx.progress(f"measured batch {point.batch_size}", (index + 1) / count,
+                     batch_size=point.batch_size, points_done=index + 1, points_planned=count)
+
+    ctx.progress(f"profiling {len(planned)} batch sizes on {info.torch_device}", 0.0, points_planned=len(planned))
+    with sampler:
+        result = run_profile(workload, device, config, on_point=on_point, telemetry_tag=tag,
+                             power_between=power_between)
+    fit = result.memory_fit
+    ctx.spool.emit(
+        "profile_end", profile_id=ctx.job_id, stop_reason=result.stop_reason,
+        saturation_batch=result.saturation_batch,
+        memory_fit_intercept_bytes=fit.intercept_bytes if fit else None,
+        memory_fit_slope_bytes=fit.slope_bytes if fit else None,
+    )
+    ctx.progress("done", 1.0)

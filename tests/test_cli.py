@@ -1,0 +1,107 @@
+"""The command line as a user meets it: JSON fields, help, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from engine.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+BAD_INPUTS = [
+    (["profile", "--workload", "no-such-workload"], "unknown workload"),
+    (["profile", "--workload", "fraud-gru", "--batch-sizes", "32,0"], "positive integer"),
+    (["profile", "--workload", "fraud-gru", "--batch-sizes", "32,-8"], "positive integer"),
+    (["profile", "--workload", "fraud-gru", "--batch-sizes", "32,1.5"], "positive integer"),
+    (["profile", "--workload", "fraud-gru", "--min-batch", "abc"], "positive integer"),
+    (["profile", "--workload", "fraud-gru", "--max-batch", "0"], "positive integer"),
+    (["profile", "--workload", "fraud-gru", "--device", "tpu"], "device"),
+    (["profile", "--workload", "fraud-gru", "--device", "cuda"], "CUDA"),
+    (["profile", "--workload", "fraud-gru", "--memory-budget", "12XB"], "bad size"),
+    (["profile", "--workload", "fraud-gru", "--batch-sizes", "32", "--min-batch", "8"], "not both"),
+    (["profile", "--workload", "fraud-gru", "--dtype", "fp8"], "fp8"),
+    (["profile", "--workload", "fraud-gru", "--set", "samples"], "KEY=VALUE"),
+    (["profile", "--workload", "fraud-gru", "--set", "no_such_option=3"], "no_such_option"),
+    (["profile", "--workload", "missing_file.py:make"], "missing_file.py"),
+    (["profile"], "--workload"),
+    (["no-such-command"], "no-such-command"),
+]
+
+
+@pytest.mark.parametrize("argv, says", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, home, argv, says):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("largestep: error: "), err
+    assert says.lower() in err.lower()
+    assert "Traceback" not in err + out
+    assert not home.root.exists()  # nothing written
+
+
+def test_an_unusable_home_is_refused(capsys, tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    code, _, err = run(capsys, "--home", str(not_a_folder), "profiles")
+    assert code == 2 and "not a folder" in err
+    code, _, err = run(capsys, "--home", "/proc/largestep-home", "profiles")
+    assert code == 2 and "cannot create home" in err
+
+
+def test_a_database_that_is_not_duckdb_is_refused_untouched(capsys, home):
+    home.root.mkdir(parents=True)
+    home.database.write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
+    code, _, err = run(capsys, "profiles")
+    assert code == 2 and "not a DuckDB database" in err
+    assert home.database.read_bytes().startswith(b"SQLite format 3")
+
+
+def test_profiles_on_an_empty_home(capsys, home):
+    code, out, _ = run(capsys, "profiles", "--json")
+    assert code == 0 and json.loads(out) == []
+    code, out, _ = run(capsys, "profiles")
+    assert "no profiles yet" in out
+
+
+def test_hardware_json_lists_the_cpu_and_why_nvml_is_absent(capsys):
+    code, out, _ = run(capsys, "hardware", "--json")
+    report = json.loads(out)
+    assert code == 0
+    cpu = [d for d in report["devices"] if d["kind"] == "cpu"]
+    assert cpu and cpu[0]["total_memory_bytes"] > 0
+    assert report["nvml"]["available"] is False and report["nvml"]["reason"]
+
+
+@pytest.mark.parametrize("command", ["hardware", "profile", "profiles", "dashboard"])
+def test_every_command_has_help(capsys, command):
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0 and "Usage:" in out
+
+
+def test_profile_json_from_the_installed_command(home, tiny_spec):
+    """The console script, end to end: a job, its spool, ingest, and the promised JSON fields."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "profile", "--workload", tiny_spec, "--batch-sizes", "8,32,128",
+         "--min-steps", "3", "--min-seconds", "0", "--json"],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["profile_id"] and data["device"]["kind"] == "cpu"
+    assert data["saturation_batch"] in (8, 32, 128)
+    assert [p["batch_size"] for p in data["points"]] == [8, 32, 128]
+    for p in data["points"]:
+        assert p["status"] == "ok"
+        assert set(p["step_time_s"]) == {"median", "p25", "p75", "n"} and p["step_time_s"]["n"] >= 3
+        assert p["samples_per_s"] > 0 and p["peak_memory_bytes"] > 0 and p["flops_per_step"] > 0
+    listed = subprocess.run([sys.executable, "-m", "engine.cli", "profiles", "--json"], capture_output=True,
+                            text=True, timeout=60)
+    assert [r["id"] for r in json.loads(listed.stdout)] == [data["profile_id"]]

@@ -1,0 +1,68 @@
+"""Jobs as real processes: SIGKILL leaves a CRASHED job with its flushed rows; cancel; the device queue."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from engine import actions, jobs, store
+from engine.profiler import ProfileConfig
+
+SLOW = ProfileConfig(batch_sizes=(8, 16, 32, 64, 128), min_steps=3, min_seconds=3.0, warmup_steps=1)
+
+
+def _wait_for(predicate, timeout=90.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _points_spooled(home, job_id):
+    text = (home.job_dir(job_id) / "events.jsonl").read_text()
+    return text.count('"type": "point"')
+
+
+def test_a_job_killed_with_sigkill_is_crashed_and_keeps_what_it_flushed(home, tiny_spec):
+    job_id = actions.start_profile(home, tiny_spec, {}, "cpu", SLOW)
+    assert _wait_for(lambda: _points_spooled(home, job_id) >= 1), "the job measured nothing"
+    pid = jobs.read_status(home.job_dir(job_id))["pid"]
+    os.killpg(pid, signal.SIGKILL)
+    assert _wait_for(lambda: jobs.derive_state(home.job_dir(job_id)) == jobs.CRASHED, 10)
+    flushed = _points_spooled(home, job_id)
+    store.ingest(home)
+    with store.connect(home) as con:
+        job = store.get_job(con, job_id)
+        points = store.profile_points(con, job_id)
+        telemetry = store.profile_telemetry(con, job_id)
+    assert job["state"] == "CRASHED" and job["ended_at"] is not None
+    assert len(points) == flushed >= 1
+    assert (points.status == "ok").all()
+    assert len(telemetry) > 0  # samples flushed before the kill are kept too
+
+
+def test_cancel_stops_a_running_job_as_killed(home, tiny_spec):
+    job_id = actions.start_profile(home, tiny_spec, {}, "cpu", SLOW)
+    assert _wait_for(lambda: (jobs.read_status(home.job_dir(job_id)) or {}).get("state") == jobs.RUNNING)
+    assert jobs.cancel(home, job_id)
+    assert jobs.wait(home, job_id, timeout_s=20) == jobs.KILLED
+    store.ingest(home)
+    with store.connect(home) as con:
+        assert store.get_job(con, job_id)["state"] == "KILLED"
+    assert not jobs.cancel(home, job_id)  # already over
+
+
+def test_one_job_at_a_time_per_device_and_a_cancelled_queued_job_never_starts(home, tiny_spec):
+    first = actions.start_profile(home, tiny_spec, {}, "cpu", SLOW)
+    assert _wait_for(lambda: (jobs.read_status(home.job_dir(first)) or {}).get("state") == jobs.RUNNING)
+    second = actions.start_profile(home, tiny_spec, {}, "cpu", SLOW)
+    time.sleep(2.0)
+    assert jobs.derive_state(home.job_dir(second)) == jobs.PENDING
+    assert jobs.cancel(home, second)
+    assert jobs.wait(home, second, timeout_s=20) == jobs.KILLED
+    assert '"type": "start"' not in (home.job_dir(second) / "events.jsonl").read_text()
+    jobs.cancel(home, first)
+    jobs.wait(home, first, timeout_s=20)
