@@ -1,0 +1,255 @@
+"""Fakes of the GPU layer (`pynvml` and `torch.cuda`) for exercising GPU paths without a GPU.
+
+    fake = install_fake_nvml(monkeypatch, make_fake_pynvml([FakeGpu(uuid="GPU-...")]))
+    install_fake_cuda(monkeypatch, [cuda_properties("...")])
+
+Names, error classes and call signatures mirror the real module; only what largestep uses is
+there. `fake.calls` counts calls per function name, so tests can assert what was (not) retried.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+import uuid as _uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = [
+    "FIELD_FUNCTIONS",
+    "FakeGpu",
+    "cuda_properties",
+    "install_fake_cuda",
+    "install_fake_nvml",
+    "make_fake_pynvml",
+]
+
+# The field getters, by the name a FakeGpu's `unsupported` uses.
+FIELD_FUNCTIONS = (
+    "nvmlDeviceGetUtilizationRates",
+    "nvmlDeviceGetMemoryInfo",
+    "nvmlDeviceGetPowerUsage",
+    "nvmlDeviceGetClockInfo",
+    "nvmlDeviceGetTemperature",
+)
+
+# Return codes as in nvml.h, so str() and .value look like the real errors.
+_ERRORS = {
+    "NVMLError_Uninitialized": (1, "Uninitialized"),
+    "NVMLError_InvalidArgument": (2, "Invalid Argument"),
+    "NVMLError_NotSupported": (3, "Not Supported"),
+    "NVMLError_NoPermission": (4, "Insufficient Permissions"),
+    "NVMLError_DriverNotLoaded": (9, "Driver Not Loaded"),
+    "NVMLError_LibraryNotFound": (12, "NVML Shared Library Not Found"),
+    "NVMLError_FunctionNotFound": (13, "Function Not Found"),
+    "NVMLError_GpuIsLost": (15, "GPU is lost"),
+    "NVMLError_Unknown": (999, "Unknown Error"),
+}
+
+
+@dataclass
+class FakeGpu:
+    uuid: str  # as NVML reports it: "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+    name: str = "NVIDIA A100-SXM4-40GB"
+    gpu_util_pct: int = 87
+    mem_used_bytes: int = 12 * 2**30
+    mem_total_bytes: int = 40 * 2**30
+    power_mw: int = 250_000
+    sm_clock_mhz: int = 1410
+    temp_c: int = 61
+    # Names from FIELD_FUNCTIONS that raise NVMLError_NotSupported on this GPU.
+    unsupported: frozenset[str] = frozenset()
+    # Names from FIELD_FUNCTIONS that raise this error name (from _ERRORS) instead of answering.
+    failing: tuple[tuple[str, str], ...] = ()
+
+
+class _Handle:
+    def __init__(self, gpu: FakeGpu):
+        self.gpu = gpu
+
+    def __repr__(self) -> str:
+        return f"<fake nvmlDevice_t {self.gpu.uuid}>"
+
+
+def make_fake_pynvml(
+    gpus: Iterable[FakeGpu] = (),
+    *,
+    init_error: str | None = None,
+    driver_version: str = "535.104.05",
+    nvml_version: str = "12.535.104.05",
+    bytes_strings: bool = False,
+) -> types.ModuleType:
+    """A module that stands in for `pynvml`.
+
+    init_error: None, or an error class name from _ERRORS ("NVMLError_LibraryNotFound",
+    "NVMLError_DriverNotLoaded", ...) that nvmlInit raises.
+    bytes_strings: return UUIDs and versions as bytes, as nvidia-ml-py < 11.515 did.
+    """
+    gpus = list(gpus)
+    fake = types.ModuleType("pynvml")
+    fake.__file__ = "<fake pynvml>"
+    fake.calls = Counter()
+    fake.initialized = False
+
+    class NVMLError(Exception):
+        value = 999
+        message = "Unknown Error"
+
+        def __init__(self, *args):
+            super().__init__(*args)
+
+        def __str__(self) -> str:
+            return self.message
+
+    fake.NVMLError = NVMLError
+    for class_name, (code, message) in _ERRORS.items():
+        setattr(fake, class_name, type(class_name, (NVMLError,), {"value": code, "message": message}))
+
+    fake.NVML_CLOCK_SM = 1
+    fake.NVML_TEMPERATURE_GPU = 0
+
+    def _out(text: str):
+        return text.encode() if bytes_strings else text
+
+    def api(function):
+        """Count the call, and fail as the real library does before nvmlInit."""
+
+        def wrapper(*args):
+            fake.calls[function.__name__] += 1
+            if function.__name__ != "nvmlInit" and not fake.initialized:
+                raise fake.NVMLError_Uninitialized()
+            return function(*args)
+
+        wrapper.__name__ = function.__name__
+        setattr(fake, function.__name__, wrapper)
+        return wrapper
+
+    def field(handle: _Handle, function_name: str):
+        if function_name in handle.gpu.unsupported:
+            raise fake.NVMLError_NotSupported()
+        for failing_name, error_name in handle.gpu.failing:
+            if failing_name == function_name:
+                raise getattr(fake, error_name)()
+        return handle.gpu
+
+    @api
+    def nvmlInit():
+        if init_error is not None:
+            raise getattr(fake, init_error)()
+        fake.initialized = True
+
+    @api
+    def nvmlShutdown():
+        fake.initialized = False
+
+    @api
+    def nvmlSystemGetDriverVersion():
+        return _out(driver_version)
+
+    @api
+    def nvmlSystemGetNVMLVersion():
+        return _out(nvml_version)
+
+    @api
+    def nvmlDeviceGetCount():
+        return len(gpus)
+
+    @api
+    def nvmlDeviceGetHandleByIndex(index):
+        if not 0 <= index < len(gpus):
+            raise fake.NVMLError_InvalidArgument()
+        return _Handle(gpus[index])
+
+    @api
+    def nvmlDeviceGetUUID(handle):
+        return _out(handle.gpu.uuid)
+
+    @api
+    def nvmlDeviceGetName(handle):
+        return _out(handle.gpu.name)
+
+    @api
+    def nvmlDeviceGetUtilizationRates(handle):
+        gpu = field(handle, "nvmlDeviceGetUtilizationRates")
+        return types.SimpleNamespace(gpu=gpu.gpu_util_pct, memory=gpu.gpu_util_pct // 2)
+
+    @api
+    def nvmlDeviceGetMemoryInfo(handle):
+        gpu = field(handle, "nvmlDeviceGetMemoryInfo")
+        return types.SimpleNamespace(
+            total=gpu.mem_total_bytes, used=gpu.mem_used_bytes, free=gpu.mem_total_bytes - gpu.mem_used_bytes
+        )
+
+    @api
+    def nvmlDeviceGetPowerUsage(handle):
+        return field(handle, "nvmlDeviceGetPowerUsage").power_mw
+
+    @api
+    def nvmlDeviceGetClockInfo(handle, clock_type):
+        if clock_type != fake.NVML_CLOCK_SM:
+            raise fake.NVMLError_InvalidArgument()
+        return field(handle, "nvmlDeviceGetClockInfo").sm_clock_mhz
+
+    @api
+    def nvmlDeviceGetTemperature(handle, sensor):
+        if sensor != fake.NVML_TEMPERATURE_GPU:
+            raise fake.NVMLError_InvalidArgument()
+        return field(handle, "nvmlDeviceGetTemperature").temp_c
+
+    return fake
+
+
+# ---------------------------------------------------------------------------------------------
+# installing fakes for one test (with pytest's monkeypatch, so everything is undone after it)
+
+
+def install_fake_nvml(monkeypatch, fake: types.ModuleType | None) -> types.ModuleType | None:
+    """Make `import pynvml` return `fake` (None: as if nvidia-ml-py were not installed), and
+    make engine.telemetry forget any nvmlInit it cached; both are restored after the test."""
+    from engine import telemetry
+
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(telemetry, "_nvml_cache", None)
+    return fake
+
+
+def cuda_properties(uuid: str, name: str = "NVIDIA A100-SXM4-40GB", total_memory: int = 40 * 2**30,
+                    major: int = 8, minor: int = 0, multi_processor_count: int = 108) -> types.SimpleNamespace:
+    """What torch.cuda.get_device_properties returns, as far as largestep reads it. `uuid` is
+    spelled as torch prints it: bare hex, no "GPU-" prefix."""
+    return types.SimpleNamespace(name=name, total_memory=total_memory, major=major, minor=minor,
+                                 multi_processor_count=multi_processor_count, uuid=_uuid.UUID(uuid))
+
+
+def install_fake_cuda(monkeypatch, properties: list[types.SimpleNamespace]) -> dict:
+    """Make torch.cuda report these GPUs (in torch's index order). Returns the fake's state:
+    "synchronized" (device list), "peak" / "allocated" (bytes per index, settable)."""
+    import torch
+
+    state = {"synchronized": [], "peak": {}, "allocated": {}, "empty_cache": 0, "current": 0}
+
+    def index_of(device=None) -> int:
+        if device is None:
+            index = state["current"]
+        elif isinstance(device, int):
+            index = device
+        else:
+            index = torch.device(device).index
+            index = state["current"] if index is None else index
+        if not 0 <= index < len(properties):
+            raise AssertionError(f"invalid device ordinal {index}")
+        return index
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: bool(properties))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(properties))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: state["current"])
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties[index_of(device)])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: properties[index_of(device)].name)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: state["synchronized"].append(index_of(device)))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
+                        lambda device=None: state["peak"].__setitem__(index_of(device), 0))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: state["peak"].get(index_of(device), 0))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: state["allocated"].get(index_of(device), 0))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: state.__setitem__("empty_cache", state["empty_cache"] + 1))
+    return state

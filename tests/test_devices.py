@@ -1,0 +1,264 @@
+"""Device discovery, --device resolution, memory hooks, OOM detection and precision checks.
+
+The CUDA paths run against a faked torch.cuda (see fake_nvml.install_fake_cuda)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import psutil
+import pytest
+import torch
+
+from engine import devices
+from engine.errors import DeviceError, UsageError
+from fake_nvml import FakeGpu, cuda_properties, install_fake_cuda, install_fake_nvml, make_fake_pynvml
+
+UUID_A = "4a1b2c3d-0000-1111-2222-aaaaaaaaaaaa"
+UUID_B = "5e6f7a8b-3333-4444-5555-bbbbbbbbbbbb"
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """torch.cuda reports an A100 (cuda:0) and a T4 (cuda:1)."""
+    return install_fake_cuda(
+        monkeypatch,
+        [
+            cuda_properties(UUID_A),
+            cuda_properties(UUID_B, name="Tesla T4", total_memory=15 * 2**30, major=7, minor=5,
+                            multi_processor_count=40),
+        ],
+    )
+
+
+@pytest.fixture
+def no_mps(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+# ---------------------------------------------------------------------------------------------
+# discovery
+
+
+def test_discover_on_this_machine_lists_the_cpu_with_its_ram_and_cores(no_mps):
+    found = devices.discover()
+    cpu = found[0]
+    assert cpu.id == cpu.kind == cpu.torch_device == "cpu"
+    assert cpu.total_memory_bytes == psutil.virtual_memory().total
+    assert cpu.cores == psutil.cpu_count(logical=True)
+    assert cpu.name and cpu.uuid is None
+    if not torch.cuda.is_available():
+        assert [d.kind for d in found] == ["cpu"]
+
+
+def test_discover_lists_each_cuda_gpu_with_nvml_style_uuid(two_gpus, no_mps):
+    cpu, a100, t4 = devices.discover()
+    assert cpu.kind == "cpu"
+    assert a100 == devices.DeviceInfo(
+        id=f"cuda:GPU-{UUID_A}",
+        kind="cuda",
+        index=0,
+        name="NVIDIA A100-SXM4-40GB",
+        total_memory_bytes=40 * 2**30,
+        compute_capability="8.0",
+        uuid=f"GPU-{UUID_A}",
+        cores=108,
+        torch_device="cuda:0",
+    )
+    assert (t4.index, t4.name, t4.compute_capability, t4.cores, t4.uuid) == (1, "Tesla T4", "7.5", 40, f"GPU-{UUID_B}")
+    assert t4.to_dict()["torch_device"] == "cuda:1"
+
+
+def test_device_info_of_a_cuda_device_matches_discovery(two_gpus, no_mps):
+    assert devices.device_info(torch.device("cuda:1")) == devices.discover()[2]
+    assert devices.device_info(torch.device("cpu")).kind == "cpu"
+
+
+def test_nvml_uuid_accepts_torch_and_nvml_spellings():
+    assert devices.nvml_uuid(UUID_A) == f"GPU-{UUID_A}"
+    assert devices.nvml_uuid(f"GPU-{UUID_A}".encode()) == f"GPU-{UUID_A}"
+    assert devices.nvml_uuid(f"gpu-{UUID_A.upper()}") == f"GPU-{UUID_A}"
+    assert devices.nvml_uuid("MIG-1234") == "MIG-1234"
+    assert devices.nvml_uuid(None) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# resolve_device
+
+
+def test_auto_picks_cpu_without_accelerators(no_mps, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert devices.resolve_device("auto") == torch.device("cpu")
+    assert devices.resolve_device(None) == torch.device("cpu")
+    assert devices.resolve_device(" CPU ") == torch.device("cpu")
+
+
+def test_auto_prefers_cuda_then_mps(two_gpus, monkeypatch):
+    assert devices.resolve_device("auto") == torch.device("cuda:0")
+    install_fake_cuda(monkeypatch, [])
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert devices.resolve_device("auto") == torch.device("mps")
+    assert devices.resolve_device("mps") == torch.device("mps")
+
+
+def test_cuda_indices_resolve_and_out_of_range_says_how_many(two_gpus):
+    assert devices.resolve_device("cuda") == torch.device("cuda:0")
+    assert devices.resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(DeviceError, match=r"--device cuda:5: this machine has 2 visible CUDA devices \(cuda:0 to cuda:1\)"):
+        devices.resolve_device("cuda:5")
+
+
+def test_cuda_without_cuda_says_why_in_one_line(monkeypatch):
+    install_fake_cuda(monkeypatch, [])
+    for spec in ("cuda", "cuda:0"):
+        with pytest.raises(DeviceError) as caught:
+            devices.resolve_device(spec)
+        message = str(caught.value)
+        assert message.startswith(f"--device {spec}: no CUDA device is available on this machine (torch ")
+        assert "\n" not in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_on_this_cpu_machine_is_a_device_error():
+    with pytest.raises(DeviceError, match="no CUDA device is available"):
+        devices.resolve_device("cuda")
+
+
+def test_mps_without_mps_is_a_device_error(no_mps):
+    with pytest.raises(DeviceError, match="--device mps: MPS is not available"):
+        devices.resolve_device("mps")
+
+
+@pytest.mark.parametrize("spec", ["tpu", "cuda:x", "gpu", "cuda:-1", "xla:0"])
+def test_unknown_device_lists_the_accepted_forms(spec):
+    with pytest.raises(DeviceError, match=f"--device {spec}: unknown device; use auto, cpu, cuda, cuda:N or mps"):
+        devices.resolve_device(spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# sync and memory
+
+
+def test_cpu_has_no_memory_counters_and_sync_is_a_no_op():
+    cpu = torch.device("cpu")
+    devices.synchronize(cpu)
+    devices.reset_peak_memory(cpu)
+    devices.free_memory(cpu)
+    assert devices.peak_memory(cpu) is None
+    assert devices.current_memory(cpu) is None
+
+
+def test_cuda_memory_hooks_reach_the_right_device(two_gpus):
+    gpu1 = torch.device("cuda:1")
+    two_gpus["peak"][1] = 3 * 2**30
+    two_gpus["allocated"][1] = 2**30
+    devices.synchronize(gpu1)
+    assert two_gpus["synchronized"] == [1]
+    assert devices.peak_memory(gpu1) == 3 * 2**30
+    assert devices.current_memory(gpu1) == 2**30
+    devices.reset_peak_memory(gpu1)
+    assert devices.peak_memory(gpu1) == 0
+    devices.free_memory(gpu1)
+    assert two_gpus["empty_cache"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# out of memory
+
+
+def test_typed_out_of_memory_errors_are_recognised():
+    assert devices.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert devices.is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert devices.is_out_of_memory(MemoryError())
+
+
+def test_a_real_cpu_allocation_failure_is_recognised():
+    try:
+        torch.empty(2**62, dtype=torch.uint8)  # 4 EiB: no machine has it
+    except Exception as exc:  # whatever type this torch raises, it must count as OOM
+        assert devices.is_out_of_memory(exc)
+    else:
+        pytest.fail("allocating 4 EiB succeeded")
+
+
+def test_untyped_allocator_messages_are_recognised():
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] . DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 1125899906842624 bytes. Error code 12 (Cannot allocate memory)")
+    mps = RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB, other allocations: 1.2 GB)")
+    windows = RuntimeError("[enforce fail at C:\\cb\\alloc_cpu.cpp:81] data. DefaultCPUAllocator: not enough memory")
+    assert all(devices.is_out_of_memory(e) for e in (cpu, mps, windows))
+
+
+def test_other_errors_are_not_out_of_memory():
+    assert not devices.is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 4x5)"))
+    assert not devices.is_out_of_memory(ValueError("MPS backend out of memory"))  # not an allocator error type
+    assert not devices.is_out_of_memory(KeyboardInterrupt())
+
+
+# ---------------------------------------------------------------------------------------------
+# precision
+
+
+def test_unknown_dtype_is_a_usage_error_naming_the_choices():
+    with pytest.raises(UsageError, match="--dtype fp64: unknown precision; use one of fp32, bf16, fp16"):
+        devices.check_dtype(torch.device("cpu"), "fp64")
+    with pytest.raises(UsageError):
+        devices.autocast(torch.device("cpu"), "float16")
+
+
+def test_cpu_supports_fp32_and_bf16():
+    for dtype in ("fp32", "bf16"):
+        devices.check_dtype(torch.device("cpu"), dtype)
+
+
+def test_cpu_fp16_is_allowed_only_when_autocast_works(monkeypatch):
+    devices._autocast_works.cache_clear()
+    devices.check_dtype(torch.device("cpu"), "fp16")  # this torch autocasts fp16 on CPU
+    devices._autocast_works.cache_clear()
+    monkeypatch.setattr(torch.amp, "is_autocast_available", lambda device_type: False)
+    try:
+        with pytest.raises(DeviceError, match="--dtype fp16: autocast to fp16 does not work on cpu"):
+            devices.check_dtype(torch.device("cpu"), "fp16")
+    finally:
+        devices._autocast_works.cache_clear()
+
+
+def test_bf16_on_a_pre_ampere_gpu_is_a_device_error(two_gpus):
+    devices.check_dtype(torch.device("cuda:0"), "bf16")  # A100
+    devices.check_dtype(torch.device("cuda:1"), "fp16")  # T4
+    with pytest.raises(DeviceError, match="--dtype bf16: Tesla T4 has no native bfloat16"):
+        devices.check_dtype(torch.device("cuda:1"), "bf16")
+
+
+def test_autocast_runs_the_forward_pass_at_the_chosen_dtype():
+    layer = torch.nn.Linear(4, 3)
+    x = torch.ones(2, 4)
+    assert isinstance(devices.autocast(torch.device("cpu"), "fp32"), contextlib.nullcontext)
+    with devices.autocast(torch.device("cpu"), "fp32"):
+        assert layer(x).dtype == torch.float32
+    with devices.autocast(torch.device("cpu"), "bf16"):
+        assert layer(x).dtype == torch.bfloat16
+
+
+def test_only_fp16_on_cuda_needs_a_grad_scaler():
+    assert devices.needs_grad_scaler(torch.device("cuda:0"), "fp16")
+    assert not devices.needs_grad_scaler(torch.device("cuda:0"), "bf16")
+    assert not devices.needs_grad_scaler(torch.device("cpu"), "fp16")
+    assert not devices.needs_grad_scaler(torch.device("cuda:0"), "fp32")
+
+
+# ---------------------------------------------------------------------------------------------
+# driver version
+
+
+def test_driver_version_comes_from_nvml_when_it_is_there(monkeypatch):
+    install_fake_nvml(monkeypatch, make_fake_pynvml([FakeGpu(uuid=f"GPU-{UUID_A}")], driver_version="550.54.15"))
+    assert devices.driver_version() == "550.54.15"
+
+
+def test_driver_version_without_nvml_falls_back_to_torch_build(monkeypatch):
+    install_fake_nvml(monkeypatch, make_fake_pynvml(init_error="NVMLError_LibraryNotFound"))
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    assert devices.driver_version() == "CUDA 12.4 (torch build; driver unknown)"
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert devices.driver_version() is None

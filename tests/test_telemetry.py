@@ -1,0 +1,251 @@
+"""NVML status, the background sampler (NVML and psutil), snapshots and the hardware report.
+
+NVML is faked with fake_nvml.make_fake_pynvml; the psutil paths run for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import torch
+
+from engine import devices, telemetry
+from engine.devices import DeviceInfo
+from fake_nvml import FakeGpu, cuda_properties, install_fake_cuda, install_fake_nvml, make_fake_pynvml
+
+UUID_A = "4a1b2c3d-0000-1111-2222-aaaaaaaaaaaa"
+UUID_B = "5e6f7a8b-3333-4444-5555-bbbbbbbbbbbb"
+GPU_FIELDS = ("gpu_util_pct", "mem_used_bytes", "power_w", "sm_clock_mhz", "temp_c")
+
+
+def cuda_info(uuid: str = UUID_A, index: int = 0) -> DeviceInfo:
+    return DeviceInfo(id=f"cuda:GPU-{uuid}", kind="cuda", index=index, name="NVIDIA A100-SXM4-40GB",
+                      total_memory_bytes=40 * 2**30, compute_capability="8.0", uuid=f"GPU-{uuid}", cores=108,
+                      torch_device=f"cuda:{index}")
+
+
+def cpu_info() -> DeviceInfo:
+    return devices.device_info(torch.device("cpu"))
+
+
+def wait_until(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("timed out waiting for the sampler")
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def nvml(monkeypatch):
+    """Install a fake pynvml: `nvml(gpus, **options)` returns the fake module."""
+    return lambda gpus=(), **options: install_fake_nvml(monkeypatch, make_fake_pynvml(gpus, **options))
+
+
+# ---------------------------------------------------------------------------------------------
+# nvml_status
+
+
+def test_nvml_status_reports_driver_and_gpus_and_initialises_once(nvml):
+    fake = nvml([FakeGpu(uuid=f"GPU-{UUID_A}"), FakeGpu(uuid=f"GPU-{UUID_B}")], driver_version="550.54.15")
+    status = telemetry.nvml_status()
+    assert status == telemetry.NvmlStatus(available=True, reason=None, driver_version="550.54.15",
+                                          nvml_version="12.535.104.05", gpu_count=2)
+    telemetry.nvml_status()
+    telemetry.Sampler(cuda_info())
+    assert fake.calls["nvmlInit"] == 1
+
+
+def test_nvml_strings_as_bytes_are_decoded(nvml):
+    nvml([FakeGpu(uuid=f"GPU-{UUID_A}")], bytes_strings=True)
+    assert telemetry.nvml_status().driver_version == "535.104.05"
+    assert telemetry.nvml_handle_for(cuda_info()) is not None
+
+
+@pytest.mark.parametrize(
+    "init_error, reason",
+    [
+        ("NVMLError_LibraryNotFound", "NVIDIA driver library (libnvidia-ml) not found: no NVIDIA driver on this machine"),
+        ("NVMLError_DriverNotLoaded", "NVIDIA driver is not loaded"),
+        ("NVMLError_NoPermission", "NVML failed to start: Insufficient Permissions"),
+    ],
+)
+def test_nvml_failures_fall_back_to_psutil_with_the_reason(nvml, init_error, reason):
+    nvml([FakeGpu(uuid=f"GPU-{UUID_A}")], init_error=init_error)
+    status = telemetry.nvml_status()
+    assert (status.available, status.reason, status.gpu_count) == (False, reason, 0)
+
+    with telemetry.Sampler(cuda_info(), interval_s=0.02) as sampler:
+        wait_until(lambda: len(sampler.samples) >= 2)
+    assert (sampler.source, sampler.reason) == ("psutil", reason)
+    for sample in sampler.samples:
+        assert sample["source"] == "psutil"
+        assert all(sample[key] is None for key in GPU_FIELDS)
+        assert sample["rss_bytes"] > 0
+
+
+def test_nvidia_ml_py_not_installed(monkeypatch):
+    install_fake_nvml(monkeypatch, None)  # `import pynvml` raises ImportError
+    assert telemetry.nvml_status().reason == "nvidia-ml-py is not installed"
+    assert telemetry.Sampler(cuda_info()).reason == "nvidia-ml-py is not installed"
+
+
+@pytest.mark.skipif(os.path.exists("/proc/driver/nvidia"), reason="this machine has an NVIDIA driver")
+def test_the_real_nvidia_ml_py_on_a_machine_without_a_driver(monkeypatch):
+    pytest.importorskip("pynvml")
+    monkeypatch.setattr(telemetry, "_nvml_cache", None)
+    status = telemetry.nvml_status()
+    assert not status.available
+    assert status.reason == "NVIDIA driver library (libnvidia-ml) not found: no NVIDIA driver on this machine"
+
+
+# ---------------------------------------------------------------------------------------------
+# the NVML sampler
+
+
+def test_gpu_sampler_reads_every_field_in_units_and_tags_batch_sizes(nvml):
+    nvml([FakeGpu(uuid=f"GPU-{UUID_A}", gpu_util_pct=87, mem_used_bytes=12 * 2**30, power_mw=251_500,
+                  sm_clock_mhz=1410, temp_c=61)])
+    sampler = telemetry.Sampler(cuda_info(), interval_s=0.01)
+    assert (sampler.source, sampler.reason) == ("nvml", None)
+    sampler.tag = 128
+    with sampler:
+        wait_until(lambda: len(sampler.samples) >= 2)
+        sampler.tag = 256
+        count = len(sampler.samples)
+        wait_until(lambda: len(sampler.samples) >= count + 2)
+
+    samples = sampler.samples
+    assert all(set(s) == set(telemetry.SAMPLE_KEYS) for s in samples)
+    last = samples[-1]
+    assert last["source"] == "nvml"
+    assert (last["gpu_util_pct"], last["mem_used_bytes"], last["power_w"], last["sm_clock_mhz"], last["temp_c"]) == (
+        87, 12 * 2**30, 251.5, 1410, 61)
+    assert last["rss_bytes"] > 0
+    tags = [s["batch_size"] for s in samples]
+    assert tags[0] == 128 and tags[-1] == 256 and tags == sorted(tags)
+    times = [s["t"] for s in samples]
+    assert times == sorted(times) and abs(times[-1] - time.time()) < 5
+
+
+def test_unsupported_fields_are_none_asked_once_and_the_sampler_keeps_going(nvml):
+    fake = nvml([FakeGpu(
+        uuid=f"GPU-{UUID_A}",
+        unsupported=frozenset({"nvmlDeviceGetPowerUsage", "nvmlDeviceGetClockInfo"}),
+        failing=(("nvmlDeviceGetTemperature", "NVMLError_GpuIsLost"),),  # transient: asked every tick
+    )])
+    with telemetry.Sampler(cuda_info(), interval_s=0.01) as sampler:
+        wait_until(lambda: len(sampler.samples) >= 5)
+        assert sampler._thread.is_alive()
+
+    samples = sampler.samples
+    assert all(s["power_w"] is None and s["sm_clock_mhz"] is None and s["temp_c"] is None for s in samples)
+    assert all(s["gpu_util_pct"] == 87 and s["mem_used_bytes"] == 12 * 2**30 for s in samples)
+    assert fake.calls["nvmlDeviceGetPowerUsage"] == 1
+    assert fake.calls["nvmlDeviceGetClockInfo"] == 1
+    assert fake.calls["nvmlDeviceGetTemperature"] == len(samples)
+
+
+@pytest.mark.parametrize("bytes_strings", [False, True])
+def test_cuda_devices_are_matched_to_nvml_by_uuid_not_index(nvml, monkeypatch, bytes_strings):
+    # NVML enumerates in PCI order (A, B); CUDA_VISIBLE_DEVICES=1,0 makes torch's cuda:0 GPU B.
+    nvml([FakeGpu(uuid=f"GPU-{UUID_A}", gpu_util_pct=10, temp_c=40),
+          FakeGpu(uuid=f"GPU-{UUID_B}", gpu_util_pct=90, temp_c=80)], bytes_strings=bytes_strings)
+    install_fake_cuda(monkeypatch, [cuda_properties(UUID_B), cuda_properties(UUID_A)])
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+    _, cuda0, cuda1 = devices.discover()
+    assert telemetry.nvml_handle_for(cuda0).gpu.uuid == f"GPU-{UUID_B}"
+    assert (telemetry.snapshot(cuda0)["gpu_util_pct"], telemetry.snapshot(cuda0)["temp_c"]) == (90, 80)
+    assert (telemetry.snapshot(cuda1)["gpu_util_pct"], telemetry.snapshot(cuda1)["temp_c"]) == (10, 40)
+
+
+def test_a_gpu_nvml_does_not_list_is_sampled_with_psutil(nvml):
+    nvml([FakeGpu(uuid=f"GPU-{UUID_A}")])
+    sampler = telemetry.Sampler(cuda_info(UUID_B))
+    assert sampler.source == "psutil"
+    assert sampler.reason == f"NVML lists no GPU with UUID GPU-{UUID_B}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the psutil sampler, for real
+
+
+def test_cpu_sampler_samples_this_machine_and_spools_every_sample():
+    batches: list[list[dict]] = []
+    sampler = telemetry.Sampler(cpu_info(), interval_s=0.05, on_samples=batches.append, flush_every_s=0.1)
+    with sampler:
+        time.sleep(0.3)
+
+    samples = sampler.samples
+    assert (sampler.source, sampler.reason) == ("psutil", "device is cpu")
+    assert len(samples) >= 3
+    for sample in samples:
+        assert set(sample) == set(telemetry.SAMPLE_KEYS)
+        assert sample["source"] == "psutil" and sample["batch_size"] is None
+        assert 0.0 <= sample["cpu_util_pct"] <= 100.0
+        assert sample["rss_bytes"] > 10 * 2**20
+        assert all(sample[key] is None for key in GPU_FIELDS)
+    assert len(batches) >= 2  # flushed while running, not only on stop
+    assert [s for batch in batches for s in batch] == samples
+
+
+def test_stop_is_prompt_and_still_leaves_a_sample():
+    sampler = telemetry.Sampler(cpu_info(), interval_s=5.0)
+    sampler.start()
+    started = time.monotonic()
+    sampler.stop()
+    assert time.monotonic() - started < 1.0
+    assert not sampler._thread.is_alive() and sampler._thread.daemon
+    assert len(sampler.samples) == 1
+
+
+def test_a_failing_callback_does_not_stop_sampling():
+    def broken(_samples):
+        raise OSError("disk full")
+
+    with telemetry.Sampler(cpu_info(), interval_s=0.01, on_samples=broken, flush_every_s=0.01) as sampler:
+        wait_until(lambda: len(sampler.samples) >= 5)
+        assert sampler._thread.is_alive()
+
+
+def test_a_sampler_starts_once():
+    sampler = telemetry.Sampler(cpu_info(), interval_s=0.01)
+    sampler.stop()  # never started: nothing to do
+    with sampler:
+        with pytest.raises(RuntimeError):
+            sampler.start()
+
+
+# ---------------------------------------------------------------------------------------------
+# snapshot and hardware report
+
+
+def test_snapshot_of_the_cpu():
+    sample = telemetry.snapshot(cpu_info())
+    assert set(sample) == set(telemetry.SAMPLE_KEYS)
+    assert sample["source"] == "psutil" and sample["rss_bytes"] > 0 and sample["gpu_util_pct"] is None
+
+
+def test_hardware_report_with_two_gpus_is_json_with_live_gpu_fields(nvml, monkeypatch):
+    nvml([FakeGpu(uuid=f"GPU-{UUID_A}", power_mw=300_000), FakeGpu(uuid=f"GPU-{UUID_B}", power_mw=70_000)])
+    install_fake_cuda(monkeypatch, [cuda_properties(UUID_A), cuda_properties(UUID_B, name="Tesla T4")])
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+    report = json.loads(json.dumps(telemetry.hardware_report()))
+    cpu, a100, t4 = report["devices"]
+    assert cpu["kind"] == "cpu" and cpu["live"] is None
+    assert (a100["torch_device"], a100["live"]["source"], a100["live"]["power_w"]) == ("cuda:0", "nvml", 300.0)
+    assert (t4["name"], t4["uuid"], t4["live"]["power_w"]) == ("Tesla T4", f"GPU-{UUID_B}", 70.0)
+    assert report["nvml"]["available"] and report["nvml"]["gpu_count"] == 2
+    assert report["torch"] == torch.__version__
+    assert {"cuda", "host", "python"} <= set(report)
+
+
+def test_hardware_report_on_this_machine(monkeypatch):
+    monkeypatch.setattr(telemetry, "_nvml_cache", None)
+    report = json.loads(json.dumps(telemetry.hardware_report()))
+    assert report["devices"][0]["id"] == "cpu"
+    assert report["nvml"]["available"] == (report["nvml"]["reason"] is None)
