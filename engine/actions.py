@@ -8,7 +8,8 @@ from engine import devices, jobs, store
 from engine.home import Home
 from engine.profiler import ProfileConfig
 
-__all__ = ["start_profile", "profile_summary"]
+__all__ = ["start_profile", "profile_summary", "start_noise", "start_stability", "make_recommendation",
+           "NOISE_FIELDS"]
 
 
 def start_profile(home: Home, workload: str, options: dict, device: str, config: ProfileConfig) -> str:
@@ -26,6 +27,63 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
     loaded = load_workload(workload, options)  # a bad workload fails here, before anything is written
     params = {"workload": workload, "options": dict(options), "device": str(torch_device), "config": asdict(config)}
     return jobs.submit(home, "profile", params, device=str(torch_device), workload=loaded.name)
+
+
+def start_noise(home: Home, workload: str, options: dict, device: str, batch_small: int | None = None,
+                batch_big: int | None = None, batches: int = 32, warm_steps: int | None = None, seed: int = 0) -> str:
+    """Validate, then start a gradient-noise-scale job; returns its id (also the estimate's id).
+
+    ``warm_steps=None`` trains the baseline for one epoch first (see ``default_warm_steps``).
+    """
+    from engine.noise import check_noise_args, default_warm_steps
+    from engine.workloads import load_workload
+
+    torch_device = devices.resolve_device(device)
+    home.check()
+    store.check_database_file(home.database)
+    loaded = load_workload(workload, options)
+    if warm_steps is None:
+        warm_steps = default_warm_steps(loaded)
+    batch_small, batch_big = check_noise_args(loaded, batch_small, batch_big, batches, warm_steps)
+    params = {"workload": workload, "options": dict(options), "device": str(torch_device), "batch_small": batch_small,
+              "batch_big": batch_big, "batches": batches, "warm_steps": warm_steps, "seed": seed}
+    return jobs.submit(home, "noise", params, device=str(torch_device), workload=loaded.name)
+
+
+def start_stability(home: Home, rec: dict, device: str, steps: int = 60) -> str:
+    """Start a stability check of a recommendation's batch and rate on ``device``."""
+    torch_device = devices.resolve_device(device)
+    params = {"workload": rec["workload_spec"], "options": rec.get("workload_options") or {},
+              "device": str(torch_device), "batch_size": rec["batch_size"], "lr": rec["learning_rate"],
+              "steps": steps, "dtype": rec.get("dtype", "fp32")}
+    return jobs.submit(home, "stability", params, device=str(torch_device), workload=rec.get("workload"))
+
+
+NOISE_FIELDS = ("b_simple", "ci_low", "ci_high", "batch_small", "batch_big", "batches", "warm_steps", "g2",
+                "trace_sigma", "unreliable", "reason", "elapsed_s", "step_equivalents")
+
+
+def make_recommendation(home: Home, profile_id: str | None, config, noise_id: str | None = None,
+                        use_stored_noise: bool = True) -> dict:
+    """The recommendation for a stored profile (not yet saved). UsageError when it cannot be made."""
+    from engine.errors import UsageError
+    from engine.recommend import recommend
+
+    config.validate()
+    with store.connect(home) as con:
+        profile = store.load_profile(con, profile_id or "latest")
+        if profile is None:
+            if profile_id and profile_id != "latest":
+                raise UsageError(f"no profile {profile_id!r}; see `largestep profiles`")
+            raise UsageError("no profile yet: run `largestep profile --workload W` first")
+        noise = None
+        if noise_id is not None:
+            noise = store.load_noise(con, noise_id)
+            if noise is None:
+                raise UsageError(f"no noise estimate {noise_id!r}")
+        elif use_stored_noise and config.noise_scale is None:
+            noise = store.load_noise(con, None, workload=profile["workload"])
+    return recommend(profile, config, noise)
 
 
 def profile_summary(profile: dict) -> dict:

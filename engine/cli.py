@@ -330,6 +330,238 @@ def profiles(ctx, as_json: bool) -> None:
                                          "max batch", "saturation", "stopped"], rows))
 
 
+def _finish_job(home: Home, job_id: str, what: str, quiet: bool, describe: Callable[[dict], str | None] = lambda e: None) -> str:
+    """Follow a job to its end, ingest its spool, and turn a failure into a one-line error."""
+    from engine import jobs, store
+
+    state = follow_job(home, job_id, describe=describe, quiet=quiet)
+    store.ingest(home)
+    if state != jobs.FINISHED:
+        with store.connect(home) as con:
+            job = store.get_job(con, job_id) or {}
+        raise LargestepError(f"{what} {job_id} ended {state}: {job.get('error') or _last_log_line(home, job_id)}")
+    return state
+
+
+@cli.command()
+@workload_options
+@click.option("--device", "-d", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--batch-small", metavar="B", help="The small batch (default: the workload's baseline batch).")
+@click.option("--batch-big", metavar="B", help="The big batch, a multiple of the small one (default: 8x).")
+@click.option("--batches", default="32", show_default=True, metavar="K", help="Big batches averaged over.")
+@click.option("--warm-steps", default="auto", show_default=True, metavar="S",
+              help="Train the baseline this many steps first, since the noise scale grows as the loss falls "
+                   "(auto: one epoch, at most 500 steps).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def noise(ctx, workload, settings, data, label, device, batch_small, batch_big, batches, warm_steps, seed, as_json):
+    """Estimate the gradient noise scale B_simple (McCandlish et al. 2018) with a confidence interval."""
+    from engine import store
+    from engine.actions import NOISE_FIELDS, start_noise
+    from engine.units import parse_positive_int
+
+    small = parse_positive_int(batch_small, "--batch-small") if batch_small is not None else None
+    big = parse_positive_int(batch_big, "--batch-big") if batch_big is not None else None
+    count = parse_positive_int(batches, "--batches")
+    warm = None if warm_steps == "auto" else _parse_count(warm_steps, "--warm-steps")
+    home = _home(ctx)
+    job_id = start_noise(home, workload, _parse_options(settings, data, label), device, small, big, count, warm, seed)
+    _finish_job(home, job_id, "noise estimate", as_json)
+    with store.connect(home) as con:
+        estimate = store.load_noise(con, job_id)
+    result = {"noise_id": job_id, "workload": estimate["workload"], **{k: estimate.get(k) for k in NOISE_FIELDS}}
+    if as_json:
+        emit_json(_jsonable(result))
+        return
+    if result["b_simple"] is None:
+        click.echo(f"noise estimate {job_id}: unreliable: {result['reason']}")
+    else:
+        ci = "" if result["ci_low"] is None else f" (90% interval {result['ci_low']:,.0f} to {result['ci_high']:,.0f})"
+        click.echo(f"noise estimate {job_id}: B_simple = {result['b_simple']:,.0f}{ci}")
+    click.echo(f"from {result['batches']} batches of {result['batch_big']} split into {result['batch_small']}; "
+               f"{result['elapsed_s']:.1f} s, about {result['step_equivalents']:.0f} baseline training steps")
+
+
+@cli.command()
+@click.option("--profile", "profile_id", default="latest", show_default=True, metavar="ID",
+              help="The profile to recommend from.")
+@click.option("--baseline-batch", metavar="B0", help="The batch you train with now (default: the workload's).")
+@click.option("--baseline-lr", metavar="LR0", help="Its learning rate (default: the workload's).")
+@click.option("--rule", type=click.Choice(["linear", "sqrt"]), default="linear", show_default=True,
+              help="linear keeps lr/batch fixed; sqrt scales lr with sqrt(B/B0).")
+@click.option("--noise-scale", metavar="X", help="Use this gradient noise scale instead of a stored estimate.")
+@click.option("--estimate-noise", is_flag=True, help="Estimate the noise scale now (runs a job).")
+@click.option("--noise", "noise_id", metavar="ID", help="Use this stored noise estimate.")
+@click.option("--memory-headroom", default="0.9", show_default=True, metavar="SHARE",
+              help="Largest share of device memory a candidate may use.")
+@click.option("--max-lr", metavar="X", help="Never recommend a learning rate above this.")
+@click.option("--warmup-samples", metavar="N", help="Warm-up length in samples (default: the workload's).")
+@click.option("--check-stability", is_flag=True, help="Train briefly at the chosen batch with the rate ramped past "
+              "the recommendation; back off if it diverges below it.")
+@click.option("--device", "-d", default="auto", show_default=True, help="Device for --estimate-noise and --check-stability.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def recommend(ctx, profile_id, baseline_batch, baseline_lr, rule, noise_scale, estimate_noise, noise_id,
+              memory_headroom, max_lr, warmup_samples, check_stability, device, as_json):
+    """Recommend a batch size and learning rate from a profile, predicted to reach the target fastest."""
+    from engine import store
+    from engine.actions import make_recommendation, start_noise, start_stability
+    from engine.recommend import RecommendConfig
+    from engine.stability import apply_stability
+    from engine.units import parse_positive_int
+
+    chosen_noise = [flag for flag, given in (("--noise-scale", noise_scale is not None),
+                                             ("--estimate-noise", estimate_noise), ("--noise", noise_id is not None)) if given]
+    if len(chosen_noise) > 1:
+        raise UsageError(f"give only one of {', '.join(chosen_noise)}")
+    config = RecommendConfig(
+        baseline_batch=parse_positive_int(baseline_batch, "--baseline-batch") if baseline_batch is not None else None,
+        baseline_lr=_parse_float(baseline_lr, "--baseline-lr"), rule=rule,
+        noise_scale=_parse_float(noise_scale, "--noise-scale"),
+        memory_headroom=_parse_float(memory_headroom, "--memory-headroom"), max_lr=_parse_float(max_lr, "--max-lr"),
+        warmup_samples=int(_parse_float(warmup_samples, "--warmup-samples")) if warmup_samples is not None else None,
+    )
+    home = _home(ctx)
+    store.check_database_file(home.database)
+    store.ingest(home)
+    rec = make_recommendation(home, profile_id, config, noise_id=noise_id)  # validates before any job starts
+    if estimate_noise:
+        job_id = start_noise(home, rec["workload_spec"], rec["workload_options"], device,
+                             batch_small=rec["baseline"]["batch_size"])
+        _finish_job(home, job_id, "noise estimate", as_json)
+        rec = make_recommendation(home, rec["profile_id"], config, noise_id=job_id)
+    if check_stability:
+        job_id = start_stability(home, rec, device)
+        _finish_job(home, job_id, "stability check", as_json)
+        with store.connect(home) as con:
+            result = store.load_stability(con, job_id)
+        rec = apply_stability(rec, result)
+    with store.connect(home) as con:
+        store.save_recommendation(con, rec)
+    if as_json:
+        emit_json(_jsonable(rec))
+    else:
+        print_recommendation(rec)
+
+
+def _parse_count(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UsageError(f"{what} must be a whole number of at least 0 (or auto), not {text!r}")
+    return value
+
+
+def _parse_float(text: str | None, what: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{what} must be a number, not {text!r}") from None
+
+
+def print_recommendation(rec: dict) -> None:
+    console = _console()
+    base = rec["baseline"]
+    rows = []
+    for c in rec["candidates"]:
+        mark = "->" if c["batch_size"] == rec["batch_size"] else ""
+        rows.append([mark, c["batch_size"], f"{c['learning_rate']:.3g}", _fmt_ms(c["step_time_s"]),
+                     _fmt_num(c["samples_per_s"]), f"{c['speedup_throughput']:.2f}x",
+                     "-" if c["speedup_time_to_target"] is None else f"{c['speedup_time_to_target']:.2f}x",
+                     c["rank"], c["excluded"] or ""])
+    console.print(_table(f"Recommendation {rec['recommendation_id']} from profile {rec['profile_id']} "
+                         f"({rec['workload']} on {rec['device']['name']})",
+                         ["", "batch", "lr", "step ms", "samples/s", "throughput", "time to target", "rank",
+                          "excluded"], rows))
+    speed = rec["predicted_speedup"]
+    console.print(f"[bold]batch {rec['batch_size']}, learning rate {rec['learning_rate']:.4g}, warm-up "
+                  f"{rec['warmup_steps']} steps ({rec['warmup_samples']} samples), {rec['rule']} rule[/bold]  "
+                  f"(baseline: batch {base['batch_size']}, lr {base['learning_rate']:.4g})")
+    console.print(f"predicted speedup: {speed['throughput']:.2f}x from throughput, "
+                  f"{speed['time_to_target']:.2f}x in time to target")
+    per_day = rec["experiments_per_gpu_day"]
+    if per_day["baseline"]:
+        console.print(f"experiments per GPU-day ({rec['epochs']} epochs each): {per_day['baseline']:,.0f} at the "
+                      f"baseline, {per_day['recommended']:,.0f} recommended")
+    for reason in rec["reasons"]:
+        console.print(f"- {reason}")
+    console.print(f"export it: largestep export --recommendation {rec['recommendation_id']} --format yaml")
+
+
+@cli.command()
+@click.option("--recommendation", "rec_id", default="latest", show_default=True, metavar="ID")
+@click.option("--format", "fmt", required=True, metavar="FORMAT",
+              help="yaml, json, toml, torch, hf, lightning, deepspeed or cli.")
+@click.option("--devices", "n_devices", metavar="N", help="Split the global batch over N devices.")
+@click.option("--micro-batch", metavar="M", help="Per-device micro-batch; the rest becomes gradient accumulation.")
+@click.option("-o", "--output", metavar="FILE", help="Write to FILE instead of standard output.")
+@click.pass_context
+def export(ctx, rec_id, fmt, n_devices, micro_batch, output):
+    """Export a recommendation as a config file or a ready snippet."""
+    from engine import store
+    from engine.export import export_config
+    from engine.units import parse_positive_int
+
+    n = parse_positive_int(n_devices, "--devices") if n_devices is not None else None
+    micro = parse_positive_int(micro_batch, "--micro-batch") if micro_batch is not None else None
+    home = _home(ctx)
+    store.check_database_file(home.database)
+    with store.connect(home) as con:
+        rec = store.load_recommendation(con, rec_id)
+    if rec is None:
+        raise UsageError("no recommendation yet: run `largestep recommend` first" if rec_id == "latest"
+                         else f"no recommendation {rec_id!r}; see `largestep recommendations`")
+    text = export_config(rec, fmt, devices=n, micro_batch=micro)
+    if output is None:
+        click.echo(text, nl=not text.endswith("\n"))
+        return
+    _write_atomic(Path(output), text)
+    click.echo(f"wrote {output}", err=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write all or nothing: a temporary file beside the target, then a rename."""
+    import tempfile
+
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give a file name")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def recommendations(ctx, as_json):
+    """The stored recommendations, newest first."""
+    from engine import store
+
+    home = _home(ctx)
+    store.check_database_file(home.database)
+    with store.connect(home) as con:
+        records = store._records(store.list_recommendations(con))
+    if as_json:
+        emit_json(_jsonable(records))
+        return
+    if not records:
+        click.echo("no recommendations yet: run `largestep recommend`")
+        return
+    rows = [[r["id"], str(r["created_at"])[:19], r["workload"], r["profile_id"], r["batch_size"],
+             f"{r['learning_rate']:.3g}", r["rule"], f"{r['speedup_time_to_target']:.2f}x"] for r in records]
+    _console().print(_table("Recommendations", ["id", "created", "workload", "profile", "batch", "lr", "rule",
+                                                "predicted speedup"], rows))
+
+
 @cli.command()
 @click.option("--port", default=8501, show_default=True, type=click.IntRange(1, 65535), help="Port on 127.0.0.1.")
 @click.pass_context

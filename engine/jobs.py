@@ -306,6 +306,8 @@ class JobContext:
 _KINDS: dict[str, str] = {
     # kind -> "module:function"; imported lazily so the job process loads only what it runs
     "profile": "engine.tasks:profile_task",
+    "noise": "engine.tasks:noise_task",
+    "stability": "engine.tasks:stability_task",
 }
 
 

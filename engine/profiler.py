@@ -206,7 +206,8 @@ class StepRunner:
         *inputs, target = (t[lo:hi] for t in self.data)
         return inputs, target
 
-    def step(self) -> None:
+    def step(self) -> torch.Tensor:
+        """One full training step; returns the loss, detached, without reading it (no sync)."""
         inputs, target = self._next_batch()
         # forward
         with devices.autocast(self.device, self.dtype):
@@ -220,6 +221,7 @@ class StepRunner:
         else:
             loss.backward()
             self.optimizer.step()
+        return loss.detach()
 
     def timed_steps(self, min_steps: int, min_seconds: float, max_steps: int) -> list[float]:
         """Raw step times; each step lies between two synchronisations of the device."""

@@ -26,7 +26,8 @@ from engine.home import Home
 __all__ = [
     "MIGRATIONS", "connect", "migrate", "applied_migrations", "check_database_file", "ingest",
     "IngestReport", "list_profiles", "load_profile", "profile_points", "profile_telemetry",
-    "list_jobs", "get_job", "list_devices", "register_event_handler",
+    "list_jobs", "get_job", "list_devices", "register_event_handler", "load_noise", "list_noise_estimates", "load_stability",
+    "save_recommendation", "load_recommendation", "list_recommendations",
 ]
 
 DUCKDB_MAGIC = b"DUCK"          # bytes 8..12 of every DuckDB database file
@@ -132,6 +133,80 @@ MIGRATIONS: list[tuple[str, str]] = [
             rss_bytes BIGINT
         );
         CREATE INDEX telemetry_job ON telemetry (job_id);
+    """),
+    ("003_noise_and_recommendations", """
+        ALTER TABLE profiles ADD COLUMN warmup_samples BIGINT;
+        ALTER TABLE profiles ADD COLUMN weight_decay DOUBLE;
+        CREATE TABLE noise_estimates (
+            id VARCHAR PRIMARY KEY,          -- the job id of the estimating job
+            workload VARCHAR,
+            workload_spec VARCHAR,
+            options JSON,
+            device_id VARCHAR,
+            created_at TIMESTAMPTZ,
+            b_simple DOUBLE,                 -- tr(Sigma) / |G|^2; NULL when unreliable
+            ci_low DOUBLE,
+            ci_high DOUBLE,
+            g2 DOUBLE,                       -- the |G|^2 estimate
+            trace_sigma DOUBLE,              -- the tr(Sigma) estimate
+            g_small_sq DOUBLE,
+            g_big_sq DOUBLE,
+            batch_small INTEGER,
+            batch_big INTEGER,
+            batches INTEGER,
+            warm_steps INTEGER,
+            unreliable BOOLEAN,
+            reason VARCHAR,
+            elapsed_s DOUBLE,
+            step_equivalents DOUBLE
+        );
+        CREATE TABLE stability_checks (
+            id VARCHAR PRIMARY KEY,          -- the job id
+            batch_size INTEGER,
+            recommended_lr DOUBLE,
+            diverged_at_lr DOUBLE,
+            max_stable_lr DOUBLE,
+            stable BOOLEAN,
+            lrs DOUBLE[],
+            losses DOUBLE[]
+        );
+        CREATE TABLE recommendations (
+            id VARCHAR PRIMARY KEY,
+            created_at TIMESTAMPTZ,
+            profile_id VARCHAR,
+            noise_id VARCHAR,
+            stability_id VARCHAR,
+            workload VARCHAR,
+            device_id VARCHAR,
+            batch_size INTEGER,
+            learning_rate DOUBLE,
+            warmup_steps INTEGER,
+            rule VARCHAR,                    -- linear | sqrt
+            baseline_batch_size INTEGER,
+            baseline_lr DOUBLE,
+            noise_scale DOUBLE,
+            speedup_throughput DOUBLE,       -- predicted, from throughput alone
+            speedup_time_to_target DOUBLE,   -- predicted, with the noise scale (or perfect scaling)
+            experiments_per_day_baseline DOUBLE,
+            experiments_per_day_recommended DOUBLE,
+            document JSON                    -- the whole recommendation, as exported
+        );
+        CREATE TABLE recommendation_candidates (
+            recommendation_id VARCHAR NOT NULL,
+            batch_size INTEGER NOT NULL,
+            learning_rate DOUBLE,
+            step_time_s DOUBLE,
+            samples_per_s DOUBLE,
+            peak_memory_bytes BIGINT,
+            time_ratio DOUBLE,               -- predicted T(B) / T(baseline)
+            speedup_time_to_target DOUBLE,
+            speedup_throughput DOUBLE,
+            run_time_s DOUBLE,
+            eligible BOOLEAN,
+            excluded VARCHAR,
+            rank INTEGER,
+            PRIMARY KEY (recommendation_id, batch_size)
+        );
     """),
 ]
 
@@ -362,13 +437,14 @@ def _on_profile_start(con, job_id: str, events: list[dict], report: IngestReport
         con.execute(
             "INSERT OR REPLACE INTO profiles (id, job_id, workload, workload_spec, options, device_id, device_name, "
             "device_kind, dtype, started_at, memory_budget_bytes, baseline_batch_size, baseline_lr, optimizer, "
-            "epochs, n_train, telemetry_source, telemetry_reason, config, versions) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "epochs, n_train, telemetry_source, telemetry_reason, config, versions, warmup_samples, weight_decay) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [e["profile_id"], job_id, e.get("workload"), e.get("workload_spec"), json.dumps(e.get("options") or {}),
              device.get("id"), device.get("name"), device.get("kind"), config.get("dtype"), e["t"],
              config.get("memory_budget_bytes"), e.get("baseline_batch_size"), e.get("baseline_lr"),
              e.get("optimizer"), e.get("epochs"), e.get("n_train"), e.get("telemetry_source"),
-             e.get("telemetry_reason"), json.dumps(config), json.dumps(e.get("versions") or {})],
+             e.get("telemetry_reason"), json.dumps(config), json.dumps(e.get("versions") or {}),
+             e.get("warmup_samples"), e.get("weight_decay")],
         )
         report.add_rows("profiles", 1)
 
@@ -435,8 +511,36 @@ def _on_exit(con, job_id: str, events: list[dict], report: IngestReport) -> None
     con.execute("UPDATE jobs SET ended_at = to_timestamp(?), error = ? WHERE id = ?", [e["t"], e.get("error"), job_id])
 
 
+_NOISE_COLUMNS = ["b_simple", "ci_low", "ci_high", "g2", "trace_sigma", "g_small_sq", "g_big_sq", "batch_small",
+                  "batch_big", "batches", "warm_steps", "unreliable", "reason", "elapsed_s", "step_equivalents"]
+
+
+def _on_noise_estimate(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    for e in events:
+        _upsert_device(con, e.get("device") or {}, None)
+        values = [e.get(c) for c in _NOISE_COLUMNS]
+        con.execute(
+            f"INSERT OR REPLACE INTO noise_estimates (id, workload, workload_spec, options, device_id, created_at, "
+            f"{', '.join(_NOISE_COLUMNS)}) VALUES (?, ?, ?, ?, ?, to_timestamp(?), {', '.join('?' * len(values))})",
+            [job_id, e.get("workload"), e.get("workload_spec"), json.dumps(e.get("options") or {}),
+             (e.get("device") or {}).get("id"), e["t"], *values],
+        )
+        report.add_rows("noise_estimates", 1)
+
+
+def _on_stability(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    for e in events:
+        con.execute(
+            "INSERT OR REPLACE INTO stability_checks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [job_id, e["batch_size"], e["recommended_lr"], e.get("diverged_at_lr"), e["max_stable_lr"], e["stable"],
+             list(e["lrs"]), [x if x is not None else float("nan") for x in e["losses"]]],
+        )
+        report.add_rows("stability_checks", 1)
+
+
 for _type, _handler in {"start": _on_start, "exit": _on_exit, "profile_start": _on_profile_start,
-                        "point": _on_points, "profile_end": _on_profile_end, "telemetry": _on_telemetry}.items():
+                        "point": _on_points, "profile_end": _on_profile_end, "telemetry": _on_telemetry,
+                        "noise_estimate": _on_noise_estimate, "stability": _on_stability}.items():
     register_event_handler(_type, _handler)
 
 
@@ -471,7 +575,8 @@ def load_profile(con, profile_id: str | None = "latest") -> dict | None:
     if resolved is None:
         return None
     frame = con.execute(
-        "SELECT p.*, j.state FROM profiles p LEFT JOIN jobs j ON j.id = p.job_id WHERE p.id = ?", [resolved]
+        "SELECT p.*, j.state, d.total_memory_bytes AS device_total_memory_bytes FROM profiles p "
+        "LEFT JOIN jobs j ON j.id = p.job_id LEFT JOIN devices d ON d.id = p.device_id WHERE p.id = ?", [resolved]
     ).df()
     profile = _records(frame)[0]
     for key in ("config", "versions", "options"):
@@ -503,6 +608,69 @@ def list_jobs(con, kind: str | None = None, states: list[str] | None = None) -> 
 def get_job(con, job_id: str) -> dict | None:
     records = _records(con.execute("SELECT * FROM jobs WHERE id = ?", [job_id]).df())
     return records[0] if records else None
+
+
+def load_noise(con, noise_id: str | None = None, workload: str | None = None) -> dict | None:
+    """One noise estimate by id, or the newest reliable one (for ``workload`` if given)."""
+    if noise_id and noise_id != "latest":
+        frame = con.execute("SELECT * FROM noise_estimates WHERE id = ?", [noise_id]).df()
+    else:
+        frame = con.execute(
+            "SELECT * FROM noise_estimates WHERE b_simple IS NOT NULL AND (? IS NULL OR workload = ?) "
+            "ORDER BY created_at DESC LIMIT 1", [workload, workload]).df()
+    records = _records(frame)
+    return records[0] if records else None
+
+
+def load_stability(con, check_id: str) -> dict | None:
+    records = _records(con.execute("SELECT * FROM stability_checks WHERE id = ?", [check_id]).df())
+    if not records:
+        return None
+    check = records[0]
+    check["losses"] = [None if x is None or x != x else x for x in check["losses"]]
+    return check
+
+
+def list_noise_estimates(con) -> pd.DataFrame:
+    return con.execute("SELECT * FROM noise_estimates ORDER BY created_at DESC").df()
+
+
+def save_recommendation(con, rec: dict) -> None:
+    """The recommendation, its candidates, in one transaction."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(
+            "INSERT INTO recommendations VALUES (?, CAST(? AS TIMESTAMPTZ), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "?, ?, ?)",
+            [rec["recommendation_id"], rec["created_at"], rec["profile_id"], rec.get("noise_id"),
+             (rec.get("stability") or {}).get("id"), rec.get("workload"), rec["device"].get("id"), rec["batch_size"],
+             rec["learning_rate"], rec["warmup_steps"], rec["rule"], rec["baseline"]["batch_size"],
+             rec["baseline"]["learning_rate"], rec.get("noise_scale"), rec["predicted_speedup"]["throughput"],
+             rec["predicted_speedup"]["time_to_target"], rec["experiments_per_gpu_day"]["baseline"],
+             rec["experiments_per_gpu_day"]["recommended"], json.dumps(rec, default=str)],
+        )
+        frame = pd.DataFrame(rec["candidates"])
+        frame.insert(0, "recommendation_id", rec["recommendation_id"])
+        _insert_frame(con, "recommendation_candidates", frame)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+def load_recommendation(con, rec_id: str | None = "latest") -> dict | None:
+    if rec_id and rec_id != "latest":
+        row = con.execute("SELECT document FROM recommendations WHERE id = ?", [rec_id]).fetchone()
+    else:
+        row = con.execute("SELECT document FROM recommendations ORDER BY created_at DESC, id LIMIT 1").fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def list_recommendations(con) -> pd.DataFrame:
+    return con.execute(
+        "SELECT id, created_at, workload, profile_id, noise_id, batch_size, learning_rate, warmup_steps, rule, "
+        "baseline_batch_size, baseline_lr, speedup_throughput, speedup_time_to_target FROM recommendations "
+        "ORDER BY created_at DESC").df()
 
 
 def list_devices(con) -> pd.DataFrame:

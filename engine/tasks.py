@@ -17,7 +17,7 @@ from engine.jobs import JobContext
 from engine.profiler import ProfileConfig, ProfilePoint, plan_batch_sizes, run_profile
 from engine.workloads import load_workload
 
-__all__ = ["profile_task", "profile_config_from_params", "versions"]
+__all__ = ["profile_task", "noise_task", "stability_task", "profile_config_from_params", "versions"]
 
 
 def versions() -> dict:
@@ -48,6 +48,7 @@ def profile_task(ctx: JobContext) -> None:
         options=params.get("options") or {}, device=info.to_dict(), config=asdict(config), planned=planned,
         baseline_batch_size=workload.baseline_batch_size, baseline_lr=workload.baseline_lr,
         optimizer=workload.optimizer, n_train=workload.n_train, epochs=workload.epochs,
+        warmup_samples=workload.default_warmup_samples(), weight_decay=workload.weight_decay,
         telemetry_source=sampler.source, telemetry_reason=sampler.reason, versions=versions(),
     )
 
@@ -76,4 +77,37 @@ def profile_task(ctx: JobContext) -> None:
         memory_fit_intercept_bytes=fit.intercept_bytes if fit else None,
         memory_fit_slope_bytes=fit.slope_bytes if fit else None,
     )
+    ctx.progress("done", 1.0)
+
+
+def noise_task(ctx: JobContext) -> None:
+    """Estimate the gradient noise scale; one ``noise_estimate`` event."""
+    from engine.noise import estimate_noise
+
+    params = ctx.params
+    ctx.progress("loading workload", 0.0)
+    workload = load_workload(params["workload"], params.get("options") or {})
+    device = devices.resolve_device(params.get("device", "auto"))
+    estimate = estimate_noise(
+        workload, device, batch_small=params.get("batch_small"), batch_big=params.get("batch_big"),
+        batches=params.get("batches", 32), warm_steps=params.get("warm_steps", 0), seed=params.get("seed", 0),
+        on_progress=lambda phase, fraction: ctx.progress(phase, fraction),
+    )
+    ctx.spool.emit("noise_estimate", workload=workload.name, workload_spec=params["workload"],
+                   options=params.get("options") or {}, device=devices.device_info(device).to_dict(),
+                   **estimate.to_dict())
+    ctx.progress("done", 1.0)
+
+
+def stability_task(ctx: JobContext) -> None:
+    """Ramp the learning rate past the recommendation at the chosen batch; one ``stability`` event."""
+    from engine.stability import check_stability
+
+    params = ctx.params
+    workload = load_workload(params["workload"], params.get("options") or {})
+    device = devices.resolve_device(params.get("device", "auto"))
+    result = check_stability(workload, device, params["batch_size"], params["lr"], steps=params.get("steps", 60),
+                             dtype=params.get("dtype", "fp32"),
+                             on_progress=lambda f: ctx.progress("learning-rate ramp", f))
+    ctx.spool.emit("stability", id=ctx.job_id, **result.to_dict())
     ctx.progress("done", 1.0)
