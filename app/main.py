@@ -1,0 +1,32 @@
+"""The dashboard's entry point: page setup, the sidebar's home, and routing. No page logic here.
+
+Run with ``streamlit run app/main.py``; the home comes from ``$LARGESTEP_HOME`` (default
+``./.largestep``).
+"""
+
+from pathlib import Path
+
+import streamlit as st
+
+from engine.home import resolve_home
+
+PAGES_DIR = Path(__file__).parent / "sections"  # not "pages": that name turns on legacy auto-discovery
+
+# Sections of the navigation; later pages (Overview, Recommend, Runs, Planner, Export) are one
+# st.Page line each, in the section where they belong.
+PAGES = {
+    "Measure": [
+        st.Page(PAGES_DIR / "profiles.py", title="Profiles", icon=":material/speed:", url_path="profiles",
+                default=True),
+    ],
+}
+
+st.set_page_config(page_title="largestep", layout="wide")
+
+home = resolve_home()
+with st.sidebar:
+    st.markdown("**largestep**")
+    st.caption(f"Home: `{home.root}`")
+    st.caption(f"Database: `{home.database}`")
+
+st.navigation(PAGES).run()

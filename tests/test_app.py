@@ -1,0 +1,171 @@
+"""The dashboard, run headless with Streamlit's AppTest against real homes and a real profile job."""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine import actions, jobs, store, views
+from engine.errors import UsageError
+from engine.home import HOME_ENV, Home
+from engine.profiler import ProfileConfig
+
+APP = Path(__file__).resolve().parent.parent / "app" / "main.py"
+TINY = str(Path(__file__).resolve().parent / "tiny_workload.py") + ":make"
+BATCHES = (8, 32, 128)
+
+
+def open_app(monkeypatch, home: Home) -> AppTest:
+    monkeypatch.setenv(HOME_ENV, str(home.root))
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def plotly_charts(at: AppTest) -> list:
+    return list(at.get("plotly_chart"))
+
+
+@pytest.fixture(scope="module")
+def profiled_home(tmp_path_factory) -> tuple[Home, str]:
+    """A home holding one real profile of the tiny workload, measured by a real job process."""
+    home = Home(tmp_path_factory.mktemp("profiled") / "home")
+    config = ProfileConfig(batch_sizes=BATCHES, min_steps=3, min_seconds=0.0, warmup_steps=1)
+    job = actions.start_profile(home, TINY, {}, "cpu", config)
+    state = jobs.wait(home, job, timeout_s=120)
+    log = (home.job_dir(job) / "output.log").read_text(errors="replace")
+    assert state == jobs.FINISHED, f"profile job ended {state}:\n{log[-3000:]}"
+    store.ingest(home)
+    return home, job
+
+
+# -- pages ---------------------------------------------------------------------------------------
+
+
+def test_empty_home_shows_how_to_start(monkeypatch, tmp_path):
+    at = open_app(monkeypatch, Home(tmp_path / "empty"))
+    assert views.START_MESSAGE in [i.value for i in at.info]
+    assert not at.error
+    assert not plotly_charts(at)
+    sidebar = " ".join(c.value for c in at.sidebar.caption)
+    assert str(tmp_path / "empty") in sidebar and "largestep.duckdb" in sidebar
+
+
+def test_a_stored_profile_shows_its_metrics_charts_and_points(monkeypatch, profiled_home):
+    home, job = profiled_home
+    with store.connect(home) as con:
+        profile = store.load_profile(con, job)
+    at = open_app(monkeypatch, home)
+
+    assert at.selectbox(key="profiles.selected").value == job
+    metrics = {m.label: m.value for m in at.metric}
+    assert profile["saturation_batch"] in BATCHES
+    assert metrics["Saturation batch"] == str(profile["saturation_batch"])
+    assert metrics["Stop reason"] == views.STOP_REASONS["list"][0]
+    assert len(plotly_charts(at)) == 5  # step time, throughput, memory, compute, telemetry
+    table = at.dataframe[0].value
+    assert list(table["batch"]) == list(BATCHES)
+    assert set(table["status"]) == {"ok"}
+    assert not at.error
+
+
+def test_a_bad_memory_budget_shows_an_error_and_starts_nothing(monkeypatch, tmp_path):
+    home = Home(tmp_path / "home")
+    at = open_app(monkeypatch, home)
+    at.text_input(key="profile.memory_budget").input("twelve gigs")
+    at.button(key="profile.submit").click().run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "memory budget" in errors[0] and "12GiB" in errors[0]
+    assert list(home.jobs.iterdir()) == []
+
+
+def test_launching_from_the_form_shows_the_job_and_cancel_stops_it(monkeypatch, tmp_path):
+    home = Home(tmp_path / "home")
+    at = open_app(monkeypatch, home)
+    at.selectbox(key="profile.workload").set_value("fraud-mlp").run()
+    at.text_input(key="profile.batch_list").input("16,64")
+    at.button(key="profile.submit").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    (job_id,) = [p.name for p in home.jobs.iterdir()]
+    assert any(job_id in s.value for s in at.success)
+    assert jobs.read_spec(home.job_dir(job_id))["params"]["config"]["batch_sizes"] == [16, 64]
+
+    at.button(key=f"cancel.{job_id}").click().run()
+    assert not at.exception
+    assert jobs.wait(home, job_id, timeout_s=30) == jobs.KILLED
+    assert not [b for b in at.button if b.key == f"cancel.{job_id}"]  # no longer listed as running
+
+
+# -- the page's logic, in engine.views -----------------------------------------------------------
+
+LISTED = ["fraud-gru", "fraud-mlp", "table"]
+
+
+def test_the_form_accepts_only_listed_workloads():
+    with pytest.raises(UsageError, match="unknown workload"):
+        views.profile_request(views.ProfileForm(workload=TINY), LISTED)
+
+
+def test_the_form_builds_the_profile_config():
+    workload, options, config = views.profile_request(
+        views.ProfileForm(workload="fraud-mlp", dtype="bf16", batch_list="512, 32,128", memory_budget="1GiB",
+                          full=True), LISTED)
+    assert (workload, options) == ("fraud-mlp", {})
+    assert config.batch_sizes == (32, 128, 512) and config.memory_budget_bytes == 2**30
+    assert config.dtype == "bf16" and config.full
+    _, _, ranged = views.profile_request(views.ProfileForm(workload="fraud-mlp", min_batch=64, max_batch=1024), LISTED)
+    assert (ranged.batch_sizes, ranged.min_batch, ranged.max_batch) == (None, 64, 1024)
+
+
+def test_the_table_workload_takes_a_data_path_and_label():
+    with pytest.raises(UsageError, match="data file"):
+        views.profile_request(views.ProfileForm(workload="table", label="y"), LISTED)
+    _, options, _ = views.profile_request(
+        views.ProfileForm(workload="table", data_path=" /data/t.csv ", label="y"), LISTED)
+    assert options == {"path": "/data/t.csv", "label": "y"}
+
+
+@pytest.mark.parametrize("form, message", [
+    (views.ProfileForm(workload="fraud-mlp", batch_list="32,abc"), "batch size"),
+    (views.ProfileForm(workload="fraud-mlp", min_batch=512, max_batch=64), "below min batch"),
+    (views.ProfileForm(workload="fraud-mlp", memory_budget="-3GiB"), "memory budget"),
+])
+def test_bad_form_input_says_what_to_fix(form, message):
+    with pytest.raises(UsageError, match=message):
+        views.profile_request(form, LISTED)
+
+
+def test_the_hardware_card_shows_live_gpu_readings_or_why_there_are_none():
+    gpu = {"id": "cuda:GPU-1", "kind": "cuda", "name": "NVIDIA A100", "total_memory_bytes": 40 * 2**30,
+           "compute_capability": "8.0", "cores": 108, "torch_device": "cuda:0",
+           "live": {"gpu_util_pct": 97, "power_w": 312.4, "temp_c": 61, "mem_used_bytes": 2**30}}
+    with_gpu = views.hardware_view({"devices": [gpu], "nvml": {"available": True}, "torch": "2.5", "cuda": "12.4"})
+    (card,) = with_gpu.cards
+    assert {m.label: m.value for m in card.live} == {"GPU util": "97 %", "Power": "312 W", "Temperature": "61 °C",
+                                                     "Memory used": "1.0 GiB"}
+    assert with_gpu.nvml_note is None
+    cpu = {"id": "cpu", "kind": "cpu", "name": "AMD EPYC", "total_memory_bytes": 2**34, "cores": 2,
+           "torch_device": "cpu", "live": None}
+    cpu_only = views.hardware_view({"devices": [cpu], "nvml": {"available": False, "reason": "no NVIDIA driver"}})
+    assert cpu_only.cards[0].live == () and "16.0 GiB" in [m.value for m in cpu_only.cards[0].facts]
+    assert "NVML is absent: no NVIDIA driver" in cpu_only.nvml_note
+
+
+def test_the_points_table_reads_in_units_and_explains_refused_points():
+    import pandas as pd
+
+    points = pd.DataFrame({
+        "batch_size": [64, 32], "status": ["over_budget", "ok"], "median_s": [None, 0.0123456],
+        "p25_s": [None, 0.012], "p75_s": [None, 0.013], "samples_per_s": [None, 2592.1],
+        "peak_memory_bytes": pd.array([None, 3 * 2**20], dtype="Int64"), "memory_is_estimate": [True, True],
+        "flops_per_s": [None, 1.5e9], "n": [0, 10], "noisy": [None, False], "error": [None, None],
+        "predicted_memory_bytes": pd.array([5 * 2**30, None], dtype="Int64"),
+    })
+    table = views.points_table(points)
+    assert list(table["batch"]) == [32, 64]
+    assert table["median (ms)"][0] == pytest.approx(12.35) and table["IQR (ms)"][0] == pytest.approx(1.0)
+    assert table["peak memory (MiB, estimate)"][0] == pytest.approx(3.0)
+    assert table["GFLOP/s"][0] == pytest.approx(1.5)
+    assert table["note"][1] == "predicted 5.0 GiB"
