@@ -8,7 +8,8 @@ from engine import devices, jobs, store
 from engine.home import Home
 from engine.profiler import ProfileConfig
 
-__all__ = ["start_profile", "profile_summary", "start_noise", "start_stability", "make_recommendation",
+__all__ = ["start_profile", "profile_summary", "start_noise", "start_stability", "make_recommendation", "start_train",
+           "start_autopilot",
            "NOISE_FIELDS"]
 
 
@@ -57,6 +58,60 @@ def start_stability(home: Home, rec: dict, device: str, steps: int = 60) -> str:
               "device": str(torch_device), "batch_size": rec["batch_size"], "lr": rec["learning_rate"],
               "steps": steps, "dtype": rec.get("dtype", "fp32")}
     return jobs.submit(home, "stability", params, device=str(torch_device), workload=rec.get("workload"))
+
+
+def start_train(home: Home, workload: str, options: dict, device: str, config, repeats: int = 1,
+                role: str | None = None, recommendation_id: str | None = None) -> list[str]:
+    """Validate, then queue ``repeats`` training runs (seeds seed, seed+1, ...) as one group.
+
+    They run one after another on the device (the per-device lock), so they never time each other.
+    """
+    import secrets
+    from dataclasses import replace
+
+    from engine.errors import UsageError
+    from engine.workloads import load_workload
+
+    config.validate()
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise UsageError(f"--repeats must be a positive integer, not {repeats!r}")
+    torch_device = devices.resolve_device(device)
+    devices.check_dtype(torch_device, config.dtype)
+    home.check()
+    store.check_database_file(home.database)
+    loaded = load_workload(workload, options)
+    if config.micro_batch > loaded.n_train:
+        raise UsageError(f"--batch-size {config.batch_size} is larger than the {loaded.n_train} training samples "
+                         f"of {loaded.name}")
+    group = config.group or (f"grp-{secrets.token_hex(4)}" if repeats > 1 else None)
+    job_ids = []
+    for k in range(repeats):
+        run_config = replace(config, seed=config.seed + k, group=group)
+        params = {"workload": workload, "options": dict(options), "device": str(torch_device),
+                  "config": asdict(run_config), "role": role, "recommendation_id": recommendation_id}
+        job_ids.append(jobs.submit(home, "train", params, device=str(torch_device), workload=loaded.name))
+    return job_ids
+
+
+def start_autopilot(home: Home, workload: str, options: dict, device: str, config) -> str:
+    """Validate, then start the one-click flow as a job of its own; returns its id.
+
+    The orchestrator waits on a lock of its own, so its children can take the device's lock.
+    """
+    from engine.errors import UsageError
+    from engine.workloads import load_workload
+
+    if isinstance(config.repeats, bool) or not isinstance(config.repeats, int) or config.repeats < 1:
+        raise UsageError(f"--repeats must be a positive integer, not {config.repeats!r}")
+    if config.epochs is not None and not config.epochs > 0:
+        raise UsageError(f"--epochs must be positive, not {config.epochs!r}")
+    torch_device = devices.resolve_device(device)
+    home.check()
+    store.check_database_file(home.database)
+    loaded = load_workload(workload, options)
+    params = {"workload": workload, "options": dict(options), "device": str(torch_device),
+              "autopilot": asdict(config)}
+    return jobs.submit(home, "autopilot", params, device=f"autopilot-{torch_device}", workload=loaded.name)
 
 
 NOISE_FIELDS = ("b_simple", "ci_low", "ci_high", "batch_small", "batch_big", "batches", "warm_steps", "g2",

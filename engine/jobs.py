@@ -308,6 +308,8 @@ _KINDS: dict[str, str] = {
     "profile": "engine.tasks:profile_task",
     "noise": "engine.tasks:noise_task",
     "stability": "engine.tasks:stability_task",
+    "train": "engine.tasks:train_task",
+    "autopilot": "engine.autopilot:autopilot_task",
 }
 
 
@@ -388,4 +390,8 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         print("usage: python -m engine.jobs JOB_DIR", file=sys.stderr)
         sys.exit(2)
-    sys.exit(run_job(Path(sys.argv[1])))
+    # Run the imported module's run_job, not this __main__ copy's: the job bodies raise
+    # engine.jobs.Diverged / Cancelled, which are other classes than __main__'s.
+    from engine.jobs import run_job as _run_job
+
+    sys.exit(_run_job(Path(sys.argv[1])))

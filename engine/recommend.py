@@ -168,7 +168,7 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
     rec_run = chosen.run_time_s if chosen.batch_size != b0 else baseline_run
     return {
         "recommendation_id": f"rec-{secrets.token_hex(4)}",
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
         "tool_version": __version__,
         "workload": profile.get("workload"), "workload_spec": profile.get("workload_spec"),
         "workload_options": profile.get("options") or {},

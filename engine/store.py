@@ -27,7 +27,8 @@ __all__ = [
     "MIGRATIONS", "connect", "migrate", "applied_migrations", "check_database_file", "ingest",
     "IngestReport", "list_profiles", "load_profile", "profile_points", "profile_telemetry",
     "list_jobs", "get_job", "list_devices", "register_event_handler", "load_noise", "list_noise_estimates", "load_stability",
-    "save_recommendation", "load_recommendation", "list_recommendations",
+    "save_recommendation", "load_recommendation", "list_recommendations", "list_runs", "get_run", "runs_in",
+    "run_evaluations", "run_metrics", "load_autopilot",
 ]
 
 DUCKDB_MAGIC = b"DUCK"          # bytes 8..12 of every DuckDB database file
@@ -206,6 +207,76 @@ MIGRATIONS: list[tuple[str, str]] = [
             excluded VARCHAR,
             rank INTEGER,
             PRIMARY KEY (recommendation_id, batch_size)
+        );
+    """),
+    ("004_runs", """
+        CREATE TABLE runs (
+            id VARCHAR PRIMARY KEY,          -- the job id of the training job; its state is jobs.state
+            group_id VARCHAR,                -- repeats of one config (other seeds) share a group
+            role VARCHAR,                    -- baseline | recommended | NULL
+            recommendation_id VARCHAR,
+            workload VARCHAR,
+            workload_spec VARCHAR,
+            options JSON,
+            device_id VARCHAR,
+            device_name VARCHAR,
+            batch_size INTEGER,              -- global batch: micro_batch_size x accumulate
+            micro_batch_size INTEGER,
+            accumulate INTEGER,
+            lr DOUBLE,
+            warmup_samples BIGINT,
+            epochs DOUBLE,
+            schedule VARCHAR,
+            dtype VARCHAR,
+            seed INTEGER,
+            target_val_loss DOUBLE,
+            tags VARCHAR[],
+            primary_metric VARCHAR,          -- the validation metric compared between runs
+            primary_metric_mode VARCHAR,     -- max | min
+            n_params BIGINT,
+            total_steps BIGINT,
+            started_at TIMESTAMPTZ,
+            ended_at TIMESTAMPTZ,
+            steps BIGINT,
+            samples BIGINT,
+            wall_time_s DOUBLE,              -- evaluation included
+            train_time_s DOUBLE,             -- evaluation excluded
+            final_val_loss DOUBLE,
+            best_val_loss DOUBLE,
+            final_metrics JSON,
+            final_primary_metric DOUBLE,
+            reached_target BOOLEAN,
+            time_to_target_s DOUBLE,
+            peak_memory_bytes BIGINT,
+            stop_reason VARCHAR,
+            config JSON,
+            versions JSON
+        );
+        CREATE TABLE metrics (
+            run_id VARCHAR NOT NULL,
+            step BIGINT NOT NULL,
+            epoch DOUBLE,
+            samples BIGINT,
+            wall_time_s DOUBLE,
+            train_time_s DOUBLE,
+            name VARCHAR NOT NULL,           -- train_loss, lr, samples_per_s, val_loss, val_<metric>
+            value DOUBLE
+        );
+        CREATE INDEX metrics_run ON metrics (run_id);
+    """),
+    ("005_autopilots", """
+        CREATE TABLE autopilots (
+            id VARCHAR PRIMARY KEY,          -- the job id of the orchestrating job
+            workload VARCHAR,
+            phase VARCHAR,                   -- profile, noise scale, recommendation, baseline runs, ...
+            profile_id VARCHAR,
+            noise_id VARCHAR,
+            recommendation_id VARCHAR,
+            baseline_runs VARCHAR[],
+            recommended_runs VARCHAR[],
+            headline JSON,                   -- measured and predicted speedup, metric difference, p-value
+            comparison JSON,
+            updated_at TIMESTAMPTZ
         );
     """),
 ]
@@ -538,9 +609,109 @@ def _on_stability(con, job_id: str, events: list[dict], report: IngestReport) ->
         report.add_rows("stability_checks", 1)
 
 
+def _on_run_start(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    for e in events:
+        config = e.get("config") or {}
+        device = e.get("device") or {}
+        _upsert_device(con, device, (e.get("versions") or {}).get("host"))
+        con.execute(
+            "INSERT OR REPLACE INTO runs (id, group_id, role, recommendation_id, workload, workload_spec, options, "
+            "device_id, device_name, batch_size, micro_batch_size, accumulate, lr, warmup_samples, epochs, schedule, "
+            "dtype, seed, target_val_loss, tags, primary_metric, primary_metric_mode, n_params, total_steps, "
+            "started_at, config, versions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "?, ?, to_timestamp(?), ?, ?)",
+            [job_id, config.get("group") or job_id, e.get("role"), e.get("recommendation_id"), e.get("workload"),
+             e.get("workload_spec"), json.dumps(e.get("options") or {}), device.get("id"), device.get("name"),
+             config.get("batch_size"), e.get("micro_batch"), config.get("accumulate"), config.get("lr"),
+             e.get("warmup_samples"), e.get("epochs"), config.get("schedule"), config.get("dtype"), config.get("seed"),
+             config.get("target_val_loss"), list(config.get("tags") or []), e.get("primary_metric"),
+             e.get("primary_metric_mode"), e.get("n_params"), e.get("total_steps"), e["t"], json.dumps(config),
+             json.dumps(e.get("versions") or {})],
+        )
+        report.add_rows("runs", 1)
+
+
+_METRIC_INDEX = ["step", "epoch", "samples", "wall_time_s", "train_time_s"]
+
+
+def _on_metrics(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    rows = [row for e in events for row in e.get("rows") or []]
+    if not rows:
+        return
+    wide = pd.DataFrame(rows)
+    values = [c for c in ("train_loss", "lr", "samples_per_s") if c in wide]
+    frame = wide.melt(id_vars=_METRIC_INDEX, value_vars=values, var_name="name", value_name="value")
+    frame = frame[frame["value"].notna()]
+    frame.insert(0, "run_id", job_id)
+    report.add_rows("metrics", _insert_frame(con, "metrics", frame))
+
+
+def _on_eval(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    rows = []
+    for e in events:
+        base = {k: e.get(k) for k in _METRIC_INDEX}
+        rows.append({**base, "name": "val_loss", "value": e.get("val_loss")})
+        rows += [{**base, "name": f"val_{name}", "value": value} for name, value in (e.get("metrics") or {}).items()]
+    frame = pd.DataFrame(rows)
+    frame.insert(0, "run_id", job_id)
+    report.add_rows("metrics", _insert_frame(con, "metrics", frame))
+
+
+def _on_run_end(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    e = events[-1]
+    con.execute(
+        "UPDATE runs SET ended_at = to_timestamp(?), steps = ?, samples = ?, wall_time_s = ?, train_time_s = ?, "
+        "final_val_loss = ?, best_val_loss = ?, final_metrics = ?, "
+        "final_primary_metric = CAST(json_extract(?, '$.\"' || coalesce(primary_metric, '') || '\"') AS DOUBLE), "
+        "reached_target = ?, time_to_target_s = ?, peak_memory_bytes = ?, stop_reason = ? WHERE id = ?",
+        [e["t"], e.get("steps"), e.get("samples"), e.get("wall_time_s"), e.get("train_time_s"), e.get("final_val_loss"),
+         e.get("best_val_loss"), json.dumps(e.get("final_metrics") or {}), json.dumps(e.get("final_metrics") or {}),
+         e.get("reached_target"), e.get("time_to_target_s"), e.get("peak_memory_bytes"), e.get("stop_reason"),
+         job_id],
+    )
+
+
+def _on_recommendation(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    for e in events:
+        rec = e["document"]
+        if not con.execute("SELECT 1 FROM recommendations WHERE id = ?", [rec["recommendation_id"]]).fetchone():
+            _insert_recommendation(con, rec)
+            report.add_rows("recommendations", 1)
+        _upsert_autopilot(con, job_id, e["t"], recommendation_id=rec["recommendation_id"])
+
+
+def _on_autopilot_phase(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    e = events[-1]
+    _upsert_autopilot(con, job_id, e["t"], phase=e.get("phase"))
+
+
+def _on_autopilot_result(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    e = events[-1]
+    _upsert_autopilot(con, job_id, e["t"], phase="done", profile_id=e.get("profile_id"), noise_id=e.get("noise_id"),
+                      recommendation_id=e.get("recommendation_id"), baseline_runs=e.get("baseline_runs"),
+                      recommended_runs=e.get("recommended_runs"), headline=json.dumps(e.get("headline")),
+                      comparison=json.dumps(e.get("comparison")))
+
+
+_AUTOPILOT_FIELDS = ("phase", "profile_id", "noise_id", "recommendation_id", "baseline_runs", "recommended_runs",
+                     "headline", "comparison")
+
+
+def _upsert_autopilot(con, job_id: str, t: float, **fields) -> None:
+    con.execute("INSERT INTO autopilots (id, workload, updated_at) SELECT id, workload, to_timestamp(?) FROM jobs "
+                "WHERE id = ? ON CONFLICT (id) DO NOTHING", [t, job_id])
+    for name, value in fields.items():
+        if name in _AUTOPILOT_FIELDS and value is not None:  # name: one of our constants, never user text
+            con.execute(f"UPDATE autopilots SET {name} = ?, updated_at = to_timestamp(?) WHERE id = ?",
+                        [value, t, job_id])
+
+
 for _type, _handler in {"start": _on_start, "exit": _on_exit, "profile_start": _on_profile_start,
                         "point": _on_points, "profile_end": _on_profile_end, "telemetry": _on_telemetry,
-                        "noise_estimate": _on_noise_estimate, "stability": _on_stability}.items():
+                        "noise_estimate": _on_noise_estimate, "stability": _on_stability,
+                        "run_start": _on_run_start, "metrics": _on_metrics, "eval": _on_eval,
+                        "run_end": _on_run_end, "recommendation": _on_recommendation,
+                        "autopilot_phase": _on_autopilot_phase, "autopilot_result": _on_autopilot_result}.items():
     register_event_handler(_type, _handler)
 
 
@@ -639,30 +810,34 @@ def save_recommendation(con, rec: dict) -> None:
     """The recommendation, its candidates, in one transaction."""
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(
-            "INSERT INTO recommendations VALUES (?, CAST(? AS TIMESTAMPTZ), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "?, ?, ?)",
-            [rec["recommendation_id"], rec["created_at"], rec["profile_id"], rec.get("noise_id"),
-             (rec.get("stability") or {}).get("id"), rec.get("workload"), rec["device"].get("id"), rec["batch_size"],
-             rec["learning_rate"], rec["warmup_steps"], rec["rule"], rec["baseline"]["batch_size"],
-             rec["baseline"]["learning_rate"], rec.get("noise_scale"), rec["predicted_speedup"]["throughput"],
-             rec["predicted_speedup"]["time_to_target"], rec["experiments_per_gpu_day"]["baseline"],
-             rec["experiments_per_gpu_day"]["recommended"], json.dumps(rec, default=str)],
-        )
-        frame = pd.DataFrame(rec["candidates"])
-        frame.insert(0, "recommendation_id", rec["recommendation_id"])
-        _insert_frame(con, "recommendation_candidates", frame)
+        _insert_recommendation(con, rec)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
 
 
+def _insert_recommendation(con, rec: dict) -> None:
+    con.execute(
+        "INSERT INTO recommendations VALUES (?, CAST(? AS TIMESTAMPTZ), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+        "?, ?, ?)",
+        [rec["recommendation_id"], rec["created_at"], rec["profile_id"], rec.get("noise_id"),
+         (rec.get("stability") or {}).get("id"), rec.get("workload"), rec["device"].get("id"), rec["batch_size"],
+         rec["learning_rate"], rec["warmup_steps"], rec["rule"], rec["baseline"]["batch_size"],
+         rec["baseline"]["learning_rate"], rec.get("noise_scale"), rec["predicted_speedup"]["throughput"],
+         rec["predicted_speedup"]["time_to_target"], rec["experiments_per_gpu_day"]["baseline"],
+         rec["experiments_per_gpu_day"]["recommended"], json.dumps(rec, default=str)],
+    )
+    frame = pd.DataFrame(rec["candidates"])
+    frame.insert(0, "recommendation_id", rec["recommendation_id"])
+    _insert_frame(con, "recommendation_candidates", frame)
+
+
 def load_recommendation(con, rec_id: str | None = "latest") -> dict | None:
     if rec_id and rec_id != "latest":
         row = con.execute("SELECT document FROM recommendations WHERE id = ?", [rec_id]).fetchone()
     else:
-        row = con.execute("SELECT document FROM recommendations ORDER BY created_at DESC, id LIMIT 1").fetchone()
+        row = con.execute("SELECT document FROM recommendations ORDER BY created_at DESC, rowid DESC LIMIT 1").fetchone()
     return json.loads(row[0]) if row else None
 
 
@@ -671,6 +846,73 @@ def list_recommendations(con) -> pd.DataFrame:
         "SELECT id, created_at, workload, profile_id, noise_id, batch_size, learning_rate, warmup_steps, rule, "
         "baseline_batch_size, baseline_lr, speedup_throughput, speedup_time_to_target FROM recommendations "
         "ORDER BY created_at DESC").df()
+
+
+_RUN_COLUMNS = ("coalesce(r.id, j.id) AS id, r.group_id, r.role, j.state, coalesce(r.workload, j.workload) AS workload, "
+                "r.device_name, r.batch_size, r.micro_batch_size, "
+                "r.accumulate, r.lr, r.seed, r.epochs, r.tags, r.started_at, r.ended_at, r.steps, r.wall_time_s, "
+                "r.train_time_s, r.final_val_loss, r.best_val_loss, r.final_primary_metric, r.primary_metric, "
+                "r.primary_metric_mode, r.reached_target, r.time_to_target_s, r.peak_memory_bytes, r.stop_reason, "
+                "r.recommendation_id, j.error, j.progress, j.phase, j.created_at")
+
+
+def list_runs(con, states: list[str] | None = None, group: str | None = None, workload: str | None = None) -> pd.DataFrame:
+    """Training runs with their job state, newest first. Jobs not yet started appear with their spec."""
+    return con.execute(
+        f"SELECT {_RUN_COLUMNS} FROM jobs j LEFT JOIN runs r ON r.id = j.id WHERE j.kind = 'train' "
+        "AND (? IS NULL OR list_contains(?, j.state)) AND (? IS NULL OR r.group_id = ? OR j.id = ?) "
+        "AND (? IS NULL OR r.workload = ?) ORDER BY j.created_at DESC",
+        [states, states, group, group, group, workload, workload],
+    ).df()
+
+
+def get_run(con, run_id: str) -> dict | None:
+    records = _records(con.execute(
+        f"SELECT {_RUN_COLUMNS}, r.config, r.versions, r.final_metrics, r.options, r.workload_spec, "
+        "r.warmup_samples, r.schedule, r.dtype, r.target_val_loss, r.n_params, r.samples "
+        "FROM runs r JOIN jobs j ON j.id = r.id WHERE r.id = ?", [run_id]).df())
+    if not records:
+        return None
+    run = records[0]
+    for key in ("config", "versions", "final_metrics", "options"):
+        if isinstance(run.get(key), str):
+            run[key] = json.loads(run[key])
+    return run
+
+
+def runs_in(con, run_or_group: str) -> list[str]:
+    """The run ids an argument names: one run, or every run of a group."""
+    rows = con.execute("SELECT id FROM runs WHERE id = ? OR group_id = ? ORDER BY seed, id",
+                       [run_or_group, run_or_group]).fetchall()
+    return [r[0] for r in rows]
+
+
+def run_evaluations(con, run_ids: list[str]) -> pd.DataFrame:
+    """Validation loss at each evaluation, with the training and wall time it was reached at."""
+    return con.execute(
+        "SELECT run_id, step, epoch, samples, wall_time_s, train_time_s, value AS val_loss FROM metrics "
+        "WHERE list_contains(?, run_id) AND name = 'val_loss' ORDER BY run_id, step", [run_ids]).df()
+
+
+def run_metrics(con, run_ids: list[str], names: list[str] | None = None) -> pd.DataFrame:
+    return con.execute(
+        "SELECT * FROM metrics WHERE list_contains(?, run_id) AND (? IS NULL OR list_contains(?, name)) "
+        "ORDER BY run_id, name, step", [run_ids, names, names]).df()
+
+
+def load_autopilot(con, autopilot_id: str | None = "latest") -> dict | None:
+    """One autopilot with its job state, or the newest."""
+    sql = ("SELECT a.*, j.state, j.progress, j.error, j.created_at FROM autopilots a JOIN jobs j ON j.id = a.id "
+           "WHERE (? IS NULL OR a.id = ?) ORDER BY j.created_at DESC LIMIT 1")
+    wanted = None if autopilot_id in (None, "latest") else autopilot_id
+    records = _records(con.execute(sql, [wanted, wanted]).df())
+    if not records:
+        return None
+    record = records[0]
+    for key in ("headline", "comparison"):
+        if isinstance(record.get(key), str):
+            record[key] = json.loads(record[key])
+    return record
 
 
 def list_devices(con) -> pd.DataFrame:

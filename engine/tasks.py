@@ -17,7 +17,7 @@ from engine.jobs import JobContext
 from engine.profiler import ProfileConfig, ProfilePoint, plan_batch_sizes, run_profile
 from engine.workloads import load_workload
 
-__all__ = ["profile_task", "noise_task", "stability_task", "profile_config_from_params", "versions"]
+__all__ = ["profile_task", "noise_task", "stability_task", "train_task", "profile_config_from_params", "versions"]
 
 
 def versions() -> dict:
@@ -110,4 +110,30 @@ def stability_task(ctx: JobContext) -> None:
                              dtype=params.get("dtype", "fp32"),
                              on_progress=lambda f: ctx.progress("learning-rate ramp", f))
     ctx.spool.emit("stability", id=ctx.job_id, **result.to_dict())
+    ctx.progress("done", 1.0)
+
+
+def train_task(ctx: JobContext) -> None:
+    """One training run; ``run_start``, ``metrics``, ``eval`` and ``run_end`` events."""
+    from engine.train import TrainConfig, train
+
+    params = ctx.params
+    ctx.progress("loading workload", 0.0)
+    workload = load_workload(params["workload"], params.get("options") or {})
+    device = devices.resolve_device(params.get("device", "auto"))
+    fields = {k: v for k, v in params["config"].items() if k in TrainConfig.__dataclass_fields__}
+    fields["tags"] = tuple(fields.get("tags") or ())
+    config = TrainConfig(**fields)
+    meta = {"workload": workload.name, "workload_spec": params["workload"], "options": params.get("options") or {},
+            "device": devices.device_info(device).to_dict(), "versions": versions(),
+            "role": params.get("role"), "recommendation_id": params.get("recommendation_id"),
+            "primary_metric": workload.main_metric, "primary_metric_mode": workload.primary_metric_mode}
+
+    def emit(type_: str, **fields) -> None:
+        if type_ == "run_start":
+            fields = {**meta, **fields}
+        ctx.spool.emit(type_, **fields)
+
+    result = train(workload, device, config, emit=emit, progress=lambda phase, f: ctx.progress(phase, f))
+    ctx.spool.emit("run_end", **asdict(result))
     ctx.progress("done", 1.0)

@@ -1,0 +1,191 @@
+"""Training runs as real jobs: crashes, concurrency, divergence, cancelling, restarts, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from engine import actions, jobs, store
+from engine.train import TrainConfig
+
+LONG = TrainConfig(batch_size=16, lr=1e-2, epochs=200, log_every_steps=5)
+
+
+def _wait_for(predicate, timeout=90.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _spooled(home, job_id, kind):
+    return (home.job_dir(job_id) / "events.jsonl").read_text().count(f'"type": "{kind}"')
+
+
+def _metric_rows_in_spool(home, job_id):
+    rows = 0
+    for line in (home.job_dir(job_id) / "events.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event["type"] == "metrics":
+            rows += sum(sum(1 for k in ("train_loss", "lr", "samples_per_s") if r.get(k) is not None)
+                        for r in event["rows"])
+        elif event["type"] == "eval":
+            rows += 1 + len(event["metrics"])
+    return rows
+
+
+def test_a_run_killed_with_sigkill_is_crashed_and_keeps_its_flushed_metrics(home, tiny_spec):
+    [run] = actions.start_train(home, tiny_spec, {}, "cpu", LONG)
+    assert _wait_for(lambda: _spooled(home, run, "eval") >= 2)
+    time.sleep(0.6)  # let a flush happen after the last eval, as it would mid-run
+    os.killpg(jobs.read_status(home.job_dir(run))["pid"], signal.SIGKILL)
+    assert _wait_for(lambda: jobs.derive_state(home.job_dir(run)) == jobs.CRASHED, 10)
+    store.ingest(home)
+    with store.connect(home) as con:
+        assert store.get_job(con, run)["state"] == "CRASHED"
+        stored = con.execute("SELECT count(*) FROM metrics WHERE run_id = ?", [run]).fetchone()[0]
+        evals = store.run_evaluations(con, [run])
+    assert stored == _metric_rows_in_spool(home, run) > 0  # everything flushed before the kill is in the database
+    assert len(evals) >= 2
+
+
+def test_an_absurd_learning_rate_ends_diverged_in_seconds(home, tiny_spec):
+    started = time.monotonic()
+    [run] = actions.start_train(home, tiny_spec, {}, "cpu", TrainConfig(batch_size=32, lr=1e7, epochs=500,
+                                                                        warmup_samples=0))
+    assert jobs.wait(home, run, timeout_s=60) == jobs.DIVERGED
+    assert time.monotonic() - started < 30
+    store.ingest(home)
+    with store.connect(home) as con:
+        job = store.get_job(con, run)
+    assert job["state"] == "DIVERGED" and "loss" in job["error"]
+
+
+def test_four_runs_and_readers_on_one_database_lose_nothing(home, tiny_spec):
+    """Four runs at once (each on its own lock key, as on four devices) while readers and ingesters poll."""
+    from dataclasses import asdict
+
+    config = TrainConfig(batch_size=32, lr=1e-2, epochs=4, log_every_steps=2)
+    params = {"workload": tiny_spec, "options": {}, "device": "cpu", "config": asdict(config)}
+    runs = [jobs.submit(home, "train", params, device=f"cpu-slot-{k}") for k in range(4)]
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            proc = subprocess.run([sys.executable, "-m", "engine.cli", "runs", "--json"], capture_output=True,
+                                  text=True, env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
+            if proc.returncode != 0:
+                errors.append(proc.stderr)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for run in runs:
+            assert jobs.wait(home, run, timeout_s=180) == jobs.FINISHED
+            store.ingest(home)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    store.ingest(home)
+    assert not errors, errors[0]
+    with store.connect(home) as con:
+        for run in runs:
+            stored = con.execute("SELECT count(*) FROM metrics WHERE run_id = ?", [run]).fetchone()[0]
+            assert stored == _metric_rows_in_spool(home, run)
+        assert len(store.list_runs(con, states=["FINISHED"])) == 4
+
+
+def test_a_cancelled_queued_run_never_starts(home, tiny_spec):
+    first, second = actions.start_train(home, tiny_spec, {}, "cpu", LONG, repeats=2)
+    assert _wait_for(lambda: _spooled(home, first, "run_start") == 1)
+    assert jobs.derive_state(home.job_dir(second)) == jobs.PENDING
+    assert jobs.cancel(home, second)
+    assert jobs.wait(home, second, timeout_s=20) == jobs.KILLED
+    jobs.cancel(home, first)
+    assert _spooled(home, second, "run_start") == 0 and _spooled(home, second, "start") == 0
+    store.ingest(home)
+    with store.connect(home) as con:
+        states = {r["id"]: r["state"] for r in store._records(store.list_runs(con))}
+    assert states[second] == "KILLED"
+
+
+def test_killing_the_cli_while_a_run_goes_on_loses_nothing(home, tiny_spec):
+    cli = subprocess.Popen([sys.executable, "-m", "engine.cli", "train", "--workload", tiny_spec, "--batch-size", "32",
+                            "--lr", "0.01", "--epochs", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
+    assert _wait_for(lambda: home.jobs.exists() and any(home.jobs.iterdir()))
+    run = next(home.jobs.iterdir()).name
+    assert _wait_for(lambda: _spooled(home, run, "eval") >= 1)
+    cli.kill()  # the terminal goes away; the job runs on in its own session
+    cli.wait()
+    assert jobs.wait(home, run, timeout_s=120) == jobs.FINISHED
+    store.ingest(home)
+    with store.connect(home) as con:
+        run_row = store.get_run(con, run)
+        stored = con.execute("SELECT count(*) FROM metrics WHERE run_id = ?", [run]).fetchone()[0]
+    assert run_row["state"] == "FINISHED" and run_row["final_val_loss"] is not None
+    assert stored == _metric_rows_in_spool(home, run)
+
+
+def test_train_runs_compare_from_the_command_line(home, tiny_spec):
+    def cli(*argv):
+        proc = subprocess.run([sys.executable, "-m", "engine.cli", *argv], capture_output=True, text=True,
+                              timeout=300, env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
+        return proc.returncode, proc.stdout, proc.stderr
+
+    code, out, err = cli("train", "--workload", tiny_spec, "--batch-size", "32", "--lr", "0.01", "--epochs", "3",
+                         "--repeats", "2", "--json")
+    assert code == 0, err
+    base = json.loads(out)
+    assert [r["seed"] for r in base] == [0, 1] and base[0]["group_id"] == base[1]["group_id"]
+    assert all(r["state"] == "FINISHED" and r["final_val_loss"] > 0 for r in base)
+    code, out, err = cli("train", "--workload", tiny_spec, "--batch-size", "128", "--lr", "0.04", "--epochs", "6",
+                         "--repeats", "2", "--json")
+    big = json.loads(out)
+    code, out, err = cli("compare", base[0]["group_id"], big[0]["group_id"], "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    base_group, big_group = result["groups"]
+    assert base_group["n"] == 2 and big_group["n"] == 2 and result["metric"] == "accuracy"
+    assert big_group["p_value"] is None or 0 <= big_group["p_value"] <= 1
+    assert result["target_val_loss"] >= result["baseline_best_val_loss"]
+    code, out, _ = cli("runs", "--status", "FINISHED", "--json")
+    assert len(json.loads(out)) == 4
+    code, out, _ = cli("runs", "show", base[0]["id"], "--json")
+    assert len(json.loads(out)["evaluations"]) == 3
+    for bad, says in [(("compare", "nope", base[0]["id"]), "no run or group"), (("runs", "show", "nope"), "no run"),
+                      (("runs", "--status", "SLEEPING"), "unknown state"), (("runs", "cancel", "nope"), "no run"),
+                      (("train", "--workload", tiny_spec, "--batch-size", "32", "--lr", "-1"), "--lr"),
+                      (("train", "--workload", tiny_spec, "--batch-size", "30", "--lr", "1", "--accumulate", "4"),
+                       "divisible")]:
+        code, _, err = cli(*bad)
+        assert code == 2 and says in err and err.count("\n") == 1, err
+
+
+def test_autopilot_ends_with_a_headline(home, tiny_spec):
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "autopilot", "--workload", tiny_spec, "--repeats", "2",
+                           "--epochs", "2", "--json"], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    headline = result["headline"]
+    assert headline["batch_size"] == result["recommendation"]["batch_size"]
+    assert headline["predicted_speedup"] > 0 and "predicted" in headline["text"]
+    assert len(result["baseline_runs"]) == 2 and len(result["recommended_runs"]) == 2
+    assert [g["name"] for g in result["comparison"]["groups"]] == ["baseline", "recommended"]
+    with store.connect(home) as con:
+        rec = store.load_recommendation(con, result["recommendation"]["recommendation_id"])
+        roles = {r["role"] for r in store._records(store.list_runs(con))}
+    assert rec is not None and roles == {"baseline", "recommended"}

@@ -1,0 +1,133 @@
+"""The training loop: schedule, accumulation, evaluation, targets and divergence, on real models."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from engine.compare import compare_groups, time_to_target, welch_p_value
+from engine.errors import UsageError
+from engine.jobs import Diverged
+from engine.train import TrainConfig, lr_at, train
+
+import tiny_workload
+
+CPU = torch.device("cpu")
+
+
+def collect():
+    events = []
+    return events, lambda type_, **fields: events.append({"type": type_, **fields})
+
+
+def test_warmup_is_linear_in_samples_then_constant_or_cosine():
+    assert lr_at(0, 0, 1.0, 1000, 100) == pytest.approx(1 / 1000)
+    assert lr_at(4, 499, 1.0, 1000, 100) == pytest.approx(0.5)
+    assert lr_at(10, 1000, 1.0, 1000, 100) == 1.0
+    assert lr_at(50, 10_000, 1.0, 0, 100, "cosine") == pytest.approx(0.5)
+    assert lr_at(100, 10_000, 1.0, 0, 100, "cosine") == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_run_logs_evaluates_every_epoch_and_learns():
+    events, emit = collect()
+    workload = tiny_workload.make()
+    result = train(workload, CPU, TrainConfig(batch_size=32, lr=1e-2, epochs=3), emit=emit)
+    evals = [e for e in events if e["type"] == "eval"]
+    assert [round(e["epoch"]) for e in evals] == [1, 2, 3]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] and evals[-1]["metrics"]["accuracy"] > 0.9
+    rows = [r for e in events if e["type"] == "metrics" for r in e["rows"]]
+    assert len(rows) >= 3 * 20 * 0.9  # about 20 logs per epoch
+    assert all(r["train_loss"] > 0 and r["lr"] > 0 for r in rows)
+    assert result.steps == 3 * (2048 // 32) and result.samples == result.steps * 32
+    assert result.train_time_s < result.wall_time_s  # evaluation sits outside the training clock
+    assert result.peak_memory_bytes > 0
+    assert result.final_val_loss == evals[-1]["val_loss"]
+
+
+def test_gradient_accumulation_matches_the_full_batch():
+    """SGD on micro-batches of 16, accumulated twice, lands where batches of 32 do."""
+    from engine import Workload
+
+    base = tiny_workload.make()
+    workload = Workload(name="sgd", model=base.model, train=base.train, val=base.val, loss=base.loss,
+                        baseline_batch_size=32, baseline_lr=0.1, optimizer="sgd")
+    weights = []
+    for accumulate in (1, 2):
+        captured = {}
+
+        def grab(type_, **fields):
+            pass
+
+        torch.manual_seed(0)
+        config = TrainConfig(batch_size=32, lr=0.05, accumulate=accumulate, max_steps=20, warmup_samples=0)
+        original = workload.model
+
+        def model_and_keep():
+            m = original()
+            captured["model"] = m
+            return m
+
+        tracked = Workload(name="sgd", model=model_and_keep, train=workload.train, val=workload.val,
+                           loss=workload.loss, baseline_batch_size=32, baseline_lr=0.1, optimizer="sgd")
+        train(tracked, CPU, config, emit=grab)
+        weights.append(torch.cat([p.detach().flatten() for p in captured["model"].parameters()]))
+    assert torch.allclose(weights[0], weights[1], atol=1e-5)
+
+
+def test_the_target_stops_the_run_and_records_the_time():
+    result = train(tiny_workload.make(), CPU, TrainConfig(batch_size=32, lr=1e-2, epochs=10, target_val_loss=0.2,
+                                                          eval_every_epochs=0.25))
+    assert result.reached_target and result.stop_reason == "target"
+    assert 0 < result.time_to_target_s <= result.train_time_s and result.final_val_loss <= 0.2
+    assert result.epochs < 10
+
+
+def test_an_absurd_learning_rate_diverges_within_a_few_steps():
+    events, emit = collect()
+    with pytest.raises(Diverged):
+        train(tiny_workload.make(), CPU, TrainConfig(batch_size=32, lr=1e6, epochs=50, warmup_samples=0), emit=emit)
+    last = [r for e in events if e["type"] == "metrics" for r in e["rows"]][-1]
+    assert last["step"] <= 10
+
+
+@pytest.mark.parametrize("config, says", [
+    (TrainConfig(batch_size=0, lr=1.0), "batch-size"),
+    (TrainConfig(batch_size=32, lr=0.0), "--lr"),
+    (TrainConfig(batch_size=32, lr=1.0, accumulate=3), "divisible"),
+    (TrainConfig(batch_size=32, lr=1.0, schedule="linear"), "schedule"),
+    (TrainConfig(batch_size=100_000, lr=1.0), "larger than"),
+])
+def test_bad_configs(config, says):
+    with pytest.raises(UsageError, match=says):
+        train(tiny_workload.make(), CPU, config)
+
+
+def test_time_to_target_and_welch():
+    evals = pd.DataFrame({"run_id": ["a"] * 3, "step": [1, 2, 3], "wall_time_s": [2.0, 4.0, 6.0],
+                          "train_time_s": [1.0, 2.0, 3.0], "val_loss": [0.9, 0.5, 0.4]})
+    assert time_to_target(evals, 0.5) == (2.0, 4.0)
+    assert time_to_target(evals, 0.1) == (None, None)
+    from scipy import stats
+
+    a, b = [0.80, 0.82, 0.81], [0.70, 0.72, 0.69]
+    assert welch_p_value(a, b) == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert welch_p_value([0.8], b) is None
+
+
+def test_compare_groups_speedup_against_the_baseline():
+    runs = lambda name, seeds, best: [{"id": f"{name}{s}", "seed": s, "best_val_loss": best, "final_val_loss": best,
+                                       "primary_metric": "acc", "final_primary_metric": 0.9 + 0.01 * s,
+                                       "batch_size": 1, "lr": 1.0} for s in seeds]
+    rows = []
+    for run_id, times in {"b0": [10, 20, 30], "b1": [12, 22, 32], "r0": [2, 4, 6], "r1": [3, 5, 7]}.items():
+        for step, (t, loss) in enumerate(zip(times, [0.9, 0.6, 0.5])):
+            rows.append({"run_id": run_id, "step": step, "wall_time_s": t + 1, "train_time_s": t, "val_loss": loss})
+    result = compare_groups([("base", runs("b", [0, 1], 0.5)), ("rec", runs("r", [0, 1], 0.5))], pd.DataFrame(rows),
+                            tolerance=0.0)
+    base, rec = result["groups"]
+    assert base["time_to_target_s"]["mean"] == pytest.approx(31) and rec["time_to_target_s"]["mean"] == pytest.approx(6.5)
+    assert rec["speedup"] == pytest.approx(31 / 6.5)
+    assert rec["metric_difference"] == pytest.approx(0.0) and math.isclose(rec["p_value"], 1.0)
