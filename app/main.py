@@ -15,9 +15,18 @@ PAGES_DIR = Path(__file__).parent / "sections"  # not "pages": that name turns o
 # Sections of the navigation; later pages (Overview, Recommend, Runs, Planner, Export) are one
 # st.Page line each, in the section where they belong.
 PAGES = {
-    "Measure": [
-        st.Page(PAGES_DIR / "profiles.py", title="Profiles", icon=":material/speed:", url_path="profiles",
+    "Start": [
+        st.Page(PAGES_DIR / "overview.py", title="Overview", icon=":material/rocket_launch:", url_path="overview",
                 default=True),
+    ],
+    "Measure": [
+        st.Page(PAGES_DIR / "profiles.py", title="Profiles", icon=":material/speed:", url_path="profiles"),
+        st.Page(PAGES_DIR / "recommend.py", title="Recommend", icon=":material/tune:", url_path="recommend"),
+    ],
+    "Verify": [
+        st.Page(PAGES_DIR / "runs.py", title="Runs", icon=":material/monitoring:", url_path="runs"),
+        st.Page(PAGES_DIR / "planner.py", title="Planner", icon=":material/calendar_month:", url_path="planner"),
+        st.Page(PAGES_DIR / "export.py", title="Export", icon=":material/download:", url_path="export"),
     ],
 }
 

@@ -19,6 +19,7 @@ def open_app(monkeypatch, home: Home) -> AppTest:
     monkeypatch.setenv(HOME_ENV, str(home.root))
     at = AppTest.from_file(str(APP), default_timeout=60)
     at.run()
+    at.switch_page("sections/profiles.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 

@@ -1,0 +1,6 @@
+"""Overview: being built."""
+
+import streamlit as st
+
+st.title("Overview")
+st.info("This page is being built.")

@@ -1,0 +1,6 @@
+"""Runs: being built."""
+
+import streamlit as st
+
+st.title("Runs")
+st.info("This page is being built.")
