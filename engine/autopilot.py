@@ -103,7 +103,8 @@ def headline(rec: dict, comparison: dict) -> dict:
     diff, p = recommended.get("metric_difference"), recommended.get("p_value")
     if diff is not None:
         text += f"; {comparison.get('metric')} {diff:+.4f}"
-        text += f" (Welch p = {p:.3g})" if p is not None else " (one seed: no p-value)"
+        text += (f" (Welch p = {p:.3g})" if p is not None
+                 else " (no p-value: fewer than two finished seeds on a side)")
     return {"text": text, "batch_size": rec["batch_size"], "learning_rate": rec["learning_rate"],
             "measured_speedup": measured, "predicted_speedup": rec["predicted_speedup"]["time_to_target"],
             "predicted_throughput_speedup": rec["predicted_speedup"]["throughput"],

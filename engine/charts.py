@@ -36,7 +36,7 @@ BUDGET_OFF_CHART = 4.0          # a budget this many times above the data is not
 FIT_SAMPLES = 64                # points along the memory fit curve (log-spaced batch sizes)
 HEIGHT = 380                    # pixels, every single-panel figure
 
-_BLUE, _ORANGE, _GREY, _RED, _GREEN = "#1f77b4", "#ff7f0e", "#7f7f7f", "#d62728", "#2ca02c"
+BLUE, ORANGE, GREY, RED, GREEN = "#1f77b4", "#ff7f0e", "#7f7f7f", "#d62728", "#2ca02c"
 _BAND_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
 
@@ -82,7 +82,7 @@ def _revision(kind: str, frame: pd.DataFrame | None, id_column: str, uirevision:
     return f"{kind}:{owner}"
 
 
-def _layout(fig: go.Figure, title: str, x_title: str | None, y_title: str | None, revision: str,
+def apply_layout(fig: go.Figure, title: str, x_title: str | None, y_title: str | None, revision: str,
             subtitle: str | None = None) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, subtitle=dict(text=subtitle) if subtitle else None),
@@ -99,23 +99,23 @@ def _layout(fig: go.Figure, title: str, x_title: str | None, y_title: str | None
     return fig
 
 
-def _empty(title: str, x_title: str, y_title: str, revision: str, message: str = NO_DATA) -> go.Figure:
+def empty_figure(title: str, x_title: str, y_title: str, revision: str, message: str = NO_DATA) -> go.Figure:
     fig = go.Figure()
-    _layout(fig, title, x_title, y_title, revision)
+    apply_layout(fig, title, x_title, y_title, revision)
     fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
-                       font=dict(size=16, color=_GREY))
+                       font=dict(size=16, color=GREY))
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     return fig
 
 
-def _batch_axis(fig: go.Figure, batch_sizes: Iterable[float], **where) -> None:
+def batch_axis(fig: go.Figure, batch_sizes: Iterable[float], **where) -> None:
     """A log batch-size axis ticked at the measured sizes (powers of two read as such)."""
     ticks = sorted({int(b) for b in batch_sizes})
-    fig.update_xaxes(type="log", tickvals=ticks, ticktext=[_count(b) for b in ticks], **where)
+    fig.update_xaxes(type="log", tickvals=ticks, ticktext=[short_count(b) for b in ticks], **where)
 
 
-def _count(n: float) -> str:
+def short_count(n: float) -> str:
     """8, 512, 4k, 64k, 1M: a batch size short enough for a tick."""
     n = int(n)
     for divisor, suffix in ((2**20, "M"), (2**10, "k")):
@@ -146,7 +146,7 @@ def step_time_figure(points: pd.DataFrame | None, uirevision: str | None = None)
     revision = _revision("step-time", points, "profile_id", uirevision)
     ok = ok_points(points, "median_s")
     if ok.empty:
-        return _empty(title, x_title, y_title, revision)
+        return empty_figure(title, x_title, y_title, revision)
 
     batch = ok["batch_size"]
     median_ms = ok["median_s"] * 1e3
@@ -157,7 +157,7 @@ def step_time_figure(points: pd.DataFrame | None, uirevision: str | None = None)
 
     fig = go.Figure()
     fig.add_trace(go.Scatter(
-        x=batch, y=median_ms, mode="lines+markers", name="median step time", line=dict(color=_BLUE),
+        x=batch, y=median_ms, mode="lines+markers", name="median step time", line=dict(color=BLUE),
         error_y=dict(type="data", symmetric=False, array=(p75_ms - median_ms).clip(lower=0),
                      arrayminus=(median_ms - p25_ms).clip(lower=0), thickness=1.2, width=4),
         customdata=np.column_stack([p25_ms, p75_ms, steps]),
@@ -168,13 +168,13 @@ def step_time_figure(points: pd.DataFrame | None, uirevision: str | None = None)
     reference = t_min * batch / b_min
     fig.add_trace(go.Scatter(
         x=batch, y=reference, mode="lines", name="time grows with batch (no parallelism gain)",
-        line=dict(color=_GREY, dash="dash"),
+        line=dict(color=GREY, dash="dash"),
         hovertemplate="batch %{x}<br>linear reference %{y:.3g} ms<extra></extra>",
     ))
     if noisy.any():
         fig.add_trace(go.Scatter(
             x=batch[noisy], y=median_ms[noisy], mode="markers", name="noisy (wide IQR)",
-            marker=dict(symbol="circle-open", size=16, color=_ORANGE, line=dict(width=2)),
+            marker=dict(symbol="circle-open", size=16, color=ORANGE, line=dict(width=2)),
             hovertemplate="batch %{x}: noisy measurement (IQR wide against the median)<extra></extra>",
         ))
     subtitle = None
@@ -182,8 +182,8 @@ def step_time_figure(points: pd.DataFrame | None, uirevision: str | None = None)
         b_ratio = float(batch.iloc[-1]) / b_min
         t_ratio = float(median_ms.iloc[-1]) / t_min
         subtitle = f"{b_ratio:.0f}× the batch took {t_ratio:.2g}× the step time"
-    _layout(fig, title, x_title, y_title, revision, subtitle)
-    _batch_axis(fig, batch)
+    apply_layout(fig, title, x_title, y_title, revision, subtitle)
+    batch_axis(fig, batch)
     fig.update_yaxes(type="log")
     return fig
 
@@ -198,25 +198,25 @@ def throughput_figure(points: pd.DataFrame | None, saturation_batch: int | None,
     revision = _revision("throughput", points, "profile_id", uirevision)
     ok = ok_points(points, "samples_per_s")
     if ok.empty:
-        return _empty(title, x_title, y_title, revision)
+        return empty_figure(title, x_title, y_title, revision)
 
     fig = go.Figure(go.Scatter(
         x=ok["batch_size"], y=ok["samples_per_s"], mode="lines+markers", name="throughput",
-        line=dict(color=_GREEN), hovertemplate="batch %{x}<br>%{y:,.0f} samples/s<extra></extra>",
+        line=dict(color=GREEN), hovertemplate="batch %{x}<br>%{y:,.0f} samples/s<extra></extra>",
     ))
     best = float(ok["samples_per_s"].max())
-    fig.add_hline(y=SATURATION_SHARE * best, line=dict(color=_GREY, dash="dot", width=1))
+    fig.add_hline(y=SATURATION_SHARE * best, line=dict(color=GREY, dash="dot", width=1))
     ticks = list(ok["batch_size"])
     if saturation_batch is not None and not pd.isna(saturation_batch) and saturation_batch > 0:
         saturation_batch = int(saturation_batch)
-        fig.add_vline(x=saturation_batch, line=dict(color=_RED, dash="dash", width=2))
+        fig.add_vline(x=saturation_batch, line=dict(color=RED, dash="dash", width=2))
         # Annotations on a log axis take log10 of the data value (shapes do not).
         fig.add_annotation(x=math.log10(saturation_batch), xref="x", y=1.0, yref="paper", yanchor="bottom",
-                           text=SATURATION_LABEL, showarrow=False, font=dict(color=_RED))
+                           text=SATURATION_LABEL, showarrow=False, font=dict(color=RED))
         ticks.append(saturation_batch)
-    _layout(fig, title, x_title, y_title, revision,
+    apply_layout(fig, title, x_title, y_title, revision,
             subtitle=f"best {best:,.0f} samples/s; dotted line: {SATURATION_SHARE:.0%} of best")
-    _batch_axis(fig, ticks)
+    batch_axis(fig, ticks)
     fig.update_yaxes(rangemode="tozero")
     return fig
 
@@ -238,7 +238,7 @@ def memory_figure(points: pd.DataFrame | None, intercept: float | None, slope: f
     predicted = predicted.assign(predicted_memory_bytes=_numeric(predicted, "predicted_memory_bytes"))
     predicted = predicted.dropna(subset=["predicted_memory_bytes"])
     if ok.empty and predicted.empty:
-        return _empty(title, x_title, "peak memory", revision)
+        return empty_figure(title, x_title, "peak memory", revision)
 
     has_fit = intercept is not None and slope is not None and not pd.isna(intercept) and not pd.isna(slope)
     batches = pd.to_numeric(all_points["batch_size"], errors="coerce").dropna()
@@ -260,18 +260,18 @@ def memory_figure(points: pd.DataFrame | None, intercept: float | None, slope: f
     if len(ok):
         fig.add_trace(go.Scatter(
             x=ok["batch_size"], y=ok["peak_memory_bytes"] / divisor, mode="markers", name=label,
-            marker=dict(color=_BLUE, size=9),
+            marker=dict(color=BLUE, size=9),
             hovertemplate=f"batch %{{x}}<br>%{{y:.3g}} {unit}<extra></extra>",
         ))
     if has_fit:
         fig.add_trace(go.Scatter(
-            x=fit_b, y=fit_y / divisor, mode="lines", name="linear fit a + b·B", line=dict(color=_GREY, dash="dash"),
+            x=fit_b, y=fit_y / divisor, mode="lines", name="linear fit a + b·B", line=dict(color=GREY, dash="dash"),
             hovertemplate=f"batch %{{x:.0f}}<br>fit %{{y:.3g}} {unit}<extra></extra>",
         ))
     if len(predicted):
         fig.add_trace(go.Scatter(
             x=predicted["batch_size"], y=predicted["predicted_memory_bytes"] / divisor, mode="markers",
-            name="predicted, not run", marker=dict(symbol="x", size=10, color=_RED),
+            name="predicted, not run", marker=dict(symbol="x", size=10, color=RED),
             hovertemplate=f"batch %{{x}}<br>predicted %{{y:.3g}} {unit} (not run)<extra></extra>",
         ))
     notes = []
@@ -284,17 +284,17 @@ def memory_figure(points: pd.DataFrame | None, intercept: float | None, slope: f
         budget_div, budget_unit = byte_unit(budget_bytes)
         budget_text = f"budget {budget_bytes / budget_div:.3g} {budget_unit}"
         if budget_drawn:
-            fig.add_hline(y=budget_bytes / divisor, line=dict(color=_RED, dash="dot", width=2),
+            fig.add_hline(y=budget_bytes / divisor, line=dict(color=RED, dash="dot", width=2),
                           annotation_text=budget_text, annotation_position="top left",
-                          annotation_font_color=_RED)
+                          annotation_font_color=RED)
         else:
             budget_text += " (off the chart)"
         if has_fit and slope > 0:
             fits = max(0, int((budget_bytes - intercept) // slope))
             budget_text += f", fits batch ≤ {fits:,} by the fit"
         notes.append(budget_text)
-    _layout(fig, title, x_title, f"peak memory ({unit})", revision, subtitle=" · ".join(notes) or None)
-    _batch_axis(fig, list(ok["batch_size"]) + list(predicted["batch_size"]))
+    apply_layout(fig, title, x_title, f"peak memory ({unit})", revision, subtitle=" · ".join(notes) or None)
+    batch_axis(fig, list(ok["batch_size"]) + list(predicted["batch_size"]))
     fig.update_yaxes(rangemode="tozero")
     return fig
 
@@ -308,15 +308,15 @@ def flops_figure(points: pd.DataFrame | None, uirevision: str | None = None) -> 
     revision = _revision("flops", points, "profile_id", uirevision)
     ok = ok_points(points, "flops_per_s")
     if ok.empty:
-        return _empty(title, x_title, y_title, revision)
+        return empty_figure(title, x_title, y_title, revision)
     per_step = _numeric(ok, "flops_per_step") / 1e9
     fig = go.Figure(go.Scatter(
         x=ok["batch_size"], y=ok["flops_per_s"] / 1e9, mode="lines+markers", name="achieved GFLOP/s",
         line=dict(color="#9467bd"), customdata=per_step,
         hovertemplate="batch %{x}<br>%{y:.3g} GFLOP/s<br>%{customdata:.3g} GFLOP per step<extra></extra>",
     ))
-    _layout(fig, title, x_title, y_title, revision, subtitle="FLOPs counted with torch FlopCounterMode")
-    _batch_axis(fig, ok["batch_size"])
+    apply_layout(fig, title, x_title, y_title, revision, subtitle="FLOPs counted with torch FlopCounterMode")
+    batch_axis(fig, ok["batch_size"])
     fig.update_yaxes(rangemode="tozero")
     return fig
 
@@ -338,7 +338,7 @@ def telemetry_figure(telemetry: pd.DataFrame | None, uirevision: str | None = No
     title, x_title = "Hardware during the profile", "time since start (s)"
     revision = _revision("telemetry", telemetry, "job_id", uirevision)
     if telemetry is None or len(telemetry) == 0 or "t" not in telemetry:
-        return _empty(title, x_title, "", revision)
+        return empty_figure(title, x_title, "", revision)
 
     frame = telemetry.copy()
     frame["elapsed_s"] = _elapsed_seconds(frame["t"])
@@ -346,7 +346,7 @@ def telemetry_figure(telemetry: pd.DataFrame | None, uirevision: str | None = No
     nvml = "source" in frame and bool((frame["source"] == "nvml").any())
     panels = [p for p in (_NVML_PANELS if nvml else _PSUTIL_PANELS) if _numeric(frame, p[0]).notna().any()]
     if frame.empty or not panels:
-        return _empty(title, x_title, "", revision)
+        return empty_figure(title, x_title, "", revision)
 
     fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=None)
@@ -363,10 +363,10 @@ def telemetry_figure(telemetry: pd.DataFrame | None, uirevision: str | None = No
         fig.add_vrect(x0=start, x1=end, fillcolor=colour, opacity=0.12, line_width=0, layer="below",
                       row="all", col=1)
         fig.add_annotation(x=(start + end) / 2, xref="x", y=1.0, yref="paper", yanchor="bottom",
-                           text=f"B={_count(batch)}", showarrow=False, font=dict(size=10, color=colour))
+                           text=f"B={short_count(batch)}", showarrow=False, font=dict(size=10, color=colour))
 
     source = "NVML" if nvml else "psutil (no NVML)"
-    _layout(fig, title, None, None, revision, subtitle=f"source: {source}; shaded by the batch size being timed")
+    apply_layout(fig, title, None, None, revision, subtitle=f"source: {source}; shaded by the batch size being timed")
     fig.update_layout(height=max(HEIGHT, 170 * len(panels) + 90), margin=dict(t=90))
     fig.update_xaxes(title_text=x_title, row=len(panels), col=1)
     return fig

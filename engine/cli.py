@@ -317,7 +317,7 @@ def profiles(ctx, as_json: bool) -> None:
     store.ingest(home)
     with store.connect(home) as con:
         frame = store.list_profiles(con)
-    records = store._records(frame)
+    records = store.frame_records(frame)
     if as_json:
         emit_json(_jsonable(records))
         return
@@ -549,7 +549,7 @@ def recommendations(ctx, as_json):
     home = _home(ctx)
     store.check_database_file(home.database)
     with store.connect(home) as con:
-        records = store._records(store.list_recommendations(con))
+        records = store.frame_records(store.list_recommendations(con))
     if as_json:
         emit_json(_jsonable(records))
         return
@@ -672,7 +672,7 @@ def runs(ctx, states, as_json):
     store.check_database_file(home.database)
     store.ingest(home)
     with store.connect(home) as con:
-        records = store._records(store.list_runs(con, states=wanted or None))
+        records = store.frame_records(store.list_runs(con, states=wanted or None))
     if as_json:
         emit_json(_jsonable(records))
     elif not records:
@@ -695,7 +695,7 @@ def runs_show(ctx, run_id, as_json):
     with store.connect(home) as con:
         run = store.get_run(con, run_id)
         job = store.get_job(con, run_id)
-        evals = store._records(store.run_evaluations(con, [run_id])) if run else []
+        evals = store.frame_records(store.run_evaluations(con, [run_id])) if run else []
     if run is None and job is None:
         raise UsageError(f"no run {run_id!r}; see `largestep runs`")
     run = run or {"id": run_id, "state": job["state"], "error": job.get("error")}
@@ -837,6 +837,28 @@ def _describe_autopilot_event(event: dict) -> str | None:
         return (f"recommended: batch {doc['batch_size']}, lr {doc['learning_rate']:.3g} "
                 f"(predicted {doc['predicted_speedup']['time_to_target']:.2f}x to target)")
     return None
+
+
+@cli.command()
+@click.option("--recommendation", "rec_id", metavar="ID|latest",
+              help="The recommendation to report (default: the profile's newest, or the newest of all).")
+@click.option("--profile", "profile_id", metavar="ID", help="The profile to report (default: the recommendation's).")
+@click.option("-o", "--output", default="largestep-report.html", show_default=True, metavar="FILE",
+              help="Where to write the HTML file.")
+@click.pass_context
+def report(ctx, rec_id, profile_id, output):
+    """One self-contained HTML file (works offline): profile charts, the recommendation, and its runs."""
+    from engine import store
+    from engine.report import build_report
+
+    home = _home(ctx)
+    store.check_database_file(home.database)
+    if not home.database.exists():
+        raise UsageError("nothing to report yet: run `largestep profile --workload W` (and `largestep recommend`) first")
+    store.ingest(home)
+    text = build_report(home, recommendation_id=rec_id, profile_id=profile_id)
+    _write_atomic(Path(output), text)
+    click.echo(f"wrote {output} ({len(text.encode('utf-8')) / 2**20:.1f} MiB)", err=True)
 
 
 @cli.command()

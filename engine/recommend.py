@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 from engine import __version__
@@ -85,7 +85,7 @@ def warmup_steps(warmup_samples: int, batch: int) -> int:
     return math.ceil(warmup_samples / batch) if warmup_samples > 0 else 0
 
 
-def _steps_factor(batch: int, noise_scale: float | None) -> float:
+def steps_factor(batch: int, noise_scale: float | None) -> float:
     """S(B)/S_min. Perfect scaling (no noise estimate) is the limit B_noise -> infinity, S ~ 1/B."""
     if noise_scale is None:
         return 1.0 / batch
@@ -121,7 +121,7 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
     train_samples = (profile.get("epochs") or 1) * (profile.get("n_train") or 0)
 
     t0 = ok[b0]["median_s"]
-    base_steps = _steps_factor(b0, noise_scale)
+    base_steps = steps_factor(b0, noise_scale)
     candidates: list[Candidate] = []
     for b in sorted(ok):
         point = ok[b]
@@ -138,7 +138,7 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
             excluded = f"learning rate {lr:.3g} above --max-lr {config.max_lr:g}"
         elif noise_scale is None and saturation is not None and b > saturation:
             excluded = f"past the saturation batch {saturation} (perfect scaling is only assumed up to it)"
-        ratio = (_steps_factor(b, noise_scale) / base_steps) * (t / t0) if excluded is None else None
+        ratio = (steps_factor(b, noise_scale) / base_steps) * (t / t0) if excluded is None else None
         run_time = None
         if train_samples and excluded is None:
             baseline_run = train_samples / b0 * t0

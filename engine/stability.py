@@ -14,7 +14,6 @@ from typing import Callable
 
 import torch
 
-from engine import devices
 from engine.profiler import StepRunner
 from engine.workloads.base import Workload
 

@@ -749,11 +749,11 @@ def load_profile(con, profile_id: str | None = "latest") -> dict | None:
         "SELECT p.*, j.state, d.total_memory_bytes AS device_total_memory_bytes FROM profiles p "
         "LEFT JOIN jobs j ON j.id = p.job_id LEFT JOIN devices d ON d.id = p.device_id WHERE p.id = ?", [resolved]
     ).df()
-    profile = _records(frame)[0]
+    profile = frame_records(frame)[0]
     for key in ("config", "versions", "options"):
         if isinstance(profile.get(key), str):
             profile[key] = json.loads(profile[key])
-    profile["points"] = _records(profile_points(con, resolved))
+    profile["points"] = frame_records(profile_points(con, resolved))
     return profile
 
 
@@ -777,7 +777,7 @@ def list_jobs(con, kind: str | None = None, states: list[str] | None = None) -> 
 
 
 def get_job(con, job_id: str) -> dict | None:
-    records = _records(con.execute("SELECT * FROM jobs WHERE id = ?", [job_id]).df())
+    records = frame_records(con.execute("SELECT * FROM jobs WHERE id = ?", [job_id]).df())
     return records[0] if records else None
 
 
@@ -789,12 +789,12 @@ def load_noise(con, noise_id: str | None = None, workload: str | None = None) ->
         frame = con.execute(
             "SELECT * FROM noise_estimates WHERE b_simple IS NOT NULL AND (? IS NULL OR workload = ?) "
             "ORDER BY created_at DESC LIMIT 1", [workload, workload]).df()
-    records = _records(frame)
+    records = frame_records(frame)
     return records[0] if records else None
 
 
 def load_stability(con, check_id: str) -> dict | None:
-    records = _records(con.execute("SELECT * FROM stability_checks WHERE id = ?", [check_id]).df())
+    records = frame_records(con.execute("SELECT * FROM stability_checks WHERE id = ?", [check_id]).df())
     if not records:
         return None
     check = records[0]
@@ -850,7 +850,7 @@ def list_recommendations(con) -> pd.DataFrame:
 
 _RUN_COLUMNS = ("coalesce(r.id, j.id) AS id, r.group_id, r.role, j.state, coalesce(r.workload, j.workload) AS workload, "
                 "r.device_name, r.batch_size, r.micro_batch_size, "
-                "r.accumulate, r.lr, r.seed, r.epochs, r.tags, r.started_at, r.ended_at, r.steps, r.wall_time_s, "
+                "r.accumulate, r.lr, r.seed, r.epochs, r.tags, r.started_at, coalesce(r.ended_at, j.ended_at) AS ended_at, r.steps, r.wall_time_s, "
                 "r.train_time_s, r.final_val_loss, r.best_val_loss, r.final_primary_metric, r.primary_metric, "
                 "r.primary_metric_mode, r.reached_target, r.time_to_target_s, r.peak_memory_bytes, r.stop_reason, "
                 "r.recommendation_id, j.error, j.progress, j.phase, j.created_at")
@@ -867,7 +867,7 @@ def list_runs(con, states: list[str] | None = None, group: str | None = None, wo
 
 
 def get_run(con, run_id: str) -> dict | None:
-    records = _records(con.execute(
+    records = frame_records(con.execute(
         f"SELECT {_RUN_COLUMNS}, r.config, r.versions, r.final_metrics, r.options, r.workload_spec, "
         "r.warmup_samples, r.schedule, r.dtype, r.target_val_loss, r.n_params, r.samples "
         "FROM runs r JOIN jobs j ON j.id = r.id WHERE r.id = ?", [run_id]).df())
@@ -905,7 +905,7 @@ def load_autopilot(con, autopilot_id: str | None = "latest") -> dict | None:
     sql = ("SELECT a.*, j.state, j.progress, j.error, j.created_at FROM autopilots a JOIN jobs j ON j.id = a.id "
            "WHERE (? IS NULL OR a.id = ?) ORDER BY j.created_at DESC LIMIT 1")
     wanted = None if autopilot_id in (None, "latest") else autopilot_id
-    records = _records(con.execute(sql, [wanted, wanted]).df())
+    records = frame_records(con.execute(sql, [wanted, wanted]).df())
     if not records:
         return None
     record = records[0]
@@ -919,7 +919,7 @@ def list_devices(con) -> pd.DataFrame:
     return con.execute("SELECT * FROM devices ORDER BY last_seen DESC").df()
 
 
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+def frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """DataFrame rows as plain dicts: NaN/NaT -> None, numpy scalars and arrays -> Python values."""
     out = []
     for row in frame.to_dict(orient="records"):
@@ -936,3 +936,101 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
             clean[key] = value
         out.append(clean)
     return out
+
+
+# -- run curves (the Runs page) ---------------------------------------------------------------------
+
+RUN_CURVE_AXES = ("step", "epoch", "samples", "wall_time_s", "train_time_s")   # metrics columns usable as x
+RUN_CURVE_BUCKETS = 1000        # at most this many points per run and metric reach the browser
+
+
+def run_metric_names(con, run_ids: list[str]) -> list[str]:
+    """The metric names recorded for any of ``run_ids``, sorted."""
+    if not run_ids:
+        return []
+    rows = con.execute("SELECT DISTINCT name FROM metrics WHERE run_id IN (SELECT unnest(?)) ORDER BY name",
+                       [list(run_ids)]).fetchall()
+    return [r[0] for r in rows]
+
+
+def run_curves(con, run_ids: list[str], name: str, x: str = "step", buckets: int = RUN_CURVE_BUCKETS,
+               log_x: bool = False) -> pd.DataFrame:
+    """One metric of several runs, downsampled in DuckDB to at most ``buckets`` points per run.
+
+    Each run's x range is cut into ``buckets`` equal slices (of log10(x) with ``log_x``, for a log
+    axis; points at x <= 0 are then left out, a log axis cannot show them). Each slice keeps its
+    lowest and highest value and its last point (by step), so a spike survives as a slice's
+    ``y_max`` however far the series is thinned. Columns: run_id, bucket, n, x_last, y_min,
+    y_max, y_last; ordered by run and x.
+    """
+    if x not in RUN_CURVE_AXES:
+        raise StoreError(f"cannot chart against {x!r}; choose one of {', '.join(RUN_CURVE_AXES)}")
+    if not run_ids:
+        return pd.DataFrame(columns=["run_id", "bucket", "n", "x_last", "y_min", "y_max", "y_last"])
+    position = f"log10({x})" if log_x else x   # x: one of our constant column names, never user text
+    return con.execute(
+        f"""
+        WITH points AS (
+            SELECT run_id, step, {x} AS x, {position} AS pos, value AS y FROM metrics
+            WHERE run_id IN (SELECT unnest($runs)) AND name = $name AND {x} IS NOT NULL
+              AND value IS NOT NULL AND isfinite(value) AND ({'' if log_x else 'TRUE OR '}{x} > 0)
+        ), bounds AS (
+            SELECT run_id, min(pos) AS lo, max(pos) - min(pos) AS span FROM points GROUP BY run_id
+        )
+        SELECT p.run_id,
+               CAST(least(floor(coalesce((p.pos - b.lo) / nullif(b.span, 0), 0) * $buckets), $buckets - 1)
+                    AS INTEGER) AS bucket,
+               count(*) AS n, arg_max(p.x, p.step) AS x_last, min(p.y) AS y_min, max(p.y) AS y_max,
+               arg_max(p.y, p.step) AS y_last
+        FROM points p JOIN bounds b USING (run_id)
+        GROUP BY p.run_id, bucket ORDER BY p.run_id, bucket
+        """,
+        {"runs": list(run_ids), "name": name, "buckets": int(buckets)},
+    ).df()
+
+
+# -- recommendation pages and the HTML report (Recommend, Planner, Export) ----------------------
+
+
+def recommendation_runs(con, recommendation_id: str) -> pd.DataFrame:
+    """The training runs made for a recommendation (role baseline or recommended), oldest first."""
+    return con.execute(
+        f"SELECT {_RUN_COLUMNS} FROM runs r JOIN jobs j ON j.id = r.id WHERE r.recommendation_id = ? "
+        "AND r.role IN ('baseline', 'recommended') ORDER BY j.created_at, r.seed, r.id", [recommendation_id]).df()
+
+
+def autopilot_for_recommendation(con, recommendation_id: str) -> dict | None:
+    """The newest autopilot that made ``recommendation_id``, with its headline; None if none did."""
+    row = con.execute(
+        "SELECT a.id FROM autopilots a JOIN jobs j ON j.id = a.id WHERE a.recommendation_id = ? "
+        "ORDER BY j.created_at DESC LIMIT 1", [recommendation_id]).fetchone()
+    return load_autopilot(con, row[0]) if row else None
+
+
+def runs_by_id(con, run_ids: list[str]) -> list[dict]:
+    """Several started runs (the columns of :func:`list_runs`) in one query, in the order asked."""
+    if not run_ids:
+        return []
+    records = frame_records(con.execute(
+        f"SELECT {_RUN_COLUMNS} FROM runs r JOIN jobs j ON j.id = r.id WHERE r.id IN (SELECT unnest(?))",
+        [list(run_ids)]).df())
+    by_id = {r["id"]: r for r in records}
+    return [by_id[i] for i in run_ids if i in by_id]
+
+
+# -- named metric values (data-parallel runs: the gradient noise scale at every log) ---------------
+
+
+def _on_metric_values(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    """Rows already in long form ({step, epoch, samples, wall_time_s, train_time_s, name, value}), e.g.
+    ``noise_scale`` from a data-parallel run."""
+    rows = [row for e in events for row in e.get("rows") or []]
+    if not rows:
+        return
+    frame = pd.DataFrame(rows, columns=[*_METRIC_INDEX, "name", "value"])
+    frame = frame[frame["value"].notna()]
+    frame.insert(0, "run_id", job_id)
+    report.add_rows("metrics", _insert_frame(con, "metrics", frame))
+
+
+register_event_handler("metric_values", _on_metric_values)

@@ -293,11 +293,11 @@ def profile_view(home: Home, profile_id: str | None) -> ProfileView | None:
         "compute": charts.flops_figure(points),
         "telemetry": charts.telemetry_figure(telemetry),
     }
-    return ProfileView(profile=profile, live=live, caption=_caption(profile), metrics=profile_metrics(profile, points),
-                       table=points_table(points), figures=figures)
+    return ProfileView(profile=profile, live=live, caption=profile_caption(profile),
+                       metrics=profile_metrics(profile, points), table=points_table(points), figures=figures)
 
 
-def _caption(profile: dict) -> str:
+def profile_caption(profile: dict) -> str:
     parts = [f"**{profile.get('workload')}** on {profile.get('device_name') or profile.get('device_kind')}",
              f"dtype {profile.get('dtype') or '?'}", f"profile `{profile['id']}`",
              f"state {(profile.get('state') or '?').lower()}"]

@@ -5,23 +5,18 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from pages import open_page, wait_finished
 from engine import actions, jobs, store, views
 from engine.errors import UsageError
-from engine.home import HOME_ENV, Home
+from engine.home import Home
 from engine.profiler import ProfileConfig
 
-APP = Path(__file__).resolve().parent.parent / "app" / "main.py"
 TINY = str(Path(__file__).resolve().parent / "tiny_workload.py") + ":make"
 BATCHES = (8, 32, 128)
 
 
 def open_app(monkeypatch, home: Home) -> AppTest:
-    monkeypatch.setenv(HOME_ENV, str(home.root))
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    at.run()
-    at.switch_page("sections/profiles.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_page(monkeypatch, home, "profiles")
 
 
 def plotly_charts(at: AppTest) -> list:
@@ -34,9 +29,7 @@ def profiled_home(tmp_path_factory) -> tuple[Home, str]:
     home = Home(tmp_path_factory.mktemp("profiled") / "home")
     config = ProfileConfig(batch_sizes=BATCHES, min_steps=3, min_seconds=0.0, warmup_steps=1)
     job = actions.start_profile(home, TINY, {}, "cpu", config)
-    state = jobs.wait(home, job, timeout_s=120)
-    log = (home.job_dir(job) / "output.log").read_text(errors="replace")
-    assert state == jobs.FINISHED, f"profile job ended {state}:\n{log[-3000:]}"
+    wait_finished(home, job, timeout_s=120)
     store.ingest(home)
     return home, job
 

@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 
-import pytest
 
 from engine import actions, jobs, store
 from engine.train import TrainConfig
@@ -117,7 +116,7 @@ def test_a_cancelled_queued_run_never_starts(home, tiny_spec):
     assert _spooled(home, second, "run_start") == 0 and _spooled(home, second, "start") == 0
     store.ingest(home)
     with store.connect(home) as con:
-        states = {r["id"]: r["state"] for r in store._records(store.list_runs(con))}
+        states = {r["id"]: r["state"] for r in store.frame_records(store.list_runs(con))}
     assert states[second] == "KILLED"
 
 
@@ -187,5 +186,5 @@ def test_autopilot_ends_with_a_headline(home, tiny_spec):
     assert [g["name"] for g in result["comparison"]["groups"]] == ["baseline", "recommended"]
     with store.connect(home) as con:
         rec = store.load_recommendation(con, result["recommendation"]["recommendation_id"])
-        roles = {r["role"] for r in store._records(store.list_runs(con))}
+        roles = {r["role"] for r in store.frame_records(store.list_runs(con))}
     assert rec is not None and roles == {"baseline", "recommended"}

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from engine import telemetry, views
+from app import widgets
+from engine import views
 from engine.errors import LargestepError
 from engine.home import resolve_home
 from engine.profiler import DTYPES
@@ -16,11 +17,6 @@ home = resolve_home()
 st.session_state["profiles.full_run"] = True
 
 
-@st.cache_data(ttl=30, show_spinner=False)
-def hardware_report() -> dict:
-    return telemetry.hardware_report()
-
-
 @st.cache_data(ttl=60, show_spinner=False)
 def workloads() -> list[dict]:
     return list_workloads()
@@ -30,17 +26,7 @@ st.title("Profiles")
 st.caption("How training-step time, throughput and memory grow with batch size on this machine.")
 
 # -- hardware ------------------------------------------------------------------------------------
-report = hardware_report()
-hardware = views.hardware_view(report)
-with st.container(border=True):
-    for card in hardware.cards:
-        st.markdown(f"**{card.title}** · {card.subtitle}")
-        shown = card.facts + card.live
-        for column, metric in zip(st.columns(max(4, len(shown))), shown):
-            column.metric(metric.label, metric.value, help=metric.help)
-    if hardware.nvml_note:
-        st.info(hardware.nvml_note, icon=":material/info:")
-    st.caption(hardware.software)
+report = widgets.hardware_card()
 
 # -- launching a profile -------------------------------------------------------------------------
 st.subheader("Profile a workload")
@@ -123,14 +109,7 @@ running_jobs()
 
 # -- one profile ---------------------------------------------------------------------------------
 st.subheader("Results")
-try:
-    choices = views.profile_choices(home)
-except LargestepError as exc:
-    st.error(str(exc))
-    st.stop()
-if not choices:
-    st.info(views.START_MESSAGE, icon=":material/rocket_launch:")
-    st.stop()
+choices = widgets.load_or_stop(views.profile_choices, home, empty=views.START_MESSAGE)
 labels = {c.id: c.label for c in choices}
 if st.session_state.get("profiles.show_next") in labels:
     st.session_state["profiles.selected"] = st.session_state.pop("profiles.show_next")

@@ -1,0 +1,31 @@
+"""What the dashboard's tests share: opening a page in an AppTest, and waiting for a real job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from engine import jobs
+from engine.home import HOME_ENV, Home
+
+APP = Path(__file__).resolve().parent.parent / "app" / "main.py"
+
+
+def open_page(monkeypatch, home: Home, page: str, timeout: float = 60, cwd: Path | None = None) -> AppTest:
+    """The app on ``home``, switched to ``sections/<page>.py``, asserted to render without an exception."""
+    monkeypatch.setenv(HOME_ENV, str(home.root))
+    if cwd is not None:
+        monkeypatch.chdir(cwd)
+    at = AppTest.from_file(str(APP), default_timeout=timeout)
+    at.run()
+    at.switch_page(f"sections/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def wait_finished(home: Home, job_id: str, timeout_s: float) -> None:
+    """Wait for a real job process; fail with the tail of its log unless it FINISHED."""
+    state = jobs.wait(home, job_id, timeout_s=timeout_s)
+    log = (home.job_dir(job_id) / "output.log").read_text(errors="replace")
+    assert state == jobs.FINISHED, f"job {job_id} ended {state}:\n{log[-3000:]}"

@@ -1,0 +1,245 @@
+"""The Recommend, Planner and Export pages, run headless with AppTest on a real tiny profile."""
+
+from __future__ import annotations
+
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from pages import open_page
+from engine import actions, jobs, recviews, store
+from engine.export import FORMATS
+from engine.home import Home
+from engine.profiler import ProfileConfig
+from engine.reccharts import format_count
+from engine.recommend import RecommendConfig
+
+from conftest import TINY
+
+BATCHES = (32, 128, 512)
+
+
+@pytest.fixture(scope="module")
+def rec_home(tmp_path_factory) -> tuple[Home, dict]:
+    """A real profile of the tiny workload (baseline 32) and one saved recommendation of it."""
+    home = Home(tmp_path_factory.mktemp("pages") / "home")
+    profile = actions.start_profile(home, TINY, {}, "cpu", ProfileConfig(batch_sizes=BATCHES, min_steps=3,
+                                                                         min_seconds=0.0, warmup_steps=1))
+    assert jobs.wait(home, profile, timeout_s=180) == jobs.FINISHED
+    store.ingest(home)
+    rec = actions.make_recommendation(home, profile, RecommendConfig(noise_scale=300.0))
+    with store.connect(home) as con:
+        store.save_recommendation(con, rec)
+    return home, rec
+
+
+def download_keys(at: AppTest) -> set[str]:
+    return {b.key for b in at.get("download_button")}
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def saved_recommendations(home: Home) -> int:
+    with store.connect(home) as con:
+        return len(store.list_recommendations(con))
+
+
+@pytest.mark.parametrize("page, message", [
+    ("recommend", recviews.RECOMMEND_START), ("planner", recviews.PLANNER_START), ("export", recviews.EXPORT_START)])
+def test_an_empty_home_says_how_to_start(monkeypatch, tmp_path, page, message):
+    at = open_page(monkeypatch, Home(tmp_path / "empty"), page)
+    assert message in [i.value for i in at.info]
+    assert not at.error and not download_keys(at)
+
+
+# -- Recommend -----------------------------------------------------------------------------------
+
+
+def test_recommend_shows_the_saved_recommendation(monkeypatch, rec_home):
+    home, rec = rec_home
+    at = open_page(monkeypatch, home, "recommend")
+    assert not at.error, errors(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Batch size"] == str(rec["batch_size"])
+    assert metrics["Learning rate"] == f"{rec['learning_rate']:.4g}"
+    assert metrics["Faster to target"] == f"{rec['predicted_speedup']['time_to_target']:.2f}×"
+    assert metrics["Throughput"] == f"{rec['predicted_speedup']['throughput']:.2f}×"
+    assert metrics["Runs per GPU-day"] == format_count(rec["experiments_per_gpu_day"]["recommended"])
+    assert rec["recommendation_id"] in " ".join(m.value for m in at.markdown)
+    table = at.dataframe[0].value
+    assert list(table["batch"]) == list(BATCHES)
+    assert table.loc[table["batch"] == rec["batch_size"], "role"].iloc[0].startswith(
+        "recommended" if rec["batch_size"] != 32 else "baseline")
+    assert len(at.get("plotly_chart")) == 1
+    assert download_keys(at) == {f"recommend.download.{fmt}" for fmt in FORMATS}
+    # the defaults come from the profile
+    assert at.number_input(key="recommend.baseline_batch").value == 32
+    assert float(at.text_input(key="recommend.baseline_lr").value) == pytest.approx(1e-2)
+
+
+def test_compute_saves_a_new_recommendation_with_the_chosen_rule(monkeypatch, rec_home):
+    home, _ = rec_home
+    before = saved_recommendations(home)
+    at = open_page(monkeypatch, home, "recommend")
+    at.radio(key="recommend.rule").set_value("sqrt")
+    at.radio(key="recommend.noise_mode").set_value("manual").run()
+    at.text_input(key="recommend.noise_scale").input("500")
+    at.button(key="recommend.compute").click().run()
+    assert not at.exception and not at.error, errors(at)
+    assert saved_recommendations(home) == before + 1
+    with store.connect(home) as con:
+        newest = store.load_recommendation(con, "latest")
+    assert newest["rule"] == "sqrt" and newest["noise_scale"] == 500.0
+    assert any(newest["recommendation_id"] in s.value for s in at.success)
+    assert {m.label: m.value for m in at.metric}["Batch size"] == str(newest["batch_size"])
+
+
+@pytest.mark.parametrize("widget, value, says", [
+    ("text_input:recommend.baseline_lr", "fast", "number"),
+    ("text_input:recommend.baseline_lr", "-1", "positive"),
+    ("number_input:recommend.baseline_batch", 100, "not measured"),
+    ("text_input:recommend.max_lr", "zero", "max lr"),
+])
+def test_bad_recommend_inputs_show_an_error_and_save_nothing(monkeypatch, rec_home, widget, value, says):
+    home, _ = rec_home
+    before = saved_recommendations(home)
+    at = open_page(monkeypatch, home, "recommend")
+    kind, key = widget.split(":")
+    element = getattr(at, kind)(key=key)
+    element.input(value) if kind == "text_input" else element.set_value(value)
+    at.button(key="recommend.compute").click().run()
+    assert not at.exception
+    assert len(at.error) == 1 and says in at.error[0].value, errors(at)
+    assert saved_recommendations(home) == before
+
+
+def test_a_max_lr_below_every_scaled_rate_keeps_the_baseline_and_says_why(monkeypatch, rec_home):
+    home, _ = rec_home
+    at = open_page(monkeypatch, home, "recommend")
+    at.text_input(key="recommend.max_lr").input("1e-9")
+    at.button(key="recommend.compute").click().run()
+    assert not at.exception and not at.error, errors(at)
+    assert {m.label: m.value for m in at.metric}["Batch size"] == "32"
+    reasons = " ".join(m.value for m in at.markdown)
+    assert "max lr" in reasons and "faster than the baseline" in reasons
+
+
+def test_manual_noise_mode_needs_a_value(monkeypatch, rec_home):
+    home, _ = rec_home
+    at = open_page(monkeypatch, home, "recommend")
+    at.radio(key="recommend.noise_mode").set_value("manual").run()
+    at.button(key="recommend.compute").click().run()
+    assert not at.exception and "enter a noise scale" in " ".join(errors(at))
+
+
+def test_estimating_the_noise_scale_runs_a_job_and_offers_its_result(monkeypatch, rec_home):
+    home, _ = rec_home
+    at = open_page(monkeypatch, home, "recommend")
+    at.button(key="recommend.estimate").click().run()
+    assert not at.exception and not at.error, errors(at)
+    job_id = at.session_state["recommend.noise_job"]
+    assert jobs.read_spec(home.job_dir(job_id))["kind"] == "noise"
+    assert jobs.wait(home, job_id, timeout_s=180) == jobs.FINISHED
+    at.run()  # the progress fragment sees the job end, ingests it and redraws the page
+    assert not at.exception
+    assert "recommend.noise_job" not in at.session_state
+    shown = [s.value for s in at.success] + errors(at)
+    assert any(job_id in text for text in shown), shown
+    if at.session_state["recommend.noise_mode"] == "stored":  # a reliable estimate: chosen for the next compute
+        assert at.selectbox(key="recommend.noise_id").value == job_id
+
+
+# -- Planner -------------------------------------------------------------------------------------
+
+
+def test_planner_states_the_ratio_for_the_recommendation(monkeypatch, rec_home):
+    home, first = rec_home
+    # the page plans with the profile's newest recommendation: make sure that is a larger batch
+    rec = actions.make_recommendation(home, first["profile_id"], RecommendConfig(noise_scale=300.0))
+    assert rec["batch_size"] > rec["baseline"]["batch_size"]
+    with store.connect(home) as con:
+        store.save_recommendation(con, rec)
+    at = open_page(monkeypatch, home, "planner")
+    assert not at.error, errors(at)
+    assert at.selectbox(key="planner.profile").value == rec["profile_id"]
+    assert float(at.text_input(key="planner.noise_scale").value) == pytest.approx(300.0)
+    per_day = rec["experiments_per_gpu_day"]
+    ratio = per_day["recommended"] / per_day["baseline"]
+    assert f"{ratio:.1f}× as many experiments per day" in at.markdown[0].value
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Experiments per day, baseline"] == format_count(per_day["baseline"])
+    table = at.dataframe[0].value
+    assert list(table["batch"]) == list(BATCHES)
+    assert table.loc[table["role"] == "baseline", "batch"].tolist() == [32]
+    assert table.loc[table["role"] == "recommended", "batch"].tolist() == [rec["batch_size"]]
+    assert metrics["More experiments"] == f"{ratio:.1f}×"
+    assert len(at.get("plotly_chart")) == 1
+
+
+def test_planner_budget_changes_the_numbers(monkeypatch, rec_home):
+    home, _ = rec_home
+    at = open_page(monkeypatch, home, "planner")
+    full_day = at.dataframe[0].value["experiments / day"].tolist()
+    at.number_input(key="planner.gpus").set_value(4)
+    at.number_input(key="planner.gpu_hours").set_value(6.0).run()
+    assert not at.error
+    assert at.dataframe[0].value["experiments / day"].tolist() == pytest.approx(full_day, rel=1e-3)  # 4 x 6 h = 24 h
+
+
+@pytest.mark.parametrize("widget, value, says", [
+    ("number_input:planner.gpu_hours", 0.0, "GPU hours"),
+    ("number_input:planner.epochs", 0.0, "epochs"),
+    ("text_input:planner.noise_scale", "lots", "noise scale"),
+])
+def test_bad_planner_inputs_show_an_error(monkeypatch, rec_home, widget, value, says):
+    home, _ = rec_home
+    at = open_page(monkeypatch, home, "planner")
+    kind, key = widget.split(":")
+    element = getattr(at, kind)(key=key)
+    (element.input(value) if kind == "text_input" else element.set_value(value)).run()
+    assert not at.exception
+    assert len(at.error) == 1 and says in at.error[0].value, errors(at)
+
+
+# -- Export --------------------------------------------------------------------------------------
+
+
+def test_export_offers_every_format_a_preview_and_the_report(monkeypatch, rec_home):
+    home, _ = rec_home
+    with store.connect(home) as con:
+        rec = store.load_recommendation(con, "latest")
+    at = open_page(monkeypatch, home, "export")
+    assert not at.error, errors(at)
+    assert at.selectbox(key="export.recommendation").value == rec["recommendation_id"]
+    assert download_keys(at) == {f"export.download.{fmt}" for fmt in FORMATS} | {"export.download.report"}
+    (preview,) = at.code
+    assert f"batch_size: {rec['batch_size']}" in preview.value
+    at.selectbox(key="export.format").set_value("cli").run()
+    assert f"--batch-size {rec['batch_size']}" in at.code[0].value
+
+
+def test_export_resplits_the_batch_over_devices(monkeypatch, rec_home):
+    home, _ = rec_home
+    with store.connect(home) as con:
+        rec = store.load_recommendation(con, "latest")
+    at = open_page(monkeypatch, home, "export")
+    at.number_input(key="export.devices").set_value(2).run()
+    assert not at.error, errors(at)
+    assert f"micro_batch_size: {rec['batch_size'] // 2}" in at.code[0].value
+    assert "2 devices" in " ".join(c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("widget, value, says", [
+    ("export.devices", 3, "does not divide"),
+    ("export.micro_batch", 7, "does not divide"),
+])
+def test_a_split_that_does_not_divide_shows_an_error(monkeypatch, rec_home, widget, value, says):
+    home, _ = rec_home
+    at = open_page(monkeypatch, home, "export")
+    at.number_input(key=widget).set_value(value).run()
+    assert not at.exception
+    assert len(at.error) == 1 and says in at.error[0].value, errors(at)
+    assert not at.code
+    assert download_keys(at) == {"export.download.report"}  # the report does not depend on the split

@@ -1,0 +1,124 @@
+"""The HTML report: self-contained, complete, and the `largestep report` command that writes it."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from engine import actions, jobs, store
+from engine.cli import main
+from engine.home import Home
+from engine.profiler import ProfileConfig
+from engine.recommend import RecommendConfig
+from engine.report import build_report
+from engine.train import TrainConfig
+
+from conftest import TINY
+
+PLOTLY_BANNER = re.compile(r"\* plotly\.js v\d")
+
+
+@pytest.fixture(scope="module")
+def verified_home(tmp_path_factory) -> tuple[Home, dict]:
+    """A real tiny profile, a saved recommendation, and one baseline and one recommended run of it."""
+    home = Home(tmp_path_factory.mktemp("report") / "home")
+    profile = actions.start_profile(home, TINY, {}, "cpu",
+                                    ProfileConfig(batch_sizes=(32, 128, 512), min_steps=3, min_seconds=0.0,
+                                                  warmup_steps=1))
+    assert jobs.wait(home, profile, timeout_s=180) == jobs.FINISHED
+    store.ingest(home)
+    rec = actions.make_recommendation(home, profile, RecommendConfig(noise_scale=200.0))
+    with store.connect(home) as con:
+        store.save_recommendation(con, rec)
+    run_ids = []
+    for role, batch, lr in (("baseline", rec["baseline"]["batch_size"], rec["baseline"]["learning_rate"]),
+                            ("recommended", rec["batch_size"], rec["learning_rate"])):
+        run_ids += actions.start_train(home, TINY, {}, "cpu", TrainConfig(batch_size=batch, lr=lr, epochs=2),
+                                       role=role, recommendation_id=rec["recommendation_id"])
+    for run_id in run_ids:
+        assert jobs.wait(home, run_id, timeout_s=180) == jobs.FINISHED
+    store.ingest(home)
+    return home, rec
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_report_is_self_contained_and_shows_everything(verified_home):
+    home, rec = verified_home
+    text = build_report(home, recommendation_id=rec["recommendation_id"])
+    assert len(PLOTLY_BANNER.findall(text)) == 1  # plotly.js inlined exactly once
+    assert not re.search(r"<script[^>]+src\s*=", text, re.IGNORECASE)  # no external script at all
+    assert not re.search(r"<link[^>]+href\s*=\s*['\"]https?:", text, re.IGNORECASE)
+    assert rec["recommendation_id"] in text and rec["profile_id"] in text
+    assert f"Batch <b>{rec['batch_size']}</b>" in text
+    for div in ("chart-profile-0", "chart-profile-1", "chart-profile-2", "chart-time-to-target", "chart-val-loss"):
+        assert f'id="{div}"' in text
+    assert text.count("Plotly.newPlot") == 5
+    for reason in rec["reasons"]:
+        assert reason.replace("'", "&#x27;") in text
+    # the verification: both groups compared, with the baseline's target
+    runs_section = text[text.index("id='runs'"):]
+    assert "Target: the baseline" in runs_section and "recommended" in runs_section
+    assert "No baseline and recommended training runs" not in runs_section
+
+
+def test_a_profile_only_report_says_how_to_get_a_recommendation(tmp_path):
+    from engine.report import ReportData, render_report
+    import pandas as pd
+
+    profile = {"id": "prof-x", "workload": "w<script>", "device_name": "cpu", "points": []}
+    text = render_report(ReportData(profile=profile, points=pd.DataFrame()))
+    assert "w&lt;script&gt;" in text and "<script>alert" not in text  # user text is escaped
+    assert 'id="chart-profile-0"' in text and "chart-time-to-target" not in text
+
+
+def test_cli_report_writes_the_file_atomically(capsys, verified_home, tmp_path):
+    home, rec = verified_home
+    target = tmp_path / "out" / "report.html"
+    target.parent.mkdir()
+    target.write_text("old")
+    code, out, err = run(capsys, "--home", str(home.root), "report", "--recommendation", "latest", "-o", str(target))
+    assert code == 0, err
+    text = target.read_text()
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    assert rec["recommendation_id"] in text
+    assert [p.name for p in target.parent.iterdir()] == ["report.html"]  # no temporary file left behind
+    assert "wrote" in err
+
+
+def test_cli_report_defaults_to_the_newest_and_a_file_in_the_working_folder(capsys, verified_home, tmp_path,
+                                                                            monkeypatch):
+    home, rec = verified_home
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "--home", str(home.root), "report", "--profile", rec["profile_id"])
+    assert code == 0, err
+    assert rec["recommendation_id"] in (tmp_path / "largestep-report.html").read_text()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["report", "--recommendation", "rec-nope"], "no recommendation 'rec-nope'"),
+    (["report", "--profile", "prof-nope"], "no profile 'prof-nope'"),
+    (["report", "-o", "/nonexistent-folder/r.html"], "cannot write"),
+])
+def test_cli_report_errors_are_one_line(capsys, verified_home, tmp_path, argv, says):
+    home, _ = verified_home
+    code, out, err = run(capsys, "--home", str(home.root), *argv[:1], *argv[1:],
+                         *([] if "-o" in argv else ["-o", str(tmp_path / "r.html")]))
+    assert code == 2 and err.count("\n") == 1 and says in err, err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_cli_report_on_an_empty_home(capsys, home, tmp_path):
+    code, _, err = run(capsys, "report", "-o", str(tmp_path / "r.html"))
+    assert code == 2 and err.count("\n") == 1 and "nothing to report yet" in err
+    assert not (tmp_path / "r.html").exists()
+    home.ensure()
+    with store.connect(home):
+        pass  # an existing but empty database says the same
+    code, _, err = run(capsys, "report", "-o", str(tmp_path / "r.html"))
+    assert code == 2 and "nothing to report yet" in err

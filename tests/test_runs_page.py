@@ -1,0 +1,280 @@
+"""The Runs page: real runs in a home, the page run headless with AppTest, the downsampling query
+on a real DuckDB, and the pure chart builders of engine.runcharts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from pages import APP, open_page, wait_finished
+from engine import actions, jobs, runcharts, runviews, store
+from engine.home import HOME_ENV, Home
+from engine.train import TrainConfig
+
+TINY = str(Path(__file__).resolve().parent / "tiny_workload.py") + ":make"
+BASE, BIG = "grp-base", "grp-big"
+
+
+@pytest.fixture(scope="module")
+def runs_home(tmp_path_factory) -> Home:
+    """Two groups of two seeds of the tiny workload (batch 32 and batch 128), trained by real jobs.
+
+    Each group queues on a lock key of its own, so the two groups train side by side (as on two
+    devices) and the fixture stays short; their timings are not what this module tests.
+    """
+    home = Home(tmp_path_factory.mktemp("runs") / "home")
+    ids = []
+    for group, batch, lr, role in ((BASE, 32, 1e-2, "baseline"), (BIG, 128, 4e-2, "recommended")):
+        for seed in (0, 1):
+            config = TrainConfig(batch_size=batch, lr=lr, epochs=2, seed=seed, group=group, log_every_steps=4)
+            params = {"workload": TINY, "options": {}, "device": "cpu", "config": asdict(config), "role": role,
+                      "recommendation_id": None}
+            ids.append(jobs.submit(home, "train", params, device=f"cpu-{group}", workload="tiny-mlp"))
+    for run in ids:
+        wait_finished(home, run, timeout_s=180)
+    store.ingest(home)
+    return home
+
+
+def open_runs_page(monkeypatch, home: Home) -> AppTest:
+    return open_page(monkeypatch, home, "runs")
+
+
+def figures(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def legend_names(figure: dict) -> list[str]:
+    return [t["name"] for t in figure["data"] if t.get("showlegend") is not False]
+
+
+def all_ids(home: Home) -> list[str]:
+    with store.connect(home) as con:
+        return list(store.list_runs(con)["id"])
+
+
+# -- the page --------------------------------------------------------------------------------------
+
+
+def test_an_empty_home_shows_how_to_start(monkeypatch, tmp_path):
+    at = open_runs_page(monkeypatch, Home(tmp_path / "empty"))
+    assert runviews.START_MESSAGE in [i.value for i in at.info]
+    assert not at.error and not list(at.get("plotly_chart"))
+
+
+def test_the_table_lists_every_run_with_its_state_and_nothing_is_charted_yet(monkeypatch, runs_home):
+    calls = []
+    real = store.run_curves
+    monkeypatch.setattr(store, "run_curves", lambda *a, **k: calls.append(a) or real(*a, **k))
+    at = open_runs_page(monkeypatch, runs_home)
+    table = at.dataframe[0].value
+    assert sorted(table["id"]) == sorted(all_ids(runs_home))
+    assert set(table["state"]) == {jobs.FINISHED}
+    assert sorted(table["batch"]) == [32, 32, 128, 128]
+    assert set(table["group"]) == {BASE, BIG} and all(table["duration"].str.len() > 0)
+    assert not list(at.get("plotly_chart")) and not calls  # no metrics query before a selection
+    assert not at.error
+
+
+def test_selected_runs_are_charted_and_groups_compared(monkeypatch, runs_home):
+    at = open_runs_page(monkeypatch, runs_home)
+    ids = all_ids(runs_home)
+    at.multiselect(key="runs.selected").set_value(ids).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+
+    curves, comparison = figures(at)
+    labels = legend_names(curves)
+    assert len(labels) == len(ids) and all(any(i in label for label in labels) for i in ids)
+    assert curves["layout"]["uirevision"]
+    assert {t["name"] for t in comparison["data"] if t.get("showlegend") is not False} == {
+        f"{BASE} (2 runs) · baseline", f"{BIG} (2 runs)"}
+
+    assert at.selectbox(key="runs.baseline").value == BASE  # the group whose role is baseline
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Baseline time to target"].endswith(" s")
+    speedup = metrics[f"Speedup of {BIG}"]
+    assert speedup.endswith("×") or speedup == "target not reached"
+    groups = at.dataframe[1].value
+    assert list(groups["group"]) == [BASE, BIG] and groups["speedup"].iloc[0] == "baseline"
+
+
+def test_a_link_naming_runs_opens_with_them_charted_and_the_address_follows_the_selection(monkeypatch, runs_home):
+    ids = all_ids(runs_home)
+    monkeypatch.setenv(HOME_ENV, str(runs_home.root))
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params["run"] = [ids[0], "no-such-run"]
+    at.switch_page("sections/runs.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.multiselect(key="runs.selected").value == [ids[0]]  # an unknown id is left out
+    assert list(at.get("plotly_chart"))
+    at.multiselect(key="runs.selected").set_value(ids[:2]).run()
+    assert at.query_params["run"] == ids[:2]
+
+
+def test_the_chart_follows_metric_axis_and_log_toggles(monkeypatch, runs_home):
+    at = open_runs_page(monkeypatch, runs_home)
+    ids = all_ids(runs_home)[:1]
+    at.multiselect(key="runs.selected").set_value(ids).run()
+    assert {"train_loss", "val_loss", "lr", "val_accuracy"} <= set(at.selectbox(key="runs.metric").options)
+    at.selectbox(key="runs.metric").set_value("val_loss")
+    at.selectbox(key="runs.x").set_value("train_time_s")
+    at.toggle(key="runs.log_y").set_value(True).run()
+    assert not at.exception
+    (curves,) = figures(at)  # one run: no comparison
+    assert curves["layout"]["yaxis"]["type"] == "log" and curves["layout"]["xaxis"]["type"] == "linear"
+    assert "training time" in curves["layout"]["xaxis"]["title"]["text"]
+    line = next(t for t in curves["data"] if t.get("showlegend") is not False)
+    assert len(line["y"]) >= 2  # the evaluations of a 2-epoch run
+
+
+def test_filtering_by_state_and_group(monkeypatch, runs_home):
+    at = open_runs_page(monkeypatch, runs_home)
+    at.multiselect(key="runs.states").set_value([jobs.FAILED]).run()
+    assert at.dataframe[0].value.empty and not at.exception
+    at.multiselect(key="runs.states").set_value([jobs.FINISHED])
+    at.multiselect(key="runs.groups").set_value([BIG]).run()
+    table = at.dataframe[0].value
+    assert len(table) == 2 and set(table["batch"]) == {128}
+
+
+def test_a_running_run_can_be_cancelled_from_the_page(monkeypatch, tmp_path):
+    home = Home(tmp_path / "home")
+    [run] = actions.start_train(home, TINY, {}, "cpu", TrainConfig(batch_size=16, lr=1e-2, epochs=200))
+    try:
+        at = open_runs_page(monkeypatch, home)
+        assert at.dataframe[0].value["state"].iloc[0] in runviews.LIVE_STATES
+        at.button(key=f"cancel.{run}").click().run()
+        assert not at.exception
+        assert jobs.wait(home, run, timeout_s=30) == jobs.KILLED
+    finally:
+        jobs.cancel(home, run)
+
+
+# -- the downsampling query ------------------------------------------------------------------------
+
+
+def test_downsampling_keeps_at_most_a_thousand_buckets_and_the_spike(tmp_path):
+    home = Home(tmp_path / "home")
+    n, spike_at, spike = 20_000, 12_345, 99.0
+    steps = np.arange(n)
+    frames = []
+    for run_id in ("run-a", "run-b"):
+        loss = 2.0 * np.exp(-steps / 4000) + 0.01
+        if run_id == "run-a":
+            loss[spike_at] = spike
+        frames.append(pd.DataFrame({"run_id": run_id, "step": steps, "epoch": steps / 1000, "samples": steps * 64,
+                                    "wall_time_s": steps * 0.02, "train_time_s": steps * 0.015,
+                                    "name": "train_loss", "value": loss}))
+    with store.connect(home) as con:
+        con.register("incoming", pd.concat(frames))
+        con.execute("INSERT INTO metrics BY NAME SELECT * FROM incoming")
+        curves = store.run_curves(con, ["run-a", "run-b"], "train_loss", "wall_time_s")
+        log_curves = store.run_curves(con, ["run-a"], "train_loss", "step", log_x=True)
+        assert store.run_curves(con, ["run-a"], "lr").empty
+        with pytest.raises(Exception, match="choose one of"):
+            store.run_curves(con, ["run-a"], "train_loss", "value; DROP TABLE metrics")
+    per_run = curves.groupby("run_id")
+    assert per_run.size().max() <= store.RUN_CURVE_BUCKETS and per_run.size().min() > 900
+    assert per_run["n"].sum().to_dict() == {"run-a": n, "run-b": n}   # every point counted once
+    a = curves[curves["run_id"] == "run-a"]
+    assert a["y_max"].max() == spike                                    # the spike survives as a bucket max
+    assert curves[curves["run_id"] == "run-b"]["y_max"].max() < 3
+    assert (a["y_min"] <= a["y_last"]).all() and (a["y_last"] <= a["y_max"]).all()
+    assert a["x_last"].iloc[-1] == pytest.approx((n - 1) * 0.02) and a["x_last"].is_monotonic_increasing
+    assert log_curves["y_max"].max() == spike and len(log_curves) <= store.RUN_CURVE_BUCKETS
+    assert log_curves["x_last"].min() == 1  # step 0 cannot sit on a log axis
+
+
+# -- the chart builders ----------------------------------------------------------------------------
+
+
+def test_ema_on_a_known_series():
+    assert runcharts.ema([1.0, 0.0, 0.0], 0.5).tolist() == [1.0, 0.5, 0.25]
+    assert runcharts.ema([2.0, 4.0], 0.0).tolist() == [2.0, 4.0]
+    assert runcharts.ema([1.0, float("nan"), 3.0], 0.5).tolist() == [1.0, 1.0, 2.0]
+    step = runcharts.ema(np.r_[np.zeros(5), np.ones(200)], 0.9)
+    assert step[4] == 0 and 0 < step[5] < step[6] < 1 and step[-1] == pytest.approx(1, abs=1e-6)
+    with pytest.raises(ValueError):
+        runcharts.ema([1.0], 1.0)
+
+
+def _curves(runs: dict[str, int]) -> pd.DataFrame:
+    rows = []
+    for run_id, n in runs.items():
+        for i in range(n):
+            rows.append({"run_id": run_id, "bucket": i, "n": 3, "x_last": i + 1.0, "y_min": 1.0 / (i + 1) - 0.01,
+                         "y_max": 1.0 / (i + 1) + 0.01, "y_last": 1.0 / (i + 1)})
+    return pd.DataFrame(rows)
+
+
+def test_curves_figure_draws_each_run_with_band_raw_and_smoothed_lines():
+    curves = _curves({"r1": 50, "r2": 40})
+    labels = {"r1": "b32 (r1)", "r2": "b128 (r2)"}
+    fig = runcharts.curves_figure(curves, labels, "train_loss", "samples", smoothing=0.8,
+                                  uirevision="keep-zoom")
+    assert [t.name for t in fig.data if t.showlegend is not False] == list(labels.values())
+    assert len(fig.data) == 2 * 3  # per run: the min..max band, the raw line, the smoothed line
+    r1 = curves[curves.run_id == "r1"]
+    band, raw, smoothed = fig.data[:3]
+    assert band.fill == "toself" and max(band.y) == r1["y_max"].max() and min(band.y) == r1["y_min"].min()
+    assert raw.opacity < 1 and np.allclose(raw.y, r1["y_last"])
+    assert np.allclose(smoothed.y, runcharts.ema(r1["y_last"], 0.8)) and not np.allclose(smoothed.y, raw.y)
+    assert fig.layout.uirevision == "keep-zoom"
+    assert fig.layout.xaxis.type == "linear" and "samples" in fig.layout.xaxis.title.text
+
+    logged = runcharts.curves_figure(curves, labels, "train_loss", log_x=True, log_y=True)
+    assert logged.layout.xaxis.type == "log" and logged.layout.yaxis.type == "log"
+    assert logged.layout.uirevision  # a default one, stable across refreshes
+    assert logged.layout.uirevision == runcharts.curves_figure(_curves({"r1": 60}), labels, "train_loss",
+                                                               log_x=True, log_y=True).layout.uirevision
+    unsmoothed = runcharts.curves_figure(curves, labels, "train_loss")
+    assert len(unsmoothed.data) == 2 * 2  # no faint raw line without smoothing
+
+
+def test_curves_figure_without_data_says_so():
+    fig = runcharts.curves_figure(pd.DataFrame(), {"r1": "r1"}, "val_loss")
+    assert not fig.data and "no val_loss" in fig.layout.annotations[0].text
+
+
+def test_comparison_figure_draws_mean_and_std_bands_per_group_and_the_target():
+    rows = []
+    for run_id, group_scale in (("a1", 1.0), ("a2", 1.1), ("b1", 0.5), ("b2", 0.6)):
+        for k in range(3):
+            rows.append({"run_id": run_id, "step": 10 * (k + 1), "epoch": k + 1.0, "samples": 0,
+                         "wall_time_s": (k + 1) * group_scale * 1.2, "train_time_s": (k + 1) * group_scale,
+                         "val_loss": 1.0 / (k + 1) + (0.05 if run_id.endswith("2") else 0)})
+    evals = pd.DataFrame(rows)
+    groups = {"A": ["a1", "a2"], "B": ["b1", "b2"]}
+    bands = runcharts.group_bands(evals, groups)
+    a = bands[bands.group == "A"]
+    assert list(a["mean"]) == pytest.approx([1.025, 0.525, 1 / 3 + 0.025])
+    assert a["std"].iloc[0] == pytest.approx(np.std([1.0, 1.05], ddof=1))
+    fig = runcharts.comparison_figure(evals, groups, "A", target=0.4, uirevision="cmp")
+    assert [t.name for t in fig.data if t.showlegend is not False] == ["A (2 runs) · baseline", "B (2 runs)"]
+    assert sum(1 for t in fig.data if t.fill == "toself") == 2   # one ± std band per group
+    assert fig.layout.shapes[0].y0 == 0.4 and fig.layout.uirevision == "cmp"
+    assert list(runcharts.group_bands(evals, {"B": ["b1", "b2"], "A": ["a1", "a2"]})["group"][:1]) == ["B"]
+
+
+def test_runs_table_and_filters():
+    runs = pd.DataFrame([
+        {"id": "r1", "state": "FINISHED", "workload": "w", "batch_size": 32, "lr": 0.01, "seed": 0, "group_id": "g",
+         "role": "baseline", "tags": ["x", "y"], "wall_time_s": 75.0, "started_at": None, "ended_at": None,
+         "final_val_loss": 0.1, "primary_metric": "accuracy", "final_primary_metric": 0.9},
+        {"id": "r2", "state": "RUNNING", "workload": "w", "batch_size": 128, "lr": 0.04, "seed": 0, "group_id": None,
+         "role": None, "tags": None, "wall_time_s": None, "started_at": pd.Timestamp(1000, unit="s", tz="UTC"),
+         "ended_at": None, "final_val_loss": None, "primary_metric": None, "final_primary_metric": None},
+    ])
+    table = runviews.runs_table(runs, now=1012.5)
+    assert list(table["duration"]) == ["1m 15s", "12.5 s"] and list(table["tags"]) == ["x, y", ""]
+    assert list(runviews.filter_runs(runs, states=["RUNNING"])["id"]) == ["r2"]
+    assert list(runviews.filter_runs(runs, groups=[runviews.NO_GROUP])["id"]) == ["r2"]
+    assert list(runviews.filter_runs(runs, roles=["baseline"], workloads=["w"])["id"]) == ["r1"]
+    assert runviews.active_runs(runs) == ["r2"]
+    assert runviews.comparison_units(runs, ["r2", "r1"]) == ["g", "r2"]
