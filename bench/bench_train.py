@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import jobs, store  # noqa: E402
+from engine import devices, jobs, store  # noqa: E402
 from engine.home import Home  # noqa: E402
 from engine.train import TrainConfig, train  # noqa: E402
 from engine.workloads import load_workload  # noqa: E402
@@ -105,6 +105,7 @@ def ingest_rate(runs: int, logs_per_run: int) -> dict:
         home = Home(Path(tmp))
         home.ensure()
         store.ingest(home)  # create the database and its tables outside the timing
+        device = devices.device_info(torch.device("cpu")).to_dict()
         for r in range(runs):
             job_id = jobs.new_job_id("train")
             job_dir = home.job_dir(job_id)
@@ -114,7 +115,7 @@ def ingest_rate(runs: int, logs_per_run: int) -> dict:
                  "created_at": time.time(), "home": str(home.root)}))
             spool = jobs.Spool(job_dir)
             spool.emit("run_start", workload="bench", config={"batch_size": 128, "lr": 0.01, "seed": r},
-                       device={"id": "cpu-bench", "name": "bench"}, total_steps=logs_per_run)
+                       device=device, total_steps=logs_per_run)
             for step in range(1, logs_per_run + 1):
                 row = {"step": step, "epoch": step / 100, "samples": step * 128, "wall_time_s": step * 0.01,
                        "train_time_s": step * 0.01, "train_loss": 1.0 / step, "lr": 0.01, "samples_per_s": 12800.0}

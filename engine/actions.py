@@ -6,40 +6,66 @@ from dataclasses import asdict
 
 from engine import devices, jobs, store
 from engine.home import Home
-from engine.profiler import ProfileConfig
+from engine.errors import UsageError
+from engine.profiler import ProfileConfig, plan_batch_sizes
 
 __all__ = ["start_profile", "profile_summary", "start_noise", "start_stability", "make_recommendation", "start_train",
            "start_autopilot",
            "NOISE_FIELDS"]
 
 
-def start_profile(home: Home, workload: str, options: dict, device: str, config: ProfileConfig) -> str:
+def start_profile(home: Home, workload: str, options: dict, device: str, config: ProfileConfig,
+                  launcher: dict | None = None) -> str:
     """Validate everything, then start a profiling job; returns its id (also the profile's id).
 
     Every check that can fail on bad input runs before the job's folder is written.
+    ``config.nproc > 1``: a data-parallel profile (each batch size is a global batch split over
+    the ranks; the step time includes the gradient all-reduce). ``launcher``: see
+    :func:`engine.launchers.check_launcher` (``None`` runs here).
     """
+    from engine.distributed import check_nproc, lock_names
+    from engine.launchers import absolute_workload_spec, check_launcher
     from engine.workloads import load_workload
 
     config.validate()
+    launcher = check_launcher(launcher, device, config.nproc)
+    if launcher is not None:
+        workload = absolute_workload_spec(workload)
+        home.check()
+        store.check_database_file(home.database)
+        params = {"workload": workload, "options": dict(options), "device": device, "config": asdict(config),
+                  "launcher": launcher}
+        return jobs.submit(home, "profile", params, device="ray", workload=workload, launcher="ray")
+    check_nproc(config.nproc, device)
     torch_device = devices.resolve_device(device)
     devices.check_dtype(torch_device, config.dtype)
     home.check()
     store.check_database_file(home.database)
     loaded = load_workload(workload, options)  # a bad workload fails here, before anything is written
     params = {"workload": workload, "options": dict(options), "device": str(torch_device), "config": asdict(config)}
-    return jobs.submit(home, "profile", params, device=str(torch_device), workload=loaded.name)
+    if config.nproc > 1:
+        for b in plan_batch_sizes(config, loaded):
+            if b % config.nproc == 0:
+                break
+        else:
+            raise UsageError(f"no batch size to profile is divisible by --nproc {config.nproc}")
+    return jobs.submit(home, "profile", params, device=str(torch_device), workload=loaded.name,
+                       locks=lock_names(str(torch_device), config.nproc))
 
 
 def start_noise(home: Home, workload: str, options: dict, device: str, batch_small: int | None = None,
-                batch_big: int | None = None, batches: int = 32, warm_steps: int | None = None, seed: int = 0) -> str:
+                batch_big: int | None = None, batches: int = 32, warm_steps: int | None = None, seed: int = 0,
+                launcher: dict | None = None) -> str:
     """Validate, then start a gradient-noise-scale job; returns its id (also the estimate's id).
 
     ``warm_steps=None`` trains the baseline for one epoch first (see ``default_warm_steps``).
     """
+    from engine.launchers import absolute_workload_spec, check_launcher
     from engine.noise import check_noise_args, default_warm_steps
     from engine.workloads import load_workload
 
-    torch_device = devices.resolve_device(device)
+    launcher = check_launcher(launcher, device)
+    torch_device = devices.resolve_device(device) if launcher is None else device
     home.check()
     store.check_database_file(home.database)
     loaded = load_workload(workload, options)
@@ -48,6 +74,9 @@ def start_noise(home: Home, workload: str, options: dict, device: str, batch_sma
     batch_small, batch_big = check_noise_args(loaded, batch_small, batch_big, batches, warm_steps)
     params = {"workload": workload, "options": dict(options), "device": str(torch_device), "batch_small": batch_small,
               "batch_big": batch_big, "batches": batches, "warm_steps": warm_steps, "seed": seed}
+    if launcher is not None:
+        params.update(workload=absolute_workload_spec(workload), launcher=launcher)
+        return jobs.submit(home, "noise", params, device="ray", workload=loaded.name, launcher="ray")
     return jobs.submit(home, "noise", params, device=str(torch_device), workload=loaded.name)
 
 
@@ -61,26 +90,47 @@ def start_stability(home: Home, rec: dict, device: str, steps: int = 60) -> str:
 
 
 def start_train(home: Home, workload: str, options: dict, device: str, config, repeats: int = 1,
-                role: str | None = None, recommendation_id: str | None = None) -> list[str]:
+                role: str | None = None, recommendation_id: str | None = None, launcher: dict | None = None,
+                save_weights: bool = False) -> list[str]:
     """Validate, then queue ``repeats`` training runs (seeds seed, seed+1, ...) as one group.
 
     They run one after another on the device (the per-device lock), so they never time each other.
+    ``config.nproc > 1``: each run is data-parallel over that many ranks (torchrun). ``launcher``
+    (see :func:`engine.launchers.check_launcher`): the runs go to a Ray cluster as tasks, side by
+    side, each on a device of its own. ``save_weights``: rank 0 saves the final state_dict to
+    ``jobs/<id>/model.pt``.
     """
     import secrets
     from dataclasses import replace
 
-    from engine.errors import UsageError
+    from engine.distributed import check_nproc, lock_names
+    from engine.launchers import absolute_workload_spec, check_launcher
     from engine.workloads import load_workload
 
     config.validate()
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise UsageError(f"--repeats must be a positive integer, not {repeats!r}")
+    launcher = check_launcher(launcher, device, config.nproc)
+    if launcher is not None:
+        workload = absolute_workload_spec(workload)
+        home.check()
+        store.check_database_file(home.database)
+        group = config.group or (f"grp-{secrets.token_hex(4)}" if repeats > 1 else None)
+        job_ids = []
+        for k in range(repeats):
+            run_config = replace(config, seed=config.seed + k, group=group)
+            params = {"workload": workload, "options": dict(options), "device": device,
+                      "config": asdict(run_config), "role": role, "recommendation_id": recommendation_id,
+                      "launcher": launcher, "save_weights": save_weights}
+            job_ids.append(jobs.submit(home, "train", params, device="ray", workload=workload, launcher="ray"))
+        return job_ids
+    check_nproc(config.nproc, device)
     torch_device = devices.resolve_device(device)
     devices.check_dtype(torch_device, config.dtype)
     home.check()
     store.check_database_file(home.database)
     loaded = load_workload(workload, options)
-    if config.micro_batch > loaded.n_train:
+    if config.batch_size > loaded.n_train:
         raise UsageError(f"--batch-size {config.batch_size} is larger than the {loaded.n_train} training samples "
                          f"of {loaded.name}")
     group = config.group or (f"grp-{secrets.token_hex(4)}" if repeats > 1 else None)
@@ -88,8 +138,10 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
     for k in range(repeats):
         run_config = replace(config, seed=config.seed + k, group=group)
         params = {"workload": workload, "options": dict(options), "device": str(torch_device),
-                  "config": asdict(run_config), "role": role, "recommendation_id": recommendation_id}
-        job_ids.append(jobs.submit(home, "train", params, device=str(torch_device), workload=loaded.name))
+                  "config": asdict(run_config), "role": role, "recommendation_id": recommendation_id,
+                  "save_weights": save_weights}
+        job_ids.append(jobs.submit(home, "train", params, device=str(torch_device), workload=loaded.name,
+                                   locks=lock_names(str(torch_device), config.nproc)))
     return job_ids
 
 
@@ -105,7 +157,10 @@ def start_autopilot(home: Home, workload: str, options: dict, device: str, confi
         raise UsageError(f"--repeats must be a positive integer, not {config.repeats!r}")
     if config.epochs is not None and not config.epochs > 0:
         raise UsageError(f"--epochs must be positive, not {config.epochs!r}")
-    torch_device = devices.resolve_device(device)
+    from engine.launchers import check_launcher
+
+    check_launcher(config.launcher, device)
+    torch_device = devices.resolve_device(device) if config.launcher is None else device
     home.check()
     store.check_database_file(home.database)
     loaded = load_workload(workload, options)

@@ -36,6 +36,7 @@ class AutopilotConfig:
     min_seconds: float = 1.0              # profiler: timed seconds per batch size
     max_batch: int = 65536
     tolerance: float = 0.01               # compare: target = baseline best val loss + 1%
+    launcher: dict | None = None          # None: child jobs run here; {"kind": "ray", ...}: as Ray tasks
 
 
 def read_events(job_dir: Path) -> list[dict]:
@@ -66,6 +67,7 @@ def profile_from_spool(job_dir: Path) -> dict:
         "baseline_batch_size": start.get("baseline_batch_size"), "baseline_lr": start.get("baseline_lr"),
         "optimizer": start.get("optimizer"), "epochs": start.get("epochs"), "n_train": start.get("n_train"),
         "warmup_samples": start.get("warmup_samples"), "weight_decay": start.get("weight_decay"),
+        "config": start.get("config") or {},
         "points": [{k: v for k, v in e.items() if k not in ("type", "t")} for e in events if e["type"] == "point"],
     }
 
@@ -150,7 +152,8 @@ def autopilot_task(ctx: JobContext) -> None:
 
         # profile
         profile_id = start_profile(ctx.home, spec, options, device,
-                                        ProfileConfig(min_seconds=config.min_seconds, max_batch=config.max_batch))
+                                   ProfileConfig(min_seconds=config.min_seconds, max_batch=config.max_batch),
+                                   launcher=config.launcher)
         children.append(profile_id)
         phase("profile", 0.0, job=profile_id)
         if wait_for([profile_id], "profile") != [jobs.FINISHED]:
@@ -159,7 +162,8 @@ def autopilot_task(ctx: JobContext) -> None:
 
         # noise scale
         noise_id = start_noise(ctx.home, spec, options, device, batch_small=workload.baseline_batch_size,
-                                    batches=config.noise_batches, warm_steps=default_warm_steps(workload))
+                               batches=config.noise_batches, warm_steps=default_warm_steps(workload),
+                               launcher=config.launcher)
         children.append(noise_id)
         phase("noise scale", 0.0, job=noise_id)
         wait_for([noise_id], "noise scale")
@@ -182,9 +186,10 @@ def autopilot_task(ctx: JobContext) -> None:
         chosen = TrainConfig(batch_size=rec["batch_size"], lr=rec["learning_rate"], epochs=epochs * factor,
                              warmup_samples=rec["warmup_samples"])
         baseline_ids = start_train(ctx.home, spec, options, device, base, config.repeats, role="baseline",
-                                         recommendation_id=rec["recommendation_id"])
+                                   recommendation_id=rec["recommendation_id"], launcher=config.launcher)
         recommended_ids = start_train(ctx.home, spec, options, device, chosen, config.repeats,
-                                            role="recommended", recommendation_id=rec["recommendation_id"])
+                                      role="recommended", recommendation_id=rec["recommendation_id"],
+                                      launcher=config.launcher)
         children.extend(baseline_ids + recommended_ids)
         phase("baseline runs", 0.0, run_ids=baseline_ids)
         base_states = wait_for(baseline_ids, "baseline runs")

@@ -110,6 +110,23 @@ def _parse_options(pairs: tuple[str, ...], data: str | None, label: str | None) 
     return options
 
 
+def launch_options(fn: Callable) -> Callable:
+    """--launcher, --ray-address: where the job's work runs (here, or as tasks on a Ray cluster)."""
+    fn = click.option("--ray-address", metavar="ADDR",
+                      help="The Ray cluster, e.g. ray://head:10001 or head:6379 (default: $RAY_ADDRESS, else the "
+                           "cluster started on this machine, else a new local one).")(fn)
+    fn = click.option("--launcher", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                      help="local: processes on this machine; ray: tasks on a Ray cluster, one GPU (or CPU) each "
+                           "(pip install 'largestep[ray]').")(fn)
+    return fn
+
+
+def _nproc(text: str) -> int:
+    from engine.units import parse_positive_int
+
+    return parse_positive_int(text, "--nproc")
+
+
 def workload_options(fn: Callable) -> Callable:
     """--workload, --set KEY=VALUE, --data, --label: shared by every command that loads a workload."""
     fn = click.option("--label", metavar="COLUMN", help="The label column, for --workload table.")(fn)
@@ -177,11 +194,15 @@ def hardware(as_json: bool) -> None:
 @click.option("--min-seconds", default=1.0, show_default=True, type=float, help="Timed seconds per batch size, at least.")
 @click.option("--warmup-steps", default=3, show_default=True, type=int, help="Untimed steps per batch size.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--nproc", default="1", show_default=True, metavar="N",
+              help="Data-parallel processes (torchrun; gloo on CPU, NCCL on CUDA): batch sizes are global, and "
+                   "the step time includes the gradient all-reduce.")
+@launch_options
 @click.option("--detach", is_flag=True, help="Start the job and return at once; follow it with `largestep profiles`.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch, max_batch, dtype, memory_budget,
-            full, min_steps, min_seconds, warmup_steps, seed, detach, as_json) -> int:
+            full, min_steps, min_seconds, warmup_steps, seed, nproc, launcher, ray_address, detach, as_json) -> int:
     """Measure step time, throughput and memory against batch size (runs as a job)."""
     from engine import jobs, store
     from engine.actions import profile_summary, start_profile
@@ -196,10 +217,14 @@ def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch
         max_batch=parse_positive_int(max_batch, "--max-batch") if max_batch is not None else 65536,
         dtype=dtype, memory_budget_bytes=parse_size(memory_budget) if memory_budget is not None else None,
         full=full, min_steps=min_steps, min_seconds=min_seconds, warmup_steps=warmup_steps, seed=seed,
+        nproc=_nproc(nproc),
     )
+    from engine.launchers import launcher_from_cli
+
+    run_on = launcher_from_cli(launcher, ray_address)
     options = _parse_options(settings, data, label)
     home = _home(ctx)
-    job_id = start_profile(home, workload, options, device, config)
+    job_id = start_profile(home, workload, options, device, config, launcher=run_on)
     if detach:
         store.ingest(home)
         if as_json:
@@ -579,11 +604,16 @@ def recommendations(ctx, as_json):
 @click.option("--max-steps", metavar="N", help="Stop after N optimizer steps.")
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="A label for the run (repeatable).")
 @click.option("--device", "-d", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--nproc", default="1", show_default=True, metavar="N",
+              help="Data-parallel processes (torchrun; gloo on CPU, NCCL on CUDA): --batch-size stays the global "
+                   "batch = micro-batch x --accumulate x N, and the learning rate follows it.")
+@launch_options
 @click.option("--detach", is_flag=True, help="Queue the runs and return at once; follow them with `largestep runs`.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def train(ctx, workload, settings, data, label, batch_size, lr, epochs, warmup_samples, accumulate, schedule, dtype,
-          seed, repeats, target_val_loss, eval_every, max_steps, tags, device, detach, as_json):
+          seed, repeats, target_val_loss, eval_every, max_steps, tags, device, nproc, launcher, ray_address, detach,
+          as_json):
     """Train a workload for real at one batch size and learning rate (runs as jobs)."""
     from engine import store
     from engine.actions import start_train
@@ -598,10 +628,14 @@ def train(ctx, workload, settings, data, label, batch_size, lr, epochs, warmup_s
         seed=_parse_count(seed, "--seed"), target_val_loss=_parse_float(target_val_loss, "--target-val-loss"),
         eval_every_epochs=_parse_float(eval_every, "--eval-every"),
         max_steps=parse_positive_int(max_steps, "--max-steps") if max_steps is not None else None, tags=tuple(tags),
+        nproc=_nproc(nproc),
     )
+    from engine.launchers import launcher_from_cli
+
+    run_on = launcher_from_cli(launcher, ray_address)
     home = _home(ctx)
     run_ids = start_train(home, workload, _parse_options(settings, data, label), device, config,
-                          repeats=parse_positive_int(repeats, "--repeats"))
+                          repeats=parse_positive_int(repeats, "--repeats"), launcher=run_on)
     store.ingest(home)
     if detach:
         if as_json:
@@ -790,10 +824,12 @@ def print_comparison(result: dict) -> None:
 @click.option("--epochs", metavar="E", help="Baseline training length (default: the workload's).")
 @click.option("--rule", type=click.Choice(["linear", "sqrt"]), default="linear", show_default=True)
 @click.option("--device", "-d", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@launch_options
 @click.option("--detach", is_flag=True, help="Start it and return at once; the dashboard shows its progress.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, device, detach, as_json):
+def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, device, launcher, ray_address, detach,
+              as_json):
     """The whole loop headless: profile, noise scale, recommend, train the baseline and the
     recommendation (K seeds each, one after the other on the device), compare, and one headline."""
     from engine import store
@@ -801,8 +837,10 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, devic
     from engine.autopilot import AutopilotConfig
     from engine.units import parse_positive_int
 
+    from engine.launchers import launcher_from_cli
+
     config = AutopilotConfig(repeats=parse_positive_int(repeats, "--repeats"), epochs=_parse_float(epochs, "--epochs"),
-                             rule=rule)
+                             rule=rule, launcher=launcher_from_cli(launcher, ray_address))
     home = _home(ctx)
     job_id = start_autopilot(home, workload, _parse_options(settings, data, label), device, config)
     store.ingest(home)

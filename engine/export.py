@@ -670,8 +670,8 @@ def _cli(doc: dict) -> str:
         argv += ["--epochs", str(t["epochs"])]
     if t["gradient_accumulation_steps"] > 1:
         argv += ["--accumulate", str(t["gradient_accumulation_steps"])]
-    if t["devices"] > 1:
-        argv += ["--devices", str(t["devices"])]
+    if t["devices"] > 1:  # data-parallel ranks through torchrun; --batch-size stays the global batch
+        argv += ["--nproc", str(t["devices"])]
     if t["schedule"] != "constant":
         argv += ["--schedule", t["schedule"]]
     if t["dtype"] != "fp32":

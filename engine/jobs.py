@@ -32,7 +32,7 @@ from engine.home import Home
 __all__ = [
     "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED", "DIVERGED", "CRASHED",
     "FINAL_STATES", "STATES", "Spool", "JobContext", "submit", "cancel", "derive_state",
-    "read_status", "read_spec", "new_job_id", "wait", "register_kind", "Diverged", "Cancelled",
+    "read_status", "read_spec", "new_job_id", "wait", "register_kind", "Diverged", "Cancelled", "Crashed",
 ]
 
 PENDING, RUNNING, FINISHED, FAILED = "PENDING", "RUNNING", "FINISHED", "FAILED"
@@ -45,6 +45,7 @@ STALE_AFTER_S = 120.0       # a live pid whose heartbeat is older than this is t
 FLUSH_EVERY_S = 0.5         # events reach the disk at least this often ...
 FLUSH_EVERY_EVENTS = 200    # ... or after this many, whichever comes first
 CANCEL_MARKER = "cancelled"
+QUEUE_POLL_S = 0.25          # how often a queued job looks whether its turn has come
 
 
 class Diverged(Exception):
@@ -53,6 +54,10 @@ class Diverged(Exception):
 
 class Cancelled(Exception):
     """Raised inside a job when it is asked to stop (SIGTERM); the job ends as KILLED."""
+
+
+class Crashed(Exception):
+    """Raised by a job body whose worker died (a rank killed by a signal, a lost Ray task); the job ends CRASHED."""
 
 
 def new_job_id(kind: str) -> str:
@@ -143,17 +148,22 @@ def read_spec(job_dir: Path) -> dict | None:
 
 
 def submit(home: Home, kind: str, params: dict, device: str, workload: str | None = None,
-           job_id: str | None = None) -> str:
+           job_id: str | None = None, locks: list[str] | None = None, launcher: str | None = None) -> str:
     """Write the job's spec and start its process in a new session; return the job id.
 
     The new process outlives the caller (a closed browser tab, a finished CLI command).
+    ``locks``: the devices the job holds while it runs (default: ``device``); a multi-GPU job
+    names each GPU. ``launcher="ray"`` runs the body as a Ray task instead (no local lock:
+    the cluster schedules its own devices).
     """
     home.ensure()
     job_id = job_id or new_job_id(kind)
     job_dir = home.job_dir(job_id)
     job_dir.mkdir(parents=True)
     spec = {"id": job_id, "kind": kind, "device": device, "workload": workload, "params": params,
-            "created_at": time.time(), "home": str(home.root)}
+            "created_at": time.time(), "home": str(home.root), "locks": list(locks or [device])}
+    if launcher is not None:
+        spec["launcher"] = launcher
     _write_json_atomic(job_dir / "spec.json", spec)
     (job_dir / "events.jsonl").touch()
     env = dict(os.environ)
@@ -310,6 +320,7 @@ _KINDS: dict[str, str] = {
     "stability": "engine.tasks:stability_task",
     "train": "engine.tasks:train_task",
     "autopilot": "engine.autopilot:autopilot_task",
+    "ray": "engine.launchers:ray_task",     # any kind above, run as a Ray task (spec["launcher"] == "ray")
 }
 
 
@@ -327,6 +338,43 @@ def _resolve_body(kind: str) -> Callable[[JobContext], None]:
 def _device_lock(home: Home, device: str) -> FileLock:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in device or "any")
     return FileLock(str(home.locks / f"device-{safe}.lock"))
+
+
+def _lock_names(spec: dict) -> set[str]:
+    if spec.get("launcher") == "ray":
+        return set()  # a job sent to Ray holds none: the cluster's scheduler gives each task its device
+    return set(spec.get("locks") or [spec.get("device", "any")])
+
+
+def _device_locks(home: Home, spec: dict):
+    """Every device lock the job needs, in its turn: first in, first out among the jobs waiting for
+    any of the same devices; the locks taken in sorted order (two multi-device jobs never deadlock).
+    """
+    from contextlib import ExitStack
+
+    stack = ExitStack()
+    names = _lock_names(spec)
+    if names:
+        while _older_job_waiting(home, spec, names):
+            time.sleep(QUEUE_POLL_S)
+    for name in sorted(names):
+        stack.enter_context(_device_lock(home, name))
+    return stack
+
+
+def _older_job_waiting(home: Home, spec: dict, names: set[str]) -> bool:
+    """Is a job submitted before this one still waiting (alive, not cancelled) for one of ``names``?"""
+    mine = (spec.get("created_at", 0.0), spec["id"])
+    for job_dir in home.jobs.iterdir():
+        status = read_status(job_dir) if job_dir.name != spec["id"] else None
+        if not status or status.get("state") != PENDING or (job_dir / CANCEL_MARKER).exists():
+            continue
+        other = read_spec(job_dir)
+        if other is None or (other.get("created_at", 0.0), other["id"]) >= mine or not names & _lock_names(other):
+            continue
+        if _alive(status.get("pid"), status.get("pid_started")):
+            return True
+    return False
 
 
 def run_job(job_dir: Path) -> int:
@@ -349,18 +397,20 @@ def run_job(job_dir: Path) -> int:
     beat.start()
     state, error = FAILED, None
     try:
-        with _device_lock(home, spec.get("device", "any")):
+        with _device_locks(home, spec):
             if (job_dir / CANCEL_MARKER).exists():
                 raise Cancelled()
             spool.status(state=RUNNING, phase="starting", started_at=time.time())
             spool.emit("start", kind=spec["kind"], pid=os.getpid())
-            body = _resolve_body(spec["kind"])
+            body = _resolve_body("ray" if spec.get("launcher") == "ray" else spec["kind"])
             body(JobContext(spec["id"], job_dir, home, spec, spool))
             state = FINISHED
     except Cancelled:
         state, error = KILLED, "cancelled"
     except Diverged as exc:
         state, error = DIVERGED, str(exc) or "training diverged"
+    except Crashed as exc:
+        state, error = CRASHED, str(exc) or "a worker died"
     except LargestepError as exc:
         state, error = FAILED, str(exc)
     except BaseException as exc:  # the job's last word: record why it failed, then exit non-zero

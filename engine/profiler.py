@@ -9,6 +9,13 @@ Then, outside the clock, one more step under ``FlopCounterMode`` (FLOPs) and sav
 
 The sweep stops cleanly at the first out-of-memory error, a memory budget, a throughput
 plateau, the dataset size or the maximum batch size; it never crashes on one bad point.
+
+Data-parallel (``nproc > 1``, each rank in a process group started by :mod:`engine.distributed`):
+every batch size is a global batch, each rank steps on its shard through DistributedDataParallel,
+so the timed step includes the gradient all-reduce and the recommendation accounts for it. A
+barrier starts each timed step on all ranks together; rank 0's clock is the one recorded; every
+stop-or-go decision is rank 0's, broadcast, so all ranks run the same collectives. FLOPs are
+the global batch's (one rank's count times the ranks).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine import devices
+from engine import distributed as ddp_util
 from engine.errors import UsageError
 from engine.workloads.base import Workload
 
@@ -59,8 +67,16 @@ class ProfileConfig:
     plateau_doublings: int = 2          # ... on this many successive doublings
     include_baseline: bool = True       # add the workload's baseline batch to a power-of-two sweep
     seed: int = 0                       # model initialisation and data order
+    nproc: int = 1                      # data-parallel ranks; batch sizes are global (split over the ranks)
 
     def validate(self) -> None:
+        if isinstance(self.nproc, bool) or not isinstance(self.nproc, int) or self.nproc < 1:
+            raise UsageError(f"--nproc must be a positive integer, not {self.nproc!r}")
+        if self.batch_sizes is not None and self.nproc > 1:
+            odd = [b for b in self.batch_sizes if isinstance(b, int) and b % self.nproc]
+            if odd:
+                raise UsageError(f"batch size {odd[0]} is not divisible by --nproc {self.nproc}: each rank takes an "
+                                 f"equal share of the global batch")
         if self.batch_sizes is not None:
             if not self.batch_sizes:
                 raise UsageError("the batch-size list is empty")
@@ -169,7 +185,7 @@ def plan_batch_sizes(config: ProfileConfig, workload: Workload) -> list[int]:
         b *= 2
     if config.include_baseline and low <= baseline <= config.max_batch:
         sizes.append(baseline)
-    return sorted(set(sizes))
+    return sorted({b for b in sizes if b % config.nproc == 0})  # every rank takes an equal share
 
 
 # -- one batch size ----------------------------------------------------------------------------
@@ -184,14 +200,23 @@ class StepRunner:
     """
 
     def __init__(self, workload: Workload, device: torch.device, batch_size: int,
-                 dtype: str = "fp32", seed: int = 0, data: tuple[torch.Tensor, ...] | None = None):
+                 dtype: str = "fp32", seed: int = 0, data: tuple[torch.Tensor, ...] | None = None,
+                 data_parallel: bool = False):
         self.workload = workload
         self.device = device
-        self.batch_size = batch_size
+        self.batch_size = batch_size    # the global batch; with data_parallel each rank steps on its shard
+        self.world = ddp_util.world_size() if data_parallel else 1
+        self.rank = ddp_util.rank() if data_parallel else 0
         self.dtype = dtype
         torch.manual_seed(seed)
         self.model = workload.model().to(device)
         self.model.train()
+        self.forward = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(self.model,
+                                                   device_ids=[device.index] if device.type == "cuda" else None)
         self.optimizer = workload.make_optimizer(self.model.parameters(), workload.baseline_lr)
         self.scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(device, dtype) else None
         self.data = data if data is not None else shuffled_on_device(workload, device, seed)
@@ -203,6 +228,8 @@ class StepRunner:
             self.cursor = 0
         lo, hi = self.cursor, self.cursor + self.batch_size
         self.cursor = hi
+        shard = self.batch_size // self.world  # this rank's disjoint share of the global batch
+        lo, hi = lo + self.rank * shard, lo + (self.rank + 1) * shard
         *inputs, target = (t[lo:hi] for t in self.data)
         return inputs, target
 
@@ -211,8 +238,8 @@ class StepRunner:
         inputs, target = self._next_batch()
         # forward
         with devices.autocast(self.device, self.dtype):
-            loss = self.workload.loss(self.model(*inputs), target)
-        # backward, update
+            loss = self.workload.loss(self.forward(*inputs), target)
+        # backward (with DDP: the gradient all-reduce overlaps it and ends in it), update
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -227,8 +254,14 @@ class StepRunner:
         """Raw step times; each step lies between two synchronisations of the device."""
         times: list[float] = []
         total = 0.0
-        while len(times) < min_steps or (total < min_seconds and len(times) < max_steps):
+        # rank 0 decides whether to go on: every rank must take the same number of steps
+        while True:
+            more = len(times) < min_steps or (total < min_seconds and len(times) < max_steps)
+            if not (ddp_util.agree(more) if self.world > 1 else more):
+                break
             devices.synchronize(self.device)  # sync: the previous step's kernels are done
+            if self.world > 1:
+                ddp_util.barrier()  # sync: every rank starts the step together
             start = time.perf_counter()
             self.step()
             devices.synchronize(self.device)  # sync: this step's kernels are done
@@ -255,7 +288,7 @@ class StepRunner:
         counter = FlopCounterMode(display=False)
         with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             self.step()
-        return float(counter.get_total_flops()), sum(saved.values())
+        return float(counter.get_total_flops()) * self.world, sum(saved.values())  # FLOPs of the global batch
 
     def state_bytes(self) -> int:
         """Parameters, gradients and optimizer state now held, in bytes."""
@@ -271,10 +304,10 @@ class StepRunner:
         return total
 
     def batch_bytes(self) -> int:
-        return sum(t[: self.batch_size].numel() * t.element_size() for t in self.data)
+        return sum(t[: self.batch_size // self.world].numel() * t.element_size() for t in self.data)
 
     def close(self) -> None:
-        del self.model, self.optimizer, self.data
+        del self.model, self.forward, self.optimizer, self.data
         devices.free_memory(self.device)
 
 
@@ -293,7 +326,8 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
     runner = None
     try:
         devices.reset_peak_memory(device)
-        runner = StepRunner(workload, device, batch_size, config.dtype, config.seed, data)
+        runner = StepRunner(workload, device, batch_size, config.dtype, config.seed, data,
+                            data_parallel=config.nproc > 1)
         for _ in range(config.warmup_steps):  # untimed: allocator growth, caches, lazy init
             runner.step()
         devices.synchronize(device)
@@ -382,7 +416,7 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
                 return "dataset"
             fit = fit_memory(points)
             budget = config.memory_budget_bytes
-            if budget is not None and fit is not None and fit.predict(batch_size) > budget:
+            if ddp_util.agree(budget is not None and fit is not None and fit.predict(batch_size) > budget):
                 point = ProfilePoint(batch_size, OVER_BUDGET, predicted_memory_bytes=int(fit.predict(batch_size)),
                                      error="predicted memory exceeds the budget; not run")
                 points.append(point)
@@ -391,17 +425,34 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
             point = measure_point(workload, device, batch_size, config, data, telemetry_tag, power_between)
             if point.status == OK and budget is not None and point.peak_memory_bytes > budget:
                 point = replace(point, status=OVER_BUDGET, error="measured peak memory exceeds the budget")
+            point = _agree_on_status(point)
             points.append(point)
             yield point, index, len(planned)
             if point.status in (OOM, OVER_BUDGET, ERROR):
                 return point.status
             powers_of_two = config.batch_sizes is None
-            if powers_of_two and not config.full and _plateaued(points, config.plateau_gain, config.plateau_doublings):
+            if ddp_util.agree(powers_of_two and not config.full
+                              and _plateaued(points, config.plateau_gain, config.plateau_doublings)):
                 return "plateau"
         return "list" if config.batch_sizes is not None else "max"
     finally:
         del data
         devices.free_memory(device)
+
+
+def _agree_on_status(point: ProfilePoint) -> ProfilePoint:
+    """Data-parallel: a point failed on one rank failed for all (the next decision must be the same everywhere)."""
+    if not ddp_util.is_distributed():
+        return point
+    import torch.distributed as dist
+
+    outcomes: list = [None] * ddp_util.world_size()
+    dist.all_gather_object(outcomes, (point.status, point.error))
+    if point.status == OK:
+        for r, (status, error) in enumerate(outcomes):
+            if status != OK:
+                return replace(point, status=status, error=f"rank {r}: {error}")
+    return point
 
 
 def run_profile(workload: Workload, device: torch.device, config: ProfileConfig,

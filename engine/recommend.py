@@ -177,7 +177,9 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
         "dtype": profile.get("dtype") or "fp32",
         "batch_size": chosen.batch_size, "learning_rate": chosen.learning_rate,
         "warmup_samples": int(warmup), "warmup_steps": warmup_steps(int(warmup), chosen.batch_size),
-        "micro_batch_size": chosen.batch_size, "gradient_accumulation_steps": 1, "world_size": 1,
+        # a data-parallel profile measured global batches over its ranks (config.nproc)
+        "micro_batch_size": chosen.batch_size // _world_size(profile), "gradient_accumulation_steps": 1,
+        "world_size": _world_size(profile),
         "rule": config.rule, "optimizer": profile.get("optimizer") or "adam",
         "weight_decay": profile.get("weight_decay") or 0.0, "epochs": profile.get("epochs"), "schedule": "constant",
         "baseline": {"batch_size": b0, "learning_rate": lr0},
@@ -194,6 +196,16 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
         "reasons": reasons,
         "stability": None,
     }
+
+
+def _world_size(profile: dict) -> int:
+    """The ranks a profile's batches were split over (1 for a single-process profile)."""
+    config = profile.get("config") or {}
+    if isinstance(config, str):
+        import json
+
+        config = json.loads(config)
+    return int(config.get("nproc") or 1)
 
 
 def _with_rank(c: Candidate, rank: int | None) -> Candidate:

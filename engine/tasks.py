@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 import torch
 
-from engine import __version__, devices, telemetry
+from engine import __version__, devices, distributed, telemetry
 from engine.jobs import JobContext
 from engine.profiler import ProfileConfig, ProfilePoint, plan_batch_sizes, run_profile
 from engine.workloads import load_workload
@@ -34,6 +34,10 @@ def profile_config_from_params(params: dict) -> ProfileConfig:
 
 def profile_task(ctx: JobContext) -> None:
     params = ctx.params
+    nproc = (params.get("config") or {}).get("nproc") or 1
+    if nproc > 1 and not distributed.in_rank(ctx):
+        distributed.run_ranks(ctx, nproc, params.get("collective_timeout_s", distributed.DEFAULT_TIMEOUT_S))
+        return
     ctx.progress("loading workload", 0.0)
     workload = load_workload(params["workload"], params.get("options") or {})
     device = devices.resolve_device(params.get("device", "auto"))
@@ -45,6 +49,7 @@ def profile_task(ctx: JobContext) -> None:
     sampler = telemetry.Sampler(info, on_samples=lambda samples: ctx.spool.emit("telemetry", samples=samples))
     ctx.spool.emit(
         "profile_start", profile_id=ctx.job_id, workload=workload.name, workload_spec=params["workload"],
+        world_size=distributed.world_size(),
         options=params.get("options") or {}, device=info.to_dict(), config=asdict(config), planned=planned,
         baseline_batch_size=workload.baseline_batch_size, baseline_lr=workload.baseline_lr,
         optimizer=workload.optimizer, n_train=workload.n_train, epochs=workload.epochs,
@@ -114,26 +119,45 @@ def stability_task(ctx: JobContext) -> None:
 
 
 def train_task(ctx: JobContext) -> None:
-    """One training run; ``run_start``, ``metrics``, ``eval`` and ``run_end`` events."""
+    """One training run; ``run_start``, ``metrics``, ``eval`` and ``run_end`` events.
+
+    With ``nproc > 1`` the job process launches the ranks (engine.distributed), each of which
+    comes back here inside its process group.
+    """
+    params = ctx.params
+    nproc = params["config"].get("nproc") or 1
+    if nproc > 1 and not distributed.in_rank(ctx):
+        distributed.run_ranks(ctx, nproc, params.get("collective_timeout_s", distributed.DEFAULT_TIMEOUT_S))
+        return
+    save_to = str(ctx.job_dir / "model.pt") if params.get("save_weights") else None
+    run_training(params, ctx.spool.emit, ctx.progress, save_to=save_to)
+
+
+def run_training(params: dict, emit, progress, save_to: str | None = None) -> None:
+    """The training run described by a train job's ``params``, spooled through ``emit``.
+
+    Shared by local jobs, the ranks of a data-parallel job, and Ray tasks.
+    """
     from engine.train import TrainConfig, train
 
-    params = ctx.params
-    ctx.progress("loading workload", 0.0)
+    progress("loading workload", 0.0)
     workload = load_workload(params["workload"], params.get("options") or {})
     device = devices.resolve_device(params.get("device", "auto"))
     fields = {k: v for k, v in params["config"].items() if k in TrainConfig.__dataclass_fields__}
     fields["tags"] = tuple(fields.get("tags") or ())
     config = TrainConfig(**fields)
     meta = {"workload": workload.name, "workload_spec": params["workload"], "options": params.get("options") or {},
-            "device": devices.device_info(device).to_dict(), "versions": versions(),
+            "device": devices.device_info(device).to_dict(), "versions": versions(), "launcher": params.get("launcher"),
             "role": params.get("role"), "recommendation_id": params.get("recommendation_id"),
             "primary_metric": workload.main_metric, "primary_metric_mode": workload.primary_metric_mode}
 
-    def emit(type_: str, **fields) -> None:
+    def emit_with_meta(type_: str, **fields) -> None:
         if type_ == "run_start":
             fields = {**meta, **fields}
-        ctx.spool.emit(type_, **fields)
+        emit(type_, **fields)
 
-    result = train(workload, device, config, emit=emit, progress=lambda phase, f: ctx.progress(phase, f))
-    ctx.spool.emit("run_end", **asdict(result))
-    ctx.progress("done", 1.0)
+    result = train(workload, device, config, emit=emit_with_meta, progress=lambda phase, f: progress(phase, f),
+                   save_to=save_to)
+    if distributed.rank() == 0:
+        emit("run_end", **asdict(result))
+        progress("done", 1.0)

@@ -10,6 +10,15 @@ update; logging; evaluation outside the training clock; termination), and the fi
 - Learning rate: gradual linear warm-up over a number of samples (not steps), then constant
   or cosine. Gradient accumulation: ``accumulate`` micro-batches per optimizer step.
 - Wall time is recorded with and without evaluation; time to a target validation loss too.
+- Data-parallel (``nproc > 1``, inside a torch.distributed process group started by
+  :mod:`engine.distributed`): the model is wrapped in DistributedDataParallel; every global
+  batch is cut into disjoint shards, one per rank; ``batch_size`` stays the global batch
+  (micro-batch x accumulate x nproc), so the learning rate and warm-up follow it. Only rank 0
+  evaluates and logs; its decisions (target reached, diverged) are broadcast to every rank.
+- Gradient noise scale for free in data-parallel runs: DDP's communication hook sees each
+  rank's gradient (B_small = micro-batch x accumulate) just before the all-reduce, and the
+  all-reduced gradient is the global batch's (B_big); McCandlish's estimator over the steps of
+  each logging interval is logged as ``noise_scale`` (with ``noise_g2``, ``noise_trace_sigma``).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from typing import Callable
 import torch
 
 from engine import devices
+from engine import distributed as ddp_util
 from engine.errors import UsageError
 from engine.jobs import Diverged
 from engine.workloads.base import Workload
@@ -33,11 +43,12 @@ SCHEDULES = ("constant", "cosine")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int                        # global batch: samples per optimizer step
+    batch_size: int                        # global batch: samples per optimizer step, all ranks together
     lr: float                              # peak learning rate, reached after warm-up
     epochs: float | None = None            # None: the workload's epochs
     warmup_samples: int | None = None      # linear warm-up length in samples; None: the workload's
-    accumulate: int = 1                    # micro-batches per optimizer step (micro = batch / accumulate)
+    accumulate: int = 1                    # micro-batches per optimizer step (micro = batch / accumulate / nproc)
+    nproc: int = 1                         # data-parallel processes (ranks); each takes a shard of every batch
     schedule: str = "constant"             # after warm-up: "constant" or "cosine" (to zero at the end)
     dtype: str = "fp32"                    # "fp32" | "bf16" | "fp16" (autocast)
     seed: int = 0                          # model initialisation and data order
@@ -61,8 +72,14 @@ class TrainConfig:
             raise UsageError("--warmup-samples must not be negative")
         if not isinstance(self.accumulate, int) or self.accumulate < 1:
             raise UsageError(f"--accumulate must be a positive integer, not {self.accumulate!r}")
-        if self.batch_size % self.accumulate:
-            raise UsageError(f"--batch-size {self.batch_size} is not divisible by --accumulate {self.accumulate}")
+        if isinstance(self.nproc, bool) or not isinstance(self.nproc, int) or self.nproc < 1:
+            raise UsageError(f"--nproc must be a positive integer, not {self.nproc!r}")
+        if self.batch_size % (self.accumulate * self.nproc):
+            if self.nproc == 1:
+                raise UsageError(f"--batch-size {self.batch_size} is not divisible by --accumulate {self.accumulate}")
+            raise UsageError(f"--batch-size {self.batch_size} is not divisible by --nproc {self.nproc} x --accumulate "
+                             f"{self.accumulate} = {self.nproc * self.accumulate}; the global batch is micro-batch x "
+                             f"accumulate x nproc")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"--schedule must be constant or cosine, not {self.schedule!r}")
         if self.target_val_loss is not None and not math.isfinite(self.target_val_loss):
@@ -72,7 +89,13 @@ class TrainConfig:
 
     @property
     def micro_batch(self) -> int:
-        return self.batch_size // self.accumulate
+        """Samples per forward pass on one rank."""
+        return self.batch_size // (self.accumulate * self.nproc)
+
+    @property
+    def rank_batch(self) -> int:
+        """Samples per optimizer step on one rank (its share of the global batch)."""
+        return self.batch_size // self.nproc
 
 
 @dataclass
@@ -104,11 +127,18 @@ def lr_at(step: int, samples_seen: int, peak_lr: float, warmup_samples: int, tot
 
 
 class _Batches:
-    """Per-epoch shuffled batches; on the device when the data fits, else pinned + prefetched."""
+    """Per-epoch shuffled batches; on the device when the data fits, else pinned + prefetched.
 
-    def __init__(self, tensors: tuple[torch.Tensor, ...], device: torch.device, micro_batch: int, seed: int):
+    With ``world > 1`` every rank draws the same permutation (from the seed) and each global
+    micro-step of ``micro_batch * world`` samples is cut into ``world`` disjoint shards; rank r
+    takes the r-th. So the union of the shards is exactly the single-process micro-batch.
+    """
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], device: torch.device, micro_batch: int, seed: int,
+                 rank: int = 0, world: int = 1):
         self.device = device
         self.micro_batch = micro_batch
+        self.rank, self.world = rank, world
         self.seed = seed
         self.n = int(tensors[0].shape[0])
         on_device = device.type == "cpu" or _fits_on_device(tensors, device)
@@ -121,7 +151,8 @@ class _Batches:
         order = torch.randperm(self.n, generator=generator)
         if self.on_device:
             order = order.to(self.device)
-        starts = range(0, self.n - self.micro_batch + 1, self.micro_batch)
+        span = self.micro_batch * self.world           # one global micro-step, all ranks together
+        starts = range(self.rank * self.micro_batch, self.n - span + 1 + self.rank * self.micro_batch, span)
         if self.on_device:
             for start in starts:
                 index = order[start:start + self.micro_batch]
@@ -140,7 +171,7 @@ class _Batches:
                 yield pending
 
     def steps_per_epoch(self, accumulate: int) -> int:
-        return (self.n // self.micro_batch) // accumulate
+        return (self.n // (self.micro_batch * self.world)) // accumulate
 
 
 def _fits_on_device(tensors, device) -> bool:
@@ -173,20 +204,38 @@ def evaluate(model: torch.nn.Module, workload: Workload, val: tuple[torch.Tensor
 def train(workload: Workload, device: torch.device, config: TrainConfig,
           emit: Callable[..., None] = lambda type_, **fields: None,
           progress: Callable[[str, float], None] = lambda phase, fraction: None,
-          should_stop: Callable[[], bool] = lambda: False) -> RunResult:
-    """Train once; every record goes through ``emit`` (the spool). Raises Diverged when the loss explodes."""
+          should_stop: Callable[[], bool] = lambda: False, save_to: str | None = None) -> RunResult:
+    """Train once; every record goes through ``emit`` (the spool). Raises Diverged when the loss explodes.
+
+    With ``config.nproc > 1`` this runs in each of the ranks of a process group (see
+    :mod:`engine.distributed`); only rank 0 calls ``emit`` and ``progress``.
+    """
     config.validate()
     devices.check_dtype(device, config.dtype)
-    if config.micro_batch > workload.n_train:
-        raise UsageError(f"the micro-batch {config.micro_batch} is larger than the {workload.n_train} training samples")
+    world, rank = ddp_util.world_size(), ddp_util.rank()
+    if config.nproc != world:
+        raise UsageError(f"--nproc {config.nproc} needs a process group of {config.nproc} ranks (launched by the job "
+                         f"runner through torchrun); this one has {world}")
+    if config.batch_size > workload.n_train:
+        raise UsageError(f"--batch-size {config.batch_size} is larger than the {workload.n_train} training samples")
+    if rank != 0:  # one voice: rank 0 logs for the run
+        emit, progress = (lambda type_, **fields: None), (lambda phase, fraction: None)
 
     # -- setup: data, model, optimizer --------------------------------------------------------------
-    torch.manual_seed(config.seed)
-    batches = _Batches(workload.train, device, config.micro_batch, config.seed)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    batches = _Batches(workload.train, device, config.micro_batch, config.seed, rank, world)
     model = workload.model().to(device)
     model.train()
+    forward, probe = model, None
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(config.seed + 1_000_003 * rank)  # dropout and other noise: independent per rank
     optimizer = workload.make_optimizer(model.parameters(), config.lr)
     scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(device, config.dtype) else None
+    if world > 1 and scaler is None:  # a loss-scaled gradient would need unscaling first: fp16 goes without
+        probe = _NoiseProbe(forward, device, config.rank_batch, config.batch_size)
     epochs = config.epochs if config.epochs is not None else workload.epochs
     warmup = config.warmup_samples if config.warmup_samples is not None else workload.default_warmup_samples()
     steps_per_epoch = batches.steps_per_epoch(config.accumulate)
@@ -200,7 +249,8 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     devices.reset_peak_memory(device)
     emit("run_start", config=asdict(config), epochs=epochs, warmup_samples=warmup, steps_per_epoch=steps_per_epoch,
          total_steps=total_steps, micro_batch=config.micro_batch, n_train=workload.n_train,
-         n_params=sum(p.numel() for p in model.parameters()), on_device=batches.on_device)
+         n_params=sum(p.numel() for p in model.parameters()), on_device=batches.on_device, world_size=world,
+         backend=torch.distributed.get_backend() if world > 1 else None)
 
     result = RunResult()
     loss_sum = torch.zeros((), device=device)   # accumulated on the device, read at logging intervals
@@ -217,20 +267,25 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
         micro = 0
         for micro_batch in batches.epoch(epoch):
             *inputs, target = micro_batch
-            # forward backward (one micro-batch; the loss is scaled so accumulation averages)
-            with devices.autocast(device, config.dtype):
-                loss = workload.loss(model(*inputs), target)
-            scaled = loss / config.accumulate
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            micro += 1
+            # forward backward (one micro-batch; the loss is scaled so accumulation averages); with
+            # DDP the gradient all-reduce runs inside the last micro-batch's backward only
+            syncing = micro % config.accumulate == 0
+            with _no_sync_unless(forward, syncing):
+                with devices.autocast(device, config.dtype):
+                    loss = workload.loss(forward(*inputs), target)
+                scaled = loss / config.accumulate
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
             loss_sum += loss.detach().float()
             loss_count += 1
-            micro += 1
-            if micro % config.accumulate:
+            if not syncing:
                 continue
             # update
             lr = lr_at(step, result.samples, config.lr, warmup, total_steps, config.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            if probe is not None:
+                probe.after_backward(model)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -242,7 +297,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
 
             # divergence: a sync every few steps, not every step
             if step % config.check_every == 0 or step <= 3:
-                current = float(loss.detach())  # sync
+                current = float(ddp_util.mean_across_ranks(loss.detach().float()))  # sync (and all ranks agree)
                 if first_loss is None and math.isfinite(current):
                     first_loss = current
                 if not math.isfinite(current) or (first_loss is not None and first_loss > 0
@@ -255,11 +310,14 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
             # timing and logging
             if step % log_every == 0:
                 now = time.perf_counter()
-                mean_loss = float(loss_sum) / max(1, loss_count)  # sync
+                mean_loss = float(ddp_util.mean_across_ranks(loss_sum)) / max(1, loss_count)  # sync
                 train_elapsed = (now - last_log_time)
                 throughput = (result.samples - last_log_samples) / train_elapsed if train_elapsed > 0 else None
-                emit("metrics", rows=[_row(step, result.samples, steps_per_epoch, start, eval_time, mean_loss, lr,
-                                           throughput)])
+                row = _row(step, result.samples, steps_per_epoch, start, eval_time, mean_loss, lr, throughput)
+                emit("metrics", rows=[row])
+                if probe is not None:
+                    noise_rows = probe.log_rows(row)  # a collective: every rank computes, rank 0 logs
+                    emit("metric_values", rows=noise_rows)
                 loss_sum.zero_()
                 loss_count = 0
                 last_log_time, last_log_samples = now, result.samples
@@ -270,7 +328,9 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
             if step % eval_every == 0 or last_step:
                 devices.synchronize(device)
                 eval_start = time.perf_counter()  # stop the clock
-                val_loss, metrics = evaluate(model, workload, workload.val, device, config.dtype)
+                val_loss, metrics = (evaluate(model, workload, workload.val, device, config.dtype) if rank == 0
+                                     else (None, {}))
+                val_loss = ddp_util.broadcast_float(val_loss) if world > 1 else val_loss  # rank 0 decides for all
                 devices.synchronize(device)
                 eval_time += time.perf_counter() - eval_start  # start the clock again
                 last_log_time += time.perf_counter() - eval_start  # throughput excludes evaluation
@@ -309,7 +369,68 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     result.peak_memory_bytes = devices.peak_memory(device)
     if result.peak_memory_bytes is None:
         result.peak_memory_bytes = _process_peak_rss()
+    if save_to is not None and rank == 0:
+        torch.save(model.state_dict(), save_to)
     return result
+
+
+def _no_sync_unless(forward: torch.nn.Module, syncing: bool):
+    """DDP's ``no_sync()`` for the micro-batches that only accumulate; nothing otherwise."""
+    import contextlib
+
+    if syncing or not hasattr(forward, "no_sync"):
+        return contextlib.nullcontext()
+    return forward.no_sync()
+
+
+class _NoiseProbe:
+    """McCandlish's |G_small|² and |G_big|² from a data-parallel step, at no extra forward or backward.
+
+    DDP's communication hook receives each gradient bucket of this rank before the all-reduce:
+    the sum of their squared norms is |G_small|² for B_small = this rank's samples per step. After
+    the backward, the parameters' gradients are the all-reduced mean over ranks: |G_big|² for
+    B_big = the global batch. Sums stay on the device; at a logging step one scalar all-reduce
+    averages |G_small|² over the ranks, then the estimator (engine.noise) gives |G|², tr(Σ), B_simple
+    over the steps of the interval (averages first, then the ratio).
+    """
+
+    def __init__(self, ddp_model, device: torch.device, batch_small: int, batch_big: int):
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        self.batch_small, self.batch_big = batch_small, batch_big
+        self.small_sum = torch.zeros((), dtype=torch.float64, device=device)  # Σ over steps of local |g|²
+        self.big_sum = torch.zeros((), dtype=torch.float64, device=device)    # Σ over steps of |all-reduced g|²
+        self.steps = 0
+
+        def hook(_state, bucket):
+            self.small_sum += torch.linalg.vector_norm(bucket.buffer(), dtype=torch.float64) ** 2
+            return allreduce_hook(None, bucket)  # the default: average over the ranks
+
+        ddp_model.register_comm_hook(None, hook)
+
+    def after_backward(self, model: torch.nn.Module) -> None:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads:
+            self.big_sum += torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads])) ** 2
+        self.steps += 1
+
+    def log_rows(self, row: dict) -> list[dict]:
+        """Metric rows for this logging interval; resets the sums."""
+        from engine.noise import noise_scale_from_norms
+
+        small = float(ddp_util.mean_across_ranks(self.small_sum)) / max(1, self.steps)  # sync
+        big = float(self.big_sum) / max(1, self.steps)
+        self.small_sum.zero_()
+        self.big_sum.zero_()
+        self.steps = 0
+        g2, trace_sigma = noise_scale_from_norms(small, big, self.batch_small, self.batch_big)
+        index = {k: row[k] for k in ("step", "epoch", "samples", "wall_time_s", "train_time_s")}
+        values = {"noise_g_small_sq": small, "noise_g_big_sq": big, "noise_g2": g2, "noise_trace_sigma": trace_sigma,
+                  # B_simple only where both estimates are positive: a single interval can be noisy
+                  "noise_scale": trace_sigma / g2 if g2 > 0 and trace_sigma > 0 else None}
+        return [{**index, "name": name, "value": value} for name, value in values.items()
+                if value is not None and math.isfinite(value)]
 
 
 def _process_peak_rss() -> int | None:

@@ -123,7 +123,7 @@ def split_in_output(text: str, fmt: str) -> dict:
         flags = _cli_flags(text)
         batch = int(flags["--batch-size"][0])
         accumulation = int(flags.get("--accumulate", ["1"])[0])
-        devices = int(flags.get("--devices", ["1"])[0])
+        devices = int(flags.get("--nproc", ["1"])[0])
         assert batch % (accumulation * devices) == 0
         return {"batch": batch, "micro": batch // (accumulation * devices), "accumulation": accumulation,
                 "devices": devices}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -66,3 +67,19 @@ def test_one_job_at_a_time_per_device_and_a_cancelled_queued_job_never_starts(ho
     assert '"type": "start"' not in (home.job_dir(second) / "events.jsonl").read_text()
     jobs.cancel(home, first)
     jobs.wait(home, first, timeout_s=20)
+
+
+def _started_at(home, job_id) -> float:
+    for line in (home.job_dir(job_id) / "events.jsonl").read_text().splitlines():
+        if '"type": "start"' in line:
+            return json.loads(line)["t"]
+    raise AssertionError(f"{job_id} never started")
+
+
+def test_queued_jobs_on_one_device_start_in_the_order_they_were_submitted(home, tiny_spec):
+    quick = ProfileConfig(batch_sizes=(8,), min_steps=2, min_seconds=0.0, warmup_steps=1)
+    queued = [actions.start_profile(home, tiny_spec, {}, "cpu", quick) for _ in range(3)]  # all at once
+    for job_id in queued:
+        assert jobs.wait(home, job_id, timeout_s=120) == jobs.FINISHED
+    starts = [_started_at(home, job_id) for job_id in queued]
+    assert starts == sorted(starts), "a later job overtook an earlier one in the device's queue"

@@ -127,3 +127,24 @@ def test_connections_wait_for_each_other_instead_of_failing(home):
         con.execute("INSERT INTO jobs (id, kind, state) VALUES ('x', 'profile', 'FINISHED')")
     thread.join(10)
     assert not errors
+
+
+@pytest.mark.parametrize("primary, metrics, expected", [("accuracy", {"accuracy": 0.75}, 0.75), (None, {}, None)])
+def test_a_finished_run_keeps_its_primary_metric_or_none_when_the_workload_has_no_metric(home, primary, metrics,
+                                                                                           expected):
+    job_dir, spool = _fake_job(home, job_id="train-test0001")
+    spool.emit("run_start", workload="tiny", config={"batch_size": 8, "lr": 0.1, "seed": 0},
+               device={"id": "cpu", "kind": "cpu", "name": "CPU"}, primary_metric=primary)
+    spool.emit("metrics", rows=[{"step": 1, "epoch": 0.1, "samples": 8, "wall_time_s": 0.1, "train_time_s": 0.1,
+                                 "train_loss": float("nan"), "lr": 0.1, "samples_per_s": None}])
+    spool.emit("run_end", steps=1, samples=8, wall_time_s=0.2, train_time_s=0.1, final_val_loss=0.5,
+               best_val_loss=0.5, final_metrics=metrics, stop_reason="epochs")
+    spool.emit("exit", state="FINISHED", error=None)
+    spool.close()
+    report = store.ingest(home)
+    assert report.skipped_lines == 0  # a NaN loss (which orjson refuses) is a readable line
+    with store.connect(home) as con:
+        run = store.get_run(con, "train-test0001")
+        assert run["state"] == "FINISHED" and run["final_primary_metric"] == expected
+        assert run["final_val_loss"] == 0.5
+        assert con.execute("SELECT count(*) FROM metrics WHERE run_id = ?", ["train-test0001"]).fetchone()[0] == 1

@@ -1,0 +1,228 @@
+"""Data-parallel jobs for real: 2 gloo ranks launched through torchrun by the job runner, on CPU.
+
+- a 2-rank run lands on the weights of a single-process run on the same global batch and seed;
+- its noise-scale metric equals McCandlish's estimator computed in one process on the same shards;
+- a rank killed mid-run ends the job CRASHED (never a hang);
+- a 2-rank profile measures global batches; bad --nproc input is one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from engine import actions, jobs, store
+from engine.noise import noise_scale_from_norms
+from engine.profiler import ProfileConfig
+from engine.train import TrainConfig, lr_at, train
+from engine.workloads.base import Workload
+
+HERE = Path(__file__).resolve()
+SGD_SPEC = f"{HERE}:make_sgd"
+CPU = torch.device("cpu")
+GLOBAL_BATCH, STEPS, WARMUP = 64, 12, 256
+
+
+def make_sgd(samples: int = 1024, features: int = 8) -> Workload:
+    """A small two-class problem trained by SGD (momentum 0.9): its updates are linear in the gradient,
+    so a rank-averaged gradient and a full-batch gradient give the same weights up to rounding."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(samples + 256, features, generator=g)
+    y = (x @ torch.randn(features, generator=g) > 0).long()
+    return Workload(
+        name="ddp-sgd", model=lambda: torch.nn.Sequential(torch.nn.Linear(features, 16), torch.nn.Tanh(),
+                                                          torch.nn.Linear(16, 2)),
+        train=(x[:samples], y[:samples]), val=(x[samples:], y[samples:]), loss=torch.nn.functional.cross_entropy,
+        baseline_batch_size=32, baseline_lr=0.05, optimizer="sgd", epochs=1,
+        metrics={"accuracy": lambda out, target: float((out.argmax(dim=1) == target).float().mean())},
+    )
+
+
+def _events(home, job_id) -> list[dict]:
+    lines = (home.job_dir(job_id) / "events.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _wait_for(predicate, timeout=60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory):
+    """One 2-rank SGD run (through the job runner and torchrun), shared by the tests below."""
+    from engine.home import Home
+
+    home = Home(tmp_path_factory.mktemp("ddp") / "home")
+    config = TrainConfig(batch_size=GLOBAL_BATCH, lr=0.05, nproc=2, max_steps=STEPS, warmup_samples=WARMUP,
+                         log_every_steps=1, seed=3)
+    started = time.monotonic()
+    [job_id] = actions.start_train(home, SGD_SPEC, {}, "cpu", config, save_weights=True)
+    state = jobs.wait(home, job_id, timeout_s=120)
+    assert state == jobs.FINISHED, (home.job_dir(job_id) / "output.log").read_text()[-3000:]
+    store.ingest(home)
+    return home, job_id, config, time.monotonic() - started
+
+
+def test_two_ranks_match_one_process_on_the_same_global_batch(two_rank_run):
+    home, job_id, config, _ = two_rank_run
+    events = _events(home, job_id)
+    start = next(e for e in events if e["type"] == "run_start")
+    assert start["config"]["batch_size"] == GLOBAL_BATCH and start["config"]["nproc"] == 2
+    assert start["micro_batch"] == GLOBAL_BATCH // 2 and start["world_size"] == 2 and start["backend"] == "gloo"
+    ddp_rows = [r for e in events if e["type"] == "metrics" for r in e["rows"]]
+
+    # the same run in this process: one rank, the whole global batch per step
+    captured, single = {}, []
+    workload = make_sgd()
+    factory = workload.model
+
+    def keep(*args):
+        captured["model"] = factory()
+        return captured["model"]
+
+    tracked = Workload(name="ddp-sgd", model=keep, train=workload.train, val=workload.val, loss=workload.loss,
+                       baseline_batch_size=32, baseline_lr=0.05, optimizer="sgd", epochs=1,
+                       metrics=dict(workload.metrics))
+    from dataclasses import replace
+
+    train(tracked, CPU, replace(config, nproc=1), emit=lambda t, **f: single.extend(f["rows"]) if t == "metrics" else None)
+    one = torch.cat([p.detach().flatten() for p in captured["model"].parameters()])
+    state = torch.load(home.job_dir(job_id) / "model.pt")
+    two = torch.cat([t.flatten() for t in state.values()])
+
+    assert [r["step"] for r in ddp_rows] == list(range(1, STEPS + 1))
+    assert [r["samples"] for r in ddp_rows] == [GLOBAL_BATCH * s for s in range(1, STEPS + 1)]
+    # the learning rate follows the global batch: warm-up over 256 samples is 4 steps of 64
+    assert [r["lr"] for r in ddp_rows] == pytest.approx([r["lr"] for r in single], rel=1e-12)
+    assert ddp_rows[0]["lr"] == pytest.approx(0.05 / WARMUP) and ddp_rows[-1]["lr"] == pytest.approx(0.05)
+    assert [r["train_loss"] for r in ddp_rows] == pytest.approx([r["train_loss"] for r in single], rel=1e-5)
+    assert not torch.equal(one, torch.cat([p.detach().flatten() for p in factory().parameters()]))  # it trained
+    assert torch.allclose(one, two, atol=1e-6, rtol=1e-5), (one - two).abs().max()
+
+    with store.connect(home) as con:
+        run = store.get_run(con, job_id)
+    assert run["batch_size"] == GLOBAL_BATCH and run["state"] == "FINISHED"
+
+
+def test_the_noise_scale_metric_is_mcCandlish_on_the_rank_shards(two_rank_run):
+    """Replay the run in one process, computing each rank's shard gradient explicitly: the logged
+    |G|² and tr(Σ) at every step are the estimator's on (B_small = 32, B_big = 64)."""
+    home, job_id, config, _ = two_rank_run
+    with store.connect(home) as con:
+        frame = store.run_metrics(con, [job_id], ["noise_g2", "noise_trace_sigma", "noise_scale"])
+    logged = {(int(r.step), r.name): r.value for r in frame.itertuples()}
+
+    from engine.train import _Batches
+
+    workload = make_sgd()
+    torch.manual_seed(config.seed)
+    model = workload.model()
+    optimizer = workload.make_optimizer(model.parameters(), config.lr)
+    params = list(model.parameters())
+    batches = _Batches(workload.train, CPU, GLOBAL_BATCH, config.seed)
+    samples = 0
+    expected = {}
+    for step, (x, y) in enumerate(batches.epoch(0), start=1):
+        if step > STEPS:
+            break
+        shard_grads = []
+        for r in range(2):  # rank r's shard: the r-th half of the global batch
+            xs, ys = x[r * 32:(r + 1) * 32], y[r * 32:(r + 1) * 32]
+            shard_grads.append(torch.autograd.grad(workload.loss(model(xs), ys), params))
+        flat = [torch.cat([g.flatten().double() for g in grads]) for grads in shard_grads]
+        g_small_sq = float(sum(f.dot(f) for f in flat) / 2)
+        mean = (flat[0] + flat[1]) / 2
+        g2, trace = noise_scale_from_norms(g_small_sq, float(mean.dot(mean)), 32, GLOBAL_BATCH)
+        expected[step] = (g2, trace)
+        for p, g0, g1 in zip(params, *shard_grads):
+            p.grad = (g0 + g1) / 2
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step - 1, samples, config.lr, WARMUP, STEPS)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        samples += GLOBAL_BATCH
+
+    assert len(expected) == STEPS
+    for step, (g2, trace) in expected.items():
+        assert logged[(step, "noise_g2")] == pytest.approx(g2, rel=1e-4, abs=1e-9), step
+        assert logged[(step, "noise_trace_sigma")] == pytest.approx(trace, rel=1e-4), step
+        if g2 > 0 and trace > 0:
+            assert logged[(step, "noise_scale")] == pytest.approx(trace / g2, rel=1e-3), step
+        else:
+            assert (step, "noise_scale") not in logged
+
+
+def test_a_rank_killed_mid_run_ends_the_job_crashed_not_hung(home):
+    config = TrainConfig(batch_size=GLOBAL_BATCH, lr=0.05, nproc=2, epochs=10_000, log_every_steps=5)
+    [job_id] = actions.start_train(home, SGD_SPEC, {}, "cpu", config)
+    job_dir = home.job_dir(job_id)
+    assert _wait_for(lambda: '"type": "metrics"' in (job_dir / "events.jsonl").read_text(), 90), \
+        (job_dir / "output.log").read_text()[-2000:]
+    job = psutil.Process(jobs.read_status(job_dir)["pid"])
+    ranks = {int(p.environ().get("RANK", -1)): p for p in job.children(recursive=True)
+             if "engine.distributed" in " ".join(p.cmdline()) and "torch.distributed.run" not in " ".join(p.cmdline())}
+    assert set(ranks) == {0, 1}, ranks
+    os.kill(ranks[1].pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    assert jobs.wait(home, job_id, timeout_s=60) == jobs.CRASHED
+    assert time.monotonic() - killed_at < 60
+    assert not ranks[0].is_running() or ranks[0].status() == psutil.STATUS_ZOMBIE  # no orphan left behind
+    store.ingest(home)
+    with store.connect(home) as con:
+        job = store.get_job(con, job_id)
+    assert job["state"] == "CRASHED" and "rank 1" in job["error"]
+
+
+def test_a_two_rank_profile_measures_global_batches_with_the_all_reduce(home, tiny_spec):
+    config = ProfileConfig(batch_sizes=(32, 128), min_steps=3, min_seconds=0.2, warmup_steps=1, nproc=2)
+    job_id = actions.start_profile(home, tiny_spec, {}, "cpu", config)
+    assert jobs.wait(home, job_id, timeout_s=120) == jobs.FINISHED, (home.job_dir(job_id) / "output.log").read_text()
+    store.ingest(home)
+    with store.connect(home) as con:
+        profile = store.load_profile(con, job_id)
+    assert [p["batch_size"] for p in profile["points"]] == [32, 128]
+    assert all(p["status"] == "ok" and p["n"] >= 3 for p in profile["points"])
+    assert profile["config"]["nproc"] == 2
+    from engine.recommend import RecommendConfig, recommend
+
+    rec = recommend(profile, RecommendConfig(noise_scale=1e6), None)
+    assert rec["world_size"] == 2 and rec["micro_batch_size"] * 2 == rec["batch_size"]
+    from engine.export import export_config
+
+    line = [x for x in export_config(rec, "cli").splitlines() if x.startswith("largestep")][0]
+    assert "--nproc 2" in line and "--devices" not in line
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "0"], "--nproc must be a positive integer"),
+    (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "3", "-d", "cpu"],
+     "--batch-size 64 is not divisible by --nproc 3 x --accumulate 1 = 3"),
+    (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "2", "--accumulate", "3", "-d", "cpu"],
+     "not divisible by --nproc 2 x --accumulate 3"),
+    (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "2", "-d", "mps"], "--nproc runs on cpu"),
+    (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "2", "-d", "cuda:1"], None),
+    (["profile", "-w", "fraud-mlp", "--batch-sizes", "32,33", "--nproc", "2", "-d", "cpu"],
+     "batch size 33 is not divisible by --nproc 2"),
+    (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--ray-address", "x:1"], "--ray-address needs --launcher ray"),
+])
+def test_bad_nproc_input_is_one_line_and_exit_code_2(home, capsys, argv, says):
+    from engine.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("largestep: error: ") and len(err.splitlines()) == 1, err
+    if says:
+        assert says in err, err
+    assert not home.jobs.exists() or not any(home.jobs.iterdir())  # nothing was queued
