@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pages import open_page, wait_finished
+from helpers import open_page, wait_finished
 from engine import actions, jobs, store, views
 from engine.errors import UsageError
 from engine.home import Home

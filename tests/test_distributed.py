@@ -23,6 +23,7 @@ from engine.noise import noise_scale_from_norms
 from engine.profiler import ProfileConfig
 from engine.train import TrainConfig, lr_at, train
 from engine.workloads.base import Workload
+from helpers import wait_for
 
 HERE = Path(__file__).resolve()
 SGD_SPEC = f"{HERE}:make_sgd"
@@ -48,15 +49,6 @@ def make_sgd(samples: int = 1024, features: int = 8) -> Workload:
 def _events(home, job_id) -> list[dict]:
     lines = (home.job_dir(job_id) / "events.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
-
-
-def _wait_for(predicate, timeout=60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +160,7 @@ def test_a_rank_killed_mid_run_ends_the_job_crashed_not_hung(home):
     config = TrainConfig(batch_size=GLOBAL_BATCH, lr=0.05, nproc=2, epochs=10_000, log_every_steps=5)
     [job_id] = actions.start_train(home, SGD_SPEC, {}, "cpu", config)
     job_dir = home.job_dir(job_id)
-    assert _wait_for(lambda: '"type": "metrics"' in (job_dir / "events.jsonl").read_text(), 90), \
+    assert wait_for(lambda: '"type": "metrics"' in (job_dir / "events.jsonl").read_text(), 90), \
         (job_dir / "output.log").read_text()[-2000:]
     job = psutil.Process(jobs.read_status(job_dir)["pid"])
     ranks = {int(p.environ().get("RANK", -1)): p for p in job.children(recursive=True)

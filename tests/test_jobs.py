@@ -9,17 +9,9 @@ import time
 
 from engine import actions, jobs, store
 from engine.profiler import ProfileConfig
+from helpers import wait_for
 
 SLOW = ProfileConfig(batch_sizes=(8, 16, 32, 64, 128), min_steps=3, min_seconds=3.0, warmup_steps=1)
-
-
-def _wait_for(predicate, timeout=90.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def _points_spooled(home, job_id):
@@ -29,10 +21,10 @@ def _points_spooled(home, job_id):
 
 def test_a_job_killed_with_sigkill_is_crashed_and_keeps_what_it_flushed(home, tiny_spec):
     job_id = actions.start_profile(home, tiny_spec, {}, "cpu", SLOW)
-    assert _wait_for(lambda: _points_spooled(home, job_id) >= 1), "the job measured nothing"
+    assert wait_for(lambda: _points_spooled(home, job_id) >= 1), "the job measured nothing"
     pid = jobs.read_status(home.job_dir(job_id))["pid"]
     os.killpg(pid, signal.SIGKILL)
-    assert _wait_for(lambda: jobs.derive_state(home.job_dir(job_id)) == jobs.CRASHED, 10)
+    assert wait_for(lambda: jobs.derive_state(home.job_dir(job_id)) == jobs.CRASHED, 10)
     flushed = _points_spooled(home, job_id)
     store.ingest(home)
     with store.connect(home) as con:
@@ -47,7 +39,7 @@ def test_a_job_killed_with_sigkill_is_crashed_and_keeps_what_it_flushed(home, ti
 
 def test_cancel_stops_a_running_job_as_killed(home, tiny_spec):
     job_id = actions.start_profile(home, tiny_spec, {}, "cpu", SLOW)
-    assert _wait_for(lambda: (jobs.read_status(home.job_dir(job_id)) or {}).get("state") == jobs.RUNNING)
+    assert wait_for(lambda: (jobs.read_status(home.job_dir(job_id)) or {}).get("state") == jobs.RUNNING)
     assert jobs.cancel(home, job_id)
     assert jobs.wait(home, job_id, timeout_s=20) == jobs.KILLED
     store.ingest(home)
@@ -58,7 +50,7 @@ def test_cancel_stops_a_running_job_as_killed(home, tiny_spec):
 
 def test_one_job_at_a_time_per_device_and_a_cancelled_queued_job_never_starts(home, tiny_spec):
     first = actions.start_profile(home, tiny_spec, {}, "cpu", SLOW)
-    assert _wait_for(lambda: (jobs.read_status(home.job_dir(first)) or {}).get("state") == jobs.RUNNING)
+    assert wait_for(lambda: (jobs.read_status(home.job_dir(first)) or {}).get("state") == jobs.RUNNING)
     second = actions.start_profile(home, tiny_spec, {}, "cpu", SLOW)
     time.sleep(2.0)
     assert jobs.derive_state(home.job_dir(second)) == jobs.PENDING

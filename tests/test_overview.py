@@ -1,16 +1,20 @@
 """The Overview page (AppTest, real homes, a real autopilot) and its logic in engine.overview and
 engine.workloads.config."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pages import open_page, wait_finished
+from helpers import open_page, wait_finished
 from engine import actions, jobs, overview, store
 from engine.autopilot import PHASES, AutopilotConfig
 from engine.errors import UsageError, WorkloadError
 from engine.home import Home
+from engine.workloads import load_workload
 from engine.workloads.config import configured_workloads
 
 TINY_FILE = Path(__file__).resolve().parent / "tiny_workload.py"
@@ -125,6 +129,19 @@ def test_configured_workloads_read_largestep_toml_and_resolve_paths(tmp_path):
     assert rows[0]["spec"] == f"{tmp_path / 'models' / 'net.py'}:make"
     assert rows[1]["spec"] == "pkg.mod:build" and {r["source"] for r in rows} == {"config"}
     assert rows[2]["options"] == {"hidden": 512}
+
+
+def test_a_configured_name_loads_from_the_command_line_with_its_options(tmp_path, monkeypatch):
+    write_config(tmp_path, f'workloads = [{{ name = "tiny", spec = "{TINY}", options = {{ samples = 96 }} }}]\n')
+    monkeypatch.chdir(tmp_path)
+    assert load_workload("tiny").n_train < load_workload(TINY).n_train  # the configured options apply
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "--home", str(tmp_path / "home"), "profile",
+                           "--workload", "tiny", "--batch-sizes", "8", "--min-seconds", "0", "--json"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["points"][0]["status"] == "ok"
+    with pytest.raises(WorkloadError, match="no-such-name"):
+        load_workload("no-such-name")
 
 
 def test_configured_workloads_read_pyproject_and_are_empty_without_a_config(tmp_path):

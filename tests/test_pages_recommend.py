@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pages import open_page
+from helpers import open_page
 from engine import actions, jobs, recviews, store
 from engine.export import FORMATS
 from engine.home import Home

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import psutil
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from engine import actions, jobs, store
 from engine.errors import UsageError
 from engine.train import TrainConfig
+from helpers import wait_for
 
 try:
     import ray
@@ -32,15 +32,6 @@ def cluster():
         yield {"kind": "ray", "address": context.address_info["gcs_address"]}
     finally:
         ray.shutdown()
-
-
-def _wait_for(predicate, timeout=90.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def _worker_pid(home, job_id) -> int | None:
@@ -74,11 +65,11 @@ def test_cancel_stops_the_ray_task_and_the_run_is_killed(home, tiny_spec, cluste
     config = TrainConfig(batch_size=32, lr=1e-2, epochs=10_000)
     [run_id] = actions.start_train(home, tiny_spec, {}, "cpu", config, launcher=cluster)
     job_dir = home.job_dir(run_id)
-    assert _wait_for(lambda: '"type": "metrics"' in (job_dir / "events.jsonl").read_text()), _log(home, run_id)
+    assert wait_for(lambda: '"type": "metrics"' in (job_dir / "events.jsonl").read_text()), _log(home, run_id)
     worker = _worker_pid(home, run_id)
     assert jobs.cancel(home, run_id)
     assert jobs.wait(home, run_id, timeout_s=30) == jobs.KILLED
-    assert _wait_for(lambda: not psutil.pid_exists(worker), 30), "the Ray worker still runs the cancelled task"
+    assert wait_for(lambda: not psutil.pid_exists(worker), 30), "the Ray worker still runs the cancelled task"
     store.ingest(home)
     with store.connect(home) as con:
         assert store.get_job(con, run_id)["state"] == "KILLED"
@@ -89,7 +80,7 @@ def test_a_ray_task_that_dies_is_crashed(home, tiny_spec, cluster):
     config = TrainConfig(batch_size=32, lr=1e-2, epochs=10_000)
     [run_id] = actions.start_train(home, tiny_spec, {}, "cpu", config, launcher=cluster)
     job_dir = home.job_dir(run_id)
-    assert _wait_for(lambda: '"type": "metrics"' in (job_dir / "events.jsonl").read_text()), _log(home, run_id)
+    assert wait_for(lambda: '"type": "metrics"' in (job_dir / "events.jsonl").read_text()), _log(home, run_id)
     os.kill(_worker_pid(home, run_id), signal.SIGKILL)
     assert jobs.wait(home, run_id, timeout_s=60) == jobs.CRASHED, _log(home, run_id)
     store.ingest(home)

@@ -13,17 +13,9 @@ import time
 
 from engine import actions, jobs, store
 from engine.train import TrainConfig
+from helpers import wait_for
 
 LONG = TrainConfig(batch_size=16, lr=1e-2, epochs=200, log_every_steps=5)
-
-
-def _wait_for(predicate, timeout=90.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def _spooled(home, job_id, kind):
@@ -44,10 +36,10 @@ def _metric_rows_in_spool(home, job_id):
 
 def test_a_run_killed_with_sigkill_is_crashed_and_keeps_its_flushed_metrics(home, tiny_spec):
     [run] = actions.start_train(home, tiny_spec, {}, "cpu", LONG)
-    assert _wait_for(lambda: _spooled(home, run, "eval") >= 2)
+    assert wait_for(lambda: _spooled(home, run, "eval") >= 2)
     time.sleep(0.6)  # let a flush happen after the last eval, as it would mid-run
     os.killpg(jobs.read_status(home.job_dir(run))["pid"], signal.SIGKILL)
-    assert _wait_for(lambda: jobs.derive_state(home.job_dir(run)) == jobs.CRASHED, 10)
+    assert wait_for(lambda: jobs.derive_state(home.job_dir(run)) == jobs.CRASHED, 10)
     store.ingest(home)
     with store.connect(home) as con:
         assert store.get_job(con, run)["state"] == "CRASHED"
@@ -108,7 +100,7 @@ def test_four_runs_and_readers_on_one_database_lose_nothing(home, tiny_spec):
 
 def test_a_cancelled_queued_run_never_starts(home, tiny_spec):
     first, second = actions.start_train(home, tiny_spec, {}, "cpu", LONG, repeats=2)
-    assert _wait_for(lambda: _spooled(home, first, "run_start") == 1)
+    assert wait_for(lambda: _spooled(home, first, "run_start") == 1)
     assert jobs.derive_state(home.job_dir(second)) == jobs.PENDING
     assert jobs.cancel(home, second)
     assert jobs.wait(home, second, timeout_s=20) == jobs.KILLED
@@ -124,9 +116,9 @@ def test_killing_the_cli_while_a_run_goes_on_loses_nothing(home, tiny_spec):
     cli = subprocess.Popen([sys.executable, "-m", "engine.cli", "train", "--workload", tiny_spec, "--batch-size", "32",
                             "--lr", "0.01", "--epochs", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
-    assert _wait_for(lambda: home.jobs.exists() and any(home.jobs.iterdir()))
+    assert wait_for(lambda: home.jobs.exists() and any(home.jobs.iterdir()))
     run = next(home.jobs.iterdir()).name
-    assert _wait_for(lambda: _spooled(home, run, "eval") >= 1)
+    assert wait_for(lambda: _spooled(home, run, "eval") >= 1)
     cli.kill()  # the terminal goes away; the job runs on in its own session
     cli.wait()
     assert jobs.wait(home, run, timeout_s=120) == jobs.FINISHED

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pages import APP, open_page, wait_finished
+from helpers import APP, open_page, wait_finished
 from engine import actions, jobs, runcharts, runviews, store
 from engine.home import HOME_ENV, Home
 from engine.train import TrainConfig

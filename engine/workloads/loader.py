@@ -60,10 +60,30 @@ def load_workload(spec: str, options: Mapping[str, object] | None = None) -> Wor
     if not isinstance(spec, str) or not spec.strip():
         raise WorkloadError(f"no workload given; name {_SPEC_FORMS}")
     spec = spec.strip()
-    function, folder = _resolve(spec)
+    try:
+        function, folder = _resolve(spec)
+    except WorkloadError:
+        configured = _configured(spec)
+        if configured is None:
+            raise
+        # a name the project's largestep.toml gives a spec: its options, overridden by the caller's
+        return load_workload(configured["spec"], {**configured["options"], **dict(options or {})})
     # a file's folder stays importable while its function runs: it may import siblings lazily
     with _on_sys_path(folder):
         return _build(function, spec, dict(options or {}))
+
+
+def _configured(name: str) -> dict | None:
+    """The entry of the working folder's config file (largestep.toml, [tool.largestep]) named ``name``."""
+    if ":" in name:
+        return None
+    from engine.workloads.config import configured_workloads
+
+    try:
+        rows = configured_workloads()
+    except WorkloadError:
+        return None  # a broken config file: the caller's error about the name stands
+    return next((row for row in rows if row["name"] == name), None)
 
 
 def list_workloads() -> list[dict[str, str]]:

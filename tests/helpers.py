@@ -1,8 +1,10 @@
-"""What the dashboard's tests share: opening a page in an AppTest, and waiting for a real job."""
+"""What the tests share: waiting for real job processes, and opening a dashboard page in an AppTest."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Callable
 
 from streamlit.testing.v1 import AppTest
 
@@ -29,3 +31,13 @@ def wait_finished(home: Home, job_id: str, timeout_s: float) -> None:
     state = jobs.wait(home, job_id, timeout_s=timeout_s)
     log = (home.job_dir(job_id) / "output.log").read_text(errors="replace")
     assert state == jobs.FINISHED, f"job {job_id} ended {state}:\n{log[-3000:]}"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 90.0, poll_s: float = 0.1) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll_s)
+    return False
