@@ -190,7 +190,8 @@ def comparison_figure(evals: pd.DataFrame | None, groups: dict[str, list[str]], 
         n = int(band["n"].max())
         traces.append(dict(
             x=xs, y=mean, mode="lines+markers", legendgroup=name, line=dict(color=colour, width=2),
-            name=f"{name} ({n} run{'s' if n != 1 else ''})" + (" · baseline" if name == baseline else ""),
+            name=f"{name} ({n} run{'s' if n != 1 else ''})"
+                 + (" · baseline" if name == baseline and "baseline" not in name else ""),
             customdata=np.column_stack([std, band["n"].to_numpy()]),
             hovertemplate=f"{name}: %{{y:.4g}} ± %{{customdata[0]:.2g}} (n=%{{customdata[1]}})<extra></extra>",
         ))

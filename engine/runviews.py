@@ -267,6 +267,20 @@ def _mean_std(d: dict, digits: int = 3) -> str:
     return f"{d['mean']:.{digits}g}" + (f" ± {d['std']:.2g}" if d.get("std") is not None else "")
 
 
+def unit_names(groups: list[dict]) -> dict[str, str]:
+    """Group id -> what a person reads in a legend: "recommended · batch 1024, lr 0.008"; the id
+    is added where two groups would read alike, and stands alone where nothing else is known."""
+    def label(group: dict) -> str:
+        parts = [group["role"]] if group.get("role") else []
+        if group.get("batch_size") and group.get("lr"):
+            parts.append(f"batch {group['batch_size']}, lr {group['lr']:.3g}")
+        return " · ".join(parts) or group["name"]
+
+    labels = {g["name"]: label(g) for g in groups}
+    alike = {text for text in labels.values() if list(labels.values()).count(text) > 1}
+    return {name: f"{text} ({name})" if text in alike and text != name else text for name, text in labels.items()}
+
+
 def comparison_view(home: Home, units: list[str], baseline: str, x: str = "train_time_s", log_x: bool = False,
                     log_y: bool = False, tolerance: float = 0.01) -> ComparisonView:
     """Time to the baseline's validation loss, speedup and p-value of each unit against ``baseline``."""
@@ -292,6 +306,7 @@ def _comparison(con, units: list[str], baseline: str, x: str = "train_time_s", l
 
     metrics, rows = [], []
     metric_name = result.get("metric") or "metric"
+    names = unit_names(result["groups"])
     for group in result["groups"]:
         is_baseline = group["name"] == baseline
         ttt = group["time_to_target_s"]
@@ -312,7 +327,7 @@ def _comparison(con, units: list[str], baseline: str, x: str = "train_time_s", l
         p = group["p_value"]
         diff = group["metric_difference"]
         metrics.append(Metric(
-            f"Speedup of {group['name']}", f"{speedup:.2f}×" if speedup is not None else "target not reached",
+            f"Speedup of {names[group['name']]}", f"{speedup:.2f}×" if speedup is not None else "target not reached",
             f"baseline time to target over this group's ({ttt['mean']:.1f} s)" if ttt["mean"] else
             "no run of this group reached the baseline's validation loss"))
         if diff is not None:
@@ -320,9 +335,9 @@ def _comparison(con, units: list[str], baseline: str, x: str = "train_time_s", l
                                   "difference of the mean final metric against the baseline; p: Welch's t-test, "
                                   "needs two or more runs per group"))
     table = pd.DataFrame(rows, columns=GROUP_COLUMNS)
-    groups_ids = {name: [r["id"] for r in runs] for name, runs in groups}
-    figure = runcharts.comparison_figure(evals, groups_ids, baseline, result["target_val_loss"], x, log_x, log_y,
-                                         uirevision=f"compare:{x}:{log_x}:{log_y}")
+    groups_ids = {names.get(name, name): [r["id"] for r in runs] for name, runs in groups}
+    figure = runcharts.comparison_figure(evals, groups_ids, names.get(baseline, baseline), result["target_val_loss"],
+                                         x, log_x, log_y, uirevision=f"compare:{x}:{log_x}:{log_y}")
     caption = (f"Target: validation loss {result['target_val_loss']:.4g} (the baseline's best "
                f"{result['baseline_best_val_loss']:.4g} + {result['tolerance']:.0%}); times are "
                f"{result['time_basis']}. A selected run that belongs to a group brings in all of the group's repeats.")

@@ -93,12 +93,12 @@ def test_selected_runs_are_charted_and_groups_compared(monkeypatch, runs_home):
     assert len(labels) == len(ids) and all(any(i in label for label in labels) for i in ids)
     assert curves["layout"]["uirevision"]
     assert {t["name"] for t in comparison["data"] if t.get("showlegend") is not False} == {
-        f"{BASE} (2 runs) · baseline", f"{BIG} (2 runs)"}
+        "baseline · batch 32, lr 0.01 (2 runs)", "recommended · batch 128, lr 0.04 (2 runs)"}
 
     assert at.selectbox(key="runs.baseline").value == BASE  # the group whose role is baseline
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Baseline time to target"].endswith(" s")
-    speedup = metrics[f"Speedup of {BIG}"]
+    speedup = metrics["Speedup of recommended · batch 128, lr 0.04"]
     assert speedup.endswith("×") or speedup == "target not reached"
     groups = at.dataframe[1].value
     assert list(groups["group"]) == [BASE, BIG] and groups["speedup"].iloc[0] == "baseline"
@@ -278,3 +278,13 @@ def test_runs_table_and_filters():
     assert list(runviews.filter_runs(runs, roles=["baseline"], workloads=["w"])["id"]) == ["r1"]
     assert runviews.active_runs(runs) == ["r2"]
     assert runviews.comparison_units(runs, ["r2", "r1"]) == ["g", "r2"]
+
+
+def test_groups_are_named_by_role_batch_and_lr_and_told_apart_by_id_when_alike():
+    groups = [{"name": "g1", "role": "baseline", "batch_size": 128, "lr": 0.001},
+              {"name": "g2", "role": None, "batch_size": 1024, "lr": 0.008},
+              {"name": "g3", "role": None, "batch_size": 1024, "lr": 0.008},
+              {"name": "run-x", "role": None, "batch_size": None, "lr": None}]
+    assert runviews.unit_names(groups) == {
+        "g1": "baseline · batch 128, lr 0.001", "g2": "batch 1024, lr 0.008 (g2)",
+        "g3": "batch 1024, lr 0.008 (g3)", "run-x": "run-x"}
