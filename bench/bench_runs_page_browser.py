@@ -11,8 +11,6 @@ opened in Debian's Chromium through Playwright. Two timings, each from navigatio
   metric  on that loaded page, choosing another metric until the curves chart shows it
 
 The first load (the server's imports, DuckDB's first open) is reported apart and not counted.
-Opening a page costs Streamlit's frontend bundle, and the first chart on a page its lazily
-loaded plotly.js; drawing the figure itself takes well under 0.2 s.
 Target: under 2 s (median of the repeats).
 
     python bench/bench_runs_page_browser.py [--runs 50] [--points 20000] [--repeats 5] [--home DIR]
