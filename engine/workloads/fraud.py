@@ -382,22 +382,9 @@ def fraud_gru(samples: int = 50_000, val_samples: int = 10_000, seq_len: int = 1
     _check_sizes(samples, val_samples, seq_len, fraud_rate, hidden)
     train, val = _generate_splits(samples, val_samples, seq_len, fraud_rate, seed)
     x_train, x_val = sequence_features(train, val)
-    return Workload(
-        name="fraud-gru",
-        model=functools.partial(FraudGRU, x_train.shape[-1], hidden),
-        train=(x_train, train.is_fraud.float()),
-        val=(x_val, val.is_fraud.float()),
-        loss=_binary_loss,
-        baseline_batch_size=128,
-        baseline_lr=1e-3,
-        optimizer="adam",
-        metrics={"average_precision": average_precision},
-        primary_metric="average_precision",
-        primary_metric_mode="max",
-        epochs=10,
-        description=(f"{samples} card histories of {seq_len} transactions, {fraud_rate:.1%} fraud; "
-                     f"GRU (hidden {hidden}) on the sequence"),
-    )
+    return _fraud_workload("fraud-gru", functools.partial(FraudGRU, x_train.shape[-1], hidden), x_train, x_val,
+                           train, val, f"{samples} card histories of {seq_len} transactions, {fraud_rate:.1%} fraud; "
+                                       f"GRU (hidden {hidden}) on the sequence")
 
 
 def fraud_mlp(samples: int = 50_000, val_samples: int = 10_000, seq_len: int = 16, fraud_rate: float = 0.03,
@@ -406,9 +393,17 @@ def fraud_mlp(samples: int = 50_000, val_samples: int = 10_000, seq_len: int = 1
     _check_sizes(samples, val_samples, seq_len, fraud_rate, hidden)
     train, val = _generate_splits(samples, val_samples, seq_len, fraud_rate, seed)
     x_train, x_val = card_features(train, val)
+    return _fraud_workload("fraud-mlp", functools.partial(MLP, x_train.shape[-1], hidden, 1), x_train, x_val,
+                           train, val, f"{samples} card histories of {seq_len} transactions, {fraud_rate:.1%} fraud, "
+                                       f"aggregated per card; MLP (hidden {hidden})")
+
+
+def _fraud_workload(name: str, model, x_train: torch.Tensor, x_val: torch.Tensor, train, val,
+                    description: str) -> Workload:
+    """What both fraud workloads share: the labels, the loss, the baseline and the metric."""
     return Workload(
-        name="fraud-mlp",
-        model=functools.partial(MLP, x_train.shape[-1], hidden, 1),
+        name=name,
+        model=model,
         train=(x_train, train.is_fraud.float()),
         val=(x_val, val.is_fraud.float()),
         loss=_binary_loss,
@@ -419,6 +414,5 @@ def fraud_mlp(samples: int = 50_000, val_samples: int = 10_000, seq_len: int = 1
         primary_metric="average_precision",
         primary_metric_mode="max",
         epochs=10,
-        description=(f"{samples} card histories of {seq_len} transactions, {fraud_rate:.1%} fraud, "
-                     f"aggregated per card; MLP (hidden {hidden})"),
+        description=description,
     )
