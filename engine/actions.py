@@ -157,13 +157,18 @@ def start_autopilot(home: Home, workload: str, options: dict, device: str, confi
         raise UsageError(f"--repeats must be a positive integer, not {config.repeats!r}")
     if config.epochs is not None and not config.epochs > 0:
         raise UsageError(f"--epochs must be positive, not {config.epochs!r}")
+    from engine.distributed import check_nproc
     from engine.launchers import check_launcher
 
-    check_launcher(config.launcher, device)
+    check_launcher(config.launcher, device, config.nproc)
+    check_nproc(config.nproc, device)
     torch_device = devices.resolve_device(device) if config.launcher is None else device
     home.check()
     store.check_database_file(home.database)
     loaded = load_workload(workload, options)
+    if loaded.baseline_batch_size % config.nproc:
+        raise UsageError(f"--nproc {config.nproc} does not divide {loaded.name}'s baseline batch "
+                         f"{loaded.baseline_batch_size}: every rank needs an equal share of every batch")
     params = {"workload": workload, "options": dict(options), "device": str(torch_device),
               "autopilot": asdict(config)}
     return jobs.submit(home, "autopilot", params, device=f"autopilot-{torch_device}", workload=loaded.name)

@@ -37,6 +37,7 @@ class AutopilotConfig:
     max_batch: int = 65536
     tolerance: float = 0.01               # compare: target = baseline best val loss + 1%
     launcher: dict | None = None          # None: child jobs run here; {"kind": "ray", ...}: as Ray tasks
+    nproc: int = 1                        # data-parallel ranks of the profile and of every training run
 
 
 def read_events(job_dir: Path) -> list[dict]:
@@ -152,7 +153,8 @@ def autopilot_task(ctx: JobContext) -> None:
 
         # profile
         profile_id = start_profile(ctx.home, spec, options, device,
-                                   ProfileConfig(min_seconds=config.min_seconds, max_batch=config.max_batch),
+                                   ProfileConfig(min_seconds=config.min_seconds, max_batch=config.max_batch,
+                                                 nproc=config.nproc),
                                    launcher=config.launcher)
         children.append(profile_id)
         phase("profile", 0.0, job=profile_id)
@@ -178,13 +180,13 @@ def autopilot_task(ctx: JobContext) -> None:
 
         # baseline runs, then recommended runs: queued on the device, one at a time
         base = TrainConfig(batch_size=rec["baseline"]["batch_size"], lr=rec["baseline"]["learning_rate"],
-                           epochs=epochs, warmup_samples=rec["warmup_samples"])
+                           epochs=epochs, warmup_samples=rec["warmup_samples"], nproc=config.nproc)
         factor = 1.0
         if rec.get("noise_scale"):
             b0, b, bn = rec["baseline"]["batch_size"], rec["batch_size"], rec["noise_scale"]
             factor = min(MAX_EPOCH_FACTOR, (b + bn) / (b0 + bn))  # S(B) B / S(B0) B0: the data the larger batch needs
         chosen = TrainConfig(batch_size=rec["batch_size"], lr=rec["learning_rate"], epochs=epochs * factor,
-                             warmup_samples=rec["warmup_samples"])
+                             warmup_samples=rec["warmup_samples"], nproc=config.nproc)
         baseline_ids = start_train(ctx.home, spec, options, device, base, config.repeats, role="baseline",
                                    recommendation_id=rec["recommendation_id"], launcher=config.launcher)
         recommended_ids = start_train(ctx.home, spec, options, device, chosen, config.repeats,

@@ -824,12 +824,15 @@ def print_comparison(result: dict) -> None:
 @click.option("--epochs", metavar="E", help="Baseline training length (default: the workload's).")
 @click.option("--rule", type=click.Choice(["linear", "sqrt"]), default="linear", show_default=True)
 @click.option("--device", "-d", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--nproc", default="1", show_default=True, metavar="N",
+              help="Data-parallel processes for the profile and every training run (batch sizes are global); "
+                   "the noise-scale estimate runs in one.")
 @launch_options
 @click.option("--detach", is_flag=True, help="Start it and return at once; the dashboard shows its progress.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, device, launcher, ray_address, detach,
-              as_json):
+def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, device, nproc, launcher, ray_address,
+              detach, as_json):
     """The whole loop headless: profile, noise scale, recommend, train the baseline and the
     recommendation (K seeds each, one after the other on the device), compare, and one headline."""
     from engine import store
@@ -840,7 +843,7 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, devic
     from engine.launchers import launcher_from_cli
 
     config = AutopilotConfig(repeats=parse_positive_int(repeats, "--repeats"), epochs=_parse_float(epochs, "--epochs"),
-                             rule=rule, launcher=launcher_from_cli(launcher, ray_address))
+                             rule=rule, launcher=launcher_from_cli(launcher, ray_address), nproc=_nproc(nproc))
     home = _home(ctx)
     job_id = start_autopilot(home, workload, _parse_options(settings, data, label), device, config)
     store.ingest(home)

@@ -197,6 +197,23 @@ def test_a_two_rank_profile_measures_global_batches_with_the_all_reduce(home, ti
     assert "--nproc 2" in line and "--devices" not in line
 
 
+def test_an_autopilot_over_two_ranks_profiles_and_trains_data_parallel(home, tiny_spec):
+    from engine.autopilot import AutopilotConfig
+
+    config = AutopilotConfig(repeats=1, epochs=1, nproc=2, min_seconds=0.2, max_batch=256, noise_batches=4)
+    job_id = actions.start_autopilot(home, tiny_spec, {}, "cpu", config)
+    assert jobs.wait(home, job_id, timeout_s=300) == jobs.FINISHED, (home.job_dir(job_id) / "output.log").read_text()
+    store.ingest(home)
+    with store.connect(home) as con:
+        result = store.load_autopilot(con, job_id)
+        profile = store.load_profile(con, result["profile_id"])
+        rec = store.load_recommendation(con, result["recommendation_id"])
+        runs = [store.get_run(con, r) for r in result["baseline_runs"] + result["recommended_runs"]]
+    assert profile["config"]["nproc"] == 2 and rec["world_size"] == 2
+    assert all(run["config"]["nproc"] == 2 and run["micro_batch_size"] * 2 == run["batch_size"] for run in runs)
+    assert result["headline"]["text"]
+
+
 @pytest.mark.parametrize("argv, says", [
     (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "0"], "--nproc must be a positive integer"),
     (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "3", "-d", "cpu"],
@@ -208,6 +225,8 @@ def test_a_two_rank_profile_measures_global_batches_with_the_all_reduce(home, ti
     (["profile", "-w", "fraud-mlp", "--batch-sizes", "32,33", "--nproc", "2", "-d", "cpu"],
      "batch size 33 is not divisible by --nproc 2"),
     (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--ray-address", "x:1"], "--ray-address needs --launcher ray"),
+    (["autopilot", "-w", "fraud-mlp", "--nproc", "3", "-d", "cpu"], "--nproc 3 does not divide fraud-mlp's baseline"),
+    (["autopilot", "-w", "fraud-mlp", "--nproc", "0"], "--nproc must be a positive integer"),
 ])
 def test_bad_nproc_input_is_one_line_and_exit_code_2(home, capsys, argv, says):
     from engine.cli import main
