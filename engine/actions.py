@@ -111,37 +111,33 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise UsageError(f"--repeats must be a positive integer, not {repeats!r}")
     launcher = check_launcher(launcher, device, config.nproc)
-    if launcher is not None:
+    if launcher is None:  # here: the device, its dtype and the workload are checked on this machine
+        check_nproc(config.nproc, device)
+        torch_device = devices.resolve_device(device)
+        devices.check_dtype(torch_device, config.dtype)
+        device = str(torch_device)
+    else:                 # on the cluster: Ray picks the device; the workload loads on the worker
         workload = absolute_workload_spec(workload)
-        home.check()
-        store.check_database_file(home.database)
-        group = config.group or (f"grp-{secrets.token_hex(4)}" if repeats > 1 else None)
-        job_ids = []
-        for k in range(repeats):
-            run_config = replace(config, seed=config.seed + k, group=group)
-            params = {"workload": workload, "options": dict(options), "device": device,
-                      "config": asdict(run_config), "role": role, "recommendation_id": recommendation_id,
-                      "launcher": launcher, "save_weights": save_weights}
-            job_ids.append(jobs.submit(home, "train", params, device="ray", workload=workload, launcher="ray"))
-        return job_ids
-    check_nproc(config.nproc, device)
-    torch_device = devices.resolve_device(device)
-    devices.check_dtype(torch_device, config.dtype)
     home.check()
     store.check_database_file(home.database)
-    loaded = load_workload(workload, options)
-    if config.batch_size > loaded.n_train:
-        raise UsageError(f"--batch-size {config.batch_size} is larger than the {loaded.n_train} training samples "
-                         f"of {loaded.name}")
+    if launcher is None:
+        loaded = load_workload(workload, options)
+        if config.batch_size > loaded.n_train:
+            raise UsageError(f"--batch-size {config.batch_size} is larger than the {loaded.n_train} training "
+                             f"samples of {loaded.name}")
+        where = {"device": device, "workload": loaded.name, "locks": lock_names(device, config.nproc)}
+    else:
+        where = {"device": "ray", "workload": workload, "launcher": "ray"}
     group = config.group or (f"grp-{secrets.token_hex(4)}" if repeats > 1 else None)
     job_ids = []
     for k in range(repeats):
         run_config = replace(config, seed=config.seed + k, group=group)
-        params = {"workload": workload, "options": dict(options), "device": str(torch_device),
+        params = {"workload": workload, "options": dict(options), "device": device,
                   "config": asdict(run_config), "role": role, "recommendation_id": recommendation_id,
                   "save_weights": save_weights}
-        job_ids.append(jobs.submit(home, "train", params, device=str(torch_device), workload=loaded.name,
-                                   locks=lock_names(str(torch_device), config.nproc)))
+        if launcher is not None:
+            params["launcher"] = launcher
+        job_ids.append(jobs.submit(home, "train", params, **where))
     return job_ids
 
 

@@ -23,6 +23,7 @@ update; logging; evaluation outside the training clock; termination), and the fi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -376,8 +377,6 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
 
 def _no_sync_unless(forward: torch.nn.Module, syncing: bool):
     """DDP's ``no_sync()`` for the micro-batches that only accumulate; nothing otherwise."""
-    import contextlib
-
     if syncing or not hasattr(forward, "no_sync"):
         return contextlib.nullcontext()
     return forward.no_sync()

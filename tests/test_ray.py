@@ -60,12 +60,18 @@ def test_two_runs_on_the_cluster_side_by_side_are_ingested_as_local_ones(home, t
     assert set(metrics["run_id"]) == set(run_ids) and (metrics["name"] == "val_loss").sum() == 2
 
 
-@needs_ray
-def test_cancel_stops_the_ray_task_and_the_run_is_killed(home, tiny_spec, cluster):
+def _long_run_logging_on_ray(home, tiny_spec, cluster) -> str:
+    """A run on the cluster far from its end, once it has logged metrics."""
     config = TrainConfig(batch_size=32, lr=1e-2, epochs=10_000)
     [run_id] = actions.start_train(home, tiny_spec, {}, "cpu", config, launcher=cluster)
     job_dir = home.job_dir(run_id)
     assert wait_for(lambda: '"type": "metrics"' in (job_dir / "events.jsonl").read_text()), _log(home, run_id)
+    return run_id
+
+
+@needs_ray
+def test_cancel_stops_the_ray_task_and_the_run_is_killed(home, tiny_spec, cluster):
+    run_id = _long_run_logging_on_ray(home, tiny_spec, cluster)
     worker = _worker_pid(home, run_id)
     assert jobs.cancel(home, run_id)
     assert jobs.wait(home, run_id, timeout_s=30) == jobs.KILLED
@@ -77,10 +83,7 @@ def test_cancel_stops_the_ray_task_and_the_run_is_killed(home, tiny_spec, cluste
 
 @needs_ray
 def test_a_ray_task_that_dies_is_crashed(home, tiny_spec, cluster):
-    config = TrainConfig(batch_size=32, lr=1e-2, epochs=10_000)
-    [run_id] = actions.start_train(home, tiny_spec, {}, "cpu", config, launcher=cluster)
-    job_dir = home.job_dir(run_id)
-    assert wait_for(lambda: '"type": "metrics"' in (job_dir / "events.jsonl").read_text()), _log(home, run_id)
+    run_id = _long_run_logging_on_ray(home, tiny_spec, cluster)
     os.kill(_worker_pid(home, run_id), signal.SIGKILL)
     assert jobs.wait(home, run_id, timeout_s=60) == jobs.CRASHED, _log(home, run_id)
     store.ingest(home)
