@@ -6,8 +6,9 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from engine import telemetry, views
 from engine.errors import LargestepError
+from engine.measure import telemetry
+from engine.ui import widgets as views
 
 
 @st.cache_data(ttl=30, show_spinner=False)

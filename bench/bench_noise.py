@@ -23,8 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.noise import default_warm_steps, estimate_noise  # noqa: E402
-from engine.profiler import ProfileConfig, measure_point  # noqa: E402
+from engine.measure.noise import default_warm_steps, estimate_noise  # noqa: E402
+from engine.measure.profiler import ProfileConfig, measure_point  # noqa: E402
 from engine.workloads import load_workload  # noqa: E402
 
 

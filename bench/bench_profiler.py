@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine import store  # noqa: E402
 from engine.home import Home  # noqa: E402
-from engine.profiler import ProfileConfig, StepRunner, measure_point  # noqa: E402
+from engine.measure.profiler import ProfileConfig, StepRunner, measure_point  # noqa: E402
 from engine.workloads import load_workload  # noqa: E402
 
 

@@ -35,8 +35,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_dashboard_query import SEEDS, SELECTED, fill  # noqa: E402
+
 from engine import store  # noqa: E402
-from engine.cli import _streamlit_flags  # noqa: E402
+from engine.cli.dashboard import streamlit_flags  # noqa: E402
 from engine.home import HOME_ENV, Home  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -52,7 +53,7 @@ def free_port() -> int:
 def serve(home: Home, log_path: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
-           *_streamlit_flags(ROOT / ".streamlit" / "config.toml"), "--server.port", str(port)]
+           *streamlit_flags(ROOT / ".streamlit" / "config.toml"), "--server.port", str(port)]
     server = subprocess.Popen(cmd, env=dict(os.environ, **{HOME_ENV: str(home.root)}), cwd=ROOT,
                               stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -1,6 +1,6 @@
 """Benchmarks of the training loop and of ingest (not tests): ratios against references in the same run.
 
-(a) loop overhead: samples/s of ``engine.train.train`` (the job's loop, every record written to a
+(a) loop overhead: samples/s of ``engine.measure.train.train`` (the job's loop, every record written to a
     real spool file) against a bare hand-written PyTorch loop on the same model, optimizer, data
     and batch size (data on the device, a fresh shuffle per epoch, no synchronisation per step).
     The two are interleaved in rounds so that drift of the machine hits both alike; each side's
@@ -29,9 +29,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import devices, jobs, store  # noqa: E402
+from engine import jobs, store  # noqa: E402
 from engine.home import Home  # noqa: E402
-from engine.train import TrainConfig, train  # noqa: E402
+from engine.jobs.bodies import SpoolRunLog  # noqa: E402
+from engine.measure import devices  # noqa: E402
+from engine.measure.train import TrainConfig, train  # noqa: E402
 from engine.workloads import load_workload  # noqa: E402
 
 
@@ -69,7 +71,7 @@ def largestep_loop(workload, device: torch.device, batch_size: int, lr: float, s
     config = TrainConfig(batch_size=batch_size, lr=lr, warmup_samples=0, seed=seed, max_steps=steps,
                          epochs=1e9, eval_every_epochs=1e9)
     try:
-        result = train(workload, device, config, emit=spool.emit)
+        result = train(workload, device, config, log=SpoolRunLog(spool.emit))
     finally:
         spool.close()
     return result.samples / result.train_time_s

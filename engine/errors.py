@@ -1,8 +1,15 @@
-"""Errors a user can fix. The CLI prints them as one line and exits with code 2."""
+"""The exceptions that carry meaning across layers.
+
+``LargestepError`` and its subclasses are errors a user can fix: the CLI prints them as one line
+and exits with code 2, the dashboard shows them in an error box. ``Diverged``, ``Cancelled`` and
+``Crashed`` are not errors but outcomes: raised inside a job, they end it in the state of the
+same name instead of FAILED.
+"""
 
 from __future__ import annotations
 
-__all__ = ["LargestepError", "UsageError", "WorkloadError", "DeviceError", "StoreError"]
+__all__ = ["LargestepError", "UsageError", "WorkloadError", "DeviceError", "StoreError",
+           "Diverged", "Cancelled", "Crashed"]
 
 
 class LargestepError(Exception):
@@ -23,3 +30,18 @@ class DeviceError(LargestepError):
 
 class StoreError(LargestepError):
     """The home or database cannot be used (not a DuckDB file, not writable, ...)."""
+
+
+# -- outcomes of a job other than FINISHED and FAILED ---------------------------------------------
+
+
+class Diverged(Exception):
+    """Training diverged (loss not finite or exploding); the job ends as DIVERGED."""
+
+
+class Cancelled(Exception):
+    """The job was asked to stop (SIGTERM); it ends as KILLED."""
+
+
+class Crashed(Exception):
+    """A worker of the job died (a rank killed by a signal, a lost Ray task); the job ends CRASHED."""

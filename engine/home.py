@@ -11,10 +11,11 @@ from pathlib import Path
 
 from engine.errors import StoreError
 
-__all__ = ["Home", "resolve_home", "DEFAULT_HOME", "HOME_ENV"]
+__all__ = ["Home", "resolve_home", "check_database_file", "DEFAULT_HOME", "HOME_ENV"]
 
 DEFAULT_HOME = ".largestep"
 HOME_ENV = "LARGESTEP_HOME"
+DUCKDB_MAGIC = b"DUCK"          # bytes 8..12 of every DuckDB database file
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,21 @@ class Home:
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise StoreError(f"home {self.root} is not writable; choose another --home")
         return self
+
+
+def check_database_file(path: Path) -> None:
+    """Refuse a file at the database path that is not a DuckDB database; never overwrite it."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder, not a DuckDB database; choose another --home")
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(12)
+    except OSError as exc:
+        raise StoreError(f"cannot read database {path}: {exc.strerror or exc}") from None
+    if header[8:12] != DUCKDB_MAGIC:
+        raise StoreError(f"{path} is not a DuckDB database; refusing to touch it (move it away or choose another --home)")
 
 
 def resolve_home(path: str | os.PathLike | None = None) -> Home:

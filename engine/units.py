@@ -1,13 +1,12 @@
-"""Parsing and printing the quantities users type: memory sizes and batch-size lists."""
+"""Parsing the quantities users type: memory sizes, batch-size lists, counts. Printing is in :mod:`engine.format`."""
 
 from __future__ import annotations
 
-import math
 import re
 
 from engine.errors import UsageError
 
-__all__ = ["parse_size", "format_bytes", "format_duration", "parse_batch_sizes", "parse_positive_int"]
+__all__ = ["parse_size", "parse_batch_sizes", "parse_positive_int"]
 
 _UNITS = {
     "": 1, "b": 1,
@@ -28,32 +27,6 @@ def parse_size(text: str) -> int:
     if value < 1:
         raise UsageError(f"bad size {text!r}: it must be at least one byte")
     return int(value)
-
-
-def format_bytes(n: float | int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def format_duration(seconds: float | None) -> str:
-    """12.3 s, 4m 05s, 2h 03m, 3d 04h: short enough for a table cell; "—" when unknown."""
-    if seconds is None or not math.isfinite(seconds):
-        return "—"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h {minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d {hours:02d}h"
 
 
 def parse_positive_int(text: str | int, what: str = "value") -> int:

@@ -41,3 +41,13 @@ def wait_for(predicate: Callable[[], object], timeout: float = 90.0, poll_s: flo
             return True
         time.sleep(poll_s)
     return False
+
+
+def recommend_stored(home: Home, profile_id: str | None, config) -> dict:
+    """The recommendation for a stored profile, as `largestep recommend` makes it (not saved)."""
+    from engine import store
+    from engine.plan.recommend import recommend
+
+    with store.connect(home) as con:
+        profile, noise = store.recommendation_inputs(con, profile_id, stored_noise=config.noise_scale is None)
+    return recommend(profile, config, noise)

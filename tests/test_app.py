@@ -3,13 +3,16 @@
 from pathlib import Path
 
 import pytest
+from helpers import open_page, wait_finished
 from streamlit.testing.v1 import AppTest
 
-from helpers import open_page, wait_finished
-from engine import actions, jobs, store, views
+from engine import jobs, store
 from engine.errors import UsageError
 from engine.home import Home
-from engine.profiler import ProfileConfig
+from engine.jobs import start as starts
+from engine.measure.profiler import ProfileConfig
+from engine.ui import profiles as views
+from engine.ui import widgets
 
 TINY = str(Path(__file__).resolve().parent / "tiny_workload.py") + ":make"
 BATCHES = (8, 32, 128)
@@ -28,7 +31,7 @@ def profiled_home(tmp_path_factory) -> tuple[Home, str]:
     """A home holding one real profile of the tiny workload, measured by a real job process."""
     home = Home(tmp_path_factory.mktemp("profiled") / "home")
     config = ProfileConfig(batch_sizes=BATCHES, min_steps=3, min_seconds=0.0, warmup_steps=1)
-    job = actions.start_profile(home, TINY, {}, "cpu", config)
+    job = starts.start_profile(home, TINY, {}, "cpu", config)
     wait_finished(home, job, timeout_s=120)
     store.ingest(home)
     return home, job
@@ -92,7 +95,7 @@ def test_launching_from_the_form_shows_the_job_and_cancel_stops_it(monkeypatch, 
     assert not [b for b in at.button if b.key == f"cancel.{job_id}"]  # no longer listed as running
 
 
-# -- the page's logic, in engine.views -----------------------------------------------------------
+# -- the page's logic, in engine.ui.profiles -----------------------------------------------------------
 
 LISTED = ["fraud-gru", "fraud-mlp", "table"]
 
@@ -135,14 +138,14 @@ def test_the_hardware_card_shows_live_gpu_readings_or_why_there_are_none():
     gpu = {"id": "cuda:GPU-1", "kind": "cuda", "name": "NVIDIA A100", "total_memory_bytes": 40 * 2**30,
            "compute_capability": "8.0", "cores": 108, "torch_device": "cuda:0",
            "live": {"gpu_util_pct": 97, "power_w": 312.4, "temp_c": 61, "mem_used_bytes": 2**30}}
-    with_gpu = views.hardware_view({"devices": [gpu], "nvml": {"available": True}, "torch": "2.5", "cuda": "12.4"})
+    with_gpu = widgets.hardware_view({"devices": [gpu], "nvml": {"available": True}, "torch": "2.5", "cuda": "12.4"})
     (card,) = with_gpu.cards
     assert {m.label: m.value for m in card.live} == {"GPU util": "97 %", "Power": "312 W", "Temperature": "61 °C",
                                                      "Memory used": "1.0 GiB"}
     assert with_gpu.nvml_note is None
     cpu = {"id": "cpu", "kind": "cpu", "name": "AMD EPYC", "total_memory_bytes": 2**34, "cores": 2,
            "torch_device": "cpu", "live": None}
-    cpu_only = views.hardware_view({"devices": [cpu], "nvml": {"available": False, "reason": "no NVIDIA driver"}})
+    cpu_only = widgets.hardware_view({"devices": [cpu], "nvml": {"available": False, "reason": "no NVIDIA driver"}})
     assert cpu_only.cards[0].live == () and "16.0 GiB" in [m.value for m in cpu_only.cards[0].facts]
     assert "NVML is absent: no NVIDIA driver" in cpu_only.nvml_note
 

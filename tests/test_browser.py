@@ -42,14 +42,14 @@ def free_port() -> int:
 def dashboard(tmp_path):
     """The dashboard on a free port, for an empty home, run from a project folder whose
     largestep.toml lists the tiny workload."""
-    from engine.cli import _streamlit_flags
+    from engine.cli.dashboard import streamlit_flags
 
     project = tmp_path / "project"
     project.mkdir()
     (project / "largestep.toml").write_text(f'workloads = [{{ name = "tiny", spec = "{TINY}" }}]\n')
     home = Home(tmp_path / "home")
     port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), *_streamlit_flags(ROOT / ".streamlit" / "config.toml"),
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), *streamlit_flags(ROOT / ".streamlit" / "config.toml"),
            "--server.port", str(port), "--server.headless", "true"]
     log = open(tmp_path / "streamlit.log", "wb")
     server = subprocess.Popen(cmd, cwd=project, env=dict(os.environ, **{HOME_ENV: str(home.root)}),

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine import charts
+from engine.ui.charts import profile as charts
+from engine.ui.charts.base import NO_DATA
 
 MiB = 2**20
 
@@ -45,7 +46,7 @@ def trace(fig, name_part):
 
 
 def is_empty(fig):
-    return not fig.data and any(a.text == charts.NO_DATA for a in fig.layout.annotations)
+    return not fig.data and any(a.text == NO_DATA for a in fig.layout.annotations)
 
 
 # -- step time -----------------------------------------------------------------------------------

@@ -22,12 +22,14 @@ def profiled_home(tmp_path_factory):
     import os
 
     from conftest import TINY
-    from engine import actions, jobs, store
+
+    from engine import jobs, store
     from engine.home import Home
-    from engine.profiler import ProfileConfig
+    from engine.jobs import start as starts
+    from engine.measure.profiler import ProfileConfig
 
     home = Home(tmp_path_factory.mktemp("rec") / "home")
-    job = actions.start_profile(home, TINY, {}, "cpu",
+    job = starts.start_profile(home, TINY, {}, "cpu",
                                 ProfileConfig(batch_sizes=(32, 128, 512), min_steps=5, min_seconds=0.1, warmup_steps=1))
     assert jobs.wait(home, job, timeout_s=180) == jobs.FINISHED
     store.ingest(home)

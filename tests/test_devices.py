@@ -9,10 +9,10 @@ import contextlib
 import psutil
 import pytest
 import torch
-
-from engine import devices
-from engine.errors import DeviceError, UsageError
 from fake_nvml import FakeGpu, cuda_properties, install_fake_cuda, install_fake_nvml, make_fake_pynvml
+
+from engine.errors import DeviceError, UsageError
+from engine.measure import devices, telemetry
 
 UUID_A = "4a1b2c3d-0000-1111-2222-aaaaaaaaaaaa"
 UUID_B = "5e6f7a8b-3333-4444-5555-bbbbbbbbbbbb"
@@ -253,12 +253,12 @@ def test_only_fp16_on_cuda_needs_a_grad_scaler():
 
 def test_driver_version_comes_from_nvml_when_it_is_there(monkeypatch):
     install_fake_nvml(monkeypatch, make_fake_pynvml([FakeGpu(uuid=f"GPU-{UUID_A}")], driver_version="550.54.15"))
-    assert devices.driver_version() == "550.54.15"
+    assert telemetry.driver_version() == "550.54.15"
 
 
 def test_driver_version_without_nvml_falls_back_to_torch_build(monkeypatch):
     install_fake_nvml(monkeypatch, make_fake_pynvml(init_error="NVMLError_LibraryNotFound"))
     monkeypatch.setattr(torch.version, "cuda", "12.4")
-    assert devices.driver_version() == "CUDA 12.4 (torch build; driver unknown)"
+    assert telemetry.driver_version() == "CUDA 12.4 (torch build; driver unknown)"
     monkeypatch.setattr(torch.version, "cuda", None)
-    assert devices.driver_version() is None
+    assert telemetry.driver_version() is None

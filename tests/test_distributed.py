@@ -17,13 +17,15 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-
-from engine import actions, jobs, store
-from engine.noise import noise_scale_from_norms
-from engine.profiler import ProfileConfig
-from engine.train import TrainConfig, lr_at, train
-from engine.workloads.base import Workload
 from helpers import wait_for
+
+from engine import jobs, store
+from engine.jobs import start as starts
+from engine.jobs.bodies import SpoolRunLog
+from engine.measure.noise import noise_scale_from_norms
+from engine.measure.profiler import ProfileConfig
+from engine.measure.train import TrainConfig, lr_at, train
+from engine.workloads.base import Workload
 
 HERE = Path(__file__).resolve()
 SGD_SPEC = f"{HERE}:make_sgd"
@@ -60,7 +62,7 @@ def two_rank_run(tmp_path_factory):
     config = TrainConfig(batch_size=GLOBAL_BATCH, lr=0.05, nproc=2, max_steps=STEPS, warmup_samples=WARMUP,
                          log_every_steps=1, seed=3)
     started = time.monotonic()
-    [job_id] = actions.start_train(home, SGD_SPEC, {}, "cpu", config, save_weights=True)
+    [job_id] = starts.start_train(home, SGD_SPEC, {}, "cpu", config, save_weights=True)
     state = jobs.wait(home, job_id, timeout_s=120)
     assert state == jobs.FINISHED, (home.job_dir(job_id) / "output.log").read_text()[-3000:]
     store.ingest(home)
@@ -89,7 +91,8 @@ def test_two_ranks_match_one_process_on_the_same_global_batch(two_rank_run):
                        metrics=dict(workload.metrics))
     from dataclasses import replace
 
-    train(tracked, CPU, replace(config, nproc=1), emit=lambda t, **f: single.extend(f["rows"]) if t == "metrics" else None)
+    train(tracked, CPU, replace(config, nproc=1),
+          log=SpoolRunLog(lambda t, **f: single.extend(f["rows"]) if t == "metrics" else None))
     one = torch.cat([p.detach().flatten() for p in captured["model"].parameters()])
     state = torch.load(home.job_dir(job_id) / "model.pt")
     two = torch.cat([t.flatten() for t in state.values()])
@@ -116,7 +119,7 @@ def test_the_noise_scale_metric_is_mcCandlish_on_the_rank_shards(two_rank_run):
         frame = store.run_metrics(con, [job_id], ["noise_g2", "noise_trace_sigma", "noise_scale"])
     logged = {(int(r.step), r.name): r.value for r in frame.itertuples()}
 
-    from engine.train import _Batches
+    from engine.measure.train import _Batches
 
     workload = make_sgd()
     torch.manual_seed(config.seed)
@@ -158,13 +161,13 @@ def test_the_noise_scale_metric_is_mcCandlish_on_the_rank_shards(two_rank_run):
 
 def test_a_rank_killed_mid_run_ends_the_job_crashed_not_hung(home):
     config = TrainConfig(batch_size=GLOBAL_BATCH, lr=0.05, nproc=2, epochs=10_000, log_every_steps=5)
-    [job_id] = actions.start_train(home, SGD_SPEC, {}, "cpu", config)
+    [job_id] = starts.start_train(home, SGD_SPEC, {}, "cpu", config)
     job_dir = home.job_dir(job_id)
     assert wait_for(lambda: '"type": "metrics"' in (job_dir / "events.jsonl").read_text(), 90), \
         (job_dir / "output.log").read_text()[-2000:]
     job = psutil.Process(jobs.read_status(job_dir)["pid"])
     ranks = {int(p.environ().get("RANK", -1)): p for p in job.children(recursive=True)
-             if "engine.distributed" in " ".join(p.cmdline()) and "torch.distributed.run" not in " ".join(p.cmdline())}
+             if "engine.jobs.torchrun" in " ".join(p.cmdline()) and "torch.distributed.run" not in " ".join(p.cmdline())}
     assert set(ranks) == {0, 1}, ranks
     os.kill(ranks[1].pid, signal.SIGKILL)
     killed_at = time.monotonic()
@@ -179,7 +182,7 @@ def test_a_rank_killed_mid_run_ends_the_job_crashed_not_hung(home):
 
 def test_a_two_rank_profile_measures_global_batches_with_the_all_reduce(home, tiny_spec):
     config = ProfileConfig(batch_sizes=(32, 128), min_steps=3, min_seconds=0.2, warmup_steps=1, nproc=2)
-    job_id = actions.start_profile(home, tiny_spec, {}, "cpu", config)
+    job_id = starts.start_profile(home, tiny_spec, {}, "cpu", config)
     assert jobs.wait(home, job_id, timeout_s=120) == jobs.FINISHED, (home.job_dir(job_id) / "output.log").read_text()
     store.ingest(home)
     with store.connect(home) as con:
@@ -187,21 +190,21 @@ def test_a_two_rank_profile_measures_global_batches_with_the_all_reduce(home, ti
     assert [p["batch_size"] for p in profile["points"]] == [32, 128]
     assert all(p["status"] == "ok" and p["n"] >= 3 for p in profile["points"])
     assert profile["config"]["nproc"] == 2
-    from engine.recommend import RecommendConfig, recommend
+    from engine.plan.recommend import RecommendConfig, recommend
 
     rec = recommend(profile, RecommendConfig(noise_scale=1e6), None)
     assert rec["world_size"] == 2 and rec["micro_batch_size"] * 2 == rec["batch_size"]
-    from engine.export import export_config
+    from engine.plan.export import export_config
 
     line = [x for x in export_config(rec, "cli").splitlines() if x.startswith("largestep")][0]
     assert "--nproc 2" in line and "--devices" not in line
 
 
 def test_an_autopilot_over_two_ranks_profiles_and_trains_data_parallel(home, tiny_spec):
-    from engine.autopilot import AutopilotConfig
+    from engine.jobs.autopilot import AutopilotConfig
 
     config = AutopilotConfig(repeats=1, epochs=1, nproc=2, min_seconds=0.2, max_batch=256, noise_batches=4)
-    job_id = actions.start_autopilot(home, tiny_spec, {}, "cpu", config)
+    job_id = starts.start_autopilot(home, tiny_spec, {}, "cpu", config)
     assert jobs.wait(home, job_id, timeout_s=300) == jobs.FINISHED, (home.job_dir(job_id) / "output.log").read_text()
     store.ingest(home)
     with store.connect(home) as con:

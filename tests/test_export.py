@@ -10,7 +10,7 @@ import shlex
 import pytest
 
 from engine.errors import UsageError
-from engine.export import (
+from engine.plan.export import (
     DATA_FORMATS,
     FILE_SUFFIX,
     FORMATS,

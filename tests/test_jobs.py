@@ -7,9 +7,11 @@ import os
 import signal
 import time
 
-from engine import actions, jobs, store
-from engine.profiler import ProfileConfig
 from helpers import wait_for
+
+from engine import jobs, store
+from engine.jobs import start as starts
+from engine.measure.profiler import ProfileConfig
 
 SLOW = ProfileConfig(batch_sizes=(8, 16, 32, 64, 128), min_steps=3, min_seconds=3.0, warmup_steps=1)
 
@@ -20,7 +22,7 @@ def _points_spooled(home, job_id):
 
 
 def test_a_job_killed_with_sigkill_is_crashed_and_keeps_what_it_flushed(home, tiny_spec):
-    job_id = actions.start_profile(home, tiny_spec, {}, "cpu", SLOW)
+    job_id = starts.start_profile(home, tiny_spec, {}, "cpu", SLOW)
     assert wait_for(lambda: _points_spooled(home, job_id) >= 1), "the job measured nothing"
     pid = jobs.read_status(home.job_dir(job_id))["pid"]
     os.killpg(pid, signal.SIGKILL)
@@ -38,7 +40,7 @@ def test_a_job_killed_with_sigkill_is_crashed_and_keeps_what_it_flushed(home, ti
 
 
 def test_cancel_stops_a_running_job_as_killed(home, tiny_spec):
-    job_id = actions.start_profile(home, tiny_spec, {}, "cpu", SLOW)
+    job_id = starts.start_profile(home, tiny_spec, {}, "cpu", SLOW)
     assert wait_for(lambda: (jobs.read_status(home.job_dir(job_id)) or {}).get("state") == jobs.RUNNING)
     assert jobs.cancel(home, job_id)
     assert jobs.wait(home, job_id, timeout_s=20) == jobs.KILLED
@@ -49,9 +51,9 @@ def test_cancel_stops_a_running_job_as_killed(home, tiny_spec):
 
 
 def test_one_job_at_a_time_per_device_and_a_cancelled_queued_job_never_starts(home, tiny_spec):
-    first = actions.start_profile(home, tiny_spec, {}, "cpu", SLOW)
+    first = starts.start_profile(home, tiny_spec, {}, "cpu", SLOW)
     assert wait_for(lambda: (jobs.read_status(home.job_dir(first)) or {}).get("state") == jobs.RUNNING)
-    second = actions.start_profile(home, tiny_spec, {}, "cpu", SLOW)
+    second = starts.start_profile(home, tiny_spec, {}, "cpu", SLOW)
     time.sleep(2.0)
     assert jobs.derive_state(home.job_dir(second)) == jobs.PENDING
     assert jobs.cancel(home, second)
@@ -70,8 +72,8 @@ def _started_at(home, job_id) -> float:
 
 def test_queued_jobs_on_one_device_start_in_the_order_they_were_submitted(home, tiny_spec):
     quick = ProfileConfig(batch_sizes=(8,), min_steps=2, min_seconds=0.0, warmup_steps=1)
-    queued = [actions.start_profile(home, tiny_spec, {}, "cpu", quick) for _ in range(3)]  # all at once
+    queued = [starts.start_profile(home, tiny_spec, {}, "cpu", quick) for _ in range(3)]  # all at once
     for job_id in queued:
         assert jobs.wait(home, job_id, timeout_s=120) == jobs.FINISHED
-    starts = [_started_at(home, job_id) for job_id in queued]
-    assert starts == sorted(starts), "a later job overtook an earlier one in the device's queue"
+    started = [_started_at(home, job_id) for job_id in queued]
+    assert started == sorted(started), "a later job overtook an earlier one in the device's queue"

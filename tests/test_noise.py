@@ -6,15 +6,14 @@ import json
 import math
 
 import pytest
+import tiny_workload
 import torch
 from torch.nn import functional as F
 
 from engine import Workload
-from engine import noise as noise_module
 from engine.errors import UsageError
-from engine.noise import estimate_noise, noise_scale_from_norms
-
-import tiny_workload
+from engine.measure import noise as noise_module
+from engine.measure.noise import estimate_noise, noise_scale_from_norms
 
 CPU = torch.device("cpu")
 D = 8              # input dimension of the linear regression

@@ -1,4 +1,4 @@
-"""The Overview page (AppTest, real homes, a real autopilot) and its logic in engine.overview and
+"""The Overview page (AppTest, real homes, a real autopilot) and its logic in engine.ui.overview and
 engine.workloads.config."""
 
 import json
@@ -7,13 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import open_page, wait_finished
 from streamlit.testing.v1 import AppTest
 
-from helpers import open_page, wait_finished
-from engine import actions, jobs, overview, store
-from engine.autopilot import PHASES, AutopilotConfig
+from engine import jobs, store
 from engine.errors import UsageError, WorkloadError
 from engine.home import Home
+from engine.jobs import start as starts
+from engine.jobs.autopilot import PHASES, AutopilotConfig
+from engine.ui import overview
 from engine.workloads import load_workload
 from engine.workloads.config import configured_workloads
 
@@ -35,7 +37,7 @@ def open_overview(monkeypatch, home: Home, cwd: Path) -> AppTest:
 def finished_home(tmp_path_factory) -> tuple[Home, str]:
     """A home holding one whole autopilot of the tiny workload, run by real job processes (~60 s)."""
     home = Home(tmp_path_factory.mktemp("autopilot") / "home")
-    job_id = actions.start_autopilot(home, TINY, {}, "cpu", AutopilotConfig(repeats=2, epochs=2))
+    job_id = starts.start_autopilot(home, TINY, {}, "cpu", AutopilotConfig(repeats=2, epochs=2))
     wait_finished(home, job_id, timeout_s=400)
     store.ingest(home)
     return home, job_id
@@ -113,7 +115,7 @@ def test_a_finished_autopilot_shows_its_headline_and_every_phase_done(monkeypatc
     phase_lines = [m.value for m in at.markdown if "(done)" in m.value]
     assert len(phase_lines) == len(PHASES) and all(p in " ".join(phase_lines) for p in PHASES)
     table = at.dataframe[0].value   # the comparison; the second is every run
-    assert list(table["arm"]) == ["baseline", "recommended"]
+    assert list(table["group"]) == ["baseline", "recommended"]
     assert not [b for b in at.button if b.key == "overview.cancel"]
     assert not at.error
 

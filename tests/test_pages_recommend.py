@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-
 import pytest
+from conftest import TINY
+from helpers import open_page, recommend_stored
 from streamlit.testing.v1 import AppTest
 
-from helpers import open_page
-from engine import actions, jobs, recviews, store
-from engine.export import FORMATS
+from engine import jobs, store
+from engine.format import format_count
 from engine.home import Home
-from engine.profiler import ProfileConfig
-from engine.reccharts import format_count
-from engine.recommend import RecommendConfig
-
-from conftest import TINY
+from engine.jobs import start as starts
+from engine.measure.profiler import ProfileConfig
+from engine.plan.export import FORMATS
+from engine.plan.recommend import RecommendConfig
+from engine.ui import export, planner
+from engine.ui import recommend as recviews
 
 BATCHES = (32, 128, 512)
 
@@ -23,11 +24,11 @@ BATCHES = (32, 128, 512)
 def rec_home(tmp_path_factory) -> tuple[Home, dict]:
     """A real profile of the tiny workload (baseline 32) and one saved recommendation of it."""
     home = Home(tmp_path_factory.mktemp("pages") / "home")
-    profile = actions.start_profile(home, TINY, {}, "cpu", ProfileConfig(batch_sizes=BATCHES, min_steps=3,
+    profile = starts.start_profile(home, TINY, {}, "cpu", ProfileConfig(batch_sizes=BATCHES, min_steps=3,
                                                                          min_seconds=0.0, warmup_steps=1))
     assert jobs.wait(home, profile, timeout_s=180) == jobs.FINISHED
     store.ingest(home)
-    rec = actions.make_recommendation(home, profile, RecommendConfig(noise_scale=300.0))
+    rec = recommend_stored(home, profile, RecommendConfig(noise_scale=300.0))
     with store.connect(home) as con:
         store.save_recommendation(con, rec)
     return home, rec
@@ -47,7 +48,7 @@ def saved_recommendations(home: Home) -> int:
 
 
 @pytest.mark.parametrize("page, message", [
-    ("recommend", recviews.RECOMMEND_START), ("planner", recviews.PLANNER_START), ("export", recviews.EXPORT_START)])
+    ("recommend", recviews.RECOMMEND_START), ("planner", planner.PLANNER_START), ("export", export.EXPORT_START)])
 def test_an_empty_home_says_how_to_start(monkeypatch, tmp_path, page, message):
     at = open_page(monkeypatch, Home(tmp_path / "empty"), page)
     assert message in [i.value for i in at.info]
@@ -157,7 +158,7 @@ def test_estimating_the_noise_scale_runs_a_job_and_offers_its_result(monkeypatch
 def test_planner_states_the_ratio_for_the_recommendation(monkeypatch, rec_home):
     home, first = rec_home
     # the page plans with the profile's newest recommendation: make sure that is a larger batch
-    rec = actions.make_recommendation(home, first["profile_id"], RecommendConfig(noise_scale=300.0))
+    rec = recommend_stored(home, first["profile_id"], RecommendConfig(noise_scale=300.0))
     assert rec["batch_size"] > rec["baseline"]["batch_size"]
     with store.connect(home) as con:
         store.save_recommendation(con, rec)

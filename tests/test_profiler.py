@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import tiny_workload
 import torch
 
-from engine.profiler import (ProfileConfig, ProfilePoint, fit_memory, plan_batch_sizes, run_profile,
-                             saturation_batch)
-
-import tiny_workload
+from engine.measure.profiler import (
+    ProfileConfig,
+    ProfilePoint,
+    fit_memory,
+    plan_batch_sizes,
+    run_profile,
+    saturation_batch,
+)
 
 CPU = torch.device("cpu")
 QUICK = dict(min_steps=4, min_seconds=0.0, warmup_steps=1)
@@ -125,7 +130,7 @@ def test_memory_fit_is_least_squares():
 
 
 def test_plateau_stops_a_power_of_two_sweep(monkeypatch):
-    import engine.profiler as profiler
+    import engine.measure.profiler as profiler
 
     fake = iter([100.0, 150.0, 152.0, 153.0, 500.0])  # gains: 50%, 1.3%, 0.7% -> plateau after 3rd doubling
 

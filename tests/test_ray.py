@@ -10,11 +10,12 @@ import signal
 
 import psutil
 import pytest
-
-from engine import actions, jobs, store
-from engine.errors import UsageError
-from engine.train import TrainConfig
 from helpers import wait_for
+
+from engine import jobs, store
+from engine.errors import UsageError
+from engine.jobs import start as starts
+from engine.measure.train import TrainConfig
 
 try:
     import ray
@@ -45,7 +46,7 @@ def _log(home, job_id) -> str:
 @needs_ray
 def test_two_runs_on_the_cluster_side_by_side_are_ingested_as_local_ones(home, tiny_spec, cluster):
     config = TrainConfig(batch_size=64, lr=1e-2, epochs=1)
-    run_ids = actions.start_train(home, tiny_spec, {}, "cpu", config, repeats=2, launcher=cluster)
+    run_ids = starts.start_train(home, tiny_spec, {}, "cpu", config, repeats=2, launcher=cluster)
     states = [jobs.wait(home, run_id, timeout_s=120) for run_id in run_ids]
     assert states == [jobs.FINISHED] * 2, _log(home, run_ids[0])
     for run_id in run_ids:  # the work ran in a Ray worker, not in the job process
@@ -63,7 +64,7 @@ def test_two_runs_on_the_cluster_side_by_side_are_ingested_as_local_ones(home, t
 def _long_run_logging_on_ray(home, tiny_spec, cluster) -> str:
     """A run on the cluster far from its end, once it has logged metrics."""
     config = TrainConfig(batch_size=32, lr=1e-2, epochs=10_000)
-    [run_id] = actions.start_train(home, tiny_spec, {}, "cpu", config, launcher=cluster)
+    [run_id] = starts.start_train(home, tiny_spec, {}, "cpu", config, launcher=cluster)
     job_dir = home.job_dir(run_id)
     assert wait_for(lambda: '"type": "metrics"' in (job_dir / "events.jsonl").read_text()), _log(home, run_id)
     return run_id
@@ -98,7 +99,7 @@ def test_without_ray_the_launcher_says_how_to_install_it(home, capsys, monkeypat
     import sys
 
     from engine.cli import main
-    from engine.launchers import check_launcher
+    from engine.jobs.ray import check_launcher
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
     with pytest.raises(UsageError, match=r"install it with: pip install 'largestep\[ray\]'"):
@@ -112,8 +113,8 @@ def test_without_ray_the_launcher_says_how_to_install_it(home, capsys, monkeypat
 @needs_ray
 def test_ray_refuses_what_it_cannot_run(home, tiny_spec):
     with pytest.raises(UsageError, match="do not combine"):
-        actions.start_train(home, tiny_spec, {}, "cpu", TrainConfig(batch_size=64, lr=1e-2, nproc=2),
+        starts.start_train(home, tiny_spec, {}, "cpu", TrainConfig(batch_size=64, lr=1e-2, nproc=2),
                             launcher={"kind": "ray"})
     with pytest.raises(UsageError, match="auto, cpu or cuda"):
-        actions.start_train(home, tiny_spec, {}, "cuda:1", TrainConfig(batch_size=64, lr=1e-2),
+        starts.start_train(home, tiny_spec, {}, "cuda:1", TrainConfig(batch_size=64, lr=1e-2),
                             launcher={"kind": "ray"})

@@ -5,16 +5,17 @@ from __future__ import annotations
 import re
 
 import pytest
+from conftest import TINY
+from helpers import recommend_stored
 
-from engine import actions, jobs, store
+from engine import jobs, store
 from engine.cli import main
 from engine.home import Home
-from engine.profiler import ProfileConfig
-from engine.recommend import RecommendConfig
-from engine.report import build_report
-from engine.train import TrainConfig
-
-from conftest import TINY
+from engine.jobs import start as starts
+from engine.measure.profiler import ProfileConfig
+from engine.measure.train import TrainConfig
+from engine.plan.recommend import RecommendConfig
+from engine.ui.report import build_report
 
 PLOTLY_BANNER = re.compile(r"\* plotly\.js v\d")
 
@@ -23,18 +24,18 @@ PLOTLY_BANNER = re.compile(r"\* plotly\.js v\d")
 def verified_home(tmp_path_factory) -> tuple[Home, dict]:
     """A real tiny profile, a saved recommendation, and one baseline and one recommended run of it."""
     home = Home(tmp_path_factory.mktemp("report") / "home")
-    profile = actions.start_profile(home, TINY, {}, "cpu",
+    profile = starts.start_profile(home, TINY, {}, "cpu",
                                     ProfileConfig(batch_sizes=(32, 128, 512), min_steps=3, min_seconds=0.0,
                                                   warmup_steps=1))
     assert jobs.wait(home, profile, timeout_s=180) == jobs.FINISHED
     store.ingest(home)
-    rec = actions.make_recommendation(home, profile, RecommendConfig(noise_scale=200.0))
+    rec = recommend_stored(home, profile, RecommendConfig(noise_scale=200.0))
     with store.connect(home) as con:
         store.save_recommendation(con, rec)
     run_ids = []
     for role, batch, lr in (("baseline", rec["baseline"]["batch_size"], rec["baseline"]["learning_rate"]),
                             ("recommended", rec["batch_size"], rec["learning_rate"])):
-        run_ids += actions.start_train(home, TINY, {}, "cpu", TrainConfig(batch_size=batch, lr=lr, epochs=2),
+        run_ids += starts.start_train(home, TINY, {}, "cpu", TrainConfig(batch_size=batch, lr=lr, epochs=2),
                                        role=role, recommendation_id=rec["recommendation_id"])
     for run_id in run_ids:
         assert jobs.wait(home, run_id, timeout_s=180) == jobs.FINISHED
@@ -68,8 +69,9 @@ def test_the_report_is_self_contained_and_shows_everything(verified_home):
 
 
 def test_a_profile_only_report_says_how_to_get_a_recommendation(tmp_path):
-    from engine.report import ReportData, render_report
     import pandas as pd
+
+    from engine.ui.report import ReportData, render_report
 
     profile = {"id": "prof-x", "workload": "w<script>", "device_name": "cpu", "points": []}
     text = render_report(ReportData(profile=profile, points=pd.DataFrame()))

@@ -10,10 +10,11 @@ import sys
 import threading
 import time
 
-
-from engine import actions, jobs, store
-from engine.train import TrainConfig
 from helpers import wait_for
+
+from engine import jobs, store
+from engine.jobs import start as starts
+from engine.measure.train import TrainConfig
 
 LONG = TrainConfig(batch_size=16, lr=1e-2, epochs=200, log_every_steps=5)
 
@@ -35,7 +36,7 @@ def _metric_rows_in_spool(home, job_id):
 
 
 def test_a_run_killed_with_sigkill_is_crashed_and_keeps_its_flushed_metrics(home, tiny_spec):
-    [run] = actions.start_train(home, tiny_spec, {}, "cpu", LONG)
+    [run] = starts.start_train(home, tiny_spec, {}, "cpu", LONG)
     assert wait_for(lambda: _spooled(home, run, "eval") >= 2)
     time.sleep(0.6)  # let a flush happen after the last eval, as it would mid-run
     os.killpg(jobs.read_status(home.job_dir(run))["pid"], signal.SIGKILL)
@@ -51,7 +52,7 @@ def test_a_run_killed_with_sigkill_is_crashed_and_keeps_its_flushed_metrics(home
 
 def test_an_absurd_learning_rate_ends_diverged_in_seconds(home, tiny_spec):
     started = time.monotonic()
-    [run] = actions.start_train(home, tiny_spec, {}, "cpu", TrainConfig(batch_size=32, lr=1e7, epochs=500,
+    [run] = starts.start_train(home, tiny_spec, {}, "cpu", TrainConfig(batch_size=32, lr=1e7, epochs=500,
                                                                         warmup_samples=0))
     assert jobs.wait(home, run, timeout_s=60) == jobs.DIVERGED
     assert time.monotonic() - started < 30
@@ -99,7 +100,7 @@ def test_four_runs_and_readers_on_one_database_lose_nothing(home, tiny_spec):
 
 
 def test_a_cancelled_queued_run_never_starts(home, tiny_spec):
-    first, second = actions.start_train(home, tiny_spec, {}, "cpu", LONG, repeats=2)
+    first, second = starts.start_train(home, tiny_spec, {}, "cpu", LONG, repeats=2)
     assert wait_for(lambda: _spooled(home, first, "run_start") == 1)
     assert jobs.derive_state(home.job_dir(second)) == jobs.PENDING
     assert jobs.cancel(home, second)

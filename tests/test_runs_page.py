@@ -1,5 +1,5 @@
 """The Runs page: real runs in a home, the page run headless with AppTest, the downsampling query
-on a real DuckDB, and the pure chart builders of engine.runcharts."""
+on a real DuckDB, and the pure chart builders of engine.ui.charts.runs."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import APP, open_page, wait_finished
 from streamlit.testing.v1 import AppTest
 
-from helpers import APP, open_page, wait_finished
-from engine import actions, jobs, runcharts, runviews, store
+from engine import jobs, store
 from engine.home import HOME_ENV, Home
-from engine.train import TrainConfig
+from engine.jobs import start as starts
+from engine.measure.train import TrainConfig
+from engine.ui import runs as runviews
+from engine.ui.charts import runs as runcharts
 
 TINY = str(Path(__file__).resolve().parent / "tiny_workload.py") + ":make"
 BASE, BIG = "grp-base", "grp-big"
@@ -145,7 +148,7 @@ def test_filtering_by_state_and_group(monkeypatch, runs_home):
 
 def test_a_running_run_can_be_cancelled_from_the_page(monkeypatch, tmp_path):
     home = Home(tmp_path / "home")
-    [run] = actions.start_train(home, TINY, {}, "cpu", TrainConfig(batch_size=16, lr=1e-2, epochs=200))
+    [run] = starts.start_train(home, TINY, {}, "cpu", TrainConfig(batch_size=16, lr=1e-2, epochs=200))
     try:
         at = open_runs_page(monkeypatch, home)
         assert at.dataframe[0].value["state"].iloc[0] in runviews.LIVE_STATES

@@ -10,10 +10,10 @@ import time
 
 import pytest
 import torch
-
-from engine import devices, telemetry
-from engine.devices import DeviceInfo
 from fake_nvml import FakeGpu, cuda_properties, install_fake_cuda, install_fake_nvml, make_fake_pynvml
+
+from engine.measure import devices, telemetry
+from engine.measure.devices import DeviceInfo
 
 UUID_A = "4a1b2c3d-0000-1111-2222-aaaaaaaaaaaa"
 UUID_B = "5e6f7a8b-3333-4444-5555-bbbbbbbbbbbb"

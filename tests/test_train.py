@@ -6,21 +6,21 @@ import math
 
 import pandas as pd
 import pytest
+import tiny_workload
 import torch
 
-from engine.compare import compare_groups, time_to_target, welch_p_value
-from engine.errors import UsageError
-from engine.jobs import Diverged
-from engine.train import TrainConfig, lr_at, train
-
-import tiny_workload
+from engine.errors import Diverged, UsageError
+from engine.jobs.bodies import SpoolRunLog
+from engine.measure.train import TrainConfig, lr_at, train
+from engine.plan.compare import compare_groups, time_to_target, welch_p_value
 
 CPU = torch.device("cpu")
 
 
 def collect():
+    """The run's reports as the spool events a job would write, in a list."""
     events = []
-    return events, lambda type_, **fields: events.append({"type": type_, **fields})
+    return events, SpoolRunLog(lambda type_, **fields: events.append({"type": type_, **fields}))
 
 
 def test_warmup_is_linear_in_samples_then_constant_or_cosine():
@@ -34,7 +34,7 @@ def test_warmup_is_linear_in_samples_then_constant_or_cosine():
 def test_a_run_logs_evaluates_every_epoch_and_learns():
     events, emit = collect()
     workload = tiny_workload.make()
-    result = train(workload, CPU, TrainConfig(batch_size=32, lr=1e-2, epochs=3), emit=emit)
+    result = train(workload, CPU, TrainConfig(batch_size=32, lr=1e-2, epochs=3), log=emit)
     evals = [e for e in events if e["type"] == "eval"]
     assert [round(e["epoch"]) for e in evals] == [1, 2, 3]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] and evals[-1]["metrics"]["accuracy"] > 0.9
@@ -58,9 +58,6 @@ def test_gradient_accumulation_matches_the_full_batch():
     for accumulate in (1, 2):
         captured = {}
 
-        def grab(type_, **fields):
-            pass
-
         torch.manual_seed(0)
         config = TrainConfig(batch_size=32, lr=0.05, accumulate=accumulate, max_steps=20, warmup_samples=0)
         original = workload.model
@@ -72,7 +69,7 @@ def test_gradient_accumulation_matches_the_full_batch():
 
         tracked = Workload(name="sgd", model=model_and_keep, train=workload.train, val=workload.val,
                            loss=workload.loss, baseline_batch_size=32, baseline_lr=0.1, optimizer="sgd")
-        train(tracked, CPU, config, emit=grab)
+        train(tracked, CPU, config)
         weights.append(torch.cat([p.detach().flatten() for p in captured["model"].parameters()]))
     assert torch.allclose(weights[0], weights[1], atol=1e-5)
 
@@ -88,7 +85,7 @@ def test_the_target_stops_the_run_and_records_the_time():
 def test_an_absurd_learning_rate_diverges_within_a_few_steps():
     events, emit = collect()
     with pytest.raises(Diverged):
-        train(tiny_workload.make(), CPU, TrainConfig(batch_size=32, lr=1e6, epochs=50, warmup_samples=0), emit=emit)
+        train(tiny_workload.make(), CPU, TrainConfig(batch_size=32, lr=1e6, epochs=50, warmup_samples=0), log=emit)
     last = [r for e in events if e["type"] == "metrics" for r in e["rows"]][-1]
     assert last["step"] <= 10
 

@@ -3,10 +3,9 @@
 import streamlit as st
 
 from app import widgets
-from engine import recviews, report
 from engine.errors import LargestepError
-from engine.export import FORMATS
 from engine.home import resolve_home
+from engine.ui import export, report
 
 home = resolve_home()
 
@@ -14,12 +13,12 @@ st.title("Export")
 st.caption("Take a recommendation to your own training code: config files, snippets for PyTorch, Hugging Face, "
            "Lightning and DeepSpeed, and the CLI line that reproduces it.")
 
-choices = widgets.load_or_stop(recviews.recommendation_choices, home, empty=recviews.EXPORT_START)
+choices = widgets.load_or_stop(export.recommendation_choices, home, empty=export.EXPORT_START)
 
 labels = {c.id: c.label for c in choices}
 rec_id = st.selectbox("Recommendation", list(labels), format_func=labels.get, key="export.recommendation",
                       help="Newest first.")
-rec = recviews.load_recommendation(home, rec_id)
+rec = export.load_recommendation(home, rec_id)
 if rec is None:
     st.error(f"Recommendation {rec_id} is no longer stored.")
     st.stop()
@@ -30,10 +29,10 @@ devices = left.number_input("Devices", min_value=1, value=rec.get("world_size") 
 micro_batch = middle.number_input("Micro-batch per device", min_value=1, value=None, step=1, key="export.micro_batch",
                                   placeholder="auto: the whole share",
                                   help="Samples per forward/backward pass; the rest becomes gradient accumulation.")
-fmt = right.selectbox("Preview", FORMATS, format_func=recviews.FORMAT_LABELS.get, key="export.format")
+fmt = right.selectbox("Preview", export.FORMATS, format_func=export.FORMAT_LABELS.get, key="export.format")
 
 try:
-    view = recviews.export_view(rec, fmt, devices=int(devices), micro_batch=int(micro_batch) if micro_batch else None)
+    view = export.export_view(rec, fmt, devices=int(devices), micro_batch=int(micro_batch) if micro_batch else None)
 except LargestepError as exc:
     st.error(str(exc))
     view = None

@@ -5,9 +5,9 @@ import os
 import streamlit as st
 
 from app import widgets
-from engine import overview, views
 from engine.errors import LargestepError
 from engine.home import resolve_home
+from engine.ui import overview
 
 REFRESH_S = 2  # seconds between live refreshes of a running autopilot
 
@@ -36,10 +36,10 @@ workload = st.selectbox(
     help="Built-in workloads, entry points in group largestep.workloads, and the workloads listed in "
          "largestep.toml (or [tool.largestep] in pyproject.toml) where the dashboard was started.",
 )
-devices = views.device_options(report)
+devices = overview.device_options(report)
 with st.form("overview.form", border=False):
     data_path = label = ""
-    if workload == views.TABLE_WORKLOAD and choices[workload].source == "builtin":
+    if workload == overview.TABLE_WORKLOAD and choices[workload].source == "builtin":
         left, right = st.columns(2)
         data_path = left.text_input("Data file (CSV or Parquet)", key="overview.data_path",
                                     placeholder="/data/transactions.parquet")
@@ -62,7 +62,7 @@ if submitted:
                                   data_path=data_path, label=label)
     try:
         with st.spinner("Checking the workload …"):
-            job_id = overview.start_autopilot(home, form, choices)
+            job_id = overview.submit_autopilot(home, form, choices)
     except LargestepError as exc:
         st.error(str(exc))
     else:
@@ -84,7 +84,7 @@ live = next(a.live for a in autopilots if a.id == selected)
 
 
 def cancel(job_id: str) -> None:
-    st.session_state["overview.flash"] = overview.cancel_autopilot(home, job_id)
+    st.session_state["overview.flash"] = overview.cancel(home, job_id)
 
 
 def autopilot_panel(autopilot_id: str, was_live: bool) -> None:

@@ -3,9 +3,9 @@
 import streamlit as st
 
 from app import widgets
-from engine import recviews, views
 from engine.errors import LargestepError
 from engine.home import resolve_home
+from engine.ui import planner
 
 home = resolve_home()
 
@@ -20,8 +20,8 @@ st.title("Planner")
 st.caption("For each measured batch size: the time one training run takes, and how many runs fit into your "
            "compute budget per day — the baseline and the recommendation side by side.")
 
-choices = widgets.load_or_stop(views.profile_choices, home, empty=recviews.PLANNER_START)
-default_profile = widgets.load_or_stop(recviews.default_planner_profile, home, empty=recviews.PLANNER_START)
+choices = widgets.load_or_stop(planner.profile_choices, home, empty=planner.PLANNER_START)
+default_profile = widgets.load_or_stop(planner.default_planner_profile, home, empty=planner.PLANNER_START)
 
 labels = {c.id: c.label for c in choices}
 ids = list(labels)
@@ -29,7 +29,7 @@ if "planner.profile" not in st.session_state and default_profile in labels:
     st.session_state["planner.profile"] = default_profile  # the latest recommendation's profile
 profile_id = st.selectbox("Profile", ids, format_func=labels.get, key="planner.profile", on_change=forget_inputs,
                           help="Defaults to the profile of the latest recommendation.")
-defaults = recviews.planner_defaults(home, profile_id)
+defaults = planner.planner_defaults(home, profile_id)
 if defaults is None:
     st.info(f"Profile `{profile_id}` has no measured batch sizes yet.")
     st.stop()
@@ -46,10 +46,10 @@ noise_scale = last.text_input(
     key="planner.noise_scale", placeholder="empty: perfect scaling",
     help="B_noise: larger batches need S(B) = S_min(1 + B_noise/B) steps. Defaults to the recommendation's.")
 
-form = recviews.PlannerForm(profile_id=profile_id, gpu_hours_per_day=hours, gpus=gpus, epochs=epochs,
+form = planner.PlannerForm(profile_id=profile_id, gpu_hours_per_day=hours, gpus=gpus, epochs=epochs,
                             noise_scale=noise_scale)
 try:
-    view = recviews.planner_view(home, form)
+    view = planner.planner_view(home, form)
 except LargestepError as exc:
     st.error(str(exc))
     st.stop()
@@ -58,5 +58,5 @@ st.markdown(view.headline)
 for column, metric in zip(st.columns(len(view.metrics)), view.metrics):
     column.metric(metric.label, metric.value, help=metric.help)
 st.plotly_chart(view.figure, key="planner.chart", width="stretch")
-st.dataframe(recviews.highlight_roles(view.table), hide_index=True, width="stretch")
+st.dataframe(planner.highlight_roles(view.table), hide_index=True, width="stretch")
 st.caption(view.caption)

@@ -3,11 +3,9 @@
 import streamlit as st
 
 from app import widgets
-from engine import views
 from engine.errors import LargestepError
 from engine.home import resolve_home
-from engine.profiler import DTYPES
-from engine.workloads import list_workloads
+from engine.ui import profiles
 
 REFRESH_S = 2  # seconds between live refreshes of running jobs, and of a profile being measured
 
@@ -19,7 +17,7 @@ st.session_state["profiles.full_run"] = True
 
 @st.cache_data(ttl=60, show_spinner=False)
 def workloads() -> list[dict]:
-    return list_workloads()
+    return profiles.list_workloads()
 
 
 st.title("Profiles")
@@ -36,21 +34,21 @@ workload = st.selectbox(
     format_func=lambda name: f"{name} — {available[name]['description']}" if available[name]["description"] else name,
     help="Built-in workloads and workloads installed as entry points in group largestep.workloads.",
 )
-devices = views.device_options(report)
+devices = profiles.device_options(report)
 with st.form("profile.form"):
     data_path = label = ""
-    if workload == views.TABLE_WORKLOAD:
+    if workload == profiles.TABLE_WORKLOAD:
         left, right = st.columns(2)
         data_path = left.text_input("Data file (CSV or Parquet)", key="profile.data_path",
                                     placeholder="/data/transactions.parquet")
         label = right.text_input("Label column", key="profile.label", placeholder="is_fraud")
     left, right = st.columns(2)
     device = left.selectbox("Device", list(devices), format_func=devices.get, key="profile.device")
-    dtype = right.selectbox("Precision", list(DTYPES), key="profile.dtype")
+    dtype = right.selectbox("Precision", list(profiles.DTYPES), key="profile.dtype")
     left, middle, right = st.columns(3)
     min_batch = left.number_input("Min batch", min_value=1, value=None, step=1, key="profile.min_batch",
                                   placeholder="auto: a quarter of the baseline")
-    max_batch = middle.number_input("Max batch", min_value=1, value=views.DEFAULT_MAX_BATCH, step=1,
+    max_batch = middle.number_input("Max batch", min_value=1, value=profiles.DEFAULT_MAX_BATCH, step=1,
                                     key="profile.max_batch")
     batch_list = right.text_input("Or these batch sizes only", key="profile.batch_list",
                                   placeholder="32,128,512,2048", help="Comma-separated; replaces min and max.")
@@ -62,12 +60,12 @@ with st.form("profile.form"):
     submitted = st.form_submit_button("Start profiling", type="primary", key="profile.submit")
 
 if submitted:
-    form = views.ProfileForm(workload=workload, device=device, dtype=dtype, min_batch=min_batch,
+    form = profiles.ProfileForm(workload=workload, device=device, dtype=dtype, min_batch=min_batch,
                              max_batch=max_batch, batch_list=batch_list, memory_budget=budget, full=full,
                              data_path=data_path, label=label)
     try:
         with st.spinner("Checking the workload …"):
-            job_id = views.submit_profile(home, form, list(available))
+            job_id = profiles.submit_profile(home, form, list(available))
     except LargestepError as exc:
         st.error(str(exc))
     else:
@@ -76,7 +74,7 @@ if submitted:
 
 # -- jobs in flight ------------------------------------------------------------------------------
 def cancel(job_id: str) -> None:
-    st.session_state["profiles.flash"] = views.cancel_job(home, job_id)
+    st.session_state["profiles.flash"] = profiles.cancel(home, job_id)
 
 
 @st.fragment(run_every=REFRESH_S)
@@ -84,7 +82,7 @@ def running_jobs() -> None:
     if "profiles.flash" in st.session_state:
         st.toast(st.session_state.pop("profiles.flash"))
     try:
-        live = views.live_jobs(home)
+        live = profiles.live_jobs(home)
     except LargestepError as exc:
         st.error(str(exc))
         return
@@ -109,7 +107,7 @@ running_jobs()
 
 # -- one profile ---------------------------------------------------------------------------------
 st.subheader("Results")
-choices = widgets.load_or_stop(views.profile_choices, home, empty=views.START_MESSAGE)
+choices = widgets.load_or_stop(profiles.profile_choices, home, empty=profiles.START_MESSAGE)
 labels = {c.id: c.label for c in choices}
 if st.session_state.get("profiles.show_next") in labels:
     st.session_state["profiles.selected"] = st.session_state.pop("profiles.show_next")
@@ -119,7 +117,7 @@ live = next(c.live for c in choices if c.id == selected)
 
 def profile_panel(profile_id: str) -> None:
     try:
-        view = views.profile_view(home, profile_id)
+        view = profiles.profile_view(home, profile_id)
     except LargestepError as exc:
         st.error(str(exc))
         return

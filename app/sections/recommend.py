@@ -3,11 +3,10 @@
 import streamlit as st
 
 from app import widgets
-from engine import recviews, views
 from engine.errors import LargestepError
+from engine.format import format_bytes
 from engine.home import resolve_home
-from engine.recommend import RULES
-from engine.units import format_bytes
+from engine.ui import recommend
 
 REFRESH_S = 2  # seconds between refreshes of a running noise-scale job
 
@@ -25,12 +24,12 @@ def forget_inputs() -> None:
 st.title("Recommend")
 st.caption("A larger batch with the learning rate scaled to keep lr/batch fixed, chosen from measured step times.")
 
-choices = widgets.load_or_stop(views.profile_choices, home, empty=recviews.RECOMMEND_START)
+choices = widgets.load_or_stop(recommend.profile_choices, home, empty=recommend.RECOMMEND_START)
 
 labels = {c.id: c.label for c in choices}
 profile_id = st.selectbox("Profile", list(labels), format_func=labels.get, key="recommend.profile",
                           on_change=forget_inputs)
-defaults = recviews.profile_defaults(home, profile_id)
+defaults = recommend.profile_defaults(home, profile_id)
 if defaults is None or not defaults["measured"]:
     st.info(f"Profile `{profile_id}` has no measured batch sizes yet; wait for it to finish on the Profiles page.")
     st.stop()
@@ -45,7 +44,7 @@ baseline_batch = left.number_input(
 baseline_lr = middle.text_input(
     "Baseline learning rate", value=f"{defaults['baseline_lr']:g}" if defaults["baseline_lr"] else "",
     key="recommend.baseline_lr", help="Its learning rate, e.g. 0.001 or 1e-3.")
-rule = right.radio("Learning-rate rule", RULES, key="recommend.rule", horizontal=True,
+rule = right.radio("Learning-rate rule", recommend.RULES, key="recommend.rule", horizontal=True,
                    format_func={"linear": "linear (lr/batch fixed)", "sqrt": "square root"}.get,
                    help="linear: Goyal et al. 2017, Smith et al. 2021; square root: for adaptive optimizers "
                         "(Malladi et al. 2022).")
@@ -61,18 +60,18 @@ max_lr = right.text_input("Max learning rate", key="recommend.max_lr", placehold
 # -- noise scale ---------------------------------------------------------------------------------
 st.subheader("Gradient noise scale")
 try:
-    noise = recviews.noise_choices(home, defaults["workload"])
+    noise = recommend.noise_choices(home, defaults["workload"])
 except LargestepError as exc:
     st.error(str(exc))
     noise = []
-modes = list(recviews.NOISE_MODES)
+modes = list(recommend.NOISE_MODES)
 picked = st.session_state.pop("recommend.pick_noise", None)
 if picked in {n.id for n in noise}:
     st.session_state["recommend.noise_mode"] = "stored"
     st.session_state["recommend.noise_id"] = picked
 if "recommend.noise_mode" not in st.session_state:
     st.session_state["recommend.noise_mode"] = "stored" if noise else "perfect"
-noise_mode = st.radio("Noise scale to use", modes, format_func=recviews.NOISE_MODES.get, key="recommend.noise_mode",
+noise_mode = st.radio("Noise scale to use", modes, format_func=recommend.NOISE_MODES.get, key="recommend.noise_mode",
                       horizontal=True,
                       help="B_noise (McCandlish et al. 2018) sets how fast the steps needed fall as the batch grows.")
 noise_id, noise_scale = None, ""
@@ -86,14 +85,14 @@ if noise_mode == "stored":
 elif noise_mode == "manual":
     noise_scale = st.text_input("Noise scale (samples)", key="recommend.noise_scale", placeholder="e.g. 2000")
 
-devices = views.device_options(widgets.hardware_report())
+devices = recommend.device_options(widgets.hardware_report())
 with st.expander("Estimate the noise scale now (runs a job)"):
     left, right = st.columns([3, 1], vertical_alignment="bottom")
     device = left.selectbox("Device", list(devices), format_func=devices.get, key="recommend.noise_device")
     if right.button("Estimate", key="recommend.estimate"):
         try:
             with st.spinner("Checking the workload …"):
-                st.session_state["recommend.noise_job"] = recviews.start_noise_estimate(home, profile_id, device)
+                st.session_state["recommend.noise_job"] = recommend.start_noise_estimate(home, profile_id, device)
         except LargestepError as exc:
             st.error(str(exc))
 
@@ -104,7 +103,7 @@ def noise_job() -> None:
     if not job_id:
         return
     try:
-        progress = recviews.noise_progress(home, job_id)
+        progress = recommend.noise_progress(home, job_id)
     except LargestepError as exc:
         st.error(str(exc))
         return
@@ -127,12 +126,12 @@ if flash:
 
 # -- compute -------------------------------------------------------------------------------------
 if st.button("Compute and save the recommendation", type="primary", key="recommend.compute"):
-    form = recviews.RecommendForm(profile_id=profile_id, baseline_batch=baseline_batch, baseline_lr=baseline_lr,
+    form = recommend.RecommendForm(profile_id=profile_id, baseline_batch=baseline_batch, baseline_lr=baseline_lr,
                                   rule=rule, noise_mode=noise_mode, noise_id=noise_id, noise_scale=noise_scale,
                                   memory_headroom=headroom, max_lr=max_lr)
     try:
         with st.spinner("Computing …"):
-            rec = recviews.compute_recommendation(home, form)
+            rec = recommend.compute_recommendation(home, form)
     except LargestepError as exc:
         st.error(str(exc))
     else:
@@ -142,7 +141,7 @@ if st.button("Compute and save the recommendation", type="primary", key="recomme
 # -- the recommendation --------------------------------------------------------------------------
 shown = st.session_state.get("recommend.shown")
 try:
-    rec = recviews.load_recommendation(home, shown) if shown else recviews.latest_recommendation_for(home, profile_id)
+    rec = recommend.load_recommendation(home, shown) if shown else recommend.latest_recommendation_for(home, profile_id)
 except LargestepError as exc:
     st.error(str(exc))
     st.stop()
@@ -150,7 +149,7 @@ if rec is None:
     st.info("No recommendation for this profile yet: set the inputs above and press **Compute and save**.")
     st.stop()
 
-view = recviews.recommendation_view(rec)
+view = recommend.recommendation_view(rec)
 st.subheader("Recommendation")
 st.markdown(view.headline)
 for column, metric in zip(st.columns(len(view.metrics)), view.metrics):
@@ -161,10 +160,10 @@ st.plotly_chart(view.figure, key="recommend.chart", width="stretch")
 st.markdown("**Why**")
 st.markdown("\n".join(f"- {reason}" for reason in view.reasons))
 st.markdown("**Candidates**")
-st.dataframe(recviews.highlight_roles(view.candidates), hide_index=True, width="stretch")
+st.dataframe(recommend.highlight_roles(view.candidates), hide_index=True, width="stretch")
 
 st.markdown("**Export**")
 row = st.container(horizontal=True)
-for item in recviews.downloads(rec):
+for item in recommend.downloads(rec):
     row.download_button(item.label, item.data, file_name=item.file_name, mime=item.mime,
                            key=f"recommend.download.{item.fmt}", on_click="ignore", icon=":material/download:")

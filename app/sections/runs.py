@@ -3,9 +3,9 @@
 import streamlit as st
 
 from app import widgets
-from engine import runviews
 from engine.errors import LargestepError
 from engine.home import resolve_home
+from engine.ui import runs
 
 REFRESH_S = 3  # seconds between live refreshes while runs are queued or running
 
@@ -15,34 +15,34 @@ st.session_state["runs.full_run"] = True  # see running_runs: tells its timed re
 st.title("Runs")
 st.caption("Training runs: the baseline and the recommendation side by side, live while they train.")
 
-runs = widgets.load_or_stop(runviews.load_runs, home, empty=runviews.START_MESSAGE)
+every_run = widgets.load_or_stop(runs.load_runs, home, empty=runs.START_MESSAGE)
 
 # -- filters and the table -----------------------------------------------------------------------
-options = runviews.filter_options(runs)
+options = runs.filter_options(every_run)
 left, middle, right, last = st.columns(4)
 states = left.multiselect("State", options["states"], key="runs.states", placeholder="any state")
 workloads = middle.multiselect("Workload", options["workloads"], key="runs.workloads", placeholder="any workload")
 groups = right.multiselect("Group", options["groups"], key="runs.groups", placeholder="any group",
                            help="Repeats of one config (other seeds) share a group.")
 roles = last.multiselect("Role", options["roles"], key="runs.roles", placeholder="any role")
-shown = runviews.filter_runs(runs, states, workloads, groups, roles)
-st.dataframe(runviews.runs_table(shown), hide_index=True, width="stretch", key="runs.table",
+shown = runs.filter_runs(every_run, states, workloads, groups, roles)
+st.dataframe(runs.runs_table(shown), hide_index=True, width="stretch", key="runs.table",
              column_config={"LR": st.column_config.NumberColumn(format="%.3g"),
                             "final val loss": st.column_config.NumberColumn(format="%.4f")})
-st.caption(f"{len(shown)} of {len(runs)} runs")
+st.caption(f"{len(shown)} of {len(every_run)} runs")
 
 
 # -- runs in flight ------------------------------------------------------------------------------
 def cancel(run_id: str) -> None:
-    st.session_state["runs.flash"] = runviews.cancel_run(home, run_id)
+    st.session_state["runs.flash"] = runs.cancel(home, run_id)
 
 
-@st.fragment(run_every=REFRESH_S if runviews.active_runs(runs) else None)
+@st.fragment(run_every=REFRESH_S if runs.active_runs(every_run) else None)
 def running_runs() -> None:
     if "runs.flash" in st.session_state:
         st.toast(st.session_state.pop("runs.flash"))
-    progress = runviews.run_progress(home, runs)
-    if not st.session_state.pop("runs.full_run", False) and any(p.state not in runviews.LIVE_STATES for p in progress):
+    progress = runs.run_progress(home, every_run)
+    if not st.session_state.pop("runs.full_run", False) and any(p.state not in runs.LIVE_STATES for p in progress):
         st.rerun()  # a run ended: redraw the table, the filters and the charts
     for run in progress:
         with st.container(border=True):
@@ -56,7 +56,7 @@ running_runs()
 
 # -- curves of the selected runs -----------------------------------------------------------------
 st.subheader("Curves")
-labels = runviews.run_labels(shown)
+labels = runs.run_labels(shown)
 if "runs.selected" not in st.session_state:  # a shared link: ?run=ID&run=ID
     st.session_state["runs.selected"] = [r for r in st.query_params.get_all("run") if r in labels]
 selected = st.multiselect("Runs to chart", list(labels), format_func=labels.get, key="runs.selected",
@@ -70,33 +70,33 @@ if not selected:
     st.stop()
 
 try:
-    metric_names = runviews.metric_choices(home, selected)
+    metric_names = runs.metric_choices(home, selected)
 except LargestepError as exc:
     st.error(str(exc))
     st.stop()
 left, middle, right = st.columns([2, 2, 3])
-metric = middle.selectbox("Metric", metric_names or [runviews.DEFAULT_METRIC], key="runs.metric")
-x = left.selectbox("x-axis", list(runviews.X_AXES), format_func=runviews.X_AXES.get, key="runs.x")
+metric = middle.selectbox("Metric", metric_names or [runs.DEFAULT_METRIC], key="runs.metric")
+x = left.selectbox("x-axis", list(runs.X_AXES), format_func=runs.X_AXES.get, key="runs.x")
 smoothing = right.slider("Smoothing (EMA)", 0.0, 0.99, 0.6, 0.01, key="runs.smoothing",
                          help="Applied to the downsampled series (at most ~1,000 points per run); 0: raw.")
 left, right, _ = st.columns([1, 1, 5])
 log_x = left.toggle("log x", key="runs.log_x")
 log_y = right.toggle("log y", key="runs.log_y")
 
-units = runviews.comparison_units(runs, selected)
+units = runs.comparison_units(every_run, selected)
 baseline = None
 if len(units) >= 2:
     baseline = st.selectbox("Baseline for the comparison", units, key="runs.baseline",
                             help="Every other run or group is timed to this one's best validation loss.")
-live = any(r in runviews.active_runs(runs) for r in selected)
+live = any(r in runs.active_runs(every_run) for r in selected)
 
 
 @st.fragment(run_every=REFRESH_S if live else None)
 def charts() -> None:
     try:
         if live:
-            runviews.load_runs(home)  # ingest what the jobs have written since
-        view, comparison = runviews.selection_view(home, selected, labels, metric, x, log_x, log_y, smoothing,
+            runs.load_runs(home)  # ingest what the jobs have written since
+        view, comparison = runs.selection_view(home, selected, labels, metric, x, log_x, log_y, smoothing,
                                                    units, baseline)
     except LargestepError as exc:
         st.error(str(exc))

@@ -1,0 +1,42 @@
+"""The ``largestep`` command line: every step headless, a table for people, ``--json`` for machines.
+
+``group`` holds the click group; ``measure``, ``plan``, ``runs`` and ``dashboard`` add their
+commands to it; ``options`` and ``output`` are what the commands share. Bad input of any kind ends
+with one line on stderr and exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import click
+
+from engine.cli import dashboard, measure, plan, runs  # noqa: F401  each adds its commands to the group
+from engine.cli.group import cli
+from engine.errors import LargestepError
+
+__all__ = ["main", "cli"]
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors become one line on stderr and exit code 2."""
+    try:
+        result = cli.main(args=argv, prog_name="largestep", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.UsageError as exc:
+        return _fail(exc.format_message())
+    except click.ClickException as exc:
+        return _fail(exc.format_message())
+    except LargestepError as exc:
+        return _fail(str(exc))
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    return result if isinstance(result, int) else 0
+
+
+def _fail(message: str) -> int:
+    click.echo(f"largestep: error: {' '.join(str(message).split())}", err=True)
+    return EXIT_USAGE

@@ -1,0 +1,228 @@
+"""Measuring: `hardware`, `profile`, `profiles` and `noise`."""
+
+from __future__ import annotations
+
+import click
+
+from engine.cli.group import cli
+from engine.cli.options import (
+    device_option,
+    home_of,
+    json_option,
+    launch_options,
+    nproc_option,
+    open_store,
+    parse_count,
+    parse_nproc,
+    workload_options,
+    workload_settings,
+)
+from engine.cli.output import console, emit_json, finish_job, follow_job, last_log_line, table
+from engine.errors import LargestepError, UsageError
+from engine.format import format_bytes, format_ms, format_si, grouped
+
+
+@cli.command()
+@json_option
+def hardware(as_json: bool) -> None:
+    """Devices, memory, driver, and whether NVML telemetry is available (and why not)."""
+    from engine.measure.telemetry import hardware_report
+
+    report = hardware_report()
+    if as_json:
+        emit_json(report)
+        return
+    rows = [[d.get("torch_device"), d.get("name"), format_bytes(d.get("total_memory_bytes")),
+             d.get("compute_capability"), d.get("cores"), d.get("uuid")] for d in report["devices"]]
+    out = console()
+    out.print(table("Devices", ["device", "name", "memory", "capability", "cores/SMs", "uuid"], rows))
+    nvml = report.get("nvml") or {}
+    if nvml.get("available"):
+        out.print(f"NVML: available, driver {nvml.get('driver_version')}, {nvml.get('gpu_count')} GPU(s)")
+    else:
+        out.print(f"NVML: not available ({nvml.get('reason')}); telemetry falls back to CPU and process memory")
+    out.print(f"torch {report.get('torch')}, CUDA {report.get('cuda') or 'none'}, host {report.get('host')}")
+
+
+@cli.command()
+@workload_options
+@device_option()
+@click.option("--batch-sizes", metavar="LIST", help="Explicit batch sizes, e.g. 32,128,512.")
+@click.option("--min-batch", metavar="N", help="Smallest power-of-two batch (default: a quarter of the baseline).")
+@click.option("--max-batch", metavar="N", help="Largest batch to try.  [default: 65536]")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Precision, through autocast.")
+@click.option("--memory-budget", metavar="SIZE", help="Stop before a batch predicted or measured above this, e.g. 12GiB.")
+@click.option("--full", is_flag=True, help="Do not stop on a throughput plateau.")
+@click.option("--min-steps", default=10, show_default=True, type=int, help="Timed steps per batch size, at least.")
+@click.option("--min-seconds", default=1.0, show_default=True, type=float, help="Timed seconds per batch size, at least.")
+@click.option("--warmup-steps", default=3, show_default=True, type=int, help="Untimed steps per batch size.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@nproc_option("Data-parallel processes (torchrun; gloo on CPU, NCCL on CUDA): batch sizes are global, and the step "
+              "time includes the gradient all-reduce.")
+@launch_options
+@click.option("--detach", is_flag=True, help="Start the job and return at once; follow it with `largestep profiles`.")
+@json_option
+@click.pass_context
+def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch, max_batch, dtype, memory_budget,
+            full, min_steps, min_seconds, warmup_steps, seed, nproc, launcher, ray_address, detach, as_json) -> int:
+    """Measure step time, throughput and memory against batch size (runs as a job)."""
+    from engine import jobs, store
+    from engine.jobs.ray import launcher_from_cli
+    from engine.jobs.start import start_profile
+    from engine.measure.profiler import ProfileConfig
+    from engine.units import parse_batch_sizes, parse_positive_int, parse_size
+
+    if batch_sizes and (min_batch or max_batch):
+        raise UsageError("give either --batch-sizes or --min-batch/--max-batch, not both")
+    config = ProfileConfig(
+        batch_sizes=parse_batch_sizes(batch_sizes) if batch_sizes is not None else None,
+        min_batch=parse_positive_int(min_batch, "--min-batch") if min_batch is not None else None,
+        max_batch=parse_positive_int(max_batch, "--max-batch") if max_batch is not None else 65536,
+        dtype=dtype, memory_budget_bytes=parse_size(memory_budget) if memory_budget is not None else None,
+        full=full, min_steps=min_steps, min_seconds=min_seconds, warmup_steps=warmup_steps, seed=seed,
+        nproc=parse_nproc(nproc),
+    )
+    run_on = launcher_from_cli(launcher, ray_address)
+    home = home_of(ctx)
+    job_id = start_profile(home, workload, workload_settings(settings, data, label), device, config, launcher=run_on)
+    if detach:
+        store.ingest(home)
+        if as_json:
+            emit_json({"job_id": job_id, "profile_id": job_id, "state": jobs.PENDING})
+        else:
+            click.echo(f"started profile {job_id}; see `largestep profiles`")
+        return 0
+    state = follow_job(home, job_id, describe=describe_profile_event, quiet=as_json)
+    store.ingest(home)
+    with store.connect(home) as con:
+        stored = store.load_profile(con, job_id)
+        job = store.get_job(con, job_id)
+    if stored is None or not stored.get("points"):
+        error = (job or {}).get("error") or last_log_line(home, job_id)
+        raise LargestepError(f"profile {job_id} ended {state} without measuring any batch size: {error}")
+    summary = profile_summary(stored)
+    if as_json:
+        emit_json(summary)
+    else:
+        print_profile(summary)
+    return 0 if state == jobs.FINISHED else 1
+
+
+def profile_summary(profile: dict) -> dict:
+    """A stored profile (from :func:`engine.store.load_profile`) in the shape `profile --json` promises."""
+    points = []
+    for p in profile["points"]:
+        points.append({
+            "batch_size": p["batch_size"], "status": p["status"],
+            "step_time_s": {"median": p.get("median_s"), "p25": p.get("p25_s"), "p75": p.get("p75_s"),
+                            "n": p.get("n") or 0},
+            "samples_per_s": p.get("samples_per_s"), "peak_memory_bytes": p.get("peak_memory_bytes"),
+            "memory_is_estimate": p.get("memory_is_estimate"), "flops_per_step": p.get("flops_per_step"),
+            "flops_per_s": p.get("flops_per_s"), "energy_per_sample_j": p.get("energy_per_sample_j"),
+            "noisy": p.get("noisy"), "error": p.get("error"),
+        })
+    fit = None
+    if profile.get("memory_fit_slope_bytes") is not None:
+        fit = {"intercept_bytes": profile["memory_fit_intercept_bytes"], "slope_bytes": profile["memory_fit_slope_bytes"]}
+    return {
+        "profile_id": profile["id"], "workload": profile["workload"], "state": profile.get("state"),
+        "device": {"id": profile.get("device_id"), "name": profile.get("device_name"), "kind": profile.get("device_kind")},
+        "dtype": profile.get("dtype"), "saturation_batch": profile.get("saturation_batch"),
+        "stop_reason": profile.get("stop_reason"), "memory_fit": fit,
+        "memory_budget_bytes": profile.get("memory_budget_bytes"),
+        "baseline": {"batch_size": profile.get("baseline_batch_size"), "learning_rate": profile.get("baseline_lr")},
+        "telemetry": {"source": profile.get("telemetry_source"), "reason": profile.get("telemetry_reason")},
+        "started_at": profile.get("started_at"), "ended_at": profile.get("ended_at"), "points": points,
+    }
+
+
+def print_profile(summary: dict) -> None:
+    rows = []
+    for p in summary["points"]:
+        st = p["step_time_s"]
+        mem = format_bytes(p["peak_memory_bytes"]) + (" (est.)" if p.get("memory_is_estimate") else "")
+        rows.append([p["batch_size"], p["status"] + (" noisy" if p.get("noisy") else ""), format_ms(st["median"]),
+                     f"{format_ms(st['p25'])}-{format_ms(st['p75'])}", st["n"], grouped(p["samples_per_s"]),
+                     mem, format_si(p.get("flops_per_s"), "FLOP/s")])
+    title = f"Profile {summary['profile_id']}: {summary['workload']} on {summary['device']['name']} ({summary['dtype']})"
+    out = console()
+    out.print(table(title, ["batch", "status", "median ms", "IQR ms", "steps", "samples/s", "peak memory", "achieved"],
+                    rows))
+    out.print(f"saturation batch: {summary['saturation_batch']} (smallest batch at 90% of the best throughput); "
+              f"sweep stopped: {summary['stop_reason']}")
+
+
+def describe_profile_event(event: dict) -> str | None:
+    from engine.jobs import events
+
+    if event.get("type") != events.POINT:
+        return None
+    if event.get("status") == "ok":
+        return (f"batch {event['batch_size']}: {event['median_s'] * 1e3:.2f} ms/step, "
+                f"{event['samples_per_s']:,.0f} samples/s")
+    return f"batch {event['batch_size']}: {event['status']} ({event.get('error') or ''})"
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def profiles(ctx, as_json: bool) -> None:
+    """The stored profiles, newest first."""
+    from engine import store
+
+    with open_store(ctx) as (_home, con):
+        records = store.frame_records(store.list_profiles(con))
+    if as_json:
+        emit_json(records)
+        return
+    if not records:
+        click.echo("no profiles yet: run `largestep profile --workload fraud-gru`")
+        return
+    rows = [[r["id"], r["workload"], r["device_name"], r["dtype"], str(r["started_at"])[:19], r["state"],
+             r["ok_points"], r["max_ok_batch"], r["saturation_batch"], r["stop_reason"]] for r in records]
+    console().print(table("Profiles", ["id", "workload", "device", "dtype", "started", "state", "points", "max batch",
+                                       "saturation", "stopped"], rows))
+
+
+@cli.command()
+@workload_options
+@device_option()
+@click.option("--batch-small", metavar="B", help="The small batch (default: the workload's baseline batch).")
+@click.option("--batch-big", metavar="B", help="The big batch, a multiple of the small one (default: 8x).")
+@click.option("--batches", default="32", show_default=True, metavar="K", help="Big batches averaged over.")
+@click.option("--warm-steps", default="auto", show_default=True, metavar="S",
+              help="Train the baseline this many steps first, since the noise scale grows as the loss falls "
+                   "(auto: one epoch, at most 500 steps).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@json_option
+@click.pass_context
+def noise(ctx, workload, settings, data, label, device, batch_small, batch_big, batches, warm_steps, seed, as_json):
+    """Estimate the gradient noise scale B_simple (McCandlish et al. 2018) with a confidence interval."""
+    from engine import store
+    from engine.jobs import events
+    from engine.jobs.start import start_noise
+    from engine.units import parse_positive_int
+
+    small = parse_positive_int(batch_small, "--batch-small") if batch_small is not None else None
+    big = parse_positive_int(batch_big, "--batch-big") if batch_big is not None else None
+    count = parse_positive_int(batches, "--batches")
+    warm = None if warm_steps == "auto" else parse_count(warm_steps, "--warm-steps")
+    home = home_of(ctx)
+    job_id = start_noise(home, workload, workload_settings(settings, data, label), device, small, big, count, warm,
+                         seed)
+    finish_job(home, job_id, "noise estimate", as_json)
+    with store.connect(home) as con:
+        estimate = store.load_noise(con, job_id)
+    fields = [f for f in events.NOISE_FIELDS if f not in ("g_small_sq", "g_big_sq")]
+    result = {"noise_id": job_id, "workload": estimate["workload"], **{k: estimate.get(k) for k in fields}}
+    if as_json:
+        emit_json(result)
+        return
+    if result["b_simple"] is None:
+        click.echo(f"noise estimate {job_id}: unreliable: {result['reason']}")
+    else:
+        ci = "" if result["ci_low"] is None else f" (90% interval {result['ci_low']:,.0f} to {result['ci_high']:,.0f})"
+        click.echo(f"noise estimate {job_id}: B_simple = {result['b_simple']:,.0f}{ci}")
+    click.echo(f"from {result['batches']} batches of {result['batch_big']} split into {result['batch_small']}; "
+               f"{result['elapsed_s']:.1f} s, about {result['step_equivalents']:.0f} baseline training steps")

@@ -1,0 +1,126 @@
+"""What the commands share: the home, the store preamble, option stacks, and parsing typed values."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import click
+
+from engine.errors import UsageError
+from engine.home import Home, resolve_home
+
+__all__ = ["State", "home_of", "open_store", "json_option", "device_option", "nproc_option", "launch_options",
+           "workload_options", "workload_settings", "parse_float", "parse_count", "parse_nproc"]
+
+DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps."
+
+
+class State:
+    """The group's context object: the ``--home`` given, resolved and checked when first needed."""
+
+    def __init__(self, home: str | None):
+        self._home_arg = home
+
+    @property
+    def home(self) -> Home:
+        return resolve_home(self._home_arg).check()
+
+
+def home_of(ctx: click.Context) -> Home:
+    return ctx.find_object(State).home
+
+
+@contextmanager
+def open_store(ctx: click.Context, ingest: bool = True) -> Iterator[tuple[Home, Any]]:
+    """The preamble of every command that reads the database: check the file is a DuckDB database
+    (never touch anything else), ingest what the jobs have spooled since, open a short connection."""
+    from engine import store
+
+    home = home_of(ctx)
+    store.check_database_file(home.database)
+    if ingest:
+        store.ingest(home)
+    with store.connect(home) as con:
+        yield home, con
+
+
+# -- option stacks ------------------------------------------------------------------------------
+
+
+def json_option(fn: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(fn)
+
+
+def device_option(help: str = DEVICE_HELP) -> Callable[[Callable], Callable]:
+    return click.option("--device", "-d", default="auto", show_default=True, help=help)
+
+
+def nproc_option(help: str) -> Callable[[Callable], Callable]:
+    return click.option("--nproc", default="1", show_default=True, metavar="N", help=help)
+
+
+def launch_options(fn: Callable) -> Callable:
+    """--launcher, --ray-address: where the job's work runs (here, or as tasks on a Ray cluster)."""
+    fn = click.option("--ray-address", metavar="ADDR",
+                      help="The Ray cluster, e.g. ray://head:10001 or head:6379 (default: $RAY_ADDRESS, else the "
+                           "cluster started on this machine, else a new local one).")(fn)
+    fn = click.option("--launcher", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                      help="local: processes on this machine; ray: tasks on a Ray cluster, one GPU (or CPU) each "
+                           "(pip install 'largestep[ray]').")(fn)
+    return fn
+
+
+def workload_options(fn: Callable) -> Callable:
+    """--workload, --set KEY=VALUE, --data, --label: shared by every command that loads a workload."""
+    fn = click.option("--label", metavar="COLUMN", help="The label column, for --workload table.")(fn)
+    fn = click.option("--data", metavar="FILE", help="A Parquet or CSV file, for --workload table.")(fn)
+    fn = click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+                      help="An argument of the workload function, e.g. --set samples=4000 (repeatable).")(fn)
+    fn = click.option("--workload", "-w", required=True, metavar="W",
+                      help="A built-in (fraud-gru, fraud-mlp, table), package.module:function, "
+                           "path/to/file.py:function, or an entry point in group largestep.workloads.")(fn)
+    return fn
+
+
+# -- typed values -------------------------------------------------------------------------------
+
+
+def workload_settings(pairs: tuple[str, ...], data: str | None, label: str | None) -> dict[str, str]:
+    """``--set KEY=VALUE`` pairs (and ``--data``, ``--label``) as the workload function's options."""
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set takes KEY=VALUE, not {pair!r}")
+        options[key.strip()] = value
+    if data is not None:
+        options["path"] = data
+    if label is not None:
+        options["label"] = label
+    return options
+
+
+def parse_float(text: str | None, what: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{what} must be a number, not {text!r}") from None
+
+
+def parse_count(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UsageError(f"{what} must be a whole number of at least 0 (or auto), not {text!r}")
+    return value
+
+
+def parse_nproc(text: str) -> int:
+    from engine.units import parse_positive_int
+
+    return parse_positive_int(text, "--nproc")

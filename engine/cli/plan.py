@@ -1,0 +1,190 @@
+"""Planning: `recommend`, `recommendations`, `export` and `report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from engine.cli.group import cli
+from engine.cli.options import (
+    device_option,
+    home_of,
+    json_option,
+    open_store,
+    parse_float,
+)
+from engine.cli.output import console, emit_json, finish_job, table, write_atomic
+from engine.errors import UsageError
+from engine.format import format_ms, grouped
+
+
+@cli.command()
+@click.option("--profile", "profile_id", default="latest", show_default=True, metavar="ID",
+              help="The profile to recommend from.")
+@click.option("--baseline-batch", metavar="B0", help="The batch you train with now (default: the workload's).")
+@click.option("--baseline-lr", metavar="LR0", help="Its learning rate (default: the workload's).")
+@click.option("--rule", type=click.Choice(["linear", "sqrt"]), default="linear", show_default=True,
+              help="linear keeps lr/batch fixed; sqrt scales lr with sqrt(B/B0).")
+@click.option("--noise-scale", metavar="X", help="Use this gradient noise scale instead of a stored estimate.")
+@click.option("--estimate-noise", is_flag=True, help="Estimate the noise scale now (runs a job).")
+@click.option("--noise", "noise_id", metavar="ID", help="Use this stored noise estimate.")
+@click.option("--memory-headroom", default="0.9", show_default=True, metavar="SHARE",
+              help="Largest share of device memory a candidate may use.")
+@click.option("--max-lr", metavar="X", help="Never recommend a learning rate above this.")
+@click.option("--warmup-samples", metavar="N", help="Warm-up length in samples (default: the workload's).")
+@click.option("--check-stability", is_flag=True, help="Train briefly at the chosen batch with the rate ramped past "
+              "the recommendation; back off if it diverges below it.")
+@device_option("Device for --estimate-noise and --check-stability.")
+@json_option
+@click.pass_context
+def recommend(ctx, profile_id, baseline_batch, baseline_lr, rule, noise_scale, estimate_noise, noise_id,
+              memory_headroom, max_lr, warmup_samples, check_stability, device, as_json):
+    """Recommend a batch size and learning rate from a profile, predicted to reach the target fastest."""
+    from engine import store
+    from engine.jobs.start import start_noise, start_stability
+    from engine.measure.stability import apply_stability
+    from engine.plan.recommend import RecommendConfig
+    from engine.units import parse_positive_int
+
+    chosen_noise = [flag for flag, given in (("--noise-scale", noise_scale is not None),
+                                             ("--estimate-noise", estimate_noise), ("--noise", noise_id is not None)) if given]
+    if len(chosen_noise) > 1:
+        raise UsageError(f"give only one of {', '.join(chosen_noise)}")
+    config = RecommendConfig(
+        baseline_batch=parse_positive_int(baseline_batch, "--baseline-batch") if baseline_batch is not None else None,
+        baseline_lr=parse_float(baseline_lr, "--baseline-lr"), rule=rule,
+        noise_scale=parse_float(noise_scale, "--noise-scale"),
+        memory_headroom=parse_float(memory_headroom, "--memory-headroom"), max_lr=parse_float(max_lr, "--max-lr"),
+        warmup_samples=int(parse_float(warmup_samples, "--warmup-samples")) if warmup_samples is not None else None,
+    )
+    config.validate()
+    with open_store(ctx) as (home, con):
+        rec = _recommend(con, profile_id, config, noise_id)  # validates before any job starts
+    if estimate_noise:
+        job_id = start_noise(home, rec["workload_spec"], rec["workload_options"], device,
+                             batch_small=rec["baseline"]["batch_size"])
+        finish_job(home, job_id, "noise estimate", as_json)
+        with store.connect(home) as con:
+            rec = _recommend(con, rec["profile_id"], config, job_id)
+    if check_stability:
+        job_id = start_stability(home, rec, device)
+        finish_job(home, job_id, "stability check", as_json)
+        with store.connect(home) as con:
+            result = store.load_stability(con, job_id)
+        rec = apply_stability(rec, result)
+    with store.connect(home) as con:
+        store.save_recommendation(con, rec)
+    if as_json:
+        emit_json(rec)
+    else:
+        print_recommendation(rec)
+
+
+def _recommend(con, profile_id: str | None, config, noise_id: str | None) -> dict:
+    from engine import store
+    from engine.plan.recommend import recommend as make
+
+    profile, noise = store.recommendation_inputs(con, profile_id, noise_id, stored_noise=config.noise_scale is None)
+    return make(profile, config, noise)
+
+
+def print_recommendation(rec: dict) -> None:
+    out = console()
+    base = rec["baseline"]
+    rows = []
+    for c in rec["candidates"]:
+        mark = "->" if c["batch_size"] == rec["batch_size"] else ""
+        rows.append([mark, c["batch_size"], f"{c['learning_rate']:.3g}", format_ms(c["step_time_s"]),
+                     grouped(c["samples_per_s"]), f"{c['speedup_throughput']:.2f}x",
+                     "-" if c["speedup_time_to_target"] is None else f"{c['speedup_time_to_target']:.2f}x",
+                     c["rank"], c["excluded"] or ""])
+    out.print(table(f"Recommendation {rec['recommendation_id']} from profile {rec['profile_id']} "
+                    f"({rec['workload']} on {rec['device']['name']})",
+                    ["", "batch", "lr", "step ms", "samples/s", "throughput", "time to target", "rank", "excluded"],
+                    rows))
+    speed = rec["predicted_speedup"]
+    out.print(f"[bold]batch {rec['batch_size']}, learning rate {rec['learning_rate']:.4g}, warm-up "
+              f"{rec['warmup_steps']} steps ({rec['warmup_samples']} samples), {rec['rule']} rule[/bold]  "
+              f"(baseline: batch {base['batch_size']}, lr {base['learning_rate']:.4g})")
+    out.print(f"predicted speedup: {speed['throughput']:.2f}x from throughput, "
+              f"{speed['time_to_target']:.2f}x in time to target")
+    per_day = rec["experiments_per_gpu_day"]
+    if per_day["baseline"]:
+        out.print(f"experiments per GPU-day ({rec['epochs']} epochs each): {per_day['baseline']:,.0f} at the "
+                  f"baseline, {per_day['recommended']:,.0f} recommended")
+    for reason in rec["reasons"]:
+        out.print(f"- {reason}")
+    out.print(f"export it: largestep export --recommendation {rec['recommendation_id']} --format yaml")
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def recommendations(ctx, as_json):
+    """The stored recommendations, newest first."""
+    from engine import store
+
+    with open_store(ctx, ingest=False) as (_home, con):
+        records = store.frame_records(store.list_recommendations(con))
+    if as_json:
+        emit_json(records)
+        return
+    if not records:
+        click.echo("no recommendations yet: run `largestep recommend`")
+        return
+    rows = [[r["id"], str(r["created_at"])[:19], r["workload"], r["profile_id"], r["batch_size"],
+             f"{r['learning_rate']:.3g}", r["rule"], f"{r['speedup_time_to_target']:.2f}x"] for r in records]
+    console().print(table("Recommendations", ["id", "created", "workload", "profile", "batch", "lr", "rule",
+                                              "predicted speedup"], rows))
+
+
+@cli.command()
+@click.option("--recommendation", "rec_id", default="latest", show_default=True, metavar="ID")
+@click.option("--format", "fmt", required=True, metavar="FORMAT",
+              help="yaml, json, toml, torch, hf, lightning, deepspeed or cli.")
+@click.option("--devices", "n_devices", metavar="N", help="Split the global batch over N devices.")
+@click.option("--micro-batch", metavar="M", help="Per-device micro-batch; the rest becomes gradient accumulation.")
+@click.option("-o", "--output", metavar="FILE", help="Write to FILE instead of standard output.")
+@click.pass_context
+def export(ctx, rec_id, fmt, n_devices, micro_batch, output):
+    """Export a recommendation as a config file or a ready snippet."""
+    from engine import store
+    from engine.plan.export import export_config
+    from engine.units import parse_positive_int
+
+    n = parse_positive_int(n_devices, "--devices") if n_devices is not None else None
+    micro = parse_positive_int(micro_batch, "--micro-batch") if micro_batch is not None else None
+    with open_store(ctx, ingest=False) as (_home, con):
+        rec = store.load_recommendation(con, rec_id)
+    if rec is None:
+        raise UsageError("no recommendation yet: run `largestep recommend` first" if rec_id == "latest"
+                         else f"no recommendation {rec_id!r}; see `largestep recommendations`")
+    text = export_config(rec, fmt, devices=n, micro_batch=micro)
+    if output is None:
+        click.echo(text, nl=not text.endswith("\n"))
+        return
+    write_atomic(Path(output), text)
+    click.echo(f"wrote {output}", err=True)
+
+
+@cli.command()
+@click.option("--recommendation", "rec_id", metavar="ID|latest",
+              help="The recommendation to report (default: the profile's newest, or the newest of all).")
+@click.option("--profile", "profile_id", metavar="ID", help="The profile to report (default: the recommendation's).")
+@click.option("-o", "--output", default="largestep-report.html", show_default=True, metavar="FILE",
+              help="Where to write the HTML file.")
+@click.pass_context
+def report(ctx, rec_id, profile_id, output):
+    """One self-contained HTML file (works offline): profile charts, the recommendation, and its runs."""
+    from engine import store
+    from engine.ui.report import build_report
+
+    home = home_of(ctx)
+    store.check_database_file(home.database)
+    if not home.database.exists():
+        raise UsageError("nothing to report yet: run `largestep profile --workload W` (and `largestep recommend`) first")
+    store.ingest(home)
+    text = build_report(home, recommendation_id=rec_id, profile_id=profile_id)
+    write_atomic(Path(output), text)
+    click.echo(f"wrote {output} ({len(text.encode('utf-8')) / 2**20:.1f} MiB)", err=True)

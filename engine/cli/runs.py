@@ -1,0 +1,293 @@
+"""Training and verifying: `train`, `runs` (`show`, `cancel`), `compare` and `autopilot`."""
+
+from __future__ import annotations
+
+import click
+
+from engine.cli.group import cli
+from engine.cli.options import (
+    device_option,
+    home_of,
+    json_option,
+    launch_options,
+    nproc_option,
+    open_store,
+    parse_count,
+    parse_float,
+    parse_nproc,
+    workload_options,
+    workload_settings,
+)
+from engine.cli.output import console, emit_json, finish_job, follow_job, table
+from engine.errors import UsageError
+from engine.format import format_bytes
+
+
+@cli.command()
+@workload_options
+@click.option("--batch-size", "-b", required=True, metavar="B", help="Global batch: samples per optimizer step.")
+@click.option("--lr", required=True, metavar="LR", help="Peak learning rate, reached after warm-up.")
+@click.option("--epochs", metavar="E", help="Training length in epochs (default: the workload's).")
+@click.option("--warmup-samples", metavar="N", help="Linear warm-up length in samples (default: the workload's).")
+@click.option("--accumulate", default="1", show_default=True, metavar="K", help="Micro-batches per optimizer step.")
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
+              help="Learning rate after warm-up.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--seed", default="0", show_default=True, metavar="S")
+@click.option("--repeats", default="1", show_default=True, metavar="K", help="Runs with seeds S, S+1, ... as one group.")
+@click.option("--target-val-loss", metavar="X", help="Stop when the validation loss reaches X; record the time.")
+@click.option("--eval-every", default="1", show_default=True, metavar="EPOCHS", help="Evaluation interval in epochs.")
+@click.option("--max-steps", metavar="N", help="Stop after N optimizer steps.")
+@click.option("--tag", "tags", multiple=True, metavar="TAG", help="A label for the run (repeatable).")
+@device_option()
+@nproc_option("Data-parallel processes (torchrun; gloo on CPU, NCCL on CUDA): --batch-size stays the global batch = "
+              "micro-batch x --accumulate x N, and the learning rate follows it.")
+@launch_options
+@click.option("--detach", is_flag=True, help="Queue the runs and return at once; follow them with `largestep runs`.")
+@json_option
+@click.pass_context
+def train(ctx, workload, settings, data, label, batch_size, lr, epochs, warmup_samples, accumulate, schedule, dtype,
+          seed, repeats, target_val_loss, eval_every, max_steps, tags, device, nproc, launcher, ray_address, detach,
+          as_json):
+    """Train a workload for real at one batch size and learning rate (runs as jobs)."""
+    from engine import jobs, store
+    from engine.jobs.ray import launcher_from_cli
+    from engine.jobs.start import start_train
+    from engine.measure.train import TrainConfig
+    from engine.units import parse_positive_int
+
+    config = TrainConfig(
+        batch_size=parse_positive_int(batch_size, "--batch-size"), lr=parse_float(lr, "--lr"),
+        epochs=parse_float(epochs, "--epochs"),
+        warmup_samples=parse_count(warmup_samples, "--warmup-samples") if warmup_samples is not None else None,
+        accumulate=parse_positive_int(accumulate, "--accumulate"), schedule=schedule, dtype=dtype,
+        seed=parse_count(seed, "--seed"), target_val_loss=parse_float(target_val_loss, "--target-val-loss"),
+        eval_every_epochs=parse_float(eval_every, "--eval-every"),
+        max_steps=parse_positive_int(max_steps, "--max-steps") if max_steps is not None else None, tags=tuple(tags),
+        nproc=parse_nproc(nproc),
+    )
+    run_on = launcher_from_cli(launcher, ray_address)
+    home = home_of(ctx)
+    run_ids = start_train(home, workload, workload_settings(settings, data, label), device, config,
+                          repeats=parse_positive_int(repeats, "--repeats"), launcher=run_on)
+    store.ingest(home)
+    if detach:
+        if as_json:
+            emit_json({"run_ids": run_ids, "state": jobs.PENDING})
+        else:
+            click.echo(f"queued {len(run_ids)} run(s): {' '.join(run_ids)}; see `largestep runs`")
+        return 0
+    states = [follow_job(home, run_id, describe=describe_train_event, quiet=as_json) for run_id in run_ids]
+    store.ingest(home)
+    with store.connect(home) as con:
+        runs = [store.get_run(con, run_id) or {"id": run_id} for run_id in run_ids]
+        for run in runs:
+            if "state" not in run:
+                run.update(state=(store.get_job(con, run["id"]) or {}).get("state"))
+    if as_json:
+        emit_json(runs if len(runs) > 1 else runs[0])
+    else:
+        print_runs(runs, f"Runs of {runs[0].get('workload') or workload}")
+    return 0 if all(state == jobs.FINISHED for state in states) else 1
+
+
+def describe_train_event(event: dict) -> str | None:
+    from engine import jobs
+    from engine.jobs import events
+
+    if event.get("type") == events.EVAL:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in (event.get("metrics") or {}).items() if v == v)
+        return (f"epoch {event['epoch']:.2f}: val loss {event['val_loss']:.4f}{', ' + metrics if metrics else ''} "
+                f"({event['train_time_s']:.1f} s of training)")
+    if event.get("type") == events.RUN_START:
+        config = event.get("config") or {}
+        return (f"run: {event.get('workload')}, batch {config.get('batch_size')}, lr {config.get('lr'):g}, "
+                f"seed {config.get('seed')}, {event.get('total_steps')} steps")
+    if event.get("type") == events.EXIT and event.get("state") != jobs.FINISHED:
+        return f"run ended {event.get('state')}: {event.get('error')}"
+    return None
+
+
+def print_runs(runs: list[dict], title: str) -> None:
+    rows = []
+    for r in runs:
+        rows.append([r.get("id"), r.get("state"), r.get("workload"), r.get("batch_size"),
+                     "-" if r.get("lr") is None else f"{r['lr']:.3g}", r.get("seed"), r.get("group_id"),
+                     "-" if r.get("train_time_s") is None else f"{r['train_time_s']:.1f}",
+                     "-" if r.get("final_val_loss") is None else f"{r['final_val_loss']:.4f}",
+                     "-" if r.get("final_primary_metric") is None
+                     else f"{r.get('primary_metric')} {r['final_primary_metric']:.4f}",
+                     format_bytes(r.get("peak_memory_bytes"))])
+    console().print(table(title, ["id", "state", "workload", "batch", "lr", "seed", "group", "train s", "val loss",
+                                  "metric", "peak memory"], rows))
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--status", "states", multiple=True, metavar="S",
+              help="Only runs in this state (PENDING, RUNNING, FINISHED, FAILED, KILLED, DIVERGED, CRASHED).")
+@json_option
+@click.pass_context
+def runs(ctx, states, as_json):
+    """Training runs: list them; `runs show ID`; `runs cancel ID`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from engine import jobs, store
+
+    wanted = [s.upper() for s in states]
+    unknown = [s for s in wanted if s not in jobs.STATES]
+    if unknown:
+        raise UsageError(f"unknown state {unknown[0]}; use one of {', '.join(jobs.STATES)}")
+    with open_store(ctx) as (_home, con):
+        records = store.frame_records(store.list_runs(con, states=wanted or None))
+    if as_json:
+        emit_json(records)
+    elif not records:
+        click.echo("no runs yet: run `largestep train --workload fraud-mlp --batch-size 128 --lr 1e-3`")
+    else:
+        print_runs(records, "Runs")
+
+
+@runs.command("show")
+@click.argument("run_id")
+@json_option
+@click.pass_context
+def runs_show(ctx, run_id, as_json):
+    """One run: its config, state, results and evaluations."""
+    from engine import store
+
+    with open_store(ctx) as (_home, con):
+        run = store.get_run(con, run_id)
+        job = store.get_job(con, run_id)
+        evals = store.frame_records(store.run_evaluations(con, [run_id])) if run else []
+    if run is None and job is None:
+        raise UsageError(f"no run {run_id!r}; see `largestep runs`")
+    run = run or {"id": run_id, "state": job["state"], "error": job.get("error")}
+    run["evaluations"] = evals
+    if as_json:
+        emit_json(run)
+        return
+    print_runs([run], f"Run {run_id}")
+    if run.get("error"):
+        click.echo(f"error: {run['error']}")
+    for e in evals:
+        click.echo(f"  step {e['step']:>6}  epoch {e['epoch']:.2f}  val loss {e['val_loss']:.4f}  "
+                   f"at {e['train_time_s']:.1f} s of training ({e['wall_time_s']:.1f} s wall)")
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@click.pass_context
+def runs_cancel(ctx, run_id):
+    """Cancel a queued or running run (its whole process group)."""
+    from engine import jobs, store
+
+    home = home_of(ctx)
+    store.check_database_file(home.database)
+    if not home.job_dir(run_id).is_dir():
+        raise UsageError(f"no run {run_id!r}; see `largestep runs`")
+    stopped = jobs.cancel(home, run_id)
+    store.ingest(home)
+    click.echo(f"cancelled {run_id}" if stopped else f"{run_id} had already ended")
+
+
+@cli.command()
+@click.argument("runs_or_groups", nargs=-1, required=True, metavar="BASELINE OTHER...")
+@click.option("--tolerance", default="0.01", show_default=True, metavar="SHARE",
+              help="Target: the baseline's best validation loss, loosened by this share.")
+@json_option
+@click.pass_context
+def compare(ctx, runs_or_groups, tolerance, as_json):
+    """Compare runs or groups of repeats against the first (the baseline): time to its validation loss,
+    speedup, final validation loss and metric, Welch's t-test p-value."""
+    from engine import store
+    from engine.plan.compare import compare_groups
+
+    tol = parse_float(tolerance, "--tolerance")
+    if tol < 0:
+        raise UsageError("--tolerance must not be negative")
+    if len(runs_or_groups) < 2:
+        raise UsageError("compare needs a baseline and at least one other run or group")
+    with open_store(ctx) as (_home, con):
+        groups = []
+        for name in runs_or_groups:
+            ids = store.runs_in(con, name)
+            if not ids:
+                raise UsageError(f"no run or group {name!r}; see `largestep runs`")
+            groups.append((name, [store.get_run(con, i) for i in ids]))
+        evals = store.run_evaluations(con, [r["id"] for _, rs in groups for r in rs])
+    result = compare_groups(groups, evals, tolerance=tol)
+    if as_json:
+        emit_json(result)
+    else:
+        print_comparison(result)
+
+
+def print_comparison(result: dict) -> None:
+    from engine.plan.compare import comparison_table
+
+    rows = comparison_table(result)
+    console().print(table(f"Time to validation loss {result['target_val_loss']:.4f} (baseline best "
+                          f"{result['baseline_best_val_loss']:.4f} + {result['tolerance']:.0%}), "
+                          f"{result['time_basis']}", list(rows[0]), [list(r.values()) for r in rows]))
+
+
+@cli.command()
+@workload_options
+@click.option("--repeats", default="3", show_default=True, metavar="K", help="Seeds per arm (baseline, recommended).")
+@click.option("--epochs", metavar="E", help="Baseline training length (default: the workload's).")
+@click.option("--rule", type=click.Choice(["linear", "sqrt"]), default="linear", show_default=True)
+@device_option()
+@nproc_option("Data-parallel processes for the profile and every training run (batch sizes are global); the "
+              "noise-scale estimate runs in one.")
+@launch_options
+@click.option("--detach", is_flag=True, help="Start it and return at once; the dashboard shows its progress.")
+@json_option
+@click.pass_context
+def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, device, nproc, launcher, ray_address,
+              detach, as_json):
+    """The whole loop headless: profile, noise scale, recommend, train the baseline and the
+    recommendation (K seeds each, one after the other on the device), compare, and one headline."""
+    from engine import jobs, store
+    from engine.jobs.autopilot import AutopilotConfig
+    from engine.jobs.ray import launcher_from_cli
+    from engine.jobs.start import start_autopilot
+    from engine.units import parse_positive_int
+
+    config = AutopilotConfig(repeats=parse_positive_int(repeats, "--repeats"), epochs=parse_float(epochs, "--epochs"),
+                             rule=rule, launcher=launcher_from_cli(launcher, ray_address), nproc=parse_nproc(nproc))
+    home = home_of(ctx)
+    job_id = start_autopilot(home, workload, workload_settings(settings, data, label), device, config)
+    store.ingest(home)
+    if detach:
+        if as_json:
+            emit_json({"autopilot_id": job_id, "state": jobs.PENDING})
+        else:
+            click.echo(f"started autopilot {job_id}; follow it in the dashboard or with `largestep runs`")
+        return 0
+    finish_job(home, job_id, "autopilot", as_json, describe=describe_autopilot_event)
+    with store.connect(home) as con:
+        result = store.load_autopilot(con, job_id)
+        rec = store.load_recommendation(con, result["recommendation_id"])
+    if as_json:
+        emit_json({"autopilot_id": job_id, "headline": result["headline"], "recommendation": rec,
+                   "comparison": result["comparison"], "profile_id": result["profile_id"],
+                   "noise_id": result["noise_id"], "baseline_runs": result["baseline_runs"],
+                   "recommended_runs": result["recommended_runs"]})
+        return 0
+    print_comparison(result["comparison"])
+    console().print(f"[bold]{result['headline']['text']}[/bold]  (on {result['headline']['device']})")
+    return 0
+
+
+def describe_autopilot_event(event: dict) -> str | None:
+    from engine.jobs import events
+
+    if event.get("type") == events.AUTOPILOT_PHASE and "job" not in event and "run_ids" not in event:
+        return f"phase: {event['phase']}"
+    if event.get("type") == events.AUTOPILOT_PHASE and "run_ids" in event:
+        return f"phase: {event['phase']} ({', '.join(event['run_ids'])})"
+    if event.get("type") == events.RECOMMENDATION:
+        doc = event["document"]
+        return (f"recommended: batch {doc['batch_size']}, lr {doc['learning_rate']:.3g} "
+                f"(predicted {doc['predicted_speedup']['time_to_target']:.2f}x to target)")
+    return None

@@ -1,0 +1,33 @@
+"""Jobs: profiling, noise estimates, stability checks, training runs and the autopilot as processes.
+
+A job writes only its spool (``events.jsonl`` and ``status.json``, catalogued in ``events``);
+it never opens the database. ``runner`` submits, queues (one job a device), cancels and tells a
+job's state; ``start`` validates a request before anything is written; ``bodies`` and
+``autopilot`` are what runs inside a job; ``torchrun`` and ``ray`` launch a body elsewhere.
+"""
+
+from engine.jobs.runner import (
+    CRASHED,
+    DIVERGED,
+    FAILED,
+    FINAL_STATES,
+    FINISHED,
+    KILLED,
+    PENDING,
+    RUNNING,
+    STATES,
+    JobContext,
+    cancel,
+    derive_state,
+    exit_record,
+    new_job_id,
+    submit,
+    wait,
+)
+from engine.jobs.spool import Spool, read_spec, read_status
+
+__all__ = [
+    "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED", "DIVERGED", "CRASHED", "STATES", "FINAL_STATES",
+    "JobContext", "Spool", "submit", "cancel", "wait", "derive_state", "exit_record", "read_status", "read_spec",
+    "new_job_id",
+]

@@ -1,0 +1,331 @@
+"""The job runner: submit a job as its own process, queue it on its device, cancel it, tell its state.
+
+A job talks to the world only through its spool (:mod:`engine.jobs.spool`); :func:`engine.store.ingest`
+turns the spool into rows, and :func:`derive_state` turns the status file and the process table
+into a state.
+
+One job runs at a time per device: a job holds ``locks/<device>.lock`` while it runs, and
+waits for it as PENDING, so two timed runs never share a device.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+from filelock import FileLock
+
+from engine.errors import Cancelled, Crashed, Diverged, LargestepError
+from engine.home import Home
+from engine.jobs import events
+from engine.jobs.spool import Spool, read_spec, read_status, write_json_atomic
+
+__all__ = [
+    "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED", "DIVERGED", "CRASHED",
+    "FINAL_STATES", "STATES", "JobContext", "submit", "cancel", "derive_state", "exit_record",
+    "new_job_id", "wait", "register_kind", "run_job", "resolve_body",
+]
+
+PENDING, RUNNING, FINISHED, FAILED = "PENDING", "RUNNING", "FINISHED", "FAILED"
+KILLED, DIVERGED, CRASHED = "KILLED", "DIVERGED", "CRASHED"
+STATES = (PENDING, RUNNING, FINISHED, FAILED, KILLED, DIVERGED, CRASHED)
+FINAL_STATES = frozenset({FINISHED, FAILED, KILLED, DIVERGED, CRASHED})
+
+HEARTBEAT_S = 1.0           # how often a job rewrites its status file
+STALE_AFTER_S = 120.0       # a live pid whose heartbeat is older than this is taken as hung
+CANCEL_MARKER = "cancelled"
+CANCEL_GRACE_S = {None: 5.0, "autopilot": 30.0}  # SIGTERM to SIGKILL; an autopilot cancels its children first
+QUEUE_POLL_S = 0.25          # how often a queued job looks whether its turn has come
+
+
+def new_job_id(kind: str) -> str:
+    return f"{kind[:4]}-{secrets.token_hex(4)}"
+
+
+# -- launching and cancelling, from the CLI or the dashboard -----------------------------------
+
+
+def submit(home: Home, kind: str, params: dict, device: str, workload: str | None = None,
+           job_id: str | None = None, locks: list[str] | None = None, launcher: str | None = None) -> str:
+    """Write the job's spec and start its process in a new session; return the job id.
+
+    The new process outlives the caller (a closed browser tab, a finished CLI command).
+    ``locks``: the devices the job holds while it runs (default: ``device``); a multi-GPU job
+    names each GPU. ``launcher="ray"`` runs the body as a Ray task instead (no local lock:
+    the cluster schedules its own devices).
+    """
+    home.ensure()
+    job_id = job_id or new_job_id(kind)
+    job_dir = home.job_dir(job_id)
+    job_dir.mkdir(parents=True)
+    spec = {"id": job_id, "kind": kind, "device": device, "workload": workload, "params": params,
+            "created_at": time.time(), "home": str(home.root), "locks": list(locks or [device])}
+    if launcher is not None:
+        spec["launcher"] = launcher
+    write_json_atomic(job_dir / "spec.json", spec)
+    (job_dir / "events.jsonl").touch()
+    env = dict(os.environ)
+    # Run from source trees that are not installed too: the engine's parent goes on the path.
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    with open(job_dir / "output.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.jobs", str(job_dir)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, env=env, cwd=os.getcwd(),
+        )
+    write_json_atomic(job_dir / "status.json",
+                       {"state": PENDING, "pid": proc.pid, "pid_started": _create_time(proc.pid),
+                        "heartbeat": time.time(), "phase": "queued", "progress": 0.0})
+    return job_id
+
+
+def cancel(home: Home, job_id: str, grace_s: float | None = None) -> bool:
+    """Stop a job's whole process group: SIGTERM, then SIGKILL after ``grace_s``.
+
+    Returns False when the job had already ended. A queued job is stopped before it starts.
+    ``grace_s`` None: the job kind's own (an autopilot first cancels each of its children).
+    """
+    job_dir = home.job_dir(job_id)
+    if not job_dir.is_dir():
+        raise LargestepError(f"no job {job_id!r} in {home.jobs}")
+    if grace_s is None:
+        grace_s = CANCEL_GRACE_S.get((read_spec(job_dir) or {}).get("kind"), CANCEL_GRACE_S[None])
+    (job_dir / CANCEL_MARKER).touch()
+    status = read_status(job_dir) or {}
+    pid = status.get("pid")
+    if not pid or not _alive(pid, status.get("pid_started")):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _alive(pid, status.get("pid_started")):
+        time.sleep(0.05)
+    if _alive(pid, status.get("pid_started")):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _reap(pid)
+    return True
+
+
+def wait(home: Home, job_id: str, timeout_s: float | None = None, poll_s: float = 0.2) -> str:
+    """Block until the job's process has ended; return its derived state."""
+    job_dir = home.job_dir(job_id)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        state = derive_state(job_dir)
+        if state in FINAL_STATES:
+            return state
+        if deadline is not None and time.monotonic() > deadline:
+            return state
+        time.sleep(poll_s)
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _alive(pid: int, started: float | None) -> bool:
+    """Is ``pid`` still the job's process (and not a zombie, nor a reused pid)?"""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            _reap(pid)
+            return False
+        return started is None or abs(proc.create_time() - started) < 1.0
+    except psutil.Error:
+        return False
+
+
+def _reap(pid: int) -> None:
+    """Collect an exit status if the job is our child, so it does not linger as a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except (ChildProcessError, OSError):
+        pass
+
+
+def exit_record(job_dir: Path) -> dict | None:
+    """The job's own exit event, if it wrote one (the last line of a finished spool)."""
+    return events.last(job_dir, events.EXIT)
+
+
+def derive_state(job_dir: Path, now: float | None = None) -> str:
+    """The job's state from its exit record, status file and the process table."""
+    record = exit_record(job_dir)
+    if record is not None:
+        return record.get("state", FAILED)
+    status = read_status(job_dir) or {}
+    cancelled = (Path(job_dir) / CANCEL_MARKER).exists()
+    pid = status.get("pid")
+    alive = bool(pid) and _alive(pid, status.get("pid_started"))
+    if not alive:
+        return KILLED if cancelled else CRASHED
+    heartbeat = status.get("heartbeat") or 0.0
+    if (now or time.time()) - heartbeat > STALE_AFTER_S:
+        return CRASHED
+    return status.get("state", PENDING) if status.get("state") in (PENDING, RUNNING) else RUNNING
+
+
+# -- the job process -----------------------------------------------------------------------------
+
+
+@dataclass
+class JobContext:
+    """What a job body gets: its spec, its spool, and a way to report progress."""
+
+    job_id: str
+    job_dir: Path
+    home: Home
+    spec: dict
+    spool: Spool
+
+    @property
+    def params(self) -> dict:
+        return self.spec.get("params", {})
+
+    def progress(self, phase: str, fraction: float | None = None, **extra: Any) -> None:
+        fields: dict[str, Any] = {"phase": phase, **extra}
+        if fraction is not None:
+            fields["progress"] = max(0.0, min(1.0, float(fraction)))
+        self.spool.status(**fields)
+
+
+_KINDS: dict[str, str] = {
+    # kind -> "module:function"; imported lazily so the job process loads only what it runs
+    "profile": "engine.jobs.bodies:profile_task",
+    "noise": "engine.jobs.bodies:noise_task",
+    "stability": "engine.jobs.bodies:stability_task",
+    "train": "engine.jobs.bodies:train_task",
+    "autopilot": "engine.jobs.autopilot:autopilot_task",
+    "ray": "engine.jobs.ray:ray_task",     # any kind above, run as a Ray task (spec["launcher"] == "ray")
+}
+
+
+def register_kind(kind: str, target: str) -> None:
+    _KINDS[kind] = target
+
+
+def resolve_body(kind: str) -> Callable[[JobContext], None]:
+    import importlib
+
+    module, _, function = _KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _device_lock(home: Home, device: str) -> FileLock:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in device or "any")
+    return FileLock(str(home.locks / f"device-{safe}.lock"))
+
+
+def _lock_names(spec: dict) -> set[str]:
+    if spec.get("launcher") == "ray":
+        return set()  # a job sent to Ray holds none: the cluster's scheduler gives each task its device
+    return set(spec.get("locks") or [spec.get("device", "any")])
+
+
+def _device_locks(home: Home, spec: dict):
+    """Every device lock the job needs, in its turn: first in, first out among the jobs waiting for
+    any of the same devices; the locks taken in sorted order (two multi-device jobs never deadlock).
+    """
+    from contextlib import ExitStack
+
+    stack = ExitStack()
+    names = _lock_names(spec)
+    if names:
+        while _older_job_waiting(home, spec, names):
+            time.sleep(QUEUE_POLL_S)
+    for name in sorted(names):
+        stack.enter_context(_device_lock(home, name))
+    return stack
+
+
+def _older_job_waiting(home: Home, spec: dict, names: set[str]) -> bool:
+    """Is a job submitted before this one still waiting (alive, not cancelled) for one of ``names``?"""
+    mine = (spec.get("created_at", 0.0), spec["id"])
+    for job_dir in home.jobs.iterdir():
+        status = read_status(job_dir) if job_dir.name != spec["id"] else None
+        if not status or status.get("state") != PENDING or (job_dir / CANCEL_MARKER).exists():
+            continue
+        other = read_spec(job_dir)
+        if other is None or (other.get("created_at", 0.0), other["id"]) >= mine or not names & _lock_names(other):
+            continue
+        if _alive(status.get("pid"), status.get("pid_started")):
+            return True
+    return False
+
+
+def run_job(job_dir: Path) -> int:
+    """The body of ``python -m engine.jobs JOB_DIR``: wait for the device, run, record the exit."""
+    job_dir = Path(job_dir)
+    spec = read_spec(job_dir)
+    if spec is None:
+        print(f"no readable spec.json in {job_dir}", file=sys.stderr)
+        return 2
+    home = Home(Path(spec["home"]))
+    spool = Spool(job_dir)
+    stop = threading.Event()
+
+    def on_term(_signum, _frame):
+        raise Cancelled()
+
+    signal.signal(signal.SIGTERM, on_term)
+    spool.status(state=PENDING, pid=os.getpid(), pid_started=_create_time(os.getpid()), phase="waiting for device")
+    beat = threading.Thread(target=_heartbeat, args=(spool, stop), daemon=True)
+    beat.start()
+    state, error = FAILED, None
+    try:
+        with _device_locks(home, spec):
+            if (job_dir / CANCEL_MARKER).exists():
+                raise Cancelled()
+            spool.status(state=RUNNING, phase="starting", started_at=time.time())
+            spool.emit(events.START, kind=spec["kind"], pid=os.getpid())
+            body = resolve_body("ray" if spec.get("launcher") == "ray" else spec["kind"])
+            body(JobContext(spec["id"], job_dir, home, spec, spool))
+            state = FINISHED
+    except Cancelled:
+        state, error = KILLED, "cancelled"
+    except Diverged as exc:
+        state, error = DIVERGED, str(exc) or "training diverged"
+    except Crashed as exc:
+        state, error = CRASHED, str(exc) or "a worker died"
+    except LargestepError as exc:
+        state, error = FAILED, str(exc)
+    except BaseException as exc:  # the job's last word: record why it failed, then exit non-zero
+        import traceback
+
+        traceback.print_exc()
+        state, error = FAILED, f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the exit record must not be interrupted
+        stop.set()
+        spool.emit(events.EXIT, state=state, error=error)
+        spool.status(state=state, phase="done", ended_at=time.time(), error=error)
+        spool.close()
+    return 0 if state == FINISHED else 1
+
+
+def _heartbeat(spool: Spool, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            spool.status()
+            spool.flush()
+        except (OSError, ValueError):  # spool closed while stopping
+            return

@@ -1,0 +1,173 @@
+"""Starting a job, for the CLI, the dashboard and the autopilot: validate the request, then submit.
+
+Every check that can fail on bad input (the workload, the device, the dtype, the config, the
+home) runs before the job's folder is written, so bad input starts nothing and writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from engine import jobs
+from engine.errors import UsageError
+from engine.home import Home, check_database_file
+from engine.measure import devices
+from engine.measure.profiler import ProfileConfig, plan_batch_sizes
+
+__all__ = ["start_profile", "start_noise", "start_stability", "start_train", "start_autopilot"]
+
+
+def start_profile(home: Home, workload: str, options: dict, device: str, config: ProfileConfig,
+                  launcher: dict | None = None) -> str:
+    """Validate everything, then start a profiling job; returns its id (also the profile's id).
+
+    Every check that can fail on bad input runs before the job's folder is written.
+    ``config.nproc > 1``: a data-parallel profile (each batch size is a global batch split over
+    the ranks; the step time includes the gradient all-reduce). ``launcher``: see
+    :func:`engine.jobs.ray.check_launcher` (``None`` runs here).
+    """
+    from engine.jobs.ray import absolute_workload_spec, check_launcher
+    from engine.jobs.torchrun import check_nproc, lock_names
+    from engine.workloads import load_workload
+
+    config.validate()
+    launcher = check_launcher(launcher, device, config.nproc)
+    if launcher is not None:
+        workload = absolute_workload_spec(workload)
+        home.check()
+        check_database_file(home.database)
+        params = {"workload": workload, "options": dict(options), "device": device, "config": asdict(config),
+                  "launcher": launcher}
+        return jobs.submit(home, "profile", params, device="ray", workload=workload, launcher="ray")
+    check_nproc(config.nproc, device)
+    torch_device = devices.resolve_device(device)
+    devices.check_dtype(torch_device, config.dtype)
+    home.check()
+    check_database_file(home.database)
+    loaded = load_workload(workload, options)  # a bad workload fails here, before anything is written
+    params = {"workload": workload, "options": dict(options), "device": str(torch_device), "config": asdict(config)}
+    if config.nproc > 1:
+        for b in plan_batch_sizes(config, loaded):
+            if b % config.nproc == 0:
+                break
+        else:
+            raise UsageError(f"no batch size to profile is divisible by --nproc {config.nproc}")
+    return jobs.submit(home, "profile", params, device=str(torch_device), workload=loaded.name,
+                       locks=lock_names(str(torch_device), config.nproc))
+
+
+def start_noise(home: Home, workload: str, options: dict, device: str, batch_small: int | None = None,
+                batch_big: int | None = None, batches: int = 32, warm_steps: int | None = None, seed: int = 0,
+                launcher: dict | None = None) -> str:
+    """Validate, then start a gradient-noise-scale job; returns its id (also the estimate's id).
+
+    ``warm_steps=None`` trains the baseline for one epoch first (see ``default_warm_steps``).
+    """
+    from engine.jobs.ray import absolute_workload_spec, check_launcher
+    from engine.measure.noise import check_noise_args, default_warm_steps
+    from engine.workloads import load_workload
+
+    launcher = check_launcher(launcher, device)
+    torch_device = devices.resolve_device(device) if launcher is None else device
+    home.check()
+    check_database_file(home.database)
+    loaded = load_workload(workload, options)
+    if warm_steps is None:
+        warm_steps = default_warm_steps(loaded)
+    batch_small, batch_big = check_noise_args(loaded, batch_small, batch_big, batches, warm_steps)
+    params = {"workload": workload, "options": dict(options), "device": str(torch_device), "batch_small": batch_small,
+              "batch_big": batch_big, "batches": batches, "warm_steps": warm_steps, "seed": seed}
+    if launcher is not None:
+        params.update(workload=absolute_workload_spec(workload), launcher=launcher)
+        return jobs.submit(home, "noise", params, device="ray", workload=loaded.name, launcher="ray")
+    return jobs.submit(home, "noise", params, device=str(torch_device), workload=loaded.name)
+
+
+def start_stability(home: Home, rec: dict, device: str, steps: int = 60) -> str:
+    """Start a stability check of a recommendation's batch and rate on ``device``."""
+    torch_device = devices.resolve_device(device)
+    params = {"workload": rec["workload_spec"], "options": rec.get("workload_options") or {},
+              "device": str(torch_device), "batch_size": rec["batch_size"], "lr": rec["learning_rate"],
+              "steps": steps, "dtype": rec.get("dtype", "fp32")}
+    return jobs.submit(home, "stability", params, device=str(torch_device), workload=rec.get("workload"))
+
+
+def start_train(home: Home, workload: str, options: dict, device: str, config, repeats: int = 1,
+                role: str | None = None, recommendation_id: str | None = None, launcher: dict | None = None,
+                save_weights: bool = False) -> list[str]:
+    """Validate, then queue ``repeats`` training runs (seeds seed, seed+1, ...) as one group.
+
+    They run one after another on the device (the per-device lock), so they never time each other.
+    ``config.nproc > 1``: each run is data-parallel over that many ranks (torchrun). ``launcher``
+    (see :func:`engine.jobs.ray.check_launcher`): the runs go to a Ray cluster as tasks, side by
+    side, each on a device of its own. ``save_weights``: rank 0 saves the final state_dict to
+    ``jobs/<id>/model.pt``.
+    """
+    import secrets
+    from dataclasses import replace
+
+    from engine.jobs.ray import absolute_workload_spec, check_launcher
+    from engine.jobs.torchrun import check_nproc, lock_names
+    from engine.workloads import load_workload
+
+    config.validate()
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise UsageError(f"--repeats must be a positive integer, not {repeats!r}")
+    launcher = check_launcher(launcher, device, config.nproc)
+    if launcher is None:  # here: the device, its dtype and the workload are checked on this machine
+        check_nproc(config.nproc, device)
+        torch_device = devices.resolve_device(device)
+        devices.check_dtype(torch_device, config.dtype)
+        device = str(torch_device)
+    else:                 # on the cluster: Ray picks the device; the workload loads on the worker
+        workload = absolute_workload_spec(workload)
+    home.check()
+    check_database_file(home.database)
+    if launcher is None:
+        loaded = load_workload(workload, options)
+        if config.batch_size > loaded.n_train:
+            raise UsageError(f"--batch-size {config.batch_size} is larger than the {loaded.n_train} training "
+                             f"samples of {loaded.name}")
+        where = {"device": device, "workload": loaded.name, "locks": lock_names(device, config.nproc)}
+    else:
+        where = {"device": "ray", "workload": workload, "launcher": "ray"}
+    group = config.group or (f"grp-{secrets.token_hex(4)}" if repeats > 1 else None)
+    job_ids = []
+    for k in range(repeats):
+        run_config = replace(config, seed=config.seed + k, group=group)
+        params = {"workload": workload, "options": dict(options), "device": device,
+                  "config": asdict(run_config), "role": role, "recommendation_id": recommendation_id,
+                  "save_weights": save_weights}
+        if launcher is not None:
+            params["launcher"] = launcher
+        job_ids.append(jobs.submit(home, "train", params, **where))
+    return job_ids
+
+
+def start_autopilot(home: Home, workload: str, options: dict, device: str, config) -> str:
+    """Validate, then start the one-click flow as a job of its own; returns its id.
+
+    The orchestrator waits on a lock of its own, so its children can take the device's lock.
+    """
+    from engine.errors import UsageError
+    from engine.workloads import load_workload
+
+    if isinstance(config.repeats, bool) or not isinstance(config.repeats, int) or config.repeats < 1:
+        raise UsageError(f"--repeats must be a positive integer, not {config.repeats!r}")
+    if config.epochs is not None and not config.epochs > 0:
+        raise UsageError(f"--epochs must be positive, not {config.epochs!r}")
+    from engine.jobs.ray import check_launcher
+    from engine.jobs.torchrun import check_nproc
+
+    check_launcher(config.launcher, device, config.nproc)
+    check_nproc(config.nproc, device)
+    torch_device = devices.resolve_device(device) if config.launcher is None else device
+    home.check()
+    check_database_file(home.database)
+    loaded = load_workload(workload, options)
+    if loaded.baseline_batch_size % config.nproc:
+        raise UsageError(f"--nproc {config.nproc} does not divide {loaded.name}'s baseline batch "
+                         f"{loaded.baseline_batch_size}: every rank needs an equal share of every batch")
+    params = {"workload": workload, "options": dict(options), "device": str(torch_device),
+              "autopilot": asdict(config)}
+    return jobs.submit(home, "autopilot", params, device=f"autopilot-{torch_device}", workload=loaded.name)

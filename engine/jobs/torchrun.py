@@ -1,0 +1,281 @@
+"""Data-parallel jobs: torchrun starts N ranks; each takes a disjoint shard of every global batch.
+
+The job process (``python -m engine.jobs``) keeps its role: it holds the device locks, beats
+the heartbeat, and writes the exit record. For ``nproc > 1`` its body calls :func:`run_ranks`,
+which launches ``python -m torch.distributed.run --standalone --nproc-per-node N -m
+engine.jobs.torchrun JOB_DIR`` and waits. Each rank runs the same job body (``train_task``,
+``profile_task``) inside a process group (gloo on CPU, NCCL on CUDA); only rank 0 appends to the
+spool's events, and it reports progress through ``rank0-status.json``, which the job process
+folds into ``status.json`` (one writer per file).
+
+A rank that dies ends the run, never hangs it: torchrun stops the other ranks as soon as one
+exits non-zero; collectives carry a timeout; each rank dies with torchrun (PR_SET_PDEATHSIG).
+Each rank leaves ``rank-<r>.json`` with its state and error; a rank without one died from a
+signal, and the job ends CRASHED.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from engine.errors import Cancelled, Crashed, DeviceError, Diverged, LargestepError, UsageError
+from engine.home import Home
+from engine.jobs.runner import JobContext, resolve_body
+from engine.jobs.spool import Spool, read_spec, write_json_atomic
+
+__all__ = ["DEFAULT_TIMEOUT_S", "check_nproc", "lock_names", "run_ranks", "rank_status_path", "rank_main", "in_rank"]
+
+DEFAULT_TIMEOUT_S = 600.0    # a collective waiting longer than this fails the run (a rank hung or died)
+RANK_STATUS = "rank0-status.json"
+RANK_GRACE_S = 4.0           # after SIGTERM, how long the job waits for torchrun before SIGKILL
+
+
+# -- checks made before a job is queued -------------------------------------------------------------
+
+
+def check_nproc(nproc: Any, device: str) -> int:
+    """A valid process count for ``device`` (auto, cpu, cuda), or a one-line UsageError."""
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise UsageError(f"--nproc must be a positive integer, not {nproc!r}")
+    if nproc == 1:
+        return nproc
+    if not dist.is_available():
+        raise UsageError("--nproc needs torch.distributed, which this build of torch lacks")
+    kind = _device_kind(device)
+    if kind == "cuda":
+        if ":" in str(device):
+            raise UsageError(f"--nproc {nproc} uses cuda:0 to cuda:{nproc - 1}; give --device cuda, not {device}")
+        count = torch.cuda.device_count()
+        if nproc > count:
+            raise UsageError(f"--nproc {nproc} needs {nproc} CUDA devices; this machine has {count}")
+    elif kind != "cpu":
+        raise UsageError(f"--nproc runs on cpu (gloo) or cuda (NCCL), not {device}")
+    return nproc
+
+
+def _device_kind(device: str) -> str:
+    text = str(device or "auto")
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return text.split(":")[0]
+
+
+def lock_names(device: str, nproc: int) -> list[str]:
+    """The device locks an N-rank job holds: every GPU it uses, or the CPU."""
+    kind = _device_kind(device)
+    if kind == "cuda" and nproc > 1:
+        return [f"cuda:{i}" for i in range(nproc)]
+    return [str(device)]
+
+
+# -- the job process: launch the ranks, wait, explain the outcome --------------------------------------
+
+
+def rank_status_path(job_dir: Path) -> Path:
+    return Path(job_dir) / RANK_STATUS
+
+
+def run_ranks(ctx, nproc: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Run this job's body in ``nproc`` ranks under torchrun; raise as the ranks ended.
+
+    Raises :class:`engine.errors.Crashed` when a rank died without an exit record, Diverged when
+    the ranks agreed the loss diverged, LargestepError when a rank failed.
+    """
+    job_dir = Path(ctx.job_dir)
+    for old in job_dir.glob("rank-*.json"):
+        old.unlink()
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    # N ranks on one machine: share the cores instead of each taking them all
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env["LARGESTEP_COLLECTIVE_TIMEOUT_S"] = str(timeout_s)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "--max-restarts=0", "--monitor-interval=0.1", "-m", "engine.jobs.torchrun", str(job_dir)]
+    ctx.progress(f"starting {nproc} ranks", 0.0, nproc=nproc)
+    ctx.spool.flush()  # the ranks append to the same events file: ours must be on disk first
+    with open(job_dir / "output.log", "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=os.getcwd())
+    try:
+        last = None
+        while proc.poll() is None:
+            last = _forward_progress(ctx, job_dir, last)
+            time.sleep(0.2)
+        _forward_progress(ctx, job_dir, last)
+    except BaseException:  # cancelled (SIGTERM): torchrun stops its ranks; give it a moment, then kill
+        _stop(proc)
+        raise
+    if proc.returncode == 0:
+        return
+    records = {r: _read_json(job_dir / f"rank-{r}.json") for r in range(nproc)}
+    died = [r for r, record in records.items() if record is None]
+    if died:
+        raise Crashed(f"rank {died[0]} of {nproc} died without an exit record (killed by a signal or the "
+                      f"system); the other ranks were stopped")
+    states = {r: record.get("state") for r, record in records.items()}
+    for r, record in records.items():
+        if record.get("state") == "DIVERGED":
+            raise Diverged(record.get("error") or "training diverged")
+    if all(state == "KILLED" for state in states.values()) and (job_dir / "cancelled").exists():
+        raise Cancelled()
+    failed = [(r, record) for r, record in records.items() if record.get("state") == "FAILED"]
+    r, record = failed[0] if failed else next(iter(records.items()))
+    raise LargestepError(f"rank {r} of {nproc}: {record.get('error') or 'failed'}")
+
+
+def _forward_progress(ctx, job_dir: Path, last: dict | None) -> dict | None:
+    status = _read_json(rank_status_path(job_dir))
+    if status and status != last:
+        fields = {k: v for k, v in status.items() if k not in ("phase", "progress", "heartbeat")}
+        ctx.progress(status.get("phase") or "running", status.get("progress"), **fields)
+    return status
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=RANK_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# -- the rank process -----------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this rank when torchrun goes, even by SIGKILL (no orphans holding a GPU)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def _rank_spool(job_dir: Path, is_rank_zero: bool):
+    class RankZeroSpool(Spool):
+        """Rank 0 appends events like any job; its progress goes to its own file, not status.json."""
+
+        def status(self, **fields: Any) -> None:
+            with self._lock:
+                self._status.update(fields)
+                self._status["heartbeat"] = time.time()
+                write_json_atomic(rank_status_path(self.dir), self._status)
+
+    class QuietSpool:
+        """Ranks other than 0 write nothing."""
+
+        def emit(self, type_: str, **fields: Any) -> None:
+            pass
+
+        def flush(self) -> None:
+            pass
+
+        def status(self, **fields: Any) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    if not is_rank_zero:
+        return QuietSpool()
+    spool = RankZeroSpool(job_dir)
+    spool._status = {}
+    return spool
+
+
+class _Terminated(Exception):
+    """torchrun (or a cancel) asked this rank to stop."""
+
+
+def rank_main(job_dir: Path) -> int:
+    """The body of one rank: join the process group, run the job's body, leave ``rank-<r>.json``."""
+    _die_with_parent()
+    job_dir = Path(job_dir)
+    spec = read_spec(job_dir)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    global_rank = int(os.environ.get("RANK", "0"))
+
+    def on_term(_signum, _frame):
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, on_term)
+    state, error = "FAILED", None
+    try:
+        params = spec["params"]
+        kind = _device_kind(params.get("device", "auto"))
+        if kind == "cuda":
+            if not torch.cuda.is_available():
+                raise DeviceError("this rank sees no CUDA device")
+            torch.cuda.set_device(local_rank)
+            params["device"] = f"cuda:{local_rank}"
+        else:
+            params["device"] = "cpu"
+        timeout = timedelta(seconds=float(os.environ.get("LARGESTEP_COLLECTIVE_TIMEOUT_S", DEFAULT_TIMEOUT_S)))
+        dist.init_process_group("nccl" if kind == "cuda" else "gloo", timeout=timeout)
+        spec["rank"] = global_rank
+        spool = _rank_spool(job_dir, global_rank == 0)
+        try:
+            body = resolve_body(spec["kind"])
+            body(JobContext(spec["id"], job_dir, Home(Path(spec["home"])), spec, spool))
+        finally:
+            spool.close()
+        state = "FINISHED"
+    except _Terminated:
+        state, error = "KILLED", "stopped by the launcher"
+    except Diverged as exc:
+        state, error = "DIVERGED", str(exc) or "training diverged"
+    except LargestepError as exc:
+        state, error = "FAILED", str(exc)
+    except BaseException as exc:
+        import traceback
+
+        traceback.print_exc()
+        state, error = "FAILED", f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the record must not be interrupted
+        write_json_atomic(job_dir / f"rank-{global_rank}.json", {"state": state, "error": error, "pid": os.getpid()})
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:  # a broken group (a peer died) cannot always be torn down cleanly
+                pass
+    return 0 if state == "FINISHED" else 1
+
+
+def in_rank(ctx) -> bool:
+    """Is this job body running inside a rank (rather than in the job process that launches them)?"""
+    return "rank" in ctx.spec
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python -m torch.distributed.run ... -m engine.jobs.torchrun JOB_DIR", file=sys.stderr)
+        sys.exit(2)
+    from engine.jobs.torchrun import rank_main as _rank_main  # the imported module's functions, not __main__'s
+
+    sys.exit(_rank_main(Path(sys.argv[1])))

@@ -1,0 +1,75 @@
+"""Inside a data-parallel rank: who am I, and the few collectives the profiler and training share.
+
+Outside a process group every function is the single-process identity (rank 0 of 1), so the
+same measuring code runs in one process or in N ranks (launched by :mod:`engine.jobs.torchrun`).
+The global batch is micro-batch x accumulation x world size everywhere: configs, logs,
+profile points and recommendations speak of the global batch; a rank sees its shard only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["is_distributed", "rank", "world_size", "mean_across_ranks", "sum_across_ranks", "broadcast_float",
+           "agree", "barrier"]
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _collective_device() -> torch.device:
+    """NCCL reduces CUDA tensors only; gloo takes CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def sum_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks of a tensor (unchanged in a single process)."""
+    if not is_distributed():
+        return value
+    local = value.detach().to(_collective_device(), torch.float64).clone()
+    dist.all_reduce(local, op=dist.ReduceOp.SUM)
+    return local.to(value.device)
+
+
+def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    if not is_distributed():
+        return value
+    return sum_across_ranks(value) / world_size()
+
+
+def broadcast_float(value: float | None) -> float:
+    """Rank 0's number on every rank (NaN stands for None)."""
+    if not is_distributed():
+        return float("nan") if value is None else float(value)
+    t = torch.tensor([float("nan") if value is None else float(value)], dtype=torch.float64,
+                     device=_collective_device())
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
+def agree(value: Any) -> Any:
+    """Rank 0's decision on every rank, so every rank takes the same branch (and the same collectives)."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

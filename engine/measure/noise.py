@@ -1,0 +1,316 @@
+"""The gradient noise scale B_simple = tr(Σ) / |G|², measured at two batch sizes.
+
+McCandlish, Kaplan, Amodei et al. 2018, "An Empirical Model of Large-Batch Training",
+appendix A: the squared norm of a mean gradient over B samples has expectation
+
+    E|G_B|² = |G|² + tr(Σ) / B
+
+(G the true gradient, Σ the per-sample gradient covariance), so two batch sizes give two
+equations and two unknowns:
+
+    |G|²  ≈ (B_big |G_big|² − B_small |G_small|²) / (B_big − B_small)
+    tr(Σ) ≈ (|G_small|² − |G_big|²) / (1/B_small − 1/B_big)
+
+Each of |G_small|² and |G_big|² is averaged over many batches first; only then are the two
+estimates formed, and then their ratio (a ratio of averages: the average of per-batch ratios
+is biased and heavy-tailed, because a single batch's |G|² estimate is often near zero).
+
+One pass serves both batch sizes. Each big batch is cut into B_big/B_small equal chunks; each
+chunk's mean gradient (one forward and backward) is a |G_small|² sample, and because the loss
+is a mean over equal-sized chunks, the mean of the chunk gradients is exactly the big batch's
+gradient: a |G_big|² sample at no extra cost. (With batch norm in train mode the chunks
+normalise separately, as "ghost batches" of B_small.)
+
+Batches are drawn without replacement from a fresh shuffle of the training set per epoch, so
+for a big batch close to the dataset's size the finite-population correction matters:
+tr(Σ) comes out about n/(n−1) too large and |G|² about tr(Σ)/(n−1) too small. Negligible for
+the batch sizes this tool deals with (n in the thousands at least).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from engine.errors import UsageError
+from engine.measure import devices
+from engine.measure.profiler import StepRunner, shuffled_on_device
+from engine.workloads.base import Workload
+
+__all__ = ["NoiseEstimate", "estimate_noise", "noise_scale_from_norms", "DEFAULT_BIG_MULTIPLE"]
+
+DEFAULT_BIG_MULTIPLE = 8     # default batch_big = this many times batch_small (capped by the dataset)
+FP16_INIT_LOSS_SCALE = 2.0 ** 16  # as torch.amp.GradScaler; halved on overflow (fp16 on CUDA only)
+FP16_MAX_BACKOFFS = 24       # halvings of the loss scale before a chunk's gradient is called non-finite
+
+_MORE_DATA = "more batches (--batches) or a larger --batch-big"
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    b_simple: float | None        # tr(Σ)/|G|² in samples; None when unreliable (see reason)
+    ci_low: float | None          # bootstrap percentile interval over big batches; None: unbounded
+    ci_high: float | None         # ... on that side, or no bootstrap
+    g2: float                     # the |G|² estimate (squared norm of the true gradient)
+    trace_sigma: float            # the tr(Σ) estimate (per-sample gradient variance, summed)
+    g_small_sq: float             # mean |G_small|² over all chunks
+    g_big_sq: float               # mean |G_big|² over all big batches
+    batch_small: int
+    batch_big: int
+    batches: int                  # number of big batches used
+    warm_steps: int               # baseline training steps taken before measuring
+    unreliable: bool
+    reason: str | None            # plain words when unreliable
+    elapsed_s: float              # wall time of the whole estimate: warm-up, gradients, bootstrap
+    step_equivalents: float       # (warm_steps·baseline_batch + batches·batch_big) / baseline_batch
+    confidence: float = 0.9       # of the interval
+    seed: int = 0
+    dtype: str = "fp32"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def noise_scale_from_norms(g_small_sq: float, g_big_sq: float, batch_small: int, batch_big: int
+                           ) -> tuple[float, float]:
+    """(|G|², tr(Σ)) from averaged squared gradient norms at two batch sizes (McCandlish et al., app. A).
+
+    Works elementwise on numpy arrays too (the bootstrap uses it that way).
+    """
+    g2 = (batch_big * g_big_sq - batch_small * g_small_sq) / (batch_big - batch_small)
+    trace_sigma = (g_small_sq - g_big_sq) / (1.0 / batch_small - 1.0 / batch_big)
+    return g2, trace_sigma
+
+
+def estimate_noise(workload: Workload, device: torch.device, batch_small: int | None = None,
+                   batch_big: int | None = None, batches: int = 32, warm_steps: int = 0, seed: int = 0,
+                   confidence: float = 0.9, bootstrap: int = 1000, dtype: str = "fp32",
+                   on_progress: Callable[[str, float], None] = lambda phase, frac: None) -> NoiseEstimate:
+    """Estimate B_simple for ``workload`` at the point reached after ``warm_steps`` baseline steps.
+
+    ``on_progress(phase, fraction)`` is called with phase "warm-up", "gradients", then
+    "bootstrap", each fraction going from 0 to 1.
+    """
+    device = torch.device(device)
+    batch_small, batch_big = check_noise_args(workload, batch_small, batch_big, batches, warm_steps,
+                                              confidence, bootstrap)
+    devices.check_dtype(device, dtype)
+    started = time.perf_counter()
+
+    data = shuffled_on_device(workload, device, seed)
+    model = None
+    try:
+        # warm-up: the baseline's own training steps, since the noise scale grows as the loss falls
+        runner = StepRunner(workload, device, workload.baseline_batch_size, dtype, seed, data)
+        on_progress("warm-up", 0.0)
+        for step in range(warm_steps):
+            runner.step()
+            on_progress("warm-up", (step + 1) / warm_steps)
+        if warm_steps == 0:
+            on_progress("warm-up", 1.0)
+        model = runner.model  # fresh from torch.manual_seed(seed), in train mode
+        del runner            # drops the optimizer and its state: no more updates from here on
+
+        # gradients: one forward and backward per chunk, nothing else
+        small_sq, big_sq = _gradient_norms(model, workload, device, data, batch_small, batch_big, batches,
+                                           dtype, seed, on_progress)
+    finally:
+        del data, model
+        devices.free_memory(device)
+
+    used = len(big_sq)
+    g_small_sq, g_big_sq = float(np.mean(small_sq)), float(np.mean(big_sq))
+    g2, trace_sigma = noise_scale_from_norms(g_small_sq, g_big_sq, batch_small, batch_big)
+
+    on_progress("bootstrap", 0.0)
+    ci_low, ci_high, g2_unsure, trace_unsure = _bootstrap(small_sq, big_sq, batch_small, batch_big,
+                                                          confidence, bootstrap, seed)
+    on_progress("bootstrap", 1.0)
+
+    reason = _unreliable_reason(used < batches, g2, trace_sigma, g2_unsure, trace_unsure, confidence)
+    b_simple = None if reason else trace_sigma / g2
+    baseline = workload.baseline_batch_size
+    return NoiseEstimate(
+        b_simple=b_simple, ci_low=ci_low, ci_high=ci_high, g2=g2, trace_sigma=trace_sigma,
+        g_small_sq=g_small_sq, g_big_sq=g_big_sq, batch_small=batch_small, batch_big=batch_big,
+        batches=used, warm_steps=warm_steps, unreliable=reason is not None, reason=reason,
+        elapsed_s=time.perf_counter() - started,
+        step_equivalents=(warm_steps * baseline + used * batch_big) / baseline,
+        confidence=confidence, seed=seed, dtype=dtype,
+    )
+
+
+# -- arguments ---------------------------------------------------------------------------------
+
+
+def default_warm_steps(workload: Workload, cap: int = 500) -> int:
+    """One epoch of baseline training (at most ``cap`` steps): at initialisation the gradient points
+    almost one way and B_simple comes out far too small (fraud-gru: 0.6 before, ~770 after an epoch)."""
+    return max(1, min(cap, workload.n_train // workload.baseline_batch_size))
+
+
+def check_noise_args(workload: Workload, batch_small: int | None, batch_big: int | None, batches: int,
+                     warm_steps: int, confidence: float = 0.9, bootstrap: int = 1000) -> tuple[int, int]:
+    """The two batch sizes to use, or a one-line UsageError saying how to fix the input."""
+    n = workload.n_train
+    if batch_small is None:
+        batch_small = workload.baseline_batch_size
+    _check_int(batch_small, "--batch-small", minimum=1)
+    if batch_small >= n:
+        raise UsageError(f"--batch-small {batch_small} leaves no room for a bigger batch in the "
+                         f"{n} training samples; use a smaller --batch-small")
+    if batch_big is None:
+        batch_big = min(DEFAULT_BIG_MULTIPLE, n // batch_small) * batch_small
+        if batch_big <= batch_small:
+            raise UsageError(f"the {n} training samples cannot hold two batches of --batch-small "
+                             f"{batch_small}; use a smaller --batch-small")
+    _check_int(batch_big, "--batch-big", minimum=1)
+    if batch_big <= batch_small:
+        raise UsageError(f"--batch-big {batch_big} must be larger than --batch-small {batch_small}")
+    if batch_big % batch_small:
+        raise UsageError(f"--batch-big {batch_big} must be a multiple of --batch-small {batch_small} "
+                         f"(e.g. {(batch_big // batch_small + 1) * batch_small})")
+    if batch_big > n:
+        raise UsageError(f"--batch-big {batch_big} is larger than the {n} training samples; use at most "
+                         f"{n // batch_small * batch_small}")
+    _check_int(batches, "--batches", minimum=2)
+    _check_int(warm_steps, "--warm-steps", minimum=0)
+    _check_int(bootstrap, "bootstrap resamples", minimum=0)
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        raise UsageError(f"confidence must be a number between 0 and 1, not {confidence!r}")
+    return batch_small, batch_big
+
+
+def _check_int(value: object, what: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        raise UsageError(f"{what} must be {kind}, not {value!r}")
+
+
+# -- gradients ---------------------------------------------------------------------------------
+
+
+def _gradient_norms(model: torch.nn.Module, workload: Workload, device: torch.device,
+                    data: tuple[torch.Tensor, ...], batch_small: int, batch_big: int, batches: int,
+                    dtype: str, seed: int, on_progress: Callable[[str, float], None]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per big batch: the mean of its chunks' |g|² (a (K,) array) and |mean of chunk g|² (a (K,) array).
+
+    Stops early, returning only the batches done, at the first non-finite gradient.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    chunks = batch_big // batch_small
+    n = int(data[0].shape[0])
+    per_epoch = n // batch_big
+    order = torch.Generator().manual_seed(seed + 1)  # apart from the warm-up's data order
+    loss_scale = FP16_INIT_LOSS_SCALE if devices.needs_grad_scaler(device, dtype) else None
+    big_sum = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64, device=device)
+    small_sq, big_sq = [], []
+    on_progress("gradients", 0.0)
+    for k in range(batches):
+        if k % per_epoch == 0:  # a fresh shuffle per epoch; a big batch never straddles two
+            permutation = torch.randperm(n, generator=order).to(device)
+        lo = (k % per_epoch) * batch_big
+        index = permutation[lo:lo + batch_big]
+        big_batch = tuple(t[index] for t in data)
+        big_sum.zero_()
+        chunk_sq = torch.zeros(chunks, dtype=torch.float64, device=device)
+        for j in range(chunks):
+            *inputs, target = (t[j * batch_small:(j + 1) * batch_small] for t in big_batch)
+            grad, loss_scale = _chunk_gradient(model, workload, device, dtype, params, inputs, target, loss_scale)
+            chunk_sq[j] = grad.dot(grad)
+            big_sum += grad
+        big_mean = big_sum / chunks
+        # sync: one read of the device per big batch
+        mean_small, norm_big = float(chunk_sq.mean()), float(big_mean.dot(big_mean))
+        small_sq.append(mean_small)
+        big_sq.append(norm_big)
+        on_progress("gradients", (k + 1) / batches)
+        if not (math.isfinite(mean_small) and math.isfinite(norm_big)):
+            break
+    return np.asarray(small_sq, dtype=np.float64), np.asarray(big_sq, dtype=np.float64)
+
+
+def _chunk_gradient(model: torch.nn.Module, workload: Workload, device: torch.device, dtype: str,
+                    params: list[torch.nn.Parameter], inputs: list[torch.Tensor], target: torch.Tensor,
+                    loss_scale: float | None) -> tuple[torch.Tensor, float | None]:
+    """The chunk's mean gradient, all parameters flattened into one float64 vector.
+
+    fp16 on CUDA scales the loss so small gradients do not underflow, halving the scale and
+    redoing the chunk on overflow, as torch.amp.GradScaler would; the scale is a power of two,
+    so unscaling is exact.
+    """
+    for _ in range(FP16_MAX_BACKOFFS + 1):
+        with devices.autocast(device, dtype):
+            loss = workload.loss(model(*inputs), target)
+        scaled = loss if loss_scale is None else loss * loss_scale
+        grads = torch.autograd.grad(scaled, params, allow_unused=True, materialize_grads=True)
+        flat = torch.cat([g.reshape(-1).to(torch.float64) for g in grads])
+        if loss_scale is None:
+            return flat, None
+        if bool(torch.isfinite(flat).all()):  # sync: the overflow check needs the values
+            return flat / loss_scale, loss_scale
+        loss_scale /= 2
+    return flat, loss_scale  # non-finite at every scale: the caller reports it
+
+
+# -- judgement ---------------------------------------------------------------------------------
+
+
+def _bootstrap(small_sq: np.ndarray, big_sq: np.ndarray, batch_small: int, batch_big: int,
+               confidence: float, resamples: int, seed: int) -> tuple[float | None, float | None, bool, bool]:
+    """Percentile interval for B_simple, resampling the big batches with replacement.
+
+    A resample whose |G|² is not positive (but tr(Σ) is) stands for an unbounded noise scale;
+    one whose tr(Σ) is not positive stands for a noise scale of zero. They stay in the sample,
+    at +inf and 0, so the percentiles are honest; a bound that lands on one of them is None.
+    Also says whether |G|² (resp. tr(Σ)) is not clearly positive: more than the interval's tail
+    share of resamples at or below zero.
+    """
+    k = len(big_sq)
+    if resamples == 0 or k < 2 or not (np.isfinite(small_sq).all() and np.isfinite(big_sq).all()):
+        return None, None, False, False
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, k, size=(resamples, k))
+    g2, trace_sigma = noise_scale_from_norms(small_sq[picks].mean(axis=1), big_sq[picks].mean(axis=1),
+                                             batch_small, batch_big)
+    values = np.full(resamples, np.nan)
+    both = (g2 > 0) & (trace_sigma > 0)
+    values[both] = trace_sigma[both] / g2[both]
+    values[(g2 <= 0) & (trace_sigma > 0)] = np.inf
+    values[(g2 > 0) & (trace_sigma <= 0)] = 0.0
+    tail = (1 - confidence) / 2
+    g2_unsure = float(np.mean(g2 <= 0)) > tail
+    trace_unsure = float(np.mean(trace_sigma <= 0)) > tail
+    defined = values[~np.isnan(values)]
+    if len(defined) < (1 - tail) * resamples:  # both estimates at or below zero too often: no interval
+        return None, None, g2_unsure, trace_unsure
+    low, high = np.quantile(defined, [tail, 1 - tail], method="inverted_cdf")
+    return _finite_positive(low), _finite_positive(high), g2_unsure, trace_unsure
+
+
+def _finite_positive(value: float) -> float | None:
+    return float(value) if np.isfinite(value) and value > 0 else None
+
+
+def _unreliable_reason(stopped_early: bool, g2: float, trace_sigma: float, g2_unsure: bool,
+                       trace_unsure: bool, confidence: float) -> str | None:
+    if stopped_early or not (math.isfinite(g2) and math.isfinite(trace_sigma)):
+        return ("the gradients are not finite (NaN or inf) at this point: check the model and loss, "
+                "or use fewer --warm-steps if the warm-up diverged")
+    if g2 <= 0:
+        return f"the |G|² estimate is not positive (noise hides the gradient): {_MORE_DATA}"
+    if trace_sigma <= 0:
+        return f"the tr(Σ) estimate is not positive (the big batch's gradient is no smaller): {_MORE_DATA}"
+    if g2_unsure:
+        return (f"the |G|² estimate is not clearly above zero (its {confidence:.0%} bootstrap interval "
+                f"reaches zero, so the noise scale has no upper bound): {_MORE_DATA}")
+    if trace_unsure:
+        return (f"the tr(Σ) estimate is not clearly above zero (its {confidence:.0%} bootstrap interval "
+                f"reaches zero): {_MORE_DATA}")
+    return None

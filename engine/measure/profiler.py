@@ -1,0 +1,479 @@
+"""Measure how training-step time, throughput and memory grow with batch size.
+
+For each batch size: a fresh model and optimizer, untimed warm-up steps, then full training
+steps (data slicing, forward, backward, optimizer step) each timed between two device
+synchronisations, repeated until at least ``min_steps`` steps and ``min_seconds`` seconds have
+been timed. Raw times are kept; the median, quartiles and a noisy flag are derived from them.
+Then, outside the clock, one more step under ``FlopCounterMode`` (FLOPs) and saved-tensor hooks
+(the CPU memory estimate).
+
+The sweep stops cleanly at the first out-of-memory error, a memory budget, a throughput
+plateau, the dataset size or the maximum batch size; it never crashes on one bad point.
+
+Data-parallel (``nproc > 1``, each rank in a process group started by :mod:`engine.jobs.torchrun`):
+every batch size is a global batch, each rank steps on its shard through DistributedDataParallel,
+so the timed step includes the gradient all-reduce and the recommendation accounts for it. A
+barrier starts each timed step on all ranks together; rank 0's clock is the one recorded; every
+stop-or-go decision is rank 0's, broadcast, so all ranks run the same collectives. FLOPs are
+the global batch's (one rank's count times the ranks).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from engine.errors import UsageError
+from engine.measure import devices
+from engine.measure import distributed as ddp_util
+from engine.workloads.base import Workload
+
+__all__ = [
+    "ProfileConfig",
+    "ProfilePoint",
+    "ProfileResult",
+    "MemoryFit",
+    "plan_batch_sizes",
+    "run_profile",
+    "saturation_batch",
+    "fit_memory",
+    "StepRunner",
+]
+
+OK, OOM, OVER_BUDGET, ERROR = "ok", "oom", "over_budget", "error"
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    batch_sizes: tuple[int, ...] | None = None  # explicit list; None: powers of two min..max
+    min_batch: int | None = None        # smallest power of two; None: a quarter of the baseline batch
+    max_batch: int = 65536              # largest batch tried (also capped by the dataset size)
+    dtype: str = "fp32"                 # "fp32" | "bf16" | "fp16" (autocast)
+    memory_budget_bytes: int | None = None  # stop before a batch predicted, or measured, above this
+    full: bool = False                  # True: no stop on a throughput plateau
+    warmup_steps: int = 3               # untimed steps per batch size (allocator, caches, autotune)
+    min_steps: int = 10                 # timed steps per batch size, at least
+    min_seconds: float = 1.0            # timed seconds per batch size, at least
+    max_steps: int = 2000               # timed steps per batch size, at most (tiny models)
+    noisy_iqr_ratio: float = 0.2        # IQR/median above this flags a noisy measurement
+    plateau_gain: float = 0.05          # "plateau": less than this throughput gain ...
+    plateau_doublings: int = 2          # ... on this many successive doublings
+    include_baseline: bool = True       # add the workload's baseline batch to a power-of-two sweep
+    seed: int = 0                       # model initialisation and data order
+    nproc: int = 1                      # data-parallel ranks; batch sizes are global (split over the ranks)
+
+    def validate(self) -> None:
+        if isinstance(self.nproc, bool) or not isinstance(self.nproc, int) or self.nproc < 1:
+            raise UsageError(f"--nproc must be a positive integer, not {self.nproc!r}")
+        if self.batch_sizes is not None and self.nproc > 1:
+            odd = [b for b in self.batch_sizes if isinstance(b, int) and b % self.nproc]
+            if odd:
+                raise UsageError(f"batch size {odd[0]} is not divisible by --nproc {self.nproc}: each rank takes an "
+                                 f"equal share of the global batch")
+        if self.batch_sizes is not None:
+            if not self.batch_sizes:
+                raise UsageError("the batch-size list is empty")
+            for b in self.batch_sizes:
+                _check_positive_int(b, "batch size")
+        for name in ("min_batch", "max_batch"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_positive_int(value, name.replace("_", " "))
+        if self.min_batch and self.max_batch < self.min_batch:
+            raise UsageError(f"max batch {self.max_batch} is below min batch {self.min_batch}")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        if self.memory_budget_bytes is not None and self.memory_budget_bytes <= 0:
+            raise UsageError("the memory budget must be positive")
+        if self.min_steps < 1 or self.warmup_steps < 0 or self.min_seconds < 0:
+            raise UsageError("min steps must be at least 1; warm-up steps and min seconds at least 0")
+
+
+def _check_positive_int(value: object, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UsageError(f"{what} must be a positive integer, not {value!r}")
+
+
+@dataclass(frozen=True)
+class ProfilePoint:
+    batch_size: int
+    status: str                          # ok | oom | over_budget | error
+    step_times_s: tuple[float, ...] = ()  # raw, one per timed step
+    median_s: float | None = None
+    p25_s: float | None = None
+    p75_s: float | None = None
+    noisy: bool = False                  # IQR/median above the config's threshold
+    samples_per_s: float | None = None
+    peak_memory_bytes: int | None = None
+    memory_is_estimate: bool = False     # CPU: parameters + grads + optimizer state + saved activations
+    predicted_memory_bytes: int | None = None  # from the fit, for points refused before running
+    flops_per_step: float | None = None
+    flops_per_s: float | None = None
+    mean_power_w: float | None = None
+    energy_per_sample_j: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    error: str | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.step_times_s)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["step_times_s"] = list(self.step_times_s)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ProfilePoint":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["step_times_s"] = tuple(known.get("step_times_s") or ())
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class MemoryFit:
+    """Peak memory m(B) ~ intercept + slope * B, least squares over the measured points."""
+
+    intercept_bytes: float
+    slope_bytes: float
+
+    def predict(self, batch_size: int) -> float:
+        return self.intercept_bytes + self.slope_bytes * batch_size
+
+    def max_batch(self, budget_bytes: int) -> int | None:
+        if self.slope_bytes <= 0:
+            return None
+        return max(0, int((budget_bytes - self.intercept_bytes) // self.slope_bytes))
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    workload: str
+    device: dict
+    config: ProfileConfig
+    points: tuple[ProfilePoint, ...]
+    stop_reason: str                     # max | list | dataset | oom | over_budget | plateau | error
+    saturation_batch: int | None
+    memory_fit: MemoryFit | None
+    started_at: float
+    ended_at: float
+    n_train: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+# -- planning ----------------------------------------------------------------------------------
+
+
+def plan_batch_sizes(config: ProfileConfig, workload: Workload) -> list[int]:
+    """The batch sizes to try, in increasing order, before any stopping rule."""
+    if config.batch_sizes is not None:
+        return sorted(set(config.batch_sizes))
+    baseline = workload.baseline_batch_size
+    low = config.min_batch or max(1, 2 ** int(math.floor(math.log2(max(1, baseline // 4)))))
+    sizes = []
+    b = low
+    while b <= config.max_batch:
+        sizes.append(b)
+        b *= 2
+    if config.include_baseline and low <= baseline <= config.max_batch:
+        sizes.append(baseline)
+    return sorted({b for b in sizes if b % config.nproc == 0})  # every rank takes an equal share
+
+
+# -- one batch size ----------------------------------------------------------------------------
+
+
+class StepRunner:
+    """Full training steps of one workload at one batch size on one device.
+
+    The data lives on the device (moved once, outside the clock) and is shuffled once; each
+    step slices the next contiguous batch, so slicing is inside the timed step as it is in a
+    real training loop.
+    """
+
+    def __init__(self, workload: Workload, device: torch.device, batch_size: int,
+                 dtype: str = "fp32", seed: int = 0, data: tuple[torch.Tensor, ...] | None = None,
+                 data_parallel: bool = False):
+        self.workload = workload
+        self.device = device
+        self.batch_size = batch_size    # the global batch; with data_parallel each rank steps on its shard
+        self.world = ddp_util.world_size() if data_parallel else 1
+        self.rank = ddp_util.rank() if data_parallel else 0
+        self.dtype = dtype
+        torch.manual_seed(seed)
+        self.model = workload.model().to(device)
+        self.model.train()
+        self.forward = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(self.model,
+                                                   device_ids=[device.index] if device.type == "cuda" else None)
+        self.optimizer = workload.make_optimizer(self.model.parameters(), workload.baseline_lr)
+        self.scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(device, dtype) else None
+        self.data = data if data is not None else shuffled_on_device(workload, device, seed)
+        self.n = int(self.data[0].shape[0])
+        self.cursor = 0
+
+    def _next_batch(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        if self.cursor + self.batch_size > self.n:
+            self.cursor = 0
+        lo, hi = self.cursor, self.cursor + self.batch_size
+        self.cursor = hi
+        shard = self.batch_size // self.world  # this rank's disjoint share of the global batch
+        lo, hi = lo + self.rank * shard, lo + (self.rank + 1) * shard
+        *inputs, target = (t[lo:hi] for t in self.data)
+        return inputs, target
+
+    def step(self) -> torch.Tensor:
+        """One full training step; returns the loss, detached, without reading it (no sync)."""
+        inputs, target = self._next_batch()
+        # forward
+        with devices.autocast(self.device, self.dtype):
+            loss = self.workload.loss(self.forward(*inputs), target)
+        # backward (with DDP: the gradient all-reduce overlaps it and ends in it), update
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return loss.detach()
+
+    def timed_steps(self, min_steps: int, min_seconds: float, max_steps: int) -> list[float]:
+        """Raw step times; each step lies between two synchronisations of the device."""
+        times: list[float] = []
+        total = 0.0
+        # rank 0 decides whether to go on: every rank must take the same number of steps
+        while True:
+            more = len(times) < min_steps or (total < min_seconds and len(times) < max_steps)
+            if not (ddp_util.agree(more) if self.world > 1 else more):
+                break
+            devices.synchronize(self.device)  # sync: the previous step's kernels are done
+            if self.world > 1:
+                ddp_util.barrier()  # sync: every rank starts the step together
+            start = time.perf_counter()
+            self.step()
+            devices.synchronize(self.device)  # sync: this step's kernels are done
+            elapsed = time.perf_counter() - start
+            times.append(elapsed)
+            total += elapsed
+        return times
+
+    def count_flops_and_activations(self) -> tuple[float, int]:
+        """FLOPs of one step (forward and backward) and the bytes of tensors saved for backward.
+
+        Runs outside the clock: both instruments slow the step they watch.
+        """
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor):
+            try:
+                storage = t.untyped_storage()
+                saved[storage.data_ptr()] = storage.nbytes()
+            except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. sparse)
+                pass
+            return t
+
+        counter = FlopCounterMode(display=False)
+        with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            self.step()
+        return float(counter.get_total_flops()) * self.world, sum(saved.values())  # FLOPs of the global batch
+
+    def state_bytes(self) -> int:
+        """Parameters, gradients and optimizer state now held, in bytes."""
+        total = 0
+        for p in self.model.parameters():
+            total += p.numel() * p.element_size()
+            if p.grad is not None:
+                total += p.grad.numel() * p.grad.element_size()
+        for state in self.optimizer.state.values():
+            for value in state.values():
+                if isinstance(value, torch.Tensor):
+                    total += value.numel() * value.element_size()
+        return total
+
+    def batch_bytes(self) -> int:
+        return sum(t[: self.batch_size // self.world].numel() * t.element_size() for t in self.data)
+
+    def close(self) -> None:
+        del self.model, self.forward, self.optimizer, self.data
+        devices.free_memory(self.device)
+
+
+def shuffled_on_device(workload: Workload, device: torch.device, seed: int) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(workload.n_train, generator=generator)
+    return tuple(t[order].to(device) for t in workload.train)
+
+
+def measure_point(workload: Workload, device: torch.device, batch_size: int, config: ProfileConfig,
+                  data: tuple[torch.Tensor, ...] | None = None,
+                  telemetry_tag: Callable[[int | None], None] = lambda _b: None,
+                  power_between: Callable[[float, float], float | None] = lambda _a, _b: None) -> ProfilePoint:
+    """Measure one batch size; out-of-memory and other errors become a point's status."""
+    started = time.time()
+    runner = None
+    try:
+        devices.reset_peak_memory(device)
+        runner = StepRunner(workload, device, batch_size, config.dtype, config.seed, data,
+                            data_parallel=config.nproc > 1)
+        for _ in range(config.warmup_steps):  # untimed: allocator growth, caches, lazy init
+            runner.step()
+        devices.synchronize(device)
+        telemetry_tag(batch_size)
+        clock_start = time.time()
+        times = runner.timed_steps(config.min_steps, config.min_seconds, config.max_steps)
+        clock_end = time.time()
+        telemetry_tag(None)
+        # stop the clock: everything below is measured outside the timed steps
+        peak = devices.peak_memory(device)
+        flops, activation_bytes = runner.count_flops_and_activations()
+        estimate = peak is None
+        if estimate:
+            peak = runner.state_bytes() + activation_bytes + runner.batch_bytes()
+        median, p25, p75 = (float(v) for v in np.percentile(times, [50, 25, 75]))
+        power = power_between(clock_start, clock_end)
+        return ProfilePoint(
+            batch_size=batch_size, status=OK, step_times_s=tuple(times),
+            median_s=median, p25_s=p25, p75_s=p75,
+            noisy=median > 0 and (p75 - p25) / median > config.noisy_iqr_ratio,
+            samples_per_s=batch_size / median if median > 0 else None,
+            peak_memory_bytes=int(peak), memory_is_estimate=estimate,
+            flops_per_step=flops or None, flops_per_s=(flops / median) if flops and median > 0 else None,
+            mean_power_w=power,
+            energy_per_sample_j=(power * median / batch_size) if power is not None else None,
+            started_at=started, ended_at=time.time(),
+        )
+    except Exception as exc:  # narrow below: OOM is a ceiling, anything else an error point
+        telemetry_tag(None)
+        status = OOM if devices.is_out_of_memory(exc) else ERROR
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        return ProfilePoint(batch_size=batch_size, status=status, error=message,
+                            started_at=started, ended_at=time.time())
+    finally:
+        if runner is not None:
+            runner.close()
+        else:
+            devices.free_memory(device)
+
+
+# -- judgement over points ---------------------------------------------------------------------
+
+
+def saturation_batch(points: list[ProfilePoint] | tuple[ProfilePoint, ...], share: float = 0.9) -> int | None:
+    """The smallest batch reaching ``share`` of the best measured throughput."""
+    ok = [p for p in points if p.status == OK and p.samples_per_s]
+    if not ok:
+        return None
+    best = max(p.samples_per_s for p in ok)
+    return min(p.batch_size for p in ok if p.samples_per_s >= share * best)
+
+
+def fit_memory(points: list[ProfilePoint] | tuple[ProfilePoint, ...]) -> MemoryFit | None:
+    ok = [p for p in points if p.status == OK and p.peak_memory_bytes is not None]
+    if len({p.batch_size for p in ok}) < 2:
+        return None
+    slope, intercept = np.polyfit([p.batch_size for p in ok], [p.peak_memory_bytes for p in ok], 1)
+    return MemoryFit(float(intercept), float(slope))
+
+
+def _plateaued(points: list[ProfilePoint], gain: float, doublings: int) -> bool:
+    ok = [p for p in points if p.status == OK and p.samples_per_s]
+    if len(ok) < doublings + 1:
+        return False
+    recent = ok[-(doublings + 1):]
+    return all(b.samples_per_s < a.samples_per_s * (1 + gain) for a, b in zip(recent, recent[1:]))
+
+
+# -- the sweep ---------------------------------------------------------------------------------
+
+
+def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
+          telemetry_tag: Callable[[int | None], None] = lambda _b: None,
+          power_between: Callable[[float, float], float | None] = lambda _a, _b: None,
+          ) -> Iterator[tuple[ProfilePoint, int, int]]:
+    """Yield (point, index, planned count) as each batch size is measured; ``StopIteration.value``
+    is the stop reason. Callers that want the whole result use :func:`run_profile`."""
+    config.validate()
+    devices.check_dtype(device, config.dtype)
+    planned = plan_batch_sizes(config, workload)
+    data = shuffled_on_device(workload, device, config.seed)
+    points: list[ProfilePoint] = []
+    try:
+        for index, batch_size in enumerate(planned):
+            if batch_size > workload.n_train:
+                return "dataset"
+            fit = fit_memory(points)
+            budget = config.memory_budget_bytes
+            if ddp_util.agree(budget is not None and fit is not None and fit.predict(batch_size) > budget):
+                point = ProfilePoint(batch_size, OVER_BUDGET, predicted_memory_bytes=int(fit.predict(batch_size)),
+                                     error="predicted memory exceeds the budget; not run")
+                points.append(point)
+                yield point, index, len(planned)
+                return "over_budget"
+            point = measure_point(workload, device, batch_size, config, data, telemetry_tag, power_between)
+            if point.status == OK and budget is not None and point.peak_memory_bytes > budget:
+                point = replace(point, status=OVER_BUDGET, error="measured peak memory exceeds the budget")
+            point = _agree_on_status(point)
+            points.append(point)
+            yield point, index, len(planned)
+            if point.status in (OOM, OVER_BUDGET, ERROR):
+                return point.status
+            powers_of_two = config.batch_sizes is None
+            if ddp_util.agree(powers_of_two and not config.full
+                              and _plateaued(points, config.plateau_gain, config.plateau_doublings)):
+                return "plateau"
+        return "list" if config.batch_sizes is not None else "max"
+    finally:
+        del data
+        devices.free_memory(device)
+
+
+def _agree_on_status(point: ProfilePoint) -> ProfilePoint:
+    """Data-parallel: a point failed on one rank failed for all (the next decision must be the same everywhere)."""
+    if not ddp_util.is_distributed():
+        return point
+    import torch.distributed as dist
+
+    outcomes: list = [None] * ddp_util.world_size()
+    dist.all_gather_object(outcomes, (point.status, point.error))
+    if point.status == OK:
+        for r, (status, error) in enumerate(outcomes):
+            if status != OK:
+                return replace(point, status=status, error=f"rank {r}: {error}")
+    return point
+
+
+def run_profile(workload: Workload, device: torch.device, config: ProfileConfig,
+                on_point: Callable[[ProfilePoint, int, int], None] = lambda *_: None,
+                telemetry_tag: Callable[[int | None], None] = lambda _b: None,
+                power_between: Callable[[float, float], float | None] = lambda _a, _b: None,
+                ) -> ProfileResult:
+    """Run the whole sweep and judge it: saturation batch and memory fit."""
+    started = time.time()
+    points: list[ProfilePoint] = []
+    gen = sweep(workload, device, config, telemetry_tag, power_between)
+    while True:
+        try:
+            point, index, planned = next(gen)
+        except StopIteration as stop:
+            reason = stop.value or "max"
+            break
+        points.append(point)
+        on_point(point, index, planned)
+    return ProfileResult(
+        workload=workload.name, device=devices.device_info(device).to_dict(), config=config,
+        points=tuple(points), stop_reason=reason, saturation_batch=saturation_batch(points),
+        memory_fit=fit_memory(points), started_at=started, ended_at=time.time(), n_train=workload.n_train,
+    )

@@ -1,0 +1,403 @@
+"""What the hardware is doing while a step is timed: NVML for NVIDIA GPUs, psutil otherwise.
+
+NVML comes from nvidia-ml-py (`import pynvml`), imported lazily so that a machine without it,
+or without an NVIDIA driver, still gets CPU telemetry and a clear reason why there is no more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+import psutil
+import torch
+
+from engine.measure import devices
+from engine.measure.devices import DeviceInfo
+
+__all__ = [
+    "SAMPLE_KEYS",
+    "NvmlStatus",
+    "Sampler",
+    "driver_version",
+    "hardware_report",
+    "nvml_handle_for",
+    "nvml_status",
+    "snapshot",
+]
+
+log = logging.getLogger(__name__)
+
+# Every sample has exactly these keys; a value nobody could read is None.
+SAMPLE_KEYS = (
+    "t",  # unix time, seconds
+    "batch_size",  # Sampler.tag when sampled: the batch size being timed
+    "source",  # "nvml" | "psutil"
+    "gpu_util_pct",  # % of the last sample period a kernel ran (NVML)
+    "mem_used_bytes",  # device memory in use, all processes (NVML)
+    "power_w",  # board power draw, watts
+    "sm_clock_mhz",  # streaming-multiprocessor clock
+    "temp_c",  # GPU core temperature
+    "cpu_util_pct",  # whole-system CPU busy %, since the previous sample
+    "rss_bytes",  # resident memory of this process
+)
+
+
+@dataclass(frozen=True)
+class NvmlStatus:
+    available: bool
+    reason: str | None  # why not available; None when it is
+    driver_version: str | None  # "535.104.05"
+    nvml_version: str | None
+    gpu_count: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# NVML, initialised once per process
+
+_nvml_lock = threading.Lock()
+_nvml_cache: tuple[NvmlStatus, ModuleType | None] | None = None
+
+
+def nvml_status() -> NvmlStatus:
+    """Whether NVML can be used here, and if not, why (one line for the user)."""
+    return _nvml()[0]
+
+
+def _nvml() -> tuple[NvmlStatus, ModuleType | None]:
+    """(status, the pynvml module once initialised, or None). nvmlInit runs at most once."""
+    global _nvml_cache
+    with _nvml_lock:
+        if _nvml_cache is None:
+            _nvml_cache = _init_nvml()
+        return _nvml_cache
+
+
+def _reset_nvml() -> None:
+    """Forget the cached nvmlInit result (tests swap the pynvml module)."""
+    global _nvml_cache
+    with _nvml_lock:
+        _nvml_cache = None
+
+
+def _unavailable(reason: str) -> tuple[NvmlStatus, None]:
+    status = NvmlStatus(available=False, reason=reason, driver_version=None, nvml_version=None, gpu_count=0)
+    return status, None
+
+
+def _init_nvml() -> tuple[NvmlStatus, ModuleType | None]:
+    try:
+        import pynvml
+    except ImportError:
+        return _unavailable("nvidia-ml-py is not installed")
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        if isinstance(exc, _error_class(pynvml, "NVMLError_LibraryNotFound")):
+            return _unavailable(
+                "NVIDIA driver library (libnvidia-ml) not found: no NVIDIA driver on this machine"
+            )
+        if isinstance(exc, _error_class(pynvml, "NVMLError_DriverNotLoaded")):
+            return _unavailable("NVIDIA driver is not loaded")
+        return _unavailable(f"NVML failed to start: {exc}")
+    status = NvmlStatus(
+        available=True,
+        reason=None,
+        driver_version=_text(_try(pynvml.nvmlSystemGetDriverVersion)),
+        nvml_version=_text(_try(getattr(pynvml, "nvmlSystemGetNVMLVersion", None))),
+        gpu_count=int(_try(pynvml.nvmlDeviceGetCount) or 0),
+    )
+    return status, pynvml
+
+
+def _error_class(pynvml: ModuleType, name: str) -> type[BaseException]:
+    # A name this version of nvidia-ml-py lacks matches nothing.
+    return getattr(pynvml, name, None) or _NeverRaised
+
+
+class _NeverRaised(Exception):
+    pass
+
+
+def _try(function: Callable | None, *args):
+    if function is None:
+        return None
+    try:
+        return function(*args)
+    except Exception:
+        return None
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def nvml_handle_for(info: DeviceInfo):
+    """The NVML handle of a CUDA device, matched by UUID (None if NVML or the GPU is missing).
+
+    Never by index: CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER renumber torch's devices,
+    while NVML always enumerates every GPU on the machine in PCI order.
+    """
+    if info.kind != "cuda" or not info.uuid:
+        return None
+    status, pynvml = _nvml()
+    if pynvml is None:
+        return None
+    wanted = devices.nvml_uuid(info.uuid)
+    for index in range(status.gpu_count):
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            if devices.nvml_uuid(pynvml.nvmlDeviceGetUUID(handle)) == wanted:
+                return handle
+        except pynvml.NVMLError:  # a GPU NVML cannot open (lost, no permission) is not ours
+            continue
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# reading one sample
+
+
+class _Reader:
+    """Reads one sample of one device. Owned by one thread; holds no locks."""
+
+    def __init__(self, device: DeviceInfo):
+        self.device = device
+        self.process = psutil.Process(os.getpid())
+        self.handle = None
+        self.pynvml: ModuleType | None = None
+        self.reason: str | None = None
+        # Fields NVML said this GPU does not support; asking again every tick would only fail.
+        self.unsupported: set[str] = set()
+        self._last_cpu_times = psutil.cpu_times()
+        self._last_cpu_pct: float | None = None
+        self._fields: tuple[tuple[str, Callable], ...] = ()
+        self._permanent_errors: tuple[type[BaseException], ...] = ()
+
+        if device.kind != "cuda":
+            self.reason = f"device is {device.kind}"
+            return
+        status, pynvml = _nvml()
+        if pynvml is None:
+            self.reason = status.reason
+            return
+        handle = nvml_handle_for(device)
+        if handle is None:
+            self.reason = f"NVML lists no GPU with UUID {device.uuid}"
+            return
+        self.pynvml, self.handle = pynvml, handle
+        self._permanent_errors = tuple(
+            _error_class(pynvml, name) for name in ("NVMLError_NotSupported", "NVMLError_FunctionNotFound")
+        )
+        self._fields = (
+            ("gpu_util_pct", lambda: pynvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+            ("mem_used_bytes", lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used),
+            ("power_w", lambda: pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0),  # mW -> W
+            ("sm_clock_mhz", lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM)),
+            ("temp_c", lambda: pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)),
+        )
+
+    @property
+    def source(self) -> str:
+        return "nvml" if self.handle is not None else "psutil"
+
+    def read(self, batch_size: int | None) -> dict:
+        sample = dict.fromkeys(SAMPLE_KEYS)
+        sample["t"] = time.time()
+        sample["batch_size"] = batch_size
+        sample["source"] = self.source
+        for key, read_field in self._fields:
+            if key in self.unsupported:
+                continue
+            try:
+                sample[key] = read_field()
+            except Exception as exc:  # one field failing never costs the others, or the thread
+                if isinstance(exc, self._permanent_errors):
+                    self.unsupported.add(key)
+        sample["cpu_util_pct"] = self._cpu_util_pct()
+        try:
+            sample["rss_bytes"] = self.process.memory_info().rss
+        except psutil.Error:
+            pass
+        return sample
+
+    def _cpu_util_pct(self) -> float | None:
+        # Our own delta rather than psutil.cpu_percent(None), whose "since the last call" state
+        # is shared by every caller in older psutil: two samplers would measure each other.
+        now = psutil.cpu_times()
+        total = _total(now) - _total(self._last_cpu_times)
+        if total <= 0:
+            # Less than one clock tick since the last sample (the kernel counts in ticks, 10 ms
+            # apart): nothing new to measure, so repeat the last figure and keep the window open.
+            return self._last_cpu_pct
+        idle = _idle(now) - _idle(self._last_cpu_times)
+        self._last_cpu_times = now
+        self._last_cpu_pct = round(100.0 * min(total, max(0.0, total - idle)) / total, 1)
+        return self._last_cpu_pct
+
+
+def _idle(times) -> float:
+    return times.idle + getattr(times, "iowait", 0.0)
+
+
+def _total(times) -> float:
+    # On Linux "guest" time is already counted in "user"; adding it again would inflate busy %.
+    return sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+
+
+def snapshot(device: DeviceInfo) -> dict:
+    """One sample now (for the hardware card). CPU % is over a short 50 ms window."""
+    reader = _Reader(device)
+    time.sleep(0.05)
+    return reader.read(batch_size=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# the background sampler
+
+
+class Sampler:
+    """Samples a device every `interval_s` on a daemon thread while steps are timed.
+
+        with Sampler(info, on_samples=spool.write) as sampler:
+            for batch_size in sizes:
+                sampler.tag = batch_size
+                ...time steps...
+
+    `on_samples` runs on the sampler thread with each new batch of samples, every
+    `flush_every_s` and once more on stop; an exception there is logged, not raised.
+    """
+
+    def __init__(
+        self,
+        device: DeviceInfo,
+        interval_s: float = 0.1,
+        on_samples: Callable[[list[dict]], None] | None = None,
+        flush_every_s: float = 1.0,
+    ):
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be positive, got {interval_s}")
+        self.device = device
+        self.interval_s = float(interval_s)
+        self.flush_every_s = float(flush_every_s)
+        self.on_samples = on_samples
+        self.tag: int | None = None  # copied into each sample as "batch_size"
+        self._reader = _Reader(device)
+        self._samples: list[dict] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def source(self) -> str:
+        return self._reader.source
+
+    @property
+    def reason(self) -> str | None:
+        """Why the source is psutil and not NVML; None when it is NVML."""
+        return self._reader.reason
+
+    @property
+    def samples(self) -> list[dict]:
+        """A copy of every sample taken so far."""
+        with self._lock:
+            return list(self._samples)
+
+    def start(self) -> Sampler:
+        if self._thread is not None:
+            raise RuntimeError("a Sampler can be started only once")
+        self._thread = threading.Thread(
+            target=self._run, name=f"largestep-sampler-{self.device.id}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Take a last sample, hand the unflushed ones to on_samples, and end the thread."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> Sampler:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        pending: list[dict] = []
+        next_flush = time.monotonic() + self.flush_every_s
+        # The first sample comes one interval in: a CPU % over a zero-length window means nothing.
+        while not self._stop.wait(self.interval_s):
+            self._take(pending)
+            if time.monotonic() >= next_flush:
+                pending = self._flush(pending)
+                next_flush = time.monotonic() + self.flush_every_s
+        self._take(pending)  # so even a run shorter than one interval has a sample
+        self._flush(pending)
+
+    def _take(self, pending: list[dict]) -> None:
+        try:
+            sample = self._reader.read(self.tag)
+        except Exception:  # never let telemetry take down the run it observes
+            log.exception("telemetry sample failed")
+            return
+        with self._lock:
+            self._samples.append(sample)
+        pending.append(sample)
+
+    def _flush(self, pending: list[dict]) -> list[dict]:
+        if pending and self.on_samples is not None:
+            try:
+                self.on_samples(pending)
+            except Exception:
+                log.exception("telemetry on_samples callback failed; %d samples not delivered", len(pending))
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+# the hardware card
+
+
+def hardware_report() -> dict:
+    """Everything `largestep hardware --json` shows: devices, NVML, library versions."""
+    report_devices = []
+    for info in devices.discover():
+        entry = info.to_dict()
+        entry["live"] = snapshot(info) if info.kind == "cuda" else None
+        report_devices.append(entry)
+    return {
+        "devices": report_devices,
+        "nvml": nvml_status().to_dict(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver version from NVML, else the CUDA version torch was built for, labelled."""
+    status = nvml_status()
+    if status.available and status.driver_version:
+        return status.driver_version
+    if torch.version.cuda:
+        return f"CUDA {torch.version.cuda} (torch build; driver unknown)"
+    return None

@@ -1,0 +1,484 @@
+"""The training loop, run as a job: real training of a workload at one batch size and learning rate.
+
+Reads top to bottom: configuration, data, model and optimizer, the loop (forward backward
+update; logging; evaluation outside the training clock; termination), and the final record.
+
+- Data stays on the device when it fits; otherwise it is pinned and each batch copied
+  non-blocking one batch ahead. A fresh shuffle per epoch comes from the seed.
+- No host-device synchronisation per step: losses accumulate on the device and are read only
+  at logging intervals (and every ``check_every`` steps for divergence).
+- Learning rate: gradual linear warm-up over a number of samples (not steps), then constant
+  or cosine. Gradient accumulation: ``accumulate`` micro-batches per optimizer step.
+- Wall time is recorded with and without evaluation; time to a target validation loss too.
+- Data-parallel (``nproc > 1``, inside a torch.distributed process group started by
+  :mod:`engine.jobs.torchrun`): the model is wrapped in DistributedDataParallel; every global
+  batch is cut into disjoint shards, one per rank; ``batch_size`` stays the global batch
+  (micro-batch x accumulate x nproc), so the learning rate and warm-up follow it. Only rank 0
+  evaluates and logs; its decisions (target reached, diverged) are broadcast to every rank.
+- Gradient noise scale for free in data-parallel runs: DDP's communication hook sees each
+  rank's gradient (B_small = micro-batch x accumulate) just before the all-reduce, and the
+  all-reduced gradient is the global batch's (B_big); McCandlish's estimator over the steps of
+  each logging interval is logged as ``noise_scale`` (with ``noise_g2``, ``noise_trace_sigma``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Protocol
+
+import torch
+
+from engine.errors import Diverged, UsageError
+from engine.measure import devices
+from engine.measure import distributed as ddp_util
+from engine.workloads.base import Workload
+
+__all__ = ["TrainConfig", "RunResult", "RunLog", "NullLog", "train", "lr_at"]
+
+SCHEDULES = ("constant", "cosine")
+
+
+class RunLog(Protocol):
+    """Where a run reports as it trains: a job's spool (engine.jobs.bodies), or a test's list."""
+
+    def started(self, **facts) -> None:
+        """Once, before the first step: the config and what the run is made of."""
+
+    def logged(self, rows: list[dict]) -> None:
+        """Training metrics at a logging step: wide rows (step, epoch, samples, times, train_loss, lr, ...)."""
+
+    def logged_values(self, rows: list[dict]) -> None:
+        """Named values at a logging step: long rows (the data-parallel noise scale)."""
+
+    def evaluated(self, **evaluation) -> None:
+        """A validation pass: step, epoch, samples, wall and training time, val_loss, metrics."""
+
+
+class NullLog:
+    """Reports nothing: a rank other than 0, or a caller that wants only the result."""
+
+    def started(self, **facts) -> None:
+        pass
+
+    def logged(self, rows: list[dict]) -> None:
+        pass
+
+    def logged_values(self, rows: list[dict]) -> None:
+        pass
+
+    def evaluated(self, **evaluation) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int                        # global batch: samples per optimizer step, all ranks together
+    lr: float                              # peak learning rate, reached after warm-up
+    epochs: float | None = None            # None: the workload's epochs
+    warmup_samples: int | None = None      # linear warm-up length in samples; None: the workload's
+    accumulate: int = 1                    # micro-batches per optimizer step (micro = batch / accumulate / nproc)
+    nproc: int = 1                         # data-parallel processes (ranks); each takes a shard of every batch
+    schedule: str = "constant"             # after warm-up: "constant" or "cosine" (to zero at the end)
+    dtype: str = "fp32"                    # "fp32" | "bf16" | "fp16" (autocast)
+    seed: int = 0                          # model initialisation and data order
+    eval_every_epochs: float = 1.0         # evaluate this often (in epochs); also at the end
+    log_every_steps: int | None = None     # None: about 20 logs per epoch
+    check_every: int = 5                   # steps between divergence checks (each one syncs)
+    divergence_factor: float = 10.0        # loss above this times its start value: diverged
+    target_val_loss: float | None = None   # stop when validation loss reaches this
+    max_steps: int | None = None           # hard cap on optimizer steps (tests, smoke runs)
+    group: str | None = None               # repeats of one config share a group
+    tags: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise UsageError(f"--batch-size must be a positive integer, not {self.batch_size!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"--lr must be a positive number, not {self.lr!r}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise UsageError(f"--epochs must be positive, not {self.epochs!r}")
+        if self.warmup_samples is not None and self.warmup_samples < 0:
+            raise UsageError("--warmup-samples must not be negative")
+        if not isinstance(self.accumulate, int) or self.accumulate < 1:
+            raise UsageError(f"--accumulate must be a positive integer, not {self.accumulate!r}")
+        if isinstance(self.nproc, bool) or not isinstance(self.nproc, int) or self.nproc < 1:
+            raise UsageError(f"--nproc must be a positive integer, not {self.nproc!r}")
+        if self.batch_size % (self.accumulate * self.nproc):
+            if self.nproc == 1:
+                raise UsageError(f"--batch-size {self.batch_size} is not divisible by --accumulate {self.accumulate}")
+            raise UsageError(f"--batch-size {self.batch_size} is not divisible by --nproc {self.nproc} x --accumulate "
+                             f"{self.accumulate} = {self.nproc * self.accumulate}; the global batch is micro-batch x "
+                             f"accumulate x nproc")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"--schedule must be constant or cosine, not {self.schedule!r}")
+        if self.target_val_loss is not None and not math.isfinite(self.target_val_loss):
+            raise UsageError("--target-val-loss must be a finite number")
+        if self.eval_every_epochs <= 0:
+            raise UsageError("the evaluation interval must be positive")
+
+    @property
+    def micro_batch(self) -> int:
+        """Samples per forward pass on one rank."""
+        return self.batch_size // (self.accumulate * self.nproc)
+
+    @property
+    def rank_batch(self) -> int:
+        """Samples per optimizer step on one rank (its share of the global batch)."""
+        return self.batch_size // self.nproc
+
+
+@dataclass
+class RunResult:
+    steps: int = 0
+    samples: int = 0
+    epochs: float = 0.0
+    wall_time_s: float = 0.0               # everything, evaluation included
+    train_time_s: float = 0.0              # training only: evaluation is outside this clock
+    final_val_loss: float | None = None
+    best_val_loss: float | None = None
+    final_metrics: dict = field(default_factory=dict)
+    reached_target: bool = False
+    time_to_target_s: float | None = None  # training time at the first evaluation at or below the target
+    peak_memory_bytes: int | None = None
+    diverged: bool = False
+    stop_reason: str = "epochs"            # epochs | target | max_steps | diverged
+
+
+def lr_at(step: int, samples_seen: int, peak_lr: float, warmup_samples: int, total_steps: int,
+          schedule: str = "constant") -> float:
+    """Learning rate for the optimizer step about to run: linear warm-up by samples, then the schedule."""
+    if warmup_samples > 0 and samples_seen < warmup_samples:
+        return peak_lr * (samples_seen + 1) / warmup_samples  # never exactly zero: the first step moves
+    if schedule == "cosine" and total_steps > 0:
+        progress = min(1.0, step / total_steps)
+        return peak_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return peak_lr
+
+
+class _Batches:
+    """Per-epoch shuffled batches; on the device when the data fits, else pinned + prefetched.
+
+    With ``world > 1`` every rank draws the same permutation (from the seed) and each global
+    micro-step of ``micro_batch * world`` samples is cut into ``world`` disjoint shards; rank r
+    takes the r-th. So the union of the shards is exactly the single-process micro-batch.
+    """
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], device: torch.device, micro_batch: int, seed: int,
+                 rank: int = 0, world: int = 1):
+        self.device = device
+        self.micro_batch = micro_batch
+        self.rank, self.world = rank, world
+        self.seed = seed
+        self.n = int(tensors[0].shape[0])
+        on_device = device.type == "cpu" or _fits_on_device(tensors, device)
+        self.tensors = tuple(t.to(device) for t in tensors) if on_device else tuple(t.pin_memory() for t in tensors)
+        self.on_device = on_device
+
+    def epoch(self, epoch: int):
+        """Micro-batches of one epoch, in a fresh order from the seed; a partial last batch is dropped."""
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(self.n, generator=generator)
+        if self.on_device:
+            order = order.to(self.device)
+        span = self.micro_batch * self.world           # one global micro-step, all ranks together
+        starts = range(self.rank * self.micro_batch, self.n - span + 1 + self.rank * self.micro_batch, span)
+        if self.on_device:
+            for start in starts:
+                index = order[start:start + self.micro_batch]
+                yield tuple(t.index_select(0, index) for t in self.tensors)
+        else:
+            # copy the next batch while the current one computes
+            pending = None
+            for start in starts:
+                index = order[start:start + self.micro_batch]
+                batch = tuple(t.index_select(0, index).pin_memory().to(self.device, non_blocking=True)
+                              for t in self.tensors)
+                if pending is not None:
+                    yield pending
+                pending = batch
+            if pending is not None:
+                yield pending
+
+    def steps_per_epoch(self, accumulate: int) -> int:
+        return (self.n // (self.micro_batch * self.world)) // accumulate
+
+
+def _fits_on_device(tensors, device) -> bool:
+    total = devices.device_info(device).total_memory_bytes or 0
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    return size < 0.25 * total  # leave the rest to the model, activations and the allocator
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, workload: Workload, val: tuple[torch.Tensor, ...], device: torch.device,
+             dtype: str, batch: int = 4096) -> tuple[float, dict[str, float]]:
+    """Validation loss (sample-weighted mean) and the workload's metrics on the whole validation set."""
+    model.eval()
+    outputs, total, count = [], 0.0, 0
+    n = int(val[0].shape[0])
+    for start in range(0, n, batch):
+        *inputs, target = (t[start:start + batch].to(device, non_blocking=True) for t in val)
+        with devices.autocast(device, dtype):
+            out = model(*inputs)
+        out = out.float()
+        total += float(workload.loss(out, target)) * target.shape[0]
+        count += int(target.shape[0])
+        outputs.append(out)
+    model.train()
+    output = torch.cat(outputs)
+    target = val[-1].to(device)
+    return total / max(1, count), workload.evaluate_metrics(output, target)
+
+
+def train(workload: Workload, device: torch.device, config: TrainConfig,
+          log: RunLog | None = None,
+          progress: Callable[[str, float], None] = lambda phase, fraction: None,
+          should_stop: Callable[[], bool] = lambda: False, save_to: str | None = None) -> RunResult:
+    """Train once, reporting to ``log`` as it goes. Raises Diverged when the loss explodes.
+
+    With ``config.nproc > 1`` this runs in each of the ranks of a process group (see
+    :mod:`engine.jobs.torchrun`); only rank 0 reports to ``log`` and ``progress``.
+    """
+    config.validate()
+    devices.check_dtype(device, config.dtype)
+    world, rank = ddp_util.world_size(), ddp_util.rank()
+    if config.nproc != world:
+        raise UsageError(f"--nproc {config.nproc} needs a process group of {config.nproc} ranks (launched by the job "
+                         f"runner through torchrun); this one has {world}")
+    if config.batch_size > workload.n_train:
+        raise UsageError(f"--batch-size {config.batch_size} is larger than the {workload.n_train} training samples")
+    if log is None or rank != 0:  # one voice: rank 0 logs for the run
+        log = NullLog()
+    if rank != 0:
+        progress = lambda phase, fraction: None  # noqa: E731
+
+    # -- setup: data, model, optimizer --------------------------------------------------------------
+    torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    batches = _Batches(workload.train, device, config.micro_batch, config.seed, rank, world)
+    model = workload.model().to(device)
+    model.train()
+    forward, probe = model, None
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(config.seed + 1_000_003 * rank)  # dropout and other noise: independent per rank
+    optimizer = workload.make_optimizer(model.parameters(), config.lr)
+    scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(device, config.dtype) else None
+    if world > 1 and scaler is None:  # a loss-scaled gradient would need unscaling first: fp16 goes without
+        probe = _NoiseProbe(forward, device, config.rank_batch, config.batch_size)
+    epochs = config.epochs if config.epochs is not None else workload.epochs
+    warmup = config.warmup_samples if config.warmup_samples is not None else workload.default_warmup_samples()
+    steps_per_epoch = batches.steps_per_epoch(config.accumulate)
+    if steps_per_epoch == 0:
+        raise UsageError(f"--batch-size {config.batch_size} is larger than the {workload.n_train} training samples")
+    total_steps = max(1, math.ceil(epochs * steps_per_epoch))
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    log_every = config.log_every_steps or max(1, steps_per_epoch // 20)
+    eval_every = max(1, round(config.eval_every_epochs * steps_per_epoch))
+    devices.reset_peak_memory(device)
+    log.started(config=asdict(config), epochs=epochs, warmup_samples=warmup, steps_per_epoch=steps_per_epoch,
+         total_steps=total_steps, micro_batch=config.micro_batch, n_train=workload.n_train,
+         n_params=sum(p.numel() for p in model.parameters()), on_device=batches.on_device, world_size=world,
+         backend=torch.distributed.get_backend() if world > 1 else None)
+
+    result = RunResult()
+    loss_sum = torch.zeros((), device=device)   # accumulated on the device, read at logging intervals
+    loss_count = 0
+    first_loss: float | None = None
+    eval_time = 0.0
+    start = time.perf_counter()
+    last_log_time, last_log_samples = start, 0
+    step = 0
+    epoch = 0
+    done = False
+
+    while not done:
+        micro = 0
+        for micro_batch in batches.epoch(epoch):
+            *inputs, target = micro_batch
+            micro += 1
+            # forward backward (one micro-batch; the loss is scaled so accumulation averages); with
+            # DDP the gradient all-reduce runs inside the last micro-batch's backward only
+            syncing = micro % config.accumulate == 0
+            with _no_sync_unless(forward, syncing):
+                with devices.autocast(device, config.dtype):
+                    loss = workload.loss(forward(*inputs), target)
+                scaled = loss / config.accumulate
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            loss_sum += loss.detach().float()
+            loss_count += 1
+            if not syncing:
+                continue
+            # update
+            lr = lr_at(step, result.samples, config.lr, warmup, total_steps, config.schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if probe is not None:
+                probe.after_backward(model)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            result.samples += config.batch_size
+
+            # divergence: a sync every few steps, not every step
+            if step % config.check_every == 0 or step <= 3:
+                current = float(ddp_util.mean_across_ranks(loss.detach().float()))  # sync (and all ranks agree)
+                if first_loss is None and math.isfinite(current):
+                    first_loss = current
+                if not math.isfinite(current) or (first_loss is not None and first_loss > 0
+                                                  and current > config.divergence_factor * first_loss):
+                    result.diverged, result.stop_reason = True, "diverged"
+                    log.logged([_row(step, result.samples, steps_per_epoch, start, eval_time,
+                                               current, lr, None)])
+                    raise Diverged(f"loss {current:.4g} at step {step} (lr {lr:.3g}); started at {first_loss}")
+
+            # timing and logging
+            if step % log_every == 0:
+                now = time.perf_counter()
+                mean_loss = float(ddp_util.mean_across_ranks(loss_sum)) / max(1, loss_count)  # sync
+                train_elapsed = (now - last_log_time)
+                throughput = (result.samples - last_log_samples) / train_elapsed if train_elapsed > 0 else None
+                row = _row(step, result.samples, steps_per_epoch, start, eval_time, mean_loss, lr, throughput)
+                log.logged([row])
+                if probe is not None:
+                    noise_rows = probe.log_rows(row)  # a collective: every rank computes, rank 0 logs
+                    log.logged_values(noise_rows)
+                loss_sum.zero_()
+                loss_count = 0
+                last_log_time, last_log_samples = now, result.samples
+                progress(f"step {step}/{total_steps}, loss {mean_loss:.4f}", step / total_steps)
+
+            # evaluation, outside the training clock
+            last_step = step >= total_steps
+            if step % eval_every == 0 or last_step:
+                devices.synchronize(device)
+                eval_start = time.perf_counter()  # stop the clock
+                val_loss, metrics = (evaluate(model, workload, workload.val, device, config.dtype) if rank == 0
+                                     else (None, {}))
+                val_loss = ddp_util.broadcast_float(val_loss) if world > 1 else val_loss  # rank 0 decides for all
+                devices.synchronize(device)
+                eval_time += time.perf_counter() - eval_start  # start the clock again
+                last_log_time += time.perf_counter() - eval_start  # throughput excludes evaluation
+                train_time = time.perf_counter() - start - eval_time
+                result.final_val_loss, result.final_metrics = val_loss, metrics
+                result.best_val_loss = val_loss if result.best_val_loss is None else min(result.best_val_loss, val_loss)
+                log.evaluated(step=step, epoch=step / steps_per_epoch, samples=result.samples,
+                     wall_time_s=time.perf_counter() - start, train_time_s=train_time, val_loss=val_loss,
+                     metrics=metrics)
+                if not math.isfinite(val_loss):
+                    result.diverged, result.stop_reason = True, "diverged"
+                    raise Diverged(f"validation loss {val_loss} at step {step}")
+                if config.target_val_loss is not None and val_loss <= config.target_val_loss:
+                    result.reached_target, result.time_to_target_s = True, train_time
+                    result.stop_reason = "target"
+                    done = True
+                    break
+
+            # termination
+            if step >= total_steps:
+                result.stop_reason = "max_steps" if config.max_steps is not None and step >= config.max_steps \
+                    else "epochs"
+                done = True
+                break
+            if should_stop():
+                result.stop_reason = "stopped"
+                done = True
+                break
+        epoch += 1
+
+    devices.synchronize(device)
+    result.steps = step
+    result.epochs = step / steps_per_epoch
+    result.wall_time_s = time.perf_counter() - start
+    result.train_time_s = result.wall_time_s - eval_time
+    result.peak_memory_bytes = devices.peak_memory(device)
+    if result.peak_memory_bytes is None:
+        result.peak_memory_bytes = _process_peak_rss()
+    if save_to is not None and rank == 0:
+        torch.save(model.state_dict(), save_to)
+    return result
+
+
+def _no_sync_unless(forward: torch.nn.Module, syncing: bool):
+    """DDP's ``no_sync()`` for the micro-batches that only accumulate; nothing otherwise."""
+    if syncing or not hasattr(forward, "no_sync"):
+        return contextlib.nullcontext()
+    return forward.no_sync()
+
+
+class _NoiseProbe:
+    """McCandlish's |G_small|² and |G_big|² from a data-parallel step, at no extra forward or backward.
+
+    DDP's communication hook receives each gradient bucket of this rank before the all-reduce:
+    the sum of their squared norms is |G_small|² for B_small = this rank's samples per step. After
+    the backward, the parameters' gradients are the all-reduced mean over ranks: |G_big|² for
+    B_big = the global batch. Sums stay on the device; at a logging step one scalar all-reduce
+    averages |G_small|² over the ranks, then the estimator (engine.measure.noise) gives |G|², tr(Σ), B_simple
+    over the steps of the interval (averages first, then the ratio).
+    """
+
+    def __init__(self, ddp_model, device: torch.device, batch_small: int, batch_big: int):
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        self.batch_small, self.batch_big = batch_small, batch_big
+        self.small_sum = torch.zeros((), dtype=torch.float64, device=device)  # Σ over steps of local |g|²
+        self.big_sum = torch.zeros((), dtype=torch.float64, device=device)    # Σ over steps of |all-reduced g|²
+        self.steps = 0
+
+        def hook(_state, bucket):
+            self.small_sum += torch.linalg.vector_norm(bucket.buffer(), dtype=torch.float64) ** 2
+            return allreduce_hook(None, bucket)  # the default: average over the ranks
+
+        ddp_model.register_comm_hook(None, hook)
+
+    def after_backward(self, model: torch.nn.Module) -> None:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads:
+            self.big_sum += torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads])) ** 2
+        self.steps += 1
+
+    def log_rows(self, row: dict) -> list[dict]:
+        """Metric rows for this logging interval; resets the sums."""
+        from engine.measure.noise import noise_scale_from_norms
+
+        small = float(ddp_util.mean_across_ranks(self.small_sum)) / max(1, self.steps)  # sync
+        big = float(self.big_sum) / max(1, self.steps)
+        self.small_sum.zero_()
+        self.big_sum.zero_()
+        self.steps = 0
+        g2, trace_sigma = noise_scale_from_norms(small, big, self.batch_small, self.batch_big)
+        index = {k: row[k] for k in ("step", "epoch", "samples", "wall_time_s", "train_time_s")}
+        values = {"noise_g_small_sq": small, "noise_g_big_sq": big, "noise_g2": g2, "noise_trace_sigma": trace_sigma,
+                  # B_simple only where both estimates are positive: a single interval can be noisy
+                  "noise_scale": trace_sigma / g2 if g2 > 0 and trace_sigma > 0 else None}
+        return [{**index, "name": name, "value": value} for name, value in values.items()
+                if value is not None and math.isfinite(value)]
+
+
+def _process_peak_rss() -> int | None:
+    """The job process's peak resident memory: on CPU the run's real peak (data, model, everything)."""
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
+    except (ImportError, OSError):
+        return None
+
+
+def _row(step: int, samples: int, steps_per_epoch: int, start: float, eval_time: float, loss: float, lr: float,
+         throughput: float | None) -> dict:
+    wall = time.perf_counter() - start
+    return {"step": step, "epoch": step / steps_per_epoch, "samples": samples, "wall_time_s": wall,
+            "train_time_s": wall - eval_time, "train_loss": loss, "lr": lr, "samples_per_s": throughput}

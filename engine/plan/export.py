@@ -1,0 +1,688 @@
+"""Export a recommendation: a config document (YAML, JSON, TOML) or a ready snippet.
+
+Formats
+    yaml, json, toml   the config document of :func:`config_document`, serialised
+    torch              plain PyTorch: optimizer, LambdaLR warm-up, DataLoader, accumulation loop
+    hf                 Hugging Face ``TrainingArguments(...)`` (and a ``Trainer`` factory)
+    lightning          a LightningModule's ``configure_optimizers`` and a ``Trainer(...)``
+    deepspeed          a DeepSpeed config (JSON)
+    cli                the ``largestep train`` line that reproduces the run
+
+Every format carries the same global batch split, which must hold exactly::
+
+    global batch = micro-batch x gradient accumulation x devices
+
+``devices`` / ``micro_batch`` re-split the recommended global batch (the learning rate, tied to
+the global batch, does not change); a split that does not divide exactly is refused with the
+values that would work.
+
+The document's layout (see :func:`config_document`)::
+
+    largestep:   version, recommendation_id, created_at
+    workload:    name, spec, options
+    training:    batch_size (global), micro_batch_size, gradient_accumulation_steps, devices,
+                 learning_rate, optimizer {name, weight_decay[, momentum]}, warmup_steps,
+                 warmup_samples, schedule, epochs, dtype
+    scaling:     rule, lr_per_sample, baseline {batch_size, learning_rate}, noise_scale,
+                 assumed_perfect_scaling
+    measured_on: profile_id, noise_id, device {id, name, kind}
+    prediction:  speedup_throughput, speedup_time_to_target,
+                 experiments_per_gpu_day {baseline, recommended}
+
+TOML has no null: a ``None`` value is left out of the TOML text, so :func:`parse_config` of TOML
+gives back the document without its ``None`` keys. YAML and JSON keep them as null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import re
+import shlex
+from typing import Any
+
+from engine import __version__
+from engine.errors import UsageError
+
+__all__ = [
+    "FORMATS",
+    "DATA_FORMATS",
+    "FILE_SUFFIX",
+    "OPTIMIZERS",
+    "SGD_MOMENTUM",
+    "export_config",
+    "export_filename",
+    "config_document",
+    "parse_config",
+    "split_batch",
+]
+
+FORMATS = ("yaml", "json", "toml", "torch", "hf", "lightning", "deepspeed", "cli")
+DATA_FORMATS = ("yaml", "json", "toml")
+FILE_SUFFIX = {
+    "yaml": ".yaml", "json": ".json", "toml": ".toml",
+    "torch": ".py", "hf": ".py", "lightning": ".py",
+    "deepspeed": ".json", "cli": ".sh",
+}
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SGD_MOMENTUM = 0.9  # the workload contract's "sgd" is SGD with momentum 0.9
+SCHEDULES = ("constant", "cosine")
+
+_ALIASES = {"yml": "yaml"}
+_REQUIRED = ("recommendation_id", "batch_size", "learning_rate", "optimizer")
+
+
+# -- the batch split -----------------------------------------------------------------------------
+
+
+def split_batch(global_batch: int, devices: int = 1, micro_batch: int | None = None) -> tuple[int, int, int]:
+    """(micro-batch, gradient accumulation, devices) with micro x accumulation x devices == global.
+
+    Without ``micro_batch`` each device takes its whole share in one pass (accumulation 1).
+    Raises UsageError, naming the values that would work, when the split is not exact.
+    """
+    global_batch = _positive_int(global_batch, "the global batch")
+    devices = _positive_int(devices, "--devices")
+    if global_batch % devices:
+        raise UsageError(f"--devices {devices} does not divide the global batch {global_batch}; "
+                         f"use one of {_join(_divisors(global_batch))}")
+    per_device = global_batch // devices
+    if micro_batch is None:
+        return per_device, 1, devices
+    micro_batch = _positive_int(micro_batch, "--micro-batch")
+    if per_device % micro_batch:
+        share = (f"the {per_device} samples each of {devices} devices takes per step" if devices > 1
+                 else "the global batch")
+        raise UsageError(f"--micro-batch {micro_batch} does not divide {share} (global batch {global_batch}); "
+                         f"use one of {_join(_divisors(per_device))}")
+    return micro_batch, per_device // micro_batch, devices
+
+
+def _split_for(rec: dict, devices: int | None, micro_batch: int | None) -> tuple[int, int, int]:
+    """The split to export: the recommendation's own unless ``devices`` or ``micro_batch`` is given."""
+    global_batch = rec["batch_size"]
+    own_micro = rec.get("micro_batch_size") or global_batch
+    if devices is None and micro_batch is None:
+        micro, accumulation, n = split_batch(global_batch, rec.get("world_size") or 1, own_micro)
+        own_accumulation = rec.get("gradient_accumulation_steps") or 1
+        if accumulation != own_accumulation:
+            raise UsageError(f"recommendation {rec['recommendation_id']} is inconsistent: micro-batch {own_micro} x "
+                             f"accumulation {own_accumulation} x {n} devices is not its batch {global_batch}")
+        return micro, accumulation, n
+    if devices is None:
+        devices = rec.get("world_size") or 1
+    if micro_batch is None:
+        # Only the device count changed: each device takes its whole share, but never more per
+        # pass than the recommendation's own micro-batch, the largest one known to fit in memory.
+        per_device = split_batch(global_batch, devices)[0]
+        if per_device > own_micro:
+            micro_batch = max(d for d in _divisors(per_device) if d <= own_micro)
+    return split_batch(global_batch, devices, micro_batch)
+
+
+def _positive_int(value: Any, what: str) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise UsageError(f"{what} must be a positive integer, not {value!r}") from None
+    if number <= 0:
+        raise UsageError(f"{what} must be a positive integer, not {value!r}")
+    return number
+
+
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def _join(values: list[int]) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+# -- the config document -------------------------------------------------------------------------
+
+
+def config_document(rec: dict, devices: int | None = None, micro_batch: int | None = None) -> dict:
+    """The nested, readable document that the data formats serialise (layout: module docstring)."""
+    _check(rec)
+    micro, accumulation, n = _split_for(rec, devices, micro_batch)
+    batch = int(rec["batch_size"])
+    lr = float(rec["learning_rate"])
+    optimizer: dict[str, Any] = {"name": rec["optimizer"], "weight_decay": float(rec.get("weight_decay") or 0.0)}
+    if rec["optimizer"] == "sgd":
+        optimizer["momentum"] = SGD_MOMENTUM
+    baseline = rec.get("baseline") or {}
+    device = rec.get("device") or {}
+    speedup = rec.get("predicted_speedup") or {}
+    per_day = rec.get("experiments_per_gpu_day") or {}
+    noise_scale = _number(rec.get("noise_scale"))
+    return {
+        "largestep": {
+            "version": rec.get("tool_version") or __version__,
+            "recommendation_id": rec["recommendation_id"],
+            "created_at": rec.get("created_at"),
+        },
+        "workload": {
+            "name": rec.get("workload"),
+            "spec": rec.get("workload_spec") or rec.get("workload"),
+            "options": dict(rec.get("workload_options") or {}),
+        },
+        "training": {
+            "batch_size": batch,
+            "micro_batch_size": micro,
+            "gradient_accumulation_steps": accumulation,
+            "devices": n,
+            "learning_rate": lr,
+            "optimizer": optimizer,
+            "warmup_steps": int(rec.get("warmup_steps") or 0),
+            "warmup_samples": int(rec.get("warmup_samples") or 0),
+            "schedule": rec.get("schedule") or "constant",
+            "epochs": _int(rec.get("epochs")),
+            "dtype": rec.get("dtype") or "fp32",
+        },
+        "scaling": {
+            "rule": rec.get("rule") or "linear",
+            "lr_per_sample": lr / batch,
+            "baseline": {
+                "batch_size": _int(baseline.get("batch_size")),
+                "learning_rate": _number(baseline.get("learning_rate")),
+            },
+            "noise_scale": noise_scale,
+            "assumed_perfect_scaling": bool(rec.get("assumed_perfect_scaling", noise_scale is None)),
+        },
+        "measured_on": {
+            "profile_id": rec.get("profile_id"),
+            "noise_id": rec.get("noise_id"),
+            "device": {"id": device.get("id"), "name": device.get("name"), "kind": device.get("kind")},
+        },
+        "prediction": {
+            "speedup_throughput": _number(speedup.get("throughput")),
+            "speedup_time_to_target": _number(speedup.get("time_to_target")),
+            "experiments_per_gpu_day": {
+                "baseline": _number(per_day.get("baseline")),
+                "recommended": _number(per_day.get("recommended")),
+            },
+        },
+    }
+
+
+def _check(rec: dict) -> None:
+    missing = [key for key in _REQUIRED if rec.get(key) is None]
+    if missing:
+        raise UsageError(f"the recommendation lacks {', '.join(missing)}; run `largestep recommend` again")
+    if rec["optimizer"] not in OPTIMIZERS:
+        raise UsageError(f"optimizer {rec['optimizer']!r} cannot be exported; known: {', '.join(OPTIMIZERS)}")
+    schedule = rec.get("schedule") or "constant"
+    if schedule not in SCHEDULES:
+        raise UsageError(f"schedule {schedule!r} cannot be exported; known: {', '.join(SCHEDULES)}")
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None (JSON and TOML cannot carry NaN or infinity faithfully)."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _drop_none(value: Any) -> Any:
+    """The document without None values: TOML's convention, as TOML has no null."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+# -- entry points --------------------------------------------------------------------------------
+
+
+def export_config(rec: dict, fmt: str, devices: int | None = None, micro_batch: int | None = None) -> str:
+    """The recommendation as text in ``fmt`` (one of FORMATS), optionally re-split over devices."""
+    fmt = _format(fmt, FORMATS)
+    doc = config_document(rec, devices, micro_batch)
+    return _WRITERS[fmt](doc)
+
+
+def export_filename(rec: dict, fmt: str) -> str:
+    """A default file name, e.g. ``largestep-rec-1a2b3c4d-hf.py``."""
+    fmt = _format(fmt, FORMATS)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(rec.get("recommendation_id") or "recommendation"))
+    return f"largestep-{stem}-{fmt}{FILE_SUFFIX[fmt]}"
+
+
+def parse_config(text: str, fmt: str) -> dict:
+    """A YAML, JSON or TOML export read back into the document (TOML: no None keys)."""
+    fmt = _format(fmt, DATA_FORMATS)
+    try:
+        if fmt == "json":
+            doc = json.loads(text)
+        elif fmt == "yaml":
+            import yaml
+
+            doc = yaml.safe_load(text)
+        else:
+            doc = _tomllib().loads(text)
+    except Exception as exc:  # each parser has its own error type; all mean "not valid"
+        detail = " ".join(str(exc).split())
+        raise UsageError(f"not valid {fmt.upper()}: {detail}") from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"not a largestep config: the {fmt.upper()} text holds no mapping")
+    return doc
+
+
+def _format(fmt: str, allowed: tuple[str, ...]) -> str:
+    name = str(fmt).strip().lower()
+    name = _ALIASES.get(name, name)
+    if name not in allowed:
+        raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(allowed)}")
+    return name
+
+
+def _tomllib():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib
+
+
+# -- the header every output starts with ---------------------------------------------------------
+
+
+def _header(doc: dict) -> list[str]:
+    """Where the numbers come from, one fact a line (without comment markers)."""
+    ls, train, scale, on = doc["largestep"], doc["training"], doc["scaling"], doc["measured_on"]
+    device = on["device"]
+    measured = f"measured on {_clean(device['name'] or device['id'] or 'an unknown device')}"
+    where = device["id"] or device["kind"]
+    if where and device["name"]:
+        measured += f" ({_clean(where)})"
+    measured += f", profile {_clean(on['profile_id'] or '-')}"
+    if on["noise_id"]:
+        measured += f", noise estimate {_clean(on['noise_id'])}"
+    base = scale["baseline"]
+    if scale["rule"] == "linear":
+        rule = f"rule: linear, lr/batch fixed at {scale['lr_per_sample']:.4g} per sample"
+    else:
+        rule = f"rule: {_clean(scale['rule'])}, lr = baseline lr x sqrt(batch / baseline batch)"
+    if base["batch_size"] and base["learning_rate"]:
+        rule += f" (baseline: batch {base['batch_size']} at lr {base['learning_rate']:.4g})"
+    noise = (f"gradient noise scale about {scale['noise_scale']:,.0f}" if scale["noise_scale"] is not None
+             else "noise scale: not estimated (perfect scaling assumed up to saturation)")
+    lines = [
+        f"generated by largestep {__version__} from recommendation {_clean(ls['recommendation_id'])} "
+        f"made on {_clean(ls['created_at'] or 'an unknown date')}"
+        + (f" by largestep {_clean(ls['version'])}" if ls["version"] != __version__ else ""),
+        f"workload {_clean(doc['workload']['spec'] or '-')}; {measured}",
+        f"{rule}; {noise}",
+        f"global batch {train['batch_size']} = micro-batch {train['micro_batch_size']} x accumulation "
+        f"{train['gradient_accumulation_steps']} x {_devices(train['devices'])}; learning rate "
+        f"{train['learning_rate']:.6g} after {train['warmup_steps']} warm-up steps "
+        f"({train['warmup_samples']} samples), then {train['schedule']}",
+    ]
+    pred = doc["prediction"]
+    if pred["speedup_time_to_target"] is not None or pred["speedup_throughput"] is not None:
+        parts = []
+        if pred["speedup_time_to_target"] is not None:
+            parts.append(f"{pred['speedup_time_to_target']:.2f}x faster to the target")
+        if pred["speedup_throughput"] is not None:
+            parts.append(f"{pred['speedup_throughput']:.2f}x the throughput")
+        lines.append("predicted: " + ", ".join(parts) + " of the baseline")
+    return lines
+
+
+def _clean(value: Any) -> str:
+    """Text safe inside a one-line comment: no newlines or control characters can break out."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in str(value)).split())
+
+
+def _devices(n: int) -> str:
+    return "1 device" if n == 1 else f"{n} devices"
+
+
+def _comment(lines: list[str]) -> str:
+    return "".join(f"# {line}\n" for line in lines)
+
+
+# -- data formats --------------------------------------------------------------------------------
+
+
+def _yaml(doc: dict) -> str:
+    import yaml
+
+    return _comment(_header(doc)) + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
+
+
+def _json(doc: dict) -> str:
+    return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def _toml(doc: dict) -> str:
+    import tomli_w
+
+    return _comment(_header(doc)) + tomli_w.dumps(_drop_none(doc))
+
+
+# -- code snippets -------------------------------------------------------------------------------
+
+_TORCH_OPTIMIZER = {
+    "adam": "torch.optim.Adam({params}, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)",
+    "adamw": "torch.optim.AdamW({params}, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)",
+    "sgd": "torch.optim.SGD({params}, lr=LEARNING_RATE, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)",
+}
+
+
+def _knobs(doc: dict) -> str:
+    """Every number of the recommendation, one per line, as module constants."""
+    t = doc["training"]
+    epochs = t["epochs"]
+    lines = [
+        f"GLOBAL_BATCH = {t['batch_size']}  # samples per optimizer step, all devices together",
+        f"MICRO_BATCH = {t['micro_batch_size']}  # samples per forward/backward pass on one device",
+        f"ACCUMULATION = {t['gradient_accumulation_steps']}  # micro-batches per optimizer step",
+        f"DEVICES = {t['devices']}  # data-parallel processes",
+        f"LEARNING_RATE = {t['learning_rate']!r}  # peak, reached at the end of warm-up",
+        f"WEIGHT_DECAY = {t['optimizer']['weight_decay']!r}",
+    ]
+    if t["optimizer"]["name"] == "sgd":
+        lines.append(f"MOMENTUM = {SGD_MOMENTUM!r}")
+    lines += [
+        f"WARMUP_STEPS = {t['warmup_steps']}  # optimizer steps of linear warm-up ({t['warmup_samples']} samples)",
+        f"EPOCHS = {epochs if epochs is not None else 1}"
+        + ("" if epochs is not None else "  # the workload sets no epoch count: choose yours"),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _lr_factor(doc: dict) -> str:
+    """The LambdaLR multiplier: linear warm-up, then constant or a cosine decay to zero."""
+    if doc["training"]["schedule"] == "cosine":
+        return '''
+
+def lr_factor(step: int, total_steps: int) -> float:
+    """Multiplier of LEARNING_RATE at optimizer step `step`: linear warm-up, then cosine to zero."""
+    if step < WARMUP_STEPS:
+        return (step + 1) / WARMUP_STEPS
+    progress = min(1.0, (step - WARMUP_STEPS) / max(1, total_steps - WARMUP_STEPS))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+'''
+    return '''
+
+def lr_factor(step: int) -> float:
+    """Multiplier of LEARNING_RATE at optimizer step `step`: linear warm-up, then constant."""
+    if step < WARMUP_STEPS:
+        return (step + 1) / WARMUP_STEPS
+    return 1.0
+'''
+
+
+def _math_import(doc: dict) -> list[str]:
+    return ["import math", ""] if doc["training"]["schedule"] == "cosine" else []
+
+
+def _total_steps_line(doc: dict, indent: str, expression: str) -> str:
+    """Only the cosine decay needs the run's length, in optimizer steps (after accumulation)."""
+    if doc["training"]["schedule"] != "cosine":
+        return ""
+    return f"{indent}total_steps = {expression}  # optimizer steps, after accumulation\n"
+
+
+def _scheduler_line(doc: dict, total_steps: str) -> str:
+    if doc["training"]["schedule"] == "cosine":
+        return f"torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, {total_steps}))"
+    return "torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)"
+
+
+def _torch(doc: dict) -> str:
+    t = doc["training"]
+    distributed = t["devices"] > 1
+    dtype = t["dtype"]
+    imports = _math_import(doc) + ["import torch", "from torch.utils.data import DataLoader"]
+    if distributed:
+        imports.append("from torch.utils.data.distributed import DistributedSampler")
+    out = _comment(_header(doc))
+    if distributed:
+        out += _comment([
+            f"{t['devices']} devices: launch with `torchrun --nproc_per_node {t['devices']} <your script>`; "
+            f"each process loads MICRO_BATCH = {t['micro_batch_size']} samples per pass",
+            "through a DistributedSampler, and the model is wrapped in DistributedDataParallel, which "
+            "averages gradients across devices.",
+        ])
+    out += "\n".join(imports) + "\n\n" + _knobs(doc)
+    out += "\nassert MICRO_BATCH * ACCUMULATION * DEVICES == GLOBAL_BATCH\n"
+    out += _lr_factor(doc)
+    sampler = "DistributedSampler(train_dataset)" if distributed else "None"
+    total = "EPOCHS * (len(loader) // ACCUMULATION)"
+    optimizer = _TORCH_OPTIMIZER[t["optimizer"]["name"]].format(params="model.parameters()")
+    body = '''
+
+def train(model, train_dataset, loss_fn, device="cpu"):
+    """Train `model` on `train_dataset` (items: inputs..., target) with the recommended settings."""
+    model.to(device)
+'''
+    if distributed:
+        body += '''    # needs torch.distributed.init_process_group() first (torchrun sets the environment)
+    model = torch.nn.parallel.DistributedDataParallel(model)
+'''
+    body += f'''    optimizer = {optimizer}
+    sampler = {sampler}
+    loader = DataLoader(train_dataset, batch_size=MICRO_BATCH, shuffle=sampler is None, sampler=sampler,
+                        drop_last=True)
+{_total_steps_line(doc, "    ", total)}    scheduler = {_scheduler_line(doc, "total_steps")}
+'''
+    if dtype == "fp16":
+        body += '    scaler = torch.amp.GradScaler(torch.device(device).type)  # fp16 needs loss scaling\n'
+    body += "\n    for epoch in range(EPOCHS):\n"
+    if distributed:
+        body += "        sampler.set_epoch(epoch)  # a different shuffle each epoch, the same on every device\n"
+    body += '''        optimizer.zero_grad(set_to_none=True)
+        for i, (*inputs, target) in enumerate(loader):
+            # forward backward: the loss is divided so the accumulated gradient is the mean over
+            # the global batch, not the sum of ACCUMULATION micro-batch means
+'''
+    forward = "loss = loss_fn(model(*(x.to(device) for x in inputs)), target.to(device))"
+    if dtype in ("bf16", "fp16"):
+        torch_dtype = "torch.bfloat16" if dtype == "bf16" else "torch.float16"
+        body += (f"            with torch.autocast(torch.device(device).type, dtype={torch_dtype}):\n"
+                 f"                {forward}\n")
+    else:
+        body += f"            {forward}\n"
+    if dtype == "fp16":
+        body += "            scaler.scale(loss / ACCUMULATION).backward()\n"
+    else:
+        body += "            (loss / ACCUMULATION).backward()\n"
+    keep = ("keep accumulating (under model.no_sync() this skips one all-reduce per micro-batch)"
+            if distributed else "keep accumulating")
+    body += f"            if (i + 1) % ACCUMULATION:\n                continue  # {keep}\n"
+    body += "            # update: one optimizer step per GLOBAL_BATCH samples\n"
+    if dtype == "fp16":
+        body += "            scaler.step(optimizer)\n            scaler.update()\n"
+    else:
+        body += "            optimizer.step()\n"
+    body += '''            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+    return model
+'''
+    return out + body
+
+
+def _hf(doc: dict) -> str:
+    t = doc["training"]
+    name = t["optimizer"]["name"]
+    wd = t["optimizer"]["weight_decay"]
+    scheduler = "cosine" if t["schedule"] == "cosine" else "constant_with_warmup"
+    out = _comment(_header(doc))
+    out += _comment([
+        f"global batch {t['batch_size']} = per_device_train_batch_size {t['micro_batch_size']} x "
+        f"gradient_accumulation_steps {t['gradient_accumulation_steps']} x {_devices(t['devices'])}"
+        + (f" (launch with `torchrun --nproc_per_node {t['devices']}` or `accelerate launch`)"
+           if t["devices"] > 1 else ""),
+    ])
+    explicit = None
+    if name == "sgd":
+        explicit = f"torch.optim.SGD(model.parameters(), lr={t['learning_rate']!r}, momentum={SGD_MOMENTUM!r}, " \
+                   f"weight_decay={wd!r})"
+    elif name == "adam" and wd:
+        explicit = f"torch.optim.Adam(model.parameters(), lr={t['learning_rate']!r}, weight_decay={wd!r})"
+    out += ("import torch\n" if explicit else "") + "from transformers import Trainer, TrainingArguments\n\n"
+    out += f"GLOBAL_BATCH = {t['batch_size']}  # samples per optimizer step, all devices together\n"
+    out += f"DEVICES = {t['devices']}  # processes the Trainer is launched on\n\n"
+    optim_comment = {
+        "adam": "  # the Trainer has no plain Adam: AdamW with weight_decay=0 is Adam",
+        "adamw": "",
+        "sgd": "  # plain SGD, no momentum: make_trainer below passes SGD with momentum 0.9",
+    }[name]
+    args_wd = 0.0 if name == "adam" else wd
+    args = [
+        f'output_dir={"largestep-" + _clean(doc["largestep"]["recommendation_id"])!r},',
+        f"per_device_train_batch_size={t['micro_batch_size']},",
+        f"gradient_accumulation_steps={t['gradient_accumulation_steps']},",
+        f"learning_rate={t['learning_rate']!r},",
+        f"warmup_steps={t['warmup_steps']},  # optimizer steps ({t['warmup_samples']} samples)",
+        f'lr_scheduler_type="{scheduler}",',
+    ]
+    if t["epochs"] is not None:
+        args.append(f"num_train_epochs={t['epochs']},")
+    args += [
+        f'optim="{"sgd" if name == "sgd" else "adamw_torch"}",{optim_comment}',
+        f"weight_decay={args_wd!r},",
+        f"bf16={t['dtype'] == 'bf16'},",
+        f"fp16={t['dtype'] == 'fp16'},",
+    ]
+    out += "args = TrainingArguments(\n" + "".join(f"    {a}\n" for a in args) + ")\n"
+    out += '''
+
+def make_trainer(model, train_dataset, **kwargs):
+    """A Trainer with these arguments; the learning-rate schedule comes from `args`."""
+'''
+    if explicit:
+        why = ("SGD with momentum 0.9, as measured" if name == "sgd"
+               else "Adam's own (L2) weight decay, which AdamW does not reproduce")
+        out += f"    # {why}; with scheduler None the Trainer builds its warm-up schedule on it\n"
+        out += f"    optimizer = {explicit}\n"
+        out += "    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, " \
+               "optimizers=(optimizer, None), **kwargs)\n"
+    else:
+        out += "    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, **kwargs)\n"
+    out += '''    # the global batch holds only when launched on DEVICES processes
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size == GLOBAL_BATCH
+    return trainer
+'''
+    return out
+
+
+_LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+_LIGHTNING_ACCELERATOR = {"cuda": "gpu", "mps": "mps", "cpu": "cpu"}
+
+
+def _lightning(doc: dict) -> str:
+    t = doc["training"]
+    accelerator = _LIGHTNING_ACCELERATOR.get(doc["measured_on"]["device"]["kind"] or "", "auto")
+    precision = _LIGHTNING_PRECISION.get(t["dtype"], "32-true")
+    out = _comment(_header(doc))
+    if t["devices"] > 1:
+        out += _comment([f"{t['devices']} devices: Lightning adds the DistributedSampler; each device loads "
+                         f"MICRO_BATCH = {t['micro_batch_size']} samples per pass"])
+    imports = _math_import(doc) + ["import lightning as L", "import torch", "from torch.utils.data import DataLoader"]
+    out += "\n".join(imports) + "\n\n"
+    out += _knobs(doc)
+    out += "\nassert MICRO_BATCH * ACCUMULATION * DEVICES == GLOBAL_BATCH\n"
+    out += _lr_factor(doc)
+    optimizer = _TORCH_OPTIMIZER[t["optimizer"]["name"]].format(params="self.parameters()")
+    out += f'''
+
+class LargestepModule(L.LightningModule):
+    """Wraps a model and its loss with the recommended optimizer and schedule."""
+
+    def __init__(self, model, loss_fn):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def training_step(self, batch, batch_idx):
+        *inputs, target = batch
+        loss = self.loss_fn(self.model(*inputs), target)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = {optimizer}
+{_total_steps_line(doc, "        ", "self.trainer.estimated_stepping_batches")}        scheduler = {_scheduler_line(doc, "total_steps")}
+        # "step": the schedule counts optimizer steps, as WARMUP_STEPS does
+        return {{"optimizer": optimizer, "lr_scheduler": {{"scheduler": scheduler, "interval": "step"}}}}
+
+
+def fit(model, loss_fn, train_dataset):
+    loader = DataLoader(train_dataset, batch_size=MICRO_BATCH, shuffle=True, drop_last=True)
+    trainer = L.Trainer(max_epochs=EPOCHS, accumulate_grad_batches=ACCUMULATION, devices=DEVICES,
+                        accelerator="{accelerator}", precision="{precision}")
+    trainer.fit(LargestepModule(model, loss_fn), loader)
+    return trainer
+'''
+    return out
+
+
+def _deepspeed(doc: dict) -> str:
+    t = doc["training"]
+    name = t["optimizer"]["name"]
+    lr = t["learning_rate"]
+    params: dict[str, Any] = {"lr": lr, "weight_decay": t["optimizer"]["weight_decay"]}
+    if name == "adam":
+        params["adam_w_mode"] = False  # DeepSpeed's "Adam" runs AdamW unless told otherwise
+    elif name == "sgd":
+        params["momentum"] = SGD_MOMENTUM  # not a DeepSpeed optimizer: built as torch.optim.SGD
+    notes = _header(doc)
+    warmup = {"warmup_min_lr": 0, "warmup_max_lr": lr, "warmup_num_steps": t["warmup_steps"],
+              "warmup_type": "linear"}  # DeepSpeed's default warm-up is logarithmic
+    scheduler: dict[str, Any] = {"type": "WarmupLR", "params": warmup}
+    if t["schedule"] == "cosine":
+        notes.append("cosine decay after warm-up needs the run's total optimizer steps (epochs x steps per "
+                     "epoch), which the recommendation does not know: replace the scheduler with "
+                     '{"type": "WarmupCosineLR", "params": {"total_num_steps": N, "warmup_num_steps": '
+                     f'{t["warmup_steps"]}, "warmup_type": "linear", "cos_min_ratio": 0}}}}')
+    config = {
+        "_comment": notes,
+        "train_batch_size": t["batch_size"],
+        "train_micro_batch_size_per_gpu": t["micro_batch_size"],
+        "gradient_accumulation_steps": t["gradient_accumulation_steps"],
+        "optimizer": {"type": {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}[name], "params": params},
+        "scheduler": scheduler,
+        "bf16": {"enabled": t["dtype"] == "bf16"},
+        "fp16": {"enabled": t["dtype"] == "fp16"},
+    }
+    return json.dumps(config, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def _cli(doc: dict) -> str:
+    t, w = doc["training"], doc["workload"]
+    argv = ["largestep", "train", "--workload", str(w["spec"] or w["name"])]
+    for key, value in w["options"].items():
+        argv += ["--set", f"{key}={value}"]
+    argv += ["--batch-size", str(t["batch_size"]), "--lr", repr(t["learning_rate"]),
+             "--warmup-samples", str(t["warmup_samples"])]
+    if t["epochs"] is not None:
+        argv += ["--epochs", str(t["epochs"])]
+    if t["gradient_accumulation_steps"] > 1:
+        argv += ["--accumulate", str(t["gradient_accumulation_steps"])]
+    if t["devices"] > 1:  # data-parallel ranks through torchrun; --batch-size stays the global batch
+        argv += ["--nproc", str(t["devices"])]
+    if t["schedule"] != "constant":
+        argv += ["--schedule", t["schedule"]]
+    if t["dtype"] != "fp32":
+        argv += ["--dtype", t["dtype"]]
+    device = doc["measured_on"]["device"]["id"]
+    if device and device != "auto" and t["devices"] == 1:  # one device id cannot name several
+        argv += ["--device", str(device)]
+    return _comment(_header(doc)) + " ".join(shlex.quote(a) for a in argv) + "\n"
+
+
+_WRITERS = {
+    "yaml": _yaml, "json": _json, "toml": _toml,
+    "torch": _torch, "hf": _hf, "lightning": _lightning, "deepspeed": _deepspeed, "cli": _cli,
+}

@@ -1,0 +1,68 @@
+"""Short-lived connections to the one DuckDB file, under a cross-process lock.
+
+DuckDB lets one process write a database file, or several read it, never both. Every reader
+and writer opens a connection here under a cross-process file lock, retries on DuckDB's own
+lock error (another program holding the file), and closes it again. The schema is migrated
+on the first connection of a process.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+from filelock import FileLock, Timeout
+
+from engine.errors import StoreError
+from engine.home import Home, check_database_file
+from engine.store.migrations import migrate
+
+__all__ = ["connect", "LOCK_TIMEOUT_S"]
+
+LOCK_TIMEOUT_S = 120.0          # how long to wait for another largestep process to finish
+OPEN_RETRIES = 40               # how often to retry DuckDB's own lock error (another program)
+
+
+_migrated: set[Path] = set()
+
+
+@contextmanager
+def connect(home: Home, migrate_schema: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short-lived connection under the cross-process lock; closed on exit."""
+    home.ensure()
+    check_database_file(home.database)
+    lock = FileLock(str(home.lock), timeout=LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise StoreError(f"database {home.database} stayed locked for {LOCK_TIMEOUT_S:.0f}s; is a largestep command stuck?") from None
+    try:
+        con = _open(home.database)
+        try:
+            if migrate_schema and home.database not in _migrated:
+                migrate(con)
+                _migrated.add(home.database)
+            yield con
+        finally:
+            con.close()
+    finally:
+        lock.release()
+
+
+def _open(path: Path) -> duckdb.DuckDBPyConnection:
+    delay = 0.05
+    for _ in range(OPEN_RETRIES):
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            # Another program (a user's duckdb shell, say) holds DuckDB's own lock: wait and retry.
+            if "lock" not in str(exc).lower():
+                raise StoreError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
+    raise StoreError(f"database {path} is locked by another program; close it and try again")

@@ -1,0 +1,342 @@
+"""What enters the database: job spools, ingested idempotently, and the recommendations the CLI saves.
+
+Ingest reads each spool from its saved byte offset to the last full line (with the one reader of
+:mod:`engine.jobs.events`), bulk-inserts (as DataFrames, never row by row), and records the new
+offset in the same transaction, so running it again, or from several processes in turn, never
+duplicates or loses a row. Each event becomes rows through the same ``*_row`` functions the
+autopilot uses to read its children's spools.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import duckdb
+import pandas as pd
+
+from engine import jobs
+from engine.home import Home
+from engine.jobs import events as ev
+from engine.store.connection import connect
+
+__all__ = ["ingest", "IngestReport", "save_recommendation"]
+
+_JSON_COLUMNS = frozenset({"options", "config", "versions", "final_metrics", "headline", "comparison"})
+_TIME_COLUMNS = frozenset({"started_at", "ended_at", "created_at"})    # unix seconds in a row, TIMESTAMPTZ stored
+
+
+@dataclass
+class IngestReport:
+    jobs_seen: int = 0
+    events: int = 0
+    skipped_lines: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def add_rows(self, table: str, n: int) -> None:
+        self.rows[table] = self.rows.get(table, 0) + n
+
+
+def ingest(home: Home) -> IngestReport:
+    """Read every job's spool from its saved offset to the last full line, insert, record the offset.
+
+    Idempotent: the offset moves in the same transaction as the rows, so running it again, or
+    from several processes in turn, never duplicates or loses a row.
+    """
+    report = IngestReport()
+    home.ensure()
+    job_dirs = sorted(p for p in home.jobs.iterdir() if p.is_dir())
+    with connect(home) as con:
+        known = {row[0]: (row[1], row[2]) for row in con.execute("SELECT id, state, spool_offset FROM jobs").fetchall()}
+        for job_dir in job_dirs:
+            report.jobs_seen += 1
+            _ingest_job(con, job_dir, known.get(job_dir.name), report)
+    return report
+
+
+def _ingest_job(con, job_dir: Path, known: tuple[str, int] | None, report: IngestReport) -> None:
+    if known is not None:
+        state, offset = known
+        try:
+            size = (job_dir / ev.EVENTS_FILE).stat().st_size
+        except OSError:
+            size = 0
+        if state in jobs.FINAL_STATES and offset >= size:
+            return  # finished and fully ingested: nothing to do
+    spec = jobs.read_spec(job_dir)
+    if spec is None:
+        return  # still being created
+    batch = ev.read(job_dir, known[1] if known else 0)
+    report.skipped_lines += batch.skipped
+    state = jobs.derive_state(job_dir)
+    status = jobs.read_status(job_dir) or {}
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if known is None:
+            con.execute(
+                "INSERT INTO jobs (id, kind, state, workload, device, created_at, spec, spool_offset) "
+                "VALUES (?, ?, ?, ?, ?, to_timestamp(?), ?, 0)",
+                [spec["id"], spec["kind"], jobs.PENDING, spec.get("workload"), spec.get("device"),
+                 spec.get("created_at", time.time()), json.dumps(spec)],
+            )
+        by_type: dict[str, list[dict]] = {}
+        for event in batch.events:
+            by_type.setdefault(event["type"], []).append(event)
+        for type_, events in by_type.items():
+            _HANDLERS[type_](con, spec["id"], events, report)
+        report.events += len(batch.events)
+        con.execute(
+            "UPDATE jobs SET state = ?, spool_offset = ?, pid = ?, phase = ?, progress = ?, "
+            "heartbeat_at = to_timestamp(?), "
+            "started_at = coalesce(started_at, to_timestamp(?)), "
+            "ended_at = coalesce(ended_at, to_timestamp(?)), error = coalesce(?, error) WHERE id = ?",
+            [state, batch.offset, status.get("pid"), status.get("phase"), status.get("progress"),
+             status.get("heartbeat"), status.get("started_at"),
+             status.get("ended_at") if state in jobs.FINAL_STATES else None,
+             status.get("error") if state in jobs.FINAL_STATES else None, spec["id"]],
+        )
+        if state == jobs.CRASHED:
+            con.execute("UPDATE jobs SET ended_at = coalesce(ended_at, now()), "
+                        "error = coalesce(error, 'process ended without an exit record') WHERE id = ?", [spec["id"]])
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+# -- writing rows --------------------------------------------------------------------------------
+# Table and column names below are constants of ours (the keys of the engine.jobs.events rows),
+# never text from a spool; every value is a bound parameter.
+
+
+def _values(row: dict) -> tuple[list[str], list[str], list]:
+    names = list(row)
+    marks = ["to_timestamp(?)" if name in _TIME_COLUMNS else "?" for name in names]
+    values = [json.dumps(value, default=str) if name in _JSON_COLUMNS and value is not None else value
+              for name, value in row.items()]
+    return names, marks, values
+
+
+def _insert_row(con, table: str, row: dict, replace: bool = False) -> None:
+    names, marks, values = _values(row)
+    verb = "INSERT OR REPLACE" if replace else "INSERT"
+    con.execute(f"{verb} INTO {table} ({', '.join(names)}) VALUES ({', '.join(marks)})", values)
+
+
+def _update_row(con, table: str, row: dict, key: str, key_value: str) -> None:
+    names, marks, values = _values(row)
+    assignments = ", ".join(f"{name} = {mark}" for name, mark in zip(names, marks))
+    con.execute(f"UPDATE {table} SET {assignments} WHERE {key} = ?", [*values, key_value])
+
+
+def _insert_frame(con, table: str, frame: pd.DataFrame, replace: bool = False) -> int:
+    if frame.empty:
+        return 0
+    con.register("_incoming", frame)
+    try:
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        con.execute(f"{verb} INTO {table} BY NAME SELECT * FROM _incoming")
+    finally:
+        con.unregister("_incoming")
+    return len(frame)
+
+
+def _timestamps(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    for column in columns:
+        if column in frame:
+            frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+    return frame
+
+
+def _upsert_device(con, device: dict, host: str | None) -> None:
+    if not device.get("id"):
+        return
+    con.execute(
+        "INSERT INTO devices (id, kind, name, total_memory_bytes, compute_capability, uuid, cores, host, first_seen, "
+        "last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), now()) "
+        "ON CONFLICT (id) DO UPDATE SET name = excluded.name, total_memory_bytes = excluded.total_memory_bytes, "
+        "last_seen = now()",
+        [device["id"], device.get("kind"), device.get("name"), device.get("total_memory_bytes"),
+         device.get("compute_capability"), device.get("uuid"), device.get("cores"), host],
+    )
+
+
+# -- one handler per event type ------------------------------------------------------------------
+
+
+def _on_start(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    con.execute("UPDATE jobs SET started_at = coalesce(started_at, to_timestamp(?)) WHERE id = ?", [events[0]["t"], job_id])
+
+
+def _on_exit(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    e = events[-1]
+    con.execute("UPDATE jobs SET ended_at = to_timestamp(?), error = ? WHERE id = ?", [e["t"], e.get("error"), job_id])
+
+
+def _on_profile_start(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    for e in events:
+        _upsert_device(con, e.get("device") or {}, (e.get("versions") or {}).get("host"))
+        _insert_row(con, "profiles", {**ev.profile_start_row(e), "job_id": job_id}, replace=True)
+        report.add_rows("profiles", 1)
+
+
+_POINT_COLUMNS = ["profile_id", *ev.POINT_FIELDS, "n"]
+
+
+def _on_points(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    frame = pd.DataFrame([ev.point_row(e) for e in events], columns=_POINT_COLUMNS)
+    frame = _timestamps(frame, "started_at", "ended_at")
+    report.add_rows("profile_points", _insert_frame(con, "profile_points", frame, replace=True))
+
+
+def _on_profile_end(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    for e in events:
+        _update_row(con, "profiles", ev.profile_end_row(e), "id", e["profile_id"])
+
+
+_TELEMETRY_COLUMNS = ["t", "batch_size", "source", "gpu_util_pct", "mem_used_bytes", "power_w", "sm_clock_mhz",
+                      "temp_c", "cpu_util_pct", "rss_bytes"]
+
+
+def _on_telemetry(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    rows = [{c: s.get(c) for c in _TELEMETRY_COLUMNS} for e in events for s in e.get("samples") or []]
+    if not rows:
+        return
+    frame = pd.DataFrame(rows, columns=_TELEMETRY_COLUMNS)
+    frame.insert(0, "job_id", job_id)
+    report.add_rows("telemetry", _insert_frame(con, "telemetry", _timestamps(frame, "t")))
+
+
+def _on_noise_estimate(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    for e in events:
+        _upsert_device(con, e.get("device") or {}, None)
+        _insert_row(con, "noise_estimates", {"id": job_id, **ev.noise_row(e)}, replace=True)
+        report.add_rows("noise_estimates", 1)
+
+
+def _on_stability(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    for e in events:
+        con.execute(
+            "INSERT OR REPLACE INTO stability_checks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [job_id, e["batch_size"], e["recommended_lr"], e.get("diverged_at_lr"), e["max_stable_lr"], e["stable"],
+             list(e["lrs"]), [x if x is not None else float("nan") for x in e["losses"]]],
+        )
+        report.add_rows("stability_checks", 1)
+
+
+def _on_run_start(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    for e in events:
+        _upsert_device(con, e.get("device") or {}, (e.get("versions") or {}).get("host"))
+        _insert_row(con, "runs", ev.run_start_row(e, job_id), replace=True)
+        report.add_rows("runs", 1)
+
+
+def _on_metrics(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    rows = [row for e in events for row in e.get("rows") or []]
+    if not rows:
+        return
+    wide = pd.DataFrame(rows)
+    values = [c for c in ev.TRAIN_METRICS if c in wide]
+    frame = wide.melt(id_vars=list(ev.METRIC_INDEX), value_vars=values, var_name="name", value_name="value")
+    frame = frame[frame["value"].notna()]
+    frame.insert(0, "run_id", job_id)
+    report.add_rows("metrics", _insert_frame(con, "metrics", frame))
+
+
+def _on_metric_values(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    """Rows already in long form ({step, epoch, samples, wall_time_s, train_time_s, name, value}), e.g.
+    ``noise_scale`` from a data-parallel run."""
+    rows = [row for e in events for row in e.get("rows") or []]
+    if not rows:
+        return
+    frame = pd.DataFrame(rows, columns=[*ev.METRIC_INDEX, "name", "value"])
+    frame = frame[frame["value"].notna()]
+    frame.insert(0, "run_id", job_id)
+    report.add_rows("metrics", _insert_frame(con, "metrics", frame))
+
+
+def _on_eval(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    frame = pd.DataFrame([row for e in events for row in ev.eval_rows(e)])
+    frame.insert(0, "run_id", job_id)
+    report.add_rows("metrics", _insert_frame(con, "metrics", frame))
+
+
+def _on_run_end(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    row = con.execute("SELECT primary_metric FROM runs WHERE id = ?", [job_id]).fetchone()
+    _update_row(con, "runs", ev.run_end_row(events[-1], row[0] if row else None), "id", job_id)
+
+
+def _on_recommendation(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    for e in events:
+        rec = e["document"]
+        if not con.execute("SELECT 1 FROM recommendations WHERE id = ?", [rec["recommendation_id"]]).fetchone():
+            _insert_recommendation(con, rec)
+            report.add_rows("recommendations", 1)
+        _upsert_autopilot(con, job_id, e["t"], recommendation_id=rec["recommendation_id"])
+
+
+def _on_autopilot_phase(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    e = events[-1]
+    _upsert_autopilot(con, job_id, e["t"], phase=e.get("phase"))
+
+
+def _on_autopilot_result(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    e = events[-1]
+    _upsert_autopilot(con, job_id, e["t"], phase="done", profile_id=e.get("profile_id"), noise_id=e.get("noise_id"),
+                      recommendation_id=e.get("recommendation_id"), baseline_runs=e.get("baseline_runs"),
+                      recommended_runs=e.get("recommended_runs"), headline=e.get("headline"),
+                      comparison=e.get("comparison"))
+
+
+def _upsert_autopilot(con, job_id: str, t: float, **fields) -> None:
+    con.execute("INSERT INTO autopilots (id, workload, updated_at) SELECT id, workload, to_timestamp(?) FROM jobs "
+                "WHERE id = ? ON CONFLICT (id) DO NOTHING", [t, job_id])
+    given = {name: value for name, value in fields.items() if value is not None}
+    if given:
+        _update_row(con, "autopilots", given, "id", job_id)
+        con.execute("UPDATE autopilots SET updated_at = to_timestamp(?) WHERE id = ?", [t, job_id])
+
+
+EventHandler = Callable[[duckdb.DuckDBPyConnection, str, list[dict], IngestReport], None]
+_HANDLERS: dict[str, EventHandler] = {
+    ev.START: _on_start, ev.EXIT: _on_exit, ev.PROFILE_START: _on_profile_start, ev.POINT: _on_points,
+    ev.PROFILE_END: _on_profile_end, ev.TELEMETRY: _on_telemetry, ev.NOISE_ESTIMATE: _on_noise_estimate,
+    ev.STABILITY: _on_stability, ev.RUN_START: _on_run_start, ev.METRICS: _on_metrics,
+    ev.METRIC_VALUES: _on_metric_values, ev.EVAL: _on_eval, ev.RUN_END: _on_run_end,
+    ev.RECOMMENDATION: _on_recommendation, ev.AUTOPILOT_PHASE: _on_autopilot_phase,
+    ev.AUTOPILOT_RESULT: _on_autopilot_result,
+}
+assert set(_HANDLERS) == set(ev.CATALOGUE), "every catalogued event has its handler"
+
+
+# -- recommendations the CLI and the dashboard save ----------------------------------------------
+
+
+def save_recommendation(con, rec: dict) -> None:
+    """The recommendation, its candidates, in one transaction."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        _insert_recommendation(con, rec)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+def _insert_recommendation(con, rec: dict) -> None:
+    con.execute(
+        "INSERT INTO recommendations VALUES (?, CAST(? AS TIMESTAMPTZ), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+        "?, ?, ?)",
+        [rec["recommendation_id"], rec["created_at"], rec["profile_id"], rec.get("noise_id"),
+         (rec.get("stability") or {}).get("id"), rec.get("workload"), rec["device"].get("id"), rec["batch_size"],
+         rec["learning_rate"], rec["warmup_steps"], rec["rule"], rec["baseline"]["batch_size"],
+         rec["baseline"]["learning_rate"], rec.get("noise_scale"), rec["predicted_speedup"]["throughput"],
+         rec["predicted_speedup"]["time_to_target"], rec["experiments_per_gpu_day"]["baseline"],
+         rec["experiments_per_gpu_day"]["recommended"], json.dumps(rec, default=str)],
+    )
+    frame = pd.DataFrame(rec["candidates"])
+    frame.insert(0, "recommendation_id", rec["recommendation_id"])
+    _insert_frame(con, "recommendation_candidates", frame)

@@ -1,0 +1,311 @@
+"""The schema's whole history: one function per migration, applied in order, each recorded in
+``_migrations`` in the same transaction (the manner of simonw/llm's migrations). A migration is
+never edited once released; a change to the schema is a new function at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import duckdb
+
+__all__ = ["MIGRATIONS", "migrate", "applied_migrations"]
+
+Migration = Callable[[duckdb.DuckDBPyConnection], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Register ``fn`` as the next migration; its name (without the leading ``m``) is recorded."""
+    MIGRATIONS.append((fn.__name__.removeprefix("m"), fn))
+    return fn
+
+
+@migration
+def m001_devices_and_jobs(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE TABLE devices (
+            id VARCHAR PRIMARY KEY,          -- "cpu", "cuda:<uuid>", "mps"
+            kind VARCHAR NOT NULL,           -- cpu | cuda | mps
+            name VARCHAR,
+            total_memory_bytes BIGINT,
+            compute_capability VARCHAR,
+            uuid VARCHAR,
+            cores INTEGER,
+            host VARCHAR,
+            first_seen TIMESTAMPTZ,
+            last_seen TIMESTAMPTZ
+        );
+        CREATE TABLE jobs (
+            id VARCHAR PRIMARY KEY,
+            kind VARCHAR NOT NULL,           -- profile | train | noise | autopilot ...
+            state VARCHAR NOT NULL,          -- PENDING RUNNING FINISHED FAILED KILLED DIVERGED CRASHED
+            workload VARCHAR,
+            device VARCHAR,
+            created_at TIMESTAMPTZ,
+            started_at TIMESTAMPTZ,
+            ended_at TIMESTAMPTZ,
+            heartbeat_at TIMESTAMPTZ,
+            pid INTEGER,
+            phase VARCHAR,
+            progress DOUBLE,
+            error VARCHAR,
+            spec JSON,
+            spool_offset BIGINT NOT NULL DEFAULT 0   -- bytes of events.jsonl already ingested
+        );
+    
+    """)
+
+
+@migration
+def m002_profiles(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE TABLE profiles (
+            id VARCHAR PRIMARY KEY,          -- the job id of the profiling job
+            job_id VARCHAR NOT NULL,
+            workload VARCHAR NOT NULL,
+            workload_spec VARCHAR,
+            options JSON,
+            device_id VARCHAR,
+            device_name VARCHAR,
+            device_kind VARCHAR,
+            dtype VARCHAR,
+            started_at TIMESTAMPTZ,
+            ended_at TIMESTAMPTZ,
+            stop_reason VARCHAR,             -- max | list | dataset | oom | over_budget | plateau | error
+            saturation_batch INTEGER,        -- smallest batch reaching 90% of the best throughput
+            memory_fit_intercept_bytes DOUBLE,
+            memory_fit_slope_bytes DOUBLE,   -- peak memory ~ intercept + slope * batch
+            memory_budget_bytes BIGINT,
+            baseline_batch_size INTEGER,
+            baseline_lr DOUBLE,
+            optimizer VARCHAR,
+            epochs INTEGER,
+            n_train BIGINT,
+            telemetry_source VARCHAR,        -- nvml | psutil
+            telemetry_reason VARCHAR,        -- why not nvml
+            config JSON,
+            versions JSON
+        );
+        CREATE TABLE profile_points (
+            profile_id VARCHAR NOT NULL,
+            batch_size INTEGER NOT NULL,
+            status VARCHAR NOT NULL,         -- ok | oom | over_budget | error
+            step_times_s DOUBLE[],           -- raw timed steps
+            median_s DOUBLE,
+            p25_s DOUBLE,
+            p75_s DOUBLE,
+            n INTEGER,
+            noisy BOOLEAN,
+            samples_per_s DOUBLE,
+            peak_memory_bytes BIGINT,
+            memory_is_estimate BOOLEAN,      -- CPU: parameters + grads + optimizer state + activations
+            predicted_memory_bytes BIGINT,
+            flops_per_step DOUBLE,
+            flops_per_s DOUBLE,
+            mean_power_w DOUBLE,
+            energy_per_sample_j DOUBLE,
+            started_at TIMESTAMPTZ,
+            ended_at TIMESTAMPTZ,
+            error VARCHAR,
+            PRIMARY KEY (profile_id, batch_size)
+        );
+        CREATE TABLE telemetry (
+            job_id VARCHAR NOT NULL,
+            t TIMESTAMPTZ NOT NULL,
+            batch_size INTEGER,              -- the batch being timed when sampled, if any
+            source VARCHAR,                  -- nvml | psutil
+            gpu_util_pct DOUBLE,
+            mem_used_bytes BIGINT,
+            power_w DOUBLE,
+            sm_clock_mhz DOUBLE,
+            temp_c DOUBLE,
+            cpu_util_pct DOUBLE,
+            rss_bytes BIGINT
+        );
+        CREATE INDEX telemetry_job ON telemetry (job_id);
+    
+    """)
+
+
+@migration
+def m003_noise_and_recommendations(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        ALTER TABLE profiles ADD COLUMN warmup_samples BIGINT;
+        ALTER TABLE profiles ADD COLUMN weight_decay DOUBLE;
+        CREATE TABLE noise_estimates (
+            id VARCHAR PRIMARY KEY,          -- the job id of the estimating job
+            workload VARCHAR,
+            workload_spec VARCHAR,
+            options JSON,
+            device_id VARCHAR,
+            created_at TIMESTAMPTZ,
+            b_simple DOUBLE,                 -- tr(Sigma) / |G|^2; NULL when unreliable
+            ci_low DOUBLE,
+            ci_high DOUBLE,
+            g2 DOUBLE,                       -- the |G|^2 estimate
+            trace_sigma DOUBLE,              -- the tr(Sigma) estimate
+            g_small_sq DOUBLE,
+            g_big_sq DOUBLE,
+            batch_small INTEGER,
+            batch_big INTEGER,
+            batches INTEGER,
+            warm_steps INTEGER,
+            unreliable BOOLEAN,
+            reason VARCHAR,
+            elapsed_s DOUBLE,
+            step_equivalents DOUBLE
+        );
+        CREATE TABLE stability_checks (
+            id VARCHAR PRIMARY KEY,          -- the job id
+            batch_size INTEGER,
+            recommended_lr DOUBLE,
+            diverged_at_lr DOUBLE,
+            max_stable_lr DOUBLE,
+            stable BOOLEAN,
+            lrs DOUBLE[],
+            losses DOUBLE[]
+        );
+        CREATE TABLE recommendations (
+            id VARCHAR PRIMARY KEY,
+            created_at TIMESTAMPTZ,
+            profile_id VARCHAR,
+            noise_id VARCHAR,
+            stability_id VARCHAR,
+            workload VARCHAR,
+            device_id VARCHAR,
+            batch_size INTEGER,
+            learning_rate DOUBLE,
+            warmup_steps INTEGER,
+            rule VARCHAR,                    -- linear | sqrt
+            baseline_batch_size INTEGER,
+            baseline_lr DOUBLE,
+            noise_scale DOUBLE,
+            speedup_throughput DOUBLE,       -- predicted, from throughput alone
+            speedup_time_to_target DOUBLE,   -- predicted, with the noise scale (or perfect scaling)
+            experiments_per_day_baseline DOUBLE,
+            experiments_per_day_recommended DOUBLE,
+            document JSON                    -- the whole recommendation, as exported
+        );
+        CREATE TABLE recommendation_candidates (
+            recommendation_id VARCHAR NOT NULL,
+            batch_size INTEGER NOT NULL,
+            learning_rate DOUBLE,
+            step_time_s DOUBLE,
+            samples_per_s DOUBLE,
+            peak_memory_bytes BIGINT,
+            time_ratio DOUBLE,               -- predicted T(B) / T(baseline)
+            speedup_time_to_target DOUBLE,
+            speedup_throughput DOUBLE,
+            run_time_s DOUBLE,
+            eligible BOOLEAN,
+            excluded VARCHAR,
+            rank INTEGER,
+            PRIMARY KEY (recommendation_id, batch_size)
+        );
+    
+    """)
+
+
+@migration
+def m004_runs(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE TABLE runs (
+            id VARCHAR PRIMARY KEY,          -- the job id of the training job; its state is jobs.state
+            group_id VARCHAR,                -- repeats of one config (other seeds) share a group
+            role VARCHAR,                    -- baseline | recommended | NULL
+            recommendation_id VARCHAR,
+            workload VARCHAR,
+            workload_spec VARCHAR,
+            options JSON,
+            device_id VARCHAR,
+            device_name VARCHAR,
+            batch_size INTEGER,              -- global batch: micro_batch_size x accumulate
+            micro_batch_size INTEGER,
+            accumulate INTEGER,
+            lr DOUBLE,
+            warmup_samples BIGINT,
+            epochs DOUBLE,
+            schedule VARCHAR,
+            dtype VARCHAR,
+            seed INTEGER,
+            target_val_loss DOUBLE,
+            tags VARCHAR[],
+            primary_metric VARCHAR,          -- the validation metric compared between runs
+            primary_metric_mode VARCHAR,     -- max | min
+            n_params BIGINT,
+            total_steps BIGINT,
+            started_at TIMESTAMPTZ,
+            ended_at TIMESTAMPTZ,
+            steps BIGINT,
+            samples BIGINT,
+            wall_time_s DOUBLE,              -- evaluation included
+            train_time_s DOUBLE,             -- evaluation excluded
+            final_val_loss DOUBLE,
+            best_val_loss DOUBLE,
+            final_metrics JSON,
+            final_primary_metric DOUBLE,
+            reached_target BOOLEAN,
+            time_to_target_s DOUBLE,
+            peak_memory_bytes BIGINT,
+            stop_reason VARCHAR,
+            config JSON,
+            versions JSON
+        );
+        CREATE TABLE metrics (
+            run_id VARCHAR NOT NULL,
+            step BIGINT NOT NULL,
+            epoch DOUBLE,
+            samples BIGINT,
+            wall_time_s DOUBLE,
+            train_time_s DOUBLE,
+            name VARCHAR NOT NULL,           -- train_loss, lr, samples_per_s, val_loss, val_<metric>
+            value DOUBLE
+        );
+        CREATE INDEX metrics_run ON metrics (run_id);
+    
+    """)
+
+
+@migration
+def m005_autopilots(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE TABLE autopilots (
+            id VARCHAR PRIMARY KEY,          -- the job id of the orchestrating job
+            workload VARCHAR,
+            phase VARCHAR,                   -- profile, noise scale, recommendation, baseline runs, ...
+            profile_id VARCHAR,
+            noise_id VARCHAR,
+            recommendation_id VARCHAR,
+            baseline_runs VARCHAR[],
+            recommended_runs VARCHAR[],
+            headline JSON,                   -- measured and predicted speedup, metric difference, p-value
+            comparison JSON,
+            updated_at TIMESTAMPTZ
+        );
+    
+    """)
+
+
+def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[str, Migration]] | None = None) -> list[str]:
+    """Apply the migrations not yet recorded, in order, each in its own transaction."""
+    con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")
+    done = set(applied_migrations(con))
+    applied = []
+    for name, apply in migrations if migrations is not None else MIGRATIONS:
+        if name in done:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            apply(con)
+            con.execute("INSERT INTO _migrations VALUES (?, now())", [name])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(name)
+    return applied
+
+
+def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [row[0] for row in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()]

@@ -1,0 +1,275 @@
+"""The Recommend page, prepared without Streamlit: the form, the noise-scale estimate, and one
+recommendation's metrics, chart, reasons and candidates.
+
+Bad input raises :class:`engine.errors.UsageError` with a message that says how to fix it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from engine import jobs, store
+from engine.errors import UsageError
+from engine.format import format_bytes, format_count, format_duration, format_number, plural
+from engine.home import Home
+from engine.plan.recommend import RULES, RecommendConfig, recommend
+from engine.ui.charts import recommend as reccharts
+from engine.ui.widgets import (
+    Metric,
+    device_options,
+    downloads,
+    latest_recommendation_for,
+    load_recommendation,
+    parse_optional_float,
+    profile_choices,
+)
+
+__all__ = [
+    "RECOMMEND_START", "NOISE_MODES", "RecommendForm", "recommend_config", "compute_recommendation",
+    "profile_defaults", "NoiseChoice", "noise_choices", "start_noise_estimate", "NoiseProgress", "noise_progress",
+    "RecommendationView", "recommendation_view", "candidates_table", "highlight_roles", "RULES", "device_options",
+    "downloads", "latest_recommendation_for", "load_recommendation", "profile_choices"
+]
+
+
+RECOMMEND_START = ("No profiles yet — profile a workload on the Profiles page (or run `largestep profile "
+                   "--workload fraud-gru`), then come back here to turn it into a batch size and learning rate.")
+NOISE_MODES = {
+    "stored": "a stored estimate",
+    "perfect": "none: assume perfect scaling up to saturation",
+    "manual": "a value I enter",
+}
+ROLE_COLOURS = {"baseline": "rgba(255, 127, 14, 0.18)", "recommended": "rgba(214, 39, 40, 0.16)"}
+
+
+@dataclass(frozen=True)
+class RecommendForm:
+    """The Recommend page's inputs, as typed."""
+
+    profile_id: str
+    baseline_batch: int | None = None     # None: the workload's
+    baseline_lr: str = ""                 # empty: the workload's
+    rule: str = "linear"
+    noise_mode: str = "perfect"           # one of NOISE_MODES
+    noise_id: str | None = None           # with noise_mode "stored"
+    noise_scale: str = ""                 # with noise_mode "manual"
+    memory_headroom: float = 0.9
+    max_lr: str = ""                      # empty: no cap
+
+
+def recommend_config(form: RecommendForm) -> tuple[RecommendConfig, str | None]:
+    """(config, noise id) to recommend with; UsageError on bad input."""
+    if form.rule not in RULES:
+        raise UsageError(f"the rule must be linear or sqrt, not {form.rule!r}")
+    if form.noise_mode not in NOISE_MODES:
+        raise UsageError(f"unknown noise-scale choice {form.noise_mode!r}")
+    noise_scale = None
+    noise_id = None
+    if form.noise_mode == "manual":
+        noise_scale = parse_optional_float(form.noise_scale, "the noise scale")
+        if noise_scale is None:
+            raise UsageError("enter a noise scale (in samples, e.g. 2000), or choose another noise-scale option")
+    elif form.noise_mode == "stored":
+        if not form.noise_id:
+            raise UsageError("no stored noise estimate is chosen: estimate one below, or assume perfect scaling")
+        noise_id = form.noise_id
+    headroom = form.memory_headroom
+    if headroom is None or not 0 < headroom <= 1:
+        raise UsageError(f"memory headroom must lie in (0, 1], not {headroom!r}")
+    config = RecommendConfig(
+        baseline_batch=int(form.baseline_batch) if form.baseline_batch else None,
+        baseline_lr=parse_optional_float(form.baseline_lr, "the baseline learning rate"),
+        rule=form.rule, noise_scale=noise_scale, memory_headroom=float(headroom),
+        max_lr=parse_optional_float(form.max_lr, "max lr"),
+    )
+    config.validate()
+    return config, noise_id
+
+
+def compute_recommendation(home: Home, form: RecommendForm) -> dict:
+    """Make the recommendation the form describes and save it; returns the saved document."""
+    config, noise_id = recommend_config(form)
+    with store.connect(home) as con:
+        # "perfect" means exactly that: never pick up a stored estimate behind the user's back
+        profile, noise = store.recommendation_inputs(con, form.profile_id, noise_id, stored_noise=False)
+        rec = recommend(profile, config, noise)
+        store.save_recommendation(con, rec)
+    return rec
+
+
+def profile_defaults(home: Home, profile_id: str) -> dict | None:
+    """What the form starts from: the workload's baseline and the measured batch sizes."""
+    with store.connect(home) as con:
+        profile = store.load_profile(con, profile_id)
+    if profile is None:
+        return None
+    measured = [p["batch_size"] for p in profile["points"] if p["status"] == "ok" and p.get("median_s")]
+    return {"workload": profile.get("workload"), "workload_spec": profile.get("workload_spec"),
+            "baseline_batch": profile.get("baseline_batch_size"), "baseline_lr": profile.get("baseline_lr"),
+            "measured": measured, "device_total_memory_bytes": profile.get("device_total_memory_bytes"),
+            "device_name": profile.get("device_name"), "state": profile.get("state"), "epochs": profile.get("epochs")}
+
+
+@dataclass(frozen=True)
+class NoiseChoice:
+    id: str
+    label: str                         # "B_simple ≈ 1,234 (90% 800–2,000) · 2025-01-31 14:02 (noise-…)"
+    b_simple: float
+
+
+def noise_choices(home: Home, workload: str | None) -> list[NoiseChoice]:
+    """The reliable stored noise estimates for ``workload``, newest first."""
+    with store.connect(home) as con:
+        frame = store.list_noise_estimates(con)
+    out = []
+    for row in store.frame_records(frame):
+        if row.get("b_simple") is None or (workload and row.get("workload") != workload):
+            continue
+        created = pd.Timestamp(row["created_at"]).strftime("%Y-%m-%d %H:%M") if row.get("created_at") else "?"
+        out.append(NoiseChoice(row["id"], f"B_simple ≈ {row['b_simple']:,.0f}{_interval(row)} · {created} ({row['id']})",
+                               float(row["b_simple"])))
+    return out
+
+
+def _interval(row: dict) -> str:
+    low, high = row.get("ci_low"), row.get("ci_high")
+    if low is None and high is None:
+        return ""
+    return f" (90% interval {'?' if low is None else f'{low:,.0f}'}–{'∞' if high is None else f'{high:,.0f}'})"
+
+
+def start_noise_estimate(home: Home, profile_id: str, device: str) -> str:
+    """Start a noise-scale job for the profile's workload, small batch = its baseline; returns the id."""
+    from engine.jobs.start import start_noise
+
+    with store.connect(home) as con:
+        profile = store.load_profile(con, profile_id)
+    if profile is None:
+        raise UsageError(f"no profile {profile_id!r}")
+    spec = profile.get("workload_spec") or profile.get("workload")
+    return start_noise(home, spec, profile.get("options") or {}, device,
+                       batch_small=profile.get("baseline_batch_size"))
+
+
+@dataclass(frozen=True)
+class NoiseProgress:
+    id: str
+    state: str
+    phase: str
+    progress: float                    # 0..1 within the phase
+    done: bool
+    message: str                       # the result, or why it failed, in one line
+    b_simple: float | None = None
+
+
+def noise_progress(home: Home, job_id: str) -> NoiseProgress:
+    """Where a noise-scale job is; once it has ended, its ingested result."""
+    job_dir = home.job_dir(job_id)
+    state = jobs.derive_state(job_dir)
+    status = jobs.read_status(job_dir) or {}
+    progress = status.get("progress") or 0.0
+    phase = str(status.get("phase") or state.lower())
+    if state not in jobs.FINAL_STATES:
+        return NoiseProgress(job_id, state, phase, max(0.0, min(1.0, float(progress))), False,
+                             f"estimating the noise scale: {phase}")
+    store.ingest(home)
+    with store.connect(home) as con:
+        estimate = store.load_noise(con, job_id)
+        job = store.get_job(con, job_id) or {}
+    if state != jobs.FINISHED or estimate is None:
+        return NoiseProgress(job_id, state, phase, 1.0, True,
+                             f"noise estimate {job_id} ended {state}: {job.get('error') or 'no estimate recorded'}")
+    if estimate.get("b_simple") is None:
+        return NoiseProgress(job_id, state, phase, 1.0, True,
+                             f"noise estimate {job_id} is unreliable: {estimate.get('reason') or 'no reason given'}")
+    return NoiseProgress(job_id, state, phase, 1.0, True,
+                         f"noise estimate {job_id}: B_simple ≈ {estimate['b_simple']:,.0f}{_interval(estimate)}",
+                         float(estimate["b_simple"]))
+
+
+@dataclass
+class RecommendationView:
+    rec: dict
+    headline: str
+    metrics: list[Metric]
+    reasons: list[str]
+    candidates: pd.DataFrame
+    figure: go.Figure
+    notes: list[str] = field(default_factory=list)
+
+
+def recommendation_view(rec: dict) -> RecommendationView:
+    """Everything the Recommend page shows about one recommendation."""
+    base = rec["baseline"]
+    speed = rec["predicted_speedup"]
+    per_day = rec.get("experiments_per_gpu_day") or {}
+    headline = (f"Batch **{rec['batch_size']}** at learning rate **{rec['learning_rate']:.4g}** "
+                f"({rec['rule']} rule), warm-up {plural(rec['warmup_steps'], 'step')} ({rec['warmup_samples']:,} samples) · "
+                f"baseline batch {base['batch_size']} at {base['learning_rate']:.4g} · recommendation "
+                f"`{rec['recommendation_id']}`")
+    metrics = [
+        Metric("Batch size", str(rec["batch_size"]), f"baseline {base['batch_size']}"),
+        Metric("Learning rate", f"{rec['learning_rate']:.4g}",
+               f"{rec['rule']} rule from the baseline's {base['learning_rate']:.4g}"),
+        Metric("Warm-up", plural(rec["warmup_steps"], "step"), f"linear, over {rec['warmup_samples']:,} samples"),
+        Metric("Faster to target", f"{speed['time_to_target']:.2f}×",
+               "predicted speedup in time to the target loss, from step times and the noise scale "
+               "(or perfect scaling)"),
+        Metric("Throughput", f"{speed['throughput']:.2f}×", "samples per second over the baseline's"),
+    ]
+    if per_day.get("baseline") and per_day.get("recommended"):
+        metrics.append(Metric("Runs per GPU-day", format_count(per_day["recommended"]),
+                              f"training runs of {rec.get('epochs') or 1} epochs per GPU-day; "
+                              f"{format_count(per_day['baseline'])} at the baseline"))
+    notes = []
+    if rec.get("assumed_perfect_scaling"):
+        notes.append("No noise-scale estimate: perfect scaling was assumed up to the saturation batch.")
+    else:
+        notes.append(f"Noise scale B_noise ≈ {rec['noise_scale']:,.0f}"
+                     + (f" (estimate `{rec['noise_id']}`)" if rec.get("noise_id") else " (entered by hand)"))
+    return RecommendationView(rec=rec, headline=headline, metrics=metrics, reasons=list(rec.get("reasons") or []),
+                              candidates=candidates_table(rec), figure=reccharts.time_to_target_figure(rec),
+                              notes=notes)
+
+
+CANDIDATE_COLUMNS = ["role", "batch", "lr", "step (ms)", "samples/s", "peak memory", "throughput ×",
+                     "time to target ×", "run time", "rank", "excluded"]
+
+
+def candidates_table(rec: dict) -> pd.DataFrame:
+    """One row per measured batch size, the baseline and the choice named in the first column."""
+    rows = []
+    for c in rec["candidates"]:
+        b = c["batch_size"]
+        role = "recommended" if b == rec["batch_size"] else "baseline" if b == rec["baseline"]["batch_size"] else ""
+        if b == rec["batch_size"] == rec["baseline"]["batch_size"]:
+            role = "baseline (kept)"
+        rows.append({
+            "role": role, "batch": b, "lr": float(f"{c['learning_rate']:.4g}"),
+            "step (ms)": round(c["step_time_s"] * 1e3, 3), "samples/s": round(c["samples_per_s"]),
+            "peak memory": format_bytes(c.get("peak_memory_bytes")) if c.get("peak_memory_bytes") else "—",
+            "throughput ×": round(c["speedup_throughput"], 2),
+            "time to target ×": round(c["speedup_time_to_target"], 2) if c.get("speedup_time_to_target") else None,
+            "run time": format_duration(c.get("run_time_s")),
+            "rank": c.get("rank"), "excluded": c.get("excluded") or "",
+        })
+    frame = pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)
+    frame["rank"] = frame["rank"].astype("Int64")
+    return frame
+
+
+def highlight_roles(table: pd.DataFrame, column: str = "role"):
+    """A Styler that shades the baseline and the recommended rows (for st.dataframe and HTML)."""
+
+    def shade(row: pd.Series) -> list[str]:
+        role = str(row.get(column) or "")
+        colour = ROLE_COLOURS["recommended"] if role.startswith("recommended") else (
+            ROLE_COLOURS["baseline"] if role.startswith("baseline") else None)
+        weight = "font-weight: 600; " if colour else ""
+        return [f"{weight}background-color: {colour}" if colour else "" for _ in row]
+
+    floats = [c for c in table.columns if pd.api.types.is_float_dtype(table[c])]
+    return table.style.apply(shade, axis=1).format(format_number, subset=floats, na_rep="—")
