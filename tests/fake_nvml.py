@@ -26,6 +26,9 @@ __all__ = [
 ]
 
 # The field getters, by the name a FakeGpu's `unsupported` uses.
+UUID_A = "4a1b2c3d-0000-1111-2222-aaaaaaaaaaaa"   # two GPUs the tests tell apart by UUID
+UUID_B = "5e6f7a8b-3333-4444-5555-bbbbbbbbbbbb"
+
 FIELD_FUNCTIONS = (
     "nvmlDeviceGetUtilizationRates",
     "nvmlDeviceGetMemoryInfo",

@@ -1,7 +1,9 @@
-"""What the tests share: waiting for real job processes, and opening a dashboard page in an AppTest."""
+"""What the tests share: the tiny workload's spec, running the CLI in-process, waiting for real job
+processes, copying a prepared home, and opening a dashboard page in an AppTest."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -11,7 +13,26 @@ from streamlit.testing.v1 import AppTest
 from engine import jobs
 from engine.home import HOME_ENV, Home
 
-APP = Path(__file__).resolve().parent.parent / "app" / "main.py"
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+APP = ROOT / "app" / "main.py"
+TINY = f"{TESTS / 'tiny_workload.py'}:make"            # the tiny workload: seconds to profile or train
+TINY_OOM = f"{TESTS / 'tiny_workload.py'}:make_oom"    # ... whose model runs out of memory above 64 samples
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """``largestep ARGV`` in this process: (exit code, stdout, stderr)."""
+    from engine.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def copy_home(template: Home, root: Path) -> Home:
+    """A private copy of a prepared home (its database and job folders), for a test that changes it."""
+    shutil.copytree(template.root, root, ignore=shutil.ignore_patterns("*.lock"))
+    return Home(root)
 
 
 def open_page(monkeypatch, home: Home, page: str, timeout: float = 60, cwd: Path | None = None) -> AppTest:

@@ -1,21 +1,16 @@
 """The dashboard, run headless with Streamlit's AppTest against real homes and a real profile job."""
 
-from pathlib import Path
 
 import pytest
-from helpers import open_page, wait_finished
+from conftest import PROFILED_BATCHES as BATCHES  # noqa: E402  the session's profile
+from helpers import TINY, open_page
 from streamlit.testing.v1 import AppTest
 
 from engine import jobs, store
 from engine.errors import UsageError
 from engine.home import Home
-from engine.jobs import start as starts
-from engine.measure.profiler import ProfileConfig
 from engine.ui import profiles as views
 from engine.ui import widgets
-
-TINY = str(Path(__file__).resolve().parent / "tiny_workload.py") + ":make"
-BATCHES = (8, 32, 128)
 
 
 def open_app(monkeypatch, home: Home) -> AppTest:
@@ -24,17 +19,6 @@ def open_app(monkeypatch, home: Home) -> AppTest:
 
 def plotly_charts(at: AppTest) -> list:
     return list(at.get("plotly_chart"))
-
-
-@pytest.fixture(scope="module")
-def profiled_home(tmp_path_factory) -> tuple[Home, str]:
-    """A home holding one real profile of the tiny workload, measured by a real job process."""
-    home = Home(tmp_path_factory.mktemp("profiled") / "home")
-    config = ProfileConfig(batch_sizes=BATCHES, min_steps=3, min_seconds=0.0, warmup_steps=1)
-    job = starts.start_profile(home, TINY, {}, "cpu", config)
-    wait_finished(home, job, timeout_s=120)
-    store.ingest(home)
-    return home, job
 
 
 # -- pages ---------------------------------------------------------------------------------------
@@ -78,6 +62,7 @@ def test_a_bad_memory_budget_shows_an_error_and_starts_nothing(monkeypatch, tmp_
     assert list(home.jobs.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_launching_from_the_form_shows_the_job_and_cancel_stops_it(monkeypatch, tmp_path):
     home = Home(tmp_path / "home")
     at = open_app(monkeypatch, home)

@@ -7,15 +7,7 @@ import subprocess
 import sys
 
 import pytest
-
-from engine.cli import main
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
+from helpers import run_cli
 
 BAD_INPUTS = [
     (["profile", "--workload", "no-such-workload"], "unknown workload"),
@@ -39,7 +31,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("argv, says", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, home, argv, says):
-    code, out, err = run(capsys, *argv)
+    code, out, err = run_cli(capsys, *argv)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("largestep: error: "), err
     assert says.lower() in err.lower()
@@ -50,29 +42,29 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, home, argv, say
 def test_an_unusable_home_is_refused(capsys, tmp_path):
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
-    code, _, err = run(capsys, "--home", str(not_a_folder), "profiles")
+    code, _, err = run_cli(capsys, "--home", str(not_a_folder), "profiles")
     assert code == 2 and "not a folder" in err
-    code, _, err = run(capsys, "--home", "/proc/largestep-home", "profiles")
+    code, _, err = run_cli(capsys, "--home", "/proc/largestep-home", "profiles")
     assert code == 2 and "cannot create home" in err
 
 
 def test_a_database_that_is_not_duckdb_is_refused_untouched(capsys, home):
     home.root.mkdir(parents=True)
     home.database.write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
-    code, _, err = run(capsys, "profiles")
+    code, _, err = run_cli(capsys, "profiles")
     assert code == 2 and "not a DuckDB database" in err
     assert home.database.read_bytes().startswith(b"SQLite format 3")
 
 
 def test_profiles_on_an_empty_home(capsys, home):
-    code, out, _ = run(capsys, "profiles", "--json")
+    code, out, _ = run_cli(capsys, "profiles", "--json")
     assert code == 0 and json.loads(out) == []
-    code, out, _ = run(capsys, "profiles")
+    code, out, _ = run_cli(capsys, "profiles")
     assert "no profiles yet" in out
 
 
 def test_hardware_json_lists_the_cpu_and_why_nvml_is_absent(capsys):
-    code, out, _ = run(capsys, "hardware", "--json")
+    code, out, _ = run_cli(capsys, "hardware", "--json")
     report = json.loads(out)
     assert code == 0
     cpu = [d for d in report["devices"] if d["kind"] == "cpu"]
@@ -82,10 +74,12 @@ def test_hardware_json_lists_the_cpu_and_why_nvml_is_absent(capsys):
 
 @pytest.mark.parametrize("command", ["hardware", "profile", "profiles", "dashboard"])
 def test_every_command_has_help(capsys, command):
-    code, out, _ = run(capsys, command, "--help")
+    code, out, _ = run_cli(capsys, command, "--help")
     assert code == 0 and "Usage:" in out
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_profile_json_from_the_installed_command(home, tiny_spec):
     """The console script, end to end: a job, its spool, ingest, and the promised JSON fields."""
     proc = subprocess.run(

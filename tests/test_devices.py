@@ -9,13 +9,10 @@ import contextlib
 import psutil
 import pytest
 import torch
-from fake_nvml import FakeGpu, cuda_properties, install_fake_cuda, install_fake_nvml, make_fake_pynvml
+from fake_nvml import UUID_A, UUID_B, FakeGpu, cuda_properties, install_fake_cuda, install_fake_nvml, make_fake_pynvml
 
 from engine.errors import DeviceError, UsageError
 from engine.measure import devices, telemetry
-
-UUID_A = "4a1b2c3d-0000-1111-2222-aaaaaaaaaaaa"
-UUID_B = "5e6f7a8b-3333-4444-5555-bbbbbbbbbbbb"
 
 
 @pytest.fixture

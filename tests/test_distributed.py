@@ -69,6 +69,7 @@ def two_rank_run(tmp_path_factory):
     return home, job_id, config, time.monotonic() - started
 
 
+@pytest.mark.distributed
 def test_two_ranks_match_one_process_on_the_same_global_batch(two_rank_run):
     home, job_id, config, _ = two_rank_run
     events = _events(home, job_id)
@@ -159,6 +160,7 @@ def test_the_noise_scale_metric_is_mcCandlish_on_the_rank_shards(two_rank_run):
             assert (step, "noise_scale") not in logged
 
 
+@pytest.mark.distributed
 def test_a_rank_killed_mid_run_ends_the_job_crashed_not_hung(home):
     config = TrainConfig(batch_size=GLOBAL_BATCH, lr=0.05, nproc=2, epochs=10_000, log_every_steps=5)
     [job_id] = starts.start_train(home, SGD_SPEC, {}, "cpu", config)
@@ -180,6 +182,7 @@ def test_a_rank_killed_mid_run_ends_the_job_crashed_not_hung(home):
     assert job["state"] == "CRASHED" and "rank 1" in job["error"]
 
 
+@pytest.mark.distributed
 def test_a_two_rank_profile_measures_global_batches_with_the_all_reduce(home, tiny_spec):
     config = ProfileConfig(batch_sizes=(32, 128), min_steps=3, min_seconds=0.2, warmup_steps=1, nproc=2)
     job_id = starts.start_profile(home, tiny_spec, {}, "cpu", config)
@@ -200,6 +203,8 @@ def test_a_two_rank_profile_measures_global_batches_with_the_all_reduce(home, ti
     assert "--nproc 2" in line and "--devices" not in line
 
 
+@pytest.mark.distributed
+@pytest.mark.e2e
 def test_an_autopilot_over_two_ranks_profiles_and_trains_data_parallel(home, tiny_spec):
     from engine.jobs.autopilot import AutopilotConfig
 

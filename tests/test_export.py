@@ -343,6 +343,7 @@ def test_torch_snippet_accumulates_only_when_asked():
     assert "DistributedSampler" not in single
 
 
+@pytest.mark.slow
 def test_torch_snippet_runs_and_steps_once_per_global_batch():
     """Execute the exported loop on a tiny model: one optimizer step per ACCUMULATION micro-batches."""
     import torch

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 
+import pytest
 from helpers import wait_for
 
 from engine import jobs, store
@@ -21,6 +22,7 @@ def _points_spooled(home, job_id):
     return text.count('"type": "point"')
 
 
+@pytest.mark.slow
 def test_a_job_killed_with_sigkill_is_crashed_and_keeps_what_it_flushed(home, tiny_spec):
     job_id = starts.start_profile(home, tiny_spec, {}, "cpu", SLOW)
     assert wait_for(lambda: _points_spooled(home, job_id) >= 1), "the job measured nothing"
@@ -39,6 +41,7 @@ def test_a_job_killed_with_sigkill_is_crashed_and_keeps_what_it_flushed(home, ti
     assert len(telemetry) > 0  # samples flushed before the kill are kept too
 
 
+@pytest.mark.slow
 def test_cancel_stops_a_running_job_as_killed(home, tiny_spec):
     job_id = starts.start_profile(home, tiny_spec, {}, "cpu", SLOW)
     assert wait_for(lambda: (jobs.read_status(home.job_dir(job_id)) or {}).get("state") == jobs.RUNNING)
@@ -50,6 +53,7 @@ def test_cancel_stops_a_running_job_as_killed(home, tiny_spec):
     assert not jobs.cancel(home, job_id)  # already over
 
 
+@pytest.mark.slow
 def test_one_job_at_a_time_per_device_and_a_cancelled_queued_job_never_starts(home, tiny_spec):
     first = starts.start_profile(home, tiny_spec, {}, "cpu", SLOW)
     assert wait_for(lambda: (jobs.read_status(home.job_dir(first)) or {}).get("state") == jobs.RUNNING)
@@ -70,6 +74,7 @@ def _started_at(home, job_id) -> float:
     raise AssertionError(f"{job_id} never started")
 
 
+@pytest.mark.slow
 def test_queued_jobs_on_one_device_start_in_the_order_they_were_submitted(home, tiny_spec):
     quick = ProfileConfig(batch_sizes=(8,), min_steps=2, min_seconds=0.0, warmup_steps=1)
     queued = [starts.start_profile(home, tiny_spec, {}, "cpu", quick) for _ in range(3)]  # all at once

@@ -105,6 +105,7 @@ def linear_regression(sigma: float = 1.0, r2: float = 1.0, samples: int = 200_00
                     baseline_batch_size=BATCH_SMALL, baseline_lr=lr, optimizer="sgd")
 
 
+@pytest.mark.slow
 def test_matches_the_closed_form_at_the_known_point():
     # 500 big batches of 256 in chunks of 32 (128,000 of the 200,000 samples, one epoch: the
     # finite-population correction is ~1/n). Gaussian-approximation relative standard errors
@@ -147,6 +148,7 @@ def test_warm_up_trains_the_baseline_first():
     assert result.step_equivalents == (20 * 16 + 100 * 128) / 16
 
 
+@pytest.mark.slow
 def test_grows_with_label_noise():
     batches = 200
     quiet = estimate_noise(linear_regression(sigma=0.5), CPU, batches=batches)
@@ -159,6 +161,7 @@ def test_grows_with_label_noise():
         assert result.b_simple == pytest.approx(true_b_simple(1.0, sigma), rel=5 * se)
 
 
+@pytest.mark.slow
 def test_pure_noise_is_flagged_never_negative():
     # At w0 = w* the true gradient is zero: B_simple is infinite and |G|² estimates scatter
     # around 0. With 4 big batches a seed should say "unreliable": either the point estimate of

@@ -7,20 +7,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import open_page, wait_finished
+from helpers import TINY, open_page
 from streamlit.testing.v1 import AppTest
 
 from engine import jobs, store
 from engine.errors import UsageError, WorkloadError
 from engine.home import Home
-from engine.jobs import start as starts
-from engine.jobs.autopilot import PHASES, AutopilotConfig
+from engine.jobs.autopilot import PHASES
 from engine.ui import overview
 from engine.workloads import load_workload
 from engine.workloads.config import configured_workloads
 
-TINY_FILE = Path(__file__).resolve().parent / "tiny_workload.py"
-TINY = f"{TINY_FILE}:make"
+TINY_FILE = Path(TINY.partition(":")[0])
 
 
 def write_config(folder: Path, body: str) -> Path:
@@ -31,16 +29,6 @@ def write_config(folder: Path, body: str) -> Path:
 
 def open_overview(monkeypatch, home: Home, cwd: Path) -> AppTest:
     return open_page(monkeypatch, home, "overview", timeout=120, cwd=cwd)
-
-
-@pytest.fixture(scope="module")
-def finished_home(tmp_path_factory) -> tuple[Home, str]:
-    """A home holding one whole autopilot of the tiny workload, run by real job processes (~60 s)."""
-    home = Home(tmp_path_factory.mktemp("autopilot") / "home")
-    job_id = starts.start_autopilot(home, TINY, {}, "cpu", AutopilotConfig(repeats=2, epochs=2))
-    wait_finished(home, job_id, timeout_s=400)
-    store.ingest(home)
-    return home, job_id
 
 
 # -- the page --------------------------------------------------------------------------------------
@@ -74,6 +62,7 @@ def test_a_broken_config_file_is_a_warning_and_the_built_ins_stay(monkeypatch, t
     assert any(n.startswith("fraud-gru") for n in at.selectbox(key="overview.workload").options)
 
 
+@pytest.mark.slow
 def test_profile_and_train_starts_an_autopilot_that_cancel_stops(monkeypatch, tmp_path):
     write_config(tmp_path, f'workloads = ["{TINY}"]\n')
     home = Home(tmp_path / "home")
@@ -100,8 +89,8 @@ def test_profile_and_train_starts_an_autopilot_that_cancel_stops(monkeypatch, tm
     assert not [b for b in at.button if b.key == "overview.cancel"]
 
 
-def test_a_finished_autopilot_shows_its_headline_and_every_phase_done(monkeypatch, tmp_path, finished_home):
-    home, job_id = finished_home
+def test_a_finished_autopilot_shows_its_headline_and_every_phase_done(monkeypatch, tmp_path, autopilot_home):
+    home, job_id = autopilot_home
     at = open_overview(monkeypatch, home, tmp_path)
     metrics = {m.label: m.value for m in at.metric}
     with store.connect(home) as con:
@@ -133,6 +122,8 @@ def test_configured_workloads_read_largestep_toml_and_resolve_paths(tmp_path):
     assert rows[2]["options"] == {"hidden": 512}
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_configured_name_loads_from_the_command_line_with_its_options(tmp_path, monkeypatch):
     write_config(tmp_path, f'workloads = [{{ name = "tiny", spec = "{TINY}", options = {{ samples = 96 }} }}]\n')
     monkeypatch.chdir(tmp_path)

@@ -3,31 +3,24 @@
 from __future__ import annotations
 
 import pytest
-from conftest import TINY
-from helpers import open_page, recommend_stored
+from conftest import PROFILED_BATCHES as BATCHES  # noqa: E402  the session's profile
+from helpers import copy_home, open_page, recommend_stored
 from streamlit.testing.v1 import AppTest
 
 from engine import jobs, store
 from engine.format import format_count
 from engine.home import Home
-from engine.jobs import start as starts
-from engine.measure.profiler import ProfileConfig
 from engine.plan.export import FORMATS
 from engine.plan.recommend import RecommendConfig
 from engine.ui import export, planner
 from engine.ui import recommend as recviews
 
-BATCHES = (32, 128, 512)
-
 
 @pytest.fixture(scope="module")
-def rec_home(tmp_path_factory) -> tuple[Home, dict]:
-    """A real profile of the tiny workload (baseline 32) and one saved recommendation of it."""
-    home = Home(tmp_path_factory.mktemp("pages") / "home")
-    profile = starts.start_profile(home, TINY, {}, "cpu", ProfileConfig(batch_sizes=BATCHES, min_steps=3,
-                                                                         min_seconds=0.0, warmup_steps=1))
-    assert jobs.wait(home, profile, timeout_s=180) == jobs.FINISHED
-    store.ingest(home)
+def rec_home(profiled_template, tmp_path_factory) -> tuple[Home, dict]:
+    """The session's real profile of the tiny workload (baseline 32) and one saved recommendation of it."""
+    template, profile = profiled_template
+    home = copy_home(template, tmp_path_factory.mktemp("pages") / "home")
     rec = recommend_stored(home, profile, RecommendConfig(noise_scale=300.0))
     with store.connect(home) as con:
         store.save_recommendation(con, rec)
@@ -135,6 +128,7 @@ def test_manual_noise_mode_needs_a_value(monkeypatch, rec_home):
     assert not at.exception and "enter a noise scale" in " ".join(errors(at))
 
 
+@pytest.mark.slow
 def test_estimating_the_noise_scale_runs_a_job_and_offers_its_result(monkeypatch, rec_home):
     home, _ = rec_home
     at = open_page(monkeypatch, home, "recommend")

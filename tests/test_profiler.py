@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import tiny_workload
 import torch
 
@@ -18,6 +19,7 @@ CPU = torch.device("cpu")
 QUICK = dict(min_steps=4, min_seconds=0.0, warmup_steps=1)
 
 
+@pytest.mark.slow
 def test_explicit_list_measures_every_batch_with_raw_times_and_quartiles():
     workload = tiny_workload.make()
     result = run_profile(workload, CPU, ProfileConfig(batch_sizes=(8, 32, 128), **QUICK))
@@ -39,6 +41,7 @@ def test_explicit_list_measures_every_batch_with_raw_times_and_quartiles():
     assert result.saturation_batch in (8, 32, 128)
 
 
+@pytest.mark.slow
 def test_timed_steps_run_until_both_minimums_are_met():
     workload = tiny_workload.make()
     result = run_profile(workload, CPU, ProfileConfig(batch_sizes=(16,), min_steps=3, min_seconds=0.3, warmup_steps=1))
@@ -46,6 +49,7 @@ def test_timed_steps_run_until_both_minimums_are_met():
     assert point.n >= 3 and sum(point.step_times_s) >= 0.3
 
 
+@pytest.mark.slow
 def test_out_of_memory_records_the_ceiling_and_stops_cleanly():
     workload = tiny_workload.make_oom(limit=64)
     result = run_profile(workload, CPU, ProfileConfig(batch_sizes=(16, 32, 64, 128, 256), **QUICK))
@@ -77,6 +81,7 @@ def test_a_model_error_becomes_an_error_point_not_a_crash():
     assert "ValueError: shapes do not match" in result.points[0].error
 
 
+@pytest.mark.slow
 def test_memory_budget_stops_before_a_batch_predicted_over_it():
     workload = tiny_workload.make()
     first = run_profile(workload, CPU, ProfileConfig(batch_sizes=(8, 16), **QUICK))
@@ -91,12 +96,14 @@ def test_memory_budget_stops_before_a_batch_predicted_over_it():
     assert result.stop_reason == "over_budget"
 
 
+@pytest.mark.slow
 def test_a_measured_peak_over_budget_is_flagged():
     workload = tiny_workload.make()
     result = run_profile(workload, CPU, ProfileConfig(batch_sizes=(8, 16), memory_budget_bytes=1000, **QUICK))
     assert [(p.batch_size, p.status) for p in result.points] == [(8, "over_budget")]
 
 
+@pytest.mark.slow
 def test_the_sweep_stops_at_the_dataset_size():
     workload = tiny_workload.make(samples=256)
     result = run_profile(workload, CPU, ProfileConfig(min_batch=64, max_batch=4096, full=True, **QUICK))

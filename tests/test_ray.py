@@ -17,6 +17,8 @@ from engine.errors import UsageError
 from engine.jobs import start as starts
 from engine.measure.train import TrainConfig
 
+pytestmark = [pytest.mark.ray]
+
 try:
     import ray
 except ImportError:  # an optional extra; CI installs it through the test extra

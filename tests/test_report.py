@@ -6,13 +6,11 @@ import re
 
 import pytest
 from conftest import TINY
-from helpers import recommend_stored
+from helpers import copy_home, recommend_stored, run_cli
 
 from engine import jobs, store
-from engine.cli import main
 from engine.home import Home
 from engine.jobs import start as starts
-from engine.measure.profiler import ProfileConfig
 from engine.measure.train import TrainConfig
 from engine.plan.recommend import RecommendConfig
 from engine.ui.report import build_report
@@ -21,14 +19,10 @@ PLOTLY_BANNER = re.compile(r"\* plotly\.js v\d")
 
 
 @pytest.fixture(scope="module")
-def verified_home(tmp_path_factory) -> tuple[Home, dict]:
-    """A real tiny profile, a saved recommendation, and one baseline and one recommended run of it."""
-    home = Home(tmp_path_factory.mktemp("report") / "home")
-    profile = starts.start_profile(home, TINY, {}, "cpu",
-                                    ProfileConfig(batch_sizes=(32, 128, 512), min_steps=3, min_seconds=0.0,
-                                                  warmup_steps=1))
-    assert jobs.wait(home, profile, timeout_s=180) == jobs.FINISHED
-    store.ingest(home)
+def verified_home(profiled_template, tmp_path_factory) -> tuple[Home, dict]:
+    """The session's tiny profile, a saved recommendation, and one baseline and one recommended run of it."""
+    template, profile = profiled_template
+    home = copy_home(template, tmp_path_factory.mktemp("report") / "home")
     rec = recommend_stored(home, profile, RecommendConfig(noise_scale=200.0))
     with store.connect(home) as con:
         store.save_recommendation(con, rec)
@@ -43,10 +37,6 @@ def verified_home(tmp_path_factory) -> tuple[Home, dict]:
     return home, rec
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_the_report_is_self_contained_and_shows_everything(verified_home):
@@ -84,7 +74,7 @@ def test_cli_report_writes_the_file_atomically(capsys, verified_home, tmp_path):
     target = tmp_path / "out" / "report.html"
     target.parent.mkdir()
     target.write_text("old")
-    code, out, err = run(capsys, "--home", str(home.root), "report", "--recommendation", "latest", "-o", str(target))
+    code, out, err = run_cli(capsys, "--home", str(home.root), "report", "--recommendation", "latest", "-o", str(target))
     assert code == 0, err
     text = target.read_text()
     assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
@@ -97,7 +87,7 @@ def test_cli_report_defaults_to_the_newest_and_a_file_in_the_working_folder(caps
                                                                             monkeypatch):
     home, rec = verified_home
     monkeypatch.chdir(tmp_path)
-    code, _, err = run(capsys, "--home", str(home.root), "report", "--profile", rec["profile_id"])
+    code, _, err = run_cli(capsys, "--home", str(home.root), "report", "--profile", rec["profile_id"])
     assert code == 0, err
     assert rec["recommendation_id"] in (tmp_path / "largestep-report.html").read_text()
 
@@ -109,18 +99,18 @@ def test_cli_report_defaults_to_the_newest_and_a_file_in_the_working_folder(caps
 ])
 def test_cli_report_errors_are_one_line(capsys, verified_home, tmp_path, argv, says):
     home, _ = verified_home
-    code, out, err = run(capsys, "--home", str(home.root), *argv[:1], *argv[1:],
+    code, out, err = run_cli(capsys, "--home", str(home.root), *argv[:1], *argv[1:],
                          *([] if "-o" in argv else ["-o", str(tmp_path / "r.html")]))
     assert code == 2 and err.count("\n") == 1 and says in err, err
     assert not (tmp_path / "r.html").exists()
 
 
 def test_cli_report_on_an_empty_home(capsys, home, tmp_path):
-    code, _, err = run(capsys, "report", "-o", str(tmp_path / "r.html"))
+    code, _, err = run_cli(capsys, "report", "-o", str(tmp_path / "r.html"))
     assert code == 2 and err.count("\n") == 1 and "nothing to report yet" in err
     assert not (tmp_path / "r.html").exists()
     home.ensure()
     with store.connect(home):
         pass  # an existing but empty database says the same
-    code, _, err = run(capsys, "report", "-o", str(tmp_path / "r.html"))
+    code, _, err = run_cli(capsys, "report", "-o", str(tmp_path / "r.html"))
     assert code == 2 and "nothing to report yet" in err

@@ -10,11 +10,14 @@ import sys
 import threading
 import time
 
+import pytest
 from helpers import wait_for
 
 from engine import jobs, store
 from engine.jobs import start as starts
 from engine.measure.train import TrainConfig
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 LONG = TrainConfig(batch_size=16, lr=1e-2, epochs=200, log_every_steps=5)
 
@@ -166,12 +169,9 @@ def test_train_runs_compare_from_the_command_line(home, tiny_spec):
         assert code == 2 and says in err and err.count("\n") == 1, err
 
 
-def test_autopilot_ends_with_a_headline(home, tiny_spec):
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "autopilot", "--workload", tiny_spec, "--repeats", "2",
-                           "--epochs", "2", "--json"], capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+def test_autopilot_ends_with_a_headline(autopilot_run):
+    home, code, result, stderr = autopilot_run   # `largestep autopilot --json`, run once for the session
+    assert code == 0, stderr
     headline = result["headline"]
     assert headline["batch_size"] == result["recommendation"]["batch_size"]
     assert headline["predicted_speedup"] > 0 and "predicted" in headline["text"]

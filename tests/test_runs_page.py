@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import APP, open_page, wait_finished
+from helpers import APP, TINY, open_page, wait_finished
 from streamlit.testing.v1 import AppTest
 
 from engine import jobs, store
@@ -20,7 +19,6 @@ from engine.measure.train import TrainConfig
 from engine.ui import runs as runviews
 from engine.ui.charts import runs as runcharts
 
-TINY = str(Path(__file__).resolve().parent / "tiny_workload.py") + ":make"
 BASE, BIG = "grp-base", "grp-big"
 
 
@@ -146,6 +144,7 @@ def test_filtering_by_state_and_group(monkeypatch, runs_home):
     assert len(table) == 2 and set(table["batch"]) == {128}
 
 
+@pytest.mark.slow
 def test_a_running_run_can_be_cancelled_from_the_page(monkeypatch, tmp_path):
     home = Home(tmp_path / "home")
     [run] = starts.start_train(home, TINY, {}, "cpu", TrainConfig(batch_size=16, lr=1e-2, epochs=200))

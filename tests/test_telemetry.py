@@ -10,13 +10,12 @@ import time
 
 import pytest
 import torch
-from fake_nvml import FakeGpu, cuda_properties, install_fake_cuda, install_fake_nvml, make_fake_pynvml
+from fake_nvml import UUID_A, UUID_B, FakeGpu, cuda_properties, install_fake_cuda, install_fake_nvml, make_fake_pynvml
+from helpers import wait_for
 
 from engine.measure import devices, telemetry
 from engine.measure.devices import DeviceInfo
 
-UUID_A = "4a1b2c3d-0000-1111-2222-aaaaaaaaaaaa"
-UUID_B = "5e6f7a8b-3333-4444-5555-bbbbbbbbbbbb"
 GPU_FIELDS = ("gpu_util_pct", "mem_used_bytes", "power_w", "sm_clock_mhz", "temp_c")
 
 
@@ -28,14 +27,6 @@ def cuda_info(uuid: str = UUID_A, index: int = 0) -> DeviceInfo:
 
 def cpu_info() -> DeviceInfo:
     return devices.device_info(torch.device("cpu"))
-
-
-def wait_until(condition, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("timed out waiting for the sampler")
-        time.sleep(0.005)
 
 
 @pytest.fixture
@@ -78,7 +69,7 @@ def test_nvml_failures_fall_back_to_psutil_with_the_reason(nvml, init_error, rea
     assert (status.available, status.reason, status.gpu_count) == (False, reason, 0)
 
     with telemetry.Sampler(cuda_info(), interval_s=0.02) as sampler:
-        wait_until(lambda: len(sampler.samples) >= 2)
+        assert wait_for(lambda: len(sampler.samples) >= 2, timeout=5.0, poll_s=0.005), "timed out waiting for the sampler"
     assert (sampler.source, sampler.reason) == ("psutil", reason)
     for sample in sampler.samples:
         assert sample["source"] == "psutil"
@@ -112,10 +103,10 @@ def test_gpu_sampler_reads_every_field_in_units_and_tags_batch_sizes(nvml):
     assert (sampler.source, sampler.reason) == ("nvml", None)
     sampler.tag = 128
     with sampler:
-        wait_until(lambda: len(sampler.samples) >= 2)
+        assert wait_for(lambda: len(sampler.samples) >= 2, timeout=5.0, poll_s=0.005), "timed out waiting for the sampler"
         sampler.tag = 256
         count = len(sampler.samples)
-        wait_until(lambda: len(sampler.samples) >= count + 2)
+        assert wait_for(lambda: len(sampler.samples) >= count + 2, timeout=5.0, poll_s=0.005), "timed out waiting for the sampler"
 
     samples = sampler.samples
     assert all(set(s) == set(telemetry.SAMPLE_KEYS) for s in samples)
@@ -137,7 +128,7 @@ def test_unsupported_fields_are_none_asked_once_and_the_sampler_keeps_going(nvml
         failing=(("nvmlDeviceGetTemperature", "NVMLError_GpuIsLost"),),  # transient: asked every tick
     )])
     with telemetry.Sampler(cuda_info(), interval_s=0.01) as sampler:
-        wait_until(lambda: len(sampler.samples) >= 5)
+        assert wait_for(lambda: len(sampler.samples) >= 5, timeout=5.0, poll_s=0.005), "timed out waiting for the sampler"
         assert sampler._thread.is_alive()
 
     samples = sampler.samples
@@ -207,7 +198,7 @@ def test_a_failing_callback_does_not_stop_sampling():
         raise OSError("disk full")
 
     with telemetry.Sampler(cpu_info(), interval_s=0.01, on_samples=broken, flush_every_s=0.01) as sampler:
-        wait_until(lambda: len(sampler.samples) >= 5)
+        assert wait_for(lambda: len(sampler.samples) >= 5, timeout=5.0, poll_s=0.005), "timed out waiting for the sampler"
         assert sampler._thread.is_alive()
 
 

@@ -31,6 +31,7 @@ def test_warmup_is_linear_in_samples_then_constant_or_cosine():
     assert lr_at(100, 10_000, 1.0, 0, 100, "cosine") == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_a_run_logs_evaluates_every_epoch_and_learns():
     events, emit = collect()
     workload = tiny_workload.make()
