@@ -116,3 +116,19 @@ def test_keeping_the_baseline_is_said_plainly_and_claims_nothing():
     line = keep_baseline_headline(rec)
     assert line["text"].startswith("keep your baseline") and "because batch 128" in line["text"]
     assert line["kept_baseline"] and line["measured_speedup"] is None
+
+
+def test_the_prediction_carries_its_own_interval():
+    from engine.plan.recommend import RecommendConfig, recommend
+
+    points = [{"batch_size": b, "status": "ok", "median_s": t, "p25_s": t * 0.9, "p75_s": t * 1.1}
+              for b, t in ((32, 0.010), (256, 0.020))]
+    profile = {"id": "prof-x", "points": points, "baseline_batch_size": 32, "baseline_lr": 1e-3, "n_train": 10_000}
+    rec = recommend(profile, RecommendConfig(), {"b_simple": 1000.0, "ci_low": 500.0, "ci_high": None, "id": "n"})
+    speed = rec["predicted_speedup"]
+    low, high = speed["time_to_target_interval"]
+    assert low < speed["time_to_target"] < high
+    # the fastest corner: perfect scaling (an open upper end of the noise scale), a slow baseline step, a fast one
+    assert high == pytest.approx(256 / 32 * (0.010 * 1.1) / (0.020 * 0.9))
+    # the slowest: the noise scale's lower end, a fast baseline step, a slow one
+    assert low == pytest.approx((1 + 500 / 32) / (1 + 500 / 256) * (0.010 * 0.9) / (0.020 * 1.1))

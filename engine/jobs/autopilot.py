@@ -69,6 +69,7 @@ def headline(rec: dict, comparison: dict) -> dict:
     groups = comparison.get("groups") or []
     base, recommended = (groups[0], groups[1]) if len(groups) > 1 else ({}, {})
     predicted = rec["predicted_speedup"]["time_to_target"]
+    predicted_interval = rec["predicted_speedup"].get("time_to_target_interval")
     interval = recommended.get("speedup_interval")
     measured = recommended.get("speedup")
     reached = recommended.get("time_to_target") or {}
@@ -82,6 +83,8 @@ def headline(rec: dict, comparison: dict) -> dict:
         text += f"did not reach the baseline's validation loss {comparison.get('target_val_loss', float('nan')):.4f}"
     text += (f", reached in {reached.get('reached', 0)} of {reached.get('n', 0)} seeds"
              f" (baseline {base.get('reached', 0)} of {base.get('n', 0)}); predicted {predicted:.2f}x")
+    if predicted_interval:
+        text += f" ({predicted_interval[0]:.2f}x to {predicted_interval[1]:.2f}x over the noise scale's interval)"
     censored = [(group["name"], run) for group in groups for run in group.get("runs") or []
                 if run.get("time_to_target_s") is None]
     if censored:
@@ -100,6 +103,7 @@ def headline(rec: dict, comparison: dict) -> dict:
             text += " (no interval: fewer than two finished seeds on a side)"
     return {"text": text, "kept_baseline": False, "batch_size": rec["batch_size"], "learning_rate": rec["learning_rate"],
             "measured_speedup": measured, "measured_speedup_interval": interval, "predicted_speedup": predicted,
+            "predicted_speedup_interval": predicted_interval,
             "predicted_throughput_speedup": rec["predicted_speedup"]["throughput"],
             "reached": reached.get("reached"), "seeds": reached.get("n"),
             "censored": [{"group": name, "run": run["id"], "seed": run.get("seed")} for name, run in censored],

@@ -327,7 +327,9 @@ def headline_metrics(headline: dict) -> list[Metric]:
                + (f"; reached in {headline.get('reached')} of {headline.get('seeds')} seeds"
                   if headline.get("seeds") else "")),
         Metric("Predicted speedup", f"{predicted:.2f}×" if predicted is not None else "—",
-               "from the profile and the gradient noise scale: [(1 + B_noise/B1)/(1 + B_noise/B2)]·t(B1)/t(B2)"),
+               "from the profile and the gradient noise scale: [(1 + B_noise/B1)/(1 + B_noise/B2)]·t(B1)/t(B2)"
+               + (" — from {:.2f}× to {:.2f}× over the noise scale's interval and the step times' quartiles".format(
+                   *headline["predicted_speedup_interval"]) if headline.get("predicted_speedup_interval") else "")),
         Metric(f"{name} difference", f"{diff:+.4f}" if diff is not None else "—",
                f"{name} of the recommendation minus the baseline's (means over seeds)"
                + (f"; 90% interval {bounds[0]:+.4f} to {bounds[1]:+.4f}: {quality.get('verdict')} within "
