@@ -132,3 +132,16 @@ def test_the_prediction_carries_its_own_interval():
     assert high == pytest.approx(256 / 32 * (0.010 * 1.1) / (0.020 * 0.9))
     # the slowest: the noise scale's lower end, a fast baseline step, a slow one
     assert low == pytest.approx((1 + 500 / 32) / (1 + 500 / 256) * (0.010 * 0.9) / (0.020 * 1.1))
+
+
+def test_a_comparison_is_decisive_when_an_interval_says_so():
+    from engine.jobs.autopilot import decisive
+
+    def comparison(interval, verdict):
+        return {"groups": [{}, {"speedup_interval": interval, "quality": {"verdict": verdict}}]}
+
+    assert decisive(comparison([1.2, 2.0], "inconclusive")) == "the speedup's interval excludes 1"
+    assert decisive(comparison([0.5, 0.9], "inconclusive")) == "the speedup's interval excludes 1"
+    assert decisive(comparison([0.9, 1.4], "equivalent")) == "the quality difference's interval lies within the tolerance"
+    assert decisive(comparison([0.9, 1.4], "inconclusive")) is None
+    assert decisive({"groups": []}) is None

@@ -242,6 +242,12 @@ def print_comparison(result: dict) -> None:
 @click.option("--repeats", default="3", show_default=True, metavar="K", help="Seeds per arm (baseline, recommended).")
 @click.option("--epochs", metavar="E", help="Baseline training length (default: the workload's).")
 @click.option("--rule", type=click.Choice(["linear", "sqrt"]), default="linear", show_default=True)
+@click.option("--until-decisive", is_flag=True,
+              help="Keep adding a seed to each arm until the speedup's 90% interval excludes 1 or the quality "
+                   "difference's lies within --quality-tolerance (at most --max-repeats seeds an arm).")
+@click.option("--max-repeats", default="10", show_default=True, metavar="K", help="With --until-decisive.")
+@click.option("--quality-tolerance", default="0.01", show_default=True, metavar="SHARE",
+              help="A quality difference within this share of the baseline's value counts as no difference.")
 @device_option()
 @nproc_option("Data-parallel processes for the profile and every training run (batch sizes are global); the "
               "noise-scale estimate runs in one.")
@@ -249,8 +255,8 @@ def print_comparison(result: dict) -> None:
 @click.option("--detach", is_flag=True, help="Start it and return at once; the dashboard shows its progress.")
 @json_option
 @click.pass_context
-def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, device, nproc, launcher, ray_address,
-              detach, as_json):
+def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, until_decisive, max_repeats,
+              quality_tolerance, device, nproc, launcher, ray_address, detach, as_json):
     """The whole loop headless: profile, noise scale, recommend, train the baseline and the
     recommendation (K seeds each, one after the other on the device), compare, and one headline."""
     from engine import jobs, store
@@ -259,8 +265,15 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, devic
     from engine.jobs.start import start_autopilot
     from engine.units import parse_positive_int
 
+    quality_tol = parse_float(quality_tolerance, "--quality-tolerance")
+    if not 0 <= quality_tol < float("inf"):
+        raise UsageError(f"--quality-tolerance must be a number of at least 0, not {quality_tolerance}")
     config = AutopilotConfig(repeats=parse_positive_int(repeats, "--repeats"), epochs=parse_float(epochs, "--epochs"),
-                             rule=rule, launcher=launcher_from_cli(launcher, ray_address), nproc=parse_nproc(nproc))
+                             rule=rule, launcher=launcher_from_cli(launcher, ray_address), nproc=parse_nproc(nproc),
+                             until_decisive=until_decisive, max_repeats=parse_positive_int(max_repeats, "--max-repeats"),
+                             quality_tolerance=quality_tol)
+    if config.until_decisive and config.max_repeats < config.repeats:
+        raise UsageError(f"--max-repeats {config.max_repeats} is below --repeats {config.repeats}")
     home = home_of(ctx)
     job_id = start_autopilot(home, workload, workload_settings(settings, data, label), device, config)
     store.ingest(home)

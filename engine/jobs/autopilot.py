@@ -21,7 +21,8 @@ from engine.jobs.runner import JobContext
 from engine.plan.compare import compare_groups
 from engine.plan.recommend import RecommendConfig, recommend, steps_factor
 
-__all__ = ["AutopilotConfig", "autopilot_task", "PHASES", "headline", "keep_baseline_headline", "prediction_factors"]
+__all__ = ["AutopilotConfig", "autopilot_task", "PHASES", "headline", "keep_baseline_headline", "prediction_factors",
+           "decisive"]
 
 PHASES = ("profile", "noise scale", "recommendation", "training runs", "comparison")
 MAX_EPOCH_FACTOR = 3.0  # the recommended runs get at most this many times the baseline's epochs
@@ -37,6 +38,8 @@ class AutopilotConfig:
     max_batch: int = 65536
     tolerance: float = 0.01               # compare: target = baseline best val loss + 1%
     quality_tolerance: float = 0.01       # compare: a quality difference within 1% of the baseline's is "none"
+    until_decisive: bool = False          # add seed pairs until the speedup or the quality is decided ...
+    max_repeats: int = 10                 # ... up to this many seeds an arm
     launcher: dict | None = None          # None: child jobs run here; {"kind": "ray", ...}: as Ray tasks
     nproc: int = 1                        # data-parallel ranks of the profile and of every training run
 
@@ -63,7 +66,21 @@ def prediction_factors(rec: dict, comparison: dict) -> dict:
                             "meaning": "steps the baseline needs to the target over the recommended batch's"}}
 
 
-def headline(rec: dict, comparison: dict) -> dict:
+def decisive(comparison: dict) -> str | None:
+    """Why the comparison is decisive, or None: the speedup's interval excludes 1, or the quality
+    difference's interval lies inside the tolerance."""
+    groups = comparison.get("groups") or []
+    if len(groups) < 2:
+        return None
+    interval = groups[1].get("speedup_interval")
+    if interval and (interval[0] > 1.0 or interval[1] < 1.0):
+        return "the speedup's interval excludes 1"
+    if (groups[1].get("quality") or {}).get("verdict") == "equivalent":
+        return "the quality difference's interval lies within the tolerance"
+    return None
+
+
+def headline(rec: dict, comparison: dict, decided: str | None = None, seeds: int | None = None) -> dict:
     """One line a person reads first: the pair, the measured speedup with its interval and how many seeds
     reached the target, the prediction beside it, and the quality difference with its interval."""
     groups = comparison.get("groups") or []
@@ -101,7 +118,11 @@ def headline(rec: dict, comparison: dict) -> dict:
                      f"{quality['verdict']} within ±{quality['tolerance']:.4f})")
         else:
             text += " (no interval: fewer than two finished seeds on a side)"
-    return {"text": text, "kept_baseline": False, "batch_size": rec["batch_size"], "learning_rate": rec["learning_rate"],
+    if seeds is not None and decided is not None:
+        text += f"; decisive after {seeds} seed pairs: {decided}"
+    elif seeds is not None:
+        text += f"; not decisive after {seeds} seed pairs (--max-repeats)"
+    return {"text": text, "kept_baseline": False, "decisive": decided, "batch_size": rec["batch_size"], "learning_rate": rec["learning_rate"],
             "measured_speedup": measured, "measured_speedup_interval": interval, "predicted_speedup": predicted,
             "predicted_speedup_interval": predicted_interval,
             "predicted_throughput_speedup": rec["predicted_speedup"]["throughput"],
@@ -208,33 +229,50 @@ def autopilot_task(ctx: JobContext) -> None:
                              warmup_samples=rec["warmup_samples"], nproc=config.nproc)
         arms = {"baseline": (base, f"grp-{secrets.token_hex(4)}", []),
                 "recommended": (chosen, f"grp-{secrets.token_hex(4)}", [])}
-        order = []
-        for k in range(config.repeats):
-            for role, (train_config, group, ids) in arms.items():
-                [run_id] = start_train(ctx.home, spec, options, device,
-                                       replace(train_config, seed=train_config.seed + k, group=group), 1, role=role,
-                                       recommendation_id=rec["recommendation_id"], launcher=config.launcher)
-                ids.append(run_id)
-                order.append(run_id)
-                children.append(run_id)
-        baseline_ids, recommended_ids = arms["baseline"][2], arms["recommended"][2]
-        phase("training runs", 0.0, run_ids=order)
-        state_of = dict(zip(order, wait_for(order, "training runs")))
+        order: list[str] = []
+        state_of: dict[str, str] = {}
 
-        # comparison
+        def train_seeds(seeds: range) -> None:
+            """Queue one run of each arm per seed, in turn, and wait for them all."""
+            queued = []
+            for k in seeds:
+                for role, (train_config, group, ids) in arms.items():
+                    [run_id] = start_train(ctx.home, spec, options, device,
+                                           replace(train_config, seed=train_config.seed + k, group=group), 1,
+                                           role=role, recommendation_id=rec["recommendation_id"],
+                                           launcher=config.launcher)
+                    ids.append(run_id)
+                    queued.append(run_id)
+                    children.append(run_id)
+            order.extend(queued)
+            phase("training runs", 0.0, run_ids=order)
+            state_of.update(zip(queued, wait_for(queued, "training runs")))
+
+        def compared() -> dict:
+            groups, evals = [], []
+            for name, (_config, _group, ids) in arms.items():
+                runs = []
+                for job_id in ids:
+                    spool = events.read_all(ctx.home.job_dir(job_id))
+                    runs.append({**events.run_record(spool, job_id), "state": state_of[job_id]})
+                    evals += events.evaluations(spool, job_id)
+                groups.append((name, runs))
+            frame = pd.DataFrame(evals, columns=["run_id", "step", "epoch", "samples", "wall_time_s", "train_time_s",
+                                                 "val_loss"])
+            return compare_groups(groups, frame, tolerance=config.tolerance,
+                                  quality_tolerance=config.quality_tolerance)
+
+        train_seeds(range(config.repeats))
         phase("comparison", 0.0)
-        groups, evals = [], []
-        for name, ids in (("baseline", baseline_ids), ("recommended", recommended_ids)):
-            runs = []
-            for job_id in ids:
-                spool = events.read_all(ctx.home.job_dir(job_id))
-                runs.append({**events.run_record(spool, job_id), "state": state_of[job_id]})
-                evals += events.evaluations(spool, job_id)
-            groups.append((name, runs))
-        comparison = compare_groups(groups, pd.DataFrame(evals, columns=["run_id", "step", "epoch", "samples",
-                                                                         "wall_time_s", "train_time_s", "val_loss"]),
-                                    tolerance=config.tolerance, quality_tolerance=config.quality_tolerance)
-        result = headline(rec, comparison)
+        comparison = compared()
+        seeds = config.repeats
+        while config.until_decisive and decisive(comparison) is None and seeds < config.max_repeats:
+            train_seeds(range(seeds, seeds + 1))   # one more pair of seeds
+            seeds += 1
+            phase("comparison", 0.0)
+            comparison = compared()
+        baseline_ids, recommended_ids = arms["baseline"][2], arms["recommended"][2]
+        result = headline(rec, comparison, decisive(comparison) if config.until_decisive else None, seeds)
         ctx.spool.emit(events.AUTOPILOT_RESULT, headline=result, comparison=comparison,
                        recommendation_id=rec["recommendation_id"], profile_id=profile_id, noise_id=noise_id,
                        baseline_runs=baseline_ids, recommended_runs=recommended_ids,
