@@ -183,12 +183,12 @@ def test_the_launcher_accepts_only_listed_workloads_and_sane_numbers(tmp_path):
 
 def test_phases_of_a_running_and_of_a_cancelled_autopilot():
     status = {"job": "trai-2", "detail": "step 5/40, loss 0.61", "run_ids": ["trai-1", "trai-2"]}
-    running = overview._phases(jobs.RUNNING, "baseline runs", status, {"profile_id": "prof-1"})
-    assert [p.status for p in running] == ["done", "done", "done", "running", "waiting", "waiting"]
+    running = overview._phases(jobs.RUNNING, "training runs", status, {"profile_id": "prof-1"})
+    assert [p.status for p in running] == ["done", "done", "done", "running", "waiting"]
     assert running[0].detail == "profile `prof-1`"
     assert running[3].detail == "run 2 of 2 · job `trai-2` · step 5/40, loss 0.61"
     cancelled = overview._phases(jobs.KILLED, "noise scale", {}, {})
-    assert [p.status for p in cancelled] == ["done", "cancelled", "not run", "not run", "not run", "not run"]
+    assert [p.status for p in cancelled] == ["done", "cancelled", "not run", "not run", "not run"]
     queued = overview._phases(jobs.PENDING, "queued", {}, {})
     assert {p.status for p in queued} == {"waiting"}
     finished = overview._phases(jobs.FINISHED, "done", {}, {})
@@ -197,10 +197,18 @@ def test_phases_of_a_running_and_of_a_cancelled_autopilot():
 
 def test_headline_metrics_say_when_the_target_was_not_reached_or_there_is_no_p_value():
     metrics = overview.headline_metrics({"measured_speedup": None, "predicted_speedup": 2.5, "metric": "auc",
-                                         "metric_difference": -0.002, "p_value": None})
+                                         "quality": {"name": "auc", "difference": -0.002, "p_value": None}})
     values = {m.label: m.value for m in metrics}
     assert values == {"Measured speedup": "not reached", "Predicted speedup": "2.50×", "auc difference": "-0.0020",
                       "p-value": "—"}
+    measured = overview.headline_metrics({"measured_speedup": 1.9, "measured_speedup_interval": [1.4, 2.6],
+                                          "predicted_speedup": 1.5, "reached": 3, "seeds": 3,
+                                          "quality": {"name": "auc", "difference": 0.001, "interval": [-0.002, 0.004],
+                                                      "p_value": 0.6, "verdict": "equivalent", "tolerance": 0.009}})
+    assert [m.value for m in measured] == ["1.90× (1.40–2.60)", "1.50×", "+0.0010", "0.6"]
+    assert "equivalent within ±0.0090" in measured[2].help and "reached in 3 of 3 seeds" in measured[0].help
+    kept = overview.headline_metrics({"kept_baseline": True, "predicted_speedup": 1.0})
+    assert kept[0].value == "baseline kept"
 
 
 def test_runs_that_did_not_finish_are_called_out():

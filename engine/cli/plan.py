@@ -107,8 +107,11 @@ def print_recommendation(rec: dict) -> None:
     out.print(f"[bold]batch {rec['batch_size']}, learning rate {rec['learning_rate']:.4g}, warm-up "
               f"{rec['warmup_steps']} steps ({rec['warmup_samples']} samples), {rec['rule']} rule[/bold]  "
               f"(baseline: batch {base['batch_size']}, lr {base['learning_rate']:.4g})")
+    interval = speed.get("time_to_target_interval")
     out.print(f"predicted speedup: {speed['throughput']:.2f}x from throughput, "
-              f"{speed['time_to_target']:.2f}x in time to target")
+              f"{speed['time_to_target']:.2f}x in time to target"
+              + (f" ({interval[0]:.2f}x to {interval[1]:.2f}x over the noise scale's interval and the step times' "
+                 f"quartiles)" if interval else ""))
     per_day = rec["experiments_per_gpu_day"]
     if per_day["baseline"]:
         out.print(f"experiments per GPU-day ({rec['epochs']} epochs each): {per_day['baseline']:,.0f} at the "

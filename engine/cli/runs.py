@@ -194,17 +194,23 @@ def runs_cancel(ctx, run_id):
 @click.argument("runs_or_groups", nargs=-1, required=True, metavar="BASELINE OTHER...")
 @click.option("--tolerance", default="0.01", show_default=True, metavar="SHARE",
               help="Target: the baseline's best validation loss, loosened by this share.")
+@click.option("--quality-tolerance", default="0.01", show_default=True, metavar="SHARE",
+              help="A quality difference (metric, or final validation loss) whose 90% interval lies within this "
+                   "share of the baseline's value counts as no difference.")
 @json_option
 @click.pass_context
-def compare(ctx, runs_or_groups, tolerance, as_json):
-    """Compare runs or groups of repeats against the first (the baseline): time to its validation loss,
-    speedup, final validation loss and metric, Welch's t-test p-value."""
+def compare(ctx, runs_or_groups, tolerance, quality_tolerance, as_json):
+    """Compare runs or groups of repeats against the first (the baseline): time to its validation loss
+    (median over seeds, a seed that never reached it counted as at least its whole training time), speedup
+    with a 90% bootstrap interval, and the quality difference with its interval and Welch's p-value."""
     from engine import store
     from engine.plan.compare import compare_groups
 
     tol = parse_float(tolerance, "--tolerance")
-    if tol < 0:
-        raise UsageError("--tolerance must not be negative")
+    quality_tol = parse_float(quality_tolerance, "--quality-tolerance")
+    for value, flag in ((tol, "--tolerance"), (quality_tol, "--quality-tolerance")):
+        if not 0 <= value < float("inf"):
+            raise UsageError(f"{flag} must be a number of at least 0, not {value}")
     if len(runs_or_groups) < 2:
         raise UsageError("compare needs a baseline and at least one other run or group")
     with open_store(ctx) as (_home, con):
@@ -215,7 +221,7 @@ def compare(ctx, runs_or_groups, tolerance, as_json):
                 raise UsageError(f"no run or group {name!r}; see `largestep runs`")
             groups.append((name, [store.get_run(con, i) for i in ids]))
         evals = store.run_evaluations(con, [r["id"] for _, rs in groups for r in rs])
-    result = compare_groups(groups, evals, tolerance=tol)
+    result = compare_groups(groups, evals, tolerance=tol, quality_tolerance=quality_tol)
     if as_json:
         emit_json(result)
     else:
@@ -236,6 +242,12 @@ def print_comparison(result: dict) -> None:
 @click.option("--repeats", default="3", show_default=True, metavar="K", help="Seeds per arm (baseline, recommended).")
 @click.option("--epochs", metavar="E", help="Baseline training length (default: the workload's).")
 @click.option("--rule", type=click.Choice(["linear", "sqrt"]), default="linear", show_default=True)
+@click.option("--until-decisive", is_flag=True,
+              help="Keep adding a seed to each arm until the speedup's 90% interval excludes 1 or the quality "
+                   "difference's lies within --quality-tolerance (at most --max-repeats seeds an arm).")
+@click.option("--max-repeats", default="10", show_default=True, metavar="K", help="With --until-decisive.")
+@click.option("--quality-tolerance", default="0.01", show_default=True, metavar="SHARE",
+              help="A quality difference within this share of the baseline's value counts as no difference.")
 @device_option()
 @nproc_option("Data-parallel processes for the profile and every training run (batch sizes are global); the "
               "noise-scale estimate runs in one.")
@@ -243,8 +255,8 @@ def print_comparison(result: dict) -> None:
 @click.option("--detach", is_flag=True, help="Start it and return at once; the dashboard shows its progress.")
 @json_option
 @click.pass_context
-def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, device, nproc, launcher, ray_address,
-              detach, as_json):
+def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, until_decisive, max_repeats,
+              quality_tolerance, device, nproc, launcher, ray_address, detach, as_json):
     """The whole loop headless: profile, noise scale, recommend, train the baseline and the
     recommendation (K seeds each, one after the other on the device), compare, and one headline."""
     from engine import jobs, store
@@ -253,8 +265,15 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, devic
     from engine.jobs.start import start_autopilot
     from engine.units import parse_positive_int
 
+    quality_tol = parse_float(quality_tolerance, "--quality-tolerance")
+    if not 0 <= quality_tol < float("inf"):
+        raise UsageError(f"--quality-tolerance must be a number of at least 0, not {quality_tolerance}")
     config = AutopilotConfig(repeats=parse_positive_int(repeats, "--repeats"), epochs=parse_float(epochs, "--epochs"),
-                             rule=rule, launcher=launcher_from_cli(launcher, ray_address), nproc=parse_nproc(nproc))
+                             rule=rule, launcher=launcher_from_cli(launcher, ray_address), nproc=parse_nproc(nproc),
+                             until_decisive=until_decisive, max_repeats=parse_positive_int(max_repeats, "--max-repeats"),
+                             quality_tolerance=quality_tol)
+    if config.until_decisive and config.max_repeats < config.repeats:
+        raise UsageError(f"--max-repeats {config.max_repeats} is below --repeats {config.repeats}")
     home = home_of(ctx)
     job_id = start_autopilot(home, workload, workload_settings(settings, data, label), device, config)
     store.ingest(home)
@@ -274,9 +293,23 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, devic
                    "noise_id": result["noise_id"], "baseline_runs": result["baseline_runs"],
                    "recommended_runs": result["recommended_runs"]})
         return 0
-    print_comparison(result["comparison"])
+    if result["comparison"]:
+        print_comparison(result["comparison"])
     console().print(f"[bold]{result['headline']['text']}[/bold]  (on {result['headline']['device']})")
+    print_factors(result["headline"].get("factors"))
     return 0
+
+
+def print_factors(factors: dict | None) -> None:
+    """The prediction's two halves beside what the runs measured."""
+    if not factors:
+        return
+    def ratio(value):
+        return "-" if value is None else f"{value:.2f}x"
+
+    console().print(table("Where the prediction came from", ["factor", "predicted", "measured", "meaning"],
+                          [[name.replace("_", " "), ratio(f["predicted"]), ratio(f["measured"]), f["meaning"]]
+                           for name, f in factors.items()]))
 
 
 def describe_autopilot_event(event: dict) -> str | None:

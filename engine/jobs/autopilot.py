@@ -8,8 +8,9 @@ and comparison. Cancelling it cancels its children.
 
 from __future__ import annotations
 
+import secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 
@@ -18,11 +19,12 @@ from engine.errors import LargestepError
 from engine.jobs import events
 from engine.jobs.runner import JobContext
 from engine.plan.compare import compare_groups
-from engine.plan.recommend import RecommendConfig, recommend
+from engine.plan.recommend import RecommendConfig, recommend, steps_factor
 
-__all__ = ["AutopilotConfig", "autopilot_task", "PHASES", "headline"]
+__all__ = ["AutopilotConfig", "autopilot_task", "PHASES", "headline", "keep_baseline_headline", "prediction_factors",
+           "decisive"]
 
-PHASES = ("profile", "noise scale", "recommendation", "baseline runs", "recommended runs", "comparison")
+PHASES = ("profile", "noise scale", "recommendation", "training runs", "comparison")
 MAX_EPOCH_FACTOR = 3.0  # the recommended runs get at most this many times the baseline's epochs
 
 
@@ -35,32 +37,112 @@ class AutopilotConfig:
     min_seconds: float = 1.0              # profiler: timed seconds per batch size
     max_batch: int = 65536
     tolerance: float = 0.01               # compare: target = baseline best val loss + 1%
+    quality_tolerance: float = 0.01       # compare: a quality difference within 1% of the baseline's is "none"
+    until_decisive: bool = False          # add seed pairs until the speedup or the quality is decided ...
+    max_repeats: int = 10                 # ... up to this many seeds an arm
     launcher: dict | None = None          # None: child jobs run here; {"kind": "ray", ...}: as Ray tasks
     nproc: int = 1                        # data-parallel ranks of the profile and of every training run
 
 
-def headline(rec: dict, comparison: dict) -> dict:
-    """One line a person reads first: the pair, measured vs predicted speedup, the metric difference."""
+def prediction_factors(rec: dict, comparison: dict) -> dict:
+    """The predicted speedup's two factors beside what the runs measured: the time per step (the
+    profile's t(B)/t(B0) against the runs' own) and the steps to the target (the noise-scale model's
+    S(B0)/S(B) against the runs' medians), so a user sees which half of a prediction was off."""
     groups = comparison.get("groups") or []
-    recommended = groups[1] if len(groups) > 1 else {}
+    b0, b = rec["baseline"]["batch_size"], rec["batch_size"]
+    step_times = {c["batch_size"]: c["step_time_s"] for c in rec["candidates"]}
+    predicted_step = step_times[b] / step_times[b0] if step_times.get(b) and step_times.get(b0) else None
+    predicted_steps = steps_factor(b0, rec.get("noise_scale")) / steps_factor(b, rec.get("noise_scale"))
+    measured_step = measured_steps = None
+    if len(groups) > 1:
+        base, other = groups[0], groups[1]
+        if base["time_per_step_s"]["mean"] and other["time_per_step_s"]["mean"]:
+            measured_step = other["time_per_step_s"]["mean"] / base["time_per_step_s"]["mean"]
+        if base["steps_to_target"]["mean"] and other["steps_to_target"]["mean"]:
+            measured_steps = base["steps_to_target"]["mean"] / other["steps_to_target"]["mean"]
+    return {"step_time_ratio": {"predicted": predicted_step, "measured": measured_step,
+                                "meaning": "time per step at the recommended batch over the baseline's"},
+            "steps_ratio": {"predicted": predicted_steps, "measured": measured_steps,
+                            "meaning": "steps the baseline needs to the target over the recommended batch's"}}
+
+
+def decisive(comparison: dict) -> str | None:
+    """Why the comparison is decisive, or None: the speedup's interval excludes 1, or the quality
+    difference's interval lies inside the tolerance."""
+    groups = comparison.get("groups") or []
+    if len(groups) < 2:
+        return None
+    interval = groups[1].get("speedup_interval")
+    if interval and (interval[0] > 1.0 or interval[1] < 1.0):
+        return "the speedup's interval excludes 1"
+    if (groups[1].get("quality") or {}).get("verdict") == "equivalent":
+        return "the quality difference's interval lies within the tolerance"
+    return None
+
+
+def headline(rec: dict, comparison: dict, decided: str | None = None, seeds: int | None = None) -> dict:
+    """One line a person reads first: the pair, the measured speedup with its interval and how many seeds
+    reached the target, the prediction beside it, and the quality difference with its interval."""
+    groups = comparison.get("groups") or []
+    base, recommended = (groups[0], groups[1]) if len(groups) > 1 else ({}, {})
+    predicted = rec["predicted_speedup"]["time_to_target"]
+    predicted_interval = rec["predicted_speedup"].get("time_to_target_interval")
+    interval = recommended.get("speedup_interval")
     measured = recommended.get("speedup")
+    reached = recommended.get("time_to_target") or {}
     text = (f"batch {rec['batch_size']} at lr {rec['learning_rate']:.3g} (baseline {rec['baseline']['batch_size']} "
             f"at {rec['baseline']['learning_rate']:.3g}): ")
     if measured is not None:
-        text += f"{measured:.2f}x faster to the baseline's validation loss (predicted {rec['predicted_speedup']['time_to_target']:.2f}x)"
+        text += f"{measured:.2f}x faster to the baseline's validation loss"
+        if interval:
+            text += f" ({comparison['confidence']:.0%} interval {interval[0]:.2f}x to {interval[1]:.2f}x)"
     else:
-        text += (f"did not reach the baseline's validation loss {comparison.get('target_val_loss', float('nan')):.4f} "
-                 f"(predicted {rec['predicted_speedup']['time_to_target']:.2f}x)")
-    diff, p = recommended.get("metric_difference"), recommended.get("p_value")
-    if diff is not None:
-        text += f"; {comparison.get('metric')} {diff:+.4f}"
-        text += (f" (Welch p = {p:.3g})" if p is not None
-                 else " (no p-value: fewer than two finished seeds on a side)")
-    return {"text": text, "batch_size": rec["batch_size"], "learning_rate": rec["learning_rate"],
-            "measured_speedup": measured, "predicted_speedup": rec["predicted_speedup"]["time_to_target"],
+        text += f"did not reach the baseline's validation loss {comparison.get('target_val_loss', float('nan')):.4f}"
+    text += (f", reached in {reached.get('reached', 0)} of {reached.get('n', 0)} seeds"
+             f" (baseline {base.get('reached', 0)} of {base.get('n', 0)}); predicted {predicted:.2f}x")
+    if predicted_interval:
+        text += f" ({predicted_interval[0]:.2f}x to {predicted_interval[1]:.2f}x over the noise scale's interval)"
+    censored = [(group["name"], run) for group in groups for run in group.get("runs") or []
+                if run.get("time_to_target_s") is None]
+    if censored:
+        text += "; never reached, counted as at least their whole training time: " + ", ".join(
+            f"{name} seed {run.get('seed')} ({run['censored_at_s']:.0f} s)" if run.get("censored_at_s") is not None
+            else f"{name} seed {run.get('seed')} ({run.get('state', 'no time').lower()})" for name, run in censored)
+    quality = recommended.get("quality") or {}
+    name = (comparison.get("quality") or {}).get("name")
+    if quality.get("difference") is not None:
+        text += f"; {name} {quality['difference']:+.4f}"
+        if quality.get("interval"):
+            low, high = quality["interval"]
+            text += (f" ({comparison['confidence']:.0%} interval {low:+.4f} to {high:+.4f}, "
+                     f"{quality['verdict']} within ±{quality['tolerance']:.4f})")
+        else:
+            text += " (no interval: fewer than two finished seeds on a side)"
+    if seeds is not None and decided is not None:
+        text += f"; decisive after {seeds} seed pairs: {decided}"
+    elif seeds is not None:
+        text += f"; not decisive after {seeds} seed pairs (--max-repeats)"
+    return {"text": text, "kept_baseline": False, "decisive": decided, "batch_size": rec["batch_size"], "learning_rate": rec["learning_rate"],
+            "measured_speedup": measured, "measured_speedup_interval": interval, "predicted_speedup": predicted,
+            "predicted_speedup_interval": predicted_interval,
             "predicted_throughput_speedup": rec["predicted_speedup"]["throughput"],
-            "metric": comparison.get("metric"), "metric_difference": diff, "p_value": p,
-            "device": rec["device"].get("name")}
+            "reached": reached.get("reached"), "seeds": reached.get("n"),
+            "censored": [{"group": name, "run": run["id"], "seed": run.get("seed")} for name, run in censored],
+            "metric": comparison.get("metric"), "metric_difference": recommended.get("metric_difference"),
+            "p_value": quality.get("p_value"), "quality": {"name": name, **quality},
+            "factors": prediction_factors(rec, comparison), "device": rec["device"].get("name")}
+
+
+def keep_baseline_headline(rec: dict) -> dict:
+    """The recommendation is the baseline itself: say so plainly, train nothing, claim no speedup."""
+    why = "; ".join(rec.get("reasons") or []) or "no measured batch is predicted faster"
+    text = (f"keep your baseline: batch {rec['baseline']['batch_size']} at lr {rec['baseline']['learning_rate']:.3g}; "
+            f"no measured batch is predicted faster, because {why}")
+    return {"text": text, "kept_baseline": True, "batch_size": rec["batch_size"], "learning_rate": rec["learning_rate"],
+            "measured_speedup": None, "measured_speedup_interval": None, "predicted_speedup": 1.0,
+            "predicted_throughput_speedup": rec["predicted_speedup"]["throughput"], "reached": None, "seeds": None,
+            "censored": [], "metric": None, "metric_difference": None, "p_value": None, "quality": None,
+            "factors": None, "device": rec["device"].get("name")}
 
 
 def autopilot_task(ctx: JobContext) -> None:
@@ -127,7 +209,16 @@ def autopilot_task(ctx: JobContext) -> None:
         rec = recommend(dict(profile, epochs=epochs), RecommendConfig(rule=config.rule), noise)
         ctx.spool.emit(events.RECOMMENDATION, document=rec)
 
-        # baseline runs, then recommended runs: queued on the device, one at a time
+        if rec["batch_size"] == rec["baseline"]["batch_size"]:
+            result = keep_baseline_headline(rec)   # nothing to verify: no second, identical arm
+            ctx.spool.emit(events.AUTOPILOT_RESULT, headline=result, comparison=None,
+                           recommendation_id=rec["recommendation_id"], profile_id=profile_id, noise_id=noise_id,
+                           baseline_runs=[], recommended_runs=[], epochs={"baseline": epochs}, config=asdict(config))
+            ctx.progress("done", 1.0, headline=result["text"])
+            return
+
+        # training runs: the arms interleaved seed by seed (baseline 0, recommended 0, baseline 1, ...) on
+        # the device's first-in-first-out queue, so drift in the machine's load falls on both arms alike
         base = TrainConfig(batch_size=rec["baseline"]["batch_size"], lr=rec["baseline"]["learning_rate"],
                            epochs=epochs, warmup_samples=rec["warmup_samples"], nproc=config.nproc)
         factor = 1.0
@@ -136,32 +227,52 @@ def autopilot_task(ctx: JobContext) -> None:
             factor = min(MAX_EPOCH_FACTOR, (b + bn) / (b0 + bn))  # S(B) B / S(B0) B0: the data the larger batch needs
         chosen = TrainConfig(batch_size=rec["batch_size"], lr=rec["learning_rate"], epochs=epochs * factor,
                              warmup_samples=rec["warmup_samples"], nproc=config.nproc)
-        baseline_ids = start_train(ctx.home, spec, options, device, base, config.repeats, role="baseline",
-                                   recommendation_id=rec["recommendation_id"], launcher=config.launcher)
-        recommended_ids = start_train(ctx.home, spec, options, device, chosen, config.repeats,
-                                      role="recommended", recommendation_id=rec["recommendation_id"],
-                                      launcher=config.launcher)
-        children.extend(baseline_ids + recommended_ids)
-        phase("baseline runs", 0.0, run_ids=baseline_ids)
-        base_states = wait_for(baseline_ids, "baseline runs")
-        phase("recommended runs", 0.0, run_ids=recommended_ids)
-        rec_states = wait_for(recommended_ids, "recommended runs")
+        arms = {"baseline": (base, f"grp-{secrets.token_hex(4)}", []),
+                "recommended": (chosen, f"grp-{secrets.token_hex(4)}", [])}
+        order: list[str] = []
+        state_of: dict[str, str] = {}
 
-        # comparison
+        def train_seeds(seeds: range) -> None:
+            """Queue one run of each arm per seed, in turn, and wait for them all."""
+            queued = []
+            for k in seeds:
+                for role, (train_config, group, ids) in arms.items():
+                    [run_id] = start_train(ctx.home, spec, options, device,
+                                           replace(train_config, seed=train_config.seed + k, group=group), 1,
+                                           role=role, recommendation_id=rec["recommendation_id"],
+                                           launcher=config.launcher)
+                    ids.append(run_id)
+                    queued.append(run_id)
+                    children.append(run_id)
+            order.extend(queued)
+            phase("training runs", 0.0, run_ids=order)
+            state_of.update(zip(queued, wait_for(queued, "training runs")))
+
+        def compared() -> dict:
+            groups, evals = [], []
+            for name, (_config, _group, ids) in arms.items():
+                runs = []
+                for job_id in ids:
+                    spool = events.read_all(ctx.home.job_dir(job_id))
+                    runs.append({**events.run_record(spool, job_id), "state": state_of[job_id]})
+                    evals += events.evaluations(spool, job_id)
+                groups.append((name, runs))
+            frame = pd.DataFrame(evals, columns=["run_id", "step", "epoch", "samples", "wall_time_s", "train_time_s",
+                                                 "val_loss"])
+            return compare_groups(groups, frame, tolerance=config.tolerance,
+                                  quality_tolerance=config.quality_tolerance)
+
+        train_seeds(range(config.repeats))
         phase("comparison", 0.0)
-        groups, evals = [], []
-        for name, ids, states in (("baseline", baseline_ids, base_states),
-                                  ("recommended", recommended_ids, rec_states)):
-            runs = []
-            for job_id, state in zip(ids, states):
-                spool = events.read_all(ctx.home.job_dir(job_id))
-                runs.append({**events.run_record(spool, job_id), "state": state})
-                evals += events.evaluations(spool, job_id)
-            groups.append((name, runs))
-        comparison = compare_groups(groups, pd.DataFrame(evals, columns=["run_id", "step", "epoch", "samples",
-                                                                         "wall_time_s", "train_time_s", "val_loss"]),
-                                    tolerance=config.tolerance)
-        result = headline(rec, comparison)
+        comparison = compared()
+        seeds = config.repeats
+        while config.until_decisive and decisive(comparison) is None and seeds < config.max_repeats:
+            train_seeds(range(seeds, seeds + 1))   # one more pair of seeds
+            seeds += 1
+            phase("comparison", 0.0)
+            comparison = compared()
+        baseline_ids, recommended_ids = arms["baseline"][2], arms["recommended"][2]
+        result = headline(rec, comparison, decisive(comparison) if config.until_decisive else None, seeds)
         ctx.spool.emit(events.AUTOPILOT_RESULT, headline=result, comparison=comparison,
                        recommendation_id=rec["recommendation_id"], profile_id=profile_id, noise_id=noise_id,
                        baseline_runs=baseline_ids, recommended_runs=recommended_ids,

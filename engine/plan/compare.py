@@ -1,10 +1,22 @@
-"""Compare training runs honestly: time to the baseline's validation loss, and the final metric.
+"""Compare training runs honestly: time to the baseline's validation loss, and the quality reached.
 
-The first argument is the baseline (a run or a group of repeats). The target is the baseline's
-best validation loss (the median over its repeats), loosened by a tolerance. A run's time to
-target is the training time (evaluation excluded) at its first evaluation at or below the
-target; its wall time there is reported too. With repeats, means and standard deviations, and
-Welch's t-test on the final validation metric (scipy), since the groups' variances may differ.
+The first group is the baseline (a run or a group of repeats). The target is the baseline's best
+validation loss (the median over its repeats), loosened by a tolerance. A run's time to target
+is the training time (evaluation excluded) at its first evaluation at or below the target.
+
+- Censoring, not exclusion: a run that never reached the target counts as "at least its whole
+  training time". Each group's time to target is the Kaplan-Meier median over its runs
+  (:func:`scipy.stats.ecdf` on censored data); where fewer than half reached it, only a lower
+  bound is known. The speedup is the ratio of the medians, with a bootstrap interval over seeds.
+- Quality: the difference in the workload's primary metric (or, without one, the final
+  validation loss), Welch's t-test p-value, and the difference's confidence interval held
+  against a tolerance: "p > 0.05" on three seeds is not evidence of no difference, an interval
+  inside the tolerance is.
+- The prediction's two factors beside the measurement: time per step (the profile's against the
+  runs' own) and steps to the target (the noise-scale model's against the runs').
+
+One implementation for every front end: the CLI's `compare`, the Runs page, the HTML report and
+the autopilot's headline all call :func:`compare_groups` and render :func:`comparison_table`.
 """
 
 from __future__ import annotations
@@ -12,22 +24,35 @@ from __future__ import annotations
 import math
 import statistics
 
+import numpy as np
 import pandas as pd
 from scipy import stats
 
 from engine.errors import UsageError
 from engine.format import DASH, mean_std
 
-__all__ = ["compare_groups", "time_to_target", "welch_p_value", "summarize", "comparison_table", "comparison_runs"]
+__all__ = ["CONFIDENCE", "compare_groups", "time_to_target", "first_reach", "km_median", "welch_p_value",
+           "summarize", "comparison_table", "comparison_runs", "quality_verdict", "time_text", "speedup_text"]
+
+CONFIDENCE = 0.90              # of every interval here
+BOOTSTRAP_RESAMPLES = 2000     # resamples of the seeds of each arm, for the speedup's interval
+QUALITY_TOLERANCE = 0.01       # default: a quality difference within 1% of the baseline's value is "no change"
+
+
+def first_reach(evals: pd.DataFrame, target: float) -> dict | None:
+    """The first evaluation at or below ``target``: its training time, wall time and step; None if never."""
+    reached = evals[evals["val_loss"] <= target].sort_values("step")
+    if reached.empty:
+        return None
+    first = reached.iloc[0]
+    return {"train_time_s": float(first["train_time_s"]), "wall_time_s": float(first["wall_time_s"]),
+            "step": int(first["step"])}
 
 
 def time_to_target(evals: pd.DataFrame, target: float) -> tuple[float | None, float | None]:
     """(training time, wall time) of the first evaluation at or below ``target``; None if never."""
-    reached = evals[evals["val_loss"] <= target].sort_values("step")
-    if reached.empty:
-        return None, None
-    first = reached.iloc[0]
-    return float(first["train_time_s"]), float(first["wall_time_s"])
+    reach = first_reach(evals, target)
+    return (reach["train_time_s"], reach["wall_time_s"]) if reach else (None, None)
 
 
 def summarize(values: list[float | None]) -> dict:
@@ -39,55 +64,53 @@ def summarize(values: list[float | None]) -> dict:
             "n": len(values)}
 
 
-def compare_groups(groups: list[tuple[str, list[dict]]], evals: pd.DataFrame, tolerance: float = 0.01) -> dict:
-    """``groups``: (name, runs) pairs, the baseline first; ``evals``: :func:`engine.store.run_evaluations`.
+def km_median(reached: list[float], censored: list[float]) -> tuple[float | None, float | None]:
+    """(median, lower bound) of a time to target from runs that reached it and runs censored at their
+    whole training time (Kaplan-Meier). The median is the earliest time by which half the runs are
+    estimated to have reached the target; when that never happens, the median is None and the
+    lower bound is the longest time seen."""
+    if not reached and not censored:
+        return None, None
+    if not reached:
+        return None, max(censored)
+    if not censored:   # the empirical distribution's median, as the estimator gives it, without its cost
+        ordered = sorted(reached)
+        return float(ordered[math.ceil(len(ordered) / 2) - 1]), None
+    curve = stats.ecdf(stats.CensoredData(uncensored=np.asarray(reached, dtype=float),
+                                          right=np.asarray(censored, dtype=float))).cdf
+    for time, share in zip(curve.quantiles, curve.probabilities):
+        if share >= 0.5 - 1e-12:
+            return float(time), None
+    return None, float(max(reached + censored))
 
-    UsageError when the baseline has no validation loss yet (there is no target to time against).
-    """
-    baseline_name, baseline_runs = groups[0]
-    bests = [r["best_val_loss"] for r in baseline_runs if r.get("best_val_loss") is not None]
-    if not bests:
-        raise UsageError(f"the baseline {baseline_name} has no validation loss yet")
-    best = statistics.median(bests)
-    target = best + tolerance * abs(best)
-    metric = next((r.get("primary_metric") for r in baseline_runs if r.get("primary_metric")), None)
-    mode = next((r.get("primary_metric_mode") for r in baseline_runs if r.get("primary_metric_mode")), "max")
-    baseline_values = [r.get("final_primary_metric") for r in baseline_runs]
 
-    out_groups = []
-    baseline_time = None
-    for index, (name, runs) in enumerate(groups):
-        rows = []
-        for run in runs:
-            run_evals = evals[evals["run_id"] == run["id"]]
-            train_t, wall_t = time_to_target(run_evals, target)
-            rows.append({"id": run["id"], "seed": run.get("seed"), "state": run.get("state"),
-                         "time_to_target_s": train_t, "wall_time_to_target_s": wall_t,
-                         "final_val_loss": run.get("final_val_loss"), "metric": run.get("final_primary_metric"),
-                         "train_time_s": run.get("train_time_s")})
-        times = summarize([r["time_to_target_s"] for r in rows])
-        values = [r["metric"] for r in rows]
-        group = {
-            "name": name, "runs": rows, "n": len(rows), "reached": times["n"],
-            "batch_size": runs[0].get("batch_size"), "lr": runs[0].get("lr"), "role": runs[0].get("role"),
-            "time_to_target_s": times,
-            "wall_time_to_target_s": summarize([r["wall_time_to_target_s"] for r in rows]),
-            "final_val_loss": summarize([r["final_val_loss"] for r in rows]),
-            "metric": summarize(values),
-            "speedup": None, "metric_difference": None, "p_value": None,
-        }
-        if index == 0:
-            baseline_time = times["mean"]
-        if baseline_time and times["mean"]:
-            group["speedup"] = baseline_time / times["mean"]
-        base_metric = summarize(baseline_values)["mean"]
-        if index > 0 and group["metric"]["mean"] is not None and base_metric is not None:
-            group["metric_difference"] = group["metric"]["mean"] - base_metric
-            group["p_value"] = welch_p_value(values, baseline_values)
-        out_groups.append(group)
-    return {"baseline": baseline_name, "target_val_loss": target, "baseline_best_val_loss": best,
-            "tolerance": tolerance, "time_basis": "training time, evaluation excluded",
-            "metric": metric, "metric_mode": mode, "groups": out_groups}
+def _arm_times(rows: list[dict]) -> tuple[list[float], list[float]]:
+    reached = [r["time_to_target_s"] for r in rows if r["time_to_target_s"] is not None]
+    censored = [r["censored_at_s"] for r in rows if r["time_to_target_s"] is None and r["censored_at_s"] is not None]
+    return reached, censored
+
+
+def _bootstrap_speedup(base: list[dict], other: list[dict], seed: int = 0) -> list[float] | None:
+    """A percentile interval of the ratio of Kaplan-Meier medians, resampling each arm's seeds."""
+    if len(base) < 2 or len(other) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(BOOTSTRAP_RESAMPLES):
+        b = [base[i] for i in rng.integers(0, len(base), len(base))]
+        o = [other[i] for i in rng.integers(0, len(other), len(other))]
+        b_median, _ = km_median(*_arm_times(b))
+        o_median, o_bound = km_median(*_arm_times(o))
+        if b_median is None:
+            continue                      # no target time in this resample of the baseline
+        if o_median is None:
+            ratios.append(b_median / o_bound if o_bound else 0.0)   # at most this much faster
+        else:
+            ratios.append(b_median / o_median)
+    if len(ratios) < BOOTSTRAP_RESAMPLES // 2:
+        return None
+    tail = (1 - CONFIDENCE) / 2 * 100
+    return [float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))]
 
 
 def welch_p_value(a: list[float | None], b: list[float | None]) -> float | None:
@@ -101,26 +124,163 @@ def welch_p_value(a: list[float | None], b: list[float | None]) -> float | None:
     return p if math.isfinite(p) else (1.0 if statistics.fmean(a) == statistics.fmean(b) else None)
 
 
+def _difference_interval(a: list[float], b: list[float]) -> list[float] | None:
+    """The CONFIDENCE interval of mean(a) - mean(b) (Welch), or None without two values a side."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    if statistics.pstdev(a) == 0 and statistics.pstdev(b) == 0:
+        d = statistics.fmean(a) - statistics.fmean(b)
+        return [d, d]
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence_level=CONFIDENCE)
+    return [float(ci.low), float(ci.high)] if math.isfinite(ci.low) and math.isfinite(ci.high) else None
+
+
+def quality_verdict(difference: float | None, interval: list[float] | None, tolerance: float, mode: str) -> str:
+    """"equivalent" (the interval inside ±tolerance), "worse" or "better" (entirely beyond it, in the
+    direction that matters for ``mode``), else "inconclusive" (more seeds would tell)."""
+    if difference is None or interval is None:
+        return "inconclusive"
+    low, high = interval
+    if -tolerance <= low and high <= tolerance:
+        return "equivalent"
+    worse_if_higher = mode == "min"
+    if (low > tolerance and worse_if_higher) or (high < -tolerance and not worse_if_higher):
+        return "worse"
+    if (high < -tolerance and worse_if_higher) or (low > tolerance and not worse_if_higher):
+        return "better"
+    return "inconclusive"
+
+
+def _quality(values: list[float | None], baseline_values: list[float | None], mode: str,
+             relative_tolerance: float) -> dict:
+    a = [v for v in values if v is not None and math.isfinite(v)]
+    b = [v for v in baseline_values if v is not None and math.isfinite(v)]
+    if not a or not b:
+        return {"difference": None, "interval": None, "p_value": None, "tolerance": None, "verdict": "inconclusive"}
+    difference = statistics.fmean(a) - statistics.fmean(b)
+    tolerance = relative_tolerance * abs(statistics.fmean(b))
+    interval = _difference_interval(a, b)
+    return {"difference": difference, "interval": interval, "p_value": welch_p_value(a, b), "tolerance": tolerance,
+            "verdict": quality_verdict(difference, interval, tolerance, mode)}
+
+
+def compare_groups(groups: list[tuple[str, list[dict]]], evals: pd.DataFrame, tolerance: float = 0.01,
+                   quality_tolerance: float = QUALITY_TOLERANCE) -> dict:
+    """``groups``: (name, runs) pairs, the baseline first; ``evals``: :func:`engine.store.run_evaluations`.
+
+    ``tolerance``: the target is the baseline's best validation loss loosened by this share;
+    ``quality_tolerance``: a quality difference within this share of the baseline's value counts as none.
+    UsageError when the baseline has no validation loss yet (there is no target to time against).
+    """
+    baseline_name, baseline_runs = groups[0]
+    bests = [r["best_val_loss"] for r in baseline_runs if r.get("best_val_loss") is not None]
+    if not bests:
+        raise UsageError(f"the baseline {baseline_name} has no validation loss yet")
+    best = statistics.median(bests)
+    target = best + tolerance * abs(best)
+    metric = next((r.get("primary_metric") for r in baseline_runs if r.get("primary_metric")), None)
+    mode = next((r.get("primary_metric_mode") for r in baseline_runs if r.get("primary_metric_mode")), "max")
+    # the quality compared: the workload's primary metric, else the final validation loss
+    quality_name, quality_mode = (metric, mode) if metric else ("final validation loss", "min")
+    quality_key = "metric" if metric else "final_val_loss"
+
+    out_groups, base_rows = [], None
+    for index, (name, runs) in enumerate(groups):
+        rows = [_run_row(run, evals, target) for run in runs]
+        reached, censored = _arm_times(rows)
+        median, at_least = km_median(reached, censored)
+        times = summarize([r["time_to_target_s"] for r in rows])
+        group = {
+            "name": name, "runs": rows, "n": len(rows), "reached": times["n"],
+            "batch_size": runs[0].get("batch_size"), "lr": runs[0].get("lr"), "role": runs[0].get("role"),
+            "time_to_target_s": times,
+            "time_to_target": {"median_s": median, "at_least_s": at_least, "reached": times["n"], "n": len(rows),
+                               "censored_runs": [r["id"] for r in rows if r["time_to_target_s"] is None]},
+            "wall_time_to_target_s": summarize([r["wall_time_to_target_s"] for r in rows]),
+            "final_val_loss": summarize([r["final_val_loss"] for r in rows]),
+            "metric": summarize([r["metric"] for r in rows]),
+            "time_per_step_s": summarize([r["time_per_step_s"] for r in rows]),
+            "steps_to_target": summarize([r["steps_to_target"] for r in rows]),
+            "speedup": None, "speedup_interval": None, "metric_difference": None, "p_value": None, "quality": None,
+        }
+        if index == 0:
+            base_rows, base_median = rows, median
+        else:
+            if base_median is not None and median is not None:
+                group["speedup"] = base_median / median
+            group["speedup_interval"] = _bootstrap_speedup(base_rows, rows)
+            group["quality"] = _quality([r[quality_key] for r in rows], [r[quality_key] for r in base_rows],
+                                        quality_mode, quality_tolerance)
+            if metric:
+                group["metric_difference"] = group["quality"]["difference"]
+                group["p_value"] = group["quality"]["p_value"]
+        out_groups.append(group)
+    return {"baseline": baseline_name, "target_val_loss": target, "baseline_best_val_loss": best,
+            "tolerance": tolerance, "time_basis": "training time, evaluation excluded",
+            "time_statistic": "Kaplan-Meier median over seeds; a run that never reached the target counts as at "
+                              "least its whole training time",
+            "confidence": CONFIDENCE, "metric": metric, "metric_mode": mode,
+            "quality": {"name": quality_name, "mode": quality_mode, "tolerance_share": quality_tolerance},
+            "groups": out_groups}
+
+
+def _run_row(run: dict, evals: pd.DataFrame, target: float) -> dict:
+    reach = first_reach(evals[evals["run_id"] == run["id"]], target)
+    steps, train_time = run.get("steps"), run.get("train_time_s")
+    return {"id": run["id"], "seed": run.get("seed"), "state": run.get("state"),
+            "time_to_target_s": reach["train_time_s"] if reach else None,
+            "wall_time_to_target_s": reach["wall_time_s"] if reach else None,
+            "steps_to_target": reach["step"] if reach else None,
+            "censored_at_s": None if reach else train_time,
+            "final_val_loss": run.get("final_val_loss"), "metric": run.get("final_primary_metric"),
+            "train_time_s": train_time, "steps": steps,
+            "time_per_step_s": train_time / steps if train_time and steps else None}
+
+
 # -- the comparison as a table (the CLI, the dashboard and the HTML report render it) ------------
+
+
+def time_text(time_to_target: dict) -> str:
+    """"12.3 s", or "≥ 40.1 s" when fewer than half the runs reached the target."""
+    if time_to_target.get("median_s") is not None:
+        return f"{time_to_target['median_s']:.3g} s"
+    if time_to_target.get("at_least_s") is not None:
+        return f"≥ {time_to_target['at_least_s']:.3g} s"
+    return DASH
+
+
+def speedup_text(group: dict) -> str:
+    """"1.90× (1.41–2.55)": the ratio of medians with its interval."""
+    if group.get("speedup") is None:
+        return DASH if not group.get("time_to_target", {}).get("at_least_s") else "not reached"
+    text = f"{group['speedup']:.2f}×"
+    if group.get("speedup_interval"):
+        low, high = group["speedup_interval"]
+        text += f" ({low:.2f}–{high:.2f})"
+    return text
 
 
 def comparison_table(result: dict) -> list[dict]:
     """One row per group of :func:`compare_groups`, in the units people read; the baseline first."""
-    metric = result.get("metric") or "metric"
+    quality = (result.get("quality") or {}).get("name") or "metric"
     rows = []
     for index, g in enumerate(result["groups"]):
         baseline = index == 0
+        q = g.get("quality") or {}
+        interval = q.get("interval")
         rows.append({
             "group": g["name"], "role": g.get("role") or "", "batch": g.get("batch_size"),
             "lr": f"{g['lr']:.3g}" if g.get("lr") is not None else DASH,
             "reached": f"{g['reached']} of {g['n']}",
-            "time to target (s)": mean_std(g["time_to_target_s"]),
-            "speedup": "baseline" if baseline else (f"{g['speedup']:.2f}×" if g.get("speedup") is not None else DASH),
+            "time to target (median)": time_text(g["time_to_target"]),
+            "speedup": "baseline" if baseline else speedup_text(g),
             "final val loss": mean_std(g["final_val_loss"], 4),
-            f"final {metric}": mean_std(g["metric"], 4),
-            "difference": "" if baseline else (f"{g['metric_difference']:+.4f}"
-                                               if g.get("metric_difference") is not None else DASH),
-            "p (Welch)": "" if baseline else (f"{g['p_value']:.3g}" if g.get("p_value") is not None else DASH),
+            f"final {result.get('metric') or 'metric'}": mean_std(g["metric"], 4),
+            f"Δ {quality}": "" if baseline else (
+                DASH if q.get("difference") is None else f"{q['difference']:+.4f}"
+                + (f" ({interval[0]:+.4f} to {interval[1]:+.4f})" if interval else "")),
+            "quality": "" if baseline else q.get("verdict", DASH),
+            "p (Welch)": "" if baseline else (f"{q['p_value']:.3g}" if q.get("p_value") is not None else DASH),
         })
     return rows
 
@@ -132,6 +292,7 @@ def comparison_runs(result: dict) -> list[dict]:
 
     return [{"group": g["name"], "run": run["id"], "seed": run.get("seed"), "state": run.get("state"),
              "time to target (s)": rounded(run.get("time_to_target_s")),
+             "censored at (s)": rounded(run.get("censored_at_s")),
              "training time (s)": rounded(run.get("train_time_s")),
              "final val loss": rounded(run.get("final_val_loss"), 4), "final metric": rounded(run.get("metric"), 4)}
             for g in result.get("groups") or [] for run in g.get("runs") or []]

@@ -92,6 +92,20 @@ def steps_factor(batch: int, noise_scale: float | None) -> float:
     return 1.0 + noise_scale / batch
 
 
+def predicted_interval(b0: int, b: int, noise_scale: float | None, noise_interval: tuple | None,
+                       base_quartiles: tuple[float, float], quartiles: tuple[float, float]) -> list[float]:
+    """The predicted speedup of batch ``b`` over ``b0`` as the noise scale ranges over its interval (an
+    open upper end is perfect scaling) and each step time over its quartiles: the speedup is monotonic
+    in each, so the corners bound it."""
+    if noise_interval is not None:
+        scales = [noise_interval[0] if noise_interval[0] is not None else noise_scale, noise_interval[1]]
+    else:
+        scales = [noise_scale]
+    values = [steps_factor(b0, n) / steps_factor(b, n) * t0 / t
+              for n in scales for t0 in base_quartiles for t in quartiles]
+    return [min(values), max(values)]
+
+
 def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None) -> dict:
     """The recommendation document for a stored profile (see :func:`engine.store.load_profile`).
 
@@ -109,9 +123,10 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
         raise UsageError(f"baseline batch {b0} was not measured in profile {profile['id']} (measured: {measured}); "
                          f"profile it with --batch-sizes {b0},...")
     noise_scale = config.noise_scale
-    noise_id = None
+    noise_id = noise_interval = None
     if noise_scale is None and noise is not None and noise.get("b_simple"):
         noise_scale, noise_id = float(noise["b_simple"]), noise.get("id")
+        noise_interval = (noise.get("ci_low"), noise.get("ci_high"))   # ci_high None: unbounded above
     saturation = profile.get("saturation_batch")
     memory_total = profile.get("device_total_memory_bytes")
     memory_limit = memory_total * config.memory_headroom if memory_total else None
@@ -166,6 +181,12 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
 
     baseline_run = train_samples / b0 * t0 if train_samples else None
     rec_run = chosen.run_time_s if chosen.batch_size != b0 else baseline_run
+
+    def quartiles(point: dict) -> tuple[float, float]:
+        return (point.get("p25_s") or point["median_s"], point.get("p75_s") or point["median_s"])
+
+    interval = predicted_interval(b0, chosen.batch_size, noise_scale, noise_interval, quartiles(ok[b0]),
+                                  quartiles(ok[chosen.batch_size]))
     return {
         "recommendation_id": f"rec-{secrets.token_hex(4)}",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
@@ -186,7 +207,9 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
         "noise_scale": noise_scale, "assumed_perfect_scaling": noise_scale is None,
         "saturation_batch": saturation,
         "predicted_speedup": {"throughput": chosen.speedup_throughput,
-                              "time_to_target": chosen.speedup_time_to_target or 1.0},
+                              "time_to_target": chosen.speedup_time_to_target or 1.0,
+                              # over the noise scale's interval and the step times' quartiles
+                              "time_to_target_interval": interval},
         "experiments_per_gpu_day": {
             "baseline": SECONDS_PER_DAY / baseline_run if baseline_run else None,
             "recommended": SECONDS_PER_DAY / rec_run if rec_run else None,

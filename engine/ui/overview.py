@@ -36,9 +36,9 @@ PHASE_HELP = {
     "profile": "step time, throughput and memory against batch size",
     "noise scale": "the gradient noise scale, from gradient norms at two batch sizes",
     "recommendation": "a larger batch and its learning rate, from the profile and the noise scale",
-    "baseline runs": "training at the workload's own batch size and learning rate",
-    "recommended runs": "training at the recommended batch size and learning rate",
-    "comparison": "time to the baseline's validation loss, and the final metric (Welch's t-test)",
+    "training runs": "the baseline and the recommendation, seed by seed in turn, so the machine's drift falls on both",
+    "comparison": "time to the baseline's validation loss (Kaplan-Meier median, a bootstrap interval), and the "
+                  "quality difference with its interval",
 }
 LIVE_STATES = (jobs.PENDING, jobs.RUNNING)
 
@@ -197,9 +197,11 @@ class AutopilotView:
 
     @property
     def good_news(self) -> bool:
-        """The recommendation reached the baseline's loss sooner: a success, not a caution."""
-        measured = (self.headline or {}).get("measured_speedup")
-        return measured is not None and measured > 1.0
+        """The recommendation reached the baseline's loss sooner, beyond doubt: a success, not a caution."""
+        headline = self.headline or {}
+        interval = headline.get("measured_speedup_interval")
+        measured = headline.get("measured_speedup")
+        return (interval[0] > 1.0) if interval else (measured is not None and measured > 1.0)
 
 
 def autopilot_view(home: Home, autopilot_id: str | None = None, ingest: bool = True) -> AutopilotView | None:
@@ -275,10 +277,9 @@ def _done_detail(name: str, row: dict) -> str:
         return f"profile `{row['profile_id']}`"
     if name == "noise scale" and row.get("noise_id"):
         return f"estimate `{row['noise_id']}`"
-    if name == "baseline runs" and row.get("baseline_runs"):
-        return f"{len(row['baseline_runs'])} runs"
-    if name == "recommended runs" and row.get("recommended_runs"):
-        return f"{len(row['recommended_runs'])} runs"
+    if name == "training runs":
+        base, chosen = len(row.get("baseline_runs") or []), len(row.get("recommended_runs") or [])
+        return f"{base} baseline and {chosen} recommended runs" if base or chosen else "none: the baseline is kept"
     return ""
 
 
@@ -286,7 +287,7 @@ def _live_detail(name: str, status: dict) -> str:
     child, detail = status.get("job"), status.get("detail")
     parts = []
     run_ids = status.get("run_ids") or []
-    if name in ("baseline runs", "recommended runs") and child in run_ids:
+    if name == "training runs" and child in run_ids:
         parts.append(f"run {run_ids.index(child) + 1} of {len(run_ids)}")
     if child:
         parts.append(f"job `{child}`")
@@ -308,18 +309,33 @@ def _recommendation_text(rec: dict) -> str:
 def headline_metrics(headline: dict) -> list[Metric]:
     """The four numbers a person reads first, formatted for st.metric."""
     measured, predicted = headline.get("measured_speedup"), headline.get("predicted_speedup")
-    diff, p = headline.get("metric_difference"), headline.get("p_value")
-    metric = headline.get("metric") or "metric"
+    interval = headline.get("measured_speedup_interval")
+    quality = headline.get("quality") or {}
+    name = quality.get("name") or headline.get("metric") or "metric"
+    diff, p, bounds = quality.get("difference"), quality.get("p_value"), quality.get("interval")
+    if headline.get("kept_baseline"):
+        measured_text = "baseline kept"
+    elif measured is not None:
+        measured_text = f"{measured:.2f}×" + (f" ({interval[0]:.2f}–{interval[1]:.2f})" if interval else "")
+    else:
+        measured_text = "not reached"
     return [
-        Metric("Measured speedup", f"{measured:.2f}×" if measured is not None else "not reached",
-               "baseline's training time to its own validation loss over the recommendation's (mean over seeds; "
-               "evaluation excluded)"),
+        Metric("Measured speedup", measured_text,
+               "baseline's training time to its own validation loss over the recommendation's (Kaplan-Meier medians "
+               "over seeds, a run that never reached it counted as at least its whole time; evaluation excluded), "
+               "with a 90% bootstrap interval"
+               + (f"; reached in {headline.get('reached')} of {headline.get('seeds')} seeds"
+                  if headline.get("seeds") else "")),
         Metric("Predicted speedup", f"{predicted:.2f}×" if predicted is not None else "—",
-               "from the profile and the gradient noise scale: [(1 + B_noise/B1)/(1 + B_noise/B2)]·t(B1)/t(B2)"),
-        Metric(f"{metric} difference", f"{diff:+.4f}" if diff is not None else "—",
-               f"final {metric} of the recommendation minus the baseline's (means over seeds)"),
+               "from the profile and the gradient noise scale: [(1 + B_noise/B1)/(1 + B_noise/B2)]·t(B1)/t(B2)"
+               + (" — from {:.2f}× to {:.2f}× over the noise scale's interval and the step times' quartiles".format(
+                   *headline["predicted_speedup_interval"]) if headline.get("predicted_speedup_interval") else "")),
+        Metric(f"{name} difference", f"{diff:+.4f}" if diff is not None else "—",
+               f"{name} of the recommendation minus the baseline's (means over seeds)"
+               + (f"; 90% interval {bounds[0]:+.4f} to {bounds[1]:+.4f}: {quality.get('verdict')} within "
+                  f"±{quality.get('tolerance'):.4f}" if bounds else "")),
         Metric("p-value", f"{p:.3g}" if p is not None else "—",
-               f"Welch's t-test on the final {metric}: a small p means the difference is unlikely to be chance; "
+               f"Welch's t-test on the {name}: a small p means the difference is unlikely to be chance; "
                f"it needs two or more finished seeds in each arm"),
     ]
 

@@ -18,7 +18,7 @@ from engine import jobs, store
 from engine.errors import UsageError
 from engine.format import format_duration
 from engine.home import Home
-from engine.plan.compare import compare_groups, comparison_table
+from engine.plan.compare import compare_groups, comparison_table, speedup_text, time_text
 from engine.ui.charts import runs as runcharts
 from engine.ui.widgets import Metric, cancel
 
@@ -293,26 +293,26 @@ def _comparison(con, units: list[str], baseline: str, x: str = "train_time_s", l
         return ComparisonView(error=str(exc))
 
     metrics = []
-    metric_name = result.get("metric") or "metric"
+    quality_name = result["quality"]["name"]
     names = unit_names(result["groups"])
     for group in result["groups"]:
-        ttt = group["time_to_target_s"]
+        ttt = group["time_to_target"]
         if group["name"] == baseline:
-            metrics.append(Metric("Baseline time to target", f"{ttt['mean']:.1f} s" if ttt["mean"] else "not reached",
-                                  f"{group['name']}: training time to validation loss "
-                                  f"{result['target_val_loss']:.4g}, mean over {group['n']} run(s)"))
+            metrics.append(Metric("Baseline time to target", time_text(ttt),
+                                  f"{group['name']}: training time to validation loss {result['target_val_loss']:.4g}, "
+                                  f"median over {group['n']} run(s) ({group['reached']} reached it)"))
             continue
-        speedup = group["speedup"]
-        p = group["p_value"]
-        diff = group["metric_difference"]
         metrics.append(Metric(
-            f"Speedup of {names[group['name']]}", f"{speedup:.2f}×" if speedup is not None else "target not reached",
-            f"baseline time to target over this group's ({ttt['mean']:.1f} s)" if ttt["mean"] else
-            "no run of this group reached the baseline's validation loss"))
-        if diff is not None:
-            metrics.append(Metric(f"Δ final {metric_name}", f"{diff:+.4f}" + (f" (p={p:.2g})" if p is not None else ""),
-                                  "difference of the mean final metric against the baseline; p: Welch's t-test, "
-                                  "needs two or more runs per group"))
+            f"Speedup of {names[group['name']]}", speedup_text(group),
+            f"baseline's median time to target over this group's ({time_text(ttt)}), with a 90% bootstrap interval; "
+            f"{group['reached']} of {group['n']} runs reached the target, the others count as at least their whole "
+            f"training time"))
+        quality = group.get("quality") or {}
+        if quality.get("difference") is not None:
+            p = quality.get("p_value")
+            metrics.append(Metric(f"Δ {quality_name}", f"{quality['difference']:+.4f}" + (f" (p={p:.2g})" if p is not None else ""),
+                                  f"{quality['verdict']}: the 90% interval of the difference against ±"
+                                  f"{quality['tolerance']:.4g}; p: Welch's t-test, needs two or more runs per group"))
     table = pd.DataFrame(comparison_table(result))
     groups_ids = {names.get(name, name): [r["id"] for r in runs] for name, runs in groups}
     figure = runcharts.comparison_figure(evals, groups_ids, names.get(baseline, baseline), result["target_val_loss"],

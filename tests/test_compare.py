@@ -1,0 +1,147 @@
+"""Verification statistics: censored times to target, the speedup's interval, quality with an equivalence
+statement, the autopilot's headline, and the arms interleaved on the device."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from engine.jobs.autopilot import headline, keep_baseline_headline, prediction_factors
+from engine.plan.compare import compare_groups, comparison_table, km_median, quality_verdict
+
+
+def evals_for(times: dict[str, list[tuple[float, float]]]) -> pd.DataFrame:
+    """run id -> [(training time, validation loss), ...] as the store's evaluations."""
+    return pd.DataFrame([{"run_id": run, "step": 10 * (k + 1), "epoch": k + 1, "samples": 0, "wall_time_s": t + 1,
+                          "train_time_s": t, "val_loss": loss}
+                         for run, points in times.items() for k, (t, loss) in enumerate(points)])
+
+
+def run(run_id: str, seed: int, best: float, train_time: float, steps: int = 100, metric: float | None = 0.9,
+        batch: int = 32) -> dict:
+    return {"id": run_id, "seed": seed, "state": "FINISHED", "best_val_loss": best, "final_val_loss": best,
+            "primary_metric": "accuracy" if metric is not None else None, "primary_metric_mode": "max",
+            "final_primary_metric": metric, "batch_size": batch, "lr": 1e-3, "train_time_s": train_time,
+            "steps": steps}
+
+
+def test_km_median_counts_censored_runs_as_at_least_their_time():
+    assert km_median([10.0, 20.0, 30.0], []) == (20.0, None)
+    assert km_median([10.0, 12.0], [30.0]) == (12.0, None)          # two of three reached by 12 s
+    assert km_median([10.0], [30.0, 31.0]) == (None, 31.0)          # fewer than half reached: only a bound
+    assert km_median([], [40.0]) == (None, 40.0)
+
+
+def test_a_seed_that_never_reaches_the_target_is_censored_not_dropped():
+    """The failure users saw: seeds that never reached the target silently left out of the means, so one
+    lucky seed made the headline. Now they count as at least their whole training time."""
+    times = {"b0": [(50, 0.6), (100, 0.5)], "b1": [(55, 0.6), (110, 0.5)], "b2": [(52, 0.6), (104, 0.5)],
+             "r0": [(10, 0.6), (20, 0.5)],                      # one lucky seed reaches the target fast ...
+             "r1": [(100, 0.7), (200, 0.65)], "r2": [(100, 0.7), (200, 0.66)]}   # ... two never do
+    groups = [("baseline", [run("b0", 0, 0.5, 110), run("b1", 1, 0.5, 110), run("b2", 2, 0.5, 110)]),
+              ("recommended", [run("r0", 0, 0.5, 20, batch=256), run("r1", 1, 0.65, 200, batch=256),
+                               run("r2", 2, 0.66, 200, batch=256)])]
+    result = compare_groups(groups, evals_for(times), tolerance=0.0)
+    base, rec = result["groups"]
+    # the old arithmetic: the mean over the seeds that reached it, 104.7 s / 20 s = 5.2x "faster"
+    assert base["time_to_target_s"]["mean"] / rec["time_to_target_s"]["mean"] == pytest.approx((100 + 110 + 104) / 3 / 20)
+    assert base["time_to_target"]["median_s"] == 104
+    assert rec["time_to_target"] == {"median_s": None, "at_least_s": 200, "reached": 1, "n": 3,
+                                     "censored_runs": ["r1", "r2"]}
+    assert rec["speedup"] is None                         # no speedup is claimed
+    rec_doc = {"batch_size": 256, "learning_rate": 8e-3, "baseline": {"batch_size": 32, "learning_rate": 1e-3},
+               "predicted_speedup": {"time_to_target": 2.5, "throughput": 4.0}, "noise_scale": 1000.0,
+               "candidates": [{"batch_size": 32, "step_time_s": 0.01}, {"batch_size": 256, "step_time_s": 0.02}],
+               "device": {"name": "cpu"}}
+    line = headline(rec_doc, result)
+    assert "did not reach" in line["text"] and "reached in 1 of 3 seeds" in line["text"]
+    assert "recommended seed 1 (200 s)" in line["text"] and "recommended seed 2 (200 s)" in line["text"]
+    assert [c["run"] for c in line["censored"]] == ["r1", "r2"]
+
+
+def test_the_speedup_has_an_interval_that_holds_the_truth():
+    base_times, rec_times = [100, 104, 98, 102], [25, 26, 24, 25.5]
+    times = {f"b{k}": [(t, 0.5)] for k, t in enumerate(base_times)} | {f"r{k}": [(t, 0.5)] for k, t in enumerate(rec_times)}
+    groups = [("baseline", [run(f"b{k}", k, 0.5, t) for k, t in enumerate(base_times)]),
+              ("recommended", [run(f"r{k}", k, 0.5, t) for k, t in enumerate(rec_times)])]
+    result = compare_groups(groups, evals_for(times), tolerance=0.0)
+    rec = result["groups"][1]
+    low, high = rec["speedup_interval"]
+    assert low <= 4.0 <= high and high - low < 0.5
+    assert rec["speedup"] == pytest.approx(100 / 25)
+    row = comparison_table(result)[1]
+    assert row["speedup"].startswith("4.00×") and "–" in row["speedup"] and row["reached"] == "4 of 4"
+
+
+@pytest.mark.parametrize("difference, interval, mode, verdict", [
+    (0.001, [-0.004, 0.006], "max", "equivalent"),
+    (-0.05, [-0.08, -0.02], "max", "worse"),        # accuracy fell by more than the tolerance
+    (-0.05, [-0.08, -0.02], "min", "better"),       # a loss fell by more than the tolerance
+    (0.01, [-0.03, 0.05], "max", "inconclusive"),   # more seeds would tell
+    (0.01, None, "max", "inconclusive"),
+])
+def test_quality_is_judged_by_its_interval_against_a_tolerance(difference, interval, mode, verdict):
+    assert quality_verdict(difference, interval, 0.01, mode) == verdict
+
+
+def test_without_a_metric_the_final_validation_loss_is_compared():
+    times = {f"{arm}{k}": [(10.0 if arm == "b" else 5.0, 0.5)] for arm in "br" for k in range(3)}
+    groups = [("baseline", [run(f"b{k}", k, 0.5, 10, metric=None) for k in range(3)]),
+              ("recommended", [run(f"r{k}", k, 0.5 + 0.0001 * k, 5, metric=None) for k in range(3)])]
+    result = compare_groups(groups, evals_for(times), tolerance=0.01)
+    quality = result["groups"][1]["quality"]
+    assert result["quality"]["name"] == "final validation loss" and result["quality"]["mode"] == "min"
+    assert quality["difference"] == pytest.approx(0.0001) and quality["verdict"] == "equivalent"
+    assert result["groups"][1]["metric_difference"] is None   # no workload metric to speak of
+
+
+def test_the_prediction_is_split_into_its_two_factors():
+    times = {"b0": [(10, 0.5)], "b1": [(12, 0.5)], "r0": [(4, 0.5)], "r1": [(5, 0.5)]}
+    groups = [("baseline", [run("b0", 0, 0.5, 20, steps=200), run("b1", 1, 0.5, 24, steps=200)]),
+              ("recommended", [run("r0", 0, 0.5, 8, steps=40, batch=256), run("r1", 1, 0.5, 10, steps=40, batch=256)])]
+    result = compare_groups(groups, evals_for(times), tolerance=0.0)
+    rec_doc = {"batch_size": 256, "baseline": {"batch_size": 32}, "noise_scale": 224.0,
+               "candidates": [{"batch_size": 32, "step_time_s": 0.1}, {"batch_size": 256, "step_time_s": 0.15}]}
+    factors = prediction_factors(rec_doc, result)
+    assert factors["step_time_ratio"]["predicted"] == pytest.approx(1.5)
+    assert factors["step_time_ratio"]["measured"] == pytest.approx((0.2 + 0.25) / 2 / 0.11)
+    assert factors["steps_ratio"]["predicted"] == pytest.approx((1 + 224 / 32) / (1 + 224 / 256))
+    assert factors["steps_ratio"]["measured"] == pytest.approx(1.0)   # both reached it at their first evaluation
+
+
+def test_keeping_the_baseline_is_said_plainly_and_claims_nothing():
+    rec = {"batch_size": 64, "learning_rate": 1e-3, "baseline": {"batch_size": 64, "learning_rate": 1e-3},
+           "predicted_speedup": {"time_to_target": 1.0, "throughput": 1.0}, "device": {"name": "cpu"},
+           "reasons": ["batch 128 is predicted 1.2x slower to the target"]}
+    line = keep_baseline_headline(rec)
+    assert line["text"].startswith("keep your baseline") and "because batch 128" in line["text"]
+    assert line["kept_baseline"] and line["measured_speedup"] is None
+
+
+def test_the_prediction_carries_its_own_interval():
+    from engine.plan.recommend import RecommendConfig, recommend
+
+    points = [{"batch_size": b, "status": "ok", "median_s": t, "p25_s": t * 0.9, "p75_s": t * 1.1}
+              for b, t in ((32, 0.010), (256, 0.020))]
+    profile = {"id": "prof-x", "points": points, "baseline_batch_size": 32, "baseline_lr": 1e-3, "n_train": 10_000}
+    rec = recommend(profile, RecommendConfig(), {"b_simple": 1000.0, "ci_low": 500.0, "ci_high": None, "id": "n"})
+    speed = rec["predicted_speedup"]
+    low, high = speed["time_to_target_interval"]
+    assert low < speed["time_to_target"] < high
+    # the fastest corner: perfect scaling (an open upper end of the noise scale), a slow baseline step, a fast one
+    assert high == pytest.approx(256 / 32 * (0.010 * 1.1) / (0.020 * 0.9))
+    # the slowest: the noise scale's lower end, a fast baseline step, a slow one
+    assert low == pytest.approx((1 + 500 / 32) / (1 + 500 / 256) * (0.010 * 0.9) / (0.020 * 1.1))
+
+
+def test_a_comparison_is_decisive_when_an_interval_says_so():
+    from engine.jobs.autopilot import decisive
+
+    def comparison(interval, verdict):
+        return {"groups": [{}, {"speedup_interval": interval, "quality": {"verdict": verdict}}]}
+
+    assert decisive(comparison([1.2, 2.0], "inconclusive")) == "the speedup's interval excludes 1"
+    assert decisive(comparison([0.5, 0.9], "inconclusive")) == "the speedup's interval excludes 1"
+    assert decisive(comparison([0.9, 1.4], "equivalent")) == "the quality difference's interval lies within the tolerance"
+    assert decisive(comparison([0.9, 1.4], "inconclusive")) is None
+    assert decisive({"groups": []}) is None
