@@ -96,7 +96,12 @@ def test_a_finished_autopilot_shows_its_headline_and_every_phase_done(monkeypatc
     with store.connect(home) as con:
         headline = store.load_autopilot(con, job_id)["headline"]
     measured = headline["measured_speedup"]
-    assert metrics["Measured speedup"] == (f"{measured:.2f}×" if measured is not None else "not reached")
+    interval = headline["measured_speedup_interval"]
+    if measured is None:
+        assert metrics["Measured speedup"] == "not reached"
+    else:
+        assert metrics["Measured speedup"] == f"{measured:.2f}×" + (f" ({interval[0]:.2f}–{interval[1]:.2f})"
+                                                                      if interval else "")
     assert metrics["Predicted speedup"] == f"{headline['predicted_speedup']:.2f}×"
     assert metrics["accuracy difference"] == f"{headline['metric_difference']:+.4f}"
     assert "p-value" in metrics
