@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
 import time
 
+import pytest
 from helpers import wait_for
+from scipy import stats
 
 from engine import jobs, store
 from engine.jobs import start as starts
@@ -33,6 +36,17 @@ def _metric_rows_in_spool(home, job_id):
         elif event["type"] == "eval":
             rows += 1 + len(event["metrics"])
     return rows
+
+
+def _welch_p(a: list[float], b: list[float]) -> float:
+    """Welch's two-sided p-value, straight from scipy (independent of engine.plan.compare)."""
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def _time_to(evals, run_id: str, target: float) -> float | None:
+    """Training time at a run's first evaluation at or below ``target``; None if it never got there."""
+    reached = evals[(evals["run_id"] == run_id) & (evals["val_loss"] <= target)].sort_values("step")
+    return None if reached.empty else float(reached["train_time_s"].iloc[0])
 
 
 def test_a_run_killed_with_sigkill_is_crashed_and_keeps_its_flushed_metrics(home, tiny_spec):
@@ -145,13 +159,19 @@ def test_train_runs_compare_from_the_command_line(home, tiny_spec):
     assert all(r["state"] == "FINISHED" and r["final_val_loss"] > 0 for r in base)
     code, out, err = cli("train", "--workload", tiny_spec, "--batch-size", "128", "--lr", "0.04", "--epochs", "6",
                          "--repeats", "2", "--json")
+    assert code == 0, err
     big = json.loads(out)
     code, out, err = cli("compare", base[0]["group_id"], big[0]["group_id"], "--json")
     assert code == 0, err
     result = json.loads(out)
     base_group, big_group = result["groups"]
     assert base_group["n"] == 2 and big_group["n"] == 2 and result["metric"] == "accuracy"
-    assert big_group["p_value"] is None or 0 <= big_group["p_value"] <= 1
+    # two finished seeds a side: Welch's test on the final accuracies the runs reported
+    base_accuracy = [r["final_primary_metric"] for r in base]
+    big_accuracy = [r["final_primary_metric"] for r in big]
+    assert big_group["metric_difference"] == pytest.approx(statistics.fmean(big_accuracy)
+                                                           - statistics.fmean(base_accuracy))
+    assert big_group["p_value"] == pytest.approx(_welch_p(big_accuracy, base_accuracy))
     assert result["target_val_loss"] >= result["baseline_best_val_loss"]
     code, out, _ = cli("runs", "--status", "FINISHED", "--json")
     assert len(json.loads(out)) == 4
@@ -174,10 +194,31 @@ def test_autopilot_ends_with_a_headline(home, tiny_spec):
     result = json.loads(proc.stdout)
     headline = result["headline"]
     assert headline["batch_size"] == result["recommendation"]["batch_size"]
-    assert headline["predicted_speedup"] > 0 and "predicted" in headline["text"]
     assert len(result["baseline_runs"]) == 2 and len(result["recommended_runs"]) == 2
     assert [g["name"] for g in result["comparison"]["groups"]] == ["baseline", "recommended"]
     with store.connect(home) as con:
         rec = store.load_recommendation(con, result["recommendation"]["recommendation_id"])
         roles = {r["role"] for r in store.frame_records(store.list_runs(con))}
+        runs = {arm: [store.get_run(con, run_id) for run_id in result[f"{arm}_runs"]]
+                for arm in ("baseline", "recommended")}
+        evals = store.run_evaluations(con, result["baseline_runs"] + result["recommended_runs"])
     assert rec is not None and roles == {"baseline", "recommended"}
+    assert headline["predicted_speedup"] == pytest.approx(rec["predicted_speedup"]["time_to_target"])
+    assert f"predicted {headline['predicted_speedup']:.2f}x" in headline["text"]
+
+    # the measured speedup: the baseline's mean training time to its own best validation loss
+    # (+1%) over the recommended runs' mean, from the evaluations the store kept
+    target = statistics.median(r["best_val_loss"] for r in runs["baseline"]) * 1.01
+    reached = {arm: [t for t in (_time_to(evals, r["id"], target) for r in arm_runs) if t is not None]
+               for arm, arm_runs in runs.items()}  # a run that never got there is left out of the mean
+    assert reached["baseline"]  # the baseline's better seed reaches the median of their bests
+    if reached["recommended"]:
+        expected = statistics.fmean(reached["baseline"]) / statistics.fmean(reached["recommended"])
+        assert headline["measured_speedup"] == pytest.approx(expected, rel=1e-6)
+        assert f"{expected:.2f}x faster" in headline["text"]
+    else:
+        assert headline["measured_speedup"] is None and "did not reach" in headline["text"]
+    # the p-value: Welch's test on the final accuracies of the two seeds of each arm
+    accuracy = {arm: [r["final_primary_metric"] for r in arm_runs] for arm, arm_runs in runs.items()}
+    assert headline["p_value"] == pytest.approx(_welch_p(accuracy["recommended"], accuracy["baseline"]))
+    assert f"Welch p = {headline['p_value']:.3g}" in headline["text"]
