@@ -51,3 +51,11 @@ def recommend_stored(home: Home, profile_id: str | None, config) -> dict:
     with store.connect(home) as con:
         profile, noise = store.recommendation_inputs(con, profile_id, stored_noise=config.noise_scale is None)
     return recommend(profile, config, noise)
+
+
+def first_time_at_or_below(evals, run_id: str, target: float) -> float | None:
+    """Training time at a run's first evaluation (a row of store.run_evaluations) with a validation
+    loss at or below ``target``; None if it never got there. Written apart from engine.plan.compare,
+    so tests can check that module's answers against it."""
+    reached = evals[(evals["run_id"] == run_id) & (evals["val_loss"] <= target)].sort_values("step")
+    return None if reached.empty else float(reached["train_time_s"].iloc[0])

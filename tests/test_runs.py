@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from helpers import wait_for
+from helpers import first_time_at_or_below, wait_for
 from scipy import stats
 
 from engine import jobs, store
@@ -41,12 +41,6 @@ def _metric_rows_in_spool(home, job_id):
 def _welch_p(a: list[float], b: list[float]) -> float:
     """Welch's two-sided p-value, straight from scipy (independent of engine.plan.compare)."""
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-
-
-def _time_to(evals, run_id: str, target: float) -> float | None:
-    """Training time at a run's first evaluation at or below ``target``; None if it never got there."""
-    reached = evals[(evals["run_id"] == run_id) & (evals["val_loss"] <= target)].sort_values("step")
-    return None if reached.empty else float(reached["train_time_s"].iloc[0])
 
 
 def test_a_run_killed_with_sigkill_is_crashed_and_keeps_its_flushed_metrics(home, tiny_spec):
@@ -209,7 +203,7 @@ def test_autopilot_ends_with_a_headline(home, tiny_spec):
     # the measured speedup: the baseline's mean training time to its own best validation loss
     # (+1%) over the recommended runs' mean, from the evaluations the store kept
     target = statistics.median(r["best_val_loss"] for r in runs["baseline"]) * 1.01
-    reached = {arm: [t for t in (_time_to(evals, r["id"], target) for r in arm_runs) if t is not None]
+    reached = {arm: [t for t in (first_time_at_or_below(evals, r["id"], target) for r in arm_runs) if t is not None]
                for arm, arm_runs in runs.items()}  # a run that never got there is left out of the mean
     assert reached["baseline"]  # the baseline's better seed reaches the median of their bests
     if reached["recommended"]:
