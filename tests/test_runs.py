@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from helpers import first_time_at_or_below, wait_for
+from helpers import first_time_at_or_below, metric_rows_in_spool, wait_for
 from scipy import stats
 
 from engine import jobs, store
@@ -24,18 +24,6 @@ LONG = TrainConfig(batch_size=16, lr=1e-2, epochs=200, log_every_steps=5)
 
 def _spooled(home, job_id, kind):
     return (home.job_dir(job_id) / "events.jsonl").read_text().count(f'"type": "{kind}"')
-
-
-def _metric_rows_in_spool(home, job_id):
-    rows = 0
-    for line in (home.job_dir(job_id) / "events.jsonl").read_text().splitlines():
-        event = json.loads(line)
-        if event["type"] == "metrics":
-            rows += sum(sum(1 for k in ("train_loss", "lr", "samples_per_s") if r.get(k) is not None)
-                        for r in event["rows"])
-        elif event["type"] == "eval":
-            rows += 1 + len(event["metrics"])
-    return rows
 
 
 def _welch_p(a: list[float], b: list[float]) -> float:
@@ -54,7 +42,7 @@ def test_a_run_killed_with_sigkill_is_crashed_and_keeps_its_flushed_metrics(home
         assert store.get_job(con, run)["state"] == "CRASHED"
         stored = con.execute("SELECT count(*) FROM metrics WHERE run_id = ?", [run]).fetchone()[0]
         evals = store.run_evaluations(con, [run])
-    assert stored == _metric_rows_in_spool(home, run) > 0  # everything flushed before the kill is in the database
+    assert stored == metric_rows_in_spool(home, run) > 0  # everything flushed before the kill is in the database
     assert len(evals) >= 2
 
 
@@ -103,7 +91,7 @@ def test_four_runs_and_readers_on_one_database_lose_nothing(home, tiny_spec):
     with store.connect(home) as con:
         for run in runs:
             stored = con.execute("SELECT count(*) FROM metrics WHERE run_id = ?", [run]).fetchone()[0]
-            assert stored == _metric_rows_in_spool(home, run)
+            assert stored == metric_rows_in_spool(home, run)
         assert len(store.list_runs(con, states=["FINISHED"])) == 4
 
 
@@ -136,7 +124,7 @@ def test_killing_the_cli_while_a_run_goes_on_loses_nothing(home, tiny_spec):
         run_row = store.get_run(con, run)
         stored = con.execute("SELECT count(*) FROM metrics WHERE run_id = ?", [run]).fetchone()[0]
     assert run_row["state"] == "FINISHED" and run_row["final_val_loss"] is not None
-    assert stored == _metric_rows_in_spool(home, run)
+    assert stored == metric_rows_in_spool(home, run)
 
 
 def test_train_runs_compare_from_the_command_line(home, tiny_spec):
