@@ -106,3 +106,33 @@ def test_noise_bad_inputs(capsys, home, tiny_spec):
         code, _, err = run(capsys, "noise", "--workload", tiny_spec, *argv)
         assert code == 2 and says in err.lower() and err.count("\n") == 1, err
     assert not home.root.exists() or not any(home.jobs.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("baseline_lr, stable", [("0.01", True), ("10", False)])
+def test_check_stability_runs_a_job_and_keeps_its_verdict_with_the_recommendation(capsys, profiled_home,
+                                                                                  baseline_lr, stable):
+    from engine import jobs, store
+
+    home, profile_id = profiled_home
+    code, out, err = run(capsys, "--home", str(home.root), "recommend", "--profile", profile_id, "--noise-scale",
+                         "1000", "--baseline-lr", baseline_lr, "--check-stability", "--device", "cpu", "--json")
+    assert code == 0, err
+    rec = json.loads(out)
+    check_id = rec["stability"]["id"]
+    assert jobs.derive_state(home.job_dir(check_id)) == jobs.FINISHED
+    scaled = float(baseline_lr) * rec["batch_size"] / 32  # the linear rule's rate, before the check
+    with store.connect(home) as con:
+        check = store.load_stability(con, check_id)
+        kept = store.load_recommendation(con, rec["recommendation_id"])
+    assert (check["batch_size"], check["stable"]) == (rec["batch_size"], stable)
+    assert check["recommended_lr"] == pytest.approx(scaled)
+    assert kept["stability"]["id"] == check_id and kept["learning_rate"] == rec["learning_rate"]
+    if stable:  # the tiny model takes 0.01 x B/32 and three times it: the rate stands
+        assert rec["learning_rate"] == pytest.approx(scaled) and check["diverged_at_lr"] is None
+        assert "stability check: the loss stayed stable" in rec["reasons"][-1]
+    else:       # at 10 x B/32 it diverges on the ramp below the rate: backed off
+        assert check["diverged_at_lr"] < scaled
+        assert rec["learning_rate"] == pytest.approx(check["max_stable_lr"])
+        assert check["max_stable_lr"] < check["diverged_at_lr"]
+        assert "backed off" in rec["reasons"][-1]
