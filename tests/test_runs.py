@@ -204,3 +204,59 @@ def test_autopilot_ends_with_a_headline(home, tiny_spec):
     accuracy = {arm: [r["final_primary_metric"] for r in arm_runs] for arm, arm_runs in runs.items()}
     assert headline["p_value"] == pytest.approx(_welch_p(accuracy["recommended"], accuracy["baseline"]))
     assert f"Welch p = {headline['p_value']:.3g}" in headline["text"]
+
+
+def _cli(home, *argv, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine.cli", *argv], capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
+
+
+@pytest.mark.slow
+def test_a_detached_run_is_cancelled_from_the_command_line(home, tiny_spec):
+    started = time.monotonic()
+    proc = _cli(home, "train", "--workload", tiny_spec, "-b", "16", "--lr", "0.01", "--epochs", "200", "--detach",
+                "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < 60  # it returned while the 200 epochs go on
+    queued = json.loads(proc.stdout)
+    assert queued["state"] == jobs.PENDING and len(queued["run_ids"]) == 1
+    [run] = queued["run_ids"]
+    assert wait_for(lambda: _spooled(home, run, "eval") >= 1), "the detached run never trained"
+    pid = jobs.read_status(home.job_dir(run))["pid"]
+
+    proc = _cli(home, "runs", "cancel", run)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"cancelled {run}", proc.stderr
+    assert jobs.wait(home, run, timeout_s=30) == jobs.KILLED
+    assert wait_for(lambda: not _alive(pid), 10), "the run's process outlived its cancel"
+    listed = json.loads(_cli(home, "runs", "--status", "KILLED", "--json").stdout)
+    assert [r["id"] for r in listed] == [run] and listed[0]["final_val_loss"] is None
+    proc = _cli(home, "runs", "cancel", run)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"{run} had already ended"
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.slow
+def test_a_run_stops_at_the_target_validation_loss(home, tiny_spec):
+    # the tiny model is below 0.2 at its first evaluation (the end of epoch 1, 2048 / 32 = 64 steps)
+    proc = _cli(home, "train", "--workload", tiny_spec, "-b", "32", "--lr", "0.01", "--epochs", "20",
+                "--target-val-loss", "0.2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads(proc.stdout)
+    assert run["state"] == "FINISHED" and run["stop_reason"] == "target" and run["reached_target"]
+    assert run["steps"] == 64 and run["final_val_loss"] <= 0.2  # 1 epoch of the 20 asked for
+    assert run["target_val_loss"] == 0.2
+    shown = json.loads(_cli(home, "runs", "show", run["id"], "--json").stdout)
+    [evaluation] = shown["evaluations"]
+    assert run["time_to_target_s"] == pytest.approx(evaluation["train_time_s"])
+    # a target that is not a number is refused before any job starts
+    proc = _cli(home, "train", "--workload", tiny_spec, "-b", "32", "--lr", "0.01", "--target-val-loss", "low")
+    assert proc.returncode == 2 and "--target-val-loss" in proc.stderr and proc.stderr.count("\n") == 1
+    assert len(list(home.jobs.iterdir())) == 1
