@@ -84,3 +84,27 @@ def test_a_training_run_on_a_gpu_keeps_the_allocator_peak(home, tiny_spec, gpu):
     # the largest forward was the evaluation's: the whole 512-sample validation set at once
     assert run["peak_memory_bytes"] == allocator.bytes_for(512)
     assert run["final_val_loss"] < 0.69  # it learned: below the loss of a coin flip (ln 2)
+
+
+@pytest.mark.slow
+def test_the_profiles_page_charts_energy_per_sample_of_a_gpu_profile(monkeypatch, home, tiny_spec, gpu):
+    import json
+
+    from helpers import open_page
+
+    config = ProfileConfig(batch_sizes=(32, 64), min_steps=3, min_seconds=0.3, warmup_steps=1)
+    with cuda_on_cpu(gpu, ALLOCATOR):
+        job_id = run_job_here(home, "profile", {"workload": tiny_spec, "device": "cuda:0", "config": asdict(config)},
+                              "cuda:0")
+    store.ingest(home)
+    with store.connect(home) as con:
+        points = store.profile_points(con, job_id)
+    at = open_page(monkeypatch, home, "profiles")
+    charts = {c.proto.id.rsplit("chart.", 1)[-1]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+    assert "energy" in charts and len(charts) == 6  # the CPU's five, and energy
+    [trace] = charts["energy"]["data"]
+    assert trace["name"] == "energy per sample"
+    assert "J/sample at batch" in charts["energy"]["layout"]["title"]["subtitle"]["text"]
+    lowest = points.loc[points["energy_per_sample_j"].idxmin()]
+    assert f"lowest {lowest['energy_per_sample_j']:.3g} J/sample at batch {int(lowest['batch_size'])}" == \
+        charts["energy"]["layout"]["title"]["subtitle"]["text"]
