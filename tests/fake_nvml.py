@@ -1,7 +1,9 @@
 """Fakes of the GPU layer (`pynvml` and `torch.cuda`) for exercising GPU paths without a GPU.
 
     fake = install_fake_nvml(monkeypatch, make_fake_pynvml([FakeGpu(uuid="GPU-...")]))
-    install_fake_cuda(monkeypatch, [cuda_properties("...")])
+    state = install_fake_cuda(monkeypatch, [cuda_properties("...")])
+    with cuda_on_cpu(state, FakeAllocator(fixed_bytes=..., bytes_per_sample=..., oom_above=...)):
+        ...profile or train on torch.device("cuda:0"): the work runs on the CPU...
 
 Names, error classes and call signatures mirror the real module; only what largestep uses is
 there. `fake.calls` counts calls per function name, so tests can assert what was (not) retried.
@@ -9,6 +11,7 @@ there. `fake.calls` counts calls per function name, so tests can assert what was
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import types
 import uuid as _uuid
@@ -18,7 +21,9 @@ from dataclasses import dataclass
 
 __all__ = [
     "FIELD_FUNCTIONS",
+    "FakeAllocator",
     "FakeGpu",
+    "cuda_on_cpu",
     "cuda_properties",
     "install_fake_cuda",
     "install_fake_nvml",
@@ -256,3 +261,67 @@ def install_fake_cuda(monkeypatch, properties: list[types.SimpleNamespace]) -> d
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: state["allocated"].get(index_of(device), 0))
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: state.__setitem__("empty_cache", state["empty_cache"] + 1))
     return state
+
+
+# ---------------------------------------------------------------------------------------------
+# running "CUDA" work on the CPU, with an allocator whose peaks and ceiling a test chooses
+
+
+@dataclass(frozen=True)
+class FakeAllocator:
+    """The device memory a forward pass at batch B takes: fixed_bytes + bytes_per_sample * B, and
+    torch.OutOfMemoryError (as the CUDA caching allocator raises it) when B exceeds oom_above."""
+
+    fixed_bytes: int = 2**30
+    bytes_per_sample: int = 2**20
+    oom_above: int | None = None
+
+    def bytes_for(self, batch_size: int) -> int:
+        return self.fixed_bytes + self.bytes_per_sample * batch_size
+
+
+@contextlib.contextmanager
+def cuda_on_cpu(state: dict, allocator: FakeAllocator = FakeAllocator()):
+    """Inside, tensors and modules sent to a "cuda" device stay on the CPU (the code under test
+    still holds torch.device("cuda:N"), so every device.type == "cuda" branch runs), pinned memory
+    is plain memory, and each module's forward "allocates" on the fake device of ``state`` (from
+    install_fake_cuda): it raises the peak to allocator.bytes_for(batch) or runs out of memory.
+    Only the calling thread is affected (torch function modes are thread-local)."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    def to_cpu(value):
+        if isinstance(value, str) and value.startswith("cuda"):
+            value = torch.device(value)
+        if isinstance(value, torch.device) and value.type == "cuda":
+            state["placed"] = value.index if value.index is not None else state["current"]
+            return torch.device("cpu")
+        return value
+
+    class CudaOnCpu(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.device:
+                return func(*args, **(kwargs or {}))  # naming a cuda device is fine; placing data there is not
+            if getattr(func, "__name__", "") == "pin_memory":
+                return args[0]  # pinning host memory needs a real driver; the copy is the same
+            args = tuple(to_cpu(a) for a in args)
+            kwargs = {k: to_cpu(v) for k, v in (kwargs or {}).items()}
+            return func(*args, **kwargs)
+
+    def allocate(_module, inputs):
+        batch = next((t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.dim() > 0), None)
+        if batch is None:
+            return
+        if allocator.oom_above is not None and batch > allocator.oom_above:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate a batch of {batch} (fake)")
+        index = state.get("placed", state["current"])
+        used = allocator.bytes_for(batch)
+        state["allocated"][index] = used
+        state["peak"][index] = max(state["peak"].get(index, 0), used)
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(allocate)
+    try:
+        with CudaOnCpu():
+            yield state
+    finally:
+        hook.remove()

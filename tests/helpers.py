@@ -72,3 +72,27 @@ def recommend_stored(home: Home, profile_id: str | None, config) -> dict:
     with store.connect(home) as con:
         profile, noise = store.recommendation_inputs(con, profile_id, stored_noise=config.noise_scale is None)
     return recommend(profile, config, noise)
+
+
+def first_time_at_or_below(evals, run_id: str, target: float) -> float | None:
+    """Training time at a run's first evaluation (a row of store.run_evaluations) with a validation
+    loss at or below ``target``; None if it never got there. Written apart from engine.plan.compare,
+    so tests can check that module's answers against it."""
+    reached = evals[(evals["run_id"] == run_id) & (evals["val_loss"] <= target)].sort_values("step")
+    return None if reached.empty else float(reached["train_time_s"].iloc[0])
+
+
+def metric_rows_in_spool(home: Home, job_id: str) -> int:
+    """The rows of the metrics table a job's spool should become: one per logged value of a
+    metrics event, and per evaluation one for val_loss plus one per workload metric."""
+    import json
+
+    rows = 0
+    for line in (home.job_dir(job_id) / "events.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event["type"] == "metrics":
+            rows += sum(sum(1 for k in ("train_loss", "lr", "samples_per_s") if r.get(k) is not None)
+                        for r in event["rows"])
+        elif event["type"] == "eval":
+            rows += 1 + len(event["metrics"])
+    return rows

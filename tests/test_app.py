@@ -3,12 +3,14 @@
 
 import pytest
 from conftest import PROFILED_BATCHES as BATCHES  # noqa: E402  the session's profile
-from helpers import TINY, open_page
+from helpers import TINY, open_page, wait_finished
 from streamlit.testing.v1 import AppTest
 
 from engine import jobs, store
 from engine.errors import UsageError
 from engine.home import Home
+from engine.jobs import start as starts
+from engine.measure.profiler import ProfileConfig
 from engine.ui import profiles as views
 from engine.ui import widgets
 
@@ -151,3 +153,58 @@ def test_the_points_table_reads_in_units_and_explains_refused_points():
     assert table["peak memory (MiB, estimate)"][0] == pytest.approx(3.0)
     assert table["GFLOP/s"][0] == pytest.approx(1.5)
     assert table["note"][1] == "predicted 5.0 GiB"
+
+
+def _traces(at: AppTest, name: str) -> dict[str, dict]:
+    """The traces of the page's chart ``chart.<name>`` by name, their x and y as lists of numbers
+    (plotly sends arrays as base64 typed arrays: {"dtype": "f8", "bdata": ...})."""
+    import base64
+    import json
+
+    import numpy as np
+
+    def values(array):
+        if isinstance(array, dict) and "bdata" in array:
+            return np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"])).tolist()
+        return list(array)
+
+    [chart] = [c for c in plotly_charts(at) if f"chart.{name}" in c.proto.id]
+    return {t["name"]: {"x": values(t["x"]), "y": values(t["y"])} for t in json.loads(chart.proto.spec)["data"]}
+
+
+@pytest.mark.slow
+def test_other_profiles_overlay_step_time_and_throughput(monkeypatch, tmp_path):
+    home = Home(tmp_path / "home")
+    first = starts.start_profile(home, TINY, {}, "cpu", ProfileConfig(batch_sizes=(8, 32), min_steps=3,
+                                                                        min_seconds=0.0, warmup_steps=1))
+    second = starts.start_profile(home, TINY, {}, "cpu", ProfileConfig(batch_sizes=(16, 64), min_steps=3,
+                                                                         min_seconds=0.0, warmup_steps=1))
+    for job in (first, second):
+        wait_finished(home, job, timeout_s=120)
+    store.ingest(home)
+    at = open_app(monkeypatch, home)
+    assert at.selectbox(key="profiles.selected").value == second  # the newest
+    overlay = at.multiselect(key="profiles.overlay")
+    assert overlay.options == [widgets_label(home, first)] and overlay.value == []
+    assert len(plotly_charts(at)) == 5  # alone: step time, throughput, memory, compute, telemetry
+
+    overlay.set_value([first]).run()
+    assert not at.exception and not at.error
+    with store.connect(home) as con:
+        label = views.overlay_label(store.load_profile(con, first))
+        first_points = store.profile_points(con, first)
+    for name, column, scale in (("step time", "median_s", 1e3), ("throughput", "samples_per_s", 1.0)):
+        traces = _traces(at, name)
+        assert label in traces, list(traces)
+        assert traces[label]["x"] == [8, 32]
+        assert traces[label]["y"] == pytest.approx(list(first_points[column] * scale))
+        assert next(t for n, t in traces.items() if n.endswith("(this profile)"))["x"] == [16, 64]
+    # the other way round: select the first, and the second is what can be overlaid (the stale choice goes)
+    at.selectbox(key="profiles.selected").set_value(first).run()
+    assert not at.exception
+    assert at.multiselect(key="profiles.overlay").value == []
+    assert at.multiselect(key="profiles.overlay").options == [widgets_label(home, second)]
+
+
+def widgets_label(home: Home, profile_id: str) -> str:
+    return next(c.label for c in widgets.profile_choices(home) if c.id == profile_id)

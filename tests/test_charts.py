@@ -210,3 +210,38 @@ def test_a_single_point_draws_without_error():
     one = make_points().iloc[:1]
     assert list(trace(charts.step_time_figure(one), "median").x) == [8]
     assert len(charts.memory_figure(one, 8 * MiB, 0.1 * MiB, None).data) == 2
+
+
+# -- other profiles overlaid, and energy per sample ------------------------------------------------
+
+
+def test_other_profiles_are_overlaid_on_step_time_and_throughput_in_their_units():
+    mine, other = make_points("prof-mine"), make_points("prof-other")
+    other["median_s"] = other["median_s"] * 2
+    other["samples_per_s"] = other["samples_per_s"] / 2
+    step = charts.overlay_profiles(charts.step_time_figure(mine), "step time", {"fp16 on the A100": other})
+    names = [t.name for t in step.data]
+    assert names[0] == "median step time (this profile)" and names[-1] == "fp16 on the A100"
+    overlaid = step.data[-1]
+    assert list(overlaid.x) == [8, 32, 128, 512]  # the point refused over budget is not drawn
+    assert list(overlaid.y) == pytest.approx([20.0, 24.0, 40.0, 140.0])  # ms, as this figure's own curve
+    assert overlaid.line.dash == "dot" and step.layout.showlegend
+    throughput = charts.overlay_profiles(charts.throughput_figure(mine, 128), "throughput", {"other": other})
+    assert list(throughput.data[-1].y) == pytest.approx([400.0, 1333.5, 3200.0, 3657.0])
+    # nothing to overlay: the figure is the profile's own, unchanged
+    alone = charts.step_time_figure(mine)
+    assert charts.overlay_profiles(charts.step_time_figure(mine), "step time", {}).to_dict() == alone.to_dict()
+
+
+def test_energy_per_sample_is_charted_only_where_power_was_read():
+    points = make_points()
+    assert not charts.has_energy(points)  # CPU: no NVML power, no energy figures
+    assert NO_DATA not in charts.energy_figure(points).layout.annotations[0].text  # its own note, not the generic one
+    points["mean_power_w"] = [250.0, 260.0, 300.0, 310.0, np.nan]
+    points["energy_per_sample_j"] = points["mean_power_w"] * points["median_s"] / points["batch_size"]
+    assert charts.has_energy(points)
+    fig = charts.energy_figure(points)
+    [trace] = fig.data
+    assert list(trace.x) == [8, 32, 128, 512]
+    assert list(trace.y) == pytest.approx([250 * 0.010 / 8, 260 * 0.012 / 32, 300 * 0.020 / 128, 310 * 0.070 / 512])
+    assert fig.layout.title.subtitle.text == "lowest 0.0424 J/sample at batch 512"  # 310 W x 70 ms / 512

@@ -72,10 +72,47 @@ def test_hardware_json_lists_the_cpu_and_why_nvml_is_absent(capsys):
     assert report["nvml"]["available"] is False and report["nvml"]["reason"]
 
 
-@pytest.mark.parametrize("command", ["hardware", "profile", "profiles", "dashboard"])
-def test_every_command_has_help(capsys, command):
-    code, out, _ = run_cli(capsys, command, "--help")
-    assert code == 0 and "Usage:" in out
+def _command_paths(group=None, prefix=()) -> list[tuple[str, ...]]:
+    """Every command and sub-command of the CLI, read from the click group (a new one is included)."""
+    import click
+
+    from engine.cli.group import cli
+
+    group = group or cli
+    paths = []
+    for name, command in sorted(group.commands.items()):
+        paths.append((*prefix, name))
+        if isinstance(command, click.Group):
+            paths += _command_paths(command, (*prefix, name))
+    return paths
+
+
+def test_the_help_covers_every_command_listed():
+    # the parametrised help test below must not silently lose commands as the CLI grows
+    names = {path[0] for path in _command_paths()}
+    assert {"autopilot", "compare", "dashboard", "export", "hardware", "noise", "profile", "profiles", "recommend",
+            "recommendations", "report", "runs", "train"} <= names
+    assert ("runs", "cancel") in _command_paths() and ("runs", "show") in _command_paths()
+
+
+@pytest.mark.parametrize("path", _command_paths(), ids=" ".join)
+def test_every_command_has_help(capsys, home, path):
+    from engine.cli.group import cli
+
+    code, out, err = run_cli(capsys, *path, "--help")
+    assert code == 0 and not err, err
+    assert out.startswith(f"Usage: largestep {' '.join(path)} ")
+    summary = out.split("\n\n")[1].strip()  # the paragraph after the usage line says what it does
+    assert summary and summary == summary.lstrip() and not summary.startswith("Options:")
+    options = out[out.index("Options:"):]
+    assert "-h, --help" in options
+    command = cli
+    for name in path:
+        command = command.commands[name]
+    for param in command.params:  # every option a user can give is explained
+        if param.param_type_name == "option" and not param.hidden:
+            assert param.opts[-1] in options or param.opts[0] in options, (path, param.opts)
+    assert not home.root.exists()  # asking for help changes nothing
 
 
 @pytest.mark.slow

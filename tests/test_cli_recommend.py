@@ -78,3 +78,83 @@ def test_noise_bad_inputs(capsys, home, tiny_spec):
         code, _, err = run_cli(capsys, "noise", "--workload", tiny_spec, *argv)
         assert code == 2 and says in err.lower() and err.count("\n") == 1, err
     assert not home.root.exists() or not any(home.jobs.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("baseline_lr, stable", [("0.01", True), ("10", False)])
+def test_check_stability_runs_a_job_and_keeps_its_verdict_with_the_recommendation(capsys, profiled_home,
+                                                                                  baseline_lr, stable):
+    from engine import jobs, store
+
+    home, profile_id = profiled_home
+    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id, "--noise-scale",
+                         "1000", "--baseline-lr", baseline_lr, "--check-stability", "--device", "cpu", "--json")
+    assert code == 0, err
+    rec = json.loads(out)
+    check_id = rec["stability"]["id"]
+    assert jobs.derive_state(home.job_dir(check_id)) == jobs.FINISHED
+    scaled = float(baseline_lr) * rec["batch_size"] / 32  # the linear rule's rate, before the check
+    with store.connect(home) as con:
+        check = store.load_stability(con, check_id)
+        kept = store.load_recommendation(con, rec["recommendation_id"])
+    assert (check["batch_size"], check["stable"]) == (rec["batch_size"], stable)
+    assert check["recommended_lr"] == pytest.approx(scaled)
+    assert kept["stability"]["id"] == check_id and kept["learning_rate"] == rec["learning_rate"]
+    if stable:  # the tiny model takes 0.01 x B/32 and three times it: the rate stands
+        assert rec["learning_rate"] == pytest.approx(scaled) and check["diverged_at_lr"] is None
+        assert "stability check: the loss stayed stable" in rec["reasons"][-1]
+    else:       # at 10 x B/32 it diverges on the ramp below the rate: backed off
+        assert check["diverged_at_lr"] < scaled
+        assert rec["learning_rate"] == pytest.approx(check["max_stable_lr"])
+        assert check["max_stable_lr"] < check["diverged_at_lr"]
+        assert "backed off" in rec["reasons"][-1]
+
+
+@pytest.mark.slow
+def test_noise_estimates_stores_its_row_and_the_next_recommendation_uses_it(capsys, profiled_home, tiny_spec):
+    from engine import store
+
+    home, profile_id = profiled_home
+    code, out, err = run_cli(capsys, "--home", str(home.root), "noise", "--workload", tiny_spec, "--warm-steps", "5",
+                         "--device", "cpu", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    # the seeded estimate of test_noise.py's end-to-end test, now through a job and the store
+    assert (result["batch_small"], result["batch_big"], result["batches"], result["warm_steps"]) == (32, 256, 32, 5)
+    assert not result["unreliable"] and result["b_simple"] == pytest.approx(62.5, rel=0.05)
+    with store.connect(home) as con:
+        row = store.load_noise(con, result["noise_id"])
+    assert row["workload"] == "tiny-mlp" and row["device_id"] == "cpu"
+    assert (row["b_simple"], row["ci_low"], row["ci_high"]) == (result["b_simple"], result["ci_low"], result["ci_high"])
+    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id, "--json")
+    assert code == 0, err
+    assert json.loads(out)["noise_id"] == result["noise_id"]  # the newest reliable estimate of the workload
+
+
+def test_export_splits_the_global_batch_over_devices_and_micro_batches(capsys, profiled_home, tmp_path):
+    home, profile_id = profiled_home
+    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id, "--noise-scale",
+                         "1000", "--json")
+    assert code == 0, err
+    rec = json.loads(out)
+    batch, rec_id = rec["batch_size"], rec["recommendation_id"]
+    code, out, err = run_cli(capsys, "--home", str(home.root), "export", "--recommendation", rec_id, "--format", "json",
+                         "--devices", "2", "--micro-batch", str(batch // 4))
+    assert code == 0, err
+    training = json.loads(out)["training"]
+    assert (training["batch_size"], training["devices"], training["micro_batch_size"],
+            training["gradient_accumulation_steps"]) == (batch, 2, batch // 4, 2)
+    assert training["learning_rate"] == pytest.approx(rec["learning_rate"])  # the global batch's rate, unchanged
+    code, out, err = run_cli(capsys, "--home", str(home.root), "export", "--recommendation", rec_id, "--format", "json",
+                         "--devices", "4")
+    assert code == 0, err
+    training = json.loads(out)["training"]
+    assert (training["devices"], training["micro_batch_size"], training["gradient_accumulation_steps"]) == (
+        4, batch // 4, 1)
+    # a split that does not divide the batch: one line naming what works, and no file
+    target = tmp_path / "split.yaml"
+    code, out, err = run_cli(capsys, "--home", str(home.root), "export", "--recommendation", rec_id, "--format", "yaml",
+                         "--devices", "3", "-o", str(target))
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"largestep: error: --devices 3 does not divide the global batch {batch}")
+    assert not target.exists() and not out

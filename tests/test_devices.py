@@ -145,16 +145,18 @@ def test_cpu_has_no_memory_counters_and_sync_is_a_no_op():
     assert devices.current_memory(cpu) is None
 
 
-def test_cuda_memory_hooks_reach_the_right_device(two_gpus):
+def test_cuda_memory_calls_name_the_device_they_ask_about(two_gpus):
+    # Each GPU holds a different figure, so a call that dropped its device argument (and asked the
+    # current device, cuda:0) would read the other GPU's. What the allocator's figures mean end to
+    # end (peaks per batch in a stored profile) is tested in test_cuda_paths.py.
+    two_gpus["peak"].update({0: 7 * 2**30, 1: 3 * 2**30})
+    two_gpus["allocated"].update({0: 5 * 2**30, 1: 2**30})
     gpu1 = torch.device("cuda:1")
-    two_gpus["peak"][1] = 3 * 2**30
-    two_gpus["allocated"][1] = 2**30
     devices.synchronize(gpu1)
     assert two_gpus["synchronized"] == [1]
-    assert devices.peak_memory(gpu1) == 3 * 2**30
-    assert devices.current_memory(gpu1) == 2**30
+    assert (devices.peak_memory(gpu1), devices.current_memory(gpu1)) == (3 * 2**30, 2**30)
     devices.reset_peak_memory(gpu1)
-    assert devices.peak_memory(gpu1) == 0
+    assert devices.peak_memory(gpu1) == 0 and devices.peak_memory(torch.device("cuda:0")) == 7 * 2**30
     devices.free_memory(gpu1)
     assert two_gpus["empty_cache"] == 1
 

@@ -219,7 +219,18 @@ def test_an_autopilot_over_two_ranks_profiles_and_trains_data_parallel(home, tin
         runs = [store.get_run(con, r) for r in result["baseline_runs"] + result["recommended_runs"]]
     assert profile["config"]["nproc"] == 2 and rec["world_size"] == 2
     assert all(run["config"]["nproc"] == 2 and run["micro_batch_size"] * 2 == run["batch_size"] for run in runs)
-    assert result["headline"]["text"]
+    # what the autopilot reported is what the store kept: its runs, at the recommended pair, as compared
+    baseline_run, recommended_run = runs
+    assert (baseline_run["role"], baseline_run["batch_size"]) == ("baseline", rec["baseline"]["batch_size"])
+    assert (recommended_run["role"], recommended_run["batch_size"]) == ("recommended", rec["batch_size"])
+    assert recommended_run["lr"] == pytest.approx(rec["learning_rate"])
+    assert all(run["state"] == "FINISHED" for run in runs)
+    compared = {g["name"]: g for g in result["comparison"]["groups"]}
+    for group, run in zip(("baseline", "recommended"), runs):
+        assert compared[group]["runs"][0]["id"] == run["id"]
+        assert compared[group]["final_val_loss"]["mean"] == pytest.approx(run["final_val_loss"])
+    assert result["headline"]["measured_speedup"] == compared["recommended"]["speedup"]
+    assert result["headline"]["batch_size"] == rec["batch_size"] and str(rec["batch_size"]) in result["headline"]["text"]
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -229,7 +240,8 @@ def test_an_autopilot_over_two_ranks_profiles_and_trains_data_parallel(home, tin
     (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "2", "--accumulate", "3", "-d", "cpu"],
      "not divisible by --nproc 2 x --accumulate 3"),
     (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "2", "-d", "mps"], "--nproc runs on cpu"),
-    (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "2", "-d", "cuda:1"], None),
+    (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "2", "-d", "cuda:1"],
+     "--nproc 2 uses cuda:0 to cuda:1; give --device cuda, not cuda:1"),
     (["profile", "-w", "fraud-mlp", "--batch-sizes", "32,33", "--nproc", "2", "-d", "cpu"],
      "batch size 33 is not divisible by --nproc 2"),
     (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--ray-address", "x:1"], "--ray-address needs --launcher ray"),
@@ -242,6 +254,5 @@ def test_bad_nproc_input_is_one_line_and_exit_code_2(home, capsys, argv, says):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("largestep: error: ") and len(err.splitlines()) == 1, err
-    if says:
-        assert says in err, err
+    assert says in err, err
     assert not home.jobs.exists() or not any(home.jobs.iterdir())  # nothing was queued

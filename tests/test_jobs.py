@@ -13,6 +13,7 @@ from helpers import wait_for
 from engine import jobs, store
 from engine.jobs import start as starts
 from engine.measure.profiler import ProfileConfig
+from engine.measure.train import TrainConfig
 
 SLOW = ProfileConfig(batch_sizes=(8, 16, 32, 64, 128), min_steps=3, min_seconds=3.0, warmup_steps=1)
 
@@ -82,3 +83,63 @@ def test_queued_jobs_on_one_device_start_in_the_order_they_were_submitted(home, 
         assert jobs.wait(home, job_id, timeout_s=120) == jobs.FINISHED
     started = [_started_at(home, job_id) for job_id in queued]
     assert started == sorted(started), "a later job overtook an earlier one in the device's queue"
+
+
+BROKEN_WORKLOAD = '''
+import torch
+from engine import Workload
+
+
+class Broken(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        raise RuntimeError("shape mismatch in layer 3 (planted)")
+
+
+def make():
+    x, y = torch.randn(256, 4), torch.randint(0, 2, (256,))
+    return Workload(name="broken", model=Broken, train=(x[:192], y[:192]), val=(x[192:], y[192:]),
+                    loss=torch.nn.functional.cross_entropy, baseline_batch_size=32, baseline_lr=1e-2)
+'''
+
+
+@pytest.mark.slow
+def test_a_run_whose_model_raises_ends_failed_with_the_error(home, tmp_path):
+    workload = tmp_path / "broken.py"
+    workload.write_text(BROKEN_WORKLOAD)
+    [run] = starts.start_train(home, f"{workload}:make", {}, "cpu", TrainConfig(batch_size=32, lr=1e-2, epochs=1))
+    assert jobs.wait(home, run, timeout_s=60) == jobs.FAILED
+    assert "shape mismatch in layer 3" in (home.job_dir(run) / "output.log").read_text()  # the traceback, for the user
+    store.ingest(home)
+    with store.connect(home) as con:
+        job = store.get_job(con, run)
+        listed = store.frame_records(store.list_runs(con))
+    assert job["state"] == "FAILED" and job["error"] == "RuntimeError: shape mismatch in layer 3 (planted)"
+    assert [(r["id"], r["state"]) for r in listed] == [(run, "FAILED")]
+
+
+@pytest.mark.slow
+def test_a_live_job_whose_heartbeat_went_stale_is_crashed(home, tiny_spec, monkeypatch):
+    from engine.jobs import runner
+
+    job_id = starts.start_profile(home, tiny_spec, {}, "cpu", SLOW)
+    job_dir = home.job_dir(job_id)
+    assert wait_for(lambda: (jobs.read_status(job_dir) or {}).get("state") == jobs.RUNNING)
+    pid = jobs.read_status(job_dir)["pid"]
+    os.killpg(pid, signal.SIGSTOP)  # hung: the process lives on, its heartbeat thread stops
+    try:
+        beat = jobs.read_status(job_dir)["heartbeat"]
+        assert jobs.derive_state(job_dir, now=beat + runner.STALE_AFTER_S - 1) == jobs.RUNNING
+        assert jobs.derive_state(job_dir, now=beat + runner.STALE_AFTER_S + 1) == jobs.CRASHED
+        # ingest, as every command runs it, with a short limit instead of waiting two minutes
+        monkeypatch.setattr(runner, "STALE_AFTER_S", 2.0)
+        assert wait_for(lambda: time.time() - jobs.read_status(job_dir)["heartbeat"] > 2.5, 10)
+        assert os.path.exists(f"/proc/{pid}")  # still there, only silent
+        store.ingest(home)
+        with store.connect(home) as con:
+            assert store.get_job(con, job_id)["state"] == "CRASHED"
+    finally:
+        os.killpg(pid, signal.SIGKILL)

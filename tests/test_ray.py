@@ -10,7 +10,7 @@ import signal
 
 import psutil
 import pytest
-from helpers import wait_for
+from helpers import metric_rows_in_spool, wait_for
 
 from engine import jobs, store
 from engine.errors import UsageError
@@ -93,8 +93,11 @@ def test_a_ray_task_that_dies_is_crashed(home, tiny_spec, cluster):
     with store.connect(home) as con:
         job = store.get_job(con, run_id)
         run = store.get_run(con, run_id)
+        stored = con.execute("SELECT count(*) FROM metrics WHERE run_id = ?", [run_id]).fetchone()[0]
     assert job["state"] == "CRASHED" and "died" in job["error"]
-    assert run is not None  # what the task reported before it died was kept
+    # what the task reported before it died was kept: the run as started, and every metric spooled
+    assert (run["state"], run["batch_size"], run["lr"], run["seed"]) == ("CRASHED", 32, 1e-2, 0)
+    assert stored == metric_rows_in_spool(home, run_id) > 0
 
 
 def test_without_ray_the_launcher_says_how_to_install_it(home, capsys, monkeypatch):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
-from helpers import wait_for
+from helpers import first_time_at_or_below, metric_rows_in_spool, wait_for
+from scipy import stats
 
 from engine import jobs, store
 from engine.jobs import start as starts
@@ -26,16 +29,9 @@ def _spooled(home, job_id, kind):
     return (home.job_dir(job_id) / "events.jsonl").read_text().count(f'"type": "{kind}"')
 
 
-def _metric_rows_in_spool(home, job_id):
-    rows = 0
-    for line in (home.job_dir(job_id) / "events.jsonl").read_text().splitlines():
-        event = json.loads(line)
-        if event["type"] == "metrics":
-            rows += sum(sum(1 for k in ("train_loss", "lr", "samples_per_s") if r.get(k) is not None)
-                        for r in event["rows"])
-        elif event["type"] == "eval":
-            rows += 1 + len(event["metrics"])
-    return rows
+def _welch_p(a: list[float], b: list[float]) -> float:
+    """Welch's two-sided p-value, straight from scipy (independent of engine.plan.compare)."""
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def test_a_run_killed_with_sigkill_is_crashed_and_keeps_its_flushed_metrics(home, tiny_spec):
@@ -49,7 +45,7 @@ def test_a_run_killed_with_sigkill_is_crashed_and_keeps_its_flushed_metrics(home
         assert store.get_job(con, run)["state"] == "CRASHED"
         stored = con.execute("SELECT count(*) FROM metrics WHERE run_id = ?", [run]).fetchone()[0]
         evals = store.run_evaluations(con, [run])
-    assert stored == _metric_rows_in_spool(home, run) > 0  # everything flushed before the kill is in the database
+    assert stored == metric_rows_in_spool(home, run) > 0  # everything flushed before the kill is in the database
     assert len(evals) >= 2
 
 
@@ -98,7 +94,7 @@ def test_four_runs_and_readers_on_one_database_lose_nothing(home, tiny_spec):
     with store.connect(home) as con:
         for run in runs:
             stored = con.execute("SELECT count(*) FROM metrics WHERE run_id = ?", [run]).fetchone()[0]
-            assert stored == _metric_rows_in_spool(home, run)
+            assert stored == metric_rows_in_spool(home, run)
         assert len(store.list_runs(con, states=["FINISHED"])) == 4
 
 
@@ -131,7 +127,7 @@ def test_killing_the_cli_while_a_run_goes_on_loses_nothing(home, tiny_spec):
         run_row = store.get_run(con, run)
         stored = con.execute("SELECT count(*) FROM metrics WHERE run_id = ?", [run]).fetchone()[0]
     assert run_row["state"] == "FINISHED" and run_row["final_val_loss"] is not None
-    assert stored == _metric_rows_in_spool(home, run)
+    assert stored == metric_rows_in_spool(home, run)
 
 
 def test_train_runs_compare_from_the_command_line(home, tiny_spec):
@@ -148,13 +144,19 @@ def test_train_runs_compare_from_the_command_line(home, tiny_spec):
     assert all(r["state"] == "FINISHED" and r["final_val_loss"] > 0 for r in base)
     code, out, err = cli("train", "--workload", tiny_spec, "--batch-size", "128", "--lr", "0.04", "--epochs", "6",
                          "--repeats", "2", "--json")
+    assert code == 0, err
     big = json.loads(out)
     code, out, err = cli("compare", base[0]["group_id"], big[0]["group_id"], "--json")
     assert code == 0, err
     result = json.loads(out)
     base_group, big_group = result["groups"]
     assert base_group["n"] == 2 and big_group["n"] == 2 and result["metric"] == "accuracy"
-    assert big_group["p_value"] is None or 0 <= big_group["p_value"] <= 1
+    # two finished seeds a side: Welch's test on the final accuracies the runs reported
+    base_accuracy = [r["final_primary_metric"] for r in base]
+    big_accuracy = [r["final_primary_metric"] for r in big]
+    assert big_group["metric_difference"] == pytest.approx(statistics.fmean(big_accuracy)
+                                                           - statistics.fmean(base_accuracy))
+    assert big_group["p_value"] == pytest.approx(_welch_p(big_accuracy, base_accuracy))
     assert result["target_val_loss"] >= result["baseline_best_val_loss"]
     code, out, _ = cli("runs", "--status", "FINISHED", "--json")
     assert len(json.loads(out)) == 4
@@ -174,10 +176,100 @@ def test_autopilot_ends_with_a_headline(autopilot_run):
     assert code == 0, stderr
     headline = result["headline"]
     assert headline["batch_size"] == result["recommendation"]["batch_size"]
-    assert headline["predicted_speedup"] > 0 and "predicted" in headline["text"]
     assert len(result["baseline_runs"]) == 2 and len(result["recommended_runs"]) == 2
     assert [g["name"] for g in result["comparison"]["groups"]] == ["baseline", "recommended"]
     with store.connect(home) as con:
         rec = store.load_recommendation(con, result["recommendation"]["recommendation_id"])
         roles = {r["role"] for r in store.frame_records(store.list_runs(con))}
+        runs = {arm: [store.get_run(con, run_id) for run_id in result[f"{arm}_runs"]]
+                for arm in ("baseline", "recommended")}
+        evals = store.run_evaluations(con, result["baseline_runs"] + result["recommended_runs"])
     assert rec is not None and roles == {"baseline", "recommended"}
+    assert headline["predicted_speedup"] == pytest.approx(rec["predicted_speedup"]["time_to_target"])
+    assert f"predicted {headline['predicted_speedup']:.2f}x" in headline["text"]
+
+    # the measured speedup: the baseline's median training time to its own best validation loss (+1%) over
+    # the recommended runs', a run that never got there counting as at least its whole training time
+    target = statistics.median(r["best_val_loss"] for r in runs["baseline"]) * 1.01
+    medians = {arm: _median_time(evals, arm_runs, target) for arm, arm_runs in runs.items()}
+    assert medians["baseline"] is not None  # the baseline's better seed reaches the median of their bests
+    if medians["recommended"] is not None:
+        expected = medians["baseline"] / medians["recommended"]
+        assert headline["measured_speedup"] == pytest.approx(expected, rel=1e-6)
+        assert f"{expected:.2f}x faster" in headline["text"]
+    else:
+        assert headline["measured_speedup"] is None and "did not reach" in headline["text"]
+    assert "reached in" in headline["text"] and f"of {len(runs['recommended'])} seeds" in headline["text"]
+    # the quality: Welch's test on the final accuracies of the two seeds of each arm, and the difference's interval
+    accuracy = {arm: [r["final_primary_metric"] for r in arm_runs] for arm, arm_runs in runs.items()}
+    assert headline["p_value"] == pytest.approx(_welch_p(accuracy["recommended"], accuracy["baseline"]))
+    difference = statistics.fmean(accuracy["recommended"]) - statistics.fmean(accuracy["baseline"])
+    assert headline["quality"]["difference"] == pytest.approx(difference)
+    assert f"accuracy {difference:+.4f}" in headline["text"]
+
+
+def _median_time(evals, arm_runs: list[dict], target: float) -> float | None:
+    """The earliest time by which half the runs reached the target, a run that never did counting as
+    at least its whole training time (written apart from engine.plan.compare)."""
+    reached = [t for t in (first_time_at_or_below(evals, r["id"], target) for r in arm_runs) if t is not None]
+    censored = [r["train_time_s"] for r in arm_runs if first_time_at_or_below(evals, r["id"], target) is None]
+    assert all(c >= max(reached, default=0.0) for c in censored)   # then the censored ones simply come last
+    ordered = sorted(reached) + [math.inf] * len(censored)
+    half = ordered[math.ceil(len(ordered) / 2) - 1]
+    return None if math.isinf(half) else half
+
+
+def _cli(home, *argv, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine.cli", *argv], capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
+
+
+@pytest.mark.slow
+def test_a_detached_run_is_cancelled_from_the_command_line(home, tiny_spec):
+    started = time.monotonic()
+    proc = _cli(home, "train", "--workload", tiny_spec, "-b", "16", "--lr", "0.01", "--epochs", "200", "--detach",
+                "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < 60  # it returned while the 200 epochs go on
+    queued = json.loads(proc.stdout)
+    assert queued["state"] == jobs.PENDING and len(queued["run_ids"]) == 1
+    [run] = queued["run_ids"]
+    assert wait_for(lambda: _spooled(home, run, "eval") >= 1), "the detached run never trained"
+    pid = jobs.read_status(home.job_dir(run))["pid"]
+
+    proc = _cli(home, "runs", "cancel", run)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"cancelled {run}", proc.stderr
+    assert jobs.wait(home, run, timeout_s=30) == jobs.KILLED
+    assert wait_for(lambda: not _alive(pid), 10), "the run's process outlived its cancel"
+    listed = json.loads(_cli(home, "runs", "--status", "KILLED", "--json").stdout)
+    assert [r["id"] for r in listed] == [run] and listed[0]["final_val_loss"] is None
+    proc = _cli(home, "runs", "cancel", run)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"{run} had already ended"
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.slow
+def test_a_run_stops_at_the_target_validation_loss(home, tiny_spec):
+    # the tiny model is below 0.2 at its first evaluation (the end of epoch 1, 2048 / 32 = 64 steps)
+    proc = _cli(home, "train", "--workload", tiny_spec, "-b", "32", "--lr", "0.01", "--epochs", "20",
+                "--target-val-loss", "0.2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads(proc.stdout)
+    assert run["state"] == "FINISHED" and run["stop_reason"] == "target" and run["reached_target"]
+    assert run["steps"] == 64 and run["final_val_loss"] <= 0.2  # 1 epoch of the 20 asked for
+    assert run["target_val_loss"] == 0.2
+    shown = json.loads(_cli(home, "runs", "show", run["id"], "--json").stdout)
+    [evaluation] = shown["evaluations"]
+    assert run["time_to_target_s"] == pytest.approx(evaluation["train_time_s"])
+    # a target that is not a number is refused before any job starts
+    proc = _cli(home, "train", "--workload", tiny_spec, "-b", "32", "--lr", "0.01", "--target-val-loss", "low")
+    assert proc.returncode == 2 and "--target-val-loss" in proc.stderr and proc.stderr.count("\n") == 1
+    assert len(list(home.jobs.iterdir())) == 1

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import APP, TINY, open_page, wait_finished
+from helpers import APP, TINY, first_time_at_or_below, open_page, wait_finished
 from streamlit.testing.v1 import AppTest
 
 from engine import jobs, store
@@ -61,6 +62,19 @@ def all_ids(home: Home) -> list[str]:
         return list(store.list_runs(con)["id"])
 
 
+def expected_speedup(home: Home, tolerance: float = 0.01) -> float:
+    """The big group's speedup over the baseline, from stored evaluations (independent of compare)."""
+    with store.connect(home) as con:
+        runs = store.frame_records(store.list_runs(con))
+        evals = store.run_evaluations(con, [r["id"] for r in runs])
+    best = statistics.median(r["best_val_loss"] for r in runs if r["group_id"] == BASE)
+    target = best * (1 + tolerance)
+    times = {group: [t for t in (first_time_at_or_below(evals, r["id"], target) for r in runs
+                                 if r["group_id"] == group) if t is not None] for group in (BASE, BIG)}
+    assert len(times[BASE]) == 1 and len(times[BIG]) == 1, times
+    return statistics.fmean(times[BASE]) / statistics.fmean(times[BIG])
+
+
 # -- the page --------------------------------------------------------------------------------------
 
 
@@ -100,8 +114,12 @@ def test_selected_runs_are_charted_and_groups_compared(monkeypatch, runs_home):
     assert at.selectbox(key="runs.baseline").value == BASE  # the group whose role is baseline
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Baseline time to target"].endswith(" s")
+    # With these seeds one run of each group gets to the baseline's target (its best validation
+    # losses, 0.065 and 0.078, have a median of 0.071; batch 128 gets to 0.069 and 0.080), so the
+    # speedup is the one seed's time over the other's, as the store kept them (the other seed of each counts
+    # as at least its whole training time, which leaves the reached one the median of two)
     speedup = metrics["Speedup of recommended · batch 128, lr 0.04"]
-    assert re.fullmatch(r"\d+\.\d\d× \(\d+\.\d\d–\d+\.\d\d\)", speedup) or speedup == "not reached", speedup
+    assert re.fullmatch(rf"{expected_speedup(runs_home):.2f}× \(\d+\.\d\d–\d+\.\d\d\)", speedup), speedup
     groups = at.dataframe[1].value
     assert list(groups["group"]) == [BASE, BIG] and groups["speedup"].iloc[0] == "baseline"
 

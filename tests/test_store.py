@@ -111,22 +111,26 @@ def test_connections_wait_for_each_other_instead_of_failing(home):
 
     with store.connect(home):
         pass
-    errors = []
+    errors, counts = [], []
+    connected = threading.Event()
 
     def reader():
         try:
             with store.connect(home) as con:
-                con.execute("SELECT count(*) FROM jobs").fetchone()
+                connected.set()
+                counts.append(con.execute("SELECT count(*) FROM jobs").fetchone()[0])
         except Exception as exc:  # the test fails on any error, lock errors above all
             errors.append(exc)
 
+    thread = threading.Thread(target=reader, daemon=True)
     with store.connect(home) as con:
-        thread = threading.Thread(target=reader)
         thread.start()
-        time.sleep(0.3)
+        assert not connected.wait(0.5), "a second connection opened while the first held the database"
         con.execute("INSERT INTO jobs (id, kind, state) VALUES ('x', 'profile', 'FINISHED')")
     thread.join(10)
-    assert not errors
+    assert not thread.is_alive(), "the waiting reader never got the database"
+    assert not errors, errors
+    assert counts == [1]  # it waited for the writer, then saw the committed row
 
 
 @pytest.mark.parametrize("primary, metrics, expected", [("accuracy", {"accuracy": 0.75}, 0.75), (None, {}, None)])

@@ -113,11 +113,17 @@ if st.session_state.get("profiles.show_next") in labels:
     st.session_state["profiles.selected"] = st.session_state.pop("profiles.show_next")
 selected = st.selectbox("Profile", list(labels), format_func=labels.get, key="profiles.selected")
 live = next(c.live for c in choices if c.id == selected)
+others = [profile_id for profile_id in labels if profile_id != selected]
+# a profile overlaid before it was selected (or deleted since) is no longer an option
+st.session_state["profiles.overlay"] = [p for p in st.session_state.get("profiles.overlay", []) if p in others]
+overlay = st.multiselect("Overlay other profiles", others, format_func=labels.get, key="profiles.overlay",
+                         disabled=not others, placeholder="compare step time and throughput with …",
+                         help="Their step time and throughput are drawn dotted over this profile's.")
 
 
-def profile_panel(profile_id: str) -> None:
+def profile_panel(profile_id: str, overlay_ids: tuple[str, ...]) -> None:
     try:
-        view = profiles.profile_view(home, profile_id)
+        view = profiles.profile_view(home, profile_id, overlay_ids)
     except LargestepError as exc:
         st.error(str(exc))
         return
@@ -137,4 +143,4 @@ def profile_panel(profile_id: str) -> None:
 
 
 # Refreshes itself while the profile is still measuring; static once it has ended.
-st.fragment(profile_panel, run_every=REFRESH_S if live else None)(selected)
+st.fragment(profile_panel, run_every=REFRESH_S if live else None)(selected, tuple(overlay))

@@ -27,7 +27,7 @@ from engine.workloads import list_workloads
 
 __all__ = [
     "START_MESSAGE", "STOP_REASONS", "ProfileForm", "profile_request", "submit_profile", "JobProgress", "LiveJobs",
-    "live_jobs", "ProfileView", "profile_view", "profile_caption", "points_table", "DTYPES", "list_workloads",
+    "live_jobs", "ProfileView", "profile_view", "overlay_label", "profile_caption", "points_table", "DTYPES", "list_workloads",
     "TABLE_WORKLOAD", "cancel", "device_options", "profile_choices"
 ]
 
@@ -169,25 +169,40 @@ class ProfileView:
     figures: dict[str, go.Figure] = field(default_factory=dict)   # name -> figure, in display order
 
 
-def profile_view(home: Home, profile_id: str | None) -> ProfileView | None:
-    """Everything the Profiles page shows about one profile (None when there is none)."""
+def profile_view(home: Home, profile_id: str | None, overlay_ids: tuple[str, ...] = ()) -> ProfileView | None:
+    """Everything the Profiles page shows about one profile (None when there is none), with the
+    step time and throughput of the profiles in ``overlay_ids`` drawn over its own."""
     with store.connect(home) as con:
         profile = store.load_profile(con, profile_id or "latest")
         if profile is None:
             return None
         points = store.profile_points(con, profile["id"])
         telemetry = store.profile_telemetry(con, profile["id"])
+        others = {}
+        for other_id in overlay_ids:
+            other = store.load_profile(con, other_id) if other_id != profile["id"] else None
+            if other is not None:
+                others[overlay_label(other)] = store.profile_points(con, other_id)
     live = profile.get("state") in (jobs.PENDING, jobs.RUNNING)
     figures = {
-        "step time": charts.step_time_figure(points),
-        "throughput": charts.throughput_figure(points, profile.get("saturation_batch")),
+        "step time": charts.overlay_profiles(charts.step_time_figure(points), "step time", others),
+        "throughput": charts.overlay_profiles(charts.throughput_figure(points, profile.get("saturation_batch")),
+                                              "throughput", others),
         "memory": charts.memory_figure(points, profile.get("memory_fit_intercept_bytes"),
                                        profile.get("memory_fit_slope_bytes"), profile.get("memory_budget_bytes")),
         "compute": charts.flops_figure(points),
-        "telemetry": charts.telemetry_figure(telemetry),
     }
+    if charts.has_energy(points):  # only where NVML read the power while steps were timed
+        figures["energy"] = charts.energy_figure(points)
+    figures["telemetry"] = charts.telemetry_figure(telemetry)
     return ProfileView(profile=profile, live=live, caption=profile_caption(profile),
                        metrics=profile_metrics(profile, points), table=points_table(points), figures=figures)
+
+
+def overlay_label(profile: dict) -> str:
+    """A profile as its overlaid curve is named in a legend: what, where, at which precision."""
+    device = profile.get("device_name") or profile.get("device_kind") or "?"
+    return f"{profile.get('workload')} on {device}, {profile.get('dtype') or '?'} ({profile['id']})"
 
 
 def profile_caption(profile: dict) -> str:

@@ -1,4 +1,5 @@
-"""Plotly figures of a profile: step time, throughput, memory, FLOP/s and telemetry.
+"""Plotly figures of a profile: step time, throughput, memory, FLOP/s, energy and telemetry, with
+other profiles' step time and throughput overlaid for comparison.
 
 Pure functions: each takes data in the shapes :mod:`engine.store` returns (``profile_points``,
 ``profile_telemetry``) and returns a ``plotly.graph_objects.Figure``. None of them reads the
@@ -36,7 +37,7 @@ from engine.ui.charts.base import (
 
 __all__ = [
     "NO_DATA", "SATURATION_LABEL", "step_time_figure", "throughput_figure", "memory_figure", "flops_figure",
-    "telemetry_figure", "ok_points", "byte_unit"
+    "energy_figure", "has_energy", "overlay_profiles", "telemetry_figure", "ok_points", "byte_unit"
 ]
 
 SATURATION_LABEL = "saturation (90% of best)"
@@ -44,6 +45,10 @@ SATURATION_SHARE = 0.9          # the saturation batch reaches this share of the
 BUDGET_OFF_CHART = 4.0          # a budget this many times above the data is noted, not drawn
 FIT_SAMPLES = 64                # points along the memory fit curve (log-spaced batch sizes)
 _BAND_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+# Overlaid profiles: colours apart from the shown profile's blue and green, drawn dotted behind it
+_OVERLAY_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#ff7f0e")
+# What an overlay draws from each other profile, per figure: (column, scale to the figure's unit, unit)
+OVERLAID = {"step time": ("median_s", 1e3, "ms"), "throughput": ("samples_per_s", 1.0, "samples/s")}
 
 
 # -- step time -----------------------------------------------------------------------------------
@@ -132,6 +137,63 @@ def throughput_figure(points: pd.DataFrame | None, saturation_batch: int | None,
             subtitle=f"best {best:,.0f} samples/s; dotted line: {SATURATION_SHARE:.0%} of best")
     batch_axis(fig, ticks)
     fig.update_yaxes(rangemode="tozero")
+    return fig
+
+
+# -- other profiles overlaid -----------------------------------------------------------------------
+
+
+def overlay_profiles(fig: go.Figure, figure_name: str, others: dict[str, pd.DataFrame]) -> go.Figure:
+    """Draw each other profile's curve (``others``: label -> its points) on a step time or
+    throughput figure, dotted, so measurements on other devices or dtypes read against this one."""
+    column, scale, unit = OVERLAID[figure_name]
+    if others and fig.data:
+        fig.data[0].name = f"{fig.data[0].name} (this profile)"
+    ticks = [int(b) for trace in fig.data for b in (trace.x if trace.x is not None else ())]
+    for index, (label, points) in enumerate(others.items()):
+        ok = ok_points(points, column)
+        if ok.empty:
+            continue
+        fig.add_trace(go.Scatter(
+            x=ok["batch_size"], y=ok[column] * scale, mode="lines+markers", name=label,
+            line=dict(color=_OVERLAY_COLOURS[index % len(_OVERLAY_COLOURS)], dash="dot"),
+            hovertemplate=f"{label}<br>batch %{{x}}<br>%{{y:,.3g}} {unit}<extra></extra>",
+        ))
+        ticks += [int(b) for b in ok["batch_size"]]
+    if others and ticks:
+        batch_axis(fig, ticks)
+        fig.update_layout(showlegend=True, legend=dict(x=0.01, y=-0.2, yanchor="top", orientation="h"))
+    return fig
+
+
+# -- energy --------------------------------------------------------------------------------------
+
+
+def has_energy(points: pd.DataFrame | None) -> bool:
+    """Whether any measured point has an energy figure (NVML power was read while it was timed)."""
+    return not ok_points(points, "energy_per_sample_j").empty
+
+
+def energy_figure(points: pd.DataFrame | None, uirevision: str | None = None) -> go.Figure:
+    """Energy per training sample (J) against batch size: mean board power over the timed steps
+    times the step time, per sample. A larger batch that keeps the GPU busier for the same power
+    spends fewer joules on each sample."""
+    title, x_title, y_title = "Energy per sample vs batch size", "batch size (samples, log)", "energy per sample (J)"
+    revision = revision_of("energy", points, "profile_id", uirevision)
+    ok = ok_points(points, "energy_per_sample_j")
+    if ok.empty:
+        return empty_figure(title, x_title, y_title, revision, "no power readings (NVML) for this profile")
+    power = numeric(ok, "mean_power_w")
+    fig = go.Figure(go.Scatter(
+        x=ok["batch_size"], y=ok["energy_per_sample_j"], mode="lines+markers", name="energy per sample",
+        line=dict(color=ORANGE), customdata=power,
+        hovertemplate="batch %{x}<br>%{y:.3g} J/sample<br>mean power %{customdata:.0f} W<extra></extra>",
+    ))
+    lowest = ok.loc[ok["energy_per_sample_j"].idxmin()]
+    apply_layout(fig, title, x_title, y_title, revision,
+                 subtitle=f"lowest {lowest['energy_per_sample_j']:.3g} J/sample at batch {int(lowest['batch_size'])}")
+    batch_axis(fig, ok["batch_size"])
+    fig.update_yaxes(type="log")
     return fig
 
 
