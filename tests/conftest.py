@@ -86,14 +86,15 @@ def profiled_home(profiled_template, tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def autopilot_run(tmp_path_factory):
     """One whole `largestep autopilot --json` of the tiny workload (2 seeds an arm, 2 epochs), run once for
-    the session from the command line: (home, exit code, the JSON document, stderr)."""
+    the session from the command line: (home, exit code, the JSON document, stderr). Both arms are trained
+    whatever is recommended (--arms), so the outcome does not hang on how busy the machine was."""
     from engine import store
     from engine.home import Home
 
     home = Home(tmp_path_factory.mktemp("autopilot") / "home")
     proc = subprocess.run([sys.executable, "-m", "engine.cli", "--home", str(home.root), "autopilot", "--workload",
-                           TINY, "--repeats", "2", "--epochs", "2", "--json"], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
+                           TINY, "--repeats", "2", "--epochs", "2", "--arms", "baseline,recommended", "--json"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     store.ingest(home)
     document = json.loads(proc.stdout) if proc.returncode == 0 else None
     return home, proc.returncode, document, proc.stderr

@@ -209,14 +209,19 @@ def test_autopilot_ends_with_a_headline(autopilot_run):
 
 
 def _median_time(evals, arm_runs: list[dict], target: float) -> float | None:
-    """The earliest time by which half the runs reached the target, a run that never did counting as
-    at least its whole training time (written apart from engine.plan.compare)."""
-    reached = [t for t in (first_time_at_or_below(evals, r["id"], target) for r in arm_runs) if t is not None]
-    censored = [r["train_time_s"] for r in arm_runs if first_time_at_or_below(evals, r["id"], target) is None]
-    assert all(c >= max(reached, default=0.0) for c in censored)   # then the censored ones simply come last
-    ordered = sorted(reached) + [math.inf] * len(censored)
-    half = ordered[math.ceil(len(ordered) / 2) - 1]
-    return None if math.isinf(half) else half
+    """The Kaplan-Meier median time to the target, a run that never got there censored at its whole
+    training time (or never, when it has none): written apart from engine.plan.compare."""
+    times = []
+    for r in arm_runs:
+        reached = first_time_at_or_below(evals, r["id"], target)
+        times.append((reached, True) if reached is not None else (r["train_time_s"] or math.inf, False))
+    surviving = 1.0
+    for t in sorted({t for t, event in times if event}):
+        at_risk = sum(1 for u, _ in times if u >= t)
+        surviving *= 1 - sum(1 for u, event in times if event and u == t) / at_risk
+        if surviving <= 0.5 + 1e-12:
+            return t
+    return None
 
 
 def _cli(home, *argv, timeout=300) -> subprocess.CompletedProcess:

@@ -242,6 +242,8 @@ def print_comparison(result: dict) -> None:
 @click.option("--repeats", default="3", show_default=True, metavar="K", help="Seeds per arm (baseline, recommended).")
 @click.option("--epochs", metavar="E", help="Baseline training length (default: the workload's).")
 @click.option("--rule", type=click.Choice(["linear", "sqrt"]), default="linear", show_default=True)
+@click.option("--arms", metavar="LIST", help="baseline,recommended: train both arms even when the recommendation is "
+              "the baseline (by default the autopilot then says so and trains nothing).")
 @click.option("--until-decisive", is_flag=True,
               help="Keep adding a seed to each arm until the speedup's 90% interval excludes 1 or the quality "
                    "difference's lies within --quality-tolerance (at most --max-repeats seeds an arm).")
@@ -255,7 +257,7 @@ def print_comparison(result: dict) -> None:
 @click.option("--detach", is_flag=True, help="Start it and return at once; the dashboard shows its progress.")
 @json_option
 @click.pass_context
-def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, until_decisive, max_repeats,
+def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, arms, until_decisive, max_repeats,
               quality_tolerance, device, nproc, launcher, ray_address, detach, as_json):
     """The whole loop headless: profile, noise scale, recommend, train the baseline and the
     recommendation (K seeds each, one after the other on the device), compare, and one headline."""
@@ -270,6 +272,7 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, until
         raise UsageError(f"--quality-tolerance must be a number of at least 0, not {quality_tolerance}")
     config = AutopilotConfig(repeats=parse_positive_int(repeats, "--repeats"), epochs=parse_float(epochs, "--epochs"),
                              rule=rule, launcher=launcher_from_cli(launcher, ray_address), nproc=parse_nproc(nproc),
+                             arms=tuple(a.strip() for a in arms.split(",")) if arms is not None else None,
                              until_decisive=until_decisive, max_repeats=parse_positive_int(max_repeats, "--max-repeats"),
                              quality_tolerance=quality_tol)
     if config.until_decisive and config.max_repeats < config.repeats:

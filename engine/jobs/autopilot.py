@@ -8,6 +8,7 @@ and comparison. Cancelling it cancels its children.
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from dataclasses import asdict, dataclass, replace
@@ -25,6 +26,7 @@ __all__ = ["AutopilotConfig", "autopilot_task", "PHASES", "headline", "keep_base
            "decisive"]
 
 PHASES = ("profile", "noise scale", "recommendation", "training runs", "comparison")
+ARMS = ("baseline", "recommended")     # the arms an autopilot can train
 MAX_EPOCH_FACTOR = 3.0  # the recommended runs get at most this many times the baseline's epochs
 
 
@@ -38,6 +40,8 @@ class AutopilotConfig:
     max_batch: int = 65536
     tolerance: float = 0.01               # compare: target = baseline best val loss + 1%
     quality_tolerance: float = 0.01       # compare: a quality difference within 1% of the baseline's is "none"
+    arms: tuple[str, ...] | None = None   # None: the baseline and the recommendation, unless it is the baseline;
+                                          # given: train exactly these arms, whatever was recommended
     until_decisive: bool = False          # add seed pairs until the speedup or the quality is decided ...
     max_repeats: int = 10                 # ... up to this many seeds an arm
     launcher: dict | None = None          # None: child jobs run here; {"kind": "ray", ...}: as Ray tasks
@@ -107,6 +111,7 @@ def headline(rec: dict, comparison: dict, decided: str | None = None, seeds: int
     if censored:
         text += "; never reached, counted as at least their whole training time: " + ", ".join(
             f"{name} seed {run.get('seed')} ({run['censored_at_s']:.0f} s)" if run.get("censored_at_s") is not None
+            and math.isfinite(run["censored_at_s"])
             else f"{name} seed {run.get('seed')} ({run.get('state', 'no time').lower()})" for name, run in censored)
     quality = recommended.get("quality") or {}
     name = (comparison.get("quality") or {}).get("name")
@@ -209,7 +214,7 @@ def autopilot_task(ctx: JobContext) -> None:
         rec = recommend(dict(profile, epochs=epochs), RecommendConfig(rule=config.rule), noise)
         ctx.spool.emit(events.RECOMMENDATION, document=rec)
 
-        if rec["batch_size"] == rec["baseline"]["batch_size"]:
+        if rec["batch_size"] == rec["baseline"]["batch_size"] and config.arms is None:
             result = keep_baseline_headline(rec)   # nothing to verify: no second, identical arm
             ctx.spool.emit(events.AUTOPILOT_RESULT, headline=result, comparison=None,
                            recommendation_id=rec["recommendation_id"], profile_id=profile_id, noise_id=noise_id,

@@ -156,6 +156,11 @@ def start_autopilot(home: Home, workload: str, options: dict, device: str, confi
         raise UsageError(f"--repeats must be a positive integer, not {config.repeats!r}")
     if config.epochs is not None and not config.epochs > 0:
         raise UsageError(f"--epochs must be positive, not {config.epochs!r}")
+    from engine.jobs.autopilot import ARMS
+
+    if config.arms is not None and tuple(config.arms) != ARMS:
+        raise UsageError(f"--arms takes {','.join(ARMS)} (both arms, trained even when the recommendation is the "
+                         f"baseline), not {','.join(config.arms)}")
     from engine.jobs.ray import check_launcher
     from engine.jobs.torchrun import check_nproc
 

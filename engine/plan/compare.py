@@ -76,8 +76,11 @@ def km_median(reached: list[float], censored: list[float]) -> tuple[float | None
     if not censored:   # the empirical distribution's median, as the estimator gives it, without its cost
         ordered = sorted(reached)
         return float(ordered[math.ceil(len(ordered) / 2) - 1]), None
+    # a run censored at infinity (it ended without a time) behaves as one censored after every other time
+    beyond = max([*reached, *(c for c in censored if math.isfinite(c))]) + 1.0
     curve = stats.ecdf(stats.CensoredData(uncensored=np.asarray(reached, dtype=float),
-                                          right=np.asarray(censored, dtype=float))).cdf
+                                          right=np.asarray([c if math.isfinite(c) else beyond for c in censored],
+                                                           dtype=float))).cdf
     for time, share in zip(curve.quantiles, curve.probabilities):
         if share >= 0.5 - 1e-12:
             return float(time), None
@@ -85,8 +88,11 @@ def km_median(reached: list[float], censored: list[float]) -> tuple[float | None
 
 
 def _arm_times(rows: list[dict]) -> tuple[list[float], list[float]]:
+    """(times of the runs that reached the target, times the others are censored at). A run that ended
+    without a training time (diverged, crashed) never gets there at all: censored at infinity."""
     reached = [r["time_to_target_s"] for r in rows if r["time_to_target_s"] is not None]
-    censored = [r["censored_at_s"] for r in rows if r["time_to_target_s"] is None and r["censored_at_s"] is not None]
+    censored = [r["censored_at_s"] if r["censored_at_s"] is not None else math.inf
+                for r in rows if r["time_to_target_s"] is None]
     return reached, censored
 
 
@@ -245,7 +251,8 @@ def time_text(time_to_target: dict) -> str:
     if time_to_target.get("median_s") is not None:
         return f"{time_to_target['median_s']:.3g} s"
     if time_to_target.get("at_least_s") is not None:
-        return f"≥ {time_to_target['at_least_s']:.3g} s"
+        bound = time_to_target["at_least_s"]
+        return "not reached" if math.isinf(bound) else f"≥ {bound:.3g} s"
     return DASH
 
 
