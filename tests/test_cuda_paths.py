@@ -84,6 +84,7 @@ def test_a_training_run_on_a_gpu_keeps_the_allocator_peak(home, tiny_spec, gpu):
         job_id = run_job_here(home, "train", {"workload": tiny_spec, "device": "cuda:0", "config": asdict(config),
                                               "options": {}, "role": None, "recommendation_id": None}, "cuda:0")
     assert jobs.derive_state(home.job_dir(job_id)) == jobs.FINISHED
+    assert gpu["synchronized"] and set(gpu["synchronized"]) == {0}  # the clock read only after the device's work
     store.ingest(home)
     with store.connect(home) as con:
         run = store.get_run(con, job_id)
