@@ -112,3 +112,64 @@ def test_a_spec_that_is_not_an_object_sets_its_job_aside(capsys, home):
 
     assert runs_listed(capsys)["train-good0001"]["state"] == jobs.FINISHED
     assert job_row(home, "train-bad00001")["state"] == jobs.FAILED
+
+
+# -- numbers out of range or non-finite ------------------------------------------------------------
+# Each is refused where it enters, against the column it would land in, before any job is written.
+
+TINY_TRAIN = ["train", "-w", "{tiny}", "-b", "32", "--lr", "1e-3", "--max-steps", "5"]
+TINY_PROFILE = ["profile", "-w", "{tiny}"]
+BAD_NUMBERS = [
+    (TINY_TRAIN + ["--seed", "3000000000"], "--seed must be between 0 and 2,147,483,647"),
+    (TINY_TRAIN + ["--seed", "2147483647", "--repeats", "2"], "seeds beyond 2,147,483,647"),
+    (TINY_TRAIN + ["--repeats", "100000"], "--repeats must be between 1 and 1,000"),
+    (TINY_TRAIN + ["--epochs", "inf"], "--epochs must be a finite number"),
+    (TINY_TRAIN + ["--epochs", "nan"], "--epochs must be a finite number"),
+    (TINY_TRAIN + ["--epochs", "1e300"], "--epochs must be at most"),
+    (TINY_TRAIN + ["--eval-every", "nan"], "--eval-every must be a finite number"),
+    (TINY_TRAIN + ["--eval-every", "-inf"], "--eval-every must be a finite number"),
+    (TINY_TRAIN + ["--eval-every", "0"], "--eval-every must be a positive number"),
+    (TINY_TRAIN + ["--lr", "inf"], "--lr must be a finite number"),
+    (TINY_TRAIN + ["--lr", "nan"], "--lr must be a finite number"),
+    (TINY_TRAIN + ["--target-val-loss", "nan"], "--target-val-loss must be a finite number"),
+    (["train", "-w", "{tiny}", "-b", "3000000000", "--lr", "1e-3"], "--batch-size must be between 1 and"),
+    (TINY_TRAIN + ["--warmup-samples", "99999999999999999999"], "--warmup-samples must be between 0 and"),
+    (TINY_TRAIN + ["--accumulate", "3000000000"], "--accumulate must be between 1 and"),
+    (TINY_TRAIN + ["--nproc", "100000"], "--nproc must be between 1 and"),
+    (TINY_PROFILE + ["--batch-sizes", "99999999"], "larger than the 2048 training samples"),
+    (TINY_PROFILE + ["--batch-sizes", "3000000000"], "batch size must be between 1 and"),
+    (TINY_PROFILE + ["--min-seconds", "nan"], "min seconds must be a finite number"),
+    (TINY_PROFILE + ["--min-seconds", "inf"], "min seconds must be a finite number"),
+    (TINY_PROFILE + ["--seed", "3000000000"], "--seed must be between 0 and"),
+    (TINY_PROFILE + ["--min-steps", "0"], "min steps must be a positive integer"),
+    (["noise", "-w", "{tiny}", "--seed", "3000000000"], "--seed must be between 0 and"),
+    (["autopilot", "-w", "{tiny}", "--epochs", "inf"], "--epochs must be a finite number"),
+    (["autopilot", "-w", "{tiny}", "--epochs", "nan"], "--epochs must be a finite number"),
+    (["compare", "train-good0001", "train-good0001", "--tolerance", "nan"], "--tolerance must be a finite number"),
+    (["compare", "train-good0001", "train-good0001", "--tolerance", "inf"], "--tolerance must be a finite number"),
+    (["compare", "train-good0001", "train-good0001", "--tolerance", "-0.1"], "--tolerance must be at least 0"),
+    (["recommend", "--baseline-lr", "nan"], "--baseline-lr must be a positive number"),
+    (["recommend", "--memory-headroom", "nan"], "--memory-headroom"),
+    (["recommend", "--warmup-samples", "1e30"], "--warmup-samples must be a whole number"),
+    (["recommend", "--baseline-batch", "3000000000"], "--baseline-batch must be between 1 and"),
+]
+
+
+def job_folders(home) -> set[str]:
+    return {p.name for p in home.jobs.iterdir()} if home.jobs.is_dir() else set()
+
+
+@pytest.mark.parametrize("argv, says", BAD_NUMBERS, ids=[" ".join(a) for a, _ in BAD_NUMBERS])
+def test_a_number_out_of_range_or_not_finite_is_one_line_exit_2_and_writes_nothing(capsys, home, tiny_spec, argv,
+                                                                                     says):
+    spool_job(home, "train-good0001", "train", train_events())
+    runs_listed(capsys)
+    database = home.database.read_bytes()
+
+    code, out, err = run(capsys, *[a.format(tiny=tiny_spec) for a in argv])
+    assert code == 2, (out, err)
+    assert err.count("\n") == 1 and err.startswith("largestep: error: "), err
+    assert says in err, err
+    assert job_folders(home) == {"train-good0001"}             # no job written
+    assert home.database.read_bytes() == database              # nor any row
+    assert runs_listed(capsys)["train-good0001"]["state"] == jobs.FINISHED

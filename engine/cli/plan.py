@@ -12,6 +12,7 @@ from engine.cli.options import (
     home_of,
     json_option,
     open_store,
+    parse_count,
     parse_float,
 )
 from engine.cli.output import console, emit_json, finish_job, table, write_atomic
@@ -56,7 +57,7 @@ def recommend(ctx, profile_id, baseline_batch, baseline_lr, rule, noise_scale, e
         baseline_lr=parse_float(baseline_lr, "--baseline-lr"), rule=rule,
         noise_scale=parse_float(noise_scale, "--noise-scale"),
         memory_headroom=parse_float(memory_headroom, "--memory-headroom"), max_lr=parse_float(max_lr, "--max-lr"),
-        warmup_samples=int(parse_float(warmup_samples, "--warmup-samples")) if warmup_samples is not None else None,
+        warmup_samples=parse_count(warmup_samples, "--warmup-samples") if warmup_samples is not None else None,
     )
     config.validate()
     with open_store(ctx) as (home, con):

@@ -200,11 +200,9 @@ def compare(ctx, runs_or_groups, tolerance, as_json):
     """Compare runs or groups of repeats against the first (the baseline): time to its validation loss,
     speedup, final validation loss and metric, Welch's t-test p-value."""
     from engine import store
-    from engine.plan.compare import compare_groups
+    from engine.plan.compare import check_tolerance, compare_groups
 
-    tol = parse_float(tolerance, "--tolerance")
-    if tol < 0:
-        raise UsageError("--tolerance must not be negative")
+    tol = check_tolerance(parse_float(tolerance, "--tolerance"))
     if len(runs_or_groups) < 2:
         raise UsageError("compare needs a baseline and at least one other run or group")
     with open_store(ctx) as (_home, con):

@@ -17,8 +17,9 @@ from scipy import stats
 
 from engine.errors import UsageError
 from engine.format import DASH, mean_std
+from engine.units import check_number
 
-__all__ = ["compare_groups", "time_to_target", "welch_p_value", "summarize", "comparison_table", "comparison_runs"]
+__all__ = ["check_tolerance", "compare_groups", "time_to_target", "welch_p_value", "summarize", "comparison_table", "comparison_runs"]
 
 
 def time_to_target(evals: pd.DataFrame, target: float) -> tuple[float | None, float | None]:
@@ -39,11 +40,20 @@ def summarize(values: list[float | None]) -> dict:
             "n": len(values)}
 
 
+MAX_TOLERANCE = 10.0    # a target ten times the baseline's loss away is no target
+
+
+def check_tolerance(tolerance: object) -> float:
+    """The share by which the baseline's best validation loss is loosened: finite, 0 to 10."""
+    return check_number(tolerance, "--tolerance", low=0, high=MAX_TOLERANCE, low_inclusive=True)
+
+
 def compare_groups(groups: list[tuple[str, list[dict]]], evals: pd.DataFrame, tolerance: float = 0.01) -> dict:
     """``groups``: (name, runs) pairs, the baseline first; ``evals``: :func:`engine.store.run_evaluations`.
 
     UsageError when the baseline has no validation loss yet (there is no target to time against).
     """
+    check_tolerance(tolerance)
     baseline_name, baseline_runs = groups[0]
     bests = [r["best_val_loss"] for r in baseline_runs if r.get("best_val_loss") is not None]
     if not bests:
