@@ -173,3 +173,66 @@ def test_a_number_out_of_range_or_not_finite_is_one_line_exit_2_and_writes_nothi
     assert job_folders(home) == {"train-good0001"}             # no job written
     assert home.database.read_bytes() == database              # nor any row
     assert runs_listed(capsys)["train-good0001"]["state"] == jobs.FINISHED
+
+
+# -- missing files ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_deleted_status_file_is_not_read_as_a_crash(home, tiny_spec):
+    from engine.jobs.start import start_train
+    from engine.measure.train import TrainConfig
+
+    (run_id,) = start_train(home, tiny_spec, {}, "cpu", TrainConfig(batch_size=32, lr=1e-3, epochs=4))
+    job_dir = home.job_dir(run_id)
+    seen = set()
+    while jobs.exit_record(job_dir) is None:  # delete it again and again while the job runs
+        (job_dir / "status.json").unlink(missing_ok=True)
+        seen.add(jobs.derive_state(job_dir))
+    assert seen <= {jobs.PENDING, jobs.RUNNING, jobs.FINISHED}, seen
+    assert jobs.wait(home, run_id, timeout_s=60) == jobs.FINISHED
+
+
+def test_a_job_without_a_status_file_or_a_process_is_crashed_once_the_grace_period_has_passed(home):
+    import os
+    import time
+
+    job_dir = spool_job(home, "train-gone0001", "train", train_events()[:1], state=None)  # and no status.json
+    assert jobs.derive_state(job_dir) == jobs.RUNNING           # just written: it may be starting
+    a_minute_ago = time.time() - 60
+    for path in job_dir.iterdir():
+        os.utime(path, (a_minute_ago, a_minute_ago))
+    assert jobs.derive_state(job_dir) == jobs.CRASHED
+
+
+# -- killed processes ------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_module_in_the_users_folder_is_not_imported_by_a_job(home, tiny_spec, tmp_path, monkeypatch):
+    from engine.jobs.start import start_train
+    from engine.measure.train import TrainConfig
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    marker = folder / "imported"
+    (folder / "filelock.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit('hijacked')\n")
+    monkeypatch.chdir(folder)
+    (run_id,) = start_train(home, tiny_spec, {}, "cpu", TrainConfig(batch_size=32, lr=1e-3, max_steps=5))
+    assert jobs.wait(home, run_id, timeout_s=60) == jobs.FINISHED
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_a_job_that_dies_before_its_first_event_says_why(capsys, home, tiny_spec, tmp_path, monkeypatch):
+    from engine.jobs.start import start_train
+    from engine.measure.train import TrainConfig
+
+    shadow = tmp_path / "shadow"  # a user's PYTHONPATH holding a module that shadows a library the job needs
+    shadow.mkdir()
+    (shadow / "psutil.py").write_text("raise ImportError('a broken psutil on PYTHONPATH')\n")
+    monkeypatch.setenv("PYTHONPATH", str(shadow))
+    (run_id,) = start_train(home, tiny_spec, {}, "cpu", TrainConfig(batch_size=32, lr=1e-3, max_steps=5))
+    assert jobs.wait(home, run_id, timeout_s=60) == jobs.CRASHED
+
+    code, out, err = run(capsys, "runs", "show", run_id)
+    assert code == 0, err
+    assert "a broken psutil on PYTHONPATH" in out

@@ -18,6 +18,7 @@ from engine.jobs.runner import (
     STATES,
     JobContext,
     cancel,
+    crash_reason,
     derive_state,
     exit_record,
     new_job_id,
@@ -28,6 +29,6 @@ from engine.jobs.spool import Spool, read_spec, read_status
 
 __all__ = [
     "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED", "DIVERGED", "CRASHED", "STATES", "FINAL_STATES",
-    "JobContext", "Spool", "submit", "cancel", "wait", "derive_state", "exit_record", "read_status", "read_spec",
+    "JobContext", "Spool", "submit", "cancel", "wait", "derive_state", "crash_reason", "exit_record", "read_status", "read_spec",
     "new_job_id",
 ]

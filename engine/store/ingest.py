@@ -102,7 +102,7 @@ def _ingest_job(con, job_dir: Path, known: _Known | None, report: IngestReport) 
     status = jobs.read_status(job_dir) or {}
     con.execute("BEGIN TRANSACTION")
     try:
-        _write_job(con, spec, known is None, batch.events, state, status, batch.offset, report)
+        _write_job(con, job_dir, spec, known is None, batch.events, state, status, batch.offset, report)
         con.execute("COMMIT")
     except _ENVIRONMENT_ERRORS:
         con.execute("ROLLBACK")
@@ -124,8 +124,8 @@ def _check_spec(spec: object, job_dir: Path) -> None:
         raise SpoolUnreadable("spec.json has no job kind")
 
 
-def _write_job(con, spec: dict, new: bool, events: list[dict], state: str, status: dict, offset: int,
-               report: IngestReport) -> None:
+def _write_job(con, job_dir: Path, spec: dict, new: bool, events: list[dict], state: str, status: dict,
+               offset: int, report: IngestReport) -> None:
     """The job's row, its events' rows and its new offset (inside the caller's transaction)."""
     if new:
         con.execute(
@@ -150,8 +150,8 @@ def _write_job(con, spec: dict, new: bool, events: list[dict], state: str, statu
          status.get("error") if state in jobs.FINAL_STATES else None, spec["id"]],
     )
     if state == jobs.CRASHED:
-        con.execute("UPDATE jobs SET ended_at = coalesce(ended_at, now()), "
-                    "error = coalesce(error, 'process ended without an exit record') WHERE id = ?", [spec["id"]])
+        con.execute("UPDATE jobs SET ended_at = coalesce(ended_at, now()), error = coalesce(error, ?) WHERE id = ?",
+                    [jobs.crash_reason(job_dir), spec["id"]])
 
 
 def _why_unreadable(con, job_dir: Path, spec: dict, new: bool, batch: ev.Batch, exc: Exception) -> str:
@@ -160,7 +160,7 @@ def _why_unreadable(con, job_dir: Path, spec: dict, new: bool, batch: ev.Batch, 
     con.execute("BEGIN TRANSACTION")
     try:
         if new:
-            _write_job(con, spec, True, [], jobs.PENDING, {}, 0, IngestReport())
+            _write_job(con, job_dir, spec, True, [], jobs.PENDING, {}, 0, IngestReport())
         for i, event in enumerate(batch.events):
             try:
                 _HANDLERS[event["type"]](con, spec["id"], [event], IngestReport())
