@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from engine.cli import main
+from conftest import TINY
 
 
 def run(capsys, *argv):
@@ -52,8 +53,10 @@ def test_an_unusable_home_is_refused(capsys, tmp_path):
     not_a_folder.write_text("x")
     code, _, err = run(capsys, "--home", str(not_a_folder), "profiles")
     assert code == 2 and "not a folder" in err
-    code, _, err = run(capsys, "--home", "/proc/largestep-home", "profiles")
+    code, _, err = run(capsys, "--home", "/proc/largestep-home", "profile", "--workload", TINY)
     assert code == 2 and "cannot create home" in err
+    code, out, _ = run(capsys, "--home", "/proc/largestep-home", "profiles")   # reading creates nothing: nothing there
+    assert code == 0 and "no profiles yet" in out
 
 
 def test_a_database_that_is_not_duckdb_is_refused_untouched(capsys, home):

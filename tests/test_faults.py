@@ -236,3 +236,35 @@ def test_a_job_that_dies_before_its_first_event_says_why(capsys, home, tiny_spec
     code, out, err = run(capsys, "runs", "show", run_id)
     assert code == 0, err
     assert "a broken psutil on PYTHONPATH" in out
+
+
+# -- run ids and read-only commands ----------------------------------------------------------------
+
+@pytest.mark.parametrize("run_id", ["../../somewhere", "..", "train-good0001/../../x", "no-such-run"])
+def test_a_run_id_is_checked_against_the_runs_that_exist(capsys, home, tmp_path, run_id):
+    spool_job(home, "train-good0001", "train", train_events())
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+    code, out, err = run(capsys, "runs", "cancel", run_id)
+    assert code == 2 and err.count("\n") == 1 and "no run" in err, err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before    # nothing written anywhere
+
+
+READ_ONLY = [
+    (["recommend"], 2, "no profile"),
+    (["export", "--format", "yaml"], 2, "no recommendation"),
+    (["compare", "train-a", "train-b"], 2, "no run or group"),
+    (["runs", "show", "train-nope"], 2, "no run"),
+    (["runs"], 0, ""),
+    (["profiles"], 0, ""),
+    (["recommendations"], 0, ""),
+]
+
+
+@pytest.mark.parametrize("argv, code, says", READ_ONLY, ids=[" ".join(a) for a, _, _ in READ_ONLY])
+def test_a_read_only_command_creates_no_home(capsys, home, argv, code, says):
+    got, out, err = run(capsys, *argv)
+    assert got == code, (out, err)
+    if code == 2:
+        assert err.count("\n") == 1 and says in err.lower(), err
+    assert not home.root.exists()

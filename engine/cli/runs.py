@@ -183,7 +183,7 @@ def runs_cancel(ctx, run_id):
 
     home = home_of(ctx)
     store.check_database_file(home.database)
-    if not home.job_dir(run_id).is_dir():
+    if home.find_job(run_id) is None:
         raise UsageError(f"no run {run_id!r}; see `largestep runs`")
     stopped = jobs.cancel(home, run_id)
     store.ingest(home)

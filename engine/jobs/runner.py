@@ -100,8 +100,8 @@ def cancel(home: Home, job_id: str, grace_s: float | None = None) -> bool:
     Returns False when the job had already ended. A queued job is stopped before it starts.
     ``grace_s`` None: the job kind's own (an autopilot first cancels each of its children).
     """
-    job_dir = home.job_dir(job_id)
-    if not job_dir.is_dir():
+    job_dir = home.find_job(job_id)
+    if job_dir is None:
         raise LargestepError(f"no job {job_id!r} in {home.jobs}")
     if grace_s is None:
         grace_s = CANCEL_GRACE_S.get((read_spec(job_dir) or {}).get("kind"), CANCEL_GRACE_S[None])
