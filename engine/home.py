@@ -44,6 +44,11 @@ class Home:
         return self.root / "jobs"
 
     @property
+    def recommendations(self) -> Path:
+        """Saved recommendations, one JSON file each: the database is rebuilt from these and the jobs."""
+        return self.root / "recommendations"
+
+    @property
     def locks(self) -> Path:
         return self.root / "locks"
 
@@ -62,7 +67,8 @@ class Home:
 
     def holds_anything(self) -> bool:
         """Is there a database or a job to read? (Read-only commands create neither.)"""
-        return self.database.exists() or (self.jobs.is_dir() and any(self.jobs.iterdir()))
+        return self.database.exists() or any(folder.is_dir() and any(folder.iterdir())
+                                             for folder in (self.jobs, self.recommendations))
 
     def check(self) -> "Home":
         """Refuse an unusable home before anything is written to it."""

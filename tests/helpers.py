@@ -89,3 +89,17 @@ def train_events(seed: int = 0, val_loss: float = 0.5) -> list[tuple[str, dict]]
                       "val_loss": val_loss, "metrics": {"accuracy": 0.9}}),
             ("run_end", {"steps": 10, "samples": 320, "epochs": 1.0, "wall_time_s": 1.0, "train_time_s": 0.8,
                          "final_val_loss": val_loss, "best_val_loss": val_loss, "final_metrics": {"accuracy": 0.9}})]
+
+
+def profile_events(profile_id: str) -> list[tuple[str, dict]]:
+    """The events of a finished profile of the tiny workload: step time flat up to batch 64, then linear."""
+    device = {"id": "cpu", "kind": "cpu", "name": "test cpu", "total_memory_bytes": 8 * 2**30}
+    start = ("profile_start", {"profile_id": profile_id, "workload": "tiny", "workload_spec": "tiny_workload.py:make",
+                               "device": device, "config": {"dtype": "fp32"}, "baseline_batch_size": 32,
+                               "baseline_lr": 1e-3, "optimizer": "adam", "n_train": 2048, "epochs": 3})
+    points = [("point", {"profile_id": profile_id, "batch_size": b, "status": "ok", "step_times_s": [t] * 10,
+                         "median_s": t, "p25_s": t, "p75_s": t, "noisy": False, "samples_per_s": b / t,
+                         "peak_memory_bytes": 10_000 * b, "memory_is_estimate": True})
+              for b, t in ((16, 0.010), (32, 0.010), (64, 0.011), (128, 0.021))]
+    end = ("profile_end", {"profile_id": profile_id, "stop_reason": "max_batch", "saturation_batch": 64})
+    return [start, *points, end]

@@ -268,3 +268,26 @@ def test_a_read_only_command_creates_no_home(capsys, home, argv, code, says):
     if code == 2:
         assert err.count("\n") == 1 and says in err.lower(), err
     assert not home.root.exists()
+
+
+# -- a lost database -------------------------------------------------------------------------------
+
+def test_a_deleted_database_is_rebuilt_from_the_homes_files_recommendations_included(capsys, home):
+    from helpers import profile_events
+
+    spool_job(home, "prof-test0001", "profile", profile_events("prof-test0001"))
+    spool_job(home, "train-good0001", "train", train_events())
+    code, out, err = run(capsys, "recommend", "--profile", "prof-test0001", "--noise-scale", "200", "--json")
+    assert code == 0, err
+    rec = json.loads(out)
+    before = {name: run(capsys, *argv, "--json")[1] for name, argv in
+              (("runs", ["runs"]), ("profiles", ["profiles"]), ("recommendations", ["recommendations"]))}
+
+    home.database.unlink()  # under this long-lived process, as under a running dashboard
+    after = {name: run(capsys, *argv, "--json")[1] for name, argv in
+             (("recommendations", ["recommendations"]), ("runs", ["runs"]), ("profiles", ["profiles"]))}
+    assert json.loads(after["recommendations"])[0]["id"] == rec["recommendation_id"]
+    assert [r["id"] for r in json.loads(after["runs"])] == [r["id"] for r in json.loads(before["runs"])]
+    assert [p["id"] for p in json.loads(after["profiles"])] == ["prof-test0001"]
+    code, out, err = run(capsys, "export", "--format", "json")
+    assert code == 0 and f'"batch_size": {rec["batch_size"]}' in out, err

@@ -30,7 +30,7 @@ def rec_home(tmp_path_factory) -> tuple[Home, dict]:
     store.ingest(home)
     rec = recommend_stored(home, profile, RecommendConfig(noise_scale=300.0))
     with store.connect(home) as con:
-        store.save_recommendation(con, rec)
+        store.save_recommendation(home, con, rec)
     return home, rec
 
 
@@ -161,7 +161,7 @@ def test_planner_states_the_ratio_for_the_recommendation(monkeypatch, rec_home):
     rec = recommend_stored(home, first["profile_id"], RecommendConfig(noise_scale=300.0))
     assert rec["batch_size"] > rec["baseline"]["batch_size"]
     with store.connect(home) as con:
-        store.save_recommendation(con, rec)
+        store.save_recommendation(home, con, rec)
     at = open_page(monkeypatch, home, "planner")
     assert not at.error, errors(at)
     assert at.selectbox(key="planner.profile").value == rec["profile_id"]

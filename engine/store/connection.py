@@ -40,6 +40,9 @@ def connect(home: Home, migrate_schema: bool = True) -> Iterator[duckdb.DuckDBPy
     except Timeout:
         raise StoreError(f"database {home.database} stayed locked for {LOCK_TIMEOUT_S:.0f}s; is a largestep command stuck?") from None
     try:
+        # a database file deleted under a long-running process (the dashboard) is re-created whole
+        if not home.database.exists():
+            _migrated.discard(home.database)
         con = _open(home.database)
         try:
             if migrate_schema and home.database not in _migrated:

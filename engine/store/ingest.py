@@ -21,6 +21,7 @@ import pandas as pd
 from engine import jobs
 from engine.home import Home
 from engine.jobs import events as ev
+from engine.jobs.spool import write_json_atomic
 from engine.store.connection import connect
 
 __all__ = ["ingest", "IngestReport", "SpoolUnreadable", "save_recommendation"]
@@ -35,6 +36,7 @@ class IngestReport:
     events: int = 0
     skipped_lines: int = 0
     set_aside: list[str] = field(default_factory=list)   # jobs whose spool could not be ingested
+    unreadable_files: list[str] = field(default_factory=list)   # saved recommendations that could not be read
     rows: dict[str, int] = field(default_factory=dict)
 
     def add_rows(self, table: str, n: int) -> None:
@@ -62,7 +64,31 @@ def ingest(home: Home) -> IngestReport:
             except SpoolUnreadable as exc:
                 _set_aside(con, job_dir, str(exc))
                 report.set_aside.append(job_dir.name)
+        _ingest_recommendation_files(con, home, report)
     return report
+
+
+def _ingest_recommendation_files(con, home: Home, report: IngestReport) -> None:
+    """Recommendations saved as files (by the CLI and the dashboard) that the database lacks: after
+    it was deleted, or a save that stopped between the file and the row. Each in its own transaction;
+    a file that cannot be read is left for `largestep doctor`."""
+    if not home.recommendations.is_dir():
+        return
+    stored = {row[0] for row in con.execute("SELECT id FROM recommendations").fetchall()}
+    for path in sorted(home.recommendations.glob("*.json")):
+        if path.stem in stored:
+            continue
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(rec, dict) or rec.get("recommendation_id") != path.stem:
+                raise ValueError(f"not the recommendation {path.stem}")
+            save_recommendation_row(con, rec)
+        except _DATABASE_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad file is skipped, never fatal
+            report.unreadable_files.append(f"{path}: {' '.join(str(exc).split())[:200]}")
+            continue
+        report.add_rows("recommendations", 1)
 
 
 @dataclass(frozen=True)
@@ -79,7 +105,8 @@ class SpoolUnreadable(Exception):
 
 
 # Failures of the database itself, not of a job's content: these stop the ingest, never set a job aside.
-_ENVIRONMENT_ERRORS = (duckdb.IOException, duckdb.FatalException, duckdb.InternalException, OSError)
+_DATABASE_ERRORS = (duckdb.IOException, duckdb.FatalException, duckdb.InternalException)
+_ENVIRONMENT_ERRORS = (*_DATABASE_ERRORS, OSError)
 
 
 def _ingest_job(con, job_dir: Path, known: _Known | None, report: IngestReport) -> None:
@@ -410,8 +437,16 @@ assert set(_HANDLERS) == set(ev.CATALOGUE), "every catalogued event has its hand
 # -- recommendations the CLI and the dashboard save ----------------------------------------------
 
 
-def save_recommendation(con, rec: dict) -> None:
-    """The recommendation, its candidates, in one transaction."""
+def save_recommendation(home: Home, con, rec: dict) -> None:
+    """The recommendation as a file in the home (so a lost database rebuilds it, as it rebuilds
+    jobs from their spools), then its row and its candidates' in one transaction."""
+    home.recommendations.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(home.recommendations / f"{rec['recommendation_id']}.json", rec)
+    save_recommendation_row(con, rec)
+
+
+def save_recommendation_row(con, rec: dict) -> None:
+    """The recommendation's row and its candidates', in one transaction."""
     con.execute("BEGIN TRANSACTION")
     try:
         _insert_recommendation(con, rec)

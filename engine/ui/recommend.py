@@ -96,7 +96,7 @@ def compute_recommendation(home: Home, form: RecommendForm) -> dict:
         # "perfect" means exactly that: never pick up a stored estimate behind the user's back
         profile, noise = store.recommendation_inputs(con, form.profile_id, noise_id, stored_noise=False)
         rec = recommend(profile, config, noise)
-        store.save_recommendation(con, rec)
+        store.save_recommendation(home, con, rec)
     return rec
 
 
