@@ -291,3 +291,30 @@ def test_a_deleted_database_is_rebuilt_from_the_homes_files_recommendations_incl
     assert [p["id"] for p in json.loads(after["profiles"])] == ["prof-test0001"]
     code, out, err = run(capsys, "export", "--format", "json")
     assert code == 0 and f'"batch_size": {rec["batch_size"]}' in out, err
+
+
+# -- largestep doctor ------------------------------------------------------------------------------
+
+def test_doctor_lists_set_aside_jobs_and_spool_findings_and_exits_1(capsys, home):
+    spool_job(home, "train-good0001", "train", train_events())
+    spool_job(home, "train-bad00001", "train", train_events(seed=3_000_000_000))
+    with open(home.job_dir("train-good0001") / "events.jsonl", "ab") as fh:
+        fh.write(b"[1, 2, 3]\n")
+
+    code, out, err = run(capsys, "doctor")
+    assert code == 1, (out, err)
+    assert "problem  set-aside jobs: 1 job(s)" in out
+    assert "train-bad00001: spool unreadable: line 2 (run_start event)" in out
+    assert "train-good0001: 1 unreadable line(s) skipped: line 6 (not a JSON object but list)" in out
+    assert "ok  database: readable and migrated" in out
+    code, out, _ = run(capsys, "doctor", "--json")
+    checks = {c["name"]: c for c in json.loads(out)["checks"]}
+    assert checks["processes"]["verdict"] == "ok" and checks["size"]["verdict"] == "ok"
+
+
+def test_doctor_on_a_healthy_home_exits_0_and_on_no_home_creates_none(capsys, home):
+    code, out, _ = run(capsys, "doctor")
+    assert code == 0 and "nothing to check" in out and not home.root.exists()
+    spool_job(home, "train-good0001", "train", train_events())
+    code, out, _ = run(capsys, "doctor")
+    assert code == 0 and "problem" not in out and "warn" not in out, out

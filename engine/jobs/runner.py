@@ -32,7 +32,7 @@ from engine.jobs.spool import Spool, read_spec, read_status, write_json_atomic
 __all__ = [
     "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED", "DIVERGED", "CRASHED",
     "FINAL_STATES", "STATES", "JobContext", "submit", "cancel", "derive_state", "exit_record",
-    "crash_reason", "new_job_id", "wait", "register_kind", "run_job", "resolve_body",
+    "crash_reason", "job_process", "new_job_id", "wait", "register_kind", "run_job", "resolve_body",
 ]
 
 PENDING, RUNNING, FINISHED, FAILED = "PENDING", "RUNNING", "FINISHED", "FAILED"
@@ -192,14 +192,14 @@ def derive_state(job_dir: Path, now: float | None = None) -> str:
         # a known pid that is gone is evidence enough; without one (no status file, or one without a
         # pid), only the process table and a grace period since the job last wrote anything can tell
         unknown = not pid and _recently_active(job_dir, status, now)
-        if _job_process(job_dir) is None and not unknown:
+        if job_process(job_dir) is None and not unknown:
             return KILLED if (job_dir / CANCEL_MARKER).exists() else CRASHED
     elif now - (status.get("heartbeat") or 0.0) > STALE_AFTER_S:
         return CRASHED  # alive but silent for minutes: hung
     return status["state"] if status.get("state") in (PENDING, RUNNING) else RUNNING
 
 
-def _job_process(job_dir: Path) -> psutil.Process | None:
+def job_process(job_dir: Path) -> psutil.Process | None:
     """The live process running ``python -m engine.jobs JOB_DIR``, whatever its status file says."""
     target = str(job_dir)
     for proc in psutil.process_iter(["cmdline", "status"]):
