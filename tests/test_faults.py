@@ -318,3 +318,31 @@ def test_doctor_on_a_healthy_home_exits_0_and_on_no_home_creates_none(capsys, ho
     spool_job(home, "train-good0001", "train", train_events())
     code, out, _ = run(capsys, "doctor")
     assert code == 0 and "problem" not in out and "warn" not in out, out
+
+
+# -- bad workload files ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content", ["", "amount,label\n"], ids=["an empty file", "a header and no rows"])
+def test_an_empty_csv_is_one_line_exit_2_and_writes_nothing(capsys, home, tmp_path, content):
+    data = tmp_path / "empty.csv"
+    data.write_text(content)
+    code, out, err = run(capsys, "profile", "-w", "table", "--data", str(data), "--label", "label")
+    assert code == 2 and err.count("\n") == 1 and "has no rows" in err and "column0" not in err, err
+    assert not home.root.exists()
+
+
+# -- killed processes (continued) ------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_finished_job_is_not_left_a_zombie_of_the_process_that_started_it(home, tiny_spec):
+    import psutil
+
+    from engine.jobs.start import start_train
+    from engine.measure.train import TrainConfig
+    from helpers import wait_for
+
+    (run_id,) = start_train(home, tiny_spec, {}, "cpu", TrainConfig(batch_size=32, lr=1e-3, max_steps=5))
+    pid = jobs.read_status(home.job_dir(run_id))["pid"]
+    assert jobs.wait(home, run_id, timeout_s=60) == jobs.FINISHED
+
+    assert wait_for(lambda: not psutil.pid_exists(pid), timeout=5), "the finished job lingers as a zombie process"

@@ -91,6 +91,9 @@ def submit(home: Home, kind: str, params: dict, device: str, workload: str | Non
     write_json_atomic(job_dir / "status.json",
                        {"state": PENDING, "pid": proc.pid, "pid_started": _create_time(proc.pid),
                         "heartbeat": time.time(), "phase": "queued", "progress": 0.0})
+    # collect its exit status the moment it ends, so a long-lived submitter (the autopilot, the
+    # dashboard) never keeps finished jobs as zombie processes
+    threading.Thread(target=proc.wait, name=f"reap-{job_id}", daemon=True).start()
     return job_id
 
 
