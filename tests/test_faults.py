@@ -346,3 +346,11 @@ def test_a_finished_job_is_not_left_a_zombie_of_the_process_that_started_it(home
     assert jobs.wait(home, run_id, timeout_s=60) == jobs.FINISHED
 
     assert wait_for(lambda: not psutil.pid_exists(pid), timeout=5), "the finished job lingers as a zombie process"
+
+
+def test_a_workload_that_raises_keyboard_interrupt_is_one_line_exit_2(capsys, home, tmp_path):
+    module = tmp_path / "interrupting.py"
+    module.write_text("def make():\n    raise KeyboardInterrupt\n")
+    code, out, err = run(capsys, "profile", "-w", f"{module}:make")
+    assert code == 2 and err.count("\n") == 1 and "raised KeyboardInterrupt" in err, (code, err)
+    assert not home.root.exists()
