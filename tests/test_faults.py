@@ -354,3 +354,29 @@ def test_a_workload_that_raises_keyboard_interrupt_is_one_line_exit_2(capsys, ho
     code, out, err = run(capsys, "profile", "-w", f"{module}:make")
     assert code == 2 and err.count("\n") == 1 and "raised KeyboardInterrupt" in err, (code, err)
     assert not home.root.exists()
+
+
+# -- concurrent commands ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_commands_run_at_once_beside_a_bad_job_ingest_every_row_once(home):
+    import subprocess
+    import sys
+
+    for k in range(6):
+        spool_job(home, f"train-good000{k}", "train", train_events(seed=k))
+    spool_job(home, "train-bad00001", "train", train_events(seed=3_000_000_000))
+    commands = [["runs", "--json"], ["profiles", "--json"], ["doctor", "--json"], ["runs", "--json"]]
+    procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", *argv], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for argv in commands]
+    results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+
+    for (code, out, err), argv in zip(results, commands):
+        assert code == (1 if argv[0] == "doctor" else 0), (argv, err)    # doctor: the set-aside job
+        assert "Traceback" not in err, err
+    with store.connect(home) as con:
+        per_run = dict(con.execute("SELECT run_id, count(*) FROM metrics GROUP BY run_id").fetchall())
+        states = dict(con.execute("SELECT id, state FROM jobs").fetchall())
+    assert per_run == {f"train-good000{k}": 2 for k in range(6)}      # each evaluation once, whoever ingested it
+    assert states.pop("train-bad00001") == jobs.FAILED
+    assert set(states.values()) == {jobs.FINISHED}

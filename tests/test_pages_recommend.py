@@ -244,3 +244,19 @@ def test_a_split_that_does_not_divide_shows_an_error(monkeypatch, rec_home, widg
     assert len(at.error) == 1 and says in at.error[0].value, errors(at)
     assert not at.code
     assert download_keys(at) == {"export.download.report"}  # the report does not depend on the split
+
+
+def test_excluded_candidates_show_dashes_not_none():
+    from helpers import profile_events
+
+    from engine.jobs import events
+    from engine.plan.recommend import recommend
+
+    spooled = [{"type": type_, "t": 0.0, **fields} for type_, fields in profile_events("prof-test0001")]
+    profile = events.profile_record(spooled)
+    profile.update(id="prof-test0001", device_total_memory_bytes=8 * 2**30)
+    rec = recommend(profile, RecommendConfig(noise_scale=200.0, max_lr=2.5e-3))   # 128 needs lr 4e-3: excluded
+    table = recviews.candidates_table(rec)
+    assert table["excluded"].astype(bool).any(), table
+    shown = recviews.highlight_roles(table).to_string()   # the cells as the page displays them
+    assert not any(missing in shown for missing in ("None", "nan", "<NA>")), shown

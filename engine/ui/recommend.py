@@ -272,4 +272,5 @@ def highlight_roles(table: pd.DataFrame, column: str = "role"):
         return [f"{weight}background-color: {colour}" if colour else "" for _ in row]
 
     floats = [c for c in table.columns if pd.api.types.is_float_dtype(table[c])]
-    return table.style.apply(shade, axis=1).format(format_number, subset=floats, na_rep="—")
+    # every missing cell (an excluded batch has no rank nor time to target) reads as a dash, never "None"
+    return table.style.apply(shade, axis=1).format(na_rep="—").format(format_number, subset=floats, na_rep="—")
