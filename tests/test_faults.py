@@ -182,7 +182,7 @@ def test_a_deleted_status_file_is_not_read_as_a_crash(home, tiny_spec):
     from engine.jobs.start import start_train
     from engine.measure.train import TrainConfig
 
-    (run_id,) = start_train(home, tiny_spec, {}, "cpu", TrainConfig(batch_size=32, lr=1e-3, epochs=4))
+    (run_id,) = start_train(home, tiny_spec, {}, "cpu", TrainConfig(batch_size=32, lr=1e-3, epochs=2))
     job_dir = home.job_dir(run_id)
     seen = set()
     while jobs.exit_record(job_dir) is None:  # delete it again and again while the job runs
@@ -346,6 +346,38 @@ def test_a_finished_job_is_not_left_a_zombie_of_the_process_that_started_it(home
     assert jobs.wait(home, run_id, timeout_s=60) == jobs.FINISHED
 
     assert wait_for(lambda: not psutil.pid_exists(pid), timeout=5), "the finished job lingers as a zombie process"
+
+
+WORKLOAD_FILE = """
+import torch
+from engine import Workload
+
+def make():
+    x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    return Workload(name="odd", model=lambda: torch.nn.Linear(4, 2), train=(x[:48], y[:48]), val=(x[48:], y[48:]),
+                    loss=torch.nn.functional.cross_entropy, {fields})
+"""
+BAD_WORKLOAD_FIELDS = {
+    "baseline batch beyond INT32": ("baseline_batch_size=3_000_000_000, baseline_lr=1e-3",
+                                    "baseline_batch_size must be between 1 and 2,147,483,647"),
+    "baseline lr NaN": ("baseline_batch_size=8, baseline_lr=float('nan')", "baseline_lr must be a finite number"),
+    "baseline lr infinite": ("baseline_batch_size=8, baseline_lr=float('inf')", "baseline_lr must be a finite number"),
+    "epochs of a billion": ("baseline_batch_size=8, baseline_lr=1e-3, epochs=10**9", "epochs must be between 1 and"),
+    "warm-up beyond BIGINT": ("baseline_batch_size=8, baseline_lr=1e-3, warmup_samples=2**70",
+                              "warmup_samples must be between 0 and"),
+    "weight decay NaN": ("baseline_batch_size=8, baseline_lr=1e-3, weight_decay=float('nan')",
+                         "weight_decay must be a finite number"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_WORKLOAD_FIELDS, ids=list(BAD_WORKLOAD_FIELDS))
+def test_a_workload_field_out_of_range_is_one_line_exit_2_and_writes_nothing(capsys, home, tmp_path, case):
+    fields, says = BAD_WORKLOAD_FIELDS[case]
+    module = tmp_path / "odd.py"
+    module.write_text(WORKLOAD_FILE.replace("{fields}", fields))
+    code, out, err = run(capsys, "profile", "-w", f"{module}:make")
+    assert code == 2 and err.count("\n") == 1 and says in err, (code, err)
+    assert not home.root.exists()
 
 
 def test_a_workload_that_raises_keyboard_interrupt_is_one_line_exit_2(capsys, home, tmp_path):
