@@ -66,6 +66,16 @@ def test_an_unreadable_spool_sets_its_job_aside_and_every_other_job_carries_on(c
     assert code == 0 and "spool unreadable" in out
 
 
+def test_the_dashboard_shows_a_set_aside_job_as_failed_and_every_other_run(monkeypatch, home):
+    from helpers import open_page
+
+    spool_job(home, "train-good0001", "train", train_events())
+    spool_job(home, "train-bad00001", "train", train_events(seed=3_000_000_000))
+    at = open_page(monkeypatch, home, "runs")          # it ingests as the CLI does; no exception on the page
+    table = at.dataframe[0].value
+    assert dict(zip(table["id"], table["state"])) == {"train-good0001": jobs.FINISHED, "train-bad00001": jobs.FAILED}
+
+
 BAD_LINES = {
     "valid JSON but not an object": b"[1, 2, 3]\n",
     "an event missing a field": b'{"type": "eval", "t": 1.0}\n',
@@ -153,6 +163,26 @@ BAD_NUMBERS = [
     (["recommend", "--warmup-samples", "1e30"], "--warmup-samples must be a whole number"),
     (["recommend", "--baseline-batch", "3000000000"], "--baseline-batch must be between 1 and"),
 ]
+
+
+API_CONFIGS = {
+    "seed beyond INT32": dict(seed=3_000_000_000),
+    "infinite epochs": dict(epochs=float("inf")),
+    "NaN evaluation interval": dict(eval_every_epochs=float("nan")),
+    "a float batch size": dict(batch_size=32.5),
+}
+
+
+@pytest.mark.parametrize("case", API_CONFIGS, ids=list(API_CONFIGS))
+def test_the_python_api_refuses_the_same_numbers_before_writing(home, tiny_spec, case):
+    from engine.errors import UsageError
+    from engine.jobs.start import start_train
+    from engine.measure.train import TrainConfig
+
+    config = TrainConfig(**{"batch_size": 32, "lr": 1e-3, **API_CONFIGS[case]})
+    with pytest.raises(UsageError):
+        start_train(home, tiny_spec, {}, "cpu", config)
+    assert not home.root.exists()
 
 
 def job_folders(home) -> set[str]:
