@@ -19,7 +19,8 @@ from engine.errors import UsageError
 from engine.format import DASH, mean_std
 from engine.units import check_number
 
-__all__ = ["check_tolerance", "compare_groups", "time_to_target", "welch_p_value", "summarize", "comparison_table", "comparison_runs"]
+__all__ = ["check_tolerance", "compare_groups", "time_to_target", "welch_p_value", "summarize", "comparison_table",
+           "comparison_runs"]
 
 
 def time_to_target(evals: pd.DataFrame, target: float) -> tuple[float | None, float | None]:

@@ -12,4 +12,5 @@ from engine.store.migrations import MIGRATIONS, applied_migrations, migrate
 from engine.store.queries import *  # noqa: F401,F403  the queries are the store's public surface
 from engine.store.queries import __all__ as _queries
 
-__all__ = ["connect", "connect_empty", "check_database_file", "ingest", "IngestReport", "save_recommendation", "MIGRATIONS", "migrate", "applied_migrations", *_queries]
+__all__ = ["connect", "connect_empty", "check_database_file", "ingest", "IngestReport", "save_recommendation",
+           "MIGRATIONS", "migrate", "applied_migrations", *_queries]
