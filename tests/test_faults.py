@@ -442,3 +442,19 @@ def test_commands_run_at_once_beside_a_bad_job_ingest_every_row_once(home):
     assert per_run == {f"train-good000{k}": 2 for k in range(6)}      # each evaluation once, whoever ingested it
     assert states.pop("train-bad00001") == jobs.FAILED
     assert set(states.values()) == {jobs.FINISHED}
+
+
+def test_doctor_finds_a_process_that_outlives_its_job(capsys, home):
+    import subprocess
+    import sys
+
+    job_dir = spool_job(home, "train-done0001", "train", train_events())   # ended: its exit record is written
+    # a process still running that job's folder, as `python -m engine.jobs JOB_DIR` would be
+    stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "engine.jobs", str(job_dir)])
+    try:
+        code, out, _ = run(capsys, "doctor")
+        assert f"train-done0001 has ended but its process {stray.pid} still runs" in out, out
+        assert code == 0   # a warning: the user decides whether to kill it
+    finally:
+        stray.kill()
+        stray.wait()
