@@ -9,13 +9,22 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import StoreError
+from engine.errors import StoreError, UsageError
 
-__all__ = ["Home", "resolve_home", "check_database_file", "DEFAULT_HOME", "HOME_ENV"]
+__all__ = ["Home", "resolve_home", "check_database_file", "is_job_id", "DEFAULT_HOME", "HOME_ENV"]
 
 DEFAULT_HOME = ".largestep"
 HOME_ENV = "LARGESTEP_HOME"
 DUCKDB_MAGIC = b"DUCK"          # bytes 8..12 of every DuckDB database file
+
+
+def is_job_id(text: object) -> bool:
+    """Could ``text`` name a folder inside the jobs folder (and nothing outside it)?
+
+    Any folder name a user may have made there (``X.bak``, ``X copy``) passes; a path does not.
+    """
+    return (isinstance(text, str) and 0 < len(text) <= 255 and text not in (".", "..")
+            and not any(c in text for c in ("/", "\\", "\0")))
 
 
 @dataclass(frozen=True)
@@ -35,11 +44,31 @@ class Home:
         return self.root / "jobs"
 
     @property
+    def recommendations(self) -> Path:
+        """Saved recommendations, one JSON file each: the database is rebuilt from these and the jobs."""
+        return self.root / "recommendations"
+
+    @property
     def locks(self) -> Path:
         return self.root / "locks"
 
     def job_dir(self, job_id: str) -> Path:
+        """The folder of job ``job_id``; an id that could name a path elsewhere is refused."""
+        if not is_job_id(job_id):
+            raise UsageError(f"{job_id!r} is not a job id; see `largestep runs`")
         return self.jobs / job_id
+
+    def find_job(self, job_id: str) -> Path | None:
+        """The folder of an existing job called exactly ``job_id``, else None (never a path outside jobs/)."""
+        if not is_job_id(job_id):
+            return None
+        folder = self.jobs / job_id
+        return folder if folder.is_dir() else None
+
+    def holds_anything(self) -> bool:
+        """Is there a database or a job to read? (Read-only commands create neither.)"""
+        return self.database.exists() or any(folder.is_dir() and any(folder.iterdir())
+                                             for folder in (self.jobs, self.recommendations))
 
     def check(self) -> "Home":
         """Refuse an unusable home before anything is written to it."""

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from engine.errors import UsageError
 
-__all__ = ["parse_size", "parse_batch_sizes", "parse_positive_int"]
+__all__ = ["parse_size", "parse_batch_sizes", "parse_positive_int", "check_int", "check_number", "INT32_MAX",
+           "INT64_MAX"]
+
+# The largest values the database's columns hold: a number is checked against the column it lands
+# in where it enters (CLI, dashboard, Python API), so a job never records what the store refuses.
+INT32_MAX = 2**31 - 1       # INTEGER columns: batch sizes, seeds, accumulate
+INT64_MAX = 2**63 - 1       # BIGINT columns: samples, bytes
 
 _UNITS = {
     "": 1, "b": 1,
@@ -48,3 +55,34 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     if not parts:
         raise UsageError("--batch-sizes is empty: give a comma-separated list such as 32,128,512")
     return tuple(sorted({parse_positive_int(p, "batch size") for p in parts}))
+
+
+def check_int(value: object, what: str, low: int = 1, high: int = INT32_MAX) -> int:
+    """``value`` as an int in [low, high], else a UsageError naming the field and the range."""
+    kind = "a positive integer" if low == 1 else "a whole number"
+    if isinstance(value, bool) or not isinstance(value, int) or (low == 1 and value < 1):
+        raise UsageError(f"{what} must be {kind}, not {value!r}")
+    if not low <= value <= high:
+        raise UsageError(f"{what} must be between {low:,} and {high:,}, not {value:,}")
+    return value
+
+
+def check_number(value: object, what: str, low: float | None = None, high: float | None = None,
+                 low_inclusive: bool = False) -> float:
+    """``value`` as a finite float above ``low`` (or at it, if inclusive) and at most ``high``.
+
+    NaN and infinity are refused everywhere: a job given one starts and then fails, or a
+    comparison answers nonsense.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{what} must be a number, not {value!r}")
+    if not math.isfinite(value):
+        raise UsageError(f"{what} must be a finite number, not {value!r}")
+    too_low = low is not None and (value < low if low_inclusive else value <= low)
+    if too_low:
+        bound = "a positive number" if low == 0 and not low_inclusive else \
+            f"at least {low:g}" if low_inclusive else f"above {low:g}"
+        raise UsageError(f"{what} must be {bound}, not {value:g}")
+    if high is not None and value > high:
+        raise UsageError(f"{what} must be at most {high:g}, not {value:g}")
+    return float(value)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import run_cli
+from helpers import TINY, run_cli
 
 BAD_INPUTS = [
     (["profile", "--workload", "no-such-workload"], "unknown workload"),
@@ -44,8 +44,10 @@ def test_an_unusable_home_is_refused(capsys, tmp_path):
     not_a_folder.write_text("x")
     code, _, err = run_cli(capsys, "--home", str(not_a_folder), "profiles")
     assert code == 2 and "not a folder" in err
-    code, _, err = run_cli(capsys, "--home", "/proc/largestep-home", "profiles")
+    code, _, err = run_cli(capsys, "--home", "/proc/largestep-home", "profile", "--workload", TINY)
     assert code == 2 and "cannot create home" in err
+    code, out, _ = run_cli(capsys, "--home", "/proc/largestep-home", "profiles")   # reading creates nothing: nothing there
+    assert code == 0 and "no profiles yet" in out
 
 
 def test_a_database_that_is_not_duckdb_is_refused_untouched(capsys, home):

@@ -23,7 +23,7 @@ def rec_home(profiled_template, tmp_path_factory) -> tuple[Home, dict]:
     home = copy_home(template, tmp_path_factory.mktemp("pages") / "home")
     rec = recommend_stored(home, profile, RecommendConfig(noise_scale=300.0))
     with store.connect(home) as con:
-        store.save_recommendation(con, rec)
+        store.save_recommendation(home, con, rec)
     return home, rec
 
 
@@ -158,7 +158,7 @@ def test_planner_states_the_ratio_for_the_recommendation(monkeypatch, rec_home):
     rec = recommend_stored(home, first["profile_id"], RecommendConfig(noise_scale=300.0))
     assert rec["batch_size"] > rec["baseline"]["batch_size"]
     with store.connect(home) as con:
-        store.save_recommendation(con, rec)
+        store.save_recommendation(home, con, rec)
     at = open_page(monkeypatch, home, "planner")
     assert not at.error, errors(at)
     assert at.selectbox(key="planner.profile").value == rec["profile_id"]
@@ -241,3 +241,19 @@ def test_a_split_that_does_not_divide_shows_an_error(monkeypatch, rec_home, widg
     assert len(at.error) == 1 and says in at.error[0].value, errors(at)
     assert not at.code
     assert download_keys(at) == {"export.download.report"}  # the report does not depend on the split
+
+
+def test_excluded_candidates_show_dashes_not_none():
+    from helpers import profile_events
+
+    from engine.jobs import events
+    from engine.plan.recommend import recommend
+
+    spooled = [{"type": type_, "t": 0.0, **fields} for type_, fields in profile_events("prof-test0001")]
+    profile = events.profile_record(spooled)
+    profile.update(id="prof-test0001", device_total_memory_bytes=8 * 2**30)
+    rec = recommend(profile, RecommendConfig(noise_scale=200.0, max_lr=2.5e-3))   # 128 needs lr 4e-3: excluded
+    table = recviews.candidates_table(rec)
+    assert table["excluded"].astype(bool).any(), table
+    shown = recviews.highlight_roles(table).to_string()   # the cells as the page displays them
+    assert not any(missing in shown for missing in ("None", "nan", "<NA>")), shown

@@ -111,3 +111,16 @@ def test_the_time_to_target_chart_marks_the_choice_and_the_excluded():
     assert f"recommended {rec['batch_size']}" in names
     excluded = next(t for t in fig.data if t.name.startswith("excluded"))
     assert list(excluded.x) == [512] and "saturation" in excluded.hovertext[0]
+
+
+def test_a_profile_without_the_baseline_batch_is_planned_with_what_was_measured_and_says_so():
+    # `largestep profile -w fraud-mlp --batch-sizes 64,256`: the workload's baseline, 128, was not measured
+    profile = synthetic_profile({64: 0.010, 256: 0.020}, baseline=128)
+    plan = plan_experiments(profile, PlanConfig())
+    assert [r.batch_size for r in plan.rows] == [64, 256]
+    assert plan.baseline_batch == 64 and plan.row(64).vs_baseline == 1.0
+    assert len(plan.notes) == 1
+    assert "baseline batch 128 was not measured" in plan.notes[0]
+    assert "--batch-sizes 64,128,256" in plan.notes[0]
+    measured = synthetic_profile({64: 0.010, 128: 0.012, 256: 0.020}, baseline=128)
+    assert plan_experiments(measured, PlanConfig()).notes == ()

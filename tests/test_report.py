@@ -25,7 +25,7 @@ def verified_home(profiled_template, tmp_path_factory) -> tuple[Home, dict]:
     home = copy_home(template, tmp_path_factory.mktemp("report") / "home")
     rec = recommend_stored(home, profile, RecommendConfig(noise_scale=200.0))
     with store.connect(home) as con:
-        store.save_recommendation(con, rec)
+        store.save_recommendation(home, con, rec)
     run_ids = []
     for role, batch, lr in (("baseline", rec["baseline"]["batch_size"], rec["baseline"]["learning_rate"]),
                             ("recommended", rec["batch_size"], rec["learning_rate"])):

@@ -84,18 +84,25 @@ def test_an_empty_home_shows_how_to_start(monkeypatch, tmp_path):
     assert not at.error and not list(at.get("plotly_chart"))
 
 
-def test_the_table_lists_every_run_with_its_state_and_nothing_is_charted_yet(monkeypatch, runs_home):
-    calls = []
-    real = store.run_curves
-    monkeypatch.setattr(store, "run_curves", lambda *a, **k: calls.append(a) or real(*a, **k))
+def test_the_table_lists_every_run_and_the_latest_groups_are_charted_at_once(monkeypatch, runs_home):
     at = open_runs_page(monkeypatch, runs_home)
     table = at.dataframe[0].value
     assert sorted(table["id"]) == sorted(all_ids(runs_home))
     assert set(table["state"]) == {jobs.FINISHED}
     assert sorted(table["batch"]) == [32, 32, 128, 128]
     assert set(table["group"]) == {BASE, BIG} and all(table["duration"].str.len() > 0)
-    assert not list(at.get("plotly_chart")) and not calls  # no metrics query before a selection
+    # as right after an autopilot: both groups charted before anything is picked
+    assert sorted(at.multiselect(key="runs.selected").value) == sorted(all_ids(runs_home))
+    assert list(at.get("plotly_chart"))
     assert not at.error
+
+
+def test_the_default_selection_is_the_newest_two_groups_a_lone_run_counting_as_one():
+    runs = pd.DataFrame({"id": ["r6", "r5", "r4", "r3", "r2", "r1"],                       # newest first
+                         "group_id": ["g3", "g3", None, "g2", "g1", "g1"]})
+    assert runviews.default_selection(runs) == ["r6", "r5", "r4"]
+    assert runviews.default_selection(runs.iloc[3:]) == ["r3", "r2", "r1"]
+    assert runviews.default_selection(runs.iloc[:0]) == []
 
 
 def test_selected_runs_are_charted_and_groups_compared(monkeypatch, runs_home):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import duckdb
@@ -94,7 +95,11 @@ def test_a_cut_off_last_line_is_ingested_once_it_is_complete(home):
     spool.close()
     whole = json.dumps({"type": "point", "t": time.time(), **_point("prof-test0001", 16)}) + "\n"
     with open(job_dir / "events.jsonl", "a") as fh:
-        fh.write(whole[:40])  # a job died mid-write
+        fh.write(whole[:40])  # a job died mid-write, a minute ago (beyond the grace period of a job without a pid)
+    a_minute_ago = time.time() - 60
+    (job_dir / "status.json").write_text(json.dumps({"state": "RUNNING", "pid": None, "heartbeat": a_minute_ago}))
+    for path in job_dir.iterdir():
+        os.utime(path, (a_minute_ago, a_minute_ago))
     store.ingest(home)
     with store.connect(home) as con:
         assert list(store.profile_points(con, "prof-test0001").batch_size) == [8]

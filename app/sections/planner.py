@@ -54,6 +54,8 @@ except LargestepError as exc:
     st.error(str(exc))
     st.stop()
 
+for note in view.notes:
+    st.warning(note)
 st.markdown(view.headline)
 for column, metric in zip(st.columns(len(view.metrics)), view.metrics):
     column.metric(metric.label, metric.value, help=metric.help)

@@ -57,8 +57,9 @@ running_runs()
 # -- curves of the selected runs -----------------------------------------------------------------
 st.subheader("Curves")
 labels = runs.run_labels(shown)
-if "runs.selected" not in st.session_state:  # a shared link: ?run=ID&run=ID
-    st.session_state["runs.selected"] = [r for r in st.query_params.get_all("run") if r in labels]
+if "runs.selected" not in st.session_state:  # a shared link: ?run=ID&run=ID; else the latest groups
+    st.session_state["runs.selected"] = ([r for r in st.query_params.get_all("run") if r in labels]
+                                         or [r for r in runs.default_selection(shown) if r in labels])
 selected = st.multiselect("Runs to chart", list(labels), format_func=labels.get, key="runs.selected",
                           placeholder="choose runs to chart and compare")
 if selected:

@@ -39,6 +39,10 @@ def open_store(ctx: click.Context, ingest: bool = True) -> Iterator[tuple[Home, 
 
     home = home_of(ctx)
     store.check_database_file(home.database)
+    if not home.holds_anything():  # nothing to read: answer from an empty store, create nothing
+        with store.connect_empty() as con:
+            yield home, con
+        return
     if ingest:
         store.ingest(home)
     with store.connect(home) as con:

@@ -12,6 +12,7 @@ from engine.cli.options import (
     home_of,
     json_option,
     open_store,
+    parse_count,
     parse_float,
 )
 from engine.cli.output import console, emit_json, finish_job, table, write_atomic
@@ -56,7 +57,7 @@ def recommend(ctx, profile_id, baseline_batch, baseline_lr, rule, noise_scale, e
         baseline_lr=parse_float(baseline_lr, "--baseline-lr"), rule=rule,
         noise_scale=parse_float(noise_scale, "--noise-scale"),
         memory_headroom=parse_float(memory_headroom, "--memory-headroom"), max_lr=parse_float(max_lr, "--max-lr"),
-        warmup_samples=int(parse_float(warmup_samples, "--warmup-samples")) if warmup_samples is not None else None,
+        warmup_samples=parse_count(warmup_samples, "--warmup-samples") if warmup_samples is not None else None,
     )
     config.validate()
     with open_store(ctx) as (home, con):
@@ -74,7 +75,7 @@ def recommend(ctx, profile_id, baseline_batch, baseline_lr, rule, noise_scale, e
             result = store.load_stability(con, job_id)
         rec = apply_stability(rec, result)
     with store.connect(home) as con:
-        store.save_recommendation(con, rec)
+        store.save_recommendation(home, con, rec)
     if as_json:
         emit_json(rec)
     else:
@@ -128,7 +129,7 @@ def recommendations(ctx, as_json):
     """The stored recommendations, newest first."""
     from engine import store
 
-    with open_store(ctx, ingest=False) as (_home, con):
+    with open_store(ctx) as (_home, con):  # ingest: a lost database gets its saved recommendations back
         records = store.frame_records(store.list_recommendations(con))
     if as_json:
         emit_json(records)
@@ -158,7 +159,7 @@ def export(ctx, rec_id, fmt, n_devices, micro_batch, output):
 
     n = parse_positive_int(n_devices, "--devices") if n_devices is not None else None
     micro = parse_positive_int(micro_batch, "--micro-batch") if micro_batch is not None else None
-    with open_store(ctx, ingest=False) as (_home, con):
+    with open_store(ctx) as (_home, con):  # ingest: a lost database gets its saved recommendations back
         rec = store.load_recommendation(con, rec_id)
     if rec is None:
         raise UsageError("no recommendation yet: run `largestep recommend` first" if rec_id == "latest"

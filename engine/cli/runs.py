@@ -183,7 +183,7 @@ def runs_cancel(ctx, run_id):
 
     home = home_of(ctx)
     store.check_database_file(home.database)
-    if not home.job_dir(run_id).is_dir():
+    if home.find_job(run_id) is None:
         raise UsageError(f"no run {run_id!r}; see `largestep runs`")
     stopped = jobs.cancel(home, run_id)
     store.ingest(home)
@@ -204,13 +204,10 @@ def compare(ctx, runs_or_groups, tolerance, quality_tolerance, as_json):
     (median over seeds, a seed that never reached it counted as at least its whole training time), speedup
     with a 90% bootstrap interval, and the quality difference with its interval and Welch's p-value."""
     from engine import store
-    from engine.plan.compare import compare_groups
+    from engine.plan.compare import check_tolerance, compare_groups
 
-    tol = parse_float(tolerance, "--tolerance")
-    quality_tol = parse_float(quality_tolerance, "--quality-tolerance")
-    for value, flag in ((tol, "--tolerance"), (quality_tol, "--quality-tolerance")):
-        if not 0 <= value < float("inf"):
-            raise UsageError(f"{flag} must be a number of at least 0, not {value}")
+    tol = check_tolerance(parse_float(tolerance, "--tolerance"))
+    quality_tol = check_tolerance(parse_float(quality_tolerance, "--quality-tolerance"), "--quality-tolerance")
     if len(runs_or_groups) < 2:
         raise UsageError("compare needs a baseline and at least one other run or group")
     with open_store(ctx) as (_home, con):
@@ -268,15 +265,11 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, arms,
     from engine.units import parse_positive_int
 
     quality_tol = parse_float(quality_tolerance, "--quality-tolerance")
-    if not 0 <= quality_tol < float("inf"):
-        raise UsageError(f"--quality-tolerance must be a number of at least 0, not {quality_tolerance}")
     config = AutopilotConfig(repeats=parse_positive_int(repeats, "--repeats"), epochs=parse_float(epochs, "--epochs"),
                              rule=rule, launcher=launcher_from_cli(launcher, ray_address), nproc=parse_nproc(nproc),
                              arms=tuple(a.strip() for a in arms.split(",")) if arms is not None else None,
                              until_decisive=until_decisive, max_repeats=parse_positive_int(max_repeats, "--max-repeats"),
                              quality_tolerance=quality_tol)
-    if config.until_decisive and config.max_repeats < config.repeats:
-        raise UsageError(f"--max-repeats {config.max_repeats} is below --repeats {config.repeats}")
     home = home_of(ctx)
     job_id = start_autopilot(home, workload, workload_settings(settings, data, label), device, config)
     store.ingest(home)

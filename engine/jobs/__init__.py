@@ -18,8 +18,10 @@ from engine.jobs.runner import (
     STATES,
     JobContext,
     cancel,
+    crash_reason,
     derive_state,
     exit_record,
+    job_process,
     new_job_id,
     submit,
     wait,
@@ -28,6 +30,7 @@ from engine.jobs.spool import Spool, read_spec, read_status
 
 __all__ = [
     "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED", "DIVERGED", "CRASHED", "STATES", "FINAL_STATES",
-    "JobContext", "Spool", "submit", "cancel", "wait", "derive_state", "exit_record", "read_status", "read_spec",
+    "JobContext", "Spool", "submit", "cancel", "wait", "derive_state", "crash_reason", "job_process", "exit_record",
+    "read_status", "read_spec",
     "new_job_id",
 ]

@@ -16,11 +16,16 @@ from dataclasses import asdict, dataclass, replace
 import pandas as pd
 
 from engine import jobs
-from engine.errors import LargestepError
+from engine.errors import LargestepError, UsageError
 from engine.jobs import events
 from engine.jobs.runner import JobContext
-from engine.plan.compare import compare_groups
-from engine.plan.recommend import RecommendConfig, recommend, steps_factor
+from engine.jobs.start import MAX_REPEATS
+from engine.measure.distributed import MAX_NPROC
+from engine.measure.profiler import MAX_SECONDS
+from engine.measure.train import MAX_EPOCHS
+from engine.plan.compare import check_tolerance, compare_groups
+from engine.plan.recommend import RULES, RecommendConfig, recommend, steps_factor
+from engine.units import check_int, check_number
 
 __all__ = ["AutopilotConfig", "autopilot_task", "PHASES", "headline", "keep_baseline_headline", "prediction_factors",
            "decisive"]
@@ -46,6 +51,26 @@ class AutopilotConfig:
     max_repeats: int = 10                 # ... up to this many seeds an arm
     launcher: dict | None = None          # None: child jobs run here; {"kind": "ray", ...}: as Ray tasks
     nproc: int = 1                        # data-parallel ranks of the profile and of every training run
+
+    def validate(self) -> None:
+        """The autopilot's own fields; each child job's config is validated again when it is built."""
+        check_int(self.repeats, "--repeats", high=MAX_REPEATS)
+        if self.epochs is not None:
+            check_number(self.epochs, "--epochs", low=0, high=MAX_EPOCHS)
+        if self.rule not in RULES:
+            raise UsageError(f"--rule must be linear or sqrt, not {self.rule!r}")
+        check_int(self.noise_batches, "noise batches", low=2)
+        check_number(self.min_seconds, "min seconds", low=0, high=MAX_SECONDS, low_inclusive=True)
+        check_int(self.max_batch, "max batch")
+        check_tolerance(self.tolerance)
+        check_tolerance(self.quality_tolerance, "--quality-tolerance")
+        check_int(self.nproc, "--nproc", high=MAX_NPROC)
+        if self.arms is not None and tuple(self.arms) != ARMS:
+            raise UsageError(f"--arms takes {','.join(ARMS)} (both arms, trained even when the recommendation is the "
+                             f"baseline), not {','.join(self.arms)}")
+        check_int(self.max_repeats, "--max-repeats", high=MAX_REPEATS)
+        if self.until_decisive and self.max_repeats < self.repeats:
+            raise UsageError(f"--max-repeats {self.max_repeats} is below --repeats {self.repeats}")
 
 
 def prediction_factors(rec: dict, comparison: dict) -> dict:

@@ -17,8 +17,8 @@ from pathlib import Path
 import orjson
 
 __all__ = [
-    "EventType", "CATALOGUE", "Batch", "read", "read_all", "last", "problems", "NOISE_FIELDS", "POINT_FIELDS",
-    "METRIC_INDEX", "profile_start_row", "point_row", "profile_end_row", "profile_record", "noise_row",
+    "EventType", "CATALOGUE", "Batch", "read", "read_all", "line_number", "last", "problems", "NOISE_FIELDS",
+    "POINT_FIELDS", "METRIC_INDEX", "profile_start_row", "point_row", "profile_end_row", "profile_record", "noise_row",
     "run_start_row", "run_end_row", "run_record", "evaluations", "eval_rows", "TRAIN_METRICS",
     "START", "EXIT", "PROFILE_START", "POINT", "PROFILE_END", "TELEMETRY", "NOISE_ESTIMATE", "STABILITY",
     "RUN_START", "METRICS", "METRIC_VALUES", "EVAL", "RUN_END", "RECOMMENDATION", "AUTOPILOT_PHASE",
@@ -116,6 +116,7 @@ class Batch:
     offset: int = 0
     skipped: int = 0
     bad_lines: list[tuple[int, str]] = field(default_factory=list)   # (byte offset, why) of skipped lines
+    event_offsets: list[int] = field(default_factory=list)            # the byte offset of each event's line
 
 
 def _parse(line: bytes) -> object:
@@ -156,10 +157,20 @@ def read(job_dir: str | os.PathLike, offset: int = 0) -> Batch:
             why = problems(event)
         if why is None:
             batch.events.append(event)  # type: ignore[arg-type]
+            batch.event_offsets.append(where)
         else:
             batch.skipped += 1
             batch.bad_lines.append((where, why))
     return batch
+
+
+def line_number(job_dir: str | os.PathLike, byte_offset: int) -> int:
+    """The 1-based line of the spool that starts at ``byte_offset`` (for messages people act on)."""
+    try:
+        with open(Path(job_dir) / EVENTS_FILE, "rb") as fh:
+            return fh.read(byte_offset).count(b"\n") + 1
+    except OSError:
+        return 0
 
 
 def read_all(job_dir: str | os.PathLike) -> list[dict]:

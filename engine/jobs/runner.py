@@ -32,7 +32,7 @@ from engine.jobs.spool import Spool, read_spec, read_status, write_json_atomic
 __all__ = [
     "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED", "DIVERGED", "CRASHED",
     "FINAL_STATES", "STATES", "JobContext", "submit", "cancel", "derive_state", "exit_record",
-    "new_job_id", "wait", "register_kind", "run_job", "resolve_body",
+    "crash_reason", "job_process", "new_job_id", "wait", "register_kind", "run_job", "resolve_body",
 ]
 
 PENDING, RUNNING, FINISHED, FAILED = "PENDING", "RUNNING", "FINISHED", "FAILED"
@@ -42,6 +42,7 @@ FINAL_STATES = frozenset({FINISHED, FAILED, KILLED, DIVERGED, CRASHED})
 
 HEARTBEAT_S = 1.0           # how often a job rewrites its status file
 STALE_AFTER_S = 120.0       # a live pid whose heartbeat is older than this is taken as hung
+GRACE_S = 5.0               # without a pid: a job silent this long, with no process running it, has ended
 CANCEL_MARKER = "cancelled"
 CANCEL_GRACE_S = {None: 5.0, "autopilot": 30.0}  # SIGTERM to SIGKILL; an autopilot cancels its children first
 QUEUE_POLL_S = 0.25          # how often a queued job looks whether its turn has come
@@ -78,6 +79,9 @@ def submit(home: Home, kind: str, params: dict, device: str, workload: str | Non
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # Never the user's folder first on the import path (python -P, inherited by the job's own children):
+    # a filelock.py or torch.py beside their data must not replace the library the job imports.
+    env["PYTHONSAFEPATH"] = "1"
     with open(job_dir / "output.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine.jobs", str(job_dir)],
@@ -87,6 +91,9 @@ def submit(home: Home, kind: str, params: dict, device: str, workload: str | Non
     write_json_atomic(job_dir / "status.json",
                        {"state": PENDING, "pid": proc.pid, "pid_started": _create_time(proc.pid),
                         "heartbeat": time.time(), "phase": "queued", "progress": 0.0})
+    # collect its exit status the moment it ends, so a long-lived submitter (the autopilot, the
+    # dashboard) never keeps finished jobs as zombie processes
+    threading.Thread(target=proc.wait, name=f"reap-{job_id}", daemon=True).start()
     return job_id
 
 
@@ -96,8 +103,8 @@ def cancel(home: Home, job_id: str, grace_s: float | None = None) -> bool:
     Returns False when the job had already ended. A queued job is stopped before it starts.
     ``grace_s`` None: the job kind's own (an autopilot first cancels each of its children).
     """
-    job_dir = home.job_dir(job_id)
-    if not job_dir.is_dir():
+    job_dir = home.find_job(job_id)
+    if job_dir is None:
         raise LargestepError(f"no job {job_id!r} in {home.jobs}")
     if grace_s is None:
         grace_s = CANCEL_GRACE_S.get((read_spec(job_dir) or {}).get("kind"), CANCEL_GRACE_S[None])
@@ -168,20 +175,66 @@ def exit_record(job_dir: Path) -> dict | None:
 
 
 def derive_state(job_dir: Path, now: float | None = None) -> str:
-    """The job's state from its exit record, status file and the process table."""
+    """The job's state from its exit record, status file and the process table.
+
+    A job is taken as ended only when every sign agrees: no exit record, its pid gone (or reused),
+    no process running this job folder, and none of its files touched within ``GRACE_S``. A
+    single missing or half-written status.json (deleted by hand, being rewritten) is not a crash.
+    """
+    job_dir = Path(job_dir)
+    now = now or time.time()
     record = exit_record(job_dir)
     if record is not None:
         return record.get("state", FAILED)
     status = read_status(job_dir) or {}
-    cancelled = (Path(job_dir) / CANCEL_MARKER).exists()
     pid = status.get("pid")
-    alive = bool(pid) and _alive(pid, status.get("pid_started"))
-    if not alive:
-        return KILLED if cancelled else CRASHED
-    heartbeat = status.get("heartbeat") or 0.0
-    if (now or time.time()) - heartbeat > STALE_AFTER_S:
-        return CRASHED
-    return status.get("state", PENDING) if status.get("state") in (PENDING, RUNNING) else RUNNING
+    if not (pid and _alive(pid, status.get("pid_started"))):
+        record = exit_record(job_dir)  # it may have ended between the two reads
+        if record is not None:
+            return record.get("state", FAILED)
+        # a known pid that is gone is evidence enough; without one (no status file, or one without a
+        # pid), only the process table and a grace period since the job last wrote anything can tell
+        unknown = not pid and _recently_active(job_dir, status, now)
+        if job_process(job_dir) is None and not unknown:
+            return KILLED if (job_dir / CANCEL_MARKER).exists() else CRASHED
+    elif now - (status.get("heartbeat") or 0.0) > STALE_AFTER_S:
+        return CRASHED  # alive but silent for minutes: hung
+    return status["state"] if status.get("state") in (PENDING, RUNNING) else RUNNING
+
+
+def job_process(job_dir: Path) -> psutil.Process | None:
+    """The live process running ``python -m engine.jobs JOB_DIR``, whatever its status file says."""
+    target = str(job_dir)
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info.get("cmdline") or []
+        if target in cmdline and "engine.jobs" in cmdline and proc.info.get("status") != psutil.STATUS_ZOMBIE:
+            return proc
+    return None
+
+
+def _recently_active(job_dir: Path, status: dict, now: float) -> bool:
+    """Did the job beat, or write any of its files, within the grace period (just submitted, or busy)?"""
+    if now - (status.get("heartbeat") or 0.0) < GRACE_S:
+        return True
+    for name in ("spec.json", "status.json", events.EVENTS_FILE):
+        try:
+            if now - (job_dir / name).stat().st_mtime < GRACE_S:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def crash_reason(job_dir: Path, lines: int = 3) -> str:
+    """Why a job that left no exit record ended, as far as its output tells (a failed import, a kill)."""
+    try:
+        output = (Path(job_dir) / "output.log").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        output = ""
+    tail = [line.strip() for line in output.splitlines() if line.strip()][-lines:]
+    if not tail:
+        return "process ended without an exit record (no output)"
+    return ("process ended without an exit record; its output ends: " + " | ".join(tail))[:1000]
 
 
 # -- the job process -----------------------------------------------------------------------------

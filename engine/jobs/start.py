@@ -13,6 +13,9 @@ from engine.errors import UsageError
 from engine.home import Home, check_database_file
 from engine.measure import devices
 from engine.measure.profiler import ProfileConfig, plan_batch_sizes
+from engine.units import INT32_MAX, check_int
+
+MAX_REPEATS = 1000      # runs queued by one request (each is a job folder and a process)
 
 __all__ = ["start_profile", "start_noise", "start_stability", "start_train", "start_autopilot"]
 
@@ -46,6 +49,9 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
     check_database_file(home.database)
     loaded = load_workload(workload, options)  # a bad workload fails here, before anything is written
     params = {"workload": workload, "options": dict(options), "device": str(torch_device), "config": asdict(config)}
+    if min(plan_batch_sizes(config, loaded), default=loaded.n_train + 1) > loaded.n_train:
+        raise UsageError(f"every batch size to profile is larger than the {loaded.n_train} training samples of "
+                         f"{loaded.name}; use batch sizes up to {loaded.n_train}")
     if config.nproc > 1:
         for b in plan_batch_sizes(config, loaded):
             if b % config.nproc == 0:
@@ -67,6 +73,7 @@ def start_noise(home: Home, workload: str, options: dict, device: str, batch_sma
     from engine.measure.noise import check_noise_args, default_warm_steps
     from engine.workloads import load_workload
 
+    check_int(seed, "--seed", low=0)
     launcher = check_launcher(launcher, device)
     torch_device = devices.resolve_device(device) if launcher is None else device
     home.check()
@@ -111,8 +118,10 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
     from engine.workloads import load_workload
 
     config.validate()
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise UsageError(f"--repeats must be a positive integer, not {repeats!r}")
+    check_int(repeats, "--repeats", high=MAX_REPEATS)
+    if config.seed + repeats - 1 > INT32_MAX:
+        raise UsageError(f"--seed {config.seed} with --repeats {repeats} runs seeds beyond {INT32_MAX:,}; "
+                         f"use a --seed up to {INT32_MAX - repeats + 1:,}")
     launcher = check_launcher(launcher, device, config.nproc)
     if launcher is None:  # here: the device, its dtype and the workload are checked on this machine
         check_nproc(config.nproc, device)
@@ -149,18 +158,9 @@ def start_autopilot(home: Home, workload: str, options: dict, device: str, confi
 
     The orchestrator waits on a lock of its own, so its children can take the device's lock.
     """
-    from engine.errors import UsageError
     from engine.workloads import load_workload
 
-    if isinstance(config.repeats, bool) or not isinstance(config.repeats, int) or config.repeats < 1:
-        raise UsageError(f"--repeats must be a positive integer, not {config.repeats!r}")
-    if config.epochs is not None and not config.epochs > 0:
-        raise UsageError(f"--epochs must be positive, not {config.epochs!r}")
-    from engine.jobs.autopilot import ARMS
-
-    if config.arms is not None and tuple(config.arms) != ARMS:
-        raise UsageError(f"--arms takes {','.join(ARMS)} (both arms, trained even when the recommendation is the "
-                         f"baseline), not {','.join(config.arms)}")
+    config.validate()
     from engine.jobs.ray import check_launcher
     from engine.jobs.torchrun import check_nproc
 

@@ -13,8 +13,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "rank", "world_size", "mean_across_ranks", "sum_across_ranks", "broadcast_float",
-           "agree", "barrier"]
+__all__ = ["MAX_NPROC", "is_distributed", "rank", "world_size", "mean_across_ranks", "sum_across_ranks",
+           "broadcast_float", "agree", "barrier"]
+
+MAX_NPROC = 4096    # data-parallel ranks a config may ask for (a sanity bound, far above one machine's devices)
 
 
 def is_distributed() -> bool:

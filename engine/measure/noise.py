@@ -40,6 +40,7 @@ import torch
 from engine.errors import UsageError
 from engine.measure import devices
 from engine.measure.profiler import StepRunner, shuffled_on_device
+from engine.units import check_int
 from engine.workloads.base import Workload
 
 __all__ = ["NoiseEstimate", "estimate_noise", "noise_scale_from_norms", "DEFAULT_BIG_MULTIPLE"]
@@ -160,7 +161,7 @@ def check_noise_args(workload: Workload, batch_small: int | None, batch_big: int
     n = workload.n_train
     if batch_small is None:
         batch_small = workload.baseline_batch_size
-    _check_int(batch_small, "--batch-small", minimum=1)
+    check_int(batch_small, "--batch-small", low=1)
     if batch_small >= n:
         raise UsageError(f"--batch-small {batch_small} leaves no room for a bigger batch in the "
                          f"{n} training samples; use a smaller --batch-small")
@@ -169,7 +170,7 @@ def check_noise_args(workload: Workload, batch_small: int | None, batch_big: int
         if batch_big <= batch_small:
             raise UsageError(f"the {n} training samples cannot hold two batches of --batch-small "
                              f"{batch_small}; use a smaller --batch-small")
-    _check_int(batch_big, "--batch-big", minimum=1)
+    check_int(batch_big, "--batch-big", low=1)
     if batch_big <= batch_small:
         raise UsageError(f"--batch-big {batch_big} must be larger than --batch-small {batch_small}")
     if batch_big % batch_small:
@@ -178,18 +179,12 @@ def check_noise_args(workload: Workload, batch_small: int | None, batch_big: int
     if batch_big > n:
         raise UsageError(f"--batch-big {batch_big} is larger than the {n} training samples; use at most "
                          f"{n // batch_small * batch_small}")
-    _check_int(batches, "--batches", minimum=2)
-    _check_int(warm_steps, "--warm-steps", minimum=0)
-    _check_int(bootstrap, "bootstrap resamples", minimum=0)
+    check_int(batches, "--batches", low=2)
+    check_int(warm_steps, "--warm-steps", low=0)
+    check_int(bootstrap, "bootstrap resamples", low=0)
     if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
         raise UsageError(f"confidence must be a number between 0 and 1, not {confidence!r}")
     return batch_small, batch_big
-
-
-def _check_int(value: object, what: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
-        raise UsageError(f"{what} must be {kind}, not {value!r}")
 
 
 # -- gradients ---------------------------------------------------------------------------------

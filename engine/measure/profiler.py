@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from engine.errors import UsageError
 from engine.measure import devices
 from engine.measure import distributed as ddp_util
+from engine.units import INT64_MAX, check_int, check_number
 from engine.workloads.base import Workload
 
 __all__ = [
@@ -48,6 +49,10 @@ __all__ = [
 
 OK, OOM, OVER_BUDGET, ERROR = "ok", "oom", "over_budget", "error"
 DTYPES = ("fp32", "bf16", "fp16")
+
+
+MAX_STEPS = 1_000_000      # timed or warm-up steps per batch size, at most
+MAX_SECONDS = 86_400.0     # timed seconds per batch size, at most (a day)
 
 
 @dataclass(frozen=True)
@@ -70,35 +75,35 @@ class ProfileConfig:
     nproc: int = 1                      # data-parallel ranks; batch sizes are global (split over the ranks)
 
     def validate(self) -> None:
-        if isinstance(self.nproc, bool) or not isinstance(self.nproc, int) or self.nproc < 1:
-            raise UsageError(f"--nproc must be a positive integer, not {self.nproc!r}")
-        if self.batch_sizes is not None and self.nproc > 1:
-            odd = [b for b in self.batch_sizes if isinstance(b, int) and b % self.nproc]
-            if odd:
-                raise UsageError(f"batch size {odd[0]} is not divisible by --nproc {self.nproc}: each rank takes an "
-                                 f"equal share of the global batch")
+        """Every field against its meaning and the column it lands in, before any job is written."""
+        check_int(self.nproc, "--nproc", high=ddp_util.MAX_NPROC)
         if self.batch_sizes is not None:
             if not self.batch_sizes:
                 raise UsageError("the batch-size list is empty")
             for b in self.batch_sizes:
-                _check_positive_int(b, "batch size")
+                check_int(b, "batch size")
+            odd = [b for b in self.batch_sizes if b % self.nproc]
+            if odd:
+                raise UsageError(f"batch size {odd[0]} is not divisible by --nproc {self.nproc}: each rank takes an "
+                                 f"equal share of the global batch")
         for name in ("min_batch", "max_batch"):
             value = getattr(self, name)
             if value is not None:
-                _check_positive_int(value, name.replace("_", " "))
+                check_int(value, name.replace("_", " "))
         if self.min_batch and self.max_batch < self.min_batch:
             raise UsageError(f"max batch {self.max_batch} is below min batch {self.min_batch}")
         if self.dtype not in DTYPES:
             raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        if self.memory_budget_bytes is not None and self.memory_budget_bytes <= 0:
-            raise UsageError("the memory budget must be positive")
-        if self.min_steps < 1 or self.warmup_steps < 0 or self.min_seconds < 0:
-            raise UsageError("min steps must be at least 1; warm-up steps and min seconds at least 0")
-
-
-def _check_positive_int(value: object, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise UsageError(f"{what} must be a positive integer, not {value!r}")
+        if self.memory_budget_bytes is not None:
+            check_int(self.memory_budget_bytes, "the memory budget (bytes)", high=INT64_MAX)
+        check_int(self.warmup_steps, "warm-up steps", low=0, high=MAX_STEPS)
+        check_int(self.min_steps, "min steps", high=MAX_STEPS)
+        check_int(self.max_steps, "max steps", high=MAX_STEPS)
+        check_number(self.min_seconds, "min seconds", low=0, high=MAX_SECONDS, low_inclusive=True)
+        check_number(self.noisy_iqr_ratio, "the noisy IQR ratio", low=0)
+        check_number(self.plateau_gain, "the plateau gain", low=0, low_inclusive=True)
+        check_int(self.plateau_doublings, "plateau doublings")
+        check_int(self.seed, "--seed", low=0)
 
 
 @dataclass(frozen=True)

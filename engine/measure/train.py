@@ -34,6 +34,7 @@ import torch
 from engine.errors import Diverged, UsageError
 from engine.measure import devices
 from engine.measure import distributed as ddp_util
+from engine.units import INT64_MAX, check_int, check_number
 from engine.workloads.base import Workload
 
 __all__ = ["TrainConfig", "RunResult", "RunLog", "NullLog", "train", "lr_at"]
@@ -73,6 +74,9 @@ class NullLog:
         pass
 
 
+MAX_EPOCHS = 1e6       # far beyond any real run; it keeps step counts within the BIGINT columns
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     batch_size: int                        # global batch: samples per optimizer step, all ranks together
@@ -94,18 +98,15 @@ class TrainConfig:
     tags: tuple[str, ...] = ()
 
     def validate(self) -> None:
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
-            raise UsageError(f"--batch-size must be a positive integer, not {self.batch_size!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise UsageError(f"--lr must be a positive number, not {self.lr!r}")
-        if self.epochs is not None and not self.epochs > 0:
-            raise UsageError(f"--epochs must be positive, not {self.epochs!r}")
-        if self.warmup_samples is not None and self.warmup_samples < 0:
-            raise UsageError("--warmup-samples must not be negative")
-        if not isinstance(self.accumulate, int) or self.accumulate < 1:
-            raise UsageError(f"--accumulate must be a positive integer, not {self.accumulate!r}")
-        if isinstance(self.nproc, bool) or not isinstance(self.nproc, int) or self.nproc < 1:
-            raise UsageError(f"--nproc must be a positive integer, not {self.nproc!r}")
+        """Every field against its meaning and the column it lands in, before any job is written."""
+        check_int(self.batch_size, "--batch-size")
+        check_number(self.lr, "--lr", low=0)
+        if self.epochs is not None:
+            check_number(self.epochs, "--epochs", low=0, high=MAX_EPOCHS)
+        if self.warmup_samples is not None:
+            check_int(self.warmup_samples, "--warmup-samples", low=0, high=INT64_MAX)
+        check_int(self.accumulate, "--accumulate")
+        check_int(self.nproc, "--nproc", high=ddp_util.MAX_NPROC)
         if self.batch_size % (self.accumulate * self.nproc):
             if self.nproc == 1:
                 raise UsageError(f"--batch-size {self.batch_size} is not divisible by --accumulate {self.accumulate}")
@@ -114,10 +115,14 @@ class TrainConfig:
                              f"accumulate x nproc")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"--schedule must be constant or cosine, not {self.schedule!r}")
-        if self.target_val_loss is not None and not math.isfinite(self.target_val_loss):
-            raise UsageError("--target-val-loss must be a finite number")
-        if self.eval_every_epochs <= 0:
-            raise UsageError("the evaluation interval must be positive")
+        check_int(self.seed, "--seed", low=0)
+        if self.target_val_loss is not None:
+            check_number(self.target_val_loss, "--target-val-loss")
+        check_number(self.eval_every_epochs, "--eval-every", low=0, high=MAX_EPOCHS)
+        if self.log_every_steps is not None:
+            check_int(self.log_every_steps, "the logging interval", high=INT64_MAX)
+        if self.max_steps is not None:
+            check_int(self.max_steps, "--max-steps", high=INT64_MAX)
 
     @property
     def micro_batch(self) -> int:

@@ -30,13 +30,21 @@ from scipy import stats
 
 from engine.errors import UsageError
 from engine.format import DASH, mean_std
+from engine.units import check_number
 
 __all__ = ["CONFIDENCE", "compare_groups", "time_to_target", "first_reach", "km_median", "welch_p_value",
-           "summarize", "comparison_table", "comparison_runs", "quality_verdict", "time_text", "speedup_text"]
+           "summarize", "comparison_table", "comparison_runs", "quality_verdict", "time_text", "speedup_text",
+           "check_tolerance"]
 
 CONFIDENCE = 0.90              # of every interval here
 BOOTSTRAP_RESAMPLES = 2000     # resamples of the seeds of each arm, for the speedup's interval
 QUALITY_TOLERANCE = 0.01       # default: a quality difference within 1% of the baseline's value is "no change"
+MAX_TOLERANCE = 10.0           # a target (or a quality band) ten times the baseline's value away is none
+
+
+def check_tolerance(tolerance: object, what: str = "--tolerance") -> float:
+    """A share of the baseline's value (the target's loosening, the quality band): finite, 0 to 10."""
+    return check_number(tolerance, what, low=0, high=MAX_TOLERANCE, low_inclusive=True)
 
 
 def first_reach(evals: pd.DataFrame, target: float) -> dict | None:
@@ -178,6 +186,8 @@ def compare_groups(groups: list[tuple[str, list[dict]]], evals: pd.DataFrame, to
     ``quality_tolerance``: a quality difference within this share of the baseline's value counts as none.
     UsageError when the baseline has no validation loss yet (there is no target to time against).
     """
+    check_tolerance(tolerance)
+    check_tolerance(quality_tolerance, "--quality-tolerance")
     baseline_name, baseline_runs = groups[0]
     bests = [r["best_val_loss"] for r in baseline_runs if r.get("best_val_loss") is not None]
     if not bests:

@@ -74,6 +74,7 @@ class Plan:
     config: PlanConfig
     epochs: float
     samples_per_run: float       # at the baseline batch
+    notes: tuple[str, ...] = ()  # what the profile lacks and what was compared instead
 
     def row(self, batch: int | None) -> PlanRow | None:
         return next((r for r in self.rows if r.batch_size == batch), None)
@@ -100,10 +101,12 @@ def plan_experiments(profile: dict, config: PlanConfig, baseline_batch: int | No
     n_train = profile.get("n_train")
     if not n_train:
         raise UsageError(f"profile {profile.get('id')} does not record the training-set size; profile it again")
-    b0 = baseline_batch or profile.get("baseline_batch_size")
     listing = ", ".join(str(b) for b in sorted(measured))
-    if b0 not in measured:
-        raise UsageError(f"the baseline batch {b0} was not measured in profile {profile.get('id')} (measured: {listing})")
+    if baseline_batch is not None and baseline_batch not in measured:
+        raise UsageError(f"the baseline batch {baseline_batch} was not measured in profile {profile.get('id')} "
+                         f"(measured: {listing})")
+    b0, notes = _reference_batch(profile, measured)
+    b0 = baseline_batch or b0
     if recommended_batch is not None and recommended_batch not in measured:
         raise UsageError(f"the recommended batch {recommended_batch} was not measured in profile "
                          f"{profile.get('id')} (measured: {listing})")
@@ -128,4 +131,21 @@ def plan_experiments(profile: dict, config: PlanConfig, baseline_batch: int | No
                             experiments_per_day=rate, runs_per_day=math.floor(per_gpu_s / run_time) * config.gpus,
                             vs_baseline=rate / baseline_rate, role=role))
     return Plan(rows=tuple(rows), baseline_batch=b0, recommended_batch=recommended_batch, config=config,
-                epochs=epochs, samples_per_run=samples)
+                epochs=epochs, samples_per_run=samples, notes=notes)
+
+
+def _reference_batch(profile: dict, measured: dict[int, float]) -> tuple[int, tuple[str, ...]]:
+    """The workload's baseline batch if the profile measured it; else the measured batch nearest to it
+    (on a log scale), with a note saying so and how to measure the baseline."""
+    b0 = profile.get("baseline_batch_size")
+    if b0 in measured:
+        return b0, ()
+    if not b0:
+        nearest = min(measured)
+        return nearest, (f"profile {profile.get('id')} does not record the workload's baseline batch; "
+                         f"compared with the smallest measured batch, {nearest}",)
+    nearest = min(measured, key=lambda b: (abs(math.log(b / b0)), b))
+    sizes = ",".join(str(b) for b in sorted({*measured, b0}))
+    return nearest, (f"the baseline batch {b0} was not measured in profile {profile.get('id')}; compared with "
+                     f"the nearest measured batch, {nearest}. Measure it with `largestep profile --batch-sizes "
+                     f"{sizes}`",)

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from engine import __version__
 from engine.errors import UsageError
 from engine.format import format_bytes
+from engine.units import INT64_MAX, check_int
 
 __all__ = ["RecommendConfig", "Candidate", "recommend", "scale_lr", "warmup_steps", "SECONDS_PER_DAY", "RULES"]
 
@@ -42,8 +43,8 @@ class RecommendConfig:
     warmup_samples: int | None = None     # default: the workload's warm-up, in samples
 
     def validate(self) -> None:
-        if self.baseline_batch is not None and (isinstance(self.baseline_batch, bool) or self.baseline_batch <= 0):
-            raise UsageError(f"--baseline-batch must be a positive integer, not {self.baseline_batch!r}")
+        if self.baseline_batch is not None:
+            check_int(self.baseline_batch, "--baseline-batch")
         if self.baseline_lr is not None and not (self.baseline_lr > 0 and math.isfinite(self.baseline_lr)):
             raise UsageError(f"--baseline-lr must be a positive number, not {self.baseline_lr!r}")
         if self.rule not in RULES:
@@ -54,8 +55,8 @@ class RecommendConfig:
             raise UsageError(f"--memory-headroom must lie in (0, 1], not {self.memory_headroom!r}")
         if self.max_lr is not None and not (self.max_lr > 0 and math.isfinite(self.max_lr)):
             raise UsageError(f"--max-lr must be a positive number, not {self.max_lr!r}")
-        if self.warmup_samples is not None and self.warmup_samples < 0:
-            raise UsageError("--warmup-samples must not be negative")
+        if self.warmup_samples is not None:
+            check_int(self.warmup_samples, "--warmup-samples", low=0, high=INT64_MAX)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from engine.errors import StoreError
 from engine.home import Home, check_database_file
 from engine.store.migrations import migrate
 
-__all__ = ["connect", "LOCK_TIMEOUT_S"]
+__all__ = ["connect", "connect_empty", "LOCK_TIMEOUT_S"]
 
 LOCK_TIMEOUT_S = 120.0          # how long to wait for another largestep process to finish
 OPEN_RETRIES = 40               # how often to retry DuckDB's own lock error (another program)
@@ -40,6 +40,9 @@ def connect(home: Home, migrate_schema: bool = True) -> Iterator[duckdb.DuckDBPy
     except Timeout:
         raise StoreError(f"database {home.database} stayed locked for {LOCK_TIMEOUT_S:.0f}s; is a largestep command stuck?") from None
     try:
+        # a database file deleted under a long-running process (the dashboard) is re-created whole
+        if not home.database.exists():
+            _migrated.discard(home.database)
         con = _open(home.database)
         try:
             if migrate_schema and home.database not in _migrated:
@@ -50,6 +53,18 @@ def connect(home: Home, migrate_schema: bool = True) -> Iterator[duckdb.DuckDBPy
             con.close()
     finally:
         lock.release()
+
+
+@contextmanager
+def connect_empty() -> Iterator[duckdb.DuckDBPyConnection]:
+    """An empty store in memory, with the whole schema: what a read-only command sees in a home that
+    holds nothing yet, so reading never creates a home or a database file."""
+    con = duckdb.connect(":memory:")
+    try:
+        migrate(con)
+        yield con
+    finally:
+        con.close()
 
 
 def _open(path: Path) -> duckdb.DuckDBPyConnection:

@@ -21,9 +21,10 @@ import pandas as pd
 from engine import jobs
 from engine.home import Home
 from engine.jobs import events as ev
+from engine.jobs.spool import write_json_atomic
 from engine.store.connection import connect
 
-__all__ = ["ingest", "IngestReport", "save_recommendation"]
+__all__ = ["ingest", "IngestReport", "SpoolUnreadable", "save_recommendation"]
 
 _JSON_COLUMNS = frozenset({"options", "config", "versions", "final_metrics", "headline", "comparison"})
 _TIME_COLUMNS = frozenset({"started_at", "ended_at", "created_at"})    # unix seconds in a row, TIMESTAMPTZ stored
@@ -34,6 +35,8 @@ class IngestReport:
     jobs_seen: int = 0
     events: int = 0
     skipped_lines: int = 0
+    set_aside: list[str] = field(default_factory=list)   # jobs whose spool could not be ingested
+    unreadable_files: list[str] = field(default_factory=list)   # saved recommendations that could not be read
     rows: dict[str, int] = field(default_factory=dict)
 
     def add_rows(self, table: str, n: int) -> None:
@@ -44,67 +47,186 @@ def ingest(home: Home) -> IngestReport:
     """Read every job's spool from its saved offset to the last full line, insert, record the offset.
 
     Idempotent: the offset moves in the same transaction as the rows, so running it again, or
-    from several processes in turn, never duplicates or loses a row.
+    from several processes in turn, never duplicates or loses a row. Each job is its own
+    transaction: a job whose spool cannot be ingested is set aside (FAILED, "spool unreadable:
+    ...") and every other job carries on.
     """
     report = IngestReport()
     home.ensure()
     job_dirs = sorted(p for p in home.jobs.iterdir() if p.is_dir())
     with connect(home) as con:
-        known = {row[0]: (row[1], row[2]) for row in con.execute("SELECT id, state, spool_offset FROM jobs").fetchall()}
+        known = {row[0]: _Known(*row[1:]) for row in
+                 con.execute("SELECT id, state, spool_offset, set_aside FROM jobs").fetchall()}
         for job_dir in job_dirs:
             report.jobs_seen += 1
-            _ingest_job(con, job_dir, known.get(job_dir.name), report)
+            try:
+                _ingest_job(con, job_dir, known.get(job_dir.name), report)
+            except SpoolUnreadable as exc:
+                _set_aside(con, job_dir, str(exc))
+                report.set_aside.append(job_dir.name)
+        _ingest_recommendation_files(con, home, report)
     return report
 
 
-def _ingest_job(con, job_dir: Path, known: tuple[str, int] | None, report: IngestReport) -> None:
+def _ingest_recommendation_files(con, home: Home, report: IngestReport) -> None:
+    """Recommendations saved as files (by the CLI and the dashboard) that the database lacks: after
+    it was deleted, or a save that stopped between the file and the row. Each in its own transaction;
+    a file that cannot be read is left for `largestep doctor`."""
+    if not home.recommendations.is_dir():
+        return
+    stored = {row[0] for row in con.execute("SELECT id FROM recommendations").fetchall()}
+    for path in sorted(home.recommendations.glob("*.json")):
+        if path.stem in stored:
+            continue
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(rec, dict) or rec.get("recommendation_id") != path.stem:
+                raise ValueError(f"not the recommendation {path.stem}")
+            save_recommendation_row(con, rec)
+        except _DATABASE_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad file is skipped, never fatal
+            report.unreadable_files.append(f"{path}: {' '.join(str(exc).split())[:200]}")
+            continue
+        report.add_rows("recommendations", 1)
+
+
+@dataclass(frozen=True)
+class _Known:
+    """What the database already holds of a job."""
+
+    state: str
+    offset: int
+    set_aside: bool | None
+
+
+class SpoolUnreadable(Exception):
+    """A job's spool (or spec) that cannot become rows; the job is set aside."""
+
+
+# Failures of the database itself, not of a job's content: these stop the ingest, never set a job aside.
+_DATABASE_ERRORS = (duckdb.IOException, duckdb.FatalException, duckdb.InternalException)
+_ENVIRONMENT_ERRORS = (*_DATABASE_ERRORS, OSError)
+
+
+def _ingest_job(con, job_dir: Path, known: _Known | None, report: IngestReport) -> None:
     if known is not None:
-        state, offset = known
+        if known.set_aside:
+            return  # `largestep doctor` lists it; its folder must be fixed or removed by hand
         try:
             size = (job_dir / ev.EVENTS_FILE).stat().st_size
         except OSError:
             size = 0
-        if state in jobs.FINAL_STATES and offset >= size:
+        if known.state in jobs.FINAL_STATES and known.offset >= size:
             return  # finished and fully ingested: nothing to do
     spec = jobs.read_spec(job_dir)
     if spec is None:
         return  # still being created
-    batch = ev.read(job_dir, known[1] if known else 0)
+    _check_spec(spec, job_dir)
+    batch = ev.read(job_dir, known.offset if known else 0)
     report.skipped_lines += batch.skipped
     state = jobs.derive_state(job_dir)
     status = jobs.read_status(job_dir) or {}
     con.execute("BEGIN TRANSACTION")
     try:
-        if known is None:
-            con.execute(
-                "INSERT INTO jobs (id, kind, state, workload, device, created_at, spec, spool_offset) "
-                "VALUES (?, ?, ?, ?, ?, to_timestamp(?), ?, 0)",
-                [spec["id"], spec["kind"], jobs.PENDING, spec.get("workload"), spec.get("device"),
-                 spec.get("created_at", time.time()), json.dumps(spec)],
-            )
-        by_type: dict[str, list[dict]] = {}
-        for event in batch.events:
-            by_type.setdefault(event["type"], []).append(event)
-        for type_, events in by_type.items():
-            _HANDLERS[type_](con, spec["id"], events, report)
-        report.events += len(batch.events)
-        con.execute(
-            "UPDATE jobs SET state = ?, spool_offset = ?, pid = ?, phase = ?, progress = ?, "
-            "heartbeat_at = to_timestamp(?), "
-            "started_at = coalesce(started_at, to_timestamp(?)), "
-            "ended_at = coalesce(ended_at, to_timestamp(?)), error = coalesce(?, error) WHERE id = ?",
-            [state, batch.offset, status.get("pid"), status.get("phase"), status.get("progress"),
-             status.get("heartbeat"), status.get("started_at"),
-             status.get("ended_at") if state in jobs.FINAL_STATES else None,
-             status.get("error") if state in jobs.FINAL_STATES else None, spec["id"]],
-        )
-        if state == jobs.CRASHED:
-            con.execute("UPDATE jobs SET ended_at = coalesce(ended_at, now()), "
-                        "error = coalesce(error, 'process ended without an exit record') WHERE id = ?", [spec["id"]])
+        _write_job(con, job_dir, spec, known is None, batch.events, state, status, batch.offset, report)
         con.execute("COMMIT")
-    except Exception:
+    except _ENVIRONMENT_ERRORS:
         con.execute("ROLLBACK")
         raise
+    except Exception as exc:  # the spool's content, whatever it is, did not fit the tables
+        con.execute("ROLLBACK")
+        raise SpoolUnreadable(_why_unreadable(con, job_dir, spec, known is None, batch, exc)) from None
+    report.events += len(batch.events)
+
+
+def _check_spec(spec: object, job_dir: Path) -> None:
+    """A job is known by its folder's name: a spec naming another job is a copy (``cp -r X X.bak``)."""
+    if not isinstance(spec, dict):
+        raise SpoolUnreadable("spec.json is not a JSON object")
+    if spec.get("id") != job_dir.name:
+        raise SpoolUnreadable(f"spec.json names job {spec.get('id')!r}, not its folder {job_dir.name!r} "
+                              f"(a copied or renamed job folder?)")
+    if not spec.get("kind") or not isinstance(spec["kind"], str):
+        raise SpoolUnreadable("spec.json has no job kind")
+
+
+def _write_job(con, job_dir: Path, spec: dict, new: bool, events: list[dict], state: str, status: dict,
+               offset: int, report: IngestReport) -> None:
+    """The job's row, its events' rows and its new offset (inside the caller's transaction)."""
+    if new:
+        con.execute(
+            "INSERT INTO jobs (id, kind, state, workload, device, created_at, spec, spool_offset) "
+            "VALUES (?, ?, ?, ?, ?, to_timestamp(?), ?, 0)",
+            [spec["id"], spec["kind"], jobs.PENDING, spec.get("workload"), spec.get("device"),
+             spec.get("created_at", time.time()), json.dumps(spec)],
+        )
+    by_type: dict[str, list[dict]] = {}
+    for event in events:
+        by_type.setdefault(event["type"], []).append(event)
+    for type_, typed in by_type.items():
+        _HANDLERS[type_](con, spec["id"], typed, report)
+    con.execute(
+        "UPDATE jobs SET state = ?, spool_offset = ?, pid = ?, phase = ?, progress = ?, "
+        "heartbeat_at = to_timestamp(?), "
+        "started_at = coalesce(started_at, to_timestamp(?)), "
+        "ended_at = coalesce(ended_at, to_timestamp(?)), error = coalesce(?, error) WHERE id = ?",
+        [state, offset, status.get("pid"), status.get("phase"), status.get("progress"),
+         status.get("heartbeat"), status.get("started_at"),
+         status.get("ended_at") if state in jobs.FINAL_STATES else None,
+         status.get("error") if state in jobs.FINAL_STATES else None, spec["id"]],
+    )
+    if state == jobs.CRASHED:
+        con.execute("UPDATE jobs SET ended_at = coalesce(ended_at, now()), error = coalesce(error, ?) WHERE id = ?",
+                    [jobs.crash_reason(job_dir), spec["id"]])
+
+
+def _why_unreadable(con, job_dir: Path, spec: dict, new: bool, batch: ev.Batch, exc: Exception) -> str:
+    """The first event that does not fit, found by writing the events one at a time (then rolled back)."""
+    culprit, error = None, exc
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if new:
+            _write_job(con, job_dir, spec, True, [], jobs.PENDING, {}, 0, IngestReport())
+        for i, event in enumerate(batch.events):
+            try:
+                _HANDLERS[event["type"]](con, spec["id"], [event], IngestReport())
+            except Exception as one:  # noqa: BLE001 - the culprit, whatever it raised
+                culprit, error = i, one
+                break
+    finally:
+        con.execute("ROLLBACK")
+    message = " ".join(str(error).split()) or type(error).__name__
+    if culprit is None:
+        return f"{type(error).__name__}: {message}"[:500]
+    line = ev.line_number(job_dir, batch.event_offsets[culprit])
+    return f"line {line} ({batch.events[culprit]['type']} event): {message}"[:500]
+
+
+def _set_aside(con, job_dir: Path, reason: str) -> None:
+    """Record the job as FAILED with the reason, and never read its spool again."""
+    spec = jobs.read_spec(job_dir)
+    spec = spec if isinstance(spec, dict) else {}
+    error = f"spool unreadable: {reason}"
+    con.execute(
+        "INSERT INTO jobs (id, kind, state, workload, device, created_at, ended_at, error, spec, set_aside) "
+        "VALUES (?, ?, ?, ?, ?, to_timestamp(?), now(), ?, ?, true) "
+        "ON CONFLICT (id) DO UPDATE SET state = excluded.state, error = excluded.error, set_aside = true, "
+        "ended_at = coalesce(jobs.ended_at, now())",
+        [job_dir.name, str(spec.get("kind") or "unknown"), jobs.FAILED, _text(spec.get("workload")),
+         _text(spec.get("device")), _unix_time(spec.get("created_at")) or time.time(), error,
+         json.dumps(spec, default=str)],
+    )
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _unix_time(value: object) -> float | None:
+    """A plausible unix time (seconds, 1970 to 5138) or None: a set-aside spec is not trusted."""
+    plausible = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e11
+    return float(value) if plausible else None
 
 
 # -- writing rows --------------------------------------------------------------------------------
@@ -315,8 +437,16 @@ assert set(_HANDLERS) == set(ev.CATALOGUE), "every catalogued event has its hand
 # -- recommendations the CLI and the dashboard save ----------------------------------------------
 
 
-def save_recommendation(con, rec: dict) -> None:
-    """The recommendation, its candidates, in one transaction."""
+def save_recommendation(home: Home, con, rec: dict) -> None:
+    """The recommendation as a file in the home (so a lost database rebuilds it, as it rebuilds
+    jobs from their spools), then its row and its candidates' in one transaction."""
+    home.recommendations.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(home.recommendations / f"{rec['recommendation_id']}.json", rec)
+    save_recommendation_row(con, rec)
+
+
+def save_recommendation_row(con, rec: dict) -> None:
+    """The recommendation's row and its candidates', in one transaction."""
     con.execute("BEGIN TRANSACTION")
     try:
         _insert_recommendation(con, rec)

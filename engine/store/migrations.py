@@ -287,6 +287,13 @@ def m005_autopilots(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+@migration
+def m006_jobs_set_aside(con: duckdb.DuckDBPyConnection) -> None:
+    # A job whose spool cannot be ingested is set aside (FAILED, "spool unreadable: ...") and never
+    # read again, so one bad job cannot fail every later command; `largestep doctor` lists them.
+    con.execute("ALTER TABLE jobs ADD COLUMN set_aside BOOLEAN DEFAULT false")
+
+
 def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[str, Migration]] | None = None) -> list[str]:
     """Apply the migrations not yet recorded, in order, each in its own transaction."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")

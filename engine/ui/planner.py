@@ -74,6 +74,7 @@ class PlannerView:
     table: pd.DataFrame
     figure: go.Figure
     metrics: list[Metric]
+    notes: tuple[str, ...] = ()           # what the profile lacks (the baseline batch) and what was done instead
 
 
 PLAN_COLUMNS = ["role", "batch", "step (ms)", "steps per run", "run time", "experiments / day", "whole runs / day",
@@ -91,7 +92,9 @@ def planner_view(home: Home, form: PlannerForm) -> PlannerView:
     if profile is None:
         raise UsageError(f"no profile {form.profile_id!r}; profile a workload first")
     defaults = planner_defaults(home, profile["id"])
-    plan = plan_experiments(profile, config, baseline_batch=defaults.baseline_batch,
+    # a recommendation names its own baseline; without one, the workload's (or the nearest measured, said so)
+    plan = plan_experiments(profile, config,
+                            baseline_batch=defaults.baseline_batch if defaults.recommendation_id else None,
                             recommended_batch=defaults.recommended_batch)
     base = plan.row(plan.baseline_batch)
     if plan.ratio is not None:
@@ -125,4 +128,4 @@ def planner_view(home: Home, form: PlannerForm) -> PlannerView:
                            f"batch {rec_row.batch_size}, {format_duration(rec_row.run_time_s)} per run"),
                     Metric("More experiments", f"{plan.ratio:.1f}×", "recommended over baseline, per day")]
     return PlannerView(plan=plan, headline=headline, caption=caption, table=pd.DataFrame(rows, columns=PLAN_COLUMNS),
-                       figure=reccharts.planner_figure(plan), metrics=metrics)
+                       figure=reccharts.planner_figure(plan), metrics=metrics, notes=plan.notes)

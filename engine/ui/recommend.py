@@ -96,7 +96,7 @@ def compute_recommendation(home: Home, form: RecommendForm) -> dict:
         # "perfect" means exactly that: never pick up a stored estimate behind the user's back
         profile, noise = store.recommendation_inputs(con, form.profile_id, noise_id, stored_noise=False)
         rec = recommend(profile, config, noise)
-        store.save_recommendation(con, rec)
+        store.save_recommendation(home, con, rec)
     return rec
 
 
@@ -272,4 +272,5 @@ def highlight_roles(table: pd.DataFrame, column: str = "role"):
         return [f"{weight}background-color: {colour}" if colour else "" for _ in row]
 
     floats = [c for c in table.columns if pd.api.types.is_float_dtype(table[c])]
-    return table.style.apply(shade, axis=1).format(format_number, subset=floats, na_rep="—")
+    # every missing cell (an excluded batch has no rank nor time to target) reads as a dash, never "None"
+    return table.style.apply(shade, axis=1).format(na_rep="—").format(format_number, subset=floats, na_rep="—")

@@ -24,8 +24,8 @@ from engine.ui.widgets import Metric, cancel
 
 __all__ = [
     "START_MESSAGE", "X_AXES", "DEFAULT_X", "DEFAULT_METRIC", "LIVE_STATES", "load_runs", "filter_runs",
-    "runs_table", "run_labels", "active_runs", "RunProgress", "run_progress", "metric_choices", "CurvesView",
-    "curves_view", "selection_view", "comparison_units", "ComparisonView", "comparison_view", "cancel"
+    "runs_table", "run_labels", "active_runs", "RunProgress", "default_selection", "run_progress",
+    "metric_choices", "CurvesView", "curves_view", "selection_view", "comparison_units", "ComparisonView", "comparison_view", "cancel"
 ]
 
 START_MESSAGE = ("No training runs yet. Start one with `largestep train --workload fraud-gru --repeats 3`, or let "
@@ -57,6 +57,24 @@ def _group(row) -> str:
 def _role(row) -> str:
     value = row.get("role")
     return value if isinstance(value, str) and value else NO_ROLE
+
+
+DEFAULT_GROUPS = 2     # charted when nothing is picked: an autopilot's baseline and recommended arms
+
+
+def default_selection(runs: pd.DataFrame, groups: int = DEFAULT_GROUPS) -> list[str]:
+    """The runs of the newest ``groups`` groups (a run without a group is a group of one), so the page
+    charts the latest comparison, e.g. right after an autopilot, before anything is picked."""
+    chosen: list[str] = []
+    picked: list[str] = []
+    for row in runs.to_dict("records"):   # newest first
+        group = row["group_id"] if isinstance(row.get("group_id"), str) and row["group_id"] else row["id"]
+        if group not in chosen:
+            if len(chosen) == groups:
+                continue
+            chosen.append(group)
+        picked.append(row["id"])
+    return picked
 
 
 def filter_runs(runs: pd.DataFrame, states: list[str] | None = None, workloads: list[str] | None = None,

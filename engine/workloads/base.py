@@ -12,7 +12,8 @@ from typing import Callable, Literal, Mapping
 
 import torch
 
-from engine.errors import WorkloadError
+from engine.errors import UsageError, WorkloadError
+from engine.units import INT64_MAX, check_int, check_number
 
 __all__ = ["Workload", "OPTIMIZERS", "Metric"]
 
@@ -20,6 +21,17 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 
 #: A validation metric: (model outputs on the whole validation set, targets) -> float.
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
+
+
+MAX_WORKLOAD_EPOCHS = 1_000_000     # a typical training length beyond this is a typo
+
+
+def _field(where: str, check: Callable[..., object], *args: object, **bounds: object) -> None:
+    """One of the shared number checks (:mod:`engine.units`), its error as the workload's."""
+    try:
+        check(*args, **bounds)
+    except UsageError as exc:
+        raise WorkloadError(f"{where}: {exc}") from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,19 +80,19 @@ class Workload:
                 raise WorkloadError(f"{where}: {split} has no samples")
         if len(self.train) != len(self.val):
             raise WorkloadError(f"{where}: train and val must hold the same number of tensors")
-        if isinstance(self.baseline_batch_size, bool) or not isinstance(self.baseline_batch_size, int) \
-                or self.baseline_batch_size <= 0:
-            raise WorkloadError(f"{where}: baseline_batch_size must be a positive integer")
-        if not isinstance(self.baseline_lr, (int, float)) or not self.baseline_lr > 0:
-            raise WorkloadError(f"{where}: baseline_lr must be a positive number")
+        # the numbers land in the store's columns (INTEGER batch sizes, BIGINT samples) and in every job
+        _field(where, check_int, self.baseline_batch_size, "baseline_batch_size")
+        _field(where, check_number, self.baseline_lr, "baseline_lr", low=0)
+        if self.warmup_samples is not None:
+            _field(where, check_int, self.warmup_samples, "warmup_samples", low=0, high=INT64_MAX)
+        _field(where, check_number, self.weight_decay, "weight_decay", low=0, low_inclusive=True)
         if self.optimizer not in OPTIMIZERS:
             raise WorkloadError(f"{where}: optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
         if self.primary_metric is not None and self.primary_metric not in self.metrics:
             raise WorkloadError(f"{where}: primary_metric {self.primary_metric!r} is not among its metrics")
         if self.primary_metric_mode not in ("max", "min"):
             raise WorkloadError(f"{where}: primary_metric_mode must be 'max' or 'min'")
-        if not isinstance(self.epochs, int) or self.epochs <= 0:
-            raise WorkloadError(f"{where}: epochs must be a positive integer")
+        _field(where, check_int, self.epochs, "epochs", high=MAX_WORKLOAD_EPOCHS)
 
     # -- helpers shared by the profiler, the noise estimator and the training loop -------------
 

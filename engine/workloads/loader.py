@@ -21,7 +21,9 @@ import inspect
 import itertools
 import os
 import re
+import signal
 import sys
+import threading
 import types
 import typing
 from importlib import metadata
@@ -55,8 +57,43 @@ def load_workload(spec: str, options: Mapping[str, object] | None = None) -> Wor
     """Resolve ``spec``, call its function with ``options`` as keyword arguments, return the Workload.
 
     String option values (from ``--set name=value``) become int, float or bool when the
-    parameter's default (or annotation) has that type.
+    parameter's default (or annotation) has that type. A KeyboardInterrupt the workload's own code
+    raises is its error like any other; one from Ctrl-C still interrupts.
     """
+    with _ctrl_c_noticed() as pressed:
+        try:
+            return _load_workload(spec, options)
+        except KeyboardInterrupt:
+            if pressed:
+                raise
+            raise WorkloadError(f"workload {spec!r} raised KeyboardInterrupt; fix the workload function "
+                                f"or its options") from None
+
+
+@contextlib.contextmanager
+def _ctrl_c_noticed() -> Iterator[list[int]]:
+    """A list that gets an item when SIGINT arrives; the handler before it then runs as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield [signal.SIGINT]   # signals reach the main thread only: take any interrupt as real
+        return
+    pressed: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):
+        pressed.append(signum)
+        if callable(previous):
+            previous(signum, frame)     # Python's own handler raises KeyboardInterrupt
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _load_workload(spec: str, options: Mapping[str, object] | None) -> Workload:
     if not isinstance(spec, str) or not spec.strip():
         raise WorkloadError(f"no workload given; name {_SPEC_FORMS}")
     spec = spec.strip()
@@ -67,7 +104,7 @@ def load_workload(spec: str, options: Mapping[str, object] | None = None) -> Wor
         if configured is None:
             raise
         # a name the project's largestep.toml gives a spec: its options, overridden by the caller's
-        return load_workload(configured["spec"], {**configured["options"], **dict(options or {})})
+        return _load_workload(configured["spec"], {**configured["options"], **dict(options or {})})
     # a file's folder stays importable while its function runs: it may import siblings lazily
     with _on_sys_path(folder):
         return _build(function, spec, dict(options or {}))

@@ -101,12 +101,15 @@ def read_table(path: str | Path) -> "pd.DataFrame":
         else:
             raise WorkloadError(f"table: cannot tell the format of {file.name!r}; "
                                 f"use a file ending in .csv or .parquet")
-        return relation.df()
+        frame = relation.df()
     except duckdb.Error as exc:
         raise WorkloadError(f"table: cannot read {str(path)!r} ({type(exc).__name__}: {_one_line(exc)}); "
                             f"check that it is a valid CSV or Parquet file") from None
     finally:
         connection.close()
+    if frame.empty:  # an empty file reads as one made-up column ("column0") and no rows
+        raise WorkloadError(f"table: {str(path)!r} has no rows; give a file with a header line and data rows")
+    return frame
 
 
 # -- encoding --------------------------------------------------------------------------------
