@@ -14,13 +14,15 @@ except Exception:  # running from a source tree that is not installed
     __version__ = "0.1.0"
 
 
-def track(name, *, batch_size, lr=None, seed=None, tags=(), recommendation=None, home=None, device=None, **options):
+def track(name, *, batch_size, lr=None, seed=None, tags=(), recommendation=None, home=None, device=None, run_id=None,
+          **options):
     """A training run of your own code, seen by largestep as any run: ``with engine.track(...) as run``.
 
     ``recommendation``: ``"latest"`` or a recommendation id ties the run to it: its role becomes
     ``baseline`` or ``recommended`` when ``batch_size`` is that batch (and ``lr`` defaults to its
     rate). ``home``: the largestep home (default ``$LARGESTEP_HOME`` or ``./.largestep``).
-    ``device``: where the model trains (default: the best there is). ``options``: the other fields
+    ``device``: where the model trains (default: the best there is). ``run_id``: the run's id, when
+    it must be known before the run starts (a framework's log folder). ``options``: the other fields
     of :class:`engine.jobs.track.TrackConfig` (accumulate, world_size, epochs, total_steps, group,
     primary_metric, primary_metric_mode, hyperparameters). Bad input raises
     :class:`engine.errors.UsageError` before anything is written.
@@ -43,7 +45,7 @@ def track(name, *, batch_size, lr=None, seed=None, tags=(), recommendation=None,
             lr = lr_for(rec, role_for(rec, batch_size))
     config = TrackConfig(name=name, batch_size=batch_size, lr=lr, seed=seed,
                          tags=(tags,) if isinstance(tags, str) else tuple(tags or ()), **options)
-    return TrackedRun(where, config, device=device, recommendation=rec)
+    return TrackedRun(where, config, device=device, recommendation=rec, run_id=run_id)
 
 
 def __getattr__(name: str):

@@ -40,7 +40,7 @@ from engine.jobs.runner import (
 )
 from engine.jobs.spool import Spool, write_json_atomic
 
-__all__ = ["TrackConfig", "TrackedRun", "role_for", "ROLES", "EXTERNAL", "ROWS_PER_EVENT"]
+__all__ = ["TrackConfig", "TrackedRun", "role_for", "lr_for", "new_run_id", "ROLES", "EXTERNAL", "ROWS_PER_EVENT"]
 
 EXTERNAL = "external"                      # the role of a run not tied to a recommendation's batch
 ROLES = (EXTERNAL, "baseline", "recommended")
@@ -97,6 +97,11 @@ class TrackConfig:
         return self.batch_size // share if self.batch_size % share == 0 else None
 
 
+def new_run_id() -> str:
+    """An id for a run about to be tracked (a framework may need it before the run starts)."""
+    return new_job_id("train")
+
+
 def role_for(recommendation: dict | None, batch_size: int) -> str:
     """``baseline`` or ``recommended`` when the run matches that batch of its recommendation, else external."""
     if recommendation is None:
@@ -123,7 +128,7 @@ class TrackedRun:
     """
 
     def __init__(self, home: Home, config: TrackConfig, device: str | None = None,
-                 recommendation: dict | None = None):
+                 recommendation: dict | None = None, run_id: str | None = None):
         config.validate()
         from engine.measure import devices
 
@@ -132,8 +137,10 @@ class TrackedRun:
         self.device = devices.resolve_device(device)   # a bad device fails here, before anything is written
         self.role = role_for(recommendation, config.batch_size)
         self.recommendation_id = recommendation["recommendation_id"] if recommendation else None
-        self.id = new_job_id("train")
+        self.id = run_id or new_run_id()
         self.dir = home.job_dir(self.id)
+        if self.dir.exists():
+            raise UsageError(f"track: run {self.id} exists already in {home.jobs}; give each run its own id")
         self._spool: Spool | None = None
         self._lock = threading.Lock()         # guards the pending rows between the caller and the heartbeat
         self._rows: list[dict] = []           # wide training rows (events.TRAIN_METRICS)
@@ -153,6 +160,11 @@ class TrackedRun:
         self._beat: threading.Thread | None = None
         self._owner_pid = os.getpid()
         self._state: str | None = None       # set once the run has ended
+
+    @property
+    def running(self) -> bool:
+        """Started and not yet ended: ``log`` accepts rows."""
+        return self._spool is not None and self._state is None
 
     # -- lifetime -------------------------------------------------------------------------------
 
@@ -196,15 +208,19 @@ class TrackedRun:
         atexit.register(self._at_exit)
         return self
 
-    def finish(self, exc: BaseException | None = None) -> str:
-        """End the run: FINISHED, or the state ``exc`` stands for (FAILED with its one-line message). Idempotent."""
+    def finish(self, exc: BaseException | None = None, steps: int | None = None) -> str:
+        """End the run: FINISHED, or the state ``exc`` stands for (FAILED with its one-line message).
+
+        ``steps``: the optimizer steps taken, where a framework knows more than the last logged step.
+        Idempotent: a run ends once.
+        """
         if self._spool is None or self._state is not None:
             return self._state or FAILED
         state, error = outcome_of(exc) if exc is not None else (FINISHED, None)
-        self._end(state, error)
+        self._end(state, error, steps)
         return state
 
-    def _end(self, state: str, error: str | None) -> None:
+    def _end(self, state: str, error: str | None, steps: int | None = None) -> None:
         from engine.measure import devices
 
         self._state = state
@@ -214,7 +230,7 @@ class TrackedRun:
         atexit.unregister(self._at_exit)
         wall = time.perf_counter() - self._start
         self._hand_over()
-        self._spool.emit(events.RUN_END, steps=self._last_step or 0,
+        self._spool.emit(events.RUN_END, steps=max(steps or 0, self._last_step or 0),
                          samples=self._last_samples[1] if self._last_samples else None, epochs=self._last_epoch,
                          wall_time_s=wall, train_time_s=wall - self._paused_s, final_val_loss=self._final_val_loss,
                          best_val_loss=self._best_val_loss, final_metrics=dict(self._final_metrics),
@@ -245,7 +261,7 @@ class TrackedRun:
         kept as a metric of its own. A value that is not a finite number is recorded as missing,
         with one warning per name; it never raises into the training loop.
         """
-        if self._state is not None or self._spool is None:
+        if not self.running:
             raise UsageError(f"run {self.id} is not running: log inside the `with engine.track(...)` block")
         step = self._check_step(step)
         now = time.perf_counter()
