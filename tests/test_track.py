@@ -196,12 +196,18 @@ def test_cancel_refuses_a_tracked_run_and_leaves_the_users_process_alone(home):
         proc.wait(10)
 
 
-def test_log_hands_full_batches_to_the_spool_without_waiting_for_the_heartbeat(home):
+def test_a_full_batch_of_rows_is_written_without_waiting_for_the_next_beat(home, monkeypatch):
+    import engine.jobs.track as track
+
+    monkeypatch.setattr(track, "HEARTBEAT_S", 60.0)   # only a full batch can wake the writer within the test
     with engine.track("plain-mlp", batch_size=8, home=home.root) as run:
-        for step in range(ROWS_PER_EVENT):
+        for step in range(ROWS_PER_EVENT - 1):
             run.log(step, train_loss=1.0)
-        spooled = (home.job_dir(run.id) / "events.jsonl").read_text()
-        assert spooled.count('"type": "metrics"') == 1
+        spool = home.job_dir(run.id) / "events.jsonl"
+        assert not wait_for(lambda: '"metrics"' in spool.read_text(), timeout=0.5)
+        run.log(ROWS_PER_EVENT, train_loss=1.0)
+        assert wait_for(lambda: '"metrics"' in spool.read_text(), timeout=10)
+        assert sum(len(json.loads(line).get("rows", [])) for line in spool.read_text().splitlines()) == ROWS_PER_EVENT
 
 
 def test_a_run_tied_to_a_recommendation_takes_its_role_and_rate_from_the_batch(home):

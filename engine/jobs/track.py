@@ -7,9 +7,9 @@ with this process's pid and a heartbeat, and ``events.jsonl`` with the events of
 is derived as a job's is: RUNNING while the block runs, FINISHED or FAILED when it ends, CRASHED
 when the process dies without an exit record.
 
-``log`` never touches the database or the disk in the caller's thread on most calls: it checks
-its values and appends a row in memory; the heartbeat thread hands the rows to the spool (which
-fsyncs them) every second, and so does ``log`` itself once a batch is full.
+``log`` never touches the database or the disk in the caller's thread: it checks its values and
+appends a row in memory; the heartbeat thread hands the rows to the spool (which fsyncs them)
+every second, or as soon as a batch of rows is pending.
 """
 
 from __future__ import annotations
@@ -44,9 +44,11 @@ __all__ = ["TrackConfig", "TrackedRun", "role_for", "lr_for", "new_run_id", "ROL
 
 EXTERNAL = "external"                      # the role of a run not tied to a recommendation's batch
 ROLES = (EXTERNAL, "baseline", "recommended")
-ROWS_PER_EVENT = 500                       # pending rows that make ``log`` hand them to the spool itself
+ROWS_PER_EVENT = 500                       # pending rows that wake the heartbeat thread to write them
 RESERVED = frozenset({"wall_time_s", "train_time_s"})   # the run's clock sets these, never the caller
 PRIMARY_METRIC_MODES = ("max", "min")
+_TRAIN = frozenset(events.TRAIN_METRICS)                # a wide training row's metrics
+_INDEX = frozenset({"epoch", "samples"})                 # where a row sits, given by the caller
 
 
 @dataclass(frozen=True)
@@ -153,10 +155,11 @@ class TrackedRun:
         self._final_val_loss: float | None = None
         self._best_val_loss: float | None = None
         self._final_metrics: dict[str, float] = {}
-        self._phase = "started"
+        self._last_loss: float | None = None
         self._start = 0.0
         self._paused_s = 0.0
-        self._stop = threading.Event()
+        self._stop = threading.Event()        # the run is ending: the heartbeat thread stops
+        self._wake = threading.Event()        # a full batch of rows is pending: write it now
         self._beat: threading.Thread | None = None
         self._owner_pid = os.getpid()
         self._state: str | None = None       # set once the run has ended
@@ -225,6 +228,7 @@ class TrackedRun:
 
         self._state = state
         self._stop.set()
+        self._wake.set()
         if self._beat is not None and self._beat is not threading.current_thread():
             self._beat.join(timeout=5 * HEARTBEAT_S)
         atexit.unregister(self._at_exit)
@@ -259,7 +263,8 @@ class TrackedRun:
         Names: ``train_loss``, ``lr``, ``samples_per_s``, ``val_loss``, ``val_<metric>``, ``epoch``,
         ``samples`` (default ``step x batch_size``; samples/s follows from it), or any other name,
         kept as a metric of its own. A value that is not a finite number is recorded as missing,
-        with one warning per name; it never raises into the training loop.
+        with one warning per name; it never raises into the training loop. The rows wait in
+        memory: the heartbeat thread writes them, so the loop never waits on the disk.
         """
         if not self.running:
             raise UsageError(f"run {self.id} is not running: log inside the `with engine.track(...)` block")
@@ -272,10 +277,10 @@ class TrackedRun:
         others: dict[str, float | None] = {}
         for name, value in metrics.items():
             number = self._number(name, value, step)
-            if name in ("epoch", "samples"):
-                index[name] = number
-            elif name in events.TRAIN_METRICS:
+            if name in _TRAIN:
                 train[name] = number
+            elif name in _INDEX:
+                index[name] = number
             elif name.startswith("val_"):
                 validation[name] = number
             elif name in RESERVED:
@@ -284,11 +289,13 @@ class TrackedRun:
                 others[name] = number
         if index["samples"] is None:
             index["samples"] = step * self.config.batch_size
-        if "samples_per_s" not in train and train:
+        if train and "samples_per_s" not in train:
             train["samples_per_s"] = self._throughput(now, index["samples"])
         self._last_samples = (now, index["samples"])
         if index["epoch"] is not None:
             self._last_epoch = index["epoch"]
+        if train.get("train_loss") is not None:
+            self._last_loss = train["train_loss"]
         with self._lock:
             if train:
                 self._rows.append({**index, **train})
@@ -296,21 +303,18 @@ class TrackedRun:
                 self._add_evaluation(index, validation)
             else:
                 others.update(validation)
-            self._values.extend({**index, "name": name, "value": value} for name, value in others.items())
-            full = len(self._rows) + len(self._values) >= ROWS_PER_EVENT
-        if full:
-            self._hand_over()
-        if train.get("train_loss") is not None:
-            self._phase = f"step {step}, train loss {train['train_loss']:.4g}"
-        elif self._phase == "started":
-            self._phase = f"step {step}"
+            if others:
+                self._values.extend({**index, "name": name, "value": value} for name, value in others.items())
+            pending = len(self._rows) + len(self._values)
+        if pending >= ROWS_PER_EVENT:
+            self._wake.set()   # the heartbeat thread writes them now rather than at its next beat
 
     def paused(self) -> "_Paused":
         """``with run.paused():`` evaluation or checkpointing that must not count as training time."""
         return _Paused(self)
 
     def _check_step(self, step: Any) -> int:
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+        if type(step) is not int and (isinstance(step, bool) or not isinstance(step, numbers.Integral)) or step < 0:
             raise UsageError(f"log: step must be a non-negative integer (the optimizer step), not {step!r}")
         step = int(step)
         if self._last_step is not None and step < self._last_step:
@@ -362,15 +366,32 @@ class TrackedRun:
             self._spool.emit(events.EVAL, **evaluation)
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
+        """Write pending rows every second (sooner when ``log`` has a full batch) and beat."""
+        last_beat = time.monotonic()
+        while not self._stop.is_set():
+            self._wake.wait(HEARTBEAT_S)
+            self._wake.clear()
+            if self._stop.is_set():
+                return   # the run is ending: _end writes what is left
             try:
                 self._hand_over()
-                progress = (min(1.0, (self._last_step or 0) / self.config.total_steps)
-                            if self.config.total_steps else None)
-                self._spool.status(phase=self._phase, progress=progress)
-                self._spool.flush()
+                if time.monotonic() - last_beat >= HEARTBEAT_S:
+                    self._spool.status(phase=self._status_phase(), progress=self._progress())
+                    self._spool.flush()
+                    last_beat = time.monotonic()
             except (OSError, ValueError):   # the spool closed while the run was ending
                 return
+
+    def _status_phase(self) -> str:
+        if self._last_step is None:
+            return "training (your code)"
+        loss = f", train loss {self._last_loss:.4g}" if self._last_loss is not None else ""
+        return f"step {self._last_step}{loss}"
+
+    def _progress(self) -> float | None:
+        if not self.config.total_steps:
+            return None
+        return min(1.0, (self._last_step or 0) / self.config.total_steps)
 
     def _config_record(self) -> dict:
         config = asdict(self.config)
