@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import wait_for
+from helpers import open_page, wait_for
 
 import engine
 from engine import jobs, store
@@ -62,7 +62,7 @@ def spool_runs(home) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_tracked_loop_is_running_while_it_trains_and_finished_with_its_metrics_after(home):
+def test_a_tracked_loop_is_running_while_it_trains_and_finished_with_its_metrics_after(home, monkeypatch):
     with engine.track("plain-mlp", batch_size=32, lr=1e-2, seed=3, tags=["plain-loop"], home=home.root,
                       primary_metric="accuracy") as run:
         plain_loop(run, steps=20)
@@ -71,6 +71,9 @@ def test_a_tracked_loop_is_running_while_it_trains_and_finished_with_its_metrics
         with store.connect(home) as con:
             live = store.list_runs(con)
         assert list(live["state"]) == ["RUNNING"]
+        page = open_page(monkeypatch, home, "runs")   # the dashboard shows it live, with its last step
+        assert list(page.dataframe[0].value["state"]) == ["RUNNING"]
+        assert any(run.id in m.value and "running" in m.value for m in page.markdown)
         plain_loop(run, steps=40, first=21)
     store.ingest(home)
     with store.connect(home) as con:
@@ -172,6 +175,27 @@ def test_a_tracked_process_that_dies_is_crashed_and_keeps_what_it_flushed(home):
         record = store.get_run(con, run_id)
         stored = len(store.run_metrics(con, [run_id], ["train_loss"]))
     assert record["state"] == "CRASHED" and stored == 30
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ending, error", [
+    ('raise ValueError("tokenizer missing")', "ValueError: tokenizer missing"),
+    ("sys.exit(0)", "the process exited before the run was finished"),
+])
+def test_a_run_left_open_when_the_process_exits_ends_failed_with_why(home, ending, error):
+    # as a Hugging Face train() that raises: no hook ends the run, the interpreter's exit does
+    proc = script(home, f"""
+        run = engine.track("left-open", batch_size=16).start()
+        run.log(1, train_loss=1.0)
+        print(run.id, flush=True)
+        {ending}
+    """)
+    out, _err = proc.communicate(timeout=60)
+    run_id = out.strip()
+    assert jobs.derive_state(home.job_dir(run_id)) == jobs.FAILED
+    store.ingest(home)
+    with store.connect(home) as con:
+        assert store.get_run(con, run_id)["error"] == error
 
 
 @pytest.mark.slow
