@@ -91,6 +91,9 @@ def test_a_tracked_loop_is_running_while_it_trains_and_finished_with_its_metrics
     assert record["train_time_s"] < record["wall_time_s"]   # evaluation inside run.paused() is off the clock
     listed = json.loads(cli(home, "runs", "--json").stdout)
     assert [(r["id"], r["state"]) for r in listed] == [(run.id, "FINISHED")]
+    shown = cli(home, "runs", "show", run.id)   # its evaluations have no epoch: the loop did not say
+    assert shown.returncode == 0, shown.stderr
+    assert len([line for line in shown.stdout.splitlines() if line.startswith("  step ")]) == 6
 
 
 def test_a_block_that_raises_fails_the_run_with_the_one_line_message_and_reraises(home):
