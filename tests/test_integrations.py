@@ -14,6 +14,7 @@ from conftest import TINY
 from helpers import open_page, wait_finished
 from tiny_workload import make as make_tiny
 
+import engine
 from engine import store
 from engine.jobs import start as starts
 from engine.measure.train import TrainConfig
@@ -122,6 +123,50 @@ def test_a_failing_fit_ends_the_run_failed_with_the_error(home, tmp_path, monkey
         [run_id] = list(store.list_runs(con)["id"])
         run = store.get_run(con, run_id)
     assert run["state"] == "FAILED" and run["error"] == "RuntimeError: disk full while writing a checkpoint"
+
+
+def test_a_datamodule_fit_takes_its_batch_from_the_datamodule_or_says_how_to_give_it(home, tmp_path):
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from engine.integrations.lightning import LargestepLogger
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(16, 2)
+
+        def training_step(self, batch, _index):
+            loss = torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class Data(pl.LightningDataModule):
+        def __init__(self, batch_size):
+            super().__init__()
+            if batch_size is not None:
+                self.batch_size = batch_size
+
+        def train_dataloader(self):
+            return DataLoader(TensorDataset(*make_tiny().train), batch_size=getattr(self, "batch_size", 8))
+
+    def fit(data):
+        logger = LargestepLogger("dm", home=str(home.root))
+        pl.Trainer(max_steps=3, accelerator="cpu", devices=1, logger=logger, log_every_n_steps=1,
+                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                   default_root_dir=str(tmp_path)).fit(Module(), datamodule=data)
+        return logger
+
+    logger = fit(Data(batch_size=48))
+    run, counts = stored_run(home, logger.run.id)
+    assert run["state"] == "FINISHED" and run["batch_size"] == 48 and run["lr"] == pytest.approx(0.1)
+    assert counts["train_loss"] == 3
+    with pytest.raises(engine.errors.UsageError, match=r"pass LargestepLogger\(batch_size=GLOBAL_BATCH\)"):
+        fit(Data(batch_size=None))
+    assert len(list(home.jobs.iterdir())) == 1   # the refused fit wrote no run
 
 
 # -- Hugging Face ----------------------------------------------------------------------------------
