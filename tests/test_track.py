@@ -109,6 +109,19 @@ def test_a_block_that_raises_fails_the_run_with_the_one_line_message_and_reraise
     assert record["steps"] == 1
 
 
+def test_a_block_left_by_sys_exit_0_is_finished_and_by_ctrl_c_killed(home):
+    with pytest.raises(SystemExit):
+        with engine.track("plain-mlp", batch_size=32, home=home.root) as done:
+            done.log(1, train_loss=0.7)
+            sys.exit(0)
+    with pytest.raises(KeyboardInterrupt):
+        with engine.track("plain-mlp", batch_size=32, home=home.root) as stopped:
+            stopped.log(1, train_loss=0.7)
+            raise KeyboardInterrupt
+    assert jobs.derive_state(home.job_dir(done.id)) == jobs.FINISHED
+    assert jobs.derive_state(home.job_dir(stopped.id)) == jobs.KILLED
+
+
 def test_bad_values_are_recorded_as_missing_with_one_warning_each_and_never_raise(home):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

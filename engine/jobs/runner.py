@@ -32,7 +32,7 @@ from engine.jobs.spool import Spool, read_spec, read_status, write_json_atomic
 __all__ = [
     "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED", "DIVERGED", "CRASHED",
     "FINAL_STATES", "STATES", "JobContext", "submit", "cancel", "derive_state", "exit_record",
-    "new_job_id", "wait", "register_kind", "run_job", "resolve_body", "outcome_of", "one_line", "TRACKED",
+    "new_job_id", "wait", "register_kind", "run_job", "resolve_body", "outcome_of", "TRACKED",
 ]
 
 PENDING, RUNNING, FINISHED, FAILED = "PENDING", "RUNNING", "FINISHED", "FAILED"
@@ -338,8 +338,6 @@ def outcome_of(exc: BaseException) -> tuple[str, str | None]:
         return DIVERGED, str(exc) or "training diverged"
     if isinstance(exc, Crashed):
         return CRASHED, str(exc) or "a worker died"
-    if isinstance(exc, SystemExit) and exc.code in (None, 0):
-        return FINISHED, None
     if isinstance(exc, LargestepError):
         return FAILED, str(exc)
     return FAILED, one_line(f"{type(exc).__name__}: {exc}")

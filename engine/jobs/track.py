@@ -219,7 +219,8 @@ class TrackedRun:
         """
         if self._spool is None or self._state is not None:
             return self._state or FAILED
-        state, error = outcome_of(exc) if exc is not None else (FINISHED, None)
+        done = exc is None or isinstance(exc, SystemExit) and exc.code in (None, 0)   # sys.exit(0): the program is done
+        state, error = (FINISHED, None) if done else outcome_of(exc)
         self._end(state, error, steps)
         return state
 
