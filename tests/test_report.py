@@ -114,3 +114,20 @@ def test_cli_report_on_an_empty_home(capsys, home, tmp_path):
         pass  # an existing but empty database says the same
     code, _, err = run_cli(capsys, "report", "-o", str(tmp_path / "r.html"))
     assert code == 2 and "nothing to report yet" in err
+
+
+def test_a_run_tracked_from_your_own_code_joins_the_verification(verified_home, tmp_path):
+    import shutil
+
+    import engine
+    from test_track import plain_loop
+
+    home, rec = verified_home
+    mine = Home(tmp_path / "home")
+    shutil.copytree(home.root, mine.root)   # the module's home stays as the other tests expect it
+    with engine.track("tiny-mlp", batch_size=rec["batch_size"], recommendation=rec["recommendation_id"],
+                      home=mine.root) as tracked:
+        plain_loop(tracked, steps=20, batch_size=rec["batch_size"])
+    store.ingest(mine)
+    runs_section = build_report(mine, recommendation_id=rec["recommendation_id"]).split("id='runs'")[1]
+    assert tracked.id in runs_section and "Target: the baseline" in runs_section

@@ -170,7 +170,9 @@ def runs_show(ctx, run_id, as_json):
     if run.get("error"):
         click.echo(f"error: {run['error']}")
     for e in evals:
-        click.echo(f"  step {e['step']:>6}  epoch {e['epoch']:.2f}  val loss {e['val_loss']:.4f}  "
+        # a run tracked from the user's own code may not know its epoch
+        epoch = "" if e.get("epoch") is None or e["epoch"] != e["epoch"] else f"  epoch {e['epoch']:.2f}"
+        click.echo(f"  step {e['step']:>6}{epoch}  val loss {e['val_loss']:.4f}  "
                    f"at {e['train_time_s']:.1f} s of training ({e['wall_time_s']:.1f} s wall)")
 
 

@@ -32,7 +32,8 @@ from engine.jobs.spool import Spool, read_spec, read_status, write_json_atomic
 __all__ = [
     "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED", "DIVERGED", "CRASHED",
     "FINAL_STATES", "STATES", "JobContext", "submit", "cancel", "derive_state", "exit_record",
-    "crash_reason", "job_process", "new_job_id", "wait", "register_kind", "run_job", "resolve_body",
+    "crash_reason", "job_process", "new_job_id", "wait", "register_kind", "run_job", "resolve_body", "outcome_of",
+    "TRACKED",
 ]
 
 PENDING, RUNNING, FINISHED, FAILED = "PENDING", "RUNNING", "FINISHED", "FAILED"
@@ -46,6 +47,7 @@ GRACE_S = 5.0               # without a pid: a job silent this long, with no pro
 CANCEL_MARKER = "cancelled"
 CANCEL_GRACE_S = {None: 5.0, "autopilot": 30.0}  # SIGTERM to SIGKILL; an autopilot cancels its children first
 QUEUE_POLL_S = 0.25          # how often a queued job looks whether its turn has come
+TRACKED = "tracked"          # spec["launcher"] of a run tracked from the user's own process (engine.track)
 
 
 def new_job_id(kind: str) -> str:
@@ -100,14 +102,23 @@ def submit(home: Home, kind: str, params: dict, device: str, workload: str | Non
 def cancel(home: Home, job_id: str, grace_s: float | None = None) -> bool:
     """Stop a job's whole process group: SIGTERM, then SIGKILL after ``grace_s``.
 
-    Returns False when the job had already ended. A queued job is stopped before it starts.
+    Returns False when the job had already ended. A queued job is stopped before it starts. A run
+    tracked from the user's own code (:mod:`engine.jobs.track`) is refused: its process is not ours.
     ``grace_s`` None: the job kind's own (an autopilot first cancels each of its children).
     """
     job_dir = home.find_job(job_id)
     if job_dir is None:
         raise LargestepError(f"no job {job_id!r} in {home.jobs}")
+    spec = read_spec(job_dir) or {}
+    if spec.get("launcher") == TRACKED:
+        # The process is the user's own program (and its session may be their shell's): never signal it.
+        if derive_state(job_dir) in FINAL_STATES:
+            return False
+        pid = (read_status(job_dir) or {}).get("pid")
+        raise LargestepError(f"{job_id} is tracked from your own training code (pid {pid}); largestep did not start "
+                             "that process and will not kill it: stop it where it runs")
     if grace_s is None:
-        grace_s = CANCEL_GRACE_S.get((read_spec(job_dir) or {}).get("kind"), CANCEL_GRACE_S[None])
+        grace_s = CANCEL_GRACE_S.get(spec.get("kind"), CANCEL_GRACE_S[None])
     (job_dir / CANCEL_MARKER).touch()
     status = read_status(job_dir) or {}
     pid = status.get("pid")
@@ -353,19 +364,12 @@ def run_job(job_dir: Path) -> int:
             body = resolve_body("ray" if spec.get("launcher") == "ray" else spec["kind"])
             body(JobContext(spec["id"], job_dir, home, spec, spool))
             state = FINISHED
-    except Cancelled:
-        state, error = KILLED, "cancelled"
-    except Diverged as exc:
-        state, error = DIVERGED, str(exc) or "training diverged"
-    except Crashed as exc:
-        state, error = CRASHED, str(exc) or "a worker died"
-    except LargestepError as exc:
-        state, error = FAILED, str(exc)
-    except BaseException as exc:  # the job's last word: record why it failed, then exit non-zero
-        import traceback
+    except BaseException as exc:  # the job's last word: record why it ended, then exit non-zero
+        state, error = outcome_of(exc)
+        if state == FAILED and not isinstance(exc, LargestepError):
+            import traceback
 
-        traceback.print_exc()
-        state, error = FAILED, f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]
+            traceback.print_exc()
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the exit record must not be interrupted
         stop.set()
@@ -373,6 +377,29 @@ def run_job(job_dir: Path) -> int:
         spool.status(state=state, phase="done", ended_at=time.time(), error=error)
         spool.close()
     return 0 if state == FINISHED else 1
+
+
+def outcome_of(exc: BaseException) -> tuple[str, str | None]:
+    """The state a run ends in when ``exc`` ends it, and the one-line error to record.
+
+    Shared by job processes and runs tracked from the user's own code, so both end alike.
+    """
+    if isinstance(exc, Cancelled):
+        return KILLED, "cancelled"
+    if isinstance(exc, KeyboardInterrupt):
+        return KILLED, "interrupted"
+    if isinstance(exc, Diverged):
+        return DIVERGED, str(exc) or "training diverged"
+    if isinstance(exc, Crashed):
+        return CRASHED, str(exc) or "a worker died"
+    if isinstance(exc, LargestepError):
+        return FAILED, str(exc)
+    return FAILED, one_line(f"{type(exc).__name__}: {exc}")
+
+
+def one_line(text: str, limit: int = 1000) -> str:
+    """The first line of ``text``, at most ``limit`` characters: what a runs table can show."""
+    return (text.splitlines() or [""])[0][:limit]
 
 
 def _heartbeat(spool: Spool, stop: threading.Event) -> None:

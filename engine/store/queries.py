@@ -14,7 +14,7 @@ __all__ = [
     "get_job", "load_noise", "load_stability", "list_noise_estimates", "load_recommendation",
     "list_recommendations", "list_runs", "get_run", "runs_in", "run_evaluations", "run_metrics", "load_autopilot",
     "list_devices", "frame_records", "RUN_CURVE_AXES", "RUN_CURVE_BUCKETS", "run_metric_names", "run_curves",
-    "recommendation_runs", "autopilot_for_recommendation", "runs_by_id",
+    "recommendation_runs", "autopilot_for_recommendation", "runs_by_id", "read_recommendation",
 ]
 
 
@@ -132,6 +132,20 @@ def load_recommendation(con, rec_id: str | None = "latest") -> dict | None:
     else:
         row = con.execute("SELECT document FROM recommendations ORDER BY created_at DESC, rowid DESC LIMIT 1").fetchone()
     return json.loads(row[0]) if row else None
+
+
+def read_recommendation(home, rec_id: str = "latest") -> dict:
+    """One recommendation for a process that must not hold the database (a run tracked from the
+    user's code): one short read under the store's lock. UsageError when there is none."""
+    from engine.store.connection import connect
+
+    if not home.database.exists():
+        raise UsageError(f"no recommendations in {home.root} yet: run `largestep recommend` (or set LARGESTEP_HOME)")
+    with connect(home) as con:
+        rec = load_recommendation(con, rec_id)
+    if rec is None:
+        raise UsageError(f"no recommendation {rec_id!r} in {home.root}; see `largestep recommend` or the Recommend page")
+    return rec
 
 
 def list_recommendations(con) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from typing import Callable
 import pandas as pd
 
 from engine import jobs, store
-from engine.errors import UsageError
+from engine.errors import LargestepError, UsageError
 from engine.format import format_bytes
 from engine.home import Home
 from engine.plan.export import FILE_SUFFIX, FORMATS, export_config, export_filename
@@ -102,8 +102,13 @@ def device_options(report: dict) -> dict[str, str]:
 
 
 def cancel(home: Home, job_id: str) -> str:
-    """Stop a job (an autopilot stops its children first) and record its new state; a one-line message."""
-    stopped = jobs.cancel(home, job_id)
+    """Stop a job (an autopilot stops its children first) and record its new state; a one-line message.
+
+    A run tracked from the user's own code is not ours to stop: the message says so."""
+    try:
+        stopped = jobs.cancel(home, job_id)
+    except LargestepError as exc:
+        return str(exc)
     store.ingest(home)
     return f"Cancelled {job_id}." if stopped else f"{job_id} had already ended."
 
