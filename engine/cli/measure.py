@@ -121,6 +121,8 @@ def profile_summary(profile: dict) -> dict:
             "memory_is_estimate": p.get("memory_is_estimate"), "flops_per_step": p.get("flops_per_step"),
             "flops_per_s": p.get("flops_per_s"), "energy_per_sample_j": p.get("energy_per_sample_j"),
             "noisy": p.get("noisy"), "error": p.get("error"),
+            # Dataset workloads: the step without its loader, and whether the loader limits throughput
+            "compute_time_s": p.get("compute_median_s"), "input_bound": bool(p.get("input_bound")),
         })
     fit = None
     if profile.get("memory_fit_slope_bytes") is not None:
@@ -138,19 +140,27 @@ def profile_summary(profile: dict) -> dict:
 
 
 def print_profile(summary: dict) -> None:
+    # a Dataset workload's points also carry the compute alone: one more column, and the input-bound flag
+    with_loader = any(p.get("compute_time_s") is not None for p in summary["points"])
     rows = []
     for p in summary["points"]:
         st = p["step_time_s"]
         mem = format_bytes(p["peak_memory_bytes"]) + (" (est.)" if p.get("memory_is_estimate") else "")
-        rows.append([p["batch_size"], p["status"] + (" noisy" if p.get("noisy") else ""), format_ms(st["median"]),
+        status = p["status"] + (" noisy" if p.get("noisy") else "") + (" input-bound" if p.get("input_bound") else "")
+        rows.append([p["batch_size"], status, format_ms(st["median"]),
+                     *([format_ms(p.get("compute_time_s"))] if with_loader else []),
                      f"{format_ms(st['p25'])}-{format_ms(st['p75'])}", st["n"], grouped(p["samples_per_s"]),
                      mem, format_si(p.get("flops_per_s"), "FLOP/s")])
     title = f"Profile {summary['profile_id']}: {summary['workload']} on {summary['device']['name']} ({summary['dtype']})"
     out = console()
-    out.print(table(title, ["batch", "status", "median ms", "IQR ms", "steps", "samples/s", "peak memory", "achieved"],
-                    rows))
+    columns = ["batch", "status", "median ms" + (" (with loader)" if with_loader else ""),
+               *(["compute ms"] if with_loader else []), "IQR ms", "steps", "samples/s", "peak memory", "achieved"]
+    out.print(table(title, columns, rows))
     out.print(f"saturation batch: {summary['saturation_batch']} (smallest batch at 90% of the best throughput); "
               f"sweep stopped: {summary['stop_reason']}")
+    if any(p.get("input_bound") for p in summary["points"]):
+        out.print("input-bound: the data loader, not the compute, limits throughput there; a larger batch will not "
+                  "help until loading is faster (more num_workers, a lighter collate_fn)")
 
 
 def describe_profile_event(event: dict) -> str | None:
@@ -159,8 +169,9 @@ def describe_profile_event(event: dict) -> str | None:
     if event.get("type") != events.POINT:
         return None
     if event.get("status") == "ok":
+        bound = ", input-bound" if event.get("input_bound") else ""
         return (f"batch {event['batch_size']}: {event['median_s'] * 1e3:.2f} ms/step, "
-                f"{event['samples_per_s']:,.0f} samples/s")
+                f"{event['samples_per_s']:,.0f} samples/s{bound}")
     return f"batch {event['batch_size']}: {event['status']} ({event.get('error') or ''})"
 
 

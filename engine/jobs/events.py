@@ -46,7 +46,8 @@ RECOMMENDATION, AUTOPILOT_PHASE, AUTOPILOT_RESULT = "recommendation", "autopilot
 #: A profile point's fields (engine.measure.profiler.ProfilePoint), as the profile_points table has them.
 POINT_FIELDS = ("batch_size", "status", "step_times_s", "median_s", "p25_s", "p75_s", "noisy", "samples_per_s",
                 "peak_memory_bytes", "memory_is_estimate", "predicted_memory_bytes", "flops_per_step", "flops_per_s",
-                "mean_power_w", "energy_per_sample_j", "started_at", "ended_at", "error")
+                "mean_power_w", "energy_per_sample_j", "started_at", "ended_at", "error",
+                "compute_median_s", "input_bound")   # Dataset workloads: the compute alone; the loader limits
 #: A noise estimate's fields (engine.measure.noise.NoiseEstimate), as the noise_estimates table has them.
 NOISE_FIELDS = ("b_simple", "ci_low", "ci_high", "g2", "trace_sigma", "g_small_sq", "g_big_sq", "batch_small",
                 "batch_big", "batches", "warm_steps", "unreliable", "reason", "elapsed_s", "step_equivalents")

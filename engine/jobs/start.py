@@ -14,7 +14,18 @@ from engine.home import Home, check_database_file
 from engine.measure import devices
 from engine.measure.profiler import ProfileConfig, plan_batch_sizes
 
-__all__ = ["start_profile", "start_noise", "start_stability", "start_train", "start_autopilot"]
+__all__ = ["start_profile", "start_noise", "start_stability", "start_train", "start_autopilot", "load_checked"]
+
+
+def load_checked(workload: str, options: dict):
+    """The workload, loaded and given one trial forward pass: what only running it shows (an output
+    without its loss, dict batches without labels, a factory returning no optimizer) is refused
+    here as a one-line WorkloadError, before a job is written."""
+    from engine.workloads import load_workload
+
+    loaded = load_workload(workload, options)
+    loaded.check_runs()
+    return loaded
 
 
 def start_profile(home: Home, workload: str, options: dict, device: str, config: ProfileConfig,
@@ -28,7 +39,6 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
     """
     from engine.jobs.ray import absolute_workload_spec, check_launcher
     from engine.jobs.torchrun import check_nproc, lock_names
-    from engine.workloads import load_workload
 
     config.validate()
     launcher = check_launcher(launcher, device, config.nproc)
@@ -44,7 +54,7 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
     devices.check_dtype(torch_device, config.dtype)
     home.check()
     check_database_file(home.database)
-    loaded = load_workload(workload, options)  # a bad workload fails here, before anything is written
+    loaded = load_checked(workload, options)  # a bad workload fails here, before anything is written
     params = {"workload": workload, "options": dict(options), "device": str(torch_device), "config": asdict(config)}
     if config.nproc > 1:
         for b in plan_batch_sizes(config, loaded):
@@ -65,13 +75,12 @@ def start_noise(home: Home, workload: str, options: dict, device: str, batch_sma
     """
     from engine.jobs.ray import absolute_workload_spec, check_launcher
     from engine.measure.noise import check_noise_args, default_warm_steps
-    from engine.workloads import load_workload
 
     launcher = check_launcher(launcher, device)
     torch_device = devices.resolve_device(device) if launcher is None else device
     home.check()
     check_database_file(home.database)
-    loaded = load_workload(workload, options)
+    loaded = load_checked(workload, options)
     if warm_steps is None:
         warm_steps = default_warm_steps(loaded)
     batch_small, batch_big = check_noise_args(loaded, batch_small, batch_big, batches, warm_steps)
@@ -108,7 +117,6 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
 
     from engine.jobs.ray import absolute_workload_spec, check_launcher
     from engine.jobs.torchrun import check_nproc, lock_names
-    from engine.workloads import load_workload
 
     config.validate()
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
@@ -124,7 +132,7 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
     home.check()
     check_database_file(home.database)
     if launcher is None:
-        loaded = load_workload(workload, options)
+        loaded = load_checked(workload, options)
         if config.batch_size > loaded.n_train:
             raise UsageError(f"--batch-size {config.batch_size} is larger than the {loaded.n_train} training "
                              f"samples of {loaded.name}")
@@ -150,7 +158,6 @@ def start_autopilot(home: Home, workload: str, options: dict, device: str, confi
     The orchestrator waits on a lock of its own, so its children can take the device's lock.
     """
     from engine.errors import UsageError
-    from engine.workloads import load_workload
 
     if isinstance(config.repeats, bool) or not isinstance(config.repeats, int) or config.repeats < 1:
         raise UsageError(f"--repeats must be a positive integer, not {config.repeats!r}")
@@ -164,7 +171,7 @@ def start_autopilot(home: Home, workload: str, options: dict, device: str, confi
     torch_device = devices.resolve_device(device) if config.launcher is None else device
     home.check()
     check_database_file(home.database)
-    loaded = load_workload(workload, options)
+    loaded = load_checked(workload, options)
     if loaded.baseline_batch_size % config.nproc:
         raise UsageError(f"--nproc {config.nproc} does not divide {loaded.name}'s baseline batch "
                          f"{loaded.baseline_batch_size}: every rank needs an equal share of every batch")

@@ -287,6 +287,14 @@ def m005_autopilots(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+@migration
+def m006_point_input_bound(con: duckdb.DuckDBPyConnection) -> None:
+    # Dataset workloads are timed with their loader and without it: the compute alone, and whether the
+    # loader limits throughput at that batch size (a larger batch will not help there)
+    con.execute("ALTER TABLE profile_points ADD COLUMN compute_median_s DOUBLE")   # seconds; NULL: tensor data
+    con.execute("ALTER TABLE profile_points ADD COLUMN input_bound BOOLEAN DEFAULT false")
+
+
 def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[str, Migration]] | None = None) -> list[str]:
     """Apply the migrations not yet recorded, in order, each in its own transaction."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")
