@@ -188,3 +188,25 @@ def test_profile_from_the_cli_stores_and_shows_the_loader_and_compute_times(caps
     assert 0 < point["compute_time_s"] < point["step_time_s"]["median"]
     code = main(["profiles", "--json"])
     assert code == 0
+
+
+# -- torch.compile ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_compile_happens_before_the_clock_and_its_time_is_recorded_apart():
+    started = {}
+
+    class Facts(NullLog):
+        def started(self, **facts):
+            started.update(facts)
+
+    config = TrainConfig(batch_size=64, lr=1e-2, max_steps=6, compile=True)
+    result = train(model_workloads.make_dict(), CPU, config, log=Facts())
+    assert result.steps == 6 and math.isfinite(result.final_val_loss)
+    # compiling a model takes seconds; the six compiled steps after it are outside that time
+    assert started["compile_s"] > 0.5
+    assert started["config"]["compile"] is True
+    point = run_profile(tiny_workload.make(), CPU, replace(QUICK, batch_sizes=(32,), compile=True,
+                                                           min_seconds=0)).points[0]
+    assert point.status == "ok", point.error
+    assert point.compile_s > 10 * point.median_s

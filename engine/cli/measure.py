@@ -6,6 +6,7 @@ import click
 
 from engine.cli.group import cli
 from engine.cli.options import (
+    compile_option,
     device_option,
     home_of,
     json_option,
@@ -58,6 +59,7 @@ def hardware(as_json: bool) -> None:
 @click.option("--min-seconds", default=1.0, show_default=True, type=float, help="Timed seconds per batch size, at least.")
 @click.option("--warmup-steps", default=3, show_default=True, type=int, help="Untimed steps per batch size.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@compile_option
 @nproc_option("Data-parallel processes (torchrun; gloo on CPU, NCCL on CUDA): batch sizes are global, and the step "
               "time includes the gradient all-reduce.")
 @launch_options
@@ -65,7 +67,8 @@ def hardware(as_json: bool) -> None:
 @json_option
 @click.pass_context
 def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch, max_batch, dtype, memory_budget,
-            full, min_steps, min_seconds, warmup_steps, seed, nproc, launcher, ray_address, detach, as_json) -> int:
+            full, min_steps, min_seconds, warmup_steps, seed, compile_model, nproc, launcher, ray_address, detach,
+            as_json) -> int:
     """Measure step time, throughput and memory against batch size (runs as a job)."""
     from engine import jobs, store
     from engine.jobs.ray import launcher_from_cli
@@ -81,7 +84,7 @@ def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch
         max_batch=parse_positive_int(max_batch, "--max-batch") if max_batch is not None else 65536,
         dtype=dtype, memory_budget_bytes=parse_size(memory_budget) if memory_budget is not None else None,
         full=full, min_steps=min_steps, min_seconds=min_seconds, warmup_steps=warmup_steps, seed=seed,
-        nproc=parse_nproc(nproc),
+        nproc=parse_nproc(nproc), compile=compile_model,
     )
     run_on = launcher_from_cli(launcher, ray_address)
     home = home_of(ctx)
@@ -206,9 +209,11 @@ def profiles(ctx, as_json: bool) -> None:
               help="Train the baseline this many steps first, since the noise scale grows as the loss falls "
                    "(auto: one epoch, at most 500 steps).")
 @click.option("--seed", default=0, show_default=True, type=int)
+@compile_option
 @json_option
 @click.pass_context
-def noise(ctx, workload, settings, data, label, device, batch_small, batch_big, batches, warm_steps, seed, as_json):
+def noise(ctx, workload, settings, data, label, device, batch_small, batch_big, batches, warm_steps, seed,
+          compile_model, as_json):
     """Estimate the gradient noise scale B_simple (McCandlish et al. 2018) with a confidence interval."""
     from engine import store
     from engine.jobs import events
@@ -221,7 +226,7 @@ def noise(ctx, workload, settings, data, label, device, batch_small, batch_big, 
     warm = None if warm_steps == "auto" else parse_count(warm_steps, "--warm-steps")
     home = home_of(ctx)
     job_id = start_noise(home, workload, workload_settings(settings, data, label), device, small, big, count, warm,
-                         seed)
+                         seed, compile=compile_model)
     finish_job(home, job_id, "noise estimate", as_json)
     with store.connect(home) as con:
         estimate = store.load_noise(con, job_id)

@@ -37,6 +37,7 @@ class AutopilotConfig:
     tolerance: float = 0.01               # compare: target = baseline best val loss + 1%
     launcher: dict | None = None          # None: child jobs run here; {"kind": "ray", ...}: as Ray tasks
     nproc: int = 1                        # data-parallel ranks of the profile and of every training run
+    compile: bool = False                 # torch.compile the model in every step: profile, noise scale, runs
 
 
 def headline(rec: dict, comparison: dict) -> dict:
@@ -102,7 +103,7 @@ def autopilot_task(ctx: JobContext) -> None:
         # profile
         profile_id = start_profile(ctx.home, spec, options, device,
                                    ProfileConfig(min_seconds=config.min_seconds, max_batch=config.max_batch,
-                                                 nproc=config.nproc),
+                                                 nproc=config.nproc, compile=config.compile),
                                    launcher=config.launcher)
         children.append(profile_id)
         phase("profile", 0.0, job=profile_id)
@@ -113,7 +114,7 @@ def autopilot_task(ctx: JobContext) -> None:
         # noise scale
         noise_id = start_noise(ctx.home, spec, options, device, batch_small=workload.baseline_batch_size,
                                batches=config.noise_batches, warm_steps=default_warm_steps(workload),
-                               launcher=config.launcher)
+                               launcher=config.launcher, compile=config.compile)
         children.append(noise_id)
         phase("noise scale", 0.0, job=noise_id)
         wait_for([noise_id], "noise scale")
@@ -129,13 +130,14 @@ def autopilot_task(ctx: JobContext) -> None:
 
         # baseline runs, then recommended runs: queued on the device, one at a time
         base = TrainConfig(batch_size=rec["baseline"]["batch_size"], lr=rec["baseline"]["learning_rate"],
-                           epochs=epochs, warmup_samples=rec["warmup_samples"], nproc=config.nproc)
+                           epochs=epochs, warmup_samples=rec["warmup_samples"], nproc=config.nproc,
+                           compile=config.compile)
         factor = 1.0
         if rec.get("noise_scale"):
             b0, b, bn = rec["baseline"]["batch_size"], rec["batch_size"], rec["noise_scale"]
             factor = min(MAX_EPOCH_FACTOR, (b + bn) / (b0 + bn))  # S(B) B / S(B0) B0: the data the larger batch needs
         chosen = TrainConfig(batch_size=rec["batch_size"], lr=rec["learning_rate"], epochs=epochs * factor,
-                             warmup_samples=rec["warmup_samples"], nproc=config.nproc)
+                             warmup_samples=rec["warmup_samples"], nproc=config.nproc, compile=config.compile)
         baseline_ids = start_train(ctx.home, spec, options, device, base, config.repeats, role="baseline",
                                    recommendation_id=rec["recommendation_id"], launcher=config.launcher)
         recommended_ids = start_train(ctx.home, spec, options, device, chosen, config.repeats,

@@ -47,7 +47,8 @@ RECOMMENDATION, AUTOPILOT_PHASE, AUTOPILOT_RESULT = "recommendation", "autopilot
 POINT_FIELDS = ("batch_size", "status", "step_times_s", "median_s", "p25_s", "p75_s", "noisy", "samples_per_s",
                 "peak_memory_bytes", "memory_is_estimate", "predicted_memory_bytes", "flops_per_step", "flops_per_s",
                 "mean_power_w", "energy_per_sample_j", "started_at", "ended_at", "error",
-                "compute_median_s", "input_bound")   # Dataset workloads: the compute alone; the loader limits
+                "compute_median_s", "input_bound",   # Dataset workloads: the compute alone; the loader limits
+                "compile_s")                         # --compile: the compiling first step, timed apart
 #: A noise estimate's fields (engine.measure.noise.NoiseEstimate), as the noise_estimates table has them.
 NOISE_FIELDS = ("b_simple", "ci_low", "ci_high", "g2", "trace_sigma", "g_small_sq", "g_big_sq", "batch_small",
                 "batch_big", "batches", "warm_steps", "unreliable", "reason", "elapsed_s", "step_equivalents")
@@ -76,7 +77,7 @@ CATALOGUE: dict[str, EventType] = {e.name: e for e in (
     EventType(RUN_START, "a training run began: its config and what it runs on", ("config",),
               ("workload", "workload_spec", "options", "device", "versions", "launcher", "role", "recommendation_id",
                "primary_metric", "primary_metric_mode", "epochs", "warmup_samples", "steps_per_epoch", "total_steps",
-               "micro_batch", "n_train", "n_params", "on_device", "world_size", "backend")),
+               "micro_batch", "n_train", "n_params", "on_device", "world_size", "backend", "compile_s")),
     EventType(METRICS, "training metrics at logging steps, wide rows", ("rows",)),
     EventType(METRIC_VALUES, "named metric values at logging steps, long rows (the DDP noise scale)", ("rows",)),
     EventType(EVAL, "a validation pass", ("step", "val_loss"), ("epoch", "samples", "wall_time_s", "train_time_s",

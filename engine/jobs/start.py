@@ -68,7 +68,7 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
 
 def start_noise(home: Home, workload: str, options: dict, device: str, batch_small: int | None = None,
                 batch_big: int | None = None, batches: int = 32, warm_steps: int | None = None, seed: int = 0,
-                launcher: dict | None = None) -> str:
+                launcher: dict | None = None, compile: bool = False) -> str:
     """Validate, then start a gradient-noise-scale job; returns its id (also the estimate's id).
 
     ``warm_steps=None`` trains the baseline for one epoch first (see ``default_warm_steps``).
@@ -85,7 +85,8 @@ def start_noise(home: Home, workload: str, options: dict, device: str, batch_sma
         warm_steps = default_warm_steps(loaded)
     batch_small, batch_big = check_noise_args(loaded, batch_small, batch_big, batches, warm_steps)
     params = {"workload": workload, "options": dict(options), "device": str(torch_device), "batch_small": batch_small,
-              "batch_big": batch_big, "batches": batches, "warm_steps": warm_steps, "seed": seed}
+              "batch_big": batch_big, "batches": batches, "warm_steps": warm_steps, "seed": seed,
+              "compile": bool(compile)}
     if launcher is not None:
         params.update(workload=absolute_workload_spec(workload), launcher=launcher)
         return jobs.submit(home, "noise", params, device="ray", workload=loaded.name, launcher="ray")

@@ -94,7 +94,7 @@ def noise_scale_from_norms(g_small_sq: float, g_big_sq: float, batch_small: int,
 
 def estimate_noise(workload: Workload, device: torch.device, batch_small: int | None = None,
                    batch_big: int | None = None, batches: int = 32, warm_steps: int = 0, seed: int = 0,
-                   confidence: float = 0.9, bootstrap: int = 1000, dtype: str = "fp32",
+                   confidence: float = 0.9, bootstrap: int = 1000, dtype: str = "fp32", compile: bool = False,
                    on_progress: Callable[[str, float], None] = lambda phase, frac: None) -> NoiseEstimate:
     """Estimate B_simple for ``workload`` at the point reached after ``warm_steps`` baseline steps.
 
@@ -111,14 +111,14 @@ def estimate_noise(workload: Workload, device: torch.device, batch_small: int | 
     model = None
     try:
         # warm-up: the baseline's own training steps, since the noise scale grows as the loss falls
-        runner = StepRunner(workload, device, workload.baseline_batch_size, dtype, seed, data)
+        runner = StepRunner(workload, device, workload.baseline_batch_size, dtype, seed, data, compile=compile)
         on_progress("warm-up", 0.0)
         for step in range(warm_steps):
             runner.step()
             on_progress("warm-up", (step + 1) / warm_steps)
         if warm_steps == 0:
             on_progress("warm-up", 1.0)
-        model = runner.model  # fresh from torch.manual_seed(seed), in train mode
+        model = runner.forward  # fresh from torch.manual_seed(seed), in train mode (compiled with --compile)
         del runner            # drops the optimizer and its state: no more updates from here on
 
         # gradients: one forward and backward per chunk, nothing else

@@ -77,6 +77,7 @@ class ProfileConfig:
     include_baseline: bool = True       # add the workload's baseline batch to a power-of-two sweep
     seed: int = 0                       # model initialisation and data order
     nproc: int = 1                      # data-parallel ranks; batch sizes are global (split over the ranks)
+    compile: bool = False               # torch.compile the model; its compile step is timed apart, untimed in steps
     input_bound_ratio: float = 1.2      # Dataset workloads: loader-included over compute-only step time above
                                         # this flags the point "input-bound"
 
@@ -136,6 +137,7 @@ class ProfilePoint:
     error: str | None = None
     compute_median_s: float | None = None  # Dataset workloads: the step on batches already on the device
     input_bound: bool = False            # the loader, not the compute, limits throughput at this batch
+    compile_s: float | None = None       # --compile: the first step, which compiles for this batch shape
 
     @property
     def n(self) -> int:
@@ -218,7 +220,7 @@ class StepRunner:
 
     def __init__(self, workload: Workload, device: torch.device, batch_size: int,
                  dtype: str = "fp32", seed: int = 0, data: tuple[torch.Tensor, ...] | None = None,
-                 data_parallel: bool = False):
+                 data_parallel: bool = False, compile: bool = False):
         self.workload = workload
         self.device = device
         self.batch_size = batch_size    # the global batch; with data_parallel each rank steps on its shard
@@ -234,6 +236,8 @@ class StepRunner:
 
             self.forward = DistributedDataParallel(self.model,
                                                    device_ids=[device.index] if device.type == "cuda" else None)
+        if compile:
+            self.forward = devices.compile_model(self.forward)
         self.optimizer = workload.make_optimizer(self.model, workload.baseline_lr)
         self.scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(device, dtype) else None
         self.n = workload.n_train
@@ -396,7 +400,14 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
     try:
         devices.reset_peak_memory(device)
         runner = StepRunner(workload, device, batch_size, config.dtype, config.seed, data,
-                            data_parallel=config.nproc > 1)
+                            data_parallel=config.nproc > 1, compile=config.compile)
+        compile_s = None
+        if config.compile:  # compiles for this batch shape: timed apart, before any other step
+            devices.synchronize(device)
+            compile_start = time.perf_counter()
+            runner.step()
+            devices.synchronize(device)
+            compile_s = time.perf_counter() - compile_start
         for _ in range(config.warmup_steps):  # untimed: allocator growth, caches, lazy init
             runner.step()
         devices.synchronize(device)
@@ -428,7 +439,7 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
             flops_per_step=flops or None, flops_per_s=(flops / median) if flops and median > 0 else None,
             mean_power_w=power,
             energy_per_sample_j=(power * median / batch_size) if power is not None else None,
-            started_at=started, ended_at=time.time(), compute_median_s=compute_median,
+            started_at=started, ended_at=time.time(), compute_median_s=compute_median, compile_s=compile_s,
             input_bound=compute_median is not None and median > config.input_bound_ratio * compute_median,
         )
     except Exception as exc:  # narrow below: OOM is a ceiling, anything else an error point

@@ -89,6 +89,7 @@ class TrainConfig:
     nproc: int = 1                         # data-parallel processes (ranks); each takes a shard of every batch
     schedule: str | None = None            # after warm-up: constant | cosine | linear | wsd; None: the workload's
     dtype: str = "fp32"                    # "fp32" | "bf16" | "fp16" (autocast)
+    compile: bool = False                  # torch.compile the model, compiled before the clock starts
     seed: int = 0                          # model initialisation and data order
     eval_every_epochs: float = 1.0         # evaluate this often (in epochs); also at the end
     log_every_steps: int | None = None     # None: about 20 logs per epoch
@@ -348,6 +349,10 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
 
         forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         torch.manual_seed(config.seed + 1_000_003 * rank)  # dropout and other noise: independent per rank
+    compile_s = None
+    if config.compile:
+        forward = devices.compile_model(forward)
+        compile_s = _compile_before_clock(forward, workload, device, config)
     optimizer = workload.make_optimizer(model, config.lr)
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # each group's own peak rate
     scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(device, config.dtype) else None
@@ -368,7 +373,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     log.started(config=asdict(config), epochs=epochs, warmup_samples=warmup, steps_per_epoch=steps_per_epoch,
          total_steps=total_steps, micro_batch=config.micro_batch, n_train=workload.n_train,
          n_params=sum(p.numel() for p in model.parameters()), on_device=source.on_device, world_size=world,
-         backend=torch.distributed.get_backend() if world > 1 else None)
+         backend=torch.distributed.get_backend() if world > 1 else None, compile_s=compile_s)
 
     result = RunResult()
     loss_sum = torch.zeros((), device=device)   # accumulated on the device, read at logging intervals
@@ -494,6 +499,26 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     if save_to is not None and rank == 0:
         torch.save(model.state_dict(), save_to)
     return result
+
+
+def _compile_before_clock(forward: torch.nn.Module, workload: Workload, device: torch.device,
+                          config: TrainConfig) -> float:
+    """Compile the forward and backward on one micro-batch, outside the training clock; its seconds.
+
+    No optimizer step: the weights stay as initialised, the gradients are dropped. (A model with
+    batch norm updates its running statistics once, as one more forward would.)
+    """
+    batch = batches.to_device(workload.first_batch(config.micro_batch), device)
+    devices.synchronize(device)
+    start = time.perf_counter()
+    with devices.autocast(device, config.dtype):
+        loss = workload.loss_of(batches.model_output(forward, batch), batch)
+    loss.backward()
+    devices.synchronize(device)
+    elapsed = time.perf_counter() - start
+    for parameter in forward.parameters():
+        parameter.grad = None
+    return elapsed
 
 
 def _no_sync_unless(forward: torch.nn.Module, syncing: bool):
