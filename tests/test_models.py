@@ -210,3 +210,56 @@ def test_compile_happens_before_the_clock_and_its_time_is_recorded_apart():
                                                            min_seconds=0)).points[0]
     assert point.status == "ok", point.error
     assert point.compile_s > 10 * point.median_s
+
+
+# -- exports of the new recipe -------------------------------------------------------------------
+
+def _export_rec(**overrides) -> dict:
+    rec = {
+        "recommendation_id": "rec-00000001", "workload": "hf-tiny-bert", "workload_spec": "examples/hf_tiny.py:bert",
+        "batch_size": 256, "learning_rate": 8e-3, "warmup_steps": 4, "warmup_samples": 1024,
+        "micro_batch_size": 256, "gradient_accumulation_steps": 1, "world_size": 1, "rule": "linear",
+        "optimizer": "factory:no_decay_for_norms_and_biases", "weight_decay": 0.0, "epochs": 3,
+        "schedule": "wsd", "decay_samples": 2560, "max_grad_norm": 1.0,
+        "baseline": {"batch_size": 32, "learning_rate": 1e-3}, "device": {"kind": "cpu"},
+    }
+    return {**rec, **overrides}
+
+
+def _lr_factor_of(snippet: str):
+    namespace: dict = {}
+    exec(compile(snippet, "<export>", "exec"), namespace)  # the snippet as a user would run it
+    return namespace["lr_factor"]
+
+
+def test_exports_scale_every_param_group_alike_and_keep_the_schedule_in_steps():
+    from engine.plan.export import config_document, export_config
+
+    doc = config_document(_export_rec())
+    assert doc["scaling"]["lr_scale"] == pytest.approx(8.0)
+    assert "every parameter group" in doc["scaling"]["param_groups"]
+    assert doc["training"]["decay_steps"] == 10 and doc["training"]["max_grad_norm"] == 1.0
+    torch_snippet = export_config(_export_rec(), "torch")
+    assert "no_decay_for_norms_and_biases(model, LEARNING_RATE)" in torch_snippet
+    assert "clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)" in torch_snippet
+    # wsd in optimizer steps: warm-up 4, stable, then the last 10 of 100 decay linearly to zero
+    factor = _lr_factor_of(torch_snippet)
+    assert factor(0, 100) == pytest.approx(0.25) and factor(50, 100) == 1.0
+    assert factor(95, 100) == pytest.approx(0.5) and factor(100, 100) == 0.0
+    linear = _lr_factor_of(export_config(_export_rec(schedule="linear"), "torch"))
+    assert linear(4, 104) == 1.0 and linear(54, 104) == pytest.approx(0.5)
+    hf = export_config(_export_rec(), "hf")
+    assert 'lr_scheduler_type="warmup_stable_decay"' in hf and '"num_decay_steps": 10' in hf
+    assert "max_grad_norm=1.0" in hf and "optimizers=(optimizer, None)" in hf
+    deepspeed = json.loads(export_config(_export_rec(), "deepspeed"))
+    assert "optimizer" not in deepspeed and deepspeed["gradient_clipping"] == 1.0
+    assert any("no warm-up-stable-decay" in note for note in deepspeed["_comment"])
+    assert "gradient_clip_val=MAX_GRAD_NORM" in export_config(_export_rec(), "lightning")
+
+
+def test_the_cli_offers_exactly_the_contracts_schedules():
+    from engine.cli import cli
+    from engine.workloads.base import SCHEDULES
+
+    option = next(p for p in cli.commands["train"].params if p.name == "schedule")
+    assert tuple(option.type.choices) == SCHEDULES

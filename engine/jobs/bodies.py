@@ -50,6 +50,7 @@ def profile_task(ctx: JobContext) -> None:
         baseline_batch_size=workload.baseline_batch_size, baseline_lr=workload.baseline_lr,
         optimizer=workload.optimizer_name, n_train=workload.n_train, epochs=workload.epochs,
         warmup_samples=workload.default_warmup_samples(), weight_decay=workload.weight_decay,
+        schedule=workload.schedule, decay_samples=workload.decay_samples, max_grad_norm=workload.max_grad_norm,
         telemetry_source=sampler.source, telemetry_reason=sampler.reason, versions=versions(),
     )
 

@@ -63,7 +63,8 @@ CATALOGUE: dict[str, EventType] = {e.name: e for e in (
     EventType(PROFILE_START, "a profile began: the workload, the device, the config, the plan",
               ("profile_id",), ("workload", "workload_spec", "world_size", "options", "device", "config", "planned",
                                 "baseline_batch_size", "baseline_lr", "optimizer", "n_train", "epochs",
-                                "warmup_samples", "weight_decay", "telemetry_source", "telemetry_reason", "versions")),
+                                "warmup_samples", "weight_decay", "telemetry_source", "telemetry_reason", "versions",
+                                "schedule", "decay_samples", "max_grad_norm")),
     EventType(POINT, "one batch size measured (or refused: oom, over_budget, error)",
               ("profile_id", "batch_size", "status"), POINT_FIELDS[2:]),
     EventType(PROFILE_END, "the sweep ended: why, the saturation batch, the memory fit",
@@ -212,7 +213,8 @@ def profile_start_row(e: dict) -> dict:
             "optimizer": e.get("optimizer"), "epochs": e.get("epochs"), "n_train": e.get("n_train"),
             "telemetry_source": e.get("telemetry_source"), "telemetry_reason": e.get("telemetry_reason"),
             "config": config, "versions": e.get("versions") or {}, "warmup_samples": e.get("warmup_samples"),
-            "weight_decay": e.get("weight_decay")}
+            "weight_decay": e.get("weight_decay"), "schedule": e.get("schedule"),
+            "decay_samples": e.get("decay_samples"), "max_grad_norm": e.get("max_grad_norm")}
 
 
 def point_row(e: dict) -> dict:

@@ -295,6 +295,10 @@ def m006_point_loader_and_compile(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE profile_points ADD COLUMN input_bound BOOLEAN DEFAULT false")
     # --compile: the first step at a batch size compiles; its time is kept apart from the timed steps
     con.execute("ALTER TABLE profile_points ADD COLUMN compile_s DOUBLE")
+    # the workload's training recipe, which a recommendation and its exports carry on
+    con.execute("ALTER TABLE profiles ADD COLUMN schedule VARCHAR")            # constant | cosine | linear | wsd
+    con.execute("ALTER TABLE profiles ADD COLUMN decay_samples BIGINT")        # wsd: the final decay's length
+    con.execute("ALTER TABLE profiles ADD COLUMN max_grad_norm DOUBLE")        # gradient clipping; NULL: none
 
 
 def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[str, Migration]] | None = None) -> list[str]:
