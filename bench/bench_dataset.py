@@ -90,8 +90,10 @@ def main() -> None:
     results = []
     for batch_size in [int(b) for b in args.batches.split(",")]:
         lr = workload.baseline_lr * batch_size / workload.baseline_batch_size
-        probe = bare_loop(workload, batch_size, lr, 5, 0)  # sizes the runs to about --seconds
-        steps = max(10, int(args.seconds * probe / batch_size))
+        # sizes the runs to about --seconds; at least 50 steps, so that starting a loader's iteration
+        # (a fixed cost both sides pay once a run) does not decide the ratio
+        probe = bare_loop(workload, batch_size, lr, 20, 0)
+        steps = max(50, int(args.seconds * probe / batch_size))
         ours, bare, profiled = [], [], []
         for r in range(args.rounds):
             sides = [("ours", lambda: largestep_loop(workload, batch_size, lr, steps, r)),

@@ -264,3 +264,18 @@ def test_the_cli_offers_exactly_the_contracts_schedules():
 
     option = next(p for p in cli.commands["train"].params if p.name == "schedule")
     assert tuple(option.type.choices) == SCHEDULES
+
+
+def test_the_stability_ramp_moves_every_parameter_group_together():
+    from engine.measure.stability import check_stability
+
+    made = []
+
+    def keep(model, lr):
+        made.append(model_workloads.two_groups(model, lr))
+        return made[-1]
+
+    workload = replace(model_workloads.make_dict(), optimizer=keep)
+    result = check_stability(workload, CPU, 32, 5e-3, steps=6)
+    body, head = (group["lr"] for group in made[-1].param_groups)
+    assert body == pytest.approx(result.lrs[-1]) and head == pytest.approx(10 * result.lrs[-1])
