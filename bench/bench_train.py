@@ -44,7 +44,7 @@ def bare_loop(workload, device: torch.device, batch_size: int, lr: float, steps:
     n = data[0].shape[0]
     model = workload.model().to(device)
     model.train()
-    optimizer = workload.make_optimizer(model.parameters(), lr)
+    optimizer = workload.make_optimizer(model, lr)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     per_epoch = n // batch_size
     done = 0

@@ -38,7 +38,7 @@ def track(name, *, batch_size, lr=None, seed=None, tags=(), recommendation=None,
     where = resolve_home(home)
     rec = None
     if recommendation is not None:
-        from engine.store import read_recommendation   # one short read: the run never holds the database
+        from engine.store import read_recommendation  # one short read: the run never holds the database
 
         rec = read_recommendation(where, str(recommendation))
         if lr is None:

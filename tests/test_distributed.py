@@ -125,7 +125,7 @@ def test_the_noise_scale_metric_is_mcCandlish_on_the_rank_shards(two_rank_run):
     workload = make_sgd()
     torch.manual_seed(config.seed)
     model = workload.model()
-    optimizer = workload.make_optimizer(model.parameters(), config.lr)
+    optimizer = workload.make_optimizer(model, config.lr)
     params = list(model.parameters())
     batches = _Batches(workload.train, CPU, GLOBAL_BATCH, config.seed)
     samples = 0
@@ -145,7 +145,7 @@ def test_the_noise_scale_metric_is_mcCandlish_on_the_rank_shards(two_rank_run):
         for p, g0, g1 in zip(params, *shard_grads):
             p.grad = (g0 + g1) / 2
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step - 1, samples, config.lr, WARMUP, STEPS)
+            group["lr"] = lr_at(samples, config.lr, WARMUP, STEPS * GLOBAL_BATCH)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         samples += GLOBAL_BATCH

@@ -176,6 +176,9 @@ def test_the_launcher_accepts_only_listed_workloads_and_sane_numbers(tmp_path):
     choices, _ = overview.workload_choices(str(tmp_path))
     spec, options, config = overview.autopilot_request(overview.AutopilotForm("tiny", repeats=2, epochs=2), choices)
     assert (spec, options, config.repeats, config.epochs) == (TINY, {"samples": 512}, 2, 2.0)
+    assert not config.compile
+    _, _, compiled = overview.autopilot_request(overview.AutopilotForm("tiny", compile=True), choices)
+    assert compiled.compile   # the dashboard's checkbox reaches every step of the loop
     with pytest.raises(UsageError, match="unknown workload"):
         overview.autopilot_request(overview.AutopilotForm(TINY), choices)   # a path is not a listed name
     with pytest.raises(UsageError, match="repeats"):

@@ -119,8 +119,9 @@ def test_cli_report_on_an_empty_home(capsys, home, tmp_path):
 def test_a_run_tracked_from_your_own_code_joins_the_verification(verified_home, tmp_path):
     import shutil
 
-    import engine
     from test_track import plain_loop
+
+    import engine
 
     home, rec = verified_home
     mine = Home(tmp_path / "home")

@@ -24,11 +24,25 @@ def collect():
 
 
 def test_warmup_is_linear_in_samples_then_constant_or_cosine():
-    assert lr_at(0, 0, 1.0, 1000, 100) == pytest.approx(1 / 1000)
-    assert lr_at(4, 499, 1.0, 1000, 100) == pytest.approx(0.5)
-    assert lr_at(10, 1000, 1.0, 1000, 100) == 1.0
-    assert lr_at(50, 10_000, 1.0, 0, 100, "cosine") == pytest.approx(0.5)
-    assert lr_at(100, 10_000, 1.0, 0, 100, "cosine") == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(0, 1.0, 1000, 10_000) == pytest.approx(1 / 1000)
+    assert lr_at(499, 1.0, 1000, 10_000) == pytest.approx(0.5)
+    assert lr_at(1000, 1.0, 1000, 10_000) == 1.0
+    assert lr_at(5_000, 1.0, 0, 10_000, "cosine") == pytest.approx(0.5)
+    assert lr_at(10_000, 1.0, 0, 10_000, "cosine") == pytest.approx(0.0, abs=1e-12)
+
+
+def test_linear_and_wsd_schedules_decay_to_zero_over_samples():
+    # linear: from the peak after warm-up down to zero at the end of the run
+    assert lr_at(1_000, 1.0, 1_000, 11_000, "linear") == pytest.approx(1.0)
+    assert lr_at(6_000, 1.0, 1_000, 11_000, "linear") == pytest.approx(0.5)
+    assert lr_at(11_000, 1.0, 1_000, 11_000, "linear") == pytest.approx(0.0)
+    # wsd: stable at the peak until the decay phase (its length in samples), then linear to zero
+    assert lr_at(7_999, 1.0, 1_000, 10_000, "wsd", decay_samples=2_000) == 1.0
+    assert lr_at(9_000, 1.0, 1_000, 10_000, "wsd", decay_samples=2_000) == pytest.approx(0.5)
+    assert lr_at(8_000, 1.0, 0, 10_000, "wsd") == 1.0                     # default decay: the last fifth
+    assert lr_at(9_500, 1.0, 0, 10_000, "wsd") == pytest.approx(0.25)
+    # the same samples give the same rate multiple whatever the batch: the shape does not rescale
+    assert lr_at(4_096, 2.0, 512, 8_192, "cosine") == pytest.approx(2 * lr_at(4_096, 1.0, 512, 8_192, "cosine"))
 
 
 @pytest.mark.slow
@@ -95,7 +109,7 @@ def test_an_absurd_learning_rate_diverges_within_a_few_steps():
     (TrainConfig(batch_size=0, lr=1.0), "batch-size"),
     (TrainConfig(batch_size=32, lr=0.0), "--lr"),
     (TrainConfig(batch_size=32, lr=1.0, accumulate=3), "divisible"),
-    (TrainConfig(batch_size=32, lr=1.0, schedule="linear"), "schedule"),
+    (TrainConfig(batch_size=32, lr=1.0, schedule="step"), "schedule"),
     (TrainConfig(batch_size=100_000, lr=1.0), "larger than"),
 ])
 def test_bad_configs(config, says):

@@ -30,7 +30,7 @@ def load_error(spec: str, options: dict | None = None) -> str:
 
 
 def train_steps(workload: Workload, model: torch.nn.Module, epochs: int, batch_size: int) -> None:
-    optimizer = workload.make_optimizer(model.parameters(), workload.baseline_lr)
+    optimizer = workload.make_optimizer(model, workload.baseline_lr)
     generator = torch.Generator().manual_seed(0)
     for _ in range(epochs):
         order = torch.randperm(workload.n_train, generator=generator)

@@ -54,12 +54,15 @@ with st.form("overview.form", border=False):
                                 placeholder="the workload's own",
                                 help="How long the baseline trains; empty: the workload's own. The recommended "
                                      "runs may get more, as a larger batch needs more samples.")
+    compile_model = st.checkbox("Compile the model (torch.compile)", key="overview.compile",
+                                help="Compiled before any clock starts; the compile time is recorded apart. "
+                                     "Each batch size recompiles.")
     submitted = st.form_submit_button("Profile & train", type="primary", key="overview.start",
                                       icon=":material/rocket_launch:")
 
 if submitted:
     form = overview.AutopilotForm(workload=workload, device=device, repeats=int(repeats), epochs=epochs,
-                                  data_path=data_path, label=label)
+                                  data_path=data_path, label=label, compile=compile_model)
     try:
         with st.spinner("Checking the workload …"):
             job_id = overview.submit_autopilot(home, form, choices)

@@ -6,6 +6,7 @@ import click
 
 from engine.cli.group import cli
 from engine.cli.options import (
+    compile_option,
     device_option,
     home_of,
     json_option,
@@ -58,6 +59,7 @@ def hardware(as_json: bool) -> None:
 @click.option("--min-seconds", default=1.0, show_default=True, type=float, help="Timed seconds per batch size, at least.")
 @click.option("--warmup-steps", default=3, show_default=True, type=int, help="Untimed steps per batch size.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@compile_option
 @nproc_option("Data-parallel processes (torchrun; gloo on CPU, NCCL on CUDA): batch sizes are global, and the step "
               "time includes the gradient all-reduce.")
 @launch_options
@@ -65,7 +67,8 @@ def hardware(as_json: bool) -> None:
 @json_option
 @click.pass_context
 def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch, max_batch, dtype, memory_budget,
-            full, min_steps, min_seconds, warmup_steps, seed, nproc, launcher, ray_address, detach, as_json) -> int:
+            full, min_steps, min_seconds, warmup_steps, seed, compile_model, nproc, launcher, ray_address, detach,
+            as_json) -> int:
     """Measure step time, throughput and memory against batch size (runs as a job)."""
     from engine import jobs, store
     from engine.jobs.ray import launcher_from_cli
@@ -81,7 +84,7 @@ def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch
         max_batch=parse_positive_int(max_batch, "--max-batch") if max_batch is not None else 65536,
         dtype=dtype, memory_budget_bytes=parse_size(memory_budget) if memory_budget is not None else None,
         full=full, min_steps=min_steps, min_seconds=min_seconds, warmup_steps=warmup_steps, seed=seed,
-        nproc=parse_nproc(nproc),
+        nproc=parse_nproc(nproc), compile=compile_model,
     )
     run_on = launcher_from_cli(launcher, ray_address)
     home = home_of(ctx)
@@ -121,6 +124,8 @@ def profile_summary(profile: dict) -> dict:
             "memory_is_estimate": p.get("memory_is_estimate"), "flops_per_step": p.get("flops_per_step"),
             "flops_per_s": p.get("flops_per_s"), "energy_per_sample_j": p.get("energy_per_sample_j"),
             "noisy": p.get("noisy"), "error": p.get("error"),
+            # Dataset workloads: the step without its loader, and whether the loader limits throughput
+            "compute_time_s": p.get("compute_median_s"), "input_bound": bool(p.get("input_bound")),
         })
     fit = None
     if profile.get("memory_fit_slope_bytes") is not None:
@@ -138,19 +143,27 @@ def profile_summary(profile: dict) -> dict:
 
 
 def print_profile(summary: dict) -> None:
+    # a Dataset workload's points also carry the compute alone: one more column, and the input-bound flag
+    with_loader = any(p.get("compute_time_s") is not None for p in summary["points"])
     rows = []
     for p in summary["points"]:
         st = p["step_time_s"]
         mem = format_bytes(p["peak_memory_bytes"]) + (" (est.)" if p.get("memory_is_estimate") else "")
-        rows.append([p["batch_size"], p["status"] + (" noisy" if p.get("noisy") else ""), format_ms(st["median"]),
+        status = p["status"] + (" noisy" if p.get("noisy") else "") + (" input-bound" if p.get("input_bound") else "")
+        rows.append([p["batch_size"], status, format_ms(st["median"]),
+                     *([format_ms(p.get("compute_time_s"))] if with_loader else []),
                      f"{format_ms(st['p25'])}-{format_ms(st['p75'])}", st["n"], grouped(p["samples_per_s"]),
                      mem, format_si(p.get("flops_per_s"), "FLOP/s")])
     title = f"Profile {summary['profile_id']}: {summary['workload']} on {summary['device']['name']} ({summary['dtype']})"
     out = console()
-    out.print(table(title, ["batch", "status", "median ms", "IQR ms", "steps", "samples/s", "peak memory", "achieved"],
-                    rows))
+    columns = ["batch", "status", "median ms" + (" (with loader)" if with_loader else ""),
+               *(["compute ms"] if with_loader else []), "IQR ms", "steps", "samples/s", "peak memory", "achieved"]
+    out.print(table(title, columns, rows))
     out.print(f"saturation batch: {summary['saturation_batch']} (smallest batch at 90% of the best throughput); "
               f"sweep stopped: {summary['stop_reason']}")
+    if any(p.get("input_bound") for p in summary["points"]):
+        out.print("input-bound: the data loader, not the compute, limits throughput there; a larger batch will not "
+                  "help until loading is faster (more num_workers, a lighter collate_fn)")
 
 
 def describe_profile_event(event: dict) -> str | None:
@@ -159,8 +172,9 @@ def describe_profile_event(event: dict) -> str | None:
     if event.get("type") != events.POINT:
         return None
     if event.get("status") == "ok":
+        bound = ", input-bound" if event.get("input_bound") else ""
         return (f"batch {event['batch_size']}: {event['median_s'] * 1e3:.2f} ms/step, "
-                f"{event['samples_per_s']:,.0f} samples/s")
+                f"{event['samples_per_s']:,.0f} samples/s{bound}")
     return f"batch {event['batch_size']}: {event['status']} ({event.get('error') or ''})"
 
 
@@ -195,9 +209,11 @@ def profiles(ctx, as_json: bool) -> None:
               help="Train the baseline this many steps first, since the noise scale grows as the loss falls "
                    "(auto: one epoch, at most 500 steps).")
 @click.option("--seed", default=0, show_default=True, type=int)
+@compile_option
 @json_option
 @click.pass_context
-def noise(ctx, workload, settings, data, label, device, batch_small, batch_big, batches, warm_steps, seed, as_json):
+def noise(ctx, workload, settings, data, label, device, batch_small, batch_big, batches, warm_steps, seed,
+          compile_model, as_json):
     """Estimate the gradient noise scale B_simple (McCandlish et al. 2018) with a confidence interval."""
     from engine import store
     from engine.jobs import events
@@ -210,7 +226,7 @@ def noise(ctx, workload, settings, data, label, device, batch_small, batch_big, 
     warm = None if warm_steps == "auto" else parse_count(warm_steps, "--warm-steps")
     home = home_of(ctx)
     job_id = start_noise(home, workload, workload_settings(settings, data, label), device, small, big, count, warm,
-                         seed)
+                         seed, compile=compile_model)
     finish_job(home, job_id, "noise estimate", as_json)
     with store.connect(home) as con:
         estimate = store.load_noise(con, job_id)

@@ -60,6 +60,12 @@ def device_option(help: str = DEVICE_HELP) -> Callable[[Callable], Callable]:
     return click.option("--device", "-d", default="auto", show_default=True, help=help)
 
 
+def compile_option(fn: Callable) -> Callable:
+    return click.option("--compile", "compile_model", is_flag=True,
+                        help="torch.compile the model; compiling happens before the clock starts and its time is "
+                             "recorded apart (each new batch size recompiles, untimed).")(fn)
+
+
 def nproc_option(help: str) -> Callable[[Callable], Callable]:
     return click.option("--nproc", default="1", show_default=True, metavar="N", help=help)
 

@@ -6,6 +6,7 @@ import click
 
 from engine.cli.group import cli
 from engine.cli.options import (
+    compile_option,
     device_option,
     home_of,
     json_option,
@@ -30,10 +31,13 @@ from engine.format import format_bytes
 @click.option("--epochs", metavar="E", help="Training length in epochs (default: the workload's).")
 @click.option("--warmup-samples", metavar="N", help="Linear warm-up length in samples (default: the workload's).")
 @click.option("--accumulate", default="1", show_default=True, metavar="K", help="Micro-batches per optimizer step.")
-@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
-              help="Learning rate after warm-up.")
+# the choices are engine.workloads.base.SCHEDULES, written out: the CLI starts without importing torch
+@click.option("--schedule", type=click.Choice(["constant", "cosine", "linear", "wsd"]), default=None,
+              help="Learning rate after warm-up, its lengths in samples (wsd: warm-up, stable, decay).  "
+                   "[default: the workload's]")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--seed", default="0", show_default=True, metavar="S")
+@compile_option
 @click.option("--repeats", default="1", show_default=True, metavar="K", help="Runs with seeds S, S+1, ... as one group.")
 @click.option("--target-val-loss", metavar="X", help="Stop when the validation loss reaches X; record the time.")
 @click.option("--eval-every", default="1", show_default=True, metavar="EPOCHS", help="Evaluation interval in epochs.")
@@ -47,8 +51,8 @@ from engine.format import format_bytes
 @json_option
 @click.pass_context
 def train(ctx, workload, settings, data, label, batch_size, lr, epochs, warmup_samples, accumulate, schedule, dtype,
-          seed, repeats, target_val_loss, eval_every, max_steps, tags, device, nproc, launcher, ray_address, detach,
-          as_json):
+          seed, compile_model, repeats, target_val_loss, eval_every, max_steps, tags, device, nproc, launcher,
+          ray_address, detach, as_json):
     """Train a workload for real at one batch size and learning rate (runs as jobs)."""
     from engine import jobs, store
     from engine.jobs.ray import launcher_from_cli
@@ -64,7 +68,7 @@ def train(ctx, workload, settings, data, label, batch_size, lr, epochs, warmup_s
         seed=parse_count(seed, "--seed"), target_val_loss=parse_float(target_val_loss, "--target-val-loss"),
         eval_every_epochs=parse_float(eval_every, "--eval-every"),
         max_steps=parse_positive_int(max_steps, "--max-steps") if max_steps is not None else None, tags=tuple(tags),
-        nproc=parse_nproc(nproc),
+        nproc=parse_nproc(nproc), compile=compile_model,
     )
     run_on = launcher_from_cli(launcher, ray_address)
     home = home_of(ctx)
@@ -249,6 +253,7 @@ def print_comparison(result: dict) -> None:
 @click.option("--max-repeats", default="10", show_default=True, metavar="K", help="With --until-decisive.")
 @click.option("--quality-tolerance", default="0.01", show_default=True, metavar="SHARE",
               help="A quality difference within this share of the baseline's value counts as no difference.")
+@compile_option
 @device_option()
 @nproc_option("Data-parallel processes for the profile and every training run (batch sizes are global); the "
               "noise-scale estimate runs in one.")
@@ -257,7 +262,7 @@ def print_comparison(result: dict) -> None:
 @json_option
 @click.pass_context
 def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, arms, until_decisive, max_repeats,
-              quality_tolerance, device, nproc, launcher, ray_address, detach, as_json):
+              quality_tolerance, compile_model, device, nproc, launcher, ray_address, detach, as_json):
     """The whole loop headless: profile, noise scale, recommend, train the baseline and the
     recommendation (K seeds each, one after the other on the device), compare, and one headline."""
     from engine import jobs, store
@@ -271,7 +276,7 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, arms,
                              rule=rule, launcher=launcher_from_cli(launcher, ray_address), nproc=parse_nproc(nproc),
                              arms=tuple(a.strip() for a in arms.split(",")) if arms is not None else None,
                              until_decisive=until_decisive, max_repeats=parse_positive_int(max_repeats, "--max-repeats"),
-                             quality_tolerance=quality_tol)
+                             quality_tolerance=quality_tol, compile=compile_model)
     home = home_of(ctx)
     job_id = start_autopilot(home, workload, workload_settings(settings, data, label), device, config)
     store.ingest(home)

@@ -51,6 +51,7 @@ class AutopilotConfig:
     max_repeats: int = 10                 # ... up to this many seeds an arm
     launcher: dict | None = None          # None: child jobs run here; {"kind": "ray", ...}: as Ray tasks
     nproc: int = 1                        # data-parallel ranks of the profile and of every training run
+    compile: bool = False                 # torch.compile the model in every step: profile, noise scale, runs
 
     def validate(self) -> None:
         """The autopilot's own fields; each child job's config is validated again when it is built."""
@@ -214,7 +215,7 @@ def autopilot_task(ctx: JobContext) -> None:
         # profile
         profile_id = start_profile(ctx.home, spec, options, device,
                                    ProfileConfig(min_seconds=config.min_seconds, max_batch=config.max_batch,
-                                                 nproc=config.nproc),
+                                                 nproc=config.nproc, compile=config.compile),
                                    launcher=config.launcher)
         children.append(profile_id)
         phase("profile", 0.0, job=profile_id)
@@ -225,7 +226,7 @@ def autopilot_task(ctx: JobContext) -> None:
         # noise scale
         noise_id = start_noise(ctx.home, spec, options, device, batch_small=workload.baseline_batch_size,
                                batches=config.noise_batches, warm_steps=default_warm_steps(workload),
-                               launcher=config.launcher)
+                               launcher=config.launcher, compile=config.compile)
         children.append(noise_id)
         phase("noise scale", 0.0, job=noise_id)
         wait_for([noise_id], "noise scale")
@@ -250,13 +251,14 @@ def autopilot_task(ctx: JobContext) -> None:
         # training runs: the arms interleaved seed by seed (baseline 0, recommended 0, baseline 1, ...) on
         # the device's first-in-first-out queue, so drift in the machine's load falls on both arms alike
         base = TrainConfig(batch_size=rec["baseline"]["batch_size"], lr=rec["baseline"]["learning_rate"],
-                           epochs=epochs, warmup_samples=rec["warmup_samples"], nproc=config.nproc)
+                           epochs=epochs, warmup_samples=rec["warmup_samples"], nproc=config.nproc,
+                           compile=config.compile)
         factor = 1.0
         if rec.get("noise_scale"):
             b0, b, bn = rec["baseline"]["batch_size"], rec["batch_size"], rec["noise_scale"]
             factor = min(MAX_EPOCH_FACTOR, (b + bn) / (b0 + bn))  # S(B) B / S(B0) B0: the data the larger batch needs
         chosen = TrainConfig(batch_size=rec["batch_size"], lr=rec["learning_rate"], epochs=epochs * factor,
-                             warmup_samples=rec["warmup_samples"], nproc=config.nproc)
+                             warmup_samples=rec["warmup_samples"], nproc=config.nproc, compile=config.compile)
         arms = {"baseline": (base, f"grp-{secrets.token_hex(4)}", []),
                 "recommended": (chosen, f"grp-{secrets.token_hex(4)}", [])}
         order: list[str] = []

@@ -48,8 +48,9 @@ def profile_task(ctx: JobContext) -> None:
         world_size=distributed.world_size(),
         options=params.get("options") or {}, device=info.to_dict(), config=asdict(config), planned=planned,
         baseline_batch_size=workload.baseline_batch_size, baseline_lr=workload.baseline_lr,
-        optimizer=workload.optimizer, n_train=workload.n_train, epochs=workload.epochs,
+        optimizer=workload.optimizer_name, n_train=workload.n_train, epochs=workload.epochs,
         warmup_samples=workload.default_warmup_samples(), weight_decay=workload.weight_decay,
+        schedule=workload.schedule, decay_samples=workload.decay_samples, max_grad_norm=workload.max_grad_norm,
         telemetry_source=sampler.source, telemetry_reason=sampler.reason, versions=versions(),
     )
 
@@ -92,7 +93,7 @@ def noise_task(ctx: JobContext) -> None:
     estimate = estimate_noise(
         workload, device, batch_small=params.get("batch_small"), batch_big=params.get("batch_big"),
         batches=params.get("batches", 32), warm_steps=params.get("warm_steps", 0), seed=params.get("seed", 0),
-        on_progress=lambda phase, fraction: ctx.progress(phase, fraction),
+        compile=bool(params.get("compile")), on_progress=lambda phase, fraction: ctx.progress(phase, fraction),
     )
     ctx.spool.emit(events.NOISE_ESTIMATE, workload=workload.name, workload_spec=params["workload"],
                    options=params.get("options") or {}, device=devices.device_info(device).to_dict(),

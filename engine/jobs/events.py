@@ -46,7 +46,9 @@ RECOMMENDATION, AUTOPILOT_PHASE, AUTOPILOT_RESULT = "recommendation", "autopilot
 #: A profile point's fields (engine.measure.profiler.ProfilePoint), as the profile_points table has them.
 POINT_FIELDS = ("batch_size", "status", "step_times_s", "median_s", "p25_s", "p75_s", "noisy", "samples_per_s",
                 "peak_memory_bytes", "memory_is_estimate", "predicted_memory_bytes", "flops_per_step", "flops_per_s",
-                "mean_power_w", "energy_per_sample_j", "started_at", "ended_at", "error")
+                "mean_power_w", "energy_per_sample_j", "started_at", "ended_at", "error",
+                "compute_median_s", "input_bound",   # Dataset workloads: the compute alone; the loader limits
+                "compile_s")                         # --compile: the compiling first step, timed apart
 #: A noise estimate's fields (engine.measure.noise.NoiseEstimate), as the noise_estimates table has them.
 NOISE_FIELDS = ("b_simple", "ci_low", "ci_high", "g2", "trace_sigma", "g_small_sq", "g_big_sq", "batch_small",
                 "batch_big", "batches", "warm_steps", "unreliable", "reason", "elapsed_s", "step_equivalents")
@@ -61,7 +63,8 @@ CATALOGUE: dict[str, EventType] = {e.name: e for e in (
     EventType(PROFILE_START, "a profile began: the workload, the device, the config, the plan",
               ("profile_id",), ("workload", "workload_spec", "world_size", "options", "device", "config", "planned",
                                 "baseline_batch_size", "baseline_lr", "optimizer", "n_train", "epochs",
-                                "warmup_samples", "weight_decay", "telemetry_source", "telemetry_reason", "versions")),
+                                "warmup_samples", "weight_decay", "telemetry_source", "telemetry_reason", "versions",
+                                "schedule", "decay_samples", "max_grad_norm")),
     EventType(POINT, "one batch size measured (or refused: oom, over_budget, error)",
               ("profile_id", "batch_size", "status"), POINT_FIELDS[2:]),
     EventType(PROFILE_END, "the sweep ended: why, the saturation batch, the memory fit",
@@ -75,7 +78,7 @@ CATALOGUE: dict[str, EventType] = {e.name: e for e in (
     EventType(RUN_START, "a training run began: its config and what it runs on", ("config",),
               ("workload", "workload_spec", "options", "device", "versions", "launcher", "role", "recommendation_id",
                "primary_metric", "primary_metric_mode", "epochs", "warmup_samples", "steps_per_epoch", "total_steps",
-               "micro_batch", "n_train", "n_params", "on_device", "world_size", "backend")),
+               "micro_batch", "n_train", "n_params", "on_device", "world_size", "backend", "compile_s")),
     EventType(METRICS, "training metrics at logging steps, wide rows", ("rows",)),
     EventType(METRIC_VALUES, "named metric values at logging steps, long rows (the DDP noise scale)", ("rows",)),
     EventType(EVAL, "a validation pass", ("step", "val_loss"), ("epoch", "samples", "wall_time_s", "train_time_s",
@@ -221,7 +224,8 @@ def profile_start_row(e: dict) -> dict:
             "optimizer": e.get("optimizer"), "epochs": e.get("epochs"), "n_train": e.get("n_train"),
             "telemetry_source": e.get("telemetry_source"), "telemetry_reason": e.get("telemetry_reason"),
             "config": config, "versions": e.get("versions") or {}, "warmup_samples": e.get("warmup_samples"),
-            "weight_decay": e.get("weight_decay")}
+            "weight_decay": e.get("weight_decay"), "schedule": e.get("schedule"),
+            "decay_samples": e.get("decay_samples"), "max_grad_norm": e.get("max_grad_norm")}
 
 
 def point_row(e: dict) -> dict:

@@ -17,7 +17,18 @@ from engine.units import INT32_MAX, check_int
 
 MAX_REPEATS = 1000      # runs queued by one request (each is a job folder and a process)
 
-__all__ = ["start_profile", "start_noise", "start_stability", "start_train", "start_autopilot"]
+__all__ = ["start_profile", "start_noise", "start_stability", "start_train", "start_autopilot", "load_checked"]
+
+
+def load_checked(workload: str, options: dict):
+    """The workload, loaded and given one trial forward pass: what only running it shows (an output
+    without its loss, dict batches without labels, a factory returning no optimizer) is refused
+    here as a one-line WorkloadError, before a job is written."""
+    from engine.workloads import load_workload
+
+    loaded = load_workload(workload, options)
+    loaded.check_runs()
+    return loaded
 
 
 def start_profile(home: Home, workload: str, options: dict, device: str, config: ProfileConfig,
@@ -31,7 +42,6 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
     """
     from engine.jobs.ray import absolute_workload_spec, check_launcher
     from engine.jobs.torchrun import check_nproc, lock_names
-    from engine.workloads import load_workload
 
     config.validate()
     launcher = check_launcher(launcher, device, config.nproc)
@@ -47,7 +57,7 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
     devices.check_dtype(torch_device, config.dtype)
     home.check()
     check_database_file(home.database)
-    loaded = load_workload(workload, options)  # a bad workload fails here, before anything is written
+    loaded = load_checked(workload, options)  # a bad workload fails here, before anything is written
     params = {"workload": workload, "options": dict(options), "device": str(torch_device), "config": asdict(config)}
     if min(plan_batch_sizes(config, loaded), default=loaded.n_train + 1) > loaded.n_train:
         raise UsageError(f"every batch size to profile is larger than the {loaded.n_train} training samples of "
@@ -64,26 +74,26 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
 
 def start_noise(home: Home, workload: str, options: dict, device: str, batch_small: int | None = None,
                 batch_big: int | None = None, batches: int = 32, warm_steps: int | None = None, seed: int = 0,
-                launcher: dict | None = None) -> str:
+                launcher: dict | None = None, compile: bool = False) -> str:
     """Validate, then start a gradient-noise-scale job; returns its id (also the estimate's id).
 
     ``warm_steps=None`` trains the baseline for one epoch first (see ``default_warm_steps``).
     """
     from engine.jobs.ray import absolute_workload_spec, check_launcher
     from engine.measure.noise import check_noise_args, default_warm_steps
-    from engine.workloads import load_workload
 
     check_int(seed, "--seed", low=0)
     launcher = check_launcher(launcher, device)
     torch_device = devices.resolve_device(device) if launcher is None else device
     home.check()
     check_database_file(home.database)
-    loaded = load_workload(workload, options)
+    loaded = load_checked(workload, options)
     if warm_steps is None:
         warm_steps = default_warm_steps(loaded)
     batch_small, batch_big = check_noise_args(loaded, batch_small, batch_big, batches, warm_steps)
     params = {"workload": workload, "options": dict(options), "device": str(torch_device), "batch_small": batch_small,
-              "batch_big": batch_big, "batches": batches, "warm_steps": warm_steps, "seed": seed}
+              "batch_big": batch_big, "batches": batches, "warm_steps": warm_steps, "seed": seed,
+              "compile": bool(compile)}
     if launcher is not None:
         params.update(workload=absolute_workload_spec(workload), launcher=launcher)
         return jobs.submit(home, "noise", params, device="ray", workload=loaded.name, launcher="ray")
@@ -115,7 +125,6 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
 
     from engine.jobs.ray import absolute_workload_spec, check_launcher
     from engine.jobs.torchrun import check_nproc, lock_names
-    from engine.workloads import load_workload
 
     config.validate()
     check_int(repeats, "--repeats", high=MAX_REPEATS)
@@ -133,7 +142,7 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
     home.check()
     check_database_file(home.database)
     if launcher is None:
-        loaded = load_workload(workload, options)
+        loaded = load_checked(workload, options)
         if config.batch_size > loaded.n_train:
             raise UsageError(f"--batch-size {config.batch_size} is larger than the {loaded.n_train} training "
                              f"samples of {loaded.name}")
@@ -158,8 +167,6 @@ def start_autopilot(home: Home, workload: str, options: dict, device: str, confi
 
     The orchestrator waits on a lock of its own, so its children can take the device's lock.
     """
-    from engine.workloads import load_workload
-
     config.validate()
     from engine.jobs.ray import check_launcher
     from engine.jobs.torchrun import check_nproc
@@ -169,7 +176,7 @@ def start_autopilot(home: Home, workload: str, options: dict, device: str, confi
     torch_device = devices.resolve_device(device) if config.launcher is None else device
     home.check()
     check_database_file(home.database)
-    loaded = load_workload(workload, options)
+    loaded = load_checked(workload, options)
     if loaded.baseline_batch_size % config.nproc:
         raise UsageError(f"--nproc {config.nproc} does not divide {loaded.name}'s baseline batch "
                          f"{loaded.baseline_batch_size}: every rank needs an equal share of every batch")

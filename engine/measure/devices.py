@@ -21,6 +21,7 @@ import torch
 from engine.errors import DeviceError, UsageError
 
 __all__ = [
+    "compile_model",
     "DTYPES",
     "DeviceInfo",
     "autocast",
@@ -375,6 +376,12 @@ def autocast(device: torch.device | str, dtype: str) -> contextlib.AbstractConte
     if torch_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch_dtype)
+
+
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(model)``. Compiling is lazy: the first forward and backward compile (and each
+    new batch shape recompiles), so callers run one untimed step before any clock starts."""
+    return torch.compile(model)
 
 
 def needs_grad_scaler(device: torch.device | str, dtype: str) -> bool:

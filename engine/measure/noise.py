@@ -25,6 +25,10 @@ Batches are drawn without replacement from a fresh shuffle of the training set p
 for a big batch close to the dataset's size the finite-population correction matters:
 tr(Σ) comes out about n/(n−1) too large and |G|² about tr(Σ)/(n−1) too small. Negligible for
 the batch sizes this tool deals with (n in the thousands at least).
+
+Any workload shape works: a Dataset's big batches come through its DataLoader (in a seeded
+order of their own), dict batches are cut key by key, and a model that returns its own loss
+(``loss=None``) is differentiated through that loss.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -42,6 +46,7 @@ from engine.measure import devices
 from engine.measure.profiler import StepRunner, shuffled_on_device
 from engine.units import check_int
 from engine.workloads.base import Workload
+from engine.workloads.batches import Batch, EpochOrder, make_loader, model_output, slice_batch, to_device
 
 __all__ = ["NoiseEstimate", "estimate_noise", "noise_scale_from_norms", "DEFAULT_BIG_MULTIPLE"]
 
@@ -90,7 +95,7 @@ def noise_scale_from_norms(g_small_sq: float, g_big_sq: float, batch_small: int,
 
 def estimate_noise(workload: Workload, device: torch.device, batch_small: int | None = None,
                    batch_big: int | None = None, batches: int = 32, warm_steps: int = 0, seed: int = 0,
-                   confidence: float = 0.9, bootstrap: int = 1000, dtype: str = "fp32",
+                   confidence: float = 0.9, bootstrap: int = 1000, dtype: str = "fp32", compile: bool = False,
                    on_progress: Callable[[str, float], None] = lambda phase, frac: None) -> NoiseEstimate:
     """Estimate B_simple for ``workload`` at the point reached after ``warm_steps`` baseline steps.
 
@@ -107,14 +112,14 @@ def estimate_noise(workload: Workload, device: torch.device, batch_small: int | 
     model = None
     try:
         # warm-up: the baseline's own training steps, since the noise scale grows as the loss falls
-        runner = StepRunner(workload, device, workload.baseline_batch_size, dtype, seed, data)
+        runner = StepRunner(workload, device, workload.baseline_batch_size, dtype, seed, data, compile=compile)
         on_progress("warm-up", 0.0)
         for step in range(warm_steps):
             runner.step()
             on_progress("warm-up", (step + 1) / warm_steps)
         if warm_steps == 0:
             on_progress("warm-up", 1.0)
-        model = runner.model  # fresh from torch.manual_seed(seed), in train mode
+        model = runner.forward  # fresh from torch.manual_seed(seed), in train mode (compiled with --compile)
         del runner            # drops the optimizer and its state: no more updates from here on
 
         # gradients: one forward and backward per chunk, nothing else
@@ -200,24 +205,18 @@ def _gradient_norms(model: torch.nn.Module, workload: Workload, device: torch.de
     """
     params = [p for p in model.parameters() if p.requires_grad]
     chunks = batch_big // batch_small
-    n = int(data[0].shape[0])
-    per_epoch = n // batch_big
-    order = torch.Generator().manual_seed(seed + 1)  # apart from the warm-up's data order
+    big_batches = _big_batches(workload, device, data, batch_big, seed + 1)  # apart from the warm-up's order
     loss_scale = FP16_INIT_LOSS_SCALE if devices.needs_grad_scaler(device, dtype) else None
     big_sum = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64, device=device)
     small_sq, big_sq = [], []
     on_progress("gradients", 0.0)
     for k in range(batches):
-        if k % per_epoch == 0:  # a fresh shuffle per epoch; a big batch never straddles two
-            permutation = torch.randperm(n, generator=order).to(device)
-        lo = (k % per_epoch) * batch_big
-        index = permutation[lo:lo + batch_big]
-        big_batch = tuple(t[index] for t in data)
+        big_batch = next(big_batches)
         big_sum.zero_()
         chunk_sq = torch.zeros(chunks, dtype=torch.float64, device=device)
         for j in range(chunks):
-            *inputs, target = (t[j * batch_small:(j + 1) * batch_small] for t in big_batch)
-            grad, loss_scale = _chunk_gradient(model, workload, device, dtype, params, inputs, target, loss_scale)
+            chunk = slice_batch(big_batch, j * batch_small, (j + 1) * batch_small)
+            grad, loss_scale = _chunk_gradient(model, workload, device, dtype, params, chunk, loss_scale)
             chunk_sq[j] = grad.dot(grad)
             big_sum += grad
         big_mean = big_sum / chunks
@@ -231,8 +230,27 @@ def _gradient_norms(model: torch.nn.Module, workload: Workload, device: torch.de
     return np.asarray(small_sq, dtype=np.float64), np.asarray(big_sq, dtype=np.float64)
 
 
+def _big_batches(workload: Workload, device: torch.device, data: tuple[torch.Tensor, ...] | None, batch_big: int,
+                 seed: int) -> Iterator[Batch]:
+    """Big batches on the device, without end: a fresh shuffle per epoch; a big batch never straddles two."""
+    if workload.uses_dataset:
+        order = EpochOrder(workload.n_train, batch_big, seed)
+        loader = make_loader(workload, "train", device, sampler=order)
+        while True:
+            for batch in loader:
+                yield to_device(batch, device, non_blocking=loader.pin_memory)
+            order.set_epoch(order.epoch + 1)
+    n = int(data[0].shape[0])
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        permutation = torch.randperm(n, generator=generator).to(device)
+        for lo in range(0, n // batch_big * batch_big, batch_big):
+            index = permutation[lo:lo + batch_big]
+            yield tuple(t[index] for t in data)
+
+
 def _chunk_gradient(model: torch.nn.Module, workload: Workload, device: torch.device, dtype: str,
-                    params: list[torch.nn.Parameter], inputs: list[torch.Tensor], target: torch.Tensor,
+                    params: list[torch.nn.Parameter], chunk: Batch,
                     loss_scale: float | None) -> tuple[torch.Tensor, float | None]:
     """The chunk's mean gradient, all parameters flattened into one float64 vector.
 
@@ -242,7 +260,7 @@ def _chunk_gradient(model: torch.nn.Module, workload: Workload, device: torch.de
     """
     for _ in range(FP16_MAX_BACKOFFS + 1):
         with devices.autocast(device, dtype):
-            loss = workload.loss(model(*inputs), target)
+            loss = workload.loss_of(model_output(model, chunk), chunk)
         scaled = loss if loss_scale is None else loss * loss_scale
         grads = torch.autograd.grad(scaled, params, allow_unused=True, materialize_grads=True)
         flat = torch.cat([g.reshape(-1).to(torch.float64) for g in grads])

@@ -7,6 +7,14 @@ been timed. Raw times are kept; the median, quartiles and a noisy flag are deriv
 Then, outside the clock, one more step under ``FlopCounterMode`` (FLOPs) and saved-tensor hooks
 (the CPU memory estimate).
 
+Dataset workloads are timed twice per batch size: the step as training runs it, the batch read
+through the workload's DataLoader (workers, collate_fn, pinning) and copied to the device inside
+the clock; and the compute alone, stepping on a few batches already on the device, the two kinds
+of step alternating in rounds (in shuffled order) so that the machine's drift falls on both. The
+first is the point's step time (it is what training gets); when it exceeds the compute alone by more than
+``input_bound_ratio`` the point is "input-bound": the loader limits throughput there, and a larger
+batch will not help until the input pipeline is faster.
+
 The sweep stops cleanly at the first out-of-memory error, a memory budget, a throughput
 plateau, the dataset size or the maximum batch size; it never crashes on one bad point.
 
@@ -33,6 +41,7 @@ from engine.errors import UsageError
 from engine.measure import devices
 from engine.measure import distributed as ddp_util
 from engine.units import INT64_MAX, check_int, check_number
+from engine.workloads import batches
 from engine.workloads.base import Workload
 
 __all__ = [
@@ -73,6 +82,9 @@ class ProfileConfig:
     include_baseline: bool = True       # add the workload's baseline batch to a power-of-two sweep
     seed: int = 0                       # model initialisation and data order
     nproc: int = 1                      # data-parallel ranks; batch sizes are global (split over the ranks)
+    compile: bool = False               # torch.compile the model; its compile step is timed apart, untimed in steps
+    input_bound_ratio: float = 1.2      # Dataset workloads: loader-included over compute-only step time above
+                                        # this flags the point "input-bound"
 
     def validate(self) -> None:
         """Every field against its meaning and the column it lands in, before any job is written."""
@@ -104,13 +116,15 @@ class ProfileConfig:
         check_number(self.plateau_gain, "the plateau gain", low=0, low_inclusive=True)
         check_int(self.plateau_doublings, "plateau doublings")
         check_int(self.seed, "--seed", low=0)
+        if not (isinstance(self.input_bound_ratio, (int, float)) and self.input_bound_ratio >= 1):
+            raise UsageError(f"the input-bound ratio must be at least 1, not {self.input_bound_ratio!r}")
 
 
 @dataclass(frozen=True)
 class ProfilePoint:
     batch_size: int
     status: str                          # ok | oom | over_budget | error
-    step_times_s: tuple[float, ...] = ()  # raw, one per timed step
+    step_times_s: tuple[float, ...] = ()  # raw, one per timed step (Dataset workloads: loader included)
     median_s: float | None = None
     p25_s: float | None = None
     p75_s: float | None = None
@@ -126,6 +140,9 @@ class ProfilePoint:
     started_at: float | None = None
     ended_at: float | None = None
     error: str | None = None
+    compute_median_s: float | None = None  # Dataset workloads: the step on batches already on the device
+    input_bound: bool = False            # the loader, not the compute, limits throughput at this batch
+    compile_s: float | None = None       # --compile: the first step, which compiles for this batch shape
 
     @property
     def n(self) -> int:
@@ -199,14 +216,16 @@ def plan_batch_sizes(config: ProfileConfig, workload: Workload) -> list[int]:
 class StepRunner:
     """Full training steps of one workload at one batch size on one device.
 
-    The data lives on the device (moved once, outside the clock) and is shuffled once; each
-    step slices the next contiguous batch, so slicing is inside the timed step as it is in a
-    real training loop.
+    Tensor workloads: the data lives on the device (moved once, outside the clock) and is
+    shuffled once; each step slices the next contiguous batch, so slicing is inside the timed
+    step as it is in a real training loop. Dataset workloads: each step takes the next batch
+    from the workload's DataLoader and copies it to the device, as training does;
+    :meth:`timed_loader_and_compute_steps` also times steps on batches already on the device.
     """
 
     def __init__(self, workload: Workload, device: torch.device, batch_size: int,
                  dtype: str = "fp32", seed: int = 0, data: tuple[torch.Tensor, ...] | None = None,
-                 data_parallel: bool = False):
+                 data_parallel: bool = False, compile: bool = False):
         self.workload = workload
         self.device = device
         self.batch_size = batch_size    # the global batch; with data_parallel each rank steps on its shard
@@ -222,28 +241,49 @@ class StepRunner:
 
             self.forward = DistributedDataParallel(self.model,
                                                    device_ids=[device.index] if device.type == "cuda" else None)
-        self.optimizer = workload.make_optimizer(self.model.parameters(), workload.baseline_lr)
+        if compile:
+            self.forward = devices.compile_model(self.forward)
+        self.optimizer = workload.make_optimizer(self.model, workload.baseline_lr)
         self.scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(device, dtype) else None
-        self.data = data if data is not None else shuffled_on_device(workload, device, seed)
-        self.n = int(self.data[0].shape[0])
+        self.n = workload.n_train
         self.cursor = 0
+        self.last_batch: batches.Batch | None = None
+        if workload.uses_dataset:
+            self.data = None
+            self.order = batches.EpochOrder(self.n, batch_size // self.world, seed, self.rank, self.world)
+            self.loader = batches.make_loader(workload, "train", device, sampler=self.order)
+            self.loaded = iter(self.loader)
+        else:
+            self.data = data if data is not None else shuffled_on_device(workload, device, seed)
 
-    def _next_batch(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _next_batch(self) -> batches.Batch:
+        if self.data is None:
+            return self._next_loaded()
         if self.cursor + self.batch_size > self.n:
             self.cursor = 0
         lo, hi = self.cursor, self.cursor + self.batch_size
         self.cursor = hi
         shard = self.batch_size // self.world  # this rank's disjoint share of the global batch
         lo, hi = lo + self.rank * shard, lo + (self.rank + 1) * shard
-        *inputs, target = (t[lo:hi] for t in self.data)
-        return inputs, target
+        return tuple(t[lo:hi] for t in self.data)
 
-    def step(self) -> torch.Tensor:
-        """One full training step; returns the loss, detached, without reading it (no sync)."""
-        inputs, target = self._next_batch()
+    def _next_loaded(self) -> batches.Batch:
+        """The loader's next batch on the device; a new epoch (a fresh order) when one runs out."""
+        try:
+            batch = next(self.loaded)
+        except StopIteration:
+            self.order.set_epoch(self.order.epoch + 1)
+            self.loaded = iter(self.loader)
+            batch = next(self.loaded)
+        return batches.to_device(batch, self.device, non_blocking=self.loader.pin_memory)
+
+    def step(self, batch: batches.Batch | None = None) -> torch.Tensor:
+        """One full training step, on ``batch`` or else the next one; returns the loss, detached, without
+        reading it (no sync)."""
+        batch = self.last_batch = batch if batch is not None else self._next_batch()
         # forward
         with devices.autocast(self.device, self.dtype):
-            loss = self.workload.loss(self.forward(*inputs), target)
+            loss = self.workload.loss_of(batches.model_output(self.forward, batch), batch)
         # backward (with DDP: the gradient all-reduce overlaps it and ends in it), update
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -274,6 +314,29 @@ class StepRunner:
             times.append(elapsed)
             total += elapsed
         return times
+
+    def timed_loader_and_compute_steps(self, min_steps: int, min_seconds: float, max_steps: int, seed: int = 0,
+                                       held: int = 4) -> tuple[list[float], list[float]]:
+        """Raw step times with the loader (next batch read, collated, copied) and without it (the
+        same step on one of ``held`` batches already on the device), alternating in rounds in a
+        shuffled order, so that drift on a shared machine falls on both alike. Single process only."""
+        held_batches = [self._next_loaded() for _ in range(held)]
+        with_loader: list[float] = []
+        compute: list[float] = []
+        order = np.random.default_rng(seed)
+        rounds = 0
+        while len(with_loader) < min_steps or (sum(with_loader) + sum(compute) < min_seconds
+                                               and len(with_loader) < max_steps):
+            kinds = ("loader", "compute") if order.random() < 0.5 else ("compute", "loader")
+            for kind in kinds:
+                batch = None if kind == "loader" else held_batches[rounds % held]
+                devices.synchronize(self.device)  # sync: the previous step's kernels are done
+                start = time.perf_counter()
+                self.step(batch)
+                devices.synchronize(self.device)  # sync: this step's kernels are done
+                (with_loader if kind == "loader" else compute).append(time.perf_counter() - start)
+            rounds += 1
+        return with_loader, compute
 
     def count_flops_and_activations(self) -> tuple[float, int]:
         """FLOPs of one step (forward and backward) and the bytes of tensors saved for backward.
@@ -309,14 +372,24 @@ class StepRunner:
         return total
 
     def batch_bytes(self) -> int:
+        if self.data is None:
+            last = self.last_batch
+            values = [] if last is None else (last.values() if isinstance(last, dict) else last)
+            return sum(t.numel() * t.element_size() for t in values if isinstance(t, torch.Tensor))
         return sum(t[: self.batch_size // self.world].numel() * t.element_size() for t in self.data)
 
     def close(self) -> None:
-        del self.model, self.forward, self.optimizer, self.data
+        # the loader's iterator goes first: dropping it ends the worker processes
+        self.__dict__.pop("loaded", None)
+        self.__dict__.pop("loader", None)
+        del self.model, self.forward, self.optimizer, self.data, self.last_batch
         devices.free_memory(self.device)
 
 
-def shuffled_on_device(workload: Workload, device: torch.device, seed: int) -> tuple[torch.Tensor, ...]:
+def shuffled_on_device(workload: Workload, device: torch.device, seed: int) -> tuple[torch.Tensor, ...] | None:
+    """A tensor workload's training data, shuffled once and moved to the device; None for a Dataset."""
+    if workload.uses_dataset:
+        return None
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(workload.n_train, generator=generator)
     return tuple(t[order].to(device) for t in workload.train)
@@ -332,13 +405,26 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
     try:
         devices.reset_peak_memory(device)
         runner = StepRunner(workload, device, batch_size, config.dtype, config.seed, data,
-                            data_parallel=config.nproc > 1)
+                            data_parallel=config.nproc > 1, compile=config.compile)
+        compile_s = None
+        if config.compile:  # compiles for this batch shape: timed apart, before any other step
+            devices.synchronize(device)
+            compile_start = time.perf_counter()
+            runner.step()
+            devices.synchronize(device)
+            compile_s = time.perf_counter() - compile_start
         for _ in range(config.warmup_steps):  # untimed: allocator growth, caches, lazy init
             runner.step()
         devices.synchronize(device)
         telemetry_tag(batch_size)
         clock_start = time.time()
-        times = runner.timed_steps(config.min_steps, config.min_seconds, config.max_steps)
+        compute_median = None
+        if workload.uses_dataset and config.nproc == 1:
+            times, compute = runner.timed_loader_and_compute_steps(config.min_steps, config.min_seconds,
+                                                                   config.max_steps, config.seed)
+            compute_median = float(np.median(compute))
+        else:
+            times = runner.timed_steps(config.min_steps, config.min_seconds, config.max_steps)
         clock_end = time.time()
         telemetry_tag(None)
         # stop the clock: everything below is measured outside the timed steps
@@ -358,7 +444,8 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
             flops_per_step=flops or None, flops_per_s=(flops / median) if flops and median > 0 else None,
             mean_power_w=power,
             energy_per_sample_j=(power * median / batch_size) if power is not None else None,
-            started_at=started, ended_at=time.time(),
+            started_at=started, ended_at=time.time(), compute_median_s=compute_median, compile_s=compile_s,
+            input_bound=compute_median is not None and median > config.input_bound_ratio * compute_median,
         )
     except Exception as exc:  # narrow below: OOM is a ceiling, anything else an error point
         telemetry_tag(None)

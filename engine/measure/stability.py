@@ -39,6 +39,8 @@ def check_stability(workload: Workload, device: torch.device, batch_size: int, l
                     smoothing: float = 0.9, dtype: str = "fp32", seed: int = 0,
                     on_progress: Callable[[float], None] = lambda _f: None) -> StabilityResult:
     runner = StepRunner(workload, device, batch_size, dtype=dtype, seed=seed)
+    # each group's rate relative to the one the optimizer was made with: a factory's groups ramp together
+    group_scales = [group["lr"] / workload.baseline_lr for group in runner.optimizer.param_groups]
     growth = (end_factor / start_factor) ** (1.0 / max(1, steps - 1))
     lrs, losses = [], []
     best = math.inf
@@ -47,8 +49,8 @@ def check_stability(workload: Workload, device: torch.device, batch_size: int, l
     try:
         for i in range(steps):
             rate = lr * start_factor * growth**i
-            for group in runner.optimizer.param_groups:
-                group["lr"] = rate
+            for group, scale in zip(runner.optimizer.param_groups, group_scales):
+                group["lr"] = rate * scale
             loss = runner.step()
             value = float(loss)  # sync: a short check reads every loss
             lrs.append(rate)

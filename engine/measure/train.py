@@ -3,12 +3,17 @@
 Reads top to bottom: configuration, data, model and optimizer, the loop (forward backward
 update; logging; evaluation outside the training clock; termination), and the final record.
 
-- Data stays on the device when it fits; otherwise it is pinned and each batch copied
-  non-blocking one batch ahead. A fresh shuffle per epoch comes from the seed.
+- Tensor workloads: data stays on the device when it fits; otherwise it is pinned and each batch
+  copied non-blocking one batch ahead. Dataset workloads: read through their DataLoader (workers,
+  collate_fn, pinning) in the same seeded order. A fresh shuffle per epoch comes from the seed.
+- A dict batch calls ``model(**batch)``; ``loss=None`` takes the loss from the model's output.
 - No host-device synchronisation per step: losses accumulate on the device and are read only
   at logging intervals (and every ``check_every`` steps for divergence).
-- Learning rate: gradual linear warm-up over a number of samples (not steps), then constant
-  or cosine. Gradient accumulation: ``accumulate`` micro-batches per optimizer step.
+- Learning rate: gradual linear warm-up over a number of samples (not steps), then constant,
+  cosine, linear or WSD (warm-up, stable, decay), all defined in samples, so a larger batch keeps
+  the same shape over the same data. Each parameter group runs at its own base rate (as the
+  optimizer factory set it) times that factor. Gradients are clipped to the workload's
+  ``max_grad_norm``. Gradient accumulation: ``accumulate`` micro-batches per optimizer step.
 - Wall time is recorded with and without evaluation; time to a target validation loss too.
 - Data-parallel (``nproc > 1``, inside a torch.distributed process group started by
   :mod:`engine.jobs.torchrun`): the model is wrapped in DistributedDataParallel; every global
@@ -26,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Protocol
 
 import torch
@@ -35,11 +40,12 @@ from engine.errors import Diverged, UsageError
 from engine.measure import devices
 from engine.measure import distributed as ddp_util
 from engine.units import INT64_MAX, check_int, check_number
-from engine.workloads.base import Workload
+from engine.workloads import batches
+from engine.workloads.base import SCHEDULES, Workload
 
-__all__ = ["TrainConfig", "RunResult", "RunLog", "NullLog", "train", "lr_at"]
+__all__ = ["TrainConfig", "RunResult", "RunLog", "NullLog", "train", "lr_at", "lr_factor", "SCHEDULES"]
 
-SCHEDULES = ("constant", "cosine")
+WSD_DEFAULT_DECAY = 0.2   # "wsd" without decay_samples: the last fifth of the run decays
 
 
 class RunLog(Protocol):
@@ -85,8 +91,9 @@ class TrainConfig:
     warmup_samples: int | None = None      # linear warm-up length in samples; None: the workload's
     accumulate: int = 1                    # micro-batches per optimizer step (micro = batch / accumulate / nproc)
     nproc: int = 1                         # data-parallel processes (ranks); each takes a shard of every batch
-    schedule: str = "constant"             # after warm-up: "constant" or "cosine" (to zero at the end)
+    schedule: str | None = None            # after warm-up: constant | cosine | linear | wsd; None: the workload's
     dtype: str = "fp32"                    # "fp32" | "bf16" | "fp16" (autocast)
+    compile: bool = False                  # torch.compile the model, compiled before the clock starts
     seed: int = 0                          # model initialisation and data order
     eval_every_epochs: float = 1.0         # evaluate this often (in epochs); also at the end
     log_every_steps: int | None = None     # None: about 20 logs per epoch
@@ -113,8 +120,8 @@ class TrainConfig:
             raise UsageError(f"--batch-size {self.batch_size} is not divisible by --nproc {self.nproc} x --accumulate "
                              f"{self.accumulate} = {self.nproc * self.accumulate}; the global batch is micro-batch x "
                              f"accumulate x nproc")
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"--schedule must be constant or cosine, not {self.schedule!r}")
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         check_int(self.seed, "--seed", low=0)
         if self.target_val_loss is not None:
             check_number(self.target_val_loss, "--target-val-loss")
@@ -152,15 +159,38 @@ class RunResult:
     stop_reason: str = "epochs"            # epochs | target | max_steps | diverged
 
 
-def lr_at(step: int, samples_seen: int, peak_lr: float, warmup_samples: int, total_steps: int,
-          schedule: str = "constant") -> float:
-    """Learning rate for the optimizer step about to run: linear warm-up by samples, then the schedule."""
+def lr_factor(samples_seen: int, warmup_samples: int, total_samples: int, schedule: str = "constant",
+              decay_samples: int | None = None) -> float:
+    """The multiple of each group's base rate for the optimizer step about to run; lengths in samples.
+
+    Linear warm-up over ``warmup_samples``, then:
+    constant 1; cosine from 1 at the start of the run to 0 at its end; linear from 1 after warm-up
+    to 0 at the end; wsd (warm-up, stable, decay) 1 until the last ``decay_samples`` (default: the
+    last fifth of the run), then linearly to 0.
+    """
     if warmup_samples > 0 and samples_seen < warmup_samples:
-        return peak_lr * (samples_seen + 1) / warmup_samples  # never exactly zero: the first step moves
-    if schedule == "cosine" and total_steps > 0:
-        progress = min(1.0, step / total_steps)
-        return peak_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return peak_lr
+        return (samples_seen + 1) / warmup_samples  # never exactly zero: the first step moves
+    if total_samples <= 0 or schedule == "constant":
+        return 1.0
+    progress = min(1.0, samples_seen / total_samples)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        span = total_samples - warmup_samples
+        return max(0.0, 1.0 - (samples_seen - warmup_samples) / span) if span > 0 else 1.0
+    if schedule == "wsd":
+        decay = decay_samples if decay_samples is not None else round(WSD_DEFAULT_DECAY * total_samples)
+        decay_start = total_samples - decay
+        if samples_seen < decay_start or decay <= 0:
+            return 1.0
+        return max(0.0, 1.0 - (samples_seen - decay_start) / decay)
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def lr_at(samples_seen: int, peak_lr: float, warmup_samples: int, total_samples: int, schedule: str = "constant",
+          decay_samples: int | None = None) -> float:
+    """Learning rate for the optimizer step about to run (one parameter group at ``peak_lr``)."""
+    return peak_lr * lr_factor(samples_seen, warmup_samples, total_samples, schedule, decay_samples)
 
 
 class _Batches:
@@ -211,31 +241,83 @@ class _Batches:
         return (self.n // (self.micro_batch * self.world)) // accumulate
 
 
+class _LoaderBatches:
+    """Per-epoch batches of a Dataset workload, read through its DataLoader (workers, collate_fn,
+    pinning) in the same seeded order and with the same sharding over ranks as :class:`_Batches`;
+    each batch is copied to the device as the step takes it."""
+
+    on_device = False
+
+    def __init__(self, workload: Workload, device: torch.device, micro_batch: int, seed: int,
+                 rank: int = 0, world: int = 1):
+        self.device = device
+        self.n = workload.n_train
+        self.order = batches.EpochOrder(self.n, micro_batch, seed, rank, world)
+        self.loader = batches.make_loader(workload, "train", device, sampler=self.order)
+
+    def epoch(self, epoch: int):
+        self.order.set_epoch(epoch)
+        for batch in self.loader:
+            yield batches.to_device(batch, self.device, non_blocking=self.loader.pin_memory)
+
+    def steps_per_epoch(self, accumulate: int) -> int:
+        return len(self.order) // accumulate
+
+
+def training_batches(workload: Workload, device: torch.device, micro_batch: int, seed: int, rank: int = 0,
+                     world: int = 1) -> _Batches | _LoaderBatches:
+    """The run's source of micro-batches: device-resident tensors, or the Dataset's loader."""
+    if workload.uses_dataset:
+        return _LoaderBatches(workload, device, micro_batch, seed, rank, world)
+    return _Batches(workload.train, device, micro_batch, seed, rank, world)
+
+
 def _fits_on_device(tensors, device) -> bool:
     total = devices.device_info(device).total_memory_bytes or 0
     size = sum(t.numel() * t.element_size() for t in tensors)
     return size < 0.25 * total  # leave the rest to the model, activations and the allocator
 
 
+def _validation_batches(workload: Workload, device: torch.device, batch: int):
+    """The whole validation set in order, a batch at a time, on the device (the last may be partial)."""
+    if workload.uses_dataset:
+        loader = batches.make_loader(workload, "val", device, batch_size=batch)
+        for part in loader:
+            yield batches.to_device(part, device, non_blocking=loader.pin_memory)
+        return
+    for start in range(0, workload.n_val, batch):
+        yield tuple(t[start:start + batch].to(device, non_blocking=True) for t in workload.val)
+
+
+def _as_float(output):
+    """A low-precision (autocast) tensor output as float32, so the loss and metrics are computed in full."""
+    return output.float() if isinstance(output, torch.Tensor) else output
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, workload: Workload, val: tuple[torch.Tensor, ...], device: torch.device,
-             dtype: str, batch: int = 4096) -> tuple[float, dict[str, float]]:
-    """Validation loss (sample-weighted mean) and the workload's metrics on the whole validation set."""
+def evaluate(model: torch.nn.Module, workload: Workload, device: torch.device, dtype: str,
+             batch: int = 4096) -> tuple[float, dict[str, float]]:
+    """Validation loss (sample-weighted mean) and the workload's metrics on the whole validation set.
+
+    Metrics score the logits (``out["logits"]``/``out.logits`` for models that return more) against
+    the targets (a dict batch's ``labels``).
+    """
+    if workload.uses_dataset:
+        batch = min(batch, 256)   # items may be large (images, sequences); a loader batch is held whole
     model.eval()
-    outputs, total, count = [], 0.0, 0
-    n = int(val[0].shape[0])
-    for start in range(0, n, batch):
-        *inputs, target = (t[start:start + batch].to(device, non_blocking=True) for t in val)
+    logits, targets, total, count = [], [], 0.0, 0
+    for part in _validation_batches(workload, device, batch):
         with devices.autocast(device, dtype):
-            out = model(*inputs)
-        out = out.float()
-        total += float(workload.loss(out, target)) * target.shape[0]
-        count += int(target.shape[0])
-        outputs.append(out)
+            out = batches.model_output(model, part)
+        n = batches.batch_length(part)
+        total += float(workload.loss_of(_as_float(out), part)) * n
+        count += n
+        if workload.metrics:
+            logits.append(_as_float(batches.logits_of(out)))
+            targets.append(batches.target_of(part, workload.where))
     model.train()
-    output = torch.cat(outputs)
-    target = val[-1].to(device)
-    return total / max(1, count), workload.evaluate_metrics(output, target)
+    metrics = workload.evaluate_metrics(torch.cat(logits), torch.cat(targets)) if workload.metrics else {}
+    return total / max(1, count), metrics
 
 
 def train(workload: Workload, device: torch.device, config: TrainConfig,
@@ -248,6 +330,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     :mod:`engine.jobs.torchrun`); only rank 0 reports to ``log`` and ``progress``.
     """
     config.validate()
+    config = replace(config, schedule=config.schedule or workload.schedule)  # recorded as run
     devices.check_dtype(device, config.dtype)
     world, rank = ddp_util.world_size(), ddp_util.rank()
     if config.nproc != world:
@@ -262,7 +345,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
 
     # -- setup: data, model, optimizer --------------------------------------------------------------
     torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    batches = _Batches(workload.train, device, config.micro_batch, config.seed, rank, world)
+    source = training_batches(workload, device, config.micro_batch, config.seed, rank, world)
     model = workload.model().to(device)
     model.train()
     forward, probe = model, None
@@ -271,25 +354,31 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
 
         forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         torch.manual_seed(config.seed + 1_000_003 * rank)  # dropout and other noise: independent per rank
-    optimizer = workload.make_optimizer(model.parameters(), config.lr)
+    compile_s = None
+    if config.compile:
+        forward = devices.compile_model(forward)
+        compile_s = _compile_before_clock(forward, workload, device, config)
+    optimizer = workload.make_optimizer(model, config.lr)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]  # each group's own peak rate
     scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(device, config.dtype) else None
     if world > 1 and scaler is None:  # a loss-scaled gradient would need unscaling first: fp16 goes without
         probe = _NoiseProbe(forward, device, config.rank_batch, config.batch_size)
     epochs = config.epochs if config.epochs is not None else workload.epochs
     warmup = config.warmup_samples if config.warmup_samples is not None else workload.default_warmup_samples()
-    steps_per_epoch = batches.steps_per_epoch(config.accumulate)
+    steps_per_epoch = source.steps_per_epoch(config.accumulate)
     if steps_per_epoch == 0:
         raise UsageError(f"--batch-size {config.batch_size} is larger than the {workload.n_train} training samples")
     total_steps = max(1, math.ceil(epochs * steps_per_epoch))
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
+    total_samples = total_steps * config.batch_size
     log_every = config.log_every_steps or max(1, steps_per_epoch // 20)
     eval_every = max(1, round(config.eval_every_epochs * steps_per_epoch))
     devices.reset_peak_memory(device)
     log.started(config=asdict(config), epochs=epochs, warmup_samples=warmup, steps_per_epoch=steps_per_epoch,
          total_steps=total_steps, micro_batch=config.micro_batch, n_train=workload.n_train,
-         n_params=sum(p.numel() for p in model.parameters()), on_device=batches.on_device, world_size=world,
-         backend=torch.distributed.get_backend() if world > 1 else None)
+         n_params=sum(p.numel() for p in model.parameters()), on_device=source.on_device, world_size=world,
+         backend=torch.distributed.get_backend() if world > 1 else None, compile_s=compile_s)
 
     result = RunResult()
     loss_sum = torch.zeros((), device=device)   # accumulated on the device, read at logging intervals
@@ -304,15 +393,14 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
 
     while not done:
         micro = 0
-        for micro_batch in batches.epoch(epoch):
-            *inputs, target = micro_batch
+        for micro_batch in source.epoch(epoch):
             micro += 1
             # forward backward (one micro-batch; the loss is scaled so accumulation averages); with
             # DDP the gradient all-reduce runs inside the last micro-batch's backward only
             syncing = micro % config.accumulate == 0
             with _no_sync_unless(forward, syncing):
                 with devices.autocast(device, config.dtype):
-                    loss = workload.loss(forward(*inputs), target)
+                    loss = workload.loss_of(batches.model_output(forward, micro_batch), micro_batch)
                 scaled = loss / config.accumulate
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
             loss_sum += loss.detach().float()
@@ -320,11 +408,16 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
             if not syncing:
                 continue
             # update
-            lr = lr_at(step, result.samples, config.lr, warmup, total_steps, config.schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            factor = lr_factor(result.samples, warmup, total_samples, config.schedule, workload.decay_samples)
+            for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base_lr * factor
+            lr = config.lr * factor  # the rate logged: the run's peak rate times the schedule
             if probe is not None:
                 probe.after_backward(model)
+            if workload.max_grad_norm is not None:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+                torch.nn.utils.clip_grad_norm_(model.parameters(), workload.max_grad_norm)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -367,7 +460,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
             if step % eval_every == 0 or last_step:
                 devices.synchronize(device)
                 eval_start = time.perf_counter()  # stop the clock
-                val_loss, metrics = (evaluate(model, workload, workload.val, device, config.dtype) if rank == 0
+                val_loss, metrics = (evaluate(model, workload, device, config.dtype) if rank == 0
                                      else (None, {}))
                 val_loss = ddp_util.broadcast_float(val_loss) if world > 1 else val_loss  # rank 0 decides for all
                 devices.synchronize(device)
@@ -411,6 +504,26 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     if save_to is not None and rank == 0:
         torch.save(model.state_dict(), save_to)
     return result
+
+
+def _compile_before_clock(forward: torch.nn.Module, workload: Workload, device: torch.device,
+                          config: TrainConfig) -> float:
+    """Compile the forward and backward on one micro-batch, outside the training clock; its seconds.
+
+    No optimizer step: the weights stay as initialised, the gradients are dropped. (A model with
+    batch norm updates its running statistics once, as one more forward would.)
+    """
+    batch = batches.to_device(workload.first_batch(config.micro_batch), device)
+    devices.synchronize(device)
+    start = time.perf_counter()
+    with devices.autocast(device, config.dtype):
+        loss = workload.loss_of(batches.model_output(forward, batch), batch)
+    loss.backward()
+    devices.synchronize(device)
+    elapsed = time.perf_counter() - start
+    for parameter in forward.parameters():
+        parameter.grad = None
+    return elapsed
 
 
 def _no_sync_unless(forward: torch.nn.Module, syncing: bool):

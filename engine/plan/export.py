@@ -21,10 +21,15 @@ The document's layout (see :func:`config_document`)::
     largestep:   version, recommendation_id, created_at
     workload:    name, spec, options
     training:    batch_size (global), micro_batch_size, gradient_accumulation_steps, devices,
-                 learning_rate, optimizer {name, weight_decay[, momentum]}, warmup_steps,
-                 warmup_samples, schedule, epochs, dtype
-    scaling:     rule, lr_per_sample, baseline {batch_size, learning_rate}, noise_scale,
-                 assumed_perfect_scaling
+                 learning_rate, optimizer {name, weight_decay[, momentum][, factory]}, warmup_steps,
+                 warmup_samples, schedule, [decay_samples, decay_steps (wsd)], [max_grad_norm], epochs, dtype
+    scaling:     rule, lr_per_sample, lr_scale, param_groups, baseline {batch_size, learning_rate},
+                 noise_scale, assumed_perfect_scaling
+
+An optimizer factory (``optimizer.name`` "factory:<function>") sets each parameter group's rate
+relative to the rate it is given, so every group scales by the same ``lr_scale``; the snippets
+call the factory with ``LEARNING_RATE``. Schedules (constant, cosine, linear, wsd) are defined in
+samples by the workload and given here in optimizer steps at the recommended batch.
     measured_on: profile_id, noise_id, device {id, name, kind}
     prediction:  speedup_throughput, speedup_time_to_target,
                  experiments_per_gpu_day {baseline, recommended}
@@ -66,8 +71,10 @@ FILE_SUFFIX = {
     "deepspeed": ".json", "cli": ".sh",
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
+FACTORY = "factory:"  # a workload's optimizer factory, recorded as "factory:<function name>"
 SGD_MOMENTUM = 0.9  # the workload contract's "sgd" is SGD with momentum 0.9
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "linear", "wsd")
+WSD_DEFAULT_DECAY = 0.2  # wsd without decay_samples: the last fifth of the run (as engine.measure.train)
 
 _ALIASES = {"yml": "yaml"}
 _REQUIRED = ("recommendation_id", "batch_size", "learning_rate", "optimizer")
@@ -154,6 +161,8 @@ def config_document(rec: dict, devices: int | None = None, micro_batch: int | No
     optimizer: dict[str, Any] = {"name": rec["optimizer"], "weight_decay": float(rec.get("weight_decay") or 0.0)}
     if rec["optimizer"] == "sgd":
         optimizer["momentum"] = SGD_MOMENTUM
+    if rec["optimizer"].startswith(FACTORY):
+        optimizer["factory"] = rec["optimizer"][len(FACTORY):]
     baseline = rec.get("baseline") or {}
     device = rec.get("device") or {}
     speedup = rec.get("predicted_speedup") or {}
@@ -180,12 +189,15 @@ def config_document(rec: dict, devices: int | None = None, micro_batch: int | No
             "warmup_steps": int(rec.get("warmup_steps") or 0),
             "warmup_samples": int(rec.get("warmup_samples") or 0),
             "schedule": rec.get("schedule") or "constant",
+            **_schedule_and_clipping(rec, batch),
             "epochs": _int(rec.get("epochs")),
             "dtype": rec.get("dtype") or "fp32",
         },
         "scaling": {
             "rule": rec.get("rule") or "linear",
             "lr_per_sample": lr / batch,
+            "lr_scale": lr / float(baseline["learning_rate"]) if baseline.get("learning_rate") else None,
+            "param_groups": "every parameter group's learning rate is multiplied by lr_scale",
             "baseline": {
                 "batch_size": _int(baseline.get("batch_size")),
                 "learning_rate": _number(baseline.get("learning_rate")),
@@ -209,12 +221,26 @@ def config_document(rec: dict, devices: int | None = None, micro_batch: int | No
     }
 
 
+def _schedule_and_clipping(rec: dict, batch: int) -> dict:
+    """The WSD decay length (samples, and optimizer steps at ``batch``) and the clipping norm, where they apply:
+    a recommendation without them keeps the document it always had."""
+    extra: dict[str, Any] = {}
+    if rec.get("schedule") == "wsd":
+        samples = _int(rec.get("decay_samples"))   # None: the last fifth of the run
+        extra["decay_samples"] = samples
+        extra["decay_steps"] = -(-samples // batch) if samples is not None else None
+    if _number(rec.get("max_grad_norm")) is not None:
+        extra["max_grad_norm"] = _number(rec.get("max_grad_norm"))
+    return extra
+
+
 def _check(rec: dict) -> None:
     missing = [key for key in _REQUIRED if rec.get(key) is None]
     if missing:
         raise UsageError(f"the recommendation lacks {', '.join(missing)}; run `largestep recommend` again")
-    if rec["optimizer"] not in OPTIMIZERS:
-        raise UsageError(f"optimizer {rec['optimizer']!r} cannot be exported; known: {', '.join(OPTIMIZERS)}")
+    if rec["optimizer"] not in OPTIMIZERS and not rec["optimizer"].startswith(FACTORY):
+        raise UsageError(f"optimizer {rec['optimizer']!r} cannot be exported; known: {', '.join(OPTIMIZERS)} "
+                         f"or an optimizer factory")
     schedule = rec.get("schedule") or "constant"
     if schedule not in SCHEDULES:
         raise UsageError(f"schedule {schedule!r} cannot be exported; known: {', '.join(SCHEDULES)}")
@@ -378,6 +404,24 @@ _TORCH_OPTIMIZER = {
 }
 
 
+def _optimizer(doc: dict, model: str, params: str) -> str:
+    """The optimizer expression: a named one on ``params``, or the workload's factory on ``model``
+    (it sets every group's rate relative to LEARNING_RATE, so the groups scale together)."""
+    optimizer = doc["training"]["optimizer"]
+    if "factory" in optimizer:
+        return f"{optimizer['factory']}({model}, LEARNING_RATE)"
+    return _TORCH_OPTIMIZER[optimizer["name"]].format(params=params)
+
+
+def _factory_note(doc: dict) -> list[str]:
+    optimizer = doc["training"]["optimizer"]
+    if "factory" not in optimizer:
+        return []
+    return [f"{optimizer['factory']} is the optimizer factory of workload {_clean(doc['workload']['spec'] or '-')}: "
+            f"import it from there; called with LEARNING_RATE it scales every parameter group alike "
+            f"(x{doc['scaling']['lr_scale'] or 1:.4g} of the baseline's rates)"]
+
+
 def _knobs(doc: dict) -> str:
     """Every number of the recommendation, one per line, as module constants."""
     t = doc["training"]
@@ -392,6 +436,11 @@ def _knobs(doc: dict) -> str:
     ]
     if t["optimizer"]["name"] == "sgd":
         lines.append(f"MOMENTUM = {SGD_MOMENTUM!r}")
+    if t.get("max_grad_norm") is not None:
+        lines.append(f"MAX_GRAD_NORM = {t.get('max_grad_norm')!r}  # clip gradients to this global norm")
+    if t["schedule"] == "wsd":
+        lines.append(f"DECAY_STEPS = {t['decay_steps']!r}  # optimizer steps of the final decay"
+                     + ("" if t["decay_steps"] is not None else "; None: the last fifth of the run"))
     lines += [
         f"WARMUP_STEPS = {t['warmup_steps']}  # optimizer steps of linear warm-up ({t['warmup_samples']} samples)",
         f"EPOCHS = {epochs if epochs is not None else 1}"
@@ -401,8 +450,30 @@ def _knobs(doc: dict) -> str:
 
 
 def _lr_factor(doc: dict) -> str:
-    """The LambdaLR multiplier: linear warm-up, then constant or a cosine decay to zero."""
-    if doc["training"]["schedule"] == "cosine":
+    """The LambdaLR multiplier: linear warm-up, then constant, cosine, linear or WSD decay to zero."""
+    schedule = doc["training"]["schedule"]
+    if schedule == "linear":
+        return '''
+
+def lr_factor(step: int, total_steps: int) -> float:
+    """Multiplier of LEARNING_RATE at optimizer step `step`: linear warm-up, then linearly to zero."""
+    if step < WARMUP_STEPS:
+        return (step + 1) / WARMUP_STEPS
+    return max(0.0, 1.0 - (step - WARMUP_STEPS) / max(1, total_steps - WARMUP_STEPS))
+'''
+    if schedule == "wsd":
+        return f'''
+
+def lr_factor(step: int, total_steps: int) -> float:
+    """Multiplier of LEARNING_RATE at optimizer step `step`: warm-up, stable, then linear decay to zero."""
+    if step < WARMUP_STEPS:
+        return (step + 1) / WARMUP_STEPS
+    decay = DECAY_STEPS if DECAY_STEPS is not None else round({WSD_DEFAULT_DECAY!r} * total_steps)
+    if step < total_steps - decay:
+        return 1.0
+    return max(0.0, (total_steps - step) / max(1, decay))
+'''
+    if schedule == "cosine":
         return '''
 
 def lr_factor(step: int, total_steps: int) -> float:
@@ -427,14 +498,14 @@ def _math_import(doc: dict) -> list[str]:
 
 
 def _total_steps_line(doc: dict, indent: str, expression: str) -> str:
-    """Only the cosine decay needs the run's length, in optimizer steps (after accumulation)."""
-    if doc["training"]["schedule"] != "cosine":
+    """Only a decaying schedule needs the run's length, in optimizer steps (after accumulation)."""
+    if doc["training"]["schedule"] == "constant":
         return ""
     return f"{indent}total_steps = {expression}  # optimizer steps, after accumulation\n"
 
 
 def _scheduler_line(doc: dict, total_steps: str) -> str:
-    if doc["training"]["schedule"] == "cosine":
+    if doc["training"]["schedule"] != "constant":
         return f"torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, {total_steps}))"
     return "torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)"
 
@@ -446,7 +517,7 @@ def _torch(doc: dict) -> str:
     imports = _math_import(doc) + ["import torch", "from torch.utils.data import DataLoader"]
     if distributed:
         imports.append("from torch.utils.data.distributed import DistributedSampler")
-    out = _comment(_header(doc))
+    out = _comment(_header(doc) + _factory_note(doc))
     if distributed:
         out += _comment([
             f"{t['devices']} devices: launch with `torchrun --nproc_per_node {t['devices']} <your script>`; "
@@ -459,7 +530,7 @@ def _torch(doc: dict) -> str:
     out += _lr_factor(doc)
     sampler = "DistributedSampler(train_dataset)" if distributed else "None"
     total = "EPOCHS * (len(loader) // ACCUMULATION)"
-    optimizer = _TORCH_OPTIMIZER[t["optimizer"]["name"]].format(params="model.parameters()")
+    optimizer = _optimizer(doc, "model", "model.parameters()")
     body = '''
 
 def train(model, train_dataset, loss_fn, device="cpu"):
@@ -501,6 +572,10 @@ def train(model, train_dataset, loss_fn, device="cpu"):
             if distributed else "keep accumulating")
     body += f"            if (i + 1) % ACCUMULATION:\n                continue  # {keep}\n"
     body += "            # update: one optimizer step per GLOBAL_BATCH samples\n"
+    if t.get("max_grad_norm") is not None:
+        if dtype == "fp16":
+            body += "            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones\n"
+        body += "            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)\n"
     if dtype == "fp16":
         body += "            scaler.step(optimizer)\n            scaler.update()\n"
     else:
@@ -516,8 +591,9 @@ def _hf(doc: dict) -> str:
     t = doc["training"]
     name = t["optimizer"]["name"]
     wd = t["optimizer"]["weight_decay"]
-    scheduler = "cosine" if t["schedule"] == "cosine" else "constant_with_warmup"
-    out = _comment(_header(doc))
+    scheduler = _HF_SCHEDULER[t["schedule"]]
+    factory = t["optimizer"].get("factory")
+    out = _comment(_header(doc) + _factory_note(doc))
     out += _comment([
         f"global batch {t['batch_size']} = per_device_train_batch_size {t['micro_batch_size']} x "
         f"gradient_accumulation_steps {t['gradient_accumulation_steps']} x {_devices(t['devices'])}"
@@ -525,7 +601,9 @@ def _hf(doc: dict) -> str:
            if t["devices"] > 1 else ""),
     ])
     explicit = None
-    if name == "sgd":
+    if factory:
+        explicit = f"{factory}(model, {t['learning_rate']!r})"
+    elif name == "sgd":
         explicit = f"torch.optim.SGD(model.parameters(), lr={t['learning_rate']!r}, momentum={SGD_MOMENTUM!r}, " \
                    f"weight_decay={wd!r})"
     elif name == "adam" and wd:
@@ -537,7 +615,7 @@ def _hf(doc: dict) -> str:
         "adam": "  # the Trainer has no plain Adam: AdamW with weight_decay=0 is Adam",
         "adamw": "",
         "sgd": "  # plain SGD, no momentum: make_trainer below passes SGD with momentum 0.9",
-    }[name]
+    }.get(name, "  # unused: make_trainer below passes the workload's optimizer factory")
     args_wd = 0.0 if name == "adam" else wd
     args = [
         f'output_dir={"largestep-" + _clean(doc["largestep"]["recommendation_id"])!r},',
@@ -547,6 +625,11 @@ def _hf(doc: dict) -> str:
         f"warmup_steps={t['warmup_steps']},  # optimizer steps ({t['warmup_samples']} samples)",
         f'lr_scheduler_type="{scheduler}",',
     ]
+    if t["schedule"] == "wsd" and t["decay_steps"] is not None:
+        args.append(f'lr_scheduler_kwargs={{"num_decay_steps": {t["decay_steps"]}}},  # the final decay, '
+                    f'optimizer steps')
+    # the Trainer clips at 1.0 unless told: 0 turns clipping off, as the workload trains
+    args.append(f"max_grad_norm={t.get('max_grad_norm') if t.get('max_grad_norm') is not None else 0.0!r},")
     if t["epochs"] is not None:
         args.append(f"num_train_epochs={t['epochs']},")
     args += [
@@ -562,7 +645,8 @@ def make_trainer(model, train_dataset, **kwargs):
     """A Trainer with these arguments; the learning-rate schedule comes from `args`."""
 '''
     if explicit:
-        why = ("SGD with momentum 0.9, as measured" if name == "sgd"
+        why = ("the workload's optimizer factory, every parameter group scaled alike" if factory
+               else "SGD with momentum 0.9, as measured" if name == "sgd"
                else "Adam's own (L2) weight decay, which AdamW does not reproduce")
         out += f"    # {why}; with scheduler None the Trainer builds its warm-up schedule on it\n"
         out += f"    optimizer = {explicit}\n"
@@ -577,6 +661,8 @@ def make_trainer(model, train_dataset, **kwargs):
     return out
 
 
+_HF_SCHEDULER = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear",
+                 "wsd": "warmup_stable_decay"}
 _LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 _LIGHTNING_ACCELERATOR = {"cuda": "gpu", "mps": "mps", "cpu": "cpu"}
 
@@ -585,7 +671,7 @@ def _lightning(doc: dict) -> str:
     t = doc["training"]
     accelerator = _LIGHTNING_ACCELERATOR.get(doc["measured_on"]["device"]["kind"] or "", "auto")
     precision = _LIGHTNING_PRECISION.get(t["dtype"], "32-true")
-    out = _comment(_header(doc))
+    out = _comment(_header(doc) + _factory_note(doc))
     if t["devices"] > 1:
         out += _comment([f"{t['devices']} devices: Lightning adds the DistributedSampler; each device loads "
                          f"MICRO_BATCH = {t['micro_batch_size']} samples per pass"])
@@ -594,7 +680,8 @@ def _lightning(doc: dict) -> str:
     out += _knobs(doc)
     out += "\nassert MICRO_BATCH * ACCUMULATION * DEVICES == GLOBAL_BATCH\n"
     out += _lr_factor(doc)
-    optimizer = _TORCH_OPTIMIZER[t["optimizer"]["name"]].format(params="self.parameters()")
+    optimizer = _optimizer(doc, "self.model", "self.parameters()")
+    clip = ", gradient_clip_val=MAX_GRAD_NORM" if t.get("max_grad_norm") is not None else ""
     out += f'''
 
 class LargestepModule(L.LightningModule):
@@ -621,7 +708,7 @@ class LargestepModule(L.LightningModule):
 def fit(model, loss_fn, train_dataset):
     loader = DataLoader(train_dataset, batch_size=MICRO_BATCH, shuffle=True, drop_last=True)
     trainer = L.Trainer(max_epochs=EPOCHS, accumulate_grad_batches=ACCUMULATION, devices=DEVICES,
-                        accelerator="{accelerator}", precision="{precision}")
+                        accelerator="{accelerator}", precision="{precision}"{clip})
     trainer.fit(LargestepModule(model, loss_fn), loader)
     return trainer
 '''
@@ -637,7 +724,7 @@ def _deepspeed(doc: dict) -> str:
         params["adam_w_mode"] = False  # DeepSpeed's "Adam" runs AdamW unless told otherwise
     elif name == "sgd":
         params["momentum"] = SGD_MOMENTUM  # not a DeepSpeed optimizer: built as torch.optim.SGD
-    notes = _header(doc)
+    notes = _header(doc) + _factory_note(doc)
     warmup = {"warmup_min_lr": 0, "warmup_max_lr": lr, "warmup_num_steps": t["warmup_steps"],
               "warmup_type": "linear"}  # DeepSpeed's default warm-up is logarithmic
     scheduler: dict[str, Any] = {"type": "WarmupLR", "params": warmup}
@@ -646,16 +733,30 @@ def _deepspeed(doc: dict) -> str:
                      "epoch), which the recommendation does not know: replace the scheduler with "
                      '{"type": "WarmupCosineLR", "params": {"total_num_steps": N, "warmup_num_steps": '
                      f'{t["warmup_steps"]}, "warmup_type": "linear", "cos_min_ratio": 0}}}}')
+    elif t["schedule"] == "linear":
+        notes.append("linear decay after warm-up needs the run's total optimizer steps: replace the scheduler with "
+                     '{"type": "WarmupDecayLR", "params": {"total_num_steps": N, "warmup_num_steps": '
+                     f'{t["warmup_steps"]}, "warmup_type": "linear", "warmup_max_lr": {lr!r}}}}}')
+    elif t["schedule"] == "wsd":
+        notes.append("DeepSpeed has no warm-up-stable-decay scheduler: pass lr_scheduler=LambdaLR(optimizer, "
+                     "lr_factor) to deepspeed.initialize, with lr_factor from `largestep export --format torch`")
+    if "factory" in t["optimizer"]:
+        notes.append(f"the optimizer is the workload's factory: pass optimizer={t['optimizer']['factory']}(model, "
+                     f"{lr!r}) to deepspeed.initialize (this config then has no optimizer section)")
     config = {
         "_comment": notes,
         "train_batch_size": t["batch_size"],
         "train_micro_batch_size_per_gpu": t["micro_batch_size"],
         "gradient_accumulation_steps": t["gradient_accumulation_steps"],
-        "optimizer": {"type": {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}[name], "params": params},
+        "optimizer": {"type": {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}.get(name), "params": params},
         "scheduler": scheduler,
         "bf16": {"enabled": t["dtype"] == "bf16"},
         "fp16": {"enabled": t["dtype"] == "fp16"},
     }
+    if "factory" in t["optimizer"]:
+        del config["optimizer"]
+    if t.get("max_grad_norm") is not None:
+        config["gradient_clipping"] = t.get("max_grad_norm")
     return json.dumps(config, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 

@@ -81,6 +81,18 @@ def scale_lr(baseline_lr: float, baseline_batch: int, batch: int, rule: str = "l
     return baseline_lr * (ratio if rule == "linear" else math.sqrt(ratio))
 
 
+def _decay_samples(profile: dict) -> int | None:
+    """WSD's final decay in samples: the workload's, else the last fifth of its run (as training does)."""
+    if profile.get("decay_samples") is not None or profile.get("schedule") != "wsd":
+        return profile.get("decay_samples")
+    if profile.get("epochs") and profile.get("n_train"):
+        return round(WSD_DEFAULT_DECAY * profile["epochs"] * profile["n_train"])
+    return None
+
+
+WSD_DEFAULT_DECAY = 0.2   # as engine.measure.train: plan and measure do not import each other
+
+
 def warmup_steps(warmup_samples: int, batch: int) -> int:
     """Steps that cover ``warmup_samples`` at ``batch``: the warm-up keeps its length in samples."""
     return math.ceil(warmup_samples / batch) if warmup_samples > 0 else 0
@@ -203,7 +215,9 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
         "micro_batch_size": chosen.batch_size // _world_size(profile), "gradient_accumulation_steps": 1,
         "world_size": _world_size(profile),
         "rule": config.rule, "optimizer": profile.get("optimizer") or "adam",
-        "weight_decay": profile.get("weight_decay") or 0.0, "epochs": profile.get("epochs"), "schedule": "constant",
+        "weight_decay": profile.get("weight_decay") or 0.0, "epochs": profile.get("epochs"),
+        "schedule": profile.get("schedule") or "constant", "decay_samples": _decay_samples(profile),
+        "max_grad_norm": profile.get("max_grad_norm"),
         "baseline": {"batch_size": b0, "learning_rate": lr0},
         "noise_scale": noise_scale, "assumed_perfect_scaling": noise_scale is None,
         "saturation_batch": saturation,

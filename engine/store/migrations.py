@@ -294,6 +294,20 @@ def m006_jobs_set_aside(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE jobs ADD COLUMN set_aside BOOLEAN DEFAULT false")
 
 
+@migration
+def m007_point_loader_and_compile(con: duckdb.DuckDBPyConnection) -> None:
+    # Dataset workloads are timed with their loader and without it: the compute alone, and whether the
+    # loader limits throughput at that batch size (a larger batch will not help there)
+    con.execute("ALTER TABLE profile_points ADD COLUMN compute_median_s DOUBLE")   # seconds; NULL: tensor data
+    con.execute("ALTER TABLE profile_points ADD COLUMN input_bound BOOLEAN DEFAULT false")
+    # --compile: the first step at a batch size compiles; its time is kept apart from the timed steps
+    con.execute("ALTER TABLE profile_points ADD COLUMN compile_s DOUBLE")
+    # the workload's training recipe, which a recommendation and its exports carry on
+    con.execute("ALTER TABLE profiles ADD COLUMN schedule VARCHAR")            # constant | cosine | linear | wsd
+    con.execute("ALTER TABLE profiles ADD COLUMN decay_samples BIGINT")        # wsd: the final decay's length
+    con.execute("ALTER TABLE profiles ADD COLUMN max_grad_norm DOUBLE")        # gradient clipping; NULL: none
+
+
 def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[str, Migration]] | None = None) -> list[str]:
     """Apply the migrations not yet recorded, in order, each in its own transaction."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")

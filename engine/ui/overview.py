@@ -104,6 +104,7 @@ class AutopilotForm:
     epochs: float | None = None       # None: the workload's own
     data_path: str = ""               # the table workload only: a CSV or Parquet file (data, never code)
     label: str = ""                   # the table workload only: the label column
+    compile: bool = False             # torch.compile the model in every step of the loop
 
 
 def autopilot_request(form: AutopilotForm, choices: dict[str, WorkloadChoice]) -> tuple[str, dict, AutopilotConfig]:
@@ -126,7 +127,8 @@ def autopilot_request(form: AutopilotForm, choices: dict[str, WorkloadChoice]) -
     epochs = form.epochs
     if epochs is not None and (not isinstance(epochs, (int, float)) or not math.isfinite(epochs) or epochs <= 0):
         raise UsageError(f"epochs must be a positive number (or empty for the workload's own), not {epochs!r}")
-    return choice.spec, options, AutopilotConfig(repeats=repeats, epochs=float(epochs) if epochs else None)
+    return choice.spec, options, AutopilotConfig(repeats=repeats, epochs=float(epochs) if epochs else None,
+                                                 compile=bool(form.compile))
 
 
 def submit_autopilot(home: Home, form: AutopilotForm, choices: dict[str, WorkloadChoice]) -> str:

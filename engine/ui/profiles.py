@@ -264,6 +264,11 @@ def points_table(points: pd.DataFrame | None) -> pd.DataFrame:
         note = frame["error"][i] if "error" in frame and isinstance(frame["error"][i], str) else ""
         if not note and not pd.isna(num["predicted_memory_bytes"][i]) and frame["status"][i] != "ok":
             note = f"predicted {format_bytes(num['predicted_memory_bytes'][i])}"
+        if not note and "compute_median_s" in frame and not pd.isna(frame["compute_median_s"][i]):
+            compute_ms = f"compute alone {float(frame['compute_median_s'][i]) * 1e3:.3g} ms"
+            bound = "input_bound" in frame and bool(frame["input_bound"].fillna(False).astype(bool)[i])
+            note = (f"input-bound: the loader limits throughput ({compute_ms})" if bound
+                    else f"loader included; {compute_ms}")
         notes.append(note)
     table = pd.DataFrame({
         "batch": frame["batch_size"].astype(int).to_numpy(),
