@@ -116,18 +116,21 @@ def autopilot_home(autopilot_run, tmp_path, monkeypatch):
 @pytest.fixture(autouse=True)
 def _fast_tests_start_no_job(request, monkeypatch):
     """A test not marked slow must not start a job process: it would not be fast, and it would load the
-    machine the other tests measure on."""
+    machine the other tests measure on. (Everything before the process starts, the checks included, runs.)"""
     if request.node.get_closest_marker("slow"):
         return
+    import subprocess
+    import types
+
+    from engine.jobs import runner
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"{request.node.nodeid} starts a job process: mark it @pytest.mark.slow")
 
-    from engine import jobs
-    from engine.jobs import runner
-
-    monkeypatch.setattr(runner, "submit", refuse)
-    monkeypatch.setattr(jobs, "submit", refuse)
+    no_processes = types.SimpleNamespace(**{name: getattr(subprocess, name) for name in dir(subprocess)
+                                            if not name.startswith("__")})
+    no_processes.Popen = refuse
+    monkeypatch.setattr(runner, "subprocess", no_processes)
 
 
 @pytest.fixture(autouse=True)

@@ -256,7 +256,7 @@ def test_a_run_tied_to_a_recommendation_takes_its_role_and_rate_from_the_batch(h
     rec = make_rec(recommendation_id="rec-0000beef", batch_size=1024, learning_rate=0.008,
                    baseline={"batch_size": 128, "learning_rate": 0.001}, device={"id": "cpu", "kind": "cpu"})
     with store.connect(home) as con:
-        store.save_recommendation(con, rec)
+        store.save_recommendation(home, con, rec)
     ids = {}
     for batch in (1024, 128, 256):
         with engine.track("fraud-gru", batch_size=batch, recommendation="latest", home=home.root) as run:
