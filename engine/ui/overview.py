@@ -16,7 +16,7 @@ import pandas as pd
 from engine import jobs, store
 from engine.errors import LargestepError, UsageError
 from engine.home import Home
-from engine.jobs.autopilot import PHASES, AutopilotConfig
+from engine.jobs.autopilot import ARMS, PHASES, AutopilotConfig
 from engine.plan import compare
 from engine.ui.widgets import TABLE_WORKLOAD, Metric, cancel, device_options
 
@@ -105,6 +105,7 @@ class AutopilotForm:
     data_path: str = ""               # the table workload only: a CSV or Parquet file (data, never code)
     label: str = ""                   # the table workload only: the label column
     compile: bool = False             # torch.compile the model in every step of the loop
+    both_arms: bool = False           # train both arms even when the recommendation is the baseline
 
 
 def autopilot_request(form: AutopilotForm, choices: dict[str, WorkloadChoice]) -> tuple[str, dict, AutopilotConfig]:
@@ -128,7 +129,8 @@ def autopilot_request(form: AutopilotForm, choices: dict[str, WorkloadChoice]) -
     if epochs is not None and (not isinstance(epochs, (int, float)) or not math.isfinite(epochs) or epochs <= 0):
         raise UsageError(f"epochs must be a positive number (or empty for the workload's own), not {epochs!r}")
     return choice.spec, options, AutopilotConfig(repeats=repeats, epochs=float(epochs) if epochs else None,
-                                                 compile=bool(form.compile))
+                                                 compile=bool(form.compile),
+                                                 arms=ARMS if form.both_arms else None)
 
 
 def submit_autopilot(home: Home, form: AutopilotForm, choices: dict[str, WorkloadChoice]) -> str:

@@ -245,11 +245,18 @@ class Workload:
         shows (an output without its loss, dict batches without labels for a metric, a factory that
         returns no optimizer) become a one-line WorkloadError before any job starts."""
         batch = self.first_batch(2)
-        model = self.model()
-        self.make_optimizer(model, self.baseline_lr)
-        with torch.no_grad():
-            output = batches.model_output(model, batch)
-            self.loss_of(output, batch)
+        try:
+            model = self.model()
+            self.make_optimizer(model, self.baseline_lr)
+            with torch.no_grad():
+                output = batches.model_output(model, batch)
+                self.loss_of(output, batch)
+        except WorkloadError:
+            raise
+        except Exception as exc:  # the user's model or loss: one line, not a traceback
+            message = str(exc).splitlines()[0] if str(exc) else ""
+            raise WorkloadError(f"{self.where}: a trial step on 2 training samples raised {type(exc).__name__}: "
+                                f"{message}") from None
         if self.metrics:
             batches.target_of(batch, self.where)
 
