@@ -18,7 +18,7 @@ from engine.cli.options import (
     workload_options,
     workload_settings,
 )
-from engine.cli.output import console, emit_json, finish_job, follow_job, last_log_line, table
+from engine.cli.output import console, detached, emit_json, finish_job, follow_job, last_log_line, table
 from engine.errors import LargestepError, UsageError
 from engine.format import format_bytes, format_ms, format_si, grouped
 
@@ -91,11 +91,8 @@ def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch
     job_id = start_profile(home, workload, workload_settings(settings, data, label), device, config, launcher=run_on)
     if detach:
         store.ingest(home)
-        if as_json:
-            emit_json({"job_id": job_id, "profile_id": job_id, "state": jobs.PENDING})
-        else:
-            click.echo(f"started profile {job_id}; see `largestep profiles`")
-        return 0
+        return detached(as_json, {"job_id": job_id, "profile_id": job_id, "state": jobs.PENDING},
+                        f"started profile {job_id}; see `largestep profiles`")
     state = follow_job(home, job_id, describe=describe_profile_event, quiet=as_json)
     store.ingest(home)
     with store.connect(home) as con:

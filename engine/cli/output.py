@@ -14,7 +14,8 @@ import click
 from engine.errors import LargestepError, UsageError
 from engine.home import Home
 
-__all__ = ["console", "emit_json", "jsonable", "table", "follow_job", "finish_job", "last_log_line", "write_atomic"]
+__all__ = ["console", "emit_json", "jsonable", "table", "detached", "follow_job", "finish_job", "last_log_line",
+           "write_atomic"]
 
 
 def console(stderr: bool = False):
@@ -50,6 +51,15 @@ def table(title: str, columns: list[str], rows: list[list[Any]]):
     for row in rows:
         out.add_row(*["-" if v is None else str(v) for v in row])
     return out
+
+
+def detached(as_json: bool, document: dict, message: str) -> int:
+    """What a --detach command says once its jobs are queued: the document for machines, a line for people."""
+    if as_json:
+        emit_json(document)
+    else:
+        click.echo(message)
+    return 0
 
 
 def follow_job(home: Home, job_id: str, describe: Callable[[dict], str | None], quiet: bool = False) -> str:

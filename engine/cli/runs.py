@@ -19,7 +19,7 @@ from engine.cli.options import (
     workload_options,
     workload_settings,
 )
-from engine.cli.output import console, emit_json, finish_job, follow_job, table
+from engine.cli.output import console, detached, emit_json, finish_job, follow_job, table
 from engine.errors import UsageError
 from engine.format import format_bytes
 
@@ -76,11 +76,8 @@ def train(ctx, workload, settings, data, label, batch_size, lr, epochs, warmup_s
                           repeats=parse_positive_int(repeats, "--repeats"), launcher=run_on)
     store.ingest(home)
     if detach:
-        if as_json:
-            emit_json({"run_ids": run_ids, "state": jobs.PENDING})
-        else:
-            click.echo(f"queued {len(run_ids)} run(s): {' '.join(run_ids)}; see `largestep runs`")
-        return 0
+        return detached(as_json, {"run_ids": run_ids, "state": jobs.PENDING},
+                        f"queued {len(run_ids)} run(s): {' '.join(run_ids)}; see `largestep runs`")
     states = [follow_job(home, run_id, describe=describe_train_event, quiet=as_json) for run_id in run_ids]
     store.ingest(home)
     with store.connect(home) as con:
@@ -281,11 +278,8 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, arms,
     job_id = start_autopilot(home, workload, workload_settings(settings, data, label), device, config)
     store.ingest(home)
     if detach:
-        if as_json:
-            emit_json({"autopilot_id": job_id, "state": jobs.PENDING})
-        else:
-            click.echo(f"started autopilot {job_id}; follow it in the dashboard or with `largestep runs`")
-        return 0
+        return detached(as_json, {"autopilot_id": job_id, "state": jobs.PENDING},
+                        f"started autopilot {job_id}; follow it in the dashboard or with `largestep runs`")
     finish_job(home, job_id, "autopilot", as_json, describe=describe_autopilot_event)
     with store.connect(home) as con:
         result = store.load_autopilot(con, job_id)
