@@ -203,6 +203,7 @@ def test_a_two_rank_profile_measures_global_batches_with_the_all_reduce(home, ti
     assert "--nproc 2" in line and "--devices" not in line
 
 
+@pytest.mark.timeout(900)  # its subprocesses (or the session's autopilot) may take 300 s and more
 @pytest.mark.distributed
 @pytest.mark.e2e
 def test_an_autopilot_over_two_ranks_profiles_and_trains_data_parallel(home, tiny_spec):

@@ -89,6 +89,7 @@ def test_profile_and_train_starts_an_autopilot_that_cancel_stops(monkeypatch, tm
     assert not [b for b in at.button if b.key == "overview.cancel"]
 
 
+@pytest.mark.timeout(900)  # its subprocesses (or the session's autopilot) may take 300 s and more
 def test_a_finished_autopilot_shows_its_headline_and_every_phase_done(monkeypatch, tmp_path, autopilot_home):
     home, job_id = autopilot_home
     at = open_overview(monkeypatch, home, tmp_path)
@@ -127,6 +128,7 @@ def test_configured_workloads_read_largestep_toml_and_resolve_paths(tmp_path):
     assert rows[2]["options"] == {"hidden": 512}
 
 
+@pytest.mark.timeout(900)  # its subprocesses (or the session's autopilot) may take 300 s and more
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_a_configured_name_loads_from_the_command_line_with_its_options(tmp_path, monkeypatch):

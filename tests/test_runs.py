@@ -130,6 +130,7 @@ def test_killing_the_cli_while_a_run_goes_on_loses_nothing(home, tiny_spec):
     assert stored == metric_rows_in_spool(home, run)
 
 
+@pytest.mark.timeout(900)  # its subprocesses (or the session's autopilot) may take 300 s and more
 def test_train_runs_compare_from_the_command_line(home, tiny_spec):
     def cli(*argv):
         proc = subprocess.run([sys.executable, "-m", "engine.cli", *argv], capture_output=True, text=True,
@@ -173,6 +174,7 @@ def test_train_runs_compare_from_the_command_line(home, tiny_spec):
         assert code == 2 and says in err and err.count("\n") == 1, err
 
 
+@pytest.mark.timeout(900)  # its subprocesses (or the session's autopilot) may take 300 s and more
 def test_autopilot_ends_with_a_headline(autopilot_run):
     home, code, result, stderr = autopilot_run   # `largestep autopilot --json`, run once for the session
     assert code == 0, stderr
