@@ -145,3 +145,18 @@ def test_a_comparison_is_decisive_when_an_interval_says_so():
     assert decisive(comparison([0.9, 1.4], "equivalent")) == "the quality difference's interval lies within the tolerance"
     assert decisive(comparison([0.9, 1.4], "inconclusive")) is None
     assert decisive({"groups": []}) is None
+
+
+def test_only_an_autopilot_asked_to_be_decisive_says_whether_it_was():
+    times = {"b0": [(10, 0.5)], "b1": [(11, 0.5)], "r0": [(5, 0.5)], "r1": [(6, 0.5)]}
+    groups = [("baseline", [run("b0", 0, 0.5, 20), run("b1", 1, 0.5, 22)]),
+              ("recommended", [run("r0", 0, 0.5, 10, batch=256), run("r1", 1, 0.5, 12, batch=256)])]
+    result = compare_groups(groups, evals_for(times), tolerance=0.0)
+    rec = {"batch_size": 256, "learning_rate": 8e-3, "baseline": {"batch_size": 32, "learning_rate": 1e-3},
+           "predicted_speedup": {"time_to_target": 2.0, "throughput": 4.0}, "noise_scale": None,
+           "candidates": [{"batch_size": 32, "step_time_s": 0.01}, {"batch_size": 256, "step_time_s": 0.02}],
+           "device": {"name": "cpu"}}
+    assert "decisive" not in headline(rec, result)["text"]
+    assert "decisive after 2 seed pairs: the speedup's interval excludes 1" in headline(
+        rec, result, "the speedup's interval excludes 1", 2)["text"]
+    assert "not decisive after 2 seed pairs" in headline(rec, result, None, 2)["text"]

@@ -304,7 +304,8 @@ def autopilot_task(ctx: JobContext) -> None:
             phase("comparison", 0.0)
             comparison = compared()
         baseline_ids, recommended_ids = arms["baseline"][2], arms["recommended"][2]
-        result = headline(rec, comparison, decisive(comparison) if config.until_decisive else None, seeds)
+        result = (headline(rec, comparison, decisive(comparison), seeds) if config.until_decisive
+                  else headline(rec, comparison))
         ctx.spool.emit(events.AUTOPILOT_RESULT, headline=result, comparison=comparison,
                        recommendation_id=rec["recommendation_id"], profile_id=profile_id, noise_id=noise_id,
                        baseline_runs=baseline_ids, recommended_runs=recommended_ids,
