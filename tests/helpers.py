@@ -85,11 +85,10 @@ def first_time_at_or_below(evals, run_id: str, target: float) -> float | None:
 def metric_rows_in_spool(home: Home, job_id: str) -> int:
     """The rows of the metrics table a job's spool should become: one per logged value of a
     metrics event, and per evaluation one for val_loss plus one per workload metric."""
-    import json
+    from engine.jobs import events
 
     rows = 0
-    for line in (home.job_dir(job_id) / "events.jsonl").read_text().splitlines():
-        event = json.loads(line)
+    for event in events.read_all(home.job_dir(job_id)):
         if event["type"] == "metrics":
             rows += sum(sum(1 for k in ("train_loss", "lr", "samples_per_s") if r.get(k) is not None)
                         for r in event["rows"])

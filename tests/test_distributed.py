@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -49,8 +48,7 @@ def make_sgd(samples: int = 1024, features: int = 8) -> Workload:
 
 
 def _events(home, job_id) -> list[dict]:
-    lines = (home.job_dir(job_id) / "events.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    return jobs.events.read_all(home.job_dir(job_id))
 
 
 @pytest.fixture(scope="module")
