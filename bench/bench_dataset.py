@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.measure.profiler import ProfileConfig, measure_point  # noqa: E402
-from engine.measure.train import TrainConfig, train  # noqa: E402
+from engine.measure.train import MAX_EPOCHS, TrainConfig, train  # noqa: E402
 from engine.workloads import load_workload  # noqa: E402
 from engine.workloads.batches import default_num_workers, loss_of, model_output  # noqa: E402
 
@@ -66,7 +66,7 @@ def bare_loop(workload, batch_size: int, lr: float, steps: int, seed: int) -> fl
 
 def largestep_loop(workload, batch_size: int, lr: float, steps: int, seed: int) -> float:
     config = TrainConfig(batch_size=batch_size, lr=lr, warmup_samples=0, seed=seed, max_steps=steps,
-                         epochs=1e9, eval_every_epochs=1e9)
+                         epochs=MAX_EPOCHS, eval_every_epochs=MAX_EPOCHS)
     result = train(workload, CPU, config)
     return result.samples / result.train_time_s
 
