@@ -153,7 +153,7 @@ def _kill_jobs_under(folder: Path) -> None:
         cmdline = proc.info.get("cmdline") or []
         if proc.info["pid"] == os.getpid() or not any(marker in part for part in cmdline):
             continue
-        if not any(part in ("engine.jobs", "engine.jobs.torchrun", "torch.distributed.run") for part in cmdline):
+        if not any(part in ("engine.jobs", "engine.jobs.torchrun") for part in cmdline):
             continue
         try:
             os.killpg(proc.info["pid"], signal.SIGKILL)   # a job leads its own session: its ranks go too

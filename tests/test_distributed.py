@@ -1,4 +1,4 @@
-"""Data-parallel jobs for real: 2 gloo ranks launched through torchrun by the job runner, on CPU.
+"""Data-parallel jobs for real: 2 gloo ranks launched by the job runner, on CPU.
 
 - a 2-rank run lands on the weights of a single-process run on the same global batch and seed;
 - its noise-scale metric equals McCandlish's estimator computed in one process on the same shards;
@@ -47,13 +47,33 @@ def make_sgd(samples: int = 1024, features: int = 8) -> Workload:
     )
 
 
+class _FailsOnRankOne(torch.nn.Module):
+    """A model whose forward raises on rank 1 only, after a few steps: one rank failing mid-run."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(8, 2)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if os.environ.get("RANK") == "1" and self.calls > 3:
+            raise RuntimeError("the data on this shard is broken")
+        return self.net(x)
+
+
+def make_failing(samples: int = 1024) -> Workload:
+    workload = make_sgd(samples)
+    return Workload(**{**workload.__dict__, "name": "ddp-fails", "model": _FailsOnRankOne})
+
+
 def _events(home, job_id) -> list[dict]:
     return jobs.events.read_all(home.job_dir(job_id))
 
 
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory):
-    """One 2-rank SGD run (through the job runner and torchrun), shared by the tests below."""
+    """One 2-rank SGD run (through the job runner and its rank launcher), shared by the tests below."""
     from engine.home import Home
 
     home = Home(tmp_path_factory.mktemp("ddp") / "home")
@@ -167,8 +187,12 @@ def test_a_rank_killed_mid_run_ends_the_job_crashed_not_hung(home):
         (job_dir / "output.log").read_text()[-2000:]
     job = psutil.Process(jobs.read_status(job_dir)["pid"])
     ranks = {int(p.environ().get("RANK", -1)): p for p in job.children(recursive=True)
-             if "engine.jobs.torchrun" in " ".join(p.cmdline()) and "torch.distributed.run" not in " ".join(p.cmdline())}
+             if "engine.jobs.torchrun" in " ".join(p.cmdline())}
     assert set(ranks) == {0, 1}, ranks
+    # a single-machine run opens nothing another machine can reach
+    listening = [c.laddr for p in [job, *ranks.values()] for c in p.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening and all(address.ip in ("127.0.0.1", "::1") for address in listening), listening
     os.kill(ranks[1].pid, signal.SIGKILL)
     killed_at = time.monotonic()
     assert jobs.wait(home, job_id, timeout_s=60) == jobs.CRASHED
@@ -178,6 +202,20 @@ def test_a_rank_killed_mid_run_ends_the_job_crashed_not_hung(home):
     with store.connect(home) as con:
         job = store.get_job(con, job_id)
     assert job["state"] == "CRASHED" and "rank 1" in job["error"]
+
+
+@pytest.mark.distributed
+def test_a_rank_that_fails_ends_the_run_with_its_own_error_and_stops_the_other(home):
+    config = TrainConfig(batch_size=GLOBAL_BATCH, lr=0.05, nproc=2, epochs=10_000, log_every_steps=5)
+    [job_id] = starts.start_train(home, f"{HERE}:make_failing", {}, "cpu", config)
+    assert jobs.wait(home, job_id, timeout_s=120) == jobs.FAILED, (home.job_dir(job_id) / "output.log").read_text()
+    store.ingest(home)
+    with store.connect(home) as con:
+        job = store.get_job(con, job_id)
+    assert job["error"].startswith("rank 1 of 2: RuntimeError: the data on this shard is broken"), job["error"]
+    ranks_left = [p.pid for p in psutil.process_iter(["cmdline"])
+                  if "engine.jobs.torchrun" in (line := " ".join(p.info["cmdline"] or [])) and str(home.root) in line]
+    assert not ranks_left
 
 
 @pytest.mark.distributed
@@ -255,3 +293,16 @@ def test_bad_nproc_input_is_one_line_and_exit_code_2(home, capsys, argv, says):
     assert err.startswith("largestep: error: ") and len(err.splitlines()) == 1, err
     assert says in err, err
     assert not home.jobs.exists() or not any(home.jobs.iterdir())  # nothing was queued
+
+
+def test_ranks_meet_on_loopback_unless_the_user_chose_an_interface(monkeypatch):
+    from engine.jobs.torchrun import loopback_interface, rank_environment
+
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.delenv("NCCL_SOCKET_IFNAME", raising=False)
+    env = rank_environment(nproc=2, rank=1, timeout_s=30.0)
+    assert loopback_interface() is not None
+    assert env["GLOO_SOCKET_IFNAME"] == env["NCCL_SOCKET_IFNAME"] == loopback_interface()
+    assert (env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"]) == ("1", "1", "2")
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "ib0")
+    assert rank_environment(nproc=2, rank=0, timeout_s=30.0)["NCCL_SOCKET_IFNAME"] == "ib0"

@@ -60,7 +60,7 @@ def hardware(as_json: bool) -> None:
 @click.option("--warmup-steps", default=3, show_default=True, type=int, help="Untimed steps per batch size.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @compile_option
-@nproc_option("Data-parallel processes (torchrun; gloo on CPU, NCCL on CUDA): batch sizes are global, and the step "
+@nproc_option("Data-parallel processes on this machine (gloo on CPU, NCCL on CUDA): batch sizes are global, and the step "
               "time includes the gradient all-reduce.")
 @launch_options
 @click.option("--detach", is_flag=True, help="Start the job and return at once; follow it with `largestep profiles`.")

@@ -44,7 +44,7 @@ from engine.format import format_bytes
 @click.option("--max-steps", metavar="N", help="Stop after N optimizer steps.")
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="A label for the run (repeatable).")
 @device_option()
-@nproc_option("Data-parallel processes (torchrun; gloo on CPU, NCCL on CUDA): --batch-size stays the global batch = "
+@nproc_option("Data-parallel processes on this machine (gloo on CPU, NCCL on CUDA): --batch-size stays the global batch = "
               "micro-batch x --accumulate x N, and the learning rate follows it.")
 @launch_options
 @click.option("--detach", is_flag=True, help="Queue the runs and return at once; follow them with `largestep runs`.")

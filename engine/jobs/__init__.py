@@ -3,7 +3,7 @@
 A job writes only its spool (``events.jsonl`` and ``status.json``, catalogued in ``events``);
 it never opens the database. ``runner`` submits, queues (one job a device), cancels and tells a
 job's state; ``start`` validates a request before anything is written; ``bodies`` and
-``autopilot`` are what runs inside a job; ``torchrun`` and ``ray`` launch a body elsewhere.
+``autopilot`` are what runs inside a job; ``torchrun`` (N ranks on this machine) and ``ray`` launch a body elsewhere.
 """
 
 from engine.jobs.runner import (

@@ -115,7 +115,7 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
     """Validate, then queue ``repeats`` training runs (seeds seed, seed+1, ...) as one group.
 
     They run one after another on the device (the per-device lock), so they never time each other.
-    ``config.nproc > 1``: each run is data-parallel over that many ranks (torchrun). ``launcher``
+    ``config.nproc > 1``: each run is data-parallel over that many ranks (engine.jobs.torchrun). ``launcher``
     (see :func:`engine.jobs.ray.check_launcher`): the runs go to a Ray cluster as tasks, side by
     side, each on a device of its own. ``save_weights``: rank 0 saves the final state_dict to
     ``jobs/<id>/model.pt``.

@@ -1,17 +1,22 @@
-"""Data-parallel jobs: torchrun starts N ranks; each takes a disjoint shard of every global batch.
+"""Data-parallel jobs on one machine: N rank processes, each taking a disjoint shard of every global batch.
 
 The job process (``python -m engine.jobs``) keeps its role: it holds the device locks, beats
 the heartbeat, and writes the exit record. For ``nproc > 1`` its body calls :func:`run_ranks`,
-which launches ``python -m torch.distributed.run --standalone --nproc-per-node N -m
-engine.jobs.torchrun JOB_DIR`` and waits. Each rank runs the same job body (``train_task``,
-``profile_task``) inside a process group (gloo on CPU, NCCL on CUDA); only rank 0 appends to the
-spool's events, and it reports progress through ``rank0-status.json``, which the job process
-folds into ``status.json`` (one writer per file).
+which starts ``python -m engine.jobs.torchrun JOB_DIR`` N times with the environment torchrun
+would give each rank (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE) and waits. Each rank runs
+the same job body (``train_task``, ``profile_task``) inside a process group (gloo on CPU, NCCL on
+CUDA); only rank 0 appends to the spool's events, and it reports progress through
+``rank0-status.json``, which the job process folds into ``status.json`` (one writer per file).
 
-A rank that dies ends the run, never hangs it: torchrun stops the other ranks as soon as one
-exits non-zero; collectives carry a timeout; each rank dies with torchrun (PR_SET_PDEATHSIG).
-Each rank leaves ``rank-<r>.json`` with its state and error; a rank without one died from a
-signal, and the job ends CRASHED.
+Not torchrun itself: its agent's rendezvous store (a TCPStore) listens on every network
+interface, and torch offers no way to bind it to one. The ranks meet through a FileStore in the
+job's folder instead, and their collectives' sockets are bound to the loopback interface, so a
+single-machine run opens nothing another machine can reach.
+
+A rank that dies ends the run, never hangs it: the job process stops the other ranks as soon as
+one exits non-zero; collectives carry a timeout; each rank dies with the job process
+(PR_SET_PDEATHSIG). Each rank leaves ``rank-<r>.json`` with its state and error; a rank without
+one died from a signal, and the job ends CRASHED.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 import torch.distributed as dist
 
@@ -34,11 +41,12 @@ from engine.home import Home
 from engine.jobs.runner import JobContext, resolve_body
 from engine.jobs.spool import Spool, read_spec, write_json_atomic
 
-__all__ = ["DEFAULT_TIMEOUT_S", "check_nproc", "lock_names", "run_ranks", "rank_status_path", "rank_main", "in_rank"]
+__all__ = ["DEFAULT_TIMEOUT_S", "check_nproc", "lock_names", "run_ranks", "rank_environment", "loopback_interface", "rank_status_path", "rank_main", "in_rank"]
 
 DEFAULT_TIMEOUT_S = 600.0    # a collective waiting longer than this fails the run (a rank hung or died)
 RANK_STATUS = "rank0-status.json"
-RANK_GRACE_S = 4.0           # after SIGTERM, how long the job waits for torchrun before SIGKILL
+RANK_STORE = "rendezvous.store"   # the FileStore the ranks meet through
+RANK_GRACE_S = 4.0           # after SIGTERM, how long the job waits for the ranks before SIGKILL
 
 
 # -- checks made before a job is queued -------------------------------------------------------------
@@ -87,52 +95,102 @@ def rank_status_path(job_dir: Path) -> Path:
 
 
 def run_ranks(ctx, nproc: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-    """Run this job's body in ``nproc`` ranks under torchrun; raise as the ranks ended.
+    """Run this job's body in ``nproc`` rank processes; raise as the ranks ended.
 
     Raises :class:`engine.errors.Crashed` when a rank died without an exit record, Diverged when
     the ranks agreed the loss diverged, LargestepError when a rank failed.
     """
     job_dir = Path(ctx.job_dir)
-    for old in job_dir.glob("rank-*.json"):
-        old.unlink()
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    # N ranks on one machine: share the cores instead of each taking them all
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    env["LARGESTEP_COLLECTIVE_TIMEOUT_S"] = str(timeout_s)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "--max-restarts=0", "--monitor-interval=0.1", "-m", "engine.jobs.torchrun", str(job_dir)]
+    for old in [*job_dir.glob("rank-*.json"), job_dir / RANK_STORE]:
+        old.unlink(missing_ok=True)
     ctx.progress(f"starting {nproc} ranks", 0.0, nproc=nproc)
     ctx.spool.flush()  # the ranks append to the same events file: ours must be on disk first
-    with open(job_dir / "output.log", "ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=os.getcwd())
+    procs = _start_ranks(job_dir, nproc, timeout_s)
     try:
         last = None
-        while proc.poll() is None:
+        while (ended := _ranks_ended(procs)) is None:
             last = _forward_progress(ctx, job_dir, last)
             time.sleep(0.2)
         _forward_progress(ctx, job_dir, last)
-    except BaseException:  # cancelled (SIGTERM): torchrun stops its ranks; give it a moment, then kill
-        _stop(proc)
+    except BaseException:  # cancelled (SIGTERM): stop the ranks, give them a moment, then kill
+        _stop(procs)
         raise
-    if proc.returncode == 0:
+    finally:
+        (job_dir / RANK_STORE).unlink(missing_ok=True)
+    _explain(job_dir, nproc, ended.first_failed)
+
+
+def rank_environment(nproc: int, rank: int, timeout_s: float) -> dict[str, str]:
+    """What one rank process is started with: torchrun's variables, loopback-only sockets, its share of the cores."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
+               GROUP_RANK="0", LARGESTEP_COLLECTIVE_TIMEOUT_S=str(timeout_s))
+    # N ranks on one machine: share the cores instead of each taking them all
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    loopback = loopback_interface()
+    if loopback:  # a user who set these knows their network better than we do
+        env.setdefault("GLOO_SOCKET_IFNAME", loopback)
+        env.setdefault("NCCL_SOCKET_IFNAME", loopback)
+    return env
+
+
+def loopback_interface() -> str | None:
+    """The name of this machine's loopback interface ("lo" on Linux, "lo0" on macOS), if it has one."""
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.address == "127.0.0.1" for a in addresses):
+            return name
+    return None
+
+
+def _start_ranks(job_dir: Path, nproc: int, timeout_s: float) -> list[subprocess.Popen]:
+    cmd = [sys.executable, "-m", "engine.jobs.torchrun", str(job_dir)]
+    procs: list[subprocess.Popen] = []
+    try:
+        with open(job_dir / "output.log", "ab") as log:
+            for rank in range(nproc):
+                procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                              env=rank_environment(nproc, rank, timeout_s), cwd=os.getcwd()))
+    except BaseException:
+        _stop(procs)
+        raise
+    return procs
+
+
+@dataclass(frozen=True)
+class _Ended:
+    first_failed: int | None   # the rank whose non-zero exit ended the run; None: every rank finished
+
+
+def _ranks_ended(procs: list[subprocess.Popen]) -> _Ended | None:
+    """None while the run goes on; else how it ended. When one rank exits non-zero the ranks still
+    running are stopped at once (as torchrun would): a peer left waiting in a collective would hang."""
+    codes = [proc.poll() for proc in procs]
+    failed = [rank for rank, code in enumerate(codes) if code not in (None, 0)]
+    if failed:
+        _stop(procs)
+        return _Ended(first_failed=failed[0])
+    return _Ended(first_failed=None) if all(code == 0 for code in codes) else None
+
+
+def _explain(job_dir: Path, nproc: int, first_failed: int | None) -> None:
+    """Raise as the ranks ended, naming the rank whose exit ended the run (the others were stopped)."""
+    if first_failed is None:
         return
     records = {r: _read_json(job_dir / f"rank-{r}.json") for r in range(nproc)}
-    died = [r for r, record in records.items() if record is None]
-    if died:
-        raise Crashed(f"rank {died[0]} of {nproc} died without an exit record (killed by a signal or the "
-                      f"system); the other ranks were stopped")
-    states = {r: record.get("state") for r, record in records.items()}
-    for r, record in records.items():
-        if record.get("state") == "DIVERGED":
-            raise Diverged(record.get("error") or "training diverged")
-    if all(state == "KILLED" for state in states.values()) and (job_dir / "cancelled").exists():
+    states = {r: (record or {}).get("state") for r, record in records.items()}
+    if (job_dir / "cancelled").exists() and not {"FAILED", "DIVERGED"} & set(states.values()):
         raise Cancelled()
-    failed = [(r, record) for r, record in records.items() if record.get("state") == "FAILED"]
-    r, record = failed[0] if failed else next(iter(records.items()))
-    raise LargestepError(f"rank {r} of {nproc}: {record.get('error') or 'failed'}")
+    for record in records.values():
+        if record and record.get("state") == "DIVERGED":
+            raise Diverged(record.get("error") or "training diverged")
+    if records[first_failed] is None:
+        raise Crashed(f"rank {first_failed} of {nproc} died without an exit record (killed by a signal or the "
+                      f"system); the other ranks were stopped")
+    failed = [r for r, state in states.items() if state == "FAILED"]
+    r = first_failed if states[first_failed] == "FAILED" or not failed else failed[0]
+    raise LargestepError(f"rank {r} of {nproc}: {records[r].get('error') or 'failed'}")
 
 
 def _forward_progress(ctx, job_dir: Path, last: dict | None) -> dict | None:
@@ -143,16 +201,21 @@ def _forward_progress(ctx, job_dir: Path, last: dict | None) -> dict | None:
     return status
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM every rank still running, then SIGKILL those that have not ended within the grace period."""
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + RANK_GRACE_S
+    for proc in procs:
         try:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=RANK_GRACE_S)
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        except ProcessLookupError:
-            pass
 
 
 def _read_json(path: Path) -> dict | None:
@@ -166,7 +229,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _die_with_parent() -> None:
-    """Linux: the kernel kills this rank when torchrun goes, even by SIGKILL (no orphans holding a GPU)."""
+    """Linux: the kernel kills this rank when the job process goes, even by SIGKILL (no orphans holding a GPU)."""
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -209,7 +272,7 @@ def _rank_spool(job_dir: Path, is_rank_zero: bool):
 
 
 class _Terminated(Exception):
-    """torchrun (or a cancel) asked this rank to stop."""
+    """The job process (a failed peer, or a cancel) asked this rank to stop."""
 
 
 def rank_main(job_dir: Path) -> int:
@@ -236,7 +299,10 @@ def rank_main(job_dir: Path) -> int:
         else:
             params["device"] = "cpu"
         timeout = timedelta(seconds=float(os.environ.get("LARGESTEP_COLLECTIVE_TIMEOUT_S", DEFAULT_TIMEOUT_S)))
-        dist.init_process_group("nccl" if kind == "cuda" else "gloo", timeout=timeout)
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rendezvous = dist.FileStore(str(job_dir / RANK_STORE), world_size)
+        dist.init_process_group("nccl" if kind == "cuda" else "gloo", store=rendezvous, rank=global_rank,
+                                world_size=world_size, timeout=timeout)
         spec["rank"] = global_rank
         spool = _rank_spool(job_dir, global_rank == 0)
         try:
@@ -274,7 +340,8 @@ def in_rank(ctx) -> bool:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        print("usage: python -m torch.distributed.run ... -m engine.jobs.torchrun JOB_DIR", file=sys.stderr)
+        print("usage: python -m engine.jobs.torchrun JOB_DIR (started by the job process, once per rank)",
+              file=sys.stderr)
         sys.exit(2)
     from engine.jobs.torchrun import rank_main as _rank_main  # the imported module's functions, not __main__'s
 

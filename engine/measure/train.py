@@ -335,7 +335,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     world, rank = ddp_util.world_size(), ddp_util.rank()
     if config.nproc != world:
         raise UsageError(f"--nproc {config.nproc} needs a process group of {config.nproc} ranks (launched by the job "
-                         f"runner through torchrun); this one has {world}")
+                         f"runner); this one has {world}")
     if config.batch_size > workload.n_train:
         raise UsageError(f"--batch-size {config.batch_size} is larger than the {workload.n_train} training samples")
     if log is None or rank != 0:  # one voice: rank 0 logs for the run
