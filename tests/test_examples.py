@@ -66,3 +66,22 @@ def test_a_plain_dataset_and_a_model_returning_its_loss(capsys, home):
     assert [p["status"] for p in result["profile"]["points"]] == ["ok", "ok"]
     run = result["run"]
     assert run["state"] == "FINISHED" and math.isfinite(run["final_val_loss"])
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_torchvision_resnet18_on_fake_data_through_loader_workers(capsys, home):
+    # torchvision must match the torch it runs beside; the CPU build of torch this project installs on a
+    # machine without a GPU has no matching torchvision on PyPI, so this runs where a user's torch has one
+    pytest.importorskip("torchvision", exc_type=ImportError)
+    result = profile_noise_recommend_train(capsys, f"{EXAMPLES / 'torchvision_resnet.py'}:resnet18",
+                                           ["--set", "samples=256", "--set", "image=32"], "16,32")
+    points = result["profile"]["points"]
+    assert [p["status"] for p in points] == ["ok", "ok"]
+    # the loader (PIL images made, flipped, converted and collated in worker processes) and the compute alone
+    assert all(p["compute_time_s"] > 0 and p["step_time_s"]["median"] > 0 for p in points)
+    assert all(isinstance(p["input_bound"], bool) for p in points)
+    assert math.isfinite(result["noise"]["g2"]) and math.isfinite(result["noise"]["trace_sigma"])
+    run = result["run"]
+    assert run["state"] == "FINISHED" and math.isfinite(run["final_val_loss"])
+    assert 1.5 < run["final_val_loss"] < 4.0   # ten classes with no signal: about log(10) = 2.3
