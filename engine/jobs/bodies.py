@@ -6,7 +6,6 @@ Each body takes a :class:`engine.jobs.JobContext`; the spool's events are what
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import asdict
 from typing import Callable
 
@@ -19,6 +18,14 @@ from engine.workloads import load_workload
 
 __all__ = ["profile_task", "noise_task", "stability_task", "train_task", "run_training", "SpoolRunLog",
            "profile_config_from_params"]
+
+
+def job_device(params: dict):
+    """The job's device, made this process's current one before the workload loads: a workload or
+    library that puts tensors on plain "cuda" then lands on the job's GPU, not on GPU 0 (another job's)."""
+    device = devices.resolve_device(params.get("device", "auto"))
+    devices.use_device(device)
+    return device
 
 
 def profile_config_from_params(params: dict) -> ProfileConfig:
@@ -35,8 +42,8 @@ def profile_task(ctx: JobContext) -> None:
         torchrun.run_ranks(ctx, nproc, params.get("collective_timeout_s", torchrun.DEFAULT_TIMEOUT_S))
         return
     ctx.progress("loading workload", 0.0)
+    device = job_device(params)
     workload = load_workload(params["workload"], params.get("options") or {})
-    device = devices.resolve_device(params.get("device", "auto"))
     info = devices.device_info(device)
     config = profile_config_from_params(params)
     config.validate()
@@ -54,13 +61,15 @@ def profile_task(ctx: JobContext) -> None:
         telemetry_source=sampler.source, telemetry_reason=sampler.reason, versions=versions(),
     )
 
-    def tag(batch_size: int | None) -> None:
-        sampler.tag = batch_size
+    power = telemetry.WindowPower(info, sampler)
 
-    def power_between(start: float, end: float) -> float | None:
-        watts = [s["power_w"] for s in list(sampler.samples)
-                 if s.get("power_w") is not None and start <= s["t"] <= end]
-        return statistics.fmean(watts) if watts else None
+    def tag(batch_size: int | None) -> None:
+        """Called as the clock starts (the batch size being timed) and stops (None)."""
+        sampler.tag = batch_size
+        if batch_size is not None:
+            power.open()
+        else:
+            power.close()
 
     def on_point(point: ProfilePoint, index: int, count: int) -> None:
         ctx.spool.emit(events.POINT, profile_id=ctx.job_id, **point.to_dict())
@@ -71,7 +80,7 @@ def profile_task(ctx: JobContext) -> None:
     ctx.progress(f"profiling {len(planned)} batch sizes on {info.torch_device}", 0.0, points_planned=len(planned))
     with sampler:
         result = run_profile(workload, device, config, on_point=on_point, telemetry_tag=tag,
-                             power_between=power_between)
+                             power_between=power.mean_power_w)
     fit = result.memory_fit
     ctx.spool.emit(
         events.PROFILE_END, profile_id=ctx.job_id, stop_reason=result.stop_reason,
@@ -88,8 +97,8 @@ def noise_task(ctx: JobContext) -> None:
 
     params = ctx.params
     ctx.progress("loading workload", 0.0)
+    device = job_device(params)
     workload = load_workload(params["workload"], params.get("options") or {})
-    device = devices.resolve_device(params.get("device", "auto"))
     estimate = estimate_noise(
         workload, device, batch_small=params.get("batch_small"), batch_big=params.get("batch_big"),
         batches=params.get("batches", 32), warm_steps=params.get("warm_steps", 0), seed=params.get("seed", 0),
@@ -106,8 +115,8 @@ def stability_task(ctx: JobContext) -> None:
     from engine.measure.stability import check_stability
 
     params = ctx.params
+    device = job_device(params)
     workload = load_workload(params["workload"], params.get("options") or {})
-    device = devices.resolve_device(params.get("device", "auto"))
     result = check_stability(workload, device, params["batch_size"], params["lr"], steps=params.get("steps", 60),
                              dtype=params.get("dtype", "fp32"),
                              on_progress=lambda f: ctx.progress("learning-rate ramp", f))
@@ -138,8 +147,8 @@ def run_training(params: dict, emit, progress, save_to: str | None = None) -> No
     from engine.measure.train import TrainConfig, train
 
     progress("loading workload", 0.0)
+    device = job_device(params)
     workload = load_workload(params["workload"], params.get("options") or {})
-    device = devices.resolve_device(params.get("device", "auto"))
     fields = {k: v for k, v in params["config"].items() if k in TrainConfig.__dataclass_fields__}
     fields["tags"] = tuple(fields.get("tags") or ())
     config = TrainConfig(**fields)

@@ -33,6 +33,7 @@ from engine.errors import Cancelled, Crashed, DeviceError, Diverged, LargestepEr
 from engine.home import Home
 from engine.jobs.runner import JobContext, resolve_body
 from engine.jobs.spool import Spool, read_spec, write_json_atomic
+from engine.measure import devices
 
 __all__ = ["DEFAULT_TIMEOUT_S", "check_nproc", "lock_names", "run_ranks", "rank_status_path", "rank_main", "in_rank"]
 
@@ -72,11 +73,11 @@ def _device_kind(device: str) -> str:
 
 
 def lock_names(device: str, nproc: int) -> list[str]:
-    """The device locks an N-rank job holds: every GPU it uses, or the CPU."""
+    """The device locks an N-rank job holds: every GPU it uses (named by UUID), or the CPU."""
     kind = _device_kind(device)
     if kind == "cuda" and nproc > 1:
-        return [f"cuda:{i}" for i in range(nproc)]
-    return [str(device)]
+        return [devices.lock_name(f"cuda:{i}") for i in range(nproc)]
+    return [devices.lock_name(str(device))]
 
 
 # -- the job process: launch the ranks, wait, explain the outcome --------------------------------------
