@@ -57,6 +57,8 @@ __all__ = [
     "saturation_batch",
     "fit_memory",
     "StepRunner",
+    "time_in_blocks",
+    "block_steps_for",
 ]
 
 OK, OOM, OVER_BUDGET, ERROR = "ok", "oom", "over_budget", "error"
@@ -305,28 +307,10 @@ class StepRunner:
         return loss.detach()
 
     def timed_steps(self, min_steps: int, min_seconds: float, max_steps: int, block_steps: int = 1) -> list[float]:
-        """Raw step times, one per block of ``block_steps`` steps timed between two synchronisations of
-        the device (the block's time over its steps). Inside a block the host queues the next step while
-        the device runs this one, as in training; a sync around every step would instead add the host's
-        per-step overhead to every small, fast step. ``min_steps`` and ``max_steps`` count blocks."""
-        times: list[float] = []
-        total = 0.0
-        # rank 0 decides whether to go on: every rank must take the same number of steps
-        while True:
-            more = len(times) < min_steps or (total < min_seconds and len(times) < max_steps)
-            if not (ddp_util.agree(more) if self.world > 1 else more):
-                break
-            devices.synchronize(self.device)  # sync: the previous block's kernels are done
-            if self.world > 1:
-                ddp_util.barrier()  # sync: every rank starts the block together
-            start = time.perf_counter()
-            for _ in range(block_steps):
-                self.step()
-            devices.synchronize(self.device)  # sync: this block's kernels are done
-            elapsed = time.perf_counter() - start
-            times.append(elapsed / block_steps)
-            total += elapsed
-        return times
+        """Raw step times, one per block of ``block_steps`` steps (see :func:`time_in_blocks`);
+        ``min_steps`` and ``max_steps`` count blocks."""
+        return time_in_blocks(self.step, self.device, min_steps, min_seconds, max_steps, block_steps,
+                              data_parallel=self.world > 1)
 
     def warm_up(self, steps: int) -> int:
         """Untimed steps, at least ``steps``; returns the steps of a timed block (see timed_steps).
@@ -345,7 +329,7 @@ class StepRunner:
         if self.device.type == "cpu":  # no queue to hide the host behind: every step is its own block
             return 1
         one_step = min(self._one_synchronised_step() for _ in range(SIZING_STEPS))  # the fastest: least noise
-        block = min(MAX_BLOCK_STEPS, max(1, math.ceil(BLOCK_SECONDS / one_step) if one_step > 0 else MAX_BLOCK_STEPS))
+        block = block_steps_for(one_step)
         return int(ddp_util.agree(block)) if self.world > 1 else block  # every rank runs rank 0's blocks
 
     def timed_loader_and_compute_steps(self, min_steps: int, min_seconds: float, max_steps: int, seed: int = 0,
@@ -424,6 +408,40 @@ class StepRunner:
         self.__dict__.pop("loader", None)
         del self.model, self.forward, self.optimizer, self.data, self.last_batch
         devices.free_memory(self.device)
+
+
+def time_in_blocks(step: Callable[[], object], device: torch.device, min_blocks: int, min_seconds: float,
+                   max_blocks: int, block_steps: int = 1, data_parallel: bool = False) -> list[float]:
+    """Time ``step`` as the profiler does: blocks of ``block_steps`` calls between two synchronisations
+    of the device, one time per call per block, until ``min_blocks`` blocks and ``min_seconds``
+    seconds (at most ``max_blocks``). Inside a block the host queues the next step while the device
+    runs this one, as in training; a sync around every step would instead add the host's per-step
+    overhead to every small, fast step. Data-parallel: rank 0 decides whether to go on, and a barrier
+    starts each block on every rank together."""
+    times: list[float] = []
+    total = 0.0
+    while True:
+        more = len(times) < min_blocks or (total < min_seconds and len(times) < max_blocks)
+        if not (ddp_util.agree(more) if data_parallel else more):  # every rank takes the same steps
+            break
+        devices.synchronize(device)  # sync: the previous block's kernels are done
+        if data_parallel:
+            ddp_util.barrier()  # sync: every rank starts the block together
+        start = time.perf_counter()
+        for _ in range(block_steps):
+            step()
+        devices.synchronize(device)  # sync: this block's kernels are done
+        elapsed = time.perf_counter() - start
+        times.append(elapsed / block_steps)
+        total += elapsed
+    return times
+
+
+def block_steps_for(one_step_s: float) -> int:
+    """Steps a timed block holds on a GPU: about BLOCK_SECONDS of them, at most MAX_BLOCK_STEPS."""
+    if one_step_s <= 0:
+        return MAX_BLOCK_STEPS
+    return min(MAX_BLOCK_STEPS, max(1, math.ceil(BLOCK_SECONDS / one_step_s)))
 
 
 def shuffled_on_device(workload: Workload, device: torch.device, seed: int) -> tuple[torch.Tensor, ...] | None:

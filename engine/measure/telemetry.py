@@ -222,6 +222,11 @@ class WindowPower:
         self._opened_mj: int | None = None
         self._closed_mj: int | None = None
 
+    @property
+    def has_energy_counter(self) -> bool:
+        """Whether the last window was measured by the energy counter (else by the power samples)."""
+        return self._opened_mj is not None and self._closed_mj is not None
+
     def _energy_mj(self) -> int | None:
         if self._read_mj is None:
             return None
