@@ -6,6 +6,7 @@ Each body takes a :class:`engine.jobs.JobContext`; the spool's events are what
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from typing import Callable
 
@@ -39,7 +40,10 @@ def profile_task(ctx: JobContext) -> None:
     params = ctx.params
     nproc = (params.get("config") or {}).get("nproc") or 1
     if nproc > 1 and not torchrun.in_rank(ctx):
-        torchrun.run_ranks(ctx, nproc, params.get("collective_timeout_s", torchrun.DEFAULT_TIMEOUT_S))
+        try:
+            torchrun.run_ranks(ctx, nproc, params.get("collective_timeout_s", torchrun.DEFAULT_TIMEOUT_S))
+        except distributed.RankOutOfMemory as oom:
+            _end_profile_at_out_of_memory(ctx, oom)
         return
     ctx.progress("loading workload", 0.0)
     device = job_device(params)
@@ -88,6 +92,22 @@ def profile_task(ctx: JobContext) -> None:
         memory_fit_intercept_bytes=fit.intercept_bytes if fit else None,
         memory_fit_slope_bytes=fit.slope_bytes if fit else None,
     )
+    ctx.progress("done", 1.0)
+
+
+def _end_profile_at_out_of_memory(ctx: JobContext, oom: distributed.RankOutOfMemory) -> None:
+    """A rank ran out of memory (and the ranks were stopped): the batch is the sweep's ceiling, recorded
+    with the points the ranks measured before it, as a single-process sweep ends at an OOM."""
+    from engine.measure.profiler import OOM, fit_memory, saturation_batch
+
+    spooled = [ProfilePoint.from_dict(e) for e in events.read_all(ctx.job_dir) if e.get("type") == events.POINT]
+    point = ProfilePoint(batch_size=oom.batch_size, status=OOM, error=str(oom)[:500], ended_at=time.time())
+    ctx.spool.emit(events.POINT, profile_id=ctx.job_id, **point.to_dict())
+    points = [*spooled, point]
+    fit = fit_memory(points)
+    ctx.spool.emit(events.PROFILE_END, profile_id=ctx.job_id, stop_reason=OOM, saturation_batch=saturation_batch(points),
+                   memory_fit_intercept_bytes=fit.intercept_bytes if fit else None,
+                   memory_fit_slope_bytes=fit.slope_bytes if fit else None)
     ctx.progress("done", 1.0)
 
 

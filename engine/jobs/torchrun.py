@@ -34,12 +34,14 @@ from engine.home import Home
 from engine.jobs.runner import JobContext, resolve_body
 from engine.jobs.spool import Spool, read_spec, write_json_atomic
 from engine.measure import devices
+from engine.measure.distributed import RankOutOfMemory
 
 __all__ = ["DEFAULT_TIMEOUT_S", "check_nproc", "lock_names", "run_ranks", "rank_status_path", "rank_main", "in_rank"]
 
 DEFAULT_TIMEOUT_S = 600.0    # a collective waiting longer than this fails the run (a rank hung or died)
 RANK_STATUS = "rank0-status.json"
 RANK_GRACE_S = 4.0           # after SIGTERM, how long the job waits for torchrun before SIGKILL
+OUT_OF_MEMORY = "OUT_OF_MEMORY"  # a rank record's state: it ran out of memory and left (see RankOutOfMemory)
 
 
 # -- checks made before a job is queued -------------------------------------------------------------
@@ -121,6 +123,10 @@ def run_ranks(ctx, nproc: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     if proc.returncode == 0:
         return
     records = {r: _read_json(job_dir / f"rank-{r}.json") for r in range(nproc)}
+    # first: a rank out of memory left on purpose, and the ranks it left waiting were stopped (or killed)
+    for r, record in records.items():
+        if record is not None and record.get("state") == OUT_OF_MEMORY:
+            raise RankOutOfMemory(record["batch_size"], record.get("error") or f"rank {r}: out of memory")
     died = [r for r, record in records.items() if record is None]
     if died:
         raise Crashed(f"rank {died[0]} of {nproc} died without an exit record (killed by a signal or the "
@@ -225,7 +231,7 @@ def rank_main(job_dir: Path) -> int:
         raise _Terminated()
 
     signal.signal(signal.SIGTERM, on_term)
-    state, error = "FAILED", None
+    state, error, batch_size = "FAILED", None, None
     try:
         params = spec["params"]
         kind = _device_kind(params.get("device", "auto"))
@@ -248,6 +254,8 @@ def rank_main(job_dir: Path) -> int:
         state = "FINISHED"
     except _Terminated:
         state, error = "KILLED", "stopped by the launcher"
+    except RankOutOfMemory as exc:
+        state, error, batch_size = OUT_OF_MEMORY, str(exc), exc.batch_size
     except Diverged as exc:
         state, error = "DIVERGED", str(exc) or "training diverged"
     except LargestepError as exc:
@@ -259,7 +267,14 @@ def rank_main(job_dir: Path) -> int:
         state, error = "FAILED", f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the record must not be interrupted
-        write_json_atomic(job_dir / f"rank-{global_rank}.json", {"state": state, "error": error, "pid": os.getpid()})
+        write_json_atomic(job_dir / f"rank-{global_rank}.json", {"state": state, "error": error, "pid": os.getpid(),
+                                                                  "batch_size": batch_size})
+        if state == OUT_OF_MEMORY:
+            # leave at once: tearing down a group whose other ranks wait in a collective could block, and
+            # this rank's exit is what makes torchrun stop them
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
         if dist.is_initialized():
             try:
                 dist.destroy_process_group()

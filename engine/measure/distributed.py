@@ -14,10 +14,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["MAX_NPROC", "is_distributed", "rank", "world_size", "mean_across_ranks", "sum_across_ranks",
+__all__ = ["MAX_NPROC", "RankOutOfMemory", "is_distributed", "rank", "world_size", "mean_across_ranks", "sum_across_ranks",
            "total_across_ranks", "broadcast_float", "agree", "barrier"]
 
 MAX_NPROC = 4096    # data-parallel ranks a config may ask for (a sanity bound, far above one machine's devices)
+
+
+class RankOutOfMemory(Exception):
+    """This rank ran out of memory at ``batch_size`` (a global batch). The other ranks may already wait in a
+    collective this one will never join (the gradient all-reduce), so no agreement is possible: the rank
+    leaves, its launcher stops the others, and the job records the out-of-memory ceiling."""
+
+    def __init__(self, batch_size: int, message: str):
+        super().__init__(message)
+        self.batch_size = batch_size
 
 
 def is_distributed() -> bool:
