@@ -246,13 +246,17 @@ def _out_of_memory(info: DeviceInfo) -> DeviceCheck:
         return DeviceCheck(info.id, "out of memory", PROBLEM, "allocating twice the GPU's memory succeeded")
     devices.free_memory(device)
     try:
-        usable = bool(torch.isfinite(_matmul_step(device)()).all())
+        usable = bool(torch.isfinite(_small_matmul(device)).all())
     except Exception as exc:
         return DeviceCheck(info.id, "out of memory", PROBLEM, f"the GPU fails after an OOM: {_one_line(exc)}")
     if not caught:
         return DeviceCheck(info.id, "out of memory", PROBLEM, f"not recognised as out of memory: {error}")
     return DeviceCheck(info.id, "out of memory", OK if usable else PROBLEM,
                        "induced OOM caught; the GPU works after it", {"error": error})
+
+
+def _small_matmul(device: torch.device) -> torch.Tensor:
+    return torch.randn(64, 64, device=device) @ torch.randn(64, 64, device=device)
 
 
 def _precision(info: DeviceInfo) -> DeviceCheck:
@@ -262,7 +266,7 @@ def _precision(info: DeviceInfo) -> DeviceCheck:
         try:
             devices.check_dtype(device, dtype)
             with devices.autocast(device, dtype):
-                out = torch.randn(64, 64, device=device) @ torch.randn(64, 64, device=device)
+                out = _small_matmul(device)
             if out.dtype != devices.DTYPES[dtype]:
                 raise RuntimeError(f"autocast gave {out.dtype}")
             supported.append(dtype)
