@@ -290,6 +290,23 @@ def install_fake_cuda(monkeypatch, properties: list[types.SimpleNamespace]) -> d
         time.sleep(max(0.0, state["busy_until"] - time.perf_counter()))
 
     monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+
+    class Event:
+        """A CUDA event: it completes when the device has done the work queued before it was recorded."""
+
+        def __init__(self, enable_timing: bool = False):
+            self.at: float | None = None
+
+        def record(self, stream=None) -> None:
+            self.at = max(time.perf_counter(), state["busy_until"])
+
+        def synchronize(self) -> None:
+            time.sleep(max(0.0, self.at - time.perf_counter()))
+
+        def elapsed_time(self, end: "Event") -> float:
+            return (end.at - self.at) * 1000.0  # milliseconds, as torch's
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: state.__setitem__("current", index_of(device)))
 
     def reset_peaks(device=None):

@@ -98,3 +98,16 @@ def test_the_two_rank_all_reduce_completes_on_loopback():
     # the NCCL check's own code, on gloo: this machine has no GPU for NCCL
     check = selfcheck._nccl_all_reduce(backend="gloo")
     assert check.verdict == "ok" and check.measured["outcomes"] == {0: 3.0, 1: 3.0}
+
+
+@pytest.mark.slow
+def test_on_a_gpu_the_profilers_timing_is_checked_against_cuda_events_in_blocks(one_gpu, monkeypatch):
+    monkeypatch.setattr(selfcheck, "TIMING_BUDGET_S", 0.5)
+    busy = FakeAllocator(fixed_bytes=0, bytes_per_sample=0, seconds_per_forward=0.002)
+    with cuda_on_cpu(one_gpu, busy):
+        check = selfcheck._timing(devices.device_info("cuda:0"), "timing: training step",
+                                  selfcheck._training_step(torch.device("cuda:0")))
+    measured = check.measured
+    assert measured["reference"] == "CUDA events" and check.verdict in ("ok", "warn", "problem")
+    assert measured["rounds"] >= selfcheck.MIN_ROUNDS
+    assert len(measured["profiler_times_s"]) == len(measured["reference_times_s"]) == measured["rounds"]
