@@ -302,6 +302,7 @@ def test_no_float64_copy_of_the_gradient_is_ever_made():
     assert largest_float64[0] <= result.batch_big // result.batch_small < n_params  # the chunks' norms at most
 
 
+@pytest.mark.slow
 def test_running_out_of_gpu_memory_is_a_one_line_error_saying_what_to_lower(monkeypatch):
     from fake_nvml import FakeAllocator, cuda_on_cpu, cuda_properties, install_fake_cuda
 
