@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 import types
 import uuid as _uuid
 from collections import Counter
@@ -40,6 +41,7 @@ FIELD_FUNCTIONS = (
     "nvmlDeviceGetPowerUsage",
     "nvmlDeviceGetClockInfo",
     "nvmlDeviceGetTemperature",
+    "nvmlDeviceGetTotalEnergyConsumption",
 )
 
 # Return codes as in nvml.h, so str() and .value look like the real errors.
@@ -48,6 +50,7 @@ _ERRORS = {
     "NVMLError_InvalidArgument": (2, "Invalid Argument"),
     "NVMLError_NotSupported": (3, "Not Supported"),
     "NVMLError_NoPermission": (4, "Insufficient Permissions"),
+    "NVMLError_NotFound": (6, "Not Found"),
     "NVMLError_DriverNotLoaded": (9, "Driver Not Loaded"),
     "NVMLError_LibraryNotFound": (12, "NVML Shared Library Not Found"),
     "NVMLError_FunctionNotFound": (13, "Function Not Found"),
@@ -63,13 +66,18 @@ class FakeGpu:
     gpu_util_pct: int = 87
     mem_used_bytes: int = 12 * 2**30
     mem_total_bytes: int = 40 * 2**30
-    power_mw: int = 250_000
+    power_mw: int = 250_000  # nvmlDeviceGetPowerUsage: on Ampere and newer a one-second average
+    # The energy counter's rate (nvmlDeviceGetTotalEnergyConsumption, Volta and newer): the power
+    # actually drawn now; None: the GPU has no counter (NotSupported).
+    energy_w: float | None = None
     sm_clock_mhz: int = 1410
     temp_c: int = 61
     # Names from FIELD_FUNCTIONS that raise NVMLError_NotSupported on this GPU.
     unsupported: frozenset[str] = frozenset()
     # Names from FIELD_FUNCTIONS that raise this error name (from _ERRORS) instead of answering.
     failing: tuple[tuple[str, str], ...] = ()
+    # MIG slices of this GPU (each a FakeGpu with a "MIG-..." uuid), in NVML's slice order.
+    migs: tuple["FakeGpu", ...] = ()
 
 
 class _Handle:
@@ -194,6 +202,25 @@ def make_fake_pynvml(
         return field(handle, "nvmlDeviceGetPowerUsage").power_mw
 
     @api
+    def nvmlDeviceGetTotalEnergyConsumption(handle):
+        gpu = field(handle, "nvmlDeviceGetTotalEnergyConsumption")
+        if gpu.energy_w is None:
+            raise fake.NVMLError_NotSupported()
+        return int(gpu.energy_w * time.time() * 1000)  # mJ, a counter rising at energy_w watts
+
+    @api
+    def nvmlDeviceGetMaxMigDeviceCount(handle):
+        if not handle.gpu.migs:
+            raise fake.NVMLError_NotSupported()
+        return 7  # an A100's slots, most of them empty
+
+    @api
+    def nvmlDeviceGetMigDeviceHandleByIndex(handle, index):
+        if index >= len(handle.gpu.migs):
+            raise fake.NVMLError_NotFound()
+        return _Handle(handle.gpu.migs[index])
+
+    @api
     def nvmlDeviceGetClockInfo(handle, clock_type):
         if clock_type != fake.NVML_CLOCK_SM:
             raise fake.NVMLError_InvalidArgument()
@@ -232,10 +259,12 @@ def cuda_properties(uuid: str, name: str = "NVIDIA A100-SXM4-40GB", total_memory
 
 def install_fake_cuda(monkeypatch, properties: list[types.SimpleNamespace]) -> dict:
     """Make torch.cuda report these GPUs (in torch's index order). Returns the fake's state:
-    "synchronized" (device list), "peak" / "allocated" (bytes per index, settable)."""
+    "synchronized" (device list), "peak" / "allocated" / "reserved_peak" (bytes per index, settable),
+    "current" (the index torch.cuda.set_device chose)."""
     import torch
 
-    state = {"synchronized": [], "peak": {}, "allocated": {}, "empty_cache": 0, "current": 0}
+    state = {"synchronized": [], "peak": {}, "allocated": {}, "reserved_peak": {}, "empty_cache": 0, "current": 0,
+             "busy_until": 0.0, "forwards": 0}
 
     def index_of(device=None) -> int:
         if device is None:
@@ -254,10 +283,40 @@ def install_fake_cuda(monkeypatch, properties: list[types.SimpleNamespace]) -> d
     monkeypatch.setattr(torch.cuda, "current_device", lambda: state["current"])
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties[index_of(device)])
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: properties[index_of(device)].name)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: state["synchronized"].append(index_of(device)))
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
-                        lambda device=None: state["peak"].__setitem__(index_of(device), 0))
+
+    def synchronize(device=None):
+        """Wait, as the host would, until the device's queued work (see FakeAllocator.seconds_per_forward) is done."""
+        state["synchronized"].append(index_of(device))
+        time.sleep(max(0.0, state["busy_until"] - time.perf_counter()))
+
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+
+    class Event:
+        """A CUDA event: it completes when the device has done the work queued before it was recorded."""
+
+        def __init__(self, enable_timing: bool = False):
+            self.at: float | None = None
+
+        def record(self, stream=None) -> None:
+            self.at = max(time.perf_counter(), state["busy_until"])
+
+        def synchronize(self) -> None:
+            time.sleep(max(0.0, self.at - time.perf_counter()))
+
+        def elapsed_time(self, end: "Event") -> float:
+            return (end.at - self.at) * 1000.0  # milliseconds, as torch's
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: state.__setitem__("current", index_of(device)))
+
+    def reset_peaks(device=None):
+        state["peak"][index_of(device)] = 0
+        state["reserved_peak"][index_of(device)] = 0
+
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset_peaks)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: state["peak"].get(index_of(device), 0))
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved",
+                        lambda device=None: state["reserved_peak"].get(index_of(device), 0))
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: state["allocated"].get(index_of(device), 0))
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: state.__setitem__("empty_cache", state["empty_cache"] + 1))
     return state
@@ -270,11 +329,18 @@ def install_fake_cuda(monkeypatch, properties: list[types.SimpleNamespace]) -> d
 @dataclass(frozen=True)
 class FakeAllocator:
     """The device memory a forward pass at batch B takes: fixed_bytes + bytes_per_sample * B, and
-    torch.OutOfMemoryError (as the CUDA caching allocator raises it) when B exceeds oom_above."""
+    torch.OutOfMemoryError (as the CUDA caching allocator raises it) when B exceeds oom_above, or
+    ``oom_error`` (a raw library failure such as cuBLAS's) if one is given. The allocator reserves
+    ``reserved_overhead_bytes`` more than it allocates (fragmentation). Each forward pass queues
+    ``seconds_per_forward`` of device work, which runs while the host goes on, as a GPU's does: only
+    a synchronisation waits for it."""
 
     fixed_bytes: int = 2**30
     bytes_per_sample: int = 2**20
     oom_above: int | None = None
+    oom_error: BaseException | None = None
+    reserved_overhead_bytes: int = 0
+    seconds_per_forward: float = 0.0
 
     def bytes_for(self, batch_size: int) -> int:
         return self.fixed_bytes + self.bytes_per_sample * batch_size
@@ -303,6 +369,7 @@ def cuda_on_cpu(state: dict, allocator: FakeAllocator = FakeAllocator()):
             if func is torch.device:
                 return func(*args, **(kwargs or {}))  # naming a cuda device is fine; placing data there is not
             if getattr(func, "__name__", "") == "pin_memory":
+                state.setdefault("pinned", []).append(tuple(args[0].shape))  # what was pinned, by shape
                 return args[0]  # pinning host memory needs a real driver; the copy is the same
             args = tuple(to_cpu(a) for a in args)
             kwargs = {k: to_cpu(v) for k, v in (kwargs or {}).items()}
@@ -313,11 +380,17 @@ def cuda_on_cpu(state: dict, allocator: FakeAllocator = FakeAllocator()):
         if batch is None:
             return
         if allocator.oom_above is not None and batch > allocator.oom_above:
+            if allocator.oom_error is not None:
+                raise allocator.oom_error
             raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate a batch of {batch} (fake)")
         index = state.get("placed", state["current"])
         used = allocator.bytes_for(batch)
         state["allocated"][index] = used
         state["peak"][index] = max(state["peak"].get(index, 0), used)
+        state["forwards"] += 1
+        state["busy_until"] = max(state["busy_until"], time.perf_counter()) + allocator.seconds_per_forward
+        reserved = used + allocator.reserved_overhead_bytes
+        state["reserved_peak"][index] = max(state["reserved_peak"].get(index, 0), reserved)
 
     hook = torch.nn.modules.module.register_module_forward_pre_hook(allocate)
     try:

@@ -116,3 +116,195 @@ def test_the_profiles_page_charts_energy_per_sample_of_a_gpu_profile(monkeypatch
     lowest = points.loc[points["energy_per_sample_j"].idxmin()]
     assert f"lowest {lowest['energy_per_sample_j']:.3g} J/sample at batch {int(lowest['batch_size'])}" == \
         charts["energy"]["layout"]["title"]["subtitle"]["text"]
+
+
+# -- the first GPU: what a real GPU would do that a CPU never does -----------------------------------------
+
+QUICK = ProfileConfig(min_steps=3, min_seconds=0.0, warmup_steps=1)
+BUSY = FakeAllocator(fixed_bytes=3 * 2**30, bytes_per_sample=5 * 2**20, seconds_per_forward=0.002)  # ~10 ms a step
+
+
+def measure_on_gpu(gpu, tiny_spec, batch_size: int, allocator: FakeAllocator = BUSY, config=QUICK,
+                   **hooks):
+    import torch
+
+    from engine.measure.profiler import measure_point
+    from engine.workloads import load_workload
+
+    workload = load_workload(tiny_spec)
+    with cuda_on_cpu(gpu, allocator):
+        return measure_point(workload, torch.device("cuda:0"), batch_size, config, **hooks)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("raw", ["CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+                                 "CUDA error: out of memory"])
+def test_a_library_running_out_of_gpu_memory_is_the_sweeps_ceiling_not_an_error(gpu, tiny_spec, raw):
+    allocator = FakeAllocator(oom_above=64, oom_error=RuntimeError(raw))
+    point = measure_on_gpu(gpu, tiny_spec, 128, allocator)
+    assert point.status == "oom" and raw.split("\n")[0] in point.error
+
+
+@pytest.mark.slow
+def test_a_points_peak_is_what_the_allocator_reserved_not_only_what_tensors_took(gpu, tiny_spec):
+    fragmented = FakeAllocator(fixed_bytes=2**30, bytes_per_sample=2**20, reserved_overhead_bytes=512 * 2**20,
+                               seconds_per_forward=0.01)
+    point = measure_on_gpu(gpu, tiny_spec, 64, fragmented)
+    assert point.status == "ok" and point.peak_memory_bytes == fragmented.bytes_for(64) + 512 * 2**20
+
+
+@pytest.mark.slow
+def test_energy_per_sample_with_several_gpus_counts_every_ranks_power(gpu, tiny_spec, monkeypatch):
+    import torch.distributed as dist
+
+    from engine.measure import distributed
+
+    # one of two ranks, each drawing 250 W: the other rank's power arrives through the all-reduce
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "_collective_device", lambda: "cpu")
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, op=None: tensor.mul_(2))
+    point = measure_on_gpu(gpu, tiny_spec, 64, power_between=lambda _start, _end: WATTS)
+    assert point.mean_power_w == pytest.approx(2 * WATTS)
+    assert point.energy_per_sample_j == pytest.approx(2 * WATTS * point.median_s / 64)
+
+
+def test_a_data_set_too_large_for_the_gpu_stays_in_host_memory_as_in_training(monkeypatch, tiny_spec):
+    import torch
+
+    from engine.measure import devices
+    from engine.measure.profiler import shuffled_on_device
+    from engine.workloads import load_workload
+
+    small = install_fake_cuda(monkeypatch, [cuda_properties(UUID, total_memory=256 * 2**10)])  # 256 KiB
+    workload = load_workload(tiny_spec)  # 2048 x 16 float32 inputs: 128 KiB, over a quarter of the GPU
+    assert not devices.fits_on_device(workload.train, "cuda:0")
+    with cuda_on_cpu(small):
+        data = shuffled_on_device(workload, torch.device("cuda:0"), seed=0)
+    assert "placed" not in small  # nothing was sent to the GPU: each step copies its own slice
+    assert data[0].shape == workload.train[0].shape
+    roomy = install_fake_cuda(monkeypatch, [cuda_properties(UUID)])
+    with cuda_on_cpu(roomy):
+        shuffled_on_device(workload, torch.device("cuda:0"), seed=0)
+    assert roomy["placed"] == 0  # it fits: on the GPU once, as training keeps it
+
+
+@pytest.mark.slow
+def test_gpu_steps_are_timed_in_blocks_so_the_host_queues_ahead_as_in_training(gpu, tiny_spec, monkeypatch):
+    import dataclasses
+
+    import torch
+
+    from engine.measure import profiler
+    from engine.measure.profiler import measure_point
+    from engine.workloads import load_workload
+
+    # blocks of the longest length, 4 steps, whatever this machine's step time
+    monkeypatch.setattr(profiler, "BLOCK_SECONDS", 60.0)
+    monkeypatch.setattr(profiler, "MAX_BLOCK_STEPS", 4)
+
+    workload = load_workload(tiny_spec)
+    steps = {"n": 0}
+
+    def loss(output, target):  # once a step
+        steps["n"] += 1
+        return torch.nn.functional.cross_entropy(output, target)
+
+    marks = []
+    with cuda_on_cpu(gpu, BUSY):
+        point = measure_point(dataclasses.replace(workload, loss=loss), torch.device("cuda:0"), 64, QUICK,
+                              telemetry_tag=lambda b: marks.append((len(gpu["synchronized"]), steps["n"])))
+    (syncs_before, steps_before), (syncs_after, steps_after) = marks
+    blocks = len(point.step_times_s)
+    assert point.status == "ok" and blocks == QUICK.min_steps
+    assert steps_after - steps_before == 4 * blocks  # four steps a block, not one
+    assert syncs_after - syncs_before == 2 * blocks  # a sync before and after each block, none inside
+
+
+@pytest.mark.slow
+def test_fp16_warm_up_runs_until_the_loss_scaler_stops_skipping_steps(gpu, tiny_spec):
+    import dataclasses
+
+    import torch
+
+    from engine.measure.profiler import measure_point
+    from engine.workloads import load_workload
+
+    workload = load_workload(tiny_spec)
+    overflowing = {"left": 3}
+
+    def loss(output, target):  # the first three steps overflow at the scaler's initial scale
+        value = torch.nn.functional.cross_entropy(output, target)
+        if overflowing["left"]:
+            overflowing["left"] -= 1
+            return value * float("inf")
+        return value
+
+    marks = []
+    config = dataclasses.replace(QUICK, dtype="fp16", warmup_steps=1)
+    with cuda_on_cpu(gpu, BUSY):
+        point = measure_point(dataclasses.replace(workload, loss=loss), torch.device("cuda:0"), 64, config,
+                              telemetry_tag=lambda b: marks.append(overflowing["left"]))
+    assert point.status == "ok"
+    assert marks[0] == 0  # every skipped (overflowing) step came before the clock started
+
+
+def train_on_gpu(gpu, tiny_spec, allocator: FakeAllocator, device: str = "cuda:0", **config):
+    import torch
+
+    from engine.measure.train import NullLog, TrainConfig, train
+    from engine.workloads import load_workload
+
+    logged: list[dict] = []
+
+    class Rows(NullLog):
+        def logged(self, rows: list[dict]) -> None:
+            logged.extend(rows)
+
+    with cuda_on_cpu(gpu, allocator):
+        result = train(load_workload(tiny_spec), torch.device(device), TrainConfig(**config), log=Rows())
+    return result, logged
+
+
+@pytest.mark.slow
+def test_the_training_clock_is_read_only_once_the_gpus_queued_work_is_done(gpu, tiny_spec, monkeypatch):
+    import types
+
+    from engine.measure import train as train_module
+
+    # every forward queues device work the host does not wait for (as a GPU's kernels): a clock read
+    # while some is still queued would leave it out of the interval just logged (the first throughput)
+    real_clock = time.perf_counter
+    device_busy_at_read: list[bool] = []
+
+    def clock() -> float:
+        now = real_clock()
+        device_busy_at_read.append(gpu["busy_until"] > now)
+        return now
+
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=clock))
+    _, rows = train_on_gpu(gpu, tiny_spec, FakeAllocator(seconds_per_forward=0.1), batch_size=64, lr=1e-2,
+                           max_steps=2, log_every_steps=1)
+    assert [r["step"] for r in rows] == [1, 2] and device_busy_at_read
+    assert not any(device_busy_at_read)
+
+
+@pytest.mark.slow
+def test_training_data_left_on_the_host_is_pinned_a_batch_at_a_time_never_as_a_whole(monkeypatch, tiny_spec):
+    small = install_fake_cuda(monkeypatch, [cuda_properties(UUID, total_memory=256 * 2**10)])
+    result, _ = train_on_gpu(small, tiny_spec, FakeAllocator(fixed_bytes=0, bytes_per_sample=0),
+                             batch_size=64, lr=1e-2, max_steps=3)
+    assert result.steps == 3
+    assert small["pinned"] and all(shape[0] == 64 for shape in small["pinned"])  # batches only
+
+
+@pytest.mark.slow
+def test_a_job_on_the_second_gpu_makes_it_current_so_plain_cuda_lands_there(monkeypatch, home, tiny_spec):
+    install_fake_nvml(monkeypatch, make_fake_pynvml([FakeGpu(uuid=f"GPU-{UUID}")]))
+    two = install_fake_cuda(monkeypatch, [cuda_properties("0" * 8 + UUID[8:]), cuda_properties(UUID)])
+    config = TrainConfig(batch_size=64, lr=1e-2, max_steps=2)
+    with cuda_on_cpu(two, FakeAllocator(fixed_bytes=0, bytes_per_sample=0)):
+        job_id = run_job_here(home, "train", {"workload": tiny_spec, "device": "cuda:1", "config": asdict(config),
+                                              "options": {}, "role": None, "recommendation_id": None}, "cuda:1")
+    assert jobs.derive_state(home.job_dir(job_id)) == jobs.FINISHED
+    assert two["current"] == 1  # torch.cuda.set_device(1): "cuda" in the workload's code means this job's GPU

@@ -261,3 +261,61 @@ def test_driver_version_without_nvml_falls_back_to_torch_build(monkeypatch):
     assert telemetry.driver_version() == "CUDA 12.4 (torch build; driver unknown)"
     monkeypatch.setattr(torch.version, "cuda", None)
     assert telemetry.driver_version() is None
+
+
+# ---------------------------------------------------------------------------------------------
+# the first GPU: allocation failures outside the caching allocator, reserved memory, locks, set_device
+
+
+@pytest.mark.parametrize("message", [
+    "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported at some other API call",
+    "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+    "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+    "NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled cuda error (run with NCCL_DEBUG=INFO for details)\n"
+    "ncclUnhandledCudaError: Call to CUDA function failed.\nLast error:\nCuda failure 'out of memory'",
+])
+def test_raw_cuda_allocation_failures_of_libraries_are_out_of_memory(message):
+    assert devices.is_out_of_memory(RuntimeError(message))
+    assert devices.is_out_of_memory(torch.distributed.DistBackendError(message))  # NCCL's own RuntimeError
+
+
+def test_cuda_peak_memory_is_the_reserved_peak_when_fragmentation_holds_more(two_gpus):
+    # the tensors peaked at 5 GiB, but the allocator held 7 GiB of segments: 7 GiB is what the GPU needed
+    two_gpus["peak"][1], two_gpus["reserved_peak"][1] = 5 * 2**30, 7 * 2**30
+    assert devices.peak_memory(torch.device("cuda:1")) == 7 * 2**30
+    devices.reset_peak_memory(torch.device("cuda:1"))
+    assert devices.peak_memory(torch.device("cuda:1")) == 0
+
+
+def test_device_locks_name_the_physical_gpu_whatever_the_cuda_visible_devices(monkeypatch):
+    from engine.jobs.torchrun import lock_names
+
+    # this process sees GPUs A, B; another with CUDA_VISIBLE_DEVICES=1,0 sees B, A
+    install_fake_cuda(monkeypatch, [cuda_properties(UUID_A), cuda_properties(UUID_B)])
+    here = (lock_names("cuda:1", 1), lock_names("cuda:0", 2), devices.lock_name("cpu"))
+    install_fake_cuda(monkeypatch, [cuda_properties(UUID_B), cuda_properties(UUID_A)])
+    there = (lock_names("cuda:0", 1), lock_names("cuda:0", 2), devices.lock_name("cpu"))
+    assert here[0] == there[0] == [f"cuda:GPU-{UUID_B}"]  # one GPU, one lock, under either numbering
+    assert set(here[1]) == set(there[1]) == {f"cuda:GPU-{UUID_A}", f"cuda:GPU-{UUID_B}"}
+    assert here[2] == there[2] == "cpu"
+
+
+def test_use_device_makes_the_jobs_gpu_current_so_plain_cuda_lands_on_it(two_gpus):
+    devices.use_device(torch.device("cuda:1"))
+    assert two_gpus["current"] == 1
+    assert devices.device_info("cuda").index == 1  # plain "cuda" now means the job's GPU
+    devices.use_device(torch.device("cpu"))
+    assert two_gpus["current"] == 1
+
+
+def test_the_torch_floor_has_every_torch_api_the_gpu_paths_call():
+    import re
+    from pathlib import Path
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    dev = (Path(__file__).resolve().parents[1] / "dev").read_text(encoding="utf-8")
+    floors = {tuple(int(part) for part in found) for found in
+              re.findall(r'"torch>=(\d+)\.(\d+)', pyproject) + re.findall(r'"torch>=(\d+)\.(\d+)', dev)}
+    # torch.amp.GradScaler(device) came in 2.3; the UUID in torch.cuda.get_device_properties, by which
+    # GPUs are matched to NVML and locked, in 2.4 (pytorch/pytorch#125083): an older torch fails on a GPU
+    assert floors == {(2, 4)}

@@ -28,6 +28,7 @@ from engine.workloads.base import Workload
 
 HERE = Path(__file__).resolve()
 SGD_SPEC = f"{HERE}:make_sgd"
+RANK_ONE_OOM_SPEC = f"{HERE}:make_rank_one_oom"
 CPU = torch.device("cpu")
 GLOBAL_BATCH, STEPS, WARMUP = 64, 12, 256
 
@@ -65,6 +66,27 @@ class _FailsOnRankOne(torch.nn.Module):
 def make_failing(samples: int = 1024) -> Workload:
     workload = make_sgd(samples)
     return Workload(**{**workload.__dict__, "name": "ddp-fails", "model": _FailsOnRankOne})
+
+
+class _RankOneOutOfMemoryAbove(torch.nn.Module):
+    """Rank 1 alone runs out of memory above ``limit`` samples (a GPU with less free memory than its peer's)."""
+
+    def __init__(self, inner: torch.nn.Module, limit: int):
+        super().__init__()
+        self.inner, self.limit = inner, limit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if rank == 1 and x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {x.shape[0]} rows (simulated)")
+        return self.inner(x)
+
+
+def make_rank_one_oom() -> Workload:
+    import dataclasses
+
+    base = make_sgd()
+    return dataclasses.replace(base, name="ddp-rank-one-oom", model=lambda: _RankOneOutOfMemoryAbove(base.model(), 32))
 
 
 def _events(home, job_id) -> list[dict]:
@@ -237,6 +259,25 @@ def test_a_two_rank_profile_measures_global_batches_with_the_all_reduce(home, ti
 
     line = [x for x in export_config(rec, "cli").splitlines() if x.startswith("largestep")][0]
     assert "--nproc 2" in line and "--devices" not in line
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_one_rank_out_of_memory_ends_the_profile_at_its_ceiling_instead_of_hanging(home):
+    # global 128 is a shard of 64 a rank: rank 1 runs out of memory, rank 0 waits in the all-reduce
+    config = ProfileConfig(batch_sizes=(32, 64, 128), min_steps=3, min_seconds=0.1, warmup_steps=1, nproc=2)
+    job_id = starts.start_profile(home, RANK_ONE_OOM_SPEC, {}, "cpu", config)
+    started = time.monotonic()
+    state = jobs.wait(home, job_id, timeout_s=240)
+    assert state == jobs.FINISHED, (home.job_dir(job_id) / "output.log").read_text()
+    assert time.monotonic() - started < 200  # not the collective timeout (600 s)
+    store.ingest(home)
+    with store.connect(home) as con:
+        profile = store.load_profile(con, job_id)
+    points = {p["batch_size"]: p for p in profile["points"]}
+    assert {b: p["status"] for b, p in points.items()} == {32: "ok", 64: "ok", 128: "oom"}
+    assert profile["stop_reason"] == "oom" and points[128]["error"].startswith("rank 1: OutOfMemoryError")
+    assert profile["saturation_batch"] in (32, 64)
 
 
 @pytest.mark.timeout(900)  # its subprocesses (or the session's autopilot) may take 300 s and more

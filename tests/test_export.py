@@ -543,3 +543,92 @@ def test_file_suffixes_and_names():
     assert export_filename(make_rec(), "hf") == "largestep-rec-1a2b3c4d-hf.py"
     assert export_filename(make_rec(), "deepspeed").endswith(".json")
     assert export_filename(make_rec(), "cli").endswith(".sh")
+
+
+# -- on the first GPUs: what the snippets do where more than one device is visible ------------------------
+
+
+class _TrainingArguments:
+    """transformers.TrainingArguments as far as the batch goes: one process driving ``n_gpu`` GPUs runs
+    DataParallel, so its train_batch_size is the per-device batch times n_gpu."""
+
+    n_gpu, world_size = 1, 1
+
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+    @property
+    def train_batch_size(self) -> int:
+        return self.per_device_train_batch_size * max(1, self.n_gpu)
+
+
+def _hf_snippet(monkeypatch, n_gpu: int, world_size: int, **split) -> dict:
+    import sys
+    import types
+
+    fake = types.ModuleType("transformers")
+    fake.TrainingArguments = type("TrainingArguments", (_TrainingArguments,), {"n_gpu": n_gpu,
+                                                                              "world_size": world_size})
+    fake.Trainer = lambda **kwargs: kwargs
+    monkeypatch.setitem(sys.modules, "transformers", fake)
+    namespace: dict = {}
+    exec(compile(export_config(make_rec(), "hf", **split), "<hf export>", "exec"), namespace)
+    return namespace
+
+
+def test_hf_snippet_refuses_one_process_driving_several_gpus_with_dataparallel(monkeypatch):
+    # the recommendation is for 1 device; one process seeing 4 GPUs would step on 4 x 1024 samples
+    namespace = _hf_snippet(monkeypatch, n_gpu=4, world_size=1)
+    with pytest.raises(AssertionError, match="step on 4096 samples"):
+        namespace["make_trainer"](model=None, train_dataset=None)
+    # launched as the snippet says (torchrun, one GPU a process), the batch holds
+    _hf_snippet(monkeypatch, n_gpu=1, world_size=4, devices=4, micro_batch=256)["make_trainer"](None, None)
+
+
+@pytest.mark.slow
+def test_torch_snippet_on_several_gpus_uses_local_rank_set_device_device_ids_and_no_sync(monkeypatch):
+    """Run the 4-device snippet as its rank on LOCAL_RANK 1 would (a fake CUDA, a 1-process gloo group)."""
+    import socket
+
+    import torch
+    from fake_nvml import UUID_A, UUID_B, FakeAllocator, cuda_on_cpu, cuda_properties, install_fake_cuda
+    from torch.utils.data import TensorDataset
+
+    gpu = install_fake_cuda(monkeypatch, [cuda_properties(UUID_A), cuda_properties(UUID_B)])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in {"LOCAL_RANK": "1", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    backends, device_ids, no_sync_entered = [], [], []
+    real_init = torch.distributed.init_process_group
+
+    def init_process_group(backend, **kwargs):  # NCCL needs a real GPU: gloo carries the same calls here
+        backends.append(backend)
+        real_init("gloo", **kwargs)
+
+    class DDP(torch.nn.parallel.DistributedDataParallel):
+        def __init__(self, module, **kwargs):
+            device_ids.append(kwargs.pop("device_ids", None))
+            super().__init__(module, **kwargs)  # the module is on the CPU here
+
+        def no_sync(self):
+            no_sync_entered.append(True)
+            return super().no_sync()
+
+    monkeypatch.setattr(torch.distributed, "init_process_group", init_process_group)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", DDP)
+    rec = make_rec(batch_size=64, micro_batch_size=64, learning_rate=0.01, warmup_steps=1, warmup_samples=64,
+                   epochs=1, optimizer="sgd")
+    namespace: dict = {}
+    exec(compile(export_config(rec, "torch", devices=4, micro_batch=8), "<torch export>", "exec"), namespace)
+    data = TensorDataset(torch.randn(128, 3), torch.randint(0, 2, (128,)))
+    try:
+        with cuda_on_cpu(gpu, FakeAllocator(fixed_bytes=0, bytes_per_sample=0)):
+            namespace["train"](torch.nn.Linear(3, 2), data, torch.nn.functional.cross_entropy)
+    finally:
+        torch.distributed.destroy_process_group()
+    assert gpu["current"] == 1 and backends == ["nccl"] and device_ids == [[1]]
+    # 128 samples / 8 a micro-batch = 16 micro-batches, ACCUMULATION 2: 8 of them only accumulate
+    assert len(no_sync_entered) == 8

@@ -274,3 +274,42 @@ def test_non_finite_gradients_are_reported_not_raised():
     result = estimate_noise(workload, CPU, batches=4)
     assert result.unreliable and result.b_simple is None and "not finite" in result.reason
     assert result.batches == 1  # stopped at the first bad batch
+
+
+# -- on a GPU: memory ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_no_float64_copy_of_the_gradient_is_ever_made():
+    """A 1B-parameter model cannot afford 8 bytes a parameter more: only scalar norms are float64."""
+    from torch.overrides import TorchFunctionMode
+
+    largest_float64 = [0]
+
+    class Float64Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for value in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(value, torch.Tensor) and value.dtype == torch.float64:
+                    largest_float64[0] = max(largest_float64[0], value.numel())
+            return out
+
+    workload = tiny_workload.make()
+    n_params = sum(p.numel() for p in workload.model().parameters())  # 610
+    with Float64Watch():
+        result = estimate_noise(workload, CPU, batches=4, bootstrap=0)
+    assert result.g_small_sq > result.g_big_sq > 0
+    assert largest_float64[0] <= result.batch_big // result.batch_small < n_params  # the chunks' norms at most
+
+
+@pytest.mark.slow
+def test_running_out_of_gpu_memory_is_a_one_line_error_saying_what_to_lower(monkeypatch):
+    from fake_nvml import FakeAllocator, cuda_on_cpu, cuda_properties, install_fake_cuda
+
+    from engine.errors import DeviceError
+
+    gpu = install_fake_cuda(monkeypatch, [cuda_properties("6e3f5c2a-1b2c-4d5e-8f90-0a1b2c3d4e5f")])
+    with cuda_on_cpu(gpu, FakeAllocator(oom_above=16)), pytest.raises(DeviceError) as error:
+        estimate_noise(tiny_workload.make(), torch.device("cuda:0"), batches=2, bootstrap=0)
+    message = str(error.value)
+    assert "out of memory" in message and "use a smaller --batch-small" in message and "\n" not in message

@@ -240,3 +240,47 @@ def test_hardware_report_on_this_machine(monkeypatch):
     report = json.loads(json.dumps(telemetry.hardware_report()))
     assert report["devices"][0]["id"] == "cpu"
     assert report["nvml"]["available"] == (report["nvml"]["reason"] is None)
+
+
+# ---------------------------------------------------------------------------------------------
+# MIG slices and power over a timed window
+
+MIG_UUID = "0c1d2e3f-6666-7777-8888-cccccccccccc"
+
+
+def test_a_mig_slice_is_matched_to_its_nvml_slice_handle(nvml):
+    # torch names the slice by bare hex (so its DeviceInfo says "GPU-..."); NVML by "MIG-..." under its GPU
+    slice_ = FakeGpu(uuid=f"MIG-{MIG_UUID}", gpu_util_pct=33, temp_c=55)
+    nvml([FakeGpu(uuid=f"GPU-{UUID_A}", migs=(slice_,)), FakeGpu(uuid=f"GPU-{UUID_B}")])
+    info = cuda_info(MIG_UUID)
+    assert telemetry.nvml_handle_for(info).gpu is slice_
+    sampler = telemetry.Sampler(info)
+    assert sampler.source == "nvml" and sampler.reason is None
+    assert (telemetry.snapshot(info)["gpu_util_pct"], telemetry.snapshot(info)["temp_c"]) == (33, 55)
+
+
+def test_window_power_comes_from_the_energy_counter_where_the_gpu_has_one(nvml):
+    # nvmlDeviceGetPowerUsage still averages in the idle second before (100 W); the counter rises at 300 W
+    nvml([FakeGpu(uuid=f"GPU-{UUID_A}", power_mw=100_000, energy_w=300.0)])
+    sampler = telemetry.Sampler(cuda_info(), interval_s=0.02)
+    meter = telemetry.WindowPower(cuda_info(), sampler)
+    with sampler:
+        start = time.time()
+        meter.open()
+        time.sleep(0.3)
+        meter.close()
+        end = time.time()
+    assert meter.mean_power_w(start, end) == pytest.approx(300.0, rel=0.05)
+
+
+def test_window_power_without_an_energy_counter_is_the_mean_of_the_power_samples(nvml):
+    nvml([FakeGpu(uuid=f"GPU-{UUID_A}", power_mw=100_000)])  # pre-Volta: no counter
+    sampler = telemetry.Sampler(cuda_info(), interval_s=0.02)
+    meter = telemetry.WindowPower(cuda_info(), sampler)
+    with sampler:
+        start = time.time()
+        meter.open()
+        time.sleep(0.2)
+        meter.close()
+        end = time.time()
+    assert meter.mean_power_w(start, end) == pytest.approx(100.0)

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from engine.cli.group import cli
 from engine.cli.options import home_of, json_option
-from engine.cli.output import emit_json
+from engine.cli.output import console, emit_json, table, write_atomic
+
+DEFAULT_REPORT = "largestep-selfcheck.json"
 
 
 @cli.command()
 @json_option
+@click.option("--devices", "check_devices", is_flag=True,
+              help="Also check every device: the profiler's timing against CUDA events (torch.utils.benchmark on "
+                   "the CPU), NVML, an induced out-of-memory error, bf16/fp16, and NCCL with several GPUs. Takes "
+                   "seconds; writes a JSON report to attach to a bug report.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=DEFAULT_REPORT, show_default=True,
+              help="Where --devices writes its JSON report.")
 @click.pass_context
-def doctor(ctx, as_json):
+def doctor(ctx, as_json, check_devices, report_path):
     """Check the home: the database readable and migrated, spools consistent, jobs set aside, orphaned
-    processes, its size. Exit code 1 when a problem needs fixing by hand."""
+    processes, its size; with --devices, the devices too. Exit code 1 when a problem needs fixing by hand."""
+    if check_devices:
+        return _device_section(as_json, Path(report_path))
     from dataclasses import asdict
 
     from engine.store.doctor import PROBLEM, diagnose
@@ -31,3 +43,24 @@ def doctor(ctx, as_json):
             for line in check.details:
                 click.echo(f"         - {line}")
     return 1 if any(c.verdict == PROBLEM for c in checks) else 0
+
+
+def _device_section(as_json: bool, report_path: Path) -> int:
+    """Run the device self-check: a table (or JSON) on stdout, the full report written to ``report_path``."""
+    import json
+
+    from engine.cli.output import jsonable
+    from engine.measure import selfcheck
+
+    if not as_json:
+        click.echo("checking devices (each timing takes a few seconds) ...", err=True)
+    checks = selfcheck.check_devices()
+    document = selfcheck.report(checks)
+    write_atomic(report_path, json.dumps(jsonable(document), indent=2, default=str, allow_nan=False) + "\n")
+    if as_json:
+        emit_json({"report": str(report_path), "checks": document["checks"]})
+    else:
+        rows = [[c.device, c.name, c.verdict, c.summary] for c in checks]
+        console().print(table("devices", ["device", "check", "verdict", "finding"], rows))
+        click.echo(f"report written to {report_path}: attach it to a bug report")
+    return 1 if any(c.verdict == selfcheck.PROBLEM for c in checks) else 0

@@ -6,7 +6,7 @@ Each body takes a :class:`engine.jobs.JobContext`; the spool's events are what
 
 from __future__ import annotations
 
-import statistics
+import time
 from dataclasses import asdict
 from typing import Callable
 
@@ -21,6 +21,14 @@ __all__ = ["profile_task", "noise_task", "stability_task", "train_task", "run_tr
            "profile_config_from_params"]
 
 
+def job_device(params: dict):
+    """The job's device, made this process's current one before the workload loads: a workload or
+    library that puts tensors on plain "cuda" then lands on the job's GPU, not on GPU 0 (another job's)."""
+    device = devices.resolve_device(params.get("device", "auto"))
+    devices.use_device(device)
+    return device
+
+
 def profile_config_from_params(params: dict) -> ProfileConfig:
     fields = {k: v for k, v in params.get("config", {}).items() if k in ProfileConfig.__dataclass_fields__}
     if fields.get("batch_sizes") is not None:
@@ -32,11 +40,14 @@ def profile_task(ctx: JobContext) -> None:
     params = ctx.params
     nproc = (params.get("config") or {}).get("nproc") or 1
     if nproc > 1 and not torchrun.in_rank(ctx):
-        torchrun.run_ranks(ctx, nproc, params.get("collective_timeout_s", torchrun.DEFAULT_TIMEOUT_S))
+        try:
+            torchrun.run_ranks(ctx, nproc, params.get("collective_timeout_s", torchrun.DEFAULT_TIMEOUT_S))
+        except distributed.RankOutOfMemory as oom:
+            _end_profile_at_out_of_memory(ctx, oom)
         return
     ctx.progress("loading workload", 0.0)
+    device = job_device(params)
     workload = load_workload(params["workload"], params.get("options") or {})
-    device = devices.resolve_device(params.get("device", "auto"))
     info = devices.device_info(device)
     config = profile_config_from_params(params)
     config.validate()
@@ -54,13 +65,15 @@ def profile_task(ctx: JobContext) -> None:
         telemetry_source=sampler.source, telemetry_reason=sampler.reason, versions=versions(),
     )
 
-    def tag(batch_size: int | None) -> None:
-        sampler.tag = batch_size
+    power = telemetry.WindowPower(info, sampler)
 
-    def power_between(start: float, end: float) -> float | None:
-        watts = [s["power_w"] for s in list(sampler.samples)
-                 if s.get("power_w") is not None and start <= s["t"] <= end]
-        return statistics.fmean(watts) if watts else None
+    def tag(batch_size: int | None) -> None:
+        """Called as the clock starts (the batch size being timed) and stops (None)."""
+        sampler.tag = batch_size
+        if batch_size is not None:
+            power.open()
+        else:
+            power.close()
 
     def on_point(point: ProfilePoint, index: int, count: int) -> None:
         ctx.spool.emit(events.POINT, profile_id=ctx.job_id, **point.to_dict())
@@ -71,7 +84,7 @@ def profile_task(ctx: JobContext) -> None:
     ctx.progress(f"profiling {len(planned)} batch sizes on {info.torch_device}", 0.0, points_planned=len(planned))
     with sampler:
         result = run_profile(workload, device, config, on_point=on_point, telemetry_tag=tag,
-                             power_between=power_between)
+                             power_between=power.mean_power_w)
     fit = result.memory_fit
     ctx.spool.emit(
         events.PROFILE_END, profile_id=ctx.job_id, stop_reason=result.stop_reason,
@@ -82,14 +95,30 @@ def profile_task(ctx: JobContext) -> None:
     ctx.progress("done", 1.0)
 
 
+def _end_profile_at_out_of_memory(ctx: JobContext, oom: distributed.RankOutOfMemory) -> None:
+    """A rank ran out of memory (and the ranks were stopped): the batch is the sweep's ceiling, recorded
+    with the points the ranks measured before it, as a single-process sweep ends at an OOM."""
+    from engine.measure.profiler import OOM, fit_memory, saturation_batch
+
+    spooled = [ProfilePoint.from_dict(e) for e in events.read_all(ctx.job_dir) if e.get("type") == events.POINT]
+    point = ProfilePoint(batch_size=oom.batch_size, status=OOM, error=str(oom)[:500], ended_at=time.time())
+    ctx.spool.emit(events.POINT, profile_id=ctx.job_id, **point.to_dict())
+    points = [*spooled, point]
+    fit = fit_memory(points)
+    ctx.spool.emit(events.PROFILE_END, profile_id=ctx.job_id, stop_reason=OOM, saturation_batch=saturation_batch(points),
+                   memory_fit_intercept_bytes=fit.intercept_bytes if fit else None,
+                   memory_fit_slope_bytes=fit.slope_bytes if fit else None)
+    ctx.progress("done", 1.0)
+
+
 def noise_task(ctx: JobContext) -> None:
     """Estimate the gradient noise scale; one ``noise_estimate`` event."""
     from engine.measure.noise import estimate_noise
 
     params = ctx.params
     ctx.progress("loading workload", 0.0)
+    device = job_device(params)
     workload = load_workload(params["workload"], params.get("options") or {})
-    device = devices.resolve_device(params.get("device", "auto"))
     estimate = estimate_noise(
         workload, device, batch_small=params.get("batch_small"), batch_big=params.get("batch_big"),
         batches=params.get("batches", 32), warm_steps=params.get("warm_steps", 0), seed=params.get("seed", 0),
@@ -106,8 +135,8 @@ def stability_task(ctx: JobContext) -> None:
     from engine.measure.stability import check_stability
 
     params = ctx.params
+    device = job_device(params)
     workload = load_workload(params["workload"], params.get("options") or {})
-    device = devices.resolve_device(params.get("device", "auto"))
     result = check_stability(workload, device, params["batch_size"], params["lr"], steps=params.get("steps", 60),
                              dtype=params.get("dtype", "fp32"),
                              on_progress=lambda f: ctx.progress("learning-rate ramp", f))
@@ -138,8 +167,8 @@ def run_training(params: dict, emit, progress, save_to: str | None = None) -> No
     from engine.measure.train import TrainConfig, train
 
     progress("loading workload", 0.0)
+    device = job_device(params)
     workload = load_workload(params["workload"], params.get("options") or {})
-    device = devices.resolve_device(params.get("device", "auto"))
     fields = {k: v for k, v in params["config"].items() if k in TrainConfig.__dataclass_fields__}
     fields["tags"] = tuple(fields.get("tags") or ())
     config = TrainConfig(**fields)

@@ -97,7 +97,8 @@ def start_noise(home: Home, workload: str, options: dict, device: str, batch_sma
     if launcher is not None:
         params.update(workload=absolute_workload_spec(workload), launcher=launcher)
         return jobs.submit(home, "noise", params, device="ray", workload=loaded.name, launcher="ray")
-    return jobs.submit(home, "noise", params, device=str(torch_device), workload=loaded.name)
+    return jobs.submit(home, "noise", params, device=str(torch_device), workload=loaded.name,
+                       locks=[devices.lock_name(str(torch_device))])
 
 
 def start_stability(home: Home, rec: dict, device: str, steps: int = 60) -> str:
@@ -106,7 +107,8 @@ def start_stability(home: Home, rec: dict, device: str, steps: int = 60) -> str:
     params = {"workload": rec["workload_spec"], "options": rec.get("workload_options") or {},
               "device": str(torch_device), "batch_size": rec["batch_size"], "lr": rec["learning_rate"],
               "steps": steps, "dtype": rec.get("dtype", "fp32")}
-    return jobs.submit(home, "stability", params, device=str(torch_device), workload=rec.get("workload"))
+    return jobs.submit(home, "stability", params, device=str(torch_device), workload=rec.get("workload"),
+                       locks=[devices.lock_name(str(torch_device))])
 
 
 def start_train(home: Home, workload: str, options: dict, device: str, config, repeats: int = 1,

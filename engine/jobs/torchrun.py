@@ -40,13 +40,17 @@ from engine.errors import Cancelled, Crashed, DeviceError, Diverged, LargestepEr
 from engine.home import Home
 from engine.jobs.runner import JobContext, resolve_body
 from engine.jobs.spool import Spool, read_spec, write_json_atomic
+from engine.measure import devices
+from engine.measure.distributed import RankOutOfMemory
 
-__all__ = ["DEFAULT_TIMEOUT_S", "check_nproc", "lock_names", "run_ranks", "rank_environment", "loopback_interface", "rank_status_path", "rank_main", "in_rank"]
+__all__ = ["DEFAULT_TIMEOUT_S", "check_nproc", "lock_names", "run_ranks", "rank_environment", "loopback_interface",
+           "rank_status_path", "rank_main", "in_rank"]
 
 DEFAULT_TIMEOUT_S = 600.0    # a collective waiting longer than this fails the run (a rank hung or died)
 RANK_STATUS = "rank0-status.json"
 RANK_STORE = "rendezvous.store"   # the FileStore the ranks meet through
 RANK_GRACE_S = 4.0           # after SIGTERM, how long the job waits for the ranks before SIGKILL
+OUT_OF_MEMORY = "OUT_OF_MEMORY"  # a rank record's state: it ran out of memory and left (see RankOutOfMemory)
 
 
 # -- checks made before a job is queued -------------------------------------------------------------
@@ -80,11 +84,11 @@ def _device_kind(device: str) -> str:
 
 
 def lock_names(device: str, nproc: int) -> list[str]:
-    """The device locks an N-rank job holds: every GPU it uses, or the CPU."""
+    """The device locks an N-rank job holds: every GPU it uses (named by UUID), or the CPU."""
     kind = _device_kind(device)
     if kind == "cuda" and nproc > 1:
-        return [f"cuda:{i}" for i in range(nproc)]
-    return [str(device)]
+        return [devices.lock_name(f"cuda:{i}") for i in range(nproc)]
+    return [devices.lock_name(str(device))]
 
 
 # -- the job process: launch the ranks, wait, explain the outcome --------------------------------------
@@ -179,6 +183,10 @@ def _explain(job_dir: Path, nproc: int, first_failed: int | None) -> None:
     if first_failed is None:
         return
     records = {r: _read_json(job_dir / f"rank-{r}.json") for r in range(nproc)}
+    # first: a rank out of memory left on purpose, and the ranks it left waiting were stopped (or killed)
+    for r, record in records.items():
+        if record is not None and record.get("state") == OUT_OF_MEMORY:
+            raise RankOutOfMemory(record["batch_size"], record.get("error") or f"rank {r}: out of memory")
     states = {r: (record or {}).get("state") for r, record in records.items()}
     if (job_dir / "cancelled").exists() and not {"FAILED", "DIVERGED"} & set(states.values()):
         raise Cancelled()
@@ -287,7 +295,7 @@ def rank_main(job_dir: Path) -> int:
         raise _Terminated()
 
     signal.signal(signal.SIGTERM, on_term)
-    state, error = "FAILED", None
+    state, error, batch_size = "FAILED", None, None
     try:
         params = spec["params"]
         kind = _device_kind(params.get("device", "auto"))
@@ -313,6 +321,8 @@ def rank_main(job_dir: Path) -> int:
         state = "FINISHED"
     except _Terminated:
         state, error = "KILLED", "stopped by the launcher"
+    except RankOutOfMemory as exc:
+        state, error, batch_size = OUT_OF_MEMORY, str(exc), exc.batch_size
     except Diverged as exc:
         state, error = "DIVERGED", str(exc) or "training diverged"
     except LargestepError as exc:
@@ -324,7 +334,14 @@ def rank_main(job_dir: Path) -> int:
         state, error = "FAILED", f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the record must not be interrupted
-        write_json_atomic(job_dir / f"rank-{global_rank}.json", {"state": state, "error": error, "pid": os.getpid()})
+        write_json_atomic(job_dir / f"rank-{global_rank}.json", {"state": state, "error": error, "pid": os.getpid(),
+                                                                  "batch_size": batch_size})
+        if state == OUT_OF_MEMORY:
+            # leave at once: tearing down a group whose other ranks wait in a collective could block, and
+            # this rank's exit is what makes the job process stop them
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
         if dist.is_initialized():
             try:
                 dist.destroy_process_group()

@@ -29,13 +29,16 @@ __all__ = [
     "current_memory",
     "device_info",
     "discover",
+    "fits_on_device",
     "free_memory",
     "is_out_of_memory",
+    "lock_name",
     "needs_grad_scaler",
     "peak_memory",
     "reset_peak_memory",
     "resolve_device",
     "synchronize",
+    "use_device",
     "versions",
 ]
 
@@ -88,6 +91,15 @@ def device_info(device: torch.device | str) -> DeviceInfo:
     if device.type == "cpu":
         return _cpu_info()
     raise DeviceError(f"device {device}: unsupported device type; use {_ACCEPTED_DEVICES}")
+
+
+def lock_name(device: str) -> str:
+    """The name of a device's job lock: a CUDA GPU by its UUID, since "cuda:1" names a different GPU
+    in a process with a different CUDA_VISIBLE_DEVICES; anything else ("cpu", "mps") as given."""
+    match = re.fullmatch(r"cuda(?::(\d+))?", str(device).strip().lower())
+    if match is None or not _cuda_available():
+        return str(device)
+    return device_info(torch.device(str(device).strip().lower())).id
 
 
 def _cpu_info() -> DeviceInfo:
@@ -255,10 +267,15 @@ def reset_peak_memory(device: torch.device | str) -> None:
 
 
 def peak_memory(device: torch.device | str) -> int | None:
-    """Peak bytes allocated since `reset_peak_memory`; None where the device cannot tell."""
+    """Peak bytes the device had to hold since `reset_peak_memory`; None where the device cannot tell.
+
+    On CUDA the larger of the caching allocator's peaks: allocated (tensors) and reserved (the
+    segments holding them). Fragmentation can leave reserved far above allocated, and it is
+    reserved memory that runs a device out, so budgets and headroom go by it.
+    """
     device = torch.device(device)
     if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
+        return int(max(torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)))
     if device.type == "mps":
         # MPS keeps no peak counter; the driver's current allocation is the closest upper bound.
         return _mps_memory("driver_allocated_memory")
@@ -282,6 +299,26 @@ def _mps_memory(function_name: str) -> int | None:
         return None
 
 
+def use_device(device: torch.device | str) -> None:
+    """Make ``device`` this process's current CUDA device, so that code naming plain "cuda" (a
+    workload's ``torch.zeros(..., device="cuda")``, a library's default) lands on it and not on GPU 0,
+    which may be another job's. Nothing to do elsewhere."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
+def fits_on_device(tensors, device: torch.device | str, share: float = 0.25) -> bool:
+    """Whether a data set may live on the device for a whole run: at most ``share`` of its memory,
+    leaving the rest to the model, activations and the allocator. The CPU always holds it."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return True
+    total = device_info(device).total_memory_bytes or 0
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    return size < share * total
+
+
 def free_memory(device: torch.device | str) -> None:
     """Release what the last trial held, so the next one starts from the same free memory."""
     device = torch.device(device)
@@ -294,6 +331,14 @@ def free_memory(device: torch.device | str) -> None:
 
 # The messages of allocators that raise no typed error (see is_out_of_memory).
 _UNTYPED_OOM_MESSAGES = (
+    # CUDA allocations outside the caching allocator (cuBLAS/cuDNN workspaces, NCCL buffers, the
+    # CUDA runtime itself) fail as a RuntimeError (or its DistBackendError subclass) with these
+    "CUDA error: out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE",
+    "CUFFT_ALLOC_FAILED",
+    "Cuda failure 'out of memory'",  # NCCL: "ncclUnhandledCudaError: ... Cuda failure 'out of memory'"
     "MPS backend out of memory",  # MPS allocator
     "DefaultCPUAllocator: can't allocate memory",  # CPU allocator, POSIX
     "not enough memory",  # CPU allocator, Windows ("DefaultCPUAllocator: not enough memory")
@@ -305,8 +350,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
     out_of_memory_error = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
     if isinstance(exc, (out_of_memory_error, MemoryError)):
         return True
-    # The MPS and CPU allocators raise a plain RuntimeError with no typed class, so for them,
-    # and only for a RuntimeError, the message is all there is to go on.
+    # The MPS and CPU allocators, and CUDA libraries allocating on their own, raise a plain
+    # RuntimeError with no typed class, so for them, and only for a RuntimeError, the message is
+    # all there is to go on.
     if isinstance(exc, RuntimeError):
         message = str(exc)
         return any(fragment in message for fragment in _UNTYPED_OOM_MESSAGES)

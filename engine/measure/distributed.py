@@ -8,15 +8,26 @@ profile points and recommendations speak of the global batch; a rank sees its sh
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["MAX_NPROC", "is_distributed", "rank", "world_size", "mean_across_ranks", "sum_across_ranks",
-           "broadcast_float", "agree", "barrier"]
+__all__ = ["MAX_NPROC", "RankOutOfMemory", "is_distributed", "rank", "world_size", "mean_across_ranks", "sum_across_ranks",
+           "total_across_ranks", "broadcast_float", "agree", "barrier"]
 
 MAX_NPROC = 4096    # data-parallel ranks a config may ask for (a sanity bound, far above one machine's devices)
+
+
+class RankOutOfMemory(Exception):
+    """This rank ran out of memory at ``batch_size`` (a global batch). The other ranks may already wait in a
+    collective this one will never join (the gradient all-reduce), so no agreement is possible: the rank
+    leaves, its launcher stops the others, and the job records the out-of-memory ceiling."""
+
+    def __init__(self, batch_size: int, message: str):
+        super().__init__(message)
+        self.batch_size = batch_size
 
 
 def is_distributed() -> bool:
@@ -51,6 +62,15 @@ def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return value
     return sum_across_ranks(value) / world_size()
+
+
+def total_across_ranks(value: float | None) -> float | None:
+    """The sum over ranks of a per-rank figure (each GPU's power); None if any rank has none."""
+    if not is_distributed():
+        return value
+    local = torch.tensor([float("nan") if value is None else float(value)], dtype=torch.float64)
+    total = float(sum_across_ranks(local).item())
+    return None if math.isnan(total) else total
 
 
 def broadcast_float(value: float | None) -> float:

@@ -41,7 +41,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from engine.errors import UsageError
+from engine.errors import DeviceError, UsageError
 from engine.measure import devices
 from engine.measure.profiler import StepRunner, shuffled_on_device
 from engine.units import check_int
@@ -125,6 +125,12 @@ def estimate_noise(workload: Workload, device: torch.device, batch_small: int | 
         # gradients: one forward and backward per chunk, nothing else
         small_sq, big_sq = _gradient_norms(model, workload, device, data, batch_small, batch_big, batches,
                                            dtype, seed, on_progress)
+    except Exception as exc:  # narrow: running out of memory is the user's to fix, anything else a bug
+        if not devices.is_out_of_memory(exc):
+            raise
+        raise DeviceError(f"out of memory on {device} estimating the noise scale ({type(exc).__name__}); it "
+                          f"trains at the baseline batch {workload.baseline_batch_size}, then runs forward and "
+                          f"backward at --batch-small {batch_small}: use a smaller --batch-small") from None
     finally:
         del data, model
         devices.free_memory(device)
@@ -207,21 +213,23 @@ def _gradient_norms(model: torch.nn.Module, workload: Workload, device: torch.de
     chunks = batch_big // batch_small
     big_batches = _big_batches(workload, device, data, batch_big, seed + 1)  # apart from the warm-up's order
     loss_scale = FP16_INIT_LOSS_SCALE if devices.needs_grad_scaler(device, dtype) else None
-    big_sum = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64, device=device)
+    # the sum of the chunks' gradients, per parameter in fp32: one more copy of the gradient (4 bytes a
+    # parameter), never a float64 one; only the scalar norms are kept in float64
+    big_sum = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     small_sq, big_sq = [], []
     on_progress("gradients", 0.0)
     for k in range(batches):
         big_batch = next(big_batches)
-        big_sum.zero_()
+        torch._foreach_zero_(big_sum)
         chunk_sq = torch.zeros(chunks, dtype=torch.float64, device=device)
         for j in range(chunks):
             chunk = slice_batch(big_batch, j * batch_small, (j + 1) * batch_small)
-            grad, loss_scale = _chunk_gradient(model, workload, device, dtype, params, chunk, loss_scale)
-            chunk_sq[j] = grad.dot(grad)
-            big_sum += grad
-        big_mean = big_sum / chunks
-        # sync: one read of the device per big batch
-        mean_small, norm_big = float(chunk_sq.mean()), float(big_mean.dot(big_mean))
+            grads, loss_scale = _chunk_gradient(model, workload, device, dtype, params, chunk, loss_scale)
+            chunk_sq[j] = _squared_norm(grads)
+            torch._foreach_add_(big_sum, grads)
+            del grads
+        # sync: one read of the device per big batch; |mean of the chunks|² = |sum|² / chunks²
+        mean_small, norm_big = float(chunk_sq.mean()), float(_squared_norm(big_sum)) / chunks ** 2
         small_sq.append(mean_small)
         big_sq.append(norm_big)
         on_progress("gradients", (k + 1) / batches)
@@ -243,16 +251,16 @@ def _big_batches(workload: Workload, device: torch.device, data: tuple[torch.Ten
     n = int(data[0].shape[0])
     generator = torch.Generator().manual_seed(seed)
     while True:
-        permutation = torch.randperm(n, generator=generator).to(device)
-        for lo in range(0, n // batch_big * batch_big, batch_big):
+        permutation = torch.randperm(n, generator=generator).to(data[0].device)  # where the data is (see
+        for lo in range(0, n // batch_big * batch_big, batch_big):             # shuffled_on_device)
             index = permutation[lo:lo + batch_big]
-            yield tuple(t[index] for t in data)
+            yield to_device(tuple(t[index] for t in data), device, non_blocking=True)
 
 
 def _chunk_gradient(model: torch.nn.Module, workload: Workload, device: torch.device, dtype: str,
                     params: list[torch.nn.Parameter], chunk: Batch,
-                    loss_scale: float | None) -> tuple[torch.Tensor, float | None]:
-    """The chunk's mean gradient, all parameters flattened into one float64 vector.
+                    loss_scale: float | None) -> tuple[list[torch.Tensor], float | None]:
+    """The chunk's mean gradient, one fp32 tensor per parameter.
 
     fp16 on CUDA scales the loss so small gradients do not underflow, halving the scale and
     redoing the chunk on overflow, as torch.amp.GradScaler would; the scale is a power of two,
@@ -262,14 +270,25 @@ def _chunk_gradient(model: torch.nn.Module, workload: Workload, device: torch.de
         with devices.autocast(device, dtype):
             loss = workload.loss_of(model_output(model, chunk), chunk)
         scaled = loss if loss_scale is None else loss * loss_scale
-        grads = torch.autograd.grad(scaled, params, allow_unused=True, materialize_grads=True)
-        flat = torch.cat([g.reshape(-1).to(torch.float64) for g in grads])
+        grads = [g.float() for g in torch.autograd.grad(scaled, params, allow_unused=True, materialize_grads=True)]
         if loss_scale is None:
-            return flat, None
-        if bool(torch.isfinite(flat).all()):  # sync: the overflow check needs the values
-            return flat / loss_scale, loss_scale
+            return grads, None
+        if math.isfinite(float(_squared_norm(grads))):  # sync: the overflow check needs the values
+            torch._foreach_div_(grads, loss_scale)
+            return grads, loss_scale
         loss_scale /= 2
-    return flat, loss_scale  # non-finite at every scale: the caller reports it
+    return grads, loss_scale  # non-finite at every scale: the caller reports it
+
+
+def _squared_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Σ|t|² over the tensors, as a float64 scalar on their device (inf or NaN if any value is).
+
+    Each tensor's norm is reduced in float64 (an fp32 one would overflow for values above 2^64, which
+    a loss-scaled gradient can hold); at most one tensor at a time is ever widened, never the model.
+    """
+    if not tensors:
+        return torch.zeros((), dtype=torch.float64)
+    return torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors]).square().sum()
 
 
 # -- judgement ---------------------------------------------------------------------------------

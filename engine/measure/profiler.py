@@ -1,9 +1,11 @@
 """Measure how training-step time, throughput and memory grow with batch size.
 
-For each batch size: a fresh model and optimizer, untimed warm-up steps, then full training
-steps (data slicing, forward, backward, optimizer step) each timed between two device
-synchronisations, repeated until at least ``min_steps`` steps and ``min_seconds`` seconds have
-been timed. Raw times are kept; the median, quartiles and a noisy flag are derived from them.
+For each batch size: a fresh model and optimizer, untimed warm-up steps (with fp16, until the
+loss scaler stops skipping updates), then full training steps (data slicing, forward, backward,
+optimizer step) timed in blocks between two device synchronisations (on a GPU about 50 ms of
+steps a block, so the host queues ahead as in training; on the CPU one step a block), repeated
+until at least ``min_steps`` blocks and ``min_seconds`` seconds have been timed. Raw times (per
+step, one per block) are kept; the median, quartiles and a noisy flag are derived from them.
 Then, outside the clock, one more step under ``FlopCounterMode`` (FLOPs) and saved-tensor hooks
 (the CPU memory estimate).
 
@@ -21,7 +23,8 @@ plateau, the dataset size or the maximum batch size; it never crashes on one bad
 Data-parallel (``nproc > 1``, each rank in a process group started by :mod:`engine.jobs.torchrun`):
 every batch size is a global batch, each rank steps on its shard through DistributedDataParallel,
 so the timed step includes the gradient all-reduce and the recommendation accounts for it. A
-barrier starts each timed step on all ranks together; rank 0's clock is the one recorded; every
+barrier starts each timed step on all ranks together; rank 0's clock is the one recorded (power is every
+rank's GPU summed, so energy per sample is the group's over the global batch); every
 stop-or-go decision is rank 0's, broadcast, so all ranks run the same collectives. FLOPs are
 the global batch's (one rank's count times the ranks).
 """
@@ -54,6 +57,8 @@ __all__ = [
     "saturation_batch",
     "fit_memory",
     "StepRunner",
+    "time_in_blocks",
+    "block_steps_for",
 ]
 
 OK, OOM, OVER_BUDGET, ERROR = "ok", "oom", "over_budget", "error"
@@ -62,6 +67,10 @@ DTYPES = ("fp32", "bf16", "fp16")
 
 MAX_STEPS = 1_000_000      # timed or warm-up steps per batch size, at most
 MAX_SECONDS = 86_400.0     # timed seconds per batch size, at most (a day)
+BLOCK_SECONDS = 0.05       # GPU: steps are timed in blocks of about this long between two syncs ...
+MAX_BLOCK_STEPS = 64       # ... of at most this many steps
+SIZING_STEPS = 3           # GPU: untimed steps, each between two syncs, whose fastest sizes the blocks
+MAX_SCALER_BACKOFFS = 32   # fp16: extra warm-up steps while the loss scaler still skips updates, at most
 
 
 @dataclass(frozen=True)
@@ -265,7 +274,9 @@ class StepRunner:
         self.cursor = hi
         shard = self.batch_size // self.world  # this rank's disjoint share of the global batch
         lo, hi = lo + self.rank * shard, lo + (self.rank + 1) * shard
-        return tuple(t[lo:hi] for t in self.data)
+        # data too large for the device stays in pinned host memory: its slice is copied in the step,
+        # as training streams it (for data on the device, .to is a no-op)
+        return batches.to_device(tuple(t[lo:hi] for t in self.data), self.device, non_blocking=True)
 
     def _next_loaded(self) -> batches.Batch:
         """The loader's next batch on the device; a new epoch (a fresh order) when one runs out."""
@@ -295,25 +306,31 @@ class StepRunner:
             self.optimizer.step()
         return loss.detach()
 
-    def timed_steps(self, min_steps: int, min_seconds: float, max_steps: int) -> list[float]:
-        """Raw step times; each step lies between two synchronisations of the device."""
-        times: list[float] = []
-        total = 0.0
-        # rank 0 decides whether to go on: every rank must take the same number of steps
-        while True:
-            more = len(times) < min_steps or (total < min_seconds and len(times) < max_steps)
-            if not (ddp_util.agree(more) if self.world > 1 else more):
-                break
-            devices.synchronize(self.device)  # sync: the previous step's kernels are done
-            if self.world > 1:
-                ddp_util.barrier()  # sync: every rank starts the step together
-            start = time.perf_counter()
+    def timed_steps(self, min_steps: int, min_seconds: float, max_steps: int, block_steps: int = 1) -> list[float]:
+        """Raw step times, one per block of ``block_steps`` steps (see :func:`time_in_blocks`);
+        ``min_steps`` and ``max_steps`` count blocks."""
+        return time_in_blocks(self.step, self.device, min_steps, min_seconds, max_steps, block_steps,
+                              data_parallel=self.world > 1)
+
+    def warm_up(self, steps: int) -> int:
+        """Untimed steps, at least ``steps``; returns the steps of a timed block (see timed_steps).
+
+        With fp16 loss scaling, warm-up goes on until a step passes without the scaler skipping the
+        update: the first steps often overflow at the initial scale, and a skipped optimizer step is a
+        cheaper step that must not land among the timed ones. On a GPU a few more steps, each timed
+        alone, size the blocks.
+        """
+        taken, skipped = 0, self.scaler is not None
+        while taken < steps or (skipped and taken < steps + MAX_SCALER_BACKOFFS):
+            scale = self.scaler.get_scale() if self.scaler is not None else None  # sync: untimed
             self.step()
-            devices.synchronize(self.device)  # sync: this step's kernels are done
-            elapsed = time.perf_counter() - start
-            times.append(elapsed)
-            total += elapsed
-        return times
+            taken += 1
+            skipped = self.scaler is not None and self.scaler.get_scale() < scale  # an overflow halves it
+        if self.device.type == "cpu":  # no queue to hide the host behind: every step is its own block
+            return 1
+        one_step = min(self._one_synchronised_step() for _ in range(SIZING_STEPS))  # the fastest: least noise
+        block = block_steps_for(one_step)
+        return int(ddp_util.agree(block)) if self.world > 1 else block  # every rank runs rank 0's blocks
 
     def timed_loader_and_compute_steps(self, min_steps: int, min_seconds: float, max_steps: int, seed: int = 0,
                                        held: int = 4) -> tuple[list[float], list[float]]:
@@ -337,6 +354,13 @@ class StepRunner:
                 (with_loader if kind == "loader" else compute).append(time.perf_counter() - start)
             rounds += 1
         return with_loader, compute
+
+    def _one_synchronised_step(self) -> float:
+        devices.synchronize(self.device)  # sync: the queue is empty
+        start = time.perf_counter()
+        self.step()
+        devices.synchronize(self.device)  # sync: this step alone is done
+        return time.perf_counter() - start
 
     def count_flops_and_activations(self) -> tuple[float, int]:
         """FLOPs of one step (forward and backward) and the bytes of tensors saved for backward.
@@ -386,13 +410,55 @@ class StepRunner:
         devices.free_memory(self.device)
 
 
+def time_in_blocks(step: Callable[[], object], device: torch.device, min_blocks: int, min_seconds: float,
+                   max_blocks: int, block_steps: int = 1, data_parallel: bool = False) -> list[float]:
+    """Time ``step`` as the profiler does: blocks of ``block_steps`` calls between two synchronisations
+    of the device, one time per call per block, until ``min_blocks`` blocks and ``min_seconds``
+    seconds (at most ``max_blocks``). Inside a block the host queues the next step while the device
+    runs this one, as in training; a sync around every step would instead add the host's per-step
+    overhead to every small, fast step. Data-parallel: rank 0 decides whether to go on, and a barrier
+    starts each block on every rank together."""
+    times: list[float] = []
+    total = 0.0
+    while True:
+        more = len(times) < min_blocks or (total < min_seconds and len(times) < max_blocks)
+        if not (ddp_util.agree(more) if data_parallel else more):  # every rank takes the same steps
+            break
+        devices.synchronize(device)  # sync: the previous block's kernels are done
+        if data_parallel:
+            ddp_util.barrier()  # sync: every rank starts the block together
+        start = time.perf_counter()
+        for _ in range(block_steps):
+            step()
+        devices.synchronize(device)  # sync: this block's kernels are done
+        elapsed = time.perf_counter() - start
+        times.append(elapsed / block_steps)
+        total += elapsed
+    return times
+
+
+def block_steps_for(one_step_s: float) -> int:
+    """Steps a timed block holds on a GPU: about BLOCK_SECONDS of them, at most MAX_BLOCK_STEPS."""
+    if one_step_s <= 0:
+        return MAX_BLOCK_STEPS
+    return min(MAX_BLOCK_STEPS, max(1, math.ceil(BLOCK_SECONDS / one_step_s)))
+
+
 def shuffled_on_device(workload: Workload, device: torch.device, seed: int) -> tuple[torch.Tensor, ...] | None:
-    """A tensor workload's training data, shuffled once and moved to the device; None for a Dataset."""
+    """A tensor workload's training data, shuffled once; None for a Dataset.
+
+    On the device when it fits there by training's own rule (devices.fits_on_device), so a profile
+    holds the same data resident as the run it predicts; otherwise in pinned host memory, each step
+    copying its contiguous slice (a view of pinned memory, copied without pinning again).
+    """
     if workload.uses_dataset:
         return None
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(workload.n_train, generator=generator)
-    return tuple(t[order].to(device) for t in workload.train)
+    shuffled = tuple(t[order] for t in workload.train)
+    if devices.fits_on_device(shuffled, device):
+        return tuple(t.to(device) for t in shuffled)
+    return tuple(t.pin_memory() for t in shuffled)
 
 
 def measure_point(workload: Workload, device: torch.device, batch_size: int, config: ProfileConfig,
@@ -413,8 +479,7 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
             runner.step()
             devices.synchronize(device)
             compile_s = time.perf_counter() - compile_start
-        for _ in range(config.warmup_steps):  # untimed: allocator growth, caches, lazy init
-            runner.step()
+        block_steps = runner.warm_up(config.warmup_steps)  # untimed: allocator growth, caches, lazy init
         devices.synchronize(device)
         telemetry_tag(batch_size)
         clock_start = time.time()
@@ -424,7 +489,7 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
                                                                    config.max_steps, config.seed)
             compute_median = float(np.median(compute))
         else:
-            times = runner.timed_steps(config.min_steps, config.min_seconds, config.max_steps)
+            times = runner.timed_steps(config.min_steps, config.min_seconds, config.max_steps, block_steps)
         clock_end = time.time()
         telemetry_tag(None)
         # stop the clock: everything below is measured outside the timed steps
@@ -434,7 +499,8 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
         if estimate:
             peak = runner.state_bytes() + activation_bytes + runner.batch_bytes()
         median, p25, p75 = (float(v) for v in np.percentile(times, [50, 25, 75]))
-        power = power_between(clock_start, clock_end)
+        # every rank's GPU draws power for the global batch: the whole group's, over the global batch
+        power = ddp_util.total_across_ranks(power_between(clock_start, clock_end))
         return ProfilePoint(
             batch_size=batch_size, status=OK, step_times_s=tuple(times),
             median_s=median, p25_s=p25, p75_s=p75,
@@ -451,6 +517,9 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
         telemetry_tag(None)
         status = OOM if devices.is_out_of_memory(exc) else ERROR
         message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        if status == OOM and config.nproc > 1 and ddp_util.is_distributed():
+            # the other ranks may be inside a collective this rank will not join: no point can be agreed
+            raise ddp_util.RankOutOfMemory(batch_size, f"rank {ddp_util.rank()}: {message}") from None
         return ProfilePoint(batch_size=batch_size, status=status, error=message,
                             started_at=started, ended_at=time.time())
     finally:

@@ -26,6 +26,7 @@ __all__ = [
     "SAMPLE_KEYS",
     "NvmlStatus",
     "Sampler",
+    "WindowPower",
     "driver_version",
     "hardware_report",
     "nvml_handle_for",
@@ -151,21 +152,104 @@ def nvml_handle_for(info: DeviceInfo):
 
     Never by index: CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER renumber torch's devices,
     while NVML always enumerates every GPU on the machine in PCI order.
+
+    A MIG slice is found among its GPU's slice handles. torch spells every UUID as bare hex (which
+    devices.nvml_uuid prefixes "GPU-") while NVML names a slice "MIG-...", so UUIDs are compared
+    by their hex digits.
     """
     if info.kind != "cuda" or not info.uuid:
         return None
     status, pynvml = _nvml()
     if pynvml is None:
         return None
-    wanted = devices.nvml_uuid(info.uuid)
+    wanted = _uuid_digits(info.uuid)
     for index in range(status.gpu_count):
         try:
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            if devices.nvml_uuid(pynvml.nvmlDeviceGetUUID(handle)) == wanted:
+            if _uuid_digits(pynvml.nvmlDeviceGetUUID(handle)) == wanted:
                 return handle
         except pynvml.NVMLError:  # a GPU NVML cannot open (lost, no permission) is not ours
             continue
+        for slice_handle in _mig_handles(pynvml, handle):
+            if _uuid_digits(_try(pynvml.nvmlDeviceGetUUID, slice_handle)) == wanted:
+                return slice_handle
     return None
+
+
+def _uuid_digits(raw: object) -> str | None:
+    """A UUID's hex digits, whatever its prefix ("GPU-", "MIG-", none) and spelling (str, bytes)."""
+    text = devices.nvml_uuid(raw)
+    return text[4:].replace("-", "").lower() if text else None
+
+
+def _mig_handles(pynvml: ModuleType, handle) -> list:
+    """The MIG slices of a GPU (none when MIG is off, unsupported, or this nvidia-ml-py predates it)."""
+    count = _try(getattr(pynvml, "nvmlDeviceGetMaxMigDeviceCount", None), handle) or 0
+    found = []
+    for index in range(count):
+        slice_handle = _try(pynvml.nvmlDeviceGetMigDeviceHandleByIndex, handle, index)  # empty slots raise
+        if slice_handle is not None:
+            found.append(slice_handle)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# power over a timed window
+
+
+class WindowPower:
+    """The mean board power over one timed window (the steps of one batch size).
+
+        meter = WindowPower(info, sampler)
+        meter.open(); ...timed steps...; meter.close()
+        watts = meter.mean_power_w(start, end)
+
+    Where NVML has the GPU's energy counter (Volta and newer), the energy used between ``open`` and
+    ``close`` over the window's length: exact for any window. Otherwise the mean of the sampler's
+    power readings inside the window; those are what nvmlDeviceGetPowerUsage reports, which on Ampere
+    and newer is itself a one-second average, so a window near a second long would blend in the
+    warm-up and idle time before it.
+    """
+
+    def __init__(self, device: DeviceInfo, sampler: Sampler | None = None):
+        self.sampler = sampler
+        self._read_mj: Callable[[], int] | None = None
+        handle = nvml_handle_for(device)
+        _status, pynvml = _nvml()
+        energy = getattr(pynvml, "nvmlDeviceGetTotalEnergyConsumption", None) if handle is not None else None
+        if energy is not None:
+            self._read_mj = lambda: energy(handle)  # millijoules since the driver loaded
+        self._opened_mj: int | None = None
+        self._closed_mj: int | None = None
+
+    @property
+    def has_energy_counter(self) -> bool:
+        """Whether the last window was measured by the energy counter (else by the power samples)."""
+        return self._opened_mj is not None and self._closed_mj is not None
+
+    def _energy_mj(self) -> int | None:
+        if self._read_mj is None:
+            return None
+        try:
+            return int(self._read_mj())
+        except Exception:  # not supported on this GPU (or a MIG slice): fall back to the samples from now on
+            self._read_mj = None
+            return None
+
+    def open(self) -> None:
+        self._opened_mj, self._closed_mj = self._energy_mj(), None
+
+    def close(self) -> None:
+        self._closed_mj = self._energy_mj()
+
+    def mean_power_w(self, start: float, end: float) -> float | None:
+        """Watts over the window from ``start`` to ``end`` (unix seconds, as the samples are stamped)."""
+        if self._opened_mj is not None and self._closed_mj is not None and end > start:
+            return (self._closed_mj - self._opened_mj) / 1000.0 / (end - start)  # mJ -> J, per second
+        if self.sampler is None:
+            return None
+        watts = [s["power_w"] for s in self.sampler.samples if s.get("power_w") is not None and start <= s["t"] <= end]
+        return sum(watts) / len(watts) if watts else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Reads top to bottom: configuration, data, model and optimizer, the loop (forward backward
 update; logging; evaluation outside the training clock; termination), and the final record.
 
-- Tensor workloads: data stays on the device when it fits; otherwise it is pinned and each batch
+- Tensor workloads: data stays on the device when it fits; otherwise each gathered batch is pinned and
   copied non-blocking one batch ahead. Dataset workloads: read through their DataLoader (workers,
   collate_fn, pinning) in the same seeded order. A fresh shuffle per epoch comes from the seed.
 - A dict batch calls ``model(**batch)``; ``loss=None`` takes the loss from the model's output.
@@ -194,7 +194,7 @@ def lr_at(samples_seen: int, peak_lr: float, warmup_samples: int, total_samples:
 
 
 class _Batches:
-    """Per-epoch shuffled batches; on the device when the data fits, else pinned + prefetched.
+    """Per-epoch shuffled batches; on the device when the data fits, else each batch pinned + prefetched.
 
     With ``world > 1`` every rank draws the same permutation (from the seed) and each global
     micro-step of ``micro_batch * world`` samples is cut into ``world`` disjoint shards; rank r
@@ -208,8 +208,10 @@ class _Batches:
         self.rank, self.world = rank, world
         self.seed = seed
         self.n = int(tensors[0].shape[0])
-        on_device = device.type == "cpu" or _fits_on_device(tensors, device)
-        self.tensors = tuple(t.to(device) for t in tensors) if on_device else tuple(t.pin_memory() for t in tensors)
+        on_device = devices.fits_on_device(tensors, device)
+        # data left on the host is not pinned as a whole: a gathered batch (index_select) is a new,
+        # unpinned tensor anyway, so each batch is pinned once, as it is copied
+        self.tensors = tuple(t.to(device) for t in tensors) if on_device else tuple(tensors)
         self.on_device = on_device
 
     def epoch(self, epoch: int):
@@ -270,12 +272,6 @@ def training_batches(workload: Workload, device: torch.device, micro_batch: int,
     if workload.uses_dataset:
         return _LoaderBatches(workload, device, micro_batch, seed, rank, world)
     return _Batches(workload.train, device, micro_batch, seed, rank, world)
-
-
-def _fits_on_device(tensors, device) -> bool:
-    total = devices.device_info(device).total_memory_bytes or 0
-    size = sum(t.numel() * t.element_size() for t in tensors)
-    return size < 0.25 * total  # leave the rest to the model, activations and the allocator
 
 
 def _validation_batches(workload: Workload, device: torch.device, batch: int):
@@ -385,6 +381,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     loss_count = 0
     first_loss: float | None = None
     eval_time = 0.0
+    devices.synchronize(device)  # sync: the setup's copies are done before the clock starts
     start = time.perf_counter()
     last_log_time, last_log_samples = start, 0
     step = 0
@@ -441,8 +438,9 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
 
             # timing and logging
             if step % log_every == 0:
+                devices.synchronize(device)  # sync: the interval's steps are done before the clock is read
                 now = time.perf_counter()
-                mean_loss = float(ddp_util.mean_across_ranks(loss_sum)) / max(1, loss_count)  # sync
+                mean_loss = float(ddp_util.mean_across_ranks(loss_sum)) / max(1, loss_count)
                 train_elapsed = (now - last_log_time)
                 throughput = (result.samples - last_log_samples) / train_elapsed if train_elapsed > 0 else None
                 row = _row(step, result.samples, steps_per_epoch, start, eval_time, mean_loss, lr, throughput)

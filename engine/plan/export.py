@@ -516,6 +516,7 @@ def _torch(doc: dict) -> str:
     dtype = t["dtype"]
     imports = _math_import(doc) + ["import torch", "from torch.utils.data import DataLoader"]
     if distributed:
+        imports = ["import contextlib", "import os"] + imports
         imports.append("from torch.utils.data.distributed import DistributedSampler")
     out = _comment(_header(doc) + _factory_note(doc))
     if distributed:
@@ -523,7 +524,7 @@ def _torch(doc: dict) -> str:
             f"{t['devices']} devices: launch with `torchrun --nproc_per_node {t['devices']} <your script>`; "
             f"each process loads MICRO_BATCH = {t['micro_batch_size']} samples per pass",
             "through a DistributedSampler, and the model is wrapped in DistributedDataParallel, which "
-            "averages gradients across devices.",
+            "averages gradients across devices. Each process trains on the GPU torchrun's LOCAL_RANK names.",
         ])
     out += "\n".join(imports) + "\n\n" + _knobs(doc)
     out += "\nassert MICRO_BATCH * ACCUMULATION * DEVICES == GLOBAL_BATCH\n"
@@ -535,12 +536,22 @@ def _torch(doc: dict) -> str:
 
 def train(model, train_dataset, loss_fn, device="cpu"):
     """Train `model` on `train_dataset` (items: inputs..., target) with the recommended settings."""
-    model.to(device)
 '''
     if distributed:
-        body += '''    # needs torch.distributed.init_process_group() first (torchrun sets the environment)
-    model = torch.nn.parallel.DistributedDataParallel(model)
+        body += '''    # one process per device, started by torchrun, which names this process's device in LOCAL_RANK;
+    # the device is made current before the process group starts (NCCL binds to the current device)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
+    model.to(device)
+    model = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[local_rank] if torch.device(device).type == "cuda" else None)
 '''
+    else:
+        body += "    model.to(device)\n"
     body += f'''    optimizer = {optimizer}
     sampler = {sampler}
     loader = DataLoader(train_dataset, batch_size=MICRO_BATCH, shuffle=sampler is None, sampler=sampler,
@@ -557,20 +568,27 @@ def train(model, train_dataset, loss_fn, device="cpu"):
             # forward backward: the loss is divided so the accumulated gradient is the mean over
             # the global batch, not the sum of ACCUMULATION micro-batch means
 '''
+    indent = "            "
+    if distributed:
+        body += (f"{indent}stepping = (i + 1) % ACCUMULATION == 0\n"
+                 f"{indent}# micro-batches that only accumulate skip DDP's gradient all-reduce\n"
+                 f"{indent}with contextlib.nullcontext() if stepping else model.no_sync():\n")
+        indent += "    "
     forward = "loss = loss_fn(model(*(x.to(device) for x in inputs)), target.to(device))"
     if dtype in ("bf16", "fp16"):
         torch_dtype = "torch.bfloat16" if dtype == "bf16" else "torch.float16"
-        body += (f"            with torch.autocast(torch.device(device).type, dtype={torch_dtype}):\n"
-                 f"                {forward}\n")
+        body += (f"{indent}with torch.autocast(torch.device(device).type, dtype={torch_dtype}):\n"
+                 f"{indent}    {forward}\n")
     else:
-        body += f"            {forward}\n"
+        body += f"{indent}{forward}\n"
     if dtype == "fp16":
-        body += "            scaler.scale(loss / ACCUMULATION).backward()\n"
+        body += f"{indent}scaler.scale(loss / ACCUMULATION).backward()\n"
     else:
-        body += "            (loss / ACCUMULATION).backward()\n"
-    keep = ("keep accumulating (under model.no_sync() this skips one all-reduce per micro-batch)"
-            if distributed else "keep accumulating")
-    body += f"            if (i + 1) % ACCUMULATION:\n                continue  # {keep}\n"
+        body += f"{indent}(loss / ACCUMULATION).backward()\n"
+    if distributed:
+        body += "            if not stepping:\n                continue  # keep accumulating\n"
+    else:
+        body += "            if (i + 1) % ACCUMULATION:\n                continue  # keep accumulating\n"
     body += "            # update: one optimizer step per GLOBAL_BATCH samples\n"
     if t.get("max_grad_norm") is not None:
         if dtype == "fp16":
@@ -654,8 +672,13 @@ def make_trainer(model, train_dataset, **kwargs):
                "optimizers=(optimizer, None), **kwargs)\n"
     else:
         out += "    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, **kwargs)\n"
-    out += '''    # the global batch holds only when launched on DEVICES processes
-    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size == GLOBAL_BATCH
+    out += '''    # the batch the Trainer will actually step on: train_batch_size is the per-device batch times the GPUs
+    # one process drives (DataParallel when several are visible to it), times the processes
+    used = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+    assert used == GLOBAL_BATCH, (
+        f"the Trainer would step on {used} samples ({args.train_batch_size} a process x "
+        f"{args.gradient_accumulation_steps} accumulated x {args.world_size} processes), not GLOBAL_BATCH "
+        f"{GLOBAL_BATCH}: launch DEVICES processes with torchrun, each seeing one GPU")
     return trainer
 '''
     return out

@@ -1,0 +1,113 @@
+"""`largestep doctor --devices`: the device self-check, for real on this CPU and through the fakes for a GPU.
+
+The fake-GPU tests check the self-check's decisions (which verdict for which finding), never figures:
+every number in a report is measured on the machine that writes it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from fake_nvml import (
+    UUID_A,
+    UUID_B,
+    FakeAllocator,
+    FakeGpu,
+    cuda_on_cpu,
+    cuda_properties,
+    install_fake_cuda,
+    install_fake_nvml,
+    make_fake_pynvml,
+)
+from helpers import run_cli
+
+from engine.measure import devices, selfcheck
+
+
+@pytest.mark.slow
+def test_doctor_devices_on_a_machine_without_a_gpu_says_so_runs_the_cpu_checks_and_writes_a_report(
+        capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    report = tmp_path / "selfcheck.json"
+    code, out, _ = run_cli(capsys, "doctor", "--devices", "--report", str(report))
+    assert "no CUDA GPU on this machine" in out and f"report written to {report}" in out
+    document = json.loads(report.read_text())
+    checks = {(c["device"], c["name"]): c for c in document["checks"]}
+    assert set(checks) == {("cuda", "gpus"), ("cpu", "timing: matmul"), ("cpu", "timing: training step"),
+                           ("cpu", "out of memory"), ("cpu", "precision")}
+    assert checks[("cpu", "out of memory")]["verdict"] == "skipped"
+    for name in ("timing: matmul", "timing: training step"):
+        measured = checks[("cpu", name)]["measured"]
+        assert measured["reference"] == "torch.utils.benchmark" and measured["rounds"] >= 5
+        assert len(measured["profiler_times_s"]) == len(measured["reference_times_s"]) == measured["rounds"]
+    assert "fp32" in checks[("cpu", "precision")]["measured"]["supported"]
+    assert document["versions"]["torch"] == torch.__version__ and document["nvml"]["available"] is False
+    assert code == (1 if any(c["verdict"] == "problem" for c in document["checks"]) else 0)
+
+
+def test_a_report_path_that_is_a_folder_is_refused_before_any_check(capsys, tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(selfcheck, "check_devices", lambda: ran.append(True) or [])
+    code, _, err = run_cli(capsys, "doctor", "--devices", "--report", str(tmp_path))
+    assert code == 2 and "is a directory" in err and len(err.strip().splitlines()) == 1 and not ran
+
+
+@pytest.fixture
+def one_gpu(monkeypatch):
+    install_fake_nvml(monkeypatch, make_fake_pynvml([FakeGpu(uuid=f"GPU-{UUID_A}", energy_w=280.0)]))
+    return install_fake_cuda(monkeypatch, [cuda_properties(UUID_A)])
+
+
+def test_nvml_check_finds_torchs_gpu_by_uuid_and_reads_its_energy_counter(one_gpu, monkeypatch):
+    monkeypatch.setattr(selfcheck, "NVML_LOAD_S", 0.2)
+    with cuda_on_cpu(one_gpu, FakeAllocator(fixed_bytes=0, bytes_per_sample=0)):
+        check = selfcheck._nvml(devices.device_info("cuda:0"))
+    assert check.verdict == "ok" and check.summary.startswith("UUID matches") and check.measured["energy_counter"]
+
+
+def test_nvml_check_is_a_problem_when_nvml_lists_no_gpu_with_torchs_uuid(monkeypatch):
+    install_fake_nvml(monkeypatch, make_fake_pynvml([FakeGpu(uuid=f"GPU-{UUID_B}")]))
+    install_fake_cuda(monkeypatch, [cuda_properties(UUID_A)])
+    check = selfcheck._nvml(devices.device_info("cuda:0"))
+    assert check.verdict == "problem" and f"GPU-{UUID_A}" in check.summary
+
+
+@pytest.mark.parametrize("error, verdict", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB"), "ok"),
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED"), "ok"),
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), "problem"),  # not an OOM: a bug
+])
+def test_an_induced_out_of_memory_must_be_recognised_and_leave_the_gpu_usable(one_gpu, monkeypatch, error, verdict):
+    real_empty = torch.empty
+
+    def empty(*size, device=None, **kwargs):
+        if device is not None and torch.device(device).type == "cuda" and size and size[0] > 2**34:
+            raise error
+        return real_empty(*size, device=device, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", empty)
+    with cuda_on_cpu(one_gpu):
+        check = selfcheck._out_of_memory(devices.device_info("cuda:0"))
+    assert check.verdict == verdict
+    assert one_gpu["empty_cache"] >= 1  # the cache is emptied before the GPU is used again
+
+
+@pytest.mark.slow
+def test_the_two_rank_all_reduce_completes_on_loopback():
+    # the NCCL check's own code, on gloo: this machine has no GPU for NCCL
+    check = selfcheck._nccl_all_reduce(backend="gloo")
+    assert check.verdict == "ok" and check.measured["outcomes"] == {0: 3.0, 1: 3.0}
+
+
+@pytest.mark.slow
+def test_on_a_gpu_the_profilers_timing_is_checked_against_cuda_events_in_blocks(one_gpu, monkeypatch):
+    monkeypatch.setattr(selfcheck, "TIMING_BUDGET_S", 0.5)
+    busy = FakeAllocator(fixed_bytes=0, bytes_per_sample=0, seconds_per_forward=0.002)
+    with cuda_on_cpu(one_gpu, busy):
+        check = selfcheck._timing(devices.device_info("cuda:0"), "timing: training step",
+                                  selfcheck._training_step(torch.device("cuda:0")))
+    measured = check.measured
+    assert measured["reference"] == "CUDA events" and check.verdict in ("ok", "warn", "problem")
+    assert measured["rounds"] >= selfcheck.MIN_ROUNDS
+    assert len(measured["profiler_times_s"]) == len(measured["reference_times_s"]) == measured["rounds"]
