@@ -40,6 +40,7 @@ FIELD_FUNCTIONS = (
     "nvmlDeviceGetPowerUsage",
     "nvmlDeviceGetClockInfo",
     "nvmlDeviceGetTemperature",
+    "nvmlDeviceGetComputeRunningProcesses",
 )
 
 # Return codes as in nvml.h, so str() and .value look like the real errors.
@@ -70,6 +71,9 @@ class FakeGpu:
     unsupported: frozenset[str] = frozenset()
     # Names from FIELD_FUNCTIONS that raise this error name (from _ERRORS) instead of answering.
     failing: tuple[tuple[str, str], ...] = ()
+    # (pid, device memory bytes) of the compute processes on this GPU, as nvmlDeviceGetComputeRunningProcesses
+    # lists them (None bytes: NVML could not tell, as under some virtualised drivers)
+    processes: tuple[tuple[int, int | None], ...] = ()
 
 
 class _Handle:
@@ -204,6 +208,11 @@ def make_fake_pynvml(
         if sensor != fake.NVML_TEMPERATURE_GPU:
             raise fake.NVMLError_InvalidArgument()
         return field(handle, "nvmlDeviceGetTemperature").temp_c
+
+    @api
+    def nvmlDeviceGetComputeRunningProcesses(handle):
+        gpu = field(handle, "nvmlDeviceGetComputeRunningProcesses")
+        return [types.SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in gpu.processes]
 
     return fake
 

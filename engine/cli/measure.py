@@ -20,7 +20,7 @@ from engine.cli.options import (
 )
 from engine.cli.output import console, detached, emit_json, finish_job, follow_job, last_log_line, table
 from engine.errors import LargestepError, UsageError
-from engine.format import format_bytes, format_ms, format_si, grouped
+from engine.format import format_bytes, format_ms, format_pct, format_si, grouped
 
 
 @cli.command()
@@ -123,6 +123,9 @@ def profile_summary(profile: dict) -> dict:
             "noisy": p.get("noisy"), "error": p.get("error"),
             # Dataset workloads: the step without its loader, and whether the loader limits throughput
             "compute_time_s": p.get("compute_median_s"), "input_bound": bool(p.get("input_bound")),
+            # interleaved rounds, the physics check, and other processes' CPU share while it was timed
+            "visits": p.get("visits"), "remeasured": p.get("remeasured"), "inconsistent": bool(p.get("inconsistent")),
+            "background_cpu_pct": p.get("background_cpu_pct"),
         })
     fit = None
     if profile.get("memory_fit_slope_bytes") is not None:
@@ -136,6 +139,7 @@ def profile_summary(profile: dict) -> dict:
         "baseline": {"batch_size": profile.get("baseline_batch_size"), "learning_rate": profile.get("baseline_lr")},
         "telemetry": {"source": profile.get("telemetry_source"), "reason": profile.get("telemetry_reason")},
         "started_at": profile.get("started_at"), "ended_at": profile.get("ended_at"), "points": points,
+        "inconsistency": profile.get("inconsistency"),
     }
 
 
@@ -146,18 +150,23 @@ def print_profile(summary: dict) -> None:
     for p in summary["points"]:
         st = p["step_time_s"]
         mem = format_bytes(p["peak_memory_bytes"]) + (" (est.)" if p.get("memory_is_estimate") else "")
-        status = p["status"] + (" noisy" if p.get("noisy") else "") + (" input-bound" if p.get("input_bound") else "")
+        status = (p["status"] + (" noisy" if p.get("noisy") else "") + (" input-bound" if p.get("input_bound") else "")
+                  + (" inconsistent" if p.get("inconsistent") else ""))
         rows.append([p["batch_size"], status, format_ms(st["median"]),
                      *([format_ms(p.get("compute_time_s"))] if with_loader else []),
                      f"{format_ms(st['p25'])}-{format_ms(st['p75'])}", st["n"], grouped(p["samples_per_s"]),
-                     mem, format_si(p.get("flops_per_s"), "FLOP/s")])
+                     mem, format_si(p.get("flops_per_s"), "FLOP/s"), format_pct(p.get("background_cpu_pct"))])
     title = f"Profile {summary['profile_id']}: {summary['workload']} on {summary['device']['name']} ({summary['dtype']})"
     out = console()
     columns = ["batch", "status", "median ms" + (" (with loader)" if with_loader else ""),
-               *(["compute ms"] if with_loader else []), "IQR ms", "steps", "samples/s", "peak memory", "achieved"]
+               *(["compute ms"] if with_loader else []), "IQR ms", "steps", "samples/s", "peak memory", "achieved",
+               "background CPU"]
     out.print(table(title, columns, rows))
     out.print(f"saturation batch: {summary['saturation_batch']} (smallest batch at 90% of the best throughput); "
               f"sweep stopped: {summary['stop_reason']}")
+    if summary.get("inconsistency"):
+        out.print(f"[yellow]inconsistent: {summary['inconsistency']}; recommendations from this profile say they "
+                  f"are uncertain[/yellow]")
     if any(p.get("input_bound") for p in summary["points"]):
         out.print("input-bound: the data loader, not the compute, limits throughput there; a larger batch will not "
                   "help until loading is faster (more num_workers, a lighter collate_fn)")
@@ -191,9 +200,10 @@ def profiles(ctx, as_json: bool) -> None:
         click.echo("no profiles yet: run `largestep profile --workload fraud-gru`")
         return
     rows = [[r["id"], r["workload"], r["device_name"], r["dtype"], str(r["started_at"])[:19], r["state"],
-             r["ok_points"], r["max_ok_batch"], r["saturation_batch"], r["stop_reason"]] for r in records]
+             r["ok_points"], r["max_ok_batch"], r["saturation_batch"], r["stop_reason"],
+             "inconsistent" if r.get("inconsistency") else ""] for r in records]
     console().print(table("Profiles", ["id", "workload", "device", "dtype", "started", "state", "points", "max batch",
-                                       "saturation", "stopped"], rows))
+                                       "saturation", "stopped", "flag"], rows))
 
 
 @cli.command()

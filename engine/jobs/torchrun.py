@@ -34,10 +34,12 @@ from engine.home import Home
 from engine.jobs.runner import JobContext, resolve_body
 from engine.jobs.spool import Spool, read_spec, write_json_atomic
 
-__all__ = ["DEFAULT_TIMEOUT_S", "check_nproc", "lock_names", "run_ranks", "rank_status_path", "rank_main", "in_rank"]
+__all__ = ["DEFAULT_TIMEOUT_S", "check_nproc", "lock_names", "run_ranks", "rank_status_path", "rank_main", "in_rank",
+           "job_root_pid"]
 
 DEFAULT_TIMEOUT_S = 600.0    # a collective waiting longer than this fails the run (a rank hung or died)
 RANK_STATUS = "rank0-status.json"
+JOB_PID_ENV = "LARGESTEP_JOB_PID"   # the job process's pid, as its ranks see it
 RANK_GRACE_S = 4.0           # after SIGTERM, how long the job waits for torchrun before SIGKILL
 
 
@@ -101,6 +103,7 @@ def run_ranks(ctx, nproc: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     # N ranks on one machine: share the cores instead of each taking them all
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     env["LARGESTEP_COLLECTIVE_TIMEOUT_S"] = str(timeout_s)
+    env[JOB_PID_ENV] = str(os.getpid())   # the root of the job's process tree: the ranks' load is not background
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "--max-restarts=0", "--monitor-interval=0.1", "-m", "engine.jobs.torchrun", str(job_dir)]
     ctx.progress(f"starting {nproc} ranks", 0.0, nproc=nproc)
@@ -265,6 +268,11 @@ def rank_main(job_dir: Path) -> int:
             except Exception:  # a broken group (a peer died) cannot always be torn down cleanly
                 pass
     return 0 if state == "FINISHED" else 1
+
+
+def job_root_pid() -> int:
+    """The job's own process: this one, or in a rank the job process that launched torchrun."""
+    return int(os.environ.get(JOB_PID_ENV) or os.getpid())
 
 
 def in_rank(ctx) -> bool:
