@@ -58,6 +58,9 @@ def hardware(as_json: bool) -> None:
 @click.option("--min-steps", default=10, show_default=True, type=int, help="Timed steps per batch size, at least.")
 @click.option("--min-seconds", default=1.0, show_default=True, type=float, help="Timed seconds per batch size, at least.")
 @click.option("--warmup-steps", default=3, show_default=True, type=int, help="Untimed steps per batch size.")
+@click.option("--rounds", default=3, show_default=True, type=int,
+              help="Spread each batch size's timed steps over this many visits, every size once a round in a shuffled "
+                   "order, so background load falls on all alike; 1 measures each size in one contiguous block.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @compile_option
 @nproc_option("Data-parallel processes (torchrun; gloo on CPU, NCCL on CUDA): batch sizes are global, and the step "
@@ -67,8 +70,8 @@ def hardware(as_json: bool) -> None:
 @json_option
 @click.pass_context
 def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch, max_batch, dtype, memory_budget,
-            full, min_steps, min_seconds, warmup_steps, seed, compile_model, nproc, launcher, ray_address, detach,
-            as_json) -> int:
+            full, min_steps, min_seconds, warmup_steps, rounds, seed, compile_model, nproc, launcher, ray_address,
+            detach, as_json) -> int:
     """Measure step time, throughput and memory against batch size (runs as a job)."""
     from engine import jobs, store
     from engine.jobs.ray import launcher_from_cli
@@ -83,7 +86,7 @@ def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch
         min_batch=parse_positive_int(min_batch, "--min-batch") if min_batch is not None else None,
         max_batch=parse_positive_int(max_batch, "--max-batch") if max_batch is not None else 65536,
         dtype=dtype, memory_budget_bytes=parse_size(memory_budget) if memory_budget is not None else None,
-        full=full, min_steps=min_steps, min_seconds=min_seconds, warmup_steps=warmup_steps, seed=seed,
+        full=full, min_steps=min_steps, min_seconds=min_seconds, warmup_steps=warmup_steps, rounds=rounds, seed=seed,
         nproc=parse_nproc(nproc), compile=compile_model,
     )
     run_on = launcher_from_cli(launcher, ray_address)
@@ -179,8 +182,12 @@ def describe_profile_event(event: dict) -> str | None:
         return None
     if event.get("status") == "ok":
         bound = ", input-bound" if event.get("input_bound") else ""
+        # a batch size is reported again as its interleaved rounds, a re-measure or the physics check end
+        rounds = f", over {event['visits']} visits" if (event.get("visits") or 1) > 1 else ""
+        again = ", re-measured" if event.get("remeasured") else ""
+        flag = ", inconsistent with its neighbours" if event.get("inconsistent") else ""
         return (f"batch {event['batch_size']}: {event['median_s'] * 1e3:.2f} ms/step, "
-                f"{event['samples_per_s']:,.0f} samples/s{bound}")
+                f"{event['samples_per_s']:,.0f} samples/s{bound}{rounds}{again}{flag}")
     return f"batch {event['batch_size']}: {event['status']} ({event.get('error') or ''})"
 
 
