@@ -11,7 +11,7 @@ profiles alternating so that both methods meet the same machine. Reported for ea
   sizes. Target: within 10% at every batch size.
 - physics: the batch sizes whose stored median step time falls as the batch doubles. Target: none.
 
-    python bench/bench_profile_load.py [--workload fraud-mlp] [--batch-sizes 32,64,...] [--min-seconds 1]
+    python bench/bench_profile_load.py [--workload fraud-mlp] [--batch-sizes 32,64,...] [--min-seconds 1] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--workload", default="fraud-mlp")
     parser.add_argument("--batch-sizes", default="32,64,128,256,512,1024,2048,4096")
     parser.add_argument("--min-seconds", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=ProfileConfig.rounds, help="of the interleaved profiles")
     parser.add_argument("--out", help="write the figures here as JSON")
     args = parser.parse_args()
 
@@ -77,9 +78,9 @@ def main() -> None:
     baseline = workload.baseline_batch_size
     if baseline not in sizes:
         sys.exit(f"the batch sizes must include the baseline {baseline}")
-    interleaved = ProfileConfig(batch_sizes=sizes, min_seconds=args.min_seconds, full=True)
-    methods = {"interleaved rounds (default)": interleaved, "contiguous (rounds=1, as before)": replace(interleaved,
-                                                                                                        rounds=1)}
+    interleaved = ProfileConfig(batch_sizes=sizes, min_seconds=args.min_seconds, full=True, rounds=args.rounds)
+    methods = {f"interleaved, {args.rounds} rounds": interleaved,
+               "contiguous (rounds=1, as before)": replace(interleaved, rounds=1)}
     results: dict[str, list[ProfileResult]] = {name: [] for name in methods}
     load = subprocess.Popen([sys.executable, "-c", LOAD_GENERATOR])
     started = time.perf_counter()
@@ -94,7 +95,7 @@ def main() -> None:
         load.wait()
 
     figures = {"workload": args.workload, "batch_sizes": list(sizes), "baseline": baseline,
-               "min_seconds": args.min_seconds, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+               "min_seconds": args.min_seconds, "rounds": args.rounds, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                "platform": platform.platform(), "wall_s": round(time.perf_counter() - started), "methods": {}}
     for name, (first, second) in results.items():
         r1, r2 = relative_throughput(first, baseline), relative_throughput(second, baseline)

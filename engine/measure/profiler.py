@@ -599,7 +599,9 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
     devices.check_dtype(device, config.dtype)
     planned = plan_batch_sizes(config, workload)
     data = shuffled_on_device(workload, device, config.seed)
-    interleaved = config.rounds > 1
+    # every visit builds a fresh model, which --compile would compile again each time: a compiled
+    # profile is measured contiguously, one visit a size
+    interleaved = config.rounds > 1 and not config.compile
     visits = _Visits(expected=len(planned) * (1 + config.rounds if interleaved else 1))   # until the range is known
 
     def measure(batch_size: int, visit: ProfileConfig) -> ProfilePoint:
@@ -697,8 +699,8 @@ def _inconsistency(points: list[ProfilePoint], config: ProfileConfig) -> str | N
     if not problems:
         return None
     reasons = list(dict.fromkeys(why for _, why in problems))
-    tries = (f"after {config.remeasure} re-measure{'s' if config.remeasure != 1 else ''}" if config.rounds > 1
-             else "measured contiguously, without re-measuring")
+    tries = (f"after {config.remeasure} re-measure{'s' if config.remeasure != 1 else ''}"
+             if config.rounds > 1 and not config.compile else "measured contiguously, without re-measuring")
     return "; ".join(reasons) + f" ({tries}: background load or drift, not the hardware)"
 
 
