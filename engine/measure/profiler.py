@@ -599,9 +599,7 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
     devices.check_dtype(device, config.dtype)
     planned = plan_batch_sizes(config, workload)
     data = shuffled_on_device(workload, device, config.seed)
-    # every visit builds a fresh model, which --compile would compile again each time: a compiled
-    # profile is measured contiguously, one visit a size
-    interleaved = config.rounds > 1 and not config.compile
+    interleaved = _interleaves(config, workload)
     visits = _Visits(expected=len(planned) * (1 + config.rounds if interleaved else 1))   # until the range is known
 
     def measure(batch_size: int, visit: ProfileConfig) -> ProfilePoint:
@@ -631,7 +629,7 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
                 visits.expected += config.rounds * len(suspects)
                 again = yield from _rounds(suspects, config, lambda b: measure(b, config.visit()), visits, attempt)
                 points = [again.get(p.batch_size, p) for p in points]
-        inconsistency = _inconsistency(points, config)
+        inconsistency = _inconsistency(points, interleaved, config.remeasure)
         flagged = set(ddp_util.agree([b for b, _ in physics_problems(points)]))
         for point in points:
             if point.batch_size in flagged:
@@ -640,6 +638,14 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
     finally:
         data = None   # drop the device copy of the data (measure holds it too) before freeing the memory
         devices.free_memory(device)
+
+
+def _interleaves(config: ProfileConfig, workload: Workload) -> bool:
+    """Whether the sweep measures in rounds. Two kinds of profile are measured contiguously, one visit a size:
+    --compile (every visit builds a fresh model, which would be compiled again each time) and Dataset
+    workloads (a short visit would time batches the loader's workers prefetched while the previous steps
+    ran, hiding the loader's own time; the loader and compute steps still alternate within the visit)."""
+    return config.rounds > 1 and not config.compile and not workload.uses_dataset
 
 
 def _first_pass(workload: Workload, config: ProfileConfig, planned: list[int], points: list[ProfilePoint],
@@ -693,14 +699,14 @@ def _rounds(batch_sizes: list[int], config: ProfileConfig, measure: Callable[[in
     return done
 
 
-def _inconsistency(points: list[ProfilePoint], config: ProfileConfig) -> str | None:
+def _inconsistency(points: list[ProfilePoint], interleaved: bool, remeasure: int) -> str | None:
     """Why the profile's step times cannot all be physics, in one line; None when they can."""
     problems = physics_problems(points)
     if not problems:
         return None
     reasons = list(dict.fromkeys(why for _, why in problems))
-    tries = (f"after {config.remeasure} re-measure{'s' if config.remeasure != 1 else ''}"
-             if config.rounds > 1 and not config.compile else "measured contiguously, without re-measuring")
+    tries = (f"after {remeasure} re-measure{'s' if remeasure != 1 else ''}" if interleaved
+             else "measured contiguously, without re-measuring")
     return "; ".join(reasons) + f" ({tries}: background load or drift, not the hardware)"
 
 
