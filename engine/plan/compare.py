@@ -278,24 +278,26 @@ def background_conditions(groups: list[dict]) -> dict:
     """Whether the runs of a comparison ran under materially different background load, and which.
 
     The rule, on each run's mean share of the machine's CPU busy with other processes:
-    - arms: when the median load of one group and another differ by more than LOAD_DIFFERENCE_PCT
-      points, the groups ran under different conditions (every run of them is flagged);
-    - otherwise one run: a run whose load differs from the median of all the other runs by more than
-      LOAD_DIFFERENCE_PCT points, or that shared its GPU with other processes while most others had it
-      to themselves, is flagged.
+    - arms: when every run of one group ran with more than LOAD_DIFFERENCE_PCT points more of the CPU
+      busy than every run of another, the groups ran under different conditions (all their runs are
+      flagged, and their medians named);
+    - otherwise single runs: a run whose load differs from the median of all the other runs by more
+      than LOAD_DIFFERENCE_PCT points, or that shared its GPU with other processes while most others
+      had it to themselves, is flagged. (One busy seed of two would move its group's median as much as
+      a busy group: it is named as the one run it is.)
     Marks the flagged rows (``conditions_differ``) and sets each group's median ``background_cpu_pct``.
     Returns {"differed", "text", "flagged_runs", "rule"}; text is None when the conditions agreed or
     no run measured its load."""
     for group in groups:
         loads = [r["background_cpu_pct"] for r in group["runs"] if r["background_cpu_pct"] is not None]
         group["background_cpu_pct"] = statistics.median(loads) if loads else None
-    rule = (f"a group's median, or one run's, share of the CPU busy with other processes more than "
+    rule = (f"every run of a group, or one run, with a share of the CPU busy with other processes more than "
             f"{LOAD_DIFFERENCE_PCT:.0f} points from the others', or other processes on a run's GPU")
     measured = [g for g in groups if g["background_cpu_pct"] is not None]
     if len(measured) > 1:
         low = min(measured, key=lambda g: g["background_cpu_pct"])
         high = max(measured, key=lambda g: g["background_cpu_pct"])
-        if high["background_cpu_pct"] - low["background_cpu_pct"] > LOAD_DIFFERENCE_PCT:
+        if _least_load(high) - _most_load(low) > LOAD_DIFFERENCE_PCT:
             for group in (low, high):
                 for row in group["runs"]:
                     row["conditions_differ"] = True
@@ -313,6 +315,14 @@ def background_conditions(groups: list[dict]) -> dict:
     text = "; ".join(f"{name} seed {run.get('seed')} {why}" for name, run, why in flagged)
     text += "; the others " + _others_text(others)
     return {"differed": True, "text": text, "rule": rule, "flagged_runs": [run["id"] for _, run, _ in flagged]}
+
+
+def _least_load(group: dict) -> float:
+    return min(r["background_cpu_pct"] for r in group["runs"] if r["background_cpu_pct"] is not None)
+
+
+def _most_load(group: dict) -> float:
+    return max(r["background_cpu_pct"] for r in group["runs"] if r["background_cpu_pct"] is not None)
 
 
 def _run_differs(run: dict, others: list[dict]) -> str | None:
