@@ -10,7 +10,8 @@ import math
 from typing import Iterable
 
 __all__ = ["DASH", "format_bytes", "byte_unit", "format_duration", "format_ms", "format_si", "grouped",
-           "format_number", "format_count", "short_count", "mean_std", "plural", "significant", "known"]
+           "format_number", "format_count", "short_count", "mean_std", "plural", "significant", "known",
+           "format_pct", "format_background_load"]
 
 DASH = "—"
 
@@ -110,6 +111,21 @@ def mean_std(stats: dict | None, digits: int = 3, unit: str = "") -> str:
     if known(stats.get("std")):
         text += f" ± {stats['std']:.2g}"
     return text + unit
+
+
+def format_pct(value: float | None) -> str:
+    """12.34 -> "12%": a percentage (0 to 100) to the nearest point."""
+    return f"{value:.0f}%" if known(value) else DASH
+
+
+def format_background_load(cpu_pct: float | None, gpu_processes: float | None = None) -> str:
+    """A run's background load: "45% CPU" busy with other processes, "+ 2 on the GPU" where others shared it."""
+    if not known(cpu_pct) and not known(gpu_processes):
+        return DASH
+    text = f"{format_pct(cpu_pct)} CPU"
+    if known(gpu_processes) and gpu_processes:
+        text += f" + {int(gpu_processes)} on the GPU"
+    return text
 
 
 def plural(n: int, word: str) -> str:

@@ -42,6 +42,7 @@ FIELD_FUNCTIONS = (
     "nvmlDeviceGetClockInfo",
     "nvmlDeviceGetTemperature",
     "nvmlDeviceGetTotalEnergyConsumption",
+    "nvmlDeviceGetComputeRunningProcesses",
 )
 
 # Return codes as in nvml.h, so str() and .value look like the real errors.
@@ -78,6 +79,9 @@ class FakeGpu:
     failing: tuple[tuple[str, str], ...] = ()
     # MIG slices of this GPU (each a FakeGpu with a "MIG-..." uuid), in NVML's slice order.
     migs: tuple["FakeGpu", ...] = ()
+    # (pid, device memory bytes) of the compute processes on this GPU, as nvmlDeviceGetComputeRunningProcesses
+    # lists them (None bytes: NVML could not tell, as under some virtualised drivers)
+    processes: tuple[tuple[int, int | None], ...] = ()
 
 
 class _Handle:
@@ -231,6 +235,11 @@ def make_fake_pynvml(
         if sensor != fake.NVML_TEMPERATURE_GPU:
             raise fake.NVMLError_InvalidArgument()
         return field(handle, "nvmlDeviceGetTemperature").temp_c
+
+    @api
+    def nvmlDeviceGetComputeRunningProcesses(handle):
+        gpu = field(handle, "nvmlDeviceGetComputeRunningProcesses")
+        return [types.SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in gpu.processes]
 
     return fake
 

@@ -155,6 +155,22 @@ def test_the_points_table_reads_in_units_and_explains_refused_points():
     assert table["note"][1] == "predicted 5.0 GiB"
 
 
+def test_the_points_table_shows_the_background_load_and_what_stayed_inconsistent():
+    import pandas as pd
+
+    points = pd.DataFrame({
+        "batch_size": [16, 32], "status": ["ok", "ok"], "median_s": [0.514, 0.331], "p25_s": [0.5, 0.33],
+        "p75_s": [0.52, 0.34], "samples_per_s": [31.1, 96.7], "n": [10, 10], "noisy": [False, False],
+        "background_cpu_pct": [45.2, None], "inconsistent": [True, False],
+    })
+    table = views.points_table(points)
+    assert list(table["background CPU"]) == ["45%", "—"]
+    assert list(table["note"]) == ["not physics, even re-measured", ""]
+    flagged = {"id": "prof-1", "inconsistency": "step time falls from 514 ms at batch 16 to 331 ms at 32"}
+    assert views.inconsistency_text(flagged).startswith("Inconsistent profile: step time falls from 514 ms")
+    assert views.inconsistency_text({"id": "prof-2", "inconsistency": None}) is None
+
+
 def _traces(at: AppTest, name: str) -> dict[str, dict]:
     """The traces of the page's chart ``chart.<name>`` by name, their x and y as lists of numbers
     (plotly sends arrays as base64 typed arrays: {"dtype": "f8", "bdata": ...})."""

@@ -21,6 +21,7 @@ BAD_INPUTS = [
     (["profile", "--workload", "fraud-gru", "--memory-budget", "12XB"], "bad size"),
     (["profile", "--workload", "fraud-gru", "--batch-sizes", "32", "--min-batch", "8"], "not both"),
     (["profile", "--workload", "fraud-gru", "--dtype", "fp8"], "fp8"),
+    (["profile", "--workload", "fraud-gru", "--rounds", "0"], "--rounds"),
     (["profile", "--workload", "fraud-gru", "--set", "samples"], "KEY=VALUE"),
     (["profile", "--workload", "fraud-gru", "--set", "no_such_option=3"], "no_such_option"),
     (["profile", "--workload", "missing_file.py:make"], "missing_file.py"),
@@ -56,6 +57,21 @@ def test_a_database_that_is_not_duckdb_is_refused_untouched(capsys, home):
     code, _, err = run_cli(capsys, "profiles")
     assert code == 2 and "not a DuckDB database" in err
     assert home.database.read_bytes().startswith(b"SQLite format 3")
+
+
+def test_the_profile_output_shows_the_background_load_and_flags_an_inconsistent_profile(capsys):
+    from engine.cli.measure import print_profile, profile_summary
+
+    point = {"status": "ok", "p25_s": 0.5, "p75_s": 0.52, "n": 10, "samples_per_s": 31.1, "peak_memory_bytes": 2**20}
+    stored = {"id": "prof-1", "workload": "cnn", "device_name": "CPU", "dtype": "fp32", "saturation_batch": 32,
+              "stop_reason": "list", "inconsistency": "step time falls from 514 ms at batch 16 to 331 ms at 32",
+              "points": [{**point, "batch_size": 16, "median_s": 0.514, "background_cpu_pct": 45.2, "inconsistent": True},
+                         {**point, "batch_size": 32, "median_s": 0.331, "background_cpu_pct": 3.0, "inconsistent": True}]}
+    print_profile(profile_summary(stored))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "ok inconsistent" in out and "45%" in out and "3%" in out
+    assert "inconsistent: step time falls from 514 ms at batch 16 to 331 ms at 32; recommendations from this " \
+           "profile say they are uncertain" in out
 
 
 def test_profiles_on_an_empty_home(capsys, home):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from engine.jobs.autopilot import headline, keep_baseline_headline, prediction_factors
-from engine.plan.compare import compare_groups, comparison_table, km_median, quality_verdict
+from engine.plan.compare import compare_groups, comparison_runs, comparison_table, km_median, quality_verdict
 
 
 def evals_for(times: dict[str, list[tuple[float, float]]]) -> pd.DataFrame:
@@ -160,3 +160,68 @@ def test_only_an_autopilot_asked_to_be_decisive_says_whether_it_was():
     assert "decisive after 2 seed pairs: the speedup's interval excludes 1" in headline(
         rec, result, "the speedup's interval excludes 1", 2)["text"]
     assert "not decisive after 2 seed pairs" in headline(rec, result, None, 2)["text"]
+
+
+# -- the conditions the runs ran under ---------------------------------------------------------------------------
+
+
+def loaded(record: dict, cpu_pct: float | None, gpu_processes: int | None = None, gpu_bytes: int | None = None) -> dict:
+    """A run record with the background load its job measured."""
+    return {**record, "background_cpu_pct": cpu_pct, "background_gpu_processes": gpu_processes,
+            "background_gpu_mem_bytes": gpu_bytes}
+
+
+def loaded_comparison(base_loads: list, rec_loads: list) -> dict:
+    """Three seeds an arm, alike in every way but the background load of each run."""
+    times = {f"b{k}": [(100, 0.5)] for k in range(3)} | {f"r{k}": [(50, 0.5)] for k in range(3)}
+    groups = [("baseline", [loaded(run(f"b{k}", k, 0.5, 100), *load) for k, load in enumerate(base_loads)]),
+              ("recommended", [loaded(run(f"r{k}", k, 0.5, 50, batch=256), *load) for k, load in enumerate(rec_loads)])]
+    return compare_groups(groups, evals_for(times), tolerance=0.0)
+
+
+REC_DOC = {"batch_size": 256, "learning_rate": 8e-3, "baseline": {"batch_size": 32, "learning_rate": 1e-3},
+           "predicted_speedup": {"time_to_target": 2.0, "throughput": 4.0}, "noise_scale": None,
+           "candidates": [{"batch_size": 32, "step_time_s": 0.01}, {"batch_size": 256, "step_time_s": 0.02}],
+           "device": {"name": "cpu"}}
+
+
+def test_runs_under_the_same_background_load_are_not_flagged():
+    result = loaded_comparison([(3.0,), (5.0,), (4.0,)], [(12.0,), (2.0,), (6.0,)])
+    assert result["conditions"]["differed"] is False and result["conditions"]["text"] is None
+    assert "conditions differed" not in headline(REC_DOC, result)["text"]
+    assert [row["background CPU"] for row in comparison_table(result)] == ["4%", "6%"]
+
+
+def test_one_run_under_heavy_background_load_is_named_with_its_load_and_the_others():
+    """The failure users saw: one baseline seed trained while the machine was busy, and nothing said so."""
+    result = loaded_comparison([(2.0,), (45.0,), (4.0,)], [(3.0,), (1.0,), (4.4,)])
+    conditions = result["conditions"]
+    assert conditions["differed"] and conditions["flagged_runs"] == ["b1"]
+    assert conditions["text"] == ("baseline seed 1 ran with 45% of the CPU busy with other processes; "
+                                  "the others with 1% to 4%")
+    assert "conditions differed: baseline seed 1 ran with 45% of the CPU" in headline(REC_DOC, result)["text"]
+    assert headline(REC_DOC, result)["conditions_differed"] == conditions["text"]
+    flagged = {row["run"]: row["conditions"] for row in comparison_runs(result)}
+    assert flagged == {"b0": "", "b1": "differed", "b2": "", "r0": "", "r1": "", "r2": ""}
+    assert comparison_table(result)[0]["background CPU"] == "4% (differed)"
+
+
+def test_arms_under_different_background_load_are_flagged_as_arms():
+    # every baseline seed ran while another job was busy, every recommended seed on a quiet machine
+    result = loaded_comparison([(48.0,), (52.0,), (45.0,)], [(3.0,), (1.0,), (4.0,)])
+    assert result["conditions"]["text"] == ("the baseline runs ran with a median 48% of the CPU busy with other "
+                                            "processes, the recommended runs with 3%")
+    assert sorted(result["conditions"]["flagged_runs"]) == ["b0", "b1", "b2", "r0", "r1", "r2"]
+
+
+def test_a_run_that_shared_its_gpu_is_flagged():
+    result = loaded_comparison([(2.0, 0), (2.0, 0), (2.0, 0)], [(2.0, 2, 3 * 2**30), (2.0, 0), (2.0, 0)])
+    assert result["conditions"]["text"] == ("recommended seed 0 shared its GPU with 2 other processes (3.0 GiB); "
+                                            "the others with 2%, the GPU to themselves")
+
+
+def test_runs_that_did_not_measure_their_load_are_not_flagged():
+    # runs from before the load was recorded (NaN from the store's NULL), or tracked without it
+    result = loaded_comparison([(None,), (float("nan"),), (None,)], [(None,), (None,), (50.0,)])
+    assert result["conditions"]["differed"] is False
+    assert [row["background CPU"] for row in comparison_table(result)] == ["—", "50%"]

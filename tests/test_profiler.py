@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import tiny_workload
 import torch
@@ -10,6 +12,7 @@ from engine.measure.profiler import (
     ProfileConfig,
     ProfilePoint,
     fit_memory,
+    physics_problems,
     plan_batch_sizes,
     run_profile,
     saturation_batch,
@@ -136,21 +139,93 @@ def test_memory_fit_is_least_squares():
     assert fit_memory([_point(10, 1, 5)]) is None
 
 
-def test_plateau_stops_a_power_of_two_sweep(monkeypatch):
+def fake_visits(monkeypatch, step_time_s) -> list[int]:
+    """Replace one visit to a batch size (measure_point) with ``step_time_s(batch_size, visit number)``
+    seconds a step, as many steps as the visit asks for; returns the batch sizes in the order visited."""
     import engine.measure.profiler as profiler
 
-    fake = iter([100.0, 150.0, 152.0, 153.0, 500.0])  # gains: 50%, 1.3%, 0.7% -> plateau after 3rd doubling
+    visited: list[int] = []
 
     def fake_measure(workload, device, batch_size, config, *args, **kwargs):
-        sps = next(fake)
-        return ProfilePoint(batch_size=batch_size, status="ok", median_s=batch_size / sps, samples_per_s=sps,
-                            step_times_s=(batch_size / sps,))
+        visited.append(batch_size)
+        step = step_time_s(batch_size, visited.count(batch_size))
+        now = time.time()
+        point = ProfilePoint(batch_size=batch_size, status="ok", peak_memory_bytes=1000 + batch_size,
+                             started_at=now, ended_at=now)
+        return profiler._with_statistics(point, [step * (1 + 0.01 * k) for k in range(config.min_steps)], config)
 
     monkeypatch.setattr(profiler, "measure_point", fake_measure)
+    return visited
+
+
+def test_plateau_stops_a_power_of_two_sweep(monkeypatch):
+    samples_per_s = {8: 100.0, 16: 150.0, 32: 152.0, 64: 153.0, 128: 500.0}   # gains 50%, 1.3%, 0.7%: a plateau
+    fake_visits(monkeypatch, lambda b, _visit: b / samples_per_s[b])
     workload = tiny_workload.make()
     result = run_profile(workload, CPU, ProfileConfig(min_batch=8, max_batch=1024, include_baseline=False))
     assert [p.batch_size for p in result.points] == [8, 16, 32, 64]
     assert result.stop_reason == "plateau"
-    fake = iter([100.0, 150.0, 152.0, 153.0, 500.0])
     full = run_profile(workload, CPU, ProfileConfig(min_batch=8, max_batch=128, include_baseline=False, full=True))
     assert [p.batch_size for p in full.points] == [8, 16, 32, 64, 128]
+
+
+def test_rounds_visit_every_batch_size_in_a_shuffled_order_until_each_has_its_steps(monkeypatch):
+    visited = fake_visits(monkeypatch, lambda b, _visit: 0.001 * (1 + b / 64))
+    config = ProfileConfig(batch_sizes=(8, 16, 32, 64), min_steps=9, min_seconds=0.0, rounds=3)
+    result = run_profile(tiny_workload.make(), CPU, config)
+    first_pass, rounds = visited[:4], [visited[4:8], visited[8:12], visited[12:16]]
+    assert first_pass == [8, 16, 32, 64] and len(visited) == 16        # the range, then three rounds
+    assert all(sorted(r) == [8, 16, 32, 64] for r in rounds)            # every size in every round ...
+    assert len({tuple(r) for r in rounds} | {tuple(first_pass)}) > 1    # ... not always in the same order
+    for point in result.points:   # the rounds' steps (3 a visit), not the first pass's
+        assert (point.visits, point.n, point.inconsistent) == (3, 9, False)
+    assert result.inconsistency is None
+
+
+def test_contiguous_measures_each_size_once_in_one_block(monkeypatch):
+    visited = fake_visits(monkeypatch, lambda b, _visit: 0.001 * (1 + b / 64))
+    result = run_profile(tiny_workload.make(), CPU, ProfileConfig(batch_sizes=(8, 16, 32), min_steps=9,
+                                                                  min_seconds=0.0, rounds=1))
+    assert visited == [8, 16, 32] and [p.n for p in result.points] == [9, 9, 9]
+
+
+def test_a_point_slowed_by_background_load_is_measured_again_and_the_profile_holds(monkeypatch):
+    # batch 32 is slowed on its first visits of the rounds (another job was running), then the machine is quiet
+    visited = fake_visits(monkeypatch, lambda b, visit: 0.001 * (1 + b / 64) * (5 if b == 32 and visit <= 4 else 1))
+    result = run_profile(tiny_workload.make(), CPU, ProfileConfig(batch_sizes=(8, 16, 32, 64, 128), min_steps=6,
+                                                                  min_seconds=0.0, rounds=3))
+    points = {p.batch_size: p for p in result.points}
+    assert visited.count(32) == 1 + 3 + 3               # the first pass, the rounds, one re-measure's rounds
+    assert points[32].remeasured == 1 and points[32].median_s < points[64].median_s
+    assert result.inconsistency is None and not any(p.inconsistent for p in result.points)
+
+
+def test_a_profile_that_stays_inconsistent_is_flagged_with_the_reason(monkeypatch):
+    # batch 16 is always slower than 32 (the issue's 514 ms at 16, 331 ms at 32): it cannot be the hardware
+    fake_visits(monkeypatch, lambda b, _visit: {8: 0.30, 16: 0.514, 32: 0.331, 64: 0.40}[b])
+    result = run_profile(tiny_workload.make(), CPU, ProfileConfig(batch_sizes=(8, 16, 32, 64), min_steps=3,
+                                                                  min_seconds=0.0, rounds=3, remeasure=2))
+    points = {p.batch_size: p for p in result.points}
+    assert points[16].inconsistent and points[32].inconsistent and not points[64].inconsistent
+    assert points[16].remeasured == 2
+    assert result.inconsistency.startswith("step time falls from 514 ms at batch 16 to 331 ms at 32")
+    assert "after 2 re-measures" in result.inconsistency
+
+
+def _measured(times_ms: dict[int, float], spread: float = 0.05) -> list[ProfilePoint]:
+    return [ProfilePoint(b, "ok", median_s=t / 1e3, p25_s=t / 1e3 * (1 - spread), p75_s=t / 1e3 * (1 + spread))
+            for b, t in times_ms.items()]
+
+
+def test_the_physics_check_names_what_cannot_be_the_hardware():
+    # the profile from the issue: measured in one contiguous block each while other processes came and went
+    issue = _measured({16: 514, 32: 331, 64: 120, 128: 455, 256: 239, 512: 384, 1024: 720})
+    problems = dict(physics_problems(issue))
+    assert set(problems) == {16, 32, 64, 128, 256}
+    assert problems[16] == "step time falls from 514 ms at batch 16 to 331 ms at 32, beyond their quartiles"
+    # a real curve: flat while the device is underused, then growing; noisy points whose quartiles overlap
+    real = _measured({16: 10.0, 32: 10.4, 64: 9.9, 128: 14.0, 256: 26.0, 512: 51.0}, spread=0.08)
+    assert physics_problems(real) == []
+    # a point far above its neighbours' trend, though nothing falls
+    spike = _measured({64: 10.0, 128: 40.0, 256: 41.0})
+    assert [b for b, _ in physics_problems(spike)] == [128]

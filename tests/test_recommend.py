@@ -132,3 +132,13 @@ def test_rules_and_warmup_arithmetic():
 def test_bad_configs_are_usage_errors(config, says):
     with pytest.raises(UsageError, match=says):
         recommend(profile({128: 10, 256: 10}), config)
+
+
+def test_a_profile_flagged_inconsistent_makes_the_recommendation_say_it_is_uncertain_and_why():
+    p = profile({128: 10, 256: 10, 512: 10})
+    assert recommend(p, RecommendConfig())["uncertain"] is None
+    p["inconsistency"] = "step time falls from 514 ms at batch 16 to 331 ms at 32, beyond their quartiles"
+    rec = recommend(p, RecommendConfig())
+    assert rec["uncertain"].startswith("uncertain: profile prof-synthetic stayed inconsistent after re-measuring "
+                                       "(step time falls from 514 ms at batch 16")
+    assert rec["reasons"][0] == rec["uncertain"]      # first among the reasons, not ranked on silently

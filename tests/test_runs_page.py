@@ -294,13 +294,15 @@ def test_runs_table_and_filters():
     runs = pd.DataFrame([
         {"id": "r1", "state": "FINISHED", "workload": "w", "batch_size": 32, "lr": 0.01, "seed": 0, "group_id": "g",
          "role": "baseline", "tags": ["x", "y"], "wall_time_s": 75.0, "started_at": None, "ended_at": None,
-         "final_val_loss": 0.1, "primary_metric": "accuracy", "final_primary_metric": 0.9},
+         "final_val_loss": 0.1, "primary_metric": "accuracy", "final_primary_metric": 0.9,
+         "background_cpu_pct": 45.2, "background_gpu_processes": 2},
         {"id": "r2", "state": "RUNNING", "workload": "w", "batch_size": 128, "lr": 0.04, "seed": 0, "group_id": None,
          "role": None, "tags": None, "wall_time_s": None, "started_at": pd.Timestamp(1000, unit="s", tz="UTC"),
          "ended_at": None, "final_val_loss": None, "primary_metric": None, "final_primary_metric": None},
     ])
     table = runviews.runs_table(runs, now=1012.5)
     assert list(table["duration"]) == ["1m 15s", "12.5 s"] and list(table["tags"]) == ["x, y", ""]
+    assert list(table["background load"]) == ["45% CPU + 2 on the GPU", "—"]
     assert list(runviews.filter_runs(runs, states=["RUNNING"])["id"]) == ["r2"]
     assert list(runviews.filter_runs(runs, groups=[runviews.NO_GROUP])["id"]) == ["r2"]
     assert list(runviews.filter_runs(runs, roles=["baseline"], workloads=["w"])["id"]) == ["r1"]
@@ -316,3 +318,32 @@ def test_groups_are_named_by_role_batch_and_lr_and_told_apart_by_id_when_alike()
     assert runviews.unit_names(groups) == {
         "g1": "baseline · batch 128, lr 0.001", "g2": "batch 1024, lr 0.008 (g2)",
         "g3": "batch 1024, lr 0.008 (g3)", "run-x": "run-x"}
+
+
+def spooled_run(home: Home, run_id: str, group: str, seed: int, background_cpu_pct: float) -> None:
+    """A finished training run as its job's spool has it: the target reached at 10 s, and the load it ran under."""
+    job_dir = home.job_dir(run_id)
+    job_dir.mkdir(parents=True)
+    (job_dir / "spec.json").write_text(json.dumps({"id": run_id, "kind": "train", "device": "cpu", "workload": "w",
+                                                   "params": {}, "created_at": 0.0, "home": str(home.root)}))
+    spool = jobs.Spool(job_dir)
+    spool.emit("run_start", workload="w", config={"batch_size": 32, "lr": 0.01, "seed": seed, "group": group},
+               device={"id": "cpu", "kind": "cpu", "name": "CPU"})
+    spool.emit("eval", step=10, epoch=1, samples=320, wall_time_s=11.0, train_time_s=10.0, val_loss=0.5)
+    spool.emit("run_end", steps=10, samples=320, wall_time_s=11.0, train_time_s=10.0, final_val_loss=0.5,
+               best_val_loss=0.5, final_metrics={}, stop_reason="epochs", background_cpu_pct=background_cpu_pct)
+    spool.emit("exit", state="FINISHED", error=None)
+    spool.close()
+
+
+def test_the_comparison_says_when_the_runs_ran_under_different_background_load(home):
+    home.ensure()
+    for run_id, group, seed, load in (("train-b0", "base", 0, 2.0), ("train-b1", "base", 1, 45.0),
+                                      ("train-r0", "big", 0, 3.0), ("train-r1", "big", 1, 1.0)):
+        spooled_run(home, run_id, group, seed, load)
+    store.ingest(home)
+    view = runviews.comparison_view(home, ["base", "big"], "base")
+    assert view.conditions == ("Conditions differed: base seed 1 ran with 45% of the CPU busy with other processes; "
+                               "the others with 1% to 3%.")
+    # one busy seed of two moves its group's median as far as a busy group would: it is named as the one run it is
+    assert list(view.table["background CPU"]) == ["24% (differed)", "2%"]

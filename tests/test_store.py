@@ -157,3 +157,32 @@ def test_a_finished_run_keeps_its_primary_metric_or_none_when_the_workload_has_n
         assert run["state"] == "FINISHED" and run["final_primary_metric"] == expected
         assert run["final_val_loss"] == 0.5
         assert con.execute("SELECT count(*) FROM metrics WHERE run_id = ?", ["train-test0001"]).fetchone()[0] == 1
+
+
+def test_the_background_load_of_a_run_a_point_and_each_sample_is_stored(home):
+    """What a job measured of other processes lands beside the run, the point and the telemetry."""
+    load = {"background_cpu_pct": 45.5, "background_cpu_p90_pct": 61.0, "background_gpu_processes": 2,
+            "background_gpu_mem_bytes": 3 * 2**30}
+    job_dir, spool = _fake_job(home, job_id="train-test0002")
+    spool.emit("run_start", workload="tiny", config={"batch_size": 8, "lr": 0.1, "seed": 0},
+               device={"id": "cpu", "kind": "cpu", "name": "CPU"})
+    spool.emit("run_end", steps=1, samples=8, wall_time_s=0.2, train_time_s=0.1, final_val_loss=0.5,
+               best_val_loss=0.5, final_metrics={}, stop_reason="epochs", **load)
+    spool.emit("exit", state="FINISHED", error=None)
+    spool.close()
+    job_dir, spool = _fake_job(home, job_id="prof-test0002")
+    spool.emit("profile_start", profile_id="prof-test0002", workload="tiny", device={"id": "cpu", "kind": "cpu"},
+               config={"dtype": "fp32"})
+    spool.emit("point", **_point("prof-test0002", 8), **load)
+    spool.emit("telemetry", samples=[{"t": time.time(), "cpu_util_pct": 80.0, "other_cpu_pct": 45.5,
+                                      "other_gpu_processes": 2, "other_gpu_mem_bytes": 3 * 2**30}])
+    spool.emit("exit", state="FINISHED", error=None)
+    spool.close()
+    store.ingest(home)
+    with store.connect(home) as con:
+        [run] = store.runs_by_id(con, ["train-test0002"])
+        assert {k: run[k] for k in load} == load
+        [point] = store.frame_records(store.profile_points(con, "prof-test0002"))
+        assert {k: point[k] for k in load} == load
+        assert con.execute("SELECT other_cpu_pct, other_gpu_processes, other_gpu_mem_bytes FROM telemetry "
+                           "WHERE job_id = 'prof-test0002'").fetchone() == (45.5, 2, 3 * 2**30)

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 
+import psutil
 import pytest
 import torch
 from fake_nvml import UUID_A, UUID_B, FakeGpu, cuda_properties, install_fake_cuda, install_fake_nvml, make_fake_pynvml
@@ -208,6 +211,95 @@ def test_a_sampler_starts_once():
     with sampler:
         with pytest.raises(RuntimeError):
             sampler.start()
+
+
+# ---------------------------------------------------------------------------------------------
+# the background load: what processes outside the job's own process tree are doing
+
+
+def test_other_processes_on_the_gpu_are_background_and_ours_are_not(nvml):
+    nvml([FakeGpu(uuid=f"GPU-{UUID_A}", processes=((os.getpid(), 2**30), (4_000_001, 3 * 2**30), (4_000_002, None)))])
+    with telemetry.Sampler(cuda_info(), interval_s=0.01) as sampler:
+        assert wait_for(lambda: len(sampler.samples) >= 2, timeout=5.0, poll_s=0.005), "timed out waiting for the sampler"
+    last = sampler.samples[-1]
+    assert (last["other_gpu_processes"], last["other_gpu_mem_bytes"]) == (2, 3 * 2**30)
+
+
+def test_a_gpu_alone_has_no_background_and_a_driver_that_cannot_list_processes_is_asked_once(nvml):
+    nvml([FakeGpu(uuid=f"GPU-{UUID_A}", processes=((os.getpid(), 2**30),))])
+    with telemetry.Sampler(cuda_info(), interval_s=0.01) as sampler:
+        assert wait_for(lambda: len(sampler.samples) >= 2, timeout=5.0, poll_s=0.005), "timed out waiting for the sampler"
+    assert (sampler.samples[-1]["other_gpu_processes"], sampler.samples[-1]["other_gpu_mem_bytes"]) == (0, 0)
+
+    fake = nvml([FakeGpu(uuid=f"GPU-{UUID_A}", unsupported=frozenset({"nvmlDeviceGetComputeRunningProcesses"}))])
+    with telemetry.Sampler(cuda_info(), interval_s=0.01) as sampler:
+        assert wait_for(lambda: len(sampler.samples) >= 3, timeout=5.0, poll_s=0.005), "timed out waiting for the sampler"
+    assert all(s["other_gpu_processes"] is None for s in sampler.samples)
+    assert fake.calls["nvmlDeviceGetComputeRunningProcesses"] == 1
+
+
+def test_the_jobs_own_work_is_not_background_load():
+    """This process keeps a core busy; the sampler, rooted here, counts that as ours, not as other processes'."""
+    me = psutil.Process()
+    before, started = me.cpu_times(), time.perf_counter()
+    with telemetry.Sampler(cpu_info(), interval_s=0.1) as sampler:
+        while time.perf_counter() - started < 0.6:
+            pass
+    after, elapsed = me.cpu_times(), time.perf_counter() - started
+    # our share of the machine, as the kernel counted it (however much of a core the shared machine gave us)
+    ours = 100.0 * (after.user + after.system - before.user - before.system) / (elapsed * psutil.cpu_count())
+    samples = [s for s in sampler.samples if s["other_cpu_pct"] is not None]
+    own = [s["cpu_util_pct"] - s["other_cpu_pct"] for s in samples]
+    assert len(samples) >= 3 and all(0.0 <= s["other_cpu_pct"] <= s["cpu_util_pct"] for s in samples)
+    assert ours > 5.0 and abs(sum(own) / len(own) - ours) < 0.3 * ours + 3.0, (own, ours)
+
+
+def test_background_load_sums_up_samples_as_a_run_stores_it():
+    samples = [{"other_cpu_pct": pct, "other_gpu_processes": gpu, "other_gpu_mem_bytes": memory}
+               for pct, gpu, memory in [(10.0, 0, 0), (20.0, 1, 2**30), (30.0, 2, 3 * 2**30), (40.0, 0, 0),
+                                        (None, None, None)]]
+    assert telemetry.background_load(samples) == {"background_cpu_pct": 25.0, "background_cpu_p90_pct": 37.0,
+                                                  "background_gpu_processes": 2,
+                                                  "background_gpu_mem_bytes": 3 * 2**30}
+    assert set(telemetry.background_load([]).values()) == {None}
+
+
+def share_of_machine(process: psutil.Process, since: tuple[float, float]) -> float:
+    """The % of the whole machine's CPU ``process`` used since ``since`` = (its CPU seconds, the clock)."""
+    times = process.cpu_times()
+    return 100.0 * (times.user + times.system - since[0]) / ((time.perf_counter() - since[1]) * psutil.cpu_count())
+
+
+def cpu_mark(process: psutil.Process) -> tuple[float, float]:
+    times = process.cpu_times()
+    return times.user + times.system, time.perf_counter()
+
+
+@pytest.mark.slow
+def test_a_competing_process_is_background_load_and_the_jobs_own_work_is_not():
+    """A job (a process that keeps a core busy) and a competitor outside its tree doing the same: the sampler
+    rooted at the job counts the competitor as background, and the job's own work as its own."""
+    spin = [sys.executable, "-c", "import time\nend = time.time() + 20\nwhile time.time() < end: pass"]
+    job = subprocess.Popen(spin)
+    competitor = subprocess.Popen(spin)
+    try:
+        time.sleep(0.3)   # both running
+        job_mark, competitor_mark = cpu_mark(psutil.Process(job.pid)), cpu_mark(psutil.Process(competitor.pid))
+        with telemetry.Sampler(cpu_info(), interval_s=0.2, root_pid=job.pid) as sampler:
+            time.sleep(1.5)
+        # what the kernel says each used (on a shared machine, each gets whatever share of a core it can)
+        job_share = share_of_machine(psutil.Process(job.pid), job_mark)
+        competitor_share = share_of_machine(psutil.Process(competitor.pid), competitor_mark)
+    finally:
+        for process in (job, competitor):
+            process.kill()
+            process.wait()
+    samples = [s for s in sampler.samples if s["other_cpu_pct"] is not None]
+    other = sum(s["other_cpu_pct"] for s in samples) / len(samples)
+    own = sum(s["cpu_util_pct"] - s["other_cpu_pct"] for s in samples) / len(samples)
+    assert job_share > 3.0 and competitor_share > 3.0, (job_share, competitor_share)
+    assert abs(own - job_share) < 0.3 * job_share + 3.0, (own, job_share)
+    assert other > 0.7 * competitor_share, (other, competitor_share)
 
 
 # ---------------------------------------------------------------------------------------------

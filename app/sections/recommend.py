@@ -152,6 +152,8 @@ if rec is None:
 view = recommend.recommendation_view(rec)
 st.subheader("Recommendation")
 st.markdown(view.headline)
+if view.uncertain:
+    st.warning(view.uncertain, icon=":material/warning:")
 for column, metric in zip(st.columns(len(view.metrics)), view.metrics):
     column.metric(metric.label, metric.value, help=metric.help)
 for note in view.notes:

@@ -111,6 +111,8 @@ def charts() -> None:
         return
     for column, item in zip(st.columns(max(3, len(comparison.metrics))), comparison.metrics):
         column.metric(item.label, item.value, help=item.help)
+    if comparison.conditions:
+        st.warning(comparison.conditions, icon=":material/warning:")
     st.dataframe(comparison.table, hide_index=True, width="stretch", key="runs.comparison")
     st.caption(comparison.caption)
     st.plotly_chart(comparison.figure, key="runs.compare_chart", width="stretch")

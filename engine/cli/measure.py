@@ -20,7 +20,7 @@ from engine.cli.options import (
 )
 from engine.cli.output import console, detached, emit_json, finish_job, follow_job, last_log_line, table
 from engine.errors import LargestepError, UsageError
-from engine.format import format_bytes, format_ms, format_si, grouped
+from engine.format import format_bytes, format_ms, format_pct, format_si, grouped
 
 
 @cli.command()
@@ -58,6 +58,9 @@ def hardware(as_json: bool) -> None:
 @click.option("--min-steps", default=10, show_default=True, type=int, help="Timed steps per batch size, at least.")
 @click.option("--min-seconds", default=1.0, show_default=True, type=float, help="Timed seconds per batch size, at least.")
 @click.option("--warmup-steps", default=3, show_default=True, type=int, help="Untimed steps per batch size.")
+@click.option("--rounds", default=3, show_default=True, type=int,
+              help="Spread each batch size's timed steps over this many visits, every size once a round in a shuffled "
+                   "order, so background load falls on all alike; 1 measures each size in one contiguous block.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @compile_option
 @nproc_option("Data-parallel processes on this machine (gloo on CPU, NCCL on CUDA): batch sizes are global, and the step "
@@ -67,8 +70,8 @@ def hardware(as_json: bool) -> None:
 @json_option
 @click.pass_context
 def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch, max_batch, dtype, memory_budget,
-            full, min_steps, min_seconds, warmup_steps, seed, compile_model, nproc, launcher, ray_address, detach,
-            as_json) -> int:
+            full, min_steps, min_seconds, warmup_steps, rounds, seed, compile_model, nproc, launcher, ray_address,
+            detach, as_json) -> int:
     """Measure step time, throughput and memory against batch size (runs as a job)."""
     from engine import jobs, store
     from engine.jobs.ray import launcher_from_cli
@@ -83,7 +86,7 @@ def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch
         min_batch=parse_positive_int(min_batch, "--min-batch") if min_batch is not None else None,
         max_batch=parse_positive_int(max_batch, "--max-batch") if max_batch is not None else 65536,
         dtype=dtype, memory_budget_bytes=parse_size(memory_budget) if memory_budget is not None else None,
-        full=full, min_steps=min_steps, min_seconds=min_seconds, warmup_steps=warmup_steps, seed=seed,
+        full=full, min_steps=min_steps, min_seconds=min_seconds, warmup_steps=warmup_steps, rounds=rounds, seed=seed,
         nproc=parse_nproc(nproc), compile=compile_model,
     )
     run_on = launcher_from_cli(launcher, ray_address)
@@ -123,6 +126,9 @@ def profile_summary(profile: dict) -> dict:
             "noisy": p.get("noisy"), "error": p.get("error"),
             # Dataset workloads: the step without its loader, and whether the loader limits throughput
             "compute_time_s": p.get("compute_median_s"), "input_bound": bool(p.get("input_bound")),
+            # interleaved rounds, the physics check, and other processes' CPU share while it was timed
+            "visits": p.get("visits"), "remeasured": p.get("remeasured"), "inconsistent": bool(p.get("inconsistent")),
+            "background_cpu_pct": p.get("background_cpu_pct"),
         })
     fit = None
     if profile.get("memory_fit_slope_bytes") is not None:
@@ -136,6 +142,7 @@ def profile_summary(profile: dict) -> dict:
         "baseline": {"batch_size": profile.get("baseline_batch_size"), "learning_rate": profile.get("baseline_lr")},
         "telemetry": {"source": profile.get("telemetry_source"), "reason": profile.get("telemetry_reason")},
         "started_at": profile.get("started_at"), "ended_at": profile.get("ended_at"), "points": points,
+        "inconsistency": profile.get("inconsistency"),
     }
 
 
@@ -146,18 +153,23 @@ def print_profile(summary: dict) -> None:
     for p in summary["points"]:
         st = p["step_time_s"]
         mem = format_bytes(p["peak_memory_bytes"]) + (" (est.)" if p.get("memory_is_estimate") else "")
-        status = p["status"] + (" noisy" if p.get("noisy") else "") + (" input-bound" if p.get("input_bound") else "")
+        status = (p["status"] + (" noisy" if p.get("noisy") else "") + (" input-bound" if p.get("input_bound") else "")
+                  + (" inconsistent" if p.get("inconsistent") else ""))
         rows.append([p["batch_size"], status, format_ms(st["median"]),
                      *([format_ms(p.get("compute_time_s"))] if with_loader else []),
                      f"{format_ms(st['p25'])}-{format_ms(st['p75'])}", st["n"], grouped(p["samples_per_s"]),
-                     mem, format_si(p.get("flops_per_s"), "FLOP/s")])
+                     mem, format_si(p.get("flops_per_s"), "FLOP/s"), format_pct(p.get("background_cpu_pct"))])
     title = f"Profile {summary['profile_id']}: {summary['workload']} on {summary['device']['name']} ({summary['dtype']})"
     out = console()
     columns = ["batch", "status", "median ms" + (" (with loader)" if with_loader else ""),
-               *(["compute ms"] if with_loader else []), "IQR ms", "steps", "samples/s", "peak memory", "achieved"]
+               *(["compute ms"] if with_loader else []), "IQR ms", "steps", "samples/s", "peak memory", "achieved",
+               "background CPU"]
     out.print(table(title, columns, rows))
     out.print(f"saturation batch: {summary['saturation_batch']} (smallest batch at 90% of the best throughput); "
               f"sweep stopped: {summary['stop_reason']}")
+    if summary.get("inconsistency"):
+        out.print(f"[yellow]inconsistent: {summary['inconsistency']}; recommendations from this profile say they "
+                  f"are uncertain[/yellow]")
     if any(p.get("input_bound") for p in summary["points"]):
         out.print("input-bound: the data loader, not the compute, limits throughput there; a larger batch will not "
                   "help until loading is faster (more num_workers, a lighter collate_fn)")
@@ -170,8 +182,12 @@ def describe_profile_event(event: dict) -> str | None:
         return None
     if event.get("status") == "ok":
         bound = ", input-bound" if event.get("input_bound") else ""
+        # a batch size is reported again as its interleaved rounds, a re-measure or the physics check end
+        rounds = f", over {event['visits']} visits" if (event.get("visits") or 1) > 1 else ""
+        again = ", re-measured" if event.get("remeasured") else ""
+        flag = ", inconsistent with its neighbours" if event.get("inconsistent") else ""
         return (f"batch {event['batch_size']}: {event['median_s'] * 1e3:.2f} ms/step, "
-                f"{event['samples_per_s']:,.0f} samples/s{bound}")
+                f"{event['samples_per_s']:,.0f} samples/s{bound}{rounds}{again}{flag}")
     return f"batch {event['batch_size']}: {event['status']} ({event.get('error') or ''})"
 
 
@@ -191,9 +207,10 @@ def profiles(ctx, as_json: bool) -> None:
         click.echo("no profiles yet: run `largestep profile --workload fraud-gru`")
         return
     rows = [[r["id"], r["workload"], r["device_name"], r["dtype"], str(r["started_at"])[:19], r["state"],
-             r["ok_points"], r["max_ok_batch"], r["saturation_batch"], r["stop_reason"]] for r in records]
+             r["ok_points"], r["max_ok_batch"], r["saturation_batch"], r["stop_reason"],
+             "inconsistent" if r.get("inconsistency") else ""] for r in records]
     console().print(table("Profiles", ["id", "workload", "device", "dtype", "started", "state", "points", "max batch",
-                                       "saturation", "stopped"], rows))
+                                       "saturation", "stopped", "flag"], rows))
 
 
 @cli.command()

@@ -105,6 +105,8 @@ def print_recommendation(rec: dict) -> None:
                     ["", "batch", "lr", "step ms", "samples/s", "throughput", "time to target", "rank", "excluded"],
                     rows))
     speed = rec["predicted_speedup"]
+    if rec.get("uncertain"):
+        out.print(f"[yellow]{rec['uncertain']}[/yellow]")
     out.print(f"[bold]batch {rec['batch_size']}, learning rate {rec['learning_rate']:.4g}, warm-up "
               f"{rec['warmup_steps']} steps ({rec['warmup_samples']} samples), {rec['rule']} rule[/bold]  "
               f"(baseline: batch {base['batch_size']}, lr {base['learning_rate']:.4g})")
@@ -118,7 +120,8 @@ def print_recommendation(rec: dict) -> None:
         out.print(f"experiments per GPU-day ({rec['epochs']} epochs each): {per_day['baseline']:,.0f} at the "
                   f"baseline, {per_day['recommended']:,.0f} recommended")
     for reason in rec["reasons"]:
-        out.print(f"- {reason}")
+        if reason != rec.get("uncertain"):   # said above, where it cannot be missed
+            out.print(f"- {reason}")
     out.print(f"export it: largestep export --recommendation {rec['recommendation_id']} --format yaml")
 
 

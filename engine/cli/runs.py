@@ -21,7 +21,7 @@ from engine.cli.options import (
 )
 from engine.cli.output import console, detached, emit_json, finish_job, follow_job, table
 from engine.errors import UsageError
-from engine.format import format_bytes
+from engine.format import format_background_load, format_bytes
 
 
 @cli.command()
@@ -118,9 +118,10 @@ def print_runs(runs: list[dict], title: str) -> None:
                      "-" if r.get("final_val_loss") is None else f"{r['final_val_loss']:.4f}",
                      "-" if r.get("final_primary_metric") is None
                      else f"{r.get('primary_metric')} {r['final_primary_metric']:.4f}",
-                     format_bytes(r.get("peak_memory_bytes"))])
+                     format_bytes(r.get("peak_memory_bytes")),
+                     format_background_load(r.get("background_cpu_pct"), r.get("background_gpu_processes"))])
     console().print(table(title, ["id", "state", "workload", "batch", "lr", "seed", "group", "train s", "val loss",
-                                  "metric", "peak memory"], rows))
+                                  "metric", "peak memory", "background load"], rows))
 
 
 @cli.group(invoke_without_command=True)
@@ -235,6 +236,9 @@ def print_comparison(result: dict) -> None:
     console().print(table(f"Time to validation loss {result['target_val_loss']:.4f} (baseline best "
                           f"{result['baseline_best_val_loss']:.4f} + {result['tolerance']:.0%}), "
                           f"{result['time_basis']}", list(rows[0]), [list(r.values()) for r in rows]))
+    conditions = result.get("conditions") or {}
+    if conditions.get("differed"):
+        console().print(f"[yellow]Conditions differed: {conditions['text']}.[/yellow]")
 
 
 @cli.command()

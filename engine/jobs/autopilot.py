@@ -139,6 +139,9 @@ def headline(rec: dict, comparison: dict, decided: str | None = None, seeds: int
             f"{name} seed {run.get('seed')} ({run['censored_at_s']:.0f} s)" if run.get("censored_at_s") is not None
             and math.isfinite(run["censored_at_s"])
             else f"{name} seed {run.get('seed')} ({run.get('state', 'no time').lower()})" for name, run in censored)
+    conditions = comparison.get("conditions") or {}
+    if conditions.get("differed"):
+        text += f"; conditions differed: {conditions['text']}"
     quality = recommended.get("quality") or {}
     name = (comparison.get("quality") or {}).get("name")
     if quality.get("difference") is not None:
@@ -161,7 +164,8 @@ def headline(rec: dict, comparison: dict, decided: str | None = None, seeds: int
             "censored": [{"group": name, "run": run["id"], "seed": run.get("seed")} for name, run in censored],
             "metric": comparison.get("metric"), "metric_difference": recommended.get("metric_difference"),
             "p_value": quality.get("p_value"), "quality": {"name": name, **quality},
-            "factors": prediction_factors(rec, comparison), "device": rec["device"].get("name")}
+            "factors": prediction_factors(rec, comparison), "device": rec["device"].get("name"),
+            "conditions_differed": conditions.get("text")}
 
 
 def keep_baseline_headline(rec: dict) -> dict:

@@ -53,7 +53,8 @@ def profile_task(ctx: JobContext) -> None:
     config.validate()
     planned = plan_batch_sizes(config, workload)
 
-    sampler = telemetry.Sampler(info, on_samples=lambda samples: ctx.spool.emit(events.TELEMETRY, samples=samples))
+    sampler = telemetry.Sampler(info, on_samples=lambda samples: ctx.spool.emit(events.TELEMETRY, samples=samples),
+                                root_pid=torchrun.job_root_pid())
     ctx.spool.emit(
         events.PROFILE_START, profile_id=ctx.job_id, workload=workload.name, workload_spec=params["workload"],
         world_size=distributed.world_size(),
@@ -75,13 +76,15 @@ def profile_task(ctx: JobContext) -> None:
         else:
             power.close()
 
-    def on_point(point: ProfilePoint, index: int, count: int) -> None:
-        ctx.spool.emit(events.POINT, profile_id=ctx.job_id, **point.to_dict())
+    def on_point(point: ProfilePoint, visits_done: int, visits_expected: int) -> None:
+        # the samples tagged with this batch size are the ones taken while its steps were timed
+        load = telemetry.background_load([s for s in sampler.samples if s["batch_size"] == point.batch_size])
+        ctx.spool.emit(events.POINT, profile_id=ctx.job_id, **point.to_dict(), **load)
         ctx.spool.flush()
-        ctx.progress(f"measured batch {point.batch_size}", (index + 1) / count,
-                     batch_size=point.batch_size, points_done=index + 1, points_planned=count)
+        ctx.progress(f"measured batch {point.batch_size}", visits_done / max(1, visits_expected),
+                     batch_size=point.batch_size, visits_done=visits_done, visits_planned=visits_expected)
 
-    ctx.progress(f"profiling {len(planned)} batch sizes on {info.torch_device}", 0.0, points_planned=len(planned))
+    ctx.progress(f"profiling {len(planned)} batch sizes on {info.torch_device}", 0.0)
     with sampler:
         result = run_profile(workload, device, config, on_point=on_point, telemetry_tag=tag,
                              power_between=power.mean_power_w)
@@ -90,7 +93,7 @@ def profile_task(ctx: JobContext) -> None:
         events.PROFILE_END, profile_id=ctx.job_id, stop_reason=result.stop_reason,
         saturation_batch=result.saturation_batch,
         memory_fit_intercept_bytes=fit.intercept_bytes if fit else None,
-        memory_fit_slope_bytes=fit.slope_bytes if fit else None,
+        memory_fit_slope_bytes=fit.slope_bytes if fit else None, inconsistency=result.inconsistency,
     )
     ctx.progress("done", 1.0)
 
@@ -176,10 +179,13 @@ def run_training(params: dict, emit, progress, save_to: str | None = None) -> No
             "device": devices.device_info(device).to_dict(), "versions": versions(), "launcher": params.get("launcher"),
             "role": params.get("role"), "recommendation_id": params.get("recommendation_id"),
             "primary_metric": workload.main_metric, "primary_metric_mode": workload.primary_metric_mode}
-    result = train(workload, device, config, log=SpoolRunLog(emit, meta), progress=lambda phase, f: progress(phase, f),
-                   save_to=save_to)
+    # the background load over the whole run, so a comparison can flag runs trained under other conditions
+    with telemetry.Sampler(devices.device_info(device), interval_s=telemetry.RUN_INTERVAL_S,
+                           root_pid=torchrun.job_root_pid()) as sampler:
+        result = train(workload, device, config, log=SpoolRunLog(emit, meta),
+                       progress=lambda phase, f: progress(phase, f), save_to=save_to)
     if distributed.rank() == 0:
-        emit(events.RUN_END, **asdict(result))
+        emit(events.RUN_END, **asdict(result), **telemetry.background_load(sampler.samples))
         progress("done", 1.0)
 
 

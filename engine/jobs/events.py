@@ -18,7 +18,7 @@ import orjson
 
 __all__ = [
     "EventType", "CATALOGUE", "Batch", "read", "read_all", "line_number", "last", "problems", "NOISE_FIELDS",
-    "POINT_FIELDS", "METRIC_INDEX", "profile_start_row", "point_row", "profile_end_row", "profile_record", "noise_row",
+    "POINT_FIELDS", "BACKGROUND_FIELDS", "METRIC_INDEX", "profile_start_row", "point_row", "profile_end_row", "profile_record", "noise_row",
     "run_start_row", "run_end_row", "run_record", "evaluations", "eval_rows", "TRAIN_METRICS",
     "START", "EXIT", "PROFILE_START", "POINT", "PROFILE_END", "TELEMETRY", "NOISE_ESTIMATE", "STABILITY",
     "RUN_START", "METRICS", "METRIC_VALUES", "EVAL", "RUN_END", "RECOMMENDATION", "AUTOPILOT_PHASE",
@@ -48,7 +48,13 @@ POINT_FIELDS = ("batch_size", "status", "step_times_s", "median_s", "p25_s", "p7
                 "peak_memory_bytes", "memory_is_estimate", "predicted_memory_bytes", "flops_per_step", "flops_per_s",
                 "mean_power_w", "energy_per_sample_j", "started_at", "ended_at", "error",
                 "compute_median_s", "input_bound",   # Dataset workloads: the compute alone; the loader limits
-                "compile_s")                         # --compile: the compiling first step, timed apart
+                "compile_s",                         # --compile: the compiling first step, timed apart
+                "visits", "remeasured", "inconsistent")   # interleaved rounds; the physics check
+#: The background load while a run trained or a point was timed (engine.measure.telemetry.background_load): the
+#: mean and 90th percentile of other processes' whole-machine CPU busy %, the most other processes seen on the
+#: GPU and the device memory they held. A point event and a run_end event carry them where measured.
+BACKGROUND_FIELDS = ("background_cpu_pct", "background_cpu_p90_pct", "background_gpu_processes",
+                     "background_gpu_mem_bytes")
 #: A noise estimate's fields (engine.measure.noise.NoiseEstimate), as the noise_estimates table has them.
 NOISE_FIELDS = ("b_simple", "ci_low", "ci_high", "g2", "trace_sigma", "g_small_sq", "g_big_sq", "batch_small",
                 "batch_big", "batches", "warm_steps", "unreliable", "reason", "elapsed_s", "step_equivalents")
@@ -66,10 +72,10 @@ CATALOGUE: dict[str, EventType] = {e.name: e for e in (
                                 "warmup_samples", "weight_decay", "telemetry_source", "telemetry_reason", "versions",
                                 "schedule", "decay_samples", "max_grad_norm")),
     EventType(POINT, "one batch size measured (or refused: oom, over_budget, error)",
-              ("profile_id", "batch_size", "status"), POINT_FIELDS[2:]),
+              ("profile_id", "batch_size", "status"), (*POINT_FIELDS[2:], *BACKGROUND_FIELDS)),
     EventType(PROFILE_END, "the sweep ended: why, the saturation batch, the memory fit",
               ("profile_id",), ("stop_reason", "saturation_batch", "memory_fit_intercept_bytes",
-                                "memory_fit_slope_bytes")),
+                                "memory_fit_slope_bytes", "inconsistency")),
     EventType(TELEMETRY, "samples of device telemetry (10 Hz)", ("samples",)),
     EventType(NOISE_ESTIMATE, "a gradient noise scale estimate", ("batch_small", "batch_big"),
               ("workload", "workload_spec", "options", "device", *NOISE_FIELDS)),
@@ -86,7 +92,7 @@ CATALOGUE: dict[str, EventType] = {e.name: e for e in (
     EventType(RUN_END, "a training run ended: its results",
               (), ("steps", "samples", "epochs", "wall_time_s", "train_time_s", "final_val_loss", "best_val_loss",
                    "final_metrics", "reached_target", "time_to_target_s", "peak_memory_bytes", "diverged",
-                   "stop_reason")),
+                   "stop_reason", *BACKGROUND_FIELDS)),
     EventType(RECOMMENDATION, "the autopilot's recommendation, the whole document", ("document",)),
     EventType(AUTOPILOT_PHASE, "the autopilot entered a phase", ("phase",), ("index", "job", "detail", "run_ids")),
     EventType(AUTOPILOT_RESULT, "the autopilot's headline and comparison",
@@ -230,7 +236,7 @@ def profile_start_row(e: dict) -> dict:
 
 def point_row(e: dict) -> dict:
     """A ``profile_points`` row from a point event."""
-    row = {"profile_id": e["profile_id"], **{k: e.get(k) for k in POINT_FIELDS}}
+    row = {"profile_id": e["profile_id"], **{k: e.get(k) for k in (*POINT_FIELDS, *BACKGROUND_FIELDS)}}
     row["step_times_s"] = [float(x) for x in (e.get("step_times_s") or [])]
     row["n"] = len(row["step_times_s"])
     return row
@@ -240,7 +246,7 @@ def profile_end_row(e: dict) -> dict:
     """The ``profiles`` columns a profile_end event sets."""
     return {"ended_at": e.get("t"), "stop_reason": e.get("stop_reason"), "saturation_batch": e.get("saturation_batch"),
             "memory_fit_intercept_bytes": e.get("memory_fit_intercept_bytes"),
-            "memory_fit_slope_bytes": e.get("memory_fit_slope_bytes")}
+            "memory_fit_slope_bytes": e.get("memory_fit_slope_bytes"), "inconsistency": e.get("inconsistency")}
 
 
 def profile_record(events: list[dict]) -> dict:
@@ -248,7 +254,9 @@ def profile_record(events: list[dict]) -> dict:
     start = _first(events, PROFILE_START)
     record = {**profile_start_row(start), **profile_end_row(_last(events, PROFILE_END))}
     record["device_total_memory_bytes"] = (start.get("device") or {}).get("total_memory_bytes")
-    record["points"] = [point_row(e) for e in events if e.get("type") == POINT]
+    # a batch size's later point (its rounds done, re-measured, flagged) replaces the earlier
+    latest = {e["batch_size"]: e for e in events if e.get("type") == POINT}
+    record["points"] = [point_row(e) for _, e in sorted(latest.items())]
     return record
 
 
@@ -285,7 +293,8 @@ def run_end_row(e: dict, primary_metric: str | None) -> dict:
             # a workload may have no validation metric
             "final_primary_metric": metrics.get(primary_metric) if primary_metric else None,
             "reached_target": e.get("reached_target"), "time_to_target_s": e.get("time_to_target_s"),
-            "peak_memory_bytes": e.get("peak_memory_bytes"), "stop_reason": e.get("stop_reason")}
+            "peak_memory_bytes": e.get("peak_memory_bytes"), "stop_reason": e.get("stop_reason"),
+            **{k: e.get(k) for k in BACKGROUND_FIELDS}}
 
 
 def run_record(events: list[dict], run_id: str) -> dict:

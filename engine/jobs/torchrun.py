@@ -44,11 +44,12 @@ from engine.measure import devices
 from engine.measure.distributed import RankOutOfMemory
 
 __all__ = ["DEFAULT_TIMEOUT_S", "check_nproc", "lock_names", "run_ranks", "rank_environment", "loopback_interface",
-           "rank_status_path", "rank_main", "in_rank"]
+           "rank_status_path", "rank_main", "in_rank", "job_root_pid"]
 
 DEFAULT_TIMEOUT_S = 600.0    # a collective waiting longer than this fails the run (a rank hung or died)
 RANK_STATUS = "rank0-status.json"
 RANK_STORE = "rendezvous.store"   # the FileStore the ranks meet through
+JOB_PID_ENV = "LARGESTEP_JOB_PID"   # the job process's pid, as its ranks see it
 RANK_GRACE_S = 4.0           # after SIGTERM, how long the job waits for the ranks before SIGKILL
 OUT_OF_MEMORY = "OUT_OF_MEMORY"  # a rank record's state: it ran out of memory and left (see RankOutOfMemory)
 
@@ -131,6 +132,7 @@ def rank_environment(nproc: int, rank: int, timeout_s: float) -> dict[str, str]:
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
                GROUP_RANK="0", LARGESTEP_COLLECTIVE_TIMEOUT_S=str(timeout_s))
+    env[JOB_PID_ENV] = str(os.getpid())   # the root of the job's process tree: the ranks' load is not background
     # N ranks on one machine: share the cores instead of each taking them all
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     loopback = loopback_interface()
@@ -348,6 +350,11 @@ def rank_main(job_dir: Path) -> int:
             except Exception:  # a broken group (a peer died) cannot always be torn down cleanly
                 pass
     return 0 if state == "FINISHED" else 1
+
+
+def job_root_pid() -> int:
+    """The job's own process: this one, or in a rank the job process that started the ranks."""
+    return int(os.environ.get(JOB_PID_ENV) or os.getpid())
 
 
 def in_rank(ctx) -> bool:

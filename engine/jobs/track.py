@@ -161,6 +161,7 @@ class TrackedRun:
         self._stop = threading.Event()        # the run is ending: the heartbeat thread stops
         self._wake = threading.Event()        # a full batch of rows is pending: write it now
         self._beat: threading.Thread | None = None
+        self._sampler = None                  # the background load while the run trains (telemetry.Sampler)
         self._owner_pid = os.getpid()
         self._state: str | None = None       # set once the run has ended
 
@@ -180,7 +181,7 @@ class TrackedRun:
 
     def start(self) -> "TrackedRun":
         """Write the run's folder (spec, status, run_start) and start its heartbeat."""
-        from engine.measure import devices
+        from engine.measure import devices, telemetry
         from engine.measure.devices import versions
 
         if self._spool is not None:
@@ -205,6 +206,7 @@ class TrackedRun:
             epochs=self.config.epochs, total_steps=self.config.total_steps,
             micro_batch=self.config.micro_batch, world_size=self.config.world_size)
         self._spool.flush()
+        self._sampler = telemetry.Sampler(devices.device_info(self.device), interval_s=telemetry.RUN_INTERVAL_S).start()
         self._start = time.perf_counter()
         self._beat = threading.Thread(target=self._heartbeat, name=f"largestep-{self.id}", daemon=True)
         self._beat.start()
@@ -225,7 +227,7 @@ class TrackedRun:
         return state
 
     def _end(self, state: str, error: str | None, steps: int | None = None) -> None:
-        from engine.measure import devices
+        from engine.measure import devices, telemetry
 
         self._state = state
         self._stop.set()
@@ -234,6 +236,7 @@ class TrackedRun:
             self._beat.join(timeout=5 * HEARTBEAT_S)
         atexit.unregister(self._at_exit)
         wall = time.perf_counter() - self._start
+        self._sampler.stop()
         self._hand_over()
         self._spool.emit(events.RUN_END, steps=max(steps or 0, self._last_step or 0),
                          samples=self._last_samples[1] if self._last_samples else None, epochs=self._last_epoch,
@@ -241,7 +244,8 @@ class TrackedRun:
                          best_val_loss=self._best_val_loss, final_metrics=dict(self._final_metrics),
                          reached_target=None, time_to_target_s=None,
                          peak_memory_bytes=devices.peak_memory(self.device),
-                         stop_reason="finished" if state == FINISHED else state.lower())
+                         stop_reason="finished" if state == FINISHED else state.lower(),
+                         **telemetry.background_load(self._sampler.samples))
         self._spool.emit(events.EXIT, state=state, error=error)
         self._spool.status(state=state, phase="done", ended_at=time.time(), error=error)
         self._spool.close()

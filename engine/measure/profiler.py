@@ -1,13 +1,24 @@
 """Measure how training-step time, throughput and memory grow with batch size.
 
-For each batch size: a fresh model and optimizer, untimed warm-up steps (with fp16, until the
-loss scaler stops skipping updates), then full training steps (data slicing, forward, backward,
-optimizer step) timed in blocks between two device synchronisations (on a GPU about 50 ms of
-steps a block, so the host queues ahead as in training; on the CPU one step a block), repeated
-until at least ``min_steps`` blocks and ``min_seconds`` seconds have been timed. Raw times (per
-step, one per block) are kept; the median, quartiles and a noisy flag are derived from them.
-Then, outside the clock, one more step under ``FlopCounterMode`` (FLOPs) and saved-tensor hooks
-(the CPU memory estimate).
+One visit to a batch size (:func:`measure_point`): a fresh model and optimizer, untimed warm-up
+steps (with fp16, until the loss scaler stops skipping updates), then full training steps (data
+slicing, forward, backward, optimizer step) timed in blocks between two device synchronisations
+(on a GPU about 50 ms of steps a block, so the host queues ahead as in training; on the CPU one
+step a block), repeated until the visit's share of ``min_steps`` blocks and ``min_seconds``
+seconds has been timed. Raw times (per step, one per block) are kept; the median, quartiles and a
+noisy flag are derived from them. Then, outside the clock, one more step under ``FlopCounterMode``
+(FLOPs) and saved-tensor hooks (the CPU memory estimate).
+
+On a shared machine, load comes and goes; measured in one contiguous block each, some batch sizes
+would get it and others not, and step time could even fall as the batch grows. So the sweep
+measures in interleaved rounds (``rounds``; as Google Benchmark's random interleaving does): a
+quick first pass in increasing order finds the range (the out-of-memory ceiling, the budget, the
+plateau, the dataset size); then each round visits every batch size found, in a shuffled order,
+for its share of the steps, until each has at least ``min_steps`` steps and ``min_seconds``
+seconds, so drift and background load fall on all sizes alike. Then the physics check
+(:func:`physics_problems`): a step time that falls as the batch grows beyond its quartiles, or a
+point far above its neighbours' trend, cannot be the hardware; such points are measured again
+(``remeasure``), and a profile that stays inconsistent is flagged with the reason.
 
 Dataset workloads are timed twice per batch size: the step as training runs it, the batch read
 through the workload's DataLoader (workers, collate_fn, pinning) and copied to the device inside
@@ -56,6 +67,7 @@ __all__ = [
     "run_profile",
     "saturation_batch",
     "fit_memory",
+    "physics_problems",
     "StepRunner",
     "time_in_blocks",
     "block_steps_for",
@@ -71,6 +83,11 @@ BLOCK_SECONDS = 0.05       # GPU: steps are timed in blocks of about this long b
 MAX_BLOCK_STEPS = 64       # ... of at most this many steps
 SIZING_STEPS = 3           # GPU: untimed steps, each between two syncs, whose fastest sizes the blocks
 MAX_SCALER_BACKOFFS = 32   # fp16: extra warm-up steps while the loss scaler still skips updates, at most
+MAX_ROUNDS = 100           # interleaved visits per batch size, at most
+
+# The physics check's allowances for what a real step-time curve may do:
+FALL_SLACK = 0.05          # a larger batch may be this much faster (kernel choice) before it counts as falling
+TREND_SLACK = 0.25         # a point may lie this far above the chord of its neighbours (a cache cliff)
 
 
 @dataclass(frozen=True)
@@ -94,6 +111,9 @@ class ProfileConfig:
     compile: bool = False               # torch.compile the model; its compile step is timed apart, untimed in steps
     input_bound_ratio: float = 1.2      # Dataset workloads: loader-included over compute-only step time above
                                         # this flags the point "input-bound"
+    rounds: int = 3                     # the timed steps of each size are spread over this many visits, in
+                                        # shuffled order with the others; 1: one contiguous block per size
+    remeasure: int = 2                  # a point that cannot be physics is measured again at most this often
 
     def validate(self) -> None:
         """Every field against its meaning and the column it lands in, before any job is written."""
@@ -127,6 +147,13 @@ class ProfileConfig:
         check_int(self.seed, "--seed", low=0)
         if not (isinstance(self.input_bound_ratio, (int, float)) and self.input_bound_ratio >= 1):
             raise UsageError(f"the input-bound ratio must be at least 1, not {self.input_bound_ratio!r}")
+        check_int(self.rounds, "--rounds", high=MAX_ROUNDS)
+        check_int(self.remeasure, "--remeasure", low=0, high=MAX_ROUNDS)
+
+    def visit(self) -> "ProfileConfig":
+        """The config of one visit to a batch size: its share of the steps and seconds."""
+        return replace(self, min_steps=math.ceil(self.min_steps / self.rounds), min_seconds=self.min_seconds / self.rounds,
+                       max_steps=math.ceil(self.max_steps / self.rounds))
 
 
 @dataclass(frozen=True)
@@ -152,6 +179,9 @@ class ProfilePoint:
     compute_median_s: float | None = None  # Dataset workloads: the step on batches already on the device
     input_bound: bool = False            # the loader, not the compute, limits throughput at this batch
     compile_s: float | None = None       # --compile: the first step, which compiles for this batch shape
+    visits: int = 1                      # interleaved visits whose timed steps make up step_times_s
+    remeasured: int = 0                  # times the physics check sent this point back to be measured again
+    inconsistent: bool = False           # still not physics after every re-measure (see physics_problems)
 
     @property
     def n(self) -> int:
@@ -198,6 +228,7 @@ class ProfileResult:
     ended_at: float
     n_train: int = 0
     extra: dict = field(default_factory=dict)
+    inconsistency: str | None = None     # why the step times cannot be physics after re-measuring; None: they can
 
 
 # -- planning ----------------------------------------------------------------------------------
@@ -498,21 +529,13 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
         estimate = peak is None
         if estimate:
             peak = runner.state_bytes() + activation_bytes + runner.batch_bytes()
-        median, p25, p75 = (float(v) for v in np.percentile(times, [50, 25, 75]))
         # every rank's GPU draws power for the global batch: the whole group's, over the global batch
         power = ddp_util.total_across_ranks(power_between(clock_start, clock_end))
-        return ProfilePoint(
-            batch_size=batch_size, status=OK, step_times_s=tuple(times),
-            median_s=median, p25_s=p25, p75_s=p75,
-            noisy=median > 0 and (p75 - p25) / median > config.noisy_iqr_ratio,
-            samples_per_s=batch_size / median if median > 0 else None,
-            peak_memory_bytes=int(peak), memory_is_estimate=estimate,
-            flops_per_step=flops or None, flops_per_s=(flops / median) if flops and median > 0 else None,
-            mean_power_w=power,
-            energy_per_sample_j=(power * median / batch_size) if power is not None else None,
+        return _with_statistics(ProfilePoint(
+            batch_size=batch_size, status=OK, peak_memory_bytes=int(peak), memory_is_estimate=estimate,
+            flops_per_step=flops or None, mean_power_w=power,
             started_at=started, ended_at=time.time(), compute_median_s=compute_median, compile_s=compile_s,
-            input_bound=compute_median is not None and median > config.input_bound_ratio * compute_median,
-        )
+        ), times, config)
     except Exception as exc:  # narrow below: OOM is a ceiling, anything else an error point
         telemetry_tag(None)
         status = OOM if devices.is_out_of_memory(exc) else ERROR
@@ -527,6 +550,43 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
             runner.close()
         else:
             devices.free_memory(device)
+
+
+def _with_statistics(point: ProfilePoint, times: list[float] | tuple[float, ...], config: ProfileConfig) -> ProfilePoint:
+    """``point`` with its raw step times and everything derived from them."""
+    median, p25, p75 = (float(v) for v in np.percentile(times, [50, 25, 75]))
+    flops, power, compute = point.flops_per_step, point.mean_power_w, point.compute_median_s
+    return replace(
+        point, step_times_s=tuple(times), median_s=median, p25_s=p25, p75_s=p75,
+        noisy=median > 0 and (p75 - p25) / median > config.noisy_iqr_ratio,
+        samples_per_s=point.batch_size / median if median > 0 else None,
+        flops_per_s=(flops / median) if flops and median > 0 else None,
+        energy_per_sample_j=(power * median / point.batch_size) if power is not None else None,
+        input_bound=compute is not None and median > config.input_bound_ratio * compute,
+    )
+
+
+def _merge_visits(visits: list[ProfilePoint], config: ProfileConfig) -> ProfilePoint:
+    """One point from the visits to a batch size: their timed steps together, the largest peak."""
+    timed = [sum(v.step_times_s) for v in visits]
+    powered = [(v.mean_power_w, t) for v, t in zip(visits, timed) if v.mean_power_w is not None]
+    computes = [v.compute_median_s for v in visits if v.compute_median_s is not None]
+    merged = replace(
+        visits[0], visits=len(visits), peak_memory_bytes=max(v.peak_memory_bytes or 0 for v in visits),
+        # the power over the timed steps: each visit's mean, weighted by its timed seconds
+        mean_power_w=(sum(w * t for w, t in powered) / sum(t for _, t in powered)
+                      if powered and sum(t for _, t in powered) > 0 else None),
+        # a visit reports its compute-only median; the median of those is the point's
+        compute_median_s=float(np.median(computes)) if computes else None,
+        started_at=min(v.started_at for v in visits), ended_at=max(v.ended_at for v in visits))
+    return _with_statistics(merged, [t for v in visits for t in v.step_times_s], config)
+
+
+def _needs_more(visits: list[ProfilePoint], config: ProfileConfig) -> bool:
+    """Not yet ``min_steps`` steps and ``min_seconds`` seconds (within ``max_steps``)."""
+    steps = sum(v.n for v in visits)
+    return steps < config.min_steps or (sum(sum(v.step_times_s) for v in visits) < config.min_seconds
+                                        and steps < config.max_steps)
 
 
 # -- judgement over points ---------------------------------------------------------------------
@@ -549,6 +609,36 @@ def fit_memory(points: list[ProfilePoint] | tuple[ProfilePoint, ...]) -> MemoryF
     return MemoryFit(float(intercept), float(slope))
 
 
+def physics_problems(points: list[ProfilePoint] | tuple[ProfilePoint, ...]) -> list[tuple[int, str]]:
+    """(batch size, why) of each point whose step time cannot be the hardware's.
+
+    - falling: a larger batch whose quartiles lie wholly below a smaller one's (beyond FALL_SLACK):
+      more work in less time means the smaller batch was slowed down, or the larger one had the
+      machine to itself; both are named, as either could be the one that is wrong;
+    - above the trend: step time is a convex function of the batch (flat while the device is
+      underused, then growing), so a point lies at or below the chord between its neighbours; one
+      whose lower quartile is above the chord of their upper quartiles (beyond TREND_SLACK) was slowed.
+    """
+    ok = sorted((p for p in points if p.status == OK and p.median_s and p.p25_s is not None and p.p75_s is not None),
+                key=lambda p: p.batch_size)
+    problems: dict[int, str] = {}
+    for small, large in zip(ok, ok[1:]):
+        if large.p75_s < small.p25_s * (1 - FALL_SLACK):
+            why = (f"step time falls from {small.median_s * 1e3:.3g} ms at batch {small.batch_size} to "
+                   f"{large.median_s * 1e3:.3g} ms at {large.batch_size}, beyond their quartiles")
+            problems.setdefault(small.batch_size, why)
+            problems.setdefault(large.batch_size, why)
+    for left, point, right in zip(ok, ok[1:], ok[2:]):
+        share = (point.batch_size - left.batch_size) / (right.batch_size - left.batch_size)
+        chord = left.p75_s + share * (right.p75_s - left.p75_s)
+        if point.p25_s > chord * (1 + TREND_SLACK):
+            problems.setdefault(point.batch_size, (
+                f"batch {point.batch_size}'s {point.median_s * 1e3:.3g} ms lies above its neighbours' trend "
+                f"({left.median_s * 1e3:.3g} ms at {left.batch_size}, {right.median_s * 1e3:.3g} ms at "
+                f"{right.batch_size})"))
+    return sorted(problems.items())
+
+
 def _plateaued(points: list[ProfilePoint], gain: float, doublings: int) -> bool:
     ok = [p for p in points if p.status == OK and p.samples_per_s]
     if len(ok) < doublings + 1:
@@ -560,45 +650,135 @@ def _plateaued(points: list[ProfilePoint], gain: float, doublings: int) -> bool:
 # -- the sweep ---------------------------------------------------------------------------------
 
 
+@dataclass
+class _Visits:
+    """How many visits to batch sizes the sweep has made, of how many it expects (its progress)."""
+
+    done: int = 0
+    expected: int = 0
+
+
 def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
           telemetry_tag: Callable[[int | None], None] = lambda _b: None,
           power_between: Callable[[float, float], float | None] = lambda _a, _b: None,
           ) -> Iterator[tuple[ProfilePoint, int, int]]:
-    """Yield (point, index, planned count) as each batch size is measured; ``StopIteration.value``
-    is the stop reason. Callers that want the whole result use :func:`run_profile`."""
+    """Yield (point, visits done, visits expected) as each batch size is measured, and again as its
+    rounds, a re-measure or the physics check complete it (a later point of a batch size replaces the
+    earlier); ``StopIteration.value`` is (the stop reason, the inconsistency or None). Callers that
+    want the whole result use :func:`run_profile`."""
     config.validate()
     devices.check_dtype(device, config.dtype)
     planned = plan_batch_sizes(config, workload)
     data = shuffled_on_device(workload, device, config.seed)
-    points: list[ProfilePoint] = []
+    interleaved = _interleaves(config, workload)
+    visits = _Visits(expected=len(planned) * (1 + config.rounds if interleaved else 1))   # until the range is known
+
+    def measure(batch_size: int, visit: ProfileConfig) -> ProfilePoint:
+        point = measure_point(workload, device, batch_size, visit, data, telemetry_tag, power_between)
+        budget = config.memory_budget_bytes
+        if point.status == OK and budget is not None and point.peak_memory_bytes > budget:
+            point = replace(point, status=OVER_BUDGET, error="measured peak memory exceeds the budget")
+        visits.done += 1
+        return _agree_on_status(point)
+
     try:
-        for index, batch_size in enumerate(planned):
-            if batch_size > workload.n_train:
-                return "dataset"
-            fit = fit_memory(points)
-            budget = config.memory_budget_bytes
-            if ddp_util.agree(budget is not None and fit is not None and fit.predict(batch_size) > budget):
-                point = ProfilePoint(batch_size, OVER_BUDGET, predicted_memory_bytes=int(fit.predict(batch_size)),
-                                     error="predicted memory exceeds the budget; not run")
-                points.append(point)
-                yield point, index, len(planned)
-                return "over_budget"
-            point = measure_point(workload, device, batch_size, config, data, telemetry_tag, power_between)
-            if point.status == OK and budget is not None and point.peak_memory_bytes > budget:
-                point = replace(point, status=OVER_BUDGET, error="measured peak memory exceeds the budget")
-            point = _agree_on_status(point)
-            points.append(point)
-            yield point, index, len(planned)
-            if point.status in (OOM, OVER_BUDGET, ERROR):
-                return point.status
-            powers_of_two = config.batch_sizes is None
-            if ddp_util.agree(powers_of_two and not config.full
-                              and _plateaued(points, config.plateau_gain, config.plateau_doublings)):
-                return "plateau"
-        return "list" if config.batch_sizes is not None else "max"
+        # first pass, in increasing order: find the range. Interleaved, it is a few steps a size (the
+        # rounds measure); contiguous (rounds == 1), it is the measurement.
+        first = config.visit() if interleaved else config
+        points: list[ProfilePoint] = []
+        reason = yield from _first_pass(workload, config, planned, points, lambda b: measure(b, first), visits)
+        if interleaved:
+            ok = [p.batch_size for p in points if p.status == OK]
+            visits.expected = visits.done + config.rounds * len(ok)
+            measured = yield from _rounds(ok, config, lambda b: measure(b, config.visit()), visits)
+            points = [measured.get(p.batch_size, p) for p in points]
+            # the physics check: what cannot be the hardware is measured again, in rounds of its own
+            for attempt in range(1, config.remeasure + 1):
+                suspects = ddp_util.agree([b for b, _ in physics_problems(points)])   # rank 0's times decide
+                if not suspects:
+                    break
+                visits.expected += config.rounds * len(suspects)
+                again = yield from _rounds(suspects, config, lambda b: measure(b, config.visit()), visits, attempt)
+                points = [again.get(p.batch_size, p) for p in points]
+        inconsistency = _inconsistency(points, interleaved, config.remeasure)
+        flagged = set(ddp_util.agree([b for b, _ in physics_problems(points)]))
+        for point in points:
+            if point.batch_size in flagged:
+                yield replace(point, inconsistent=True), visits.done, visits.expected
+        return reason, inconsistency
     finally:
-        del data
+        data = None   # drop the device copy of the data (measure holds it too) before freeing the memory
         devices.free_memory(device)
+
+
+def _interleaves(config: ProfileConfig, workload: Workload) -> bool:
+    """Whether the sweep measures in rounds. Two kinds of profile are measured contiguously, one visit a size:
+    --compile (every visit builds a fresh model, which would be compiled again each time) and Dataset
+    workloads (a short visit would time batches the loader's workers prefetched while the previous steps
+    ran, hiding the loader's own time; the loader and compute steps still alternate within the visit)."""
+    return config.rounds > 1 and not config.compile and not workload.uses_dataset
+
+
+def _first_pass(workload: Workload, config: ProfileConfig, planned: list[int], points: list[ProfilePoint],
+                measure: Callable[[int], ProfilePoint], visits: _Visits) -> Iterator[tuple[ProfilePoint, int, int]]:
+    """Each planned size in increasing order until a stopping rule; appends to ``points``; returns the reason."""
+    for batch_size in planned:
+        if batch_size > workload.n_train:
+            return "dataset"
+        fit = fit_memory(points)
+        budget = config.memory_budget_bytes
+        if ddp_util.agree(budget is not None and fit is not None and fit.predict(batch_size) > budget):
+            point = ProfilePoint(batch_size, OVER_BUDGET, predicted_memory_bytes=int(fit.predict(batch_size)),
+                                 error="predicted memory exceeds the budget; not run")
+            points.append(point)
+            yield point, visits.done, visits.expected
+            return "over_budget"
+        point = measure(batch_size)
+        points.append(point)
+        yield point, visits.done, visits.expected
+        if point.status in (OOM, OVER_BUDGET, ERROR):
+            return point.status
+        powers_of_two = config.batch_sizes is None
+        if ddp_util.agree(powers_of_two and not config.full
+                          and _plateaued(points, config.plateau_gain, config.plateau_doublings)):
+            return "plateau"
+    return "list" if config.batch_sizes is not None else "max"
+
+
+def _rounds(batch_sizes: list[int], config: ProfileConfig, measure: Callable[[int], ProfilePoint], visits: _Visits,
+            remeasured: int = 0) -> Iterator[tuple[ProfilePoint, int, int]]:
+    """Visit every one of ``batch_sizes`` once a round, in a shuffled order (the same on every rank: a
+    seeded generator), until each has its steps and seconds; yield each point as it completes and return
+    {batch size: point}. A visit that fails (out of memory, an error) ends that size with its status."""
+    order = np.random.default_rng([config.seed, remeasured])
+    timed: dict[int, list[ProfilePoint]] = {b: [] for b in batch_sizes}
+    done: dict[int, ProfilePoint] = {}
+    for _round in range(MAX_ROUNDS):
+        pending = [b for b in batch_sizes if b not in done]
+        if not pending:
+            break
+        for batch_size in order.permutation(pending).tolist():
+            visit = measure(batch_size)
+            if visit.status != OK:
+                done[batch_size] = visit
+            else:
+                timed[batch_size].append(visit)
+                if not ddp_util.agree(_needs_more(timed[batch_size], config)):   # rank 0's clock decides
+                    done[batch_size] = replace(_merge_visits(timed[batch_size], config), remeasured=remeasured)
+            if batch_size in done:
+                yield done[batch_size], visits.done, max(visits.done, visits.expected)
+    return done
+
+
+def _inconsistency(points: list[ProfilePoint], interleaved: bool, remeasure: int) -> str | None:
+    """Why the profile's step times cannot all be physics, in one line; None when they can."""
+    problems = physics_problems(points)
+    if not problems:
+        return None
+    reasons = list(dict.fromkeys(why for _, why in problems))
+    tries = (f"after {remeasure} re-measure{'s' if remeasure != 1 else ''}" if interleaved
+             else "measured contiguously, without re-measuring")
+    return "; ".join(reasons) + f" ({tries}: background load or drift, not the hardware)"
 
 
 def _agree_on_status(point: ProfilePoint) -> ProfilePoint:
@@ -617,24 +797,26 @@ def _agree_on_status(point: ProfilePoint) -> ProfilePoint:
 
 
 def run_profile(workload: Workload, device: torch.device, config: ProfileConfig,
-                on_point: Callable[[ProfilePoint, int, int], None] = lambda *_: None,
+                on_point: Callable[[ProfilePoint, int, int], None] = lambda *_: None,   # (point, visits done, expected)
                 telemetry_tag: Callable[[int | None], None] = lambda _b: None,
                 power_between: Callable[[float, float], float | None] = lambda _a, _b: None,
                 ) -> ProfileResult:
     """Run the whole sweep and judge it: saturation batch and memory fit."""
     started = time.time()
-    points: list[ProfilePoint] = []
+    by_batch: dict[int, ProfilePoint] = {}   # a later point of a batch size (its rounds, a re-measure) replaces it
     gen = sweep(workload, device, config, telemetry_tag, power_between)
     while True:
         try:
-            point, index, planned = next(gen)
+            point, done, expected = next(gen)
         except StopIteration as stop:
-            reason = stop.value or "max"
+            reason, inconsistency = stop.value
             break
-        points.append(point)
-        on_point(point, index, planned)
+        by_batch[point.batch_size] = point
+        on_point(point, done, expected)
+    points = [by_batch[b] for b in sorted(by_batch)]
     return ProfileResult(
         workload=workload.name, device=devices.device_info(device).to_dict(), config=config,
         points=tuple(points), stop_reason=reason, saturation_batch=saturation_batch(points),
         memory_fit=fit_memory(points), started_at=started, ended_at=time.time(), n_train=workload.n_train,
+        inconsistency=inconsistency,
     )

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
+import numpy as np
 import psutil
 import torch
 
@@ -23,10 +24,12 @@ from engine.measure import devices
 from engine.measure.devices import DeviceInfo
 
 __all__ = [
+    "RUN_INTERVAL_S",
     "SAMPLE_KEYS",
     "NvmlStatus",
     "Sampler",
     "WindowPower",
+    "background_load",
     "driver_version",
     "hardware_report",
     "nvml_handle_for",
@@ -35,6 +38,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+TREE_REFRESH_S = 2.0  # the job's own processes are listed again at most this often (see _Reader._own_processes)
+RUN_INTERVAL_S = 1.0  # a training run's background load: one sample a second (a day of training: 86,400)
 
 # Every sample has exactly these keys; a value nobody could read is None.
 SAMPLE_KEYS = (
@@ -48,6 +54,10 @@ SAMPLE_KEYS = (
     "temp_c",  # GPU core temperature
     "cpu_util_pct",  # whole-system CPU busy %, since the previous sample
     "rss_bytes",  # resident memory of this process
+    # the background load: what processes outside this job's own process tree are doing
+    "other_cpu_pct",  # whole-system CPU busy % minus this job's own share, since the previous sample
+    "other_gpu_processes",  # compute processes on this GPU that are not ours (NVML)
+    "other_gpu_mem_bytes",  # the device memory they hold (NVML)
 )
 
 
@@ -257,19 +267,32 @@ class WindowPower:
 
 
 class _Reader:
-    """Reads one sample of one device. Owned by one thread; holds no locks."""
+    """Reads one sample of one device. Owned by one thread; holds no locks.
 
-    def __init__(self, device: DeviceInfo):
+    ``root_pid`` is the job's own process: it and its descendants (DataLoader workers, compile
+    workers) are the job; every other process on the machine is background load.
+    """
+
+    def __init__(self, device: DeviceInfo, root_pid: int | None = None):
         self.device = device
         self.process = psutil.Process(os.getpid())
+        self.root = psutil.Process(root_pid) if root_pid is not None else self.process
         self.handle = None
         self.pynvml: ModuleType | None = None
         self.reason: str | None = None
         # Fields NVML said this GPU does not support; asking again every tick would only fail.
         self.unsupported: set[str] = set()
         self._last_cpu_times = psutil.cpu_times()
+        self._last_sample_t = time.time()
         self._last_cpu_pct: float | None = None
+        self._last_other_cpu_pct: float | None = None
+        self._tree: list[psutil.Process] = []
+        self._tree_listed_at = float("-inf")   # monotonic time of the last listing of the job's processes
+        self._tree_listed_wall = time.time()   # wall time of that listing, and of the one before it: before
+        self._tree_new_since = time.time()     # that, a process found by the latest listing cannot have started
+        self._own_cpu_s: dict[int, float] = self._own_cpu_seconds()   # pid -> CPU seconds at the last sample
         self._fields: tuple[tuple[str, Callable], ...] = ()
+        self._gpu_processes: Callable | None = None
         self._permanent_errors: tuple[type[BaseException], ...] = ()
 
         if device.kind != "cuda":
@@ -294,6 +317,7 @@ class _Reader:
             ("sm_clock_mhz", lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM)),
             ("temp_c", lambda: pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)),
         )
+        self._gpu_processes = getattr(pynvml, "nvmlDeviceGetComputeRunningProcesses", None)
 
     @property
     def source(self) -> str:
@@ -312,26 +336,96 @@ class _Reader:
             except Exception as exc:  # one field failing never costs the others, or the thread
                 if isinstance(exc, self._permanent_errors):
                     self.unsupported.add(key)
-        sample["cpu_util_pct"] = self._cpu_util_pct()
+        sample["cpu_util_pct"], sample["other_cpu_pct"] = self._cpu_util_pct()
+        if self._gpu_processes is not None and "other_gpu_processes" not in self.unsupported:
+            self._read_other_gpu_processes(sample)
         try:
             sample["rss_bytes"] = self.process.memory_info().rss
         except psutil.Error:
             pass
         return sample
 
-    def _cpu_util_pct(self) -> float | None:
+    def _cpu_util_pct(self) -> tuple[float | None, float | None]:
+        """(whole-system busy %, the part of it not ours), since the previous sample."""
         # Our own delta rather than psutil.cpu_percent(None), whose "since the last call" state
         # is shared by every caller in older psutil: two samplers would measure each other.
         now = psutil.cpu_times()
         total = _total(now) - _total(self._last_cpu_times)
         if total <= 0:
             # Less than one clock tick since the last sample (the kernel counts in ticks, 10 ms
-            # apart): nothing new to measure, so repeat the last figure and keep the window open.
-            return self._last_cpu_pct
+            # apart): nothing new to measure, so repeat the last figures and keep the window open.
+            return self._last_cpu_pct, self._last_other_cpu_pct
         idle = _idle(now) - _idle(self._last_cpu_times)
+        busy = min(total, max(0.0, total - idle))
+        own = self._own_cpu_since_last_sample()
         self._last_cpu_times = now
-        self._last_cpu_pct = round(100.0 * min(total, max(0.0, total - idle)) / total, 1)
-        return self._last_cpu_pct
+        self._last_cpu_pct = round(100.0 * busy / total, 1)
+        # our share is counted per process in the same seconds of CPU; clock ticks make the two
+        # counts differ by a tick or so, hence the floor at zero
+        self._last_other_cpu_pct = round(100.0 * max(0.0, busy - own) / total, 1)
+        return self._last_cpu_pct, self._last_other_cpu_pct
+
+    def _own_processes(self) -> list[psutil.Process]:
+        """The job's processes, listed again at most every TREE_REFRESH_S: listing descendants reads
+        every process's /proc entry, and each of those reads gives up the GIL, which a training loop
+        holding it for 5 ms at a time turns into half a second a listing."""
+        if time.monotonic() - self._tree_listed_at >= TREE_REFRESH_S:
+            self._tree_new_since, self._tree_listed_wall = self._tree_listed_wall, time.time()
+            try:
+                self._tree = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:   # the root is gone (the job is ending): nothing of ours left to count
+                self._tree = []
+            self._tree_listed_at = time.monotonic()
+        return self._tree
+
+    def _own_cpu_seconds(self) -> dict[int, float]:
+        seconds = {}
+        for process in self._own_processes():
+            try:
+                times = process.cpu_times()
+            except psutil.Error:   # ended between the listing and the read
+                continue
+            seconds[process.pid] = times.user + times.system
+        return seconds
+
+    def _own_cpu_since_last_sample(self) -> float:
+        """CPU seconds this job's process tree used since the last sample. A process started since
+        then (or since the listing before the one that found it) counts whole; one that ended since
+        then loses its last interval (it is not there to ask)."""
+        now = self._own_cpu_seconds()
+        # a process first listed now may have started before the last sample, but not before the previous listing
+        since = min(self._last_sample_t, self._tree_new_since)
+        used = 0.0
+        for pid, seconds in now.items():
+            if pid in self._own_cpu_s:
+                used += max(0.0, seconds - self._own_cpu_s[pid])
+            elif _started_after(pid, since):
+                used += seconds
+        self._own_cpu_s, self._last_sample_t = now, time.time()
+        return used
+
+    def _read_other_gpu_processes(self, sample: dict) -> None:
+        """Other compute processes on this GPU and their memory. NVML reports host pids: inside a
+        container with its own pid namespace our pids do not match and every process looks foreign."""
+        try:
+            listed = self._gpu_processes(self.handle)
+        except Exception as exc:
+            if isinstance(exc, self._permanent_errors):
+                self.unsupported.add("other_gpu_processes")
+            return
+        ours = {process.pid for process in self._own_processes()}
+        others = [p for p in listed if p.pid not in ours]
+        sample["other_gpu_processes"] = len(others)
+        # usedGpuMemory is None where the driver cannot tell (some virtualised GPUs)
+        memory = [p.usedGpuMemory for p in others if isinstance(getattr(p, "usedGpuMemory", None), int)]
+        sample["other_gpu_mem_bytes"] = sum(memory) if memory else (0 if not others else None)
+
+
+def _started_after(pid: int, since: float) -> bool:
+    try:
+        return psutil.Process(pid).create_time() >= since
+    except psutil.Error:
+        return False
 
 
 def _idle(times) -> float:
@@ -364,6 +458,8 @@ class Sampler:
 
     `on_samples` runs on the sampler thread with each new batch of samples, every
     `flush_every_s` and once more on stop; an exception there is logged, not raised.
+    `root_pid` (default: this process) roots the job's own process tree: the CPU and GPU use of
+    every other process is the background load (:func:`background_load` sums it up).
     """
 
     def __init__(
@@ -372,6 +468,7 @@ class Sampler:
         interval_s: float = 0.1,
         on_samples: Callable[[list[dict]], None] | None = None,
         flush_every_s: float = 1.0,
+        root_pid: int | None = None,
     ):
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, got {interval_s}")
@@ -380,7 +477,7 @@ class Sampler:
         self.flush_every_s = float(flush_every_s)
         self.on_samples = on_samples
         self.tag: int | None = None  # copied into each sample as "batch_size"
-        self._reader = _Reader(device)
+        self._reader = _Reader(device, root_pid)
         self._samples: list[dict] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -452,6 +549,21 @@ class Sampler:
             except Exception:
                 log.exception("telemetry on_samples callback failed; %d samples not delivered", len(pending))
         return []
+
+
+def background_load(samples: list[dict]) -> dict:
+    """What other processes did while ``samples`` were taken, in the fields a run or a profile point
+    stores: the mean and 90th percentile of their whole-machine CPU busy %, and the most other
+    processes (and their device memory) seen on the GPU. None where nothing was measured."""
+    cpu = [s["other_cpu_pct"] for s in samples if s.get("other_cpu_pct") is not None]
+    gpu = [s["other_gpu_processes"] for s in samples if s.get("other_gpu_processes") is not None]
+    gpu_memory = [s["other_gpu_mem_bytes"] for s in samples if s.get("other_gpu_mem_bytes") is not None]
+    return {
+        "background_cpu_pct": round(float(np.mean(cpu)), 1) if cpu else None,
+        "background_cpu_p90_pct": round(float(np.percentile(cpu, 90)), 1) if cpu else None,
+        "background_gpu_processes": max(gpu) if gpu else None,
+        "background_gpu_mem_bytes": max(gpu_memory) if gpu_memory else None,
+    }
 
 
 # ---------------------------------------------------------------------------------------------

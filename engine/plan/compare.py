@@ -14,6 +14,9 @@ is the training time (evaluation excluded) at its first evaluation at or below t
   inside the tolerance is.
 - The prediction's two factors beside the measurement: time per step (the profile's against the
   runs' own) and steps to the target (the noise-scale model's against the runs').
+- Conditions: each run records its background load (other processes' share of the machine's CPU,
+  other processes on its GPU). Runs whose load differed materially from the rest are flagged, and
+  :func:`conditions_text` says which, in words (see :func:`background_conditions` for the rule).
 
 One implementation for every front end: the CLI's `compare`, the Runs page, the HTML report and
 the autopilot's headline all call :func:`compare_groups` and render :func:`comparison_table`.
@@ -29,17 +32,18 @@ import pandas as pd
 from scipy import stats
 
 from engine.errors import UsageError
-from engine.format import DASH, mean_std
+from engine.format import DASH, format_bytes, format_pct, mean_std
 from engine.units import check_number
 
 __all__ = ["CONFIDENCE", "compare_groups", "time_to_target", "first_reach", "km_median", "welch_p_value",
            "summarize", "comparison_table", "comparison_runs", "quality_verdict", "time_text", "speedup_text",
-           "check_tolerance"]
+           "check_tolerance", "background_conditions", "LOAD_DIFFERENCE_PCT"]
 
 CONFIDENCE = 0.90              # of every interval here
 BOOTSTRAP_RESAMPLES = 2000     # resamples of the seeds of each arm, for the speedup's interval
 QUALITY_TOLERANCE = 0.01       # default: a quality difference within 1% of the baseline's value is "no change"
 MAX_TOLERANCE = 10.0           # a target (or a quality band) ten times the baseline's value away is none
+LOAD_DIFFERENCE_PCT = 20.0     # percentage points of the machine's CPU busy with other processes: conditions differ
 
 
 def check_tolerance(tolerance: object, what: str = "--tolerance") -> float:
@@ -231,13 +235,14 @@ def compare_groups(groups: list[tuple[str, list[dict]]], evals: pd.DataFrame, to
                 group["metric_difference"] = group["quality"]["difference"]
                 group["p_value"] = group["quality"]["p_value"]
         out_groups.append(group)
+    conditions = background_conditions(out_groups)
     return {"baseline": baseline_name, "target_val_loss": target, "baseline_best_val_loss": best,
             "tolerance": tolerance, "time_basis": "training time, evaluation excluded",
             "time_statistic": "Kaplan-Meier median over seeds; a run that never reached the target counts as at "
                               "least its whole training time",
             "confidence": CONFIDENCE, "metric": metric, "metric_mode": mode,
             "quality": {"name": quality_name, "mode": quality_mode, "tolerance_share": quality_tolerance},
-            "groups": out_groups}
+            "conditions": conditions, "groups": out_groups}
 
 
 def _run_row(run: dict, evals: pd.DataFrame, target: float) -> dict:
@@ -250,7 +255,103 @@ def _run_row(run: dict, evals: pd.DataFrame, target: float) -> dict:
             "censored_at_s": None if reach else train_time,
             "final_val_loss": run.get("final_val_loss"), "metric": run.get("final_primary_metric"),
             "train_time_s": train_time, "steps": steps,
-            "time_per_step_s": train_time / steps if train_time and steps else None}
+            "time_per_step_s": train_time / steps if train_time and steps else None,
+            "background_cpu_pct": _finite(run.get("background_cpu_pct")),
+            "background_gpu_processes": _finite(run.get("background_gpu_processes")),
+            "background_gpu_mem_bytes": _finite(run.get("background_gpu_mem_bytes")),
+            "conditions_differ": False}
+
+
+def _finite(value) -> float | None:
+    """A number from a run record (a store row may hold NaN where the column is NULL), else None."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+# -- the conditions the runs ran under ---------------------------------------------------------
+
+
+def background_conditions(groups: list[dict]) -> dict:
+    """Whether the runs of a comparison ran under materially different background load, and which.
+
+    The rule, on each run's mean share of the machine's CPU busy with other processes:
+    - arms: when every run of one group ran with more than LOAD_DIFFERENCE_PCT points more of the CPU
+      busy than every run of another, the groups ran under different conditions (all their runs are
+      flagged, and their medians named);
+    - otherwise single runs: a run whose load differs from the median of all the other runs by more
+      than LOAD_DIFFERENCE_PCT points, or that shared its GPU with other processes while most others
+      had it to themselves, is flagged. (One busy seed of two would move its group's median as much as
+      a busy group: it is named as the one run it is.)
+    Marks the flagged rows (``conditions_differ``) and sets each group's median ``background_cpu_pct``.
+    Returns {"differed", "text", "flagged_runs", "rule"}; text is None when the conditions agreed or
+    no run measured its load."""
+    for group in groups:
+        loads = [r["background_cpu_pct"] for r in group["runs"] if r["background_cpu_pct"] is not None]
+        group["background_cpu_pct"] = statistics.median(loads) if loads else None
+    rule = (f"every run of a group, or one run, with a share of the CPU busy with other processes more than "
+            f"{LOAD_DIFFERENCE_PCT:.0f} points from the others', or other processes on a run's GPU")
+    measured = [g for g in groups if g["background_cpu_pct"] is not None]
+    if len(measured) > 1:
+        low = min(measured, key=lambda g: g["background_cpu_pct"])
+        high = max(measured, key=lambda g: g["background_cpu_pct"])
+        if _least_load(high) - _most_load(low) > LOAD_DIFFERENCE_PCT:
+            for group in (low, high):
+                for row in group["runs"]:
+                    row["conditions_differ"] = True
+            text = (f"the {high['name']} runs ran with a median {high['background_cpu_pct']:.0f}% of the CPU busy "
+                    f"with other processes, the {low['name']} runs with {low['background_cpu_pct']:.0f}%")
+            return {"differed": True, "text": text, "rule": rule,
+                    "flagged_runs": [r["id"] for g in (high, low) for r in g["runs"]]}
+    runs = [(g["name"], r) for g in groups for r in g["runs"]]
+    flagged = [(name, run, why) for name, run in runs if (why := _run_differs(run, [r for _, r in runs if r is not run]))]
+    for _name, run, _why in flagged:
+        run["conditions_differ"] = True
+    if not flagged:
+        return {"differed": False, "text": None, "rule": rule, "flagged_runs": []}
+    others = [r for _, r in runs if not r["conditions_differ"]]
+    text = "; ".join(f"{name} seed {run.get('seed')} {why}" for name, run, why in flagged)
+    text += "; the others " + _others_text(others)
+    return {"differed": True, "text": text, "rule": rule, "flagged_runs": [run["id"] for _, run, _ in flagged]}
+
+
+def _least_load(group: dict) -> float:
+    return min(r["background_cpu_pct"] for r in group["runs"] if r["background_cpu_pct"] is not None)
+
+
+def _most_load(group: dict) -> float:
+    return max(r["background_cpu_pct"] for r in group["runs"] if r["background_cpu_pct"] is not None)
+
+
+def _run_differs(run: dict, others: list[dict]) -> str | None:
+    """How ``run``'s conditions differ from the others' (a phrase), or None when they do not."""
+    reasons = []
+    load = run["background_cpu_pct"]
+    other_loads = [r["background_cpu_pct"] for r in others if r["background_cpu_pct"] is not None]
+    if load is not None and other_loads and abs(load - statistics.median(other_loads)) > LOAD_DIFFERENCE_PCT:
+        reasons.append(f"ran with {load:.0f}% of the CPU busy with other processes")
+    gpu = run["background_gpu_processes"]
+    other_gpu = [r["background_gpu_processes"] for r in others if r["background_gpu_processes"] is not None]
+    if gpu and other_gpu and statistics.median(other_gpu) == 0:
+        memory = run.get("background_gpu_mem_bytes")
+        count = int(gpu)
+        reasons.append(f"shared its GPU with {count} other process{'' if count == 1 else 'es'}"
+                       + (f" ({format_bytes(memory)})" if memory else ""))
+    return " and ".join(reasons) or None
+
+
+def _others_text(others: list[dict]) -> str:
+    """"with 2% to 5%" of the CPU busy with other processes (and "alone on the GPU" where measured)."""
+    loads = sorted(r["background_cpu_pct"] for r in others if r["background_cpu_pct"] is not None)
+    if not loads:
+        return "did not measure their load"
+    text = f"with {loads[0]:.0f}%" if loads[0] == loads[-1] or round(loads[0]) == round(loads[-1]) \
+        else f"with {loads[0]:.0f}% to {loads[-1]:.0f}%"
+    if any(r["background_gpu_processes"] is not None for r in others):
+        text += ", the GPU to themselves"
+    return text
 
 
 # -- the comparison as a table (the CLI, the dashboard and the HTML report render it) ------------
@@ -298,6 +399,8 @@ def comparison_table(result: dict) -> list[dict]:
                 + (f" ({interval[0]:+.4f} to {interval[1]:+.4f})" if interval else "")),
             "quality": "" if baseline else q.get("verdict", DASH),
             "p (Welch)": "" if baseline else (f"{q['p_value']:.3g}" if q.get("p_value") is not None else DASH),
+            "background CPU": format_pct(g.get("background_cpu_pct"))
+            + (" (differed)" if any(r.get("conditions_differ") for r in g.get("runs") or []) else ""),
         })
     return rows
 
@@ -311,5 +414,8 @@ def comparison_runs(result: dict) -> list[dict]:
              "time to target (s)": rounded(run.get("time_to_target_s")),
              "censored at (s)": rounded(run.get("censored_at_s")),
              "training time (s)": rounded(run.get("train_time_s")),
-             "final val loss": rounded(run.get("final_val_loss"), 4), "final metric": rounded(run.get("metric"), 4)}
+             "final val loss": rounded(run.get("final_val_loss"), 4), "final metric": rounded(run.get("metric"), 4),
+             "background CPU": format_pct(run.get("background_cpu_pct")),
+             "conditions": "differed" if run.get("conditions_differ") else ""}
             for g in result.get("groups") or [] for run in g.get("runs") or []]
+

@@ -192,6 +192,10 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
     else:
         reasons += _reasons(candidates, chosen, best, tied, b0, saturation, noise_scale, config, memory_total)
 
+    uncertain = _uncertainty(profile)
+    if uncertain:
+        reasons.insert(0, uncertain)
+
     baseline_run = train_samples / b0 * t0 if train_samples else None
     rec_run = chosen.run_time_s if chosen.batch_size != b0 else baseline_run
 
@@ -232,8 +236,17 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
         "run_time_s": {"baseline": baseline_run, "recommended": rec_run},
         "candidates": [asdict(c) for c in candidates],
         "reasons": reasons,
+        "uncertain": uncertain,
         "stability": None,
     }
+
+
+def _uncertainty(profile: dict) -> str | None:
+    """Why the ranking cannot be trusted as it stands (the profile was flagged inconsistent); None if it can."""
+    if not profile.get("inconsistency"):
+        return None
+    return (f"uncertain: profile {profile['id']} stayed inconsistent after re-measuring ({profile['inconsistency']}), "
+            f"so the ranking rests on step times that are not the hardware's; profile again on a quieter machine")
 
 
 def _world_size(profile: dict) -> int:

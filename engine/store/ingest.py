@@ -305,7 +305,7 @@ def _on_profile_start(con, job_id: str, events: list[dict], report: IngestReport
         report.add_rows("profiles", 1)
 
 
-_POINT_COLUMNS = ["profile_id", *ev.POINT_FIELDS, "n"]
+_POINT_COLUMNS = ["profile_id", *ev.POINT_FIELDS, *ev.BACKGROUND_FIELDS, "n"]
 
 
 def _on_points(con, job_id: str, events: list[dict], report: IngestReport) -> None:
@@ -320,7 +320,8 @@ def _on_profile_end(con, job_id: str, events: list[dict], report: IngestReport) 
 
 
 _TELEMETRY_COLUMNS = ["t", "batch_size", "source", "gpu_util_pct", "mem_used_bytes", "power_w", "sm_clock_mhz",
-                      "temp_c", "cpu_util_pct", "rss_bytes"]
+                      "temp_c", "cpu_util_pct", "rss_bytes", "other_cpu_pct", "other_gpu_processes",
+                      "other_gpu_mem_bytes"]
 
 
 def _on_telemetry(con, job_id: str, events: list[dict], report: IngestReport) -> None:

@@ -308,6 +308,31 @@ def m007_point_loader_and_compile(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE profiles ADD COLUMN max_grad_norm DOUBLE")        # gradient clipping; NULL: none
 
 
+@migration
+def m008_background_load(con: duckdb.DuckDBPyConnection) -> None:
+    # The background load: what processes outside a job's own process tree did while it ran, so that a
+    # comparison can flag runs (and a profile the points) measured under different conditions
+    for table in ("runs", "profile_points"):
+        con.execute(f"ALTER TABLE {table} ADD COLUMN background_cpu_pct DOUBLE")        # mean other-process CPU %
+        con.execute(f"ALTER TABLE {table} ADD COLUMN background_cpu_p90_pct DOUBLE")    # its 90th percentile
+        con.execute(f"ALTER TABLE {table} ADD COLUMN background_gpu_processes INTEGER")  # most seen on the GPU
+        con.execute(f"ALTER TABLE {table} ADD COLUMN background_gpu_mem_bytes BIGINT")   # their device memory
+    con.execute("ALTER TABLE telemetry ADD COLUMN other_cpu_pct DOUBLE")         # whole-machine busy % not ours
+    con.execute("ALTER TABLE telemetry ADD COLUMN other_gpu_processes INTEGER")  # other compute processes on the GPU
+    con.execute("ALTER TABLE telemetry ADD COLUMN other_gpu_mem_bytes BIGINT")   # their device memory
+
+
+@migration
+def m009_profile_consistency(con: duckdb.DuckDBPyConnection) -> None:
+    # Profiles are measured in interleaved rounds and checked against physics (step time cannot fall as
+    # the batch grows; a point cannot sit far above its neighbours' trend); what stays inconsistent after
+    # re-measuring is flagged, with the reason
+    con.execute("ALTER TABLE profiles ADD COLUMN inconsistency VARCHAR")              # NULL: consistent
+    con.execute("ALTER TABLE profile_points ADD COLUMN visits INTEGER DEFAULT 1")     # interleaved visits timed
+    con.execute("ALTER TABLE profile_points ADD COLUMN remeasured INTEGER DEFAULT 0")  # sent back by the check
+    con.execute("ALTER TABLE profile_points ADD COLUMN inconsistent BOOLEAN DEFAULT false")
+
+
 def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[str, Migration]] | None = None) -> list[str]:
     """Apply the migrations not yet recorded, in order, each in its own transaction."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")

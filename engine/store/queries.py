@@ -22,7 +22,7 @@ __all__ = [
 def list_profiles(con) -> pd.DataFrame:
     return con.execute(
         "SELECT p.id, p.workload, p.device_name, p.device_kind, p.dtype, p.started_at, p.ended_at, p.stop_reason, "
-        "p.saturation_batch, j.state, "
+        "p.saturation_batch, p.inconsistency, j.state, "
         "(SELECT count(*) FROM profile_points pp WHERE pp.profile_id = p.id AND pp.status = 'ok') AS ok_points, "
         "(SELECT max(batch_size) FROM profile_points pp WHERE pp.profile_id = p.id AND pp.status = 'ok') AS max_ok_batch "
         "FROM profiles p LEFT JOIN jobs j ON j.id = p.job_id ORDER BY p.started_at DESC"
@@ -160,7 +160,8 @@ _RUN_COLUMNS = ("coalesce(r.id, j.id) AS id, r.group_id, r.role, j.state, coales
                 "r.accumulate, r.lr, r.seed, r.epochs, r.tags, r.started_at, coalesce(r.ended_at, j.ended_at) AS ended_at, r.steps, r.wall_time_s, "
                 "r.train_time_s, r.final_val_loss, r.best_val_loss, r.final_primary_metric, r.primary_metric, "
                 "r.primary_metric_mode, r.reached_target, r.time_to_target_s, r.peak_memory_bytes, r.stop_reason, "
-                "r.recommendation_id, j.error, j.progress, j.phase, j.created_at")
+                "r.recommendation_id, j.error, j.progress, j.phase, j.created_at, r.background_cpu_pct, "
+                "r.background_cpu_p90_pct, r.background_gpu_processes, r.background_gpu_mem_bytes")
 
 
 def list_runs(con, states: list[str] | None = None, group: str | None = None, workload: str | None = None) -> pd.DataFrame:

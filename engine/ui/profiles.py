@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 
 from engine import jobs, store
 from engine.errors import UsageError
-from engine.format import byte_unit, format_bytes, significant
+from engine.format import byte_unit, format_bytes, format_pct, significant
 from engine.home import Home
 from engine.measure.profiler import DTYPES, ProfileConfig
 from engine.ui.charts import profile as charts
@@ -141,8 +141,8 @@ def live_jobs(home: Home) -> LiveJobs:
             status = jobs.read_status(home.job_dir(row["id"])) or {}
             progress = status.get("progress", row.get("progress"))
             progress = 0.0 if progress is None or pd.isna(progress) else float(progress)
-            done, planned = status.get("points_done"), status.get("points_planned")
-            detail = f"{done or 0} of {planned} batch sizes" if planned else ""
+            done, planned = status.get("visits_done"), status.get("visits_planned")
+            detail = f"{done or 0} of about {planned} visits to batch sizes" if planned else ""
             running.append(JobProgress(
                 id=row["id"], workload=str(row.get("workload") or "?"), device=str(row.get("device") or "?"),
                 state=row["state"], phase=str(status.get("phase") or row.get("phase") or ""),
@@ -167,6 +167,7 @@ class ProfileView:
     metrics: list[Metric]
     table: pd.DataFrame
     figures: dict[str, go.Figure] = field(default_factory=dict)   # name -> figure, in display order
+    inconsistency: str | None = None  # the step times stayed inconsistent with physics: why
 
 
 def profile_view(home: Home, profile_id: str | None, overlay_ids: tuple[str, ...] = ()) -> ProfileView | None:
@@ -196,7 +197,16 @@ def profile_view(home: Home, profile_id: str | None, overlay_ids: tuple[str, ...
         figures["energy"] = charts.energy_figure(points)
     figures["telemetry"] = charts.telemetry_figure(telemetry)
     return ProfileView(profile=profile, live=live, caption=profile_caption(profile),
-                       metrics=profile_metrics(profile, points), table=points_table(points), figures=figures)
+                       metrics=profile_metrics(profile, points), table=points_table(points), figures=figures,
+                       inconsistency=inconsistency_text(profile))
+
+
+def inconsistency_text(profile: dict) -> str | None:
+    """The flag an inconsistent profile carries, as the page and the CLI say it; None for a consistent one."""
+    if not isinstance(profile.get("inconsistency"), str):
+        return None
+    return (f"Inconsistent profile: {profile['inconsistency']}. Recommendations from it say they are uncertain; "
+            f"profile again when the machine is quieter.")
 
 
 def overlay_label(profile: dict) -> str:
@@ -245,7 +255,7 @@ def profile_metrics(profile: dict, points: pd.DataFrame) -> list[Metric]:
 
 
 POINT_COLUMNS = ["batch", "status", "median (ms)", "IQR (ms)", "samples/s", "peak memory", "GFLOP/s", "steps",
-                 "noisy", "note"]
+                 "noisy", "background CPU", "note"]
 
 
 def points_table(points: pd.DataFrame | None) -> pd.DataFrame:
@@ -269,6 +279,8 @@ def points_table(points: pd.DataFrame | None) -> pd.DataFrame:
             bound = "input_bound" in frame and bool(frame["input_bound"].fillna(False).astype(bool)[i])
             note = (f"input-bound: the loader limits throughput ({compute_ms})" if bound
                     else f"loader included; {compute_ms}")
+        if "inconsistent" in frame and frame["inconsistent"].fillna(False).astype(bool)[i]:
+            note = "not physics, even re-measured" + (f"; {note}" if note else "")
         notes.append(note)
     table = pd.DataFrame({
         "batch": frame["batch_size"].astype(int).to_numpy(),
@@ -280,6 +292,9 @@ def points_table(points: pd.DataFrame | None) -> pd.DataFrame:
         "GFLOP/s": significant(num["flops_per_s"] / 1e9),
         "steps": num["n"].fillna(0).astype(int).to_numpy(),
         "noisy": (frame["noisy"].fillna(False).astype(bool) if "noisy" in frame else pd.Series(False, index=frame.index)).to_numpy(),
+        # other processes' share of the machine's CPU while this batch size was timed
+        "background CPU": [format_pct(v) for v in (pd.to_numeric(frame["background_cpu_pct"], errors="coerce")
+                                                    if "background_cpu_pct" in frame else [None] * len(frame))],
         "note": notes,
     })
     return table

@@ -199,6 +199,7 @@ class RecommendationView:
     candidates: pd.DataFrame
     figure: go.Figure
     notes: list[str] = field(default_factory=list)
+    uncertain: str | None = None          # the profile stayed inconsistent: why the ranking is not to be trusted
 
 
 def recommendation_view(rec: dict) -> RecommendationView:
@@ -232,7 +233,7 @@ def recommendation_view(rec: dict) -> RecommendationView:
                      + (f" (estimate `{rec['noise_id']}`)" if rec.get("noise_id") else " (entered by hand)"))
     return RecommendationView(rec=rec, headline=headline, metrics=metrics, reasons=list(rec.get("reasons") or []),
                               candidates=candidates_table(rec), figure=reccharts.time_to_target_figure(rec),
-                              notes=notes)
+                              notes=notes, uncertain=rec.get("uncertain"))
 
 
 CANDIDATE_COLUMNS = ["role", "batch", "lr", "step (ms)", "samples/s", "peak memory", "throughput ×",

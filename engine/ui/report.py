@@ -198,6 +198,8 @@ def _runs_section(rec: dict, data: ReportData) -> str:
         out.append(f"<p>Target: the baseline's best validation loss {comparison['baseline_best_val_loss']:.4f} "
                    f"loosened by {comparison['tolerance']:.0%} → {comparison['target_val_loss']:.4f}; times are "
                    f"{_e(comparison['time_basis'])}.</p>")
+        if comparison["conditions"]["differed"]:
+            out.append(f"<p class='warning'>Conditions differed: {_e(comparison['conditions']['text'])}.</p>")
         out.append(_table(pd.DataFrame(comparison_table(comparison))))
     groups = {"baseline": [r["id"] for r in baseline], "recommended": [r["id"] for r in recommended]}
     out.append(_figure(runcharts.comparison_figure(evals, groups, "baseline", comparison.get("target_val_loss"),
@@ -244,4 +246,5 @@ th { background: #f4f4f4; }
 td:first-child, th:first-child { text-align: left; }
 code { background: #f3f3f3; padding: 0 4px; border-radius: 3px; }
 .empty { color: #777; font-style: italic; }
+.warning { color: #8a5a00; font-weight: 600; }
 """

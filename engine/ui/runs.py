@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 
 from engine import jobs, store
 from engine.errors import UsageError
-from engine.format import format_duration
+from engine.format import format_background_load, format_duration
 from engine.home import Home
 from engine.plan.compare import compare_groups, comparison_table, speedup_text, time_text
 from engine.ui.charts import runs as runcharts
@@ -39,7 +39,7 @@ NO_GROUP = "(no group)"
 NO_ROLE = "(no role)"
 
 TABLE_COLUMNS = ["id", "state", "workload", "batch", "LR", "seed", "group", "role", "tags", "duration",
-                 "final val loss", "metric"]
+                 "final val loss", "metric", "background load"]
 
 
 def load_runs(home: Home) -> pd.DataFrame:
@@ -137,6 +137,8 @@ def runs_table(runs: pd.DataFrame, now: float | None = None) -> pd.DataFrame:
             "duration": format_duration(_duration_s(row, now)),
             "final val loss": _number(row.get("final_val_loss")),
             "metric": f"{metric_name} {metric:.4g}" if metric_name and metric is not None else "",
+            "background load": format_background_load(_number(row.get("background_cpu_pct")),
+                                                      _number(row.get("background_gpu_processes"))),
         })
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     for column in ("batch", "seed"):
@@ -270,6 +272,7 @@ class ComparisonView:
     figure: go.Figure | None = None
     result: dict = field(default_factory=dict)
     caption: str = ""
+    conditions: str | None = None     # the runs ran under different background load: which, in words
 
 
 def unit_names(groups: list[dict]) -> dict[str, str]:
@@ -338,4 +341,6 @@ def _comparison(con, units: list[str], baseline: str, x: str = "train_time_s", l
     caption = (f"Target: validation loss {result['target_val_loss']:.4g} (the baseline's best "
                f"{result['baseline_best_val_loss']:.4g} + {result['tolerance']:.0%}); times are "
                f"{result['time_basis']}. A selected run that belongs to a group brings in all of the group's repeats.")
-    return ComparisonView(error=None, metrics=metrics, table=table, figure=figure, result=result, caption=caption)
+    conditions = result["conditions"]
+    return ComparisonView(error=None, metrics=metrics, table=table, figure=figure, result=result, caption=caption,
+                          conditions=f"Conditions differed: {conditions['text']}." if conditions["differed"] else None)

@@ -1,0 +1,146 @@
+"""Benchmark (not a test): does a profile hold while another job starts and stops on the machine?
+
+fraud-mlp is profiled twice while a competing process switches on (a busy loop) and off at random
+every 1 to 4 seconds, as another job starting and stopping would; both times with the profiler's
+interleaved rounds and physics check (the default), and both times measured contiguously, one block
+per batch size (``rounds=1``: the sweep as it was before rounds, with no re-measure), the four
+profiles alternating so that both methods meet the same machine. Reported for each method:
+
+- agreement: the relative throughput curve r(B) = samples/s at B over samples/s at the baseline
+  batch, of the first profile against the second; the worst |r1(B) / r2(B) - 1| over the batch
+  sizes. Target: within 10% at every batch size.
+- physics: the batch sizes whose stored median step time falls as the batch doubles. Target: none.
+
+    python bench/bench_profile_load.py [--workload fraud-mlp] [--batch-sizes 32,64,...] [--min-seconds 1] [--rounds 3]
+                                       [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.measure.profiler import OK, ProfileConfig, ProfileResult, run_profile  # noqa: E402
+from engine.workloads import load_workload  # noqa: E402
+
+LOAD_MAX_S = 3600   # the load generator ends by itself after an hour, should the kill never come
+
+# A busy loop that switches on and off at random every 1 to 4 seconds, like another job starting and stopping.
+LOAD_GENERATOR = f"""
+import random, time
+end = time.time() + {LOAD_MAX_S}
+rng = random.Random(0)
+while time.time() < end:
+    until = time.time() + rng.uniform(1.0, 4.0)
+    if rng.random() < 0.5:
+        while time.time() < until:
+            pass
+    else:
+        time.sleep(max(0.0, until - time.time()))
+"""
+
+
+def relative_throughput(result: ProfileResult, baseline: int, statistic: str = "median_s") -> dict[int, float]:
+    """samples/s at each measured batch size over samples/s at the baseline batch, from the points' median
+    step time (what the profiler stores as t(B)) or another of their statistics (``p25_s``)."""
+    step = {p.batch_size: getattr(p, statistic) for p in result.points if p.status == OK and p.median_s}
+    return {b: (b / t) / (baseline / step[baseline]) for b, t in step.items()}
+
+
+def worst_disagreement(first: dict[int, float], second: dict[int, float]) -> tuple[float, int]:
+    """The largest |r1(B) / r2(B) - 1| (signed) and the batch size where it is."""
+    both = sorted(set(first) & set(second))
+    worst = max(both, key=lambda b: abs(first[b] / second[b] - 1))
+    return first[worst] / second[worst] - 1, worst
+
+
+def falls_as_the_batch_doubles(result: ProfileResult) -> list[int]:
+    """The batch sizes B whose median step time is below that at B/2."""
+    median = {p.batch_size: p.median_s for p in result.points if p.status == OK and p.median_s}
+    return [b for b in sorted(median) if b // 2 in median and b % 2 == 0 and median[b] < median[b // 2]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", default="fraud-mlp")
+    parser.add_argument("--batch-sizes", default="32,64,128,256,512,1024,2048,4096")
+    parser.add_argument("--min-seconds", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=ProfileConfig.rounds, help="of the interleaved profiles")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one a core); on a "
+                        "CPU shared with other work, a step's threads wait on whichever one is descheduled")
+    parser.add_argument("--out", help="write the figures here as JSON")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    workload = load_workload(args.workload)
+    device = torch.device("cpu")
+    sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    baseline = workload.baseline_batch_size
+    if baseline not in sizes:
+        sys.exit(f"the batch sizes must include the baseline {baseline}")
+    interleaved = ProfileConfig(batch_sizes=sizes, min_seconds=args.min_seconds, full=True, rounds=args.rounds)
+    methods = {f"interleaved, {args.rounds} rounds": interleaved,
+               "contiguous (rounds=1, as before)": replace(interleaved, rounds=1)}
+    results: dict[str, list[ProfileResult]] = {name: [] for name in methods}
+    load = subprocess.Popen([sys.executable, "-c", LOAD_GENERATOR])
+    started = time.perf_counter()
+    try:
+        for repeat in range(2):
+            for name, config in methods.items():
+                t0 = time.perf_counter()
+                results[name].append(run_profile(workload, device, config))
+                print(f"{name}, profile {repeat + 1}: {time.perf_counter() - t0:.0f} s", flush=True)
+    finally:
+        load.kill()   # by its pid, always
+        load.wait()
+
+    figures = {"workload": args.workload, "batch_sizes": list(sizes), "baseline": baseline,
+               "min_seconds": args.min_seconds, "rounds": args.rounds, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+               "platform": platform.platform(), "wall_s": round(time.perf_counter() - started), "methods": {}}
+    for name, (first, second) in results.items():
+        r1, r2 = relative_throughput(first, baseline), relative_throughput(second, baseline)
+        both = sorted(set(r1) & set(r2))
+        disagreement = {b: r1[b] / r2[b] - 1 for b in both}
+        worst = max(both, key=lambda b: abs(disagreement[b]))
+        falls = [falls_as_the_batch_doubles(first), falls_as_the_batch_doubles(second)]
+        # the lower quartile instead of the median: background load only ever slows a step down
+        low_quartile = worst_disagreement(relative_throughput(first, baseline, "p25_s"),
+                                          relative_throughput(second, baseline, "p25_s"))
+        figures["methods"][name] = {
+            "relative_throughput": [r1, r2], "disagreement": disagreement, "worst_disagreement_p25": low_quartile,
+            "worst_disagreement": disagreement[worst], "worst_at": worst,
+            "within_10pct": all(abs(d) <= 0.10 for d in disagreement.values()),
+            "falls_as_the_batch_doubles": falls,
+            "inconsistency": [first.inconsistency, second.inconsistency],
+        }
+        print(f"\n{name}")
+        print("  batch   " + "".join(f"{b:>8}" for b in both))
+        print("  r1(B)   " + "".join(f"{r1[b]:8.2f}" for b in both))
+        print("  r2(B)   " + "".join(f"{r2[b]:8.2f}" for b in both))
+        print("  r1/r2-1 " + "".join(f"{disagreement[b]:+8.0%}" for b in both))
+        print(f"  worst disagreement {disagreement[worst]:+.1%} at batch {worst}; step time falls as the batch "
+              f"doubles at {falls[0] or 'none'} (profile 1) and {falls[1] or 'none'} (profile 2)")
+        print(f"  from the lower quartile of the step times instead: worst disagreement {low_quartile[0]:+.1%} at "
+              f"batch {low_quartile[1]}")
+        for k, result in enumerate((first, second)):
+            if result.inconsistency:
+                print(f"  profile {k + 1} flagged: {result.inconsistency}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
