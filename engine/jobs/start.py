@@ -17,7 +17,7 @@ from engine.units import INT32_MAX, check_int
 
 MAX_REPEATS = 1000      # runs queued by one request (each is a job folder and a process)
 
-__all__ = ["start_profile", "start_noise", "start_stability", "start_train", "start_autopilot", "load_checked"]
+__all__ = ["start_profile", "start_noise", "start_noise_curve", "start_stability", "start_train", "start_autopilot", "load_checked"]
 
 
 def load_checked(workload: str, options: dict):
@@ -98,6 +98,26 @@ def start_noise(home: Home, workload: str, options: dict, device: str, batch_sma
         params.update(workload=absolute_workload_spec(workload), launcher=launcher)
         return jobs.submit(home, "noise", params, device="ray", workload=loaded.name, launcher="ray")
     return jobs.submit(home, "noise", params, device=str(torch_device), workload=loaded.name)
+
+
+def start_noise_curve(home: Home, workload: str, options: dict, device: str, at: tuple[float, ...],
+                      batch_small: int | None = None, batch_big: int | None = None, batches: int = 32,
+                      seed: int = 0, compile: bool = False) -> str:
+    """Validate, then start a job estimating the noise scale at the fractions ``at`` of one baseline
+    run's training; returns its id (also the curve's id)."""
+    from engine.measure.noise import check_curve_fractions, check_noise_args
+
+    check_int(seed, "--seed", low=0)
+    at = check_curve_fractions(at)
+    torch_device = devices.resolve_device(device)
+    home.check()
+    check_database_file(home.database)
+    loaded = load_checked(workload, options)
+    batch_small, batch_big = check_noise_args(loaded, batch_small, batch_big, batches, 0)
+    params = {"workload": workload, "options": dict(options), "device": str(torch_device), "at": list(at),
+              "batch_small": batch_small, "batch_big": batch_big, "batches": batches, "seed": seed,
+              "compile": bool(compile)}
+    return jobs.submit(home, "noise_curve", params, device=str(torch_device), workload=loaded.name)
 
 
 def start_stability(home: Home, rec: dict, device: str, steps: int = 60) -> str:
