@@ -8,7 +8,7 @@ import pytest
 
 from engine.errors import UsageError
 from engine.plan.recommend import RecommendConfig, recommend
-from engine.plan.schedule import phase_at, plan_schedule
+from engine.plan.schedule import plan_schedule
 
 BATCHES = (32, 64, 128, 256, 512, 1024)
 
@@ -107,8 +107,3 @@ def test_unreliable_points_are_left_out_and_too_few_refused():
     assert any("0 were unreliable" in r for r in plan["reasons"])
     with pytest.raises(UsageError, match="1 reliable point"):
         plan_schedule(rec, curve((0.0, None), (1.0, 64)))
-
-
-def test_phase_at_follows_the_start_fractions():
-    phases = [{"batch_size": 64, "start_fraction": 0.0}, {"batch_size": 256, "start_fraction": 0.4}]
-    assert [phase_at(phases, s, 1000)["batch_size"] for s in (0, 399, 400, 999)] == [64, 64, 256, 256]

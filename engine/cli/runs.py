@@ -26,7 +26,13 @@ from engine.format import format_bytes
 
 @cli.command()
 @workload_options
-@click.option("--batch-size", "-b", required=True, metavar="B", help="Global batch: samples per optimizer step.")
+@click.option("--batch-size", "-b", metavar="B", help="Global batch: samples per optimizer step.  [required unless "
+              "--batch-schedule]")
+@click.option("--batch-schedule", metavar="SPEC",
+              help="A batch that grows: batch:fraction-of-samples phases, e.g. 256:0,1024:0.3,4096:0.6 (--lr is the "
+                   "first phase's; each increase scales it by --batch-schedule-rule and warms up again).")
+@click.option("--batch-schedule-rule", type=click.Choice(["linear", "sqrt"]), default="linear", show_default=True,
+              help="Later phases' learning rate: linear keeps lr/batch fixed; sqrt scales it with sqrt(B/B1).")
 @click.option("--lr", required=True, metavar="LR", help="Peak learning rate, reached after warm-up.")
 @click.option("--epochs", metavar="E", help="Training length in epochs (default: the workload's).")
 @click.option("--warmup-samples", metavar="N", help="Linear warm-up length in samples (default: the workload's).")
@@ -50,18 +56,23 @@ from engine.format import format_bytes
 @click.option("--detach", is_flag=True, help="Queue the runs and return at once; follow them with `largestep runs`.")
 @json_option
 @click.pass_context
-def train(ctx, workload, settings, data, label, batch_size, lr, epochs, warmup_samples, accumulate, schedule, dtype,
+def train(ctx, workload, settings, data, label, batch_size, batch_schedule, batch_schedule_rule, lr, epochs, warmup_samples, accumulate, schedule, dtype,
           seed, compile_model, repeats, target_val_loss, eval_every, max_steps, tags, device, nproc, launcher,
           ray_address, detach, as_json):
     """Train a workload for real at one batch size and learning rate (runs as jobs)."""
     from engine import jobs, store
     from engine.jobs.ray import launcher_from_cli
     from engine.jobs.start import start_train
+    from engine.measure.batch_schedule import parse_batch_schedule
     from engine.measure.train import TrainConfig
     from engine.units import parse_positive_int
 
+    phases = parse_batch_schedule(batch_schedule) if batch_schedule is not None else None
+    if batch_size is None and phases is None:
+        raise UsageError("give --batch-size, or --batch-schedule for a batch that grows")
     config = TrainConfig(
-        batch_size=parse_positive_int(batch_size, "--batch-size"), lr=parse_float(lr, "--lr"),
+        batch_size=parse_positive_int(batch_size, "--batch-size") if batch_size is not None else phases[0][0],
+        batch_schedule=phases, batch_schedule_rule=batch_schedule_rule, lr=parse_float(lr, "--lr"),
         epochs=parse_float(epochs, "--epochs"),
         warmup_samples=parse_count(warmup_samples, "--warmup-samples") if warmup_samples is not None else None,
         accumulate=parse_positive_int(accumulate, "--accumulate"), schedule=schedule, dtype=dtype,

@@ -166,6 +166,10 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
         if config.batch_size > loaded.n_train:
             raise UsageError(f"--batch-size {config.batch_size} is larger than the {loaded.n_train} training "
                              f"samples of {loaded.name}")
+        if config.batch_schedule:
+            from engine.measure.batch_schedule import check_batch_schedule
+
+            check_batch_schedule(tuple(tuple(p) for p in config.batch_schedule), loaded.n_train)
         where = {"device": device, "workload": loaded.name, "locks": lock_names(device, config.nproc)}
     else:
         where = {"device": "ray", "workload": workload, "launcher": "ray"}

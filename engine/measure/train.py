@@ -37,7 +37,7 @@ from typing import Callable, Protocol
 import torch
 
 from engine.errors import Diverged, UsageError
-from engine.measure import devices
+from engine.measure import batch_schedule, devices
 from engine.measure import distributed as ddp_util
 from engine.units import INT64_MAX, check_int, check_number
 from engine.workloads import batches
@@ -99,6 +99,9 @@ class TrainConfig:
     log_every_steps: int | None = None     # None: about 20 logs per epoch
     check_every: int = 5                   # steps between divergence checks (each one syncs)
     divergence_factor: float = 10.0        # loss above this times its start value: diverged
+    batch_schedule: tuple[tuple[int, float], ...] | None = None  # (batch, start fraction of the samples) per
+                                           # phase; batch_size is the first phase's, lr its rate
+    batch_schedule_rule: str = "linear"    # later phases' lr: "linear" (lr/batch fixed) | "sqrt"
     target_val_loss: float | None = None   # stop when validation loss reaches this
     max_steps: int | None = None           # hard cap on optimizer steps (tests, smoke runs)
     group: str | None = None               # repeats of one config share a group
@@ -123,6 +126,8 @@ class TrainConfig:
         if self.schedule is not None and self.schedule not in SCHEDULES:
             raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         check_int(self.seed, "--seed", low=0)
+        if self.batch_schedule is not None:
+            self._validate_batch_schedule()
         if self.target_val_loss is not None:
             check_number(self.target_val_loss, "--target-val-loss")
         check_number(self.eval_every_epochs, "--eval-every", low=0, high=MAX_EPOCHS)
@@ -130,6 +135,15 @@ class TrainConfig:
             check_int(self.log_every_steps, "the logging interval", high=INT64_MAX)
         if self.max_steps is not None:
             check_int(self.max_steps, "--max-steps", high=INT64_MAX)
+
+    def _validate_batch_schedule(self) -> None:
+        phases = batch_schedule.check_batch_schedule(tuple(tuple(p) for p in self.batch_schedule))
+        if self.batch_size != phases[0][0]:
+            raise UsageError(f"--batch-size {self.batch_size} is not the batch schedule's first batch {phases[0][0]}")
+        if self.accumulate != 1 or self.nproc != 1:
+            raise UsageError("--batch-schedule runs one process without accumulation: drop --accumulate and --nproc")
+        if self.batch_schedule_rule not in batch_schedule.RULES:
+            raise UsageError(f"the batch schedule's rule must be linear or sqrt, not {self.batch_schedule_rule!r}")
 
     @property
     def micro_batch(self) -> int:
@@ -338,6 +352,8 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                          f"runner through torchrun); this one has {world}")
     if config.batch_size > workload.n_train:
         raise UsageError(f"--batch-size {config.batch_size} is larger than the {workload.n_train} training samples")
+    phases = batch_schedule.check_batch_schedule(tuple(tuple(p) for p in config.batch_schedule), workload.n_train) \
+        if config.batch_schedule else None
     if log is None or rank != 0:  # one voice: rank 0 logs for the run
         log = NullLog()
     if rank != 0:
@@ -369,11 +385,17 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     if steps_per_epoch == 0:
         raise UsageError(f"--batch-size {config.batch_size} is larger than the {workload.n_train} training samples")
     total_steps = max(1, math.ceil(epochs * steps_per_epoch))
+    samples_per_epoch = steps_per_epoch * config.batch_size
+    if phases is not None:  # the same samples as at the first batch, in fewer steps as the batch grows
+        total_steps = batch_schedule.scheduled_steps(phases, total_steps * config.batch_size)
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
-    total_samples = total_steps * config.batch_size
+    total_samples = total_steps * config.batch_size if phases is None else \
+        max(1, math.ceil(epochs * steps_per_epoch)) * config.batch_size
     log_every = config.log_every_steps or max(1, steps_per_epoch // 20)
-    eval_every = max(1, round(config.eval_every_epochs * steps_per_epoch))
+    # evaluation in samples, so a batch that grows does not make it rarer
+    eval_every_samples = max(1, round(config.eval_every_epochs * steps_per_epoch)) * config.batch_size
+    next_eval = eval_every_samples
     devices.reset_peak_memory(device)
     log.started(config=asdict(config), epochs=epochs, warmup_samples=warmup, steps_per_epoch=steps_per_epoch,
          total_steps=total_steps, micro_batch=config.micro_batch, n_train=workload.n_train,
@@ -390,6 +412,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     step = 0
     epoch = 0
     done = False
+    batch_now = config.batch_size   # samples per optimizer step; a batch schedule changes it between phases
 
     while not done:
         micro = 0
@@ -409,6 +432,9 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                 continue
             # update
             factor = lr_factor(result.samples, warmup, total_samples, config.schedule, workload.decay_samples)
+            if phases is not None:
+                factor *= batch_schedule.lr_multiple(phases, result.samples, total_samples, warmup,
+                                                     config.batch_schedule_rule)
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base_lr * factor
             lr = config.lr * factor  # the rate logged: the run's peak rate times the schedule
@@ -425,7 +451,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            result.samples += config.batch_size
+            result.samples += batch_now
 
             # divergence: a sync every few steps, not every step
             if step % config.check_every == 0 or step <= 3:
@@ -435,7 +461,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                 if not math.isfinite(current) or (first_loss is not None and first_loss > 0
                                                   and current > config.divergence_factor * first_loss):
                     result.diverged, result.stop_reason = True, "diverged"
-                    log.logged([_row(step, result.samples, steps_per_epoch, start, eval_time,
+                    log.logged([_row(step, result.samples, samples_per_epoch, start, eval_time,
                                                current, lr, None)])
                     raise Diverged(f"loss {current:.4g} at step {step} (lr {lr:.3g}); started at {first_loss}")
 
@@ -445,7 +471,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                 mean_loss = float(ddp_util.mean_across_ranks(loss_sum)) / max(1, loss_count)  # sync
                 train_elapsed = (now - last_log_time)
                 throughput = (result.samples - last_log_samples) / train_elapsed if train_elapsed > 0 else None
-                row = _row(step, result.samples, steps_per_epoch, start, eval_time, mean_loss, lr, throughput)
+                row = _row(step, result.samples, samples_per_epoch, start, eval_time, mean_loss, lr, throughput)
                 log.logged([row])
                 if probe is not None:
                     noise_rows = probe.log_rows(row)  # a collective: every rank computes, rank 0 logs
@@ -457,7 +483,9 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
 
             # evaluation, outside the training clock
             last_step = step >= total_steps
-            if step % eval_every == 0 or last_step:
+            if result.samples >= next_eval or last_step:
+                while next_eval <= result.samples:
+                    next_eval += eval_every_samples
                 devices.synchronize(device)
                 eval_start = time.perf_counter()  # stop the clock
                 val_loss, metrics = (evaluate(model, workload, device, config.dtype) if rank == 0
@@ -469,7 +497,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                 train_time = time.perf_counter() - start - eval_time
                 result.final_val_loss, result.final_metrics = val_loss, metrics
                 result.best_val_loss = val_loss if result.best_val_loss is None else min(result.best_val_loss, val_loss)
-                log.evaluated(step=step, epoch=step / steps_per_epoch, samples=result.samples,
+                log.evaluated(step=step, epoch=result.samples / samples_per_epoch, samples=result.samples,
                      wall_time_s=time.perf_counter() - start, train_time_s=train_time, val_loss=val_loss,
                      metrics=metrics)
                 if not math.isfinite(val_loss):
@@ -491,11 +519,21 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                 result.stop_reason = "stopped"
                 done = True
                 break
+
+            # the batch schedule's next phase: a new source of batches at its batch, from a fresh shuffle
+            if phases is not None:
+                batch_next = phases[batch_schedule.phase_index(phases, result.samples, total_samples)][0]
+                if batch_next != batch_now:
+                    batch_now = batch_next
+                    source = training_batches(workload, device, batch_now, config.seed, rank, world)
+                    row = _row(step, result.samples, samples_per_epoch, start, eval_time, float("nan"), lr, None)
+                    log.logged_values([{**{k: row[k] for k in _INDEX}, "name": "batch_size", "value": batch_now}])
+                    break
         epoch += 1
 
     devices.synchronize(device)
     result.steps = step
-    result.epochs = step / steps_per_epoch
+    result.epochs = result.samples / samples_per_epoch
     result.wall_time_s = time.perf_counter() - start
     result.train_time_s = result.wall_time_s - eval_time
     result.peak_memory_bytes = devices.peak_memory(device)
@@ -595,8 +633,11 @@ def _process_peak_rss() -> int | None:
         return None
 
 
-def _row(step: int, samples: int, steps_per_epoch: int, start: float, eval_time: float, loss: float, lr: float,
+_INDEX = ("step", "epoch", "samples", "wall_time_s", "train_time_s")   # where a metric row sits in the run
+
+
+def _row(step: int, samples: int, samples_per_epoch: int, start: float, eval_time: float, loss: float, lr: float,
          throughput: float | None) -> dict:
     wall = time.perf_counter() - start
-    return {"step": step, "epoch": step / steps_per_epoch, "samples": samples, "wall_time_s": wall,
+    return {"step": step, "epoch": samples / samples_per_epoch, "samples": samples, "wall_time_s": wall,
             "train_time_s": wall - eval_time, "train_loss": loss, "lr": lr, "samples_per_s": throughput}

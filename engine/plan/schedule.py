@@ -32,7 +32,7 @@ import numpy as np
 from engine.errors import UsageError
 from engine.plan.recommend import scale_lr
 
-__all__ = ["Phase", "plan_schedule", "with_batch_schedule", "schedule_spec", "phase_at", "CELLS"]
+__all__ = ["Phase", "plan_schedule", "with_batch_schedule", "schedule_spec", "CELLS"]
 
 CELLS = 200          # equal stretches of the baseline's training the schedule is planned over
 SPEC_DIGITS = 3      # decimals of a phase's start fraction in the `--batch-schedule` spec
@@ -124,16 +124,6 @@ def with_batch_schedule(rec: dict, curve: list[dict], chosen: bool = False) -> d
 def schedule_spec(phases: list[Phase]) -> str:
     """The `largestep train --batch-schedule` spelling: ``batch:start_fraction`` per phase."""
     return ",".join(f"{p.batch_size}:{round(p.start_fraction, SPEC_DIGITS):g}" for p in phases)
-
-
-def phase_at(phases: list[dict], samples_seen: int, total_samples: int) -> dict:
-    """The phase in force after ``samples_seen`` of ``total_samples`` (phases by start fraction)."""
-    progress = samples_seen / total_samples if total_samples else 0.0
-    current = phases[0]
-    for phase in phases[1:]:
-        if progress + 1e-12 >= phase["start_fraction"]:
-            current = phase
-    return current
 
 
 def _reliable_points(curve: list[dict]) -> tuple[np.ndarray, np.ndarray, list[float]]:

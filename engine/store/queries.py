@@ -13,7 +13,7 @@ __all__ = [
     "list_profiles", "resolve_profile_id", "load_profile", "recommendation_inputs", "profile_points", "profile_telemetry", "list_jobs",
     "get_job", "load_noise", "load_noise_curve", "load_stability", "list_noise_estimates", "load_recommendation",
     "list_recommendations", "list_runs", "get_run", "runs_in", "run_evaluations", "run_metrics", "load_autopilot",
-    "list_devices", "frame_records", "RUN_CURVE_AXES", "RUN_CURVE_BUCKETS", "run_metric_names", "run_curves",
+    "list_devices", "frame_records", "RUN_CURVE_AXES", "RUN_CURVE_BUCKETS", "run_metric_names", "run_curves", "batch_changes",
     "recommendation_runs", "autopilot_for_recommendation", "runs_by_id", "read_recommendation",
 ]
 
@@ -308,6 +308,15 @@ def run_curves(con, run_ids: list[str], name: str, x: str = "step", buckets: int
         """,
         {"runs": list(run_ids), "name": name, "buckets": int(buckets)},
     ).df()
+
+
+def batch_changes(con, run_ids: list[str]) -> pd.DataFrame:
+    """Where a batch schedule changed each run's batch (the ``batch_size`` values a run logs at each
+    change): run_id, step, epoch, samples, wall_time_s, train_time_s, batch_size; by run and step."""
+    return con.execute(
+        "SELECT run_id, step, epoch, samples, wall_time_s, train_time_s, CAST(value AS BIGINT) AS batch_size "
+        "FROM metrics WHERE run_id IN (SELECT unnest($runs)) AND name = 'batch_size' ORDER BY run_id, step",
+        {"runs": list(run_ids)}).df()
 
 
 # -- recommendation pages and the HTML report (Recommend, Planner, Export) ----------------------

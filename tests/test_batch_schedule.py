@@ -1,0 +1,75 @@
+"""A batch that grows during a run: the schedule's arithmetic, a real run on the tiny workload, the CLI."""
+
+from __future__ import annotations
+
+import pytest
+import tiny_workload
+import torch
+from helpers import run_cli
+
+from engine.errors import UsageError
+from engine.jobs.bodies import SpoolRunLog
+from engine.measure.batch_schedule import lr_multiple, parse_batch_schedule, phase_index, scheduled_steps
+from engine.measure.train import TrainConfig, train
+
+CPU = torch.device("cpu")
+
+
+def test_parse_reads_batch_fraction_pairs():
+    assert parse_batch_schedule("256:0, 1024:0.3,4096:0.6") == ((256, 0.0), (1024, 0.3), (4096, 0.6))
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", "empty"), ("256", "no start"), ("big:0", "batch:fraction pairs"), ("256:0.1,512:0.5", "must start at fraction 0"),
+    ("256:0,512:0.5,1024:0.4", "must rise"), ("256:0,512:1.5", "at most 1"), ("0:0", "positive integer")])
+def test_parse_says_how_to_fix_a_bad_schedule(text, words):
+    with pytest.raises(UsageError, match=words):
+        parse_batch_schedule(text)
+
+
+def test_phases_rates_and_steps_follow_the_samples():
+    phases = ((32, 0.0), (128, 0.5))
+    assert [phase_index(phases, s, 1000) for s in (0, 499, 500, 999)] == [0, 0, 1, 1]
+    # linear: lr/batch fixed, so 4x the first rate in the second phase, ramped over 256 samples from 1x
+    assert lr_multiple(phases, 0, 1000, 256) == 1.0
+    assert lr_multiple(phases, 500, 1000, 256) == pytest.approx(1 + 3 * 128 / 256)
+    assert lr_multiple(phases, 700, 1000, 256) == 4.0
+    assert lr_multiple(phases, 700, 1000, 256, rule="sqrt") == pytest.approx(2.0)
+    # 16 steps of 32 reach 512 samples (past half of 1000), then 4 steps of 128
+    assert scheduled_steps(phases, 1000) == 16 + 4
+
+
+def collect():
+    events = []
+    return events, SpoolRunLog(lambda type_, **fields: events.append({"type": type_, **fields}))
+
+
+@pytest.mark.slow
+def test_a_run_grows_its_batch_logs_each_change_and_keeps_evaluating_every_epoch():
+    events, log = collect()
+    workload = tiny_workload.make()   # 2,048 samples, 3 epochs at batch 32: 6,144 samples
+    config = TrainConfig(batch_size=32, lr=1e-2, batch_schedule=((32, 0.0), (128, 1 / 3), (512, 2 / 3)),
+                         warmup_samples=256)
+    result = train(workload, CPU, config, log=log)
+    changes = [(r["samples"], r["value"]) for e in events if e["type"] == "metric_values" for r in e["rows"]
+               if r["name"] == "batch_size"]
+    assert changes == [(2048, 128), (4096, 512)]
+    assert result.samples == 6144 and result.steps == 64 + 16 + 4 == scheduled_steps(config.batch_schedule, 6144)
+    evals = [e for e in events if e["type"] == "eval"]
+    assert [e["samples"] for e in evals] == [2048, 4096, 6144] and [e["epoch"] for e in evals] == [1.0, 2.0, 3.0]
+    # the rate keeps lr/batch fixed at every phase, warmed up again after each increase
+    rates = {r["samples"]: r["lr"] for e in events if e["type"] == "metrics" for r in e["rows"]}
+    late = [lr for s, lr in rates.items() if s >= 4096 + 512]
+    assert late and all(lr == pytest.approx(1e-2 * 512 / 32) for lr in late)
+    assert evals[-1]["metrics"]["accuracy"] > 0.8   # it still learns
+
+
+def test_train_refuses_a_schedule_it_cannot_run(capsys, home, tiny_spec):
+    for args, words in ((("--batch-schedule", "32:0,4096:0.5"), "larger than the 2048 training samples"),
+                        (("--batch-schedule", "32:0,64:0.5", "--accumulate", "2"), "drop --accumulate"),
+                        (("--batch-schedule", "32:0,64:0.5", "-b", "64"), "not the batch schedule's first"),
+                        ((), "give --batch-size, or --batch-schedule")):
+        code, _, err = run_cli(capsys, "--home", str(home.root), "train", "--workload", tiny_spec, "--lr", "0.01",
+                               "--device", "cpu", *args)
+        assert code == 2 and words in err and "Traceback" not in err, err
+    assert not (home.root / "jobs").exists() or not any((home.root / "jobs").iterdir())
