@@ -73,3 +73,49 @@ def test_train_refuses_a_schedule_it_cannot_run(capsys, home, tiny_spec):
                                "--device", "cpu", *args)
         assert code == 2 and words in err and "Traceback" not in err, err
     assert not (home.root / "jobs").exists() or not any((home.root / "jobs").iterdir())
+
+
+# -- the autopilot's third arm ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arms, words", [(("baseline", "schedule"), "not baseline,schedule"),
+                                         (("baseline", "fixed", "schedule", "extra"), "baseline,fixed,schedule")])
+def test_autopilot_refuses_arms_it_does_not_know(arms, words):
+    from engine.jobs.autopilot import AutopilotConfig
+
+    with pytest.raises(UsageError, match=words):
+        AutopilotConfig(arms=arms).validate()
+    with pytest.raises(UsageError, match="drop --nproc"):
+        AutopilotConfig(arms=("baseline", "fixed", "schedule"), nproc=2).validate()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_autopilot_trains_the_schedule_arm_in_the_same_rotation_and_compares_it(capsys, home, tiny_spec):
+    import json
+
+    from engine import jobs, store
+
+    code, out, err = run_cli(capsys, "--home", str(home.root), "autopilot", "--workload", tiny_spec, "--repeats", "2",
+                             "--epochs", "2", "--arms", "baseline,fixed,schedule", "--device", "cpu", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    plan = result["recommendation"]["batch_schedule"]
+    groups = {g["name"]: g for g in result["comparison"]["groups"]}
+    assert list(groups) == ["baseline", "recommended", "schedule"]
+    assert all(g["n"] == 2 for g in groups.values())
+    # the rotation: baseline, fixed, schedule for seed 0, then again for seed 1, one run at a time
+    with store.connect(home) as con:
+        runs = store.frame_records(store.list_runs(con))
+    order = [r["role"] for r in sorted(runs, key=lambda r: str(r["created_at"]))]
+    assert order == ["baseline", "recommended", "schedule"] * 2
+    with store.connect(home) as con:
+        scheduled = store.get_run(con, next(r["id"] for r in runs if r["role"] == "schedule"))
+    config = json.loads(scheduled["config"]) if isinstance(scheduled["config"], str) else scheduled["config"]
+    assert [list(p) for p in config["batch_schedule"]] == [[p["batch_size"], p["start_fraction"]]
+                                                            for p in plan["phases"]]
+    # the schedule arm's line, measured beside predicted
+    line = result["headline"]["schedule"]
+    assert line["spec"] == plan["spec"] and line["predicted_speedup"] == plan["predicted_speedup"]["over_baseline"]
+    assert line["text"].startswith(f"schedule {plan['spec']}: ")
+    assert jobs.read_spec(home.job_dir(plan["curve_id"]))["kind"] == "noise_curve"

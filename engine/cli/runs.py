@@ -254,7 +254,8 @@ def print_comparison(result: dict) -> None:
 @click.option("--epochs", metavar="E", help="Baseline training length (default: the workload's).")
 @click.option("--rule", type=click.Choice(["linear", "sqrt"]), default="linear", show_default=True)
 @click.option("--arms", metavar="LIST", help="baseline,recommended: train both arms even when the recommendation is "
-              "the baseline (by default the autopilot then says so and trains nothing).")
+              "the baseline (by default the autopilot then says so and trains nothing); baseline,fixed,schedule: "
+              "also a third arm growing its batch on the schedule planned from a noise curve, in the same rotation.")
 @click.option("--until-decisive", is_flag=True,
               help="Keep adding a seed to each arm until the speedup's 90% interval excludes 1 or the quality "
                    "difference's lies within --quality-tolerance (at most --max-repeats seeds an arm).")
@@ -304,6 +305,8 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, arms,
     if result["comparison"]:
         print_comparison(result["comparison"])
     console().print(f"[bold]{result['headline']['text']}[/bold]  (on {result['headline']['device']})")
+    if result["headline"].get("schedule"):
+        console().print(f"[bold]{result['headline']['schedule']['text']}[/bold]")
     print_factors(result["headline"].get("factors"))
     return 0
 
