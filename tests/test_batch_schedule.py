@@ -9,7 +9,13 @@ from helpers import run_cli
 
 from engine.errors import UsageError
 from engine.jobs.bodies import SpoolRunLog
-from engine.measure.batch_schedule import lr_multiple, parse_batch_schedule, phase_index, scheduled_steps
+from engine.measure.batch_schedule import (
+    grown_batch,
+    lr_multiple,
+    parse_batch_schedule,
+    phase_index,
+    scheduled_steps,
+)
 from engine.measure.train import TrainConfig, train
 
 CPU = torch.device("cpu")
@@ -73,6 +79,53 @@ def test_train_refuses_a_schedule_it_cannot_run(capsys, home, tiny_spec):
                                "--device", "cpu", *args)
         assert code == 2 and words in err and "Traceback" not in err, err
     assert not (home.root / "jobs").exists() or not any((home.root / "jobs").iterdir())
+
+
+# -- adaptive: the batch doubles when the live noise scale calls for it ------------------------------
+
+
+def test_grown_batch_doubles_only_into_a_safe_size_past_the_multiple():
+    sizes = (32, 64, 128, 512)
+    assert grown_batch(32, sizes, 65.0, 2.0, 10_000) == 64
+    assert grown_batch(32, sizes, 64.0, 2.0, 10_000) is None      # not above 2 x 32
+    assert grown_batch(32, sizes, None, 2.0, 10_000) is None      # no estimate this interval
+    assert grown_batch(128, sizes, 1e6, 2.0, 10_000) is None      # 256 was not measured (or not memory-safe)
+    assert grown_batch(64, sizes, 1e6, 2.0, 100) is None          # 128 is more than the data
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(accumulate=1), "--accumulate 2 or more"), (dict(batch_size=48), "not among the batches"),
+    (dict(nproc=2, batch_size=64), "drop --nproc"), (dict(accumulate=4, adaptive_batches=(32, 64, 130)), "divide by --accumulate"),
+    (dict(batch_schedule=((32, 0.0),)), "not both")])
+def test_adaptive_settings_say_how_to_fix_them(kwargs, words):
+    fields = dict(batch_size=32, lr=1e-2, accumulate=2, adaptive_batches=(32, 64, 128))
+    with pytest.raises(UsageError, match=words):
+        TrainConfig(**{**fields, **kwargs}).validate()
+
+
+@pytest.mark.slow
+def test_an_adaptive_run_doubles_its_batch_when_its_noise_scale_passes_the_multiple():
+    events, log = collect()
+    sizes = (32, 64, 128, 256)
+    config = TrainConfig(batch_size=32, lr=1e-2, accumulate=4, adaptive_batches=sizes, adaptive_multiple=1.0,
+                         warmup_samples=256)
+    result = train(tiny_workload.make(), CPU, config, log=log)
+    rows = [r for e in events if e["type"] == "metric_values" for r in e["rows"]]
+    noise = {r["samples"]: r["value"] for r in rows if r["name"] == "noise_scale"}
+    changes = [(r["samples"], int(r["value"])) for r in rows if r["name"] == "batch_size"]
+    assert changes, "the tiny workload's noise scale passes 1 x the batch early on"
+    batch = 32
+    for samples, grown in changes:
+        assert grown == 2 * batch and grown in sizes
+        assert noise[samples] > 1.0 * batch    # decided on that interval's own estimate
+        batch = grown
+    assert result.samples >= 6144 and result.stop_reason == "epochs"
+
+
+def test_train_adaptive_needs_a_profile_of_the_workload(capsys, home, tiny_spec):
+    code, _, err = run_cli(capsys, "--home", str(home.root), "train", "--workload", tiny_spec, "--lr", "0.01",
+                           "-b", "32", "--accumulate", "2", "--batch-schedule", "adaptive", "--device", "cpu")
+    assert code == 2 and "needs a profile" in err and "Traceback" not in err
 
 
 # -- the autopilot's third arm ---------------------------------------------------------------------

@@ -18,7 +18,11 @@ from engine.errors import UsageError
 from engine.units import check_int, check_number
 
 __all__ = ["parse_batch_schedule", "check_batch_schedule", "phase_index", "lr_multiple", "scheduled_steps",
-           "RULES"]
+           "grown_batch", "check_adaptive", "RULES", "ADAPTIVE", "DEFAULT_ADAPTIVE_MULTIPLE"]
+
+ADAPTIVE = "adaptive"              # --batch-schedule adaptive: the run grows its batch from the live noise scale
+DEFAULT_ADAPTIVE_MULTIPLE = 2.0    # double once B_noise exceeds this many times the batch: the doubled batch
+                                   # stays at or below the noise scale, where larger batches still save steps
 
 RULES = ("linear", "sqrt")
 Phases = tuple[tuple[int, float], ...]   # (batch size, start fraction of the run's samples), by start
@@ -88,3 +92,31 @@ def scheduled_steps(phases: Phases, total_samples: int) -> int:
         samples += phases[phase_index(phases, samples, total_samples)][0]
         steps += 1
     return steps
+
+
+def check_adaptive(sizes: tuple[int, ...], batch: int, multiple: float, accumulate: int, nproc: int) -> None:
+    """An adaptive run's settings, or a one-line UsageError saying how to fix them."""
+    for size in sizes:
+        check_int(size, "an adaptive batch size")
+    check_number(multiple, "the adaptive noise multiple", low=0)
+    if accumulate < 2:
+        raise UsageError("--batch-schedule adaptive estimates the noise scale from the micro-batches of each step: "
+                         "give --accumulate 2 or more")
+    if nproc != 1:
+        raise UsageError("--batch-schedule adaptive runs in one process: drop --nproc")
+    if batch not in sizes:
+        raise UsageError(f"--batch-size {batch} is not among the batches the adaptive run may use "
+                         f"({', '.join(map(str, sorted(sizes)))}): profile it, or start from one of them")
+    if any(size % accumulate for size in sizes if size >= batch):
+        raise UsageError(f"every batch the adaptive run may grow into must divide by --accumulate {accumulate}; "
+                         f"not {', '.join(str(s) for s in sorted(sizes) if s >= batch and s % accumulate)}")
+
+
+def grown_batch(batch: int, sizes: tuple[int, ...], noise_scale: float | None, multiple: float,
+                n_train: int) -> int | None:
+    """The batch to grow into once the live noise scale exceeds ``multiple`` times ``batch``: double it,
+    if the doubled batch is one of ``sizes`` (measured and memory-safe) and fits the data; else None."""
+    doubled = 2 * batch
+    if noise_scale is None or noise_scale <= multiple * batch or doubled not in sizes or doubled > n_train:
+        return None
+    return doubled

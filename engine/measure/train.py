@@ -39,6 +39,7 @@ import torch
 from engine.errors import Diverged, UsageError
 from engine.measure import batch_schedule, devices
 from engine.measure import distributed as ddp_util
+from engine.measure.batch_schedule import DEFAULT_ADAPTIVE_MULTIPLE
 from engine.units import INT64_MAX, check_int, check_number
 from engine.workloads import batches
 from engine.workloads.base import SCHEDULES, Workload
@@ -102,6 +103,9 @@ class TrainConfig:
     batch_schedule: tuple[tuple[int, float], ...] | None = None  # (batch, start fraction of the samples) per
                                            # phase; batch_size is the first phase's, lr its rate
     batch_schedule_rule: str = "linear"    # later phases' lr: "linear" (lr/batch fixed) | "sqrt"
+    adaptive_batches: tuple[int, ...] | None = None  # --batch-schedule adaptive: the (measured, memory-safe)
+                                           # batches the run may double into as its live noise scale grows
+    adaptive_multiple: float = DEFAULT_ADAPTIVE_MULTIPLE  # double when the live B_noise > this x the batch
     target_val_loss: float | None = None   # stop when validation loss reaches this
     max_steps: int | None = None           # hard cap on optimizer steps (tests, smoke runs)
     group: str | None = None               # repeats of one config share a group
@@ -126,8 +130,13 @@ class TrainConfig:
         if self.schedule is not None and self.schedule not in SCHEDULES:
             raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         check_int(self.seed, "--seed", low=0)
+        if self.batch_schedule is not None and self.adaptive_batches is not None:
+            raise UsageError("give a batch schedule or adaptive, not both")
         if self.batch_schedule is not None:
             self._validate_batch_schedule()
+        if self.adaptive_batches is not None:
+            batch_schedule.check_adaptive(tuple(self.adaptive_batches), self.batch_size, self.adaptive_multiple,
+                                          self.accumulate, self.nproc)
         if self.target_val_loss is not None:
             check_number(self.target_val_loss, "--target-val-loss")
         check_number(self.eval_every_epochs, "--eval-every", low=0, high=MAX_EPOCHS)
@@ -354,6 +363,9 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
         raise UsageError(f"--batch-size {config.batch_size} is larger than the {workload.n_train} training samples")
     phases = batch_schedule.check_batch_schedule(tuple(tuple(p) for p in config.batch_schedule), workload.n_train) \
         if config.batch_schedule else None
+    adaptive = config.adaptive_batches is not None
+    if adaptive:  # one phase to start with; the run adds one each time its noise scale calls for a larger batch
+        phases = ((config.batch_size, 0.0),)
     if log is None or rank != 0:  # one voice: rank 0 logs for the run
         log = NullLog()
     if rank != 0:
@@ -379,6 +391,8 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(device, config.dtype) else None
     if world > 1 and scaler is None:  # a loss-scaled gradient would need unscaling first: fp16 goes without
         probe = _NoiseProbe(forward, device, config.rank_batch, config.batch_size)
+    if adaptive and scaler is None:   # the live noise scale from each step's micro-batches
+        probe = _MicroNoiseProbe(model, device, config.accumulate, config.micro_batch, config.batch_size)
     epochs = config.epochs if config.epochs is not None else workload.epochs
     warmup = config.warmup_samples if config.warmup_samples is not None else workload.default_warmup_samples()
     steps_per_epoch = source.steps_per_epoch(config.accumulate)
@@ -426,6 +440,8 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                     loss = workload.loss_of(batches.model_output(forward, micro_batch), micro_batch)
                 scaled = loss / config.accumulate
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            if isinstance(probe, _MicroNoiseProbe):
+                probe.after_micro_batch(model)
             loss_sum += loss.detach().float()
             loss_count += 1
             if not syncing:
@@ -476,13 +492,19 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                 if probe is not None:
                     noise_rows = probe.log_rows(row)  # a collective: every rank computes, rank 0 logs
                     log.logged_values(noise_rows)
+                    if adaptive:  # the next phase starts now when the live noise scale calls for it
+                        noise = next((r["value"] for r in noise_rows if r["name"] == "noise_scale"), None)
+                        grown = batch_schedule.grown_batch(batch_now, tuple(config.adaptive_batches), noise,
+                                                           config.adaptive_multiple, workload.n_train)
+                        if grown is not None and result.samples < total_samples:
+                            phases = (*phases, (grown, result.samples / total_samples))
                 loss_sum.zero_()
                 loss_count = 0
                 last_log_time, last_log_samples = now, result.samples
                 progress(f"step {step}/{total_steps}, loss {mean_loss:.4f}", step / total_steps)
 
             # evaluation, outside the training clock
-            last_step = step >= total_steps
+            last_step = step >= total_steps or result.samples >= total_samples
             if result.samples >= next_eval or last_step:
                 while next_eval <= result.samples:
                     next_eval += eval_every_samples
@@ -510,7 +532,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                     break
 
             # termination
-            if step >= total_steps:
+            if last_step:
                 result.stop_reason = "max_steps" if config.max_steps is not None and step >= config.max_steps \
                     else "epochs"
                 done = True
@@ -525,7 +547,10 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                 batch_next = phases[batch_schedule.phase_index(phases, result.samples, total_samples)][0]
                 if batch_next != batch_now:
                     batch_now = batch_next
-                    source = training_batches(workload, device, batch_now, config.seed, rank, world)
+                    source = training_batches(workload, device, batch_now // config.accumulate, config.seed, rank,
+                                              world)
+                    if isinstance(probe, _MicroNoiseProbe):
+                        probe.batch_small, probe.batch_big = batch_now // config.accumulate, batch_now
                     row = _row(step, result.samples, samples_per_epoch, start, eval_time, float("nan"), lr, None)
                     log.logged_values([{**{k: row[k] for k in _INDEX}, "name": "batch_size", "value": batch_now}])
                     break
@@ -619,6 +644,39 @@ class _NoiseProbe:
                   "noise_scale": trace_sigma / g2 if g2 > 0 and trace_sigma > 0 else None}
         return [{**index, "name": name, "value": value} for name, value in values.items()
                 if value is not None and math.isfinite(value)]
+
+
+class _MicroNoiseProbe(_NoiseProbe):
+    """McCandlish's |G_small|² and |G_big|² from the micro-batches of gradient accumulation, for an adaptive
+    batch: each micro-batch's gradient is the change it made to the accumulated ``.grad`` (times the
+    accumulation, since each loss is divided by it), and the accumulated gradient is the whole batch's.
+    One flattened copy of the gradients per micro-batch: cheap next to a forward and backward of the
+    small models this is for. The interval's estimate and its rows are the data-parallel probe's."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, accumulate: int, batch_small: int,
+                 batch_big: int):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.accumulate = accumulate
+        self.batch_small, self.batch_big = batch_small, batch_big
+        self.small_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.big_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.steps = 0
+        self.previous: torch.Tensor | None = None   # the accumulated gradient before this micro-batch
+
+    def _flat(self) -> torch.Tensor:
+        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(torch.float64)
+                          for p in self.params])
+
+    def after_micro_batch(self, model: torch.nn.Module) -> None:
+        flat = self._flat()
+        change = flat if self.previous is None else flat - self.previous
+        # its own gradient is accumulate x the change; the mean over the step's micro-batches
+        self.small_sum += (self.accumulate * change).dot(self.accumulate * change) / self.accumulate
+        self.previous = flat
+
+    def after_backward(self, model: torch.nn.Module) -> None:
+        super().after_backward(model)
+        self.previous = None   # the optimizer step clears the gradients
 
 
 def _process_peak_rss() -> int | None:
