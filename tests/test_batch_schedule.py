@@ -144,8 +144,11 @@ def test_autopilot_refuses_arms_it_does_not_know(arms, words):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_autopilot_trains_the_schedule_arm_in_the_same_rotation_and_compares_it(capsys, home, tiny_spec):
+def test_autopilot_trains_the_schedule_arm_in_the_same_rotation_and_compares_it(capsys, monkeypatch, home, tiny_spec,
+                                                                                 tmp_path):
     import json
+
+    from helpers import open_page
 
     from engine import jobs, store
 
@@ -172,3 +175,7 @@ def test_autopilot_trains_the_schedule_arm_in_the_same_rotation_and_compares_it(
     assert line["spec"] == plan["spec"] and line["predicted_speedup"] == plan["predicted_speedup"]["over_baseline"]
     assert line["text"].startswith(f"schedule {plan['spec']}: ")
     assert jobs.read_spec(home.job_dir(plan["curve_id"]))["kind"] == "noise_curve"
+    # the Overview page shows the schedule arm's line under the headline, and its row in the comparison
+    at = open_page(monkeypatch, home, "overview", timeout=120, cwd=tmp_path)
+    assert line["text"] in [i.value for i in at.info]
+    assert "schedule" in list(at.dataframe[0].value.iloc[:, 0])
