@@ -8,7 +8,11 @@ baseline's own training step measured in the same run by the profiler, giving
   step equivalents (time)     elapsed seconds / median baseline step time
   step equivalents (samples)  samples processed / baseline batch (as the estimate reports it)
 
-    python bench/bench_noise.py [--workload fraud-gru] [--batches 32]
+With ``--at 0,0.25,0.5,1`` it also times the noise curve of ``largestep noise --at``: one baseline
+run trained through with a pause at each fraction, set against that run's training time at the
+measured step time (the ratio is what the curve costs over training the baseline once).
+
+    python bench/bench_noise.py [--workload fraud-gru] [--batches 32] [--at 0,0.25,0.5,1]
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -23,8 +28,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.measure.noise import default_warm_steps, estimate_noise  # noqa: E402
+from engine.measure.noise import (  # noqa: E402
+    baseline_training_steps,
+    default_warm_steps,
+    estimate_noise,
+    estimate_noise_curve,
+)
 from engine.measure.profiler import ProfileConfig, measure_point  # noqa: E402
+from engine.units import parse_fractions  # noqa: E402
 from engine.workloads import load_workload  # noqa: E402
 
 
@@ -32,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", default="fraud-gru")
     parser.add_argument("--batches", type=int, default=32, help="pairs of batches in the estimate")
+    parser.add_argument("--at", help="also time a noise curve at these fractions of the baseline's training")
     args = parser.parse_args()
     workload = load_workload(args.workload)
     device = torch.device("cpu")
@@ -46,6 +58,16 @@ def main() -> None:
         print(f"warm-up {warm:>3} steps: {est.elapsed_s:6.2f} s = {est.elapsed_s / step_s:6.0f} baseline steps of time, "
               f"{est.step_equivalents:6.0f} of samples; B_simple {value} "
               f"(batches {est.batch_small}/{est.batch_big} x {est.batches})", flush=True)
+    if args.at:
+        fractions = parse_fractions(args.at)
+        started = time.perf_counter()
+        points = estimate_noise_curve(workload, device, fractions, batches=args.batches)
+        elapsed = time.perf_counter() - started
+        training_s = baseline_training_steps(workload) * max(fractions) * step_s
+        values = ", ".join(f"{p.fraction:g}: {p.estimate.b_simple:,.0f}" if p.estimate.b_simple is not None
+                           else f"{p.fraction:g}: unreliable" for p in points)
+        print(f"noise curve at {args.at}: {elapsed:.1f} s = {elapsed / training_s:.2f}x the baseline's training to "
+              f"{max(fractions):g} of its run ({training_s:.1f} s at the measured step); B_simple {values}", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ import re
 
 from engine.errors import UsageError
 
-__all__ = ["parse_size", "parse_batch_sizes", "parse_positive_int", "check_int", "check_number", "INT32_MAX",
-           "INT64_MAX"]
+__all__ = ["parse_size", "parse_batch_sizes", "parse_positive_int", "parse_fractions", "check_int", "check_number",
+           "INT32_MAX", "INT64_MAX"]
 
 # The largest values the database's columns hold: a number is checked against the column it lands
 # in where it enters (CLI, dashboard, Python API), so a job never records what the store refuses.
@@ -55,6 +55,23 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     if not parts:
         raise UsageError("--batch-sizes is empty: give a comma-separated list such as 32,128,512")
     return tuple(sorted({parse_positive_int(p, "batch size") for p in parts}))
+
+
+def parse_fractions(text: str, what: str = "--at") -> tuple[float, ...]:
+    """``"0,0.25,0.5,1"`` -> (0.0, 0.25, 0.5, 1.0): distinct numbers between 0 and 1, sorted."""
+    parts = [p for p in str(text).replace(" ", "").split(",") if p]
+    if not parts:
+        raise UsageError(f"{what} is empty: give fractions between 0 and 1 such as 0,0.25,0.5,1")
+    values = set()
+    for part in parts:
+        try:
+            value = float(part)
+        except ValueError:
+            raise UsageError(f"{what} takes fractions between 0 and 1 such as 0,0.25,0.5,1, not {part!r}") from None
+        if not 0 <= value <= 1:  # also refuses NaN
+            raise UsageError(f"{what} takes fractions between 0 and 1, not {part}")
+        values.add(value)
+    return tuple(sorted(values))
 
 
 def check_int(value: object, what: str, low: int = 1, high: int = INT32_MAX) -> int:

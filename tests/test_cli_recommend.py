@@ -131,6 +131,51 @@ def test_noise_estimates_stores_its_row_and_the_next_recommendation_uses_it(caps
     assert json.loads(out)["noise_id"] == result["noise_id"]  # the newest reliable estimate of the workload
 
 
+@pytest.mark.slow
+def test_noise_curve_is_stored_and_the_next_recommendation_plans_a_schedule_from_it(capsys, profiled_home, tiny_spec):
+    from engine import store
+
+    home, profile_id = profiled_home
+    code, out, err = run_cli(capsys, "--home", str(home.root), "noise", "--workload", tiny_spec, "--at", "1,0,0.5",
+                             "--batches", "8", "--device", "cpu", "--json")
+    assert code == 0, err
+    curve = json.loads(out)
+    # the tiny workload's baseline run: 3 epochs of 2,048 samples at batch 32, 192 steps
+    assert [(p["fraction"], p["step"]) for p in curve["points"]] == [(0.0, 0), (0.5, 96), (1.0, 192)]
+    with store.connect(home) as con:
+        assert [p["b_simple"] for p in store.load_noise_curve(con, curve["curve_id"])] == \
+            [p["b_simple"] for p in curve["points"]]
+    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id, "--json")
+    assert code == 0, err
+    plan = json.loads(out)["batch_schedule"]   # the newest curve of the workload, by default
+    assert plan["curve_id"] == curve["curve_id"]
+    sizes = [p["batch_size"] for p in plan["phases"]]
+    assert sizes == sorted(sizes) and set(sizes) <= set(PROFILED_BATCHES)
+    assert plan["predicted_speedup"]["over_best_fixed"] >= 1 - 1e-9  # the best fixed batch is one schedule
+    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id)
+    assert code == 0 and "Batch schedule from noise curve" in out and f"--batch-schedule {plan['spec']}" in out
+    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id,
+                             "--noise-curve", "none", "--json")
+    assert "batch_schedule" not in json.loads(out)
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--at", "0,2"), "between 0 and 1"), (("--at", "0.5"), "two fractions"),
+    (("--at", "0,1", "--warm-steps", "5"), "do not go together")])
+def test_noise_curve_refuses_bad_input_and_starts_nothing(capsys, home, tiny_spec, args, words):
+    code, out, err = run_cli(capsys, "--home", str(home.root), "noise", "--workload", tiny_spec, "--device", "cpu",
+                             *args)
+    assert code == 2 and words in err and "Traceback" not in err
+    assert not (home.root / "jobs").exists() or not any((home.root / "jobs").iterdir())
+
+
+def test_recommend_refuses_a_noise_curve_that_does_not_exist(capsys, profiled_home):
+    home, profile_id = profiled_home
+    code, _, err = run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id,
+                           "--noise-curve", "nois-0000")
+    assert code == 2 and "no noise curve 'nois-0000'" in err
+
+
 def test_export_splits_the_global_batch_over_devices_and_micro_batches(capsys, profiled_home, tmp_path):
     home, profile_id = profiled_home
     code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id, "--noise-scale",

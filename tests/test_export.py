@@ -632,3 +632,72 @@ def test_torch_snippet_on_several_gpus_uses_local_rank_set_device_device_ids_and
     assert gpu["current"] == 1 and backends == ["nccl"] and device_ids == [[1]]
     # 128 samples / 8 a micro-batch = 16 micro-batches, ACCUMULATION 2: 8 of them only accumulate
     assert len(no_sync_entered) == 8
+
+
+# -- a batch schedule ------------------------------------------------------------------------------
+
+
+def scheduled_rec(**overrides) -> dict:
+    """make_rec with a two-phase batch schedule planned from a noise curve."""
+    plan = {"curve_id": "nois-0a0b0c0d", "spec": "8:0,32:0.5", "epochs": 2.0, "samples_ratio": 1.3,
+            "phases": [{"start_fraction": 0.0, "batch_size": 8, "learning_rate": 0.01, "warmup_samples": 64,
+                        "baseline_fraction": 0.0, "noise_scale": 20.0, "step_time_s": 0.01},
+                       {"start_fraction": 0.5, "batch_size": 32, "learning_rate": 0.04, "warmup_samples": 64,
+                        "baseline_fraction": 0.4, "noise_scale": 300.0, "step_time_s": 0.012}],
+            "predicted_speedup": {"over_baseline": 2.5, "over_best_fixed": 1.2},
+            "best_fixed": {"batch_size": 16, "speedup_over_baseline": 2.1}}
+    return make_rec(batch_size=16, learning_rate=0.02, micro_batch_size=16, optimizer="sgd",
+                    baseline={"batch_size": 8, "learning_rate": 0.01}, batch_schedule=plan, **overrides)
+
+
+@pytest.mark.parametrize("fmt", DATA_FORMATS)
+def test_data_formats_carry_the_batch_schedule_as_a_list_of_phases(fmt):
+    document = parse_config(export_config(scheduled_rec(), fmt), fmt)
+    section = document["batch_schedule"]
+    assert section["spec"] == "8:0,32:0.5"
+    assert [(p["start_fraction"], p["batch_size"], p["learning_rate"]) for p in section["phases"]] == \
+        [(0.0, 8, 0.01), (0.5, 32, 0.04)]
+    assert section["prediction"] == {"speedup_over_baseline": 2.5, "speedup_over_best_fixed": 1.2,
+                                     "best_fixed_batch": 16}
+    assert "batch_schedule" not in parse_config(export_config(make_rec(), fmt), fmt)
+
+
+def test_lightning_export_switches_the_batch_through_a_loader_per_epoch():
+    text = export_config(scheduled_rec(), "lightning")
+    tree = ast.parse(text)
+    classes = {node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+    assert {"LargestepModule", "BatchScheduleModule"} <= classes
+    assert "reload_dataloaders_every_n_epochs=1" in text and "BATCH_SCHEDULE = [" in text
+    assert "BatchScheduleModule" not in export_config(make_rec(), "lightning")
+
+
+@pytest.mark.slow
+def test_torch_export_trains_with_the_batch_growing_and_the_rate_ramped():
+    import torch
+    from torch.utils.data import TensorDataset
+
+    namespace: dict = {}
+    exec(compile(export_config(scheduled_rec(), "torch"), "<torch export>", "exec"), namespace)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    data = TensorDataset(torch.randn(100, 3), torch.randint(0, 2, (100,)))
+    seen = []   # (batch, lr) of every optimizer step
+    original = torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append((len(last_input[0]), self.param_groups[0]["lr"]))
+        return original(self, *args, **kwargs)
+
+    last_input = [None]
+    model.register_forward_pre_hook(lambda module, inputs: last_input.__setitem__(0, inputs[0]))
+    torch.optim.SGD.step = recording_step
+    try:
+        namespace["train_with_batch_schedule"](model, data, torch.nn.functional.cross_entropy)
+    finally:
+        torch.optim.SGD.step = original
+    # 2 epochs of 100 samples: batches of 8 until 100 samples are seen (13 steps), then of 32 to 200
+    assert [b for b, _ in seen] == [8] * 13 + [32] * 3
+    # the rate ramps over 64 samples: from 0 in the first phase, from 0.01 to 0.04 after the increase
+    lrs = [lr for _, lr in seen]
+    assert lrs[:2] == pytest.approx([0.01 * 8 / 64, 0.01 * 16 / 64]) and lrs[12] == pytest.approx(0.01)
+    assert lrs[13:] == pytest.approx([0.01 + 0.03 * (4 + 32) / 64, 0.04, 0.04])

@@ -13,7 +13,8 @@ from torch.nn import functional as F
 from engine import Workload
 from engine.errors import UsageError
 from engine.measure import noise as noise_module
-from engine.measure.noise import estimate_noise, noise_scale_from_norms
+from engine.measure.noise import estimate_noise, estimate_noise_curve, noise_scale_from_norms
+from engine.units import parse_fractions
 
 CPU = torch.device("cpu")
 D = 8              # input dimension of the linear regression
@@ -313,3 +314,41 @@ def test_running_out_of_gpu_memory_is_a_one_line_error_saying_what_to_lower(monk
         estimate_noise(tiny_workload.make(), torch.device("cuda:0"), batches=2, bootstrap=0)
     message = str(error.value)
     assert "out of memory" in message and "use a smaller --batch-small" in message and "\n" not in message
+
+
+# -- the noise scale along training --------------------------------------------------------------
+
+
+def short_regression() -> Workload:
+    """The linear regression above with 4,000 samples: 250 baseline steps an epoch, 2,500 a run."""
+    return linear_regression(samples=4000)
+
+
+def test_curve_rises_as_the_baseline_trains_and_pausing_leaves_the_trajectory_alone():
+    workload = short_regression()
+    seen = []
+    points = estimate_noise_curve(workload, CPU, (0.0, 0.004, 0.02), batch_big=64, batches=16, bootstrap=0,
+                                  on_point=seen.append)
+    assert [p.fraction for p in points] == [0.0, 0.004, 0.02]
+    assert [p.step for p in points] == [0, 10, 50] == [p.estimate.warm_steps for p in points]
+    assert seen == points  # each point is handed over as soon as it is estimated
+    # SGD shrinks |w − w*| quickly, so |G|² falls while tr(Σ) stays about σ²-driven: B_simple rises
+    values = [p.estimate.b_simple for p in points]
+    assert values[0] < values[1] < values[2] and values[2] > 4 * values[0]
+    # the estimates read gradients only: the point at step 50 is what one estimate after 50 steps gives
+    alone = estimate_noise(workload, CPU, batch_big=64, batches=16, bootstrap=0, warm_steps=50)
+    assert points[-1].estimate.b_simple == pytest.approx(alone.b_simple, rel=1e-9)
+
+
+@pytest.mark.parametrize("at, words", [((0.5,), "two fractions"), ((0.0, 1.5), "at most 1"),
+                                       ((-0.1, 0.5), "at least 0"), ((0.0, float("nan")), "finite")])
+def test_curve_refuses_bad_fractions(at, words):
+    with pytest.raises(UsageError, match=words):
+        estimate_noise_curve(short_regression(), CPU, at, batches=4)
+
+
+def test_parse_fractions_says_how_to_fix_the_input():
+    assert parse_fractions("1, 0,0.25,0.5,0.25") == (0.0, 0.25, 0.5, 1.0)
+    for text, words in (("", "empty"), ("0,half", "'half'"), ("0,2", "between 0 and 1"), ("nan", "between 0 and 1")):
+        with pytest.raises(UsageError, match=words):
+            parse_fractions(text)

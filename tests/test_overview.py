@@ -181,6 +181,11 @@ def test_the_launcher_accepts_only_listed_workloads_and_sane_numbers(tmp_path):
     assert not config.compile
     _, _, compiled = overview.autopilot_request(overview.AutopilotForm("tiny", compile=True), choices)
     assert compiled.compile   # the dashboard's checkbox reaches every step of the loop
+    assert config.arms is None
+    _, _, both = overview.autopilot_request(overview.AutopilotForm("tiny", both_arms=True), choices)
+    _, _, three = overview.autopilot_request(overview.AutopilotForm("tiny", both_arms=True, schedule_arm=True),
+                                             choices)
+    assert both.arms == ("baseline", "recommended") and three.arms == ("baseline", "fixed", "schedule")
     with pytest.raises(UsageError, match="unknown workload"):
         overview.autopilot_request(overview.AutopilotForm(TINY), choices)   # a path is not a listed name
     with pytest.raises(UsageError, match="repeats"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import PROFILED_BATCHES as BATCHES  # noqa: E402  the session's profile
-from helpers import copy_home, open_page, recommend_stored
+from helpers import copy_home, open_page, recommend_stored, wait_finished
 from streamlit.testing.v1 import AppTest
 
 from engine import jobs, store
@@ -147,6 +147,29 @@ def test_estimating_the_noise_scale_runs_a_job_and_offers_its_result(monkeypatch
         assert not store.load_noise(con, job_id)["unreliable"]
     assert at.session_state["recommend.noise_mode"] == "stored"
     assert at.selectbox(key="recommend.noise_id").value == job_id
+
+
+@pytest.mark.slow
+def test_a_noise_curve_gives_the_next_recommendation_a_batch_schedule_chart(monkeypatch, rec_home, tmp_path, tiny_spec):
+    from engine.jobs.start import start_noise_curve
+
+    home = copy_home(rec_home[0], tmp_path / "home")
+    at = open_page(monkeypatch, home, "recommend")
+    assert "No noise curve for this workload yet" in " ".join(c.value for c in at.caption)
+    curve_id = start_noise_curve(home, tiny_spec, {}, "cpu", (0.0, 0.5, 1.0), batches=8)
+    wait_finished(home, curve_id, timeout_s=180)
+    store.ingest(home)
+    at.radio(key="recommend.noise_mode").set_value("manual").run()
+    at.text_input(key="recommend.noise_scale").input("500")
+    at.button(key="recommend.compute").click().run()
+    assert not at.exception and not at.error, errors(at)
+    with store.connect(home) as con:
+        plan = store.load_recommendation(con, "latest")["batch_schedule"]
+    assert plan["curve_id"] == curve_id
+    assert "A batch that grows as training needs it" in [h.value for h in at.subheader]
+    assert any(plan["spec"] in m.value for m in at.markdown)
+    table = at.dataframe[-1].value
+    assert list(table["batch"]) == [p["batch_size"] for p in plan["phases"]]
 
 
 # -- Planner -------------------------------------------------------------------------------------

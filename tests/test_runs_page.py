@@ -270,6 +270,23 @@ def test_curves_figure_without_data_says_so():
     assert not fig.data and "no val_loss" in fig.layout.annotations[0].text
 
 
+def test_curves_figure_marks_each_batch_change_in_its_runs_colour():
+    curves = _curves({"r1": 50, "r2": 40})
+    labels = {"r1": "schedule (r1)", "r2": "fixed (r2)"}
+    changes = pd.DataFrame([{"run_id": "r1", "step": 10, "epoch": 1.0, "samples": 20.0, "wall_time_s": 1.0,
+                             "train_time_s": 0.8, "batch_size": 128},
+                            {"run_id": "r1", "step": 14, "epoch": 2.0, "samples": 40.0, "wall_time_s": 2.0,
+                             "train_time_s": 1.6, "batch_size": 512}])
+    fig = runcharts.curves_figure(curves, labels, "train_loss", "samples", batch_changes=changes)
+    assert [(s.x0, s.line.dash) for s in fig.layout.shapes] == [(20.0, "dash"), (40.0, "dash")]
+    assert [a.text for a in fig.layout.annotations] == ["batch 128", "batch 512"]
+    r1_line = next(t for t in fig.data if t.name == "schedule (r1)")
+    assert fig.layout.shapes[0].line.color == r1_line.line.color
+    logged = runcharts.curves_figure(curves, labels, "train_loss", "samples", log_x=True, batch_changes=changes)
+    assert logged.layout.annotations[0].x == pytest.approx(np.log10(20.0))
+    assert not runcharts.curves_figure(curves, {"r2": "fixed (r2)"}, "train_loss", batch_changes=changes).layout.shapes
+
+
 def test_comparison_figure_draws_mean_and_std_bands_per_group_and_the_target():
     rows = []
     for run_id, group_scale in (("a1", 1.0), ("a2", 1.1), ("b1", 0.5), ("b2", 0.6)):

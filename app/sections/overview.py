@@ -60,12 +60,16 @@ with st.form("overview.form", border=False):
     both_arms = st.checkbox("Train both arms even if the baseline is recommended", key="overview.both_arms",
                             help="By default, when no measured batch is predicted faster than yours, the autopilot "
                                  "says so and trains nothing; ticked, it trains and compares both arms anyway.")
+    schedule_arm = st.checkbox("Also train a batch that grows (a third arm)", key="overview.schedule_arm",
+                               help="Estimates the noise scale along a baseline run, plans the batch schedule from "
+                                    "it, and trains it beside the baseline and the fixed batch, in the same rotation.")
     submitted = st.form_submit_button("Profile & train", type="primary", key="overview.start",
                                       icon=":material/rocket_launch:")
 
 if submitted:
     form = overview.AutopilotForm(workload=workload, device=device, repeats=int(repeats), epochs=epochs,
-                                  data_path=data_path, label=label, compile=compile_model, both_arms=both_arms)
+                                  data_path=data_path, label=label, compile=compile_model, both_arms=both_arms,
+                                  schedule_arm=schedule_arm)
     try:
         with st.spinner("Checking the workload …"):
             job_id = overview.submit_autopilot(home, form, choices)
@@ -133,6 +137,8 @@ def autopilot_panel(autopilot_id: str, was_live: bool) -> None:
         for column, metric in zip(st.columns(4), view.metrics):
             column.metric(metric.label, metric.value, help=metric.help)
         (st.success if view.good_news else st.warning)(view.headline["text"], icon=":material/bolt:")
+        if view.headline.get("schedule"):   # --arms baseline,fixed,schedule: the growing batch's own line
+            st.info(view.headline["schedule"]["text"], icon=":material/trending_up:")
         for warning in view.warnings:
             st.warning(warning, icon=":material/warning:")
     if view.comparison is not None:

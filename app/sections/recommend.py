@@ -164,6 +164,16 @@ st.markdown("\n".join(f"- {reason}" for reason in view.reasons))
 st.markdown("**Candidates**")
 st.dataframe(recommend.highlight_roles(view.candidates), hide_index=True, width="stretch")
 
+if view.schedule is not None:
+    st.subheader("A batch that grows as training needs it")
+    st.markdown(view.schedule.headline)
+    st.plotly_chart(view.schedule.figure, key="recommend.schedule_chart", width="stretch")
+    st.dataframe(view.schedule.phases, hide_index=True, width="stretch")
+    st.markdown("\n".join(f"- {reason}" for reason in view.schedule.reasons))
+else:
+    st.caption("No noise curve for this workload yet: `largestep noise --workload W --at 0,0.25,0.5,1` measures one, "
+               "and the next recommendation plans a growing batch schedule from it.")
+
 st.markdown("**Export**")
 row = st.container(horizontal=True)
 for item in recommend.downloads(rec):

@@ -222,23 +222,33 @@ def profiles(ctx, as_json: bool) -> None:
 @click.option("--warm-steps", default="auto", show_default=True, metavar="S",
               help="Train the baseline this many steps first, since the noise scale grows as the loss falls "
                    "(auto: one epoch, at most 500 steps).")
+@click.option("--at", "at", metavar="FRACTIONS",
+              help="A curve instead of one estimate: the noise scale at these fractions of one baseline run's "
+                   "training, e.g. 0,0.25,0.5,1 (replaces --warm-steps).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @compile_option
 @json_option
 @click.pass_context
-def noise(ctx, workload, settings, data, label, device, batch_small, batch_big, batches, warm_steps, seed,
+def noise(ctx, workload, settings, data, label, device, batch_small, batch_big, batches, warm_steps, at, seed,
           compile_model, as_json):
     """Estimate the gradient noise scale B_simple (McCandlish et al. 2018) with a confidence interval."""
     from engine import store
     from engine.jobs import events
     from engine.jobs.start import start_noise
-    from engine.units import parse_positive_int
+    from engine.units import parse_fractions, parse_positive_int
 
     small = parse_positive_int(batch_small, "--batch-small") if batch_small is not None else None
     big = parse_positive_int(batch_big, "--batch-big") if batch_big is not None else None
     count = parse_positive_int(batches, "--batches")
-    warm = None if warm_steps == "auto" else parse_count(warm_steps, "--warm-steps")
     home = home_of(ctx)
+    if at is not None:
+        if warm_steps != "auto":
+            raise UsageError("--at and --warm-steps do not go together: each point of a curve trains the baseline "
+                             "to its own fraction; drop --warm-steps")
+        _noise_curve(home, workload, workload_settings(settings, data, label), device, parse_fractions(at), small, big,
+                     count, seed, compile_model, as_json)
+        return
+    warm = None if warm_steps == "auto" else parse_count(warm_steps, "--warm-steps")
     job_id = start_noise(home, workload, workload_settings(settings, data, label), device, small, big, count, warm,
                          seed, compile=compile_model)
     finish_job(home, job_id, "noise estimate", as_json)
@@ -256,3 +266,28 @@ def noise(ctx, workload, settings, data, label, device, batch_small, batch_big, 
         click.echo(f"noise estimate {job_id}: B_simple = {result['b_simple']:,.0f}{ci}")
     click.echo(f"from {result['batches']} batches of {result['batch_big']} split into {result['batch_small']}; "
                f"{result['elapsed_s']:.1f} s, about {result['step_equivalents']:.0f} baseline training steps")
+
+
+def _noise_curve(home, workload, options, device, at, batch_small, batch_big, batches, seed, compile_model,
+                 as_json) -> None:
+    """`noise --at`: start the curve's job, follow it, show its points."""
+    from engine import store
+    from engine.jobs.start import start_noise_curve
+
+    job_id = start_noise_curve(home, workload, options, device, at, batch_small, batch_big, batches, seed,
+                               compile=compile_model)
+    finish_job(home, job_id, "noise curve", as_json)
+    with store.connect(home) as con:
+        points = store.load_noise_curve(con, job_id)
+    fields = ("fraction", "step", "b_simple", "ci_low", "ci_high", "batch_small", "batch_big", "batches",
+              "unreliable", "reason", "elapsed_s")
+    result = {"curve_id": job_id, "workload": points[0]["workload"] if points else None,
+              "points": [{k: p.get(k) for k in fields} for p in points]}
+    if as_json:
+        emit_json(result)
+        return
+    rows = [[f"{p['fraction']:g}", grouped(p["step"]), grouped(p["b_simple"]), grouped(p["ci_low"]),
+             grouped(p["ci_high"]), p["reason"] or ""] for p in points]
+    console().print(table(f"Noise curve {job_id} ({result['workload']})",
+                          ["fraction", "baseline step", "B_simple", "90% low", "90% high", "unreliable because"],
+                          rows))

@@ -30,6 +30,9 @@ from engine.format import format_ms, grouped
 @click.option("--noise-scale", metavar="X", help="Use this gradient noise scale instead of a stored estimate.")
 @click.option("--estimate-noise", is_flag=True, help="Estimate the noise scale now (runs a job).")
 @click.option("--noise", "noise_id", metavar="ID", help="Use this stored noise estimate.")
+@click.option("--noise-curve", "curve_id", default="latest", show_default=True, metavar="ID|latest|none",
+              help="Plan a growing batch schedule from this noise curve (`largestep noise --at`); latest: the "
+                   "workload's newest, if any.")
 @click.option("--memory-headroom", default="0.9", show_default=True, metavar="SHARE",
               help="Largest share of device memory a candidate may use.")
 @click.option("--max-lr", metavar="X", help="Never recommend a learning rate above this.")
@@ -39,7 +42,7 @@ from engine.format import format_ms, grouped
 @device_option("Device for --estimate-noise and --check-stability.")
 @json_option
 @click.pass_context
-def recommend(ctx, profile_id, baseline_batch, baseline_lr, rule, noise_scale, estimate_noise, noise_id,
+def recommend(ctx, profile_id, baseline_batch, baseline_lr, rule, noise_scale, estimate_noise, noise_id, curve_id,
               memory_headroom, max_lr, warmup_samples, check_stability, device, as_json):
     """Recommend a batch size and learning rate from a profile, predicted to reach the target fastest."""
     from engine import store
@@ -61,13 +64,13 @@ def recommend(ctx, profile_id, baseline_batch, baseline_lr, rule, noise_scale, e
     )
     config.validate()
     with open_store(ctx) as (home, con):
-        rec = _recommend(con, profile_id, config, noise_id)  # validates before any job starts
+        rec = _recommend(con, profile_id, config, noise_id, curve_id)  # validates before any job starts
     if estimate_noise:
         job_id = start_noise(home, rec["workload_spec"], rec["workload_options"], device,
                              batch_small=rec["baseline"]["batch_size"])
         finish_job(home, job_id, "noise estimate", as_json)
         with store.connect(home) as con:
-            rec = _recommend(con, rec["profile_id"], config, job_id)
+            rec = _recommend(con, rec["profile_id"], config, job_id, curve_id)
     if check_stability:
         job_id = start_stability(home, rec, device)
         finish_job(home, job_id, "stability check", as_json)
@@ -82,12 +85,20 @@ def recommend(ctx, profile_id, baseline_batch, baseline_lr, rule, noise_scale, e
         print_recommendation(rec)
 
 
-def _recommend(con, profile_id: str | None, config, noise_id: str | None) -> dict:
+def _recommend(con, profile_id: str | None, config, noise_id: str | None, curve_id: str = "none") -> dict:
     from engine import store
     from engine.plan.recommend import recommend as make
+    from engine.plan.schedule import with_batch_schedule
 
     profile, noise = store.recommendation_inputs(con, profile_id, noise_id, stored_noise=config.noise_scale is None)
-    return make(profile, config, noise)
+    rec = make(profile, config, noise)
+    if curve_id == "none":
+        return rec
+    curve = store.load_noise_curve(con, curve_id, workload=profile["workload"])
+    if not curve and curve_id != "latest":
+        raise UsageError(f"no noise curve {curve_id!r}: run `largestep noise --at 0,0.25,0.5,1`, or give "
+                         f"--noise-curve latest or none")
+    return with_batch_schedule(rec, curve, chosen=curve_id != "latest")
 
 
 def print_recommendation(rec: dict) -> None:
@@ -122,7 +133,25 @@ def print_recommendation(rec: dict) -> None:
     for reason in rec["reasons"]:
         if reason != rec.get("uncertain"):   # said above, where it cannot be missed
             out.print(f"- {reason}")
+    if rec.get("batch_schedule"):
+        print_batch_schedule(rec["batch_schedule"])
     out.print(f"export it: largestep export --recommendation {rec['recommendation_id']} --format yaml")
+
+
+def print_batch_schedule(plan: dict) -> None:
+    out = console()
+    rows = [[f"{p['start_fraction']:.0%}", f"{p['baseline_fraction']:.0%}", grouped(p["noise_scale"]),
+             p["batch_size"], f"{p['learning_rate']:.3g}", grouped(p["warmup_samples"]), format_ms(p["step_time_s"])]
+            for p in plan["phases"]]
+    out.print(table(f"Batch schedule from noise curve {plan['curve_id']}",
+                    ["from (samples)", "baseline at", "B_noise", "batch", "lr", "warm-up samples", "step ms"], rows))
+    speed, fixed = plan["predicted_speedup"], plan["best_fixed"]
+    out.print(f"[bold]--batch-schedule {plan['spec']}[/bold]: predicted {speed['over_baseline']:.2f}x over the "
+              f"baseline, {speed['over_best_fixed']:.2f}x over the best fixed batch ({fixed['batch_size']}, "
+              f"{fixed['speedup_over_baseline']:.2f}x over the baseline, priced on the same curve); "
+              f"{plan['samples_ratio']:.2f}x the baseline's samples")
+    for reason in plan["reasons"]:
+        out.print(f"- {reason}")
 
 
 @cli.command()

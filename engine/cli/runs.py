@@ -26,7 +26,19 @@ from engine.format import format_background_load, format_bytes
 
 @cli.command()
 @workload_options
-@click.option("--batch-size", "-b", required=True, metavar="B", help="Global batch: samples per optimizer step.")
+@click.option("--batch-size", "-b", metavar="B", help="Global batch: samples per optimizer step.  [required unless "
+              "--batch-schedule]")
+@click.option("--batch-schedule", metavar="SPEC",
+              help="A batch that grows: batch:fraction-of-samples phases, e.g. 256:0,1024:0.3,4096:0.6 (--lr is the "
+                   "first phase's; each increase scales it by --batch-schedule-rule and warms up again); or "
+                   "adaptive: double the batch, within the --profile's measured and memory-safe sizes, when the "
+                   "noise scale measured from the --accumulate micro-batches exceeds --adaptive-multiple x batch.")
+@click.option("--adaptive-multiple", default="2", show_default=True, metavar="K",
+              help="--batch-schedule adaptive doubles the batch once the live noise scale exceeds K x the batch.")
+@click.option("--profile", "profile_id", default="latest", show_default=True, metavar="ID",
+              help="--batch-schedule adaptive: the profile whose measured, memory-safe batches the run may use.")
+@click.option("--batch-schedule-rule", type=click.Choice(["linear", "sqrt"]), default="linear", show_default=True,
+              help="Later phases' learning rate: linear keeps lr/batch fixed; sqrt scales it with sqrt(B/B1).")
 @click.option("--lr", required=True, metavar="LR", help="Peak learning rate, reached after warm-up.")
 @click.option("--epochs", metavar="E", help="Training length in epochs (default: the workload's).")
 @click.option("--warmup-samples", metavar="N", help="Linear warm-up length in samples (default: the workload's).")
@@ -50,18 +62,27 @@ from engine.format import format_background_load, format_bytes
 @click.option("--detach", is_flag=True, help="Queue the runs and return at once; follow them with `largestep runs`.")
 @json_option
 @click.pass_context
-def train(ctx, workload, settings, data, label, batch_size, lr, epochs, warmup_samples, accumulate, schedule, dtype,
+def train(ctx, workload, settings, data, label, batch_size, batch_schedule, adaptive_multiple, profile_id,
+          batch_schedule_rule, lr, epochs, warmup_samples, accumulate, schedule, dtype,
           seed, compile_model, repeats, target_val_loss, eval_every, max_steps, tags, device, nproc, launcher,
           ray_address, detach, as_json):
     """Train a workload for real at one batch size and learning rate (runs as jobs)."""
     from engine import jobs, store
     from engine.jobs.ray import launcher_from_cli
     from engine.jobs.start import start_train
+    from engine.measure.batch_schedule import ADAPTIVE, parse_batch_schedule
     from engine.measure.train import TrainConfig
     from engine.units import parse_positive_int
 
+    adaptive = batch_schedule == ADAPTIVE
+    phases = parse_batch_schedule(batch_schedule) if batch_schedule is not None and not adaptive else None
+    if batch_size is None and phases is None:
+        raise UsageError("give --batch-size, or --batch-schedule for a batch that grows")
     config = TrainConfig(
-        batch_size=parse_positive_int(batch_size, "--batch-size"), lr=parse_float(lr, "--lr"),
+        batch_size=parse_positive_int(batch_size, "--batch-size") if batch_size is not None else phases[0][0],
+        batch_schedule=phases, batch_schedule_rule=batch_schedule_rule, lr=parse_float(lr, "--lr"),
+        adaptive_batches=_adaptive_batches(ctx, workload, profile_id) if adaptive else None,
+        adaptive_multiple=parse_float(adaptive_multiple, "--adaptive-multiple"),
         epochs=parse_float(epochs, "--epochs"),
         warmup_samples=parse_count(warmup_samples, "--warmup-samples") if warmup_samples is not None else None,
         accumulate=parse_positive_int(accumulate, "--accumulate"), schedule=schedule, dtype=dtype,
@@ -90,6 +111,23 @@ def train(ctx, workload, settings, data, label, batch_size, lr, epochs, warmup_s
     else:
         print_runs(runs, f"Runs of {runs[0].get('workload') or workload}")
     return 0 if all(state == jobs.FINISHED for state in states) else 1
+
+
+def _adaptive_batches(ctx, workload: str, profile_id: str) -> tuple[int, ...]:
+    """The measured, memory-safe batches of the workload's profile, which an adaptive run may double into."""
+    from engine import store
+    from engine.plan.recommend import memory_safe_batches
+
+    with open_store(ctx) as (_home, con):
+        profile = store.load_profile(con, profile_id)
+    if profile is None:
+        raise UsageError(f"--batch-schedule adaptive needs a profile of {workload} to know which batches are safe: "
+                         f"run `largestep profile --workload {workload}` first" if profile_id == "latest"
+                         else f"no profile {profile_id!r}; see `largestep profiles`")
+    if workload not in (profile.get("workload"), profile.get("workload_spec")):
+        raise UsageError(f"profile {profile['id']} is of {profile.get('workload')}, not {workload}: give --profile "
+                         f"with a profile of {workload}")
+    return memory_safe_batches(profile)
 
 
 def describe_train_event(event: dict) -> str | None:
@@ -247,7 +285,8 @@ def print_comparison(result: dict) -> None:
 @click.option("--epochs", metavar="E", help="Baseline training length (default: the workload's).")
 @click.option("--rule", type=click.Choice(["linear", "sqrt"]), default="linear", show_default=True)
 @click.option("--arms", metavar="LIST", help="baseline,recommended: train both arms even when the recommendation is "
-              "the baseline (by default the autopilot then says so and trains nothing).")
+              "the baseline (by default the autopilot then says so and trains nothing); baseline,fixed,schedule: "
+              "also a third arm growing its batch on the schedule planned from a noise curve, in the same rotation.")
 @click.option("--until-decisive", is_flag=True,
               help="Keep adding a seed to each arm until the speedup's 90% interval excludes 1 or the quality "
                    "difference's lies within --quality-tolerance (at most --max-repeats seeds an arm).")
@@ -297,6 +336,8 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, arms,
     if result["comparison"]:
         print_comparison(result["comparison"])
     console().print(f"[bold]{result['headline']['text']}[/bold]  (on {result['headline']['device']})")
+    if result["headline"].get("schedule"):
+        console().print(f"[bold]{result['headline']['schedule']['text']}[/bold]")
     print_factors(result["headline"].get("factors"))
     return 0
 

@@ -32,6 +32,8 @@ __all__ = ["AutopilotConfig", "autopilot_task", "PHASES", "headline", "keep_base
 
 PHASES = ("profile", "noise scale", "recommendation", "training runs", "comparison")
 ARMS = ("baseline", "recommended")     # the arms an autopilot can train
+SCHEDULE_ARMS = ("baseline", "fixed", "schedule")   # ... and with a batch schedule planned from a noise curve
+CURVE_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)       # where the schedule arm's noise curve is estimated
 MAX_EPOCH_FACTOR = 3.0  # the recommended runs get at most this many times the baseline's epochs
 
 
@@ -66,9 +68,17 @@ class AutopilotConfig:
         check_tolerance(self.tolerance)
         check_tolerance(self.quality_tolerance, "--quality-tolerance")
         check_int(self.nproc, "--nproc", high=MAX_NPROC)
-        if self.arms is not None and tuple(self.arms) != ARMS:
+        if self.arms is not None and tuple(self.arms) not in (ARMS, SCHEDULE_ARMS):
             raise UsageError(f"--arms takes {','.join(ARMS)} (both arms, trained even when the recommendation is the "
-                             f"baseline), not {','.join(self.arms)}")
+                             f"baseline) or {','.join(SCHEDULE_ARMS)} (a third arm growing its batch on a schedule "
+                             f"planned from a noise curve), not {','.join(self.arms)}")
+        if self.scheduled and self.nproc != 1:
+            raise UsageError("the schedule arm runs in one process: drop --nproc")
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether a third arm trains the batch schedule planned from a noise curve."""
+        return self.arms is not None and tuple(self.arms) == SCHEDULE_ARMS
         check_int(self.max_repeats, "--max-repeats", high=MAX_REPEATS)
         if self.until_decisive and self.max_repeats < self.repeats:
             raise UsageError(f"--max-repeats {self.max_repeats} is below --repeats {self.repeats}")
@@ -180,12 +190,51 @@ def keep_baseline_headline(rec: dict) -> dict:
             "factors": None, "device": rec["device"].get("name")}
 
 
+def schedule_config(rec: dict, base, rule: str):
+    """The schedule arm's runs: the planned phases from the first phase's batch and rate, for the samples
+    the plan predicts the growing batch needs (at most MAX_EPOCH_FACTOR times the baseline's)."""
+    plan = rec["batch_schedule"]
+    first = plan["phases"][0]
+    return replace(base, batch_size=first["batch_size"], lr=first["learning_rate"],
+                   batch_schedule=tuple((p["batch_size"], p["start_fraction"]) for p in plan["phases"]),
+                   batch_schedule_rule=rule, epochs=base.epochs * min(MAX_EPOCH_FACTOR, max(1.0, plan["samples_ratio"])))
+
+
+def schedule_headline(rec: dict, comparison: dict) -> dict:
+    """The schedule arm's line, beside the fixed arm's: its measured speedup over the baseline with its
+    interval, and the plan's predicted speedups over the baseline and over the best fixed batch."""
+    plan = rec["batch_schedule"]
+    group = next(g for g in comparison["groups"] if g["name"] == "schedule")
+    fixed = next(g for g in comparison["groups"] if g["name"] == "recommended")
+    predicted = plan["predicted_speedup"]
+    text = f"schedule {plan['spec']}: "
+    if group.get("speedup") is not None:
+        text += f"{group['speedup']:.2f}x faster to the baseline's validation loss"
+        if group.get("speedup_interval"):
+            low, high = group["speedup_interval"]
+            text += f" ({comparison['confidence']:.0%} interval {low:.2f}x to {high:.2f}x)"
+    else:
+        text += "did not reach the baseline's validation loss"
+    reached = group.get("time_to_target") or {}
+    text += (f", reached in {reached.get('reached', 0)} of {reached.get('n', 0)} seeds; predicted "
+             f"{predicted['over_baseline']:.2f}x over the baseline and {predicted['over_best_fixed']:.2f}x over the "
+             f"best fixed batch {plan['best_fixed']['batch_size']}")
+    if group.get("speedup") and fixed.get("speedup"):
+        text += f"; measured {group['speedup'] / fixed['speedup']:.2f}x over the fixed arm (batch {fixed['batch_size']})"
+    return {"schedule": {"text": text, "spec": plan["spec"], "measured_speedup": group.get("speedup"),
+                         "measured_speedup_interval": group.get("speedup_interval"),
+                         "predicted_speedup": predicted["over_baseline"],
+                         "predicted_speedup_over_best_fixed": predicted["over_best_fixed"],
+                         "quality": group.get("quality")}}
+
+
 def autopilot_task(ctx: JobContext) -> None:
     """The body of an ``autopilot`` job."""
-    from engine.jobs.start import start_noise, start_profile, start_train
+    from engine.jobs.start import start_noise, start_noise_curve, start_profile, start_train
     from engine.measure.noise import default_warm_steps
     from engine.measure.profiler import ProfileConfig
     from engine.measure.train import TrainConfig
+    from engine.plan.schedule import with_batch_schedule
     from engine.workloads import load_workload
 
     params = ctx.params
@@ -238,10 +287,22 @@ def autopilot_task(ctx: JobContext) -> None:
                      None)
         if noise is not None:
             noise = {**events.noise_row(noise), "id": noise_id}
+        curve = []
+        if config.scheduled:  # the noise scale along one baseline run, for the schedule arm
+            curve_id = start_noise_curve(ctx.home, spec, options, device, CURVE_FRACTIONS,
+                                         batch_small=workload.baseline_batch_size, batches=config.noise_batches,
+                                         compile=config.compile)
+            children.append(curve_id)
+            phase("noise scale", 0.5, job=curve_id)
+            wait_for([curve_id], "noise scale")
+            curve = [events.noise_curve_row(e, curve_id) for e in events.read_all(ctx.home.job_dir(curve_id))
+                     if e["type"] == events.NOISE_CURVE_POINT]
 
         # recommendation
         phase("recommendation", 0.0)
         rec = recommend(dict(profile, epochs=epochs), RecommendConfig(rule=config.rule), noise)
+        if config.scheduled:
+            rec = with_batch_schedule(rec, curve, chosen=True)
         ctx.spool.emit(events.RECOMMENDATION, document=rec)
 
         if rec["batch_size"] == rec["baseline"]["batch_size"] and config.arms is None:
@@ -265,6 +326,8 @@ def autopilot_task(ctx: JobContext) -> None:
                              warmup_samples=rec["warmup_samples"], nproc=config.nproc, compile=config.compile)
         arms = {"baseline": (base, f"grp-{secrets.token_hex(4)}", []),
                 "recommended": (chosen, f"grp-{secrets.token_hex(4)}", [])}
+        if config.scheduled:   # the third arm, in the same rotation
+            arms["schedule"] = (schedule_config(rec, base, config.rule), f"grp-{secrets.token_hex(4)}", [])
         order: list[str] = []
         state_of: dict[str, str] = {}
 
@@ -310,10 +373,14 @@ def autopilot_task(ctx: JobContext) -> None:
         baseline_ids, recommended_ids = arms["baseline"][2], arms["recommended"][2]
         result = (headline(rec, comparison, decisive(comparison), seeds) if config.until_decisive
                   else headline(rec, comparison))
+        if config.scheduled:
+            result = {**result, **schedule_headline(rec, comparison)}
         ctx.spool.emit(events.AUTOPILOT_RESULT, headline=result, comparison=comparison,
                        recommendation_id=rec["recommendation_id"], profile_id=profile_id, noise_id=noise_id,
                        baseline_runs=baseline_ids, recommended_runs=recommended_ids,
-                       epochs={"baseline": epochs, "recommended": epochs * factor}, config=asdict(config))
+                       epochs={"baseline": epochs, "recommended": epochs * factor,
+                               **({"schedule": arms["schedule"][0].epochs} if config.scheduled else {})},
+                       config=asdict(config))
         ctx.progress("done", 1.0, headline=result["text"])
     except BaseException:
         for job_id in children:  # cancelled or failed: take the children down too

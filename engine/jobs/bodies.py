@@ -17,7 +17,7 @@ from engine.measure.devices import versions
 from engine.measure.profiler import ProfileConfig, ProfilePoint, plan_batch_sizes, run_profile
 from engine.workloads import load_workload
 
-__all__ = ["profile_task", "noise_task", "stability_task", "train_task", "run_training", "SpoolRunLog",
+__all__ = ["profile_task", "noise_task", "noise_curve_task", "stability_task", "train_task", "run_training", "SpoolRunLog",
            "profile_config_from_params"]
 
 
@@ -130,6 +130,31 @@ def noise_task(ctx: JobContext) -> None:
     ctx.spool.emit(events.NOISE_ESTIMATE, workload=workload.name, workload_spec=params["workload"],
                    options=params.get("options") or {}, device=devices.device_info(device).to_dict(),
                    **estimate.to_dict())
+    ctx.progress("done", 1.0)
+
+
+def noise_curve_task(ctx: JobContext) -> None:
+    """Estimate the noise scale along one baseline run; one ``noise_curve_point`` event a point, each
+    flushed as soon as it is known (a long curve shows its first points while it runs)."""
+    from engine.measure.noise import estimate_noise_curve
+
+    params = ctx.params
+    ctx.progress("loading workload", 0.0)
+    workload = load_workload(params["workload"], params.get("options") or {})
+    device = devices.resolve_device(params.get("device", "auto"))
+    described = {"workload": workload.name, "workload_spec": params["workload"],
+                 "options": params.get("options") or {}, "device": devices.device_info(device).to_dict()}
+
+    def on_point(point) -> None:
+        ctx.spool.emit(events.NOISE_CURVE_POINT, **described, **point.to_dict())
+        ctx.spool.flush()
+
+    estimate_noise_curve(
+        workload, device, tuple(params["at"]), batch_small=params.get("batch_small"),
+        batch_big=params.get("batch_big"), batches=params.get("batches", 32), seed=params.get("seed", 0),
+        compile=bool(params.get("compile")), on_point=on_point,
+        on_progress=lambda phase, fraction: ctx.progress(phase, fraction),
+    )
     ctx.progress("done", 1.0)
 
 

@@ -18,7 +18,8 @@ import orjson
 
 __all__ = [
     "EventType", "CATALOGUE", "Batch", "read", "read_all", "line_number", "last", "problems", "NOISE_FIELDS",
-    "POINT_FIELDS", "BACKGROUND_FIELDS", "METRIC_INDEX", "profile_start_row", "point_row", "profile_end_row", "profile_record", "noise_row",
+    "POINT_FIELDS", "BACKGROUND_FIELDS", "METRIC_INDEX", "profile_start_row", "point_row", "profile_end_row",
+    "profile_record", "noise_row", "noise_curve_row", "NOISE_CURVE_POINT",
     "run_start_row", "run_end_row", "run_record", "evaluations", "eval_rows", "TRAIN_METRICS",
     "START", "EXIT", "PROFILE_START", "POINT", "PROFILE_END", "TELEMETRY", "NOISE_ESTIMATE", "STABILITY",
     "RUN_START", "METRICS", "METRIC_VALUES", "EVAL", "RUN_END", "RECOMMENDATION", "AUTOPILOT_PHASE",
@@ -39,7 +40,7 @@ class EventType:
 
 START, EXIT = "start", "exit"
 PROFILE_START, POINT, PROFILE_END, TELEMETRY = "profile_start", "point", "profile_end", "telemetry"
-NOISE_ESTIMATE, STABILITY = "noise_estimate", "stability"
+NOISE_ESTIMATE, NOISE_CURVE_POINT, STABILITY = "noise_estimate", "noise_curve_point", "stability"
 RUN_START, METRICS, METRIC_VALUES, EVAL, RUN_END = "run_start", "metrics", "metric_values", "eval", "run_end"
 RECOMMENDATION, AUTOPILOT_PHASE, AUTOPILOT_RESULT = "recommendation", "autopilot_phase", "autopilot_result"
 
@@ -78,6 +79,9 @@ CATALOGUE: dict[str, EventType] = {e.name: e for e in (
                                 "memory_fit_slope_bytes", "inconsistency")),
     EventType(TELEMETRY, "samples of device telemetry (10 Hz)", ("samples",)),
     EventType(NOISE_ESTIMATE, "a gradient noise scale estimate", ("batch_small", "batch_big"),
+              ("workload", "workload_spec", "options", "device", *NOISE_FIELDS)),
+    EventType(NOISE_CURVE_POINT, "a noise scale estimate at a fraction of the baseline's training (one curve a job)",
+              ("fraction", "step", "batch_small", "batch_big"),
               ("workload", "workload_spec", "options", "device", *NOISE_FIELDS)),
     EventType(STABILITY, "a learning-rate stability check",
               ("batch_size", "recommended_lr", "max_stable_lr", "stable", "lrs", "losses"), ("id", "diverged_at_lr")),
@@ -265,6 +269,11 @@ def noise_row(e: dict) -> dict:
     return {"workload": e.get("workload"), "workload_spec": e.get("workload_spec"), "options": e.get("options") or {},
             "device_id": (e.get("device") or {}).get("id"), "created_at": e.get("t"),
             **{k: e.get(k) for k in NOISE_FIELDS}}
+
+
+def noise_curve_row(e: dict, curve_id: str) -> dict:
+    """The ``noise_curve_points`` columns a noise_curve_point event sets (its curve's id is the job's)."""
+    return {"curve_id": curve_id, "fraction": e["fraction"], "step": e["step"], **noise_row(e)}
 
 
 def run_start_row(e: dict, run_id: str) -> dict:

@@ -276,6 +276,7 @@ _KINDS: dict[str, str] = {
     # kind -> "module:function"; imported lazily so the job process loads only what it runs
     "profile": "engine.jobs.bodies:profile_task",
     "noise": "engine.jobs.bodies:noise_task",
+    "noise_curve": "engine.jobs.bodies:noise_curve_task",
     "stability": "engine.jobs.bodies:stability_task",
     "train": "engine.jobs.bodies:train_task",
     "autopilot": "engine.jobs.autopilot:autopilot_task",

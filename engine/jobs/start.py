@@ -17,7 +17,7 @@ from engine.units import INT32_MAX, check_int
 
 MAX_REPEATS = 1000      # runs queued by one request (each is a job folder and a process)
 
-__all__ = ["start_profile", "start_noise", "start_stability", "start_train", "start_autopilot", "load_checked"]
+__all__ = ["start_profile", "start_noise", "start_noise_curve", "start_stability", "start_train", "start_autopilot", "load_checked"]
 
 
 def load_checked(workload: str, options: dict):
@@ -101,6 +101,26 @@ def start_noise(home: Home, workload: str, options: dict, device: str, batch_sma
                        locks=[devices.lock_name(str(torch_device))])
 
 
+def start_noise_curve(home: Home, workload: str, options: dict, device: str, at: tuple[float, ...],
+                      batch_small: int | None = None, batch_big: int | None = None, batches: int = 32,
+                      seed: int = 0, compile: bool = False) -> str:
+    """Validate, then start a job estimating the noise scale at the fractions ``at`` of one baseline
+    run's training; returns its id (also the curve's id)."""
+    from engine.measure.noise import check_curve_fractions, check_noise_args
+
+    check_int(seed, "--seed", low=0)
+    at = check_curve_fractions(at)
+    torch_device = devices.resolve_device(device)
+    home.check()
+    check_database_file(home.database)
+    loaded = load_checked(workload, options)
+    batch_small, batch_big = check_noise_args(loaded, batch_small, batch_big, batches, 0)
+    params = {"workload": workload, "options": dict(options), "device": str(torch_device), "at": list(at),
+              "batch_small": batch_small, "batch_big": batch_big, "batches": batches, "seed": seed,
+              "compile": bool(compile)}
+    return jobs.submit(home, "noise_curve", params, device=str(torch_device), workload=loaded.name)
+
+
 def start_stability(home: Home, rec: dict, device: str, steps: int = 60) -> str:
     """Start a stability check of a recommendation's batch and rate on ``device``."""
     torch_device = devices.resolve_device(device)
@@ -148,6 +168,10 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
         if config.batch_size > loaded.n_train:
             raise UsageError(f"--batch-size {config.batch_size} is larger than the {loaded.n_train} training "
                              f"samples of {loaded.name}")
+        if config.batch_schedule:
+            from engine.measure.batch_schedule import check_batch_schedule
+
+            check_batch_schedule(tuple(tuple(p) for p in config.batch_schedule), loaded.n_train)
         where = {"device": device, "workload": loaded.name, "locks": lock_names(device, config.nproc)}
     else:
         where = {"device": "ray", "workload": workload, "launcher": "ray"}

@@ -44,11 +44,12 @@ import torch
 from engine.errors import DeviceError, UsageError
 from engine.measure import devices
 from engine.measure.profiler import StepRunner, shuffled_on_device
-from engine.units import check_int
+from engine.units import check_int, check_number
 from engine.workloads.base import Workload
 from engine.workloads.batches import Batch, EpochOrder, make_loader, model_output, slice_batch, to_device
 
-__all__ = ["NoiseEstimate", "estimate_noise", "noise_scale_from_norms", "DEFAULT_BIG_MULTIPLE"]
+__all__ = ["NoiseEstimate", "NoiseCurvePoint", "estimate_noise", "estimate_noise_curve", "noise_scale_from_norms",
+           "baseline_training_steps", "check_curve_fractions", "DEFAULT_BIG_MULTIPLE"]
 
 DEFAULT_BIG_MULTIPLE = 8     # default batch_big = this many times batch_small (capped by the dataset)
 FP16_INIT_LOSS_SCALE = 2.0 ** 16  # as torch.amp.GradScaler; halved on overflow (fp16 on CUDA only)
@@ -135,6 +136,96 @@ def estimate_noise(workload: Workload, device: torch.device, batch_small: int | 
         del data, model
         devices.free_memory(device)
 
+    return _estimate_from_norms(workload, small_sq, big_sq, batch_small, batch_big, batches, warm_steps, started,
+                                confidence, bootstrap, seed, dtype, on_progress)
+
+
+@dataclass(frozen=True)
+class NoiseCurvePoint:
+    fraction: float               # of the baseline's training (its optimizer steps) done before estimating
+    step: int                     # baseline steps trained before estimating (the estimate's warm_steps)
+    estimate: NoiseEstimate
+
+    def to_dict(self) -> dict:
+        return {"fraction": self.fraction, "step": self.step, **self.estimate.to_dict()}
+
+
+def baseline_training_steps(workload: Workload) -> int:
+    """Optimizer steps of the workload's baseline run: its epochs at the baseline batch."""
+    return max(1, math.ceil(workload.epochs * (workload.n_train // workload.baseline_batch_size)))
+
+
+def check_curve_fractions(fractions: tuple[float, ...]) -> tuple[float, ...]:
+    """Distinct fractions of training in [0, 1], sorted; a curve needs two points at least."""
+    for fraction in fractions:
+        check_number(fraction, "--at", low=0, high=1, low_inclusive=True)
+    points = tuple(sorted(set(fractions)))
+    if len(points) < 2:
+        raise UsageError(f"--at needs two fractions of training at least to draw a curve, not {len(points)}; "
+                         f"e.g. --at 0,0.25,0.5,1")
+    return points
+
+
+def estimate_noise_curve(workload: Workload, device: torch.device, fractions: tuple[float, ...],
+                         batch_small: int | None = None, batch_big: int | None = None, batches: int = 32,
+                         seed: int = 0, confidence: float = 0.9, bootstrap: int = 1000, dtype: str = "fp32",
+                         compile: bool = False, on_point: Callable[[NoiseCurvePoint], None] = lambda point: None,
+                         on_progress: Callable[[str, float], None] = lambda phase, frac: None
+                         ) -> list[NoiseCurvePoint]:
+    """B_simple along one baseline trajectory: train the baseline (as the warm-up of :func:`estimate_noise`
+    does) and pause at each fraction of its training steps to estimate the noise scale there.
+
+    The estimates only read gradients (``torch.autograd.grad``), so the pauses leave the optimizer and
+    the trajectory as they were. ``on_point`` gets each point as soon as it is estimated;
+    ``on_progress(phase, fraction)`` the fraction of the whole curve done.
+    """
+    device = torch.device(device)
+    fractions = check_curve_fractions(fractions)
+    batch_small, batch_big = check_noise_args(workload, batch_small, batch_big, batches, 0, confidence, bootstrap)
+    devices.check_dtype(device, dtype)
+    total_steps = baseline_training_steps(workload)
+    # the work, in baseline-step equivalents: training steps plus each point's gradients
+    point_cost = batches * batch_big / workload.baseline_batch_size
+    work = round(fractions[-1] * total_steps) + len(fractions) * point_cost
+
+    points: list[NoiseCurvePoint] = []
+    data = shuffled_on_device(workload, device, seed)
+    runner = None
+    try:
+        runner = StepRunner(workload, device, workload.baseline_batch_size, dtype, seed, data, compile=compile)
+        step = 0
+        for index, fraction in enumerate(fractions):
+            started = time.perf_counter()
+            # train: the baseline's own steps up to this point of its run
+            target = round(fraction * total_steps)
+            while step < target:
+                runner.step()
+                step += 1
+                if step % 50 == 0:
+                    on_progress(f"training to {fraction:g} of the baseline", (step + index * point_cost) / work)
+
+            # estimate: gradients only, no update
+            def progress(phase: str, frac: float, at=fraction, before=step + index * point_cost) -> None:
+                on_progress(f"estimating at {at:g}: {phase}", (before + frac * point_cost) / work)
+
+            small_sq, big_sq = _gradient_norms(runner.forward, workload, device, data, batch_small, batch_big,
+                                               batches, dtype, seed, progress)
+            estimate = _estimate_from_norms(workload, small_sq, big_sq, batch_small, batch_big, batches, step,
+                                            started, confidence, bootstrap, seed, dtype, progress)
+            point = NoiseCurvePoint(fraction=fraction, step=step, estimate=estimate)
+            points.append(point)
+            on_point(point)
+    finally:
+        del data, runner
+        devices.free_memory(device)
+    return points
+
+
+def _estimate_from_norms(workload: Workload, small_sq: np.ndarray, big_sq: np.ndarray, batch_small: int,
+                         batch_big: int, batches: int, warm_steps: int, started: float, confidence: float,
+                         bootstrap: int, seed: int, dtype: str,
+                         on_progress: Callable[[str, float], None]) -> NoiseEstimate:
+    """The estimate and its judgement from the per-big-batch squared norms (averages first, then the ratio)."""
     used = len(big_sq)
     g_small_sq, g_big_sq = float(np.mean(small_sq)), float(np.mean(big_sq))
     g2, trace_sigma = noise_scale_from_norms(g_small_sq, g_big_sq, batch_small, batch_big)

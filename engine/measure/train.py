@@ -37,8 +37,9 @@ from typing import Callable, Protocol
 import torch
 
 from engine.errors import Diverged, UsageError
-from engine.measure import devices
+from engine.measure import batch_schedule, devices
 from engine.measure import distributed as ddp_util
+from engine.measure.batch_schedule import DEFAULT_ADAPTIVE_MULTIPLE
 from engine.units import INT64_MAX, check_int, check_number
 from engine.workloads import batches
 from engine.workloads.base import SCHEDULES, Workload
@@ -99,6 +100,12 @@ class TrainConfig:
     log_every_steps: int | None = None     # None: about 20 logs per epoch
     check_every: int = 5                   # steps between divergence checks (each one syncs)
     divergence_factor: float = 10.0        # loss above this times its start value: diverged
+    batch_schedule: tuple[tuple[int, float], ...] | None = None  # (batch, start fraction of the samples) per
+                                           # phase; batch_size is the first phase's, lr its rate
+    batch_schedule_rule: str = "linear"    # later phases' lr: "linear" (lr/batch fixed) | "sqrt"
+    adaptive_batches: tuple[int, ...] | None = None  # --batch-schedule adaptive: the (measured, memory-safe)
+                                           # batches the run may double into as its live noise scale grows
+    adaptive_multiple: float = DEFAULT_ADAPTIVE_MULTIPLE  # double when the live B_noise > this x the batch
     target_val_loss: float | None = None   # stop when validation loss reaches this
     max_steps: int | None = None           # hard cap on optimizer steps (tests, smoke runs)
     group: str | None = None               # repeats of one config share a group
@@ -123,6 +130,13 @@ class TrainConfig:
         if self.schedule is not None and self.schedule not in SCHEDULES:
             raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         check_int(self.seed, "--seed", low=0)
+        if self.batch_schedule is not None and self.adaptive_batches is not None:
+            raise UsageError("give a batch schedule or adaptive, not both")
+        if self.batch_schedule is not None:
+            self._validate_batch_schedule()
+        if self.adaptive_batches is not None:
+            batch_schedule.check_adaptive(tuple(self.adaptive_batches), self.batch_size, self.adaptive_multiple,
+                                          self.accumulate, self.nproc)
         if self.target_val_loss is not None:
             check_number(self.target_val_loss, "--target-val-loss")
         check_number(self.eval_every_epochs, "--eval-every", low=0, high=MAX_EPOCHS)
@@ -130,6 +144,15 @@ class TrainConfig:
             check_int(self.log_every_steps, "the logging interval", high=INT64_MAX)
         if self.max_steps is not None:
             check_int(self.max_steps, "--max-steps", high=INT64_MAX)
+
+    def _validate_batch_schedule(self) -> None:
+        phases = batch_schedule.check_batch_schedule(tuple(tuple(p) for p in self.batch_schedule))
+        if self.batch_size != phases[0][0]:
+            raise UsageError(f"--batch-size {self.batch_size} is not the batch schedule's first batch {phases[0][0]}")
+        if self.accumulate != 1 or self.nproc != 1:
+            raise UsageError("--batch-schedule runs one process without accumulation: drop --accumulate and --nproc")
+        if self.batch_schedule_rule not in batch_schedule.RULES:
+            raise UsageError(f"the batch schedule's rule must be linear or sqrt, not {self.batch_schedule_rule!r}")
 
     @property
     def micro_batch(self) -> int:
@@ -334,6 +357,11 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                          f"runner); this one has {world}")
     if config.batch_size > workload.n_train:
         raise UsageError(f"--batch-size {config.batch_size} is larger than the {workload.n_train} training samples")
+    phases = batch_schedule.check_batch_schedule(tuple(tuple(p) for p in config.batch_schedule), workload.n_train) \
+        if config.batch_schedule else None
+    adaptive = config.adaptive_batches is not None
+    if adaptive:  # one phase to start with; the run adds one each time its noise scale calls for a larger batch
+        phases = ((config.batch_size, 0.0),)
     if log is None or rank != 0:  # one voice: rank 0 logs for the run
         log = NullLog()
     if rank != 0:
@@ -359,17 +387,25 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(device, config.dtype) else None
     if world > 1 and scaler is None:  # a loss-scaled gradient would need unscaling first: fp16 goes without
         probe = _NoiseProbe(forward, device, config.rank_batch, config.batch_size)
+    if adaptive and scaler is None:   # the live noise scale from each step's micro-batches
+        probe = _MicroNoiseProbe(model, device, config.accumulate, config.micro_batch, config.batch_size)
     epochs = config.epochs if config.epochs is not None else workload.epochs
     warmup = config.warmup_samples if config.warmup_samples is not None else workload.default_warmup_samples()
     steps_per_epoch = source.steps_per_epoch(config.accumulate)
     if steps_per_epoch == 0:
         raise UsageError(f"--batch-size {config.batch_size} is larger than the {workload.n_train} training samples")
     total_steps = max(1, math.ceil(epochs * steps_per_epoch))
+    samples_per_epoch = steps_per_epoch * config.batch_size
+    if phases is not None:  # the same samples as at the first batch, in fewer steps as the batch grows
+        total_steps = batch_schedule.scheduled_steps(phases, total_steps * config.batch_size)
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
-    total_samples = total_steps * config.batch_size
+    total_samples = total_steps * config.batch_size if phases is None else \
+        max(1, math.ceil(epochs * steps_per_epoch)) * config.batch_size
     log_every = config.log_every_steps or max(1, steps_per_epoch // 20)
-    eval_every = max(1, round(config.eval_every_epochs * steps_per_epoch))
+    # evaluation in samples, so a batch that grows does not make it rarer
+    eval_every_samples = max(1, round(config.eval_every_epochs * steps_per_epoch)) * config.batch_size
+    next_eval = eval_every_samples
     devices.reset_peak_memory(device)
     log.started(config=asdict(config), epochs=epochs, warmup_samples=warmup, steps_per_epoch=steps_per_epoch,
          total_steps=total_steps, micro_batch=config.micro_batch, n_train=workload.n_train,
@@ -387,6 +423,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     step = 0
     epoch = 0
     done = False
+    batch_now = config.batch_size   # samples per optimizer step; a batch schedule changes it between phases
 
     while not done:
         micro = 0
@@ -400,12 +437,17 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                     loss = workload.loss_of(batches.model_output(forward, micro_batch), micro_batch)
                 scaled = loss / config.accumulate
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            if isinstance(probe, _MicroNoiseProbe):
+                probe.after_micro_batch(model)
             loss_sum += loss.detach().float()
             loss_count += 1
             if not syncing:
                 continue
             # update
             factor = lr_factor(result.samples, warmup, total_samples, config.schedule, workload.decay_samples)
+            if phases is not None:
+                factor *= batch_schedule.lr_multiple(phases, result.samples, total_samples, warmup,
+                                                     config.batch_schedule_rule)
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base_lr * factor
             lr = config.lr * factor  # the rate logged: the run's peak rate times the schedule
@@ -422,7 +464,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            result.samples += config.batch_size
+            result.samples += batch_now
 
             # divergence: a sync every few steps, not every step
             if step % config.check_every == 0 or step <= 3:
@@ -432,7 +474,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                 if not math.isfinite(current) or (first_loss is not None and first_loss > 0
                                                   and current > config.divergence_factor * first_loss):
                     result.diverged, result.stop_reason = True, "diverged"
-                    log.logged([_row(step, result.samples, steps_per_epoch, start, eval_time,
+                    log.logged([_row(step, result.samples, samples_per_epoch, start, eval_time,
                                                current, lr, None)])
                     raise Diverged(f"loss {current:.4g} at step {step} (lr {lr:.3g}); started at {first_loss}")
 
@@ -443,19 +485,27 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                 mean_loss = float(ddp_util.mean_across_ranks(loss_sum)) / max(1, loss_count)
                 train_elapsed = (now - last_log_time)
                 throughput = (result.samples - last_log_samples) / train_elapsed if train_elapsed > 0 else None
-                row = _row(step, result.samples, steps_per_epoch, start, eval_time, mean_loss, lr, throughput)
+                row = _row(step, result.samples, samples_per_epoch, start, eval_time, mean_loss, lr, throughput)
                 log.logged([row])
                 if probe is not None:
                     noise_rows = probe.log_rows(row)  # a collective: every rank computes, rank 0 logs
                     log.logged_values(noise_rows)
+                    if adaptive:  # the next phase starts now when the live noise scale calls for it
+                        noise = next((r["value"] for r in noise_rows if r["name"] == "noise_scale"), None)
+                        grown = batch_schedule.grown_batch(batch_now, tuple(config.adaptive_batches), noise,
+                                                           config.adaptive_multiple, workload.n_train)
+                        if grown is not None and result.samples < total_samples:
+                            phases = (*phases, (grown, result.samples / total_samples))
                 loss_sum.zero_()
                 loss_count = 0
                 last_log_time, last_log_samples = now, result.samples
                 progress(f"step {step}/{total_steps}, loss {mean_loss:.4f}", step / total_steps)
 
             # evaluation, outside the training clock
-            last_step = step >= total_steps
-            if step % eval_every == 0 or last_step:
+            last_step = step >= total_steps or result.samples >= total_samples
+            if result.samples >= next_eval or last_step:
+                while next_eval <= result.samples:
+                    next_eval += eval_every_samples
                 devices.synchronize(device)
                 eval_start = time.perf_counter()  # stop the clock
                 val_loss, metrics = (evaluate(model, workload, device, config.dtype) if rank == 0
@@ -467,7 +517,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                 train_time = time.perf_counter() - start - eval_time
                 result.final_val_loss, result.final_metrics = val_loss, metrics
                 result.best_val_loss = val_loss if result.best_val_loss is None else min(result.best_val_loss, val_loss)
-                log.evaluated(step=step, epoch=step / steps_per_epoch, samples=result.samples,
+                log.evaluated(step=step, epoch=result.samples / samples_per_epoch, samples=result.samples,
                      wall_time_s=time.perf_counter() - start, train_time_s=train_time, val_loss=val_loss,
                      metrics=metrics)
                 if not math.isfinite(val_loss):
@@ -480,7 +530,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                     break
 
             # termination
-            if step >= total_steps:
+            if last_step:
                 result.stop_reason = "max_steps" if config.max_steps is not None and step >= config.max_steps \
                     else "epochs"
                 done = True
@@ -489,11 +539,24 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                 result.stop_reason = "stopped"
                 done = True
                 break
+
+            # the batch schedule's next phase: a new source of batches at its batch, from a fresh shuffle
+            if phases is not None:
+                batch_next = phases[batch_schedule.phase_index(phases, result.samples, total_samples)][0]
+                if batch_next != batch_now:
+                    batch_now = batch_next
+                    source = training_batches(workload, device, batch_now // config.accumulate, config.seed, rank,
+                                              world)
+                    if isinstance(probe, _MicroNoiseProbe):
+                        probe.batch_small, probe.batch_big = batch_now // config.accumulate, batch_now
+                    row = _row(step, result.samples, samples_per_epoch, start, eval_time, float("nan"), lr, None)
+                    log.logged_values([{**{k: row[k] for k in _INDEX}, "name": "batch_size", "value": batch_now}])
+                    break
         epoch += 1
 
     devices.synchronize(device)
     result.steps = step
-    result.epochs = step / steps_per_epoch
+    result.epochs = result.samples / samples_per_epoch
     result.wall_time_s = time.perf_counter() - start
     result.train_time_s = result.wall_time_s - eval_time
     result.peak_memory_bytes = devices.peak_memory(device)
@@ -581,6 +644,39 @@ class _NoiseProbe:
                 if value is not None and math.isfinite(value)]
 
 
+class _MicroNoiseProbe(_NoiseProbe):
+    """McCandlish's |G_small|² and |G_big|² from the micro-batches of gradient accumulation, for an adaptive
+    batch: each micro-batch's gradient is the change it made to the accumulated ``.grad`` (times the
+    accumulation, since each loss is divided by it), and the accumulated gradient is the whole batch's.
+    One flattened copy of the gradients per micro-batch: cheap next to a forward and backward of the
+    small models this is for. The interval's estimate and its rows are the data-parallel probe's."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, accumulate: int, batch_small: int,
+                 batch_big: int):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.accumulate = accumulate
+        self.batch_small, self.batch_big = batch_small, batch_big
+        self.small_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.big_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.steps = 0
+        self.previous: torch.Tensor | None = None   # the accumulated gradient before this micro-batch
+
+    def _flat(self) -> torch.Tensor:
+        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(torch.float64)
+                          for p in self.params])
+
+    def after_micro_batch(self, model: torch.nn.Module) -> None:
+        flat = self._flat()
+        change = flat if self.previous is None else flat - self.previous
+        # its own gradient is accumulate x the change; the mean over the step's micro-batches
+        self.small_sum += (self.accumulate * change).dot(self.accumulate * change) / self.accumulate
+        self.previous = flat
+
+    def after_backward(self, model: torch.nn.Module) -> None:
+        super().after_backward(model)
+        self.previous = None   # the optimizer step clears the gradients
+
+
 def _process_peak_rss() -> int | None:
     """The job process's peak resident memory: on CPU the run's real peak (data, model, everything)."""
     try:
@@ -593,8 +689,11 @@ def _process_peak_rss() -> int | None:
         return None
 
 
-def _row(step: int, samples: int, steps_per_epoch: int, start: float, eval_time: float, loss: float, lr: float,
+_INDEX = ("step", "epoch", "samples", "wall_time_s", "train_time_s")   # where a metric row sits in the run
+
+
+def _row(step: int, samples: int, samples_per_epoch: int, start: float, eval_time: float, loss: float, lr: float,
          throughput: float | None) -> dict:
     wall = time.perf_counter() - start
-    return {"step": step, "epoch": step / steps_per_epoch, "samples": samples, "wall_time_s": wall,
+    return {"step": step, "epoch": samples / samples_per_epoch, "samples": samples, "wall_time_s": wall,
             "train_time_s": wall - eval_time, "train_loss": loss, "lr": lr, "samples_per_s": throughput}

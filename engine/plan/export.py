@@ -33,6 +33,13 @@ samples by the workload and given here in optimizer steps at the recommended bat
     measured_on: profile_id, noise_id, device {id, name, kind}
     prediction:  speedup_throughput, speedup_time_to_target,
                  experiments_per_gpu_day {baseline, recommended}
+    batch_schedule (only when the recommendation planned one from a noise curve):
+                 curve_id, spec (the `largestep train --batch-schedule` value), epochs, samples_ratio,
+                 phases [{start_fraction, batch_size, learning_rate, warmup_samples}],
+                 prediction {speedup_over_baseline, speedup_over_best_fixed, best_fixed_batch}
+
+The torch and lightning snippets of a recommendation with a batch schedule also carry the
+schedule as code that switches the batch (a new DataLoader per phase).
 
 TOML has no null: a ``None`` value is left out of the TOML text, so :func:`parse_config` of TOML
 gives back the document without its ``None`` keys. YAML and JSON keep them as null.
@@ -168,7 +175,7 @@ def config_document(rec: dict, devices: int | None = None, micro_batch: int | No
     speedup = rec.get("predicted_speedup") or {}
     per_day = rec.get("experiments_per_gpu_day") or {}
     noise_scale = _number(rec.get("noise_scale"))
-    return {
+    doc = {
         "largestep": {
             "version": rec.get("tool_version") or __version__,
             "recommendation_id": rec["recommendation_id"],
@@ -218,6 +225,26 @@ def config_document(rec: dict, devices: int | None = None, micro_batch: int | No
                 "recommended": _number(per_day.get("recommended")),
             },
         },
+    }
+    if rec.get("batch_schedule"):
+        doc["batch_schedule"] = _batch_schedule_section(rec["batch_schedule"])
+    return doc
+
+
+def _batch_schedule_section(plan: dict) -> dict:
+    """A planned batch schedule as a list of phases (see engine.plan.schedule)."""
+    speed = plan["predicted_speedup"]
+    return {
+        "curve_id": plan.get("curve_id"),
+        "spec": plan["spec"],
+        "epochs": _number(plan.get("epochs")),
+        "samples_ratio": _number(plan.get("samples_ratio")),
+        "phases": [{"start_fraction": float(p["start_fraction"]), "batch_size": int(p["batch_size"]),
+                    "learning_rate": float(p["learning_rate"]), "warmup_samples": int(p["warmup_samples"])}
+                   for p in plan["phases"]],
+        "prediction": {"speedup_over_baseline": _number(speed["over_baseline"]),
+                       "speedup_over_best_fixed": _number(speed["over_best_fixed"]),
+                       "best_fixed_batch": int(plan["best_fixed"]["batch_size"])},
     }
 
 
@@ -602,6 +629,8 @@ def train(model, train_dataset, loss_fn, device="cpu"):
             optimizer.zero_grad(set_to_none=True)
     return model
 '''
+    if "batch_schedule" in doc:
+        body += _batch_schedule_code(doc) + _torch_batch_schedule(doc)
     return out + body
 
 
@@ -735,7 +764,118 @@ def fit(model, loss_fn, train_dataset):
     trainer.fit(LargestepModule(model, loss_fn), loader)
     return trainer
 '''
+    if "batch_schedule" in doc:
+        out += _batch_schedule_code(doc) + _lightning_batch_schedule(doc, accelerator, precision)
     return out
+
+
+def _batch_schedule_code(doc: dict) -> str:
+    """The schedule's constants and the function giving each step's batch and rate (torch and lightning)."""
+    plan = doc["batch_schedule"]
+    phases = "".join(f"    ({p['start_fraction']!r}, {p['batch_size']}, {p['learning_rate']!r}),\n"
+                     for p in plan["phases"])
+    warmup = plan["phases"][0]["warmup_samples"]
+    epochs = plan["epochs"] if plan["epochs"] is not None else doc["training"]["epochs"] or 1
+    return f'''
+
+# -- the batch schedule: the batch grows as the gradient noise scale does (noise curve {_clean(plan['curve_id'])})
+# predicted {plan['prediction']['speedup_over_baseline']:.2f}x faster than the baseline and \
+{plan['prediction']['speedup_over_best_fixed']:.2f}x faster than the best fixed batch \
+({plan['prediction']['best_fixed_batch']})
+BATCH_SCHEDULE = [  # (share of the run's samples at which the phase starts, batch size, peak learning rate)
+{phases}]
+SCHEDULE_WARMUP_SAMPLES = {warmup}  # each phase ramps its rate linearly from the previous phase's
+SCHEDULE_EPOCHS = {epochs!r}  # the scheduled run's length: larger batches need more samples to the same loss
+
+
+def scheduled_phase(samples_seen: int, total_samples: int) -> tuple[int, float]:
+    """(batch size, learning rate) for the optimizer step about to run: the phase in force, its rate
+    ramped linearly from the previous phase's over SCHEDULE_WARMUP_SAMPLES after each increase."""
+    index = max(i for i, (start, _, _) in enumerate(BATCH_SCHEDULE) if samples_seen >= start * total_samples)
+    start, batch, lr = BATCH_SCHEDULE[index]
+    previous_lr = BATCH_SCHEDULE[index - 1][2] if index else 0.0
+    if SCHEDULE_WARMUP_SAMPLES <= 0:
+        return batch, lr
+    ramp = (samples_seen - start * total_samples + batch) / SCHEDULE_WARMUP_SAMPLES
+    return batch, previous_lr + (lr - previous_lr) * min(1.0, ramp)
+'''
+
+
+def _torch_batch_schedule(doc: dict) -> str:
+    optimizer = _optimizer(doc, "model", "model.parameters()")
+    clip = ("            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)\n"
+            if doc["training"].get("max_grad_norm") is not None else "")
+    return f'''
+
+def train_with_batch_schedule(model, train_dataset, loss_fn, device="cpu"):
+    """Train on one device with the batch growing phase by phase: a new DataLoader at each phase's batch."""
+    model.to(device)
+    optimizer = {optimizer}
+    base_lrs = [group["lr"] for group in optimizer.param_groups]  # each group scales with the schedule's rate
+    total = int(SCHEDULE_EPOCHS * len(train_dataset))
+    seen = 0
+    while seen < total:
+        batch, _ = scheduled_phase(seen, total)
+        loader = DataLoader(train_dataset, batch_size=batch, shuffle=True, drop_last=True)
+        if len(loader) == 0:
+            raise ValueError(f"batch {{batch}} is larger than the {{len(train_dataset)}} training samples")
+        for *inputs, target in loader:
+            phase_batch, lr = scheduled_phase(seen, total)
+            if phase_batch != batch or seen >= total:
+                break  # the next phase starts: a new loader at its batch (or the run is over)
+            for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base_lr * lr / LEARNING_RATE
+            loss = loss_fn(model(*(x.to(device) for x in inputs)), target.to(device))
+            loss.backward()
+{clip}            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            seen += batch
+    return model
+'''
+
+
+def _lightning_batch_schedule(doc: dict, accelerator: str, precision: str) -> str:
+    optimizer = _optimizer(doc, "self.model", "self.parameters()")
+    clip = ", gradient_clip_val=MAX_GRAD_NORM" if doc["training"].get("max_grad_norm") is not None else ""
+    return f'''
+
+class BatchScheduleModule(LargestepModule):
+    """The batch grows at epoch starts (Lightning asks for a new loader every epoch with
+    reload_dataloaders_every_n_epochs=1); the rate follows the schedule before every step."""
+
+    def __init__(self, model, loss_fn, train_dataset):
+        super().__init__(model, loss_fn)
+        self.train_dataset = train_dataset
+        self.total_samples = int(SCHEDULE_EPOCHS * len(train_dataset))
+        self.samples_seen = 0
+
+    def train_dataloader(self):
+        batch, _ = scheduled_phase(self.samples_seen, self.total_samples)
+        return DataLoader(self.train_dataset, batch_size=batch, shuffle=True, drop_last=True)
+
+    def configure_optimizers(self):
+        optimizer = {optimizer}
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        return optimizer
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.samples_seen >= self.total_samples:
+            self.trainer.should_stop = True
+            return -1  # the scheduled samples are done
+        _, lr = scheduled_phase(self.samples_seen, self.total_samples)
+        for group, base_lr in zip(self.optimizers().optimizer.param_groups, self.base_lrs):
+            group["lr"] = base_lr * lr / LEARNING_RATE
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.samples_seen += len(batch[-1])
+
+
+def fit_with_batch_schedule(model, loss_fn, train_dataset):
+    trainer = L.Trainer(max_epochs=int(SCHEDULE_EPOCHS) + 2, reload_dataloaders_every_n_epochs=1, devices=1,
+                        accelerator="{accelerator}", precision="{precision}"{clip})
+    trainer.fit(BatchScheduleModule(model, loss_fn, train_dataset))
+    return trainer
+'''
 
 
 def _deepspeed(doc: dict) -> str:

@@ -25,7 +25,8 @@ from engine.errors import UsageError
 from engine.format import format_bytes
 from engine.units import INT64_MAX, check_int
 
-__all__ = ["RecommendConfig", "Candidate", "recommend", "scale_lr", "warmup_steps", "SECONDS_PER_DAY", "RULES"]
+__all__ = ["RecommendConfig", "Candidate", "recommend", "scale_lr", "warmup_steps", "memory_safe_batches",
+           "SECONDS_PER_DAY", "RULES"]
 
 RULES = ("linear", "sqrt")
 SECONDS_PER_DAY = 86_400.0
@@ -73,6 +74,19 @@ class Candidate:
     eligible: bool
     excluded: str | None = None            # why not eligible, in words
     rank: int | None = None
+
+
+def _over_memory(point: dict, memory_limit: float | None) -> bool:
+    return memory_limit is not None and (point.get("peak_memory_bytes") or 0) > memory_limit
+
+
+def memory_safe_batches(profile: dict, memory_headroom: float = 0.9) -> tuple[int, ...]:
+    """The batches a profile measured whose peak memory stays within ``memory_headroom`` of the device's:
+    the sizes a run may move between without trying an unmeasured one."""
+    total = profile.get("device_total_memory_bytes")
+    limit = total * memory_headroom if total else None
+    return tuple(sorted(p["batch_size"] for p in profile["points"]
+                        if p["status"] == "ok" and p.get("median_s") and not _over_memory(p, limit)))
 
 
 def scale_lr(baseline_lr: float, baseline_batch: int, batch: int, rule: str = "linear") -> float:
@@ -160,7 +174,7 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
             excluded = "smaller than the baseline"
         elif b == b0:
             pass  # what the user runs today is always a candidate
-        elif memory_limit is not None and (point.get("peak_memory_bytes") or 0) > memory_limit:
+        elif _over_memory(point, memory_limit):
             excluded = f"peak memory {format_bytes(point['peak_memory_bytes'])} over {config.memory_headroom:.0%} of the device"
         elif config.max_lr is not None and lr > config.max_lr * (1 + 1e-12):
             excluded = f"learning rate {lr:.3g} above --max-lr {config.max_lr:g}"

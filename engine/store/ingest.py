@@ -340,6 +340,13 @@ def _on_noise_estimate(con, job_id: str, events: list[dict], report: IngestRepor
         report.add_rows("noise_estimates", 1)
 
 
+def _on_noise_curve_point(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    for e in events:
+        _upsert_device(con, e.get("device") or {}, None)
+        _insert_row(con, "noise_curve_points", ev.noise_curve_row(e, job_id), replace=True)
+        report.add_rows("noise_curve_points", 1)
+
+
 def _on_stability(con, job_id: str, events: list[dict], report: IngestReport) -> None:
     for e in events:
         con.execute(
@@ -427,7 +434,7 @@ EventHandler = Callable[[duckdb.DuckDBPyConnection, str, list[dict], IngestRepor
 _HANDLERS: dict[str, EventHandler] = {
     ev.START: _on_start, ev.EXIT: _on_exit, ev.PROFILE_START: _on_profile_start, ev.POINT: _on_points,
     ev.PROFILE_END: _on_profile_end, ev.TELEMETRY: _on_telemetry, ev.NOISE_ESTIMATE: _on_noise_estimate,
-    ev.STABILITY: _on_stability, ev.RUN_START: _on_run_start, ev.METRICS: _on_metrics,
+    ev.NOISE_CURVE_POINT: _on_noise_curve_point,    ev.STABILITY: _on_stability, ev.RUN_START: _on_run_start, ev.METRICS: _on_metrics,
     ev.METRIC_VALUES: _on_metric_values, ev.EVAL: _on_eval, ev.RUN_END: _on_run_end,
     ev.RECOMMENDATION: _on_recommendation, ev.AUTOPILOT_PHASE: _on_autopilot_phase,
     ev.AUTOPILOT_RESULT: _on_autopilot_result,

@@ -333,6 +333,40 @@ def m009_profile_consistency(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE profile_points ADD COLUMN inconsistent BOOLEAN DEFAULT false")
 
 
+@migration
+def m010_noise_curves(con: duckdb.DuckDBPyConnection) -> None:
+    # The noise scale grows as the loss falls: estimates at several points of one baseline run, from
+    # which a batch schedule is planned. One row a point; the columns after `step` are noise_estimates'.
+    con.execute("""
+        CREATE TABLE noise_curve_points (
+            curve_id VARCHAR NOT NULL,       -- the job id of the estimating job
+            fraction DOUBLE NOT NULL,        -- of the baseline's training steps done before estimating
+            step BIGINT,                     -- baseline steps trained before estimating
+            workload VARCHAR,
+            workload_spec VARCHAR,
+            options JSON,
+            device_id VARCHAR,
+            created_at TIMESTAMPTZ,
+            b_simple DOUBLE,                 -- tr(Sigma) / |G|^2; NULL when unreliable
+            ci_low DOUBLE,
+            ci_high DOUBLE,
+            g2 DOUBLE,
+            trace_sigma DOUBLE,
+            g_small_sq DOUBLE,
+            g_big_sq DOUBLE,
+            batch_small INTEGER,
+            batch_big INTEGER,
+            batches INTEGER,
+            warm_steps INTEGER,
+            unreliable BOOLEAN,
+            reason VARCHAR,
+            elapsed_s DOUBLE,
+            step_equivalents DOUBLE,
+            PRIMARY KEY (curve_id, fraction)
+        )
+    """)
+
+
 def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[str, Migration]] | None = None) -> list[str]:
     """Apply the migrations not yet recorded, in order, each in its own transaction."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")

@@ -11,9 +11,9 @@ from engine.errors import StoreError, UsageError
 
 __all__ = [
     "list_profiles", "resolve_profile_id", "load_profile", "recommendation_inputs", "profile_points", "profile_telemetry", "list_jobs",
-    "get_job", "load_noise", "load_stability", "list_noise_estimates", "load_recommendation",
+    "get_job", "load_noise", "load_noise_curve", "load_stability", "list_noise_estimates", "load_recommendation",
     "list_recommendations", "list_runs", "get_run", "runs_in", "run_evaluations", "run_metrics", "load_autopilot",
-    "list_devices", "frame_records", "RUN_CURVE_AXES", "RUN_CURVE_BUCKETS", "run_metric_names", "run_curves",
+    "list_devices", "frame_records", "RUN_CURVE_AXES", "RUN_CURVE_BUCKETS", "run_metric_names", "run_curves", "batch_changes",
     "recommendation_runs", "autopilot_for_recommendation", "runs_by_id", "read_recommendation",
 ]
 
@@ -111,6 +111,20 @@ def load_noise(con, noise_id: str | None = None, workload: str | None = None) ->
             "ORDER BY created_at DESC LIMIT 1", [workload, workload]).df()
     records = frame_records(frame)
     return records[0] if records else None
+
+
+def load_noise_curve(con, curve_id: str | None = None, workload: str | None = None) -> list[dict]:
+    """A noise curve's points by fraction, by its id, or the newest curve (for ``workload`` if given);
+    [] when there is none."""
+    if not curve_id or curve_id == "latest":
+        row = con.execute(
+            "SELECT curve_id FROM noise_curve_points WHERE (? IS NULL OR workload = ?) "
+            "ORDER BY created_at DESC LIMIT 1", [workload, workload]).fetchone()
+        if row is None:
+            return []
+        curve_id = row[0]
+    return frame_records(con.execute(
+        "SELECT * FROM noise_curve_points WHERE curve_id = ? ORDER BY fraction", [curve_id]).df())
 
 
 def load_stability(con, check_id: str) -> dict | None:
@@ -295,6 +309,15 @@ def run_curves(con, run_ids: list[str], name: str, x: str = "step", buckets: int
         """,
         {"runs": list(run_ids), "name": name, "buckets": int(buckets)},
     ).df()
+
+
+def batch_changes(con, run_ids: list[str]) -> pd.DataFrame:
+    """Where a batch schedule changed each run's batch (the ``batch_size`` values a run logs at each
+    change): run_id, step, epoch, samples, wall_time_s, train_time_s, batch_size; by run and step."""
+    return con.execute(
+        "SELECT run_id, step, epoch, samples, wall_time_s, train_time_s, CAST(value AS BIGINT) AS batch_size "
+        "FROM metrics WHERE run_id IN (SELECT unnest($runs)) AND name = 'batch_size' ORDER BY run_id, step",
+        {"runs": list(run_ids)}).df()
 
 
 # -- recommendation pages and the HTML report (Recommend, Planner, Export) ----------------------

@@ -16,7 +16,7 @@ import pandas as pd
 from engine import jobs, store
 from engine.errors import LargestepError, UsageError
 from engine.home import Home
-from engine.jobs.autopilot import ARMS, PHASES, AutopilotConfig
+from engine.jobs.autopilot import ARMS, PHASES, SCHEDULE_ARMS, AutopilotConfig
 from engine.plan import compare
 from engine.ui.widgets import TABLE_WORKLOAD, Metric, cancel, device_options
 
@@ -106,6 +106,7 @@ class AutopilotForm:
     label: str = ""                   # the table workload only: the label column
     compile: bool = False             # torch.compile the model in every step of the loop
     both_arms: bool = False           # train both arms even when the recommendation is the baseline
+    schedule_arm: bool = False        # and a third: the batch schedule planned from a noise curve
 
 
 def autopilot_request(form: AutopilotForm, choices: dict[str, WorkloadChoice]) -> tuple[str, dict, AutopilotConfig]:
@@ -130,7 +131,14 @@ def autopilot_request(form: AutopilotForm, choices: dict[str, WorkloadChoice]) -
         raise UsageError(f"epochs must be a positive number (or empty for the workload's own), not {epochs!r}")
     return choice.spec, options, AutopilotConfig(repeats=repeats, epochs=float(epochs) if epochs else None,
                                                  compile=bool(form.compile),
-                                                 arms=ARMS if form.both_arms else None)
+                                                 arms=_arms(form))
+
+
+def _arms(form: AutopilotForm) -> tuple[str, ...] | None:
+    """The arms the form asks for: a schedule arm trains all three; both arms, the two; else the default."""
+    if form.schedule_arm:
+        return SCHEDULE_ARMS
+    return ARMS if form.both_arms else None
 
 
 def submit_autopilot(home: Home, form: AutopilotForm, choices: dict[str, WorkloadChoice]) -> str:

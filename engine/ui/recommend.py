@@ -16,6 +16,7 @@ from engine.errors import UsageError
 from engine.format import format_bytes, format_count, format_duration, format_number, plural
 from engine.home import Home
 from engine.plan.recommend import RULES, RecommendConfig, recommend
+from engine.plan.schedule import with_batch_schedule
 from engine.ui.charts import recommend as reccharts
 from engine.ui.widgets import (
     Metric,
@@ -30,7 +31,7 @@ from engine.ui.widgets import (
 __all__ = [
     "RECOMMEND_START", "NOISE_MODES", "RecommendForm", "recommend_config", "compute_recommendation",
     "profile_defaults", "NoiseChoice", "noise_choices", "start_noise_estimate", "NoiseProgress", "noise_progress",
-    "RecommendationView", "recommendation_view", "candidates_table", "highlight_roles", "RULES", "device_options",
+    "RecommendationView", "recommendation_view", "ScheduleView", "schedule_view", "candidates_table", "highlight_roles", "RULES", "device_options",
     "downloads", "latest_recommendation_for", "load_recommendation", "profile_choices"
 ]
 
@@ -95,7 +96,9 @@ def compute_recommendation(home: Home, form: RecommendForm) -> dict:
     with store.connect(home) as con:
         # "perfect" means exactly that: never pick up a stored estimate behind the user's back
         profile, noise = store.recommendation_inputs(con, form.profile_id, noise_id, stored_noise=False)
-        rec = recommend(profile, config, noise)
+        # the workload's newest noise curve, where there is one, plans a growing batch beside the fixed one
+        rec = with_batch_schedule(recommend(profile, config, noise),
+                                  store.load_noise_curve(con, None, workload=profile["workload"]))
         store.save_recommendation(home, con, rec)
     return rec
 
@@ -200,6 +203,32 @@ class RecommendationView:
     figure: go.Figure
     notes: list[str] = field(default_factory=list)
     uncertain: str | None = None          # the profile stayed inconsistent: why the ranking is not to be trusted
+    schedule: ScheduleView | None = None
+
+
+@dataclass
+class ScheduleView:
+    """The batch schedule planned from a noise curve: its headline, chart, phases and reasons."""
+
+    headline: str
+    figure: go.Figure
+    phases: pd.DataFrame
+    reasons: list[str]
+
+
+def schedule_view(plan: dict) -> ScheduleView:
+    speed, fixed = plan["predicted_speedup"], plan["best_fixed"]
+    headline = (f"`--batch-schedule {plan['spec']}` · predicted **{speed['over_baseline']:.2f}×** faster than the "
+                f"baseline and **{speed['over_best_fixed']:.2f}×** faster than the best fixed batch "
+                f"({fixed['batch_size']}) on the same noise curve `{plan['curve_id']}` · "
+                f"{plan['samples_ratio']:.2f}× the baseline's samples")
+    phases = pd.DataFrame([{
+        "from (share of samples)": f"{p['start_fraction']:.0%}", "baseline at": f"{p['baseline_fraction']:.0%}",
+        "B_noise": round(p["noise_scale"]), "batch": p["batch_size"], "lr": float(f"{p['learning_rate']:.4g}"),
+        "warm-up samples": p["warmup_samples"], "step (ms)": round(p["step_time_s"] * 1e3, 3)}
+        for p in plan["phases"]])
+    return ScheduleView(headline=headline, figure=reccharts.batch_schedule_figure(plan), phases=phases,
+                        reasons=list(plan["reasons"]))
 
 
 def recommendation_view(rec: dict) -> RecommendationView:
@@ -233,7 +262,8 @@ def recommendation_view(rec: dict) -> RecommendationView:
                      + (f" (estimate `{rec['noise_id']}`)" if rec.get("noise_id") else " (entered by hand)"))
     return RecommendationView(rec=rec, headline=headline, metrics=metrics, reasons=list(rec.get("reasons") or []),
                               candidates=candidates_table(rec), figure=reccharts.time_to_target_figure(rec),
-                              notes=notes, uncertain=rec.get("uncertain"))
+                              notes=notes, uncertain=rec.get("uncertain"),
+                              schedule=schedule_view(rec["batch_schedule"]) if rec.get("batch_schedule") else None)
 
 
 CANDIDATE_COLUMNS = ["role", "batch", "lr", "step (ms)", "samples/s", "peak memory", "throughput ×",

@@ -231,7 +231,8 @@ def _curves(con, run_ids, labels, metric, x, log_x, log_y, smoothing) -> CurvesV
     curves = store.run_curves(con, run_ids, metric, x, log_x=log_x)
     # One revision per metric and axis: a refresh keeps the zoom, another axis starts afresh.
     figure = runcharts.curves_figure(curves, labels, metric, x, log_x, log_y, smoothing,
-                                     uirevision=f"runs:{metric}:{x}:{log_x}:{log_y}")
+                                     uirevision=f"runs:{metric}:{x}:{log_x}:{log_y}",
+                                     batch_changes=store.batch_changes(con, run_ids))
     return CurvesView(figure=figure, points=len(curves))
 
 

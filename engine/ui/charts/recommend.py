@@ -13,7 +13,7 @@ from engine.format import format_count, format_duration, short_count
 from engine.plan.recommend import steps_factor
 from engine.ui.charts.base import BLUE, GREY, ORANGE, RED, apply_layout, batch_axis, empty_figure
 
-__all__ = ["time_to_target_figure", "planner_figure", "predicted_time_ratios"]
+__all__ = ["time_to_target_figure", "planner_figure", "predicted_time_ratios", "batch_schedule_figure"]
 
 
 def predicted_time_ratios(rec: dict) -> dict[int, float]:
@@ -118,4 +118,39 @@ def planner_figure(plan) -> go.Figure:
     apply_layout(fig, title, x_title, y_title, revision, subtitle)
     fig.update_xaxes(type="category")
     fig.update_yaxes(rangemode="tozero")
+    return fig
+
+
+def batch_schedule_figure(plan: dict) -> go.Figure:
+    """The noise curve over the baseline's training (log y) and the planned batch, a step per phase,
+    on the same axis: each phase's batch sits near the noise scale that called for it."""
+    title = "Noise scale along training, and the batch schedule"
+    x_title, y_title = "fraction of the baseline's training", "samples (log)"
+    revision = f"batch-schedule:{plan.get('curve_id')}"
+    curve = plan.get("noise_curve") or []
+    if not curve:
+        return empty_figure(title, x_title, y_title, revision)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=[p["fraction"] for p in curve], y=[p["b_simple"] for p in curve], mode="lines+markers",
+        name="B_noise (measured)", line=dict(color=BLUE), marker=dict(size=9),
+        hovertemplate="%{x:.0%} of training<br>B_simple ≈ %{y:,.0f}<extra></extra>"))
+    phases = plan["phases"]
+    ends = [p["baseline_fraction"] for p in phases[1:]] + [1.0]
+    xs, ys = [], []
+    for phase, end in zip(phases, ends):
+        xs += [phase["baseline_fraction"], end]
+        ys += [phase["batch_size"], phase["batch_size"]]
+    fig.add_trace(go.Scatter(
+        x=xs, y=ys, mode="lines", name="planned batch", line=dict(color=RED, width=3, shape="hv"),
+        hovertemplate="batch %{y:,}<extra></extra>"))
+    fixed = plan["best_fixed"]["batch_size"]
+    fig.add_hline(y=fixed, line=dict(color=GREY, dash="dot", width=1),
+                  annotation_text=f"best fixed batch {fixed}", annotation_position="bottom right")
+    speed = plan["predicted_speedup"]
+    subtitle = (f"schedule {plan['spec']}: predicted {speed['over_baseline']:.2f}× over the baseline, "
+                f"{speed['over_best_fixed']:.2f}× over the best fixed batch")
+    apply_layout(fig, title, x_title, y_title, revision, subtitle)
+    fig.update_xaxes(tickformat=".0%", range=[0, 1])
+    fig.update_yaxes(type="log")
     return fig

@@ -103,13 +103,15 @@ def _band(x: np.ndarray, low: np.ndarray, high: np.ndarray, colour: str, group: 
 
 def curves_figure(curves: pd.DataFrame | None, labels: dict[str, str], metric: str, x: str = "step",
                   log_x: bool = False, log_y: bool = False, smoothing: float = 0.0,
-                  uirevision: str | None = None) -> go.Figure:
+                  uirevision: str | None = None, batch_changes: pd.DataFrame | None = None) -> go.Figure:
     """One metric of several runs against ``x``: per run, the buckets' min..max as a faint band,
     the last value of each bucket as the line, EMA-smoothed with ``smoothing`` > 0 (the raw line
     then stays faint behind it).
 
     ``curves``: :func:`engine.store.run_curves`; ``labels``: run id -> legend label, in the order
-    the runs should be drawn (it also fixes each run's colour).
+    the runs should be drawn (it also fixes each run's colour). ``batch_changes``
+    (:func:`engine.store.batch_changes`): a dashed vertical line in the run's colour where a batch
+    schedule changed its batch, labelled with the new batch.
     """
     layout = _layout(metric, x, metric, log_x, log_y, uirevision or f"runs:{metric}:{x}",
                      subtitle="line: last value per bucket" + (f", EMA {smoothing:.2f}" if smoothing else "")
@@ -135,7 +137,26 @@ def curves_figure(curves: pd.DataFrame | None, labels: dict[str, str], metric: s
             mode="lines+markers" if len(xs) < 30 else "lines", line=dict(color=colour, width=2),
             marker=dict(size=5), name=label, hovertemplate=f"{label}: %{{y:.4g}}<extra></extra>",
         ))
+    _mark_batch_changes(layout, batch_changes, [r for r in labels if r in by_run], x, log_x)
     return _figure(traces, layout)
+
+
+def _mark_batch_changes(layout: dict, changes: pd.DataFrame | None, drawn: list[str], x: str, log_x: bool) -> None:
+    """Vertical lines at each batch change of the drawn runs, in each run's colour."""
+    if changes is None or changes.empty or x not in changes:
+        return
+    shapes, notes = [], []
+    for index, run_id in enumerate(drawn):
+        colour = _COLOURS[index % len(_COLOURS)]
+        for change in changes[changes["run_id"] == run_id].itertuples():
+            at = float(getattr(change, x))
+            shapes.append(dict(type="line", xref="x", yref="paper", x0=at, x1=at, y0=0, y1=1,
+                               line=dict(color=colour, dash="dash", width=1)))
+            # an annotation on a log axis is placed in log10 units, a shape in data units
+            notes.append(dict(x=math.log10(at) if log_x and at > 0 else at, y=1, xref="x", yref="paper", text=f"batch {change.batch_size}",
+                              showarrow=False, yanchor="bottom", font=dict(size=10, color=colour)))
+    layout["shapes"] = shapes
+    layout["annotations"] = notes
 
 
 # -- comparison ----------------------------------------------------------------------------------
