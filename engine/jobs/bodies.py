@@ -16,6 +16,7 @@ from engine.measure import devices, distributed, telemetry
 from engine.measure.devices import versions
 from engine.measure.profiler import ProfileConfig, ProfilePoint, plan_batch_sizes, run_profile
 from engine.workloads import load_workload
+from engine.workloads.cache import WorkloadCache, cache_of
 
 __all__ = ["profile_task", "noise_task", "stability_task", "train_task", "run_training", "SpoolRunLog",
            "profile_config_from_params"]
@@ -35,7 +36,7 @@ def profile_task(ctx: JobContext) -> None:
         torchrun.run_ranks(ctx, nproc, params.get("collective_timeout_s", torchrun.DEFAULT_TIMEOUT_S))
         return
     ctx.progress("loading workload", 0.0)
-    workload = load_workload(params["workload"], params.get("options") or {})
+    workload = load_workload(params["workload"], params.get("options") or {}, cache_of(ctx.home))
     device = devices.resolve_device(params.get("device", "auto"))
     info = devices.device_info(device)
     config = profile_config_from_params(params)
@@ -88,7 +89,7 @@ def noise_task(ctx: JobContext) -> None:
 
     params = ctx.params
     ctx.progress("loading workload", 0.0)
-    workload = load_workload(params["workload"], params.get("options") or {})
+    workload = load_workload(params["workload"], params.get("options") or {}, cache_of(ctx.home))
     device = devices.resolve_device(params.get("device", "auto"))
     estimate = estimate_noise(
         workload, device, batch_small=params.get("batch_small"), batch_big=params.get("batch_big"),
@@ -106,7 +107,7 @@ def stability_task(ctx: JobContext) -> None:
     from engine.measure.stability import check_stability
 
     params = ctx.params
-    workload = load_workload(params["workload"], params.get("options") or {})
+    workload = load_workload(params["workload"], params.get("options") or {}, cache_of(ctx.home))
     device = devices.resolve_device(params.get("device", "auto"))
     result = check_stability(workload, device, params["batch_size"], params["lr"], steps=params.get("steps", 60),
                              dtype=params.get("dtype", "fp32"),
@@ -127,18 +128,19 @@ def train_task(ctx: JobContext) -> None:
         torchrun.run_ranks(ctx, nproc, params.get("collective_timeout_s", torchrun.DEFAULT_TIMEOUT_S))
         return
     save_to = str(ctx.job_dir / "model.pt") if params.get("save_weights") else None
-    run_training(params, ctx.spool.emit, ctx.progress, save_to=save_to)
+    run_training(params, ctx.spool.emit, ctx.progress, save_to=save_to, cache=cache_of(ctx.home))
 
 
-def run_training(params: dict, emit, progress, save_to: str | None = None) -> None:
+def run_training(params: dict, emit, progress, save_to: str | None = None, cache: WorkloadCache | None = None) -> None:
     """The training run described by a train job's ``params``, spooled through ``emit``.
 
-    Shared by local jobs, the ranks of a data-parallel job, and Ray tasks.
+    Shared by local jobs, the ranks of a data-parallel job, and Ray tasks (which have no home
+    here, so no workload ``cache``).
     """
     from engine.measure.train import TrainConfig, train
 
     progress("loading workload", 0.0)
-    workload = load_workload(params["workload"], params.get("options") or {})
+    workload = load_workload(params["workload"], params.get("options") or {}, cache)
     device = devices.resolve_device(params.get("device", "auto"))
     fields = {k: v for k, v in params["config"].items() if k in TrainConfig.__dataclass_fields__}
     fields["tags"] = tuple(fields.get("tags") or ())
