@@ -185,3 +185,24 @@ def test_hardware_and_doctor_show_the_cache_size(home, counting, capsys):
     code, out, _ = run_cli(capsys, "doctor")
     size_line = next(line for line in out.splitlines() if "size:" in line)
     assert "workload cache" in size_line and "0 B" not in size_line.split("workload cache")[1]
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_jobs_read_the_workload_the_submitter_built(home, counting):
+    """A profile and a training run, real job processes: the workload is built once, by the command
+    that validated the first request, and every job reads it from the cache."""
+    from helpers import wait_finished
+
+    from engine.jobs.start import start_profile, start_train
+    from engine.measure.profiler import ProfileConfig
+    from engine.measure.train import TrainConfig
+
+    spec, builds = counting
+    profile_id = start_profile(home, spec, {}, "cpu", ProfileConfig(batch_sizes=(8, 16), min_steps=2,
+                                                                    min_seconds=0.01, warmup_steps=1))
+    [run_id] = start_train(home, spec, {}, "cpu", TrainConfig(batch_size=8, lr=1e-2, max_steps=4))
+    for job_id in (profile_id, run_id):
+        wait_finished(home, job_id, timeout_s=180)
+    assert builds() == 1
+    assert cache_of(home).usage().entries == 1

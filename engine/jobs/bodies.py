@@ -12,9 +12,8 @@ from typing import Callable
 
 from engine.jobs import events, torchrun
 from engine.jobs.runner import JobContext
-from engine.measure import devices, distributed, telemetry
+from engine.measure import devices, distributed
 from engine.measure.devices import versions
-from engine.measure.profiler import ProfileConfig, ProfilePoint, plan_batch_sizes, run_profile
 from engine.workloads import load_workload
 from engine.workloads.cache import WorkloadCache, cache_of
 
@@ -22,7 +21,10 @@ __all__ = ["profile_task", "noise_task", "stability_task", "train_task", "run_tr
            "profile_config_from_params"]
 
 
-def profile_config_from_params(params: dict) -> ProfileConfig:
+def profile_config_from_params(params: dict):
+    """The ProfileConfig of a profile job's params (the profiler is imported by profile jobs only)."""
+    from engine.measure.profiler import ProfileConfig
+
     fields = {k: v for k, v in params.get("config", {}).items() if k in ProfileConfig.__dataclass_fields__}
     if fields.get("batch_sizes") is not None:
         fields["batch_sizes"] = tuple(fields["batch_sizes"])
@@ -30,6 +32,9 @@ def profile_config_from_params(params: dict) -> ProfileConfig:
 
 
 def profile_task(ctx: JobContext) -> None:
+    from engine.measure import telemetry
+    from engine.measure.profiler import ProfilePoint, plan_batch_sizes, run_profile
+
     params = ctx.params
     nproc = (params.get("config") or {}).get("nproc") or 1
     if nproc > 1 and not torchrun.in_rank(ctx):
