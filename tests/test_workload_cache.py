@@ -206,3 +206,35 @@ def test_jobs_read_the_workload_the_submitter_built(home, counting):
         wait_finished(home, job_id, timeout_s=180)
     assert builds() == 1
     assert cache_of(home).usage().entries == 1
+
+
+def test_a_workload_that_passed_its_trial_is_not_tried_again(home, counting, monkeypatch):
+    from engine.workloads.base import Workload
+
+    spec, _ = counting
+    trials = []
+    original = Workload.check_runs
+    monkeypatch.setattr(Workload, "check_runs", lambda self: trials.append(1) or original(self))
+    load_workload(spec, {}, cache_of(home))                   # a job's load: no trial, entry not marked
+    load_workload(spec, {}, cache_of(home), check=True)
+    load_workload(spec, {}, cache_of(home), check=True)
+    assert len(trials) == 1
+    load_workload(spec, {"samples": 32}, cache_of(home), check=True)
+    load_workload(spec, {"samples": 32}, cache_of(home), check=True)
+    assert len(trials) == 2
+
+
+def test_a_workload_failing_its_trial_is_refused_and_not_stored(home, tmp_path):
+    source = tmp_path / "no_loss.py"
+    source.write_text(textwrap.dedent('''
+        import torch
+        from engine import Workload
+
+        def make():
+            x = torch.randn(20, 3)
+            return Workload(name="no-loss", model=lambda: torch.nn.Linear(3, 2), train=(x, x[:, 0]),
+                            val=(x, x[:, 0]), loss=None, baseline_batch_size=4, baseline_lr=1e-2)
+    '''))
+    with pytest.raises(WorkloadError, match="carries no loss"):
+        load_workload(f"{source}:make", {}, cache_of(home), check=True)
+    assert not home.root.exists()

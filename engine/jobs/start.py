@@ -24,13 +24,12 @@ def load_checked(home: Home, workload: str, options: dict):
     """The workload, loaded and given one trial forward pass: what only running it shows (an output
     without its loss, dict batches without labels, a factory returning no optimizer) is refused
     here as a one-line WorkloadError, before a job is written. Loaded through the home's workload
-    cache, so the job it starts reads what this built."""
+    cache, so the job it starts reads what this built, and a cached workload that passed its trial
+    is not tried again (which spares this process importing what the trial's optimizer imports)."""
     from engine.workloads import load_workload
     from engine.workloads.cache import cache_of
 
-    loaded = load_workload(workload, options, cache_of(home))
-    loaded.check_runs()
-    return loaded
+    return load_workload(workload, options, cache_of(home), check=True)
 
 
 def start_profile(home: Home, workload: str, options: dict, device: str, config: ProfileConfig,

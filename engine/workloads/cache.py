@@ -100,15 +100,18 @@ class WorkloadCache:
 
     # -- loading -------------------------------------------------------------------------------
 
-    def load(self, key: str, build: Callable[[], Workload], defined_in: ModuleType | None = None) -> Workload:
+    def load(self, key: str, build: Callable[[], Workload], defined_in: ModuleType | None = None,
+             check: Callable[[Workload], None] | None = None) -> Workload:
         """The cached workload under ``key``, else ``build()``, stored for the next job.
 
         ``defined_in``: a module that later processes cannot import (a workload file), whose
-        functions and classes are therefore stored by value.
+        functions and classes are therefore stored by value. ``check``: a trial of the workload
+        (``Workload.check_runs``) that raises on a broken one; an entry records that it passed, so a
+        later load skips it (the key already covers the code and the torch version it ran with).
         """
         cached = self._read(key)
         if cached is not None:
-            return cached
+            return self._checked(key, *cached, check)
         created = _missing_folders(self.root)
         lock_path = self.root / f"{key}{_LOCK_SUFFIX}"
         try:
@@ -120,8 +123,10 @@ class WorkloadCache:
         try:
             cached = self._read(key, remove_bad=True)   # another job may have built it while this one waited
             if cached is not None:
-                return cached
+                return self._checked(key, *cached, check)
             workload = build()
+            if check is not None:
+                check(workload)
         except BaseException:
             # bad input writes nothing: a home this load created is taken away again
             lock.release()
@@ -133,13 +138,26 @@ class WorkloadCache:
             raise
         try:
             if not workload.uses_dataset:
-                self._write(key, workload, defined_in)
+                self._write(key, workload, defined_in, checked=check is not None)
             return workload
         finally:
             lock.release()
 
-    def _read(self, key: str, remove_bad: bool = False) -> Workload | None:
-        """The entry's workload; None when it is missing or does not check out (removed if ``remove_bad``)."""
+    def _checked(self, key: str, workload: Workload, manifest: dict,
+                 check: Callable[[Workload], None] | None) -> Workload:
+        """``workload``, given its trial unless its entry passed one; a pass is recorded in the entry."""
+        if check is None or manifest.get("checked"):
+            return workload
+        check(workload)
+        temporary = self.root / key / f"{_TEMP_PREFIX}{MANIFEST}-{os.getpid()}"
+        with contextlib.suppress(OSError):   # the next load would only try it again
+            temporary.write_text(json.dumps({**manifest, "checked": True}), encoding="utf-8")
+            os.replace(temporary, self.root / key / MANIFEST)
+        return workload
+
+    def _read(self, key: str, remove_bad: bool = False) -> tuple[Workload, dict] | None:
+        """The entry's workload and manifest; None when it is missing or does not check out (then
+        removed if ``remove_bad``)."""
         entry = self.root / key
         if not entry.is_dir():
             return None
@@ -152,13 +170,13 @@ class WorkloadCache:
             workload = _unpickle(payload)
             if not isinstance(workload, Workload):
                 raise TypeError(type(workload).__name__)
-            return workload
+            return workload, manifest
         except Exception:  # noqa: BLE001 - whatever is wrong with an entry (truncated, edited), it is rebuilt
             if remove_bad:
                 shutil.rmtree(entry, ignore_errors=True)
             return None
 
-    def _write(self, key: str, workload: Workload, defined_in: ModuleType | None) -> None:
+    def _write(self, key: str, workload: Workload, defined_in: ModuleType | None, checked: bool) -> None:
         """Store ``workload`` as entry ``key``: written in a temporary folder, then renamed into place.
         A workload that cannot be pickled, or a full disk, leaves no entry and no error."""
         temporary = self.root / f"{_TEMP_PREFIX}{key}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -167,7 +185,7 @@ class WorkloadCache:
             payload = _pickle(workload, defined_in)
             (temporary / PAYLOAD).write_bytes(payload)
             manifest = {"format": FORMAT, "name": workload.name, "bytes": len(payload),
-                        "crc32": zlib.crc32(payload), "created": time.time()}
+                        "crc32": zlib.crc32(payload), "checked": checked, "created": time.time()}
             (temporary / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
             os.rename(temporary, self.root / key)
         except Exception:  # noqa: BLE001 - pickling user objects fails in many ways; the cache is only a shortcut
