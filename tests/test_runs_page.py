@@ -358,3 +358,7 @@ def test_a_queued_run_shows_what_it_will_run(tmp_path, capsys):
     assert code == 0 and "PENDING" in line and "256" in line and "0.004" in line and "grp-wide" in line
     cells = [cell.strip() for cell in line.split("│")]
     assert cells[2:8] == ["PENDING", "tiny-mlp", "256", "0.004", "7", "grp-wide"]
+    code, out, _ = run_cli(capsys, "--home", str(home.root), "runs", "show", "train-queued01")
+    line = next(line for line in out.splitlines() if "train-queued01" in line and "│" in line)
+    assert code == 0 and [cell.strip() for cell in line.split("│")][2:8] == \
+        ["PENDING", "tiny-mlp", "256", "0.004", "7", "grp-wide"]
