@@ -119,14 +119,12 @@ class WorkloadCache:
             lock = FileLock(str(lock_path))
             lock.acquire()
         except OSError:   # a read-only home: build, keep nothing
-            return build()
+            return _built(build, check)
         try:
             cached = self._read(key, remove_bad=True)   # another job may have built it while this one waited
             if cached is not None:
                 return self._checked(key, *cached, check)
-            workload = build()
-            if check is not None:
-                check(workload)
+            workload = _built(build, check)
         except BaseException:
             # bad input writes nothing: a home this load created is taken away again
             lock.release()
@@ -232,6 +230,13 @@ class WorkloadCache:
 
     def _children(self) -> list[Path]:
         return sorted(self.root.iterdir()) if self.root.is_dir() else []
+
+
+def _built(build: Callable[[], Workload], check: Callable[[Workload], None] | None) -> Workload:
+    workload = build()
+    if check is not None:
+        check(workload)
+    return workload
 
 
 def _missing_folders(folder: Path) -> list[Path]:
