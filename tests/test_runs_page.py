@@ -364,3 +364,49 @@ def test_the_comparison_says_when_the_runs_ran_under_different_background_load(h
                                "the others with 1% to 3%.")
     # one busy seed of two moves its group's median as far as a busy group would: it is named as the one run it is
     assert list(view.table["background CPU"]) == ["24% (differed)", "2%"]
+
+
+# -- a queued run ----------------------------------------------------------------------------------
+
+
+def _queued_run(home: Home, job_id: str, config: TrainConfig, role: str | None) -> None:
+    """A train job as `submit` leaves it before its process starts: its request on disk, PENDING.
+    Its pid is this test's, which is alive, so it stays PENDING without starting any job."""
+    import os
+    import time
+
+    import psutil
+
+    from engine.jobs.spool import write_json_atomic
+
+    job_dir = home.ensure().job_dir(job_id)
+    job_dir.mkdir()
+    params = {"workload": TINY, "options": {}, "device": "cpu", "config": asdict(config), "role": role}
+    write_json_atomic(job_dir / "spec.json", {"id": job_id, "kind": "train", "device": "cpu", "workload": "tiny-mlp",
+                                              "params": params, "created_at": time.time(), "home": str(home.root)})
+    (job_dir / "events.jsonl").touch()
+    write_json_atomic(job_dir / "status.json", {"state": jobs.PENDING, "pid": os.getpid(),
+                                                "pid_started": psutil.Process().create_time(),
+                                                "heartbeat": time.time(), "phase": "queued", "progress": 0.0})
+
+
+def test_a_queued_run_shows_what_it_will_run(tmp_path, capsys):
+    from helpers import run_cli
+
+    home = Home(tmp_path / "home")
+    _queued_run(home, "train-queued01", TrainConfig(batch_size=256, lr=0.004, seed=7, group="grp-wide"), "recommended")
+    table = runviews.runs_table(runviews.load_runs(home))
+    row = table.iloc[0].to_dict()
+    assert (row["state"], row["batch"], row["LR"], row["seed"], row["group"], row["role"]) == \
+        (jobs.PENDING, 256, 0.004, 7, "grp-wide", "recommended")
+    with store.connect(home) as con:   # filtering by group finds it before it starts
+        assert list(store.list_runs(con, group="grp-wide")["id"]) == ["train-queued01"]
+    code, out, _ = run_cli(capsys, "--home", str(home.root), "runs")
+    line = next(line for line in out.splitlines() if "train-queued01" in line)
+    assert code == 0 and "PENDING" in line and "256" in line and "0.004" in line and "grp-wide" in line
+    cells = [cell.strip() for cell in line.split("│")]
+    assert cells[2:8] == ["PENDING", "tiny-mlp", "256", "0.004", "7", "grp-wide"]
+    code, out, _ = run_cli(capsys, "--home", str(home.root), "runs", "show", "train-queued01")
+    line = next(line for line in out.splitlines() if "train-queued01" in line and "│" in line)
+    assert code == 0 and [cell.strip() for cell in line.split("│")][2:8] == \
+        ["PENDING", "tiny-mlp", "256", "0.004", "7", "grp-wide"]

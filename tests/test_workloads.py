@@ -87,6 +87,20 @@ def test_each_builtin_loads_and_its_model_trains_one_step(name, csv_table):
     assert any(row["name"] == name and row["source"] == "builtin" and row["description"] for row in list_workloads())
 
 
+@pytest.mark.parametrize("name, sums", [
+    ("fraud-gru", (4799.999565, 9.0, 999.4315, 2.0, 33850.791246, 6690.114394)),
+    ("fraud-mlp", (-0.000293, 9.0, 15.450028, 2.0, 4384.226615, 854.144948)),
+])
+def test_fraud_data_stays_what_it_was_for_a_seed(name, sums):
+    """Sums of every tensor as the generator made them before it was made faster: a seed's data never changes."""
+    threads = torch.get_num_threads()
+    w = load_workload(name, {"samples": 300, "val_samples": 60, "seed": 3})
+    assert torch.get_num_threads() == threads, "the generator gives back torch's thread setting"
+    found = [float(t.double().sum()) for t in w.train + w.val] + [float(t.double().abs().sum())
+                                                                   for t in (w.train[0], w.val[0])]
+    assert found == pytest.approx(sums, rel=1e-5, abs=1e-3)
+
+
 @pytest.mark.parametrize("name", ["fraud-gru", "fraud-mlp"])
 def test_fraud_data_is_deterministic_given_the_seed(name):
     first = load_workload(name, {**SMALL_FRAUD, "seed": 3})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from engine.cli import dashboard, doctor, measure, plan, runs  # noqa: F401  each adds its commands to the group
+from engine.cli import cache, dashboard, doctor, measure, plan, runs  # noqa: F401  each adds its commands to the group
 from engine.cli.group import cli
 from engine.errors import LargestepError
 

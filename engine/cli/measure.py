@@ -25,11 +25,16 @@ from engine.format import format_bytes, format_ms, format_pct, format_si, groupe
 
 @cli.command()
 @json_option
-def hardware(as_json: bool) -> None:
-    """Devices, memory, driver, and whether NVML telemetry is available (and why not)."""
+@click.pass_context
+def hardware(ctx, as_json: bool) -> None:
+    """Devices, memory, driver, whether NVML telemetry is available (and why not), the workload cache's size."""
     from engine.measure.telemetry import hardware_report
+    from engine.workloads.cache import cache_of
 
     report = hardware_report()
+    workloads = cache_of(home_of(ctx))
+    usage = workloads.usage()
+    report["workload_cache"] = {"path": str(workloads.root), "entries": usage.entries, "bytes": usage.bytes}
     if as_json:
         emit_json(report)
         return
@@ -43,6 +48,7 @@ def hardware(as_json: bool) -> None:
     else:
         out.print(f"NVML: not available ({nvml.get('reason')}); telemetry falls back to CPU and process memory")
     out.print(f"torch {report.get('torch')}, CUDA {report.get('cuda') or 'none'}, host {report.get('host')}")
+    out.print(f"workload cache: {usage.summary} in {workloads.root} (`largestep cache clear` empties it)")
 
 
 @cli.command()

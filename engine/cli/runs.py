@@ -199,6 +199,8 @@ def runs_show(ctx, run_id, as_json):
         run = store.get_run(con, run_id)
         job = store.get_job(con, run_id)
         evals = store.frame_records(store.run_evaluations(con, [run_id])) if run else []
+        if run is None and job is not None:   # queued: what it will run, from its request
+            run = next((r for r in store.frame_records(store.list_runs(con, group=run_id)) if r["id"] == run_id), None)
     if run is None and job is None:
         raise UsageError(f"no run {run_id!r}; see `largestep runs`")
     run = run or {"id": run_id, "state": job["state"], "error": job.get("error")}

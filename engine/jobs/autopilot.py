@@ -236,6 +236,7 @@ def autopilot_task(ctx: JobContext) -> None:
     from engine.measure.train import TrainConfig
     from engine.plan.schedule import with_batch_schedule
     from engine.workloads import load_workload
+    from engine.workloads.cache import cache_of
 
     params = ctx.params
     config = AutopilotConfig(**params.get("autopilot", {}))
@@ -262,7 +263,7 @@ def autopilot_task(ctx: JobContext) -> None:
         return states
 
     try:
-        workload = load_workload(spec, options)
+        workload = load_workload(spec, options, cache_of(ctx.home))
         epochs = config.epochs or workload.epochs
 
         # profile

@@ -12,10 +12,10 @@ from typing import Callable
 
 from engine.jobs import events, torchrun
 from engine.jobs.runner import JobContext
-from engine.measure import devices, distributed, telemetry
+from engine.measure import devices, distributed
 from engine.measure.devices import versions
-from engine.measure.profiler import ProfileConfig, ProfilePoint, plan_batch_sizes, run_profile
 from engine.workloads import load_workload
+from engine.workloads.cache import WorkloadCache, cache_of
 
 __all__ = ["profile_task", "noise_task", "noise_curve_task", "stability_task", "train_task", "run_training", "SpoolRunLog",
            "profile_config_from_params"]
@@ -29,7 +29,10 @@ def job_device(params: dict):
     return device
 
 
-def profile_config_from_params(params: dict) -> ProfileConfig:
+def profile_config_from_params(params: dict):
+    """The ProfileConfig of a profile job's params (the profiler is imported by profile jobs only)."""
+    from engine.measure.profiler import ProfileConfig
+
     fields = {k: v for k, v in params.get("config", {}).items() if k in ProfileConfig.__dataclass_fields__}
     if fields.get("batch_sizes") is not None:
         fields["batch_sizes"] = tuple(fields["batch_sizes"])
@@ -37,6 +40,9 @@ def profile_config_from_params(params: dict) -> ProfileConfig:
 
 
 def profile_task(ctx: JobContext) -> None:
+    from engine.measure import telemetry
+    from engine.measure.profiler import ProfilePoint, plan_batch_sizes, run_profile
+
     params = ctx.params
     nproc = (params.get("config") or {}).get("nproc") or 1
     if nproc > 1 and not torchrun.in_rank(ctx):
@@ -47,7 +53,7 @@ def profile_task(ctx: JobContext) -> None:
         return
     ctx.progress("loading workload", 0.0)
     device = job_device(params)
-    workload = load_workload(params["workload"], params.get("options") or {})
+    workload = load_workload(params["workload"], params.get("options") or {}, cache_of(ctx.home))
     info = devices.device_info(device)
     config = profile_config_from_params(params)
     config.validate()
@@ -101,7 +107,7 @@ def profile_task(ctx: JobContext) -> None:
 def _end_profile_at_out_of_memory(ctx: JobContext, oom: distributed.RankOutOfMemory) -> None:
     """A rank ran out of memory (and the ranks were stopped): the batch is the sweep's ceiling, recorded
     with the points the ranks measured before it, as a single-process sweep ends at an OOM."""
-    from engine.measure.profiler import OOM, fit_memory, saturation_batch
+    from engine.measure.profiler import OOM, ProfilePoint, fit_memory, saturation_batch
 
     spooled = [ProfilePoint.from_dict(e) for e in events.read_all(ctx.job_dir) if e.get("type") == events.POINT]
     point = ProfilePoint(batch_size=oom.batch_size, status=OOM, error=str(oom)[:500], ended_at=time.time())
@@ -121,7 +127,7 @@ def noise_task(ctx: JobContext) -> None:
     params = ctx.params
     ctx.progress("loading workload", 0.0)
     device = job_device(params)
-    workload = load_workload(params["workload"], params.get("options") or {})
+    workload = load_workload(params["workload"], params.get("options") or {}, cache_of(ctx.home))
     estimate = estimate_noise(
         workload, device, batch_small=params.get("batch_small"), batch_big=params.get("batch_big"),
         batches=params.get("batches", 32), warm_steps=params.get("warm_steps", 0), seed=params.get("seed", 0),
@@ -140,8 +146,8 @@ def noise_curve_task(ctx: JobContext) -> None:
 
     params = ctx.params
     ctx.progress("loading workload", 0.0)
-    workload = load_workload(params["workload"], params.get("options") or {})
-    device = devices.resolve_device(params.get("device", "auto"))
+    device = job_device(params)
+    workload = load_workload(params["workload"], params.get("options") or {}, cache_of(ctx.home))
     described = {"workload": workload.name, "workload_spec": params["workload"],
                  "options": params.get("options") or {}, "device": devices.device_info(device).to_dict()}
 
@@ -164,7 +170,7 @@ def stability_task(ctx: JobContext) -> None:
 
     params = ctx.params
     device = job_device(params)
-    workload = load_workload(params["workload"], params.get("options") or {})
+    workload = load_workload(params["workload"], params.get("options") or {}, cache_of(ctx.home))
     result = check_stability(workload, device, params["batch_size"], params["lr"], steps=params.get("steps", 60),
                              dtype=params.get("dtype", "fp32"),
                              on_progress=lambda f: ctx.progress("learning-rate ramp", f))
@@ -184,19 +190,21 @@ def train_task(ctx: JobContext) -> None:
         torchrun.run_ranks(ctx, nproc, params.get("collective_timeout_s", torchrun.DEFAULT_TIMEOUT_S))
         return
     save_to = str(ctx.job_dir / "model.pt") if params.get("save_weights") else None
-    run_training(params, ctx.spool.emit, ctx.progress, save_to=save_to)
+    run_training(params, ctx.spool.emit, ctx.progress, save_to=save_to, cache=cache_of(ctx.home))
 
 
-def run_training(params: dict, emit, progress, save_to: str | None = None) -> None:
+def run_training(params: dict, emit, progress, save_to: str | None = None, cache: WorkloadCache | None = None) -> None:
     """The training run described by a train job's ``params``, spooled through ``emit``.
 
-    Shared by local jobs, the ranks of a data-parallel job, and Ray tasks.
+    Shared by local jobs, the ranks of a data-parallel job, and Ray tasks (which have no home
+    here, so no workload ``cache``).
     """
+    from engine.measure import telemetry
     from engine.measure.train import TrainConfig, train
 
     progress("loading workload", 0.0)
     device = job_device(params)
-    workload = load_workload(params["workload"], params.get("options") or {})
+    workload = load_workload(params["workload"], params.get("options") or {}, cache)
     fields = {k: v for k, v in params["config"].items() if k in TrainConfig.__dataclass_fields__}
     fields["tags"] = tuple(fields.get("tags") or ())
     config = TrainConfig(**fields)

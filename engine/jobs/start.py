@@ -20,15 +20,16 @@ MAX_REPEATS = 1000      # runs queued by one request (each is a job folder and a
 __all__ = ["start_profile", "start_noise", "start_noise_curve", "start_stability", "start_train", "start_autopilot", "load_checked"]
 
 
-def load_checked(workload: str, options: dict):
+def load_checked(home: Home, workload: str, options: dict):
     """The workload, loaded and given one trial forward pass: what only running it shows (an output
     without its loss, dict batches without labels, a factory returning no optimizer) is refused
-    here as a one-line WorkloadError, before a job is written."""
+    here as a one-line WorkloadError, before a job is written. Loaded through the home's workload
+    cache, so the job it starts reads what this built, and a cached workload that passed its trial
+    is not tried again (which spares this process importing what the trial's optimizer imports)."""
     from engine.workloads import load_workload
+    from engine.workloads.cache import cache_of
 
-    loaded = load_workload(workload, options)
-    loaded.check_runs()
-    return loaded
+    return load_workload(workload, options, cache_of(home), check=True)
 
 
 def start_profile(home: Home, workload: str, options: dict, device: str, config: ProfileConfig,
@@ -57,7 +58,7 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
     devices.check_dtype(torch_device, config.dtype)
     home.check()
     check_database_file(home.database)
-    loaded = load_checked(workload, options)  # a bad workload fails here, before anything is written
+    loaded = load_checked(home, workload, options)  # a bad workload fails here, before anything is written
     params = {"workload": workload, "options": dict(options), "device": str(torch_device), "config": asdict(config)}
     if min(plan_batch_sizes(config, loaded), default=loaded.n_train + 1) > loaded.n_train:
         raise UsageError(f"every batch size to profile is larger than the {loaded.n_train} training samples of "
@@ -87,7 +88,7 @@ def start_noise(home: Home, workload: str, options: dict, device: str, batch_sma
     torch_device = devices.resolve_device(device) if launcher is None else device
     home.check()
     check_database_file(home.database)
-    loaded = load_checked(workload, options)
+    loaded = load_checked(home, workload, options)
     if warm_steps is None:
         warm_steps = default_warm_steps(loaded)
     batch_small, batch_big = check_noise_args(loaded, batch_small, batch_big, batches, warm_steps)
@@ -113,7 +114,7 @@ def start_noise_curve(home: Home, workload: str, options: dict, device: str, at:
     torch_device = devices.resolve_device(device)
     home.check()
     check_database_file(home.database)
-    loaded = load_checked(workload, options)
+    loaded = load_checked(home, workload, options)
     batch_small, batch_big = check_noise_args(loaded, batch_small, batch_big, batches, 0)
     params = {"workload": workload, "options": dict(options), "device": str(torch_device), "at": list(at),
               "batch_small": batch_small, "batch_big": batch_big, "batches": batches, "seed": seed,
@@ -164,7 +165,7 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
     home.check()
     check_database_file(home.database)
     if launcher is None:
-        loaded = load_checked(workload, options)
+        loaded = load_checked(home, workload, options)
         if config.batch_size > loaded.n_train:
             raise UsageError(f"--batch-size {config.batch_size} is larger than the {loaded.n_train} training "
                              f"samples of {loaded.name}")
@@ -202,7 +203,7 @@ def start_autopilot(home: Home, workload: str, options: dict, device: str, confi
     torch_device = devices.resolve_device(device) if config.launcher is None else device
     home.check()
     check_database_file(home.database)
-    loaded = load_checked(workload, options)
+    loaded = load_checked(home, workload, options)
     if loaded.baseline_batch_size % config.nproc:
         raise UsageError(f"--nproc {config.nproc} does not divide {loaded.name}'s baseline batch "
                          f"{loaded.baseline_batch_size}: every rank needs an equal share of every batch")

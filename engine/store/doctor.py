@@ -16,6 +16,7 @@ from engine.jobs import events as ev
 from engine.store.connection import connect
 from engine.store.ingest import ingest
 from engine.store.migrations import MIGRATIONS, applied_migrations
+from engine.workloads.cache import cache_of
 
 __all__ = ["Check", "diagnose", "OK", "WARN", "PROBLEM"]
 
@@ -115,6 +116,6 @@ def _size(home: Home) -> Check:
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
     parts = {"database": size(home.database), "jobs": size(home.jobs),
-             "recommendations": size(home.recommendations)}
+             "recommendations": size(home.recommendations), "workload cache": cache_of(home).usage().bytes}
     summary = ", ".join(f"{name} {format_bytes(n)}" for name, n in parts.items())
     return Check("size", OK, f"{format_bytes(sum(parts.values()))} in {home.root} ({summary})")

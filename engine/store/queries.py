@@ -169,9 +169,19 @@ def list_recommendations(con) -> pd.DataFrame:
         "ORDER BY created_at DESC").df()
 
 
-_RUN_COLUMNS = ("coalesce(r.id, j.id) AS id, r.group_id, r.role, j.state, coalesce(r.workload, j.workload) AS workload, "
-                "r.device_name, r.batch_size, r.micro_batch_size, "
-                "r.accumulate, r.lr, r.seed, r.epochs, r.tags, r.started_at, coalesce(r.ended_at, j.ended_at) AS ended_at, r.steps, r.wall_time_s, "
+# A run that has not started yet (PENDING) has no row in runs: what it will run comes from its job's
+# request (spec.json, ingested as jobs.spec), so lists show its batch, rate, seed and group, not dashes.
+_PLANNED = "j.spec->'$.params.config'"
+_RUN_GROUP = f"coalesce(r.group_id, {_PLANNED}->>'$.group')"
+_RUN_COLUMNS = ("coalesce(r.id, j.id) AS id, "
+                f"{_RUN_GROUP} AS group_id, coalesce(r.role, j.spec->>'$.params.role') AS role, "
+                "j.state, coalesce(r.workload, j.workload) AS workload, r.device_name, "
+                f"coalesce(r.batch_size, CAST({_PLANNED}->>'$.batch_size' AS INTEGER)) AS batch_size, "
+                "r.micro_batch_size, "
+                f"coalesce(r.accumulate, CAST({_PLANNED}->>'$.accumulate' AS INTEGER)) AS accumulate, "
+                f"coalesce(r.lr, CAST({_PLANNED}->>'$.lr' AS DOUBLE)) AS lr, "
+                f"coalesce(r.seed, CAST({_PLANNED}->>'$.seed' AS INTEGER)) AS seed, "
+                "r.epochs, r.tags, r.started_at, coalesce(r.ended_at, j.ended_at) AS ended_at, r.steps, r.wall_time_s, "
                 "r.train_time_s, r.final_val_loss, r.best_val_loss, r.final_primary_metric, r.primary_metric, "
                 "r.primary_metric_mode, r.reached_target, r.time_to_target_s, r.peak_memory_bytes, r.stop_reason, "
                 "r.recommendation_id, j.error, j.progress, j.phase, j.created_at, r.background_cpu_pct, "
@@ -182,7 +192,7 @@ def list_runs(con, states: list[str] | None = None, group: str | None = None, wo
     """Training runs with their job state, newest first. Jobs not yet started appear with their spec."""
     return con.execute(
         f"SELECT {_RUN_COLUMNS} FROM jobs j LEFT JOIN runs r ON r.id = j.id WHERE j.kind = 'train' "
-        "AND (? IS NULL OR list_contains(?, j.state)) AND (? IS NULL OR r.group_id = ? OR j.id = ?) "
+        f"AND (? IS NULL OR list_contains(?, j.state)) AND (? IS NULL OR {_RUN_GROUP} = ? OR j.id = ?) "
         "AND (? IS NULL OR r.workload = ?) ORDER BY j.created_at DESC",
         [states, states, group, group, group, workload, workload],
     ).df()

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from engine.errors import WorkloadError
 from engine.workloads.base import Workload
+from engine.workloads.cache import WorkloadCache, cache_key
 from engine.workloads.fraud import fraud_gru, fraud_mlp
 from engine.workloads.table import table
 
@@ -53,16 +54,20 @@ _file_modules = itertools.count()        # a fresh module name per file load: a 
 
 # -- public API ------------------------------------------------------------------------------
 
-def load_workload(spec: str, options: Mapping[str, object] | None = None) -> Workload:
+def load_workload(spec: str, options: Mapping[str, object] | None = None,
+                  cache: WorkloadCache | None = None, check: bool = False) -> Workload:
     """Resolve ``spec``, call its function with ``options`` as keyword arguments, return the Workload.
 
     String option values (from ``--set name=value``) become int, float or bool when the
     parameter's default (or annotation) has that type. A KeyboardInterrupt the workload's own code
-    raises is its error like any other; one from Ctrl-C still interrupts.
+    raises is its error like any other; one from Ctrl-C still interrupts. With ``cache`` (see
+    :mod:`engine.workloads.cache`), a workload built before with the same spec, options and source
+    is read back instead of built. ``check``: give it a trial step (:meth:`Workload.check_runs`),
+    unless the cache holds it as having passed one.
     """
     with _ctrl_c_noticed() as pressed:
         try:
-            return _load_workload(spec, options)
+            return _load_workload(spec, options, cache, check)
         except KeyboardInterrupt:
             if pressed:
                 raise
@@ -93,7 +98,8 @@ def _ctrl_c_noticed() -> Iterator[list[int]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _load_workload(spec: str, options: Mapping[str, object] | None) -> Workload:
+def _load_workload(spec: str, options: Mapping[str, object] | None, cache: WorkloadCache | None,
+                   check: bool) -> Workload:
     if not isinstance(spec, str) or not spec.strip():
         raise WorkloadError(f"no workload given; name {_SPEC_FORMS}")
     spec = spec.strip()
@@ -104,10 +110,28 @@ def _load_workload(spec: str, options: Mapping[str, object] | None) -> Workload:
         if configured is None:
             raise
         # a name the project's largestep.toml gives a spec: its options, overridden by the caller's
-        return _load_workload(configured["spec"], {**configured["options"], **dict(options or {})})
+        return _load_workload(configured["spec"], {**configured["options"], **dict(options or {})}, cache, check)
+    kwargs = _bind_options(function, spec, dict(options or {}))
     # a file's folder stays importable while its function runs: it may import siblings lazily
     with _on_sys_path(folder):
-        return _build(function, spec, dict(options or {}))
+        trial = Workload.check_runs if check else None
+        if cache is None:
+            workload = _build(function, spec, kwargs)
+            if trial is not None:
+                trial(workload)
+            return workload
+        module = sys.modules.get(getattr(function, "__module__", None) or "")
+        key = cache_key(spec, _source_file(function), kwargs)
+        return cache.load(key, lambda: _build(function, spec, kwargs),
+                          defined_in=module if folder is not None else None, check=trial)
+
+
+def _source_file(function: Callable[..., Any]) -> str | None:
+    """The file that defines ``function`` (a built-in's generator, the user's file or module)."""
+    try:
+        return inspect.getsourcefile(inspect.unwrap(function))
+    except TypeError:   # a builtin or C function: only its spec and options key it
+        return None
 
 
 def _configured(name: str) -> dict | None:
@@ -251,8 +275,8 @@ def _unknown_name_message(spec: str) -> str:
 
 # -- calling the function --------------------------------------------------------------------
 
-def _build(function: Callable[..., Any], spec: str, options: dict[str, object]) -> Workload:
-    kwargs = _bind_options(function, spec, options)
+def _build(function: Callable[..., Any], spec: str, kwargs: dict[str, object]) -> Workload:
+    """Call the workload function with options already bound (see _bind_options)."""
     try:
         result = function(**kwargs)
     except WorkloadError:

@@ -1,0 +1,187 @@
+"""Dead time: how much of a job's and a loop's wall time is not spent training (not a test).
+
+All figures are ratios measured in the same run, so a busy machine slows both sides alike.
+
+(a) start-up: a training job's time from submission (``start_train``, as ``largestep train`` calls it)
+    to the end of its first training step, once its workload is cached, against the time of
+    ``python -c "import torch"`` (a fresh interpreter importing torch). Target: at most 1.5x. Beside
+    it, the floor of any PyTorch training process: importing torch and making a first optimizer. Each round also splits the job's time into spans:
+    submit (validate, write the spec, spawn) -> the job's ``start`` event (interpreter, the runner's
+    imports, the device lock) -> ``run_start`` (the body's imports, the workload, the model) ->
+    the first step.
+(b) a default sweep of fraud-gru (``largestep profile --workload fraud-gru``, as a user runs it):
+    the share of its wall time outside the timed steps. Target: at most 15%.
+(c) an autopilot on fraud-gru: the share of its wall time spent in measured work, that is the
+    training runs' wall time (training steps and evaluation, as their loop clocks it), the
+    profile's timed steps and the noise estimate's own time. Target: at least 85%.
+
+    python bench/bench_dead_time.py [--rounds 5] [--skip-sweep] [--skip-autopilot]
+                                    [--autopilot-repeats 3] [--autopilot-epochs E]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine import jobs, store  # noqa: E402
+from engine.home import Home  # noqa: E402
+from engine.jobs import events  # noqa: E402
+
+IMPORT_TORCH = "import torch"
+# The floor of any PyTorch training process: torch's optimizers import torch._dynamo on first use
+# (torch._disable_dynamo), which on this machine costs about as much again as importing torch.
+FIRST_OPTIMIZER = "import torch; torch.optim.Adam(torch.nn.Linear(1, 1).parameters())"
+
+
+def python_s(code: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return time.perf_counter() - start
+
+
+def first_step(workload: str, rounds: int) -> dict:
+    """(a): submission to first step vs `import torch`, interleaved round by round."""
+    from engine.jobs.start import start_train
+    from engine.measure.train import TrainConfig
+    from engine.workloads import load_workload
+    from engine.workloads.cache import cache_of
+
+    with tempfile.TemporaryDirectory() as root:
+        home = Home(Path(root) / "home")
+        load_workload(workload, {}, cache_of(home.ensure()))   # cached, as after the first job
+        reference, floor, ours, spans = [], [], [], []
+        for k in range(rounds):
+            reference.append(python_s(IMPORT_TORCH))
+            floor.append(python_s(FIRST_OPTIMIZER))
+            config = TrainConfig(batch_size=128, lr=1e-3, max_steps=3, log_every_steps=1, seed=k)
+            submitted = time.time()
+            [job_id] = start_train(home, workload, {}, "cpu", config)
+            if jobs.wait(home, job_id, timeout_s=300) != jobs.FINISHED:
+                raise SystemExit(f"job {job_id} did not finish: {jobs.crash_reason(home.job_dir(job_id))}")
+            read = events.read_all(home.job_dir(job_id))
+            started = next(e["t"] for e in read if e["type"] == events.START)
+            run_start = next(e for e in read if e["type"] == events.RUN_START)
+            first_row = next(e for e in read if e["type"] == events.METRICS)["rows"][0]
+            first = run_start["t"] + first_row["wall_time_s"]
+            ours.append(first - submitted)
+            spans.append({"to_start_event": started - submitted, "to_run_start": run_start["t"] - started,
+                          "to_first_step": first - run_start["t"]})
+            print(f"round {k}: import torch {reference[-1]:.2f} s, and a first optimizer {floor[-1]:.2f} s; submission to first step {ours[-1]:.2f} s "
+                  f"(process and runner {spans[-1]['to_start_event']:.2f} s, body and workload "
+                  f"{spans[-1]['to_run_start']:.2f} s, first step {spans[-1]['to_first_step']:.2f} s)", flush=True)
+    ratio = statistics.median(ours) / statistics.median(reference)
+    median_spans = {name: statistics.median(s[name] for s in spans) for name in spans[0]}
+    floor_ratio = statistics.median(floor) / statistics.median(reference)
+    print(f"(a) submission to first step {statistics.median(ours):.2f} s / import torch "
+          f"{statistics.median(reference):.2f} s = {ratio:.2f} (target at most 1.5); import torch and a first "
+          f"optimizer alone: {floor_ratio:.2f}; median spans "
+          + ", ".join(f"{name} {value:.2f} s" for name, value in median_spans.items()), flush=True)
+    return {"first_step_s": statistics.median(ours), "import_torch_s": statistics.median(reference),
+            "first_optimizer_s": statistics.median(floor), "ratio": ratio, "floor_ratio": floor_ratio,
+            "spans_s": median_spans}
+
+
+def sweep(workload: str) -> dict:
+    """(b): a default sweep from the command line, cold (its own empty home) and then with the cache warm."""
+    results = {}
+    with tempfile.TemporaryDirectory() as root:
+        env = dict(os.environ, LARGESTEP_HOME=root)
+        for label in ("cold", "cached"):
+            start, submitted = time.perf_counter(), time.time()
+            proc = subprocess.run([sys.executable, "-m", "engine.cli", "profile", "--workload", workload, "--json"],
+                                  capture_output=True, text=True, env=env, cwd=ROOT)
+            wall = time.perf_counter() - start
+            if proc.returncode != 0:
+                raise SystemExit(f"profile failed: {proc.stderr.strip().splitlines()[-1:]}")
+            data = json.loads(proc.stdout)
+            with store.connect(Home(Path(root))) as con:
+                timed = float(sum(sum(t) for t in store.profile_points(con, data["profile_id"]).step_times_s))
+            spans = _sweep_spans(Home(Path(root)).job_dir(data["profile_id"]), submitted, submitted + wall)
+            results[label] = {"wall_s": wall, "timed_s": timed, "outside_share": 1 - timed / wall, "spans_s": spans}
+            print(f"(b) default sweep of {workload}, {label} workload: {wall:.1f} s wall, {timed:.1f} s in timed "
+                  f"steps, {1 - timed / wall:.0%} outside them (target at most 15%); "
+                  + ", ".join(f"{name} {value:.1f} s" for name, value in spans.items()), flush=True)
+    return results
+
+
+def _sweep_spans(job_dir: Path, submitted: float, finished: float) -> dict:
+    """Where a sweep's time outside its timed steps goes, from its spool: before the job's process
+    starts (the command: interpreter, imports, validation), the job's start-up until its first batch
+    size, each batch size's untimed work (warm-up, FLOP counting), and after the last one."""
+    read = events.read_all(job_dir)
+    started = next(e["t"] for e in read if e["type"] == events.START)
+    points = [e for e in read if e["type"] == events.POINT and e.get("started_at") and e.get("ended_at")]
+    ended = next(e["t"] for e in read if e["type"] == events.EXIT)
+    return {"command before the job": started - submitted,
+            "job start-up to the first batch size": points[0]["started_at"] - started,
+            "untimed work per batch size (sum)": sum(p["ended_at"] - p["started_at"] - sum(p["step_times_s"] or [])
+                                                     for p in points),
+            "after the last batch size": ended - points[-1]["ended_at"],
+            "command after the job": finished - ended}
+
+
+def autopilot(workload: str, repeats: int, epochs: float | None) -> dict:
+    """(c): one autopilot; its measured work against its wall time, from submission to its end."""
+    from engine.jobs.autopilot import AutopilotConfig
+    from engine.jobs.start import start_autopilot
+
+    with tempfile.TemporaryDirectory() as root:
+        home = Home(Path(root) / "home")
+        config = AutopilotConfig(repeats=repeats, epochs=epochs)
+        start = time.perf_counter()
+        job_id = start_autopilot(home, workload, {}, "cpu", config)
+        state = jobs.wait(home, job_id, timeout_s=7200)
+        wall = time.perf_counter() - start
+        if state != jobs.FINISHED:
+            raise SystemExit(f"autopilot {job_id} ended {state}")
+        store.ingest(home)
+        with store.connect(home) as con:
+            runs = con.execute("SELECT coalesce(sum(wall_time_s), 0), coalesce(sum(train_time_s), 0), count(*) "
+                               "FROM runs").fetchone()
+            [profile_id] = [r[0] for r in con.execute("SELECT id FROM profiles").fetchall()]
+            timed = float(sum(sum(t) for t in store.profile_points(con, profile_id).step_times_s))
+            noise = con.execute("SELECT coalesce(sum(elapsed_s), 0) FROM noise_estimates").fetchone()[0]
+    runs_wall, runs_train, n_runs = runs
+    work = runs_wall + timed + noise
+    print(f"(c) autopilot on {workload} ({repeats} seed(s) an arm, epochs {epochs or 'the workload default'}): "
+          f"{wall:.1f} s wall; {n_runs} runs {runs_wall:.1f} s ({runs_train:.1f} s training steps, the rest "
+          f"evaluation), profile {timed:.1f} s timed steps, noise estimate {noise:.1f} s: {work / wall:.0%} measured "
+          f"work (target at least 85%)", flush=True)
+    return {"wall_s": wall, "runs_wall_s": runs_wall, "runs_train_s": runs_train, "profile_timed_s": timed,
+            "noise_s": noise, "work_share": work / wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", default="fraud-gru")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--skip-autopilot", action="store_true")
+    parser.add_argument("--autopilot-repeats", type=int, default=3)
+    parser.add_argument("--autopilot-epochs", type=float, default=None)
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"load average {load:.1f}", flush=True)
+    first_step(args.workload, args.rounds)
+    if not args.skip_sweep:
+        sweep(args.workload)
+    if not args.skip_autopilot:
+        autopilot(args.workload, args.autopilot_repeats, args.autopilot_epochs)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+"""A built workload on disk in the home, so that every later job skips building it.
+
+Building a workload (generating synthetic transactions, reading and encoding a table) can take
+seconds, and the profile, the noise estimate and every run of an autopilot or a sweep load the
+same one. The first load stores the built :class:`Workload` in ``<home>/cache/workloads/<key>/``;
+later loads read it back.
+
+The key covers what decides the data: the spec, the options (as the function receives them), the
+contents of the file that defines the workload function (a built-in's generator code, the user's
+file or module) and of every file an option names (a table's CSV or Parquet file), and the torch
+version. It does not see a file the workload reads without an option naming it, nor a module the
+workload's file imports: after changing one of those, ``largestep cache clear``.
+
+Only tensor data is cached: a workload whose ``train``/``val`` are Datasets is rebuilt by every
+job, since a Dataset's Python objects (open files, tokenizers, readers) are not plain data. The
+functions and classes a workload file defines are stored by value (cloudpickle), so a lambda model
+factory is kept too; installed code (torch, the built-ins) is stored by reference. A workload that
+cannot be stored that way is simply built every time.
+
+An entry is written under a temporary name and renamed into place, under one lock per key, so
+concurrent jobs build it once and no job reads half of one. An entry whose checksum or contents do
+not load is removed and rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import secrets
+import shutil
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, Iterator, Mapping
+
+from filelock import FileLock, Timeout
+
+from engine.format import format_bytes, plural
+from engine.home import Home
+from engine.workloads.base import Workload
+
+__all__ = ["WorkloadCache", "CacheUsage", "cache_of", "cache_key", "FORMAT"]
+
+FORMAT = 1                      # bumped when the layout of an entry changes: older entries are never read
+PAYLOAD = "workload.pt"         # the pickled Workload, tensors in torch's zip format
+MANIFEST = "entry.json"         # what the entry holds and the payload's checksum; written last
+_TEMP_PREFIX = ".tmp-"          # an entry being written (or left by a job that was killed while writing)
+_LOCK_SUFFIX = ".lock"
+
+
+def cache_of(home: Home) -> "WorkloadCache":
+    """The workload cache of a home."""
+    return WorkloadCache(home.root / "cache" / "workloads")
+
+
+def cache_key(spec: str, source_file: str | None, kwargs: Mapping[str, object]) -> str:
+    """The entry name for ``spec`` called with ``kwargs``, whose function is defined in ``source_file``."""
+    import torch
+
+    digest = hashlib.sha256()
+    described = {"format": FORMAT, "spec": spec, "options": dict(kwargs), "torch": torch.__version__}
+    digest.update(json.dumps(described, sort_keys=True, default=repr).encode())
+    named_files = [value for value in kwargs.values() if isinstance(value, (str, os.PathLike))]
+    for path in ([source_file] if source_file else []) + named_files:
+        digest.update(_file_digest(Path(path)))
+    return digest.hexdigest()[:32]
+
+
+def _file_digest(path: Path) -> bytes:
+    """The contents' digest of a file, or nothing for a value that names no file (most string options)."""
+    try:
+        if not path.is_file():
+            return b""
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").digest() if hasattr(hashlib, "file_digest") \
+                else hashlib.sha256(fh.read()).digest()
+    except (OSError, ValueError):   # unreadable, or a string too long to be a path: the build will say
+        return b""
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    entries: int                 # complete entries
+    bytes: int                   # on disk, counting unfinished temporary entries
+
+    @property
+    def summary(self) -> str:
+        """``2 workloads, 75.3 MiB``, as `cache`, `hardware` and `doctor` show it."""
+        return f"{plural(self.entries, 'workload')}, {format_bytes(self.bytes)}"
+
+
+@dataclass(frozen=True)
+class WorkloadCache:
+    root: Path
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def load(self, key: str, build: Callable[[], Workload], defined_in: ModuleType | None = None,
+             check: Callable[[Workload], None] | None = None) -> Workload:
+        """The cached workload under ``key``, else ``build()``, stored for the next job.
+
+        ``defined_in``: a module that later processes cannot import (a workload file), whose
+        functions and classes are therefore stored by value. ``check``: a trial of the workload
+        (``Workload.check_runs``) that raises on a broken one; an entry records that it passed, so a
+        later load skips it (the key already covers the code and the torch version it ran with).
+        """
+        cached = self._read(key)
+        if cached is not None:
+            return self._checked(key, *cached, check)
+        created = _missing_folders(self.root)
+        lock_path = self.root / f"{key}{_LOCK_SUFFIX}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(lock_path))
+            lock.acquire()
+        except OSError:   # a read-only home: build, keep nothing
+            return _built(build, check)
+        try:
+            cached = self._read(key, remove_bad=True)   # another job may have built it while this one waited
+            if cached is not None:
+                return self._checked(key, *cached, check)
+            workload = _built(build, check)
+        except BaseException:
+            # bad input writes nothing: a home this load created is taken away again
+            lock.release()
+            if created:
+                lock_path.unlink(missing_ok=True)
+                for folder in created:
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+            raise
+        try:
+            if not workload.uses_dataset:
+                self._write(key, workload, defined_in, checked=check is not None)
+            return workload
+        finally:
+            lock.release()
+
+    def _checked(self, key: str, workload: Workload, manifest: dict,
+                 check: Callable[[Workload], None] | None) -> Workload:
+        """``workload``, given its trial unless its entry passed one; a pass is recorded in the entry."""
+        if check is None or manifest.get("checked"):
+            return workload
+        check(workload)
+        temporary = self.root / key / f"{_TEMP_PREFIX}{MANIFEST}-{os.getpid()}"
+        with contextlib.suppress(OSError):   # the next load would only try it again
+            temporary.write_text(json.dumps({**manifest, "checked": True}), encoding="utf-8")
+            os.replace(temporary, self.root / key / MANIFEST)
+        return workload
+
+    def _read(self, key: str, remove_bad: bool = False) -> tuple[Workload, dict] | None:
+        """The entry's workload and manifest; None when it is missing or does not check out (then
+        removed if ``remove_bad``)."""
+        entry = self.root / key
+        if not entry.is_dir():
+            return None
+        try:
+            manifest = json.loads((entry / MANIFEST).read_text(encoding="utf-8"))
+            payload = (entry / PAYLOAD).read_bytes()
+            if manifest.get("format") != FORMAT or manifest.get("bytes") != len(payload) \
+                    or manifest.get("crc32") != zlib.crc32(payload):
+                raise ValueError("checksum")
+            workload = _unpickle(payload)
+            if not isinstance(workload, Workload):
+                raise TypeError(type(workload).__name__)
+            return workload, manifest
+        except Exception:  # noqa: BLE001 - whatever is wrong with an entry (truncated, edited), it is rebuilt
+            if remove_bad:
+                shutil.rmtree(entry, ignore_errors=True)
+            return None
+
+    def _write(self, key: str, workload: Workload, defined_in: ModuleType | None, checked: bool) -> None:
+        """Store ``workload`` as entry ``key``: written in a temporary folder, then renamed into place.
+        A workload that cannot be pickled, or a full disk, leaves no entry and no error."""
+        temporary = self.root / f"{_TEMP_PREFIX}{key}-{os.getpid()}-{secrets.token_hex(3)}"
+        try:
+            temporary.mkdir()
+            payload = _pickle(workload, defined_in)
+            (temporary / PAYLOAD).write_bytes(payload)
+            manifest = {"format": FORMAT, "name": workload.name, "bytes": len(payload),
+                        "crc32": zlib.crc32(payload), "checked": checked, "created": time.time()}
+            (temporary / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+            os.rename(temporary, self.root / key)
+        except Exception:  # noqa: BLE001 - pickling user objects fails in many ways; the cache is only a shortcut
+            shutil.rmtree(temporary, ignore_errors=True)
+
+    # -- looking and clearing ------------------------------------------------------------------
+
+    def usage(self) -> CacheUsage:
+        """Entries and bytes on disk (nothing when the cache was never written)."""
+        entries = sum(1 for path in self._children() if path.is_dir() and not path.name.startswith(_TEMP_PREFIX))
+        return CacheUsage(entries=entries, bytes=sum(_size(path) for path in self._children()))
+
+    def clear(self) -> tuple[CacheUsage, int]:
+        """Remove every entry no job is writing; returns what was freed and how many were left (busy)."""
+        freed_entries = freed_bytes = busy = 0
+        for path in self._children():
+            if path.name.endswith(_LOCK_SUFFIX):
+                continue
+            key = path.name[len(_TEMP_PREFIX):].split("-")[0] if path.name.startswith(_TEMP_PREFIX) else path.name
+            with self._locked(key) as held:
+                if not held:
+                    busy += 1
+                    continue
+                size = _size(path)
+                shutil.rmtree(path, ignore_errors=True)
+                if not path.exists():
+                    freed_bytes += size
+                    freed_entries += not path.name.startswith(_TEMP_PREFIX)
+        return CacheUsage(entries=freed_entries, bytes=freed_bytes), busy
+
+    @contextlib.contextmanager
+    def _locked(self, key: str) -> Iterator[bool]:
+        """The key's lock if it is free now (a job building that entry holds it)."""
+        lock = FileLock(str(self.root / f"{key}{_LOCK_SUFFIX}"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
+    def _children(self) -> list[Path]:
+        return sorted(self.root.iterdir()) if self.root.is_dir() else []
+
+
+def _built(build: Callable[[], Workload], check: Callable[[Workload], None] | None) -> Workload:
+    workload = build()
+    if check is not None:
+        check(workload)
+    return workload
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# -- the payload -------------------------------------------------------------------------------
+
+def _pickle(workload: Workload, defined_in: ModuleType | None) -> bytes:
+    import cloudpickle
+    import torch
+
+    buffer = io.BytesIO()
+    if defined_in is not None:
+        cloudpickle.register_pickle_by_value(defined_in)
+    try:
+        torch.save(workload, buffer, pickle_module=cloudpickle)
+    finally:
+        if defined_in is not None:
+            cloudpickle.unregister_pickle_by_value(defined_in)
+    return buffer.getvalue()
+
+
+def _unpickle(payload: bytes) -> object:
+    import torch
+
+    # weights_only=False: the entry holds the workload's functions too; it was written by this
+    # user's own jobs into their own home, which is as trusted as the workload code itself
+    return torch.load(io.BytesIO(payload), weights_only=False)
