@@ -67,6 +67,9 @@ def test_a_profile_on_a_gpu_keeps_allocator_peaks_the_ceiling_and_energy_per_sam
     assert profile["device_id"] == f"cuda:GPU-{UUID}" and profile["telemetry_source"] == "nvml"
     for batch in (32, 64, 128):
         point = points[batch]
+        # the rounds' point is the one stored; steps timed in blocks count their seconds whole, so the rounds
+        # end on time (a block's one time a step, summed, would never reach --min-seconds: on to the rounds' cap)
+        assert 1 < point["visits"] <= config.rounds, point["visits"]
         # the allocator's own peak, not the CPU estimate
         assert point["peak_memory_bytes"] == ALLOCATOR.bytes_for(batch) and not point["memory_is_estimate"]
         # energy per sample: the mean NVML power over the timed steps times the step time, per sample

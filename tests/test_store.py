@@ -88,6 +88,20 @@ def test_ingest_is_idempotent_and_resumes_from_its_offset(home):
         assert job["spool_offset"] == (job_dir / "events.jsonl").stat().st_size
 
 
+def test_a_batch_sizes_later_point_replaces_the_earlier_even_in_one_ingest(home):
+    """An interleaved profile spools each size's first-pass point, then the point its rounds make of it."""
+    _, spool = _fake_job(home)
+    spool.emit("profile_start", profile_id="prof-test0003", workload="tiny", device={}, config={})
+    spool.emit("point", **_point("prof-test0003", 8))
+    spool.emit("point", **{**_point("prof-test0003", 8), "median_s": 0.02, "visits": 3})
+    spool.emit("exit", state="FINISHED", error=None)
+    spool.close()
+    store.ingest(home)
+    with store.connect(home) as con:
+        [point] = store.profile_points(con, "prof-test0003").to_dict("records")
+    assert (point["median_s"], point["visits"]) == (0.02, 3)
+
+
 def test_a_cut_off_last_line_is_ingested_once_it_is_complete(home):
     job_dir, spool = _fake_job(home, pid=None)
     spool.emit("profile_start", profile_id="prof-test0001", workload="tiny", device={}, config={})

@@ -1,7 +1,9 @@
 """Measure how training-step time, throughput and memory grow with batch size.
 
-One visit to a batch size (:func:`measure_point`): a fresh model and optimizer, untimed warm-up
-steps (with fp16, until the loss scaler stops skipping updates), then full training steps (data
+One visit to a batch size (:func:`measure_point`): the model and optimizer (fresh for each size
+measured contiguously; in interleaved rounds one :class:`Trainee`, built once and stepped by every
+visit, whose FLOPs are counted once a size), untimed warm-up steps (with fp16, until the loss
+scaler stops skipping updates; one step when a round returns to a size), then full training steps (data
 slicing, forward, backward, optimizer step) timed in blocks between two device synchronisations
 (on a GPU about 50 ms of steps a block, so the host queues ahead as in training; on the CPU one
 step a block), repeated until the visit's share of ``min_steps`` blocks and ``min_seconds``
@@ -84,6 +86,7 @@ MAX_BLOCK_STEPS = 64       # ... of at most this many steps
 SIZING_STEPS = 3           # GPU: untimed steps, each between two syncs, whose fastest sizes the blocks
 MAX_SCALER_BACKOFFS = 32   # fp16: extra warm-up steps while the loss scaler still skips updates, at most
 MAX_ROUNDS = 100           # interleaved visits per batch size, at most
+REVISIT_WARMUP_STEPS = 1   # untimed steps when a visit returns to a batch size the shared model already ran
 
 # The physics check's allowances for what a real step-time curve may do:
 FALL_SLACK = 0.05          # a larger batch may be this much faster (kernel choice) before it counts as falling
@@ -182,6 +185,8 @@ class ProfilePoint:
     visits: int = 1                      # interleaved visits whose timed steps make up step_times_s
     remeasured: int = 0                  # times the physics check sent this point back to be measured again
     inconsistent: bool = False           # still not physics after every re-measure (see physics_problems)
+    timed_s: float | None = None         # seconds inside the timed steps (with blocks of several steps, more than
+                                         # the sum of step_times_s, which holds one time a step per block)
 
     @property
     def n(self) -> int:
@@ -253,6 +258,35 @@ def plan_batch_sizes(config: ProfileConfig, workload: Workload) -> list[int]:
 # -- one batch size ----------------------------------------------------------------------------
 
 
+@dataclass
+class Trainee:
+    """A model being trained, with its optimizer: built once and shared by every visit of an interleaved
+    sweep (a step takes as long whatever the weights' values; building it again for every visit would
+    cost more than the visit measures, and a GPU cannot hold one copy a batch size)."""
+
+    model: torch.nn.Module
+    forward: torch.nn.Module              # the model, or its DDP / compiled wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+
+    @classmethod
+    def build(cls, workload: Workload, device: torch.device, dtype: str = "fp32", seed: int = 0,
+              data_parallel: bool = False, compile: bool = False) -> "Trainee":
+        torch.manual_seed(seed)
+        model = workload.model().to(device)
+        model.train()
+        forward = model
+        if data_parallel and ddp_util.world_size() > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if compile:
+            forward = devices.compile_model(forward)
+        optimizer = workload.make_optimizer(model, workload.baseline_lr)
+        scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(device, dtype) else None
+        return cls(model, forward, optimizer, scaler)
+
+
 class StepRunner:
     """Full training steps of one workload at one batch size on one device.
 
@@ -265,26 +299,17 @@ class StepRunner:
 
     def __init__(self, workload: Workload, device: torch.device, batch_size: int,
                  dtype: str = "fp32", seed: int = 0, data: tuple[torch.Tensor, ...] | None = None,
-                 data_parallel: bool = False, compile: bool = False):
+                 data_parallel: bool = False, compile: bool = False, trainee: Trainee | None = None):
         self.workload = workload
         self.device = device
         self.batch_size = batch_size    # the global batch; with data_parallel each rank steps on its shard
         self.world = ddp_util.world_size() if data_parallel else 1
         self.rank = ddp_util.rank() if data_parallel else 0
         self.dtype = dtype
-        torch.manual_seed(seed)
-        self.model = workload.model().to(device)
-        self.model.train()
-        self.forward = self.model
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.forward = DistributedDataParallel(self.model,
-                                                   device_ids=[device.index] if device.type == "cuda" else None)
-        if compile:
-            self.forward = devices.compile_model(self.forward)
-        self.optimizer = workload.make_optimizer(self.model, workload.baseline_lr)
-        self.scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(device, dtype) else None
+        # a fresh model and optimizer, unless one is shared with other visits (see Trainee)
+        trainee = trainee or Trainee.build(workload, device, dtype, seed, data_parallel, compile)
+        self.model, self.forward, self.optimizer, self.scaler = (trainee.model, trainee.forward, trainee.optimizer,
+                                                                 trainee.scaler)
         self.n = workload.n_train
         self.cursor = 0
         self.last_batch: batches.Batch | None = None
@@ -495,14 +520,21 @@ def shuffled_on_device(workload: Workload, device: torch.device, seed: int) -> t
 def measure_point(workload: Workload, device: torch.device, batch_size: int, config: ProfileConfig,
                   data: tuple[torch.Tensor, ...] | None = None,
                   telemetry_tag: Callable[[int | None], None] = lambda _b: None,
-                  power_between: Callable[[float, float], float | None] = lambda _a, _b: None) -> ProfilePoint:
-    """Measure one batch size; out-of-memory and other errors become a point's status."""
+                  power_between: Callable[[float, float], float | None] = lambda _a, _b: None,
+                  trainee: Trainee | None = None, counted: dict[int, tuple[float, int]] | None = None,
+                  ) -> ProfilePoint:
+    """Measure one batch size; out-of-memory and other errors become a point's status.
+
+    ``trainee``: the model and optimizer to step (shared by the visits of an interleaved sweep);
+    None builds a fresh one. ``counted``: {batch size: (FLOPs, saved-activation bytes)} of the
+    sizes already counted, shared by the visits of a sweep: a size is counted once, and this
+    visit's count is added to it."""
     started = time.time()
     runner = None
     try:
         devices.reset_peak_memory(device)
         runner = StepRunner(workload, device, batch_size, config.dtype, config.seed, data,
-                            data_parallel=config.nproc > 1, compile=config.compile)
+                            data_parallel=config.nproc > 1, compile=config.compile, trainee=trainee)
         compile_s = None
         if config.compile:  # compiles for this batch shape: timed apart, before any other step
             devices.synchronize(device)
@@ -519,13 +551,20 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
             times, compute = runner.timed_loader_and_compute_steps(config.min_steps, config.min_seconds,
                                                                    config.max_steps, config.seed)
             compute_median = float(np.median(compute))
+            timed_s = float(sum(times) + sum(compute))
         else:
             times = runner.timed_steps(config.min_steps, config.min_seconds, config.max_steps, block_steps)
+            timed_s = float(sum(times)) * block_steps   # each block's time is its per-step time x its steps
         clock_end = time.time()
         telemetry_tag(None)
         # stop the clock: everything below is measured outside the timed steps
         peak = devices.peak_memory(device)
-        flops, activation_bytes = runner.count_flops_and_activations()
+        if counted is not None and batch_size in counted:
+            flops, activation_bytes = counted[batch_size]
+        else:
+            flops, activation_bytes = runner.count_flops_and_activations()
+            if counted is not None:
+                counted[batch_size] = (flops, activation_bytes)
         estimate = peak is None
         if estimate:
             peak = runner.state_bytes() + activation_bytes + runner.batch_bytes()
@@ -535,6 +574,7 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
             batch_size=batch_size, status=OK, peak_memory_bytes=int(peak), memory_is_estimate=estimate,
             flops_per_step=flops or None, mean_power_w=power,
             started_at=started, ended_at=time.time(), compute_median_s=compute_median, compile_s=compile_s,
+            timed_s=timed_s,
         ), times, config)
     except Exception as exc:  # narrow below: OOM is a ceiling, anything else an error point
         telemetry_tag(None)
@@ -568,7 +608,7 @@ def _with_statistics(point: ProfilePoint, times: list[float] | tuple[float, ...]
 
 def _merge_visits(visits: list[ProfilePoint], config: ProfileConfig) -> ProfilePoint:
     """One point from the visits to a batch size: their timed steps together, the largest peak."""
-    timed = [sum(v.step_times_s) for v in visits]
+    timed = [_timed_seconds(v) for v in visits]
     powered = [(v.mean_power_w, t) for v, t in zip(visits, timed) if v.mean_power_w is not None]
     computes = [v.compute_median_s for v in visits if v.compute_median_s is not None]
     merged = replace(
@@ -578,14 +618,18 @@ def _merge_visits(visits: list[ProfilePoint], config: ProfileConfig) -> ProfileP
                       if powered and sum(t for _, t in powered) > 0 else None),
         # a visit reports its compute-only median; the median of those is the point's
         compute_median_s=float(np.median(computes)) if computes else None,
-        started_at=min(v.started_at for v in visits), ended_at=max(v.ended_at for v in visits))
+        started_at=min(v.started_at for v in visits), ended_at=max(v.ended_at for v in visits), timed_s=sum(timed))
     return _with_statistics(merged, [t for v in visits for t in v.step_times_s], config)
+
+
+def _timed_seconds(point: ProfilePoint) -> float:
+    return point.timed_s if point.timed_s is not None else float(sum(point.step_times_s))
 
 
 def _needs_more(visits: list[ProfilePoint], config: ProfileConfig) -> bool:
     """Not yet ``min_steps`` steps and ``min_seconds`` seconds (within ``max_steps``)."""
-    steps = sum(v.n for v in visits)
-    return steps < config.min_steps or (sum(sum(v.step_times_s) for v in visits) < config.min_seconds
+    steps = sum(v.n for v in visits)   # timed blocks: on a GPU several steps each, on the CPU one
+    return steps < config.min_steps or (sum(_timed_seconds(v) for v in visits) < config.min_seconds
                                         and steps < config.max_steps)
 
 
@@ -673,8 +717,18 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
     interleaved = _interleaves(config, workload)
     visits = _Visits(expected=len(planned) * (1 + config.rounds if interleaved else 1))   # until the range is known
 
+    # interleaved, every visit steps one model and counts each size's FLOPs once: what a visit costs
+    # beyond its timed steps is a step or two of warm-up, not a model built, warmed and counted again
+    trainee = _shared_trainee(workload, device, config) if interleaved else None
+    counted: dict[int, tuple[float, int]] | None = {} if interleaved else None
+    seen: set[int] = set()
+
     def measure(batch_size: int, visit: ProfileConfig) -> ProfilePoint:
-        point = measure_point(workload, device, batch_size, visit, data, telemetry_tag, power_between)
+        if trainee is not None and batch_size in seen:   # back to a shape already run: its buffers, once more
+            visit = replace(visit, warmup_steps=min(visit.warmup_steps, REVISIT_WARMUP_STEPS))
+        seen.add(batch_size)
+        point = measure_point(workload, device, batch_size, visit, data, telemetry_tag, power_between,
+                              trainee=trainee, counted=counted)
         budget = config.memory_budget_bytes
         if point.status == OK and budget is not None and point.peak_memory_bytes > budget:
             point = replace(point, status=OVER_BUDGET, error="measured peak memory exceeds the budget")
@@ -707,13 +761,24 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
                 yield replace(point, inconsistent=True), visits.done, visits.expected
         return reason, inconsistency
     finally:
-        data = None   # drop the device copy of the data (measure holds it too) before freeing the memory
+        data = trainee = None   # drop the device copy of the data and the model (measure holds them too)
         devices.free_memory(device)
+
+
+def _shared_trainee(workload: Workload, device: torch.device, config: ProfileConfig) -> Trainee | None:
+    """The model every visit of an interleaved sweep steps; None when it cannot be built here (each
+    visit then builds its own, and records what went wrong as its point)."""
+    try:
+        return Trainee.build(workload, device, config.dtype, config.seed, data_parallel=config.nproc > 1)
+    except Exception:
+        devices.free_memory(device)
+        return None
 
 
 def _interleaves(config: ProfileConfig, workload: Workload) -> bool:
     """Whether the sweep measures in rounds. Two kinds of profile are measured contiguously, one visit a size:
-    --compile (every visit builds a fresh model, which would be compiled again each time) and Dataset
+    --compile (a compiled model that meets a second batch shape is recompiled with a dynamic batch
+    dimension, a different program from the one training at one batch runs) and Dataset
     workloads (a short visit would time batches the loader's workers prefetched while the previous steps
     ran, hiding the loader's own time; the loader and compute steps still alternate within the visit)."""
     return config.rounds > 1 and not config.compile and not workload.uses_dataset

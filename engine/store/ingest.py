@@ -310,6 +310,9 @@ _POINT_COLUMNS = ["profile_id", *ev.POINT_FIELDS, *ev.BACKGROUND_FIELDS, "n"]
 
 def _on_points(con, job_id: str, events: list[dict], report: IngestReport) -> None:
     frame = pd.DataFrame([ev.point_row(e) for e in events], columns=_POINT_COLUMNS)
+    # a batch size's later point (its rounds done, re-measured, flagged) replaces the earlier; within one
+    # statement INSERT OR REPLACE would keep the first of two rows with the same key
+    frame = frame.drop_duplicates(["profile_id", "batch_size"], keep="last")
     frame = _timestamps(frame, "started_at", "ended_at")
     report.add_rows("profile_points", _insert_frame(con, "profile_points", frame, replace=True))
 

@@ -334,12 +334,21 @@ def telemetry_figure(telemetry: pd.DataFrame | None, uirevision: str | None = No
         ), row=row, col=1)
         fig.update_yaxes(title_text=axis_title, row=row, col=1, rangemode="tozero")
 
-    for index, (start, end, batch) in enumerate(batch_segments(frame)):
-        colour = _BAND_COLOURS[index % len(_BAND_COLOURS)]
-        fig.add_vrect(x0=start, x1=end, fillcolor=colour, opacity=0.12, line_width=0, layer="below",
-                      row="all", col=1)
-        fig.add_annotation(x=(start + end) / 2, xref="x", y=1.0, yref="paper", yanchor="bottom",
-                           text=f"B={short_count(batch)}", showarrow=False, font=dict(size=10, color=colour))
+    # One band a stretch of samples timed at one batch size, over every panel (they share the x axis).
+    # Set all at once: an interleaved profile has a stretch a visit, and plotly's add_vrect rescans every
+    # shape and trace on each call, so adding them one by one grows with the square of their number.
+    segments = batch_segments(frame)
+    colours = {batch: _BAND_COLOURS[i % len(_BAND_COLOURS)]
+               for i, batch in enumerate(dict.fromkeys(batch for _, _, batch in segments))}   # a size keeps its colour
+    span = (frame["elapsed_s"].iloc[-1] - frame["elapsed_s"].iloc[0]) or 1.0
+    fig.update_layout(
+        shapes=[dict(type="rect", xref="x", yref="paper", x0=start, x1=end, y0=0, y1=1, fillcolor=colours[batch],
+                     opacity=0.12, line_width=0, layer="below") for start, end, batch in segments],
+        annotations=[*fig.layout.annotations, *(
+            dict(x=(start + end) / 2, xref="x", y=1.0, yref="paper", yanchor="bottom", text=f"B={short_count(batch)}",
+                 showarrow=False, font=dict(size=10, color=colours[batch]))
+            # a label where it fits: an interleaved profile's visits can be too short to name each one
+            for start, end, batch in segments if (end - start) / span >= MIN_LABELLED_BAND or len(segments) <= 12)])
 
     source = "NVML" if nvml else "psutil (no NVML)"
     apply_layout(fig, title, None, None, revision, subtitle=f"source: {source}; shaded by the batch size being timed")
@@ -356,6 +365,9 @@ def _elapsed_seconds(t: pd.Series) -> pd.Series:
         stamps = pd.to_datetime(t, utc=True, errors="coerce")
         seconds = (stamps - stamps.min()).dt.total_seconds()
     return seconds - seconds.min()
+
+
+MIN_LABELLED_BAND = 0.04   # of the chart's width: narrower bands go unlabelled (their colour says the batch)
 
 
 def batch_segments(frame: pd.DataFrame) -> list[tuple[float, float, int]]:
