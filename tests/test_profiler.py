@@ -229,3 +229,18 @@ def test_the_physics_check_names_what_cannot_be_the_hardware():
     # a point far above its neighbours' trend, though nothing falls
     spike = _measured({64: 10.0, 128: 40.0, 256: 41.0})
     assert [b for b, _ in physics_problems(spike)] == [128]
+
+
+def test_a_profiled_step_clips_gradients_as_training_does(monkeypatch):
+    import dataclasses
+
+    from engine.measure.profiler import StepRunner
+
+    clipped = []
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, norm: clipped.append(norm) or real(params, norm))
+    workload = tiny_workload.make()
+    StepRunner(workload, CPU, 32).step()
+    assert clipped == []   # no max_grad_norm: no clipping, as in training
+    StepRunner(dataclasses.replace(workload, max_grad_norm=0.5), CPU, 32).step()
+    assert clipped == [0.5]   # its cost is part of the step the profile times

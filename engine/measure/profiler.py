@@ -353,12 +353,18 @@ class StepRunner:
             loss = self.workload.loss_of(batches.model_output(self.forward, batch), batch)
         # backward (with DDP: the gradient all-reduce overlaps it and ends in it), update
         self.optimizer.zero_grad(set_to_none=True)
+        clip = self.workload.max_grad_norm
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            if clip is not None:   # as training clips: the true gradients, not the loss-scaled ones
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             loss.backward()
+            if clip is not None:   # a training step's cost includes its clipping
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.optimizer.step()
         return loss.detach()
 

@@ -53,9 +53,9 @@ _TEMP_PREFIX = ".tmp-"          # an entry being written (or left by a job that 
 _LOCK_SUFFIX = ".lock"
 
 
-def cache_of(home: Home) -> "WorkloadCache":
-    """The workload cache of a home."""
-    return WorkloadCache(home.root / "cache" / "workloads")
+def cache_of(home: Home | None) -> "WorkloadCache | None":
+    """The workload cache of a home; None without one (a body running as a Ray task on another machine)."""
+    return WorkloadCache(home.root / "cache" / "workloads") if home is not None else None
 
 
 def cache_key(spec: str, source_file: str | None, kwargs: Mapping[str, object]) -> str:
