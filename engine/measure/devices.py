@@ -319,10 +319,12 @@ def fits_on_device(tensors, device: torch.device | str, share: float = 0.25) -> 
     return size < share * total
 
 
-def free_memory(device: torch.device | str) -> None:
-    """Release what the last trial held, so the next one starts from the same free memory."""
+def free_memory(device: torch.device | str, collect: bool = True) -> None:
+    """Release what the last trial held, so the next one starts from the same free memory; ``collect``:
+    also collect reference cycles (a model, an optimizer) first."""
     device = torch.device(device)
-    gc.collect()
+    if collect:
+        gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     elif device.type == "mps":

@@ -8,8 +8,8 @@ slicing, forward, backward, optimizer step) timed in blocks between two device s
 (on a GPU about 50 ms of steps a block, so the host queues ahead as in training; on the CPU one
 step a block), repeated until the visit's share of ``min_steps`` blocks and ``min_seconds``
 seconds has been timed. Raw times (per step, one per block) are kept; the median, quartiles and a
-noisy flag are derived from them. Then, outside the clock, one more step under ``FlopCounterMode``
-(FLOPs) and saved-tensor hooks (the CPU memory estimate).
+noisy flag are derived from them. The first warm-up step of a size runs under ``FlopCounterMode``
+(FLOPs) and saved-tensor hooks (the CPU memory estimate): untimed, as the instruments slow it.
 
 On a shared machine, load comes and goes; measured in one contiguous block each, some batch sizes
 would get it and others not, and step time could even fall as the batch grows. So the sweep
@@ -86,7 +86,9 @@ MAX_BLOCK_STEPS = 64       # ... of at most this many steps
 SIZING_STEPS = 3           # GPU: untimed steps, each between two syncs, whose fastest sizes the blocks
 MAX_SCALER_BACKOFFS = 32   # fp16: extra warm-up steps while the loss scaler still skips updates, at most
 MAX_ROUNDS = 100           # interleaved visits per batch size, at most
-REVISIT_WARMUP_STEPS = 1   # untimed steps when a visit returns to a batch size the shared model already ran
+REVISIT_WARMUP_STEPS = 1   # untimed steps when a visit returns to a batch size the shared model already ran (an
+                           # accelerator: its kernels' queue and caches; on the CPU none: the median of a size's
+                           # steps leaves out one slower first step)
 
 # The physics check's allowances for what a real step-time curve may do:
 FALL_SLACK = 0.05          # a larger batch may be this much faster (kernel choice) before it counts as falling
@@ -152,6 +154,11 @@ class ProfileConfig:
             raise UsageError(f"the input-bound ratio must be at least 1, not {self.input_bound_ratio!r}")
         check_int(self.rounds, "--rounds", high=MAX_ROUNDS)
         check_int(self.remeasure, "--remeasure", low=0, high=MAX_ROUNDS)
+
+    def range_finding(self) -> "ProfileConfig":
+        """The first pass's visit of an interleaved profile: half a visit, enough for the out-of-memory
+        ceiling, the memory fit and the plateau rule; the rounds measure what the profile keeps."""
+        return replace(self, min_steps=max(2, math.ceil(self.min_steps / 2)), min_seconds=self.min_seconds / 2)
 
     def visit(self) -> "ProfileConfig":
         """The config of one visit to a batch size: its share of the steps and seconds."""
@@ -307,6 +314,7 @@ class StepRunner:
         self.rank = ddp_util.rank() if data_parallel else 0
         self.dtype = dtype
         # a fresh model and optimizer, unless one is shared with other visits (see Trainee)
+        self.owns_model = trainee is None   # a shared model outlives this runner (and its visit)
         trainee = trainee or Trainee.build(workload, device, dtype, seed, data_parallel, compile)
         self.model, self.forward, self.optimizer, self.scaler = (trainee.model, trainee.forward, trainee.optimizer,
                                                                  trainee.scaler)
@@ -427,7 +435,7 @@ class StepRunner:
     def count_flops_and_activations(self) -> tuple[float, int]:
         """FLOPs of one step (forward and backward) and the bytes of tensors saved for backward.
 
-        Runs outside the clock: both instruments slow the step they watch.
+        Runs outside the clock (as a size's first warm-up step): both instruments slow the step they watch.
         """
         saved: dict[int, int] = {}
 
@@ -469,7 +477,10 @@ class StepRunner:
         self.__dict__.pop("loaded", None)
         self.__dict__.pop("loader", None)
         del self.model, self.forward, self.optimizer, self.data, self.last_batch
-        devices.free_memory(self.device)
+        # A fresh model goes with its runner: collect it. A shared one stays, and a visit leaves no cycles
+        # to collect (its activations went with their last reference), so only the allocator's cache is
+        # returned: a full collection a visit cost more than the visit measured on a small model.
+        devices.free_memory(self.device, collect=self.owns_model)
 
 
 def time_in_blocks(step: Callable[[], object], device: torch.device, min_blocks: int, min_seconds: float,
@@ -548,7 +559,17 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
             runner.step()
             devices.synchronize(device)
             compile_s = time.perf_counter() - compile_start
-        block_steps = runner.warm_up(config.warmup_steps)  # untimed: allocator growth, caches, lazy init
+        warmup_steps = config.warmup_steps
+        if counted is not None and batch_size in counted:
+            flops, activation_bytes = counted[batch_size]
+        else:
+            # the FLOPs and saved activations of one step, counted on the first warm-up step: the counting
+            # slows the step it watches, which no clock is timing yet
+            flops, activation_bytes = runner.count_flops_and_activations()
+            warmup_steps = max(0, warmup_steps - 1)
+            if counted is not None:
+                counted[batch_size] = (flops, activation_bytes)
+        block_steps = runner.warm_up(warmup_steps)  # untimed: allocator growth, caches, lazy init
         devices.synchronize(device)
         telemetry_tag(batch_size)
         clock_start = time.time()
@@ -565,12 +586,6 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
         telemetry_tag(None)
         # stop the clock: everything below is measured outside the timed steps
         peak = devices.peak_memory(device)
-        if counted is not None and batch_size in counted:
-            flops, activation_bytes = counted[batch_size]
-        else:
-            flops, activation_bytes = runner.count_flops_and_activations()
-            if counted is not None:
-                counted[batch_size] = (flops, activation_bytes)
         estimate = peak is None
         if estimate:
             peak = runner.state_bytes() + activation_bytes + runner.batch_bytes()
@@ -731,7 +746,7 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
 
     def measure(batch_size: int, visit: ProfileConfig) -> ProfilePoint:
         if trainee is not None and batch_size in seen:   # back to a shape already run: its buffers, once more
-            visit = replace(visit, warmup_steps=min(visit.warmup_steps, REVISIT_WARMUP_STEPS))
+            visit = replace(visit, warmup_steps=min(visit.warmup_steps, revisit_warmup_steps(device)))
         seen.add(batch_size)
         point = measure_point(workload, device, batch_size, visit, data, telemetry_tag, power_between,
                               trainee=trainee, counted=counted)
@@ -744,7 +759,7 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
     try:
         # first pass, in increasing order: find the range. Interleaved, it is a few steps a size (the
         # rounds measure); contiguous (rounds == 1), it is the measurement.
-        first = config.visit() if interleaved else config
+        first = config.visit().range_finding() if interleaved else config
         points: list[ProfilePoint] = []
         reason = yield from _first_pass(workload, config, planned, points, lambda b: measure(b, first), visits)
         if interleaved:
@@ -769,6 +784,10 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
     finally:
         data = trainee = None   # drop the device copy of the data and the model (measure holds them too)
         devices.free_memory(device)
+
+
+def revisit_warmup_steps(device: torch.device) -> int:
+    return 0 if torch.device(device).type == "cpu" else REVISIT_WARMUP_STEPS
 
 
 def _shared_trainee(workload: Workload, device: torch.device, config: ProfileConfig) -> Trainee | None:
