@@ -123,12 +123,16 @@ def _sweep_spans(job_dir: Path, submitted: float, finished: float) -> dict:
     read = events.read_all(job_dir)
     started = next(e["t"] for e in read if e["type"] == events.START)
     points = [e for e in read if e["type"] == events.POINT and e.get("started_at") and e.get("ended_at")]
+    # an interleaved profile spools a size's point more than once (its first pass, then its rounds): the
+    # latest is the one kept, and the first pass's steps are untimed work like the warm-up
+    kept = {p["batch_size"]: p for p in points}.values()
+    timed = sum(p.get("timed_s") or sum(p["step_times_s"] or []) for p in kept)
+    first, last = min(p["started_at"] for p in points), max(p["ended_at"] for p in points)
     ended = next(e["t"] for e in read if e["type"] == events.EXIT)
     return {"command before the job": started - submitted,
-            "job start-up to the first batch size": points[0]["started_at"] - started,
-            "untimed work per batch size (sum)": sum(p["ended_at"] - p["started_at"] - sum(p["step_times_s"] or [])
-                                                     for p in points),
-            "after the last batch size": ended - points[-1]["ended_at"],
+            "job start-up to the first batch size": first - started,
+            "measuring, outside the kept timed steps": last - first - timed,
+            "after the last batch size": ended - last,
             "command after the job": finished - ended}
 
 
