@@ -6,6 +6,7 @@ Each body takes a :class:`engine.jobs.JobContext`; the spool's events are what
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict
 from typing import Callable
@@ -21,12 +22,13 @@ __all__ = ["profile_task", "noise_task", "noise_curve_task", "stability_task", "
            "profile_config_from_params"]
 
 
-def job_device(params: dict):
-    """The job's device, made this process's current one before the workload loads: a workload or
-    library that puts tensors on plain "cuda" then lands on the job's GPU, not on GPU 0 (another job's)."""
+def device_and_workload(params: dict, cache: WorkloadCache | None):
+    """The job's device and its workload (through ``cache``). The device is made this process's
+    current one before the workload loads: a workload or library that puts tensors on plain "cuda"
+    then lands on the job's GPU, not on GPU 0 (another job's)."""
     device = devices.resolve_device(params.get("device", "auto"))
     devices.use_device(device)
-    return device
+    return device, load_workload(params["workload"], params.get("options") or {}, cache)
 
 
 def profile_config_from_params(params: dict):
@@ -52,8 +54,7 @@ def profile_task(ctx: JobContext) -> None:
             _end_profile_at_out_of_memory(ctx, oom)
         return
     ctx.progress("loading workload", 0.0)
-    device = job_device(params)
-    workload = load_workload(params["workload"], params.get("options") or {}, cache_of(ctx.home))
+    device, workload = device_and_workload(params, cache_of(ctx.home))
     info = devices.device_info(device)
     config = profile_config_from_params(params)
     config.validate()
@@ -126,8 +127,7 @@ def noise_task(ctx: JobContext) -> None:
 
     params = ctx.params
     ctx.progress("loading workload", 0.0)
-    device = job_device(params)
-    workload = load_workload(params["workload"], params.get("options") or {}, cache_of(ctx.home))
+    device, workload = device_and_workload(params, cache_of(ctx.home))
     estimate = estimate_noise(
         workload, device, batch_small=params.get("batch_small"), batch_big=params.get("batch_big"),
         batches=params.get("batches", 32), warm_steps=params.get("warm_steps", 0), seed=params.get("seed", 0),
@@ -146,8 +146,7 @@ def noise_curve_task(ctx: JobContext) -> None:
 
     params = ctx.params
     ctx.progress("loading workload", 0.0)
-    device = job_device(params)
-    workload = load_workload(params["workload"], params.get("options") or {}, cache_of(ctx.home))
+    device, workload = device_and_workload(params, cache_of(ctx.home))
     described = {"workload": workload.name, "workload_spec": params["workload"],
                  "options": params.get("options") or {}, "device": devices.device_info(device).to_dict()}
 
@@ -169,8 +168,7 @@ def stability_task(ctx: JobContext) -> None:
     from engine.measure.stability import check_stability
 
     params = ctx.params
-    device = job_device(params)
-    workload = load_workload(params["workload"], params.get("options") or {}, cache_of(ctx.home))
+    device, workload = device_and_workload(params, cache_of(ctx.home))
     result = check_stability(workload, device, params["batch_size"], params["lr"], steps=params.get("steps", 60),
                              dtype=params.get("dtype", "fp32"),
                              on_progress=lambda f: ctx.progress("learning-rate ramp", f))
@@ -203,21 +201,24 @@ def run_training(params: dict, emit, progress, save_to: str | None = None, cache
     from engine.measure.train import TrainConfig, train
 
     progress("loading workload", 0.0)
-    device = job_device(params)
-    workload = load_workload(params["workload"], params.get("options") or {}, cache)
+    device, workload = device_and_workload(params, cache)
     fields = {k: v for k, v in params["config"].items() if k in TrainConfig.__dataclass_fields__}
     fields["tags"] = tuple(fields.get("tags") or ())
     config = TrainConfig(**fields)
+    info = devices.device_info(device)
     meta = {"workload": workload.name, "workload_spec": params["workload"], "options": params.get("options") or {},
-            "device": devices.device_info(device).to_dict(), "versions": versions(), "launcher": params.get("launcher"),
+            "device": info.to_dict(), "versions": versions(), "launcher": params.get("launcher"),
             "role": params.get("role"), "recommendation_id": params.get("recommendation_id"),
             "primary_metric": workload.main_metric, "primary_metric_mode": workload.primary_metric_mode}
-    # the background load over the whole run, so a comparison can flag runs trained under other conditions
-    with telemetry.Sampler(devices.device_info(device), interval_s=telemetry.RUN_INTERVAL_S,
-                           root_pid=torchrun.job_root_pid()) as sampler:
+    # the background load over the whole run, so a comparison can flag runs trained under other conditions;
+    # sampled by rank 0 alone, which reports the run (the other ranks are in the job's process tree)
+    reporting = distributed.rank() == 0
+    sampler = (telemetry.Sampler(info, interval_s=telemetry.RUN_INTERVAL_S, root_pid=torchrun.job_root_pid())
+               if reporting else None)
+    with sampler or contextlib.nullcontext():
         result = train(workload, device, config, log=SpoolRunLog(emit, meta),
                        progress=lambda phase, f: progress(phase, f), save_to=save_to)
-    if distributed.rank() == 0:
+    if reporting:
         emit(events.RUN_END, **asdict(result), **telemetry.background_load(sampler.samples))
         progress("done", 1.0)
 

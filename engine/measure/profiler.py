@@ -543,9 +543,9 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
     """Measure one batch size; out-of-memory and other errors become a point's status.
 
     ``trainee``: the model and optimizer to step (shared by the visits of an interleaved sweep);
-    None builds a fresh one. ``counted``: {batch size: (FLOPs, saved-activation bytes)} of the
-    sizes already counted, shared by the visits of a sweep: a size is counted once, and this
-    visit's count is added to it."""
+    None builds a fresh one. ``counted``: with a shared trainee, {batch size: (FLOPs, saved-activation
+    bytes)} of the sizes it already ran: such a size is not counted again and warms up for at most
+    :func:`revisit_warmup_steps`; a size counted on this visit is added."""
     started = time.time()
     runner = None
     try:
@@ -560,8 +560,9 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
             devices.synchronize(device)
             compile_s = time.perf_counter() - compile_start
         warmup_steps = config.warmup_steps
-        if counted is not None and batch_size in counted:
+        if counted is not None and batch_size in counted:   # back to a size the shared model already ran
             flops, activation_bytes = counted[batch_size]
+            warmup_steps = min(warmup_steps, revisit_warmup_steps(device))
         else:
             # the FLOPs and saved activations of one step, counted on the first warm-up step: the counting
             # slows the step it watches, which no clock is timing yet
@@ -741,13 +742,9 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
     # interleaved, every visit steps one model and counts each size's FLOPs once: what a visit costs
     # beyond its timed steps is a step or two of warm-up, not a model built, warmed and counted again
     trainee = _shared_trainee(workload, device, config) if interleaved else None
-    counted: dict[int, tuple[float, int]] | None = {} if interleaved else None
-    seen: set[int] = set()
+    counted: dict[int, tuple[float, int]] | None = {} if trainee is not None else None
 
     def measure(batch_size: int, visit: ProfileConfig) -> ProfilePoint:
-        if trainee is not None and batch_size in seen:   # back to a shape already run: its buffers, once more
-            visit = replace(visit, warmup_steps=min(visit.warmup_steps, revisit_warmup_steps(device)))
-        seen.add(batch_size)
         point = measure_point(workload, device, batch_size, visit, data, telemetry_tag, power_between,
                               trainee=trainee, counted=counted)
         budget = config.memory_budget_bytes

@@ -347,8 +347,7 @@ def _others_text(others: list[dict]) -> str:
     loads = sorted(r["background_cpu_pct"] for r in others if r["background_cpu_pct"] is not None)
     if not loads:
         return "did not measure their load"
-    text = f"with {loads[0]:.0f}%" if loads[0] == loads[-1] or round(loads[0]) == round(loads[-1]) \
-        else f"with {loads[0]:.0f}% to {loads[-1]:.0f}%"
+    text = f"with {loads[0]:.0f}%" if round(loads[0]) == round(loads[-1]) else f"with {loads[0]:.0f}% to {loads[-1]:.0f}%"
     if any(r["background_gpu_processes"] is not None for r in others):
         text += ", the GPU to themselves"
     return text
