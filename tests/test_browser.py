@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
@@ -162,10 +163,14 @@ def test_one_click_profiles_trains_charts_and_exports(dashboard, page, tmp_path)
     widget(page, "runs.selected").wait_for()
     chosen = [run_id for run_id in autopilot["baseline_runs"] + autopilot["recommended_runs"]
               if jobs.derive_state(home.job_dir(run_id)) == jobs.FINISHED][:2]   # a diverged run may chart nothing
-    for run_id in chosen:   # the newest groups are charted by default: choose only what is not chosen yet
-        if not widget(page, "runs.selected").get_by_text(run_id).count():
+    # the newest groups are charted by default, and the page writes the charted runs into its address
+    # once it has drawn them: read them there (a chip may not be drawn yet), choose only the others
+    page.wait_for_function("() => new URLSearchParams(location.search).has('run')")
+    for run_id in chosen:
+        if run_id not in charted_in_address(page):
             choose(page, "runs.selected", run_id)
             page.keyboard.press("Escape")
+            page.wait_for_function("id => new URLSearchParams(location.search).getAll('run').includes(id)", arg=run_id)
     chart = widget(page, "runs.curves").locator(".js-plotly-plot")
     chart.wait_for()
     page.wait_for_function("el => el._fullData && el._fullData.length >= 2", arg=chart.element_handle())
@@ -183,6 +188,11 @@ def test_one_click_profiles_trains_charts_and_exports(dashboard, page, tmp_path)
         button.click()
     document = yaml.safe_load(Path(download.value.path()).read_text())
     assert _find(document, "batch_size") == rec["batch_size"]
+
+
+def charted_in_address(page) -> list[str]:
+    """The runs the Runs page charts, as its address names them (?run=ID&run=ID)."""
+    return parse_qs(urlparse(page.url).query).get("run", [])
 
 
 def _find(document, key: str):
