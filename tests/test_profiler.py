@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -139,19 +140,21 @@ def test_memory_fit_is_least_squares():
     assert fit_memory([_point(10, 1, 5)]) is None
 
 
-def fake_visits(monkeypatch, step_time_s) -> list[int]:
+def fake_visits(monkeypatch, step_time_s, others_busy_cores=lambda _b, _visit: None) -> list[int]:
     """Replace one visit to a batch size (measure_point) with ``step_time_s(batch_size, visit number)``
-    seconds a step, as many steps as the visit asks for; returns the batch sizes in the order visited."""
+    seconds a step, as many steps as the visit asks for, while other processes keep
+    ``others_busy_cores(batch_size, visit number)`` cores busy; returns the batch sizes in the order visited."""
     import engine.measure.profiler as profiler
 
     visited: list[int] = []
 
     def fake_measure(workload, device, batch_size, config, *args, **kwargs):
         visited.append(batch_size)
-        step = step_time_s(batch_size, visited.count(batch_size))
+        visit = visited.count(batch_size)
+        step = step_time_s(batch_size, visit)
         now = time.time()
         point = ProfilePoint(batch_size=batch_size, status="ok", peak_memory_bytes=1000 + batch_size,
-                             started_at=now, ended_at=now)
+                             started_at=now, ended_at=now, others_busy_cores=others_busy_cores(batch_size, visit))
         return profiler._with_statistics(point, [step * (1 + 0.01 * k) for k in range(config.min_steps)], config)
 
     monkeypatch.setattr(profiler, "measure_point", fake_measure)
@@ -198,6 +201,45 @@ def test_a_point_slowed_by_background_load_is_measured_again_and_the_profile_hol
     assert visited.count(32) == 1 + 3 + 3               # the first pass, the rounds, one re-measure's rounds
     assert points[32].remeasured == 1 and points[32].median_s < points[64].median_s
     assert result.inconsistency is None and not any(p.inconsistent for p in result.points)
+
+
+# more than any machine's spare cores: every core is busy with other processes
+CONTENDED = float(os.cpu_count() or 1) + 1.0
+
+
+def test_visits_other_processes_contended_are_set_aside_and_the_size_visited_again(monkeypatch):
+    # another job takes the cores during batch 32's first two visits of the rounds, and slows them fivefold
+    def loaded(b, visit):
+        return b == 32 and visit in (2, 3)
+
+    visited = fake_visits(monkeypatch, lambda b, visit: 0.001 * (1 + b / 64) * (5 if loaded(b, visit) else 1),
+                          lambda b, visit: CONTENDED if loaded(b, visit) else 0.0)
+    result = run_profile(tiny_workload.make(), CPU, ProfileConfig(batch_sizes=(8, 16, 32, 64), min_steps=6,
+                                                                  min_seconds=0.0, rounds=3))
+    points = {p.batch_size: p for p in result.points}
+    assert visited.count(32) == 1 + 3 + 2 and visited.count(16) == 1 + 3   # two more visits, for 32 alone
+    slow = points[32]
+    assert (slow.visits, slow.loaded_visits, slow.under_load, slow.remeasured) == (3, 2, False, 0)
+    assert slow.median_s == pytest.approx(0.0015, rel=0.05)   # the uncontended visits' time, not five times it
+    assert slow.others_busy_cores == 0.0
+    assert result.inconsistency is None
+
+
+def test_a_size_never_uncontended_is_measured_from_all_its_visits_and_flagged_under_load(monkeypatch):
+    from engine.cli.measure import describe_profile_event
+    from engine.measure.profiler import QUIET_PATIENCE
+
+    visited = fake_visits(monkeypatch, lambda b, _visit: 0.001 * (1 + b / 64),
+                          lambda b, _visit: CONTENDED if b == 16 else 0.0)
+    result = run_profile(tiny_workload.make(), CPU, ProfileConfig(batch_sizes=(8, 16, 32), min_steps=6,
+                                                                  min_seconds=0.0, rounds=3))
+    points = {p.batch_size: p for p in result.points}
+    assert visited.count(16) == 1 + QUIET_PATIENCE * 3 and visited.count(8) == 1 + 3   # patience, then all of them
+    assert points[16].under_load and points[16].visits == QUIET_PATIENCE * 3
+    assert points[16].others_busy_cores == pytest.approx(CONTENDED)
+    assert not points[8].under_load and points[8].loaded_visits == 0
+    line = describe_profile_event({"type": "point", **points[16].to_dict()})
+    assert line.endswith("measured under load (other processes took the cores it needs)")
 
 
 def test_a_profile_that_stays_inconsistent_is_flagged_with_the_reason(monkeypatch):

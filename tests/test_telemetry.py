@@ -302,6 +302,44 @@ def test_a_competing_process_is_background_load_and_the_jobs_own_work_is_not():
     assert other > 0.7 * competitor_share, (other, competitor_share)
 
 
+@pytest.mark.slow
+def test_a_timed_window_counts_other_processes_busy_cores_and_not_the_jobs_own():
+    """Two processes keep a core busy each; over one window, the meter rooted at either counts the other's
+    cores as other processes' load and not its own (the rest of the machine's load is the same in both)."""
+    spin = [sys.executable, "-c", "import time\nend = time.time() + 20\nwhile time.time() < end: pass"]
+    job = subprocess.Popen(spin)
+    competitor = subprocess.Popen(spin)
+    try:
+        time.sleep(0.3)   # both running
+        meters = {"job": telemetry.WindowLoad(root_pid=job.pid), "competitor": telemetry.WindowLoad(root_pid=competitor.pid)}
+        marks = {"job": cpu_mark(psutil.Process(job.pid)), "competitor": cpu_mark(psutil.Process(competitor.pid))}
+        for meter in meters.values():
+            meter.open()
+        time.sleep(1.0)
+        for meter in meters.values():
+            meter.close()
+        # the cores each used, as the kernel counted them (on a shared machine, whatever share of one it got)
+        cores = {name: share_of_machine(psutil.Process(process.pid), marks[name]) * psutil.cpu_count() / 100.0
+                 for name, process in (("job", job), ("competitor", competitor))}
+    finally:
+        for process in (job, competitor):
+            process.kill()
+            process.wait()
+    seen = {name: meter.others_busy_cores() for name, meter in meters.items()}
+    assert cores["job"] > 0.1 and cores["competitor"] > 0.1, cores
+    assert seen["job"] > 0.7 * cores["competitor"], (seen, cores)
+    # rooted at the job, the competitor is other load and the job is not; rooted at the competitor, the reverse
+    assert abs((seen["job"] - seen["competitor"]) - (cores["competitor"] - cores["job"])) < 0.15, (seen, cores)
+
+
+def test_a_window_too_short_for_the_kernels_clock_has_no_load():
+    meter = telemetry.WindowLoad()
+    assert meter.others_busy_cores() is None   # never opened
+    meter.open()
+    meter.close()
+    assert meter.others_busy_cores() is None   # shorter than a few of the kernel's 10 ms ticks
+
+
 # ---------------------------------------------------------------------------------------------
 # snapshot and hardware report
 

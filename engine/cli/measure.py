@@ -135,6 +135,10 @@ def profile_summary(profile: dict) -> dict:
             # interleaved rounds, the physics check, and other processes' CPU share while it was timed
             "visits": p.get("visits"), "remeasured": p.get("remeasured"), "inconsistent": bool(p.get("inconsistent")),
             "background_cpu_pct": p.get("background_cpu_pct"),
+            # visits set aside because other processes took the cores the steps needed, and whether too
+            # few were left uncontended (the steps kept include contended ones)
+            "others_busy_cores": p.get("others_busy_cores"), "loaded_visits": p.get("loaded_visits") or 0,
+            "under_load": bool(p.get("under_load")),
         })
     fit = None
     if profile.get("memory_fit_slope_bytes") is not None:
@@ -160,7 +164,7 @@ def print_profile(summary: dict) -> None:
         st = p["step_time_s"]
         mem = format_bytes(p["peak_memory_bytes"]) + (" (est.)" if p.get("memory_is_estimate") else "")
         status = (p["status"] + (" noisy" if p.get("noisy") else "") + (" input-bound" if p.get("input_bound") else "")
-                  + (" inconsistent" if p.get("inconsistent") else ""))
+                  + (" inconsistent" if p.get("inconsistent") else "") + (" under-load" if p.get("under_load") else ""))
         rows.append([p["batch_size"], status, format_ms(st["median"]),
                      *([format_ms(p.get("compute_time_s"))] if with_loader else []),
                      f"{format_ms(st['p25'])}-{format_ms(st['p75'])}", st["n"], grouped(p["samples_per_s"]),
@@ -176,9 +180,24 @@ def print_profile(summary: dict) -> None:
     if summary.get("inconsistency"):
         out.print(f"[yellow]inconsistent: {summary['inconsistency']}; recommendations from this profile say they "
                   f"are uncertain[/yellow]")
+    aside = sum(p.get("loaded_visits") or 0 for p in summary["points"])
+    if aside:
+        out.print(f"{aside} visit{'s' if aside != 1 else ''} set aside and measured again: other processes took the "
+                  f"cores the steps need")
+    if any(p.get("under_load") for p in summary["points"]):
+        out.print("[yellow]under-load: other processes took the cores the steps need on every visit the sweep could "
+                  "afford; those step times include the contention (profile again on a quieter machine)[/yellow]")
     if any(p.get("input_bound") for p in summary["points"]):
         out.print("input-bound: the data loader, not the compute, limits throughput there; a larger batch will not "
                   "help until loading is faster (more num_workers, a lighter collate_fn)")
+
+
+def load_note(point: dict) -> str:
+    """How other processes' load shaped a point, as a clause (empty when they did not)."""
+    aside = point.get("loaded_visits") or 0
+    if point.get("under_load"):
+        return ", measured under load (other processes took the cores it needs)"
+    return f", {aside} contended visit{'s' if aside != 1 else ''} set aside" if aside else ""
 
 
 def describe_profile_event(event: dict) -> str | None:
@@ -193,7 +212,7 @@ def describe_profile_event(event: dict) -> str | None:
         again = ", re-measured" if event.get("remeasured") else ""
         flag = ", inconsistent with its neighbours" if event.get("inconsistent") else ""
         return (f"batch {event['batch_size']}: {event['median_s'] * 1e3:.2f} ms/step, "
-                f"{event['samples_per_s']:,.0f} samples/s{bound}{rounds}{again}{flag}")
+                f"{event['samples_per_s']:,.0f} samples/s{bound}{rounds}{again}{load_note(event)}{flag}")
     return f"batch {event['batch_size']}: {event['status']} ({event.get('error') or ''})"
 
 

@@ -74,14 +74,16 @@ def profile_task(ctx: JobContext) -> None:
     )
 
     power = telemetry.WindowPower(info, sampler)
+    others = telemetry.WindowLoad(root_pid=torchrun.job_root_pid())   # other processes' CPU over each window
 
     def tag(batch_size: int | None) -> None:
         """Called as the clock starts (the batch size being timed) and stops (None)."""
         sampler.tag = batch_size
-        if batch_size is not None:
-            power.open()
-        else:
-            power.close()
+        for window in (power, others):
+            if batch_size is not None:
+                window.open()
+            else:
+                window.close()
 
     def on_point(point: ProfilePoint, visits_done: int, visits_expected: int) -> None:
         # the samples tagged with this batch size are the ones taken while its steps were timed
@@ -94,7 +96,7 @@ def profile_task(ctx: JobContext) -> None:
     ctx.progress(f"profiling {len(planned)} batch sizes on {info.torch_device}", 0.0)
     with sampler:
         result = run_profile(workload, device, config, on_point=on_point, telemetry_tag=tag,
-                             power_between=power.mean_power_w)
+                             power_between=power.mean_power_w, others_busy_cores=others.others_busy_cores)
     fit = result.memory_fit
     ctx.spool.emit(
         events.PROFILE_END, profile_id=ctx.job_id, stop_reason=result.stop_reason,

@@ -45,6 +45,7 @@ the global batch's (one rank's count times the ranks).
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterator
@@ -86,6 +87,10 @@ MAX_BLOCK_STEPS = 64       # ... of at most this many steps
 SIZING_STEPS = 3           # GPU: untimed steps, each between two syncs, whose fastest sizes the blocks
 MAX_SCALER_BACKOFFS = 32   # fp16: extra warm-up steps while the loss scaler still skips updates, at most
 MAX_ROUNDS = 100           # interleaved visits per batch size, at most
+QUIET_PATIENCE = 2         # interleaved, a size is visited up to this many times its rounds while other processes
+                           # contend for the cores it needs, so that its timed steps come from uncontended visits
+CONTENTION_SLACK_CORES = 0.25   # other processes may keep this much of a core busy beyond the spare cores (system
+                                # daemons, the sampler's neighbours) before a visit counts as contended
 REVISIT_WARMUP_STEPS = 1   # untimed steps when a visit returns to a batch size the shared model already ran (an
                            # accelerator: its kernels' queue and caches; on the CPU none: the median of a size's
                            # steps leaves out one slower first step)
@@ -194,6 +199,9 @@ class ProfilePoint:
     inconsistent: bool = False           # still not physics after every re-measure (see physics_problems)
     timed_s: float | None = None         # seconds inside the timed steps (with blocks of several steps, more than
                                          # the sum of step_times_s, which holds one time a step per block)
+    others_busy_cores: float | None = None   # CPU cores other processes kept busy while the steps kept were timed
+    loaded_visits: int = 0               # visits set aside: other processes contended for the cores this size needs
+    under_load: bool = False             # too few uncontended visits: the steps kept include contended ones
 
     @property
     def n(self) -> int:
@@ -539,13 +547,16 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
                   telemetry_tag: Callable[[int | None], None] = lambda _b: None,
                   power_between: Callable[[float, float], float | None] = lambda _a, _b: None,
                   trainee: Trainee | None = None, counted: dict[int, tuple[float, int]] | None = None,
+                  others_busy_cores: Callable[[], float | None] = lambda: None,
                   ) -> ProfilePoint:
     """Measure one batch size; out-of-memory and other errors become a point's status.
 
     ``trainee``: the model and optimizer to step (shared by the visits of an interleaved sweep);
     None builds a fresh one. ``counted``: with a shared trainee, {batch size: (FLOPs, saved-activation
     bytes)} of the sizes it already ran: such a size is not counted again and warms up for at most
-    :func:`revisit_warmup_steps`; a size counted on this visit is added."""
+    :func:`revisit_warmup_steps`; a size counted on this visit is added. ``others_busy_cores``: the cores
+    other processes kept busy over the window ``telemetry_tag`` last opened and closed (see
+    engine.measure.telemetry.WindowLoad)."""
     started = time.time()
     runner = None
     try:
@@ -596,7 +607,7 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
             batch_size=batch_size, status=OK, peak_memory_bytes=int(peak), memory_is_estimate=estimate,
             flops_per_step=flops or None, mean_power_w=power,
             started_at=started, ended_at=time.time(), compute_median_s=compute_median, compile_s=compile_s,
-            timed_s=timed_s,
+            timed_s=timed_s, others_busy_cores=others_busy_cores(),
         ), times, config)
     except Exception as exc:  # narrow below: OOM is a ceiling, anything else an error point
         telemetry_tag(None)
@@ -628,20 +639,30 @@ def _with_statistics(point: ProfilePoint, times: list[float] | tuple[float, ...]
     )
 
 
-def _merge_visits(visits: list[ProfilePoint], config: ProfileConfig) -> ProfilePoint:
-    """One point from the visits to a batch size: their timed steps together, the largest peak."""
+def _merge_visits(visits: list[ProfilePoint], config: ProfileConfig, loaded_visits: int = 0,
+                  under_load: bool = False) -> ProfilePoint:
+    """One point from the visits to a batch size: their timed steps together, the largest peak.
+    ``loaded_visits``: the size's visits set aside (not in ``visits``); ``under_load``: some of
+    ``visits`` were contended (too few were not)."""
     timed = [_timed_seconds(v) for v in visits]
     powered = [(v.mean_power_w, t) for v, t in zip(visits, timed) if v.mean_power_w is not None]
+    loads = [(v.others_busy_cores, t) for v, t in zip(visits, timed) if v.others_busy_cores is not None]
     computes = [v.compute_median_s for v in visits if v.compute_median_s is not None]
     merged = replace(
         visits[0], visits=len(visits), peak_memory_bytes=max(v.peak_memory_bytes or 0 for v in visits),
-        # the power over the timed steps: each visit's mean, weighted by its timed seconds
-        mean_power_w=(sum(w * t for w, t in powered) / sum(t for _, t in powered)
-                      if powered and sum(t for _, t in powered) > 0 else None),
+        # the power and the load over the timed steps: each visit's mean, weighted by its timed seconds
+        mean_power_w=_time_weighted(powered), others_busy_cores=_time_weighted(loads),
+        loaded_visits=loaded_visits, under_load=under_load,
         # a visit reports its compute-only median; the median of those is the point's
         compute_median_s=float(np.median(computes)) if computes else None,
         started_at=min(v.started_at for v in visits), ended_at=max(v.ended_at for v in visits), timed_s=sum(timed))
     return _with_statistics(merged, [t for v in visits for t in v.step_times_s], config)
+
+
+def _time_weighted(values: list[tuple[float, float]]) -> float | None:
+    """The mean of (value, seconds) pairs, each weighted by its seconds; None without seconds."""
+    seconds = sum(t for _, t in values)
+    return sum(v * t for v, t in values) / seconds if values and seconds > 0 else None
 
 
 def _timed_seconds(point: ProfilePoint) -> float:
@@ -727,6 +748,7 @@ class _Visits:
 def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
           telemetry_tag: Callable[[int | None], None] = lambda _b: None,
           power_between: Callable[[float, float], float | None] = lambda _a, _b: None,
+          others_busy_cores: Callable[[], float | None] = lambda: None,
           ) -> Iterator[tuple[ProfilePoint, int, int]]:
     """Yield (point, visits done, visits expected) as each batch size is measured, and again as its
     rounds, a re-measure or the physics check complete it (a later point of a batch size replaces the
@@ -744,14 +766,18 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
     trainee = _shared_trainee(workload, device, config) if interleaved else None
     counted: dict[int, tuple[float, int]] | None = {} if trainee is not None else None
 
+    spare = spare_cores(device, config)
+
     def measure(batch_size: int, visit: ProfileConfig) -> ProfilePoint:
         point = measure_point(workload, device, batch_size, visit, data, telemetry_tag, power_between,
-                              trainee=trainee, counted=counted)
+                              trainee=trainee, counted=counted, others_busy_cores=others_busy_cores)
         budget = config.memory_budget_bytes
         if point.status == OK and budget is not None and point.peak_memory_bytes > budget:
             point = replace(point, status=OVER_BUDGET, error="measured peak memory exceeds the budget")
+        # other processes took cores this size's steps needed; rank 0's load decides for every rank
+        contended = point.others_busy_cores is not None and point.others_busy_cores > spare + CONTENTION_SLACK_CORES
         visits.done += 1
-        return _agree_on_status(point)
+        return _agree_on_status(replace(point, under_load=ddp_util.agree(contended)))
 
     try:
         # first pass, in increasing order: find the range. Interleaved, it is a few steps a size (the
@@ -781,6 +807,14 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
     finally:
         data = trainee = None   # drop the device copy of the data and the model (measure holds them too)
         devices.free_memory(device)
+
+
+def spare_cores(device: torch.device, config: ProfileConfig) -> float:
+    """The CPU cores the profile's steps leave free: the machine's, less torch's intra-op threads on
+    each rank (on the CPU), or one host thread a rank (on a GPU). Other processes busy beyond these
+    take cores the steps need, and the steps stall."""
+    ours = torch.get_num_threads() if torch.device(device).type == "cpu" else 1
+    return max(0.0, float(os.cpu_count() or 1) - ours * config.nproc)
 
 
 def revisit_warmup_steps(device: torch.device) -> int:
@@ -835,12 +869,14 @@ def _first_pass(workload: Workload, config: ProfileConfig, planned: list[int], p
 def _rounds(batch_sizes: list[int], config: ProfileConfig, measure: Callable[[int], ProfilePoint], visits: _Visits,
             remeasured: int = 0) -> Iterator[tuple[ProfilePoint, int, int]]:
     """Visit every one of ``batch_sizes`` once a round, in a shuffled order (the same on every rank: a
-    seeded generator), until each has its steps and seconds; yield each point as it completes and return
-    {batch size: point}. A visit that fails (out of memory, an error) ends that size with its status."""
+    seeded generator), until each has its steps and seconds from visits no other process contended
+    (``under_load``); yield each point as it completes and return {batch size: point}. A size whose
+    contended visits reach QUIET_PATIENCE times its rounds is measured by all its visits, flagged
+    ``under_load``. A visit that fails (out of memory, an error) ends that size with its status."""
     order = np.random.default_rng([config.seed, remeasured])
     timed: dict[int, list[ProfilePoint]] = {b: [] for b in batch_sizes}
     done: dict[int, ProfilePoint] = {}
-    for _round in range(MAX_ROUNDS):
+    for _round in range(QUIET_PATIENCE * MAX_ROUNDS):
         pending = [b for b in batch_sizes if b not in done]
         if not pending:
             break
@@ -850,11 +886,25 @@ def _rounds(batch_sizes: list[int], config: ProfileConfig, measure: Callable[[in
                 done[batch_size] = visit
             else:
                 timed[batch_size].append(visit)
-                if not ddp_util.agree(_needs_more(timed[batch_size], config)):   # rank 0's clock decides
-                    done[batch_size] = replace(_merge_visits(timed[batch_size], config), remeasured=remeasured)
+                point = _point_when_measured(timed[batch_size], config)
+                if point is not None:
+                    done[batch_size] = replace(point, remeasured=remeasured)
             if batch_size in done:
                 yield done[batch_size], visits.done, max(visits.done, visits.expected)
     return done
+
+
+def _point_when_measured(visits: list[ProfilePoint], config: ProfileConfig) -> ProfilePoint | None:
+    """A size's point once its visits measure it, else None (visit it again): from its uncontended
+    visits when they hold its steps and seconds; from all of them, flagged under load, once it was
+    visited QUIET_PATIENCE times its rounds. Rank 0's clock decides (every rank takes the same steps)."""
+    quiet = [v for v in visits if not v.under_load]
+    loaded = len(visits) - len(quiet)
+    if quiet and not ddp_util.agree(_needs_more(quiet, config)):   # quiet: the same on every rank
+        return _merge_visits(quiet, config, loaded_visits=loaded)
+    if len(visits) >= QUIET_PATIENCE * config.rounds and not ddp_util.agree(_needs_more(visits, config)):
+        return _merge_visits(visits, config, loaded_visits=0, under_load=True)
+    return None
 
 
 def _inconsistency(points: list[ProfilePoint], interleaved: bool, remeasure: int) -> str | None:
@@ -887,11 +937,12 @@ def run_profile(workload: Workload, device: torch.device, config: ProfileConfig,
                 on_point: Callable[[ProfilePoint, int, int], None] = lambda *_: None,   # (point, visits done, expected)
                 telemetry_tag: Callable[[int | None], None] = lambda _b: None,
                 power_between: Callable[[float, float], float | None] = lambda _a, _b: None,
+                others_busy_cores: Callable[[], float | None] = lambda: None,
                 ) -> ProfileResult:
     """Run the whole sweep and judge it: saturation batch and memory fit."""
     started = time.time()
     by_batch: dict[int, ProfilePoint] = {}   # a later point of a batch size (its rounds, a re-measure) replaces it
-    gen = sweep(workload, device, config, telemetry_tag, power_between)
+    gen = sweep(workload, device, config, telemetry_tag, power_between, others_busy_cores)
     while True:
         try:
             point, done, expected = next(gen)

@@ -28,6 +28,8 @@ __all__ = [
     "SAMPLE_KEYS",
     "NvmlStatus",
     "Sampler",
+    "ProcessTree",
+    "WindowLoad",
     "WindowPower",
     "background_load",
     "driver_version",
@@ -39,7 +41,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TREE_REFRESH_S = 2.0  # the job's own processes are listed again at most this often (see _Reader._own_processes)
+TREE_REFRESH_S = 2.0  # the job's own processes are listed again at most this often (see ProcessTree.processes)
+MIN_LOAD_WINDOW_S = 0.05  # a shorter window is a few of the kernel's 10 ms CPU ticks: its load is not told
 RUN_INTERVAL_S = 1.0  # a training run's background load: one sample a second (a day of training: 86,400)
 
 # Every sample has exactly these keys; a value nobody could read is None.
@@ -263,6 +266,105 @@ class WindowPower:
 
 
 # ---------------------------------------------------------------------------------------------
+# the job's own processes, and other processes' load over a timed window
+
+
+@dataclass(frozen=True)
+class TreeCpu:
+    """CPU seconds of a job's processes at one moment: {pid: seconds}, and when they were read."""
+
+    seconds: dict[int, float]
+    read_at: float       # unix time of the reading
+    new_since: float     # a process not in an earlier reading, listed by this one, started after this time
+
+    def since(self, earlier: "TreeCpu") -> float:
+        """CPU seconds the tree used since ``earlier``. A process started since then (or since the
+        listing before the one that found it) counts whole; one that ended since then loses its last
+        interval (it is not there to ask)."""
+        started_after = min(earlier.read_at, self.new_since)
+        used = 0.0
+        for pid, seconds in self.seconds.items():
+            if pid in earlier.seconds:
+                used += max(0.0, seconds - earlier.seconds[pid])
+            elif _started_after(pid, started_after):
+                used += seconds
+        return used
+
+
+class ProcessTree:
+    """A job's own processes: ``root`` and its descendants (DataLoader workers, compile workers, the
+    ranks of a data-parallel job), listed again at most every TREE_REFRESH_S: listing descendants reads
+    every process's /proc entry, and each of those reads gives up the GIL, which a training loop
+    holding it for 5 ms at a time turns into half a second a listing."""
+
+    def __init__(self, root: psutil.Process):
+        self.root = root
+        self._listed: list[psutil.Process] = []
+        self._listed_at = float("-inf")     # monotonic time of the last listing
+        self._listed_wall = time.time()     # wall time of that listing, and of the one before it: before
+        self._new_since = time.time()       # that, a process found by the latest listing cannot have started
+
+    def processes(self) -> list[psutil.Process]:
+        if time.monotonic() - self._listed_at >= TREE_REFRESH_S:
+            self._new_since, self._listed_wall = self._listed_wall, time.time()
+            try:
+                self._listed = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:   # the root is gone (the job is ending): nothing of ours left to count
+                self._listed = []
+            self._listed_at = time.monotonic()
+        return self._listed
+
+    def cpu_seconds(self) -> TreeCpu:
+        seconds = {}
+        for process in self.processes():
+            try:
+                times = process.cpu_times()
+            except psutil.Error:   # ended between the listing and the read
+                continue
+            seconds[process.pid] = times.user + times.system
+        return TreeCpu(seconds, time.time(), self._new_since)
+
+
+class WindowLoad:
+    """The CPU cores other processes kept busy over one timed window (the steps of one visit).
+
+        meter = WindowLoad(root_pid)
+        meter.open(); ...timed steps...; meter.close()
+        cores = meter.others_busy_cores()
+
+    Exact for any window, as the energy counter is for power: the kernel's whole-machine busy time
+    at ``open`` and ``close``, less what the job's own process tree used in between. The sampler's
+    ``other_cpu_pct`` is the same figure over its sampling intervals.
+    """
+
+    def __init__(self, root_pid: int | None = None):
+        self.tree = ProcessTree(psutil.Process(root_pid) if root_pid is not None else psutil.Process(os.getpid()))
+        self._opened: tuple[float, float, TreeCpu] | None = None
+        self._closed: tuple[float, float, TreeCpu] | None = None
+
+    def _read(self) -> tuple[float, float, TreeCpu]:
+        times = psutil.cpu_times()
+        return time.monotonic(), _total(times) - _idle(times), self.tree.cpu_seconds()
+
+    def open(self) -> None:
+        self._opened, self._closed = self._read(), None
+
+    def close(self) -> None:
+        self._closed = self._read() if self._opened is not None else None
+
+    def others_busy_cores(self) -> float | None:
+        """Cores' worth of CPU time other processes used per second of the last window; None where the
+        window was too short for the kernel's clock ticks (10 ms each) to tell."""
+        if self._opened is None or self._closed is None:
+            return None
+        (t0, busy0, own0), (t1, busy1, own1) = self._opened, self._closed
+        wall = t1 - t0
+        if wall < MIN_LOAD_WINDOW_S:
+            return None
+        return max(0.0, (busy1 - busy0) - own1.since(own0)) / wall
+
+
+# ---------------------------------------------------------------------------------------------
 # reading one sample
 
 
@@ -283,14 +385,10 @@ class _Reader:
         # Fields NVML said this GPU does not support; asking again every tick would only fail.
         self.unsupported: set[str] = set()
         self._last_cpu_times = psutil.cpu_times()
-        self._last_sample_t = time.time()
         self._last_cpu_pct: float | None = None
         self._last_other_cpu_pct: float | None = None
-        self._tree: list[psutil.Process] = []
-        self._tree_listed_at = float("-inf")   # monotonic time of the last listing of the job's processes
-        self._tree_listed_wall = time.time()   # wall time of that listing, and of the one before it: before
-        self._tree_new_since = time.time()     # that, a process found by the latest listing cannot have started
-        self._own_cpu_s: dict[int, float] = self._own_cpu_seconds()   # pid -> CPU seconds at the last sample
+        self.tree = ProcessTree(self.root)
+        self._own_cpu = self.tree.cpu_seconds()   # the job's CPU seconds at the last sample
         self._fields: tuple[tuple[str, Callable], ...] = ()
         self._gpu_processes: Callable | None = None
         self._permanent_errors: tuple[type[BaseException], ...] = ()
@@ -365,43 +463,11 @@ class _Reader:
         self._last_other_cpu_pct = round(100.0 * max(0.0, busy - own) / total, 1)
         return self._last_cpu_pct, self._last_other_cpu_pct
 
-    def _own_processes(self) -> list[psutil.Process]:
-        """The job's processes, listed again at most every TREE_REFRESH_S: listing descendants reads
-        every process's /proc entry, and each of those reads gives up the GIL, which a training loop
-        holding it for 5 ms at a time turns into half a second a listing."""
-        if time.monotonic() - self._tree_listed_at >= TREE_REFRESH_S:
-            self._tree_new_since, self._tree_listed_wall = self._tree_listed_wall, time.time()
-            try:
-                self._tree = [self.root, *self.root.children(recursive=True)]
-            except psutil.Error:   # the root is gone (the job is ending): nothing of ours left to count
-                self._tree = []
-            self._tree_listed_at = time.monotonic()
-        return self._tree
-
-    def _own_cpu_seconds(self) -> dict[int, float]:
-        seconds = {}
-        for process in self._own_processes():
-            try:
-                times = process.cpu_times()
-            except psutil.Error:   # ended between the listing and the read
-                continue
-            seconds[process.pid] = times.user + times.system
-        return seconds
-
     def _own_cpu_since_last_sample(self) -> float:
-        """CPU seconds this job's process tree used since the last sample. A process started since
-        then (or since the listing before the one that found it) counts whole; one that ended since
-        then loses its last interval (it is not there to ask)."""
-        now = self._own_cpu_seconds()
-        # a process first listed now may have started before the last sample, but not before the previous listing
-        since = min(self._last_sample_t, self._tree_new_since)
-        used = 0.0
-        for pid, seconds in now.items():
-            if pid in self._own_cpu_s:
-                used += max(0.0, seconds - self._own_cpu_s[pid])
-            elif _started_after(pid, since):
-                used += seconds
-        self._own_cpu_s, self._last_sample_t = now, time.time()
+        """CPU seconds this job's process tree used since the last sample."""
+        now = self.tree.cpu_seconds()
+        used = now.since(self._own_cpu)
+        self._own_cpu = now
         return used
 
     def _read_other_gpu_processes(self, sample: dict) -> None:
@@ -413,7 +479,7 @@ class _Reader:
             if isinstance(exc, self._permanent_errors):
                 self.unsupported.add("other_gpu_processes")
             return
-        ours = {process.pid for process in self._own_processes()}
+        ours = {process.pid for process in self.tree.processes()}
         others = [p for p in listed if p.pid not in ours]
         sample["other_gpu_processes"] = len(others)
         # usedGpuMemory is None where the driver cannot tell (some virtualised GPUs)

@@ -367,6 +367,15 @@ def m010_noise_curves(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+@migration
+def m011_contended_visits(con: duckdb.DuckDBPyConnection) -> None:
+    # A visit during which other processes took the cores the steps needed is set aside and the size
+    # visited again; a size that found too few uncontended visits keeps them all, flagged
+    con.execute("ALTER TABLE profile_points ADD COLUMN others_busy_cores DOUBLE")      # over the steps kept
+    con.execute("ALTER TABLE profile_points ADD COLUMN loaded_visits INTEGER DEFAULT 0")  # visits set aside
+    con.execute("ALTER TABLE profile_points ADD COLUMN under_load BOOLEAN DEFAULT false")
+
+
 def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[str, Migration]] | None = None) -> list[str]:
     """Apply the migrations not yet recorded, in order, each in its own transaction."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")

@@ -279,6 +279,8 @@ def points_table(points: pd.DataFrame | None) -> pd.DataFrame:
             bound = "input_bound" in frame and bool(frame["input_bound"].fillna(False).astype(bool)[i])
             note = (f"input-bound: the loader limits throughput ({compute_ms})" if bound
                     else f"loader included; {compute_ms}")
+        if "under_load" in frame and frame["under_load"].fillna(False).astype(bool)[i]:
+            note = "measured under load: other processes took the cores it needs" + (f"; {note}" if note else "")
         if "inconsistent" in frame and frame["inconsistent"].fillna(False).astype(bool)[i]:
             note = "not physics, even re-measured" + (f"; {note}" if note else "")
         notes.append(note)
