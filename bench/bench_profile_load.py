@@ -2,9 +2,11 @@
 
 fraud-mlp is profiled twice while a competing process switches on (a busy loop) and off at random
 every 1 to 4 seconds, as another job starting and stopping would; both times with the profiler's
-interleaved rounds and physics check (the default), and both times measured contiguously, one block
-per batch size (``rounds=1``: the sweep as it was before rounds, with no re-measure), the four
-profiles alternating so that both methods meet the same machine. Reported for each method:
+interleaved rounds, physics check and contended visits set aside (the default, as a profile job
+measures: each visit's window load from engine.measure.telemetry.WindowLoad), both times with the
+rounds keeping every visit (as before visits were set aside), and both times measured contiguously,
+one block per batch size (``rounds=1``: the sweep as it was before rounds, with no re-measure), the
+six profiles alternating so that every method meets the same machine. Reported for each method:
 
 - agreement: the relative throughput curve r(B) = samples/s at B over samples/s at the baseline
   batch, of the first profile against the second; the worst |r1(B) / r2(B) - 1| over the batch
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.measure.profiler import OK, ProfileConfig, ProfileResult, run_profile  # noqa: E402
+from engine.measure.telemetry import WindowLoad  # noqa: E402
 from engine.workloads import load_workload  # noqa: E402
 
 LOAD_MAX_S = 3600   # the load generator ends by itself after an hour, should the kill never come
@@ -92,17 +95,33 @@ def main() -> None:
     if baseline not in sizes:
         sys.exit(f"the batch sizes must include the baseline {baseline}")
     interleaved = ProfileConfig(batch_sizes=sizes, min_seconds=args.min_seconds, full=True, rounds=args.rounds)
-    methods = {f"interleaved, {args.rounds} rounds": interleaved,
-               "contiguous (rounds=1, as before)": replace(interleaved, rounds=1)}
+    # (config, whether contended visits are set aside)
+    methods = {f"interleaved, {args.rounds} rounds, contended visits set aside": (interleaved, True),
+               f"interleaved, {args.rounds} rounds, every visit kept": (interleaved, False),
+               "contiguous (rounds=1)": (replace(interleaved, rounds=1), False)}
     results: dict[str, list[ProfileResult]] = {name: [] for name in methods}
+    window = WindowLoad()
+
+    def tag(batch_size: int | None) -> None:   # as the profile job opens and closes each timed window
+        if batch_size is not None:
+            window.open()
+        else:
+            window.close()
+
     load = subprocess.Popen([sys.executable, "-c", LOAD_GENERATOR])
     started = time.perf_counter()
     try:
         for repeat in range(2):
-            for name, config in methods.items():
+            for name, (config, set_aside) in methods.items():
                 t0 = time.perf_counter()
-                results[name].append(run_profile(workload, device, config))
-                print(f"{name}, profile {repeat + 1}: {time.perf_counter() - t0:.0f} s", flush=True)
+                result = run_profile(workload, device, config, telemetry_tag=tag,
+                                     others_busy_cores=window.others_busy_cores if set_aside else lambda: None)
+                results[name].append(result)
+                aside = sum(p.loaded_visits for p in result.points)
+                under = [p.batch_size for p in result.points if p.under_load]
+                print(f"{name}, profile {repeat + 1}: {time.perf_counter() - t0:.0f} s"
+                      + (f"; {aside} visits set aside, under load at {under or 'none'}" if set_aside else ""),
+                      flush=True)
     finally:
         load.kill()   # by its pid, always
         load.wait()
@@ -125,6 +144,8 @@ def main() -> None:
             "within_10pct": all(abs(d) <= 0.10 for d in disagreement.values()),
             "falls_as_the_batch_doubles": falls,
             "inconsistency": [first.inconsistency, second.inconsistency],
+            "visits_set_aside": [sum(p.loaded_visits for p in r.points) for r in (first, second)],
+            "under_load": [[p.batch_size for p in r.points if p.under_load] for r in (first, second)],
         }
         print(f"\n{name}")
         print("  batch   " + "".join(f"{b:>8}" for b in both))
