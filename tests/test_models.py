@@ -211,6 +211,11 @@ def test_compile_happens_before_the_clock_and_its_time_is_recorded_apart():
     assert point.status == "ok", point.error
     # the compiling step is recorded apart; the timed steps are the compiled ones only
     assert point.compile_s > 0 and point.n == QUICK.min_steps
+    # the noise estimate compiles for its two shapes (the baseline's steps, the small batch's gradients) first
+    estimate = estimate_noise(model_workloads.make_dict(), CPU, batches=2, warm_steps=2, bootstrap=50, compile=True)
+    assert estimate.compile_s > 0 and math.isfinite(estimate.g2)
+    assert 0 < estimate.elapsed_s < estimate.compile_s   # compiling (seconds) is not in the estimate's own time
+    assert estimate_noise(model_workloads.make_dict(), CPU, batches=2, warm_steps=2, bootstrap=50).compile_s is None
 
 
 # -- exports of the new recipe -------------------------------------------------------------------

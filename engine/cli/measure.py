@@ -289,8 +289,9 @@ def noise(ctx, workload, settings, data, label, device, batch_small, batch_big, 
     else:
         ci = "" if result["ci_low"] is None else f" (90% interval {result['ci_low']:,.0f} to {result['ci_high']:,.0f})"
         click.echo(f"noise estimate {job_id}: B_simple = {result['b_simple']:,.0f}{ci}")
+    compiled = f" (compiling before it: {result['compile_s']:.1f} s)" if result.get("compile_s") is not None else ""
     click.echo(f"from {result['batches']} batches of {result['batch_big']} split into {result['batch_small']}; "
-               f"{result['elapsed_s']:.1f} s, about {result['step_equivalents']:.0f} baseline training steps")
+               f"{result['elapsed_s']:.1f} s{compiled}, about {result['step_equivalents']:.0f} baseline training steps")
 
 
 def _noise_curve(home, workload, options, device, at, batch_small, batch_big, batches, seed, compile_model,

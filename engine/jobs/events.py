@@ -59,7 +59,8 @@ BACKGROUND_FIELDS = ("background_cpu_pct", "background_cpu_p90_pct", "background
                      "background_gpu_mem_bytes")
 #: A noise estimate's fields (engine.measure.noise.NoiseEstimate), as the noise_estimates table has them.
 NOISE_FIELDS = ("b_simple", "ci_low", "ci_high", "g2", "trace_sigma", "g_small_sq", "g_big_sq", "batch_small",
-                "batch_big", "batches", "warm_steps", "unreliable", "reason", "elapsed_s", "step_equivalents")
+                "batch_big", "batches", "warm_steps", "unreliable", "reason", "elapsed_s", "step_equivalents",
+                "compile_s")
 #: Where a metric row sits in a run: every metrics, metric_values and eval row carries these.
 METRIC_INDEX = ("step", "epoch", "samples", "wall_time_s", "train_time_s")
 #: The training metrics a ``metrics`` row carries beside its index (wide form).

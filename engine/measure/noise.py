@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -44,6 +44,7 @@ import torch
 from engine.errors import DeviceError, UsageError
 from engine.measure import devices
 from engine.measure.profiler import StepRunner, shuffled_on_device
+from engine.measure.train import compile_before_clock
 from engine.units import check_int, check_number
 from engine.workloads.base import Workload
 from engine.workloads.batches import Batch, EpochOrder, make_loader, model_output, slice_batch, to_device
@@ -78,6 +79,8 @@ class NoiseEstimate:
     confidence: float = 0.9       # of the interval
     seed: int = 0
     dtype: str = "fp32"
+    compile_s: float | None = None   # --compile: compiling for the baseline's and the small batch's shapes,
+                                     # before the clock (not in elapsed_s)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,6 +117,8 @@ def estimate_noise(workload: Workload, device: torch.device, batch_small: int | 
     try:
         # warm-up: the baseline's own training steps, since the noise scale grows as the loss falls
         runner = StepRunner(workload, device, workload.baseline_batch_size, dtype, seed, data, compile=compile)
+        compile_s = _compile(runner, workload, device, dtype, batch_small) if compile else None
+        started += compile_s or 0.0   # the estimate's time leaves compiling out
         on_progress("warm-up", 0.0)
         for step in range(warm_steps):
             runner.step()
@@ -136,8 +141,15 @@ def estimate_noise(workload: Workload, device: torch.device, batch_small: int | 
         del data, model
         devices.free_memory(device)
 
-    return _estimate_from_norms(workload, small_sq, big_sq, batch_small, batch_big, batches, warm_steps, started,
-                                confidence, bootstrap, seed, dtype, on_progress)
+    return replace(_estimate_from_norms(workload, small_sq, big_sq, batch_small, batch_big, batches, warm_steps,
+                                        started, confidence, bootstrap, seed, dtype, on_progress),
+                   compile_s=compile_s)
+
+
+def _compile(runner: StepRunner, workload: Workload, device: torch.device, dtype: str, batch_small: int) -> float:
+    """--compile: compile the runner's model for the shapes an estimate runs (the baseline's training
+    steps, the small batch's gradients), before any clock; the seconds it took."""
+    return compile_before_clock(runner.forward, workload, device, dtype, (workload.baseline_batch_size, batch_small))
 
 
 @dataclass(frozen=True)
@@ -193,6 +205,7 @@ def estimate_noise_curve(workload: Workload, device: torch.device, fractions: tu
     runner = None
     try:
         runner = StepRunner(workload, device, workload.baseline_batch_size, dtype, seed, data, compile=compile)
+        compile_s = _compile(runner, workload, device, dtype, batch_small) if compile else None
         step = 0
         for index, fraction in enumerate(fractions):
             started = time.perf_counter()
@@ -212,6 +225,8 @@ def estimate_noise_curve(workload: Workload, device: torch.device, fractions: tu
                                                batches, dtype, seed, progress)
             estimate = _estimate_from_norms(workload, small_sq, big_sq, batch_small, batch_big, batches, step,
                                             started, confidence, bootstrap, seed, dtype, progress)
+            if index == 0:   # the first point's estimate holds the compile time (the later ones reuse it)
+                estimate = replace(estimate, compile_s=compile_s)
             point = NoiseCurvePoint(fraction=fraction, step=step, estimate=estimate)
             points.append(point)
             on_point(point)

@@ -381,7 +381,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     compile_s = None
     if config.compile:
         forward = devices.compile_model(forward)
-        compile_s = _compile_before_clock(forward, workload, device, config)
+        compile_s = compile_before_clock(forward, workload, device, config.dtype, (config.micro_batch,))
     optimizer = workload.make_optimizer(model, config.lr)
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # each group's own peak rate
     scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(device, config.dtype) else None
@@ -567,23 +567,26 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     return result
 
 
-def _compile_before_clock(forward: torch.nn.Module, workload: Workload, device: torch.device,
-                          config: TrainConfig) -> float:
-    """Compile the forward and backward on one micro-batch, outside the training clock; its seconds.
+def compile_before_clock(forward: torch.nn.Module, workload: Workload, device: torch.device, dtype: str,
+                         batch_sizes: tuple[int, ...]) -> float:
+    """Compile the forward and backward for each of ``batch_sizes`` (a batch shape each), outside the
+    clock of the work that follows; their seconds.
 
     No optimizer step: the weights stay as initialised, the gradients are dropped. (A model with
-    batch norm updates its running statistics once, as one more forward would.)
+    batch norm updates its running statistics once a size, as one more forward would.)
     """
-    batch = batches.to_device(workload.first_batch(config.micro_batch), device)
-    devices.synchronize(device)
-    start = time.perf_counter()
-    with devices.autocast(device, config.dtype):
-        loss = workload.loss_of(batches.model_output(forward, batch), batch)
-    loss.backward()
-    devices.synchronize(device)
-    elapsed = time.perf_counter() - start
-    for parameter in forward.parameters():
-        parameter.grad = None
+    elapsed = 0.0
+    for batch_size in dict.fromkeys(batch_sizes):
+        batch = batches.to_device(workload.first_batch(batch_size), device)
+        devices.synchronize(device)
+        start = time.perf_counter()
+        with devices.autocast(device, dtype):
+            loss = workload.loss_of(batches.model_output(forward, batch), batch)
+        loss.backward()
+        devices.synchronize(device)
+        elapsed += time.perf_counter() - start
+        for parameter in forward.parameters():
+            parameter.grad = None
     return elapsed
 
 

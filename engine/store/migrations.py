@@ -376,6 +376,13 @@ def m011_contended_visits(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE profile_points ADD COLUMN under_load BOOLEAN DEFAULT false")
 
 
+@migration
+def m012_noise_compile_time(con: duckdb.DuckDBPyConnection) -> None:
+    # --compile on a noise estimate: compiling, before the clock, is recorded apart from its elapsed time
+    con.execute("ALTER TABLE noise_estimates ADD COLUMN compile_s DOUBLE")
+    con.execute("ALTER TABLE noise_curve_points ADD COLUMN compile_s DOUBLE")
+
+
 def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[str, Migration]] | None = None) -> list[str]:
     """Apply the migrations not yet recorded, in order, each in its own transaction."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")
