@@ -161,11 +161,12 @@ def test_the_points_table_shows_the_background_load_and_what_stayed_inconsistent
     points = pd.DataFrame({
         "batch_size": [16, 32], "status": ["ok", "ok"], "median_s": [0.514, 0.331], "p25_s": [0.5, 0.33],
         "p75_s": [0.52, 0.34], "samples_per_s": [31.1, 96.7], "n": [10, 10], "noisy": [False, False],
-        "background_cpu_pct": [45.2, None], "inconsistent": [True, False],
+        "background_cpu_pct": [45.2, None], "inconsistent": [True, False], "under_load": [True, None],
     })
     table = views.points_table(points)
     assert list(table["background CPU"]) == ["45%", "—"]
-    assert list(table["note"]) == ["not physics, even re-measured", ""]
+    assert list(table["note"]) == ["not physics, even re-measured; measured under load: other processes took the "
+                                   "cores it needs", ""]
     flagged = {"id": "prof-1", "inconsistency": "step time falls from 514 ms at batch 16 to 331 ms at 32"}
     assert views.inconsistency_text(flagged).startswith("Inconsistent profile: step time falls from 514 ms")
     assert views.inconsistency_text({"id": "prof-2", "inconsistency": None}) is None
