@@ -124,7 +124,7 @@ def _sweep_spans(job_dir: Path, submitted: float, finished: float) -> dict:
     started = next(e["t"] for e in read if e["type"] == events.START)
     points = [e for e in read if e["type"] == events.POINT and e.get("started_at") and e.get("ended_at")]
     # an interleaved profile spools a size's point more than once (its first pass, then its rounds): the
-    # latest is the one kept, and the first pass's steps are untimed work like the warm-up
+    # latest is the one kept, and holds the first pass's steps as its first visit
     kept = {p["batch_size"]: p for p in points}.values()
     timed = sum(p.get("timed_s") or sum(p["step_times_s"] or []) for p in kept)
     first, last = min(p["started_at"] for p in points), max(p["ended_at"] for p in points)

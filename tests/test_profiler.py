@@ -176,11 +176,11 @@ def test_rounds_visit_every_batch_size_in_a_shuffled_order_until_each_has_its_st
     visited = fake_visits(monkeypatch, lambda b, _visit: 0.001 * (1 + b / 64))
     config = ProfileConfig(batch_sizes=(8, 16, 32, 64), min_steps=9, min_seconds=0.0, rounds=3)
     result = run_profile(tiny_workload.make(), CPU, config)
-    first_pass, rounds = visited[:4], [visited[4:8], visited[8:12], visited[12:16]]
-    assert first_pass == [8, 16, 32, 64] and len(visited) == 16        # the range, then three rounds
+    first_pass, rounds = visited[:4], [visited[4:8], visited[8:12]]
+    assert first_pass == [8, 16, 32, 64] and len(visited) == 12        # the range (the first visits), two rounds more
     assert all(sorted(r) == [8, 16, 32, 64] for r in rounds)            # every size in every round ...
     assert len({tuple(r) for r in rounds} | {tuple(first_pass)}) > 1    # ... not always in the same order
-    for point in result.points:   # the rounds' steps (3 a visit), not the first pass's
+    for point in result.points:   # three visits of 3 steps: the first pass's and the rounds'
         assert (point.visits, point.n, point.inconsistent) == (3, 9, False)
     assert result.inconsistency is None
 
@@ -194,11 +194,11 @@ def test_contiguous_measures_each_size_once_in_one_block(monkeypatch):
 
 def test_a_point_slowed_by_background_load_is_measured_again_and_the_profile_holds(monkeypatch):
     # batch 32 is slowed on its first visits of the rounds (another job was running), then the machine is quiet
-    visited = fake_visits(monkeypatch, lambda b, visit: 0.001 * (1 + b / 64) * (5 if b == 32 and visit <= 4 else 1))
+    visited = fake_visits(monkeypatch, lambda b, visit: 0.001 * (1 + b / 64) * (5 if b == 32 and visit <= 3 else 1))
     result = run_profile(tiny_workload.make(), CPU, ProfileConfig(batch_sizes=(8, 16, 32, 64, 128), min_steps=6,
                                                                   min_seconds=0.0, rounds=3))
     points = {p.batch_size: p for p in result.points}
-    assert visited.count(32) == 1 + 3 + 3               # the first pass, the rounds, one re-measure's rounds
+    assert visited.count(32) == 1 + 2 + 3               # the first pass, two rounds more, one re-measure's rounds
     assert points[32].remeasured == 1 and points[32].median_s < points[64].median_s
     assert result.inconsistency is None and not any(p.inconsistent for p in result.points)
 
@@ -217,7 +217,7 @@ def test_visits_other_processes_contended_are_set_aside_and_the_size_visited_aga
     result = run_profile(tiny_workload.make(), CPU, ProfileConfig(batch_sizes=(8, 16, 32, 64), min_steps=6,
                                                                   min_seconds=0.0, rounds=3))
     points = {p.batch_size: p for p in result.points}
-    assert visited.count(32) == 1 + 3 + 2 and visited.count(16) == 1 + 3   # two more visits, for 32 alone
+    assert visited.count(32) == 3 + 2 and visited.count(16) == 3   # two more visits, for 32 alone
     slow = points[32]
     assert (slow.visits, slow.loaded_visits, slow.under_load, slow.remeasured) == (3, 2, False, 0)
     assert slow.median_s == pytest.approx(0.0015, rel=0.05)   # the uncontended visits' time, not five times it
@@ -234,7 +234,7 @@ def test_a_size_never_uncontended_is_measured_from_all_its_visits_and_flagged_un
     result = run_profile(tiny_workload.make(), CPU, ProfileConfig(batch_sizes=(8, 16, 32), min_steps=6,
                                                                   min_seconds=0.0, rounds=3))
     points = {p.batch_size: p for p in result.points}
-    assert visited.count(16) == 1 + QUIET_PATIENCE * 3 and visited.count(8) == 1 + 3   # patience, then all of them
+    assert visited.count(16) == QUIET_PATIENCE * 3 and visited.count(8) == 3   # patience, then all of them
     assert points[16].under_load and points[16].visits == QUIET_PATIENCE * 3
     assert points[16].others_busy_cores == pytest.approx(CONTENDED)
     assert not points[8].under_load and points[8].loaded_visits == 0

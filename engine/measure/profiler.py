@@ -160,11 +160,6 @@ class ProfileConfig:
         check_int(self.rounds, "--rounds", high=MAX_ROUNDS)
         check_int(self.remeasure, "--remeasure", low=0, high=MAX_ROUNDS)
 
-    def range_finding(self) -> "ProfileConfig":
-        """The first pass's visit of an interleaved profile: half a visit, enough for the out-of-memory
-        ceiling, the memory fit and the plateau rule; the rounds measure what the profile keeps."""
-        return replace(self, min_steps=max(2, math.ceil(self.min_steps / 2)), min_seconds=self.min_seconds / 2)
-
     def visit(self) -> "ProfileConfig":
         """The config of one visit to a batch size: its share of the steps and seconds."""
         return replace(self, min_steps=math.ceil(self.min_steps / self.rounds), min_seconds=self.min_seconds / self.rounds,
@@ -780,15 +775,15 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
         return _agree_on_status(replace(point, under_load=ddp_util.agree(contended)))
 
     try:
-        # first pass, in increasing order: find the range. Interleaved, it is a few steps a size (the
-        # rounds measure); contiguous (rounds == 1), it is the measurement.
-        first = config.visit().range_finding() if interleaved else config
+        # first pass, in increasing order: find the range. Interleaved, it is each size's first visit (the
+        # rounds that follow shuffle the rest); contiguous (rounds == 1), it is the measurement.
+        first = config.visit() if interleaved else config
         points: list[ProfilePoint] = []
         reason = yield from _first_pass(workload, config, planned, points, lambda b: measure(b, first), visits)
         if interleaved:
-            ok = [p.batch_size for p in points if p.status == OK]
-            visits.expected = visits.done + config.rounds * len(ok)
-            measured = yield from _rounds(ok, config, lambda b: measure(b, config.visit()), visits)
+            ok = {p.batch_size: [p] for p in points if p.status == OK}
+            visits.expected = visits.done + (config.rounds - 1) * len(ok)
+            measured = yield from _rounds(list(ok), config, lambda b: measure(b, config.visit()), visits, visited=ok)
             points = [measured.get(p.batch_size, p) for p in points]
             # the physics check: what cannot be the hardware is measured again, in rounds of its own
             for attempt in range(1, config.remeasure + 1):
@@ -867,15 +862,22 @@ def _first_pass(workload: Workload, config: ProfileConfig, planned: list[int], p
 
 
 def _rounds(batch_sizes: list[int], config: ProfileConfig, measure: Callable[[int], ProfilePoint], visits: _Visits,
-            remeasured: int = 0) -> Iterator[tuple[ProfilePoint, int, int]]:
+            remeasured: int = 0, visited: dict[int, list[ProfilePoint]] | None = None,
+            ) -> Iterator[tuple[ProfilePoint, int, int]]:
     """Visit every one of ``batch_sizes`` once a round, in a shuffled order (the same on every rank: a
     seeded generator), until each has its steps and seconds from visits no other process contended
     (``under_load``); yield each point as it completes and return {batch size: point}. A size whose
     contended visits reach QUIET_PATIENCE times its rounds is measured by all its visits, flagged
-    ``under_load``. A visit that fails (out of memory, an error) ends that size with its status."""
+    ``under_load``. A visit that fails (out of memory, an error) ends that size with its status.
+    ``visited``: visits already made to these sizes (the first pass's), which count as theirs."""
     order = np.random.default_rng([config.seed, remeasured])
-    timed: dict[int, list[ProfilePoint]] = {b: [] for b in batch_sizes}
+    timed: dict[int, list[ProfilePoint]] = {b: list((visited or {}).get(b, [])) for b in batch_sizes}
     done: dict[int, ProfilePoint] = {}
+    for batch_size in batch_sizes:   # measured already by the visits made (a visit of a few steps may be enough)
+        point = _point_when_measured(timed[batch_size], config) if timed[batch_size] else None
+        if point is not None:
+            done[batch_size] = replace(point, remeasured=remeasured)
+            yield done[batch_size], visits.done, max(visits.done, visits.expected)
     for _round in range(QUIET_PATIENCE * MAX_ROUNDS):
         pending = [b for b in batch_sizes if b not in done]
         if not pending:
