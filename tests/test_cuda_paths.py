@@ -22,7 +22,7 @@ from engine import jobs, store
 from engine.home import Home
 from engine.jobs import runner
 from engine.jobs.spool import write_json_atomic
-from engine.measure.profiler import ProfileConfig
+from engine.measure.profiler import QUIET_PATIENCE, ProfileConfig
 from engine.measure.train import TrainConfig
 
 UUID = "6e3f5c2a-1b2c-4d5e-8f90-0a1b2c3d4e5f"
@@ -68,8 +68,10 @@ def test_a_profile_on_a_gpu_keeps_allocator_peaks_the_ceiling_and_energy_per_sam
     for batch in (32, 64, 128):
         point = points[batch]
         # the rounds' point is the one stored; steps timed in blocks count their seconds whole, so the rounds
-        # end on time (a block's one time a step, summed, would never reach --min-seconds: on to the rounds' cap)
-        assert 1 < point["visits"] <= config.rounds, point["visits"]
+        # end on time (a block's one time a step, summed, would never reach --min-seconds: on to the rounds' cap);
+        # on a busy machine, visits other processes contended are set aside and made again, up to the patience
+        visits = point["visits"] + point["loaded_visits"]
+        assert 1 <= point["visits"] and visits <= QUIET_PATIENCE * config.rounds, point
         # the allocator's own peak, not the CPU estimate
         assert point["peak_memory_bytes"] == ALLOCATOR.bytes_for(batch) and not point["memory_is_estimate"]
         # energy per sample: the mean NVML power over the timed steps times the step time, per sample
