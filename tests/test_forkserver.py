@@ -54,11 +54,7 @@ def make():
 def _launcher(home, not_pid: int | None = None) -> dict:
     """The home's one launcher (other than ``not_pid``), once it serves (it imports torch first)."""
     def serving() -> dict | None:
-        for record in forkserver.running(home):
-            log = (home.launchers / f"{record['key']}.log").read_text()
-            if record["pid"] != not_pid and f"launcher {record['pid']} serving" in log:
-                return record
-        return None
+        return next((r for r in forkserver.running(home) if r["serving_since"] and r["pid"] != not_pid), None)
 
     assert wait_for(serving, 120), "no launcher started for the next job"
     return serving()

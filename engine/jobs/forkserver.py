@@ -145,14 +145,13 @@ def start_in_background(home: Home, env: dict) -> None:
     key = launcher_key(home, env)
     try:
         home.launchers.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(home.launchers / f"{key}.lock"), timeout=1.0):
+        with _record_lock(home, key):
             if _live_record(_record_path(home, key)) is not None:
                 return
-            launcher_env = {name: value for name, value in env.items() if name != WARM_ENV}
             with open(home.launchers / f"{key}.log", "ab") as log:
                 proc = subprocess.Popen([sys.executable, "-c", LAUNCHER_MAIN, str(home.root), key],
                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, env=launcher_env, cwd="/")
+                                        start_new_session=True, env=env, cwd="/")
             _write_record(_record_path(home, key), proc.pid, key)
     except (OSError, Timeout):
         return  # the job started anyway; the next one may start its launcher
@@ -161,7 +160,8 @@ def start_in_background(home: Home, env: dict) -> None:
 
 
 def running(home: Home) -> list[dict]:
-    """The home's live launchers, from their records: pid, key, version, started_at."""
+    """The home's live launchers, from their records: pid, key, version, started_at, and serving_since (None
+    while it is still importing)."""
     if not home.launchers.is_dir():
         return []
     return [record for path in sorted(home.launchers.glob("*.json")) if (record := _live_record(path))]
@@ -184,11 +184,17 @@ def stop(home: Home, grace_s: float = 5.0) -> int:
     return stopped
 
 
-def _write_record(path: Path, pid: int, key: str) -> None:
+def _record_lock(home: Home, key: str, timeout_s: float = 1.0) -> FileLock:
+    return FileLock(str(home.launchers / f"{key}.lock"), timeout=timeout_s)
+
+
+def _write_record(path: Path, pid: int, key: str, serving_since: float | None = None) -> None:
+    """The launcher's record: written by its starter (pid), then by the launcher once it serves."""
     from engine.jobs.spool import write_json_atomic
 
     write_json_atomic(path, {"pid": pid, "pid_started": psutil.Process(pid).create_time(), "key": key,
-                             "version": source_version(), "python": sys.executable, "started_at": time.time()})
+                             "version": source_version(), "python": sys.executable, "started_at": time.time(),
+                             "serving_since": serving_since})
 
 
 def _live_record(path: Path) -> dict | None:
@@ -229,8 +235,8 @@ def serve(home: Home, key: str) -> int:
     listener.listen(64)
     listener.settimeout(TICK_S)
     record = _record_path(home, key)
-    if (_live_record(record) or {}).get("pid") != os.getpid():
-        _write_record(record, os.getpid(), key)
+    with _record_lock(home, key, timeout_s=30.0):       # after its starter's record, never before it
+        _write_record(record, os.getpid(), key, serving_since=time.time())
     print(f"launcher {os.getpid()} serving {home.root} (engine {version})", flush=True)
     last_request = time.monotonic()
     try:

@@ -81,6 +81,9 @@ def submit(home: Home, kind: str, params: dict, device: str, workload: str | Non
     env = job_environment()
     # A warm launcher forks the job with torch already imported; without one, a fresh process (always correct)
     forked = forkserver.fork_job(home, job_dir, env, os.getcwd()) if forkserver.enabled(env) else None
+    if forked is None and forkserver.enabled(env):
+        # a launcher for the next job, started first: its imports overlap this job's own, not its measuring
+        forkserver.start_in_background(home, env)
     pid = forked.pid if forked is not None else _start_fresh(job_id, job_dir, env)
     try:
         write_json_atomic(job_dir / "status.json",
@@ -92,8 +95,6 @@ def submit(home: Home, kind: str, params: dict, device: str, workload: str | Non
         raise
     if forked is not None:
         forked.release()
-    elif forkserver.enabled(env):
-        forkserver.start_in_background(home, env)  # so that the next job starts warm
     return job_id
 
 
