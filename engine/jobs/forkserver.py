@@ -8,7 +8,7 @@ One launcher serves one home, one Python executable, one version of the engine's
 of the environment variables read while importing (``PYTHONPATH``, the thread counts, ...): its key
 hashes them all, and names its abstract Unix socket (no path, so no 108-byte limit) and its record in
 ``<home>/launchers/``. A launcher whose source has changed since it started exits rather than run old
-code, and so does one left idle for ``IDLE_S``.
+code, and so does one left idle (no request, none of its jobs running) for ``IDLE_S``.
 
 The protocol, one job a connection::
 
@@ -48,7 +48,8 @@ __all__ = ["WARM_ENV", "enabled", "launcher_key", "source_version", "fork_job", 
 WARM_ENV = "LARGESTEP_WARM_LAUNCHER"    # "0": never start or use a launcher
 ANSWER_S = 2.0          # a launcher that has not forked the job by then is busy or hung: start it afresh
 GO_WAIT_S = 60.0        # a child whose submitter is silent this long was given up: it exits, having run nothing
-IDLE_S = 300.0          # a launcher with no request for this long exits (its jobs live on in their own sessions)
+IDLE_S = 300.0          # a launcher with no request and no job running for this long exits (a job it forked
+                        # lives on when it exits: it is in its own session)
 TICK_S = 1.0            # how often a launcher reaps its children and looks whether it should exit
 MAX_REQUEST = 1 << 20   # bytes: a job's request is its folder, cwd and environment
 # Variables read while the launcher imports (the interpreter's, the thread pools' sizes, torch's own
@@ -238,10 +239,11 @@ def serve(home: Home, key: str) -> int:
     with _record_lock(home, key, timeout_s=30.0):       # after its starter's record, never before it
         _write_record(record, os.getpid(), key, serving_since=time.time())
     print(f"launcher {os.getpid()} serving {home.root} (engine {version})", flush=True)
-    last_request = time.monotonic()
+    busy_at = time.monotonic()
     try:
-        while time.monotonic() - last_request < IDLE_S and home.root.is_dir():
-            _reap_children()
+        while time.monotonic() - busy_at < IDLE_S and home.root.is_dir():
+            if _reap_children():
+                busy_at = time.monotonic()    # a job still runs: the next one is likely submitted when it ends
             try:
                 connection, _ = listener.accept()
             except socket.timeout:
@@ -249,7 +251,7 @@ def serve(home: Home, key: str) -> int:
                     print("the engine's source changed: exiting", flush=True)
                     break
                 continue
-            last_request = time.monotonic()
+            busy_at = time.monotonic()
             with connection:
                 if not _serve_one(listener, connection, version):
                     break
@@ -285,15 +287,16 @@ def _os_threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-def _reap_children() -> None:
-    """Collect the exit status of every forked job that has ended, so none lingers as a zombie."""
+def _reap_children() -> bool:
+    """Collect the exit status of every forked job that has ended, so none lingers as a zombie; whether any
+    still runs."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return False
         if pid == 0:
-            return
+            return True
 
 
 def _serve_one(listener: socket.socket, connection: socket.socket, version: str) -> bool:
