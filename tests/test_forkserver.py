@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import wait_finished, wait_for
+from helpers import run_cli, wait_finished, wait_for
 
 from engine import jobs
 from engine.jobs import events, forkserver, runner
@@ -69,10 +69,13 @@ def _event_types(home, job_id: str) -> list[str]:
     return [e["type"] for e in events.read_all(home.job_dir(job_id))]
 
 
-def test_a_forked_job_finishes_with_the_events_of_a_fresh_one_and_leaves_no_zombie(warm_home, tiny_spec):
+def test_a_forked_job_finishes_with_the_events_of_a_fresh_one_and_leaves_no_zombie(warm_home, tiny_spec, capsys):
     fresh, fresh_pid = _train(warm_home, tiny_spec)      # no launcher yet: a fresh process, and one starts
     wait_finished(warm_home, fresh, 120)
     launcher = _launcher(warm_home)
+    code, out, _ = run_cli(capsys, "doctor", "--json")
+    [check] = [c for c in json.loads(out)["checks"] if c["name"] == "warm launcher"]
+    assert code == 0 and check["summary"].startswith("1 running") and f"pid {launcher['pid']}: serving" in check["details"][0]
     forked, forked_pid = _train(warm_home, tiny_spec)
     assert psutil.Process(forked_pid).ppid() == launcher["pid"] != fresh_pid
     wait_finished(warm_home, forked, 120)

@@ -35,10 +35,10 @@ def diagnose(home: Home) -> list[Check]:
     """Every check of the home, in the order a person reads them."""
     database = _database(home)
     if database.verdict == PROBLEM:
-        return [database, _spools(home), _orphans(home), _size(home)]
+        return [database, _spools(home), _orphans(home), _launchers(home), _size(home)]
     report = ingest(home)   # as every command does: it creates a missing database, migrates an old one
     return [_database(home), _set_aside(home), _spools(home), _recommendation_files(report.unreadable_files),
-            _orphans(home), _size(home)]
+            _orphans(home), _launchers(home), _size(home)]
 
 
 def _database(home: Home) -> Check:
@@ -107,6 +107,26 @@ def _orphans(home: Home) -> Check:
     if details:
         return Check("processes", WARN, f"{len(details)} orphaned job process(es)", tuple(details))
     return Check("processes", OK, "no process outlives its job")
+
+
+def _launchers(home: Home) -> Check:
+    """Whether jobs start warm: the home's warm launchers (engine.jobs.forkserver), and whether they are current."""
+    import os
+    import time
+
+    from engine.jobs import forkserver
+
+    if not forkserver.enabled(dict(os.environ)):
+        return Check("warm launcher", OK, f"turned off ({forkserver.WARM_ENV}=0): every job starts as a fresh process")
+    launchers = forkserver.running(home)
+    if not launchers:
+        return Check("warm launcher", OK, "none running: the next job starts as a fresh process, and starts one")
+    version = forkserver.source_version()
+    details = tuple(f"pid {r['pid']}: "
+                    + (f"serving for {time.time() - r['serving_since']:.0f} s" if r.get("serving_since") else "importing")
+                    + ("" if r.get("version") == version else "; started from older engine code: it exits by itself")
+                    + f"; stop it with `kill {r['pid']}`" for r in launchers)
+    return Check("warm launcher", OK, f"{len(launchers)} running: jobs start with torch already imported", details)
 
 
 def _size(home: Home) -> Check:
