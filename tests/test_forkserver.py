@@ -189,3 +189,14 @@ def test_a_job_is_never_started_twice_when_its_submitter_gives_up(warm_home, tin
     assert wait_for(lambda: not psutil.pid_exists(forked.pid)
                     or psutil.Process(forked.pid).status() == psutil.STATUS_ZOMBIE, 10)
     assert not Path(job_dir / "events.jsonl").exists() and not (job_dir / "status.json").exists()
+
+
+@pytest.mark.distributed
+def test_a_forked_data_parallel_job_starts_its_ranks_and_finishes(warm_home, tiny_spec):
+    wait_finished(warm_home, _train(warm_home, tiny_spec)[0], 120)
+    launcher = _launcher(warm_home)
+    config = TrainConfig(batch_size=32, lr=1e-2, max_steps=3, log_every_steps=1, nproc=2)
+    [job_id] = starts.start_train(warm_home, tiny_spec, {}, "cpu", config)
+    assert psutil.Process(jobs.read_status(warm_home.job_dir(job_id))["pid"]).ppid() == launcher["pid"]
+    wait_finished(warm_home, job_id, 180)
+    assert events.last(warm_home.job_dir(job_id), events.RUN_START)["world_size"] == 2
