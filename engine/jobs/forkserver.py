@@ -311,7 +311,12 @@ def _serve_one(listener: socket.socket, connection: socket.socket, version: str)
         job = (str(request["job_dir"]), dict(request["env"]), str(request["cwd"]))
     except (OSError, ValueError, KeyError, TypeError):
         return True
-    if os.fork() == 0:
+    try:
+        pid = os.fork()
+    except OSError as exc:    # out of processes or memory: the submitter reads no pid and starts the job afresh
+        print(f"cannot fork: {exc}", flush=True)
+        return True
+    if pid == 0:
         listener.close()      # the job must not keep the launcher's address bound once the launcher is gone
         _become_job(connection, *job)
     return True
@@ -364,15 +369,14 @@ def _redirect_stdio(log: Path, unbuffered: bool) -> None:
 def _look_like_a_job(job_dir: str) -> None:
     """Show the job's own command line in the process table: ``ps``, and every check that finds a job's
     process by its folder (the runner's, a test's clean-up), see what a fresh job would show."""
-    import random
-
     import numpy
     import setproctitle
 
     setproctitle.setproctitle(f"{sys.executable} -m engine.jobs {job_dir}")
     sys.argv = [str(ENGINE_ROOT / "jobs" / "__main__.py"), job_dir]
-    random.seed()             # a fresh interpreter's random state, not the launcher's (Python reseeds
-    numpy.random.seed()       # its own on fork; numpy's global generator it does not)
+    # a fresh interpreter's random state, not the launcher's copy: Python's own random module reseeds
+    # itself after a fork, numpy's global generator does not
+    numpy.random.seed()
 
 
 def _run_as_main(job_dir: str) -> int:
