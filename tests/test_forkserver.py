@@ -14,12 +14,11 @@ import pytest
 from helpers import run_cli, wait_finished, wait_for
 
 from engine import jobs
+from engine.home import Home
 from engine.jobs import events, forkserver, runner
 from engine.jobs import start as starts
 from engine.measure.profiler import ProfileConfig
 from engine.measure.train import TrainConfig
-
-pytestmark = pytest.mark.slow
 
 QUICK = TrainConfig(batch_size=32, lr=1e-2, max_steps=3, log_every_steps=1)
 LONG = ProfileConfig(batch_sizes=(8, 16, 32, 64, 128), min_steps=3, min_seconds=3.0, warmup_steps=1)
@@ -69,6 +68,7 @@ def _event_types(home, job_id: str) -> list[str]:
     return [e["type"] for e in events.read_all(home.job_dir(job_id))]
 
 
+@pytest.mark.slow
 def test_a_forked_job_finishes_with_the_events_of_a_fresh_one_and_leaves_no_zombie(warm_home, tiny_spec, capsys):
     fresh, fresh_pid = _train(warm_home, tiny_spec)      # no launcher yet: a fresh process, and one starts
     wait_finished(warm_home, fresh, 120)
@@ -88,6 +88,7 @@ def test_a_forked_job_finishes_with_the_events_of_a_fresh_one_and_leaves_no_zomb
     assert not psutil.pid_exists(launcher["pid"]) or psutil.Process(launcher["pid"]).status() == psutil.STATUS_ZOMBIE
 
 
+@pytest.mark.slow
 def test_a_forked_job_runs_in_the_submitters_folder_and_environment(warm_home, tmp_path, monkeypatch):
     (tmp_path / "seen.py").write_text(SEEN_WORKLOAD)
     workload = f"{tmp_path / 'seen.py'}:make"
@@ -114,6 +115,7 @@ def test_a_forked_job_runs_in_the_submitters_folder_and_environment(warm_home, t
         assert seen[forked_pid][same] == seen[fresh_pid][same], same
 
 
+@pytest.mark.slow
 def test_cancel_kills_a_forked_job_and_its_process_group(warm_home, tiny_spec):
     wait_finished(warm_home, _train(warm_home, tiny_spec)[0], 120)
     launcher = _launcher(warm_home)
@@ -135,6 +137,7 @@ def _in_group(proc: psutil.Process, group: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_job_falls_back_to_a_fresh_process_when_the_launcher_was_killed(warm_home, tiny_spec):
     wait_finished(warm_home, _train(warm_home, tiny_spec)[0], 120)
     killed = _launcher(warm_home)
@@ -148,6 +151,7 @@ def test_a_job_falls_back_to_a_fresh_process_when_the_launcher_was_killed(warm_h
     assert _launcher(warm_home, not_pid=killed["pid"])           # and a new launcher serves the next job
 
 
+@pytest.mark.slow
 def test_a_launcher_of_another_engine_version_is_not_used_and_exits(warm_home, tiny_spec, monkeypatch):
     wait_finished(warm_home, _train(warm_home, tiny_spec)[0], 120)
     launcher = _launcher(warm_home)
@@ -165,6 +169,7 @@ def test_a_launcher_of_another_engine_version_is_not_used_and_exits(warm_home, t
     assert not forkserver.running(warm_home)
 
 
+@pytest.mark.slow
 def test_no_launcher_is_started_or_used_when_turned_off(home, tiny_spec, monkeypatch):
     monkeypatch.setenv(forkserver.WARM_ENV, "0")
     for _ in range(2):
@@ -176,6 +181,7 @@ def test_no_launcher_is_started_or_used_when_turned_off(home, tiny_spec, monkeyp
                    " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
 
 
+@pytest.mark.slow
 def test_a_job_is_never_started_twice_when_its_submitter_gives_up(warm_home, tiny_spec, monkeypatch):
     """A child forked for a submitter that never says "go" (it timed out, or failed to record the pid) runs
     nothing and exits, so the fresh process the submitter falls back to is the job's only one."""
@@ -200,3 +206,55 @@ def test_a_forked_data_parallel_job_starts_its_ranks_and_finishes(warm_home, tin
     assert psutil.Process(jobs.read_status(warm_home.job_dir(job_id))["pid"]).ppid() == launcher["pid"]
     wait_finished(warm_home, job_id, 180)
     assert events.last(warm_home.job_dir(job_id), events.RUN_START)["world_size"] == 2
+
+
+# -- what needs no process ---------------------------------------------------------------------------
+
+
+def test_a_launcher_serves_only_the_environments_that_agree_on_what_is_read_while_importing(home, tmp_path):
+    env = {"PATH": "/usr/bin", "PYTHONPATH": "/src", "PYTHONSAFEPATH": "1"}
+    key = forkserver.launcher_key(home, env, version="v1")
+    # what the child takes from its submitter (any other variable) does not need a launcher of its own
+    assert forkserver.launcher_key(home, {**env, "CUDA_VISIBLE_DEVICES": "1", "WARM_MARKER": "x"}, "v1") == key
+    for changed in ({"OMP_NUM_THREADS": "1"}, {"PYTHONPATH": "/elsewhere"}, {"TORCH_LOGS": "dynamo"},
+                    {"LD_PRELOAD": "libx.so"}):
+        assert forkserver.launcher_key(home, {**env, **changed}, "v1") != key, changed
+    assert forkserver.launcher_key(home, env, "v2") != key
+    assert forkserver.launcher_key(Home(tmp_path / "other"), env, "v1") != key
+
+
+def test_the_engine_version_changes_with_any_engine_source_file(tmp_path, monkeypatch):
+    engine = tmp_path / "engine"
+    (engine / "jobs").mkdir(parents=True)
+    (engine / "jobs" / "runner.py").write_text("A = 1\n")
+    monkeypatch.setattr(forkserver, "ENGINE_ROOT", engine)
+    before = forkserver.source_version()
+    assert forkserver.source_version() == before
+    (engine / "jobs" / "runner.py").write_text("A = 22\n")
+    edited = forkserver.source_version()
+    assert edited != before
+    (engine / "new.py").write_text("")
+    assert forkserver.source_version() != edited
+
+
+def test_a_forked_jobs_title_is_found_as_its_command_line():
+    folder = "/tmp/a home/jobs/trai-1"
+    assert runner.runs_job_dir(["/venv/bin/python", "-m", "engine.jobs", folder], folder)        # a fresh job
+    assert runner.runs_job_dir([f"/venv/bin/python -m engine.jobs {folder}", "", ""], folder)   # a title
+    assert runner.runs_job_dir(f"/venv/bin/python -m engine.jobs {folder}".split(), folder)     # split at spaces
+    assert not runner.runs_job_dir([f"/venv/bin/python -m engine.jobs {folder}0"], folder)
+    assert not runner.runs_job_dir(["/venv/bin/python", "-c", forkserver.LAUNCHER_MAIN, "/tmp/a home", "k"], folder)
+
+
+def test_the_launcher_is_on_unless_turned_off():
+    assert forkserver.enabled({}) and forkserver.enabled({forkserver.WARM_ENV: "1"})
+    assert not forkserver.enabled({forkserver.WARM_ENV: "0"}) and not forkserver.enabled({forkserver.WARM_ENV: " 0"})
+
+
+def test_a_fast_test_may_neither_ask_a_launcher_for_a_job_nor_start_one(home, monkeypatch):
+    monkeypatch.setenv(forkserver.WARM_ENV, "1")
+    with pytest.raises(AssertionError, match="mark it @pytest.mark.slow"):
+        jobs.submit(home, "train", {}, device="cpu")
+    with pytest.raises(AssertionError, match="mark it @pytest.mark.slow"):
+        forkserver.start_in_background(home, runner.job_environment())
+    assert not forkserver.running(home)
