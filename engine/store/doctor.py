@@ -6,6 +6,8 @@ a job folder, killing a process) is the user's call.
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from engine import jobs
 from engine.format import format_bytes
 from engine.home import Home
 from engine.jobs import events as ev
+from engine.jobs import forkserver
 from engine.store.connection import connect
 from engine.store.ingest import ingest
 from engine.store.migrations import MIGRATIONS, applied_migrations
@@ -111,11 +114,6 @@ def _orphans(home: Home) -> Check:
 
 def _launchers(home: Home) -> Check:
     """Whether jobs start warm: the home's warm launchers (engine.jobs.forkserver), and whether they are current."""
-    import os
-    import time
-
-    from engine.jobs import forkserver
-
     if not forkserver.enabled(dict(os.environ)):
         return Check("warm launcher", OK, f"turned off ({forkserver.WARM_ENV}=0): every job starts as a fresh process")
     launchers = forkserver.running(home)
