@@ -197,6 +197,26 @@ def test_a_job_is_never_started_twice_when_its_submitter_gives_up(warm_home, tin
     assert not Path(job_dir / "events.jsonl").exists() and not (job_dir / "status.json").exists()
 
 
+@pytest.mark.slow
+def test_a_job_starts_afresh_when_the_launcher_does_not_answer_and_runs_once_when_it_wakes(warm_home, tiny_spec):
+    wait_finished(warm_home, _train(warm_home, tiny_spec)[0], 120)
+    launcher = _launcher(warm_home)
+    os.kill(launcher["pid"], signal.SIGSTOP)        # hung: it accepts nothing, answers nothing
+    try:
+        started = time.monotonic()
+        job_id, pid = _train(warm_home, tiny_spec)
+        assert forkserver.ANSWER_S <= time.monotonic() - started < forkserver.ANSWER_S + 5
+        assert psutil.Process(pid).ppid() == os.getpid()          # started afresh
+    finally:
+        os.kill(launcher["pid"], signal.SIGCONT)
+    wait_finished(warm_home, job_id, 120)
+    # woken, the launcher forks the request it had queued; that child finds its submitter gone and runs nothing
+    time.sleep(2 * forkserver.TICK_S)
+    assert _event_types(warm_home, job_id).count(events.START) == 1
+    assert jobs.read_status(warm_home.job_dir(job_id))["pid"] == pid
+    assert wait_for(lambda: not psutil.Process(launcher["pid"]).children(), 10)
+
+
 @pytest.mark.distributed
 def test_a_forked_data_parallel_job_starts_its_ranks_and_finishes(warm_home, tiny_spec):
     wait_finished(warm_home, _train(warm_home, tiny_spec)[0], 120)
