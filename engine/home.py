@@ -52,6 +52,11 @@ class Home:
     def locks(self) -> Path:
         return self.root / "locks"
 
+    @property
+    def launchers(self) -> Path:
+        """The warm launchers' records and logs (engine.jobs.forkserver)."""
+        return self.root / "launchers"
+
     def job_dir(self, job_id: str) -> Path:
         """The folder of job ``job_id``; an id that could name a path elsewhere is refused."""
         if not is_job_id(job_id):

@@ -26,8 +26,12 @@ if str(ROOT) not in sys.path:
 
 from helpers import TINY, TINY_OOM, copy_home, wait_finished  # noqa: E402,F401  (TINY_OOM: for test modules)
 
+# Jobs start afresh in the tests, as they always could: a warm launcher per test home would import torch
+# once more for every test that starts a job. The tests of the launcher turn it on (``warm_home``).
+os.environ.setdefault("LARGESTEP_WARM_LAUNCHER", "0")
+
 # Fixtures that run real jobs: any test using one is slow.
-SLOW_FIXTURES = {"profiled_template", "profiled_home", "autopilot_run", "autopilot_home", "rec_home",
+SLOW_FIXTURES = {"warm_home", "profiled_template", "profiled_home", "autopilot_run", "autopilot_home", "rec_home",
                  "verified_home", "runs_home", "two_rank_run", "cluster", "dashboard"}
 WHY_SLOW = ("e2e", "browser", "distributed", "ray", "integration")
 PROFILED_BATCHES = (8, 32, 128, 512)   # the session's profile of the tiny workload (baseline 32)
@@ -50,6 +54,17 @@ def home(tmp_path, monkeypatch):
     root = tmp_path / "home"
     monkeypatch.setenv("LARGESTEP_HOME", str(root))
     return Home(root)
+
+
+@pytest.fixture
+def warm_home(home, monkeypatch):
+    """An empty home whose jobs start through a warm launcher; every launcher started for it is ended, by
+    the pid its record names, when the test ends."""
+    from engine.jobs import forkserver
+
+    monkeypatch.setenv(forkserver.WARM_ENV, "1")
+    yield home
+    forkserver.stop(home)
 
 
 @pytest.fixture
@@ -122,7 +137,7 @@ def _fast_tests_start_no_job(request, monkeypatch):
     import subprocess
     import types
 
-    from engine.jobs import runner
+    from engine.jobs import forkserver, runner
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"{request.node.nodeid} starts a job process: mark it @pytest.mark.slow")
@@ -131,6 +146,8 @@ def _fast_tests_start_no_job(request, monkeypatch):
                                             if not name.startswith("__")})
     no_processes.Popen = refuse
     monkeypatch.setattr(runner, "subprocess", no_processes)
+    monkeypatch.setattr(forkserver, "subprocess", no_processes)   # nor a warm launcher,
+    monkeypatch.setattr(forkserver, "fork_job", refuse)           # nor ask a running one for a job
 
 
 @pytest.fixture(autouse=True)
@@ -150,10 +167,12 @@ def _no_job_outlives_the_session(tmp_path_factory):
 def _kill_jobs_under(folder: Path) -> None:
     marker = str(folder)
     for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = proc.info.get("cmdline") or []
+        # (a job forked by a warm launcher shows its command line as one title: split it at its spaces)
+        cmdline = " ".join(proc.info.get("cmdline") or []).split()
         if proc.info["pid"] == os.getpid() or not any(marker in part for part in cmdline):
             continue
-        if not any(part in ("engine.jobs", "engine.jobs.torchrun") for part in cmdline):
+        if not (any(part in ("engine.jobs", "engine.jobs.torchrun") for part in cmdline)
+                or any("engine.jobs.forkserver" in part for part in cmdline)):   # a job, or a warm launcher
             continue
         try:
             os.killpg(proc.info["pid"], signal.SIGKILL)   # a job leads its own session: its ranks go too

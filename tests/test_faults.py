@@ -335,12 +335,16 @@ def test_doctor_lists_set_aside_jobs_and_spool_findings_and_exits_1(capsys, home
     assert checks["processes"]["verdict"] == "ok" and checks["size"]["verdict"] == "ok"
 
 
-def test_doctor_on_a_healthy_home_exits_0_and_on_no_home_creates_none(capsys, home):
+def test_doctor_on_a_healthy_home_exits_0_and_on_no_home_creates_none(capsys, home, monkeypatch):
     code, out, _ = run_cli(capsys, "doctor")
     assert code == 0 and "nothing to check" in out and not home.root.exists()
     spool_job(home, "train-good0001", "train", train_events())
     code, out, _ = run_cli(capsys, "doctor")
     assert code == 0 and "problem" not in out and "warn" not in out, out
+    assert "warm launcher: turned off (LARGESTEP_WARM_LAUNCHER=0)" in out       # as in every test but its own
+    monkeypatch.setenv("LARGESTEP_WARM_LAUNCHER", "1")
+    code, out, _ = run_cli(capsys, "doctor")
+    assert "warm launcher: none running: the next job starts as a fresh process" in out
 
 
 # -- bad workload files ----------------------------------------------------------------------------

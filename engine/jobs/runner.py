@@ -26,14 +26,14 @@ from filelock import FileLock
 
 from engine.errors import Cancelled, Crashed, Diverged, LargestepError
 from engine.home import Home
-from engine.jobs import events
+from engine.jobs import events, forkserver
 from engine.jobs.spool import Spool, read_spec, read_status, write_json_atomic
 
 __all__ = [
     "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED", "DIVERGED", "CRASHED",
     "FINAL_STATES", "STATES", "JobContext", "submit", "cancel", "derive_state", "exit_record",
     "crash_reason", "job_process", "new_job_id", "wait", "register_kind", "run_job", "resolve_body", "outcome_of",
-    "TRACKED",
+    "TRACKED", "runs_job_dir", "job_environment",
 ]
 
 PENDING, RUNNING, FINISHED, FAILED = "PENDING", "RUNNING", "FINISHED", "FAILED"
@@ -61,7 +61,9 @@ def submit(home: Home, kind: str, params: dict, device: str, workload: str | Non
            job_id: str | None = None, locks: list[str] | None = None, launcher: str | None = None) -> str:
     """Write the job's spec and start its process in a new session; return the job id.
 
-    The new process outlives the caller (a closed browser tab, a finished CLI command).
+    The new process outlives the caller (a closed browser tab, a finished CLI command). It is forked by
+    the home's warm launcher (:mod:`engine.jobs.forkserver`) when one is running, else started afresh
+    (and a launcher started for the next job); either way status.json records its pid before it runs.
     ``locks``: the devices the job holds while it runs (default: ``device``); a multi-GPU job
     names each GPU. ``launcher="ray"`` runs the body as a Ray task instead (no local lock:
     the cluster schedules its own devices).
@@ -76,6 +78,29 @@ def submit(home: Home, kind: str, params: dict, device: str, workload: str | Non
         spec["launcher"] = launcher
     write_json_atomic(job_dir / "spec.json", spec)
     (job_dir / "events.jsonl").touch()
+    env = job_environment()
+    # A warm launcher forks the job with torch already imported; without one, a fresh process (always correct)
+    forked = forkserver.fork_job(home, job_dir, env, os.getcwd()) if forkserver.enabled(env) else None
+    if forked is None and forkserver.enabled(env):
+        # a launcher for the next job, started first: its imports overlap this job's own, not its measuring
+        forkserver.start_in_background(home, env)
+    pid = forked.pid if forked is not None else _start_fresh(job_id, job_dir, env)
+    try:
+        write_json_atomic(job_dir / "status.json",
+                           {"state": PENDING, "pid": pid, "pid_started": _create_time(pid),
+                            "heartbeat": time.time(), "phase": "queued", "progress": 0.0})
+    except BaseException:
+        if forked is not None:
+            forked.abandon()  # it runs nothing without its "go"
+        raise
+    if forked is not None:
+        forked.release()
+    return job_id
+
+
+def job_environment() -> dict:
+    """The environment a job runs in: the submitter's, with the engine importable and the user's folder
+    never first on the import path."""
     env = dict(os.environ)
     # Run from source trees that are not installed too: the engine's parent goes on the path.
     root = str(Path(__file__).resolve().parents[2])
@@ -84,19 +109,21 @@ def submit(home: Home, kind: str, params: dict, device: str, workload: str | Non
     # Never the user's folder first on the import path (python -P, inherited by the job's own children):
     # a filelock.py or torch.py beside their data must not replace the library the job imports.
     env["PYTHONSAFEPATH"] = "1"
+    return env
+
+
+def _start_fresh(job_id: str, job_dir: Path, env: dict) -> int:
+    """Start ``python -m engine.jobs JOB_DIR`` in a new session; its pid."""
     with open(job_dir / "output.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine.jobs", str(job_dir)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, env=env, cwd=os.getcwd(),
         )
-    write_json_atomic(job_dir / "status.json",
-                       {"state": PENDING, "pid": proc.pid, "pid_started": _create_time(proc.pid),
-                        "heartbeat": time.time(), "phase": "queued", "progress": 0.0})
     # collect its exit status the moment it ends, so a long-lived submitter (the autopilot, the
     # dashboard) never keeps finished jobs as zombie processes
     threading.Thread(target=proc.wait, name=f"reap-{job_id}", daemon=True).start()
-    return job_id
+    return proc.pid
 
 
 def cancel(home: Home, job_id: str, grace_s: float | None = None) -> bool:
@@ -215,12 +242,18 @@ def derive_state(job_dir: Path, now: float | None = None) -> str:
 
 def job_process(job_dir: Path) -> psutil.Process | None:
     """The live process running ``python -m engine.jobs JOB_DIR``, whatever its status file says."""
-    target = str(job_dir)
     for proc in psutil.process_iter(["cmdline", "status"]):
-        cmdline = proc.info.get("cmdline") or []
-        if target in cmdline and "engine.jobs" in cmdline and proc.info.get("status") != psutil.STATUS_ZOMBIE:
+        if runs_job_dir(proc.info.get("cmdline") or [], job_dir) and proc.info.get("status") != psutil.STATUS_ZOMBIE:
             return proc
     return None
+
+
+def runs_job_dir(cmdline: list[str], job_dir: Path | str) -> bool:
+    """Is ``cmdline`` that of ``python -m engine.jobs JOB_DIR``? A job forked by the warm launcher shows it as
+    one title, padded with empty arguments (or split at its spaces), so it is read as one line."""
+    target = str(job_dir)
+    return ((target in cmdline and "engine.jobs" in cmdline)
+            or " ".join(cmdline).rstrip().endswith(f" -m engine.jobs {target}"))
 
 
 def _recently_active(job_dir: Path, status: dict, now: float) -> bool:

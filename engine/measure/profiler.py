@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.errors import UsageError
+from engine.errors import Cancelled, UsageError
 from engine.measure import devices
 from engine.measure import distributed as ddp_util
 from engine.units import INT64_MAX, check_int, check_number
@@ -604,6 +604,8 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
             started_at=started, ended_at=time.time(), compute_median_s=compute_median, compile_s=compile_s,
             timed_s=timed_s, others_busy_cores=others_busy_cores(),
         ), times, config)
+    except Cancelled:
+        raise                 # the job was asked to stop: not a point of the profile
     except Exception as exc:  # narrow below: OOM is a ceiling, anything else an error point
         telemetry_tag(None)
         status = OOM if devices.is_out_of_memory(exc) else ERROR
@@ -821,6 +823,8 @@ def _shared_trainee(workload: Workload, device: torch.device, config: ProfileCon
     visit then builds its own, and records what went wrong as its point)."""
     try:
         return Trainee.build(workload, device, config.dtype, config.seed, data_parallel=config.nproc > 1)
+    except Cancelled:
+        raise
     except Exception:
         devices.free_memory(device)
         return None

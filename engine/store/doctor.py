@@ -6,6 +6,8 @@ a job folder, killing a process) is the user's call.
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from engine import jobs
 from engine.format import format_bytes
 from engine.home import Home
 from engine.jobs import events as ev
+from engine.jobs import forkserver
 from engine.store.connection import connect
 from engine.store.ingest import ingest
 from engine.store.migrations import MIGRATIONS, applied_migrations
@@ -35,10 +38,10 @@ def diagnose(home: Home) -> list[Check]:
     """Every check of the home, in the order a person reads them."""
     database = _database(home)
     if database.verdict == PROBLEM:
-        return [database, _spools(home), _orphans(home), _size(home)]
+        return [database, _spools(home), _orphans(home), _launchers(home), _size(home)]
     report = ingest(home)   # as every command does: it creates a missing database, migrates an old one
     return [_database(home), _set_aside(home), _spools(home), _recommendation_files(report.unreadable_files),
-            _orphans(home), _size(home)]
+            _orphans(home), _launchers(home), _size(home)]
 
 
 def _database(home: Home) -> Check:
@@ -107,6 +110,21 @@ def _orphans(home: Home) -> Check:
     if details:
         return Check("processes", WARN, f"{len(details)} orphaned job process(es)", tuple(details))
     return Check("processes", OK, "no process outlives its job")
+
+
+def _launchers(home: Home) -> Check:
+    """Whether jobs start warm: the home's warm launchers (engine.jobs.forkserver), and whether they are current."""
+    if not forkserver.enabled(dict(os.environ)):
+        return Check("warm launcher", OK, f"turned off ({forkserver.WARM_ENV}=0): every job starts as a fresh process")
+    launchers = forkserver.running(home)
+    if not launchers:
+        return Check("warm launcher", OK, "none running: the next job starts as a fresh process, and starts one")
+    version = forkserver.source_version()
+    details = tuple(f"pid {r['pid']}: "
+                    + (f"serving for {time.time() - r['serving_since']:.0f} s" if r.get("serving_since") else "importing")
+                    + ("" if r.get("version") == version else "; started from older engine code: it exits by itself")
+                    + f"; stop it with `kill {r['pid']}`" for r in launchers)
+    return Check("warm launcher", OK, f"{len(launchers)} running: jobs start with torch already imported", details)
 
 
 def _size(home: Home) -> Check:
