@@ -29,6 +29,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,14 @@ while time.time() < end:
     else:
         time.sleep(max(0.0, until - time.time()))
 """
+
+
+def start_outside_this_process_tree(command: list[str]) -> psutil.Process:
+    """Start ``command`` as another job would be: not a descendant of this process (a shell starts it in
+    the background and exits), so the profile's window load counts it as another process's, not ours."""
+    shell = subprocess.run(["sh", "-c", '"$@" >/dev/null 2>&1 & echo $!', "sh", *command],
+                           capture_output=True, text=True, check=True)
+    return psutil.Process(int(shell.stdout.strip()))
 
 
 def relative_throughput(result: ProfileResult, baseline: int, statistic: str = "median_s") -> dict[int, float]:
@@ -108,7 +117,7 @@ def main() -> None:
         else:
             window.close()
 
-    load = subprocess.Popen([sys.executable, "-c", LOAD_GENERATOR])
+    load = start_outside_this_process_tree([sys.executable, "-c", LOAD_GENERATOR])
     started = time.perf_counter()
     try:
         for repeat in range(2):
@@ -124,7 +133,6 @@ def main() -> None:
                       flush=True)
     finally:
         load.kill()   # by its pid, always
-        load.wait()
 
     figures = {"workload": args.workload, "batch_sizes": list(sizes), "baseline": baseline,
                "min_seconds": args.min_seconds, "rounds": args.rounds, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
