@@ -127,6 +127,25 @@ def make_slow_loader(delay_ms: float = 0.5) -> Workload:
     return replace(base, name="tiny-slow-loader", train=SlowItems(base.train.x, base.train.y, delay_ms / 1e3))
 
 
+class SlowEveryNthBatch:
+    """A collate_fn whose every ``every``-th batch takes ``delay_s`` longer, as a loader that opens the next
+    shard file every so many batches does: most steps are fast, one in ``every`` waits."""
+
+    def __init__(self, every: int, delay_s: float):
+        self.every, self.delay_s, self.batches = every, delay_s, 0
+
+    def __call__(self, items):
+        self.batches += 1
+        if self.batches % self.every == 0:
+            time.sleep(self.delay_s)
+        return torch.utils.data.default_collate(items)
+
+
+def make_shard_reads(every: int = 4, delay_ms: float = 20.0) -> Workload:
+    """The tiny tuples workload whose loader is slow one batch in ``every``, and fast otherwise."""
+    return replace(make_tuples(), name="tiny-shard-reads", collate_fn=SlowEveryNthBatch(every, delay_ms / 1e3))
+
+
 def make_heavy_model() -> Workload:
     """A wide MLP on the tiny tuples: the compute dominates the (in-memory) loader."""
     base = make_tuples()
