@@ -29,7 +29,8 @@ of step alternating in rounds (in shuffled order) so that the machine's drift fa
 are timed in blocks of consecutive steps on every device (about 50 ms a block; whole epochs when an
 epoch is shorter): a loader's costs fall on some steps only (each epoch's start, a slow read now and
 then), and a block carries them in the proportion a training loop pays them, where the median of
-single steps would leave them out. The
+single steps would leave them out. The garbage collector's pauses, rarer still (a full collection
+once in a hundred or more steps), are spread over all the blocks at their measured rate. The
 first is the point's step time (it is what training gets); when it exceeds the compute alone by more than
 ``input_bound_ratio`` the point is "input-bound": the loader limits throughput there, and a larger
 batch will not help until the input pipeline is faster.
@@ -48,6 +49,7 @@ the global batch's (one rank's count times the ranks).
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import time
@@ -418,19 +420,23 @@ class StepRunner:
         starts a new epoch where the user's loop would) and without it (the same steps on ``held`` batches
         already on the device). The two kinds of block alternate in rounds, in a shuffled order, so that drift
         on a shared machine falls on both alike, until ``min_blocks`` blocks of each and ``min_seconds``
-        seconds in all (at most ``max_blocks``). Single process only."""
+        seconds in all (at most ``max_blocks``). Each kind's garbage-collection pauses are spread over its
+        blocks (see :func:`_collections_spread`). Single process only."""
         held_batches = itertools.cycle([self._next_loaded() for _ in range(held)])
-        with_loader: list[float] = []
-        compute: list[float] = []
-        kinds = ((self.step, with_loader), (lambda: self.step(next(held_batches)), compute))
+        kinds = (self.step, lambda: self.step(next(held_batches)))
+        elapsed: tuple[list[float], list[float]] = ([], [])   # each kind's blocks: seconds ...
+        paused: tuple[list[float], list[float]] = ([], [])    # ... and the garbage collector's share of them
         order = np.random.default_rng(seed)
         total = 0.0
-        while len(with_loader) < min_blocks or (total < min_seconds and len(with_loader) < max_blocks):
-            for kind in order.permutation(len(kinds)):
-                step, times = kinds[kind]
-                elapsed = _timed_block(step, self.device, block_steps)
-                times.append(elapsed / block_steps)
-                total += elapsed
+        with _CollectorPauses() as collector:
+            while len(elapsed[0]) < min_blocks or (total < min_seconds and len(elapsed[0]) < max_blocks):
+                for kind in order.permutation(len(kinds)):
+                    before = collector.seconds
+                    block_s = _timed_block(kinds[kind], self.device, block_steps)
+                    elapsed[kind].append(block_s)
+                    paused[kind].append(collector.seconds - before)
+                    total += block_s
+        with_loader, compute = (_collections_spread(e, p, block_steps) for e, p in zip(elapsed, paused))
         return with_loader, compute
 
     def _one_synchronised_step(self) -> float:
@@ -522,6 +528,38 @@ def _timed_block(step: Callable[[], object], device: torch.device, block_steps: 
         step()
     devices.synchronize(device)  # sync: this block's kernels are done
     return time.perf_counter() - start
+
+
+class _CollectorPauses:
+    """Seconds this process's garbage collector has spent collecting since entering (``gc.callbacks``)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def _on_collection(self, phase: str, _info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+
+    def __enter__(self) -> "_CollectorPauses":
+        gc.callbacks.append(self._on_collection)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        gc.callbacks.remove(self._on_collection)
+
+
+def _collections_spread(elapsed: list[float], paused: list[float], block_steps: int) -> list[float]:
+    """Per-step times of blocks, with the garbage collector's pauses spread evenly over every block.
+
+    A full collection (every object the process holds, torch's own included: a tenth of a second or more)
+    comes once in a hundred or more steps of a loader collating fresh Python objects: it is the loop's own cost,
+    paid at a rate, but it lands in one block in many, whose median would leave it out. So each block counts
+    its steps without its own pauses plus the mean pause of all blocks; their total is unchanged."""
+    mean_pause = sum(paused) / len(paused)
+    return [(block_s - pause + mean_pause) / block_steps for block_s, pause in zip(elapsed, paused)]
 
 
 def block_steps_for(one_step_s: float, epoch_steps: int | None = None) -> int:
