@@ -4,9 +4,11 @@ refusal of each mistake the contract names."""
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -160,29 +162,53 @@ def test_a_model_heavier_than_its_loader_spends_its_step_computing():
     assert point.compute_median_s > 0.5 * point.median_s, (point.median_s, point.compute_median_s)
 
 
-@pytest.mark.slow
-def test_a_batch_read_slowly_now_and_then_costs_every_step_its_share(monkeypatch):
-    # one batch in four waits 20 ms (a new shard opened): training pays 5 ms a step for it on average, which
-    # the median of single steps, all but one in four fast, would leave out
+@pytest.fixture
+def blocks_of_8_steps_on_one_thread(monkeypatch):
+    """Timed blocks of 8 steps whatever this machine's step time (a busy machine's slow steps would
+    shorten them), on one thread (a pool of threads on a shared machine waits for whichever one was
+    descheduled)."""
     from engine.measure import profiler
 
-    # blocks of 8 steps whatever this machine's step time (a busy machine's slow steps would shorten them)
     monkeypatch.setattr(profiler, "BLOCK_SECONDS", 60.0)
     monkeypatch.setattr(profiler, "MAX_BLOCK_STEPS", 8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_a_batch_read_slowly_now_and_then_costs_every_step_its_share(blocks_of_8_steps_on_one_thread):
+    # one batch in four waits 20 ms (a new shard opened): training pays 5 ms a step for it on average, which
+    # the median of single steps, all but one in four fast, would leave out
     every, delay_s = 4, 0.02
     workload = model_workloads.make_shard_reads(every, delay_s * 1e3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # a pool of threads on a shared machine waits for whichever one was descheduled
-    try:
-        (point,) = run_profile(workload, CPU, replace(QUICK, batch_sizes=(32,), min_steps=5, min_seconds=0)).points
-    finally:
-        torch.set_num_threads(threads)
+    (point,) = run_profile(workload, CPU, replace(QUICK, batch_sizes=(32,), min_steps=5, min_seconds=0)).points
     assert point.status == "ok" and point.n == 5   # one time a block: its steps' mean
     share = delay_s / every
     assert point.median_s >= 0.9 * share, point.step_times_s
     assert point.median_s < delay_s, point.step_times_s   # a share of the wait, not the whole wait every step
     # the compute alone does not read: far below the loader-included step, which the loader limits
     assert point.compute_median_s < 0.5 * point.median_s and point.input_bound
+
+
+@pytest.mark.slow
+def test_a_full_garbage_collection_now_and_then_costs_every_step_its_share(blocks_of_8_steps_on_one_thread):
+    # one batch in 40 makes the collector traverse the whole heap: 2 of the 10 timed blocks of 8 steps pay
+    # for it, which their median would leave out, though the loop pays its share on every step
+    every = 40
+    workload = model_workloads.make_full_collections(every)
+    collection_s = min(_seconds(gc.collect) for _ in range(3))   # one full collection of this heap
+    (point,) = run_profile(workload, CPU, replace(QUICK, batch_sizes=(32,), min_steps=10, min_seconds=0)).points
+    assert point.status == "ok" and point.n == 10
+    assert point.median_s >= 0.8 * collection_s / every, (collection_s, point.step_times_s)
+    assert point.median_s < collection_s / 2, (collection_s, point.step_times_s)   # a share, not a collection a step
+
+
+def _seconds(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
 
 
 def test_a_datasets_timed_blocks_hold_whole_epochs_when_an_epoch_is_short():
