@@ -6,10 +6,11 @@ visit, whose FLOPs are counted once a size), untimed warm-up steps (with fp16, u
 scaler stops skipping updates; one step when a round returns to a size), then full training steps (data
 slicing, forward, backward, optimizer step) timed in blocks between two device synchronisations
 (on a GPU about 50 ms of steps a block, so the host queues ahead as in training; on the CPU one
-step a block, except a Dataset's: see below), repeated until the visit's share of ``min_steps`` blocks and ``min_seconds``
-seconds has been timed. Raw times (per step, one per block) are kept; the median, quartiles and a
-noisy flag are derived from them. The first warm-up step of a size runs under ``FlopCounterMode``
-(FLOPs) and saved-tensor hooks (the CPU memory estimate): untimed, as the instruments slow it.
+step a block, except a Dataset's: see below), repeated until the visit's share of ``min_steps``
+blocks and ``min_seconds`` seconds has been timed. Raw times (per step, one per block) are kept;
+the median, quartiles and a noisy flag are derived from them. The first warm-up step of a size runs
+under ``FlopCounterMode`` (FLOPs) and saved-tensor hooks (the CPU memory estimate): untimed, as the
+instruments slow it.
 
 On a shared machine, load comes and goes; measured in one contiguous block each, some batch sizes
 would get it and others not, and step time could even fall as the batch grows. So the sweep
@@ -566,7 +567,7 @@ def block_steps_for(one_step_s: float, epoch_steps: int | None = None) -> int:
     """Steps a timed block holds (on a GPU; for a Dataset's loader on any device): about BLOCK_SECONDS of
     them, at most MAX_BLOCK_STEPS. An epoch of ``epoch_steps`` steps shorter than that: whole epochs, so
     that every block starts the loader's iteration as often as a training loop does, once an epoch."""
-    steps = MAX_BLOCK_STEPS if one_step_s <= 0 else min(MAX_BLOCK_STEPS, max(1, math.ceil(BLOCK_SECONDS / one_step_s)))
+    steps = MAX_BLOCK_STEPS if one_step_s <= 0 else min(MAX_BLOCK_STEPS, math.ceil(BLOCK_SECONDS / one_step_s))
     if epoch_steps and epoch_steps < steps:
         steps -= steps % epoch_steps
     return steps
@@ -635,7 +636,7 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
                                                                    config.max_steps, block_steps, config.seed)
         else:
             times = runner.timed_steps(config.min_steps, config.min_seconds, config.max_steps, block_steps)
-        timed_s = float(sum(times) + sum(compute)) * block_steps   # each block's time is its per-step time x its steps
+        timed_s = float(sum(times) + sum(compute)) * block_steps   # a block's time is its time a step x its steps
         clock_end = time.time()
         telemetry_tag(None)
         # stop the clock: everything below is measured outside the timed steps
