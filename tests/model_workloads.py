@@ -4,6 +4,7 @@ loss, optimizer factories with parameter groups. Small enough to train in second
 ``make_dict(broken=...)`` breaks one thing at a time, as a user might, for the bad-input tests.
 """
 
+import gc
 import math
 import time
 from dataclasses import replace
@@ -125,6 +126,46 @@ def make_slow_loader(delay_ms: float = 0.5) -> Workload:
     """The tiny tuples workload with items read slowly: input-bound at every batch size."""
     base = make_tuples()
     return replace(base, name="tiny-slow-loader", train=SlowItems(base.train.x, base.train.y, delay_ms / 1e3))
+
+
+class SlowEveryNthBatch:
+    """A collate_fn whose every ``every``-th batch takes ``delay_s`` longer, as a loader that opens the next
+    shard file every so many batches does: most steps are fast, one in ``every`` waits."""
+
+    def __init__(self, every: int, delay_s: float):
+        self.every, self.delay_s, self.batches = every, delay_s, 0
+
+    def __call__(self, items):
+        self.batches += 1
+        if self.batches % self.every == 0:
+            time.sleep(self.delay_s)
+        return torch.utils.data.default_collate(items)
+
+
+def make_shard_reads(every: int = 4, delay_ms: float = 20.0) -> Workload:
+    """The tiny tuples workload whose loader is slow one batch in ``every``, and fast otherwise."""
+    return replace(make_tuples(), name="tiny-shard-reads", collate_fn=SlowEveryNthBatch(every, delay_ms / 1e3))
+
+
+class FullCollectionEveryNthBatch:
+    """A collate_fn that runs a full garbage collection every ``every``-th batch over a heap it keeps
+    ``objects`` containers larger, as a loader collating fresh Python objects makes the collector do
+    now and then: most steps are fast, one in ``every`` waits for the whole heap to be traversed."""
+
+    def __init__(self, every: int, objects: int):
+        self.every, self.batches = every, 0
+        self.heap = [[] for _ in range(objects)]
+
+    def __call__(self, items):
+        self.batches += 1
+        if self.batches % self.every == 0:
+            gc.collect()
+        return torch.utils.data.default_collate(items)
+
+
+def make_full_collections(every: int = 40, objects: int = 500_000) -> Workload:
+    """The tiny tuples workload whose loader makes a full garbage collection one batch in ``every``."""
+    return replace(make_tuples(), name="tiny-full-collections", collate_fn=FullCollectionEveryNthBatch(every, objects))
 
 
 def make_heavy_model() -> Workload:

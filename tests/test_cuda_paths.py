@@ -227,6 +227,37 @@ def test_gpu_steps_are_timed_in_blocks_so_the_host_queues_ahead_as_in_training(g
 
 
 @pytest.mark.slow
+def test_a_datasets_gpu_steps_are_timed_in_blocks_with_the_loader_and_without(gpu, monkeypatch):
+    import dataclasses
+
+    import model_workloads
+    import torch
+
+    from engine.measure import profiler
+    from engine.measure.profiler import measure_point
+
+    monkeypatch.setattr(profiler, "BLOCK_SECONDS", 60.0)   # blocks of 4 steps, as above
+    monkeypatch.setattr(profiler, "MAX_BLOCK_STEPS", 4)
+    steps = {"n": 0}
+
+    def loss(output, target):  # once a step
+        steps["n"] += 1
+        return torch.nn.functional.cross_entropy(output, target)
+
+    marks = []
+    workload = dataclasses.replace(model_workloads.make_tuples(), loss=loss)
+    with cuda_on_cpu(gpu, BUSY):
+        point = measure_point(workload, torch.device("cuda:0"), 64, QUICK,
+                              telemetry_tag=lambda b: marks.append((len(gpu["synchronized"]), steps["n"])))
+    (syncs_before, steps_before), (syncs_after, steps_after) = marks
+    blocks = len(point.step_times_s)
+    assert point.status == "ok" and blocks == QUICK.min_steps and point.compute_median_s is not None
+    # each round a block through the loader and a block on batches already on the device, four steps each
+    assert steps_after - steps_before == 2 * 4 * blocks
+    assert syncs_after - syncs_before == 2 * 2 * blocks  # a sync before and after each block, none inside
+
+
+@pytest.mark.slow
 def test_fp16_warm_up_runs_until_the_loss_scaler_stops_skipping_steps(gpu, tiny_spec):
     import dataclasses
 

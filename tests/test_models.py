@@ -4,9 +4,11 @@ refusal of each mistake the contract names."""
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import torch
 from engine.cli import main
 from engine.errors import WorkloadError
 from engine.measure.noise import estimate_noise
-from engine.measure.profiler import ProfileConfig, run_profile
+from engine.measure.profiler import ProfileConfig, block_steps_for, run_profile
 from engine.measure.train import NullLog, TrainConfig, evaluate, train
 
 TESTS = Path(__file__).resolve().parent
@@ -158,6 +160,63 @@ def test_a_model_heavier_than_its_loader_spends_its_step_computing():
     # the in-memory loader costs well under a millisecond against a step of tens: on a quiet machine the two
     # medians agree; on this shared one, other jobs' bursts make single steps up to twice as slow
     assert point.compute_median_s > 0.5 * point.median_s, (point.median_s, point.compute_median_s)
+
+
+@pytest.fixture
+def blocks_of_8_steps_on_one_thread(monkeypatch):
+    """Timed blocks of 8 steps whatever this machine's step time (a busy machine's slow steps would
+    shorten them), on one thread (a pool of threads on a shared machine waits for whichever one was
+    descheduled)."""
+    from engine.measure import profiler
+
+    monkeypatch.setattr(profiler, "BLOCK_SECONDS", 60.0)
+    monkeypatch.setattr(profiler, "MAX_BLOCK_STEPS", 8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_a_batch_read_slowly_now_and_then_costs_every_step_its_share(blocks_of_8_steps_on_one_thread):
+    # one batch in four waits 20 ms (a new shard opened): training pays 5 ms a step for it on average, which
+    # the median of single steps, all but one in four fast, would leave out
+    every, delay_s = 4, 0.02
+    workload = model_workloads.make_shard_reads(every, delay_s * 1e3)
+    (point,) = run_profile(workload, CPU, replace(QUICK, batch_sizes=(32,), min_steps=5, min_seconds=0)).points
+    assert point.status == "ok" and point.n == 5   # one time a block: its steps' mean
+    share = delay_s / every
+    assert point.median_s >= 0.9 * share, point.step_times_s
+    assert point.median_s < delay_s, point.step_times_s   # a share of the wait, not the whole wait every step
+    # the compute alone does not read: far below the loader-included step, which the loader limits
+    assert point.compute_median_s < 0.5 * point.median_s and point.input_bound
+
+
+@pytest.mark.slow
+def test_a_full_garbage_collection_now_and_then_costs_every_step_its_share(blocks_of_8_steps_on_one_thread):
+    # one batch in 40 makes the collector traverse the whole heap: 2 of the 10 timed blocks of 8 steps pay
+    # for it, which their median would leave out, though the loop pays its share on every step
+    every = 40
+    workload = model_workloads.make_full_collections(every)
+    collection_s = min(_seconds(gc.collect) for _ in range(3))   # one full collection of this heap
+    (point,) = run_profile(workload, CPU, replace(QUICK, batch_sizes=(32,), min_steps=10, min_seconds=0)).points
+    assert point.status == "ok" and point.n == 10
+    assert point.median_s >= 0.8 * collection_s / every, (collection_s, point.step_times_s)
+    assert point.median_s < collection_s / 2, (collection_s, point.step_times_s)   # a share, not a collection a step
+
+
+def _seconds(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def test_a_datasets_timed_blocks_hold_whole_epochs_when_an_epoch_is_short():
+    # about 50 ms of steps a block: 4 ms steps, 13 a block; epochs of 8 steps: one epoch a block
+    assert block_steps_for(0.004) == 13
+    assert block_steps_for(0.004, epoch_steps=8) == 8
+    assert block_steps_for(0.001, epoch_steps=8) == 48   # six epochs, each starting the loader's iteration once
+    assert block_steps_for(0.004, epoch_steps=100) == 13   # a longer epoch: its start falls in some blocks
 
 
 def test_tensor_workloads_keep_one_timing_and_are_never_input_bound():

@@ -6,10 +6,11 @@ visit, whose FLOPs are counted once a size), untimed warm-up steps (with fp16, u
 scaler stops skipping updates; one step when a round returns to a size), then full training steps (data
 slicing, forward, backward, optimizer step) timed in blocks between two device synchronisations
 (on a GPU about 50 ms of steps a block, so the host queues ahead as in training; on the CPU one
-step a block), repeated until the visit's share of ``min_steps`` blocks and ``min_seconds``
-seconds has been timed. Raw times (per step, one per block) are kept; the median, quartiles and a
-noisy flag are derived from them. The first warm-up step of a size runs under ``FlopCounterMode``
-(FLOPs) and saved-tensor hooks (the CPU memory estimate): untimed, as the instruments slow it.
+step a block, except a Dataset's: see below), repeated until the visit's share of ``min_steps``
+blocks and ``min_seconds`` seconds has been timed. Raw times (per step, one per block) are kept;
+the median, quartiles and a noisy flag are derived from them. The first warm-up step of a size runs
+under ``FlopCounterMode`` (FLOPs) and saved-tensor hooks (the CPU memory estimate): untimed, as the
+instruments slow it.
 
 On a shared machine, load comes and goes; measured in one contiguous block each, some batch sizes
 would get it and others not, and step time could even fall as the batch grows. So the sweep
@@ -25,7 +26,12 @@ point far above its neighbours' trend, cannot be the hardware; such points are m
 Dataset workloads are timed twice per batch size: the step as training runs it, the batch read
 through the workload's DataLoader (workers, collate_fn, pinning) and copied to the device inside
 the clock; and the compute alone, stepping on a few batches already on the device, the two kinds
-of step alternating in rounds (in shuffled order) so that the machine's drift falls on both. The
+of step alternating in rounds (in shuffled order) so that the machine's drift falls on both. Both
+are timed in blocks of consecutive steps on every device (about 50 ms a block; whole epochs when an
+epoch is shorter): a loader's costs fall on some steps only (each epoch's start, a slow read now and
+then), and a block carries them in the proportion a training loop pays them, where the median of
+single steps would leave them out. The garbage collector's pauses, rarer still (a full collection
+once in a hundred or more steps), are spread over all the blocks at their measured rate. The
 first is the point's step time (it is what training gets); when it exceeds the compute alone by more than
 ``input_bound_ratio`` the point is "input-bound": the loader limits throughput there, and a larger
 batch will not help until the input pipeline is faster.
@@ -44,6 +50,8 @@ the global batch's (one rank's count times the ranks).
 
 from __future__ import annotations
 
+import gc
+import itertools
 import math
 import os
 import time
@@ -170,7 +178,7 @@ class ProfileConfig:
 class ProfilePoint:
     batch_size: int
     status: str                          # ok | oom | over_budget | error
-    step_times_s: tuple[float, ...] = ()  # raw, one per timed step (Dataset workloads: loader included)
+    step_times_s: tuple[float, ...] = ()  # raw, one per timed block of steps (Dataset workloads: loader included)
     median_s: float | None = None
     p25_s: float | None = None
     p75_s: float | None = None
@@ -399,33 +407,40 @@ class StepRunner:
             self.step()
             taken += 1
             skipped = self.scaler is not None and self.scaler.get_scale() < scale  # an overflow halves it
-        if self.device.type == "cpu":  # no queue to hide the host behind: every step is its own block
-            return 1
+        if self.device.type == "cpu" and self.data is not None:
+            return 1  # no queue to hide the host behind and no loader: every step is its own block
+        # a GPU's queue, or a Dataset's loader, whose costs (an epoch's start, collecting its batches'
+        # garbage, a slow read now and then) fall on some steps only: a block of consecutive steps carries them
+        # in the proportion a training loop pays them, where the median of single steps would leave them out
         one_step = min(self._one_synchronised_step() for _ in range(SIZING_STEPS))  # the fastest: least noise
-        block = block_steps_for(one_step)
+        block = block_steps_for(one_step, epoch_steps=len(self.order) if self.data is None else None)
         return int(ddp_util.agree(block)) if self.world > 1 else block  # every rank runs rank 0's blocks
 
-    def timed_loader_and_compute_steps(self, min_steps: int, min_seconds: float, max_steps: int, seed: int = 0,
-                                       held: int = 4) -> tuple[list[float], list[float]]:
-        """Raw step times with the loader (next batch read, collated, copied) and without it (the
-        same step on one of ``held`` batches already on the device), alternating in rounds in a
-        shuffled order, so that drift on a shared machine falls on both alike. Single process only."""
-        held_batches = [self._next_loaded() for _ in range(held)]
-        with_loader: list[float] = []
-        compute: list[float] = []
+    def timed_loader_and_compute_steps(self, min_blocks: int, min_seconds: float, max_blocks: int,
+                                       block_steps: int = 1, seed: int = 0, held: int = 4,
+                                       ) -> tuple[list[float], list[float]]:
+        """Raw step times, one per block of ``block_steps`` consecutive steps (see :func:`time_in_blocks`),
+        with the loader (each step reads, collates and copies the next batch through the one iterator, which
+        starts a new epoch where the user's loop would) and without it (the same steps on ``held`` batches
+        already on the device). The two kinds of block alternate in rounds, in a shuffled order, so that drift
+        on a shared machine falls on both alike, until ``min_blocks`` blocks of each and ``min_seconds``
+        seconds in all (at most ``max_blocks``). Each kind's garbage-collection pauses are spread over its
+        blocks (see :func:`_collections_spread`). Single process only."""
+        held_batches = itertools.cycle([self._next_loaded() for _ in range(held)])
+        kinds = (self.step, lambda: self.step(next(held_batches)))
+        elapsed: tuple[list[float], list[float]] = ([], [])   # each kind's blocks: seconds ...
+        paused: tuple[list[float], list[float]] = ([], [])    # ... and the garbage collector's share of them
         order = np.random.default_rng(seed)
-        rounds = 0
-        while len(with_loader) < min_steps or (sum(with_loader) + sum(compute) < min_seconds
-                                               and len(with_loader) < max_steps):
-            kinds = ("loader", "compute") if order.random() < 0.5 else ("compute", "loader")
-            for kind in kinds:
-                batch = None if kind == "loader" else held_batches[rounds % held]
-                devices.synchronize(self.device)  # sync: the previous step's kernels are done
-                start = time.perf_counter()
-                self.step(batch)
-                devices.synchronize(self.device)  # sync: this step's kernels are done
-                (with_loader if kind == "loader" else compute).append(time.perf_counter() - start)
-            rounds += 1
+        total = 0.0
+        with _CollectorPauses() as collector:
+            while len(elapsed[0]) < min_blocks or (total < min_seconds and len(elapsed[0]) < max_blocks):
+                for kind in order.permutation(len(kinds)):
+                    before = collector.seconds
+                    block_s = _timed_block(kinds[kind], self.device, block_steps)
+                    elapsed[kind].append(block_s)
+                    paused[kind].append(collector.seconds - before)
+                    total += block_s
+        with_loader, compute = (_collections_spread(e, p, block_steps) for e, p in zip(elapsed, paused))
         return with_loader, compute
 
     def _one_synchronised_step(self) -> float:
@@ -500,24 +515,65 @@ def time_in_blocks(step: Callable[[], object], device: torch.device, min_blocks:
         more = len(times) < min_blocks or (total < min_seconds and len(times) < max_blocks)
         if not (ddp_util.agree(more) if data_parallel else more):  # every rank takes the same steps
             break
-        devices.synchronize(device)  # sync: the previous block's kernels are done
-        if data_parallel:
-            ddp_util.barrier()  # sync: every rank starts the block together
-        start = time.perf_counter()
-        for _ in range(block_steps):
-            step()
-        devices.synchronize(device)  # sync: this block's kernels are done
-        elapsed = time.perf_counter() - start
+        elapsed = _timed_block(step, device, block_steps, data_parallel)
         times.append(elapsed / block_steps)
         total += elapsed
     return times
 
 
-def block_steps_for(one_step_s: float) -> int:
-    """Steps a timed block holds on a GPU: about BLOCK_SECONDS of them, at most MAX_BLOCK_STEPS."""
-    if one_step_s <= 0:
-        return MAX_BLOCK_STEPS
-    return min(MAX_BLOCK_STEPS, max(1, math.ceil(BLOCK_SECONDS / one_step_s)))
+def _timed_block(step: Callable[[], object], device: torch.device, block_steps: int,
+                 data_parallel: bool = False) -> float:
+    """Seconds of ``block_steps`` calls of ``step`` between two synchronisations of the device."""
+    devices.synchronize(device)  # sync: the previous block's kernels are done
+    if data_parallel:
+        ddp_util.barrier()  # sync: every rank starts the block together
+    start = time.perf_counter()
+    for _ in range(block_steps):
+        step()
+    devices.synchronize(device)  # sync: this block's kernels are done
+    return time.perf_counter() - start
+
+
+class _CollectorPauses:
+    """Seconds this process's garbage collector has spent collecting since entering (``gc.callbacks``)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def _on_collection(self, phase: str, _info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+
+    def __enter__(self) -> "_CollectorPauses":
+        gc.callbacks.append(self._on_collection)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        gc.callbacks.remove(self._on_collection)
+
+
+def _collections_spread(elapsed: list[float], paused: list[float], block_steps: int) -> list[float]:
+    """Per-step times of blocks, with the garbage collector's pauses spread evenly over every block.
+
+    A full collection (every object the process holds, torch's own included: a tenth of a second or more)
+    comes once in a hundred or more steps of a loader collating fresh Python objects: it is the loop's own cost,
+    paid at a rate, but it lands in one block in many, whose median would leave it out. So each block counts
+    its steps without its own pauses plus the mean pause of all blocks; their total is unchanged."""
+    mean_pause = sum(paused) / len(paused)
+    return [(block_s - pause + mean_pause) / block_steps for block_s, pause in zip(elapsed, paused)]
+
+
+def block_steps_for(one_step_s: float, epoch_steps: int | None = None) -> int:
+    """Steps a timed block holds (on a GPU; for a Dataset's loader on any device): about BLOCK_SECONDS of
+    them, at most MAX_BLOCK_STEPS. An epoch of ``epoch_steps`` steps shorter than that: whole epochs, so
+    that every block starts the loader's iteration as often as a training loop does, once an epoch."""
+    steps = MAX_BLOCK_STEPS if one_step_s <= 0 else min(MAX_BLOCK_STEPS, math.ceil(BLOCK_SECONDS / one_step_s))
+    if epoch_steps and epoch_steps < steps:
+        steps -= steps % epoch_steps
+    return steps
 
 
 def shuffled_on_device(workload: Workload, device: torch.device, seed: int) -> tuple[torch.Tensor, ...] | None:
@@ -580,15 +636,13 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
         devices.synchronize(device)
         telemetry_tag(batch_size)
         clock_start = time.time()
-        compute_median = None
+        compute: list[float] = []   # Dataset workloads: the same blocks of steps without the loader
         if workload.uses_dataset and config.nproc == 1:
             times, compute = runner.timed_loader_and_compute_steps(config.min_steps, config.min_seconds,
-                                                                   config.max_steps, config.seed)
-            compute_median = float(np.median(compute))
-            timed_s = float(sum(times) + sum(compute))
+                                                                   config.max_steps, block_steps, config.seed)
         else:
             times = runner.timed_steps(config.min_steps, config.min_seconds, config.max_steps, block_steps)
-            timed_s = float(sum(times)) * block_steps   # each block's time is its per-step time x its steps
+        timed_s = float(sum(times) + sum(compute)) * block_steps   # a block's time is its time a step x its steps
         clock_end = time.time()
         telemetry_tag(None)
         # stop the clock: everything below is measured outside the timed steps
@@ -600,8 +654,8 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
         power = ddp_util.total_across_ranks(power_between(clock_start, clock_end))
         return _with_statistics(ProfilePoint(
             batch_size=batch_size, status=OK, peak_memory_bytes=int(peak), memory_is_estimate=estimate,
-            flops_per_step=flops or None, mean_power_w=power,
-            started_at=started, ended_at=time.time(), compute_median_s=compute_median, compile_s=compile_s,
+            flops_per_step=flops or None, mean_power_w=power, started_at=started, ended_at=time.time(),
+            compute_median_s=float(np.median(compute)) if compute else None, compile_s=compile_s,
             timed_s=timed_s, others_busy_cores=others_busy_cores(),
         ), times, config)
     except Cancelled:
@@ -668,7 +722,7 @@ def _timed_seconds(point: ProfilePoint) -> float:
 
 def _needs_more(visits: list[ProfilePoint], config: ProfileConfig) -> bool:
     """Not yet ``min_steps`` steps and ``min_seconds`` seconds (within ``max_steps``)."""
-    steps = sum(v.n for v in visits)   # timed blocks: on a GPU several steps each, on the CPU one
+    steps = sum(v.n for v in visits)   # timed blocks: on a GPU (or a Dataset's loader) several steps each, else one
     return steps < config.min_steps or (sum(_timed_seconds(v) for v in visits) < config.min_seconds
                                         and steps < config.max_steps)
 
