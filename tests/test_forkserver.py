@@ -85,7 +85,7 @@ def test_a_forked_job_finishes_with_the_events_of_a_fresh_one_and_leaves_no_zomb
     # the launcher collects its ended jobs: none lingers as a zombie
     assert wait_for(lambda: not psutil.Process(launcher["pid"]).children(), 5)
     assert forkserver.stop(warm_home) == 1 and not forkserver.running(warm_home)
-    assert not psutil.pid_exists(launcher["pid"]) or psutil.Process(launcher["pid"]).status() == psutil.STATUS_ZOMBIE
+    assert wait_for(lambda: _ended(launcher["pid"]), 5)
 
 
 @pytest.mark.slow
@@ -164,8 +164,7 @@ def test_a_launcher_of_another_engine_version_is_not_used_and_exits(warm_home, t
     real_key = forkserver.launcher_key
     monkeypatch.setattr(forkserver, "launcher_key", lambda home, env, version=None: real_key(home, env, real_version))
     assert forkserver.fork_job(warm_home, warm_home.job_dir("x"), runner.job_environment(), os.getcwd()) is None
-    assert wait_for(lambda: not psutil.pid_exists(launcher["pid"])
-                    or psutil.Process(launcher["pid"]).status() == psutil.STATUS_ZOMBIE, 10)
+    assert wait_for(lambda: _ended(launcher["pid"]), 10)
     assert not forkserver.running(warm_home)
 
 
@@ -192,8 +191,7 @@ def test_a_job_is_never_started_twice_when_its_submitter_gives_up(warm_home, tin
     forked = forkserver.fork_job(warm_home, job_dir, runner.job_environment(), os.getcwd())
     assert forked is not None
     forked.abandon()
-    assert wait_for(lambda: not psutil.pid_exists(forked.pid)
-                    or psutil.Process(forked.pid).status() == psutil.STATUS_ZOMBIE, 10)
+    assert wait_for(lambda: _ended(forked.pid), 10)
     assert not Path(job_dir / "events.jsonl").exists() and not (job_dir / "status.json").exists()
 
 
@@ -278,3 +276,11 @@ def test_a_fast_test_may_neither_ask_a_launcher_for_a_job_nor_start_one(home, mo
     with pytest.raises(AssertionError, match="mark it @pytest.mark.slow"):
         forkserver.start_in_background(home, runner.job_environment())
     assert not forkserver.running(home)
+
+
+def _ended(pid: int) -> bool:
+    """Whether ``pid`` has exited (gone, or a zombie its parent has yet to collect)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

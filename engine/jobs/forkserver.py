@@ -175,9 +175,11 @@ def stop(home: Home, grace_s: float = 5.0) -> int:
         try:
             proc = psutil.Process(record["pid"])
             proc.terminate()
-            proc.wait(grace_s)
-        except psutil.TimeoutExpired:
-            proc.kill()
+            try:
+                proc.wait(grace_s)
+            except psutil.TimeoutExpired:
+                proc.kill()
+                proc.wait(grace_s)
         except psutil.Error:
             continue
         _record_path(home, record["key"]).unlink(missing_ok=True)
