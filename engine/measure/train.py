@@ -435,7 +435,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
             with _no_sync_unless(forward, syncing):
                 with devices.autocast(device, config.dtype):
                     loss = workload.loss_of(batches.model_output(forward, micro_batch), micro_batch)
-                scaled = loss / config.accumulate
+                scaled = loss / config.accumulate if config.accumulate > 1 else loss   # no op a step when not accumulating
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
             if isinstance(probe, _MicroNoiseProbe):
                 probe.after_micro_batch(model)
