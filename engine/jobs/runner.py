@@ -80,8 +80,9 @@ def submit(home: Home, kind: str, params: dict, device: str, workload: str | Non
     (job_dir / "events.jsonl").touch()
     env = job_environment()
     # A warm launcher forks the job with torch already imported; without one, a fresh process (always correct)
-    forked = forkserver.fork_job(home, job_dir, env, os.getcwd()) if forkserver.enabled(env) else None
-    if forked is None and forkserver.enabled(env):
+    warm = forkserver.enabled(env)
+    forked = forkserver.fork_job(home, job_dir, env, os.getcwd()) if warm else None
+    if forked is None and warm:
         # a launcher for the next job, started first: its imports overlap this job's own, not its measuring
         forkserver.start_in_background(home, env)
     pid = forked.pid if forked is not None else _start_fresh(job_id, job_dir, env)

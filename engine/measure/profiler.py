@@ -810,7 +810,7 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
     planned = plan_batch_sizes(config, workload)
     data = shuffled_on_device(workload, device, config.seed)
     interleaved = _interleaves(config, workload)
-    visits = _Visits(expected=len(planned) * (1 + config.rounds if interleaved else 1))   # until the range is known
+    visits = _Visits(expected=len(planned) * (config.rounds if interleaved else 1))   # until the range is known
 
     # interleaved, every visit steps one model and counts each size's FLOPs once: what a visit costs
     # beyond its timed steps is a step or two of warm-up, not a model built, warmed and counted again
