@@ -234,6 +234,9 @@ def test_a_launcher_serves_only_the_environments_that_agree_on_what_is_read_whil
     key = forkserver.launcher_key(home, env, version="v1")
     # what the child takes from its submitter (any other variable) does not need a launcher of its own
     assert forkserver.launcher_key(home, {**env, "CUDA_VISIBLE_DEVICES": "1", "WARM_MARKER": "x"}, "v1") == key
+    # nor what torch writes into its own process's environment (a submitter that built a workload has the
+    # inductor's cache folder set; its next command has not, and must find the launcher the first one started)
+    assert forkserver.launcher_key(home, {**env, "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor_u"}, "v1") == key
     for changed in ({"OMP_NUM_THREADS": "1"}, {"PYTHONPATH": "/elsewhere"}, {"TORCH_LOGS": "dynamo"},
                     {"LD_PRELOAD": "libx.so"}):
         assert forkserver.launcher_key(home, {**env, **changed}, "v1") != key, changed

@@ -55,6 +55,9 @@ MAX_REQUEST = 1 << 20   # bytes: a job's request is its folder, cwd and environm
 # Variables read while the launcher imports (the interpreter's, the thread pools' sizes, torch's own
 # settings): a job whose environment differs in any of them needs a launcher of its own.
 IMPORT_TIME_ENV = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "GOMP_", "KMP_", "TORCH", "PYTORCH", "LD_")
+# ... except what torch writes into its own process's environment at run time, not read at import: the
+# inductor's cache folder, set by a submitter that compiled or built a workload (a job gets the value in its env)
+SET_BY_TORCH_ENV = frozenset({"TORCHINDUCTOR_CACHE_DIR"})
 ENGINE_ROOT = Path(__file__).resolve().parents[1]
 # The launcher's command (not ``-m engine.jobs.forkserver``: the package imports this module first)
 LAUNCHER_MAIN = "import sys; from engine.jobs.forkserver import main; sys.exit(main(sys.argv[1:]))"
@@ -87,7 +90,8 @@ def source_version() -> str:
 
 def launcher_key(home: Home, env: dict, version: str | None = None) -> str:
     """Which launcher may start a job with ``env`` in ``home``."""
-    import_env = sorted((name, value) for name, value in env.items() if name.startswith(IMPORT_TIME_ENV))
+    import_env = sorted((name, value) for name, value in env.items()
+                        if name.startswith(IMPORT_TIME_ENV) and name not in SET_BY_TORCH_ENV)
     material = json.dumps([str(home.root), sys.executable, version or source_version(), import_env])
     return hashlib.sha256(material.encode()).hexdigest()[:20]
 
