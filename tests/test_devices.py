@@ -5,6 +5,7 @@ The CUDA paths run against a faked torch.cuda (see fake_nvml.install_fake_cuda).
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import psutil
 import pytest
@@ -319,3 +320,18 @@ def test_the_torch_floor_has_every_torch_api_the_gpu_paths_call():
     # torch.amp.GradScaler(device) came in 2.3; the UUID in torch.cuda.get_device_properties, by which
     # GPUs are matched to NVML and locked, in 2.4 (pytorch/pytorch#125083): an older torch fails on a GPU
     assert floors == {(2, 4)}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="GPU device files are Linux's")
+def test_auto_names_the_cpu_without_asking_torch_only_where_no_gpu_device_file_exists(monkeypatch, tmp_path):
+    from engine.measure import device_names
+
+    asked = []
+    monkeypatch.setattr(devices, "resolve_device", lambda spec: asked.append(spec) or torch.device("cuda:0"))
+    monkeypatch.setattr(device_names, "_GPU_DEVICE_FILES", (str(tmp_path / "nvidia[0-9]*"),))
+    monkeypatch.delitem(sys.modules, "torch")     # as in a command that has not imported it
+    assert device_names.resolve_name("auto") == "cpu" and device_names.lock_name("cuda:0") == "cuda:0"
+    assert not asked
+    (tmp_path / "nvidia0").touch()                # a GPU's device file: only torch can tell
+    assert device_names.resolve_name("auto") == "cuda:0" and asked == ["auto"]
+    assert device_names.resolve_name(" CPU ") == "cpu" and asked == ["auto"]

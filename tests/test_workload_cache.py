@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 import threading
 import time
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import ROOT, run_cli
 
 from engine.errors import WorkloadError
 from engine.workloads import load_workload
@@ -238,3 +240,83 @@ def test_a_workload_failing_its_trial_is_refused_and_not_stored(home, tmp_path):
     with pytest.raises(WorkloadError, match="carries no loss"):
         load_workload(f"{source}:make", {}, cache_of(home), check=True)
     assert not home.root.exists()
+
+
+# -- a request tried before: its facts, read without loading the workload -----------------------------------
+
+
+def test_a_request_tried_before_is_checked_from_its_facts_until_a_file_it_reads_changes(home, counting, tmp_path,
+                                                                                          monkeypatch):
+    from engine.workloads.loader import cached_facts
+
+    spec, builds = counting
+    cache = cache_of(home)
+    assert cached_facts(spec, {"samples": "32"}, cache) is None       # never loaded
+    load_workload(spec, {"samples": "32"}, cache)                     # a job's load, untried: nothing to recall
+    assert cached_facts(spec, {"samples": "32"}, cache) is None
+    loaded = load_workload(spec, {"samples": "32"}, cache, check=True)
+    facts = cached_facts(spec, {"samples": "32"}, cache)
+    assert (facts.name, facts.n_train, facts.n_val, facts.baseline_batch_size, facts.baseline_lr) == \
+        (loaded.name, 32, loaded.n_val, 8, 1e-2)
+    # another request, or the same one from another folder (its relative paths name other files), is not it
+    assert cached_facts(spec, {"samples": "48"}, cache) is None
+    monkeypatch.chdir(tmp_path)
+    assert cached_facts(spec, {"samples": "32"}, cache) is None
+    monkeypatch.undo()
+    # an edited source: only loading it again tells what it builds now
+    source = tmp_path / "counting.py"
+    source.write_text(source.read_text().replace("scale * torch.randn", "2 * scale * torch.randn"))
+    assert cached_facts(spec, {"samples": "32"}, cache) is None
+    assert builds() == 1
+    cache.clear()
+    assert cached_facts(spec, {"samples": "32"}, cache) is None
+
+
+def test_a_table_request_is_recalled_only_while_its_file_is_unchanged(home, tmp_path):
+    from engine.workloads.loader import cached_facts
+
+    data = tmp_path / "data.csv"
+    data.write_text("a,b,label\n" + "\n".join(f"{i},{i % 3},{i % 2}" for i in range(60)) + "\n")
+    cache = cache_of(home)
+    options = {"path": str(data), "label": "label"}
+    load_workload("table", options, cache, check=True)
+    assert cached_facts("table", options, cache).n_train == 48
+    data.write_text(data.read_text() + "61,1,1\n")
+    assert cached_facts("table", options, cache) is None
+
+
+def test_a_dataset_workload_is_never_recalled(home, tmp_path):
+    from engine.workloads.loader import cached_facts
+
+    spec = f"{ROOT / 'examples' / 'own_dataset.py'}:make"
+    load_workload(spec, {}, cache_of(home), check=True)
+    assert cached_facts(spec, {}, cache_of(home)) is None
+
+
+@pytest.mark.slow
+def test_submitting_a_profile_of_a_tried_workload_imports_no_torch(home, counting):
+    """What a user notices: `largestep profile` answers without spending seconds importing torch once its workload
+    was loaded and tried. Validated here as the command validates it, in a fresh interpreter, up to the job."""
+    spec, _ = counting
+    script = textwrap.dedent(f'''
+        import sys
+        from pathlib import Path
+
+        from engine.home import Home
+        from engine.jobs import start
+        from engine.measure import device_names
+        from engine.measure.profile_config import ProfileConfig, plan_batch_sizes
+
+        home = Home(Path({str(home.root)!r}))
+        device = device_names.resolve_name("auto")
+        device_names.check_dtype(device, "fp32")
+        config = ProfileConfig(min_steps=3)
+        config.validate()
+        loaded = start.load_checked(home, {spec!r}, {{}})
+        print(device, loaded.name, loaded.n_train, plan_batch_sizes(config, loaded)[:2], "torch" in sys.modules)
+    ''')
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
+    again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert first.stdout.split()[1:4] == again.stdout.split()[1:4] == ["counting", "64", "[2,"]
+    assert first.stdout.split()[-1] == "True"       # the first check loads and tries it
+    assert again.stdout.split()[-1] == "False"      # the second reads its facts

@@ -82,7 +82,7 @@ def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch
     from engine import jobs, store
     from engine.jobs.ray import launcher_from_cli
     from engine.jobs.start import start_profile
-    from engine.measure.profiler import ProfileConfig
+    from engine.measure.profile_config import ProfileConfig
     from engine.units import parse_batch_sizes, parse_positive_int, parse_size
 
     if batch_sizes and (min_batch or max_batch):

@@ -21,7 +21,7 @@ from engine.jobs import events
 from engine.jobs.runner import JobContext
 from engine.jobs.start import MAX_REPEATS
 from engine.measure.distributed import MAX_NPROC
-from engine.measure.profiler import MAX_SECONDS
+from engine.measure.profile_config import MAX_SECONDS
 from engine.measure.train import MAX_EPOCHS
 from engine.plan.compare import check_tolerance, compare_groups
 from engine.plan.recommend import RULES, RecommendConfig, recommend, steps_factor
@@ -232,7 +232,7 @@ def autopilot_task(ctx: JobContext) -> None:
     """The body of an ``autopilot`` job."""
     from engine.jobs.start import start_noise, start_noise_curve, start_profile, start_train
     from engine.measure.noise import default_warm_steps
-    from engine.measure.profiler import ProfileConfig
+    from engine.measure.profile_config import ProfileConfig
     from engine.measure.train import TrainConfig
     from engine.plan.schedule import with_batch_schedule
     from engine.workloads import load_workload

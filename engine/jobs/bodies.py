@@ -33,7 +33,7 @@ def device_and_workload(params: dict, cache: WorkloadCache | None):
 
 def profile_config_from_params(params: dict):
     """The ProfileConfig of a profile job's params (the profiler is imported by profile jobs only)."""
-    from engine.measure.profiler import ProfileConfig
+    from engine.measure.profile_config import ProfileConfig
 
     fields = {k: v for k, v in params.get("config", {}).items() if k in ProfileConfig.__dataclass_fields__}
     if fields.get("batch_sizes") is not None:

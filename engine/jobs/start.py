@@ -11,8 +11,8 @@ from dataclasses import asdict
 from engine import jobs
 from engine.errors import UsageError
 from engine.home import Home, check_database_file
-from engine.measure import devices
-from engine.measure.profiler import ProfileConfig, plan_batch_sizes
+from engine.measure import device_names
+from engine.measure.profile_config import ProfileConfig, plan_batch_sizes
 from engine.units import INT32_MAX, check_int
 
 MAX_REPEATS = 1000      # runs queued by one request (each is a job folder and a process)
@@ -25,11 +25,17 @@ def load_checked(home: Home, workload: str, options: dict):
     without its loss, dict batches without labels, a factory returning no optimizer) is refused
     here as a one-line WorkloadError, before a job is written. Loaded through the home's workload
     cache, so the job it starts reads what this built, and a cached workload that passed its trial
-    is not tried again (which spares this process importing what the trial's optimizer imports)."""
-    from engine.workloads import load_workload
+    is not tried again (which spares this process importing what the trial's optimizer imports).
+    A request loaded and tried before from this folder, nothing it depends on changed, is not loaded
+    at all: its :class:`~engine.workloads.cache.WorkloadFacts` (name, sizes, baseline) are returned,
+    read without importing torch."""
     from engine.workloads.cache import cache_of
+    from engine.workloads.loader import cached_facts, load_workload
 
-    return load_workload(workload, options, cache_of(home), check=True)
+    cache = cache_of(home)
+    # a request loaded and tried before, nothing it depends on changed: its facts are all these checks need
+    facts = cached_facts(workload, options, cache)
+    return facts if facts is not None else load_workload(workload, options, cache, check=True)
 
 
 def start_profile(home: Home, workload: str, options: dict, device: str, config: ProfileConfig,
@@ -42,7 +48,7 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
     :func:`engine.jobs.ray.check_launcher` (``None`` runs here).
     """
     from engine.jobs.ray import absolute_workload_spec, check_launcher
-    from engine.jobs.torchrun import check_nproc, lock_names
+    from engine.measure.device_names import check_nproc, lock_names
 
     config.validate()
     launcher = check_launcher(launcher, device, config.nproc)
@@ -54,12 +60,12 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
                   "launcher": launcher}
         return jobs.submit(home, "profile", params, device="ray", workload=workload, launcher="ray")
     check_nproc(config.nproc, device)
-    torch_device = devices.resolve_device(device)
-    devices.check_dtype(torch_device, config.dtype)
+    resolved = device_names.resolve_name(device)
+    device_names.check_dtype(resolved, config.dtype)
     home.check()
     check_database_file(home.database)
     loaded = load_checked(home, workload, options)  # a bad workload fails here, before anything is written
-    params = {"workload": workload, "options": dict(options), "device": str(torch_device), "config": asdict(config)}
+    params = {"workload": workload, "options": dict(options), "device": resolved, "config": asdict(config)}
     if min(plan_batch_sizes(config, loaded), default=loaded.n_train + 1) > loaded.n_train:
         raise UsageError(f"every batch size to profile is larger than the {loaded.n_train} training samples of "
                          f"{loaded.name}; use batch sizes up to {loaded.n_train}")
@@ -69,8 +75,8 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
                 break
         else:
             raise UsageError(f"no batch size to profile is divisible by --nproc {config.nproc}")
-    return jobs.submit(home, "profile", params, device=str(torch_device), workload=loaded.name,
-                       locks=lock_names(str(torch_device), config.nproc))
+    return jobs.submit(home, "profile", params, device=resolved, workload=loaded.name,
+                       locks=lock_names(resolved, config.nproc))
 
 
 def start_noise(home: Home, workload: str, options: dict, device: str, batch_small: int | None = None,
@@ -85,21 +91,21 @@ def start_noise(home: Home, workload: str, options: dict, device: str, batch_sma
 
     check_int(seed, "--seed", low=0)
     launcher = check_launcher(launcher, device)
-    torch_device = devices.resolve_device(device) if launcher is None else device
+    resolved = device_names.resolve_name(device) if launcher is None else device
     home.check()
     check_database_file(home.database)
     loaded = load_checked(home, workload, options)
     if warm_steps is None:
         warm_steps = default_warm_steps(loaded)
     batch_small, batch_big = check_noise_args(loaded, batch_small, batch_big, batches, warm_steps)
-    params = {"workload": workload, "options": dict(options), "device": str(torch_device), "batch_small": batch_small,
+    params = {"workload": workload, "options": dict(options), "device": resolved, "batch_small": batch_small,
               "batch_big": batch_big, "batches": batches, "warm_steps": warm_steps, "seed": seed,
               "compile": bool(compile)}
     if launcher is not None:
         params.update(workload=absolute_workload_spec(workload), launcher=launcher)
         return jobs.submit(home, "noise", params, device="ray", workload=loaded.name, launcher="ray")
-    return jobs.submit(home, "noise", params, device=str(torch_device), workload=loaded.name,
-                       locks=[devices.lock_name(str(torch_device))])
+    return jobs.submit(home, "noise", params, device=resolved, workload=loaded.name,
+                       locks=[device_names.lock_name(resolved)])
 
 
 def start_noise_curve(home: Home, workload: str, options: dict, device: str, at: tuple[float, ...],
@@ -111,25 +117,25 @@ def start_noise_curve(home: Home, workload: str, options: dict, device: str, at:
 
     check_int(seed, "--seed", low=0)
     at = check_curve_fractions(at)
-    torch_device = devices.resolve_device(device)
+    resolved = device_names.resolve_name(device)
     home.check()
     check_database_file(home.database)
     loaded = load_checked(home, workload, options)
     batch_small, batch_big = check_noise_args(loaded, batch_small, batch_big, batches, 0)
-    params = {"workload": workload, "options": dict(options), "device": str(torch_device), "at": list(at),
+    params = {"workload": workload, "options": dict(options), "device": resolved, "at": list(at),
               "batch_small": batch_small, "batch_big": batch_big, "batches": batches, "seed": seed,
               "compile": bool(compile)}
-    return jobs.submit(home, "noise_curve", params, device=str(torch_device), workload=loaded.name)
+    return jobs.submit(home, "noise_curve", params, device=resolved, workload=loaded.name)
 
 
 def start_stability(home: Home, rec: dict, device: str, steps: int = 60) -> str:
     """Start a stability check of a recommendation's batch and rate on ``device``."""
-    torch_device = devices.resolve_device(device)
+    resolved = device_names.resolve_name(device)
     params = {"workload": rec["workload_spec"], "options": rec.get("workload_options") or {},
-              "device": str(torch_device), "batch_size": rec["batch_size"], "lr": rec["learning_rate"],
+              "device": resolved, "batch_size": rec["batch_size"], "lr": rec["learning_rate"],
               "steps": steps, "dtype": rec.get("dtype", "fp32")}
-    return jobs.submit(home, "stability", params, device=str(torch_device), workload=rec.get("workload"),
-                       locks=[devices.lock_name(str(torch_device))])
+    return jobs.submit(home, "stability", params, device=resolved, workload=rec.get("workload"),
+                       locks=[device_names.lock_name(resolved)])
 
 
 def start_train(home: Home, workload: str, options: dict, device: str, config, repeats: int = 1,
@@ -147,7 +153,7 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
     from dataclasses import replace
 
     from engine.jobs.ray import absolute_workload_spec, check_launcher
-    from engine.jobs.torchrun import check_nproc, lock_names
+    from engine.measure.device_names import check_nproc, lock_names
 
     config.validate()
     check_int(repeats, "--repeats", high=MAX_REPEATS)
@@ -157,9 +163,9 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
     launcher = check_launcher(launcher, device, config.nproc)
     if launcher is None:  # here: the device, its dtype and the workload are checked on this machine
         check_nproc(config.nproc, device)
-        torch_device = devices.resolve_device(device)
-        devices.check_dtype(torch_device, config.dtype)
-        device = str(torch_device)
+        resolved = device_names.resolve_name(device)
+        device_names.check_dtype(resolved, config.dtype)
+        device = resolved
     else:                 # on the cluster: Ray picks the device; the workload loads on the worker
         workload = absolute_workload_spec(workload)
     home.check()
@@ -196,17 +202,17 @@ def start_autopilot(home: Home, workload: str, options: dict, device: str, confi
     """
     config.validate()
     from engine.jobs.ray import check_launcher
-    from engine.jobs.torchrun import check_nproc
+    from engine.measure.device_names import check_nproc
 
     check_launcher(config.launcher, device, config.nproc)
     check_nproc(config.nproc, device)
-    torch_device = devices.resolve_device(device) if config.launcher is None else device
+    resolved = device_names.resolve_name(device) if config.launcher is None else device
     home.check()
     check_database_file(home.database)
     loaded = load_checked(home, workload, options)
     if loaded.baseline_batch_size % config.nproc:
         raise UsageError(f"--nproc {config.nproc} does not divide {loaded.name}'s baseline batch "
                          f"{loaded.baseline_batch_size}: every rank needs an equal share of every batch")
-    params = {"workload": workload, "options": dict(options), "device": str(torch_device),
+    params = {"workload": workload, "options": dict(options), "device": resolved,
               "autopilot": asdict(config)}
-    return jobs.submit(home, "autopilot", params, device=f"autopilot-{torch_device}", workload=loaded.name)
+    return jobs.submit(home, "autopilot", params, device=f"autopilot-{resolved}", workload=loaded.name)

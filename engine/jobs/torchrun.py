@@ -36,11 +36,11 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from engine.errors import Cancelled, Crashed, DeviceError, Diverged, LargestepError, UsageError
+from engine.errors import Cancelled, Crashed, DeviceError, Diverged, LargestepError
 from engine.home import Home
 from engine.jobs.runner import JobContext, resolve_body
 from engine.jobs.spool import Spool, read_spec, write_json_atomic
-from engine.measure import devices
+from engine.measure.device_names import check_nproc, device_kind, lock_names  # noqa: F401  part of this API
 from engine.measure.distributed import RankOutOfMemory
 
 __all__ = ["DEFAULT_TIMEOUT_S", "check_nproc", "lock_names", "run_ranks", "rank_environment", "loopback_interface",
@@ -55,41 +55,6 @@ OUT_OF_MEMORY = "OUT_OF_MEMORY"  # a rank record's state: it ran out of memory a
 
 
 # -- checks made before a job is queued -------------------------------------------------------------
-
-
-def check_nproc(nproc: Any, device: str) -> int:
-    """A valid process count for ``device`` (auto, cpu, cuda), or a one-line UsageError."""
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise UsageError(f"--nproc must be a positive integer, not {nproc!r}")
-    if nproc == 1:
-        return nproc
-    if not dist.is_available():
-        raise UsageError("--nproc needs torch.distributed, which this build of torch lacks")
-    kind = _device_kind(device)
-    if kind == "cuda":
-        if ":" in str(device):
-            raise UsageError(f"--nproc {nproc} uses cuda:0 to cuda:{nproc - 1}; give --device cuda, not {device}")
-        count = torch.cuda.device_count()
-        if nproc > count:
-            raise UsageError(f"--nproc {nproc} needs {nproc} CUDA devices; this machine has {count}")
-    elif kind != "cpu":
-        raise UsageError(f"--nproc runs on cpu (gloo) or cuda (NCCL), not {device}")
-    return nproc
-
-
-def _device_kind(device: str) -> str:
-    text = str(device or "auto")
-    if text == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return text.split(":")[0]
-
-
-def lock_names(device: str, nproc: int) -> list[str]:
-    """The device locks an N-rank job holds: every GPU it uses (named by UUID), or the CPU."""
-    kind = _device_kind(device)
-    if kind == "cuda" and nproc > 1:
-        return [devices.lock_name(f"cuda:{i}") for i in range(nproc)]
-    return [devices.lock_name(str(device))]
 
 
 # -- the job process: launch the ranks, wait, explain the outcome --------------------------------------
@@ -300,7 +265,7 @@ def rank_main(job_dir: Path) -> int:
     state, error, batch_size = "FAILED", None, None
     try:
         params = spec["params"]
-        kind = _device_kind(params.get("device", "auto"))
+        kind = device_kind(params.get("device", "auto"))
         if kind == "cuda":
             if not torch.cuda.is_available():
                 raise DeviceError("this rank sees no CUDA device")

@@ -19,6 +19,7 @@ import psutil
 import torch
 
 from engine.errors import DeviceError, UsageError
+from engine.measure.device_names import DTYPE_NAMES, lock_name  # noqa: F401  lock_name: part of this module's API
 
 __all__ = [
     "compile_model",
@@ -44,6 +45,7 @@ __all__ = [
 
 # The mixed-precision names the tool accepts, mapped to the autocast dtype (None: no autocast).
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+assert tuple(DTYPES) == DTYPE_NAMES
 
 _ACCEPTED_DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
@@ -91,15 +93,6 @@ def device_info(device: torch.device | str) -> DeviceInfo:
     if device.type == "cpu":
         return _cpu_info()
     raise DeviceError(f"device {device}: unsupported device type; use {_ACCEPTED_DEVICES}")
-
-
-def lock_name(device: str) -> str:
-    """The name of a device's job lock: a CUDA GPU by its UUID, since "cuda:1" names a different GPU
-    in a process with a different CUDA_VISIBLE_DEVICES; anything else ("cpu", "mps") as given."""
-    match = re.fullmatch(r"cuda(?::(\d+))?", str(device).strip().lower())
-    if match is None or not _cuda_available():
-        return str(device)
-    return device_info(torch.device(str(device).strip().lower())).id
 
 
 def _cpu_info() -> DeviceInfo:

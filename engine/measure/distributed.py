@@ -14,10 +14,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from engine.measure.device_names import MAX_NPROC  # one bound, checked before torch is imported
+
 __all__ = ["MAX_NPROC", "RankOutOfMemory", "is_distributed", "rank", "world_size", "mean_across_ranks", "sum_across_ranks",
            "total_across_ranks", "broadcast_float", "agree", "barrier"]
-
-MAX_NPROC = 4096    # data-parallel ranks a config may ask for (a sanity bound, far above one machine's devices)
 
 
 class RankOutOfMemory(Exception):

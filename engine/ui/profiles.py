@@ -18,7 +18,7 @@ from engine import jobs, store
 from engine.errors import UsageError
 from engine.format import byte_unit, format_bytes, format_pct, significant
 from engine.home import Home
-from engine.measure.profiler import DTYPES, ProfileConfig
+from engine.measure.profile_config import DTYPES, ProfileConfig
 from engine.ui.charts import profile as charts
 from engine.ui.charts.base import ok_points
 from engine.ui.widgets import TABLE_WORKLOAD, Metric, cancel, device_options, profile_choices

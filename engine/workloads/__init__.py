@@ -1,6 +1,18 @@
-"""Workloads: the contract (:class:`Workload`), the loader, and the built-ins."""
+"""Workloads: the contract (:class:`Workload`), the loader, and the built-ins.
 
-from engine.workloads.base import Workload
-from engine.workloads.loader import BUILTINS, list_workloads, load_workload
+Imported lazily: ``engine.workloads.cache`` and the loader's checks of a cached request import no torch, and
+importing this package must not either.
+"""
+
+import importlib
 
 __all__ = ["Workload", "load_workload", "BUILTINS", "list_workloads"]
+
+_WHERE = {"Workload": "engine.workloads.base", "load_workload": "engine.workloads.loader",
+          "BUILTINS": "engine.workloads.loader", "list_workloads": "engine.workloads.loader"}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

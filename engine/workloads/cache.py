@@ -17,6 +17,13 @@ functions and classes a workload file defines are stored by value (cloudpickle),
 factory is kept too; installed code (torch, the built-ins) is stored by reference. A workload that
 cannot be stored that way is simply built every time.
 
+Beside an entry, a request that loaded it and passed its trial (``check=True``, as every command
+that submits a job loads it) leaves a record: the request as given (spec, options before binding,
+working folder, torch version), the workload's facts (name, sizes, baseline) and the digests of the
+files the entry's key covers. The next command making the same request checks it against those facts
+(:meth:`WorkloadCache.recall`) without importing torch or the workload's code, as long as none of
+those files changed.
+
 An entry is written under a temporary name and renamed into place, under one lock per key, so
 concurrent jobs build it once and no job reads half of one. An entry whose checksum or contents do
 not load is removed and rebuilt, never trusted.
@@ -33,22 +40,26 @@ import secrets
 import shutil
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 from filelock import FileLock, Timeout
 
 from engine.format import format_bytes, plural
 from engine.home import Home
-from engine.workloads.base import Workload
 
-__all__ = ["WorkloadCache", "CacheUsage", "cache_of", "cache_key", "FORMAT"]
+if TYPE_CHECKING:
+    from engine.workloads.base import Workload
+
+__all__ = ["WorkloadCache", "WorkloadFacts", "CacheUsage", "cache_of", "cache_key", "key_files", "request_key",
+           "torch_version", "FORMAT"]
 
 FORMAT = 1                      # bumped when the layout of an entry changes: older entries are never read
 PAYLOAD = "workload.pt"         # the pickled Workload, tensors in torch's zip format
 MANIFEST = "entry.json"         # what the entry holds and the payload's checksum; written last
+_REQUEST_PREFIX = "request-"   # beside an entry: a request that loads it, with its facts (see WorkloadCache.remember)
 _TEMP_PREFIX = ".tmp-"          # an entry being written (or left by a job that was killed while writing)
 _LOCK_SUFFIX = ".lock"
 
@@ -60,15 +71,38 @@ def cache_of(home: Home | None) -> "WorkloadCache | None":
 
 def cache_key(spec: str, source_file: str | None, kwargs: Mapping[str, object]) -> str:
     """The entry name for ``spec`` called with ``kwargs``, whose function is defined in ``source_file``."""
-    import torch
-
     digest = hashlib.sha256()
-    described = {"format": FORMAT, "spec": spec, "options": dict(kwargs), "torch": torch.__version__}
+    described = {"format": FORMAT, "spec": spec, "options": dict(kwargs), "torch": torch_version()}
     digest.update(json.dumps(described, sort_keys=True, default=repr).encode())
-    named_files = [value for value in kwargs.values() if isinstance(value, (str, os.PathLike))]
-    for path in ([source_file] if source_file else []) + named_files:
+    for path in key_files(source_file, kwargs):
         digest.update(_file_digest(Path(path)))
     return digest.hexdigest()[:32]
+
+
+def key_files(source_file: str | None, kwargs: Mapping[str, object]) -> list[str]:
+    """The files whose contents an entry's key covers: the function's file, and every file an option names."""
+    named = [str(value) for value in kwargs.values() if isinstance(value, (str, os.PathLike))]
+    return ([source_file] if source_file else []) + named
+
+
+def request_key(spec: str, options: Mapping[str, object]) -> str:
+    """A request as given (the spec and its options before they are bound to the function, from this working
+    folder, with this torch): what :meth:`WorkloadCache.recall` looks a workload's facts up by."""
+    described = {"format": FORMAT, "spec": spec, "options": dict(options), "torch": torch_version(),
+                 "cwd": os.getcwd()}
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=repr).encode()).hexdigest()[:32]
+
+
+def torch_version() -> str:
+    """The installed torch's version, from its package metadata: no import of torch needed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:   # a torch built from source without metadata
+        import torch
+
+        return torch.__version__
 
 
 def _file_digest(path: Path) -> bytes:
@@ -81,6 +115,23 @@ def _file_digest(path: Path) -> bytes:
                 else hashlib.sha256(fh.read()).digest()
     except (OSError, ValueError):   # unreadable, or a string too long to be a path: the build will say
         return b""
+
+
+@dataclass(frozen=True)
+class WorkloadFacts:
+    """What checking a request needs of its workload, beside the cache entry it loads: a later command checks
+    the same request against these without importing torch or the workload's code (see ``recall``)."""
+
+    name: str
+    n_train: int
+    n_val: int
+    baseline_batch_size: int
+    baseline_lr: float
+
+    @classmethod
+    def of(cls, workload: "Workload") -> "WorkloadFacts":
+        return cls(name=workload.name, n_train=workload.n_train, n_val=workload.n_val,
+                   baseline_batch_size=workload.baseline_batch_size, baseline_lr=float(workload.baseline_lr))
 
 
 @dataclass(frozen=True)
@@ -166,6 +217,8 @@ class WorkloadCache:
                     or manifest.get("crc32") != zlib.crc32(payload):
                 raise ValueError("checksum")
             workload = _unpickle(payload)
+            from engine.workloads.base import Workload
+
             if not isinstance(workload, Workload):
                 raise TypeError(type(workload).__name__)
             return workload, manifest
@@ -188,6 +241,37 @@ class WorkloadCache:
             os.rename(temporary, self.root / key)
         except Exception:  # noqa: BLE001 - pickling user objects fails in many ways; the cache is only a shortcut
             shutil.rmtree(temporary, ignore_errors=True)
+
+    # -- requests: a workload's facts without loading it ----------------------------------------
+
+    def remember(self, request: str, key: str, workload: "Workload", files: list[str]) -> None:
+        """Note beside entry ``key`` that ``request`` (see :func:`request_key`) loads it and passed its trial, with
+        the workload's facts and the digests of the ``files`` its key covers. Nothing when there is no such entry."""
+        entry = self.root / key
+        record = {"facts": asdict(WorkloadFacts.of(workload)),
+                  "files": {path: _file_digest(Path(path)).hex() for path in files}}
+        temporary = entry / f"{_TEMP_PREFIX}{_REQUEST_PREFIX}{request}-{os.getpid()}"
+        with contextlib.suppress(OSError):   # a read-only home, an entry just cleared: the next check loads it
+            temporary.write_text(json.dumps(record), encoding="utf-8")
+            os.replace(temporary, entry / f"{_REQUEST_PREFIX}{request}.json")
+
+    def recall(self, request: str) -> WorkloadFacts | None:
+        """The facts of the workload ``request`` loads, if an entry holds it as having passed its trial and none
+        of the files its key covers changed since; None when only loading it can tell."""
+        for path in self.root.glob(f"*/{_REQUEST_PREFIX}{request}.json"):
+            entry = path.parent
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+                manifest = json.loads((entry / MANIFEST).read_text(encoding="utf-8"))
+                if entry.name.startswith(_TEMP_PREFIX) or manifest.get("format") != FORMAT \
+                        or not manifest.get("checked") or not (entry / PAYLOAD).is_file():
+                    continue
+                if any(_file_digest(Path(name)).hex() != digest for name, digest in record["files"].items()):
+                    continue
+                return WorkloadFacts(**record["facts"])
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):
+                continue   # a record or manifest half-written or edited: load the workload instead
+        return None
 
     # -- looking and clearing ------------------------------------------------------------------
 

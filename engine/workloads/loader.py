@@ -31,19 +31,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from engine.errors import WorkloadError
-from engine.workloads.base import Workload
-from engine.workloads.cache import WorkloadCache, cache_key
-from engine.workloads.fraud import fraud_gru, fraud_mlp
-from engine.workloads.table import table
+from engine.workloads.cache import WorkloadCache, WorkloadFacts, cache_key, key_files, request_key
 
-__all__ = ["BUILTINS", "ENTRY_POINT_GROUP", "load_workload", "list_workloads"]
+if typing.TYPE_CHECKING:
+    from engine.workloads.base import Workload
+
+__all__ = ["BUILTINS", "ENTRY_POINT_GROUP", "cached_facts", "load_workload", "list_workloads"]
 
 ENTRY_POINT_GROUP = "largestep.workloads"
 
-BUILTINS: dict[str, Callable[..., Workload]] = {
-    "fraud-gru": fraud_gru,
-    "fraud-mlp": fraud_mlp,
-    "table": table,
+# name -> the module and function that build it: imported when a built-in is loaded, not before (they import torch)
+BUILTINS: dict[str, str] = {
+    "fraud-gru": "engine.workloads.fraud:fraud_gru",
+    "fraud-mlp": "engine.workloads.fraud:fraud_mlp",
+    "table": "engine.workloads.table:table",
 }
 
 _SPEC_FORMS = (f"a built-in ({', '.join(BUILTINS)}), package.module:function, path/to/file.py:function, "
@@ -73,6 +74,24 @@ def load_workload(spec: str, options: Mapping[str, object] | None = None,
                 raise
             raise WorkloadError(f"workload {spec!r} raised KeyboardInterrupt; fix the workload function "
                                 f"or its options") from None
+
+
+def cached_facts(spec: str, options: Mapping[str, object] | None, cache: WorkloadCache | None) -> WorkloadFacts | None:
+    """What checking a request needs of its workload (name, sizes, baseline), when ``load_workload(spec, options,
+    cache, check=True)`` loaded it before from this folder and nothing its cache entry depends on changed since:
+    read without importing torch or the workload's code. None when only loading it can tell (never loaded or
+    tried, a Dataset workload, which is not cached, an entry point, or a name that is none of these)."""
+    if cache is None or not isinstance(spec, str) or not spec.strip():
+        return None
+    spec = spec.strip()
+    if spec not in BUILTINS and ":" not in spec:
+        if any(entry.name == spec for entry in _entry_points()):
+            return None
+        configured = _configured(spec)
+        if configured is None:
+            return None
+        return cached_facts(configured["spec"], {**configured["options"], **dict(options or {})}, cache)
+    return cache.recall(request_key(spec, dict(options or {})))
 
 
 @contextlib.contextmanager
@@ -114,6 +133,8 @@ def _load_workload(spec: str, options: Mapping[str, object] | None, cache: Workl
     kwargs = _bind_options(function, spec, dict(options or {}))
     # a file's folder stays importable while its function runs: it may import siblings lazily
     with _on_sys_path(folder):
+        from engine.workloads.base import Workload
+
         trial = Workload.check_runs if check else None
         if cache is None:
             workload = _build(function, spec, kwargs)
@@ -121,9 +142,13 @@ def _load_workload(spec: str, options: Mapping[str, object] | None, cache: Workl
                 trial(workload)
             return workload
         module = sys.modules.get(getattr(function, "__module__", None) or "")
-        key = cache_key(spec, _source_file(function), kwargs)
-        return cache.load(key, lambda: _build(function, spec, kwargs),
-                          defined_in=module if folder is not None else None, check=trial)
+        source = _source_file(function)
+        key = cache_key(spec, source, kwargs)
+        workload = cache.load(key, lambda: _build(function, spec, kwargs),
+                              defined_in=module if folder is not None else None, check=trial)
+        if check and not workload.uses_dataset:   # tried: the next check of this request needs only its facts
+            cache.remember(request_key(spec, dict(options or {})), key, workload, key_files(source, kwargs))
+        return workload
 
 
 def _source_file(function: Callable[..., Any]) -> str | None:
@@ -149,8 +174,8 @@ def _configured(name: str) -> dict | None:
 
 def list_workloads() -> list[dict[str, str]]:
     """Built-ins and installed entry points: ``name``, ``source`` ("builtin" | "entry point"), ``description``."""
-    rows = [{"name": name, "source": "builtin", "description": _first_line(function.__doc__)}
-            for name, function in BUILTINS.items()]
+    rows = [{"name": name, "source": "builtin", "description": _first_line(_builtin(name).__doc__)}
+            for name in BUILTINS]
     seen = set(BUILTINS)   # a built-in wins over an entry point of the same name, as in load_workload
     for entry in _entry_points():
         if entry.name in seen:
@@ -167,7 +192,7 @@ def list_workloads() -> list[dict[str, str]]:
 def _resolve(spec: str) -> tuple[Callable[..., Any], str | None]:
     """The workload function, and the folder to keep on sys.path while it runs (files only)."""
     if spec in BUILTINS:
-        return BUILTINS[spec], None
+        return _builtin(spec), None
     if spec.endswith(".py"):
         raise WorkloadError(f"name the function in {spec!r}: write {spec}:function (e.g. {spec}:make)")
     if ":" in spec:
@@ -182,6 +207,11 @@ def _resolve(spec: str) -> tuple[Callable[..., Any], str | None]:
     if entry is not None:
         return _load_entry_point(entry), None
     raise WorkloadError(_unknown_name_message(spec))
+
+
+def _builtin(name: str) -> Callable[..., Any]:
+    module, _, function = BUILTINS[name].partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def _is_file_location(location: str) -> bool:
@@ -284,6 +314,8 @@ def _build(function: Callable[..., Any], spec: str, kwargs: dict[str, object]) -
     except (Exception, SystemExit) as exc:
         raise WorkloadError(f"workload {spec!r} raised {_describe(exc)}; fix the workload function "
                             f"or its options") from None
+    from engine.workloads.base import Workload
+
     if not isinstance(result, Workload):
         raise WorkloadError(f"workload {spec!r} returned {_describe_value(result)}, not a Workload; "
                             f"make the function return engine.Workload(...)")
