@@ -231,7 +231,7 @@ def schedule_headline(rec: dict, comparison: dict) -> dict:
 def autopilot_task(ctx: JobContext) -> None:
     """The body of an ``autopilot`` job."""
     from engine.jobs.start import start_noise, start_noise_curve, start_profile, start_train
-    from engine.measure.noise import default_warm_steps
+    from engine.measure.noise_args import default_warm_steps
     from engine.measure.profile_config import ProfileConfig
     from engine.measure.train import TrainConfig
     from engine.plan.schedule import with_batch_schedule

@@ -87,7 +87,7 @@ def start_noise(home: Home, workload: str, options: dict, device: str, batch_sma
     ``warm_steps=None`` trains the baseline for one epoch first (see ``default_warm_steps``).
     """
     from engine.jobs.ray import absolute_workload_spec, check_launcher
-    from engine.measure.noise import check_noise_args, default_warm_steps
+    from engine.measure.noise_args import check_noise_args, default_warm_steps
 
     check_int(seed, "--seed", low=0)
     launcher = check_launcher(launcher, device)
@@ -113,7 +113,7 @@ def start_noise_curve(home: Home, workload: str, options: dict, device: str, at:
                       seed: int = 0, compile: bool = False) -> str:
     """Validate, then start a job estimating the noise scale at the fractions ``at`` of one baseline
     run's training; returns its id (also the curve's id)."""
-    from engine.measure.noise import check_curve_fractions, check_noise_args
+    from engine.measure.noise_args import check_curve_fractions, check_noise_args
 
     check_int(seed, "--seed", low=0)
     at = check_curve_fractions(at)

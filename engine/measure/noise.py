@@ -41,18 +41,17 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from engine.errors import DeviceError, UsageError
+from engine.errors import DeviceError
 from engine.measure import devices
+from engine.measure.noise_args import check_curve_fractions, check_noise_args
 from engine.measure.profiler import StepRunner, shuffled_on_device
 from engine.measure.train import compile_before_clock
-from engine.units import check_int, check_number
 from engine.workloads.base import Workload
 from engine.workloads.batches import Batch, EpochOrder, make_loader, model_output, slice_batch, to_device
 
 __all__ = ["NoiseEstimate", "NoiseCurvePoint", "estimate_noise", "estimate_noise_curve", "noise_scale_from_norms",
-           "baseline_training_steps", "check_curve_fractions", "DEFAULT_BIG_MULTIPLE"]
+           "baseline_training_steps"]
 
-DEFAULT_BIG_MULTIPLE = 8     # default batch_big = this many times batch_small (capped by the dataset)
 FP16_INIT_LOSS_SCALE = 2.0 ** 16  # as torch.amp.GradScaler; halved on overflow (fp16 on CUDA only)
 FP16_MAX_BACKOFFS = 24       # halvings of the loss scale before a chunk's gradient is called non-finite
 
@@ -167,17 +166,6 @@ def baseline_training_steps(workload: Workload) -> int:
     return max(1, math.ceil(workload.epochs * (workload.n_train // workload.baseline_batch_size)))
 
 
-def check_curve_fractions(fractions: tuple[float, ...]) -> tuple[float, ...]:
-    """Distinct fractions of training in [0, 1], sorted; a curve needs two points at least."""
-    for fraction in fractions:
-        check_number(fraction, "--at", low=0, high=1, low_inclusive=True)
-    points = tuple(sorted(set(fractions)))
-    if len(points) < 2:
-        raise UsageError(f"--at needs two fractions of training at least to draw a curve, not {len(points)}; "
-                         f"e.g. --at 0,0.25,0.5,1")
-    return points
-
-
 def estimate_noise_curve(workload: Workload, device: torch.device, fractions: tuple[float, ...],
                          batch_small: int | None = None, batch_big: int | None = None, batches: int = 32,
                          seed: int = 0, confidence: float = 0.9, bootstrap: int = 1000, dtype: str = "fp32",
@@ -264,44 +252,6 @@ def _estimate_from_norms(workload: Workload, small_sq: np.ndarray, big_sq: np.nd
 
 
 # -- arguments ---------------------------------------------------------------------------------
-
-
-def default_warm_steps(workload: Workload, cap: int = 500) -> int:
-    """One epoch of baseline training (at most ``cap`` steps): at initialisation the gradient points
-    almost one way and B_simple comes out far too small (fraud-gru: 0.6 before, ~770 after an epoch)."""
-    return max(1, min(cap, workload.n_train // workload.baseline_batch_size))
-
-
-def check_noise_args(workload: Workload, batch_small: int | None, batch_big: int | None, batches: int,
-                     warm_steps: int, confidence: float = 0.9, bootstrap: int = 1000) -> tuple[int, int]:
-    """The two batch sizes to use, or a one-line UsageError saying how to fix the input."""
-    n = workload.n_train
-    if batch_small is None:
-        batch_small = workload.baseline_batch_size
-    check_int(batch_small, "--batch-small", low=1)
-    if batch_small >= n:
-        raise UsageError(f"--batch-small {batch_small} leaves no room for a bigger batch in the "
-                         f"{n} training samples; use a smaller --batch-small")
-    if batch_big is None:
-        batch_big = min(DEFAULT_BIG_MULTIPLE, n // batch_small) * batch_small
-        if batch_big <= batch_small:
-            raise UsageError(f"the {n} training samples cannot hold two batches of --batch-small "
-                             f"{batch_small}; use a smaller --batch-small")
-    check_int(batch_big, "--batch-big", low=1)
-    if batch_big <= batch_small:
-        raise UsageError(f"--batch-big {batch_big} must be larger than --batch-small {batch_small}")
-    if batch_big % batch_small:
-        raise UsageError(f"--batch-big {batch_big} must be a multiple of --batch-small {batch_small} "
-                         f"(e.g. {(batch_big // batch_small + 1) * batch_small})")
-    if batch_big > n:
-        raise UsageError(f"--batch-big {batch_big} is larger than the {n} training samples; use at most "
-                         f"{n // batch_small * batch_small}")
-    check_int(batches, "--batches", low=2)
-    check_int(warm_steps, "--warm-steps", low=0)
-    check_int(bootstrap, "bootstrap resamples", low=0)
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
-        raise UsageError(f"confidence must be a number between 0 and 1, not {confidence!r}")
-    return batch_small, batch_big
 
 
 # -- gradients ---------------------------------------------------------------------------------

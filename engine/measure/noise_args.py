@@ -1,0 +1,65 @@
+"""The arguments of a noise-scale estimate, checked before any job is written. Apart from
+:mod:`engine.measure.noise` so that submitting an estimate imports no torch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engine.errors import UsageError
+from engine.units import check_int, check_number
+
+if TYPE_CHECKING:
+    from engine.workloads.base import Workload
+
+__all__ = ["DEFAULT_BIG_MULTIPLE", "check_curve_fractions", "check_noise_args", "default_warm_steps"]
+
+DEFAULT_BIG_MULTIPLE = 8     # default batch_big = this many times batch_small (capped by the dataset)
+
+
+def default_warm_steps(workload: "Workload", cap: int = 500) -> int:
+    """One epoch of baseline training (at most ``cap`` steps): at initialisation the gradient points
+    almost one way and B_simple comes out far too small (fraud-gru: 0.6 before, ~770 after an epoch)."""
+    return max(1, min(cap, workload.n_train // workload.baseline_batch_size))
+
+
+def check_noise_args(workload: "Workload", batch_small: int | None, batch_big: int | None, batches: int,
+                     warm_steps: int, confidence: float = 0.9, bootstrap: int = 1000) -> tuple[int, int]:
+    """The two batch sizes to use, or a one-line UsageError saying how to fix the input."""
+    n = workload.n_train
+    if batch_small is None:
+        batch_small = workload.baseline_batch_size
+    check_int(batch_small, "--batch-small", low=1)
+    if batch_small >= n:
+        raise UsageError(f"--batch-small {batch_small} leaves no room for a bigger batch in the "
+                         f"{n} training samples; use a smaller --batch-small")
+    if batch_big is None:
+        batch_big = min(DEFAULT_BIG_MULTIPLE, n // batch_small) * batch_small
+        if batch_big <= batch_small:
+            raise UsageError(f"the {n} training samples cannot hold two batches of --batch-small "
+                             f"{batch_small}; use a smaller --batch-small")
+    check_int(batch_big, "--batch-big", low=1)
+    if batch_big <= batch_small:
+        raise UsageError(f"--batch-big {batch_big} must be larger than --batch-small {batch_small}")
+    if batch_big % batch_small:
+        raise UsageError(f"--batch-big {batch_big} must be a multiple of --batch-small {batch_small} "
+                         f"(e.g. {(batch_big // batch_small + 1) * batch_small})")
+    if batch_big > n:
+        raise UsageError(f"--batch-big {batch_big} is larger than the {n} training samples; use at most "
+                         f"{n // batch_small * batch_small}")
+    check_int(batches, "--batches", low=2)
+    check_int(warm_steps, "--warm-steps", low=0)
+    check_int(bootstrap, "bootstrap resamples", low=0)
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        raise UsageError(f"confidence must be a number between 0 and 1, not {confidence!r}")
+    return batch_small, batch_big
+
+
+def check_curve_fractions(fractions: tuple[float, ...]) -> tuple[float, ...]:
+    """Distinct fractions of training in [0, 1], sorted; a curve needs two points at least."""
+    for fraction in fractions:
+        check_number(fraction, "--at", low=0, high=1, low_inclusive=True)
+    points = tuple(sorted(set(fractions)))
+    if len(points) < 2:
+        raise UsageError(f"--at needs two fractions of training at least to draw a curve, not {len(points)}; "
+                         f"e.g. --at 0,0.25,0.5,1")
+    return points
