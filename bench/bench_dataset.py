@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.measure.profiler import ProfileConfig, measure_point  # noqa: E402
-from engine.measure.train import MAX_EPOCHS, TrainConfig, train  # noqa: E402
+from engine.measure.train import TrainConfig, train  # noqa: E402
+from engine.measure.train_config import MAX_EPOCHS  # noqa: E402
 from engine.workloads import load_workload  # noqa: E402
 from engine.workloads.batches import default_num_workers, loss_of, model_output  # noqa: E402
 

@@ -337,7 +337,7 @@ def test_exports_scale_every_param_group_alike_and_keep_the_schedule_in_steps():
 
 def test_the_cli_offers_exactly_the_contracts_schedules():
     from engine.cli import cli
-    from engine.workloads.base import SCHEDULES
+    from engine.workloads.names import SCHEDULES
 
     option = next(p for p in cli.commands["train"].params if p.name == "schedule")
     assert tuple(option.type.choices) == SCHEDULES

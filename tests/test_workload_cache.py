@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,7 +12,7 @@ import time
 
 import pytest
 import torch
-from helpers import ROOT, run_cli
+from helpers import ROOT, run_cli, wait_finished
 
 from engine.errors import WorkloadError
 from engine.workloads import load_workload
@@ -293,30 +295,46 @@ def test_a_dataset_workload_is_never_recalled(home, tmp_path):
     assert cached_facts(spec, {}, cache_of(home)) is None
 
 
+# `largestep ARGV` in a fresh interpreter; its last line of output: the command's exit code and whether it imported torch
+COMMAND_AND_TORCH = """
+import json, sys
+from engine.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "torch": "torch" in sys.modules}))
+"""
+
+
 @pytest.mark.slow
-def test_submitting_a_profile_of_a_tried_workload_imports_no_torch(home, counting):
-    """What a user notices: `largestep profile` answers without spending seconds importing torch once its workload
-    was loaded and tried. Validated here as the command validates it, in a fresh interpreter, up to the job."""
+@pytest.mark.e2e
+def test_a_command_submitting_jobs_for_a_tried_workload_imports_no_torch(home, counting):
+    """What a user notices: `largestep train` and `largestep profile` answer without spending seconds on importing
+    torch once their request was loaded and tried, and `largestep autopilot`'s checks need none either."""
     spec, _ = counting
-    script = textwrap.dedent(f'''
+    env = {**os.environ, "LARGESTEP_HOME": str(home.root)}
+
+    def submit(*argv: str) -> tuple[dict, dict]:
+        proc = subprocess.run([sys.executable, "-c", COMMAND_AND_TORCH, *argv, "--detach", "--json"],
+                              capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+        lines = proc.stdout.strip().splitlines()
+        assert proc.returncode == 0 and len(lines) >= 2, proc.stderr[-2000:]
+        return json.loads("\n".join(lines[:-1])), json.loads(lines[-1])
+
+    train = ("train", "--workload", spec, "--batch-size", "8", "--lr", "0.01", "--epochs", "1")
+    first, imported = submit(*train)
+    assert imported == {"code": 0, "torch": True}           # the first check loads the workload and tries it
+    again, imported = submit(*train)
+    assert imported == {"code": 0, "torch": False}          # the same request again: its facts suffice
+    profile, imported = submit("profile", "--workload", spec, "--batch-sizes", "8,16", "--min-seconds", "0.05")
+    assert imported == {"code": 0, "torch": False}
+    for job_id in [*first["run_ids"], *again["run_ids"], profile["job_id"]]:
+        wait_finished(home, job_id, timeout_s=180)
+    check = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         import sys
         from pathlib import Path
-
         from engine.home import Home
-        from engine.jobs import start
-        from engine.measure import device_names
-        from engine.measure.profile_config import ProfileConfig, plan_batch_sizes
-
-        home = Home(Path({str(home.root)!r}))
-        device = device_names.resolve_name("auto")
-        device_names.check_dtype(device, "fp32")
-        config = ProfileConfig(min_steps=3)
-        config.validate()
-        loaded = start.load_checked(home, {spec!r}, {{}})
-        print(device, loaded.name, loaded.n_train, plan_batch_sizes(config, loaded)[:2], "torch" in sys.modules)
-    ''')
-    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
-    again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert first.stdout.split()[1:4] == again.stdout.split()[1:4] == ["counting", "64", "[2,"]
-    assert first.stdout.split()[-1] == "True"       # the first check loads and tries it
-    assert again.stdout.split()[-1] == "False"      # the second reads its facts
+        from engine.jobs.autopilot import AutopilotConfig
+        from engine.jobs.start import load_checked
+        AutopilotConfig().validate()
+        print(load_checked(Home(Path({str(home.root)!r})), {spec!r}, {{}}).baseline_batch_size, "torch" in sys.modules)
+    """)], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert check.stdout.split() == ["8", "False"]

@@ -21,6 +21,7 @@ from engine.cli.options import (
 from engine.cli.output import console, detached, emit_json, finish_job, follow_job, last_log_line, table
 from engine.errors import LargestepError, UsageError
 from engine.format import format_bytes, format_ms, format_pct, format_si, grouped
+from engine.measure.device_names import DTYPE_NAMES
 
 
 @cli.command()
@@ -57,7 +58,7 @@ def hardware(ctx, as_json: bool) -> None:
 @click.option("--batch-sizes", metavar="LIST", help="Explicit batch sizes, e.g. 32,128,512.")
 @click.option("--min-batch", metavar="N", help="Smallest power-of-two batch (default: a quarter of the baseline).")
 @click.option("--max-batch", metavar="N", help="Largest batch to try.  [default: 65536]")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="fp32", show_default=True,
               help="Precision, through autocast.")
 @click.option("--memory-budget", metavar="SIZE", help="Stop before a batch predicted or measured above this, e.g. 12GiB.")
 @click.option("--full", is_flag=True, help="Do not stop on a throughput plateau.")

@@ -22,6 +22,8 @@ from engine.cli.options import (
 from engine.cli.output import console, detached, emit_json, finish_job, follow_job, table
 from engine.errors import UsageError
 from engine.format import format_background_load, format_bytes
+from engine.measure.device_names import DTYPE_NAMES
+from engine.workloads.names import SCHEDULES
 
 
 @cli.command()
@@ -43,11 +45,10 @@ from engine.format import format_background_load, format_bytes
 @click.option("--epochs", metavar="E", help="Training length in epochs (default: the workload's).")
 @click.option("--warmup-samples", metavar="N", help="Linear warm-up length in samples (default: the workload's).")
 @click.option("--accumulate", default="1", show_default=True, metavar="K", help="Micro-batches per optimizer step.")
-# the choices are engine.workloads.base.SCHEDULES, written out: the CLI starts without importing torch
-@click.option("--schedule", type=click.Choice(["constant", "cosine", "linear", "wsd"]), default=None,
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
               help="Learning rate after warm-up, its lengths in samples (wsd: warm-up, stable, decay).  "
                    "[default: the workload's]")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="fp32", show_default=True)
 @click.option("--seed", default="0", show_default=True, metavar="S")
 @compile_option
 @click.option("--repeats", default="1", show_default=True, metavar="K", help="Runs with seeds S, S+1, ... as one group.")
@@ -71,7 +72,7 @@ def train(ctx, workload, settings, data, label, batch_size, batch_schedule, adap
     from engine.jobs.ray import launcher_from_cli
     from engine.jobs.start import start_train
     from engine.measure.batch_schedule import ADAPTIVE, parse_batch_schedule
-    from engine.measure.train import TrainConfig
+    from engine.measure.train_config import TrainConfig
     from engine.units import parse_positive_int
 
     adaptive = batch_schedule == ADAPTIVE

@@ -20,9 +20,9 @@ from engine.errors import LargestepError, UsageError
 from engine.jobs import events
 from engine.jobs.runner import JobContext
 from engine.jobs.start import MAX_REPEATS
-from engine.measure.distributed import MAX_NPROC
+from engine.measure.device_names import MAX_NPROC
 from engine.measure.profile_config import MAX_SECONDS
-from engine.measure.train import MAX_EPOCHS
+from engine.measure.train_config import MAX_EPOCHS
 from engine.plan.compare import check_tolerance, compare_groups
 from engine.plan.recommend import RULES, RecommendConfig, recommend, steps_factor
 from engine.units import check_int, check_number
@@ -233,7 +233,7 @@ def autopilot_task(ctx: JobContext) -> None:
     from engine.jobs.start import start_noise, start_noise_curve, start_profile, start_train
     from engine.measure.noise_args import default_warm_steps
     from engine.measure.profile_config import ProfileConfig
-    from engine.measure.train import TrainConfig
+    from engine.measure.train_config import TrainConfig
     from engine.plan.schedule import with_batch_schedule
     from engine.workloads import load_workload
     from engine.workloads.cache import cache_of

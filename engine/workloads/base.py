@@ -18,11 +18,10 @@ import torch
 from engine.errors import UsageError, WorkloadError
 from engine.units import INT64_MAX, check_int, check_number
 from engine.workloads import batches
+from engine.workloads.names import OPTIMIZERS, SCHEDULES
 
 __all__ = ["Workload", "OPTIMIZERS", "SCHEDULES", "Metric", "OptimizerFactory"]
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "linear", "wsd")   # after warm-up; see engine.measure.train.lr_factor
 
 #: A validation metric: (logits on the whole validation set, targets) -> float.
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
