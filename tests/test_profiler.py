@@ -8,6 +8,7 @@ import time
 import pytest
 import tiny_workload
 import torch
+from helpers import clocked
 
 from engine.measure.profiler import (
     FlopCounts,
@@ -295,53 +296,6 @@ def test_a_profiled_step_clips_gradients_as_training_does(monkeypatch):
 # -- warm-up: untimed steps until the steady state ------------------------------------------------------------
 
 
-class ScriptedClock:
-    """The profiler's clock, moved on only by the model's forward passes: the k-th step at a batch size
-    (from 1) takes ``step_s(batch_size, k)`` seconds. So a test sets the step times warm-up sees exactly,
-    whatever else runs on the machine."""
-
-    def __init__(self, step_s):
-        self.step_s, self.now, self.steps = step_s, 0.0, {}
-
-    def perf_counter(self) -> float:
-        return self.now
-
-    def forward_of(self, batch_size: int) -> None:
-        self.steps[batch_size] = self.steps.get(batch_size, 0) + 1
-        self.now += self.step_s(batch_size, self.steps[batch_size])
-
-
-class _Clocked(torch.nn.Module):
-    def __init__(self, inner: torch.nn.Module, clock: ScriptedClock):
-        super().__init__()
-        self.inner, self.clock = inner, clock
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.clock.forward_of(x.shape[0])
-        return self.inner(x)
-
-
-def clocked(monkeypatch, step_s, workload=None):
-    """``workload`` (the tiny one by default) whose steps take ``step_s(batch size, k)`` on the profiler's clock.
-    Returns it, the untimed steps its batch sizes took before their clocks started (a list, filled as they
-    do) and the ``telemetry_tag`` to pass the profiler, which fills it."""
-    import dataclasses
-    import types
-
-    import engine.measure.profiler as profiler
-
-    clock = ScriptedClock(step_s)
-    monkeypatch.setattr(profiler, "time", types.SimpleNamespace(perf_counter=clock.perf_counter, time=time.time))
-    workload = workload or tiny_workload.make()
-    inner = workload.model
-    untimed: list[int] = []
-
-    def tag(batch_size):
-        if batch_size is not None:   # the clock starts: every step so far at this size was untimed
-            untimed.append(clock.steps.get(batch_size, 0))
-    return dataclasses.replace(workload, model=lambda: _Clocked(inner(), clock)), untimed, tag
-
-
 def proportional_counts(workload) -> FlopCounts:
     """FLOP counts at two small sizes that prove the workload's FLOPs proportional to the batch, so that a
     larger size's first step counts none and is a step like the others, timed for the warm-up to compare."""
@@ -362,21 +316,21 @@ SETTLING = lambda _b, k: {1: 0.030, 2: 0.020}.get(k, 0.010)   # noqa: E731  two 
 ])
 def test_warm_up_ends_at_the_first_step_that_takes_as_long_as_the_one_before(monkeypatch, step_s, warmup_steps,
                                                                               untimed):
-    workload, seen, tag = clocked(monkeypatch, step_s)
+    workload, clock = clocked(monkeypatch, step_s, tiny_workload.make())
     config = ProfileConfig(min_steps=3, min_seconds=0.0, warmup_steps=warmup_steps)
-    point = measure_point(workload, CPU, 64, config, telemetry_tag=tag, flop_counts=proportional_counts(workload),
+    point = measure_point(workload, CPU, 64, config, telemetry_tag=clock.tag, flop_counts=proportional_counts(workload),
                           trainee=Trainee.build(workload, CPU))   # a model of its own would be collected: slower
-    assert point.status == "ok" and seen == [untimed]
+    assert point.status == "ok" and clock.untimed == [untimed]
     assert point.median_s == pytest.approx(step_s(64, 100))   # the timed steps: the steady state
 
 
 def test_a_step_counting_flops_is_not_compared_with_the_next(monkeypatch):
     # the first step runs under FlopCounterMode (no counts to scale from): its time says nothing, so two
     # plain steps are compared after it
-    workload, seen, tag = clocked(monkeypatch, STEADY)
-    point = measure_point(workload, CPU, 64, ProfileConfig(min_steps=3, min_seconds=0.0), telemetry_tag=tag,
+    workload, clock = clocked(monkeypatch, STEADY, tiny_workload.make())
+    point = measure_point(workload, CPU, 64, ProfileConfig(min_steps=3, min_seconds=0.0), telemetry_tag=clock.tag,
                           trainee=Trainee.build(workload, CPU))
-    assert point.status == "ok" and point.flops_per_step and seen == [3]
+    assert point.status == "ok" and point.flops_per_step and clock.untimed == [3]
 
 
 @pytest.mark.slow
@@ -414,3 +368,17 @@ def test_a_sweep_counts_flops_at_two_sizes_and_scales_them_when_proportional(mon
     assert len(counts) == 4   # every size counted
     counted = {b: StepRunner(fixed, CPU, b).first_step()[0] for b in (8, 16, 32, 64)}
     assert {p.batch_size: p.flops_per_step for p in result.points} == counted
+
+
+def test_a_datasets_warm_up_steps_through_its_loader_and_sizes_the_blocks(monkeypatch):
+    import model_workloads
+
+    # every step reads its batch through the workload's DataLoader, the warm-up's as the timed ones
+    step_s = 2 ** -7   # 7.8 ms, exact in binary as the clock's sums are
+    workload, clock = clocked(monkeypatch, lambda _b, _k: step_s, model_workloads.make_tuples())
+    point = measure_point(workload, CPU, 64, ProfileConfig(min_steps=3, min_seconds=0.0), telemetry_tag=clock.tag,
+                          trainee=Trainee.build(workload, CPU))
+    assert point.status == "ok" and clock.untimed == [3]   # the FLOP-counting step and two that agree
+    # each round a block through the loader and one without, 50 ms of steps (7 steps), sized from the warm-up
+    assert clock.steps[64] - 3 == 2 * 7 * len(point.step_times_s)
+    assert point.median_s == pytest.approx(step_s) and point.compute_median_s == pytest.approx(step_s)
