@@ -320,7 +320,7 @@ def test_warm_up_ends_at_the_first_step_that_takes_as_long_as_the_one_before(mon
     config = ProfileConfig(min_steps=3, min_seconds=0.0, warmup_steps=warmup_steps)
     point = measure_point(workload, CPU, 64, config, telemetry_tag=clock.tag, flop_counts=proportional_counts(workload),
                           trainee=Trainee.build(workload, CPU))   # a model of its own would be collected: slower
-    assert point.status == "ok" and clock.untimed == [untimed]
+    assert point.status == "ok" and clock.untimed == [untimed] and point.warmup_steps == untimed
     assert point.median_s == pytest.approx(step_s(64, 100))   # the timed steps: the steady state
 
 

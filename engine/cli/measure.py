@@ -141,6 +141,8 @@ def profile_summary(profile: dict) -> dict:
             # few were left uncontended (the steps kept include contended ones)
             "others_busy_cores": p.get("others_busy_cores"), "loaded_visits": p.get("loaded_visits") or 0,
             "under_load": bool(p.get("under_load")),
+            # untimed steps before the size's first timed ones: fewer than --warmup-steps once steady
+            "warmup_steps": int(p["warmup_steps"]) if p.get("warmup_steps") is not None else None,
         })
     fit = None
     if profile.get("memory_fit_slope_bytes") is not None:

@@ -208,6 +208,8 @@ class ProfilePoint:
     others_busy_cores: float | None = None   # CPU cores other processes kept busy while the steps kept were timed
     loaded_visits: int = 0               # visits set aside: other processes contended for the cores this size needs
     under_load: bool = False             # too few uncontended visits: the steps kept include contended ones
+    warmup_steps: int | None = None      # untimed steps the size's first visit took before its clock started (the
+                                         # first, instrumented step included): fewer than --warmup-steps once steady
 
     @property
     def n(self) -> int:
@@ -341,6 +343,7 @@ class FirstVisit:
     flops: float | None            # of one step (counted or scaled, see FlopCounts)
     activation_bytes: int          # saved for backward by one step
     block_steps: int               # steps a timed block holds
+    warmup_steps: int              # untimed steps before its clock started (see ProfilePoint.warmup_steps)
 
 
 class StepRunner:
@@ -431,9 +434,10 @@ class StepRunner:
         return time_in_blocks(self.step, self.device, min_steps, min_seconds, max_steps, block_steps,
                               data_parallel=self.world > 1)
 
-    def warm_up(self, steps: int, first_step_s: float | None = None, block_steps: int | None = None) -> int:
-        """Untimed steps until the steady state, at most ``steps``; returns the steps of a timed block (see
-        timed_steps). ``first_step_s``: the seconds of the size's first step, just taken (None when it was
+    def warm_up(self, steps: int, first_step_s: float | None = None,
+                block_steps: int | None = None) -> tuple[int, int]:
+        """Untimed steps until the steady state, at most ``steps``; returns (the steps of a timed block (see
+        timed_steps), the warm-up steps taken). ``first_step_s``: the seconds of the size's first step, just taken (None when it was
         counting FLOPs); ``block_steps``: a block's steps when a visit to the size found them already.
 
         Each step runs between two synchronisations, so its time is the device's, and the warm-up ends at the
@@ -453,16 +457,16 @@ class StepRunner:
             taken += 1
             skipped = self.scaler is not None and self.scaler.get_scale() < scale  # an overflow halves it
         if block_steps is not None:
-            return block_steps
+            return block_steps, taken
         if self.device.type == "cpu" and self.data is not None:
-            return 1  # no queue to hide the host behind and no loader: every step is its own block
+            return 1, taken  # no queue to hide the host behind and no loader: every step is its own block
         # a GPU's queue, or a Dataset's loader, whose costs (an epoch's start, collecting its batches'
         # garbage, a slow read now and then) fall on some steps only: a block of consecutive steps carries them
         # in the proportion a training loop pays them, where the median of single steps would leave them out.
         # Sized from the two warm-up steps that agreed, else from a few more steps; the fastest: least noise
         sizing = times[-2:] if self._settled(times) else [self._one_synchronised_step() for _ in range(SIZING_STEPS)]
         block = block_steps_for(min(sizing), epoch_steps=len(self.order) if self.data is None else None)
-        return int(ddp_util.agree(block)) if self.world > 1 else block  # every rank runs rank 0's blocks
+        return (int(ddp_util.agree(block)) if self.world > 1 else block), taken  # every rank runs rank 0's blocks
 
     def _settled(self, step_times: list[float]) -> bool:
         """Whether the last of ``step_times`` took as long as the one before it, within WARMUP_AGREEMENT
@@ -690,9 +694,9 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
             compile_s = time.perf_counter() - compile_start
         if first_visits is not None and batch_size in first_visits:   # back to a size the shared model already ran
             first = first_visits[batch_size]
-            flops, activation_bytes = first.flops, first.activation_bytes
-            block_steps = runner.warm_up(min(config.warmup_steps, revisit_warmup_steps(device)),
-                                         block_steps=first.block_steps)
+            flops, activation_bytes, warmup_steps = first.flops, first.activation_bytes, first.warmup_steps
+            block_steps, _ = runner.warm_up(min(config.warmup_steps, revisit_warmup_steps(device)),
+                                            block_steps=first.block_steps)
         else:
             # the size's first step, the first of its warm-up (untimed: no clock runs yet while the
             # instruments slow it): its saved activations, and its FLOPs unless the counts so far scale
@@ -703,9 +707,10 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
                 if flop_counts is not None:
                     flop_counts.counted[batch_size] = counted
             # untimed: allocator growth, caches, lazy init, until the steady state
-            block_steps = runner.warm_up(max(0, config.warmup_steps - 1), first_step_s)
+            block_steps, taken = runner.warm_up(max(0, config.warmup_steps - 1), first_step_s)
+            warmup_steps = 1 + taken
             if first_visits is not None:
-                first_visits[batch_size] = FirstVisit(flops, activation_bytes, block_steps)
+                first_visits[batch_size] = FirstVisit(flops, activation_bytes, block_steps, warmup_steps)
         devices.synchronize(device)
         telemetry_tag(batch_size)
         clock_start = time.time()
@@ -729,7 +734,7 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
             batch_size=batch_size, status=OK, peak_memory_bytes=int(peak), memory_is_estimate=estimate,
             flops_per_step=flops or None, mean_power_w=power, started_at=started, ended_at=time.time(),
             compute_median_s=float(np.median(compute)) if compute else None, compile_s=compile_s,
-            timed_s=timed_s, others_busy_cores=others_busy_cores(),
+            timed_s=timed_s, others_busy_cores=others_busy_cores(), warmup_steps=warmup_steps,
         ), times, config)
     except Cancelled:
         raise                 # the job was asked to stop: not a point of the profile
