@@ -143,11 +143,17 @@ def sweep(workload: str) -> dict:
             data = json.loads(proc.stdout)
             with store.connect(Home(Path(root))) as con:
                 timed = float(sum(sum(t) for t in store.profile_points(con, data["profile_id"]).step_times_s))
-            spans = _sweep_spans(Home(Path(root)).job_dir(data["profile_id"]), submitted, submitted + wall)
-            results[label] = {"wall_s": wall, "timed_s": timed, "outside_share": 1 - timed / wall, "spans_s": spans}
+            job_dir = Home(Path(root)).job_dir(data["profile_id"])
+            spans = _sweep_spans(job_dir, submitted, submitted + wall)
+            first_visits = _first_visits_untimed(job_dir)
+            results[label] = {"wall_s": wall, "timed_s": timed, "outside_share": 1 - timed / wall, "spans_s": spans,
+                              "first_visits": first_visits}
             print(f"(b) default sweep of {workload}, {label} workload: {wall:.1f} s wall, {timed:.1f} s in timed "
                   f"steps, {1 - timed / wall:.0%} outside them (target at most 15%); "
                   + ", ".join(f"{name} {value:.1f} s" for name, value in spans.items()), flush=True)
+            print("    each size's first visit, outside its timed steps: " + ", ".join(
+                f"{b}: {v['untimed_s']:.2f} s ({v['warmup_steps']} untimed steps of {v['step_s'] * 1e3:.3g} ms)"
+                for b, v in first_visits.items()), flush=True)
         forkserver.stop(Home(Path(root)))
     return results
 
@@ -170,6 +176,17 @@ def _sweep_spans(job_dir: Path, submitted: float, finished: float) -> dict:
             "measuring, outside the kept timed steps": last - first - timed,
             "after the last batch size": ended - last,
             "command after the job": finished - ended}
+
+
+def _first_visits_untimed(job_dir: Path) -> dict:
+    """Each batch size's first visit (the first pass, where nearly all the untimed work is): its seconds outside
+    its timed steps (warm-up, FLOP counting, the rest), its untimed steps and its median step time."""
+    first: dict[int, dict] = {}
+    for e in events.read_all(job_dir):   # a size's first point event is its first visit (later ones merge visits)
+        if e["type"] == events.POINT and e.get("started_at") and e.get("ended_at") and e.get("median_s"):
+            first.setdefault(e["batch_size"], e)
+    return {b: {"untimed_s": p["ended_at"] - p["started_at"] - (p.get("timed_s") or sum(p["step_times_s"] or [])),
+                "warmup_steps": p.get("warmup_steps"), "step_s": p["median_s"]} for b, p in sorted(first.items())}
 
 
 def autopilot(workload: str, repeats: int, epochs: float | None) -> dict:

@@ -1,5 +1,6 @@
 """What the tests share: the tiny workload's spec, running the CLI in-process, waiting for real job
-processes, copying a prepared home, and opening a dashboard page in an AppTest."""
+processes, copying a prepared home, opening a dashboard page in an AppTest, and a scripted clock
+that sets the step times the profiler sees."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import torch
 from streamlit.testing.v1 import AppTest
 
 from engine import jobs
@@ -147,3 +149,53 @@ def profile_events(profile_id: str) -> list[tuple[str, dict]]:
               for b, t in ((16, 0.010), (32, 0.010), (64, 0.011), (128, 0.021))]
     end = ("profile_end", {"profile_id": profile_id, "stop_reason": "max_batch", "saturation_batch": 64})
     return [start, *points, end]
+
+
+# -- a scripted clock for the profiler --------------------------------------------------------------------------
+
+
+class ScriptedClock:
+    """The profiler's clock, moved on only by a model's forward passes: the k-th step at a batch size
+    (from 1) takes ``step_s(batch_size, k)`` seconds. So a test sets the step times the profiler's
+    decisions see, exactly, whatever else runs on the machine. Pass :meth:`tag` as the profiler's
+    ``telemetry_tag``: ``untimed`` then holds, for each visit, the steps its size had taken when its
+    clock started."""
+
+    def __init__(self, step_s: Callable[[int, int], float]):
+        self.step_s, self.now = step_s, 0.0
+        self.steps: dict[int, int] = {}
+        self.untimed: list[int] = []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def forward_of(self, batch_size: int) -> None:
+        self.steps[batch_size] = self.steps.get(batch_size, 0) + 1
+        self.now += self.step_s(batch_size, self.steps[batch_size])
+
+    def tag(self, batch_size: int | None) -> None:
+        if batch_size is not None:   # the clock starts: every step so far at this size was untimed
+            self.untimed.append(self.steps.get(batch_size, 0))
+
+
+class _Clocked(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module, clock: ScriptedClock):
+        super().__init__()
+        self.inner, self.clock = inner, clock
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.clock.forward_of(x.shape[0])
+        return self.inner(x)
+
+
+def clocked(monkeypatch, step_s: Callable[[int, int], float], workload) -> tuple:
+    """(``workload`` whose model's steps take ``step_s(batch size, k)`` on the profiler's clock, that clock)."""
+    import dataclasses
+    import types
+
+    import engine.measure.profiler as profiler
+
+    clock = ScriptedClock(step_s)
+    monkeypatch.setattr(profiler, "time", types.SimpleNamespace(perf_counter=clock.perf_counter, time=time.time))
+    inner = workload.model
+    return dataclasses.replace(workload, model=lambda: _Clocked(inner(), clock)), clock

@@ -151,6 +151,7 @@ def test_profile_json_from_the_installed_command(home, tiny_spec):
         assert p["status"] == "ok"
         assert set(p["step_time_s"]) == {"median", "p25", "p75", "n"} and p["step_time_s"]["n"] >= 3
         assert p["samples_per_s"] > 0 and p["peak_memory_bytes"] > 0 and p["flops_per_step"] > 0
+        assert 1 <= p["warmup_steps"] <= 3   # untimed steps, at most the default --warmup-steps
     listed = subprocess.run([sys.executable, "-m", "engine.cli", "profiles", "--json"], capture_output=True,
                             text=True, timeout=60)
     assert [r["id"] for r in json.loads(listed.stdout)] == [data["profile_id"]]

@@ -17,6 +17,7 @@ from fake_nvml import (
     install_fake_nvml,
     make_fake_pynvml,
 )
+from helpers import clocked
 
 from engine import jobs, store
 from engine.home import Home
@@ -283,6 +284,27 @@ def test_fp16_warm_up_runs_until_the_loss_scaler_stops_skipping_steps(gpu, tiny_
                               telemetry_tag=lambda b: marks.append(overflowing["left"]))
     assert point.status == "ok"
     assert marks[0] == 0  # every skipped (overflowing) step came before the clock started
+
+
+@pytest.mark.slow
+def test_a_steady_gpu_step_ends_its_warm_up_early_and_sizes_its_blocks_from_it(gpu, tiny_spec, monkeypatch):
+    import dataclasses
+
+    import torch
+
+    from engine.measure.profiler import measure_point
+    from engine.workloads import load_workload
+
+    step_s = 2 ** -8   # 3.9 ms every step, exact in binary as the clock's sums are
+    workload, clock = clocked(monkeypatch, lambda _b, _k: step_s, load_workload(tiny_spec))
+    with cuda_on_cpu(gpu, BUSY):
+        point = measure_point(workload, torch.device("cuda:0"), 64, dataclasses.replace(QUICK, warmup_steps=3),
+                              telemetry_tag=clock.tag)
+    # the step counting FLOPs, then two steps that agree: the steady state, and the length of a step; no
+    # further steps to size the blocks (six untimed steps before, three of them for the sizing)
+    assert point.status == "ok" and clock.untimed == [3]
+    assert clock.steps[64] - 3 == 13 * len(point.step_times_s)   # blocks of 50 ms of steps, rounded up
+    assert point.median_s == pytest.approx(step_s)
 
 
 def train_on_gpu(gpu, tiny_spec, allocator: FakeAllocator, device: str = "cuda:0", **config):

@@ -8,11 +8,16 @@ import time
 import pytest
 import tiny_workload
 import torch
+from helpers import clocked
 
 from engine.measure.profiler import (
+    FlopCounts,
     ProfileConfig,
     ProfilePoint,
+    StepRunner,
+    Trainee,
     fit_memory,
+    measure_point,
     physics_problems,
     plan_batch_sizes,
     run_profile,
@@ -286,3 +291,94 @@ def test_a_profiled_step_clips_gradients_as_training_does(monkeypatch):
     assert clipped == []   # no max_grad_norm: no clipping, as in training
     StepRunner(dataclasses.replace(workload, max_grad_norm=0.5), CPU, 32).step()
     assert clipped == [0.5]   # its cost is part of the step the profile times
+
+
+# -- warm-up: untimed steps until the steady state ------------------------------------------------------------
+
+
+def proportional_counts(workload) -> FlopCounts:
+    """FLOP counts at two small sizes that prove the workload's FLOPs proportional to the batch, so that a
+    larger size's first step counts none and is a step like the others, timed for the warm-up to compare."""
+    return FlopCounts({b: StepRunner(workload, CPU, b).first_step()[0] for b in (2, 4)})
+
+
+STEADY = lambda _b, _k: 0.010                            # noqa: E731  every step alike
+SETTLING = lambda _b, k: {1: 0.030, 2: 0.020}.get(k, 0.010)   # noqa: E731  two slow steps, then the steady state
+
+
+@pytest.mark.parametrize("step_s, warmup_steps, untimed", [
+    (STEADY, 3, 2),        # the first step and one that agrees with it: the steady state, one step spared
+    (SETTLING, 3, 3),      # still settling: the full warm-up
+    (SETTLING, 6, 4),      # 30, 20, 10, 10 ms: ends at the step that agrees with the one before it
+    (STEADY, 1, 1),        # --warmup-steps 1 and 0: the first step only, as before
+    (STEADY, 0, 1),
+    (lambda _b, k: 0.010 * (1 + 0.3 * (k % 2)), 5, 5),   # never two steps alike: every one it may take
+])
+def test_warm_up_ends_at_the_first_step_that_takes_as_long_as_the_one_before(monkeypatch, step_s, warmup_steps,
+                                                                              untimed):
+    workload, clock = clocked(monkeypatch, step_s, tiny_workload.make())
+    config = ProfileConfig(min_steps=3, min_seconds=0.0, warmup_steps=warmup_steps)
+    point = measure_point(workload, CPU, 64, config, telemetry_tag=clock.tag, flop_counts=proportional_counts(workload),
+                          trainee=Trainee.build(workload, CPU))   # a model of its own would be collected: slower
+    assert point.status == "ok" and clock.untimed == [untimed] and point.warmup_steps == untimed
+    assert point.median_s == pytest.approx(step_s(64, 100))   # the timed steps: the steady state
+
+
+def test_a_step_counting_flops_is_not_compared_with_the_next(monkeypatch):
+    # the first step runs under FlopCounterMode (no counts to scale from): its time says nothing, so two
+    # plain steps are compared after it
+    workload, clock = clocked(monkeypatch, STEADY, tiny_workload.make())
+    point = measure_point(workload, CPU, 64, ProfileConfig(min_steps=3, min_seconds=0.0), telemetry_tag=clock.tag,
+                          trainee=Trainee.build(workload, CPU))
+    assert point.status == "ok" and point.flops_per_step and clock.untimed == [3]
+
+
+@pytest.mark.slow
+def test_a_sweep_counts_flops_at_two_sizes_and_scales_them_when_proportional(monkeypatch):
+    import engine.measure.profiler as profiler
+    from engine import Workload
+
+    counts = []
+
+    class Counting(profiler.FlopCounterMode):
+        def __exit__(self, *exc):
+            counts.append(self.get_total_flops())
+            return super().__exit__(*exc)
+
+    monkeypatch.setattr(profiler, "FlopCounterMode", Counting)
+    config = ProfileConfig(batch_sizes=(8, 16, 32, 64), **QUICK)
+    linear = tiny_workload.make()
+    result = run_profile(linear, CPU, config)
+    assert len(counts) == 2   # 8 and 16, the same FLOPs a sample: 32 and 64 take theirs scaled
+    counted = {b: StepRunner(linear, CPU, b).first_step()[0] for b in (8, 16, 32, 64)}
+    assert {p.batch_size: p.flops_per_step for p in result.points} == counted   # exactly what counting finds
+
+    class FixedCost(torch.nn.Module):   # a term that does not grow with the batch: FLOPs not proportional
+        def __init__(self):
+            super().__init__()
+            self.mlp, self.table = linear.model(), torch.nn.Parameter(torch.randn(64, 64))
+
+        def forward(self, x):
+            return self.mlp(x) + (self.table @ self.table).mean()
+
+    fixed = Workload(name="fixed-cost", model=FixedCost, train=linear.train, val=linear.val, loss=linear.loss,
+                     baseline_batch_size=32, baseline_lr=1e-2)
+    counts.clear()
+    result = run_profile(fixed, CPU, config)
+    assert len(counts) == 4   # every size counted
+    counted = {b: StepRunner(fixed, CPU, b).first_step()[0] for b in (8, 16, 32, 64)}
+    assert {p.batch_size: p.flops_per_step for p in result.points} == counted
+
+
+def test_a_datasets_warm_up_steps_through_its_loader_and_sizes_the_blocks(monkeypatch):
+    import model_workloads
+
+    # every step reads its batch through the workload's DataLoader, the warm-up's as the timed ones
+    step_s = 2 ** -7   # 7.8 ms, exact in binary as the clock's sums are
+    workload, clock = clocked(monkeypatch, lambda _b, _k: step_s, model_workloads.make_tuples())
+    point = measure_point(workload, CPU, 64, ProfileConfig(min_steps=3, min_seconds=0.0), telemetry_tag=clock.tag,
+                          trainee=Trainee.build(workload, CPU))
+    assert point.status == "ok" and clock.untimed == [3]   # the FLOP-counting step and two that agree
+    # each round a block through the loader and one without, 50 ms of steps (7 steps), sized from the warm-up
+    assert clock.steps[64] - 3 == 2 * 7 * len(point.step_times_s)
+    assert point.median_s == pytest.approx(step_s) and point.compute_median_s == pytest.approx(step_s)

@@ -64,7 +64,9 @@ def hardware(ctx, as_json: bool) -> None:
 @click.option("--full", is_flag=True, help="Do not stop on a throughput plateau.")
 @click.option("--min-steps", default=10, show_default=True, type=int, help="Timed steps per batch size, at least.")
 @click.option("--min-seconds", default=1.0, show_default=True, type=float, help="Timed seconds per batch size, at least.")
-@click.option("--warmup-steps", default=3, show_default=True, type=int, help="Untimed steps per batch size.")
+@click.option("--warmup-steps", default=3, show_default=True, type=int,
+              help="Untimed steps per batch size, at most: the warm-up ends at the first step that takes as long as "
+                   "the one before it (within 10%), the steady state.")
 @click.option("--rounds", default=3, show_default=True, type=int,
               help="Spread each batch size's timed steps over this many visits, every size once a round in a shuffled "
                    "order, so background load falls on all alike; 1 measures each size in one contiguous block.")
@@ -140,6 +142,8 @@ def profile_summary(profile: dict) -> dict:
             # few were left uncontended (the steps kept include contended ones)
             "others_busy_cores": p.get("others_busy_cores"), "loaded_visits": p.get("loaded_visits") or 0,
             "under_load": bool(p.get("under_load")),
+            # untimed steps before the size's first timed ones: fewer than --warmup-steps once steady
+            "warmup_steps": int(p["warmup_steps"]) if p.get("warmup_steps") is not None else None,
         })
     fit = None
     if profile.get("memory_fit_slope_bytes") is not None:

@@ -51,7 +51,8 @@ POINT_FIELDS = ("batch_size", "status", "step_times_s", "median_s", "p25_s", "p7
                 "compute_median_s", "input_bound",   # Dataset workloads: the compute alone; the loader limits
                 "compile_s",                         # --compile: the compiling first step, timed apart
                 "visits", "remeasured", "inconsistent",   # interleaved rounds; the physics check
-                "others_busy_cores", "loaded_visits", "under_load")   # visits other processes contended
+                "others_busy_cores", "loaded_visits", "under_load",   # visits other processes contended
+                "warmup_steps")                      # untimed steps before a size's first timed ones
 #: The background load while a run trained or a point was timed (engine.measure.telemetry.background_load): the
 #: mean and 90th percentile of other processes' whole-machine CPU busy %, the most other processes seen on the
 #: GPU and the device memory they held. A point event and a run_end event carry them where measured.

@@ -2,15 +2,17 @@
 
 One visit to a batch size (:func:`measure_point`): the model and optimizer (fresh for each size
 measured contiguously; in interleaved rounds one :class:`Trainee`, built once and stepped by every
-visit, whose FLOPs are counted once a size), untimed warm-up steps (with fp16, until the loss
+visit, whose FLOPs are counted once a size), untimed warm-up steps, at most ``warmup_steps``, ending
+at the first that takes as long as the one before it (the steady state; with fp16, not before the loss
 scaler stops skipping updates; one step when a round returns to a size), then full training steps (data
 slicing, forward, backward, optimizer step) timed in blocks between two device synchronisations
 (on a GPU about 50 ms of steps a block, so the host queues ahead as in training; on the CPU one
 step a block, except a Dataset's: see below), repeated until the visit's share of ``min_steps``
 blocks and ``min_seconds`` seconds has been timed. Raw times (per step, one per block) are kept;
 the median, quartiles and a noisy flag are derived from them. The first warm-up step of a size runs
-under ``FlopCounterMode`` (FLOPs) and saved-tensor hooks (the CPU memory estimate): untimed, as the
-instruments slow it.
+under saved-tensor hooks (the CPU memory estimate) and ``FlopCounterMode`` (FLOPs): untimed, as the
+instruments slow it. Once two sizes' counts show the FLOPs proportional to the batch, exactly, the
+larger sizes take theirs scaled, uncounted (see :class:`FlopCounts`).
 
 On a shared machine, load comes and goes; measured in one contiguous block each, some batch sizes
 would get it and others not, and step time could even fall as the batch grows. So the sweep
@@ -89,7 +91,8 @@ OK, OOM, OVER_BUDGET, ERROR = "ok", "oom", "over_budget", "error"
 
 BLOCK_SECONDS = 0.05       # GPU: steps are timed in blocks of about this long between two syncs ...
 MAX_BLOCK_STEPS = 64       # ... of at most this many steps
-SIZING_STEPS = 3           # GPU: untimed steps, each between two syncs, whose fastest sizes the blocks
+SIZING_STEPS = 3           # GPU: untimed steps, each between two syncs, whose fastest sizes the blocks (unless
+                           # the warm-up ended on two steps that agreed: those size them)
 MAX_SCALER_BACKOFFS = 32   # fp16: extra warm-up steps while the loss scaler still skips updates, at most
 QUIET_PATIENCE = 2         # interleaved, a size is visited up to this many times its rounds while other processes
                            # contend for the cores it needs, so that its timed steps come from uncontended visits
@@ -135,6 +138,8 @@ class ProfilePoint:
     others_busy_cores: float | None = None   # CPU cores other processes kept busy while the steps kept were timed
     loaded_visits: int = 0               # visits set aside: other processes contended for the cores this size needs
     under_load: bool = False             # too few uncontended visits: the steps kept include contended ones
+    warmup_steps: int | None = None      # untimed steps the size's first visit took before its clock started (the
+                                         # first, instrumented step included): fewer than --warmup-steps once steady
 
     @property
     def n(self) -> int:
@@ -217,6 +222,42 @@ class Trainee:
         optimizer = workload.make_optimizer(model, workload.baseline_lr)
         scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(device, dtype) else None
         return cls(model, forward, optimizer, scaler)
+
+
+WARMUP_AGREEMENT = 0.10    # warm-up ends at a step within this share of the step before it: the steady state
+
+
+@dataclass
+class FlopCounts:
+    """The FLOPs of a step at each batch size a sweep counted them, on the size's first step
+    (FlopCounterMode), and what they say about the larger sizes.
+
+    Counting runs every op of the step through Python: at a large batch it costs as much as another
+    step. Two sizes whose counts are the same FLOPs per sample, exactly, prove the count proportional
+    to the batch (a term that stays fixed, or grows faster than the batch, would make them differ), and
+    a larger size then takes its FLOPs scaled from them instead of counted."""
+
+    counted: dict[int, float] = field(default_factory=dict)   # {batch size: FLOPs of one step}
+
+    def scaled(self, batch_size: int) -> float | None:
+        """The FLOPs of a step at ``batch_size``, when two sizes or more were counted and every one gave the
+        same FLOPs per sample; None otherwise (count them)."""
+        if len(self.counted) < 2:
+            return None
+        (first_batch, first), *others = self.counted.items()
+        if any(int(flops) * first_batch != int(first) * batch for batch, flops in others):   # exact, in integers
+            return None
+        return first * batch_size / first_batch
+
+
+@dataclass(frozen=True)
+class FirstVisit:
+    """What the first visit to a batch size found, which a later visit stepping the same model reuses."""
+
+    flops: float | None            # of one step (counted or scaled, see FlopCounts)
+    activation_bytes: int          # saved for backward by one step
+    block_steps: int               # steps a timed block holds
+    warmup_steps: int              # untimed steps before its clock started (see ProfilePoint.warmup_steps)
 
 
 class StepRunner:
@@ -307,28 +348,47 @@ class StepRunner:
         return time_in_blocks(self.step, self.device, min_steps, min_seconds, max_steps, block_steps,
                               data_parallel=self.world > 1)
 
-    def warm_up(self, steps: int) -> int:
-        """Untimed steps, at least ``steps``; returns the steps of a timed block (see timed_steps).
+    def warm_up(self, steps: int, first_step_s: float | None = None,
+                block_steps: int | None = None) -> tuple[int, int]:
+        """Untimed steps until the steady state, at most ``steps``; returns (the steps of a timed block (see
+        timed_steps), the warm-up steps taken). ``first_step_s``: the seconds of the size's first step, just taken (None when it was
+        counting FLOPs); ``block_steps``: a block's steps when a visit to the size found them already.
+
+        Each step runs between two synchronisations, so its time is the device's, and the warm-up ends at the
+        first step that takes as long as the one before it, within WARMUP_AGREEMENT: a step still settling
+        (the new shape's allocations, lazy initialisation, autotuning, each paid once) is slower than the next,
+        and the warm-up goes on, up to ``steps``. Those two steps also size the blocks.
 
         With fp16 loss scaling, warm-up goes on until a step passes without the scaler skipping the
         update: the first steps often overflow at the initial scale, and a skipped optimizer step is a
-        cheaper step that must not land among the timed ones. On a GPU a few more steps, each timed
-        alone, size the blocks.
+        cheaper step that must not land among the timed ones.
         """
+        times = [] if first_step_s is None else [first_step_s]
         taken, skipped = 0, self.scaler is not None
-        while taken < steps or (skipped and taken < steps + MAX_SCALER_BACKOFFS):
+        while (taken < steps and not self._settled(times)) or (skipped and taken < steps + MAX_SCALER_BACKOFFS):
             scale = self.scaler.get_scale() if self.scaler is not None else None  # sync: untimed
-            self.step()
+            times.append(self._one_synchronised_step())
             taken += 1
             skipped = self.scaler is not None and self.scaler.get_scale() < scale  # an overflow halves it
+        if block_steps is not None:
+            return block_steps, taken
         if self.device.type == "cpu" and self.data is not None:
-            return 1  # no queue to hide the host behind and no loader: every step is its own block
+            return 1, taken  # no queue to hide the host behind and no loader: every step is its own block
         # a GPU's queue, or a Dataset's loader, whose costs (an epoch's start, collecting its batches'
         # garbage, a slow read now and then) fall on some steps only: a block of consecutive steps carries them
-        # in the proportion a training loop pays them, where the median of single steps would leave them out
-        one_step = min(self._one_synchronised_step() for _ in range(SIZING_STEPS))  # the fastest: least noise
-        block = block_steps_for(one_step, epoch_steps=len(self.order) if self.data is None else None)
-        return int(ddp_util.agree(block)) if self.world > 1 else block  # every rank runs rank 0's blocks
+        # in the proportion a training loop pays them, where the median of single steps would leave them out.
+        # Sized from the two warm-up steps that agreed, else from a few more steps; the fastest: least noise
+        sizing = times[-2:] if self._settled(times) else [self._one_synchronised_step() for _ in range(SIZING_STEPS)]
+        block = block_steps_for(min(sizing), epoch_steps=len(self.order) if self.data is None else None)
+        return (int(ddp_util.agree(block)) if self.world > 1 else block), taken  # every rank runs rank 0's blocks
+
+    def _settled(self, step_times: list[float]) -> bool:
+        """Whether the last of ``step_times`` took as long as the one before it, within WARMUP_AGREEMENT
+        (data-parallel: rank 0's steps decide, so every rank takes as many)."""
+        if len(step_times) < 2:
+            return False
+        settled = abs(step_times[-1] - step_times[-2]) <= WARMUP_AGREEMENT * step_times[-2]
+        return bool(ddp_util.agree(settled)) if self.world > 1 else settled
 
     def timed_loader_and_compute_steps(self, min_blocks: int, min_seconds: float, max_blocks: int,
                                        block_steps: int = 1, seed: int = 0, held: int = 4,
@@ -364,10 +424,13 @@ class StepRunner:
         devices.synchronize(self.device)  # sync: this step alone is done
         return time.perf_counter() - start
 
-    def count_flops_and_activations(self) -> tuple[float, int]:
-        """FLOPs of one step (forward and backward) and the bytes of tensors saved for backward.
-
-        Runs outside the clock (as a size's first warm-up step): both instruments slow the step they watch.
+    def first_step(self, count_flops: bool = True) -> tuple[float | None, int, float | None]:
+        """A batch size's first step, outside the clock (it pays the new shape's allocations and lazy
+        initialisation), watched by instruments: returns the FLOPs of the step (forward and backward, of the
+        global batch; None unless ``count_flops``), the bytes of tensors saved for backward (the CPU memory
+        estimate) and the step's seconds between two synchronisations, which the warm-up compares with the
+        next step's. The saved-tensor hooks cost a call a saved tensor; FlopCounterMode runs every op through
+        Python, which can double a step: a step counting FLOPs has no seconds (None), as it measures nothing.
         """
         saved: dict[int, int] = {}
 
@@ -379,10 +442,16 @@ class StepRunner:
                 pass
             return t
 
-        counter = FlopCounterMode(display=False)
-        with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            self.step()
-        return float(counter.get_total_flops()) * self.world, sum(saved.values())  # FLOPs of the global batch
+        flops = seconds = None
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            if count_flops:
+                counter = FlopCounterMode(display=False)
+                with counter:
+                    self.step()
+                flops = float(counter.get_total_flops()) * self.world   # the global batch's
+            else:
+                seconds = self._one_synchronised_step()
+        return flops, sum(saved.values()), seconds
 
     def state_bytes(self) -> int:
         """Parameters, gradients and optimizer state now held, in bytes."""
@@ -511,17 +580,19 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
                   data: tuple[torch.Tensor, ...] | None = None,
                   telemetry_tag: Callable[[int | None], None] = lambda _b: None,
                   power_between: Callable[[float, float], float | None] = lambda _a, _b: None,
-                  trainee: Trainee | None = None, counted: dict[int, tuple[float, int]] | None = None,
+                  trainee: Trainee | None = None, first_visits: dict[int, FirstVisit] | None = None,
                   others_busy_cores: Callable[[], float | None] = lambda: None,
+                  flop_counts: FlopCounts | None = None,
                   ) -> ProfilePoint:
     """Measure one batch size; out-of-memory and other errors become a point's status.
 
     ``trainee``: the model and optimizer to step (shared by the visits of an interleaved sweep);
-    None builds a fresh one. ``counted``: with a shared trainee, {batch size: (FLOPs, saved-activation
-    bytes)} of the sizes it already ran: such a size is not counted again and warms up for at most
-    :func:`revisit_warmup_steps`; a size counted on this visit is added. ``others_busy_cores``: the cores
-    other processes kept busy over the window ``telemetry_tag`` last opened and closed (see
-    engine.measure.telemetry.WindowLoad)."""
+    None builds a fresh one. ``first_visits``: with a shared trainee, what the first visit to each size it
+    already ran found: such a size is not counted again, warms up for at most :func:`revisit_warmup_steps`
+    and keeps its blocks; a size visited for the first time is added. ``flop_counts``: the sweep's FLOP
+    counts so far, which may spare this size its count (see FlopCounts); a size counted is added.
+    ``others_busy_cores``: the cores other processes kept busy over the window ``telemetry_tag`` last
+    opened and closed (see engine.measure.telemetry.WindowLoad)."""
     started = time.time()
     runner = None
     try:
@@ -535,18 +606,25 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
             runner.step()
             devices.synchronize(device)
             compile_s = time.perf_counter() - compile_start
-        warmup_steps = config.warmup_steps
-        if counted is not None and batch_size in counted:   # back to a size the shared model already ran
-            flops, activation_bytes = counted[batch_size]
-            warmup_steps = min(warmup_steps, revisit_warmup_steps(device))
+        if first_visits is not None and batch_size in first_visits:   # back to a size the shared model already ran
+            first = first_visits[batch_size]
+            flops, activation_bytes, warmup_steps = first.flops, first.activation_bytes, first.warmup_steps
+            block_steps, _ = runner.warm_up(min(config.warmup_steps, revisit_warmup_steps(device)),
+                                            block_steps=first.block_steps)
         else:
-            # the FLOPs and saved activations of one step, counted on the first warm-up step: the counting
-            # slows the step it watches, which no clock is timing yet
-            flops, activation_bytes = runner.count_flops_and_activations()
-            warmup_steps = max(0, warmup_steps - 1)
+            # the size's first step, the first of its warm-up (untimed: no clock runs yet while the
+            # instruments slow it): its saved activations, and its FLOPs unless the counts so far scale
+            flops = flop_counts.scaled(batch_size) if flop_counts is not None else None
+            counted, activation_bytes, first_step_s = runner.first_step(count_flops=flops is None)
             if counted is not None:
-                counted[batch_size] = (flops, activation_bytes)
-        block_steps = runner.warm_up(warmup_steps)  # untimed: allocator growth, caches, lazy init
+                flops = counted
+                if flop_counts is not None:
+                    flop_counts.counted[batch_size] = counted
+            # untimed: allocator growth, caches, lazy init, until the steady state
+            block_steps, taken = runner.warm_up(max(0, config.warmup_steps - 1), first_step_s)
+            warmup_steps = 1 + taken
+            if first_visits is not None:
+                first_visits[batch_size] = FirstVisit(flops, activation_bytes, block_steps, warmup_steps)
         devices.synchronize(device)
         telemetry_tag(batch_size)
         clock_start = time.time()
@@ -570,7 +648,7 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
             batch_size=batch_size, status=OK, peak_memory_bytes=int(peak), memory_is_estimate=estimate,
             flops_per_step=flops or None, mean_power_w=power, started_at=started, ended_at=time.time(),
             compute_median_s=float(np.median(compute)) if compute else None, compile_s=compile_s,
-            timed_s=timed_s, others_busy_cores=others_busy_cores(),
+            timed_s=timed_s, others_busy_cores=others_busy_cores(), warmup_steps=warmup_steps,
         ), times, config)
     except Cancelled:
         raise                 # the job was asked to stop: not a point of the profile
@@ -729,13 +807,15 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
     # interleaved, every visit steps one model and counts each size's FLOPs once: what a visit costs
     # beyond its timed steps is a step or two of warm-up, not a model built, warmed and counted again
     trainee = _shared_trainee(workload, device, config) if interleaved else None
-    counted: dict[int, tuple[float, int]] | None = {} if trainee is not None else None
+    first_visits: dict[int, FirstVisit] | None = {} if trainee is not None else None
+    flop_counts = FlopCounts()
 
     spare = spare_cores(device, config)
 
     def measure(batch_size: int, visit: ProfileConfig) -> ProfilePoint:
         point = measure_point(workload, device, batch_size, visit, data, telemetry_tag, power_between,
-                              trainee=trainee, counted=counted, others_busy_cores=others_busy_cores)
+                              trainee=trainee, first_visits=first_visits, others_busy_cores=others_busy_cores,
+                              flop_counts=flop_counts)
         budget = config.memory_budget_bytes
         if point.status == OK and budget is not None and point.peak_memory_bytes > budget:
             point = replace(point, status=OVER_BUDGET, error="measured peak memory exceeds the budget")

@@ -383,6 +383,12 @@ def m012_noise_compile_time(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE noise_curve_points ADD COLUMN compile_s DOUBLE")
 
 
+@migration
+def m013_point_warmup_steps(con: duckdb.DuckDBPyConnection) -> None:
+    # warm-up ends at the steady state: the untimed steps a size's first visit took (NULL: profiled before)
+    con.execute("ALTER TABLE profile_points ADD COLUMN warmup_steps INTEGER")
+
+
 def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[str, Migration]] | None = None) -> list[str]:
     """Apply the migrations not yet recorded, in order, each in its own transaction."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")
