@@ -22,6 +22,7 @@ from engine.cli.output import console, detached, emit_json, finish_job, follow_j
 from engine.errors import LargestepError, UsageError
 from engine.format import format_bytes, format_ms, format_pct, format_si, grouped
 from engine.measure.device_names import DTYPE_NAMES
+from engine.measure.profile_config import WARMUP_AGREEMENT
 
 
 @cli.command()
@@ -66,7 +67,7 @@ def hardware(ctx, as_json: bool) -> None:
 @click.option("--min-seconds", default=1.0, show_default=True, type=float, help="Timed seconds per batch size, at least.")
 @click.option("--warmup-steps", default=3, show_default=True, type=int,
               help="Untimed steps per batch size, at most: the warm-up ends at the first step that takes as long as "
-                   "the one before it (within 10%), the steady state.")
+                   f"the one before it (within {WARMUP_AGREEMENT:.0%}), the steady state.")
 @click.option("--rounds", default=3, show_default=True, type=int,
               help="Spread each batch size's timed steps over this many visits, every size once a round in a shuffled "
                    "order, so background load falls on all alike; 1 measures each size in one contiguous block.")

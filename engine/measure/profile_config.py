@@ -14,12 +14,13 @@ from engine.units import INT64_MAX, check_int, check_number
 if TYPE_CHECKING:
     from engine.workloads.base import Workload
 
-__all__ = ["DTYPES", "MAX_ROUNDS", "MAX_SECONDS", "MAX_STEPS", "ProfileConfig", "plan_batch_sizes"]
+__all__ = ["DTYPES", "MAX_ROUNDS", "MAX_SECONDS", "MAX_STEPS", "WARMUP_AGREEMENT", "ProfileConfig", "plan_batch_sizes"]
 
 DTYPES = DTYPE_NAMES
 MAX_STEPS = 1_000_000      # timed or warm-up steps per batch size, at most
 MAX_SECONDS = 86_400.0     # timed seconds per batch size, at most (a day)
 MAX_ROUNDS = 100           # interleaved visits per batch size, at most
+WARMUP_AGREEMENT = 0.10    # warm-up ends at a step within this share of the step before it: the steady state
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class ProfileConfig:
     dtype: str = "fp32"                 # "fp32" | "bf16" | "fp16" (autocast)
     memory_budget_bytes: int | None = None  # stop before a batch predicted, or measured, above this
     full: bool = False                  # True: no stop on a throughput plateau
-    warmup_steps: int = 3               # untimed steps per batch size (allocator, caches, autotune)
+    warmup_steps: int = 3               # untimed steps per batch size at most (allocator, caches, autotune): the
+                                        # warm-up ends at the steady state (see WARMUP_AGREEMENT)
     min_steps: int = 10                 # timed steps per batch size, at least
     min_seconds: float = 1.0            # timed seconds per batch size, at least
     max_steps: int = 2000               # timed steps per batch size, at most (tiny models)

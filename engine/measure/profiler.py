@@ -67,7 +67,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from engine.errors import Cancelled
 from engine.measure import devices
 from engine.measure import distributed as ddp_util
-from engine.measure.profile_config import MAX_ROUNDS, ProfileConfig, plan_batch_sizes
+from engine.measure.profile_config import MAX_ROUNDS, WARMUP_AGREEMENT, ProfileConfig, plan_batch_sizes
 from engine.workloads import batches
 from engine.workloads.base import Workload
 
@@ -222,9 +222,6 @@ class Trainee:
         optimizer = workload.make_optimizer(model, workload.baseline_lr)
         scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(device, dtype) else None
         return cls(model, forward, optimizer, scaler)
-
-
-WARMUP_AGREEMENT = 0.10    # warm-up ends at a step within this share of the step before it: the steady state
 
 
 @dataclass
@@ -851,7 +848,10 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
         return reason, inconsistency
     finally:
         data = trainee = None   # drop the device copy of the data and the model (measure holds them too)
-        devices.free_memory(device)
+        # An accelerator's cache is returned once the model's cycles are collected. On the CPU a collection
+        # frees nothing the next measurement needs and costs a job 0.15 to 0.3 s at its end (a full pass over
+        # torch's and torch._dynamo's objects) before the profile can be read.
+        devices.free_memory(device, collect=torch.device(device).type != "cpu")
 
 
 def spare_cores(device: torch.device, config: ProfileConfig) -> float:
