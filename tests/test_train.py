@@ -11,6 +11,7 @@ import torch
 
 from engine.errors import Diverged, UsageError
 from engine.jobs.bodies import SpoolRunLog
+from engine.measure import train as train_module
 from engine.measure.train import TrainConfig, lr_at, train
 from engine.plan.compare import compare_groups, time_to_target, welch_p_value
 
@@ -103,6 +104,25 @@ def test_an_absurd_learning_rate_diverges_within_a_few_steps():
         train(tiny_workload.make(), CPU, TrainConfig(batch_size=32, lr=1e6, epochs=50, warmup_samples=0), log=emit)
     last = [r for e in events if e["type"] == "metrics" for r in e["rows"]][-1]
     assert last["step"] <= 10
+
+
+def test_every_interval_is_logged_but_progress_is_reported_at_most_once_a_second(monkeypatch):
+    """A job's progress rewrites and fsyncs its status file: reported at every logging step it cost
+    more than the step itself on a small model; the metrics still reach the spool at every interval."""
+    def run():
+        events, log = collect()
+        reports = []
+        result = train(tiny_workload.make(), CPU, TrainConfig(batch_size=32, lr=1e-2, max_steps=40, log_every_steps=1),
+                       log=log, progress=lambda phase, fraction: reports.append((phase, fraction)))
+        rows = [r for e in events if e["type"] == "metrics" for r in e["rows"]]
+        return result, rows, reports
+
+    result, rows, reports = run()
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    assert reports[0][0].startswith("step 1/40, loss") and reports[0][1] == pytest.approx(1 / 40)
+    assert len(reports) <= 2 + result.train_time_s / train_module.PROGRESS_EVERY_S
+    monkeypatch.setattr(train_module, "PROGRESS_EVERY_S", 0.0)   # no limit: one report a logging step
+    assert len(run()[2]) == 40
 
 
 @pytest.mark.parametrize("config, says", [
