@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -123,6 +124,28 @@ def test_every_interval_is_logged_but_progress_is_reported_at_most_once_a_second
     assert len(reports) <= 2 + result.train_time_s / train_module.PROGRESS_EVERY_S
     monkeypatch.setattr(train_module, "PROGRESS_EVERY_S", 0.0)   # no limit: one report a logging step
     assert len(run()[2]) == 40
+
+
+@pytest.mark.parametrize("fold_every", [1024, 3])
+def test_each_logged_loss_is_the_mean_of_its_intervals_micro_batch_losses(monkeypatch, fold_every):
+    """Losses are kept on the device and summed when logged (also in folds of a long interval's list)."""
+    monkeypatch.setattr(train_module._IntervalLoss, "FOLD_EVERY", fold_every)
+    base = tiny_workload.make()
+    seen = []
+
+    def recorded_loss(output, target):
+        loss = base.loss(output, target)
+        seen.append(float(loss.detach()))
+        return loss
+
+    events, log = collect()
+    workload = replace(base, loss=recorded_loss)
+    train(workload, CPU, TrainConfig(batch_size=32, lr=1e-2, accumulate=2, max_steps=12, log_every_steps=4), log=log)
+    rows = [r for e in events if e["type"] == "metrics" for r in e["rows"]]
+    assert [r["step"] for r in rows] == [4, 8, 12]
+    micro_losses = seen[:24]   # then the evaluation's
+    for i, row in enumerate(rows):   # 4 steps of 2 micro-batches each
+        assert row["train_loss"] == pytest.approx(sum(micro_losses[8 * i:8 * i + 8]) / 8, rel=1e-6)
 
 
 @pytest.mark.parametrize("config, says", [
