@@ -418,7 +418,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
          backend=torch.distributed.get_backend() if world > 1 else None, compile_s=compile_s)
 
     result = RunResult()
-    interval_loss = _IntervalLoss(device)   # read at logging intervals
+    interval_loss = _IntervalLoss()   # read at logging intervals
     first_loss: float | None = None
     eval_time = 0.0
     devices.synchronize(device)  # sync: the setup's copies are done before the clock starts
@@ -701,10 +701,10 @@ class _IntervalLoss:
 
     FOLD_EVERY = 1024
 
-    def __init__(self, device: torch.device):
+    def __init__(self):
         self.kept: list[torch.Tensor] = []
-        self.folded = torch.zeros((), dtype=torch.float32, device=device)   # the sum of losses folded so far
-        self.count = 0
+        self.folded: torch.Tensor | None = None   # the sum of the losses folded so far, in float32
+        self.folded_count = 0
 
     def add(self, loss: torch.Tensor) -> None:
         self.kept.append(loss.detach())
@@ -712,19 +712,19 @@ class _IntervalLoss:
             self._fold()
 
     def _fold(self) -> None:
-        if self.kept:
-            self.folded += torch.stack(self.kept).float().sum()   # in float32, as autocast losses may be lower
-            self.count += len(self.kept)
-            self.kept = []
+        part = torch.stack(self.kept).float().sum()   # in float32, as autocast losses may be lower
+        self.folded = part if self.folded is None else self.folded + part
+        self.folded_count += len(self.kept)
+        self.kept = []
 
     def mean(self) -> torch.Tensor:
-        """The interval's mean loss, on the device (reading it is the caller's sync)."""
-        self._fold()
-        return self.folded / max(1, self.count)
+        """The interval's mean loss so far (at least one loss kept), on the device: reading it is the caller's sync."""
+        if self.kept:
+            self._fold()
+        return self.folded / self.folded_count
 
     def reset(self) -> None:
-        self.kept, self.count = [], 0
-        self.folded.zero_()
+        self.kept, self.folded, self.folded_count = [], None, 0
 
 
 def _process_peak_rss() -> int | None:
