@@ -34,6 +34,7 @@ from engine.home import Home  # noqa: E402
 from engine.jobs.bodies import SpoolRunLog  # noqa: E402
 from engine.measure import devices  # noqa: E402
 from engine.measure.train import TrainConfig, train  # noqa: E402
+from engine.measure.train_config import MAX_EPOCHS  # noqa: E402
 from engine.workloads import load_workload  # noqa: E402
 
 
@@ -69,7 +70,7 @@ def largestep_loop(workload, device: torch.device, batch_size: int, lr: float, s
     """Samples per second of the job's loop, spooling every record as a job does."""
     spool = jobs.Spool(job_dir)
     config = TrainConfig(batch_size=batch_size, lr=lr, warmup_samples=0, seed=seed, max_steps=steps,
-                         epochs=1e9, eval_every_epochs=1e9)
+                         epochs=MAX_EPOCHS, eval_every_epochs=MAX_EPOCHS)
     try:
         result = train(workload, device, config, log=SpoolRunLog(spool.emit))
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from engine.errors import Diverged, UsageError
 from engine.jobs.bodies import SpoolRunLog
+from engine.measure import train as train_module
 from engine.measure.train import TrainConfig, lr_at, train
 from engine.plan.compare import compare_groups, time_to_target, welch_p_value
 
@@ -103,6 +105,47 @@ def test_an_absurd_learning_rate_diverges_within_a_few_steps():
         train(tiny_workload.make(), CPU, TrainConfig(batch_size=32, lr=1e6, epochs=50, warmup_samples=0), log=emit)
     last = [r for e in events if e["type"] == "metrics" for r in e["rows"]][-1]
     assert last["step"] <= 10
+
+
+def test_every_interval_is_logged_but_progress_is_reported_at_most_once_a_second(monkeypatch):
+    """A job's progress rewrites and fsyncs its status file: reported at every logging step it cost
+    more than the step itself on a small model; the metrics still reach the spool at every interval."""
+    def run():
+        events, log = collect()
+        reports = []
+        result = train(tiny_workload.make(), CPU, TrainConfig(batch_size=32, lr=1e-2, max_steps=40, log_every_steps=1),
+                       log=log, progress=lambda phase, fraction: reports.append((phase, fraction)))
+        rows = [r for e in events if e["type"] == "metrics" for r in e["rows"]]
+        return result, rows, reports
+
+    result, rows, reports = run()
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    assert reports[0][0].startswith("step 1/40, loss") and reports[0][1] == pytest.approx(1 / 40)
+    assert len(reports) <= 2 + result.train_time_s / train_module.PROGRESS_EVERY_S
+    monkeypatch.setattr(train_module, "PROGRESS_EVERY_S", 0.0)   # no limit: one report a logging step
+    assert len(run()[2]) == 40
+
+
+@pytest.mark.parametrize("fold_every", [1024, 3])
+def test_each_logged_loss_is_the_mean_of_its_intervals_micro_batch_losses(monkeypatch, fold_every):
+    """Losses are kept on the device and summed when logged (also in folds of a long interval's list)."""
+    monkeypatch.setattr(train_module._IntervalLoss, "FOLD_EVERY", fold_every)
+    base = tiny_workload.make()
+    seen = []
+
+    def recorded_loss(output, target):
+        loss = base.loss(output, target)
+        seen.append(float(loss.detach()))
+        return loss
+
+    events, log = collect()
+    workload = replace(base, loss=recorded_loss)
+    train(workload, CPU, TrainConfig(batch_size=32, lr=1e-2, accumulate=2, max_steps=12, log_every_steps=4), log=log)
+    rows = [r for e in events if e["type"] == "metrics" for r in e["rows"]]
+    assert [r["step"] for r in rows] == [4, 8, 12]
+    micro_losses = seen[:24]   # then the evaluation's
+    for i, row in enumerate(rows):   # 4 steps of 2 micro-batches each
+        assert row["train_loss"] == pytest.approx(sum(micro_losses[8 * i:8 * i + 8]) / 8, rel=1e-6)
 
 
 @pytest.mark.parametrize("config, says", [

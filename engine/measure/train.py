@@ -7,7 +7,7 @@ update; logging; evaluation outside the training clock; termination), and the fi
   copied non-blocking one batch ahead. Dataset workloads: read through their DataLoader (workers,
   collate_fn, pinning) in the same seeded order. A fresh shuffle per epoch comes from the seed.
 - A dict batch calls ``model(**batch)``; ``loss=None`` takes the loss from the model's output.
-- No host-device synchronisation per step: losses accumulate on the device and are read only
+- No host-device synchronisation per step: losses are kept on the device (no kernel a step), summed and read only
   at logging intervals (and every ``check_every`` steps for divergence).
 - Learning rate: gradual linear warm-up over a number of samples (not steps), then constant,
   cosine, linear or WSD (warm-up, stable, decay), all defined in samples, so a larger batch keeps
@@ -81,6 +81,8 @@ class NullLog:
         pass
 
 
+PROGRESS_EVERY_S = 1.0  # progress reported at most this often: a job's report rewrites and fsyncs its status
+                        # file (about 250 µs of CPU and 0.5 ms of wall time), and its heartbeat runs at 1 s
 
 
 @dataclass
@@ -200,6 +202,9 @@ class _LoaderBatches:
 
     def epoch(self, epoch: int):
         self.order.set_epoch(epoch)
+        if self.device.type == "cpu":   # the loader's batches are in host memory already: nothing to copy
+            yield from self.loader
+            return
         for batch in self.loader:
             yield batches.to_device(batch, self.device, non_blocking=self.loader.pin_memory)
 
@@ -331,17 +336,20 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
          backend=torch.distributed.get_backend() if world > 1 else None, compile_s=compile_s)
 
     result = RunResult()
-    loss_sum = torch.zeros((), device=device)   # accumulated on the device, read at logging intervals
-    loss_count = 0
+    interval_loss = _IntervalLoss()   # read at logging intervals
     first_loss: float | None = None
     eval_time = 0.0
     devices.synchronize(device)  # sync: the setup's copies are done before the clock starts
     start = time.perf_counter()
     last_log_time, last_log_samples = start, 0
+    last_progress_time = -math.inf   # the first logging step reports progress, then at most every PROGRESS_EVERY_S
     step = 0
     epoch = 0
     done = False
     batch_now = config.batch_size   # samples per optimizer step; a batch schedule changes it between phases
+    autocast = devices.autocast(device, config.dtype)   # one context, entered every micro-batch
+    accumulate, where = config.accumulate, workload.where
+    factor_set = None               # the schedule's multiple the parameter groups run at now
 
     while not done:
         micro = 0
@@ -349,16 +357,16 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
             micro += 1
             # forward backward (one micro-batch; the loss is scaled so accumulation averages); with
             # DDP the gradient all-reduce runs inside the last micro-batch's backward only
-            syncing = micro % config.accumulate == 0
+            syncing = micro % accumulate == 0
             with _no_sync_unless(forward, syncing):
-                with devices.autocast(device, config.dtype):
-                    loss = workload.loss_of(batches.model_output(forward, micro_batch), micro_batch)
-                scaled = loss / config.accumulate if config.accumulate > 1 else loss   # no op a step when not accumulating
+                with autocast:
+                    loss = batches.loss_of(workload.loss, batches.model_output(forward, micro_batch), micro_batch,
+                                           where)
+                scaled = loss / accumulate if accumulate > 1 else loss   # no op a step when not accumulating
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
             if isinstance(probe, _MicroNoiseProbe):
                 probe.after_micro_batch(model)
-            loss_sum += loss.detach().float()
-            loss_count += 1
+            interval_loss.add(loss)
             if not syncing:
                 continue
             # update
@@ -366,8 +374,10 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
             if phases is not None:
                 factor *= batch_schedule.lr_multiple(phases, result.samples, total_samples, warmup,
                                                      config.batch_schedule_rule)
-            for group, base_lr in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base_lr * factor
+            if factor != factor_set:   # constant stretches (after warm-up, wsd's stable phase) set nothing a step
+                for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base_lr * factor
+                factor_set = factor
             lr = config.lr * factor  # the rate logged: the run's peak rate times the schedule
             if probe is not None:
                 probe.after_backward(model)
@@ -400,7 +410,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
             if step % log_every == 0:
                 devices.synchronize(device)  # sync: the interval's steps are done before the clock is read
                 now = time.perf_counter()
-                mean_loss = float(ddp_util.mean_across_ranks(loss_sum)) / max(1, loss_count)
+                mean_loss = float(ddp_util.mean_across_ranks(interval_loss.mean()))
                 train_elapsed = (now - last_log_time)
                 throughput = (result.samples - last_log_samples) / train_elapsed if train_elapsed > 0 else None
                 row = _row(step, result.samples, samples_per_epoch, start, eval_time, mean_loss, lr, throughput)
@@ -414,10 +424,11 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                                                            config.adaptive_multiple, workload.n_train)
                         if grown is not None and result.samples < total_samples:
                             phases = (*phases, (grown, result.samples / total_samples))
-                loss_sum.zero_()
-                loss_count = 0
+                interval_loss.reset()
                 last_log_time, last_log_samples = now, result.samples
-                progress(f"step {step}/{total_steps}, loss {mean_loss:.4f}", step / total_steps)
+                if now - last_progress_time >= PROGRESS_EVERY_S:
+                    progress(f"step {step}/{total_steps}, loss {mean_loss:.4f}", step / total_steps)
+                    last_progress_time = now
 
             # evaluation, outside the training clock
             last_step = step >= total_steps or result.samples >= total_samples
@@ -596,6 +607,42 @@ class _MicroNoiseProbe(_NoiseProbe):
     def after_backward(self, model: torch.nn.Module) -> None:
         super().after_backward(model)
         self.previous = None   # the optimizer step clears the gradients
+
+
+class _IntervalLoss:
+    """The mean training loss of a logging interval, kept on the device with no arithmetic a step.
+
+    Each micro-batch's loss is kept (detached: a new view, no kernel) and summed only when the mean is
+    read, or every ``FOLD_EVERY`` losses so that a long interval holds a bounded list. Adding into one
+    running tensor instead costs an in-place add (a dispatch on the CPU, a kernel on a GPU) every step.
+    """
+
+    FOLD_EVERY = 1024
+
+    def __init__(self):
+        self.kept: list[torch.Tensor] = []
+        self.folded: torch.Tensor | None = None   # the sum of the losses folded so far, in float32
+        self.folded_count = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.kept.append(loss.detach())
+        if len(self.kept) == self.FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> None:
+        part = torch.stack(self.kept).float().sum()   # in float32, as autocast losses may be lower
+        self.folded = part if self.folded is None else self.folded + part
+        self.folded_count += len(self.kept)
+        self.kept = []
+
+    def mean(self) -> torch.Tensor:
+        """The interval's mean loss so far (at least one loss kept), on the device: reading it is the caller's sync."""
+        if self.kept:
+            self._fold()
+        return self.folded / self.folded_count
+
+    def reset(self) -> None:
+        self.kept, self.folded, self.folded_count = [], None, 0
 
 
 def _process_peak_rss() -> int | None:
