@@ -93,7 +93,9 @@ def main() -> None:
         lr = workload.baseline_lr * batch_size / workload.baseline_batch_size
         # sizes the runs to about --seconds; at least 50 steps, so that starting a loader's iteration
         # (a fixed cost both sides pay once a run) does not decide the ratio
-        probe = bare_loop(workload, batch_size, lr, 20, 0)
+        # probed twice: the process's first loop pays one-time costs (torch's first ops, the loader's first
+        # workers) that sized the runs at batch 64 to a tenth of --seconds
+        probe = [bare_loop(workload, batch_size, lr, 20, 0) for _ in range(2)][-1]
         steps = max(50, int(args.seconds * probe / batch_size))
         ours, bare, profiled = [], [], []
         for r in range(args.rounds):
