@@ -295,7 +295,8 @@ def test_a_dataset_workload_is_never_recalled(home, tmp_path):
     assert cached_facts(spec, {}, cache_of(home)) is None
 
 
-# `largestep ARGV` in a fresh interpreter; its last line of output: the command's exit code and whether it imported torch
+# `largestep ARGV` in a fresh interpreter; its last line of output: the command's exit code and whether it
+# imported torch
 COMMAND_AND_TORCH = """
 import json, sys
 from engine.cli import main

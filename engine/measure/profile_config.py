@@ -86,8 +86,8 @@ class ProfileConfig:
 
     def visit(self) -> "ProfileConfig":
         """The config of one visit to a batch size: its share of the steps and seconds."""
-        return replace(self, min_steps=math.ceil(self.min_steps / self.rounds), min_seconds=self.min_seconds / self.rounds,
-                       max_steps=math.ceil(self.max_steps / self.rounds))
+        return replace(self, min_steps=math.ceil(self.min_steps / self.rounds),
+                       min_seconds=self.min_seconds / self.rounds, max_steps=math.ceil(self.max_steps / self.rounds))
 
 
 

@@ -348,8 +348,9 @@ class StepRunner:
     def warm_up(self, steps: int, first_step_s: float | None = None,
                 block_steps: int | None = None) -> tuple[int, int]:
         """Untimed steps until the steady state, at most ``steps``; returns (the steps of a timed block (see
-        timed_steps), the warm-up steps taken). ``first_step_s``: the seconds of the size's first step, just taken (None when it was
-        counting FLOPs); ``block_steps``: a block's steps when a visit to the size found them already.
+        timed_steps), the warm-up steps taken). ``first_step_s``: the seconds of the size's first step, just
+        taken (None when it was counting FLOPs); ``block_steps``: a block's steps when a visit to the size
+        found them already.
 
         Each step runs between two synchronisations, so its time is the device's, and the warm-up ends at the
         first step that takes as long as the one before it, within WARMUP_AGREEMENT: a step still settling
