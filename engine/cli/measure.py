@@ -66,8 +66,8 @@ def hardware(ctx, as_json: bool) -> None:
 @click.option("--min-steps", default=10, show_default=True, type=int, help="Timed steps per batch size, at least.")
 @click.option("--min-seconds", default=1.0, show_default=True, type=float, help="Timed seconds per batch size, at least.")
 @click.option("--warmup-steps", default=3, show_default=True, type=int,
-              help="Untimed steps per batch size, at most: the warm-up ends at the first step that takes as long as "
-                   f"the one before it (within {WARMUP_AGREEMENT:.0%}), the steady state.")
+              help="Untimed steps per batch size, at most: the warm-up ends at the first step not more than "
+                   f"{WARMUP_AGREEMENT:.0%} faster than the one before it, the steady state.")
 @click.option("--rounds", default=3, show_default=True, type=int,
               help="Spread each batch size's timed steps over this many visits, every size once a round in a shuffled "
                    "order, so background load falls on all alike; 1 measures each size in one contiguous block.")

@@ -20,7 +20,7 @@ DTYPES = DTYPE_NAMES
 MAX_STEPS = 1_000_000      # timed or warm-up steps per batch size, at most
 MAX_SECONDS = 86_400.0     # timed seconds per batch size, at most (a day)
 MAX_ROUNDS = 100           # interleaved visits per batch size, at most
-WARMUP_AGREEMENT = 0.10    # warm-up ends at a step within this share of the step before it: the steady state
+WARMUP_AGREEMENT = 0.10    # warm-up ends at a step not faster than the one before it by more than this share
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 One visit to a batch size (:func:`measure_point`): the model and optimizer (fresh for each size
 measured contiguously; in interleaved rounds one :class:`Trainee`, built once and stepped by every
 visit, whose FLOPs are counted once a size), untimed warm-up steps, at most ``warmup_steps``, ending
-at the first that takes as long as the one before it (the steady state; with fp16, not before the loss
+at the first not faster than the one before it (the steady state; with fp16, not before the loss
 scaler stops skipping updates; one step when a round returns to a size), then full training steps (data
 slicing, forward, backward, optimizer step) timed in blocks between two device synchronisations
 (on a GPU about 50 ms of steps a block, so the host queues ahead as in training; on the CPU one
@@ -353,9 +353,10 @@ class StepRunner:
         found them already.
 
         Each step runs between two synchronisations, so its time is the device's, and the warm-up ends at the
-        first step that takes as long as the one before it, within WARMUP_AGREEMENT: a step still settling
-        (the new shape's allocations, lazy initialisation, autotuning, each paid once) is slower than the next,
-        and the warm-up goes on, up to ``steps``. Those two steps also size the blocks.
+        first step that is not faster than the one before it by more than WARMUP_AGREEMENT: a step still
+        settling (the new shape's allocations, lazy initialisation, autotuning, each paid once) is slower than
+        the next, and the warm-up goes on, up to ``steps``; a step slower than the one before is noise (another
+        process, a page fault), which no further warm-up removes. Those two steps also size the blocks.
 
         With fp16 loss scaling, warm-up goes on until a step passes without the scaler skipping the
         update: the first steps often overflow at the initial scale, and a skipped optimizer step is a
@@ -381,11 +382,11 @@ class StepRunner:
         return (int(ddp_util.agree(block)) if self.world > 1 else block), taken  # every rank runs rank 0's blocks
 
     def _settled(self, step_times: list[float]) -> bool:
-        """Whether the last of ``step_times`` took as long as the one before it, within WARMUP_AGREEMENT
+        """Whether the last of ``step_times`` was not faster than the one before it by more than WARMUP_AGREEMENT
         (data-parallel: rank 0's steps decide, so every rank takes as many)."""
         if len(step_times) < 2:
             return False
-        settled = abs(step_times[-1] - step_times[-2]) <= WARMUP_AGREEMENT * step_times[-2]
+        settled = step_times[-1] >= (1 - WARMUP_AGREEMENT) * step_times[-2]
         return bool(ddp_util.agree(settled)) if self.world > 1 else settled
 
     def timed_loader_and_compute_steps(self, min_blocks: int, min_seconds: float, max_blocks: int,
