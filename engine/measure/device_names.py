@@ -49,7 +49,7 @@ def device_kind(device: Any) -> str:
     """"cpu", "cuda" or "mps": the kind of device a ``--device`` names."""
     text = str(device or "auto")
     if text == "auto":
-        return "cpu" if _no_gpu_here() or not _cuda_available() else "cuda"
+        return "cuda" if _cuda_available() else "cpu"
     return text.split(":")[0]
 
 
