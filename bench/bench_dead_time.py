@@ -17,7 +17,7 @@ All figures are ratios measured in the same run, so a busy machine slows both si
     training runs' wall time (training steps and evaluation, as their loop clocks it), the
     profile's timed steps and the noise estimate's own time. Target: at least 85%.
 
-    python bench/bench_dead_time.py [--rounds 5] [--skip-sweep] [--skip-autopilot]
+    python bench/bench_dead_time.py [--rounds 5] [--skip-first-step] [--skip-sweep] [--sweeps 1] [--skip-autopilot]
                                     [--autopilot-repeats 3] [--autopilot-epochs E]
 """
 
@@ -126,14 +126,16 @@ def _first_step_s(home: Home, workload: str, seed: int) -> tuple[float, dict]:
                                "to_first_step": first - run_start["t"]}
 
 
-def sweep(workload: str) -> dict:
-    """(b): a default sweep from the command line, cold (its own empty home) and then with the cache warm."""
+def sweep(workload: str, cached_runs: int = 1) -> dict:
+    """(b): a default sweep from the command line, cold (its own empty home) and then ``cached_runs`` times with
+    the cache warm."""
     from engine.jobs import forkserver
 
     results = {}
+    labels = ["cold"] + ["cached" if cached_runs == 1 else f"cached {k + 1}" for k in range(cached_runs)]
     with tempfile.TemporaryDirectory() as root:
         env = dict(os.environ, LARGESTEP_HOME=root)
-        for label in ("cold", "cached"):   # the second one's job is forked by the launcher the first one started
+        for label in labels:   # the later ones' jobs are forked by the launcher the first one started
             start, submitted = time.perf_counter(), time.time()
             proc = subprocess.run([sys.executable, "-m", "engine.cli", "profile", "--workload", workload, "--json"],
                                   capture_output=True, text=True, env=env, cwd=ROOT)
@@ -224,7 +226,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", default="fraud-gru")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--skip-first-step", action="store_true")
     parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--sweeps", type=int, default=1, help="default sweeps with the cache warm (after a cold one)")
     parser.add_argument("--skip-autopilot", action="store_true")
     parser.add_argument("--autopilot-repeats", type=int, default=3)
     parser.add_argument("--autopilot-epochs", type=float, default=None)
@@ -232,9 +236,10 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {load:.1f}", flush=True)
-    first_step(args.workload, args.rounds)
+    if not args.skip_first_step:
+        first_step(args.workload, args.rounds)
     if not args.skip_sweep:
-        sweep(args.workload)
+        sweep(args.workload, args.sweeps)
     if not args.skip_autopilot:
         autopilot(args.workload, args.autopilot_repeats, args.autopilot_epochs)
     print(f"load average at the end {os.getloadavg()[0]:.1f}", flush=True)

@@ -302,7 +302,7 @@ def test_a_steady_gpu_step_ends_its_warm_up_early_and_sizes_its_blocks_from_it(g
                               telemetry_tag=clock.tag)
     # the step counting FLOPs, then two steps that agree: the steady state, and the length of a step; no
     # further steps to size the blocks (six untimed steps before, three of them for the sizing)
-    assert point.status == "ok" and clock.untimed == [3]
+    assert point.status == "ok" and clock.untimed == [3] and point.warmup_steps == 3   # none of them timed
     assert clock.steps[64] - 3 == 13 * len(point.step_times_s)   # blocks of 50 ms of steps, rounded up
     assert point.median_s == pytest.approx(step_s)
 

@@ -307,13 +307,14 @@ SETTLING = lambda _b, k: {1: 0.030, 2: 0.020}.get(k, 0.010)   # noqa: E731  two 
 
 
 @pytest.mark.parametrize("step_s, warmup_steps, untimed", [
-    (STEADY, 3, 2),        # the first step and one that agrees with it: the steady state, one step spared
-    (SETTLING, 3, 3),      # still settling: the full warm-up
-    (SETTLING, 6, 4),      # 30, 20, 10, 10 ms: ends at the step that agrees with the one before it
+    # the first step (under instruments) and one that agrees with it: the steady state; that one is timed
+    (STEADY, 3, 1),
+    (SETTLING, 3, 3),      # still settling: the full warm-up, none of it timed
+    (SETTLING, 6, 2),      # 30, 20, 10, 10 ms: ends at the step that agrees with the one before it, both timed
     (STEADY, 1, 1),        # --warmup-steps 1 and 0: the first step only, as before
     (STEADY, 0, 1),
     # 13, 10, 13 ms: the third is slower than the second, noise that more warm-up would not remove
-    (lambda _b, k: 0.010 * (1 + 0.3 * (k % 2)), 5, 3),
+    (lambda _b, k: 0.010 * (1 + 0.3 * (k % 2)), 5, 1),
     (lambda _b, k: 0.010 * 0.8 ** min(k, 6), 5, 5),      # 20% faster every step: settling to the last one allowed
 ])
 def test_warm_up_ends_at_the_first_step_not_faster_than_the_one_before(monkeypatch, step_s, warmup_steps,
@@ -322,7 +323,11 @@ def test_warm_up_ends_at_the_first_step_not_faster_than_the_one_before(monkeypat
     config = ProfileConfig(min_steps=3, min_seconds=0.0, warmup_steps=warmup_steps)
     point = measure_point(workload, CPU, 64, config, telemetry_tag=clock.tag, flop_counts=proportional_counts(workload),
                           trainee=Trainee.build(workload, CPU))   # a model of its own would be collected: slower
-    assert point.status == "ok" and clock.untimed == [untimed] and point.warmup_steps == untimed
+    assert point.status == "ok" and point.warmup_steps == untimed
+    # every step after the first is either untimed warm-up or one of the point's timed steps, and the
+    # steady warm-up steps count towards --min-steps
+    assert clock.steps[64] == untimed + point.n and point.n == 3
+    assert clock.untimed == [1]   # on the CPU the clock (the load window) starts after the instrumented step
     assert point.median_s == pytest.approx(step_s(64, 100))   # the timed steps: the steady state
 
 
@@ -332,7 +337,9 @@ def test_a_step_counting_flops_is_not_compared_with_the_next(monkeypatch):
     workload, clock = clocked(monkeypatch, STEADY, tiny_workload.make())
     point = measure_point(workload, CPU, 64, ProfileConfig(min_steps=3, min_seconds=0.0), telemetry_tag=clock.tag,
                           trainee=Trainee.build(workload, CPU))
-    assert point.status == "ok" and point.flops_per_step and clock.untimed == [3]
+    assert point.status == "ok" and point.flops_per_step and point.warmup_steps == 1
+    # the two plain steps agreed: both steady, the first two of the three timed steps
+    assert clock.steps[64] == 1 + 3 and point.n == 3
 
 
 @pytest.mark.slow

@@ -4,8 +4,10 @@ One visit to a batch size (:func:`measure_point`): the model and optimizer (fres
 measured contiguously; in interleaved rounds one :class:`Trainee`, built once and stepped by every
 visit, whose FLOPs are counted once a size), untimed warm-up steps, at most ``warmup_steps``, ending
 at the first not faster than the one before it (the steady state; with fp16, not before the loss
-scaler stops skipping updates; one step when a round returns to a size), then full training steps (data
-slicing, forward, backward, optimizer step) timed in blocks between two device synchronisations
+scaler stops skipping updates; one step when a round returns to a size; on the CPU, where each step
+is timed alone, the two steps that showed the steady state are the first timed ones), then full
+training steps (data slicing, forward, backward, optimizer step) timed in blocks between two device
+synchronisations
 (on a GPU about 50 ms of steps a block, so the host queues ahead as in training; on the CPU one
 step a block, except a Dataset's: see below), repeated until the visit's share of ``min_steps``
 blocks and ``min_seconds`` seconds has been timed. Raw times (per step, one per block) are kept;
@@ -339,18 +341,30 @@ class StepRunner:
             self.optimizer.step()
         return loss.detach()
 
-    def timed_steps(self, min_steps: int, min_seconds: float, max_steps: int, block_steps: int = 1) -> list[float]:
+    def timed_steps(self, min_steps: int, min_seconds: float, max_steps: int, block_steps: int = 1,
+                    timed: list[float] | None = None) -> list[float]:
         """Raw step times, one per block of ``block_steps`` steps (see :func:`time_in_blocks`);
-        ``min_steps`` and ``max_steps`` count blocks."""
+        ``min_steps`` and ``max_steps`` count blocks; ``timed``: blocks timed already (steady warm-up steps)."""
         return time_in_blocks(self.step, self.device, min_steps, min_seconds, max_steps, block_steps,
-                              data_parallel=self.world > 1)
+                              data_parallel=self.world > 1, timed=timed)
+
+    @property
+    def warmup_is_timed(self) -> bool:
+        """Whether a warm-up step is timed exactly as a timed block is: on the CPU, one process stepping on
+        tensor data, every step is its own block between the same two (no-op) synchronisations, so the
+        warm-up's steps the steady-state rule shows settled are timed steps already (see :meth:`warm_up`).
+        Not on an accelerator (its blocks queue many steps), with a loader (blocks of consecutive steps),
+        data-parallel (a barrier starts each block) or with fp16 loss scaling (a skipped update is cheaper)."""
+        return (self.device.type == "cpu" and self.data is not None and self.world == 1
+                and self.scaler is None)
 
     def warm_up(self, steps: int, first_step_s: float | None = None,
-                block_steps: int | None = None) -> tuple[int, int]:
+                block_steps: int | None = None) -> tuple[int, int, list[float]]:
         """Untimed steps until the steady state, at most ``steps``; returns (the steps of a timed block (see
-        timed_steps), the warm-up steps taken). ``first_step_s``: the seconds of the size's first step, just
-        taken (None when it was counting FLOPs); ``block_steps``: a block's steps when a visit to the size
-        found them already.
+        timed_steps), the warm-up steps taken, the times of those already steady when :attr:`warmup_is_timed`,
+        which count as the size's first timed steps). ``first_step_s``: the seconds of the size's first step,
+        just taken (None when it was counting FLOPs); ``block_steps``: a block's steps when a visit to the
+        size found them already.
 
         Each step runs between two synchronisations, so its time is the device's, and the warm-up ends at the
         first step that is not faster than the one before it by more than WARMUP_AGREEMENT: a step still
@@ -361,6 +375,11 @@ class StepRunner:
         With fp16 loss scaling, warm-up goes on until a step passes without the scaler skipping the
         update: the first steps often overflow at the initial scale, and a skipped optimizer step is a
         cheaper step that must not land among the timed ones.
+
+        A warm-up that ends settled has shown the step before its last one steady already (it was not
+        slower than the next by more than WARMUP_AGREEMENT); where a warm-up step is timed as a timed step
+        is (:attr:`warmup_is_timed`), those two are the size's first timed steps rather than time spent
+        outside them. The size's first step never is: it ran under instruments.
         """
         times = [] if first_step_s is None else [first_step_s]
         taken, skipped = 0, self.scaler is not None
@@ -369,17 +388,18 @@ class StepRunner:
             times.append(self._one_synchronised_step())
             taken += 1
             skipped = self.scaler is not None and self.scaler.get_scale() < scale  # an overflow halves it
+        steady = times[-min(2, taken):] if taken and self.warmup_is_timed and self._settled(times) else []
         if block_steps is not None:
-            return block_steps, taken
+            return block_steps, taken, steady
         if self.device.type == "cpu" and self.data is not None:
-            return 1, taken  # no queue to hide the host behind and no loader: every step is its own block
+            return 1, taken, steady  # no queue to hide the host behind and no loader: every step is its own block
         # a GPU's queue, or a Dataset's loader, whose costs (an epoch's start, collecting its batches'
         # garbage, a slow read now and then) fall on some steps only: a block of consecutive steps carries them
         # in the proportion a training loop pays them, where the median of single steps would leave them out.
         # Sized from the two warm-up steps that agreed, else from a few more steps; the fastest: least noise
         sizing = times[-2:] if self._settled(times) else [self._one_synchronised_step() for _ in range(SIZING_STEPS)]
         block = block_steps_for(min(sizing), epoch_steps=len(self.order) if self.data is None else None)
-        return (int(ddp_util.agree(block)) if self.world > 1 else block), taken  # every rank runs rank 0's blocks
+        return (int(ddp_util.agree(block)) if self.world > 1 else block), taken, steady   # rank 0's blocks
 
     def _settled(self, step_times: list[float]) -> bool:
         """Whether the last of ``step_times`` was not faster than the one before it by more than WARMUP_AGREEMENT
@@ -484,15 +504,16 @@ class StepRunner:
 
 
 def time_in_blocks(step: Callable[[], object], device: torch.device, min_blocks: int, min_seconds: float,
-                   max_blocks: int, block_steps: int = 1, data_parallel: bool = False) -> list[float]:
+                   max_blocks: int, block_steps: int = 1, data_parallel: bool = False,
+                   timed: list[float] | None = None) -> list[float]:
     """Time ``step`` as the profiler does: blocks of ``block_steps`` calls between two synchronisations
     of the device, one time per call per block, until ``min_blocks`` blocks and ``min_seconds``
-    seconds (at most ``max_blocks``). Inside a block the host queues the next step while the device
-    runs this one, as in training; a sync around every step would instead add the host's per-step
-    overhead to every small, fast step. Data-parallel: rank 0 decides whether to go on, and a barrier
-    starts each block on every rank together."""
-    times: list[float] = []
-    total = 0.0
+    seconds (at most ``max_blocks``), ``timed`` (blocks already timed) included. Inside a block the host
+    queues the next step while the device runs this one, as in training; a sync around every step would
+    instead add the host's per-step overhead to every small, fast step. Data-parallel: rank 0 decides
+    whether to go on, and a barrier starts each block on every rank together."""
+    times: list[float] = list(timed or [])
+    total = sum(times) * block_steps
     while True:
         more = len(times) < min_blocks or (total < min_seconds and len(times) < max_blocks)
         if not (ddp_util.agree(more) if data_parallel else more):  # every rank takes the same steps
@@ -598,7 +619,7 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
         devices.reset_peak_memory(device)
         runner = StepRunner(workload, device, batch_size, config.dtype, config.seed, data,
                             data_parallel=config.nproc > 1, compile=config.compile, trainee=trainee)
-        compile_s = None
+        compile_s = clock_start = None
         if config.compile:  # compiles for this batch shape: timed apart, before any other step
             devices.synchronize(device)
             compile_start = time.perf_counter()
@@ -608,8 +629,8 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
         if first_visits is not None and batch_size in first_visits:   # back to a size the shared model already ran
             first = first_visits[batch_size]
             flops, activation_bytes, warmup_steps = first.flops, first.activation_bytes, first.warmup_steps
-            block_steps, _ = runner.warm_up(min(config.warmup_steps, revisit_warmup_steps(device)),
-                                            block_steps=first.block_steps)
+            block_steps, _, steady = runner.warm_up(min(config.warmup_steps, revisit_warmup_steps(device)),
+                                                    block_steps=first.block_steps)
         else:
             # the size's first step, the first of its warm-up (untimed: no clock runs yet while the
             # instruments slow it): its saved activations, and its FLOPs unless the counts so far scale
@@ -619,20 +640,23 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
                 flops = counted
                 if flop_counts is not None:
                     flop_counts.counted[batch_size] = counted
-            # untimed: allocator growth, caches, lazy init, until the steady state
-            block_steps, taken = runner.warm_up(max(0, config.warmup_steps - 1), first_step_s)
-            warmup_steps = 1 + taken
+            # allocator growth, caches, lazy init, until the steady state; its steady steps may be timed ones
+            # already, and then the clock (the load window over the timed steps) starts with them
+            if runner.warmup_is_timed:
+                clock_start = _start_clock(device, batch_size, telemetry_tag)
+            block_steps, taken, steady = runner.warm_up(max(0, config.warmup_steps - 1), first_step_s)
+            warmup_steps = 1 + taken - len(steady)
             if first_visits is not None:
                 first_visits[batch_size] = FirstVisit(flops, activation_bytes, block_steps, warmup_steps)
-        devices.synchronize(device)
-        telemetry_tag(batch_size)
-        clock_start = time.time()
+        if clock_start is None:
+            clock_start = _start_clock(device, batch_size, telemetry_tag)
         compute: list[float] = []   # Dataset workloads: the same blocks of steps without the loader
         if workload.uses_dataset and config.nproc == 1:
             times, compute = runner.timed_loader_and_compute_steps(config.min_steps, config.min_seconds,
                                                                    config.max_steps, block_steps, config.seed)
         else:
-            times = runner.timed_steps(config.min_steps, config.min_seconds, config.max_steps, block_steps)
+            times = runner.timed_steps(config.min_steps, config.min_seconds, config.max_steps, block_steps,
+                                       timed=steady)
         timed_s = float(sum(times) + sum(compute)) * block_steps   # a block's time is its time a step x its steps
         clock_end = time.time()
         telemetry_tag(None)
@@ -665,6 +689,14 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
             runner.close()
         else:
             devices.free_memory(device)
+
+
+def _start_clock(device: torch.device, batch_size: int, telemetry_tag: Callable[[int | None], None]) -> float:
+    """The device idle, the telemetry tagged with ``batch_size`` (its power and load windows open): the
+    timed steps begin; returns the wall-clock time they do."""
+    devices.synchronize(device)
+    telemetry_tag(batch_size)
+    return time.time()
 
 
 def _with_statistics(point: ProfilePoint, times: list[float] | tuple[float, ...], config: ProfileConfig) -> ProfilePoint:
