@@ -134,6 +134,20 @@ def test_every_command_has_help(capsys, home, path):
 
 
 @pytest.mark.slow
+def test_the_executable_ends_with_its_commands_code_once_all_it_said_is_out(capsys, home):
+    # `python -m engine.cli` ends the process without the interpreter's teardown (engine.cli.run)
+    bad = subprocess.run([sys.executable, "-m", "engine.cli", "profile", "--workload", "nope"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.count("\n") == 1, bad.stderr
+    assert "unknown workload 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+    helped = subprocess.run([sys.executable, "-m", "engine.cli", "profile", "--help"], capture_output=True, text=True,
+                            timeout=60)
+    code, out, _ = run_cli(capsys, "profile", "--help")
+    assert helped.returncode == code == 0 and helped.stdout == out   # every line, to the last option's
+    assert not home.root.exists()
+
+
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_profile_json_from_the_installed_command(home, tiny_spec):
     """The console script, end to end: a job, its spool, ingest, and the promised JSON fields."""

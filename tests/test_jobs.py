@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -145,3 +147,23 @@ def test_a_live_job_whose_heartbeat_went_stale_is_crashed(home, tiny_spec, monke
             assert store.get_job(con, job_id)["state"] == "CRASHED"
     finally:
         os.killpg(pid, signal.SIGKILL)
+
+
+def test_a_pause_between_looks_at_a_job_ends_as_its_process_does(tmp_path):
+    from engine.jobs.spool import write_json_atomic
+
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    start = time.monotonic()
+    jobs.pause(job_dir, 0.05)   # no status yet: a plain sleep
+    assert time.monotonic() - start >= 0.05
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    try:
+        write_json_atomic(job_dir / "status.json", {"pid": sleeper.pid, "state": jobs.RUNNING})
+        start = time.monotonic()
+        jobs.pause(job_dir, 30.0)
+        assert time.monotonic() - start < 15.0   # it ended with the process, not after its 30 s
+        assert sleeper.wait(5) == 0
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -93,7 +92,7 @@ def follow_job(home: Home, job_id: str, describe: Callable[[dict], str | None], 
                 state = jobs.derive_state(job_dir)
                 if state in jobs.FINAL_STATES:
                     return state
-                time.sleep(0.2)
+                jobs.pause(job_dir, 0.2)
     except KeyboardInterrupt:
         jobs.cancel(home, job_id)
         click.echo(f"cancelled {job_id}", err=True)

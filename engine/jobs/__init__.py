@@ -23,6 +23,7 @@ from engine.jobs.runner import (
     exit_record,
     job_process,
     new_job_id,
+    pause,
     submit,
     wait,
 )
@@ -32,5 +33,5 @@ __all__ = [
     "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED", "DIVERGED", "CRASHED", "STATES", "FINAL_STATES",
     "JobContext", "Spool", "submit", "cancel", "wait", "derive_state", "crash_reason", "job_process", "exit_record",
     "read_status", "read_spec",
-    "new_job_id",
+    "new_job_id", "pause",
 ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import secrets
-import time
 from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
@@ -258,7 +257,7 @@ def autopilot_task(ctx: JobContext) -> None:
                 status = jobs.read_status(ctx.home.job_dir(job_id)) or {}
                 phase(name, (k + (status.get("progress") or 0.0)) / len(job_ids), job=job_id,
                       detail=status.get("phase"))
-                time.sleep(0.5)
+                jobs.pause(ctx.home.job_dir(job_id), 0.5)
             states.append(state)
         return states
 

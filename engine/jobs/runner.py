@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import select
 import signal
 import subprocess
 import sys
@@ -33,7 +34,7 @@ __all__ = [
     "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED", "DIVERGED", "CRASHED",
     "FINAL_STATES", "STATES", "JobContext", "submit", "cancel", "derive_state", "exit_record",
     "crash_reason", "job_process", "new_job_id", "wait", "register_kind", "run_job", "resolve_body", "outcome_of",
-    "TRACKED", "runs_job_dir", "job_environment",
+    "TRACKED", "runs_job_dir", "job_environment", "pause",
 ]
 
 PENDING, RUNNING, FINISHED, FAILED = "PENDING", "RUNNING", "FINISHED", "FAILED"
@@ -178,7 +179,25 @@ def wait(home: Home, job_id: str, timeout_s: float | None = None, poll_s: float 
             return state
         if deadline is not None and time.monotonic() > deadline:
             return state
-        time.sleep(poll_s)
+        pause(job_dir, poll_s)
+
+
+def pause(job_dir: Path, seconds: float) -> None:
+    """Sleep ``seconds`` between two looks at a job, or less if its process ends first: on Linux a pidfd of the
+    job's process becomes readable as it ends, so a follower learns of the end at once rather than at its next
+    look (on average half a poll later). Elsewhere, or before the job has a pid, a plain sleep."""
+    pid = (read_status(job_dir) or {}).get("pid")
+    try:
+        fd = os.pidfd_open(pid) if pid and hasattr(os, "pidfd_open") else None
+    except OSError:   # gone already, or not ours to watch
+        fd = None
+    if fd is None:
+        time.sleep(seconds)
+        return
+    try:
+        select.select([fd], [], [], seconds)
+    finally:
+        os.close(fd)
 
 
 def _create_time(pid: int) -> float | None:
