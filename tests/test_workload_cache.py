@@ -296,12 +296,12 @@ def test_a_dataset_workload_is_never_recalled(home, tmp_path):
 
 
 # `largestep ARGV` in a fresh interpreter; its last line of output: the command's exit code and whether it
-# imported torch
+# imported torch, and pandas
 COMMAND_AND_TORCH = """
 import json, sys
 from engine.cli import main
 code = main(sys.argv[1:])
-print(json.dumps({"code": code, "torch": "torch" in sys.modules}))
+print(json.dumps({"code": code, "torch": "torch" in sys.modules, "pandas": "pandas" in sys.modules}))
 """
 
 
@@ -313,20 +313,26 @@ def test_a_command_submitting_jobs_for_a_tried_workload_imports_no_torch(home, c
     spec, _ = counting
     env = {**os.environ, "LARGESTEP_HOME": str(home.root)}
 
-    def submit(*argv: str) -> tuple[dict, dict]:
-        proc = subprocess.run([sys.executable, "-c", COMMAND_AND_TORCH, *argv, "--detach", "--json"],
-                              capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    def submit(*argv: str, detach: bool = True) -> tuple[dict, dict]:
+        proc = subprocess.run([sys.executable, "-c", COMMAND_AND_TORCH, *argv, *(["--detach"] if detach else []),
+                               "--json"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=180)
         lines = proc.stdout.strip().splitlines()
         assert proc.returncode == 0 and len(lines) >= 2, proc.stderr[-2000:]
-        return json.loads("\n".join(lines[:-1])), json.loads(lines[-1])
+        output, imported = json.loads("\n".join(lines[:-1])), json.loads(lines[-1])
+        return output, {name: imported[name] for name in ("code", "torch")} if detach else imported
 
     train = ("train", "--workload", spec, "--batch-size", "8", "--lr", "0.01", "--epochs", "1")
     first, imported = submit(*train)
     assert imported == {"code": 0, "torch": True}           # the first check loads the workload and tries it
     again, imported = submit(*train)
     assert imported == {"code": 0, "torch": False}          # the same request again: its facts suffice
-    profile, imported = submit("profile", "--workload", spec, "--batch-sizes", "8,16", "--min-seconds", "0.05")
+    profile_argv = ("profile", "--workload", spec, "--batch-sizes", "8,16", "--min-seconds", "0.05")
+    profile, imported = submit(*profile_argv)
     assert imported == {"code": 0, "torch": False}
+    # followed to its end, ingested and read back: no pandas either (its import alone is about 0.35 s)
+    followed, imported = submit(*profile_argv, detach=False)
+    assert imported == {"code": 0, "torch": False, "pandas": False}
+    assert [p["batch_size"] for p in followed["points"]] == [8, 16] and followed["state"] == "FINISHED"
     for job_id in [*first["run_ids"], *again["run_ids"], profile["job_id"]]:
         wait_finished(home, job_id, timeout_s=180)
     check = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""

@@ -1,8 +1,9 @@
 """What enters the database: job spools, ingested idempotently, and the recommendations the CLI saves.
 
 Ingest reads each spool from its saved byte offset to the last full line (with the one reader of
-:mod:`engine.jobs.events`), bulk-inserts (as DataFrames, never row by row), and records the new
-offset in the same transaction, so running it again, or from several processes in turn, never
+:mod:`engine.jobs.events`), bulk-inserts (a column a bound list, one statement a table, never row by
+row; no pandas, whose import alone would double a command's start), and records the new offset in the
+same transaction, so running it again, or from several processes in turn, never
 duplicates or loses a row. Each event becomes rows through the same ``*_row`` functions the
 autopilot uses to read its children's spools.
 """
@@ -10,13 +11,13 @@ autopilot uses to read its children's spools.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import duckdb
-import pandas as pd
 
 from engine import jobs
 from engine.home import Home
@@ -254,23 +255,24 @@ def _update_row(con, table: str, row: dict, key: str, key_value: str) -> None:
     con.execute(f"UPDATE {table} SET {assignments} WHERE {key} = ?", [*values, key_value])
 
 
-def _insert_frame(con, table: str, frame: pd.DataFrame, replace: bool = False) -> int:
-    if frame.empty:
+def _insert_rows(con, table: str, rows: list[dict], columns: list[str] | None = None, replace: bool = False,
+                 timestamps: tuple[str, ...] = ()) -> int:
+    """Insert ``rows`` (dicts; ``columns``, else every key any row has; a key a row lacks is NULL) in one
+    statement: each column bound as one list and unnested, so DuckDB converts the values in bulk. Columns in
+    ``timestamps`` hold unix seconds and are stored as TIMESTAMPTZ."""
+    if not rows:
         return 0
-    con.register("_incoming", frame)
-    try:
-        verb = "INSERT OR REPLACE" if replace else "INSERT"
-        con.execute(f"{verb} INTO {table} BY NAME SELECT * FROM _incoming")
-    finally:
-        con.unregister("_incoming")
-    return len(frame)
+    columns = columns or list(dict.fromkeys(name for row in rows for name in row))
+    selects = ", ".join(f"to_timestamp(unnest(${k}))" if name in timestamps else f"unnest(${k})"
+                        for k, name in enumerate(columns, start=1))
+    verb = "INSERT OR REPLACE" if replace else "INSERT"
+    con.execute(f"{verb} INTO {table} ({', '.join(columns)}) SELECT {selects}",
+                [[row.get(name) for row in rows] for name in columns])
+    return len(rows)
 
 
-def _timestamps(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
-    for column in columns:
-        if column in frame:
-            frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
-    return frame
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _upsert_device(con, device: dict, host: str | None) -> None:
@@ -309,12 +311,11 @@ _POINT_COLUMNS = ["profile_id", *ev.POINT_FIELDS, *ev.BACKGROUND_FIELDS, "n"]
 
 
 def _on_points(con, job_id: str, events: list[dict], report: IngestReport) -> None:
-    frame = pd.DataFrame([ev.point_row(e) for e in events], columns=_POINT_COLUMNS)
     # a batch size's later point (its rounds done, re-measured, flagged) replaces the earlier; within one
     # statement INSERT OR REPLACE would keep the first of two rows with the same key
-    frame = frame.drop_duplicates(["profile_id", "batch_size"], keep="last")
-    frame = _timestamps(frame, "started_at", "ended_at")
-    report.add_rows("profile_points", _insert_frame(con, "profile_points", frame, replace=True))
+    latest = {(row["profile_id"], row["batch_size"]): row for row in map(ev.point_row, events)}
+    report.add_rows("profile_points", _insert_rows(con, "profile_points", list(latest.values()), _POINT_COLUMNS,
+                                                   replace=True, timestamps=("started_at", "ended_at")))
 
 
 def _on_profile_end(con, job_id: str, events: list[dict], report: IngestReport) -> None:
@@ -328,12 +329,9 @@ _TELEMETRY_COLUMNS = ["t", "batch_size", "source", "gpu_util_pct", "mem_used_byt
 
 
 def _on_telemetry(con, job_id: str, events: list[dict], report: IngestReport) -> None:
-    rows = [{c: s.get(c) for c in _TELEMETRY_COLUMNS} for e in events for s in e.get("samples") or []]
-    if not rows:
-        return
-    frame = pd.DataFrame(rows, columns=_TELEMETRY_COLUMNS)
-    frame.insert(0, "job_id", job_id)
-    report.add_rows("telemetry", _insert_frame(con, "telemetry", _timestamps(frame, "t")))
+    rows = [{**sample, "job_id": job_id} for e in events for sample in e.get("samples") or []]
+    report.add_rows("telemetry", _insert_rows(con, "telemetry", rows, ["job_id", *_TELEMETRY_COLUMNS],
+                                              timestamps=("t",)))
 
 
 def _on_noise_estimate(con, job_id: str, events: list[dict], report: IngestReport) -> None:
@@ -369,32 +367,23 @@ def _on_run_start(con, job_id: str, events: list[dict], report: IngestReport) ->
 
 def _on_metrics(con, job_id: str, events: list[dict], report: IngestReport) -> None:
     rows = [row for e in events for row in e.get("rows") or []]
-    if not rows:
-        return
-    wide = pd.DataFrame(rows)
-    values = [c for c in ev.TRAIN_METRICS if c in wide]
-    frame = wide.melt(id_vars=list(ev.METRIC_INDEX), value_vars=values, var_name="name", value_name="value")
-    frame = frame[frame["value"].notna()]
-    frame.insert(0, "run_id", job_id)
-    report.add_rows("metrics", _insert_frame(con, "metrics", frame))
+    # long form: one row a metric a logged step (metric by metric, as they are read back), the missing left out
+    long = [{"run_id": job_id, **{k: row.get(k) for k in ev.METRIC_INDEX}, "name": name, "value": row[name]}
+            for name in ev.TRAIN_METRICS for row in rows if not _is_missing(row.get(name))]
+    report.add_rows("metrics", _insert_rows(con, "metrics", long))
 
 
 def _on_metric_values(con, job_id: str, events: list[dict], report: IngestReport) -> None:
     """Rows already in long form ({step, epoch, samples, wall_time_s, train_time_s, name, value}), e.g.
     ``noise_scale`` from a data-parallel run."""
-    rows = [row for e in events for row in e.get("rows") or []]
-    if not rows:
-        return
-    frame = pd.DataFrame(rows, columns=[*ev.METRIC_INDEX, "name", "value"])
-    frame = frame[frame["value"].notna()]
-    frame.insert(0, "run_id", job_id)
-    report.add_rows("metrics", _insert_frame(con, "metrics", frame))
+    rows = [{"run_id": job_id, **row} for e in events for row in e.get("rows") or []
+            if not _is_missing(row.get("value"))]
+    report.add_rows("metrics", _insert_rows(con, "metrics", rows, ["run_id", *ev.METRIC_INDEX, "name", "value"]))
 
 
 def _on_eval(con, job_id: str, events: list[dict], report: IngestReport) -> None:
-    frame = pd.DataFrame([row for e in events for row in ev.eval_rows(e)])
-    frame.insert(0, "run_id", job_id)
-    report.add_rows("metrics", _insert_frame(con, "metrics", frame))
+    rows = [{"run_id": job_id, **row} for e in events for row in ev.eval_rows(e)]
+    report.add_rows("metrics", _insert_rows(con, "metrics", rows))
 
 
 def _on_run_end(con, job_id: str, events: list[dict], report: IngestReport) -> None:
@@ -478,6 +467,5 @@ def _insert_recommendation(con, rec: dict) -> None:
          rec["predicted_speedup"]["time_to_target"], rec["experiments_per_gpu_day"]["baseline"],
          rec["experiments_per_gpu_day"]["recommended"], json.dumps(rec, default=str)],
     )
-    frame = pd.DataFrame(rec["candidates"])
-    frame.insert(0, "recommendation_id", rec["recommendation_id"])
-    _insert_frame(con, "recommendation_candidates", frame)
+    _insert_rows(con, "recommendation_candidates",
+                 [{"recommendation_id": rec["recommendation_id"], **c} for c in rec["candidates"]])
