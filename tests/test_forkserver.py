@@ -244,6 +244,18 @@ def test_a_launcher_serves_only_the_environments_that_agree_on_what_is_read_whil
     assert forkserver.launcher_key(Home(tmp_path / "other"), env, "v1") != key
 
 
+def test_a_job_submitting_jobs_gives_them_its_submitters_launcher(home, monkeypatch):
+    # the autopilot submits its profile, noise estimate and runs from inside a job: their environment must be
+    # the one the command's own jobs get, or its first child would start cold beside a second launcher
+    monkeypatch.setenv("PYTHONPATH", "/user/src")
+    from_the_command = runner.job_environment()
+    assert from_the_command["PYTHONPATH"].split(os.pathsep)[1:] == ["/user/src"]   # the engine first, once
+    monkeypatch.setattr(os, "environ", dict(from_the_command))   # now inside that job
+    from_the_job = runner.job_environment()
+    assert from_the_job == from_the_command
+    assert forkserver.launcher_key(home, from_the_job, "v1") == forkserver.launcher_key(home, from_the_command, "v1")
+
+
 def test_the_engine_version_changes_with_any_engine_source_file(tmp_path, monkeypatch):
     engine = tmp_path / "engine"
     (engine / "jobs").mkdir(parents=True)

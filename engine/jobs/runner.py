@@ -104,9 +104,13 @@ def job_environment() -> dict:
     """The environment a job runs in: the submitter's, with the engine importable and the user's folder
     never first on the import path."""
     env = dict(os.environ)
-    # Run from source trees that are not installed too: the engine's parent goes on the path.
+    # Run from source trees that are not installed too: the engine's parent goes first on the path, once (a
+    # job submitting jobs, as the autopilot does, already has it there: its children's environment, and so
+    # their warm launcher, is the one its own submitter's jobs have)
     root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    paths = env["PYTHONPATH"].split(os.pathsep) if env.get("PYTHONPATH") else []
+    if paths[:1] != [root]:
+        env["PYTHONPATH"] = os.pathsep.join([root, *paths])
     env.setdefault("PYTHONUNBUFFERED", "1")
     # Never the user's folder first on the import path (python -P, inherited by the job's own children):
     # a filelock.py or torch.py beside their data must not replace the library the job imports.
