@@ -14,7 +14,10 @@ six profiles alternating so that every method meets the same machine. Reported f
 - physics: the batch sizes whose stored median step time falls as the batch doubles. Target: none.
 
     python bench/bench_profile_load.py [--workload fraud-mlp] [--batch-sizes 32,64,...] [--min-seconds 1] [--rounds 3]
-                                       [--threads 1]
+                                       [--threads 1] [--profiler-only] [--no-competitor]
+
+``--no-competitor`` runs the same comparison with no competing process: the machine's own floor, how far
+two profiles taken one after the other disagree when nothing of ours loads the machine.
 """
 
 from __future__ import annotations
@@ -92,6 +95,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=ProfileConfig.rounds, help="of the interleaved profiles")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one a core); on a "
                         "CPU shared with other work, a step's threads wait on whichever one is descheduled")
+    parser.add_argument("--profiler-only", action="store_true",
+                        help="only the method a profile job uses (the rounds setting contended visits aside)")
+    parser.add_argument("--competitor", action=argparse.BooleanOptionalAction, default=True,
+                        help="the competing process switching on and off (--no-competitor: the machine's floor)")
     parser.add_argument("--out", help="write the figures here as JSON")
     args = parser.parse_args()
     if args.threads:
@@ -108,6 +115,8 @@ def main() -> None:
     methods = {f"interleaved, {args.rounds} rounds, contended visits set aside": (interleaved, True),
                f"interleaved, {args.rounds} rounds, every visit kept": (interleaved, False),
                "contiguous (rounds=1)": (replace(interleaved, rounds=1), False)}
+    if args.profiler_only:
+        methods = dict(list(methods.items())[:1])
     results: dict[str, list[ProfileResult]] = {name: [] for name in methods}
     window = WindowLoad()
 
@@ -117,7 +126,7 @@ def main() -> None:
         else:
             window.close()
 
-    load = start_outside_this_process_tree([sys.executable, "-c", LOAD_GENERATOR])
+    load = start_outside_this_process_tree([sys.executable, "-c", LOAD_GENERATOR]) if args.competitor else None
     started = time.perf_counter()
     try:
         for repeat in range(2):
@@ -132,11 +141,13 @@ def main() -> None:
                       + (f"; {aside} visits set aside, under load at {under or 'none'}" if set_aside else ""),
                       flush=True)
     finally:
-        load.kill()   # by its pid, always
+        if load is not None:
+            load.kill()   # by its pid, always
 
     figures = {"workload": args.workload, "batch_sizes": list(sizes), "baseline": baseline,
                "min_seconds": args.min_seconds, "rounds": args.rounds, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-               "platform": platform.platform(), "wall_s": round(time.perf_counter() - started), "methods": {}}
+               "platform": platform.platform(), "wall_s": round(time.perf_counter() - started),
+               "competitor": args.competitor, "methods": {}}
     for name, (first, second) in results.items():
         r1, r2 = relative_throughput(first, baseline), relative_throughput(second, baseline)
         both = sorted(set(r1) & set(r2))
