@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine.home import resolve_home
+from largestep.home import resolve_home
 
 PAGES_DIR = Path(__file__).parent / "sections"  # not "pages": that name turns on legacy auto-discovery
 

@@ -6,9 +6,9 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from engine.errors import LargestepError
-from engine.measure import telemetry
-from engine.ui import widgets as views
+from largestep.errors import LargestepError
+from largestep.measure import telemetry
+from largestep.ui import widgets as views
 
 
 @st.cache_data(ttl=30, show_spinner=False)

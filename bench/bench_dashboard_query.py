@@ -10,7 +10,7 @@ for 10 selected runs (two groups of five seeds), it times what the page does on 
   comparison  load the groups (all their seeds) and evaluations, compare_groups, build the
               mean ± std figure
 
-both on one short-lived connection (engine.ui.runs.selection_view), as the page's refresh does.
+both on one short-lived connection (largestep.ui.runs.selection_view), as the page's refresh does.
 Target: under 300 ms (median of the repeats).
 
     python bench/bench_dashboard_query.py [--runs 50] [--points 20000] [--repeats 7] [--keep DIR]
@@ -34,9 +34,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import store  # noqa: E402
-from engine.home import Home  # noqa: E402
-from engine.ui import runs as runviews
+from largestep import store  # noqa: E402
+from largestep.home import Home  # noqa: E402
+from largestep.ui import runs as runviews
 
 SELECTED = 10           # runs charted at once
 TARGET_MS = 300.0

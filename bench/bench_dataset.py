@@ -1,6 +1,6 @@
 """Benchmark of a Dataset workload (not a test): largestep against a bare PyTorch loop over the same DataLoader.
 
-(a) training: samples/s of ``engine.measure.train.train`` on a Dataset workload (dict batches, a model
+(a) training: samples/s of ``largestep.measure.train.train`` on a Dataset workload (dict batches, a model
     returning its own loss, clipping) against the plainest correct loop over a DataLoader built the
     same way (same dataset, batch, workers, collate): for batch in loader: model(**batch), backward,
     clip, step. Target: at least 0.95 at the baseline batch and at a large one.
@@ -30,11 +30,11 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.measure.profiler import ProfileConfig, measure_point  # noqa: E402
-from engine.measure.train import TrainConfig, train  # noqa: E402
-from engine.measure.train_config import MAX_EPOCHS  # noqa: E402
-from engine.workloads import load_workload  # noqa: E402
-from engine.workloads.batches import default_num_workers, loss_of, model_output  # noqa: E402
+from largestep.measure.profiler import ProfileConfig, measure_point  # noqa: E402
+from largestep.measure.train import TrainConfig, train  # noqa: E402
+from largestep.measure.train_config import MAX_EPOCHS  # noqa: E402
+from largestep.workloads import load_workload  # noqa: E402
+from largestep.workloads.batches import default_num_workers, loss_of, model_output  # noqa: E402
 
 CPU = torch.device("cpu")
 

@@ -37,9 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import jobs, store  # noqa: E402
-from engine.home import Home  # noqa: E402
-from engine.jobs import events  # noqa: E402
+from largestep import jobs, store  # noqa: E402
+from largestep.home import Home  # noqa: E402
+from largestep.jobs import events  # noqa: E402
 
 IMPORT_TORCH = "import torch"
 # The floor of any PyTorch training process: torch's optimizers import torch._dynamo on first use
@@ -60,9 +60,9 @@ def first_step(workload: str, rounds: int) -> dict:
     jobs) and a fresh job process (LARGESTEP_WARM_LAUNCHER=0). Before the rounds, the first job of the
     home is timed on its own: no launcher is running yet, so it starts afresh while its launcher starts.
     """
-    from engine.jobs import forkserver
-    from engine.workloads import load_workload
-    from engine.workloads.cache import cache_of
+    from largestep.jobs import forkserver
+    from largestep.workloads import load_workload
+    from largestep.workloads.cache import cache_of
 
     with tempfile.TemporaryDirectory() as root:
         home = Home(Path(root) / "home")
@@ -110,8 +110,8 @@ def first_step(workload: str, rounds: int) -> dict:
 
 def _first_step_s(home: Home, workload: str, seed: int) -> tuple[float, dict]:
     """One training job's submission to the end of its first step, and where that time went."""
-    from engine.jobs.start import start_train
-    from engine.measure.train import TrainConfig
+    from largestep.jobs.start import start_train
+    from largestep.measure.train import TrainConfig
 
     config = TrainConfig(batch_size=128, lr=1e-3, max_steps=3, log_every_steps=1, seed=seed)
     submitted = time.time()
@@ -129,7 +129,7 @@ def _first_step_s(home: Home, workload: str, seed: int) -> tuple[float, dict]:
 def sweep(workload: str, cached_runs: int = 1) -> dict:
     """(b): a default sweep from the command line, cold (its own empty home) and then ``cached_runs`` times with
     the cache warm."""
-    from engine.jobs import forkserver
+    from largestep.jobs import forkserver
 
     results = {}
     labels = ["cold"] + ["cached" if cached_runs == 1 else f"cached {k + 1}" for k in range(cached_runs)]
@@ -137,7 +137,7 @@ def sweep(workload: str, cached_runs: int = 1) -> dict:
         env = dict(os.environ, LARGESTEP_HOME=root)
         for label in labels:   # the later ones' jobs are forked by the launcher the first one started
             start, submitted = time.perf_counter(), time.time()
-            proc = subprocess.run([sys.executable, "-m", "engine.cli", "profile", "--workload", workload, "--json"],
+            proc = subprocess.run([sys.executable, "-m", "largestep.cli", "profile", "--workload", workload, "--json"],
                                   capture_output=True, text=True, env=env, cwd=ROOT)
             wall = time.perf_counter() - start
             if proc.returncode != 0:
@@ -193,8 +193,8 @@ def _first_visits_untimed(job_dir: Path) -> dict:
 
 def autopilot(workload: str, repeats: int, epochs: float | None) -> dict:
     """(c): one autopilot; its measured work against its wall time, from submission to its end."""
-    from engine.jobs.autopilot import AutopilotConfig
-    from engine.jobs.start import start_autopilot
+    from largestep.jobs.autopilot import AutopilotConfig
+    from largestep.jobs.start import start_autopilot
 
     with tempfile.TemporaryDirectory() as root:
         home = Home(Path(root) / "home")

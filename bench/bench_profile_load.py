@@ -3,7 +3,7 @@
 fraud-mlp is profiled twice while a competing process switches on (a busy loop) and off at random
 every 1 to 4 seconds, as another job starting and stopping would; both times with the profiler's
 interleaved rounds, physics check and contended visits set aside (the default, as a profile job
-measures: each visit's window load from engine.measure.telemetry.WindowLoad), both times with the
+measures: each visit's window load from largestep.measure.telemetry.WindowLoad), both times with the
 rounds keeping every visit (as before visits were set aside), and both times measured contiguously,
 one block per batch size (``rounds=1``: the sweep as it was before rounds, with no re-measure), the
 six profiles alternating so that every method meets the same machine. Reported for each method:
@@ -38,9 +38,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.measure.profiler import OK, ProfileConfig, ProfileResult, run_profile  # noqa: E402
-from engine.measure.telemetry import WindowLoad  # noqa: E402
-from engine.workloads import load_workload  # noqa: E402
+from largestep.measure.profiler import OK, ProfileConfig, ProfileResult, run_profile  # noqa: E402
+from largestep.measure.telemetry import WindowLoad  # noqa: E402
+from largestep.workloads import load_workload  # noqa: E402
 
 LOAD_MAX_S = 3600   # the load generator ends by itself after an hour, should the kill never come
 

@@ -29,10 +29,10 @@ import torch.utils.benchmark as benchmark
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import store  # noqa: E402
-from engine.home import Home  # noqa: E402
-from engine.measure.profiler import ProfileConfig, StepRunner, measure_point  # noqa: E402
-from engine.workloads import load_workload  # noqa: E402
+from largestep import store  # noqa: E402
+from largestep.home import Home  # noqa: E402
+from largestep.measure.profiler import ProfileConfig, StepRunner, measure_point  # noqa: E402
+from largestep.workloads import load_workload  # noqa: E402
 
 
 def accuracy(workload_spec: str, batch_sizes: list[int], rounds: int) -> list[dict]:
@@ -63,7 +63,7 @@ def sweep_overhead(workload_spec: str) -> dict:
     with tempfile.TemporaryDirectory() as home:
         env = dict(os.environ, LARGESTEP_HOME=home)
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "engine.cli", "profile", "--workload", workload_spec, "--json"],
+        proc = subprocess.run([sys.executable, "-m", "largestep.cli", "profile", "--workload", workload_spec, "--json"],
                               capture_output=True, text=True, env=env, cwd=ROOT)
         wall = time.perf_counter() - start
         if proc.returncode != 0:

@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_dashboard_query import SEEDS, SELECTED, fill  # noqa: E402
 
-from engine import store  # noqa: E402
-from engine.cli.dashboard import streamlit_flags  # noqa: E402
-from engine.home import HOME_ENV, Home  # noqa: E402
+from largestep import store  # noqa: E402
+from largestep.cli.dashboard import streamlit_flags  # noqa: E402
+from largestep.home import HOME_ENV, Home  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 TARGET_S = 2.0

@@ -1,4 +1,4 @@
-"""Benchmark of ``engine.track`` (not a test): what ``run.log`` every step costs a plain training loop.
+"""Benchmark of ``largestep.track`` (not a test): what ``run.log`` every step costs a plain training loop.
 
 (a) loop cost: samples/s of a plain PyTorch loop (shuffle, slice, forward, backward, step) on a
     workload's model and data, with ``run.log(step, train_loss=..., lr=..., samples=...)`` every
@@ -32,8 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import engine  # noqa: E402
-from engine.workloads import load_workload  # noqa: E402
+import largestep  # noqa: E402
+from largestep.workloads import load_workload  # noqa: E402
 
 TARGET = 0.98
 
@@ -83,7 +83,7 @@ def loop_cost(workload, batch_size: int, rounds: int, seconds: float, home: Path
             if arm == "plain":
                 by_wall, by_cpu = plain_loop(workload, batch_size, lr, seconds)
             else:
-                with engine.track(workload.name, batch_size=batch_size, lr=lr, home=home, tags=["bench"]) as run:
+                with largestep.track(workload.name, batch_size=batch_size, lr=lr, home=home, tags=["bench"]) as run:
                     by_wall, by_cpu = plain_loop(workload, batch_size, lr, seconds, run=run)
             wall[arm].append(by_wall)
             cpu[arm].append(by_cpu)
@@ -97,7 +97,7 @@ def loop_cost(workload, batch_size: int, rounds: int, seconds: float, home: Path
 
 def call_cost(home: Path, calls: int = 200_000) -> tuple[float, float]:
     """(wall, CPU of the process) microseconds per run.log call, nothing else in the loop."""
-    with engine.track("bench-calls", batch_size=32, home=home) as run:
+    with largestep.track("bench-calls", batch_size=32, home=home) as run:
         start, cpu_start = time.perf_counter(), time.process_time()
         for step in range(calls):
             run.log(step, train_loss=0.5, lr=1e-3, samples=step * 32)

@@ -1,6 +1,6 @@
 """Benchmarks of the training loop and of ingest (not tests): ratios against references in the same run.
 
-(a) loop overhead: samples/s of ``engine.measure.train.train`` (the job's loop, every record written to a
+(a) loop overhead: samples/s of ``largestep.measure.train.train`` (the job's loop, every record written to a
     real spool file) against a bare hand-written PyTorch loop on the same model, optimizer, data
     and batch size (data on the device, a fresh shuffle per epoch, no synchronisation per step).
     The two are interleaved in rounds so that drift of the machine hits both alike; each side's
@@ -29,13 +29,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import jobs, store  # noqa: E402
-from engine.home import Home  # noqa: E402
-from engine.jobs.bodies import SpoolRunLog  # noqa: E402
-from engine.measure import devices  # noqa: E402
-from engine.measure.train import TrainConfig, train  # noqa: E402
-from engine.measure.train_config import MAX_EPOCHS  # noqa: E402
-from engine.workloads import load_workload  # noqa: E402
+from largestep import jobs, store  # noqa: E402
+from largestep.home import Home  # noqa: E402
+from largestep.jobs.bodies import SpoolRunLog  # noqa: E402
+from largestep.measure import devices  # noqa: E402
+from largestep.measure.train import TrainConfig, train  # noqa: E402
+from largestep.measure.train_config import MAX_EPOCHS  # noqa: E402
+from largestep.workloads import load_workload  # noqa: E402
 
 
 def bare_loop(workload, device: torch.device, batch_size: int, lr: float, steps: int, seed: int) -> float:

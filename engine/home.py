@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import StoreError, UsageError
+from .errors import StoreError, UsageError
 
 __all__ = ["Home", "resolve_home", "check_database_file", "is_job_id", "DEFAULT_HOME", "HOME_ENV"]
 
@@ -54,7 +54,7 @@ class Home:
 
     @property
     def launchers(self) -> Path:
-        """The warm launchers' records and logs (engine.jobs.forkserver)."""
+        """The warm launchers' records and logs (largestep.jobs.forkserver)."""
         return self.root / "launchers"
 
     def job_dir(self, job_id: str) -> Path:

@@ -1,11 +1,11 @@
-"""Parsing the quantities users type: memory sizes, batch-size lists, counts. Printing is in :mod:`engine.format`."""
+"""Parsing the quantities users type: memory sizes, batch-size lists, counts. Printing is in :mod:`largestep.format`."""
 
 from __future__ import annotations
 
 import math
 import re
 
-from engine.errors import UsageError
+from .errors import UsageError
 
 __all__ = ["parse_size", "parse_batch_sizes", "parse_positive_int", "parse_fractions", "check_int", "check_number",
            "INT32_MAX", "INT64_MAX"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from engine import Workload
+from largestep import Workload
 
 VOCAB = 512          # token ids 0..VOCAB-1; 0 is padding
 SEQUENCE = 32        # tokens per sample

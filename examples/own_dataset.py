@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from engine import Workload
+from largestep import Workload
 
 FEATURES = 24
 

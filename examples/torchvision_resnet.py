@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from engine import Workload
+from largestep import Workload
 
 
 def accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:

@@ -19,12 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from helpers import TINY, TINY_OOM, copy_home, wait_finished  # noqa: E402,F401  (TINY_OOM: for test modules)
+from helpers import ROOT, TINY, TINY_OOM, copy_home, wait_finished  # noqa: F401  (TINY_OOM: for test modules)
 
 # Jobs start afresh in the tests, as they always could: a warm launcher per test home would import torch
 # once more for every test that starts a job. The tests of the launcher turn it on (``warm_home``).
@@ -49,7 +44,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """An empty home in a temporary folder, also set as $LARGESTEP_HOME for subprocesses."""
-    from engine.home import Home
+    from largestep.home import Home
 
     root = tmp_path / "home"
     monkeypatch.setenv("LARGESTEP_HOME", str(root))
@@ -60,7 +55,7 @@ def home(tmp_path, monkeypatch):
 def warm_home(home, monkeypatch):
     """An empty home whose jobs start through a warm launcher; every launcher started for it is ended, by
     the pid its record names, when the test ends."""
-    from engine.jobs import forkserver
+    from largestep.jobs import forkserver
 
     monkeypatch.setenv(forkserver.WARM_ENV, "1")
     yield home
@@ -76,10 +71,10 @@ def tiny_spec() -> str:
 def profiled_template(tmp_path_factory):
     """One real profile of the tiny workload at PROFILED_BATCHES, measured once for the session by a
     real job process. Tests get a private copy (``profiled_home``): never change this one."""
-    from engine import store
-    from engine.home import Home
-    from engine.jobs.start import start_profile
-    from engine.measure.profiler import ProfileConfig
+    from largestep import store
+    from largestep.home import Home
+    from largestep.jobs.start import start_profile
+    from largestep.measure.profiler import ProfileConfig
 
     home = Home(tmp_path_factory.mktemp("profiled") / "home")
     config = ProfileConfig(batch_sizes=PROFILED_BATCHES, min_steps=3, min_seconds=0.05, warmup_steps=1)
@@ -103,11 +98,11 @@ def autopilot_run(tmp_path_factory):
     """One whole `largestep autopilot --json` of the tiny workload (2 seeds an arm, 2 epochs), run once for
     the session from the command line: (home, exit code, the JSON document, stderr). Both arms are trained
     whatever is recommended (--arms), so the outcome does not hang on how busy the machine was."""
-    from engine import store
-    from engine.home import Home
+    from largestep import store
+    from largestep.home import Home
 
     home = Home(tmp_path_factory.mktemp("autopilot") / "home")
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "--home", str(home.root), "autopilot", "--workload",
+    proc = subprocess.run([sys.executable, "-m", "largestep.cli", "--home", str(home.root), "autopilot", "--workload",
                            TINY, "--repeats", "2", "--epochs", "2", "--arms", "baseline,recommended", "--json"],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     store.ingest(home)
@@ -137,7 +132,7 @@ def _fast_tests_start_no_job(request, monkeypatch):
     import subprocess
     import types
 
-    from engine.jobs import forkserver, runner
+    from largestep.jobs import forkserver, runner
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"{request.node.nodeid} starts a job process: mark it @pytest.mark.slow")
@@ -171,8 +166,8 @@ def _kill_jobs_under(folder: Path) -> None:
         cmdline = " ".join(proc.info.get("cmdline") or []).split()
         if proc.info["pid"] == os.getpid() or not any(marker in part for part in cmdline):
             continue
-        if not (any(part in ("engine.jobs", "engine.jobs.torchrun") for part in cmdline)
-                or any("engine.jobs.forkserver" in part for part in cmdline)):   # a job, or a warm launcher
+        if not (any(part in ("largestep.jobs", "largestep.jobs.torchrun") for part in cmdline)
+                or any("largestep.jobs.forkserver" in part for part in cmdline)):   # a job, or a warm launcher
             continue
         try:
             os.killpg(proc.info["pid"], signal.SIGKILL)   # a job leads its own session: its ranks go too

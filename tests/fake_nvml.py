@@ -250,8 +250,8 @@ def make_fake_pynvml(
 
 def install_fake_nvml(monkeypatch, fake: types.ModuleType | None) -> types.ModuleType | None:
     """Make `import pynvml` return `fake` (None: as if nvidia-ml-py were not installed), and
-    make engine.measure.telemetry forget any nvmlInit it cached; both are restored after the test."""
-    from engine.measure import telemetry
+    make largestep.measure.telemetry forget any nvmlInit it cached; both are restored after the test."""
+    from largestep.measure import telemetry
 
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     monkeypatch.setattr(telemetry, "_nvml_cache", None)

@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 from streamlit.testing.v1 import AppTest
 
-from engine import jobs
-from engine.home import HOME_ENV, Home
+from largestep import jobs
+from largestep.home import HOME_ENV, Home
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -24,7 +24,7 @@ TINY_OOM = f"{TESTS / 'tiny_workload.py'}:make_oom"    # ... whose model runs ou
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     """``largestep ARGV`` in this process: (exit code, stdout, stderr)."""
-    from engine.cli import main
+    from largestep.cli import main
 
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -68,8 +68,8 @@ def wait_for(predicate: Callable[[], object], timeout: float = 90.0, poll_s: flo
 
 def recommend_stored(home: Home, profile_id: str | None, config) -> dict:
     """The recommendation for a stored profile, as `largestep recommend` makes it (not saved)."""
-    from engine import store
-    from engine.plan.recommend import recommend
+    from largestep import store
+    from largestep.plan.recommend import recommend
 
     with store.connect(home) as con:
         profile, noise = store.recommendation_inputs(con, profile_id, stored_noise=config.noise_scale is None)
@@ -78,7 +78,7 @@ def recommend_stored(home: Home, profile_id: str | None, config) -> dict:
 
 def first_time_at_or_below(evals, run_id: str, target: float) -> float | None:
     """Training time at a run's first evaluation (a row of store.run_evaluations) with a validation
-    loss at or below ``target``; None if it never got there. Written apart from engine.plan.compare,
+    loss at or below ``target``; None if it never got there. Written apart from largestep.plan.compare,
     so tests can check that module's answers against it."""
     reached = evals[(evals["run_id"] == run_id) & (evals["val_loss"] <= target)].sort_values("step")
     return None if reached.empty else float(reached["train_time_s"].iloc[0])
@@ -87,7 +87,7 @@ def first_time_at_or_below(evals, run_id: str, target: float) -> float | None:
 def metric_rows_in_spool(home: Home, job_id: str) -> int:
     """The rows of the metrics table a job's spool should become: one per logged value of a
     metrics event, and per evaluation one for val_loss plus one per workload metric."""
-    from engine.jobs import events
+    from largestep.jobs import events
 
     rows = 0
     for event in events.read_all(home.job_dir(job_id)):
@@ -107,7 +107,7 @@ def spool_job(home: Home, job_id: str, kind: str, events: list[tuple[str, dict]]
     a job still running or killed). For faults the process cannot produce on purpose (a bad line,
     a value the store refuses, a copied folder).
     """
-    from engine.jobs.spool import Spool, write_json_atomic
+    from largestep.jobs.spool import Spool, write_json_atomic
 
     home.ensure()
     job_dir = home.job_dir(job_id)
@@ -193,7 +193,7 @@ def clocked(monkeypatch, step_s: Callable[[int, int], float], workload) -> tuple
     import dataclasses
     import types
 
-    import engine.measure.profiler as profiler
+    import largestep.measure.profiler as profiler
 
     clock = ScriptedClock(step_s)
     monkeypatch.setattr(profiler, "time", types.SimpleNamespace(perf_counter=clock.perf_counter, time=time.time))

@@ -13,7 +13,7 @@ import tiny_workload
 import torch
 from torch.utils.data import Dataset
 
-from engine import Workload
+from largestep import Workload
 
 
 class PairDataset(Dataset):

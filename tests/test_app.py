@@ -6,13 +6,13 @@ from conftest import PROFILED_BATCHES as BATCHES  # noqa: E402  the session's pr
 from helpers import TINY, open_page, wait_finished
 from streamlit.testing.v1 import AppTest
 
-from engine import jobs, store
-from engine.errors import UsageError
-from engine.home import Home
-from engine.jobs import start as starts
-from engine.measure.profiler import ProfileConfig
-from engine.ui import profiles as views
-from engine.ui import widgets
+from largestep import jobs, store
+from largestep.errors import UsageError
+from largestep.home import Home
+from largestep.jobs import start as starts
+from largestep.measure.profiler import ProfileConfig
+from largestep.ui import profiles as views
+from largestep.ui import widgets
 
 
 def open_app(monkeypatch, home: Home) -> AppTest:
@@ -82,7 +82,7 @@ def test_launching_from_the_form_shows_the_job_and_cancel_stops_it(monkeypatch, 
     assert not [b for b in at.button if b.key == f"cancel.{job_id}"]  # no longer listed as running
 
 
-# -- the page's logic, in engine.ui.profiles -----------------------------------------------------------
+# -- the page's logic, in largestep.ui.profiles -----------------------------------------------------------
 
 LISTED = ["fraud-gru", "fraud-mlp", "table"]
 

@@ -12,9 +12,9 @@ import psutil
 import pytest
 from helpers import run_cli, wait_finished
 
-from engine import store
-from engine.jobs import start as starts
-from engine.measure.train import TrainConfig
+from largestep import store
+from largestep.jobs import start as starts
+from largestep.measure.train import TrainConfig
 
 COMPETITOR_S = 120   # the competing process ends by itself after this, should the test's kill never come
 
@@ -51,7 +51,7 @@ def test_a_train_job_records_a_competing_process_as_background_load(home, tiny_s
 @pytest.mark.timeout(300)
 def test_a_profile_sets_aside_visits_a_competing_process_contends_and_flags_what_it_could_not_avoid(
         home, tiny_spec, capsys, monkeypatch):
-    from engine.measure.profiler import QUIET_PATIENCE
+    from largestep.measure.profiler import QUIET_PATIENCE
 
     monkeypatch.setenv("OMP_NUM_THREADS", str(os.cpu_count()))   # the job's steps take every core: none is spare
     spin = [sys.executable, "-c", f"import time\nend = time.time() + {COMPETITOR_S}\nwhile time.time() < end: pass"]

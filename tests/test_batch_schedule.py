@@ -7,16 +7,16 @@ import tiny_workload
 import torch
 from helpers import run_cli
 
-from engine.errors import UsageError
-from engine.jobs.bodies import SpoolRunLog
-from engine.measure.batch_schedule import (
+from largestep.errors import UsageError
+from largestep.jobs.bodies import SpoolRunLog
+from largestep.measure.batch_schedule import (
     grown_batch,
     lr_multiple,
     parse_batch_schedule,
     phase_index,
     scheduled_steps,
 )
-from engine.measure.train import TrainConfig, train
+from largestep.measure.train import TrainConfig, train
 
 CPU = torch.device("cpu")
 
@@ -134,7 +134,7 @@ def test_train_adaptive_needs_a_profile_of_the_workload(capsys, home, tiny_spec)
 @pytest.mark.parametrize("arms, words", [(("baseline", "schedule"), "not baseline,schedule"),
                                          (("baseline", "fixed", "schedule", "extra"), "baseline,fixed,schedule")])
 def test_autopilot_refuses_arms_it_does_not_know(arms, words):
-    from engine.jobs.autopilot import AutopilotConfig
+    from largestep.jobs.autopilot import AutopilotConfig
 
     with pytest.raises(UsageError, match=words):
         AutopilotConfig(arms=arms).validate()
@@ -150,7 +150,7 @@ def test_autopilot_trains_the_schedule_arm_in_the_same_rotation_and_compares_it(
 
     from helpers import open_page
 
-    from engine import jobs, store
+    from largestep import jobs, store
 
     code, out, err = run_cli(capsys, "--home", str(home.root), "autopilot", "--workload", tiny_spec, "--repeats", "2",
                              "--epochs", "2", "--arms", "baseline,fixed,schedule", "--device", "cpu", "--json")

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from helpers import TINY
 
-from engine import jobs, store
-from engine.home import HOME_ENV, Home
-from engine.jobs.autopilot import PHASES
+from largestep import jobs, store
+from largestep.home import HOME_ENV, Home
+from largestep.jobs.autopilot import PHASES
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app" / "main.py"
@@ -55,7 +55,7 @@ def free_port() -> int:
 def dashboard(tmp_path):
     """The dashboard on a free port, for an empty home, run from a project folder whose
     largestep.toml lists the tiny workload."""
-    from engine.cli.dashboard import streamlit_flags
+    from largestep.cli.dashboard import streamlit_flags
 
     project = tmp_path / "project"
     project.mkdir()

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.ui.charts import profile as charts
-from engine.ui.charts.base import NO_DATA
+from largestep.ui.charts import profile as charts
+from largestep.ui.charts.base import NO_DATA
 
 MiB = 2**20
 

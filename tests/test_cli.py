@@ -60,7 +60,7 @@ def test_a_database_that_is_not_duckdb_is_refused_untouched(capsys, home):
 
 
 def test_the_profile_output_shows_the_background_load_and_flags_an_inconsistent_profile(capsys):
-    from engine.cli.measure import print_profile, profile_summary
+    from largestep.cli.measure import print_profile, profile_summary
 
     point = {"status": "ok", "p25_s": 0.5, "p75_s": 0.52, "n": 10, "samples_per_s": 31.1, "peak_memory_bytes": 2**20}
     stored = {"id": "prof-1", "workload": "cnn", "device_name": "CPU", "dtype": "fp32", "saturation_batch": 32,
@@ -94,7 +94,7 @@ def _command_paths(group=None, prefix=()) -> list[tuple[str, ...]]:
     """Every command and sub-command of the CLI, read from the click group (a new one is included)."""
     import click
 
-    from engine.cli.group import cli
+    from largestep.cli.group import cli
 
     group = group or cli
     paths = []
@@ -115,7 +115,7 @@ def test_the_help_covers_every_command_listed():
 
 @pytest.mark.parametrize("path", _command_paths(), ids=" ".join)
 def test_every_command_has_help(capsys, home, path):
-    from engine.cli.group import cli
+    from largestep.cli.group import cli
 
     code, out, err = run_cli(capsys, *path, "--help")
     assert code == 0 and not err, err
@@ -135,12 +135,12 @@ def test_every_command_has_help(capsys, home, path):
 
 @pytest.mark.slow
 def test_the_executable_ends_with_its_commands_code_once_all_it_said_is_out(capsys, home):
-    # `python -m engine.cli` ends the process without the interpreter's teardown (engine.cli.run)
-    bad = subprocess.run([sys.executable, "-m", "engine.cli", "profile", "--workload", "nope"], capture_output=True,
+    # `python -m largestep.cli` ends the process without the interpreter's teardown (largestep.cli.run)
+    bad = subprocess.run([sys.executable, "-m", "largestep.cli", "profile", "--workload", "nope"], capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.count("\n") == 1, bad.stderr
     assert "unknown workload 'nope'" in bad.stderr and "Traceback" not in bad.stderr
-    helped = subprocess.run([sys.executable, "-m", "engine.cli", "profile", "--help"], capture_output=True, text=True,
+    helped = subprocess.run([sys.executable, "-m", "largestep.cli", "profile", "--help"], capture_output=True, text=True,
                             timeout=60)
     code, out, _ = run_cli(capsys, "profile", "--help")
     assert helped.returncode == code == 0 and helped.stdout == out   # every line, to the last option's
@@ -152,7 +152,7 @@ def test_the_executable_ends_with_its_commands_code_once_all_it_said_is_out(caps
 def test_profile_json_from_the_installed_command(home, tiny_spec):
     """The console script, end to end: a job, its spool, ingest, and the promised JSON fields."""
     proc = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "profile", "--workload", tiny_spec, "--batch-sizes", "8,32,128",
+        [sys.executable, "-m", "largestep.cli", "profile", "--workload", tiny_spec, "--batch-sizes", "8,32,128",
          "--min-steps", "3", "--min-seconds", "0", "--json"],
         capture_output=True, text=True, timeout=180,
     )
@@ -166,6 +166,6 @@ def test_profile_json_from_the_installed_command(home, tiny_spec):
         assert set(p["step_time_s"]) == {"median", "p25", "p75", "n"} and p["step_time_s"]["n"] >= 3
         assert p["samples_per_s"] > 0 and p["peak_memory_bytes"] > 0 and p["flops_per_step"] > 0
         assert 1 <= p["warmup_steps"] <= 3   # untimed steps, at most the default --warmup-steps
-    listed = subprocess.run([sys.executable, "-m", "engine.cli", "profiles", "--json"], capture_output=True,
+    listed = subprocess.run([sys.executable, "-m", "largestep.cli", "profiles", "--json"], capture_output=True,
                             text=True, timeout=60)
     assert [r["id"] for r in json.loads(listed.stdout)] == [data["profile_id"]]

@@ -85,7 +85,7 @@ def test_noise_bad_inputs(capsys, home, tiny_spec):
 @pytest.mark.parametrize("baseline_lr, stable", [("0.01", True), ("10", False)])
 def test_check_stability_runs_a_job_and_keeps_its_verdict_with_the_recommendation(capsys, profiled_home,
                                                                                   baseline_lr, stable):
-    from engine import jobs, store
+    from largestep import jobs, store
 
     home, profile_id = profiled_home
     code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id, "--noise-scale",
@@ -113,7 +113,7 @@ def test_check_stability_runs_a_job_and_keeps_its_verdict_with_the_recommendatio
 
 @pytest.mark.slow
 def test_noise_estimates_stores_its_row_and_the_next_recommendation_uses_it(capsys, profiled_home, tiny_spec):
-    from engine import store
+    from largestep import store
 
     home, profile_id = profiled_home
     code, out, err = run_cli(capsys, "--home", str(home.root), "noise", "--workload", tiny_spec, "--warm-steps", "5",
@@ -134,7 +134,7 @@ def test_noise_estimates_stores_its_row_and_the_next_recommendation_uses_it(caps
 
 @pytest.mark.slow
 def test_noise_curve_is_stored_and_the_next_recommendation_plans_a_schedule_from_it(capsys, profiled_home, tiny_spec):
-    from engine import store
+    from largestep import store
 
     home, profile_id = profiled_home
     code, out, err = run_cli(capsys, "--home", str(home.root), "noise", "--workload", tiny_spec, "--at", "1,0,0.5",

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from engine.jobs.autopilot import headline, keep_baseline_headline, prediction_factors
-from engine.plan.compare import compare_groups, comparison_runs, comparison_table, km_median, quality_verdict
+from largestep.jobs.autopilot import headline, keep_baseline_headline, prediction_factors
+from largestep.plan.compare import compare_groups, comparison_runs, comparison_table, km_median, quality_verdict
 
 
 def evals_for(times: dict[str, list[tuple[float, float]]]) -> pd.DataFrame:
@@ -119,7 +119,7 @@ def test_keeping_the_baseline_is_said_plainly_and_claims_nothing():
 
 
 def test_the_prediction_carries_its_own_interval():
-    from engine.plan.recommend import RecommendConfig, recommend
+    from largestep.plan.recommend import RecommendConfig, recommend
 
     points = [{"batch_size": b, "status": "ok", "median_s": t, "p25_s": t * 0.9, "p75_s": t * 1.1}
               for b, t in ((32, 0.010), (256, 0.020))]
@@ -135,7 +135,7 @@ def test_the_prediction_carries_its_own_interval():
 
 
 def test_a_comparison_is_decisive_when_an_interval_says_so():
-    from engine.jobs.autopilot import decisive
+    from largestep.jobs.autopilot import decisive
 
     def comparison(interval, verdict):
         return {"groups": [{}, {"speedup_interval": interval, "quality": {"verdict": verdict}}]}

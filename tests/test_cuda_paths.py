@@ -19,12 +19,12 @@ from fake_nvml import (
 )
 from helpers import clocked
 
-from engine import jobs, store
-from engine.home import Home
-from engine.jobs import runner
-from engine.jobs.spool import write_json_atomic
-from engine.measure.profiler import QUIET_PATIENCE, ProfileConfig
-from engine.measure.train import TrainConfig
+from largestep import jobs, store
+from largestep.home import Home
+from largestep.jobs import runner
+from largestep.jobs.spool import write_json_atomic
+from largestep.measure.profiler import QUIET_PATIENCE, ProfileConfig
+from largestep.measure.train import TrainConfig
 
 UUID = "6e3f5c2a-1b2c-4d5e-8f90-0a1b2c3d4e5f"
 WATTS = 250.0
@@ -134,8 +134,8 @@ def measure_on_gpu(gpu, tiny_spec, batch_size: int, allocator: FakeAllocator = B
                    **hooks):
     import torch
 
-    from engine.measure.profiler import measure_point
-    from engine.workloads import load_workload
+    from largestep.measure.profiler import measure_point
+    from largestep.workloads import load_workload
 
     workload = load_workload(tiny_spec)
     with cuda_on_cpu(gpu, allocator):
@@ -163,7 +163,7 @@ def test_a_points_peak_is_what_the_allocator_reserved_not_only_what_tensors_took
 def test_energy_per_sample_with_several_gpus_counts_every_ranks_power(gpu, tiny_spec, monkeypatch):
     import torch.distributed as dist
 
-    from engine.measure import distributed
+    from largestep.measure import distributed
 
     # one of two ranks, each drawing 250 W: the other rank's power arrives through the all-reduce
     monkeypatch.setattr(distributed, "is_distributed", lambda: True)
@@ -178,9 +178,9 @@ def test_energy_per_sample_with_several_gpus_counts_every_ranks_power(gpu, tiny_
 def test_a_data_set_too_large_for_the_gpu_stays_in_host_memory_as_in_training(monkeypatch, tiny_spec):
     import torch
 
-    from engine.measure import devices
-    from engine.measure.profiler import shuffled_on_device
-    from engine.workloads import load_workload
+    from largestep.measure import devices
+    from largestep.measure.profiler import shuffled_on_device
+    from largestep.workloads import load_workload
 
     small = install_fake_cuda(monkeypatch, [cuda_properties(UUID, total_memory=256 * 2**10)])  # 256 KiB
     workload = load_workload(tiny_spec)  # 2048 x 16 float32 inputs: 128 KiB, over a quarter of the GPU
@@ -201,9 +201,9 @@ def test_gpu_steps_are_timed_in_blocks_so_the_host_queues_ahead_as_in_training(g
 
     import torch
 
-    from engine.measure import profiler
-    from engine.measure.profiler import measure_point
-    from engine.workloads import load_workload
+    from largestep.measure import profiler
+    from largestep.measure.profiler import measure_point
+    from largestep.workloads import load_workload
 
     # blocks of the longest length, 4 steps, whatever this machine's step time
     monkeypatch.setattr(profiler, "BLOCK_SECONDS", 60.0)
@@ -234,8 +234,8 @@ def test_a_datasets_gpu_steps_are_timed_in_blocks_with_the_loader_and_without(gp
     import model_workloads
     import torch
 
-    from engine.measure import profiler
-    from engine.measure.profiler import measure_point
+    from largestep.measure import profiler
+    from largestep.measure.profiler import measure_point
 
     monkeypatch.setattr(profiler, "BLOCK_SECONDS", 60.0)   # blocks of 4 steps, as above
     monkeypatch.setattr(profiler, "MAX_BLOCK_STEPS", 4)
@@ -264,8 +264,8 @@ def test_fp16_warm_up_runs_until_the_loss_scaler_stops_skipping_steps(gpu, tiny_
 
     import torch
 
-    from engine.measure.profiler import measure_point
-    from engine.workloads import load_workload
+    from largestep.measure.profiler import measure_point
+    from largestep.workloads import load_workload
 
     workload = load_workload(tiny_spec)
     overflowing = {"left": 3}
@@ -292,8 +292,8 @@ def test_a_steady_gpu_step_ends_its_warm_up_early_and_sizes_its_blocks_from_it(g
 
     import torch
 
-    from engine.measure.profiler import measure_point
-    from engine.workloads import load_workload
+    from largestep.measure.profiler import measure_point
+    from largestep.workloads import load_workload
 
     step_s = 2 ** -8   # 3.9 ms every step, exact in binary as the clock's sums are
     workload, clock = clocked(monkeypatch, lambda _b, _k: step_s, load_workload(tiny_spec))
@@ -310,8 +310,8 @@ def test_a_steady_gpu_step_ends_its_warm_up_early_and_sizes_its_blocks_from_it(g
 def train_on_gpu(gpu, tiny_spec, allocator: FakeAllocator, device: str = "cuda:0", **config):
     import torch
 
-    from engine.measure.train import NullLog, TrainConfig, train
-    from engine.workloads import load_workload
+    from largestep.measure.train import NullLog, TrainConfig, train
+    from largestep.workloads import load_workload
 
     logged: list[dict] = []
 
@@ -328,7 +328,7 @@ def train_on_gpu(gpu, tiny_spec, allocator: FakeAllocator, device: str = "cuda:0
 def test_the_training_clock_is_read_only_once_the_gpus_queued_work_is_done(gpu, tiny_spec, monkeypatch):
     import types
 
-    from engine.measure import train as train_module
+    from largestep.measure import train as train_module
 
     # every forward queues device work the host does not wait for (as a GPU's kernels): a clock read
     # while some is still queued would leave it out of the interval just logged (the first throughput)

@@ -47,7 +47,7 @@ def _other_addresses() -> list[str]:
 @pytest.fixture
 def served(home, tmp_path):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "--home", str(home.root), "dashboard", "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "largestep.cli", "--home", str(home.root), "dashboard", "--port",
                              str(port)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:

@@ -12,8 +12,8 @@ import pytest
 import torch
 from fake_nvml import UUID_A, UUID_B, FakeGpu, cuda_properties, install_fake_cuda, install_fake_nvml, make_fake_pynvml
 
-from engine.errors import DeviceError, UsageError
-from engine.measure import devices, telemetry
+from largestep.errors import DeviceError, UsageError
+from largestep.measure import devices, telemetry
 
 
 @pytest.fixture
@@ -289,7 +289,7 @@ def test_cuda_peak_memory_is_the_reserved_peak_when_fragmentation_holds_more(two
 
 
 def test_device_locks_name_the_physical_gpu_whatever_the_cuda_visible_devices(monkeypatch):
-    from engine.jobs.torchrun import lock_names
+    from largestep.jobs.torchrun import lock_names
 
     # this process sees GPUs A, B; another with CUDA_VISIBLE_DEVICES=1,0 sees B, A
     install_fake_cuda(monkeypatch, [cuda_properties(UUID_A), cuda_properties(UUID_B)])
@@ -324,7 +324,7 @@ def test_the_torch_floor_has_every_torch_api_the_gpu_paths_call():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="GPU device files are Linux's")
 def test_auto_names_the_cpu_without_asking_torch_only_where_no_gpu_device_file_exists(monkeypatch, tmp_path):
-    from engine.measure import device_names
+    from largestep.measure import device_names
 
     asked = []
     monkeypatch.setattr(devices, "resolve_device", lambda spec: asked.append(spec) or torch.device("cuda:0"))

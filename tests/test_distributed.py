@@ -18,13 +18,13 @@ import pytest
 import torch
 from helpers import wait_for
 
-from engine import jobs, store
-from engine.jobs import start as starts
-from engine.jobs.bodies import SpoolRunLog
-from engine.measure.noise import noise_scale_from_norms
-from engine.measure.profiler import ProfileConfig
-from engine.measure.train import TrainConfig, lr_at, train
-from engine.workloads.base import Workload
+from largestep import jobs, store
+from largestep.jobs import start as starts
+from largestep.jobs.bodies import SpoolRunLog
+from largestep.measure.noise import noise_scale_from_norms
+from largestep.measure.profiler import ProfileConfig
+from largestep.measure.train import TrainConfig, lr_at, train
+from largestep.workloads.base import Workload
 
 HERE = Path(__file__).resolve()
 SGD_SPEC = f"{HERE}:make_sgd"
@@ -96,7 +96,7 @@ def _events(home, job_id) -> list[dict]:
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory):
     """One 2-rank SGD run (through the job runner and its rank launcher), shared by the tests below."""
-    from engine.home import Home
+    from largestep.home import Home
 
     home = Home(tmp_path_factory.mktemp("ddp") / "home")
     config = TrainConfig(batch_size=GLOBAL_BATCH, lr=0.05, nproc=2, max_steps=STEPS, warmup_samples=WARMUP,
@@ -160,7 +160,7 @@ def test_the_noise_scale_metric_is_mcCandlish_on_the_rank_shards(two_rank_run):
         frame = store.run_metrics(con, [job_id], ["noise_g2", "noise_trace_sigma", "noise_scale"])
     logged = {(int(r.step), r.name): r.value for r in frame.itertuples()}
 
-    from engine.measure.train import _Batches
+    from largestep.measure.train import _Batches
 
     workload = make_sgd()
     torch.manual_seed(config.seed)
@@ -209,7 +209,7 @@ def test_a_rank_killed_mid_run_ends_the_job_crashed_not_hung(home):
         (job_dir / "output.log").read_text()[-2000:]
     job = psutil.Process(jobs.read_status(job_dir)["pid"])
     ranks = {int(p.environ().get("RANK", -1)): p for p in job.children(recursive=True)
-             if "engine.jobs.torchrun" in " ".join(p.cmdline())}
+             if "largestep.jobs.torchrun" in " ".join(p.cmdline())}
     assert set(ranks) == {0, 1}, ranks
     # a single-machine run opens nothing another machine can reach
     listening = [c.laddr for p in [job, *ranks.values()] for c in p.net_connections("inet")
@@ -236,7 +236,7 @@ def test_a_rank_that_fails_ends_the_run_with_its_own_error_and_stops_the_other(h
         job = store.get_job(con, job_id)
     assert job["error"].startswith("rank 1 of 2: RuntimeError: the data on this shard is broken"), job["error"]
     ranks_left = [p.pid for p in psutil.process_iter(["cmdline"])
-                  if "engine.jobs.torchrun" in (line := " ".join(p.info["cmdline"] or [])) and str(home.root) in line]
+                  if "largestep.jobs.torchrun" in (line := " ".join(p.info["cmdline"] or [])) and str(home.root) in line]
     assert not ranks_left
 
 
@@ -251,11 +251,11 @@ def test_a_two_rank_profile_measures_global_batches_with_the_all_reduce(home, ti
     assert [p["batch_size"] for p in profile["points"]] == [32, 128]
     assert all(p["status"] == "ok" and p["n"] >= 3 for p in profile["points"])
     assert profile["config"]["nproc"] == 2
-    from engine.plan.recommend import RecommendConfig, recommend
+    from largestep.plan.recommend import RecommendConfig, recommend
 
     rec = recommend(profile, RecommendConfig(noise_scale=1e6), None)
     assert rec["world_size"] == 2 and rec["micro_batch_size"] * 2 == rec["batch_size"]
-    from engine.plan.export import export_config
+    from largestep.plan.export import export_config
 
     line = [x for x in export_config(rec, "cli").splitlines() if x.startswith("largestep")][0]
     assert "--nproc 2" in line and "--devices" not in line
@@ -284,7 +284,7 @@ def test_one_rank_out_of_memory_ends_the_profile_at_its_ceiling_instead_of_hangi
 @pytest.mark.distributed
 @pytest.mark.e2e
 def test_an_autopilot_over_two_ranks_profiles_and_trains_data_parallel(home, tiny_spec):
-    from engine.jobs.autopilot import AutopilotConfig
+    from largestep.jobs.autopilot import AutopilotConfig
 
     config = AutopilotConfig(repeats=1, epochs=1, nproc=2, min_seconds=0.2, max_batch=256, noise_batches=4)
     job_id = starts.start_autopilot(home, tiny_spec, {}, "cpu", config)
@@ -327,7 +327,7 @@ def test_an_autopilot_over_two_ranks_profiles_and_trains_data_parallel(home, tin
     (["autopilot", "-w", "fraud-mlp", "--nproc", "0"], "--nproc must be a positive integer"),
 ])
 def test_bad_nproc_input_is_one_line_and_exit_code_2(home, capsys, argv, says):
-    from engine.cli import main
+    from largestep.cli import main
 
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -337,7 +337,7 @@ def test_bad_nproc_input_is_one_line_and_exit_code_2(home, capsys, argv, says):
 
 
 def test_ranks_meet_on_loopback_unless_the_user_chose_an_interface(monkeypatch):
-    from engine.jobs.torchrun import loopback_interface, rank_environment
+    from largestep.jobs.torchrun import loopback_interface, rank_environment
 
     monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
     monkeypatch.delenv("NCCL_SOCKET_IFNAME", raising=False)

@@ -1,5 +1,7 @@
-"""The engine's structure, as its imports draw it: one layer a folder, imports pointing down only,
-and never Streamlit (the CLI and job processes must not pay for it or depend on it)."""
+"""The package's structure, as its imports draw it, stated once: the layers below, one a folder, imports
+pointing down only; the code's own imports never name the top-level package (it is installed as
+``largestep`` from the folder ``engine/``); nothing inside imports the package root; and never Streamlit
+outside ``app/`` (the CLI and job processes must not pay for it or depend on it)."""
 
 import ast
 import os
@@ -9,99 +11,164 @@ import subprocess
 import sys
 from pathlib import Path
 
-import engine
+import largestep
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ROOT / "engine"
+APP = ROOT / "app"
+PACKAGE = largestep.__name__
 
-# Each layer may import its own modules and the layers below it, never one above or beside it.
+# THE LAYERS. Each may import its own folder and the layers below it, never one above or beside it.
 LAYERS = [
-    {"cli"},                      # the command line (it may render the dashboard's HTML report)
-    {"ui"},                       # what the dashboard's pages show, prepared without Streamlit
-    {"store", "integrations"},    # the DuckDB file: all SQL; adapters to Lightning and Hugging Face (via engine.track)
+    {"app"},                      # the Streamlit dashboard (app/): routes and thin pages over ui
+    {"integrations"},             # adapters to Lightning and Hugging Face, over largestep.track
+    {"cli", "api"},               # the command line; the same loop from Python (largestep.track, .profile, ...)
+    {"ui"},                       # what the dashboard's pages show, prepared without Streamlit; the HTML report
+    {"store"},                    # the DuckDB file: all SQL
     {"jobs"},                     # job processes: spool and events, runner, bodies, autopilot, launchers
     {"plan", "measure"},          # pure planning; measuring on the device (neither imports the other)
     {"workloads"},                # the workload contract, the loader, the built-ins
-    {"errors", "home", "units", "format"},   # the foundation every layer may use
+    {"about", "errors", "home", "units", "format"},   # the foundation every layer may use
 ]
-FOUNDATION = len(LAYERS) - 1         # loose modules that may use each other (home and units raise errors)
-PUBLIC_FACE = {"engine/__init__.py"}   # hands Workload on lazily; it is the package's door, not a layer
+FOUNDATION = len(LAYERS) - 1      # loose modules that may use each other (home and units raise errors)
+# The package root (engine/__init__.py) is the public door: it hands on names lazily, it sits above every
+# layer, and nothing inside the package imports it.
 
 
-def engine_modules() -> list[str]:
-    return sorted(info.name for info in pkgutil.walk_packages(engine.__path__, prefix="engine.")
+def package_modules() -> list[str]:
+    return sorted(info.name for info in pkgutil.walk_packages(largestep.__path__, prefix=f"{PACKAGE}.")
                   if not info.name.endswith(".__main__"))
 
 
 def layer_of(module: str) -> int | None:
-    """The rank (0 = top) of ``engine.<part>...``; None for ``engine`` itself."""
+    """The rank (0 = top) of ``largestep.<part>...``; None for the package root."""
     parts = module.split(".")
-    if parts[0] != "engine" or len(parts) < 2 or parts[1].startswith("__"):
-        return None   # the package itself (its __version__)
+    if len(parts) < 2:
+        return None
     for rank, names in enumerate(LAYERS):
         if parts[1] in names:
             return rank
     raise AssertionError(f"{module} belongs to no layer: add its folder to LAYERS")
 
 
-def engine_imports(path: Path, root: Path = ROOT) -> set[str]:
-    """Every engine module a file imports, at the top or inside a function."""
+def module_name(path: Path, root: Path) -> str:
+    """``engine/jobs/runner.py`` -> ``largestep.jobs.runner``; ``app/widgets.py`` -> ``largestep.app.widgets``."""
+    relative = path.relative_to(root).with_suffix("").parts
+    if relative[0] == "engine":
+        relative = relative[1:]
+    if relative and relative[-1] == "__init__":
+        relative = relative[:-1]
+    return ".".join([PACKAGE, *relative])
+
+
+def is_module(name: str, root: Path) -> bool:
+    """Is ``largestep.a.b`` a module or package of the tree at ``root``?"""
+    parts = name.split(".")[1:]
+    if parts[:1] == ["app"]:
+        base = root.joinpath("app", *parts[1:])
+    else:
+        base = root.joinpath("engine", *parts)
+    return base.with_suffix(".py").exists() or (base / "__init__.py").exists() or (parts[:1] == ["app"] and base.is_dir())
+
+
+def package_imports(path: Path, root: Path = ROOT) -> tuple[set[str], list[str]]:
+    """Every package module a file imports (at the top or inside a function), and what it does wrong by
+    naming: an absolute import of the package, or an import of the package root's own attributes."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    package = path.relative_to(root).with_suffix("").parts[:-1]
-    found = set()
+    me = module_name(path, root)
+    package = me.split(".") if path.name == "__init__.py" else me.split(".")[:-1]
+    found, wrong = set(), []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names if alias.name.startswith("engine")}
+            for alias in node.names:
+                if alias.name.split(".")[0] in (PACKAGE, "engine", "app"):
+                    found.add(alias.name)
+                    wrong.append(f"import {alias.name}")
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 base = ".".join([*package[: len(package) - node.level + 1], *([base] if base else [])])
-            if base == "engine":
-                found |= {f"engine.{alias.name}" for alias in node.names}
-            elif base.startswith("engine."):
-                found.add(base)
+            elif base.split(".")[0] in (PACKAGE, "engine", "app"):
+                wrong.append(f"from {base} import ...")
+            else:
+                continue
+            if base.split(".")[0] != PACKAGE:
+                continue
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                if is_module(full, root):
+                    found.add(full)
+                elif base == PACKAGE:
+                    wrong.append(f"the package root's {alias.name}")
+                else:
+                    found.add(base)
+    return found, wrong
+
+
+def offences(root: Path) -> list[str]:
+    """"FILE imports MODULE" for every import of a layer above or beside the file's own, and "FILE names
+    ..." for every import that depends on the top-level name or goes through the package root."""
+    found = []
+    for path in sorted((root / "engine").rglob("*.py")):
+        relative = path.relative_to(root).as_posix()
+        me = module_name(path, root)
+        imports, wrong = package_imports(path, root)
+        if me == PACKAGE:
+            continue   # the public door: lazily, anything
+        found += [f"{relative} names {what}" for what in wrong]
+        my_rank, my_folder = layer_of(me), me.split(".")[1]
+        for target in sorted(imports):
+            rank = layer_of(target)
+            if rank is None:
+                continue
+            same_place = target.split(".")[1] == my_folder or rank == my_rank == FOUNDATION
+            if not same_place and rank <= my_rank:
+                found.append(f"{relative} imports {target}")
     return found
 
 
-def upward_imports(root: Path) -> list[str]:
-    """"FILE imports MODULE" for every import of a layer above or beside the file's own."""
-    offenders = []
-    for path in sorted((root / "engine").rglob("*.py")):
-        relative = path.relative_to(root).as_posix()
-        if relative in PUBLIC_FACE:
-            continue
-        me = ".".join(path.relative_to(root).with_suffix("").parts)
-        my_rank, my_folder = layer_of(me), me.split(".")[1]
-        for target in sorted(engine_imports(path, root)):
-            rank = layer_of(target)
-            if rank is None:
-                continue   # `import engine`: the package's public door (engine.track), as user code uses it
-            same_place = target.split(".")[1] == my_folder or rank == my_rank == FOUNDATION
-            if not same_place and rank <= my_rank:
-                offenders.append(f"{relative} imports {target}")
-    return offenders
-
-
 def test_the_walk_finds_every_layer():
-    modules = set(engine_modules())
-    assert {"engine.store.ingest", "engine.jobs.events", "engine.measure.profiler", "engine.plan.recommend",
-            "engine.ui.runs", "engine.cli.measure", "engine.workloads.loader"} <= modules
+    modules = set(package_modules())
+    assert {f"{PACKAGE}.{name}" for name in ("store.ingest", "jobs.events", "measure.profiler", "plan.recommend",
+                                                "ui.runs", "cli.measure", "workloads.loader", "api.track")} <= modules
     for module in modules:
         layer_of(module)   # every module sits in a layer
 
 
-def test_imports_point_down_only():
-    assert upward_imports(ROOT) == []
+def test_imports_point_down_only_and_never_name_the_package():
+    assert offences(ROOT) == []
 
 
-def test_the_direction_check_catches_an_upward_or_sideways_import(tmp_path):
+def test_the_check_catches_an_upward_import_a_named_package_and_the_root(tmp_path):
     measure = tmp_path / "engine" / "measure"
     measure.mkdir(parents=True)
-    (measure / "ok.py").write_text("from engine.workloads import load_workload\nfrom engine.measure import devices\n"
-                                   "from . import devices\n")
-    (measure / "bad.py").write_text("def f():\n    from engine import store\n    from ..plan import recommend\n")
-    assert upward_imports(tmp_path) == ["engine/measure/bad.py imports engine.plan",
-                                        "engine/measure/bad.py imports engine.store"]
+    (tmp_path / "engine" / "plan").mkdir()
+    (tmp_path / "engine" / "plan" / "__init__.py").write_text("")
+    (tmp_path / "engine" / "__init__.py").write_text("from .measure import devices\n")
+    (measure / "__init__.py").write_text("")
+    (measure / "devices.py").write_text("")
+    (measure / "ok.py").write_text("from ..workloads import load_workload\nfrom . import devices\n"
+                                   "from ..about import __version__\n")
+    (measure / "bad.py").write_text("def f():\n    from ..store import queries\n    from ..plan import recommend\n"
+                                    "    from .. import __version__\n    import engine.units\n"
+                                    "    from largestep.home import Home\n")
+    assert offences(tmp_path) == [
+        "engine/measure/bad.py names the package root's __version__",
+        "engine/measure/bad.py names import engine.units",
+        "engine/measure/bad.py names from largestep.home import ...",
+        "engine/measure/bad.py imports largestep.plan",
+        "engine/measure/bad.py imports largestep.store",
+    ]
+
+
+def test_the_app_sits_on_top_and_nothing_imports_it():
+    for path in sorted(APP.rglob("*.py")):
+        imports, _ = package_imports(path)
+        for target in imports:   # the app may use any layer; it reaches the engine through the public name
+            assert layer_of(target) is not None and layer_of(target) >= 0
+    for path in sorted(ENGINE.rglob("*.py")):
+        imports, _ = package_imports(path)
+        assert not any(target.startswith(f"{PACKAGE}.app") for target in imports), path
 
 
 def test_the_engine_has_few_loose_modules_and_each_layer_says_what_it_is_for():
@@ -110,32 +177,33 @@ def test_the_engine_has_few_loose_modules_and_each_layer_says_what_it_is_for():
     for folder in (p for p in ENGINE.iterdir() if p.is_dir() and not p.name.startswith("__")):
         init = folder / "__init__.py"
         assert init.exists() and ast.get_docstring(ast.parse(init.read_text())), f"{folder.name}/__init__.py says nothing"
+    assert {p.name for p in ENGINE.iterdir() if p.is_dir() and not p.name.startswith("__")} == \
+        set().union(*LAYERS[1:FOUNDATION])
 
 
 def test_every_dashboard_page_has_its_engine_module_and_back():
-    pages = {p.stem for p in (ROOT / "app" / "sections").glob("*.py")}
+    pages = {p.stem for p in (APP / "sections").glob("*.py")}
     shared = {"__init__", "widgets", "report"}   # what the pages share, and the HTML report
     views = {p.stem for p in (ENGINE / "ui").glob("*.py")} - shared
     assert pages == views
     for page in pages:
-        text = (ROOT / "app" / "sections" / f"{page}.py").read_text()
-        assert re.search(rf"^from engine\.ui import .*\b{page}\b", text, re.M), f"app/sections/{page}.py"
+        text = (APP / "sections" / f"{page}.py").read_text()
+        assert re.search(rf"^from {PACKAGE}\.ui import .*\b{page}\b", text, re.M), f"app/sections/{page}.py"
 
 
-def test_importing_every_engine_module_does_not_import_streamlit():
+def test_importing_every_package_module_does_not_import_streamlit():
     # A fresh interpreter: this test process may have imported streamlit for the app tests.
     # Each module is checked right after its import, so a failure names the one that pulled it in.
     script = (
         "import importlib, sys\n"
-        f"for name in {engine_modules()!r}:\n"
+        f"for name in {package_modules()!r}:\n"
         "    importlib.import_module(name)\n"
         "    if 'streamlit' in sys.modules:\n"
         "        sys.exit(f'importing {name} imported streamlit')\n"
         "print('ok')\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=240)
+    result = subprocess.run([sys.executable, "-P", "-c", script], cwd=ROOT, env=dict(os.environ), capture_output=True,
+                            text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
 

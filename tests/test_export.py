@@ -9,8 +9,8 @@ import shlex
 
 import pytest
 
-from engine.errors import UsageError
-from engine.plan.export import (
+from largestep.errors import UsageError
+from largestep.plan.export import (
     DATA_FORMATS,
     FILE_SUFFIX,
     FORMATS,

@@ -13,7 +13,7 @@ import shutil
 import pytest
 from helpers import run_cli, spool_job, train_events
 
-from engine import jobs, store
+from largestep import jobs, store
 
 
 def runs_listed(capsys) -> dict[str, dict]:
@@ -168,9 +168,9 @@ API_CONFIGS = {
 
 @pytest.mark.parametrize("case", API_CONFIGS, ids=list(API_CONFIGS))
 def test_the_python_api_refuses_the_same_numbers_before_writing(home, tiny_spec, case):
-    from engine.errors import UsageError
-    from engine.jobs.start import start_train
-    from engine.measure.train import TrainConfig
+    from largestep.errors import UsageError
+    from largestep.jobs.start import start_train
+    from largestep.measure.train import TrainConfig
 
     config = TrainConfig(**{"batch_size": 32, "lr": 1e-3, **API_CONFIGS[case]})
     with pytest.raises(UsageError):
@@ -202,8 +202,8 @@ def test_a_number_out_of_range_or_not_finite_is_one_line_exit_2_and_writes_nothi
 
 @pytest.mark.slow
 def test_a_deleted_status_file_is_not_read_as_a_crash(home, tiny_spec):
-    from engine.jobs.start import start_train
-    from engine.measure.train import TrainConfig
+    from largestep.jobs.start import start_train
+    from largestep.measure.train import TrainConfig
 
     (run_id,) = start_train(home, tiny_spec, {}, "cpu", TrainConfig(batch_size=32, lr=1e-3, epochs=2))
     job_dir = home.job_dir(run_id)
@@ -231,8 +231,8 @@ def test_a_job_without_a_status_file_or_a_process_is_crashed_once_the_grace_peri
 
 @pytest.mark.slow
 def test_a_module_in_the_users_folder_is_not_imported_by_a_job(home, tiny_spec, tmp_path, monkeypatch):
-    from engine.jobs.start import start_train
-    from engine.measure.train import TrainConfig
+    from largestep.jobs.start import start_train
+    from largestep.measure.train import TrainConfig
 
     folder = tmp_path / "project"
     folder.mkdir()
@@ -246,8 +246,8 @@ def test_a_module_in_the_users_folder_is_not_imported_by_a_job(home, tiny_spec, 
 
 @pytest.mark.slow
 def test_a_job_that_dies_before_its_first_event_says_why(capsys, home, tiny_spec, tmp_path, monkeypatch):
-    from engine.jobs.start import start_train
-    from engine.measure.train import TrainConfig
+    from largestep.jobs.start import start_train
+    from largestep.measure.train import TrainConfig
 
     shadow = tmp_path / "shadow"  # a user's PYTHONPATH holding a module that shadows a library the job needs
     shadow.mkdir()
@@ -365,8 +365,8 @@ def test_a_finished_job_is_not_left_a_zombie_of_the_process_that_started_it(home
     import psutil
     from helpers import wait_for
 
-    from engine.jobs.start import start_train
-    from engine.measure.train import TrainConfig
+    from largestep.jobs.start import start_train
+    from largestep.measure.train import TrainConfig
 
     (run_id,) = start_train(home, tiny_spec, {}, "cpu", TrainConfig(batch_size=32, lr=1e-3, max_steps=5))
     pid = jobs.read_status(home.job_dir(run_id))["pid"]
@@ -377,7 +377,7 @@ def test_a_finished_job_is_not_left_a_zombie_of_the_process_that_started_it(home
 
 WORKLOAD_FILE = """
 import torch
-from engine import Workload
+from largestep import Workload
 
 def make():
     x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
@@ -426,7 +426,7 @@ def test_commands_run_at_once_beside_a_bad_job_ingest_every_row_once(home):
         spool_job(home, f"train-good000{k}", "train", train_events(seed=k))
     spool_job(home, "train-bad00001", "train", train_events(seed=3_000_000_000))
     commands = [["runs", "--json"], ["profiles", "--json"], ["doctor", "--json"], ["runs", "--json"]]
-    procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", *argv], stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-m", "largestep.cli", *argv], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for argv in commands]
     results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
 
@@ -446,8 +446,8 @@ def test_doctor_finds_a_process_that_outlives_its_job(capsys, home):
     import sys
 
     job_dir = spool_job(home, "train-done0001", "train", train_events())   # ended: its exit record is written
-    # a process still running that job's folder, as `python -m engine.jobs JOB_DIR` would be
-    stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "engine.jobs", str(job_dir)])
+    # a process still running that job's folder, as `python -m largestep.jobs JOB_DIR` would be
+    stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "largestep.jobs", str(job_dir)])
     try:
         code, out, _ = run_cli(capsys, "doctor")
         assert f"train-done0001 has ended but its process {stray.pid} still runs" in out, out

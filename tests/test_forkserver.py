@@ -1,4 +1,4 @@
-"""The warm launcher (engine.jobs.forkserver): jobs forked from a process that has already imported torch
+"""The warm launcher (largestep.jobs.forkserver): jobs forked from a process that has already imported torch
 run exactly as fresh ones do, can be cancelled, never start twice, and fall back when it is gone."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import psutil
 import pytest
 from helpers import run_cli, wait_finished, wait_for
 
-from engine import jobs
-from engine.home import Home
-from engine.jobs import events, forkserver, runner
-from engine.jobs import start as starts
-from engine.measure.profiler import ProfileConfig
-from engine.measure.train import TrainConfig
+from largestep import jobs
+from largestep.home import Home
+from largestep.jobs import events, forkserver, runner
+from largestep.jobs import start as starts
+from largestep.measure.profiler import ProfileConfig
+from largestep.measure.train import TrainConfig
 
 QUICK = TrainConfig(batch_size=32, lr=1e-2, max_steps=3, log_every_steps=1)
 LONG = ProfileConfig(batch_sizes=(8, 16, 32, 64, 128), min_steps=3, min_seconds=3.0, warmup_steps=1)
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from engine import Workload
+from largestep import Workload
 
 
 def make():
@@ -176,7 +176,7 @@ def test_no_launcher_is_started_or_used_when_turned_off(home, tiny_spec, monkeyp
         assert psutil.Process(pid).ppid() == os.getpid()
         wait_finished(home, job_id, 120)
     assert not home.launchers.exists()
-    assert not any("engine.jobs.forkserver" in " ".join(p.info["cmdline"] or []) and str(home.root) in
+    assert not any("largestep.jobs.forkserver" in " ".join(p.info["cmdline"] or []) and str(home.root) in
                    " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
 
 
@@ -249,7 +249,7 @@ def test_a_job_submitting_jobs_gives_them_its_submitters_launcher(home, monkeypa
     # the one the command's own jobs get, or its first child would start cold beside a second launcher
     monkeypatch.setenv("PYTHONPATH", "/user/src")
     from_the_command = runner.job_environment()
-    assert from_the_command["PYTHONPATH"].split(os.pathsep)[1:] == ["/user/src"]   # the engine first, once
+    assert from_the_command["PYTHONPATH"] == "/user/src" and from_the_command["PYTHONSAFEPATH"] == "1"
     monkeypatch.setattr(os, "environ", dict(from_the_command))   # now inside that job
     from_the_job = runner.job_environment()
     assert from_the_job == from_the_command
@@ -272,10 +272,10 @@ def test_the_engine_version_changes_with_any_engine_source_file(tmp_path, monkey
 
 def test_a_forked_jobs_title_is_found_as_its_command_line():
     folder = "/tmp/a home/jobs/trai-1"
-    assert runner.runs_job_dir(["/venv/bin/python", "-m", "engine.jobs", folder], folder)        # a fresh job
-    assert runner.runs_job_dir([f"/venv/bin/python -m engine.jobs {folder}", "", ""], folder)   # a title
-    assert runner.runs_job_dir(f"/venv/bin/python -m engine.jobs {folder}".split(), folder)     # split at spaces
-    assert not runner.runs_job_dir([f"/venv/bin/python -m engine.jobs {folder}0"], folder)
+    assert runner.runs_job_dir(["/venv/bin/python", "-m", "largestep.jobs", folder], folder)        # a fresh job
+    assert runner.runs_job_dir([f"/venv/bin/python -m largestep.jobs {folder}", "", ""], folder)   # a title
+    assert runner.runs_job_dir(f"/venv/bin/python -m largestep.jobs {folder}".split(), folder)     # split at spaces
+    assert not runner.runs_job_dir([f"/venv/bin/python -m largestep.jobs {folder}0"], folder)
     assert not runner.runs_job_dir(["/venv/bin/python", "-c", forkserver.LAUNCHER_MAIN, "/tmp/a home", "k"], folder)
 
 

@@ -14,10 +14,10 @@ from conftest import TINY
 from helpers import open_page, wait_finished
 from tiny_workload import make as make_tiny
 
-import engine
-from engine import store
-from engine.jobs import start as starts
-from engine.measure.train import TrainConfig
+import largestep
+from largestep import store
+from largestep.jobs import start as starts
+from largestep.measure.train import TrainConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +40,7 @@ def fit_lightning(home, tmp_path, epochs: int = 3):
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader, TensorDataset
 
-    from engine.integrations.lightning import LargestepLogger
+    from largestep.integrations.lightning import LargestepLogger
 
     class TinyModule(pl.LightningModule):
         def __init__(self, lr: float = 1e-2, hidden: int = 32):
@@ -83,6 +83,9 @@ def test_a_lightning_fit_is_a_finished_run_with_its_batch_metrics_and_hyperparam
     assert run["lr"] == pytest.approx(1e-2) and run["role"] == "external" and list(run["tags"]) == ["lightning"]
     assert run["config"]["hyperparameters"] == {"lr": 0.01, "hidden": 32}
     assert counts["val_loss"] == 3 and counts["val_acc"] == 3                 # one validation an epoch
+    with store.connect(home) as con:   # the epoch is the training done, as track() and launched runs have it
+        evals = store.run_metrics(con, [run["id"]], ["val_loss"]).sort_values("step")
+    assert list(evals["epoch"]) == pytest.approx([1.0, 2.0, 3.0])
     assert counts["train_loss"] >= 4 and counts["lr"] == counts["train_loss"]
     assert run["final_primary_metric"] == pytest.approx(run["final_metrics"]["acc"]) and run["final_metrics"]["acc"] > 0.6
     assert run["steps"] == 3 * 2048 // 64
@@ -98,7 +101,7 @@ def test_a_lightning_run_compares_against_a_largestep_launched_run(home, tmp_pat
     logger = fit_lightning(home, tmp_path)
     wait_finished(home, launched, timeout_s=180)
     store.ingest(home)
-    result = subprocess.run([sys.executable, "-m", "engine.cli", "compare", logger.run.id, launched, "--json"],
+    result = subprocess.run([sys.executable, "-m", "largestep.cli", "compare", logger.run.id, launched, "--json"],
                             capture_output=True, text=True, timeout=120, cwd=ROOT,
                             env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
     assert result.returncode == 0, result.stderr
@@ -129,7 +132,7 @@ def test_a_datamodule_fit_takes_its_batch_from_the_datamodule_or_says_how_to_giv
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader, TensorDataset
 
-    from engine.integrations.lightning import LargestepLogger
+    from largestep.integrations.lightning import LargestepLogger
 
     class Module(pl.LightningModule):
         def __init__(self):
@@ -164,7 +167,7 @@ def test_a_datamodule_fit_takes_its_batch_from_the_datamodule_or_says_how_to_giv
     run, counts = stored_run(home, logger.run.id)
     assert run["state"] == "FINISHED" and run["batch_size"] == 48 and run["lr"] == pytest.approx(0.1)
     assert counts["train_loss"] == 3
-    with pytest.raises(engine.errors.UsageError, match=r"pass LargestepLogger\(batch_size=GLOBAL_BATCH\)"):
+    with pytest.raises(largestep.errors.UsageError, match=r"pass LargestepLogger\(batch_size=GLOBAL_BATCH\)"):
         fit(Data(batch_size=None))
     assert len(list(home.jobs.iterdir())) == 1   # the refused fit wrote no run
 
@@ -178,7 +181,7 @@ def test_a_hugging_face_train_is_a_finished_run_with_its_effective_batch_and_met
     import numpy as np
     from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
-    from engine.integrations.transformers import LargestepCallback
+    from largestep.integrations.transformers import LargestepCallback
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
@@ -215,16 +218,15 @@ def test_a_hugging_face_train_is_a_finished_run_with_its_effective_batch_and_met
 
 
 @pytest.mark.parametrize("module, library, extra", [
-    ("engine.integrations.lightning", "lightning", "largestep[lightning]"),
-    ("engine.integrations.transformers", "transformers", "largestep[hf]"),
+    ("largestep.integrations.lightning", "lightning", "largestep[lightning]"),
+    ("largestep.integrations.transformers", "transformers", "largestep[hf]"),
 ])
-def test_without_the_library_engine_imports_and_the_adapter_names_the_extra(module, library, extra):
+def test_without_the_library_largestep_imports_and_the_adapter_names_the_extra(module, library, extra):
     # A fresh interpreter in which the library cannot be imported, as where it is not installed.
     code = (f"import sys; sys.modules[{library!r}] = None\n"
-            "import engine; engine.track; print('engine ok')\n"
+            "import largestep; largestep.track; print('largestep ok')\n"
             f"import {module}\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=ROOT))
-    assert result.stdout.strip() == "engine ok"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.stdout.strip() == "largestep ok"
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError:") and f"pip install '{extra}'" in last

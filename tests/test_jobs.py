@@ -12,10 +12,10 @@ import time
 import pytest
 from helpers import wait_for
 
-from engine import jobs, store
-from engine.jobs import start as starts
-from engine.measure.profiler import ProfileConfig
-from engine.measure.train import TrainConfig
+from largestep import jobs, store
+from largestep.jobs import start as starts
+from largestep.measure.profiler import ProfileConfig
+from largestep.measure.train import TrainConfig
 
 SLOW = ProfileConfig(batch_sizes=(8, 16, 32, 64, 128), min_steps=3, min_seconds=3.0, warmup_steps=1)
 
@@ -89,7 +89,7 @@ def test_queued_jobs_on_one_device_start_in_the_order_they_were_submitted(home, 
 
 BROKEN_WORKLOAD = '''
 import torch
-from engine import Workload
+from largestep import Workload
 
 
 class Broken(torch.nn.Module):
@@ -127,7 +127,7 @@ def test_a_run_whose_model_raises_ends_failed_with_the_error(home, tmp_path):
 
 @pytest.mark.slow
 def test_a_live_job_whose_heartbeat_went_stale_is_crashed(home, tiny_spec, monkeypatch):
-    from engine.jobs import runner
+    from largestep.jobs import runner
 
     job_id = starts.start_profile(home, tiny_spec, {}, "cpu", SLOW)
     job_dir = home.job_dir(job_id)
@@ -150,7 +150,7 @@ def test_a_live_job_whose_heartbeat_went_stale_is_crashed(home, tiny_spec, monke
 
 
 def test_a_pause_between_looks_at_a_job_ends_as_its_process_does(tmp_path):
-    from engine.jobs.spool import write_json_atomic
+    from largestep.jobs.spool import write_json_atomic
 
     job_dir = tmp_path / "job"
     job_dir.mkdir()

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.cli import main
-from engine.errors import WorkloadError
-from engine.measure import noise as noise_module
-from engine.measure.noise import estimate_noise
-from engine.measure.profiler import ProfileConfig, block_steps_for, run_profile
-from engine.measure.train import NullLog, TrainConfig, compile_before_clock, evaluate, train
+from largestep.cli import main
+from largestep.errors import WorkloadError
+from largestep.measure import noise as noise_module
+from largestep.measure.noise import estimate_noise
+from largestep.measure.profiler import ProfileConfig, block_steps_for, run_profile
+from largestep.measure.train import NullLog, TrainConfig, compile_before_clock, evaluate, train
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
@@ -168,7 +168,7 @@ def blocks_of_8_steps_on_one_thread(monkeypatch):
     """Timed blocks of 8 steps whatever this machine's step time (a busy machine's slow steps would
     shorten them), on one thread (a pool of threads on a shared machine waits for whichever one was
     descheduled)."""
-    from engine.measure import profiler
+    from largestep.measure import profiler
 
     monkeypatch.setattr(profiler, "BLOCK_SECONDS", 60.0)
     monkeypatch.setattr(profiler, "MAX_BLOCK_STEPS", 8)
@@ -311,7 +311,7 @@ def _lr_factor_of(snippet: str):
 
 
 def test_exports_scale_every_param_group_alike_and_keep_the_schedule_in_steps():
-    from engine.plan.export import config_document, export_config
+    from largestep.plan.export import config_document, export_config
 
     doc = config_document(_export_rec())
     assert doc["scaling"]["lr_scale"] == pytest.approx(8.0)
@@ -336,15 +336,15 @@ def test_exports_scale_every_param_group_alike_and_keep_the_schedule_in_steps():
 
 
 def test_the_cli_offers_exactly_the_contracts_schedules():
-    from engine.cli import cli
-    from engine.workloads.names import SCHEDULES
+    from largestep.cli import cli
+    from largestep.workloads.names import SCHEDULES
 
     option = next(p for p in cli.commands["train"].params if p.name == "schedule")
     assert tuple(option.type.choices) == SCHEDULES
 
 
 def test_the_stability_ramp_moves_every_parameter_group_together():
-    from engine.measure.stability import check_stability
+    from largestep.measure.stability import check_stability
 
     made = []
 

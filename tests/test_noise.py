@@ -10,11 +10,11 @@ import tiny_workload
 import torch
 from torch.nn import functional as F
 
-from engine import Workload
-from engine.errors import UsageError
-from engine.measure import noise as noise_module
-from engine.measure.noise import estimate_noise, estimate_noise_curve, noise_scale_from_norms
-from engine.units import parse_fractions
+from largestep import Workload
+from largestep.errors import UsageError
+from largestep.measure import noise as noise_module
+from largestep.measure.noise import estimate_noise, estimate_noise_curve, noise_scale_from_norms
+from largestep.units import parse_fractions
 
 CPU = torch.device("cpu")
 D = 8              # input dimension of the linear regression
@@ -307,7 +307,7 @@ def test_no_float64_copy_of_the_gradient_is_ever_made():
 def test_running_out_of_gpu_memory_is_a_one_line_error_saying_what_to_lower(monkeypatch):
     from fake_nvml import FakeAllocator, cuda_on_cpu, cuda_properties, install_fake_cuda
 
-    from engine.errors import DeviceError
+    from largestep.errors import DeviceError
 
     gpu = install_fake_cuda(monkeypatch, [cuda_properties("6e3f5c2a-1b2c-4d5e-8f90-0a1b2c3d4e5f")])
     with cuda_on_cpu(gpu, FakeAllocator(oom_above=16)), pytest.raises(DeviceError) as error:

@@ -1,5 +1,5 @@
-"""The Overview page (AppTest, real homes, a real autopilot) and its logic in engine.ui.overview and
-engine.workloads.config."""
+"""The Overview page (AppTest, real homes, a real autopilot) and its logic in largestep.ui.overview and
+largestep.workloads.config."""
 
 import json
 import subprocess
@@ -10,13 +10,13 @@ import pytest
 from helpers import TINY, open_page
 from streamlit.testing.v1 import AppTest
 
-from engine import jobs, store
-from engine.errors import UsageError, WorkloadError
-from engine.home import Home
-from engine.jobs.autopilot import PHASES
-from engine.ui import overview
-from engine.workloads import load_workload
-from engine.workloads.config import configured_workloads
+from largestep import jobs, store
+from largestep.errors import UsageError, WorkloadError
+from largestep.home import Home
+from largestep.jobs.autopilot import PHASES
+from largestep.ui import overview
+from largestep.workloads import load_workload
+from largestep.workloads.config import configured_workloads
 
 TINY_FILE = Path(TINY.partition(":")[0])
 
@@ -135,7 +135,7 @@ def test_a_configured_name_loads_from_the_command_line_with_its_options(tmp_path
     write_config(tmp_path, f'workloads = [{{ name = "tiny", spec = "{TINY}", options = {{ samples = 96 }} }}]\n')
     monkeypatch.chdir(tmp_path)
     assert load_workload("tiny").n_train < load_workload(TINY).n_train  # the configured options apply
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "--home", str(tmp_path / "home"), "profile",
+    proc = subprocess.run([sys.executable, "-m", "largestep.cli", "--home", str(tmp_path / "home"), "profile",
                            "--workload", "tiny", "--batch-sizes", "8", "--min-seconds", "0", "--json"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -7,13 +7,13 @@ from conftest import PROFILED_BATCHES as BATCHES  # noqa: E402  the session's pr
 from helpers import copy_home, open_page, recommend_stored, wait_finished
 from streamlit.testing.v1 import AppTest
 
-from engine import jobs, store
-from engine.format import format_count
-from engine.home import Home
-from engine.plan.export import FORMATS
-from engine.plan.recommend import RecommendConfig
-from engine.ui import export, planner
-from engine.ui import recommend as recviews
+from largestep import jobs, store
+from largestep.format import format_count
+from largestep.home import Home
+from largestep.plan.export import FORMATS
+from largestep.plan.recommend import RecommendConfig
+from largestep.ui import export, planner
+from largestep.ui import recommend as recviews
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_estimating_the_noise_scale_runs_a_job_and_offers_its_result(monkeypatch
 
 @pytest.mark.slow
 def test_a_noise_curve_gives_the_next_recommendation_a_batch_schedule_chart(monkeypatch, rec_home, tmp_path, tiny_spec):
-    from engine.jobs.start import start_noise_curve
+    from largestep.jobs.start import start_noise_curve
 
     home = copy_home(rec_home[0], tmp_path / "home")
     at = open_page(monkeypatch, home, "recommend")
@@ -269,8 +269,8 @@ def test_a_split_that_does_not_divide_shows_an_error(monkeypatch, rec_home, widg
 def test_excluded_candidates_show_dashes_not_none():
     from helpers import profile_events
 
-    from engine.jobs import events
-    from engine.plan.recommend import recommend
+    from largestep.jobs import events
+    from largestep.plan.recommend import recommend
 
     spooled = [{"type": type_, "t": 0.0, **fields} for type_, fields in profile_events("prof-test0001")]
     profile = events.profile_record(spooled)

@@ -4,10 +4,10 @@ import math
 
 import pytest
 
-from engine.errors import UsageError
-from engine.plan.planner import PlanConfig, plan_experiments
-from engine.plan.recommend import RecommendConfig, recommend
-from engine.ui.charts import recommend as reccharts
+from largestep.errors import UsageError
+from largestep.plan.planner import PlanConfig, plan_experiments
+from largestep.plan.recommend import RecommendConfig, recommend
+from largestep.ui.charts import recommend as reccharts
 
 DAY_S = 86_400.0
 

@@ -10,7 +10,7 @@ import tiny_workload
 import torch
 from helpers import clocked
 
-from engine.measure.profiler import (
+from largestep.measure.profiler import (
     FlopCounts,
     ProfileConfig,
     ProfilePoint,
@@ -81,7 +81,7 @@ def test_a_model_error_becomes_an_error_point_not_a_crash():
         def forward(self, x):
             raise ValueError("shapes do not match")
 
-    from engine import Workload
+    from largestep import Workload
 
     workload = Workload(name="broken", model=Broken, train=base.train, val=base.val, loss=base.loss,
                         baseline_batch_size=8, baseline_lr=0.1)
@@ -149,7 +149,7 @@ def fake_visits(monkeypatch, step_time_s, others_busy_cores=lambda _b, _visit: N
     """Replace one visit to a batch size (measure_point) with ``step_time_s(batch_size, visit number)``
     seconds a step, as many steps as the visit asks for, while other processes keep
     ``others_busy_cores(batch_size, visit number)`` cores busy; returns the batch sizes in the order visited."""
-    import engine.measure.profiler as profiler
+    import largestep.measure.profiler as profiler
 
     visited: list[int] = []
 
@@ -231,8 +231,8 @@ def test_visits_other_processes_contended_are_set_aside_and_the_size_visited_aga
 
 
 def test_a_size_never_uncontended_is_measured_from_all_its_visits_and_flagged_under_load(monkeypatch):
-    from engine.cli.measure import describe_profile_event
-    from engine.measure.profiler import QUIET_PATIENCE
+    from largestep.cli.measure import describe_profile_event
+    from largestep.measure.profiler import QUIET_PATIENCE
 
     visited = fake_visits(monkeypatch, lambda b, _visit: 0.001 * (1 + b / 64),
                           lambda b, _visit: CONTENDED if b == 16 else 0.0)
@@ -281,7 +281,7 @@ def test_the_physics_check_names_what_cannot_be_the_hardware():
 def test_a_profiled_step_clips_gradients_as_training_does(monkeypatch):
     import dataclasses
 
-    from engine.measure.profiler import StepRunner
+    from largestep.measure.profiler import StepRunner
 
     clipped = []
     real = torch.nn.utils.clip_grad_norm_
@@ -344,8 +344,8 @@ def test_a_step_counting_flops_is_not_compared_with_the_next(monkeypatch):
 
 @pytest.mark.slow
 def test_a_sweep_counts_flops_at_two_sizes_and_scales_them_when_proportional(monkeypatch):
-    import engine.measure.profiler as profiler
-    from engine import Workload
+    import largestep.measure.profiler as profiler
+    from largestep import Workload
 
     counts = []
 

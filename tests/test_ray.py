@@ -12,10 +12,10 @@ import psutil
 import pytest
 from helpers import metric_rows_in_spool, wait_for
 
-from engine import jobs, store
-from engine.errors import UsageError
-from engine.jobs import start as starts
-from engine.measure.train import TrainConfig
+from largestep import jobs, store
+from largestep.errors import UsageError
+from largestep.jobs import start as starts
+from largestep.measure.train import TrainConfig
 
 pytestmark = [pytest.mark.ray]
 
@@ -103,8 +103,8 @@ def test_a_ray_task_that_dies_is_crashed(home, tiny_spec, cluster):
 def test_without_ray_the_launcher_says_how_to_install_it(home, capsys, monkeypatch):
     import sys
 
-    from engine.cli import main
-    from engine.jobs.ray import check_launcher
+    from largestep.cli import main
+    from largestep.jobs.ray import check_launcher
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
     with pytest.raises(UsageError, match=r"install it with: pip install 'largestep\[ray\]'"):

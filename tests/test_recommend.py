@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from engine.errors import UsageError
-from engine.plan.recommend import RecommendConfig, recommend, scale_lr, warmup_steps
+from largestep.errors import UsageError
+from largestep.plan.recommend import RecommendConfig, recommend, scale_lr, warmup_steps
 
 
 def profile(step_ms: dict[int, float], memory: dict[int, int] | None = None, saturation: int | None = None,

@@ -8,12 +8,12 @@ import pytest
 from conftest import TINY
 from helpers import copy_home, recommend_stored, run_cli
 
-from engine import jobs, store
-from engine.home import Home
-from engine.jobs import start as starts
-from engine.measure.train import TrainConfig
-from engine.plan.recommend import RecommendConfig
-from engine.ui.report import build_report
+from largestep import jobs, store
+from largestep.home import Home
+from largestep.jobs import start as starts
+from largestep.measure.train import TrainConfig
+from largestep.plan.recommend import RecommendConfig
+from largestep.ui.report import build_report
 
 PLOTLY_BANNER = re.compile(r"\* plotly\.js v\d")
 
@@ -61,7 +61,7 @@ def test_the_report_is_self_contained_and_shows_everything(verified_home):
 def test_a_profile_only_report_says_how_to_get_a_recommendation(tmp_path):
     import pandas as pd
 
-    from engine.ui.report import ReportData, render_report
+    from largestep.ui.report import ReportData, render_report
 
     profile = {"id": "prof-x", "workload": "w<script>", "device_name": "cpu", "points": []}
     text = render_report(ReportData(profile=profile, points=pd.DataFrame()))
@@ -121,12 +121,12 @@ def test_a_run_tracked_from_your_own_code_joins_the_verification(verified_home, 
 
     from test_track import plain_loop
 
-    import engine
+    import largestep
 
     home, rec = verified_home
     mine = Home(tmp_path / "home")
     shutil.copytree(home.root, mine.root)   # the module's home stays as the other tests expect it
-    with engine.track("tiny-mlp", batch_size=rec["batch_size"], recommendation=rec["recommendation_id"],
+    with largestep.track("tiny-mlp", batch_size=rec["batch_size"], recommendation=rec["recommendation_id"],
                       home=mine.root) as tracked:
         plain_loop(tracked, steps=20, batch_size=rec["batch_size"])
     store.ingest(mine)

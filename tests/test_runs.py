@@ -16,9 +16,9 @@ import pytest
 from helpers import first_time_at_or_below, metric_rows_in_spool, wait_for
 from scipy import stats
 
-from engine import jobs, store
-from engine.jobs import start as starts
-from engine.measure.train import TrainConfig
+from largestep import jobs, store
+from largestep.jobs import start as starts
+from largestep.measure.train import TrainConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -30,7 +30,7 @@ def _spooled(home, job_id, kind):
 
 
 def _welch_p(a: list[float], b: list[float]) -> float:
-    """Welch's two-sided p-value, straight from scipy (independent of engine.plan.compare)."""
+    """Welch's two-sided p-value, straight from scipy (independent of largestep.plan.compare)."""
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
@@ -73,7 +73,7 @@ def test_four_runs_and_readers_on_one_database_lose_nothing(home, tiny_spec):
 
     def reader():
         while not stop.is_set():
-            proc = subprocess.run([sys.executable, "-m", "engine.cli", "runs", "--json"], capture_output=True,
+            proc = subprocess.run([sys.executable, "-m", "largestep.cli", "runs", "--json"], capture_output=True,
                                   text=True, env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
             if proc.returncode != 0:
                 errors.append(proc.stderr)
@@ -113,7 +113,7 @@ def test_a_cancelled_queued_run_never_starts(home, tiny_spec):
 
 
 def test_killing_the_cli_while_a_run_goes_on_loses_nothing(home, tiny_spec):
-    cli = subprocess.Popen([sys.executable, "-m", "engine.cli", "train", "--workload", tiny_spec, "--batch-size", "32",
+    cli = subprocess.Popen([sys.executable, "-m", "largestep.cli", "train", "--workload", tiny_spec, "--batch-size", "32",
                             "--lr", "0.01", "--epochs", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
     assert wait_for(lambda: home.jobs.exists() and any(home.jobs.iterdir()))
@@ -133,7 +133,7 @@ def test_killing_the_cli_while_a_run_goes_on_loses_nothing(home, tiny_spec):
 @pytest.mark.timeout(900)  # its subprocesses (or the session's autopilot) may take 300 s and more
 def test_train_runs_compare_from_the_command_line(home, tiny_spec):
     def cli(*argv):
-        proc = subprocess.run([sys.executable, "-m", "engine.cli", *argv], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "largestep.cli", *argv], capture_output=True, text=True,
                               timeout=300, env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
         return proc.returncode, proc.stdout, proc.stderr
 
@@ -219,7 +219,7 @@ def test_autopilot_ends_with_a_headline(autopilot_run):
 
 def _median_time(evals, arm_runs: list[dict], target: float) -> float | None:
     """The Kaplan-Meier median time to the target, a run that never got there censored at its whole
-    training time (or never, when it has none): written apart from engine.plan.compare."""
+    training time (or never, when it has none): written apart from largestep.plan.compare."""
     times = []
     for r in arm_runs:
         reached = first_time_at_or_below(evals, r["id"], target)
@@ -234,7 +234,7 @@ def _median_time(evals, arm_runs: list[dict], target: float) -> float | None:
 
 
 def _cli(home, *argv, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "largestep.cli", *argv], capture_output=True, text=True,
                           timeout=timeout, env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
 
 

@@ -1,5 +1,5 @@
 """The Runs page: real runs in a home, the page run headless with AppTest, the downsampling query
-on a real DuckDB, and the pure chart builders of engine.ui.charts.runs."""
+on a real DuckDB, and the pure chart builders of largestep.ui.charts.runs."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import pytest
 from helpers import APP, TINY, first_time_at_or_below, open_page, wait_finished
 from streamlit.testing.v1 import AppTest
 
-from engine import jobs, store
-from engine.home import HOME_ENV, Home
-from engine.jobs import start as starts
-from engine.measure.train import TrainConfig
-from engine.ui import runs as runviews
-from engine.ui.charts import runs as runcharts
+from largestep import jobs, store
+from largestep.home import HOME_ENV, Home
+from largestep.jobs import start as starts
+from largestep.measure.train import TrainConfig
+from largestep.ui import runs as runviews
+from largestep.ui.charts import runs as runcharts
 
 BASE, BIG = "grp-base", "grp-big"
 
@@ -377,7 +377,7 @@ def _queued_run(home: Home, job_id: str, config: TrainConfig, role: str | None) 
 
     import psutil
 
-    from engine.jobs.spool import write_json_atomic
+    from largestep.jobs.spool import write_json_atomic
 
     job_dir = home.ensure().job_dir(job_id)
     job_dir.mkdir()

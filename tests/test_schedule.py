@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from engine.errors import UsageError
-from engine.plan.recommend import RecommendConfig, recommend
-from engine.plan.schedule import plan_schedule
+from largestep.errors import UsageError
+from largestep.plan.recommend import RecommendConfig, recommend
+from largestep.plan.schedule import plan_schedule
 
 BATCHES = (32, 64, 128, 256, 512, 1024)
 

@@ -22,7 +22,7 @@ from fake_nvml import (
 )
 from helpers import run_cli
 
-from engine.measure import devices, selfcheck
+from largestep.measure import devices, selfcheck
 
 
 @pytest.mark.slow

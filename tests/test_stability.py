@@ -6,7 +6,7 @@ import pytest
 import tiny_workload
 import torch
 
-from engine.measure.stability import apply_stability, check_stability
+from largestep.measure.stability import apply_stability, check_stability
 
 pytestmark = pytest.mark.slow  # each trains the tiny model for up to 60 steps
 

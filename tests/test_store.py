@@ -9,8 +9,8 @@ import time
 import duckdb
 import pytest
 
-from engine import jobs, store
-from engine.errors import StoreError
+from largestep import jobs, store
+from largestep.errors import StoreError
 
 
 def _tables(con) -> set[str]:

@@ -16,8 +16,8 @@ import torch
 from fake_nvml import UUID_A, UUID_B, FakeGpu, cuda_properties, install_fake_cuda, install_fake_nvml, make_fake_pynvml
 from helpers import wait_for
 
-from engine.measure import devices, telemetry
-from engine.measure.devices import DeviceInfo
+from largestep.measure import devices, telemetry
+from largestep.measure.devices import DeviceInfo
 
 GPU_FIELDS = ("gpu_util_pct", "mem_used_bytes", "power_w", "sm_clock_mhz", "temp_c")
 

@@ -1,4 +1,4 @@
-"""engine.track: a run of the user's own training loop, seen by the store, the CLI and compare as any run."""
+"""largestep.track: a run of the user's own training loop, seen by the store, the CLI and compare as any run."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 import torch
 from helpers import open_page, wait_for
 
-import engine
-from engine import jobs, store
-from engine.errors import UsageError
-from engine.jobs.track import ROWS_PER_EVENT
+import largestep
+from largestep import jobs, store
+from largestep.errors import UsageError
+from largestep.jobs.track import ROWS_PER_EVENT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,15 +45,15 @@ def plain_loop(run, steps: int = 40, batch_size: int = 32, eval_every: int = 10,
 
 
 def cli(home, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "largestep.cli", *args], capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
 
 
 def script(home, body: str) -> subprocess.Popen:
     """A user's training program in a process (and session) of its own, tracking into ``home``."""
-    code = "import engine, time, sys\n" + textwrap.dedent(body)
+    code = "import largestep, time, sys\n" + textwrap.dedent(body)
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True,
-                            env=dict(os.environ, LARGESTEP_HOME=str(home.root), PYTHONPATH=ROOT),
+                            env=dict(os.environ, LARGESTEP_HOME=str(home.root)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -63,7 +63,7 @@ def spool_runs(home) -> list[str]:
 
 @pytest.mark.slow
 def test_a_tracked_loop_is_running_while_it_trains_and_finished_with_its_metrics_after(home, monkeypatch):
-    with engine.track("plain-mlp", batch_size=32, lr=1e-2, seed=3, tags=["plain-loop"], home=home.root,
+    with largestep.track("plain-mlp", batch_size=32, lr=1e-2, seed=3, tags=["plain-loop"], home=home.root,
                       primary_metric="accuracy") as run:
         plain_loop(run, steps=20)
         # live: the heartbeat hands the rows to the spool within a second; ingest sees a RUNNING run
@@ -82,7 +82,7 @@ def test_a_tracked_loop_is_running_while_it_trains_and_finished_with_its_metrics
     assert record["state"] == "FINISHED" and record["error"] is None
     assert (record["workload"], record["batch_size"], record["lr"], record["seed"]) == ("plain-mlp", 32, 1e-2, 3)
     assert record["role"] == "external" and list(record["tags"]) == ["plain-loop"]
-    assert record["versions"]["torch"] == torch.__version__ and record["versions"]["largestep"] == engine.__version__
+    assert record["versions"]["torch"] == torch.__version__ and record["versions"]["largestep"] == largestep.__version__
     assert record["device_name"] and record["steps"] == 60
     assert record["final_primary_metric"] == pytest.approx(record["final_metrics"]["accuracy"])
     counts = names.groupby("name").size().to_dict()
@@ -98,7 +98,7 @@ def test_a_tracked_loop_is_running_while_it_trains_and_finished_with_its_metrics
 
 def test_a_block_that_raises_fails_the_run_with_the_one_line_message_and_reraises(home):
     with pytest.raises(RuntimeError, match="loader exhausted"):
-        with engine.track("plain-mlp", batch_size=32, home=home.root) as run:
+        with largestep.track("plain-mlp", batch_size=32, home=home.root) as run:
             run.log(1, train_loss=0.7)
             raise RuntimeError("loader exhausted\nsecond line of detail")
     assert jobs.derive_state(home.job_dir(run.id)) == jobs.FAILED
@@ -111,11 +111,11 @@ def test_a_block_that_raises_fails_the_run_with_the_one_line_message_and_reraise
 
 def test_a_block_left_by_sys_exit_0_is_finished_and_by_ctrl_c_killed(home):
     with pytest.raises(SystemExit):
-        with engine.track("plain-mlp", batch_size=32, home=home.root) as done:
+        with largestep.track("plain-mlp", batch_size=32, home=home.root) as done:
             done.log(1, train_loss=0.7)
             sys.exit(0)
     with pytest.raises(KeyboardInterrupt):
-        with engine.track("plain-mlp", batch_size=32, home=home.root) as stopped:
+        with largestep.track("plain-mlp", batch_size=32, home=home.root) as stopped:
             stopped.log(1, train_loss=0.7)
             raise KeyboardInterrupt
     assert jobs.derive_state(home.job_dir(done.id)) == jobs.FINISHED
@@ -125,7 +125,7 @@ def test_a_block_left_by_sys_exit_0_is_finished_and_by_ctrl_c_killed(home):
 def test_bad_values_are_recorded_as_missing_with_one_warning_each_and_never_raise(home):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with engine.track("plain-mlp", batch_size=8, home=home.root) as run:
+        with largestep.track("plain-mlp", batch_size=8, home=home.root) as run:
             run.log(1, train_loss=float("nan"), lr="fast")
             run.log(2, train_loss=float("inf"), lr=None)
             run.log(3, train_loss=torch.tensor(0.5), lr=torch.tensor([1.0, 2.0]))
@@ -144,12 +144,12 @@ def test_bad_values_are_recorded_as_missing_with_one_warning_each_and_never_rais
 
 def test_a_step_going_backwards_is_refused_with_a_clear_error_and_ends_the_run_failed(home):
     with pytest.raises(UsageError, match="step 5 comes after step 10; steps must not go backwards"):
-        with engine.track("plain-mlp", batch_size=8, home=home.root) as run:
+        with largestep.track("plain-mlp", batch_size=8, home=home.root) as run:
             run.log(10, train_loss=0.5)
             run.log(10, val_loss=0.6)   # the same step again is fine: a validation at a training step
             run.log(5, train_loss=0.4)
     for bad in (-1, 1.5, "3", True):
-        with engine.track("plain-mlp", batch_size=8, home=home.root) as other, pytest.raises(UsageError, match="step"):
+        with largestep.track("plain-mlp", batch_size=8, home=home.root) as other, pytest.raises(UsageError, match="step"):
             other.log(bad, train_loss=0.5)
     store.ingest(home)
     with store.connect(home) as con:
@@ -165,15 +165,15 @@ def test_a_step_going_backwards_is_refused_with_a_clear_error_and_ends_the_run_f
     ({"batch_size": 32, "recommendation": "latest"}, "no recommendations in"),
 ])
 def test_bad_input_is_one_clear_error_and_writes_nothing(home, kwargs, message):
-    with pytest.raises(engine.errors.LargestepError, match=message):
-        engine.track("plain-mlp", home=home.root, **kwargs)
+    with pytest.raises(largestep.errors.LargestepError, match=message):
+        largestep.track("plain-mlp", home=home.root, **kwargs)
     assert spool_runs(home) == [] and not home.database.exists()
 
 
 @pytest.mark.slow
 def test_a_tracked_process_that_dies_is_crashed_and_keeps_what_it_flushed(home):
     proc = script(home, """
-        with engine.track("doomed", batch_size=16) as run:
+        with largestep.track("doomed", batch_size=16) as run:
             for step in range(1, 31):
                 run.log(step, train_loss=1.0 / step)
             print(run.id, flush=True)
@@ -201,7 +201,7 @@ def test_a_tracked_process_that_dies_is_crashed_and_keeps_what_it_flushed(home):
 def test_a_run_left_open_when_the_process_exits_ends_failed_with_why(home, ending, error):
     # as a Hugging Face train() that raises: no hook ends the run, the interpreter's exit does
     proc = script(home, f"""
-        run = engine.track("left-open", batch_size=16).start()
+        run = largestep.track("left-open", batch_size=16).start()
         run.log(1, train_loss=1.0)
         print(run.id, flush=True)
         {ending}
@@ -217,7 +217,7 @@ def test_a_run_left_open_when_the_process_exits_ends_failed_with_why(home, endin
 @pytest.mark.slow
 def test_cancel_refuses_a_tracked_run_and_leaves_the_users_process_alone(home):
     proc = script(home, """
-        with engine.track("mine", batch_size=16) as run:
+        with largestep.track("mine", batch_size=16) as run:
             run.log(1, train_loss=1.0)
             print(run.id, flush=True)
             time.sleep(30)
@@ -237,10 +237,10 @@ def test_cancel_refuses_a_tracked_run_and_leaves_the_users_process_alone(home):
 
 
 def test_a_full_batch_of_rows_is_written_without_waiting_for_the_next_beat(home, monkeypatch):
-    import engine.jobs.track as track
+    import largestep.jobs.track as track
 
     monkeypatch.setattr(track, "HEARTBEAT_S", 60.0)   # only a full batch can wake the writer within the test
-    with engine.track("plain-mlp", batch_size=8, home=home.root) as run:
+    with largestep.track("plain-mlp", batch_size=8, home=home.root) as run:
         for step in range(ROWS_PER_EVENT - 1):
             run.log(step, train_loss=1.0)
         job_dir = home.job_dir(run.id)
@@ -263,7 +263,7 @@ def test_a_run_tied_to_a_recommendation_takes_its_role_and_rate_from_the_batch(h
         store.save_recommendation(home, con, rec)
     ids = {}
     for batch in (1024, 128, 256):
-        with engine.track("fraud-gru", batch_size=batch, recommendation="latest", home=home.root) as run:
+        with largestep.track("fraud-gru", batch_size=batch, recommendation="latest", home=home.root) as run:
             run.log(1, train_loss=0.5)
         ids[batch] = run.id
     store.ingest(home)
@@ -275,4 +275,4 @@ def test_a_run_tied_to_a_recommendation_takes_its_role_and_rate_from_the_batch(h
     assert all(r["recommendation_id"] == "rec-0000beef" for r in runs.values())
     assert sorted(tied["role"]) == ["baseline", "recommended"]
     with pytest.raises(UsageError, match="no recommendation 'rec-nothere'"):
-        engine.track("fraud-gru", batch_size=1024, recommendation="rec-nothere", home=home.root)
+        largestep.track("fraud-gru", batch_size=1024, recommendation="rec-nothere", home=home.root)

@@ -10,11 +10,11 @@ import pytest
 import tiny_workload
 import torch
 
-from engine.errors import Diverged, UsageError
-from engine.jobs.bodies import SpoolRunLog
-from engine.measure import train as train_module
-from engine.measure.train import TrainConfig, lr_at, train
-from engine.plan.compare import compare_groups, time_to_target, welch_p_value
+from largestep.errors import Diverged, UsageError
+from largestep.jobs.bodies import SpoolRunLog
+from largestep.measure import train as train_module
+from largestep.measure.train import TrainConfig, lr_at, train
+from largestep.plan.compare import compare_groups, time_to_target, welch_p_value
 
 CPU = torch.device("cpu")
 
@@ -66,7 +66,7 @@ def test_a_run_logs_evaluates_every_epoch_and_learns():
 
 def test_gradient_accumulation_matches_the_full_batch():
     """SGD on micro-batches of 16, accumulated twice, lands where batches of 32 do."""
-    from engine import Workload
+    from largestep import Workload
 
     base = tiny_workload.make()
     workload = Workload(name="sgd", model=base.model, train=base.train, val=base.val, loss=base.loss,

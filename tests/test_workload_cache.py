@@ -14,9 +14,9 @@ import pytest
 import torch
 from helpers import ROOT, run_cli, wait_finished
 
-from engine.errors import WorkloadError
-from engine.workloads import load_workload
-from engine.workloads.cache import MANIFEST, PAYLOAD, cache_of
+from largestep.errors import WorkloadError
+from largestep.workloads import load_workload
+from largestep.workloads.cache import MANIFEST, PAYLOAD, cache_of
 
 # A file workload that counts its builds in a file beside it, with a lambda model factory and a
 # locally defined metric (neither importable by name: they must be stored by value).
@@ -25,7 +25,7 @@ COUNTING = textwrap.dedent('''
 
     import torch
 
-    from engine import Workload
+    from largestep import Workload
 
     def make(samples: int = 64, scale: float = 1.0):
         counter = Path(__file__).with_name("builds.txt")
@@ -136,7 +136,7 @@ def test_a_dataset_workload_is_not_cached(home, tmp_path):
     source = tmp_path / "ds.py"
     source.write_text(textwrap.dedent('''
         import torch
-        from engine import Workload
+        from largestep import Workload
 
         class Pairs(torch.utils.data.Dataset):
             def __len__(self):
@@ -183,7 +183,7 @@ def test_hardware_and_doctor_show_the_cache_size(home, counting, capsys):
     assert code == 0 and "workload cache" in out and "1 workload" in out
     code, out, _ = run_cli(capsys, "hardware", "--json")
     assert '"workload_cache"' in out
-    from engine import store
+    from largestep import store
 
     store.ingest(home.ensure())   # a home with a database: doctor checks it
     code, out, _ = run_cli(capsys, "doctor")
@@ -198,9 +198,9 @@ def test_jobs_read_the_workload_the_submitter_built(home, counting):
     that validated the first request, and every job reads it from the cache."""
     from helpers import wait_finished
 
-    from engine.jobs.start import start_profile, start_train
-    from engine.measure.profiler import ProfileConfig
-    from engine.measure.train import TrainConfig
+    from largestep.jobs.start import start_profile, start_train
+    from largestep.measure.profiler import ProfileConfig
+    from largestep.measure.train import TrainConfig
 
     spec, builds = counting
     profile_id = start_profile(home, spec, {}, "cpu", ProfileConfig(batch_sizes=(8, 16), min_steps=2,
@@ -213,7 +213,7 @@ def test_jobs_read_the_workload_the_submitter_built(home, counting):
 
 
 def test_a_workload_that_passed_its_trial_is_not_tried_again(home, counting, monkeypatch):
-    from engine.workloads.base import Workload
+    from largestep.workloads.base import Workload
 
     spec, _ = counting
     trials = []
@@ -232,7 +232,7 @@ def test_a_workload_failing_its_trial_is_refused_and_not_stored(home, tmp_path):
     source = tmp_path / "no_loss.py"
     source.write_text(textwrap.dedent('''
         import torch
-        from engine import Workload
+        from largestep import Workload
 
         def make():
             x = torch.randn(20, 3)
@@ -249,7 +249,7 @@ def test_a_workload_failing_its_trial_is_refused_and_not_stored(home, tmp_path):
 
 def test_a_request_tried_before_is_checked_from_its_facts_until_a_file_it_reads_changes(home, counting, tmp_path,
                                                                                           monkeypatch):
-    from engine.workloads.loader import cached_facts
+    from largestep.workloads.loader import cached_facts
 
     spec, builds = counting
     cache = cache_of(home)
@@ -275,7 +275,7 @@ def test_a_request_tried_before_is_checked_from_its_facts_until_a_file_it_reads_
 
 
 def test_a_table_request_is_recalled_only_while_its_file_is_unchanged(home, tmp_path):
-    from engine.workloads.loader import cached_facts
+    from largestep.workloads.loader import cached_facts
 
     data = tmp_path / "data.csv"
     data.write_text("a,b,label\n" + "\n".join(f"{i},{i % 3},{i % 2}" for i in range(60)) + "\n")
@@ -288,7 +288,7 @@ def test_a_table_request_is_recalled_only_while_its_file_is_unchanged(home, tmp_
 
 
 def test_a_dataset_workload_is_never_recalled(home, tmp_path):
-    from engine.workloads.loader import cached_facts
+    from largestep.workloads.loader import cached_facts
 
     spec = f"{ROOT / 'examples' / 'own_dataset.py'}:make"
     load_workload(spec, {}, cache_of(home), check=True)
@@ -299,7 +299,7 @@ def test_a_dataset_workload_is_never_recalled(home, tmp_path):
 # imported torch, and pandas
 COMMAND_AND_TORCH = """
 import json, sys
-from engine.cli import main
+from largestep.cli import main
 code = main(sys.argv[1:])
 print(json.dumps({"code": code, "torch": "torch" in sys.modules, "pandas": "pandas" in sys.modules}))
 """
@@ -338,9 +338,9 @@ def test_a_command_submitting_jobs_for_a_tried_workload_imports_no_torch(home, c
     check = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from engine.home import Home
-        from engine.jobs.autopilot import AutopilotConfig
-        from engine.jobs.start import load_checked
+        from largestep.home import Home
+        from largestep.jobs.autopilot import AutopilotConfig
+        from largestep.jobs.start import load_checked
         AutopilotConfig().validate()
         print(load_checked(Home(Path({str(home.root)!r})), {spec!r}, {{}}).baseline_batch_size, "torch" in sys.modules)
     """)], capture_output=True, text=True, cwd=ROOT, check=True)

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from engine.errors import WorkloadError
-from engine.workloads import BUILTINS, Workload, list_workloads, load_workload
-from engine.workloads.fraud import average_precision
+from largestep.errors import WorkloadError
+from largestep.workloads import BUILTINS, Workload, list_workloads, load_workload
+from largestep.workloads.fraud import average_precision
 
 SMALL_FRAUD = {"samples": 400, "val_samples": 100, "seq_len": 8}
 
@@ -271,7 +271,7 @@ def test_table_errors_say_how_to_fix(case, expected, csv_table, tmp_path):
 
 USER_MODULE = '''
 import torch
-from engine import Workload
+from largestep import Workload
 {sibling_import}
 
 def make(n: int = 32, scale: float = 1.0, shuffle: bool = False, tag=None):

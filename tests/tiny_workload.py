@@ -2,7 +2,7 @@
 
 import torch
 
-from engine import Workload
+from largestep import Workload
 
 
 def make(samples: int = 2048, features: int = 16, seed: int = 0) -> Workload:

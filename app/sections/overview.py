@@ -4,10 +4,10 @@ import os
 
 import streamlit as st
 
-from app import widgets
-from engine.errors import LargestepError
-from engine.home import resolve_home
-from engine.ui import overview
+from largestep.app import widgets
+from largestep.errors import LargestepError
+from largestep.home import resolve_home
+from largestep.ui import overview
 
 REFRESH_S = 2  # seconds between live refreshes of a running autopilot
 

@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from app import widgets
-from engine.errors import LargestepError
-from engine.home import resolve_home
-from engine.ui import planner
+from largestep.app import widgets
+from largestep.errors import LargestepError
+from largestep.home import resolve_home
+from largestep.ui import planner
 
 home = resolve_home()
 

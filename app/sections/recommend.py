@@ -2,11 +2,11 @@
 
 import streamlit as st
 
-from app import widgets
-from engine.errors import LargestepError
-from engine.format import format_bytes
-from engine.home import resolve_home
-from engine.ui import recommend
+from largestep.app import widgets
+from largestep.errors import LargestepError
+from largestep.format import format_bytes
+from largestep.home import resolve_home
+from largestep.ui import recommend
 
 REFRESH_S = 2  # seconds between refreshes of a running noise-scale job
 

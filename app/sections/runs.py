@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from app import widgets
-from engine.errors import LargestepError
-from engine.home import resolve_home
-from engine.ui import runs
+from largestep.app import widgets
+from largestep.errors import LargestepError
+from largestep.home import resolve_home
+from largestep.ui import runs
 
 REFRESH_S = 3  # seconds between live refreshes while runs are queued or running
 

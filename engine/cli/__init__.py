@@ -15,9 +15,9 @@ from typing import NoReturn
 
 import click
 
-from engine.cli import cache, dashboard, doctor, measure, plan, runs  # noqa: F401  each adds its commands to the group
-from engine.cli.group import cli
-from engine.errors import LargestepError
+from . import cache, dashboard, doctor, measure, plan, runs  # noqa: F401  each adds its commands to the group
+from .group import cli
+from ..errors import LargestepError
 
 __all__ = ["main", "run", "cli"]
 

@@ -1,5 +1,5 @@
-"""``python -m engine.cli``: the ``largestep`` command."""
+"""``python -m largestep.cli``: the ``largestep`` command."""
 
-from engine.cli import run
+from . import run
 
 run()

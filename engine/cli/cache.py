@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from engine.cli.group import cli
-from engine.cli.options import home_of, json_option
-from engine.cli.output import emit_json
-from engine.format import format_bytes, plural
+from .group import cli
+from .options import home_of, json_option
+from .output import emit_json
+from ..format import format_bytes, plural
 
 
 @cli.group(invoke_without_command=True)
@@ -17,7 +17,7 @@ def cache(ctx, as_json):
     """Built workloads kept in the home, so that later jobs skip building them: `cache clear` empties it."""
     if ctx.invoked_subcommand is not None:
         return
-    from engine.workloads.cache import cache_of
+    from ..workloads.cache import cache_of
 
     home = home_of(ctx)
     workloads = cache_of(home)
@@ -33,7 +33,7 @@ def cache(ctx, as_json):
 @click.pass_context
 def cache_clear(ctx, as_json):
     """Remove every cached workload (one being built by a running job is left alone)."""
-    from engine.workloads.cache import cache_of
+    from ..workloads.cache import cache_of
 
     freed, busy = cache_of(home_of(ctx)).clear()
     if as_json:

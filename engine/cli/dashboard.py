@@ -8,10 +8,18 @@ from pathlib import Path
 
 import click
 
-from engine.cli.group import cli
-from engine.cli.options import home_of
+from ..about import module
+from .group import cli
+from .options import home_of
 
-APP_DIR = Path(__file__).resolve().parents[2] / "app"
+
+
+def app_dir() -> Path:
+    """Where the package's Streamlit app is installed (engine never imports it: it only runs it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module("app"))
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 @cli.command()
@@ -21,14 +29,17 @@ def dashboard(ctx, port: int) -> None:
     """Start the Streamlit dashboard on this machine's loopback address."""
     import subprocess
 
-    from engine import store
+    from .. import store
 
     home = home_of(ctx)
     store.check_database_file(home.database)
     home.ensure()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP_DIR / "main.py"), "--server.port", str(port)]
-    cmd += streamlit_flags(APP_DIR.parent / ".streamlit" / "config.toml")
-    env = dict(os.environ, LARGESTEP_HOME=str(home.root))
+    app = app_dir()
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app / "main.py"), "--server.port", str(port)]
+    cmd += streamlit_flags(app / "streamlit.toml")
+    # the safe import path: a module in the user's folder (an engine.py, a streamlit.py) never replaces one
+    # the dashboard imports
+    env = dict(os.environ, LARGESTEP_HOME=str(home.root), PYTHONSAFEPATH="1")
     click.echo(f"largestep dashboard on http://127.0.0.1:{port}  (home {home.root})", err=True)
     try:
         subprocess.run(cmd, env=env, check=False)

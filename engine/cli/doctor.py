@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from engine.cli.group import cli
-from engine.cli.options import home_of, json_option
-from engine.cli.output import console, emit_json, table, write_atomic
+from .group import cli
+from .options import home_of, json_option
+from .output import console, emit_json, table, write_atomic
 
 DEFAULT_REPORT = "largestep-selfcheck.json"
 
@@ -29,7 +29,7 @@ def doctor(ctx, as_json, check_devices, report_path):
         return _device_section(as_json, Path(report_path))
     from dataclasses import asdict
 
-    from engine.store.doctor import PROBLEM, diagnose
+    from ..store.doctor import PROBLEM, diagnose
 
     home = home_of(ctx)
     checks = diagnose(home) if home.holds_anything() else []   # an empty home is not created by looking
@@ -49,8 +49,8 @@ def _device_section(as_json: bool, report_path: Path) -> int:
     """Run the device self-check: a table (or JSON) on stdout, the full report written to ``report_path``."""
     import json
 
-    from engine.cli.output import jsonable
-    from engine.measure import selfcheck
+    from .output import jsonable
+    from ..measure import selfcheck
 
     if not as_json:
         click.echo("checking devices (each timing takes a few seconds) ...", err=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from engine import __version__
-from engine.cli.options import State
+from ..about import __version__
+from .options import State
 
 __all__ = ["cli"]
 

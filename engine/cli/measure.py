@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from engine.cli.group import cli
-from engine.cli.options import (
+from .group import cli
+from .options import (
     compile_option,
     device_option,
     home_of,
@@ -18,11 +18,11 @@ from engine.cli.options import (
     workload_options,
     workload_settings,
 )
-from engine.cli.output import console, detached, emit_json, finish_job, follow_job, last_log_line, table
-from engine.errors import LargestepError, UsageError
-from engine.format import format_bytes, format_ms, format_pct, format_si, grouped
-from engine.measure.device_names import DTYPE_NAMES
-from engine.measure.profile_config import WARMUP_AGREEMENT
+from .output import console, detached, emit_json, finish_job, follow_job, last_log_line, table
+from ..errors import LargestepError, UsageError
+from ..format import format_bytes, format_ms, format_pct, format_si, grouped
+from ..measure.device_names import DTYPE_NAMES
+from ..measure.profile_config import WARMUP_AGREEMENT
 
 
 @cli.command()
@@ -30,8 +30,8 @@ from engine.measure.profile_config import WARMUP_AGREEMENT
 @click.pass_context
 def hardware(ctx, as_json: bool) -> None:
     """Devices, memory, driver, whether NVML telemetry is available (and why not), the workload cache's size."""
-    from engine.measure.telemetry import hardware_report
-    from engine.workloads.cache import cache_of
+    from ..measure.telemetry import hardware_report
+    from ..workloads.cache import cache_of
 
     report = hardware_report()
     workloads = cache_of(home_of(ctx))
@@ -83,11 +83,11 @@ def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch
             full, min_steps, min_seconds, warmup_steps, rounds, seed, compile_model, nproc, launcher, ray_address,
             detach, as_json) -> int:
     """Measure step time, throughput and memory against batch size (runs as a job)."""
-    from engine import jobs, store
-    from engine.jobs.ray import launcher_from_cli
-    from engine.jobs.start import start_profile
-    from engine.measure.profile_config import ProfileConfig
-    from engine.units import parse_batch_sizes, parse_positive_int, parse_size
+    from .. import jobs, store
+    from ..jobs.ray import launcher_from_cli
+    from ..jobs.start import start_profile
+    from ..measure.profile_config import ProfileConfig
+    from ..units import parse_batch_sizes, parse_positive_int, parse_size
 
     if batch_sizes and (min_batch or max_batch):
         raise UsageError("give either --batch-sizes or --min-batch/--max-batch, not both")
@@ -123,7 +123,7 @@ def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch
 
 
 def profile_summary(profile: dict) -> dict:
-    """A stored profile (from :func:`engine.store.load_profile`) in the shape `profile --json` promises."""
+    """A stored profile (from :func:`largestep.store.load_profile`) in the shape `profile --json` promises."""
     points = []
     for p in profile["points"]:
         points.append({
@@ -207,7 +207,7 @@ def load_note(point: dict) -> str:
 
 
 def describe_profile_event(event: dict) -> str | None:
-    from engine.jobs import events
+    from ..jobs import events
 
     if event.get("type") != events.POINT:
         return None
@@ -227,7 +227,7 @@ def describe_profile_event(event: dict) -> str | None:
 @click.pass_context
 def profiles(ctx, as_json: bool) -> None:
     """The stored profiles, newest first."""
-    from engine import store
+    from .. import store
 
     with open_store(ctx) as (_home, con):
         records = store.frame_records(store.list_profiles(con))
@@ -263,10 +263,10 @@ def profiles(ctx, as_json: bool) -> None:
 def noise(ctx, workload, settings, data, label, device, batch_small, batch_big, batches, warm_steps, at, seed,
           compile_model, as_json):
     """Estimate the gradient noise scale B_simple (McCandlish et al. 2018) with a confidence interval."""
-    from engine import store
-    from engine.jobs import events
-    from engine.jobs.start import start_noise
-    from engine.units import parse_fractions, parse_positive_int
+    from .. import store
+    from ..jobs import events
+    from ..jobs.start import start_noise
+    from ..units import parse_fractions, parse_positive_int
 
     small = parse_positive_int(batch_small, "--batch-small") if batch_small is not None else None
     big = parse_positive_int(batch_big, "--batch-big") if batch_big is not None else None
@@ -303,8 +303,8 @@ def noise(ctx, workload, settings, data, label, device, batch_small, batch_big, 
 def _noise_curve(home, workload, options, device, at, batch_small, batch_big, batches, seed, compile_model,
                  as_json) -> None:
     """`noise --at`: start the curve's job, follow it, show its points."""
-    from engine import store
-    from engine.jobs.start import start_noise_curve
+    from .. import store
+    from ..jobs.start import start_noise_curve
 
     job_id = start_noise_curve(home, workload, options, device, at, batch_small, batch_big, batches, seed,
                                compile=compile_model)

@@ -7,8 +7,8 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from engine.errors import UsageError
-from engine.home import Home, resolve_home
+from ..errors import UsageError
+from ..home import Home, resolve_home
 
 __all__ = ["State", "home_of", "open_store", "json_option", "device_option", "nproc_option", "launch_options",
            "workload_options", "workload_settings", "parse_float", "parse_count", "parse_nproc"]
@@ -35,7 +35,7 @@ def home_of(ctx: click.Context) -> Home:
 def open_store(ctx: click.Context, ingest: bool = True) -> Iterator[tuple[Home, Any]]:
     """The preamble of every command that reads the database: check the file is a DuckDB database
     (never touch anything else), ingest what the jobs have spooled since, open a short connection."""
-    from engine import store
+    from .. import store
 
     home = home_of(ctx)
     store.check_database_file(home.database)
@@ -131,6 +131,6 @@ def parse_count(text: str, what: str) -> int:
 
 
 def parse_nproc(text: str) -> int:
-    from engine.units import parse_positive_int
+    from ..units import parse_positive_int
 
     return parse_positive_int(text, "--nproc")

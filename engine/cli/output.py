@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import click
 
-from engine.errors import LargestepError, UsageError
-from engine.home import Home
+from ..errors import LargestepError, UsageError
+from ..home import Home
 
 __all__ = ["console", "emit_json", "jsonable", "table", "detached", "follow_job", "finish_job", "last_log_line",
            "write_atomic"]
@@ -65,8 +65,8 @@ def follow_job(home: Home, job_id: str, describe: Callable[[dict], str | None], 
     """Show a job's progress until it ends; Ctrl-C cancels it. Returns the final state."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from engine import jobs
-    from engine.jobs import events
+    from .. import jobs
+    from ..jobs import events
 
     job_dir = home.job_dir(job_id)
     offset = 0
@@ -102,7 +102,7 @@ def follow_job(home: Home, job_id: str, describe: Callable[[dict], str | None], 
 def finish_job(home: Home, job_id: str, what: str, quiet: bool,
                describe: Callable[[dict], str | None] = lambda e: None) -> str:
     """Follow a job to its end, ingest its spool, and turn a failure into a one-line error."""
-    from engine import jobs, store
+    from .. import jobs, store
 
     state = follow_job(home, job_id, describe=describe, quiet=quiet)
     store.ingest(home)

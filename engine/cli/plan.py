@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from engine.cli.group import cli
-from engine.cli.options import (
+from .group import cli
+from .options import (
     device_option,
     home_of,
     json_option,
@@ -15,9 +15,9 @@ from engine.cli.options import (
     parse_count,
     parse_float,
 )
-from engine.cli.output import console, emit_json, finish_job, table, write_atomic
-from engine.errors import UsageError
-from engine.format import format_ms, grouped
+from .output import console, emit_json, finish_job, table, write_atomic
+from ..errors import UsageError
+from ..format import format_ms, grouped
 
 
 @cli.command()
@@ -45,11 +45,11 @@ from engine.format import format_ms, grouped
 def recommend(ctx, profile_id, baseline_batch, baseline_lr, rule, noise_scale, estimate_noise, noise_id, curve_id,
               memory_headroom, max_lr, warmup_samples, check_stability, device, as_json):
     """Recommend a batch size and learning rate from a profile, predicted to reach the target fastest."""
-    from engine import store
-    from engine.jobs.start import start_noise, start_stability
-    from engine.measure.stability import apply_stability
-    from engine.plan.recommend import RecommendConfig
-    from engine.units import parse_positive_int
+    from .. import store
+    from ..jobs.start import start_noise, start_stability
+    from ..measure.stability import apply_stability
+    from ..plan.recommend import RecommendConfig
+    from ..units import parse_positive_int
 
     chosen_noise = [flag for flag, given in (("--noise-scale", noise_scale is not None),
                                              ("--estimate-noise", estimate_noise), ("--noise", noise_id is not None)) if given]
@@ -86,9 +86,9 @@ def recommend(ctx, profile_id, baseline_batch, baseline_lr, rule, noise_scale, e
 
 
 def _recommend(con, profile_id: str | None, config, noise_id: str | None, curve_id: str = "none") -> dict:
-    from engine import store
-    from engine.plan.recommend import recommend as make
-    from engine.plan.schedule import with_batch_schedule
+    from .. import store
+    from ..plan.recommend import recommend as make
+    from ..plan.schedule import with_batch_schedule
 
     profile, noise = store.recommendation_inputs(con, profile_id, noise_id, stored_noise=config.noise_scale is None)
     rec = make(profile, config, noise)
@@ -159,7 +159,7 @@ def print_batch_schedule(plan: dict) -> None:
 @click.pass_context
 def recommendations(ctx, as_json):
     """The stored recommendations, newest first."""
-    from engine import store
+    from .. import store
 
     with open_store(ctx) as (_home, con):  # ingest: a lost database gets its saved recommendations back
         records = store.frame_records(store.list_recommendations(con))
@@ -185,9 +185,9 @@ def recommendations(ctx, as_json):
 @click.pass_context
 def export(ctx, rec_id, fmt, n_devices, micro_batch, output):
     """Export a recommendation as a config file or a ready snippet."""
-    from engine import store
-    from engine.plan.export import export_config
-    from engine.units import parse_positive_int
+    from .. import store
+    from ..plan.export import export_config
+    from ..units import parse_positive_int
 
     n = parse_positive_int(n_devices, "--devices") if n_devices is not None else None
     micro = parse_positive_int(micro_batch, "--micro-batch") if micro_batch is not None else None
@@ -213,8 +213,8 @@ def export(ctx, rec_id, fmt, n_devices, micro_batch, output):
 @click.pass_context
 def report(ctx, rec_id, profile_id, output):
     """One self-contained HTML file (works offline): profile charts, the recommendation, and its runs."""
-    from engine import store
-    from engine.ui.report import build_report
+    from .. import store
+    from ..ui.report import build_report
 
     home = home_of(ctx)
     store.check_database_file(home.database)

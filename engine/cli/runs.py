@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from engine.cli.group import cli
-from engine.cli.options import (
+from .group import cli
+from .options import (
     compile_option,
     device_option,
     home_of,
@@ -19,11 +19,11 @@ from engine.cli.options import (
     workload_options,
     workload_settings,
 )
-from engine.cli.output import console, detached, emit_json, finish_job, follow_job, table
-from engine.errors import UsageError
-from engine.format import format_background_load, format_bytes
-from engine.measure.device_names import DTYPE_NAMES
-from engine.workloads.names import SCHEDULES
+from .output import console, detached, emit_json, finish_job, follow_job, table
+from ..errors import UsageError
+from ..format import format_background_load, format_bytes
+from ..measure.device_names import DTYPE_NAMES
+from ..workloads.names import SCHEDULES
 
 
 @cli.command()
@@ -68,12 +68,12 @@ def train(ctx, workload, settings, data, label, batch_size, batch_schedule, adap
           seed, compile_model, repeats, target_val_loss, eval_every, max_steps, tags, device, nproc, launcher,
           ray_address, detach, as_json):
     """Train a workload for real at one batch size and learning rate (runs as jobs)."""
-    from engine import jobs, store
-    from engine.jobs.ray import launcher_from_cli
-    from engine.jobs.start import start_train
-    from engine.measure.batch_schedule import ADAPTIVE, parse_batch_schedule
-    from engine.measure.train_config import TrainConfig
-    from engine.units import parse_positive_int
+    from .. import jobs, store
+    from ..jobs.ray import launcher_from_cli
+    from ..jobs.start import start_train
+    from ..measure.batch_schedule import ADAPTIVE, parse_batch_schedule
+    from ..measure.train_config import TrainConfig
+    from ..units import parse_positive_int
 
     adaptive = batch_schedule == ADAPTIVE
     phases = parse_batch_schedule(batch_schedule) if batch_schedule is not None and not adaptive else None
@@ -116,8 +116,8 @@ def train(ctx, workload, settings, data, label, batch_size, batch_schedule, adap
 
 def _adaptive_batches(ctx, workload: str, profile_id: str) -> tuple[int, ...]:
     """The measured, memory-safe batches of the workload's profile, which an adaptive run may double into."""
-    from engine import store
-    from engine.plan.recommend import memory_safe_batches
+    from .. import store
+    from ..plan.recommend import memory_safe_batches
 
     with open_store(ctx) as (_home, con):
         profile = store.load_profile(con, profile_id)
@@ -132,8 +132,8 @@ def _adaptive_batches(ctx, workload: str, profile_id: str) -> tuple[int, ...]:
 
 
 def describe_train_event(event: dict) -> str | None:
-    from engine import jobs
-    from engine.jobs import events
+    from .. import jobs
+    from ..jobs import events
 
     if event.get("type") == events.EVAL:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in (event.get("metrics") or {}).items() if v == v)
@@ -172,7 +172,7 @@ def runs(ctx, states, as_json):
     """Training runs: list them; `runs show ID`; `runs cancel ID`."""
     if ctx.invoked_subcommand is not None:
         return
-    from engine import jobs, store
+    from .. import jobs, store
 
     wanted = [s.upper() for s in states]
     unknown = [s for s in wanted if s not in jobs.STATES]
@@ -194,7 +194,7 @@ def runs(ctx, states, as_json):
 @click.pass_context
 def runs_show(ctx, run_id, as_json):
     """One run: its config, state, results and evaluations."""
-    from engine import store
+    from .. import store
 
     with open_store(ctx) as (_home, con):
         run = store.get_run(con, run_id)
@@ -224,7 +224,7 @@ def runs_show(ctx, run_id, as_json):
 @click.pass_context
 def runs_cancel(ctx, run_id):
     """Cancel a queued or running run (its whole process group)."""
-    from engine import jobs, store
+    from .. import jobs, store
 
     home = home_of(ctx)
     store.check_database_file(home.database)
@@ -248,8 +248,8 @@ def compare(ctx, runs_or_groups, tolerance, quality_tolerance, as_json):
     """Compare runs or groups of repeats against the first (the baseline): time to its validation loss
     (median over seeds, a seed that never reached it counted as at least its whole training time), speedup
     with a 90% bootstrap interval, and the quality difference with its interval and Welch's p-value."""
-    from engine import store
-    from engine.plan.compare import check_tolerance, compare_groups
+    from .. import store
+    from ..plan.compare import check_tolerance, compare_groups
 
     tol = check_tolerance(parse_float(tolerance, "--tolerance"))
     quality_tol = check_tolerance(parse_float(quality_tolerance, "--quality-tolerance"), "--quality-tolerance")
@@ -271,7 +271,7 @@ def compare(ctx, runs_or_groups, tolerance, quality_tolerance, as_json):
 
 
 def print_comparison(result: dict) -> None:
-    from engine.plan.compare import comparison_table
+    from ..plan.compare import comparison_table
 
     rows = comparison_table(result)
     console().print(table(f"Time to validation loss {result['target_val_loss']:.4f} (baseline best "
@@ -308,11 +308,11 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, arms,
               quality_tolerance, compile_model, device, nproc, launcher, ray_address, detach, as_json):
     """The whole loop headless: profile, noise scale, recommend, train the baseline and the
     recommendation (K seeds each, one after the other on the device), compare, and one headline."""
-    from engine import jobs, store
-    from engine.jobs.autopilot import AutopilotConfig
-    from engine.jobs.ray import launcher_from_cli
-    from engine.jobs.start import start_autopilot
-    from engine.units import parse_positive_int
+    from .. import jobs, store
+    from ..jobs.autopilot import AutopilotConfig
+    from ..jobs.ray import launcher_from_cli
+    from ..jobs.start import start_autopilot
+    from ..units import parse_positive_int
 
     quality_tol = parse_float(quality_tolerance, "--quality-tolerance")
     config = AutopilotConfig(repeats=parse_positive_int(repeats, "--repeats"), epochs=parse_float(epochs, "--epochs"),
@@ -358,7 +358,7 @@ def print_factors(factors: dict | None) -> None:
 
 
 def describe_autopilot_event(event: dict) -> str | None:
-    from engine.jobs import events
+    from ..jobs import events
 
     if event.get("type") == events.AUTOPILOT_PHASE and "job" not in event and "run_ids" not in event:
         return f"phase: {event['phase']}"

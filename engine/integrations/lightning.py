@@ -1,6 +1,6 @@
 """A Lightning logger that makes ``Trainer.fit`` a tracked largestep run.
 
-    from engine.integrations.lightning import LargestepLogger
+    from .lightning import LargestepLogger
     trainer = lightning.pytorch.Trainer(logger=LargestepLogger("my-model"), ...)
 
 The run starts when Lightning logs its hyperparameters at the start of ``fit``, with the
@@ -12,28 +12,29 @@ Metrics keep the names they were logged under (``train_loss``, ``val_loss``, ``v
 
 from __future__ import annotations
 
+import math
 import sys
 from argparse import Namespace
 from typing import Any
 
-import engine
-from engine.errors import UsageError
-from engine.integrations.shared import json_safe, largestep_names, require
-from engine.jobs.track import TrackedRun, new_run_id
+from ..errors import UsageError
+from .shared import json_safe, largestep_names, require
+from ..api.track import track
+from ..jobs.track import TrackedRun, new_run_id
 
-require("lightning.pytorch", "lightning", "engine.integrations.lightning")
+require("lightning.pytorch", "lightning", f"{__package__}.lightning")
 from lightning.pytorch.loggers.logger import Logger  # noqa: E402  (after the one-line check above)
 from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
 
 __all__ = ["LargestepLogger"]
 
 # Lightning's names for what largestep calls train_loss (a loss logged with on_step and on_epoch
-# comes as <name>_step and <name>_epoch); the epoch Lightning adds to every row is the row's epoch.
+# comes as <name>_step and <name>_epoch).
 RENAMES = {"loss": "train_loss", "train_loss_step": "train_loss", "train_loss_epoch": "train_loss_epoch_mean"}
 
 
 class LargestepLogger(Logger):
-    """Log a Lightning ``fit`` as a largestep run (see :func:`engine.track` for the arguments).
+    """Log a Lightning ``fit`` as a largestep run (see :func:`largestep.track` for the arguments).
 
     ``batch_size``: the global batch; by default the train loader's batch x gradient accumulation
     x processes. ``lr``: the peak learning rate; by default the optimizer's at the start of fit.
@@ -81,6 +82,12 @@ class LargestepLogger(Logger):
         metrics = dict(metrics)
         step = step if step is not None else self._trainer.global_step
         named = largestep_names(metrics, RENAMES)
+        # Lightning adds its 0-based epoch index to every row; largestep's epoch is the training done, in
+        # epochs (1.00 at the end of the first), as track() and the launched runs define it
+        named.pop("epoch", None)
+        done = _epochs_done(self._trainer, int(self._trainer.global_step))   # optimizer steps taken so far
+        if done is not None:
+            named["epoch"] = done
         training_row = not any(name.startswith("val_") for name in named)
         if training_row and "lr" not in named:   # the rate the optimizer is stepping with, beside its loss
             lr = _current_lr(self._trainer)
@@ -105,7 +112,7 @@ class LargestepLogger(Logger):
         trainer = self._trainer
         batch_size = self._batch_size or _effective_batch(trainer, model, self._hyperparameters)
         lr = self._lr if self._lr is not None else _current_lr(trainer)
-        self.run = engine.track(
+        self.run = track(
             self._name or type(model).__name__, batch_size=batch_size, lr=lr, seed=self._seed, tags=self._tags,
             recommendation=self._recommendation, home=self._home, run_id=self._run_id,
             accumulate=int(trainer.accumulate_grad_batches), world_size=int(trainer.world_size),
@@ -140,6 +147,16 @@ def _loader_batch(trainer: Any) -> int | None:
     if batch is None:
         batch = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
     return batch if isinstance(batch, int) and not isinstance(batch, bool) else None
+
+
+def _epochs_done(trainer: Any, step: int) -> float | None:
+    """Optimizer steps as epochs of training: ``step`` over the optimizer steps an epoch takes (None when
+    the train loader has no length)."""
+    batches = getattr(trainer, "num_training_batches", None)
+    if not isinstance(batches, (int, float)) or isinstance(batches, bool) or not math.isfinite(batches) or batches <= 0:
+        return None
+    steps_per_epoch = math.ceil(batches / max(1, int(trainer.accumulate_grad_batches)))
+    return step / steps_per_epoch
 
 
 def _current_lr(trainer: Any) -> float | None:

@@ -1,6 +1,6 @@
 """A Hugging Face ``TrainerCallback`` that makes ``Trainer.train`` a tracked largestep run.
 
-    from engine.integrations.transformers import LargestepCallback
+    from .transformers import LargestepCallback
     trainer = Trainer(model=model, args=args, ..., callbacks=[LargestepCallback("my-model")])
 
 The run starts at ``on_train_begin`` with the effective batch (per-device batch x gradient
@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import engine
-from engine.integrations.shared import json_safe, largestep_names, require
-from engine.jobs.track import TrackedRun
+from .shared import json_safe, largestep_names, require
+from ..api.track import track
+from ..jobs.track import TrackedRun
 
-require("transformers", "hf", "engine.integrations.transformers")
+require("transformers", "hf", f"{__package__}.transformers")
 from transformers import TrainerCallback  # noqa: E402  (after the one-line check above)
 
 __all__ = ["LargestepCallback"]
@@ -37,7 +37,7 @@ ARGUMENTS = ("per_device_train_batch_size", "gradient_accumulation_steps", "lear
 
 
 class LargestepCallback(TrainerCallback):
-    """Log a Hugging Face ``Trainer.train`` as a largestep run (see :func:`engine.track` for the arguments)."""
+    """Log a Hugging Face ``Trainer.train`` as a largestep run (see :func:`largestep.track` for the arguments)."""
 
     def __init__(self, name: str | None = None, *, tags: tuple[str, ...] | list[str] = (),
                  recommendation: str | None = None, home: str | None = None, **track_options: Any):
@@ -49,7 +49,7 @@ class LargestepCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-        self.run = engine.track(
+        self.run = track(
             self._name or _model_name(model), batch_size=batch_size, lr=args.learning_rate, seed=args.seed,
             tags=self._tags, recommendation=self._recommendation, home=self._home,
             accumulate=args.gradient_accumulation_steps, world_size=args.world_size,

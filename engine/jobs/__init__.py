@@ -6,7 +6,7 @@ job's state; ``start`` validates a request before anything is written; ``bodies`
 ``autopilot`` are what runs inside a job; ``torchrun`` (N ranks on this machine) and ``ray`` launch a body elsewhere.
 """
 
-from engine.jobs.runner import (
+from .runner import (
     CRASHED,
     DIVERGED,
     FAILED,
@@ -27,7 +27,7 @@ from engine.jobs.runner import (
     submit,
     wait,
 )
-from engine.jobs.spool import Spool, read_spec, read_status
+from .spool import Spool, read_spec, read_status
 
 __all__ = [
     "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED", "DIVERGED", "CRASHED", "STATES", "FINAL_STATES",

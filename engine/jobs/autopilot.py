@@ -14,17 +14,17 @@ from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 
-from engine import jobs
-from engine.errors import LargestepError, UsageError
-from engine.jobs import events
-from engine.jobs.runner import JobContext
-from engine.jobs.start import MAX_REPEATS
-from engine.measure.device_names import MAX_NPROC
-from engine.measure.profile_config import MAX_SECONDS
-from engine.measure.train_config import MAX_EPOCHS
-from engine.plan.compare import check_tolerance, compare_groups
-from engine.plan.recommend import RULES, RecommendConfig, recommend, steps_factor
-from engine.units import check_int, check_number
+from .. import jobs
+from ..errors import LargestepError, UsageError
+from . import events
+from .runner import JobContext
+from .start import MAX_REPEATS
+from ..measure.device_names import MAX_NPROC
+from ..measure.profile_config import MAX_SECONDS
+from ..measure.train_config import MAX_EPOCHS
+from ..plan.compare import check_tolerance, compare_groups
+from ..plan.recommend import RULES, RecommendConfig, recommend, steps_factor
+from ..units import check_int, check_number
 
 __all__ = ["AutopilotConfig", "autopilot_task", "PHASES", "headline", "keep_baseline_headline", "prediction_factors",
            "decisive"]
@@ -229,13 +229,13 @@ def schedule_headline(rec: dict, comparison: dict) -> dict:
 
 def autopilot_task(ctx: JobContext) -> None:
     """The body of an ``autopilot`` job."""
-    from engine.jobs.start import start_noise, start_noise_curve, start_profile, start_train
-    from engine.measure.noise_args import default_warm_steps
-    from engine.measure.profile_config import ProfileConfig
-    from engine.measure.train_config import TrainConfig
-    from engine.plan.schedule import with_batch_schedule
-    from engine.workloads import load_workload
-    from engine.workloads.cache import cache_of
+    from .start import start_noise, start_noise_curve, start_profile, start_train
+    from ..measure.noise_args import default_warm_steps
+    from ..measure.profile_config import ProfileConfig
+    from ..measure.train_config import TrainConfig
+    from ..plan.schedule import with_batch_schedule
+    from ..workloads import load_workload
+    from ..workloads.cache import cache_of
 
     params = ctx.params
     config = AutopilotConfig(**params.get("autopilot", {}))

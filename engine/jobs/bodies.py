@@ -1,7 +1,7 @@
 """Job bodies: what runs inside a job process, wiring the engine to the spool.
 
-Each body takes a :class:`engine.jobs.JobContext`; the spool's events are what
-:func:`engine.store.ingest` turns into rows.
+Each body takes a :class:`largestep.jobs.JobContext`; the spool's events are what
+:func:`largestep.store.ingest` turns into rows.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import time
 from dataclasses import asdict
 from typing import Callable
 
-from engine.jobs import events, torchrun
-from engine.jobs.runner import JobContext
-from engine.measure import devices, distributed
-from engine.measure.devices import versions
-from engine.workloads import load_workload
-from engine.workloads.cache import WorkloadCache, cache_of
+from . import events, torchrun
+from .runner import JobContext
+from ..measure import devices, distributed
+from ..measure.devices import versions
+from ..workloads import load_workload
+from ..workloads.cache import WorkloadCache, cache_of
 
 __all__ = ["profile_task", "noise_task", "noise_curve_task", "stability_task", "train_task", "run_training", "SpoolRunLog",
            "profile_config_from_params"]
@@ -33,7 +33,7 @@ def device_and_workload(params: dict, cache: WorkloadCache | None):
 
 def profile_config_from_params(params: dict):
     """The ProfileConfig of a profile job's params (the profiler is imported by profile jobs only)."""
-    from engine.measure.profile_config import ProfileConfig
+    from ..measure.profile_config import ProfileConfig
 
     fields = {k: v for k, v in params.get("config", {}).items() if k in ProfileConfig.__dataclass_fields__}
     if fields.get("batch_sizes") is not None:
@@ -42,8 +42,8 @@ def profile_config_from_params(params: dict):
 
 
 def profile_task(ctx: JobContext) -> None:
-    from engine.measure import telemetry
-    from engine.measure.profiler import ProfilePoint, plan_batch_sizes, run_profile
+    from ..measure import telemetry
+    from ..measure.profiler import ProfilePoint, plan_batch_sizes, run_profile
 
     params = ctx.params
     nproc = (params.get("config") or {}).get("nproc") or 1
@@ -110,7 +110,7 @@ def profile_task(ctx: JobContext) -> None:
 def _end_profile_at_out_of_memory(ctx: JobContext, oom: distributed.RankOutOfMemory) -> None:
     """A rank ran out of memory (and the ranks were stopped): the batch is the sweep's ceiling, recorded
     with the points the ranks measured before it, as a single-process sweep ends at an OOM."""
-    from engine.measure.profiler import OOM, ProfilePoint, fit_memory, saturation_batch
+    from ..measure.profiler import OOM, ProfilePoint, fit_memory, saturation_batch
 
     spooled = [ProfilePoint.from_dict(e) for e in events.read_all(ctx.job_dir) if e.get("type") == events.POINT]
     point = ProfilePoint(batch_size=oom.batch_size, status=OOM, error=str(oom)[:500], ended_at=time.time())
@@ -125,7 +125,7 @@ def _end_profile_at_out_of_memory(ctx: JobContext, oom: distributed.RankOutOfMem
 
 def noise_task(ctx: JobContext) -> None:
     """Estimate the gradient noise scale; one ``noise_estimate`` event."""
-    from engine.measure.noise import estimate_noise
+    from ..measure.noise import estimate_noise
 
     params = ctx.params
     ctx.progress("loading workload", 0.0)
@@ -144,7 +144,7 @@ def noise_task(ctx: JobContext) -> None:
 def noise_curve_task(ctx: JobContext) -> None:
     """Estimate the noise scale along one baseline run; one ``noise_curve_point`` event a point, each
     flushed as soon as it is known (a long curve shows its first points while it runs)."""
-    from engine.measure.noise import estimate_noise_curve
+    from ..measure.noise import estimate_noise_curve
 
     params = ctx.params
     ctx.progress("loading workload", 0.0)
@@ -167,7 +167,7 @@ def noise_curve_task(ctx: JobContext) -> None:
 
 def stability_task(ctx: JobContext) -> None:
     """Ramp the learning rate past the recommendation at the chosen batch; one ``stability`` event."""
-    from engine.measure.stability import check_stability
+    from ..measure.stability import check_stability
 
     params = ctx.params
     device, workload = device_and_workload(params, cache_of(ctx.home))
@@ -181,7 +181,7 @@ def stability_task(ctx: JobContext) -> None:
 def train_task(ctx: JobContext) -> None:
     """One training run; ``run_start``, ``metrics``, ``eval`` and ``run_end`` events.
 
-    With ``nproc > 1`` the job process launches the ranks (engine.jobs.torchrun), each of which
+    With ``nproc > 1`` the job process launches the ranks (largestep.jobs.torchrun), each of which
     comes back here inside its process group.
     """
     params = ctx.params
@@ -199,8 +199,8 @@ def run_training(params: dict, emit, progress, save_to: str | None = None, cache
     Shared by local jobs, the ranks of a data-parallel job, and Ray tasks (which have no home
     here, so no workload ``cache``).
     """
-    from engine.measure import telemetry
-    from engine.measure.train import TrainConfig, train
+    from ..measure import telemetry
+    from ..measure.train import TrainConfig, train
 
     progress("loading workload", 0.0)
     device, workload = device_and_workload(params, cache)
@@ -226,7 +226,7 @@ def run_training(params: dict, emit, progress, save_to: str | None = None, cache
 
 
 class SpoolRunLog:
-    """A training run's reports (:class:`engine.measure.train.RunLog`) as spool events."""
+    """A training run's reports (:class:`largestep.measure.train.RunLog`) as spool events."""
 
     def __init__(self, emit: Callable[..., None], meta: dict | None = None):
         self.emit, self.meta = emit, meta or {}

@@ -44,7 +44,7 @@ NOISE_ESTIMATE, NOISE_CURVE_POINT, STABILITY = "noise_estimate", "noise_curve_po
 RUN_START, METRICS, METRIC_VALUES, EVAL, RUN_END = "run_start", "metrics", "metric_values", "eval", "run_end"
 RECOMMENDATION, AUTOPILOT_PHASE, AUTOPILOT_RESULT = "recommendation", "autopilot_phase", "autopilot_result"
 
-#: A profile point's fields (engine.measure.profiler.ProfilePoint), as the profile_points table has them.
+#: A profile point's fields (largestep.measure.profiler.ProfilePoint), as the profile_points table has them.
 POINT_FIELDS = ("batch_size", "status", "step_times_s", "median_s", "p25_s", "p75_s", "noisy", "samples_per_s",
                 "peak_memory_bytes", "memory_is_estimate", "predicted_memory_bytes", "flops_per_step", "flops_per_s",
                 "mean_power_w", "energy_per_sample_j", "started_at", "ended_at", "error",
@@ -53,12 +53,12 @@ POINT_FIELDS = ("batch_size", "status", "step_times_s", "median_s", "p25_s", "p7
                 "visits", "remeasured", "inconsistent",   # interleaved rounds; the physics check
                 "others_busy_cores", "loaded_visits", "under_load",   # visits other processes contended
                 "warmup_steps")                      # untimed steps before a size's first timed ones
-#: The background load while a run trained or a point was timed (engine.measure.telemetry.background_load): the
+#: The background load while a run trained or a point was timed (largestep.measure.telemetry.background_load): the
 #: mean and 90th percentile of other processes' whole-machine CPU busy %, the most other processes seen on the
 #: GPU and the device memory they held. A point event and a run_end event carry them where measured.
 BACKGROUND_FIELDS = ("background_cpu_pct", "background_cpu_p90_pct", "background_gpu_processes",
                      "background_gpu_mem_bytes")
-#: A noise estimate's fields (engine.measure.noise.NoiseEstimate), as the noise_estimates table has them.
+#: A noise estimate's fields (largestep.measure.noise.NoiseEstimate), as the noise_estimates table has them.
 NOISE_FIELDS = ("b_simple", "ci_low", "ci_high", "g2", "trace_sigma", "g_small_sq", "g_big_sq", "batch_small",
                 "batch_big", "batches", "warm_steps", "unreliable", "reason", "elapsed_s", "step_equivalents",
                 "compile_s")
@@ -257,7 +257,7 @@ def profile_end_row(e: dict) -> dict:
 
 
 def profile_record(events: list[dict]) -> dict:
-    """A profile as :func:`engine.store.load_profile` returns it, from a profile job's events."""
+    """A profile as :func:`largestep.store.load_profile` returns it, from a profile job's events."""
     start = _first(events, PROFILE_START)
     record = {**profile_start_row(start), **profile_end_row(_last(events, PROFILE_END))}
     record["device_total_memory_bytes"] = (start.get("device") or {}).get("total_memory_bytes")
@@ -324,7 +324,7 @@ def eval_rows(e: dict) -> list[dict]:
 
 
 def evaluations(events: list[dict], run_id: str) -> list[dict]:
-    """The validation loss at each evaluation, in the shape of :func:`engine.store.run_evaluations`."""
+    """The validation loss at each evaluation, in the shape of :func:`largestep.store.run_evaluations`."""
     return [{"run_id": run_id, "step": e.get("step"), "epoch": e.get("epoch"), "samples": e.get("samples"),
              "wall_time_s": e.get("wall_time_s"), "train_time_s": e.get("train_time_s"), "val_loss": e.get("val_loss")}
             for e in events if e.get("type") == EVAL]

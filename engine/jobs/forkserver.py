@@ -1,6 +1,6 @@
 """The warm launcher: a fork server that starts jobs from a process that has already imported torch.
 
-A fresh ``python -m engine.jobs JOB_DIR`` spends most of its start-up importing torch and, on its first
+A fresh ``python -m largestep.jobs JOB_DIR`` spends most of its start-up importing torch and, on its first
 optimizer, ``torch._dynamo``: together about twice the time of ``python -c "import torch"``, before the
 job does anything. A launcher imports them once; each job is then a fork of it.
 
@@ -18,7 +18,7 @@ The protocol, one job a connection::
 
 A child that does not get its "go" exits having run nothing, so a submitter that gave up waiting
 (the launcher busy, dead or gone) can start the job itself: a job is never started twice. Every
-failure on the submitter's side is answered with None, and :func:`engine.jobs.runner.submit` falls
+failure on the submitter's side is answered with None, and :func:`largestep.jobs.runner.submit` falls
 back to a fresh process, which is always correct. ``LARGESTEP_WARM_LAUNCHER=0`` turns it all off.
 """
 
@@ -40,7 +40,8 @@ from pathlib import Path
 import psutil
 from filelock import FileLock, Timeout
 
-from engine.home import Home
+from ..about import module
+from ..home import Home
 
 __all__ = ["WARM_ENV", "enabled", "launcher_key", "source_version", "fork_job", "ForkedJob", "start_in_background",
            "running", "stop"]
@@ -59,10 +60,10 @@ IMPORT_TIME_ENV = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "GOMP_", "KMP_", "TORC
 # inductor's cache folder, set by a submitter that compiled or built a workload (a job gets the value in its env)
 SET_BY_TORCH_ENV = frozenset({"TORCHINDUCTOR_CACHE_DIR"})
 ENGINE_ROOT = Path(__file__).resolve().parents[1]
-# The launcher's command (not ``-m engine.jobs.forkserver``: the package imports this module first)
-LAUNCHER_MAIN = "import sys; from engine.jobs.forkserver import main; sys.exit(main(sys.argv[1:]))"
-PRELOADED = ("torch", "torch._dynamo", "setproctitle", "engine.jobs.bodies", "engine.measure.train",
-             "engine.measure.profiler")
+# The launcher's command (not ``-m largestep.jobs.forkserver``: the package imports this module first)
+LAUNCHER_MAIN = f"import sys; from {module('jobs.forkserver')} import main; sys.exit(main(sys.argv[1:]))"
+PRELOADED = ("torch", "torch._dynamo", "setproctitle", module("jobs.bodies"), module("measure.train"),
+             module("measure.profiler"))
 
 
 def enabled(env: dict) -> bool:
@@ -197,7 +198,7 @@ def _record_lock(home: Home, key: str, timeout_s: float = 1.0) -> FileLock:
 
 def _write_record(path: Path, pid: int, key: str, serving_since: float | None = None) -> None:
     """The launcher's record: written by its starter (pid), then by the launcher once it serves."""
-    from engine.jobs.spool import write_json_atomic
+    from .spool import write_json_atomic
 
     write_json_atomic(path, {"pid": pid, "pid_started": psutil.Process(pid).create_time(), "key": key,
                              "version": source_version(), "python": sys.executable, "started_at": time.time(),
@@ -334,7 +335,7 @@ def _peer_uid(connection: socket.socket) -> int:
 
 
 def _become_job(connection: socket.socket, job_dir: str, env: dict, cwd: str) -> None:
-    """In the forked child: become what ``python -m engine.jobs JOB_DIR`` started by the submitter would
+    """In the forked child: become what ``python -m largestep.jobs JOB_DIR`` started by the submitter would
     be (its own session, its cwd, its environment, stdio, signal handlers), wait for "go", run it, exit."""
     try:
         os.setsid()           # its own session and process group: cancel signals the group
@@ -378,7 +379,7 @@ def _look_like_a_job(job_dir: str) -> None:
     import numpy
     import setproctitle
 
-    setproctitle.setproctitle(f"{sys.executable} -m engine.jobs {job_dir}")
+    setproctitle.setproctitle(f"{sys.executable} -m {module('jobs')} {job_dir}")
     sys.argv = [str(ENGINE_ROOT / "jobs" / "__main__.py"), job_dir]
     # a fresh interpreter's random state, not the launcher's copy: Python's own random module reseeds
     # itself after a fork, numpy's global generator does not
@@ -393,7 +394,7 @@ def _run_as_main(job_dir: str) -> int:
 
     code = 0
     try:
-        runpy.run_module("engine.jobs", run_name="__main__", alter_sys=True)
+        runpy.run_module(module("jobs"), run_name="__main__", alter_sys=True)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if exc.code is not None and not isinstance(exc.code, int):

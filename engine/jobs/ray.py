@@ -1,7 +1,7 @@
 """Where a job's body runs: here (the default), or as a task on a Ray cluster.
 
 With ``--launcher ray`` a job still has its folder, spec and local job process (``python -m
-engine.jobs``): that process is the Ray *driver*. It connects to the cluster (``--ray-address``,
+largestep.jobs``): that process is the Ray *driver*. It connects to the cluster (``--ray-address``,
 else ``$RAY_ADDRESS`` or the newest cluster started on this machine, else a fresh local one),
 sends the job's body (train, profile, noise) as one Ray task asking for one GPU (or, on a
 CPU-only cluster or ``--device cpu``, the CPUs it needs), and copies what the task reports
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.errors import LargestepError, UsageError
+from ..errors import LargestepError, UsageError
 
 __all__ = ["LAUNCHERS", "INSTALL_HINT", "check_launcher", "launcher_from_cli", "ray_task"]
 
@@ -83,7 +83,7 @@ def absolute_workload_spec(spec: str) -> str:
 
 
 class QueueSpool:
-    """The spool interface of :class:`engine.jobs.spool.Spool`, sending to the driver through a Ray queue."""
+    """The spool interface of :class:`largestep.jobs.spool.Spool`, sending to the driver through a Ray queue."""
 
     def __init__(self, queue):
         self.queue = queue
@@ -111,7 +111,7 @@ class QueueSpool:
     def _flush_locked(self) -> None:
         import json
 
-        from engine.jobs.spool import json_default
+        from .spool import json_default
 
         if self._events or self._status:
             # through JSON, as a local spool would: numpy and torch scalars become numbers
@@ -127,7 +127,7 @@ class QueueSpool:
 
 def _run_remote(spec: dict, queue) -> dict:
     """The Ray task: run the job's body with a spool that reports to the driver."""
-    from engine.jobs.runner import JobContext, resolve_body
+    from .runner import JobContext, resolve_body
 
     spool = QueueSpool(queue)
     spool.status(phase="started on the cluster", worker_pid=os.getpid(), worker_host=os.uname().nodename)
@@ -149,7 +149,7 @@ def ray_task(ctx) -> None:
     import ray
     from ray.util.queue import Queue
 
-    from engine.errors import Cancelled, Crashed, Diverged
+    from ..errors import Cancelled, Crashed, Diverged
 
     launcher = ctx.params["launcher"]
     ctx.progress("connecting to Ray", 0.0)

@@ -1,6 +1,6 @@
 """The job runner: submit a job as its own process, queue it on its device, cancel it, tell its state.
 
-A job talks to the world only through its spool (:mod:`engine.jobs.spool`); :func:`engine.store.ingest`
+A job talks to the world only through its spool (:mod:`largestep.jobs.spool`); :func:`largestep.store.ingest`
 turns the spool into rows, and :func:`derive_state` turns the status file and the process table
 into a state.
 
@@ -25,10 +25,11 @@ from typing import Any, Callable
 import psutil
 from filelock import FileLock
 
-from engine.errors import Cancelled, Crashed, Diverged, LargestepError
-from engine.home import Home
-from engine.jobs import events, forkserver
-from engine.jobs.spool import Spool, read_spec, read_status, write_json_atomic
+from ..about import module
+from ..errors import Cancelled, Crashed, Diverged, LargestepError
+from ..home import Home
+from . import events, forkserver
+from .spool import Spool, read_spec, read_status, write_json_atomic
 
 __all__ = [
     "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED", "DIVERGED", "CRASHED",
@@ -48,11 +49,16 @@ GRACE_S = 5.0               # without a pid: a job silent this long, with no pro
 CANCEL_MARKER = "cancelled"
 CANCEL_GRACE_S = {None: 5.0, "autopilot": 30.0}  # SIGTERM to SIGKILL; an autopilot cancels its children first
 QUEUE_POLL_S = 0.25          # how often a queued job looks whether its turn has come
-TRACKED = "tracked"          # spec["launcher"] of a run tracked from the user's own process (engine.track)
+TRACKED = "tracked"          # spec["launcher"] of a run tracked from the user's own process (largestep.track)
+
+
+# a job id's prefix by kind, as the README shows them: train-1a2b3c4d, prof-1a2b3c4d, ...
+ID_PREFIXES = {"train": "train", "profile": "prof", "noise": "noise", "noise_curve": "curve",
+               "stability": "stab", "autopilot": "auto"}
 
 
 def new_job_id(kind: str) -> str:
-    return f"{kind[:4]}-{secrets.token_hex(4)}"
+    return f"{ID_PREFIXES.get(kind, kind)}-{secrets.token_hex(4)}"
 
 
 # -- launching and cancelling, from the CLI or the dashboard -----------------------------------
@@ -63,7 +69,7 @@ def submit(home: Home, kind: str, params: dict, device: str, workload: str | Non
     """Write the job's spec and start its process in a new session; return the job id.
 
     The new process outlives the caller (a closed browser tab, a finished CLI command). It is forked by
-    the home's warm launcher (:mod:`engine.jobs.forkserver`) when one is running, else started afresh
+    the home's warm launcher (:mod:`largestep.jobs.forkserver`) when one is running, else started afresh
     (and a launcher started for the next job); either way status.json records its pid before it runs.
     ``locks``: the devices the job holds while it runs (default: ``device``); a multi-GPU job
     names each GPU. ``launcher="ray"`` runs the body as a Ray task instead (no local lock:
@@ -101,28 +107,21 @@ def submit(home: Home, kind: str, params: dict, device: str, workload: str | Non
 
 
 def job_environment() -> dict:
-    """The environment a job runs in: the submitter's, with the engine importable and the user's folder
-    never first on the import path."""
+    """The environment a job runs in: the submitter's, with the user's folder never first on the import path."""
     env = dict(os.environ)
-    # Run from source trees that are not installed too: the engine's parent goes first on the path, once (a
-    # job submitting jobs, as the autopilot does, already has it there: its children's environment, and so
-    # their warm launcher, is the one its own submitter's jobs have)
-    root = str(Path(__file__).resolve().parents[2])
-    paths = env["PYTHONPATH"].split(os.pathsep) if env.get("PYTHONPATH") else []
-    if paths[:1] != [root]:
-        env["PYTHONPATH"] = os.pathsep.join([root, *paths])
     env.setdefault("PYTHONUNBUFFERED", "1")
     # Never the user's folder first on the import path (python -P, inherited by the job's own children):
-    # a filelock.py or torch.py beside their data must not replace the library the job imports.
+    # an engine.py, filelock.py or torch.py beside their data must not replace a library the job imports.
+    # A workload the user names is imported from their folder by the loader, which puts it on the path.
     env["PYTHONSAFEPATH"] = "1"
     return env
 
 
 def _start_fresh(job_id: str, job_dir: Path, env: dict) -> int:
-    """Start ``python -m engine.jobs JOB_DIR`` in a new session; its pid."""
+    """Start ``python -m largestep.jobs JOB_DIR`` in a new session; its pid."""
     with open(job_dir / "output.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.jobs", str(job_dir)],
+            [sys.executable, "-m", module("jobs"), str(job_dir)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, env=env, cwd=os.getcwd(),
         )
@@ -136,7 +135,7 @@ def cancel(home: Home, job_id: str, grace_s: float | None = None) -> bool:
     """Stop a job's whole process group: SIGTERM, then SIGKILL after ``grace_s``.
 
     Returns False when the job had already ended. A queued job is stopped before it starts. A run
-    tracked from the user's own code (:mod:`engine.jobs.track`) is refused: its process is not ours.
+    tracked from the user's own code (:mod:`largestep.jobs.track`) is refused: its process is not ours.
     ``grace_s`` None: the job kind's own (an autopilot first cancels each of its children).
     """
     job_dir = home.find_job(job_id)
@@ -265,7 +264,7 @@ def derive_state(job_dir: Path, now: float | None = None) -> str:
 
 
 def job_process(job_dir: Path) -> psutil.Process | None:
-    """The live process running ``python -m engine.jobs JOB_DIR``, whatever its status file says."""
+    """The live process running ``python -m largestep.jobs JOB_DIR``, whatever its status file says."""
     for proc in psutil.process_iter(["cmdline", "status"]):
         if runs_job_dir(proc.info.get("cmdline") or [], job_dir) and proc.info.get("status") != psutil.STATUS_ZOMBIE:
             return proc
@@ -273,11 +272,11 @@ def job_process(job_dir: Path) -> psutil.Process | None:
 
 
 def runs_job_dir(cmdline: list[str], job_dir: Path | str) -> bool:
-    """Is ``cmdline`` that of ``python -m engine.jobs JOB_DIR``? A job forked by the warm launcher shows it as
+    """Is ``cmdline`` that of ``python -m largestep.jobs JOB_DIR``? A job forked by the warm launcher shows it as
     one title, padded with empty arguments (or split at its spaces), so it is read as one line."""
     target = str(job_dir)
-    return ((target in cmdline and "engine.jobs" in cmdline)
-            or " ".join(cmdline).rstrip().endswith(f" -m engine.jobs {target}"))
+    return ((target in cmdline and module("jobs") in cmdline)
+            or " ".join(cmdline).rstrip().endswith(f" -m {module('jobs')} {target}"))
 
 
 def _recently_active(job_dir: Path, status: dict, now: float) -> bool:
@@ -331,13 +330,13 @@ class JobContext:
 
 _KINDS: dict[str, str] = {
     # kind -> "module:function"; imported lazily so the job process loads only what it runs
-    "profile": "engine.jobs.bodies:profile_task",
-    "noise": "engine.jobs.bodies:noise_task",
-    "noise_curve": "engine.jobs.bodies:noise_curve_task",
-    "stability": "engine.jobs.bodies:stability_task",
-    "train": "engine.jobs.bodies:train_task",
-    "autopilot": "engine.jobs.autopilot:autopilot_task",
-    "ray": "engine.jobs.ray:ray_task",     # any kind above, run as a Ray task (spec["launcher"] == "ray")
+    "profile": module("jobs.bodies") + ":profile_task",
+    "noise": module("jobs.bodies") + ":noise_task",
+    "noise_curve": module("jobs.bodies") + ":noise_curve_task",
+    "stability": module("jobs.bodies") + ":stability_task",
+    "train": module("jobs.bodies") + ":train_task",
+    "autopilot": module("jobs.autopilot") + ":autopilot_task",
+    "ray": module("jobs.ray") + ":ray_task",     # any kind above, run as a Ray task (spec["launcher"] == "ray")
 }
 
 
@@ -395,7 +394,7 @@ def _older_job_waiting(home: Home, spec: dict, names: set[str]) -> bool:
 
 
 def run_job(job_dir: Path) -> int:
-    """The body of ``python -m engine.jobs JOB_DIR``: wait for the device, run, record the exit."""
+    """The body of ``python -m largestep.jobs JOB_DIR``: wait for the device, run, record the exit."""
     job_dir = Path(job_dir)
     spec = read_spec(job_dir)
     if spec is None:

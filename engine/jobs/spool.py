@@ -1,7 +1,7 @@
 """A job's spool: its append-only ``events.jsonl`` and its atomically rewritten ``status.json``.
 
 A job never opens the database (DuckDB allows one writing process). It appends events (their
-names and fields are catalogued in :mod:`engine.jobs.events`) and fsyncs them in batches, and it
+names and fields are catalogued in :mod:`largestep.jobs.events`) and fsyncs them in batches, and it
 rewrites its status file (pid, heartbeat, phase, progress) atomically, so a reader never sees
 half of one. ``spec.json`` is written once, when the job is submitted.
 """

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from engine import jobs
-from engine.errors import UsageError
-from engine.home import Home, check_database_file
-from engine.measure import device_names
-from engine.measure.profile_config import ProfileConfig, plan_batch_sizes
-from engine.units import INT32_MAX, check_int
+from .. import jobs
+from ..errors import UsageError
+from ..home import Home, check_database_file
+from ..measure import device_names
+from ..measure.profile_config import ProfileConfig, plan_batch_sizes
+from ..units import INT32_MAX, check_int
 
 MAX_REPEATS = 1000      # runs queued by one request (each is a job folder and a process)
 
@@ -27,10 +27,10 @@ def load_checked(home: Home, workload: str, options: dict):
     cache, so the job it starts reads what this built, and a cached workload that passed its trial
     is not tried again (which spares this process importing what the trial's optimizer imports).
     A request loaded and tried before from this folder, nothing it depends on changed, is not loaded
-    at all: its :class:`~engine.workloads.cache.WorkloadFacts` (name, sizes, baseline) are returned,
+    at all: its :class:`~largestep.workloads.cache.WorkloadFacts` (name, sizes, baseline) are returned,
     read without importing torch."""
-    from engine.workloads.cache import cache_of
-    from engine.workloads.loader import cached_facts, load_workload
+    from ..workloads.cache import cache_of
+    from ..workloads.loader import cached_facts, load_workload
 
     cache = cache_of(home)
     # a request loaded and tried before, nothing it depends on changed: its facts are all these checks need
@@ -45,10 +45,10 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
     Every check that can fail on bad input runs before the job's folder is written.
     ``config.nproc > 1``: a data-parallel profile (each batch size is a global batch split over
     the ranks; the step time includes the gradient all-reduce). ``launcher``: see
-    :func:`engine.jobs.ray.check_launcher` (``None`` runs here).
+    :func:`largestep.jobs.ray.check_launcher` (``None`` runs here).
     """
-    from engine.jobs.ray import absolute_workload_spec, check_launcher
-    from engine.measure.device_names import check_nproc, lock_names
+    from .ray import absolute_workload_spec, check_launcher
+    from ..measure.device_names import check_nproc, lock_names
 
     config.validate()
     launcher = check_launcher(launcher, device, config.nproc)
@@ -86,8 +86,8 @@ def start_noise(home: Home, workload: str, options: dict, device: str, batch_sma
 
     ``warm_steps=None`` trains the baseline for one epoch first (see ``default_warm_steps``).
     """
-    from engine.jobs.ray import absolute_workload_spec, check_launcher
-    from engine.measure.noise_args import check_noise_args, default_warm_steps
+    from .ray import absolute_workload_spec, check_launcher
+    from ..measure.noise_args import check_noise_args, default_warm_steps
 
     check_int(seed, "--seed", low=0)
     launcher = check_launcher(launcher, device)
@@ -113,7 +113,7 @@ def start_noise_curve(home: Home, workload: str, options: dict, device: str, at:
                       seed: int = 0, compile: bool = False) -> str:
     """Validate, then start a job estimating the noise scale at the fractions ``at`` of one baseline
     run's training; returns its id (also the curve's id)."""
-    from engine.measure.noise_args import check_curve_fractions, check_noise_args
+    from ..measure.noise_args import check_curve_fractions, check_noise_args
 
     check_int(seed, "--seed", low=0)
     at = check_curve_fractions(at)
@@ -144,16 +144,16 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
     """Validate, then queue ``repeats`` training runs (seeds seed, seed+1, ...) as one group.
 
     They run one after another on the device (the per-device lock), so they never time each other.
-    ``config.nproc > 1``: each run is data-parallel over that many ranks (engine.jobs.torchrun). ``launcher``
-    (see :func:`engine.jobs.ray.check_launcher`): the runs go to a Ray cluster as tasks, side by
+    ``config.nproc > 1``: each run is data-parallel over that many ranks (largestep.jobs.torchrun). ``launcher``
+    (see :func:`largestep.jobs.ray.check_launcher`): the runs go to a Ray cluster as tasks, side by
     side, each on a device of its own. ``save_weights``: rank 0 saves the final state_dict to
     ``jobs/<id>/model.pt``.
     """
     import secrets
     from dataclasses import replace
 
-    from engine.jobs.ray import absolute_workload_spec, check_launcher
-    from engine.measure.device_names import check_nproc, lock_names
+    from .ray import absolute_workload_spec, check_launcher
+    from ..measure.device_names import check_nproc, lock_names
 
     config.validate()
     check_int(repeats, "--repeats", high=MAX_REPEATS)
@@ -176,7 +176,7 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
             raise UsageError(f"--batch-size {config.batch_size} is larger than the {loaded.n_train} training "
                              f"samples of {loaded.name}")
         if config.batch_schedule:
-            from engine.measure.batch_schedule import check_batch_schedule
+            from ..measure.batch_schedule import check_batch_schedule
 
             check_batch_schedule(tuple(tuple(p) for p in config.batch_schedule), loaded.n_train)
         where = {"device": device, "workload": loaded.name, "locks": lock_names(device, config.nproc)}
@@ -201,8 +201,8 @@ def start_autopilot(home: Home, workload: str, options: dict, device: str, confi
     The orchestrator waits on a lock of its own, so its children can take the device's lock.
     """
     config.validate()
-    from engine.jobs.ray import check_launcher
-    from engine.measure.device_names import check_nproc
+    from .ray import check_launcher
+    from ..measure.device_names import check_nproc
 
     check_launcher(config.launcher, device, config.nproc)
     check_nproc(config.nproc, device)

@@ -1,8 +1,8 @@
 """Data-parallel jobs on one machine: N rank processes, each taking a disjoint shard of every global batch.
 
-The job process (``python -m engine.jobs``) keeps its role: it holds the device locks, beats
+The job process (``python -m largestep.jobs``) keeps its role: it holds the device locks, beats
 the heartbeat, and writes the exit record. For ``nproc > 1`` its body calls :func:`run_ranks`,
-which starts ``python -m engine.jobs.torchrun JOB_DIR`` N times with the environment torchrun
+which starts ``python -m largestep.jobs.torchrun JOB_DIR`` N times with the environment torchrun
 would give each rank (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE) and waits. Each rank runs
 the same job body (``train_task``, ``profile_task``) inside a process group (gloo on CPU, NCCL on
 CUDA); only rank 0 appends to the spool's events, and it reports progress through
@@ -36,12 +36,13 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from engine.errors import Cancelled, Crashed, DeviceError, Diverged, LargestepError
-from engine.home import Home
-from engine.jobs.runner import JobContext, resolve_body
-from engine.jobs.spool import Spool, read_spec, write_json_atomic
-from engine.measure.device_names import check_nproc, device_kind, lock_names  # noqa: F401  part of this API
-from engine.measure.distributed import RankOutOfMemory
+from ..about import module
+from ..errors import Cancelled, Crashed, DeviceError, Diverged, LargestepError
+from ..home import Home
+from .runner import JobContext, resolve_body
+from .spool import Spool, read_spec, write_json_atomic
+from ..measure.device_names import check_nproc, device_kind, lock_names  # noqa: F401  part of this API
+from ..measure.distributed import RankOutOfMemory
 
 __all__ = ["DEFAULT_TIMEOUT_S", "check_nproc", "lock_names", "run_ranks", "rank_environment", "loopback_interface",
            "rank_status_path", "rank_main", "in_rank", "job_root_pid"]
@@ -67,7 +68,7 @@ def rank_status_path(job_dir: Path) -> Path:
 def run_ranks(ctx, nproc: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     """Run this job's body in ``nproc`` rank processes; raise as the ranks ended.
 
-    Raises :class:`engine.errors.Crashed` when a rank died without an exit record, Diverged when
+    Raises :class:`largestep.errors.Crashed` when a rank died without an exit record, Diverged when
     the ranks agreed the loss diverged, LargestepError when a rank failed.
     """
     job_dir = Path(ctx.job_dir)
@@ -116,7 +117,7 @@ def loopback_interface() -> str | None:
 
 
 def _start_ranks(job_dir: Path, nproc: int, timeout_s: float) -> list[subprocess.Popen]:
-    cmd = [sys.executable, "-m", "engine.jobs.torchrun", str(job_dir)]
+    cmd = [sys.executable, "-m", module("jobs.torchrun"), str(job_dir)]
     procs: list[subprocess.Popen] = []
     try:
         with open(job_dir / "output.log", "ab") as log:
@@ -329,9 +330,9 @@ def in_rank(ctx) -> bool:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        print("usage: python -m engine.jobs.torchrun JOB_DIR (started by the job process, once per rank)",
+        print("usage: python -m largestep.jobs.torchrun JOB_DIR (started by the job process, once per rank)",
               file=sys.stderr)
         sys.exit(2)
-    from engine.jobs.torchrun import rank_main as _rank_main  # the imported module's functions, not __main__'s
+    from .torchrun import rank_main as _rank_main  # the imported module's functions, not __main__'s
 
     sys.exit(_rank_main(Path(sys.argv[1])))

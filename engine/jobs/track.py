@@ -1,9 +1,9 @@
 """Runs from the user's own training code: the user's process writes a training job's folder.
 
-``engine.track(...)`` opens a run that the store, ``largestep runs``, ``compare``, the Runs page
+``largestep.track(...)`` opens a run that the store, ``largestep runs``, ``compare``, the Runs page
 and the HTML report see as any training job's: ``spec.json`` of kind ``train``, a ``status.json``
 with this process's pid and a heartbeat, and ``events.jsonl`` with the events of
-:mod:`engine.jobs.events` (run_start, metrics, metric_values, eval, run_end, exit). So its state
+:mod:`largestep.jobs.events` (run_start, metrics, metric_values, eval, run_end, exit). So its state
 is derived as a job's is: RUNNING while the block runs, FINISHED or FAILED when it ends, CRASHED
 when the process dies without an exit record.
 
@@ -25,10 +25,10 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from engine.errors import UsageError
-from engine.home import Home
-from engine.jobs import events
-from engine.jobs.runner import (
+from ..errors import UsageError
+from ..home import Home
+from . import events
+from .runner import (
     FAILED,
     FINISHED,
     HEARTBEAT_S,
@@ -38,7 +38,7 @@ from engine.jobs.runner import (
     new_job_id,
     outcome_of,
 )
-from engine.jobs.spool import Spool, write_json_atomic
+from .spool import Spool, write_json_atomic
 
 __all__ = ["TrackConfig", "TrackedRun", "role_for", "lr_for", "new_run_id", "ROLES", "EXTERNAL", "ROWS_PER_EVENT"]
 
@@ -125,14 +125,14 @@ def lr_for(recommendation: dict | None, role: str) -> float | None:
 class TrackedRun:
     """One run of the user's own training code, spooled as a training job is.
 
-    Use it as a context manager (``with engine.track(...) as run``), or call :meth:`start` and
+    Use it as a context manager (``with largestep.track(...) as run``), or call :meth:`start` and
     :meth:`finish` where a framework's hooks bracket the training (the integrations do).
     """
 
     def __init__(self, home: Home, config: TrackConfig, device: str | None = None,
                  recommendation: dict | None = None, run_id: str | None = None):
         config.validate()
-        from engine.measure import devices
+        from ..measure import devices
 
         home.check()
         self.home, self.config = home, config
@@ -181,8 +181,8 @@ class TrackedRun:
 
     def start(self) -> "TrackedRun":
         """Write the run's folder (spec, status, run_start) and start its heartbeat."""
-        from engine.measure import devices, telemetry
-        from engine.measure.devices import versions
+        from ..measure import devices, telemetry
+        from ..measure.devices import versions
 
         if self._spool is not None:
             raise UsageError(f"run {self.id} has already started")
@@ -227,7 +227,7 @@ class TrackedRun:
         return state
 
     def _end(self, state: str, error: str | None, steps: int | None = None) -> None:
-        from engine.measure import devices, telemetry
+        from ..measure import devices, telemetry
 
         self._state = state
         self._stop.set()
@@ -272,7 +272,7 @@ class TrackedRun:
         memory: the heartbeat thread writes them, so the loop never waits on the disk.
         """
         if not self.running:
-            raise UsageError(f"run {self.id} is not running: log inside the `with engine.track(...)` block")
+            raise UsageError(f"run {self.id} is not running: log inside the `with largestep.track(...)` block")
         step = self._check_step(step)
         now = time.perf_counter()
         index = {"step": step, "epoch": None, "samples": None, "wall_time_s": now - self._start,

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 
-from engine.errors import UsageError
-from engine.units import check_int, check_number
+from ..errors import UsageError
+from ..units import check_int, check_number
 
 __all__ = ["parse_batch_schedule", "check_batch_schedule", "phase_index", "lr_multiple", "scheduled_steps",
            "grown_batch", "check_adaptive", "RULES", "ADAPTIVE", "DEFAULT_ADAPTIVE_MULTIPLE"]

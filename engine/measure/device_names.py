@@ -4,7 +4,7 @@ names alone decide.
 Submitting a job validates its device, dtype and ``--nproc`` first; for the common case (the CPU, fp32,
 one process, or ``auto`` on a machine with no GPU at all) nothing here imports torch, so a command that
 only submits a job answers in a fraction of a second. Anything a name cannot decide (a CUDA device,
-mixed precision, several ranks) is asked of :mod:`engine.measure.devices`, which imports torch.
+mixed precision, several ranks) is asked of :mod:`largestep.measure.devices`, which imports torch.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 import sys
 from typing import Any
 
-from engine.errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["DTYPE_NAMES", "MAX_NPROC", "check_dtype", "check_nproc", "device_kind", "lock_name", "lock_names",
            "resolve_name"]
@@ -31,7 +31,7 @@ def resolve_name(spec: Any = "auto") -> str:
     text = "auto" if spec is None else str(spec).strip().lower()
     if text == "cpu" or (text in ("", "auto") and _no_gpu_here()):
         return "cpu"
-    from engine.measure import devices
+    from . import devices
 
     return str(devices.resolve_device(spec))
 
@@ -40,7 +40,7 @@ def check_dtype(device: str, dtype: str) -> None:
     """A UsageError for an unknown precision, a DeviceError for one the device cannot run; fp32 runs anywhere."""
     if dtype == "fp32":
         return
-    from engine.measure import devices
+    from . import devices
 
     devices.check_dtype(device, dtype)
 
@@ -60,7 +60,7 @@ def lock_name(device: str) -> str:
         return str(device)
     import torch
 
-    from engine.measure import devices
+    from . import devices
 
     return devices.device_info(torch.device(str(device).strip().lower())).id
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import psutil
 import torch
 
-from engine.errors import DeviceError, UsageError
-from engine.measure.device_names import DTYPE_NAMES, lock_name  # noqa: F401  lock_name: part of this module's API
+from ..errors import DeviceError, UsageError
+from .device_names import DTYPE_NAMES, lock_name  # noqa: F401  lock_name: part of this module's API
 
 __all__ = [
     "compile_model",
@@ -432,7 +432,7 @@ def needs_grad_scaler(device: torch.device | str, dtype: str) -> bool:
 
 def versions() -> dict:
     """What a measurement or run was made with: largestep, torch, CUDA, Python, host."""
-    from engine import __version__
+    from ..about import __version__
 
     return {"largestep": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
             "python": platform.python_version(), "host": platform.node()}

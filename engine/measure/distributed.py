@@ -1,7 +1,7 @@
 """Inside a data-parallel rank: who am I, and the few collectives the profiler and training share.
 
 Outside a process group every function is the single-process identity (rank 0 of 1), so the
-same measuring code runs in one process or in N ranks (launched by :mod:`engine.jobs.torchrun`).
+same measuring code runs in one process or in N ranks (launched by :mod:`largestep.jobs.torchrun`).
 The global batch is micro-batch x accumulation x world size everywhere: configs, logs,
 profile points and recommendations speak of the global batch; a rank sees its shard only.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from engine.measure.device_names import MAX_NPROC  # one bound, checked before torch is imported
+from .device_names import MAX_NPROC  # one bound, checked before torch is imported
 
 __all__ = ["MAX_NPROC", "RankOutOfMemory", "is_distributed", "rank", "world_size", "mean_across_ranks", "sum_across_ranks",
            "total_across_ranks", "broadcast_float", "agree", "barrier"]

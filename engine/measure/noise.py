@@ -41,13 +41,13 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from engine.errors import DeviceError
-from engine.measure import devices
-from engine.measure.noise_args import check_curve_fractions, check_noise_args
-from engine.measure.profiler import StepRunner, shuffled_on_device
-from engine.measure.train import compile_before_clock
-from engine.workloads.base import Workload
-from engine.workloads.batches import Batch, EpochOrder, make_loader, model_output, slice_batch, to_device
+from ..errors import DeviceError
+from . import devices
+from .noise_args import check_curve_fractions, check_noise_args
+from .profiler import StepRunner, shuffled_on_device
+from .train import compile_before_clock
+from ..workloads.base import Workload
+from ..workloads.batches import Batch, EpochOrder, make_loader, model_output, slice_batch, to_device
 
 __all__ = ["NoiseEstimate", "NoiseCurvePoint", "estimate_noise", "estimate_noise_curve", "noise_scale_from_norms",
            "baseline_training_steps"]

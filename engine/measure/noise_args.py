@@ -1,15 +1,15 @@
 """The arguments of a noise-scale estimate, checked before any job is written. Apart from
-:mod:`engine.measure.noise` so that submitting an estimate imports no torch."""
+:mod:`largestep.measure.noise` so that submitting an estimate imports no torch."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engine.errors import UsageError
-from engine.units import check_int, check_number
+from ..errors import UsageError
+from ..units import check_int, check_number
 
 if TYPE_CHECKING:
-    from engine.workloads.base import Workload
+    from ..workloads.base import Workload
 
 __all__ = ["DEFAULT_BIG_MULTIPLE", "check_curve_fractions", "check_noise_args", "default_warm_steps"]
 

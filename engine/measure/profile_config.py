@@ -1,5 +1,5 @@
 """What a profile is asked to measure: its config, checked before any job is written, and the batch sizes it
-plans to try. Apart from :mod:`engine.measure.profiler` so that submitting a profile imports no torch."""
+plans to try. Apart from :mod:`largestep.measure.profiler` so that submitting a profile imports no torch."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from engine.errors import UsageError
-from engine.measure.device_names import DTYPE_NAMES, MAX_NPROC
-from engine.units import INT64_MAX, check_int, check_number
+from ..errors import UsageError
+from .device_names import DTYPE_NAMES, MAX_NPROC
+from ..units import INT64_MAX, check_int, check_number
 
 if TYPE_CHECKING:
-    from engine.workloads.base import Workload
+    from ..workloads.base import Workload
 
 __all__ = ["DTYPES", "MAX_ROUNDS", "MAX_SECONDS", "MAX_STEPS", "WARMUP_AGREEMENT", "ProfileConfig", "plan_batch_sizes"]
 

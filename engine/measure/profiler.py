@@ -43,7 +43,7 @@ batch will not help until the input pipeline is faster.
 The sweep stops cleanly at the first out-of-memory error, a memory budget, a throughput
 plateau, the dataset size or the maximum batch size; it never crashes on one bad point.
 
-Data-parallel (``nproc > 1``, each rank in a process group started by :mod:`engine.jobs.torchrun`):
+Data-parallel (``nproc > 1``, each rank in a process group started by :mod:`largestep.jobs.torchrun`):
 every batch size is a global batch, each rank steps on its shard through DistributedDataParallel,
 so the timed step includes the gradient all-reduce and the recommendation accounts for it. A
 barrier starts each timed step on all ranks together; rank 0's clock is the one recorded (power is every
@@ -66,12 +66,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.errors import Cancelled
-from engine.measure import devices
-from engine.measure import distributed as ddp_util
-from engine.measure.profile_config import MAX_ROUNDS, WARMUP_AGREEMENT, ProfileConfig, plan_batch_sizes
-from engine.workloads import batches
-from engine.workloads.base import Workload
+from ..errors import Cancelled
+from . import devices
+from . import distributed as ddp_util
+from .profile_config import MAX_ROUNDS, WARMUP_AGREEMENT, ProfileConfig, plan_batch_sizes
+from ..workloads import batches
+from ..workloads.base import Workload
 
 __all__ = [
     "ProfileConfig",
@@ -612,7 +612,7 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
     and keeps its blocks; a size visited for the first time is added. ``flop_counts``: the sweep's FLOP
     counts so far, which may spare this size its count (see FlopCounts); a size counted is added.
     ``others_busy_cores``: the cores other processes kept busy over the window ``telemetry_tag`` last
-    opened and closed (see engine.measure.telemetry.WindowLoad)."""
+    opened and closed (see largestep.measure.telemetry.WindowLoad)."""
     started = time.time()
     runner = None
     try:

@@ -1,7 +1,7 @@
 """The device self-check behind ``largestep doctor --devices``: does this machine measure what largestep thinks?
 
 On every device it checks the profiler's own timing (blocks of steps between two syncs, as
-:func:`engine.measure.profiler.time_in_blocks` times them) against an independent clock on two known
+:func:`largestep.measure.profiler.time_in_blocks` times them) against an independent clock on two known
 pieces of work, a matmul and a training step of a small MLP: CUDA events on a GPU,
 ``torch.utils.benchmark`` on the CPU. On each GPU also: NVML finds the GPU torch names (by UUID) and
 its power and energy read sensibly; an induced out-of-memory error is recognised and the GPU still
@@ -27,10 +27,10 @@ from typing import Callable
 import psutil
 import torch
 
-from engine.measure import devices, telemetry
-from engine.measure.devices import DeviceInfo
-from engine.measure.profiler import BLOCK_SECONDS, StepRunner, block_steps_for, time_in_blocks
-from engine.workloads.base import Workload
+from . import devices, telemetry
+from .devices import DeviceInfo
+from .profiler import BLOCK_SECONDS, StepRunner, block_steps_for, time_in_blocks
+from ..workloads.base import Workload
 
 __all__ = ["DeviceCheck", "OK", "WARN", "PROBLEM", "SKIPPED", "check_devices", "report"]
 

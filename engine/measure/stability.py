@@ -14,8 +14,8 @@ from typing import Callable
 
 import torch
 
-from engine.measure.profiler import StepRunner
-from engine.workloads.base import Workload
+from .profiler import StepRunner
+from ..workloads.base import Workload
 
 __all__ = ["StabilityResult", "check_stability", "apply_stability"]
 

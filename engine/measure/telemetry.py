@@ -20,8 +20,8 @@ import numpy as np
 import psutil
 import torch
 
-from engine.measure import devices
-from engine.measure.devices import DeviceInfo
+from . import devices
+from .devices import DeviceInfo
 
 __all__ = [
     "RUN_INTERVAL_S",

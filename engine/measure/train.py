@@ -16,7 +16,7 @@ update; logging; evaluation outside the training clock; termination), and the fi
   ``max_grad_norm``. Gradient accumulation: ``accumulate`` micro-batches per optimizer step.
 - Wall time is recorded with and without evaluation; time to a target validation loss too.
 - Data-parallel (``nproc > 1``, inside a torch.distributed process group started by
-  :mod:`engine.jobs.torchrun`): the model is wrapped in DistributedDataParallel; every global
+  :mod:`largestep.jobs.torchrun`): the model is wrapped in DistributedDataParallel; every global
   batch is cut into disjoint shards, one per rank; ``batch_size`` stays the global batch
   (micro-batch x accumulate x nproc), so the learning rate and warm-up follow it. Only rank 0
   evaluates and logs; its decisions (target reached, diverged) are broadcast to every rank.
@@ -36,13 +36,13 @@ from typing import Callable, Protocol
 
 import torch
 
-from engine.errors import Diverged, UsageError
-from engine.measure import batch_schedule, devices
-from engine.measure import distributed as ddp_util
-from engine.measure.train_config import TrainConfig
-from engine.workloads import batches
-from engine.workloads.base import Workload
-from engine.workloads.names import SCHEDULES
+from ..errors import Diverged, UsageError
+from . import batch_schedule, devices
+from . import distributed as ddp_util
+from .train_config import TrainConfig
+from ..workloads import batches
+from ..workloads.base import Workload
+from ..workloads.names import SCHEDULES
 
 __all__ = ["TrainConfig", "RunResult", "RunLog", "NullLog", "train", "lr_at", "lr_factor", "SCHEDULES"]
 
@@ -50,7 +50,7 @@ WSD_DEFAULT_DECAY = 0.2   # "wsd" without decay_samples: the last fifth of the r
 
 
 class RunLog(Protocol):
-    """Where a run reports as it trains: a job's spool (engine.jobs.bodies), or a test's list."""
+    """Where a run reports as it trains: a job's spool (largestep.jobs.bodies), or a test's list."""
 
     def started(self, **facts) -> None:
         """Once, before the first step: the config and what the run is made of."""
@@ -269,7 +269,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     """Train once, reporting to ``log`` as it goes. Raises Diverged when the loss explodes.
 
     With ``config.nproc > 1`` this runs in each of the ranks of a process group (see
-    :mod:`engine.jobs.torchrun`); only rank 0 reports to ``log`` and ``progress``.
+    :mod:`largestep.jobs.torchrun`); only rank 0 reports to ``log`` and ``progress``.
     """
     config.validate()
     config = replace(config, schedule=config.schedule or workload.schedule)  # recorded as run
@@ -533,7 +533,7 @@ class _NoiseProbe:
     the sum of their squared norms is |G_small|² for B_small = this rank's samples per step. After
     the backward, the parameters' gradients are the all-reduced mean over ranks: |G_big|² for
     B_big = the global batch. Sums stay on the device; at a logging step one scalar all-reduce
-    averages |G_small|² over the ranks, then the estimator (engine.measure.noise) gives |G|², tr(Σ), B_simple
+    averages |G_small|² over the ranks, then the estimator (largestep.measure.noise) gives |G|², tr(Σ), B_simple
     over the steps of the interval (averages first, then the ratio).
     """
 
@@ -560,7 +560,7 @@ class _NoiseProbe:
 
     def log_rows(self, row: dict) -> list[dict]:
         """Metric rows for this logging interval; resets the sums."""
-        from engine.measure.noise import noise_scale_from_norms
+        from .noise import noise_scale_from_norms
 
         small = float(ddp_util.mean_across_ranks(self.small_sum)) / max(1, self.steps)  # sync
         big = float(self.big_sum) / max(1, self.steps)

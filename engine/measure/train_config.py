@@ -1,16 +1,16 @@
 """What a training run is asked to do: its config, checked before any job is written. Apart from
-:mod:`engine.measure.train` so that submitting a run imports no torch."""
+:mod:`largestep.measure.train` so that submitting a run imports no torch."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.errors import UsageError
-from engine.measure import batch_schedule
-from engine.measure.batch_schedule import DEFAULT_ADAPTIVE_MULTIPLE
-from engine.measure.device_names import MAX_NPROC
-from engine.units import INT64_MAX, check_int, check_number
-from engine.workloads.names import SCHEDULES
+from ..errors import UsageError
+from . import batch_schedule
+from .batch_schedule import DEFAULT_ADAPTIVE_MULTIPLE
+from .device_names import MAX_NPROC
+from ..units import INT64_MAX, check_int, check_number
+from ..workloads.names import SCHEDULES
 
 __all__ = ["MAX_EPOCHS", "TrainConfig"]
 

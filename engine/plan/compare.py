@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from engine.errors import UsageError
-from engine.format import DASH, format_bytes, format_pct, mean_std
-from engine.units import check_number
+from ..errors import UsageError
+from ..format import DASH, format_bytes, format_pct, mean_std
+from ..units import check_number
 
 __all__ = ["CONFIDENCE", "compare_groups", "time_to_target", "first_reach", "km_median", "welch_p_value",
            "summarize", "comparison_table", "comparison_runs", "quality_verdict", "time_text", "speedup_text",
@@ -184,7 +184,7 @@ def _quality(values: list[float | None], baseline_values: list[float | None], mo
 
 def compare_groups(groups: list[tuple[str, list[dict]]], evals: pd.DataFrame, tolerance: float = 0.01,
                    quality_tolerance: float = QUALITY_TOLERANCE) -> dict:
-    """``groups``: (name, runs) pairs, the baseline first; ``evals``: :func:`engine.store.run_evaluations`.
+    """``groups``: (name, runs) pairs, the baseline first; ``evals``: :func:`largestep.store.run_evaluations`.
 
     ``tolerance``: the target is the baseline's best validation loss loosened by this share;
     ``quality_tolerance``: a quality difference within this share of the baseline's value counts as none.

@@ -54,8 +54,8 @@ import re
 import shlex
 from typing import Any
 
-from engine import __version__
-from engine.errors import UsageError
+from ..about import __version__
+from ..errors import UsageError
 
 __all__ = [
     "FORMATS",
@@ -81,7 +81,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 FACTORY = "factory:"  # a workload's optimizer factory, recorded as "factory:<function name>"
 SGD_MOMENTUM = 0.9  # the workload contract's "sgd" is SGD with momentum 0.9
 SCHEDULES = ("constant", "cosine", "linear", "wsd")
-WSD_DEFAULT_DECAY = 0.2  # wsd without decay_samples: the last fifth of the run (as engine.measure.train)
+WSD_DEFAULT_DECAY = 0.2  # wsd without decay_samples: the last fifth of the run (as largestep.measure.train)
 
 _ALIASES = {"yml": "yaml"}
 _REQUIRED = ("recommendation_id", "batch_size", "learning_rate", "optimizer")
@@ -232,7 +232,7 @@ def config_document(rec: dict, devices: int | None = None, micro_batch: int | No
 
 
 def _batch_schedule_section(plan: dict) -> dict:
-    """A planned batch schedule as a list of phases (see engine.plan.schedule)."""
+    """A planned batch schedule as a list of phases (see largestep.plan.schedule)."""
     speed = plan["predicted_speedup"]
     return {
         "curve_id": plan.get("curve_id"),

@@ -13,7 +13,7 @@ B0 reach the target. At batch B it takes
 
 Without a noise-scale estimate, perfect scaling: S(B) ∝ 1/B, so every batch sees the same number
 of samples and the run time is samples / throughput. The steps factor is the one
-:mod:`engine.plan.recommend` ranks candidates by, so the planner and the recommendation agree.
+:mod:`largestep.plan.recommend` ranks candidates by, so the planner and the recommendation agree.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from engine.errors import UsageError
-from engine.plan.recommend import steps_factor
+from ..errors import UsageError
+from .recommend import steps_factor
 
 __all__ = ["PlanConfig", "PlanRow", "Plan", "plan_experiments", "SECONDS_PER_HOUR"]
 
@@ -88,7 +88,7 @@ class Plan:
 
 def plan_experiments(profile: dict, config: PlanConfig, baseline_batch: int | None = None,
                      recommended_batch: int | None = None) -> Plan:
-    """The plan for a stored profile (see :func:`engine.store.load_profile`).
+    """The plan for a stored profile (see :func:`largestep.store.load_profile`).
 
     ``baseline_batch`` defaults to the workload's; both it and ``recommended_batch`` must have
     been measured. Raises UsageError, saying how to fix it, when the plan cannot be made.

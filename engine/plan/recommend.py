@@ -20,10 +20,10 @@ import secrets
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from engine import __version__
-from engine.errors import UsageError
-from engine.format import format_bytes
-from engine.units import INT64_MAX, check_int
+from ..about import __version__
+from ..errors import UsageError
+from ..format import format_bytes
+from ..units import INT64_MAX, check_int
 
 __all__ = ["RecommendConfig", "Candidate", "recommend", "scale_lr", "warmup_steps", "memory_safe_batches",
            "SECONDS_PER_DAY", "RULES"]
@@ -104,7 +104,7 @@ def _decay_samples(profile: dict) -> int | None:
     return None
 
 
-WSD_DEFAULT_DECAY = 0.2   # as engine.measure.train: plan and measure do not import each other
+WSD_DEFAULT_DECAY = 0.2   # as largestep.measure.train: plan and measure do not import each other
 
 
 def warmup_steps(warmup_samples: int, batch: int) -> int:
@@ -134,7 +134,7 @@ def predicted_interval(b0: int, b: int, noise_scale: float | None, noise_interva
 
 
 def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None) -> dict:
-    """The recommendation document for a stored profile (see :func:`engine.store.load_profile`).
+    """The recommendation document for a stored profile (see :func:`largestep.store.load_profile`).
 
     ``noise`` is a stored noise estimate; its ``b_simple`` is used unless ``config.noise_scale``
     is given. Raises UsageError when the profile cannot support a recommendation.

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from engine.errors import UsageError
-from engine.plan.recommend import scale_lr
+from ..errors import UsageError
+from .recommend import scale_lr
 
 __all__ = ["Phase", "plan_schedule", "with_batch_schedule", "schedule_spec", "CELLS"]
 
@@ -50,7 +50,7 @@ class Phase:
 
 
 def plan_schedule(rec: dict, curve: list[dict]) -> dict:
-    """The batch schedule for a recommendation document (see :func:`engine.plan.recommend.recommend`)
+    """The batch schedule for a recommendation document (see :func:`largestep.plan.recommend.recommend`)
     and a stored noise curve (points with ``fraction`` and ``b_simple``; unreliable ones are left out).
 
     Raises UsageError when the curve has fewer than two reliable points.

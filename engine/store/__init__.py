@@ -5,12 +5,12 @@ the schema's history; ``ingest`` turns job spools into rows; ``queries`` reads t
 are always bound parameters.
 """
 
-from engine.home import check_database_file
-from engine.store.connection import _migrated, connect, connect_empty
-from engine.store.ingest import IngestReport, ingest, save_recommendation
-from engine.store.migrations import MIGRATIONS, applied_migrations, migrate
-from engine.store.queries import *  # noqa: F401,F403  the queries are the store's public surface
-from engine.store.queries import __all__ as _queries
+from ..home import check_database_file
+from .connection import _migrated, connect, connect_empty
+from .ingest import IngestReport, ingest, save_recommendation
+from .migrations import MIGRATIONS, applied_migrations, migrate
+from .queries import *  # noqa: F401,F403  the queries are the store's public surface
+from .queries import __all__ as _queries
 
 __all__ = ["connect", "connect_empty", "check_database_file", "ingest", "IngestReport", "save_recommendation",
            "MIGRATIONS", "migrate", "applied_migrations", *_queries]

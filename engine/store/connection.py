@@ -16,9 +16,9 @@ from typing import Iterator
 import duckdb
 from filelock import FileLock, Timeout
 
-from engine.errors import StoreError
-from engine.home import Home, check_database_file
-from engine.store.migrations import migrate
+from ..errors import StoreError
+from ..home import Home, check_database_file
+from .migrations import migrate
 
 __all__ = ["connect", "connect_empty", "LOCK_TIMEOUT_S"]
 

@@ -11,15 +11,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine import jobs
-from engine.format import format_bytes
-from engine.home import Home
-from engine.jobs import events as ev
-from engine.jobs import forkserver
-from engine.store.connection import connect
-from engine.store.ingest import ingest
-from engine.store.migrations import MIGRATIONS, applied_migrations
-from engine.workloads.cache import cache_of
+from .. import jobs
+from ..format import format_bytes
+from ..home import Home
+from ..jobs import events as ev
+from ..jobs import forkserver
+from .connection import connect
+from .ingest import ingest
+from .migrations import MIGRATIONS, applied_migrations
+from ..workloads.cache import cache_of
 
 __all__ = ["Check", "diagnose", "OK", "WARN", "PROBLEM"]
 
@@ -113,7 +113,7 @@ def _orphans(home: Home) -> Check:
 
 
 def _launchers(home: Home) -> Check:
-    """Whether jobs start warm: the home's warm launchers (engine.jobs.forkserver), and whether they are current."""
+    """Whether jobs start warm: the home's warm launchers (largestep.jobs.forkserver), and whether they are current."""
     if not forkserver.enabled(dict(os.environ)):
         return Check("warm launcher", OK, f"turned off ({forkserver.WARM_ENV}=0): every job starts as a fresh process")
     launchers = forkserver.running(home)

@@ -1,7 +1,7 @@
 """What enters the database: job spools, ingested idempotently, and the recommendations the CLI saves.
 
 Ingest reads each spool from its saved byte offset to the last full line (with the one reader of
-:mod:`engine.jobs.events`), bulk-inserts (a column a bound list, one statement a table, never row by
+:mod:`largestep.jobs.events`), bulk-inserts (a column a bound list, one statement a table, never row by
 row; no pandas, whose import alone would double a command's start), and records the new offset in the
 same transaction, so running it again, or from several processes in turn, never
 duplicates or loses a row. Each event becomes rows through the same ``*_row`` functions the
@@ -19,11 +19,11 @@ from typing import Callable
 
 import duckdb
 
-from engine import jobs
-from engine.home import Home
-from engine.jobs import events as ev
-from engine.jobs.spool import write_json_atomic
-from engine.store.connection import connect
+from .. import jobs
+from ..home import Home
+from ..jobs import events as ev
+from ..jobs.spool import write_json_atomic
+from .connection import connect
 
 __all__ = ["ingest", "IngestReport", "SpoolUnreadable", "save_recommendation"]
 
@@ -231,7 +231,7 @@ def _unix_time(value: object) -> float | None:
 
 
 # -- writing rows --------------------------------------------------------------------------------
-# Table and column names below are constants of ours (the keys of the engine.jobs.events rows),
+# Table and column names below are constants of ours (the keys of the largestep.jobs.events rows),
 # never text from a spool; every value is a bound parameter.
 
 

@@ -12,7 +12,7 @@ import decimal
 import json
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import StoreError, UsageError
+from ..errors import StoreError, UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -160,7 +160,7 @@ def load_recommendation(con, rec_id: str | None = "latest") -> dict | None:
 def read_recommendation(home, rec_id: str = "latest") -> dict:
     """One recommendation for a process that must not hold the database (a run tracked from the
     user's code): one short read under the store's lock. UsageError when there is none."""
-    from engine.store.connection import connect
+    from .connection import connect
 
     if not home.database.exists():
         raise UsageError(f"no recommendations in {home.root} yet: run `largestep recommend` (or set LARGESTEP_HOME)")

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from engine import store
-from engine.errors import UsageError
-from engine.home import Home
-from engine.plan.export import FORMATS, export_config
-from engine.ui.widgets import CODE_LANGUAGE, FORMAT_LABELS, Download, downloads, load_recommendation
+from .. import store
+from ..errors import UsageError
+from ..home import Home
+from ..plan.export import FORMATS, export_config
+from .widgets import CODE_LANGUAGE, FORMAT_LABELS, Download, downloads, load_recommendation
 
 __all__ = [
     "EXPORT_START", "RecommendationChoice", "recommendation_choices", "ExportView", "export_view", "FORMATS",
@@ -52,7 +52,7 @@ class ExportView:
 
 def export_view(rec: dict, fmt: str, devices: int | None = None, micro_batch: int | None = None) -> ExportView:
     """The preview of ``fmt`` and every format's download, with the batch re-split if asked."""
-    from engine.plan.export import config_document
+    from ..plan.export import config_document
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from engine import jobs, store
-from engine.errors import LargestepError, UsageError
-from engine.home import Home
-from engine.jobs.autopilot import ARMS, PHASES, SCHEDULE_ARMS, AutopilotConfig
-from engine.plan import compare
-from engine.ui.widgets import TABLE_WORKLOAD, Metric, cancel, device_options
+from .. import jobs, store
+from ..errors import LargestepError, UsageError
+from ..home import Home
+from ..jobs.autopilot import ARMS, PHASES, SCHEDULE_ARMS, AutopilotConfig
+from ..plan import compare
+from .widgets import TABLE_WORKLOAD, Metric, cancel, device_options
 
 __all__ = [
     "START_MESSAGE", "PHASE_HELP", "MAX_REPEATS", "WorkloadChoice", "workload_choices", "AutopilotForm",
@@ -67,8 +67,8 @@ def workload_choices(folder: str | None = None) -> tuple[dict[str, WorkloadChoic
     saying so), as the loader would pick the built-in. A broken config file is a problem too,
     not an error: the built-ins stay usable.
     """
-    from engine.workloads import list_workloads
-    from engine.workloads.config import configured_workloads
+    from ..workloads import list_workloads
+    from ..workloads.config import configured_workloads
 
     choices: dict[str, WorkloadChoice] = {}
     problems: list[str] = []
@@ -110,7 +110,7 @@ class AutopilotForm:
 
 
 def autopilot_request(form: AutopilotForm, choices: dict[str, WorkloadChoice]) -> tuple[str, dict, AutopilotConfig]:
-    """``(spec, options, config)`` for :func:`engine.jobs.start.start_autopilot`; only listed workloads pass."""
+    """``(spec, options, config)`` for :func:`largestep.jobs.start.start_autopilot`; only listed workloads pass."""
     choice = choices.get(form.workload)
     if choice is None:
         raise UsageError(f"unknown workload {form.workload!r}; choose one of {', '.join(choices) or 'none'}")
@@ -143,7 +143,7 @@ def _arms(form: AutopilotForm) -> tuple[str, ...] | None:
 
 def submit_autopilot(home: Home, form: AutopilotForm, choices: dict[str, WorkloadChoice]) -> str:
     """Check the form, start the autopilot job, ingest (so the page sees it at once); its id."""
-    from engine.jobs import start as actions  # imports torch and the workloads: only when something is launched
+    from ..jobs import start as actions  # imports torch and the workloads: only when something is launched
 
     spec, options, config = autopilot_request(form, choices)
     job_id = actions.start_autopilot(home, spec, options, form.device, config)
@@ -200,7 +200,7 @@ class AutopilotView:
     caption: str
     error: str | None = None
     recommendation: str | None = None # "batch 512 at lr 0.016 (baseline 32 at 0.001), predicted 3.1x"
-    headline: dict | None = None      # engine.jobs.autopilot.headline's dict, once compared
+    headline: dict | None = None      # largestep.jobs.autopilot.headline's dict, once compared
     metrics: list[Metric] = field(default_factory=list)
     comparison: pd.DataFrame | None = None
     runs: pd.DataFrame | None = None

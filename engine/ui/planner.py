@@ -8,14 +8,14 @@ from dataclasses import dataclass
 import pandas as pd
 import plotly.graph_objects as go
 
-from engine import store
-from engine.errors import UsageError
-from engine.format import format_count, format_duration
-from engine.home import Home
-from engine.plan.planner import Plan, PlanConfig, plan_experiments
-from engine.ui.charts import recommend as reccharts
-from engine.ui.recommend import highlight_roles
-from engine.ui.widgets import Metric, latest_recommendation_for, parse_optional_float, profile_choices
+from .. import store
+from ..errors import UsageError
+from ..format import format_count, format_duration
+from ..home import Home
+from ..plan.planner import Plan, PlanConfig, plan_experiments
+from .charts import recommend as reccharts
+from .recommend import highlight_roles
+from .widgets import Metric, latest_recommendation_for, parse_optional_float, profile_choices
 
 __all__ = [
     "PLANNER_START", "PlannerForm", "PlannerDefaults", "planner_defaults", "default_planner_profile", "PlannerView",

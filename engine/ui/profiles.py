@@ -2,7 +2,7 @@
 metrics, charts and table of points.
 
 The page reads its widgets, calls one function here, and renders what it gets back: plain
-dataclasses, DataFrames ready for a table, and plotly figures from :mod:`engine.ui.charts`.
+dataclasses, DataFrames ready for a table, and plotly figures from :mod:`largestep.ui.charts`.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from engine import jobs, store
-from engine.errors import UsageError
-from engine.format import byte_unit, format_bytes, format_pct, significant
-from engine.home import Home
-from engine.measure.profile_config import DTYPES, ProfileConfig
-from engine.ui.charts import profile as charts
-from engine.ui.charts.base import ok_points
-from engine.ui.widgets import TABLE_WORKLOAD, Metric, cancel, device_options, profile_choices
-from engine.units import parse_batch_sizes, parse_size
-from engine.workloads import list_workloads
+from .. import jobs, store
+from ..errors import UsageError
+from ..format import byte_unit, format_bytes, format_pct, significant
+from ..home import Home
+from ..measure.profile_config import DTYPES, ProfileConfig
+from .charts import profile as charts
+from .charts.base import ok_points
+from .widgets import TABLE_WORKLOAD, Metric, cancel, device_options, profile_choices
+from ..units import parse_batch_sizes, parse_size
+from ..workloads import list_workloads
 
 __all__ = [
     "START_MESSAGE", "STOP_REASONS", "ProfileForm", "profile_request", "submit_profile", "JobProgress", "LiveJobs",
@@ -65,7 +65,7 @@ class ProfileForm:
 
 
 def profile_request(form: ProfileForm, allowed_workloads: list[str]) -> tuple[str, dict, ProfileConfig]:
-    """The form as ``(workload, options, config)`` for :func:`engine.jobs.start.start_profile`.
+    """The form as ``(workload, options, config)`` for :func:`largestep.jobs.start.start_profile`.
 
     Only listed workloads (built-ins, entry points) are accepted: the browser never names code.
     """
@@ -98,7 +98,7 @@ def profile_request(form: ProfileForm, allowed_workloads: list[str]) -> tuple[st
 
 def submit_profile(home: Home, form: ProfileForm, allowed_workloads: list[str]) -> str:
     """Check the form, then start a profiling job; returns its id. Bad input starts nothing."""
-    from engine.jobs import start as actions  # imports the workloads and torch: only when a profile is launched
+    from ..jobs import start as actions  # imports the workloads and torch: only when a profile is launched
 
     workload, options, config = profile_request(form, allowed_workloads)
     return actions.start_profile(home, workload, options, form.device, config)

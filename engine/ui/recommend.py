@@ -1,7 +1,7 @@
 """The Recommend page, prepared without Streamlit: the form, the noise-scale estimate, and one
 recommendation's metrics, chart, reasons and candidates.
 
-Bad input raises :class:`engine.errors.UsageError` with a message that says how to fix it.
+Bad input raises :class:`largestep.errors.UsageError` with a message that says how to fix it.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 import pandas as pd
 import plotly.graph_objects as go
 
-from engine import jobs, store
-from engine.errors import UsageError
-from engine.format import format_bytes, format_count, format_duration, format_number, plural
-from engine.home import Home
-from engine.plan.recommend import RULES, RecommendConfig, recommend
-from engine.plan.schedule import with_batch_schedule
-from engine.ui.charts import recommend as reccharts
-from engine.ui.widgets import (
+from .. import jobs, store
+from ..errors import UsageError
+from ..format import format_bytes, format_count, format_duration, format_number, plural
+from ..home import Home
+from ..plan.recommend import RULES, RecommendConfig, recommend
+from ..plan.schedule import with_batch_schedule
+from .charts import recommend as reccharts
+from .widgets import (
     Metric,
     device_options,
     downloads,
@@ -146,7 +146,7 @@ def _interval(row: dict) -> str:
 
 def start_noise_estimate(home: Home, profile_id: str, device: str) -> str:
     """Start a noise-scale job for the profile's workload, small batch = its baseline; returns the id."""
-    from engine.jobs.start import start_noise
+    from ..jobs.start import start_noise
 
     with store.connect(home) as con:
         profile = store.load_profile(con, profile_id)

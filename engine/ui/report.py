@@ -15,16 +15,17 @@ from datetime import datetime, timezone
 import pandas as pd
 import plotly.graph_objects as go
 
-from engine import __version__, store
-from engine.errors import UsageError
-from engine.format import format_count, format_number
-from engine.home import Home
-from engine.plan.compare import compare_groups, comparison_table
-from engine.ui import profiles as views
-from engine.ui.charts import profile as charts
-from engine.ui.charts import recommend as reccharts
-from engine.ui.charts import runs as runcharts
-from engine.ui.recommend import candidates_table, highlight_roles
+from .. import store
+from ..about import __version__
+from ..errors import UsageError
+from ..format import format_count, format_number
+from ..home import Home
+from ..plan.compare import compare_groups, comparison_table
+from . import profiles as views
+from .charts import profile as charts
+from .charts import recommend as reccharts
+from .charts import runs as runcharts
+from .recommend import candidates_table, highlight_roles
 
 __all__ = ["ReportData", "collect_report", "render_report", "build_report", "error_page"]
 

@@ -1,9 +1,9 @@
 """What the Runs page shows, prepared without Streamlit.
 
 The page reads its widgets, calls these functions, and renders what it gets back: the runs
-table, the curves of the selected runs (downsampled in DuckDB by :func:`engine.store.run_curves`,
-drawn by :mod:`engine.ui.charts.runs`) and the comparison of groups of repeats (computed by
-:func:`engine.plan.compare.compare_groups`). Nothing reads metrics until runs are selected.
+table, the curves of the selected runs (downsampled in DuckDB by :func:`largestep.store.run_curves`,
+drawn by :mod:`largestep.ui.charts.runs`) and the comparison of groups of repeats (computed by
+:func:`largestep.plan.compare.compare_groups`). Nothing reads metrics until runs are selected.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import pandas as pd
 import plotly.graph_objects as go
 
-from engine import jobs, store
-from engine.errors import UsageError
-from engine.format import format_background_load, format_duration
-from engine.home import Home
-from engine.plan.compare import compare_groups, comparison_table, speedup_text, time_text
-from engine.ui.charts import runs as runcharts
-from engine.ui.widgets import Metric, cancel
+from .. import jobs, store
+from ..errors import UsageError
+from ..format import format_background_load, format_duration
+from ..home import Home
+from ..plan.compare import compare_groups, comparison_table, speedup_text, time_text
+from .charts import runs as runcharts
+from .widgets import Metric, cancel
 
 __all__ = [
     "START_MESSAGE", "X_AXES", "DEFAULT_X", "DEFAULT_METRIC", "LIVE_STATES", "load_runs", "filter_runs",

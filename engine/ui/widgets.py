@@ -9,11 +9,11 @@ from typing import Callable
 
 import pandas as pd
 
-from engine import jobs, store
-from engine.errors import LargestepError, UsageError
-from engine.format import format_bytes
-from engine.home import Home
-from engine.plan.export import FILE_SUFFIX, FORMATS, export_config, export_filename
+from .. import jobs, store
+from ..errors import LargestepError, UsageError
+from ..format import format_bytes
+from ..home import Home
+from ..plan.export import FILE_SUFFIX, FORMATS, export_config, export_filename
 
 __all__ = [
     "Metric", "DeviceCard", "HardwareView", "hardware_view", "device_options", "TABLE_WORKLOAD", "cancel",
@@ -57,7 +57,7 @@ class HardwareView:
 
 
 def hardware_view(report: dict) -> HardwareView:
-    """The hardware card from :func:`engine.measure.telemetry.hardware_report`."""
+    """The hardware card from :func:`largestep.measure.telemetry.hardware_report`."""
     cards = []
     for device in report.get("devices", []):
         kind = device.get("kind", "?")
@@ -174,7 +174,7 @@ class Download:
 
 
 def downloads(rec: dict, devices: int | None = None, micro_batch: int | None = None) -> list[Download]:
-    """One download per export format (all of :data:`engine.plan.export.FORMATS`)."""
+    """One download per export format (all of :data:`largestep.plan.export.FORMATS`)."""
     out = []
     for fmt in FORMATS:
         suffix = FILE_SUFFIX[fmt]

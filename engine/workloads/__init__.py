@@ -1,6 +1,6 @@
 """Workloads: the contract (:class:`Workload`), the loader, and the built-ins.
 
-Imported lazily: ``engine.workloads.cache`` and the loader's checks of a cached request import no torch, and
+Imported lazily: ``largestep.workloads.cache`` and the loader's checks of a cached request import no torch, and
 importing this package must not either.
 """
 
@@ -8,11 +8,10 @@ import importlib
 
 __all__ = ["Workload", "load_workload", "BUILTINS", "list_workloads"]
 
-_WHERE = {"Workload": "engine.workloads.base", "load_workload": "engine.workloads.loader",
-          "BUILTINS": "engine.workloads.loader", "list_workloads": "engine.workloads.loader"}
+_WHERE = {"Workload": ".base", "load_workload": ".loader", "BUILTINS": ".loader", "list_workloads": ".loader"}
 
 
 def __getattr__(name: str):
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name]), name)
+    return getattr(importlib.import_module(_WHERE[name], __name__), name)

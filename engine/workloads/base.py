@@ -4,7 +4,7 @@ A workload function takes no required arguments and returns a :class:`Workload`
 (see DESIGN.md, "The workload contract"). ``train`` and ``val`` are either tuples of tensors
 (dim 0 indexes samples; the last tensor is the target, the others the model's positional
 inputs) or map-style ``torch.utils.data.Dataset``\ s whose items are such tuples or dicts
-(a dict batch calls ``model(**batch)``). How a batch feeds a model is :mod:`engine.workloads.batches`.
+(a dict batch calls ``model(**batch)``). How a batch feeds a model is :mod:`largestep.workloads.batches`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any, Callable, Literal, Mapping, Union
 
 import torch
 
-from engine.errors import UsageError, WorkloadError
-from engine.units import INT64_MAX, check_int, check_number
-from engine.workloads import batches
-from engine.workloads.names import OPTIMIZERS, SCHEDULES
+from ..errors import UsageError, WorkloadError
+from ..units import INT64_MAX, check_int, check_number
+from . import batches
+from .names import OPTIMIZERS, SCHEDULES
 
 __all__ = ["Workload", "OPTIMIZERS", "SCHEDULES", "Metric", "OptimizerFactory"]
 
@@ -36,7 +36,7 @@ MAX_WORKLOAD_EPOCHS = 1_000_000     # a typical training length beyond this is a
 
 
 def _field(where: str, check: Callable[..., object], *args: object, **bounds: object) -> None:
-    """One of the shared number checks (:mod:`engine.units`), its error as the workload's."""
+    """One of the shared number checks (:mod:`largestep.units`), its error as the workload's."""
     try:
         check(*args, **bounds)
     except UsageError as exc:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Union
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from engine.errors import WorkloadError
+from ..errors import WorkloadError
 
 __all__ = ["Batch", "is_dataset", "model_output", "loss_of", "output_loss", "logits_of", "target_of",
            "to_device", "batch_length", "slice_batch", "describe_item", "EpochOrder", "make_loader",

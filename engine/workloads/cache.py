@@ -48,11 +48,11 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 from filelock import FileLock, Timeout
 
-from engine.format import format_bytes, plural
-from engine.home import Home
+from ..format import format_bytes, plural
+from ..home import Home
 
 if TYPE_CHECKING:
-    from engine.workloads.base import Workload
+    from .base import Workload
 
 __all__ = ["WorkloadCache", "WorkloadFacts", "CacheUsage", "cache_of", "cache_key", "key_files", "request_key",
            "torch_version", "FORMAT"]
@@ -221,7 +221,7 @@ class WorkloadCache:
                         or manifest.get("crc32") != zlib.crc32(payload):
                     raise ValueError("checksum")
             workload = _unpickle(entry / PAYLOAD)
-            from engine.workloads.base import Workload
+            from .base import Workload
 
             if not isinstance(workload, Workload):
                 raise TypeError(type(workload).__name__)

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from engine.errors import WorkloadError
+from ..errors import WorkloadError
 
 __all__ = ["CONFIG_FILE", "PYPROJECT", "read_config", "configured_workloads"]
 

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from engine.errors import WorkloadError
-from engine.workloads.base import Workload
-from engine.workloads.table import MLP
+from ..errors import WorkloadError
+from .base import Workload
+from .table import MLP
 
 __all__ = [
     "Transactions", "generate_transactions", "sequence_features", "card_features",

@@ -30,11 +30,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from engine.errors import WorkloadError
-from engine.workloads.cache import WorkloadCache, WorkloadFacts, cache_key, key_files, request_key
+from ..about import module
+from ..errors import WorkloadError
+from .cache import WorkloadCache, WorkloadFacts, cache_key, key_files, request_key
 
 if typing.TYPE_CHECKING:
-    from engine.workloads.base import Workload
+    from .base import Workload
 
 __all__ = ["BUILTINS", "ENTRY_POINT_GROUP", "cached_facts", "load_workload", "list_workloads"]
 
@@ -42,9 +43,9 @@ ENTRY_POINT_GROUP = "largestep.workloads"
 
 # name -> the module and function that build it: imported when a built-in is loaded, not before (they import torch)
 BUILTINS: dict[str, str] = {
-    "fraud-gru": "engine.workloads.fraud:fraud_gru",
-    "fraud-mlp": "engine.workloads.fraud:fraud_mlp",
-    "table": "engine.workloads.table:table",
+    "fraud-gru": module("workloads.fraud") + ":fraud_gru",
+    "fraud-mlp": module("workloads.fraud") + ":fraud_mlp",
+    "table": module("workloads.table") + ":table",
 }
 
 _SPEC_FORMS = (f"a built-in ({', '.join(BUILTINS)}), package.module:function, path/to/file.py:function, "
@@ -62,7 +63,7 @@ def load_workload(spec: str, options: Mapping[str, object] | None = None,
     String option values (from ``--set name=value``) become int, float or bool when the
     parameter's default (or annotation) has that type. A KeyboardInterrupt the workload's own code
     raises is its error like any other; one from Ctrl-C still interrupts. With ``cache`` (see
-    :mod:`engine.workloads.cache`), a workload built before with the same spec, options and source
+    :mod:`largestep.workloads.cache`), a workload built before with the same spec, options and source
     is read back instead of built. ``check``: give it a trial step (:meth:`Workload.check_runs`),
     unless the cache holds it as having passed one.
     """
@@ -133,7 +134,7 @@ def _load_workload(spec: str, options: Mapping[str, object] | None, cache: Workl
     kwargs = _bind_options(function, spec, dict(options or {}))
     # a file's folder stays importable while its function runs: it may import siblings lazily
     with _on_sys_path(folder):
-        from engine.workloads.base import Workload
+        from .base import Workload
 
         trial = Workload.check_runs if check else None
         if cache is None:
@@ -163,7 +164,7 @@ def _configured(name: str) -> dict | None:
     """The entry of the working folder's config file (largestep.toml, [tool.largestep]) named ``name``."""
     if ":" in name:
         return None
-    from engine.workloads.config import configured_workloads
+    from .config import configured_workloads
 
     try:
         rows = configured_workloads()
@@ -314,11 +315,11 @@ def _build(function: Callable[..., Any], spec: str, kwargs: dict[str, object]) -
     except (Exception, SystemExit) as exc:
         raise WorkloadError(f"workload {spec!r} raised {_describe(exc)}; fix the workload function "
                             f"or its options") from None
-    from engine.workloads.base import Workload
+    from .base import Workload
 
     if not isinstance(result, Workload):
         raise WorkloadError(f"workload {spec!r} returned {_describe_value(result)}, not a Workload; "
-                            f"make the function return engine.Workload(...)")
+                            f"make the function return largestep.Workload(...)")
     return result
 
 

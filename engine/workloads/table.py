@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from engine.errors import WorkloadError
-from engine.workloads.base import Workload
+from ..errors import WorkloadError
+from .base import Workload
 
 if TYPE_CHECKING:  # pandas is imported only when a table is loaded: it is slow to import
     import pandas as pd

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from engine.format import short_count
+from ...format import short_count
 
 __all__ = [
     "NO_DATA", "HEIGHT", "BLUE", "ORANGE", "GREY", "RED", "GREEN", "ok_points", "numeric", "flag", "revision_of",

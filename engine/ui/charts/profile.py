@@ -1,7 +1,7 @@
 """Plotly figures of a profile: step time, throughput, memory, FLOP/s, energy and telemetry, with
 other profiles' step time and throughput overlaid for comparison.
 
-Pure functions: each takes data in the shapes :mod:`engine.store` returns (``profile_points``,
+Pure functions: each takes data in the shapes :mod:`largestep.store` returns (``profile_points``,
 ``profile_telemetry``) and returns a ``plotly.graph_objects.Figure``. None of them reads the
 database or knows about Streamlit. Every figure copes with an empty frame (a "no data" note
 instead of an error) and carries a ``uirevision`` that stays the same while one profile is
@@ -17,8 +17,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from engine.format import byte_unit, short_count
-from engine.ui.charts.base import (
+from ...format import byte_unit, short_count
+from .base import (
     BLUE,
     GREEN,
     GREY,

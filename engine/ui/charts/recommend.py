@@ -1,7 +1,7 @@
 """Plotly figures of a recommendation, the experiment planner and a run comparison.
 
-Pure functions, in the manner of :mod:`engine.ui.charts.profile`: each takes a recommendation document,
-a :class:`engine.plan.planner.Plan` or frames from :mod:`engine.store` and returns a
+Pure functions, in the manner of :mod:`largestep.ui.charts.profile`: each takes a recommendation document,
+a :class:`largestep.plan.planner.Plan` or frames from :mod:`largestep.store` and returns a
 ``plotly.graph_objects.Figure``; none reads the database or knows about Streamlit.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from engine.format import format_count, format_duration, short_count
-from engine.plan.recommend import steps_factor
-from engine.ui.charts.base import BLUE, GREY, ORANGE, RED, apply_layout, batch_axis, empty_figure
+from ...format import format_count, format_duration, short_count
+from ...plan.recommend import steps_factor
+from .base import BLUE, GREY, ORANGE, RED, apply_layout, batch_axis, empty_figure
 
 __all__ = ["time_to_target_figure", "planner_figure", "predicted_time_ratios", "batch_schedule_figure"]
 

@@ -1,6 +1,6 @@
 """Plotly figures of training runs: metric curves, and the comparison of groups of repeats.
 
-Pure functions, like :mod:`engine.ui.charts.profile`: each takes data in the shapes :mod:`engine.store`
+Pure functions, like :mod:`largestep.ui.charts.profile`: each takes data in the shapes :mod:`largestep.store`
 returns (``run_curves``: one row per bucket of a downsampled series; ``run_evaluations``) and
 returns a ``plotly.graph_objects.Figure``. None of them reads the database or knows about
 Streamlit. The series arrive already thinned in DuckDB to at most about a thousand buckets per
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from engine.ui.charts.base import NO_DATA
+from .base import NO_DATA
 
 __all__ = ["AXIS_TITLES", "ema", "curves_figure", "comparison_figure", "group_bands"]
 
@@ -108,9 +108,9 @@ def curves_figure(curves: pd.DataFrame | None, labels: dict[str, str], metric: s
     the last value of each bucket as the line, EMA-smoothed with ``smoothing`` > 0 (the raw line
     then stays faint behind it).
 
-    ``curves``: :func:`engine.store.run_curves`; ``labels``: run id -> legend label, in the order
+    ``curves``: :func:`largestep.store.run_curves`; ``labels``: run id -> legend label, in the order
     the runs should be drawn (it also fixes each run's colour). ``batch_changes``
-    (:func:`engine.store.batch_changes`): a dashed vertical line in the run's colour where a batch
+    (:func:`largestep.store.batch_changes`): a dashed vertical line in the run's colour where a batch
     schedule changed its batch, labelled with the new batch.
     """
     layout = _layout(metric, x, metric, log_x, log_y, uirevision or f"runs:{metric}:{x}",
