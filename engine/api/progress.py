@@ -1,4 +1,4 @@
-"""A job followed from Python: a tqdm bar (``tqdm.auto``: a widget in a notebook with ipywidgets, text in a
+"""A job followed from Python: a tqdm bar (``tqdm.auto``: a widget in a notebook with ipywidgets installed, text in a
 terminal or without them) and the lines the CLI prints for its events, or nothing at all when asked to be quiet."""
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ def follow(home: Home, job_id: str, describe: Callable[[dict], str | None] | Non
     """
     if quiet:
         return watch(home, job_id, lambda update: None)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=100, desc=f"{job_id}: starting", bar_format="{desc} {bar} {percentage:3.0f}% [{elapsed}]",
+    bar = _tqdm()(total=100, desc=f"{job_id}: starting", bar_format="{desc} {bar} {percentage:3.0f}% [{elapsed}]",
                leave=True, dynamic_ncols=True)
 
     def show(update: Update) -> None:
@@ -42,3 +40,15 @@ def follow(home: Home, job_id: str, describe: Callable[[dict], str | None] | Non
         raise
     finally:
         bar.close()
+
+
+def _tqdm():
+    """tqdm.auto's bar where it can draw a widget; the text bar otherwise, without tqdm.auto's warning that a
+    notebook lacks ipywidgets (said once, in docs/python-api.md, rather than under every call)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ipywidgets") is None:
+        from tqdm.std import tqdm
+    else:
+        from tqdm.auto import tqdm
+    return tqdm
