@@ -343,6 +343,14 @@ class WorkloadCache:
             if isinstance(folder, str) and folder not in sys.path and os.path.isdir(folder):
                 sys.path.append(folder)
         cached = self._read(key)
+        if cached is None and (self.root / key / PAYLOAD).is_file():
+            try:   # there, but it does not load here: say why (a module this process cannot import)
+                _unpickle(self.root / key / PAYLOAD)
+            except Exception as exc:  # noqa: BLE001 - whatever unpickling the user's objects raises, in one line
+                message = " ".join(str(exc).split())[:200]
+                raise WorkloadError(f"workload {STORED_PREFIX}{key} cannot be loaded here ({type(exc).__name__}: "
+                                    f"{message}); define what it needs in an installed module or a file, or give "
+                                    f"a spec such as path/to/file.py:make") from None
         if cached is None:
             raise WorkloadError(f"workload {STORED_PREFIX}{key} is no longer in the workload cache {self.root} "
                                 f"(cleared?); build the Workload again in Python and pass it, or give a spec such "
