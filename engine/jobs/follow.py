@@ -29,10 +29,6 @@ class Update:
     progress: float            # 0..1
     state: str                 # PENDING or RUNNING; a final state in the last update
 
-    @property
-    def ended(self) -> bool:
-        return self.state in FINAL_STATES
-
 
 def watch(home: Home, job_id: str, show: Callable[[Update], None], poll_s: float = POLL_S) -> str:
     """Call ``show`` with every update of job ``job_id`` until it ends; returns its final state.
