@@ -17,9 +17,6 @@ from ..home import Home, check_database_file
 __all__ = ["reading", "ended", "profile_summary", "profile_outcome", "noise_outcome", "noise_curve_outcome",
            "recommendation", "recommend_and_save", "autopilot_outcome"]
 
-#: The noise estimate's fields a user is shown (the two squared norms behind them stay in the store).
-NOISE_SHOWN = ("b_simple", "ci_low", "ci_high", "g2", "trace_sigma", "batch_small", "batch_big", "batches", "warm_steps",
-               "unreliable", "reason", "elapsed_s", "step_equivalents", "compile_s")
 #: A noise curve point's fields a user is shown.
 CURVE_SHOWN = ("fraction", "step", "b_simple", "ci_low", "ci_high", "batch_small", "batch_big", "batches",
                "unreliable", "reason", "elapsed_s")
@@ -124,12 +121,14 @@ def profile_summary(profile: dict) -> dict:
 
 def noise_outcome(home: Home, job_id: str) -> dict:
     """A finished noise-scale job's estimate, as `noise --json` prints it."""
+    from ..jobs import events
     from .connection import connect
     from .queries import load_noise
 
     with connect(home) as con:
         estimate = load_noise(con, job_id)
-    return {"noise_id": job_id, "workload": estimate["workload"], **{k: estimate.get(k) for k in NOISE_SHOWN}}
+    shown = [f for f in events.NOISE_FIELDS if f not in ("g_small_sq", "g_big_sq")]   # the norms stay in the store
+    return {"noise_id": job_id, "workload": estimate["workload"], **{k: estimate.get(k) for k in shown}}
 
 
 def noise_curve_outcome(home: Home, job_id: str) -> dict:
