@@ -60,7 +60,8 @@ def test_a_database_that_is_not_duckdb_is_refused_untouched(capsys, home):
 
 
 def test_the_profile_output_shows_the_background_load_and_flags_an_inconsistent_profile(capsys):
-    from largestep.cli.measure import print_profile, profile_summary
+    from largestep.cli.measure import print_profile
+    from largestep.store import profile_summary
 
     point = {"status": "ok", "p25_s": 0.5, "p75_s": 0.52, "n": 10, "samples_per_s": 31.1, "peak_memory_bytes": 2**20}
     stored = {"id": "prof-1", "workload": "cnn", "device_name": "CPU", "dtype": "fp32", "saturation_batch": 32,

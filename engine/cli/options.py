@@ -9,6 +9,7 @@ import click
 
 from ..errors import UsageError
 from ..home import Home, resolve_home
+from ..units import parse_count, parse_float  # noqa: F401  (the commands' parsers, shared with the Python API)
 
 __all__ = ["State", "home_of", "open_store", "json_option", "device_option", "nproc_option", "launch_options",
            "workload_options", "workload_settings", "parse_float", "parse_count", "parse_nproc"]
@@ -38,14 +39,7 @@ def open_store(ctx: click.Context, ingest: bool = True) -> Iterator[tuple[Home, 
     from .. import store
 
     home = home_of(ctx)
-    store.check_database_file(home.database)
-    if not home.holds_anything():  # nothing to read: answer from an empty store, create nothing
-        with store.connect_empty() as con:
-            yield home, con
-        return
-    if ingest:
-        store.ingest(home)
-    with store.connect(home) as con:
+    with store.reading(home, ingest=ingest) as con:
         yield home, con
 
 
@@ -109,25 +103,6 @@ def workload_settings(pairs: tuple[str, ...], data: str | None, label: str | Non
     if label is not None:
         options["label"] = label
     return options
-
-
-def parse_float(text: str | None, what: str) -> float | None:
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise UsageError(f"{what} must be a number, not {text!r}") from None
-
-
-def parse_count(text: str, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise UsageError(f"{what} must be a whole number of at least 0 (or auto), not {text!r}")
-    return value
 
 
 def parse_nproc(text: str) -> int:

@@ -17,7 +17,7 @@ from ..units import INT32_MAX, check_int
 
 MAX_REPEATS = 1000      # runs queued by one request (each is a job folder and a process)
 
-__all__ = ["start_profile", "start_noise", "start_noise_curve", "start_stability", "start_train", "start_autopilot", "load_checked"]
+__all__ = ["start_profile", "start_noise", "start_noise_curve", "start_noise_request", "start_stability", "start_train", "start_autopilot", "load_checked"]
 
 
 def load_checked(home: Home, workload: str, options: dict):
@@ -126,6 +126,16 @@ def start_noise_curve(home: Home, workload: str, options: dict, device: str, at:
               "batch_small": batch_small, "batch_big": batch_big, "batches": batches, "seed": seed,
               "compile": bool(compile)}
     return jobs.submit(home, "noise_curve", params, device=resolved, workload=loaded.name)
+
+
+def start_noise_request(home: Home, workload: str, options: dict, device: str, request) -> str:
+    """Validate, then start what a :class:`~largestep.measure.noise_args.NoiseRequest` asks for: one estimate, or a
+    curve when it gives fractions ``at``; returns the job's id."""
+    if request.at is not None:
+        return start_noise_curve(home, workload, options, device, request.at, request.batch_small, request.batch_big,
+                                 request.batches, request.seed, compile=request.compile)
+    return start_noise(home, workload, options, device, request.batch_small, request.batch_big, request.batches,
+                       request.warm_steps, request.seed, compile=request.compile)
 
 
 def start_stability(home: Home, rec: dict, device: str, steps: int = 60) -> str:

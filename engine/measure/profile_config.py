@@ -84,6 +84,28 @@ class ProfileConfig:
         check_int(self.rounds, "--rounds", high=MAX_ROUNDS)
         check_int(self.remeasure, "--remeasure", low=0, high=MAX_ROUNDS)
 
+    @classmethod
+    def from_options(cls, batch_sizes=None, min_batch=None, max_batch=None, memory_budget=None, nproc=1,
+                     **fields) -> "ProfileConfig":
+        """The config `largestep profile`'s options ask for (text, as typed) or ``largestep.profile``'s (numbers, a
+        list of batch sizes), validated: a one-line UsageError naming the option otherwise. ``fields``: the
+        config's other fields (dtype, full, min_steps, min_seconds, warmup_steps, rounds, seed, compile)."""
+        from ..units import parse_batch_sizes, parse_positive_int, parse_size
+
+        if batch_sizes is not None and (min_batch is not None or max_batch is not None):
+            raise UsageError("give either --batch-sizes or --min-batch/--max-batch, not both")
+        unknown = sorted(set(fields) - set(cls.__dataclass_fields__) - {"batch_sizes", "memory_budget_bytes"})
+        if unknown:
+            raise UsageError(f"unknown profile option {unknown[0]!r}")
+        config = cls(
+            batch_sizes=parse_batch_sizes(batch_sizes) if batch_sizes is not None else None,
+            min_batch=parse_positive_int(min_batch, "--min-batch") if min_batch is not None else None,
+            max_batch=parse_positive_int(max_batch, "--max-batch") if max_batch is not None else 65536,
+            memory_budget_bytes=parse_size(memory_budget) if memory_budget is not None else None,
+            nproc=parse_positive_int(nproc, "--nproc"), **fields)
+        config.validate()
+        return config
+
     def visit(self) -> "ProfileConfig":
         """The config of one visit to a batch size: its share of the steps and seconds."""
         return replace(self, min_steps=math.ceil(self.min_steps / self.rounds),
