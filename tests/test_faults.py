@@ -69,6 +69,38 @@ def test_the_dashboard_shows_a_set_aside_job_as_failed_and_every_other_run(monke
     assert dict(zip(table["id"], table["state"])) == {"train-good0001": jobs.FINISHED, "train-bad00001": jobs.FAILED}
 
 
+BAD_REQUESTS = {  # a run's request (spec.json) with a number its columns cannot hold, as track() once wrote
+    "seed beyond INT32": {"batch_size": 64, "seed": 3_000_000_000},
+    "batch size beyond INT32": {"batch_size": 2**40, "seed": 0},
+    "a string where a number goes": {"batch_size": "big", "lr": "fast", "accumulate": [1]},
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_a_run_whose_request_the_store_cannot_hold_is_listed_as_such_beside_every_other(capsys, monkeypatch, home,
+                                                                                          case):
+    from helpers import open_page
+
+    config = BAD_REQUESTS[case]
+    spec = {"id": "train-bad00001", "kind": "train", "device": "cpu", "workload": "x", "created_at": 1.7e9,
+            "params": {"config": config, "role": "external"}}
+    spool_job(home, "train-good0001", "train", train_events(seed=1))
+    run_start = ("run_start", {"config": config, "workload": "x", "device": {"id": "cpu", "kind": "cpu"}})
+    spool_job(home, "train-bad00001", "train", [run_start], spec=spec)
+
+    listed = runs_listed(capsys)
+    assert listed["train-good0001"]["state"] == jobs.FINISHED and listed["train-bad00001"]["state"] == jobs.FAILED
+    code, out, err = run_cli(capsys, "runs")
+    assert code == 0 and "train-good0001" in out and "train-bad00001" in out, err
+    assert "1 run could not be read" in out and "largestep doctor" in out
+    code, out, err = run_cli(capsys, "runs", "show", "train-bad00001")
+    assert code == 0 and "spool unreadable" in out, err
+    at = open_page(monkeypatch, home, "runs")
+    table = at.dataframe[0].value
+    assert dict(zip(table["id"], table["state"])) == {"train-good0001": jobs.FINISHED, "train-bad00001": jobs.FAILED}
+    assert any("1 run could not be read" in w.value for w in at.warning)
+
+
 BAD_LINES = {
     "valid JSON but not an object": b"[1, 2, 3]\n",
     "an event missing a field": b'{"type": "eval", "t": 1.0}\n',
