@@ -348,6 +348,62 @@ def test_a_deleted_database_is_rebuilt_from_the_homes_files_recommendations_incl
     assert code == 0 and f'"batch_size": {rec["batch_size"]}' in out, err
 
 
+DAMAGED_DB_COMMANDS = [["runs"], ["runs", "show", "train-good0001"], ["profiles"], ["recommend", "--profile", "prof-test0001",
+                       "--noise-scale", "200"], ["compare", "train-good0001", "train-good0002"], ["export", "--format", "json"]]
+
+
+@pytest.mark.parametrize("cut", [4096, 0.25, 0.5], ids=["at its first blocks", "at a quarter", "at half"])
+def test_a_truncated_database_is_one_line_exit_2_pointing_at_doctor_which_rebuilds_it(capsys, home, cut):
+    from helpers import profile_events
+
+    spool_job(home, "prof-test0001", "profile", profile_events("prof-test0001"))
+    for seed in (1, 2):
+        spool_job(home, f"train-good000{seed}", "train", train_events(seed=seed))
+    before = sorted(runs_listed(capsys))
+    size = home.database.stat().st_size
+    with open(home.database, "r+b") as fh:
+        fh.truncate(cut if isinstance(cut, int) else int(size * cut))
+
+    for argv in DAMAGED_DB_COMMANDS:   # a command that reads no damaged block answers; any other, one line
+        code, out, err = run_cli(capsys, *argv)
+        assert code in (0, 2) and err.count("\n") <= 1 and "Traceback" not in err, (argv, out, err)
+        if argv == ["runs"] or "cannot be used" in err:   # `runs` reads every job's rows: it meets the damage
+            assert code == 2 and "cannot be used" in err and "run `largestep doctor`" in err, (argv, err)
+    code, out, _ = run_cli(capsys, "doctor")
+    assert code == 1 and "problem  database: cannot read" in out and "largestep doctor --repair" in out, out
+
+    code, out, err = run_cli(capsys, "doctor", "--repair")
+    assert code == 0 and "warn  database: was damaged" in out and "rebuilt from the home's files" in out, (out, err)
+    [kept] = home.root.glob("largestep.duckdb.damaged-*")
+    assert kept.stat().st_size == (cut if isinstance(cut, int) else int(size * cut))   # moved aside, not deleted
+    assert sorted(runs_listed(capsys)) == before
+    code, out, _ = run_cli(capsys, "doctor")
+    assert code == 0 and "ok  database: readable and migrated" in out and f"{kept} was moved aside" in out
+
+
+def test_a_zero_byte_database_is_rebuilt_from_the_spools_by_any_command(capsys, home):
+    spool_job(home, "train-good0001", "train", train_events())
+    before = runs_listed(capsys)
+    home.database.write_bytes(b"")    # a crash while it was first created, a `touch`
+    assert runs_listed(capsys) == before
+    code, out, _ = run_cli(capsys, "doctor")
+    assert code == 0 and "ok  database: readable and migrated" in out, out
+
+
+def test_doctor_repair_reads_a_fixed_set_aside_job_again(capsys, home):
+    spool_job(home, "train-good0001", "train", train_events())
+    spool_job(home, "train-bad00001", "train", train_events(seed=3_000_000_000))
+    assert runs_listed(capsys)["train-bad00001"]["state"] == jobs.FAILED
+    shutil.rmtree(home.job_dir("train-bad00001"))                         # the user fixes the folder ...
+    spool_job(home, "train-bad00001", "train", train_events(seed=3))
+
+    assert runs_listed(capsys)["train-bad00001"]["state"] == jobs.FAILED  # ... a set-aside job is never read again
+    code, out, err = run_cli(capsys, "doctor", "--repair")
+    assert code == 0 and "1 job read again, 1 now ingested" in out, (out, err)
+    listed = runs_listed(capsys)
+    assert listed["train-bad00001"]["state"] == jobs.FINISHED and listed["train-bad00001"]["seed"] == 3
+
+
 # -- largestep doctor ------------------------------------------------------------------------------
 
 def test_doctor_lists_set_aside_jobs_and_spool_findings_and_exits_1(capsys, home):
