@@ -180,6 +180,11 @@ BAD_NUMBERS = [
     (["noise", "-w", "{tiny}", "--seed", "3000000000"], "--seed must be between 0 and"),
     (["autopilot", "-w", "{tiny}", "--epochs", "inf"], "--epochs must be a finite number"),
     (["autopilot", "-w", "{tiny}", "--epochs", "nan"], "--epochs must be a finite number"),
+    (["autopilot", "-w", "{tiny}", "--until-decisive", "--max-repeats", "0"], "--max-repeats must be a positive"),
+    (["autopilot", "-w", "{tiny}", "--until-decisive", "--max-repeats", "1000000000"],
+     "--max-repeats must be between 1 and 1,000"),
+    (["autopilot", "-w", "{tiny}", "--until-decisive", "--repeats", "3", "--max-repeats", "2"],
+     "--max-repeats 2 is below --repeats 3"),
     (["compare", "train-good0001", "train-good0001", "--tolerance", "nan"], "--tolerance must be a finite number"),
     (["compare", "train-good0001", "train-good0001", "--tolerance", "inf"], "--tolerance must be a finite number"),
     (["compare", "train-good0001", "train-good0001", "--tolerance", "-0.1"], "--tolerance must be at least 0"),
@@ -196,6 +201,18 @@ API_CONFIGS = {
     "NaN evaluation interval": dict(eval_every_epochs=float("nan")),
     "a float batch size": dict(batch_size=32.5),
 }
+
+
+@pytest.mark.parametrize("fields", [dict(max_repeats=0), dict(max_repeats=10**9), dict(repeats=3, max_repeats=2)],
+                         ids=["none", "a billion", "below the repeats"])
+def test_the_python_api_refuses_an_until_decisive_autopilot_without_sound_max_repeats(home, tiny_spec, fields):
+    from largestep.errors import UsageError
+    from largestep.jobs.autopilot import AutopilotConfig
+    from largestep.jobs.start import start_autopilot
+
+    with pytest.raises(UsageError, match="--max-repeats"):
+        start_autopilot(home, tiny_spec, {}, "cpu", AutopilotConfig(until_decisive=True, **fields))
+    assert not home.root.exists()
 
 
 @pytest.mark.parametrize("case", API_CONFIGS, ids=list(API_CONFIGS))

@@ -73,14 +73,14 @@ class AutopilotConfig:
                              f"planned from a noise curve), not {','.join(self.arms)}")
         if self.scheduled and self.nproc != 1:
             raise UsageError("the schedule arm runs in one process: drop --nproc")
+        check_int(self.max_repeats, "--max-repeats", high=MAX_REPEATS)
+        if self.until_decisive and self.max_repeats < self.repeats:
+            raise UsageError(f"--max-repeats {self.max_repeats} is below --repeats {self.repeats}")
 
     @property
     def scheduled(self) -> bool:
         """Whether a third arm trains the batch schedule planned from a noise curve."""
         return self.arms is not None and tuple(self.arms) == SCHEDULE_ARMS
-        check_int(self.max_repeats, "--max-repeats", high=MAX_REPEATS)
-        if self.until_decisive and self.max_repeats < self.repeats:
-            raise UsageError(f"--max-repeats {self.max_repeats} is below --repeats {self.repeats}")
 
 
 def prediction_factors(rec: dict, comparison: dict) -> dict:
