@@ -247,6 +247,30 @@ def test_a_number_out_of_range_or_not_finite_is_one_line_exit_2_and_writes_nothi
     assert runs_listed(capsys)["train-good0001"]["state"] == jobs.FINISHED
 
 
+REFUSED_AFTER_LOADING = [  # bad input only the loaded workload shows (the tiny workload has 2048 training samples)
+    (TINY_PROFILE + ["--batch-sizes", "99999999"], "larger than the 2048 training samples"),
+    (["train", "-w", "{tiny}", "-b", "4096", "--lr", "1e-3"], "larger than the 2048 training samples"),
+    (["train", "-w", "{tiny}", "--batch-schedule", "32:0,4096:0.5", "--lr", "1e-3"], "larger than the 2048"),
+    (["noise", "-w", "{tiny}", "--batch-small", "32", "--batch-big", "4096"], "larger than the 2048 training samples"),
+]
+
+
+@pytest.mark.parametrize("argv, says", REFUSED_AFTER_LOADING, ids=[" ".join(a) for a, _ in REFUSED_AFTER_LOADING])
+def test_bad_input_found_after_the_workload_is_loaded_leaves_no_home_and_no_cache_entry(capsys, home, tiny_spec,
+                                                                                        argv, says):
+    from largestep.workloads.cache import cache_of
+
+    argv = [a.format(tiny=tiny_spec) for a in argv]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1 and says in err, (out, err)
+    assert not home.root.exists()                                  # a new home: not even its folder
+
+    spool_job(home, "train-good0001", "train", train_events())     # a home in use: nothing added to its cache
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and says in err, (out, err)
+    assert not cache_of(home).root.exists() and job_folders(home) == {"train-good0001"}
+
+
 # -- missing files ---------------------------------------------------------------------------------
 
 @pytest.mark.slow
