@@ -536,6 +536,29 @@ def test_a_workload_field_out_of_range_is_one_line_exit_2_and_writes_nothing(cap
     assert not home.root.exists()
 
 
+NAN_WORKLOADS = {
+    "NaN in the first training samples": ("baseline_batch_size=8, baseline_lr=1e-3", "x[0, 1] = float('nan')"),
+    "a loss that is NaN": ("baseline_batch_size=8, baseline_lr=1e-3", "Workload.loss = None"),
+}
+
+
+@pytest.mark.parametrize("case", NAN_WORKLOADS, ids=list(NAN_WORKLOADS))
+def test_the_trial_step_refuses_a_nan_loss_in_one_line_before_anything_is_written(capsys, home, tmp_path, case):
+    fields, poison = NAN_WORKLOADS[case]
+    source = WORKLOAD_FILE.replace("{fields}", fields)
+    if poison.startswith("x["):
+        source = source.replace("torch.randint(0, 2, (64,))\n", f"torch.randint(0, 2, (64,))\n    {poison}\n")
+    else:
+        source = source.replace("loss=torch.nn.functional.cross_entropy",
+                                "loss=lambda out, y: torch.nn.functional.cross_entropy(out, y) * float('nan')")
+    module = tmp_path / "nan.py"
+    module.write_text(source)
+    code, out, err = run_cli(capsys, "train", "-w", f"{module}:make", "-b", "8", "--lr", "1e-3")
+    assert code == 2 and err.count("\n") == 1, (code, err)
+    assert "a trial step on its first 2 training samples gives the loss nan" in err, err
+    assert not home.root.exists()
+
+
 def test_a_workload_that_raises_keyboard_interrupt_is_one_line_exit_2(capsys, home, tmp_path):
     module = tmp_path / "interrupting.py"
     module.write_text("def make():\n    raise KeyboardInterrupt\n")
