@@ -21,7 +21,7 @@ from .options import (
 )
 from .output import console, detached, emit_json, finish_job, follow_job, table
 from ..errors import UsageError
-from ..format import format_background_load, format_bytes
+from ..format import format_background_load, format_bytes, unreadable_runs
 from ..measure.device_names import DTYPE_NAMES
 from ..workloads.names import SCHEDULES
 
@@ -186,6 +186,9 @@ def runs(ctx, states, as_json):
         click.echo("no runs yet: run `largestep train --workload fraud-mlp --batch-size 128 --lr 1e-3`")
     else:
         print_runs(records, "Runs")
+        note = unreadable_runs(r["id"] for r in records if r.get("set_aside"))
+        if note:
+            click.echo(note)
 
 
 @runs.command("show")

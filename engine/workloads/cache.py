@@ -388,6 +388,34 @@ class WorkloadCache:
                 continue   # a record or manifest half-written or edited: load the workload instead
         return None
 
+    # -- a request refused after loading ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def undone_on(self, errors: tuple[type[BaseException], ...]) -> Iterator[None]:
+        """What the block adds to the cache (entries, request records, lock files, and the folders up to a
+        home it created) is taken away again if the block raises one of ``errors``: a request refused after
+        its workload was loaded (a batch larger than its data) leaves nothing behind, as bad input must."""
+        created = _missing_folders(self.root)
+        before = set(self._paths())
+        try:
+            yield
+        except errors:
+            for path in sorted(set(self._paths()) - before, reverse=True):   # a record before its entry
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            for folder in created:
+                with contextlib.suppress(OSError):   # not empty: something else wrote there meanwhile
+                    folder.rmdir()
+            raise
+
+    def _paths(self) -> list[Path]:
+        """The cache's entries, temporary entries and lock files, and the request records beside entries."""
+        if not self.root.is_dir():
+            return []
+        return [*self.root.iterdir(), *self.root.glob(f"*/{_REQUEST_PREFIX}*")]
+
     # -- looking and clearing ------------------------------------------------------------------
 
     def usage(self) -> CacheUsage:
