@@ -269,11 +269,12 @@ def cuda_properties(uuid: str, name: str = "NVIDIA A100-SXM4-40GB", total_memory
 def install_fake_cuda(monkeypatch, properties: list[types.SimpleNamespace]) -> dict:
     """Make torch.cuda report these GPUs (in torch's index order). Returns the fake's state:
     "synchronized" (device list), "peak" / "allocated" / "reserved_peak" (bytes per index, settable),
-    "current" (the index torch.cuda.set_device chose)."""
+    "current" (the index torch.cuda.set_device or a ``torch.cuda.device(i)`` block chose), "busy_until"
+    (when the last queued work of any GPU ends) and "busy_until_of" (the same, per GPU: each has its queue)."""
     import torch
 
     state = {"synchronized": [], "peak": {}, "allocated": {}, "reserved_peak": {}, "empty_cache": 0, "current": 0,
-             "busy_until": 0.0, "forwards": 0}
+             "busy_until": 0.0, "busy_until_of": {}, "forwards": 0}
 
     def index_of(device=None) -> int:
         if device is None:
@@ -294,28 +295,50 @@ def install_fake_cuda(monkeypatch, properties: list[types.SimpleNamespace]) -> d
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: properties[index_of(device)].name)
 
     def synchronize(device=None):
-        """Wait, as the host would, until the device's queued work (see FakeAllocator.seconds_per_forward) is done."""
-        state["synchronized"].append(index_of(device))
-        time.sleep(max(0.0, state["busy_until"] - time.perf_counter()))
+        """Wait, as the host would, until the device's queued work (see FakeAllocator.seconds_per_forward) is
+        done: that device's only (``None``: the current device's), as torch.cuda.synchronize does."""
+        index = index_of(device)
+        state["synchronized"].append(index)
+        time.sleep(max(0.0, state["busy_until_of"].get(index, 0.0) - time.perf_counter()))
 
     monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
 
     class Event:
-        """A CUDA event: it completes when the device has done the work queued before it was recorded."""
+        """A CUDA event: recorded (with no stream given) on the current device's stream, as torch's is, it
+        completes when that device has done the work queued before it; another GPU's work does not count."""
 
         def __init__(self, enable_timing: bool = False):
             self.at: float | None = None
+            self.device: int | None = None
 
         def record(self, stream=None) -> None:
-            self.at = max(time.perf_counter(), state["busy_until"])
+            self.device = state["current"]
+            self.at = max(time.perf_counter(), state["busy_until_of"].get(self.device, 0.0))
 
         def synchronize(self) -> None:
             time.sleep(max(0.0, self.at - time.perf_counter()))
 
         def elapsed_time(self, end: "Event") -> float:
+            if end.device != self.device:
+                raise RuntimeError("elapsed_time: the two events were recorded on different devices")
             return (end.at - self.at) * 1000.0  # milliseconds, as torch's
 
+    class device:
+        """``with torch.cuda.device(i):`` makes GPU i current inside the block, and restores the one before."""
+
+        def __init__(self, device):
+            self.index = index_of(device)
+            self.before: int | None = None
+
+        def __enter__(self):
+            self.before, state["current"] = state["current"], self.index
+
+        def __exit__(self, *_exc):
+            state["current"] = self.before
+            return False
+
     monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "device", device)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: state.__setitem__("current", index_of(device)))
 
     def reset_peaks(device=None):
@@ -397,7 +420,9 @@ def cuda_on_cpu(state: dict, allocator: FakeAllocator = FakeAllocator()):
         state["allocated"][index] = used
         state["peak"][index] = max(state["peak"].get(index, 0), used)
         state["forwards"] += 1
-        state["busy_until"] = max(state["busy_until"], time.perf_counter()) + allocator.seconds_per_forward
+        queue = state["busy_until_of"]
+        queue[index] = max(queue.get(index, 0.0), time.perf_counter()) + allocator.seconds_per_forward
+        state["busy_until"] = max(state["busy_until"], queue[index])
         reserved = used + allocator.reserved_overhead_bytes
         state["reserved_peak"][index] = max(state["reserved_peak"].get(index, 0), reserved)
 

@@ -111,3 +111,31 @@ def test_on_a_gpu_the_profilers_timing_is_checked_against_cuda_events_in_blocks(
     assert measured["reference"] == "CUDA events" and check.verdict in ("ok", "warn", "problem")
     assert measured["rounds"] >= selfcheck.MIN_ROUNDS
     assert len(measured["profiler_times_s"]) == len(measured["reference_times_s"]) == measured["rounds"]
+
+
+@pytest.mark.slow
+def test_each_gpu_is_checked_as_the_current_device_so_cuda_events_time_that_gpu(monkeypatch):
+    # two GPUs, the second one checked: its training steps queue 10 ms of work on GPU 1 alone; events
+    # recorded on the idle GPU 0's stream would time the host's queueing only, a tenth of the profiler's time
+    install_fake_nvml(monkeypatch, make_fake_pynvml([FakeGpu(uuid=f"GPU-{UUID_A}"), FakeGpu(uuid=f"GPU-{UUID_B}")]))
+    two = install_fake_cuda(monkeypatch, [cuda_properties(UUID_A), cuda_properties(UUID_B)])
+    monkeypatch.setattr(selfcheck, "TIMING_BUDGET_S", 0.5)
+    monkeypatch.setattr(selfcheck.devices, "discover", lambda: [devices.device_info("cuda:1")])
+    current_in = {}
+
+    def seen(name):
+        def check(info):
+            current_in[name] = two["current"]
+            return selfcheck.DeviceCheck(info.id, name, "ok", "")
+        return check
+
+    for name in ("_nvml", "_out_of_memory", "_precision"):
+        monkeypatch.setattr(selfcheck, name, seen(name))
+    busy = FakeAllocator(fixed_bytes=0, bytes_per_sample=0, seconds_per_forward=0.01)
+    with cuda_on_cpu(two, busy):
+        checks = {c.name: c for c in selfcheck.check_devices()}
+    assert current_in == {"_nvml": 1, "_out_of_memory": 1, "_precision": 1}
+    assert two["current"] == 0   # the GPU current before the checks is current again after them
+    step = checks["timing: training step"]
+    assert step.device == f"cuda:GPU-{UUID_B}" and step.measured["reference"] == "CUDA events"
+    assert abs(step.measured["ratio"] - 1.0) <= selfcheck.AGREE_WITHIN, step.summary

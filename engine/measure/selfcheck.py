@@ -15,6 +15,7 @@ attach it to a bug report as it is.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import platform
 import random
@@ -73,18 +74,26 @@ def check_devices(on_check: Callable[[DeviceCheck], None] = lambda _c: None) -> 
                            {"torch_cuda": torch.version.cuda}))
     for info in found:
         device = torch.device(info.torch_device)
-        record(_timing(info, "timing: matmul", _matmul_step(device)))
-        record(_timing(info, "timing: training step", _training_step(device)))
-        if info.kind == "cuda":
-            record(_nvml(info))
-            record(_out_of_memory(info))
-        elif info.kind == "cpu":
-            record(DeviceCheck(info.id, "out of memory", SKIPPED,
-                               "not induced on the CPU: the kernel would kill the process instead of raising"))
-        record(_precision(info))
+        # the GPU checked is the current one: a CUDA event recorded without a stream records on the current
+        # device's, so outside this block the events of cuda:1 and up would time an idle GPU 0
+        with _current(info):
+            record(_timing(info, "timing: matmul", _matmul_step(device)))
+            record(_timing(info, "timing: training step", _training_step(device)))
+            if info.kind == "cuda":
+                record(_nvml(info))
+                record(_out_of_memory(info))
+            elif info.kind == "cpu":
+                record(DeviceCheck(info.id, "out of memory", SKIPPED,
+                                   "not induced on the CPU: the kernel would kill the process instead of raising"))
+            record(_precision(info))
     if len(gpus) >= 2:
         record(_nccl_all_reduce())
     return checks
+
+
+def _current(info: DeviceInfo) -> contextlib.AbstractContextManager:
+    """A CUDA GPU made the current device for the block (the one before it restored after); nothing elsewhere."""
+    return torch.cuda.device(info.index) if info.kind == "cuda" else contextlib.nullcontext()
 
 
 def report(checks: list[DeviceCheck]) -> dict:
