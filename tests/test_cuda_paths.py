@@ -264,13 +264,18 @@ def test_fp16_warm_up_runs_until_the_loss_scaler_stops_skipping_steps(gpu, tiny_
 
     import torch
 
+    from largestep.measure import profiler
     from largestep.measure.profiler import measure_point
     from largestep.workloads import load_workload
 
     workload = load_workload(tiny_spec)
-    overflowing = {"left": 3}
+    config = dataclasses.replace(QUICK, dtype="fp16", warmup_steps=1)
+    # more overflowing steps than the untimed ones a warm-up takes anyway (its steps, then SIZING_STEPS to size
+    # the blocks): fewer would be absorbed by those, and the test would pass without waiting for the scaler
+    overflowing = {"left": 6}
+    assert overflowing["left"] > config.warmup_steps + profiler.SIZING_STEPS + 1
 
-    def loss(output, target):  # the first three steps overflow at the scaler's initial scale
+    def loss(output, target):  # the first six steps overflow at the scaler's initial scale
         value = torch.nn.functional.cross_entropy(output, target)
         if overflowing["left"]:
             overflowing["left"] -= 1
@@ -278,7 +283,6 @@ def test_fp16_warm_up_runs_until_the_loss_scaler_stops_skipping_steps(gpu, tiny_
         return value
 
     marks = []
-    config = dataclasses.replace(QUICK, dtype="fp16", warmup_steps=1)
     with cuda_on_cpu(gpu, BUSY):
         point = measure_point(dataclasses.replace(workload, loss=loss), torch.device("cuda:0"), 64, config,
                               telemetry_tag=lambda b: marks.append(overflowing["left"]))
