@@ -384,28 +384,68 @@ def cuda_on_cpu(state: dict, allocator: FakeAllocator = FakeAllocator()):
     still holds torch.device("cuda:N"), so every device.type == "cuda" branch runs), pinned memory
     is plain memory, and each module's forward "allocates" on the fake device of ``state`` (from
     install_fake_cuda): it raises the peak to allocator.bytes_for(batch) or runs out of memory.
+
+    A tensor sent to the GPU with ``.to`` is copied, as a real GPU's would be (one already there is
+    returned as it is), and counted while it lives: ``state["resident_bytes"]`` now, and its peak
+    ``state["resident_peak_bytes"]``, so a test can tell how many copies of a data set were on the GPU at once.
+    (A module's parameters move by swapping their ``.data``: they are not counted.)
     Only the calling thread is affected (torch function modes are thread-local)."""
+    import weakref
+
     import torch
     from torch.overrides import TorchFunctionMode
 
+    state.setdefault("resident_bytes", 0)
+    state.setdefault("resident_peak_bytes", 0)
+    resident: dict[int, weakref.ref] = {}   # id -> the tensor, for tensors placed on the fake GPU and alive
+
+    def is_cuda(value) -> bool:
+        return ((isinstance(value, str) and value.startswith("cuda"))
+                or (isinstance(value, torch.device) and value.type == "cuda"))
+
     def to_cpu(value):
-        if isinstance(value, str) and value.startswith("cuda"):
+        if is_cuda(value):
             value = torch.device(value)
-        if isinstance(value, torch.device) and value.type == "cuda":
             state["placed"] = value.index if value.index is not None else state["current"]
             return torch.device("cpu")
         return value
+
+    def on_gpu(tensor) -> bool:
+        held = resident.get(id(tensor))
+        return held is not None and held() is tensor
+
+    def count(tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        resident[id(tensor)] = weakref.ref(tensor)
+        state["resident_bytes"] += size
+        state["resident_peak_bytes"] = max(state["resident_peak_bytes"], state["resident_bytes"])
+
+        def release(key=id(tensor)):
+            resident.pop(key, None)
+            state["resident_bytes"] -= size
+
+        weakref.finalize(tensor, release)
 
     class CudaOnCpu(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             if func is torch.device:
                 return func(*args, **(kwargs or {}))  # naming a cuda device is fine; placing data there is not
-            if getattr(func, "__name__", "") == "pin_memory":
+            name = getattr(func, "__name__", "")
+            if name == "pin_memory":
                 state.setdefault("pinned", []).append(tuple(args[0].shape))  # what was pinned, by shape
                 return args[0]  # pinning host memory needs a real driver; the copy is the same
+            kwargs = kwargs or {}
+            moving = (name == "to" and args and isinstance(args[0], torch.Tensor)
+                      and (any(is_cuda(a) for a in args[1:]) or is_cuda(kwargs.get("device"))))
             args = tuple(to_cpu(a) for a in args)
-            kwargs = {k: to_cpu(v) for k, v in (kwargs or {}).items()}
-            return func(*args, **kwargs)
+            kwargs = {k: to_cpu(v) for k, v in kwargs.items()}
+            if not moving:
+                return func(*args, **kwargs)
+            if on_gpu(args[0]) and kwargs.get("dtype") is None and not any(isinstance(a, torch.dtype) for a in args):
+                return args[0]   # already on the GPU: no copy, as torch's
+            placed = func(*args, **{**kwargs, "copy": True})
+            count(placed)
+            return placed
 
     def allocate(_module, inputs):
         batch = next((t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.dim() > 0), None)

@@ -370,3 +370,28 @@ def test_a_job_on_the_second_gpu_makes_it_current_so_plain_cuda_lands_there(monk
                                               "options": {}, "role": None, "recommendation_id": None}, "cuda:1")
     assert jobs.derive_state(home.job_dir(job_id)) == jobs.FINISHED
     assert two["current"] == 1  # torch.cuda.set_device(1): "cuda" in the workload's code means this job's GPU
+
+
+@pytest.mark.slow
+def test_a_batch_schedules_next_phase_builds_its_data_copy_once_the_old_one_is_gone(gpu, tiny_spec, monkeypatch):
+    from largestep.measure import train as train_module
+    from largestep.workloads import load_workload
+
+    # the data fits on the GPU, so each phase's source of batches copies it there: two copies at once would
+    # need twice the room the run was planned with
+    workload = load_workload(tiny_spec)
+    data_bytes = sum(t.numel() * t.element_size() for t in workload.train)
+    built = train_module.training_batches
+    on_gpu_before_building = []
+
+    def training_batches(*args, **kwargs):
+        on_gpu_before_building.append(gpu["resident_bytes"])
+        return built(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "training_batches", training_batches)
+    result, _ = train_on_gpu(gpu, tiny_spec, FakeAllocator(fixed_bytes=0, bytes_per_sample=0), batch_size=32,
+                             lr=1e-2, epochs=1, batch_schedule=((32, 0.0), (64, 0.5)))
+    assert result.samples >= workload.n_train // 2 and len(on_gpu_before_building) == 2   # the second phase ran
+    first, second = on_gpu_before_building
+    assert first == 0 and second < data_bytes / 4, (second, data_bytes)   # not the first phase's copy still there
+    assert gpu["resident_peak_bytes"] < 1.5 * data_bytes

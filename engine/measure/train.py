@@ -353,7 +353,8 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
 
     while not done:
         micro = 0
-        for micro_batch in source.epoch(epoch):
+        epoch_batches = source.epoch(epoch)
+        for micro_batch in epoch_batches:
             micro += 1
             # forward backward (one micro-batch; the loss is scaled so accumulation averages); with
             # DDP the gradient all-reduce runs inside the last micro-batch's backward only
@@ -474,6 +475,10 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                 batch_next = phases[batch_schedule.phase_index(phases, result.samples, total_samples)][0]
                 if batch_next != batch_now:
                     batch_now = batch_next
+                    # the old phase's source, and its copy of the data on the device, go before the next phase
+                    # makes its own: the two copies at once would need twice the room the run was planned with
+                    epoch_batches.close()
+                    del source, micro_batch
                     source = training_batches(workload, device, batch_now // config.accumulate, config.seed, rank,
                                               world)
                     if isinstance(probe, _MicroNoiseProbe):
