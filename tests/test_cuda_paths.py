@@ -187,7 +187,7 @@ def test_a_data_set_too_large_for_the_gpu_stays_in_host_memory_as_in_training(mo
     assert not devices.fits_on_device(workload.train, "cuda:0")
     with cuda_on_cpu(small):
         data = shuffled_on_device(workload, torch.device("cuda:0"), seed=0)
-    assert "placed" not in small  # nothing was sent to the GPU: each step copies its own slice
+    assert "placed" not in small  # nothing was sent to the GPU: each step gathers and copies its own batch
     assert data[0].shape == workload.train[0].shape
     roomy = install_fake_cuda(monkeypatch, [cuda_properties(UUID)])
     with cuda_on_cpu(roomy):
@@ -395,3 +395,18 @@ def test_a_batch_schedules_next_phase_builds_its_data_copy_once_the_old_one_is_g
     first, second = on_gpu_before_building
     assert first == 0 and second < data_bytes / 4, (second, data_bytes)   # not the first phase's copy still there
     assert gpu["resident_peak_bytes"] < 1.5 * data_bytes
+
+
+@pytest.mark.slow
+def test_a_profile_of_data_left_on_the_host_gathers_and_pins_each_batch_as_training_does(monkeypatch, tiny_spec):
+    from largestep.workloads import load_workload
+
+    # 256 KiB of GPU: the tiny workload's 144 KiB of training data stays on the host, in training and in its profile
+    small = install_fake_cuda(monkeypatch, [cuda_properties(UUID, total_memory=256 * 2**10)])
+    data_bytes = sum(t.numel() * t.element_size() for t in load_workload(tiny_spec).train)
+    point = measure_on_gpu(small, tiny_spec, 64, FakeAllocator(fixed_bytes=0, bytes_per_sample=0))
+    assert point.status == "ok"
+    # each step's batch gathered from the shuffle and pinned on its own, never the whole set (which torch's pinned
+    # allocator would round up to a power of two, beside the data and its shuffled copy)
+    assert small["pinned"] and all(shape[0] == 64 for shape in small["pinned"]), small["pinned"][:3]
+    assert small["resident_peak_bytes"] < data_bytes / 4   # batches on the GPU, never the data set

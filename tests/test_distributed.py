@@ -160,14 +160,14 @@ def test_the_noise_scale_metric_is_mcCandlish_on_the_rank_shards(two_rank_run):
         frame = store.run_metrics(con, [job_id], ["noise_g2", "noise_trace_sigma", "noise_scale"])
     logged = {(int(r.step), r.name): r.value for r in frame.itertuples()}
 
-    from largestep.measure.train import _Batches
+    from largestep.measure.train import TensorBatches
 
     workload = make_sgd()
     torch.manual_seed(config.seed)
     model = workload.model()
     optimizer = workload.make_optimizer(model, config.lr)
     params = list(model.parameters())
-    batches = _Batches(workload.train, CPU, GLOBAL_BATCH, config.seed)
+    batches = TensorBatches(workload.train, CPU, GLOBAL_BATCH, config.seed)
     samples = 0
     expected = {}
     for step, (x, y) in enumerate(batches.epoch(0), start=1):

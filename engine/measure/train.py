@@ -44,7 +44,8 @@ from ..workloads import batches
 from ..workloads.base import Workload
 from ..workloads.names import SCHEDULES
 
-__all__ = ["TrainConfig", "RunResult", "RunLog", "NullLog", "train", "lr_at", "lr_factor", "SCHEDULES"]
+__all__ = ["TrainConfig", "RunResult", "RunLog", "NullLog", "train", "lr_at", "lr_factor", "SCHEDULES",
+           "TensorBatches", "training_batches"]
 
 WSD_DEFAULT_DECAY = 0.2   # "wsd" without decay_samples: the last fifth of the run decays
 
@@ -136,8 +137,9 @@ def lr_at(samples_seen: int, peak_lr: float, warmup_samples: int, total_samples:
     return peak_lr * lr_factor(samples_seen, warmup_samples, total_samples, schedule, decay_samples)
 
 
-class _Batches:
+class TensorBatches:
     """Per-epoch shuffled batches; on the device when the data fits, else each batch pinned + prefetched.
+    (The profiler steps on data left on the host through this same path.)
 
     With ``world > 1`` every rank draws the same permutation (from the seed) and each global
     micro-step of ``micro_batch * world`` samples is cut into ``world`` disjoint shards; rank r
@@ -188,7 +190,7 @@ class _Batches:
 
 class _LoaderBatches:
     """Per-epoch batches of a Dataset workload, read through its DataLoader (workers, collate_fn,
-    pinning) in the same seeded order and with the same sharding over ranks as :class:`_Batches`;
+    pinning) in the same seeded order and with the same sharding over ranks as :class:`TensorBatches`;
     each batch is copied to the device as the step takes it."""
 
     on_device = False
@@ -213,11 +215,11 @@ class _LoaderBatches:
 
 
 def training_batches(workload: Workload, device: torch.device, micro_batch: int, seed: int, rank: int = 0,
-                     world: int = 1) -> _Batches | _LoaderBatches:
+                     world: int = 1) -> TensorBatches | _LoaderBatches:
     """The run's source of micro-batches: device-resident tensors, or the Dataset's loader."""
     if workload.uses_dataset:
         return _LoaderBatches(workload, device, micro_batch, seed, rank, world)
-    return _Batches(workload.train, device, micro_batch, seed, rank, world)
+    return TensorBatches(workload.train, device, micro_batch, seed, rank, world)
 
 
 def _validation_batches(workload: Workload, device: torch.device, batch: int):
