@@ -139,3 +139,28 @@ def test_each_gpu_is_checked_as_the_current_device_so_cuda_events_time_that_gpu(
     step = checks["timing: training step"]
     assert step.device == f"cuda:GPU-{UUID_B}" and step.measured["reference"] == "CUDA events"
     assert abs(step.measured["ratio"] - 1.0) <= selfcheck.AGREE_WITHIN, step.summary
+
+
+def test_the_nccl_check_meets_over_loopback_as_a_jobs_ranks_do(monkeypatch):
+    import os
+
+    import torch.distributed as dist
+
+    from largestep.measure.distributed import loopback_interface
+
+    for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        monkeypatch.setenv(name, "restored after the test")
+        monkeypatch.delenv(name)
+    seen = {}
+
+    def init_process_group(backend, **_kwargs):
+        seen.update({name: os.environ.get(name) for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")})
+        raise RuntimeError("no second rank here")
+
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    results = []
+    queue = type("Queue", (), {"put": lambda self, item: results.append(item)})()
+    selfcheck._all_reduce_rank(0, 2, 29500, "gloo", queue)
+    assert loopback_interface() and seen == {"GLOO_SOCKET_IFNAME": loopback_interface(),
+                                             "NCCL_SOCKET_IFNAME": loopback_interface()}
+    assert results == [(0, "RuntimeError: no second rank here")]

@@ -32,7 +32,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 import torch.distributed as dist
 
@@ -42,7 +41,7 @@ from ..home import Home
 from .runner import JobContext, resolve_body
 from .spool import Spool, read_spec, write_json_atomic
 from ..measure.device_names import check_nproc, device_kind, lock_names  # noqa: F401  part of this API
-from ..measure.distributed import RankOutOfMemory
+from ..measure.distributed import RankOutOfMemory, loopback_interface, loopback_sockets  # noqa: F401  (part of this API)
 
 __all__ = ["DEFAULT_TIMEOUT_S", "check_nproc", "lock_names", "run_ranks", "rank_environment", "loopback_interface",
            "rank_status_path", "rank_main", "in_rank", "job_root_pid"]
@@ -101,19 +100,7 @@ def rank_environment(nproc: int, rank: int, timeout_s: float) -> dict[str, str]:
     env[JOB_PID_ENV] = str(os.getpid())   # the root of the job's process tree: the ranks' load is not background
     # N ranks on one machine: share the cores instead of each taking them all
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    loopback = loopback_interface()
-    if loopback:  # a user who set these knows their network better than we do
-        env.setdefault("GLOO_SOCKET_IFNAME", loopback)
-        env.setdefault("NCCL_SOCKET_IFNAME", loopback)
-    return env
-
-
-def loopback_interface() -> str | None:
-    """The name of this machine's loopback interface ("lo" on Linux, "lo0" on macOS), if it has one."""
-    for name, addresses in psutil.net_if_addrs().items():
-        if any(a.address == "127.0.0.1" for a in addresses):
-            return name
-    return None
+    return loopback_sockets(env)   # a user who set the interfaces knows their network better than we do
 
 
 def _start_ranks(job_dir: Path, nproc: int, timeout_s: float) -> list[subprocess.Popen]:

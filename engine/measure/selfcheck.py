@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import platform
 import random
 import socket
@@ -324,7 +325,10 @@ def _nccl_all_reduce(backend: str = "nccl") -> DeviceCheck:
 def _all_reduce_rank(rank: int, world: int, port: int, backend: str, results) -> None:
     import torch.distributed as dist
 
+    from .distributed import loopback_sockets
+
     try:
+        loopback_sockets(os.environ)   # as a job's ranks meet: over loopback, opening nothing another machine reaches
         device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)  # before the process group: NCCL binds to the current device
