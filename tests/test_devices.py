@@ -77,7 +77,37 @@ def test_nvml_uuid_accepts_torch_and_nvml_spellings():
     assert devices.nvml_uuid(f"GPU-{UUID_A}".encode()) == f"GPU-{UUID_A}"
     assert devices.nvml_uuid(f"gpu-{UUID_A.upper()}") == f"GPU-{UUID_A}"
     assert devices.nvml_uuid("MIG-1234") == "MIG-1234"
+    assert devices.nvml_uuid(UUID_A, mig=True) == f"MIG-{UUID_A}"
     assert devices.nvml_uuid(None) is None
+
+
+MIG_UUID = "0c1d2e3f-6666-7777-8888-cccccccccccc"
+
+
+@pytest.mark.parametrize("name, visible", [
+    ("NVIDIA A100-SXM4-40GB MIG 1g.5gb", None),         # as CUDA names a slice
+    ("NVIDIA A100-SXM4-40GB", f"MIG-{MIG_UUID}"),        # a name that does not say, the slice chosen by its id
+])
+def test_a_mig_slice_is_named_as_nvml_and_cuda_visible_devices_accept_it(monkeypatch, no_mps, name, visible):
+    from fake_nvml import cuda_properties, install_fake_cuda
+
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    install_fake_cuda(monkeypatch, [cuda_properties(MIG_UUID, name=name)])
+    info = devices.device_info("cuda:0")
+    # torch spells the slice's UUID as bare hex; "GPU-<the slice's digits>" names no device NVML or CUDA knows
+    assert info.uuid == f"MIG-{MIG_UUID}" and info.id == f"cuda:MIG-{MIG_UUID}"
+    assert devices.lock_name("cuda:0") == f"cuda:MIG-{MIG_UUID}"
+
+
+def test_a_whole_gpu_is_named_gpu_even_beside_a_mig_slice(monkeypatch, no_mps):
+    from fake_nvml import cuda_properties, install_fake_cuda
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"GPU-{UUID_A}")
+    install_fake_cuda(monkeypatch, [cuda_properties(UUID_A, name="NVIDIA H100 80GB HBM3")])
+    assert devices.device_info("cuda:0").uuid == f"GPU-{UUID_A}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import gc
+import os
 import platform
 import re
 from dataclasses import dataclass
@@ -126,7 +127,8 @@ def _cpu_name() -> str:
 
 def _cuda_info(index: int) -> DeviceInfo:
     props = torch.cuda.get_device_properties(index)
-    uuid = nvml_uuid(getattr(props, "uuid", None))
+    raw = getattr(props, "uuid", None)
+    uuid = nvml_uuid(raw, mig=raw is not None and _is_mig_slice(str(props.name), str(raw)))
     return DeviceInfo(
         id=f"cuda:{uuid}" if uuid else f"cuda:{index}",
         kind="cuda",
@@ -140,11 +142,12 @@ def _cuda_info(index: int) -> DeviceInfo:
     )
 
 
-def nvml_uuid(raw: object) -> str | None:
+def nvml_uuid(raw: object, mig: bool = False) -> str | None:
     """A GPU UUID in NVML's form ("GPU-<hex 8-4-4-4-12>"), from torch's or NVML's spelling.
 
     torch's `props.uuid` prints as bare hex; NVML (and CUDA_VISIBLE_DEVICES) prefix it with
-    "GPU-" (or "MIG-" for a MIG instance). NVML returns bytes or str depending on its version.
+    "GPU-", or "MIG-" for a MIG slice (``mig``: bare hex that is a slice's). NVML returns bytes or
+    str depending on its version.
     """
     if raw is None:
         return None
@@ -154,8 +157,20 @@ def nvml_uuid(raw: object) -> str | None:
     if not text:
         return None
     if not text.upper().startswith(("GPU-", "MIG-")):
-        text = "GPU-" + text
+        text = ("MIG-" if mig else "GPU-") + text
     return text[:4].upper() + text[4:].lower()
+
+
+def _is_mig_slice(name: str, digits: str) -> bool:
+    """Whether the CUDA device torch names ``name``, with UUID ``digits`` (torch's bare hex), is a MIG slice:
+    CUDA names a slice "<GPU> MIG <profile>" ("NVIDIA A100-SXM4-40GB MIG 1g.5gb"), and a process sees a slice
+    chosen in CUDA_VISIBLE_DEVICES by its "MIG-<uuid>". Its id must read "MIG-...": "GPU-<a slice's digits>"
+    names nothing NVML or CUDA_VISIBLE_DEVICES accept."""
+    if re.search(r"\bMIG\b", name):
+        return True
+    wanted = digits.strip().lower()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return any(entry.strip().lower() == f"mig-{wanted}" for entry in visible.split(","))
 
 
 def _mps_info() -> DeviceInfo:
