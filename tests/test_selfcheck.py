@@ -164,3 +164,48 @@ def test_the_nccl_check_meets_over_loopback_as_a_jobs_ranks_do(monkeypatch):
     assert loopback_interface() and seen == {"GLOO_SOCKET_IFNAME": loopback_interface(),
                                              "NCCL_SOCKET_IFNAME": loopback_interface()}
     assert results == [(0, "RuntimeError: no second rank here")]
+
+
+
+def test_doctor_devices_waits_for_the_job_on_a_device_and_holds_its_lock_while_it_checks(capsys, home, tmp_path,
+                                                                                           monkeypatch):
+    import threading
+    import time
+
+    from filelock import FileLock, Timeout
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    home.ensure()
+    path = str(home.locks / "device-cpu.lock")
+    running, released = threading.Event(), []
+
+    def a_job_on_the_cpu():   # (another thread: filelock refuses one thread two instances of a lock)
+        with FileLock(path):
+            running.set()
+            time.sleep(0.5)
+            released.append(time.monotonic())
+
+    def taken_elsewhere() -> bool:
+        taken = []
+
+        def probe():
+            try:
+                FileLock(path).acquire(timeout=0)
+            except Timeout:
+                taken.append(True)
+        prober = threading.Thread(target=probe)
+        prober.start()
+        prober.join()
+        return bool(taken)
+
+    checked = []
+    monkeypatch.setattr(selfcheck, "check_devices", lambda: checked.append((time.monotonic(), taken_elsewhere())) or [])
+    job = threading.Thread(target=a_job_on_the_cpu)
+    job.start()
+    running.wait()
+    code, _, err = run_cli(capsys, "doctor", "--devices", "--report", str(tmp_path / "report.json"))
+    job.join()
+    assert code == 0 and "waiting for the job on cpu to end" in err
+    [(checked_at, held)] = checked
+    assert checked_at > released[0] and held   # after the job ended, and holding the lock: no job starts meanwhile
+    assert not taken_elsewhere()               # given back after
