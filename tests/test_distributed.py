@@ -82,6 +82,27 @@ class _RankOneOutOfMemoryAbove(torch.nn.Module):
         return self.inner(x)
 
 
+class _RankOneFailsAbove(torch.nn.Module):
+    """Rank 1 alone fails above ``limit`` samples with an error that is not out of memory (a bad shard, a bug)."""
+
+    def __init__(self, inner: torch.nn.Module, limit: int):
+        super().__init__()
+        self.inner, self.limit = inner, limit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if rank == 1 and x.shape[0] > self.limit:
+            raise RuntimeError("the data on this shard is broken")
+        return self.inner(x)
+
+
+def make_rank_one_fails() -> Workload:
+    import dataclasses
+
+    base = make_sgd()
+    return dataclasses.replace(base, name="ddp-rank-one-fails", model=lambda: _RankOneFailsAbove(base.model(), 32))
+
+
 def make_rank_one_oom() -> Workload:
     import dataclasses
 
@@ -308,6 +329,25 @@ def test_one_rank_out_of_memory_ends_the_profile_at_its_ceiling_instead_of_hangi
     assert {b: p["status"] for b, p in points.items()} == {32: "ok", 64: "ok", 128: "oom"}
     assert profile["stop_reason"] == "oom" and points[128]["error"].startswith("rank 1: OutOfMemoryError")
     assert profile["saturation_batch"] in (32, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_one_rank_failing_ends_the_profile_failed_with_its_error_within_seconds(home):
+    # global 128 is a shard of 64 a rank: rank 1 fails (not out of memory) while rank 0 waits in the all-reduce
+    config = ProfileConfig(batch_sizes=(32, 64, 128), min_steps=3, min_seconds=0.1, warmup_steps=1, nproc=2)
+    job_id = starts.start_profile(home, f"{HERE}:make_rank_one_fails", {}, "cpu", config)
+    job_dir = home.job_dir(job_id)
+    assert wait_for(lambda: '"batch_size": 64' in (job_dir / "events.jsonl").read_text(), 120), \
+        (job_dir / "output.log").read_text()[-3000:]
+    reached_128 = time.monotonic()
+    state = jobs.wait(home, job_id, timeout_s=120)
+    assert state == jobs.FAILED, (job_dir / "output.log").read_text()[-3000:]
+    assert time.monotonic() - reached_128 < 60   # not the collective timeout (600 s)
+    store.ingest(home)
+    with store.connect(home) as con:
+        job = store.get_job(con, job_id)
+    assert job["error"].startswith("rank 1 of 2: RuntimeError: the data on this shard is broken"), job["error"]
 
 
 @pytest.mark.timeout(900)  # its subprocesses (or the session's autopilot) may take 300 s and more

@@ -700,9 +700,13 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
         telemetry_tag(None)
         status = OOM if devices.is_out_of_memory(exc) else ERROR
         message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-        if status == OOM and config.nproc > 1 and ddp_util.is_distributed():
-            # the other ranks may be inside a collective this rank will not join: no point can be agreed
-            raise ddp_util.RankOutOfMemory(batch_size, f"rank {ddp_util.rank()}: {message}") from None
+        if config.nproc > 1 and ddp_util.is_distributed():
+            # the other ranks may be inside a collective this rank will not join (the gradient all-reduce): no
+            # point can be agreed, so the rank leaves and its launcher stops the others at once. Out of memory, the
+            # job ends at the sweep's ceiling; anything else, FAILED with this rank's error
+            if status == OOM:
+                raise ddp_util.RankOutOfMemory(batch_size, f"rank {ddp_util.rank()}: {message}") from None
+            raise
         return ProfilePoint(batch_size=batch_size, status=status, error=message,
                             started_at=started, ended_at=time.time())
     finally:
