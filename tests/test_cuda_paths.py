@@ -410,3 +410,61 @@ def test_a_profile_of_data_left_on_the_host_gathers_and_pins_each_batch_as_train
     # allocator would round up to a power of two, beside the data and its shuffled copy)
     assert small["pinned"] and all(shape[0] == 64 for shape in small["pinned"]), small["pinned"][:3]
     assert small["resident_peak_bytes"] < data_bytes / 4   # batches on the GPU, never the data set
+
+
+# -- TF32 and cuDNN: set by --tf32 or the workload, recorded with every profile and run ---------------------
+
+
+def make_tf32():
+    """The tiny workload asking for TF32 and cuDNN's autotuning."""
+    import dataclasses
+
+    from tiny_workload import make
+
+    return dataclasses.replace(make(), tf32=True, cudnn_benchmark=True)
+
+
+@pytest.fixture
+def torch_math():
+    """torch's process-wide TF32 and cuDNN settings, as they were before the test, restored after it."""
+    import torch
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+              torch.get_float32_matmul_precision())
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True   # torch's defaults
+    torch.backends.cudnn.benchmark = False
+    yield
+    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = before[:3]
+    torch.set_float32_matmul_precision(before[3])
+
+
+TF32_ON = {"matmul_allow_tf32": True, "cudnn_allow_tf32": True, "cudnn_benchmark": True,
+           "float32_matmul_precision": "high"}
+
+
+@pytest.mark.slow
+def test_a_workloads_tf32_is_set_and_recorded_for_its_profile_and_no_tf32_for_its_run(home, gpu, torch_math, capsys):
+    from largestep.cli.measure import print_profile, profile_summary
+
+    spec = f"{__file__}:make_tf32"
+    config = ProfileConfig(batch_sizes=(32, 64), min_steps=3, min_seconds=0.1, warmup_steps=1)
+    with cuda_on_cpu(gpu, FakeAllocator(fixed_bytes=0, bytes_per_sample=0)):
+        profile_id = run_job_here(home, "profile", {"workload": spec, "device": "cuda:0", "config": asdict(config)},
+                                  "cuda:0")
+        # --no-tf32 on the run: the flag wins over the workload's field (cuDNN's autotuning stays the workload's)
+        run_config = TrainConfig(batch_size=64, lr=1e-2, max_steps=2, tf32=False)
+        run_id = run_job_here(home, "train", {"workload": spec, "device": "cuda:0", "config": asdict(run_config),
+                                              "options": {}, "role": None, "recommendation_id": None}, "cuda:0")
+    assert jobs.derive_state(home.job_dir(profile_id)) == jobs.derive_state(home.job_dir(run_id)) == jobs.FINISHED
+    store.ingest(home)
+    with store.connect(home) as con:
+        profile, run = store.load_profile(con, profile_id), store.get_run(con, run_id)
+    assert profile["math_settings"] == TF32_ON
+    assert run["math_settings"] == {**TF32_ON, "matmul_allow_tf32": False, "cudnn_allow_tf32": False,
+                                    "float32_matmul_precision": "highest"}
+    summary = profile_summary(profile)
+    assert summary["math_settings"] == TF32_ON
+    print_profile(summary)
+    assert "measured with TF32 on (matmul and cuDNN), float32 matmul precision high, cuDNN autotuning on" in \
+        capsys.readouterr().out

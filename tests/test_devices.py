@@ -365,3 +365,48 @@ def test_auto_names_the_cpu_without_asking_torch_only_where_no_gpu_device_file_e
     (tmp_path / "nvidia0").touch()                # a GPU's device file: only torch can tell
     assert device_names.resolve_name("auto") == "cuda:0" and asked == ["auto"]
     assert device_names.resolve_name(" CPU ") == "cpu" and asked == ["auto"]
+
+
+# ---------------------------------------------------------------------------------------------
+# TF32 and cuDNN
+
+
+@pytest.fixture
+def torch_math():
+    """torch's process-wide TF32 and cuDNN settings at torch's defaults for the test, as they were after it."""
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+              torch.get_float32_matmul_precision())
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
+    torch.backends.cudnn.benchmark = False
+    yield
+    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = before[:3]
+    torch.set_float32_matmul_precision(before[3])
+
+
+def test_tf32_comes_from_the_flag_else_the_workload_else_stays_as_torch_has_it(torch_math):
+    import types
+
+    defaults = {"matmul_allow_tf32": False, "cudnn_allow_tf32": True, "cudnn_benchmark": False,
+                "float32_matmul_precision": "highest"}
+    assert devices.math_settings() == defaults
+    silent = types.SimpleNamespace(tf32=None, cudnn_benchmark=None)
+    assert devices.use_math(silent) == defaults                       # nothing asked: torch's own
+    wants = types.SimpleNamespace(tf32=True, cudnn_benchmark=True)
+    on = {"matmul_allow_tf32": True, "cudnn_allow_tf32": True, "cudnn_benchmark": True,
+          "float32_matmul_precision": "high"}
+    assert devices.use_math(wants) == on                              # the workload's field
+    off = {"matmul_allow_tf32": False, "cudnn_allow_tf32": False, "cudnn_benchmark": True,
+           "float32_matmul_precision": "highest"}
+    assert devices.use_math(wants, tf32=False) == off                 # --no-tf32 wins over the field
+
+
+def test_a_workloads_tf32_and_cudnn_benchmark_must_be_true_false_or_none():
+    import dataclasses
+
+    from largestep.errors import WorkloadError
+    from tiny_workload import make
+
+    for name in ("tf32", "cudnn_benchmark"):
+        with pytest.raises(WorkloadError, match=f"{name} must be True, False or None"):
+            dataclasses.replace(make(), **{name: "yes"})

@@ -209,3 +209,15 @@ def test_doctor_devices_waits_for_the_job_on_a_device_and_holds_its_lock_while_i
     [(checked_at, held)] = checked
     assert checked_at > released[0] and held   # after the job ended, and holding the lock: no job starts meanwhile
     assert not taken_elsewhere()               # given back after
+
+
+def test_doctor_devices_json_records_the_tf32_and_cudnn_settings(capsys, home, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(selfcheck, "check_devices", lambda: [])
+    report = tmp_path / "report.json"
+    code, out, _ = run_cli(capsys, "doctor", "--devices", "--json", "--report", str(report))
+    settings = {"matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32, "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                "float32_matmul_precision": torch.get_float32_matmul_precision()}
+    assert code == 0 and json.loads(out)["math_settings"] == settings
+    assert json.loads(report.read_text())["math_settings"] == settings

@@ -53,6 +53,7 @@ def _device_section(home, as_json: bool, report_path: Path) -> int:
     import json
 
     from .output import jsonable
+    from ..format import format_math
     from ..jobs.runner import holding_devices
     from ..measure import devices, selfcheck
 
@@ -66,9 +67,12 @@ def _device_section(home, as_json: bool, report_path: Path) -> int:
     document = selfcheck.report(checks)
     write_atomic(report_path, json.dumps(jsonable(document), indent=2, default=str, allow_nan=False) + "\n")
     if as_json:
-        emit_json({"report": str(report_path), "checks": document["checks"]})
+        emit_json({"report": str(report_path), "checks": document["checks"],
+                   "math_settings": document["math_settings"], "versions": document["versions"]})
     else:
         rows = [[c.device, c.name, c.verdict, c.summary] for c in checks]
         console().print(table("devices", ["device", "check", "verdict", "finding"], rows))
+        click.echo(f"float32 math by default: {format_math(document['math_settings'])} (a workload's tf32 field or "
+                   f"--tf32 sets it for its jobs)")
         click.echo(f"report written to {report_path}: attach it to a bug report")
     return 1 if any(c.verdict == selfcheck.PROBLEM for c in checks) else 0

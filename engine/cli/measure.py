@@ -15,12 +15,13 @@ from .options import (
     open_store,
     parse_count,
     parse_nproc,
+    tf32_option,
     workload_options,
     workload_settings,
 )
 from .output import console, detached, emit_json, finish_job, follow_job, last_log_line, table
 from ..errors import LargestepError, UsageError
-from ..format import format_bytes, format_ms, format_pct, format_si, grouped
+from ..format import format_bytes, format_math, format_ms, format_pct, format_si, grouped
 from ..measure.device_names import DTYPE_NAMES
 from ..measure.profile_config import WARMUP_AGREEMENT
 
@@ -73,6 +74,7 @@ def hardware(ctx, as_json: bool) -> None:
                    "order, so background load falls on all alike; 1 measures each size in one contiguous block.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @compile_option
+@tf32_option
 @nproc_option("Data-parallel processes on this machine (gloo on CPU, NCCL on CUDA): batch sizes are global, and the step "
               "time includes the gradient all-reduce.")
 @launch_options
@@ -80,7 +82,7 @@ def hardware(ctx, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch, max_batch, dtype, memory_budget,
-            full, min_steps, min_seconds, warmup_steps, rounds, seed, compile_model, nproc, launcher, ray_address,
+            full, min_steps, min_seconds, warmup_steps, rounds, seed, compile_model, tf32, nproc, launcher, ray_address,
             detach, as_json) -> int:
     """Measure step time, throughput and memory against batch size (runs as a job)."""
     from .. import jobs, store
@@ -97,7 +99,7 @@ def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch
         max_batch=parse_positive_int(max_batch, "--max-batch") if max_batch is not None else 65536,
         dtype=dtype, memory_budget_bytes=parse_size(memory_budget) if memory_budget is not None else None,
         full=full, min_steps=min_steps, min_seconds=min_seconds, warmup_steps=warmup_steps, rounds=rounds, seed=seed,
-        nproc=parse_nproc(nproc), compile=compile_model,
+        nproc=parse_nproc(nproc), compile=compile_model, tf32=tf32,
     )
     run_on = launcher_from_cli(launcher, ray_address)
     home = home_of(ctx)
@@ -159,6 +161,7 @@ def profile_summary(profile: dict) -> dict:
         "telemetry": {"source": profile.get("telemetry_source"), "reason": profile.get("telemetry_reason")},
         "started_at": profile.get("started_at"), "ended_at": profile.get("ended_at"), "points": points,
         "inconsistency": profile.get("inconsistency"),
+        "math_settings": profile.get("math_settings"),   # TF32 and cuDNN as measured (None: recorded before)
     }
 
 
@@ -183,6 +186,8 @@ def print_profile(summary: dict) -> None:
     out.print(table(title, columns, rows))
     out.print(f"saturation batch: {summary['saturation_batch']} (smallest batch at 90% of the best throughput); "
               f"sweep stopped: {summary['stop_reason']}")
+    if summary.get("math_settings"):
+        out.print(f"measured with {format_math(summary['math_settings'])}")
     if summary.get("inconsistency"):
         out.print(f"[yellow]inconsistent: {summary['inconsistency']}; recommendations from this profile say they "
                   f"are uncertain[/yellow]")

@@ -10,7 +10,8 @@ The CPU cannot be driven out of memory safely (the kernel's OOM killer, not an e
 answer), so that check says skipped there.
 
 Every figure in the report was measured here, now; the report says how (``measured``), so a user can
-attach it to a bug report as it is.
+attach it to a bug report as it is. The report also records the versions, NVML's state and the TF32 and cuDNN
+settings float32 work runs with here by default.
 """
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ def report(checks: list[DeviceCheck]) -> dict:
         "versions": devices.versions(),
         "platform": platform.platform(),
         "nvml": telemetry.nvml_status().to_dict(),
+        # TF32 and cuDNN as this process runs float32 matmuls and convolutions by default (a workload's tf32 field
+        # or --tf32 changes them for its jobs, which record their own)
+        "math_settings": devices.math_settings(),
         "devices": [d.to_dict() for d in devices.discover()],
         "checks": [c.to_dict() for c in checks],
     }

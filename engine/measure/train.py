@@ -297,7 +297,8 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     if rank != 0:
         progress = lambda phase, fraction: None  # noqa: E731
 
-    # -- setup: data, model, optimizer --------------------------------------------------------------
+    # -- setup: TF32 and cuDNN, data, model, optimizer -----------------------------------------------
+    math_settings = devices.use_math(workload, config.tf32)   # recorded with the run, as a profile records its own
     torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     source = training_batches(workload, device, config.micro_batch, config.seed, rank, world)
     model = workload.model().to(device)
@@ -341,7 +342,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
          total_steps=total_steps, micro_batch=config.micro_batch, n_train=workload.n_train,
          n_params=sum(p.numel() for p in model.parameters()), on_device=source.on_device, world_size=world,
          backend=torch.distributed.get_backend() if world > 1 else None, compile_s=compile_s,
-         noise_probe_every=probe.every if probe is not None else None)
+         noise_probe_every=probe.every if probe is not None else None, math_settings=math_settings)
 
     result = RunResult()
     interval_loss = _IntervalLoss()   # read at logging intervals
