@@ -264,7 +264,8 @@ class StepRunner:
 
     Tensor workloads: the data lives on the device (moved once, outside the clock) and is
     shuffled once; each step slices the next contiguous batch, so slicing is inside the timed
-    step as it is in a real training loop. Dataset workloads: each step takes the next batch
+    step as it is in a real training loop. Data too large for the device stays on the host, and each
+    step takes its batch as training does (gathered, pinned, copied one batch ahead). Dataset workloads: each step takes the next batch
     from the workload's DataLoader and copies it to the device, as training does;
     :meth:`timed_loader_and_compute_steps` also times steps on batches already on the device.
     """
