@@ -9,7 +9,7 @@ from typing import Iterable
 from .errors import UsageError
 
 __all__ = ["parse_size", "parse_batch_sizes", "parse_positive_int", "parse_float", "parse_count", "parse_fractions",
-           "check_int", "check_number", "INT32_MAX", "INT64_MAX"]
+           "check_int", "check_number", "check_switch", "INT32_MAX", "INT64_MAX"]
 
 # The largest values the database's columns hold: a number is checked against the column it lands
 # in where it enters (CLI, dashboard, Python API), so a job never records what the store refuses.
@@ -145,3 +145,10 @@ def check_number(value: object, what: str, low: float | None = None, high: float
     if high is not None and value > high:
         raise UsageError(f"{what} must be at most {high:g}, not {value:g}")
     return float(value)
+
+
+def check_switch(value: object, what: str) -> bool | None:
+    """``value`` as a setting that is on (True), off (False) or left as it is (None), else a UsageError."""
+    if value is not None and not isinstance(value, bool):
+        raise UsageError(f"{what} must be true, false or unset, not {value!r}")
+    return value

@@ -269,11 +269,12 @@ def cuda_properties(uuid: str, name: str = "NVIDIA A100-SXM4-40GB", total_memory
 def install_fake_cuda(monkeypatch, properties: list[types.SimpleNamespace]) -> dict:
     """Make torch.cuda report these GPUs (in torch's index order). Returns the fake's state:
     "synchronized" (device list), "peak" / "allocated" / "reserved_peak" (bytes per index, settable),
-    "current" (the index torch.cuda.set_device chose)."""
+    "current" (the index torch.cuda.set_device or a ``torch.cuda.device(i)`` block chose), "busy_until"
+    (when the last queued work of any GPU ends) and "busy_until_of" (the same, per GPU: each has its queue)."""
     import torch
 
     state = {"synchronized": [], "peak": {}, "allocated": {}, "reserved_peak": {}, "empty_cache": 0, "current": 0,
-             "busy_until": 0.0, "forwards": 0}
+             "busy_until": 0.0, "busy_until_of": {}, "forwards": 0}
 
     def index_of(device=None) -> int:
         if device is None:
@@ -294,28 +295,50 @@ def install_fake_cuda(monkeypatch, properties: list[types.SimpleNamespace]) -> d
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: properties[index_of(device)].name)
 
     def synchronize(device=None):
-        """Wait, as the host would, until the device's queued work (see FakeAllocator.seconds_per_forward) is done."""
-        state["synchronized"].append(index_of(device))
-        time.sleep(max(0.0, state["busy_until"] - time.perf_counter()))
+        """Wait, as the host would, until the device's queued work (see FakeAllocator.seconds_per_forward) is
+        done: that device's only (``None``: the current device's), as torch.cuda.synchronize does."""
+        index = index_of(device)
+        state["synchronized"].append(index)
+        time.sleep(max(0.0, state["busy_until_of"].get(index, 0.0) - time.perf_counter()))
 
     monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
 
     class Event:
-        """A CUDA event: it completes when the device has done the work queued before it was recorded."""
+        """A CUDA event: recorded (with no stream given) on the current device's stream, as torch's is, it
+        completes when that device has done the work queued before it; another GPU's work does not count."""
 
         def __init__(self, enable_timing: bool = False):
             self.at: float | None = None
+            self.device: int | None = None
 
         def record(self, stream=None) -> None:
-            self.at = max(time.perf_counter(), state["busy_until"])
+            self.device = state["current"]
+            self.at = max(time.perf_counter(), state["busy_until_of"].get(self.device, 0.0))
 
         def synchronize(self) -> None:
             time.sleep(max(0.0, self.at - time.perf_counter()))
 
         def elapsed_time(self, end: "Event") -> float:
+            if end.device != self.device:
+                raise RuntimeError("elapsed_time: the two events were recorded on different devices")
             return (end.at - self.at) * 1000.0  # milliseconds, as torch's
 
+    class device:
+        """``with torch.cuda.device(i):`` makes GPU i current inside the block, and restores the one before."""
+
+        def __init__(self, device):
+            self.index = index_of(device)
+            self.before: int | None = None
+
+        def __enter__(self):
+            self.before, state["current"] = state["current"], self.index
+
+        def __exit__(self, *_exc):
+            state["current"] = self.before
+            return False
+
     monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "device", device)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: state.__setitem__("current", index_of(device)))
 
     def reset_peaks(device=None):
@@ -361,28 +384,68 @@ def cuda_on_cpu(state: dict, allocator: FakeAllocator = FakeAllocator()):
     still holds torch.device("cuda:N"), so every device.type == "cuda" branch runs), pinned memory
     is plain memory, and each module's forward "allocates" on the fake device of ``state`` (from
     install_fake_cuda): it raises the peak to allocator.bytes_for(batch) or runs out of memory.
+
+    A tensor sent to the GPU with ``.to`` is copied, as a real GPU's would be (one already there is
+    returned as it is), and counted while it lives: ``state["resident_bytes"]`` now, and its peak
+    ``state["resident_peak_bytes"]``, so a test can tell how many copies of a data set were on the GPU at once.
+    (A module's parameters move by swapping their ``.data``: they are not counted.)
     Only the calling thread is affected (torch function modes are thread-local)."""
+    import weakref
+
     import torch
     from torch.overrides import TorchFunctionMode
 
+    state.setdefault("resident_bytes", 0)
+    state.setdefault("resident_peak_bytes", 0)
+    resident: dict[int, weakref.ref] = {}   # id -> the tensor, for tensors placed on the fake GPU and alive
+
+    def is_cuda(value) -> bool:
+        return ((isinstance(value, str) and value.startswith("cuda"))
+                or (isinstance(value, torch.device) and value.type == "cuda"))
+
     def to_cpu(value):
-        if isinstance(value, str) and value.startswith("cuda"):
+        if is_cuda(value):
             value = torch.device(value)
-        if isinstance(value, torch.device) and value.type == "cuda":
             state["placed"] = value.index if value.index is not None else state["current"]
             return torch.device("cpu")
         return value
+
+    def on_gpu(tensor) -> bool:
+        held = resident.get(id(tensor))
+        return held is not None and held() is tensor
+
+    def count(tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        resident[id(tensor)] = weakref.ref(tensor)
+        state["resident_bytes"] += size
+        state["resident_peak_bytes"] = max(state["resident_peak_bytes"], state["resident_bytes"])
+
+        def release(key=id(tensor)):
+            resident.pop(key, None)
+            state["resident_bytes"] -= size
+
+        weakref.finalize(tensor, release)
 
     class CudaOnCpu(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             if func is torch.device:
                 return func(*args, **(kwargs or {}))  # naming a cuda device is fine; placing data there is not
-            if getattr(func, "__name__", "") == "pin_memory":
+            name = getattr(func, "__name__", "")
+            if name == "pin_memory":
                 state.setdefault("pinned", []).append(tuple(args[0].shape))  # what was pinned, by shape
                 return args[0]  # pinning host memory needs a real driver; the copy is the same
+            kwargs = kwargs or {}
+            moving = (name == "to" and args and isinstance(args[0], torch.Tensor)
+                      and (any(is_cuda(a) for a in args[1:]) or is_cuda(kwargs.get("device"))))
             args = tuple(to_cpu(a) for a in args)
-            kwargs = {k: to_cpu(v) for k, v in (kwargs or {}).items()}
-            return func(*args, **kwargs)
+            kwargs = {k: to_cpu(v) for k, v in kwargs.items()}
+            if not moving:
+                return func(*args, **kwargs)
+            if on_gpu(args[0]) and kwargs.get("dtype") is None and not any(isinstance(a, torch.dtype) for a in args):
+                return args[0]   # already on the GPU: no copy, as torch's
+            placed = func(*args, **{**kwargs, "copy": True})
+            count(placed)
+            return placed
 
     def allocate(_module, inputs):
         batch = next((t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.dim() > 0), None)
@@ -397,7 +460,9 @@ def cuda_on_cpu(state: dict, allocator: FakeAllocator = FakeAllocator()):
         state["allocated"][index] = used
         state["peak"][index] = max(state["peak"].get(index, 0), used)
         state["forwards"] += 1
-        state["busy_until"] = max(state["busy_until"], time.perf_counter()) + allocator.seconds_per_forward
+        queue = state["busy_until_of"]
+        queue[index] = max(queue.get(index, 0.0), time.perf_counter()) + allocator.seconds_per_forward
+        state["busy_until"] = max(state["busy_until"], queue[index])
         reserved = used + allocator.reserved_overhead_bytes
         state["reserved_peak"][index] = max(state["reserved_peak"].get(index, 0), reserved)
 

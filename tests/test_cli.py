@@ -188,3 +188,25 @@ def test_profile_json_from_the_installed_command(home, tiny_spec):
     listed = subprocess.run([sys.executable, "-m", "largestep.cli", "profiles", "--json"], capture_output=True,
                             text=True, timeout=60)
     assert [r["id"] for r in json.loads(listed.stdout)] == [data["profile_id"]]
+
+
+@pytest.mark.parametrize("flag, tf32", [([], None), (["--tf32"], True), (["--no-tf32"], False)])
+def test_tf32_reaches_the_profile_the_runs_and_the_autopilot_alike(capsys, home, monkeypatch, flag, tf32):
+    from largestep.errors import UsageError
+    from largestep.jobs import start
+
+    asked = {}
+
+    def capture(kind):
+        def start_job(_home, _workload, _options, _device, config, *args, **kwargs):
+            asked[kind] = config.tf32
+            raise UsageError("captured")
+        return start_job
+
+    for kind in ("profile", "train", "autopilot"):
+        monkeypatch.setattr(start, f"start_{kind}", capture(kind))
+    for argv in (["profile", "-w", "fraud-mlp"], ["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01"],
+                 ["autopilot", "-w", "fraud-mlp"]):
+        code, _, err = run_cli(capsys, *argv, *flag)
+        assert code == 2 and "captured" in err
+    assert asked == {"profile": tf32, "train": tf32, "autopilot": tf32}

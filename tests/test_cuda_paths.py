@@ -187,7 +187,7 @@ def test_a_data_set_too_large_for_the_gpu_stays_in_host_memory_as_in_training(mo
     assert not devices.fits_on_device(workload.train, "cuda:0")
     with cuda_on_cpu(small):
         data = shuffled_on_device(workload, torch.device("cuda:0"), seed=0)
-    assert "placed" not in small  # nothing was sent to the GPU: each step copies its own slice
+    assert "placed" not in small  # nothing was sent to the GPU: each step gathers and copies its own batch
     assert data[0].shape == workload.train[0].shape
     roomy = install_fake_cuda(monkeypatch, [cuda_properties(UUID)])
     with cuda_on_cpu(roomy):
@@ -264,13 +264,18 @@ def test_fp16_warm_up_runs_until_the_loss_scaler_stops_skipping_steps(gpu, tiny_
 
     import torch
 
+    from largestep.measure import profiler
     from largestep.measure.profiler import measure_point
     from largestep.workloads import load_workload
 
     workload = load_workload(tiny_spec)
-    overflowing = {"left": 3}
+    config = dataclasses.replace(QUICK, dtype="fp16", warmup_steps=1)
+    # more overflowing steps than the untimed ones a warm-up takes anyway (its steps, then SIZING_STEPS to size
+    # the blocks): fewer would be absorbed by those, and the test would pass without waiting for the scaler
+    overflowing = {"left": 6}
+    assert overflowing["left"] > config.warmup_steps + profiler.SIZING_STEPS + 1
 
-    def loss(output, target):  # the first three steps overflow at the scaler's initial scale
+    def loss(output, target):  # the first six steps overflow at the scaler's initial scale
         value = torch.nn.functional.cross_entropy(output, target)
         if overflowing["left"]:
             overflowing["left"] -= 1
@@ -278,7 +283,6 @@ def test_fp16_warm_up_runs_until_the_loss_scaler_stops_skipping_steps(gpu, tiny_
         return value
 
     marks = []
-    config = dataclasses.replace(QUICK, dtype="fp16", warmup_steps=1)
     with cuda_on_cpu(gpu, BUSY):
         point = measure_point(dataclasses.replace(workload, loss=loss), torch.device("cuda:0"), 64, config,
                               telemetry_tag=lambda b: marks.append(overflowing["left"]))
@@ -366,3 +370,101 @@ def test_a_job_on_the_second_gpu_makes_it_current_so_plain_cuda_lands_there(monk
                                               "options": {}, "role": None, "recommendation_id": None}, "cuda:1")
     assert jobs.derive_state(home.job_dir(job_id)) == jobs.FINISHED
     assert two["current"] == 1  # torch.cuda.set_device(1): "cuda" in the workload's code means this job's GPU
+
+
+@pytest.mark.slow
+def test_a_batch_schedules_next_phase_builds_its_data_copy_once_the_old_one_is_gone(gpu, tiny_spec, monkeypatch):
+    from largestep.measure import train as train_module
+    from largestep.workloads import load_workload
+
+    # the data fits on the GPU, so each phase's source of batches copies it there: two copies at once would
+    # need twice the room the run was planned with
+    workload = load_workload(tiny_spec)
+    data_bytes = sum(t.numel() * t.element_size() for t in workload.train)
+    built = train_module.training_batches
+    on_gpu_before_building = []
+
+    def training_batches(*args, **kwargs):
+        on_gpu_before_building.append(gpu["resident_bytes"])
+        return built(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "training_batches", training_batches)
+    result, _ = train_on_gpu(gpu, tiny_spec, FakeAllocator(fixed_bytes=0, bytes_per_sample=0), batch_size=32,
+                             lr=1e-2, epochs=1, batch_schedule=((32, 0.0), (64, 0.5)))
+    assert result.samples >= workload.n_train // 2 and len(on_gpu_before_building) == 2   # the second phase ran
+    first, second = on_gpu_before_building
+    assert first == 0 and second < data_bytes / 4, (second, data_bytes)   # not the first phase's copy still there
+    assert gpu["resident_peak_bytes"] < 1.5 * data_bytes
+
+
+@pytest.mark.slow
+def test_a_profile_of_data_left_on_the_host_gathers_and_pins_each_batch_as_training_does(monkeypatch, tiny_spec):
+    from largestep.workloads import load_workload
+
+    # 256 KiB of GPU: the tiny workload's 144 KiB of training data stays on the host, in training and in its profile
+    small = install_fake_cuda(monkeypatch, [cuda_properties(UUID, total_memory=256 * 2**10)])
+    data_bytes = sum(t.numel() * t.element_size() for t in load_workload(tiny_spec).train)
+    point = measure_on_gpu(small, tiny_spec, 64, FakeAllocator(fixed_bytes=0, bytes_per_sample=0))
+    assert point.status == "ok"
+    # each step's batch gathered from the shuffle and pinned on its own, never the whole set (which torch's pinned
+    # allocator would round up to a power of two, beside the data and its shuffled copy)
+    assert small["pinned"] and all(shape[0] == 64 for shape in small["pinned"]), small["pinned"][:3]
+    assert small["resident_peak_bytes"] < data_bytes / 4   # batches on the GPU, never the data set
+
+
+# -- TF32 and cuDNN: set by --tf32 or the workload, recorded with every profile and run ---------------------
+
+
+def make_tf32():
+    """The tiny workload asking for TF32 and cuDNN's autotuning."""
+    import dataclasses
+
+    from tiny_workload import make
+
+    return dataclasses.replace(make(), tf32=True, cudnn_benchmark=True)
+
+
+@pytest.fixture
+def torch_math():
+    """torch's process-wide TF32 and cuDNN settings, as they were before the test, restored after it."""
+    import torch
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+              torch.get_float32_matmul_precision())
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True   # torch's defaults
+    torch.backends.cudnn.benchmark = False
+    yield
+    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = before[:3]
+    torch.set_float32_matmul_precision(before[3])
+
+
+TF32_ON = {"matmul_allow_tf32": True, "cudnn_allow_tf32": True, "cudnn_benchmark": True,
+           "float32_matmul_precision": "high"}
+
+
+@pytest.mark.slow
+def test_a_workloads_tf32_is_set_and_recorded_for_its_profile_and_no_tf32_for_its_run(home, gpu, torch_math, capsys):
+    from largestep.cli.measure import print_profile, profile_summary
+
+    spec = f"{__file__}:make_tf32"
+    config = ProfileConfig(batch_sizes=(32, 64), min_steps=3, min_seconds=0.1, warmup_steps=1)
+    with cuda_on_cpu(gpu, FakeAllocator(fixed_bytes=0, bytes_per_sample=0)):
+        profile_id = run_job_here(home, "profile", {"workload": spec, "device": "cuda:0", "config": asdict(config)},
+                                  "cuda:0")
+        # --no-tf32 on the run: the flag wins over the workload's field (cuDNN's autotuning stays the workload's)
+        run_config = TrainConfig(batch_size=64, lr=1e-2, max_steps=2, tf32=False)
+        run_id = run_job_here(home, "train", {"workload": spec, "device": "cuda:0", "config": asdict(run_config),
+                                              "options": {}, "role": None, "recommendation_id": None}, "cuda:0")
+    assert jobs.derive_state(home.job_dir(profile_id)) == jobs.derive_state(home.job_dir(run_id)) == jobs.FINISHED
+    store.ingest(home)
+    with store.connect(home) as con:
+        profile, run = store.load_profile(con, profile_id), store.get_run(con, run_id)
+    assert profile["math_settings"] == TF32_ON
+    assert run["math_settings"] == {**TF32_ON, "matmul_allow_tf32": False, "cudnn_allow_tf32": False,
+                                    "float32_matmul_precision": "highest"}
+    summary = profile_summary(profile)
+    assert summary["math_settings"] == TF32_ON
+    print_profile(summary)
+    assert "measured with TF32 on (matmul and cuDNN), float32 matmul precision high, cuDNN autotuning on" in \
+        capsys.readouterr().out

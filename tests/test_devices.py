@@ -77,7 +77,37 @@ def test_nvml_uuid_accepts_torch_and_nvml_spellings():
     assert devices.nvml_uuid(f"GPU-{UUID_A}".encode()) == f"GPU-{UUID_A}"
     assert devices.nvml_uuid(f"gpu-{UUID_A.upper()}") == f"GPU-{UUID_A}"
     assert devices.nvml_uuid("MIG-1234") == "MIG-1234"
+    assert devices.nvml_uuid(UUID_A, mig=True) == f"MIG-{UUID_A}"
     assert devices.nvml_uuid(None) is None
+
+
+MIG_UUID = "0c1d2e3f-6666-7777-8888-cccccccccccc"
+
+
+@pytest.mark.parametrize("name, visible", [
+    ("NVIDIA A100-SXM4-40GB MIG 1g.5gb", None),         # as CUDA names a slice
+    ("NVIDIA A100-SXM4-40GB", f"MIG-{MIG_UUID}"),        # a name that does not say, the slice chosen by its id
+])
+def test_a_mig_slice_is_named_as_nvml_and_cuda_visible_devices_accept_it(monkeypatch, no_mps, name, visible):
+    from fake_nvml import cuda_properties, install_fake_cuda
+
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    install_fake_cuda(monkeypatch, [cuda_properties(MIG_UUID, name=name)])
+    info = devices.device_info("cuda:0")
+    # torch spells the slice's UUID as bare hex; "GPU-<the slice's digits>" names no device NVML or CUDA knows
+    assert info.uuid == f"MIG-{MIG_UUID}" and info.id == f"cuda:MIG-{MIG_UUID}"
+    assert devices.lock_name("cuda:0") == f"cuda:MIG-{MIG_UUID}"
+
+
+def test_a_whole_gpu_is_named_gpu_even_beside_a_mig_slice(monkeypatch, no_mps):
+    from fake_nvml import cuda_properties, install_fake_cuda
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"GPU-{UUID_A}")
+    install_fake_cuda(monkeypatch, [cuda_properties(UUID_A, name="NVIDIA H100 80GB HBM3")])
+    assert devices.device_info("cuda:0").uuid == f"GPU-{UUID_A}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,3 +365,48 @@ def test_auto_names_the_cpu_without_asking_torch_only_where_no_gpu_device_file_e
     (tmp_path / "nvidia0").touch()                # a GPU's device file: only torch can tell
     assert device_names.resolve_name("auto") == "cuda:0" and asked == ["auto"]
     assert device_names.resolve_name(" CPU ") == "cpu" and asked == ["auto"]
+
+
+# ---------------------------------------------------------------------------------------------
+# TF32 and cuDNN
+
+
+@pytest.fixture
+def torch_math():
+    """torch's process-wide TF32 and cuDNN settings at torch's defaults for the test, as they were after it."""
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+              torch.get_float32_matmul_precision())
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
+    torch.backends.cudnn.benchmark = False
+    yield
+    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = before[:3]
+    torch.set_float32_matmul_precision(before[3])
+
+
+def test_tf32_comes_from_the_flag_else_the_workload_else_stays_as_torch_has_it(torch_math):
+    import types
+
+    defaults = {"matmul_allow_tf32": False, "cudnn_allow_tf32": True, "cudnn_benchmark": False,
+                "float32_matmul_precision": "highest"}
+    assert devices.math_settings() == defaults
+    silent = types.SimpleNamespace(tf32=None, cudnn_benchmark=None)
+    assert devices.use_math(silent) == defaults                       # nothing asked: torch's own
+    wants = types.SimpleNamespace(tf32=True, cudnn_benchmark=True)
+    on = {"matmul_allow_tf32": True, "cudnn_allow_tf32": True, "cudnn_benchmark": True,
+          "float32_matmul_precision": "high"}
+    assert devices.use_math(wants) == on                              # the workload's field
+    off = {"matmul_allow_tf32": False, "cudnn_allow_tf32": False, "cudnn_benchmark": True,
+           "float32_matmul_precision": "highest"}
+    assert devices.use_math(wants, tf32=False) == off                 # --no-tf32 wins over the field
+
+
+def test_a_workloads_tf32_and_cudnn_benchmark_must_be_true_false_or_none():
+    import dataclasses
+
+    from largestep.errors import WorkloadError
+    from tiny_workload import make
+
+    for name in ("tf32", "cudnn_benchmark"):
+        with pytest.raises(WorkloadError, match=f"{name} must be True, False or None"):
+            dataclasses.replace(make(), **{name: "yes"})

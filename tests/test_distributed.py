@@ -82,6 +82,27 @@ class _RankOneOutOfMemoryAbove(torch.nn.Module):
         return self.inner(x)
 
 
+class _RankOneFailsAbove(torch.nn.Module):
+    """Rank 1 alone fails above ``limit`` samples with an error that is not out of memory (a bad shard, a bug)."""
+
+    def __init__(self, inner: torch.nn.Module, limit: int):
+        super().__init__()
+        self.inner, self.limit = inner, limit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if rank == 1 and x.shape[0] > self.limit:
+            raise RuntimeError("the data on this shard is broken")
+        return self.inner(x)
+
+
+def make_rank_one_fails() -> Workload:
+    import dataclasses
+
+    base = make_sgd()
+    return dataclasses.replace(base, name="ddp-rank-one-fails", model=lambda: _RankOneFailsAbove(base.model(), 32))
+
+
 def make_rank_one_oom() -> Workload:
     import dataclasses
 
@@ -152,24 +173,19 @@ def test_two_ranks_match_one_process_on_the_same_global_batch(two_rank_run):
     assert run["batch_size"] == GLOBAL_BATCH and run["state"] == "FINISHED"
 
 
-def test_the_noise_scale_metric_is_mcCandlish_on_the_rank_shards(two_rank_run):
-    """Replay the run in one process, computing each rank's shard gradient explicitly: the logged
-    |G|² and tr(Σ) at every step are the estimator's on (B_small = 32, B_big = 64)."""
-    home, job_id, config, _ = two_rank_run
-    with store.connect(home) as con:
-        frame = store.run_metrics(con, [job_id], ["noise_g2", "noise_trace_sigma", "noise_scale"])
-    logged = {(int(r.step), r.name): r.value for r in frame.itertuples()}
-
-    from largestep.measure.train import _Batches
+def _replayed_norms(config: TrainConfig) -> dict[int, tuple[float, float]]:
+    """The 2-rank run replayed in one process, each rank's shard gradient computed explicitly: per step, the mean
+    over the ranks of their shard gradient's |g|² (B_small = 32) and the all-reduced gradient's |g|² (B_big = 64)."""
+    from largestep.measure.train import TensorBatches
 
     workload = make_sgd()
     torch.manual_seed(config.seed)
     model = workload.model()
     optimizer = workload.make_optimizer(model, config.lr)
     params = list(model.parameters())
-    batches = _Batches(workload.train, CPU, GLOBAL_BATCH, config.seed)
+    batches = TensorBatches(workload.train, CPU, GLOBAL_BATCH, config.seed)
     samples = 0
-    expected = {}
+    norms = {}
     for step, (x, y) in enumerate(batches.epoch(0), start=1):
         if step > STEPS:
             break
@@ -178,10 +194,8 @@ def test_the_noise_scale_metric_is_mcCandlish_on_the_rank_shards(two_rank_run):
             xs, ys = x[r * 32:(r + 1) * 32], y[r * 32:(r + 1) * 32]
             shard_grads.append(torch.autograd.grad(workload.loss(model(xs), ys), params))
         flat = [torch.cat([g.flatten().double() for g in grads]) for grads in shard_grads]
-        g_small_sq = float(sum(f.dot(f) for f in flat) / 2)
         mean = (flat[0] + flat[1]) / 2
-        g2, trace = noise_scale_from_norms(g_small_sq, float(mean.dot(mean)), 32, GLOBAL_BATCH)
-        expected[step] = (g2, trace)
+        norms[step] = (float(sum(f.dot(f) for f in flat) / 2), float(mean.dot(mean)))
         for p, g0, g1 in zip(params, *shard_grads):
             p.grad = (g0 + g1) / 2
         for group in optimizer.param_groups:
@@ -189,7 +203,19 @@ def test_the_noise_scale_metric_is_mcCandlish_on_the_rank_shards(two_rank_run):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         samples += GLOBAL_BATCH
+    return norms
 
+
+def test_the_noise_scale_metric_is_mcCandlish_on_the_rank_shards(two_rank_run):
+    """Replay the run in one process, computing each rank's shard gradient explicitly: the logged
+    |G|² and tr(Σ) at every step (each a logging step, so each probed) are the estimator's on (B_small = 32,
+    B_big = 64)."""
+    home, job_id, config, _ = two_rank_run
+    with store.connect(home) as con:
+        frame = store.run_metrics(con, [job_id], ["noise_g2", "noise_trace_sigma", "noise_scale"])
+    logged = {(int(r.step), r.name): r.value for r in frame.itertuples()}
+    expected = {step: noise_scale_from_norms(small, big, 32, GLOBAL_BATCH)
+                for step, (small, big) in _replayed_norms(config).items()}
     assert len(expected) == STEPS
     for step, (g2, trace) in expected.items():
         assert logged[(step, "noise_g2")] == pytest.approx(g2, rel=1e-4, abs=1e-9), step
@@ -198,6 +224,31 @@ def test_the_noise_scale_metric_is_mcCandlish_on_the_rank_shards(two_rank_run):
             assert logged[(step, "noise_scale")] == pytest.approx(trace / g2, rel=1e-3), step
         else:
             assert (step, "noise_scale") not in logged
+
+
+@pytest.mark.distributed
+def test_the_noise_probe_reads_the_gradients_every_few_steps_not_every_step(home):
+    """The probe's float64 norms of every bucket cost each step they run on, and a profile's steps run without
+    them: it reads steps 8 and 12 of a run logging every 12 (every NOISE_PROBE_EVERY-th step and the logging step),
+    and the logged estimate is theirs."""
+    from largestep.measure.train import NOISE_PROBE_EVERY
+
+    assert NOISE_PROBE_EVERY == 8
+    config = TrainConfig(batch_size=GLOBAL_BATCH, lr=0.05, nproc=2, max_steps=STEPS, warmup_samples=WARMUP,
+                         log_every_steps=STEPS, seed=3)
+    [job_id] = starts.start_train(home, SGD_SPEC, {}, "cpu", config)
+    assert jobs.wait(home, job_id, timeout_s=120) == jobs.FINISHED, (home.job_dir(job_id) / "output.log").read_text()
+    store.ingest(home)
+    with store.connect(home) as con:
+        frame = store.run_metrics(con, [job_id], ["noise_g_small_sq", "noise_g_big_sq"])
+    logged = {(int(r.step), r.name): r.value for r in frame.itertuples()}
+    norms = _replayed_norms(config)
+    probed = [8, 12]
+    assert set(logged) == {(STEPS, "noise_g_small_sq"), (STEPS, "noise_g_big_sq")}
+    assert logged[(STEPS, "noise_g_small_sq")] == pytest.approx(sum(norms[s][0] for s in probed) / 2, rel=1e-4)
+    assert logged[(STEPS, "noise_g_big_sq")] == pytest.approx(sum(norms[s][1] for s in probed) / 2, rel=1e-4)
+    start = next(e for e in _events(home, job_id) if e["type"] == "run_start")
+    assert start["noise_probe_every"] == NOISE_PROBE_EVERY
 
 
 @pytest.mark.distributed
@@ -278,6 +329,25 @@ def test_one_rank_out_of_memory_ends_the_profile_at_its_ceiling_instead_of_hangi
     assert {b: p["status"] for b, p in points.items()} == {32: "ok", 64: "ok", 128: "oom"}
     assert profile["stop_reason"] == "oom" and points[128]["error"].startswith("rank 1: OutOfMemoryError")
     assert profile["saturation_batch"] in (32, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_one_rank_failing_ends_the_profile_failed_with_its_error_within_seconds(home):
+    # global 128 is a shard of 64 a rank: rank 1 fails (not out of memory) while rank 0 waits in the all-reduce
+    config = ProfileConfig(batch_sizes=(32, 64, 128), min_steps=3, min_seconds=0.1, warmup_steps=1, nproc=2)
+    job_id = starts.start_profile(home, f"{HERE}:make_rank_one_fails", {}, "cpu", config)
+    job_dir = home.job_dir(job_id)
+    assert wait_for(lambda: '"batch_size": 64' in (job_dir / "events.jsonl").read_text(), 120), \
+        (job_dir / "output.log").read_text()[-3000:]
+    reached_128 = time.monotonic()
+    state = jobs.wait(home, job_id, timeout_s=120)
+    assert state == jobs.FAILED, (job_dir / "output.log").read_text()[-3000:]
+    assert time.monotonic() - reached_128 < 60   # not the collective timeout (600 s)
+    store.ingest(home)
+    with store.connect(home) as con:
+        job = store.get_job(con, job_id)
+    assert job["error"].startswith("rank 1 of 2: RuntimeError: the data on this shard is broken"), job["error"]
 
 
 @pytest.mark.timeout(900)  # its subprocesses (or the session's autopilot) may take 300 s and more

@@ -167,3 +167,38 @@ def test_a_pause_between_looks_at_a_job_ends_as_its_process_does(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+
+@pytest.mark.slow   # seconds: it loads and tries the workload for each of seven requests
+def test_every_kind_of_job_that_touches_a_gpu_holds_that_gpus_lock(home, tiny_spec, monkeypatch):
+    """Each kind of job, submitted for cuda:0, and the locks its runner takes: the GPU's (named by UUID) for every
+    job that runs on it, so that none of them times another or runs out of memory beside it; the autopilot alone
+    waits on a lock of its own, as it only orchestrates children that each take the GPU's."""
+    from fake_nvml import cuda_properties, install_fake_cuda
+
+    from largestep.jobs import forkserver, runner
+    from largestep.jobs.autopilot import AutopilotConfig
+    from largestep.measure.device_names import lock_name
+
+    install_fake_cuda(monkeypatch, [cuda_properties("6e3f5c2a-1b2c-4d5e-8f90-0a1b2c3d4e5f")])
+    monkeypatch.setattr(forkserver, "enabled", lambda env: False)
+    monkeypatch.setattr(runner, "_start_fresh", lambda job_id, job_dir, env: os.getpid())  # written, not started
+    gpu = lock_name("cuda:0")
+    assert gpu == "cuda:GPU-6e3f5c2a-1b2c-4d5e-8f90-0a1b2c3d4e5f"
+    rec = {"workload_spec": tiny_spec, "workload": "tiny", "batch_size": 64, "learning_rate": 0.01}
+    submitted = {
+        "profile": starts.start_profile(home, tiny_spec, {}, "cuda:0", ProfileConfig(batch_sizes=(32,))),
+        "noise": starts.start_noise(home, tiny_spec, {}, "cuda:0", batch_small=32, batch_big=64, warm_steps=0),
+        "noise_curve": starts.start_noise_curve(home, tiny_spec, {}, "cuda:0", (0.0, 1.0), batch_small=32,
+                                                batch_big=64),
+        "stability": starts.start_stability(home, rec, "cuda:0"),
+        "train": starts.start_train(home, tiny_spec, {}, "cuda:0", TrainConfig(batch_size=64, lr=0.01))[0],
+        "train (batch schedule)": starts.start_train(home, tiny_spec, {}, "cuda:0",
+                                                     TrainConfig(batch_size=32, lr=0.01,
+                                                                 batch_schedule=((32, 0.0), (64, 0.5))))[0],
+        "autopilot": starts.start_autopilot(home, tiny_spec, {}, "cuda:0", AutopilotConfig()),
+    }
+    locks = {kind: runner._lock_names(jobs.read_spec(home.job_dir(job_id))) for kind, job_id in submitted.items()}
+    assert set(locks) >= set(runner._KINDS) - {"ray"}   # every kind of job there is (a Ray task takes the cluster's)
+    assert locks == {**{kind: {gpu} for kind in submitted}, "autopilot": {"autopilot-cuda:0"}}

@@ -352,3 +352,50 @@ def test_parse_fractions_says_how_to_fix_the_input():
     for text, words in (("", "empty"), ("0,half", "'half'"), ("0,2", "between 0 and 1"), ("nan", "between 0 and 1")):
         with pytest.raises(UsageError, match=words):
             parse_fractions(text)
+
+
+@pytest.mark.slow
+def test_the_curve_running_out_of_gpu_memory_is_the_same_one_line_error(monkeypatch):
+    from fake_nvml import FakeAllocator, cuda_on_cpu, cuda_properties, install_fake_cuda
+
+    from largestep.errors import DeviceError
+
+    gpu = install_fake_cuda(monkeypatch, [cuda_properties("6e3f5c2a-1b2c-4d5e-8f90-0a1b2c3d4e5f")])
+    with cuda_on_cpu(gpu, FakeAllocator(oom_above=16)), pytest.raises(DeviceError) as error:
+        estimate_noise_curve(tiny_workload.make(), torch.device("cuda:0"), (0.0, 1.0), batches=2, bootstrap=0)
+    message = str(error.value)
+    assert "out of memory" in message and "use a smaller --batch-small" in message and "\n" not in message
+
+
+@pytest.mark.slow
+def test_the_curve_estimates_holding_no_optimizer_state_or_gradients_beside_its_sums(monkeypatch):
+    """On a GPU an estimate along the curve holds what one on its own does (the parameters, the sum of the chunks'
+    gradients and one chunk's): the optimizer's state (Adam: 8 bytes a parameter) waits on the host meanwhile, and
+    the last step's gradients are gone. Training then goes on from the same state (see the test above)."""
+    from fake_nvml import FakeAllocator, cuda_on_cpu, cuda_properties, install_fake_cuda
+
+    from largestep.measure import noise
+
+    gpu = install_fake_cuda(monkeypatch, [cuda_properties("6e3f5c2a-1b2c-4d5e-8f90-0a1b2c3d4e5f")])
+    runners, held = [], []
+
+    class Runner(noise.StepRunner):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            runners.append(self)
+
+    real_norms = noise._gradient_norms
+
+    def gradient_norms(model, *args, **kwargs):
+        [runner] = runners
+        held.append({"optimizer state": sum(len(s) for s in runner.optimizer.state.values()),
+                     "gradients": sum(p.grad is not None for p in model.parameters())})
+        return real_norms(model, *args, **kwargs)
+
+    monkeypatch.setattr(noise, "StepRunner", Runner)
+    monkeypatch.setattr(noise, "_gradient_norms", gradient_norms)
+    workload = tiny_workload.make()   # Adam
+    with cuda_on_cpu(gpu, FakeAllocator(fixed_bytes=0, bytes_per_sample=0)):
+        points = estimate_noise_curve(workload, torch.device("cuda:0"), (0.0, 0.1), batches=2, bootstrap=0)
+    assert [p.step for p in points] == [0, 19] and len(held) == 2
+    assert held == [{"optimizer state": 0, "gradients": 0}] * 2

@@ -379,7 +379,7 @@ MIG_UUID = "0c1d2e3f-6666-7777-8888-cccccccccccc"
 
 
 def test_a_mig_slice_is_matched_to_its_nvml_slice_handle(nvml):
-    # torch names the slice by bare hex (so its DeviceInfo says "GPU-..."); NVML by "MIG-..." under its GPU
+    # NVML lists a slice under its GPU, by "MIG-..."; torch spells its UUID as bare hex: they are matched by digits
     slice_ = FakeGpu(uuid=f"MIG-{MIG_UUID}", gpu_util_pct=33, temp_c=55)
     nvml([FakeGpu(uuid=f"GPU-{UUID_A}", migs=(slice_,)), FakeGpu(uuid=f"GPU-{UUID_B}")])
     info = cuda_info(MIG_UUID)

@@ -32,13 +32,13 @@ def profile(workload, *, options: Mapping[str, object] | None = None, data: str 
             min_batch: int | None = None, max_batch: int | None = None, dtype: str = "fp32",
             memory_budget: str | int | None = None, full: bool = False, min_steps: int = 10,
             min_seconds: float = 1.0, warmup_steps: int = 3, rounds: int = 3, seed: int = 0, compile: bool = False,
-            nproc: int = 1, launcher: str = "local", ray_address: str | None = None, home=None,
+            tf32: bool | None = None, nproc: int = 1, launcher: str = "local", ray_address: str | None = None, home=None,
             quiet: bool = False) -> Profile:
     """Measure step time, throughput and memory against batch size, as `largestep profile` does (a job).
 
     ``batch_sizes``: explicit sizes, e.g. ``[32, 128, 512]`` (else powers of two from ``min_batch``, default a
     quarter of the baseline, to ``max_batch``, default 65536). ``memory_budget``: bytes, or text such as
-    ``"12GiB"``. ``home``: the largestep home (default ``$LARGESTEP_HOME`` or ``./.largestep``). Returns the
+    ``"12GiB"``. ``tf32``: TF32 in float32 matmuls and convolutions (None: the workload's field). ``home``: the largestep home (default ``$LARGESTEP_HOME`` or ``./.largestep``). Returns the
     profile whatever its end, as long as it measured a batch size (its ``state`` says how it ended).
     """
     from ..jobs.follow import describe_profile_event
@@ -50,7 +50,7 @@ def profile(workload, *, options: Mapping[str, object] | None = None, data: str 
     config = ProfileConfig.from_options(
         batch_sizes=batch_sizes, min_batch=min_batch, max_batch=max_batch, memory_budget=memory_budget, nproc=nproc,
         dtype=dtype, full=full, min_steps=min_steps, min_seconds=min_seconds, warmup_steps=warmup_steps,
-        rounds=rounds, seed=seed, compile=compile)
+        rounds=rounds, seed=seed, compile=compile, tf32=tf32)
     run_on = launcher_from_cli(launcher, ray_address)
     where = _home(home)
     chosen = workload_options(options, data, label)

@@ -31,7 +31,7 @@ def doctor(ctx, as_json, check_devices, repair, report_path):
     processes, its size, each finding with what to do; --repair also repairs what it safely can; with
     --devices, the devices too. Exit code 1 when a problem needs fixing by hand."""
     if check_devices:
-        return _device_section(as_json, Path(report_path))
+        return _device_section(home_of(ctx), as_json, Path(report_path))
     from dataclasses import asdict
 
     from ..store.doctor import PROBLEM, diagnose
@@ -50,22 +50,34 @@ def doctor(ctx, as_json, check_devices, repair, report_path):
     return 1 if any(c.verdict == PROBLEM for c in checks) else 0
 
 
-def _device_section(as_json: bool, report_path: Path) -> int:
-    """Run the device self-check: a table (or JSON) on stdout, the full report written to ``report_path``."""
+def _device_section(home, as_json: bool, report_path: Path) -> int:
+    """Run the device self-check: a table (or JSON) on stdout, the full report written to ``report_path``.
+
+    It holds every device's job lock while it checks: a profile or a run beside it would skew its timings, and
+    it theirs."""
     import json
 
     from .output import jsonable
-    from ..measure import selfcheck
+    from ..format import format_math
+    from ..jobs.runner import holding_devices
+    from ..measure import devices, selfcheck
 
-    if not as_json:
-        click.echo("checking devices (each timing takes a few seconds) ...", err=True)
-    checks = selfcheck.check_devices()
+    def waiting(name: str) -> None:
+        click.echo(f"waiting for the job on {name} to end (the check must not share a device with it) ...", err=True)
+
+    with holding_devices(home, [d.id for d in devices.discover()], on_wait=waiting):
+        if not as_json:
+            click.echo("checking devices (each timing takes a few seconds) ...", err=True)
+        checks = selfcheck.check_devices()
     document = selfcheck.report(checks)
     write_atomic(report_path, json.dumps(jsonable(document), indent=2, default=str, allow_nan=False) + "\n")
     if as_json:
-        emit_json({"report": str(report_path), "checks": document["checks"]})
+        emit_json({"report": str(report_path), "checks": document["checks"],
+                   "math_settings": document["math_settings"], "versions": document["versions"]})
     else:
         rows = [[c.device, c.name, c.verdict, c.summary] for c in checks]
         console().print(table("devices", ["device", "check", "verdict", "finding"], rows))
+        click.echo(f"float32 math by default: {format_math(document['math_settings'])} (a workload's tf32 field or "
+                   f"--tf32 sets it for its jobs)")
         click.echo(f"report written to {report_path}: attach it to a bug report")
     return 1 if any(c.verdict == selfcheck.PROBLEM for c in checks) else 0

@@ -15,9 +15,10 @@ from .options import (
     open_store,
     workload_options,
     workload_settings,
+    tf32_option,
 )
 from .output import console, detached, emit_json, finish_job, follow_job, table
-from ..format import format_bytes, format_ms, format_pct, format_si, grouped
+from ..format import format_bytes, format_math, format_ms, format_pct, format_si, grouped
 from ..measure.device_names import DTYPE_NAMES
 from ..measure.profile_config import WARMUP_AGREEMENT
 
@@ -70,6 +71,7 @@ def hardware(ctx, as_json: bool) -> None:
                    "order, so background load falls on all alike; 1 measures each size in one contiguous block.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @compile_option
+@tf32_option
 @nproc_option("Data-parallel processes on this machine (gloo on CPU, NCCL on CUDA): batch sizes are global, and the step "
               "time includes the gradient all-reduce.")
 @launch_options
@@ -77,7 +79,7 @@ def hardware(ctx, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch, max_batch, dtype, memory_budget,
-            full, min_steps, min_seconds, warmup_steps, rounds, seed, compile_model, nproc, launcher, ray_address,
+            full, min_steps, min_seconds, warmup_steps, rounds, seed, compile_model, tf32, nproc, launcher, ray_address,
             detach, as_json) -> int:
     """Measure step time, throughput and memory against batch size (runs as a job)."""
     from .. import jobs, store
@@ -89,7 +91,7 @@ def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch
     config = ProfileConfig.from_options(
         batch_sizes=batch_sizes, min_batch=min_batch, max_batch=max_batch, memory_budget=memory_budget, nproc=nproc,
         dtype=dtype, full=full, min_steps=min_steps, min_seconds=min_seconds, warmup_steps=warmup_steps, rounds=rounds,
-        seed=seed, compile=compile_model)
+        seed=seed, compile=compile_model, tf32=tf32)
     run_on = launcher_from_cli(launcher, ray_address)
     home = home_of(ctx)
     job_id = start_profile(home, workload, workload_settings(settings, data, label), device, config, launcher=run_on)
@@ -127,6 +129,8 @@ def print_profile(summary: dict) -> None:
     out.print(table(title, columns, rows))
     out.print(f"saturation batch: {summary['saturation_batch']} (smallest batch at 90% of the best throughput); "
               f"sweep stopped: {summary['stop_reason']}")
+    if summary.get("math_settings"):
+        out.print(f"measured with {format_math(summary['math_settings'])}")
     if summary.get("inconsistency"):
         out.print(f"[yellow]inconsistent: {summary['inconsistency']}; recommendations from this profile say they "
                   f"are uncertain[/yellow]")

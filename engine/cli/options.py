@@ -60,6 +60,13 @@ def compile_option(fn: Callable) -> Callable:
                              "recorded apart (each new batch size recompiles, untimed).")(fn)
 
 
+def tf32_option(fn: Callable) -> Callable:
+    return click.option("--tf32/--no-tf32", "tf32", default=None,
+                        help="TF32 in float32 matmuls and convolutions (Ampere and newer GPUs: several times faster, "
+                             "less precise), for the profile and the runs alike. Default: the workload's tf32 field, "
+                             "else torch's defaults. Recorded with every profile and run.")(fn)
+
+
 def nproc_option(help: str) -> Callable[[Callable], Callable]:
     return click.option("--nproc", default="1", show_default=True, metavar="N", help=help)
 

@@ -16,12 +16,13 @@ from .options import (
     parse_count,
     parse_float,
     parse_nproc,
+    tf32_option,
     workload_options,
     workload_settings,
 )
 from .output import console, detached, emit_json, finish_job, follow_job, table
 from ..errors import UsageError
-from ..format import format_background_load, format_bytes, unreadable_runs
+from ..format import format_background_load, format_bytes, format_math, unreadable_runs
 from ..measure.device_names import DTYPE_NAMES
 from ..workloads.names import SCHEDULES
 
@@ -51,6 +52,7 @@ from ..workloads.names import SCHEDULES
 @click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="fp32", show_default=True)
 @click.option("--seed", default="0", show_default=True, metavar="S")
 @compile_option
+@tf32_option
 @click.option("--repeats", default="1", show_default=True, metavar="K", help="Runs with seeds S, S+1, ... as one group.")
 @click.option("--target-val-loss", metavar="X", help="Stop when the validation loss reaches X; record the time.")
 @click.option("--eval-every", default="1", show_default=True, metavar="EPOCHS", help="Evaluation interval in epochs.")
@@ -65,7 +67,7 @@ from ..workloads.names import SCHEDULES
 @click.pass_context
 def train(ctx, workload, settings, data, label, batch_size, batch_schedule, adaptive_multiple, profile_id,
           batch_schedule_rule, lr, epochs, warmup_samples, accumulate, schedule, dtype,
-          seed, compile_model, repeats, target_val_loss, eval_every, max_steps, tags, device, nproc, launcher,
+          seed, compile_model, tf32, repeats, target_val_loss, eval_every, max_steps, tags, device, nproc, launcher,
           ray_address, detach, as_json):
     """Train a workload for real at one batch size and learning rate (runs as jobs)."""
     from .. import jobs, store
@@ -90,7 +92,7 @@ def train(ctx, workload, settings, data, label, batch_size, batch_schedule, adap
         seed=parse_count(seed, "--seed"), target_val_loss=parse_float(target_val_loss, "--target-val-loss"),
         eval_every_epochs=parse_float(eval_every, "--eval-every"),
         max_steps=parse_positive_int(max_steps, "--max-steps") if max_steps is not None else None, tags=tuple(tags),
-        nproc=parse_nproc(nproc), compile=compile_model,
+        nproc=parse_nproc(nproc), compile=compile_model, tf32=tf32,
     )
     run_on = launcher_from_cli(launcher, ray_address)
     home = home_of(ctx)
@@ -215,6 +217,8 @@ def runs_show(ctx, run_id, as_json):
     print_runs([run], f"Run {run_id}")
     if run.get("error"):
         click.echo(f"error: {run['error']}")
+    if run.get("math_settings"):
+        click.echo(f"trained with {format_math(run['math_settings'])}")
     for e in evals:
         # a run tracked from the user's own code may not know its epoch
         epoch = "" if e.get("epoch") is None or e["epoch"] != e["epoch"] else f"  epoch {e['epoch']:.2f}"
@@ -300,6 +304,7 @@ def print_comparison(result: dict) -> None:
 @click.option("--quality-tolerance", default="0.01", show_default=True, metavar="SHARE",
               help="A quality difference within this share of the baseline's value counts as no difference.")
 @compile_option
+@tf32_option
 @device_option()
 @nproc_option("Data-parallel processes for the profile and every training run (batch sizes are global); the "
               "noise-scale estimate runs in one.")
@@ -308,7 +313,7 @@ def print_comparison(result: dict) -> None:
 @json_option
 @click.pass_context
 def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, arms, until_decisive, max_repeats,
-              quality_tolerance, compile_model, device, nproc, launcher, ray_address, detach, as_json):
+              quality_tolerance, compile_model, tf32, device, nproc, launcher, ray_address, detach, as_json):
     """The whole loop headless: profile, noise scale, recommend, train the baseline and the
     recommendation (K seeds each, one after the other on the device), compare, and one headline."""
     from .. import jobs, store
@@ -317,7 +322,7 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, arms,
     from ..jobs.start import start_autopilot
 
     config = AutopilotConfig.from_options(repeats, epochs, rule, arms, until_decisive, max_repeats, quality_tolerance,
-                                          compile_model, nproc, launcher, ray_address)
+                                          compile_model, nproc, launcher, ray_address, tf32=tf32)
     home = home_of(ctx)
     job_id = start_autopilot(home, workload, workload_settings(settings, data, label), device, config)
     store.ingest(home)

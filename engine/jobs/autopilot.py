@@ -24,7 +24,7 @@ from ..measure.profile_config import MAX_SECONDS
 from ..measure.train_config import MAX_EPOCHS
 from ..plan.compare import check_tolerance, compare_groups
 from ..plan.recommend import RULES, RecommendConfig, recommend, steps_factor
-from ..units import check_int, check_number
+from ..units import check_int, check_number, check_switch
 
 __all__ = ["AutopilotConfig", "autopilot_task", "PHASES", "headline", "keep_baseline_headline", "prediction_factors",
            "decisive"]
@@ -53,6 +53,7 @@ class AutopilotConfig:
     launcher: dict | None = None          # None: child jobs run here; {"kind": "ray", ...}: as Ray tasks
     nproc: int = 1                        # data-parallel ranks of the profile and of every training run
     compile: bool = False                 # torch.compile the model in every step: profile, noise scale, runs
+    tf32: bool | None = None              # TF32 for the profile and every run; None: the workload's field
 
     def validate(self) -> None:
         """The autopilot's own fields; each child job's config is validated again when it is built."""
@@ -67,6 +68,7 @@ class AutopilotConfig:
         check_tolerance(self.tolerance)
         check_tolerance(self.quality_tolerance, "--quality-tolerance")
         check_int(self.nproc, "--nproc", high=MAX_NPROC)
+        check_switch(self.tf32, "--tf32")
         if self.arms is not None and tuple(self.arms) not in (ARMS, SCHEDULE_ARMS):
             raise UsageError(f"--arms takes {','.join(ARMS)} (both arms, trained even when the recommendation is the "
                              f"baseline) or {','.join(SCHEDULE_ARMS)} (a third arm growing its batch on a schedule "
@@ -293,7 +295,7 @@ def autopilot_task(ctx: JobContext) -> None:
         # profile
         profile_id = start_profile(ctx.home, spec, options, device,
                                    ProfileConfig(min_seconds=config.min_seconds, max_batch=config.max_batch,
-                                                 nproc=config.nproc, compile=config.compile),
+                                                 nproc=config.nproc, compile=config.compile, tf32=config.tf32),
                                    launcher=config.launcher)
         children.append(profile_id)
         phase("profile", 0.0, job=profile_id)
@@ -342,13 +344,14 @@ def autopilot_task(ctx: JobContext) -> None:
         # the device's first-in-first-out queue, so drift in the machine's load falls on both arms alike
         base = TrainConfig(batch_size=rec["baseline"]["batch_size"], lr=rec["baseline"]["learning_rate"],
                            epochs=epochs, warmup_samples=rec["warmup_samples"], nproc=config.nproc,
-                           compile=config.compile)
+                           compile=config.compile, tf32=config.tf32)
         factor = 1.0
         if rec.get("noise_scale"):
             b0, b, bn = rec["baseline"]["batch_size"], rec["batch_size"], rec["noise_scale"]
             factor = min(MAX_EPOCH_FACTOR, (b + bn) / (b0 + bn))  # S(B) B / S(B0) B0: the data the larger batch needs
         chosen = TrainConfig(batch_size=rec["batch_size"], lr=rec["learning_rate"], epochs=epochs * factor,
-                             warmup_samples=rec["warmup_samples"], nproc=config.nproc, compile=config.compile)
+                             warmup_samples=rec["warmup_samples"], nproc=config.nproc, compile=config.compile,
+                             tf32=config.tf32)
         arms = {"baseline": (base, f"grp-{secrets.token_hex(4)}", []),
                 "recommended": (chosen, f"grp-{secrets.token_hex(4)}", [])}
         if config.scheduled:   # the third arm, in the same rotation

@@ -58,6 +58,7 @@ def profile_task(ctx: JobContext) -> None:
     info = devices.device_info(device)
     config = profile_config_from_params(params)
     config.validate()
+    math = devices.use_math(workload, config.tf32)   # TF32 and cuDNN as the runs it predicts will have them
     planned = plan_batch_sizes(config, workload)
 
     sampler = telemetry.Sampler(info, on_samples=lambda samples: ctx.spool.emit(events.TELEMETRY, samples=samples),
@@ -70,7 +71,7 @@ def profile_task(ctx: JobContext) -> None:
         optimizer=workload.optimizer_name, n_train=workload.n_train, epochs=workload.epochs,
         warmup_samples=workload.default_warmup_samples(), weight_decay=workload.weight_decay,
         schedule=workload.schedule, decay_samples=workload.decay_samples, max_grad_norm=workload.max_grad_norm,
-        telemetry_source=sampler.source, telemetry_reason=sampler.reason, versions=versions(),
+        telemetry_source=sampler.source, telemetry_reason=sampler.reason, versions=versions(), math_settings=math,
     )
 
     power = telemetry.WindowPower(info, sampler)
@@ -130,6 +131,7 @@ def noise_task(ctx: JobContext) -> None:
     params = ctx.params
     ctx.progress("loading workload", 0.0)
     device, workload = device_and_workload(params, cache_of(ctx.home))
+    devices.use_math(workload)
     estimate = estimate_noise(
         workload, device, batch_small=params.get("batch_small"), batch_big=params.get("batch_big"),
         batches=params.get("batches", 32), warm_steps=params.get("warm_steps", 0), seed=params.get("seed", 0),
@@ -149,6 +151,7 @@ def noise_curve_task(ctx: JobContext) -> None:
     params = ctx.params
     ctx.progress("loading workload", 0.0)
     device, workload = device_and_workload(params, cache_of(ctx.home))
+    devices.use_math(workload)
     described = {"workload": workload.name, "workload_spec": params["workload"],
                  "options": params.get("options") or {}, "device": devices.device_info(device).to_dict()}
 
@@ -171,6 +174,7 @@ def stability_task(ctx: JobContext) -> None:
 
     params = ctx.params
     device, workload = device_and_workload(params, cache_of(ctx.home))
+    devices.use_math(workload)
     result = check_stability(workload, device, params["batch_size"], params["lr"], steps=params.get("steps", 60),
                              dtype=params.get("dtype", "fp32"),
                              on_progress=lambda f: ctx.progress("learning-rate ramp", f))

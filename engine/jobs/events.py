@@ -74,7 +74,7 @@ CATALOGUE: dict[str, EventType] = {e.name: e for e in (
               ("profile_id",), ("workload", "workload_spec", "world_size", "options", "device", "config", "planned",
                                 "baseline_batch_size", "baseline_lr", "optimizer", "n_train", "epochs",
                                 "warmup_samples", "weight_decay", "telemetry_source", "telemetry_reason", "versions",
-                                "schedule", "decay_samples", "max_grad_norm")),
+                                "schedule", "decay_samples", "max_grad_norm", "math_settings")),
     EventType(POINT, "one batch size measured (or refused: oom, over_budget, error)",
               ("profile_id", "batch_size", "status"), (*POINT_FIELDS[2:], *BACKGROUND_FIELDS)),
     EventType(PROFILE_END, "the sweep ended: why, the saturation batch, the memory fit",
@@ -91,7 +91,8 @@ CATALOGUE: dict[str, EventType] = {e.name: e for e in (
     EventType(RUN_START, "a training run began: its config and what it runs on", ("config",),
               ("workload", "workload_spec", "options", "device", "versions", "launcher", "role", "recommendation_id",
                "primary_metric", "primary_metric_mode", "epochs", "warmup_samples", "steps_per_epoch", "total_steps",
-               "micro_batch", "n_train", "n_params", "on_device", "world_size", "backend", "compile_s")),
+               "micro_batch", "n_train", "n_params", "on_device", "world_size", "backend", "compile_s",
+               "noise_probe_every", "math_settings")),
     EventType(METRICS, "training metrics at logging steps, wide rows", ("rows",)),
     EventType(METRIC_VALUES, "named metric values at logging steps, long rows (the DDP noise scale)", ("rows",)),
     EventType(EVAL, "a validation pass", ("step", "val_loss"), ("epoch", "samples", "wall_time_s", "train_time_s",
@@ -238,7 +239,8 @@ def profile_start_row(e: dict) -> dict:
             "telemetry_source": e.get("telemetry_source"), "telemetry_reason": e.get("telemetry_reason"),
             "config": config, "versions": e.get("versions") or {}, "warmup_samples": e.get("warmup_samples"),
             "weight_decay": e.get("weight_decay"), "schedule": e.get("schedule"),
-            "decay_samples": e.get("decay_samples"), "max_grad_norm": e.get("max_grad_norm")}
+            "decay_samples": e.get("decay_samples"), "max_grad_norm": e.get("max_grad_norm"),
+            "math_settings": e.get("math_settings")}
 
 
 def point_row(e: dict) -> dict:
@@ -292,7 +294,7 @@ def run_start_row(e: dict, run_id: str) -> dict:
             "tags": list(config.get("tags") or []), "primary_metric": e.get("primary_metric"),
             "primary_metric_mode": e.get("primary_metric_mode"), "n_params": e.get("n_params"),
             "total_steps": e.get("total_steps"), "started_at": e.get("t"), "config": config,
-            "versions": e.get("versions") or {}}
+            "versions": e.get("versions") or {}, "math_settings": e.get("math_settings")}
 
 
 def run_end_row(e: dict, primary_metric: str | None) -> dict:

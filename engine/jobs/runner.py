@@ -10,6 +10,7 @@ waits for it as PENDING, so two timed runs never share a device.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import select
@@ -35,7 +36,7 @@ __all__ = [
     "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED", "DIVERGED", "CRASHED",
     "FINAL_STATES", "STATES", "JobContext", "submit", "cancel", "derive_state", "exit_record",
     "crash_reason", "job_process", "new_job_id", "wait", "register_kind", "run_job", "resolve_body", "outcome_of",
-    "TRACKED", "runs_job_dir", "job_environment", "pause",
+    "TRACKED", "runs_job_dir", "job_environment", "pause", "holding_devices",
 ]
 
 PENDING, RUNNING, FINISHED, FAILED = "PENDING", "RUNNING", "FINISHED", "FAILED"
@@ -376,6 +377,26 @@ def _device_locks(home: Home, spec: dict):
     for name in sorted(names):
         stack.enter_context(_device_lock(home, name))
     return stack
+
+
+@contextlib.contextmanager
+def holding_devices(home: Home, names: list[str], on_wait: Callable[[str], None] = lambda _name: None):
+    """The job locks of the devices ``names`` held for the block, by work outside a job that must not share a device
+    with one (the device self-check): a job running on one of them ends first (``on_wait(name)`` says so), and no
+    job starts on them meanwhile. A home without a lock folder has never run a job: nothing to wait for."""
+    from filelock import Timeout
+
+    with contextlib.ExitStack() as stack:
+        if home.locks.is_dir():
+            for name in sorted(set(names)):   # sorted, as jobs take theirs: never a deadlock with one of them
+                lock = _device_lock(home, name)
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:
+                    on_wait(name)
+                    lock.acquire()
+                stack.callback(lock.release)
+        yield
 
 
 def _older_job_waiting(home: Home, spec: dict, names: set[str]) -> bool:

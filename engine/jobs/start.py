@@ -136,7 +136,8 @@ def start_noise_curve(home: Home, workload: str, options: dict, device: str, at:
     params = {"workload": workload, "options": dict(options), "device": resolved, "at": list(at),
               "batch_small": batch_small, "batch_big": batch_big, "batches": batches, "seed": seed,
               "compile": bool(compile)}
-    return jobs.submit(home, "noise_curve", params, device=resolved, workload=loaded.name)
+    return jobs.submit(home, "noise_curve", params, device=resolved, workload=loaded.name,
+                       locks=[device_names.lock_name(resolved)])
 
 
 def start_noise_request(home: Home, workload: str, options: dict, device: str, request) -> str:
@@ -220,7 +221,8 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
 def start_autopilot(home: Home, workload: str, options: dict, device: str, config) -> str:
     """Validate, then start the one-click flow as a job of its own; returns its id.
 
-    The orchestrator waits on a lock of its own, so its children can take the device's lock.
+    The orchestrator waits on a lock of its own, so its children can take the device's lock: it touches
+    no device itself, and each child (profile, noise scale, noise curve, training runs) holds the device's.
     """
     config.validate()
     from .ray import check_launcher

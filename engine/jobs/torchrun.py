@@ -14,8 +14,9 @@ job's folder instead, and their collectives' sockets are bound to the loopback i
 single-machine run opens nothing another machine can reach.
 
 A rank that dies ends the run, never hangs it: the job process stops the other ranks as soon as
-one exits non-zero; collectives carry a timeout; each rank dies with the job process
-(PR_SET_PDEATHSIG). Each rank leaves ``rank-<r>.json`` with its state and error; a rank without
+one exits non-zero; a rank that fails (its own error, or out of memory) leaves at once rather than go
+on to a collective its peers are not in; collectives carry a timeout; each rank dies with the job
+process (PR_SET_PDEATHSIG). Each rank leaves ``rank-<r>.json`` with its state and error; a rank without
 one died from a signal, and the job ends CRASHED.
 """
 
@@ -32,7 +33,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 import torch.distributed as dist
 
@@ -42,7 +42,7 @@ from ..home import Home
 from .runner import JobContext, resolve_body
 from .spool import Spool, read_spec, write_json_atomic
 from ..measure.device_names import check_nproc, device_kind, lock_names  # noqa: F401  part of this API
-from ..measure.distributed import RankOutOfMemory
+from ..measure.distributed import RankOutOfMemory, loopback_interface, loopback_sockets  # noqa: F401  (this API's)
 
 __all__ = ["DEFAULT_TIMEOUT_S", "check_nproc", "lock_names", "run_ranks", "rank_environment", "loopback_interface",
            "rank_status_path", "rank_main", "in_rank", "job_root_pid"]
@@ -101,19 +101,7 @@ def rank_environment(nproc: int, rank: int, timeout_s: float) -> dict[str, str]:
     env[JOB_PID_ENV] = str(os.getpid())   # the root of the job's process tree: the ranks' load is not background
     # N ranks on one machine: share the cores instead of each taking them all
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    loopback = loopback_interface()
-    if loopback:  # a user who set these knows their network better than we do
-        env.setdefault("GLOO_SOCKET_IFNAME", loopback)
-        env.setdefault("NCCL_SOCKET_IFNAME", loopback)
-    return env
-
-
-def loopback_interface() -> str | None:
-    """The name of this machine's loopback interface ("lo" on Linux, "lo0" on macOS), if it has one."""
-    for name, addresses in psutil.net_if_addrs().items():
-        if any(a.address == "127.0.0.1" for a in addresses):
-            return name
-    return None
+    return loopback_sockets(env)   # a user who set the interfaces knows their network better than we do
 
 
 def _start_ranks(job_dir: Path, nproc: int, timeout_s: float) -> list[subprocess.Popen]:
@@ -164,8 +152,9 @@ def _explain(job_dir: Path, nproc: int, first_failed: int | None) -> None:
     if records[first_failed] is None:
         raise Crashed(f"rank {first_failed} of {nproc} died without an exit record (killed by a signal or the "
                       f"system); the other ranks were stopped")
-    failed = [r for r, state in states.items() if state == "FAILED"]
-    r = first_failed if states[first_failed] == "FAILED" or not failed else failed[0]
+    # the rank that failed first: a peer that lost it (a closed connection) fails after it, with an error of no use
+    failed = sorted((records[r].get("ended_at") or float("inf"), r) for r, state in states.items() if state == "FAILED")
+    r = failed[0][1] if failed else first_failed
     raise LargestepError(f"rank {r} of {nproc}: {records[r].get('error') or 'failed'}")
 
 
@@ -303,10 +292,10 @@ def rank_main(job_dir: Path) -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the record must not be interrupted
         write_json_atomic(job_dir / f"rank-{global_rank}.json", {"state": state, "error": error, "pid": os.getpid(),
-                                                                  "batch_size": batch_size})
-        if state == OUT_OF_MEMORY:
-            # leave at once: tearing down a group whose other ranks wait in a collective could block, and
-            # this rank's exit is what makes the job process stop them
+                                                                  "batch_size": batch_size, "ended_at": time.time()})
+        if state in (OUT_OF_MEMORY, "FAILED"):
+            # leave at once: tearing down a group whose other ranks wait in a collective (the gradient all-reduce
+            # this rank will never join) could block, and this rank's exit is what makes the job process stop them
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(1)

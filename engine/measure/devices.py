@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import gc
+import os
 import platform
 import re
 from dataclasses import dataclass
@@ -34,12 +35,14 @@ __all__ = [
     "free_memory",
     "is_out_of_memory",
     "lock_name",
+    "math_settings",
     "needs_grad_scaler",
     "peak_memory",
     "reset_peak_memory",
     "resolve_device",
     "synchronize",
     "use_device",
+    "use_math",
     "versions",
 ]
 
@@ -126,7 +129,8 @@ def _cpu_name() -> str:
 
 def _cuda_info(index: int) -> DeviceInfo:
     props = torch.cuda.get_device_properties(index)
-    uuid = nvml_uuid(getattr(props, "uuid", None))
+    raw = getattr(props, "uuid", None)
+    uuid = nvml_uuid(raw, mig=raw is not None and _is_mig_slice(str(props.name), str(raw)))
     return DeviceInfo(
         id=f"cuda:{uuid}" if uuid else f"cuda:{index}",
         kind="cuda",
@@ -140,11 +144,12 @@ def _cuda_info(index: int) -> DeviceInfo:
     )
 
 
-def nvml_uuid(raw: object) -> str | None:
+def nvml_uuid(raw: object, mig: bool = False) -> str | None:
     """A GPU UUID in NVML's form ("GPU-<hex 8-4-4-4-12>"), from torch's or NVML's spelling.
 
     torch's `props.uuid` prints as bare hex; NVML (and CUDA_VISIBLE_DEVICES) prefix it with
-    "GPU-" (or "MIG-" for a MIG instance). NVML returns bytes or str depending on its version.
+    "GPU-", or "MIG-" for a MIG slice (``mig``: bare hex that is a slice's). NVML returns bytes or
+    str depending on its version.
     """
     if raw is None:
         return None
@@ -154,8 +159,20 @@ def nvml_uuid(raw: object) -> str | None:
     if not text:
         return None
     if not text.upper().startswith(("GPU-", "MIG-")):
-        text = "GPU-" + text
+        text = ("MIG-" if mig else "GPU-") + text
     return text[:4].upper() + text[4:].lower()
+
+
+def _is_mig_slice(name: str, digits: str) -> bool:
+    """Whether the CUDA device torch names ``name``, with UUID ``digits`` (torch's bare hex), is a MIG slice:
+    CUDA names a slice "<GPU> MIG <profile>" ("NVIDIA A100-SXM4-40GB MIG 1g.5gb"), and a process sees a slice
+    chosen in CUDA_VISIBLE_DEVICES by its "MIG-<uuid>". Its id must read "MIG-...": "GPU-<a slice's digits>"
+    names nothing NVML or CUDA_VISIBLE_DEVICES accept."""
+    if re.search(r"\bMIG\b", name):
+        return True
+    wanted = digits.strip().lower()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return any(entry.strip().lower() == f"mig-{wanted}" for entry in visible.split(","))
 
 
 def _mps_info() -> DeviceInfo:
@@ -417,6 +434,35 @@ def autocast(device: torch.device | str, dtype: str) -> contextlib.AbstractConte
     if torch_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch_dtype)
+
+
+def math_settings() -> dict:
+    """The float32 math and cuDNN settings matmuls and convolutions run with in this process, as a profile and a
+    run record them: TF32 in cuBLAS matmuls and in cuDNN convolutions, cuDNN's autotuning (``benchmark``), and
+    torch's float32 matmul precision ("highest": no TF32; "high": TF32 allowed; "medium": bf16 allowed). On an
+    Ampere or newer GPU, TF32 makes float32 matmuls several times faster: a profile measured without it predicts a
+    run trained with it poorly, and the other way round."""
+    return {"matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "float32_matmul_precision": str(torch.get_float32_matmul_precision())}
+
+
+def use_math(workload, tf32: bool | None = None) -> dict:
+    """Set TF32 and cuDNN's autotuning as asked, for a profile, a run or an estimate alike, and return the settings
+    now in force (:func:`math_settings`). TF32: ``tf32`` (``--tf32``/``--no-tf32``) when given, else the
+    workload's ``tf32`` field; True allows it in matmuls and convolutions (matmul precision "high"), False forbids
+    it in both ("highest"); None leaves torch's defaults, or what the workload's own code set. cuDNN's autotuning:
+    the workload's ``cudnn_benchmark`` field, or as it is."""
+    tf32 = getattr(workload, "tf32", None) if tf32 is None else tf32
+    if tf32 is not None:
+        torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+        torch.backends.cudnn.allow_tf32 = bool(tf32)
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    benchmark = getattr(workload, "cudnn_benchmark", None)
+    if benchmark is not None:
+        torch.backends.cudnn.benchmark = bool(benchmark)
+    return math_settings()
 
 
 def compile_model(model: torch.nn.Module) -> torch.nn.Module:

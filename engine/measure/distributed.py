@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import psutil
 import torch
 import torch.distributed as dist
 
 from .device_names import MAX_NPROC  # one bound, checked before torch is imported
 
-__all__ = ["MAX_NPROC", "RankOutOfMemory", "is_distributed", "rank", "world_size", "mean_across_ranks", "sum_across_ranks",
+__all__ = ["MAX_NPROC", "RankOutOfMemory", "loopback_interface", "loopback_sockets", "is_distributed", "rank", "world_size", "mean_across_ranks", "sum_across_ranks",
            "total_across_ranks", "broadcast_float", "agree", "barrier"]
 
 
@@ -28,6 +29,24 @@ class RankOutOfMemory(Exception):
     def __init__(self, batch_size: int, message: str):
         super().__init__(message)
         self.batch_size = batch_size
+
+
+def loopback_interface() -> str | None:
+    """The name of this machine's loopback interface ("lo" on Linux, "lo0" on macOS), if it has one."""
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.address == "127.0.0.1" for a in addresses):
+            return name
+    return None
+
+
+def loopback_sockets(env: dict) -> dict:
+    """``env`` with gloo's and NCCL's sockets bound to the loopback interface, so ranks on one machine open
+    nothing another machine can reach; an interface the user chose (GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME) stays."""
+    loopback = loopback_interface()
+    if loopback:
+        for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+            env.setdefault(name, loopback)
+    return env
 
 
 def is_distributed() -> bool:

@@ -33,6 +33,7 @@ order of their own), dict batches are cut key by key, and a model that returns i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -133,9 +134,7 @@ def estimate_noise(workload: Workload, device: torch.device, batch_small: int | 
     except Exception as exc:  # narrow: running out of memory is the user's to fix, anything else a bug
         if not devices.is_out_of_memory(exc):
             raise
-        raise DeviceError(f"out of memory on {device} estimating the noise scale ({type(exc).__name__}); it "
-                          f"trains at the baseline batch {workload.baseline_batch_size}, then runs forward and "
-                          f"backward at --batch-small {batch_small}: use a smaller --batch-small") from None
+        raise _out_of_memory(exc, "the noise scale", workload, device, batch_small) from None
     finally:
         del data, model
         devices.free_memory(device)
@@ -143,6 +142,32 @@ def estimate_noise(workload: Workload, device: torch.device, batch_small: int | 
     return replace(_estimate_from_norms(workload, small_sq, big_sq, batch_small, batch_big, batches, warm_steps,
                                         started, confidence, bootstrap, seed, dtype, on_progress),
                    compile_s=compile_s)
+
+
+def _out_of_memory(exc: BaseException, what: str, workload: Workload, device: torch.device,
+                   batch_small: int) -> DeviceError:
+    """Running out of memory estimating ``what``, as one line saying what to lower."""
+    return DeviceError(f"out of memory on {device} estimating {what} ({type(exc).__name__}); it trains at the "
+                       f"baseline batch {workload.baseline_batch_size}, then runs forward and backward at "
+                       f"--batch-small {batch_small}: use a smaller --batch-small")
+
+
+@contextlib.contextmanager
+def _optimizer_state_on_the_host(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """The optimizer's state waits in host memory for the block, and comes back as it was: an estimate along a
+    run holds on the device what one on its own does, not the optimizer's state beside its sums (Adam's is 8
+    bytes a parameter)."""
+    host = {param: {name: value.to("cpu") if isinstance(value, torch.Tensor) else value
+                    for name, value in state.items()} for param, state in optimizer.state.items()}
+    where = {param: {name: value.device for name, value in state.items() if isinstance(value, torch.Tensor)}
+             for param, state in optimizer.state.items()}
+    optimizer.state.clear()   # the device's copies go: the caching allocator gives their memory to the estimate
+    try:
+        yield
+    finally:
+        for param, state in host.items():
+            optimizer.state[param] = {name: value.to(where[param][name]) if name in where[param] else value
+                                      for name, value in state.items()}
 
 
 def _compile(runner: StepRunner, workload: Workload, device: torch.device, dtype: str, batch_small: int) -> float:
@@ -192,6 +217,7 @@ def estimate_noise_curve(workload: Workload, device: torch.device, fractions: tu
     data = shuffled_on_device(workload, device, seed)
     runner = None
     try:
+        # memory as estimate_noise's: running out of it is the user's to fix (a one-line error), anything else a bug
         runner = StepRunner(workload, device, workload.baseline_batch_size, dtype, seed, data, compile=compile)
         compile_s = _compile(runner, workload, device, dtype, batch_small) if compile else None
         step = 0
@@ -209,8 +235,12 @@ def estimate_noise_curve(workload: Workload, device: torch.device, fractions: tu
             def progress(phase: str, frac: float, at=fraction, before=step + index * point_cost) -> None:
                 on_progress(f"estimating at {at:g}: {phase}", (before + frac * point_cost) / work)
 
-            small_sq, big_sq = _gradient_norms(runner.forward, workload, device, data, batch_small, batch_big,
-                                               batches, dtype, seed, progress)
+            # only the gradients' sums beside the model, as an estimate on its own holds: the last step's
+            # gradients are dropped (the next step zeroes them first anyway), the optimizer's state waits on the host
+            runner.optimizer.zero_grad(set_to_none=True)
+            with _optimizer_state_on_the_host(runner.optimizer):
+                small_sq, big_sq = _gradient_norms(runner.forward, workload, device, data, batch_small, batch_big,
+                                                   batches, dtype, seed, progress)
             estimate = _estimate_from_norms(workload, small_sq, big_sq, batch_small, batch_big, batches, step,
                                             started, confidence, bootstrap, seed, dtype, progress)
             if index == 0:   # the first point's estimate holds the compile time (the later ones reuse it)
@@ -218,6 +248,10 @@ def estimate_noise_curve(workload: Workload, device: torch.device, fractions: tu
             point = NoiseCurvePoint(fraction=fraction, step=step, estimate=estimate)
             points.append(point)
             on_point(point)
+    except Exception as exc:
+        if not devices.is_out_of_memory(exc):
+            raise
+        raise _out_of_memory(exc, "the noise curve", workload, device, batch_small) from None
     finally:
         del data, runner
         devices.free_memory(device)

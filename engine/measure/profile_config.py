@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from .device_names import DTYPE_NAMES, MAX_NPROC
-from ..units import INT64_MAX, check_int, check_number
+from ..units import INT64_MAX, check_int, check_number, check_switch
 
 if TYPE_CHECKING:
     from ..workloads.base import Workload
@@ -43,6 +43,8 @@ class ProfileConfig:
     seed: int = 0                       # model initialisation and data order
     nproc: int = 1                      # data-parallel ranks; batch sizes are global (split over the ranks)
     compile: bool = False               # torch.compile the model; its compile step is timed apart, untimed in steps
+    tf32: bool | None = None            # TF32 in float32 matmuls and convolutions; None: the workload's field (see
+                                        # largestep.measure.devices.use_math)
     input_bound_ratio: float = 1.2      # Dataset workloads: loader-included over compute-only step time above
                                         # this flags the point "input-bound"
     rounds: int = 3                     # the timed steps of each size are spread over this many visits, in
@@ -82,6 +84,7 @@ class ProfileConfig:
         if not (isinstance(self.input_bound_ratio, (int, float)) and self.input_bound_ratio >= 1):
             raise UsageError(f"the input-bound ratio must be at least 1, not {self.input_bound_ratio!r}")
         check_int(self.rounds, "--rounds", high=MAX_ROUNDS)
+        check_switch(self.tf32, "--tf32")
         check_int(self.remeasure, "--remeasure", low=0, high=MAX_ROUNDS)
 
     @classmethod

@@ -264,7 +264,8 @@ class StepRunner:
 
     Tensor workloads: the data lives on the device (moved once, outside the clock) and is
     shuffled once; each step slices the next contiguous batch, so slicing is inside the timed
-    step as it is in a real training loop. Dataset workloads: each step takes the next batch
+    step as it is in a real training loop. Data too large for the device stays on the host, and each
+    step takes its batch as training does (gathered, pinned, copied one batch ahead). Dataset workloads: each step takes the next batch
     from the workload's DataLoader and copies it to the device, as training does;
     :meth:`timed_loader_and_compute_steps` also times steps on batches already on the device.
     """
@@ -293,19 +294,37 @@ class StepRunner:
             self.loaded = iter(self.loader)
         else:
             self.data = data if data is not None else shuffled_on_device(workload, device, seed)
+            self.streamed = None   # data left on the host: training's own batches, each gathered and pinned
+            if not devices.fits_on_device(self.data, device):
+                from .train import TensorBatches
+
+                self.streamed = TensorBatches(self.data, device, batch_size // self.world, seed, self.rank,
+                                              self.world)
+                self.epoch = 0
+                self.stream = self.streamed.epoch(self.epoch)
 
     def _next_batch(self) -> batches.Batch:
         if self.data is None:
             return self._next_loaded()
+        if self.streamed is not None:
+            return self._next_streamed()
         if self.cursor + self.batch_size > self.n:
             self.cursor = 0
         lo, hi = self.cursor, self.cursor + self.batch_size
         self.cursor = hi
         shard = self.batch_size // self.world  # this rank's disjoint share of the global batch
         lo, hi = lo + self.rank * shard, lo + (self.rank + 1) * shard
-        # data too large for the device stays in pinned host memory: its slice is copied in the step,
-        # as training streams it (for data on the device, .to is a no-op)
-        return batches.to_device(tuple(t[lo:hi] for t in self.data), self.device, non_blocking=True)
+        return tuple(t[lo:hi] for t in self.data)   # on the device already
+
+    def _next_streamed(self) -> batches.Batch:
+        """Data left on the host, as training steps on it: the next batch of a fresh shuffle each epoch, gathered,
+        pinned and copied one batch ahead (see largestep.measure.train.TensorBatches)."""
+        try:
+            return next(self.stream)
+        except StopIteration:
+            self.epoch += 1
+            self.stream = self.streamed.epoch(self.epoch)
+            return next(self.stream)
 
     def _next_loaded(self) -> batches.Batch:
         """The loader's next batch on the device; a new epoch (a fresh order) when one runs out."""
@@ -496,6 +515,8 @@ class StepRunner:
         # the loader's iterator goes first: dropping it ends the worker processes
         self.__dict__.pop("loaded", None)
         self.__dict__.pop("loader", None)
+        self.__dict__.pop("stream", None)
+        self.__dict__.pop("streamed", None)
         del self.model, self.forward, self.optimizer, self.data, self.last_batch
         # A fresh model goes with its runner: collect it. A shared one stays, and a visit leaves no cycles
         # to collect (its activations went with their last reference), so only the allocator's cache is
@@ -580,20 +601,21 @@ def block_steps_for(one_step_s: float, epoch_steps: int | None = None) -> int:
 
 
 def shuffled_on_device(workload: Workload, device: torch.device, seed: int) -> tuple[torch.Tensor, ...] | None:
-    """A tensor workload's training data, shuffled once; None for a Dataset.
+    """A tensor workload's training data; None for a Dataset.
 
-    On the device when it fits there by training's own rule (devices.fits_on_device), so a profile
-    holds the same data resident as the run it predicts; otherwise in pinned host memory, each step
-    copying its contiguous slice (a view of pinned memory, copied without pinning again).
+    On the device, shuffled once, when it fits there by training's own rule (devices.fits_on_device), so a
+    profile holds the same data resident as the run it predicts. Otherwise the workload's own tensors, as
+    they are: a step gathers its batch from a fresh shuffle, pins it and copies it, as training does (see
+    :class:`StepRunner`), never pinning the whole set (torch's pinned allocator rounds a block up to a power
+    of two) nor copying it shuffled.
     """
     if workload.uses_dataset:
         return None
+    if not devices.fits_on_device(workload.train, device):
+        return tuple(workload.train)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(workload.n_train, generator=generator)
-    shuffled = tuple(t[order] for t in workload.train)
-    if devices.fits_on_device(shuffled, device):
-        return tuple(t.to(device) for t in shuffled)
-    return tuple(t.pin_memory() for t in shuffled)
+    return tuple(t[order].to(device) for t in workload.train)
 
 
 def measure_point(workload: Workload, device: torch.device, batch_size: int, config: ProfileConfig,
@@ -679,9 +701,13 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
         telemetry_tag(None)
         status = OOM if devices.is_out_of_memory(exc) else ERROR
         message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-        if status == OOM and config.nproc > 1 and ddp_util.is_distributed():
-            # the other ranks may be inside a collective this rank will not join: no point can be agreed
-            raise ddp_util.RankOutOfMemory(batch_size, f"rank {ddp_util.rank()}: {message}") from None
+        if config.nproc > 1 and ddp_util.is_distributed():
+            # the other ranks may be inside a collective this rank will not join (the gradient all-reduce): no
+            # point can be agreed, so the rank leaves and its launcher stops the others at once. Out of memory, the
+            # job ends at the sweep's ceiling; anything else, FAILED with this rank's error
+            if status == OOM:
+                raise ddp_util.RankOutOfMemory(batch_size, f"rank {ddp_util.rank()}: {message}") from None
+            raise
         return ProfilePoint(batch_size=batch_size, status=status, error=message,
                             started_at=started, ended_at=time.time())
     finally:

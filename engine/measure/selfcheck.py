@@ -10,12 +10,15 @@ The CPU cannot be driven out of memory safely (the kernel's OOM killer, not an e
 answer), so that check says skipped there.
 
 Every figure in the report was measured here, now; the report says how (``measured``), so a user can
-attach it to a bug report as it is.
+attach it to a bug report as it is. The report also records the versions, NVML's state and the TF32 and cuDNN
+settings float32 work runs with here by default.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import platform
 import random
 import socket
@@ -73,18 +76,26 @@ def check_devices(on_check: Callable[[DeviceCheck], None] = lambda _c: None) -> 
                            {"torch_cuda": torch.version.cuda}))
     for info in found:
         device = torch.device(info.torch_device)
-        record(_timing(info, "timing: matmul", _matmul_step(device)))
-        record(_timing(info, "timing: training step", _training_step(device)))
-        if info.kind == "cuda":
-            record(_nvml(info))
-            record(_out_of_memory(info))
-        elif info.kind == "cpu":
-            record(DeviceCheck(info.id, "out of memory", SKIPPED,
-                               "not induced on the CPU: the kernel would kill the process instead of raising"))
-        record(_precision(info))
+        # the GPU checked is the current one: a CUDA event recorded without a stream records on the current
+        # device's, so outside this block the events of cuda:1 and up would time an idle GPU 0
+        with _current(info):
+            record(_timing(info, "timing: matmul", _matmul_step(device)))
+            record(_timing(info, "timing: training step", _training_step(device)))
+            if info.kind == "cuda":
+                record(_nvml(info))
+                record(_out_of_memory(info))
+            elif info.kind == "cpu":
+                record(DeviceCheck(info.id, "out of memory", SKIPPED,
+                                   "not induced on the CPU: the kernel would kill the process instead of raising"))
+            record(_precision(info))
     if len(gpus) >= 2:
         record(_nccl_all_reduce())
     return checks
+
+
+def _current(info: DeviceInfo) -> contextlib.AbstractContextManager:
+    """A CUDA GPU made the current device for the block (the one before it restored after); nothing elsewhere."""
+    return torch.cuda.device(info.index) if info.kind == "cuda" else contextlib.nullcontext()
 
 
 def report(checks: list[DeviceCheck]) -> dict:
@@ -95,6 +106,9 @@ def report(checks: list[DeviceCheck]) -> dict:
         "versions": devices.versions(),
         "platform": platform.platform(),
         "nvml": telemetry.nvml_status().to_dict(),
+        # TF32 and cuDNN as this process runs float32 matmuls and convolutions by default (a workload's tf32 field
+        # or --tf32 changes them for its jobs, which record their own)
+        "math_settings": devices.math_settings(),
         "devices": [d.to_dict() for d in devices.discover()],
         "checks": [c.to_dict() for c in checks],
     }
@@ -315,7 +329,10 @@ def _nccl_all_reduce(backend: str = "nccl") -> DeviceCheck:
 def _all_reduce_rank(rank: int, world: int, port: int, backend: str, results) -> None:
     import torch.distributed as dist
 
+    from .distributed import loopback_sockets
+
     try:
+        loopback_sockets(os.environ)   # as a job's ranks meet: over loopback, opening nothing another machine reaches
         device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)  # before the process group: NCCL binds to the current device

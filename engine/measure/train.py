@@ -20,10 +20,13 @@ update; logging; evaluation outside the training clock; termination), and the fi
   batch is cut into disjoint shards, one per rank; ``batch_size`` stays the global batch
   (micro-batch x accumulate x nproc), so the learning rate and warm-up follow it. Only rank 0
   evaluates and logs; its decisions (target reached, diverged) are broadcast to every rank.
-- Gradient noise scale for free in data-parallel runs: DDP's communication hook sees each
+- Gradient noise scale almost for free in data-parallel runs: DDP's communication hook sees each
   rank's gradient (B_small = micro-batch x accumulate) just before the all-reduce, and the
-  all-reduced gradient is the global batch's (B_big); McCandlish's estimator over the steps of
-  each logging interval is logged as ``noise_scale`` (with ``noise_g2``, ``noise_trace_sigma``).
+  all-reduced gradient is the global batch's (B_big); McCandlish's estimator over the probed steps of
+  each logging interval is logged as ``noise_scale`` (with ``noise_g2``, ``noise_trace_sigma``). The
+  probe (float64 norms of every gradient bucket) runs on every NOISE_PROBE_EVERY-th step and on each
+  logging step, not on every step: a profile's steps run without it, so a run that paid it every step
+  would be slower than its profile said.
 """
 
 from __future__ import annotations
@@ -44,9 +47,12 @@ from ..workloads import batches
 from ..workloads.base import Workload
 from ..workloads.names import SCHEDULES
 
-__all__ = ["TrainConfig", "RunResult", "RunLog", "NullLog", "train", "lr_at", "lr_factor", "SCHEDULES"]
+__all__ = ["TrainConfig", "RunResult", "RunLog", "NullLog", "train", "lr_at", "lr_factor", "SCHEDULES",
+           "TensorBatches", "training_batches"]
 
 WSD_DEFAULT_DECAY = 0.2   # "wsd" without decay_samples: the last fifth of the run decays
+NOISE_PROBE_EVERY = 8     # data-parallel: the noise probe reads the gradients' norms on every 8th step (and on each
+                          # logging step), so the run's steps cost what its profile's did, give or take an eighth of it
 
 
 class RunLog(Protocol):
@@ -136,8 +142,9 @@ def lr_at(samples_seen: int, peak_lr: float, warmup_samples: int, total_samples:
     return peak_lr * lr_factor(samples_seen, warmup_samples, total_samples, schedule, decay_samples)
 
 
-class _Batches:
+class TensorBatches:
     """Per-epoch shuffled batches; on the device when the data fits, else each batch pinned + prefetched.
+    (The profiler steps on data left on the host through this same path.)
 
     With ``world > 1`` every rank draws the same permutation (from the seed) and each global
     micro-step of ``micro_batch * world`` samples is cut into ``world`` disjoint shards; rank r
@@ -188,7 +195,7 @@ class _Batches:
 
 class _LoaderBatches:
     """Per-epoch batches of a Dataset workload, read through its DataLoader (workers, collate_fn,
-    pinning) in the same seeded order and with the same sharding over ranks as :class:`_Batches`;
+    pinning) in the same seeded order and with the same sharding over ranks as :class:`TensorBatches`;
     each batch is copied to the device as the step takes it."""
 
     on_device = False
@@ -213,11 +220,11 @@ class _LoaderBatches:
 
 
 def training_batches(workload: Workload, device: torch.device, micro_batch: int, seed: int, rank: int = 0,
-                     world: int = 1) -> _Batches | _LoaderBatches:
+                     world: int = 1) -> TensorBatches | _LoaderBatches:
     """The run's source of micro-batches: device-resident tensors, or the Dataset's loader."""
     if workload.uses_dataset:
         return _LoaderBatches(workload, device, micro_batch, seed, rank, world)
-    return _Batches(workload.train, device, micro_batch, seed, rank, world)
+    return TensorBatches(workload.train, device, micro_batch, seed, rank, world)
 
 
 def _validation_batches(workload: Workload, device: torch.device, batch: int):
@@ -290,7 +297,8 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     if rank != 0:
         progress = lambda phase, fraction: None  # noqa: E731
 
-    # -- setup: data, model, optimizer --------------------------------------------------------------
+    # -- setup: TF32 and cuDNN, data, model, optimizer -----------------------------------------------
+    math_settings = devices.use_math(workload, config.tf32)   # recorded with the run, as a profile records its own
     torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     source = training_batches(workload, device, config.micro_batch, config.seed, rank, world)
     model = workload.model().to(device)
@@ -333,7 +341,8 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     log.started(config=asdict(config), epochs=epochs, warmup_samples=warmup, steps_per_epoch=steps_per_epoch,
          total_steps=total_steps, micro_batch=config.micro_batch, n_train=workload.n_train,
          n_params=sum(p.numel() for p in model.parameters()), on_device=source.on_device, world_size=world,
-         backend=torch.distributed.get_backend() if world > 1 else None, compile_s=compile_s)
+         backend=torch.distributed.get_backend() if world > 1 else None, compile_s=compile_s,
+         noise_probe_every=probe.every if probe is not None else None, math_settings=math_settings)
 
     result = RunResult()
     interval_loss = _IntervalLoss()   # read at logging intervals
@@ -353,8 +362,11 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
 
     while not done:
         micro = 0
-        for micro_batch in source.epoch(epoch):
+        epoch_batches = source.epoch(epoch)
+        for micro_batch in epoch_batches:
             micro += 1
+            if probe is not None and probe.every > 1:
+                probe.arm(step + 1, log_every)
             # forward backward (one micro-batch; the loss is scaled so accumulation averages); with
             # DDP the gradient all-reduce runs inside the last micro-batch's backward only
             syncing = micro % accumulate == 0
@@ -475,6 +487,10 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                 batch_next = phases[batch_schedule.phase_index(phases, result.samples, total_samples)][0]
                 if batch_next != batch_now:
                     batch_now = batch_next
+                    # the old phase's source, and its copy of the data on the device, go before the next phase
+                    # makes its own: the two copies at once would need twice the room the run was planned with
+                    epoch_batches.close()
+                    del source, micro_batch
                     source = training_batches(workload, device, batch_now // config.accumulate, config.seed, rank,
                                               world)
                     if isinstance(probe, _MicroNoiseProbe):
@@ -551,21 +567,31 @@ class _NoiseProbe:
     over the steps of the interval (averages first, then the ratio).
     """
 
-    def __init__(self, ddp_model, device: torch.device, batch_small: int, batch_big: int):
+    def __init__(self, ddp_model, device: torch.device, batch_small: int, batch_big: int,
+                 every: int = NOISE_PROBE_EVERY):
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
         self.batch_small, self.batch_big = batch_small, batch_big
-        self.small_sum = torch.zeros((), dtype=torch.float64, device=device)  # Σ over steps of local |g|²
-        self.big_sum = torch.zeros((), dtype=torch.float64, device=device)    # Σ over steps of |all-reduced g|²
-        self.steps = 0
+        self.small_sum = torch.zeros((), dtype=torch.float64, device=device)  # Σ over probed steps of local |g|²
+        self.big_sum = torch.zeros((), dtype=torch.float64, device=device)    # Σ over probed steps of |all-reduced g|²
+        self.steps = 0                                                        # probed steps in the sums
+        self.every, self.probing = every, True
 
         def hook(_state, bucket):
-            self.small_sum += torch.linalg.vector_norm(bucket.buffer(), dtype=torch.float64) ** 2
+            if self.probing:
+                self.small_sum += torch.linalg.vector_norm(bucket.buffer(), dtype=torch.float64) ** 2
             return allreduce_hook(None, bucket)  # the default: average over the ranks
 
         ddp_model.register_comm_hook(None, hook)
 
+    def arm(self, step: int, log_every: int) -> None:
+        """Whether optimizer step ``step`` (counted from 1) is probed: every ``every``-th, and each logging step, so
+        that every logging interval has its estimate."""
+        self.probing = step % self.every == 0 or step % log_every == 0
+
     def after_backward(self, model: torch.nn.Module) -> None:
+        if not self.probing:
+            return
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if grads:
             self.big_sum += torch.linalg.vector_norm(
@@ -605,6 +631,7 @@ class _MicroNoiseProbe(_NoiseProbe):
         self.small_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.big_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.steps = 0
+        self.every, self.probing = 1, True   # every step: an adaptive batch follows its live noise scale
         self.previous: torch.Tensor | None = None   # the accumulated gradient before this micro-batch
 
     def _flat(self) -> torch.Tensor:

@@ -9,7 +9,7 @@ from ..errors import UsageError
 from . import batch_schedule
 from .batch_schedule import DEFAULT_ADAPTIVE_MULTIPLE
 from .device_names import MAX_NPROC
-from ..units import INT64_MAX, check_int, check_number
+from ..units import INT64_MAX, check_int, check_number, check_switch
 from ..workloads.names import SCHEDULES
 
 __all__ = ["MAX_EPOCHS", "TrainConfig"]
@@ -28,6 +28,7 @@ class TrainConfig:
     schedule: str | None = None            # after warm-up: constant | cosine | linear | wsd; None: the workload's
     dtype: str = "fp32"                    # "fp32" | "bf16" | "fp16" (autocast)
     compile: bool = False                  # torch.compile the model, compiled before the clock starts
+    tf32: bool | None = None               # TF32 in float32 matmuls and convolutions; None: the workload's field
     seed: int = 0                          # model initialisation and data order
     eval_every_epochs: float = 1.0         # evaluate this often (in epochs); also at the end
     log_every_steps: int | None = None     # None: about 20 logs per epoch
@@ -63,6 +64,7 @@ class TrainConfig:
         if self.schedule is not None and self.schedule not in SCHEDULES:
             raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         check_int(self.seed, "--seed", low=0)
+        check_switch(self.tf32, "--tf32")
         if self.batch_schedule is not None and self.adaptive_batches is not None:
             raise UsageError("give a batch schedule or adaptive, not both")
         if self.batch_schedule is not None:

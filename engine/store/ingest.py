@@ -27,7 +27,8 @@ from .connection import connect
 
 __all__ = ["ingest", "IngestReport", "SpoolUnreadable", "save_recommendation"]
 
-_JSON_COLUMNS = frozenset({"options", "config", "versions", "final_metrics", "headline", "comparison"})
+_JSON_COLUMNS = frozenset({"options", "config", "versions", "final_metrics", "headline", "comparison",
+                           "math_settings"})
 _TIME_COLUMNS = frozenset({"started_at", "ended_at", "created_at"})    # unix seconds in a row, TIMESTAMPTZ stored
 
 

@@ -389,6 +389,14 @@ def m013_point_warmup_steps(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE profile_points ADD COLUMN warmup_steps INTEGER")
 
 
+@migration
+def m014_math_settings(con: duckdb.DuckDBPyConnection) -> None:
+    # TF32 and cuDNN as a profile measured and a run trained (largestep.measure.devices.math_settings):
+    # {matmul_allow_tf32, cudnn_allow_tf32, cudnn_benchmark, float32_matmul_precision}; NULL: recorded before
+    con.execute("ALTER TABLE profiles ADD COLUMN math_settings JSON")
+    con.execute("ALTER TABLE runs ADD COLUMN math_settings JSON")
+
+
 def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[str, Migration]] | None = None) -> list[str]:
     """Apply the migrations not yet recorded, in order, each in its own transaction."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")

@@ -113,6 +113,7 @@ def profile_summary(profile: dict) -> dict:
         "telemetry": {"source": profile.get("telemetry_source"), "reason": profile.get("telemetry_reason")},
         "started_at": profile.get("started_at"), "ended_at": profile.get("ended_at"), "points": points,
         "inconsistency": profile.get("inconsistency"),
+        "math_settings": profile.get("math_settings"),   # TF32 and cuDNN as measured (None: recorded before)
     }
 
 

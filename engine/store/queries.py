@@ -57,7 +57,7 @@ def load_profile(con, profile_id: str | None = "latest") -> dict | None:
     [profile] = records(con.execute(
         "SELECT p.*, j.state, d.total_memory_bytes AS device_total_memory_bytes FROM profiles p "
         "LEFT JOIN jobs j ON j.id = p.job_id LEFT JOIN devices d ON d.id = p.device_id WHERE p.id = ?", [resolved]))
-    for key in ("config", "versions", "options"):
+    for key in ("config", "versions", "options", "math_settings"):
         if isinstance(profile.get(key), str):
             profile[key] = json.loads(profile[key])
     profile["points"] = records(con.execute(_PROFILE_POINTS, [resolved]))
@@ -213,12 +213,12 @@ def list_runs(con, states: list[str] | None = None, group: str | None = None, wo
 def get_run(con, run_id: str) -> dict | None:
     found = records(con.execute(
         f"SELECT {_RUN_COLUMNS}, r.config, r.versions, r.final_metrics, r.options, r.workload_spec, "
-        "r.warmup_samples, r.schedule, r.dtype, r.target_val_loss, r.n_params, r.samples "
+        "r.warmup_samples, r.schedule, r.dtype, r.target_val_loss, r.n_params, r.samples, r.math_settings "
         "FROM runs r JOIN jobs j ON j.id = r.id WHERE r.id = ?", [run_id]))
     if not found:
         return None
     run = found[0]
-    for key in ("config", "versions", "final_metrics", "options"):
+    for key in ("config", "versions", "final_metrics", "options", "math_settings"):
         if isinstance(run.get(key), str):
             run[key] = json.loads(run[key])
     return run

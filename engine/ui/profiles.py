@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 
 from .. import jobs, store
 from ..errors import UsageError
-from ..format import byte_unit, format_bytes, format_pct, significant
+from ..format import byte_unit, format_bytes, format_math, format_pct, significant
 from ..home import Home
 from ..measure.profile_config import DTYPES, ProfileConfig
 from .charts import profile as charts
@@ -225,6 +225,8 @@ def profile_caption(profile: dict) -> str:
     if source:
         reason = profile.get("telemetry_reason")
         parts.append(f"telemetry {source}" + (f" ({reason})" if source != "nvml" and reason else ""))
+    if profile.get("math_settings"):
+        parts.append(format_math(profile["math_settings"]))
     return " · ".join(parts)
 
 

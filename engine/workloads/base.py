@@ -69,6 +69,9 @@ class Workload:
     collate_fn: Callable[[list], Any] | None = None  # Dataset workloads: the DataLoader's; None: torch's default
     num_workers: int | None = None                # Dataset workloads: loader processes; None: see default_num_workers
     pin_memory: bool | None = None                # Dataset workloads: pinned host batches; None: on a GPU
+    tf32: bool | None = None                      # TF32 in float32 matmuls and convolutions (Ampere and newer GPUs),
+                                                  # for profiles, runs and estimates alike; None: torch's defaults
+    cudnn_benchmark: bool | None = None           # torch.backends.cudnn.benchmark (autotuned convolutions); None: as is
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -109,6 +112,9 @@ class Workload:
             value = getattr(self, name)
             if value is not None:
                 _field(where, check_int, value, name, low=0, high=INT64_MAX)
+        for name in ("pin_memory", "tf32", "cudnn_benchmark"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise WorkloadError(f"{where}: {name} must be True, False or None, not {getattr(self, name)!r}")
         if self.collate_fn is not None and not callable(self.collate_fn):
             raise WorkloadError(f"{where}: collate_fn must be a callable (list of items) -> batch")
         if self.primary_metric is not None and self.primary_metric not in self.metrics:
