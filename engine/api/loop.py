@@ -38,8 +38,9 @@ def profile(workload, *, options: Mapping[str, object] | None = None, data: str 
 
     ``batch_sizes``: explicit sizes, e.g. ``[32, 128, 512]`` (else powers of two from ``min_batch``, default a
     quarter of the baseline, to ``max_batch``, default 65536). ``memory_budget``: bytes, or text such as
-    ``"12GiB"``. ``tf32``: TF32 in float32 matmuls and convolutions (None: the workload's field). ``home``: the largestep home (default ``$LARGESTEP_HOME`` or ``./.largestep``). Returns the
-    profile whatever its end, as long as it measured a batch size (its ``state`` says how it ended).
+    ``"12GiB"``. ``tf32``: TF32 in float32 matmuls and convolutions (None: the workload's field). ``home``: the
+    largestep home (default ``$LARGESTEP_HOME`` or ``./.largestep``). Returns the profile whatever its end, as long
+    as it measured a batch size (its ``state`` says how it ended).
     """
     from ..jobs.follow import describe_profile_event
     from ..jobs.ray import launcher_from_cli
