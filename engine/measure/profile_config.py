@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from ..curve import DEFAULT_ESTIMATOR, ESTIMATORS
 from ..errors import UsageError
 from .device_names import DTYPE_NAMES, MAX_NPROC
 from ..units import INT64_MAX, check_int, check_number
@@ -14,13 +15,15 @@ from ..units import INT64_MAX, check_int, check_number
 if TYPE_CHECKING:
     from ..workloads.base import Workload
 
-__all__ = ["DTYPES", "MAX_ROUNDS", "MAX_SECONDS", "MAX_STEPS", "WARMUP_AGREEMENT", "ProfileConfig", "plan_batch_sizes"]
+__all__ = ["DTYPES", "MAX_ROUNDS", "MAX_SECONDS", "MAX_STEPS", "MAX_THREADS", "WARMUP_AGREEMENT", "ProfileConfig",
+           "plan_batch_sizes", "check_threads", "profile_config_of"]
 
 DTYPES = DTYPE_NAMES
 MAX_STEPS = 1_000_000      # timed or warm-up steps per batch size, at most
 MAX_SECONDS = 86_400.0     # timed seconds per batch size, at most (a day)
 MAX_ROUNDS = 100           # interleaved visits per batch size, at most
 WARMUP_AGREEMENT = 0.10    # warm-up ends at a step not faster than the one before it by more than this share
+MAX_THREADS = 1024         # --threads, at most
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class ProfileConfig:
     rounds: int = 3                     # the timed steps of each size are spread over this many visits, in
                                         # shuffled order with the others; 1: one contiguous block per size
     remeasure: int = 2                  # a point that cannot be physics is measured again at most this often
+    estimator: str = DEFAULT_ESTIMATOR  # which statistic of a size's raw step times is its step time (largestep.curve)
+    threads: int | None = None          # torch's intra-op threads on the CPU; None: torch's default (one a core).
+                                        # Set in the job; the runs trained from the profile use the same
 
     def validate(self) -> None:
         """Every field against its meaning and the column it lands in, before any job is written."""
@@ -83,6 +89,9 @@ class ProfileConfig:
             raise UsageError(f"the input-bound ratio must be at least 1, not {self.input_bound_ratio!r}")
         check_int(self.rounds, "--rounds", high=MAX_ROUNDS)
         check_int(self.remeasure, "--remeasure", low=0, high=MAX_ROUNDS)
+        if self.estimator not in ESTIMATORS:
+            raise UsageError(f"--estimator must be one of {', '.join(ESTIMATORS)}, not {self.estimator!r}")
+        check_threads(self.threads)
 
     def visit(self) -> "ProfileConfig":
         """The config of one visit to a batch size: its share of the steps and seconds."""
@@ -105,3 +114,18 @@ def plan_batch_sizes(config: ProfileConfig, workload: "Workload") -> list[int]:
     if config.include_baseline and low <= baseline <= config.max_batch:
         sizes.append(baseline)
     return sorted({b for b in sizes if b % config.nproc == 0})  # every rank takes an equal share
+
+
+def check_threads(threads: int | None) -> None:
+    """--threads: None (torch's default) or a whole number of threads from 1 to MAX_THREADS."""
+    if threads is not None:
+        check_int(threads, "--threads", high=MAX_THREADS)
+
+
+def profile_config_of(fields: dict, **changes) -> ProfileConfig:
+    """The ProfileConfig a stored config (a job's params, a profile's ``config`` column) describes, with
+    ``changes``; fields it does not know (from another version) are left out."""
+    known = {k: v for k, v in {**fields, **changes}.items() if k in ProfileConfig.__dataclass_fields__}
+    if known.get("batch_sizes") is not None:
+        known["batch_sizes"] = tuple(known["batch_sizes"])
+    return ProfileConfig(**known)
