@@ -15,6 +15,8 @@ from .options import (
     open_store,
     parse_count,
     parse_nproc,
+    parse_threads,
+    threads_option,
     workload_options,
     workload_settings,
 )
@@ -22,6 +24,8 @@ from .output import console, detached, emit_json, finish_job, follow_job, last_l
 from ..errors import LargestepError, UsageError
 from ..format import format_bytes, format_ms, format_pct, format_si, grouped
 from ..measure.device_names import DTYPE_NAMES
+from .. import curve
+from ..curve import DEFAULT_ESTIMATOR, ESTIMATORS
 from ..measure.profile_config import WARMUP_AGREEMENT
 
 
@@ -72,7 +76,11 @@ def hardware(ctx, as_json: bool) -> None:
               help="Spread each batch size's timed steps over this many visits, every size once a round in a shuffled "
                    "order, so background load falls on all alike; 1 measures each size in one contiguous block.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--estimator", type=click.Choice(list(ESTIMATORS)), default=DEFAULT_ESTIMATOR, show_default=True,
+              help="Which statistic of a batch size's timed steps is its step time. Interference only adds time, so "
+                   "a low quantile is robust to it; the median is kept beside it either way.")
 @compile_option
+@threads_option
 @nproc_option("Data-parallel processes on this machine (gloo on CPU, NCCL on CUDA): batch sizes are global, and the step "
               "time includes the gradient all-reduce.")
 @launch_options
@@ -80,8 +88,8 @@ def hardware(ctx, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch, max_batch, dtype, memory_budget,
-            full, min_steps, min_seconds, warmup_steps, rounds, seed, compile_model, nproc, launcher, ray_address,
-            detach, as_json) -> int:
+            full, min_steps, min_seconds, warmup_steps, rounds, seed, estimator, compile_model, threads, nproc,
+            launcher, ray_address, detach, as_json) -> int:
     """Measure step time, throughput and memory against batch size (runs as a job)."""
     from .. import jobs, store
     from ..jobs.ray import launcher_from_cli
@@ -97,7 +105,7 @@ def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch
         max_batch=parse_positive_int(max_batch, "--max-batch") if max_batch is not None else 65536,
         dtype=dtype, memory_budget_bytes=parse_size(memory_budget) if memory_budget is not None else None,
         full=full, min_steps=min_steps, min_seconds=min_seconds, warmup_steps=warmup_steps, rounds=rounds, seed=seed,
-        nproc=parse_nproc(nproc), compile=compile_model,
+        nproc=parse_nproc(nproc), compile=compile_model, estimator=estimator, threads=parse_threads(threads),
     )
     run_on = launcher_from_cli(launcher, ray_address)
     home = home_of(ctx)
@@ -128,8 +136,9 @@ def profile_summary(profile: dict) -> dict:
     for p in profile["points"]:
         points.append({
             "batch_size": p["batch_size"], "status": p["status"],
-            "step_time_s": {"median": p.get("median_s"), "p25": p.get("p25_s"), "p75": p.get("p75_s"),
-                            "n": p.get("n") or 0},
+            # the step time is the profile's estimator of the timed steps; the median and quartiles beside it
+            "step_time_s": {"estimate": p.get("estimate_s") or p.get("median_s"), "median": p.get("median_s"),
+                            "p25": p.get("p25_s"), "p75": p.get("p75_s"), "n": p.get("n") or 0},
             "samples_per_s": p.get("samples_per_s"), "peak_memory_bytes": p.get("peak_memory_bytes"),
             "memory_is_estimate": p.get("memory_is_estimate"), "flops_per_step": p.get("flops_per_step"),
             "flops_per_s": p.get("flops_per_s"), "energy_per_sample_j": p.get("energy_per_sample_j"),
@@ -159,6 +168,11 @@ def profile_summary(profile: dict) -> dict:
         "telemetry": {"source": profile.get("telemetry_source"), "reason": profile.get("telemetry_reason")},
         "started_at": profile.get("started_at"), "ended_at": profile.get("ended_at"), "points": points,
         "inconsistency": profile.get("inconsistency"),
+        "estimator": profile.get("estimator") or "median", "threads": profile.get("threads"),
+        "cores": profile.get("cores"), "carried_from": profile.get("carried_from"),
+        # why the profile cannot be used for recommending (`recommend` refuses it unless --accept-load); and
+        # whether torch's threads and other processes' busy cores exceed the machine's (then --threads)
+        "refusal": curve.refusal(profile), "threads_note": curve.threads_note(profile),
     }
 
 
@@ -171,21 +185,21 @@ def print_profile(summary: dict) -> None:
         mem = format_bytes(p["peak_memory_bytes"]) + (" (est.)" if p.get("memory_is_estimate") else "")
         status = (p["status"] + (" noisy" if p.get("noisy") else "") + (" input-bound" if p.get("input_bound") else "")
                   + (" inconsistent" if p.get("inconsistent") else "") + (" under-load" if p.get("under_load") else ""))
-        rows.append([p["batch_size"], status, format_ms(st["median"]),
+        rows.append([p["batch_size"], status, format_ms(st["estimate"]), format_ms(st["median"]),
                      *([format_ms(p.get("compute_time_s"))] if with_loader else []),
                      f"{format_ms(st['p25'])}-{format_ms(st['p75'])}", st["n"], grouped(p["samples_per_s"]),
                      mem, format_si(p.get("flops_per_s"), "FLOP/s"), format_pct(p.get("background_cpu_pct"))])
     title = f"Profile {summary['profile_id']}: {summary['workload']} on {summary['device']['name']} ({summary['dtype']})"
     out = console()
-    columns = ["batch", "status", "median ms" + (" (with loader)" if with_loader else ""),
+    columns = ["batch", "status", f"step ms ({summary.get('estimator') or 'median'})", "median ms"
+               + (" (with loader)" if with_loader else ""),
                *(["compute ms"] if with_loader else []), "IQR ms", "steps", "samples/s", "peak memory", "achieved",
                "background CPU"]
     out.print(table(title, columns, rows))
     out.print(f"saturation batch: {summary['saturation_batch']} (smallest batch at 90% of the best throughput); "
               f"sweep stopped: {summary['stop_reason']}")
     if summary.get("inconsistency"):
-        out.print(f"[yellow]inconsistent: {summary['inconsistency']}; recommendations from this profile say they "
-                  f"are uncertain[/yellow]")
+        out.print(f"[yellow]inconsistent: {summary['inconsistency']}[/yellow]")
     aside = sum(p.get("loaded_visits") or 0 for p in summary["points"])
     if aside:
         out.print(f"{aside} visit{'s' if aside != 1 else ''} set aside and measured again: other processes took the "
@@ -193,6 +207,10 @@ def print_profile(summary: dict) -> None:
     if any(p.get("under_load") for p in summary["points"]):
         out.print("[yellow]under-load: other processes took the cores the steps need on every visit the sweep could "
                   "afford; those step times include the contention (profile again on a quieter machine)[/yellow]")
+    if summary.get("threads_note"):
+        out.print(f"[yellow]threads: {summary['threads_note']}[/yellow]")
+    if summary.get("refusal"):
+        out.print(f"[bold yellow]{summary['refusal']}[/bold yellow]")
     if any(p.get("input_bound") for p in summary["points"]):
         out.print("input-bound: the data loader, not the compute, limits throughput there; a larger batch will not "
                   "help until loading is faster (more num_workers, a lighter collate_fn)")
@@ -217,7 +235,8 @@ def describe_profile_event(event: dict) -> str | None:
         rounds = f", over {event['visits']} visits" if (event.get("visits") or 1) > 1 else ""
         again = ", re-measured" if event.get("remeasured") else ""
         flag = ", inconsistent with its neighbours" if event.get("inconsistent") else ""
-        return (f"batch {event['batch_size']}: {event['median_s'] * 1e3:.2f} ms/step, "
+        step = event.get("estimate_s") or event["median_s"]
+        return (f"batch {event['batch_size']}: {step * 1e3:.2f} ms/step, "
                 f"{event['samples_per_s']:,.0f} samples/s{bound}{rounds}{again}{load_note(event)}{flag}")
     return f"batch {event['batch_size']}: {event['status']} ({event.get('error') or ''})"
 

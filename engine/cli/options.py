@@ -66,6 +66,25 @@ def compile_option(fn: Callable) -> Callable:
                              "recorded apart (each new batch size recompiles, untimed).")(fn)
 
 
+def threads_option(fn: Callable) -> Callable:
+    return click.option("--threads", metavar="N",
+                        help="torch's intra-op threads on the CPU (default: torch's, one a core). On a machine others "
+                             "keep busy, fewer threads than cores leave a core to them, so a step does not wait "
+                             "for a thread that lost its core; the runs trained from a profile use its threads.")(fn)
+
+
+def parse_threads(text: str | None) -> int | None:
+    """--threads: None (torch's default) or a positive whole number."""
+    from ..measure.profile_config import check_threads
+    from ..units import parse_positive_int
+
+    if text is None:
+        return None
+    threads = parse_positive_int(text, "--threads")
+    check_threads(threads)
+    return threads
+
+
 def nproc_option(help: str) -> Callable[[Callable], Callable]:
     return click.option("--nproc", default="1", show_default=True, metavar="N", help=help)
 
