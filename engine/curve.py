@@ -151,19 +151,18 @@ def physics_problems(points: Iterable[Any], noisy_threshold: float = NOISY_IQR_R
     for statistic in ("step_s", "median_s"):
         for j, large in enumerate(measured):
             t_large = getattr(large, statistic)
-            # the smaller size whose step time exceeds this one's the most: the worst pair names both
-            slower = [small for small in measured[:j] if t_large * (1 + tolerance) < getattr(small, statistic)]
-            if not slower:
-                continue
-            small = max(slower, key=lambda s: getattr(s, statistic) / s.batch_size * large.batch_size)
-            t_small = getattr(small, statistic)
-            gain = (large.batch_size / t_large) / (small.batch_size / t_small)
-            which = "" if statistic == "step_s" else "median "
-            why = (f"{which}throughput rises {gain:.3g}x from batch {small.batch_size} to {large.batch_size}, more "
-                   f"than the batch ({large.batch_size / small.batch_size:.3g}x): the {which}step time falls from "
-                   f"{_ms(t_small)} to {_ms(t_large)}, beyond the machine's quiet spread of {tolerance:.0%}")
-            problems.setdefault(small.batch_size, why)
-            problems.setdefault(large.batch_size, why)
+            # every smaller size slower than this one: each pair names both (either could be the wrong one)
+            for small in measured[:j]:
+                t_small = getattr(small, statistic)
+                if t_large * (1 + tolerance) >= t_small:
+                    continue
+                gain = (large.batch_size / t_large) / (small.batch_size / t_small)
+                which = "" if statistic == "step_s" else "median "
+                why = (f"{which}throughput rises {gain:.3g}x from batch {small.batch_size} to {large.batch_size}, "
+                       f"more than the batch ({large.batch_size / small.batch_size:.3g}x): the {which}step time falls "
+                       f"from {_ms(t_small)} to {_ms(t_large)}, beyond the machine's quiet spread of {tolerance:.0%}")
+                problems.setdefault(small.batch_size, why)
+                problems.setdefault(large.batch_size, why)
     for left, point, right in zip(measured, measured[1:], measured[2:]):
         share = (point.batch_size - left.batch_size) / (right.batch_size - left.batch_size)
         chord = left.step_s + share * (right.step_s - left.step_s)

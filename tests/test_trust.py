@@ -319,3 +319,39 @@ def test_threads_beyond_the_cores_others_leave_are_said_and_threads_offered(monk
     assert f"threads: {note}" in out and "step ms (p10)" in out
     assert curve.threads_note({**stored, "threads": 1}) is None      # one thread leaves a core to them
     assert curve.threads_note({**stored, "device_kind": "cuda"}) is None
+
+
+# -- re-profiling the untrusted sizes ----------------------------------------------------------------------------
+
+
+def test_a_re_profile_measures_the_untrusted_sizes_and_carries_the_others_over(monkeypatch, home):
+    import types
+
+    import largestep.jobs.start as start
+    from largestep.jobs.bodies import _carried_points
+
+    result = replay_issue_profile(monkeypatch)
+    # only 128 and 256 measured under load; the others quietly, the hardware's curve
+    quiet = [ProfilePoint(b, "ok", step_times_s=(f / 1e3,) * 3, median_s=f / 1e3 * 1.05, estimate_s=f / 1e3,
+                          p25_s=f / 1e3, p75_s=f / 1e3 * 1.1, samples_per_s=b / f * 1e3, under_load=b in (128, 256),
+                          others_busy_cores=1.1 if b in (128, 256) else 0.1)
+             for b, (_m, f, _s) in ISSUE_TABLE.items()]
+    spool_profile(home, profiler.replace(result, points=tuple(quiet)))
+    with store.connect(home) as con:
+        stored = store.load_profile(con, PROFILE_ID)
+    assert curve.untrusted_sizes(stored) == [128, 256]
+    asked = {}
+    monkeypatch.setattr(start, "start_profile", lambda home_, spec, options, device, config, **kw:
+                        asked.update(spec=spec, device=device, config=config, **kw) or "prof-again")
+    assert start.start_reprofile(home, stored, curve.untrusted_sizes(stored), "cpu") == "prof-again"
+    assert asked["config"].batch_sizes == (128, 256) and asked["carry_from"] == PROFILE_ID
+    assert asked["config"].rounds == result.config.rounds and asked["spec"] == "fraud-mlp"
+    # in the job: the other profile's points at the sizes not measured again, with their background load
+    carried = _carried_points(types.SimpleNamespace(home=home), PROFILE_ID, [128, 256])
+    assert [p.batch_size for p, _ in carried] == [32, 64, 512, 1024, 2048, 4096]
+    again = profiler.replace(result, points=tuple(
+        ProfilePoint(b, "ok", step_times_s=(0.0012, 0.0013), median_s=0.00125, estimate_s=0.0012, p25_s=0.0012,
+                     p75_s=0.0013, samples_per_s=b / 0.0012) for b in (128, 256)))
+    whole = profiler.with_points(again, [p for p, _ in carried])
+    assert [p.batch_size for p in whole.points] == list(ISSUE_TABLE)
+    assert whole.points[2].median_s == 0.00125 and whole.points[0] == carried[0][0]
