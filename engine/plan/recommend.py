@@ -183,15 +183,15 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
             excluded = "smaller than the baseline"
         elif b == b0:
             pass  # what the user runs today is always a candidate
-        elif spread is not None and spread > noisy_threshold:
-            excluded = (f"noisy: its steps spread {spread:.0%} of their median (IQR), above {noisy_threshold:.0%}; "
-                        f"its step time is no figure to rank")
         elif _over_memory(point, memory_limit):
             excluded = f"peak memory {format_bytes(point['peak_memory_bytes'])} over {config.memory_headroom:.0%} of the device"
         elif config.max_lr is not None and lr > config.max_lr * (1 + 1e-12):
             excluded = f"learning rate {lr:.3g} above --max-lr {config.max_lr:g}"
         elif noise_scale is None and saturation is not None and b > saturation:
             excluded = f"past the saturation batch {saturation} (perfect scaling is only assumed up to it)"
+        elif spread is not None and spread > noisy_threshold:
+            excluded = (f"noisy: its steps spread {spread:.0%} of their median (IQR), above {noisy_threshold:.0%}; "
+                        f"its step time is no figure to rank")
         ratio = (steps_factor(b, noise_scale) / base_steps) * (t / t0) if excluded is None else None
         run_time = None
         if train_samples and excluded is None:
@@ -331,6 +331,7 @@ def _reasons(candidates, chosen, best, tied, b0, saturation, noise_scale, config
     by_memory = [c for c in above if c.excluded and c.excluded.startswith("peak memory")]
     by_lr = [c for c in above if c.excluded and c.excluded.startswith("learning rate")]
     by_saturation = [c for c in above if c.excluded and c.excluded.startswith("past the saturation")]
+    by_noise = [c for c in above if c.excluded and c.excluded.startswith("noisy")]
     if noise_scale is None:
         reasons.append("no gradient-noise-scale estimate: perfect scaling (steps fall as 1/B) was assumed up to the "
                        "saturation batch; run `largestep noise` or pass --estimate-noise for a sharper prediction")
@@ -342,6 +343,9 @@ def _reasons(candidates, chosen, best, tied, b0, saturation, noise_scale, config
                        f"{config.memory_headroom:.0%} of the device's {format_bytes(memory_total)}")
     if by_lr:
         reasons.append(f"max lr: batch {by_lr[0].batch_size} would need a learning rate above {config.max_lr:g}")
+    if by_noise:
+        reasons.append(f"noisy: the steps of batch {', '.join(str(c.batch_size) for c in by_noise)} spread too widely "
+                       f"to rank them (a busy machine); profile again when it is quieter")
     if noise_scale is not None:
         verdict = "beyond it each doubling of the batch needs nearly as many steps"
         reasons.append(f"noise scale: B_noise is about {noise_scale:,.0f}; below it larger batches cut the steps "
