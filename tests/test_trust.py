@@ -355,3 +355,29 @@ def test_a_re_profile_measures_the_untrusted_sizes_and_carries_the_others_over(m
     whole = profiler.with_points(again, [p for p, _ in carried])
     assert [p.batch_size for p in whole.points] == list(ISSUE_TABLE)
     assert whole.points[2].median_s == 0.00125 and whole.points[0] == carried[0][0]
+
+
+def test_the_threads_a_profile_ran_on_go_with_its_recommendation_to_the_runs(capsys, home):
+    from helpers import profile_events
+
+    events = profile_events("prof-threads1")
+    events[0][1]["config"] = {"dtype": "fp32", "threads": 1}
+    spool_job(home, "prof-threads1", "profile", events)
+    code, out, err = run_cli(capsys, "recommend", "--profile", "prof-threads1", "--noise-scale", "300", "--json")
+    assert code == 0, err
+    rec = json.loads(out)
+    assert rec["threads"] == 1
+    code, out, _ = run_cli(capsys, "export", "--recommendation", rec["recommendation_id"], "--format", "cli")
+    assert "--threads 1" in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["profile", "--workload", "fraud-mlp", "--threads", "0"],
+    ["train", "--workload", "fraud-mlp", "--batch-size", "128", "--lr", "0.001", "--threads", "two"],
+    ["autopilot", "--workload", "fraud-mlp", "--threads", "-1"],
+    ["autopilot", "--workload", "fraud-mlp", "--quiet-timeout", "soon"],
+])
+def test_bad_threads_and_quiet_timeouts_are_one_line_and_start_nothing(capsys, home, argv):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and ("--threads" in err or "--quiet-timeout" in err)
+    assert not home.jobs.exists() or not any(home.jobs.iterdir())
