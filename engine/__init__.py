@@ -9,12 +9,27 @@ from importlib import import_module
 
 from .about import __version__
 
-__all__ = ["Workload", "track", "__version__"]
+__all__ = ["Workload", "track", "profile", "noise", "recommend", "autopilot", "Profile", "NoiseEstimate", "NoiseCurve",
+           "Recommendation", "Autopilot", "LargestepError", "UsageError", "WorkloadError", "__version__"]
 
 # public name -> the module that defines it
 _WHERE = {
     "Workload": ".workloads.base",
     "track": ".api.track",
+    # the loop from Python, on the same jobs and store as the CLI
+    "profile": ".api.loop",
+    "noise": ".api.loop",
+    "recommend": ".api.loop",
+    "autopilot": ".api.loop",
+    "Profile": ".api.results",
+    "NoiseEstimate": ".api.results",
+    "NoiseCurve": ".api.results",
+    "Recommendation": ".api.results",
+    "Autopilot": ".api.results",
+    # what the functions raise on bad input: the CLI's one-line errors
+    "LargestepError": ".errors",
+    "UsageError": ".errors",
+    "WorkloadError": ".errors",
 }
 
 

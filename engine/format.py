@@ -11,7 +11,7 @@ from typing import Iterable
 
 __all__ = ["DASH", "format_bytes", "byte_unit", "format_duration", "format_ms", "format_si", "grouped",
            "format_number", "format_count", "short_count", "mean_std", "plural", "significant", "known",
-           "format_pct", "format_background_load"]
+           "format_pct", "format_background_load", "unreadable_runs"]
 
 DASH = "—"
 
@@ -126,6 +126,17 @@ def format_background_load(cpu_pct: float | None, gpu_processes: float | None = 
     if known(gpu_processes) and gpu_processes:
         text += f" + {int(gpu_processes)} on the GPU"
     return text
+
+
+def unreadable_runs(run_ids: Iterable[str]) -> str | None:
+    """What a listing says under its table about runs set aside at ingest (listed FAILED, their numbers
+    dashes), or None when there are none: the CLI's `runs` and the Runs page."""
+    ids = list(run_ids)
+    if not ids:
+        return None
+    shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
+    return (f"{plural(len(ids), 'run')} could not be read ({shown}): listed as FAILED; `largestep doctor` says "
+            f"why and what to do")
 
 
 def plural(n: int, word: str) -> str:

@@ -120,6 +120,14 @@ def check_database_file(path: Path) -> None:
 
 
 def resolve_home(path: str | os.PathLike | None = None) -> Home:
-    """The home from an explicit path, else ``$LARGESTEP_HOME``, else ``./.largestep``."""
+    """The home from an explicit path, else ``$LARGESTEP_HOME``, else ``./.largestep``.
+
+    An empty ``LARGESTEP_HOME`` counts as unset (as a shell's ``${VAR:-default}`` does); an empty or blank
+    path given explicitly (``--home "$UNSET"``, a variable of spaces) is refused, never read as ``.``."""
+    if path is not None and not str(path).strip():
+        raise UsageError(f"the home {str(path)!r} is empty: give a folder with --home or LARGESTEP_HOME, or leave "
+                         f"both out for ./{DEFAULT_HOME}")
     chosen = path or os.environ.get(HOME_ENV) or DEFAULT_HOME
+    if not str(chosen).strip():
+        raise UsageError(f"LARGESTEP_HOME {chosen!r} is blank: give a folder, or unset it for ./{DEFAULT_HOME}")
     return Home(Path(chosen).expanduser().resolve())

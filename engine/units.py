@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Iterable
 
 from .errors import UsageError
 
-__all__ = ["parse_size", "parse_batch_sizes", "parse_positive_int", "parse_fractions", "check_int", "check_number",
-           "INT32_MAX", "INT64_MAX"]
+__all__ = ["parse_size", "parse_batch_sizes", "parse_positive_int", "parse_float", "parse_count", "parse_fractions",
+           "check_int", "check_number", "INT32_MAX", "INT64_MAX"]
 
 # The largest values the database's columns hold: a number is checked against the column it lands
 # in where it enters (CLI, dashboard, Python API), so a job never records what the store refuses.
@@ -49,24 +50,65 @@ def parse_positive_int(text: str | int, what: str = "value") -> int:
     return value
 
 
-def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    """``"32,128,512"`` -> (32, 128, 512); each a positive integer."""
-    parts = [p for p in str(text).replace(" ", "").split(",") if p]
+def parse_batch_sizes(text: "str | Iterable[int]") -> tuple[int, ...]:
+    """``"32,128,512"`` (or ``[32, 128, 512]``, from Python) -> (32, 128, 512); each a positive integer."""
+    parts = _listed(text)
     if not parts:
         raise UsageError("--batch-sizes is empty: give a comma-separated list such as 32,128,512")
     return tuple(sorted({parse_positive_int(p, "batch size") for p in parts}))
 
 
-def parse_fractions(text: str, what: str = "--at") -> tuple[float, ...]:
-    """``"0,0.25,0.5,1"`` -> (0.0, 0.25, 0.5, 1.0): distinct numbers between 0 and 1, sorted."""
-    parts = [p for p in str(text).replace(" ", "").split(",") if p]
+def parse_float(text: "str | float | None", what: str) -> float | None:
+    """A number as typed (or given from Python); None stays None. Its range is the config's to check."""
+    if text is None:
+        return None
+    if isinstance(text, bool):
+        raise UsageError(f"{what} must be a number, not {text!r}")
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} must be a number, not {text!r}") from None
+
+
+def parse_count(text: "str | int", what: str) -> int:
+    """A whole number of at least 0, as typed (or given from Python)."""
+    if isinstance(text, bool):
+        value = -1
+    elif isinstance(text, int):
+        value = text
+    else:
+        try:
+            value = int(str(text))
+        except ValueError:
+            value = -1
+    if value < 0:
+        raise UsageError(f"{what} must be a whole number of at least 0 (or auto), not {text!r}")
+    return value
+
+
+def _listed(value: object) -> list:
+    """A comma-separated list as typed, or the items of a list given from Python (one item when not a list)."""
+    if isinstance(value, str):
+        return [p for p in value.replace(" ", "").split(",") if p]
+    try:
+        return list(value)  # type: ignore[call-overload]
+    except TypeError:
+        return [value]
+
+
+def parse_fractions(text: "str | Iterable[float]", what: str = "--at") -> tuple[float, ...]:
+    """``"0,0.25,0.5,1"`` (or ``[0, 0.25, 0.5, 1]``, from Python) -> (0.0, 0.25, 0.5, 1.0): distinct numbers between
+    0 and 1, sorted."""
+    parts = _listed(text)
     if not parts:
         raise UsageError(f"{what} is empty: give fractions between 0 and 1 such as 0,0.25,0.5,1")
     values = set()
     for part in parts:
         try:
+            if isinstance(part, bool):
+                raise ValueError(part)
             value = float(part)
-        except ValueError:
+        except (TypeError, ValueError):
             raise UsageError(f"{what} takes fractions between 0 and 1 such as 0,0.25,0.5,1, not {part!r}") from None
         if not 0 <= value <= 1:  # also refuses NaN
             raise UsageError(f"{what} takes fractions between 0 and 1, not {part}")

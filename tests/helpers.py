@@ -4,10 +4,15 @@ that sets the step times the profiler sees."""
 
 from __future__ import annotations
 
+import importlib
+import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from types import ModuleType
+from typing import Callable, NoReturn
+
+import pytest
 
 import torch
 from streamlit.testing.v1 import AppTest
@@ -29,6 +34,23 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def unavailable(what: str) -> NoReturn:
+    """A test that cannot run here: skipped on a developer's machine, saying what is missing; a failure in CI
+    (``CI`` set, as ``.ci/run`` sets it), where ``./dev test`` installs every test dependency, so a test that
+    cannot run never passes as one that ran."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what}; CI must run this test, not skip it")
+    pytest.skip(what)
+
+
+def required(module: str, install: str) -> ModuleType:
+    """``import module`` for a test, or :func:`unavailable` saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        unavailable(f"{module} is not installed ({install})")
 
 
 def copy_home(template: Home, root: Path) -> Home:

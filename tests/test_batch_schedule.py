@@ -27,7 +27,8 @@ def test_parse_reads_batch_fraction_pairs():
 
 @pytest.mark.parametrize("text, words", [
     ("", "empty"), ("256", "no start"), ("big:0", "batch:fraction pairs"), ("256:0.1,512:0.5", "must start at fraction 0"),
-    ("256:0,512:0.5,1024:0.4", "must rise"), ("256:0,512:1.5", "at most 1"), ("0:0", "positive integer")])
+    ("256:0,512:0.5,1024:0.4", "must rise"), ("256:0,512:1.5", "at most 1"), ("0:0", "positive integer"),
+    ("256:0,128:0.5", "batches must grow"), ("256:0,256:0.5", "batches must grow")])
 def test_parse_says_how_to_fix_a_bad_schedule(text, words):
     with pytest.raises(UsageError, match=words):
         parse_batch_schedule(text)

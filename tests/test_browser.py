@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
-from helpers import TINY
+from helpers import TINY, unavailable
 
 from largestep import jobs, store
 from largestep.home import HOME_ENV, Home
@@ -39,10 +39,7 @@ def chromium():
     """The real browser. Missing on a developer's machine: skipped, with the reason. Missing on CI (where
     ./dev test installs it): a failure, since the only real-browser test must not pass silently."""
     if not Path(CHROMIUM).exists():
-        message = f"{CHROMIUM} is missing (./dev test installs Debian's chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{CHROMIUM} is missing (./dev test installs Debian's chromium)")
 
 
 def free_port() -> int:

@@ -51,6 +51,24 @@ def test_an_unusable_home_is_refused(capsys, tmp_path):
     assert code == 0 and "no profiles yet" in out
 
 
+def test_a_blank_home_is_refused_and_an_empty_largestep_home_means_unset(capsys, tmp_path, monkeypatch):
+    import largestep
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LARGESTEP_HOME", "  ")
+    code, _, err = run_cli(capsys, "runs")
+    assert code == 2 and err.count("\n") == 1 and "is empty: give a folder with --home or LARGESTEP_HOME" in err, err
+    monkeypatch.setenv("LARGESTEP_HOME", "")          # empty: unset, as ${LARGESTEP_HOME:-.largestep} reads it
+    code, _, err = run_cli(capsys, "--home", "", "runs")   # --home "$UNSET" in a script: refused, never "."
+    assert code == 2 and "is empty" in err, err
+    with pytest.raises(largestep.errors.UsageError, match="is empty"):
+        largestep.track("x", batch_size=8, home=" ")
+    assert list(tmp_path.iterdir()) == []
+    with largestep.track("x", batch_size=8) as run:   # LARGESTEP_HOME="": the default home, ./.largestep
+        run.log(1, train_loss=0.5)
+    assert (tmp_path / ".largestep" / "jobs" / run.id).is_dir()
+
+
 def test_a_database_that_is_not_duckdb_is_refused_untouched(capsys, home):
     home.root.mkdir(parents=True)
     home.database.write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
@@ -60,7 +78,8 @@ def test_a_database_that_is_not_duckdb_is_refused_untouched(capsys, home):
 
 
 def test_the_profile_output_shows_the_background_load_and_flags_an_inconsistent_profile(capsys):
-    from largestep.cli.measure import print_profile, profile_summary
+    from largestep.cli.measure import print_profile
+    from largestep.store import profile_summary
 
     point = {"status": "ok", "p25_s": 0.5, "p75_s": 0.52, "n": 10, "samples_per_s": 31.1, "peak_memory_bytes": 2**20}
     stored = {"id": "prof-1", "workload": "cnn", "device_name": "CPU", "dtype": "fp32", "saturation_batch": 32,

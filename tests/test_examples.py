@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import required
 
 from largestep.cli import main
 
@@ -49,7 +50,7 @@ def offline(monkeypatch):
 @pytest.mark.integration
 @pytest.mark.parametrize("function", ["bert", "gpt2"])
 def test_hugging_face_tiny_models_from_configs(capsys, home, offline, function):
-    pytest.importorskip("transformers")
+    required("transformers", "pip install 'largestep[hf]'")
     result = profile_noise_recommend_train(capsys, f"{EXAMPLES / 'hf_tiny.py'}:{function}",
                                            ["--set", "samples=1024"], "32,64")
     points = result["profile"]["points"]

@@ -69,6 +69,38 @@ def test_the_dashboard_shows_a_set_aside_job_as_failed_and_every_other_run(monke
     assert dict(zip(table["id"], table["state"])) == {"train-good0001": jobs.FINISHED, "train-bad00001": jobs.FAILED}
 
 
+BAD_REQUESTS = {  # a run's request (spec.json) with a number its columns cannot hold, as track() once wrote
+    "seed beyond INT32": {"batch_size": 64, "seed": 3_000_000_000},
+    "batch size beyond INT32": {"batch_size": 2**40, "seed": 0},
+    "a string where a number goes": {"batch_size": "big", "lr": "fast", "accumulate": [1]},
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_a_run_whose_request_the_store_cannot_hold_is_listed_as_such_beside_every_other(capsys, monkeypatch, home,
+                                                                                          case):
+    from helpers import open_page
+
+    config = BAD_REQUESTS[case]
+    spec = {"id": "train-bad00001", "kind": "train", "device": "cpu", "workload": "x", "created_at": 1.7e9,
+            "params": {"config": config, "role": "external"}}
+    spool_job(home, "train-good0001", "train", train_events(seed=1))
+    run_start = ("run_start", {"config": config, "workload": "x", "device": {"id": "cpu", "kind": "cpu"}})
+    spool_job(home, "train-bad00001", "train", [run_start], spec=spec)
+
+    listed = runs_listed(capsys)
+    assert listed["train-good0001"]["state"] == jobs.FINISHED and listed["train-bad00001"]["state"] == jobs.FAILED
+    code, out, err = run_cli(capsys, "runs")
+    assert code == 0 and "train-good0001" in out and "train-bad00001" in out, err
+    assert "1 run could not be read" in out and "largestep doctor" in out
+    code, out, err = run_cli(capsys, "runs", "show", "train-bad00001")
+    assert code == 0 and "spool unreadable" in out, err
+    at = open_page(monkeypatch, home, "runs")
+    table = at.dataframe[0].value
+    assert dict(zip(table["id"], table["state"])) == {"train-good0001": jobs.FINISHED, "train-bad00001": jobs.FAILED}
+    assert any("1 run could not be read" in w.value for w in at.warning)
+
+
 BAD_LINES = {
     "valid JSON but not an object": b"[1, 2, 3]\n",
     "an event missing a field": b'{"type": "eval", "t": 1.0}\n',
@@ -148,6 +180,11 @@ BAD_NUMBERS = [
     (["noise", "-w", "{tiny}", "--seed", "3000000000"], "--seed must be between 0 and"),
     (["autopilot", "-w", "{tiny}", "--epochs", "inf"], "--epochs must be a finite number"),
     (["autopilot", "-w", "{tiny}", "--epochs", "nan"], "--epochs must be a finite number"),
+    (["autopilot", "-w", "{tiny}", "--until-decisive", "--max-repeats", "0"], "--max-repeats must be a positive"),
+    (["autopilot", "-w", "{tiny}", "--until-decisive", "--max-repeats", "1000000000"],
+     "--max-repeats must be between 1 and 1,000"),
+    (["autopilot", "-w", "{tiny}", "--until-decisive", "--repeats", "3", "--max-repeats", "2"],
+     "--max-repeats 2 is below --repeats 3"),
     (["compare", "train-good0001", "train-good0001", "--tolerance", "nan"], "--tolerance must be a finite number"),
     (["compare", "train-good0001", "train-good0001", "--tolerance", "inf"], "--tolerance must be a finite number"),
     (["compare", "train-good0001", "train-good0001", "--tolerance", "-0.1"], "--tolerance must be at least 0"),
@@ -164,6 +201,18 @@ API_CONFIGS = {
     "NaN evaluation interval": dict(eval_every_epochs=float("nan")),
     "a float batch size": dict(batch_size=32.5),
 }
+
+
+@pytest.mark.parametrize("fields", [dict(max_repeats=0), dict(max_repeats=10**9), dict(repeats=3, max_repeats=2)],
+                         ids=["none", "a billion", "below the repeats"])
+def test_the_python_api_refuses_an_until_decisive_autopilot_without_sound_max_repeats(home, tiny_spec, fields):
+    from largestep.errors import UsageError
+    from largestep.jobs.autopilot import AutopilotConfig
+    from largestep.jobs.start import start_autopilot
+
+    with pytest.raises(UsageError, match="--max-repeats"):
+        start_autopilot(home, tiny_spec, {}, "cpu", AutopilotConfig(until_decisive=True, **fields))
+    assert not home.root.exists()
 
 
 @pytest.mark.parametrize("case", API_CONFIGS, ids=list(API_CONFIGS))
@@ -196,6 +245,30 @@ def test_a_number_out_of_range_or_not_finite_is_one_line_exit_2_and_writes_nothi
     assert job_folders(home) == {"train-good0001"}             # no job written
     assert home.database.read_bytes() == database              # nor any row
     assert runs_listed(capsys)["train-good0001"]["state"] == jobs.FINISHED
+
+
+REFUSED_AFTER_LOADING = [  # bad input only the loaded workload shows (the tiny workload has 2048 training samples)
+    (TINY_PROFILE + ["--batch-sizes", "99999999"], "larger than the 2048 training samples"),
+    (["train", "-w", "{tiny}", "-b", "4096", "--lr", "1e-3"], "larger than the 2048 training samples"),
+    (["train", "-w", "{tiny}", "--batch-schedule", "32:0,4096:0.5", "--lr", "1e-3"], "larger than the 2048"),
+    (["noise", "-w", "{tiny}", "--batch-small", "32", "--batch-big", "4096"], "larger than the 2048 training samples"),
+]
+
+
+@pytest.mark.parametrize("argv, says", REFUSED_AFTER_LOADING, ids=[" ".join(a) for a, _ in REFUSED_AFTER_LOADING])
+def test_bad_input_found_after_the_workload_is_loaded_leaves_no_home_and_no_cache_entry(capsys, home, tiny_spec,
+                                                                                        argv, says):
+    from largestep.workloads.cache import cache_of
+
+    argv = [a.format(tiny=tiny_spec) for a in argv]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1 and says in err, (out, err)
+    assert not home.root.exists()                                  # a new home: not even its folder
+
+    spool_job(home, "train-good0001", "train", train_events())     # a home in use: nothing added to its cache
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and says in err, (out, err)
+    assert not cache_of(home).root.exists() and job_folders(home) == {"train-good0001"}
 
 
 # -- missing files ---------------------------------------------------------------------------------
@@ -316,6 +389,62 @@ def test_a_deleted_database_is_rebuilt_from_the_homes_files_recommendations_incl
     assert code == 0 and f'"batch_size": {rec["batch_size"]}' in out, err
 
 
+DAMAGED_DB_COMMANDS = [["runs"], ["runs", "show", "train-good0001"], ["profiles"], ["recommend", "--profile", "prof-test0001",
+                       "--noise-scale", "200"], ["compare", "train-good0001", "train-good0002"], ["export", "--format", "json"]]
+
+
+@pytest.mark.parametrize("cut", [4096, 0.25, 0.5], ids=["at its first blocks", "at a quarter", "at half"])
+def test_a_truncated_database_is_one_line_exit_2_pointing_at_doctor_which_rebuilds_it(capsys, home, cut):
+    from helpers import profile_events
+
+    spool_job(home, "prof-test0001", "profile", profile_events("prof-test0001"))
+    for seed in (1, 2):
+        spool_job(home, f"train-good000{seed}", "train", train_events(seed=seed))
+    before = sorted(runs_listed(capsys))
+    size = home.database.stat().st_size
+    with open(home.database, "r+b") as fh:
+        fh.truncate(cut if isinstance(cut, int) else int(size * cut))
+
+    for argv in DAMAGED_DB_COMMANDS:   # a command that reads no damaged block answers; any other, one line
+        code, out, err = run_cli(capsys, *argv)
+        assert code in (0, 2) and err.count("\n") <= 1 and "Traceback" not in err, (argv, out, err)
+        if argv == ["runs"] or "cannot be used" in err:   # `runs` reads every job's rows: it meets the damage
+            assert code == 2 and "cannot be used" in err and "run `largestep doctor`" in err, (argv, err)
+    code, out, _ = run_cli(capsys, "doctor")
+    assert code == 1 and "problem  database: cannot read" in out and "largestep doctor --repair" in out, out
+
+    code, out, err = run_cli(capsys, "doctor", "--repair")
+    assert code == 0 and "warn  database: was damaged" in out and "rebuilt from the home's files" in out, (out, err)
+    [kept] = home.root.glob("largestep.duckdb.damaged-*")
+    assert kept.stat().st_size == (cut if isinstance(cut, int) else int(size * cut))   # moved aside, not deleted
+    assert sorted(runs_listed(capsys)) == before
+    code, out, _ = run_cli(capsys, "doctor")
+    assert code == 0 and "ok  database: readable and migrated" in out and f"{kept} was moved aside" in out
+
+
+def test_a_zero_byte_database_is_rebuilt_from_the_spools_by_any_command(capsys, home):
+    spool_job(home, "train-good0001", "train", train_events())
+    before = runs_listed(capsys)
+    home.database.write_bytes(b"")    # a crash while it was first created, a `touch`
+    assert runs_listed(capsys) == before
+    code, out, _ = run_cli(capsys, "doctor")
+    assert code == 0 and "ok  database: readable and migrated" in out, out
+
+
+def test_doctor_repair_reads_a_fixed_set_aside_job_again(capsys, home):
+    spool_job(home, "train-good0001", "train", train_events())
+    spool_job(home, "train-bad00001", "train", train_events(seed=3_000_000_000))
+    assert runs_listed(capsys)["train-bad00001"]["state"] == jobs.FAILED
+    shutil.rmtree(home.job_dir("train-bad00001"))                         # the user fixes the folder ...
+    spool_job(home, "train-bad00001", "train", train_events(seed=3))
+
+    assert runs_listed(capsys)["train-bad00001"]["state"] == jobs.FAILED  # ... a set-aside job is never read again
+    code, out, err = run_cli(capsys, "doctor", "--repair")
+    assert code == 0 and "1 job read again, 1 now ingested" in out, (out, err)
+    listed = runs_listed(capsys)
+    assert listed["train-bad00001"]["state"] == jobs.FINISHED and listed["train-bad00001"]["seed"] == 3
+
+
 # -- largestep doctor ------------------------------------------------------------------------------
 
 def test_doctor_lists_set_aside_jobs_and_spool_findings_and_exits_1(capsys, home):
@@ -404,6 +533,29 @@ def test_a_workload_field_out_of_range_is_one_line_exit_2_and_writes_nothing(cap
     module.write_text(WORKLOAD_FILE.replace("{fields}", fields))
     code, out, err = run_cli(capsys, "profile", "-w", f"{module}:make")
     assert code == 2 and err.count("\n") == 1 and says in err, (code, err)
+    assert not home.root.exists()
+
+
+NAN_WORKLOADS = {
+    "NaN in the first training samples": ("baseline_batch_size=8, baseline_lr=1e-3", "x[0, 1] = float('nan')"),
+    "a loss that is NaN": ("baseline_batch_size=8, baseline_lr=1e-3", "Workload.loss = None"),
+}
+
+
+@pytest.mark.parametrize("case", NAN_WORKLOADS, ids=list(NAN_WORKLOADS))
+def test_the_trial_step_refuses_a_nan_loss_in_one_line_before_anything_is_written(capsys, home, tmp_path, case):
+    fields, poison = NAN_WORKLOADS[case]
+    source = WORKLOAD_FILE.replace("{fields}", fields)
+    if poison.startswith("x["):
+        source = source.replace("torch.randint(0, 2, (64,))\n", f"torch.randint(0, 2, (64,))\n    {poison}\n")
+    else:
+        source = source.replace("loss=torch.nn.functional.cross_entropy",
+                                "loss=lambda out, y: torch.nn.functional.cross_entropy(out, y) * float('nan')")
+    module = tmp_path / "nan.py"
+    module.write_text(source)
+    code, out, err = run_cli(capsys, "train", "-w", f"{module}:make", "-b", "8", "--lr", "1e-3")
+    assert code == 2 and err.count("\n") == 1, (code, err)
+    assert "a trial step on its first 2 training samples gives the loss nan" in err, err
     assert not home.root.exists()
 
 

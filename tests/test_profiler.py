@@ -231,7 +231,7 @@ def test_visits_other_processes_contended_are_set_aside_and_the_size_visited_aga
 
 
 def test_a_size_never_uncontended_is_measured_from_all_its_visits_and_flagged_under_load(monkeypatch):
-    from largestep.cli.measure import describe_profile_event
+    from largestep.jobs.follow import describe_profile_event
     from largestep.measure.profiler import QUIET_PATIENCE
 
     visited = fake_visits(monkeypatch, lambda b, _visit: 0.001 * (1 + b / 64),

@@ -10,7 +10,7 @@ import signal
 
 import psutil
 import pytest
-from helpers import metric_rows_in_spool, wait_for
+from helpers import metric_rows_in_spool, required, wait_for
 
 from largestep import jobs, store
 from largestep.errors import UsageError
@@ -19,17 +19,22 @@ from largestep.measure.train import TrainConfig
 
 pytestmark = [pytest.mark.ray]
 
-try:
-    import ray
-except ImportError:  # an optional extra; CI installs it through the test extra
-    ray = None
+RAY = ("ray", "pip install 'largestep[ray]'")   # an optional extra; the test extra installs it
 
-needs_ray = pytest.mark.skipif(ray is None, reason="ray is not installed (pip install 'largestep[ray]')")
+
+@pytest.fixture
+def ray_installed():
+    """Ray, or a skip saying how to install it (in CI, a failure: see helpers.unavailable)."""
+    return required(*RAY)
+
+
+needs_ray = pytest.mark.usefixtures("ray_installed")
 
 
 @pytest.fixture(scope="module")
 def cluster():
     """One local Ray cluster for the module: 2 CPUs, no dashboard."""
+    ray = required(*RAY)
     context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield {"kind": "ray", "address": context.address_info["gcs_address"]}

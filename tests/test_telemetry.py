@@ -14,7 +14,7 @@ import psutil
 import pytest
 import torch
 from fake_nvml import UUID_A, UUID_B, FakeGpu, cuda_properties, install_fake_cuda, install_fake_nvml, make_fake_pynvml
-from helpers import wait_for
+from helpers import required, wait_for
 
 from largestep.measure import devices, telemetry
 from largestep.measure.devices import DeviceInfo
@@ -88,7 +88,7 @@ def test_nvidia_ml_py_not_installed(monkeypatch):
 
 @pytest.mark.skipif(os.path.exists("/proc/driver/nvidia"), reason="this machine has an NVIDIA driver")
 def test_the_real_nvidia_ml_py_on_a_machine_without_a_driver(monkeypatch):
-    pytest.importorskip("pynvml")
+    required("pynvml", "pip install nvidia-ml-py, a dependency of largestep")
     monkeypatch.setattr(telemetry, "_nvml_cache", None)
     status = telemetry.nvml_status()
     assert not status.available

@@ -163,11 +163,25 @@ def test_a_step_going_backwards_is_refused_with_a_clear_error_and_ends_the_run_f
     ({"batch_size": 32, "primary_metric_mode": "up"}, "primary_metric_mode must be 'max' or 'min'"),
     ({"batch_size": 32, "device": "tpu"}, "unknown device"),
     ({"batch_size": 32, "recommendation": "latest"}, "no recommendations in"),
+    # the CLI's bounds, the columns' range: a run the store cannot hold is refused, not set aside at ingest
+    ({"batch_size": 32, "seed": 3_000_000_000}, "seed must be between 0 and 2,147,483,647"),
+    ({"batch_size": 32, "seed": -1}, "seed must be between 0 and"),
+    ({"batch_size": 2**31}, "batch_size must be between 1 and 2,147,483,647"),
+    ({"batch_size": 32, "accumulate": 2**31}, "accumulate must be between 1 and"),
+    ({"batch_size": 32, "world_size": 2**31}, "world_size must be between 1 and"),
+    ({"batch_size": 32, "total_steps": 2**63}, "total_steps must be between 1 and"),
+    ({"batch_size": 32, "epochs": float("inf")}, "epochs must be a finite number"),
+    ({"batch_size": 32, "lr": float("nan")}, "lr must be a finite number"),
+    ({"batch_size": 32, "group": 7}, "group must be a string or None"),
+    # hyperparameters the run's spec and the database's JSON can hold, refused before the run's folder
+    ({"batch_size": 32, "hyperparameters": {"model": object()}}, "hyperparameters must be JSON"),
+    ({"batch_size": 32, "hyperparameters": {"dropout": float("nan")}}, "hyperparameters must be JSON"),
 ])
 def test_bad_input_is_one_clear_error_and_writes_nothing(home, kwargs, message):
-    with pytest.raises(largestep.errors.LargestepError, match=message):
-        largestep.track("plain-mlp", home=home.root, **kwargs)
-    assert spool_runs(home) == [] and not home.database.exists()
+    with pytest.raises(largestep.errors.LargestepError, match=message) as raised:
+        largestep.track("plain-mlp", home=home.root, **kwargs).start()
+    assert "\n" not in str(raised.value)
+    assert spool_runs(home) == [] and not home.database.exists() and not home.root.exists()
 
 
 @pytest.mark.slow

@@ -101,10 +101,27 @@ def test_the_target_stops_the_run_and_records_the_time():
 
 def test_an_absurd_learning_rate_diverges_within_a_few_steps():
     events, emit = collect()
-    with pytest.raises(Diverged):
+    with pytest.raises(Diverged, match="the learning rate is too high for this batch"):
         train(tiny_workload.make(), CPU, TrainConfig(batch_size=32, lr=1e6, epochs=50, warmup_samples=0), log=emit)
     last = [r for e in events if e["type"] == "metrics" for r in e["rows"]][-1]
     assert last["step"] <= 10
+
+
+@pytest.mark.parametrize("poison", ["data", "loss"])
+def test_nan_in_the_data_or_the_loss_diverges_saying_where_to_look(poison):
+    base = tiny_workload.make()
+    if poison == "data":   # past the first samples, which the trial step sees
+        x, y = base.train
+        x = x.clone()
+        x[5:64] = float("nan")
+        workload = replace(base, train=(x, y))
+    else:
+        workload = replace(base, loss=lambda output, target: base.loss(output, target) * float("nan"))
+    with pytest.raises(Diverged) as diverged:
+        train(workload, CPU, TrainConfig(batch_size=32, lr=1e-2, epochs=1))
+    assert str(diverged.value).startswith("loss nan at step 1 (lr ")
+    assert "not finite from the first step: look for NaN or infinite values in the training data" in str(diverged.value)
+    assert "None" not in str(diverged.value)
 
 
 def test_every_interval_is_logged_but_progress_is_reported_at_most_once_a_second(monkeypatch):

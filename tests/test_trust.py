@@ -305,7 +305,8 @@ def test_a_quiet_window_re_profiles_the_untrusted_sizes_and_a_clean_profile_is_u
 
 
 def test_threads_beyond_the_cores_others_leave_are_said_and_threads_offered(monkeypatch, capsys):
-    from largestep.cli.measure import print_profile, profile_summary
+    from largestep.cli.measure import print_profile
+    from largestep.store import profile_summary
 
     result = replay_issue_profile(monkeypatch)
     stored = {"id": PROFILE_ID, "workload": "fraud-mlp", "device_name": "CPU", "device_kind": "cpu", "dtype": "fp32",
@@ -381,3 +382,14 @@ def test_bad_threads_and_quiet_timeouts_are_one_line_and_start_nothing(capsys, h
     code, out, err = run_cli(capsys, *argv)
     assert code == 2 and len(err.strip().splitlines()) == 1 and ("--threads" in err or "--quiet-timeout" in err)
     assert not home.jobs.exists() or not any(home.jobs.iterdir())
+
+
+def test_the_python_api_refuses_and_accepts_as_the_command_line_does(monkeypatch, home):
+    import largestep
+
+    spool_profile(home, replay_issue_profile(monkeypatch))
+    with pytest.raises(UnusableProfile, match=f"^profile {PROFILE_ID} cannot be trusted: 8 of 8 batch sizes"):
+        largestep.recommend(PROFILE_ID, home=home.root, quiet=True)
+    assert saved_recommendations(home) == []
+    rec = largestep.recommend(PROFILE_ID, home=home.root, quiet=True, accept_load=True)
+    assert rec.reasons[0].startswith("accepted under load (--accept-load)") and rec.document["accepted_load"]

@@ -30,6 +30,8 @@ st.dataframe(runs.runs_table(shown), hide_index=True, width="stretch", key="runs
              column_config={"LR": st.column_config.NumberColumn(format="%.3g"),
                             "final val loss": st.column_config.NumberColumn(format="%.4f")})
 st.caption(f"{len(shown)} of {len(every_run)} runs")
+if unreadable := runs.unreadable_note(every_run):
+    st.warning(unreadable)
 
 
 # -- runs in flight ------------------------------------------------------------------------------

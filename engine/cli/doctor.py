@@ -19,12 +19,17 @@ DEFAULT_REPORT = "largestep-selfcheck.json"
               help="Also check every device: the profiler's timing against CUDA events (torch.utils.benchmark on "
                    "the CPU), NVML, an induced out-of-memory error, bf16/fp16, and NCCL with several GPUs. Takes "
                    "seconds; writes a JSON report to attach to a bug report.")
+@click.option("--repair", is_flag=True,
+              help="Also repair what can be repaired without losing anything: a damaged database is moved aside "
+                   "and rebuilt from the home's files (the jobs' spools, the saved recommendations), and jobs set "
+                   "aside are read again.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=DEFAULT_REPORT, show_default=True,
               help="Where --devices writes its JSON report.")
 @click.pass_context
-def doctor(ctx, as_json, check_devices, report_path):
+def doctor(ctx, as_json, check_devices, repair, report_path):
     """Check the home: the database readable and migrated, spools consistent, jobs set aside, orphaned
-    processes, its size; with --devices, the devices too. Exit code 1 when a problem needs fixing by hand."""
+    processes, its size, each finding with what to do; --repair also repairs what it safely can; with
+    --devices, the devices too. Exit code 1 when a problem needs fixing by hand."""
     if check_devices:
         return _device_section(as_json, Path(report_path))
     from dataclasses import asdict
@@ -32,7 +37,7 @@ def doctor(ctx, as_json, check_devices, report_path):
     from ..store.doctor import PROBLEM, diagnose
 
     home = home_of(ctx)
-    checks = diagnose(home) if home.holds_anything() else []   # an empty home is not created by looking
+    checks = diagnose(home, repair=repair) if home.holds_anything() else []   # an empty home is not created by looking
     if as_json:
         emit_json({"home": str(home.root), "checks": [asdict(c) for c in checks]})
     elif not checks:

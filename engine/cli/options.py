@@ -9,6 +9,7 @@ import click
 
 from ..errors import UsageError
 from ..home import Home, resolve_home
+from ..units import parse_count, parse_float  # noqa: F401  (the commands' parsers, shared with the Python API)
 
 __all__ = ["State", "home_of", "open_store", "json_option", "device_option", "nproc_option", "launch_options",
            "workload_options", "workload_settings", "parse_float", "parse_count", "parse_nproc"]
@@ -38,14 +39,7 @@ def open_store(ctx: click.Context, ingest: bool = True) -> Iterator[tuple[Home, 
     from .. import store
 
     home = home_of(ctx)
-    store.check_database_file(home.database)
-    if not home.holds_anything():  # nothing to read: answer from an empty store, create nothing
-        with store.connect_empty() as con:
-            yield home, con
-        return
-    if ingest:
-        store.ingest(home)
-    with store.connect(home) as con:
+    with store.reading(home, ingest=ingest) as con:
         yield home, con
 
 
@@ -71,18 +65,6 @@ def threads_option(fn: Callable) -> Callable:
                         help="torch's intra-op threads on the CPU (default: torch's, one a core). On a machine others "
                              "keep busy, fewer threads than cores leave a core to them, so a step does not wait "
                              "for a thread that lost its core; the runs trained from a profile use its threads.")(fn)
-
-
-def parse_threads(text: str | None) -> int | None:
-    """--threads: None (torch's default) or a positive whole number."""
-    from ..measure.profile_config import check_threads
-    from ..units import parse_positive_int
-
-    if text is None:
-        return None
-    threads = parse_positive_int(text, "--threads")
-    check_threads(threads)
-    return threads
 
 
 def nproc_option(help: str) -> Callable[[Callable], Callable]:
@@ -128,25 +110,6 @@ def workload_settings(pairs: tuple[str, ...], data: str | None, label: str | Non
     if label is not None:
         options["label"] = label
     return options
-
-
-def parse_float(text: str | None, what: str) -> float | None:
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise UsageError(f"{what} must be a number, not {text!r}") from None
-
-
-def parse_count(text: str, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise UsageError(f"{what} must be a whole number of at least 0 (or auto), not {text!r}")
-    return value
 
 
 def parse_nproc(text: str) -> int:

@@ -10,11 +10,10 @@ from typing import Any, Callable
 
 import click
 
-from ..errors import LargestepError, UsageError
+from ..errors import UsageError
 from ..home import Home
 
-__all__ = ["console", "emit_json", "jsonable", "table", "detached", "follow_job", "finish_job", "last_log_line",
-           "write_atomic"]
+__all__ = ["console", "emit_json", "jsonable", "table", "detached", "follow_job", "finish_job", "write_atomic"]
 
 
 def console(stderr: bool = False):
@@ -65,36 +64,27 @@ def follow_job(home: Home, job_id: str, describe: Callable[[dict], str | None], 
     """Show a job's progress until it ends; Ctrl-C cancels it. Returns the final state."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .. import jobs
-    from ..jobs import events
+    from ..jobs.follow import Update, watch
 
-    job_dir = home.job_dir(job_id)
-    offset = 0
     interactive = sys.stderr.isatty() and not quiet
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                         TimeElapsedColumn(), console=console(stderr=True), disable=not interactive, transient=False)
+
+    def show(update: Update) -> None:
+        for event in update.events:
+            text = describe(event)
+            if text and not quiet:
+                if interactive:
+                    progress.console.print(text)
+                else:
+                    click.echo(text, err=True)
+        progress.update(task, completed=update.progress, description=f"{job_id}: {update.phase}")
+
     try:
         with progress:
             task = progress.add_task(f"{job_id}: starting", total=1.0)
-            while True:
-                batch = events.read(job_dir, offset)
-                offset = batch.offset
-                for event in batch.events:
-                    text = describe(event)
-                    if text and not quiet:
-                        if interactive:
-                            progress.console.print(text)
-                        else:
-                            click.echo(text, err=True)
-                status = jobs.read_status(job_dir) or {}
-                progress.update(task, completed=status.get("progress") or 0.0,
-                                description=f"{job_id}: {status.get('phase') or status.get('state', '')}")
-                state = jobs.derive_state(job_dir)
-                if state in jobs.FINAL_STATES:
-                    return state
-                jobs.pause(job_dir, 0.2)
+            return watch(home, job_id, show)
     except KeyboardInterrupt:
-        jobs.cancel(home, job_id)
         click.echo(f"cancelled {job_id}", err=True)
         raise
 
@@ -102,23 +92,11 @@ def follow_job(home: Home, job_id: str, describe: Callable[[dict], str | None], 
 def finish_job(home: Home, job_id: str, what: str, quiet: bool,
                describe: Callable[[dict], str | None] = lambda e: None) -> str:
     """Follow a job to its end, ingest its spool, and turn a failure into a one-line error."""
-    from .. import jobs, store
+    from .. import store
 
     state = follow_job(home, job_id, describe=describe, quiet=quiet)
-    store.ingest(home)
-    if state != jobs.FINISHED:
-        with store.connect(home) as con:
-            job = store.get_job(con, job_id) or {}
-        raise LargestepError(f"{what} {job_id} ended {state}: {job.get('error') or last_log_line(home, job_id)}")
+    store.ended(home, job_id, state, what)
     return state
-
-
-def last_log_line(home: Home, job_id: str) -> str:
-    try:
-        lines = (home.job_dir(job_id) / "output.log").read_text(errors="replace").strip().splitlines()
-        return lines[-1] if lines else "no output"
-    except OSError:
-        return "no output"
 
 
 def write_atomic(path: Path, text: str) -> None:

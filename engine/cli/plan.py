@@ -7,14 +7,7 @@ from pathlib import Path
 import click
 
 from .group import cli
-from .options import (
-    device_option,
-    home_of,
-    json_option,
-    open_store,
-    parse_count,
-    parse_float,
-)
+from .options import device_option, home_of, json_option, open_store
 from .output import console, emit_json, finish_job, table, write_atomic
 from ..errors import UsageError
 from ..format import format_ms, grouped
@@ -50,60 +43,17 @@ def recommend(ctx, profile_id, baseline_batch, baseline_lr, rule, noise_scale, e
               memory_headroom, max_lr, warmup_samples, check_stability, accept_load, device, as_json):
     """Recommend a batch size and learning rate from a profile, predicted to reach the target fastest."""
     from .. import store
-    from ..jobs.start import start_noise, start_stability
-    from ..measure.stability import apply_stability
     from ..plan.recommend import RecommendConfig
-    from ..units import parse_positive_int
 
-    chosen_noise = [flag for flag, given in (("--noise-scale", noise_scale is not None),
-                                             ("--estimate-noise", estimate_noise), ("--noise", noise_id is not None)) if given]
-    if len(chosen_noise) > 1:
-        raise UsageError(f"give only one of {', '.join(chosen_noise)}")
-    config = RecommendConfig(
-        baseline_batch=parse_positive_int(baseline_batch, "--baseline-batch") if baseline_batch is not None else None,
-        baseline_lr=parse_float(baseline_lr, "--baseline-lr"), rule=rule,
-        noise_scale=parse_float(noise_scale, "--noise-scale"),
-        memory_headroom=parse_float(memory_headroom, "--memory-headroom"), max_lr=parse_float(max_lr, "--max-lr"),
-        warmup_samples=parse_count(warmup_samples, "--warmup-samples") if warmup_samples is not None else None,
-        accept_load=accept_load,
-    )
-    config.validate()
-    with open_store(ctx) as (home, con):
-        rec = _recommend(con, profile_id, config, noise_id, curve_id)  # validates before any job starts
-    if estimate_noise:
-        job_id = start_noise(home, rec["workload_spec"], rec["workload_options"], device,
-                             batch_small=rec["baseline"]["batch_size"])
-        finish_job(home, job_id, "noise estimate", as_json)
-        with store.connect(home) as con:
-            rec = _recommend(con, rec["profile_id"], config, job_id, curve_id)
-    if check_stability:
-        job_id = start_stability(home, rec, device)
-        finish_job(home, job_id, "stability check", as_json)
-        with store.connect(home) as con:
-            result = store.load_stability(con, job_id)
-        rec = apply_stability(rec, result)
-    with store.connect(home) as con:
-        store.save_recommendation(home, con, rec)
+    config = RecommendConfig.from_options(baseline_batch, baseline_lr, rule, noise_scale, memory_headroom, max_lr,
+                                          warmup_samples, accept_load)
+    home = home_of(ctx)
+    rec = store.recommend_and_save(home, profile_id, config, noise_id, curve_id, estimate_noise, check_stability,
+                                   device, follow=lambda job_id, what: finish_job(home, job_id, what, as_json))
     if as_json:
         emit_json(rec)
     else:
         print_recommendation(rec)
-
-
-def _recommend(con, profile_id: str | None, config, noise_id: str | None, curve_id: str = "none") -> dict:
-    from .. import store
-    from ..plan.recommend import recommend as make
-    from ..plan.schedule import with_batch_schedule
-
-    profile, noise = store.recommendation_inputs(con, profile_id, noise_id, stored_noise=config.noise_scale is None)
-    rec = make(profile, config, noise)
-    if curve_id == "none":
-        return rec
-    curve = store.load_noise_curve(con, curve_id, workload=profile["workload"])
-    if not curve and curve_id != "latest":
-        raise UsageError(f"no noise curve {curve_id!r}: run `largestep noise --at 0,0.25,0.5,1`, or give "
-                         f"--noise-curve latest or none")
-    return with_batch_schedule(rec, curve, chosen=curve_id != "latest")
 
 
 def print_recommendation(rec: dict) -> None:

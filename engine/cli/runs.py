@@ -16,14 +16,13 @@ from .options import (
     parse_count,
     parse_float,
     parse_nproc,
-    parse_threads,
     threads_option,
     workload_options,
     workload_settings,
 )
 from .output import console, detached, emit_json, finish_job, follow_job, table
 from ..errors import UsageError
-from ..format import format_background_load, format_bytes
+from ..format import format_background_load, format_bytes, unreadable_runs
 from ..measure.device_names import DTYPE_NAMES
 from ..workloads.names import SCHEDULES
 
@@ -75,6 +74,7 @@ def train(ctx, workload, settings, data, label, batch_size, batch_schedule, adap
     from ..jobs.ray import launcher_from_cli
     from ..jobs.start import start_train
     from ..measure.batch_schedule import ADAPTIVE, parse_batch_schedule
+    from ..measure.profile_config import parse_threads
     from ..measure.train_config import TrainConfig
     from ..units import parse_positive_int
 
@@ -189,6 +189,9 @@ def runs(ctx, states, as_json):
         click.echo("no runs yet: run `largestep train --workload fraud-mlp --batch-size 128 --lr 1e-3`")
     else:
         print_runs(records, "Runs")
+        note = unreadable_runs(r["id"] for r in records if r.get("set_aside"))
+        if note:
+            click.echo(note)
 
 
 @runs.command("show")
@@ -319,20 +322,13 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, arms,
     """The whole loop headless: profile, noise scale, recommend, train the baseline and the
     recommendation (K seeds each, one after the other on the device), compare, and one headline."""
     from .. import jobs, store
-    from ..jobs.autopilot import QUIET_TIMEOUT_S, AutopilotConfig
-    from ..jobs.ray import launcher_from_cli
+    from ..jobs.autopilot import AutopilotConfig
+    from ..jobs.follow import describe_autopilot_event
     from ..jobs.start import start_autopilot
-    from ..units import parse_positive_int
 
-    quality_tol = parse_float(quality_tolerance, "--quality-tolerance")
-    config = AutopilotConfig(repeats=parse_positive_int(repeats, "--repeats"), epochs=parse_float(epochs, "--epochs"),
-                             rule=rule, launcher=launcher_from_cli(launcher, ray_address), nproc=parse_nproc(nproc),
-                             arms=tuple(a.strip() for a in arms.split(",")) if arms is not None else None,
-                             until_decisive=until_decisive, max_repeats=parse_positive_int(max_repeats, "--max-repeats"),
-                             quality_tolerance=quality_tol, compile=compile_model, accept_load=accept_load,
-                             quiet_timeout_s=(QUIET_TIMEOUT_S if quiet_timeout is None
-                                              else parse_float(quiet_timeout, "--quiet-timeout")),
-                             threads=parse_threads(threads))
+    config = AutopilotConfig.from_options(repeats, epochs, rule, arms, until_decisive, max_repeats, quality_tolerance,
+                                          compile_model, nproc, launcher, ray_address, accept_load=accept_load,
+                                          quiet_timeout=quiet_timeout, threads=threads)
     home = home_of(ctx)
     job_id = start_autopilot(home, workload, workload_settings(settings, data, label), device, config)
     store.ingest(home)
@@ -340,14 +336,9 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, arms,
         return detached(as_json, {"autopilot_id": job_id, "state": jobs.PENDING},
                         f"started autopilot {job_id}; follow it in the dashboard or with `largestep runs`")
     finish_job(home, job_id, "autopilot", as_json, describe=describe_autopilot_event)
-    with store.connect(home) as con:
-        result = store.load_autopilot(con, job_id)
-        rec = store.load_recommendation(con, result["recommendation_id"])
+    result = store.autopilot_outcome(home, job_id)
     if as_json:
-        emit_json({"autopilot_id": job_id, "headline": result["headline"], "recommendation": rec,
-                   "comparison": result["comparison"], "profile_id": result["profile_id"],
-                   "noise_id": result["noise_id"], "baseline_runs": result["baseline_runs"],
-                   "recommended_runs": result["recommended_runs"]})
+        emit_json(result)
         return 0
     if result["comparison"]:
         print_comparison(result["comparison"])
@@ -370,17 +361,3 @@ def print_factors(factors: dict | None) -> None:
     console().print(table("Where the prediction came from", ["factor", "predicted", "measured", "meaning"],
                           [[name.replace("_", " "), ratio(f["predicted"]), ratio(f["measured"]), f["meaning"]]
                            for name, f in factors.items()]))
-
-
-def describe_autopilot_event(event: dict) -> str | None:
-    from ..jobs import events
-
-    if event.get("type") == events.AUTOPILOT_PHASE and "job" not in event and "run_ids" not in event:
-        return f"phase: {event['phase']}"
-    if event.get("type") == events.AUTOPILOT_PHASE and "run_ids" in event:
-        return f"phase: {event['phase']} ({', '.join(event['run_ids'])})"
-    if event.get("type") == events.RECOMMENDATION:
-        doc = event["document"]
-        return (f"recommended: batch {doc['batch_size']}, lr {doc['learning_rate']:.3g} "
-                f"(predicted {doc['predicted_speedup']['time_to_target']:.2f}x to target)")
-    return None

@@ -22,7 +22,7 @@ from . import events
 from .runner import JobContext
 from .start import MAX_REPEATS
 from ..measure.device_names import MAX_NPROC
-from ..measure.profile_config import MAX_SECONDS, check_threads
+from ..measure.profile_config import MAX_SECONDS, check_threads, parse_threads
 from ..measure.train_config import MAX_EPOCHS
 from ..plan.compare import check_tolerance, compare_groups
 from ..plan.recommend import RULES, RecommendConfig, accepted_load_note, recommend, steps_factor
@@ -79,17 +79,45 @@ class AutopilotConfig:
         if self.arms is not None and tuple(self.arms) not in (ARMS, SCHEDULE_ARMS):
             raise UsageError(f"--arms takes {','.join(ARMS)} (both arms, trained even when the recommendation is the "
                              f"baseline) or {','.join(SCHEDULE_ARMS)} (a third arm growing its batch on a schedule "
-                             f"planned from a noise curve), not {','.join(self.arms)}")
+                             f"planned from a noise curve), not {','.join(map(str, self.arms))}")
         if self.scheduled and self.nproc != 1:
             raise UsageError("the schedule arm runs in one process: drop --nproc")
+        check_int(self.max_repeats, "--max-repeats", high=MAX_REPEATS)
+        if self.until_decisive and self.max_repeats < self.repeats:
+            raise UsageError(f"--max-repeats {self.max_repeats} is below --repeats {self.repeats}")
 
     @property
     def scheduled(self) -> bool:
         """Whether a third arm trains the batch schedule planned from a noise curve."""
         return self.arms is not None and tuple(self.arms) == SCHEDULE_ARMS
-        check_int(self.max_repeats, "--max-repeats", high=MAX_REPEATS)
-        if self.until_decisive and self.max_repeats < self.repeats:
-            raise UsageError(f"--max-repeats {self.max_repeats} is below --repeats {self.repeats}")
+
+    @classmethod
+    def from_options(cls, repeats=3, epochs=None, rule="linear", arms=None, until_decisive=False, max_repeats=10,
+                     quality_tolerance=0.01, compile=False, nproc=1, launcher="local", ray_address=None,
+                     accept_load=False, quiet_timeout=None, threads=None, **fields) -> "AutopilotConfig":
+        """The config `largestep autopilot`'s options ask for (text, as typed) or ``largestep.autopilot``'s
+        (numbers, a list of arms), validated: a one-line UsageError naming the option otherwise. ``fields``: the
+        config's other fields (min_seconds, max_batch, noise_batches, tolerance), from Python."""
+        from .ray import launcher_from_cli
+        from ..units import parse_float, parse_positive_int
+
+        unknown = sorted(set(fields) - set(cls.__dataclass_fields__) - {"launcher", "arms"})
+        if unknown:
+            raise UsageError(f"unknown autopilot option {unknown[0]!r}")
+        if isinstance(arms, str):
+            arms = tuple(a.strip() for a in arms.split(","))
+        config = cls(repeats=parse_positive_int(repeats, "--repeats"), epochs=parse_float(epochs, "--epochs"),
+                     rule=rule, launcher=launcher_from_cli(launcher, ray_address),
+                     nproc=parse_positive_int(nproc, "--nproc"),
+                     arms=None if arms is None else tuple(arms) if isinstance(arms, (list, tuple)) else (arms,),
+                     until_decisive=bool(until_decisive), max_repeats=parse_positive_int(max_repeats, "--max-repeats"),
+                     quality_tolerance=parse_float(quality_tolerance, "--quality-tolerance"), compile=bool(compile),
+                     accept_load=bool(accept_load), threads=parse_threads(threads),
+                     quiet_timeout_s=QUIET_TIMEOUT_S if quiet_timeout is None else parse_float(quiet_timeout,
+                                                                                               "--quiet-timeout"),
+                     **fields)
+        config.validate()
+        return config
 
 
 def prediction_factors(rec: dict, comparison: dict) -> dict:

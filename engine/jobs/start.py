@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from .. import jobs
-from ..errors import UsageError
+from ..errors import LargestepError, UsageError
 from ..home import Home, check_database_file
 from ..measure import device_names
 from ..measure.profile_config import ProfileConfig, plan_batch_sizes
@@ -17,7 +17,15 @@ from ..units import INT32_MAX, check_int
 
 MAX_REPEATS = 1000      # runs queued by one request (each is a job folder and a process)
 
-__all__ = ["start_profile", "start_reprofile", "start_noise", "start_noise_curve", "start_stability", "start_train", "start_autopilot", "load_checked"]
+__all__ = ["start_profile", "start_reprofile", "start_noise", "start_noise_curve", "start_noise_request", "start_stability", "start_train", "start_autopilot", "load_checked"]
+
+
+def undone_on_bad_input(home: Home):
+    """Around loading a workload and the checks that need it: a request refused there leaves no cache entry
+    (and no home) behind, though loading it had written one."""
+    from ..workloads.cache import cache_of
+
+    return cache_of(home).undone_on((LargestepError,))
 
 
 def load_checked(home: Home, workload: str, options: dict):
@@ -66,17 +74,19 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
     device_names.check_dtype(resolved, config.dtype)
     home.check()
     check_database_file(home.database)
-    loaded = load_checked(home, workload, options)  # a bad workload fails here, before anything is written
-    params = {"workload": workload, "options": dict(options), "device": resolved, "config": asdict(config), **carried}
-    if min(plan_batch_sizes(config, loaded), default=loaded.n_train + 1) > loaded.n_train:
-        raise UsageError(f"every batch size to profile is larger than the {loaded.n_train} training samples of "
-                         f"{loaded.name}; use batch sizes up to {loaded.n_train}")
-    if config.nproc > 1:
-        for b in plan_batch_sizes(config, loaded):
-            if b % config.nproc == 0:
-                break
-        else:
-            raise UsageError(f"no batch size to profile is divisible by --nproc {config.nproc}")
+    with undone_on_bad_input(home):
+        loaded = load_checked(home, workload, options)  # a bad workload fails here, before anything is written
+        params = {"workload": workload, "options": dict(options), "device": resolved, "config": asdict(config),
+                  **carried}
+        if min(plan_batch_sizes(config, loaded), default=loaded.n_train + 1) > loaded.n_train:
+            raise UsageError(f"every batch size to profile is larger than the {loaded.n_train} training samples of "
+                             f"{loaded.name}; use batch sizes up to {loaded.n_train}")
+        if config.nproc > 1:
+            for b in plan_batch_sizes(config, loaded):
+                if b % config.nproc == 0:
+                    break
+            else:
+                raise UsageError(f"no batch size to profile is divisible by --nproc {config.nproc}")
     return jobs.submit(home, "profile", params, device=resolved, workload=loaded.name,
                        locks=lock_names(resolved, config.nproc))
 
@@ -113,10 +123,11 @@ def start_noise(home: Home, workload: str, options: dict, device: str, batch_sma
     resolved = device_names.resolve_name(device) if launcher is None else device
     home.check()
     check_database_file(home.database)
-    loaded = load_checked(home, workload, options)
-    if warm_steps is None:
-        warm_steps = default_warm_steps(loaded)
-    batch_small, batch_big = check_noise_args(loaded, batch_small, batch_big, batches, warm_steps)
+    with undone_on_bad_input(home):
+        loaded = load_checked(home, workload, options)
+        if warm_steps is None:
+            warm_steps = default_warm_steps(loaded)
+        batch_small, batch_big = check_noise_args(loaded, batch_small, batch_big, batches, warm_steps)
     params = {"workload": workload, "options": dict(options), "device": resolved, "batch_small": batch_small,
               "batch_big": batch_big, "batches": batches, "warm_steps": warm_steps, "seed": seed,
               "compile": bool(compile)}
@@ -139,12 +150,23 @@ def start_noise_curve(home: Home, workload: str, options: dict, device: str, at:
     resolved = device_names.resolve_name(device)
     home.check()
     check_database_file(home.database)
-    loaded = load_checked(home, workload, options)
-    batch_small, batch_big = check_noise_args(loaded, batch_small, batch_big, batches, 0)
+    with undone_on_bad_input(home):
+        loaded = load_checked(home, workload, options)
+        batch_small, batch_big = check_noise_args(loaded, batch_small, batch_big, batches, 0)
     params = {"workload": workload, "options": dict(options), "device": resolved, "at": list(at),
               "batch_small": batch_small, "batch_big": batch_big, "batches": batches, "seed": seed,
               "compile": bool(compile)}
     return jobs.submit(home, "noise_curve", params, device=resolved, workload=loaded.name)
+
+
+def start_noise_request(home: Home, workload: str, options: dict, device: str, request) -> str:
+    """Validate, then start what a :class:`~largestep.measure.noise_args.NoiseRequest` asks for: one estimate, or a
+    curve when it gives fractions ``at``; returns the job's id."""
+    if request.at is not None:
+        return start_noise_curve(home, workload, options, device, request.at, request.batch_small, request.batch_big,
+                                 request.batches, request.seed, compile=request.compile)
+    return start_noise(home, workload, options, device, request.batch_small, request.batch_big, request.batches,
+                       request.warm_steps, request.seed, compile=request.compile)
 
 
 def start_stability(home: Home, rec: dict, device: str, steps: int = 60) -> str:
@@ -190,14 +212,15 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
     home.check()
     check_database_file(home.database)
     if launcher is None:
-        loaded = load_checked(home, workload, options)
-        if config.batch_size > loaded.n_train:
-            raise UsageError(f"--batch-size {config.batch_size} is larger than the {loaded.n_train} training "
-                             f"samples of {loaded.name}")
-        if config.batch_schedule:
-            from ..measure.batch_schedule import check_batch_schedule
+        with undone_on_bad_input(home):
+            loaded = load_checked(home, workload, options)
+            if config.batch_size > loaded.n_train:
+                raise UsageError(f"--batch-size {config.batch_size} is larger than the {loaded.n_train} training "
+                                 f"samples of {loaded.name}")
+            if config.batch_schedule:
+                from ..measure.batch_schedule import check_batch_schedule
 
-            check_batch_schedule(tuple(tuple(p) for p in config.batch_schedule), loaded.n_train)
+                check_batch_schedule(tuple(tuple(p) for p in config.batch_schedule), loaded.n_train)
         where = {"device": device, "workload": loaded.name, "locks": lock_names(device, config.nproc)}
     else:
         where = {"device": "ray", "workload": workload, "launcher": "ray"}
@@ -228,10 +251,11 @@ def start_autopilot(home: Home, workload: str, options: dict, device: str, confi
     resolved = device_names.resolve_name(device) if config.launcher is None else device
     home.check()
     check_database_file(home.database)
-    loaded = load_checked(home, workload, options)
-    if loaded.baseline_batch_size % config.nproc:
-        raise UsageError(f"--nproc {config.nproc} does not divide {loaded.name}'s baseline batch "
-                         f"{loaded.baseline_batch_size}: every rank needs an equal share of every batch")
+    with undone_on_bad_input(home):
+        loaded = load_checked(home, workload, options)
+        if loaded.baseline_batch_size % config.nproc:
+            raise UsageError(f"--nproc {config.nproc} does not divide {loaded.name}'s baseline batch "
+                             f"{loaded.baseline_batch_size}: every rank needs an equal share of every batch")
     params = {"workload": workload, "options": dict(options), "device": resolved,
               "autopilot": asdict(config)}
     return jobs.submit(home, "autopilot", params, device=f"autopilot-{resolved}", workload=loaded.name)

@@ -15,6 +15,7 @@ every second, or as soon as a batch of rows is pending.
 from __future__ import annotations
 
 import atexit
+import json
 import math
 import numbers
 import os
@@ -27,6 +28,8 @@ from typing import Any
 
 from ..errors import UsageError
 from ..home import Home
+from ..measure.train_config import MAX_EPOCHS
+from ..units import INT64_MAX, check_int, check_number
 from . import events
 from .runner import (
     FAILED,
@@ -38,7 +41,7 @@ from .runner import (
     new_job_id,
     outcome_of,
 )
-from .spool import Spool, write_json_atomic
+from .spool import Spool, json_default, write_json_atomic
 
 __all__ = ["TrackConfig", "TrackedRun", "role_for", "lr_for", "new_run_id", "ROLES", "EXTERNAL", "ROWS_PER_EVENT"]
 
@@ -70,27 +73,35 @@ class TrackConfig:
     hyperparameters: dict = field(default_factory=dict)   # anything else the caller wants kept with the run
 
     def validate(self) -> None:
+        """Every field against the bounds the CLI gives it and the column it lands in: a run the store
+        could not hold would be set aside at ingest, its numbers never listed."""
         if not isinstance(self.name, str) or not self.name.strip():
             raise UsageError(f"track: name must be a non-empty string, not {self.name!r}")
-        for what, value in (("batch_size", self.batch_size), ("accumulate", self.accumulate),
-                            ("world_size", self.world_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError(f"track: {what} must be a positive integer, not {value!r}")
-        if self.total_steps is not None and (isinstance(self.total_steps, bool) or not isinstance(self.total_steps, int)
-                                             or self.total_steps < 1):
-            raise UsageError(f"track: total_steps must be a positive integer or None, not {self.total_steps!r}")
-        if self.lr is not None and not (_is_real(self.lr) and self.lr > 0 and math.isfinite(self.lr)):
-            raise UsageError(f"track: lr must be a positive number or None, not {self.lr!r}")
-        if self.epochs is not None and not (_is_real(self.epochs) and self.epochs > 0):
-            raise UsageError(f"track: epochs must be a positive number or None, not {self.epochs!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise UsageError(f"track: seed must be an integer or None, not {self.seed!r}")
+        check_int(self.batch_size, "track: batch_size")
+        check_int(self.accumulate, "track: accumulate")
+        check_int(self.world_size, "track: world_size")
+        if self.total_steps is not None:
+            check_int(self.total_steps, "track: total_steps", high=INT64_MAX)
+        if self.lr is not None:
+            check_number(self.lr, "track: lr", low=0)
+        if self.epochs is not None:
+            check_number(self.epochs, "track: epochs", low=0, high=MAX_EPOCHS)
+        if self.seed is not None:
+            check_int(self.seed, "track: seed", low=0)
         if not all(isinstance(tag, str) for tag in self.tags):
             raise UsageError(f"track: tags must be strings, not {list(self.tags)!r}")
+        for what, value in (("group", self.group), ("primary_metric", self.primary_metric)):
+            if value is not None and not isinstance(value, str):
+                raise UsageError(f"track: {what} must be a string or None, not {value!r}")
         if self.primary_metric_mode not in PRIMARY_METRIC_MODES:
             raise UsageError(f"track: primary_metric_mode must be 'max' or 'min', not {self.primary_metric_mode!r}")
         if not isinstance(self.hyperparameters, dict):
             raise UsageError(f"track: hyperparameters must be a dict, not {type(self.hyperparameters).__name__}")
+        try:   # as the run's spec and events write them; NaN is refused, the database's JSON has none
+            json.dumps(self.hyperparameters, default=json_default, allow_nan=False)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise UsageError(f"track: hyperparameters must be JSON: numbers, strings, lists and dicts of them "
+                             f"({' '.join(str(exc).split())[:200]})") from None
 
     @property
     def micro_batch(self) -> int | None:

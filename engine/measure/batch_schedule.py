@@ -58,6 +58,10 @@ def check_batch_schedule(phases: Phases, n_train: int | None = None) -> Phases:
     starts = [start for _, start in phases]
     if any(b <= a for a, b in zip(starts, starts[1:])):
         raise UsageError("--batch-schedule start fractions must rise from phase to phase, e.g. 256:0,1024:0.3")
+    batches = [batch for batch, _ in phases]
+    if any(b <= a for a, b in zip(batches, batches[1:])):
+        raise UsageError(f"--batch-schedule batches must grow from phase to phase, not {' then '.join(map(str, batches))}"
+                         f" (a batch that shrinks or stays is not a schedule: train at one --batch-size)")
     return tuple((int(b), float(s)) for b, s in phases)
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
@@ -11,9 +12,39 @@ from ..units import check_int, check_number
 if TYPE_CHECKING:
     from ..workloads.base import Workload
 
-__all__ = ["DEFAULT_BIG_MULTIPLE", "check_curve_fractions", "check_noise_args", "default_warm_steps"]
+__all__ = ["DEFAULT_BIG_MULTIPLE", "NoiseRequest", "check_curve_fractions", "check_noise_args", "default_warm_steps"]
 
 DEFAULT_BIG_MULTIPLE = 8     # default batch_big = this many times batch_small (capped by the dataset)
+
+
+@dataclass(frozen=True)
+class NoiseRequest:
+    """What `largestep noise` and ``largestep.noise`` ask for, before the workload is known (the batch sizes
+    are checked against it when the job starts: :func:`check_noise_args`)."""
+
+    batch_small: int | None = None          # None: the workload's baseline batch
+    batch_big: int | None = None            # None: DEFAULT_BIG_MULTIPLE x batch_small, within the data
+    batches: int = 32                       # big batches averaged over
+    warm_steps: int | None = None           # baseline training steps first; None: one epoch (default_warm_steps)
+    at: tuple[float, ...] | None = None     # a curve at these fractions of one baseline run instead of one estimate
+    seed: int = 0
+    compile: bool = False
+
+    @classmethod
+    def from_options(cls, batch_small=None, batch_big=None, batches=32, warm_steps="auto", at=None, seed=0,
+                     compile=False) -> "NoiseRequest":
+        """The options as typed (text) or given from Python (numbers, a list of fractions); UsageError otherwise."""
+        from ..units import parse_count, parse_fractions, parse_positive_int
+
+        if at is not None and warm_steps not in ("auto", None):
+            raise UsageError("--at and --warm-steps do not go together: each point of a curve trains the baseline "
+                             "to its own fraction; drop --warm-steps")
+        return cls(batch_small=parse_positive_int(batch_small, "--batch-small") if batch_small is not None else None,
+                   batch_big=parse_positive_int(batch_big, "--batch-big") if batch_big is not None else None,
+                   batches=parse_positive_int(batches, "--batches"),
+                   warm_steps=None if warm_steps in ("auto", None) else parse_count(warm_steps, "--warm-steps"),
+                   at=parse_fractions(at) if at is not None else None,
+                   seed=check_int(seed, "--seed", low=0), compile=bool(compile))
 
 
 def default_warm_steps(workload: "Workload", cap: int = 500) -> int:

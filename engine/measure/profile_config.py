@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ..workloads.base import Workload
 
 __all__ = ["DTYPES", "MAX_ROUNDS", "MAX_SECONDS", "MAX_STEPS", "MAX_THREADS", "WARMUP_AGREEMENT", "ProfileConfig",
-           "plan_batch_sizes", "check_threads", "profile_config_of"]
+           "plan_batch_sizes", "check_threads", "parse_threads", "profile_config_of"]
 
 DTYPES = DTYPE_NAMES
 MAX_STEPS = 1_000_000      # timed or warm-up steps per batch size, at most
@@ -93,6 +93,29 @@ class ProfileConfig:
             raise UsageError(f"--estimator must be one of {', '.join(ESTIMATORS)}, not {self.estimator!r}")
         check_threads(self.threads)
 
+    @classmethod
+    def from_options(cls, batch_sizes=None, min_batch=None, max_batch=None, memory_budget=None, nproc=1,
+                     threads=None, **fields) -> "ProfileConfig":
+        """The config `largestep profile`'s options ask for (text, as typed) or ``largestep.profile``'s (numbers, a
+        list of batch sizes), validated: a one-line UsageError naming the option otherwise. ``fields``: the
+        config's other fields (dtype, full, min_steps, min_seconds, warmup_steps, rounds, seed, compile,
+        estimator)."""
+        from ..units import parse_batch_sizes, parse_positive_int, parse_size
+
+        if batch_sizes is not None and (min_batch is not None or max_batch is not None):
+            raise UsageError("give either --batch-sizes or --min-batch/--max-batch, not both")
+        unknown = sorted(set(fields) - set(cls.__dataclass_fields__) - {"batch_sizes", "memory_budget_bytes"})
+        if unknown:
+            raise UsageError(f"unknown profile option {unknown[0]!r}")
+        config = cls(
+            batch_sizes=parse_batch_sizes(batch_sizes) if batch_sizes is not None else None,
+            min_batch=parse_positive_int(min_batch, "--min-batch") if min_batch is not None else None,
+            max_batch=parse_positive_int(max_batch, "--max-batch") if max_batch is not None else 65536,
+            memory_budget_bytes=parse_size(memory_budget) if memory_budget is not None else None,
+            nproc=parse_positive_int(nproc, "--nproc"), threads=parse_threads(threads), **fields)
+        config.validate()
+        return config
+
     def visit(self) -> "ProfileConfig":
         """The config of one visit to a batch size: its share of the steps and seconds."""
         return replace(self, min_steps=math.ceil(self.min_steps / self.rounds),
@@ -114,6 +137,17 @@ def plan_batch_sizes(config: ProfileConfig, workload: "Workload") -> list[int]:
     if config.include_baseline and low <= baseline <= config.max_batch:
         sizes.append(baseline)
     return sorted({b for b in sizes if b % config.nproc == 0})  # every rank takes an equal share
+
+
+def parse_threads(text: str | int | None) -> int | None:
+    """--threads as typed (or given from Python): None (torch's default) or a whole number from 1 to MAX_THREADS."""
+    from ..units import parse_positive_int
+
+    if text is None:
+        return None
+    threads = parse_positive_int(text, "--threads")
+    check_threads(threads)
+    return threads
 
 
 def check_threads(threads: int | None) -> None:

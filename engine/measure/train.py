@@ -404,7 +404,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                     result.diverged, result.stop_reason = True, "diverged"
                     log.logged([_row(step, result.samples, samples_per_epoch, start, eval_time,
                                                current, lr, None)])
-                    raise Diverged(f"loss {current:.4g} at step {step} (lr {lr:.3g}); started at {first_loss}")
+                    raise Diverged(_divergence(current, step, lr, first_loss, config.divergence_factor))
 
             # timing and logging
             if step % log_every == 0:
@@ -451,7 +451,8 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                      metrics=metrics)
                 if not math.isfinite(val_loss):
                     result.diverged, result.stop_reason = True, "diverged"
-                    raise Diverged(f"validation loss {val_loss} at step {step}")
+                    raise Diverged(f"validation loss {val_loss} at step {step}: the model's weights or the validation "
+                                   f"data hold NaN or infinite values")
                 if config.target_val_loss is not None and val_loss <= config.target_val_loss:
                     result.reached_target, result.time_to_target_s = True, train_time
                     result.stop_reason = "target"
@@ -494,6 +495,19 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     if save_to is not None and rank == 0:
         torch.save(model.state_dict(), save_to)
     return result
+
+
+def _divergence(loss: float, step: int, lr: float, first_loss: float | None, factor: float) -> str:
+    """Why a run diverged, in words that point at the cause: a loss not finite from the start is the data or
+    the loss function (no learning rate makes the first step NaN), one that grew is the learning rate."""
+    where = f"loss {loss:.4g} at step {step} (lr {lr:.3g})"
+    if first_loss is None:
+        return (f"{where}, not finite from the first step: look for NaN or infinite values in the training data "
+                f"(inputs or targets) or the loss function")
+    if not math.isfinite(loss):
+        return (f"{where} after starting at {first_loss:.4g}: the learning rate is too high for this batch, or a "
+                f"later batch holds NaN or infinite values")
+    return f"{where}, more than {factor:g} times its start {first_loss:.4g}: the learning rate is too high for this batch"
 
 
 def compile_before_clock(forward: torch.nn.Module, workload: Workload, device: torch.device, dtype: str,

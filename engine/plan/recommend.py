@@ -46,6 +46,23 @@ class RecommendConfig:
     accept_load: bool = False             # use a profile that cannot be trusted (under load, not physics); the
                                           # recommendation then carries why it could not be (accepted_load)
 
+    @classmethod
+    def from_options(cls, baseline_batch=None, baseline_lr=None, rule="linear", noise_scale=None, memory_headroom=0.9,
+                     max_lr=None, warmup_samples=None, accept_load=False) -> "RecommendConfig":
+        """The config `largestep recommend`'s options ask for (text, as typed) or ``largestep.recommend``'s
+        (numbers), validated: a one-line UsageError naming the option otherwise."""
+        from ..units import parse_count, parse_float, parse_positive_int
+
+        config = cls(
+            baseline_batch=parse_positive_int(baseline_batch, "--baseline-batch") if baseline_batch is not None else None,
+            baseline_lr=parse_float(baseline_lr, "--baseline-lr"), rule=rule,
+            noise_scale=parse_float(noise_scale, "--noise-scale"),
+            memory_headroom=parse_float(memory_headroom, "--memory-headroom"), max_lr=parse_float(max_lr, "--max-lr"),
+            warmup_samples=parse_count(warmup_samples, "--warmup-samples") if warmup_samples is not None else None,
+            accept_load=bool(accept_load))
+        config.validate()
+        return config
+
     def validate(self) -> None:
         if self.baseline_batch is not None:
             check_int(self.baseline_batch, "--baseline-batch")

@@ -1,7 +1,8 @@
 """The store: the one DuckDB file every reader and writer shares, and all of largestep's SQL.
 
 ``connection`` opens short-lived connections under a cross-process lock; ``migrations`` holds
-the schema's history; ``ingest`` turns job spools into rows; ``queries`` reads them back. Values
+the schema's history; ``ingest`` turns job spools into rows; ``queries`` reads them back; ``outcomes``
+reads what a job left once it ended, for the CLI and the Python API alike. Values
 are always bound parameters.
 """
 
@@ -9,8 +10,10 @@ from ..home import check_database_file
 from .connection import _migrated, connect, connect_empty
 from .ingest import IngestReport, ingest, save_recommendation
 from .migrations import MIGRATIONS, applied_migrations, migrate
+from .outcomes import *  # noqa: F401,F403  what a job left, read back once it ended
+from .outcomes import __all__ as _outcomes
 from .queries import *  # noqa: F401,F403  the queries are the store's public surface
 from .queries import __all__ as _queries
 
 __all__ = ["connect", "connect_empty", "check_database_file", "ingest", "IngestReport", "save_recommendation",
-           "MIGRATIONS", "migrate", "applied_migrations", *_queries]
+           "MIGRATIONS", "migrate", "applied_migrations", *_queries, *_outcomes]

@@ -20,7 +20,7 @@ from ..errors import StoreError
 from ..home import Home, check_database_file
 from .migrations import migrate
 
-__all__ = ["connect", "connect_empty", "LOCK_TIMEOUT_S"]
+__all__ = ["connect", "connect_empty", "is_damage", "damaged", "DamagedDatabase", "LOCK_TIMEOUT_S"]
 
 LOCK_TIMEOUT_S = 120.0          # how long to wait for another largestep process to finish
 OPEN_RETRIES = 40               # how often to retry DuckDB's own lock error (another program)
@@ -31,7 +31,11 @@ _migrated: set[Path] = set()
 
 @contextmanager
 def connect(home: Home, migrate_schema: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A short-lived connection under the cross-process lock; closed on exit."""
+    """A short-lived connection under the cross-process lock; closed on exit.
+
+    A database that turns out damaged (cut short, a checksum that fails), when it is opened or
+    whenever a statement reads the damaged part, is one StoreError pointing at `largestep doctor`,
+    never DuckDB's traceback."""
     home.ensure()
     check_database_file(home.database)
     lock = FileLock(str(home.lock), timeout=LOCK_TIMEOUT_S)
@@ -40,6 +44,7 @@ def connect(home: Home, migrate_schema: bool = True) -> Iterator[duckdb.DuckDBPy
     except Timeout:
         raise StoreError(f"database {home.database} stayed locked for {LOCK_TIMEOUT_S:.0f}s; is a largestep command stuck?") from None
     try:
+        _drop_empty_file(home)
         # a database file deleted under a long-running process (the dashboard) is re-created whole
         if not home.database.exists():
             _migrated.discard(home.database)
@@ -49,10 +54,50 @@ def connect(home: Home, migrate_schema: bool = True) -> Iterator[duckdb.DuckDBPy
                 migrate(con)
                 _migrated.add(home.database)
             yield con
+        except duckdb.Error as exc:
+            if is_damage(exc):
+                raise damaged(home.database, exc) from None
+            raise
         finally:
             con.close()
     finally:
         lock.release()
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether a DuckDB error says the file itself cannot be used (cut short, corrupt, a failed write),
+    rather than that a statement was wrong."""
+    return isinstance(exc, _DAMAGE) or (isinstance(exc, duckdb.Error) and "corrupt" in str(exc).lower())
+
+
+class DamagedDatabase(StoreError):
+    """A database file DuckDB cannot use; ``reason``: DuckDB's first line."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"database {path} cannot be used ({reason}): run `largestep doctor`, which says what to do")
+        self.reason = reason
+
+
+def damaged(path: Path, exc: BaseException) -> DamagedDatabase:
+    """The one line every command says about a database it cannot use (DuckDB's first line, the path once)."""
+    first = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return DamagedDatabase(path, first.replace(f' from file "{path}"', "").replace(f'"{path}"', "the file"))
+
+
+# The errors of the file, not of a statement: a read past its end, a checksum, the database invalidated
+_DAMAGE = (duckdb.IOException, duckdb.FatalException, duckdb.InternalException, duckdb.SerializationException)
+
+
+def _drop_empty_file(home: Home) -> None:
+    """A zero-byte database (a crash while it was first created, a `touch`) holds nothing: it is removed, with
+    a write-ahead log beside it, so DuckDB creates it afresh and the next ingest rebuilds it from the spools."""
+    try:
+        if home.database.stat().st_size != 0:
+            return
+    except FileNotFoundError:
+        return
+    home.database.unlink()
+    home.database.with_name(home.database.name + ".wal").unlink(missing_ok=True)
 
 
 @contextmanager
@@ -75,9 +120,9 @@ def _open(path: Path) -> duckdb.DuckDBPyConnection:
         except duckdb.IOException as exc:
             # Another program (a user's duckdb shell, say) holds DuckDB's own lock: wait and retry.
             if "lock" not in str(exc).lower():
-                raise StoreError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
+                raise damaged(path, exc) from None
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
         except duckdb.Error as exc:
-            raise StoreError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
+            raise damaged(path, exc) from None
     raise StoreError(f"database {path} is locked by another program; close it and try again")

@@ -180,20 +180,23 @@ def list_recommendations(con) -> pd.DataFrame:
 
 # A run that has not started yet (PENDING) has no row in runs: what it will run comes from its job's
 # request (spec.json, ingested as jobs.spec), so lists show its batch, rate, seed and group, not dashes.
+# TRY_CAST: a request whose number the columns cannot hold (a job set aside for it) lists a dash there,
+# never fails the listing of every run.
 _PLANNED = "j.spec->'$.params.config'"
 _RUN_GROUP = f"coalesce(r.group_id, {_PLANNED}->>'$.group')"
 _RUN_COLUMNS = ("coalesce(r.id, j.id) AS id, "
                 f"{_RUN_GROUP} AS group_id, coalesce(r.role, j.spec->>'$.params.role') AS role, "
                 "j.state, coalesce(r.workload, j.workload) AS workload, r.device_name, "
-                f"coalesce(r.batch_size, CAST({_PLANNED}->>'$.batch_size' AS INTEGER)) AS batch_size, "
+                f"coalesce(r.batch_size, TRY_CAST({_PLANNED}->>'$.batch_size' AS INTEGER)) AS batch_size, "
                 "r.micro_batch_size, "
-                f"coalesce(r.accumulate, CAST({_PLANNED}->>'$.accumulate' AS INTEGER)) AS accumulate, "
-                f"coalesce(r.lr, CAST({_PLANNED}->>'$.lr' AS DOUBLE)) AS lr, "
-                f"coalesce(r.seed, CAST({_PLANNED}->>'$.seed' AS INTEGER)) AS seed, "
+                f"coalesce(r.accumulate, TRY_CAST({_PLANNED}->>'$.accumulate' AS INTEGER)) AS accumulate, "
+                f"coalesce(r.lr, TRY_CAST({_PLANNED}->>'$.lr' AS DOUBLE)) AS lr, "
+                f"coalesce(r.seed, TRY_CAST({_PLANNED}->>'$.seed' AS INTEGER)) AS seed, "
                 "r.epochs, r.tags, r.started_at, coalesce(r.ended_at, j.ended_at) AS ended_at, r.steps, r.wall_time_s, "
                 "r.train_time_s, r.final_val_loss, r.best_val_loss, r.final_primary_metric, r.primary_metric, "
                 "r.primary_metric_mode, r.reached_target, r.time_to_target_s, r.peak_memory_bytes, r.stop_reason, "
-                "r.recommendation_id, j.error, j.progress, j.phase, j.created_at, r.background_cpu_pct, "
+                "r.recommendation_id, j.error, coalesce(j.set_aside, false) AS set_aside, j.progress, j.phase, "
+                "j.created_at, r.background_cpu_pct, "
                 "r.background_cpu_p90_pct, r.background_gpu_processes, r.background_gpu_mem_bytes")
 
 
@@ -355,7 +358,7 @@ def batch_changes(con, run_ids: list[str]) -> pd.DataFrame:
     """Where a batch schedule changed each run's batch (the ``batch_size`` values a run logs at each
     change): run_id, step, epoch, samples, wall_time_s, train_time_s, batch_size; by run and step."""
     return con.execute(
-        "SELECT run_id, step, epoch, samples, wall_time_s, train_time_s, CAST(value AS BIGINT) AS batch_size "
+        "SELECT run_id, step, epoch, samples, wall_time_s, train_time_s, TRY_CAST(value AS BIGINT) AS batch_size "
         "FROM metrics WHERE run_id IN (SELECT unnest($runs)) AND name = 'batch_size' ORDER BY run_id, step",
         {"runs": list(run_ids)}).df()
 

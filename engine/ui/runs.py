@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 
 from .. import jobs, store
 from ..errors import UsageError
-from ..format import format_background_load, format_duration
+from ..format import format_background_load, format_duration, unreadable_runs
 from ..home import Home
 from ..plan.compare import compare_groups, comparison_table, speedup_text, time_text
 from .charts import runs as runcharts
@@ -24,7 +24,7 @@ from .widgets import Metric, cancel
 
 __all__ = [
     "START_MESSAGE", "X_AXES", "DEFAULT_X", "DEFAULT_METRIC", "LIVE_STATES", "load_runs", "filter_runs",
-    "runs_table", "run_labels", "active_runs", "RunProgress", "default_selection", "run_progress",
+    "runs_table", "unreadable_note", "run_labels", "active_runs", "RunProgress", "default_selection", "run_progress",
     "metric_choices", "CurvesView", "curves_view", "selection_view", "comparison_units", "ComparisonView", "comparison_view", "cancel"
 ]
 
@@ -144,6 +144,13 @@ def runs_table(runs: pd.DataFrame, now: float | None = None) -> pd.DataFrame:
     for column in ("batch", "seed"):
         table[column] = table[column].astype("Int64")
     return table
+
+
+def unreadable_note(runs: pd.DataFrame) -> str | None:
+    """The warning under the table when some runs' spools could not be read (set aside at ingest)."""
+    if runs.empty or "set_aside" not in runs:
+        return None
+    return unreadable_runs(runs.loc[runs["set_aside"].fillna(False).astype(bool), "id"])
 
 
 def run_labels(runs: pd.DataFrame, run_ids: list[str] | None = None) -> dict[str, str]:

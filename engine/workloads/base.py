@@ -249,13 +249,18 @@ class Workload:
             self.make_optimizer(model, self.baseline_lr)
             with torch.no_grad():
                 output = batches.model_output(model, batch)
-                self.loss_of(output, batch)
+                loss = self.loss_of(output, batch)
+                finite = bool(torch.isfinite(loss.detach().float()).all())
         except WorkloadError:
             raise
         except Exception as exc:  # the user's model or loss: one line, not a traceback
             message = str(exc).splitlines()[0] if str(exc) else ""
             raise WorkloadError(f"{self.where}: a trial step on 2 training samples raised {type(exc).__name__}: "
                                 f"{message}") from None
+        if not finite:   # every step would diverge at once: say so before a job starts
+            raise WorkloadError(f"{self.where}: a trial step on its first 2 training samples gives the loss "
+                                f"{float(loss.detach().float().mean()):g}: look for NaN or infinite values in those "
+                                f"samples (inputs or targets), the model's initial weights or the loss function")
         if self.metrics:
             batches.target_of(batch, self.where)
 

@@ -17,6 +17,13 @@ functions and classes a workload file defines are stored by value (cloudpickle),
 factory is kept too; installed code (torch, the built-ins) is stored by reference. A workload that
 cannot be stored that way is simply built every time.
 
+A workload built in Python (``largestep.profile(Workload(...))``) reaches the jobs it starts the same way: it is
+stored by value under a key its contents decide (:meth:`WorkloadCache.put`), and the jobs are given the spec
+``cached:<key>``, which the loader resolves to that entry (:meth:`WorkloadCache.stored`). Its entry also records the
+folders the building process imported from, so that a job can import what the workload names by reference (a model
+class from the notebook's own module). ``largestep cache clear`` removes such entries too: the spec then names
+nothing, and the workload must be built and passed again.
+
 Beside an entry, a request that loaded it and passed its trial (``check=True``, as every command
 that submits a job loads it) leaves a record: the request as given (spec, options before binding,
 working folder, torch version), the workload's facts (name, sizes, baseline) and the digests of the
@@ -38,7 +45,9 @@ import json
 import mmap
 import os
 import secrets
+import re
 import shutil
+import sys
 import time
 import zlib
 from dataclasses import asdict, dataclass
@@ -48,6 +57,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 from filelock import FileLock, Timeout
 
+from ..errors import WorkloadError
 from ..format import format_bytes, plural
 from ..home import Home
 
@@ -55,7 +65,7 @@ if TYPE_CHECKING:
     from .base import Workload
 
 __all__ = ["WorkloadCache", "WorkloadFacts", "CacheUsage", "cache_of", "cache_key", "key_files", "request_key",
-           "torch_version", "FORMAT"]
+           "torch_version", "FORMAT", "STORED_PREFIX", "stored_key"]
 
 FORMAT = 1                      # bumped when the layout of an entry changes: older entries are never read
 PAYLOAD = "workload.pt"         # the pickled Workload, tensors in torch's zip format
@@ -63,6 +73,14 @@ MANIFEST = "entry.json"         # what the entry holds and the payload's checksu
 _REQUEST_PREFIX = "request-"   # beside an entry: a request that loads it, with its facts (see WorkloadCache.remember)
 _TEMP_PREFIX = ".tmp-"          # an entry being written (or left by a job that was killed while writing)
 _LOCK_SUFFIX = ".lock"
+STORED_PREFIX = "cached:"       # the spec of a workload stored from Python: "cached:<key>"
+_STORED_SPEC = re.compile(rf"^{STORED_PREFIX}([0-9a-f]{{32}})$")
+
+
+def stored_key(spec: object) -> str | None:
+    """The entry a ``cached:<key>`` spec names (a workload stored from Python); None for any other spec."""
+    match = _STORED_SPEC.match(spec.strip()) if isinstance(spec, str) else None
+    return match.group(1) if match else None
 
 
 def cache_of(home: Home | None) -> "WorkloadCache | None":
@@ -234,17 +252,110 @@ class WorkloadCache:
     def _write(self, key: str, workload: Workload, defined_in: ModuleType | None, checked: bool) -> None:
         """Store ``workload`` as entry ``key``: written in a temporary folder, then renamed into place.
         A workload that cannot be pickled, or a full disk, leaves no entry and no error."""
+        try:
+            payload = _pickle(workload, defined_in)
+        except Exception:  # noqa: BLE001 - pickling user objects fails in many ways; the cache is only a shortcut
+            return
+        self._write_payload(key, workload.name, payload, checked)
+
+    def _write_payload(self, key: str, name: str, payload: bytes, checked: bool, **extra: object) -> bool:
+        """Entry ``key`` holding ``payload``, written whole or not at all; whether it was written."""
         temporary = self.root / f"{_TEMP_PREFIX}{key}-{os.getpid()}-{secrets.token_hex(3)}"
         try:
             temporary.mkdir()
-            payload = _pickle(workload, defined_in)
             (temporary / PAYLOAD).write_bytes(payload)
-            manifest = {"format": FORMAT, "name": workload.name, "bytes": len(payload),
-                        "crc32": zlib.crc32(payload), "checked": checked, "created": time.time()}
+            manifest = {"format": FORMAT, "name": name, "bytes": len(payload), "crc32": zlib.crc32(payload),
+                        "checked": checked, "created": time.time(), **extra}
             (temporary / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
             os.rename(temporary, self.root / key)
-        except Exception:  # noqa: BLE001 - pickling user objects fails in many ways; the cache is only a shortcut
+            return True
+        except OSError:
             shutil.rmtree(temporary, ignore_errors=True)
+            return False
+
+    # -- workloads built in Python ---------------------------------------------------------------
+
+    def put(self, workload: "Workload") -> tuple[str, Callable[[], None]]:
+        """Store ``workload``, built in this process, for the jobs it starts. Returns its key (the spec
+        ``cached:<key>`` names it) and a function that takes away what this call wrote (the entry, and the folders it
+        created), for a request refused after all; it does nothing when the entry was there before. The key is the
+        contents' digest: the same workload stored twice is one entry. What cannot be stored is a one-line
+        WorkloadError, and writes nothing."""
+        where = f"workload {workload.name!r}"
+        if workload.uses_dataset:
+            raise WorkloadError(f"{where} reads Datasets, which cannot be stored for the jobs it starts; put the "
+                                f"function that builds it in a file and pass 'path/to/file.py:make' instead")
+        try:
+            payload = _pickle(workload, None)
+        except Exception as exc:  # noqa: BLE001 - whatever the user's objects raise, said in one line
+            message = " ".join(str(exc).split())[:200]
+            raise WorkloadError(f"{where} cannot be stored for the jobs it starts ({type(exc).__name__}: {message}); "
+                                f"put the function that builds it in a file and pass 'path/to/file.py:make' "
+                                f"instead") from None
+        key = hashlib.sha256(payload).hexdigest()[:32]
+        if self._holds(key, payload):
+            return key, _nothing
+        created = _missing_folders(self.root)
+        lock_path = self.root / f"{key}{_LOCK_SUFFIX}"
+        reason = "the disk is full or the folder is not writable"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(lock_path)):
+                if self._holds(key, payload):
+                    return key, _nothing
+                shutil.rmtree(self.root / key, ignore_errors=True)   # an entry that does not check out
+                written = self._write_payload(key, workload.name, payload, checked=False, paths=_import_folders())
+        except OSError as exc:
+            written, reason = False, exc.strerror or str(exc)
+
+        def undo() -> None:
+            with self._locked(key) as held:
+                if held:
+                    shutil.rmtree(self.root / key, ignore_errors=True)
+            lock_path.unlink(missing_ok=True)
+            for folder in created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+        if not written:
+            undo()
+            raise WorkloadError(f"{where} cannot be stored in the workload cache {self.root} ({reason}); free some "
+                                f"space (`largestep cache clear`) or choose another home")
+        return key, undo
+
+    def _holds(self, key: str, payload: bytes) -> bool:
+        """Does entry ``key`` hold exactly ``payload``? (Read from its manifest: the payload is not loaded.)"""
+        try:
+            manifest = json.loads((self.root / key / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return (manifest.get("format") == FORMAT and manifest.get("bytes") == len(payload)
+                and manifest.get("crc32") == zlib.crc32(payload) and (self.root / key / PAYLOAD).is_file())
+
+    def stored(self, key: str, check: Callable[[Workload], None] | None = None) -> Workload:
+        """The workload stored from Python as ``key`` (see :meth:`put`), given its trial unless it passed one. The
+        folders its building process imported from go on ``sys.path`` (last, so they shadow nothing installed)."""
+        try:
+            manifest = json.loads((self.root / key / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            manifest = {}
+        for folder in manifest.get("paths") or ():
+            if isinstance(folder, str) and folder not in sys.path and os.path.isdir(folder):
+                sys.path.append(folder)
+        cached = self._read(key)
+        if cached is None and (self.root / key / PAYLOAD).is_file():
+            try:   # there, but it does not load here: say why (a module this process cannot import)
+                _unpickle(self.root / key / PAYLOAD)
+            except Exception as exc:  # noqa: BLE001 - whatever unpickling the user's objects raises, in one line
+                message = " ".join(str(exc).split())[:200]
+                raise WorkloadError(f"workload {STORED_PREFIX}{key} cannot be loaded here ({type(exc).__name__}: "
+                                    f"{message}); define what it needs in an installed module or a file, or give "
+                                    f"a spec such as path/to/file.py:make") from None
+        if cached is None:
+            raise WorkloadError(f"workload {STORED_PREFIX}{key} is no longer in the workload cache {self.root} "
+                                f"(cleared?); build the Workload again in Python and pass it, or give a spec such "
+                                f"as path/to/file.py:make")
+        return self._checked(key, *cached, check)
 
     # -- requests: a workload's facts without loading it ----------------------------------------
 
@@ -276,6 +387,34 @@ class WorkloadCache:
             except (OSError, ValueError, TypeError, KeyError, AttributeError):
                 continue   # a record or manifest half-written or edited: load the workload instead
         return None
+
+    # -- a request refused after loading ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def undone_on(self, errors: tuple[type[BaseException], ...]) -> Iterator[None]:
+        """What the block adds to the cache (entries, request records, lock files, and the folders up to a
+        home it created) is taken away again if the block raises one of ``errors``: a request refused after
+        its workload was loaded (a batch larger than its data) leaves nothing behind, as bad input must."""
+        created = _missing_folders(self.root)
+        before = set(self._paths())
+        try:
+            yield
+        except errors:
+            for path in sorted(set(self._paths()) - before, reverse=True):   # a record before its entry
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            for folder in created:
+                with contextlib.suppress(OSError):   # not empty: something else wrote there meanwhile
+                    folder.rmdir()
+            raise
+
+    def _paths(self) -> list[Path]:
+        """The cache's entries, temporary entries and lock files, and the request records beside entries."""
+        if not self.root.is_dir():
+            return []
+        return [*self.root.iterdir(), *self.root.glob(f"*/{_REQUEST_PREFIX}*")]
 
     # -- looking and clearing ------------------------------------------------------------------
 
@@ -325,6 +464,20 @@ def _built(build: Callable[[], Workload], check: Callable[[Workload], None] | No
     if check is not None:
         check(workload)
     return workload
+
+
+def _nothing() -> None:
+    """Nothing to take away."""
+
+
+def _import_folders() -> list[str]:
+    """The folders this process imports from, as absolute paths (the working folder for "")."""
+    folders = []
+    for entry in sys.path:
+        folder = os.path.abspath(entry or os.getcwd())
+        if folder not in folders and os.path.isdir(folder):
+            folders.append(folder)
+    return folders
 
 
 def _missing_folders(folder: Path) -> list[Path]:

@@ -5,7 +5,9 @@ A spec is one of:
 - a built-in name: ``fraud-gru``, ``fraud-mlp``, ``table``;
 - ``package.module:function``;
 - ``path/to/file.py:function`` (split at the last colon, so Windows drive letters work);
-- the name of an entry point in group ``largestep.workloads``.
+- the name of an entry point in group ``largestep.workloads``;
+- ``cached:<key>``: a :class:`Workload` built in Python and stored in the home's workload cache for the jobs it
+  starts (see :meth:`largestep.workloads.cache.WorkloadCache.put`).
 
 Every failure is a one-line :class:`WorkloadError` that says what to fix: the CLI prints it and
 the dashboard shows it, and neither should ever show a traceback from user code.
@@ -32,7 +34,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from ..about import module
 from ..errors import WorkloadError
-from .cache import WorkloadCache, WorkloadFacts, cache_key, key_files, request_key
+from .cache import WorkloadCache, WorkloadFacts, cache_key, key_files, request_key, stored_key
 
 if typing.TYPE_CHECKING:
     from .base import Workload
@@ -123,6 +125,8 @@ def _load_workload(spec: str, options: Mapping[str, object] | None, cache: Workl
     if not isinstance(spec, str) or not spec.strip():
         raise WorkloadError(f"no workload given; name {_SPEC_FORMS}")
     spec = spec.strip()
+    if stored_key(spec) is not None:
+        return _load_stored(spec, options, cache, check)
     try:
         function, folder = _resolve(spec)
     except WorkloadError:
@@ -150,6 +154,25 @@ def _load_workload(spec: str, options: Mapping[str, object] | None, cache: Workl
         if check and not workload.uses_dataset:   # tried: the next check of this request needs only its facts
             cache.remember(request_key(spec, dict(options or {})), key, workload, key_files(source, kwargs))
         return workload
+
+
+def _load_stored(spec: str, options: Mapping[str, object] | None, cache: WorkloadCache | None,
+                 check: bool) -> Workload:
+    """A workload built in Python, from the home's workload cache (a ``cached:<key>`` spec)."""
+    if options:
+        raise WorkloadError(f"workload {spec!r} was built in Python and takes no options; build it with the values "
+                            f"you want and pass it again")
+    if cache is None:
+        raise WorkloadError(f"workload {spec!r} was built in Python and lives in a home's workload cache, which this "
+                            f"process has none of (a Ray task on another machine); give a spec such as "
+                            f"path/to/file.py:make")
+    from .base import Workload
+
+    key = stored_key(spec)
+    workload = cache.stored(key, Workload.check_runs if check else None)
+    if check:   # tried: the next check of this request needs only its facts
+        cache.remember(request_key(spec, {}), key, workload, [])
+    return workload
 
 
 def _source_file(function: Callable[..., Any]) -> str | None:
