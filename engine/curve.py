@@ -48,7 +48,7 @@ ESTIMATORS = {
     "min": "the fastest timed step",
     "min-block-mean": f"the least mean of {BLOCK_STEPS} consecutive timed steps",
 }
-DEFAULT_ESTIMATOR = "p10"  # chosen on bench/bench_profile_repro.py's figures (bench/README.md)
+DEFAULT_ESTIMATOR = "min"  # chosen on bench/bench_profile_repro.py's figures (bench/README.md)
 
 
 def _percentile(values: Sequence[float], q: float) -> float:

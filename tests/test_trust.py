@@ -310,14 +310,14 @@ def test_threads_beyond_the_cores_others_leave_are_said_and_threads_offered(monk
 
     result = replay_issue_profile(monkeypatch)
     stored = {"id": PROFILE_ID, "workload": "fraud-mlp", "device_name": "CPU", "device_kind": "cpu", "dtype": "fp32",
-              "threads": 2, "cores": 2, "estimator": "p10", "points": [p.to_dict() for p in result.points]}
+              "threads": 2, "cores": 2, "estimator": "min", "points": [p.to_dict() for p in result.points]}
     note = curve.threads_note(stored)
     assert re.fullmatch(r"torch's 2 threads and the 1\.1\d cores other processes kept busy exceed this machine's 2 "
                         r"cores: a step waits whenever one of its threads loses its core; `--threads 1` leaves 1 core "
                         r"to them \(the runs trained from the profile use the same\)", note)
     print_profile(profile_summary(stored))
     out = " ".join(capsys.readouterr().out.split())
-    assert f"threads: {note}" in out and "step ms (p10)" in out
+    assert f"threads: {note}" in out and "step ms (min)" in out
     assert curve.threads_note({**stored, "threads": 1}) is None      # one thread leaves a core to them
     assert curve.threads_note({**stored, "device_kind": "cuda"}) is None
 
