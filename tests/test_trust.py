@@ -393,3 +393,15 @@ def test_the_python_api_refuses_and_accepts_as_the_command_line_does(monkeypatch
     assert saved_recommendations(home) == []
     rec = largestep.recommend(PROFILE_ID, home=home.root, quiet=True, accept_load=True)
     assert rec.reasons[0].startswith("accepted under load (--accept-load)") and rec.document["accepted_load"]
+
+
+def test_the_html_report_says_the_profile_cannot_be_trusted_and_the_recommendation_was_accepted(monkeypatch, capsys,
+                                                                                                home, tmp_path):
+    spool_profile(home, replay_issue_profile(monkeypatch))
+    assert run_cli(capsys, "recommend", "--profile", PROFILE_ID, "--accept-load")[0] == 0
+    target = tmp_path / "report.html"
+    code, _, err = run_cli(capsys, "report", "-o", str(target))
+    assert code == 0, err
+    text = target.read_text()
+    assert f"profile {PROFILE_ID} cannot be trusted: 8 of 8 batch sizes" in text
+    assert "accepted under load (--accept-load)" in text.split("id='recommendation'")[1][:400]
