@@ -105,6 +105,7 @@ MAX_SCALER_BACKOFFS = 32   # fp16: extra warm-up steps while the loss scaler sti
 QUIET_PATIENCE = 2         # interleaved, a size is visited up to this many times its rounds while other processes
                            # contend for the cores it needs, so that its timed steps come from uncontended visits
 CONTENTION_SLACK_CORES = curve.CONTENTION_SLACK_CORES   # beyond the spare cores, before a visit counts as contended
+MAX_REASONS = 2            # an inconsistent profile's flag names this many of its physics problems, then counts the rest
 REVISIT_WARMUP_STEPS = 1   # untimed steps when a visit returns to a batch size the shared model already ran (an
                            # accelerator: its kernels' queue and caches; on the CPU none: the median of a size's
                            # steps leaves out one slower first step)
@@ -984,9 +985,10 @@ def _inconsistency(points: list[ProfilePoint], interleaved: bool, remeasure: int
     if not problems:
         return None
     reasons = list(dict.fromkeys(why for _, why in problems))
+    shown = reasons[:MAX_REASONS] + ([f"{len(reasons) - MAX_REASONS} more"] if len(reasons) > MAX_REASONS else [])
     tries = (f"after {remeasure} re-measure{'s' if remeasure != 1 else ''}" if interleaved
              else "measured contiguously, without re-measuring")
-    return "; ".join(reasons) + f" ({tries}: background load or drift, not the hardware)"
+    return "; ".join(shown) + f" ({tries}: background load or drift, not the hardware)"
 
 
 def _agree_on_status(point: ProfilePoint) -> ProfilePoint:
