@@ -49,7 +49,7 @@ def test_explicit_list_measures_every_batch_with_raw_times_and_quartiles():
     memory = [p.peak_memory_bytes for p in result.points]
     assert memory[0] < memory[1] < memory[2]
     assert result.memory_fit is not None and result.memory_fit.slope_bytes > 0
-    assert result.saturation_batch in (8, 32, 128)
+    assert result.saturation_batch in (8, 32, 128) or _all_noisy(result)
 
 
 @pytest.mark.slow
@@ -69,7 +69,7 @@ def test_out_of_memory_records_the_ceiling_and_stops_cleanly():
     assert result.stop_reason == "oom"
     oom = result.points[-1]
     assert "OutOfMemoryError" in oom.error and oom.n == 0
-    assert result.saturation_batch in (16, 32, 64)
+    assert result.saturation_batch in (16, 32, 64) or _all_noisy(result)
 
 
 def test_a_model_error_becomes_an_error_point_not_a_crash():
@@ -127,6 +127,11 @@ def test_powers_of_two_include_the_baseline_and_respect_bounds():
     assert plan_batch_sizes(ProfileConfig(max_batch=256), workload) == [8, 16, 32, 64, 128, 256]
     assert plan_batch_sizes(ProfileConfig(min_batch=5, max_batch=40), workload) == [5, 10, 20, 32, 40]
     assert plan_batch_sizes(ProfileConfig(batch_sizes=(300, 7, 7)), workload) == [7, 300]
+
+
+def _all_noisy(result) -> bool:
+    """Every measured point noisy (a busy machine): then no point is the saturation batch, and there is none."""
+    return result.saturation_batch is None and all(p.noisy for p in result.points if p.status == "ok")
 
 
 def _point(b, sps, mem=None):

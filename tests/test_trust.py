@@ -405,3 +405,28 @@ def test_the_html_report_says_the_profile_cannot_be_trusted_and_the_recommendati
     text = target.read_text()
     assert f"profile {PROFILE_ID} cannot be trusted: 8 of 8 batch sizes" in text
     assert "accepted under load (--accept-load)" in text.split("id='recommendation'")[1][:400]
+
+
+def test_a_re_profile_job_measures_its_sizes_again_and_carries_the_others(profiled_home):
+    from conftest import PROFILED_BATCHES
+    from helpers import wait_finished
+
+    from largestep.jobs.start import start_reprofile
+
+    home, profile_id = profiled_home
+    with store.connect(home) as con:
+        first = store.load_profile(con, profile_id)
+    again_id = start_reprofile(home, first, [32, 128], "cpu")
+    wait_finished(home, again_id, timeout_s=180)
+    store.ingest(home)
+    with store.connect(home) as con:
+        again = store.load_profile(con, again_id)
+    assert again["carried_from"] == profile_id and again["config"]["batch_sizes"] == [32, 128]
+    points = {p["batch_size"]: p for p in again["points"]}
+    assert sorted(points) == sorted(PROFILED_BATCHES)   # whole: its own two, the other two carried over
+    old = {p["batch_size"]: p for p in first["points"]}
+    for b in set(PROFILED_BATCHES) - {32, 128}:
+        assert points[b]["step_times_s"] == old[b]["step_times_s"]
+    for b in (32, 128):
+        assert points[b]["step_times_s"] != old[b]["step_times_s"]
+    assert again["estimator"] == curve.DEFAULT_ESTIMATOR and again["threads"] and again["cores"]
