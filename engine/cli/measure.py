@@ -132,8 +132,10 @@ def print_profile(summary: dict) -> None:
                *(["compute ms"] if with_loader else []), "IQR ms", "steps", "samples/s", "peak memory", "achieved",
                "background CPU"]
     out.print(table(title, columns, rows))
-    out.print(f"saturation batch: {summary['saturation_batch']} (smallest batch at 90% of the best throughput); "
-              f"sweep stopped: {summary['stop_reason']}")
+    saturation = summary["saturation_batch"]
+    out.print(f"saturation batch: {saturation} (smallest batch at 90% of the best throughput); " if saturation is not None
+              else "saturation batch: none (every measured point is noisy: none is steady enough to be it); ",
+              f"sweep stopped: {summary['stop_reason']}", sep="")
     if summary.get("inconsistency"):
         out.print(f"[yellow]inconsistent: {summary['inconsistency']}[/yellow]")
     aside = sum(p.get("loaded_visits") or 0 for p in summary["points"])
