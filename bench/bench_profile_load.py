@@ -11,7 +11,11 @@ six profiles alternating so that every method meets the same machine. Reported f
 - agreement: the relative throughput curve r(B) = samples/s at B over samples/s at the baseline
   batch, of the first profile against the second; the worst |r1(B) / r2(B) - 1| over the batch
   sizes. Target: within 10% at every batch size.
-- physics: the batch sizes whose stored median step time falls as the batch doubles. Target: none.
+- physics: the batch sizes whose stored step time (the estimate) falls as the batch doubles. Target: none.
+- refused or right: a profile of the profile job's method measured with no competitor first (the quiet
+  one), then each profile measured under the competitor is either refused for recommending
+  (largestep.curve.refusal: under load, or failing the physics check) or within ±10% of the quiet one at
+  every batch size. Target: none used silently while further off.
 
     python bench/bench_profile_load.py [--workload fraud-mlp] [--batch-sizes 32,64,...] [--min-seconds 1] [--rounds 3]
                                        [--threads 1] [--profiler-only] [--no-competitor]
@@ -38,6 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from largestep import curve  # noqa: E402
 from largestep.measure.profiler import OK, ProfileConfig, ProfileResult, run_profile  # noqa: E402
 from largestep.measure.telemetry import WindowLoad  # noqa: E402
 from largestep.workloads import load_workload  # noqa: E402
@@ -67,9 +72,9 @@ def start_outside_this_process_tree(command: list[str]) -> psutil.Process:
     return psutil.Process(int(shell.stdout.strip()))
 
 
-def relative_throughput(result: ProfileResult, baseline: int, statistic: str = "median_s") -> dict[int, float]:
-    """samples/s at each measured batch size over samples/s at the baseline batch, from the points' median
-    step time (what the profiler stores as t(B)) or another of their statistics (``p25_s``)."""
+def relative_throughput(result: ProfileResult, baseline: int, statistic: str = "estimate_s") -> dict[int, float]:
+    """samples/s at each measured batch size over samples/s at the baseline batch, from the points' step time
+    (what the profiler stores as t(B): its estimate) or another of their statistics (``median_s``)."""
     step = {p.batch_size: getattr(p, statistic) for p in result.points if p.status == OK and p.median_s}
     return {b: (b / t) / (baseline / step[baseline]) for b, t in step.items()}
 
@@ -82,9 +87,15 @@ def worst_disagreement(first: dict[int, float], second: dict[int, float]) -> tup
 
 
 def falls_as_the_batch_doubles(result: ProfileResult) -> list[int]:
-    """The batch sizes B whose median step time is below that at B/2."""
-    median = {p.batch_size: p.median_s for p in result.points if p.status == OK and p.median_s}
+    """The batch sizes B whose stored step time (the estimate) is below that at B/2."""
+    median = {p.batch_size: p.estimate_s or p.median_s for p in result.points if p.status == OK and p.median_s}
     return [b for b in sorted(median) if b // 2 in median and b % 2 == 0 and median[b] < median[b // 2]]
+
+
+def refused(result: ProfileResult) -> str | None:
+    """Why `largestep recommend` refuses this profile (largestep.curve.refusal), or None."""
+    return curve.refusal({"id": "this profile", "points": [p.to_dict() for p in result.points],
+                          "config": {"noisy_iqr_ratio": result.config.noisy_iqr_ratio}})
 
 
 def main() -> None:
@@ -126,8 +137,12 @@ def main() -> None:
         else:
             window.close()
 
-    load = start_outside_this_process_tree([sys.executable, "-c", LOAD_GENERATOR]) if args.competitor else None
     started = time.perf_counter()
+    # the quiet one: the profile job's method with no competitor, the curve a loaded profile must match or be refused
+    quiet = run_profile(workload, device, interleaved, telemetry_tag=tag, others_busy_cores=window.others_busy_cores)
+    print(f"quiet profile (no competitor): {time.perf_counter() - started:.0f} s; refused: "
+          f"{refused(quiet) or 'no'}", flush=True)
+    load = start_outside_this_process_tree([sys.executable, "-c", LOAD_GENERATOR]) if args.competitor else None
     try:
         for repeat in range(2):
             for name, (config, set_aside) in methods.items():
@@ -154,10 +169,17 @@ def main() -> None:
         disagreement = {b: r1[b] / r2[b] - 1 for b in both}
         worst = max(both, key=lambda b: abs(disagreement[b]))
         falls = [falls_as_the_batch_doubles(first), falls_as_the_batch_doubles(second)]
-        # the lower quartile instead of the median: background load only ever slows a step down
+        # the lower quartile instead of the estimate: background load only ever slows a step down
         low_quartile = worst_disagreement(relative_throughput(first, baseline, "p25_s"),
                                           relative_throughput(second, baseline, "p25_s"))
+        # refused, or within ±10% of the quiet profile at every size: never used silently while further off
+        against_quiet = [worst_disagreement(relative_throughput(r, baseline), relative_throughput(quiet, baseline))
+                         for r in (first, second)]
+        silent = [k for k, (r, (off, _)) in enumerate(zip((first, second), against_quiet))
+                  if refused(r) is None and abs(off) > 0.10]
         figures["methods"][name] = {
+            "against_quiet": against_quiet, "refused": [refused(r) for r in (first, second)],
+            "used_silently_beyond_10pct": silent,
             "relative_throughput": [r1, r2], "disagreement": disagreement, "worst_disagreement_p25": low_quartile,
             "worst_disagreement": disagreement[worst], "worst_at": worst,
             "within_10pct": all(abs(d) <= 0.10 for d in disagreement.values()),
@@ -175,6 +197,10 @@ def main() -> None:
               f"doubles at {falls[0] or 'none'} (profile 1) and {falls[1] or 'none'} (profile 2)")
         print(f"  from the lower quartile of the step times instead: worst disagreement {low_quartile[0]:+.1%} at "
               f"batch {low_quartile[1]}")
+        for k, (r, (off, at)) in enumerate(zip((first, second), against_quiet)):
+            print(f"  profile {k + 1} against the quiet one: {off:+.1%} at {at}; "
+                  + (f"refused ({refused(r).split(': ', 1)[1].split('; rerun')[0]})" if refused(r) else
+                     "trusted" + (" -- USED SILENTLY, beyond 10%" if k in silent else ", within 10%")))
         for k, result in enumerate((first, second)):
             if result.inconsistency:
                 print(f"  profile {k + 1} flagged: {result.inconsistency}")

@@ -8,7 +8,7 @@ same name instead of FAILED.
 
 from __future__ import annotations
 
-__all__ = ["LargestepError", "UsageError", "WorkloadError", "DeviceError", "StoreError",
+__all__ = ["LargestepError", "UsageError", "UnusableProfile", "WorkloadError", "DeviceError", "StoreError",
            "Diverged", "Cancelled", "Crashed"]
 
 
@@ -18,6 +18,15 @@ class LargestepError(Exception):
 
 class UsageError(LargestepError, ValueError):
     """A bad argument: a size string, a batch list, conflicting flags."""
+
+
+class UnusableProfile(UsageError):
+    """A profile that cannot be trusted for recommending (measured under load, failing the physics check),
+    refused unless the user accepts it (--accept-load). Its message is the one line to show."""
+
+    def __init__(self, message: str, profile_id: str | None = None):
+        super().__init__(message)
+        self.profile_id = profile_id
 
 
 class WorkloadError(LargestepError):

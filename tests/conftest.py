@@ -97,13 +97,16 @@ def profiled_home(profiled_template, tmp_path, monkeypatch):
 def autopilot_run(tmp_path_factory):
     """One whole `largestep autopilot --json` of the tiny workload (2 seeds an arm, 2 epochs), run once for
     the session from the command line: (home, exit code, the JSON document, stderr). Both arms are trained
-    whatever is recommended (--arms), so the outcome does not hang on how busy the machine was."""
+    whatever is recommended (--arms), and from the profile even if it was measured under load (--accept-load:
+    the wait for a quiet window is tests/test_trust.py's), so the outcome does not hang on how busy the machine
+    was."""
     from largestep import store
     from largestep.home import Home
 
     home = Home(tmp_path_factory.mktemp("autopilot") / "home")
     proc = subprocess.run([sys.executable, "-m", "largestep.cli", "--home", str(home.root), "autopilot", "--workload",
-                           TINY, "--repeats", "2", "--epochs", "2", "--arms", "baseline,recommended", "--json"],
+                           TINY, "--repeats", "2", "--epochs", "2", "--arms", "baseline,recommended",
+                           "--accept-load", "--json"],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     store.ingest(home)
     document = json.loads(proc.stdout) if proc.returncode == 0 else None

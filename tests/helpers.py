@@ -59,6 +59,14 @@ def copy_home(template: Home, root: Path) -> Home:
     return Home(root)
 
 
+def accept_load_if_asked(at: AppTest) -> AppTest:
+    """Tick the Recommend page's "Accept the load" where its profile is untrusted (a real profile measured on a
+    machine others share may be): for tests about what the page does with a recommendation."""
+    if any(c.key == "recommend.accept_load" for c in at.checkbox):
+        at.checkbox(key="recommend.accept_load").check().run()
+    return at
+
+
 def open_page(monkeypatch, home: Home, page: str, timeout: float = 60, cwd: Path | None = None) -> AppTest:
     """The app on ``home``, switched to ``sections/<page>.py``, asserted to render without an exception."""
     monkeypatch.setenv(HOME_ENV, str(home.root))
@@ -89,13 +97,17 @@ def wait_for(predicate: Callable[[], object], timeout: float = 90.0, poll_s: flo
 
 
 def recommend_stored(home: Home, profile_id: str | None, config) -> dict:
-    """The recommendation for a stored profile, as `largestep recommend` makes it (not saved)."""
+    """The recommendation for a stored profile, as `largestep recommend --accept-load` makes it (not saved): a
+    real profile measured on a machine others share may be untrusted, and the tests using this are about what
+    follows from a recommendation, whatever the load was."""
+    import dataclasses
+
     from largestep import store
     from largestep.plan.recommend import recommend
 
     with store.connect(home) as con:
         profile, noise = store.recommendation_inputs(con, profile_id, stored_noise=config.noise_scale is None)
-    return recommend(profile, config, noise)
+    return recommend(profile, dataclasses.replace(config, accept_load=True), noise)
 
 
 def first_time_at_or_below(evals, run_id: str, target: float) -> float | None:

@@ -141,7 +141,7 @@ def test_a_workload_built_in_python_is_profiled_by_a_job_and_recommended_from(ho
     assert [p["status"] for p in profile.points] == ["ok", "ok"]
     assert profile.to_pandas()["step_time_s"].gt(0).all()
 
-    rec = largestep.recommend(profile, quiet=True)
+    rec = largestep.recommend(profile, quiet=True, accept_load=True)   # measured for real, on a shared machine
     assert rec.profile_id == profile.id and rec.batch_size in (32, 128)
     candidates = rec.to_pandas()
     assert sorted(candidates["batch_size"]) == [32, 128]

@@ -43,8 +43,10 @@ def test_a_stored_profile_shows_its_metrics_charts_and_points(monkeypatch, profi
 
     assert at.selectbox(key="profiles.selected").value == job
     metrics = {m.label: m.value for m in at.metric}
-    assert profile["saturation_batch"] in BATCHES
-    assert metrics["Saturation batch"] == str(profile["saturation_batch"])
+    # measured for real: on a busy machine every point may be noisy, and a noisy point is no saturation batch
+    saturation = profile["saturation_batch"]
+    assert saturation in BATCHES or (saturation is None and all(p["noisy"] for p in profile["points"]))
+    assert metrics["Saturation batch"] == (str(saturation) if saturation is not None else "—")
     assert metrics["Stop reason"] == views.STOP_REASONS["list"][0]
     assert len(plotly_charts(at)) == 5  # step time, throughput, memory, compute, telemetry
     table = at.dataframe[0].value

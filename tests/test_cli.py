@@ -89,8 +89,10 @@ def test_the_profile_output_shows_the_background_load_and_flags_an_inconsistent_
     print_profile(profile_summary(stored))
     out = " ".join(capsys.readouterr().out.split())
     assert "ok inconsistent" in out and "45%" in out and "3%" in out
-    assert "inconsistent: step time falls from 514 ms at batch 16 to 331 ms at 32; recommendations from this " \
-           "profile say they are uncertain" in out
+    assert "inconsistent: step time falls from 514 ms at batch 16 to 331 ms at 32" in out
+    # and what that means for using it: refused for recommending, unless the user accepts it
+    assert ("profile prof-1 cannot be trusted: it fails the physics check: throughput rises 3.11x from batch 16 to "
+            "32, more than the batch (2x)") in out and out.endswith("rerun on a quiet machine, or pass --accept-load")
 
 
 def test_profiles_on_an_empty_home(capsys, home):

@@ -1,4 +1,8 @@
-"""recommend / export / noise from the command line, on a real stored profile of the tiny workload."""
+"""recommend / export / noise from the command line, on a real stored profile of the tiny workload.
+
+The profile is measured for real on a machine others share: under load it cannot be trusted, and
+`recommend` refuses it (tests/test_trust.py). These tests are about what a recommendation holds, so they
+pass --accept-load: the same arithmetic, whatever the machine's load was."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from helpers import run_cli
 
 def test_recommend_json_fields_and_arithmetic(capsys, profiled_home):
     home, profile_id = profiled_home
-    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id, "--json")
+    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id, "--json")
     assert code == 0, err
     rec = json.loads(out)
     for key in ("recommendation_id", "batch_size", "learning_rate", "warmup_steps", "rule", "baseline",
@@ -30,7 +34,7 @@ def test_recommend_json_fields_and_arithmetic(capsys, profiled_home):
 
 def test_export_yaml_to_a_file_parses_back(capsys, profiled_home, tmp_path):
     home, profile_id = profiled_home
-    code, out, _ = run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id, "--rule", "sqrt",
+    code, out, _ = run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id, "--rule", "sqrt",
                        "--json")
     rec = json.loads(out)
     target = tmp_path / "rec.yaml"
@@ -57,7 +61,7 @@ BAD = [
 @pytest.mark.parametrize("argv, says", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_recommend_and_export_inputs(capsys, profiled_home, argv, says):
     home, profile_id = profiled_home
-    assert run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id)[0] == 0  # one to export
+    assert run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id)[0] == 0  # one to export
     before = sorted(p.name for p in home.jobs.iterdir())
     code, out, err = run_cli(capsys, "--home", str(home.root), *argv)
     assert code == 2 and err.count("\n") == 1 and says in err, err
@@ -88,7 +92,7 @@ def test_check_stability_runs_a_job_and_keeps_its_verdict_with_the_recommendatio
     from largestep import jobs, store
 
     home, profile_id = profiled_home
-    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id, "--noise-scale",
+    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id, "--noise-scale",
                          "1000", "--baseline-lr", baseline_lr, "--check-stability", "--device", "cpu", "--json")
     assert code == 0, err
     rec = json.loads(out)
@@ -127,7 +131,7 @@ def test_noise_estimates_stores_its_row_and_the_next_recommendation_uses_it(caps
         row = store.load_noise(con, result["noise_id"])
     assert row["workload"] == "tiny-mlp" and row["device_id"] == "cpu"
     assert (row["b_simple"], row["ci_low"], row["ci_high"]) == (result["b_simple"], result["ci_low"], result["ci_high"])
-    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id, "--json")
+    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id, "--json")
     assert code == 0, err
     assert json.loads(out)["noise_id"] == result["noise_id"]  # the newest reliable estimate of the workload
 
@@ -146,16 +150,16 @@ def test_noise_curve_is_stored_and_the_next_recommendation_plans_a_schedule_from
     with store.connect(home) as con:
         assert [p["b_simple"] for p in store.load_noise_curve(con, curve["curve_id"])] == \
             [p["b_simple"] for p in curve["points"]]
-    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id, "--json")
+    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id, "--json")
     assert code == 0, err
     plan = json.loads(out)["batch_schedule"]   # the newest curve of the workload, by default
     assert plan["curve_id"] == curve["curve_id"]
     sizes = [p["batch_size"] for p in plan["phases"]]
     assert sizes == sorted(sizes) and set(sizes) <= set(PROFILED_BATCHES)
     assert plan["predicted_speedup"]["over_best_fixed"] >= 1 - 1e-9  # the best fixed batch is one schedule
-    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id)
+    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id)
     assert code == 0 and "Batch schedule from noise curve" in out and f"--batch-schedule {plan['spec']}" in out
-    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id,
+    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id,
                              "--noise-curve", "none", "--json")
     assert "batch_schedule" not in json.loads(out)
 
@@ -172,14 +176,14 @@ def test_noise_curve_refuses_bad_input_and_starts_nothing(capsys, home, tiny_spe
 
 def test_recommend_refuses_a_noise_curve_that_does_not_exist(capsys, profiled_home):
     home, profile_id = profiled_home
-    code, _, err = run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id,
+    code, _, err = run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id,
                            "--noise-curve", "nois-0000")
     assert code == 2 and "no noise curve 'nois-0000'" in err
 
 
 def test_export_splits_the_global_batch_over_devices_and_micro_batches(capsys, profiled_home, tmp_path):
     home, profile_id = profiled_home
-    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--profile", profile_id, "--noise-scale",
+    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id, "--noise-scale",
                          "1000", "--json")
     assert code == 0, err
     rec = json.loads(out)

@@ -32,7 +32,9 @@ def profile_noise_recommend_train(capsys, spec: str, settings: list[str], batch_
     profile = run_json(capsys, "profile", "--workload", spec, *settings, "--batch-sizes", batch_sizes,
                        "--min-steps", "3", "--min-seconds", "0", "--warmup-steps", "1")
     noise = run_json(capsys, "noise", "--workload", spec, *settings, "--batches", "4", "--warm-steps", "10")
-    rec = run_json(capsys, "recommend", "--profile", profile["profile_id"], "--noise", noise["noise_id"])
+    # --accept-load: a real profile on a machine others share may be refused as measured under load
+    rec = run_json(capsys, "recommend", "--accept-load", "--profile", profile["profile_id"], "--noise",
+                   noise["noise_id"])
     run = run_json(capsys, "train", "--workload", spec, *settings, "--batch-size", str(rec["batch_size"]),
                    "--lr", str(rec["learning_rate"]), "--max-steps", "8")
     return {"profile": profile, "noise": noise, "recommendation": rec, "run": run}

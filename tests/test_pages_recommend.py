@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import PROFILED_BATCHES as BATCHES  # noqa: E402  the session's profile
-from helpers import copy_home, open_page, recommend_stored, wait_finished
+from helpers import accept_load_if_asked, copy_home, open_page, recommend_stored, wait_finished
 from streamlit.testing.v1 import AppTest
 
 from largestep import jobs, store
@@ -53,7 +53,7 @@ def test_an_empty_home_says_how_to_start(monkeypatch, tmp_path, page, message):
 
 def test_recommend_shows_the_saved_recommendation(monkeypatch, rec_home):
     home, rec = rec_home
-    at = open_page(monkeypatch, home, "recommend")
+    at = accept_load_if_asked(open_page(monkeypatch, home, "recommend"))
     assert not at.error, errors(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Batch size"] == str(rec["batch_size"])
@@ -76,7 +76,7 @@ def test_recommend_shows_the_saved_recommendation(monkeypatch, rec_home):
 def test_compute_saves_a_new_recommendation_with_the_chosen_rule(monkeypatch, rec_home):
     home, _ = rec_home
     before = saved_recommendations(home)
-    at = open_page(monkeypatch, home, "recommend")
+    at = accept_load_if_asked(open_page(monkeypatch, home, "recommend"))
     at.radio(key="recommend.rule").set_value("sqrt")
     at.radio(key="recommend.noise_mode").set_value("manual").run()
     at.text_input(key="recommend.noise_scale").input("500")
@@ -99,7 +99,7 @@ def test_compute_saves_a_new_recommendation_with_the_chosen_rule(monkeypatch, re
 def test_bad_recommend_inputs_show_an_error_and_save_nothing(monkeypatch, rec_home, widget, value, says):
     home, _ = rec_home
     before = saved_recommendations(home)
-    at = open_page(monkeypatch, home, "recommend")
+    at = accept_load_if_asked(open_page(monkeypatch, home, "recommend"))
     kind, key = widget.split(":")
     element = getattr(at, kind)(key=key)
     element.input(value) if kind == "text_input" else element.set_value(value)
@@ -111,7 +111,7 @@ def test_bad_recommend_inputs_show_an_error_and_save_nothing(monkeypatch, rec_ho
 
 def test_a_max_lr_below_every_scaled_rate_keeps_the_baseline_and_says_why(monkeypatch, rec_home):
     home, _ = rec_home
-    at = open_page(monkeypatch, home, "recommend")
+    at = accept_load_if_asked(open_page(monkeypatch, home, "recommend"))
     at.text_input(key="recommend.max_lr").input("1e-9")
     at.button(key="recommend.compute").click().run()
     assert not at.exception and not at.error, errors(at)
@@ -122,7 +122,7 @@ def test_a_max_lr_below_every_scaled_rate_keeps_the_baseline_and_says_why(monkey
 
 def test_manual_noise_mode_needs_a_value(monkeypatch, rec_home):
     home, _ = rec_home
-    at = open_page(monkeypatch, home, "recommend")
+    at = accept_load_if_asked(open_page(monkeypatch, home, "recommend"))
     at.radio(key="recommend.noise_mode").set_value("manual").run()
     at.button(key="recommend.compute").click().run()
     assert not at.exception and "enter a noise scale" in " ".join(errors(at))
@@ -131,7 +131,7 @@ def test_manual_noise_mode_needs_a_value(monkeypatch, rec_home):
 @pytest.mark.slow
 def test_estimating_the_noise_scale_runs_a_job_and_offers_its_result(monkeypatch, rec_home):
     home, _ = rec_home
-    at = open_page(monkeypatch, home, "recommend")
+    at = accept_load_if_asked(open_page(monkeypatch, home, "recommend"))
     at.button(key="recommend.estimate").click().run()
     assert not at.exception and not at.error, errors(at)
     job_id = at.session_state["recommend.noise_job"]
@@ -154,7 +154,7 @@ def test_a_noise_curve_gives_the_next_recommendation_a_batch_schedule_chart(monk
     from largestep.jobs.start import start_noise_curve
 
     home = copy_home(rec_home[0], tmp_path / "home")
-    at = open_page(monkeypatch, home, "recommend")
+    at = accept_load_if_asked(open_page(monkeypatch, home, "recommend"))
     assert "No noise curve for this workload yet" in " ".join(c.value for c in at.caption)
     curve_id = start_noise_curve(home, tiny_spec, {}, "cpu", (0.0, 0.5, 1.0), batches=8)
     wait_finished(home, curve_id, timeout_s=180)
@@ -175,10 +175,16 @@ def test_a_noise_curve_gives_the_next_recommendation_a_batch_schedule_chart(monk
 # -- Planner -------------------------------------------------------------------------------------
 
 
-def test_planner_states_the_ratio_for_the_recommendation(monkeypatch, rec_home):
-    home, first = rec_home
-    # the page plans with the profile's newest recommendation: make sure that is a larger batch
-    rec = recommend_stored(home, first["profile_id"], RecommendConfig(noise_scale=300.0))
+def test_planner_states_the_ratio_for_the_recommendation(monkeypatch, rec_home, tmp_path):
+    from helpers import profile_events, spool_job
+
+    template, _ = rec_home
+    home = copy_home(template, tmp_path / "home")
+    # the page plans with the newest recommendation, which must be a larger batch: from a steady profile (the
+    # session's real one may be noisy at every larger size on a busy machine, and then none is recommended)
+    spool_job(home, "prof-steady01", "profile", profile_events("prof-steady01"))
+    store.ingest(home)
+    rec = recommend_stored(home, "prof-steady01", RecommendConfig(noise_scale=300.0))
     assert rec["batch_size"] > rec["baseline"]["batch_size"]
     with store.connect(home) as con:
         store.save_recommendation(home, con, rec)
@@ -192,7 +198,7 @@ def test_planner_states_the_ratio_for_the_recommendation(monkeypatch, rec_home):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Experiments per day, baseline"] == format_count(per_day["baseline"])
     table = at.dataframe[0].value
-    assert list(table["batch"]) == list(BATCHES)
+    assert list(table["batch"]) == [16, 32, 64, 128]
     assert table.loc[table["role"] == "baseline", "batch"].tolist() == [32]
     assert table.loc[table["role"] == "recommended", "batch"].tolist() == [rec["batch_size"]]
     assert metrics["More experiments"] == f"{ratio:.1f}×"

@@ -97,6 +97,14 @@ def cancel(job_id: str) -> None:
     st.session_state["overview.flash"] = overview.cancel(home, job_id)
 
 
+def restart(autopilot_id: str) -> None:
+    try:
+        st.session_state["overview.selected"] = overview.restart_autopilot(home, autopilot_id)
+        st.session_state["overview.flash"] = f"Started autopilot {st.session_state['overview.selected']}"
+    except LargestepError as exc:
+        st.session_state["overview.flash"] = str(exc)
+
+
 def autopilot_panel(autopilot_id: str, was_live: bool) -> None:
     if "overview.flash" in st.session_state:
         st.toast(st.session_state.pop("overview.flash"))
@@ -131,9 +139,16 @@ def autopilot_panel(autopilot_id: str, was_live: bool) -> None:
             st.markdown(f"**Recommended:** {view.recommendation}")
         if view.error:
             st.error(f"The autopilot ended {view.state.lower()}: {view.error}")
+        if view.untrusted:
+            st.warning(view.untrusted, icon=":material/warning:")
+            st.button("Profile & train again", key="overview.reprofile", on_click=restart, args=(view.id,),
+                      icon=":material/refresh:", help="Start the autopilot again: it profiles afresh and waits for a "
+                      "quiet window again should the machine still be busy.")
 
     if view.headline:
         st.subheader("Headline")
+        if view.accepted_load:
+            st.warning(view.accepted_load, icon=":material/report:")
         for column, metric in zip(st.columns(4), view.metrics):
             column.metric(metric.label, metric.value, help=metric.help)
         (st.success if view.good_news else st.warning)(view.headline["text"], icon=":material/bolt:")

@@ -131,8 +131,12 @@ def profile_panel(profile_id: str, overlay_ids: tuple[str, ...]) -> None:
         st.info(f"Profile {profile_id} has no data yet.")
         return
     st.markdown(view.caption)
-    if view.inconsistency:
+    if view.untrusted:
+        st.warning(view.untrusted, icon=":material/warning:")
+    elif view.inconsistency:
         st.warning(view.inconsistency, icon=":material/warning:")
+    if view.threads_note:
+        st.info(f"Threads: {view.threads_note}", icon=":material/memory:")
     for column, metric in zip(st.columns(4), view.metrics):
         column.metric(metric.label, metric.value, help=metric.help)
     figures = list(view.figures.items())

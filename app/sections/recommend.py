@@ -34,6 +34,28 @@ if defaults is None or not defaults["measured"]:
     st.info(f"Profile `{profile_id}` has no measured batch sizes yet; wait for it to finish on the Profiles page.")
     st.stop()
 
+# -- a profile that cannot be trusted: refused unless accepted -----------------------------------
+accept_load = False
+if defaults["threads_note"]:
+    st.info(f"Threads: {defaults['threads_note']}", icon=":material/memory:")
+if defaults["refusal"]:
+    with st.container(border=True):
+        st.warning(defaults["refusal"], icon=":material/warning:")
+        left, right = st.columns(2, vertical_alignment="center")
+        if left.button(f"Re-profile the {len(defaults['untrusted'])} untrusted batch sizes", key="recommend.reprofile",
+                       icon=":material/refresh:", help="Measure them again (the other points are carried over); the "
+                       "new profile appears in the list above when it ends."):
+            try:
+                with st.spinner("Starting the profile …"):
+                    job_id = recommend.start_reprofile(home, profile_id)
+            except LargestepError as exc:
+                st.error(str(exc))
+            else:
+                st.success(f"Started profile `{job_id}`: pick it above when it has finished.")
+        accept_load = right.checkbox(recommend.ACCEPT_LOAD_LABEL, key="recommend.accept_load",
+                                     help="Recommend from this profile anyway: the recommendation carries the "
+                                          "warning wherever it is shown and exported.")
+
 # -- inputs --------------------------------------------------------------------------------------
 st.subheader("Baseline and rule")
 left, middle, right = st.columns(3)
@@ -128,7 +150,7 @@ if flash:
 if st.button("Compute and save the recommendation", type="primary", key="recommend.compute"):
     form = recommend.RecommendForm(profile_id=profile_id, baseline_batch=baseline_batch, baseline_lr=baseline_lr,
                                   rule=rule, noise_mode=noise_mode, noise_id=noise_id, noise_scale=noise_scale,
-                                  memory_headroom=headroom, max_lr=max_lr)
+                                  memory_headroom=headroom, max_lr=max_lr, accept_load=accept_load)
     try:
         with st.spinner("Computing …"):
             rec = recommend.compute_recommendation(home, form)
@@ -152,6 +174,8 @@ if rec is None:
 view = recommend.recommendation_view(rec)
 st.subheader("Recommendation")
 st.markdown(view.headline)
+if view.accepted_load:
+    st.warning(view.accepted_load, icon=":material/report:")
 if view.uncertain:
     st.warning(view.uncertain, icon=":material/warning:")
 for column, metric in zip(st.columns(len(view.metrics)), view.metrics):

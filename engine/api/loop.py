@@ -33,14 +33,16 @@ def profile(workload, *, options: Mapping[str, object] | None = None, data: str 
             memory_budget: str | int | None = None, full: bool = False, min_steps: int = 10,
             min_seconds: float = 1.0, warmup_steps: int = 3, rounds: int = 3, seed: int = 0, compile: bool = False,
             tf32: bool | None = None, nproc: int = 1, launcher: str = "local", ray_address: str | None = None, home=None,
-            quiet: bool = False) -> Profile:
+            quiet: bool = False, estimator: str | None = None, threads: int | None = None) -> Profile:
     """Measure step time, throughput and memory against batch size, as `largestep profile` does (a job).
 
     ``batch_sizes``: explicit sizes, e.g. ``[32, 128, 512]`` (else powers of two from ``min_batch``, default a
     quarter of the baseline, to ``max_batch``, default 65536). ``memory_budget``: bytes, or text such as
     ``"12GiB"``. ``tf32``: TF32 in float32 matmuls and convolutions (None: the workload's field). ``home``: the
-    largestep home (default ``$LARGESTEP_HOME`` or ``./.largestep``). Returns the profile whatever its end, as long
-    as it measured a batch size (its ``state`` says how it ended).
+    largestep home (default ``$LARGESTEP_HOME`` or ``./.largestep``). ``estimator``: which statistic of a size's
+    timed steps is its step time (default a low quantile, see docs/profiling.md); ``threads``: torch's intra-op
+    threads on the CPU, stored with the profile for the runs trained from it. Returns the profile whatever its end,
+    as long as it measured a batch size (its ``state`` says how it ended).
     """
     from ..jobs.follow import describe_profile_event
     from ..jobs.ray import launcher_from_cli
@@ -51,7 +53,8 @@ def profile(workload, *, options: Mapping[str, object] | None = None, data: str 
     config = ProfileConfig.from_options(
         batch_sizes=batch_sizes, min_batch=min_batch, max_batch=max_batch, memory_budget=memory_budget, nproc=nproc,
         dtype=dtype, full=full, min_steps=min_steps, min_seconds=min_seconds, warmup_steps=warmup_steps,
-        rounds=rounds, seed=seed, compile=compile, tf32=tf32)
+        rounds=rounds, seed=seed, compile=compile, tf32=tf32, threads=threads,
+        **({"estimator": estimator} if estimator is not None else {}))
     run_on = launcher_from_cli(launcher, ray_address)
     where = _home(home)
     chosen = workload_options(options, data, label)
@@ -93,7 +96,7 @@ def recommend(profile: "Profile | str" = "latest", *, baseline_batch: int | None
               estimate_noise: bool = False, noise: "NoiseEstimate | str | None" = None,
               noise_curve: "NoiseCurve | str | None" = "latest", memory_headroom: float = 0.9,
               max_lr: float | None = None, warmup_samples: int | None = None, check_stability: bool = False,
-              device: str = "auto", home=None, quiet: bool = False) -> Recommendation:
+              device: str = "auto", home=None, quiet: bool = False, accept_load: bool = False) -> Recommendation:
     """Recommend a batch size and learning rate from a profile, as `largestep recommend` does; saved in the store.
 
     ``profile``: a :class:`Profile`, its id, or "latest". The noise scale: ``noise_scale`` (a number),
@@ -101,13 +104,15 @@ def recommend(profile: "Profile | str" = "latest", *, baseline_batch: int | None
     workload's newest reliable estimate, else perfect scaling is assumed and said. ``noise_curve``: plan a growing
     batch schedule from a :class:`NoiseCurve` or its id ("latest": the workload's newest, if any; None: none).
     ``check_stability``: train briefly at the chosen batch with the rate ramped past it, and back off if it
-    diverges below it (a job on ``device``).
+    diverges below it (a job on ``device``). A profile that cannot be trusted (measured under load, failing the
+    physics check) is refused with :class:`largestep.errors.UnusableProfile`; ``accept_load=True`` uses it, and
+    the recommendation carries why (``accepted_load``).
     """
     from ..plan.recommend import RecommendConfig
     from ..store.outcomes import ended, recommend_and_save
 
     config = RecommendConfig.from_options(baseline_batch, baseline_lr, rule, noise_scale, memory_headroom, max_lr,
-                                          warmup_samples)
+                                          warmup_samples, accept_load)
     where = _home(home)
 
     def follow_to_end(job_id: str, what: str) -> None:
@@ -124,6 +129,7 @@ def autopilot(workload, *, options: Mapping[str, object] | None = None, data: st
               arms: Sequence[str] | str | None = None, until_decisive: bool = False, max_repeats: int = 10,
               quality_tolerance: float = 0.01, compile: bool = False, device: str = "auto", nproc: int = 1,
               launcher: str = "local", ray_address: str | None = None, home=None, quiet: bool = False,
+              accept_load: bool = False, quiet_timeout: float | None = None, threads: int | None = None,
               **settings) -> Autopilot:
     """The whole loop in one job, as `largestep autopilot` does: profile, noise scale, recommend, train the baseline
     and the recommendation (``repeats`` seeds each, one after the other on the device), compare, and one headline.
@@ -133,6 +139,9 @@ def autopilot(workload, *, options: Mapping[str, object] | None = None, data: st
     ``settings``: the autopilot config's own knobs beyond the CLI's options, for short runs: ``min_seconds``
     (timed seconds per batch size in its profile, default 1), ``max_batch`` (65536), ``noise_batches`` (32),
     ``tolerance`` (the target: the baseline's best validation loss plus this share, default 0.01).
+    A profile that cannot be trusted: the autopilot waits for a quiet window (at most ``quiet_timeout`` seconds,
+    default 600), measures its untrusted sizes again, and stops if the machine never quietens;
+    ``accept_load=True`` trains on it as it is. ``threads``: torch's threads in the profile and every run.
     """
     from ..jobs.autopilot import AutopilotConfig
     from ..jobs.follow import describe_autopilot_event
@@ -141,7 +150,8 @@ def autopilot(workload, *, options: Mapping[str, object] | None = None, data: st
     from ..store.outcomes import autopilot_outcome, ended
 
     config = AutopilotConfig.from_options(repeats, epochs, rule, arms, until_decisive, max_repeats, quality_tolerance,
-                                          compile, nproc, launcher, ray_address, **settings)
+                                          compile, nproc, launcher, ray_address, accept_load=accept_load,
+                                          quiet_timeout=quiet_timeout, threads=threads, **settings)
     where = _home(home)
     chosen = workload_options(options, data, label)
     with workload_spec(where, workload, chosen, launcher) as spec:

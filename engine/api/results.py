@@ -60,7 +60,9 @@ class Profile:
         rows = []
         for p in self.points:
             step = p.get("step_time_s") or {}
-            rows.append({"batch_size": p["batch_size"], "status": p["status"], "step_time_s": step.get("median"),
+            rows.append({"batch_size": p["batch_size"], "status": p["status"],
+                         # the profile's estimate (its estimator of the timed steps), the median beside it
+                         "step_time_s": step.get("estimate", step.get("median")), "step_time_median_s": step.get("median"),
                          "step_time_p25_s": step.get("p25"), "step_time_p75_s": step.get("p75"),
                          "timed_steps": step.get("n"),
                          **{k: v for k, v in p.items() if k not in ("batch_size", "status", "step_time_s")}})
@@ -72,11 +74,17 @@ class Profile:
         return (f"Profile {self.id}: {self.workload} on {self.device}, {sizes}, saturation batch "
                 f"{self.saturation_batch if self.saturation_batch is not None else '-'}, {self.state}")
 
+    @property
+    def refusal(self) -> str | None:
+        """Why recommending from it is refused (measured under load, failing the physics check); None if it is not."""
+        return self.document.get("refusal")
+
     def __repr__(self) -> str:
-        lines = [self._summary()]
+        lines = [self._summary(), *([self.refusal] if self.refusal else [])]
         for p in self.points:
             step = p.get("step_time_s") or {}
-            lines.append(f"  batch {p['batch_size']:>6}: {p['status']}, {format_ms(step.get('median'))} ms/step, "
+            lines.append(f"  batch {p['batch_size']:>6}: {p['status']}, "
+                         f"{format_ms(step.get('estimate', step.get('median')))} ms/step, "
                          f"{grouped(p.get('samples_per_s'))} samples/s")
         return "\n".join(lines)
 

@@ -13,6 +13,7 @@ from .options import (
     launch_options,
     nproc_option,
     open_store,
+    threads_option,
     workload_options,
     workload_settings,
     tf32_option,
@@ -20,6 +21,7 @@ from .options import (
 from .output import console, detached, emit_json, finish_job, follow_job, table
 from ..format import format_bytes, format_math, format_ms, format_pct, format_si, grouped
 from ..measure.device_names import DTYPE_NAMES
+from ..curve import DEFAULT_ESTIMATOR, ESTIMATORS
 from ..measure.profile_config import WARMUP_AGREEMENT
 
 
@@ -70,8 +72,12 @@ def hardware(ctx, as_json: bool) -> None:
               help="Spread each batch size's timed steps over this many visits, every size once a round in a shuffled "
                    "order, so background load falls on all alike; 1 measures each size in one contiguous block.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--estimator", type=click.Choice(list(ESTIMATORS)), default=DEFAULT_ESTIMATOR, show_default=True,
+              help="Which statistic of a batch size's timed steps is its step time. Interference only adds time, so "
+                   "a low quantile is robust to it; the median is kept beside it either way.")
 @compile_option
 @tf32_option
+@threads_option
 @nproc_option("Data-parallel processes on this machine (gloo on CPU, NCCL on CUDA): batch sizes are global, and the step "
               "time includes the gradient all-reduce.")
 @launch_options
@@ -79,8 +85,8 @@ def hardware(ctx, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch, max_batch, dtype, memory_budget,
-            full, min_steps, min_seconds, warmup_steps, rounds, seed, compile_model, tf32, nproc, launcher, ray_address,
-            detach, as_json) -> int:
+            full, min_steps, min_seconds, warmup_steps, rounds, seed, estimator, compile_model, tf32, threads, nproc,
+            launcher, ray_address, detach, as_json) -> int:
     """Measure step time, throughput and memory against batch size (runs as a job)."""
     from .. import jobs, store
     from ..jobs.follow import describe_profile_event
@@ -91,7 +97,7 @@ def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch
     config = ProfileConfig.from_options(
         batch_sizes=batch_sizes, min_batch=min_batch, max_batch=max_batch, memory_budget=memory_budget, nproc=nproc,
         dtype=dtype, full=full, min_steps=min_steps, min_seconds=min_seconds, warmup_steps=warmup_steps, rounds=rounds,
-        seed=seed, compile=compile_model, tf32=tf32)
+        seed=seed, compile=compile_model, tf32=tf32, estimator=estimator, threads=threads)
     run_on = launcher_from_cli(launcher, ray_address)
     home = home_of(ctx)
     job_id = start_profile(home, workload, workload_settings(settings, data, label), device, config, launcher=run_on)
@@ -117,23 +123,25 @@ def print_profile(summary: dict) -> None:
         mem = format_bytes(p["peak_memory_bytes"]) + (" (est.)" if p.get("memory_is_estimate") else "")
         status = (p["status"] + (" noisy" if p.get("noisy") else "") + (" input-bound" if p.get("input_bound") else "")
                   + (" inconsistent" if p.get("inconsistent") else "") + (" under-load" if p.get("under_load") else ""))
-        rows.append([p["batch_size"], status, format_ms(st["median"]),
+        rows.append([p["batch_size"], status, format_ms(st["estimate"]), format_ms(st["median"]),
                      *([format_ms(p.get("compute_time_s"))] if with_loader else []),
                      f"{format_ms(st['p25'])}-{format_ms(st['p75'])}", st["n"], grouped(p["samples_per_s"]),
                      mem, format_si(p.get("flops_per_s"), "FLOP/s"), format_pct(p.get("background_cpu_pct"))])
     title = f"Profile {summary['profile_id']}: {summary['workload']} on {summary['device']['name']} ({summary['dtype']})"
     out = console()
-    columns = ["batch", "status", "median ms" + (" (with loader)" if with_loader else ""),
+    columns = ["batch", "status", f"step ms ({summary.get('estimator') or 'median'})", "median ms"
+               + (" (with loader)" if with_loader else ""),
                *(["compute ms"] if with_loader else []), "IQR ms", "steps", "samples/s", "peak memory", "achieved",
                "background CPU"]
     out.print(table(title, columns, rows))
-    out.print(f"saturation batch: {summary['saturation_batch']} (smallest batch at 90% of the best throughput); "
-              f"sweep stopped: {summary['stop_reason']}")
+    saturation = summary["saturation_batch"]
+    out.print(f"saturation batch: {saturation} (smallest batch at 90% of the best throughput); " if saturation is not None
+              else "saturation batch: none (every measured point is noisy: none is steady enough to be it); ",
+              f"sweep stopped: {summary['stop_reason']}", sep="")
     if summary.get("math_settings"):
         out.print(f"measured with {format_math(summary['math_settings'])}")
     if summary.get("inconsistency"):
-        out.print(f"[yellow]inconsistent: {summary['inconsistency']}; recommendations from this profile say they "
-                  f"are uncertain[/yellow]")
+        out.print(f"[yellow]inconsistent: {summary['inconsistency']}[/yellow]")
     aside = sum(p.get("loaded_visits") or 0 for p in summary["points"])
     if aside:
         out.print(f"{aside} visit{'s' if aside != 1 else ''} set aside and measured again: other processes took the "
@@ -141,6 +149,10 @@ def print_profile(summary: dict) -> None:
     if any(p.get("under_load") for p in summary["points"]):
         out.print("[yellow]under-load: other processes took the cores the steps need on every visit the sweep could "
                   "afford; those step times include the contention (profile again on a quieter machine)[/yellow]")
+    if summary.get("threads_note"):
+        out.print(f"[yellow]threads: {summary['threads_note']}[/yellow]")
+    if summary.get("refusal"):
+        out.print(f"[bold yellow]{summary['refusal']}[/bold yellow]")
     if any(p.get("input_bound") for p in summary["points"]):
         out.print("input-bound: the data loader, not the compute, limits throughput there; a larger batch will not "
                   "help until loading is faster (more num_workers, a lighter collate_fn)")

@@ -65,6 +65,11 @@ def tf32_option(fn: Callable) -> Callable:
                         help="TF32 in float32 matmuls and convolutions (Ampere and newer GPUs: several times faster, "
                              "less precise), for the profile and the runs alike. Default: the workload's tf32 field, "
                              "else torch's defaults. Recorded with every profile and run.")(fn)
+def threads_option(fn: Callable) -> Callable:
+    return click.option("--threads", metavar="N",
+                        help="torch's intra-op threads on the CPU (default: torch's, one a core). On a machine others "
+                             "keep busy, fewer threads than cores leave a core to them, so a step does not wait "
+                             "for a thread that lost its core; the runs trained from a profile use its threads.")(fn)
 
 
 def nproc_option(help: str) -> Callable[[Callable], Callable]:

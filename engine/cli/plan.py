@@ -11,6 +11,7 @@ from .options import device_option, home_of, json_option, open_store
 from .output import console, emit_json, finish_job, table, write_atomic
 from ..errors import UsageError
 from ..format import format_ms, grouped
+from ..plan.recommend import accepted_load_note
 
 
 @cli.command()
@@ -32,17 +33,20 @@ from ..format import format_ms, grouped
 @click.option("--warmup-samples", metavar="N", help="Warm-up length in samples (default: the workload's).")
 @click.option("--check-stability", is_flag=True, help="Train briefly at the chosen batch with the rate ramped past "
               "the recommendation; back off if it diverges below it.")
+@click.option("--accept-load", is_flag=True, help="Use a profile that cannot be trusted (measured under load, or "
+              "failing the physics check), which is refused otherwise; the recommendation says so wherever it is "
+              "shown and exported.")
 @device_option("Device for --estimate-noise and --check-stability.")
 @json_option
 @click.pass_context
 def recommend(ctx, profile_id, baseline_batch, baseline_lr, rule, noise_scale, estimate_noise, noise_id, curve_id,
-              memory_headroom, max_lr, warmup_samples, check_stability, device, as_json):
+              memory_headroom, max_lr, warmup_samples, check_stability, accept_load, device, as_json):
     """Recommend a batch size and learning rate from a profile, predicted to reach the target fastest."""
     from .. import store
     from ..plan.recommend import RecommendConfig
 
     config = RecommendConfig.from_options(baseline_batch, baseline_lr, rule, noise_scale, memory_headroom, max_lr,
-                                          warmup_samples)
+                                          warmup_samples, accept_load)
     home = home_of(ctx)
     rec = store.recommend_and_save(home, profile_id, config, noise_id, curve_id, estimate_noise, check_stability,
                                    device, follow=lambda job_id, what: finish_job(home, job_id, what, as_json))
@@ -67,6 +71,8 @@ def print_recommendation(rec: dict) -> None:
                     ["", "batch", "lr", "step ms", "samples/s", "throughput", "time to target", "rank", "excluded"],
                     rows))
     speed = rec["predicted_speedup"]
+    if rec.get("accepted_load"):
+        out.print(f"[bold yellow]{accepted_load_note(rec['accepted_load'])}[/bold yellow]")
     if rec.get("uncertain"):
         out.print(f"[yellow]{rec['uncertain']}[/yellow]")
     out.print(f"[bold]batch {rec['batch_size']}, learning rate {rec['learning_rate']:.4g}, warm-up "
@@ -81,8 +87,9 @@ def print_recommendation(rec: dict) -> None:
     if per_day["baseline"]:
         out.print(f"experiments per GPU-day ({rec['epochs']} epochs each): {per_day['baseline']:,.0f} at the "
                   f"baseline, {per_day['recommended']:,.0f} recommended")
+    said = {rec.get("uncertain"), accepted_load_note(rec["accepted_load"]) if rec.get("accepted_load") else None}
     for reason in rec["reasons"]:
-        if reason != rec.get("uncertain"):   # said above, where it cannot be missed
+        if reason not in said:   # said above, where it cannot be missed
             out.print(f"- {reason}")
     if rec.get("batch_schedule"):
         print_batch_schedule(rec["batch_schedule"])
@@ -121,9 +128,10 @@ def recommendations(ctx, as_json):
         click.echo("no recommendations yet: run `largestep recommend`")
         return
     rows = [[r["id"], str(r["created_at"])[:19], r["workload"], r["profile_id"], r["batch_size"],
-             f"{r['learning_rate']:.3g}", r["rule"], f"{r['speedup_time_to_target']:.2f}x"] for r in records]
+             f"{r['learning_rate']:.3g}", r["rule"], f"{r['speedup_time_to_target']:.2f}x",
+             "accepted under load" if r.get("accepted_load") else ""] for r in records]
     console().print(table("Recommendations", ["id", "created", "workload", "profile", "batch", "lr", "rule",
-                                              "predicted speedup"], rows))
+                                              "predicted speedup", "flag"], rows))
 
 
 @cli.command()

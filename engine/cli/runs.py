@@ -17,6 +17,7 @@ from .options import (
     parse_float,
     parse_nproc,
     tf32_option,
+    threads_option,
     workload_options,
     workload_settings,
 )
@@ -53,6 +54,7 @@ from ..workloads.names import SCHEDULES
 @click.option("--seed", default="0", show_default=True, metavar="S")
 @compile_option
 @tf32_option
+@threads_option
 @click.option("--repeats", default="1", show_default=True, metavar="K", help="Runs with seeds S, S+1, ... as one group.")
 @click.option("--target-val-loss", metavar="X", help="Stop when the validation loss reaches X; record the time.")
 @click.option("--eval-every", default="1", show_default=True, metavar="EPOCHS", help="Evaluation interval in epochs.")
@@ -67,13 +69,14 @@ from ..workloads.names import SCHEDULES
 @click.pass_context
 def train(ctx, workload, settings, data, label, batch_size, batch_schedule, adaptive_multiple, profile_id,
           batch_schedule_rule, lr, epochs, warmup_samples, accumulate, schedule, dtype,
-          seed, compile_model, tf32, repeats, target_val_loss, eval_every, max_steps, tags, device, nproc, launcher,
-          ray_address, detach, as_json):
+          seed, compile_model, tf32, threads, repeats, target_val_loss, eval_every, max_steps, tags, device, nproc,
+          launcher, ray_address, detach, as_json):
     """Train a workload for real at one batch size and learning rate (runs as jobs)."""
     from .. import jobs, store
     from ..jobs.ray import launcher_from_cli
     from ..jobs.start import start_train
     from ..measure.batch_schedule import ADAPTIVE, parse_batch_schedule
+    from ..measure.profile_config import parse_threads
     from ..measure.train_config import TrainConfig
     from ..units import parse_positive_int
 
@@ -92,7 +95,7 @@ def train(ctx, workload, settings, data, label, batch_size, batch_schedule, adap
         seed=parse_count(seed, "--seed"), target_val_loss=parse_float(target_val_loss, "--target-val-loss"),
         eval_every_epochs=parse_float(eval_every, "--eval-every"),
         max_steps=parse_positive_int(max_steps, "--max-steps") if max_steps is not None else None, tags=tuple(tags),
-        nproc=parse_nproc(nproc), compile=compile_model, tf32=tf32,
+        nproc=parse_nproc(nproc), compile=compile_model, tf32=tf32, threads=parse_threads(threads),
     )
     run_on = launcher_from_cli(launcher, ray_address)
     home = home_of(ctx)
@@ -303,8 +306,14 @@ def print_comparison(result: dict) -> None:
 @click.option("--max-repeats", default="10", show_default=True, metavar="K", help="With --until-decisive.")
 @click.option("--quality-tolerance", default="0.01", show_default=True, metavar="SHARE",
               help="A quality difference within this share of the baseline's value counts as no difference.")
+@click.option("--accept-load", is_flag=True, help="Recommend from the profile even if it cannot be trusted (measured "
+              "under load, failing the physics check); otherwise the autopilot waits for a quiet window, measures those "
+              "sizes again, and stops if the machine never quietens. The headline then says so.")
+@click.option("--quiet-timeout", metavar="SECONDS",
+              help="The longest to wait for a quiet window when the profile cannot be trusted (default: 600).")
 @compile_option
 @tf32_option
+@threads_option
 @device_option()
 @nproc_option("Data-parallel processes for the profile and every training run (batch sizes are global); the "
               "noise-scale estimate runs in one.")
@@ -313,7 +322,8 @@ def print_comparison(result: dict) -> None:
 @json_option
 @click.pass_context
 def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, arms, until_decisive, max_repeats,
-              quality_tolerance, compile_model, tf32, device, nproc, launcher, ray_address, detach, as_json):
+              quality_tolerance, accept_load, quiet_timeout, compile_model, tf32, threads, device, nproc, launcher,
+              ray_address, detach, as_json):
     """The whole loop headless: profile, noise scale, recommend, train the baseline and the
     recommendation (K seeds each, one after the other on the device), compare, and one headline."""
     from .. import jobs, store
@@ -322,7 +332,8 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, arms,
     from ..jobs.start import start_autopilot
 
     config = AutopilotConfig.from_options(repeats, epochs, rule, arms, until_decisive, max_repeats, quality_tolerance,
-                                          compile_model, nproc, launcher, ray_address, tf32=tf32)
+                                          compile_model, nproc, launcher, ray_address, tf32=tf32, accept_load=accept_load,
+                                          quiet_timeout=quiet_timeout, threads=threads)
     home = home_of(ctx)
     job_id = start_autopilot(home, workload, workload_settings(settings, data, label), device, config)
     store.ingest(home)
@@ -336,6 +347,8 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, arms,
         return 0
     if result["comparison"]:
         print_comparison(result["comparison"])
+    if result["headline"].get("accepted_load"):
+        console().print(f"[bold yellow]{result['headline']['accepted_load']}[/bold yellow]")
     console().print(f"[bold]{result['headline']['text']}[/bold]  (on {result['headline']['device']})")
     if result["headline"].get("schedule"):
         console().print(f"[bold]{result['headline']['schedule']['text']}[/bold]")

@@ -10,30 +10,34 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 from dataclasses import asdict, dataclass, replace
+from typing import Callable
 
 import pandas as pd
 
-from .. import jobs
-from ..errors import LargestepError, UsageError
+from .. import curve, jobs
+from ..errors import LargestepError, UnusableProfile, UsageError
 from . import events
 from .runner import JobContext
 from .start import MAX_REPEATS
 from ..measure.device_names import MAX_NPROC
-from ..measure.profile_config import MAX_SECONDS
+from ..measure.profile_config import MAX_SECONDS, check_threads, parse_threads
 from ..measure.train_config import MAX_EPOCHS
 from ..plan.compare import check_tolerance, compare_groups
-from ..plan.recommend import RULES, RecommendConfig, recommend, steps_factor
+from ..plan.recommend import RULES, RecommendConfig, accepted_load_note, recommend, steps_factor
 from ..units import check_int, check_number, check_switch
 
 __all__ = ["AutopilotConfig", "autopilot_task", "PHASES", "headline", "keep_baseline_headline", "prediction_factors",
-           "decisive"]
+           "decisive", "wait_for_quiet", "trusted_profile"]
 
 PHASES = ("profile", "noise scale", "recommendation", "training runs", "comparison")
 ARMS = ("baseline", "recommended")     # the arms an autopilot can train
 SCHEDULE_ARMS = ("baseline", "fixed", "schedule")   # ... and with a batch schedule planned from a noise curve
 CURVE_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)       # where the schedule arm's noise curve is estimated
 MAX_EPOCH_FACTOR = 3.0  # the recommended runs get at most this many times the baseline's epochs
+QUIET_TIMEOUT_S = 600.0   # an untrusted profile: the longest the autopilot waits for a quiet window before it stops
+QUIET_WINDOW_S = 5.0      # a quiet window: this long with other processes leaving the cores the steps need
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,9 @@ class AutopilotConfig:
     nproc: int = 1                        # data-parallel ranks of the profile and of every training run
     compile: bool = False                 # torch.compile the model in every step: profile, noise scale, runs
     tf32: bool | None = None              # TF32 for the profile and every run; None: the workload's field
+    accept_load: bool = False             # use the profile even if it cannot be trusted (the recommendation says so)
+    quiet_timeout_s: float = QUIET_TIMEOUT_S   # an untrusted profile: wait this long at most for a quiet window
+    threads: int | None = None            # torch's intra-op threads in the profile and every run (--threads)
 
     def validate(self) -> None:
         """The autopilot's own fields; each child job's config is validated again when it is built."""
@@ -69,6 +76,8 @@ class AutopilotConfig:
         check_tolerance(self.quality_tolerance, "--quality-tolerance")
         check_int(self.nproc, "--nproc", high=MAX_NPROC)
         check_switch(self.tf32, "--tf32")
+        check_number(self.quiet_timeout_s, "--quiet-timeout", low=0, high=MAX_SECONDS, low_inclusive=True)
+        check_threads(self.threads)
         if self.arms is not None and tuple(self.arms) not in (ARMS, SCHEDULE_ARMS):
             raise UsageError(f"--arms takes {','.join(ARMS)} (both arms, trained even when the recommendation is the "
                              f"baseline) or {','.join(SCHEDULE_ARMS)} (a third arm growing its batch on a schedule "
@@ -87,7 +96,7 @@ class AutopilotConfig:
     @classmethod
     def from_options(cls, repeats=3, epochs=None, rule="linear", arms=None, until_decisive=False, max_repeats=10,
                      quality_tolerance=0.01, compile=False, nproc=1, launcher="local", ray_address=None,
-                     **fields) -> "AutopilotConfig":
+                     accept_load=False, quiet_timeout=None, threads=None, **fields) -> "AutopilotConfig":
         """The config `largestep autopilot`'s options ask for (text, as typed) or ``largestep.autopilot``'s
         (numbers, a list of arms), validated: a one-line UsageError naming the option otherwise. ``fields``: the
         config's other fields (min_seconds, max_batch, noise_batches, tolerance), from Python."""
@@ -105,6 +114,9 @@ class AutopilotConfig:
                      arms=None if arms is None else tuple(arms) if isinstance(arms, (list, tuple)) else (arms,),
                      until_decisive=bool(until_decisive), max_repeats=parse_positive_int(max_repeats, "--max-repeats"),
                      quality_tolerance=parse_float(quality_tolerance, "--quality-tolerance"), compile=bool(compile),
+                     accept_load=bool(accept_load), threads=parse_threads(threads),
+                     quiet_timeout_s=QUIET_TIMEOUT_S if quiet_timeout is None else parse_float(quiet_timeout,
+                                                                                               "--quiet-timeout"),
                      **fields)
         config.validate()
         return config
@@ -254,9 +266,76 @@ def schedule_headline(rec: dict, comparison: dict) -> dict:
                          "quality": group.get("quality")}}
 
 
+def flagged(result: dict, rec: dict) -> dict:
+    """A headline made from a profile the user accepted though it could not be trusted carries the warning."""
+    if not rec.get("accepted_load"):
+        return result
+    return {**result, "accepted_load": accepted_load_note(rec["accepted_load"])}
+
+
+def wait_for_quiet(others_busy: Callable[[float], float | None], spare_cores: float, timeout_s: float,
+                   on_wait: Callable[[float, float | None], None] = lambda _waited, _busy: None,
+                   clock: Callable[[], float] = time.monotonic, window_s: float = QUIET_WINDOW_S) -> bool:
+    """Wait for a quiet window: ``others_busy(window_s)`` (the cores other processes kept busy over a window of
+    that many seconds) at most ``spare_cores`` (and the slack a profile allows); True as soon as one is, False
+    once ``timeout_s`` seconds have passed without one. ``on_wait(seconds waited, busy cores)`` after each window."""
+    started = clock()
+    while True:
+        busy = others_busy(window_s)
+        if busy is not None and busy <= spare_cores + curve.CONTENTION_SLACK_CORES:
+            return True
+        waited = clock() - started
+        on_wait(waited, busy)
+        if waited >= timeout_s:
+            return False
+
+
+def trusted_profile(profile: dict, accept_load: bool, timeout_s: float,
+                    wait: Callable[[float], bool], reprofile: Callable[[dict, list[int]], dict]) -> dict:
+    """The profile to recommend from: ``profile`` itself when it can be trusted (or the user accepts it);
+    else, once ``wait(timeout_s)`` finds a quiet window, ``reprofile(profile, sizes)`` of the sizes that made it
+    untrusted (under load, failing the physics check), the others carried over. Raises UnusableProfile with the
+    refusal's line when the machine never quietens within the timeout, or the re-profile cannot be trusted
+    either: the autopilot never trains on such a profile."""
+    refused = curve.refusal(profile)
+    if refused is None or accept_load:
+        return profile
+    if not wait(timeout_s):
+        raise UnusableProfile(f"the machine did not quieten within {timeout_s:.0f} s (the autopilot's "
+                              f"--quiet-timeout): {refused}", profile.get("id"))
+    again = reprofile(profile, curve.untrusted_sizes(profile))
+    refused = curve.refusal(again)
+    if refused is not None:
+        raise UnusableProfile(f"measured again in a quiet window, still: {refused}", again.get("id"))
+    return again
+
+
+def _spare_cores(profile: dict) -> float:
+    """The cores a profile's steps leave free: the machine's, less torch's threads (on a GPU, one host thread)."""
+    import os
+
+    cores = profile.get("cores") or os.cpu_count() or 1
+    ours = (profile.get("threads") or cores) if profile.get("device_kind") in (None, "cpu") else 1
+    return max(0.0, float(cores) - ours)
+
+
+_quiet_clock = time.monotonic   # the clock the wait for a quiet window reads (a test scripts it)
+
+
+def _others_busy_over(seconds: float) -> float | None:
+    """The cores other processes keep busy over the next ``seconds`` (this job's own process tree aside)."""
+    from ..measure.telemetry import WindowLoad
+
+    window = WindowLoad()
+    window.open()
+    time.sleep(seconds)
+    window.close()
+    return window.others_busy_cores()
+
+
 def autopilot_task(ctx: JobContext) -> None:
     """The body of an ``autopilot`` job."""
-    from .start import start_noise, start_noise_curve, start_profile, start_train
+    from .start import start_noise, start_noise_curve, start_profile, start_reprofile, start_train
     from ..measure.noise_args import default_warm_steps
     from ..measure.profile_config import ProfileConfig
     from ..measure.train_config import TrainConfig
@@ -295,13 +374,39 @@ def autopilot_task(ctx: JobContext) -> None:
         # profile
         profile_id = start_profile(ctx.home, spec, options, device,
                                    ProfileConfig(min_seconds=config.min_seconds, max_batch=config.max_batch,
-                                                 nproc=config.nproc, compile=config.compile, tf32=config.tf32),
+                                                 nproc=config.nproc, compile=config.compile, tf32=config.tf32,
+                                                 threads=config.threads),
                                    launcher=config.launcher)
         children.append(profile_id)
         phase("profile", 0.0, job=profile_id)
         if wait_for([profile_id], "profile") != [jobs.FINISHED]:
             raise LargestepError(f"the profile {profile_id} did not finish")
         profile = events.profile_record(events.read_all(ctx.home.job_dir(profile_id)))
+
+        def quiet_window(timeout_s: float) -> bool:
+            def waiting(waited: float, busy: float | None) -> None:
+                load = f"other processes keep {busy:.2f} cores busy" if busy is not None else "the load is unknown"
+                phase("profile", 0.5, detail=f"profile {profile['id']} cannot be trusted: waiting up to "
+                                             f"{timeout_s:.0f} s for a quiet window ({waited:.0f} s so far; {load})")
+
+            return wait_for_quiet(_others_busy_over, _spare_cores(profile), timeout_s, on_wait=waiting,
+                                  clock=_quiet_clock)
+
+        def reprofile(untrusted: dict, sizes: list[int]) -> dict:
+            again = start_reprofile(ctx.home, untrusted, sizes, device, launcher=config.launcher)
+            children.append(again)
+            phase("profile", 0.5, job=again, detail=f"measuring batch sizes {', '.join(map(str, sizes))} again")
+            if wait_for([again], "profile") != [jobs.FINISHED]:
+                raise LargestepError(f"the profile {again} did not finish")
+            return events.profile_record(events.read_all(ctx.home.job_dir(again)))
+
+        try:
+            profile = trusted_profile(profile, config.accept_load, config.quiet_timeout_s, quiet_window, reprofile)
+        except UnusableProfile as refused:   # never train on it: say why where the Overview shows it, and stop
+            ctx.spool.emit(events.AUTOPILOT_PHASE, phase="profile", index=0, untrusted=str(refused),
+                           profile_id=refused.profile_id)
+            raise
+        profile_id = profile["id"]
 
         # noise scale
         noise_id = start_noise(ctx.home, spec, options, device, batch_small=workload.baseline_batch_size,
@@ -327,13 +432,14 @@ def autopilot_task(ctx: JobContext) -> None:
 
         # recommendation
         phase("recommendation", 0.0)
-        rec = recommend(dict(profile, epochs=epochs), RecommendConfig(rule=config.rule), noise)
+        rec = recommend(dict(profile, epochs=epochs), RecommendConfig(rule=config.rule, accept_load=config.accept_load),
+                        noise)
         if config.scheduled:
             rec = with_batch_schedule(rec, curve, chosen=True)
         ctx.spool.emit(events.RECOMMENDATION, document=rec)
 
         if rec["batch_size"] == rec["baseline"]["batch_size"] and config.arms is None:
-            result = keep_baseline_headline(rec)   # nothing to verify: no second, identical arm
+            result = flagged(keep_baseline_headline(rec), rec)   # nothing to verify: no second, identical arm
             ctx.spool.emit(events.AUTOPILOT_RESULT, headline=result, comparison=None,
                            recommendation_id=rec["recommendation_id"], profile_id=profile_id, noise_id=noise_id,
                            baseline_runs=[], recommended_runs=[], epochs={"baseline": epochs}, config=asdict(config))
@@ -344,14 +450,14 @@ def autopilot_task(ctx: JobContext) -> None:
         # the device's first-in-first-out queue, so drift in the machine's load falls on both arms alike
         base = TrainConfig(batch_size=rec["baseline"]["batch_size"], lr=rec["baseline"]["learning_rate"],
                            epochs=epochs, warmup_samples=rec["warmup_samples"], nproc=config.nproc,
-                           compile=config.compile, tf32=config.tf32)
+                           compile=config.compile, tf32=config.tf32, threads=rec.get("threads"))
         factor = 1.0
         if rec.get("noise_scale"):
             b0, b, bn = rec["baseline"]["batch_size"], rec["batch_size"], rec["noise_scale"]
             factor = min(MAX_EPOCH_FACTOR, (b + bn) / (b0 + bn))  # S(B) B / S(B0) B0: the data the larger batch needs
         chosen = TrainConfig(batch_size=rec["batch_size"], lr=rec["learning_rate"], epochs=epochs * factor,
                              warmup_samples=rec["warmup_samples"], nproc=config.nproc, compile=config.compile,
-                             tf32=config.tf32)
+                             tf32=config.tf32, threads=rec.get("threads"))
         arms = {"baseline": (base, f"grp-{secrets.token_hex(4)}", []),
                 "recommended": (chosen, f"grp-{secrets.token_hex(4)}", [])}
         if config.scheduled:   # the third arm, in the same rotation
@@ -403,6 +509,7 @@ def autopilot_task(ctx: JobContext) -> None:
                   else headline(rec, comparison))
         if config.scheduled:
             result = {**result, **schedule_headline(rec, comparison)}
+        result = flagged(result, rec)
         ctx.spool.emit(events.AUTOPILOT_RESULT, headline=result, comparison=comparison,
                        recommendation_id=rec["recommendation_id"], profile_id=profile_id, noise_id=noise_id,
                        baseline_runs=baseline_ids, recommended_runs=recommended_ids,

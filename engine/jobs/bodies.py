@@ -7,6 +7,7 @@ Each body takes a :class:`largestep.jobs.JobContext`; the spool's events are wha
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import asdict
 from typing import Callable
@@ -33,17 +34,14 @@ def device_and_workload(params: dict, cache: WorkloadCache | None):
 
 def profile_config_from_params(params: dict):
     """The ProfileConfig of a profile job's params (the profiler is imported by profile jobs only)."""
-    from ..measure.profile_config import ProfileConfig
+    from ..measure.profile_config import profile_config_of
 
-    fields = {k: v for k, v in params.get("config", {}).items() if k in ProfileConfig.__dataclass_fields__}
-    if fields.get("batch_sizes") is not None:
-        fields["batch_sizes"] = tuple(fields["batch_sizes"])
-    return ProfileConfig(**fields)
+    return profile_config_of(params.get("config", {}))
 
 
 def profile_task(ctx: JobContext) -> None:
     from ..measure import telemetry
-    from ..measure.profiler import ProfilePoint, plan_batch_sizes, run_profile
+    from ..measure.profiler import ProfilePoint, plan_batch_sizes, run_profile, with_points
 
     params = ctx.params
     nproc = (params.get("config") or {}).get("nproc") or 1
@@ -54,12 +52,14 @@ def profile_task(ctx: JobContext) -> None:
             _end_profile_at_out_of_memory(ctx, oom)
         return
     ctx.progress("loading workload", 0.0)
-    device, workload = device_and_workload(params, cache_of(ctx.home))
-    info = devices.device_info(device)
     config = profile_config_from_params(params)
     config.validate()
+    use_threads(config.threads)
+    device, workload = device_and_workload(params, cache_of(ctx.home))
+    info = devices.device_info(device)
     math = devices.use_math(workload, config.tf32)   # TF32 and cuDNN as the runs it predicts will have them
     planned = plan_batch_sizes(config, workload)
+    carried = _carried_points(ctx, params.get("carry_from"), planned)
 
     sampler = telemetry.Sampler(info, on_samples=lambda samples: ctx.spool.emit(events.TELEMETRY, samples=samples),
                                 root_pid=torchrun.job_root_pid())
@@ -72,6 +72,8 @@ def profile_task(ctx: JobContext) -> None:
         warmup_samples=workload.default_warmup_samples(), weight_decay=workload.weight_decay,
         schedule=workload.schedule, decay_samples=workload.decay_samples, max_grad_norm=workload.max_grad_norm,
         telemetry_source=sampler.source, telemetry_reason=sampler.reason, versions=versions(), math_settings=math,
+        estimator=config.estimator, threads=torch_threads(), cores=os.cpu_count(),
+        carried_from=params.get("carry_from"),
     )
 
     power = telemetry.WindowPower(info, sampler)
@@ -98,6 +100,10 @@ def profile_task(ctx: JobContext) -> None:
     with sampler:
         result = run_profile(workload, device, config, on_point=on_point, telemetry_tag=tag,
                              power_between=power.mean_power_w, others_busy_cores=others.others_busy_cores)
+    if carried:
+        for point, background in carried:   # a re-profile: the other profile's points it did not measure again
+            ctx.spool.emit(events.POINT, profile_id=ctx.job_id, **point.to_dict(), **background)
+        result = with_points(result, [point for point, _ in carried])
     fit = result.memory_fit
     ctx.spool.emit(
         events.PROFILE_END, profile_id=ctx.job_id, stop_reason=result.stop_reason,
@@ -106,6 +112,32 @@ def profile_task(ctx: JobContext) -> None:
         memory_fit_slope_bytes=fit.slope_bytes if fit else None, inconsistency=result.inconsistency,
     )
     ctx.progress("done", 1.0)
+
+
+def use_threads(threads: int | None) -> None:
+    """torch's intra-op threads for this job (--threads); None leaves torch's default, one a core."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _carried_points(ctx: JobContext, carry_from: str | None, planned: list[int]) -> list:
+    """The points of profile ``carry_from`` (its spool, in this home) at the sizes this profile does not measure,
+    each with its background load: a re-profile of that profile's loaded sizes carries them over."""
+    from ..measure.profiler import ProfilePoint
+
+    if not carry_from:
+        return []
+    record = events.profile_record(events.read_all(ctx.home.job_dir(carry_from)))
+    return [(ProfilePoint.from_dict(row), {k: row.get(k) for k in events.BACKGROUND_FIELDS})
+            for row in record["points"] if row["batch_size"] not in planned]
 
 
 def _end_profile_at_out_of_memory(ctx: JobContext, oom: distributed.RankOutOfMemory) -> None:
@@ -207,10 +239,11 @@ def run_training(params: dict, emit, progress, save_to: str | None = None, cache
     from ..measure.train import TrainConfig, train
 
     progress("loading workload", 0.0)
-    device, workload = device_and_workload(params, cache)
     fields = {k: v for k, v in params["config"].items() if k in TrainConfig.__dataclass_fields__}
     fields["tags"] = tuple(fields.get("tags") or ())
     config = TrainConfig(**fields)
+    use_threads(config.threads)
+    device, workload = device_and_workload(params, cache)
     info = devices.device_info(device)
     meta = {"workload": workload.name, "workload_spec": params["workload"], "options": params.get("options") or {},
             "device": info.to_dict(), "versions": versions(), "launcher": params.get("launcher"),

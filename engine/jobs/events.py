@@ -52,7 +52,8 @@ POINT_FIELDS = ("batch_size", "status", "step_times_s", "median_s", "p25_s", "p7
                 "compile_s",                         # --compile: the compiling first step, timed apart
                 "visits", "remeasured", "inconsistent",   # interleaved rounds; the physics check
                 "others_busy_cores", "loaded_visits", "under_load",   # visits other processes contended
-                "warmup_steps")                      # untimed steps before a size's first timed ones
+                "warmup_steps",                      # untimed steps before a size's first timed ones
+                "estimate_s")                        # the step time: the profile's estimator of the raw times
 #: The background load while a run trained or a point was timed (largestep.measure.telemetry.background_load): the
 #: mean and 90th percentile of other processes' whole-machine CPU busy %, the most other processes seen on the
 #: GPU and the device memory they held. A point event and a run_end event carry them where measured.
@@ -74,7 +75,8 @@ CATALOGUE: dict[str, EventType] = {e.name: e for e in (
               ("profile_id",), ("workload", "workload_spec", "world_size", "options", "device", "config", "planned",
                                 "baseline_batch_size", "baseline_lr", "optimizer", "n_train", "epochs",
                                 "warmup_samples", "weight_decay", "telemetry_source", "telemetry_reason", "versions",
-                                "schedule", "decay_samples", "max_grad_norm", "math_settings")),
+                                "schedule", "decay_samples", "max_grad_norm", "math_settings", "estimator", "threads",
+                                "cores", "carried_from")),
     EventType(POINT, "one batch size measured (or refused: oom, over_budget, error)",
               ("profile_id", "batch_size", "status"), (*POINT_FIELDS[2:], *BACKGROUND_FIELDS)),
     EventType(PROFILE_END, "the sweep ended: why, the saturation batch, the memory fit",
@@ -102,7 +104,8 @@ CATALOGUE: dict[str, EventType] = {e.name: e for e in (
                    "final_metrics", "reached_target", "time_to_target_s", "peak_memory_bytes", "diverged",
                    "stop_reason", *BACKGROUND_FIELDS)),
     EventType(RECOMMENDATION, "the autopilot's recommendation, the whole document", ("document",)),
-    EventType(AUTOPILOT_PHASE, "the autopilot entered a phase", ("phase",), ("index", "job", "detail", "run_ids")),
+    EventType(AUTOPILOT_PHASE, "the autopilot entered a phase", ("phase",),
+              ("index", "job", "detail", "run_ids", "untrusted", "profile_id")),   # untrusted: why it stopped
     EventType(AUTOPILOT_RESULT, "the autopilot's headline and comparison",
               ("headline", "comparison"), ("recommendation_id", "profile_id", "noise_id", "baseline_runs",
                                            "recommended_runs", "epochs", "config")),
@@ -240,7 +243,8 @@ def profile_start_row(e: dict) -> dict:
             "config": config, "versions": e.get("versions") or {}, "warmup_samples": e.get("warmup_samples"),
             "weight_decay": e.get("weight_decay"), "schedule": e.get("schedule"),
             "decay_samples": e.get("decay_samples"), "max_grad_norm": e.get("max_grad_norm"),
-            "math_settings": e.get("math_settings")}
+            "math_settings": e.get("math_settings"), "estimator": e.get("estimator"), "threads": e.get("threads"),
+            "cores": e.get("cores"), "carried_from": e.get("carried_from")}
 
 
 def point_row(e: dict) -> dict:

@@ -85,15 +85,19 @@ def describe_profile_event(event: dict) -> str | None:
         rounds = f", over {event['visits']} visits" if (event.get("visits") or 1) > 1 else ""
         again = ", re-measured" if event.get("remeasured") else ""
         flag = ", inconsistent with its neighbours" if event.get("inconsistent") else ""
-        return (f"batch {event['batch_size']}: {event['median_s'] * 1e3:.2f} ms/step, "
+        step = event.get("estimate_s") or event["median_s"]   # the profile's estimate, the median in an old spool
+        return (f"batch {event['batch_size']}: {step * 1e3:.2f} ms/step, "
                 f"{event['samples_per_s']:,.0f} samples/s{bound}{rounds}{again}{load_note(event)}{flag}")
     return f"batch {event['batch_size']}: {event['status']} ({event.get('error') or ''})"
 
 
 def describe_autopilot_event(event: dict) -> str | None:
     """The autopilot's phases and its recommendation as lines; None for the rest."""
+    if event.get("type") == events.AUTOPILOT_PHASE and event.get("untrusted"):
+        return None   # why it stops: the command's error says it, once
     if event.get("type") == events.AUTOPILOT_PHASE and "job" not in event and "run_ids" not in event:
-        return f"phase: {event['phase']}"
+        # waiting for a quiet window: how long so far, and how busy the machine is
+        return f"phase: {event['phase']}" + (f": {event['detail']}" if event.get("detail") else "")
     if event.get("type") == events.AUTOPILOT_PHASE and "run_ids" in event:
         return f"phase: {event['phase']} ({', '.join(event['run_ids'])})"
     if event.get("type") == events.RECOMMENDATION:

@@ -17,7 +17,7 @@ from ..units import INT32_MAX, check_int
 
 MAX_REPEATS = 1000      # runs queued by one request (each is a job folder and a process)
 
-__all__ = ["start_profile", "start_noise", "start_noise_curve", "start_noise_request", "start_stability", "start_train", "start_autopilot", "load_checked"]
+__all__ = ["start_profile", "start_reprofile", "start_noise", "start_noise_curve", "start_noise_request", "start_stability", "start_train", "start_autopilot", "load_checked"]
 
 
 def undone_on_bad_input(home: Home):
@@ -47,25 +47,27 @@ def load_checked(home: Home, workload: str, options: dict):
 
 
 def start_profile(home: Home, workload: str, options: dict, device: str, config: ProfileConfig,
-                  launcher: dict | None = None) -> str:
+                  launcher: dict | None = None, carry_from: str | None = None) -> str:
     """Validate everything, then start a profiling job; returns its id (also the profile's id).
 
     Every check that can fail on bad input runs before the job's folder is written.
     ``config.nproc > 1``: a data-parallel profile (each batch size is a global batch split over
     the ranks; the step time includes the gradient all-reduce). ``launcher``: see
-    :func:`largestep.jobs.ray.check_launcher` (``None`` runs here).
+    :func:`largestep.jobs.ray.check_launcher` (``None`` runs here). ``carry_from``: a re-profile (see
+    :func:`start_reprofile`): the points of that profile this one does not measure are carried over.
     """
     from .ray import absolute_workload_spec, check_launcher
     from ..measure.device_names import check_nproc, lock_names
 
     config.validate()
     launcher = check_launcher(launcher, device, config.nproc)
+    carried = {"carry_from": carry_from} if carry_from else {}
     if launcher is not None:
         workload = absolute_workload_spec(workload)
         home.check()
         check_database_file(home.database)
         params = {"workload": workload, "options": dict(options), "device": device, "config": asdict(config),
-                  "launcher": launcher}
+                  "launcher": launcher, **carried}
         return jobs.submit(home, "profile", params, device="ray", workload=workload, launcher="ray")
     check_nproc(config.nproc, device)
     resolved = device_names.resolve_name(device)
@@ -74,7 +76,8 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
     check_database_file(home.database)
     with undone_on_bad_input(home):
         loaded = load_checked(home, workload, options)  # a bad workload fails here, before anything is written
-        params = {"workload": workload, "options": dict(options), "device": resolved, "config": asdict(config)}
+        params = {"workload": workload, "options": dict(options), "device": resolved, "config": asdict(config),
+                  **carried}
         if min(plan_batch_sizes(config, loaded), default=loaded.n_train + 1) > loaded.n_train:
             raise UsageError(f"every batch size to profile is larger than the {loaded.n_train} training samples of "
                              f"{loaded.name}; use batch sizes up to {loaded.n_train}")
@@ -86,6 +89,23 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
                 raise UsageError(f"no batch size to profile is divisible by --nproc {config.nproc}")
     return jobs.submit(home, "profile", params, device=resolved, workload=loaded.name,
                        locks=lock_names(resolved, config.nproc))
+
+
+def start_reprofile(home: Home, profile: dict, batch_sizes: list[int], device: str,
+                    launcher: dict | None = None) -> str:
+    """Measure again the ``batch_sizes`` of a stored ``profile`` (a record as
+    :func:`largestep.store.load_profile` or :func:`largestep.jobs.events.profile_record` gives it: the sizes
+    it measured under load, or that failed the physics check), with its workload, options and config, on
+    ``device`` (the one it was measured on, as its job was asked); its other points are carried over, so the
+    new profile is whole. Returns its id."""
+    from ..measure.profile_config import profile_config_of
+
+    if not batch_sizes:
+        raise UsageError(f"profile {profile.get('id')} has no batch size to measure again")
+    config = profile_config_of(profile.get("config") or {}, batch_sizes=tuple(sorted(batch_sizes)))
+    spec = profile.get("workload_spec") or profile.get("workload")
+    return start_profile(home, spec, profile.get("options") or {}, device, config, launcher=launcher,
+                         carry_from=profile["id"])
 
 
 def start_noise(home: Home, workload: str, options: dict, device: str, batch_small: int | None = None,

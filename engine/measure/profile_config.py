@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from ..curve import DEFAULT_ESTIMATOR, ESTIMATORS
 from ..errors import UsageError
 from .device_names import DTYPE_NAMES, MAX_NPROC
 from ..units import INT64_MAX, check_int, check_number, check_switch
@@ -14,13 +15,15 @@ from ..units import INT64_MAX, check_int, check_number, check_switch
 if TYPE_CHECKING:
     from ..workloads.base import Workload
 
-__all__ = ["DTYPES", "MAX_ROUNDS", "MAX_SECONDS", "MAX_STEPS", "WARMUP_AGREEMENT", "ProfileConfig", "plan_batch_sizes"]
+__all__ = ["DTYPES", "MAX_ROUNDS", "MAX_SECONDS", "MAX_STEPS", "MAX_THREADS", "WARMUP_AGREEMENT", "ProfileConfig",
+           "plan_batch_sizes", "check_threads", "parse_threads", "profile_config_of"]
 
 DTYPES = DTYPE_NAMES
 MAX_STEPS = 1_000_000      # timed or warm-up steps per batch size, at most
 MAX_SECONDS = 86_400.0     # timed seconds per batch size, at most (a day)
 MAX_ROUNDS = 100           # interleaved visits per batch size, at most
 WARMUP_AGREEMENT = 0.10    # warm-up ends at a step not faster than the one before it by more than this share
+MAX_THREADS = 1024         # --threads, at most
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class ProfileConfig:
     rounds: int = 3                     # the timed steps of each size are spread over this many visits, in
                                         # shuffled order with the others; 1: one contiguous block per size
     remeasure: int = 2                  # a point that cannot be physics is measured again at most this often
+    estimator: str = DEFAULT_ESTIMATOR  # which statistic of a size's raw step times is its step time (largestep.curve)
+    threads: int | None = None          # torch's intra-op threads on the CPU; None: torch's default (one a core).
+                                        # Set in the job; the runs trained from the profile use the same
 
     def validate(self) -> None:
         """Every field against its meaning and the column it lands in, before any job is written."""
@@ -86,13 +92,17 @@ class ProfileConfig:
         check_int(self.rounds, "--rounds", high=MAX_ROUNDS)
         check_switch(self.tf32, "--tf32")
         check_int(self.remeasure, "--remeasure", low=0, high=MAX_ROUNDS)
+        if self.estimator not in ESTIMATORS:
+            raise UsageError(f"--estimator must be one of {', '.join(ESTIMATORS)}, not {self.estimator!r}")
+        check_threads(self.threads)
 
     @classmethod
     def from_options(cls, batch_sizes=None, min_batch=None, max_batch=None, memory_budget=None, nproc=1,
-                     **fields) -> "ProfileConfig":
+                     threads=None, **fields) -> "ProfileConfig":
         """The config `largestep profile`'s options ask for (text, as typed) or ``largestep.profile``'s (numbers, a
         list of batch sizes), validated: a one-line UsageError naming the option otherwise. ``fields``: the
-        config's other fields (dtype, full, min_steps, min_seconds, warmup_steps, rounds, seed, compile)."""
+        config's other fields (dtype, full, min_steps, min_seconds, warmup_steps, rounds, seed, compile,
+        estimator)."""
         from ..units import parse_batch_sizes, parse_positive_int, parse_size
 
         if batch_sizes is not None and (min_batch is not None or max_batch is not None):
@@ -105,7 +115,7 @@ class ProfileConfig:
             min_batch=parse_positive_int(min_batch, "--min-batch") if min_batch is not None else None,
             max_batch=parse_positive_int(max_batch, "--max-batch") if max_batch is not None else 65536,
             memory_budget_bytes=parse_size(memory_budget) if memory_budget is not None else None,
-            nproc=parse_positive_int(nproc, "--nproc"), **fields)
+            nproc=parse_positive_int(nproc, "--nproc"), threads=parse_threads(threads), **fields)
         config.validate()
         return config
 
@@ -130,3 +140,29 @@ def plan_batch_sizes(config: ProfileConfig, workload: "Workload") -> list[int]:
     if config.include_baseline and low <= baseline <= config.max_batch:
         sizes.append(baseline)
     return sorted({b for b in sizes if b % config.nproc == 0})  # every rank takes an equal share
+
+
+def parse_threads(text: str | int | None) -> int | None:
+    """--threads as typed (or given from Python): None (torch's default) or a whole number from 1 to MAX_THREADS."""
+    from ..units import parse_positive_int
+
+    if text is None:
+        return None
+    threads = parse_positive_int(text, "--threads")
+    check_threads(threads)
+    return threads
+
+
+def check_threads(threads: int | None) -> None:
+    """--threads: None (torch's default) or a whole number of threads from 1 to MAX_THREADS."""
+    if threads is not None:
+        check_int(threads, "--threads", high=MAX_THREADS)
+
+
+def profile_config_of(fields: dict, **changes) -> ProfileConfig:
+    """The ProfileConfig a stored config (a job's params, a profile's ``config`` column) describes, with
+    ``changes``; fields it does not know (from another version) are left out."""
+    known = {k: v for k, v in {**fields, **changes}.items() if k in ProfileConfig.__dataclass_fields__}
+    if known.get("batch_sizes") is not None:
+        known["batch_sizes"] = tuple(known["batch_sizes"])
+    return ProfileConfig(**known)

@@ -23,9 +23,13 @@ quick first pass in increasing order finds the range (the out-of-memory ceiling,
 plateau, the dataset size); then each round visits every batch size found, in a shuffled order,
 for its share of the steps, until each has at least ``min_steps`` steps and ``min_seconds``
 seconds, so drift and background load fall on all sizes alike. Then the physics check
-(:func:`physics_problems`): a step time that falls as the batch grows beyond its quartiles, or a
-point far above its neighbours' trend, cannot be the hardware; such points are measured again
-(``remeasure``), and a profile that stays inconsistent is flagged with the reason.
+(:func:`largestep.curve.physics_problems`): throughput rising faster than the batch between two sizes (a
+step time falling by more than the machine's quiet spread), or a point far above its neighbours' trend,
+cannot be the hardware; such points are measured again (``remeasure``), and a profile that stays
+inconsistent is flagged with the reason.
+
+A point's step time is the config's ``estimator`` of its raw times (:mod:`largestep.curve`: by default a low
+quantile, as interference only ever adds time), with the median and quartiles beside it.
 
 Dataset workloads are timed twice per batch size: the step as training runs it, the batch read
 through the workload's DataLoader (workers, collate_fn, pinning) and copied to the device inside
@@ -66,6 +70,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .. import curve
 from ..errors import Cancelled
 from . import devices
 from . import distributed as ddp_util
@@ -80,6 +85,7 @@ __all__ = [
     "MemoryFit",
     "plan_batch_sizes",
     "run_profile",
+    "with_points",
     "saturation_batch",
     "fit_memory",
     "physics_problems",
@@ -98,15 +104,12 @@ SIZING_STEPS = 3           # GPU: untimed steps, each between two syncs, whose f
 MAX_SCALER_BACKOFFS = 32   # fp16: extra warm-up steps while the loss scaler still skips updates, at most
 QUIET_PATIENCE = 2         # interleaved, a size is visited up to this many times its rounds while other processes
                            # contend for the cores it needs, so that its timed steps come from uncontended visits
-CONTENTION_SLACK_CORES = 0.25   # other processes may keep this much of a core busy beyond the spare cores (system
-                                # daemons, the sampler's neighbours) before a visit counts as contended
+CONTENTION_SLACK_CORES = curve.CONTENTION_SLACK_CORES   # beyond the spare cores, before a visit counts as contended
+MAX_REASONS = 2            # an inconsistent profile's flag names this many of its physics problems, then counts the rest
 REVISIT_WARMUP_STEPS = 1   # untimed steps when a visit returns to a batch size the shared model already ran (an
                            # accelerator: its kernels' queue and caches; on the CPU none: the median of a size's
                            # steps leaves out one slower first step)
 
-# The physics check's allowances for what a real step-time curve may do:
-FALL_SLACK = 0.05          # a larger batch may be this much faster (kernel choice) before it counts as falling
-TREND_SLACK = 0.25         # a point may lie this far above the chord of its neighbours (a cache cliff)
 
 
 @dataclass(frozen=True)
@@ -115,10 +118,11 @@ class ProfilePoint:
     status: str                          # ok | oom | over_budget | error
     step_times_s: tuple[float, ...] = ()  # raw, one per timed block of steps (Dataset workloads: loader included)
     median_s: float | None = None
+    estimate_s: float | None = None      # the step time: the config's estimator of the raw times (see largestep.curve)
     p25_s: float | None = None
     p75_s: float | None = None
     noisy: bool = False                  # IQR/median above the config's threshold
-    samples_per_s: float | None = None
+    samples_per_s: float | None = None   # batch_size / estimate_s
     peak_memory_bytes: int | None = None
     memory_is_estimate: bool = False     # CPU: parameters + grads + optimizer state + saved activations
     predicted_memory_bytes: int | None = None  # from the fit, for points refused before running
@@ -726,15 +730,19 @@ def _start_clock(device: torch.device, batch_size: int, telemetry_tag: Callable[
 
 
 def _with_statistics(point: ProfilePoint, times: list[float] | tuple[float, ...], config: ProfileConfig) -> ProfilePoint:
-    """``point`` with its raw step times and everything derived from them."""
-    median, p25, p75 = (float(v) for v in np.percentile(times, [50, 25, 75]))
+    """``point`` with its raw step times and everything derived from them: the step time (the config's
+    estimator) and what follows from it, the median and quartiles beside it."""
+    times = [float(t) for t in times]
+    p25, median, p75 = curve.quartiles(times)
+    step = curve.estimate(times, config.estimator)
     flops, power, compute = point.flops_per_step, point.mean_power_w, point.compute_median_s
     return replace(
-        point, step_times_s=tuple(times), median_s=median, p25_s=p25, p75_s=p75,
+        point, step_times_s=tuple(times), median_s=median, p25_s=p25, p75_s=p75, estimate_s=step,
         noisy=median > 0 and (p75 - p25) / median > config.noisy_iqr_ratio,
-        samples_per_s=point.batch_size / median if median > 0 else None,
-        flops_per_s=(flops / median) if flops and median > 0 else None,
-        energy_per_sample_j=(power * median / point.batch_size) if power is not None else None,
+        samples_per_s=point.batch_size / step if step > 0 else None,
+        flops_per_s=(flops / step) if flops and step > 0 else None,
+        energy_per_sample_j=(power * step / point.batch_size) if power is not None else None,
+        # both the loader-included and the compute-only step are medians (a visit reports its compute median)
         input_bound=compute is not None and median > config.input_bound_ratio * compute,
     )
 
@@ -779,13 +787,11 @@ def _needs_more(visits: list[ProfilePoint], config: ProfileConfig) -> bool:
 # -- judgement over points ---------------------------------------------------------------------
 
 
-def saturation_batch(points: list[ProfilePoint] | tuple[ProfilePoint, ...], share: float = 0.9) -> int | None:
-    """The smallest batch reaching ``share`` of the best measured throughput."""
-    ok = [p for p in points if p.status == OK and p.samples_per_s]
-    if not ok:
-        return None
-    best = max(p.samples_per_s for p in ok)
-    return min(p.batch_size for p in ok if p.samples_per_s >= share * best)
+def saturation_batch(points: list[ProfilePoint] | tuple[ProfilePoint, ...], share: float = 0.9,
+                     noisy_threshold: float = curve.NOISY_IQR_RATIO) -> int | None:
+    """The smallest batch reaching ``share`` of the best measured throughput, never a noisy point
+    (see :func:`largestep.curve.saturation_batch`)."""
+    return curve.saturation_batch(points, share, noisy_threshold)
 
 
 def fit_memory(points: list[ProfilePoint] | tuple[ProfilePoint, ...]) -> MemoryFit | None:
@@ -796,34 +802,11 @@ def fit_memory(points: list[ProfilePoint] | tuple[ProfilePoint, ...]) -> MemoryF
     return MemoryFit(float(intercept), float(slope))
 
 
-def physics_problems(points: list[ProfilePoint] | tuple[ProfilePoint, ...]) -> list[tuple[int, str]]:
-    """(batch size, why) of each point whose step time cannot be the hardware's.
-
-    - falling: a larger batch whose quartiles lie wholly below a smaller one's (beyond FALL_SLACK):
-      more work in less time means the smaller batch was slowed down, or the larger one had the
-      machine to itself; both are named, as either could be the one that is wrong;
-    - above the trend: step time is a convex function of the batch (flat while the device is
-      underused, then growing), so a point lies at or below the chord between its neighbours; one
-      whose lower quartile is above the chord of their upper quartiles (beyond TREND_SLACK) was slowed.
-    """
-    ok = sorted((p for p in points if p.status == OK and p.median_s and p.p25_s is not None and p.p75_s is not None),
-                key=lambda p: p.batch_size)
-    problems: dict[int, str] = {}
-    for small, large in zip(ok, ok[1:]):
-        if large.p75_s < small.p25_s * (1 - FALL_SLACK):
-            why = (f"step time falls from {small.median_s * 1e3:.3g} ms at batch {small.batch_size} to "
-                   f"{large.median_s * 1e3:.3g} ms at {large.batch_size}, beyond their quartiles")
-            problems.setdefault(small.batch_size, why)
-            problems.setdefault(large.batch_size, why)
-    for left, point, right in zip(ok, ok[1:], ok[2:]):
-        share = (point.batch_size - left.batch_size) / (right.batch_size - left.batch_size)
-        chord = left.p75_s + share * (right.p75_s - left.p75_s)
-        if point.p25_s > chord * (1 + TREND_SLACK):
-            problems.setdefault(point.batch_size, (
-                f"batch {point.batch_size}'s {point.median_s * 1e3:.3g} ms lies above its neighbours' trend "
-                f"({left.median_s * 1e3:.3g} ms at {left.batch_size}, {right.median_s * 1e3:.3g} ms at "
-                f"{right.batch_size})"))
-    return sorted(problems.items())
+def physics_problems(points: list[ProfilePoint] | tuple[ProfilePoint, ...],
+                     noisy_threshold: float = curve.NOISY_IQR_RATIO) -> list[tuple[int, str]]:
+    """(batch size, why) of each point whose step time cannot be the hardware's: see
+    :func:`largestep.curve.physics_problems`."""
+    return curve.physics_problems(points, noisy_threshold)
 
 
 def _plateaued(points: list[ProfilePoint], gain: float, doublings: int) -> bool:
@@ -894,14 +877,14 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
             points = [measured.get(p.batch_size, p) for p in points]
             # the physics check: what cannot be the hardware is measured again, in rounds of its own
             for attempt in range(1, config.remeasure + 1):
-                suspects = ddp_util.agree([b for b, _ in physics_problems(points)])   # rank 0's times decide
+                suspects = ddp_util.agree([b for b, _ in physics_problems(points, config.noisy_iqr_ratio)])   # rank 0's times decide
                 if not suspects:
                     break
                 visits.expected += config.rounds * len(suspects)
                 again = yield from _rounds(suspects, config, lambda b: measure(b, config.visit()), visits, attempt)
                 points = [again.get(p.batch_size, p) for p in points]
-        inconsistency = _inconsistency(points, interleaved, config.remeasure)
-        flagged = set(ddp_util.agree([b for b, _ in physics_problems(points)]))
+        inconsistency = _inconsistency(points, interleaved, config.remeasure, config.noisy_iqr_ratio)
+        flagged = set(ddp_util.agree([b for b, _ in physics_problems(points, config.noisy_iqr_ratio)]))
         for point in points:
             if point.batch_size in flagged:
                 yield replace(point, inconsistent=True), visits.done, visits.expected
@@ -918,7 +901,7 @@ def spare_cores(device: torch.device, config: ProfileConfig) -> float:
     """The CPU cores the profile's steps leave free: the machine's, less torch's intra-op threads on
     each rank (on the CPU), or one host thread a rank (on a GPU). Other processes busy beyond these
     take cores the steps need, and the steps stall."""
-    ours = torch.get_num_threads() if torch.device(device).type == "cpu" else 1
+    ours = (config.threads or torch.get_num_threads()) if torch.device(device).type == "cpu" else 1
     return max(0.0, float(os.cpu_count() or 1) - ours * config.nproc)
 
 
@@ -1021,15 +1004,17 @@ def _point_when_measured(visits: list[ProfilePoint], config: ProfileConfig) -> P
     return None
 
 
-def _inconsistency(points: list[ProfilePoint], interleaved: bool, remeasure: int) -> str | None:
+def _inconsistency(points: list[ProfilePoint], interleaved: bool, remeasure: int,
+                   noisy_threshold: float = curve.NOISY_IQR_RATIO) -> str | None:
     """Why the profile's step times cannot all be physics, in one line; None when they can."""
-    problems = physics_problems(points)
+    problems = physics_problems(points, noisy_threshold)
     if not problems:
         return None
     reasons = list(dict.fromkeys(why for _, why in problems))
+    shown = reasons[:MAX_REASONS] + ([f"{len(reasons) - MAX_REASONS} more"] if len(reasons) > MAX_REASONS else [])
     tries = (f"after {remeasure} re-measure{'s' if remeasure != 1 else ''}" if interleaved
              else "measured contiguously, without re-measuring")
-    return "; ".join(reasons) + f" ({tries}: background load or drift, not the hardware)"
+    return "; ".join(shown) + f" ({tries}: background load or drift, not the hardware)"
 
 
 def _agree_on_status(point: ProfilePoint) -> ProfilePoint:
@@ -1045,6 +1030,18 @@ def _agree_on_status(point: ProfilePoint) -> ProfilePoint:
             if status != OK:
                 return replace(point, status=status, error=f"rank {r}: {error}")
     return point
+
+
+def with_points(result: ProfileResult, carried: list[ProfilePoint]) -> ProfileResult:
+    """``result`` with ``carried`` points (another profile's, at sizes this one did not measure) among its own,
+    and judged again over them all: the saturation batch, the memory fit, the physics check."""
+    config = result.config
+    points = sorted([*result.points, *carried], key=lambda p: p.batch_size)
+    return replace(result, points=tuple(points),
+                   saturation_batch=saturation_batch(points, noisy_threshold=config.noisy_iqr_ratio),
+                   memory_fit=fit_memory(points),
+                   inconsistency=_inconsistency(points, config.rounds > 1 and not config.compile, config.remeasure,
+                                                config.noisy_iqr_ratio))
 
 
 def run_profile(workload: Workload, device: torch.device, config: ProfileConfig,
@@ -1068,7 +1065,8 @@ def run_profile(workload: Workload, device: torch.device, config: ProfileConfig,
     points = [by_batch[b] for b in sorted(by_batch)]
     return ProfileResult(
         workload=workload.name, device=devices.device_info(device).to_dict(), config=config,
-        points=tuple(points), stop_reason=reason, saturation_batch=saturation_batch(points),
+        points=tuple(points), stop_reason=reason,
+        saturation_batch=saturation_batch(points, noisy_threshold=config.noisy_iqr_ratio),
         memory_fit=fit_memory(points), started_at=started, ended_at=time.time(), n_train=workload.n_train,
         inconsistency=inconsistency,
     )

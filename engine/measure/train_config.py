@@ -9,6 +9,7 @@ from ..errors import UsageError
 from . import batch_schedule
 from .batch_schedule import DEFAULT_ADAPTIVE_MULTIPLE
 from .device_names import MAX_NPROC
+from .profile_config import MAX_THREADS
 from ..units import INT64_MAX, check_int, check_number, check_switch
 from ..workloads.names import SCHEDULES
 
@@ -29,6 +30,7 @@ class TrainConfig:
     dtype: str = "fp32"                    # "fp32" | "bf16" | "fp16" (autocast)
     compile: bool = False                  # torch.compile the model, compiled before the clock starts
     tf32: bool | None = None               # TF32 in float32 matmuls and convolutions; None: the workload's field
+    threads: int | None = None             # torch's intra-op threads on the CPU (--threads); None: torch's default
     seed: int = 0                          # model initialisation and data order
     eval_every_epochs: float = 1.0         # evaluate this often (in epochs); also at the end
     log_every_steps: int | None = None     # None: about 20 logs per epoch
@@ -65,6 +67,8 @@ class TrainConfig:
             raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         check_int(self.seed, "--seed", low=0)
         check_switch(self.tf32, "--tf32")
+        if self.threads is not None:
+            check_int(self.threads, "--threads", high=MAX_THREADS)
         if self.batch_schedule is not None and self.adaptive_batches is not None:
             raise UsageError("give a batch schedule or adaptive, not both")
         if self.batch_schedule is not None:

@@ -22,7 +22,8 @@ The document's layout (see :func:`config_document`)::
     workload:    name, spec, options
     training:    batch_size (global), micro_batch_size, gradient_accumulation_steps, devices,
                  learning_rate, optimizer {name, weight_decay[, momentum][, factory]}, warmup_steps,
-                 warmup_samples, schedule, [decay_samples, decay_steps (wsd)], [max_grad_norm], epochs, dtype
+                 warmup_samples, schedule, [decay_samples, decay_steps (wsd)], [max_grad_norm], epochs, dtype,
+                 [threads (--threads the profile measured with)]
     scaling:     rule, lr_per_sample, lr_scale, param_groups, baseline {batch_size, learning_rate},
                  noise_scale, assumed_perfect_scaling
 
@@ -30,7 +31,8 @@ An optimizer factory (``optimizer.name`` "factory:<function>") sets each paramet
 relative to the rate it is given, so every group scales by the same ``lr_scale``; the snippets
 call the factory with ``LEARNING_RATE``. Schedules (constant, cosine, linear, wsd) are defined in
 samples by the workload and given here in optimizer steps at the recommended batch.
-    measured_on: profile_id, noise_id, device {id, name, kind}
+    measured_on: profile_id, noise_id, device {id, name, kind}, [estimator], [accepted_load: why the
+                 profile could not be trusted, when the recommendation was made with --accept-load]
     prediction:  speedup_throughput, speedup_time_to_target,
                  experiments_per_gpu_day {baseline, recommended}
     batch_schedule (only when the recommendation planned one from a noise curve):
@@ -226,6 +228,12 @@ def config_document(rec: dict, devices: int | None = None, micro_batch: int | No
             },
         },
     }
+    if rec.get("threads"):   # --threads the profile measured with: the run should train on as many
+        doc["training"]["threads"] = int(rec["threads"])
+    if rec.get("estimator"):
+        doc["measured_on"]["estimator"] = rec["estimator"]   # which statistic of the steps is the step time
+    if rec.get("accepted_load"):   # made from a profile that could not be trusted: why, wherever it goes
+        doc["measured_on"]["accepted_load"] = rec["accepted_load"]
     if rec.get("batch_schedule"):
         doc["batch_schedule"] = _batch_schedule_section(rec["batch_schedule"])
     return doc
@@ -379,6 +387,8 @@ def _header(doc: dict) -> list[str]:
         f"{train['learning_rate']:.6g} after {train['warmup_steps']} warm-up steps "
         f"({train['warmup_samples']} samples), then {train['schedule']}",
     ]
+    if on.get("accepted_load"):
+        lines.insert(0, f"ACCEPTED UNDER LOAD (--accept-load): {_clean(on['accepted_load'])}")
     pred = doc["prediction"]
     if pred["speedup_time_to_target"] is not None or pred["speedup_throughput"] is not None:
         parts = []
@@ -940,6 +950,8 @@ def _cli(doc: dict) -> str:
         argv += ["--schedule", t["schedule"]]
     if t["dtype"] != "fp32":
         argv += ["--dtype", t["dtype"]]
+    if t.get("threads"):
+        argv += ["--threads", str(t["threads"])]
     device = doc["measured_on"]["device"]["id"]
     if device and device != "auto" and t["devices"] == 1:  # one device id cannot name several
         argv += ["--device", str(device)]

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from .recommend import steps_factor
+from .recommend import step_time, steps_factor
 
 __all__ = ["PlanConfig", "PlanRow", "Plan", "plan_experiments", "SECONDS_PER_HOUR"]
 
@@ -94,7 +94,7 @@ def plan_experiments(profile: dict, config: PlanConfig, baseline_batch: int | No
     been measured. Raises UsageError, saying how to fix it, when the plan cannot be made.
     """
     config.validate()
-    measured = {p["batch_size"]: p["median_s"] for p in profile.get("points", [])
+    measured = {p["batch_size"]: step_time(p) for p in profile.get("points", [])
                 if p.get("status") == "ok" and p.get("median_s")}
     if not measured:
         raise UsageError(f"profile {profile.get('id')} has no measured batch sizes; run `largestep profile` again")

@@ -20,13 +20,14 @@ import secrets
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
+from .. import curve
 from ..about import __version__
-from ..errors import UsageError
+from ..errors import UnusableProfile, UsageError
 from ..format import format_bytes
 from ..units import INT64_MAX, check_int
 
 __all__ = ["RecommendConfig", "Candidate", "recommend", "scale_lr", "warmup_steps", "memory_safe_batches",
-           "SECONDS_PER_DAY", "RULES"]
+           "SECONDS_PER_DAY", "RULES", "step_time", "accepted_load_note"]
 
 RULES = ("linear", "sqrt")
 SECONDS_PER_DAY = 86_400.0
@@ -42,10 +43,12 @@ class RecommendConfig:
     memory_headroom: float = 0.9          # candidates use at most this share of the device's memory
     max_lr: float | None = None           # never recommend a learning rate above this
     warmup_samples: int | None = None     # default: the workload's warm-up, in samples
+    accept_load: bool = False             # use a profile that cannot be trusted (under load, not physics); the
+                                          # recommendation then carries why it could not be (accepted_load)
 
     @classmethod
     def from_options(cls, baseline_batch=None, baseline_lr=None, rule="linear", noise_scale=None, memory_headroom=0.9,
-                     max_lr=None, warmup_samples=None) -> "RecommendConfig":
+                     max_lr=None, warmup_samples=None, accept_load=False) -> "RecommendConfig":
         """The config `largestep recommend`'s options ask for (text, as typed) or ``largestep.recommend``'s
         (numbers), validated: a one-line UsageError naming the option otherwise."""
         from ..units import parse_count, parse_float, parse_positive_int
@@ -55,7 +58,8 @@ class RecommendConfig:
             baseline_lr=parse_float(baseline_lr, "--baseline-lr"), rule=rule,
             noise_scale=parse_float(noise_scale, "--noise-scale"),
             memory_headroom=parse_float(memory_headroom, "--memory-headroom"), max_lr=parse_float(max_lr, "--max-lr"),
-            warmup_samples=parse_count(warmup_samples, "--warmup-samples") if warmup_samples is not None else None)
+            warmup_samples=parse_count(warmup_samples, "--warmup-samples") if warmup_samples is not None else None,
+            accept_load=bool(accept_load))
         config.validate()
         return config
 
@@ -159,12 +163,17 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
     ok = {p["batch_size"]: p for p in profile["points"] if p["status"] == "ok" and p.get("median_s")}
     if not ok:
         raise UsageError(f"profile {profile['id']} has no measured batch sizes; run `largestep profile` again")
+    noisy_threshold = (profile.get("config") or {}).get("noisy_iqr_ratio", curve.NOISY_IQR_RATIO) \
+        if isinstance(profile.get("config"), dict) else curve.NOISY_IQR_RATIO
     b0 = config.baseline_batch or profile.get("baseline_batch_size")
     lr0 = config.baseline_lr or profile.get("baseline_lr")
     if b0 not in ok:
         measured = ", ".join(str(b) for b in sorted(ok))
         raise UsageError(f"baseline batch {b0} was not measured in profile {profile['id']} (measured: {measured}); "
                          f"profile it with --batch-sizes {b0},...")
+    refused = curve.refusal(profile)   # after the user's own input is checked: a typo is told first
+    if refused is not None and not config.accept_load:
+        raise UnusableProfile(refused, profile["id"])
     noise_scale = config.noise_scale
     noise_id = noise_interval = None
     if noise_scale is None and noise is not None and noise.get("b_simple"):
@@ -178,12 +187,13 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
         warmup = profile.get("warmup_samples") or (profile.get("n_train") or 0) // 20
     train_samples = (profile.get("epochs") or 1) * (profile.get("n_train") or 0)
 
-    t0 = ok[b0]["median_s"]
+    t0 = step_time(ok[b0])
     base_steps = steps_factor(b0, noise_scale)
     candidates: list[Candidate] = []
     for b in sorted(ok):
         point = ok[b]
-        t = point["median_s"]
+        t = step_time(point)
+        spread = _spread(point)
         lr = scale_lr(lr0, b0, b, config.rule)
         excluded = None
         if b < b0:
@@ -196,6 +206,9 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
             excluded = f"learning rate {lr:.3g} above --max-lr {config.max_lr:g}"
         elif noise_scale is None and saturation is not None and b > saturation:
             excluded = f"past the saturation batch {saturation} (perfect scaling is only assumed up to it)"
+        elif spread is not None and spread > noisy_threshold:
+            excluded = (f"noisy: its steps spread {spread:.0%} of their median (IQR), above {noisy_threshold:.0%}; "
+                        f"its step time is no figure to rank")
         ratio = (steps_factor(b, noise_scale) / base_steps) * (t / t0) if excluded is None else None
         run_time = None
         if train_samples and excluded is None:
@@ -225,12 +238,16 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
     uncertain = _uncertainty(profile)
     if uncertain:
         reasons.insert(0, uncertain)
+    accepted = accepted_load_note(refused) if refused is not None else None
+    if accepted:
+        reasons.insert(0, accepted)
 
     baseline_run = train_samples / b0 * t0 if train_samples else None
     rec_run = chosen.run_time_s if chosen.batch_size != b0 else baseline_run
 
-    def quartiles(point: dict) -> tuple[float, float]:
-        return (point.get("p25_s") or point["median_s"], point.get("p75_s") or point["median_s"])
+    def quartiles(point: dict) -> tuple[float, float]:   # the spread of the steps, the step time inside it
+        t = step_time(point)
+        return (min(t, point.get("p25_s") or t), max(t, point.get("p75_s") or t))
 
     interval = predicted_interval(b0, chosen.batch_size, noise_scale, noise_interval, quartiles(ok[b0]),
                                   quartiles(ok[chosen.batch_size]))
@@ -267,8 +284,36 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
         "candidates": [asdict(c) for c in candidates],
         "reasons": reasons,
         "uncertain": uncertain,
+        # the profile could not be trusted and the user accepted it: why, carried wherever this is shown
+        "accepted_load": refused,
+        "estimator": profile.get("estimator") or "median",
+        # torch's threads the profile measured with (--threads), which the runs trained from it use too
+        "threads": _profile_threads(profile),
         "stability": None,
     }
+
+
+def step_time(point: dict) -> float:
+    """A stored point's step time: its estimate (the profile's estimator), or its median in a profile
+    stored before estimates."""
+    return point.get("estimate_s") or point["median_s"]
+
+
+def _spread(point: dict) -> float | None:
+    p25, p75, median = point.get("p25_s"), point.get("p75_s"), point.get("median_s")
+    return (p75 - p25) / median if p25 is not None and p75 is not None and median else None
+
+
+def accepted_load_note(refused: str) -> str:
+    """The line a recommendation made from an untrusted profile carries first, wherever it is shown."""
+    why = refused.split(": ", 1)[1] if ": " in refused else refused
+    why = why.split("; rerun on a quiet machine")[0]
+    return f"accepted under load (--accept-load): {why}; its step times may not be the hardware's"
+
+
+def _profile_threads(profile: dict) -> int | None:
+    config = profile.get("config") or {}
+    return config.get("threads") if isinstance(config, dict) else None
 
 
 def _uncertainty(profile: dict) -> str | None:
@@ -303,6 +348,7 @@ def _reasons(candidates, chosen, best, tied, b0, saturation, noise_scale, config
     by_memory = [c for c in above if c.excluded and c.excluded.startswith("peak memory")]
     by_lr = [c for c in above if c.excluded and c.excluded.startswith("learning rate")]
     by_saturation = [c for c in above if c.excluded and c.excluded.startswith("past the saturation")]
+    by_noise = [c for c in above if c.excluded and c.excluded.startswith("noisy")]
     if noise_scale is None:
         reasons.append("no gradient-noise-scale estimate: perfect scaling (steps fall as 1/B) was assumed up to the "
                        "saturation batch; run `largestep noise` or pass --estimate-noise for a sharper prediction")
@@ -314,6 +360,9 @@ def _reasons(candidates, chosen, best, tied, b0, saturation, noise_scale, config
                        f"{config.memory_headroom:.0%} of the device's {format_bytes(memory_total)}")
     if by_lr:
         reasons.append(f"max lr: batch {by_lr[0].batch_size} would need a learning rate above {config.max_lr:g}")
+    if by_noise:
+        reasons.append(f"noisy: the steps of batch {', '.join(str(c.batch_size) for c in by_noise)} spread too widely "
+                       f"to rank them (a busy machine); profile again when it is quieter")
     if noise_scale is not None:
         verdict = "beyond it each doubling of the batch needs nearly as many steps"
         reasons.append(f"noise scale: B_noise is about {noise_scale:,.0f}; below it larger batches cut the steps "

@@ -404,6 +404,9 @@ def _on_recommendation(con, job_id: str, events: list[dict], report: IngestRepor
 def _on_autopilot_phase(con, job_id: str, events: list[dict], report: IngestReport) -> None:
     e = events[-1]
     _upsert_autopilot(con, job_id, e["t"], phase=e.get("phase"))
+    for e in events:   # it stopped on a profile that could not be trusted: why, and which profile
+        if e.get("untrusted"):
+            _upsert_autopilot(con, job_id, e["t"], untrusted=e["untrusted"], profile_id=e.get("profile_id"))
 
 
 def _on_autopilot_result(con, job_id: str, events: list[dict], report: IngestReport) -> None:
@@ -459,14 +462,17 @@ def save_recommendation_row(con, rec: dict) -> None:
 
 def _insert_recommendation(con, rec: dict) -> None:
     con.execute(
-        "INSERT INTO recommendations VALUES (?, CAST(? AS TIMESTAMPTZ), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-        "?, ?, ?)",
+        "INSERT INTO recommendations (id, created_at, profile_id, noise_id, stability_id, workload, device_id, "
+        "batch_size, learning_rate, warmup_steps, rule, baseline_batch_size, baseline_lr, noise_scale, "
+        "speedup_throughput, speedup_time_to_target, experiments_per_day_baseline, experiments_per_day_recommended, "
+        "document, accepted_load) VALUES (?, CAST(? AS TIMESTAMPTZ), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+        "?, ?, ?, ?)",
         [rec["recommendation_id"], rec["created_at"], rec["profile_id"], rec.get("noise_id"),
          (rec.get("stability") or {}).get("id"), rec.get("workload"), rec["device"].get("id"), rec["batch_size"],
          rec["learning_rate"], rec["warmup_steps"], rec["rule"], rec["baseline"]["batch_size"],
          rec["baseline"]["learning_rate"], rec.get("noise_scale"), rec["predicted_speedup"]["throughput"],
          rec["predicted_speedup"]["time_to_target"], rec["experiments_per_gpu_day"]["baseline"],
-         rec["experiments_per_gpu_day"]["recommended"], json.dumps(rec, default=str)],
+         rec["experiments_per_gpu_day"]["recommended"], json.dumps(rec, default=str), rec.get("accepted_load")],
     )
     _insert_rows(con, "recommendation_candidates",
                  [{"recommendation_id": rec["recommendation_id"], **c} for c in rec["candidates"]])

@@ -395,6 +395,22 @@ def m014_math_settings(con: duckdb.DuckDBPyConnection) -> None:
     # {matmul_allow_tf32, cudnn_allow_tf32, cudnn_benchmark, float32_matmul_precision}; NULL: recorded before
     con.execute("ALTER TABLE profiles ADD COLUMN math_settings JSON")
     con.execute("ALTER TABLE runs ADD COLUMN math_settings JSON")
+def m015_trusted_profiles(con: duckdb.DuckDBPyConnection) -> None:
+    # A point's step time is a robust estimate of its raw steps (interference only adds time), the median
+    # kept beside it; the profile records which estimator it used (NULL: profiled before, the median)
+    con.execute("ALTER TABLE profile_points ADD COLUMN estimate_s DOUBLE")
+    con.execute("ALTER TABLE profiles ADD COLUMN estimator VARCHAR")        # median | p25 | p10 | min | ...
+    # torch's intra-op threads the steps ran on (--threads, else torch's default) and the machine's cores:
+    # threads and other processes' busy cores beyond the cores make a step wait for a descheduled thread
+    con.execute("ALTER TABLE profiles ADD COLUMN threads INTEGER")
+    con.execute("ALTER TABLE profiles ADD COLUMN cores INTEGER")
+    # a re-profile of another profile's loaded sizes carries its other points over (NULL: a profile of its own)
+    con.execute("ALTER TABLE profiles ADD COLUMN carried_from VARCHAR")
+    # a recommendation made from a profile that could not be trusted, because the user accepted it
+    # (--accept-load): why the profile was refused; NULL when it was trusted
+    con.execute("ALTER TABLE recommendations ADD COLUMN accepted_load VARCHAR")
+    # an autopilot that stopped because its profile could not be trusted and the machine never quietened: the line
+    con.execute("ALTER TABLE autopilots ADD COLUMN untrusted VARCHAR")
 
 
 def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[str, Migration]] | None = None) -> list[str]:

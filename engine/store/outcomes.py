@@ -11,6 +11,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from .. import curve
 from ..errors import LargestepError, UsageError
 from ..home import Home, check_database_file
 
@@ -82,8 +83,9 @@ def profile_summary(profile: dict) -> dict:
     for p in profile["points"]:
         points.append({
             "batch_size": p["batch_size"], "status": p["status"],
-            "step_time_s": {"median": p.get("median_s"), "p25": p.get("p25_s"), "p75": p.get("p75_s"),
-                            "n": p.get("n") or 0},
+            # the step time is the profile's estimator of the timed steps; the median and quartiles beside it
+            "step_time_s": {"estimate": p.get("estimate_s") or p.get("median_s"), "median": p.get("median_s"),
+                            "p25": p.get("p25_s"), "p75": p.get("p75_s"), "n": p.get("n") or 0},
             "samples_per_s": p.get("samples_per_s"), "peak_memory_bytes": p.get("peak_memory_bytes"),
             "memory_is_estimate": p.get("memory_is_estimate"), "flops_per_step": p.get("flops_per_step"),
             "flops_per_s": p.get("flops_per_s"), "energy_per_sample_j": p.get("energy_per_sample_j"),
@@ -114,6 +116,11 @@ def profile_summary(profile: dict) -> dict:
         "started_at": profile.get("started_at"), "ended_at": profile.get("ended_at"), "points": points,
         "inconsistency": profile.get("inconsistency"),
         "math_settings": profile.get("math_settings"),   # TF32 and cuDNN as measured (None: recorded before)
+        "estimator": profile.get("estimator") or "median", "threads": profile.get("threads"),
+        "cores": profile.get("cores"), "carried_from": profile.get("carried_from"),
+        # why the profile cannot be used for recommending (`recommend` refuses it unless --accept-load); and
+        # whether torch's threads and other processes' busy cores exceed the machine's (then --threads)
+        "refusal": curve.refusal(profile), "threads_note": curve.threads_note(profile),
     }
 
 

@@ -174,7 +174,7 @@ def read_recommendation(home, rec_id: str = "latest") -> dict:
 def list_recommendations(con) -> pd.DataFrame:
     return con.execute(
         "SELECT id, created_at, workload, profile_id, noise_id, batch_size, learning_rate, warmup_steps, rule, "
-        "baseline_batch_size, baseline_lr, speedup_throughput, speedup_time_to_target FROM recommendations "
+        "baseline_batch_size, baseline_lr, speedup_throughput, speedup_time_to_target, accepted_load FROM recommendations "
         "ORDER BY created_at DESC").df()
 
 

@@ -8,6 +8,7 @@ status file, so a closed tab loses nothing: reopening reads the same place.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -18,12 +19,13 @@ from ..errors import LargestepError, UsageError
 from ..home import Home
 from ..jobs.autopilot import ARMS, PHASES, SCHEDULE_ARMS, AutopilotConfig
 from ..plan import compare
+from ..plan.recommend import accepted_load_note
 from .widgets import TABLE_WORKLOAD, Metric, cancel, device_options
 
 __all__ = [
     "START_MESSAGE", "PHASE_HELP", "MAX_REPEATS", "WorkloadChoice", "workload_choices", "AutopilotForm",
     "autopilot_request", "submit_autopilot", "AutopilotChoice", "autopilot_choices", "PhaseView", "AutopilotView",
-    "autopilot_view", "headline_metrics", "unfinished_runs", "cancel", "device_options"
+    "autopilot_view", "headline_metrics", "unfinished_runs", "cancel", "device_options", "restart_autopilot"
 ]
 
 START_MESSAGE = ("Nothing measured here yet. Pick a workload above and press **Profile & train**: largestep "
@@ -206,6 +208,8 @@ class AutopilotView:
     runs: pd.DataFrame | None = None
     run_ids: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)   # runs that did not finish, and so weigh nothing
+    untrusted: str | None = None      # it stopped: its profile could not be trusted and the machine never quietened
+    accepted_load: str | None = None  # its recommendation came from a profile accepted though untrusted
 
     @property
     def good_news(self) -> bool:
@@ -244,7 +248,11 @@ def autopilot_view(home: Home, autopilot_id: str | None = None, ingest: bool = T
         caption=_caption(job, state), error=job.get("error") if state not in (jobs.FINISHED, *LIVE_STATES) else None,
         recommendation=_recommendation_text(rec) if rec else None,
         run_ids=list(row.get("baseline_runs") or []) + list(row.get("recommended_runs") or []),
+        untrusted=row.get("untrusted"),
+        accepted_load=accepted_load_note(rec["accepted_load"]) if rec and rec.get("accepted_load") else None,
     )
+    if view.untrusted and view.error == view.untrusted:
+        view.error = None   # said in its warning box, with the button to profile again
     headline, comparison = row.get("headline"), row.get("comparison")
     if headline:
         view.headline = headline
@@ -254,6 +262,27 @@ def autopilot_view(home: Home, autopilot_id: str | None = None, ingest: bool = T
         view.runs = pd.DataFrame(compare.comparison_runs(comparison))
         view.warnings = unfinished_runs(comparison)
     return view
+
+
+def restart_autopilot(home: Home, autopilot_id: str) -> str:
+    """Start the autopilot again as it was asked for (its workload, device and config): it profiles afresh,
+    and waits for a quiet window again should that profile not be trusted either. Returns the new id."""
+    from ..jobs import start as actions  # imports torch and the workloads: only when something is launched
+
+    with store.connect(home) as con:
+        job = store.get_job(con, autopilot_id)
+    spec = (job or {}).get("spec")
+    spec = json.loads(spec) if isinstance(spec, str) else (spec or {})
+    params = spec.get("params") or {}
+    if not job or job.get("kind") != "autopilot" or not params.get("workload"):
+        raise UsageError(f"no autopilot {autopilot_id!r} to start again")
+    known = {k: v for k, v in (params.get("autopilot") or {}).items() if k in AutopilotConfig.__dataclass_fields__}
+    if known.get("arms") is not None:
+        known["arms"] = tuple(known["arms"])
+    job_id = actions.start_autopilot(home, params["workload"], params.get("options") or {}, params["device"],
+                                     AutopilotConfig(**known))
+    store.ingest(home)
+    return job_id
 
 
 def _caption(job: dict, state: str) -> str:

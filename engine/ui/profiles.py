@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from .. import jobs, store
+from .. import curve, jobs, store
 from ..errors import UsageError
 from ..format import byte_unit, format_bytes, format_math, format_pct, significant
 from ..home import Home
@@ -168,6 +168,8 @@ class ProfileView:
     table: pd.DataFrame
     figures: dict[str, go.Figure] = field(default_factory=dict)   # name -> figure, in display order
     inconsistency: str | None = None  # the step times stayed inconsistent with physics: why
+    untrusted: str | None = None      # why it cannot be used for recommending (under load, not physics), what to do
+    threads_note: str | None = None   # torch's threads and others' busy cores exceed the machine's: --threads
 
 
 def profile_view(home: Home, profile_id: str | None, overlay_ids: tuple[str, ...] = ()) -> ProfileView | None:
@@ -198,15 +200,18 @@ def profile_view(home: Home, profile_id: str | None, overlay_ids: tuple[str, ...
     figures["telemetry"] = charts.telemetry_figure(telemetry)
     return ProfileView(profile=profile, live=live, caption=profile_caption(profile),
                        metrics=profile_metrics(profile, points), table=points_table(points), figures=figures,
-                       inconsistency=inconsistency_text(profile))
+                       inconsistency=inconsistency_text(profile),
+                       untrusted=curve.refusal(profile, accept=f"pass --accept-load to `largestep recommend`, or "
+                                                               f"tick **Accept the load** on the Recommend page"),
+                       threads_note=curve.threads_note(profile))
 
 
 def inconsistency_text(profile: dict) -> str | None:
     """The flag an inconsistent profile carries, as the page and the CLI say it; None for a consistent one."""
     if not isinstance(profile.get("inconsistency"), str):
         return None
-    return (f"Inconsistent profile: {profile['inconsistency']}. Recommendations from it say they are uncertain; "
-            f"profile again when the machine is quieter.")
+    return (f"Inconsistent profile: {profile['inconsistency']}. Recommending from it is refused unless the load "
+            f"is accepted; profile again when the machine is quieter.")
 
 
 def overlay_label(profile: dict) -> str:
@@ -256,8 +261,8 @@ def profile_metrics(profile: dict, points: pd.DataFrame) -> list[Metric]:
     return metrics
 
 
-POINT_COLUMNS = ["batch", "status", "median (ms)", "IQR (ms)", "samples/s", "peak memory", "GFLOP/s", "steps",
-                 "noisy", "background CPU", "note"]
+POINT_COLUMNS = ["batch", "status", "step (ms)", "median (ms)", "IQR (ms)", "samples/s", "peak memory", "GFLOP/s",
+                 "steps", "noisy", "background CPU", "note"]
 
 
 def points_table(points: pd.DataFrame | None) -> pd.DataFrame:
@@ -266,7 +271,7 @@ def points_table(points: pd.DataFrame | None) -> pd.DataFrame:
         return pd.DataFrame(columns=POINT_COLUMNS)
     frame = points.sort_values("batch_size")
     num = {c: pd.to_numeric(frame[c], errors="coerce").astype(float) if c in frame else pd.Series(float("nan"), index=frame.index)
-           for c in ("median_s", "p25_s", "p75_s", "samples_per_s", "peak_memory_bytes", "flops_per_s",
+           for c in ("median_s", "estimate_s", "p25_s", "p75_s", "samples_per_s", "peak_memory_bytes", "flops_per_s",
                      "predicted_memory_bytes", "n")}
     divisor, unit = byte_unit(num["peak_memory_bytes"].max() if num["peak_memory_bytes"].notna().any() else None)
     estimate = "memory_is_estimate" in frame and bool(frame["memory_is_estimate"].fillna(False).astype(bool).any())
@@ -289,6 +294,8 @@ def points_table(points: pd.DataFrame | None) -> pd.DataFrame:
     table = pd.DataFrame({
         "batch": frame["batch_size"].astype(int).to_numpy(),
         "status": frame["status"].astype(str).to_numpy(),
+        # the step time: the profile's estimator of the timed steps (a profile stored before estimates: the median)
+        "step (ms)": significant(num["estimate_s"].fillna(num["median_s"]) * 1e3),
         "median (ms)": significant(num["median_s"] * 1e3),
         "IQR (ms)": significant((num["p75_s"] - num["p25_s"]) * 1e3),
         "samples/s": num["samples_per_s"].round(0).to_numpy(),

@@ -6,16 +6,17 @@ Bad input raises :class:`largestep.errors.UsageError` with a message that says h
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from .. import jobs, store
+from .. import curve, jobs, store
 from ..errors import UsageError
 from ..format import format_bytes, format_count, format_duration, format_number, plural
 from ..home import Home
-from ..plan.recommend import RULES, RecommendConfig, recommend
+from ..plan.recommend import RULES, RecommendConfig, accepted_load_note, recommend
 from ..plan.schedule import with_batch_schedule
 from .charts import recommend as reccharts
 from .widgets import (
@@ -32,7 +33,8 @@ __all__ = [
     "RECOMMEND_START", "NOISE_MODES", "RecommendForm", "recommend_config", "compute_recommendation",
     "profile_defaults", "NoiseChoice", "noise_choices", "start_noise_estimate", "NoiseProgress", "noise_progress",
     "RecommendationView", "recommendation_view", "ScheduleView", "schedule_view", "candidates_table", "highlight_roles", "RULES", "device_options",
-    "downloads", "latest_recommendation_for", "load_recommendation", "profile_choices"
+    "downloads", "latest_recommendation_for", "load_recommendation", "profile_choices", "start_reprofile",
+    "ACCEPT_LOAD_LABEL"
 ]
 
 
@@ -59,6 +61,7 @@ class RecommendForm:
     noise_scale: str = ""                 # with noise_mode "manual"
     memory_headroom: float = 0.9
     max_lr: str = ""                      # empty: no cap
+    accept_load: bool = False             # use a profile that cannot be trusted; the recommendation says so
 
 
 def recommend_config(form: RecommendForm) -> tuple[RecommendConfig, str | None]:
@@ -84,7 +87,7 @@ def recommend_config(form: RecommendForm) -> tuple[RecommendConfig, str | None]:
         baseline_batch=int(form.baseline_batch) if form.baseline_batch else None,
         baseline_lr=parse_optional_float(form.baseline_lr, "the baseline learning rate"),
         rule=form.rule, noise_scale=noise_scale, memory_headroom=float(headroom),
-        max_lr=parse_optional_float(form.max_lr, "max lr"),
+        max_lr=parse_optional_float(form.max_lr, "max lr"), accept_load=bool(form.accept_load),
     )
     config.validate()
     return config, noise_id
@@ -113,7 +116,29 @@ def profile_defaults(home: Home, profile_id: str) -> dict | None:
     return {"workload": profile.get("workload"), "workload_spec": profile.get("workload_spec"),
             "baseline_batch": profile.get("baseline_batch_size"), "baseline_lr": profile.get("baseline_lr"),
             "measured": measured, "device_total_memory_bytes": profile.get("device_total_memory_bytes"),
-            "device_name": profile.get("device_name"), "state": profile.get("state"), "epochs": profile.get("epochs")}
+            "device_name": profile.get("device_name"), "state": profile.get("state"), "epochs": profile.get("epochs"),
+            # a profile that cannot be trusted: why (the warning box), and the sizes a re-profile measures again
+            "refusal": curve.refusal(profile, accept=f"tick **{ACCEPT_LOAD_LABEL}**"),
+            "untrusted": curve.untrusted_sizes(profile), "threads_note": curve.threads_note(profile)}
+
+
+ACCEPT_LOAD_LABEL = "Accept the load"
+
+
+def start_reprofile(home: Home, profile_id: str) -> str:
+    """Measure again the sizes that make the profile untrusted (under load, failing the physics check), on the
+    device its job was asked for, its other points carried over; returns the new profile's id."""
+    from ..jobs.start import start_reprofile as start
+
+    with store.connect(home) as con:
+        profile = store.load_profile(con, profile_id)
+        job = store.get_job(con, profile_id) if profile is not None else None
+    if profile is None:
+        raise UsageError(f"no profile {profile_id!r}")
+    spec = job.get("spec") if job else None
+    spec = json.loads(spec) if isinstance(spec, str) else (spec or {})
+    device = (spec.get("params") or {}).get("device") or profile.get("device_kind") or "auto"
+    return start(home, profile, curve.untrusted_sizes(profile), device)
 
 
 @dataclass(frozen=True)
@@ -203,6 +228,7 @@ class RecommendationView:
     figure: go.Figure
     notes: list[str] = field(default_factory=list)
     uncertain: str | None = None          # the profile stayed inconsistent: why the ranking is not to be trusted
+    accepted_load: str | None = None      # made from an untrusted profile the user accepted: the warning it carries
     schedule: ScheduleView | None = None
 
 
@@ -254,7 +280,10 @@ def recommendation_view(rec: dict) -> RecommendationView:
         metrics.append(Metric("Runs per GPU-day", format_count(per_day["recommended"]),
                               f"training runs of {rec.get('epochs') or 1} epochs per GPU-day; "
                               f"{format_count(per_day['baseline'])} at the baseline"))
-    notes = []
+    estimator = rec.get("estimator") or "median"
+    notes = [f"Each batch size's step time is {curve.ESTIMATORS.get(estimator, estimator)} (`{estimator}`)."]
+    if rec.get("threads"):
+        notes.append(f"Measured on {plural(rec['threads'], 'torch thread')} (--threads): train with as many.")
     if rec.get("assumed_perfect_scaling"):
         notes.append("No noise-scale estimate: perfect scaling was assumed up to the saturation batch.")
     else:
@@ -263,6 +292,7 @@ def recommendation_view(rec: dict) -> RecommendationView:
     return RecommendationView(rec=rec, headline=headline, metrics=metrics, reasons=list(rec.get("reasons") or []),
                               candidates=candidates_table(rec), figure=reccharts.time_to_target_figure(rec),
                               notes=notes, uncertain=rec.get("uncertain"),
+                              accepted_load=accepted_load_note(rec["accepted_load"]) if rec.get("accepted_load") else None,
                               schedule=schedule_view(rec["batch_schedule"]) if rec.get("batch_schedule") else None)
 
 

@@ -15,12 +15,13 @@ from datetime import datetime, timezone
 import pandas as pd
 import plotly.graph_objects as go
 
-from .. import store
+from .. import curve, store
 from ..about import __version__
 from ..errors import UsageError
 from ..format import format_count, format_number
 from ..home import Home
 from ..plan.compare import compare_groups, comparison_table
+from ..plan.recommend import accepted_load_note
 from . import profiles as views
 from .charts import profile as charts
 from .charts import recommend as reccharts
@@ -154,7 +155,11 @@ def _profile_section(profile: dict, points: pd.DataFrame) -> str:
         charts.memory_figure(points, profile.get("memory_fit_intercept_bytes"), profile.get("memory_fit_slope_bytes"),
                              profile.get("memory_budget_bytes")),
     ]
-    out = ["<section id='profile'><h2>Profile</h2>", f"<p>{_e(caption)}</p>", "<div class='grid'>"]
+    out = ["<section id='profile'><h2>Profile</h2>", f"<p>{_e(caption)}</p>"]
+    untrusted = curve.refusal(profile)
+    if untrusted:   # shown where the curve is, never as if it were sound
+        out.append(f"<p><b>{_e(untrusted)}</b></p>")
+    out.append("<div class='grid'>")
     out += [_figure(fig, f"chart-profile-{i}") for i, fig in enumerate(figures)]
     out.append("</div>")
     out.append(_table(views.points_table(points)))
@@ -166,6 +171,7 @@ def _recommendation_section(rec: dict) -> str:
     noise = ("perfect scaling assumed (no noise-scale estimate)" if rec.get("assumed_perfect_scaling")
              else f"gradient noise scale B_noise ≈ {rec['noise_scale']:,.0f}")
     out = ["<section id='recommendation'><h2>Recommendation</h2>",
+           *([f"<p><b>{_e(accepted_load_note(rec['accepted_load']))}</b></p>"] if rec.get("accepted_load") else []),
            f"<p>Batch <b>{rec['batch_size']}</b> at learning rate <b>{rec['learning_rate']:.4g}</b> "
            f"({_e(rec['rule'])} rule), optimizer {_e(rec.get('optimizer'))}, warm-up {rec['warmup_steps']} step{'' if rec['warmup_steps'] == 1 else 's'}; "
            f"{_e(noise)}; saturation batch {_e(rec.get('saturation_batch'))}.</p>",

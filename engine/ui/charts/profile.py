@@ -83,6 +83,14 @@ def step_time_figure(points: pd.DataFrame | None, uirevision: str | None = None)
         hovertemplate="batch %{x}<br>median %{y:.3g} ms<br>p25..p75 %{customdata[0]:.3g}..%{customdata[1]:.3g} ms"
                       "<br>%{customdata[2]} timed steps<extra></extra>",
     ))
+    estimate_ms = numeric(ok, "estimate_s") * 1e3
+    if estimate_ms.notna().any() and not np.allclose(estimate_ms.fillna(median_ms), median_ms):
+        # the step time the profile uses (its estimator, robust to interference), beside the median
+        fig.add_trace(go.Scatter(
+            x=batch, y=estimate_ms, mode="lines+markers", name="step time (the profile's estimate)",
+            line=dict(color=BLUE, dash="dot"), marker=dict(symbol="diamond-open"),
+            hovertemplate="batch %{x}<br>estimate %{y:.3g} ms<extra></extra>",
+        ))
     b_min, t_min = float(batch.iloc[0]), float(median_ms.iloc[0])
     reference = t_min * batch / b_min
     fig.add_trace(go.Scatter(
