@@ -395,6 +395,9 @@ def m014_math_settings(con: duckdb.DuckDBPyConnection) -> None:
     # {matmul_allow_tf32, cudnn_allow_tf32, cudnn_benchmark, float32_matmul_precision}; NULL: recorded before
     con.execute("ALTER TABLE profiles ADD COLUMN math_settings JSON")
     con.execute("ALTER TABLE runs ADD COLUMN math_settings JSON")
+
+
+@migration
 def m015_trusted_profiles(con: duckdb.DuckDBPyConnection) -> None:
     # A point's step time is a robust estimate of its raw steps (interference only adds time), the median
     # kept beside it; the profile records which estimator it used (NULL: profiled before, the median)
