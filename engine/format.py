@@ -137,6 +137,8 @@ def unreadable_runs(run_ids: Iterable[str]) -> str | None:
     shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
     return (f"{plural(len(ids), 'run')} could not be read ({shown}): listed as FAILED; `largestep doctor` says "
             f"why and what to do")
+
+
 def format_math(settings: dict | None) -> str:
     """TF32 and cuDNN as a profile or run recorded them (largestep.measure.devices.math_settings), in one line:
     "TF32 on (matmul and cuDNN), float32 matmul precision high, cuDNN autotuning off"."""

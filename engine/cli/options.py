@@ -65,6 +65,8 @@ def tf32_option(fn: Callable) -> Callable:
                         help="TF32 in float32 matmuls and convolutions (Ampere and newer GPUs: several times faster, "
                              "less precise), for the profile and the runs alike. Default: the workload's tf32 field, "
                              "else torch's defaults. Recorded with every profile and run.")(fn)
+
+
 def threads_option(fn: Callable) -> Callable:
     return click.option("--threads", metavar="N",
                         help="torch's intra-op threads on the CPU (default: torch's, one a core). On a machine others "
