@@ -1,8 +1,9 @@
 """What enters the database: job spools, ingested idempotently, and the recommendations the CLI saves.
 
 Ingest reads each spool from its saved byte offset to the last full line (with the one reader of
-:mod:`largestep.jobs.events`), bulk-inserts (a column a bound list, one statement a table, never row by
-row; no pandas, whose import alone would double a command's start), and records the new offset in the
+:mod:`largestep.jobs.events`), bulk-inserts (one statement a table, never row by row: a column a NumPy array
+through DuckDB's NumPy scan where a statement has many values, a bound list where it has few; no pandas,
+whose import alone would double a command's start), and records the new offset in the
 same transaction, so running it again, or from several processes in turn, never
 duplicates or loses a row. Each event becomes rows through the same ``*_row`` functions the
 autopilot uses to read its children's spools.
@@ -296,7 +297,7 @@ def _incoming(con, columns: dict[str, list]) -> Iterator[tuple[str, list]]:
 
 
 def _arrays(columns: dict[str, list]) -> dict | None:
-    """The columns as one-dimensional NumPy arrays (of Python objects where values are missing or of mixed
+    """The columns as one-dimensional NumPy arrays (of Python objects where values are text, missing or of mixed
     types), or None where DuckDB's NumPy scan would read a value otherwise than it reads a bound list: NaN
     (the scan reads it as NULL) and lists or objects in a cell."""
     import numpy as np
@@ -309,6 +310,8 @@ def _arrays(columns: dict[str, list]) -> dict | None:
             return None
         if array.ndim != 1:
             return None
+        if array.dtype.kind in "US":   # fixed-width text, which DuckDB reads far slower than the str objects
+            array = np.array(values, dtype=object)
         if array.dtype.kind == "f" and np.isnan(array).any():
             return None
         if array.dtype.kind == "O" and any(value != value or isinstance(value, (list, dict)) for value in values):
