@@ -275,7 +275,10 @@ def main() -> int:
                 # bounded at 4096 (fraud-gru's throughput plateaus by 1024 on the development machine), so that a
                 # loaded machine's noise cannot carry the plateau search on to batch 32,768
                 swept = sweep(args.workload, 2 if args.floor else 1, home=home, options=QUICK_SWEEP)
-            finally:
+            finally:   # also when interrupted (bench/suite.py ends a benchmark past its time so): nothing left running
+                for job_dir in home.jobs.iterdir() if home.jobs.is_dir() else ():
+                    if jobs.derive_state(job_dir) not in jobs.FINAL_STATES:
+                        jobs.cancel(home, job_dir.name)
                 forkserver.stop(home)
         figures.append(_start_figure(start, args.quick, args.floor))
         shares = [r["outside_share"] for r in swept.values()]

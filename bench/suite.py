@@ -38,7 +38,7 @@ SUITE = {   # name: (script, what its figures compare)
 # The quick set: one benchmark a figure family. The Dataset bench (another 30 s) runs with `./dev bench --quick
 # dataset` and in the full run.
 QUICK = ["ingest", "profiler", "train", "track", "dead_time"]
-TIMEOUT_S = {True: 300, False: 7200}   # a benchmark still running after this (quick, full) is ended and failed
+TIMEOUT_S = {True: 600, False: 7200}   # a benchmark still running after this (quick, full) is ended and failed
 QUICK_BUDGET_S = 90
 
 
@@ -65,12 +65,26 @@ def run(name: str, quick: bool, floor: bool) -> tuple[int, dict | None]:
     except subprocess.TimeoutExpired:
         print(f"    {name} ran past {TIMEOUT_S[quick]} s: ended", flush=True)
         code = -1
-    finally:   # also on Ctrl-C: the benchmark's whole process group
+    finally:   # also on Ctrl-C
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait()
+            end(proc)
     reader.join(timeout=5)
     return code, reported[-1] if reported else None
+
+
+def end(proc: subprocess.Popen) -> None:
+    """End a benchmark's whole process group: an interrupt first, as Ctrl-C (a command cancels the job it follows,
+    a benchmark stops the launcher it started), then a kill."""
+    for sig, grace_s in ((signal.SIGINT, 30), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def main() -> int:
