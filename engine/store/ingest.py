@@ -271,11 +271,12 @@ def _insert_rows(con, table: str, rows: list[dict], columns: list[str] | None = 
     return len(rows)
 
 
-#: From this many values, columns go to DuckDB as NumPy arrays through its NumPy scan (each column converted
-#: in C, about ten times faster than DuckDB binding a list's values one by one); below it as bound lists,
-#: unnested: importing NumPy (about 40 ms) would cost a command following a small job more than it saves. Not
-#: Arrow: pyarrow imports pandas to build an array from a list. bench/bench_ingest.py --candidates measures them.
-NUMPY_FROM_VALUES = 50_000
+#: From this many values, columns go to DuckDB as NumPy arrays through its NumPy scan (each column converted in
+#: C, four to five times faster than DuckDB binding a list's values one by one); below it as bound lists,
+#: unnested: there the time saved is less than importing NumPy costs a command following a small job (the two
+#: cross at 100,000 to 150,000 values). Not Arrow: pyarrow imports pandas to build an array from a list.
+#: bench/bench_ingest.py --candidates measures them.
+NUMPY_FROM_VALUES = 100_000
 _INCOMING = "_largestep_incoming"
 
 
