@@ -8,7 +8,7 @@
     share of it spent outside the timed steps (start-up, data generation, warm-up, FLOP
     counting, ingest).
 
-``--quick``: (a) alone at batch 128, 5 rounds of 0.3 s a side, on one torch thread (on a shared machine two threads
+``--quick``: (a) alone at batch 128, 5 rounds of 0.5 s a side, on one torch thread (on a shared machine two threads
 stall whenever another process takes a core, which no ordering of rounds evens out); the sweep's dead time is
 bench_dead_time.py's.
 ``--floor``: ``blocked_autorange`` on both sides, the machine's own disagreement in the same minute.
@@ -118,7 +118,7 @@ def main() -> int:
     args = parser.parse_args()
     quick_rounds(args.quick)
     if args.quick:
-        args.batches, args.rounds, args.seconds, args.skip_sweep = "128", 5, 0.3, True
+        args.batches, args.rounds, args.seconds, args.skip_sweep = "128", 5, 0.5, True
         torch.set_num_threads(1)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)

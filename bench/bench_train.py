@@ -9,7 +9,8 @@
 (b) ingest: bench_ingest.py's (a), run from here too: metric rows/s of ``store.ingest`` from spools shaped
     like a training run's against DuckDB's own insert of the same rows from an Arrow table.
 
-``--quick``: (a) alone at batch 128, 5 rounds of 0.5 s a side, on one torch thread (see bench_profiler.py).
+``--quick``: (a) alone at batch 128, 5 rounds of 1 s a side (shorter runs weigh the loop's set-up, which a job pays
+once, as if a step paid it), on one torch thread (see bench_profiler.py).
 ``--floor``: the bare loop on both sides of (a).
 
     python bench/bench_train.py [--workload fraud-gru] [--batches 128,4096] [--rounds 3] [--seconds 4]
@@ -127,7 +128,7 @@ def main() -> int:
     args = parser.parse_args()
     quick_rounds(args.quick)
     if args.quick:
-        args.batches, args.rounds, args.seconds, args.skip_ingest = "128", 5, 0.5, True
+        args.batches, args.rounds, args.seconds, args.skip_ingest = "128", 5, 1.0, True
         torch.set_num_threads(1)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, Python {platform.python_version()}", flush=True)
