@@ -17,8 +17,12 @@ All figures are ratios measured in the same run, so a busy machine slows both si
     training runs' wall time (training steps and evaluation, as their loop clocks it), the
     profile's timed steps and the noise estimate's own time. Target: at least 85%.
 
+``--quick``: (a) with the warm launcher alone, 3 rounds, then one default sweep up to batch 4096 in the same home
+(its workload cached and its launcher warm, as (b)'s cached sweeps); no autopilot. ``--floor``: (a)'s reference against itself
+(``import torch`` twice a round) and two cached sweeps, whose shares outside the timed steps differ by the floor.
+
     python bench/bench_dead_time.py [--rounds 5] [--skip-first-step] [--skip-sweep] [--sweeps 1] [--skip-autopilot]
-                                    [--autopilot-repeats 3] [--autopilot-epochs E]
+                                    [--autopilot-repeats 3] [--autopilot-epochs E] [--quick] [--floor]
 """
 
 from __future__ import annotations
@@ -40,6 +44,12 @@ sys.path.insert(0, str(ROOT))
 from largestep import jobs, store  # noqa: E402
 from largestep.home import Home  # noqa: E402
 from largestep.jobs import events  # noqa: E402
+from targets import Target, quick_rounds, report, rounds_word, typical_time  # noqa: E402
+
+START_TARGET = Target(at_most=1.5, quick_margin=0.3)         # a warm-launched job's first step / import torch
+SWEEP_TARGET = Target(at_most=0.15, quick_margin=0.05)       # a cached sweep's share outside its timed steps
+AUTOPILOT_TARGET = Target(at_least=0.85)                     # an autopilot's share in measured work
+QUICK_SWEEP = ("--max-batch", "4096")
 
 IMPORT_TORCH = "import torch"
 # The floor of any PyTorch training process: torch's optimizers import torch._dynamo on first use
@@ -53,19 +63,23 @@ def python_s(code: str) -> float:
     return time.perf_counter() - start
 
 
-def first_step(workload: str, rounds: int) -> dict:
+def first_step(workload: str, rounds: int, home: Home | None = None, fresh: bool = True,
+               floor: bool = False) -> dict:
     """(a): submission to first step vs `import torch`, interleaved round by round.
 
     Each round times a job forked by the home's warm launcher (the steady state of a user submitting
-    jobs) and a fresh job process (LARGESTEP_WARM_LAUNCHER=0). Before the rounds, the first job of the
-    home is timed on its own: no launcher is running yet, so it starts afresh while its launcher starts.
+    jobs) and, when ``fresh``, a fresh job process (LARGESTEP_WARM_LAUNCHER=0). Before the rounds, the first job of
+    the home is timed on its own: no launcher is running yet, so it starts afresh while its launcher starts.
+    ``home``: the home to use, its launcher left running (quick mode sweeps in it next); else a temporary one.
+    ``floor``: ``import torch`` in the warm job's place.
     """
     from largestep.jobs import forkserver
     from largestep.workloads import load_workload
     from largestep.workloads.cache import cache_of
 
     with tempfile.TemporaryDirectory() as root:
-        home = Home(Path(root) / "home")
+        own_home = home is None
+        home = home or Home(Path(root) / "home")
         load_workload(workload, {}, cache_of(home.ensure()))   # cached, as after the first job
         try:
             os.environ[forkserver.WARM_ENV] = "1"
@@ -74,38 +88,45 @@ def first_step(workload: str, rounds: int) -> dict:
             deadline = time.monotonic() + 300
             while not any(r["serving_since"] for r in forkserver.running(home)) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            reference, floor, timed, spans = [], [], {"warm": [], "fresh": []}, {"warm": [], "fresh": []}
+            arms = (("warm", "1"), ("fresh", "0")) if fresh else (("warm", "1"),)
+            reference, floor_s, timed, spans = [], [], {a: [] for a, _ in arms}, {a: [] for a, _ in arms}
             for k in range(rounds):
                 reference.append(python_s(IMPORT_TORCH))
-                floor.append(python_s(FIRST_OPTIMIZER))
-                for label, flag in (("warm", "1"), ("fresh", "0")):
+                if fresh:
+                    floor_s.append(python_s(FIRST_OPTIMIZER))
+                for label, flag in arms:
+                    if floor:
+                        timed[label].append(python_s(IMPORT_TORCH))
+                        spans[label].append({"import torch": timed[label][-1]})
+                        continue
                     os.environ[forkserver.WARM_ENV] = flag
                     took, split = _first_step_s(home, workload, seed=k + 1)
                     timed[label].append(took)
                     spans[label].append(split)
-                print(f"round {k}: import torch {reference[-1]:.2f} s, and a first optimizer {floor[-1]:.2f} s; "
-                      "submission to first step " + ", ".join(
-                          f"{label} {timed[label][-1]:.2f} s (process and runner {spans[label][-1]['to_start_event']:.2f}"
-                          f" s, body and workload {spans[label][-1]['to_run_start']:.2f} s, first step "
-                          f"{spans[label][-1]['to_first_step']:.2f} s)" for label in timed), flush=True)
+                print(f"round {k}: import torch {reference[-1]:.2f} s; " + ", ".join(
+                    f"{label} {timed[label][-1]:.2f} s (" + ", ".join(f"{name} {value:.2f} s" for name, value in
+                                                                     spans[label][-1].items()) + ")"
+                    for label in timed), flush=True)
         finally:
             os.environ.pop(forkserver.WARM_ENV, None)
-            forkserver.stop(home)
-    torch_s = statistics.median(reference)
-    ratios = {label: statistics.median(values) / torch_s for label, values in timed.items()}
-    floor_ratio = statistics.median(floor) / torch_s
+            if own_home:
+                forkserver.stop(home)
+    torch_s = typical_time(reference)
+    ratios = {label: typical_time(values) / torch_s for label, values in timed.items()}
+    floor_ratio = statistics.median(floor_s) / torch_s if floor_s else None
     median_spans = {label: {name: statistics.median(s[name] for s in spans[label]) for name in spans[label][0]}
                     for label in spans}
-    print(f"(a) submission to first step / import torch {torch_s:.2f} s: warm launcher "
-          f"{statistics.median(timed['warm']):.2f} s = {ratios['warm']:.2f} (target at most 1.5), fresh process "
-          f"{statistics.median(timed['fresh']):.2f} s = {ratios['fresh']:.2f}, the home's first job (launcher cold) "
-          f"{cold:.2f} s = {cold / torch_s:.2f}; import torch and a first optimizer alone: {floor_ratio:.2f}; "
-          "median spans " + "; ".join(f"{label}: " + ", ".join(f"{name} {value:.2f} s" for name, value in
-                                                              median_spans[label].items()) for label in median_spans),
-          flush=True)
-    return {"first_step_s": {label: statistics.median(values) for label, values in timed.items()},
-            "cold_launcher_s": cold, "import_torch_s": torch_s, "first_optimizer_s": statistics.median(floor),
-            "ratio": ratios, "floor_ratio": floor_ratio, "spans_s": median_spans}
+    print(f"(a) submission to first step / import torch {torch_s:.2f} s: " + ", ".join(
+        f"{label} {typical_time(timed[label]):.2f} s = {ratios[label]:.2f}" for label in timed)
+        + f" (target for warm: at most 1.5); the home's first job (launcher cold) {cold:.2f} s = {cold / torch_s:.2f}"
+        + (f"; import torch and a first optimizer alone: {floor_ratio:.2f}" if floor_ratio else "")
+        + "; median spans " + "; ".join(f"{label}: " + ", ".join(f"{name} {value:.2f} s" for name, value in
+                                                                median_spans[label].items()) for label in median_spans),
+        flush=True)
+    return {"first_step_s": {label: typical_time(values) for label, values in timed.items()},
+            "cold_launcher_s": cold, "import_torch_s": torch_s, "first_optimizer_s": statistics.median(floor_s)
+            if floor_s else None, "ratio": ratios, "floor_ratio": floor_ratio, "spans_s": median_spans,
+            "rounds": rounds}
 
 
 def _first_step_s(home: Home, workload: str, seed: int) -> tuple[float, dict]:
@@ -122,22 +143,26 @@ def _first_step_s(home: Home, workload: str, seed: int) -> tuple[float, dict]:
     started = next(e["t"] for e in read if e["type"] == events.START)
     run_start = next(e for e in read if e["type"] == events.RUN_START)
     first = run_start["t"] + next(e for e in read if e["type"] == events.METRICS)["rows"][0]["wall_time_s"]
-    return first - submitted, {"to_start_event": started - submitted, "to_run_start": run_start["t"] - started,
-                               "to_first_step": first - run_start["t"]}
+    return first - submitted, {"process and runner": started - submitted, "body and workload": run_start["t"] - started,
+                               "first step": first - run_start["t"]}
 
 
-def sweep(workload: str, cached_runs: int = 1) -> dict:
+def sweep(workload: str, cached_runs: int = 1, home: Home | None = None, options: tuple[str, ...] = ()) -> dict:
     """(b): a default sweep from the command line, cold (its own empty home) and then ``cached_runs`` times with
-    the cache warm."""
+    the cache warm. ``home``: one whose workload is cached and launcher warm already: its cached sweeps alone.
+    ``options``: more of `largestep profile`'s options."""
     from largestep.jobs import forkserver
 
     results = {}
-    labels = ["cold"] + ["cached" if cached_runs == 1 else f"cached {k + 1}" for k in range(cached_runs)]
+    labels = [] if home else ["cold"]
+    labels += ["cached" if cached_runs == 1 else f"cached {k + 1}" for k in range(cached_runs)]
     with tempfile.TemporaryDirectory() as root:
+        root = str(home.root) if home else root
         env = dict(os.environ, LARGESTEP_HOME=root)
         for label in labels:   # the later ones' jobs are forked by the launcher the first one started
             start, submitted = time.perf_counter(), time.time()
-            proc = subprocess.run([sys.executable, "-m", "largestep.cli", "profile", "--workload", workload, "--json"],
+            proc = subprocess.run([sys.executable, "-m", "largestep.cli", "profile", "--workload", workload, "--json",
+                                   *options],
                                   capture_output=True, text=True, env=env, cwd=ROOT)
             wall = time.perf_counter() - start
             if proc.returncode != 0:
@@ -222,7 +247,7 @@ def autopilot(workload: str, repeats: int, epochs: float | None) -> dict:
             "noise_s": noise, "work_share": work / wall}
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", default="fraud-gru")
     parser.add_argument("--rounds", type=int, default=5)
@@ -232,18 +257,67 @@ def main() -> None:
     parser.add_argument("--skip-autopilot", action="store_true")
     parser.add_argument("--autopilot-repeats", type=int, default=3)
     parser.add_argument("--autopilot-epochs", type=float, default=None)
+    parser.add_argument("--quick", action="store_true", help="(a) warm alone, 3 rounds, and one cached sweep")
+    parser.add_argument("--floor", action="store_true", help="import torch against itself; two cached sweeps")
     args = parser.parse_args()
     load = os.getloadavg()[0]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {load:.1f}", flush=True)
+    figures = []
+    quick_rounds(args.quick or args.floor)
+    if args.quick or args.floor:
+        from largestep.jobs import forkserver
+
+        with tempfile.TemporaryDirectory() as root:
+            home = Home(Path(root) / "home")
+            try:
+                start = first_step(args.workload, 3, home=home, fresh=False, floor=args.floor)
+                # bounded at 4096 (fraud-gru's throughput plateaus by 1024 on the development machine), so that a
+                # loaded machine's noise cannot carry the plateau search on to batch 32,768
+                swept = sweep(args.workload, 2 if args.floor else 1, home=home, options=QUICK_SWEEP)
+            finally:   # also when interrupted (bench/suite.py ends a benchmark past its time so): nothing left running
+                for job_dir in home.jobs.iterdir() if home.jobs.is_dir() else ():
+                    if jobs.derive_state(job_dir) not in jobs.FINAL_STATES:
+                        jobs.cancel(home, job_dir.name)
+                forkserver.stop(home)
+        figures.append(_start_figure(start, args.quick, args.floor))
+        shares = [r["outside_share"] for r in swept.values()]
+        if args.floor:
+            figures.append(SWEEP_TARGET.floor_difference(
+                f"a cached sweep's share outside its timed steps, second - first, {args.workload}",
+                shares[1] - shares[0], f"{shares[0]:.1%} then {shares[1]:.1%}"))
+        else:
+            [result] = swept.values()
+            figures.append(_sweep_figure(result, f"{args.workload} up to batch 4096", args.quick))
+        print(f"load average at the end {os.getloadavg()[0]:.1f}", flush=True)
+        return report("dead_time", figures)
     if not args.skip_first_step:
-        first_step(args.workload, args.rounds)
+        figures.append(_start_figure(first_step(args.workload, args.rounds), False, False))
     if not args.skip_sweep:
-        sweep(args.workload, args.sweeps)
+        results = sweep(args.workload, args.sweeps)
+        figures += [_sweep_figure(r, f"{args.workload}, {label}", False) for label, r in results.items()
+                    if label.startswith("cached")]
     if not args.skip_autopilot:
-        autopilot(args.workload, args.autopilot_repeats, args.autopilot_epochs)
+        result = autopilot(args.workload, args.autopilot_repeats, args.autopilot_epochs)
+        figures.append(AUTOPILOT_TARGET.figure(f"an autopilot's share of measured work, {args.workload}",
+                                               result["work_share"], False, f"{result['wall_s']:.1f} s wall"))
     print(f"load average at the end {os.getloadavg()[0]:.1f}", flush=True)
+    return report("dead_time", figures)
+
+
+def _start_figure(start: dict, quick: bool, floor: bool):
+    warm = start["first_step_s"]["warm"]
+    detail = f"{warm:.2f} s vs import torch {start['import_torch_s']:.2f} s, {rounds_word()} {start['rounds']} rounds"
+    if floor:
+        return START_TARGET.floor("import torch / itself", start["ratio"]["warm"], detail)
+    return START_TARGET.figure("a warm-launched job's submission to first step / import torch", start["ratio"]["warm"],
+                               quick, detail)
+
+
+def _sweep_figure(result: dict, name: str, quick: bool):
+    return SWEEP_TARGET.figure(f"a cached sweep's share outside its timed steps, {name}", result["outside_share"], quick,
+                               f"{result['wall_s']:.1f} s wall, {result['timed_s']:.1f} s in timed steps")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,14 +3,18 @@
 (a) loop overhead: samples/s of ``largestep.measure.train.train`` (the job's loop, every record written to a
     real spool file) against a bare hand-written PyTorch loop on the same model, optimizer, data
     and batch size (data on the device, a fresh shuffle per epoch, no synchronisation per step).
-    The two are interleaved in rounds so that drift of the machine hits both alike; each side's
-    figure is the median over rounds of samples / training time (evaluation excluded).
+    The two are interleaved in rounds (in alternating order) so that drift of the machine hits both
+    alike; each side's figure is the median over rounds of samples / training time (evaluation excluded).
     Targets: at least 0.90 at batch 128 and 0.95 at batch 4096.
-(b) ingest: metric rows written to the ``metrics`` table per second by ``store.ingest`` from
-    spools shaped like a training run's (one ``metrics`` event per logging interval, an ``eval``
-    every epoch). Target: at least 200,000 rows/s.
+(b) ingest: bench_ingest.py's (a), run from here too: metric rows/s of ``store.ingest`` from spools shaped
+    like a training run's against DuckDB's own insert of the same rows from an Arrow table.
+
+``--quick``: (a) alone at batch 128, 5 rounds of 1 s a side (shorter runs weigh the loop's set-up, which a job pays
+once, as if a step paid it), on one torch thread (see bench_profiler.py).
+``--floor``: the bare loop on both sides of (a).
 
     python bench/bench_train.py [--workload fraud-gru] [--batches 128,4096] [--rounds 3] [--seconds 4]
+                                [--skip-loop] [--skip-ingest] [--quick] [--floor]
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -29,13 +32,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from largestep import jobs, store  # noqa: E402
-from largestep.home import Home  # noqa: E402
+import bench_ingest  # noqa: E402
+from largestep import jobs  # noqa: E402
 from largestep.jobs.bodies import SpoolRunLog  # noqa: E402
-from largestep.measure import devices  # noqa: E402
 from largestep.measure.train import TrainConfig, train  # noqa: E402
 from largestep.measure.train_config import MAX_EPOCHS  # noqa: E402
 from largestep.workloads import load_workload  # noqa: E402
+from targets import Target, quick_rounds, report, rounds_word, typical_rate  # noqa: E402
+
+TARGETS = {128: Target(at_least=0.90, quick_margin=0.05), 4096: Target(at_least=0.95, quick_margin=0.05)}
 
 
 def bare_loop(workload, device: torch.device, batch_size: int, lr: float, steps: int, seed: int) -> float:
@@ -78,7 +83,8 @@ def largestep_loop(workload, device: torch.device, batch_size: int, lr: float, s
     return result.samples / result.train_time_s
 
 
-def loop_overhead(workload_spec: str, batch_sizes: list[int], rounds: int, seconds: float) -> list[dict]:
+def loop_overhead(workload_spec: str, batch_sizes: list[int], rounds: int, seconds: float,
+                  floor: bool = False) -> list[dict]:
     workload = load_workload(workload_spec)
     device = torch.device("cpu")
     lr = workload.baseline_lr
@@ -92,54 +98,21 @@ def loop_overhead(workload_spec: str, batch_sizes: list[int], rounds: int, secon
             for r in range(rounds):
                 job_dir = Path(tmp) / f"b{batch_size}-r{r}"
                 job_dir.mkdir()
-                bare.append(bare_loop(workload, device, batch_size, lr, steps, r))
-                ours.append(largestep_loop(workload, device, batch_size, lr, steps, r, job_dir))
-            ratio = statistics.median(ours) / statistics.median(bare)
-            rows.append({"batch_size": batch_size, "steps": steps, "largestep_samples_per_s": statistics.median(ours),
-                         "bare_samples_per_s": statistics.median(bare), "ratio": ratio})
-            print(f"batch {batch_size:>5} ({steps} steps): largestep {statistics.median(ours):9.0f} samples/s   "
-                  f"bare loop {statistics.median(bare):9.0f} samples/s   ratio {ratio:.3f}", flush=True)
+                sides = [(bare, lambda: bare_loop(workload, device, batch_size, lr, steps, r)),
+                         (ours, (lambda: bare_loop(workload, device, batch_size, lr, steps, r)) if floor else
+                          (lambda: largestep_loop(workload, device, batch_size, lr, steps, r, job_dir)))]
+                for values, run in (sides if r % 2 == 0 else sides[::-1]):
+                    values.append(run())
+            ratio = typical_rate(ours) / typical_rate(bare)
+            rows.append({"batch_size": batch_size, "steps": steps, "largestep_samples_per_s": typical_rate(ours),
+                         "bare_samples_per_s": typical_rate(bare), "ratio": ratio})
+            print(f"batch {batch_size:>5} ({steps} steps): {'bare loop' if floor else 'largestep'} "
+                  f"{typical_rate(ours):9.0f} samples/s   bare loop {typical_rate(bare):9.0f} samples/s   "
+                  f"ratio {ratio:.3f}", flush=True)
     return rows
 
 
-def ingest_rate(runs: int, logs_per_run: int) -> dict:
-    """Spool ``runs`` training-shaped runs through the real Spool, then time one ingest of them all."""
-    with tempfile.TemporaryDirectory() as tmp:
-        home = Home(Path(tmp))
-        home.ensure()
-        store.ingest(home)  # create the database and its tables outside the timing
-        device = devices.device_info(torch.device("cpu")).to_dict()
-        for r in range(runs):
-            job_id = jobs.new_job_id("train")
-            job_dir = home.job_dir(job_id)
-            job_dir.mkdir(parents=True)
-            (job_dir / "spec.json").write_text(json.dumps(
-                {"id": job_id, "kind": "train", "device": "cpu", "workload": "bench", "params": {},
-                 "created_at": time.time(), "home": str(home.root)}))
-            spool = jobs.Spool(job_dir)
-            spool.emit("run_start", workload="bench", config={"batch_size": 128, "lr": 0.01, "seed": r},
-                       device=device, total_steps=logs_per_run)
-            for step in range(1, logs_per_run + 1):
-                row = {"step": step, "epoch": step / 100, "samples": step * 128, "wall_time_s": step * 0.01,
-                       "train_time_s": step * 0.01, "train_loss": 1.0 / step, "lr": 0.01, "samples_per_s": 12800.0}
-                spool.emit("metrics", rows=[row])
-                if step % 100 == 0:
-                    spool.emit("eval", step=step, epoch=step / 100, samples=step * 128, wall_time_s=step * 0.01,
-                               train_time_s=step * 0.01, val_loss=1.0 / step, metrics={"average_precision": 0.5})
-            spool.emit("exit", state=jobs.FINISHED, error=None)
-            spool.close()
-        start = time.perf_counter()
-        report = store.ingest(home)
-        seconds = time.perf_counter() - start
-    metric_rows = report.rows.get("metrics", 0)
-    result = {"runs": runs, "metric_rows": metric_rows, "events": report.events, "seconds": seconds,
-              "rows_per_s": metric_rows / seconds}
-    print(f"ingest: {metric_rows:,} metric rows from {report.events:,} events of {runs} runs in {seconds:.2f} s: "
-          f"{result['rows_per_s']:,.0f} rows/s", flush=True)
-    return result
-
-
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", default="fraud-gru")
     parser.add_argument("--batches", default="128,4096", help="comma-separated batch sizes")
@@ -148,18 +121,37 @@ def main() -> None:
     parser.add_argument("--ingest-runs", type=int, default=20)
     parser.add_argument("--ingest-logs", type=int, default=20_000, help="logging intervals per run")
     parser.add_argument("--skip-loop", action="store_true")
+    parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="(a) alone, at batch 128: a few seconds")
+    parser.add_argument("--floor", action="store_true", help="the bare loop on both sides of (a)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON at the end")
     args = parser.parse_args()
+    quick_rounds(args.quick)
+    if args.quick:
+        args.batches, args.rounds, args.seconds, args.skip_ingest = "128", 5, 1.0, True
+        torch.set_num_threads(1)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, Python {platform.python_version()}", flush=True)
-    out = {}
+    out, figures = {}, []
     if not args.skip_loop:
         out["loop"] = loop_overhead(args.workload, [int(b) for b in args.batches.split(",")], args.rounds,
-                                    args.seconds)
-    out["ingest"] = ingest_rate(args.ingest_runs, args.ingest_logs)
+                                    args.seconds, args.floor)
+        for row in out["loop"]:
+            target = TARGETS.get(row["batch_size"], TARGETS[4096])
+            detail = (f"{row['largestep_samples_per_s']:,.0f} vs {row['bare_samples_per_s']:,.0f} samples/s, "
+                      f"{row['steps']} steps, {rounds_word()} {args.rounds} rounds")
+            name = f"{args.workload} batch {row['batch_size']}"
+            figures.append(target.floor(f"bare loop / itself, {name}", row["ratio"], detail) if args.floor else
+                           target.figure(f"training loop / bare loop, {name}", row["ratio"], args.quick, detail))
+    if not args.skip_ingest and not args.floor:
+        out["ingest"] = bench_ingest.ingest_vs_reference(args.ingest_runs, args.ingest_logs, 5, floor=False)
+        figures.append(bench_ingest.TARGET.figure(
+            "ingest / DuckDB's insert from Arrow", out["ingest"]["ratio"], False,
+            f"{out['ingest']['ingest_rows_per_s']:,.0f} vs {out['ingest']['reference_rows_per_s']:,.0f} metric rows/s"))
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(json.dumps(out, indent=2, default=str))
+    return report("train", figures)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -200,3 +200,57 @@ def test_the_background_load_of_a_run_a_point_and_each_sample_is_stored(home):
         assert {k: point[k] for k in load} == load
         assert con.execute("SELECT other_cpu_pct, other_gpu_processes, other_gpu_mem_bytes FROM telemetry "
                            "WHERE job_id = 'prof-test0002'").fetchone() == (45.5, 2, 3 * 2**30)
+
+
+def _long_run(home, job_id: str, steps: int, nan_at: int | None = None) -> None:
+    """A run of ``steps`` logged steps, as track() and the training loop write them: some epochs missing, a metric
+    left out now and then, an infinite loss; and a profile's telemetry of as many samples."""
+    _, spool = _fake_job(home, job_id=job_id)
+    spool.emit("run_start", workload="tiny", config={"batch_size": 8, "lr": 0.1, "seed": 0},
+               device={"id": "cpu", "kind": "cpu", "name": "CPU"})
+    rows = [{"step": s, "epoch": None if s % 7 == 0 else s / 100, "samples": 8 * s, "wall_time_s": s * 0.01,
+             "train_time_s": s * 0.009, "train_loss": float("inf") if s == 5 else 1.0 / s,
+             **({} if s % 3 == 0 else {"lr": 0.1}), "samples_per_s": None if s % 11 == 0 else 800.0 + s}
+            for s in range(1, steps + 1)]
+    if nan_at is not None:
+        rows[nan_at]["samples_per_s"] = float("nan")
+    for start in range(0, steps, 1000):
+        spool.emit("metrics", rows=rows[start:start + 1000])
+    spool.emit("telemetry", samples=[{"t": 1.7e9 + s / 10, "batch_size": 8, "source": "psutil", "cpu_util_pct": 50.0,
+                                      "rss_bytes": 2**30 + s, "gpu_util_pct": None} for s in range(steps)])
+    spool.emit("exit", state="FINISHED", error=None)
+    spool.close()
+
+
+@pytest.mark.parametrize("nan_at", [None, 1234])
+def test_a_long_runs_rows_are_the_same_whichever_way_they_go_to_duckdb(tmp_path, monkeypatch, nan_at):
+    """A long run's metrics and telemetry go to DuckDB as NumPy arrays (fast), a short one's as bound lists: the
+    rows stored are the same either way (NULL stays NULL, NaN and missing values are left out, infinity kept).
+    Here every statement goes one way, then the other."""
+    import importlib
+
+    from largestep.home import Home
+
+    ingest_module = importlib.import_module("largestep.store.ingest")
+    as_arrays = []
+    arrays = ingest_module._arrays
+    monkeypatch.setattr(ingest_module, "_arrays", lambda columns: as_arrays.append(arrays(columns)) or as_arrays[-1])
+    stored = {}
+    for way, threshold in (("arrays", 1), ("lists", 10**12)):
+        monkeypatch.setattr(ingest_module, "NUMPY_FROM_VALUES", threshold)
+        home = Home(tmp_path / way)
+        _long_run(home, "train-long0001", 2_000, nan_at)
+        report = store.ingest(home)
+        with store.connect(home) as con:
+            stored[way] = {table: con.execute(f"SELECT * FROM {table} ORDER BY ALL").fetchall()
+                           for table in ("metrics", "telemetry")}
+        stored[way]["report"] = report.rows
+    assert as_arrays, "the long run was not inserted as arrays"
+    assert (nan_at is None) == all(a is not None for a in as_arrays)   # a NaN sends its statement as lists
+    assert stored["arrays"] == stored["lists"]
+    metrics = stored["arrays"]["metrics"]
+    assert stored["arrays"]["report"] == {"runs": 1, "metrics": len(metrics), "telemetry": 2_000}
+    assert len(metrics) == 2_000 + (2_000 - 2_000 // 3) + (2_000 - 2_000 // 11) - (nan_at is not None)
+    epochs = {row[2] for row in metrics}
+    assert None in epochs and not any(e != e for e in epochs if e is not None)   # missing epochs NULL, not NaN
+    assert ("train_loss", float("inf")) in {(row[6], row[7]) for row in metrics}

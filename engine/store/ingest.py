@@ -1,8 +1,9 @@
 """What enters the database: job spools, ingested idempotently, and the recommendations the CLI saves.
 
 Ingest reads each spool from its saved byte offset to the last full line (with the one reader of
-:mod:`largestep.jobs.events`), bulk-inserts (a column a bound list, one statement a table, never row by
-row; no pandas, whose import alone would double a command's start), and records the new offset in the
+:mod:`largestep.jobs.events`), bulk-inserts (one statement a table, never row by row: a column a NumPy array
+through DuckDB's NumPy scan where a statement has many values, a bound list where it has few; no pandas,
+whose import alone would double a command's start), and records the new offset in the
 same transaction, so running it again, or from several processes in turn, never
 duplicates or loses a row. Each event becomes rows through the same ``*_row`` functions the
 autopilot uses to read its children's spools.
@@ -13,9 +14,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import duckdb
 
@@ -259,17 +261,65 @@ def _update_row(con, table: str, row: dict, key: str, key_value: str) -> None:
 def _insert_rows(con, table: str, rows: list[dict], columns: list[str] | None = None, replace: bool = False,
                  timestamps: tuple[str, ...] = ()) -> int:
     """Insert ``rows`` (dicts; ``columns``, else every key any row has; a key a row lacks is NULL) in one
-    statement: each column bound as one list and unnested, so DuckDB converts the values in bulk. Columns in
-    ``timestamps`` hold unix seconds and are stored as TIMESTAMPTZ."""
+    statement. Columns in ``timestamps`` hold unix seconds and are stored as TIMESTAMPTZ."""
     if not rows:
         return 0
     columns = columns or list(dict.fromkeys(name for row in rows for name in row))
-    selects = ", ".join(f"to_timestamp(unnest(${k}))" if name in timestamps else f"unnest(${k})"
-                        for k, name in enumerate(columns, start=1))
-    verb = "INSERT OR REPLACE" if replace else "INSERT"
-    con.execute(f"{verb} INTO {table} ({', '.join(columns)}) SELECT {selects}",
-                [[row.get(name) for row in rows] for name in columns])
+    with _incoming(con, {name: [row.get(name) for row in rows] for name in columns}) as (source, params):
+        selects = ", ".join(f'to_timestamp("{name}")' if name in timestamps else f'"{name}"' for name in columns)
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        con.execute(f"{verb} INTO {table} ({', '.join(columns)}) SELECT {selects} FROM {source}", params)
     return len(rows)
+
+
+#: From this many values, columns go to DuckDB as NumPy arrays through its NumPy scan (each column converted in
+#: C, four to five times faster than DuckDB binding a list's values one by one); below it as bound lists,
+#: unnested: there the time saved is less than importing NumPy costs a command following a small job (the two
+#: cross at 100,000 to 150,000 values). Not Arrow: pyarrow imports pandas to build an array from a list.
+#: bench/bench_ingest.py --candidates measures them.
+NUMPY_FROM_VALUES = 100_000
+_INCOMING = "_largestep_incoming"
+
+
+@contextmanager
+def _incoming(con, columns: dict[str, list]) -> Iterator[tuple[str, list]]:
+    """The columns (a name to its values, all as long) as a relation to select from, for the statements run
+    inside the ``with``: (its FROM clause, the parameters that clause binds, which come first)."""
+    n = len(next(iter(columns.values()), []))
+    arrays = _arrays(columns) if n * len(columns) >= NUMPY_FROM_VALUES else None
+    if arrays is None:
+        unnested = ", ".join(f'unnest(${k}) AS "{name}"' for k, name in enumerate(columns, start=1))
+        yield f"(SELECT {unnested})", list(columns.values())
+        return
+    con.register(_INCOMING, arrays)
+    try:
+        yield _INCOMING, []
+    finally:
+        con.unregister(_INCOMING)
+
+
+def _arrays(columns: dict[str, list]) -> dict | None:
+    """The columns as one-dimensional NumPy arrays (of Python objects where values are text, missing or of mixed
+    types), or None where DuckDB's NumPy scan would read a value otherwise than it reads a bound list: NaN
+    (the scan reads it as NULL) and lists or objects in a cell."""
+    import numpy as np
+
+    arrays = {}
+    for name, values in columns.items():
+        try:
+            array = np.array(values)
+        except (ValueError, OverflowError):   # ragged lists
+            return None
+        if array.ndim != 1:
+            return None
+        if array.dtype.kind in "US":   # fixed-width text, which DuckDB reads far slower than the str objects
+            array = np.array(values, dtype=object)
+        if array.dtype.kind == "f" and np.isnan(array).any():
+            return None
+        if array.dtype.kind == "O" and any(value != value or isinstance(value, (list, dict)) for value in values):
+            return None
+        arrays[name] = array
+    return arrays
 
 
 def _is_missing(value) -> bool:
@@ -368,10 +418,21 @@ def _on_run_start(con, job_id: str, events: list[dict], report: IngestReport) ->
 
 def _on_metrics(con, job_id: str, events: list[dict], report: IngestReport) -> None:
     rows = [row for e in events for row in e.get("rows") or []]
-    # long form: one row a metric a logged step (metric by metric, as they are read back), the missing left out
-    long = [{"run_id": job_id, **{k: row.get(k) for k in ev.METRIC_INDEX}, "name": name, "value": row[name]}
-            for name in ev.TRAIN_METRICS for row in rows if not _is_missing(row.get(name))]
-    report.add_rows("metrics", _insert_rows(con, "metrics", long))
+    # the wide rows go in as they are, and each metric becomes long rows in SQL (metric by metric, as they are
+    # read back), the missing (null, NaN) left out: a long run's rows are converted once, not once a metric
+    metrics = [name for name in ev.TRAIN_METRICS if any(row.get(name) is not None for row in rows)]
+    if not metrics:
+        return
+    wide = {name: [row.get(name) for row in rows] for name in (*ev.METRIC_INDEX, *metrics)}
+    index = ", ".join(f'"{name}"' for name in ev.METRIC_INDEX)
+    with _incoming(con, wide) as (source, params):
+        for name in metrics:
+            k = len(params)
+            value = f'CAST("{name}" AS DOUBLE)'   # as the value column would cast it, before the NaN test
+            [(inserted,)] = con.execute(
+                f"INSERT INTO metrics (run_id, {index}, name, value) SELECT ${k + 1}, {index}, ${k + 2}, {value} "
+                f"FROM {source} WHERE NOT isnan({value})", [*params, job_id, name]).fetchall()
+            report.add_rows("metrics", inserted)
 
 
 def _on_metric_values(con, job_id: str, events: list[dict], report: IngestReport) -> None:
