@@ -445,7 +445,8 @@ TF32_ON = {"matmul_allow_tf32": True, "cudnn_allow_tf32": True, "cudnn_benchmark
 
 @pytest.mark.slow
 def test_a_workloads_tf32_is_set_and_recorded_for_its_profile_and_no_tf32_for_its_run(home, gpu, torch_math, capsys):
-    from largestep.cli.measure import print_profile, profile_summary
+    from largestep.cli.measure import print_profile
+    from largestep.store.outcomes import profile_summary
 
     spec = f"{__file__}:make_tf32"
     config = ProfileConfig(batch_sizes=(32, 64), min_steps=3, min_seconds=0.1, warmup_steps=1)

@@ -26,7 +26,9 @@ LONG = TrainConfig(batch_size=16, lr=1e-2, epochs=200, log_every_steps=5)
 
 
 def _spooled(home, job_id, kind):
-    return (home.job_dir(job_id) / "events.jsonl").read_text().count(f'"type": "{kind}"')
+    """Events of ``kind`` the job has spooled so far (none before its spool exists: a queued job has only its spec)."""
+    spool = home.job_dir(job_id) / "events.jsonl"
+    return spool.read_text().count(f'"type": "{kind}"') if spool.exists() else 0
 
 
 def _welch_p(a: list[float], b: list[float]) -> float:
