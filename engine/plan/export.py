@@ -362,6 +362,8 @@ def _header(doc: dict) -> list[str]:
     base = scale["baseline"]
     if scale["rule"] == "linear":
         rule = f"rule: linear, lr/batch fixed at {scale['lr_per_sample']:.4g} per sample"
+    elif scale["rule"] == "noise":
+        rule = "rule: noise, lr = baseline lr x (1 + B_noise/baseline batch) / (1 + B_noise/batch) (McCandlish et al.)"
     else:
         rule = f"rule: {_clean(scale['rule'])}, lr = baseline lr x sqrt(batch / baseline batch)"
     if base["batch_size"] and base["learning_rate"]:
