@@ -249,3 +249,87 @@ def test_runs_that_did_not_measure_their_load_are_not_flagged():
     result = loaded_comparison([(None,), (float("nan"),), (None,)], [(None,), (None,), (50.0,)])
     assert result["conditions"]["differed"] is False
     assert [row["background CPU"] for row in comparison_table(result)] == ["—", "50%"]
+
+
+# -- what the words may say ------------------------------------------------------------------------------------
+
+
+def arms(base_times: list[float], rec_times: list[float | None], rec_states: list[str] | None = None,
+         metric: float = 0.9) -> dict:
+    """A comparison of a baseline and a recommended arm, each seed reaching the target at the time given
+    (None: a run that ended without a training time or an evaluation, in the state given)."""
+    times = {f"b{k}": [(t, 0.5)] for k, t in enumerate(base_times)}
+    times |= {f"r{k}": [(t, 0.5)] for k, t in enumerate(rec_times) if t is not None}
+    rec_runs = []
+    for k, t in enumerate(rec_times):
+        record = run(f"r{k}", k, 0.5, t, batch=256, metric=metric) if t is not None else {
+            **run(f"r{k}", k, None, None, batch=256, metric=None), "train_time_s": None, "steps": None,
+            "final_val_loss": None}
+        rec_runs.append({**record, "state": (rec_states or ["FINISHED"] * len(rec_times))[k]})
+    groups = [("baseline", [run(f"b{k}", k, 0.5, t) for k, t in enumerate(base_times)]), ("recommended", rec_runs)]
+    return compare_groups(groups, evals_for(times), tolerance=0.0)
+
+
+def test_crashed_and_diverged_seeds_are_censored_not_dropped_and_count_against_equivalence():
+    """One recommended seed reached the target at 20 s, one crashed and one diverged with no training time.
+    Dropping the two would leave one lucky seed: a 5.25x headline. Censored at infinity, fewer than half
+    reached it: no speedup, and the quality cannot be called equivalent from the one survivor."""
+    result = arms([100, 105, 110], [20, None, None], ["FINISHED", "CRASHED", "DIVERGED"])
+    rec = result["groups"][1]
+    assert rec["speedup"] is None and rec["time_to_target"]["median_s"] is None
+    assert rec["verdict"]["word"] == "at most" and rec["verdict"]["cell"] == "not reached"
+    assert rec["quality"]["verdict"] == "seeds failed"
+    assert [f["state"] for f in rec["quality"]["failed"]] == ["CRASHED", "DIVERGED"]
+    line = headline(REC_DOC, result)
+    assert "5.25" not in line["text"] and "faster" not in line["text"]
+    assert "recommended seed 1 crashed, recommended seed 2 diverged" in line["text"]
+    assert line["tone"] == "bad"                                  # never a success box
+    assert comparison_table(result)[1]["quality"].startswith("seeds failed (recommended seed 1 crashed")
+
+
+def test_one_failed_seed_of_three_leaves_a_ratio_but_no_call_and_no_equivalence():
+    result = arms([100, 105, 110], [50, 52, None], ["FINISHED", "FINISHED", "DIVERGED"])
+    rec = result["groups"][1]
+    assert rec["speedup"] == pytest.approx(105 / 52)             # two of three reached it: a median
+    assert rec["speedup_interval"][0] is None                   # ... whose low end the diverged seed leaves open
+    assert rec["verdict"]["word"] == "no measurable difference" and not rec["verdict"]["decisive"]
+    assert rec["quality"]["verdict"] == "seeds failed"
+
+
+def test_fewer_than_three_seeds_an_arm_give_the_ratio_and_too_few_seeds_to_say():
+    """Two seeds an arm: a bootstrap interval is always [min/max, max/min] and covers a true 2x 59% of the time;
+    one seed each printed a bare "15.32x". Now the ratio, and no word."""
+    for base, rec_times in (([100.0], [10.0]), ([100.0, 104.0], [50.0, 51.0])):
+        result = arms(base, rec_times)
+        rec = result["groups"][1]
+        assert rec["speedup_interval"] is None and rec["verdict"]["word"] == "too few seeds to say"
+        assert rec["verdict"]["cell"] == f"{rec['speedup']:.2f}× (too few seeds to say)"
+        assert rec["quality"]["verdict"] == "too few seeds to say" and "faster" not in headline(REC_DOC, result)["text"]
+
+
+@pytest.mark.parametrize("base_times, rec_times, word, starts", [
+    ([100, 104, 98], [50, 52, 49], "faster", "2.00× faster (90% interval "),
+    ([50, 52, 49], [100, 104, 98], "slower", "slower: 0.50× (90% interval "),          # never "0.50x faster"
+    ([100, 80, 120], [90, 125, 76], "no measurable difference", "no measurable difference (90% interval "),
+])
+def test_one_grammar_faster_only_above_1_slower_below_no_difference_otherwise(base_times, rec_times, word, starts):
+    result = arms(base_times, rec_times)
+    verdict = result["groups"][1]["verdict"]
+    assert verdict["word"] == word and verdict["text"].startswith(starts), verdict["text"]
+    assert "exact test p = 0.1" in verdict["text"] or word == "no measurable difference"
+    assert comparison_table(result)[1]["speedup"] == verdict["cell"]
+    assert verdict["text"] in headline(REC_DOC, result)["text"]
+
+
+def test_a_worse_quality_turns_even_a_faster_headline_away_from_success():
+    """A one-click autopilot on fraud-mlp: faster, but its average precision worse beyond the tolerance, was
+    shown in a green success box."""
+    result = arms([100, 104, 98], [50, 52, 49], metric=0.5)          # accuracy 0.9 -> 0.5
+    assert result["groups"][1]["verdict"]["word"] == "faster"
+    assert result["groups"][1]["quality"]["verdict"] == "worse"
+    assert headline(REC_DOC, result)["tone"] == "bad"
+    from largestep.ui.overview import AutopilotView
+
+    view = AutopilotView(id="a", workload="w", device="cpu", state="FINISHED", live=False, progress=1.0, phase="done",
+                         phases=[], caption="", headline=headline(REC_DOC, result))
+    assert view.tone == "bad" and not view.good_news

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["CONFIDENCE", "MIN_SEEDS", "Verdict", "speedup_verdict", "interval_text", "headline_tone",
+__all__ = ["CONFIDENCE", "MIN_SEEDS", "Verdict", "speedup_verdict", "calls", "interval_text", "headline_tone",
            "look_levels", "SEQUENTIAL_RULE", "FASTER", "SLOWER", "NO_DIFFERENCE", "TOO_FEW", "AT_LEAST", "AT_MOST",
            "NOT_MEASURED", "QUALITY_FAILED", "QUALITY_TOO_FEW", "quality_words", "failed_text"]
 
@@ -61,6 +61,18 @@ def _ratio(value: float) -> str:
     return f"{value:.2f}×" if math.isfinite(value) else "∞"
 
 
+def calls(low, high, p, seeds, confidence: float = CONFIDENCE):
+    """+1 (faster), -1 (slower) or 0 for measured speedups: elementwise over numpy arrays, so the one rule serves
+    a comparison and a simulation of hundreds. ``low``/``high``: the interval's ends (NaN where open);
+    ``p``: the exact test's p-value (NaN: none); ``seeds``: the smaller arm's seeds."""
+    import numpy as np
+
+    low, high, p, seeds = (np.asarray(x, dtype=float) for x in (low, high, p, seeds))
+    agrees = (p <= 1 - confidence + 1e-12) & (seeds >= MIN_SEEDS)
+    with np.errstate(invalid="ignore"):
+        return np.where(agrees & (low > 1), 1, np.where(agrees & (high < 1), -1, 0))
+
+
 def speedup_verdict(group: dict, baseline_seeds: int, confidence: float = CONFIDENCE) -> Verdict:
     """The words for one arm's speedup over the baseline (a group of :func:`largestep.plan.compare.compare_groups`).
 
@@ -78,8 +90,9 @@ def speedup_verdict(group: dict, baseline_seeds: int, confidence: float = CONFID
         kind, value = bound["kind"], bound["value"]
         why = ("fewer than half of its seeds reached the target" if kind == AT_MOST
                else "fewer than half of the baseline's seeds reached its own target")
-        if kind == AT_MOST and value == 0:
-            return Verdict(AT_MOST, f"never reached the target ({why})", "not reached", "neutral", False)
+        if kind == AT_MOST and value == 0:   # most seeds ended without a time at all (diverged, crashed)
+            return Verdict(AT_MOST, "not reached: fewer than half of its seeds reached the target and the others "
+                                    "ended without a training time", "not reached", "neutral", False)
         return Verdict(kind, f"{kind} {_ratio(value)} ({why}: only a bound is known)", f"{kind} {_ratio(value)}",
                        "neutral", False)
     if seeds < MIN_SEEDS:
@@ -88,12 +101,13 @@ def speedup_verdict(group: dict, baseline_seeds: int, confidence: float = CONFID
     low, high = interval if interval else (None, None)
     p = test.get("p")
     test_text = "" if p is None else f"; {'exact' if test.get('exact') else 'permutation'} test p = {p:.2g}"
-    agrees = p is not None and p <= 1 - confidence + 1e-12
+    call = int(calls(math.nan if low is None else low, math.nan if high is None else high,
+                     math.nan if p is None else p, seeds, confidence))
     span = interval_text(low, high)
-    if low is not None and low > 1 and agrees:
+    if call == 1:
         return Verdict(FASTER, f"{point:.2f}× faster ({level} interval {span}{test_text})",
                        f"{point:.2f}× faster ({span})", "good", True)
-    if high is not None and high < 1 and agrees:
+    if call == -1:
         return Verdict(SLOWER, f"slower: {point:.2f}× ({level} interval {span}{test_text})",
                        f"slower: {point:.2f}× ({span})", "bad", True)
     return Verdict(NO_DIFFERENCE, f"no measurable difference ({level} interval {span}, median ratio {point:.2f}×"
