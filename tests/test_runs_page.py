@@ -366,6 +366,30 @@ def test_the_comparison_says_when_the_runs_ran_under_different_background_load(h
     assert list(view.table["background CPU"]) == ["24% (differed)", "2%"]
 
 
+def test_an_autopilots_runs_are_judged_with_the_tolerances_it_compared_them_with(home):
+    """One tolerance per comparison: the autopilot compared these runs with a 20% target tolerance and a 30%
+    quality band; the Runs page judges the same runs with them (it used its own defaults before)."""
+    home.ensure()
+    for run_id, group, seed in (("train-b0", "base", 0), ("train-b1", "base", 1), ("train-r0", "big", 0),
+                                ("train-r1", "big", 1)):
+        spooled_run(home, run_id, group, seed, 2.0)
+    job_dir = home.job_dir("auto-1")
+    job_dir.mkdir(parents=True)
+    (job_dir / "spec.json").write_text(json.dumps({"id": "auto-1", "kind": "autopilot", "device": "cpu",
+                                                   "workload": "w", "params": {}, "created_at": 0.0,
+                                                   "home": str(home.root)}))
+    spool = jobs.Spool(job_dir)
+    spool.emit("autopilot_result", headline={"text": "..."}, comparison={"tolerance": 0.2, "quality":
+               {"tolerance_share": 0.3}}, baseline_runs=["train-b0", "train-b1"], recommended_runs=["train-r0", "train-r1"])
+    spool.emit("exit", state="FINISHED", error=None)
+    spool.close()
+    store.ingest(home)
+    view = runviews.comparison_view(home, ["base", "big"], "base")
+    assert view.result["tolerance"] == 0.2 and view.result["quality"]["tolerance_share"] == 0.3
+    assert view.result["target_val_loss"] == pytest.approx(0.5 * 1.2)
+    assert "Tolerances as autopilot `auto-1` compared these runs: target 20%, quality 30%." in view.caption
+
+
 # -- a queued run ----------------------------------------------------------------------------------
 
 

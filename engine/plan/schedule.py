@@ -110,7 +110,7 @@ def plan_schedule(rec: dict, curve: list[dict]) -> dict:
                        "speedup_over_baseline": 1 / float(fixed_times[best_fixed])},
         "noise_curve": [{"fraction": f, "b_simple": s} for f, s in zip(fractions, scales)],
         "reasons": _reasons(phases, fractions, scales, left_out, int(batches[best_fixed]),
-                            float(fixed_times[best_fixed]) / schedule_time, int(batches[-1])),
+                            float(fixed_times[best_fixed]) / schedule_time, int(batches[-1]), over_fixed),
     }
 
 
@@ -194,7 +194,7 @@ def _cheapest_growing_path(cost: np.ndarray) -> np.ndarray:
 
 
 def _reasons(phases: list[Phase], fractions: np.ndarray, scales: np.ndarray, left_out: list[float],
-             best_fixed: int, gain: float, largest: int) -> list[str]:
+             best_fixed: int, gain: float, largest: int, gain_interval: list[float]) -> list[str]:
     reasons = [f"noise scale: B_noise goes from about {scales[0]:,.0f} at {fractions[0]:g} of the baseline's "
                f"training to about {scales[-1]:,.0f} at {fractions[-1]:g}; each phase uses the measured batch with "
                f"the least predicted time (1 + B_noise/B)·t(B) at its own noise scale"]
@@ -206,8 +206,9 @@ def _reasons(phases: list[Phase], fractions: np.ndarray, scales: np.ndarray, lef
     else:
         steps = ", then ".join(f"{p.batch_size} from {p.baseline_fraction:.0%}" for p in phases)
         reasons.append(f"the batch grows as the noise scale does: {steps} of the baseline's training")
-        reasons.append(f"predicted {gain:.2f}x faster than the best fixed batch ({best_fixed}) under the same curve: "
-                       f"small batches while the gradient is clear, large ones once it is noisy")
+        reasons.append(f"predicted {gain:.2f}x the speed of the best fixed batch ({best_fixed}) under the same curve "
+                       f"({PREDICTION_COVERAGE:.0%} prediction interval {gain_interval[0]:.2f}x to "
+                       f"{gain_interval[1]:.2f}x): small batches while the gradient is clear, large ones once it is noisy")
     if phases[-1].batch_size == largest:
         reasons.append(f"the largest eligible batch ({largest}) limited the last phase: profile larger batches "
                        f"(--max-batch) to see whether they are faster still")
