@@ -292,6 +292,7 @@ def test_one_failed_seed_of_three_leaves_a_ratio_but_no_call_and_no_equivalence(
     rec = result["groups"][1]
     assert rec["speedup"] == pytest.approx(105 / 52)             # two of three reached it: a median
     assert rec["speedup_interval"][0] is None                   # ... whose low end the diverged seed leaves open
+    assert "both medians reached in" in rec["verdict"]["text"]   # and the resamples that were bounds are counted
     assert rec["verdict"]["word"] == "no measurable difference" and not rec["verdict"]["decisive"]
     assert rec["quality"]["verdict"] == "seeds failed"
 

@@ -23,6 +23,7 @@ from .output import console, detached, emit_json, finish_job, follow_job, table
 from ..errors import UsageError
 from ..format import format_background_load, format_bytes
 from ..measure.device_names import DTYPE_NAMES
+from ..plan.verdict import SEQUENTIAL_RULE
 from ..workloads.names import SCHEDULES
 
 
@@ -311,9 +312,7 @@ def print_verdicts(result: dict) -> None:
 @click.option("--until-decisive", is_flag=True,
               help="Keep adding a seed to each arm until the speedup is called faster or slower or the quality "
                    "difference's interval lies within --quality-tolerance, at most --max-repeats seeds an arm. The "
-                   "looks pay for themselves by group-sequential alpha spending: the 10% error rate is spent "
-                   "linearly over the seeds up to --max-repeats and each look is tested at its own share, so the "
-                   "chance of a false \"faster\" or \"slower\" over all looks stays at most 10%.")
+                   f"looks pay for themselves by {SEQUENTIAL_RULE}.")
 @click.option("--max-repeats", default="10", show_default=True, metavar="K", help="With --until-decisive.")
 @click.option("--quality-tolerance", default="0.01", show_default=True, metavar="SHARE",
               help="A quality difference within this share of the baseline's value counts as no difference.")

@@ -24,7 +24,7 @@ from ..measure.profile_config import MAX_SECONDS
 from ..measure.train_config import MAX_EPOCHS
 from ..plan.compare import check_tolerance, compare_groups
 from ..plan.recommend import RULES, RecommendConfig, recommend, steps_factor
-from ..plan.verdict import (CONFIDENCE, FASTER, SEQUENTIAL_RULE, SLOWER, headline_tone, interval_text, look_levels,
+from ..plan.verdict import (CONFIDENCE, FASTER, SLOWER, headline_tone, interval_text, look_levels,
                             quality_words)
 from ..units import check_int, check_number
 
@@ -136,9 +136,8 @@ def sequential_text(seeds: int, decided: str | None, levels: dict[int, float]) -
     """The `--until-decisive` clause of a headline: where it stopped, and at what level that look was tested."""
     look = sorted(levels).index(seeds) + 1 if seeds in levels else len(levels)
     level = levels.get(seeds, 0.0)
-    spent = sum(a for k, a in levels.items() if k <= seeds)
-    where = (f"look {look} of {len(levels)} at level {level:.3g} (interval at {1 - level:.1%}; {spent:.3g} of "
-             f"{sum(levels.values()):.2g} spent; {SEQUENTIAL_RULE})")
+    where = (f"look {look} of {len(levels)} at level {level:.3g} ({1 - level:.0%} intervals; alpha spending over "
+             f"{min(levels)} to {max(levels)} seeds, {sum(levels.values()):.0%} in all)")
     if decided is not None:
         return f"decisive after {seeds} seed pairs: {decided}, {where}"
     return f"not decisive after {seeds} seed pairs (--max-repeats), {where}"

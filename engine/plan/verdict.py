@@ -33,8 +33,9 @@ TOO_FEW, AT_LEAST, AT_MOST, NOT_MEASURED = "too few seeds to say", "at least", "
 QUALITY_FAILED, QUALITY_TOO_FEW = "seeds failed", TOO_FEW     # quality verdicts besides compare's four
 
 SEQUENTIAL_RULE = ("group-sequential alpha spending: the 10% chance of a false \"faster\" or \"slower\" is spent "
-                   "linearly over the seeds up to --max-repeats, and each look is tested at its own share (a union "
-                   "bound: the total stays at most 10% whatever the looks' correlation)")
+                   "linearly over the seeds up to --max-repeats, and each look (its interval and its exact test) is "
+                   "tested at its own share, so by the union bound the total stays at most 10% whatever the looks' "
+                   "correlation")
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ def speedup_verdict(group: dict, baseline_seeds: int, confidence: float = CONFID
     low, high = interval if interval else (None, None)
     p = test.get("p")
     test_text = "" if p is None else f"; {'exact' if test.get('exact') else 'permutation'} test p = {p:.2g}"
+    resamples = group.get("speedup_resamples") or {}
+    if resamples and resamples["both_reached"] < resamples["of"]:   # the rest were bounds, kept as bounds
+        test_text += f"; both medians reached in {resamples['both_reached']:,} of {resamples['of']:,} resamples"
     call = int(calls(math.nan if low is None else low, math.nan if high is None else high,
                      math.nan if p is None else p, seeds, confidence))
     span = interval_text(low, high)
