@@ -126,7 +126,8 @@ def test_selected_runs_are_charted_and_groups_compared(monkeypatch, runs_home):
     # speedup is the one seed's time over the other's, as the store kept them (the other seed of each counts
     # as at least its whole training time, which leaves the reached one the median of two)
     speedup = metrics["Speedup of recommended · batch 128, lr 0.04"]
-    assert re.fullmatch(rf"{expected_speedup(runs_home):.2f}× \(\d+\.\d\d–\d+\.\d\d\)", speedup), speedup
+    # two seeds a group: the ratio, and no word about it (three an arm are needed)
+    assert speedup == f"{expected_speedup(runs_home):.2f}× (too few seeds to say)", speedup
     groups = at.dataframe[1].value
     assert list(groups["group"]) == [BASE, BIG] and groups["speedup"].iloc[0] == "baseline"
 
