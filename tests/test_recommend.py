@@ -177,3 +177,21 @@ def test_candidates_are_ranked_by_the_lower_end_of_their_prediction_interval():
     assert by_batch[1024]["speedup_interval"][0] < by_batch[512]["speedup_interval"][0]        # its low end does not
     assert rec["batch_size"] == 512 and by_batch[512]["rank"] == 1
     assert rec["predicted_speedup"]["coverage"] == 0.9
+
+
+def test_a_candidate_faster_on_its_point_but_not_on_its_interval_leaves_the_baseline_and_says_why():
+    """A profile measured while other processes came and went: its visits disagree several-fold, so no batch's
+    interval lies above 1, and the baseline stays with the numbers that kept it."""
+    import numpy as np
+
+    p = profile({128: 10, 512: 30})
+    rng = np.random.default_rng(1)
+    for point in p["points"]:
+        point["visits"] = 6
+        point["step_times_s"] = list(point["median_s"] * np.exp(0.9 * np.repeat(rng.standard_normal(6), 10)))
+    rec = recommend(p, RecommendConfig(noise_scale=100_000.0))
+    candidate = next(c for c in rec["candidates"] if c["batch_size"] == 512)
+    assert candidate["speedup_time_to_target"] > 1 > candidate["speedup_interval"][0]
+    assert rec["batch_size"] == 128
+    assert any(r.startswith("no measured batch's prediction interval lies above 1: the best, batch 512, is "
+                            "predicted") for r in rec["reasons"])

@@ -421,5 +421,18 @@ def _reasons(candidates, chosen, best, tied, b0, saturation, noise_scale, config
         reasons.append(f"the largest measured batch ({largest}) limited the search: profile larger batches "
                        f"(--max-batch) to see whether they are faster still")
     if chosen.batch_size == b0:
-        reasons.append(f"no measured batch is predicted to reach the target faster than the baseline {b0}")
+        reasons.append(_kept_baseline_reason(candidates, b0))
     return reasons
+
+
+def _kept_baseline_reason(candidates, b0: int) -> str:
+    """Why the baseline stayed: no candidate predicted faster, or none whose prediction interval lies above 1."""
+    hopeful = [c for c in candidates if c.eligible and c.batch_size != b0 and (c.speedup_time_to_target or 0) > 1]
+    if not hopeful:
+        return f"no measured batch is predicted to reach the target faster than the baseline {b0}"
+    best = max(hopeful, key=lambda c: c.speedup_time_to_target)
+    low, high = best.speedup_interval
+    return (f"no measured batch's prediction interval lies above 1: the best, batch {best.batch_size}, is predicted "
+            f"{best.speedup_time_to_target:.2f}x ({PREDICTION_COVERAGE:.0%} prediction interval {low:.2f}x to "
+            f"{high:.2f}x), too uncertain to rank above the baseline {b0}; a profile whose visits agree (a quieter "
+            f"machine, more --min-seconds) narrows it")
