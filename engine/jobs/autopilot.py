@@ -200,8 +200,8 @@ def headline(rec: dict, comparison: dict, decided: str | None = None, seeds: int
 def keep_baseline_headline(rec: dict) -> dict:
     """The recommendation is the baseline itself: say so plainly, train nothing, claim no speedup."""
     why = "; ".join(rec.get("reasons") or []) or "no measured batch is predicted faster"
-    text = (f"keep your baseline: batch {rec['baseline']['batch_size']} at lr {rec['baseline']['learning_rate']:.3g}; "
-            f"no measured batch is predicted faster beyond the lower end of its prediction interval, because {why}")
+    text = (f"keep your baseline: batch {rec['baseline']['batch_size']} at lr {rec['baseline']['learning_rate']:.3g}, "
+            f"because {why}")
     return {"text": text, "kept_baseline": True, "batch_size": rec["batch_size"], "learning_rate": rec["learning_rate"],
             "measured_speedup": None, "measured_speedup_interval": None, "predicted_speedup": 1.0, "verdict": None,
             "tone": "neutral",
