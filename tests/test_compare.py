@@ -334,3 +334,8 @@ def test_a_worse_quality_turns_even_a_faster_headline_away_from_success():
     view = AutopilotView(id="a", workload="w", device="cpu", state="FINISHED", live=False, progress=1.0, phase="done",
                          phases=[], caption="", headline=headline(REC_DOC, result))
     assert view.tone == "bad" and not view.good_news
+
+
+def test_when_every_run_ran_under_a_load_of_its_own_there_are_no_others_to_speak_of():
+    result = loaded_comparison([(65.8,), (33.0,), (3.2,)], [(53.3,), (3.6,), (3.0,)])   # a busy machine, measured
+    assert result["conditions"]["differed"] and "the others" not in result["conditions"]["text"]

@@ -343,7 +343,8 @@ def background_conditions(groups: list[dict]) -> dict:
         return {"differed": False, "text": None, "rule": rule, "flagged_runs": []}
     others = [r for _, r in runs if not r["conditions_differ"]]
     text = "; ".join(f"{name} seed {run.get('seed')} {why}" for name, run, why in flagged)
-    text += "; the others " + _others_text(others)
+    if others:   # every run flagged: there are no others to speak of
+        text += "; the others " + _others_text(others)
     return {"differed": True, "text": text, "rule": rule, "flagged_runs": [run["id"] for _, run, _ in flagged]}
 
 
