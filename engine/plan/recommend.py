@@ -310,7 +310,7 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None,
 
     interval = prediction_interval(draws[chosen.batch_size])
     if config.rule == "linear" and noise_scale is not None and chosen.batch_size > noise_scale:
-        reasons.append(f"the linear rule scales the learning rate past the noise scale (batch {chosen.batch_size} > "
+        reasons.append(f"the linear rule scales the learning rate past the noise scale (batch {chosen.batch_size} above "
                        f"B_noise ≈ {noise_scale:,.0f}), where McCandlish et al.'s optimal rate eps_max/(1 + B_noise/B) "
                        f"has stopped growing: try --rule noise ({scale_lr(lr0, b0, chosen.batch_size, 'noise', noise_scale):.3g} "
                        f"here) if the runs diverge or lose quality")
