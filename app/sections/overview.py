@@ -151,9 +151,12 @@ def autopilot_panel(autopilot_id: str, was_live: bool) -> None:
             st.warning(view.accepted_load, icon=":material/report:")
         for column, metric in zip(st.columns(4), view.metrics):
             column.metric(metric.label, metric.value, help=metric.help)
-        (st.success if view.good_news else st.warning)(view.headline["text"], icon=":material/bolt:")
+        box = {"good": st.success, "bad": st.error}.get(view.tone, st.warning)   # the colour follows the verdict
+        box(view.headline["text"], icon=":material/bolt:")
         if view.headline.get("schedule"):   # --arms baseline,fixed,schedule: the growing batch's own line
-            st.info(view.headline["schedule"]["text"], icon=":material/trending_up:")
+            schedule = view.headline["schedule"]
+            {"good": st.success, "bad": st.error}.get(schedule.get("tone"), st.info)(
+                schedule["text"], icon=":material/trending_up:")
         for warning in view.warnings:
             st.warning(warning, icon=":material/warning:")
     if view.comparison is not None:

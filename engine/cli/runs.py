@@ -25,6 +25,7 @@ from .output import console, detached, emit_json, finish_job, follow_job, table
 from ..errors import UsageError
 from ..format import format_background_load, format_bytes, format_math, unreadable_runs
 from ..measure.device_names import DTYPE_NAMES
+from ..plan.verdict import SEQUENTIAL_RULE
 from ..workloads.names import SCHEDULES
 
 
@@ -256,8 +257,10 @@ def runs_cancel(ctx, run_id):
 @click.pass_context
 def compare(ctx, runs_or_groups, tolerance, quality_tolerance, as_json):
     """Compare runs or groups of repeats against the first (the baseline): time to its validation loss
-    (median over seeds, a seed that never reached it counted as at least its whole training time), speedup
-    with a 90% bootstrap interval, and the quality difference with its interval and Welch's p-value."""
+    (Kaplan-Meier median over seeds, a seed that never reached it counted as at least its whole training
+    time), the speedup with a 90% bootstrap interval for censored data and an exact permutation test, and the
+    quality difference with its interval and Welch's p-value. "faster" only when the interval lies above 1
+    and the test agrees, "slower" below; fewer than 3 seeds an arm: too few seeds to say."""
     from .. import store
     from ..plan.compare import check_tolerance, compare_groups
 
@@ -290,19 +293,36 @@ def print_comparison(result: dict) -> None:
     conditions = result.get("conditions") or {}
     if conditions.get("differed"):
         console().print(f"[yellow]Conditions differed: {conditions['text']}.[/yellow]")
+    print_verdicts(result)
+
+
+def print_verdicts(result: dict) -> None:
+    """One line per arm: its speedup and its quality in the words every view uses."""
+    from ..plan.verdict import quality_words
+
+    name = (result.get("quality") or {}).get("name") or "metric"
+    colour = {"good": "green", "bad": "red"}
+    for group in (result.get("groups") or [])[1:]:
+        verdict = group.get("verdict") or {}
+        console().print(f"[{colour.get(verdict.get('tone'), 'yellow')}]{group['name']}: "
+                        f"{verdict.get('text', 'not measured')}; "
+                        f"{quality_words(group.get('quality'), name, result['confidence'])}[/]")
 
 
 @cli.command()
 @workload_options
 @click.option("--repeats", default="3", show_default=True, metavar="K", help="Seeds per arm (baseline, recommended).")
 @click.option("--epochs", metavar="E", help="Baseline training length (default: the workload's).")
-@click.option("--rule", type=click.Choice(["linear", "sqrt"]), default="linear", show_default=True)
+@click.option("--rule", type=click.Choice(["linear", "sqrt", "noise"]), default="linear", show_default=True,
+              help="Learning rate at the larger batch: linear (lr/batch fixed), sqrt, or noise (McCandlish et al.: "
+                   "lr0·(1 + B_noise/B0)/(1 + B_noise/B), which stops growing near the noise scale).")
 @click.option("--arms", metavar="LIST", help="baseline,recommended: train both arms even when the recommendation is "
               "the baseline (by default the autopilot then says so and trains nothing); baseline,fixed,schedule: "
               "also a third arm growing its batch on the schedule planned from a noise curve, in the same rotation.")
 @click.option("--until-decisive", is_flag=True,
-              help="Keep adding a seed to each arm until the speedup's 90% interval excludes 1 or the quality "
-                   "difference's lies within --quality-tolerance (at most --max-repeats seeds an arm).")
+              help="Keep adding a seed to each arm until the speedup is called faster or slower or the quality "
+                   "difference's interval lies within --quality-tolerance, at most --max-repeats seeds an arm. The "
+                   f"looks pay for themselves by {SEQUENTIAL_RULE}.")
 @click.option("--max-repeats", default="10", show_default=True, metavar="K", help="With --until-decisive.")
 @click.option("--quality-tolerance", default="0.01", show_default=True, metavar="SHARE",
               help="A quality difference within this share of the baseline's value counts as no difference.")

@@ -26,10 +26,12 @@ from ..measure.profile_config import MAX_SECONDS, check_threads, parse_threads
 from ..measure.train_config import MAX_EPOCHS
 from ..plan.compare import check_tolerance, compare_groups
 from ..plan.recommend import RULES, RecommendConfig, accepted_load_note, recommend, steps_factor
+from ..plan.verdict import (CONFIDENCE, FASTER, SLOWER, headline_tone, interval_text, look_levels,
+                            quality_words)
 from ..units import check_int, check_number, check_switch
 
 __all__ = ["AutopilotConfig", "autopilot_task", "PHASES", "headline", "keep_baseline_headline", "prediction_factors",
-           "decisive", "wait_for_quiet", "trusted_profile"]
+           "decisive", "sequential_text", "wait_for_quiet", "trusted_profile"]
 
 PHASES = ("profile", "noise scale", "recommendation", "training runs", "comparison")
 ARMS = ("baseline", "recommended")     # the arms an autopilot can train
@@ -52,8 +54,8 @@ class AutopilotConfig:
     quality_tolerance: float = 0.01       # compare: a quality difference within 1% of the baseline's is "none"
     arms: tuple[str, ...] | None = None   # None: the baseline and the recommendation, unless it is the baseline;
                                           # given: train exactly these arms, whatever was recommended
-    until_decisive: bool = False          # add seed pairs until the speedup or the quality is decided ...
-    max_repeats: int = 10                 # ... up to this many seeds an arm
+    until_decisive: bool = False          # add seed pairs until the speedup or the quality is decided, each look
+    max_repeats: int = 10                 # ... at its share of the error rate (alpha spending), up to this many seeds
     launcher: dict | None = None          # None: child jobs run here; {"kind": "ray", ...}: as Ray tasks
     nproc: int = 1                        # data-parallel ranks of the profile and of every training run
     compile: bool = False                 # torch.compile the model in every step: profile, noise scale, runs
@@ -68,7 +70,7 @@ class AutopilotConfig:
         if self.epochs is not None:
             check_number(self.epochs, "--epochs", low=0, high=MAX_EPOCHS)
         if self.rule not in RULES:
-            raise UsageError(f"--rule must be linear or sqrt, not {self.rule!r}")
+            raise UsageError(f"--rule must be {', '.join(RULES[:-1])} or {RULES[-1]}, not {self.rule!r}")
         check_int(self.noise_batches, "noise batches", low=2)
         check_number(self.min_seconds, "min seconds", low=0, high=MAX_SECONDS, low_inclusive=True)
         check_int(self.max_batch, "max batch")
@@ -82,6 +84,8 @@ class AutopilotConfig:
             raise UsageError(f"--arms takes {','.join(ARMS)} (both arms, trained even when the recommendation is the "
                              f"baseline) or {','.join(SCHEDULE_ARMS)} (a third arm growing its batch on a schedule "
                              f"planned from a noise curve), not {','.join(map(str, self.arms))}")
+        if self.scheduled and self.rule == "noise":
+            raise UsageError("the schedule arm scales its rate by the linear or sqrt rule: drop --rule noise")
         if self.scheduled and self.nproc != 1:
             raise UsageError("the schedule arm runs in one process: drop --nproc")
         check_int(self.max_repeats, "--max-repeats", high=MAX_REPEATS)
@@ -124,8 +128,13 @@ class AutopilotConfig:
 
 def prediction_factors(rec: dict, comparison: dict) -> dict:
     """The predicted speedup's two factors beside what the runs measured: the time per step (the
-    profile's t(B)/t(B0) against the runs' own) and the steps to the target (the noise-scale model's
-    S(B0)/S(B) against the runs' medians), so a user sees which half of a prediction was off."""
+    profile's t(B)/t(B0) against the runs') and the steps to the target (the noise-scale model's
+    S(B0)/S(B) against the runs'), so a user sees which half of a prediction was off.
+
+    Measured on the headline's own censored basis: the steps factor is the ratio of the arms' Kaplan-Meier
+    median steps to the target, the time per step is each arm's median time over its median steps, so the
+    measured steps factor over the measured time-per-step factor is the headline's speedup exactly. Where a
+    median is only a bound (fewer than half the seeds reached the target) neither factor is measured."""
     groups = comparison.get("groups") or []
     b0, b = rec["baseline"]["batch_size"], rec["batch_size"]
     step_times = {c["batch_size"]: c["step_time_s"] for c in rec["candidates"]}
@@ -133,11 +142,12 @@ def prediction_factors(rec: dict, comparison: dict) -> dict:
     predicted_steps = steps_factor(b0, rec.get("noise_scale")) / steps_factor(b, rec.get("noise_scale"))
     measured_step = measured_steps = None
     if len(groups) > 1:
-        base, other = groups[0], groups[1]
-        if base["time_per_step_s"]["mean"] and other["time_per_step_s"]["mean"]:
-            measured_step = other["time_per_step_s"]["mean"] / base["time_per_step_s"]["mean"]
-        if base["steps_to_target"]["mean"] and other["steps_to_target"]["mean"]:
-            measured_steps = base["steps_to_target"]["mean"] / other["steps_to_target"]["mean"]
+        medians = [((g.get("time_to_target") or {}).get("median_s"), (g.get("steps_to_target_median") or {}).get("median"))
+                   for g in groups[:2]]
+        if all(time and steps for time, steps in medians):
+            (base_time, base_steps), (time, steps) = medians
+            measured_steps = base_steps / steps
+            measured_step = (time / steps) / (base_time / base_steps)
     return {"step_time_ratio": {"predicted": predicted_step, "measured": measured_step,
                                 "meaning": "time per step at the recommended batch over the baseline's"},
             "steps_ratio": {"predicted": predicted_steps, "measured": measured_steps,
@@ -145,41 +155,56 @@ def prediction_factors(rec: dict, comparison: dict) -> dict:
 
 
 def decisive(comparison: dict) -> str | None:
-    """Why the comparison is decisive, or None: the speedup's interval excludes 1, or the quality
-    difference's interval lies inside the tolerance."""
+    """Why the comparison is decisive at its own level, or None: the speedup is called faster or slower (its
+    interval and its exact test agree; never on a bound, never below three seeds an arm), or the quality
+    difference's interval lies within the tolerance."""
     groups = comparison.get("groups") or []
     if len(groups) < 2:
         return None
-    interval = groups[1].get("speedup_interval")
-    if interval and (interval[0] > 1.0 or interval[1] < 1.0):
-        return "the speedup's interval excludes 1"
+    word = (groups[1].get("verdict") or {}).get("word")
+    if word == FASTER:
+        return "the speedup's interval lies above 1 and the exact test agrees"
+    if word == SLOWER:
+        return "the speedup's interval lies below 1 and the exact test agrees"
     if (groups[1].get("quality") or {}).get("verdict") == "equivalent":
         return "the quality difference's interval lies within the tolerance"
     return None
 
 
-def headline(rec: dict, comparison: dict, decided: str | None = None, seeds: int | None = None) -> dict:
-    """One line a person reads first: the pair, the measured speedup with its interval and how many seeds
-    reached the target, the prediction beside it, and the quality difference with its interval."""
+def sequential_text(seeds: int, decided: str | None, levels: dict[int, float]) -> str:
+    """The `--until-decisive` clause of a headline: where it stopped, and at what level that look was tested."""
+    look = sorted(levels).index(seeds) + 1 if seeds in levels else len(levels)
+    level = levels.get(seeds, 0.0)
+    where = (f"look {look} of {len(levels)} at level {level:.3g} ({1 - level:.0%} intervals; alpha spending over "
+             f"{min(levels)} to {max(levels)} seeds, {sum(levels.values()):.0%} in all)")
+    if decided is not None:
+        return f"decisive after {seeds} seed pairs: {decided}, {where}"
+    return f"not decisive after {seeds} seed pairs (--max-repeats), {where}"
+
+
+def headline(rec: dict, comparison: dict, decided: str | None = None, seeds: int | None = None,
+             levels: dict[int, float] | None = None) -> dict:
+    """One line a person reads first: the pair, the measured speedup in :mod:`largestep.plan.verdict`'s words
+    and how many seeds reached the target, the prediction with its interval beside it, and the quality
+    difference with its interval. ``seeds`` and ``levels``: an `--until-decisive` autopilot's last look."""
     groups = comparison.get("groups") or []
     base, recommended = (groups[0], groups[1]) if len(groups) > 1 else ({}, {})
     predicted = rec["predicted_speedup"]["time_to_target"]
     predicted_interval = rec["predicted_speedup"].get("time_to_target_interval")
+    coverage = rec["predicted_speedup"].get("coverage")
     interval = recommended.get("speedup_interval")
     measured = recommended.get("speedup")
+    verdict = recommended.get("verdict") or {}
     reached = recommended.get("time_to_target") or {}
+    confidence = comparison.get("confidence", CONFIDENCE)
     text = (f"batch {rec['batch_size']} at lr {rec['learning_rate']:.3g} (baseline {rec['baseline']['batch_size']} "
-            f"at {rec['baseline']['learning_rate']:.3g}): ")
-    if measured is not None:
-        text += f"{measured:.2f}x faster to the baseline's validation loss"
-        if interval:
-            text += f" ({comparison['confidence']:.0%} interval {interval[0]:.2f}x to {interval[1]:.2f}x)"
-    else:
-        text += f"did not reach the baseline's validation loss {comparison.get('target_val_loss', float('nan')):.4f}"
+            f"at {rec['baseline']['learning_rate']:.3g}): time to the baseline's validation loss "
+            f"{comparison.get('target_val_loss', float('nan')):.4f}: {verdict.get('text', 'not measured')}")
     text += (f", reached in {reached.get('reached', 0)} of {reached.get('n', 0)} seeds"
              f" (baseline {base.get('reached', 0)} of {base.get('n', 0)}); predicted {predicted:.2f}x")
     if predicted_interval:
-        text += f" ({predicted_interval[0]:.2f}x to {predicted_interval[1]:.2f}x over the noise scale's interval)"
+        text += (f" ({coverage:.0%} prediction interval {interval_text(*predicted_interval)})" if coverage
+                 else f" ({interval_text(*predicted_interval)})")
     censored = [(group["name"], run) for group in groups for run in group.get("runs") or []
                 if run.get("time_to_target_s") is None]
     if censored:
@@ -192,21 +217,16 @@ def headline(rec: dict, comparison: dict, decided: str | None = None, seeds: int
         text += f"; conditions differed: {conditions['text']}"
     quality = recommended.get("quality") or {}
     name = (comparison.get("quality") or {}).get("name")
-    if quality.get("difference") is not None:
-        text += f"; {name} {quality['difference']:+.4f}"
-        if quality.get("interval"):
-            low, high = quality["interval"]
-            text += (f" ({comparison['confidence']:.0%} interval {low:+.4f} to {high:+.4f}, "
-                     f"{quality['verdict']} within ±{quality['tolerance']:.4f})")
-        else:
-            text += " (no interval: fewer than two finished seeds on a side)"
-    if seeds is not None and decided is not None:
-        text += f"; decisive after {seeds} seed pairs: {decided}"
-    elif seeds is not None:
-        text += f"; not decisive after {seeds} seed pairs (--max-repeats)"
+    if quality:
+        text += "; " + quality_words(quality, name, confidence)
+    if seeds is not None:
+        text += "; " + sequential_text(seeds, decided, levels or {seeds: 1 - confidence})
     return {"text": text, "kept_baseline": False, "decisive": decided, "batch_size": rec["batch_size"], "learning_rate": rec["learning_rate"],
-            "measured_speedup": measured, "measured_speedup_interval": interval, "predicted_speedup": predicted,
-            "predicted_speedup_interval": predicted_interval,
+            "measured_speedup": measured, "measured_speedup_interval": interval,
+            "measured_speedup_bound": recommended.get("speedup_bound"), "verdict": verdict or None,
+            "confidence": confidence, "tone": headline_tone(verdict, quality),
+            "predicted_speedup": predicted, "predicted_speedup_interval": predicted_interval,
+            "predicted_coverage": coverage,
             "predicted_throughput_speedup": rec["predicted_speedup"]["throughput"],
             "reached": reached.get("reached"), "seeds": reached.get("n"),
             "censored": [{"group": name, "run": run["id"], "seed": run.get("seed")} for name, run in censored],
@@ -219,10 +239,11 @@ def headline(rec: dict, comparison: dict, decided: str | None = None, seeds: int
 def keep_baseline_headline(rec: dict) -> dict:
     """The recommendation is the baseline itself: say so plainly, train nothing, claim no speedup."""
     why = "; ".join(rec.get("reasons") or []) or "no measured batch is predicted faster"
-    text = (f"keep your baseline: batch {rec['baseline']['batch_size']} at lr {rec['baseline']['learning_rate']:.3g}; "
-            f"no measured batch is predicted faster, because {why}")
+    text = (f"keep your baseline: batch {rec['baseline']['batch_size']} at lr {rec['baseline']['learning_rate']:.3g}, "
+            f"because {why}")
     return {"text": text, "kept_baseline": True, "batch_size": rec["batch_size"], "learning_rate": rec["learning_rate"],
-            "measured_speedup": None, "measured_speedup_interval": None, "predicted_speedup": 1.0,
+            "measured_speedup": None, "measured_speedup_interval": None, "predicted_speedup": 1.0, "verdict": None,
+            "tone": "neutral",
             "predicted_throughput_speedup": rec["predicted_speedup"]["throughput"], "reached": None, "seeds": None,
             "censored": [], "metric": None, "metric_difference": None, "p_value": None, "quality": None,
             "factors": None, "device": rec["device"].get("name")}
@@ -245,22 +266,18 @@ def schedule_headline(rec: dict, comparison: dict) -> dict:
     group = next(g for g in comparison["groups"] if g["name"] == "schedule")
     fixed = next(g for g in comparison["groups"] if g["name"] == "recommended")
     predicted = plan["predicted_speedup"]
-    text = f"schedule {plan['spec']}: "
-    if group.get("speedup") is not None:
-        text += f"{group['speedup']:.2f}x faster to the baseline's validation loss"
-        if group.get("speedup_interval"):
-            low, high = group["speedup_interval"]
-            text += f" ({comparison['confidence']:.0%} interval {low:.2f}x to {high:.2f}x)"
-    else:
-        text += "did not reach the baseline's validation loss"
+    text = f"schedule {plan['spec']}: time to the baseline's validation loss: "
+    text += (group.get("verdict") or {}).get("text", "not measured")
     reached = group.get("time_to_target") or {}
     text += (f", reached in {reached.get('reached', 0)} of {reached.get('n', 0)} seeds; predicted "
              f"{predicted['over_baseline']:.2f}x over the baseline and {predicted['over_best_fixed']:.2f}x over the "
              f"best fixed batch {plan['best_fixed']['batch_size']}")
-    if group.get("speedup") and fixed.get("speedup"):
-        text += f"; measured {group['speedup'] / fixed['speedup']:.2f}x over the fixed arm (batch {fixed['batch_size']})"
+    if group.get("speedup") and fixed.get("speedup"):   # a ratio of two ratios: its interval is not measured
+        text += (f"; {group['speedup'] / fixed['speedup']:.2f}x the fixed arm's speedup (batch {fixed['batch_size']}; "
+                 f"a ratio of two medians with no interval of its own: compare the two arms' intervals)")
     return {"schedule": {"text": text, "spec": plan["spec"], "measured_speedup": group.get("speedup"),
-                         "measured_speedup_interval": group.get("speedup_interval"),
+                         "measured_speedup_interval": group.get("speedup_interval"), "verdict": group.get("verdict"),
+                         "tone": headline_tone(group.get("verdict"), group.get("quality")),
                          "predicted_speedup": predicted["over_baseline"],
                          "predicted_speedup_over_best_fixed": predicted["over_best_fixed"],
                          "quality": group.get("quality")}}
@@ -481,7 +498,7 @@ def autopilot_task(ctx: JobContext) -> None:
             phase("training runs", 0.0, run_ids=order)
             state_of.update(zip(queued, wait_for(queued, "training runs")))
 
-        def compared() -> dict:
+        def compared(confidence: float = CONFIDENCE) -> dict:
             groups, evals = [], []
             for name, (_config, _group, ids) in arms.items():
                 runs = []
@@ -493,19 +510,21 @@ def autopilot_task(ctx: JobContext) -> None:
             frame = pd.DataFrame(evals, columns=["run_id", "step", "epoch", "samples", "wall_time_s", "train_time_s",
                                                  "val_loss"])
             return compare_groups(groups, frame, tolerance=config.tolerance,
-                                  quality_tolerance=config.quality_tolerance)
+                                  quality_tolerance=config.quality_tolerance, confidence=confidence)
 
+        # each look of --until-decisive is tested at its own share of the error rate (alpha spending)
+        levels = look_levels(config.repeats, config.max_repeats) if config.until_decisive else None
         train_seeds(range(config.repeats))
         phase("comparison", 0.0)
-        comparison = compared()
         seeds = config.repeats
-        while config.until_decisive and decisive(comparison) is None and seeds < config.max_repeats:
+        comparison = compared(1 - levels[seeds]) if levels else compared()
+        while levels and decisive(comparison) is None and seeds + 1 in levels:
             train_seeds(range(seeds, seeds + 1))   # one more pair of seeds
             seeds += 1
             phase("comparison", 0.0)
-            comparison = compared()
+            comparison = compared(1 - levels[seeds])
         baseline_ids, recommended_ids = arms["baseline"][2], arms["recommended"][2]
-        result = (headline(rec, comparison, decisive(comparison), seeds) if config.until_decisive
+        result = (headline(rec, comparison, decisive(comparison), seeds, levels) if levels
                   else headline(rec, comparison))
         if config.scheduled:
             result = {**result, **schedule_headline(rec, comparison)}

@@ -318,8 +318,9 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(device, config.dtype) else None
     if world > 1 and scaler is None:  # a loss-scaled gradient would need unscaling first: fp16 goes without
         probe = _NoiseProbe(forward, device, config.rank_batch, config.batch_size)
-    if adaptive and scaler is None:   # the live noise scale from each step's micro-batches
-        probe = _MicroNoiseProbe(model, device, config.accumulate, config.micro_batch, config.batch_size)
+    trend = batch_schedule.NoiseTrend(config.seed) if adaptive else None
+    if adaptive:   # the live noise scale from each step's micro-batches (loss-scaled ones unscaled)
+        probe = _MicroNoiseProbe(model, device, config.accumulate, config.micro_batch, config.batch_size, scaler)
     epochs = config.epochs if config.epochs is not None else workload.epochs
     warmup = config.warmup_samples if config.warmup_samples is not None else workload.default_warmup_samples()
     steps_per_epoch = source.steps_per_epoch(config.accumulate)
@@ -430,10 +431,8 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
                 if probe is not None:
                     noise_rows = probe.log_rows(row)  # a collective: every rank computes, rank 0 logs
                     log.logged_values(noise_rows)
-                    if adaptive:  # the next phase starts now when the live noise scale calls for it
-                        noise = next((r["value"] for r in noise_rows if r["name"] == "noise_scale"), None)
-                        grown = batch_schedule.grown_batch(batch_now, tuple(config.adaptive_batches), noise,
-                                                           config.adaptive_multiple, workload.n_train)
+                    if adaptive:  # the next phase starts when the smoothed noise scale's interval calls for it
+                        grown = _adaptive_look(trend, noise_rows, row, batch_now, config, workload.n_train, log)
                         if grown is not None and result.samples < total_samples:
                             phases = (*phases, (grown, result.samples / total_samples))
                 interval_loss.reset()
@@ -549,6 +548,19 @@ def compile_before_clock(forward: torch.nn.Module, workload: Workload, device: t
     return elapsed
 
 
+def _adaptive_look(trend, noise_rows: list[dict], row: dict, batch: int, config, n_train: int, log) -> int | None:
+    """Feed one logging interval's |G|² and tr(Σ) to the smoothed noise scale, log it with its interval, and
+    return the batch to grow into (None: stay)."""
+    values = {r["name"]: r["value"] for r in noise_rows}
+    trend.add(values.get("noise_g2"), values.get("noise_trace_sigma"))
+    estimate = trend.estimate()
+    if estimate is not None:
+        index = {k: row[k] for k in ("step", "epoch", "samples", "wall_time_s", "train_time_s")}
+        smoothed = zip(("noise_scale_smoothed", "noise_scale_low", "noise_scale_high"), estimate)
+        log.logged_values([{**index, "name": name, "value": value} for name, value in smoothed if value is not None])
+    return trend.grown(batch, tuple(config.adaptive_batches), config.adaptive_multiple, n_train, estimate)
+
+
 def _no_sync_unless(forward: torch.nn.Module, syncing: bool):
     """DDP's ``no_sync()`` for the micro-batches that only accumulate; nothing otherwise."""
     if syncing or not hasattr(forward, "no_sync"):
@@ -624,14 +636,17 @@ class _MicroNoiseProbe(_NoiseProbe):
     small models this is for. The interval's estimate and its rows are the data-parallel probe's."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, accumulate: int, batch_small: int,
-                 batch_big: int):
+                 batch_big: int, scaler=None):
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.accumulate = accumulate
         self.batch_small, self.batch_big = batch_small, batch_big
         self.small_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.big_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.step_small = torch.zeros((), dtype=torch.float64, device=device)   # this step's, loss-scaled
+        self.good_steps = torch.zeros((), dtype=torch.float64, device=device)   # steps with finite gradients
         self.steps = 0
         self.every, self.probing = 1, True   # every step: an adaptive batch follows its live noise scale
+        self.scaler = scaler   # fp16: every gradient is the loss scale times the true one until unscaled
         self.previous: torch.Tensor | None = None   # the accumulated gradient before this micro-batch
 
     def _flat(self) -> torch.Tensor:
@@ -642,12 +657,31 @@ class _MicroNoiseProbe(_NoiseProbe):
         flat = self._flat()
         change = flat if self.previous is None else flat - self.previous
         # its own gradient is accumulate x the change; the mean over the step's micro-batches
-        self.small_sum += (self.accumulate * change).dot(self.accumulate * change) / self.accumulate
+        self.step_small += (self.accumulate * change).dot(self.accumulate * change) / self.accumulate
         self.previous = flat
 
     def after_backward(self, model: torch.nn.Module) -> None:
-        super().after_backward(model)
+        """The step's |G_big|² and mean |G_small|², divided by the loss scale squared under fp16 (before the
+        scaler unscales or steps: the scale is the one the step's gradients carry). A step whose gradients
+        overflowed (the scaler skips it) is left out, on the device, without a sync."""
+        flat = self._flat()
+        big = flat.dot(flat)
+        small = self.step_small
+        scale = self.scaler._get_scale_async() if self.scaler is not None else None
+        if scale is not None:
+            inverse = 1.0 / scale.double() ** 2
+            big, small = big * inverse, small * inverse
+        finite = torch.isfinite(big) & torch.isfinite(small)
+        self.big_sum += torch.where(finite, big, torch.zeros_like(big))
+        self.small_sum += torch.where(finite, small, torch.zeros_like(small))
+        self.good_steps += finite.double()
+        self.step_small = torch.zeros_like(self.step_small)
         self.previous = None   # the optimizer step clears the gradients
+
+    def log_rows(self, row: dict) -> list[dict]:
+        self.steps = int(self.good_steps)   # sync, once an interval
+        self.good_steps.zero_()
+        return super().log_rows(row)
 
 
 class _IntervalLoss:

@@ -222,6 +222,8 @@ def config_document(rec: dict, devices: int | None = None, micro_batch: int | No
         "prediction": {
             "speedup_throughput": _number(speedup.get("throughput")),
             "speedup_time_to_target": _number(speedup.get("time_to_target")),
+            **({"speedup_time_to_target_interval": [_number(v) for v in speedup["time_to_target_interval"]],
+                "coverage": _number(speedup.get("coverage"))} if speedup.get("time_to_target_interval") else {}),
             "experiments_per_gpu_day": {
                 "baseline": _number(per_day.get("baseline")),
                 "recommended": _number(per_day.get("recommended")),
@@ -252,7 +254,10 @@ def _batch_schedule_section(plan: dict) -> dict:
                    for p in plan["phases"]],
         "prediction": {"speedup_over_baseline": _number(speed["over_baseline"]),
                        "speedup_over_best_fixed": _number(speed["over_best_fixed"]),
-                       "best_fixed_batch": int(plan["best_fixed"]["batch_size"])},
+                       "best_fixed_batch": int(plan["best_fixed"]["batch_size"]),
+                       **({"speedup_over_baseline_interval": [_number(v) for v in speed["over_baseline_interval"]],
+                           "speedup_over_best_fixed_interval": [_number(v) for v in speed["over_best_fixed_interval"]]}
+                          if speed.get("over_baseline_interval") else {})},
     }
 
 
@@ -370,6 +375,8 @@ def _header(doc: dict) -> list[str]:
     base = scale["baseline"]
     if scale["rule"] == "linear":
         rule = f"rule: linear, lr/batch fixed at {scale['lr_per_sample']:.4g} per sample"
+    elif scale["rule"] == "noise":
+        rule = "rule: noise, lr = baseline lr x (1 + B_noise/baseline batch) / (1 + B_noise/batch) (McCandlish et al.)"
     else:
         rule = f"rule: {_clean(scale['rule'])}, lr = baseline lr x sqrt(batch / baseline batch)"
     if base["batch_size"] and base["learning_rate"]:
@@ -393,11 +400,23 @@ def _header(doc: dict) -> list[str]:
     if pred["speedup_time_to_target"] is not None or pred["speedup_throughput"] is not None:
         parts = []
         if pred["speedup_time_to_target"] is not None:
-            parts.append(f"{pred['speedup_time_to_target']:.2f}x faster to the target")
+            span = pred.get("speedup_time_to_target_interval")
+            parts.append(f"{pred['speedup_time_to_target']:.2f}x the speed to the target"
+                         + (f" ({(pred.get('coverage') or 0.9):.0%} prediction interval {span[0]:.2f}x to {span[1]:.2f}x)"
+                            if span else ""))
         if pred["speedup_throughput"] is not None:
             parts.append(f"{pred['speedup_throughput']:.2f}x the throughput")
         lines.append("predicted: " + ", ".join(parts) + " of the baseline")
     return lines
+
+
+def _schedule_interval(prediction: dict) -> str:
+    """", 90% prediction intervals 1.1x-1.6x and 0.9x-1.2x" where the plan has them."""
+    low = prediction.get("speedup_over_baseline_interval")
+    fixed = prediction.get("speedup_over_best_fixed_interval")
+    if not low or not fixed:
+        return ""
+    return f"; 90% prediction intervals {low[0]:.2f}x-{low[1]:.2f}x and {fixed[0]:.2f}x-{fixed[1]:.2f}x"
 
 
 def _clean(value: Any) -> str:
@@ -789,9 +808,9 @@ def _batch_schedule_code(doc: dict) -> str:
     return f'''
 
 # -- the batch schedule: the batch grows as the gradient noise scale does (noise curve {_clean(plan['curve_id'])})
-# predicted {plan['prediction']['speedup_over_baseline']:.2f}x faster than the baseline and \
-{plan['prediction']['speedup_over_best_fixed']:.2f}x faster than the best fixed batch \
-({plan['prediction']['best_fixed_batch']})
+# predicted {plan['prediction']['speedup_over_baseline']:.2f}x the baseline's speed and \
+{plan['prediction']['speedup_over_best_fixed']:.2f}x the best fixed batch's \
+({plan['prediction']['best_fixed_batch']}){_schedule_interval(plan['prediction'])}
 BATCH_SCHEDULE = [  # (share of the run's samples at which the phase starts, batch size, peak learning rate)
 {phases}]
 SCHEDULE_WARMUP_SAMPLES = {warmup}  # each phase ramps its rate linearly from the previous phase's

@@ -6,7 +6,13 @@ From a stored profile (measured step times) and, where available, the gradient n
 - time to target:    T(B) = S(B) t(B)
 - predicted speedup of B over the baseline B0: [(1 + B_n/B0) / (1 + B_n/B)] t(B0) / t(B)
 - learning rate: linear rule lr0 B/B0 (lr/batch fixed; Goyal et al. 2017, Smith et al. 2021),
-  or square-root rule lr0 sqrt(B/B0) for adaptive optimizers (Malladi et al. 2022)
+  square-root rule lr0 sqrt(B/B0) for adaptive optimizers (Malladi et al. 2022), or the noise rule
+  lr0 (1 + B_noise/B0)/(1 + B_noise/B): McCandlish et al.'s optimal SGD rate eps_max/(1 + B_noise/B),
+  calibrated at the baseline, which grows almost linearly below B_noise and stops growing past it
+- prediction interval: the predicted speedup's spread over what it is uncertain of (the noise scale
+  within its bootstrap interval, each step time as a mean over the profile's visits, and the step-time
+  bias earlier runs measured against their profile), by Monte-Carlo draws; candidates are ranked by the
+  interval's lower end, so a noisy candidate does not win on its point estimate alone
 - warm-up: gradual and linear over a number of samples that does not shrink as B grows.
 
 Without a noise-scale estimate it assumes perfect scaling (S(B) B constant) up to the saturation
@@ -20,6 +26,9 @@ import secrets
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
+import numpy as np
+from scipy import stats
+
 from .. import curve
 from ..about import __version__
 from ..errors import UnusableProfile, UsageError
@@ -27,11 +36,16 @@ from ..format import format_bytes
 from ..units import INT64_MAX, check_int
 
 __all__ = ["RecommendConfig", "Candidate", "recommend", "scale_lr", "warmup_steps", "memory_safe_batches",
-           "SECONDS_PER_DAY", "RULES", "step_time", "accepted_load_note"]
+           "SECONDS_PER_DAY", "RULES", "step_time", "accepted_load_note", "prediction_draws", "PREDICTION_COVERAGE",
+           "noise_draws", "step_time_draws", "step_time_blocks", "prediction_interval"]
 
-RULES = ("linear", "sqrt")
+RULES = ("linear", "sqrt", "noise")
 SECONDS_PER_DAY = 86_400.0
-TIE_SHARE = 0.05  # candidates within 5% of the best predicted time count as tied; the smaller batch wins
+TIE_SHARE = 0.05  # candidates within 5% of the best lower end of the predicted speedup count as tied; the smaller batch wins
+PREDICTION_COVERAGE = 0.90   # of every predicted speedup's interval; candidates rank by its lower end
+PREDICTION_DRAWS = 4000      # Monte-Carlo draws of what the prediction is uncertain of
+MIN_BLOCKS = 4               # a point timed in fewer visits is resampled as this many contiguous blocks of its steps
+NOISE_CONFIDENCE = 0.90      # of a stored noise estimate's bootstrap interval (largestep noise's default)
 
 
 @dataclass(frozen=True)
@@ -69,7 +83,7 @@ class RecommendConfig:
         if self.baseline_lr is not None and not (self.baseline_lr > 0 and math.isfinite(self.baseline_lr)):
             raise UsageError(f"--baseline-lr must be a positive number, not {self.baseline_lr!r}")
         if self.rule not in RULES:
-            raise UsageError(f"--rule must be linear or sqrt, not {self.rule!r}")
+            raise UsageError(f"--rule must be linear, sqrt or noise, not {self.rule!r}")
         if self.noise_scale is not None and not (self.noise_scale > 0 and math.isfinite(self.noise_scale)):
             raise UsageError(f"--noise-scale must be a positive number, not {self.noise_scale!r}")
         if not 0 < self.memory_headroom <= 1:
@@ -93,7 +107,9 @@ class Candidate:
     run_time_s: float | None               # predicted wall time of one training run
     eligible: bool
     excluded: str | None = None            # why not eligible, in words
-    rank: int | None = None
+    rank: int | None = None                # by the lower end of speedup_interval
+    speedup_interval: list[float] | None = None   # PREDICTION_COVERAGE prediction interval of the speedup
+    step_time_blocks: list[float] | None = None   # the visits' median step times its interval resampled
 
 
 def _over_memory(point: dict, memory_limit: float | None) -> bool:
@@ -109,9 +125,16 @@ def memory_safe_batches(profile: dict, memory_headroom: float = 0.9) -> tuple[in
                         if p["status"] == "ok" and p.get("median_s") and not _over_memory(p, limit)))
 
 
-def scale_lr(baseline_lr: float, baseline_batch: int, batch: int, rule: str = "linear") -> float:
-    """The learning rate for ``batch``: linear keeps lr/batch fixed; sqrt scales with sqrt(B/B0)."""
+def scale_lr(baseline_lr: float, baseline_batch: int, batch: int, rule: str = "linear",
+             noise_scale: float | None = None) -> float:
+    """The learning rate for ``batch``: linear keeps lr/batch fixed; sqrt scales with sqrt(B/B0); noise is
+    McCandlish et al.'s eps_max/(1 + B_noise/B) with eps_max set so the baseline keeps its rate."""
     ratio = batch / baseline_batch
+    if rule == "noise":
+        if noise_scale is None:
+            raise UsageError("--rule noise needs a gradient noise scale: estimate one (`largestep noise`, "
+                             "--estimate-noise) or give --noise-scale")
+        return baseline_lr * (1 + noise_scale / baseline_batch) / (1 + noise_scale / batch)
     return baseline_lr * (ratio if rule == "linear" else math.sqrt(ratio))
 
 
@@ -139,25 +162,93 @@ def steps_factor(batch: int, noise_scale: float | None) -> float:
     return 1.0 + noise_scale / batch
 
 
-def predicted_interval(b0: int, b: int, noise_scale: float | None, noise_interval: tuple | None,
-                       base_quartiles: tuple[float, float], quartiles: tuple[float, float]) -> list[float]:
-    """The predicted speedup of batch ``b`` over ``b0`` as the noise scale ranges over its interval (an
-    open upper end is perfect scaling) and each step time over its quartiles: the speedup is monotonic
-    in each, so the corners bound it."""
-    if noise_interval is not None:
-        scales = [noise_interval[0] if noise_interval[0] is not None else noise_scale, noise_interval[1]]
-    else:
-        scales = [noise_scale]
-    values = [steps_factor(b0, n) / steps_factor(b, n) * t0 / t
-              for n in scales for t0 in base_quartiles for t in quartiles]
-    return [min(values), max(values)]
+def noise_draws(noise_scale: float | None, interval: tuple | None, draws: int, rng) -> np.ndarray:
+    """Draws of B_noise: a two-piece log-normal through the estimate and its bootstrap interval's ends
+    (each end NOISE_CONFIDENCE's quantile); an open end is drawn from a tail ten times as wide as the
+    estimate (an open upper end reaches perfect scaling, B_noise = inf, in a twentieth of the draws).
+    None (perfect scaling assumed): inf throughout. No interval: the estimate alone."""
+    if noise_scale is None:
+        return np.full(draws, np.inf)
+    if not interval:
+        return np.full(draws, float(noise_scale))
+    z = stats.norm.ppf(0.5 + NOISE_CONFIDENCE / 2)
+    low, high = interval
+    wide = math.log(10.0) / z
+    sigma_low = math.log(noise_scale / low) / z if low and 0 < low < noise_scale else wide
+    sigma_high = math.log(high / noise_scale) / z if high and high > noise_scale else wide
+    normal = rng.standard_normal(draws)
+    out = noise_scale * np.exp(np.where(normal < 0, sigma_low, sigma_high) * normal)
+    if interval[1] is None:
+        out[normal > z] = np.inf
+    return out
 
 
-def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None) -> dict:
+def step_time_blocks(point: dict) -> list[float] | None:
+    """The medians of a profile point's visits (or, for a point timed in fewer than MIN_BLOCKS visits, of
+    that many contiguous blocks of its steps); None without raw step times."""
+    times = np.asarray(point.get("step_times_s") or [], dtype=float)
+    times = times[np.isfinite(times)]
+    blocks = max(int(point.get("visits") or 1), MIN_BLOCKS)
+    if len(times) < blocks:
+        return None
+    return [float(np.median(chunk)) for chunk in np.array_split(times, blocks)]
+
+
+def step_time_draws(point: dict, draws: int, rng) -> np.ndarray:
+    """Draws of a batch's step time as a mean over the profile's visits: the visit medians
+    (:func:`step_time_blocks`, or a candidate's stored ``step_time_blocks``) resampled, averaged and scaled to
+    the point's step time (its estimate: :func:`step_time`). The spread between visits, not between single
+    steps, is what one statistic of the steps does not know. Without raw step times: a normal approximation
+    of the median's error from the quartiles, around the step time."""
+    median = point.get("step_time_s") or step_time(point)
+    blocks = point.get("step_time_blocks") or step_time_blocks(point)
+    if blocks:
+        means = np.asarray(blocks, dtype=float)
+        picks = rng.integers(0, len(means), size=(draws, len(means)))
+        return median * means[picks].mean(axis=1) / means.mean()
+    spread = ((point.get("p75_s") or median) - (point.get("p25_s") or median)) / 1.349
+    error = 1.2533 * spread / math.sqrt(max(int(point.get("n") or 1), 1))
+    return np.maximum(median + error * rng.standard_normal(draws), median * 1e-3)
+
+
+def _speedup_draws(b0: int, b: int, noise: np.ndarray, base_times: np.ndarray, times: np.ndarray,
+                   bias: np.ndarray) -> np.ndarray:
+    """Draws of the predicted speedup [(1 + B_n/B0)/(1 + B_n/B)]·t(B0)/t(B), over the step-time bias."""
+    with np.errstate(invalid="ignore"):
+        steps = np.where(np.isinf(noise), b / b0, (1 + noise / b0) / (1 + noise / b))
+    return steps * base_times / times / bias
+
+
+def prediction_draws(ok: dict, b0: int, noise_scale: float | None, noise_interval: tuple | None,
+                     biases: list[float] | None = None, draws: int = PREDICTION_DRAWS, seed: int = 0
+                     ) -> dict[int, np.ndarray]:
+    """Monte-Carlo draws of every measured batch's predicted speedup over ``b0`` (``ok``: batch -> point).
+
+    One draw takes one noise scale, one step time for each batch and one step-time bias (a ratio earlier
+    runs measured of their time-per-step factor over the profile's, drawn from those seen) for all
+    batches at once, so candidates are compared on the same draws."""
+    rng = np.random.default_rng(seed)
+    noise = noise_draws(noise_scale, noise_interval, draws, rng)
+    times = {batch: step_time_draws(point, draws, rng) for batch, point in sorted(ok.items())}
+    bias = rng.choice(np.asarray(biases, dtype=float), size=draws) if biases else np.ones(draws)
+    return {batch: _speedup_draws(b0, batch, noise, times[b0], times[batch], bias) for batch in times}
+
+
+def prediction_interval(draws: np.ndarray) -> list[float]:
+    """The PREDICTION_COVERAGE interval (equal tails) of Monte-Carlo draws."""
+    tail = (1 - PREDICTION_COVERAGE) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    return [float(low), float(high)]
+
+
+def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None,
+              biases: list[float] | None = None) -> dict:
     """The recommendation document for a stored profile (see :func:`largestep.store.load_profile`).
 
     ``noise`` is a stored noise estimate; its ``b_simple`` is used unless ``config.noise_scale``
-    is given. Raises UsageError when the profile cannot support a recommendation.
+    is given. ``biases``: earlier runs' measured time-per-step factor over the profile's
+    (:func:`largestep.store.step_time_biases`), widening the prediction interval by what they saw.
+    Raises UsageError when the profile cannot support a recommendation.
     """
     config.validate()
     ok = {p["batch_size"]: p for p in profile["points"] if p["status"] == "ok" and p.get("median_s")}
@@ -179,6 +270,8 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
     if noise_scale is None and noise is not None and noise.get("b_simple"):
         noise_scale, noise_id = float(noise["b_simple"]), noise.get("id")
         noise_interval = (noise.get("ci_low"), noise.get("ci_high"))   # ci_high None: unbounded above
+    if config.rule == "noise" and noise_scale is None:
+        scale_lr(1.0, 1, 1, "noise")   # says how to get one
     saturation = profile.get("saturation_batch")
     memory_total = profile.get("device_total_memory_bytes")
     memory_limit = memory_total * config.memory_headroom if memory_total else None
@@ -189,12 +282,13 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
 
     t0 = step_time(ok[b0])
     base_steps = steps_factor(b0, noise_scale)
+    draws = prediction_draws(ok, b0, noise_scale, noise_interval, biases)
     candidates: list[Candidate] = []
     for b in sorted(ok):
         point = ok[b]
         t = step_time(point)
         spread = _spread(point)
-        lr = scale_lr(lr0, b0, b, config.rule)
+        lr = scale_lr(lr0, b0, b, config.rule, noise_scale)
         excluded = None
         if b < b0:
             excluded = "smaller than the baseline"
@@ -219,13 +313,15 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
             peak_memory_bytes=point.get("peak_memory_bytes"), time_ratio=ratio,
             speedup_time_to_target=(1 / ratio) if ratio else None, speedup_throughput=(b / t) / (b0 / t0),
             run_time_s=run_time, eligible=excluded is None, excluded=excluded,
+            speedup_interval=prediction_interval(draws[b]) if excluded is None else None, step_time_blocks=step_time_blocks(point),
         ))
 
-    eligible = sorted((c for c in candidates if c.eligible), key=lambda c: (c.time_ratio, c.batch_size))
+    # ranked by the prediction interval's lower end: a candidate wins on what it is nearly sure to give
+    eligible = sorted((c for c in candidates if c.eligible), key=lambda c: (-c.speedup_interval[0], c.batch_size))
     ranks = {c.batch_size: i + 1 for i, c in enumerate(eligible)}
     candidates = [_with_rank(c, ranks.get(c.batch_size)) for c in candidates]
     best = eligible[0]
-    tied = [c for c in eligible if c.time_ratio <= best.time_ratio * (1 + TIE_SHARE)]
+    tied = [c for c in eligible if c.speedup_interval[0] >= best.speedup_interval[0] * (1 - TIE_SHARE)]
     chosen = min(tied, key=lambda c: c.batch_size)
     reasons: list[str] = []
     if saturation is not None and b0 >= saturation:
@@ -245,12 +341,12 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
     baseline_run = train_samples / b0 * t0 if train_samples else None
     rec_run = chosen.run_time_s if chosen.batch_size != b0 else baseline_run
 
-    def quartiles(point: dict) -> tuple[float, float]:   # the spread of the steps, the step time inside it
-        t = step_time(point)
-        return (min(t, point.get("p25_s") or t), max(t, point.get("p75_s") or t))
-
-    interval = predicted_interval(b0, chosen.batch_size, noise_scale, noise_interval, quartiles(ok[b0]),
-                                  quartiles(ok[chosen.batch_size]))
+    interval = prediction_interval(draws[chosen.batch_size])
+    if config.rule == "linear" and noise_scale is not None and chosen.batch_size > noise_scale:
+        reasons.append(f"the linear rule scales the learning rate past the noise scale (batch {chosen.batch_size} above "
+                       f"B_noise ≈ {noise_scale:,.0f}), where McCandlish et al.'s optimal rate eps_max/(1 + B_noise/B) "
+                       f"has stopped growing: try --rule noise ({scale_lr(lr0, b0, chosen.batch_size, 'noise', noise_scale):.3g} "
+                       f"here) if the runs diverge or lose quality")
     return {
         "recommendation_id": f"rec-{secrets.token_hex(4)}",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
@@ -270,12 +366,14 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None)
         "schedule": profile.get("schedule") or "constant", "decay_samples": _decay_samples(profile),
         "max_grad_norm": profile.get("max_grad_norm"),
         "baseline": {"batch_size": b0, "learning_rate": lr0},
-        "noise_scale": noise_scale, "assumed_perfect_scaling": noise_scale is None,
+        "noise_scale": noise_scale, "noise_interval": list(noise_interval) if noise_interval else None,
+        "assumed_perfect_scaling": noise_scale is None,
         "saturation_batch": saturation,
         "predicted_speedup": {"throughput": chosen.speedup_throughput,
                               "time_to_target": chosen.speedup_time_to_target or 1.0,
-                              # over the noise scale's interval and the step times' quartiles
-                              "time_to_target_interval": interval},
+                              # Monte-Carlo over the noise estimate, the profile's visits and measured bias
+                              "time_to_target_interval": interval, "coverage": PREDICTION_COVERAGE,
+                              "interval_basis": _interval_basis(noise_scale, noise_interval, biases)},
         "experiments_per_gpu_day": {
             "baseline": SECONDS_PER_DAY / baseline_run if baseline_run else None,
             "recommended": SECONDS_PER_DAY / rec_run if rec_run else None,
@@ -314,6 +412,20 @@ def accepted_load_note(refused: str) -> str:
 def _profile_threads(profile: dict) -> int | None:
     config = profile.get("config") or {}
     return config.get("threads") if isinstance(config, dict) else None
+
+
+def _interval_basis(noise_scale: float | None, noise_interval: tuple | None, biases: list[float] | None) -> str:
+    """What the prediction interval resampled, in words."""
+    parts = ["each step time as a mean over the profile's visits"]
+    if noise_scale is not None and noise_interval:
+        parts.insert(0, "the noise scale within its bootstrap interval")
+    elif noise_scale is not None:
+        parts.insert(0, "the noise scale as given (no interval: not resampled)")
+    else:
+        parts.insert(0, "perfect scaling, as assumed")
+    parts.append(f"the step-time bias of {len(biases)} earlier autopilot(s) on this workload and device" if biases
+                 else "no measured step-time bias yet (no earlier runs on this workload and device)")
+    return "; ".join(parts)
 
 
 def _uncertainty(profile: dict) -> str | None:
@@ -368,11 +480,24 @@ def _reasons(candidates, chosen, best, tied, b0, saturation, noise_scale, config
         reasons.append(f"noise scale: B_noise is about {noise_scale:,.0f}; below it larger batches cut the steps "
                        f"needed almost in proportion, {verdict}")
     if chosen is not best:
-        reasons.append(f"batch {chosen.batch_size} is predicted within {TIE_SHARE:.0%} of the fastest "
-                       f"(batch {best.batch_size}); the smaller batch was preferred")
+        reasons.append(f"batch {chosen.batch_size}'s predicted speedup has a lower end within {TIE_SHARE:.0%} of the "
+                       f"best (batch {best.batch_size}); the smaller batch was preferred")
     if chosen.batch_size == largest and chosen.batch_size != b0:
         reasons.append(f"the largest measured batch ({largest}) limited the search: profile larger batches "
                        f"(--max-batch) to see whether they are faster still")
     if chosen.batch_size == b0:
-        reasons.append(f"no measured batch is predicted to reach the target faster than the baseline {b0}")
+        reasons.append(_kept_baseline_reason(candidates, b0))
     return reasons
+
+
+def _kept_baseline_reason(candidates, b0: int) -> str:
+    """Why the baseline stayed: no candidate predicted faster, or none whose prediction interval lies above 1."""
+    hopeful = [c for c in candidates if c.eligible and c.batch_size != b0 and (c.speedup_time_to_target or 0) > 1]
+    if not hopeful:
+        return f"no measured batch is predicted to reach the target faster than the baseline {b0}"
+    best = max(hopeful, key=lambda c: c.speedup_time_to_target)
+    low, high = best.speedup_interval
+    return (f"no measured batch's prediction interval lies above 1: the best, batch {best.batch_size}, is predicted "
+            f"{best.speedup_time_to_target:.2f}x ({PREDICTION_COVERAGE:.0%} prediction interval {low:.2f}x to "
+            f"{high:.2f}x), too uncertain to rank above the baseline {b0}; a profile whose visits agree (a quieter "
+            f"machine, more --min-seconds) narrows it")

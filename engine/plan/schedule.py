@@ -19,6 +19,9 @@ the same model over the same curve, so the two predictions compare like with lik
 
 Learning rate: recommend's rule (linear: lr/batch fixed; or sqrt) at every phase; each increase
 ramps the rate linearly from the previous phase's over the workload's warm-up length in samples.
+The predicted speedups carry a prediction interval: the planned path priced again under draws of
+each curve point's noise scale (within its bootstrap interval) and each batch's step time (its
+profile visits resampled), as recommend's interval is.
 Pure: no I/O, no torch.
 """
 
@@ -30,7 +33,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import UsageError
-from .recommend import scale_lr
+from .recommend import PREDICTION_COVERAGE, PREDICTION_DRAWS, noise_draws, prediction_interval, scale_lr, step_time_draws
 
 __all__ = ["Phase", "plan_schedule", "with_batch_schedule", "schedule_spec", "CELLS"]
 
@@ -55,6 +58,9 @@ def plan_schedule(rec: dict, curve: list[dict]) -> dict:
 
     Raises UsageError when the curve has fewer than two reliable points.
     """
+    if rec.get("rule") == "noise":
+        raise UsageError("a batch schedule scales its rate by the linear or sqrt rule: recommend with --rule linear "
+                         "or sqrt to plan one")
     fractions, scales, left_out = _reliable_points(curve)
     b0 = rec["baseline"]["batch_size"]
     lr0 = rec["baseline"]["learning_rate"]
@@ -88,6 +94,7 @@ def plan_schedule(rec: dict, curve: list[dict]) -> dict:
                             start_fraction=float(sample_starts[cell]), baseline_fraction=float(starts[cell]),
                             noise_scale=float(noise[cell]), warmup_samples=warmup,
                             step_time_s=float(step_times[path[cell]])))
+    over_baseline, over_fixed = _schedule_intervals(curve, eligible, b0, path, best_fixed, starts)
     return {
         "curve_id": curve[0].get("curve_id") if curve else None,
         "rule": rec.get("rule", "linear"),
@@ -96,12 +103,14 @@ def plan_schedule(rec: dict, curve: list[dict]) -> dict:
         "samples_ratio": samples_ratio,   # the scheduled run's samples over the baseline run's
         "epochs": (rec.get("epochs") or 0) * samples_ratio or None,
         "predicted_speedup": {"over_baseline": 1 / schedule_time,
-                              "over_best_fixed": float(fixed_times[best_fixed]) / schedule_time},
+                              "over_best_fixed": float(fixed_times[best_fixed]) / schedule_time,
+                              "over_baseline_interval": over_baseline, "over_best_fixed_interval": over_fixed,
+                              "coverage": PREDICTION_COVERAGE},
         "best_fixed": {"batch_size": int(batches[best_fixed]),
                        "speedup_over_baseline": 1 / float(fixed_times[best_fixed])},
         "noise_curve": [{"fraction": f, "b_simple": s} for f, s in zip(fractions, scales)],
         "reasons": _reasons(phases, fractions, scales, left_out, int(batches[best_fixed]),
-                            float(fixed_times[best_fixed]) / schedule_time, int(batches[-1])),
+                            float(fixed_times[best_fixed]) / schedule_time, int(batches[-1]), over_fixed),
     }
 
 
@@ -137,6 +146,36 @@ def _reliable_points(curve: list[dict]) -> tuple[np.ndarray, np.ndarray, list[fl
     return np.array([f for f, _ in kept]), np.array([s for _, s in kept]), left_out
 
 
+def _schedule_intervals(curve: list[dict], eligible: list[dict], b0: int, path: np.ndarray, best_fixed: int,
+                        starts: np.ndarray, draws: int = PREDICTION_DRAWS, seed: int = 0) -> tuple[list, list]:
+    """Prediction intervals of the planned path's speedup over the baseline and over the best fixed batch:
+    both priced again under draws of each reliable curve point's B_noise and each batch's step time."""
+    rng = np.random.default_rng(seed)
+    kept = sorted((p for p in curve if p.get("b_simple") is not None and math.isfinite(p["b_simple"])
+                   and p["b_simple"] > 0), key=lambda p: p["fraction"])
+    fractions = np.array([p["fraction"] for p in kept])
+    points = np.stack([noise_draws(p["b_simple"], (p.get("ci_low"), p.get("ci_high")), draws, rng) for p in kept])
+    points = np.minimum(points, 1e300)                                   # interpolation needs finite values
+    centres = starts + 0.5 / CELLS
+    weights = np.stack([np.interp(centres, fractions, np.eye(len(kept))[k]) for k in range(len(kept))])
+    noise = weights.T @ points                                           # [cell, draw]
+    t0 = next(step_time_draws(c, draws, rng) for c in eligible if c["batch_size"] == b0) \
+        if any(c["batch_size"] == b0 for c in eligible) else None
+    times = np.stack([step_time_draws(c, draws, rng) for c in eligible])   # [batch, draw]
+    if t0 is None:
+        t0 = times[0]
+    batches = np.array([c["batch_size"] for c in eligible], dtype=float)
+
+    def cost(columns: np.ndarray) -> np.ndarray:   # the baseline-relative time of a batch per cell: [draw]
+        b = batches[columns][:, None]
+        steps = (1 + noise / b) / (1 + noise / b0)
+        return (steps * times[columns] / t0[None, :]).sum(axis=0) / CELLS
+
+    schedule = cost(path)
+    fixed = cost(np.full(CELLS, best_fixed))
+    return prediction_interval(1 / schedule), prediction_interval(fixed / schedule)
+
+
 def _cheapest_growing_path(cost: np.ndarray) -> np.ndarray:
     """For each stretch, the batch (a column) minimising the total cost with batches never shrinking."""
     cells, options = cost.shape
@@ -155,7 +194,7 @@ def _cheapest_growing_path(cost: np.ndarray) -> np.ndarray:
 
 
 def _reasons(phases: list[Phase], fractions: np.ndarray, scales: np.ndarray, left_out: list[float],
-             best_fixed: int, gain: float, largest: int) -> list[str]:
+             best_fixed: int, gain: float, largest: int, gain_interval: list[float]) -> list[str]:
     reasons = [f"noise scale: B_noise goes from about {scales[0]:,.0f} at {fractions[0]:g} of the baseline's "
                f"training to about {scales[-1]:,.0f} at {fractions[-1]:g}; each phase uses the measured batch with "
                f"the least predicted time (1 + B_noise/B)·t(B) at its own noise scale"]
@@ -167,8 +206,9 @@ def _reasons(phases: list[Phase], fractions: np.ndarray, scales: np.ndarray, lef
     else:
         steps = ", then ".join(f"{p.batch_size} from {p.baseline_fraction:.0%}" for p in phases)
         reasons.append(f"the batch grows as the noise scale does: {steps} of the baseline's training")
-        reasons.append(f"predicted {gain:.2f}x faster than the best fixed batch ({best_fixed}) under the same curve: "
-                       f"small batches while the gradient is clear, large ones once it is noisy")
+        reasons.append(f"predicted {gain:.2f}x the speed of the best fixed batch ({best_fixed}) under the same curve "
+                       f"({PREDICTION_COVERAGE:.0%} prediction interval {gain_interval[0]:.2f}x to "
+                       f"{gain_interval[1]:.2f}x): small batches while the gradient is clear, large ones once it is noisy")
     if phases[-1].batch_size == largest:
         reasons.append(f"the largest eligible batch ({largest}) limited the last phase: profile larger batches "
                        f"(--max-batch) to see whether they are faster still")

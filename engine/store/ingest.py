@@ -521,6 +521,10 @@ def save_recommendation_row(con, rec: dict) -> None:
         raise
 
 
+CANDIDATE_COLUMNS = ["batch_size", "learning_rate", "step_time_s", "samples_per_s", "peak_memory_bytes", "time_ratio",
+                     "speedup_time_to_target", "speedup_throughput", "run_time_s", "eligible", "excluded", "rank"]
+
+
 def _insert_recommendation(con, rec: dict) -> None:
     con.execute(
         "INSERT INTO recommendations (id, created_at, profile_id, noise_id, stability_id, workload, device_id, "
@@ -535,5 +539,6 @@ def _insert_recommendation(con, rec: dict) -> None:
          rec["predicted_speedup"]["time_to_target"], rec["experiments_per_gpu_day"]["baseline"],
          rec["experiments_per_gpu_day"]["recommended"], json.dumps(rec, default=str), rec.get("accepted_load")],
     )
-    _insert_rows(con, "recommendation_candidates",
-                 [{"recommendation_id": rec["recommendation_id"], **c} for c in rec["candidates"]])
+    _insert_rows(con, "recommendation_candidates",   # the table's columns; the document keeps the rest
+                 [{"recommendation_id": rec["recommendation_id"], **c} for c in rec["candidates"]],
+                 columns=["recommendation_id", *CANDIDATE_COLUMNS])

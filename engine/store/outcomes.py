@@ -159,10 +159,12 @@ def recommendation(con, profile_id: str | None, config, noise_id: str | None, cu
     ``curve_id`` ("latest": the workload's newest, if any; "none": no schedule). Not saved."""
     from ..plan.recommend import recommend as make
     from ..plan.schedule import with_batch_schedule
-    from .queries import load_noise_curve, recommendation_inputs
+    from .queries import load_noise_curve, recommendation_inputs, step_time_biases
 
     profile, noise = recommendation_inputs(con, profile_id, noise_id, stored_noise=config.noise_scale is None)
-    rec = make(profile, config, noise)
+    # the profile-to-run step-time bias earlier autopilots measured on this workload and device widens the
+    # prediction interval
+    rec = make(profile, config, noise, step_time_biases(con, profile.get("workload"), profile.get("device_id")))
     if curve_id == "none":
         return rec
     curve = load_noise_curve(con, curve_id, workload=profile["workload"])

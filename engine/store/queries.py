@@ -23,6 +23,7 @@ __all__ = [
     "list_recommendations", "list_runs", "get_run", "runs_in", "run_evaluations", "run_metrics", "load_autopilot",
     "list_devices", "frame_records", "records", "RUN_CURVE_AXES", "RUN_CURVE_BUCKETS", "run_metric_names", "run_curves", "batch_changes",
     "recommendation_runs", "autopilot_for_recommendation", "runs_by_id", "read_recommendation",
+    "comparison_tolerances", "step_time_biases",
 ]
 
 
@@ -379,6 +380,42 @@ def autopilot_for_recommendation(con, recommendation_id: str) -> dict | None:
         "SELECT a.id FROM autopilots a JOIN jobs j ON j.id = a.id WHERE a.recommendation_id = ? "
         "ORDER BY j.created_at DESC LIMIT 1", [recommendation_id]).fetchone()
     return load_autopilot(con, row[0]) if row else None
+
+
+def comparison_tolerances(con, run_ids: list[str]) -> dict | None:
+    """The tolerances an autopilot compared any of these runs with (the newest such autopilot):
+    {"autopilot", "tolerance", "quality_tolerance"}; None when no autopilot compared them. Every view of
+    the same runs judges with the tolerances their comparison was made with."""
+    if not run_ids:
+        return None
+    row = con.execute(
+        "SELECT a.id, a.comparison FROM autopilots a JOIN jobs j ON j.id = a.id WHERE a.comparison IS NOT NULL "
+        "AND list_has_any(list_concat(coalesce(a.baseline_runs, []), coalesce(a.recommended_runs, [])), ?) "
+        "ORDER BY j.created_at DESC LIMIT 1", [list(run_ids)]).fetchone()
+    if row is None:
+        return None
+    comparison = json.loads(row[1]) if isinstance(row[1], str) else row[1]
+    quality = comparison.get("quality") or {}
+    if comparison.get("tolerance") is None or quality.get("tolerance_share") is None:
+        return None
+    return {"autopilot": row[0], "tolerance": float(comparison["tolerance"]),
+            "quality_tolerance": float(quality["tolerance_share"])}
+
+
+def step_time_biases(con, workload: str | None, device_id: str | None) -> list[float]:
+    """How far the profile's step-time factor was off in earlier autopilots of this workload on this device:
+    each one's measured time-per-step ratio over its predicted one (1.0: the profile had it right)."""
+    rows = con.execute(
+        "SELECT a.headline FROM autopilots a JOIN recommendations r ON r.id = a.recommendation_id "
+        "WHERE a.headline IS NOT NULL AND r.workload IS NOT DISTINCT FROM ? AND r.device_id IS NOT DISTINCT FROM ?",
+        [workload, device_id]).fetchall()
+    out = []
+    for (headline,) in rows:
+        headline = json.loads(headline) if isinstance(headline, str) else headline
+        ratio = ((headline or {}).get("factors") or {}).get("step_time_ratio") or {}
+        if ratio.get("predicted") and ratio.get("measured"):
+            out.append(float(ratio["measured"]) / float(ratio["predicted"]))
+    return out
 
 
 def runs_by_id(con, run_ids: list[str]) -> list[dict]:
