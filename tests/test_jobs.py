@@ -20,15 +20,18 @@ from largestep.measure.train import TrainConfig
 SLOW = ProfileConfig(batch_sizes=(8, 16, 32, 64, 128), min_steps=3, min_seconds=3.0, warmup_steps=1)
 
 
-def _points_spooled(home, job_id):
+def _points_spooled(home, job_id, kind="point"):
     text = (home.job_dir(job_id) / "events.jsonl").read_text()
-    return text.count('"type": "point"')
+    return text.count(f'"type": "{kind}"')
 
 
 @pytest.mark.slow
 def test_a_job_killed_with_sigkill_is_crashed_and_keeps_what_it_flushed(home, tiny_spec):
     job_id = starts.start_profile(home, tiny_spec, {}, "cpu", SLOW)
-    assert wait_for(lambda: _points_spooled(home, job_id) >= 1), "the job measured nothing"
+    # a point and a batch of telemetry samples written (the sampler's thread flushes every second: on a busy
+    # machine the first point may be spooled before it)
+    assert wait_for(lambda: _points_spooled(home, job_id) >= 1 and _points_spooled(home, job_id, "telemetry") >= 1), \
+        "the job measured nothing"
     pid = jobs.read_status(home.job_dir(job_id))["pid"]
     os.killpg(pid, signal.SIGKILL)
     assert wait_for(lambda: jobs.derive_state(home.job_dir(job_id)) == jobs.CRASHED, 10)

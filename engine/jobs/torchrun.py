@@ -130,7 +130,8 @@ def _ranks_ended(procs: list[subprocess.Popen]) -> _Ended | None:
     failed = [rank for rank, code in enumerate(codes) if code not in (None, 0)]
     if failed:
         _stop(procs)
-        return _Ended(first_failed=failed[0])
+        # a rank killed by a signal first: its peers, which lost it, may have exited (with an error) by the poll
+        return _Ended(first_failed=min(failed, key=lambda rank: codes[rank] >= 0))
     return _Ended(first_failed=None) if all(code == 0 for code in codes) else None
 
 
