@@ -46,10 +46,11 @@ import torch
 from ..errors import Diverged, UsageError
 from . import batch_schedule, devices
 from . import distributed as ddp_util
+from .noise_config import noise_scale_from_norms
 from .train_config import TrainConfig
 from ..workloads import batches
 from ..workloads.base import Workload
-from ..workloads.names import SCHEDULES
+from ..workloads.base_config import SCHEDULES
 
 __all__ = ["TrainConfig", "RunResult", "RunLog", "NullLog", "train", "lr_at", "lr_factor", "SCHEDULES",
            "TensorBatches", "training_batches"]
@@ -826,8 +827,6 @@ class _NoiseProbe:
 
     def log_rows(self, row: dict) -> list[dict]:
         """Metric rows for this logging interval; resets the sums."""
-        from .noise import noise_scale_from_norms
-
         small = float(ddp_util.mean_across_ranks(self.small_sum)) / max(1, self.steps)  # sync
         big = float(self.big_sum) / max(1, self.steps)
         self.small_sum.zero_()
