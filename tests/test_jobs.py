@@ -182,7 +182,7 @@ def test_every_kind_of_job_that_touches_a_gpu_holds_that_gpus_lock(home, tiny_sp
 
     from largestep.jobs import forkserver, runner
     from largestep.jobs.autopilot import AutopilotConfig
-    from largestep.measure.device_names import lock_name
+    from largestep.measure.devices_config import lock_name
 
     install_fake_cuda(monkeypatch, [cuda_properties("6e3f5c2a-1b2c-4d5e-8f90-0a1b2c3d4e5f")])
     monkeypatch.setattr(forkserver, "enabled", lambda env: False)

@@ -337,7 +337,7 @@ def test_exports_scale_every_param_group_alike_and_keep_the_schedule_in_steps():
 
 def test_the_cli_offers_exactly_the_contracts_schedules():
     from largestep.cli import cli
-    from largestep.workloads.names import SCHEDULES
+    from largestep.workloads.base_config import SCHEDULES
 
     option = next(p for p in cli.commands["train"].params if p.name == "schedule")
     assert tuple(option.type.choices) == SCHEDULES

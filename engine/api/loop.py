@@ -47,7 +47,7 @@ def profile(workload, *, options: Mapping[str, object] | None = None, data: str 
     from ..jobs.follow import describe_profile_event
     from ..jobs.ray import launcher_from_cli
     from ..jobs.start import start_profile
-    from ..measure.profile_config import ProfileConfig
+    from ..measure.profiler_config import ProfileConfig
     from ..store.outcomes import profile_outcome
 
     config = ProfileConfig.from_options(
@@ -76,7 +76,7 @@ def noise(workload, *, options: Mapping[str, object] | None = None, data: str | 
     baseline run's training, e.g. ``[0, 0.25, 0.5, 1]``, for a :class:`NoiseCurve` instead of one estimate.
     """
     from ..jobs.start import start_noise_request
-    from ..measure.noise_args import NoiseRequest
+    from ..measure.noise_config import NoiseRequest
     from ..store.outcomes import ended, noise_curve_outcome, noise_outcome
 
     request = NoiseRequest.from_options(batch_small, batch_big, batches, warm_steps, at, seed, compile)

@@ -24,9 +24,9 @@ from .options import (
 from .output import console, detached, emit_json, finish_job, follow_job, table
 from ..errors import UsageError
 from ..format import format_background_load, format_bytes, format_math, unreadable_runs
-from ..measure.device_names import DTYPE_NAMES
+from ..measure.devices_config import DTYPE_NAMES
 from ..plan.verdict import SEQUENTIAL_RULE
-from ..workloads.names import SCHEDULES
+from ..workloads.base_config import SCHEDULES
 
 
 @cli.command()
@@ -77,7 +77,7 @@ def train(ctx, workload, settings, data, label, batch_size, batch_schedule, adap
     from ..jobs.ray import launcher_from_cli
     from ..jobs.start import start_train
     from ..measure.batch_schedule import ADAPTIVE, parse_batch_schedule
-    from ..measure.profile_config import parse_threads
+    from ..measure.profiler_config import parse_threads
     from ..measure.train_config import TrainConfig
     from ..units import parse_positive_int
 

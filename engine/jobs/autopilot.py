@@ -21,8 +21,8 @@ from ..errors import LargestepError, UnusableProfile, UsageError
 from . import events
 from .runner import JobContext
 from .start import MAX_REPEATS
-from ..measure.device_names import MAX_NPROC
-from ..measure.profile_config import MAX_SECONDS, check_threads, parse_threads
+from ..measure.devices_config import MAX_NPROC
+from ..measure.profiler_config import MAX_SECONDS, check_threads, parse_threads
 from ..measure.train_config import MAX_EPOCHS
 from ..plan.compare import check_tolerance, compare_groups
 from ..plan.recommend import RULES, RecommendConfig, accepted_load_note, recommend, steps_factor
@@ -353,8 +353,8 @@ def _others_busy_over(seconds: float) -> float | None:
 def autopilot_task(ctx: JobContext) -> None:
     """The body of an ``autopilot`` job."""
     from .start import start_noise, start_noise_curve, start_profile, start_reprofile, start_train
-    from ..measure.noise_args import default_warm_steps
-    from ..measure.profile_config import ProfileConfig
+    from ..measure.noise_config import default_warm_steps
+    from ..measure.profiler_config import ProfileConfig
     from ..measure.train_config import TrainConfig
     from ..plan.schedule import with_batch_schedule
     from ..workloads import load_workload

@@ -41,7 +41,7 @@ from ..errors import Cancelled, Crashed, DeviceError, Diverged, LargestepError
 from ..home import Home
 from .runner import JobContext, resolve_body
 from .spool import Spool, read_spec, write_json_atomic
-from ..measure.device_names import check_nproc, device_kind, lock_names  # noqa: F401  part of this API
+from ..measure.devices_config import check_nproc, device_kind, lock_names  # noqa: F401  part of this API
 from ..measure.distributed import RankOutOfMemory, loopback_interface, loopback_sockets  # noqa: F401  (this API's)
 
 __all__ = ["DEFAULT_TIMEOUT_S", "check_nproc", "lock_names", "run_ranks", "rank_environment", "loopback_interface",
