@@ -27,7 +27,8 @@ from ..jobs import events as ev
 from ..jobs.spool import write_json_atomic
 from .connection import connect
 
-__all__ = ["ingest", "IngestReport", "SpoolUnreadable", "save_recommendation"]
+__all__ = ["ingest", "IngestReport", "SpoolUnreadable", "save_recommendation", "save_verification",
+           "insert_verification"]
 
 _JSON_COLUMNS = frozenset({"options", "config", "versions", "final_metrics", "headline", "comparison",
                            "math_settings"})
@@ -69,6 +70,7 @@ def ingest(home: Home) -> IngestReport:
                 _set_aside(con, job_dir, str(exc))
                 report.set_aside.append(job_dir.name)
         _ingest_recommendation_files(con, home, report)
+        _ingest_verification_files(con, home, report)
     return report
 
 
@@ -93,6 +95,27 @@ def _ingest_recommendation_files(con, home: Home, report: IngestReport) -> None:
             report.unreadable_files.append(f"{path}: {' '.join(str(exc).split())[:200]}")
             continue
         report.add_rows("recommendations", 1)
+
+
+def _ingest_verification_files(con, home: Home, report: IngestReport) -> None:
+    """Verifications `largestep compare` saved as files that the database lacks (as recommendations above)."""
+    if not home.verifications.is_dir():
+        return
+    stored = {row[0] for row in con.execute("SELECT id FROM verifications").fetchall()}
+    for path in sorted(home.verifications.glob("*.json")):
+        if path.stem in stored:
+            continue
+        try:
+            row = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(row, dict) or row.get("id") != path.stem:
+                raise ValueError(f"not the verification {path.stem}")
+            insert_verification(con, row)
+        except _DATABASE_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad file is skipped, never fatal
+            report.unreadable_files.append(f"{path}: {' '.join(str(exc).split())[:200]}")
+            continue
+        report.add_rows("verifications", 1)
 
 
 @dataclass(frozen=True)
@@ -478,6 +501,12 @@ def _on_autopilot_result(con, job_id: str, events: list[dict], report: IngestRep
                       comparison=e.get("comparison"))
 
 
+def _on_verification(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    for e in events:
+        insert_verification(con, ev.verification_row(e))
+        report.add_rows("verifications", 1)
+
+
 def _upsert_autopilot(con, job_id: str, t: float, **fields) -> None:
     con.execute("INSERT INTO autopilots (id, workload, updated_at) SELECT id, workload, to_timestamp(?) FROM jobs "
                 "WHERE id = ? ON CONFLICT (id) DO NOTHING", [t, job_id])
@@ -494,7 +523,7 @@ _HANDLERS: dict[str, EventHandler] = {
     ev.NOISE_CURVE_POINT: _on_noise_curve_point,    ev.STABILITY: _on_stability, ev.RUN_START: _on_run_start, ev.METRICS: _on_metrics,
     ev.METRIC_VALUES: _on_metric_values, ev.EVAL: _on_eval, ev.RUN_END: _on_run_end,
     ev.RECOMMENDATION: _on_recommendation, ev.AUTOPILOT_PHASE: _on_autopilot_phase,
-    ev.AUTOPILOT_RESULT: _on_autopilot_result,
+    ev.AUTOPILOT_RESULT: _on_autopilot_result, ev.VERIFICATION: _on_verification,
 }
 assert set(_HANDLERS) == set(ev.CATALOGUE), "every catalogued event has its handler"
 
@@ -519,6 +548,31 @@ def save_recommendation_row(con, rec: dict) -> None:
     except Exception:
         con.execute("ROLLBACK")
         raise
+
+
+#: The ``verifications`` table's columns (largestep.plan.calibration.verification_point's keys).
+VERIFICATION_COLUMNS = [
+    "id", "source", "autopilot_id", "attempt", "recommendation_id", "workload", "device_id", "device_name", "created_at",
+    "baseline_batch", "batch_size", "rule", "learning_rate", "predicted_speedup", "predicted_low", "predicted_high",
+    "raw_speedup", "raw_low", "raw_high", "predicted_steps", "predicted_steps_low", "predicted_steps_high", "raw_steps",
+    "predicted_step_time", "predicted_step_time_low", "predicted_step_time_high", "measured_speedup", "measured_low",
+    "measured_high", "measured_bound", "measured_steps", "measured_steps_low", "measured_steps_high", "steps_bound",
+    "measured_step_time", "measured_step_time_low", "measured_step_time_high", "verdict", "quality", "verified",
+    "failed_why", "noise_model", "b_simple", "implied_b_crit", "b_crit_low", "b_crit_high", "ratio", "ratio_low",
+    "ratio_high", "learned", "baseline_runs", "recommended_runs", "comparison"]
+
+
+def insert_verification(con, row: dict) -> None:
+    """One verification (a calibration point) in the table; the same id again replaces it."""
+    _insert_row(con, "verifications", {name: row.get(name) for name in VERIFICATION_COLUMNS}, replace=True)
+
+
+def save_verification(home: Home, con, row: dict) -> None:
+    """A verification `largestep compare` made: as a file in the home (the database is rebuilt from it, and an
+    autopilot, which never opens the database, reads it), then its row."""
+    home.verifications.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(home.verifications / f"{row['id']}.json", row)
+    insert_verification(con, row)
 
 
 CANDIDATE_COLUMNS = ["batch_size", "learning_rate", "step_time_s", "samples_per_s", "peak_memory_bytes", "time_ratio",
