@@ -28,7 +28,7 @@ from ..jobs.spool import write_json_atomic
 from .connection import connect
 
 __all__ = ["ingest", "IngestReport", "SpoolUnreadable", "save_recommendation", "save_verification",
-           "insert_verification"]
+           "insert_verification", "record_comparison"]
 
 _JSON_COLUMNS = frozenset({"options", "config", "versions", "final_metrics", "headline", "comparison",
                            "math_settings"})
@@ -573,6 +573,35 @@ def save_verification(home: Home, con, row: dict) -> None:
     home.verifications.mkdir(parents=True, exist_ok=True)
     write_json_atomic(home.verifications / f"{row['id']}.json", row)
     insert_verification(con, row)
+
+
+def record_comparison(home: Home, con, groups: list[tuple[str, list[dict]]], result: dict) -> dict | None:
+    """A comparison of a recommendation's baseline runs (the first group) and recommended runs (the second) is a
+    verification: saved (:func:`save_verification`) and returned. None when the groups are not such a pair, the
+    recommendation is unknown, or an autopilot already verified these very runs (its point stands)."""
+    import time
+
+    from ..plan.calibration import verification_id, verification_point
+    from .queries import load_recommendation
+
+    if len(groups) < 2 or len(result.get("groups") or []) < 2:
+        return None
+    (_, base), (_, other) = groups[0], groups[1]
+    ids = {r.get("recommendation_id") for r in [*base, *other]}
+    if len(ids) != 1 or None in ids or {r.get("role") for r in base} != {"baseline"} \
+            or {r.get("role") for r in other} != {"recommended"}:
+        return None
+    rec = load_recommendation(con, ids.pop())
+    if rec is None:
+        return None
+    known = con.execute("SELECT source FROM verifications WHERE id = ?",
+                        [verification_id([r["id"] for r in base], [r["id"] for r in other])]).fetchone()
+    if known and known[0] == "autopilot":
+        return None
+    point = verification_point(rec, {**result, "groups": result["groups"][:2]}, source="compare",
+                               created_at=time.time(), device_name=(rec.get("device") or {}).get("name"))
+    save_verification(home, con, point)
+    return point
 
 
 CANDIDATE_COLUMNS = ["batch_size", "learning_rate", "step_time_s", "samples_per_s", "peak_memory_bytes", "time_ratio",

@@ -110,6 +110,7 @@ class AutopilotForm:
     compile: bool = False             # torch.compile the model in every step of the loop
     both_arms: bool = False           # train both arms even when the recommendation is the baseline
     schedule_arm: bool = False        # and a third: the batch schedule planned from a noise curve
+    until_verified: bool = False      # a failed verification: learn, and try the next pair the corrected model ranks
 
 
 def autopilot_request(form: AutopilotForm, choices: dict[str, WorkloadChoice]) -> tuple[str, dict, AutopilotConfig]:
@@ -134,7 +135,7 @@ def autopilot_request(form: AutopilotForm, choices: dict[str, WorkloadChoice]) -
         raise UsageError(f"epochs must be a positive number (or empty for the workload's own), not {epochs!r}")
     return choice.spec, options, AutopilotConfig(repeats=repeats, epochs=float(epochs) if epochs else None,
                                                  compile=bool(form.compile),
-                                                 arms=_arms(form))
+                                                 arms=_arms(form), until_verified=bool(form.until_verified))
 
 
 def _arms(form: AutopilotForm) -> tuple[str, ...] | None:
