@@ -24,7 +24,7 @@ from .start import MAX_REPEATS
 from ..measure.device_names import MAX_NPROC
 from ..measure.profile_config import MAX_SECONDS, check_threads, parse_threads
 from ..measure.train_config import MAX_EPOCHS
-from ..plan.calibration import measured_factors, model_of, next_attempt, verification_point
+from ..plan.calibration import measured_factors, model_of, next_attempt, step_time_bias, verification_point
 from ..plan.censored import smallest_p
 from ..plan.compare import check_tolerance, compare_groups
 from ..plan.recommend import RULES, RecommendConfig, accepted_load_note, choose, recommend
@@ -402,8 +402,7 @@ def data_factor(rec: dict) -> float:
 
 def _biases(points: list[dict]) -> list[float]:
     """The profile-to-run step-time bias each verification measured (as :func:`largestep.store.step_time_biases`)."""
-    return [p["measured_step_time"] / p["predicted_step_time"] for p in points
-            if p.get("measured_step_time") and p.get("predicted_step_time")]
+    return [bias for p in points if (bias := step_time_bias(p)) is not None]
 
 
 def earlier_verifications(home, workload: str | None, device_id: str | None, exclude: str | None = None) -> list[dict]:

@@ -36,13 +36,23 @@ from .censored import ratio_interval
 from .steps import StepsModel, noise_draws
 from .verdict import FASTER, QUALITY_FAILED, interval_text
 
-__all__ = ["implied_critical_batch", "implied_correction", "measured_factors", "verification_point",
+__all__ = ["step_time_bias", "implied_critical_batch", "implied_correction", "measured_factors", "verification_point",
            "verification_id", "Correction", "correction_from", "indistinguishable", "indistinguishable_text",
            "next_attempt", "verified", "VERIFIED_QUALITY", "model_of", "CORRECTION_DRAWS"]
 
 VERIFIED_QUALITY = ("equivalent", "better")   # with "faster": what the headline shows in a success box
 CORRECTION_DRAWS = 4000
 _TIGHT = 1e-9     # the closed end of a bound, as an interval end a hair away from its point
+
+
+def step_time_bias(point: dict) -> float | None:
+    """What a verification measured of the profile's time-per-step factor: the runs' over the profile's (1.0: the
+    profile had it right); None where it was not measured. The prediction it checked may itself have been scaled
+    by earlier runs' bias (``step_time_bias``), which is taken out."""
+    measured, predicted = point.get("measured_step_time"), point.get("predicted_step_time")
+    if not measured or not predicted:
+        return None
+    return measured / (predicted / (point.get("step_time_bias") or 1.0))
 
 
 def implied_critical_batch(steps_factor: float | None, b0: int, b: int) -> float | None:
@@ -202,7 +212,8 @@ def verification_point(rec: dict, comparison: dict, *, source: str, created_at: 
     model = model_of(rec)
     predicted_interval = speed.get("time_to_target_interval") or [None, None]
     raw_interval = raw.get("time_to_target_interval") or predicted_interval
-    step_time = (chosen["step_time_s"] / baseline["step_time_s"]
+    bias = rec.get("step_time_bias") or 1.0   # the runs' time per step over the profile's, as earlier runs measured
+    step_time = (chosen["step_time_s"] / baseline["step_time_s"] * bias
                  if chosen.get("step_time_s") and baseline.get("step_time_s") else None)
     predicted_steps = chosen.get("steps_factor") or model.factor(b0, b)
     measured = measured_factors(comparison)
@@ -224,7 +235,7 @@ def verification_point(rec: dict, comparison: dict, *, source: str, created_at: 
         "predicted_steps": predicted_steps, "predicted_steps_low": (chosen.get("steps_interval") or [None, None])[0],
         "predicted_steps_high": (chosen.get("steps_interval") or [None, None])[1],
         "raw_steps": chosen.get("raw_steps_factor") or model.factor(b0, b),
-        "predicted_step_time": step_time,
+        "predicted_step_time": step_time, "step_time_bias": bias,
         "predicted_step_time_low": (chosen.get("step_time_interval") or [None, None])[0],
         "predicted_step_time_high": (chosen.get("step_time_interval") or [None, None])[1],
         "measured_speedup": _finite(measured_speedup), "measured_low": measured_interval[0],

@@ -267,7 +267,8 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None,
 
     ``noise`` is a stored noise estimate; its ``b_simple`` is used unless ``config.noise_scale``
     is given. ``biases``: earlier runs' measured time-per-step factor over the profile's
-    (:func:`largestep.store.step_time_biases`), widening the prediction interval by what they saw.
+    (:func:`largestep.store.step_time_biases`): their median scales every predicted time per step, and the
+    prediction interval draws from them all.
     ``curve``: a noise curve (points of :func:`largestep.store.load_noise_curve`); where it has two reliable
     points the steps are priced over it, as the schedule planner prices them (unless ``config.noise_scale`` is
     given). ``calibration``: earlier verifications on this workload and device (rows of
@@ -312,6 +313,7 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None,
 
     t0 = step_time(ok[b0])
     draws = prediction_draws(ok, b0, model, biases, correction)
+    bias = float(np.median(biases)) if biases else 1.0   # the runs' time per step over the profile's, as measured
     candidates: list[Candidate] = []
     for b in sorted(ok):
         point = ok[b]
@@ -333,7 +335,7 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None,
             excluded = (f"noisy: its steps spread {spread:.0%} of their median (IQR), above {noisy_threshold:.0%}; "
                         f"its step time is no figure to rank")
         factor, raw_factor = model_factor(model, correction, b0, b), model.factor(b0, b)
-        ratio = (t / t0) / factor if excluded is None else None
+        ratio = (t / t0) * bias / factor if excluded is None else None
         run_time = None
         if train_samples and excluded is None:
             baseline_run = train_samples / b0 * t0
@@ -347,7 +349,7 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None,
             speedup_interval=prediction_interval(draws.speedup(b)) if eligible else None,
             step_time_blocks=step_time_blocks(point), steps_factor=factor,
             steps_interval=prediction_interval(draws.steps[b]) if eligible else None, raw_steps_factor=raw_factor,
-            raw_speedup=raw_factor * t0 / t if eligible else None,
+            raw_speedup=raw_factor * t0 / t / bias if eligible else None,
             raw_interval=prediction_interval(draws.speedup(b, raw=True)) if eligible else None,
             step_time_interval=prediction_interval(draws.step_time[b]) if eligible else None,
         ))
@@ -423,6 +425,7 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None,
         "threads": _profile_threads(profile),
         "stability": None,
         "interval_basis": _interval_basis(model, biases, correction),
+        "step_time_bias": bias,
     }
     rec = _with_chosen(rec, asdict(chosen))
     rec["indistinguishable"] = indistinguishable(rec)
@@ -456,8 +459,10 @@ def _with_chosen(rec: dict, chosen: dict) -> dict:
                                                "interval": chosen.get("steps_interval"),
                                                "raw": chosen.get("raw_steps_factor")},
                               "step_time_factor": {"predicted": chosen["step_time_s"] / next(
-                                  c["step_time_s"] for c in rec["candidates"] if c["batch_size"] == b0),
-                                                   "interval": chosen.get("step_time_interval")}},
+                                  c["step_time_s"] for c in rec["candidates"] if c["batch_size"] == b0)
+                                                   * rec.get("step_time_bias", 1.0),
+                                                   "interval": chosen.get("step_time_interval"),
+                                                   "bias": rec.get("step_time_bias", 1.0)}},
         "run_time_s": {**run_time, "recommended": run_time.get("baseline") if baseline else chosen.get("run_time_s")},
     }
 

@@ -448,7 +448,8 @@ def m016_verifications(con: duckdb.DuckDBPyConnection) -> None:
             predicted_steps_low DOUBLE,
             predicted_steps_high DOUBLE,
             raw_steps DOUBLE,
-            predicted_step_time DOUBLE,      -- t(B)/t(B0) predicted (the profile's)
+            predicted_step_time DOUBLE,      -- t(B)/t(B0) predicted: the profile's, times step_time_bias
+            step_time_bias DOUBLE,           -- earlier runs' time per step over their profile's (median; 1: none)
             predicted_step_time_low DOUBLE,
             predicted_step_time_high DOUBLE,
             measured_speedup DOUBLE,         -- the ratio of Kaplan-Meier medians, or the bound

@@ -405,9 +405,10 @@ def comparison_tolerances(con, run_ids: list[str]) -> dict | None:
 def step_time_biases(con, workload: str | None, device_id: str | None) -> list[float]:
     """How far the profile's step-time factor was off in earlier verifications of this workload on this device:
     each one's measured time-per-step ratio over its predicted one (1.0: the profile had it right)."""
-    return [point["measured_step_time"] / point["predicted_step_time"]
-            for point in verification_points(con, workload, device_id)
-            if point.get("measured_step_time") and point.get("predicted_step_time")]
+    from ..plan.calibration import step_time_bias
+
+    return [bias for point in verification_points(con, workload, device_id)
+            if (bias := step_time_bias(point)) is not None]
 
 
 def list_verifications(con, workload: str | None = None, device: str | None = None) -> list[dict]:

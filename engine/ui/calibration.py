@@ -166,7 +166,8 @@ def verification_view(view: CalibrationView, verification_id: str | None) -> Ver
         return None
     comparison = point.get("comparison") or {}
     table = pd.DataFrame(comparison_table(comparison)) if comparison.get("groups") else None
-    title = (f"{point.get('workload')} on {point.get('device_name') or point.get('device_id')}: batch "
+    title = (f"Verification `{point['id']}` · {point.get('workload')} on "
+             f"{point.get('device_name') or point.get('device_id')}: batch "
              f"{point.get('baseline_batch')} → {point.get('batch_size')} ({point.get('rule')} rule), predicted "
              f"{_ratio(point.get('predicted_speedup'), point.get('predicted_low'), point.get('predicted_high'))}, "
              f"measured {_ratio(point.get('measured_speedup'), point.get('measured_low'), point.get('measured_high'), point.get('measured_bound'))}")
