@@ -401,6 +401,9 @@ def test_until_verified_learns_from_the_failed_pair_tries_the_next_and_the_next_
     assert rec["correction"]["verifications"] == 2 and rec["predicted_speedup"]["model"] == "corrected"
     assert rec["correction"]["factor"] == pytest.approx(3.0, rel=0.25)   # the world's B_crit / B_simple
     assert rec["predicted_speedup"]["raw"]["time_to_target"] != rec["predicted_speedup"]["time_to_target"]
+    text = next(e for e in second if e["type"] == "autopilot_result")["headline"]["text"]
+    raw = rec["predicted_speedup"]["raw"]["time_to_target"]
+    assert f"on the corrected noise model, {raw:.2f}x on the raw one (2 verification(s) corrected it)" in text
 
 
 def test_the_store_lists_every_verification_and_the_cli_prints_them_as_json(calibrated_home, capsys):

@@ -243,6 +243,10 @@ def headline(rec: dict, comparison: dict, decided: str | None = None, seeds: int
     if predicted_interval:
         text += (f" ({coverage:.0%} prediction interval {interval_text(*predicted_interval)})" if coverage
                  else f" ({interval_text(*predicted_interval)})")
+    raw = rec["predicted_speedup"].get("raw") if rec["predicted_speedup"].get("corrected") else None
+    if raw:   # ranked on the noise model earlier verifications corrected: the raw prediction beside it
+        text += (f" on the corrected noise model, {raw['time_to_target']:.2f}x on the raw one "
+                 f"({(rec.get('correction') or {}).get('verifications')} verification(s) corrected it)")
     censored = [(group["name"], run) for group in groups for run in group.get("runs") or []
                 if run.get("time_to_target_s") is None]
     if censored:

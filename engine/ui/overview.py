@@ -353,6 +353,9 @@ def _recommendation_text(rec: dict) -> str:
         text += f"; predicted {predicted:.2f}× the baseline's speed to its validation loss"
         if speed.get("time_to_target_interval"):
             text += f" ({predicted_interval_text(speed)})"
+        if speed.get("corrected"):   # ranked on the corrected noise model: the raw prediction beside it
+            text += (f" on the noise model corrected by {(rec.get('correction') or {}).get('verifications')} "
+                     f"verification(s); {speed['raw']['time_to_target']:.2f}× on the raw one")
     return text
 
 
