@@ -505,3 +505,34 @@ def test_the_migration_turns_stored_autopilots_into_verifications(home):
         [row] = store.list_verifications(con)
         assert row["autopilot_id"] == "auto-old" and row["ratio"] == pytest.approx(3.0, rel=0.2)
         assert store.verification_points(con, "synthetic", "cpu")[0]["id"] == row["id"]
+
+
+def test_the_overview_checkbox_and_the_python_api_ask_for_until_verified_and_refuse_too_few_seeds(monkeypatch,
+                                                                                                  tmp_path):
+    import largestep
+    from test_overview import open_overview, write_config
+
+    from largestep.api.results import Autopilot
+    from largestep.home import Home
+    from largestep.ui import overview
+
+    write_config(tmp_path, f'workloads = [{{ name = "tiny", spec = "{TINY}" }}]\n')
+    home = Home(tmp_path / "home")
+    at = open_overview(monkeypatch, home, tmp_path)
+    at.selectbox(key="overview.workload").set_value("tiny").run()
+    at.checkbox(key="overview.until_verified").check()
+    at.button(key="overview.start").click().run()
+    assert [e.value for e in at.error if "--repeats 4 or more" in e.value]
+    assert not home.jobs.exists() or not any(home.jobs.iterdir())       # refused before anything started
+    choices, _ = overview.workload_choices(str(tmp_path))
+    _, _, config = overview.autopilot_request(overview.AutopilotForm("tiny", repeats=4, until_verified=True), choices)
+    assert config.until_verified and config.attempts == 2 and config.alpha == pytest.approx(0.05)
+
+    with pytest.raises(UsageError, match="--repeats 4 or more"):
+        largestep.autopilot(TINY, until_verified=True, repeats=3, home=home, quiet=True)
+    assert not home.jobs.exists() or not any(home.jobs.iterdir())
+    result = Autopilot.of({"autopilot_id": "auto-1", "headline": {"text": "verified on attempt 2 ...",
+                                                                  "until_verified": {"verified": True},
+                                                                  "attempts": [{"attempt": 1}, {"attempt": 2}]}})
+    assert result.verified and [a["attempt"] for a in result.attempts] == [1, 2]
+    assert Autopilot.of({"autopilot_id": "auto-2", "headline": {"text": "x"}}).verified is None
