@@ -236,6 +236,9 @@ def test_the_batches_the_model_cannot_tell_apart_are_said_with_the_recommendatio
     low, high = candidate(rec, rec["batch_size"])["speedup_interval"]
     assert all(low <= candidate(rec, b)["speedup_time_to_target"] <= high for b in others)
     assert text.startswith(", ".join(map(str, rec["indistinguishable"][:-1])))
+    from largestep.ui.overview import _recommendation_text
+
+    assert f"{rec['indistinguishable'][-1]} are indistinguishable here" in _recommendation_text(rec)   # the Overview
 
 
 # -- the error rate of trying again ------------------------------------------------------------------------------

@@ -476,8 +476,11 @@ def choose(rec: dict, batch: int, rule: str, why: str) -> dict:
     out = _with_chosen({**rec, "recommendation_id": f"rec-{secrets.token_hex(4)}",
                         "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"), "rule": rule,
                         "reasons": [why, *[r for r in rec["reasons"] if "indistinguishable" not in r]]}, chosen)
+    from .calibration import indistinguishable
+
     per_day = out["run_time_s"]
     out["experiments_per_gpu_day"] = {key: SECONDS_PER_DAY / value if value else None for key, value in per_day.items()}
+    out["indistinguishable"] = indistinguishable(out)
     return out
 
 

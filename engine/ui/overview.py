@@ -356,6 +356,10 @@ def _recommendation_text(rec: dict) -> str:
         if speed.get("corrected"):   # ranked on the corrected noise model: the raw prediction beside it
             text += (f" on the noise model corrected by {(rec.get('correction') or {}).get('verifications')} "
                      f"verification(s); {speed['raw']['time_to_target']:.2f}× on the raw one")
+    alike = rec.get("indistinguishable") or []
+    if len(alike) > 1:   # how stable the choice is
+        text += (f"; batches {', '.join(map(str, alike[:-1]))} and {alike[-1]} are indistinguishable here (each "
+                 f"one's prediction lies within the choice's interval)")
     return text
 
 
