@@ -7,7 +7,7 @@ speedup on the raw and on the corrected model beside the measured one, and both 
 time per step), each with its 90% interval. The figure the issue asks for: the second autopilot's corrected
 prediction within ±25% of its measured speedup.
 
-    python bench/bench_calibration.py [--repeats 3] [--epochs E] [--accept-load] [--home DIR]
+    python bench/bench_calibration.py [--repeats 3] [--epochs E] [--threads N] [--accept-load] [--home DIR]
 
 Each autopilot is the command a user runs (`largestep autopilot --workload fraud-gru --arms baseline,recommended
 --json`, both arms trained even when the baseline is recommended, so each verifies something), in a fresh home
@@ -35,7 +35,8 @@ def load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def autopilot(home: Path, repeats: int, epochs: str | None, accept_load: bool) -> tuple[dict, float, str, str]:
+def autopilot(home: Path, repeats: int, epochs: str | None, accept_load: bool,
+              threads: str | None) -> tuple[dict, float, str, str]:
     """One `largestep autopilot --json` in ``home``: (its document, wall seconds, load before, load after)."""
     argv = [sys.executable, "-m", "largestep.cli", "--home", str(home), "autopilot", "--workload", "fraud-gru",
             "--repeats", str(repeats), "--arms", "baseline,recommended", "--json"]
@@ -43,6 +44,8 @@ def autopilot(home: Path, repeats: int, epochs: str | None, accept_load: bool) -
         argv += ["--epochs", epochs]
     if accept_load:
         argv.append("--accept-load")
+    if threads:
+        argv += ["--threads", threads]
     before, started = load(), time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
@@ -65,20 +68,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="seeds an arm (default 3)")
     parser.add_argument("--epochs", help="the baseline's epochs (default: the workload's)")
     parser.add_argument("--accept-load", action="store_true", help="train on a profile measured under load")
+    parser.add_argument("--threads", help="torch's threads in the profiles and the runs (default: torch's)")
     parser.add_argument("--home", help="the largestep home to use (default: a fresh temporary one)")
     args = parser.parse_args()
 
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="bench-calibration-")) / "home"
-    runs = [autopilot(home, args.repeats, args.epochs, args.accept_load) for _ in range(2)]
-
     from largestep import store
     from largestep.home import Home
+    from largestep.jobs import forkserver
+
+    try:
+        runs = [autopilot(home, args.repeats, args.epochs, args.accept_load, args.threads) for _ in range(2)]
+    finally:
+        forkserver.stop(Home(home))   # the warm launcher the jobs started: nothing outlives the benchmark
 
     with store.connect(Home(home)) as con:
         points = {p["autopilot_id"]: p for p in store.list_verifications(con)}
     print(f"# Calibration on fraud-gru: two autopilots, {args.repeats} seeds an arm"
           + (" (--accept-load: profiles measured under load)" if args.accept_load else ""))
-    print(f"home {home}; machine: {os.cpu_count()} cores; torch threads as the profile chose\n")
+    print(f"home {home}; machine: {os.cpu_count()} cores; torch threads: {args.threads or 'torch default'}\n")
     print("| autopilot | batch | speedup: raw / corrected / measured | steps factor: raw / corrected / measured "
           "| time per step: predicted / measured | B_crit implied (B_simple) | wall time | load before → after |")
     print("|---|---|---|---|---|---|---|---|")
