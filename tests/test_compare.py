@@ -151,7 +151,7 @@ def test_the_prediction_carries_its_own_interval_with_a_stated_coverage():
     wider = recommend(profile(0.2), RecommendConfig(), noise)["predicted_speedup"]["time_to_target_interval"]
     assert wider[1] - wider[0] > high - low
     biased = recommend(profile(0.05), RecommendConfig(), noise, biases=[1.3, 1.4])["predicted_speedup"]
-    assert biased["time_to_target_interval"][1] < high and "2 earlier autopilot" in biased["interval_basis"]
+    assert biased["time_to_target_interval"][1] < high and "2 earlier verification" in biased["interval_basis"]
 
 
 def test_a_comparison_is_decisive_only_when_its_verdict_says_faster_slower_or_equivalent():

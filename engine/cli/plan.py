@@ -11,7 +11,7 @@ from .options import device_option, home_of, json_option, open_store
 from .output import console, emit_json, finish_job, table, write_atomic
 from ..errors import UsageError
 from ..format import format_ms, grouped
-from ..plan.recommend import accepted_load_note
+from ..plan.recommend import accepted_load_note, model_text
 from ..plan.verdict import interval_text
 
 
@@ -62,19 +62,23 @@ def print_recommendation(rec: dict) -> None:
     out = console()
     base = rec["baseline"]
     rows = []
+    corrected = bool((rec.get("predicted_speedup") or {}).get("corrected"))
     for c in rec["candidates"]:
         mark = "->" if c["batch_size"] == rec["batch_size"] else ""
         interval = c.get("speedup_interval")
+        raw = ([f"{c['raw_speedup']:.2f}x ({interval_text(*c['raw_interval'])})" if c.get("raw_interval") else "-"]
+               if corrected else [])
         rows.append([mark, c["batch_size"], f"{c['learning_rate']:.3g}", format_ms(c["step_time_s"]),
                      grouped(c["samples_per_s"]), f"{c['speedup_throughput']:.2f}x",
                      "-" if c["speedup_time_to_target"] is None else f"{c['speedup_time_to_target']:.2f}x",
-                     interval_text(*interval) if interval else "-", c["rank"], c["excluded"] or ""])
+                     interval_text(*interval) if interval else "-", *raw, c["rank"], c["excluded"] or ""])
     speed = rec["predicted_speedup"]
     coverage = f"{speed['coverage']:.0%} " if speed.get("coverage") else ""
     out.print(table(f"Recommendation {rec['recommendation_id']} from profile {rec['profile_id']} "
                     f"({rec['workload']} on {rec['device']['name']})",
-                    ["", "batch", "lr", "step ms", "samples/s", "throughput", "time to target",
-                     f"{coverage}interval", "rank (by its low end)", "excluded"], rows))
+                    ["", "batch", "lr", "step ms", "samples/s", "throughput",
+                     "time to target" + (" (corrected)" if corrected else ""), f"{coverage}interval",
+                     *(["raw model"] if corrected else []), "rank (by its low end)", "excluded"], rows))
     if rec.get("accepted_load"):
         out.print(f"[bold yellow]{accepted_load_note(rec['accepted_load'])}[/bold yellow]")
     if rec.get("uncertain"):
@@ -87,6 +91,10 @@ def print_recommendation(rec: dict) -> None:
               f"{speed['time_to_target']:.2f}x in time to target"
               + (f" ({coverage}prediction interval {interval_text(*interval)}, resampling {speed['interval_basis']})"
                  if interval and speed.get("interval_basis") else f" ({interval_text(*interval)})" if interval else ""))
+    if speed.get("corrected"):   # ranked on the corrected noise model: the raw one beside it
+        raw = speed["raw"]
+        out.print(f"noise model: {model_text(rec)}; on the raw model {raw['time_to_target']:.2f}x "
+                  f"({coverage}prediction interval {interval_text(*raw['time_to_target_interval'])})")
     per_day = rec["experiments_per_gpu_day"]
     if per_day["baseline"]:
         out.print(f"experiments per GPU-day ({rec['epochs']} epochs each): {per_day['baseline']:,.0f} at the "

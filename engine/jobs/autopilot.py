@@ -24,14 +24,17 @@ from .start import MAX_REPEATS
 from ..measure.devices_config import MAX_NPROC
 from ..measure.profiler_config import MAX_SECONDS, check_threads, parse_threads
 from ..measure.train_config import MAX_EPOCHS
+from ..plan.calibration import measured_factors, model_of, next_attempt, step_time_bias, verification_point
+from ..plan.censored import smallest_p
 from ..plan.compare import check_tolerance, compare_groups
-from ..plan.recommend import RULES, RecommendConfig, accepted_load_note, recommend, steps_factor
+from ..plan.recommend import RULES, RecommendConfig, accepted_load_note, choose, recommend
 from ..plan.verdict import (CONFIDENCE, FASTER, SLOWER, headline_tone, interval_text, look_levels,
                             quality_words)
 from ..units import check_int, check_number, check_switch
 
 __all__ = ["AutopilotConfig", "autopilot_task", "PHASES", "headline", "keep_baseline_headline", "prediction_factors",
-           "decisive", "sequential_text", "wait_for_quiet", "trusted_profile"]
+           "decisive", "sequential_text", "wait_for_quiet", "trusted_profile", "earlier_verifications",
+           "until_verified_text", "MAX_ATTEMPTS"]
 
 PHASES = ("profile", "noise scale", "recommendation", "training runs", "comparison")
 ARMS = ("baseline", "recommended")     # the arms an autopilot can train
@@ -40,6 +43,8 @@ CURVE_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)       # where the schedule arm's n
 MAX_EPOCH_FACTOR = 3.0  # the recommended runs get at most this many times the baseline's epochs
 QUIET_TIMEOUT_S = 600.0   # an untrusted profile: the longest the autopilot waits for a quiet window before it stops
 QUIET_WINDOW_S = 5.0      # a quiet window: this long with other processes leaving the cores the steps need
+MAX_ATTEMPTS = 2          # --until-verified: pairs verified at most, by default
+MAX_ATTEMPTS_LIMIT = 10   # ... and at most, ever
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,19 @@ class AutopilotConfig:
     accept_load: bool = False             # use the profile even if it cannot be trusted (the recommendation says so)
     quiet_timeout_s: float = QUIET_TIMEOUT_S   # an untrusted profile: wait this long at most for a quiet window
     threads: int | None = None            # torch's intra-op threads in the profile and every run (--threads)
+    until_verified: bool = False          # a failed verification: learn from it and try the next pair the corrected
+    max_attempts: int = MAX_ATTEMPTS      # ... model ranks, at most this many pairs, each at its share of the error rate
+
+    @property
+    def attempts(self) -> int:
+        """The pairs the autopilot may verify: --max-attempts with --until-verified, else one."""
+        return self.max_attempts if self.until_verified else 1
+
+    @property
+    def alpha(self) -> float:
+        """The error rate of each attempt: 10% spread over the attempts (Bonferroni), so trying again cannot
+        manufacture a verified pair."""
+        return (1 - CONFIDENCE) / self.attempts
 
     def validate(self) -> None:
         """The autopilot's own fields; each child job's config is validated again when it is built."""
@@ -91,6 +109,21 @@ class AutopilotConfig:
         check_int(self.max_repeats, "--max-repeats", high=MAX_REPEATS)
         if self.until_decisive and self.max_repeats < self.repeats:
             raise UsageError(f"--max-repeats {self.max_repeats} is below --repeats {self.repeats}")
+        check_int(self.max_attempts, "--max-attempts", high=MAX_ATTEMPTS_LIMIT)
+        if self.until_verified:
+            if self.scheduled:
+                raise UsageError("--until-verified tries fixed batches one after another: drop --arms "
+                                 "baseline,fixed,schedule")
+            seeds = self.max_repeats if self.until_decisive else self.repeats
+            level = look_levels(self.repeats, self.max_repeats, self.alpha)[seeds] if self.until_decisive \
+                else self.alpha
+            if smallest_p(seeds) > level + 1e-12:
+                needed = next(n for n in range(seeds, MAX_REPEATS + 1) if smallest_p(n) <= level + 1e-12)
+                flag = "--max-repeats" if self.until_decisive else "--repeats"
+                raise UsageError(f"--until-verified tests each of its {self.max_attempts} attempts at level {level:.2g} "
+                                 f"(10% spread over them, so trying again cannot manufacture a verified pair); with "
+                                 f"{seeds} seeds an arm the exact test cannot go below p = {smallest_p(seeds):.2g}: "
+                                 f"use {flag} {needed} or more, or fewer --max-attempts")
 
     @property
     def scheduled(self) -> bool:
@@ -100,7 +133,8 @@ class AutopilotConfig:
     @classmethod
     def from_options(cls, repeats=3, epochs=None, rule="linear", arms=None, until_decisive=False, max_repeats=10,
                      quality_tolerance=0.01, compile=False, nproc=1, launcher="local", ray_address=None,
-                     accept_load=False, quiet_timeout=None, threads=None, **fields) -> "AutopilotConfig":
+                     accept_load=False, quiet_timeout=None, threads=None, until_verified=False,
+                     max_attempts=MAX_ATTEMPTS, **fields) -> "AutopilotConfig":
         """The config `largestep autopilot`'s options ask for (text, as typed) or ``largestep.autopilot``'s
         (numbers, a list of arms), validated: a one-line UsageError naming the option otherwise. ``fields``: the
         config's other fields (min_seconds, max_batch, noise_batches, tolerance), from Python."""
@@ -119,6 +153,8 @@ class AutopilotConfig:
                      until_decisive=bool(until_decisive), max_repeats=parse_positive_int(max_repeats, "--max-repeats"),
                      quality_tolerance=parse_float(quality_tolerance, "--quality-tolerance"), compile=bool(compile),
                      accept_load=bool(accept_load), threads=parse_threads(threads),
+                     until_verified=bool(until_verified),
+                     max_attempts=parse_positive_int(max_attempts, "--max-attempts"),
                      quiet_timeout_s=QUIET_TIMEOUT_S if quiet_timeout is None else parse_float(quiet_timeout,
                                                                                                "--quiet-timeout"),
                      **fields)
@@ -128,29 +164,31 @@ class AutopilotConfig:
 
 def prediction_factors(rec: dict, comparison: dict) -> dict:
     """The predicted speedup's two factors beside what the runs measured: the time per step (the
-    profile's t(B)/t(B0) against the runs') and the steps to the target (the noise-scale model's
-    S(B0)/S(B) against the runs'), so a user sees which half of a prediction was off.
+    profile's t(B)/t(B0) against the runs') and the steps to the target (the noise model's
+    S(B0)/S(B), corrected where the recommendation was, against the runs'), each with its interval, so a user
+    sees which half of a prediction was off.
 
-    Measured on the headline's own censored basis: the steps factor is the ratio of the arms' Kaplan-Meier
-    median steps to the target, the time per step is each arm's median time over its median steps, so the
-    measured steps factor over the measured time-per-step factor is the headline's speedup exactly. Where a
-    median is only a bound (fewer than half the seeds reached the target) neither factor is measured."""
-    groups = comparison.get("groups") or []
+    Measured on the headline's own censored basis (:func:`largestep.plan.calibration.measured_factors`): the steps
+    factor is the ratio of the arms' Kaplan-Meier median steps to the target, the time per step is each arm's
+    median time over its median steps, so the measured steps factor over the measured time-per-step factor is the
+    headline's speedup exactly. Where a median is only a bound neither factor is measured (the steps' bound is
+    kept as a bound)."""
     b0, b = rec["baseline"]["batch_size"], rec["batch_size"]
+    speed = rec.get("predicted_speedup") or {}
+    step, steps = speed.get("step_time_factor") or {}, speed.get("steps_factor") or {}
     step_times = {c["batch_size"]: c["step_time_s"] for c in rec["candidates"]}
-    predicted_step = step_times[b] / step_times[b0] if step_times.get(b) and step_times.get(b0) else None
-    predicted_steps = steps_factor(b0, rec.get("noise_scale")) / steps_factor(b, rec.get("noise_scale"))
-    measured_step = measured_steps = None
-    if len(groups) > 1:
-        medians = [((g.get("time_to_target") or {}).get("median_s"), (g.get("steps_to_target_median") or {}).get("median"))
-                   for g in groups[:2]]
-        if all(time and steps for time, steps in medians):
-            (base_time, base_steps), (time, steps) = medians
-            measured_steps = base_steps / steps
-            measured_step = (time / steps) / (base_time / base_steps)
-    return {"step_time_ratio": {"predicted": predicted_step, "measured": measured_step,
+    predicted_step = step.get("predicted") or (step_times[b] / step_times[b0]
+                                               if step_times.get(b) and step_times.get(b0) else None)
+    raw_steps = steps.get("raw") or model_of(rec).factor(b0, b)
+    measured = measured_factors(comparison)
+    bound = measured["steps_bound"]
+    return {"step_time_ratio": {"predicted": predicted_step, "predicted_interval": step.get("interval"),
+                                "measured": measured["step_time"], "measured_interval": measured["step_time_interval"],
                                 "meaning": "time per step at the recommended batch over the baseline's"},
-            "steps_ratio": {"predicted": predicted_steps, "measured": measured_steps,
+            "steps_ratio": {"predicted": steps.get("predicted") or raw_steps, "predicted_interval": steps.get("interval"),
+                            "raw": raw_steps, "measured": None if bound else measured["steps"],
+                            "measured_interval": measured["steps_interval"],
+                            "measured_bound": {"kind": bound, "value": measured["steps"]} if bound else None,
                             "meaning": "steps the baseline needs to the target over the recommended batch's"}}
 
 
@@ -205,6 +243,10 @@ def headline(rec: dict, comparison: dict, decided: str | None = None, seeds: int
     if predicted_interval:
         text += (f" ({coverage:.0%} prediction interval {interval_text(*predicted_interval)})" if coverage
                  else f" ({interval_text(*predicted_interval)})")
+    raw = rec["predicted_speedup"].get("raw") if rec["predicted_speedup"].get("corrected") else None
+    if raw:   # ranked on the noise model earlier verifications corrected: the raw prediction beside it
+        text += (f" on the corrected noise model, {raw['time_to_target']:.2f}x on the raw one "
+                 f"({(rec.get('correction') or {}).get('verifications')} verification(s) corrected it)")
     censored = [(group["name"], run) for group in groups for run in group.get("runs") or []
                 if run.get("time_to_target_s") is None]
     if censored:
@@ -350,6 +392,107 @@ def _others_busy_over(seconds: float) -> float | None:
     return window.others_busy_cores()
 
 
+def data_factor(rec: dict) -> float:
+    """The training the recommended arm gets over the baseline's: S(B)·B / S(B0)·B0, the samples the larger batch
+    needs on the model the recommendation ranked on (B/B0 over its steps factor), at most MAX_EPOCH_FACTOR."""
+    b0, b = rec["baseline"]["batch_size"], rec["batch_size"]
+    steps = ((rec.get("predicted_speedup") or {}).get("steps_factor") or {}).get("predicted")
+    if steps is None:
+        steps = model_of(rec).factor(b0, b)
+    if not math.isfinite(steps) or steps <= 0:
+        return 1.0
+    return min(MAX_EPOCH_FACTOR, max(1.0, (b / b0) / steps))
+
+
+def _biases(points: list[dict]) -> list[float]:
+    """The profile-to-run step-time bias each verification measured (as :func:`largestep.store.step_time_biases`)."""
+    return [bias for p in points if (bias := step_time_bias(p)) is not None]
+
+
+def earlier_verifications(home, workload: str | None, device_id: str | None, exclude: str | None = None) -> list[dict]:
+    """The calibration points recorded on ``workload`` and ``device_id`` before, oldest first: the verification
+    events of other autopilots' spools (an autopilot from before verifications were spooled: derived from its
+    recommendation and comparison) and the verifications `compare` saved as files. The job never opens the
+    database; these are what its verifications table is built from."""
+    import json
+
+    points: dict[str, dict] = {}
+    for job_dir in sorted(home.jobs.iterdir()) if home.jobs.is_dir() else []:
+        spec = jobs.read_spec(job_dir) if job_dir.name != exclude else None
+        if not isinstance(spec, dict) or spec.get("kind") != "autopilot":
+            continue
+        spooled = events.read_all(job_dir)
+        rows = events.verifications(spooled) or _legacy_verification(spooled, job_dir.name)
+        points.update((row["id"], row) for row in rows)
+    for path in sorted(home.verifications.glob("*.json")) if home.verifications.is_dir() else []:
+        try:
+            row = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(row, dict) and row.get("id"):
+            points.setdefault(row["id"], row)
+    return sorted((p for p in points.values() if p.get("workload") == workload and p.get("device_id") == device_id),
+                  key=lambda p: (p.get("created_at") or 0, p["id"]))
+
+
+def _legacy_verification(spooled: list[dict], autopilot_id: str) -> list[dict]:
+    result = next((e for e in reversed(spooled) if e["type"] == events.AUTOPILOT_RESULT), None)
+    recs = {e["document"]["recommendation_id"]: e["document"] for e in spooled if e["type"] == events.RECOMMENDATION}
+    rec = recs.get((result or {}).get("recommendation_id"))
+    if not result or not rec or len((result.get("comparison") or {}).get("groups") or []) < 2:
+        return []
+    try:
+        return [verification_point(rec, result["comparison"], source="autopilot", created_at=result["t"],
+                                   autopilot_id=autopilot_id)]
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):   # a document too old to read: no point
+        return []
+
+
+def until_verified_text(attempts: list[dict], config: AutopilotConfig, stopped: str | None) -> str:
+    """Where `--until-verified` ended: the verified pair, or "none verified", every attempt, and the budget."""
+    runs = config.max_attempts * 2 * (config.max_repeats if config.until_decisive else config.repeats)
+    budget = (f"at most {config.max_attempts} attempts ({runs} training runs at most), each tested at level "
+              f"{config.alpha:.2g} so that trying again cannot manufacture a verified pair")
+
+    def pair(a: dict) -> str:
+        rec = a["rec"]
+        verdict = (a["point"].get("verdict") or "not measured")
+        return (f"batch {rec['batch_size']} at lr {rec['learning_rate']:.3g} ({rec['rule']} rule): {verdict}, quality "
+                f"{a['point'].get('quality') or 'not compared'}")
+
+    verified = next((a for a in attempts if a["point"]["verified"]), None)
+    earlier = [a for a in attempts if a is not verified]
+    if verified is not None:
+        text = f"verified on attempt {verified['attempt']} ({budget}): {pair(verified)}"
+        if earlier:
+            text += "; tried before: " + "; ".join(pair(a) for a in earlier)
+        return text
+    text = f"none verified in {len(attempts)} attempt{'' if len(attempts) == 1 else 's'} ({budget}): "
+    text += "; ".join(pair(a) for a in attempts)
+    return text + (f"; stopped: {stopped}" if stopped else "")
+
+
+def until_verified(result: dict, attempts: list[dict], final: dict, config: AutopilotConfig,
+                   stopped: str | None) -> dict:
+    """The headline of an `--until-verified` autopilot: its summary first, then the final attempt's sentence."""
+    summary = until_verified_text(attempts, config, stopped)
+    return {**result, "text": f"{summary}. {result['text']}",
+            "until_verified": {"text": summary, "verified": final["point"]["verified"],
+                               "attempt": final["attempt"] if final["point"]["verified"] else None,
+                               "max_attempts": config.max_attempts, "level": config.alpha, "stopped": stopped},
+            "attempts": [_attempt_summary(a) for a in attempts]}
+
+
+def _attempt_summary(attempt: dict) -> dict:
+    rec, point = attempt["rec"], attempt["point"]
+    return {"attempt": attempt["attempt"], "recommendation_id": rec["recommendation_id"],
+            "batch_size": rec["batch_size"], "learning_rate": rec["learning_rate"], "rule": rec["rule"],
+            "verification_id": point["id"], "verified": point["verified"], "verdict": point.get("verdict"),
+            "quality": point.get("quality"), "failed_why": point.get("failed_why"),
+            "baseline_runs": attempt["runs"]["baseline"], "recommended_runs": attempt["runs"]["recommended"],
+            "text": attempt["headline"]["text"]}
+
+
 def autopilot_task(ctx: JobContext) -> None:
     """The body of an ``autopilot`` job."""
     from .start import start_noise, start_noise_curve, start_profile, start_reprofile, start_train
@@ -447,10 +590,15 @@ def autopilot_task(ctx: JobContext) -> None:
             curve = [events.noise_curve_row(e, curve_id) for e in events.read_all(ctx.home.job_dir(curve_id))
                      if e["type"] == events.NOISE_CURVE_POINT]
 
-        # recommendation
+        # recommendation, on the noise model corrected by the verifications recorded on this workload and device
         phase("recommendation", 0.0)
-        rec = recommend(dict(profile, epochs=epochs), RecommendConfig(rule=config.rule, accept_load=config.accept_load),
-                        noise)
+        history = earlier_verifications(ctx.home, profile.get("workload"), profile.get("device_id"), ctx.job_id)
+
+        def recommended(rule: str) -> dict:
+            return recommend(dict(profile, epochs=epochs), RecommendConfig(rule=rule, accept_load=config.accept_load),
+                             noise, _biases(history), curve=curve or None, calibration=history)
+
+        rec = recommended(config.rule)
         if config.scheduled:
             rec = with_batch_schedule(rec, curve, chosen=True)
         ctx.spool.emit(events.RECOMMENDATION, document=rec)
@@ -463,78 +611,117 @@ def autopilot_task(ctx: JobContext) -> None:
             ctx.progress("done", 1.0, headline=result["text"])
             return
 
-        # training runs: the arms interleaved seed by seed (baseline 0, recommended 0, baseline 1, ...) on
-        # the device's first-in-first-out queue, so drift in the machine's load falls on both arms alike
-        base = TrainConfig(batch_size=rec["baseline"]["batch_size"], lr=rec["baseline"]["learning_rate"],
-                           epochs=epochs, warmup_samples=rec["warmup_samples"], nproc=config.nproc,
-                           compile=config.compile, tf32=config.tf32, threads=rec.get("threads"))
-        factor = 1.0
-        if rec.get("noise_scale"):
-            b0, b, bn = rec["baseline"]["batch_size"], rec["batch_size"], rec["noise_scale"]
-            factor = min(MAX_EPOCH_FACTOR, (b + bn) / (b0 + bn))  # S(B) B / S(B0) B0: the data the larger batch needs
-        chosen = TrainConfig(batch_size=rec["batch_size"], lr=rec["learning_rate"], epochs=epochs * factor,
-                             warmup_samples=rec["warmup_samples"], nproc=config.nproc, compile=config.compile,
-                             tf32=config.tf32, threads=rec.get("threads"))
-        arms = {"baseline": (base, f"grp-{secrets.token_hex(4)}", []),
-                "recommended": (chosen, f"grp-{secrets.token_hex(4)}", [])}
-        if config.scheduled:   # the third arm, in the same rotation
-            arms["schedule"] = (schedule_config(rec, base, config.rule), f"grp-{secrets.token_hex(4)}", [])
         order: list[str] = []
         state_of: dict[str, str] = {}
 
-        def train_seeds(seeds: range) -> None:
-            """Queue one run of each arm per seed, in turn, and wait for them all."""
-            queued = []
-            for k in seeds:
-                for role, (train_config, group, ids) in arms.items():
-                    [run_id] = start_train(ctx.home, spec, options, device,
-                                           replace(train_config, seed=train_config.seed + k, group=group), 1,
-                                           role=role, recommendation_id=rec["recommendation_id"],
-                                           launcher=config.launcher)
-                    ids.append(run_id)
-                    queued.append(run_id)
-                    children.append(run_id)
-            order.extend(queued)
-            phase("training runs", 0.0, run_ids=order)
-            state_of.update(zip(queued, wait_for(queued, "training runs")))
+        def verify(rec: dict) -> tuple[dict, dict, int, dict | None, dict]:
+            """Train the baseline and ``rec``'s arm (and the schedule's), seed by seed in turn, and compare them:
+            (comparison, arms, seeds an arm, the looks' levels, epochs)."""
+            # the arms interleaved seed by seed (baseline 0, recommended 0, baseline 1, ...) on the device's
+            # first-in-first-out queue, so drift in the machine's load falls on both arms alike
+            base = TrainConfig(batch_size=rec["baseline"]["batch_size"], lr=rec["baseline"]["learning_rate"],
+                               epochs=epochs, warmup_samples=rec["warmup_samples"], nproc=config.nproc,
+                               compile=config.compile, tf32=config.tf32, threads=rec.get("threads"))
+            chosen = TrainConfig(batch_size=rec["batch_size"], lr=rec["learning_rate"], epochs=epochs * data_factor(rec),
+                                 warmup_samples=rec["warmup_samples"], nproc=config.nproc, compile=config.compile,
+                                 tf32=config.tf32, threads=rec.get("threads"))
+            arms = {"baseline": (base, f"grp-{secrets.token_hex(4)}", []),
+                    "recommended": (chosen, f"grp-{secrets.token_hex(4)}", [])}
+            if config.scheduled:   # the third arm, in the same rotation
+                arms["schedule"] = (schedule_config(rec, base, config.rule), f"grp-{secrets.token_hex(4)}", [])
 
-        def compared(confidence: float = CONFIDENCE) -> dict:
-            groups, evals = [], []
-            for name, (_config, _group, ids) in arms.items():
-                runs = []
-                for job_id in ids:
-                    spool = events.read_all(ctx.home.job_dir(job_id))
-                    runs.append({**events.run_record(spool, job_id), "state": state_of[job_id]})
-                    evals += events.evaluations(spool, job_id)
-                groups.append((name, runs))
-            frame = pd.DataFrame(evals, columns=["run_id", "step", "epoch", "samples", "wall_time_s", "train_time_s",
-                                                 "val_loss"])
-            return compare_groups(groups, frame, tolerance=config.tolerance,
-                                  quality_tolerance=config.quality_tolerance, confidence=confidence)
+            def train_seeds(seeds: range) -> None:
+                """Queue one run of each arm per seed, in turn, and wait for them all."""
+                queued = []
+                for k in seeds:
+                    for role, (train_config, group, ids) in arms.items():
+                        [run_id] = start_train(ctx.home, spec, options, device,
+                                               replace(train_config, seed=train_config.seed + k, group=group), 1,
+                                               role=role, recommendation_id=rec["recommendation_id"],
+                                               launcher=config.launcher)
+                        ids.append(run_id)
+                        queued.append(run_id)
+                        children.append(run_id)
+                order.extend(queued)
+                phase("training runs", 0.0, run_ids=order)
+                state_of.update(zip(queued, wait_for(queued, "training runs")))
 
-        # each look of --until-decisive is tested at its own share of the error rate (alpha spending)
-        levels = look_levels(config.repeats, config.max_repeats) if config.until_decisive else None
-        train_seeds(range(config.repeats))
-        phase("comparison", 0.0)
-        seeds = config.repeats
-        comparison = compared(1 - levels[seeds]) if levels else compared()
-        while levels and decisive(comparison) is None and seeds + 1 in levels:
-            train_seeds(range(seeds, seeds + 1))   # one more pair of seeds
-            seeds += 1
+            def compared(confidence: float) -> dict:
+                groups, evals = [], []
+                for name, (_config, _group, ids) in arms.items():
+                    runs = []
+                    for job_id in ids:
+                        spool = events.read_all(ctx.home.job_dir(job_id))
+                        runs.append({**events.run_record(spool, job_id), "state": state_of[job_id]})
+                        evals += events.evaluations(spool, job_id)
+                    groups.append((name, runs))
+                frame = pd.DataFrame(evals, columns=["run_id", "step", "epoch", "samples", "wall_time_s", "train_time_s",
+                                                     "val_loss"])
+                return compare_groups(groups, frame, tolerance=config.tolerance,
+                                      quality_tolerance=config.quality_tolerance, confidence=confidence)
+
+            # each look of --until-decisive is tested at its own share of the attempt's error rate (alpha spending)
+            levels = look_levels(config.repeats, config.max_repeats, config.alpha) if config.until_decisive else None
+            train_seeds(range(config.repeats))
             phase("comparison", 0.0)
-            comparison = compared(1 - levels[seeds])
-        baseline_ids, recommended_ids = arms["baseline"][2], arms["recommended"][2]
-        result = (headline(rec, comparison, decisive(comparison), seeds, levels) if levels
-                  else headline(rec, comparison))
-        if config.scheduled:
-            result = {**result, **schedule_headline(rec, comparison)}
-        result = flagged(result, rec)
-        ctx.spool.emit(events.AUTOPILOT_RESULT, headline=result, comparison=comparison,
-                       recommendation_id=rec["recommendation_id"], profile_id=profile_id, noise_id=noise_id,
-                       baseline_runs=baseline_ids, recommended_runs=recommended_ids,
-                       epochs={"baseline": epochs, "recommended": epochs * factor,
-                               **({"schedule": arms["schedule"][0].epochs} if config.scheduled else {})},
-                       config=asdict(config))
+            seeds = config.repeats
+            comparison = compared(1 - levels[seeds] if levels else 1 - config.alpha)
+            while levels and decisive(comparison) is None and seeds + 1 in levels:
+                train_seeds(range(seeds, seeds + 1))   # one more pair of seeds
+                seeds += 1
+                phase("comparison", 0.0)
+                comparison = compared(1 - levels[seeds])
+            ran = {"baseline": epochs, "recommended": chosen.epochs,
+                   **({"schedule": arms["schedule"][0].epochs} if config.scheduled else {})}
+            return comparison, {name: ids for name, (_c, _g, ids) in arms.items()}, seeds, levels, ran
+
+        # --until-verified: a failed verification is a calibration point; the model corrected by it ranks the next
+        # pair (the square-root rule at the same batch after a loss of quality, else a smaller batch)
+        attempts: list[dict] = []
+        tried: list[tuple[int, str]] = []
+        stopped = None
+        while True:
+            comparison, ran_ids, seeds, levels, ran_epochs = verify(rec)
+            decided = decisive(comparison)
+            result = headline(rec, comparison, decided, seeds, levels) if levels else headline(rec, comparison)
+            if config.scheduled:
+                result = {**result, **schedule_headline(rec, comparison)}
+            result = flagged(result, rec)
+            point = verification_point(rec, comparison, source="autopilot", created_at=time.time(),
+                                       autopilot_id=ctx.job_id, attempt=len(attempts) + 1,
+                                       device_name=profile.get("device_name"))
+            ctx.spool.emit(events.VERIFICATION, verification=point)
+            attempts.append({"attempt": len(attempts) + 1, "rec": rec, "comparison": comparison, "runs": ran_ids,
+                             "headline": result, "point": point, "epochs": ran_epochs})
+            tried.append((rec["batch_size"], rec["rule"]))
+            if not config.until_verified or point["verified"]:
+                break
+            if len(attempts) >= config.max_attempts:
+                stopped = f"the budget of {config.max_attempts} attempts is spent"
+                break
+            history.append(point)
+            phase("recommendation", 0.0, detail=f"attempt {len(attempts)} failed: re-ranking on the corrected model")
+            corrected = recommended(point.get("rule") or config.rule)
+            following = next_attempt(corrected, tried, point)
+            if following is None:
+                stopped = ("the corrected model predicts no other pair faster than the baseline beyond doubt "
+                           "(no smaller batch's prediction interval lies above 1)")
+                break
+            batch, rule, why = following
+            ranked = corrected if rule == corrected["rule"] else recommended(rule)
+            rec = choose(ranked, batch, rule, f"--until-verified, attempt {len(attempts) + 1} of at most "
+                                              f"{config.max_attempts}: {why}")
+            ctx.spool.emit(events.RECOMMENDATION, document=rec)
+
+        final = next((a for a in attempts if a["point"]["verified"]), attempts[-1])
+        result = final["headline"]
+        if config.until_verified:
+            result = until_verified(result, attempts, final, config, stopped)
+        ctx.spool.emit(events.AUTOPILOT_RESULT, headline=result, comparison=final["comparison"],
+                       recommendation_id=final["rec"]["recommendation_id"], profile_id=profile_id, noise_id=noise_id,
+                       baseline_runs=final["runs"]["baseline"], recommended_runs=final["runs"]["recommended"],
+                       epochs=final["epochs"], config=asdict(config),
+                       attempts=[_attempt_summary(a) for a in attempts] if config.until_verified else None)
         ctx.progress("done", 1.0, headline=result["text"])
     except BaseException:
         for job_id in children:  # cancelled or failed: take the children down too

@@ -23,7 +23,7 @@ __all__ = [
     "list_recommendations", "list_runs", "get_run", "runs_in", "run_evaluations", "run_metrics", "load_autopilot",
     "list_devices", "frame_records", "records", "RUN_CURVE_AXES", "RUN_CURVE_BUCKETS", "run_metric_names", "run_curves", "batch_changes",
     "recommendation_runs", "autopilot_for_recommendation", "runs_by_id", "read_recommendation",
-    "comparison_tolerances", "step_time_biases",
+    "comparison_tolerances", "step_time_biases", "list_verifications", "verification_points", "load_verification",
 ]
 
 
@@ -403,19 +403,38 @@ def comparison_tolerances(con, run_ids: list[str]) -> dict | None:
 
 
 def step_time_biases(con, workload: str | None, device_id: str | None) -> list[float]:
-    """How far the profile's step-time factor was off in earlier autopilots of this workload on this device:
+    """How far the profile's step-time factor was off in earlier verifications of this workload on this device:
     each one's measured time-per-step ratio over its predicted one (1.0: the profile had it right)."""
-    rows = con.execute(
-        "SELECT a.headline FROM autopilots a JOIN recommendations r ON r.id = a.recommendation_id "
-        "WHERE a.headline IS NOT NULL AND r.workload IS NOT DISTINCT FROM ? AND r.device_id IS NOT DISTINCT FROM ?",
-        [workload, device_id]).fetchall()
-    out = []
-    for (headline,) in rows:
-        headline = json.loads(headline) if isinstance(headline, str) else headline
-        ratio = ((headline or {}).get("factors") or {}).get("step_time_ratio") or {}
-        if ratio.get("predicted") and ratio.get("measured"):
-            out.append(float(ratio["measured"]) / float(ratio["predicted"]))
-    return out
+    from ..plan.calibration import step_time_bias
+
+    return [bias for point in verification_points(con, workload, device_id)
+            if (bias := step_time_bias(point)) is not None]
+
+
+def list_verifications(con, workload: str | None = None, device: str | None = None) -> list[dict]:
+    """Every verification (a calibration point), oldest first; ``device``: its id or its name."""
+    found = records(con.execute(
+        "SELECT * FROM verifications WHERE (? IS NULL OR workload = ?) AND (? IS NULL OR device_id = ? "
+        "OR device_name = ?) ORDER BY created_at, id", [workload, workload, device, device, device]))
+    for row in found:
+        if isinstance(row.get("comparison"), str):
+            row["comparison"] = json.loads(row["comparison"])
+    return found
+
+
+def verification_points(con, workload: str | None, device_id: str | None) -> list[dict]:
+    """The calibration points a recommendation on ``workload`` and ``device_id`` learns from, oldest first."""
+    return records(con.execute(
+        "SELECT * EXCLUDE (comparison) FROM verifications WHERE workload IS NOT DISTINCT FROM ? "
+        "AND device_id IS NOT DISTINCT FROM ? ORDER BY created_at, id", [workload, device_id]))
+
+
+def load_verification(con, verification_id: str) -> dict | None:
+    found = records(con.execute("SELECT * FROM verifications WHERE id = ?", [verification_id]))
+    for row in found:
+        if isinstance(row.get("comparison"), str):
+            row["comparison"] = json.loads(row["comparison"])
+    return found[0] if found else None
 
 
 def runs_by_id(con, run_ids: list[str]) -> list[dict]:

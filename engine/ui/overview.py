@@ -110,6 +110,7 @@ class AutopilotForm:
     compile: bool = False             # torch.compile the model in every step of the loop
     both_arms: bool = False           # train both arms even when the recommendation is the baseline
     schedule_arm: bool = False        # and a third: the batch schedule planned from a noise curve
+    until_verified: bool = False      # a failed verification: learn, and try the next pair the corrected model ranks
 
 
 def autopilot_request(form: AutopilotForm, choices: dict[str, WorkloadChoice]) -> tuple[str, dict, AutopilotConfig]:
@@ -134,7 +135,7 @@ def autopilot_request(form: AutopilotForm, choices: dict[str, WorkloadChoice]) -
         raise UsageError(f"epochs must be a positive number (or empty for the workload's own), not {epochs!r}")
     return choice.spec, options, AutopilotConfig(repeats=repeats, epochs=float(epochs) if epochs else None,
                                                  compile=bool(form.compile),
-                                                 arms=_arms(form))
+                                                 arms=_arms(form), until_verified=bool(form.until_verified))
 
 
 def _arms(form: AutopilotForm) -> tuple[str, ...] | None:
@@ -352,6 +353,13 @@ def _recommendation_text(rec: dict) -> str:
         text += f"; predicted {predicted:.2f}× the baseline's speed to its validation loss"
         if speed.get("time_to_target_interval"):
             text += f" ({predicted_interval_text(speed)})"
+        if speed.get("corrected"):   # ranked on the corrected noise model: the raw prediction beside it
+            text += (f" on the noise model corrected by {(rec.get('correction') or {}).get('verifications')} "
+                     f"verification(s); {speed['raw']['time_to_target']:.2f}× on the raw one")
+    alike = rec.get("indistinguishable") or []
+    if len(alike) > 1:   # how stable the choice is
+        text += (f"; batches {', '.join(map(str, alike[:-1]))} and {alike[-1]} are indistinguishable here (each "
+                 f"one's prediction lies within the choice's interval)")
     return text
 
 

@@ -16,7 +16,7 @@ from .. import curve, jobs, store
 from ..errors import UsageError
 from ..format import format_bytes, format_count, format_duration, format_number, plural
 from ..home import Home
-from ..plan.recommend import RULES, RecommendConfig, accepted_load_note, recommend
+from ..plan.recommend import RULES, RecommendConfig, accepted_load_note, model_text, recommend
 from ..plan.verdict import interval_text
 from ..plan.schedule import with_batch_schedule
 from .charts import recommend as reccharts
@@ -102,8 +102,12 @@ def compute_recommendation(home: Home, form: RecommendForm) -> dict:
         profile, noise = store.recommendation_inputs(con, form.profile_id, noise_id, stored_noise=False)
         # the workload's newest noise curve, where there is one, plans a growing batch beside the fixed one
         biases = store.step_time_biases(con, profile.get("workload"), profile.get("device_id"))
-        rec = with_batch_schedule(recommend(profile, config, noise, biases),
-                                  store.load_noise_curve(con, None, workload=profile["workload"]))
+        calibration = store.verification_points(con, profile.get("workload"), profile.get("device_id"))
+        # the workload's newest noise curve: the steps of every fixed batch are priced over it, and the growing
+        # batch planned from it, by one model (a noise scale the user chose stands alone)
+        curve = store.load_noise_curve(con, None, workload=profile["workload"])
+        rec = with_batch_schedule(recommend(profile, config, noise, biases, curve=curve if
+                                            form.noise_mode == "stored" else None, calibration=calibration), curve)
         store.save_recommendation(home, con, rec)
     return rec
 
@@ -301,9 +305,21 @@ def recommendation_view(rec: dict) -> RecommendationView:
         notes.append(f"Measured on {plural(rec['threads'], 'torch thread')} (--threads): train with as many.")
     if rec.get("assumed_perfect_scaling"):
         notes.append("No noise-scale estimate: perfect scaling was assumed up to the saturation batch.")
-    else:
+    elif (rec.get("steps_model") or {}).get("kind") == "curve":
+        notes.append(f"Steps priced over {model_text(rec)}, as the batch schedule is planned: the two agree on the "
+                     f"best fixed batch.")
+    elif rec.get("noise_scale") is not None:
         notes.append(f"Noise scale B_noise ≈ {rec['noise_scale']:,.0f}"
                      + (f" (estimate `{rec['noise_id']}`)" if rec.get("noise_id") else " (entered by hand)"))
+    if speed.get("corrected"):
+        raw = speed["raw"]
+        notes.append(f"Ranked on the corrected noise model ({rec['correction']['text']}); on the raw model batch "
+                     f"{rec['batch_size']} is predicted {raw['time_to_target']:.2f}× "
+                     f"({interval_text(*raw['time_to_target_interval'])}). See the Calibration page.")
+        metrics.insert(5, Metric("Raw model", f"{raw['time_to_target']:.2f}×",
+                                 f"the prediction on the measured noise scale alone, before the correction earlier "
+                                 f"verifications on this workload and device measured; "
+                                 f"{interval_text(*raw['time_to_target_interval'])}"))
     return RecommendationView(rec=rec, headline=headline, metrics=metrics, reasons=list(rec.get("reasons") or []),
                               candidates=candidates_table(rec), figure=reccharts.time_to_target_figure(rec),
                               notes=notes, uncertain=rec.get("uncertain"),
@@ -312,7 +328,7 @@ def recommendation_view(rec: dict) -> RecommendationView:
 
 
 CANDIDATE_COLUMNS = ["role", "batch", "lr", "step (ms)", "samples/s", "peak memory", "throughput ×",
-                     "time to target ×", "90% interval", "run time", "rank", "excluded"]
+                     "time to target ×", "90% interval", "raw model", "run time", "rank", "excluded"]
 
 
 def candidates_table(rec: dict) -> pd.DataFrame:
@@ -330,11 +346,15 @@ def candidates_table(rec: dict) -> pd.DataFrame:
             "throughput ×": round(c["speedup_throughput"], 2),
             "time to target ×": round(c["speedup_time_to_target"], 2) if c.get("speedup_time_to_target") else None,
             "90% interval": interval_text(*c["speedup_interval"]) if c.get("speedup_interval") else "—",
+            "raw model": (f"{c['raw_speedup']:.2f}× ({interval_text(*c['raw_interval'])})"
+                          if c.get("raw_interval") else "—"),
             "run time": format_duration(c.get("run_time_s")),
             "rank": c.get("rank"), "excluded": c.get("excluded") or "",
         })
     frame = pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)
     frame["rank"] = frame["rank"].astype("Int64")
+    if not (rec.get("predicted_speedup") or {}).get("corrected"):   # the raw model is the one ranked on
+        frame = frame.drop(columns=["raw model"])
     return frame
 
 

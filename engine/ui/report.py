@@ -21,7 +21,7 @@ from ..errors import UsageError
 from ..format import format_count, format_number
 from ..home import Home
 from ..plan.compare import compare_groups, comparison_table
-from ..plan.recommend import accepted_load_note
+from ..plan.recommend import accepted_load_note, model_text
 from ..plan.verdict import headline_tone, interval_text
 from . import profiles as views
 from .charts import profile as charts
@@ -173,8 +173,7 @@ def _profile_section(profile: dict, points: pd.DataFrame) -> str:
 
 
 def _recommendation_section(rec: dict) -> str:
-    noise = ("perfect scaling assumed (no noise-scale estimate)" if rec.get("assumed_perfect_scaling")
-             else f"gradient noise scale B_noise ≈ {rec['noise_scale']:,.0f}")
+    noise = model_text(rec)   # the noise model ranked on: an estimate or a curve, and its correction
     out = ["<section id='recommendation'><h2>Recommendation</h2>",
            *([f"<p><b>{_e(accepted_load_note(rec['accepted_load']))}</b></p>"] if rec.get("accepted_load") else []),
            f"<p>Batch <b>{rec['batch_size']}</b> at learning rate <b>{rec['learning_rate']:.4g}</b> "

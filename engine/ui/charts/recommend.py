@@ -10,7 +10,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from ...format import format_count, format_duration, short_count
-from ...plan.recommend import steps_factor
+from ...plan.recommend import model_text, steps_factor
 from ...plan.verdict import interval_text
 from .base import BLUE, GREY, ORANGE, RED, apply_layout, batch_axis, empty_figure
 
@@ -33,6 +33,8 @@ def predicted_time_ratios(rec: dict) -> dict[int, float]:
     for c in rec["candidates"]:
         if c.get("time_ratio") is not None:
             out[c["batch_size"]] = float(c["time_ratio"])
+        elif c.get("step_time_s") and c.get("steps_factor"):   # the model ranked on, as every candidate stores it
+            out[c["batch_size"]] = c["step_time_s"] / t0 / c["steps_factor"]
         elif c.get("step_time_s"):
             out[c["batch_size"]] = steps_factor(c["batch_size"], noise) / base * c["step_time_s"] / t0
     return out
@@ -97,8 +99,7 @@ def time_to_target_figure(rec: dict) -> go.Figure:
     fig.add_hline(y=1.0, line=dict(color=GREY, dash="dot", width=1))
     speed = rec.get("predicted_speedup") or {}
     speedup, span = speed.get("time_to_target"), speed.get("time_to_target_interval")
-    basis = ("perfect scaling assumed (no noise-scale estimate)" if rec.get("assumed_perfect_scaling")
-             else f"B_noise ≈ {rec['noise_scale']:,.0f}")
+    basis = model_text(rec)
     subtitle = (f"recommended batch {chosen}: predicted {speedup:.2f}× the baseline {b0}'s speed"
                 + (f" ({speed.get('coverage', 0.9):.0%} prediction interval {interval_text(*span)})" if span else "")
                 + f" · {basis}") if speedup else basis
