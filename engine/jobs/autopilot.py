@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from dataclasses import asdict, dataclass, replace
-from typing import Callable
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from typing import Callable, NamedTuple
 
 import pandas as pd
 
@@ -494,239 +495,364 @@ def _attempt_summary(attempt: dict) -> dict:
 
 
 def autopilot_task(ctx: JobContext) -> None:
-    """The body of an ``autopilot`` job."""
-    from .start import start_noise, start_noise_curve, start_profile, start_reprofile, start_train
-    from ..measure.noise_config import default_warm_steps
-    from ..measure.profiler_config import ProfileConfig
-    from ..measure.train_config import TrainConfig
-    from ..plan.schedule import with_batch_schedule
+    """The body of an ``autopilot`` job: each phase a named step below, its child jobs cancelled with it."""
     from ..workloads import load_workload
     from ..workloads.cache import cache_of
 
-    params = ctx.params
-    config = AutopilotConfig(**params.get("autopilot", {}))
-    spec, options, device = params["workload"], params.get("options") or {}, params["device"]
-    children: list[str] = []
+    pilot = _Pilot.of(ctx)
+    try:
+        workload = load_workload(pilot.spec, pilot.options, cache_of(ctx.home))
+        epochs = pilot.config.epochs or workload.epochs
 
-    def phase(name: str, fraction: float, **extra) -> None:
+        # -- profile: measured, then trusted (a quiet window, the untrusted sizes measured again) or refused -------
+        profile = _trusted_profile(pilot, _measured_profile(pilot))
+
+        # -- noise scale at the baseline batch (and its curve along a baseline run, for a schedule arm) -----------
+        noise_id, noise = _noise_scale(pilot, workload)
+        noise_curve = _noise_curve(pilot, workload) if pilot.config.scheduled else []
+
+        # -- recommendation, on the noise model corrected by the verifications recorded on this workload/device --
+        pilot.phase("recommendation", 0.0)
+        recommender = _Recommender(pilot, profile, epochs, noise, noise_curve)
+        rec = recommender.first()
+        if rec["batch_size"] == rec["baseline"]["batch_size"] and pilot.config.arms is None:
+            _keep_baseline(pilot, rec, profile["id"], noise_id, epochs)   # nothing to verify: no second, same arm
+            return
+
+        # -- training runs and comparison: the arms seed by seed, the looks of --until-decisive, and the attempts
+        #    of --until-verified (after a failed verification, the next pair the corrected model ranks) ----------
+        attempts, stopped = _attempts(pilot, recommender, _Training(pilot, epochs), rec, profile)
+
+        # -- the result: the verified (or the last) attempt's headline, and what it rests on ---------------------
+        _result(pilot, attempts, stopped, profile["id"], noise_id)
+    except BaseException:
+        pilot.cancel_children()   # cancelled or failed: take the children down too
+        raise
+
+
+@dataclass
+class _Pilot:
+    """What every phase of one autopilot shares: its job, its config, the workload and device its children run on,
+    and the children (each its own process, queued on the device), cancelled with it."""
+
+    ctx: JobContext
+    config: AutopilotConfig
+    spec: str
+    options: dict
+    device: str
+    children: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, ctx: JobContext) -> "_Pilot":
+        params = ctx.params
+        return cls(ctx, AutopilotConfig(**params.get("autopilot", {})), params["workload"],
+                   params.get("options") or {}, params["device"])
+
+    def phase(self, name: str, fraction: float, **extra) -> None:
+        """Spool the phase the autopilot is in, and report it as the job's progress."""
         index = PHASES.index(name)
-        ctx.spool.emit(events.AUTOPILOT_PHASE, phase=name, index=index, **extra)
-        ctx.progress(name, (index + fraction) / len(PHASES), children=children, **extra)
+        self.ctx.spool.emit(events.AUTOPILOT_PHASE, phase=name, index=index, **extra)
+        self.ctx.progress(name, (index + fraction) / len(PHASES), children=self.children, **extra)
 
-    def wait_for(job_ids: list[str], name: str) -> list[str]:
+    def wait_for(self, job_ids: list[str], name: str) -> list[str]:
+        """Wait for each job in turn, reporting its progress as phase ``name``'s; their final states."""
         states = []
         for k, job_id in enumerate(job_ids):
             while True:
-                state = jobs.derive_state(ctx.home.job_dir(job_id))
+                state = jobs.derive_state(self.ctx.home.job_dir(job_id))
                 if state in jobs.FINAL_STATES:
                     break
-                status = jobs.read_status(ctx.home.job_dir(job_id)) or {}
-                phase(name, (k + (status.get("progress") or 0.0)) / len(job_ids), job=job_id,
-                      detail=status.get("phase"))
-                jobs.pause(ctx.home.job_dir(job_id), 0.5)
+                status = jobs.read_status(self.ctx.home.job_dir(job_id)) or {}
+                self.phase(name, (k + (status.get("progress") or 0.0)) / len(job_ids), job=job_id,
+                           detail=status.get("phase"))
+                jobs.pause(self.ctx.home.job_dir(job_id), 0.5)
             states.append(state)
         return states
 
-    try:
-        workload = load_workload(spec, options, cache_of(ctx.home))
-        epochs = config.epochs or workload.epochs
+    def child(self, job_id: str, name: str, fraction: float = 0.0, **extra) -> str:
+        """A child job started for phase ``name``: kept (to cancel), shown, waited for; its final state."""
+        self.children.append(job_id)
+        self.phase(name, fraction, job=job_id, **extra)
+        [state] = self.wait_for([job_id], name)
+        return state
 
-        # profile
-        profile_id = start_profile(ctx.home, spec, options, device,
-                                   ProfileConfig(min_seconds=config.min_seconds, max_batch=config.max_batch,
-                                                 nproc=config.nproc, compile=config.compile, tf32=config.tf32,
-                                                 threads=config.threads),
-                                   launcher=config.launcher)
-        children.append(profile_id)
-        phase("profile", 0.0, job=profile_id)
-        if wait_for([profile_id], "profile") != [jobs.FINISHED]:
-            raise LargestepError(f"the profile {profile_id} did not finish")
-        profile = events.profile_record(events.read_all(ctx.home.job_dir(profile_id)))
+    def spooled(self, job_id: str) -> list[dict]:
+        return events.read_all(self.ctx.home.job_dir(job_id))
 
-        def quiet_window(timeout_s: float) -> bool:
-            def waiting(waited: float, busy: float | None) -> None:
-                load = f"other processes keep {busy:.2f} cores busy" if busy is not None else "the load is unknown"
-                phase("profile", 0.5, detail=f"profile {profile['id']} cannot be trusted: waiting up to "
-                                             f"{timeout_s:.0f} s for a quiet window ({waited:.0f} s so far; {load})")
-
-            return wait_for_quiet(_others_busy_over, _spare_cores(profile), timeout_s, on_wait=waiting,
-                                  clock=_quiet_clock)
-
-        def reprofile(untrusted: dict, sizes: list[int]) -> dict:
-            again = start_reprofile(ctx.home, untrusted, sizes, device, launcher=config.launcher)
-            children.append(again)
-            phase("profile", 0.5, job=again, detail=f"measuring batch sizes {', '.join(map(str, sizes))} again")
-            if wait_for([again], "profile") != [jobs.FINISHED]:
-                raise LargestepError(f"the profile {again} did not finish")
-            return events.profile_record(events.read_all(ctx.home.job_dir(again)))
-
-        try:
-            profile = trusted_profile(profile, config.accept_load, config.quiet_timeout_s, quiet_window, reprofile)
-        except UnusableProfile as refused:   # never train on it: say why where the Overview shows it, and stop
-            ctx.spool.emit(events.AUTOPILOT_PHASE, phase="profile", index=0, untrusted=str(refused),
-                           profile_id=refused.profile_id)
-            raise
-        profile_id = profile["id"]
-
-        # noise scale
-        noise_id = start_noise(ctx.home, spec, options, device, batch_small=workload.baseline_batch_size,
-                               batches=config.noise_batches, warm_steps=default_warm_steps(workload),
-                               launcher=config.launcher, compile=config.compile)
-        children.append(noise_id)
-        phase("noise scale", 0.0, job=noise_id)
-        wait_for([noise_id], "noise scale")
-        noise = next((e for e in events.read_all(ctx.home.job_dir(noise_id)) if e["type"] == events.NOISE_ESTIMATE),
-                     None)
-        if noise is not None:
-            noise = {**events.noise_row(noise), "id": noise_id}
-        curve = []
-        if config.scheduled:  # the noise scale along one baseline run, for the schedule arm
-            curve_id = start_noise_curve(ctx.home, spec, options, device, CURVE_FRACTIONS,
-                                         batch_small=workload.baseline_batch_size, batches=config.noise_batches,
-                                         compile=config.compile)
-            children.append(curve_id)
-            phase("noise scale", 0.5, job=curve_id)
-            wait_for([curve_id], "noise scale")
-            curve = [events.noise_curve_row(e, curve_id) for e in events.read_all(ctx.home.job_dir(curve_id))
-                     if e["type"] == events.NOISE_CURVE_POINT]
-
-        # recommendation, on the noise model corrected by the verifications recorded on this workload and device
-        phase("recommendation", 0.0)
-        history = earlier_verifications(ctx.home, profile.get("workload"), profile.get("device_id"), ctx.job_id)
-
-        def recommended(rule: str) -> dict:
-            return recommend(dict(profile, epochs=epochs), RecommendConfig(rule=rule, accept_load=config.accept_load),
-                             noise, _biases(history), curve=curve or None, calibration=history)
-
-        rec = recommended(config.rule)
-        if config.scheduled:
-            rec = with_batch_schedule(rec, curve, chosen=True)
-        ctx.spool.emit(events.RECOMMENDATION, document=rec)
-
-        if rec["batch_size"] == rec["baseline"]["batch_size"] and config.arms is None:
-            result = flagged(keep_baseline_headline(rec), rec)   # nothing to verify: no second, identical arm
-            ctx.spool.emit(events.AUTOPILOT_RESULT, headline=result, comparison=None,
-                           recommendation_id=rec["recommendation_id"], profile_id=profile_id, noise_id=noise_id,
-                           baseline_runs=[], recommended_runs=[], epochs={"baseline": epochs}, config=asdict(config))
-            ctx.progress("done", 1.0, headline=result["text"])
-            return
-
-        order: list[str] = []
-        state_of: dict[str, str] = {}
-
-        def verify(rec: dict) -> tuple[dict, dict, int, dict | None, dict]:
-            """Train the baseline and ``rec``'s arm (and the schedule's), seed by seed in turn, and compare them:
-            (comparison, arms, seeds an arm, the looks' levels, epochs)."""
-            # the arms interleaved seed by seed (baseline 0, recommended 0, baseline 1, ...) on the device's
-            # first-in-first-out queue, so drift in the machine's load falls on both arms alike
-            base = TrainConfig(batch_size=rec["baseline"]["batch_size"], lr=rec["baseline"]["learning_rate"],
-                               epochs=epochs, warmup_samples=rec["warmup_samples"], nproc=config.nproc,
-                               compile=config.compile, tf32=config.tf32, threads=rec.get("threads"))
-            chosen = TrainConfig(batch_size=rec["batch_size"], lr=rec["learning_rate"], epochs=epochs * data_factor(rec),
-                                 warmup_samples=rec["warmup_samples"], nproc=config.nproc, compile=config.compile,
-                                 tf32=config.tf32, threads=rec.get("threads"))
-            arms = {"baseline": (base, f"grp-{secrets.token_hex(4)}", []),
-                    "recommended": (chosen, f"grp-{secrets.token_hex(4)}", [])}
-            if config.scheduled:   # the third arm, in the same rotation
-                arms["schedule"] = (schedule_config(rec, base, config.rule), f"grp-{secrets.token_hex(4)}", [])
-
-            def train_seeds(seeds: range) -> None:
-                """Queue one run of each arm per seed, in turn, and wait for them all."""
-                queued = []
-                for k in seeds:
-                    for role, (train_config, group, ids) in arms.items():
-                        [run_id] = start_train(ctx.home, spec, options, device,
-                                               replace(train_config, seed=train_config.seed + k, group=group), 1,
-                                               role=role, recommendation_id=rec["recommendation_id"],
-                                               launcher=config.launcher)
-                        ids.append(run_id)
-                        queued.append(run_id)
-                        children.append(run_id)
-                order.extend(queued)
-                phase("training runs", 0.0, run_ids=order)
-                state_of.update(zip(queued, wait_for(queued, "training runs")))
-
-            def compared(confidence: float) -> dict:
-                groups, evals = [], []
-                for name, (_config, _group, ids) in arms.items():
-                    runs = []
-                    for job_id in ids:
-                        spool = events.read_all(ctx.home.job_dir(job_id))
-                        runs.append({**events.run_record(spool, job_id), "state": state_of[job_id]})
-                        evals += events.evaluations(spool, job_id)
-                    groups.append((name, runs))
-                frame = pd.DataFrame(evals, columns=["run_id", "step", "epoch", "samples", "wall_time_s", "train_time_s",
-                                                     "val_loss"])
-                return compare_groups(groups, frame, tolerance=config.tolerance,
-                                      quality_tolerance=config.quality_tolerance, confidence=confidence)
-
-            # each look of --until-decisive is tested at its own share of the attempt's error rate (alpha spending)
-            levels = look_levels(config.repeats, config.max_repeats, config.alpha) if config.until_decisive else None
-            train_seeds(range(config.repeats))
-            phase("comparison", 0.0)
-            seeds = config.repeats
-            comparison = compared(1 - levels[seeds] if levels else 1 - config.alpha)
-            while levels and decisive(comparison) is None and seeds + 1 in levels:
-                train_seeds(range(seeds, seeds + 1))   # one more pair of seeds
-                seeds += 1
-                phase("comparison", 0.0)
-                comparison = compared(1 - levels[seeds])
-            ran = {"baseline": epochs, "recommended": chosen.epochs,
-                   **({"schedule": arms["schedule"][0].epochs} if config.scheduled else {})}
-            return comparison, {name: ids for name, (_c, _g, ids) in arms.items()}, seeds, levels, ran
-
-        # --until-verified: a failed verification is a calibration point; the model corrected by it ranks the next
-        # pair (the square-root rule at the same batch after a loss of quality, else a smaller batch)
-        attempts: list[dict] = []
-        tried: list[tuple[int, str]] = []
-        stopped = None
-        while True:
-            comparison, ran_ids, seeds, levels, ran_epochs = verify(rec)
-            decided = decisive(comparison)
-            result = headline(rec, comparison, decided, seeds, levels) if levels else headline(rec, comparison)
-            if config.scheduled:
-                result = {**result, **schedule_headline(rec, comparison)}
-            result = flagged(result, rec)
-            point = verification_point(rec, comparison, source="autopilot", created_at=time.time(),
-                                       autopilot_id=ctx.job_id, attempt=len(attempts) + 1,
-                                       device_name=profile.get("device_name"))
-            ctx.spool.emit(events.VERIFICATION, verification=point)
-            attempts.append({"attempt": len(attempts) + 1, "rec": rec, "comparison": comparison, "runs": ran_ids,
-                             "headline": result, "point": point, "epochs": ran_epochs})
-            tried.append((rec["batch_size"], rec["rule"]))
-            if not config.until_verified or point["verified"]:
-                break
-            if len(attempts) >= config.max_attempts:
-                stopped = f"the budget of {config.max_attempts} attempts is spent"
-                break
-            history.append(point)
-            phase("recommendation", 0.0, detail=f"attempt {len(attempts)} failed: re-ranking on the corrected model")
-            corrected = recommended(point.get("rule") or config.rule)
-            following = next_attempt(corrected, tried, point)
-            if following is None:
-                stopped = ("the corrected model predicts no other pair faster than the baseline beyond doubt "
-                           "(no smaller batch's prediction interval lies above 1)")
-                break
-            batch, rule, why = following
-            ranked = corrected if rule == corrected["rule"] else recommended(rule)
-            rec = choose(ranked, batch, rule, f"--until-verified, attempt {len(attempts) + 1} of at most "
-                                              f"{config.max_attempts}: {why}")
-            ctx.spool.emit(events.RECOMMENDATION, document=rec)
-
-        final = next((a for a in attempts if a["point"]["verified"]), attempts[-1])
-        result = final["headline"]
-        if config.until_verified:
-            result = until_verified(result, attempts, final, config, stopped)
-        ctx.spool.emit(events.AUTOPILOT_RESULT, headline=result, comparison=final["comparison"],
-                       recommendation_id=final["rec"]["recommendation_id"], profile_id=profile_id, noise_id=noise_id,
-                       baseline_runs=final["runs"]["baseline"], recommended_runs=final["runs"]["recommended"],
-                       epochs=final["epochs"], config=asdict(config),
-                       attempts=[_attempt_summary(a) for a in attempts] if config.until_verified else None)
-        ctx.progress("done", 1.0, headline=result["text"])
-    except BaseException:
-        for job_id in children:  # cancelled or failed: take the children down too
+    def cancel_children(self) -> None:
+        for job_id in self.children:
             try:
-                jobs.cancel(ctx.home, job_id, grace_s=2.0)
+                jobs.cancel(self.ctx.home, job_id, grace_s=2.0)
             except LargestepError:
                 pass
+
+
+def _profile_of(pilot: _Pilot, job_id: str, fraction: float = 0.0, **extra) -> dict:
+    """A profile job's record, once it finished (else a LargestepError: nothing is recommended from it)."""
+    if pilot.child(job_id, "profile", fraction, **extra) != jobs.FINISHED:
+        raise LargestepError(f"the profile {job_id} did not finish")
+    return events.profile_record(pilot.spooled(job_id))
+
+
+def _measured_profile(pilot: _Pilot) -> dict:
+    """The profile of the workload's batch sizes, with the autopilot's settings."""
+    from .start import start_profile
+    from ..measure.profiler_config import ProfileConfig
+
+    config = pilot.config
+    return _profile_of(pilot, start_profile(
+        pilot.ctx.home, pilot.spec, pilot.options, pilot.device,
+        ProfileConfig(min_seconds=config.min_seconds, max_batch=config.max_batch, nproc=config.nproc,
+                      compile=config.compile, tf32=config.tf32, threads=config.threads),
+        launcher=config.launcher))
+
+
+def _trusted_profile(pilot: _Pilot, profile: dict) -> dict:
+    """:func:`trusted_profile` for this autopilot; a profile it refuses is spooled with why (where the Overview
+    shows it) and the autopilot stops: it never trains on it."""
+    try:
+        return trusted_profile(profile, pilot.config.accept_load, pilot.config.quiet_timeout_s,
+                               partial(_quiet_window, pilot, profile), partial(_reprofile, pilot))
+    except UnusableProfile as refused:
+        pilot.ctx.spool.emit(events.AUTOPILOT_PHASE, phase="profile", index=0, untrusted=str(refused),
+                             profile_id=refused.profile_id)
         raise
+
+
+def _quiet_window(pilot: _Pilot, profile: dict, timeout_s: float) -> bool:
+    """Wait (at most ``timeout_s``) for a window quiet enough to profile ``profile``'s workload again."""
+    def waiting(waited: float, busy: float | None) -> None:
+        load = f"other processes keep {busy:.2f} cores busy" if busy is not None else "the load is unknown"
+        pilot.phase("profile", 0.5, detail=f"profile {profile['id']} cannot be trusted: waiting up to "
+                                           f"{timeout_s:.0f} s for a quiet window ({waited:.0f} s so far; {load})")
+
+    return wait_for_quiet(_others_busy_over, _spare_cores(profile), timeout_s, on_wait=waiting, clock=_quiet_clock)
+
+
+def _reprofile(pilot: _Pilot, untrusted: dict, sizes: list[int]) -> dict:
+    """``untrusted`` with ``sizes`` measured again (the others carried over)."""
+    from .start import start_reprofile
+
+    again = start_reprofile(pilot.ctx.home, untrusted, sizes, pilot.device, launcher=pilot.config.launcher)
+    return _profile_of(pilot, again, 0.5, detail=f"measuring batch sizes {', '.join(map(str, sizes))} again")
+
+
+def _noise_scale(pilot: _Pilot, workload) -> tuple[str, dict | None]:
+    """The noise-scale job's id and its estimate (None if it made none)."""
+    from .start import start_noise
+    from ..measure.noise_config import default_warm_steps
+
+    config = pilot.config
+    noise_id = start_noise(pilot.ctx.home, pilot.spec, pilot.options, pilot.device,
+                           batch_small=workload.baseline_batch_size, batches=config.noise_batches,
+                           warm_steps=default_warm_steps(workload), launcher=config.launcher, compile=config.compile)
+    pilot.child(noise_id, "noise scale")
+    noise = next((e for e in pilot.spooled(noise_id) if e["type"] == events.NOISE_ESTIMATE), None)
+    return noise_id, None if noise is None else {**events.noise_row(noise), "id": noise_id}
+
+
+def _noise_curve(pilot: _Pilot, workload) -> list[dict]:
+    """The noise scale along one baseline run (at CURVE_FRACTIONS of it), for the schedule arm."""
+    from .start import start_noise_curve
+
+    config = pilot.config
+    curve_id = start_noise_curve(pilot.ctx.home, pilot.spec, pilot.options, pilot.device, CURVE_FRACTIONS,
+                                 batch_small=workload.baseline_batch_size, batches=config.noise_batches,
+                                 compile=config.compile)
+    pilot.child(curve_id, "noise scale", 0.5)
+    return [events.noise_curve_row(e, curve_id) for e in pilot.spooled(curve_id)
+            if e["type"] == events.NOISE_CURVE_POINT]
+
+
+class _Recommender:
+    """The autopilot's recommendations: from its trusted profile and noise scale, on the noise model corrected by
+    the verifications recorded on this workload and device, and by its own failed ones as it learns them."""
+
+    def __init__(self, pilot: _Pilot, profile: dict, epochs: float, noise: dict | None, noise_curve: list[dict]):
+        self.pilot, self.profile, self.epochs, self.noise, self.curve = pilot, profile, epochs, noise, noise_curve
+        self.history = earlier_verifications(pilot.ctx.home, profile.get("workload"), profile.get("device_id"),
+                                             pilot.ctx.job_id)
+
+    def ranked(self, rule: str) -> dict:
+        return recommend(dict(self.profile, epochs=self.epochs),
+                         RecommendConfig(rule=rule, accept_load=self.pilot.config.accept_load), self.noise,
+                         _biases(self.history), curve=self.curve or None, calibration=self.history)
+
+    def first(self) -> dict:
+        """The recommendation on the config's rule (with the batch schedule planned, for a schedule arm)."""
+        from ..plan.schedule import with_batch_schedule
+
+        rec = self.ranked(self.pilot.config.rule)
+        if self.pilot.config.scheduled:
+            rec = with_batch_schedule(rec, self.curve, chosen=True)
+        self.pilot.ctx.spool.emit(events.RECOMMENDATION, document=rec)
+        return rec
+
+    def after(self, failed: dict, tried: list[tuple[int, str]], attempt: int) -> dict | None:
+        """--until-verified: ``failed`` is a calibration point; the next pair the model corrected by it ranks (the
+        square-root rule at the same batch after a loss of quality, else a smaller batch), or None if none."""
+        config = self.pilot.config
+        self.history.append(failed)
+        self.pilot.phase("recommendation", 0.0, detail=f"attempt {attempt} failed: re-ranking on the corrected model")
+        corrected = self.ranked(failed.get("rule") or config.rule)
+        following = next_attempt(corrected, tried, failed)
+        if following is None:
+            return None
+        batch, rule, why = following
+        ranked = corrected if rule == corrected["rule"] else self.ranked(rule)
+        rec = choose(ranked, batch, rule, f"--until-verified, attempt {attempt + 1} of at most "
+                                          f"{config.max_attempts}: {why}")
+        self.pilot.ctx.spool.emit(events.RECOMMENDATION, document=rec)
+        return rec
+
+
+def _keep_baseline(pilot: _Pilot, rec: dict, profile_id: str, noise_id: str, epochs: float) -> None:
+    """The recommendation is the baseline: its headline is the result, and nothing is trained."""
+    result = flagged(keep_baseline_headline(rec), rec)
+    pilot.ctx.spool.emit(events.AUTOPILOT_RESULT, headline=result, comparison=None,
+                         recommendation_id=rec["recommendation_id"], profile_id=profile_id, noise_id=noise_id,
+                         baseline_runs=[], recommended_runs=[], epochs={"baseline": epochs},
+                         config=asdict(pilot.config))
+    pilot.ctx.progress("done", 1.0, headline=result["text"])
+
+
+class _Verified(NamedTuple):
+    comparison: dict
+    runs: dict[str, list[str]]        # each arm's run ids
+    seeds: int                        # seeds an arm
+    levels: dict[int, float] | None   # --until-decisive: each look's level
+    epochs: dict[str, float]          # each arm's
+
+
+def _arms(rec: dict, epochs: float, config: AutopilotConfig) -> dict[str, tuple]:
+    """One verification's arms, each (its training config, its group, its runs so far): the baseline's pair, the
+    recommended pair with the training its batch needs (:func:`data_factor`), and the schedule's."""
+    from ..measure.train_config import TrainConfig
+
+    base = TrainConfig(batch_size=rec["baseline"]["batch_size"], lr=rec["baseline"]["learning_rate"],
+                       epochs=epochs, warmup_samples=rec["warmup_samples"], nproc=config.nproc,
+                       compile=config.compile, tf32=config.tf32, threads=rec.get("threads"))
+    chosen = TrainConfig(batch_size=rec["batch_size"], lr=rec["learning_rate"], epochs=epochs * data_factor(rec),
+                         warmup_samples=rec["warmup_samples"], nproc=config.nproc, compile=config.compile,
+                         tf32=config.tf32, threads=rec.get("threads"))
+    arms = {"baseline": (base, f"grp-{secrets.token_hex(4)}", []),
+            "recommended": (chosen, f"grp-{secrets.token_hex(4)}", [])}
+    if config.scheduled:   # the third arm, in the same rotation
+        arms["schedule"] = (schedule_config(rec, base, config.rule), f"grp-{secrets.token_hex(4)}", [])
+    return arms
+
+
+class _Training:
+    """The autopilot's training runs over all its attempts: the arms interleaved seed by seed (baseline 0,
+    recommended 0, baseline 1, ...) on the device's first-in-first-out queue, so drift in the machine's load falls
+    on both arms alike; then compared."""
+
+    def __init__(self, pilot: _Pilot, epochs: float):
+        self.pilot, self.epochs = pilot, epochs
+        self.order: list[str] = []            # every run queued, in order
+        self.state_of: dict[str, str] = {}    # run id -> its final state
+
+    def verify(self, rec: dict) -> _Verified:
+        """Train the baseline and ``rec``'s arm (and the schedule's) and compare them; with --until-decisive, a
+        pair of seeds more until decisive, each look at its own share of the attempt's error rate (alpha spending)."""
+        config = self.pilot.config
+        arms = _arms(rec, self.epochs, config)
+        levels = look_levels(config.repeats, config.max_repeats, config.alpha) if config.until_decisive else None
+        self.train_seeds(rec, arms, range(config.repeats))
+        self.pilot.phase("comparison", 0.0)
+        seeds = config.repeats
+        comparison = self.compared(arms, 1 - levels[seeds] if levels else 1 - config.alpha)
+        while levels and decisive(comparison) is None and seeds + 1 in levels:
+            self.train_seeds(rec, arms, range(seeds, seeds + 1))   # one more pair of seeds
+            seeds += 1
+            self.pilot.phase("comparison", 0.0)
+            comparison = self.compared(arms, 1 - levels[seeds])
+        ran = {"baseline": self.epochs, **{name: arm[0].epochs for name, arm in arms.items() if name != "baseline"}}
+        return _Verified(comparison, {name: ids for name, (_c, _g, ids) in arms.items()}, seeds, levels, ran)
+
+    def train_seeds(self, rec: dict, arms: dict[str, tuple], seeds: range) -> None:
+        """Queue one run of each arm per seed, in turn, and wait for them all."""
+        from .start import start_train
+
+        pilot, queued = self.pilot, []
+        for k in seeds:
+            for role, (train_config, group, ids) in arms.items():
+                [run_id] = start_train(pilot.ctx.home, pilot.spec, pilot.options, pilot.device,
+                                       replace(train_config, seed=train_config.seed + k, group=group), 1,
+                                       role=role, recommendation_id=rec["recommendation_id"],
+                                       launcher=pilot.config.launcher)
+                ids.append(run_id)
+                queued.append(run_id)
+                pilot.children.append(run_id)
+        self.order.extend(queued)
+        pilot.phase("training runs", 0.0, run_ids=self.order)
+        self.state_of.update(zip(queued, pilot.wait_for(queued, "training runs")))
+
+    def compared(self, arms: dict[str, tuple], confidence: float) -> dict:
+        """The arms' runs compared at ``confidence``, from their spools."""
+        groups, evals = [], []
+        for name, (_config, _group, ids) in arms.items():
+            runs = []
+            for job_id in ids:
+                spool = self.pilot.spooled(job_id)
+                runs.append({**events.run_record(spool, job_id), "state": self.state_of[job_id]})
+                evals += events.evaluations(spool, job_id)
+            groups.append((name, runs))
+        frame = pd.DataFrame(evals, columns=["run_id", "step", "epoch", "samples", "wall_time_s", "train_time_s",
+                                             "val_loss"])
+        config = self.pilot.config
+        return compare_groups(groups, frame, tolerance=config.tolerance, quality_tolerance=config.quality_tolerance,
+                              confidence=confidence)
+
+
+def _attempts(pilot: _Pilot, recommender: _Recommender, training: _Training, rec: dict,
+              profile: dict) -> tuple[list[dict], str | None]:
+    """Verify ``rec``; with --until-verified, after a failed verification, the next pair the corrected model ranks,
+    until one is verified or the attempts are spent. The attempts, and why they stopped short (or None)."""
+    config = pilot.config
+    attempts: list[dict] = []
+    tried: list[tuple[int, str]] = []
+    while True:
+        attempts.append(_attempt(pilot, rec, training.verify(rec), len(attempts) + 1, profile))
+        tried.append((rec["batch_size"], rec["rule"]))
+        point = attempts[-1]["point"]
+        if not config.until_verified or point["verified"]:
+            return attempts, None
+        if len(attempts) >= config.max_attempts:
+            return attempts, f"the budget of {config.max_attempts} attempts is spent"
+        rec = recommender.after(point, tried, len(attempts))
+        if rec is None:
+            return attempts, ("the corrected model predicts no other pair faster than the baseline beyond doubt "
+                              "(no smaller batch's prediction interval lies above 1)")
+
+
+def _attempt(pilot: _Pilot, rec: dict, verified: _Verified, number: int, profile: dict) -> dict:
+    """One attempt: its headline (the schedule arm's beside) and its verification, spooled as a calibration point."""
+    comparison = verified.comparison
+    decided = decisive(comparison)
+    result = (headline(rec, comparison, decided, verified.seeds, verified.levels) if verified.levels
+              else headline(rec, comparison))
+    if pilot.config.scheduled:
+        result = {**result, **schedule_headline(rec, comparison)}
+    result = flagged(result, rec)
+    point = verification_point(rec, comparison, source="autopilot", created_at=time.time(),
+                               autopilot_id=pilot.ctx.job_id, attempt=number, device_name=profile.get("device_name"))
+    pilot.ctx.spool.emit(events.VERIFICATION, verification=point)
+    return {"attempt": number, "rec": rec, "comparison": comparison, "runs": verified.runs, "headline": result,
+            "point": point, "epochs": verified.epochs}
+
+
+def _result(pilot: _Pilot, attempts: list[dict], stopped: str | None, profile_id: str, noise_id: str) -> None:
+    """The autopilot's result: the verified attempt's (else the last one's) headline, with --until-verified's
+    summary of every attempt first."""
+    config = pilot.config
+    final = next((a for a in attempts if a["point"]["verified"]), attempts[-1])
+    result = final["headline"]
+    if config.until_verified:
+        result = until_verified(result, attempts, final, config, stopped)
+    pilot.ctx.spool.emit(events.AUTOPILOT_RESULT, headline=result, comparison=final["comparison"],
+                         recommendation_id=final["rec"]["recommendation_id"], profile_id=profile_id, noise_id=noise_id,
+                         baseline_runs=final["runs"]["baseline"], recommended_runs=final["runs"]["recommended"],
+                         epochs=final["epochs"], config=asdict(config),
+                         attempts=[_attempt_summary(a) for a in attempts] if config.until_verified else None)
+    pilot.ctx.progress("done", 1.0, headline=result["text"])

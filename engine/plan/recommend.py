@@ -276,140 +276,231 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None,
     ranked on the corrected model and the raw prediction is kept beside.
     Raises UsageError when the profile cannot support a recommendation.
     """
-    from .calibration import correction_from, indistinguishable, indistinguishable_text
+    from .calibration import indistinguishable, indistinguishable_text
 
+    # -- the input: the measured batches, the baseline pair, and whether the profile can be trusted ----------------
     config.validate()
+    ok, b0, lr0 = _measured(profile, config)
+    refused = curve_module.refusal(profile)   # after the user's own input is checked: a typo is told first
+    if refused is not None and not config.accept_load:
+        raise UnusableProfile(refused, profile["id"])
+
+    # -- the model of steps (noise scale or curve, corrected by earlier verifications) and the prediction's draws -
+    basis = _basis(profile, config, ok, b0, lr0, noise, biases, curve, calibration)
+
+    # -- candidates: each measured batch's rate, why it is excluded, its predictions and intervals (raw beside) ----
+    candidates = [_candidate(basis, config, b) for b in sorted(ok)]
+
+    # -- ranked on the prediction interval's lower end; the baseline stays at or past the saturation batch --------
+    candidates, best, tied, chosen = _ranked(candidates)
+    if basis.saturation is not None and b0 >= basis.saturation:
+        chosen = next(c for c in candidates if c.batch_size == b0)
+
+    # -- why, in plain words: what decided (memory, max lr, saturation, noise, a tie), the model, the profile ------
+    reasons = _why(profile, config, basis, candidates, best, tied, chosen, refused)
+
+    # -- the document, and the batches the model cannot tell apart from the chosen one ----------------------------
+    rec = _with_chosen(_document(profile, config, basis, candidates, chosen, reasons, refused, biases), asdict(chosen))
+    rec["indistinguishable"] = indistinguishable(rec)
+    stable = indistinguishable_text(rec, rec["indistinguishable"])
+    if stable:
+        rec["reasons"].append(stable)
+    return rec
+
+
+@dataclass(frozen=True)
+class _Basis:
+    """What every candidate is priced on: the baseline pair, the model of steps (corrected by earlier verifications
+    where there are any), the Monte-Carlo draws of the prediction, and the limits a candidate must keep."""
+
+    ok: dict                       # batch -> the profile's measured point
+    b0: int
+    lr0: float
+    t0: float                      # the baseline's step time
+    noise_scale: float | None
+    noise_id: str | None
+    noise_interval: tuple | None
+    model: StepsModel              # the raw model of steps
+    correction: object             # a largestep.plan.calibration.Correction, or None
+    perfect: bool                  # nothing but the assumption of perfect scaling
+    draws: PredictionDraws
+    bias: float                    # the runs' time per step over the profile's, as measured (their median)
+    saturation: int | None
+    memory_total: int | None
+    memory_limit: float | None
+    noisy_threshold: float
+    train_samples: float           # the samples of one training run (0: unknown)
+
+
+def _measured(profile: dict, config: RecommendConfig) -> tuple[dict, int, float]:
+    """The profile's measured batches (batch -> point) and the baseline pair; a UsageError when it measured no
+    batch, or not the baseline's."""
     ok = {p["batch_size"]: p for p in profile["points"] if p["status"] == "ok" and p.get("median_s")}
     if not ok:
         raise UsageError(f"profile {profile['id']} has no measured batch sizes; run `largestep profile` again")
-    noisy_threshold = (profile.get("config") or {}).get("noisy_iqr_ratio", curve_module.NOISY_IQR_RATIO) \
-        if isinstance(profile.get("config"), dict) else curve_module.NOISY_IQR_RATIO
     b0 = config.baseline_batch or profile.get("baseline_batch_size")
     lr0 = config.baseline_lr or profile.get("baseline_lr")
     if b0 not in ok:
         measured = ", ".join(str(b) for b in sorted(ok))
         raise UsageError(f"baseline batch {b0} was not measured in profile {profile['id']} (measured: {measured}); "
                          f"profile it with --batch-sizes {b0},...")
-    refused = curve_module.refusal(profile)   # after the user's own input is checked: a typo is told first
-    if refused is not None and not config.accept_load:
-        raise UnusableProfile(refused, profile["id"])
-    noise_scale = config.noise_scale
-    noise_id = noise_interval = None
-    if noise_scale is None and noise is not None and noise.get("b_simple"):
-        noise_scale, noise_id = float(noise["b_simple"]), noise.get("id")
-        noise_interval = (noise.get("ci_low"), noise.get("ci_high"))   # ci_high None: unbounded above
+    return ok, b0, lr0
+
+
+def _noise_scale(config: RecommendConfig, noise: dict | None) -> tuple[float | None, str | None, tuple | None]:
+    """B_noise as given (--noise-scale), else the stored estimate's, with its id and bootstrap interval."""
+    if config.noise_scale is None and noise is not None and noise.get("b_simple"):
+        # ci_high None: unbounded above
+        return float(noise["b_simple"]), noise.get("id"), (noise.get("ci_low"), noise.get("ci_high"))
+    return config.noise_scale, None, None
+
+
+def _basis(profile: dict, config: RecommendConfig, ok: dict, b0: int, lr0: float, noise: dict | None,
+           biases: list[float] | None, curve: list[dict] | None, calibration: list[dict] | None) -> _Basis:
+    """The model of steps a recommendation ranks on, corrected by ``calibration``, its draws, and the limits."""
+    from .calibration import correction_from
+
+    noise_scale, noise_id, noise_interval = _noise_scale(config, noise)
     if config.rule == "noise" and noise_scale is None:
         scale_lr(1.0, 1, 1, "noise")   # says how to get one
     model = steps_model(noise_scale, noise_interval, noise_id, curve if config.noise_scale is None else None)
     correction = correction_from(calibration, model) if calibration else None
-    perfect = model.perfect_scaling and correction is None   # nothing but the assumption of perfect scaling
-    saturation = profile.get("saturation_batch")
-    memory_total = profile.get("device_total_memory_bytes")
-    memory_limit = memory_total * config.memory_headroom if memory_total else None
-    warmup = config.warmup_samples
-    if warmup is None:  # the workload's, stored with the profile; else the Workload default, 5% of an epoch
-        warmup = profile.get("warmup_samples") or (profile.get("n_train") or 0) // 20
-    train_samples = (profile.get("epochs") or 1) * (profile.get("n_train") or 0)
+    settings, memory_total = profile.get("config"), profile.get("device_total_memory_bytes")
+    return _Basis(
+        ok=ok, b0=b0, lr0=lr0, t0=step_time(ok[b0]), noise_scale=noise_scale, noise_id=noise_id,
+        noise_interval=noise_interval, model=model, correction=correction,
+        perfect=model.perfect_scaling and correction is None,
+        draws=prediction_draws(ok, b0, model, biases, correction), bias=float(np.median(biases)) if biases else 1.0,
+        saturation=profile.get("saturation_batch"), memory_total=memory_total,
+        memory_limit=memory_total * config.memory_headroom if memory_total else None,
+        noisy_threshold=(settings.get("noisy_iqr_ratio", curve_module.NOISY_IQR_RATIO) if isinstance(settings, dict)
+                         else curve_module.NOISY_IQR_RATIO),
+        train_samples=(profile.get("epochs") or 1) * (profile.get("n_train") or 0))
 
-    t0 = step_time(ok[b0])
-    draws = prediction_draws(ok, b0, model, biases, correction)
-    bias = float(np.median(biases)) if biases else 1.0   # the runs' time per step over the profile's, as measured
-    candidates: list[Candidate] = []
-    for b in sorted(ok):
-        point = ok[b]
-        t = step_time(point)
-        spread = _spread(point)
-        lr = scale_lr(lr0, b0, b, config.rule, noise_scale)
-        excluded = None
-        if b < b0:
-            excluded = "smaller than the baseline"
-        elif b == b0:
-            pass  # what the user runs today is always a candidate
-        elif _over_memory(point, memory_limit):
-            excluded = f"peak memory {format_bytes(point['peak_memory_bytes'])} over {config.memory_headroom:.0%} of the device"
-        elif config.max_lr is not None and lr > config.max_lr * (1 + 1e-12):
-            excluded = f"learning rate {lr:.3g} above --max-lr {config.max_lr:g}"
-        elif perfect and saturation is not None and b > saturation:
-            excluded = f"past the saturation batch {saturation} (perfect scaling is only assumed up to it)"
-        elif spread is not None and spread > noisy_threshold:
-            excluded = (f"noisy: its steps spread {spread:.0%} of their median (IQR), above {noisy_threshold:.0%}; "
-                        f"its step time is no figure to rank")
-        factor, raw_factor = model_factor(model, correction, b0, b), model.factor(b0, b)
-        ratio = (t / t0) * bias / factor if excluded is None else None
-        run_time = None
-        if train_samples and excluded is None:
-            baseline_run = train_samples / b0 * t0
-            run_time = baseline_run * ratio
-        eligible = excluded is None
-        candidates.append(Candidate(
-            batch_size=b, learning_rate=lr, step_time_s=t, samples_per_s=b / t,
-            peak_memory_bytes=point.get("peak_memory_bytes"), time_ratio=ratio,
-            speedup_time_to_target=(1 / ratio) if ratio else None, speedup_throughput=(b / t) / (b0 / t0),
-            run_time_s=run_time, eligible=eligible, excluded=excluded,
-            speedup_interval=prediction_interval(draws.speedup(b)) if eligible else None,
-            step_time_blocks=step_time_blocks(point), steps_factor=factor,
-            steps_interval=prediction_interval(draws.steps[b]) if eligible else None, raw_steps_factor=raw_factor,
-            raw_speedup=raw_factor * t0 / t / bias if eligible else None,
-            raw_interval=prediction_interval(draws.speedup(b, raw=True)) if eligible else None,
-            step_time_interval=prediction_interval(draws.step_time[b]) if eligible else None,
-        ))
 
-    # ranked by the prediction interval's lower end: a candidate wins on what it is nearly sure to give
+def _excluded(basis: _Basis, config: RecommendConfig, b: int, point: dict, lr: float) -> str | None:
+    """Why batch ``b`` cannot be recommended, in words (memory, --max-lr, saturation, noisy steps), or None."""
+    if b < basis.b0:
+        return "smaller than the baseline"
+    if b == basis.b0:
+        return None   # what the user runs today is always a candidate
+    if _over_memory(point, basis.memory_limit):
+        return f"peak memory {format_bytes(point['peak_memory_bytes'])} over {config.memory_headroom:.0%} of the device"
+    if config.max_lr is not None and lr > config.max_lr * (1 + 1e-12):
+        return f"learning rate {lr:.3g} above --max-lr {config.max_lr:g}"
+    if basis.perfect and basis.saturation is not None and b > basis.saturation:
+        return f"past the saturation batch {basis.saturation} (perfect scaling is only assumed up to it)"
+    spread = _spread(point)
+    if spread is not None and spread > basis.noisy_threshold:
+        return (f"noisy: its steps spread {spread:.0%} of their median (IQR), above {basis.noisy_threshold:.0%}; "
+                f"its step time is no figure to rank")
+    return None
+
+
+def _candidate(basis: _Basis, config: RecommendConfig, b: int) -> Candidate:
+    """Batch ``b`` as a candidate: its rate and step time, why it is excluded and, if it is not, its predicted
+    speedup over the baseline with the intervals of it and of its two factors, the raw model's beside."""
+    point, b0, t0, draws = basis.ok[b], basis.b0, basis.t0, basis.draws
+    t = step_time(point)
+    lr = scale_lr(basis.lr0, b0, b, config.rule, basis.noise_scale)
+    excluded = _excluded(basis, config, b, point, lr)
+    eligible = excluded is None
+    factor, raw_factor = model_factor(basis.model, basis.correction, b0, b), basis.model.factor(b0, b)
+    ratio = (t / t0) * basis.bias / factor if eligible else None
+    return Candidate(
+        batch_size=b, learning_rate=lr, step_time_s=t, samples_per_s=b / t,
+        peak_memory_bytes=point.get("peak_memory_bytes"), time_ratio=ratio,
+        speedup_time_to_target=(1 / ratio) if ratio else None, speedup_throughput=(b / t) / (b0 / t0),
+        run_time_s=basis.train_samples / b0 * t0 * ratio if basis.train_samples and eligible else None,
+        eligible=eligible, excluded=excluded,
+        speedup_interval=prediction_interval(draws.speedup(b)) if eligible else None,
+        step_time_blocks=step_time_blocks(point), steps_factor=factor,
+        steps_interval=prediction_interval(draws.steps[b]) if eligible else None, raw_steps_factor=raw_factor,
+        raw_speedup=raw_factor * t0 / t / basis.bias if eligible else None,
+        raw_interval=prediction_interval(draws.speedup(b, raw=True)) if eligible else None,
+        step_time_interval=prediction_interval(draws.step_time[b]) if eligible else None,
+    )
+
+
+def _ranked(candidates: list[Candidate]) -> tuple[list[Candidate], Candidate, list[Candidate], Candidate]:
+    """The candidates with their ranks by the prediction interval's lower end (a candidate wins on what it is nearly
+    sure to give), the best, those within TIE_SHARE of its lower end, and the chosen: the smallest of those."""
     eligible = sorted((c for c in candidates if c.eligible), key=lambda c: (-c.speedup_interval[0], c.batch_size))
     ranks = {c.batch_size: i + 1 for i, c in enumerate(eligible)}
-    candidates = [_with_rank(c, ranks.get(c.batch_size)) for c in candidates]
     best = eligible[0]
     tied = [c for c in eligible if c.speedup_interval[0] >= best.speedup_interval[0] * (1 - TIE_SHARE)]
     chosen = min(tied, key=lambda c: c.batch_size)
+    return [_with_rank(c, ranks.get(c.batch_size)) for c in candidates], best, tied, chosen
+
+
+def _why(profile: dict, config: RecommendConfig, basis: _Basis, candidates: list[Candidate], best: Candidate,
+         tied: list[Candidate], chosen: Candidate, refused: str | None) -> list[str]:
+    """The recommendation's reasons, in order: an accepted load, an inconsistent profile, the corrected model, what
+    decided, and the linear rule past the noise scale."""
+    b0, saturation, noise_scale = basis.b0, basis.saturation, basis.noise_scale
     reasons: list[str] = []
     if saturation is not None and b0 >= saturation:
-        chosen = next(c for c in candidates if c.batch_size == b0)
         reasons.append(f"the baseline batch {b0} is already at or past the saturation batch {saturation}: larger "
                        f"batches barely raise throughput on this device, so the baseline stays as it is")
     else:
-        reasons += _reasons(candidates, chosen, best, tied, b0, saturation, model, config, memory_total)
-    if correction is not None:
-        reasons.insert(0, _correction_reason(model, correction, chosen))
-
+        reasons += _reasons(candidates, chosen, best, tied, b0, saturation, basis.model, config,
+                            basis.memory_total)
+    if basis.correction is not None:
+        reasons.insert(0, _correction_reason(basis.model, basis.correction, chosen))
     uncertain = _uncertainty(profile)
     if uncertain:
         reasons.insert(0, uncertain)
-    accepted = accepted_load_note(refused) if refused is not None else None
-    if accepted:
-        reasons.insert(0, accepted)
-
-    baseline_run = train_samples / b0 * t0 if train_samples else None
-    rec_run = chosen.run_time_s if chosen.batch_size != b0 else baseline_run
-
+    if refused is not None:
+        reasons.insert(0, accepted_load_note(refused))
     if config.rule == "linear" and noise_scale is not None and chosen.batch_size > noise_scale:
-        reasons.append(f"the linear rule scales the learning rate past the noise scale (batch {chosen.batch_size} above "
-                       f"B_noise ≈ {noise_scale:,.0f}), where McCandlish et al.'s optimal rate eps_max/(1 + B_noise/B) "
-                       f"has stopped growing: try --rule noise ({scale_lr(lr0, b0, chosen.batch_size, 'noise', noise_scale):.3g} "
-                       f"here) if the runs diverge or lose quality")
-    rec = {
+        reasons.append(f"the linear rule scales the learning rate past the noise scale (batch {chosen.batch_size} "
+                       f"above B_noise ≈ {noise_scale:,.0f}), where McCandlish et al.'s optimal rate "
+                       f"eps_max/(1 + B_noise/B) has stopped growing: try --rule noise "
+                       f"({scale_lr(basis.lr0, b0, chosen.batch_size, 'noise', noise_scale):.3g} here) if the runs "
+                       f"diverge or lose quality")
+    return reasons
+
+
+def _warmup_samples(profile: dict, config: RecommendConfig) -> int:
+    """The warm-up in samples: --warmup-samples, else the workload's, stored with the profile; else the Workload
+    default, 5% of an epoch."""
+    if config.warmup_samples is not None:
+        return config.warmup_samples
+    return profile.get("warmup_samples") or (profile.get("n_train") or 0) // 20
+
+
+def _document(profile: dict, config: RecommendConfig, basis: _Basis, candidates: list[Candidate], chosen: Candidate,
+              reasons: list[str], refused: str | None, biases: list[float] | None) -> dict:
+    """The recommendation document's fields, before those that follow from the chosen candidate."""
+    b0, model, correction = basis.b0, basis.model, basis.correction
+    baseline_run = basis.train_samples / b0 * basis.t0 if basis.train_samples else None
+    rec_run = chosen.run_time_s if chosen.batch_size != b0 else baseline_run
+    return {
         "recommendation_id": f"rec-{secrets.token_hex(4)}",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
         "tool_version": __version__,
         "workload": profile.get("workload"), "workload_spec": profile.get("workload_spec"),
         "workload_options": profile.get("options") or {},
-        "profile_id": profile["id"], "noise_id": noise_id,
-        "device": {"id": profile.get("device_id"), "name": profile.get("device_name"), "kind": profile.get("device_kind")},
+        "profile_id": profile["id"], "noise_id": basis.noise_id,
+        "device": {"id": profile.get("device_id"), "name": profile.get("device_name"),
+                   "kind": profile.get("device_kind")},
         "dtype": profile.get("dtype") or "fp32",
-        "warmup_samples": int(warmup),
+        "warmup_samples": int(_warmup_samples(profile, config)),
         # a data-parallel profile measured global batches over its ranks (config.nproc)
         "gradient_accumulation_steps": 1, "world_size": _world_size(profile),
         "rule": config.rule, "optimizer": profile.get("optimizer") or "adam",
         "weight_decay": profile.get("weight_decay") or 0.0, "epochs": profile.get("epochs"),
         "schedule": profile.get("schedule") or "constant", "decay_samples": _decay_samples(profile),
         "max_grad_norm": profile.get("max_grad_norm"),
-        "baseline": {"batch_size": b0, "learning_rate": lr0},
-        "noise_scale": noise_scale, "noise_interval": list(noise_interval) if noise_interval else None,
-        "assumed_perfect_scaling": perfect,
+        "baseline": {"batch_size": b0, "learning_rate": basis.lr0},
+        "noise_scale": basis.noise_scale,
+        "noise_interval": list(basis.noise_interval) if basis.noise_interval else None,
+        "assumed_perfect_scaling": basis.perfect,
         "steps_model": {"kind": model.kind, "fractions": list(model.fractions), "scales": list(model.scales),
                         "intervals": [list(i) if i else None for i in model.intervals], "source_id": model.source_id,
                         "text": model.describe()},
         "correction": correction.as_dict() if correction is not None else None,
-        "saturation_batch": saturation,
+        "saturation_batch": basis.saturation,
         "experiments_per_gpu_day": {
             "baseline": SECONDS_PER_DAY / baseline_run if baseline_run else None,
             "recommended": SECONDS_PER_DAY / rec_run if rec_run else None,
@@ -417,7 +508,7 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None,
         "run_time_s": {"baseline": baseline_run, "recommended": rec_run},
         "candidates": [asdict(c) for c in candidates],
         "reasons": reasons,
-        "uncertain": uncertain,
+        "uncertain": _uncertainty(profile),
         # the profile could not be trusted and the user accepted it: why, carried wherever this is shown
         "accepted_load": refused,
         "estimator": profile.get("estimator") or "median",
@@ -425,14 +516,8 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None,
         "threads": _profile_threads(profile),
         "stability": None,
         "interval_basis": _interval_basis(model, biases, correction),
-        "step_time_bias": bias,
+        "step_time_bias": basis.bias,
     }
-    rec = _with_chosen(rec, asdict(chosen))
-    rec["indistinguishable"] = indistinguishable(rec)
-    stable = indistinguishable_text(rec, rec["indistinguishable"])
-    if stable:
-        rec["reasons"].append(stable)
-    return rec
 
 
 def _with_chosen(rec: dict, chosen: dict) -> dict:
