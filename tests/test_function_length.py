@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LIMIT = 60   # lines a function stays under
+LIMIT = 60  # lines a function stays under
 
 # Functions held under the limit by name ("Class.method" for a method), and files all of whose functions are.
 CAPPED = {
@@ -53,6 +53,8 @@ def test_no_part_of_these_files_takes_its_length_back(path):
 
 
 def test_the_count_runs_from_def_to_the_last_line_docstring_and_methods_included():
-    source = ('def short():\n    """Doc\n    string."""\n    return 1\n\n\n'
-              "class Loop:\n    def long(self):\n" + "        x = 1\n" * 60 + "\n        return x\n")
+    source = (
+        'def short():\n    """Doc\n    string."""\n    return 1\n\n\n'
+        "class Loop:\n    def long(self):\n" + "        x = 1\n" * 60 + "\n        return x\n"
+    )
     assert function_lengths(source) == {"short": 4, "Loop.long": 63}
