@@ -30,14 +30,8 @@ LAYERS = [
     {"jobs"},  # job processes: spool and events, runner, bodies, autopilot, launchers
     {"plan", "measure"},  # pure planning; measuring on the device (neither imports the other)
     {"workloads"},  # the workload contract, the loader, the built-ins
-    {
-        "about",
-        "errors",
-        "home",
-        "units",
-        "format",  # the foundation every layer may use: names, errors, the
-        "curve",
-    },  # home, units, words, and what a step-time curve may do
+    # the foundation every layer may use: names, errors, the home, units, words, what a step-time curve may do
+    {"about", "errors", "home", "units", "format", "curve"},
 ]
 FOUNDATION = len(LAYERS) - 1  # loose modules that may use each other (home and units raise errors)
 # The package root (engine/__init__.py) is the public door: it hands on names lazily, it sits above every
