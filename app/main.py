@@ -27,6 +27,8 @@ PAGES = {
         st.Page(PAGES_DIR / "runs.py", title="Runs", icon=":material/monitoring:", url_path="runs"),
         st.Page(PAGES_DIR / "planner.py", title="Planner", icon=":material/calendar_month:", url_path="planner"),
         st.Page(PAGES_DIR / "export.py", title="Export", icon=":material/download:", url_path="export"),
+        st.Page(PAGES_DIR / "calibration.py", title="Calibration", icon=":material/model_training:",
+                url_path="calibration"),
     ],
 }
 

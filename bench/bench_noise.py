@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from largestep.measure.noise import baseline_training_steps, estimate_noise, estimate_noise_curve  # noqa: E402
-from largestep.measure.noise_args import default_warm_steps  # noqa: E402
+from largestep.measure.noise_config import default_warm_steps  # noqa: E402
 from largestep.measure.profiler import ProfileConfig, measure_point  # noqa: E402
 from largestep.units import parse_fractions  # noqa: E402
 from largestep.workloads import load_workload  # noqa: E402

@@ -10,7 +10,7 @@ from importlib import import_module
 from .about import __version__
 
 __all__ = ["Workload", "track", "profile", "noise", "recommend", "autopilot", "Profile", "NoiseEstimate", "NoiseCurve",
-           "Recommendation", "Autopilot", "LargestepError", "UsageError", "WorkloadError", "__version__"]
+           "Recommendation", "Autopilot", "LargestepError", "UsageError", "UnusableProfile", "WorkloadError", "__version__"]
 
 # public name -> the module that defines it
 _WHERE = {
@@ -29,6 +29,7 @@ _WHERE = {
     # what the functions raise on bad input: the CLI's one-line errors
     "LargestepError": ".errors",
     "UsageError": ".errors",
+    "UnusableProfile": ".errors",
     "WorkloadError": ".errors",
 }
 

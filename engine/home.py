@@ -49,6 +49,12 @@ class Home:
         return self.root / "recommendations"
 
     @property
+    def verifications(self) -> Path:
+        """Verifications `largestep compare` made of a recommendation's runs, one JSON file each (an autopilot's are
+        in its spool): the database is rebuilt from these and the jobs, and the autopilot reads them."""
+        return self.root / "verifications"
+
+    @property
     def locks(self) -> Path:
         return self.root / "locks"
 
@@ -73,7 +79,7 @@ class Home:
     def holds_anything(self) -> bool:
         """Is there a database or a job to read? (Read-only commands create neither.)"""
         return self.database.exists() or any(folder.is_dir() and any(folder.iterdir())
-                                             for folder in (self.jobs, self.recommendations))
+                                             for folder in (self.jobs, self.recommendations, self.verifications))
 
     def check(self) -> "Home":
         """Refuse an unusable home before anything is written to it."""

@@ -10,6 +10,9 @@ from helpers import run_cli
 from largestep.errors import UsageError
 from largestep.jobs.bodies import SpoolRunLog
 from largestep.measure.batch_schedule import (
+    MIN_INTERVALS,
+    PATIENCE,
+    NoiseTrend,
     grown_batch,
     lr_multiple,
     parse_batch_schedule,
@@ -94,6 +97,60 @@ def test_grown_batch_doubles_only_into_a_safe_size_past_the_multiple():
     assert grown_batch(64, sizes, 1e6, 2.0, 100) is None          # 128 is more than the data
 
 
+def test_an_adaptive_batch_grows_on_the_smoothed_estimates_interval_not_on_one_noisy_interval():
+    """The live noise scale, pooled over the last intervals with a bootstrap interval: one interval whose
+    estimate spikes past the threshold does not double the batch (it did, for good, before); a steady
+    estimate above it does, after PATIENCE intervals, and the pool then starts again (hysteresis)."""
+    sizes = (32, 64, 128)
+    trend = NoiseTrend()
+    for _ in range(MIN_INTERVALS + 2):              # tr(Σ)/|G|² = 40: below 2 x 32
+        trend.add(1.0, 40.0)
+        assert trend.grown(32, sizes, 2.0, 10_000) is None
+    trend.add(0.1, 400.0)                             # one interval alone says 4000
+    assert trend.grown(32, sizes, 2.0, 10_000) is None
+    steady = NoiseTrend()
+    decisions = []
+    for _ in range(MIN_INTERVALS + PATIENCE + 2):    # about 200, never quite the same
+        steady.add(1.0, 200.0 + 20 * (-1) ** len(decisions))
+        decisions.append(steady.grown(32, sizes, 2.0, 10_000))
+    grew = [k for k, d in enumerate(decisions) if d is not None]
+    assert grew == [MIN_INTERVALS + PATIENCE - 2] and decisions[grew[0]] == 64   # once, after PATIENCE looks
+    assert steady.estimate() is None or len(steady.g2) < MIN_INTERVALS + PATIENCE   # a new pool at the new batch
+    noisy = NoiseTrend()
+    for k in range(12):          # about 100 on average, past 2 x 32, but too noisy: the interval reaches below 64
+        noisy.add(1.0, 100.0 * (0.02 if k % 2 else 1.98))
+        assert noisy.grown(32, sizes, 2.0, 10_000) is None
+    estimate, low, high = noisy.estimate()
+    assert low < 64 < estimate < high
+
+
+def test_the_live_noise_probe_reads_loss_scaled_gradients_as_their_true_values():
+    """fp16 with a GradScaler: every gradient carries the loss scale (2^16) until unscaled; the probe divides
+    it out, so it estimates what it does without one (it was switched off under a scaler before)."""
+    from largestep.measure.train import _MicroNoiseProbe
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 1)
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    estimates = []
+    for use in (None, scaler):
+        probe = _MicroNoiseProbe(model, CPU, 4, 16, 64, use)
+        for _step in range(3):
+            model.zero_grad(set_to_none=True)
+            for chunk in range(4):
+                loss = torch.nn.functional.mse_loss(model(x[16 * chunk:16 * chunk + 16]), y[16 * chunk:16 * chunk + 16])
+                (use.scale(loss / 4) if use is not None else loss / 4).backward()
+                probe.after_micro_batch(model)
+            probe.after_backward(model)
+        rows = {r["name"]: r["value"] for r in probe.log_rows({"step": 3, "epoch": 0, "samples": 192,
+                                                               "wall_time_s": 0, "train_time_s": 0})}
+        estimates.append(rows)
+    plain, scaled = estimates
+    for name in ("noise_g_small_sq", "noise_g_big_sq", "noise_g2", "noise_trace_sigma"):
+        assert scaled[name] == pytest.approx(plain[name], rel=1e-6)
+
+
 @pytest.mark.parametrize("kwargs, words", [
     (dict(accumulate=1), "--accumulate 2 or more"), (dict(batch_size=48), "not among the batches"),
     (dict(nproc=2, batch_size=64), "drop --nproc"), (dict(accumulate=4, adaptive_batches=(32, 64, 130)), "divide by --accumulate"),
@@ -112,13 +169,15 @@ def test_an_adaptive_run_doubles_its_batch_when_its_noise_scale_passes_the_multi
                          warmup_samples=256)
     result = train(tiny_workload.make(), CPU, config, log=log)
     rows = [r for e in events if e["type"] == "metric_values" for r in e["rows"]]
-    noise = {r["samples"]: r["value"] for r in rows if r["name"] == "noise_scale"}
+    low = {r["samples"]: r["value"] for r in rows if r["name"] == "noise_scale_low"}
     changes = [(r["samples"], int(r["value"])) for r in rows if r["name"] == "batch_size"]
     assert changes, "the tiny workload's noise scale passes 1 x the batch early on"
     batch = 32
     for samples, grown in changes:
         assert grown == 2 * batch and grown in sizes
-        assert noise[samples] > 1.0 * batch    # decided on that interval's own estimate
+        # decided on the smoothed estimate: its interval's lower end above 1 x the batch, twice in a row
+        before = sorted(s for s in low if s <= samples)[-PATIENCE:]
+        assert len(before) == PATIENCE and all(low[s] > 1.0 * batch for s in before)
         batch = grown
     assert result.samples >= 6144 and result.stop_reason == "epochs"
 

@@ -180,11 +180,12 @@ def test_profile_json_from_the_installed_command(home, tiny_spec):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["profile_id"] and data["device"]["kind"] == "cpu"
-    assert data["saturation_batch"] in (8, 32, 128)
     assert [p["batch_size"] for p in data["points"]] == [8, 32, 128]
+    # None only when every point is noisy (a busy machine): a noisy point's throughput is no figure to reach
+    assert data["saturation_batch"] in (8, 32, 128) or all(p["noisy"] for p in data["points"])
     for p in data["points"]:
         assert p["status"] == "ok"
-        assert set(p["step_time_s"]) == {"median", "p25", "p75", "n"} and p["step_time_s"]["n"] >= 3
+        assert set(p["step_time_s"]) == {"estimate", "median", "p25", "p75", "n"} and p["step_time_s"]["n"] >= 3
         assert p["samples_per_s"] > 0 and p["peak_memory_bytes"] > 0 and p["flops_per_step"] > 0
         assert 1 <= p["warmup_steps"] <= 3   # untimed steps, at most the default --warmup-steps
     listed = subprocess.run([sys.executable, "-m", "largestep.cli", "profiles", "--json"], capture_output=True,

@@ -3,6 +3,7 @@ statement, the autopilot's headline, and the arms interleaved on the device."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -53,8 +54,10 @@ def test_a_seed_that_never_reaches_the_target_is_censored_not_dropped():
                "predicted_speedup": {"time_to_target": 2.5, "throughput": 4.0}, "noise_scale": 1000.0,
                "candidates": [{"batch_size": 32, "step_time_s": 0.01}, {"batch_size": 256, "step_time_s": 0.02}],
                "device": {"name": "cpu"}}
+    assert rec["speedup_bound"] == {"kind": "at most", "value": pytest.approx(104 / 200)}   # only a bound is known
     line = headline(rec_doc, result)
-    assert "did not reach" in line["text"] and "reached in 1 of 3 seeds" in line["text"]
+    assert "at most 0.52×" in line["text"] and "reached in 1 of 3 seeds" in line["text"]
+    assert "faster" not in line["text"] and line["verdict"]["word"] == "at most" and not line["verdict"]["decisive"]
     assert "recommended seed 1 (200 s)" in line["text"] and "recommended seed 2 (200 s)" in line["text"]
     assert [c["run"] for c in line["censored"]] == ["r1", "r2"]
 
@@ -95,18 +98,27 @@ def test_without_a_metric_the_final_validation_loss_is_compared():
     assert result["groups"][1]["metric_difference"] is None   # no workload metric to speak of
 
 
-def test_the_prediction_is_split_into_its_two_factors():
-    times = {"b0": [(10, 0.5)], "b1": [(12, 0.5)], "r0": [(4, 0.5)], "r1": [(5, 0.5)]}
-    groups = [("baseline", [run("b0", 0, 0.5, 20, steps=200), run("b1", 1, 0.5, 24, steps=200)]),
-              ("recommended", [run("r0", 0, 0.5, 8, steps=40, batch=256), run("r1", 1, 0.5, 10, steps=40, batch=256)])]
-    result = compare_groups(groups, evals_for(times), tolerance=0.0)
+def test_the_prediction_is_split_into_two_factors_that_multiply_to_the_headline():
+    """The measured factors are on the headline's censored basis (Kaplan-Meier medians of steps and of time),
+    so steps factor / time-per-step factor is the measured speedup, censored seeds included."""
+    times = {"b0": [(10, 0.5)], "b1": [(12, 0.5)], "b2": [(11, 0.5)],
+             "r0": [(4, 0.5)], "r1": [(5, 0.5)], "r2": [(8, 0.6)]}          # r2 never reaches it: censored at 8 s
+    groups = [("baseline", [run("b0", 0, 0.5, 20, steps=200), run("b1", 1, 0.5, 24, steps=200),
+                            run("b2", 2, 0.5, 22, steps=200)]),
+              ("recommended", [run("r0", 0, 0.5, 8, steps=40, batch=256), run("r1", 1, 0.5, 10, steps=40, batch=256),
+                               run("r2", 2, 0.6, 8, steps=40, batch=256)])]
+    evals = evals_for(times)
+    evals.loc[evals["run_id"].str.startswith("r"), "step"] = 5               # the recommended runs reach it at step 5
+    result = compare_groups(groups, evals, tolerance=0.0)
     rec_doc = {"batch_size": 256, "baseline": {"batch_size": 32}, "noise_scale": 224.0,
                "candidates": [{"batch_size": 32, "step_time_s": 0.1}, {"batch_size": 256, "step_time_s": 0.15}]}
     factors = prediction_factors(rec_doc, result)
     assert factors["step_time_ratio"]["predicted"] == pytest.approx(1.5)
-    assert factors["step_time_ratio"]["measured"] == pytest.approx((0.2 + 0.25) / 2 / 0.11)
     assert factors["steps_ratio"]["predicted"] == pytest.approx((1 + 224 / 32) / (1 + 224 / 256))
-    assert factors["steps_ratio"]["measured"] == pytest.approx(1.0)   # both reached it at their first evaluation
+    steps, step_time = factors["steps_ratio"]["measured"], factors["step_time_ratio"]["measured"]
+    assert steps == pytest.approx(10 / 5)                 # median steps: the baseline's first evaluation, step 10
+    assert steps / step_time == pytest.approx(result["groups"][1]["speedup"])   # they multiply to the headline
+    assert result["groups"][1]["speedup"] == pytest.approx(11 / 5)
 
 
 def test_keeping_the_baseline_is_said_plainly_and_claims_nothing():
@@ -118,32 +130,42 @@ def test_keeping_the_baseline_is_said_plainly_and_claims_nothing():
     assert line["kept_baseline"] and line["measured_speedup"] is None
 
 
-def test_the_prediction_carries_its_own_interval():
+def test_the_prediction_carries_its_own_interval_with_a_stated_coverage():
     from largestep.plan.recommend import RecommendConfig, recommend
 
-    points = [{"batch_size": b, "status": "ok", "median_s": t, "p25_s": t * 0.9, "p75_s": t * 1.1}
-              for b, t in ((32, 0.010), (256, 0.020))]
-    profile = {"id": "prof-x", "points": points, "baseline_batch_size": 32, "baseline_lr": 1e-3, "n_train": 10_000}
-    rec = recommend(profile, RecommendConfig(), {"b_simple": 1000.0, "ci_low": 500.0, "ci_high": None, "id": "n"})
-    speed = rec["predicted_speedup"]
+    def profile(spread: float) -> dict:
+        rng = np.random.default_rng(0)
+        points = [{"batch_size": b, "status": "ok", "median_s": t, "visits": 8,
+                   "step_times_s": list(t * (1 + spread * np.repeat(rng.standard_normal(8), 20)))}
+                  for b, t in ((32, 0.010), (256, 0.020))]
+        return {"id": "prof-x", "points": points, "baseline_batch_size": 32, "baseline_lr": 1e-3, "n_train": 10_000}
+
+    noise = {"b_simple": 1000.0, "ci_low": 500.0, "ci_high": 2000.0, "id": "n"}
+    speed = recommend(profile(0.05), RecommendConfig(), noise)["predicted_speedup"]
     low, high = speed["time_to_target_interval"]
-    assert low < speed["time_to_target"] < high
-    # the fastest corner: perfect scaling (an open upper end of the noise scale), a slow baseline step, a fast one
-    assert high == pytest.approx(256 / 32 * (0.010 * 1.1) / (0.020 * 0.9))
-    # the slowest: the noise scale's lower end, a fast baseline step, a slow one
-    assert low == pytest.approx((1 + 500 / 32) / (1 + 500 / 256) * (0.010 * 0.9) / (0.020 * 1.1))
+    assert speed["coverage"] == 0.90 and low < speed["time_to_target"] < high
+    assert "noise scale within its bootstrap interval" in speed["interval_basis"]
+    # the noise scale's interval alone bounds it from inside: the corners with step times as measured
+    assert low < (1 + 500 / 32) / (1 + 500 / 256) * 0.5 < (1 + 2000 / 32) / (1 + 2000 / 256) * 0.5 < high
+    # visits that disagree more widen it; a measured profile-to-run bias moves it
+    wider = recommend(profile(0.2), RecommendConfig(), noise)["predicted_speedup"]["time_to_target_interval"]
+    assert wider[1] - wider[0] > high - low
+    biased = recommend(profile(0.05), RecommendConfig(), noise, biases=[1.3, 1.4])["predicted_speedup"]
+    assert biased["time_to_target_interval"][1] < high and "2 earlier verification" in biased["interval_basis"]
 
 
-def test_a_comparison_is_decisive_when_an_interval_says_so():
+def test_a_comparison_is_decisive_only_when_its_verdict_says_faster_slower_or_equivalent():
     from largestep.jobs.autopilot import decisive
 
-    def comparison(interval, verdict):
-        return {"groups": [{}, {"speedup_interval": interval, "quality": {"verdict": verdict}}]}
+    def comparison(word, verdict):
+        return {"groups": [{}, {"verdict": {"word": word}, "quality": {"verdict": verdict}}]}
 
-    assert decisive(comparison([1.2, 2.0], "inconclusive")) == "the speedup's interval excludes 1"
-    assert decisive(comparison([0.5, 0.9], "inconclusive")) == "the speedup's interval excludes 1"
-    assert decisive(comparison([0.9, 1.4], "equivalent")) == "the quality difference's interval lies within the tolerance"
-    assert decisive(comparison([0.9, 1.4], "inconclusive")) is None
+    assert decisive(comparison("faster", "inconclusive")).startswith("the speedup's interval lies above 1")
+    assert decisive(comparison("slower", "inconclusive")).startswith("the speedup's interval lies below 1")
+    assert decisive(comparison("no measurable difference", "equivalent")) == \
+        "the quality difference's interval lies within the tolerance"
+    for word in ("no measurable difference", "at least", "at most", "too few seeds to say"):   # never on a bound
+        assert decisive(comparison(word, "inconclusive")) is None
     assert decisive({"groups": []}) is None
 
 
@@ -157,9 +179,11 @@ def test_only_an_autopilot_asked_to_be_decisive_says_whether_it_was():
            "candidates": [{"batch_size": 32, "step_time_s": 0.01}, {"batch_size": 256, "step_time_s": 0.02}],
            "device": {"name": "cpu"}}
     assert "decisive" not in headline(rec, result)["text"]
-    assert "decisive after 2 seed pairs: the speedup's interval excludes 1" in headline(
-        rec, result, "the speedup's interval excludes 1", 2)["text"]
-    assert "not decisive after 2 seed pairs" in headline(rec, result, None, 2)["text"]
+    levels = {2: 0.05, 3: 0.05}
+    text = headline(rec, result, "the speedup's interval lies above 1", 2, levels)["text"]
+    assert "decisive after 2 seed pairs: the speedup's interval lies above 1, look 1 of 2 at level 0.05" in text
+    assert "alpha spending" in text
+    assert "not decisive after 2 seed pairs" in headline(rec, result, None, 2, levels)["text"]
 
 
 # -- the conditions the runs ran under ---------------------------------------------------------------------------
@@ -225,3 +249,93 @@ def test_runs_that_did_not_measure_their_load_are_not_flagged():
     result = loaded_comparison([(None,), (float("nan"),), (None,)], [(None,), (None,), (50.0,)])
     assert result["conditions"]["differed"] is False
     assert [row["background CPU"] for row in comparison_table(result)] == ["—", "50%"]
+
+
+# -- what the words may say ------------------------------------------------------------------------------------
+
+
+def arms(base_times: list[float], rec_times: list[float | None], rec_states: list[str] | None = None,
+         metric: float = 0.9) -> dict:
+    """A comparison of a baseline and a recommended arm, each seed reaching the target at the time given
+    (None: a run that ended without a training time or an evaluation, in the state given)."""
+    times = {f"b{k}": [(t, 0.5)] for k, t in enumerate(base_times)}
+    times |= {f"r{k}": [(t, 0.5)] for k, t in enumerate(rec_times) if t is not None}
+    rec_runs = []
+    for k, t in enumerate(rec_times):
+        record = run(f"r{k}", k, 0.5, t, batch=256, metric=metric) if t is not None else {
+            **run(f"r{k}", k, None, None, batch=256, metric=None), "train_time_s": None, "steps": None,
+            "final_val_loss": None}
+        rec_runs.append({**record, "state": (rec_states or ["FINISHED"] * len(rec_times))[k]})
+    groups = [("baseline", [run(f"b{k}", k, 0.5, t) for k, t in enumerate(base_times)]), ("recommended", rec_runs)]
+    return compare_groups(groups, evals_for(times), tolerance=0.0)
+
+
+def test_crashed_and_diverged_seeds_are_censored_not_dropped_and_count_against_equivalence():
+    """One recommended seed reached the target at 20 s, one crashed and one diverged with no training time.
+    Dropping the two would leave one lucky seed: a 5.25x headline. Censored at infinity, fewer than half
+    reached it: no speedup, and the quality cannot be called equivalent from the one survivor."""
+    result = arms([100, 105, 110], [20, None, None], ["FINISHED", "CRASHED", "DIVERGED"])
+    rec = result["groups"][1]
+    assert rec["speedup"] is None and rec["time_to_target"]["median_s"] is None
+    assert rec["verdict"]["word"] == "at most" and rec["verdict"]["cell"] == "not reached"
+    assert rec["quality"]["verdict"] == "seeds failed"
+    assert [f["state"] for f in rec["quality"]["failed"]] == ["CRASHED", "DIVERGED"]
+    line = headline(REC_DOC, result)
+    assert "5.25" not in line["text"] and "faster" not in line["text"]
+    assert "recommended seed 1 crashed, recommended seed 2 diverged" in line["text"]
+    assert line["tone"] == "bad"                                  # never a success box
+    assert comparison_table(result)[1]["quality"].startswith("seeds failed (recommended seed 1 crashed")
+
+
+def test_one_failed_seed_of_three_leaves_a_ratio_but_no_call_and_no_equivalence():
+    result = arms([100, 105, 110], [50, 52, None], ["FINISHED", "FINISHED", "DIVERGED"])
+    rec = result["groups"][1]
+    assert rec["speedup"] == pytest.approx(105 / 52)             # two of three reached it: a median
+    assert rec["speedup_interval"][0] is None                   # ... whose low end the diverged seed leaves open
+    assert "both medians reached in" in rec["verdict"]["text"]   # and the resamples that were bounds are counted
+    assert rec["verdict"]["word"] == "no measurable difference" and not rec["verdict"]["decisive"]
+    assert rec["quality"]["verdict"] == "seeds failed"
+
+
+def test_fewer_than_three_seeds_an_arm_give_the_ratio_and_too_few_seeds_to_say():
+    """Two seeds an arm: a bootstrap interval is always [min/max, max/min] and covers a true 2x 59% of the time;
+    one seed each printed a bare "15.32x". Now the ratio, and no word."""
+    for base, rec_times in (([100.0], [10.0]), ([100.0, 104.0], [50.0, 51.0])):
+        result = arms(base, rec_times)
+        rec = result["groups"][1]
+        assert rec["speedup_interval"] is None and rec["verdict"]["word"] == "too few seeds to say"
+        assert rec["verdict"]["cell"] == f"{rec['speedup']:.2f}× (too few seeds to say)"
+        assert rec["quality"]["verdict"] == "too few seeds to say" and "faster" not in headline(REC_DOC, result)["text"]
+
+
+@pytest.mark.parametrize("base_times, rec_times, word, starts", [
+    ([100, 104, 98], [50, 52, 49], "faster", "2.00× faster (90% interval "),
+    ([50, 52, 49], [100, 104, 98], "slower", "slower: 0.50× (90% interval "),          # never "0.50x faster"
+    ([100, 80, 120], [90, 125, 76], "no measurable difference", "no measurable difference (90% interval "),
+])
+def test_one_grammar_faster_only_above_1_slower_below_no_difference_otherwise(base_times, rec_times, word, starts):
+    result = arms(base_times, rec_times)
+    verdict = result["groups"][1]["verdict"]
+    assert verdict["word"] == word and verdict["text"].startswith(starts), verdict["text"]
+    assert "exact test p = 0.1" in verdict["text"] or word == "no measurable difference"
+    assert comparison_table(result)[1]["speedup"] == verdict["cell"]
+    assert verdict["text"] in headline(REC_DOC, result)["text"]
+
+
+def test_a_worse_quality_turns_even_a_faster_headline_away_from_success():
+    """A one-click autopilot on fraud-mlp: faster, but its average precision worse beyond the tolerance, was
+    shown in a green success box."""
+    result = arms([100, 104, 98], [50, 52, 49], metric=0.5)          # accuracy 0.9 -> 0.5
+    assert result["groups"][1]["verdict"]["word"] == "faster"
+    assert result["groups"][1]["quality"]["verdict"] == "worse"
+    assert headline(REC_DOC, result)["tone"] == "bad"
+    from largestep.ui.overview import AutopilotView
+
+    view = AutopilotView(id="a", workload="w", device="cpu", state="FINISHED", live=False, progress=1.0, phase="done",
+                         phases=[], caption="", headline=headline(REC_DOC, result))
+    assert view.tone == "bad" and not view.good_news
+
+
+def test_when_every_run_ran_under_a_load_of_its_own_there_are_no_others_to_speak_of():
+    result = loaded_comparison([(65.8,), (33.0,), (3.2,)], [(53.3,), (3.6,), (3.0,)])   # a busy machine, measured
+    assert result["conditions"]["differed"] and "the others" not in result["conditions"]["text"]

@@ -77,7 +77,7 @@ def test_a_profile_on_a_gpu_keeps_allocator_peaks_the_ceiling_and_energy_per_sam
         assert point["peak_memory_bytes"] == ALLOCATOR.bytes_for(batch) and not point["memory_is_estimate"]
         # energy per sample: the mean NVML power over the timed steps times the step time, per sample
         assert point["mean_power_w"] == pytest.approx(WATTS)
-        assert point["energy_per_sample_j"] == pytest.approx(WATTS * point["median_s"] / batch)
+        assert point["energy_per_sample_j"] == pytest.approx(WATTS * point["estimate_s"] / batch)
     assert profile["memory_fit_slope_bytes"] == pytest.approx(ALLOCATOR.bytes_per_sample)
     assert profile["memory_fit_intercept_bytes"] == pytest.approx(ALLOCATOR.fixed_bytes)
 
@@ -172,7 +172,7 @@ def test_energy_per_sample_with_several_gpus_counts_every_ranks_power(gpu, tiny_
     monkeypatch.setattr(dist, "all_reduce", lambda tensor, op=None: tensor.mul_(2))
     point = measure_on_gpu(gpu, tiny_spec, 64, power_between=lambda _start, _end: WATTS)
     assert point.mean_power_w == pytest.approx(2 * WATTS)
-    assert point.energy_per_sample_j == pytest.approx(2 * WATTS * point.median_s / 64)
+    assert point.energy_per_sample_j == pytest.approx(2 * WATTS * point.estimate_s / 64)
 
 
 def test_a_data_set_too_large_for_the_gpu_stays_in_host_memory_as_in_training(monkeypatch, tiny_spec):

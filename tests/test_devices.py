@@ -13,7 +13,7 @@ import torch
 from fake_nvml import UUID_A, UUID_B, FakeGpu, cuda_properties, install_fake_cuda, install_fake_nvml, make_fake_pynvml
 
 from largestep.errors import DeviceError, UsageError
-from largestep.measure import devices, telemetry
+from largestep.measure import devices, devices_config, telemetry
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def test_a_mig_slice_is_named_as_nvml_and_cuda_visible_devices_accept_it(monkeyp
     info = devices.device_info("cuda:0")
     # torch spells the slice's UUID as bare hex; "GPU-<the slice's digits>" names no device NVML or CUDA knows
     assert info.uuid == f"MIG-{MIG_UUID}" and info.id == f"cuda:MIG-{MIG_UUID}"
-    assert devices.lock_name("cuda:0") == f"cuda:MIG-{MIG_UUID}"
+    assert devices_config.lock_name("cuda:0") == f"cuda:MIG-{MIG_UUID}"
 
 
 def test_a_whole_gpu_is_named_gpu_even_beside_a_mig_slice(monkeypatch, no_mps):
@@ -236,6 +236,11 @@ def test_unknown_dtype_is_a_usage_error_naming_the_choices():
         devices.autocast(torch.device("cpu"), "float16")
 
 
+def test_the_precisions_a_command_accepts_by_name_are_those_the_device_layer_runs():
+    # --dtype is checked by name before torch is imported; the device layer maps the same names to autocast
+    assert tuple(devices.DTYPES) == devices_config.DTYPE_NAMES
+
+
 def test_cpu_supports_fp32_and_bf16():
     for dtype in ("fp32", "bf16"):
         devices.check_dtype(torch.device("cpu"), dtype)
@@ -323,9 +328,9 @@ def test_device_locks_name_the_physical_gpu_whatever_the_cuda_visible_devices(mo
 
     # this process sees GPUs A, B; another with CUDA_VISIBLE_DEVICES=1,0 sees B, A
     install_fake_cuda(monkeypatch, [cuda_properties(UUID_A), cuda_properties(UUID_B)])
-    here = (lock_names("cuda:1", 1), lock_names("cuda:0", 2), devices.lock_name("cpu"))
+    here = (lock_names("cuda:1", 1), lock_names("cuda:0", 2), devices_config.lock_name("cpu"))
     install_fake_cuda(monkeypatch, [cuda_properties(UUID_B), cuda_properties(UUID_A)])
-    there = (lock_names("cuda:0", 1), lock_names("cuda:0", 2), devices.lock_name("cpu"))
+    there = (lock_names("cuda:0", 1), lock_names("cuda:0", 2), devices_config.lock_name("cpu"))
     assert here[0] == there[0] == [f"cuda:GPU-{UUID_B}"]  # one GPU, one lock, under either numbering
     assert set(here[1]) == set(there[1]) == {f"cuda:GPU-{UUID_A}", f"cuda:GPU-{UUID_B}"}
     assert here[2] == there[2] == "cpu"
@@ -354,17 +359,17 @@ def test_the_torch_floor_has_every_torch_api_the_gpu_paths_call():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="GPU device files are Linux's")
 def test_auto_names_the_cpu_without_asking_torch_only_where_no_gpu_device_file_exists(monkeypatch, tmp_path):
-    from largestep.measure import device_names
+    from largestep.measure import devices_config
 
     asked = []
     monkeypatch.setattr(devices, "resolve_device", lambda spec: asked.append(spec) or torch.device("cuda:0"))
-    monkeypatch.setattr(device_names, "_GPU_DEVICE_FILES", (str(tmp_path / "nvidia[0-9]*"),))
+    monkeypatch.setattr(devices_config, "_GPU_DEVICE_FILES", (str(tmp_path / "nvidia[0-9]*"),))
     monkeypatch.delitem(sys.modules, "torch")     # as in a command that has not imported it
-    assert device_names.resolve_name("auto") == "cpu" and device_names.lock_name("cuda:0") == "cuda:0"
+    assert devices_config.resolve_name("auto") == "cpu" and devices_config.lock_name("cuda:0") == "cuda:0"
     assert not asked
     (tmp_path / "nvidia0").touch()                # a GPU's device file: only torch can tell
-    assert device_names.resolve_name("auto") == "cuda:0" and asked == ["auto"]
-    assert device_names.resolve_name(" CPU ") == "cpu" and asked == ["auto"]
+    assert devices_config.resolve_name("auto") == "cuda:0" and asked == ["auto"]
+    assert devices_config.resolve_name(" CPU ") == "cpu" and asked == ["auto"]
 
 
 # ---------------------------------------------------------------------------------------------

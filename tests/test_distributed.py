@@ -357,8 +357,10 @@ def test_one_rank_failing_ends_the_profile_failed_with_its_error_within_seconds(
 def test_an_autopilot_over_two_ranks_profiles_and_trains_data_parallel(home, tiny_spec):
     from largestep.jobs.autopilot import AutopilotConfig
 
+    # two ranks on two cores: the profile may well be under load, and a tiny model's sub-millisecond steps fail
+    # the physics check there ("keep your baseline"): both arms are asked for, whatever was recommended
     config = AutopilotConfig(repeats=1, epochs=1, nproc=2, min_seconds=0.2, max_batch=256, noise_batches=4,
-                             accept_load=True)   # two ranks on two cores: the profile may well be under load
+                             accept_load=True, arms=("baseline", "recommended"))
     job_id = starts.start_autopilot(home, tiny_spec, {}, "cpu", config)
     assert jobs.wait(home, job_id, timeout_s=300) == jobs.FINISHED, (home.job_dir(job_id) / "output.log").read_text()
     store.ingest(home)

@@ -1,9 +1,11 @@
 """The package's structure, as its imports draw it, stated once: the layers below, one a folder, imports
 pointing down only; the code's own imports never name the top-level package (it is installed as
-``largestep`` from the folder ``engine/``); nothing inside imports the package root; and never Streamlit
-outside ``app/`` (the CLI and job processes must not pay for it or depend on it)."""
+``largestep`` from the folder ``engine/``); nothing inside imports the package root; never Streamlit
+outside ``app/`` (the CLI and job processes must not pay for it or depend on it); one naming rule for the
+parts a command needs before torch (``X_config.py`` beside ``X.py``); and no import cycle."""
 
 import ast
+import graphlib
 import os
 import pkgutil
 import re
@@ -72,14 +74,35 @@ def is_module(name: str, root: Path) -> bool:
     return base.with_suffix(".py").exists() or (base / "__init__.py").exists() or (parts[:1] == ["app"] and base.is_dir())
 
 
-def package_imports(path: Path, root: Path = ROOT) -> tuple[set[str], list[str]]:
-    """Every package module a file imports (at the top or inside a function), and what it does wrong by
-    naming: an absolute import of the package, or an import of the package root's own attributes."""
+MODULE_LEVEL, IN_FUNCTION, TYPING_ONLY = "module level", "in a function", "typing only"
+
+
+def import_statements(tree: ast.AST, kind: str = MODULE_LEVEL):
+    """(import statement, when it runs) for every import in a module: at module level (when the module is
+    imported), in a function (at its first call), or under ``if TYPE_CHECKING:`` (never: annotations only)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node, kind
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            yield from import_statements(node, IN_FUNCTION)
+        elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test) and kind == MODULE_LEVEL:
+            yield from import_statements(node, TYPING_ONLY)
+        else:
+            yield from import_statements(node, kind)
+
+
+def package_imports(path: Path, root: Path = ROOT, kinds: tuple[str, ...] = (MODULE_LEVEL, IN_FUNCTION, TYPING_ONLY)
+                    ) -> tuple[set[str], list[str]]:
+    """Every package module a file imports (of the ``kinds`` asked for: by default at the top, inside a function
+    or for annotations), and what it does wrong by naming: an absolute import of the package, or an import of
+    the package root's own attributes."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     me = module_name(path, root)
     package = me.split(".") if path.name == "__init__.py" else me.split(".")[:-1]
     found, wrong = set(), []
-    for node in ast.walk(tree):
+    for node, kind in import_statements(tree):
+        if kind not in kinds:
+            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] in (PACKAGE, "engine", "app"):
@@ -222,3 +245,95 @@ def test_the_static_check_would_catch_an_import():
     assert STREAMLIT_IMPORT.search("import os\n    import streamlit as st\n")
     assert STREAMLIT_IMPORT.search("from streamlit.testing.v1 import AppTest")
     assert not STREAMLIT_IMPORT.search("# the engine never imports streamlit\nimport streamlit_extras_not")
+
+
+# THE TORCH-FREE PARTS. A module X.py that imports torch keeps what a command needs before torch (its config and the
+# checks of its options, the names and bounds they accept) in X_config.py beside it, which imports without torch:
+# `largestep train --help`, a job's submission and the dashboard's forms answer without loading torch.
+CONFIG_SUFFIX = "_config"
+
+
+def torch_free_twins(root: Path = ROOT) -> list[tuple[Path, Path]]:
+    """(X_config.py, X.py) for every module named by the rule."""
+    return [(path, path.with_name(path.name.replace(f"{CONFIG_SUFFIX}.py", ".py")))
+            for path in sorted((root / "engine").rglob(f"*{CONFIG_SUFFIX}.py"))]
+
+
+def imports_torch_at_module_level(path: Path) -> bool:
+    return any(kind == MODULE_LEVEL and (
+        any(alias.name.split(".")[0] == "torch" for alias in node.names) if isinstance(node, ast.Import)
+        else (node.module or "").split(".")[0] == "torch" and not node.level)
+        for node, kind in import_statements(ast.parse(path.read_text(encoding="utf-8"))))
+
+
+def test_every_torch_free_part_sits_beside_the_module_that_needs_torch():
+    twins = torch_free_twins()
+    assert {path.relative_to(ENGINE).as_posix() for path, _ in twins} >= {
+        "measure/devices_config.py", "measure/noise_config.py", "measure/profiler_config.py",
+        "measure/train_config.py", "workloads/base_config.py"}
+    for config, twin in twins:
+        assert twin.exists(), f"{config.name} names no module: the rule is X_config.py beside X.py"
+        assert imports_torch_at_module_level(twin), f"{twin.name} imports no torch: {config.name} needs no twin"
+
+
+def test_every_torch_free_part_imports_without_torch():
+    # A fresh interpreter (-P: nothing from the current folder), each module checked right after its import, so that
+    # a failure names the one that pulled torch in.
+    names = [module_name(config, ROOT) for config, _ in torch_free_twins()]
+    script = (
+        "import importlib, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(name)\n"
+        "    if 'torch' in sys.modules:\n"
+        "        sys.exit(f'importing {name} imported torch')\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-P", "-c", script], cwd=ROOT, env=dict(os.environ), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "ok"
+
+
+def import_cycle(root: Path, kinds: tuple[str, ...]) -> list[str] | None:
+    """An import cycle among the modules of ``engine/`` and ``app/`` (``[a, b, a]``), counting the imports of
+    ``kinds``; None when there is none. An import of ``a.b.c`` is an edge to ``a.b.c`` (to ``a.b`` when ``c`` is
+    a name in it); what a parent package's ``__init__`` imports is its own edges."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted([*(root / "engine").rglob("*.py"), *(root / "app").rglob("*.py")]):
+        me = module_name(path, root)
+        graph[me] = package_imports(path, root, kinds)[0] - {me}
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as error:
+        return error.args[1]
+    return None
+
+
+def test_no_module_is_part_of_an_import_cycle():
+    """Two kinds of import are counted apart, then together.
+
+    Imports at module level run when the module is imported: a cycle among them makes the outcome depend on which
+    module a command happens to import first (a half-initialised module, a name not defined yet). Imports inside a
+    function run at its first call: the package uses them to keep torch (and DuckDB, plotly) out of a command's
+    start-up, never to break a cycle. A cycle through one is still two modules that each need the other, so that
+    neither can be read, tested or moved alone, and Python would only say so at the call that closes it: they count
+    too, and the graph of both kinds has no cycle either. Imports under ``if TYPE_CHECKING:`` never run (annotations
+    only) and are left out."""
+    assert import_cycle(ROOT, (MODULE_LEVEL,)) is None
+    assert import_cycle(ROOT, (MODULE_LEVEL, IN_FUNCTION)) is None
+
+
+def test_the_cycle_check_catches_one_closed_inside_a_function(tmp_path):
+    measure = tmp_path / "engine" / "measure"
+    measure.mkdir(parents=True)
+    (tmp_path / "app").mkdir()
+    (tmp_path / "engine" / "__init__.py").write_text("")
+    (measure / "__init__.py").write_text("")
+    (measure / "devices.py").write_text("import torch\nfrom .devices_config import NAMES\n")
+    (measure / "devices_config.py").write_text("from typing import TYPE_CHECKING\nNAMES = ()\n"
+                                               "if TYPE_CHECKING:\n    from .devices import Info\n")
+    assert import_cycle(tmp_path, (MODULE_LEVEL, IN_FUNCTION)) is None   # an annotation's import never runs
+    (measure / "devices_config.py").write_text("NAMES = ()\n\ndef resolve(name):\n    from . import devices\n")
+    assert import_cycle(tmp_path, (MODULE_LEVEL,)) is None
+    cycle = import_cycle(tmp_path, (MODULE_LEVEL, IN_FUNCTION))
+    assert cycle is not None and set(cycle) == {f"{PACKAGE}.measure.devices", f"{PACKAGE}.measure.devices_config"}

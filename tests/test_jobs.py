@@ -20,15 +20,18 @@ from largestep.measure.train import TrainConfig
 SLOW = ProfileConfig(batch_sizes=(8, 16, 32, 64, 128), min_steps=3, min_seconds=3.0, warmup_steps=1)
 
 
-def _points_spooled(home, job_id):
+def _points_spooled(home, job_id, kind="point"):
     text = (home.job_dir(job_id) / "events.jsonl").read_text()
-    return text.count('"type": "point"')
+    return text.count(f'"type": "{kind}"')
 
 
 @pytest.mark.slow
 def test_a_job_killed_with_sigkill_is_crashed_and_keeps_what_it_flushed(home, tiny_spec):
     job_id = starts.start_profile(home, tiny_spec, {}, "cpu", SLOW)
-    assert wait_for(lambda: _points_spooled(home, job_id) >= 1), "the job measured nothing"
+    # a point and a batch of telemetry samples written (the sampler's thread flushes every second: on a busy
+    # machine the first point may be spooled before it)
+    assert wait_for(lambda: _points_spooled(home, job_id) >= 1 and _points_spooled(home, job_id, "telemetry") >= 1), \
+        "the job measured nothing"
     pid = jobs.read_status(home.job_dir(job_id))["pid"]
     os.killpg(pid, signal.SIGKILL)
     assert wait_for(lambda: jobs.derive_state(home.job_dir(job_id)) == jobs.CRASHED, 10)
@@ -179,7 +182,7 @@ def test_every_kind_of_job_that_touches_a_gpu_holds_that_gpus_lock(home, tiny_sp
 
     from largestep.jobs import forkserver, runner
     from largestep.jobs.autopilot import AutopilotConfig
-    from largestep.measure.device_names import lock_name
+    from largestep.measure.devices_config import lock_name
 
     install_fake_cuda(monkeypatch, [cuda_properties("6e3f5c2a-1b2c-4d5e-8f90-0a1b2c3d4e5f")])
     monkeypatch.setattr(forkserver, "enabled", lambda env: False)

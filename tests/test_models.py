@@ -150,7 +150,7 @@ def test_a_slow_loader_is_reported_input_bound_with_its_compute_time():
         assert point.median_s >= point.batch_size * 2e-3
         assert point.compute_median_s < 0.5 * point.median_s
         assert point.input_bound
-        assert point.samples_per_s == pytest.approx(point.batch_size / point.median_s)
+        assert point.samples_per_s == pytest.approx(point.batch_size / point.estimate_s)
 
 
 @pytest.mark.slow
@@ -337,7 +337,7 @@ def test_exports_scale_every_param_group_alike_and_keep_the_schedule_in_steps():
 
 def test_the_cli_offers_exactly_the_contracts_schedules():
     from largestep.cli import cli
-    from largestep.workloads.names import SCHEDULES
+    from largestep.workloads.base_config import SCHEDULES
 
     option = next(p for p in cli.commands["train"].params if p.name == "schedule")
     assert tuple(option.type.choices) == SCHEDULES

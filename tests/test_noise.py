@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import tiny_workload
 import torch
@@ -139,6 +140,27 @@ def test_matches_the_closed_form_at_the_known_point():
     assert 0.6 * 2.58 * se["b_simple"] < half_width < 1.6 * 2.58 * se["b_simple"]
     # cost: 500 x 256 samples through forward and backward, in baseline steps of 16
     assert result.step_equivalents == batches * big / BATCH_SMALL
+
+
+def test_the_bootstrap_interval_covers_the_truth_at_its_stated_level_on_each_side():
+    """Calibration: 400 synthetic estimates of a known noise scale (per-sample gradients G + noise, |G|² = 1,
+    tr(Σ) = 50, so B_simple = 50; 64 big batches of 8 chunks of 16). The 90% interval must miss the truth about
+    5% of the time on each side: an interval with 10% in each tail (an 80% interval called 90%) misses about
+    20% and fails, as does one built one-sided."""
+    rng = np.random.default_rng(0)
+    datasets, big_batches, chunks, dims, small, trace = 400, 64, 8, 50, 16, 50.0
+    g = np.zeros(dims)
+    g[0] = 1.0
+    chunk_means = g + math.sqrt(trace / dims / small) * rng.standard_normal((datasets, big_batches, chunks, dims))
+    small_sq = (chunk_means ** 2).sum(-1).mean(-1)              # [dataset, big batch]: mean |G_small|² of its chunks
+    big_sq = (chunk_means.mean(2) ** 2).sum(-1)                 # |G_big|² of the big batch
+    below = above = 0
+    for k in range(datasets):
+        low, high, _, _ = noise_module._bootstrap(small_sq[k], big_sq[k], small, small * chunks, 0.9, 1000, k)
+        below += low is None or trace < low
+        above += high is None or trace > high
+    assert below / datasets <= 0.08 and above / datasets <= 0.08, (below, above)
+    assert 0.85 <= 1 - (below + above) / datasets <= 0.97, (below, above)
 
 
 def test_warm_up_trains_the_baseline_first():

@@ -96,23 +96,20 @@ def test_a_finished_autopilot_shows_its_headline_and_every_phase_done(monkeypatc
     metrics = {m.label: m.value for m in at.metric}
     with store.connect(home) as con:
         headline = store.load_autopilot(con, job_id)["headline"]
-    measured = headline["measured_speedup"]
-    interval = headline["measured_speedup_interval"]
-    if measured is None:
-        assert metrics["Measured speedup"] == "not reached"
-    else:
-        assert metrics["Measured speedup"] == f"{measured:.2f}×" + (f" ({interval[0]:.2f}–{interval[1]:.2f})"
-                                                                      if interval else "")
-    assert metrics["Predicted speedup"] == f"{headline['predicted_speedup']:.2f}×"
+    # the words the verdict decided, and the prediction with its interval
+    assert metrics["Measured speedup"] == headline["verdict"]["cell"]
+    low, high = headline["predicted_speedup_interval"]
+    assert metrics["Predicted speedup"] == f"{headline['predicted_speedup']:.2f}× ({low:.2f}–{high:.2f}×)"
     assert metrics["accuracy difference"] == f"{headline['metric_difference']:+.4f}"
     assert "p-value" in metrics
-    assert headline["text"] in [s.value for s in list(at.success) + list(at.warning)]
+    box = {"good": at.success, "bad": at.error, "neutral": at.warning}[headline["tone"]]
+    assert headline["text"] in [s.value for s in box]   # its colour follows its verdict
     phase_lines = [m.value for m in at.markdown if "(done)" in m.value]
     assert len(phase_lines) == len(PHASES) and all(p in " ".join(phase_lines) for p in PHASES)
     table = at.dataframe[0].value   # the comparison; the second is every run
     assert list(table["group"]) == ["baseline", "recommended"]
     assert not [b for b in at.button if b.key == "overview.cancel"]
-    assert not at.error
+    assert headline["tone"] == "bad" or not at.error
 
 
 # -- the logic -------------------------------------------------------------------------------------
@@ -220,7 +217,7 @@ def test_headline_metrics_say_when_the_target_was_not_reached_or_there_is_no_p_v
                                           "predicted_speedup": 1.5, "reached": 3, "seeds": 3,
                                           "quality": {"name": "auc", "difference": 0.001, "interval": [-0.002, 0.004],
                                                       "p_value": 0.6, "verdict": "equivalent", "tolerance": 0.009}})
-    assert [m.value for m in measured] == ["1.90× (1.40–2.60)", "1.50×", "+0.0010", "0.6"]
+    assert [m.value for m in measured] == ["1.90× (1.40–2.60×)", "1.50×", "+0.0010", "0.6"]
     assert "equivalent within ±0.0090" in measured[2].help and "reached in 3 of 3 seeds" in measured[0].help
     kept = overview.headline_metrics({"kept_baseline": True, "predicted_speedup": 1.0})
     assert kept[0].value == "baseline kept"

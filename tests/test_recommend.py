@@ -142,3 +142,56 @@ def test_a_profile_flagged_inconsistent_makes_the_recommendation_say_it_is_uncer
     assert rec["uncertain"].startswith("uncertain: profile prof-synthetic stayed inconsistent after re-measuring "
                                        "(step time falls from 514 ms at batch 16")
     assert rec["reasons"][0] == rec["uncertain"]      # first among the reasons, not ranked on silently
+
+
+def test_the_noise_rule_stops_growing_the_rate_near_the_noise_scale_and_the_linear_rule_says_when_it_goes_past():
+    """McCandlish et al.: the optimal SGD rate is eps_max/(1 + B_noise/B), calibrated so the baseline keeps its own."""
+    assert scale_lr(1e-3, 128, 128, "noise", 1000.0) == pytest.approx(1e-3)
+    assert scale_lr(1e-3, 128, 8192, "noise", 1000.0) == pytest.approx(1e-3 * (1 + 1000 / 128) / (1 + 1000 / 8192))
+    assert scale_lr(1e-3, 128, 10**9, "noise", 1000.0) < 1e-3 * (1 + 1000 / 128) * 1.0001   # its ceiling: ~8.8x
+    p = profile({128: 10, 1024: 10, 4096: 10})          # perfect hardware scaling: the largest batch wins
+    linear = recommend(p, RecommendConfig(noise_scale=500.0))
+    assert linear["batch_size"] == 4096 and linear["learning_rate"] == pytest.approx(32e-3)
+    assert any("linear rule scales the learning rate past the noise scale" in r and "--rule noise" in r
+               for r in linear["reasons"])
+    noise = recommend(p, RecommendConfig(noise_scale=500.0, rule="noise"))
+    assert noise["learning_rate"] == pytest.approx(1e-3 * (1 + 500 / 128) / (1 + 500 / 4096))   # 4.4x, not 32x
+    assert not any("past the noise scale" in r for r in noise["reasons"])
+    with pytest.raises(UsageError, match="--rule noise needs a gradient noise scale"):
+        recommend(p, RecommendConfig(rule="noise"))
+
+
+def test_candidates_are_ranked_by_the_lower_end_of_their_prediction_interval():
+    """Batch 1024's profile visits disagree (its point estimate is the best, its lower end is not); 512's agree:
+    512 is recommended, and the table shows both the point and the interval."""
+    import numpy as np
+
+    p = profile({128: 10, 512: 12, 1024: 22})
+    rng = np.random.default_rng(0)
+    for point, spread in zip(p["points"], (0.01, 0.01, 0.6)):
+        point["visits"] = 6
+        point["step_times_s"] = list(point["median_s"] * np.exp(spread * np.repeat(rng.standard_normal(6), 10)))
+    rec = recommend(p, RecommendConfig(noise_scale=100_000.0))
+    by_batch = {c["batch_size"]: c for c in rec["candidates"]}
+    assert by_batch[1024]["speedup_time_to_target"] > by_batch[512]["speedup_time_to_target"]   # the point says 1024
+    assert by_batch[1024]["speedup_interval"][0] < by_batch[512]["speedup_interval"][0]        # its low end does not
+    assert rec["batch_size"] == 512 and by_batch[512]["rank"] == 1
+    assert rec["predicted_speedup"]["coverage"] == 0.9
+
+
+def test_a_candidate_faster_on_its_point_but_not_on_its_interval_leaves_the_baseline_and_says_why():
+    """A profile measured while other processes came and went: its visits disagree several-fold, so no batch's
+    interval lies above 1, and the baseline stays with the numbers that kept it."""
+    import numpy as np
+
+    p = profile({128: 10, 512: 30})
+    rng = np.random.default_rng(1)
+    for point in p["points"]:
+        point["visits"] = 6
+        point["step_times_s"] = list(point["median_s"] * np.exp(0.9 * np.repeat(rng.standard_normal(6), 10)))
+    rec = recommend(p, RecommendConfig(noise_scale=100_000.0))
+    candidate = next(c for c in rec["candidates"] if c["batch_size"] == 512)
+    assert candidate["speedup_time_to_target"] > 1 > candidate["speedup_interval"][0]
+    assert rec["batch_size"] == 128
+    assert any(r.startswith("no measured batch's prediction interval lies above 1: the best, batch 512, is "
+                            "predicted") for r in rec["reasons"])

@@ -132,3 +132,31 @@ def test_a_run_tracked_from_your_own_code_joins_the_verification(verified_home, 
     store.ingest(mine)
     runs_section = build_report(mine, recommendation_id=rec["recommendation_id"]).split("id='runs'")[1]
     assert tracked.id in runs_section and "Target: the baseline" in runs_section
+
+
+def test_the_report_judges_an_autopilots_runs_with_its_tolerances_and_colours_its_headline_by_its_verdict():
+    """One tolerance per comparison: the report used its own defaults for runs an autopilot had compared with
+    others. And a headline whose arm got worse is never shown as a success."""
+    import pandas as pd
+
+    from largestep.ui.report import ReportData, _runs_section, _summary
+
+    def run(run_id: str, role: str, t: float) -> dict:
+        return {"id": run_id, "role": role, "seed": int(run_id[-1]), "state": "FINISHED", "best_val_loss": 0.5,
+                "final_val_loss": 0.5, "train_time_s": t, "steps": 10, "batch_size": 32, "lr": 1e-3}
+
+    runs = [run(f"b{k}", "baseline", 10.0) for k in range(3)] + [run(f"r{k}", "recommended", 5.0) for k in range(3)]
+    evals = pd.DataFrame([{"run_id": r["id"], "step": 10, "train_time_s": r["train_time_s"],
+                           "wall_time_s": r["train_time_s"], "val_loss": 0.5} for r in runs])
+    rec = {"recommendation_id": "rec-1", "batch_size": 256, "learning_rate": 8e-3, "rule": "linear",
+           "warmup_steps": 1, "warmup_samples": 256, "baseline": {"batch_size": 32, "learning_rate": 1e-3},
+           "predicted_speedup": {"time_to_target": 2.0, "throughput": 4.0, "time_to_target_interval": [1.5, 2.6],
+                                 "coverage": 0.9}, "experiments_per_gpu_day": {}}
+    autopilot = {"headline": {"text": "batch 256 ...", "tone": "bad"},
+                 "comparison": {"tolerance": 0.2, "quality": {"tolerance_share": 0.3}}}
+    data = ReportData(profile={"id": "p"}, points=pd.DataFrame(), recommendation=rec, runs=runs, evaluations=evals,
+                      autopilot=autopilot)
+    assert "<p class='headline bad'>Measured: batch 256 ...</p>" in _summary(rec, data)
+    assert "90% prediction interval 1.50–2.60×" in _summary(rec, data)
+    section = _runs_section(rec, data)
+    assert "loosened by 20%" in section and "within 30% of the baseline" in section

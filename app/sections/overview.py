@@ -63,13 +63,20 @@ with st.form("overview.form", border=False):
     schedule_arm = st.checkbox("Also train a batch that grows (a third arm)", key="overview.schedule_arm",
                                help="Estimates the noise scale along a baseline run, plans the batch schedule from "
                                     "it, and trains it beside the baseline and the fixed batch, in the same rotation.")
-    submitted = st.form_submit_button("Profile & train", type="primary", key="overview.start",
-                                      icon=":material/rocket_launch:")
+    button, retry = st.columns([1, 3], vertical_alignment="center")
+    submitted = button.form_submit_button("Profile & train", type="primary", key="overview.start",
+                                          icon=":material/rocket_launch:")
+    until_verified = retry.checkbox(
+        "Until verified: if the pair fails, learn from it and try the next", key="overview.until_verified",
+        help="A pair that is not verified (faster, with a quality equivalent or better) is recorded as a calibration "
+             "point, and the next pair the corrected noise model ranks is tried (the square-root rule at the same "
+             "batch after a loss of quality, else a smaller batch): at most 2 pairs, each tested at level 0.05 so "
+             "that trying again cannot manufacture a verified pair, which needs 4 or more repeats.")
 
 if submitted:
     form = overview.AutopilotForm(workload=workload, device=device, repeats=int(repeats), epochs=epochs,
                                   data_path=data_path, label=label, compile=compile_model, both_arms=both_arms,
-                                  schedule_arm=schedule_arm)
+                                  schedule_arm=schedule_arm, until_verified=until_verified)
     try:
         with st.spinner("Checking the workload …"):
             job_id = overview.submit_autopilot(home, form, choices)
@@ -151,9 +158,12 @@ def autopilot_panel(autopilot_id: str, was_live: bool) -> None:
             st.warning(view.accepted_load, icon=":material/report:")
         for column, metric in zip(st.columns(4), view.metrics):
             column.metric(metric.label, metric.value, help=metric.help)
-        (st.success if view.good_news else st.warning)(view.headline["text"], icon=":material/bolt:")
+        box = {"good": st.success, "bad": st.error}.get(view.tone, st.warning)   # the colour follows the verdict
+        box(view.headline["text"], icon=":material/bolt:")
         if view.headline.get("schedule"):   # --arms baseline,fixed,schedule: the growing batch's own line
-            st.info(view.headline["schedule"]["text"], icon=":material/trending_up:")
+            schedule = view.headline["schedule"]
+            {"good": st.success, "bad": st.error}.get(schedule.get("tone"), st.info)(
+                schedule["text"], icon=":material/trending_up:")
         for warning in view.warnings:
             st.warning(warning, icon=":material/warning:")
     if view.comparison is not None:

@@ -67,9 +67,11 @@ baseline_lr = middle.text_input(
     "Baseline learning rate", value=f"{defaults['baseline_lr']:g}" if defaults["baseline_lr"] else "",
     key="recommend.baseline_lr", help="Its learning rate, e.g. 0.001 or 1e-3.")
 rule = right.radio("Learning-rate rule", recommend.RULES, key="recommend.rule", horizontal=True,
-                   format_func={"linear": "linear (lr/batch fixed)", "sqrt": "square root"}.get,
+                   format_func={"linear": "linear (lr/batch fixed)", "sqrt": "square root",
+                                "noise": "noise scale"}.get,
                    help="linear: Goyal et al. 2017, Smith et al. 2021; square root: for adaptive optimizers "
-                        "(Malladi et al. 2022).")
+                        "(Malladi et al. 2022); noise scale: McCandlish et al. 2018's lr0·(1 + B_noise/B0)/"
+                        "(1 + B_noise/B), which stops growing near the noise scale (needs an estimate).")
 left, right = st.columns(2)
 headroom = left.number_input(
     "Memory headroom", min_value=0.05, max_value=1.0, value=0.9, step=0.05, key="recommend.headroom",

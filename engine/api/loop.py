@@ -47,7 +47,7 @@ def profile(workload, *, options: Mapping[str, object] | None = None, data: str 
     from ..jobs.follow import describe_profile_event
     from ..jobs.ray import launcher_from_cli
     from ..jobs.start import start_profile
-    from ..measure.profile_config import ProfileConfig
+    from ..measure.profiler_config import ProfileConfig
     from ..store.outcomes import profile_outcome
 
     config = ProfileConfig.from_options(
@@ -76,7 +76,7 @@ def noise(workload, *, options: Mapping[str, object] | None = None, data: str | 
     baseline run's training, e.g. ``[0, 0.25, 0.5, 1]``, for a :class:`NoiseCurve` instead of one estimate.
     """
     from ..jobs.start import start_noise_request
-    from ..measure.noise_args import NoiseRequest
+    from ..measure.noise_config import NoiseRequest
     from ..store.outcomes import ended, noise_curve_outcome, noise_outcome
 
     request = NoiseRequest.from_options(batch_small, batch_big, batches, warm_steps, at, seed, compile)
@@ -130,7 +130,7 @@ def autopilot(workload, *, options: Mapping[str, object] | None = None, data: st
               quality_tolerance: float = 0.01, compile: bool = False, device: str = "auto", nproc: int = 1,
               launcher: str = "local", ray_address: str | None = None, home=None, quiet: bool = False,
               accept_load: bool = False, quiet_timeout: float | None = None, threads: int | None = None,
-              **settings) -> Autopilot:
+              until_verified: bool = False, max_attempts: int = 2, **settings) -> Autopilot:
     """The whole loop in one job, as `largestep autopilot` does: profile, noise scale, recommend, train the baseline
     and the recommendation (``repeats`` seeds each, one after the other on the device), compare, and one headline.
 
@@ -142,6 +142,9 @@ def autopilot(workload, *, options: Mapping[str, object] | None = None, data: st
     A profile that cannot be trusted: the autopilot waits for a quiet window (at most ``quiet_timeout`` seconds,
     default 600), measures its untrusted sizes again, and stops if the machine never quietens;
     ``accept_load=True`` trains on it as it is. ``threads``: torch's threads in the profile and every run.
+    ``until_verified=True``: a pair that is not verified (faster, with a quality equivalent or better) is recorded
+    as a calibration point and the next pair the corrected noise model ranks is tried, at most ``max_attempts``
+    pairs, each at its share of the error rate; ``Autopilot.verified`` says whether one was.
     """
     from ..jobs.autopilot import AutopilotConfig
     from ..jobs.follow import describe_autopilot_event
@@ -151,7 +154,8 @@ def autopilot(workload, *, options: Mapping[str, object] | None = None, data: st
 
     config = AutopilotConfig.from_options(repeats, epochs, rule, arms, until_decisive, max_repeats, quality_tolerance,
                                           compile, nproc, launcher, ray_address, accept_load=accept_load,
-                                          quiet_timeout=quiet_timeout, threads=threads, **settings)
+                                          quiet_timeout=quiet_timeout, threads=threads, until_verified=until_verified,
+                                          max_attempts=max_attempts, **settings)
     where = _home(home)
     chosen = workload_options(options, data, label)
     with workload_spec(where, workload, chosen, launcher) as spec:

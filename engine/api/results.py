@@ -239,6 +239,17 @@ class Autopilot:
     def comparison(self) -> Mapping[str, Any] | None:
         return self.document.get("comparison")
 
+    @property
+    def verified(self) -> bool | None:
+        """With ``until_verified``: whether a pair was verified (faster, quality equivalent or better); else None."""
+        until = (self.document.get("headline") or {}).get("until_verified")
+        return None if until is None else bool(until.get("verified"))
+
+    @property
+    def attempts(self) -> tuple[Mapping[str, Any], ...]:
+        """With ``until_verified``: each pair tried, in order (batch, rule, verdict, quality, its runs)."""
+        return tuple((self.document.get("headline") or {}).get("attempts") or ())
+
     def to_pandas(self):
         """One row per training run compared: its arm, seed, state, time to the target (or the time it was
         censored at), training time and final validation loss and metric."""

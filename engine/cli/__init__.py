@@ -1,6 +1,6 @@
 """The ``largestep`` command line: every step headless, a table for people, ``--json`` for machines.
 
-``group`` holds the click group; ``measure``, ``plan``, ``runs`` and ``dashboard`` add their
+``group`` holds the click group; ``measure``, ``plan``, ``runs``, ``calibration`` and ``dashboard`` add their
 commands to it; ``options`` and ``output`` are what the commands share. Bad input of any kind ends
 with one line on stderr and exit code 2, before anything is written.
 """
@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import click
 
-from . import cache, dashboard, doctor, measure, plan, runs  # noqa: F401  each adds its commands to the group
+from . import cache, calibration, dashboard, doctor, measure, plan, runs  # noqa: F401  each adds its commands to the group
 from .group import cli
 from ..errors import LargestepError
 

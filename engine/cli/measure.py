@@ -20,9 +20,9 @@ from .options import (
 )
 from .output import console, detached, emit_json, finish_job, follow_job, table
 from ..format import format_bytes, format_math, format_ms, format_pct, format_si, grouped
-from ..measure.device_names import DTYPE_NAMES
+from ..measure.devices_config import DTYPE_NAMES
 from ..curve import DEFAULT_ESTIMATOR, ESTIMATORS
-from ..measure.profile_config import WARMUP_AGREEMENT
+from ..measure.profiler_config import WARMUP_AGREEMENT
 
 
 @cli.command()
@@ -92,7 +92,7 @@ def profile(ctx, workload, settings, data, label, device, batch_sizes, min_batch
     from ..jobs.follow import describe_profile_event
     from ..jobs.ray import launcher_from_cli
     from ..jobs.start import start_profile
-    from ..measure.profile_config import ProfileConfig
+    from ..measure.profiler_config import ProfileConfig
 
     config = ProfileConfig.from_options(
         batch_sizes=batch_sizes, min_batch=min_batch, max_batch=max_batch, memory_budget=memory_budget, nproc=nproc,
@@ -201,7 +201,7 @@ def noise(ctx, workload, settings, data, label, device, batch_small, batch_big, 
     """Estimate the gradient noise scale B_simple (McCandlish et al. 2018) with a confidence interval."""
     from .. import store
     from ..jobs.start import start_noise_request
-    from ..measure.noise_args import NoiseRequest
+    from ..measure.noise_config import NoiseRequest
 
     request = NoiseRequest.from_options(batch_small, batch_big, batches, warm_steps, at, seed, compile_model)
     home = home_of(ctx)

@@ -11,7 +11,8 @@ from .options import device_option, home_of, json_option, open_store
 from .output import console, emit_json, finish_job, table, write_atomic
 from ..errors import UsageError
 from ..format import format_ms, grouped
-from ..plan.recommend import accepted_load_note
+from ..plan.recommend import accepted_load_note, model_text
+from ..plan.verdict import interval_text
 
 
 @cli.command()
@@ -19,8 +20,9 @@ from ..plan.recommend import accepted_load_note
               help="The profile to recommend from.")
 @click.option("--baseline-batch", metavar="B0", help="The batch you train with now (default: the workload's).")
 @click.option("--baseline-lr", metavar="LR0", help="Its learning rate (default: the workload's).")
-@click.option("--rule", type=click.Choice(["linear", "sqrt"]), default="linear", show_default=True,
-              help="linear keeps lr/batch fixed; sqrt scales lr with sqrt(B/B0).")
+@click.option("--rule", type=click.Choice(["linear", "sqrt", "noise"]), default="linear", show_default=True,
+              help="linear keeps lr/batch fixed; sqrt scales lr with sqrt(B/B0); noise is McCandlish et al.'s "
+                   "lr0·(1 + B_noise/B0)/(1 + B_noise/B), which stops growing near the noise scale (needs one).")
 @click.option("--noise-scale", metavar="X", help="Use this gradient noise scale instead of a stored estimate.")
 @click.option("--estimate-noise", is_flag=True, help="Estimate the noise scale now (runs a job).")
 @click.option("--noise", "noise_id", metavar="ID", help="Use this stored noise estimate.")
@@ -60,17 +62,23 @@ def print_recommendation(rec: dict) -> None:
     out = console()
     base = rec["baseline"]
     rows = []
+    corrected = bool((rec.get("predicted_speedup") or {}).get("corrected"))
     for c in rec["candidates"]:
         mark = "->" if c["batch_size"] == rec["batch_size"] else ""
+        interval = c.get("speedup_interval")
+        raw = ([f"{c['raw_speedup']:.2f}x ({interval_text(*c['raw_interval'])})" if c.get("raw_interval") else "-"]
+               if corrected else [])
         rows.append([mark, c["batch_size"], f"{c['learning_rate']:.3g}", format_ms(c["step_time_s"]),
                      grouped(c["samples_per_s"]), f"{c['speedup_throughput']:.2f}x",
                      "-" if c["speedup_time_to_target"] is None else f"{c['speedup_time_to_target']:.2f}x",
-                     c["rank"], c["excluded"] or ""])
+                     interval_text(*interval) if interval else "-", *raw, c["rank"], c["excluded"] or ""])
+    speed = rec["predicted_speedup"]
+    coverage = f"{speed['coverage']:.0%} " if speed.get("coverage") else ""
     out.print(table(f"Recommendation {rec['recommendation_id']} from profile {rec['profile_id']} "
                     f"({rec['workload']} on {rec['device']['name']})",
-                    ["", "batch", "lr", "step ms", "samples/s", "throughput", "time to target", "rank", "excluded"],
-                    rows))
-    speed = rec["predicted_speedup"]
+                    ["", "batch", "lr", "step ms", "samples/s", "throughput",
+                     "time to target" + (" (corrected)" if corrected else ""), f"{coverage}interval",
+                     *(["raw model"] if corrected else []), "rank (by its low end)", "excluded"], rows))
     if rec.get("accepted_load"):
         out.print(f"[bold yellow]{accepted_load_note(rec['accepted_load'])}[/bold yellow]")
     if rec.get("uncertain"):
@@ -81,8 +89,12 @@ def print_recommendation(rec: dict) -> None:
     interval = speed.get("time_to_target_interval")
     out.print(f"predicted speedup: {speed['throughput']:.2f}x from throughput, "
               f"{speed['time_to_target']:.2f}x in time to target"
-              + (f" ({interval[0]:.2f}x to {interval[1]:.2f}x over the noise scale's interval and the step times' "
-                 f"quartiles)" if interval else ""))
+              + (f" ({coverage}prediction interval {interval_text(*interval)}, resampling {speed['interval_basis']})"
+                 if interval and speed.get("interval_basis") else f" ({interval_text(*interval)})" if interval else ""))
+    if speed.get("corrected"):   # ranked on the corrected noise model: the raw one beside it
+        raw = speed["raw"]
+        out.print(f"noise model: {model_text(rec)}; on the raw model {raw['time_to_target']:.2f}x "
+                  f"({coverage}prediction interval {interval_text(*raw['time_to_target_interval'])})")
     per_day = rec["experiments_per_gpu_day"]
     if per_day["baseline"]:
         out.print(f"experiments per GPU-day ({rec['epochs']} epochs each): {per_day['baseline']:,.0f} at the "
@@ -105,11 +117,17 @@ def print_batch_schedule(plan: dict) -> None:
                     ["from (samples)", "baseline at", "B_noise", "batch", "lr", "warm-up samples", "step ms"], rows))
     speed, fixed = plan["predicted_speedup"], plan["best_fixed"]
     out.print(f"[bold]--batch-schedule {plan['spec']}[/bold]: predicted {speed['over_baseline']:.2f}x over the "
-              f"baseline, {speed['over_best_fixed']:.2f}x over the best fixed batch ({fixed['batch_size']}, "
+              f"baseline{_schedule_interval(speed, 'over_baseline')}, {speed['over_best_fixed']:.2f}x over the best "
+              f"fixed batch{_schedule_interval(speed, 'over_best_fixed')} ({fixed['batch_size']}, "
               f"{fixed['speedup_over_baseline']:.2f}x over the baseline, priced on the same curve); "
               f"{plan['samples_ratio']:.2f}x the baseline's samples")
     for reason in plan["reasons"]:
         out.print(f"- {reason}")
+
+
+def _schedule_interval(speed: dict, key: str) -> str:
+    interval = speed.get(f"{key}_interval")
+    return f" ({speed.get('coverage', 0.9):.0%} prediction interval {interval_text(*interval)})" if interval else ""
 
 
 @cli.command()

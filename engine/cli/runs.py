@@ -24,8 +24,9 @@ from .options import (
 from .output import console, detached, emit_json, finish_job, follow_job, table
 from ..errors import UsageError
 from ..format import format_background_load, format_bytes, format_math, unreadable_runs
-from ..measure.device_names import DTYPE_NAMES
-from ..workloads.names import SCHEDULES
+from ..measure.devices_config import DTYPE_NAMES
+from ..plan.verdict import SEQUENTIAL_RULE
+from ..workloads.base_config import SCHEDULES
 
 
 @cli.command()
@@ -76,7 +77,7 @@ def train(ctx, workload, settings, data, label, batch_size, batch_schedule, adap
     from ..jobs.ray import launcher_from_cli
     from ..jobs.start import start_train
     from ..measure.batch_schedule import ADAPTIVE, parse_batch_schedule
-    from ..measure.profile_config import parse_threads
+    from ..measure.profiler_config import parse_threads
     from ..measure.train_config import TrainConfig
     from ..units import parse_positive_int
 
@@ -256,8 +257,10 @@ def runs_cancel(ctx, run_id):
 @click.pass_context
 def compare(ctx, runs_or_groups, tolerance, quality_tolerance, as_json):
     """Compare runs or groups of repeats against the first (the baseline): time to its validation loss
-    (median over seeds, a seed that never reached it counted as at least its whole training time), speedup
-    with a 90% bootstrap interval, and the quality difference with its interval and Welch's p-value."""
+    (Kaplan-Meier median over seeds, a seed that never reached it counted as at least its whole training
+    time), the speedup with a 90% bootstrap interval for censored data and an exact permutation test, and the
+    quality difference with its interval and Welch's p-value. "faster" only when the interval lies above 1
+    and the test agrees, "slower" below; fewer than 3 seeds an arm: too few seeds to say."""
     from .. import store
     from ..plan.compare import check_tolerance, compare_groups
 
@@ -265,7 +268,7 @@ def compare(ctx, runs_or_groups, tolerance, quality_tolerance, as_json):
     quality_tol = check_tolerance(parse_float(quality_tolerance, "--quality-tolerance"), "--quality-tolerance")
     if len(runs_or_groups) < 2:
         raise UsageError("compare needs a baseline and at least one other run or group")
-    with open_store(ctx) as (_home, con):
+    with open_store(ctx) as (home, con):
         groups = []
         for name in runs_or_groups:
             ids = store.runs_in(con, name)
@@ -273,11 +276,16 @@ def compare(ctx, runs_or_groups, tolerance, quality_tolerance, as_json):
                 raise UsageError(f"no run or group {name!r}; see `largestep runs`")
             groups.append((name, [store.get_run(con, i) for i in ids]))
         evals = store.run_evaluations(con, [r["id"] for _, rs in groups for r in rs])
-    result = compare_groups(groups, evals, tolerance=tol, quality_tolerance=quality_tol)
+        result = compare_groups(groups, evals, tolerance=tol, quality_tolerance=quality_tol)
+        # a recommendation's baseline against its recommended runs: a calibration point for its noise model
+        point = store.record_comparison(home, con, groups, result)
     if as_json:
-        emit_json(result)
+        emit_json({**result, "verification_id": point["id"] if point else None})
     else:
         print_comparison(result)
+        if point:
+            click.echo(f"recorded as verification {point['id']} of recommendation {point['recommendation_id']}: "
+                       f"{point['learned'] or 'see `largestep calibration`'}")
 
 
 def print_comparison(result: dict) -> None:
@@ -290,19 +298,36 @@ def print_comparison(result: dict) -> None:
     conditions = result.get("conditions") or {}
     if conditions.get("differed"):
         console().print(f"[yellow]Conditions differed: {conditions['text']}.[/yellow]")
+    print_verdicts(result)
+
+
+def print_verdicts(result: dict) -> None:
+    """One line per arm: its speedup and its quality in the words every view uses."""
+    from ..plan.verdict import quality_words
+
+    name = (result.get("quality") or {}).get("name") or "metric"
+    colour = {"good": "green", "bad": "red"}
+    for group in (result.get("groups") or [])[1:]:
+        verdict = group.get("verdict") or {}
+        console().print(f"[{colour.get(verdict.get('tone'), 'yellow')}]{group['name']}: "
+                        f"{verdict.get('text', 'not measured')}; "
+                        f"{quality_words(group.get('quality'), name, result['confidence'])}[/]")
 
 
 @cli.command()
 @workload_options
 @click.option("--repeats", default="3", show_default=True, metavar="K", help="Seeds per arm (baseline, recommended).")
 @click.option("--epochs", metavar="E", help="Baseline training length (default: the workload's).")
-@click.option("--rule", type=click.Choice(["linear", "sqrt"]), default="linear", show_default=True)
+@click.option("--rule", type=click.Choice(["linear", "sqrt", "noise"]), default="linear", show_default=True,
+              help="Learning rate at the larger batch: linear (lr/batch fixed), sqrt, or noise (McCandlish et al.: "
+                   "lr0·(1 + B_noise/B0)/(1 + B_noise/B), which stops growing near the noise scale).")
 @click.option("--arms", metavar="LIST", help="baseline,recommended: train both arms even when the recommendation is "
               "the baseline (by default the autopilot then says so and trains nothing); baseline,fixed,schedule: "
               "also a third arm growing its batch on the schedule planned from a noise curve, in the same rotation.")
 @click.option("--until-decisive", is_flag=True,
-              help="Keep adding a seed to each arm until the speedup's 90% interval excludes 1 or the quality "
-                   "difference's lies within --quality-tolerance (at most --max-repeats seeds an arm).")
+              help="Keep adding a seed to each arm until the speedup is called faster or slower or the quality "
+                   "difference's interval lies within --quality-tolerance, at most --max-repeats seeds an arm. The "
+                   f"looks pay for themselves by {SEQUENTIAL_RULE}.")
 @click.option("--max-repeats", default="10", show_default=True, metavar="K", help="With --until-decisive.")
 @click.option("--quality-tolerance", default="0.01", show_default=True, metavar="SHARE",
               help="A quality difference within this share of the baseline's value counts as no difference.")
@@ -311,6 +336,14 @@ def print_comparison(result: dict) -> None:
               "sizes again, and stops if the machine never quietens. The headline then says so.")
 @click.option("--quiet-timeout", metavar="SECONDS",
               help="The longest to wait for a quiet window when the profile cannot be trusted (default: 600).")
+@click.option("--until-verified", is_flag=True,
+              help="When the recommended pair is not verified (faster, with a quality equivalent or better), record "
+                   "the failure as a calibration point and try the next pair the corrected noise model ranks (the "
+                   "square-root rule at the same batch after a loss of quality, else a smaller batch), at most "
+                   "--max-attempts pairs; each is tested at 10%/--max-attempts, so trying again cannot manufacture a "
+                   "verified pair. Ends with the verified pair or \"none verified\".")
+@click.option("--max-attempts", default="2", show_default=True, metavar="N",
+              help="With --until-verified: the pairs verified at most (the budget, stated in the headline).")
 @compile_option
 @tf32_option
 @threads_option
@@ -322,8 +355,8 @@ def print_comparison(result: dict) -> None:
 @json_option
 @click.pass_context
 def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, arms, until_decisive, max_repeats,
-              quality_tolerance, accept_load, quiet_timeout, compile_model, tf32, threads, device, nproc, launcher,
-              ray_address, detach, as_json):
+              quality_tolerance, accept_load, quiet_timeout, until_verified, max_attempts, compile_model, tf32, threads,
+              device, nproc, launcher, ray_address, detach, as_json):
     """The whole loop headless: profile, noise scale, recommend, train the baseline and the
     recommendation (K seeds each, one after the other on the device), compare, and one headline."""
     from .. import jobs, store
@@ -333,7 +366,8 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, arms,
 
     config = AutopilotConfig.from_options(repeats, epochs, rule, arms, until_decisive, max_repeats, quality_tolerance,
                                           compile_model, nproc, launcher, ray_address, tf32=tf32, accept_load=accept_load,
-                                          quiet_timeout=quiet_timeout, threads=threads)
+                                          quiet_timeout=quiet_timeout, threads=threads, until_verified=until_verified,
+                                          max_attempts=max_attempts)
     home = home_of(ctx)
     job_id = start_autopilot(home, workload, workload_settings(settings, data, label), device, config)
     store.ingest(home)
@@ -357,12 +391,22 @@ def autopilot(ctx, workload, settings, data, label, repeats, epochs, rule, arms,
 
 
 def print_factors(factors: dict | None) -> None:
-    """The prediction's two halves beside what the runs measured."""
+    """The prediction's two halves beside what the runs measured, each with its interval."""
+    from ..plan.verdict import interval_text
+
     if not factors:
         return
-    def ratio(value):
-        return "-" if value is None else f"{value:.2f}x"
 
-    console().print(table("Where the prediction came from", ["factor", "predicted", "measured", "meaning"],
-                          [[name.replace("_", " "), ratio(f["predicted"]), ratio(f["measured"]), f["meaning"]]
-                           for name, f in factors.items()]))
+    def ratio(value, interval=None, bound=None):
+        if bound:
+            return f"{bound['kind']} {bound['value']:.2f}x"
+        if value is None:
+            return "-"
+        return f"{value:.2f}x" + (f" ({interval_text(*interval)})" if interval else "")
+
+    rows = [[name.replace("_", " "), ratio(f["predicted"], f.get("predicted_interval")),
+             ratio(f.get("raw")) if f.get("raw") is not None and abs(f["raw"] - (f["predicted"] or 0)) > 1e-9 else "",
+             ratio(f["measured"], f.get("measured_interval"), f.get("measured_bound")), f["meaning"]]
+            for name, f in factors.items()]
+    console().print(table("Where the prediction came from", ["factor", "predicted", "raw model", "measured", "meaning"],
+                          rows))

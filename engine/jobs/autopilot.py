@@ -21,15 +21,20 @@ from ..errors import LargestepError, UnusableProfile, UsageError
 from . import events
 from .runner import JobContext
 from .start import MAX_REPEATS
-from ..measure.device_names import MAX_NPROC
-from ..measure.profile_config import MAX_SECONDS, check_threads, parse_threads
+from ..measure.devices_config import MAX_NPROC
+from ..measure.profiler_config import MAX_SECONDS, check_threads, parse_threads
 from ..measure.train_config import MAX_EPOCHS
+from ..plan.calibration import measured_factors, model_of, next_attempt, step_time_bias, verification_point
+from ..plan.censored import smallest_p
 from ..plan.compare import check_tolerance, compare_groups
-from ..plan.recommend import RULES, RecommendConfig, accepted_load_note, recommend, steps_factor
+from ..plan.recommend import RULES, RecommendConfig, accepted_load_note, choose, recommend
+from ..plan.verdict import (CONFIDENCE, FASTER, SLOWER, headline_tone, interval_text, look_levels,
+                            quality_words)
 from ..units import check_int, check_number, check_switch
 
 __all__ = ["AutopilotConfig", "autopilot_task", "PHASES", "headline", "keep_baseline_headline", "prediction_factors",
-           "decisive", "wait_for_quiet", "trusted_profile"]
+           "decisive", "sequential_text", "wait_for_quiet", "trusted_profile", "earlier_verifications",
+           "until_verified_text", "MAX_ATTEMPTS"]
 
 PHASES = ("profile", "noise scale", "recommendation", "training runs", "comparison")
 ARMS = ("baseline", "recommended")     # the arms an autopilot can train
@@ -38,6 +43,8 @@ CURVE_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)       # where the schedule arm's n
 MAX_EPOCH_FACTOR = 3.0  # the recommended runs get at most this many times the baseline's epochs
 QUIET_TIMEOUT_S = 600.0   # an untrusted profile: the longest the autopilot waits for a quiet window before it stops
 QUIET_WINDOW_S = 5.0      # a quiet window: this long with other processes leaving the cores the steps need
+MAX_ATTEMPTS = 2          # --until-verified: pairs verified at most, by default
+MAX_ATTEMPTS_LIMIT = 10   # ... and at most, ever
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,8 @@ class AutopilotConfig:
     quality_tolerance: float = 0.01       # compare: a quality difference within 1% of the baseline's is "none"
     arms: tuple[str, ...] | None = None   # None: the baseline and the recommendation, unless it is the baseline;
                                           # given: train exactly these arms, whatever was recommended
-    until_decisive: bool = False          # add seed pairs until the speedup or the quality is decided ...
-    max_repeats: int = 10                 # ... up to this many seeds an arm
+    until_decisive: bool = False          # add seed pairs until the speedup or the quality is decided, each look
+    max_repeats: int = 10                 # ... at its share of the error rate (alpha spending), up to this many seeds
     launcher: dict | None = None          # None: child jobs run here; {"kind": "ray", ...}: as Ray tasks
     nproc: int = 1                        # data-parallel ranks of the profile and of every training run
     compile: bool = False                 # torch.compile the model in every step: profile, noise scale, runs
@@ -61,6 +68,19 @@ class AutopilotConfig:
     accept_load: bool = False             # use the profile even if it cannot be trusted (the recommendation says so)
     quiet_timeout_s: float = QUIET_TIMEOUT_S   # an untrusted profile: wait this long at most for a quiet window
     threads: int | None = None            # torch's intra-op threads in the profile and every run (--threads)
+    until_verified: bool = False          # a failed verification: learn from it and try the next pair the corrected
+    max_attempts: int = MAX_ATTEMPTS      # ... model ranks, at most this many pairs, each at its share of the error rate
+
+    @property
+    def attempts(self) -> int:
+        """The pairs the autopilot may verify: --max-attempts with --until-verified, else one."""
+        return self.max_attempts if self.until_verified else 1
+
+    @property
+    def alpha(self) -> float:
+        """The error rate of each attempt: 10% spread over the attempts (Bonferroni), so trying again cannot
+        manufacture a verified pair."""
+        return (1 - CONFIDENCE) / self.attempts
 
     def validate(self) -> None:
         """The autopilot's own fields; each child job's config is validated again when it is built."""
@@ -68,7 +88,7 @@ class AutopilotConfig:
         if self.epochs is not None:
             check_number(self.epochs, "--epochs", low=0, high=MAX_EPOCHS)
         if self.rule not in RULES:
-            raise UsageError(f"--rule must be linear or sqrt, not {self.rule!r}")
+            raise UsageError(f"--rule must be {', '.join(RULES[:-1])} or {RULES[-1]}, not {self.rule!r}")
         check_int(self.noise_batches, "noise batches", low=2)
         check_number(self.min_seconds, "min seconds", low=0, high=MAX_SECONDS, low_inclusive=True)
         check_int(self.max_batch, "max batch")
@@ -82,11 +102,28 @@ class AutopilotConfig:
             raise UsageError(f"--arms takes {','.join(ARMS)} (both arms, trained even when the recommendation is the "
                              f"baseline) or {','.join(SCHEDULE_ARMS)} (a third arm growing its batch on a schedule "
                              f"planned from a noise curve), not {','.join(map(str, self.arms))}")
+        if self.scheduled and self.rule == "noise":
+            raise UsageError("the schedule arm scales its rate by the linear or sqrt rule: drop --rule noise")
         if self.scheduled and self.nproc != 1:
             raise UsageError("the schedule arm runs in one process: drop --nproc")
         check_int(self.max_repeats, "--max-repeats", high=MAX_REPEATS)
         if self.until_decisive and self.max_repeats < self.repeats:
             raise UsageError(f"--max-repeats {self.max_repeats} is below --repeats {self.repeats}")
+        check_int(self.max_attempts, "--max-attempts", high=MAX_ATTEMPTS_LIMIT)
+        if self.until_verified:
+            if self.scheduled:
+                raise UsageError("--until-verified tries fixed batches one after another: drop --arms "
+                                 "baseline,fixed,schedule")
+            seeds = self.max_repeats if self.until_decisive else self.repeats
+            level = look_levels(self.repeats, self.max_repeats, self.alpha)[seeds] if self.until_decisive \
+                else self.alpha
+            if smallest_p(seeds) > level + 1e-12:
+                needed = next(n for n in range(seeds, MAX_REPEATS + 1) if smallest_p(n) <= level + 1e-12)
+                flag = "--max-repeats" if self.until_decisive else "--repeats"
+                raise UsageError(f"--until-verified tests each of its {self.max_attempts} attempts at level {level:.2g} "
+                                 f"(10% spread over them, so trying again cannot manufacture a verified pair); with "
+                                 f"{seeds} seeds an arm the exact test cannot go below p = {smallest_p(seeds):.2g}: "
+                                 f"use {flag} {needed} or more, or fewer --max-attempts")
 
     @property
     def scheduled(self) -> bool:
@@ -96,7 +133,8 @@ class AutopilotConfig:
     @classmethod
     def from_options(cls, repeats=3, epochs=None, rule="linear", arms=None, until_decisive=False, max_repeats=10,
                      quality_tolerance=0.01, compile=False, nproc=1, launcher="local", ray_address=None,
-                     accept_load=False, quiet_timeout=None, threads=None, **fields) -> "AutopilotConfig":
+                     accept_load=False, quiet_timeout=None, threads=None, until_verified=False,
+                     max_attempts=MAX_ATTEMPTS, **fields) -> "AutopilotConfig":
         """The config `largestep autopilot`'s options ask for (text, as typed) or ``largestep.autopilot``'s
         (numbers, a list of arms), validated: a one-line UsageError naming the option otherwise. ``fields``: the
         config's other fields (min_seconds, max_batch, noise_batches, tolerance), from Python."""
@@ -115,6 +153,8 @@ class AutopilotConfig:
                      until_decisive=bool(until_decisive), max_repeats=parse_positive_int(max_repeats, "--max-repeats"),
                      quality_tolerance=parse_float(quality_tolerance, "--quality-tolerance"), compile=bool(compile),
                      accept_load=bool(accept_load), threads=parse_threads(threads),
+                     until_verified=bool(until_verified),
+                     max_attempts=parse_positive_int(max_attempts, "--max-attempts"),
                      quiet_timeout_s=QUIET_TIMEOUT_S if quiet_timeout is None else parse_float(quiet_timeout,
                                                                                                "--quiet-timeout"),
                      **fields)
@@ -124,62 +164,89 @@ class AutopilotConfig:
 
 def prediction_factors(rec: dict, comparison: dict) -> dict:
     """The predicted speedup's two factors beside what the runs measured: the time per step (the
-    profile's t(B)/t(B0) against the runs' own) and the steps to the target (the noise-scale model's
-    S(B0)/S(B) against the runs' medians), so a user sees which half of a prediction was off."""
-    groups = comparison.get("groups") or []
+    profile's t(B)/t(B0) against the runs') and the steps to the target (the noise model's
+    S(B0)/S(B), corrected where the recommendation was, against the runs'), each with its interval, so a user
+    sees which half of a prediction was off.
+
+    Measured on the headline's own censored basis (:func:`largestep.plan.calibration.measured_factors`): the steps
+    factor is the ratio of the arms' Kaplan-Meier median steps to the target, the time per step is each arm's
+    median time over its median steps, so the measured steps factor over the measured time-per-step factor is the
+    headline's speedup exactly. Where a median is only a bound neither factor is measured (the steps' bound is
+    kept as a bound)."""
     b0, b = rec["baseline"]["batch_size"], rec["batch_size"]
+    speed = rec.get("predicted_speedup") or {}
+    step, steps = speed.get("step_time_factor") or {}, speed.get("steps_factor") or {}
     step_times = {c["batch_size"]: c["step_time_s"] for c in rec["candidates"]}
-    predicted_step = step_times[b] / step_times[b0] if step_times.get(b) and step_times.get(b0) else None
-    predicted_steps = steps_factor(b0, rec.get("noise_scale")) / steps_factor(b, rec.get("noise_scale"))
-    measured_step = measured_steps = None
-    if len(groups) > 1:
-        base, other = groups[0], groups[1]
-        if base["time_per_step_s"]["mean"] and other["time_per_step_s"]["mean"]:
-            measured_step = other["time_per_step_s"]["mean"] / base["time_per_step_s"]["mean"]
-        if base["steps_to_target"]["mean"] and other["steps_to_target"]["mean"]:
-            measured_steps = base["steps_to_target"]["mean"] / other["steps_to_target"]["mean"]
-    return {"step_time_ratio": {"predicted": predicted_step, "measured": measured_step,
+    predicted_step = step.get("predicted") or (step_times[b] / step_times[b0]
+                                               if step_times.get(b) and step_times.get(b0) else None)
+    raw_steps = steps.get("raw") or model_of(rec).factor(b0, b)
+    measured = measured_factors(comparison)
+    bound = measured["steps_bound"]
+    return {"step_time_ratio": {"predicted": predicted_step, "predicted_interval": step.get("interval"),
+                                "measured": measured["step_time"], "measured_interval": measured["step_time_interval"],
                                 "meaning": "time per step at the recommended batch over the baseline's"},
-            "steps_ratio": {"predicted": predicted_steps, "measured": measured_steps,
+            "steps_ratio": {"predicted": steps.get("predicted") or raw_steps, "predicted_interval": steps.get("interval"),
+                            "raw": raw_steps, "measured": None if bound else measured["steps"],
+                            "measured_interval": measured["steps_interval"],
+                            "measured_bound": {"kind": bound, "value": measured["steps"]} if bound else None,
                             "meaning": "steps the baseline needs to the target over the recommended batch's"}}
 
 
 def decisive(comparison: dict) -> str | None:
-    """Why the comparison is decisive, or None: the speedup's interval excludes 1, or the quality
-    difference's interval lies inside the tolerance."""
+    """Why the comparison is decisive at its own level, or None: the speedup is called faster or slower (its
+    interval and its exact test agree; never on a bound, never below three seeds an arm), or the quality
+    difference's interval lies within the tolerance."""
     groups = comparison.get("groups") or []
     if len(groups) < 2:
         return None
-    interval = groups[1].get("speedup_interval")
-    if interval and (interval[0] > 1.0 or interval[1] < 1.0):
-        return "the speedup's interval excludes 1"
+    word = (groups[1].get("verdict") or {}).get("word")
+    if word == FASTER:
+        return "the speedup's interval lies above 1 and the exact test agrees"
+    if word == SLOWER:
+        return "the speedup's interval lies below 1 and the exact test agrees"
     if (groups[1].get("quality") or {}).get("verdict") == "equivalent":
         return "the quality difference's interval lies within the tolerance"
     return None
 
 
-def headline(rec: dict, comparison: dict, decided: str | None = None, seeds: int | None = None) -> dict:
-    """One line a person reads first: the pair, the measured speedup with its interval and how many seeds
-    reached the target, the prediction beside it, and the quality difference with its interval."""
+def sequential_text(seeds: int, decided: str | None, levels: dict[int, float]) -> str:
+    """The `--until-decisive` clause of a headline: where it stopped, and at what level that look was tested."""
+    look = sorted(levels).index(seeds) + 1 if seeds in levels else len(levels)
+    level = levels.get(seeds, 0.0)
+    where = (f"look {look} of {len(levels)} at level {level:.3g} ({1 - level:.0%} intervals; alpha spending over "
+             f"{min(levels)} to {max(levels)} seeds, {sum(levels.values()):.0%} in all)")
+    if decided is not None:
+        return f"decisive after {seeds} seed pairs: {decided}, {where}"
+    return f"not decisive after {seeds} seed pairs (--max-repeats), {where}"
+
+
+def headline(rec: dict, comparison: dict, decided: str | None = None, seeds: int | None = None,
+             levels: dict[int, float] | None = None) -> dict:
+    """One line a person reads first: the pair, the measured speedup in :mod:`largestep.plan.verdict`'s words
+    and how many seeds reached the target, the prediction with its interval beside it, and the quality
+    difference with its interval. ``seeds`` and ``levels``: an `--until-decisive` autopilot's last look."""
     groups = comparison.get("groups") or []
     base, recommended = (groups[0], groups[1]) if len(groups) > 1 else ({}, {})
     predicted = rec["predicted_speedup"]["time_to_target"]
     predicted_interval = rec["predicted_speedup"].get("time_to_target_interval")
+    coverage = rec["predicted_speedup"].get("coverage")
     interval = recommended.get("speedup_interval")
     measured = recommended.get("speedup")
+    verdict = recommended.get("verdict") or {}
     reached = recommended.get("time_to_target") or {}
+    confidence = comparison.get("confidence", CONFIDENCE)
     text = (f"batch {rec['batch_size']} at lr {rec['learning_rate']:.3g} (baseline {rec['baseline']['batch_size']} "
-            f"at {rec['baseline']['learning_rate']:.3g}): ")
-    if measured is not None:
-        text += f"{measured:.2f}x faster to the baseline's validation loss"
-        if interval:
-            text += f" ({comparison['confidence']:.0%} interval {interval[0]:.2f}x to {interval[1]:.2f}x)"
-    else:
-        text += f"did not reach the baseline's validation loss {comparison.get('target_val_loss', float('nan')):.4f}"
+            f"at {rec['baseline']['learning_rate']:.3g}): time to the baseline's validation loss "
+            f"{comparison.get('target_val_loss', float('nan')):.4f}: {verdict.get('text', 'not measured')}")
     text += (f", reached in {reached.get('reached', 0)} of {reached.get('n', 0)} seeds"
              f" (baseline {base.get('reached', 0)} of {base.get('n', 0)}); predicted {predicted:.2f}x")
     if predicted_interval:
-        text += f" ({predicted_interval[0]:.2f}x to {predicted_interval[1]:.2f}x over the noise scale's interval)"
+        text += (f" ({coverage:.0%} prediction interval {interval_text(*predicted_interval)})" if coverage
+                 else f" ({interval_text(*predicted_interval)})")
+    raw = rec["predicted_speedup"].get("raw") if rec["predicted_speedup"].get("corrected") else None
+    if raw:   # ranked on the noise model earlier verifications corrected: the raw prediction beside it
+        text += (f" on the corrected noise model, {raw['time_to_target']:.2f}x on the raw one "
+                 f"({(rec.get('correction') or {}).get('verifications')} verification(s) corrected it)")
     censored = [(group["name"], run) for group in groups for run in group.get("runs") or []
                 if run.get("time_to_target_s") is None]
     if censored:
@@ -192,21 +259,16 @@ def headline(rec: dict, comparison: dict, decided: str | None = None, seeds: int
         text += f"; conditions differed: {conditions['text']}"
     quality = recommended.get("quality") or {}
     name = (comparison.get("quality") or {}).get("name")
-    if quality.get("difference") is not None:
-        text += f"; {name} {quality['difference']:+.4f}"
-        if quality.get("interval"):
-            low, high = quality["interval"]
-            text += (f" ({comparison['confidence']:.0%} interval {low:+.4f} to {high:+.4f}, "
-                     f"{quality['verdict']} within ±{quality['tolerance']:.4f})")
-        else:
-            text += " (no interval: fewer than two finished seeds on a side)"
-    if seeds is not None and decided is not None:
-        text += f"; decisive after {seeds} seed pairs: {decided}"
-    elif seeds is not None:
-        text += f"; not decisive after {seeds} seed pairs (--max-repeats)"
+    if quality:
+        text += "; " + quality_words(quality, name, confidence)
+    if seeds is not None:
+        text += "; " + sequential_text(seeds, decided, levels or {seeds: 1 - confidence})
     return {"text": text, "kept_baseline": False, "decisive": decided, "batch_size": rec["batch_size"], "learning_rate": rec["learning_rate"],
-            "measured_speedup": measured, "measured_speedup_interval": interval, "predicted_speedup": predicted,
-            "predicted_speedup_interval": predicted_interval,
+            "measured_speedup": measured, "measured_speedup_interval": interval,
+            "measured_speedup_bound": recommended.get("speedup_bound"), "verdict": verdict or None,
+            "confidence": confidence, "tone": headline_tone(verdict, quality),
+            "predicted_speedup": predicted, "predicted_speedup_interval": predicted_interval,
+            "predicted_coverage": coverage,
             "predicted_throughput_speedup": rec["predicted_speedup"]["throughput"],
             "reached": reached.get("reached"), "seeds": reached.get("n"),
             "censored": [{"group": name, "run": run["id"], "seed": run.get("seed")} for name, run in censored],
@@ -219,10 +281,11 @@ def headline(rec: dict, comparison: dict, decided: str | None = None, seeds: int
 def keep_baseline_headline(rec: dict) -> dict:
     """The recommendation is the baseline itself: say so plainly, train nothing, claim no speedup."""
     why = "; ".join(rec.get("reasons") or []) or "no measured batch is predicted faster"
-    text = (f"keep your baseline: batch {rec['baseline']['batch_size']} at lr {rec['baseline']['learning_rate']:.3g}; "
-            f"no measured batch is predicted faster, because {why}")
+    text = (f"keep your baseline: batch {rec['baseline']['batch_size']} at lr {rec['baseline']['learning_rate']:.3g}, "
+            f"because {why}")
     return {"text": text, "kept_baseline": True, "batch_size": rec["batch_size"], "learning_rate": rec["learning_rate"],
-            "measured_speedup": None, "measured_speedup_interval": None, "predicted_speedup": 1.0,
+            "measured_speedup": None, "measured_speedup_interval": None, "predicted_speedup": 1.0, "verdict": None,
+            "tone": "neutral",
             "predicted_throughput_speedup": rec["predicted_speedup"]["throughput"], "reached": None, "seeds": None,
             "censored": [], "metric": None, "metric_difference": None, "p_value": None, "quality": None,
             "factors": None, "device": rec["device"].get("name")}
@@ -245,22 +308,18 @@ def schedule_headline(rec: dict, comparison: dict) -> dict:
     group = next(g for g in comparison["groups"] if g["name"] == "schedule")
     fixed = next(g for g in comparison["groups"] if g["name"] == "recommended")
     predicted = plan["predicted_speedup"]
-    text = f"schedule {plan['spec']}: "
-    if group.get("speedup") is not None:
-        text += f"{group['speedup']:.2f}x faster to the baseline's validation loss"
-        if group.get("speedup_interval"):
-            low, high = group["speedup_interval"]
-            text += f" ({comparison['confidence']:.0%} interval {low:.2f}x to {high:.2f}x)"
-    else:
-        text += "did not reach the baseline's validation loss"
+    text = f"schedule {plan['spec']}: time to the baseline's validation loss: "
+    text += (group.get("verdict") or {}).get("text", "not measured")
     reached = group.get("time_to_target") or {}
     text += (f", reached in {reached.get('reached', 0)} of {reached.get('n', 0)} seeds; predicted "
              f"{predicted['over_baseline']:.2f}x over the baseline and {predicted['over_best_fixed']:.2f}x over the "
              f"best fixed batch {plan['best_fixed']['batch_size']}")
-    if group.get("speedup") and fixed.get("speedup"):
-        text += f"; measured {group['speedup'] / fixed['speedup']:.2f}x over the fixed arm (batch {fixed['batch_size']})"
+    if group.get("speedup") and fixed.get("speedup"):   # a ratio of two ratios: its interval is not measured
+        text += (f"; {group['speedup'] / fixed['speedup']:.2f}x the fixed arm's speedup (batch {fixed['batch_size']}; "
+                 f"a ratio of two medians with no interval of its own: compare the two arms' intervals)")
     return {"schedule": {"text": text, "spec": plan["spec"], "measured_speedup": group.get("speedup"),
-                         "measured_speedup_interval": group.get("speedup_interval"),
+                         "measured_speedup_interval": group.get("speedup_interval"), "verdict": group.get("verdict"),
+                         "tone": headline_tone(group.get("verdict"), group.get("quality")),
                          "predicted_speedup": predicted["over_baseline"],
                          "predicted_speedup_over_best_fixed": predicted["over_best_fixed"],
                          "quality": group.get("quality")}}
@@ -333,11 +392,112 @@ def _others_busy_over(seconds: float) -> float | None:
     return window.others_busy_cores()
 
 
+def data_factor(rec: dict) -> float:
+    """The training the recommended arm gets over the baseline's: S(B)·B / S(B0)·B0, the samples the larger batch
+    needs on the model the recommendation ranked on (B/B0 over its steps factor), at most MAX_EPOCH_FACTOR."""
+    b0, b = rec["baseline"]["batch_size"], rec["batch_size"]
+    steps = ((rec.get("predicted_speedup") or {}).get("steps_factor") or {}).get("predicted")
+    if steps is None:
+        steps = model_of(rec).factor(b0, b)
+    if not math.isfinite(steps) or steps <= 0:
+        return 1.0
+    return min(MAX_EPOCH_FACTOR, max(1.0, (b / b0) / steps))
+
+
+def _biases(points: list[dict]) -> list[float]:
+    """The profile-to-run step-time bias each verification measured (as :func:`largestep.store.step_time_biases`)."""
+    return [bias for p in points if (bias := step_time_bias(p)) is not None]
+
+
+def earlier_verifications(home, workload: str | None, device_id: str | None, exclude: str | None = None) -> list[dict]:
+    """The calibration points recorded on ``workload`` and ``device_id`` before, oldest first: the verification
+    events of other autopilots' spools (an autopilot from before verifications were spooled: derived from its
+    recommendation and comparison) and the verifications `compare` saved as files. The job never opens the
+    database; these are what its verifications table is built from."""
+    import json
+
+    points: dict[str, dict] = {}
+    for job_dir in sorted(home.jobs.iterdir()) if home.jobs.is_dir() else []:
+        spec = jobs.read_spec(job_dir) if job_dir.name != exclude else None
+        if not isinstance(spec, dict) or spec.get("kind") != "autopilot":
+            continue
+        spooled = events.read_all(job_dir)
+        rows = events.verifications(spooled) or _legacy_verification(spooled, job_dir.name)
+        points.update((row["id"], row) for row in rows)
+    for path in sorted(home.verifications.glob("*.json")) if home.verifications.is_dir() else []:
+        try:
+            row = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(row, dict) and row.get("id"):
+            points.setdefault(row["id"], row)
+    return sorted((p for p in points.values() if p.get("workload") == workload and p.get("device_id") == device_id),
+                  key=lambda p: (p.get("created_at") or 0, p["id"]))
+
+
+def _legacy_verification(spooled: list[dict], autopilot_id: str) -> list[dict]:
+    result = next((e for e in reversed(spooled) if e["type"] == events.AUTOPILOT_RESULT), None)
+    recs = {e["document"]["recommendation_id"]: e["document"] for e in spooled if e["type"] == events.RECOMMENDATION}
+    rec = recs.get((result or {}).get("recommendation_id"))
+    if not result or not rec or len((result.get("comparison") or {}).get("groups") or []) < 2:
+        return []
+    try:
+        return [verification_point(rec, result["comparison"], source="autopilot", created_at=result["t"],
+                                   autopilot_id=autopilot_id)]
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):   # a document too old to read: no point
+        return []
+
+
+def until_verified_text(attempts: list[dict], config: AutopilotConfig, stopped: str | None) -> str:
+    """Where `--until-verified` ended: the verified pair, or "none verified", every attempt, and the budget."""
+    runs = config.max_attempts * 2 * (config.max_repeats if config.until_decisive else config.repeats)
+    budget = (f"at most {config.max_attempts} attempts ({runs} training runs at most), each tested at level "
+              f"{config.alpha:.2g} so that trying again cannot manufacture a verified pair")
+
+    def pair(a: dict) -> str:
+        rec = a["rec"]
+        verdict = (a["point"].get("verdict") or "not measured")
+        return (f"batch {rec['batch_size']} at lr {rec['learning_rate']:.3g} ({rec['rule']} rule): {verdict}, quality "
+                f"{a['point'].get('quality') or 'not compared'}")
+
+    verified = next((a for a in attempts if a["point"]["verified"]), None)
+    earlier = [a for a in attempts if a is not verified]
+    if verified is not None:
+        text = f"verified on attempt {verified['attempt']} ({budget}): {pair(verified)}"
+        if earlier:
+            text += "; tried before: " + "; ".join(pair(a) for a in earlier)
+        return text
+    text = f"none verified in {len(attempts)} attempt{'' if len(attempts) == 1 else 's'} ({budget}): "
+    text += "; ".join(pair(a) for a in attempts)
+    return text + (f"; stopped: {stopped}" if stopped else "")
+
+
+def until_verified(result: dict, attempts: list[dict], final: dict, config: AutopilotConfig,
+                   stopped: str | None) -> dict:
+    """The headline of an `--until-verified` autopilot: its summary first, then the final attempt's sentence."""
+    summary = until_verified_text(attempts, config, stopped)
+    return {**result, "text": f"{summary}. {result['text']}",
+            "until_verified": {"text": summary, "verified": final["point"]["verified"],
+                               "attempt": final["attempt"] if final["point"]["verified"] else None,
+                               "max_attempts": config.max_attempts, "level": config.alpha, "stopped": stopped},
+            "attempts": [_attempt_summary(a) for a in attempts]}
+
+
+def _attempt_summary(attempt: dict) -> dict:
+    rec, point = attempt["rec"], attempt["point"]
+    return {"attempt": attempt["attempt"], "recommendation_id": rec["recommendation_id"],
+            "batch_size": rec["batch_size"], "learning_rate": rec["learning_rate"], "rule": rec["rule"],
+            "verification_id": point["id"], "verified": point["verified"], "verdict": point.get("verdict"),
+            "quality": point.get("quality"), "failed_why": point.get("failed_why"),
+            "baseline_runs": attempt["runs"]["baseline"], "recommended_runs": attempt["runs"]["recommended"],
+            "text": attempt["headline"]["text"]}
+
+
 def autopilot_task(ctx: JobContext) -> None:
     """The body of an ``autopilot`` job."""
     from .start import start_noise, start_noise_curve, start_profile, start_reprofile, start_train
-    from ..measure.noise_args import default_warm_steps
-    from ..measure.profile_config import ProfileConfig
+    from ..measure.noise_config import default_warm_steps
+    from ..measure.profiler_config import ProfileConfig
     from ..measure.train_config import TrainConfig
     from ..plan.schedule import with_batch_schedule
     from ..workloads import load_workload
@@ -430,10 +590,15 @@ def autopilot_task(ctx: JobContext) -> None:
             curve = [events.noise_curve_row(e, curve_id) for e in events.read_all(ctx.home.job_dir(curve_id))
                      if e["type"] == events.NOISE_CURVE_POINT]
 
-        # recommendation
+        # recommendation, on the noise model corrected by the verifications recorded on this workload and device
         phase("recommendation", 0.0)
-        rec = recommend(dict(profile, epochs=epochs), RecommendConfig(rule=config.rule, accept_load=config.accept_load),
-                        noise)
+        history = earlier_verifications(ctx.home, profile.get("workload"), profile.get("device_id"), ctx.job_id)
+
+        def recommended(rule: str) -> dict:
+            return recommend(dict(profile, epochs=epochs), RecommendConfig(rule=rule, accept_load=config.accept_load),
+                             noise, _biases(history), curve=curve or None, calibration=history)
+
+        rec = recommended(config.rule)
         if config.scheduled:
             rec = with_batch_schedule(rec, curve, chosen=True)
         ctx.spool.emit(events.RECOMMENDATION, document=rec)
@@ -446,76 +611,117 @@ def autopilot_task(ctx: JobContext) -> None:
             ctx.progress("done", 1.0, headline=result["text"])
             return
 
-        # training runs: the arms interleaved seed by seed (baseline 0, recommended 0, baseline 1, ...) on
-        # the device's first-in-first-out queue, so drift in the machine's load falls on both arms alike
-        base = TrainConfig(batch_size=rec["baseline"]["batch_size"], lr=rec["baseline"]["learning_rate"],
-                           epochs=epochs, warmup_samples=rec["warmup_samples"], nproc=config.nproc,
-                           compile=config.compile, tf32=config.tf32, threads=rec.get("threads"))
-        factor = 1.0
-        if rec.get("noise_scale"):
-            b0, b, bn = rec["baseline"]["batch_size"], rec["batch_size"], rec["noise_scale"]
-            factor = min(MAX_EPOCH_FACTOR, (b + bn) / (b0 + bn))  # S(B) B / S(B0) B0: the data the larger batch needs
-        chosen = TrainConfig(batch_size=rec["batch_size"], lr=rec["learning_rate"], epochs=epochs * factor,
-                             warmup_samples=rec["warmup_samples"], nproc=config.nproc, compile=config.compile,
-                             tf32=config.tf32, threads=rec.get("threads"))
-        arms = {"baseline": (base, f"grp-{secrets.token_hex(4)}", []),
-                "recommended": (chosen, f"grp-{secrets.token_hex(4)}", [])}
-        if config.scheduled:   # the third arm, in the same rotation
-            arms["schedule"] = (schedule_config(rec, base, config.rule), f"grp-{secrets.token_hex(4)}", [])
         order: list[str] = []
         state_of: dict[str, str] = {}
 
-        def train_seeds(seeds: range) -> None:
-            """Queue one run of each arm per seed, in turn, and wait for them all."""
-            queued = []
-            for k in seeds:
-                for role, (train_config, group, ids) in arms.items():
-                    [run_id] = start_train(ctx.home, spec, options, device,
-                                           replace(train_config, seed=train_config.seed + k, group=group), 1,
-                                           role=role, recommendation_id=rec["recommendation_id"],
-                                           launcher=config.launcher)
-                    ids.append(run_id)
-                    queued.append(run_id)
-                    children.append(run_id)
-            order.extend(queued)
-            phase("training runs", 0.0, run_ids=order)
-            state_of.update(zip(queued, wait_for(queued, "training runs")))
+        def verify(rec: dict) -> tuple[dict, dict, int, dict | None, dict]:
+            """Train the baseline and ``rec``'s arm (and the schedule's), seed by seed in turn, and compare them:
+            (comparison, arms, seeds an arm, the looks' levels, epochs)."""
+            # the arms interleaved seed by seed (baseline 0, recommended 0, baseline 1, ...) on the device's
+            # first-in-first-out queue, so drift in the machine's load falls on both arms alike
+            base = TrainConfig(batch_size=rec["baseline"]["batch_size"], lr=rec["baseline"]["learning_rate"],
+                               epochs=epochs, warmup_samples=rec["warmup_samples"], nproc=config.nproc,
+                               compile=config.compile, tf32=config.tf32, threads=rec.get("threads"))
+            chosen = TrainConfig(batch_size=rec["batch_size"], lr=rec["learning_rate"], epochs=epochs * data_factor(rec),
+                                 warmup_samples=rec["warmup_samples"], nproc=config.nproc, compile=config.compile,
+                                 tf32=config.tf32, threads=rec.get("threads"))
+            arms = {"baseline": (base, f"grp-{secrets.token_hex(4)}", []),
+                    "recommended": (chosen, f"grp-{secrets.token_hex(4)}", [])}
+            if config.scheduled:   # the third arm, in the same rotation
+                arms["schedule"] = (schedule_config(rec, base, config.rule), f"grp-{secrets.token_hex(4)}", [])
 
-        def compared() -> dict:
-            groups, evals = [], []
-            for name, (_config, _group, ids) in arms.items():
-                runs = []
-                for job_id in ids:
-                    spool = events.read_all(ctx.home.job_dir(job_id))
-                    runs.append({**events.run_record(spool, job_id), "state": state_of[job_id]})
-                    evals += events.evaluations(spool, job_id)
-                groups.append((name, runs))
-            frame = pd.DataFrame(evals, columns=["run_id", "step", "epoch", "samples", "wall_time_s", "train_time_s",
-                                                 "val_loss"])
-            return compare_groups(groups, frame, tolerance=config.tolerance,
-                                  quality_tolerance=config.quality_tolerance)
+            def train_seeds(seeds: range) -> None:
+                """Queue one run of each arm per seed, in turn, and wait for them all."""
+                queued = []
+                for k in seeds:
+                    for role, (train_config, group, ids) in arms.items():
+                        [run_id] = start_train(ctx.home, spec, options, device,
+                                               replace(train_config, seed=train_config.seed + k, group=group), 1,
+                                               role=role, recommendation_id=rec["recommendation_id"],
+                                               launcher=config.launcher)
+                        ids.append(run_id)
+                        queued.append(run_id)
+                        children.append(run_id)
+                order.extend(queued)
+                phase("training runs", 0.0, run_ids=order)
+                state_of.update(zip(queued, wait_for(queued, "training runs")))
 
-        train_seeds(range(config.repeats))
-        phase("comparison", 0.0)
-        comparison = compared()
-        seeds = config.repeats
-        while config.until_decisive and decisive(comparison) is None and seeds < config.max_repeats:
-            train_seeds(range(seeds, seeds + 1))   # one more pair of seeds
-            seeds += 1
+            def compared(confidence: float) -> dict:
+                groups, evals = [], []
+                for name, (_config, _group, ids) in arms.items():
+                    runs = []
+                    for job_id in ids:
+                        spool = events.read_all(ctx.home.job_dir(job_id))
+                        runs.append({**events.run_record(spool, job_id), "state": state_of[job_id]})
+                        evals += events.evaluations(spool, job_id)
+                    groups.append((name, runs))
+                frame = pd.DataFrame(evals, columns=["run_id", "step", "epoch", "samples", "wall_time_s", "train_time_s",
+                                                     "val_loss"])
+                return compare_groups(groups, frame, tolerance=config.tolerance,
+                                      quality_tolerance=config.quality_tolerance, confidence=confidence)
+
+            # each look of --until-decisive is tested at its own share of the attempt's error rate (alpha spending)
+            levels = look_levels(config.repeats, config.max_repeats, config.alpha) if config.until_decisive else None
+            train_seeds(range(config.repeats))
             phase("comparison", 0.0)
-            comparison = compared()
-        baseline_ids, recommended_ids = arms["baseline"][2], arms["recommended"][2]
-        result = (headline(rec, comparison, decisive(comparison), seeds) if config.until_decisive
-                  else headline(rec, comparison))
-        if config.scheduled:
-            result = {**result, **schedule_headline(rec, comparison)}
-        result = flagged(result, rec)
-        ctx.spool.emit(events.AUTOPILOT_RESULT, headline=result, comparison=comparison,
-                       recommendation_id=rec["recommendation_id"], profile_id=profile_id, noise_id=noise_id,
-                       baseline_runs=baseline_ids, recommended_runs=recommended_ids,
-                       epochs={"baseline": epochs, "recommended": epochs * factor,
-                               **({"schedule": arms["schedule"][0].epochs} if config.scheduled else {})},
-                       config=asdict(config))
+            seeds = config.repeats
+            comparison = compared(1 - levels[seeds] if levels else 1 - config.alpha)
+            while levels and decisive(comparison) is None and seeds + 1 in levels:
+                train_seeds(range(seeds, seeds + 1))   # one more pair of seeds
+                seeds += 1
+                phase("comparison", 0.0)
+                comparison = compared(1 - levels[seeds])
+            ran = {"baseline": epochs, "recommended": chosen.epochs,
+                   **({"schedule": arms["schedule"][0].epochs} if config.scheduled else {})}
+            return comparison, {name: ids for name, (_c, _g, ids) in arms.items()}, seeds, levels, ran
+
+        # --until-verified: a failed verification is a calibration point; the model corrected by it ranks the next
+        # pair (the square-root rule at the same batch after a loss of quality, else a smaller batch)
+        attempts: list[dict] = []
+        tried: list[tuple[int, str]] = []
+        stopped = None
+        while True:
+            comparison, ran_ids, seeds, levels, ran_epochs = verify(rec)
+            decided = decisive(comparison)
+            result = headline(rec, comparison, decided, seeds, levels) if levels else headline(rec, comparison)
+            if config.scheduled:
+                result = {**result, **schedule_headline(rec, comparison)}
+            result = flagged(result, rec)
+            point = verification_point(rec, comparison, source="autopilot", created_at=time.time(),
+                                       autopilot_id=ctx.job_id, attempt=len(attempts) + 1,
+                                       device_name=profile.get("device_name"))
+            ctx.spool.emit(events.VERIFICATION, verification=point)
+            attempts.append({"attempt": len(attempts) + 1, "rec": rec, "comparison": comparison, "runs": ran_ids,
+                             "headline": result, "point": point, "epochs": ran_epochs})
+            tried.append((rec["batch_size"], rec["rule"]))
+            if not config.until_verified or point["verified"]:
+                break
+            if len(attempts) >= config.max_attempts:
+                stopped = f"the budget of {config.max_attempts} attempts is spent"
+                break
+            history.append(point)
+            phase("recommendation", 0.0, detail=f"attempt {len(attempts)} failed: re-ranking on the corrected model")
+            corrected = recommended(point.get("rule") or config.rule)
+            following = next_attempt(corrected, tried, point)
+            if following is None:
+                stopped = ("the corrected model predicts no other pair faster than the baseline beyond doubt "
+                           "(no smaller batch's prediction interval lies above 1)")
+                break
+            batch, rule, why = following
+            ranked = corrected if rule == corrected["rule"] else recommended(rule)
+            rec = choose(ranked, batch, rule, f"--until-verified, attempt {len(attempts) + 1} of at most "
+                                              f"{config.max_attempts}: {why}")
+            ctx.spool.emit(events.RECOMMENDATION, document=rec)
+
+        final = next((a for a in attempts if a["point"]["verified"]), attempts[-1])
+        result = final["headline"]
+        if config.until_verified:
+            result = until_verified(result, attempts, final, config, stopped)
+        ctx.spool.emit(events.AUTOPILOT_RESULT, headline=result, comparison=final["comparison"],
+                       recommendation_id=final["rec"]["recommendation_id"], profile_id=profile_id, noise_id=noise_id,
+                       baseline_runs=final["runs"]["baseline"], recommended_runs=final["runs"]["recommended"],
+                       epochs=final["epochs"], config=asdict(config),
+                       attempts=[_attempt_summary(a) for a in attempts] if config.until_verified else None)
         ctx.progress("done", 1.0, headline=result["text"])
     except BaseException:
         for job_id in children:  # cancelled or failed: take the children down too

@@ -34,7 +34,7 @@ def device_and_workload(params: dict, cache: WorkloadCache | None):
 
 def profile_config_from_params(params: dict):
     """The ProfileConfig of a profile job's params (the profiler is imported by profile jobs only)."""
-    from ..measure.profile_config import profile_config_of
+    from ..measure.profiler_config import profile_config_of
 
     return profile_config_of(params.get("config", {}))
 

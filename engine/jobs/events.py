@@ -24,7 +24,7 @@ __all__ = [
     "run_start_row", "run_end_row", "run_record", "evaluations", "eval_rows", "TRAIN_METRICS",
     "START", "EXIT", "PROFILE_START", "POINT", "PROFILE_END", "TELEMETRY", "NOISE_ESTIMATE", "STABILITY",
     "RUN_START", "METRICS", "METRIC_VALUES", "EVAL", "RUN_END", "RECOMMENDATION", "AUTOPILOT_PHASE",
-    "AUTOPILOT_RESULT",
+    "AUTOPILOT_RESULT", "VERIFICATION", "verification_row", "verifications",
 ]
 
 EVENTS_FILE = "events.jsonl"
@@ -44,6 +44,7 @@ PROFILE_START, POINT, PROFILE_END, TELEMETRY = "profile_start", "point", "profil
 NOISE_ESTIMATE, NOISE_CURVE_POINT, STABILITY = "noise_estimate", "noise_curve_point", "stability"
 RUN_START, METRICS, METRIC_VALUES, EVAL, RUN_END = "run_start", "metrics", "metric_values", "eval", "run_end"
 RECOMMENDATION, AUTOPILOT_PHASE, AUTOPILOT_RESULT = "recommendation", "autopilot_phase", "autopilot_result"
+VERIFICATION = "verification"
 
 #: A profile point's fields (largestep.measure.profiler.ProfilePoint), as the profile_points table has them.
 POINT_FIELDS = ("batch_size", "status", "step_times_s", "median_s", "p25_s", "p75_s", "noisy", "samples_per_s",
@@ -109,7 +110,10 @@ CATALOGUE: dict[str, EventType] = {e.name: e for e in (
               ("index", "job", "detail", "run_ids", "untrusted", "profile_id")),   # untrusted: why it stopped
     EventType(AUTOPILOT_RESULT, "the autopilot's headline and comparison",
               ("headline", "comparison"), ("recommendation_id", "profile_id", "noise_id", "baseline_runs",
-                                           "recommended_runs", "epochs", "config")),
+                                           "recommended_runs", "epochs", "config", "attempts")),
+    EventType(VERIFICATION, "a calibration point: one comparison of a recommendation's baseline and recommended runs, "
+                            "predicted and measured factors with their intervals (largestep.plan.calibration)",
+              ("verification",)),
 )}
 
 
@@ -345,3 +349,15 @@ def evaluations(events: list[dict], run_id: str) -> list[dict]:
     return [{"run_id": run_id, "step": e.get("step"), "epoch": e.get("epoch"), "samples": e.get("samples"),
              "wall_time_s": e.get("wall_time_s"), "train_time_s": e.get("train_time_s"), "val_loss": e.get("val_loss")}
             for e in events if e.get("type") == EVAL]
+
+
+def verification_row(e: dict) -> dict:
+    """The ``verifications`` row a verification event carries (its time, where the row has none, the event's)."""
+    row = dict(e["verification"])
+    row.setdefault("created_at", e.get("t"))
+    return row
+
+
+def verifications(events: list[dict]) -> list[dict]:
+    """Every verification row of a spool, in order."""
+    return [verification_row(e) for e in events if e.get("type") == VERIFICATION]

@@ -102,6 +102,18 @@ def describe_autopilot_event(event: dict) -> str | None:
         return f"phase: {event['phase']} ({', '.join(event['run_ids'])})"
     if event.get("type") == events.RECOMMENDATION:
         doc = event["document"]
+        speed = doc["predicted_speedup"]
+        span = speed.get("time_to_target_interval")
+        raw = speed.get("raw") if speed.get("corrected") else None
         return (f"recommended: batch {doc['batch_size']}, lr {doc['learning_rate']:.3g} "
-                f"(predicted {doc['predicted_speedup']['time_to_target']:.2f}x to target)")
+                f"(predicted {speed['time_to_target']:.2f}x to target"
+                + (f", {speed.get('coverage', 0.9):.0%} prediction interval {span[0]:.2f}x to {span[1]:.2f}x"
+                   if span else "")
+                + (f"; {raw['time_to_target']:.2f}x on the raw noise model, corrected by "
+                   f"{doc['correction']['verifications']} verification(s))" if raw else ")"))
+    if event.get("type") == events.VERIFICATION:
+        point = event["verification"]
+        said = "verified" if point.get("verified") else f"not verified ({point.get('failed_why')})"
+        return (f"{said}: batch {point['batch_size']} ({point.get('rule')} rule), attempt {point.get('attempt') or 1}"
+                + (f"; {point['learned']}" if point.get("learned") else ""))
     return None

@@ -11,8 +11,8 @@ from dataclasses import asdict
 from .. import jobs
 from ..errors import LargestepError, UsageError
 from ..home import Home, check_database_file
-from ..measure import device_names
-from ..measure.profile_config import ProfileConfig, plan_batch_sizes
+from ..measure import devices_config
+from ..measure.profiler_config import ProfileConfig, plan_batch_sizes
 from ..units import INT32_MAX, check_int
 
 MAX_REPEATS = 1000      # runs queued by one request (each is a job folder and a process)
@@ -57,7 +57,7 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
     :func:`start_reprofile`): the points of that profile this one does not measure are carried over.
     """
     from .ray import absolute_workload_spec, check_launcher
-    from ..measure.device_names import check_nproc, lock_names
+    from ..measure.devices_config import check_nproc, lock_names
 
     config.validate()
     launcher = check_launcher(launcher, device, config.nproc)
@@ -70,8 +70,8 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
                   "launcher": launcher, **carried}
         return jobs.submit(home, "profile", params, device="ray", workload=workload, launcher="ray")
     check_nproc(config.nproc, device)
-    resolved = device_names.resolve_name(device)
-    device_names.check_dtype(resolved, config.dtype)
+    resolved = devices_config.resolve_name(device)
+    devices_config.check_dtype(resolved, config.dtype)
     home.check()
     check_database_file(home.database)
     with undone_on_bad_input(home):
@@ -98,7 +98,7 @@ def start_reprofile(home: Home, profile: dict, batch_sizes: list[int], device: s
     it measured under load, or that failed the physics check), with its workload, options and config, on
     ``device`` (the one it was measured on, as its job was asked); its other points are carried over, so the
     new profile is whole. Returns its id."""
-    from ..measure.profile_config import profile_config_of
+    from ..measure.profiler_config import profile_config_of
 
     if not batch_sizes:
         raise UsageError(f"profile {profile.get('id')} has no batch size to measure again")
@@ -116,11 +116,11 @@ def start_noise(home: Home, workload: str, options: dict, device: str, batch_sma
     ``warm_steps=None`` trains the baseline for one epoch first (see ``default_warm_steps``).
     """
     from .ray import absolute_workload_spec, check_launcher
-    from ..measure.noise_args import check_noise_args, default_warm_steps
+    from ..measure.noise_config import check_noise_args, default_warm_steps
 
     check_int(seed, "--seed", low=0)
     launcher = check_launcher(launcher, device)
-    resolved = device_names.resolve_name(device) if launcher is None else device
+    resolved = devices_config.resolve_name(device) if launcher is None else device
     home.check()
     check_database_file(home.database)
     with undone_on_bad_input(home):
@@ -135,7 +135,7 @@ def start_noise(home: Home, workload: str, options: dict, device: str, batch_sma
         params.update(workload=absolute_workload_spec(workload), launcher=launcher)
         return jobs.submit(home, "noise", params, device="ray", workload=loaded.name, launcher="ray")
     return jobs.submit(home, "noise", params, device=resolved, workload=loaded.name,
-                       locks=[device_names.lock_name(resolved)])
+                       locks=[devices_config.lock_name(resolved)])
 
 
 def start_noise_curve(home: Home, workload: str, options: dict, device: str, at: tuple[float, ...],
@@ -143,11 +143,11 @@ def start_noise_curve(home: Home, workload: str, options: dict, device: str, at:
                       seed: int = 0, compile: bool = False) -> str:
     """Validate, then start a job estimating the noise scale at the fractions ``at`` of one baseline
     run's training; returns its id (also the curve's id)."""
-    from ..measure.noise_args import check_curve_fractions, check_noise_args
+    from ..measure.noise_config import check_curve_fractions, check_noise_args
 
     check_int(seed, "--seed", low=0)
     at = check_curve_fractions(at)
-    resolved = device_names.resolve_name(device)
+    resolved = devices_config.resolve_name(device)
     home.check()
     check_database_file(home.database)
     with undone_on_bad_input(home):
@@ -157,11 +157,11 @@ def start_noise_curve(home: Home, workload: str, options: dict, device: str, at:
               "batch_small": batch_small, "batch_big": batch_big, "batches": batches, "seed": seed,
               "compile": bool(compile)}
     return jobs.submit(home, "noise_curve", params, device=resolved, workload=loaded.name,
-                       locks=[device_names.lock_name(resolved)])
+                       locks=[devices_config.lock_name(resolved)])
 
 
 def start_noise_request(home: Home, workload: str, options: dict, device: str, request) -> str:
-    """Validate, then start what a :class:`~largestep.measure.noise_args.NoiseRequest` asks for: one estimate, or a
+    """Validate, then start what a :class:`~largestep.measure.noise_config.NoiseRequest` asks for: one estimate, or a
     curve when it gives fractions ``at``; returns the job's id."""
     if request.at is not None:
         return start_noise_curve(home, workload, options, device, request.at, request.batch_small, request.batch_big,
@@ -172,12 +172,12 @@ def start_noise_request(home: Home, workload: str, options: dict, device: str, r
 
 def start_stability(home: Home, rec: dict, device: str, steps: int = 60) -> str:
     """Start a stability check of a recommendation's batch and rate on ``device``."""
-    resolved = device_names.resolve_name(device)
+    resolved = devices_config.resolve_name(device)
     params = {"workload": rec["workload_spec"], "options": rec.get("workload_options") or {},
               "device": resolved, "batch_size": rec["batch_size"], "lr": rec["learning_rate"],
               "steps": steps, "dtype": rec.get("dtype", "fp32")}
     return jobs.submit(home, "stability", params, device=resolved, workload=rec.get("workload"),
-                       locks=[device_names.lock_name(resolved)])
+                       locks=[devices_config.lock_name(resolved)])
 
 
 def start_train(home: Home, workload: str, options: dict, device: str, config, repeats: int = 1,
@@ -195,7 +195,7 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
     from dataclasses import replace
 
     from .ray import absolute_workload_spec, check_launcher
-    from ..measure.device_names import check_nproc, lock_names
+    from ..measure.devices_config import check_nproc, lock_names
 
     config.validate()
     check_int(repeats, "--repeats", high=MAX_REPEATS)
@@ -205,8 +205,8 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
     launcher = check_launcher(launcher, device, config.nproc)
     if launcher is None:  # here: the device, its dtype and the workload are checked on this machine
         check_nproc(config.nproc, device)
-        resolved = device_names.resolve_name(device)
-        device_names.check_dtype(resolved, config.dtype)
+        resolved = devices_config.resolve_name(device)
+        devices_config.check_dtype(resolved, config.dtype)
         device = resolved
     else:                 # on the cluster: Ray picks the device; the workload loads on the worker
         workload = absolute_workload_spec(workload)
@@ -246,11 +246,11 @@ def start_autopilot(home: Home, workload: str, options: dict, device: str, confi
     """
     config.validate()
     from .ray import check_launcher
-    from ..measure.device_names import check_nproc
+    from ..measure.devices_config import check_nproc
 
     check_launcher(config.launcher, device, config.nproc)
     check_nproc(config.nproc, device)
-    resolved = device_names.resolve_name(device) if config.launcher is None else device
+    resolved = devices_config.resolve_name(device) if config.launcher is None else device
     home.check()
     check_database_file(home.database)
     with undone_on_bad_input(home):

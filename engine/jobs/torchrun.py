@@ -41,7 +41,7 @@ from ..errors import Cancelled, Crashed, DeviceError, Diverged, LargestepError
 from ..home import Home
 from .runner import JobContext, resolve_body
 from .spool import Spool, read_spec, write_json_atomic
-from ..measure.device_names import check_nproc, device_kind, lock_names  # noqa: F401  part of this API
+from ..measure.devices_config import check_nproc, device_kind, lock_names  # noqa: F401  part of this API
 from ..measure.distributed import RankOutOfMemory, loopback_interface, loopback_sockets  # noqa: F401  (this API's)
 
 __all__ = ["DEFAULT_TIMEOUT_S", "check_nproc", "lock_names", "run_ranks", "rank_environment", "loopback_interface",
@@ -130,7 +130,8 @@ def _ranks_ended(procs: list[subprocess.Popen]) -> _Ended | None:
     failed = [rank for rank, code in enumerate(codes) if code not in (None, 0)]
     if failed:
         _stop(procs)
-        return _Ended(first_failed=failed[0])
+        # a rank killed by a signal first: its peers, which lost it, may have exited (with an error) by the poll
+        return _Ended(first_failed=min(failed, key=lambda rank: codes[rank] >= 0))
     return _Ended(first_failed=None) if all(code == 0 for code in codes) else None
 
 

@@ -8,21 +8,36 @@ so a phase's share of the data does not depend on its batch.
 Learning rate: ``--lr`` is the first phase's; each later phase keeps lr/batch fixed (linear rule)
 or scales it with sqrt(B/B1), and each increase ramps linearly from the previous phase's rate over
 the run's warm-up samples (Goyal et al. 2017's gradual warm-up, applied at every jump).
+
+``--batch-schedule adaptive`` grows the batch from the noise scale measured live
+(:class:`NoiseTrend`): each logging interval's |G|² and tr(Σ) estimates are pooled over the last
+few intervals (the averages first, then the ratio, as McCandlish et al. do), with a bootstrap interval
+over those intervals; the batch doubles only when the interval's lower end has stood above the
+multiple times the batch for PATIENCE intervals in a row, and the pool starts again after a change
+(hysteresis: one noisy interval can neither grow the batch nor, right after a growth, grow it again).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..errors import UsageError
 from ..units import check_int, check_number
 
 __all__ = ["parse_batch_schedule", "check_batch_schedule", "phase_index", "lr_multiple", "scheduled_steps",
-           "grown_batch", "check_adaptive", "RULES", "ADAPTIVE", "DEFAULT_ADAPTIVE_MULTIPLE"]
+           "grown_batch", "check_adaptive", "RULES", "ADAPTIVE", "DEFAULT_ADAPTIVE_MULTIPLE", "NoiseTrend"]
 
 ADAPTIVE = "adaptive"              # --batch-schedule adaptive: the run grows its batch from the live noise scale
 DEFAULT_ADAPTIVE_MULTIPLE = 2.0    # double once B_noise exceeds this many times the batch: the doubled batch
                                    # stays at or below the noise scale, where larger batches still save steps
+
+WINDOW = 8               # logging intervals pooled into the smoothed noise scale
+MIN_INTERVALS = 4        # ... at least this many since the last change before the batch may grow
+PATIENCE = 2             # consecutive intervals whose lower end stands above the threshold
+TREND_CONFIDENCE = 0.90  # of the smoothed estimate's interval
+TREND_RESAMPLES = 400    # bootstrap resamples of the pooled intervals
 
 RULES = ("linear", "sqrt")
 Phases = tuple[tuple[int, float], ...]   # (batch size, start fraction of the run's samples), by start
@@ -124,3 +139,58 @@ def grown_batch(batch: int, sizes: tuple[int, ...], noise_scale: float | None, m
     if noise_scale is None or noise_scale <= multiple * batch or doubled not in sizes or doubled > n_train:
         return None
     return doubled
+
+
+class NoiseTrend:
+    """The noise scale measured live, smoothed over the last WINDOW logging intervals, with an interval.
+
+    Each interval gives unbiased estimates of |G|² and tr(Σ) (they do not depend on the batch); the pooled
+    estimate is the ratio of their means, and its TREND_CONFIDENCE interval is a percentile bootstrap over
+    the pooled intervals. :meth:`grown` doubles the batch only on the interval's lower end, for PATIENCE
+    intervals in a row, with MIN_INTERVALS pooled since the last change.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.g2: list[float] = []
+        self.trace: list[float] = []
+        self.above = 0          # consecutive intervals whose lower end stood above the threshold
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, g2: float | None, trace_sigma: float | None) -> None:
+        """One logging interval's estimates (skipped when missing or not finite)."""
+        if g2 is None or trace_sigma is None or not (math.isfinite(g2) and math.isfinite(trace_sigma)):
+            return
+        self.g2 = (self.g2 + [float(g2)])[-WINDOW:]
+        self.trace = (self.trace + [float(trace_sigma)])[-WINDOW:]
+
+    def estimate(self) -> tuple[float, float | None, float | None] | None:
+        """(B_simple, low, high) of the pooled intervals; an end None where unbounded; None until
+        MIN_INTERVALS intervals are pooled or while the pooled |G|² is not positive."""
+        if len(self.g2) < MIN_INTERVALS:
+            return None
+        g2, trace = np.asarray(self.g2), np.asarray(self.trace)
+        if g2.mean() <= 0 or trace.mean() <= 0:
+            return None
+        picks = self.rng.integers(0, len(g2), size=(TREND_RESAMPLES, len(g2)))
+        g2_draws, trace_draws = g2[picks].mean(axis=1), trace[picks].mean(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            draws = np.where(g2_draws > 0, np.maximum(trace_draws, 0) / g2_draws, np.inf)
+        tail = (1 - TREND_CONFIDENCE) / 2
+        low, high = np.quantile(draws, [tail, 1 - tail], method="inverted_cdf")
+        return (float(trace.mean() / g2.mean()), float(low) if low > 0 else None,
+                float(high) if math.isfinite(high) else None)
+
+    def grown(self, batch: int, sizes: tuple[int, ...], multiple: float, n_train: int,
+              estimate: tuple | None = None) -> int | None:
+        """The batch to grow into now, or None: :func:`grown_batch` on the interval's lower end, once it has
+        stood above ``multiple`` times the batch for PATIENCE intervals; the pool starts again after it.
+        ``estimate``: this interval's :meth:`estimate`, when the caller has it already."""
+        estimate = estimate if estimate is not None else self.estimate()
+        low = estimate[1] if estimate else None
+        self.above = self.above + 1 if low is not None and low > multiple * batch else 0
+        if self.above < PATIENCE:
+            return None
+        grown = grown_batch(batch, sizes, low, multiple, n_train)
+        if grown is not None:
+            self.g2, self.trace, self.above = [], [], 0
+        return grown

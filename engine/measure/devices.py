@@ -20,7 +20,6 @@ import psutil
 import torch
 
 from ..errors import DeviceError, UsageError
-from .device_names import DTYPE_NAMES, lock_name  # noqa: F401  lock_name: part of this module's API
 
 __all__ = [
     "compile_model",
@@ -34,7 +33,6 @@ __all__ = [
     "fits_on_device",
     "free_memory",
     "is_out_of_memory",
-    "lock_name",
     "math_settings",
     "needs_grad_scaler",
     "peak_memory",
@@ -48,7 +46,6 @@ __all__ = [
 
 # The mixed-precision names the tool accepts, mapped to the autocast dtype (None: no autocast).
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-assert tuple(DTYPES) == DTYPE_NAMES
 
 _ACCEPTED_DEVICES = "auto, cpu, cuda, cuda:N or mps"
 

@@ -15,7 +15,7 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from .device_names import MAX_NPROC  # one bound, checked before torch is imported
+from .devices_config import MAX_NPROC  # one bound, checked before torch is imported
 
 __all__ = ["MAX_NPROC", "RankOutOfMemory", "loopback_interface", "loopback_sockets", "is_distributed", "rank", "world_size", "mean_across_ranks", "sum_across_ranks",
            "total_across_ranks", "broadcast_float", "agree", "barrier"]

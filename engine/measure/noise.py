@@ -44,7 +44,7 @@ import torch
 
 from ..errors import DeviceError
 from . import devices
-from .noise_args import check_curve_fractions, check_noise_args
+from .noise_config import check_curve_fractions, check_noise_args, noise_scale_from_norms
 from .profiler import StepRunner, shuffled_on_device
 from .train import compile_before_clock
 from ..workloads.base import Workload
@@ -84,17 +84,6 @@ class NoiseEstimate:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def noise_scale_from_norms(g_small_sq: float, g_big_sq: float, batch_small: int, batch_big: int
-                           ) -> tuple[float, float]:
-    """(|G|², tr(Σ)) from averaged squared gradient norms at two batch sizes (McCandlish et al., app. A).
-
-    Works elementwise on numpy arrays too (the bootstrap uses it that way).
-    """
-    g2 = (batch_big * g_big_sq - batch_small * g_small_sq) / (batch_big - batch_small)
-    trace_sigma = (g_small_sq - g_big_sq) / (1.0 / batch_small - 1.0 / batch_big)
-    return g2, trace_sigma
 
 
 def estimate_noise(workload: Workload, device: torch.device, batch_small: int | None = None,

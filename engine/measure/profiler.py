@@ -74,7 +74,8 @@ from .. import curve
 from ..errors import Cancelled
 from . import devices
 from . import distributed as ddp_util
-from .profile_config import MAX_ROUNDS, WARMUP_AGREEMENT, ProfileConfig, plan_batch_sizes
+from .profiler_config import MAX_ROUNDS, WARMUP_AGREEMENT, ProfileConfig, plan_batch_sizes
+from .train import TensorBatches
 from ..workloads import batches
 from ..workloads.base import Workload
 
@@ -300,8 +301,6 @@ class StepRunner:
             self.data = data if data is not None else shuffled_on_device(workload, device, seed)
             self.streamed = None   # data left on the host: training's own batches, each gathered and pinned
             if not devices.fits_on_device(self.data, device):
-                from .train import TensorBatches
-
                 self.streamed = TensorBatches(self.data, device, batch_size // self.world, seed, self.rank,
                                               self.world)
                 self.epoch = 0

@@ -1,7 +1,10 @@
 """The training loop, run as a job: real training of a workload at one batch size and learning rate.
 
-Reads top to bottom: configuration, data, model and optimizer, the loop (forward backward
-update; logging; evaluation outside the training clock; termination), and the final record.
+:func:`train` reads top to bottom: the checked config, the setup (data, model on the ranks, optimizer, noise
+probe), the loop (forward backward update; divergence; timing and logging; evaluation, outside the clock;
+termination; the batch schedule's next phase), and the final record. Each of those is a function or a small
+object below it, in the order it meets them: the loop's per-micro-batch path is one call (forward and backward)
+and its per-step path one more (the update); everything else runs at logging, checking or evaluation steps.
 
 - Tensor workloads: data stays on the device when it fits; otherwise each gathered batch is pinned and
   copied non-blocking one batch ahead. Dataset workloads: read through their DataLoader (workers,
@@ -32,20 +35,22 @@ update; logging; evaluation outside the training clock; termination), and the fi
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 
 from ..errors import Diverged, UsageError
 from . import batch_schedule, devices
 from . import distributed as ddp_util
+from .noise_config import noise_scale_from_norms
 from .train_config import TrainConfig
 from ..workloads import batches
 from ..workloads.base import Workload
-from ..workloads.names import SCHEDULES
+from ..workloads.base_config import SCHEDULES
 
 __all__ = ["TrainConfig", "RunResult", "RunLog", "NullLog", "train", "lr_at", "lr_factor", "SCHEDULES",
            "TensorBatches", "training_batches"]
@@ -87,6 +92,7 @@ class NullLog:
         pass
 
 
+_INDEX = ("step", "epoch", "samples", "wall_time_s", "train_time_s")   # where a metric row sits in the run
 PROGRESS_EVERY_S = 1.0  # progress reported at most this often: a job's report rewrites and fsyncs its status
                         # file (about 250 µs of CPU and 0.5 ms of wall time), and its heartbeat runs at 1 s
 
@@ -269,41 +275,215 @@ def evaluate(model: torch.nn.Module, workload: Workload, device: torch.device, d
     return total / max(1, count), metrics
 
 
-def train(workload: Workload, device: torch.device, config: TrainConfig,
-          log: RunLog | None = None,
-          progress: Callable[[str, float], None] = lambda phase, fraction: None,
-          should_stop: Callable[[], bool] = lambda: False, save_to: str | None = None) -> RunResult:
-    """Train once, reporting to ``log`` as it goes. Raises Diverged when the loss explodes.
+def _quiet(phase: str, fraction: float) -> None:
+    """Reports no progress: a rank other than 0, or a caller that does not ask."""
 
-    With ``config.nproc > 1`` this runs in each of the ranks of a process group (see
-    :mod:`largestep.jobs.torchrun`); only rank 0 reports to ``log`` and ``progress``.
-    """
+
+def _never() -> bool:
+    """Never asks the run to stop."""
+    return False
+
+
+def train(workload: Workload, device: torch.device, config: TrainConfig, log: RunLog | None = None,
+          progress: Callable[[str, float], None] = _quiet, should_stop: Callable[[], bool] = _never,
+          save_to: str | None = None) -> RunResult:
+    """Train once, reporting to ``log`` as it goes; raises Diverged when the loss explodes. With ``config.nproc > 1``
+    this runs in each rank of a process group (:mod:`largestep.jobs.torchrun`); rank 0 alone reports."""
+    world, rank = ddp_util.world_size(), ddp_util.rank()
+    config, phases = _checked(workload, device, config, world)
+    if log is None or rank != 0:  # one voice: rank 0 logs for the run
+        log, progress = NullLog(), progress if rank == 0 else _quiet
+
+    # -- setup: TF32 and cuDNN, data and the run's length, model on the ranks, optimizer, noise probe ---------------
+    math_settings = devices.use_math(workload, config.tf32)   # recorded with the run, as a profile records its own
+    torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    data = _Data(workload, device, config, phases, rank, world)
+    model, forward, compile_s = _model_on_ranks(workload, device, config, world, rank)
+    update = _Update(workload, model, config, device, data)
+    probe = update.probe = _noise_probe(forward, model, device, config, update.scaler, world)
+    length, clock = data.length, _Clock(device, data.length)
+    interval, divergence = _Interval(log, progress, probe, data, clock), _Divergence(config, log, clock)
+    evaluation = _Evaluation(model, workload, device, config, length, log, clock, rank, world)
+    forward_backward = _forward_backward(workload, forward, model, config, device, update.scaler, probe, interval)
+    devices.reset_peak_memory(device)
+    _started(log, config, workload, model, data, world, compile_s, probe, math_settings)
+
+    # -- the loop: a step, then what some steps ask for, until a stop -----------------------------------------------
+    result, step, stop = RunResult(), 0, None
+    clock.start()   # sync: the setup's copies are done before the clock starts
+    for micro, micro_batch in data.micro_batches():
+        # forward backward update (the update once every `accumulate` micro-batches)
+        syncing = micro % config.accumulate == 0
+        loss = forward_backward(micro_batch, syncing, step)
+        if not syncing:
+            continue
+        lr = update.step(result.samples)   # the rate logged: the run's peak rate times the schedule
+        step, result.samples = step + 1, result.samples + data.batch
+
+        # divergence: a sync every few steps, not every step
+        if step % config.check_every == 0 or step <= 3:
+            divergence.check(loss, step, lr, result)
+
+        # timing and logging (a sync); an adaptive batch schedule reads the noise scale just logged
+        if step % length.log_every == 0:
+            interval.log(step, result.samples, lr)
+
+        # evaluation, outside the training clock
+        last_step = step >= length.total_steps or result.samples >= length.total_samples
+        stop = evaluation.run(step, result) if result.samples >= evaluation.next or last_step else None
+
+        # termination
+        stop = stop or (length.end_reason(step) if last_step else "stopped" if should_stop() else None)
+        if stop is not None:
+            break
+
+        # the batch schedule's next phase: a new source of batches at its batch, from the next micro-batch on
+        if data.phases is not None and data.next_phase(result.samples):
+            interval.phase_started(step, result.samples, lr)
+            del micro_batch   # the old phase's last batch goes with its data, before the next phase's is made
+    return _finished(result, step, stop, clock, model, save_to, rank)
+
+
+# -- the loop's parts, in the order train() meets them ------------------------------------------------------------
+
+
+def _checked(workload: Workload, device: torch.device, config: TrainConfig, world: int
+             ) -> tuple[TrainConfig, batch_schedule.Phases | None]:
+    """The config as run (the workload's schedule when it names none), checked against the workload, the device and
+    the process group; and the batch schedule's phases (None: one batch throughout). An adaptive run starts with
+    one phase and adds one each time its noise scale calls for a larger batch."""
     config.validate()
     config = replace(config, schedule=config.schedule or workload.schedule)  # recorded as run
     devices.check_dtype(device, config.dtype)
-    world, rank = ddp_util.world_size(), ddp_util.rank()
     if config.nproc != world:
         raise UsageError(f"--nproc {config.nproc} needs a process group of {config.nproc} ranks (launched by the job "
                          f"runner); this one has {world}")
     if config.batch_size > workload.n_train:
         raise UsageError(f"--batch-size {config.batch_size} is larger than the {workload.n_train} training samples")
-    phases = batch_schedule.check_batch_schedule(tuple(tuple(p) for p in config.batch_schedule), workload.n_train) \
-        if config.batch_schedule else None
-    adaptive = config.adaptive_batches is not None
-    if adaptive:  # one phase to start with; the run adds one each time its noise scale calls for a larger batch
-        phases = ((config.batch_size, 0.0),)
-    if log is None or rank != 0:  # one voice: rank 0 logs for the run
-        log = NullLog()
-    if rank != 0:
-        progress = lambda phase, fraction: None  # noqa: E731
+    if config.adaptive_batches is not None:
+        return config, ((config.batch_size, 0.0),)
+    if config.batch_schedule:
+        return config, batch_schedule.check_batch_schedule(tuple(tuple(p) for p in config.batch_schedule),
+                                                           workload.n_train)
+    return config, None
 
-    # -- setup: TF32 and cuDNN, data, model, optimizer -----------------------------------------------
-    math_settings = devices.use_math(workload, config.tf32)   # recorded with the run, as a profile records its own
-    torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    source = training_batches(workload, device, config.micro_batch, config.seed, rank, world)
+
+@dataclass(frozen=True)
+class _Length:
+    """How long the run is, in optimizer steps and samples, and how often it logs and evaluates."""
+
+    epochs: float
+    warmup_samples: int          # the learning rate's linear warm-up
+    steps_per_epoch: int         # at the first batch
+    total_steps: int             # a batch schedule takes the first batch's samples in fewer steps
+    samples_per_epoch: int
+    total_samples: int           # the schedule's length: warm-up, decay, the batch schedule's phases
+    log_every: int               # optimizer steps a logging interval
+    eval_every_samples: int      # in samples, so a batch that grows does not make evaluation rarer
+    max_steps: int | None
+
+    @classmethod
+    def of(cls, workload: Workload, config: TrainConfig, source, phases) -> "_Length":
+        epochs = config.epochs if config.epochs is not None else workload.epochs
+        steps_per_epoch = source.steps_per_epoch(config.accumulate)
+        if steps_per_epoch == 0:
+            raise UsageError(f"--batch-size {config.batch_size} is larger than the {workload.n_train} training samples")
+        epoch_steps = max(1, math.ceil(epochs * steps_per_epoch))   # the run's steps at the first batch
+        total_steps = epoch_steps
+        if phases is not None:  # the same samples as at the first batch, in fewer steps as the batch grows
+            total_steps = batch_schedule.scheduled_steps(phases, epoch_steps * config.batch_size)
+        if config.max_steps is not None:
+            total_steps = min(total_steps, config.max_steps)
+        return cls(
+            epochs=epochs, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+            warmup_samples=(config.warmup_samples if config.warmup_samples is not None
+                            else workload.default_warmup_samples()),
+            samples_per_epoch=steps_per_epoch * config.batch_size,
+            total_samples=(total_steps if phases is None else epoch_steps) * config.batch_size,
+            log_every=config.log_every_steps or max(1, steps_per_epoch // 20),
+            eval_every_samples=max(1, round(config.eval_every_epochs * steps_per_epoch)) * config.batch_size,
+            max_steps=config.max_steps)
+
+    def facts(self) -> dict:
+        """What the run's start reports of its length."""
+        return {"epochs": self.epochs, "warmup_samples": self.warmup_samples, "steps_per_epoch": self.steps_per_epoch,
+                "total_steps": self.total_steps}
+
+    def end_reason(self, step: int) -> str:
+        """Why the run's last step was its last: the step cap, or the run's epochs done."""
+        return "max_steps" if self.max_steps is not None and step >= self.max_steps else "epochs"
+
+
+class _Data:
+    """The run's micro-batches, epoch after epoch, at the batch of the batch schedule's phase in force.
+
+    Each new phase gets a new source of batches at its batch, from a fresh shuffle (a new epoch); an adaptive
+    run adds a phase each time its smoothed noise scale calls for a larger batch.
+    """
+
+    def __init__(self, workload: Workload, device: torch.device, config: TrainConfig, phases, rank: int, world: int):
+        self.workload, self.device, self.config, self.rank, self.world = workload, device, config, rank, world
+        self.phases = phases             # None: one batch throughout
+        self.batch = config.batch_size   # samples per optimizer step; a batch schedule changes it between phases
+        self.switching = False           # a new phase starts with the next micro-batch
+        self.trend = batch_schedule.NoiseTrend(config.seed) if config.adaptive_batches is not None else None
+        self.source = training_batches(workload, device, config.micro_batch, config.seed, rank, world)
+        self.length = _Length.of(workload, config, self.source, phases)
+        self.current = None              # this epoch's batches
+
+    def micro_batches(self) -> Iterator[tuple[int, batches.Batch]]:
+        """(number within its epoch from 1, micro-batch), epoch after epoch, for as long as the caller asks (no
+        Python frame of its own between the loop and the source's batches)."""
+        return itertools.chain.from_iterable(map(self._epoch, itertools.count()))
+
+    def _epoch(self, epoch: int) -> Iterator[tuple[int, batches.Batch]]:
+        if self.switching:
+            # the old phase's source, and its copy of the data on the device, go before the next phase makes its
+            # own: the two copies at once would need twice the room the run was planned with
+            self.source = None
+            self.source = training_batches(self.workload, self.device, self.batch // self.config.accumulate,
+                                           self.config.seed, self.rank, self.world)
+            self.switching = False
+        self.current = self.source.epoch(epoch)   # kept until the run returns: a loader's workers stop off the clock
+        return enumerate(self.current, 1)
+
+    def next_phase(self, samples: int) -> bool:
+        """Whether the step about to run (after ``samples``) starts a phase at another batch, in a new epoch: its
+        source of batches is made when the next micro-batch is asked for."""
+        batch = self.phases[batch_schedule.phase_index(self.phases, samples, self.length.total_samples)][0]
+        if batch == self.batch:
+            return False
+        self.batch, self.switching = batch, True
+        self.current.close()   # the old phase's batches end here; its source goes as the next micro-batch is asked for
+        return True
+
+    def observe(self, noise_rows: list[dict], row: dict, samples: int, log: RunLog) -> None:
+        """Adaptive: feed one logging interval's |G|² and tr(Σ) to the smoothed noise scale, log it with its interval,
+        and add a phase at a larger batch from here when it calls for one."""
+        if self.trend is None:
+            return
+        values = {r["name"]: r["value"] for r in noise_rows}
+        self.trend.add(values.get("noise_g2"), values.get("noise_trace_sigma"))
+        estimate = self.trend.estimate()
+        if estimate is not None:
+            index = {k: row[k] for k in _INDEX}
+            smoothed = zip(("noise_scale_smoothed", "noise_scale_low", "noise_scale_high"), estimate)
+            log.logged_values([{**index, "name": name, "value": value} for name, value in smoothed
+                               if value is not None])
+        grown = self.trend.grown(self.batch, tuple(self.config.adaptive_batches), self.config.adaptive_multiple,
+                                 self.workload.n_train, estimate)
+        if grown is not None and samples < self.length.total_samples:
+            self.phases = (*self.phases, (grown, samples / self.length.total_samples))
+
+
+def _model_on_ranks(workload: Workload, device: torch.device, config: TrainConfig, world: int, rank: int
+                    ) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:
+    """The workload's model on the device, what the loop runs forward, and the seconds its compilation took (None:
+    not compiled). With several ranks, forward is the model wrapped in DistributedDataParallel and each rank draws
+    its own dropout noise from here; compiled (when asked) before the clock starts."""
     model = workload.model().to(device)
     model.train()
-    forward, probe = model, None
+    forward = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -313,199 +493,246 @@ def train(workload: Workload, device: torch.device, config: TrainConfig,
     if config.compile:
         forward = devices.compile_model(forward)
         compile_s = compile_before_clock(forward, workload, device, config.dtype, (config.micro_batch,))
-    optimizer = workload.make_optimizer(model, config.lr)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]  # each group's own peak rate
-    scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(device, config.dtype) else None
-    if world > 1 and scaler is None:  # a loss-scaled gradient would need unscaling first: fp16 goes without
-        probe = _NoiseProbe(forward, device, config.rank_batch, config.batch_size)
-    if adaptive and scaler is None:   # the live noise scale from each step's micro-batches
-        probe = _MicroNoiseProbe(model, device, config.accumulate, config.micro_batch, config.batch_size)
-    epochs = config.epochs if config.epochs is not None else workload.epochs
-    warmup = config.warmup_samples if config.warmup_samples is not None else workload.default_warmup_samples()
-    steps_per_epoch = source.steps_per_epoch(config.accumulate)
-    if steps_per_epoch == 0:
-        raise UsageError(f"--batch-size {config.batch_size} is larger than the {workload.n_train} training samples")
-    total_steps = max(1, math.ceil(epochs * steps_per_epoch))
-    samples_per_epoch = steps_per_epoch * config.batch_size
-    if phases is not None:  # the same samples as at the first batch, in fewer steps as the batch grows
-        total_steps = batch_schedule.scheduled_steps(phases, total_steps * config.batch_size)
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    total_samples = total_steps * config.batch_size if phases is None else \
-        max(1, math.ceil(epochs * steps_per_epoch)) * config.batch_size
-    log_every = config.log_every_steps or max(1, steps_per_epoch // 20)
-    # evaluation in samples, so a batch that grows does not make it rarer
-    eval_every_samples = max(1, round(config.eval_every_epochs * steps_per_epoch)) * config.batch_size
-    next_eval = eval_every_samples
-    devices.reset_peak_memory(device)
-    log.started(config=asdict(config), epochs=epochs, warmup_samples=warmup, steps_per_epoch=steps_per_epoch,
-         total_steps=total_steps, micro_batch=config.micro_batch, n_train=workload.n_train,
-         n_params=sum(p.numel() for p in model.parameters()), on_device=source.on_device, world_size=world,
-         backend=torch.distributed.get_backend() if world > 1 else None, compile_s=compile_s,
-         noise_probe_every=probe.every if probe is not None else None, math_settings=math_settings)
+    return model, forward, compile_s
 
-    result = RunResult()
-    interval_loss = _IntervalLoss()   # read at logging intervals
-    first_loss: float | None = None
-    eval_time = 0.0
-    devices.synchronize(device)  # sync: the setup's copies are done before the clock starts
-    start = time.perf_counter()
-    last_log_time, last_log_samples = start, 0
-    last_progress_time = -math.inf   # the first logging step reports progress, then at most every PROGRESS_EVERY_S
-    step = 0
-    epoch = 0
-    done = False
-    batch_now = config.batch_size   # samples per optimizer step; a batch schedule changes it between phases
+
+class _Update:
+    """The optimizer step at the schedule's rate, after the noise probe has read the step's gradients.
+
+    Each parameter group runs at its own base rate (as the optimizer factory set it) times the schedule's factor:
+    warm-up then constant, cosine, linear or wsd, times the batch schedule's multiple. Gradients are clipped to the
+    workload's ``max_grad_norm`` (the true ones: under fp16 the loss-scaled gradients are unscaled first).
+    """
+
+    def __init__(self, workload: Workload, model: torch.nn.Module, config: TrainConfig, device: torch.device,
+                 data: _Data):
+        self.model, self.data = model, data
+        self.optimizer = workload.make_optimizer(model, config.lr)
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]  # each group's own peak rate
+        self.scaler = torch.amp.GradScaler(device.type) if devices.needs_grad_scaler(device, config.dtype) else None
+        self.probe: _NoiseProbe | None = None
+        self.max_grad_norm = workload.max_grad_norm
+        self.peak_lr, self.schedule, self.rule = config.lr, config.schedule, config.batch_schedule_rule
+        self.warmup, self.total_samples = data.length.warmup_samples, data.length.total_samples
+        self.decay_samples = workload.decay_samples
+        self.factor_set = None   # the schedule's multiple the parameter groups run at now
+
+    def step(self, samples: int) -> float:
+        """The optimizer step after ``samples``; the rate it ran at (the run's peak rate times the schedule)."""
+        factor = lr_factor(samples, self.warmup, self.total_samples, self.schedule, self.decay_samples)
+        if self.data.phases is not None:
+            factor *= batch_schedule.lr_multiple(self.data.phases, samples, self.total_samples, self.warmup,
+                                                 self.rule)
+        if factor != self.factor_set:   # constant stretches (after warm-up, wsd's stable phase) set nothing a step
+            for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+                group["lr"] = base_lr * factor
+            self.factor_set = factor
+        if self.probe is not None:
+            self.probe.after_backward(self.model)
+        if self.max_grad_norm is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the loss-scaled ones
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.peak_lr * factor
+
+
+def _noise_probe(forward: torch.nn.Module, model: torch.nn.Module, device: torch.device, config: TrainConfig,
+                 scaler, world: int) -> _NoiseProbe | None:
+    """The run's gradient noise probe: an adaptive batch's, from each step's micro-batches (loss-scaled ones
+    unscaled); else a data-parallel run's, from the ranks' gradients (fp16 goes without: a loss-scaled gradient
+    would need unscaling first); else none."""
+    if config.adaptive_batches is not None:
+        return _MicroNoiseProbe(model, device, config.accumulate, config.micro_batch, config.batch_size, scaler)
+    if world > 1 and scaler is None:
+        return _NoiseProbe(forward, device, config.rank_batch, config.batch_size)
+    return None
+
+
+class _Clock:
+    """The run's training clock: started once the setup's work is done, stopped while the model is evaluated."""
+
+    def __init__(self, device: torch.device, length: _Length):
+        self.device, self.samples_per_epoch = device, length.samples_per_epoch
+        self.started = self.eval_time = 0.0
+
+    def start(self) -> None:
+        devices.synchronize(self.device)  # sync: the setup's copies are done before the clock starts
+        self.started = time.perf_counter()
+
+    def wall(self) -> float:
+        """Seconds since the start, evaluation included."""
+        return time.perf_counter() - self.started
+
+    def train_time(self, now: float | None = None) -> float:
+        """Seconds of training since the start (at ``now``, a reading of the clock): evaluation left out."""
+        return (time.perf_counter() if now is None else now) - self.started - self.eval_time
+
+    @contextlib.contextmanager
+    def stopped(self):
+        """Work outside the training clock (evaluation): the device's queued work is done either side."""
+        devices.synchronize(self.device)
+        stopped = time.perf_counter()  # stop the clock
+        yield
+        devices.synchronize(self.device)
+        self.eval_time += time.perf_counter() - stopped  # start the clock again
+
+    def row(self, step: int, samples: int, loss: float, lr: float, throughput: float | None) -> dict:
+        """A metrics row: where the run is (step, epoch, samples, wall and training time) and its values now."""
+        wall = time.perf_counter() - self.started
+        return {"step": step, "epoch": samples / self.samples_per_epoch, "samples": samples, "wall_time_s": wall,
+                "train_time_s": wall - self.eval_time, "train_loss": loss, "lr": lr, "samples_per_s": throughput}
+
+
+class _Interval:
+    """The logging interval: its mean training loss (kept on the device until read), its throughput in training
+    time, and the noise probe's estimate, logged at its end; progress reported at most every PROGRESS_EVERY_S."""
+
+    def __init__(self, log: RunLog, progress: Callable[[str, float], None], probe: _NoiseProbe | None, data: _Data,
+                 clock: _Clock):
+        self.run_log, self.progress, self.probe, self.data, self.clock = log, progress, probe, data, clock
+        self.total_steps = data.length.total_steps
+        self.losses = _IntervalLoss()
+        self.last_train_time, self.last_samples = 0.0, 0
+        self.last_progress = -math.inf   # the first logging step reports progress, then at most every PROGRESS_EVERY_S
+
+    def log(self, step: int, samples: int, lr: float) -> None:
+        devices.synchronize(self.clock.device)  # sync: the interval's steps are done before the clock is read
+        now = time.perf_counter()
+        mean_loss = float(ddp_util.mean_across_ranks(self.losses.mean()))
+        train_time = self.clock.train_time(now)
+        elapsed = train_time - self.last_train_time
+        throughput = (samples - self.last_samples) / elapsed if elapsed > 0 else None
+        row = self.clock.row(step, samples, mean_loss, lr, throughput)
+        self.run_log.logged([row])
+        if self.probe is not None:
+            noise_rows = self.probe.log_rows(row)  # a collective: every rank computes, rank 0 logs
+            self.run_log.logged_values(noise_rows)
+            self.data.observe(noise_rows, row, samples, self.run_log)  # adaptive: the next phase when it calls for it
+        self.losses.reset()
+        self.last_train_time, self.last_samples = train_time, samples
+        if now - self.last_progress >= PROGRESS_EVERY_S:
+            self.progress(f"step {step}/{self.total_steps}, loss {mean_loss:.4f}", step / self.total_steps)
+            self.last_progress = now
+
+    def phase_started(self, step: int, samples: int, lr: float) -> None:
+        """A batch schedule's new phase: logged as the value ``batch_size``, and the live noise probe's batches."""
+        batch = self.data.batch
+        if isinstance(self.probe, _MicroNoiseProbe):
+            self.probe.batch_small, self.probe.batch_big = batch // self.data.config.accumulate, batch
+        row = self.clock.row(step, samples, float("nan"), lr, None)
+        self.run_log.logged_values([{**{k: row[k] for k in _INDEX}, "name": "batch_size", "value": batch}])
+
+
+def _forward_backward(workload: Workload, forward: torch.nn.Module, model: torch.nn.Module, config: TrainConfig,
+                      device: torch.device, scaler, probe: _NoiseProbe | None, interval: _Interval):
+    """The loop's forward and backward of one micro-batch, as a function of (micro-batch, whether the step's gradient
+    is complete after it, steps done) that returns the micro-batch's loss (kept for the interval's mean).
+
+    The loss is scaled so that accumulation averages; with DDP the gradient all-reduce runs inside the last
+    micro-batch's backward only. Everything a call needs is looked up once, here: this runs every micro-batch.
+    """
     autocast = devices.autocast(device, config.dtype)   # one context, entered every micro-batch
-    accumulate, where = config.accumulate, workload.where
-    factor_set = None               # the schedule's multiple the parameter groups run at now
+    accumulate, loss_fn, where = config.accumulate, workload.loss, workload.where
+    log_every = interval.data.length.log_every
+    arm = probe.arm if probe is not None and probe.every > 1 else None
+    after_micro_batch = probe.after_micro_batch if isinstance(probe, _MicroNoiseProbe) else None
+    keep = interval.losses.add
 
-    while not done:
-        micro = 0
-        epoch_batches = source.epoch(epoch)
-        for micro_batch in epoch_batches:
-            micro += 1
-            if probe is not None and probe.every > 1:
-                probe.arm(step + 1, log_every)
-            # forward backward (one micro-batch; the loss is scaled so accumulation averages); with
-            # DDP the gradient all-reduce runs inside the last micro-batch's backward only
-            syncing = micro % accumulate == 0
-            with _no_sync_unless(forward, syncing):
-                with autocast:
-                    loss = batches.loss_of(workload.loss, batches.model_output(forward, micro_batch), micro_batch,
-                                           where)
-                scaled = loss / accumulate if accumulate > 1 else loss   # no op a step when not accumulating
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            if isinstance(probe, _MicroNoiseProbe):
-                probe.after_micro_batch(model)
-            interval_loss.add(loss)
-            if not syncing:
-                continue
-            # update
-            factor = lr_factor(result.samples, warmup, total_samples, config.schedule, workload.decay_samples)
-            if phases is not None:
-                factor *= batch_schedule.lr_multiple(phases, result.samples, total_samples, warmup,
-                                                     config.batch_schedule_rule)
-            if factor != factor_set:   # constant stretches (after warm-up, wsd's stable phase) set nothing a step
-                for group, base_lr in zip(optimizer.param_groups, base_lrs):
-                    group["lr"] = base_lr * factor
-                factor_set = factor
-            lr = config.lr * factor  # the rate logged: the run's peak rate times the schedule
-            if probe is not None:
-                probe.after_backward(model)
-            if workload.max_grad_norm is not None:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
-                torch.nn.utils.clip_grad_norm_(model.parameters(), workload.max_grad_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            result.samples += batch_now
+    def forward_backward(micro_batch, syncing: bool, step: int) -> torch.Tensor:
+        if arm is not None:
+            arm(step + 1, log_every)   # whether the step about to run is probed
+        with _no_sync_unless(forward, syncing):
+            with autocast:
+                loss = batches.loss_of(loss_fn, batches.model_output(forward, micro_batch), micro_batch, where)
+            scaled = loss / accumulate if accumulate > 1 else loss   # no op a step when not accumulating
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if after_micro_batch is not None:
+            after_micro_batch(model)
+        keep(loss)
+        return loss
 
-            # divergence: a sync every few steps, not every step
-            if step % config.check_every == 0 or step <= 3:
-                current = float(ddp_util.mean_across_ranks(loss.detach().float()))  # sync (and all ranks agree)
-                if first_loss is None and math.isfinite(current):
-                    first_loss = current
-                if not math.isfinite(current) or (first_loss is not None and first_loss > 0
-                                                  and current > config.divergence_factor * first_loss):
-                    result.diverged, result.stop_reason = True, "diverged"
-                    log.logged([_row(step, result.samples, samples_per_epoch, start, eval_time,
-                                               current, lr, None)])
-                    raise Diverged(_divergence(current, step, lr, first_loss, config.divergence_factor))
+    return forward_backward
 
-            # timing and logging
-            if step % log_every == 0:
-                devices.synchronize(device)  # sync: the interval's steps are done before the clock is read
-                now = time.perf_counter()
-                mean_loss = float(ddp_util.mean_across_ranks(interval_loss.mean()))
-                train_elapsed = (now - last_log_time)
-                throughput = (result.samples - last_log_samples) / train_elapsed if train_elapsed > 0 else None
-                row = _row(step, result.samples, samples_per_epoch, start, eval_time, mean_loss, lr, throughput)
-                log.logged([row])
-                if probe is not None:
-                    noise_rows = probe.log_rows(row)  # a collective: every rank computes, rank 0 logs
-                    log.logged_values(noise_rows)
-                    if adaptive:  # the next phase starts now when the live noise scale calls for it
-                        noise = next((r["value"] for r in noise_rows if r["name"] == "noise_scale"), None)
-                        grown = batch_schedule.grown_batch(batch_now, tuple(config.adaptive_batches), noise,
-                                                           config.adaptive_multiple, workload.n_train)
-                        if grown is not None and result.samples < total_samples:
-                            phases = (*phases, (grown, result.samples / total_samples))
-                interval_loss.reset()
-                last_log_time, last_log_samples = now, result.samples
-                if now - last_progress_time >= PROGRESS_EVERY_S:
-                    progress(f"step {step}/{total_steps}, loss {mean_loss:.4f}", step / total_steps)
-                    last_progress_time = now
 
-            # evaluation, outside the training clock
-            last_step = step >= total_steps or result.samples >= total_samples
-            if result.samples >= next_eval or last_step:
-                while next_eval <= result.samples:
-                    next_eval += eval_every_samples
-                devices.synchronize(device)
-                eval_start = time.perf_counter()  # stop the clock
-                val_loss, metrics = (evaluate(model, workload, device, config.dtype) if rank == 0
-                                     else (None, {}))
-                val_loss = ddp_util.broadcast_float(val_loss) if world > 1 else val_loss  # rank 0 decides for all
-                devices.synchronize(device)
-                eval_time += time.perf_counter() - eval_start  # start the clock again
-                last_log_time += time.perf_counter() - eval_start  # throughput excludes evaluation
-                train_time = time.perf_counter() - start - eval_time
-                result.final_val_loss, result.final_metrics = val_loss, metrics
-                result.best_val_loss = val_loss if result.best_val_loss is None else min(result.best_val_loss, val_loss)
-                log.evaluated(step=step, epoch=result.samples / samples_per_epoch, samples=result.samples,
-                     wall_time_s=time.perf_counter() - start, train_time_s=train_time, val_loss=val_loss,
-                     metrics=metrics)
-                if not math.isfinite(val_loss):
-                    result.diverged, result.stop_reason = True, "diverged"
-                    raise Diverged(f"validation loss {val_loss} at step {step}: the model's weights or the validation "
-                                   f"data hold NaN or infinite values")
-                if config.target_val_loss is not None and val_loss <= config.target_val_loss:
-                    result.reached_target, result.time_to_target_s = True, train_time
-                    result.stop_reason = "target"
-                    done = True
-                    break
+class _Divergence:
+    """The training loss against its first value, on the first three steps and every ``check_every`` (each a sync)."""
 
-            # termination
-            if last_step:
-                result.stop_reason = "max_steps" if config.max_steps is not None and step >= config.max_steps \
-                    else "epochs"
-                done = True
-                break
-            if should_stop():
-                result.stop_reason = "stopped"
-                done = True
-                break
+    def __init__(self, config: TrainConfig, log: RunLog, clock: _Clock):
+        self.factor, self.log, self.clock = config.divergence_factor, log, clock
+        self.first: float | None = None
 
-            # the batch schedule's next phase: a new source of batches at its batch, from a fresh shuffle
-            if phases is not None:
-                batch_next = phases[batch_schedule.phase_index(phases, result.samples, total_samples)][0]
-                if batch_next != batch_now:
-                    batch_now = batch_next
-                    # the old phase's source, and its copy of the data on the device, go before the next phase
-                    # makes its own: the two copies at once would need twice the room the run was planned with
-                    epoch_batches.close()
-                    del source, micro_batch
-                    source = training_batches(workload, device, batch_now // config.accumulate, config.seed, rank,
-                                              world)
-                    if isinstance(probe, _MicroNoiseProbe):
-                        probe.batch_small, probe.batch_big = batch_now // config.accumulate, batch_now
-                    row = _row(step, result.samples, samples_per_epoch, start, eval_time, float("nan"), lr, None)
-                    log.logged_values([{**{k: row[k] for k in _INDEX}, "name": "batch_size", "value": batch_now}])
-                    break
-        epoch += 1
+    def check(self, loss: torch.Tensor, step: int, lr: float, result: RunResult) -> None:
+        """Raises Diverged, with a logged row, when the loss is not finite or above ``factor`` times its start."""
+        current = float(ddp_util.mean_across_ranks(loss.detach().float()))  # sync (and all ranks agree)
+        if self.first is None and math.isfinite(current):
+            self.first = current
+        if math.isfinite(current) and not (self.first is not None and self.first > 0
+                                           and current > self.factor * self.first):
+            return
+        result.diverged, result.stop_reason = True, "diverged"
+        self.log.logged([self.clock.row(step, result.samples, current, lr, None)])
+        raise Diverged(_divergence(current, step, lr, self.first, self.factor))
 
-    devices.synchronize(device)
-    result.steps = step
-    result.epochs = result.samples / samples_per_epoch
-    result.wall_time_s = time.perf_counter() - start
-    result.train_time_s = result.wall_time_s - eval_time
-    result.peak_memory_bytes = devices.peak_memory(device)
+
+class _Evaluation:
+    """Validation every ``eval_every_samples`` and at the last step, outside the training clock: rank 0 evaluates
+    and decides for every rank."""
+
+    def __init__(self, model: torch.nn.Module, workload: Workload, device: torch.device, config: TrainConfig,
+                 length: _Length, log: RunLog, clock: _Clock, rank: int, world: int):
+        self.model, self.workload, self.device, self.dtype = model, workload, device, config.dtype
+        self.target, self.log, self.clock, self.rank, self.world = config.target_val_loss, log, clock, rank, world
+        self.every = self.next = length.eval_every_samples   # the next evaluation: once this many samples are done
+
+    def run(self, step: int, result: RunResult) -> str | None:
+        """Evaluate and record it; "target" when the validation loss reached the target. Raises Diverged when it is
+        not finite."""
+        while self.next <= result.samples:
+            self.next += self.every
+        with self.clock.stopped():
+            val_loss, metrics = (evaluate(self.model, self.workload, self.device, self.dtype) if self.rank == 0
+                                 else (None, {}))
+            val_loss = ddp_util.broadcast_float(val_loss) if self.world > 1 else val_loss  # rank 0 decides for all
+        train_time = self.clock.train_time()
+        result.final_val_loss, result.final_metrics = val_loss, metrics
+        result.best_val_loss = val_loss if result.best_val_loss is None else min(result.best_val_loss, val_loss)
+        self.log.evaluated(step=step, epoch=result.samples / self.clock.samples_per_epoch, samples=result.samples,
+                           wall_time_s=self.clock.wall(), train_time_s=train_time, val_loss=val_loss, metrics=metrics)
+        if not math.isfinite(val_loss):
+            result.diverged, result.stop_reason = True, "diverged"
+            raise Diverged(f"validation loss {val_loss} at step {step}: the model's weights or the validation "
+                           f"data hold NaN or infinite values")
+        if self.target is not None and val_loss <= self.target:
+            result.reached_target, result.time_to_target_s = True, train_time
+            return "target"
+        return None
+
+
+def _started(log: RunLog, config: TrainConfig, workload: Workload, model: torch.nn.Module, data: _Data, world: int,
+             compile_s: float | None, probe: _NoiseProbe | None, math_settings: dict) -> None:
+    """The run's first report: its config and what it is made of."""
+    log.started(config=asdict(config), **data.length.facts(), micro_batch=config.micro_batch,
+                n_train=workload.n_train, n_params=sum(p.numel() for p in model.parameters()),
+                on_device=data.source.on_device, world_size=world,
+                backend=torch.distributed.get_backend() if world > 1 else None, compile_s=compile_s,
+                noise_probe_every=probe.every if probe is not None else None, math_settings=math_settings)
+
+
+def _finished(result: RunResult, step: int, stop: str, clock: _Clock, model: torch.nn.Module, save_to: str | None,
+              rank: int) -> RunResult:
+    """The run's record, once the device's queued work is done; its weights saved by rank 0 when asked."""
+    devices.synchronize(clock.device)
+    result.steps, result.stop_reason = step, stop
+    result.epochs = result.samples / clock.samples_per_epoch
+    result.wall_time_s = clock.wall()
+    result.train_time_s = result.wall_time_s - clock.eval_time
+    result.peak_memory_bytes = devices.peak_memory(clock.device)
     if result.peak_memory_bytes is None:
         result.peak_memory_bytes = _process_peak_rss()
     if save_to is not None and rank == 0:
@@ -600,15 +827,13 @@ class _NoiseProbe:
 
     def log_rows(self, row: dict) -> list[dict]:
         """Metric rows for this logging interval; resets the sums."""
-        from .noise import noise_scale_from_norms
-
         small = float(ddp_util.mean_across_ranks(self.small_sum)) / max(1, self.steps)  # sync
         big = float(self.big_sum) / max(1, self.steps)
         self.small_sum.zero_()
         self.big_sum.zero_()
         self.steps = 0
         g2, trace_sigma = noise_scale_from_norms(small, big, self.batch_small, self.batch_big)
-        index = {k: row[k] for k in ("step", "epoch", "samples", "wall_time_s", "train_time_s")}
+        index = {k: row[k] for k in _INDEX}
         values = {"noise_g_small_sq": small, "noise_g_big_sq": big, "noise_g2": g2, "noise_trace_sigma": trace_sigma,
                   # B_simple only where both estimates are positive: a single interval can be noisy
                   "noise_scale": trace_sigma / g2 if g2 > 0 and trace_sigma > 0 else None}
@@ -624,14 +849,17 @@ class _MicroNoiseProbe(_NoiseProbe):
     small models this is for. The interval's estimate and its rows are the data-parallel probe's."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, accumulate: int, batch_small: int,
-                 batch_big: int):
+                 batch_big: int, scaler=None):
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.accumulate = accumulate
         self.batch_small, self.batch_big = batch_small, batch_big
         self.small_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.big_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.step_small = torch.zeros((), dtype=torch.float64, device=device)   # this step's, loss-scaled
+        self.good_steps = torch.zeros((), dtype=torch.float64, device=device)   # steps with finite gradients
         self.steps = 0
         self.every, self.probing = 1, True   # every step: an adaptive batch follows its live noise scale
+        self.scaler = scaler   # fp16: every gradient is the loss scale times the true one until unscaled
         self.previous: torch.Tensor | None = None   # the accumulated gradient before this micro-batch
 
     def _flat(self) -> torch.Tensor:
@@ -642,12 +870,31 @@ class _MicroNoiseProbe(_NoiseProbe):
         flat = self._flat()
         change = flat if self.previous is None else flat - self.previous
         # its own gradient is accumulate x the change; the mean over the step's micro-batches
-        self.small_sum += (self.accumulate * change).dot(self.accumulate * change) / self.accumulate
+        self.step_small += (self.accumulate * change).dot(self.accumulate * change) / self.accumulate
         self.previous = flat
 
     def after_backward(self, model: torch.nn.Module) -> None:
-        super().after_backward(model)
+        """The step's |G_big|² and mean |G_small|², divided by the loss scale squared under fp16 (before the
+        scaler unscales or steps: the scale is the one the step's gradients carry). A step whose gradients
+        overflowed (the scaler skips it) is left out, on the device, without a sync."""
+        flat = self._flat()
+        big = flat.dot(flat)
+        small = self.step_small
+        scale = self.scaler._get_scale_async() if self.scaler is not None else None
+        if scale is not None:
+            inverse = 1.0 / scale.double() ** 2
+            big, small = big * inverse, small * inverse
+        finite = torch.isfinite(big) & torch.isfinite(small)
+        self.big_sum += torch.where(finite, big, torch.zeros_like(big))
+        self.small_sum += torch.where(finite, small, torch.zeros_like(small))
+        self.good_steps += finite.double()
+        self.step_small = torch.zeros_like(self.step_small)
         self.previous = None   # the optimizer step clears the gradients
+
+    def log_rows(self, row: dict) -> list[dict]:
+        self.steps = int(self.good_steps)   # sync, once an interval
+        self.good_steps.zero_()
+        return super().log_rows(row)
 
 
 class _IntervalLoss:
@@ -697,12 +944,3 @@ def _process_peak_rss() -> int | None:
     except (ImportError, OSError):
         return None
 
-
-_INDEX = ("step", "epoch", "samples", "wall_time_s", "train_time_s")   # where a metric row sits in the run
-
-
-def _row(step: int, samples: int, samples_per_epoch: int, start: float, eval_time: float, loss: float, lr: float,
-         throughput: float | None) -> dict:
-    wall = time.perf_counter() - start
-    return {"step": step, "epoch": samples / samples_per_epoch, "samples": samples, "wall_time_s": wall,
-            "train_time_s": wall - eval_time, "train_loss": loss, "lr": lr, "samples_per_s": throughput}

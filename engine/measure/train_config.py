@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from ..errors import UsageError
 from . import batch_schedule
 from .batch_schedule import DEFAULT_ADAPTIVE_MULTIPLE
-from .device_names import MAX_NPROC
-from .profile_config import MAX_THREADS
+from .devices_config import MAX_NPROC
+from .profiler_config import MAX_THREADS
 from ..units import INT64_MAX, check_int, check_number, check_switch
-from ..workloads.names import SCHEDULES
+from ..workloads.base_config import SCHEDULES
 
 __all__ = ["MAX_EPOCHS", "TrainConfig"]
 

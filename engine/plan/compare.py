@@ -5,15 +5,19 @@ validation loss (the median over its repeats), loosened by a tolerance. A run's 
 is the training time (evaluation excluded) at its first evaluation at or below the target.
 
 - Censoring, not exclusion: a run that never reached the target counts as "at least its whole
-  training time". Each group's time to target is the Kaplan-Meier median over its runs
-  (:func:`scipy.stats.ecdf` on censored data); where fewer than half reached it, only a lower
-  bound is known. The speedup is the ratio of the medians, with a bootstrap interval over seeds.
+  training time" (infinite when it ended without one: diverged, crashed). Each group's time to target
+  is the Kaplan-Meier median over its runs; where fewer than half reached it, only a lower bound is
+  known, and the speedup is then only a bound too ("at least", "at most"). The speedup is the ratio of
+  the medians, with a bootstrap interval made for censored data and an exact (or permutation) test
+  beside it (:mod:`largestep.plan.censored`); the words come from :mod:`largestep.plan.verdict`.
 - Quality: the difference in the workload's primary metric (or, without one, the final
   validation loss), Welch's t-test p-value, and the difference's confidence interval held
   against a tolerance: "p > 0.05" on three seeds is not evidence of no difference, an interval
-  inside the tolerance is.
-- The prediction's two factors beside the measurement: time per step (the profile's against the
-  runs' own) and steps to the target (the noise-scale model's against the runs').
+  inside the tolerance is. A seed that diverged or crashed has no value, and counts against
+  equivalence rather than dropping out of it; fewer than three seeds an arm say nothing.
+- The prediction's two factors beside the measurement: the steps to the target (Kaplan-Meier medians
+  of steps, censored as the times are) and the time per step at those medians, so that the two
+  measured factors multiply to the measured speedup.
 - Conditions: each run records its background load (other processes' share of the machine's CPU,
   other processes on its GPU). Runs whose load differed materially from the rest are flagged, and
   :func:`conditions_text` says which, in words (see :func:`background_conditions` for the rule).
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -34,13 +39,15 @@ from scipy import stats
 from ..errors import UsageError
 from ..format import DASH, format_bytes, format_pct, mean_std
 from ..units import check_number
+from .censored import gehan_test, km_medians, ratio_interval
+from .verdict import CONFIDENCE, MIN_SEEDS, QUALITY_FAILED, QUALITY_TOO_FEW, failed_text, speedup_verdict
 
 __all__ = ["CONFIDENCE", "compare_groups", "time_to_target", "first_reach", "km_median", "welch_p_value",
            "summarize", "comparison_table", "comparison_runs", "quality_verdict", "time_text", "speedup_text",
-           "check_tolerance", "background_conditions", "LOAD_DIFFERENCE_PCT"]
+           "check_tolerance", "background_conditions", "LOAD_DIFFERENCE_PCT", "FAILED_STATES"]
 
-CONFIDENCE = 0.90              # of every interval here
 BOOTSTRAP_RESAMPLES = 2000     # resamples of the seeds of each arm, for the speedup's interval
+FAILED_STATES = ("DIVERGED", "CRASHED", "FAILED", "KILLED")   # runs that ended without their final values
 QUALITY_TOLERANCE = 0.01       # default: a quality difference within 1% of the baseline's value is "no change"
 MAX_TOLERANCE = 10.0           # a target (or a quality band) ten times the baseline's value away is none
 LOAD_DIFFERENCE_PCT = 20.0     # percentage points of the machine's CPU busy with other processes: conditions differ
@@ -83,20 +90,9 @@ def km_median(reached: list[float], censored: list[float]) -> tuple[float | None
     lower bound is the longest time seen."""
     if not reached and not censored:
         return None, None
-    if not reached:
-        return None, max(censored)
-    if not censored:   # the empirical distribution's median, as the estimator gives it, without its cost
-        ordered = sorted(reached)
-        return float(ordered[math.ceil(len(ordered) / 2) - 1]), None
-    # a run censored at infinity (it ended without a time) behaves as one censored after every other time
-    beyond = max([*reached, *(c for c in censored if math.isfinite(c))]) + 1.0
-    curve = stats.ecdf(stats.CensoredData(uncensored=np.asarray(reached, dtype=float),
-                                          right=np.asarray([c if math.isfinite(c) else beyond for c in censored],
-                                                           dtype=float))).cdf
-    for time, share in zip(curve.quantiles, curve.probabilities):
-        if share >= 0.5 - 1e-12:
-            return float(time), None
-    return None, float(max(reached + censored))
+    median, bound = km_medians(np.asarray([*reached, *censored], dtype=float),
+                               np.asarray([True] * len(reached) + [False] * len(censored)))
+    return (None, float(bound)) if math.isnan(median) else (float(median), None)
 
 
 def _arm_times(rows: list[dict]) -> tuple[list[float], list[float]]:
@@ -108,27 +104,45 @@ def _arm_times(rows: list[dict]) -> tuple[list[float], list[float]]:
     return reached, censored
 
 
-def _bootstrap_speedup(base: list[dict], other: list[dict], seed: int = 0) -> list[float] | None:
-    """A percentile interval of the ratio of Kaplan-Meier medians, resampling each arm's seeds."""
-    if len(base) < 2 or len(other) < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    ratios = []
-    for _ in range(BOOTSTRAP_RESAMPLES):
-        b = [base[i] for i in rng.integers(0, len(base), len(base))]
-        o = [other[i] for i in rng.integers(0, len(other), len(other))]
-        b_median, _ = km_median(*_arm_times(b))
-        o_median, o_bound = km_median(*_arm_times(o))
-        if b_median is None:
-            continue                      # no target time in this resample of the baseline
-        if o_median is None:
-            ratios.append(b_median / o_bound if o_bound else 0.0)   # at most this much faster
-        else:
-            ratios.append(b_median / o_median)
-    if len(ratios) < BOOTSTRAP_RESAMPLES // 2:
-        return None
-    tail = (1 - CONFIDENCE) / 2 * 100
-    return [float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))]
+def _censored_arrays(reached: list[float], censored: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.asarray([*reached, *censored], dtype=float),
+            np.asarray([True] * len(reached) + [False] * len(censored)))
+
+
+def _speedup(base_rows: list[dict], rows: list[dict], confidence: float) -> dict:
+    """The arm's speedup over the baseline: the ratio of medians or, where one is only a bound, the bound;
+    the censored-data bootstrap interval and the Gehan permutation test (with MIN_SEEDS seeds an arm)."""
+    base_median, base_bound = km_median(*_arm_times(base_rows))
+    median, bound = km_median(*_arm_times(rows))
+    out = {"speedup": None, "speedup_bound": None, "speedup_interval": None, "speedup_resamples": None,
+           "speedup_test": None}
+    if base_median is not None and median is not None:
+        out["speedup"] = base_median / median
+    elif base_median is not None and bound is not None:
+        out["speedup_bound"] = {"kind": "at most", "value": 0.0 if math.isinf(bound) else base_median / bound}
+    elif median is not None and base_bound is not None:
+        out["speedup_bound"] = {"kind": "at least", "value": math.inf if math.isinf(base_bound) else base_bound / median}
+    base_t, base_r = _censored_arrays(*_arm_times(base_rows))
+    other_t, other_r = _censored_arrays(*_arm_times(rows))
+    if len(base_rows) >= 2 and len(rows) >= 2:
+        test = gehan_test(base_t, base_r, other_t, other_r)
+        out["speedup_test"] = {"p": float(test["p"]), "exact": bool(test["exact"]), "smallest": test["smallest"],
+                               "name": "Gehan-Wilcoxon permutation test"}
+    if len(base_rows) >= MIN_SEEDS and len(rows) >= MIN_SEEDS:
+        interval = ratio_interval(base_t, base_r, other_t, other_r, confidence, BOOTSTRAP_RESAMPLES)
+        low, high = float(interval["low"]), float(interval["high"])
+        out["speedup_interval"] = [None if math.isnan(low) else low, None if math.isnan(high) else high]
+        out["speedup_resamples"] = {"both_reached": int(interval["both"]), "of": BOOTSTRAP_RESAMPLES}
+    return out
+
+
+def _steps_median(rows: list[dict]) -> tuple[float | None, float | None]:
+    """Kaplan-Meier (median, bound) of the steps to the target, censored at each run's steps as times are."""
+    reached = [float(r["steps_to_target"]) for r in rows if r["time_to_target_s"] is not None
+               and r["steps_to_target"] is not None]
+    censored = [float(r["steps"]) if r.get("steps") and r["censored_at_s"] is not None else math.inf
+                for r in rows if r["time_to_target_s"] is None]
+    return km_median(reached, censored)
 
 
 def welch_p_value(a: list[float | None], b: list[float | None]) -> float | None:
@@ -142,14 +156,14 @@ def welch_p_value(a: list[float | None], b: list[float | None]) -> float | None:
     return p if math.isfinite(p) else (1.0 if statistics.fmean(a) == statistics.fmean(b) else None)
 
 
-def _difference_interval(a: list[float], b: list[float]) -> list[float] | None:
-    """The CONFIDENCE interval of mean(a) - mean(b) (Welch), or None without two values a side."""
+def _difference_interval(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> list[float] | None:
+    """The ``confidence`` interval of mean(a) - mean(b) (Welch), or None without two values a side."""
     if len(a) < 2 or len(b) < 2:
         return None
     if statistics.pstdev(a) == 0 and statistics.pstdev(b) == 0:
         d = statistics.fmean(a) - statistics.fmean(b)
         return [d, d]
-    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence_level=CONFIDENCE)
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence_level=confidence)
     return [float(ci.low), float(ci.high)] if math.isfinite(ci.low) and math.isfinite(ci.high) else None
 
 
@@ -169,29 +183,44 @@ def quality_verdict(difference: float | None, interval: list[float] | None, tole
     return "inconclusive"
 
 
-def _quality(values: list[float | None], baseline_values: list[float | None], mode: str,
-             relative_tolerance: float) -> dict:
-    a = [v for v in values if v is not None and math.isfinite(v)]
-    b = [v for v in baseline_values if v is not None and math.isfinite(v)]
-    if not a or not b:
-        return {"difference": None, "interval": None, "p_value": None, "tolerance": None, "verdict": "inconclusive"}
-    difference = statistics.fmean(a) - statistics.fmean(b)
-    tolerance = relative_tolerance * abs(statistics.fmean(b))
-    interval = _difference_interval(a, b)
-    return {"difference": difference, "interval": interval, "p_value": welch_p_value(a, b), "tolerance": tolerance,
-            "verdict": quality_verdict(difference, interval, tolerance, mode)}
+def _quality(rows: list[dict], base_rows: list[dict], key: str, mode: str, relative_tolerance: float,
+             confidence: float, names: tuple[str, str]) -> dict:
+    """The quality difference of an arm from the baseline, its interval and verdict. A seed that ended
+    without its final value (diverged, crashed, failed, cancelled) is listed and counts against
+    equivalence; with fewer than MIN_SEEDS seeds in an arm there is no verdict."""
+    failed = [{"group": name, "run": r["id"], "seed": r.get("seed"), "state": r.get("state")}
+              for name, arm in zip(names, (base_rows, rows)) for r in arm if r.get("state") in FAILED_STATES]
+    a = [v for r in rows if (v := r[key]) is not None and math.isfinite(v)]
+    b = [v for r in base_rows if (v := r[key]) is not None and math.isfinite(v)]
+    out = {"difference": None, "interval": None, "p_value": None, "tolerance": None, "verdict": "inconclusive",
+           "failed": failed, "seeds": min(len(rows), len(base_rows))}
+    if a and b:
+        difference = statistics.fmean(a) - statistics.fmean(b)
+        tolerance = relative_tolerance * abs(statistics.fmean(b))
+        interval = _difference_interval(a, b, confidence)
+        out.update(difference=difference, interval=interval, p_value=welch_p_value(a, b), tolerance=tolerance,
+                   verdict=quality_verdict(difference, interval, tolerance, mode))
+    if min(len(rows), len(base_rows)) < MIN_SEEDS:
+        out["verdict"] = QUALITY_TOO_FEW
+    elif failed and out["verdict"] != "worse":   # the survivors alone cannot vouch for the arm
+        out["verdict"] = QUALITY_FAILED
+    return out
 
 
 def compare_groups(groups: list[tuple[str, list[dict]]], evals: pd.DataFrame, tolerance: float = 0.01,
-                   quality_tolerance: float = QUALITY_TOLERANCE) -> dict:
+                   quality_tolerance: float = QUALITY_TOLERANCE, confidence: float = CONFIDENCE) -> dict:
     """``groups``: (name, runs) pairs, the baseline first; ``evals``: :func:`largestep.store.run_evaluations`.
 
     ``tolerance``: the target is the baseline's best validation loss loosened by this share;
-    ``quality_tolerance``: a quality difference within this share of the baseline's value counts as none.
+    ``quality_tolerance``: a quality difference within this share of the baseline's value counts as none;
+    ``confidence``: of every interval, and one minus the level of the speedup's test (a sequential look
+    passes its own, see :func:`largestep.plan.verdict.look_levels`). Both tolerances are stored in the
+    result, so every view of it judges with the same ones.
     UsageError when the baseline has no validation loss yet (there is no target to time against).
     """
     check_tolerance(tolerance)
     check_tolerance(quality_tolerance, "--quality-tolerance")
+    check_number(confidence, "confidence", low=0, high=1 - 1e-9)
     baseline_name, baseline_runs = groups[0]
     bests = [r["best_val_loss"] for r in baseline_runs if r.get("best_val_loss") is not None]
     if not bests:
@@ -221,16 +250,17 @@ def compare_groups(groups: list[tuple[str, list[dict]]], evals: pd.DataFrame, to
             "metric": summarize([r["metric"] for r in rows]),
             "time_per_step_s": summarize([r["time_per_step_s"] for r in rows]),
             "steps_to_target": summarize([r["steps_to_target"] for r in rows]),
+            "steps_to_target_median": dict(zip(("median", "at_least"), _steps_median(rows))),
             "speedup": None, "speedup_interval": None, "metric_difference": None, "p_value": None, "quality": None,
+            "verdict": None,
         }
         if index == 0:
-            base_rows, base_median = rows, median
+            base_rows = rows
         else:
-            if base_median is not None and median is not None:
-                group["speedup"] = base_median / median
-            group["speedup_interval"] = _bootstrap_speedup(base_rows, rows)
-            group["quality"] = _quality([r[quality_key] for r in rows], [r[quality_key] for r in base_rows],
-                                        quality_mode, quality_tolerance)
+            group.update(_speedup(base_rows, rows, confidence))
+            group["verdict"] = asdict(speedup_verdict(group, len(base_rows), confidence))
+            group["quality"] = _quality(rows, base_rows, quality_key, quality_mode, quality_tolerance, confidence,
+                                        (baseline_name, name))
             if metric:
                 group["metric_difference"] = group["quality"]["difference"]
                 group["p_value"] = group["quality"]["p_value"]
@@ -240,7 +270,7 @@ def compare_groups(groups: list[tuple[str, list[dict]]], evals: pd.DataFrame, to
             "tolerance": tolerance, "time_basis": "training time, evaluation excluded",
             "time_statistic": "Kaplan-Meier median over seeds; a run that never reached the target counts as at "
                               "least its whole training time",
-            "confidence": CONFIDENCE, "metric": metric, "metric_mode": mode,
+            "confidence": confidence, "metric": metric, "metric_mode": mode, "min_seeds": MIN_SEEDS,
             "quality": {"name": quality_name, "mode": quality_mode, "tolerance_share": quality_tolerance},
             "conditions": conditions, "groups": out_groups}
 
@@ -313,7 +343,8 @@ def background_conditions(groups: list[dict]) -> dict:
         return {"differed": False, "text": None, "rule": rule, "flagged_runs": []}
     others = [r for _, r in runs if not r["conditions_differ"]]
     text = "; ".join(f"{name} seed {run.get('seed')} {why}" for name, run, why in flagged)
-    text += "; the others " + _others_text(others)
+    if others:   # every run flagged: there are no others to speak of
+        text += "; the others " + _others_text(others)
     return {"differed": True, "text": text, "rule": rule, "flagged_runs": [run["id"] for _, run, _ in flagged]}
 
 
@@ -367,14 +398,11 @@ def time_text(time_to_target: dict) -> str:
 
 
 def speedup_text(group: dict) -> str:
-    """"1.90× (1.41–2.55)": the ratio of medians with its interval."""
-    if group.get("speedup") is None:
-        return DASH if not group.get("time_to_target", {}).get("at_least_s") else "not reached"
-    text = f"{group['speedup']:.2f}×"
-    if group.get("speedup_interval"):
-        low, high = group["speedup_interval"]
-        text += f" ({low:.2f}–{high:.2f})"
-    return text
+    """The speedup's table cell, as :func:`largestep.plan.verdict.speedup_verdict` words it."""
+    verdict = group.get("verdict")
+    if verdict:
+        return verdict["cell"]
+    return DASH if group.get("speedup") is None else f"{group['speedup']:.2f}×"
 
 
 def comparison_table(result: dict) -> list[dict]:
@@ -396,7 +424,8 @@ def comparison_table(result: dict) -> list[dict]:
             f"Δ {quality}": "" if baseline else (
                 DASH if q.get("difference") is None else f"{q['difference']:+.4f}"
                 + (f" ({interval[0]:+.4f} to {interval[1]:+.4f})" if interval else "")),
-            "quality": "" if baseline else q.get("verdict", DASH),
+            "quality": "" if baseline else q.get("verdict", DASH) + (
+                f" ({failed_text(q['failed'])})" if q.get("failed") else ""),
             "p (Welch)": "" if baseline else (f"{q['p_value']:.3g}" if q.get("p_value") is not None else DASH),
             "background CPU": format_pct(g.get("background_cpu_pct"))
             + (" (differed)" if any(r.get("conditions_differ") for r in g.get("runs") or []) else ""),

@@ -6,7 +6,9 @@ grow the batch instead of decaying the learning rate. This plans that growth fro
 measured: the step time t(B) of every eligible batch of a recommendation (measured, memory-safe,
 within --max-lr) and the noise scale B_noise(f) at fractions f of one baseline run's training.
 
-The model is recommend's, applied phase by phase with the local noise scale. Steps to a target,
+The model of steps is the recommender's (:mod:`largestep.plan.steps`), with its correction from earlier
+verifications where the recommendation has one, applied phase by phase with the local noise scale. Steps
+to a target,
 S(B) = S_min (1 + B_noise/B), says that a stretch of training the baseline B0 covers in ΔS0 steps
 takes a batch B
 
@@ -15,10 +17,15 @@ takes a batch B
 The baseline's training is cut into equal stretches (``CELLS``) at the noise scale interpolated
 from the curve; the schedule is the non-decreasing sequence of measured batches with the least
 total predicted time (a shortest path over stretches x batches). The best fixed batch is priced by
-the same model over the same curve, so the two predictions compare like with like.
+the same model over the same curve, so the two predictions compare like with like; when the
+recommendation itself was ranked on this curve, its choice is the best fixed batch (ranked on its
+prediction interval's lower end), so the planner and the recommender cannot name different ones.
 
 Learning rate: recommend's rule (linear: lr/batch fixed; or sqrt) at every phase; each increase
 ramps the rate linearly from the previous phase's over the workload's warm-up length in samples.
+The predicted speedups carry a prediction interval: the planned path priced again under draws of
+each curve point's noise scale (within its bootstrap interval) and each batch's step time (its
+profile visits resampled), as recommend's interval is.
 Pure: no I/O, no torch.
 """
 
@@ -30,11 +37,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import UsageError
-from .recommend import scale_lr
+from .recommend import PREDICTION_COVERAGE, PREDICTION_DRAWS, prediction_interval, scale_lr, step_time_draws
+from .steps import CELLS, StepsModel, scaled_noise
 
 __all__ = ["Phase", "plan_schedule", "with_batch_schedule", "schedule_spec", "CELLS"]
-
-CELLS = 200          # equal stretches of the baseline's training the schedule is planned over
 SPEC_DIGITS = 3      # decimals of a phase's start fraction in the `--batch-schedule` spec
 
 
@@ -55,7 +61,12 @@ def plan_schedule(rec: dict, curve: list[dict]) -> dict:
 
     Raises UsageError when the curve has fewer than two reliable points.
     """
+    if rec.get("rule") == "noise":
+        raise UsageError("a batch schedule scales its rate by the linear or sqrt rule: recommend with --rule linear "
+                         "or sqrt to plan one")
     fractions, scales, left_out = _reliable_points(curve)
+    model = StepsModel.from_curve(curve)
+    correction = _correction(rec)
     b0 = rec["baseline"]["batch_size"]
     lr0 = rec["baseline"]["learning_rate"]
     eligible = sorted((c for c in rec["candidates"] if c["eligible"]), key=lambda c: c["batch_size"])
@@ -63,16 +74,21 @@ def plan_schedule(rec: dict, curve: list[dict]) -> dict:
     step_times = np.array([c["step_time_s"] for c in eligible], dtype=float)
     t0 = next(c["step_time_s"] for c in rec["candidates"] if c["batch_size"] == b0)
 
-    # each stretch's noise scale, and each batch's time over it as a share of the baseline's whole run
+    # each stretch's noise scale (corrected as the recommendation's), and each batch's time over it as a share of
+    # the baseline's whole run
     starts = np.arange(CELLS) / CELLS
-    noise = np.interp(starts + 0.5 / CELLS, fractions, scales)   # flat beyond the curve's ends
-    steps_ratio = (1 + noise[:, None] / batches[None, :]) / (1 + noise[:, None] / b0)   # [cell, batch]
+    noise = scaled_noise(model.cell_noise()[:, None], np.array([correction or 1.0]))[:, 0]
+    with np.errstate(invalid="ignore"):
+        steps_ratio = np.where(np.isinf(noise[:, None]), b0 / batches[None, :],
+                               (1 + noise[:, None] / batches[None, :]) / (1 + noise[:, None] / b0))   # [cell, batch]
     cost = steps_ratio * step_times[None, :] / t0 / CELLS
 
     path = _cheapest_growing_path(cost)
     schedule_time = float(cost[np.arange(CELLS), path].sum())
     fixed_times = cost.sum(axis=0)
     best_fixed = int(np.argmin(fixed_times))
+    if _ranked_on(rec, model) and rec["batch_size"] in batches:   # the recommender's choice, on the same model
+        best_fixed = int(np.flatnonzero(batches == rec["batch_size"])[0])
     # samples of each stretch (in baseline-run units): steps x batch
     samples = steps_ratio[np.arange(CELLS), path] * batches[path] / b0 / CELLS
     samples_ratio = float(samples.sum())
@@ -88,6 +104,7 @@ def plan_schedule(rec: dict, curve: list[dict]) -> dict:
                             start_fraction=float(sample_starts[cell]), baseline_fraction=float(starts[cell]),
                             noise_scale=float(noise[cell]), warmup_samples=warmup,
                             step_time_s=float(step_times[path[cell]])))
+    over_baseline, over_fixed = _schedule_intervals(model, rec, eligible, b0, path, best_fixed)
     return {
         "curve_id": curve[0].get("curve_id") if curve else None,
         "rule": rec.get("rule", "linear"),
@@ -96,12 +113,14 @@ def plan_schedule(rec: dict, curve: list[dict]) -> dict:
         "samples_ratio": samples_ratio,   # the scheduled run's samples over the baseline run's
         "epochs": (rec.get("epochs") or 0) * samples_ratio or None,
         "predicted_speedup": {"over_baseline": 1 / schedule_time,
-                              "over_best_fixed": float(fixed_times[best_fixed]) / schedule_time},
+                              "over_best_fixed": float(fixed_times[best_fixed]) / schedule_time,
+                              "over_baseline_interval": over_baseline, "over_best_fixed_interval": over_fixed,
+                              "coverage": PREDICTION_COVERAGE},
         "best_fixed": {"batch_size": int(batches[best_fixed]),
                        "speedup_over_baseline": 1 / float(fixed_times[best_fixed])},
         "noise_curve": [{"fraction": f, "b_simple": s} for f, s in zip(fractions, scales)],
         "reasons": _reasons(phases, fractions, scales, left_out, int(batches[best_fixed]),
-                            float(fixed_times[best_fixed]) / schedule_time, int(batches[-1])),
+                            float(fixed_times[best_fixed]) / schedule_time, int(batches[-1]), over_fixed),
     }
 
 
@@ -137,6 +156,52 @@ def _reliable_points(curve: list[dict]) -> tuple[np.ndarray, np.ndarray, list[fl
     return np.array([f for f, _ in kept]), np.array([s for _, s in kept]), left_out
 
 
+def _correction(rec: dict) -> float | None:
+    """The factor the recommendation's noise model was corrected by (None: none, or an absolute critical batch,
+    which a curve does not scale)."""
+    correction = rec.get("correction") or {}
+    return None if correction.get("absolute") or not correction.get("factor") else float(correction["factor"])
+
+
+def _ranked_on(rec: dict, model: StepsModel) -> bool:
+    """Whether the recommendation ranked its fixed batches on this same curve."""
+    stored = rec.get("steps_model") or {}
+    return (stored.get("kind") == "curve" and list(stored.get("fractions") or []) == list(model.fractions)
+            and list(stored.get("scales") or []) == list(model.scales))
+
+
+def _schedule_intervals(model: StepsModel, rec: dict, eligible: list[dict], b0: int, path: np.ndarray,
+                        best_fixed: int, draws: int = PREDICTION_DRAWS, seed: int = 0) -> tuple[list, list]:
+    """Prediction intervals of the planned path's speedup over the baseline and over the best fixed batch: both
+    priced again under draws of each reliable curve point's B_noise (:meth:`StepsModel.noise_draws`), of the
+    recommendation's correction, and of each batch's step time."""
+    from .calibration import Correction
+
+    rng = np.random.default_rng(seed)
+    noise = model.noise_draws(draws, rng)                               # [cell, draw]
+    correction = Correction.of(rec.get("correction"))
+    if _correction(rec) is not None and correction is not None:
+        noise = scaled_noise(noise, correction.draws(draws, rng))
+    elif _correction(rec) is not None:
+        noise = noise * _correction(rec)
+    t0 = next(step_time_draws(c, draws, rng) for c in eligible if c["batch_size"] == b0) \
+        if any(c["batch_size"] == b0 for c in eligible) else None
+    times = np.stack([step_time_draws(c, draws, rng) for c in eligible])   # [batch, draw]
+    if t0 is None:
+        t0 = times[0]
+    batches = np.array([c["batch_size"] for c in eligible], dtype=float)
+
+    def cost(columns: np.ndarray) -> np.ndarray:   # the baseline-relative time of a batch per cell: [draw]
+        b = batches[columns][:, None]
+        with np.errstate(invalid="ignore"):
+            steps = np.where(np.isinf(noise), b0 / b, (1 + noise / b) / (1 + noise / b0))
+        return (steps * times[columns] / t0[None, :]).sum(axis=0) / CELLS
+
+    schedule = cost(path)
+    fixed = cost(np.full(CELLS, best_fixed))
+    return prediction_interval(1 / schedule), prediction_interval(fixed / schedule)
+
+
 def _cheapest_growing_path(cost: np.ndarray) -> np.ndarray:
     """For each stretch, the batch (a column) minimising the total cost with batches never shrinking."""
     cells, options = cost.shape
@@ -155,7 +220,7 @@ def _cheapest_growing_path(cost: np.ndarray) -> np.ndarray:
 
 
 def _reasons(phases: list[Phase], fractions: np.ndarray, scales: np.ndarray, left_out: list[float],
-             best_fixed: int, gain: float, largest: int) -> list[str]:
+             best_fixed: int, gain: float, largest: int, gain_interval: list[float]) -> list[str]:
     reasons = [f"noise scale: B_noise goes from about {scales[0]:,.0f} at {fractions[0]:g} of the baseline's "
                f"training to about {scales[-1]:,.0f} at {fractions[-1]:g}; each phase uses the measured batch with "
                f"the least predicted time (1 + B_noise/B)·t(B) at its own noise scale"]
@@ -167,8 +232,9 @@ def _reasons(phases: list[Phase], fractions: np.ndarray, scales: np.ndarray, lef
     else:
         steps = ", then ".join(f"{p.batch_size} from {p.baseline_fraction:.0%}" for p in phases)
         reasons.append(f"the batch grows as the noise scale does: {steps} of the baseline's training")
-        reasons.append(f"predicted {gain:.2f}x faster than the best fixed batch ({best_fixed}) under the same curve: "
-                       f"small batches while the gradient is clear, large ones once it is noisy")
+        reasons.append(f"predicted {gain:.2f}x the speed of the best fixed batch ({best_fixed}) under the same curve "
+                       f"({PREDICTION_COVERAGE:.0%} prediction interval {gain_interval[0]:.2f}x to "
+                       f"{gain_interval[1]:.2f}x): small batches while the gradient is clear, large ones once it is noisy")
     if phases[-1].batch_size == largest:
         reasons.append(f"the largest eligible batch ({largest}) limited the last phase: profile larger batches "
                        f"(--max-batch) to see whether they are faster still")

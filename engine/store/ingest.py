@@ -26,12 +26,12 @@ from ..home import Home
 from ..jobs import events as ev
 from ..jobs.spool import write_json_atomic
 from .connection import connect
+from .rows import insert_row as _insert_row, insert_verification, update_row as _update_row
 
-__all__ = ["ingest", "IngestReport", "SpoolUnreadable", "save_recommendation"]
+__all__ = ["ingest", "IngestReport", "SpoolUnreadable", "save_recommendation", "save_verification",
+           "insert_verification", "record_comparison"]
 
-_JSON_COLUMNS = frozenset({"options", "config", "versions", "final_metrics", "headline", "comparison",
-                           "math_settings"})
-_TIME_COLUMNS = frozenset({"started_at", "ended_at", "created_at"})    # unix seconds in a row, TIMESTAMPTZ stored
+
 
 
 @dataclass
@@ -69,6 +69,7 @@ def ingest(home: Home) -> IngestReport:
                 _set_aside(con, job_dir, str(exc))
                 report.set_aside.append(job_dir.name)
         _ingest_recommendation_files(con, home, report)
+        _ingest_verification_files(con, home, report)
     return report
 
 
@@ -93,6 +94,27 @@ def _ingest_recommendation_files(con, home: Home, report: IngestReport) -> None:
             report.unreadable_files.append(f"{path}: {' '.join(str(exc).split())[:200]}")
             continue
         report.add_rows("recommendations", 1)
+
+
+def _ingest_verification_files(con, home: Home, report: IngestReport) -> None:
+    """Verifications `largestep compare` saved as files that the database lacks (as recommendations above)."""
+    if not home.verifications.is_dir():
+        return
+    stored = {row[0] for row in con.execute("SELECT id FROM verifications").fetchall()}
+    for path in sorted(home.verifications.glob("*.json")):
+        if path.stem in stored:
+            continue
+        try:
+            row = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(row, dict) or row.get("id") != path.stem:
+                raise ValueError(f"not the verification {path.stem}")
+            insert_verification(con, row)
+        except _DATABASE_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad file is skipped, never fatal
+            report.unreadable_files.append(f"{path}: {' '.join(str(exc).split())[:200]}")
+            continue
+        report.add_rows("verifications", 1)
 
 
 @dataclass(frozen=True)
@@ -236,26 +258,6 @@ def _unix_time(value: object) -> float | None:
 # -- writing rows --------------------------------------------------------------------------------
 # Table and column names below are constants of ours (the keys of the largestep.jobs.events rows),
 # never text from a spool; every value is a bound parameter.
-
-
-def _values(row: dict) -> tuple[list[str], list[str], list]:
-    names = list(row)
-    marks = ["to_timestamp(?)" if name in _TIME_COLUMNS else "?" for name in names]
-    values = [json.dumps(value, default=str) if name in _JSON_COLUMNS and value is not None else value
-              for name, value in row.items()]
-    return names, marks, values
-
-
-def _insert_row(con, table: str, row: dict, replace: bool = False) -> None:
-    names, marks, values = _values(row)
-    verb = "INSERT OR REPLACE" if replace else "INSERT"
-    con.execute(f"{verb} INTO {table} ({', '.join(names)}) VALUES ({', '.join(marks)})", values)
-
-
-def _update_row(con, table: str, row: dict, key: str, key_value: str) -> None:
-    names, marks, values = _values(row)
-    assignments = ", ".join(f"{name} = {mark}" for name, mark in zip(names, marks))
-    con.execute(f"UPDATE {table} SET {assignments} WHERE {key} = ?", [*values, key_value])
 
 
 def _insert_rows(con, table: str, rows: list[dict], columns: list[str] | None = None, replace: bool = False,
@@ -478,6 +480,12 @@ def _on_autopilot_result(con, job_id: str, events: list[dict], report: IngestRep
                       comparison=e.get("comparison"))
 
 
+def _on_verification(con, job_id: str, events: list[dict], report: IngestReport) -> None:
+    for e in events:
+        insert_verification(con, ev.verification_row(e))
+        report.add_rows("verifications", 1)
+
+
 def _upsert_autopilot(con, job_id: str, t: float, **fields) -> None:
     con.execute("INSERT INTO autopilots (id, workload, updated_at) SELECT id, workload, to_timestamp(?) FROM jobs "
                 "WHERE id = ? ON CONFLICT (id) DO NOTHING", [t, job_id])
@@ -494,7 +502,7 @@ _HANDLERS: dict[str, EventHandler] = {
     ev.NOISE_CURVE_POINT: _on_noise_curve_point,    ev.STABILITY: _on_stability, ev.RUN_START: _on_run_start, ev.METRICS: _on_metrics,
     ev.METRIC_VALUES: _on_metric_values, ev.EVAL: _on_eval, ev.RUN_END: _on_run_end,
     ev.RECOMMENDATION: _on_recommendation, ev.AUTOPILOT_PHASE: _on_autopilot_phase,
-    ev.AUTOPILOT_RESULT: _on_autopilot_result,
+    ev.AUTOPILOT_RESULT: _on_autopilot_result, ev.VERIFICATION: _on_verification,
 }
 assert set(_HANDLERS) == set(ev.CATALOGUE), "every catalogued event has its handler"
 
@@ -521,6 +529,47 @@ def save_recommendation_row(con, rec: dict) -> None:
         raise
 
 
+def save_verification(home: Home, con, row: dict) -> None:
+    """A verification `largestep compare` made: as a file in the home (the database is rebuilt from it, and an
+    autopilot, which never opens the database, reads it), then its row."""
+    home.verifications.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(home.verifications / f"{row['id']}.json", row)
+    insert_verification(con, row)
+
+
+def record_comparison(home: Home, con, groups: list[tuple[str, list[dict]]], result: dict) -> dict | None:
+    """A comparison of a recommendation's baseline runs (the first group) and recommended runs (the second) is a
+    verification: saved (:func:`save_verification`) and returned. None when the groups are not such a pair, the
+    recommendation is unknown, or an autopilot already verified these very runs (its point stands)."""
+    import time
+
+    from ..plan.calibration import verification_id, verification_point
+    from .queries import load_recommendation
+
+    if len(groups) < 2 or len(result.get("groups") or []) < 2:
+        return None
+    (_, base), (_, other) = groups[0], groups[1]
+    ids = {r.get("recommendation_id") for r in [*base, *other]}
+    if len(ids) != 1 or None in ids or {r.get("role") for r in base} != {"baseline"} \
+            or {r.get("role") for r in other} != {"recommended"}:
+        return None
+    rec = load_recommendation(con, ids.pop())
+    if rec is None:
+        return None
+    known = con.execute("SELECT source FROM verifications WHERE id = ?",
+                        [verification_id([r["id"] for r in base], [r["id"] for r in other])]).fetchone()
+    if known and known[0] == "autopilot":
+        return None
+    point = verification_point(rec, {**result, "groups": result["groups"][:2]}, source="compare",
+                               created_at=time.time(), device_name=(rec.get("device") or {}).get("name"))
+    save_verification(home, con, point)
+    return point
+
+
+CANDIDATE_COLUMNS = ["batch_size", "learning_rate", "step_time_s", "samples_per_s", "peak_memory_bytes", "time_ratio",
+                     "speedup_time_to_target", "speedup_throughput", "run_time_s", "eligible", "excluded", "rank"]
+
+
 def _insert_recommendation(con, rec: dict) -> None:
     con.execute(
         "INSERT INTO recommendations (id, created_at, profile_id, noise_id, stability_id, workload, device_id, "
@@ -535,5 +584,6 @@ def _insert_recommendation(con, rec: dict) -> None:
          rec["predicted_speedup"]["time_to_target"], rec["experiments_per_gpu_day"]["baseline"],
          rec["experiments_per_gpu_day"]["recommended"], json.dumps(rec, default=str), rec.get("accepted_load")],
     )
-    _insert_rows(con, "recommendation_candidates",
-                 [{"recommendation_id": rec["recommendation_id"], **c} for c in rec["candidates"]])
+    _insert_rows(con, "recommendation_candidates",   # the table's columns; the document keeps the rest
+                 [{"recommendation_id": rec["recommendation_id"], **c} for c in rec["candidates"]],
+                 columns=["recommendation_id", *CANDIDATE_COLUMNS])

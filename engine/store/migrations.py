@@ -416,6 +416,92 @@ def m015_trusted_profiles(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE autopilots ADD COLUMN untrusted VARCHAR")
 
 
+@migration
+def m016_verifications(con: duckdb.DuckDBPyConnection) -> None:
+    # Every verification is a calibration point (largestep.plan.calibration.verification_point): the predicted
+    # speedup and its two factors beside what the runs measured, each with its interval, and the critical batch
+    # the measured steps imply. An autopilot spools one per comparison; `largestep compare` of a recommendation's
+    # baseline and recommended runs saves one. Factors are "baseline over recommended" for steps and speedup,
+    # "recommended over baseline" for the time per step; *_low/*_high: 90% intervals (NULL: open or not measured).
+    con.execute("""
+        CREATE TABLE verifications (
+            id VARCHAR PRIMARY KEY,          -- ver-<hash of the runs compared>: the same runs, the same verification
+            source VARCHAR NOT NULL,         -- autopilot | compare
+            autopilot_id VARCHAR,
+            attempt INTEGER,                 -- --until-verified: which attempt (1 otherwise)
+            recommendation_id VARCHAR,
+            workload VARCHAR,
+            device_id VARCHAR,
+            device_name VARCHAR,
+            created_at TIMESTAMPTZ,
+            baseline_batch INTEGER,
+            batch_size INTEGER,
+            rule VARCHAR,
+            learning_rate DOUBLE,
+            predicted_speedup DOUBLE,        -- on the model the recommendation ranked on (corrected, if it was)
+            predicted_low DOUBLE,
+            predicted_high DOUBLE,
+            raw_speedup DOUBLE,              -- on the raw noise model
+            raw_low DOUBLE,
+            raw_high DOUBLE,
+            predicted_steps DOUBLE,          -- S(B0)/S(B) predicted
+            predicted_steps_low DOUBLE,
+            predicted_steps_high DOUBLE,
+            raw_steps DOUBLE,
+            predicted_step_time DOUBLE,      -- t(B)/t(B0) predicted: the profile's, times step_time_bias
+            step_time_bias DOUBLE,           -- earlier runs' time per step over their profile's (median; 1: none)
+            predicted_step_time_low DOUBLE,
+            predicted_step_time_high DOUBLE,
+            measured_speedup DOUBLE,         -- the ratio of Kaplan-Meier medians, or the bound
+            measured_low DOUBLE,
+            measured_high DOUBLE,
+            measured_bound VARCHAR,          -- at least | at most | NULL (a point)
+            measured_steps DOUBLE,
+            measured_steps_low DOUBLE,
+            measured_steps_high DOUBLE,
+            steps_bound VARCHAR,
+            measured_step_time DOUBLE,
+            measured_step_time_low DOUBLE,
+            measured_step_time_high DOUBLE,
+            verdict VARCHAR,                 -- faster | slower | no measurable difference | ... (largestep.plan.verdict)
+            quality VARCHAR,                 -- equivalent | worse | better | inconclusive | seeds failed | ...
+            verified BOOLEAN,                -- faster with a quality equivalent or better
+            failed_why VARCHAR,
+            noise_model VARCHAR,             -- estimate | curve | perfect scaling
+            b_simple DOUBLE,                 -- the single noise estimate the prediction used
+            implied_b_crit DOUBLE,           -- the critical batch the measured steps factor implies (inf: unbounded)
+            b_crit_low DOUBLE,
+            b_crit_high DOUBLE,
+            ratio DOUBLE,                    -- the correction: B_crit / B_simple (a curve: the factor that scales it)
+            ratio_low DOUBLE,
+            ratio_high DOUBLE,
+            learned VARCHAR,                 -- in words, or why nothing was learned
+            baseline_runs VARCHAR[],
+            recommended_runs VARCHAR[],
+            comparison JSON
+        )
+    """)
+    # the autopilots compared before: their calibration points, from their stored recommendation and comparison
+    import json
+
+    from ..plan.calibration import verification_point
+    from .rows import insert_verification
+
+    rows = con.execute(
+        "SELECT a.id, epoch(a.updated_at), a.comparison, r.document, r.device_id FROM autopilots a "
+        "JOIN recommendations r ON r.id = a.recommendation_id WHERE a.comparison IS NOT NULL").fetchall()
+    for autopilot_id, updated, comparison, document, _device in rows:
+        try:
+            comparison, rec = json.loads(comparison), json.loads(document)
+            if len(comparison.get("groups") or []) < 2:
+                continue
+            point = verification_point(rec, comparison, source="autopilot", created_at=updated,
+                                       autopilot_id=autopilot_id)
+        except (ValueError, KeyError, TypeError, ZeroDivisionError):   # a document too old to read: no point
+            continue
+        insert_verification(con, point)
+
+
 def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[str, Migration]] | None = None) -> list[str]:
     """Apply the migrations not yet recorded, in order, each in its own transaction."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")

@@ -159,16 +159,21 @@ def recommendation(con, profile_id: str | None, config, noise_id: str | None, cu
     ``curve_id`` ("latest": the workload's newest, if any; "none": no schedule). Not saved."""
     from ..plan.recommend import recommend as make
     from ..plan.schedule import with_batch_schedule
-    from .queries import load_noise_curve, recommendation_inputs
+    from .queries import load_noise_curve, recommendation_inputs, step_time_biases, verification_points
 
     profile, noise = recommendation_inputs(con, profile_id, noise_id, stored_noise=config.noise_scale is None)
-    rec = make(profile, config, noise)
-    if curve_id == "none":
-        return rec
-    curve = load_noise_curve(con, curve_id, workload=profile["workload"])
-    if not curve and curve_id != "latest":
+    curve = [] if curve_id == "none" else load_noise_curve(con, curve_id, workload=profile["workload"])
+    if not curve and curve_id not in ("none", "latest"):
         raise UsageError(f"no noise curve {curve_id!r}: run `largestep noise --at 0,0.25,0.5,1`, or give "
                          f"--noise-curve latest or none")
+    # the profile-to-run step-time bias earlier verifications measured on this workload and device widens the
+    # prediction interval; the steps they measured correct the noise model, which the noise curve (if any) is,
+    # as the batch schedule planned from it
+    workload, device = profile.get("workload"), profile.get("device_id")
+    rec = make(profile, config, noise, step_time_biases(con, workload, device), curve=curve or None,
+               calibration=verification_points(con, workload, device))
+    if curve_id == "none":
+        return rec
     return with_batch_schedule(rec, curve, chosen=curve_id != "latest")
 
 

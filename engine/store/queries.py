@@ -23,6 +23,7 @@ __all__ = [
     "list_recommendations", "list_runs", "get_run", "runs_in", "run_evaluations", "run_metrics", "load_autopilot",
     "list_devices", "frame_records", "records", "RUN_CURVE_AXES", "RUN_CURVE_BUCKETS", "run_metric_names", "run_curves", "batch_changes",
     "recommendation_runs", "autopilot_for_recommendation", "runs_by_id", "read_recommendation",
+    "comparison_tolerances", "step_time_biases", "list_verifications", "verification_points", "load_verification",
 ]
 
 
@@ -379,6 +380,61 @@ def autopilot_for_recommendation(con, recommendation_id: str) -> dict | None:
         "SELECT a.id FROM autopilots a JOIN jobs j ON j.id = a.id WHERE a.recommendation_id = ? "
         "ORDER BY j.created_at DESC LIMIT 1", [recommendation_id]).fetchone()
     return load_autopilot(con, row[0]) if row else None
+
+
+def comparison_tolerances(con, run_ids: list[str]) -> dict | None:
+    """The tolerances an autopilot compared any of these runs with (the newest such autopilot):
+    {"autopilot", "tolerance", "quality_tolerance"}; None when no autopilot compared them. Every view of
+    the same runs judges with the tolerances their comparison was made with."""
+    if not run_ids:
+        return None
+    row = con.execute(
+        "SELECT a.id, a.comparison FROM autopilots a JOIN jobs j ON j.id = a.id WHERE a.comparison IS NOT NULL "
+        "AND list_has_any(list_concat(coalesce(a.baseline_runs, []), coalesce(a.recommended_runs, [])), ?) "
+        "ORDER BY j.created_at DESC LIMIT 1", [list(run_ids)]).fetchone()
+    if row is None:
+        return None
+    comparison = json.loads(row[1]) if isinstance(row[1], str) else row[1]
+    quality = comparison.get("quality") or {}
+    if comparison.get("tolerance") is None or quality.get("tolerance_share") is None:
+        return None
+    return {"autopilot": row[0], "tolerance": float(comparison["tolerance"]),
+            "quality_tolerance": float(quality["tolerance_share"])}
+
+
+def step_time_biases(con, workload: str | None, device_id: str | None) -> list[float]:
+    """How far the profile's step-time factor was off in earlier verifications of this workload on this device:
+    each one's measured time-per-step ratio over its predicted one (1.0: the profile had it right)."""
+    from ..plan.calibration import step_time_bias
+
+    return [bias for point in verification_points(con, workload, device_id)
+            if (bias := step_time_bias(point)) is not None]
+
+
+def list_verifications(con, workload: str | None = None, device: str | None = None) -> list[dict]:
+    """Every verification (a calibration point), oldest first; ``device``: its id or its name."""
+    found = records(con.execute(
+        "SELECT * FROM verifications WHERE (? IS NULL OR workload = ?) AND (? IS NULL OR device_id = ? "
+        "OR device_name = ?) ORDER BY created_at, id", [workload, workload, device, device, device]))
+    for row in found:
+        if isinstance(row.get("comparison"), str):
+            row["comparison"] = json.loads(row["comparison"])
+    return found
+
+
+def verification_points(con, workload: str | None, device_id: str | None) -> list[dict]:
+    """The calibration points a recommendation on ``workload`` and ``device_id`` learns from, oldest first."""
+    return records(con.execute(
+        "SELECT * EXCLUDE (comparison) FROM verifications WHERE workload IS NOT DISTINCT FROM ? "
+        "AND device_id IS NOT DISTINCT FROM ? ORDER BY created_at, id", [workload, device_id]))
+
+
+def load_verification(con, verification_id: str) -> dict | None:
+    found = records(con.execute("SELECT * FROM verifications WHERE id = ?", [verification_id]))
+    for row in found:
+        if isinstance(row.get("comparison"), str):
+            row["comparison"] = json.loads(row["comparison"])
+    return found[0] if found else None
 
 
 def runs_by_id(con, run_ids: list[str]) -> list[dict]:

@@ -20,6 +20,7 @@ from ..home import Home
 from ..jobs.autopilot import ARMS, PHASES, SCHEDULE_ARMS, AutopilotConfig
 from ..plan import compare
 from ..plan.recommend import accepted_load_note
+from ..plan.verdict import headline_tone, interval_text, quality_words
 from .widgets import TABLE_WORKLOAD, Metric, cancel, device_options
 
 __all__ = [
@@ -109,6 +110,7 @@ class AutopilotForm:
     compile: bool = False             # torch.compile the model in every step of the loop
     both_arms: bool = False           # train both arms even when the recommendation is the baseline
     schedule_arm: bool = False        # and a third: the batch schedule planned from a noise curve
+    until_verified: bool = False      # a failed verification: learn, and try the next pair the corrected model ranks
 
 
 def autopilot_request(form: AutopilotForm, choices: dict[str, WorkloadChoice]) -> tuple[str, dict, AutopilotConfig]:
@@ -133,7 +135,7 @@ def autopilot_request(form: AutopilotForm, choices: dict[str, WorkloadChoice]) -
         raise UsageError(f"epochs must be a positive number (or empty for the workload's own), not {epochs!r}")
     return choice.spec, options, AutopilotConfig(repeats=repeats, epochs=float(epochs) if epochs else None,
                                                  compile=bool(form.compile),
-                                                 arms=_arms(form))
+                                                 arms=_arms(form), until_verified=bool(form.until_verified))
 
 
 def _arms(form: AutopilotForm) -> tuple[str, ...] | None:
@@ -212,12 +214,16 @@ class AutopilotView:
     accepted_load: str | None = None  # its recommendation came from a profile accepted though untrusted
 
     @property
-    def good_news(self) -> bool:
-        """The recommendation reached the baseline's loss sooner, beyond doubt: a success, not a caution."""
+    def tone(self) -> str:
+        """The headline box's look, from its verdict: "good" (a success box) only when the recommendation was
+        faster beyond doubt with its quality not worse; "bad" (an error box) when it was slower, worse or its
+        seeds failed; "neutral" (a caution) otherwise, and for a headline stored before verdicts were."""
         headline = self.headline or {}
-        interval = headline.get("measured_speedup_interval")
-        measured = headline.get("measured_speedup")
-        return (interval[0] > 1.0) if interval else (measured is not None and measured > 1.0)
+        return headline.get("tone") or headline_tone(headline.get("verdict"), headline.get("quality"))
+
+    @property
+    def good_news(self) -> bool:
+        return self.tone == "good"
 
 
 def autopilot_view(home: Home, autopilot_id: str | None = None, ingest: bool = True) -> AutopilotView | None:
@@ -339,12 +345,31 @@ def _live_detail(name: str, status: dict) -> str:
 
 def _recommendation_text(rec: dict) -> str:
     base = rec.get("baseline") or {}
-    predicted = (rec.get("predicted_speedup") or {}).get("time_to_target")
+    speed = rec.get("predicted_speedup") or {}
+    predicted = speed.get("time_to_target")
     text = (f"batch **{rec['batch_size']}** at learning rate **{rec['learning_rate']:.3g}** "
             f"(baseline {base.get('batch_size')} at {base.get('learning_rate', float('nan')):.3g}, {rec.get('rule', 'linear')} rule)")
     if predicted is not None:
-        text += f"; predicted {predicted:.2f}× faster to the baseline's validation loss"
+        text += f"; predicted {predicted:.2f}× the baseline's speed to its validation loss"
+        if speed.get("time_to_target_interval"):
+            text += f" ({predicted_interval_text(speed)})"
+        if speed.get("corrected"):   # ranked on the corrected noise model: the raw prediction beside it
+            text += (f" on the noise model corrected by {(rec.get('correction') or {}).get('verifications')} "
+                     f"verification(s); {speed['raw']['time_to_target']:.2f}× on the raw one")
+    alike = rec.get("indistinguishable") or []
+    if len(alike) > 1:   # how stable the choice is
+        text += (f"; batches {', '.join(map(str, alike[:-1]))} and {alike[-1]} are indistinguishable here (each "
+                 f"one's prediction lies within the choice's interval)")
     return text
+
+
+def predicted_interval_text(speed: dict) -> str:
+    """"90% prediction interval 1.50–3.02×" of a recommendation's ``predicted_speedup``."""
+    interval = speed.get("time_to_target_interval")
+    if not interval:
+        return "no interval"
+    coverage = speed.get("coverage")
+    return (f"{coverage:.0%} prediction interval " if coverage else "interval ") + interval_text(*interval)
 
 
 def headline_metrics(headline: dict) -> list[Metric]:
@@ -353,28 +378,35 @@ def headline_metrics(headline: dict) -> list[Metric]:
     interval = headline.get("measured_speedup_interval")
     quality = headline.get("quality") or {}
     name = quality.get("name") or headline.get("metric") or "metric"
-    diff, p, bounds = quality.get("difference"), quality.get("p_value"), quality.get("interval")
+    diff, p = quality.get("difference"), quality.get("p_value")
+    verdict = headline.get("verdict") or {}
     if headline.get("kept_baseline"):
         measured_text = "baseline kept"
-    elif measured is not None:
-        measured_text = f"{measured:.2f}×" + (f" ({interval[0]:.2f}–{interval[1]:.2f})" if interval else "")
+    elif verdict.get("cell"):
+        measured_text = verdict["cell"]
+    elif measured is not None:   # a headline stored before verdicts: the ratio and interval, no word
+        measured_text = f"{measured:.2f}×" + (f" ({interval_text(*interval)})" if interval else "")
     else:
         measured_text = "not reached"
+    predicted_interval = headline.get("predicted_speedup_interval")
+    coverage = headline.get("predicted_coverage")
     return [
         Metric("Measured speedup", measured_text,
                "baseline's training time to its own validation loss over the recommendation's (Kaplan-Meier medians "
                "over seeds, a run that never reached it counted as at least its whole time; evaluation excluded), "
-               "with a 90% bootstrap interval"
+               f"with a {headline.get('confidence', 0.9):.0%} bootstrap interval for censored data and an exact "
+               "test: \"faster\" only when both say so, and never on fewer than three seeds an arm"
                + (f"; reached in {headline.get('reached')} of {headline.get('seeds')} seeds"
                   if headline.get("seeds") else "")),
-        Metric("Predicted speedup", f"{predicted:.2f}×" if predicted is not None else "—",
+        Metric("Predicted speedup", (f"{predicted:.2f}×" + (f" ({interval_text(*predicted_interval)})"
+                                                           if predicted_interval else ""))
+               if predicted is not None else "—",
                "from the profile and the gradient noise scale: [(1 + B_noise/B1)/(1 + B_noise/B2)]·t(B1)/t(B2)"
-               + (" — from {:.2f}× to {:.2f}× over the noise scale's interval and the step times' quartiles".format(
-                   *headline["predicted_speedup_interval"]) if headline.get("predicted_speedup_interval") else "")),
+               + (f"; {coverage:.0%} prediction interval from resampling the noise estimate and the profile's visits"
+                  if coverage and predicted_interval else "")),
         Metric(f"{name} difference", f"{diff:+.4f}" if diff is not None else "—",
                f"{name} of the recommendation minus the baseline's (means over seeds)"
-               + (f"; 90% interval {bounds[0]:+.4f} to {bounds[1]:+.4f}: {quality.get('verdict')} within "
-                  f"±{quality.get('tolerance'):.4f}" if bounds else "")),
+               + (f"; {quality_words(quality, name, headline.get('confidence', 0.9))}" if quality else "")),
         Metric("p-value", f"{p:.3g}" if p is not None else "—",
                f"Welch's t-test on the {name}: a small p means the difference is unlikely to be chance; "
                f"it needs two or more finished seeds in each arm"),

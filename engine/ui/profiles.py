@@ -18,7 +18,7 @@ from .. import curve, jobs, store
 from ..errors import UsageError
 from ..format import byte_unit, format_bytes, format_math, format_pct, significant
 from ..home import Home
-from ..measure.profile_config import DTYPES, ProfileConfig
+from ..measure.profiler_config import DTYPES, ProfileConfig
 from .charts import profile as charts
 from .charts.base import ok_points
 from .widgets import TABLE_WORKLOAD, Metric, cancel, device_options, profile_choices

@@ -16,7 +16,8 @@ from .. import curve, jobs, store
 from ..errors import UsageError
 from ..format import format_bytes, format_count, format_duration, format_number, plural
 from ..home import Home
-from ..plan.recommend import RULES, RecommendConfig, accepted_load_note, recommend
+from ..plan.recommend import RULES, RecommendConfig, accepted_load_note, model_text, recommend
+from ..plan.verdict import interval_text
 from ..plan.schedule import with_batch_schedule
 from .charts import recommend as reccharts
 from .widgets import (
@@ -67,7 +68,7 @@ class RecommendForm:
 def recommend_config(form: RecommendForm) -> tuple[RecommendConfig, str | None]:
     """(config, noise id) to recommend with; UsageError on bad input."""
     if form.rule not in RULES:
-        raise UsageError(f"the rule must be linear or sqrt, not {form.rule!r}")
+        raise UsageError(f"the rule must be linear, sqrt or noise, not {form.rule!r}")
     if form.noise_mode not in NOISE_MODES:
         raise UsageError(f"unknown noise-scale choice {form.noise_mode!r}")
     noise_scale = None
@@ -100,8 +101,13 @@ def compute_recommendation(home: Home, form: RecommendForm) -> dict:
         # "perfect" means exactly that: never pick up a stored estimate behind the user's back
         profile, noise = store.recommendation_inputs(con, form.profile_id, noise_id, stored_noise=False)
         # the workload's newest noise curve, where there is one, plans a growing batch beside the fixed one
-        rec = with_batch_schedule(recommend(profile, config, noise),
-                                  store.load_noise_curve(con, None, workload=profile["workload"]))
+        biases = store.step_time_biases(con, profile.get("workload"), profile.get("device_id"))
+        calibration = store.verification_points(con, profile.get("workload"), profile.get("device_id"))
+        # the workload's newest noise curve: the steps of every fixed batch are priced over it, and the growing
+        # batch planned from it, by one model (a noise scale the user chose stands alone)
+        curve = store.load_noise_curve(con, None, workload=profile["workload"])
+        rec = with_batch_schedule(recommend(profile, config, noise, biases, curve=curve if
+                                            form.noise_mode == "stored" else None, calibration=calibration), curve)
         store.save_recommendation(home, con, rec)
     return rec
 
@@ -244,9 +250,14 @@ class ScheduleView:
 
 def schedule_view(plan: dict) -> ScheduleView:
     speed, fixed = plan["predicted_speedup"], plan["best_fixed"]
-    headline = (f"`--batch-schedule {plan['spec']}` · predicted **{speed['over_baseline']:.2f}×** faster than the "
-                f"baseline and **{speed['over_best_fixed']:.2f}×** faster than the best fixed batch "
-                f"({fixed['batch_size']}) on the same noise curve `{plan['curve_id']}` · "
+
+    def interval(key: str) -> str:
+        span = speed.get(f"{key}_interval")
+        return f" ({speed.get('coverage', 0.9):.0%} prediction interval {interval_text(*span)})" if span else ""
+
+    headline = (f"`--batch-schedule {plan['spec']}` · predicted **{speed['over_baseline']:.2f}×** the baseline's "
+                f"speed{interval('over_baseline')} and **{speed['over_best_fixed']:.2f}×** the best fixed batch's "
+                f"({fixed['batch_size']}){interval('over_best_fixed')} on the same noise curve `{plan['curve_id']}` · "
                 f"{plan['samples_ratio']:.2f}× the baseline's samples")
     phases = pd.DataFrame([{
         "from (share of samples)": f"{p['start_fraction']:.0%}", "baseline at": f"{p['baseline_fraction']:.0%}",
@@ -273,7 +284,15 @@ def recommendation_view(rec: dict) -> RecommendationView:
         Metric("Warm-up", plural(rec["warmup_steps"], "step"), f"linear, over {rec['warmup_samples']:,} samples"),
         Metric("Faster to target", f"{speed['time_to_target']:.2f}×",
                "predicted speedup in time to the target loss, from step times and the noise scale "
-               "(or perfect scaling)"),
+               "(or perfect scaling)"
+               + (f"; {speed.get('coverage', 0.9):.0%} prediction interval "
+                  f"{interval_text(*speed['time_to_target_interval'])}, resampling "
+                  f"{speed.get('interval_basis') or 'the noise scale and the step times'}"
+                  if speed.get("time_to_target_interval") else "")),
+        Metric("Prediction interval", interval_text(*speed["time_to_target_interval"])
+               if speed.get("time_to_target_interval") else "—",
+               f"{speed.get('coverage', 0.9):.0%} of predictions should fall in it; candidates are ranked by its "
+               f"lower end"),
         Metric("Throughput", f"{speed['throughput']:.2f}×", "samples per second over the baseline's"),
     ]
     if per_day.get("baseline") and per_day.get("recommended"):
@@ -286,9 +305,21 @@ def recommendation_view(rec: dict) -> RecommendationView:
         notes.append(f"Measured on {plural(rec['threads'], 'torch thread')} (--threads): train with as many.")
     if rec.get("assumed_perfect_scaling"):
         notes.append("No noise-scale estimate: perfect scaling was assumed up to the saturation batch.")
-    else:
+    elif (rec.get("steps_model") or {}).get("kind") == "curve":
+        notes.append(f"Steps priced over {model_text(rec)}, as the batch schedule is planned: the two agree on the "
+                     f"best fixed batch.")
+    elif rec.get("noise_scale") is not None:
         notes.append(f"Noise scale B_noise ≈ {rec['noise_scale']:,.0f}"
                      + (f" (estimate `{rec['noise_id']}`)" if rec.get("noise_id") else " (entered by hand)"))
+    if speed.get("corrected"):
+        raw = speed["raw"]
+        notes.append(f"Ranked on the corrected noise model ({rec['correction']['text']}); on the raw model batch "
+                     f"{rec['batch_size']} is predicted {raw['time_to_target']:.2f}× "
+                     f"({interval_text(*raw['time_to_target_interval'])}). See the Calibration page.")
+        metrics.insert(5, Metric("Raw model", f"{raw['time_to_target']:.2f}×",
+                                 f"the prediction on the measured noise scale alone, before the correction earlier "
+                                 f"verifications on this workload and device measured; "
+                                 f"{interval_text(*raw['time_to_target_interval'])}"))
     return RecommendationView(rec=rec, headline=headline, metrics=metrics, reasons=list(rec.get("reasons") or []),
                               candidates=candidates_table(rec), figure=reccharts.time_to_target_figure(rec),
                               notes=notes, uncertain=rec.get("uncertain"),
@@ -297,7 +328,7 @@ def recommendation_view(rec: dict) -> RecommendationView:
 
 
 CANDIDATE_COLUMNS = ["role", "batch", "lr", "step (ms)", "samples/s", "peak memory", "throughput ×",
-                     "time to target ×", "run time", "rank", "excluded"]
+                     "time to target ×", "90% interval", "raw model", "run time", "rank", "excluded"]
 
 
 def candidates_table(rec: dict) -> pd.DataFrame:
@@ -314,11 +345,16 @@ def candidates_table(rec: dict) -> pd.DataFrame:
             "peak memory": format_bytes(c.get("peak_memory_bytes")) if c.get("peak_memory_bytes") else "—",
             "throughput ×": round(c["speedup_throughput"], 2),
             "time to target ×": round(c["speedup_time_to_target"], 2) if c.get("speedup_time_to_target") else None,
+            "90% interval": interval_text(*c["speedup_interval"]) if c.get("speedup_interval") else "—",
+            "raw model": (f"{c['raw_speedup']:.2f}× ({interval_text(*c['raw_interval'])})"
+                          if c.get("raw_interval") else "—"),
             "run time": format_duration(c.get("run_time_s")),
             "rank": c.get("rank"), "excluded": c.get("excluded") or "",
         })
     frame = pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)
     frame["rank"] = frame["rank"].astype("Int64")
+    if not (rec.get("predicted_speedup") or {}).get("corrected"):   # the raw model is the one ranked on
+        frame = frame.drop(columns=["raw model"])
     return frame
 
 

@@ -21,7 +21,8 @@ from ..errors import UsageError
 from ..format import format_count, format_number
 from ..home import Home
 from ..plan.compare import compare_groups, comparison_table
-from ..plan.recommend import accepted_load_note
+from ..plan.recommend import accepted_load_note, model_text
+from ..plan.verdict import headline_tone, interval_text
 from . import profiles as views
 from .charts import profile as charts
 from .charts import recommend as reccharts
@@ -131,7 +132,10 @@ def _summary(rec: dict, data: ReportData) -> str:
     cards = [("Recommended batch", f"{rec['batch_size']}", f"baseline {base['batch_size']}"),
              ("Learning rate", f"{rec['learning_rate']:.4g}", f"{rec['rule']} rule from {base['learning_rate']:.4g}"),
              ("Warm-up", f"{rec['warmup_steps']} step{'' if rec['warmup_steps'] == 1 else 's'}", f"{rec['warmup_samples']:,} samples"),
-             ("Predicted speedup", f"{speed['time_to_target']:.2f}×", f"{speed['throughput']:.2f}× in throughput")]
+             ("Predicted speedup", f"{speed['time_to_target']:.2f}×",
+              (f"{speed['coverage']:.0%} prediction interval " if speed.get("coverage") else "interval ")
+              + interval_text(*speed["time_to_target_interval"]) + f"; {speed['throughput']:.2f}× in throughput"
+              if speed.get("time_to_target_interval") else f"{speed['throughput']:.2f}× in throughput")]
     if per_day.get("baseline") and per_day.get("recommended"):
         cards.append(("Runs per GPU-day", format_count(per_day["recommended"]),
                       f"{format_count(per_day['baseline'])} at the baseline"))
@@ -141,8 +145,9 @@ def _summary(rec: dict, data: ReportData) -> str:
                    f"<div class='note'>{_e(note)}</div></div>")
     out.append("</div>")
     headline = (data.autopilot or {}).get("headline") or {}
-    if headline.get("text"):
-        out.append(f"<p class='headline'>Measured: {_e(headline['text'])}</p>")
+    if headline.get("text"):   # its colour follows its verdict, as on the Overview
+        tone = headline.get("tone") or headline_tone(headline.get("verdict"), headline.get("quality"))
+        out.append(f"<p class='headline {tone}'>Measured: {_e(headline['text'])}</p>")
     out.append("</section>")
     return "\n".join(out)
 
@@ -168,8 +173,7 @@ def _profile_section(profile: dict, points: pd.DataFrame) -> str:
 
 
 def _recommendation_section(rec: dict) -> str:
-    noise = ("perfect scaling assumed (no noise-scale estimate)" if rec.get("assumed_perfect_scaling")
-             else f"gradient noise scale B_noise ≈ {rec['noise_scale']:,.0f}")
+    noise = model_text(rec)   # the noise model ranked on: an estimate or a curve, and its correction
     out = ["<section id='recommendation'><h2>Recommendation</h2>",
            *([f"<p><b>{_e(accepted_load_note(rec['accepted_load']))}</b></p>"] if rec.get("accepted_load") else []),
            f"<p>Batch <b>{rec['batch_size']}</b> at learning rate <b>{rec['learning_rate']:.4g}</b> "
@@ -196,15 +200,20 @@ def _runs_section(rec: dict, data: ReportData) -> str:
         return "\n".join(out)
     evals = data.evaluations if data.evaluations is not None else pd.DataFrame(
         columns=["run_id", "step", "train_time_s", "wall_time_s", "val_loss"])
+    stored = ((data.autopilot or {}).get("comparison") or {})   # judged with the autopilot's own tolerances
+    tolerances = ({"tolerance": stored["tolerance"], "quality_tolerance": stored["quality"]["tolerance_share"]}
+                  if stored.get("tolerance") is not None and (stored.get("quality") or {}).get("tolerance_share")
+                  is not None else {})
     try:
-        comparison = compare_groups([("baseline", baseline), ("recommended", recommended)], evals)
+        comparison = compare_groups([("baseline", baseline), ("recommended", recommended)], evals, **tolerances)
     except UsageError as exc:
         comparison = {}
         out.append(f"<p class='empty'>{_e(exc)}</p>")
     else:
         out.append(f"<p>Target: the baseline's best validation loss {comparison['baseline_best_val_loss']:.4f} "
                    f"loosened by {comparison['tolerance']:.0%} → {comparison['target_val_loss']:.4f}; times are "
-                   f"{_e(comparison['time_basis'])}.</p>")
+                   f"{_e(comparison['time_basis'])}; a quality difference within "
+                   f"{comparison['quality']['tolerance_share']:.0%} of the baseline's counts as none.</p>")
         if comparison["conditions"]["differed"]:
             out.append(f"<p class='warning'>Conditions differed: {_e(comparison['conditions']['text'])}.</p>")
         out.append(_table(pd.DataFrame(comparison_table(comparison))))
@@ -242,7 +251,10 @@ h2 { border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 2.2rem; }
 .card .label { color: #666; font-size: 0.85rem; }
 .card .value { font-size: 1.6rem; font-weight: 600; }
 .card .note { color: #888; font-size: 0.8rem; }
-.headline { font-weight: 600; }
+.headline { font-weight: 600; padding: 8px 12px; border-radius: 6px; }
+.headline.good { background: #e8f5e9; color: #1b5e20; }
+.headline.bad { background: #fdecea; color: #8e1b10; }
+.headline.neutral { background: #fff8e1; color: #6d4c00; }
 /* fixed tracks: each chart is drawn (and sized) before the next one exists in the page */
 .grid { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 8px; }
 @media (max-width: 1000px) { .grid { grid-template-columns: minmax(0, 1fr); } }

@@ -16,9 +16,10 @@ import plotly.graph_objects as go
 
 from .. import jobs, store
 from ..errors import UsageError
-from ..format import format_background_load, format_duration, unreadable_runs
+from ..format import DASH, format_background_load, format_duration, unreadable_runs
 from ..home import Home
 from ..plan.compare import compare_groups, comparison_table, speedup_text, time_text
+from ..plan.verdict import quality_words
 from .charts import runs as runcharts
 from .widgets import Metric, cancel
 
@@ -298,14 +299,16 @@ def unit_names(groups: list[dict]) -> dict[str, str]:
 
 
 def comparison_view(home: Home, units: list[str], baseline: str, x: str = "train_time_s", log_x: bool = False,
-                    log_y: bool = False, tolerance: float = 0.01) -> ComparisonView:
-    """Time to the baseline's validation loss, speedup and p-value of each unit against ``baseline``."""
+                    log_y: bool = False, tolerance: float | None = None) -> ComparisonView:
+    """Time to the baseline's validation loss, speedup and p-value of each unit against ``baseline``.
+
+    ``tolerance`` None: the tolerances an autopilot compared these runs with, else the defaults (0.01)."""
     with store.connect(home) as con:
         return _comparison(con, units, baseline, x, log_x, log_y, tolerance)
 
 
 def _comparison(con, units: list[str], baseline: str, x: str = "train_time_s", log_x: bool = False,
-                log_y: bool = False, tolerance: float = 0.01) -> ComparisonView:
+                log_y: bool = False, tolerance: float | None = None) -> ComparisonView:
     ordered = [baseline] + [u for u in units if u != baseline]
     groups = []
     for unit in ordered:
@@ -316,8 +319,11 @@ def _comparison(con, units: list[str], baseline: str, x: str = "train_time_s", l
     if len(groups) < 2 or groups[0][0] != baseline:
         return ComparisonView(error="the comparison needs the baseline and at least one other run or group "
                                     "that has started training")
+    stored = store.comparison_tolerances(con, [r["id"] for _, rs in groups for r in rs]) if tolerance is None else None
+    tolerances = ({"tolerance": stored["tolerance"], "quality_tolerance": stored["quality_tolerance"]} if stored
+                  else {"tolerance": 0.01 if tolerance is None else tolerance})
     try:
-        result = compare_groups(groups, evals, tolerance=tolerance)
+        result = compare_groups(groups, evals, **tolerances)
     except UsageError as exc:
         return ComparisonView(error=str(exc))
 
@@ -333,15 +339,17 @@ def _comparison(con, units: list[str], baseline: str, x: str = "train_time_s", l
             continue
         metrics.append(Metric(
             f"Speedup of {names[group['name']]}", speedup_text(group),
-            f"baseline's median time to target over this group's ({time_text(ttt)}), with a 90% bootstrap interval; "
-            f"{group['reached']} of {group['n']} runs reached the target, the others count as at least their whole "
-            f"training time"))
+            f"{(group.get('verdict') or {}).get('text', '')}. The baseline's median time to target over this group's "
+            f"({time_text(ttt)}), with a {result['confidence']:.0%} bootstrap interval for censored data and an exact "
+            f"test; {group['reached']} of {group['n']} runs reached the target, the others count as at least their "
+            f"whole training time"))
         quality = group.get("quality") or {}
-        if quality.get("difference") is not None:
+        if quality.get("difference") is not None or quality.get("failed"):
             p = quality.get("p_value")
-            metrics.append(Metric(f"Δ {quality_name}", f"{quality['difference']:+.4f}" + (f" (p={p:.2g})" if p is not None else ""),
-                                  f"{quality['verdict']}: the 90% interval of the difference against ±"
-                                  f"{quality['tolerance']:.4g}; p: Welch's t-test, needs two or more runs per group"))
+            value = DASH if quality.get("difference") is None else f"{quality['difference']:+.4f}"
+            metrics.append(Metric(f"Δ {quality_name}", value + (f" (p={p:.2g})" if p is not None else ""),
+                                  f"{quality_words(quality, quality_name, result['confidence'])}; p: Welch's t-test, "
+                                  f"needs two or more runs per group"))
     table = pd.DataFrame(comparison_table(result))
     groups_ids = {names.get(name, name): [r["id"] for r in runs] for name, runs in groups}
     figure = runcharts.comparison_figure(evals, groups_ids, names.get(baseline, baseline), result["target_val_loss"],
@@ -349,6 +357,9 @@ def _comparison(con, units: list[str], baseline: str, x: str = "train_time_s", l
     caption = (f"Target: validation loss {result['target_val_loss']:.4g} (the baseline's best "
                f"{result['baseline_best_val_loss']:.4g} + {result['tolerance']:.0%}); times are "
                f"{result['time_basis']}. A selected run that belongs to a group brings in all of the group's repeats.")
+    if stored:
+        caption += (f" Tolerances as autopilot `{stored['autopilot']}` compared these runs: target "
+                    f"{stored['tolerance']:.0%}, quality {stored['quality_tolerance']:.0%}.")
     conditions = result["conditions"]
     return ComparisonView(error=None, metrics=metrics, table=table, figure=figure, result=result, caption=caption,
                           conditions=f"Conditions differed: {conditions['text']}." if conditions["differed"] else None)

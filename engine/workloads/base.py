@@ -18,7 +18,7 @@ import torch
 from ..errors import UsageError, WorkloadError
 from ..units import INT64_MAX, check_int, check_number
 from . import batches
-from .names import OPTIMIZERS, SCHEDULES
+from .base_config import OPTIMIZERS, SCHEDULES
 
 __all__ = ["Workload", "OPTIMIZERS", "SCHEDULES", "Metric", "OptimizerFactory"]
 

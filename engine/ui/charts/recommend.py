@@ -10,7 +10,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from ...format import format_count, format_duration, short_count
-from ...plan.recommend import steps_factor
+from ...plan.recommend import model_text, steps_factor
+from ...plan.verdict import interval_text
 from .base import BLUE, GREY, ORANGE, RED, apply_layout, batch_axis, empty_figure
 
 __all__ = ["time_to_target_figure", "planner_figure", "predicted_time_ratios", "batch_schedule_figure"]
@@ -32,6 +33,8 @@ def predicted_time_ratios(rec: dict) -> dict[int, float]:
     for c in rec["candidates"]:
         if c.get("time_ratio") is not None:
             out[c["batch_size"]] = float(c["time_ratio"])
+        elif c.get("step_time_s") and c.get("steps_factor"):   # the model ranked on, as every candidate stores it
+            out[c["batch_size"]] = c["step_time_s"] / t0 / c["steps_factor"]
         elif c.get("step_time_s"):
             out[c["batch_size"]] = steps_factor(c["batch_size"], noise) / base * c["step_time_s"] / t0
     return out
@@ -56,6 +59,8 @@ def time_to_target_figure(rec: dict) -> go.Figure:
         for b in batches:
             c, r = by_batch[b], ratios[b]
             text = f"batch {b}<br>lr {c['learning_rate']:.3g}<br>time to target {r:.3g}× the baseline"
+            if c.get("speedup_interval"):
+                text += f"<br>speedup {interval_text(*c['speedup_interval'])} (90% prediction interval)"
             if baseline_run:
                 text += f"<br>run ≈ {format_duration(baseline_run * r)}"
             if c.get("excluded"):
@@ -63,11 +68,21 @@ def time_to_target_figure(rec: dict) -> go.Figure:
             lines.append(text)
         return lines
 
+    def error_bars(batches: list[int]) -> dict | None:
+        """The prediction interval of each time ratio (1/speedup), as asymmetric error bars."""
+        spans = [by_batch[b].get("speedup_interval") for b in batches]
+        if not any(spans):
+            return None
+        return dict(type="data", symmetric=False, color=BLUE, thickness=1.2,
+                    array=[(1 / s[0] - ratios[b]) if s else 0 for b, s in zip(batches, spans)],
+                    arrayminus=[(ratios[b] - 1 / s[1]) if s else 0 for b, s in zip(batches, spans)])
+
     fig = go.Figure()
     if eligible:
         fig.add_trace(go.Scatter(
-            x=eligible, y=[ratios[b] for b in eligible], mode="lines+markers", name="candidates",
-            line=dict(color=BLUE), marker=dict(size=9), hovertext=hover(eligible), hoverinfo="text"))
+            x=eligible, y=[ratios[b] for b in eligible], mode="lines+markers", name="candidates (90% interval)",
+            line=dict(color=BLUE), marker=dict(size=9), hovertext=hover(eligible), hoverinfo="text",
+            error_y=error_bars(eligible)))
     if excluded:
         fig.add_trace(go.Scatter(
             x=excluded, y=[ratios[b] for b in excluded], mode="markers", name="excluded (hover for why)",
@@ -82,10 +97,12 @@ def time_to_target_figure(rec: dict) -> go.Figure:
             marker=dict(symbol="star", size=20, color=RED, line=dict(color="white", width=1)),
             text=[f"batch {chosen}"], textposition="top center", textfont=dict(color=RED), hoverinfo="skip"))
     fig.add_hline(y=1.0, line=dict(color=GREY, dash="dot", width=1))
-    speedup = (rec.get("predicted_speedup") or {}).get("time_to_target")
-    basis = ("perfect scaling assumed (no noise-scale estimate)" if rec.get("assumed_perfect_scaling")
-             else f"B_noise ≈ {rec['noise_scale']:,.0f}")
-    subtitle = f"recommended batch {chosen}: {speedup:.2f}× faster than the baseline {b0} · {basis}" if speedup else basis
+    speed = rec.get("predicted_speedup") or {}
+    speedup, span = speed.get("time_to_target"), speed.get("time_to_target_interval")
+    basis = model_text(rec)
+    subtitle = (f"recommended batch {chosen}: predicted {speedup:.2f}× the baseline {b0}'s speed"
+                + (f" ({speed.get('coverage', 0.9):.0%} prediction interval {interval_text(*span)})" if span else "")
+                + f" · {basis}") if speedup else basis
     apply_layout(fig, title, x_title, y_title, revision, subtitle)
     # falling curves: the top-left corner holds data, so the legend goes top right
     fig.update_layout(legend=dict(x=0.99, xanchor="right", y=0.99, yanchor="top"))
@@ -148,8 +165,12 @@ def batch_schedule_figure(plan: dict) -> go.Figure:
     fig.add_hline(y=fixed, line=dict(color=GREY, dash="dot", width=1),
                   annotation_text=f"best fixed batch {fixed}", annotation_position="bottom right")
     speed = plan["predicted_speedup"]
-    subtitle = (f"schedule {plan['spec']}: predicted {speed['over_baseline']:.2f}× over the baseline, "
-                f"{speed['over_best_fixed']:.2f}× over the best fixed batch")
+
+    def span(key: str) -> str:
+        return f" ({interval_text(*speed[key + '_interval'])})" if speed.get(key + "_interval") else ""
+
+    subtitle = (f"schedule {plan['spec']}: predicted {speed['over_baseline']:.2f}×{span('over_baseline')} over the "
+                f"baseline, {speed['over_best_fixed']:.2f}×{span('over_best_fixed')} over the best fixed batch")
     apply_layout(fig, title, x_title, y_title, revision, subtitle)
     fig.update_xaxes(tickformat=".0%", range=[0, 1])
     fig.update_yaxes(type="log")

@@ -1,4 +1,5 @@
-"""The arguments of a noise-scale estimate, checked before any job is written. Apart from
+"""What a noise-scale estimate needs without torch: its arguments, checked before any job is written, and
+McCandlish's estimator from two averaged squared norms (which the training loop's live probe shares). Apart from
 :mod:`largestep.measure.noise` so that submitting an estimate imports no torch."""
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from ..units import check_int, check_number
 if TYPE_CHECKING:
     from ..workloads.base import Workload
 
-__all__ = ["DEFAULT_BIG_MULTIPLE", "NoiseRequest", "check_curve_fractions", "check_noise_args", "default_warm_steps"]
+__all__ = ["DEFAULT_BIG_MULTIPLE", "NoiseRequest", "check_curve_fractions", "check_noise_args", "default_warm_steps",
+           "noise_scale_from_norms"]
 
 DEFAULT_BIG_MULTIPLE = 8     # default batch_big = this many times batch_small (capped by the dataset)
 
@@ -94,3 +96,14 @@ def check_curve_fractions(fractions: tuple[float, ...]) -> tuple[float, ...]:
         raise UsageError(f"--at needs two fractions of training at least to draw a curve, not {len(points)}; "
                          f"e.g. --at 0,0.25,0.5,1")
     return points
+
+
+def noise_scale_from_norms(g_small_sq: float, g_big_sq: float, batch_small: int, batch_big: int
+                           ) -> tuple[float, float]:
+    """(|G|², tr(Σ)) from averaged squared gradient norms at two batch sizes (McCandlish et al., app. A).
+
+    Works elementwise on numpy arrays too (the bootstrap uses it that way).
+    """
+    g2 = (batch_big * g_big_sq - batch_small * g_small_sq) / (batch_big - batch_small)
+    trace_sigma = (g_small_sq - g_big_sq) / (1.0 / batch_small - 1.0 / batch_big)
+    return g2, trace_sigma

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..curve import DEFAULT_ESTIMATOR, ESTIMATORS
 from ..errors import UsageError
-from .device_names import DTYPE_NAMES, MAX_NPROC
+from .devices_config import DTYPE_NAMES, MAX_NPROC
 from ..units import INT64_MAX, check_int, check_number, check_switch
 
 if TYPE_CHECKING:
