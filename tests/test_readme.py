@@ -138,3 +138,24 @@ def test_every_link_in_the_readme_and_the_docs_leads_to_a_file():
             if (page.parent / target).resolve() == STATISTICS and not STATISTICS.exists():
                 continue   # docs/statistics.md arrives with issue 24's branch
             assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to {target}, which does not exist"
+
+
+def test_internals_documents_every_table_and_column_the_migrations_create():
+    import duckdb
+
+    from largestep.store.migrations import migrate
+
+    con = duckdb.connect()
+    migrate(con)
+    parts = re.split(r"\*\*`(\w+)`\*\*", (ROOT / "docs" / "internals.md").read_text(encoding="utf-8"))
+    sections = {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
+    missing = {}
+    for (table,) in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall():
+        columns = [c for (c,) in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+                                             "ORDER BY ordinal_position", [table]).fetchall()]
+        text = sections.get(table, "")
+        if "the columns of `noise_estimates`" in " ".join(text.split()):   # noise_curve_points: its own, then the estimates'
+            text += sections.get("noise_estimates", "")
+        if absent := [c for c in columns if f"`{c}`" not in text]:
+            missing[table] = absent
+    assert not missing, f"docs/internals.md does not describe {missing} (engine/store/migrations.py creates them)"
