@@ -76,10 +76,13 @@ def readme() -> str:
     return README.read_text(encoding="utf-8")
 
 
-def test_the_readme_is_short_and_holds_no_dated_measurement():
+def test_the_readme_is_short_and_neither_it_nor_the_docs_hold_a_date():
     text = readme()
     assert len(text.splitlines()) < MAX_LINES, f"README.md has {len(text.splitlines())} lines, at most {MAX_LINES - 1}"
     assert not DATE.findall(text), f"README.md holds dates: {DATE.findall(text)} (measurements go to bench/README.md)"
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        dates = DATE.findall(page.read_text(encoding="utf-8"))
+        assert not dates, f"docs/{page.name} holds dates: {dates} (a page says how it works, not when it was measured)"
 
 
 def test_the_readme_starts_with_the_two_commands():
