@@ -20,7 +20,6 @@ MAX_LINES = 450
 DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
 QUICKSTART = "## Quickstart"
 QUICKSTART_COMMANDS = {"profile", "recommend", "autopilot", "dashboard"}
-STATISTICS = ROOT / "docs" / "statistics.md"
 SHELL = {"|", "||", "&&", ";", "&"}
 
 
@@ -138,8 +137,6 @@ def test_every_link_in_the_readme_and_the_docs_leads_to_a_file():
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
             if "://" in target:
                 continue
-            if (page.parent / target).resolve() == STATISTICS and not STATISTICS.exists():
-                continue   # docs/statistics.md arrives with issue 24's branch
             assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to {target}, which does not exist"
 
 
