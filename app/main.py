@@ -16,8 +16,13 @@ PAGES_DIR = Path(__file__).parent / "sections"  # not "pages": that name turns o
 # st.Page line each, in the section where they belong.
 PAGES = {
     "Start": [
-        st.Page(PAGES_DIR / "overview.py", title="Overview", icon=":material/rocket_launch:", url_path="overview",
-                default=True),
+        st.Page(
+            PAGES_DIR / "overview.py",
+            title="Overview",
+            icon=":material/rocket_launch:",
+            url_path="overview",
+            default=True,
+        ),
     ],
     "Measure": [
         st.Page(PAGES_DIR / "profiles.py", title="Profiles", icon=":material/speed:", url_path="profiles"),
@@ -27,8 +32,9 @@ PAGES = {
         st.Page(PAGES_DIR / "runs.py", title="Runs", icon=":material/monitoring:", url_path="runs"),
         st.Page(PAGES_DIR / "planner.py", title="Planner", icon=":material/calendar_month:", url_path="planner"),
         st.Page(PAGES_DIR / "export.py", title="Export", icon=":material/download:", url_path="export"),
-        st.Page(PAGES_DIR / "calibration.py", title="Calibration", icon=":material/model_training:",
-                url_path="calibration"),
+        st.Page(
+            PAGES_DIR / "calibration.py", title="Calibration", icon=":material/model_training:", url_path="calibration"
+        ),
     ],
 }
 

@@ -35,11 +35,25 @@ def load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def autopilot(home: Path, repeats: int, epochs: str | None, accept_load: bool,
-              threads: str | None) -> tuple[dict, float, str, str]:
+def autopilot(
+    home: Path, repeats: int, epochs: str | None, accept_load: bool, threads: str | None
+) -> tuple[dict, float, str, str]:
     """One `largestep autopilot --json` in ``home``: (its document, wall seconds, load before, load after)."""
-    argv = [sys.executable, "-m", "largestep.cli", "--home", str(home), "autopilot", "--workload", "fraud-gru",
-            "--repeats", str(repeats), "--arms", "baseline,recommended", "--json"]
+    argv = [
+        sys.executable,
+        "-m",
+        "largestep.cli",
+        "--home",
+        str(home),
+        "autopilot",
+        "--workload",
+        "fraud-gru",
+        "--repeats",
+        str(repeats),
+        "--arms",
+        "baseline,recommended",
+        "--json",
+    ]
     if epochs:
         argv += ["--epochs", epochs]
     if accept_load:
@@ -58,8 +72,11 @@ def ratio(value, low=None, high=None, bound=None) -> str:
         return "-"
     if bound:
         return f"{bound} {value:.2f}"
-    span = "" if low is None and high is None else f" ({'?' if low is None else f'{low:.2f}'}–" \
-                                                   f"{'?' if high is None else f'{high:.2f}'})"
+    span = (
+        ""
+        if low is None and high is None
+        else f" ({'?' if low is None else f'{low:.2f}'}–{'?' if high is None else f'{high:.2f}'})"
+    )
     return f"{value:.2f}{span}"
 
 
@@ -80,41 +97,61 @@ def main() -> None:
     try:
         runs = [autopilot(home, args.repeats, args.epochs, args.accept_load, args.threads) for _ in range(2)]
     finally:
-        forkserver.stop(Home(home))   # the warm launcher the jobs started: nothing outlives the benchmark
+        forkserver.stop(Home(home))  # the warm launcher the jobs started: nothing outlives the benchmark
 
     with store.connect(Home(home)) as con:
         points = {p["autopilot_id"]: p for p in store.list_verifications(con)}
-    print(f"# Calibration on fraud-gru: two autopilots, {args.repeats} seeds an arm"
-          + (" (--accept-load: profiles measured under load)" if args.accept_load else ""))
+    print(
+        f"# Calibration on fraud-gru: two autopilots, {args.repeats} seeds an arm"
+        + (" (--accept-load: profiles measured under load)" if args.accept_load else "")
+    )
     print(f"home {home}; machine: {os.cpu_count()} cores; torch threads: {args.threads or 'torch default'}\n")
-    print("| autopilot | batch | speedup: raw / corrected / measured | steps factor: raw / corrected / measured "
-          "| time per step: predicted / measured | B_crit implied (B_simple) | wall time | load before → after |")
+    print(
+        "| autopilot | batch | speedup: raw / corrected / measured | steps factor: raw / corrected / measured "
+        "| time per step: predicted / measured | B_crit implied (B_simple) | wall time | load before → after |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for k, (document, seconds, before, after) in enumerate(runs, start=1):
         rec = document["recommendation"]
         p = points.get(document["autopilot_id"]) or {}
         corrected = rec["predicted_speedup"].get("corrected")
-        speed = (f"{ratio(p.get('raw_speedup'), p.get('raw_low'), p.get('raw_high'))} / "
-                 f"{ratio(p.get('predicted_speedup'), p.get('predicted_low'), p.get('predicted_high')) if corrected else '-'}"
-                 f" / {ratio(p.get('measured_speedup'), p.get('measured_low'), p.get('measured_high'), p.get('measured_bound'))}")
-        steps = (f"{ratio(p.get('raw_steps'))} / {ratio(p.get('predicted_steps')) if corrected else '-'} / "
-                 f"{ratio(p.get('measured_steps'), p.get('measured_steps_low'), p.get('measured_steps_high'), p.get('steps_bound'))}")
-        step_time = (f"{ratio(p.get('predicted_step_time'))} / "
-                     f"{ratio(p.get('measured_step_time'), p.get('measured_step_time_low'), p.get('measured_step_time_high'))}")
-        critical = "-" if p.get("implied_b_crit") is None else (
-            "unbounded" if math.isinf(p["implied_b_crit"]) else f"{p['implied_b_crit']:,.0f}")
+        speed = (
+            f"{ratio(p.get('raw_speedup'), p.get('raw_low'), p.get('raw_high'))} / "
+            f"{ratio(p.get('predicted_speedup'), p.get('predicted_low'), p.get('predicted_high')) if corrected else '-'}"
+            f" / {ratio(p.get('measured_speedup'), p.get('measured_low'), p.get('measured_high'), p.get('measured_bound'))}"
+        )
+        steps = (
+            f"{ratio(p.get('raw_steps'))} / {ratio(p.get('predicted_steps')) if corrected else '-'} / "
+            f"{ratio(p.get('measured_steps'), p.get('measured_steps_low'), p.get('measured_steps_high'), p.get('steps_bound'))}"
+        )
+        step_time = (
+            f"{ratio(p.get('predicted_step_time'))} / "
+            f"{ratio(p.get('measured_step_time'), p.get('measured_step_time_low'), p.get('measured_step_time_high'))}"
+        )
+        critical = (
+            "-"
+            if p.get("implied_b_crit") is None
+            else ("unbounded" if math.isinf(p["implied_b_crit"]) else f"{p['implied_b_crit']:,.0f}")
+        )
         simple = f" ({p['b_simple']:,.0f})" if p.get("b_simple") else ""
-        print(f"| {k} `{document['autopilot_id']}` | {rec['baseline']['batch_size']} → {rec['batch_size']} "
-              f"({rec['rule']}) | {speed} | {steps} | {step_time} | {critical}{simple} | {seconds / 60:.1f} min | "
-              f"{before} → {after} |")
+        print(
+            f"| {k} `{document['autopilot_id']}` | {rec['baseline']['batch_size']} → {rec['batch_size']} "
+            f"({rec['rule']}) | {speed} | {steps} | {step_time} | {critical}{simple} | {seconds / 60:.1f} min | "
+            f"{before} → {after} |"
+        )
     second = points.get(runs[1][0]["autopilot_id"]) or {}
     measured, predicted = second.get("measured_speedup"), second.get("predicted_speedup")
     if measured and predicted and not second.get("measured_bound"):
         error = predicted / measured - 1
-        model = ("corrected" if runs[1][0]["recommendation"].get("correction")
-                 else "raw (no correction: the first measured no steps factor)")
-        print(f"\nthe second autopilot's {model} prediction {predicted:.2f}x against {measured:.2f}x measured: "
-              f"{error:+.0%} ({'within' if abs(error) <= 0.25 else 'outside'} ±25%)")
+        model = (
+            "corrected"
+            if runs[1][0]["recommendation"].get("correction")
+            else "raw (no correction: the first measured no steps factor)"
+        )
+        print(
+            f"\nthe second autopilot's {model} prediction {predicted:.2f}x against {measured:.2f}x measured: "
+            f"{error:+.0%} ({'within' if abs(error) <= 0.25 else 'outside'} ±25%)"
+        )
     else:
         print("\nthe second autopilot's speedup was not measured as a point (a bound, or not reached): no figure")
 

@@ -49,9 +49,16 @@ def bare_loop(workload, batch_size: int, lr: float, steps: int, seed: int) -> fl
     """Samples per second of a hand-written loop over a DataLoader with the workload's settings."""
     torch.manual_seed(seed)
     workers = workload.num_workers if workload.num_workers is not None else default_num_workers(CPU)
-    loader = DataLoader(workload.train, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
-                        collate_fn=workload.collate_fn, generator=torch.Generator().manual_seed(seed),
-                        persistent_workers=workers > 0)
+    loader = DataLoader(
+        workload.train,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        collate_fn=workload.collate_fn,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=workers > 0,
+    )
     model = workload.model()
     model.train()
     optimizer = workload.make_optimizer(model, lr)
@@ -72,8 +79,15 @@ def bare_loop(workload, batch_size: int, lr: float, steps: int, seed: int) -> fl
 
 
 def largestep_loop(workload, batch_size: int, lr: float, steps: int, seed: int) -> float:
-    config = TrainConfig(batch_size=batch_size, lr=lr, warmup_samples=0, seed=seed, max_steps=steps,
-                         epochs=MAX_EPOCHS, eval_every_epochs=MAX_EPOCHS)
+    config = TrainConfig(
+        batch_size=batch_size,
+        lr=lr,
+        warmup_samples=0,
+        seed=seed,
+        max_steps=steps,
+        epochs=MAX_EPOCHS,
+        eval_every_epochs=MAX_EPOCHS,
+    )
     result = train(workload, CPU, config)
     return result.samples / result.train_time_s
 
@@ -111,37 +125,68 @@ def main() -> int:
         steps = max(50, int(args.seconds * probe / batch_size))
         ours, bare, profiled = [], [], []
         for r in range(args.rounds):
-            sides = [("ours", (lambda: bare_loop(workload, batch_size, lr, steps, r)) if args.floor else
-                      (lambda: largestep_loop(workload, batch_size, lr, steps, r))),
-                     ("bare", lambda: bare_loop(workload, batch_size, lr, steps, r))]
-            for name, run in (sides if r % 2 == 0 else sides[::-1]):
+            sides = [
+                (
+                    "ours",
+                    (lambda: bare_loop(workload, batch_size, lr, steps, r))
+                    if args.floor
+                    else (lambda: largestep_loop(workload, batch_size, lr, steps, r)),
+                ),
+                ("bare", lambda: bare_loop(workload, batch_size, lr, steps, r)),
+            ]
+            for name, run in sides if r % 2 == 0 else sides[::-1]:
                 (ours if name == "ours" else bare).append(run())
-            profiled.append(batch_size / bare_loop(workload, batch_size, lr, steps, r) if args.floor else
-                            profiler_step(workload, batch_size, args.seconds / 2))
+            profiled.append(
+                batch_size / bare_loop(workload, batch_size, lr, steps, r)
+                if args.floor
+                else profiler_step(workload, batch_size, args.seconds / 2)
+            )
         bare_step = batch_size / typical_rate(bare)
-        row = {"batch_size": batch_size, "steps": steps,
-               "largestep_samples_per_s": typical_rate(ours), "bare_samples_per_s": typical_rate(bare),
-               "train_ratio": typical_rate(ours) / typical_rate(bare),
-               "profiler_step_s": typical_time(profiled), "bare_step_s": bare_step,
-               "profiler_ratio": typical_time(profiled) / bare_step}
+        row = {
+            "batch_size": batch_size,
+            "steps": steps,
+            "largestep_samples_per_s": typical_rate(ours),
+            "bare_samples_per_s": typical_rate(bare),
+            "train_ratio": typical_rate(ours) / typical_rate(bare),
+            "profiler_step_s": typical_time(profiled),
+            "bare_step_s": bare_step,
+            "profiler_ratio": typical_time(profiled) / bare_step,
+        }
         results.append(row)
         print(json.dumps(row), flush=True)
         name = f"{workload.name} batch {batch_size}"
-        train_detail = (f"{row['largestep_samples_per_s']:,.0f} vs {row['bare_samples_per_s']:,.0f} samples/s, "
-                        f"{steps} steps, {rounds_word()} {args.rounds} rounds")
-        profiler_detail = (f"{row['profiler_step_s'] * 1e3:.3f} vs {bare_step * 1e3:.3f} ms a step, "
-                           f"{rounds_word()} {args.rounds} rounds")
+        train_detail = (
+            f"{row['largestep_samples_per_s']:,.0f} vs {row['bare_samples_per_s']:,.0f} samples/s, "
+            f"{steps} steps, {rounds_word()} {args.rounds} rounds"
+        )
+        profiler_detail = (
+            f"{row['profiler_step_s'] * 1e3:.3f} vs {bare_step * 1e3:.3f} ms a step, "
+            f"{rounds_word()} {args.rounds} rounds"
+        )
         if args.floor:
-            figures += [TRAIN_TARGET.floor(f"bare loop / itself, {name}", row["train_ratio"], train_detail),
-                        PROFILER_TARGET.floor(f"bare loop's step / itself, {name}", row["profiler_ratio"],
-                                              profiler_detail)]
+            figures += [
+                TRAIN_TARGET.floor(f"bare loop / itself, {name}", row["train_ratio"], train_detail),
+                PROFILER_TARGET.floor(f"bare loop's step / itself, {name}", row["profiler_ratio"], profiler_detail),
+            ]
         else:
-            figures += [TRAIN_TARGET.figure(f"training / bare loop, {name}", row["train_ratio"], args.quick,
-                                            train_detail),
-                        PROFILER_TARGET.figure(f"profiler's step / bare loop's, {name}", row["profiler_ratio"],
-                                               args.quick, profiler_detail)]
-    print(json.dumps({"workload": workload.name, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "machine": platform.machine(), "results": results}, indent=2))
+            figures += [
+                TRAIN_TARGET.figure(f"training / bare loop, {name}", row["train_ratio"], args.quick, train_detail),
+                PROFILER_TARGET.figure(
+                    f"profiler's step / bare loop's, {name}", row["profiler_ratio"], args.quick, profiler_detail
+                ),
+            ]
+    print(
+        json.dumps(
+            {
+                "workload": workload.name,
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "machine": platform.machine(),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     return report("dataset", figures)
 
 

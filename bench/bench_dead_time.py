@@ -46,9 +46,9 @@ from largestep.home import Home  # noqa: E402
 from largestep.jobs import events  # noqa: E402
 from targets import Target, quick_rounds, report, rounds_word, typical_time  # noqa: E402
 
-START_TARGET = Target(at_most=1.5, quick_margin=0.3)         # a warm-launched job's first step / import torch
-SWEEP_TARGET = Target(at_most=0.15, quick_margin=0.05)       # a cached sweep's share outside its timed steps
-AUTOPILOT_TARGET = Target(at_least=0.85)                     # an autopilot's share in measured work
+START_TARGET = Target(at_most=1.5, quick_margin=0.3)  # a warm-launched job's first step / import torch
+SWEEP_TARGET = Target(at_most=0.15, quick_margin=0.05)  # a cached sweep's share outside its timed steps
+AUTOPILOT_TARGET = Target(at_least=0.85)  # an autopilot's share in measured work
 QUICK_SWEEP = ("--max-batch", "4096")
 
 IMPORT_TORCH = "import torch"
@@ -63,8 +63,7 @@ def python_s(code: str) -> float:
     return time.perf_counter() - start
 
 
-def first_step(workload: str, rounds: int, home: Home | None = None, fresh: bool = True,
-               floor: bool = False) -> dict:
+def first_step(workload: str, rounds: int, home: Home | None = None, fresh: bool = True, floor: bool = False) -> dict:
     """(a): submission to first step vs `import torch`, interleaved round by round.
 
     Each round times a job forked by the home's warm launcher (the steady state of a user submitting
@@ -80,7 +79,7 @@ def first_step(workload: str, rounds: int, home: Home | None = None, fresh: bool
     with tempfile.TemporaryDirectory() as root:
         own_home = home is None
         home = home or Home(Path(root) / "home")
-        load_workload(workload, {}, cache_of(home.ensure()))   # cached, as after the first job
+        load_workload(workload, {}, cache_of(home.ensure()))  # cached, as after the first job
         try:
             os.environ[forkserver.WARM_ENV] = "1"
             cold, _ = _first_step_s(home, workload, seed=0)
@@ -103,10 +102,16 @@ def first_step(workload: str, rounds: int, home: Home | None = None, fresh: bool
                     took, split = _first_step_s(home, workload, seed=k + 1)
                     timed[label].append(took)
                     spans[label].append(split)
-                print(f"round {k}: import torch {reference[-1]:.2f} s; " + ", ".join(
-                    f"{label} {timed[label][-1]:.2f} s (" + ", ".join(f"{name} {value:.2f} s" for name, value in
-                                                                     spans[label][-1].items()) + ")"
-                    for label in timed), flush=True)
+                print(
+                    f"round {k}: import torch {reference[-1]:.2f} s; "
+                    + ", ".join(
+                        f"{label} {timed[label][-1]:.2f} s ("
+                        + ", ".join(f"{name} {value:.2f} s" for name, value in spans[label][-1].items())
+                        + ")"
+                        for label in timed
+                    ),
+                    flush=True,
+                )
         finally:
             os.environ.pop(forkserver.WARM_ENV, None)
             if own_home:
@@ -114,19 +119,31 @@ def first_step(workload: str, rounds: int, home: Home | None = None, fresh: bool
     torch_s = typical_time(reference)
     ratios = {label: typical_time(values) / torch_s for label, values in timed.items()}
     floor_ratio = statistics.median(floor_s) / torch_s if floor_s else None
-    median_spans = {label: {name: statistics.median(s[name] for s in spans[label]) for name in spans[label][0]}
-                    for label in spans}
-    print(f"(a) submission to first step / import torch {torch_s:.2f} s: " + ", ".join(
-        f"{label} {typical_time(timed[label]):.2f} s = {ratios[label]:.2f}" for label in timed)
+    median_spans = {
+        label: {name: statistics.median(s[name] for s in spans[label]) for name in spans[label][0]} for label in spans
+    }
+    print(
+        f"(a) submission to first step / import torch {torch_s:.2f} s: "
+        + ", ".join(f"{label} {typical_time(timed[label]):.2f} s = {ratios[label]:.2f}" for label in timed)
         + f" (target for warm: at most 1.5); the home's first job (launcher cold) {cold:.2f} s = {cold / torch_s:.2f}"
         + (f"; import torch and a first optimizer alone: {floor_ratio:.2f}" if floor_ratio else "")
-        + "; median spans " + "; ".join(f"{label}: " + ", ".join(f"{name} {value:.2f} s" for name, value in
-                                                                median_spans[label].items()) for label in median_spans),
-        flush=True)
-    return {"first_step_s": {label: typical_time(values) for label, values in timed.items()},
-            "cold_launcher_s": cold, "import_torch_s": torch_s, "first_optimizer_s": statistics.median(floor_s)
-            if floor_s else None, "ratio": ratios, "floor_ratio": floor_ratio, "spans_s": median_spans,
-            "rounds": rounds}
+        + "; median spans "
+        + "; ".join(
+            f"{label}: " + ", ".join(f"{name} {value:.2f} s" for name, value in median_spans[label].items())
+            for label in median_spans
+        ),
+        flush=True,
+    )
+    return {
+        "first_step_s": {label: typical_time(values) for label, values in timed.items()},
+        "cold_launcher_s": cold,
+        "import_torch_s": torch_s,
+        "first_optimizer_s": statistics.median(floor_s) if floor_s else None,
+        "ratio": ratios,
+        "floor_ratio": floor_ratio,
+        "spans_s": median_spans,
+        "rounds": rounds,
+    }
 
 
 def _first_step_s(home: Home, workload: str, seed: int) -> tuple[float, dict]:
@@ -143,8 +160,11 @@ def _first_step_s(home: Home, workload: str, seed: int) -> tuple[float, dict]:
     started = next(e["t"] for e in read if e["type"] == events.START)
     run_start = next(e for e in read if e["type"] == events.RUN_START)
     first = run_start["t"] + next(e for e in read if e["type"] == events.METRICS)["rows"][0]["wall_time_s"]
-    return first - submitted, {"process and runner": started - submitted, "body and workload": run_start["t"] - started,
-                               "first step": first - run_start["t"]}
+    return first - submitted, {
+        "process and runner": started - submitted,
+        "body and workload": run_start["t"] - started,
+        "first step": first - run_start["t"],
+    }
 
 
 def sweep(workload: str, cached_runs: int = 1, home: Home | None = None, options: tuple[str, ...] = ()) -> dict:
@@ -159,11 +179,15 @@ def sweep(workload: str, cached_runs: int = 1, home: Home | None = None, options
     with tempfile.TemporaryDirectory() as root:
         root = str(home.root) if home else root
         env = dict(os.environ, LARGESTEP_HOME=root)
-        for label in labels:   # the later ones' jobs are forked by the launcher the first one started
+        for label in labels:  # the later ones' jobs are forked by the launcher the first one started
             start, submitted = time.perf_counter(), time.time()
-            proc = subprocess.run([sys.executable, "-m", "largestep.cli", "profile", "--workload", workload, "--json",
-                                   *options],
-                                  capture_output=True, text=True, env=env, cwd=ROOT)
+            proc = subprocess.run(
+                [sys.executable, "-m", "largestep.cli", "profile", "--workload", workload, "--json", *options],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=ROOT,
+            )
             wall = time.perf_counter() - start
             if proc.returncode != 0:
                 raise SystemExit(f"profile failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -173,14 +197,27 @@ def sweep(workload: str, cached_runs: int = 1, home: Home | None = None, options
             job_dir = Home(Path(root)).job_dir(data["profile_id"])
             spans = _sweep_spans(job_dir, submitted, submitted + wall)
             first_visits = _first_visits_untimed(job_dir)
-            results[label] = {"wall_s": wall, "timed_s": timed, "outside_share": 1 - timed / wall, "spans_s": spans,
-                              "first_visits": first_visits}
-            print(f"(b) default sweep of {workload}, {label} workload: {wall:.1f} s wall, {timed:.1f} s in timed "
-                  f"steps, {1 - timed / wall:.0%} outside them (target at most 15%); "
-                  + ", ".join(f"{name} {value:.1f} s" for name, value in spans.items()), flush=True)
-            print("    each size's first visit, outside its timed steps: " + ", ".join(
-                f"{b}: {v['untimed_s']:.2f} s ({v['warmup_steps']} untimed steps of {v['step_s'] * 1e3:.3g} ms)"
-                for b, v in first_visits.items()), flush=True)
+            results[label] = {
+                "wall_s": wall,
+                "timed_s": timed,
+                "outside_share": 1 - timed / wall,
+                "spans_s": spans,
+                "first_visits": first_visits,
+            }
+            print(
+                f"(b) default sweep of {workload}, {label} workload: {wall:.1f} s wall, {timed:.1f} s in timed "
+                f"steps, {1 - timed / wall:.0%} outside them (target at most 15%); "
+                + ", ".join(f"{name} {value:.1f} s" for name, value in spans.items()),
+                flush=True,
+            )
+            print(
+                "    each size's first visit, outside its timed steps: "
+                + ", ".join(
+                    f"{b}: {v['untimed_s']:.2f} s ({v['warmup_steps']} untimed steps of {v['step_s'] * 1e3:.3g} ms)"
+                    for b, v in first_visits.items()
+                ),
+                flush=True,
+            )
         forkserver.stop(Home(Path(root)))
     return results
 
@@ -198,22 +235,30 @@ def _sweep_spans(job_dir: Path, submitted: float, finished: float) -> dict:
     timed = sum(p.get("timed_s") or sum(p["step_times_s"] or []) for p in kept)
     first, last = min(p["started_at"] for p in points), max(p["ended_at"] for p in points)
     ended = next(e["t"] for e in read if e["type"] == events.EXIT)
-    return {"command before the job": started - submitted,
-            "job start-up to the first batch size": first - started,
-            "measuring, outside the kept timed steps": last - first - timed,
-            "after the last batch size": ended - last,
-            "command after the job": finished - ended}
+    return {
+        "command before the job": started - submitted,
+        "job start-up to the first batch size": first - started,
+        "measuring, outside the kept timed steps": last - first - timed,
+        "after the last batch size": ended - last,
+        "command after the job": finished - ended,
+    }
 
 
 def _first_visits_untimed(job_dir: Path) -> dict:
     """Each batch size's first visit (the first pass, where nearly all the untimed work is): its seconds outside
     its timed steps (warm-up, FLOP counting, the rest), its untimed steps and its median step time."""
     first: dict[int, dict] = {}
-    for e in events.read_all(job_dir):   # a size's first point event is its first visit (later ones merge visits)
+    for e in events.read_all(job_dir):  # a size's first point event is its first visit (later ones merge visits)
         if e["type"] == events.POINT and e.get("started_at") and e.get("ended_at") and e.get("median_s"):
             first.setdefault(e["batch_size"], e)
-    return {b: {"untimed_s": p["ended_at"] - p["started_at"] - (p.get("timed_s") or sum(p["step_times_s"] or [])),
-                "warmup_steps": p.get("warmup_steps"), "step_s": p["median_s"]} for b, p in sorted(first.items())}
+    return {
+        b: {
+            "untimed_s": p["ended_at"] - p["started_at"] - (p.get("timed_s") or sum(p["step_times_s"] or [])),
+            "warmup_steps": p.get("warmup_steps"),
+            "step_s": p["median_s"],
+        }
+        for b, p in sorted(first.items())
+    }
 
 
 def autopilot(workload: str, repeats: int, epochs: float | None) -> dict:
@@ -232,19 +277,29 @@ def autopilot(workload: str, repeats: int, epochs: float | None) -> dict:
             raise SystemExit(f"autopilot {job_id} ended {state}")
         store.ingest(home)
         with store.connect(home) as con:
-            runs = con.execute("SELECT coalesce(sum(wall_time_s), 0), coalesce(sum(train_time_s), 0), count(*) "
-                               "FROM runs").fetchone()
+            runs = con.execute(
+                "SELECT coalesce(sum(wall_time_s), 0), coalesce(sum(train_time_s), 0), count(*) FROM runs"
+            ).fetchone()
             [profile_id] = [r[0] for r in con.execute("SELECT id FROM profiles").fetchall()]
             timed = float(sum(sum(t) for t in store.profile_points(con, profile_id).step_times_s))
             noise = con.execute("SELECT coalesce(sum(elapsed_s), 0) FROM noise_estimates").fetchone()[0]
     runs_wall, runs_train, n_runs = runs
     work = runs_wall + timed + noise
-    print(f"(c) autopilot on {workload} ({repeats} seed(s) an arm, epochs {epochs or 'the workload default'}): "
-          f"{wall:.1f} s wall; {n_runs} runs {runs_wall:.1f} s ({runs_train:.1f} s training steps, the rest "
-          f"evaluation), profile {timed:.1f} s timed steps, noise estimate {noise:.1f} s: {work / wall:.0%} measured "
-          f"work (target at least 85%)", flush=True)
-    return {"wall_s": wall, "runs_wall_s": runs_wall, "runs_train_s": runs_train, "profile_timed_s": timed,
-            "noise_s": noise, "work_share": work / wall}
+    print(
+        f"(c) autopilot on {workload} ({repeats} seed(s) an arm, epochs {epochs or 'the workload default'}): "
+        f"{wall:.1f} s wall; {n_runs} runs {runs_wall:.1f} s ({runs_train:.1f} s training steps, the rest "
+        f"evaluation), profile {timed:.1f} s timed steps, noise estimate {noise:.1f} s: {work / wall:.0%} measured "
+        f"work (target at least 85%)",
+        flush=True,
+    )
+    return {
+        "wall_s": wall,
+        "runs_wall_s": runs_wall,
+        "runs_train_s": runs_train,
+        "profile_timed_s": timed,
+        "noise_s": noise,
+        "work_share": work / wall,
+    }
 
 
 def main() -> int:
@@ -261,8 +316,10 @@ def main() -> int:
     parser.add_argument("--floor", action="store_true", help="import torch against itself; two cached sweeps")
     args = parser.parse_args()
     load = os.getloadavg()[0]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load average {load:.1f}", flush=True)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load:.1f}",
+        flush=True,
+    )
     figures = []
     quick_rounds(args.quick or args.floor)
     if args.quick or args.floor:
@@ -275,7 +332,7 @@ def main() -> int:
                 # bounded at 4096 (fraud-gru's throughput plateaus by 1024 on the development machine), so that a
                 # loaded machine's noise cannot carry the plateau search on to batch 32,768
                 swept = sweep(args.workload, 2 if args.floor else 1, home=home, options=QUICK_SWEEP)
-            finally:   # also when interrupted (bench/suite.py ends a benchmark past its time so): nothing left running
+            finally:  # also when interrupted (bench/suite.py ends a benchmark past its time so): nothing left running
                 for job_dir in home.jobs.iterdir() if home.jobs.is_dir() else ():
                     if jobs.derive_state(job_dir) not in jobs.FINAL_STATES:
                         jobs.cancel(home, job_dir.name)
@@ -283,9 +340,13 @@ def main() -> int:
         figures.append(_start_figure(start, args.quick, args.floor))
         shares = [r["outside_share"] for r in swept.values()]
         if args.floor:
-            figures.append(SWEEP_TARGET.floor_difference(
-                f"a cached sweep's share outside its timed steps, second - first, {args.workload}",
-                shares[1] - shares[0], f"{shares[0]:.1%} then {shares[1]:.1%}"))
+            figures.append(
+                SWEEP_TARGET.floor_difference(
+                    f"a cached sweep's share outside its timed steps, second - first, {args.workload}",
+                    shares[1] - shares[0],
+                    f"{shares[0]:.1%} then {shares[1]:.1%}",
+                )
+            )
         else:
             [result] = swept.values()
             figures.append(_sweep_figure(result, f"{args.workload} up to batch 4096", args.quick))
@@ -295,12 +356,21 @@ def main() -> int:
         figures.append(_start_figure(first_step(args.workload, args.rounds), False, False))
     if not args.skip_sweep:
         results = sweep(args.workload, args.sweeps)
-        figures += [_sweep_figure(r, f"{args.workload}, {label}", False) for label, r in results.items()
-                    if label.startswith("cached")]
+        figures += [
+            _sweep_figure(r, f"{args.workload}, {label}", False)
+            for label, r in results.items()
+            if label.startswith("cached")
+        ]
     if not args.skip_autopilot:
         result = autopilot(args.workload, args.autopilot_repeats, args.autopilot_epochs)
-        figures.append(AUTOPILOT_TARGET.figure(f"an autopilot's share of measured work, {args.workload}",
-                                               result["work_share"], False, f"{result['wall_s']:.1f} s wall"))
+        figures.append(
+            AUTOPILOT_TARGET.figure(
+                f"an autopilot's share of measured work, {args.workload}",
+                result["work_share"],
+                False,
+                f"{result['wall_s']:.1f} s wall",
+            )
+        )
     print(f"load average at the end {os.getloadavg()[0]:.1f}", flush=True)
     return report("dead_time", figures)
 
@@ -310,13 +380,18 @@ def _start_figure(start: dict, quick: bool, floor: bool):
     detail = f"{warm:.2f} s vs import torch {start['import_torch_s']:.2f} s, {rounds_word()} {start['rounds']} rounds"
     if floor:
         return START_TARGET.floor("import torch / itself", start["ratio"]["warm"], detail)
-    return START_TARGET.figure("a warm-launched job's submission to first step / import torch", start["ratio"]["warm"],
-                               quick, detail)
+    return START_TARGET.figure(
+        "a warm-launched job's submission to first step / import torch", start["ratio"]["warm"], quick, detail
+    )
 
 
 def _sweep_figure(result: dict, name: str, quick: bool):
-    return SWEEP_TARGET.figure(f"a cached sweep's share outside its timed steps, {name}", result["outside_share"], quick,
-                               f"{result['wall_s']:.1f} s wall, {result['timed_s']:.1f} s in timed steps")
+    return SWEEP_TARGET.figure(
+        f"a cached sweep's share outside its timed steps, {name}",
+        result["outside_share"],
+        quick,
+        f"{result['wall_s']:.1f} s wall, {result['timed_s']:.1f} s in timed steps",
+    )
 
 
 if __name__ == "__main__":

@@ -61,19 +61,50 @@ def write_spools(jobs_dir: Path, runs: int, logs_per_run: int) -> int:
         job_id = jobs.new_job_id("train")
         job_dir = jobs_dir / job_id
         job_dir.mkdir(parents=True)
-        (job_dir / "spec.json").write_text(json.dumps(
-            {"id": job_id, "kind": "train", "device": "cpu", "workload": "bench", "params": {},
-             "created_at": time.time(), "home": str(jobs_dir.parent)}))
+        (job_dir / "spec.json").write_text(
+            json.dumps(
+                {
+                    "id": job_id,
+                    "kind": "train",
+                    "device": "cpu",
+                    "workload": "bench",
+                    "params": {},
+                    "created_at": time.time(),
+                    "home": str(jobs_dir.parent),
+                }
+            )
+        )
         spool = jobs.Spool(job_dir)
-        spool.emit("run_start", workload="bench", config={"batch_size": 128, "lr": 0.01, "seed": r},
-                   device={"id": "cpu", "kind": "cpu", "name": "bench"}, total_steps=logs_per_run)
+        spool.emit(
+            "run_start",
+            workload="bench",
+            config={"batch_size": 128, "lr": 0.01, "seed": r},
+            device={"id": "cpu", "kind": "cpu", "name": "bench"},
+            total_steps=logs_per_run,
+        )
         for step in range(1, logs_per_run + 1):
-            row = {"step": step, "epoch": step / 100, "samples": step * 128, "wall_time_s": step * 0.01,
-                   "train_time_s": step * 0.01, "train_loss": 1.0 / step, "lr": 0.01, "samples_per_s": 12800.0}
+            row = {
+                "step": step,
+                "epoch": step / 100,
+                "samples": step * 128,
+                "wall_time_s": step * 0.01,
+                "train_time_s": step * 0.01,
+                "train_loss": 1.0 / step,
+                "lr": 0.01,
+                "samples_per_s": 12800.0,
+            }
             spool.emit("metrics", rows=[row])
             if step % 100 == 0:
-                spool.emit("eval", step=step, epoch=step / 100, samples=step * 128, wall_time_s=step * 0.01,
-                           train_time_s=step * 0.01, val_loss=1.0 / step, metrics={"average_precision": 0.5})
+                spool.emit(
+                    "eval",
+                    step=step,
+                    epoch=step / 100,
+                    samples=step * 128,
+                    wall_time_s=step * 0.01,
+                    train_time_s=step * 0.01,
+                    val_loss=1.0 / step,
+                    metrics={"average_precision": 0.5},
+                )
                 events += 1
         spool.emit("exit", state=jobs.FINISHED, error=None)
         spool.close()
@@ -155,9 +186,12 @@ def ingest_vs_reference(runs: int, logs: int, rounds: int, floor: bool) -> dict:
         spools = tmp / "spools"
         events = write_spools(spools, runs, logs)
         table = metric_rows(spools, tmp / "rows")
-        sides = {"ingest": (lambda root: timed_reference(table, root)) if floor else
-                 (lambda root: timed_ingest(spools, root)),
-                 "reference": lambda root: timed_reference(table, root)}
+        sides = {
+            "ingest": (lambda root: timed_reference(table, root))
+            if floor
+            else (lambda root: timed_ingest(spools, root)),
+            "reference": lambda root: timed_reference(table, root),
+        }
         rates: dict[str, list[float]] = {name: [] for name in sides}
         order = random.Random(0)
         for r in range(rounds):
@@ -165,14 +199,21 @@ def ingest_vs_reference(runs: int, logs: int, rounds: int, floor: bool) -> dict:
             order.shuffle(names)
             for name in names:
                 seconds, rows = sides[name](tmp / f"{name}-{r}")
-                shutil.rmtree(tmp / f"{name}-{r}")   # a database a side a round: 50 MB each at full size
+                shutil.rmtree(tmp / f"{name}-{r}")  # a database a side a round: 50 MB each at full size
                 if rows != table.num_rows:
                     raise SystemExit(f"{name} wrote {rows} metric rows, not {table.num_rows}")
                 rates[name].append(rows / seconds)
     ours, reference = (typical_rate(rates[name]) for name in ("ingest", "reference"))
-    return {"runs": runs, "events": events, "metric_rows": table.num_rows, "rounds": rounds,
-            "ingest_rows_per_s": ours, "reference_rows_per_s": reference, "ratio": ours / reference,
-            "rates": rates}
+    return {
+        "runs": runs,
+        "events": events,
+        "metric_rows": table.num_rows,
+        "rounds": rounds,
+        "ingest_rows_per_s": ours,
+        "reference_rows_per_s": reference,
+        "ratio": ours / reference,
+        "rates": rates,
+    }
 
 
 # -- (b) the candidates ----------------------------------------------------------------------------------
@@ -199,16 +240,22 @@ def _numpy(con, columns: dict[str, list]) -> None:
 
 def _pyarrow(con, columns: dict[str, list]) -> None:
     import pyarrow as pa
+
     _scan(con, pa.table(columns))
 
 
 def _pandas(con, columns: dict[str, list]) -> None:
     import pandas as pd
+
     _scan(con, pd.DataFrame(columns))
 
 
-CANDIDATES = {"bound lists, unnested": _bound_lists, "NumPy arrays, as ingest makes them": _numpy,
-              "pyarrow Table (imports pandas)": _pyarrow, "pandas DataFrame (imports pandas)": _pandas}
+CANDIDATES = {
+    "bound lists, unnested": _bound_lists,
+    "NumPy arrays, as ingest makes them": _numpy,
+    "pyarrow Table (imports pandas)": _pyarrow,
+    "pandas DataFrame (imports pandas)": _pandas,
+}
 
 
 def candidates(runs: int, logs: int, rounds: int, sizes: list[int]) -> list[dict]:
@@ -237,20 +284,30 @@ def candidates(runs: int, logs: int, rounds: int, sizes: list[int]) -> list[dict
                         seconds[name].append(time.perf_counter() - start)
             reference = statistics.median(seconds["reference"])
             for name, values in seconds.items():
-                row = {"rows": size, "values": size * len(columns), "way": name,
-                       "rows_per_s": size / statistics.median(values), "ratio": reference / statistics.median(values)}
+                row = {
+                    "rows": size,
+                    "values": size * len(columns),
+                    "way": name,
+                    "rows_per_s": size / statistics.median(values),
+                    "ratio": reference / statistics.median(values),
+                }
                 rows.append(row)
-                print(f"{size:>9,} rows ({row['values']:>10,} values): {name:<36} {row['rows_per_s']:>12,.0f} rows/s"
-                      f"   {row['ratio']:.3f} of the reference", flush=True)
+                print(
+                    f"{size:>9,} rows ({row['values']:>10,} values): {name:<36} {row['rows_per_s']:>12,.0f} rows/s"
+                    f"   {row['ratio']:.3f} of the reference",
+                    flush=True,
+                )
     return rows
 
 
 def numpy_import_s(rounds: int = 5) -> float:
     """What importing NumPy adds to a fresh interpreter that has imported DuckDB (median of rounds)."""
+
     def run(code: str) -> float:
         start = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], check=True)
         return time.perf_counter() - start
+
     without, with_numpy = [], []
     for _ in range(rounds):
         without.append(run("import duckdb"))
@@ -269,9 +326,12 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.runs, args.logs, args.rounds = 3, 20_000, 7   # runs as long as the full run's: the same way to DuckDB
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f}, Python {platform.python_version()}", flush=True)
+        args.runs, args.logs, args.rounds = 3, 20_000, 7  # runs as long as the full run's: the same way to DuckDB
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f}, Python {platform.python_version()}",
+        flush=True,
+    )
     if args.candidates:
         rows = candidates(args.runs, args.logs, args.rounds, [1_000, 5_000, 20_000, 100_000])
         cost = numpy_import_s()
@@ -282,9 +342,12 @@ def main() -> int:
     quick_rounds(args.quick)
     factor = slow_ingest_if_asked()
     result = ingest_vs_reference(args.runs, args.logs, args.rounds, args.floor)
-    detail = (f"{result['ingest_rows_per_s']:,.0f} vs {result['reference_rows_per_s']:,.0f} metric rows/s, "
-              f"{result['metric_rows']:,} rows from {result['events']:,} events of {result['runs']} runs, "
-              f"{rounds_word()} {result['rounds']} interleaved rounds" + (f"; ingest slowed {factor:g}x" if factor > 1 else ""))
+    detail = (
+        f"{result['ingest_rows_per_s']:,.0f} vs {result['reference_rows_per_s']:,.0f} metric rows/s, "
+        f"{result['metric_rows']:,} rows from {result['events']:,} events of {result['runs']} runs, "
+        f"{rounds_word()} {result['rounds']} interleaved rounds"
+        + (f"; ingest slowed {factor:g}x" if factor > 1 else "")
+    )
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "rates"}, indent=2))
     if args.floor:

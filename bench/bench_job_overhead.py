@@ -54,8 +54,10 @@ from largestep.measure.profiler import OK, ProfileConfig, StepRunner, run_profil
 from largestep.workloads import load_workload  # noqa: E402
 
 CPU = torch.device("cpu")
-WORKLOADS = {"fraud-mlp": ("fraud-mlp", (256, 1024, 2048)),
-             "small-conv": (f"{ROOT / 'bench' / 'conv_workload.py'}:make", (32, 128, 256))}
+WORKLOADS = {
+    "fraud-mlp": ("fraud-mlp", (256, 1024, 2048)),
+    "small-conv": (f"{ROOT / 'bench' / 'conv_workload.py'}:make", (32, 128, 256)),
+}
 IN_PROCESS = ("in-process", "+ sampler", "+ heartbeat", "+ spool", "+ all three")
 JOBS = ("job, warm launcher", "job, fresh process")
 
@@ -86,7 +88,7 @@ def profile_in_process(workload, sizes, seconds: float, which: str, folder: Path
     """{batch: (median, estimate)} of one profile in this process, with ``which`` of the job's threads beside it."""
     window = telemetry.WindowLoad()
 
-    def tag(batch_size):   # as the profile job opens and closes each timed window
+    def tag(batch_size):  # as the profile job opens and closes each timed window
         window.open() if batch_size is not None else window.close()
 
     config = ProfileConfig(batch_sizes=sizes, min_seconds=seconds, full=True)
@@ -106,8 +108,11 @@ def profile_as_job(home: Home, spec: str, sizes, seconds: float, warm: bool) -> 
     if state != jobs.FINISHED:
         raise SystemExit(f"profile job {job_id} ended {state}: see {home.job_dir(job_id) / 'output.log'}")
     record = events.profile_record(events.read_all(home.job_dir(job_id)))
-    return {p["batch_size"]: (p["median_s"], p.get("estimate_s") or p["median_s"]) for p in record["points"]
-            if p["status"] == OK}
+    return {
+        p["batch_size"]: (p["median_s"], p.get("estimate_s") or p["median_s"])
+        for p in record["points"]
+        if p["status"] == OK
+    }
 
 
 def reference(workload, sizes, seconds: float) -> dict[int, float]:
@@ -136,19 +141,29 @@ def start_launcher(home: Home) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=1.0, help="a profile's timed seconds a size, and the "
-                        "reference's min_run_time")
+    parser.add_argument(
+        "--seconds", type=float, default=1.0, help="a profile's timed seconds a size, and the reference's min_run_time"
+    )
     parser.add_argument("--only", choices=list(WORKLOADS))
     parser.add_argument("--no-jobs", action="store_true", help="only the in-process methods")
     parser.add_argument("--out", help="write the figures here as JSON")
     args = parser.parse_args()
     methods = IN_PROCESS + (() if args.no_jobs else JOBS)
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); load average at the start {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); load average at the start {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     rng = np.random.default_rng(0)
     started = time.perf_counter()
-    figures: dict = {"rounds": args.rounds, "seconds": args.seconds, "cpus": os.cpu_count(),
-                     "torch_threads": torch.get_num_threads(), "load_average": [], "workloads": {}}
+    figures: dict = {
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": [],
+        "workloads": {},
+    }
     with tempfile.TemporaryDirectory() as scratch:
         home = Home(Path(scratch) / "home")
         home.ensure()
@@ -175,21 +190,32 @@ def main() -> None:
                             ratios[method][b].append(median / ref[b])
                             estimates[method][b].append(estimate / ref[b])
                     figures["load_average"].append(os.getloadavg()[0])
-                    print(f"{name} round {k + 1}: {time.perf_counter() - started:.0f} s, load average "
-                          f"{os.getloadavg()[0]:.2f}; reference ms " + ", ".join(f"{b}: {t * 1e3:.3g}"
-                                                                           for b, t in ref.items()), flush=True)
-                table = {m: {b: (statistics.median(ratios[m][b]), statistics.median(estimates[m][b]))
-                             for b in sizes if ratios[m][b]} for m in methods}
+                    print(
+                        f"{name} round {k + 1}: {time.perf_counter() - started:.0f} s, load average "
+                        f"{os.getloadavg()[0]:.2f}; reference ms "
+                        + ", ".join(f"{b}: {t * 1e3:.3g}" for b, t in ref.items()),
+                        flush=True,
+                    )
+                table = {
+                    m: {
+                        b: (statistics.median(ratios[m][b]), statistics.median(estimates[m][b]))
+                        for b in sizes
+                        if ratios[m][b]
+                    }
+                    for m in methods
+                }
                 figures["workloads"][name] = {"sizes": list(sizes), "ratios": table}
-                print(f"\n{name}: profiler median step / blocked_autorange median (estimate / reference in "
-                      f"brackets), median of {args.rounds} rounds")
+                print(
+                    f"\n{name}: profiler median step / blocked_autorange median (estimate / reference in "
+                    f"brackets), median of {args.rounds} rounds"
+                )
                 print(f"  {'method':<22}" + "".join(f"{b:>18}" for b in sizes))
                 for m in methods:
                     print(f"  {m:<22}" + "".join(f"{table[m][b][0]:>9.3f} ({table[m][b][1]:.3f})" for b in sizes))
                 print(flush=True)
         finally:
             if not args.no_jobs:
-                forkserver.stop(home)   # the launcher this bench started, by the pid its record names
+                forkserver.stop(home)  # the launcher this bench started, by the pid its record names
     print(f"load average at the end {os.getloadavg()[0]:.2f}; {time.perf_counter() - started:.0f} s")
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2, default=str))

@@ -43,27 +43,41 @@ def main() -> None:
     args = parser.parse_args()
     workload = load_workload(args.workload)
     device = torch.device("cpu")
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}", flush=True)
-    step_s = measure_point(workload, device, workload.baseline_batch_size,
-                           ProfileConfig(min_steps=20, min_seconds=2.0, warmup_steps=3)).median_s
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}",
+        flush=True,
+    )
+    step_s = measure_point(
+        workload, device, workload.baseline_batch_size, ProfileConfig(min_steps=20, min_seconds=2.0, warmup_steps=3)
+    ).median_s
     print(f"baseline step (batch {workload.baseline_batch_size}): {step_s * 1e3:.2f} ms median", flush=True)
     for warm in (0, default_warm_steps(workload)):
         est = estimate_noise(workload, device, batches=args.batches, warm_steps=warm)
         value = f"{est.b_simple:,.0f}" if est.b_simple is not None else f"unreliable ({est.reason})"
-        print(f"warm-up {warm:>3} steps: {est.elapsed_s:6.2f} s = {est.elapsed_s / step_s:6.0f} baseline steps of time, "
-              f"{est.step_equivalents:6.0f} of samples; B_simple {value} "
-              f"(batches {est.batch_small}/{est.batch_big} x {est.batches})", flush=True)
+        print(
+            f"warm-up {warm:>3} steps: {est.elapsed_s:6.2f} s = {est.elapsed_s / step_s:6.0f} baseline steps of time, "
+            f"{est.step_equivalents:6.0f} of samples; B_simple {value} "
+            f"(batches {est.batch_small}/{est.batch_big} x {est.batches})",
+            flush=True,
+        )
     if args.at:
         fractions = parse_fractions(args.at)
         started = time.perf_counter()
         points = estimate_noise_curve(workload, device, fractions, batches=args.batches)
         elapsed = time.perf_counter() - started
         training_s = baseline_training_steps(workload) * max(fractions) * step_s
-        values = ", ".join(f"{p.fraction:g}: {p.estimate.b_simple:,.0f}" if p.estimate.b_simple is not None
-                           else f"{p.fraction:g}: unreliable" for p in points)
-        print(f"noise curve at {args.at}: {elapsed:.1f} s = {elapsed / training_s:.2f}x the baseline's training to "
-              f"{max(fractions):g} of its run ({training_s:.1f} s at the measured step); B_simple {values}", flush=True)
+        values = ", ".join(
+            f"{p.fraction:g}: {p.estimate.b_simple:,.0f}"
+            if p.estimate.b_simple is not None
+            else f"{p.fraction:g}: unreliable"
+            for p in points
+        )
+        print(
+            f"noise curve at {args.at}: {elapsed:.1f} s = {elapsed / training_s:.2f}x the baseline's training to "
+            f"{max(fractions):g} of its run ({training_s:.1f} s at the measured step); B_simple {values}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

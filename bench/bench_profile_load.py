@@ -47,7 +47,7 @@ from largestep.measure.profiler import OK, ProfileConfig, ProfileResult, run_pro
 from largestep.measure.telemetry import WindowLoad  # noqa: E402
 from largestep.workloads import load_workload  # noqa: E402
 
-LOAD_MAX_S = 3600   # the load generator ends by itself after an hour, should the kill never come
+LOAD_MAX_S = 3600  # the load generator ends by itself after an hour, should the kill never come
 
 # A busy loop that switches on and off at random every 1 to 4 seconds, like another job starting and stopping.
 LOAD_GENERATOR = f"""
@@ -67,8 +67,9 @@ while time.time() < end:
 def start_outside_this_process_tree(command: list[str]) -> psutil.Process:
     """Start ``command`` as another job would be: not a descendant of this process (a shell starts it in
     the background and exits), so the profile's window load counts it as another process's, not ours."""
-    shell = subprocess.run(["sh", "-c", '"$@" >/dev/null 2>&1 & echo $!', "sh", *command],
-                           capture_output=True, text=True, check=True)
+    shell = subprocess.run(
+        ["sh", "-c", '"$@" >/dev/null 2>&1 & echo $!', "sh", *command], capture_output=True, text=True, check=True
+    )
     return psutil.Process(int(shell.stdout.strip()))
 
 
@@ -94,8 +95,13 @@ def falls_as_the_batch_doubles(result: ProfileResult) -> list[int]:
 
 def refused(result: ProfileResult) -> str | None:
     """Why `largestep recommend` refuses this profile (largestep.curve.refusal), or None."""
-    return curve.refusal({"id": "this profile", "points": [p.to_dict() for p in result.points],
-                          "config": {"noisy_iqr_ratio": result.config.noisy_iqr_ratio}})
+    return curve.refusal(
+        {
+            "id": "this profile",
+            "points": [p.to_dict() for p in result.points],
+            "config": {"noisy_iqr_ratio": result.config.noisy_iqr_ratio},
+        }
+    )
 
 
 def main() -> None:
@@ -104,12 +110,23 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="32,64,128,256,512,1024,2048,4096")
     parser.add_argument("--min-seconds", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=ProfileConfig.rounds, help="of the interleaved profiles")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one a core); on a "
-                        "CPU shared with other work, a step's threads wait on whichever one is descheduled")
-    parser.add_argument("--profiler-only", action="store_true",
-                        help="only the method a profile job uses (the rounds setting contended visits aside)")
-    parser.add_argument("--competitor", action=argparse.BooleanOptionalAction, default=True,
-                        help="the competing process switching on and off (--no-competitor: the machine's floor)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default: torch's, one a core); on a "
+        "CPU shared with other work, a step's threads wait on whichever one is descheduled",
+    )
+    parser.add_argument(
+        "--profiler-only",
+        action="store_true",
+        help="only the method a profile job uses (the rounds setting contended visits aside)",
+    )
+    parser.add_argument(
+        "--competitor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the competing process switching on and off (--no-competitor: the machine's floor)",
+    )
     parser.add_argument("--out", help="write the figures here as JSON")
     args = parser.parse_args()
     if args.threads:
@@ -123,15 +140,17 @@ def main() -> None:
         sys.exit(f"the batch sizes must include the baseline {baseline}")
     interleaved = ProfileConfig(batch_sizes=sizes, min_seconds=args.min_seconds, full=True, rounds=args.rounds)
     # (config, whether contended visits are set aside)
-    methods = {f"interleaved, {args.rounds} rounds, contended visits set aside": (interleaved, True),
-               f"interleaved, {args.rounds} rounds, every visit kept": (interleaved, False),
-               "contiguous (rounds=1)": (replace(interleaved, rounds=1), False)}
+    methods = {
+        f"interleaved, {args.rounds} rounds, contended visits set aside": (interleaved, True),
+        f"interleaved, {args.rounds} rounds, every visit kept": (interleaved, False),
+        "contiguous (rounds=1)": (replace(interleaved, rounds=1), False),
+    }
     if args.profiler_only:
         methods = dict(list(methods.items())[:1])
     results: dict[str, list[ProfileResult]] = {name: [] for name in methods}
     window = WindowLoad()
 
-    def tag(batch_size: int | None) -> None:   # as the profile job opens and closes each timed window
+    def tag(batch_size: int | None) -> None:  # as the profile job opens and closes each timed window
         if batch_size is not None:
             window.open()
         else:
@@ -140,29 +159,47 @@ def main() -> None:
     started = time.perf_counter()
     # the quiet one: the profile job's method with no competitor, the curve a loaded profile must match or be refused
     quiet = run_profile(workload, device, interleaved, telemetry_tag=tag, others_busy_cores=window.others_busy_cores)
-    print(f"quiet profile (no competitor): {time.perf_counter() - started:.0f} s; refused: "
-          f"{refused(quiet) or 'no'}", flush=True)
+    print(
+        f"quiet profile (no competitor): {time.perf_counter() - started:.0f} s; refused: {refused(quiet) or 'no'}",
+        flush=True,
+    )
     load = start_outside_this_process_tree([sys.executable, "-c", LOAD_GENERATOR]) if args.competitor else None
     try:
         for repeat in range(2):
             for name, (config, set_aside) in methods.items():
                 t0 = time.perf_counter()
-                result = run_profile(workload, device, config, telemetry_tag=tag,
-                                     others_busy_cores=window.others_busy_cores if set_aside else lambda: None)
+                result = run_profile(
+                    workload,
+                    device,
+                    config,
+                    telemetry_tag=tag,
+                    others_busy_cores=window.others_busy_cores if set_aside else lambda: None,
+                )
                 results[name].append(result)
                 aside = sum(p.loaded_visits for p in result.points)
                 under = [p.batch_size for p in result.points if p.under_load]
-                print(f"{name}, profile {repeat + 1}: {time.perf_counter() - t0:.0f} s"
-                      + (f"; {aside} visits set aside, under load at {under or 'none'}" if set_aside else ""),
-                      flush=True)
+                print(
+                    f"{name}, profile {repeat + 1}: {time.perf_counter() - t0:.0f} s"
+                    + (f"; {aside} visits set aside, under load at {under or 'none'}" if set_aside else ""),
+                    flush=True,
+                )
     finally:
         if load is not None:
-            load.kill()   # by its pid, always
+            load.kill()  # by its pid, always
 
-    figures = {"workload": args.workload, "batch_sizes": list(sizes), "baseline": baseline,
-               "min_seconds": args.min_seconds, "rounds": args.rounds, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-               "platform": platform.platform(), "wall_s": round(time.perf_counter() - started),
-               "competitor": args.competitor, "methods": {}}
+    figures = {
+        "workload": args.workload,
+        "batch_sizes": list(sizes),
+        "baseline": baseline,
+        "min_seconds": args.min_seconds,
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "wall_s": round(time.perf_counter() - started),
+        "competitor": args.competitor,
+        "methods": {},
+    }
     for name, (first, second) in results.items():
         r1, r2 = relative_throughput(first, baseline), relative_throughput(second, baseline)
         both = sorted(set(r1) & set(r2))
@@ -170,18 +207,28 @@ def main() -> None:
         worst = max(both, key=lambda b: abs(disagreement[b]))
         falls = [falls_as_the_batch_doubles(first), falls_as_the_batch_doubles(second)]
         # the lower quartile instead of the estimate: background load only ever slows a step down
-        low_quartile = worst_disagreement(relative_throughput(first, baseline, "p25_s"),
-                                          relative_throughput(second, baseline, "p25_s"))
+        low_quartile = worst_disagreement(
+            relative_throughput(first, baseline, "p25_s"), relative_throughput(second, baseline, "p25_s")
+        )
         # refused, or within ±10% of the quiet profile at every size: never used silently while further off
-        against_quiet = [worst_disagreement(relative_throughput(r, baseline), relative_throughput(quiet, baseline))
-                         for r in (first, second)]
-        silent = [k for k, (r, (off, _)) in enumerate(zip((first, second), against_quiet))
-                  if refused(r) is None and abs(off) > 0.10]
+        against_quiet = [
+            worst_disagreement(relative_throughput(r, baseline), relative_throughput(quiet, baseline))
+            for r in (first, second)
+        ]
+        silent = [
+            k
+            for k, (r, (off, _)) in enumerate(zip((first, second), against_quiet))
+            if refused(r) is None and abs(off) > 0.10
+        ]
         figures["methods"][name] = {
-            "against_quiet": against_quiet, "refused": [refused(r) for r in (first, second)],
+            "against_quiet": against_quiet,
+            "refused": [refused(r) for r in (first, second)],
             "used_silently_beyond_10pct": silent,
-            "relative_throughput": [r1, r2], "disagreement": disagreement, "worst_disagreement_p25": low_quartile,
-            "worst_disagreement": disagreement[worst], "worst_at": worst,
+            "relative_throughput": [r1, r2],
+            "disagreement": disagreement,
+            "worst_disagreement_p25": low_quartile,
+            "worst_disagreement": disagreement[worst],
+            "worst_at": worst,
             "within_10pct": all(abs(d) <= 0.10 for d in disagreement.values()),
             "falls_as_the_batch_doubles": falls,
             "inconsistency": [first.inconsistency, second.inconsistency],
@@ -193,14 +240,23 @@ def main() -> None:
         print("  r1(B)   " + "".join(f"{r1[b]:8.2f}" for b in both))
         print("  r2(B)   " + "".join(f"{r2[b]:8.2f}" for b in both))
         print("  r1/r2-1 " + "".join(f"{disagreement[b]:+8.0%}" for b in both))
-        print(f"  worst disagreement {disagreement[worst]:+.1%} at batch {worst}; step time falls as the batch "
-              f"doubles at {falls[0] or 'none'} (profile 1) and {falls[1] or 'none'} (profile 2)")
-        print(f"  from the lower quartile of the step times instead: worst disagreement {low_quartile[0]:+.1%} at "
-              f"batch {low_quartile[1]}")
+        print(
+            f"  worst disagreement {disagreement[worst]:+.1%} at batch {worst}; step time falls as the batch "
+            f"doubles at {falls[0] or 'none'} (profile 1) and {falls[1] or 'none'} (profile 2)"
+        )
+        print(
+            f"  from the lower quartile of the step times instead: worst disagreement {low_quartile[0]:+.1%} at "
+            f"batch {low_quartile[1]}"
+        )
         for k, (r, (off, at)) in enumerate(zip((first, second), against_quiet)):
-            print(f"  profile {k + 1} against the quiet one: {off:+.1%} at {at}; "
-                  + (f"refused ({refused(r).split(': ', 1)[1].split('; rerun')[0]})" if refused(r) else
-                     "trusted" + (" -- USED SILENTLY, beyond 10%" if k in silent else ", within 10%")))
+            print(
+                f"  profile {k + 1} against the quiet one: {off:+.1%} at {at}; "
+                + (
+                    f"refused ({refused(r).split(': ', 1)[1].split('; rerun')[0]})"
+                    if refused(r)
+                    else "trusted" + (" -- USED SILENTLY, beyond 10%" if k in silent else ", within 10%")
+                )
+            )
         for k, result in enumerate((first, second)):
             if result.inconsistency:
                 print(f"  profile {k + 1} flagged: {result.inconsistency}")

@@ -61,9 +61,11 @@ def profile_times(workload, sizes: tuple[int, ...], min_seconds: float, window: 
     config = ProfileConfig(batch_sizes=sizes, min_seconds=min_seconds, full=True)
     result = run_profile(workload, CPU, config, telemetry_tag=tag, others_busy_cores=window.others_busy_cores)
     points = {p.batch_size: p for p in result.points if p.status == OK}
-    return {"times": {b: list(p.step_times_s) for b, p in points.items()},
-            "under_load": [b for b, p in points.items() if p.under_load],
-            "set_aside": sum(p.loaded_visits for p in points.values())}
+    return {
+        "times": {b: list(p.step_times_s) for b, p in points.items()},
+        "under_load": [b for b, p in points.items() if p.under_load],
+        "set_aside": sum(p.loaded_visits for p in points.values()),
+    }
 
 
 def reference_times(workload, sizes: tuple[int, ...], min_seconds: float) -> dict[int, float]:
@@ -94,8 +96,12 @@ def main() -> None:
     parser.add_argument("--workload", default="fraud-mlp")
     parser.add_argument("--batch-sizes", default="64,128,256,512,1024,2048")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--min-seconds", type=float, default=1.0, help="a profile's timed seconds a size, and the "
-                        "reference's min_run_time")
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=1.0,
+        help="a profile's timed seconds a size, and the reference's min_run_time",
+    )
     parser.add_argument("--competitor", action="store_true", help="a busy loop switching on and off (loaded)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", help="write the figures here as JSON")
@@ -107,9 +113,12 @@ def main() -> None:
     baseline = workload.baseline_batch_size
     if baseline not in sizes:
         sys.exit(f"the batch sizes must include the baseline {baseline}")
-    print(f"{args.workload} at {list(sizes)}, {args.rounds} rounds, {torch.get_num_threads()} torch threads on "
-          f"{os.cpu_count()} cores; load average at the start {os.getloadavg()[0]:.2f}"
-          + ("; with the competitor" if args.competitor else ""), flush=True)
+    print(
+        f"{args.workload} at {list(sizes)}, {args.rounds} rounds, {torch.get_num_threads()} torch threads on "
+        f"{os.cpu_count()} cores; load average at the start {os.getloadavg()[0]:.2f}"
+        + ("; with the competitor" if args.competitor else ""),
+        flush=True,
+    )
     window = WindowLoad()
     load = start_outside_this_process_tree([sys.executable, "-c", LOAD_GENERATOR]) if args.competitor else None
     rounds = []
@@ -124,12 +133,15 @@ def main() -> None:
                 else:
                     references.append(reference_times(workload, sizes, args.min_seconds))
             rounds.append({"profiles": profiles, "references": references, "load_average": os.getloadavg()[0]})
-            print(f"round {k + 1}: {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f}; "
-                  f"visits set aside {[p['set_aside'] for p in profiles]}, under load "
-                  f"{[p['under_load'] for p in profiles]}", flush=True)
+            print(
+                f"round {k + 1}: {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f}; "
+                f"visits set aside {[p['set_aside'] for p in profiles]}, under load "
+                f"{[p['under_load'] for p in profiles]}",
+                flush=True,
+            )
     finally:
         if load is not None:
-            load.kill()   # by its pid, always
+            load.kill()  # by its pid, always
 
     # per round: the worst disagreement of each estimator's two profiles, and of the two reference sweeps
     table: dict[str, list[tuple[float, int]]] = {name: [] for name in (*ESTIMATORS, "reference")}
@@ -145,13 +157,21 @@ def main() -> None:
                     if b in curve:
                         ratio[name][b].append(curve[b] / ref[b])
     print(f"\nworst disagreement of two curves a round (|r1/r2 - 1| at its batch size), {args.rounds} rounds:")
-    print(f"  {'method':<16}" + "".join(f"{'round ' + str(k + 1):>16}" for k in range(args.rounds))
-          + f"{'median':>10}")
-    figures = {"workload": args.workload, "batch_sizes": list(sizes), "rounds": args.rounds,
-               "min_seconds": args.min_seconds, "competitor": args.competitor, "cpus": os.cpu_count(),
-               "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-               "wall_s": round(time.perf_counter() - started), "load_average": [r["load_average"] for r in rounds],
-               "worst_disagreement": {}, "ratio_to_reference": {}}
+    print(f"  {'method':<16}" + "".join(f"{'round ' + str(k + 1):>16}" for k in range(args.rounds)) + f"{'median':>10}")
+    figures = {
+        "workload": args.workload,
+        "batch_sizes": list(sizes),
+        "rounds": args.rounds,
+        "min_seconds": args.min_seconds,
+        "competitor": args.competitor,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "wall_s": round(time.perf_counter() - started),
+        "load_average": [r["load_average"] for r in rounds],
+        "worst_disagreement": {},
+        "ratio_to_reference": {},
+    }
     for name, worsts in table.items():
         median = statistics.median(abs(d) for d, _ in worsts)
         figures["worst_disagreement"][name] = {"rounds": worsts, "median": median}

@@ -56,26 +56,42 @@ def _autorange_s(workload, device: torch.device, batch_size: int, warmup_steps: 
         runner.close()
 
 
-def accuracy(workload_spec: str, batch_sizes: list[int], rounds: int, seconds: float = 1.0,
-             floor: bool = False) -> list[dict]:
+def accuracy(
+    workload_spec: str, batch_sizes: list[int], rounds: int, seconds: float = 1.0, floor: bool = False
+) -> list[dict]:
     workload = load_workload(workload_spec)
     device = torch.device("cpu")
     config = ProfileConfig(min_steps=10, min_seconds=seconds, warmup_steps=3)
     rows = []
     for batch_size in batch_sizes:
         ours, reference = [], []
-        sides = [(ours, (lambda: _autorange_s(workload, device, batch_size, config.warmup_steps, seconds)) if floor
-                  else (lambda: measure_point(workload, device, batch_size, config).median_s)),
-                 (reference, lambda: _autorange_s(workload, device, batch_size, config.warmup_steps, seconds))]
+        sides = [
+            (
+                ours,
+                (lambda: _autorange_s(workload, device, batch_size, config.warmup_steps, seconds))
+                if floor
+                else (lambda: measure_point(workload, device, batch_size, config).median_s),
+            ),
+            (reference, lambda: _autorange_s(workload, device, batch_size, config.warmup_steps, seconds)),
+        ]
         for r in range(rounds):
-            for values, measure in (sides if r % 2 == 0 else sides[::-1]):
+            for values, measure in sides if r % 2 == 0 else sides[::-1]:
                 values.append(measure())
         ratio = typical_time(ours) / typical_time(reference)
-        rows.append({"batch_size": batch_size, "profiler_median_s": typical_time(ours),
-                     "blocked_autorange_median_s": typical_time(reference), "ratio": ratio})
-        print(f"batch {batch_size:>6}: {'blocked_autorange' if floor else 'profiler'} "
-              f"{typical_time(ours) * 1e3:8.3f} ms   blocked_autorange {typical_time(reference) * 1e3:8.3f} ms"
-              f"   ratio {ratio:.3f}", flush=True)
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "profiler_median_s": typical_time(ours),
+                "blocked_autorange_median_s": typical_time(reference),
+                "ratio": ratio,
+            }
+        )
+        print(
+            f"batch {batch_size:>6}: {'blocked_autorange' if floor else 'profiler'} "
+            f"{typical_time(ours) * 1e3:8.3f} ms   blocked_autorange {typical_time(reference) * 1e3:8.3f} ms"
+            f"   ratio {ratio:.3f}",
+            flush=True,
+        )
     return rows
 
 
@@ -83,19 +99,32 @@ def sweep_overhead(workload_spec: str) -> dict:
     with tempfile.TemporaryDirectory() as home:
         env = dict(os.environ, LARGESTEP_HOME=home)
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "largestep.cli", "profile", "--workload", workload_spec, "--json"],
-                              capture_output=True, text=True, env=env, cwd=ROOT)
+        proc = subprocess.run(
+            [sys.executable, "-m", "largestep.cli", "profile", "--workload", workload_spec, "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"profile failed: {proc.stderr.strip().splitlines()[-1:]}")
         data = json.loads(proc.stdout)
         timed = _timed_seconds(Home(Path(home)), data["profile_id"])
-    result = {"wall_s": wall, "timed_s": timed, "outside_share": 1 - timed / wall,
-              "batches": [p["batch_size"] for p in data["points"] if p["status"] == "ok"],
-              "stop_reason": data["stop_reason"], "saturation_batch": data["saturation_batch"]}
-    print(f"default sweep of {workload_spec}: {wall:.1f} s wall, {timed:.1f} s in timed steps, "
-          f"{result['outside_share']:.0%} outside them; batches {result['batches']}, "
-          f"stopped on {result['stop_reason']}, saturation {result['saturation_batch']}", flush=True)
+    result = {
+        "wall_s": wall,
+        "timed_s": timed,
+        "outside_share": 1 - timed / wall,
+        "batches": [p["batch_size"] for p in data["points"] if p["status"] == "ok"],
+        "stop_reason": data["stop_reason"],
+        "saturation_batch": data["saturation_batch"],
+    }
+    print(
+        f"default sweep of {workload_spec}: {wall:.1f} s wall, {timed:.1f} s in timed steps, "
+        f"{result['outside_share']:.0%} outside them; batches {result['batches']}, "
+        f"stopped on {result['stop_reason']}, saturation {result['saturation_batch']}",
+        flush=True,
+    )
     return result
 
 
@@ -120,18 +149,26 @@ def main() -> int:
     if args.quick:
         args.batches, args.rounds, args.seconds, args.skip_sweep = "128", 5, 0.5, True
         torch.set_num_threads(1)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        flush=True,
+    )
     rows = accuracy(args.workload, [int(b) for b in args.batches.split(",")], args.rounds, args.seconds, args.floor)
     if not args.skip_sweep and not args.floor:
         sweep_overhead(args.workload)
     figures = []
     for row in rows:
-        detail = (f"{row['profiler_median_s'] * 1e3:.3f} vs {row['blocked_autorange_median_s'] * 1e3:.3f} ms, "
-                  f"{rounds_word()} {args.rounds} rounds")
+        detail = (
+            f"{row['profiler_median_s'] * 1e3:.3f} vs {row['blocked_autorange_median_s'] * 1e3:.3f} ms, "
+            f"{rounds_word()} {args.rounds} rounds"
+        )
         name = f"{args.workload} batch {row['batch_size']}"
-        figures.append(TARGET.floor(f"blocked_autorange / itself, {name}", row["ratio"], detail) if args.floor else
-                       TARGET.figure(f"profiler / blocked_autorange, {name}", row["ratio"], args.quick, detail))
+        figures.append(
+            TARGET.floor(f"blocked_autorange / itself, {name}", row["ratio"], detail)
+            if args.floor
+            else TARGET.figure(f"profiler / blocked_autorange, {name}", row["ratio"], args.quick, detail)
+        )
     return report("profiler", figures)
 
 

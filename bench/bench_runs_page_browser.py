@@ -52,10 +52,24 @@ def free_port() -> int:
 
 def serve(home: Home, log_path: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
-           *streamlit_flags(ROOT / ".streamlit" / "config.toml"), "--server.port", str(port)]
-    server = subprocess.Popen(cmd, env=dict(os.environ, **{HOME_ENV: str(home.root)}), cwd=ROOT,
-                              stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(ROOT / "app" / "main.py"),
+        *streamlit_flags(ROOT / ".streamlit" / "config.toml"),
+        "--server.port",
+        str(port),
+    ]
+    server = subprocess.Popen(
+        cmd,
+        env=dict(os.environ, **{HOME_ENV: str(home.root)}),
+        cwd=ROOT,
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -90,15 +104,16 @@ def time_charts(context, url: str, run_ids: list[str]) -> tuple[float, float]:
     page.goto(f"{url}/runs?{urlencode([('run', r) for r in run_ids])}")
     chart = page.locator(".st-key-runs-curves .js-plotly-plot")
     chart.wait_for()
-    page.wait_for_function(f"el => el._fullData && el._fullData.length >= {len(run_ids)}",
-                           arg=chart.element_handle())
+    page.wait_for_function(f"el => el._fullData && el._fullData.length >= {len(run_ids)}", arg=chart.element_handle())
     page.locator(".st-key-runs-compare_chart .js-plotly-plot").wait_for()  # the comparison below the curves
     loaded = time.perf_counter() - start
     page.locator(".st-key-runs-metric input").first.click()
     start = time.perf_counter()
     page.get_by_role("option").filter(has_text="samples_per_s").first.click()
-    page.wait_for_function("() => { const el = document.querySelector('.st-key-runs-curves .js-plotly-plot');"
-                           " return el && el.layout && el.layout.title && el.layout.title.text.includes('samples_per_s'); }")
+    page.wait_for_function(
+        "() => { const el = document.querySelector('.st-key-runs-curves .js-plotly-plot');"
+        " return el && el.layout && el.layout.title && el.layout.title.text.includes('samples_per_s'); }"
+    )
     switched = time.perf_counter() - start
     page.close()
     return loaded, switched
@@ -123,12 +138,15 @@ def main() -> None:
         else:
             home = Home(Path(tmp) / "home")
             ids = fill(home, args.runs, args.points)
-        selected = ids[:SELECTED // 2] + ids[SEEDS:SEEDS + SELECTED // 2]
+        selected = ids[: SELECTED // 2] + ids[SEEDS : SEEDS + SELECTED // 2]
         server, url = serve(home, Path(tmp) / "streamlit.log")
         try:
             with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+                browser = p.chromium.launch(
+                    executable_path=CHROMIUM,
+                    headless=True,
+                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+                )
                 context = browser.new_context(viewport={"width": 1400, "height": 2000})
                 context.set_default_timeout(60_000)
                 first, _ = time_charts(context, url, selected)
@@ -139,11 +157,17 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=10)
-    for name, times in (("page with its table", tables), (f"link to {len(selected)} runs", charts),
-                        ("another metric", switches)):
+    for name, times in (
+        ("page with its table", tables),
+        (f"link to {len(selected)} runs", charts),
+        ("another metric", switches),
+    ):
         median = statistics.median(times)
-        print(f"{name:>20}: median {median:.2f} s  (min {min(times):.2f}, max {max(times):.2f}; "
-              f"target < {TARGET_S:.0f} s: {'met' if median < TARGET_S else 'MISSED'})", flush=True)
+        print(
+            f"{name:>20}: median {median:.2f} s  (min {min(times):.2f}, max {max(times):.2f}; "
+            f"target < {TARGET_S:.0f} s: {'met' if median < TARGET_S else 'MISSED'})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

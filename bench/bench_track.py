@@ -60,13 +60,13 @@ def plain_loop(workload, batch_size: int, lr: float, seconds: float, run=None, s
     while time.perf_counter() < deadline:
         order = torch.randperm(n, generator=generator)
         for i in range(n // batch_size):
-            index = order[i * batch_size:(i + 1) * batch_size]
+            index = order[i * batch_size : (i + 1) * batch_size]
             loss = workload.loss(model(x[index]), y[index])
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            value = loss.item()          # both arms read the loss; only the tracked one logs it
+            value = loss.item()  # both arms read the loss; only the tracked one logs it
             if run is not None:
                 run.log(step, train_loss=value, lr=lr, samples=step * batch_size)
             if step % 64 == 0 and time.perf_counter() >= deadline:
@@ -77,7 +77,7 @@ def plain_loop(workload, batch_size: int, lr: float, seconds: float, run=None, s
 
 def loop_cost(workload, batch_size: int, rounds: int, seconds: float, home: Path, floor: bool = False) -> dict:
     lr = workload.baseline_lr
-    plain_loop(workload, batch_size, lr, 0.5)   # warm-up: allocator, threads, first-call costs
+    plain_loop(workload, batch_size, lr, 0.5)  # warm-up: allocator, threads, first-call costs
     wall: dict[str, list[float]] = {"plain": [], "tracked": []}
     cpu: dict[str, list[float]] = {"plain": [], "tracked": []}
     order = random.Random(0)
@@ -94,10 +94,16 @@ def loop_cost(workload, batch_size: int, rounds: int, seconds: float, home: Path
             cpu[arm].append(by_cpu)
     median = {k: typical_rate(v) for k, v in wall.items()}
     cpu_median = {k: typical_rate(v) for k, v in cpu.items()}
-    return {"batch_size": batch_size, "plain_samples_per_s": median["plain"],
-            "tracked_samples_per_s": median["tracked"], "ratio": median["tracked"] / median["plain"],
-            "cpu_ratio": cpu_median["tracked"] / cpu_median["plain"], "step_ms": 1e3 * batch_size / median["plain"],
-            "rounds": wall, "rounds_cpu": cpu}
+    return {
+        "batch_size": batch_size,
+        "plain_samples_per_s": median["plain"],
+        "tracked_samples_per_s": median["tracked"],
+        "ratio": median["tracked"] / median["plain"],
+        "cpu_ratio": cpu_median["tracked"] / cpu_median["plain"],
+        "step_ms": 1e3 * batch_size / median["plain"],
+        "rounds": wall,
+        "rounds_cpu": cpu,
+    }
 
 
 def call_cost(home: Path, calls: int = 200_000) -> tuple[float, float]:
@@ -124,27 +130,40 @@ def main() -> int:
     quick_rounds(args.quick)
     if args.quick:
         args.batches, args.rounds, args.seconds, calls = "32", 5, 1.0, 20_000
-    torch.set_num_threads(1)   # a shared 2-core machine: one thread keeps the two arms' conditions alike
+    torch.set_num_threads(1)  # a shared 2-core machine: one thread keeps the two arms' conditions alike
     workload = load_workload(args.workload, {})
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
-        results = [loop_cost(workload, int(b), args.rounds, args.seconds, home, args.floor)
-                   for b in args.batches.split(",")]
+        results = [
+            loop_cost(workload, int(b), args.rounds, args.seconds, home, args.floor) for b in args.batches.split(",")
+        ]
         per_call_us, per_call_cpu_us = call_cost(home, calls)
     load = os.getloadavg()[0]
-    summary = {"workload": workload.name, "host": platform.node(), "torch": torch.__version__, "load_average": load,
-               "per_call_us": per_call_us, "per_call_cpu_us": per_call_cpu_us, "loops": results}
+    summary = {
+        "workload": workload.name,
+        "host": platform.node(),
+        "torch": torch.__version__,
+        "load_average": load,
+        "per_call_us": per_call_us,
+        "per_call_cpu_us": per_call_cpu_us,
+        "loops": results,
+    }
     if args.json:
         print(json.dumps(summary, indent=2))
     print(f"load average {load:.1f} on {os.cpu_count()} cores")
     print(f"run.log: {per_call_us:.2f} us a call, {per_call_cpu_us:.2f} us of CPU (nothing else in the loop)")
     figures = []
     for r in results:
-        detail = (f"step {r['step_ms']:.3f} ms, {r['tracked_samples_per_s']:,.0f} vs {r['plain_samples_per_s']:,.0f} "
-                  f"samples/s, {rounds_word()} {args.rounds} rounds; per CPU second {r['cpu_ratio']:.4f}")
+        detail = (
+            f"step {r['step_ms']:.3f} ms, {r['tracked_samples_per_s']:,.0f} vs {r['plain_samples_per_s']:,.0f} "
+            f"samples/s, {rounds_word()} {args.rounds} rounds; per CPU second {r['cpu_ratio']:.4f}"
+        )
         name = f"{workload.name} batch {r['batch_size']}"
-        figures.append(TARGET.floor(f"plain loop / itself, {name}", r["ratio"], detail) if args.floor else
-                       TARGET.figure(f"loop with run.log / without, {name}", r["ratio"], args.quick, detail))
+        figures.append(
+            TARGET.floor(f"plain loop / itself, {name}", r["ratio"], detail)
+            if args.floor
+            else TARGET.figure(f"loop with run.log / without, {name}", r["ratio"], args.quick, detail)
+        )
     return report("track", figures)
 
 

@@ -58,7 +58,7 @@ def bare_loop(workload, device: torch.device, batch_size: int, lr: float, steps:
     while done < steps:
         order = torch.randperm(n, generator=generator).to(device)
         for i in range(min(per_epoch, steps - done)):
-            index = order[i * batch_size:(i + 1) * batch_size]
+            index = order[i * batch_size : (i + 1) * batch_size]
             *inputs, target = (t[index] for t in data)
             loss = workload.loss(model(*inputs), target)
             loss.backward()
@@ -70,12 +70,20 @@ def bare_loop(workload, device: torch.device, batch_size: int, lr: float, steps:
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def largestep_loop(workload, device: torch.device, batch_size: int, lr: float, steps: int, seed: int,
-                   job_dir: Path) -> float:
+def largestep_loop(
+    workload, device: torch.device, batch_size: int, lr: float, steps: int, seed: int, job_dir: Path
+) -> float:
     """Samples per second of the job's loop, spooling every record as a job does."""
     spool = jobs.Spool(job_dir)
-    config = TrainConfig(batch_size=batch_size, lr=lr, warmup_samples=0, seed=seed, max_steps=steps,
-                         epochs=MAX_EPOCHS, eval_every_epochs=MAX_EPOCHS)
+    config = TrainConfig(
+        batch_size=batch_size,
+        lr=lr,
+        warmup_samples=0,
+        seed=seed,
+        max_steps=steps,
+        epochs=MAX_EPOCHS,
+        eval_every_epochs=MAX_EPOCHS,
+    )
     try:
         result = train(workload, device, config, log=SpoolRunLog(spool.emit))
     finally:
@@ -83,8 +91,9 @@ def largestep_loop(workload, device: torch.device, batch_size: int, lr: float, s
     return result.samples / result.train_time_s
 
 
-def loop_overhead(workload_spec: str, batch_sizes: list[int], rounds: int, seconds: float,
-                  floor: bool = False) -> list[dict]:
+def loop_overhead(
+    workload_spec: str, batch_sizes: list[int], rounds: int, seconds: float, floor: bool = False
+) -> list[dict]:
     workload = load_workload(workload_spec)
     device = torch.device("cpu")
     lr = workload.baseline_lr
@@ -98,17 +107,33 @@ def loop_overhead(workload_spec: str, batch_sizes: list[int], rounds: int, secon
             for r in range(rounds):
                 job_dir = Path(tmp) / f"b{batch_size}-r{r}"
                 job_dir.mkdir()
-                sides = [(bare, lambda: bare_loop(workload, device, batch_size, lr, steps, r)),
-                         (ours, (lambda: bare_loop(workload, device, batch_size, lr, steps, r)) if floor else
-                          (lambda: largestep_loop(workload, device, batch_size, lr, steps, r, job_dir)))]
-                for values, run in (sides if r % 2 == 0 else sides[::-1]):
+                sides = [
+                    (bare, lambda: bare_loop(workload, device, batch_size, lr, steps, r)),
+                    (
+                        ours,
+                        (lambda: bare_loop(workload, device, batch_size, lr, steps, r))
+                        if floor
+                        else (lambda: largestep_loop(workload, device, batch_size, lr, steps, r, job_dir)),
+                    ),
+                ]
+                for values, run in sides if r % 2 == 0 else sides[::-1]:
                     values.append(run())
             ratio = typical_rate(ours) / typical_rate(bare)
-            rows.append({"batch_size": batch_size, "steps": steps, "largestep_samples_per_s": typical_rate(ours),
-                         "bare_samples_per_s": typical_rate(bare), "ratio": ratio})
-            print(f"batch {batch_size:>5} ({steps} steps): {'bare loop' if floor else 'largestep'} "
-                  f"{typical_rate(ours):9.0f} samples/s   bare loop {typical_rate(bare):9.0f} samples/s   "
-                  f"ratio {ratio:.3f}", flush=True)
+            rows.append(
+                {
+                    "batch_size": batch_size,
+                    "steps": steps,
+                    "largestep_samples_per_s": typical_rate(ours),
+                    "bare_samples_per_s": typical_rate(bare),
+                    "ratio": ratio,
+                }
+            )
+            print(
+                f"batch {batch_size:>5} ({steps} steps): {'bare loop' if floor else 'largestep'} "
+                f"{typical_rate(ours):9.0f} samples/s   bare loop {typical_rate(bare):9.0f} samples/s   "
+                f"ratio {ratio:.3f}",
+                flush=True,
+            )
     return rows
 
 
@@ -130,24 +155,38 @@ def main() -> int:
     if args.quick:
         args.batches, args.rounds, args.seconds, args.skip_ingest = "128", 5, 1.0, True
         torch.set_num_threads(1)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}, Python {platform.python_version()}", flush=True)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, Python {platform.python_version()}",
+        flush=True,
+    )
     out, figures = {}, []
     if not args.skip_loop:
-        out["loop"] = loop_overhead(args.workload, [int(b) for b in args.batches.split(",")], args.rounds,
-                                    args.seconds, args.floor)
+        out["loop"] = loop_overhead(
+            args.workload, [int(b) for b in args.batches.split(",")], args.rounds, args.seconds, args.floor
+        )
         for row in out["loop"]:
             target = TARGETS.get(row["batch_size"], TARGETS[4096])
-            detail = (f"{row['largestep_samples_per_s']:,.0f} vs {row['bare_samples_per_s']:,.0f} samples/s, "
-                      f"{row['steps']} steps, {rounds_word()} {args.rounds} rounds")
+            detail = (
+                f"{row['largestep_samples_per_s']:,.0f} vs {row['bare_samples_per_s']:,.0f} samples/s, "
+                f"{row['steps']} steps, {rounds_word()} {args.rounds} rounds"
+            )
             name = f"{args.workload} batch {row['batch_size']}"
-            figures.append(target.floor(f"bare loop / itself, {name}", row["ratio"], detail) if args.floor else
-                           target.figure(f"training loop / bare loop, {name}", row["ratio"], args.quick, detail))
+            figures.append(
+                target.floor(f"bare loop / itself, {name}", row["ratio"], detail)
+                if args.floor
+                else target.figure(f"training loop / bare loop, {name}", row["ratio"], args.quick, detail)
+            )
     if not args.skip_ingest and not args.floor:
         out["ingest"] = bench_ingest.ingest_vs_reference(args.ingest_runs, args.ingest_logs, 5, floor=False)
-        figures.append(bench_ingest.TARGET.figure(
-            "ingest / DuckDB's insert from Arrow", out["ingest"]["ratio"], False,
-            f"{out['ingest']['ingest_rows_per_s']:,.0f} vs {out['ingest']['reference_rows_per_s']:,.0f} metric rows/s"))
+        figures.append(
+            bench_ingest.TARGET.figure(
+                "ingest / DuckDB's insert from Arrow",
+                out["ingest"]["ratio"],
+                False,
+                f"{out['ingest']['ingest_rows_per_s']:,.0f} vs {out['ingest']['reference_rows_per_s']:,.0f} metric rows/s",
+            )
+        )
     if args.json:
         print(json.dumps(out, indent=2, default=str))
     return report("train", figures)

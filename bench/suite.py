@@ -27,7 +27,7 @@ from targets import FIGURES_LINE
 
 BENCH = Path(__file__).resolve().parent
 
-SUITE = {   # name: (script, what its figures compare)
+SUITE = {  # name: (script, what its figures compare)
     "profiler": ("bench_profiler.py", "the profiler's median step against torch.utils.benchmark's"),
     "train": ("bench_train.py", "the training loop against a bare PyTorch loop"),
     "ingest": ("bench_ingest.py", "ingest against DuckDB's own insert of the same rows from Arrow"),
@@ -38,7 +38,7 @@ SUITE = {   # name: (script, what its figures compare)
 # The quick set: one benchmark a figure family. The Dataset bench (another 30 s) runs with `./dev bench --quick
 # dataset` and in the full run.
 QUICK = ["ingest", "profiler", "train", "track", "dead_time"]
-TIMEOUT_S = {True: 600, False: 7200}   # a benchmark still running after this (quick, full) is ended and failed
+TIMEOUT_S = {True: 600, False: 7200}  # a benchmark still running after this (quick, full) is ended and failed
 QUICK_BUDGET_S = 90
 
 
@@ -47,14 +47,15 @@ def run(name: str, quick: bool, floor: bool) -> tuple[int, dict | None]:
     script, _ = SUITE[name]
     argv = [sys.executable, str(BENCH / script), *(["--quick"] if quick else []), *(["--floor"] if floor else [])]
     print(f"==> {name}: {' '.join(Path(a).name if a.endswith('.py') else a for a in argv[1:])}", flush=True)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=BENCH.parent,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=BENCH.parent, start_new_session=True
+    )
     reported: list[dict] = []
 
     def relay() -> None:
         for line in proc.stdout:
             if line.startswith(FIGURES_LINE):
-                reported.append(json.loads(line[len(FIGURES_LINE):]))
+                reported.append(json.loads(line[len(FIGURES_LINE) :]))
             else:
                 print(f"    {line}", end="", flush=True)
 
@@ -65,7 +66,7 @@ def run(name: str, quick: bool, floor: bool) -> tuple[int, dict | None]:
     except subprocess.TimeoutExpired:
         print(f"    {name} ran past {TIMEOUT_S[quick]} s: ended", flush=True)
         code = -1
-    finally:   # also on Ctrl-C
+    finally:  # also on Ctrl-C
         if proc.poll() is None:
             end(proc)
     reader.join(timeout=5)
@@ -109,12 +110,16 @@ def main() -> int:
     took = time.monotonic() - start
     print(f"\n{'benchmark':<10} {'figure':<78} {'value':>7}  {'target':<16} verdict")
     for name, f in rows:
-        print(f"{name:<10} {f['name'][:78]:<78} {f['value']:>7.3f}  {f['target']:<16} {'met' if f['met'] else 'MISSED'}")
+        print(
+            f"{name:<10} {f['name'][:78]:<78} {f['value']:>7.3f}  {f['target']:<16} {'met' if f['met'] else 'MISSED'}"
+        )
     missed = [f"{name}: {f['name']}" for name, f in rows if not f["met"]]
     budget = f" (a quick run is meant to take under {QUICK_BUDGET_S} s)" if args.quick else ""
-    print(f"\n{len(rows) - len(missed)} of {len(rows)} figures met their target; {took:.0f} s in all{budget}; "
-          f"load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
-          f"({os.cpu_count()} cores)")
+    print(
+        f"\n{len(rows) - len(missed)} of {len(rows)} figures met their target; {took:.0f} s in all{budget}; "
+        f"load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+        f"({os.cpu_count()} cores)"
+    )
     for line in missed:
         print(f"MISSED {line}")
     for line in failed:

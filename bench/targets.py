@@ -14,7 +14,7 @@ import os
 import statistics
 from dataclasses import asdict, dataclass
 
-FIGURES_LINE = "bench-figures: "     # the line bench/suite.py reads: this prefix, then JSON
+FIGURES_LINE = "bench-figures: "  # the line bench/suite.py reads: this prefix, then JSON
 
 # What a side's rounds come to: their median in a full run; in a quick one (--quick) the best round, since
 # interference only adds time (DESIGN.md, "Measuring on a shared machine") and a median of five rounds of a few
@@ -46,12 +46,13 @@ class Figure:
     value: float
     at_least: float | None = None
     at_most: float | None = None
-    detail: str = ""                 # what the ratio is made of (the two sides' own figures)
+    detail: str = ""  # what the ratio is made of (the two sides' own figures)
 
     @property
     def met(self) -> bool:
-        return ((self.at_least is None or self.value >= self.at_least)
-                and (self.at_most is None or self.value <= self.at_most))
+        return (self.at_least is None or self.value >= self.at_least) and (
+            self.at_most is None or self.value <= self.at_most
+        )
 
     @property
     def target(self) -> str:
@@ -77,10 +78,16 @@ class Target:
     def figure(self, name: str, value: float, quick: bool, detail: str = "") -> Figure:
         if not quick:
             return Figure(name, value, self.at_least, self.at_most, detail)
-        at_least = self.quick_at_least if self.quick_at_least is not None else (
-            None if self.at_least is None else self.at_least - self.quick_margin)
-        at_most = self.quick_at_most if self.quick_at_most is not None else (
-            None if self.at_most is None else self.at_most + self.quick_margin)
+        at_least = (
+            self.quick_at_least
+            if self.quick_at_least is not None
+            else (None if self.at_least is None else self.at_least - self.quick_margin)
+        )
+        at_most = (
+            self.quick_at_most
+            if self.quick_at_most is not None
+            else (None if self.at_most is None else self.at_most + self.quick_margin)
+        )
         return Figure(name, value, at_least, at_most, detail)
 
     def floor(self, name: str, self_ratio: float, detail: str = "") -> Figure:
@@ -96,9 +103,20 @@ def report(bench: str, figures: list[Figure]) -> int:
     """Print each figure beside its target and the line bench/suite.py reads; 0 when every one is met, else 1."""
     load = os.getloadavg()[0]
     for f in figures:
-        print(f"{bench}: {f.name}: {f.value:.3f} (target {f.target}) {'met' if f.met else 'MISSED'}"
-              f"{'; ' + f.detail if f.detail else ''}", flush=True)
-    print(FIGURES_LINE + json.dumps({"bench": bench, "load_average": load,
-                                     "figures": [{**asdict(f), "target": f.target, "met": f.met} for f in figures]}),
-          flush=True)
+        print(
+            f"{bench}: {f.name}: {f.value:.3f} (target {f.target}) {'met' if f.met else 'MISSED'}"
+            f"{'; ' + f.detail if f.detail else ''}",
+            flush=True,
+        )
+    print(
+        FIGURES_LINE
+        + json.dumps(
+            {
+                "bench": bench,
+                "load_average": load,
+                "figures": [{**asdict(f), "target": f.target, "met": f.met} for f in figures],
+            }
+        ),
+        flush=True,
+    )
     return 0 if all(f.met for f in figures) else 1

@@ -9,8 +9,24 @@ from importlib import import_module
 
 from .about import __version__
 
-__all__ = ["Workload", "track", "profile", "noise", "recommend", "autopilot", "Profile", "NoiseEstimate", "NoiseCurve",
-           "Recommendation", "Autopilot", "LargestepError", "UsageError", "UnusableProfile", "WorkloadError", "__version__"]
+__all__ = [
+    "Workload",
+    "track",
+    "profile",
+    "noise",
+    "recommend",
+    "autopilot",
+    "Profile",
+    "NoiseEstimate",
+    "NoiseCurve",
+    "Recommendation",
+    "Autopilot",
+    "LargestepError",
+    "UsageError",
+    "UnusableProfile",
+    "WorkloadError",
+    "__version__",
+]
 
 # public name -> the module that defines it
 _WHERE = {

@@ -5,7 +5,7 @@ code names the top-level package: imports are relative, and what must name a mod
 job's ``python -m``, a job kind's body, a preloaded module) asks :func:`module` here.
 """
 
-PACKAGE = __name__.rpartition(".")[0]   # "largestep" once installed
+PACKAGE = __name__.rpartition(".")[0]  # "largestep" once installed
 
 try:
     from importlib.metadata import version as _version

@@ -29,17 +29,34 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-__all__ = ["ESTIMATORS", "DEFAULT_ESTIMATOR", "estimate", "quartiles", "Timing", "timings", "quiet_spread",
-           "physics_problems", "saturation_batch", "loaded_sizes", "untrusted_sizes", "refusal", "threads_note", "others_busy", "NOISY_IQR_RATIO", "FALL_SLACK",
-           "TREND_SLACK", "ACCEPT_LOAD_FLAG"]
+__all__ = [
+    "ESTIMATORS",
+    "DEFAULT_ESTIMATOR",
+    "estimate",
+    "quartiles",
+    "Timing",
+    "timings",
+    "quiet_spread",
+    "physics_problems",
+    "saturation_batch",
+    "loaded_sizes",
+    "untrusted_sizes",
+    "refusal",
+    "threads_note",
+    "others_busy",
+    "NOISY_IQR_RATIO",
+    "FALL_SLACK",
+    "TREND_SLACK",
+    "ACCEPT_LOAD_FLAG",
+]
 
-NOISY_IQR_RATIO = 0.2      # a point's IQR/median above this flags it noisy (ProfileConfig.noisy_iqr_ratio's default)
-FALL_SLACK = 0.05          # the least a step time may fall as the batch grows before the check fires (kernel choice)
-TREND_SLACK = 0.25         # a point may lie this far above the chord of its neighbours (a cache cliff)
-BLOCK_STEPS = 5            # "min-block-mean": the mean of this many consecutive steps, the least of them
+NOISY_IQR_RATIO = 0.2  # a point's IQR/median above this flags it noisy (ProfileConfig.noisy_iqr_ratio's default)
+FALL_SLACK = 0.05  # the least a step time may fall as the batch grows before the check fires (kernel choice)
+TREND_SLACK = 0.25  # a point may lie this far above the chord of its neighbours (a cache cliff)
+BLOCK_STEPS = 5  # "min-block-mean": the mean of this many consecutive steps, the least of them
 ACCEPT_LOAD_FLAG = "--accept-load"
-CONTENTION_SLACK_CORES = 0.25   # other processes may keep this much of a core busy beyond the spare ones (system
-                                # daemons) before the steps' threads count as contending with them
+CONTENTION_SLACK_CORES = 0.25  # other processes may keep this much of a core busy beyond the spare ones (system
+# daemons) before the steps' threads count as contending with them
 
 ESTIMATORS = {
     "median": "the median of the timed steps",
@@ -74,7 +91,7 @@ def estimate(times: Sequence[float], estimator: str = DEFAULT_ESTIMATOR) -> floa
         return min(times)
     if estimator == "min-block-mean":
         k = min(BLOCK_STEPS, len(times))
-        return min(sum(times[i:i + k]) / k for i in range(0, len(times) - k + 1, k))
+        return min(sum(times[i : i + k]) / k for i in range(0, len(times) - k + 1, k))
     raise ValueError(f"unknown estimator {estimator!r}; one of {', '.join(ESTIMATORS)}")
 
 
@@ -92,9 +109,9 @@ class Timing:
     """What the checks need of one measured batch size."""
 
     batch_size: int
-    step_s: float                  # the profile's estimate (its median for a profile stored before estimates)
+    step_s: float  # the profile's estimate (its median for a profile stored before estimates)
     median_s: float
-    spread: float | None           # IQR / median; None without quartiles
+    spread: float | None  # IQR / median; None without quartiles
     under_load: bool
     others_busy_cores: float | None
 
@@ -110,9 +127,16 @@ def timings(points: Iterable[Any]) -> list[Timing]:
         if _get(p, "status") != "ok" or not median:
             continue
         p25, p75 = _get(p, "p25_s"), _get(p, "p75_s")
-        out.append(Timing(int(_get(p, "batch_size")), float(_get(p, "estimate_s") or median), float(median),
-                          (p75 - p25) / median if p25 is not None and p75 is not None else None,
-                          bool(_get(p, "under_load")), _get(p, "others_busy_cores")))
+        out.append(
+            Timing(
+                int(_get(p, "batch_size")),
+                float(_get(p, "estimate_s") or median),
+                float(median),
+                (p75 - p25) / median if p25 is not None and p75 is not None else None,
+                bool(_get(p, "under_load")),
+                _get(p, "others_busy_cores"),
+            )
+        )
     return sorted(out, key=lambda t: t.batch_size)
 
 
@@ -125,8 +149,9 @@ def quiet_spread(points: Iterable[Any], noisy_threshold: float = NOISY_IQR_RATIO
     (IQR/median) of the points measured without load and not noisy, at least FALL_SLACK and never more than
     ``noisy_threshold``; FALL_SLACK when no point was quiet (a loaded point's spread says nothing of the
     machine's own, and must not widen the check until it cannot fire)."""
-    quiet = sorted(t.spread for t in timings(points)
-                   if not t.under_load and t.spread is not None and t.spread <= noisy_threshold)
+    quiet = sorted(
+        t.spread for t in timings(points) if not t.under_load and t.spread is not None and t.spread <= noisy_threshold
+    )
     if not quiet:
         return FALL_SLACK
     return min(noisy_threshold, max(FALL_SLACK, _percentile(quiet, 50)))
@@ -158,23 +183,32 @@ def physics_problems(points: Iterable[Any], noisy_threshold: float = NOISY_IQR_R
                     continue
                 gain = (large.batch_size / t_large) / (small.batch_size / t_small)
                 which = "" if statistic == "step_s" else "median "
-                why = (f"{which}throughput rises {gain:.3g}x from batch {small.batch_size} to {large.batch_size}, "
-                       f"more than the batch ({large.batch_size / small.batch_size:.3g}x): the {which}step time falls "
-                       f"from {_ms(t_small)} to {_ms(t_large)}, beyond the machine's quiet spread of {tolerance:.0%}")
+                why = (
+                    f"{which}throughput rises {gain:.3g}x from batch {small.batch_size} to {large.batch_size}, "
+                    f"more than the batch ({large.batch_size / small.batch_size:.3g}x): the {which}step time falls "
+                    f"from {_ms(t_small)} to {_ms(t_large)}, beyond the machine's quiet spread of {tolerance:.0%}"
+                )
                 problems.setdefault(small.batch_size, why)
                 problems.setdefault(large.batch_size, why)
     for left, point, right in zip(measured, measured[1:], measured[2:]):
         share = (point.batch_size - left.batch_size) / (right.batch_size - left.batch_size)
         chord = left.step_s + share * (right.step_s - left.step_s)
         if point.step_s > chord * (1 + TREND_SLACK + tolerance):
-            problems.setdefault(point.batch_size, (
-                f"batch {point.batch_size}'s {_ms(point.step_s)} lies above its neighbours' trend "
-                f"({_ms(left.step_s)} at {left.batch_size}, {_ms(right.step_s)} at {right.batch_size})"))
+            problems.setdefault(
+                point.batch_size,
+                (
+                    f"batch {point.batch_size}'s {_ms(point.step_s)} lies above its neighbours' trend "
+                    f"({_ms(left.step_s)} at {left.batch_size}, {_ms(right.step_s)} at {right.batch_size})"
+                ),
+            )
     return sorted(problems.items())
 
 
-def saturation_batch(points: Iterable[Any], share: float = 0.9, noisy_threshold: float = NOISY_IQR_RATIO,
-                     ) -> int | None:
+def saturation_batch(
+    points: Iterable[Any],
+    share: float = 0.9,
+    noisy_threshold: float = NOISY_IQR_RATIO,
+) -> int | None:
     """The smallest batch reaching ``share`` of the best throughput, among the points that are not noisy
     (a noisy point's throughput is no figure to reach, nor to be); None when every point is noisy."""
     steady = [t for t in timings(points) if not is_noisy(t, noisy_threshold)]
@@ -214,8 +248,10 @@ def refusal(profile: dict, accept: str = f"pass {ACCEPT_LOAD_FLAG}") -> str | No
     parts = []
     if loaded:
         busy = [t.others_busy_cores for t in loaded if t.others_busy_cores is not None]
-        parts.append(f"{len(loaded)} of {len(measured)} batch sizes were measured under load"
-                     + (f" (other processes kept {min(busy):.2f} to {max(busy):.2f} cores busy)" if busy else ""))
+        parts.append(
+            f"{len(loaded)} of {len(measured)} batch sizes were measured under load"
+            + (f" (other processes kept {min(busy):.2f} to {max(busy):.2f} cores busy)" if busy else "")
+        )
     if problems:
         parts.append(f"it fails the physics check: {problems[0][1]}")
     return f"profile {profile.get('id')} cannot be trusted: {'; '.join(parts)}; rerun on a quiet machine, or {accept}"
@@ -247,8 +283,14 @@ def threads_note(profile: dict) -> str | None:
     if busy is None or threads + busy <= cores + CONTENTION_SLACK_CORES:
         return None
     fewer = max(1, min(threads - 1, math.floor(cores - busy))) if threads > 1 else None
-    offer = (f"`--threads {fewer}` leaves {cores - fewer:g} core{'s' if cores - fewer != 1 else ''} to them (the "
-             f"runs trained from the profile use the same)" if fewer else "profile when the machine is quieter")
-    return (f"torch's {threads} thread{'s' if threads != 1 else ''} and the {busy:.2f} cores other processes kept "
-            f"busy exceed this machine's {cores} cores: a step waits whenever one of its threads loses its core; "
-            f"{offer}")
+    offer = (
+        f"`--threads {fewer}` leaves {cores - fewer:g} core{'s' if cores - fewer != 1 else ''} to them (the "
+        f"runs trained from the profile use the same)"
+        if fewer
+        else "profile when the machine is quieter"
+    )
+    return (
+        f"torch's {threads} thread{'s' if threads != 1 else ''} and the {busy:.2f} cores other processes kept "
+        f"busy exceed this machine's {cores} cores: a step waits whenever one of its threads loses its core; "
+        f"{offer}"
+    )

@@ -8,8 +8,17 @@ same name instead of FAILED.
 
 from __future__ import annotations
 
-__all__ = ["LargestepError", "UsageError", "UnusableProfile", "WorkloadError", "DeviceError", "StoreError",
-           "Diverged", "Cancelled", "Crashed"]
+__all__ = [
+    "LargestepError",
+    "UsageError",
+    "UnusableProfile",
+    "WorkloadError",
+    "DeviceError",
+    "StoreError",
+    "Diverged",
+    "Cancelled",
+    "Crashed",
+]
 
 
 class LargestepError(Exception):

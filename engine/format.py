@@ -9,9 +9,26 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
-__all__ = ["DASH", "format_bytes", "byte_unit", "format_duration", "format_ms", "format_si", "grouped",
-           "format_number", "format_count", "short_count", "mean_std", "plural", "significant", "known",
-           "format_pct", "format_background_load", "unreadable_runs", "format_math"]
+__all__ = [
+    "DASH",
+    "format_bytes",
+    "byte_unit",
+    "format_duration",
+    "format_ms",
+    "format_si",
+    "grouped",
+    "format_number",
+    "format_count",
+    "short_count",
+    "mean_std",
+    "plural",
+    "significant",
+    "known",
+    "format_pct",
+    "format_background_load",
+    "unreadable_runs",
+    "format_math",
+]
 
 DASH = "—"
 
@@ -135,8 +152,10 @@ def unreadable_runs(run_ids: Iterable[str]) -> str | None:
     if not ids:
         return None
     shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
-    return (f"{plural(len(ids), 'run')} could not be read ({shown}): listed as FAILED; `largestep doctor` says "
-            f"why and what to do")
+    return (
+        f"{plural(len(ids), 'run')} could not be read ({shown}): listed as FAILED; `largestep doctor` says "
+        f"why and what to do"
+    )
 
 
 def format_math(settings: dict | None) -> str:
@@ -145,10 +164,19 @@ def format_math(settings: dict | None) -> str:
     if not settings:
         return DASH
     matmul, cudnn = settings.get("matmul_allow_tf32"), settings.get("cudnn_allow_tf32")
-    tf32 = ("on (matmul and cuDNN)" if matmul and cudnn else "off" if not (matmul or cudnn)
-            else "on for matmuls only" if matmul else "on for cuDNN only")
-    return (f"TF32 {tf32}, float32 matmul precision {settings.get('float32_matmul_precision', DASH)}, "
-            f"cuDNN autotuning {'on' if settings.get('cudnn_benchmark') else 'off'}")
+    tf32 = (
+        "on (matmul and cuDNN)"
+        if matmul and cudnn
+        else "off"
+        if not (matmul or cudnn)
+        else "on for matmuls only"
+        if matmul
+        else "on for cuDNN only"
+    )
+    return (
+        f"TF32 {tf32}, float32 matmul precision {settings.get('float32_matmul_precision', DASH)}, "
+        f"cuDNN autotuning {'on' if settings.get('cudnn_benchmark') else 'off'}"
+    )
 
 
 def plural(n: int, word: str) -> str:

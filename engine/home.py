@@ -15,7 +15,7 @@ __all__ = ["Home", "resolve_home", "check_database_file", "is_job_id", "DEFAULT_
 
 DEFAULT_HOME = ".largestep"
 HOME_ENV = "LARGESTEP_HOME"
-DUCKDB_MAGIC = b"DUCK"          # bytes 8..12 of every DuckDB database file
+DUCKDB_MAGIC = b"DUCK"  # bytes 8..12 of every DuckDB database file
 
 
 def is_job_id(text: object) -> bool:
@@ -23,8 +23,12 @@ def is_job_id(text: object) -> bool:
 
     Any folder name a user may have made there (``X.bak``, ``X copy``) passes; a path does not.
     """
-    return (isinstance(text, str) and 0 < len(text) <= 255 and text not in (".", "..")
-            and not any(c in text for c in ("/", "\\", "\0")))
+    return (
+        isinstance(text, str)
+        and 0 < len(text) <= 255
+        and text not in (".", "..")
+        and not any(c in text for c in ("/", "\\", "\0"))
+    )
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,10 @@ class Home:
 
     def holds_anything(self) -> bool:
         """Is there a database or a job to read? (Read-only commands create neither.)"""
-        return self.database.exists() or any(folder.is_dir() and any(folder.iterdir())
-                                             for folder in (self.jobs, self.recommendations, self.verifications))
+        return self.database.exists() or any(
+            folder.is_dir() and any(folder.iterdir())
+            for folder in (self.jobs, self.recommendations, self.verifications)
+        )
 
     def check(self) -> "Home":
         """Refuse an unusable home before anything is written to it."""
@@ -122,7 +128,9 @@ def check_database_file(path: Path) -> None:
     except OSError as exc:
         raise StoreError(f"cannot read database {path}: {exc.strerror or exc}") from None
     if header[8:12] != DUCKDB_MAGIC:
-        raise StoreError(f"{path} is not a DuckDB database; refusing to touch it (move it away or choose another --home)")
+        raise StoreError(
+            f"{path} is not a DuckDB database; refusing to touch it (move it away or choose another --home)"
+        )
 
 
 def resolve_home(path: str | os.PathLike | None = None) -> Home:
@@ -131,8 +139,10 @@ def resolve_home(path: str | os.PathLike | None = None) -> Home:
     An empty ``LARGESTEP_HOME`` counts as unset (as a shell's ``${VAR:-default}`` does); an empty or blank
     path given explicitly (``--home "$UNSET"``, a variable of spaces) is refused, never read as ``.``."""
     if path is not None and not str(path).strip():
-        raise UsageError(f"the home {str(path)!r} is empty: give a folder with --home or LARGESTEP_HOME, or leave "
-                         f"both out for ./{DEFAULT_HOME}")
+        raise UsageError(
+            f"the home {str(path)!r} is empty: give a folder with --home or LARGESTEP_HOME, or leave "
+            f"both out for ./{DEFAULT_HOME}"
+        )
     chosen = path or os.environ.get(HOME_ENV) or DEFAULT_HOME
     if not str(chosen).strip():
         raise UsageError(f"LARGESTEP_HOME {chosen!r} is blank: give a folder, or unset it for ./{DEFAULT_HOME}")

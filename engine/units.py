@@ -8,19 +8,40 @@ from typing import Iterable
 
 from .errors import UsageError
 
-__all__ = ["parse_size", "parse_batch_sizes", "parse_positive_int", "parse_float", "parse_count", "parse_fractions",
-           "check_int", "check_number", "check_switch", "INT32_MAX", "INT64_MAX"]
+__all__ = [
+    "parse_size",
+    "parse_batch_sizes",
+    "parse_positive_int",
+    "parse_float",
+    "parse_count",
+    "parse_fractions",
+    "check_int",
+    "check_number",
+    "check_switch",
+    "INT32_MAX",
+    "INT64_MAX",
+]
 
 # The largest values the database's columns hold: a number is checked against the column it lands
 # in where it enters (CLI, dashboard, Python API), so a job never records what the store refuses.
-INT32_MAX = 2**31 - 1       # INTEGER columns: batch sizes, seeds, accumulate
-INT64_MAX = 2**63 - 1       # BIGINT columns: samples, bytes
+INT32_MAX = 2**31 - 1  # INTEGER columns: batch sizes, seeds, accumulate
+INT64_MAX = 2**63 - 1  # BIGINT columns: samples, bytes
 
 _UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "k": 2**10,
+    "m": 2**20,
+    "g": 2**30,
+    "t": 2**40,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
 }
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
@@ -126,8 +147,9 @@ def check_int(value: object, what: str, low: int = 1, high: int = INT32_MAX) -> 
     return value
 
 
-def check_number(value: object, what: str, low: float | None = None, high: float | None = None,
-                 low_inclusive: bool = False) -> float:
+def check_number(
+    value: object, what: str, low: float | None = None, high: float | None = None, low_inclusive: bool = False
+) -> float:
     """``value`` as a finite float above ``low`` (or at it, if inclusive) and at most ``high``.
 
     NaN and infinity are refused everywhere: a job given one starts and then fails, or a
@@ -139,8 +161,13 @@ def check_number(value: object, what: str, low: float | None = None, high: float
         raise UsageError(f"{what} must be a finite number, not {value!r}")
     too_low = low is not None and (value < low if low_inclusive else value <= low)
     if too_low:
-        bound = "a positive number" if low == 0 and not low_inclusive else \
-            f"at least {low:g}" if low_inclusive else f"above {low:g}"
+        bound = (
+            "a positive number"
+            if low == 0 and not low_inclusive
+            else f"at least {low:g}"
+            if low_inclusive
+            else f"above {low:g}"
+        )
         raise UsageError(f"{what} must be {bound}, not {value:g}")
     if high is not None and value > high:
         raise UsageError(f"{what} must be at most {high:g}, not {value:g}")

@@ -18,9 +18,9 @@ from torch.utils.data import Dataset
 
 from largestep import Workload
 
-VOCAB = 512          # token ids 0..VOCAB-1; 0 is padding
-SEQUENCE = 32        # tokens per sample
-MARKER = 7           # the planted signal: a sequence is positive when it holds this token
+VOCAB = 512  # token ids 0..VOCAB-1; 0 is padding
+SEQUENCE = 32  # tokens per sample
+MARKER = 7  # the planted signal: a sequence is positive when it holds this token
 
 
 class MarkedTokens(Dataset):
@@ -42,8 +42,11 @@ class MarkedTokens(Dataset):
         label = int(torch.rand((), generator=generator) < 0.5)
         if label:
             ids[int(torch.randint(0, SEQUENCE, (), generator=generator))] = MARKER
-        return {"input_ids": ids, "attention_mask": torch.ones(SEQUENCE, dtype=torch.long),
-                "labels": torch.tensor(label)}
+        return {
+            "input_ids": ids,
+            "attention_mask": torch.ones(SEQUENCE, dtype=torch.long),
+            "labels": torch.tensor(label),
+        }
 
 
 class NextTokens(MarkedTokens):
@@ -60,8 +63,9 @@ def no_decay_for_norms_and_biases(model: torch.nn.Module, lr: float) -> torch.op
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         (no_decay if name.endswith("bias") or "LayerNorm" in name or ".ln_" in name else decay).append(parameter)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -72,17 +76,28 @@ def bert(samples: int = 4096, hidden: int = 64, layers: int = 2) -> Workload:
     """A tiny BERT (BertForSequenceClassification from a BertConfig) finding a planted token."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    config = BertConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=2 * hidden, max_position_embeddings=SEQUENCE, num_labels=2)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=SEQUENCE,
+        num_labels=2,
+    )
     return Workload(
         name="hf-tiny-bert",
         model=lambda: BertForSequenceClassification(config),
-        train=MarkedTokens(samples, seed=0), val=MarkedTokens(samples // 8, seed=1),
-        loss=None,                                   # the model computes it from the batch's labels
-        metrics={"accuracy": accuracy},              # scored on out.logits against batch["labels"]
-        baseline_batch_size=32, baseline_lr=1e-3,
+        train=MarkedTokens(samples, seed=0),
+        val=MarkedTokens(samples // 8, seed=1),
+        loss=None,  # the model computes it from the batch's labels
+        metrics={"accuracy": accuracy},  # scored on out.logits against batch["labels"]
+        baseline_batch_size=32,
+        baseline_lr=1e-3,
         optimizer=no_decay_for_norms_and_biases,
-        max_grad_norm=1.0, schedule="linear", epochs=3,
+        max_grad_norm=1.0,
+        schedule="linear",
+        epochs=3,
         description="tiny BERT from a config, random weights, synthetic tokens",
     )
 
@@ -95,10 +110,14 @@ def gpt2(samples: int = 4096, hidden: int = 64, layers: int = 2) -> Workload:
     return Workload(
         name="hf-tiny-gpt2",
         model=lambda: GPT2LMHeadModel(config),
-        train=NextTokens(samples, seed=0), val=NextTokens(samples // 8, seed=1),
+        train=NextTokens(samples, seed=0),
+        val=NextTokens(samples // 8, seed=1),
         loss=None,
-        baseline_batch_size=32, baseline_lr=1e-3,
+        baseline_batch_size=32,
+        baseline_lr=1e-3,
         optimizer=no_decay_for_norms_and_biases,
-        max_grad_norm=1.0, schedule="wsd", epochs=2,
+        max_grad_norm=1.0,
+        schedule="wsd",
+        epochs=2,
         description="tiny GPT-2 from a config, random weights, synthetic tokens",
     )

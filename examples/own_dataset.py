@@ -24,7 +24,7 @@ class Readings(Dataset):
     def __init__(self, samples: int, seed: int):
         generator = torch.Generator().manual_seed(seed)
         self.x = torch.randn(samples, FEATURES, generator=generator)
-        rule = torch.Generator().manual_seed(1234)   # the same rule for every split
+        rule = torch.Generator().manual_seed(1234)  # the same rule for every split
         w1, w2 = torch.randn(FEATURES, generator=rule), torch.randn(FEATURES, generator=rule)
         score = torch.tanh(self.x @ w1) + 0.5 * (self.x @ w2).sin() + 0.2 * torch.randn(samples, generator=generator)
         self.y = (score > 0).long()
@@ -41,8 +41,13 @@ class Classifier(torch.nn.Module):
 
     def __init__(self, hidden: int = 128):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(FEATURES, hidden), torch.nn.GELU(),
-                                       torch.nn.Linear(hidden, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 2))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(FEATURES, hidden),
+            torch.nn.GELU(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.GELU(),
+            torch.nn.Linear(hidden, 2),
+        )
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         logits = self.net(features)
@@ -60,10 +65,16 @@ def make(samples: int = 8192, hidden: int = 128) -> Workload:
     return Workload(
         name="own-dataset",
         model=lambda: Classifier(hidden),
-        train=Readings(samples, seed=0), val=Readings(samples // 4, seed=1),
-        loss=None,                       # the model's output carries it: out["loss"]
+        train=Readings(samples, seed=0),
+        val=Readings(samples // 4, seed=1),
+        loss=None,  # the model's output carries it: out["loss"]
         metrics={"accuracy": accuracy},  # scored on out["logits"] against batch["labels"]
-        baseline_batch_size=64, baseline_lr=2e-3, optimizer="adamw", weight_decay=0.01,
-        max_grad_norm=1.0, schedule="cosine", epochs=4,
+        baseline_batch_size=64,
+        baseline_lr=2e-3,
+        optimizer="adamw",
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        schedule="cosine",
+        epochs=4,
         description="a plain Dataset and a model returning a dict with its loss",
     )

@@ -36,8 +36,13 @@ def resnet18(samples: int = 2048, image: int = 64, classes: int = 10, workers: i
     """
     from torchvision import datasets, models, transforms
 
-    augment = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-                                  transforms.Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))])
+    augment = transforms.Compose(
+        [
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+        ]
+    )
     plain = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))])
     shape = (3, image, image)
     return Workload(
@@ -47,8 +52,12 @@ def resnet18(samples: int = 2048, image: int = 64, classes: int = 10, workers: i
         val=datasets.FakeData(max(classes, samples // 8), shape, classes, transform=plain, random_offset=samples),
         loss=F.cross_entropy,
         metrics={"accuracy": accuracy},
-        baseline_batch_size=32, baseline_lr=0.05, optimizer="sgd",
-        max_grad_norm=5.0, schedule="cosine", epochs=1,
+        baseline_batch_size=32,
+        baseline_lr=0.05,
+        optimizer="sgd",
+        max_grad_norm=5.0,
+        schedule="cosine",
+        epochs=1,
         num_workers=workers,
         description="ResNet-18 (random weights) on torchvision FakeData through a DataLoader with workers",
     )

@@ -26,10 +26,21 @@ from helpers import ROOT, TINY, TINY_OOM, copy_home, wait_finished  # noqa: F401
 os.environ.setdefault("LARGESTEP_WARM_LAUNCHER", "0")
 
 # Fixtures that run real jobs: any test using one is slow.
-SLOW_FIXTURES = {"warm_home", "profiled_template", "profiled_home", "autopilot_run", "autopilot_home", "rec_home",
-                 "verified_home", "runs_home", "two_rank_run", "cluster", "dashboard"}
+SLOW_FIXTURES = {
+    "warm_home",
+    "profiled_template",
+    "profiled_home",
+    "autopilot_run",
+    "autopilot_home",
+    "rec_home",
+    "verified_home",
+    "runs_home",
+    "two_rank_run",
+    "cluster",
+    "dashboard",
+}
 WHY_SLOW = ("e2e", "browser", "distributed", "ray", "integration")
-PROFILED_BATCHES = (8, 32, 128, 512)   # the session's profile of the tiny workload (baseline 32)
+PROFILED_BATCHES = (8, 32, 128, 512)  # the session's profile of the tiny workload (baseline 32)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -104,10 +115,30 @@ def autopilot_run(tmp_path_factory):
     from largestep.home import Home
 
     home = Home(tmp_path_factory.mktemp("autopilot") / "home")
-    proc = subprocess.run([sys.executable, "-m", "largestep.cli", "--home", str(home.root), "autopilot", "--workload",
-                           TINY, "--repeats", "2", "--epochs", "2", "--arms", "baseline,recommended",
-                           "--accept-load", "--json"],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "largestep.cli",
+            "--home",
+            str(home.root),
+            "autopilot",
+            "--workload",
+            TINY,
+            "--repeats",
+            "2",
+            "--epochs",
+            "2",
+            "--arms",
+            "baseline,recommended",
+            "--accept-load",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     store.ingest(home)
     document = json.loads(proc.stdout) if proc.returncode == 0 else None
     return home, proc.returncode, document, proc.stderr
@@ -140,12 +171,13 @@ def _fast_tests_start_no_job(request, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(f"{request.node.nodeid} starts a job process: mark it @pytest.mark.slow")
 
-    no_processes = types.SimpleNamespace(**{name: getattr(subprocess, name) for name in dir(subprocess)
-                                            if not name.startswith("__")})
+    no_processes = types.SimpleNamespace(
+        **{name: getattr(subprocess, name) for name in dir(subprocess) if not name.startswith("__")}
+    )
     no_processes.Popen = refuse
     monkeypatch.setattr(runner, "subprocess", no_processes)
-    monkeypatch.setattr(forkserver, "subprocess", no_processes)   # nor a warm launcher,
-    monkeypatch.setattr(forkserver, "fork_job", refuse)           # nor ask a running one for a job
+    monkeypatch.setattr(forkserver, "subprocess", no_processes)  # nor a warm launcher,
+    monkeypatch.setattr(forkserver, "fork_job", refuse)  # nor ask a running one for a job
 
 
 @pytest.fixture(autouse=True)
@@ -169,11 +201,13 @@ def _kill_jobs_under(folder: Path) -> None:
         cmdline = " ".join(proc.info.get("cmdline") or []).split()
         if proc.info["pid"] == os.getpid() or not any(marker in part for part in cmdline):
             continue
-        if not (any(part in ("largestep.jobs", "largestep.jobs.torchrun") for part in cmdline)
-                or any("largestep.jobs.forkserver" in part for part in cmdline)):   # a job, or a warm launcher
+        if not (
+            any(part in ("largestep.jobs", "largestep.jobs.torchrun") for part in cmdline)
+            or any("largestep.jobs.forkserver" in part for part in cmdline)
+        ):  # a job, or a warm launcher
             continue
         try:
-            os.killpg(proc.info["pid"], signal.SIGKILL)   # a job leads its own session: its ranks go too
+            os.killpg(proc.info["pid"], signal.SIGKILL)  # a job leads its own session: its ranks go too
         except (ProcessLookupError, PermissionError):
             try:
                 proc.kill()

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 # The field getters, by the name a FakeGpu's `unsupported` uses.
-UUID_A = "4a1b2c3d-0000-1111-2222-aaaaaaaaaaaa"   # two GPUs the tests tell apart by UUID
+UUID_A = "4a1b2c3d-0000-1111-2222-aaaaaaaaaaaa"  # two GPUs the tests tell apart by UUID
 UUID_B = "5e6f7a8b-3333-4444-5555-bbbbbbbbbbbb"
 
 FIELD_FUNCTIONS = (
@@ -258,12 +258,24 @@ def install_fake_nvml(monkeypatch, fake: types.ModuleType | None) -> types.Modul
     return fake
 
 
-def cuda_properties(uuid: str, name: str = "NVIDIA A100-SXM4-40GB", total_memory: int = 40 * 2**30,
-                    major: int = 8, minor: int = 0, multi_processor_count: int = 108) -> types.SimpleNamespace:
+def cuda_properties(
+    uuid: str,
+    name: str = "NVIDIA A100-SXM4-40GB",
+    total_memory: int = 40 * 2**30,
+    major: int = 8,
+    minor: int = 0,
+    multi_processor_count: int = 108,
+) -> types.SimpleNamespace:
     """What torch.cuda.get_device_properties returns, as far as largestep reads it. `uuid` is
     spelled as torch prints it: bare hex, no "GPU-" prefix."""
-    return types.SimpleNamespace(name=name, total_memory=total_memory, major=major, minor=minor,
-                                 multi_processor_count=multi_processor_count, uuid=_uuid.UUID(uuid))
+    return types.SimpleNamespace(
+        name=name,
+        total_memory=total_memory,
+        major=major,
+        minor=minor,
+        multi_processor_count=multi_processor_count,
+        uuid=_uuid.UUID(uuid),
+    )
 
 
 def install_fake_cuda(monkeypatch, properties: list[types.SimpleNamespace]) -> dict:
@@ -273,8 +285,17 @@ def install_fake_cuda(monkeypatch, properties: list[types.SimpleNamespace]) -> d
     (when the last queued work of any GPU ends) and "busy_until_of" (the same, per GPU: each has its queue)."""
     import torch
 
-    state = {"synchronized": [], "peak": {}, "allocated": {}, "reserved_peak": {}, "empty_cache": 0, "current": 0,
-             "busy_until": 0.0, "busy_until_of": {}, "forwards": 0}
+    state = {
+        "synchronized": [],
+        "peak": {},
+        "allocated": {},
+        "reserved_peak": {},
+        "empty_cache": 0,
+        "current": 0,
+        "busy_until": 0.0,
+        "busy_until_of": {},
+        "forwards": 0,
+    }
 
     def index_of(device=None) -> int:
         if device is None:
@@ -347,8 +368,9 @@ def install_fake_cuda(monkeypatch, properties: list[types.SimpleNamespace]) -> d
 
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset_peaks)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: state["peak"].get(index_of(device), 0))
-    monkeypatch.setattr(torch.cuda, "max_memory_reserved",
-                        lambda device=None: state["reserved_peak"].get(index_of(device), 0))
+    monkeypatch.setattr(
+        torch.cuda, "max_memory_reserved", lambda device=None: state["reserved_peak"].get(index_of(device), 0)
+    )
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: state["allocated"].get(index_of(device), 0))
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: state.__setitem__("empty_cache", state["empty_cache"] + 1))
     return state
@@ -397,11 +419,12 @@ def cuda_on_cpu(state: dict, allocator: FakeAllocator = FakeAllocator()):
 
     state.setdefault("resident_bytes", 0)
     state.setdefault("resident_peak_bytes", 0)
-    resident: dict[int, weakref.ref] = {}   # id -> the tensor, for tensors placed on the fake GPU and alive
+    resident: dict[int, weakref.ref] = {}  # id -> the tensor, for tensors placed on the fake GPU and alive
 
     def is_cuda(value) -> bool:
-        return ((isinstance(value, str) and value.startswith("cuda"))
-                or (isinstance(value, torch.device) and value.type == "cuda"))
+        return (isinstance(value, str) and value.startswith("cuda")) or (
+            isinstance(value, torch.device) and value.type == "cuda"
+        )
 
     def to_cpu(value):
         if is_cuda(value):
@@ -435,14 +458,18 @@ def cuda_on_cpu(state: dict, allocator: FakeAllocator = FakeAllocator()):
                 state.setdefault("pinned", []).append(tuple(args[0].shape))  # what was pinned, by shape
                 return args[0]  # pinning host memory needs a real driver; the copy is the same
             kwargs = kwargs or {}
-            moving = (name == "to" and args and isinstance(args[0], torch.Tensor)
-                      and (any(is_cuda(a) for a in args[1:]) or is_cuda(kwargs.get("device"))))
+            moving = (
+                name == "to"
+                and args
+                and isinstance(args[0], torch.Tensor)
+                and (any(is_cuda(a) for a in args[1:]) or is_cuda(kwargs.get("device")))
+            )
             args = tuple(to_cpu(a) for a in args)
             kwargs = {k: to_cpu(v) for k, v in kwargs.items()}
             if not moving:
                 return func(*args, **kwargs)
             if on_gpu(args[0]) and kwargs.get("dtype") is None and not any(isinstance(a, torch.dtype) for a in args):
-                return args[0]   # already on the GPU: no copy, as torch's
+                return args[0]  # already on the GPU: no copy, as torch's
             placed = func(*args, **{**kwargs, "copy": True})
             count(placed)
             return placed

@@ -23,8 +23,8 @@ from largestep.home import HOME_ENV, Home
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 APP = ROOT / "app" / "main.py"
-TINY = f"{TESTS / 'tiny_workload.py'}:make"            # the tiny workload: seconds to profile or train
-TINY_OOM = f"{TESTS / 'tiny_workload.py'}:make_oom"    # ... whose model runs out of memory above 64 samples
+TINY = f"{TESTS / 'tiny_workload.py'}:make"  # the tiny workload: seconds to profile or train
+TINY_OOM = f"{TESTS / 'tiny_workload.py'}:make_oom"  # ... whose model runs out of memory above 64 samples
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -126,15 +126,22 @@ def metric_rows_in_spool(home: Home, job_id: str) -> int:
     rows = 0
     for event in events.read_all(home.job_dir(job_id)):
         if event["type"] == "metrics":
-            rows += sum(sum(1 for k in ("train_loss", "lr", "samples_per_s") if r.get(k) is not None)
-                        for r in event["rows"])
+            rows += sum(
+                sum(1 for k in ("train_loss", "lr", "samples_per_s") if r.get(k) is not None) for r in event["rows"]
+            )
         elif event["type"] == "eval":
             rows += 1 + len(event["metrics"])
     return rows
 
 
-def spool_job(home: Home, job_id: str, kind: str, events: list[tuple[str, dict]], state: str | None = "FINISHED",
-              spec: dict | None = None) -> Path:
+def spool_job(
+    home: Home,
+    job_id: str,
+    kind: str,
+    events: list[tuple[str, dict]],
+    state: str | None = "FINISHED",
+    spec: dict | None = None,
+) -> Path:
     """A job folder written by the real spool writer, as a job process leaves it, without running one.
 
     ``events``: (type, fields) in order; ``state``: the exit record appended last (None: no exit, as
@@ -146,9 +153,19 @@ def spool_job(home: Home, job_id: str, kind: str, events: list[tuple[str, dict]]
     home.ensure()
     job_dir = home.job_dir(job_id)
     job_dir.mkdir(parents=True)
-    write_json_atomic(job_dir / "spec.json", spec or {"id": job_id, "kind": kind, "device": "cpu", "workload": "tiny",
-                                                      "params": {}, "created_at": time.time(),
-                                                      "home": str(home.root)})
+    write_json_atomic(
+        job_dir / "spec.json",
+        spec
+        or {
+            "id": job_id,
+            "kind": kind,
+            "device": "cpu",
+            "workload": "tiny",
+            "params": {},
+            "created_at": time.time(),
+            "home": str(home.root),
+        },
+    )
     spool = Spool(job_dir)
     spool.emit("start", kind=kind, pid=12345)
     for type_, fields in events:
@@ -163,24 +180,82 @@ def spool_job(home: Home, job_id: str, kind: str, events: list[tuple[str, dict]]
 def train_events(seed: int = 0, val_loss: float = 0.5) -> list[tuple[str, dict]]:
     """The events of a short, finished training run (run_start, one evaluation, run_end)."""
     config = {"batch_size": 32, "lr": 1e-3, "seed": seed, "accumulate": 1, "schedule": "constant", "dtype": "fp32"}
-    return [("run_start", {"config": config, "workload": "tiny", "device": {"id": "cpu", "kind": "cpu"},
-                           "epochs": 1.0, "primary_metric": "accuracy"}),
-            ("eval", {"step": 10, "epoch": 1.0, "samples": 320, "wall_time_s": 1.0, "train_time_s": 0.8,
-                      "val_loss": val_loss, "metrics": {"accuracy": 0.9}}),
-            ("run_end", {"steps": 10, "samples": 320, "epochs": 1.0, "wall_time_s": 1.0, "train_time_s": 0.8,
-                         "final_val_loss": val_loss, "best_val_loss": val_loss, "final_metrics": {"accuracy": 0.9}})]
+    return [
+        (
+            "run_start",
+            {
+                "config": config,
+                "workload": "tiny",
+                "device": {"id": "cpu", "kind": "cpu"},
+                "epochs": 1.0,
+                "primary_metric": "accuracy",
+            },
+        ),
+        (
+            "eval",
+            {
+                "step": 10,
+                "epoch": 1.0,
+                "samples": 320,
+                "wall_time_s": 1.0,
+                "train_time_s": 0.8,
+                "val_loss": val_loss,
+                "metrics": {"accuracy": 0.9},
+            },
+        ),
+        (
+            "run_end",
+            {
+                "steps": 10,
+                "samples": 320,
+                "epochs": 1.0,
+                "wall_time_s": 1.0,
+                "train_time_s": 0.8,
+                "final_val_loss": val_loss,
+                "best_val_loss": val_loss,
+                "final_metrics": {"accuracy": 0.9},
+            },
+        ),
+    ]
 
 
 def profile_events(profile_id: str) -> list[tuple[str, dict]]:
     """The events of a finished profile of the tiny workload: step time flat up to batch 64, then linear."""
     device = {"id": "cpu", "kind": "cpu", "name": "test cpu", "total_memory_bytes": 8 * 2**30}
-    start = ("profile_start", {"profile_id": profile_id, "workload": "tiny", "workload_spec": "tiny_workload.py:make",
-                               "device": device, "config": {"dtype": "fp32"}, "baseline_batch_size": 32,
-                               "baseline_lr": 1e-3, "optimizer": "adam", "n_train": 2048, "epochs": 3})
-    points = [("point", {"profile_id": profile_id, "batch_size": b, "status": "ok", "step_times_s": [t] * 10,
-                         "median_s": t, "p25_s": t, "p75_s": t, "noisy": False, "samples_per_s": b / t,
-                         "peak_memory_bytes": 10_000 * b, "memory_is_estimate": True})
-              for b, t in ((16, 0.010), (32, 0.010), (64, 0.011), (128, 0.021))]
+    start = (
+        "profile_start",
+        {
+            "profile_id": profile_id,
+            "workload": "tiny",
+            "workload_spec": "tiny_workload.py:make",
+            "device": device,
+            "config": {"dtype": "fp32"},
+            "baseline_batch_size": 32,
+            "baseline_lr": 1e-3,
+            "optimizer": "adam",
+            "n_train": 2048,
+            "epochs": 3,
+        },
+    )
+    points = [
+        (
+            "point",
+            {
+                "profile_id": profile_id,
+                "batch_size": b,
+                "status": "ok",
+                "step_times_s": [t] * 10,
+                "median_s": t,
+                "p25_s": t,
+                "p75_s": t,
+                "noisy": False,
+                "samples_per_s": b / t,
+                "peak_memory_bytes": 10_000 * b,
+                "memory_is_estimate": True,
+            },
+        )
+        for b, t in ((16, 0.010), (32, 0.010), (64, 0.011), (128, 0.021))
+    ]
     end = ("profile_end", {"profile_id": profile_id, "stop_reason": "max_batch", "saturation_batch": 64})
     return [start, *points, end]
 
@@ -208,7 +283,7 @@ class ScriptedClock:
         self.now += self.step_s(batch_size, self.steps[batch_size])
 
     def tag(self, batch_size: int | None) -> None:
-        if batch_size is not None:   # the clock starts: every step so far at this size was untimed
+        if batch_size is not None:  # the clock starts: every step so far at this size was untimed
             self.untimed.append(self.steps.get(batch_size, 0))
 
 

@@ -64,8 +64,9 @@ class LossReturningNet(torch.nn.Module):
 
 def two_groups(model: LossReturningNet, lr: float) -> torch.optim.Optimizer:
     """AdamW with the head at ten times the body's rate: a factory with two parameter groups."""
-    return torch.optim.AdamW([{"params": model.body.parameters(), "lr": lr},
-                              {"params": model.head.parameters(), "lr": 10 * lr}], lr=lr)
+    return torch.optim.AdamW(
+        [{"params": model.body.parameters(), "lr": lr}, {"params": model.head.parameters(), "lr": 10 * lr}], lr=lr
+    )
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -75,13 +76,24 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def make_tuples(samples: int = 2048) -> Workload:
     """The tiny test workload's data, served through a Dataset of ``(x, y)`` tuples."""
     base = tiny_workload.make(samples)
-    return Workload(name="tiny-dataset", model=base.model, train=PairDataset(*base.train),
-                    val=PairDataset(*base.val), loss=base.loss, baseline_batch_size=32, baseline_lr=1e-2,
-                    optimizer="adam", metrics=dict(base.metrics), epochs=3, num_workers=0)
+    return Workload(
+        name="tiny-dataset",
+        model=base.model,
+        train=PairDataset(*base.train),
+        val=PairDataset(*base.val),
+        loss=base.loss,
+        baseline_batch_size=32,
+        baseline_lr=1e-2,
+        optimizer="adam",
+        metrics=dict(base.metrics),
+        epochs=3,
+        num_workers=0,
+    )
 
 
-def make_dict(samples: int = 2048, broken: str = "", schedule: str = "constant", max_grad_norm: float = 0.0,
-              workers: int = 0) -> Workload:
+def make_dict(
+    samples: int = 2048, broken: str = "", schedule: str = "constant", max_grad_norm: float = 0.0, workers: int = 0
+) -> Workload:
     """The tiny data as dict items; a model returning its own loss; a two-group optimizer factory.
 
     ``broken`` names one mistake to make: shape | no_loss | no_labels | schedule | optimizer | grad_norm.
@@ -96,16 +108,25 @@ def make_dict(samples: int = 2048, broken: str = "", schedule: str = "constant",
 
     def model():
         net = LossReturningNet(features, returns_loss=broken != "no_loss")
-        if broken == "no_labels":   # it takes the renamed key, so only the metric misses the labels
+        if broken == "no_labels":  # it takes the renamed key, so only the metric misses the labels
             forward = net.forward
             net.forward = lambda features, target=None: forward(features, target)
         return net
 
     return Workload(
-        name="tiny-dict", model=model, train=train, val=val, loss=None, metrics={"accuracy": accuracy},
-        baseline_batch_size=32, baseline_lr=5e-3, optimizer=factory,
+        name="tiny-dict",
+        model=model,
+        train=train,
+        val=val,
+        loss=None,
+        metrics={"accuracy": accuracy},
+        baseline_batch_size=32,
+        baseline_lr=5e-3,
+        optimizer=factory,
         max_grad_norm=math.inf if broken == "grad_norm" else (max_grad_norm or None),
-        schedule="sometimes" if broken == "schedule" else schedule, epochs=2, num_workers=workers,
+        schedule="sometimes" if broken == "schedule" else schedule,
+        epochs=2,
+        num_workers=workers,
     )
 
 
@@ -174,7 +195,12 @@ def make_heavy_model() -> Workload:
     features = base.train.x.shape[1]
 
     def model():
-        return torch.nn.Sequential(torch.nn.Linear(features, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 1024),
-                                   torch.nn.ReLU(), torch.nn.Linear(1024, 2))
+        return torch.nn.Sequential(
+            torch.nn.Linear(features, 1024),
+            torch.nn.ReLU(),
+            torch.nn.Linear(1024, 1024),
+            torch.nn.ReLU(),
+            torch.nn.Linear(1024, 2),
+        )
 
     return replace(base, name="tiny-heavy", model=model)

@@ -46,8 +46,9 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("function, arguments, says", BAD_INPUTS,
-                         ids=[f"{f}-{'-'.join(map(str, a.items()))}" for f, a, _ in BAD_INPUTS])
+@pytest.mark.parametrize(
+    "function, arguments, says", BAD_INPUTS, ids=[f"{f}-{'-'.join(map(str, a.items()))}" for f, a, _ in BAD_INPUTS]
+)
 def test_bad_input_raises_the_clis_one_line_error_and_writes_nothing(home, function, arguments, says):
     with pytest.raises(LargestepError) as caught:
         getattr(largestep, function)(**arguments, quiet=True)
@@ -72,7 +73,7 @@ class _Items(torch.utils.data.Dataset):
 WORKLOAD_REFUSALS = [
     ({"options": {"samples": 64}}, "built in Python already"),
     ({"launcher": "ray"}, "Ray task cannot read"),
-    ({"batch_sizes": [100_000]}, "larger than the 256 training samples"),   # refused after it was stored
+    ({"batch_sizes": [100_000]}, "larger than the 256 training samples"),  # refused after it was stored
 ]
 
 
@@ -96,7 +97,7 @@ def test_a_stored_workload_loads_from_its_spec_and_says_when_it_is_gone(home):
     cache = cache_of(home)
     workload = _in_python()
     key, _undo = cache.put(workload)
-    assert cache.put(workload)[0] == key                     # the same workload stored twice is one entry
+    assert cache.put(workload)[0] == key  # the same workload stored twice is one entry
     loaded = load_workload(f"cached:{key}", {}, cache, check=True)
     assert loaded.name == "tiny-mlp" and torch.equal(loaded.train[0], workload.train[0])
     with pytest.raises(LargestepError, match="takes no options"):
@@ -112,14 +113,24 @@ def test_a_profile_result_reads_as_a_sentence_and_its_points_as_a_table():
     from largestep.store import profile_summary
 
     point = {"status": "ok", "p25_s": 0.010, "p75_s": 0.012, "n": 10, "peak_memory_bytes": 2**20}
-    stored = {"id": "prof-1a2b3c4d", "workload": "fraud-mlp", "device_name": "CPU", "dtype": "fp32", "state": "FINISHED",
-              "saturation_batch": 256, "stop_reason": "plateau",
-              "points": [{**point, "batch_size": 128, "median_s": 0.011, "samples_per_s": 11_636.4},
-                         {**point, "batch_size": 256, "median_s": 0.012, "samples_per_s": 21_333.3},
-                         {"batch_size": 512, "status": "oom", "error": "out of memory"}]}
+    stored = {
+        "id": "prof-1a2b3c4d",
+        "workload": "fraud-mlp",
+        "device_name": "CPU",
+        "dtype": "fp32",
+        "state": "FINISHED",
+        "saturation_batch": 256,
+        "stop_reason": "plateau",
+        "points": [
+            {**point, "batch_size": 128, "median_s": 0.011, "samples_per_s": 11_636.4},
+            {**point, "batch_size": 256, "median_s": 0.012, "samples_per_s": 21_333.3},
+            {"batch_size": 512, "status": "oom", "error": "out of memory"},
+        ],
+    }
     result = largestep.Profile.of(profile_summary(stored))
-    assert repr(result).splitlines()[0] == ("Profile prof-1a2b3c4d: fraud-mlp on CPU, 2 batch sizes measured "
-                                            "(128 to 256), saturation batch 256, FINISHED")
+    assert repr(result).splitlines()[0] == (
+        "Profile prof-1a2b3c4d: fraud-mlp on CPU, 2 batch sizes measured (128 to 256), saturation batch 256, FINISHED"
+    )
     frame = result.to_pandas()
     assert list(frame["batch_size"]) == [128, 256, 512] and list(frame["status"]) == ["ok", "ok", "oom"]
     assert frame["step_time_s"].tolist()[:2] == [0.011, 0.012] and frame["timed_steps"].tolist()[:2] == [10, 10]
@@ -133,20 +144,22 @@ def test_a_profile_result_reads_as_a_sentence_and_its_points_as_a_table():
 def test_a_workload_built_in_python_is_profiled_by_a_job_and_recommended_from(home):
     # its model names a class of a module the job can import only from the folders this process imports from
     base = tiny_workload.make(samples=512)
-    workload = dataclasses.replace(base, name="built-here",
-                                   model=lambda: tiny_workload._OomAbove(base.model(), limit=10**6))
-    profile = largestep.profile(workload, batch_sizes=[32, 128], min_steps=3, min_seconds=0, warmup_steps=1,
-                                rounds=1, quiet=True)
+    workload = dataclasses.replace(
+        base, name="built-here", model=lambda: tiny_workload._OomAbove(base.model(), limit=10**6)
+    )
+    profile = largestep.profile(
+        workload, batch_sizes=[32, 128], min_steps=3, min_seconds=0, warmup_steps=1, rounds=1, quiet=True
+    )
     assert profile.workload == "built-here" and profile.state == "FINISHED"
     assert [p["status"] for p in profile.points] == ["ok", "ok"]
     assert profile.to_pandas()["step_time_s"].gt(0).all()
 
-    rec = largestep.recommend(profile, quiet=True, accept_load=True)   # measured for real, on a shared machine
+    rec = largestep.recommend(profile, quiet=True, accept_load=True)  # measured for real, on a shared machine
     assert rec.profile_id == profile.id and rec.batch_size in (32, 128)
     candidates = rec.to_pandas()
     assert sorted(candidates["batch_size"]) == [32, 128]
     assert candidates.loc[candidates["chosen"], "batch_size"].tolist() == [rec.batch_size]
-    assert rec.document["workload_spec"].startswith("cached:")    # a later run of it loads the same entry
+    assert rec.document["workload_spec"].startswith("cached:")  # a later run of it loads the same entry
     assert f"batch {rec.batch_size}" in repr(rec)
 
     # the same object again: the stored entry is reused, not written twice

@@ -1,6 +1,5 @@
 """The dashboard, run headless with Streamlit's AppTest against real homes and a real profile job."""
 
-
 import pytest
 from conftest import PROFILED_BATCHES as BATCHES  # noqa: E402  the session's profile
 from helpers import TINY, open_page, wait_finished
@@ -96,8 +95,11 @@ def test_the_form_accepts_only_listed_workloads():
 
 def test_the_form_builds_the_profile_config():
     workload, options, config = views.profile_request(
-        views.ProfileForm(workload="fraud-mlp", dtype="bf16", batch_list="512, 32,128", memory_budget="1GiB",
-                          full=True), LISTED)
+        views.ProfileForm(
+            workload="fraud-mlp", dtype="bf16", batch_list="512, 32,128", memory_budget="1GiB", full=True
+        ),
+        LISTED,
+    )
     assert (workload, options) == ("fraud-mlp", {})
     assert config.batch_sizes == (32, 128, 512) and config.memory_budget_bytes == 2**30
     assert config.dtype == "bf16" and config.full
@@ -109,31 +111,53 @@ def test_the_table_workload_takes_a_data_path_and_label():
     with pytest.raises(UsageError, match="data file"):
         views.profile_request(views.ProfileForm(workload="table", label="y"), LISTED)
     _, options, _ = views.profile_request(
-        views.ProfileForm(workload="table", data_path=" /data/t.csv ", label="y"), LISTED)
+        views.ProfileForm(workload="table", data_path=" /data/t.csv ", label="y"), LISTED
+    )
     assert options == {"path": "/data/t.csv", "label": "y"}
 
 
-@pytest.mark.parametrize("form, message", [
-    (views.ProfileForm(workload="fraud-mlp", batch_list="32,abc"), "batch size"),
-    (views.ProfileForm(workload="fraud-mlp", min_batch=512, max_batch=64), "below min batch"),
-    (views.ProfileForm(workload="fraud-mlp", memory_budget="-3GiB"), "memory budget"),
-])
+@pytest.mark.parametrize(
+    "form, message",
+    [
+        (views.ProfileForm(workload="fraud-mlp", batch_list="32,abc"), "batch size"),
+        (views.ProfileForm(workload="fraud-mlp", min_batch=512, max_batch=64), "below min batch"),
+        (views.ProfileForm(workload="fraud-mlp", memory_budget="-3GiB"), "memory budget"),
+    ],
+)
 def test_bad_form_input_says_what_to_fix(form, message):
     with pytest.raises(UsageError, match=message):
         views.profile_request(form, LISTED)
 
 
 def test_the_hardware_card_shows_live_gpu_readings_or_why_there_are_none():
-    gpu = {"id": "cuda:GPU-1", "kind": "cuda", "name": "NVIDIA A100", "total_memory_bytes": 40 * 2**30,
-           "compute_capability": "8.0", "cores": 108, "torch_device": "cuda:0",
-           "live": {"gpu_util_pct": 97, "power_w": 312.4, "temp_c": 61, "mem_used_bytes": 2**30}}
+    gpu = {
+        "id": "cuda:GPU-1",
+        "kind": "cuda",
+        "name": "NVIDIA A100",
+        "total_memory_bytes": 40 * 2**30,
+        "compute_capability": "8.0",
+        "cores": 108,
+        "torch_device": "cuda:0",
+        "live": {"gpu_util_pct": 97, "power_w": 312.4, "temp_c": 61, "mem_used_bytes": 2**30},
+    }
     with_gpu = widgets.hardware_view({"devices": [gpu], "nvml": {"available": True}, "torch": "2.5", "cuda": "12.4"})
     (card,) = with_gpu.cards
-    assert {m.label: m.value for m in card.live} == {"GPU util": "97 %", "Power": "312 W", "Temperature": "61 °C",
-                                                     "Memory used": "1.0 GiB"}
+    assert {m.label: m.value for m in card.live} == {
+        "GPU util": "97 %",
+        "Power": "312 W",
+        "Temperature": "61 °C",
+        "Memory used": "1.0 GiB",
+    }
     assert with_gpu.nvml_note is None
-    cpu = {"id": "cpu", "kind": "cpu", "name": "AMD EPYC", "total_memory_bytes": 2**34, "cores": 2,
-           "torch_device": "cpu", "live": None}
+    cpu = {
+        "id": "cpu",
+        "kind": "cpu",
+        "name": "AMD EPYC",
+        "total_memory_bytes": 2**34,
+        "cores": 2,
+        "torch_device": "cpu",
+        "live": None,
+    }
     cpu_only = widgets.hardware_view({"devices": [cpu], "nvml": {"available": False, "reason": "no NVIDIA driver"}})
     assert cpu_only.cards[0].live == () and "16.0 GiB" in [m.value for m in cpu_only.cards[0].facts]
     assert "NVML is absent: no NVIDIA driver" in cpu_only.nvml_note
@@ -142,13 +166,23 @@ def test_the_hardware_card_shows_live_gpu_readings_or_why_there_are_none():
 def test_the_points_table_reads_in_units_and_explains_refused_points():
     import pandas as pd
 
-    points = pd.DataFrame({
-        "batch_size": [64, 32], "status": ["over_budget", "ok"], "median_s": [None, 0.0123456],
-        "p25_s": [None, 0.012], "p75_s": [None, 0.013], "samples_per_s": [None, 2592.1],
-        "peak_memory_bytes": pd.array([None, 3 * 2**20], dtype="Int64"), "memory_is_estimate": [True, True],
-        "flops_per_s": [None, 1.5e9], "n": [0, 10], "noisy": [None, False], "error": [None, None],
-        "predicted_memory_bytes": pd.array([5 * 2**30, None], dtype="Int64"),
-    })
+    points = pd.DataFrame(
+        {
+            "batch_size": [64, 32],
+            "status": ["over_budget", "ok"],
+            "median_s": [None, 0.0123456],
+            "p25_s": [None, 0.012],
+            "p75_s": [None, 0.013],
+            "samples_per_s": [None, 2592.1],
+            "peak_memory_bytes": pd.array([None, 3 * 2**20], dtype="Int64"),
+            "memory_is_estimate": [True, True],
+            "flops_per_s": [None, 1.5e9],
+            "n": [0, 10],
+            "noisy": [None, False],
+            "error": [None, None],
+            "predicted_memory_bytes": pd.array([5 * 2**30, None], dtype="Int64"),
+        }
+    )
     table = views.points_table(points)
     assert list(table["batch"]) == [32, 64]
     assert table["median (ms)"][0] == pytest.approx(12.35) and table["IQR (ms)"][0] == pytest.approx(1.0)
@@ -160,15 +194,27 @@ def test_the_points_table_reads_in_units_and_explains_refused_points():
 def test_the_points_table_shows_the_background_load_and_what_stayed_inconsistent():
     import pandas as pd
 
-    points = pd.DataFrame({
-        "batch_size": [16, 32], "status": ["ok", "ok"], "median_s": [0.514, 0.331], "p25_s": [0.5, 0.33],
-        "p75_s": [0.52, 0.34], "samples_per_s": [31.1, 96.7], "n": [10, 10], "noisy": [False, False],
-        "background_cpu_pct": [45.2, None], "inconsistent": [True, False], "under_load": [True, None],
-    })
+    points = pd.DataFrame(
+        {
+            "batch_size": [16, 32],
+            "status": ["ok", "ok"],
+            "median_s": [0.514, 0.331],
+            "p25_s": [0.5, 0.33],
+            "p75_s": [0.52, 0.34],
+            "samples_per_s": [31.1, 96.7],
+            "n": [10, 10],
+            "noisy": [False, False],
+            "background_cpu_pct": [45.2, None],
+            "inconsistent": [True, False],
+            "under_load": [True, None],
+        }
+    )
     table = views.points_table(points)
     assert list(table["background CPU"]) == ["45%", "—"]
-    assert list(table["note"]) == ["not physics, even re-measured; measured under load: other processes took the "
-                                   "cores it needs", ""]
+    assert list(table["note"]) == [
+        "not physics, even re-measured; measured under load: other processes took the cores it needs",
+        "",
+    ]
     flagged = {"id": "prof-1", "inconsistency": "step time falls from 514 ms at batch 16 to 331 ms at 32"}
     assert views.inconsistency_text(flagged).startswith("Inconsistent profile: step time falls from 514 ms")
     assert views.inconsistency_text({"id": "prof-2", "inconsistency": None}) is None
@@ -194,10 +240,12 @@ def _traces(at: AppTest, name: str) -> dict[str, dict]:
 @pytest.mark.slow
 def test_other_profiles_overlay_step_time_and_throughput(monkeypatch, tmp_path):
     home = Home(tmp_path / "home")
-    first = starts.start_profile(home, TINY, {}, "cpu", ProfileConfig(batch_sizes=(8, 32), min_steps=3,
-                                                                        min_seconds=0.0, warmup_steps=1))
-    second = starts.start_profile(home, TINY, {}, "cpu", ProfileConfig(batch_sizes=(16, 64), min_steps=3,
-                                                                         min_seconds=0.0, warmup_steps=1))
+    first = starts.start_profile(
+        home, TINY, {}, "cpu", ProfileConfig(batch_sizes=(8, 32), min_steps=3, min_seconds=0.0, warmup_steps=1)
+    )
+    second = starts.start_profile(
+        home, TINY, {}, "cpu", ProfileConfig(batch_sizes=(16, 64), min_steps=3, min_seconds=0.0, warmup_steps=1)
+    )
     for job in (first, second):
         wait_finished(home, job, timeout_s=120)
     store.ingest(home)

@@ -28,10 +28,20 @@ def test_parse_reads_batch_fraction_pairs():
     assert parse_batch_schedule("256:0, 1024:0.3,4096:0.6") == ((256, 0.0), (1024, 0.3), (4096, 0.6))
 
 
-@pytest.mark.parametrize("text, words", [
-    ("", "empty"), ("256", "no start"), ("big:0", "batch:fraction pairs"), ("256:0.1,512:0.5", "must start at fraction 0"),
-    ("256:0,512:0.5,1024:0.4", "must rise"), ("256:0,512:1.5", "at most 1"), ("0:0", "positive integer"),
-    ("256:0,128:0.5", "batches must grow"), ("256:0,256:0.5", "batches must grow")])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("", "empty"),
+        ("256", "no start"),
+        ("big:0", "batch:fraction pairs"),
+        ("256:0.1,512:0.5", "must start at fraction 0"),
+        ("256:0,512:0.5,1024:0.4", "must rise"),
+        ("256:0,512:1.5", "at most 1"),
+        ("0:0", "positive integer"),
+        ("256:0,128:0.5", "batches must grow"),
+        ("256:0,256:0.5", "batches must grow"),
+    ],
+)
 def test_parse_says_how_to_fix_a_bad_schedule(text, words):
     with pytest.raises(UsageError, match=words):
         parse_batch_schedule(text)
@@ -57,12 +67,18 @@ def collect():
 @pytest.mark.slow
 def test_a_run_grows_its_batch_logs_each_change_and_keeps_evaluating_every_epoch():
     events, log = collect()
-    workload = tiny_workload.make()   # 2,048 samples, 3 epochs at batch 32: 6,144 samples
-    config = TrainConfig(batch_size=32, lr=1e-2, batch_schedule=((32, 0.0), (128, 1 / 3), (512, 2 / 3)),
-                         warmup_samples=256)
+    workload = tiny_workload.make()  # 2,048 samples, 3 epochs at batch 32: 6,144 samples
+    config = TrainConfig(
+        batch_size=32, lr=1e-2, batch_schedule=((32, 0.0), (128, 1 / 3), (512, 2 / 3)), warmup_samples=256
+    )
     result = train(workload, CPU, config, log=log)
-    changes = [(r["samples"], r["value"]) for e in events if e["type"] == "metric_values" for r in e["rows"]
-               if r["name"] == "batch_size"]
+    changes = [
+        (r["samples"], r["value"])
+        for e in events
+        if e["type"] == "metric_values"
+        for r in e["rows"]
+        if r["name"] == "batch_size"
+    ]
     assert changes == [(2048, 128), (4096, 512)]
     assert result.samples == 6144 and result.steps == 64 + 16 + 4 == scheduled_steps(config.batch_schedule, 6144)
     evals = [e for e in events if e["type"] == "eval"]
@@ -71,16 +87,19 @@ def test_a_run_grows_its_batch_logs_each_change_and_keeps_evaluating_every_epoch
     rates = {r["samples"]: r["lr"] for e in events if e["type"] == "metrics" for r in e["rows"]}
     late = [lr for s, lr in rates.items() if s >= 4096 + 512]
     assert late and all(lr == pytest.approx(1e-2 * 512 / 32) for lr in late)
-    assert evals[-1]["metrics"]["accuracy"] > 0.8   # it still learns
+    assert evals[-1]["metrics"]["accuracy"] > 0.8  # it still learns
 
 
 def test_train_refuses_a_schedule_it_cannot_run(capsys, home, tiny_spec):
-    for args, words in ((("--batch-schedule", "32:0,4096:0.5"), "larger than the 2048 training samples"),
-                        (("--batch-schedule", "32:0,64:0.5", "--accumulate", "2"), "drop --accumulate"),
-                        (("--batch-schedule", "32:0,64:0.5", "-b", "64"), "not the batch schedule's first"),
-                        ((), "give --batch-size, or --batch-schedule")):
-        code, _, err = run_cli(capsys, "--home", str(home.root), "train", "--workload", tiny_spec, "--lr", "0.01",
-                               "--device", "cpu", *args)
+    for args, words in (
+        (("--batch-schedule", "32:0,4096:0.5"), "larger than the 2048 training samples"),
+        (("--batch-schedule", "32:0,64:0.5", "--accumulate", "2"), "drop --accumulate"),
+        (("--batch-schedule", "32:0,64:0.5", "-b", "64"), "not the batch schedule's first"),
+        ((), "give --batch-size, or --batch-schedule"),
+    ):
+        code, _, err = run_cli(
+            capsys, "--home", str(home.root), "train", "--workload", tiny_spec, "--lr", "0.01", "--device", "cpu", *args
+        )
         assert code == 2 and words in err and "Traceback" not in err, err
     assert not (home.root / "jobs").exists() or not any((home.root / "jobs").iterdir())
 
@@ -91,10 +110,10 @@ def test_train_refuses_a_schedule_it_cannot_run(capsys, home, tiny_spec):
 def test_grown_batch_doubles_only_into_a_safe_size_past_the_multiple():
     sizes = (32, 64, 128, 512)
     assert grown_batch(32, sizes, 65.0, 2.0, 10_000) == 64
-    assert grown_batch(32, sizes, 64.0, 2.0, 10_000) is None      # not above 2 x 32
-    assert grown_batch(32, sizes, None, 2.0, 10_000) is None      # no estimate this interval
-    assert grown_batch(128, sizes, 1e6, 2.0, 10_000) is None      # 256 was not measured (or not memory-safe)
-    assert grown_batch(64, sizes, 1e6, 2.0, 100) is None          # 128 is more than the data
+    assert grown_batch(32, sizes, 64.0, 2.0, 10_000) is None  # not above 2 x 32
+    assert grown_batch(32, sizes, None, 2.0, 10_000) is None  # no estimate this interval
+    assert grown_batch(128, sizes, 1e6, 2.0, 10_000) is None  # 256 was not measured (or not memory-safe)
+    assert grown_batch(64, sizes, 1e6, 2.0, 100) is None  # 128 is more than the data
 
 
 def test_an_adaptive_batch_grows_on_the_smoothed_estimates_interval_not_on_one_noisy_interval():
@@ -103,21 +122,21 @@ def test_an_adaptive_batch_grows_on_the_smoothed_estimates_interval_not_on_one_n
     estimate above it does, after PATIENCE intervals, and the pool then starts again (hysteresis)."""
     sizes = (32, 64, 128)
     trend = NoiseTrend()
-    for _ in range(MIN_INTERVALS + 2):              # tr(Σ)/|G|² = 40: below 2 x 32
+    for _ in range(MIN_INTERVALS + 2):  # tr(Σ)/|G|² = 40: below 2 x 32
         trend.add(1.0, 40.0)
         assert trend.grown(32, sizes, 2.0, 10_000) is None
-    trend.add(0.1, 400.0)                             # one interval alone says 4000
+    trend.add(0.1, 400.0)  # one interval alone says 4000
     assert trend.grown(32, sizes, 2.0, 10_000) is None
     steady = NoiseTrend()
     decisions = []
-    for _ in range(MIN_INTERVALS + PATIENCE + 2):    # about 200, never quite the same
+    for _ in range(MIN_INTERVALS + PATIENCE + 2):  # about 200, never quite the same
         steady.add(1.0, 200.0 + 20 * (-1) ** len(decisions))
         decisions.append(steady.grown(32, sizes, 2.0, 10_000))
     grew = [k for k, d in enumerate(decisions) if d is not None]
-    assert grew == [MIN_INTERVALS + PATIENCE - 2] and decisions[grew[0]] == 64   # once, after PATIENCE looks
-    assert steady.estimate() is None or len(steady.g2) < MIN_INTERVALS + PATIENCE   # a new pool at the new batch
+    assert grew == [MIN_INTERVALS + PATIENCE - 2] and decisions[grew[0]] == 64  # once, after PATIENCE looks
+    assert steady.estimate() is None or len(steady.g2) < MIN_INTERVALS + PATIENCE  # a new pool at the new batch
     noisy = NoiseTrend()
-    for k in range(12):          # about 100 on average, past 2 x 32, but too noisy: the interval reaches below 64
+    for k in range(12):  # about 100 on average, past 2 x 32, but too noisy: the interval reaches below 64
         noisy.add(1.0, 100.0 * (0.02 if k % 2 else 1.98))
         assert noisy.grown(32, sizes, 2.0, 10_000) is None
     estimate, low, high = noisy.estimate()
@@ -132,29 +151,39 @@ def test_the_live_noise_probe_reads_loss_scaled_gradients_as_their_true_values()
     torch.manual_seed(0)
     model = torch.nn.Linear(8, 1)
     x, y = torch.randn(64, 8), torch.randn(64, 1)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     estimates = []
     for use in (None, scaler):
         probe = _MicroNoiseProbe(model, CPU, 4, 16, 64, use)
         for _step in range(3):
             model.zero_grad(set_to_none=True)
             for chunk in range(4):
-                loss = torch.nn.functional.mse_loss(model(x[16 * chunk:16 * chunk + 16]), y[16 * chunk:16 * chunk + 16])
+                loss = torch.nn.functional.mse_loss(
+                    model(x[16 * chunk : 16 * chunk + 16]), y[16 * chunk : 16 * chunk + 16]
+                )
                 (use.scale(loss / 4) if use is not None else loss / 4).backward()
                 probe.after_micro_batch(model)
             probe.after_backward(model)
-        rows = {r["name"]: r["value"] for r in probe.log_rows({"step": 3, "epoch": 0, "samples": 192,
-                                                               "wall_time_s": 0, "train_time_s": 0})}
+        rows = {
+            r["name"]: r["value"]
+            for r in probe.log_rows({"step": 3, "epoch": 0, "samples": 192, "wall_time_s": 0, "train_time_s": 0})
+        }
         estimates.append(rows)
     plain, scaled = estimates
     for name in ("noise_g_small_sq", "noise_g_big_sq", "noise_g2", "noise_trace_sigma"):
         assert scaled[name] == pytest.approx(plain[name], rel=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(accumulate=1), "--accumulate 2 or more"), (dict(batch_size=48), "not among the batches"),
-    (dict(nproc=2, batch_size=64), "drop --nproc"), (dict(accumulate=4, adaptive_batches=(32, 64, 130)), "divide by --accumulate"),
-    (dict(batch_schedule=((32, 0.0),)), "not both")])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(accumulate=1), "--accumulate 2 or more"),
+        (dict(batch_size=48), "not among the batches"),
+        (dict(nproc=2, batch_size=64), "drop --nproc"),
+        (dict(accumulate=4, adaptive_batches=(32, 64, 130)), "divide by --accumulate"),
+        (dict(batch_schedule=((32, 0.0),)), "not both"),
+    ],
+)
 def test_adaptive_settings_say_how_to_fix_them(kwargs, words):
     fields = dict(batch_size=32, lr=1e-2, accumulate=2, adaptive_batches=(32, 64, 128))
     with pytest.raises(UsageError, match=words):
@@ -165,8 +194,9 @@ def test_adaptive_settings_say_how_to_fix_them(kwargs, words):
 def test_an_adaptive_run_doubles_its_batch_when_its_noise_scale_passes_the_multiple():
     events, log = collect()
     sizes = (32, 64, 128, 256)
-    config = TrainConfig(batch_size=32, lr=1e-2, accumulate=4, adaptive_batches=sizes, adaptive_multiple=1.0,
-                         warmup_samples=256)
+    config = TrainConfig(
+        batch_size=32, lr=1e-2, accumulate=4, adaptive_batches=sizes, adaptive_multiple=1.0, warmup_samples=256
+    )
     result = train(tiny_workload.make(), CPU, config, log=log)
     rows = [r for e in events if e["type"] == "metric_values" for r in e["rows"]]
     low = {r["samples"]: r["value"] for r in rows if r["name"] == "noise_scale_low"}
@@ -183,16 +213,37 @@ def test_an_adaptive_run_doubles_its_batch_when_its_noise_scale_passes_the_multi
 
 
 def test_train_adaptive_needs_a_profile_of_the_workload(capsys, home, tiny_spec):
-    code, _, err = run_cli(capsys, "--home", str(home.root), "train", "--workload", tiny_spec, "--lr", "0.01",
-                           "-b", "32", "--accumulate", "2", "--batch-schedule", "adaptive", "--device", "cpu")
+    code, _, err = run_cli(
+        capsys,
+        "--home",
+        str(home.root),
+        "train",
+        "--workload",
+        tiny_spec,
+        "--lr",
+        "0.01",
+        "-b",
+        "32",
+        "--accumulate",
+        "2",
+        "--batch-schedule",
+        "adaptive",
+        "--device",
+        "cpu",
+    )
     assert code == 2 and "needs a profile" in err and "Traceback" not in err
 
 
 # -- the autopilot's third arm ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arms, words", [(("baseline", "schedule"), "not baseline,schedule"),
-                                         (("baseline", "fixed", "schedule", "extra"), "baseline,fixed,schedule")])
+@pytest.mark.parametrize(
+    "arms, words",
+    [
+        (("baseline", "schedule"), "not baseline,schedule"),
+        (("baseline", "fixed", "schedule", "extra"), "baseline,fixed,schedule"),
+    ],
+)
 def test_autopilot_refuses_arms_it_does_not_know(arms, words):
     from largestep.jobs.autopilot import AutopilotConfig
 
@@ -204,17 +255,33 @@ def test_autopilot_refuses_arms_it_does_not_know(arms, words):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_autopilot_trains_the_schedule_arm_in_the_same_rotation_and_compares_it(capsys, monkeypatch, home, tiny_spec,
-                                                                                 tmp_path):
+def test_autopilot_trains_the_schedule_arm_in_the_same_rotation_and_compares_it(
+    capsys, monkeypatch, home, tiny_spec, tmp_path
+):
     import json
 
     from helpers import open_page
 
     from largestep import jobs, store
 
-    code, out, err = run_cli(capsys, "--home", str(home.root), "autopilot", "--workload", tiny_spec, "--repeats", "2",
-                             "--epochs", "2", "--arms", "baseline,fixed,schedule", "--device", "cpu",
-                             "--accept-load", "--json")   # a real profile may be measured under load here
+    code, out, err = run_cli(
+        capsys,
+        "--home",
+        str(home.root),
+        "autopilot",
+        "--workload",
+        tiny_spec,
+        "--repeats",
+        "2",
+        "--epochs",
+        "2",
+        "--arms",
+        "baseline,fixed,schedule",
+        "--device",
+        "cpu",
+        "--accept-load",
+        "--json",
+    )  # a real profile may be measured under load here
     assert code == 0, err
     result = json.loads(out)
     plan = result["recommendation"]["batch_schedule"]
@@ -229,8 +296,9 @@ def test_autopilot_trains_the_schedule_arm_in_the_same_rotation_and_compares_it(
     with store.connect(home) as con:
         scheduled = store.get_run(con, next(r["id"] for r in runs if r["role"] == "schedule"))
     config = json.loads(scheduled["config"]) if isinstance(scheduled["config"], str) else scheduled["config"]
-    assert [list(p) for p in config["batch_schedule"]] == [[p["batch_size"], p["start_fraction"]]
-                                                            for p in plan["phases"]]
+    assert [list(p) for p in config["batch_schedule"]] == [
+        [p["batch_size"], p["start_fraction"]] for p in plan["phases"]
+    ]
     # the schedule arm's line, measured beside predicted
     line = result["headline"]["schedule"]
     assert line["spec"] == plan["spec"] and line["predicted_speedup"] == plan["predicted_speedup"]["over_baseline"]

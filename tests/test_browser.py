@@ -27,9 +27,9 @@ from largestep.jobs.autopilot import PHASES
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app" / "main.py"
 CHROMIUM = "/usr/bin/chromium"
-SERVER_START_S = 90           # a loaded 2-core machine imports streamlit, torch and plotly slowly
-AUTOPILOT_S = 8 * 60          # the whole flow: profile, noise, 2 + 2 training runs, comparison
-UI_MS = 60_000                # one page or widget to appear
+SERVER_START_S = 90  # a loaded 2-core machine imports streamlit, torch and plotly slowly
+AUTOPILOT_S = 8 * 60  # the whole flow: profile, noise, 2 + 2 training runs, comparison
+UI_MS = 60_000  # one page or widget to appear
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -59,11 +59,27 @@ def dashboard(tmp_path):
     (project / "largestep.toml").write_text(f'workloads = [{{ name = "tiny", spec = "{TINY}" }}]\n')
     home = Home(tmp_path / "home")
     port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), *streamlit_flags(ROOT / ".streamlit" / "config.toml"),
-           "--server.port", str(port), "--server.headless", "true"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        *streamlit_flags(ROOT / ".streamlit" / "config.toml"),
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+    ]
     log = open(tmp_path / "streamlit.log", "wb")
-    server = subprocess.Popen(cmd, cwd=project, env=dict(os.environ, **{HOME_ENV: str(home.root)}),
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        cmd,
+        cwd=project,
+        env=dict(os.environ, **{HOME_ENV: str(home.root)}),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START_S
@@ -75,7 +91,9 @@ def dashboard(tmp_path):
             except OSError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the dashboard did not start:\n{(tmp_path / 'streamlit.log').read_text()[-3000:]}")
+                raise AssertionError(
+                    f"the dashboard did not start:\n{(tmp_path / 'streamlit.log').read_text()[-3000:]}"
+                )
             time.sleep(0.5)
         yield url, home
     finally:
@@ -86,7 +104,7 @@ def dashboard(tmp_path):
             server.kill()
             server.wait()
         log.close()
-        for job_dir in home.jobs.glob("*") if home.jobs.exists() else []:   # nothing outlives the test
+        for job_dir in home.jobs.glob("*") if home.jobs.exists() else []:  # nothing outlives the test
             jobs.cancel(home, job_dir.name, grace_s=2.0)
 
 
@@ -95,8 +113,11 @@ def page(tmp_path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         context = browser.new_context(viewport={"width": 1400, "height": 2400}, accept_downloads=True)
         page = context.new_page()
         page.set_default_timeout(UI_MS)
@@ -124,12 +145,12 @@ def test_one_click_profiles_trains_charts_and_exports(dashboard, page, tmp_path)
     url, home = dashboard
 
     # -- Overview: pick the configured workload, two seeds of two epochs, one click -------------
-    page.goto(url)   # the Overview is the default page: its address is the root
+    page.goto(url)  # the Overview is the default page: its address is the root
     page.get_by_text("Nothing measured here yet").wait_for()
     choose(page, "overview.workload", "tiny")
     widget(page, "overview.repeats").locator("input").fill("2")
     widget(page, "overview.epochs").locator("input").fill("2")
-    widget(page, "overview.both_arms").locator("label").click()   # the test needs two arms whatever is recommended
+    widget(page, "overview.both_arms").locator("label").click()  # the test needs two arms whatever is recommended
     widget(page, "overview.start").locator("button").click()
 
     # each phase shows as it happens, then the headline
@@ -147,18 +168,22 @@ def test_one_click_profiles_trains_charts_and_exports(dashboard, page, tmp_path)
     # the page states the speedup the runs measured (which batch is recommended depends on this
     # machine's timings, so the number is read from the store, not fixed here)
     measured = autopilot["headline"]["measured_speedup"]
-    shown = (page.get_by_test_id("stMetric").filter(has_text="Measured speedup")
-             .get_by_test_id("stMetricValue").inner_text())
-    verdict = autopilot["headline"]["verdict"]   # the words every view shows, from one function
+    shown = (
+        page.get_by_test_id("stMetric").filter(has_text="Measured speedup").get_by_test_id("stMetricValue").inner_text()
+    )
+    verdict = autopilot["headline"]["verdict"]  # the words every view shows, from one function
     assert verdict["text"] in headline and shown == verdict["cell"]
-    assert measured is None or f"{measured:.2f}×" in shown   # two seeds an arm: the ratio, too few seeds to say
-    page.get_by_test_id("stDataFrame").first.wait_for()   # the comparison (a canvas grid: no cells in the DOM)
+    assert measured is None or f"{measured:.2f}×" in shown  # two seeds an arm: the ratio, too few seeds to say
+    page.get_by_test_id("stDataFrame").first.wait_for()  # the comparison (a canvas grid: no cells in the DOM)
 
     # -- Runs: the four runs, charted -----------------------------------------------------------
     page.goto(f"{url}/runs")
     widget(page, "runs.selected").wait_for()
-    chosen = [run_id for run_id in autopilot["baseline_runs"] + autopilot["recommended_runs"]
-              if jobs.derive_state(home.job_dir(run_id)) == jobs.FINISHED][:2]   # a diverged run may chart nothing
+    chosen = [
+        run_id
+        for run_id in autopilot["baseline_runs"] + autopilot["recommended_runs"]
+        if jobs.derive_state(home.job_dir(run_id)) == jobs.FINISHED
+    ][:2]  # a diverged run may chart nothing
     # the newest groups are charted by default, and the page writes the charted runs into its address
     # once it has drawn them: read them there (a chip may not be drawn yet), choose only the others
     page.wait_for_function("() => new URLSearchParams(location.search).has('run')")
@@ -209,8 +234,9 @@ def _find(document, key: str):
 
 
 @pytest.mark.timeout(SERVER_START_S + 300)
-def test_the_calibration_page_plots_both_autopilots_and_a_clicked_point_opens_its_comparison(dashboard, page,
-                                                                                            monkeypatch, tmp_path):
+def test_the_calibration_page_plots_both_autopilots_and_a_clicked_point_opens_its_comparison(
+    dashboard, page, monkeypatch, tmp_path
+):
     """Two autopilots (in this process, their children's spools written by the synthetic world of
     tests/test_calibration.py), then the Calibration page in Chromium: both points on the chart, a click on the
     first opens its comparison, and its link charts its runs on the Runs page."""
@@ -233,19 +259,22 @@ def test_the_calibration_page_plots_both_autopilots_and_a_clicked_point_opens_it
     assert {r["id"] for r in rows} <= set(shown)
     # the second autopilot's is open first (the newest); click the first autopilot's point on the speedup panel
     page.get_by_text(f"Verification {rows[1]['id']} ·").wait_for()
-    x, y = chart.evaluate("""(el, id) => {
+    x, y = chart.evaluate(
+        """(el, id) => {
         const t = el._fullData.find(t => t.customdata && Array.from(t.customdata).includes(id));
         const i = Array.from(t.customdata).indexOf(id);
         const name = a => a === 'x' ? 'xaxis' : 'xaxis' + a.slice(1);
         const xa = el._fullLayout[name(t.xaxis)], ya = el._fullLayout['y' + name(t.yaxis).slice(1)];
         const box = el.getBoundingClientRect();
         return [box.left + xa._offset + xa.l2p(xa.c2l(t.x[i])), box.top + ya._offset + ya.l2p(ya.c2l(t.y[i]))];
-    }""", rows[0]["id"])
+    }""",
+        rows[0]["id"],
+    )
     page.mouse.click(x, y)
-    page.get_by_text(f"Verification {rows[0]['id']} ·").wait_for()   # its comparison, opened by the click
+    page.get_by_text(f"Verification {rows[0]['id']} ·").wait_for()  # its comparison, opened by the click
     page.screenshot(path=str(tmp_path / "calibration.png"), full_page=True)
 
-    with page.context.expect_page() as opened:   # Streamlit opens a page's links in a new tab
+    with page.context.expect_page() as opened:  # Streamlit opens a page's links in a new tab
         page.get_by_role("link", name="Its runs on the Runs page").click()
     runs = opened.value
     runs.set_default_timeout(UI_MS)

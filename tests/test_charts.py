@@ -21,17 +21,43 @@ def make_points(profile_id="prof-aaaa", estimate=True):
         (128, "ok", 0.020, 0.015, 0.030, True, 6400.0, 20 * MiB, 7e9),
         (512, "ok", 0.070, 0.069, 0.071, False, 7314.0, 52 * MiB, 8e9),
     ]
-    frame = pd.DataFrame(rows, columns=["batch_size", "status", "median_s", "p25_s", "p75_s", "noisy",
-                                        "samples_per_s", "peak_memory_bytes", "flops_per_s"])
+    frame = pd.DataFrame(
+        rows,
+        columns=[
+            "batch_size",
+            "status",
+            "median_s",
+            "p25_s",
+            "p75_s",
+            "noisy",
+            "samples_per_s",
+            "peak_memory_bytes",
+            "flops_per_s",
+        ],
+    )
     frame["n"] = 10
     frame["memory_is_estimate"] = estimate
     frame["flops_per_step"] = frame["flops_per_s"] * frame["median_s"]
     frame["predicted_memory_bytes"] = pd.array([None] * 4, dtype="Int64")
-    refused = pd.DataFrame([{"batch_size": 2048, "status": "over_budget", "median_s": np.nan, "p25_s": np.nan,
-                             "p75_s": np.nan, "noisy": None, "samples_per_s": np.nan,
-                             "peak_memory_bytes": pd.NA, "flops_per_s": np.nan, "n": 0,
-                             "memory_is_estimate": estimate, "flops_per_step": np.nan,
-                             "predicted_memory_bytes": 180 * MiB}])
+    refused = pd.DataFrame(
+        [
+            {
+                "batch_size": 2048,
+                "status": "over_budget",
+                "median_s": np.nan,
+                "p25_s": np.nan,
+                "p75_s": np.nan,
+                "noisy": None,
+                "samples_per_s": np.nan,
+                "peak_memory_bytes": pd.NA,
+                "flops_per_s": np.nan,
+                "n": 0,
+                "memory_is_estimate": estimate,
+                "flops_per_step": np.nan,
+                "predicted_memory_bytes": 180 * MiB,
+            }
+        ]
+    )
     frame = pd.concat([frame, refused], ignore_index=True)
     frame["predicted_memory_bytes"] = frame["predicted_memory_bytes"].astype("Int64")
     frame["peak_memory_bytes"] = frame["peak_memory_bytes"].astype("Int64")
@@ -58,8 +84,8 @@ def test_step_time_is_log_log_with_median_and_quartile_error_bars():
     median = trace(fig, "median")
     assert list(median.x) == [8, 32, 128, 512]  # the refused batch is not drawn
     assert list(median.y) == pytest.approx([10.0, 12.0, 20.0, 70.0])  # ms
-    assert list(median.error_y.array) == pytest.approx([2.0, 1.0, 10.0, 1.0])       # p75 - median
-    assert list(median.error_y.arrayminus) == pytest.approx([1.0, 1.0, 5.0, 1.0])   # median - p25
+    assert list(median.error_y.array) == pytest.approx([2.0, 1.0, 10.0, 1.0])  # p75 - median
+    assert list(median.error_y.arrayminus) == pytest.approx([1.0, 1.0, 5.0, 1.0])  # median - p25
     assert "ms" in fig.layout.yaxis.title.text and "batch" in fig.layout.xaxis.title.text
 
 
@@ -158,9 +184,19 @@ def make_telemetry(source="psutil"):
     batches = [None, 8, 8, 8, None, 32, 32, 32, 32, None]
     rows = []
     for i, batch in enumerate(batches):
-        row = {"job_id": "prof-aaaa", "t": start + pd.Timedelta(seconds=0.5 * i), "batch_size": batch,
-               "source": source, "cpu_util_pct": 50.0 + i, "rss_bytes": (100 + i) * MiB,
-               "gpu_util_pct": None, "power_w": None, "temp_c": None, "sm_clock_mhz": None, "mem_used_bytes": None}
+        row = {
+            "job_id": "prof-aaaa",
+            "t": start + pd.Timedelta(seconds=0.5 * i),
+            "batch_size": batch,
+            "source": source,
+            "cpu_util_pct": 50.0 + i,
+            "rss_bytes": (100 + i) * MiB,
+            "gpu_util_pct": None,
+            "power_w": None,
+            "temp_c": None,
+            "sm_clock_mhz": None,
+            "mem_used_bytes": None,
+        }
         if source == "nvml":
             row.update(gpu_util_pct=90.0, power_w=250.0, temp_c=60.0, sm_clock_mhz=1400.0, mem_used_bytes=4 * 2**30)
         rows.append(row)
@@ -174,7 +210,7 @@ def test_telemetry_without_nvml_shows_cpu_and_rss_shaded_by_batch():
     titles = [fig.layout[f"yaxis{i if i > 1 else ''}"].title.text for i in (1, 2)]
     assert titles == ["CPU util (%)", "process RSS (MiB)"]
     assert list(fig.data[0].x) == pytest.approx([0.5 * i for i in range(10)])  # seconds since start
-    assert list(fig.data[1].y) == pytest.approx([100 + i for i in range(10)])   # MiB
+    assert list(fig.data[1].y) == pytest.approx([100 + i for i in range(10)])  # MiB
     bands = {(s.x0, s.x1) for s in fig.layout.shapes if s.type == "rect"}
     assert bands == {(0.5, 2.0), (2.5, 4.5)}
     assert {a.text for a in fig.layout.annotations} >= {"B=8", "B=32"}
@@ -191,11 +227,17 @@ def test_telemetry_with_nvml_shows_gpu_panels():
 # -- empty input ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("frame", [None, pd.DataFrame(), make_points().iloc[0:0],
-                                   make_points().assign(status="oom", predicted_memory_bytes=None)])
+@pytest.mark.parametrize(
+    "frame",
+    [None, pd.DataFrame(), make_points().iloc[0:0], make_points().assign(status="oom", predicted_memory_bytes=None)],
+)
 def test_every_chart_handles_no_measured_points(frame):
-    figures = [charts.step_time_figure(frame), charts.throughput_figure(frame, 128),
-               charts.memory_figure(frame, None, None, 2**30), charts.flops_figure(frame)]
+    figures = [
+        charts.step_time_figure(frame),
+        charts.throughput_figure(frame, 128),
+        charts.memory_figure(frame, None, None, 2**30),
+        charts.flops_figure(frame),
+    ]
     for fig in figures:
         assert is_empty(fig), fig.layout.title.text
         assert fig.layout.title.text and fig.layout.uirevision

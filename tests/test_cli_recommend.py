@@ -16,11 +16,23 @@ from helpers import run_cli
 
 def test_recommend_json_fields_and_arithmetic(capsys, profiled_home):
     home, profile_id = profiled_home
-    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id, "--json")
+    code, out, err = run_cli(
+        capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id, "--json"
+    )
     assert code == 0, err
     rec = json.loads(out)
-    for key in ("recommendation_id", "batch_size", "learning_rate", "warmup_steps", "rule", "baseline",
-                "predicted_speedup", "experiments_per_gpu_day", "candidates", "reasons"):
+    for key in (
+        "recommendation_id",
+        "batch_size",
+        "learning_rate",
+        "warmup_steps",
+        "rule",
+        "baseline",
+        "predicted_speedup",
+        "experiments_per_gpu_day",
+        "candidates",
+        "reasons",
+    ):
         assert key in rec
     assert rec["baseline"] == {"batch_size": 32, "learning_rate": 1e-2}
     assert rec["learning_rate"] == pytest.approx(1e-2 * rec["batch_size"] / 32)  # the linear rule
@@ -34,8 +46,18 @@ def test_recommend_json_fields_and_arithmetic(capsys, profiled_home):
 
 def test_export_yaml_to_a_file_parses_back(capsys, profiled_home, tmp_path):
     home, profile_id = profiled_home
-    code, out, _ = run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id, "--rule", "sqrt",
-                       "--json")
+    code, out, _ = run_cli(
+        capsys,
+        "--home",
+        str(home.root),
+        "recommend",
+        "--accept-load",
+        "--profile",
+        profile_id,
+        "--rule",
+        "sqrt",
+        "--json",
+    )
     rec = json.loads(out)
     target = tmp_path / "rec.yaml"
     code, _, err = run_cli(capsys, "--home", str(home.root), "export", "--format", "yaml", "-o", str(target))
@@ -61,7 +83,9 @@ BAD = [
 @pytest.mark.parametrize("argv, says", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_recommend_and_export_inputs(capsys, profiled_home, argv, says):
     home, profile_id = profiled_home
-    assert run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id)[0] == 0  # one to export
+    assert (
+        run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id)[0] == 0
+    )  # one to export
     before = sorted(p.name for p in home.jobs.iterdir())
     code, out, err = run_cli(capsys, "--home", str(home.root), *argv)
     assert code == 2 and err.count("\n") == 1 and says in err, err
@@ -76,9 +100,11 @@ def test_recommend_and_export_on_an_empty_home(capsys, home):
 
 
 def test_noise_bad_inputs(capsys, home, tiny_spec):
-    for argv, says in [(["--batch-small", "64", "--batch-big", "32"], "batch"),
-                       (["--batches", "0"], "positive"),
-                       (["--batch-big", "1000000"], "batch")]:
+    for argv, says in [
+        (["--batch-small", "64", "--batch-big", "32"], "batch"),
+        (["--batches", "0"], "positive"),
+        (["--batch-big", "1000000"], "batch"),
+    ]:
         code, _, err = run_cli(capsys, "noise", "--workload", tiny_spec, *argv)
         assert code == 2 and says in err.lower() and err.count("\n") == 1, err
     # no job written (the workload the checks loaded may stay in the home's workload cache: it is valid)
@@ -87,13 +113,29 @@ def test_noise_bad_inputs(capsys, home, tiny_spec):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("baseline_lr, stable", [("0.01", True), ("10", False)])
-def test_check_stability_runs_a_job_and_keeps_its_verdict_with_the_recommendation(capsys, profiled_home,
-                                                                                  baseline_lr, stable):
+def test_check_stability_runs_a_job_and_keeps_its_verdict_with_the_recommendation(
+    capsys, profiled_home, baseline_lr, stable
+):
     from largestep import jobs, store
 
     home, profile_id = profiled_home
-    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id, "--noise-scale",
-                         "1000", "--baseline-lr", baseline_lr, "--check-stability", "--device", "cpu", "--json")
+    code, out, err = run_cli(
+        capsys,
+        "--home",
+        str(home.root),
+        "recommend",
+        "--accept-load",
+        "--profile",
+        profile_id,
+        "--noise-scale",
+        "1000",
+        "--baseline-lr",
+        baseline_lr,
+        "--check-stability",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert code == 0, err
     rec = json.loads(out)
     check_id = rec["stability"]["id"]
@@ -108,7 +150,7 @@ def test_check_stability_runs_a_job_and_keeps_its_verdict_with_the_recommendatio
     if stable:  # the tiny model takes 0.01 x B/32 and three times it: the rate stands
         assert rec["learning_rate"] == pytest.approx(scaled) and check["diverged_at_lr"] is None
         assert "stability check: the loss stayed stable" in rec["reasons"][-1]
-    else:       # at 10 x B/32 it diverges on the ramp below the rate: backed off
+    else:  # at 10 x B/32 it diverges on the ramp below the rate: backed off
         assert check["diverged_at_lr"] < scaled
         assert rec["learning_rate"] == pytest.approx(check["max_stable_lr"])
         assert check["max_stable_lr"] < check["diverged_at_lr"]
@@ -120,8 +162,19 @@ def test_noise_estimates_stores_its_row_and_the_next_recommendation_uses_it(caps
     from largestep import store
 
     home, profile_id = profiled_home
-    code, out, err = run_cli(capsys, "--home", str(home.root), "noise", "--workload", tiny_spec, "--warm-steps", "5",
-                         "--device", "cpu", "--json")
+    code, out, err = run_cli(
+        capsys,
+        "--home",
+        str(home.root),
+        "noise",
+        "--workload",
+        tiny_spec,
+        "--warm-steps",
+        "5",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert code == 0, err
     result = json.loads(out)
     # the seeded estimate of test_noise.py's end-to-end test, now through a job and the store
@@ -131,7 +184,9 @@ def test_noise_estimates_stores_its_row_and_the_next_recommendation_uses_it(caps
         row = store.load_noise(con, result["noise_id"])
     assert row["workload"] == "tiny-mlp" and row["device_id"] == "cpu"
     assert (row["b_simple"], row["ci_low"], row["ci_high"]) == (result["b_simple"], result["ci_low"], result["ci_high"])
-    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id, "--json")
+    code, out, err = run_cli(
+        capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id, "--json"
+    )
     assert code == 0, err
     assert json.loads(out)["noise_id"] == result["noise_id"]  # the newest reliable estimate of the workload
 
@@ -141,70 +196,153 @@ def test_noise_curve_is_stored_and_the_next_recommendation_plans_a_schedule_from
     from largestep import store
 
     home, profile_id = profiled_home
-    code, out, err = run_cli(capsys, "--home", str(home.root), "noise", "--workload", tiny_spec, "--at", "1,0,0.5",
-                             "--batches", "8", "--device", "cpu", "--json")
+    code, out, err = run_cli(
+        capsys,
+        "--home",
+        str(home.root),
+        "noise",
+        "--workload",
+        tiny_spec,
+        "--at",
+        "1,0,0.5",
+        "--batches",
+        "8",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert code == 0, err
     curve = json.loads(out)
     # the tiny workload's baseline run: 3 epochs of 2,048 samples at batch 32, 192 steps
     assert [(p["fraction"], p["step"]) for p in curve["points"]] == [(0.0, 0), (0.5, 96), (1.0, 192)]
     with store.connect(home) as con:
-        assert [p["b_simple"] for p in store.load_noise_curve(con, curve["curve_id"])] == \
-            [p["b_simple"] for p in curve["points"]]
-    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id, "--json")
+        assert [p["b_simple"] for p in store.load_noise_curve(con, curve["curve_id"])] == [
+            p["b_simple"] for p in curve["points"]
+        ]
+    code, out, err = run_cli(
+        capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id, "--json"
+    )
     assert code == 0, err
-    plan = json.loads(out)["batch_schedule"]   # the newest curve of the workload, by default
+    plan = json.loads(out)["batch_schedule"]  # the newest curve of the workload, by default
     assert plan["curve_id"] == curve["curve_id"]
     sizes = [p["batch_size"] for p in plan["phases"]]
     assert sizes == sorted(sizes) and set(sizes) <= set(PROFILED_BATCHES)
     assert plan["predicted_speedup"]["over_best_fixed"] >= 1 - 1e-9  # the best fixed batch is one schedule
     code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id)
     assert code == 0 and "Batch schedule from noise curve" in out and f"--batch-schedule {plan['spec']}" in out
-    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id,
-                             "--noise-curve", "none", "--json")
+    code, out, err = run_cli(
+        capsys,
+        "--home",
+        str(home.root),
+        "recommend",
+        "--accept-load",
+        "--profile",
+        profile_id,
+        "--noise-curve",
+        "none",
+        "--json",
+    )
     assert "batch_schedule" not in json.loads(out)
 
 
-@pytest.mark.parametrize("args, words", [
-    (("--at", "0,2"), "between 0 and 1"), (("--at", "0.5"), "two fractions"),
-    (("--at", "0,1", "--warm-steps", "5"), "do not go together")])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("--at", "0,2"), "between 0 and 1"),
+        (("--at", "0.5"), "two fractions"),
+        (("--at", "0,1", "--warm-steps", "5"), "do not go together"),
+    ],
+)
 def test_noise_curve_refuses_bad_input_and_starts_nothing(capsys, home, tiny_spec, args, words):
-    code, out, err = run_cli(capsys, "--home", str(home.root), "noise", "--workload", tiny_spec, "--device", "cpu",
-                             *args)
+    code, out, err = run_cli(
+        capsys, "--home", str(home.root), "noise", "--workload", tiny_spec, "--device", "cpu", *args
+    )
     assert code == 2 and words in err and "Traceback" not in err
     assert not (home.root / "jobs").exists() or not any((home.root / "jobs").iterdir())
 
 
 def test_recommend_refuses_a_noise_curve_that_does_not_exist(capsys, profiled_home):
     home, profile_id = profiled_home
-    code, _, err = run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id,
-                           "--noise-curve", "nois-0000")
+    code, _, err = run_cli(
+        capsys,
+        "--home",
+        str(home.root),
+        "recommend",
+        "--accept-load",
+        "--profile",
+        profile_id,
+        "--noise-curve",
+        "nois-0000",
+    )
     assert code == 2 and "no noise curve 'nois-0000'" in err
 
 
 def test_export_splits_the_global_batch_over_devices_and_micro_batches(capsys, profiled_home, tmp_path):
     home, profile_id = profiled_home
-    code, out, err = run_cli(capsys, "--home", str(home.root), "recommend", "--accept-load", "--profile", profile_id, "--noise-scale",
-                         "1000", "--json")
+    code, out, err = run_cli(
+        capsys,
+        "--home",
+        str(home.root),
+        "recommend",
+        "--accept-load",
+        "--profile",
+        profile_id,
+        "--noise-scale",
+        "1000",
+        "--json",
+    )
     assert code == 0, err
     rec = json.loads(out)
     batch, rec_id = rec["batch_size"], rec["recommendation_id"]
-    code, out, err = run_cli(capsys, "--home", str(home.root), "export", "--recommendation", rec_id, "--format", "json",
-                         "--devices", "2", "--micro-batch", str(batch // 4))
+    code, out, err = run_cli(
+        capsys,
+        "--home",
+        str(home.root),
+        "export",
+        "--recommendation",
+        rec_id,
+        "--format",
+        "json",
+        "--devices",
+        "2",
+        "--micro-batch",
+        str(batch // 4),
+    )
     assert code == 0, err
     training = json.loads(out)["training"]
-    assert (training["batch_size"], training["devices"], training["micro_batch_size"],
-            training["gradient_accumulation_steps"]) == (batch, 2, batch // 4, 2)
+    assert (
+        training["batch_size"],
+        training["devices"],
+        training["micro_batch_size"],
+        training["gradient_accumulation_steps"],
+    ) == (batch, 2, batch // 4, 2)
     assert training["learning_rate"] == pytest.approx(rec["learning_rate"])  # the global batch's rate, unchanged
-    code, out, err = run_cli(capsys, "--home", str(home.root), "export", "--recommendation", rec_id, "--format", "json",
-                         "--devices", "4")
+    code, out, err = run_cli(
+        capsys, "--home", str(home.root), "export", "--recommendation", rec_id, "--format", "json", "--devices", "4"
+    )
     assert code == 0, err
     training = json.loads(out)["training"]
     assert (training["devices"], training["micro_batch_size"], training["gradient_accumulation_steps"]) == (
-        4, batch // 4, 1)
+        4,
+        batch // 4,
+        1,
+    )
     # a split that does not divide the batch: one line naming what works, and no file
     target = tmp_path / "split.yaml"
-    code, out, err = run_cli(capsys, "--home", str(home.root), "export", "--recommendation", rec_id, "--format", "yaml",
-                         "--devices", "3", "-o", str(target))
+    code, out, err = run_cli(
+        capsys,
+        "--home",
+        str(home.root),
+        "export",
+        "--recommendation",
+        rec_id,
+        "--format",
+        "yaml",
+        "--devices",
+        "3",
+        "-o",
+        str(target),
+    )
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith(f"largestep: error: --devices 3 does not divide the global batch {batch}")
     assert not target.exists() and not out

@@ -44,9 +44,19 @@ def run_job_here(home: Home, kind: str, params: dict, device: str) -> str:
     job_id = runner.new_job_id(kind)
     job_dir = home.job_dir(job_id)
     job_dir.mkdir(parents=True)
-    write_json_atomic(job_dir / "spec.json", {"id": job_id, "kind": kind, "device": device, "workload": "tiny",
-                                              "params": params, "created_at": time.time(), "home": str(home.root),
-                                              "locks": [device]})
+    write_json_atomic(
+        job_dir / "spec.json",
+        {
+            "id": job_id,
+            "kind": kind,
+            "device": device,
+            "workload": "tiny",
+            "params": params,
+            "created_at": time.time(),
+            "home": str(home.root),
+            "locks": [device],
+        },
+    )
     runner.run_job(job_dir)
     return job_id
 
@@ -55,8 +65,9 @@ def run_job_here(home: Home, kind: str, params: dict, device: str) -> str:
 def test_a_profile_on_a_gpu_keeps_allocator_peaks_the_ceiling_and_energy_per_sample(home, tiny_spec, gpu):
     config = ProfileConfig(batch_sizes=(32, 64, 128, 256), min_steps=3, min_seconds=0.3, warmup_steps=1)
     with cuda_on_cpu(gpu, ALLOCATOR):
-        job_id = run_job_here(home, "profile", {"workload": tiny_spec, "device": "cuda:0", "config": asdict(config)},
-                              "cuda:0")
+        job_id = run_job_here(
+            home, "profile", {"workload": tiny_spec, "device": "cuda:0", "config": asdict(config)}, "cuda:0"
+        )
     assert jobs.derive_state(home.job_dir(job_id)) == jobs.FINISHED
     assert gpu["synchronized"] and set(gpu["synchronized"]) == {0}  # every timed step between two syncs
     store.ingest(home)
@@ -87,8 +98,19 @@ def test_a_training_run_on_a_gpu_keeps_the_allocator_peak(home, tiny_spec, gpu):
     config = TrainConfig(batch_size=64, lr=1e-2, epochs=1, seed=0, log_every_steps=4)
     allocator = FakeAllocator(fixed_bytes=2**30, bytes_per_sample=2**20)  # no ceiling: evaluation runs 512 rows
     with cuda_on_cpu(gpu, allocator):
-        job_id = run_job_here(home, "train", {"workload": tiny_spec, "device": "cuda:0", "config": asdict(config),
-                                              "options": {}, "role": None, "recommendation_id": None}, "cuda:0")
+        job_id = run_job_here(
+            home,
+            "train",
+            {
+                "workload": tiny_spec,
+                "device": "cuda:0",
+                "config": asdict(config),
+                "options": {},
+                "role": None,
+                "recommendation_id": None,
+            },
+            "cuda:0",
+        )
     assert jobs.derive_state(home.job_dir(job_id)) == jobs.FINISHED
     assert gpu["synchronized"] and set(gpu["synchronized"]) == {0}  # the clock read only after the device's work
     store.ingest(home)
@@ -108,8 +130,9 @@ def test_the_profiles_page_charts_energy_per_sample_of_a_gpu_profile(monkeypatch
 
     config = ProfileConfig(batch_sizes=(32, 64), min_steps=3, min_seconds=0.3, warmup_steps=1)
     with cuda_on_cpu(gpu, ALLOCATOR):
-        job_id = run_job_here(home, "profile", {"workload": tiny_spec, "device": "cuda:0", "config": asdict(config)},
-                              "cuda:0")
+        job_id = run_job_here(
+            home, "profile", {"workload": tiny_spec, "device": "cuda:0", "config": asdict(config)}, "cuda:0"
+        )
     store.ingest(home)
     with store.connect(home) as con:
         points = store.profile_points(con, job_id)
@@ -120,8 +143,10 @@ def test_the_profiles_page_charts_energy_per_sample_of_a_gpu_profile(monkeypatch
     assert trace["name"] == "energy per sample"
     assert "J/sample at batch" in charts["energy"]["layout"]["title"]["subtitle"]["text"]
     lowest = points.loc[points["energy_per_sample_j"].idxmin()]
-    assert f"lowest {lowest['energy_per_sample_j']:.3g} J/sample at batch {int(lowest['batch_size'])}" == \
-        charts["energy"]["layout"]["title"]["subtitle"]["text"]
+    assert (
+        f"lowest {lowest['energy_per_sample_j']:.3g} J/sample at batch {int(lowest['batch_size'])}"
+        == charts["energy"]["layout"]["title"]["subtitle"]["text"]
+    )
 
 
 # -- the first GPU: what a real GPU would do that a CPU never does -----------------------------------------
@@ -130,8 +155,7 @@ QUICK = ProfileConfig(min_steps=3, min_seconds=0.0, warmup_steps=1)
 BUSY = FakeAllocator(fixed_bytes=3 * 2**30, bytes_per_sample=5 * 2**20, seconds_per_forward=0.002)  # ~10 ms a step
 
 
-def measure_on_gpu(gpu, tiny_spec, batch_size: int, allocator: FakeAllocator = BUSY, config=QUICK,
-                   **hooks):
+def measure_on_gpu(gpu, tiny_spec, batch_size: int, allocator: FakeAllocator = BUSY, config=QUICK, **hooks):
     import torch
 
     from largestep.measure.profiler import measure_point
@@ -143,8 +167,9 @@ def measure_on_gpu(gpu, tiny_spec, batch_size: int, allocator: FakeAllocator = B
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("raw", ["CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
-                                 "CUDA error: out of memory"])
+@pytest.mark.parametrize(
+    "raw", ["CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`", "CUDA error: out of memory"]
+)
 def test_a_library_running_out_of_gpu_memory_is_the_sweeps_ceiling_not_an_error(gpu, tiny_spec, raw):
     allocator = FakeAllocator(oom_above=64, oom_error=RuntimeError(raw))
     point = measure_on_gpu(gpu, tiny_spec, 128, allocator)
@@ -153,8 +178,9 @@ def test_a_library_running_out_of_gpu_memory_is_the_sweeps_ceiling_not_an_error(
 
 @pytest.mark.slow
 def test_a_points_peak_is_what_the_allocator_reserved_not_only_what_tensors_took(gpu, tiny_spec):
-    fragmented = FakeAllocator(fixed_bytes=2**30, bytes_per_sample=2**20, reserved_overhead_bytes=512 * 2**20,
-                               seconds_per_forward=0.01)
+    fragmented = FakeAllocator(
+        fixed_bytes=2**30, bytes_per_sample=2**20, reserved_overhead_bytes=512 * 2**20, seconds_per_forward=0.01
+    )
     point = measure_on_gpu(gpu, tiny_spec, 64, fragmented)
     assert point.status == "ok" and point.peak_memory_bytes == fragmented.bytes_for(64) + 512 * 2**20
 
@@ -218,8 +244,13 @@ def test_gpu_steps_are_timed_in_blocks_so_the_host_queues_ahead_as_in_training(g
 
     marks = []
     with cuda_on_cpu(gpu, BUSY):
-        point = measure_point(dataclasses.replace(workload, loss=loss), torch.device("cuda:0"), 64, QUICK,
-                              telemetry_tag=lambda b: marks.append((len(gpu["synchronized"]), steps["n"])))
+        point = measure_point(
+            dataclasses.replace(workload, loss=loss),
+            torch.device("cuda:0"),
+            64,
+            QUICK,
+            telemetry_tag=lambda b: marks.append((len(gpu["synchronized"]), steps["n"])),
+        )
     (syncs_before, steps_before), (syncs_after, steps_after) = marks
     blocks = len(point.step_times_s)
     assert point.status == "ok" and blocks == QUICK.min_steps
@@ -237,7 +268,7 @@ def test_a_datasets_gpu_steps_are_timed_in_blocks_with_the_loader_and_without(gp
     from largestep.measure import profiler
     from largestep.measure.profiler import measure_point
 
-    monkeypatch.setattr(profiler, "BLOCK_SECONDS", 60.0)   # blocks of 4 steps, as above
+    monkeypatch.setattr(profiler, "BLOCK_SECONDS", 60.0)  # blocks of 4 steps, as above
     monkeypatch.setattr(profiler, "MAX_BLOCK_STEPS", 4)
     steps = {"n": 0}
 
@@ -248,8 +279,13 @@ def test_a_datasets_gpu_steps_are_timed_in_blocks_with_the_loader_and_without(gp
     marks = []
     workload = dataclasses.replace(model_workloads.make_tuples(), loss=loss)
     with cuda_on_cpu(gpu, BUSY):
-        point = measure_point(workload, torch.device("cuda:0"), 64, QUICK,
-                              telemetry_tag=lambda b: marks.append((len(gpu["synchronized"]), steps["n"])))
+        point = measure_point(
+            workload,
+            torch.device("cuda:0"),
+            64,
+            QUICK,
+            telemetry_tag=lambda b: marks.append((len(gpu["synchronized"]), steps["n"])),
+        )
     (syncs_before, steps_before), (syncs_after, steps_after) = marks
     blocks = len(point.step_times_s)
     assert point.status == "ok" and blocks == QUICK.min_steps and point.compute_median_s is not None
@@ -284,8 +320,13 @@ def test_fp16_warm_up_runs_until_the_loss_scaler_stops_skipping_steps(gpu, tiny_
 
     marks = []
     with cuda_on_cpu(gpu, BUSY):
-        point = measure_point(dataclasses.replace(workload, loss=loss), torch.device("cuda:0"), 64, config,
-                              telemetry_tag=lambda b: marks.append(overflowing["left"]))
+        point = measure_point(
+            dataclasses.replace(workload, loss=loss),
+            torch.device("cuda:0"),
+            64,
+            config,
+            telemetry_tag=lambda b: marks.append(overflowing["left"]),
+        )
     assert point.status == "ok"
     assert marks[0] == 0  # every skipped (overflowing) step came before the clock started
 
@@ -299,15 +340,16 @@ def test_a_steady_gpu_step_ends_its_warm_up_early_and_sizes_its_blocks_from_it(g
     from largestep.measure.profiler import measure_point
     from largestep.workloads import load_workload
 
-    step_s = 2 ** -8   # 3.9 ms every step, exact in binary as the clock's sums are
+    step_s = 2**-8  # 3.9 ms every step, exact in binary as the clock's sums are
     workload, clock = clocked(monkeypatch, lambda _b, _k: step_s, load_workload(tiny_spec))
     with cuda_on_cpu(gpu, BUSY):
-        point = measure_point(workload, torch.device("cuda:0"), 64, dataclasses.replace(QUICK, warmup_steps=3),
-                              telemetry_tag=clock.tag)
+        point = measure_point(
+            workload, torch.device("cuda:0"), 64, dataclasses.replace(QUICK, warmup_steps=3), telemetry_tag=clock.tag
+        )
     # the step counting FLOPs, then two steps that agree: the steady state, and the length of a step; no
     # further steps to size the blocks (six untimed steps before, three of them for the sizing)
-    assert point.status == "ok" and clock.untimed == [3] and point.warmup_steps == 3   # none of them timed
-    assert clock.steps[64] - 3 == 13 * len(point.step_times_s)   # blocks of 50 ms of steps, rounded up
+    assert point.status == "ok" and clock.untimed == [3] and point.warmup_steps == 3  # none of them timed
+    assert clock.steps[64] - 3 == 13 * len(point.step_times_s)  # blocks of 50 ms of steps, rounded up
     assert point.median_s == pytest.approx(step_s)
 
 
@@ -345,8 +387,9 @@ def test_the_training_clock_is_read_only_once_the_gpus_queued_work_is_done(gpu, 
         return now
 
     monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=clock))
-    _, rows = train_on_gpu(gpu, tiny_spec, FakeAllocator(seconds_per_forward=0.1), batch_size=64, lr=1e-2,
-                           max_steps=2, log_every_steps=1)
+    _, rows = train_on_gpu(
+        gpu, tiny_spec, FakeAllocator(seconds_per_forward=0.1), batch_size=64, lr=1e-2, max_steps=2, log_every_steps=1
+    )
     assert [r["step"] for r in rows] == [1, 2] and device_busy_at_read
     assert not any(device_busy_at_read)
 
@@ -354,8 +397,9 @@ def test_the_training_clock_is_read_only_once_the_gpus_queued_work_is_done(gpu, 
 @pytest.mark.slow
 def test_training_data_left_on_the_host_is_pinned_a_batch_at_a_time_never_as_a_whole(monkeypatch, tiny_spec):
     small = install_fake_cuda(monkeypatch, [cuda_properties(UUID, total_memory=256 * 2**10)])
-    result, _ = train_on_gpu(small, tiny_spec, FakeAllocator(fixed_bytes=0, bytes_per_sample=0),
-                             batch_size=64, lr=1e-2, max_steps=3)
+    result, _ = train_on_gpu(
+        small, tiny_spec, FakeAllocator(fixed_bytes=0, bytes_per_sample=0), batch_size=64, lr=1e-2, max_steps=3
+    )
     assert result.steps == 3
     assert small["pinned"] and all(shape[0] == 64 for shape in small["pinned"])  # batches only
 
@@ -366,8 +410,19 @@ def test_a_job_on_the_second_gpu_makes_it_current_so_plain_cuda_lands_there(monk
     two = install_fake_cuda(monkeypatch, [cuda_properties("0" * 8 + UUID[8:]), cuda_properties(UUID)])
     config = TrainConfig(batch_size=64, lr=1e-2, max_steps=2)
     with cuda_on_cpu(two, FakeAllocator(fixed_bytes=0, bytes_per_sample=0)):
-        job_id = run_job_here(home, "train", {"workload": tiny_spec, "device": "cuda:1", "config": asdict(config),
-                                              "options": {}, "role": None, "recommendation_id": None}, "cuda:1")
+        job_id = run_job_here(
+            home,
+            "train",
+            {
+                "workload": tiny_spec,
+                "device": "cuda:1",
+                "config": asdict(config),
+                "options": {},
+                "role": None,
+                "recommendation_id": None,
+            },
+            "cuda:1",
+        )
     assert jobs.derive_state(home.job_dir(job_id)) == jobs.FINISHED
     assert two["current"] == 1  # torch.cuda.set_device(1): "cuda" in the workload's code means this job's GPU
 
@@ -389,11 +444,18 @@ def test_a_batch_schedules_next_phase_builds_its_data_copy_once_the_old_one_is_g
         return built(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "training_batches", training_batches)
-    result, _ = train_on_gpu(gpu, tiny_spec, FakeAllocator(fixed_bytes=0, bytes_per_sample=0), batch_size=32,
-                             lr=1e-2, epochs=1, batch_schedule=((32, 0.0), (64, 0.5)))
-    assert result.samples >= workload.n_train // 2 and len(on_gpu_before_building) == 2   # the second phase ran
+    result, _ = train_on_gpu(
+        gpu,
+        tiny_spec,
+        FakeAllocator(fixed_bytes=0, bytes_per_sample=0),
+        batch_size=32,
+        lr=1e-2,
+        epochs=1,
+        batch_schedule=((32, 0.0), (64, 0.5)),
+    )
+    assert result.samples >= workload.n_train // 2 and len(on_gpu_before_building) == 2  # the second phase ran
     first, second = on_gpu_before_building
-    assert first == 0 and second < data_bytes / 4, (second, data_bytes)   # not the first phase's copy still there
+    assert first == 0 and second < data_bytes / 4, (second, data_bytes)  # not the first phase's copy still there
     assert gpu["resident_peak_bytes"] < 1.5 * data_bytes
 
 
@@ -409,7 +471,7 @@ def test_a_profile_of_data_left_on_the_host_gathers_and_pins_each_batch_as_train
     # each step's batch gathered from the shuffle and pinned on its own, never the whole set (which torch's pinned
     # allocator would round up to a power of two, beside the data and its shuffled copy)
     assert small["pinned"] and all(shape[0] == 64 for shape in small["pinned"]), small["pinned"][:3]
-    assert small["resident_peak_bytes"] < data_bytes / 4   # batches on the GPU, never the data set
+    assert small["resident_peak_bytes"] < data_bytes / 4  # batches on the GPU, never the data set
 
 
 # -- TF32 and cuDNN: set by --tf32 or the workload, recorded with every profile and run ---------------------
@@ -429,18 +491,28 @@ def torch_math():
     """torch's process-wide TF32 and cuDNN settings, as they were before the test, restored after it."""
     import torch
 
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
-              torch.get_float32_matmul_precision())
+    before = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+        torch.get_float32_matmul_precision(),
+    )
     torch.set_float32_matmul_precision("highest")
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True   # torch's defaults
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True  # torch's defaults
     torch.backends.cudnn.benchmark = False
     yield
-    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = before[:3]
+    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = before[
+        :3
+    ]
     torch.set_float32_matmul_precision(before[3])
 
 
-TF32_ON = {"matmul_allow_tf32": True, "cudnn_allow_tf32": True, "cudnn_benchmark": True,
-           "float32_matmul_precision": "high"}
+TF32_ON = {
+    "matmul_allow_tf32": True,
+    "cudnn_allow_tf32": True,
+    "cudnn_benchmark": True,
+    "float32_matmul_precision": "high",
+}
 
 
 @pytest.mark.slow
@@ -451,21 +523,39 @@ def test_a_workloads_tf32_is_set_and_recorded_for_its_profile_and_no_tf32_for_it
     spec = f"{__file__}:make_tf32"
     config = ProfileConfig(batch_sizes=(32, 64), min_steps=3, min_seconds=0.1, warmup_steps=1)
     with cuda_on_cpu(gpu, FakeAllocator(fixed_bytes=0, bytes_per_sample=0)):
-        profile_id = run_job_here(home, "profile", {"workload": spec, "device": "cuda:0", "config": asdict(config)},
-                                  "cuda:0")
+        profile_id = run_job_here(
+            home, "profile", {"workload": spec, "device": "cuda:0", "config": asdict(config)}, "cuda:0"
+        )
         # --no-tf32 on the run: the flag wins over the workload's field (cuDNN's autotuning stays the workload's)
         run_config = TrainConfig(batch_size=64, lr=1e-2, max_steps=2, tf32=False)
-        run_id = run_job_here(home, "train", {"workload": spec, "device": "cuda:0", "config": asdict(run_config),
-                                              "options": {}, "role": None, "recommendation_id": None}, "cuda:0")
+        run_id = run_job_here(
+            home,
+            "train",
+            {
+                "workload": spec,
+                "device": "cuda:0",
+                "config": asdict(run_config),
+                "options": {},
+                "role": None,
+                "recommendation_id": None,
+            },
+            "cuda:0",
+        )
     assert jobs.derive_state(home.job_dir(profile_id)) == jobs.derive_state(home.job_dir(run_id)) == jobs.FINISHED
     store.ingest(home)
     with store.connect(home) as con:
         profile, run = store.load_profile(con, profile_id), store.get_run(con, run_id)
     assert profile["math_settings"] == TF32_ON
-    assert run["math_settings"] == {**TF32_ON, "matmul_allow_tf32": False, "cudnn_allow_tf32": False,
-                                    "float32_matmul_precision": "highest"}
+    assert run["math_settings"] == {
+        **TF32_ON,
+        "matmul_allow_tf32": False,
+        "cudnn_allow_tf32": False,
+        "float32_matmul_precision": "highest",
+    }
     summary = profile_summary(profile)
     assert summary["math_settings"] == TF32_ON
     print_profile(summary)
-    assert "measured with TF32 on (matmul and cuDNN), float32 matmul precision high, cuDNN autotuning on" in \
-        capsys.readouterr().out
+    assert (
+        "measured with TF32 on (matmul and cuDNN), float32 matmul precision high, cuDNN autotuning on"
+        in capsys.readouterr().out
+    )

@@ -40,16 +40,24 @@ def _get(url: str, method: str = "GET", data: bytes | None = None) -> tuple[int,
 
 def _other_addresses() -> list[str]:
     """This machine's IPv4 addresses other than loopback: where a wrongly bound server would answer."""
-    return [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
-            if a.family == socket.AF_INET and not a.address.startswith("127.")]
+    return [
+        a.address
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
+        if a.family == socket.AF_INET and not a.address.startswith("127.")
+    ]
 
 
 @pytest.fixture
 def served(home, tmp_path):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "largestep.cli", "--home", str(home.root), "dashboard", "--port",
-                             str(port)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "largestep.cli", "--home", str(home.root), "dashboard", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         up = wait_for(lambda: _get(f"http://127.0.0.1:{port}/_stcore/health") == (200, "ok"), 90, poll_s=0.5)
         assert up, "the dashboard never answered its health check"
@@ -64,8 +72,9 @@ def served(home, tmp_path):
 
 
 def test_the_dashboard_listens_on_loopback_only(served):
-    listening = [c for c in psutil.net_connections(kind="inet")
-                 if c.status == psutil.CONN_LISTEN and c.laddr.port == served]
+    listening = [
+        c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == served
+    ]
     assert listening and {c.laddr.ip for c in listening} == {"127.0.0.1"}, listening
     for address in _other_addresses():
         with socket.socket() as s:

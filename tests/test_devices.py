@@ -23,8 +23,9 @@ def two_gpus(monkeypatch):
         monkeypatch,
         [
             cuda_properties(UUID_A),
-            cuda_properties(UUID_B, name="Tesla T4", total_memory=15 * 2**30, major=7, minor=5,
-                            multi_processor_count=40),
+            cuda_properties(
+                UUID_B, name="Tesla T4", total_memory=15 * 2**30, major=7, minor=5, multi_processor_count=40
+            ),
         ],
     )
 
@@ -84,10 +85,13 @@ def test_nvml_uuid_accepts_torch_and_nvml_spellings():
 MIG_UUID = "0c1d2e3f-6666-7777-8888-cccccccccccc"
 
 
-@pytest.mark.parametrize("name, visible", [
-    ("NVIDIA A100-SXM4-40GB MIG 1g.5gb", None),         # as CUDA names a slice
-    ("NVIDIA A100-SXM4-40GB", f"MIG-{MIG_UUID}"),        # a name that does not say, the slice chosen by its id
-])
+@pytest.mark.parametrize(
+    "name, visible",
+    [
+        ("NVIDIA A100-SXM4-40GB MIG 1g.5gb", None),  # as CUDA names a slice
+        ("NVIDIA A100-SXM4-40GB", f"MIG-{MIG_UUID}"),  # a name that does not say, the slice chosen by its id
+    ],
+)
 def test_a_mig_slice_is_named_as_nvml_and_cuda_visible_devices_accept_it(monkeypatch, no_mps, name, visible):
     from fake_nvml import cuda_properties, install_fake_cuda
 
@@ -132,7 +136,9 @@ def test_auto_prefers_cuda_then_mps(two_gpus, monkeypatch):
 def test_cuda_indices_resolve_and_out_of_range_says_how_many(two_gpus):
     assert devices.resolve_device("cuda") == torch.device("cuda:0")
     assert devices.resolve_device("cuda:1") == torch.device("cuda:1")
-    with pytest.raises(DeviceError, match=r"--device cuda:5: this machine has 2 visible CUDA devices \(cuda:0 to cuda:1\)"):
+    with pytest.raises(
+        DeviceError, match=r"--device cuda:5: this machine has 2 visible CUDA devices \(cuda:0 to cuda:1\)"
+    ):
         devices.resolve_device("cuda:5")
 
 
@@ -212,8 +218,10 @@ def test_a_real_cpu_allocation_failure_is_recognised():
 
 
 def test_untyped_allocator_messages_are_recognised():
-    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] . DefaultCPUAllocator: can't allocate memory: "
-                       "you tried to allocate 1125899906842624 bytes. Error code 12 (Cannot allocate memory)")
+    cpu = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:127] . DefaultCPUAllocator: can't allocate memory: "
+        "you tried to allocate 1125899906842624 bytes. Error code 12 (Cannot allocate memory)"
+    )
     mps = RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB, other allocations: 1.2 GB)")
     windows = RuntimeError("[enforce fail at C:\\cb\\alloc_cpu.cpp:81] data. DefaultCPUAllocator: not enough memory")
     assert all(devices.is_out_of_memory(e) for e in (cpu, mps, windows))
@@ -303,13 +311,16 @@ def test_driver_version_without_nvml_falls_back_to_torch_build(monkeypatch):
 # the first GPU: allocation failures outside the caching allocator, reserved memory, locks, set_device
 
 
-@pytest.mark.parametrize("message", [
-    "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported at some other API call",
-    "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
-    "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
-    "NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled cuda error (run with NCCL_DEBUG=INFO for details)\n"
-    "ncclUnhandledCudaError: Call to CUDA function failed.\nLast error:\nCuda failure 'out of memory'",
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported at some other API call",
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+        "NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled cuda error (run with NCCL_DEBUG=INFO for details)\n"
+        "ncclUnhandledCudaError: Call to CUDA function failed.\nLast error:\nCuda failure 'out of memory'",
+    ],
+)
 def test_raw_cuda_allocation_failures_of_libraries_are_out_of_memory(message):
     assert devices.is_out_of_memory(RuntimeError(message))
     assert devices.is_out_of_memory(torch.distributed.DistBackendError(message))  # NCCL's own RuntimeError
@@ -350,8 +361,10 @@ def test_the_torch_floor_has_every_torch_api_the_gpu_paths_call():
 
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
     dev = (Path(__file__).resolve().parents[1] / "dev").read_text(encoding="utf-8")
-    floors = {tuple(int(part) for part in found) for found in
-              re.findall(r'"torch>=(\d+)\.(\d+)', pyproject) + re.findall(r'"torch>=(\d+)\.(\d+)', dev)}
+    floors = {
+        tuple(int(part) for part in found)
+        for found in re.findall(r'"torch>=(\d+)\.(\d+)', pyproject) + re.findall(r'"torch>=(\d+)\.(\d+)', dev)
+    }
     # torch.amp.GradScaler(device) came in 2.3; the UUID in torch.cuda.get_device_properties, by which
     # GPUs are matched to NVML and locked, in 2.4 (pytorch/pytorch#125083): an older torch fails on a GPU
     assert floors == {(2, 4)}
@@ -364,10 +377,10 @@ def test_auto_names_the_cpu_without_asking_torch_only_where_no_gpu_device_file_e
     asked = []
     monkeypatch.setattr(devices, "resolve_device", lambda spec: asked.append(spec) or torch.device("cuda:0"))
     monkeypatch.setattr(devices_config, "_GPU_DEVICE_FILES", (str(tmp_path / "nvidia[0-9]*"),))
-    monkeypatch.delitem(sys.modules, "torch")     # as in a command that has not imported it
+    monkeypatch.delitem(sys.modules, "torch")  # as in a command that has not imported it
     assert devices_config.resolve_name("auto") == "cpu" and devices_config.lock_name("cuda:0") == "cuda:0"
     assert not asked
-    (tmp_path / "nvidia0").touch()                # a GPU's device file: only torch can tell
+    (tmp_path / "nvidia0").touch()  # a GPU's device file: only torch can tell
     assert devices_config.resolve_name("auto") == "cuda:0" and asked == ["auto"]
     assert devices_config.resolve_name(" CPU ") == "cpu" and asked == ["auto"]
 
@@ -379,31 +392,49 @@ def test_auto_names_the_cpu_without_asking_torch_only_where_no_gpu_device_file_e
 @pytest.fixture
 def torch_math():
     """torch's process-wide TF32 and cuDNN settings at torch's defaults for the test, as they were after it."""
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
-              torch.get_float32_matmul_precision())
+    before = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+        torch.get_float32_matmul_precision(),
+    )
     torch.set_float32_matmul_precision("highest")
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
     torch.backends.cudnn.benchmark = False
     yield
-    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = before[:3]
+    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = before[
+        :3
+    ]
     torch.set_float32_matmul_precision(before[3])
 
 
 def test_tf32_comes_from_the_flag_else_the_workload_else_stays_as_torch_has_it(torch_math):
     import types
 
-    defaults = {"matmul_allow_tf32": False, "cudnn_allow_tf32": True, "cudnn_benchmark": False,
-                "float32_matmul_precision": "highest"}
+    defaults = {
+        "matmul_allow_tf32": False,
+        "cudnn_allow_tf32": True,
+        "cudnn_benchmark": False,
+        "float32_matmul_precision": "highest",
+    }
     assert devices.math_settings() == defaults
     silent = types.SimpleNamespace(tf32=None, cudnn_benchmark=None)
-    assert devices.use_math(silent) == defaults                       # nothing asked: torch's own
+    assert devices.use_math(silent) == defaults  # nothing asked: torch's own
     wants = types.SimpleNamespace(tf32=True, cudnn_benchmark=True)
-    on = {"matmul_allow_tf32": True, "cudnn_allow_tf32": True, "cudnn_benchmark": True,
-          "float32_matmul_precision": "high"}
-    assert devices.use_math(wants) == on                              # the workload's field
-    off = {"matmul_allow_tf32": False, "cudnn_allow_tf32": False, "cudnn_benchmark": True,
-           "float32_matmul_precision": "highest"}
-    assert devices.use_math(wants, tf32=False) == off                 # --no-tf32 wins over the field
+    on = {
+        "matmul_allow_tf32": True,
+        "cudnn_allow_tf32": True,
+        "cudnn_benchmark": True,
+        "float32_matmul_precision": "high",
+    }
+    assert devices.use_math(wants) == on  # the workload's field
+    off = {
+        "matmul_allow_tf32": False,
+        "cudnn_allow_tf32": False,
+        "cudnn_benchmark": True,
+        "float32_matmul_precision": "highest",
+    }
+    assert devices.use_math(wants, tf32=False) == off  # --no-tf32 wins over the field
 
 
 def test_a_workloads_tf32_and_cudnn_benchmark_must_be_true_false_or_none():

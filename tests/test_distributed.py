@@ -40,10 +40,15 @@ def make_sgd(samples: int = 1024, features: int = 8) -> Workload:
     x = torch.randn(samples + 256, features, generator=g)
     y = (x @ torch.randn(features, generator=g) > 0).long()
     return Workload(
-        name="ddp-sgd", model=lambda: torch.nn.Sequential(torch.nn.Linear(features, 16), torch.nn.Tanh(),
-                                                          torch.nn.Linear(16, 2)),
-        train=(x[:samples], y[:samples]), val=(x[samples:], y[samples:]), loss=torch.nn.functional.cross_entropy,
-        baseline_batch_size=32, baseline_lr=0.05, optimizer="sgd", epochs=1,
+        name="ddp-sgd",
+        model=lambda: torch.nn.Sequential(torch.nn.Linear(features, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)),
+        train=(x[:samples], y[:samples]),
+        val=(x[samples:], y[samples:]),
+        loss=torch.nn.functional.cross_entropy,
+        baseline_batch_size=32,
+        baseline_lr=0.05,
+        optimizer="sgd",
+        epochs=1,
         metrics={"accuracy": lambda out, target: float((out.argmax(dim=1) == target).float().mean())},
     )
 
@@ -120,8 +125,9 @@ def two_rank_run(tmp_path_factory):
     from largestep.home import Home
 
     home = Home(tmp_path_factory.mktemp("ddp") / "home")
-    config = TrainConfig(batch_size=GLOBAL_BATCH, lr=0.05, nproc=2, max_steps=STEPS, warmup_samples=WARMUP,
-                         log_every_steps=1, seed=3)
+    config = TrainConfig(
+        batch_size=GLOBAL_BATCH, lr=0.05, nproc=2, max_steps=STEPS, warmup_samples=WARMUP, log_every_steps=1, seed=3
+    )
     started = time.monotonic()
     [job_id] = starts.start_train(home, SGD_SPEC, {}, "cpu", config, save_weights=True)
     state = jobs.wait(home, job_id, timeout_s=120)
@@ -148,13 +154,26 @@ def test_two_ranks_match_one_process_on_the_same_global_batch(two_rank_run):
         captured["model"] = factory()
         return captured["model"]
 
-    tracked = Workload(name="ddp-sgd", model=keep, train=workload.train, val=workload.val, loss=workload.loss,
-                       baseline_batch_size=32, baseline_lr=0.05, optimizer="sgd", epochs=1,
-                       metrics=dict(workload.metrics))
+    tracked = Workload(
+        name="ddp-sgd",
+        model=keep,
+        train=workload.train,
+        val=workload.val,
+        loss=workload.loss,
+        baseline_batch_size=32,
+        baseline_lr=0.05,
+        optimizer="sgd",
+        epochs=1,
+        metrics=dict(workload.metrics),
+    )
     from dataclasses import replace
 
-    train(tracked, CPU, replace(config, nproc=1),
-          log=SpoolRunLog(lambda t, **f: single.extend(f["rows"]) if t == "metrics" else None))
+    train(
+        tracked,
+        CPU,
+        replace(config, nproc=1),
+        log=SpoolRunLog(lambda t, **f: single.extend(f["rows"]) if t == "metrics" else None),
+    )
     one = torch.cat([p.detach().flatten() for p in captured["model"].parameters()])
     state = torch.load(home.job_dir(job_id) / "model.pt")
     two = torch.cat([t.flatten() for t in state.values()])
@@ -191,7 +210,7 @@ def _replayed_norms(config: TrainConfig) -> dict[int, tuple[float, float]]:
             break
         shard_grads = []
         for r in range(2):  # rank r's shard: the r-th half of the global batch
-            xs, ys = x[r * 32:(r + 1) * 32], y[r * 32:(r + 1) * 32]
+            xs, ys = x[r * 32 : (r + 1) * 32], y[r * 32 : (r + 1) * 32]
             shard_grads.append(torch.autograd.grad(workload.loss(model(xs), ys), params))
         flat = [torch.cat([g.flatten().double() for g in grads]) for grads in shard_grads]
         mean = (flat[0] + flat[1]) / 2
@@ -214,8 +233,10 @@ def test_the_noise_scale_metric_is_mcCandlish_on_the_rank_shards(two_rank_run):
     with store.connect(home) as con:
         frame = store.run_metrics(con, [job_id], ["noise_g2", "noise_trace_sigma", "noise_scale"])
     logged = {(int(r.step), r.name): r.value for r in frame.itertuples()}
-    expected = {step: noise_scale_from_norms(small, big, 32, GLOBAL_BATCH)
-                for step, (small, big) in _replayed_norms(config).items()}
+    expected = {
+        step: noise_scale_from_norms(small, big, 32, GLOBAL_BATCH)
+        for step, (small, big) in _replayed_norms(config).items()
+    }
     assert len(expected) == STEPS
     for step, (g2, trace) in expected.items():
         assert logged[(step, "noise_g2")] == pytest.approx(g2, rel=1e-4, abs=1e-9), step
@@ -234,8 +255,9 @@ def test_the_noise_probe_reads_the_gradients_every_few_steps_not_every_step(home
     from largestep.measure.train import NOISE_PROBE_EVERY
 
     assert NOISE_PROBE_EVERY == 8
-    config = TrainConfig(batch_size=GLOBAL_BATCH, lr=0.05, nproc=2, max_steps=STEPS, warmup_samples=WARMUP,
-                         log_every_steps=STEPS, seed=3)
+    config = TrainConfig(
+        batch_size=GLOBAL_BATCH, lr=0.05, nproc=2, max_steps=STEPS, warmup_samples=WARMUP, log_every_steps=STEPS, seed=3
+    )
     [job_id] = starts.start_train(home, SGD_SPEC, {}, "cpu", config)
     assert jobs.wait(home, job_id, timeout_s=120) == jobs.FINISHED, (home.job_dir(job_id) / "output.log").read_text()
     store.ingest(home)
@@ -256,15 +278,20 @@ def test_a_rank_killed_mid_run_ends_the_job_crashed_not_hung(home):
     config = TrainConfig(batch_size=GLOBAL_BATCH, lr=0.05, nproc=2, epochs=10_000, log_every_steps=5)
     [job_id] = starts.start_train(home, SGD_SPEC, {}, "cpu", config)
     job_dir = home.job_dir(job_id)
-    assert wait_for(lambda: '"type": "metrics"' in (job_dir / "events.jsonl").read_text(), 90), \
-        (job_dir / "output.log").read_text()[-2000:]
+    assert wait_for(lambda: '"type": "metrics"' in (job_dir / "events.jsonl").read_text(), 90), (
+        job_dir / "output.log"
+    ).read_text()[-2000:]
     job = psutil.Process(jobs.read_status(job_dir)["pid"])
-    ranks = {int(p.environ().get("RANK", -1)): p for p in job.children(recursive=True)
-             if "largestep.jobs.torchrun" in " ".join(p.cmdline())}
+    ranks = {
+        int(p.environ().get("RANK", -1)): p
+        for p in job.children(recursive=True)
+        if "largestep.jobs.torchrun" in " ".join(p.cmdline())
+    }
     assert set(ranks) == {0, 1}, ranks
     # a single-machine run opens nothing another machine can reach
-    listening = [c.laddr for p in [job, *ranks.values()] for c in p.net_connections("inet")
-                 if c.status == psutil.CONN_LISTEN]
+    listening = [
+        c.laddr for p in [job, *ranks.values()] for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN
+    ]
     assert listening and all(address.ip in ("127.0.0.1", "::1") for address in listening), listening
     os.kill(ranks[1].pid, signal.SIGKILL)
     killed_at = time.monotonic()
@@ -286,8 +313,11 @@ def test_a_rank_that_fails_ends_the_run_with_its_own_error_and_stops_the_other(h
     with store.connect(home) as con:
         job = store.get_job(con, job_id)
     assert job["error"].startswith("rank 1 of 2: RuntimeError: the data on this shard is broken"), job["error"]
-    ranks_left = [p.pid for p in psutil.process_iter(["cmdline"])
-                  if "largestep.jobs.torchrun" in (line := " ".join(p.info["cmdline"] or [])) and str(home.root) in line]
+    ranks_left = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if "largestep.jobs.torchrun" in (line := " ".join(p.info["cmdline"] or [])) and str(home.root) in line
+    ]
     assert not ranks_left
 
 
@@ -304,7 +334,7 @@ def test_a_two_rank_profile_measures_global_batches_with_the_all_reduce(home, ti
     assert profile["config"]["nproc"] == 2
     from largestep.plan.recommend import RecommendConfig, recommend
 
-    rec = recommend(profile, RecommendConfig(noise_scale=1e6, accept_load=True), None)   # 2 ranks, 2 shared cores
+    rec = recommend(profile, RecommendConfig(noise_scale=1e6, accept_load=True), None)  # 2 ranks, 2 shared cores
     assert rec["world_size"] == 2 and rec["micro_batch_size"] * 2 == rec["batch_size"]
     from largestep.plan.export import export_config
 
@@ -339,12 +369,13 @@ def test_one_rank_failing_ends_the_profile_failed_with_its_error_within_seconds(
     config = ProfileConfig(batch_sizes=(32, 64, 128), min_steps=3, min_seconds=0.1, warmup_steps=1, nproc=2)
     job_id = starts.start_profile(home, f"{HERE}:make_rank_one_fails", {}, "cpu", config)
     job_dir = home.job_dir(job_id)
-    assert wait_for(lambda: '"batch_size": 64' in (job_dir / "events.jsonl").read_text(), 120), \
-        (job_dir / "output.log").read_text()[-3000:]
+    assert wait_for(lambda: '"batch_size": 64' in (job_dir / "events.jsonl").read_text(), 120), (
+        job_dir / "output.log"
+    ).read_text()[-3000:]
     reached_128 = time.monotonic()
     state = jobs.wait(home, job_id, timeout_s=120)
     assert state == jobs.FAILED, (job_dir / "output.log").read_text()[-3000:]
-    assert time.monotonic() - reached_128 < 60   # not the collective timeout (600 s)
+    assert time.monotonic() - reached_128 < 60  # not the collective timeout (600 s)
     store.ingest(home)
     with store.connect(home) as con:
         job = store.get_job(con, job_id)
@@ -359,8 +390,16 @@ def test_an_autopilot_over_two_ranks_profiles_and_trains_data_parallel(home, tin
 
     # two ranks on two cores: the profile may well be under load, and a tiny model's sub-millisecond steps fail
     # the physics check there ("keep your baseline"): both arms are asked for, whatever was recommended
-    config = AutopilotConfig(repeats=1, epochs=1, nproc=2, min_seconds=0.2, max_batch=256, noise_batches=4,
-                             accept_load=True, arms=("baseline", "recommended"))
+    config = AutopilotConfig(
+        repeats=1,
+        epochs=1,
+        nproc=2,
+        min_seconds=0.2,
+        max_batch=256,
+        noise_batches=4,
+        accept_load=True,
+        arms=("baseline", "recommended"),
+    )
     job_id = starts.start_autopilot(home, tiny_spec, {}, "cpu", config)
     assert jobs.wait(home, job_id, timeout_s=300) == jobs.FINISHED, (home.job_dir(job_id) / "output.log").read_text()
     store.ingest(home)
@@ -382,24 +421,46 @@ def test_an_autopilot_over_two_ranks_profiles_and_trains_data_parallel(home, tin
         assert compared[group]["runs"][0]["id"] == run["id"]
         assert compared[group]["final_val_loss"]["mean"] == pytest.approx(run["final_val_loss"])
     assert result["headline"]["measured_speedup"] == compared["recommended"]["speedup"]
-    assert result["headline"]["batch_size"] == rec["batch_size"] and str(rec["batch_size"]) in result["headline"]["text"]
+    assert (
+        result["headline"]["batch_size"] == rec["batch_size"] and str(rec["batch_size"]) in result["headline"]["text"]
+    )
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "0"], "--nproc must be a positive integer"),
-    (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "3", "-d", "cpu"],
-     "--batch-size 64 is not divisible by --nproc 3 x --accumulate 1 = 3"),
-    (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "2", "--accumulate", "3", "-d", "cpu"],
-     "not divisible by --nproc 2 x --accumulate 3"),
-    (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "2", "-d", "mps"], "--nproc runs on cpu"),
-    (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "2", "-d", "cuda:1"],
-     "--nproc 2 uses cuda:0 to cuda:1; give --device cuda, not cuda:1"),
-    (["profile", "-w", "fraud-mlp", "--batch-sizes", "32,33", "--nproc", "2", "-d", "cpu"],
-     "batch size 33 is not divisible by --nproc 2"),
-    (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--ray-address", "x:1"], "--ray-address needs --launcher ray"),
-    (["autopilot", "-w", "fraud-mlp", "--nproc", "3", "-d", "cpu"], "--nproc 3 does not divide fraud-mlp's baseline"),
-    (["autopilot", "-w", "fraud-mlp", "--nproc", "0"], "--nproc must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (
+            ["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "0"],
+            "--nproc must be a positive integer",
+        ),
+        (
+            ["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "3", "-d", "cpu"],
+            "--batch-size 64 is not divisible by --nproc 3 x --accumulate 1 = 3",
+        ),
+        (
+            ["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "2", "--accumulate", "3", "-d", "cpu"],
+            "not divisible by --nproc 2 x --accumulate 3",
+        ),
+        (["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "2", "-d", "mps"], "--nproc runs on cpu"),
+        (
+            ["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--nproc", "2", "-d", "cuda:1"],
+            "--nproc 2 uses cuda:0 to cuda:1; give --device cuda, not cuda:1",
+        ),
+        (
+            ["profile", "-w", "fraud-mlp", "--batch-sizes", "32,33", "--nproc", "2", "-d", "cpu"],
+            "batch size 33 is not divisible by --nproc 2",
+        ),
+        (
+            ["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--ray-address", "x:1"],
+            "--ray-address needs --launcher ray",
+        ),
+        (
+            ["autopilot", "-w", "fraud-mlp", "--nproc", "3", "-d", "cpu"],
+            "--nproc 3 does not divide fraud-mlp's baseline",
+        ),
+        (["autopilot", "-w", "fraud-mlp", "--nproc", "0"], "--nproc must be a positive integer"),
+    ],
+)
 def test_bad_nproc_input_is_one_line_and_exit_code_2(home, capsys, argv, says):
     from largestep.cli import main
 

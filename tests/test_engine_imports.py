@@ -22,25 +22,28 @@ PACKAGE = largestep.__name__
 
 # THE LAYERS. Each may import its own folder and the layers below it, never one above or beside it.
 LAYERS = [
-    {"app"},                      # the Streamlit dashboard (app/): routes and thin pages over ui
-    {"integrations"},             # adapters to Lightning and Hugging Face, over largestep.track
-    {"cli", "api"},               # the command line; the same loop from Python (largestep.track, .profile, ...)
-    {"ui"},                       # what the dashboard's pages show, prepared without Streamlit; the HTML report
-    {"store"},                    # the DuckDB file: all SQL
-    {"jobs"},                     # job processes: spool and events, runner, bodies, autopilot, launchers
-    {"plan", "measure"},          # pure planning; measuring on the device (neither imports the other)
-    {"workloads"},                # the workload contract, the loader, the built-ins
-    {"about", "errors", "home", "units", "format",    # the foundation every layer may use: names, errors, the
-     "curve"},                                        # home, units, words, and what a step-time curve may do
+    {"app"},  # the Streamlit dashboard (app/): routes and thin pages over ui
+    {"integrations"},  # adapters to Lightning and Hugging Face, over largestep.track
+    {"cli", "api"},  # the command line; the same loop from Python (largestep.track, .profile, ...)
+    {"ui"},  # what the dashboard's pages show, prepared without Streamlit; the HTML report
+    {"store"},  # the DuckDB file: all SQL
+    {"jobs"},  # job processes: spool and events, runner, bodies, autopilot, launchers
+    {"plan", "measure"},  # pure planning; measuring on the device (neither imports the other)
+    {"workloads"},  # the workload contract, the loader, the built-ins
+    # the foundation every layer may use: names, errors, the home, units, words, what a step-time curve may do
+    {"about", "errors", "home", "units", "format", "curve"},
 ]
-FOUNDATION = len(LAYERS) - 1      # loose modules that may use each other (home and units raise errors)
+FOUNDATION = len(LAYERS) - 1  # loose modules that may use each other (home and units raise errors)
 # The package root (engine/__init__.py) is the public door: it hands on names lazily, it sits above every
 # layer, and nothing inside the package imports it.
 
 
 def package_modules() -> list[str]:
-    return sorted(info.name for info in pkgutil.walk_packages(largestep.__path__, prefix=f"{PACKAGE}.")
-                  if not info.name.endswith(".__main__"))
+    return sorted(
+        info.name
+        for info in pkgutil.walk_packages(largestep.__path__, prefix=f"{PACKAGE}.")
+        if not info.name.endswith(".__main__")
+    )
 
 
 def layer_of(module: str) -> int | None:
@@ -71,7 +74,9 @@ def is_module(name: str, root: Path) -> bool:
         base = root.joinpath("app", *parts[1:])
     else:
         base = root.joinpath("engine", *parts)
-    return base.with_suffix(".py").exists() or (base / "__init__.py").exists() or (parts[:1] == ["app"] and base.is_dir())
+    return (
+        base.with_suffix(".py").exists() or (base / "__init__.py").exists() or (parts[:1] == ["app"] and base.is_dir())
+    )
 
 
 MODULE_LEVEL, IN_FUNCTION, TYPING_ONLY = "module level", "in a function", "typing only"
@@ -91,8 +96,9 @@ def import_statements(tree: ast.AST, kind: str = MODULE_LEVEL):
             yield from import_statements(node, kind)
 
 
-def package_imports(path: Path, root: Path = ROOT, kinds: tuple[str, ...] = (MODULE_LEVEL, IN_FUNCTION, TYPING_ONLY)
-                    ) -> tuple[set[str], list[str]]:
+def package_imports(
+    path: Path, root: Path = ROOT, kinds: tuple[str, ...] = (MODULE_LEVEL, IN_FUNCTION, TYPING_ONLY)
+) -> tuple[set[str], list[str]]:
     """Every package module a file imports (of the ``kinds`` asked for: by default at the top, inside a function
     or for annotations), and what it does wrong by naming: an absolute import of the package, or an import of
     the package root's own attributes."""
@@ -130,7 +136,7 @@ def package_imports(path: Path, root: Path = ROOT, kinds: tuple[str, ...] = (MOD
 
 
 def offences(root: Path) -> list[str]:
-    """"FILE imports MODULE" for every import of a layer above or beside the file's own, and "FILE names
+    """ "FILE imports MODULE" for every import of a layer above or beside the file's own, and "FILE names
     ..." for every import that depends on the top-level name or goes through the package root."""
     found = []
     for path in sorted((root / "engine").rglob("*.py")):
@@ -138,7 +144,7 @@ def offences(root: Path) -> list[str]:
         me = module_name(path, root)
         imports, wrong = package_imports(path, root)
         if me == PACKAGE:
-            continue   # the public door: lazily, anything
+            continue  # the public door: lazily, anything
         found += [f"{relative} names {what}" for what in wrong]
         my_rank, my_folder = layer_of(me), me.split(".")[1]
         for target in sorted(imports):
@@ -153,10 +159,21 @@ def offences(root: Path) -> list[str]:
 
 def test_the_walk_finds_every_layer():
     modules = set(package_modules())
-    assert {f"{PACKAGE}.{name}" for name in ("store.ingest", "jobs.events", "measure.profiler", "plan.recommend",
-                                                "ui.runs", "cli.measure", "workloads.loader", "api.track")} <= modules
+    assert {
+        f"{PACKAGE}.{name}"
+        for name in (
+            "store.ingest",
+            "jobs.events",
+            "measure.profiler",
+            "plan.recommend",
+            "ui.runs",
+            "cli.measure",
+            "workloads.loader",
+            "api.track",
+        )
+    } <= modules
     for module in modules:
-        layer_of(module)   # every module sits in a layer
+        layer_of(module)  # every module sits in a layer
 
 
 def test_imports_point_down_only_and_never_name_the_package():
@@ -171,11 +188,14 @@ def test_the_check_catches_an_upward_import_a_named_package_and_the_root(tmp_pat
     (tmp_path / "engine" / "__init__.py").write_text("from .measure import devices\n")
     (measure / "__init__.py").write_text("")
     (measure / "devices.py").write_text("")
-    (measure / "ok.py").write_text("from ..workloads import load_workload\nfrom . import devices\n"
-                                   "from ..about import __version__\n")
-    (measure / "bad.py").write_text("def f():\n    from ..store import queries\n    from ..plan import recommend\n"
-                                    "    from .. import __version__\n    import engine.units\n"
-                                    "    from largestep.home import Home\n")
+    (measure / "ok.py").write_text(
+        "from ..workloads import load_workload\nfrom . import devices\nfrom ..about import __version__\n"
+    )
+    (measure / "bad.py").write_text(
+        "def f():\n    from ..store import queries\n    from ..plan import recommend\n"
+        "    from .. import __version__\n    import engine.units\n"
+        "    from largestep.home import Home\n"
+    )
     assert offences(tmp_path) == [
         "engine/measure/bad.py names the package root's __version__",
         "engine/measure/bad.py names import engine.units",
@@ -188,7 +208,7 @@ def test_the_check_catches_an_upward_import_a_named_package_and_the_root(tmp_pat
 def test_the_app_sits_on_top_and_nothing_imports_it():
     for path in sorted(APP.rglob("*.py")):
         imports, _ = package_imports(path)
-        for target in imports:   # the app may use any layer; it reaches the engine through the public name
+        for target in imports:  # the app may use any layer; it reaches the engine through the public name
             assert layer_of(target) is not None and layer_of(target) >= 0
     for path in sorted(ENGINE.rglob("*.py")):
         imports, _ = package_imports(path)
@@ -200,14 +220,17 @@ def test_the_engine_has_few_loose_modules_and_each_layer_says_what_it_is_for():
     assert len(loose) <= 8, loose
     for folder in (p for p in ENGINE.iterdir() if p.is_dir() and not p.name.startswith("__")):
         init = folder / "__init__.py"
-        assert init.exists() and ast.get_docstring(ast.parse(init.read_text())), f"{folder.name}/__init__.py says nothing"
-    assert {p.name for p in ENGINE.iterdir() if p.is_dir() and not p.name.startswith("__")} == \
-        set().union(*LAYERS[1:FOUNDATION])
+        assert init.exists() and ast.get_docstring(ast.parse(init.read_text())), (
+            f"{folder.name}/__init__.py says nothing"
+        )
+    assert {p.name for p in ENGINE.iterdir() if p.is_dir() and not p.name.startswith("__")} == set().union(
+        *LAYERS[1:FOUNDATION]
+    )
 
 
 def test_every_dashboard_page_has_its_engine_module_and_back():
     pages = {p.stem for p in (APP / "sections").glob("*.py")}
-    shared = {"__init__", "widgets", "report"}   # what the pages share, and the HTML report
+    shared = {"__init__", "widgets", "report"}  # what the pages share, and the HTML report
     views = {p.stem for p in (ENGINE / "ui").glob("*.py")} - shared
     assert pages == views
     for page in pages:
@@ -226,8 +249,14 @@ def test_importing_every_package_module_does_not_import_streamlit():
         "        sys.exit(f'importing {name} imported streamlit')\n"
         "print('ok')\n"
     )
-    result = subprocess.run([sys.executable, "-P", "-c", script], cwd=ROOT, env=dict(os.environ), capture_output=True,
-                            text=True, timeout=240)
+    result = subprocess.run(
+        [sys.executable, "-P", "-c", script],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
 
@@ -236,8 +265,11 @@ STREAMLIT_IMPORT = re.compile(r"^\s*(import\s+streamlit\b|from\s+streamlit\b)", 
 
 
 def test_no_engine_file_imports_streamlit():
-    offenders = [str(path.relative_to(ROOT)) for path in sorted(ENGINE.rglob("*.py"))
-                 if STREAMLIT_IMPORT.search(path.read_text(encoding="utf-8"))]
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in sorted(ENGINE.rglob("*.py"))
+        if STREAMLIT_IMPORT.search(path.read_text(encoding="utf-8"))
+    ]
     assert offenders == []
 
 
@@ -255,22 +287,33 @@ CONFIG_SUFFIX = "_config"
 
 def torch_free_twins(root: Path = ROOT) -> list[tuple[Path, Path]]:
     """(X_config.py, X.py) for every module named by the rule."""
-    return [(path, path.with_name(path.name.replace(f"{CONFIG_SUFFIX}.py", ".py")))
-            for path in sorted((root / "engine").rglob(f"*{CONFIG_SUFFIX}.py"))]
+    return [
+        (path, path.with_name(path.name.replace(f"{CONFIG_SUFFIX}.py", ".py")))
+        for path in sorted((root / "engine").rglob(f"*{CONFIG_SUFFIX}.py"))
+    ]
 
 
 def imports_torch_at_module_level(path: Path) -> bool:
-    return any(kind == MODULE_LEVEL and (
-        any(alias.name.split(".")[0] == "torch" for alias in node.names) if isinstance(node, ast.Import)
-        else (node.module or "").split(".")[0] == "torch" and not node.level)
-        for node, kind in import_statements(ast.parse(path.read_text(encoding="utf-8"))))
+    return any(
+        kind == MODULE_LEVEL
+        and (
+            any(alias.name.split(".")[0] == "torch" for alias in node.names)
+            if isinstance(node, ast.Import)
+            else (node.module or "").split(".")[0] == "torch" and not node.level
+        )
+        for node, kind in import_statements(ast.parse(path.read_text(encoding="utf-8")))
+    )
 
 
 def test_every_torch_free_part_sits_beside_the_module_that_needs_torch():
     twins = torch_free_twins()
     assert {path.relative_to(ENGINE).as_posix() for path, _ in twins} >= {
-        "measure/devices_config.py", "measure/noise_config.py", "measure/profiler_config.py",
-        "measure/train_config.py", "workloads/base_config.py"}
+        "measure/devices_config.py",
+        "measure/noise_config.py",
+        "measure/profiler_config.py",
+        "measure/train_config.py",
+        "workloads/base_config.py",
+    }
     for config, twin in twins:
         assert twin.exists(), f"{config.name} names no module: the rule is X_config.py beside X.py"
         assert imports_torch_at_module_level(twin), f"{twin.name} imports no torch: {config.name} needs no twin"
@@ -288,8 +331,14 @@ def test_every_torch_free_part_imports_without_torch():
         "        sys.exit(f'importing {name} imported torch')\n"
         "print('ok')\n"
     )
-    result = subprocess.run([sys.executable, "-P", "-c", script], cwd=ROOT, env=dict(os.environ), capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-P", "-c", script],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "ok"
 
@@ -330,9 +379,10 @@ def test_the_cycle_check_catches_one_closed_inside_a_function(tmp_path):
     (tmp_path / "engine" / "__init__.py").write_text("")
     (measure / "__init__.py").write_text("")
     (measure / "devices.py").write_text("import torch\nfrom .devices_config import NAMES\n")
-    (measure / "devices_config.py").write_text("from typing import TYPE_CHECKING\nNAMES = ()\n"
-                                               "if TYPE_CHECKING:\n    from .devices import Info\n")
-    assert import_cycle(tmp_path, (MODULE_LEVEL, IN_FUNCTION)) is None   # an annotation's import never runs
+    (measure / "devices_config.py").write_text(
+        "from typing import TYPE_CHECKING\nNAMES = ()\nif TYPE_CHECKING:\n    from .devices import Info\n"
+    )
+    assert import_cycle(tmp_path, (MODULE_LEVEL, IN_FUNCTION)) is None  # an annotation's import never runs
     (measure / "devices_config.py").write_text("NAMES = ()\n\ndef resolve(name):\n    from . import devices\n")
     assert import_cycle(tmp_path, (MODULE_LEVEL,)) is None
     cycle = import_cycle(tmp_path, (MODULE_LEVEL, IN_FUNCTION))

@@ -26,18 +26,34 @@ PYTHON_FORMATS = ("torch", "hf", "lightning")
 
 def make_rec(**overrides) -> dict:
     rec = {
-        "recommendation_id": "rec-1a2b3c4d", "created_at": "2026-11-23T19:20:00+00:00", "tool_version": "0.1.0",
-        "workload": "fraud-gru", "workload_spec": "fraud-gru", "workload_options": {"samples": "20000"},
-        "profile_id": "prof-0f0e0d0c", "noise_id": "nois-01020304",
-        "device": {"id": "cuda:0", "name": "NVIDIA A100-SXM4-40GB", "kind": "cuda"}, "dtype": "fp32",
-        "batch_size": 1024, "learning_rate": 0.008, "warmup_steps": 20, "warmup_samples": 20480,
-        "micro_batch_size": 1024, "gradient_accumulation_steps": 1, "world_size": 1,
-        "rule": "linear", "optimizer": "adam", "weight_decay": 0.0, "epochs": 10, "schedule": "constant",
+        "recommendation_id": "rec-1a2b3c4d",
+        "created_at": "2026-11-23T19:20:00+00:00",
+        "tool_version": "0.1.0",
+        "workload": "fraud-gru",
+        "workload_spec": "fraud-gru",
+        "workload_options": {"samples": "20000"},
+        "profile_id": "prof-0f0e0d0c",
+        "noise_id": "nois-01020304",
+        "device": {"id": "cuda:0", "name": "NVIDIA A100-SXM4-40GB", "kind": "cuda"},
+        "dtype": "fp32",
+        "batch_size": 1024,
+        "learning_rate": 0.008,
+        "warmup_steps": 20,
+        "warmup_samples": 20480,
+        "micro_batch_size": 1024,
+        "gradient_accumulation_steps": 1,
+        "world_size": 1,
+        "rule": "linear",
+        "optimizer": "adam",
+        "weight_decay": 0.0,
+        "epochs": 10,
+        "schedule": "constant",
         "baseline": {"batch_size": 128, "learning_rate": 0.001},
         "noise_scale": 812.0,
         "predicted_speedup": {"throughput": 4.1, "time_to_target": 3.2},
         "experiments_per_gpu_day": {"baseline": 120.5, "recommended": 480.1},
-        "candidates": [{"batch_size": 128}, {"batch_size": 1024}], "reasons": ["saturation"],
+        "candidates": [{"batch_size": 128}, {"batch_size": 1024}],
+        "reasons": ["saturation"],
     }
     rec.update(overrides)
     return rec
@@ -110,38 +126,62 @@ def split_in_output(text: str, fmt: str) -> dict:
     """{batch, micro, accumulation, devices} as the exported text states them."""
     if fmt in DATA_FORMATS:
         t = parse_config(text, fmt)["training"]
-        return {"batch": t["batch_size"], "micro": t["micro_batch_size"],
-                "accumulation": t["gradient_accumulation_steps"], "devices": t["devices"]}
+        return {
+            "batch": t["batch_size"],
+            "micro": t["micro_batch_size"],
+            "accumulation": t["gradient_accumulation_steps"],
+            "devices": t["devices"],
+        }
     if fmt == "deepspeed":
         cfg = json.loads(text)
         micro, accumulation = cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]
         # DeepSpeed infers the device count from the launcher: train_batch_size / (micro x accumulation)
         assert cfg["train_batch_size"] % (micro * accumulation) == 0
-        return {"batch": cfg["train_batch_size"], "micro": micro, "accumulation": accumulation,
-                "devices": cfg["train_batch_size"] // (micro * accumulation)}
+        return {
+            "batch": cfg["train_batch_size"],
+            "micro": micro,
+            "accumulation": accumulation,
+            "devices": cfg["train_batch_size"] // (micro * accumulation),
+        }
     if fmt == "cli":
         flags = _cli_flags(text)
         batch = int(flags["--batch-size"][0])
         accumulation = int(flags.get("--accumulate", ["1"])[0])
         devices = int(flags.get("--nproc", ["1"])[0])
         assert batch % (accumulation * devices) == 0
-        return {"batch": batch, "micro": batch // (accumulation * devices), "accumulation": accumulation,
-                "devices": devices}
+        return {
+            "batch": batch,
+            "micro": batch // (accumulation * devices),
+            "accumulation": accumulation,
+            "devices": devices,
+        }
     tree = ast.parse(text)
     names = _python_names(tree)
     if fmt == "torch":
         loader = _one_call(tree, "DataLoader")
-        return {"batch": names["GLOBAL_BATCH"], "micro": loader["batch_size"],
-                "accumulation": names["ACCUMULATION"], "devices": names["DEVICES"]}
+        return {
+            "batch": names["GLOBAL_BATCH"],
+            "micro": loader["batch_size"],
+            "accumulation": names["ACCUMULATION"],
+            "devices": names["DEVICES"],
+        }
     if fmt == "hf":
         args = _one_call(tree, "TrainingArguments")
-        return {"batch": names["GLOBAL_BATCH"], "micro": args["per_device_train_batch_size"],
-                "accumulation": args["gradient_accumulation_steps"], "devices": names["DEVICES"]}
+        return {
+            "batch": names["GLOBAL_BATCH"],
+            "micro": args["per_device_train_batch_size"],
+            "accumulation": args["gradient_accumulation_steps"],
+            "devices": names["DEVICES"],
+        }
     if fmt == "lightning":
         trainer = _one_call(tree, "Trainer")
         loader = _one_call(tree, "DataLoader")
-        return {"batch": names["GLOBAL_BATCH"], "micro": loader["batch_size"],
-                "accumulation": trainer["accumulate_grad_batches"], "devices": trainer["devices"]}
+        return {
+            "batch": names["GLOBAL_BATCH"],
+            "micro": loader["batch_size"],
+            "accumulation": trainer["accumulate_grad_batches"],
+            "devices": trainer["devices"],
+        }
     raise AssertionError(fmt)
 
 
@@ -188,14 +228,20 @@ def test_round_trip_of_a_re_split_document(fmt):
 def test_document_layout_carries_what_a_reader_needs():
     doc = config_document(make_rec(optimizer="sgd", weight_decay=5e-4))
     assert list(doc) == ["largestep", "workload", "training", "scaling", "measured_on", "prediction"]
-    assert doc["largestep"] == {"version": "0.1.0", "recommendation_id": "rec-1a2b3c4d",
-                                "created_at": "2026-11-23T19:20:00+00:00"}
+    assert doc["largestep"] == {
+        "version": "0.1.0",
+        "recommendation_id": "rec-1a2b3c4d",
+        "created_at": "2026-11-23T19:20:00+00:00",
+    }
     assert doc["workload"] == {"name": "fraud-gru", "spec": "fraud-gru", "options": {"samples": "20000"}}
     assert doc["training"]["optimizer"] == {"name": "sgd", "weight_decay": 5e-4, "momentum": 0.9}
     assert doc["scaling"]["lr_per_sample"] == pytest.approx(0.008 / 1024)
     assert doc["scaling"]["baseline"] == {"batch_size": 128, "learning_rate": 0.001}
-    assert doc["measured_on"] == {"profile_id": "prof-0f0e0d0c", "noise_id": "nois-01020304",
-                                  "device": {"id": "cuda:0", "name": "NVIDIA A100-SXM4-40GB", "kind": "cuda"}}
+    assert doc["measured_on"] == {
+        "profile_id": "prof-0f0e0d0c",
+        "noise_id": "nois-01020304",
+        "device": {"id": "cuda:0", "name": "NVIDIA A100-SXM4-40GB", "kind": "cuda"},
+    }
     assert doc["prediction"]["speedup_time_to_target"] == 3.2
     assert "momentum" not in config_document(make_rec())["training"]["optimizer"]
 
@@ -255,17 +301,20 @@ def test_more_devices_never_raise_the_micro_batch_above_the_recommended_one():
 # -- refusals -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("devices, micro, expected", [
-    (3, None, "1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024"),         # 3 does not divide 1024
-    (4, 100, "1, 2, 4, 8, 16, 32, 64, 128, 256"),                      # valid micro-batches per device
-    (1, 2048, "1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024"),
-    (0, None, "positive integer"),
-    (-2, None, "positive integer"),
-    (1, 0, "positive integer"),
-    (2.5, None, "positive integer"),
-    (True, None, "positive integer"),
-    (2048, None, "1, 2, 4"),
-])
+@pytest.mark.parametrize(
+    "devices, micro, expected",
+    [
+        (3, None, "1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024"),  # 3 does not divide 1024
+        (4, 100, "1, 2, 4, 8, 16, 32, 64, 128, 256"),  # valid micro-batches per device
+        (1, 2048, "1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024"),
+        (0, None, "positive integer"),
+        (-2, None, "positive integer"),
+        (1, 0, "positive integer"),
+        (2.5, None, "positive integer"),
+        (True, None, "positive integer"),
+        (2048, None, "1, 2, 4"),
+    ],
+)
 def test_invalid_splits_are_refused_in_one_line_naming_what_works(devices, micro, expected):
     with pytest.raises(UsageError) as info:
         export_config(make_rec(), "yaml", devices=devices, micro_batch=micro)
@@ -275,8 +324,11 @@ def test_invalid_splits_are_refused_in_one_line_naming_what_works(devices, micro
 
 
 def test_invalid_split_message_names_the_flag_and_the_valid_micro_batches():
-    with pytest.raises(UsageError, match=r"^--micro-batch 100 does not divide .*use one of 1, 2, 4, 8, 16, 32, 64, "
-                                         r"128, 256$"):
+    with pytest.raises(
+        UsageError,
+        match=r"^--micro-batch 100 does not divide .*use one of 1, 2, 4, 8, 16, 32, 64, "
+        r"128, 256$",
+    ):
         split_batch(1024, 4, 100)
     with pytest.raises(UsageError, match=r"^--devices 3 does not divide the global batch 1024"):
         split_batch(1024, 3)
@@ -320,12 +372,15 @@ def test_an_unknown_optimizer_is_refused():
 
 
 @pytest.mark.parametrize("fmt", PYTHON_FORMATS)
-@pytest.mark.parametrize("variant", [
-    {},
-    {"optimizer": "sgd", "schedule": "cosine"},
-    {"optimizer": "adamw", "weight_decay": 0.01, "dtype": "bf16"},
-    {"optimizer": "adam", "weight_decay": 1e-4, "dtype": "fp16", "epochs": None},
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"optimizer": "sgd", "schedule": "cosine"},
+        {"optimizer": "adamw", "weight_decay": 0.01, "dtype": "bf16"},
+        {"optimizer": "adam", "weight_decay": 1e-4, "dtype": "fp16", "epochs": None},
+    ],
+)
 def test_python_snippets_are_valid_python(fmt, variant):
     for split in ({}, {"devices": 4, "micro_batch": 64}):
         ast.parse(export_config(make_rec(**variant), fmt, **split))
@@ -349,8 +404,16 @@ def test_torch_snippet_runs_and_steps_once_per_global_batch():
     import torch
     from torch.utils.data import TensorDataset
 
-    rec = make_rec(batch_size=32, micro_batch_size=32, learning_rate=0.01, warmup_steps=2, warmup_samples=64,
-                   epochs=1, optimizer="sgd", schedule="cosine")
+    rec = make_rec(
+        batch_size=32,
+        micro_batch_size=32,
+        learning_rate=0.01,
+        warmup_steps=2,
+        warmup_samples=64,
+        epochs=1,
+        optimizer="sgd",
+        schedule="cosine",
+    )
     namespace: dict = {}
     exec(compile(export_config(rec, "torch", micro_batch=8), "<torch export>", "exec"), namespace)
     torch.manual_seed(0)
@@ -429,7 +492,9 @@ def test_lightning_scheduler_steps_per_optimizer_step_and_precision():
     trainer = _one_call(ast.parse(text), "Trainer")
     assert trainer["precision"] == "bf16-mixed"
     assert trainer["accelerator"] == "gpu"
-    assert _one_call(ast.parse(export_config(make_rec(dtype="fp16"), "lightning")), "Trainer")["precision"] == "16-mixed"
+    assert (
+        _one_call(ast.parse(export_config(make_rec(dtype="fp16"), "lightning")), "Trainer")["precision"] == "16-mixed"
+    )
 
 
 @pytest.mark.parametrize("fmt", ["torch", "lightning"])
@@ -440,7 +505,7 @@ def test_cosine_and_constant_schedules_differ(fmt):
     for text, total in ((constant, False), (cosine, True)):
         factor = _load_lr_factor(text)
         args = (1000,) if total else ()
-        assert factor(0, *args) == pytest.approx(1 / 20)   # linear warm-up over 20 steps
+        assert factor(0, *args) == pytest.approx(1 / 20)  # linear warm-up over 20 steps
         assert factor(19, *args) == pytest.approx(1.0)
         if total:
             assert factor(510, *args) == pytest.approx(0.5)
@@ -452,9 +517,15 @@ def test_cosine_and_constant_schedules_differ(fmt):
 def _load_lr_factor(text: str):
     """The snippet's lr_factor with its constants, without importing Lightning or building anything."""
     tree = ast.parse(text)
-    keep = [node for node in tree.body
-            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id.isupper()
-            or isinstance(node, ast.FunctionDef) and node.name == "lr_factor"]
+    keep = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.targets[0], ast.Name)
+        and node.targets[0].id.isupper()
+        or isinstance(node, ast.FunctionDef)
+        and node.name == "lr_factor"
+    ]
     namespace: dict = {"math": __import__("math")}
     exec(compile(ast.Module(body=keep, type_ignores=[]), "<lr_factor>", "exec"), namespace)
     return namespace["lr_factor"]
@@ -464,8 +535,10 @@ def test_deepspeed_config():
     cfg = json.loads(export_config(make_rec(dtype="fp16"), "deepspeed", devices=4, micro_batch=64))
     assert cfg["train_batch_size"] == 1024
     assert cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * 4 == 1024
-    assert cfg["scheduler"] == {"type": "WarmupLR", "params": {
-        "warmup_min_lr": 0, "warmup_max_lr": 0.008, "warmup_num_steps": 20, "warmup_type": "linear"}}
+    assert cfg["scheduler"] == {
+        "type": "WarmupLR",
+        "params": {"warmup_min_lr": 0, "warmup_max_lr": 0.008, "warmup_num_steps": 20, "warmup_type": "linear"},
+    }
     assert cfg["fp16"] == {"enabled": True} and cfg["bf16"] == {"enabled": False}
     assert any("rec-1a2b3c4d" in line for line in cfg["_comment"])
     cosine = json.loads(export_config(make_rec(schedule="cosine"), "deepspeed"))
@@ -473,8 +546,9 @@ def test_deepspeed_config():
 
 
 def test_cli_line_reproduces_the_run():
-    flags = _cli_flags(export_config(make_rec(workload_options={"samples": "20000", "note": "a b; rm -rf /"},
-                                              dtype="bf16"), "cli"))
+    flags = _cli_flags(
+        export_config(make_rec(workload_options={"samples": "20000", "note": "a b; rm -rf /"}, dtype="bf16"), "cli")
+    )
     assert flags["--workload"] == ["fraud-gru"]
     assert flags["--set"] == ["samples=20000", "note=a b; rm -rf /"]  # quoted: one argument each
     assert flags["--lr"] == ["0.008"]
@@ -503,8 +577,7 @@ def test_every_snippet_starts_with_the_provenance_header(fmt):
     head = "\n".join(json.loads(text)["_comment"]) if fmt == "deepspeed" else text.split("\n\n")[0]
     if fmt != "deepspeed":
         assert text.startswith("# generated by largestep ")
-    for fact in ("rec-1a2b3c4d", "2026-11-23T19:20:00+00:00", "NVIDIA A100-SXM4-40GB", "prof-0f0e0d0c",
-                 "rule: linear"):
+    for fact in ("rec-1a2b3c4d", "2026-11-23T19:20:00+00:00", "NVIDIA A100-SXM4-40GB", "prof-0f0e0d0c", "rule: linear"):
         assert fact in head, (fmt, fact)
 
 
@@ -567,8 +640,9 @@ def _hf_snippet(monkeypatch, n_gpu: int, world_size: int, **split) -> dict:
     import types
 
     fake = types.ModuleType("transformers")
-    fake.TrainingArguments = type("TrainingArguments", (_TrainingArguments,), {"n_gpu": n_gpu,
-                                                                              "world_size": world_size})
+    fake.TrainingArguments = type(
+        "TrainingArguments", (_TrainingArguments,), {"n_gpu": n_gpu, "world_size": world_size}
+    )
     fake.Trainer = lambda **kwargs: kwargs
     monkeypatch.setitem(sys.modules, "transformers", fake)
     namespace: dict = {}
@@ -598,8 +672,13 @@ def test_torch_snippet_on_several_gpus_uses_local_rank_set_device_device_ids_and
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for name, value in {"LOCAL_RANK": "1", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": str(port)}.items():
+    for name, value in {
+        "LOCAL_RANK": "1",
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }.items():
         monkeypatch.setenv(name, value)
     backends, device_ids, no_sync_entered = [], [], []
     real_init = torch.distributed.init_process_group
@@ -619,8 +698,15 @@ def test_torch_snippet_on_several_gpus_uses_local_rank_set_device_device_ids_and
 
     monkeypatch.setattr(torch.distributed, "init_process_group", init_process_group)
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", DDP)
-    rec = make_rec(batch_size=64, micro_batch_size=64, learning_rate=0.01, warmup_steps=1, warmup_samples=64,
-                   epochs=1, optimizer="sgd")
+    rec = make_rec(
+        batch_size=64,
+        micro_batch_size=64,
+        learning_rate=0.01,
+        warmup_steps=1,
+        warmup_samples=64,
+        epochs=1,
+        optimizer="sgd",
+    )
     namespace: dict = {}
     exec(compile(export_config(rec, "torch", devices=4, micro_batch=8), "<torch export>", "exec"), namespace)
     data = TensorDataset(torch.randn(128, 3), torch.randint(0, 2, (128,)))
@@ -639,15 +725,43 @@ def test_torch_snippet_on_several_gpus_uses_local_rank_set_device_device_ids_and
 
 def scheduled_rec(**overrides) -> dict:
     """make_rec with a two-phase batch schedule planned from a noise curve."""
-    plan = {"curve_id": "nois-0a0b0c0d", "spec": "8:0,32:0.5", "epochs": 2.0, "samples_ratio": 1.3,
-            "phases": [{"start_fraction": 0.0, "batch_size": 8, "learning_rate": 0.01, "warmup_samples": 64,
-                        "baseline_fraction": 0.0, "noise_scale": 20.0, "step_time_s": 0.01},
-                       {"start_fraction": 0.5, "batch_size": 32, "learning_rate": 0.04, "warmup_samples": 64,
-                        "baseline_fraction": 0.4, "noise_scale": 300.0, "step_time_s": 0.012}],
-            "predicted_speedup": {"over_baseline": 2.5, "over_best_fixed": 1.2},
-            "best_fixed": {"batch_size": 16, "speedup_over_baseline": 2.1}}
-    return make_rec(batch_size=16, learning_rate=0.02, micro_batch_size=16, optimizer="sgd",
-                    baseline={"batch_size": 8, "learning_rate": 0.01}, batch_schedule=plan, **overrides)
+    plan = {
+        "curve_id": "nois-0a0b0c0d",
+        "spec": "8:0,32:0.5",
+        "epochs": 2.0,
+        "samples_ratio": 1.3,
+        "phases": [
+            {
+                "start_fraction": 0.0,
+                "batch_size": 8,
+                "learning_rate": 0.01,
+                "warmup_samples": 64,
+                "baseline_fraction": 0.0,
+                "noise_scale": 20.0,
+                "step_time_s": 0.01,
+            },
+            {
+                "start_fraction": 0.5,
+                "batch_size": 32,
+                "learning_rate": 0.04,
+                "warmup_samples": 64,
+                "baseline_fraction": 0.4,
+                "noise_scale": 300.0,
+                "step_time_s": 0.012,
+            },
+        ],
+        "predicted_speedup": {"over_baseline": 2.5, "over_best_fixed": 1.2},
+        "best_fixed": {"batch_size": 16, "speedup_over_baseline": 2.1},
+    }
+    return make_rec(
+        batch_size=16,
+        learning_rate=0.02,
+        micro_batch_size=16,
+        optimizer="sgd",
+        baseline={"batch_size": 8, "learning_rate": 0.01},
+        batch_schedule=plan,
+        **overrides,
+    )
 
 
 @pytest.mark.parametrize("fmt", DATA_FORMATS)
@@ -655,10 +769,15 @@ def test_data_formats_carry_the_batch_schedule_as_a_list_of_phases(fmt):
     document = parse_config(export_config(scheduled_rec(), fmt), fmt)
     section = document["batch_schedule"]
     assert section["spec"] == "8:0,32:0.5"
-    assert [(p["start_fraction"], p["batch_size"], p["learning_rate"]) for p in section["phases"]] == \
-        [(0.0, 8, 0.01), (0.5, 32, 0.04)]
-    assert section["prediction"] == {"speedup_over_baseline": 2.5, "speedup_over_best_fixed": 1.2,
-                                     "best_fixed_batch": 16}
+    assert [(p["start_fraction"], p["batch_size"], p["learning_rate"]) for p in section["phases"]] == [
+        (0.0, 8, 0.01),
+        (0.5, 32, 0.04),
+    ]
+    assert section["prediction"] == {
+        "speedup_over_baseline": 2.5,
+        "speedup_over_best_fixed": 1.2,
+        "best_fixed_batch": 16,
+    }
     assert "batch_schedule" not in parse_config(export_config(make_rec(), fmt), fmt)
 
 
@@ -681,7 +800,7 @@ def test_torch_export_trains_with_the_batch_growing_and_the_rate_ramped():
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
     data = TensorDataset(torch.randn(100, 3), torch.randint(0, 2, (100,)))
-    seen = []   # (batch, lr) of every optimizer step
+    seen = []  # (batch, lr) of every optimizer step
     original = torch.optim.SGD.step
 
     def recording_step(self, *args, **kwargs):

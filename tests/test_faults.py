@@ -64,7 +64,7 @@ def test_the_dashboard_shows_a_set_aside_job_as_failed_and_every_other_run(monke
 
     spool_job(home, "train-good0001", "train", train_events())
     spool_job(home, "train-bad00001", "train", train_events(seed=3_000_000_000))
-    at = open_page(monkeypatch, home, "runs")          # it ingests as the CLI does; no exception on the page
+    at = open_page(monkeypatch, home, "runs")  # it ingests as the CLI does; no exception on the page
     table = at.dataframe[0].value
     assert dict(zip(table["id"], table["state"])) == {"train-good0001": jobs.FINISHED, "train-bad00001": jobs.FAILED}
 
@@ -77,13 +77,20 @@ BAD_REQUESTS = {  # a run's request (spec.json) with a number its columns cannot
 
 
 @pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
-def test_a_run_whose_request_the_store_cannot_hold_is_listed_as_such_beside_every_other(capsys, monkeypatch, home,
-                                                                                          case):
+def test_a_run_whose_request_the_store_cannot_hold_is_listed_as_such_beside_every_other(
+    capsys, monkeypatch, home, case
+):
     from helpers import open_page
 
     config = BAD_REQUESTS[case]
-    spec = {"id": "train-bad00001", "kind": "train", "device": "cpu", "workload": "x", "created_at": 1.7e9,
-            "params": {"config": config, "role": "external"}}
+    spec = {
+        "id": "train-bad00001",
+        "kind": "train",
+        "device": "cpu",
+        "workload": "x",
+        "created_at": 1.7e9,
+        "params": {"config": config, "role": "external"},
+    }
     spool_job(home, "train-good0001", "train", train_events(seed=1))
     run_start = ("run_start", {"config": config, "workload": "x", "device": {"id": "cpu", "kind": "cpu"}})
     spool_job(home, "train-bad00001", "train", [run_start], spec=spec)
@@ -181,10 +188,14 @@ BAD_NUMBERS = [
     (["autopilot", "-w", "{tiny}", "--epochs", "inf"], "--epochs must be a finite number"),
     (["autopilot", "-w", "{tiny}", "--epochs", "nan"], "--epochs must be a finite number"),
     (["autopilot", "-w", "{tiny}", "--until-decisive", "--max-repeats", "0"], "--max-repeats must be a positive"),
-    (["autopilot", "-w", "{tiny}", "--until-decisive", "--max-repeats", "1000000000"],
-     "--max-repeats must be between 1 and 1,000"),
-    (["autopilot", "-w", "{tiny}", "--until-decisive", "--repeats", "3", "--max-repeats", "2"],
-     "--max-repeats 2 is below --repeats 3"),
+    (
+        ["autopilot", "-w", "{tiny}", "--until-decisive", "--max-repeats", "1000000000"],
+        "--max-repeats must be between 1 and 1,000",
+    ),
+    (
+        ["autopilot", "-w", "{tiny}", "--until-decisive", "--repeats", "3", "--max-repeats", "2"],
+        "--max-repeats 2 is below --repeats 3",
+    ),
     (["compare", "train-good0001", "train-good0001", "--tolerance", "nan"], "--tolerance must be a finite number"),
     (["compare", "train-good0001", "train-good0001", "--tolerance", "inf"], "--tolerance must be a finite number"),
     (["compare", "train-good0001", "train-good0001", "--tolerance", "-0.1"], "--tolerance must be at least 0"),
@@ -203,8 +214,11 @@ API_CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("fields", [dict(max_repeats=0), dict(max_repeats=10**9), dict(repeats=3, max_repeats=2)],
-                         ids=["none", "a billion", "below the repeats"])
+@pytest.mark.parametrize(
+    "fields",
+    [dict(max_repeats=0), dict(max_repeats=10**9), dict(repeats=3, max_repeats=2)],
+    ids=["none", "a billion", "below the repeats"],
+)
 def test_the_python_api_refuses_an_until_decisive_autopilot_without_sound_max_repeats(home, tiny_spec, fields):
     from largestep.errors import UsageError
     from largestep.jobs.autopilot import AutopilotConfig
@@ -232,8 +246,7 @@ def job_folders(home) -> set[str]:
 
 
 @pytest.mark.parametrize("argv, says", BAD_NUMBERS, ids=[" ".join(a) for a, _ in BAD_NUMBERS])
-def test_a_number_out_of_range_or_not_finite_is_one_line_exit_2_and_writes_nothing(capsys, home, tiny_spec, argv,
-                                                                                     says):
+def test_a_number_out_of_range_or_not_finite_is_one_line_exit_2_and_writes_nothing(capsys, home, tiny_spec, argv, says):
     spool_job(home, "train-good0001", "train", train_events())
     runs_listed(capsys)
     database = home.database.read_bytes()
@@ -242,8 +255,8 @@ def test_a_number_out_of_range_or_not_finite_is_one_line_exit_2_and_writes_nothi
     assert code == 2, (out, err)
     assert err.count("\n") == 1 and err.startswith("largestep: error: "), err
     assert says in err, err
-    assert job_folders(home) == {"train-good0001"}             # no job written
-    assert home.database.read_bytes() == database              # nor any row
+    assert job_folders(home) == {"train-good0001"}  # no job written
+    assert home.database.read_bytes() == database  # nor any row
     assert runs_listed(capsys)["train-good0001"]["state"] == jobs.FINISHED
 
 
@@ -256,22 +269,24 @@ REFUSED_AFTER_LOADING = [  # bad input only the loaded workload shows (the tiny 
 
 
 @pytest.mark.parametrize("argv, says", REFUSED_AFTER_LOADING, ids=[" ".join(a) for a, _ in REFUSED_AFTER_LOADING])
-def test_bad_input_found_after_the_workload_is_loaded_leaves_no_home_and_no_cache_entry(capsys, home, tiny_spec,
-                                                                                        argv, says):
+def test_bad_input_found_after_the_workload_is_loaded_leaves_no_home_and_no_cache_entry(
+    capsys, home, tiny_spec, argv, says
+):
     from largestep.workloads.cache import cache_of
 
     argv = [a.format(tiny=tiny_spec) for a in argv]
     code, out, err = run_cli(capsys, *argv)
     assert code == 2 and err.count("\n") == 1 and says in err, (out, err)
-    assert not home.root.exists()                                  # a new home: not even its folder
+    assert not home.root.exists()  # a new home: not even its folder
 
-    spool_job(home, "train-good0001", "train", train_events())     # a home in use: nothing added to its cache
+    spool_job(home, "train-good0001", "train", train_events())  # a home in use: nothing added to its cache
     code, out, err = run_cli(capsys, *argv)
     assert code == 2 and says in err, (out, err)
     assert not cache_of(home).root.exists() and job_folders(home) == {"train-good0001"}
 
 
 # -- missing files ---------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_a_deleted_status_file_is_not_read_as_a_crash(home, tiny_spec):
@@ -293,7 +308,7 @@ def test_a_job_without_a_status_file_or_a_process_is_crashed_once_the_grace_peri
     import time
 
     job_dir = spool_job(home, "train-gone0001", "train", train_events()[:1], state=None)  # and no status.json
-    assert jobs.derive_state(job_dir) == jobs.RUNNING           # just written: it may be starting
+    assert jobs.derive_state(job_dir) == jobs.RUNNING  # just written: it may be starting
     a_minute_ago = time.time() - 60
     for path in job_dir.iterdir():
         os.utime(path, (a_minute_ago, a_minute_ago))
@@ -301,6 +316,7 @@ def test_a_job_without_a_status_file_or_a_process_is_crashed_once_the_grace_peri
 
 
 # -- killed processes ------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_a_module_in_the_users_folder_is_not_imported_by_a_job(home, tiny_spec, tmp_path, monkeypatch):
@@ -336,6 +352,7 @@ def test_a_job_that_dies_before_its_first_event_says_why(capsys, home, tiny_spec
 
 # -- run ids and read-only commands ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("run_id", ["../../somewhere", "..", "train-good0001/../../x", "no-such-run"])
 def test_a_run_id_is_checked_against_the_runs_that_exist(capsys, home, tmp_path, run_id):
     spool_job(home, "train-good0001", "train", train_events())
@@ -343,7 +360,7 @@ def test_a_run_id_is_checked_against_the_runs_that_exist(capsys, home, tmp_path,
 
     code, out, err = run_cli(capsys, "runs", "cancel", run_id)
     assert code == 2 and err.count("\n") == 1 and "no run" in err, err
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before    # nothing written anywhere
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written anywhere
 
 
 READ_ONLY = [
@@ -368,6 +385,7 @@ def test_a_read_only_command_creates_no_home(capsys, home, argv, code, says):
 
 # -- a lost database -------------------------------------------------------------------------------
 
+
 def test_a_deleted_database_is_rebuilt_from_the_homes_files_recommendations_included(capsys, home):
     from helpers import profile_events
 
@@ -376,12 +394,16 @@ def test_a_deleted_database_is_rebuilt_from_the_homes_files_recommendations_incl
     code, out, err = run_cli(capsys, "recommend", "--profile", "prof-test0001", "--noise-scale", "200", "--json")
     assert code == 0, err
     rec = json.loads(out)
-    before = {name: run_cli(capsys, *argv, "--json")[1] for name, argv in
-              (("runs", ["runs"]), ("profiles", ["profiles"]), ("recommendations", ["recommendations"]))}
+    before = {
+        name: run_cli(capsys, *argv, "--json")[1]
+        for name, argv in (("runs", ["runs"]), ("profiles", ["profiles"]), ("recommendations", ["recommendations"]))
+    }
 
     home.database.unlink()  # under this long-lived process, as under a running dashboard
-    after = {name: run_cli(capsys, *argv, "--json")[1] for name, argv in
-             (("recommendations", ["recommendations"]), ("runs", ["runs"]), ("profiles", ["profiles"]))}
+    after = {
+        name: run_cli(capsys, *argv, "--json")[1]
+        for name, argv in (("recommendations", ["recommendations"]), ("runs", ["runs"]), ("profiles", ["profiles"]))
+    }
     assert json.loads(after["recommendations"])[0]["id"] == rec["recommendation_id"]
     assert [r["id"] for r in json.loads(after["runs"])] == [r["id"] for r in json.loads(before["runs"])]
     assert [p["id"] for p in json.loads(after["profiles"])] == ["prof-test0001"]
@@ -389,8 +411,14 @@ def test_a_deleted_database_is_rebuilt_from_the_homes_files_recommendations_incl
     assert code == 0 and f'"batch_size": {rec["batch_size"]}' in out, err
 
 
-DAMAGED_DB_COMMANDS = [["runs"], ["runs", "show", "train-good0001"], ["profiles"], ["recommend", "--profile", "prof-test0001",
-                       "--noise-scale", "200"], ["compare", "train-good0001", "train-good0002"], ["export", "--format", "json"]]
+DAMAGED_DB_COMMANDS = [
+    ["runs"],
+    ["runs", "show", "train-good0001"],
+    ["profiles"],
+    ["recommend", "--profile", "prof-test0001", "--noise-scale", "200"],
+    ["compare", "train-good0001", "train-good0002"],
+    ["export", "--format", "json"],
+]
 
 
 @pytest.mark.parametrize("cut", [4096, 0.25, 0.5], ids=["at its first blocks", "at a quarter", "at half"])
@@ -405,10 +433,10 @@ def test_a_truncated_database_is_one_line_exit_2_pointing_at_doctor_which_rebuil
     with open(home.database, "r+b") as fh:
         fh.truncate(cut if isinstance(cut, int) else int(size * cut))
 
-    for argv in DAMAGED_DB_COMMANDS:   # a command that reads no damaged block answers; any other, one line
+    for argv in DAMAGED_DB_COMMANDS:  # a command that reads no damaged block answers; any other, one line
         code, out, err = run_cli(capsys, *argv)
         assert code in (0, 2) and err.count("\n") <= 1 and "Traceback" not in err, (argv, out, err)
-        if argv == ["runs"] or "cannot be used" in err:   # `runs` reads every job's rows: it meets the damage
+        if argv == ["runs"] or "cannot be used" in err:  # `runs` reads every job's rows: it meets the damage
             assert code == 2 and "cannot be used" in err and "run `largestep doctor`" in err, (argv, err)
     code, out, _ = run_cli(capsys, "doctor")
     assert code == 1 and "problem  database: cannot read" in out and "largestep doctor --repair" in out, out
@@ -416,7 +444,7 @@ def test_a_truncated_database_is_one_line_exit_2_pointing_at_doctor_which_rebuil
     code, out, err = run_cli(capsys, "doctor", "--repair")
     assert code == 0 and "warn  database: was damaged" in out and "rebuilt from the home's files" in out, (out, err)
     [kept] = home.root.glob("largestep.duckdb.damaged-*")
-    assert kept.stat().st_size == (cut if isinstance(cut, int) else int(size * cut))   # moved aside, not deleted
+    assert kept.stat().st_size == (cut if isinstance(cut, int) else int(size * cut))  # moved aside, not deleted
     assert sorted(runs_listed(capsys)) == before
     code, out, _ = run_cli(capsys, "doctor")
     assert code == 0 and "ok  database: readable and migrated" in out and f"{kept} was moved aside" in out
@@ -425,7 +453,7 @@ def test_a_truncated_database_is_one_line_exit_2_pointing_at_doctor_which_rebuil
 def test_a_zero_byte_database_is_rebuilt_from_the_spools_by_any_command(capsys, home):
     spool_job(home, "train-good0001", "train", train_events())
     before = runs_listed(capsys)
-    home.database.write_bytes(b"")    # a crash while it was first created, a `touch`
+    home.database.write_bytes(b"")  # a crash while it was first created, a `touch`
     assert runs_listed(capsys) == before
     code, out, _ = run_cli(capsys, "doctor")
     assert code == 0 and "ok  database: readable and migrated" in out, out
@@ -435,7 +463,7 @@ def test_doctor_repair_reads_a_fixed_set_aside_job_again(capsys, home):
     spool_job(home, "train-good0001", "train", train_events())
     spool_job(home, "train-bad00001", "train", train_events(seed=3_000_000_000))
     assert runs_listed(capsys)["train-bad00001"]["state"] == jobs.FAILED
-    shutil.rmtree(home.job_dir("train-bad00001"))                         # the user fixes the folder ...
+    shutil.rmtree(home.job_dir("train-bad00001"))  # the user fixes the folder ...
     spool_job(home, "train-bad00001", "train", train_events(seed=3))
 
     assert runs_listed(capsys)["train-bad00001"]["state"] == jobs.FAILED  # ... a set-aside job is never read again
@@ -446,6 +474,7 @@ def test_doctor_repair_reads_a_fixed_set_aside_job_again(capsys, home):
 
 
 # -- largestep doctor ------------------------------------------------------------------------------
+
 
 def test_doctor_lists_set_aside_jobs_and_spool_findings_and_exits_1(capsys, home):
     spool_job(home, "train-good0001", "train", train_events())
@@ -470,13 +499,14 @@ def test_doctor_on_a_healthy_home_exits_0_and_on_no_home_creates_none(capsys, ho
     spool_job(home, "train-good0001", "train", train_events())
     code, out, _ = run_cli(capsys, "doctor")
     assert code == 0 and "problem" not in out and "warn" not in out, out
-    assert "warm launcher: turned off (LARGESTEP_WARM_LAUNCHER=0)" in out       # as in every test but its own
+    assert "warm launcher: turned off (LARGESTEP_WARM_LAUNCHER=0)" in out  # as in every test but its own
     monkeypatch.setenv("LARGESTEP_WARM_LAUNCHER", "1")
     code, out, _ = run_cli(capsys, "doctor")
     assert "warm launcher: none running: the next job starts as a fresh process" in out
 
 
 # -- bad workload files ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("content", ["", "amount,label\n"], ids=["an empty file", "a header and no rows"])
 def test_an_empty_csv_is_one_line_exit_2_and_writes_nothing(capsys, home, tmp_path, content):
@@ -488,6 +518,7 @@ def test_an_empty_csv_is_one_line_exit_2_and_writes_nothing(capsys, home, tmp_pa
 
 
 # -- killed processes (continued) ------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_a_finished_job_is_not_left_a_zombie_of_the_process_that_started_it(home, tiny_spec):
@@ -514,15 +545,21 @@ def make():
                     loss=torch.nn.functional.cross_entropy, {fields})
 """
 BAD_WORKLOAD_FIELDS = {
-    "baseline batch beyond INT32": ("baseline_batch_size=3_000_000_000, baseline_lr=1e-3",
-                                    "baseline_batch_size must be between 1 and 2,147,483,647"),
+    "baseline batch beyond INT32": (
+        "baseline_batch_size=3_000_000_000, baseline_lr=1e-3",
+        "baseline_batch_size must be between 1 and 2,147,483,647",
+    ),
     "baseline lr NaN": ("baseline_batch_size=8, baseline_lr=float('nan')", "baseline_lr must be a finite number"),
     "baseline lr infinite": ("baseline_batch_size=8, baseline_lr=float('inf')", "baseline_lr must be a finite number"),
     "epochs of a billion": ("baseline_batch_size=8, baseline_lr=1e-3, epochs=10**9", "epochs must be between 1 and"),
-    "warm-up beyond BIGINT": ("baseline_batch_size=8, baseline_lr=1e-3, warmup_samples=2**70",
-                              "warmup_samples must be between 0 and"),
-    "weight decay NaN": ("baseline_batch_size=8, baseline_lr=1e-3, weight_decay=float('nan')",
-                         "weight_decay must be a finite number"),
+    "warm-up beyond BIGINT": (
+        "baseline_batch_size=8, baseline_lr=1e-3, warmup_samples=2**70",
+        "warmup_samples must be between 0 and",
+    ),
+    "weight decay NaN": (
+        "baseline_batch_size=8, baseline_lr=1e-3, weight_decay=float('nan')",
+        "weight_decay must be a finite number",
+    ),
 }
 
 
@@ -549,8 +586,10 @@ def test_the_trial_step_refuses_a_nan_loss_in_one_line_before_anything_is_writte
     if poison.startswith("x["):
         source = source.replace("torch.randint(0, 2, (64,))\n", f"torch.randint(0, 2, (64,))\n    {poison}\n")
     else:
-        source = source.replace("loss=torch.nn.functional.cross_entropy",
-                                "loss=lambda out, y: torch.nn.functional.cross_entropy(out, y) * float('nan')")
+        source = source.replace(
+            "loss=torch.nn.functional.cross_entropy",
+            "loss=lambda out, y: torch.nn.functional.cross_entropy(out, y) * float('nan')",
+        )
     module = tmp_path / "nan.py"
     module.write_text(source)
     code, out, err = run_cli(capsys, "train", "-w", f"{module}:make", "-b", "8", "--lr", "1e-3")
@@ -569,6 +608,7 @@ def test_a_workload_that_raises_keyboard_interrupt_is_one_line_exit_2(capsys, ho
 
 # -- concurrent commands ---------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_commands_run_at_once_beside_a_bad_job_ingest_every_row_once(home):
     import subprocess
@@ -578,17 +618,21 @@ def test_commands_run_at_once_beside_a_bad_job_ingest_every_row_once(home):
         spool_job(home, f"train-good000{k}", "train", train_events(seed=k))
     spool_job(home, "train-bad00001", "train", train_events(seed=3_000_000_000))
     commands = [["runs", "--json"], ["profiles", "--json"], ["doctor", "--json"], ["runs", "--json"]]
-    procs = [subprocess.Popen([sys.executable, "-m", "largestep.cli", *argv], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for argv in commands]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "largestep.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for argv in commands
+    ]
     results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
 
     for (code, out, err), argv in zip(results, commands):
-        assert code == (1 if argv[0] == "doctor" else 0), (argv, err)    # doctor: the set-aside job
+        assert code == (1 if argv[0] == "doctor" else 0), (argv, err)  # doctor: the set-aside job
         assert "Traceback" not in err, err
     with store.connect(home) as con:
         per_run = dict(con.execute("SELECT run_id, count(*) FROM metrics GROUP BY run_id").fetchall())
         states = dict(con.execute("SELECT id, state FROM jobs").fetchall())
-    assert per_run == {f"train-good000{k}": 2 for k in range(6)}      # each evaluation once, whoever ingested it
+    assert per_run == {f"train-good000{k}": 2 for k in range(6)}  # each evaluation once, whoever ingested it
     assert states.pop("train-bad00001") == jobs.FAILED
     assert set(states.values()) == {jobs.FINISHED}
 
@@ -597,13 +641,13 @@ def test_doctor_finds_a_process_that_outlives_its_job(capsys, home):
     import subprocess
     import sys
 
-    job_dir = spool_job(home, "train-done0001", "train", train_events())   # ended: its exit record is written
+    job_dir = spool_job(home, "train-done0001", "train", train_events())  # ended: its exit record is written
     # a process still running that job's folder, as `python -m largestep.jobs JOB_DIR` would be
     stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "largestep.jobs", str(job_dir)])
     try:
         code, out, _ = run_cli(capsys, "doctor")
         assert f"train-done0001 has ended but its process {stray.pid} still runs" in out, out
-        assert code == 0   # a warning: the user decides whether to kill it
+        assert code == 0  # a warning: the user decides whether to kill it
     finally:
         stray.kill()
         stray.wait()

@@ -24,7 +24,7 @@ QUICK = TrainConfig(batch_size=32, lr=1e-2, max_steps=3, log_every_steps=1)
 LONG = ProfileConfig(batch_sizes=(8, 16, 32, 64, 128), min_steps=3, min_seconds=3.0, warmup_steps=1)
 
 # A workload whose model factory, called in the job, writes down the process it runs in.
-SEEN_WORKLOAD = '''
+SEEN_WORKLOAD = """
 import json, os, sys
 from pathlib import Path
 
@@ -47,11 +47,12 @@ def make():
 
     return Workload(name="seen", model=model, train=(x[:192], y[:192]), val=(x[192:], y[192:]),
                     loss=torch.nn.functional.cross_entropy, baseline_batch_size=32, baseline_lr=1e-2)
-'''
+"""
 
 
 def _launcher(home, not_pid: int | None = None) -> dict:
     """The home's one launcher (other than ``not_pid``), once it serves (it imports torch first)."""
+
     def serving() -> dict | None:
         return next((r for r in forkserver.running(home) if r["serving_since"] and r["pid"] != not_pid), None)
 
@@ -70,12 +71,16 @@ def _event_types(home, job_id: str) -> list[str]:
 
 @pytest.mark.slow
 def test_a_forked_job_finishes_with_the_events_of_a_fresh_one_and_leaves_no_zombie(warm_home, tiny_spec, capsys):
-    fresh, fresh_pid = _train(warm_home, tiny_spec)      # no launcher yet: a fresh process, and one starts
+    fresh, fresh_pid = _train(warm_home, tiny_spec)  # no launcher yet: a fresh process, and one starts
     wait_finished(warm_home, fresh, 120)
     launcher = _launcher(warm_home)
     code, out, _ = run_cli(capsys, "doctor", "--json")
     [check] = [c for c in json.loads(out)["checks"] if c["name"] == "warm launcher"]
-    assert code == 0 and check["summary"].startswith("1 running") and f"pid {launcher['pid']}: serving" in check["details"][0]
+    assert (
+        code == 0
+        and check["summary"].startswith("1 running")
+        and f"pid {launcher['pid']}: serving" in check["details"][0]
+    )
     forked, forked_pid = _train(warm_home, tiny_spec)
     assert psutil.Process(forked_pid).ppid() == launcher["pid"] != fresh_pid
     wait_finished(warm_home, forked, 120)
@@ -108,8 +113,8 @@ def test_a_forked_job_runs_in_the_submitters_folder_and_environment(warm_home, t
     assert seen[forked_pid]["ppid"] == launcher["pid"]
     assert (seen[forked_pid]["cwd"], seen[forked_pid]["marker"]) == (str(tmp_path / "second"), "second")
     assert (seen[fresh_pid]["cwd"], seen[fresh_pid]["marker"]) == (str(tmp_path / "first"), "first")
-    assert seen[forked_pid]["session"] == seen[forked_pid]["group"] == forked_pid   # its own session and group
-    assert str(tmp_path / "second") not in seen[forked_pid]["sys_path"]             # never the user's folder
+    assert seen[forked_pid]["session"] == seen[forked_pid]["group"] == forked_pid  # its own session and group
+    assert str(tmp_path / "second") not in seen[forked_pid]["sys_path"]  # never the user's folder
     assert seen[forked_pid]["argv"] == [seen[fresh_pid]["argv"][0], str(warm_home.job_dir(forked))]
     for same in ("sys_path", "stdin", "threads", "unbuffered", "safe_path"):
         assert seen[forked_pid][same] == seen[fresh_pid][same], same
@@ -123,11 +128,11 @@ def test_cancel_kills_a_forked_job_and_its_process_group(warm_home, tiny_spec):
     pid = jobs.read_status(warm_home.job_dir(job_id))["pid"]
     assert psutil.Process(pid).ppid() == launcher["pid"]
     assert wait_for(lambda: (jobs.read_status(warm_home.job_dir(job_id)) or {}).get("state") == jobs.RUNNING)
-    assert jobs.job_process(warm_home.job_dir(job_id)).pid == pid   # found by its folder, as a fresh job is
+    assert jobs.job_process(warm_home.job_dir(job_id)).pid == pid  # found by its folder, as a fresh job is
     assert jobs.cancel(warm_home, job_id)
     assert jobs.wait(warm_home, job_id, timeout_s=20) == jobs.KILLED
     assert wait_for(lambda: not any(p.info["pid"] == pid or _in_group(p, pid) for p in psutil.process_iter(["pid"])), 5)
-    assert psutil.Process(launcher["pid"]).is_running()            # the launcher serves on
+    assert psutil.Process(launcher["pid"]).is_running()  # the launcher serves on
 
 
 def _in_group(proc: psutil.Process, group: int) -> bool:
@@ -145,10 +150,10 @@ def test_a_job_falls_back_to_a_fresh_process_when_the_launcher_was_killed(warm_h
     assert wait_for(lambda: not forkserver.running(warm_home), 5)
     started = time.monotonic()
     job_id, pid = _train(warm_home, tiny_spec)
-    assert time.monotonic() - started < forkserver.ANSWER_S     # a dead launcher is not waited for
-    assert psutil.Process(pid).ppid() == os.getpid()             # started afresh, by this process
+    assert time.monotonic() - started < forkserver.ANSWER_S  # a dead launcher is not waited for
+    assert psutil.Process(pid).ppid() == os.getpid()  # started afresh, by this process
     wait_finished(warm_home, job_id, 120)
-    assert _launcher(warm_home, not_pid=killed["pid"])           # and a new launcher serves the next job
+    assert _launcher(warm_home, not_pid=killed["pid"])  # and a new launcher serves the next job
 
 
 @pytest.mark.slow
@@ -159,7 +164,7 @@ def test_a_launcher_of_another_engine_version_is_not_used_and_exits(warm_home, t
     # the engine's source changed since the launcher started: the submitter's key differs
     monkeypatch.setattr(forkserver, "source_version", lambda: "0ther-version")
     assert forkserver.fork_job(warm_home, warm_home.job_dir("x"), runner.job_environment(), os.getcwd()) is None
-    assert psutil.Process(launcher["pid"]).status() != psutil.STATUS_ZOMBIE     # not even asked
+    assert psutil.Process(launcher["pid"]).status() != psutil.STATUS_ZOMBIE  # not even asked
     # and a launcher asked under its own key by a submitter of another version refuses and exits
     real_key = forkserver.launcher_key
     monkeypatch.setattr(forkserver, "launcher_key", lambda home, env, version=None: real_key(home, env, real_version))
@@ -176,8 +181,11 @@ def test_no_launcher_is_started_or_used_when_turned_off(home, tiny_spec, monkeyp
         assert psutil.Process(pid).ppid() == os.getpid()
         wait_finished(home, job_id, 120)
     assert not home.launchers.exists()
-    assert not any("largestep.jobs.forkserver" in " ".join(p.info["cmdline"] or []) and str(home.root) in
-                   " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+    assert not any(
+        "largestep.jobs.forkserver" in " ".join(p.info["cmdline"] or [])
+        and str(home.root) in " ".join(p.info["cmdline"] or [])
+        for p in psutil.process_iter(["cmdline"])
+    )
 
 
 @pytest.mark.slow
@@ -199,12 +207,12 @@ def test_a_job_is_never_started_twice_when_its_submitter_gives_up(warm_home, tin
 def test_a_job_starts_afresh_when_the_launcher_does_not_answer_and_runs_once_when_it_wakes(warm_home, tiny_spec):
     wait_finished(warm_home, _train(warm_home, tiny_spec)[0], 120)
     launcher = _launcher(warm_home)
-    os.kill(launcher["pid"], signal.SIGSTOP)        # hung: it accepts nothing, answers nothing
+    os.kill(launcher["pid"], signal.SIGSTOP)  # hung: it accepts nothing, answers nothing
     try:
         started = time.monotonic()
         job_id, pid = _train(warm_home, tiny_spec)
         assert forkserver.ANSWER_S <= time.monotonic() - started < forkserver.ANSWER_S + 5
-        assert psutil.Process(pid).ppid() == os.getpid()          # started afresh
+        assert psutil.Process(pid).ppid() == os.getpid()  # started afresh
     finally:
         os.kill(launcher["pid"], signal.SIGCONT)
     wait_finished(warm_home, job_id, 120)
@@ -237,8 +245,12 @@ def test_a_launcher_serves_only_the_environments_that_agree_on_what_is_read_whil
     # nor what torch writes into its own process's environment (a submitter that built a workload has the
     # inductor's cache folder set; its next command has not, and must find the launcher the first one started)
     assert forkserver.launcher_key(home, {**env, "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor_u"}, "v1") == key
-    for changed in ({"OMP_NUM_THREADS": "1"}, {"PYTHONPATH": "/elsewhere"}, {"TORCH_LOGS": "dynamo"},
-                    {"LD_PRELOAD": "libx.so"}):
+    for changed in (
+        {"OMP_NUM_THREADS": "1"},
+        {"PYTHONPATH": "/elsewhere"},
+        {"TORCH_LOGS": "dynamo"},
+        {"LD_PRELOAD": "libx.so"},
+    ):
         assert forkserver.launcher_key(home, {**env, **changed}, "v1") != key, changed
     assert forkserver.launcher_key(home, env, "v2") != key
     assert forkserver.launcher_key(Home(tmp_path / "other"), env, "v1") != key
@@ -250,7 +262,7 @@ def test_a_job_submitting_jobs_gives_them_its_submitters_launcher(home, monkeypa
     monkeypatch.setenv("PYTHONPATH", "/user/src")
     from_the_command = runner.job_environment()
     assert from_the_command["PYTHONPATH"] == "/user/src" and from_the_command["PYTHONSAFEPATH"] == "1"
-    monkeypatch.setattr(os, "environ", dict(from_the_command))   # now inside that job
+    monkeypatch.setattr(os, "environ", dict(from_the_command))  # now inside that job
     from_the_job = runner.job_environment()
     assert from_the_job == from_the_command
     assert forkserver.launcher_key(home, from_the_job, "v1") == forkserver.launcher_key(home, from_the_command, "v1")
@@ -272,9 +284,9 @@ def test_the_engine_version_changes_with_any_engine_source_file(tmp_path, monkey
 
 def test_a_forked_jobs_title_is_found_as_its_command_line():
     folder = "/tmp/a home/jobs/trai-1"
-    assert runner.runs_job_dir(["/venv/bin/python", "-m", "largestep.jobs", folder], folder)        # a fresh job
-    assert runner.runs_job_dir([f"/venv/bin/python -m largestep.jobs {folder}", "", ""], folder)   # a title
-    assert runner.runs_job_dir(f"/venv/bin/python -m largestep.jobs {folder}".split(), folder)     # split at spaces
+    assert runner.runs_job_dir(["/venv/bin/python", "-m", "largestep.jobs", folder], folder)  # a fresh job
+    assert runner.runs_job_dir([f"/venv/bin/python -m largestep.jobs {folder}", "", ""], folder)  # a title
+    assert runner.runs_job_dir(f"/venv/bin/python -m largestep.jobs {folder}".split(), folder)  # split at spaces
     assert not runner.runs_job_dir([f"/venv/bin/python -m largestep.jobs {folder}0"], folder)
     assert not runner.runs_job_dir(["/venv/bin/python", "-c", forkserver.LAUNCHER_MAIN, "/tmp/a home", "k"], folder)
 

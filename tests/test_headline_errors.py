@@ -60,7 +60,7 @@ def test_until_decisive_keeps_identical_arms_at_the_stated_rate_and_the_unadjust
     rng = np.random.default_rng(7)
     base, other = seeds(rng, 10), seeds(rng, 10)
     levels = look_levels(3, 10)
-    assert sum(levels.values()) == pytest.approx(ALPHA) and max(levels) == 10   # --max-repeats is the last look
+    assert sum(levels.values()) == pytest.approx(ALPHA) and max(levels) == 10  # --max-repeats is the last look
 
     def any_call(level_of) -> float:
         ever = np.zeros(SIMS, bool)
@@ -69,7 +69,7 @@ def test_until_decisive_keeps_identical_arms_at_the_stated_rate_and_the_unadjust
         return float(ever.mean())
 
     assert any_call(levels.get) <= ALPHA + MARGIN
-    assert any_call(lambda k: ALPHA) > ALPHA + MARGIN     # the same looks, unpaid for
+    assert any_call(lambda k: ALPHA) > ALPHA + MARGIN  # the same looks, unpaid for
 
 
 @pytest.mark.parametrize("n", [3, 5])
@@ -80,7 +80,7 @@ def test_a_true_2x_speedup_is_covered_by_the_90_percent_interval(n):
     interval = ratio_interval(base, reached, other, reached, CONFIDENCE)
     covered = (interval["low"] <= 2.0) & (2.0 <= interval["high"])
     assert covered.mean() >= 0.85, covered.mean()
-    assert (called(base, other, ALPHA) == 1).mean() > 0.5        # and a 2x with 5% seed spread is mostly seen
+    assert (called(base, other, ALPHA) == 1).mean() > 0.5  # and a 2x with 5% seed spread is mostly seen
 
 
 @pytest.mark.parametrize("censored", [1, 3])
@@ -94,10 +94,10 @@ def test_censoring_before_the_target_never_makes_a_call_nor_a_closed_interval(ce
     base_reached = np.ones((SIMS, 3), bool)
     p = gehan_test(base, base_reached, other, other_reached)["p"]
     interval = ratio_interval(base, base_reached, other, other_reached, CONFIDENCE)
-    assert np.isnan(interval["low"]).all()          # the end the bounds reach stays open, in every autopilot
+    assert np.isnan(interval["low"]).all()  # the end the bounds reach stays open, in every autopilot
     assert (calls(interval["low"], interval["high"], p, 3) == 0).all()
     median, bound = km_medians(other, other_reached)
-    if censored == 3:   # no median at all: at most baseline/2.0, never a ratio
+    if censored == 3:  # no median at all: at most baseline/2.0, never a ratio
         assert np.isnan(median).all() and (bound == 2.0).all()
         assert (interval["high"] <= base.max(axis=1) / 2.0 + 1e-9).all() and (interval["both"] == 0).all()
 
@@ -108,22 +108,52 @@ def test_the_issues_example_ends_neither_decisive_nor_with_a_ratio():
     from largestep.jobs.autopilot import decisive, headline
 
     base_times, rec_times = [4.0, 4.05, 4.1], [2.0, 2.0, 2.0]
-    evals = pd.DataFrame([{"run_id": f"{arm}{k}", "step": 10, "epoch": 1, "samples": 0, "wall_time_s": t,
-                           "train_time_s": t, "val_loss": 0.5 if arm == "b" else 0.7}
-                          for arm, ts in (("b", base_times), ("r", rec_times)) for k, t in enumerate(ts)])
-    runs = {arm: [{"id": f"{arm}{k}", "seed": k, "state": "FINISHED", "best_val_loss": 0.5 if arm == "b" else 0.7,
-                   "final_val_loss": 0.5 if arm == "b" else 0.7, "train_time_s": t, "steps": 10,
-                   "batch_size": 32 if arm == "b" else 256, "lr": 1e-3} for k, t in enumerate(ts)]
-            for arm, ts in (("b", base_times), ("r", rec_times))}
+    evals = pd.DataFrame(
+        [
+            {
+                "run_id": f"{arm}{k}",
+                "step": 10,
+                "epoch": 1,
+                "samples": 0,
+                "wall_time_s": t,
+                "train_time_s": t,
+                "val_loss": 0.5 if arm == "b" else 0.7,
+            }
+            for arm, ts in (("b", base_times), ("r", rec_times))
+            for k, t in enumerate(ts)
+        ]
+    )
+    runs = {
+        arm: [
+            {
+                "id": f"{arm}{k}",
+                "seed": k,
+                "state": "FINISHED",
+                "best_val_loss": 0.5 if arm == "b" else 0.7,
+                "final_val_loss": 0.5 if arm == "b" else 0.7,
+                "train_time_s": t,
+                "steps": 10,
+                "batch_size": 32 if arm == "b" else 256,
+                "lr": 1e-3,
+            }
+            for k, t in enumerate(ts)
+        ]
+        for arm, ts in (("b", base_times), ("r", rec_times))
+    }
     result = compare_groups([("baseline", runs["b"]), ("recommended", runs["r"])], evals, tolerance=0.0)
     group = result["groups"][1]
     assert group["speedup"] is None and group["speedup_bound"] == {"kind": "at most", "value": pytest.approx(4.05 / 2)}
     assert group["speedup_interval"][0] is None and group["speedup_resamples"]["both_reached"] == 0
     assert decisive(result) is None and group["verdict"]["word"] == "at most"
-    rec = {"batch_size": 256, "learning_rate": 8e-3, "baseline": {"batch_size": 32, "learning_rate": 1e-3},
-           "predicted_speedup": {"time_to_target": 2.0, "throughput": 4.0}, "noise_scale": None,
-           "candidates": [{"batch_size": 32, "step_time_s": 0.01}, {"batch_size": 256, "step_time_s": 0.02}],
-           "device": {"name": "cpu"}}
+    rec = {
+        "batch_size": 256,
+        "learning_rate": 8e-3,
+        "baseline": {"batch_size": 32, "learning_rate": 1e-3},
+        "predicted_speedup": {"time_to_target": 2.0, "throughput": 4.0},
+        "noise_scale": None,
+        "candidates": [{"batch_size": 32, "step_time_s": 0.01}, {"batch_size": 256, "step_time_s": 0.02}],
+        "device": {"name": "cpu"},
+    }
     line = headline(rec, result, decisive(result), 3, look_levels(3, 10))
     assert "at most 2.02×" in line["text"] and "not decisive after 3 seed pairs" in line["text"]
     assert "faster" not in line["text"].split(";")[0] and line["tone"] != "good"

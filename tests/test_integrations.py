@@ -68,9 +68,19 @@ def fit_lightning(home, tmp_path, epochs: int = 3):
     train = DataLoader(TensorDataset(*tiny.train), batch_size=32, shuffle=True)
     val = DataLoader(TensorDataset(*tiny.val), batch_size=256)
     logger = LargestepLogger("tiny-mlp", home=str(home.root), tags=["lightning"], seed=0, primary_metric="acc")
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, accumulate_grad_batches=2,
-                         log_every_n_steps=4, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        accumulate_grad_batches=2,
+        log_every_n_steps=4,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(TinyModule(), train, val)
     return logger
 
@@ -79,15 +89,17 @@ def test_a_lightning_fit_is_a_finished_run_with_its_batch_metrics_and_hyperparam
     logger = fit_lightning(home, tmp_path)
     run, counts = stored_run(home, logger.run.id)
     assert run["state"] == "FINISHED" and logger.version == run["id"]
-    assert run["batch_size"] == 64 and run["accumulate"] == 2 and run["micro_batch_size"] == 32   # 32 x 2 x 1
+    assert run["batch_size"] == 64 and run["accumulate"] == 2 and run["micro_batch_size"] == 32  # 32 x 2 x 1
     assert run["lr"] == pytest.approx(1e-2) and run["role"] == "external" and list(run["tags"]) == ["lightning"]
     assert run["config"]["hyperparameters"] == {"lr": 0.01, "hidden": 32}
-    assert counts["val_loss"] == 3 and counts["val_acc"] == 3                 # one validation an epoch
-    with store.connect(home) as con:   # the epoch is the training done, as track() and launched runs have it
+    assert counts["val_loss"] == 3 and counts["val_acc"] == 3  # one validation an epoch
+    with store.connect(home) as con:  # the epoch is the training done, as track() and launched runs have it
         evals = store.run_metrics(con, [run["id"]], ["val_loss"]).sort_values("step")
     assert list(evals["epoch"]) == pytest.approx([1.0, 2.0, 3.0])
     assert counts["train_loss"] >= 4 and counts["lr"] == counts["train_loss"]
-    assert run["final_primary_metric"] == pytest.approx(run["final_metrics"]["acc"]) and run["final_metrics"]["acc"] > 0.6
+    assert (
+        run["final_primary_metric"] == pytest.approx(run["final_metrics"]["acc"]) and run["final_metrics"]["acc"] > 0.6
+    )
     assert run["steps"] == 3 * 2048 // 64
     # ... and on the Runs page, as any run
     at = open_page(monkeypatch, home, "runs")
@@ -101,9 +113,14 @@ def test_a_lightning_run_compares_against_a_largestep_launched_run(home, tmp_pat
     logger = fit_lightning(home, tmp_path)
     wait_finished(home, launched, timeout_s=180)
     store.ingest(home)
-    result = subprocess.run([sys.executable, "-m", "largestep.cli", "compare", logger.run.id, launched, "--json"],
-                            capture_output=True, text=True, timeout=120, cwd=ROOT,
-                            env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
+    result = subprocess.run(
+        [sys.executable, "-m", "largestep.cli", "compare", logger.run.id, launched, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=dict(os.environ, LARGESTEP_HOME=str(home.root)),
+    )
     assert result.returncode == 0, result.stderr
     comparison = json.loads(result.stdout)
     baseline, other = comparison["groups"]
@@ -158,9 +175,17 @@ def test_a_datamodule_fit_takes_its_batch_from_the_datamodule_or_says_how_to_giv
 
     def fit(data):
         logger = LargestepLogger("dm", home=str(home.root))
-        pl.Trainer(max_steps=3, accelerator="cpu", devices=1, logger=logger, log_every_n_steps=1,
-                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                   default_root_dir=str(tmp_path)).fit(Module(), datamodule=data)
+        pl.Trainer(
+            max_steps=3,
+            accelerator="cpu",
+            devices=1,
+            logger=logger,
+            log_every_n_steps=1,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=str(tmp_path),
+        ).fit(Module(), datamodule=data)
         return logger
 
     logger = fit(Data(batch_size=48))
@@ -169,7 +194,7 @@ def test_a_datamodule_fit_takes_its_batch_from_the_datamodule_or_says_how_to_giv
     assert counts["train_loss"] == 3
     with pytest.raises(largestep.errors.UsageError, match=r"pass LargestepLogger\(batch_size=GLOBAL_BATCH\)"):
         fit(Data(batch_size=None))
-    assert len(list(home.jobs.iterdir())) == 1   # the refused fit wrote no run
+    assert len(list(home.jobs.iterdir())) == 1  # the refused fit wrote no run
 
 
 # -- Hugging Face ----------------------------------------------------------------------------------
@@ -184,28 +209,51 @@ def test_a_hugging_face_train_is_a_finished_run_with_its_effective_batch_and_met
     from largestep.integrations.transformers import LargestepCallback
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                        max_position_embeddings=16, num_labels=2)
-    model = BertForSequenceClassification(config)   # random weights: nothing is downloaded
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
+    model = BertForSequenceClassification(config)  # random weights: nothing is downloaded
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 64, (384, 12), generator=g)
-    labels = (ids[:, 0] > 32).long()               # a rule the model can learn from the first token
+    labels = (ids[:, 0] > 32).long()  # a rule the model can learn from the first token
     rows = [{"input_ids": i, "attention_mask": torch.ones_like(i), "labels": y} for i, y in zip(ids, labels)]
 
     def accuracy(prediction):
         return {"accuracy": float((np.argmax(prediction.predictions, axis=1) == prediction.label_ids).mean())}
 
-    args = TrainingArguments(output_dir=str(tmp_path / "hf"), per_device_train_batch_size=16,
-                             gradient_accumulation_steps=2, num_train_epochs=2, learning_rate=2e-3, logging_steps=2,
-                             eval_strategy="epoch", save_strategy="no", report_to=[], use_cpu=True, seed=0,
-                             disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "hf"),
+        per_device_train_batch_size=16,
+        gradient_accumulation_steps=2,
+        num_train_epochs=2,
+        learning_rate=2e-3,
+        logging_steps=2,
+        eval_strategy="epoch",
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
     callback = LargestepCallback("tiny-bert", home=str(home.root), tags=["hf"], primary_metric="accuracy")
-    Trainer(model=model, args=args, train_dataset=rows[:320], eval_dataset=rows[320:], compute_metrics=accuracy,
-            callbacks=[callback]).train()
+    Trainer(
+        model=model,
+        args=args,
+        train_dataset=rows[:320],
+        eval_dataset=rows[320:],
+        compute_metrics=accuracy,
+        callbacks=[callback],
+    ).train()
     run, counts = stored_run(home, callback.run.id)
     assert run["state"] == "FINISHED" and run["workload"] == "tiny-bert"
-    assert run["batch_size"] == 32 and run["accumulate"] == 2 and run["micro_batch_size"] == 16   # 16 x 2 x 1
-    assert run["lr"] == pytest.approx(2e-3) and run["seed"] == 0 and run["steps"] == 20   # 320 / 32 x 2 epochs
+    assert run["batch_size"] == 32 and run["accumulate"] == 2 and run["micro_batch_size"] == 16  # 16 x 2 x 1
+    assert run["lr"] == pytest.approx(2e-3) and run["seed"] == 0 and run["steps"] == 20  # 320 / 32 x 2 epochs
     assert run["config"]["hyperparameters"]["per_device_train_batch_size"] == 16
     assert counts["val_loss"] == 2 and counts["val_accuracy"] == 2 and counts["train_loss"] >= 5
     assert counts["lr"] == counts["train_loss"]
@@ -217,15 +265,20 @@ def test_a_hugging_face_train_is_a_finished_run_with_its_effective_batch_and_met
 # -- neither library is a dependency ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module, library, extra", [
-    ("largestep.integrations.lightning", "lightning", "largestep[lightning]"),
-    ("largestep.integrations.transformers", "transformers", "largestep[hf]"),
-])
+@pytest.mark.parametrize(
+    "module, library, extra",
+    [
+        ("largestep.integrations.lightning", "lightning", "largestep[lightning]"),
+        ("largestep.integrations.transformers", "transformers", "largestep[hf]"),
+    ],
+)
 def test_without_the_library_largestep_imports_and_the_adapter_names_the_extra(module, library, extra):
     # A fresh interpreter in which the library cannot be imported, as where it is not installed.
-    code = (f"import sys; sys.modules[{library!r}] = None\n"
-            "import largestep; largestep.track; print('largestep ok')\n"
-            f"import {module}\n")
+    code = (
+        f"import sys; sys.modules[{library!r}] = None\n"
+        "import largestep; largestep.track; print('largestep ok')\n"
+        f"import {module}\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.stdout.strip() == "largestep ok"
     last = result.stderr.strip().splitlines()[-1]

@@ -30,8 +30,9 @@ def test_a_job_killed_with_sigkill_is_crashed_and_keeps_what_it_flushed(home, ti
     job_id = starts.start_profile(home, tiny_spec, {}, "cpu", SLOW)
     # a point and a batch of telemetry samples written (the sampler's thread flushes every second: on a busy
     # machine the first point may be spooled before it)
-    assert wait_for(lambda: _points_spooled(home, job_id) >= 1 and _points_spooled(home, job_id, "telemetry") >= 1), \
+    assert wait_for(lambda: _points_spooled(home, job_id) >= 1 and _points_spooled(home, job_id, "telemetry") >= 1), (
         "the job measured nothing"
+    )
     pid = jobs.read_status(home.job_dir(job_id))["pid"]
     os.killpg(pid, signal.SIGKILL)
     assert wait_for(lambda: jobs.derive_state(home.job_dir(job_id)) == jobs.CRASHED, 10)
@@ -90,7 +91,7 @@ def test_queued_jobs_on_one_device_start_in_the_order_they_were_submitted(home, 
     assert started == sorted(started), "a later job overtook an earlier one in the device's queue"
 
 
-BROKEN_WORKLOAD = '''
+BROKEN_WORKLOAD = """
 import torch
 from largestep import Workload
 
@@ -110,7 +111,7 @@ def make():
     x, y = torch.randn(256, 4), torch.randint(0, 2, (256,))
     return Workload(name="broken", model=Broken, train=(x[:192], y[:192]), val=(x[192:], y[192:]),
                     loss=torch.nn.functional.cross_entropy, baseline_batch_size=32, baseline_lr=1e-2)
-'''
+"""
 
 
 @pytest.mark.slow
@@ -158,22 +159,21 @@ def test_a_pause_between_looks_at_a_job_ends_as_its_process_does(tmp_path):
     job_dir = tmp_path / "job"
     job_dir.mkdir()
     start = time.monotonic()
-    jobs.pause(job_dir, 0.05)   # no status yet: a plain sleep
+    jobs.pause(job_dir, 0.05)  # no status yet: a plain sleep
     assert time.monotonic() - start >= 0.05
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
     try:
         write_json_atomic(job_dir / "status.json", {"pid": sleeper.pid, "state": jobs.RUNNING})
         start = time.monotonic()
         jobs.pause(job_dir, 30.0)
-        assert time.monotonic() - start < 15.0   # it ended with the process, not after its 30 s
+        assert time.monotonic() - start < 15.0  # it ended with the process, not after its 30 s
         assert sleeper.wait(5) == 0
     finally:
         sleeper.kill()
         sleeper.wait()
 
 
-
-@pytest.mark.slow   # seconds: it loads and tries the workload for each of seven requests
+@pytest.mark.slow  # seconds: it loads and tries the workload for each of seven requests
 def test_every_kind_of_job_that_touches_a_gpu_holds_that_gpus_lock(home, tiny_spec, monkeypatch):
     """Each kind of job, submitted for cuda:0, and the locks its runner takes: the GPU's (named by UUID) for every
     job that runs on it, so that none of them times another or runs out of memory beside it; the autopilot alone
@@ -193,15 +193,16 @@ def test_every_kind_of_job_that_touches_a_gpu_holds_that_gpus_lock(home, tiny_sp
     submitted = {
         "profile": starts.start_profile(home, tiny_spec, {}, "cuda:0", ProfileConfig(batch_sizes=(32,))),
         "noise": starts.start_noise(home, tiny_spec, {}, "cuda:0", batch_small=32, batch_big=64, warm_steps=0),
-        "noise_curve": starts.start_noise_curve(home, tiny_spec, {}, "cuda:0", (0.0, 1.0), batch_small=32,
-                                                batch_big=64),
+        "noise_curve": starts.start_noise_curve(
+            home, tiny_spec, {}, "cuda:0", (0.0, 1.0), batch_small=32, batch_big=64
+        ),
         "stability": starts.start_stability(home, rec, "cuda:0"),
         "train": starts.start_train(home, tiny_spec, {}, "cuda:0", TrainConfig(batch_size=64, lr=0.01))[0],
-        "train (batch schedule)": starts.start_train(home, tiny_spec, {}, "cuda:0",
-                                                     TrainConfig(batch_size=32, lr=0.01,
-                                                                 batch_schedule=((32, 0.0), (64, 0.5))))[0],
+        "train (batch schedule)": starts.start_train(
+            home, tiny_spec, {}, "cuda:0", TrainConfig(batch_size=32, lr=0.01, batch_schedule=((32, 0.0), (64, 0.5)))
+        )[0],
         "autopilot": starts.start_autopilot(home, tiny_spec, {}, "cuda:0", AutopilotConfig()),
     }
     locks = {kind: runner._lock_names(jobs.read_spec(home.job_dir(job_id))) for kind, job_id in submitted.items()}
-    assert set(locks) >= set(runner._KINDS) - {"ray"}   # every kind of job there is (a Ray task takes the cluster's)
+    assert set(locks) >= set(runner._KINDS) - {"ray"}  # every kind of job there is (a Ray task takes the cluster's)
     assert locks == {**{kind: {gpu} for kind in submitted}, "autopilot": {"autopilot-cuda:0"}}

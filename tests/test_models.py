@@ -69,8 +69,9 @@ def test_each_parameter_group_follows_its_own_rate_through_warmup_and_schedule()
             groups = made[-1].param_groups
             seen.append((rows[0]["lr"], groups[0]["lr"], groups[1]["lr"]))
 
-    train(workload, CPU, TrainConfig(batch_size=64, lr=4e-3, epochs=1, warmup_samples=256, log_every_steps=4),
-          log=Rates())
+    train(
+        workload, CPU, TrainConfig(batch_size=64, lr=4e-3, epochs=1, warmup_samples=256, log_every_steps=4), log=Rates()
+    )
     assert len(seen) >= 5
     for run_lr, body, head in seen:
         assert body == pytest.approx(run_lr) and head == pytest.approx(10 * run_lr)  # scaled together
@@ -109,8 +110,7 @@ BROKEN = [
 
 @pytest.mark.parametrize("broken, says", BROKEN, ids=[b for b, _ in BROKEN])
 def test_each_mistake_is_one_line_exit_2_and_stores_nothing(capsys, home, broken, says):
-    code = main(["train", "--workload", DICT_SPEC, "--set", f"broken={broken}", "--batch-size", "32",
-                 "--lr", "0.01"])
+    code = main(["train", "--workload", DICT_SPEC, "--set", f"broken={broken}", "--batch-size", "32", "--lr", "0.01"])
     out, err = capsys.readouterr()
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith("largestep: error: "), err
@@ -185,10 +185,10 @@ def test_a_batch_read_slowly_now_and_then_costs_every_step_its_share(blocks_of_8
     every, delay_s = 4, 0.02
     workload = model_workloads.make_shard_reads(every, delay_s * 1e3)
     (point,) = run_profile(workload, CPU, replace(QUICK, batch_sizes=(32,), min_steps=5, min_seconds=0)).points
-    assert point.status == "ok" and point.n == 5   # one time a block: its steps' mean
+    assert point.status == "ok" and point.n == 5  # one time a block: its steps' mean
     share = delay_s / every
     assert point.median_s >= 0.9 * share, point.step_times_s
-    assert point.median_s < delay_s, point.step_times_s   # a share of the wait, not the whole wait every step
+    assert point.median_s < delay_s, point.step_times_s  # a share of the wait, not the whole wait every step
     # the compute alone does not read: far below the loader-included step, which the loader limits
     assert point.compute_median_s < 0.5 * point.median_s and point.input_bound
 
@@ -199,11 +199,11 @@ def test_a_full_garbage_collection_now_and_then_costs_every_step_its_share(block
     # for it, which their median would leave out, though the loop pays its share on every step
     every = 40
     workload = model_workloads.make_full_collections(every)
-    collection_s = min(_seconds(gc.collect) for _ in range(3))   # one full collection of this heap
+    collection_s = min(_seconds(gc.collect) for _ in range(3))  # one full collection of this heap
     (point,) = run_profile(workload, CPU, replace(QUICK, batch_sizes=(32,), min_steps=10, min_seconds=0)).points
     assert point.status == "ok" and point.n == 10
     assert point.median_s >= 0.8 * collection_s / every, (collection_s, point.step_times_s)
-    assert point.median_s < collection_s / 2, (collection_s, point.step_times_s)   # a share, not a collection a step
+    assert point.median_s < collection_s / 2, (collection_s, point.step_times_s)  # a share, not a collection a step
 
 
 def _seconds(call) -> float:
@@ -216,8 +216,8 @@ def test_a_datasets_timed_blocks_hold_whole_epochs_when_an_epoch_is_short():
     # about 50 ms of steps a block: 4 ms steps, 13 a block; epochs of 8 steps: one epoch a block
     assert block_steps_for(0.004) == 13
     assert block_steps_for(0.004, epoch_steps=8) == 8
-    assert block_steps_for(0.001, epoch_steps=8) == 48   # six epochs, each starting the loader's iteration once
-    assert block_steps_for(0.004, epoch_steps=100) == 13   # a longer epoch: its start falls in some blocks
+    assert block_steps_for(0.001, epoch_steps=8) == 48  # six epochs, each starting the loader's iteration once
+    assert block_steps_for(0.004, epoch_steps=100) == 13  # a longer epoch: its start falls in some blocks
 
 
 def test_tensor_workloads_keep_one_timing_and_are_never_input_bound():
@@ -228,8 +228,9 @@ def test_tensor_workloads_keep_one_timing_and_are_never_input_bound():
 
 @pytest.mark.slow
 def test_the_noise_scale_of_dict_batches_and_a_models_own_loss():
-    estimate = estimate_noise(model_workloads.make_dict(), CPU, batch_small=32, batch_big=256, batches=8,
-                              warm_steps=20, bootstrap=200)
+    estimate = estimate_noise(
+        model_workloads.make_dict(), CPU, batch_small=32, batch_big=256, batches=8, warm_steps=20, bootstrap=200
+    )
     # the per-chunk gradients are noisier than the big batch's: both estimates are finite and ordered
     assert math.isfinite(estimate.g_small_sq) and math.isfinite(estimate.g_big_sq)
     assert estimate.g_small_sq > estimate.g_big_sq > 0
@@ -239,8 +240,24 @@ def test_the_noise_scale_of_dict_batches_and_a_models_own_loss():
 @pytest.mark.slow
 def test_profile_from_the_cli_stores_and_shows_the_loader_and_compute_times(capsys, home):
     spec = f"{TESTS / 'model_workloads.py'}:make_slow_loader"
-    code = main(["profile", "--workload", spec, "--set", "delay_ms=2", "--batch-sizes", "16", "--min-steps", "3", "--min-seconds", "0",
-                 "--warmup-steps", "1", "--json"])
+    code = main(
+        [
+            "profile",
+            "--workload",
+            spec,
+            "--set",
+            "delay_ms=2",
+            "--batch-sizes",
+            "16",
+            "--min-steps",
+            "3",
+            "--min-seconds",
+            "0",
+            "--warmup-steps",
+            "1",
+            "--json",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     (point,) = json.loads(out)["points"]
@@ -251,6 +268,7 @@ def test_profile_from_the_cli_stores_and_shows_the_loader_and_compute_times(caps
 
 
 # -- torch.compile ---------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_compile_happens_before_the_clock_and_its_time_is_recorded_apart(monkeypatch):
@@ -266,8 +284,9 @@ def test_compile_happens_before_the_clock_and_its_time_is_recorded_apart(monkeyp
     # the compiling pass is timed before the run starts; the six compiled steps come after it
     assert started["compile_s"] > 0
     assert started["config"]["compile"] is True
-    point = run_profile(tiny_workload.make(), CPU, replace(QUICK, batch_sizes=(32,), compile=True,
-                                                           min_seconds=0)).points[0]
+    point = run_profile(
+        tiny_workload.make(), CPU, replace(QUICK, batch_sizes=(32,), compile=True, min_seconds=0)
+    ).points[0]
     assert point.status == "ok", point.error
     # the compiling step is recorded apart; the timed steps are the compiled ones only
     assert point.compile_s > 0 and point.n == QUICK.min_steps
@@ -282,24 +301,39 @@ def test_compile_happens_before_the_clock_and_its_time_is_recorded_apart(monkeyp
         return seconds + 6.0
 
     monkeypatch.setattr(noise_module, "compile_before_clock", slow_compile)
-    estimate = estimate_noise(model_workloads.make_dict(), CPU, batch_small=16, batches=2, warm_steps=2, bootstrap=50,
-                              compile=True)
+    estimate = estimate_noise(
+        model_workloads.make_dict(), CPU, batch_small=16, batches=2, warm_steps=2, bootstrap=50, compile=True
+    )
     assert compiled_shapes == [(model_workloads.make_dict().baseline_batch_size, 16)]
     assert estimate.compile_s > 6.0 and math.isfinite(estimate.g2)
-    assert 0 < estimate.elapsed_s < 6.0   # the 6 s of compiling are not in the estimate's own time
+    assert 0 < estimate.elapsed_s < 6.0  # the 6 s of compiling are not in the estimate's own time
     assert estimate_noise(model_workloads.make_dict(), CPU, batches=2, warm_steps=2, bootstrap=50).compile_s is None
 
 
 # -- exports of the new recipe -------------------------------------------------------------------
 
+
 def _export_rec(**overrides) -> dict:
     rec = {
-        "recommendation_id": "rec-00000001", "workload": "hf-tiny-bert", "workload_spec": "examples/hf_tiny.py:bert",
-        "batch_size": 256, "learning_rate": 8e-3, "warmup_steps": 4, "warmup_samples": 1024,
-        "micro_batch_size": 256, "gradient_accumulation_steps": 1, "world_size": 1, "rule": "linear",
-        "optimizer": "factory:no_decay_for_norms_and_biases", "weight_decay": 0.0, "epochs": 3,
-        "schedule": "wsd", "decay_samples": 2560, "max_grad_norm": 1.0,
-        "baseline": {"batch_size": 32, "learning_rate": 1e-3}, "device": {"kind": "cpu"},
+        "recommendation_id": "rec-00000001",
+        "workload": "hf-tiny-bert",
+        "workload_spec": "examples/hf_tiny.py:bert",
+        "batch_size": 256,
+        "learning_rate": 8e-3,
+        "warmup_steps": 4,
+        "warmup_samples": 1024,
+        "micro_batch_size": 256,
+        "gradient_accumulation_steps": 1,
+        "world_size": 1,
+        "rule": "linear",
+        "optimizer": "factory:no_decay_for_norms_and_biases",
+        "weight_decay": 0.0,
+        "epochs": 3,
+        "schedule": "wsd",
+        "decay_samples": 2560,
+        "max_grad_norm": 1.0,
+        "baseline": {"batch_size": 32, "learning_rate": 1e-3},
+        "device": {"kind": "cpu"},
     }
     return {**rec, **overrides}
 

@@ -18,8 +18,8 @@ from largestep.measure.noise import estimate_noise, estimate_noise_curve, noise_
 from largestep.units import parse_fractions
 
 CPU = torch.device("cpu")
-D = 8              # input dimension of the linear regression
-BATCH_SMALL = 16   # its baseline batch; the default big batch is 8x: 128
+D = 8  # input dimension of the linear regression
+BATCH_SMALL = 16  # its baseline batch; the default big batch is 8x: 128
 
 
 @pytest.fixture(autouse=True)
@@ -51,15 +51,16 @@ def true_g2(r2: float) -> float:
 
 
 def true_trace(r2: float, sigma: float, d: int = D) -> float:
-    return 4 * (r2 * (1 + d) + d * sigma ** 2)
+    return 4 * (r2 * (1 + d) + d * sigma**2)
 
 
 def true_b_simple(r2: float, sigma: float, d: int = D) -> float:
     return true_trace(r2, sigma, d) / true_g2(r2)
 
 
-def relative_standard_errors(r2: float, sigma: float, batches: int, b: int = BATCH_SMALL, m: int = 8,
-                             d: int = D) -> dict[str, float]:
+def relative_standard_errors(
+    r2: float, sigma: float, batches: int, b: int = BATCH_SMALL, m: int = 8, d: int = D
+) -> dict[str, float]:
     """Rough relative standard errors of the estimates, treating each chunk's mean gradient as
     Gaussian, c_j ~ N(G, Σ/b), j = 1..m per big batch (the per-sample gradient is heavier-tailed,
     so the truth is somewhat larger; the tests allow 5 of these).
@@ -69,21 +70,25 @@ def relative_standard_errors(r2: float, sigma: float, batches: int, b: int = BAT
     Var |c̄|² = 4 GᵀΣG/(bm) + 2 tr(Σ²)/(bm)²; Cov(T, |G|²_est) = −Var T/(bm). The ratio by the
     delta method; everything averages over the big batches.
     """
-    sigma2 = sigma ** 2
+    sigma2 = sigma**2
     along, across = 4 * (2 * r2 + sigma2), 4 * (r2 + sigma2)
-    tr_sigma2 = along ** 2 + (d - 1) * across ** 2
+    tr_sigma2 = along**2 + (d - 1) * across**2
     g_sigma_g = true_g2(r2) * along  # G lies along r
     var_t = 2 * tr_sigma2 / (m - 1)
     var_g = 4 * g_sigma_g / (b * m) + 2 * tr_sigma2 / (b * m) ** 2 + var_t / (b * m) ** 2
     cov = -var_t / (b * m)
     t, g = true_trace(r2, sigma, d), true_g2(r2)
-    rel_var_ratio = var_t / t ** 2 + var_g / g ** 2 - 2 * cov / (t * g)
-    return {"trace": math.sqrt(var_t / batches) / t, "g2": math.sqrt(var_g / batches) / g,
-            "b_simple": math.sqrt(rel_var_ratio / batches)}
+    rel_var_ratio = var_t / t**2 + var_g / g**2 - 2 * cov / (t * g)
+    return {
+        "trace": math.sqrt(var_t / batches) / t,
+        "g2": math.sqrt(var_g / batches) / g,
+        "b_simple": math.sqrt(rel_var_ratio / batches),
+    }
 
 
-def linear_regression(sigma: float = 1.0, r2: float = 1.0, samples: int = 200_000, d: int = D,
-                      seed: int = 0, lr: float = 0.02) -> Workload:
+def linear_regression(
+    sigma: float = 1.0, r2: float = 1.0, samples: int = 200_000, d: int = D, seed: int = 0, lr: float = 0.02
+) -> Workload:
     """Samples from the distribution above; the model starts exactly at w0 = w* + r, |r|² = r2."""
     g = torch.Generator().manual_seed(seed)
     w_star = torch.randn(d, generator=g)
@@ -103,8 +108,16 @@ def linear_regression(sigma: float = 1.0, r2: float = 1.0, samples: int = 200_00
     def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(output.squeeze(-1), target)
 
-    return Workload(name="linear-regression", model=model, train=draw(samples), val=draw(1000), loss=loss,
-                    baseline_batch_size=BATCH_SMALL, baseline_lr=lr, optimizer="sgd")
+    return Workload(
+        name="linear-regression",
+        model=model,
+        train=draw(samples),
+        val=draw(1000),
+        loss=loss,
+        baseline_batch_size=BATCH_SMALL,
+        baseline_lr=lr,
+        optimizer="sgd",
+    )
 
 
 @pytest.mark.slow
@@ -117,8 +130,9 @@ def test_matches_the_closed_form_at_the_known_point():
     # The finite sample itself: G from 200,000 samples is off by ~sqrt(λ/n) ≈ 0.008 per component of |G| = 2.
     batches, r2, sigma, small, big = 500, 1.0, 1.0, 32, 256
     se = relative_standard_errors(r2, sigma, batches, b=small, m=big // small)
-    result = estimate_noise(linear_regression(sigma, r2), CPU, batch_small=small, batch_big=big,
-                            batches=batches, confidence=0.99)
+    result = estimate_noise(
+        linear_regression(sigma, r2), CPU, batch_small=small, batch_big=big, batches=batches, confidence=0.99
+    )
 
     assert (result.batch_small, result.batch_big, result.batches) == (small, big, batches)
     assert not result.unreliable and result.reason is None
@@ -152,8 +166,8 @@ def test_the_bootstrap_interval_covers_the_truth_at_its_stated_level_on_each_sid
     g = np.zeros(dims)
     g[0] = 1.0
     chunk_means = g + math.sqrt(trace / dims / small) * rng.standard_normal((datasets, big_batches, chunks, dims))
-    small_sq = (chunk_means ** 2).sum(-1).mean(-1)              # [dataset, big batch]: mean |G_small|² of its chunks
-    big_sq = (chunk_means.mean(2) ** 2).sum(-1)                 # |G_big|² of the big batch
+    small_sq = (chunk_means**2).sum(-1).mean(-1)  # [dataset, big batch]: mean |G_small|² of its chunks
+    big_sq = (chunk_means.mean(2) ** 2).sum(-1)  # |G_big|² of the big batch
     below = above = 0
     for k in range(datasets):
         low, high, _, _ = noise_module._bootstrap(small_sq[k], big_sq[k], small, small * chunks, 0.9, 1000, k)
@@ -217,20 +231,23 @@ def test_formula_recovers_g2_and_trace_from_exact_expectations():
     assert noise_scale_from_norms(g2 + trace / 32, g2 + trace / 512, 32, 512) == pytest.approx((g2, trace))
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(batch_small=16, batch_big=16), "larger than"),
-    (dict(batch_small=32, batch_big=16), "larger than"),
-    (dict(batch_small=16, batch_big=40), "multiple"),
-    (dict(batches=1), "--batches"),
-    (dict(batches=0), "--batches"),
-    (dict(batch_small=0), "--batch-small"),
-    (dict(batch_small=-16), "--batch-small"),
-    (dict(batch_big=-128), "--batch-big"),
-    (dict(batch_small=16, batch_big=1024), "training samples"),
-    (dict(batch_small=1000), "training samples"),
-    (dict(warm_steps=-1), "--warm-steps"),
-    (dict(confidence=1.5), "confidence"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(batch_small=16, batch_big=16), "larger than"),
+        (dict(batch_small=32, batch_big=16), "larger than"),
+        (dict(batch_small=16, batch_big=40), "multiple"),
+        (dict(batches=1), "--batches"),
+        (dict(batches=0), "--batches"),
+        (dict(batch_small=0), "--batch-small"),
+        (dict(batch_small=-16), "--batch-small"),
+        (dict(batch_big=-128), "--batch-big"),
+        (dict(batch_small=16, batch_big=1024), "training samples"),
+        (dict(batch_small=1000), "training samples"),
+        (dict(warm_steps=-1), "--warm-steps"),
+        (dict(confidence=1.5), "confidence"),
+    ],
+)
 def test_bad_arguments_raise_one_line_usage_errors(kwargs, words):
     workload = linear_regression(samples=1000)
     with pytest.raises(UsageError) as error:
@@ -252,7 +269,7 @@ def test_loss_scaling_path_gives_the_same_gradients(monkeypatch):
     workload = linear_regression(samples=20_000)
     plain = estimate_noise(workload, CPU, batches=8)
     monkeypatch.setattr(noise_module.devices, "needs_grad_scaler", lambda device, dtype: True)
-    monkeypatch.setattr(noise_module, "FP16_INIT_LOSS_SCALE", 2.0 ** 140)
+    monkeypatch.setattr(noise_module, "FP16_INIT_LOSS_SCALE", 2.0**140)
     scaled = estimate_noise(workload, CPU, batches=8)
     assert (scaled.g_small_sq, scaled.g_big_sq) == pytest.approx((plain.g_small_sq, plain.g_big_sq), rel=1e-12)
 
@@ -292,8 +309,15 @@ def test_non_finite_gradients_are_reported_not_raised():
     def nan_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output, target) * float("nan")
 
-    workload = Workload(name="nan", model=base.model, train=base.train, val=base.val, loss=nan_loss,
-                        baseline_batch_size=32, baseline_lr=1e-2)
+    workload = Workload(
+        name="nan",
+        model=base.model,
+        train=base.train,
+        val=base.val,
+        loss=nan_loss,
+        baseline_batch_size=32,
+        baseline_lr=1e-2,
+    )
     result = estimate_noise(workload, CPU, batches=4)
     assert result.unreliable and result.b_simple is None and "not finite" in result.reason
     assert result.batches == 1  # stopped at the first bad batch
@@ -349,8 +373,9 @@ def short_regression() -> Workload:
 def test_curve_rises_as_the_baseline_trains_and_pausing_leaves_the_trajectory_alone():
     workload = short_regression()
     seen = []
-    points = estimate_noise_curve(workload, CPU, (0.0, 0.004, 0.02), batch_big=64, batches=16, bootstrap=0,
-                                  on_point=seen.append)
+    points = estimate_noise_curve(
+        workload, CPU, (0.0, 0.004, 0.02), batch_big=64, batches=16, bootstrap=0, on_point=seen.append
+    )
     assert [p.fraction for p in points] == [0.0, 0.004, 0.02]
     assert [p.step for p in points] == [0, 10, 50] == [p.estimate.warm_steps for p in points]
     assert seen == points  # each point is handed over as soon as it is estimated
@@ -362,8 +387,15 @@ def test_curve_rises_as_the_baseline_trains_and_pausing_leaves_the_trajectory_al
     assert points[-1].estimate.b_simple == pytest.approx(alone.b_simple, rel=1e-9)
 
 
-@pytest.mark.parametrize("at, words", [((0.5,), "two fractions"), ((0.0, 1.5), "at most 1"),
-                                       ((-0.1, 0.5), "at least 0"), ((0.0, float("nan")), "finite")])
+@pytest.mark.parametrize(
+    "at, words",
+    [
+        ((0.5,), "two fractions"),
+        ((0.0, 1.5), "at most 1"),
+        ((-0.1, 0.5), "at least 0"),
+        ((0.0, float("nan")), "finite"),
+    ],
+)
 def test_curve_refuses_bad_fractions(at, words):
     with pytest.raises(UsageError, match=words):
         estimate_noise_curve(short_regression(), CPU, at, batches=4)
@@ -410,13 +442,17 @@ def test_the_curve_estimates_holding_no_optimizer_state_or_gradients_beside_its_
 
     def gradient_norms(model, *args, **kwargs):
         [runner] = runners
-        held.append({"optimizer state": sum(len(s) for s in runner.optimizer.state.values()),
-                     "gradients": sum(p.grad is not None for p in model.parameters())})
+        held.append(
+            {
+                "optimizer state": sum(len(s) for s in runner.optimizer.state.values()),
+                "gradients": sum(p.grad is not None for p in model.parameters()),
+            }
+        )
         return real_norms(model, *args, **kwargs)
 
     monkeypatch.setattr(noise, "StepRunner", Runner)
     monkeypatch.setattr(noise, "_gradient_norms", gradient_norms)
-    workload = tiny_workload.make()   # Adam
+    workload = tiny_workload.make()  # Adam
     with cuda_on_cpu(gpu, FakeAllocator(fixed_bytes=0, bytes_per_sample=0)):
         points = estimate_noise_curve(workload, torch.device("cuda:0"), (0.0, 0.1), batches=2, bootstrap=0)
     assert [p.step for p in points] == [0, 19] and len(held) == 2

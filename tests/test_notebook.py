@@ -28,13 +28,14 @@ def test_the_notebook_runs_the_loop_through_the_python_api(tmp_path, monkeypatch
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     home = tmp_path / "home"
-    monkeypatch.setenv("LARGESTEP_HOME", str(home))         # the kernel and its jobs inherit these
-    monkeypatch.setenv("LARGESTEP_WARM_LAUNCHER", "0")      # no launcher left behind by the kernel's jobs
+    monkeypatch.setenv("LARGESTEP_HOME", str(home))  # the kernel and its jobs inherit these
+    monkeypatch.setenv("LARGESTEP_WARM_LAUNCHER", "0")  # no launcher left behind by the kernel's jobs
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    client.execute(env=dict(os.environ))   # raises CellExecutionError, with the cell and its traceback, on failure
+    client = nbclient.NotebookClient(
+        notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute(env=dict(os.environ))  # raises CellExecutionError, with the cell and its traceback, on failure
 
     cells = [c for c in notebook.cells if c.cell_type == "code"]
     text = "\n".join(shown(c) for c in cells)

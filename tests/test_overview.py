@@ -39,20 +39,21 @@ def test_an_empty_home_shows_how_to_start(monkeypatch, tmp_path):
     assert overview.START_MESSAGE in [i.value for i in at.info]
     assert not at.error
     assert at.button(key="overview.start").label == "Profile & train"
-    assert {m.label for m in at.metric} >= {"RAM", "Logical cores"}   # the hardware card
+    assert {m.label for m in at.metric} >= {"RAM", "Logical cores"}  # the hardware card
     sidebar = " ".join(c.value for c in at.sidebar.caption)
     assert str(tmp_path / "empty") in sidebar and "largestep.duckdb" in sidebar
 
 
 def test_the_picker_offers_built_ins_and_configured_workloads(monkeypatch, tmp_path):
-    write_config(tmp_path, f'workloads = ["{TINY}", {{ name = "tiny-wide", spec = "{TINY}", '
-                           f'options = {{ features = 32 }} }}]\n')
+    write_config(
+        tmp_path, f'workloads = ["{TINY}", {{ name = "tiny-wide", spec = "{TINY}", options = {{ features = 32 }} }}]\n'
+    )
     at = open_overview(monkeypatch, Home(tmp_path / "home"), tmp_path)
     names = at.selectbox(key="overview.workload").options
     assert any(n.startswith("fraud-gru") for n in names)
     assert any(n.startswith("tiny_workload") and "largestep.toml" in n for n in names)
     assert any(n.startswith("tiny-wide") for n in names)
-    assert not at.text_input   # no field anywhere takes a code path
+    assert not at.text_input  # no field anywhere takes a code path
 
 
 def test_a_broken_config_file_is_a_warning_and_the_built_ins_stay(monkeypatch, tmp_path):
@@ -77,14 +78,14 @@ def test_profile_and_train_starts_an_autopilot_that_cancel_stops(monkeypatch, tm
     try:
         assert spec["kind"] == "autopilot" and spec["params"]["workload"] == TINY
         assert spec["params"]["autopilot"]["repeats"] == 2 and spec["params"]["autopilot"]["epochs"] == 1.0
-        assert any(job_id in m.value for m in at.markdown)   # the page follows the new autopilot
-        assert [b for b in at.button if b.key == "overview.cancel"]   # running: it can be stopped
+        assert any(job_id in m.value for m in at.markdown)  # the page follows the new autopilot
+        assert [b for b in at.button if b.key == "overview.cancel"]  # running: it can be stopped
         at.button(key="overview.cancel").click().run()
         assert not at.exception
     finally:
         jobs.cancel(home, job_id)
     assert jobs.wait(home, job_id, timeout_s=60) == jobs.KILLED
-    for child in home.jobs.iterdir():   # the autopilot took its children down with it
+    for child in home.jobs.iterdir():  # the autopilot took its children down with it
         assert jobs.wait(home, child.name, timeout_s=60) in jobs.FINAL_STATES
     assert not [b for b in at.button if b.key == "overview.cancel"]
 
@@ -103,10 +104,10 @@ def test_a_finished_autopilot_shows_its_headline_and_every_phase_done(monkeypatc
     assert metrics["accuracy difference"] == f"{headline['metric_difference']:+.4f}"
     assert "p-value" in metrics
     box = {"good": at.success, "bad": at.error, "neutral": at.warning}[headline["tone"]]
-    assert headline["text"] in [s.value for s in box]   # its colour follows its verdict
+    assert headline["text"] in [s.value for s in box]  # its colour follows its verdict
     phase_lines = [m.value for m in at.markdown if "(done)" in m.value]
     assert len(phase_lines) == len(PHASES) and all(p in " ".join(phase_lines) for p in PHASES)
-    table = at.dataframe[0].value   # the comparison; the second is every run
+    table = at.dataframe[0].value  # the comparison; the second is every run
     assert list(table["group"]) == ["baseline", "recommended"]
     assert not [b for b in at.button if b.key == "overview.cancel"]
     assert headline["tone"] == "bad" or not at.error
@@ -116,8 +117,11 @@ def test_a_finished_autopilot_shows_its_headline_and_every_phase_done(monkeypatc
 
 
 def test_configured_workloads_read_largestep_toml_and_resolve_paths(tmp_path):
-    write_config(tmp_path, 'workloads = ["models/net.py:make", "pkg.mod:build", '
-                           '{ name = "big", spec = "models/net.py:make_big", options = { hidden = 512 } }]\n')
+    write_config(
+        tmp_path,
+        'workloads = ["models/net.py:make", "pkg.mod:build", '
+        '{ name = "big", spec = "models/net.py:make_big", options = { hidden = 512 } }]\n',
+    )
     rows = configured_workloads(tmp_path)
     assert [r["name"] for r in rows] == ["net", "pkg.mod:build", "big"]
     assert rows[0]["spec"] == f"{tmp_path / 'models' / 'net.py'}:make"
@@ -132,9 +136,27 @@ def test_a_configured_name_loads_from_the_command_line_with_its_options(tmp_path
     write_config(tmp_path, f'workloads = [{{ name = "tiny", spec = "{TINY}", options = {{ samples = 96 }} }}]\n')
     monkeypatch.chdir(tmp_path)
     assert load_workload("tiny").n_train < load_workload(TINY).n_train  # the configured options apply
-    proc = subprocess.run([sys.executable, "-m", "largestep.cli", "--home", str(tmp_path / "home"), "profile",
-                           "--workload", "tiny", "--batch-sizes", "8", "--min-seconds", "0", "--json"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "largestep.cli",
+            "--home",
+            str(tmp_path / "home"),
+            "profile",
+            "--workload",
+            "tiny",
+            "--batch-sizes",
+            "8",
+            "--min-seconds",
+            "0",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["points"][0]["status"] == "ok"
     with pytest.raises(WorkloadError, match="no-such-name"):
@@ -149,14 +171,20 @@ def test_configured_workloads_read_pyproject_and_are_empty_without_a_config(tmp_
     assert [(r["name"], r["spec"]) for r in configured_workloads(tmp_path)] == [("mine", "a.b:make")]
 
 
-@pytest.mark.parametrize("body, message", [
-    ("workloads = [", "not valid TOML"),
-    ('workloads = "a.b:make"', "must be a list"),
-    ("workloads = [3]", "entry 1"),
-    ('workloads = ["nocolon"]', "package.module:function"),
-    ('workloads = [{ spec = "a:b", colour = "red" }]', "unknown key 'colour'"),
-    ('workloads = ["a.b:make", "c/a/b.py:make", { name = "b", spec = "x:y" }, { name = "b", spec = "z:y" }]', "twice"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("workloads = [", "not valid TOML"),
+        ('workloads = "a.b:make"', "must be a list"),
+        ("workloads = [3]", "entry 1"),
+        ('workloads = ["nocolon"]', "package.module:function"),
+        ('workloads = [{ spec = "a:b", colour = "red" }]', "unknown key 'colour'"),
+        (
+            'workloads = ["a.b:make", "c/a/b.py:make", { name = "b", spec = "x:y" }, { name = "b", spec = "z:y" }]',
+            "twice",
+        ),
+    ],
+)
 def test_a_malformed_config_says_what_to_fix(tmp_path, body, message):
     write_config(tmp_path, body)
     with pytest.raises(WorkloadError, match=message):
@@ -177,14 +205,13 @@ def test_the_launcher_accepts_only_listed_workloads_and_sane_numbers(tmp_path):
     assert (spec, options, config.repeats, config.epochs) == (TINY, {"samples": 512}, 2, 2.0)
     assert not config.compile
     _, _, compiled = overview.autopilot_request(overview.AutopilotForm("tiny", compile=True), choices)
-    assert compiled.compile   # the dashboard's checkbox reaches every step of the loop
+    assert compiled.compile  # the dashboard's checkbox reaches every step of the loop
     assert config.arms is None
     _, _, both = overview.autopilot_request(overview.AutopilotForm("tiny", both_arms=True), choices)
-    _, _, three = overview.autopilot_request(overview.AutopilotForm("tiny", both_arms=True, schedule_arm=True),
-                                             choices)
+    _, _, three = overview.autopilot_request(overview.AutopilotForm("tiny", both_arms=True, schedule_arm=True), choices)
     assert both.arms == ("baseline", "recommended") and three.arms == ("baseline", "fixed", "schedule")
     with pytest.raises(UsageError, match="unknown workload"):
-        overview.autopilot_request(overview.AutopilotForm(TINY), choices)   # a path is not a listed name
+        overview.autopilot_request(overview.AutopilotForm(TINY), choices)  # a path is not a listed name
     with pytest.raises(UsageError, match="repeats"):
         overview.autopilot_request(overview.AutopilotForm("tiny", repeats=0), choices)
     with pytest.raises(UsageError, match="epochs"):
@@ -208,15 +235,38 @@ def test_phases_of_a_running_and_of_a_cancelled_autopilot():
 
 
 def test_headline_metrics_say_when_the_target_was_not_reached_or_there_is_no_p_value():
-    metrics = overview.headline_metrics({"measured_speedup": None, "predicted_speedup": 2.5, "metric": "auc",
-                                         "quality": {"name": "auc", "difference": -0.002, "p_value": None}})
+    metrics = overview.headline_metrics(
+        {
+            "measured_speedup": None,
+            "predicted_speedup": 2.5,
+            "metric": "auc",
+            "quality": {"name": "auc", "difference": -0.002, "p_value": None},
+        }
+    )
     values = {m.label: m.value for m in metrics}
-    assert values == {"Measured speedup": "not reached", "Predicted speedup": "2.50×", "auc difference": "-0.0020",
-                      "p-value": "—"}
-    measured = overview.headline_metrics({"measured_speedup": 1.9, "measured_speedup_interval": [1.4, 2.6],
-                                          "predicted_speedup": 1.5, "reached": 3, "seeds": 3,
-                                          "quality": {"name": "auc", "difference": 0.001, "interval": [-0.002, 0.004],
-                                                      "p_value": 0.6, "verdict": "equivalent", "tolerance": 0.009}})
+    assert values == {
+        "Measured speedup": "not reached",
+        "Predicted speedup": "2.50×",
+        "auc difference": "-0.0020",
+        "p-value": "—",
+    }
+    measured = overview.headline_metrics(
+        {
+            "measured_speedup": 1.9,
+            "measured_speedup_interval": [1.4, 2.6],
+            "predicted_speedup": 1.5,
+            "reached": 3,
+            "seeds": 3,
+            "quality": {
+                "name": "auc",
+                "difference": 0.001,
+                "interval": [-0.002, 0.004],
+                "p_value": 0.6,
+                "verdict": "equivalent",
+                "tolerance": 0.009,
+            },
+        }
+    )
     assert [m.value for m in measured] == ["1.90× (1.40–2.60×)", "1.50×", "+0.0010", "0.6"]
     assert "equivalent within ±0.0090" in measured[2].help and "reached in 3 of 3 seeds" in measured[0].help
     kept = overview.headline_metrics({"kept_baseline": True, "predicted_speedup": 1.0})
@@ -224,8 +274,11 @@ def test_headline_metrics_say_when_the_target_was_not_reached_or_there_is_no_p_v
 
 
 def test_runs_that_did_not_finish_are_called_out():
-    comparison = {"groups": [{"name": "baseline", "runs": [{"id": "a", "state": "FINISHED"}]},
-                             {"name": "recommended", "runs": [{"id": "b", "state": "FINISHED"},
-                                                              {"id": "c", "state": "DIVERGED"}]}]}
+    comparison = {
+        "groups": [
+            {"name": "baseline", "runs": [{"id": "a", "state": "FINISHED"}]},
+            {"name": "recommended", "runs": [{"id": "b", "state": "FINISHED"}, {"id": "c", "state": "DIVERGED"}]},
+        ]
+    }
     (line,) = overview.unfinished_runs(comparison)
     assert line.startswith("1 of 2 recommended runs diverged")

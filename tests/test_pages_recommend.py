@@ -40,8 +40,10 @@ def saved_recommendations(home: Home) -> int:
         return len(store.list_recommendations(con))
 
 
-@pytest.mark.parametrize("page, message", [
-    ("recommend", recviews.RECOMMEND_START), ("planner", planner.PLANNER_START), ("export", export.EXPORT_START)])
+@pytest.mark.parametrize(
+    "page, message",
+    [("recommend", recviews.RECOMMEND_START), ("planner", planner.PLANNER_START), ("export", export.EXPORT_START)],
+)
 def test_an_empty_home_says_how_to_start(monkeypatch, tmp_path, page, message):
     at = open_page(monkeypatch, Home(tmp_path / "empty"), page)
     assert message in [i.value for i in at.info]
@@ -64,8 +66,11 @@ def test_recommend_shows_the_saved_recommendation(monkeypatch, rec_home):
     assert rec["recommendation_id"] in " ".join(m.value for m in at.markdown)
     table = at.dataframe[0].value
     assert list(table["batch"]) == list(BATCHES)
-    assert table.loc[table["batch"] == rec["batch_size"], "role"].iloc[0].startswith(
-        "recommended" if rec["batch_size"] != 32 else "baseline")
+    assert (
+        table.loc[table["batch"] == rec["batch_size"], "role"]
+        .iloc[0]
+        .startswith("recommended" if rec["batch_size"] != 32 else "baseline")
+    )
     assert len(at.get("plotly_chart")) == 1
     assert download_keys(at) == {f"recommend.download.{fmt}" for fmt in FORMATS}
     # the defaults come from the profile
@@ -90,12 +95,15 @@ def test_compute_saves_a_new_recommendation_with_the_chosen_rule(monkeypatch, re
     assert {m.label: m.value for m in at.metric}["Batch size"] == str(newest["batch_size"])
 
 
-@pytest.mark.parametrize("widget, value, says", [
-    ("text_input:recommend.baseline_lr", "fast", "number"),
-    ("text_input:recommend.baseline_lr", "-1", "positive"),
-    ("number_input:recommend.baseline_batch", 100, "not measured"),
-    ("text_input:recommend.max_lr", "zero", "max lr"),
-])
+@pytest.mark.parametrize(
+    "widget, value, says",
+    [
+        ("text_input:recommend.baseline_lr", "fast", "number"),
+        ("text_input:recommend.baseline_lr", "-1", "positive"),
+        ("number_input:recommend.baseline_batch", 100, "not measured"),
+        ("text_input:recommend.max_lr", "zero", "max lr"),
+    ],
+)
 def test_bad_recommend_inputs_show_an_error_and_save_nothing(monkeypatch, rec_home, widget, value, says):
     home, _ = rec_home
     before = saved_recommendations(home)
@@ -215,11 +223,14 @@ def test_planner_budget_changes_the_numbers(monkeypatch, rec_home):
     assert at.dataframe[0].value["experiments / day"].tolist() == pytest.approx(full_day, rel=1e-3)  # 4 x 6 h = 24 h
 
 
-@pytest.mark.parametrize("widget, value, says", [
-    ("number_input:planner.gpu_hours", 0.0, "GPU hours"),
-    ("number_input:planner.epochs", 0.0, "epochs"),
-    ("text_input:planner.noise_scale", "lots", "noise scale"),
-])
+@pytest.mark.parametrize(
+    "widget, value, says",
+    [
+        ("number_input:planner.gpu_hours", 0.0, "GPU hours"),
+        ("number_input:planner.epochs", 0.0, "epochs"),
+        ("text_input:planner.noise_scale", "lots", "noise scale"),
+    ],
+)
 def test_bad_planner_inputs_show_an_error(monkeypatch, rec_home, widget, value, says):
     home, _ = rec_home
     at = open_page(monkeypatch, home, "planner")
@@ -258,10 +269,13 @@ def test_export_resplits_the_batch_over_devices(monkeypatch, rec_home):
     assert "2 devices" in " ".join(c.value for c in at.caption)
 
 
-@pytest.mark.parametrize("widget, value, says", [
-    ("export.devices", 3, "does not divide"),
-    ("export.micro_batch", 7, "does not divide"),
-])
+@pytest.mark.parametrize(
+    "widget, value, says",
+    [
+        ("export.devices", 3, "does not divide"),
+        ("export.micro_batch", 7, "does not divide"),
+    ],
+)
 def test_a_split_that_does_not_divide_shows_an_error(monkeypatch, rec_home, widget, value, says):
     home, _ = rec_home
     at = open_page(monkeypatch, home, "export")
@@ -281,8 +295,8 @@ def test_excluded_candidates_show_dashes_not_none():
     spooled = [{"type": type_, "t": 0.0, **fields} for type_, fields in profile_events("prof-test0001")]
     profile = events.profile_record(spooled)
     profile.update(id="prof-test0001", device_total_memory_bytes=8 * 2**30)
-    rec = recommend(profile, RecommendConfig(noise_scale=200.0, max_lr=2.5e-3))   # 128 needs lr 4e-3: excluded
+    rec = recommend(profile, RecommendConfig(noise_scale=200.0, max_lr=2.5e-3))  # 128 needs lr 4e-3: excluded
     table = recviews.candidates_table(rec)
     assert table["excluded"].astype(bool).any(), table
-    shown = recviews.highlight_roles(table).to_string()   # the cells as the page displays them
+    shown = recviews.highlight_roles(table).to_string()  # the cells as the page displays them
     assert not any(missing in shown for missing in ("None", "nan", "<NA>")), shown

@@ -12,13 +12,28 @@ from largestep.ui.charts import recommend as reccharts
 DAY_S = 86_400.0
 
 
-def synthetic_profile(step_times: dict[int, float], baseline: int = 32, n_train: int = 10_000, epochs: int | None = 3,
-                      saturation: int | None = None) -> dict:
-    points = [{"batch_size": b, "status": "ok", "median_s": t, "peak_memory_bytes": 1000 * b}
-              for b, t in sorted(step_times.items())]
-    return {"id": "prof-synthetic", "workload": "synthetic", "points": points, "baseline_batch_size": baseline,
-            "baseline_lr": 1e-3, "n_train": n_train, "epochs": epochs, "saturation_batch": saturation,
-            "device_total_memory_bytes": None}
+def synthetic_profile(
+    step_times: dict[int, float],
+    baseline: int = 32,
+    n_train: int = 10_000,
+    epochs: int | None = 3,
+    saturation: int | None = None,
+) -> dict:
+    points = [
+        {"batch_size": b, "status": "ok", "median_s": t, "peak_memory_bytes": 1000 * b}
+        for b, t in sorted(step_times.items())
+    ]
+    return {
+        "id": "prof-synthetic",
+        "workload": "synthetic",
+        "points": points,
+        "baseline_batch_size": baseline,
+        "baseline_lr": 1e-3,
+        "n_train": n_train,
+        "epochs": epochs,
+        "saturation_batch": saturation,
+        "device_total_memory_bytes": None,
+    }
 
 
 def test_perfect_scaling_experiments_ratio_is_the_throughput_ratio():
@@ -82,13 +97,16 @@ def test_only_measured_batch_sizes_are_planned():
         plan_experiments(profile, PlanConfig(), baseline_batch=64)
 
 
-@pytest.mark.parametrize("config, says", [
-    (PlanConfig(gpu_hours_per_day=0), "GPU hours"),
-    (PlanConfig(gpu_hours_per_day=25), "GPU hours"),
-    (PlanConfig(gpus=0), "GPUs"),
-    (PlanConfig(epochs=0), "epochs"),
-    (PlanConfig(noise_scale=-1.0), "noise scale"),
-])
+@pytest.mark.parametrize(
+    "config, says",
+    [
+        (PlanConfig(gpu_hours_per_day=0), "GPU hours"),
+        (PlanConfig(gpu_hours_per_day=25), "GPU hours"),
+        (PlanConfig(gpus=0), "GPUs"),
+        (PlanConfig(epochs=0), "epochs"),
+        (PlanConfig(noise_scale=-1.0), "noise scale"),
+    ],
+)
 def test_bad_budgets_say_what_to_fix(config, says):
     with pytest.raises(UsageError, match=says):
         plan_experiments(synthetic_profile({32: 0.01}), config)

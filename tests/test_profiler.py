@@ -85,8 +85,15 @@ def test_a_model_error_becomes_an_error_point_not_a_crash():
 
     from largestep import Workload
 
-    workload = Workload(name="broken", model=Broken, train=base.train, val=base.val, loss=base.loss,
-                        baseline_batch_size=8, baseline_lr=0.1)
+    workload = Workload(
+        name="broken",
+        model=Broken,
+        train=base.train,
+        val=base.val,
+        loss=base.loss,
+        baseline_batch_size=8,
+        baseline_lr=0.1,
+    )
     result = run_profile(workload, CPU, ProfileConfig(batch_sizes=(8, 16), **QUICK))
     assert [(p.batch_size, p.status) for p in result.points] == [(8, "error")]
     assert "ValueError: shapes do not match" in result.points[0].error
@@ -98,8 +105,9 @@ def test_memory_budget_stops_before_a_batch_predicted_over_it():
     first = run_profile(workload, CPU, ProfileConfig(batch_sizes=(8, 16), **QUICK))
     fit = first.memory_fit
     budget = int(fit.predict(64))  # 32 fits, 64 is exactly at the edge, 128 is predicted over
-    result = run_profile(workload, CPU, ProfileConfig(batch_sizes=(8, 16, 32, 128, 256),
-                                                      memory_budget_bytes=budget, **QUICK))
+    result = run_profile(
+        workload, CPU, ProfileConfig(batch_sizes=(8, 16, 32, 128, 256), memory_budget_bytes=budget, **QUICK)
+    )
     statuses = [(p.batch_size, p.status) for p in result.points]
     assert statuses[:3] == [(8, "ok"), (16, "ok"), (32, "ok")]
     assert statuses[3] == (128, "over_budget") and len(statuses) == 4
@@ -165,8 +173,14 @@ def fake_visits(monkeypatch, step_time_s, others_busy_cores=lambda _b, _visit: N
         visit = visited.count(batch_size)
         step = step_time_s(batch_size, visit)
         now = time.time()
-        point = ProfilePoint(batch_size=batch_size, status="ok", peak_memory_bytes=1000 + batch_size,
-                             started_at=now, ended_at=now, others_busy_cores=others_busy_cores(batch_size, visit))
+        point = ProfilePoint(
+            batch_size=batch_size,
+            status="ok",
+            peak_memory_bytes=1000 + batch_size,
+            started_at=now,
+            ended_at=now,
+            others_busy_cores=others_busy_cores(batch_size, visit),
+        )
         return profiler._with_statistics(point, [step * (1 + 0.01 * k) for k in range(config.min_steps)], config)
 
     monkeypatch.setattr(profiler, "measure_point", fake_measure)
@@ -174,7 +188,7 @@ def fake_visits(monkeypatch, step_time_s, others_busy_cores=lambda _b, _visit: N
 
 
 def test_plateau_stops_a_power_of_two_sweep(monkeypatch):
-    samples_per_s = {8: 100.0, 16: 150.0, 32: 152.0, 64: 153.0, 128: 500.0}   # gains 50%, 1.3%, 0.7%: a plateau
+    samples_per_s = {8: 100.0, 16: 150.0, 32: 152.0, 64: 153.0, 128: 500.0}  # gains 50%, 1.3%, 0.7%: a plateau
     fake_visits(monkeypatch, lambda b, _visit: b / samples_per_s[b])
     workload = tiny_workload.make()
     result = run_profile(workload, CPU, ProfileConfig(min_batch=8, max_batch=1024, include_baseline=False))
@@ -189,28 +203,32 @@ def test_rounds_visit_every_batch_size_in_a_shuffled_order_until_each_has_its_st
     config = ProfileConfig(batch_sizes=(8, 16, 32, 64), min_steps=9, min_seconds=0.0, rounds=3)
     result = run_profile(tiny_workload.make(), CPU, config)
     first_pass, rounds = visited[:4], [visited[4:8], visited[8:12]]
-    assert first_pass == [8, 16, 32, 64] and len(visited) == 12        # the range (the first visits), two rounds more
-    assert all(sorted(r) == [8, 16, 32, 64] for r in rounds)            # every size in every round ...
-    assert len({tuple(r) for r in rounds} | {tuple(first_pass)}) > 1    # ... not always in the same order
-    for point in result.points:   # three visits of 3 steps: the first pass's and the rounds'
+    assert first_pass == [8, 16, 32, 64] and len(visited) == 12  # the range (the first visits), two rounds more
+    assert all(sorted(r) == [8, 16, 32, 64] for r in rounds)  # every size in every round ...
+    assert len({tuple(r) for r in rounds} | {tuple(first_pass)}) > 1  # ... not always in the same order
+    for point in result.points:  # three visits of 3 steps: the first pass's and the rounds'
         assert (point.visits, point.n, point.inconsistent) == (3, 9, False)
     assert result.inconsistency is None
 
 
 def test_contiguous_measures_each_size_once_in_one_block(monkeypatch):
     visited = fake_visits(monkeypatch, lambda b, _visit: 0.001 * (1 + b / 64))
-    result = run_profile(tiny_workload.make(), CPU, ProfileConfig(batch_sizes=(8, 16, 32), min_steps=9,
-                                                                  min_seconds=0.0, rounds=1))
+    result = run_profile(
+        tiny_workload.make(), CPU, ProfileConfig(batch_sizes=(8, 16, 32), min_steps=9, min_seconds=0.0, rounds=1)
+    )
     assert visited == [8, 16, 32] and [p.n for p in result.points] == [9, 9, 9]
 
 
 def test_a_point_slowed_by_background_load_is_measured_again_and_the_profile_holds(monkeypatch):
     # batch 32 is slowed on its first visits of the rounds (another job was running), then the machine is quiet
     visited = fake_visits(monkeypatch, lambda b, visit: 0.001 * (1 + b / 64) * (5 if b == 32 and visit <= 3 else 1))
-    result = run_profile(tiny_workload.make(), CPU, ProfileConfig(batch_sizes=(8, 16, 32, 64, 128), min_steps=6,
-                                                                  min_seconds=0.0, rounds=3))
+    result = run_profile(
+        tiny_workload.make(),
+        CPU,
+        ProfileConfig(batch_sizes=(8, 16, 32, 64, 128), min_steps=6, min_seconds=0.0, rounds=3),
+    )
     points = {p.batch_size: p for p in result.points}
-    assert visited.count(32) == 1 + 2 + 3               # the first pass, two rounds more, one re-measure's rounds
+    assert visited.count(32) == 1 + 2 + 3  # the first pass, two rounds more, one re-measure's rounds
     assert points[32].remeasured == 1 and points[32].median_s < points[64].median_s
     assert result.inconsistency is None and not any(p.inconsistent for p in result.points)
 
@@ -224,15 +242,19 @@ def test_visits_other_processes_contended_are_set_aside_and_the_size_visited_aga
     def loaded(b, visit):
         return b == 32 and visit in (2, 3)
 
-    visited = fake_visits(monkeypatch, lambda b, visit: 0.001 * (1 + b / 64) * (5 if loaded(b, visit) else 1),
-                          lambda b, visit: CONTENDED if loaded(b, visit) else 0.0)
-    result = run_profile(tiny_workload.make(), CPU, ProfileConfig(batch_sizes=(8, 16, 32, 64), min_steps=6,
-                                                                  min_seconds=0.0, rounds=3))
+    visited = fake_visits(
+        monkeypatch,
+        lambda b, visit: 0.001 * (1 + b / 64) * (5 if loaded(b, visit) else 1),
+        lambda b, visit: CONTENDED if loaded(b, visit) else 0.0,
+    )
+    result = run_profile(
+        tiny_workload.make(), CPU, ProfileConfig(batch_sizes=(8, 16, 32, 64), min_steps=6, min_seconds=0.0, rounds=3)
+    )
     points = {p.batch_size: p for p in result.points}
-    assert visited.count(32) == 3 + 2 and visited.count(16) == 3   # two more visits, for 32 alone
+    assert visited.count(32) == 3 + 2 and visited.count(16) == 3  # two more visits, for 32 alone
     slow = points[32]
     assert (slow.visits, slow.loaded_visits, slow.under_load, slow.remeasured) == (3, 2, False, 0)
-    assert slow.median_s == pytest.approx(0.0015, rel=0.05)   # the uncontended visits' time, not five times it
+    assert slow.median_s == pytest.approx(0.0015, rel=0.05)  # the uncontended visits' time, not five times it
     assert slow.others_busy_cores == 0.0
     assert result.inconsistency is None
 
@@ -241,12 +263,14 @@ def test_a_size_never_uncontended_is_measured_from_all_its_visits_and_flagged_un
     from largestep.jobs.follow import describe_profile_event
     from largestep.measure.profiler import QUIET_PATIENCE
 
-    visited = fake_visits(monkeypatch, lambda b, _visit: 0.001 * (1 + b / 64),
-                          lambda b, _visit: CONTENDED if b == 16 else 0.0)
-    result = run_profile(tiny_workload.make(), CPU, ProfileConfig(batch_sizes=(8, 16, 32), min_steps=6,
-                                                                  min_seconds=0.0, rounds=3))
+    visited = fake_visits(
+        monkeypatch, lambda b, _visit: 0.001 * (1 + b / 64), lambda b, _visit: CONTENDED if b == 16 else 0.0
+    )
+    result = run_profile(
+        tiny_workload.make(), CPU, ProfileConfig(batch_sizes=(8, 16, 32), min_steps=6, min_seconds=0.0, rounds=3)
+    )
     points = {p.batch_size: p for p in result.points}
-    assert visited.count(16) == QUIET_PATIENCE * 3 and visited.count(8) == 3   # patience, then all of them
+    assert visited.count(16) == QUIET_PATIENCE * 3 and visited.count(8) == 3  # patience, then all of them
     assert points[16].under_load and points[16].visits == QUIET_PATIENCE * 3
     assert points[16].others_busy_cores == pytest.approx(CONTENDED)
     assert not points[8].under_load and points[8].loaded_visits == 0
@@ -257,29 +281,38 @@ def test_a_size_never_uncontended_is_measured_from_all_its_visits_and_flagged_un
 def test_a_profile_that_stays_inconsistent_is_flagged_with_the_reason(monkeypatch):
     # batch 16 is always slower than 32 (the issue's 514 ms at 16, 331 ms at 32): it cannot be the hardware
     fake_visits(monkeypatch, lambda b, _visit: {8: 0.30, 16: 0.514, 32: 0.331, 64: 0.40}[b])
-    result = run_profile(tiny_workload.make(), CPU, ProfileConfig(batch_sizes=(8, 16, 32, 64), min_steps=3,
-                                                                  min_seconds=0.0, rounds=3, remeasure=2))
+    result = run_profile(
+        tiny_workload.make(),
+        CPU,
+        ProfileConfig(batch_sizes=(8, 16, 32, 64), min_steps=3, min_seconds=0.0, rounds=3, remeasure=2),
+    )
     points = {p.batch_size: p for p in result.points}
     # 16 is slower than 32 and than 64 too (four times the batch in less time): any two sizes are compared
     assert [b for b, p in points.items() if p.inconsistent] == [16, 32, 64]
     assert points[16].remeasured == 2
-    assert result.inconsistency.startswith("throughput rises 3.11x from batch 16 to 32, more than the batch (2x): "
-                                           "the step time falls from 514 ms to 331 ms")
+    assert result.inconsistency.startswith(
+        "throughput rises 3.11x from batch 16 to 32, more than the batch (2x): "
+        "the step time falls from 514 ms to 331 ms"
+    )
     assert "after 2 re-measures" in result.inconsistency
 
 
 def _measured(times_ms: dict[int, float], spread: float = 0.05) -> list[ProfilePoint]:
-    return [ProfilePoint(b, "ok", median_s=t / 1e3, p25_s=t / 1e3 * (1 - spread), p75_s=t / 1e3 * (1 + spread))
-            for b, t in times_ms.items()]
+    return [
+        ProfilePoint(b, "ok", median_s=t / 1e3, p25_s=t / 1e3 * (1 - spread), p75_s=t / 1e3 * (1 + spread))
+        for b, t in times_ms.items()
+    ]
 
 
 def test_the_physics_check_names_what_cannot_be_the_hardware():
     # the profile from the issue: measured in one contiguous block each while other processes came and went
     issue = _measured({16: 514, 32: 331, 64: 120, 128: 455, 256: 239, 512: 384, 1024: 720})
     problems = dict(physics_problems(issue))
-    assert set(problems) == {16, 32, 64, 128, 256, 512}   # 512 is faster than 128 at four times the batch
-    assert problems[16] == ("throughput rises 3.11x from batch 16 to 32, more than the batch (2x): the step time "
-                            "falls from 514 ms to 331 ms, beyond the machine's quiet spread of 10%")
+    assert set(problems) == {16, 32, 64, 128, 256, 512}  # 512 is faster than 128 at four times the batch
+    assert problems[16] == (
+        "throughput rises 3.11x from batch 16 to 32, more than the batch (2x): the step time "
+        "falls from 514 ms to 331 ms, beyond the machine's quiet spread of 10%"
+    )
     # a real curve: flat while the device is underused, then growing; noisy points whose quartiles overlap
     real = _measured({16: 10.0, 32: 10.4, 64: 9.9, 128: 14.0, 256: 26.0, 512: 51.0}, spread=0.08)
     assert physics_problems(real) == []
@@ -295,12 +328,14 @@ def test_a_profiled_step_clips_gradients_as_training_does(monkeypatch):
 
     clipped = []
     real = torch.nn.utils.clip_grad_norm_
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, norm: clipped.append(norm) or real(params, norm))
+    monkeypatch.setattr(
+        torch.nn.utils, "clip_grad_norm_", lambda params, norm: clipped.append(norm) or real(params, norm)
+    )
     workload = tiny_workload.make()
     StepRunner(workload, CPU, 32).step()
-    assert clipped == []   # no max_grad_norm: no clipping, as in training
+    assert clipped == []  # no max_grad_norm: no clipping, as in training
     StepRunner(dataclasses.replace(workload, max_grad_norm=0.5), CPU, 32).step()
-    assert clipped == [0.5]   # its cost is part of the step the profile times
+    assert clipped == [0.5]  # its cost is part of the step the profile times
 
 
 # -- warm-up: untimed steps until the steady state ------------------------------------------------------------
@@ -312,41 +347,56 @@ def proportional_counts(workload) -> FlopCounts:
     return FlopCounts({b: StepRunner(workload, CPU, b).first_step()[0] for b in (2, 4)})
 
 
-STEADY = lambda _b, _k: 0.010                            # noqa: E731  every step alike
-SETTLING = lambda _b, k: {1: 0.030, 2: 0.020}.get(k, 0.010)   # noqa: E731  two slow steps, then the steady state
+STEADY = lambda _b, _k: 0.010  # noqa: E731  every step alike
+SETTLING = lambda _b, k: {1: 0.030, 2: 0.020}.get(k, 0.010)  # noqa: E731  two slow steps, then the steady state
 
 
-@pytest.mark.parametrize("step_s, warmup_steps, untimed", [
-    # the first step (under instruments) and one that agrees with it: the steady state; that one is timed
-    (STEADY, 3, 1),
-    (SETTLING, 3, 3),      # still settling: the full warm-up, none of it timed
-    (SETTLING, 6, 2),      # 30, 20, 10, 10 ms: ends at the step that agrees with the one before it, both timed
-    (STEADY, 1, 1),        # --warmup-steps 1 and 0: the first step only, as before
-    (STEADY, 0, 1),
-    # 13, 10, 13 ms: the third is slower than the second, noise that more warm-up would not remove
-    (lambda _b, k: 0.010 * (1 + 0.3 * (k % 2)), 5, 1),
-    (lambda _b, k: 0.010 * 0.8 ** min(k, 6), 5, 5),      # 20% faster every step: settling to the last one allowed
-])
-def test_warm_up_ends_at_the_first_step_not_faster_than_the_one_before(monkeypatch, step_s, warmup_steps,
-                                                                        untimed):
+@pytest.mark.parametrize(
+    "step_s, warmup_steps, untimed",
+    [
+        # the first step (under instruments) and one that agrees with it: the steady state; that one is timed
+        (STEADY, 3, 1),
+        (SETTLING, 3, 3),  # still settling: the full warm-up, none of it timed
+        (SETTLING, 6, 2),  # 30, 20, 10, 10 ms: ends at the step that agrees with the one before it, both timed
+        (STEADY, 1, 1),  # --warmup-steps 1 and 0: the first step only, as before
+        (STEADY, 0, 1),
+        # 13, 10, 13 ms: the third is slower than the second, noise that more warm-up would not remove
+        (lambda _b, k: 0.010 * (1 + 0.3 * (k % 2)), 5, 1),
+        (lambda _b, k: 0.010 * 0.8 ** min(k, 6), 5, 5),  # 20% faster every step: settling to the last one allowed
+    ],
+)
+def test_warm_up_ends_at_the_first_step_not_faster_than_the_one_before(monkeypatch, step_s, warmup_steps, untimed):
     workload, clock = clocked(monkeypatch, step_s, tiny_workload.make())
     config = ProfileConfig(min_steps=3, min_seconds=0.0, warmup_steps=warmup_steps)
-    point = measure_point(workload, CPU, 64, config, telemetry_tag=clock.tag, flop_counts=proportional_counts(workload),
-                          trainee=Trainee.build(workload, CPU))   # a model of its own would be collected: slower
+    point = measure_point(
+        workload,
+        CPU,
+        64,
+        config,
+        telemetry_tag=clock.tag,
+        flop_counts=proportional_counts(workload),
+        trainee=Trainee.build(workload, CPU),
+    )  # a model of its own would be collected: slower
     assert point.status == "ok" and point.warmup_steps == untimed
     # every step after the first is either untimed warm-up or one of the point's timed steps, and the
     # steady warm-up steps count towards --min-steps
     assert clock.steps[64] == untimed + point.n and point.n == 3
-    assert clock.untimed == [1]   # on the CPU the clock (the load window) starts after the instrumented step
-    assert point.median_s == pytest.approx(step_s(64, 100))   # the timed steps: the steady state
+    assert clock.untimed == [1]  # on the CPU the clock (the load window) starts after the instrumented step
+    assert point.median_s == pytest.approx(step_s(64, 100))  # the timed steps: the steady state
 
 
 def test_a_step_counting_flops_is_not_compared_with_the_next(monkeypatch):
     # the first step runs under FlopCounterMode (no counts to scale from): its time says nothing, so two
     # plain steps are compared after it
     workload, clock = clocked(monkeypatch, STEADY, tiny_workload.make())
-    point = measure_point(workload, CPU, 64, ProfileConfig(min_steps=3, min_seconds=0.0), telemetry_tag=clock.tag,
-                          trainee=Trainee.build(workload, CPU))
+    point = measure_point(
+        workload,
+        CPU,
+        64,
+        ProfileConfig(min_steps=3, min_seconds=0.0),
+        telemetry_tag=clock.tag,
+        trainee=Trainee.build(workload, CPU),
+    )
     assert point.status == "ok" and point.flops_per_step and point.warmup_steps == 1
     # the two plain steps agreed: both steady, the first two of the three timed steps
     assert clock.steps[64] == 1 + 3 and point.n == 3
@@ -368,11 +418,11 @@ def test_a_sweep_counts_flops_at_two_sizes_and_scales_them_when_proportional(mon
     config = ProfileConfig(batch_sizes=(8, 16, 32, 64), **QUICK)
     linear = tiny_workload.make()
     result = run_profile(linear, CPU, config)
-    assert len(counts) == 2   # 8 and 16, the same FLOPs a sample: 32 and 64 take theirs scaled
+    assert len(counts) == 2  # 8 and 16, the same FLOPs a sample: 32 and 64 take theirs scaled
     counted = {b: StepRunner(linear, CPU, b).first_step()[0] for b in (8, 16, 32, 64)}
-    assert {p.batch_size: p.flops_per_step for p in result.points} == counted   # exactly what counting finds
+    assert {p.batch_size: p.flops_per_step for p in result.points} == counted  # exactly what counting finds
 
-    class FixedCost(torch.nn.Module):   # a term that does not grow with the batch: FLOPs not proportional
+    class FixedCost(torch.nn.Module):  # a term that does not grow with the batch: FLOPs not proportional
         def __init__(self):
             super().__init__()
             self.mlp, self.table = linear.model(), torch.nn.Parameter(torch.randn(64, 64))
@@ -380,11 +430,18 @@ def test_a_sweep_counts_flops_at_two_sizes_and_scales_them_when_proportional(mon
         def forward(self, x):
             return self.mlp(x) + (self.table @ self.table).mean()
 
-    fixed = Workload(name="fixed-cost", model=FixedCost, train=linear.train, val=linear.val, loss=linear.loss,
-                     baseline_batch_size=32, baseline_lr=1e-2)
+    fixed = Workload(
+        name="fixed-cost",
+        model=FixedCost,
+        train=linear.train,
+        val=linear.val,
+        loss=linear.loss,
+        baseline_batch_size=32,
+        baseline_lr=1e-2,
+    )
     counts.clear()
     result = run_profile(fixed, CPU, config)
-    assert len(counts) == 4   # every size counted
+    assert len(counts) == 4  # every size counted
     counted = {b: StepRunner(fixed, CPU, b).first_step()[0] for b in (8, 16, 32, 64)}
     assert {p.batch_size: p.flops_per_step for p in result.points} == counted
 
@@ -393,11 +450,17 @@ def test_a_datasets_warm_up_steps_through_its_loader_and_sizes_the_blocks(monkey
     import model_workloads
 
     # every step reads its batch through the workload's DataLoader, the warm-up's as the timed ones
-    step_s = 2 ** -7   # 7.8 ms, exact in binary as the clock's sums are
+    step_s = 2**-7  # 7.8 ms, exact in binary as the clock's sums are
     workload, clock = clocked(monkeypatch, lambda _b, _k: step_s, model_workloads.make_tuples())
-    point = measure_point(workload, CPU, 64, ProfileConfig(min_steps=3, min_seconds=0.0), telemetry_tag=clock.tag,
-                          trainee=Trainee.build(workload, CPU))
-    assert point.status == "ok" and clock.untimed == [3]   # the FLOP-counting step and two that agree
+    point = measure_point(
+        workload,
+        CPU,
+        64,
+        ProfileConfig(min_steps=3, min_seconds=0.0),
+        telemetry_tag=clock.tag,
+        trainee=Trainee.build(workload, CPU),
+    )
+    assert point.status == "ok" and clock.untimed == [3]  # the FLOP-counting step and two that agree
     # each round a block through the loader and one without, 50 ms of steps (7 steps), sized from the warm-up
     assert clock.steps[64] - 3 == 2 * 7 * len(point.step_times_s)
     assert point.median_s == pytest.approx(step_s) and point.compute_median_s == pytest.approx(step_s)

@@ -19,7 +19,7 @@ from largestep.measure.train import TrainConfig
 
 pytestmark = [pytest.mark.ray]
 
-RAY = ("ray", "pip install 'largestep[ray]'")   # an optional extra; the test extra installs it
+RAY = ("ray", "pip install 'largestep[ray]'")  # an optional extra; the test extra installs it
 
 
 @pytest.fixture
@@ -116,15 +116,17 @@ def test_without_ray_the_launcher_says_how_to_install_it(home, capsys, monkeypat
         check_launcher({"kind": "ray"}, "auto")
     assert main(["train", "-w", "fraud-mlp", "-b", "64", "--lr", "0.01", "--launcher", "ray"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("largestep: error: --launcher ray needs Ray, which is not installed; install it with: "
-                   "pip install 'largestep[ray]'")
+    assert err == (
+        "largestep: error: --launcher ray needs Ray, which is not installed; install it with: "
+        "pip install 'largestep[ray]'"
+    )
 
 
 @needs_ray
 def test_ray_refuses_what_it_cannot_run(home, tiny_spec):
     with pytest.raises(UsageError, match="do not combine"):
-        starts.start_train(home, tiny_spec, {}, "cpu", TrainConfig(batch_size=64, lr=1e-2, nproc=2),
-                            launcher={"kind": "ray"})
+        starts.start_train(
+            home, tiny_spec, {}, "cpu", TrainConfig(batch_size=64, lr=1e-2, nproc=2), launcher={"kind": "ray"}
+        )
     with pytest.raises(UsageError, match="auto, cpu or cuda"):
-        starts.start_train(home, tiny_spec, {}, "cuda:1", TrainConfig(batch_size=64, lr=1e-2),
-                            launcher={"kind": "ray"})
+        starts.start_train(home, tiny_spec, {}, "cuda:1", TrainConfig(batch_size=64, lr=1e-2), launcher={"kind": "ray"})

@@ -25,8 +25,9 @@ SHELL = {"|", "||", "&&", ";", "&"}
 
 def code_blocks(text: str, languages: tuple[str, ...] = ("bash", "sh", "console")) -> list[str]:
     """The fenced code blocks of ``text`` in one of ``languages`` ("" for a fence without one: output)."""
-    return [body for language, body in re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.M | re.S)
-            if language in languages]
+    return [
+        body for language, body in re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.M | re.S) if language in languages
+    ]
 
 
 def command_lines(text: str) -> list[str]:
@@ -44,7 +45,7 @@ def section(text: str, heading: str) -> str:
     """The text under the level-2 heading starting with ``heading``, up to the next level-2 heading."""
     start = text.index(f"\n{heading}")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end != -1 else len(text)]
+    return text[start : end if end != -1 else len(text)]
 
 
 def parse(line: str) -> list[str]:
@@ -54,14 +55,14 @@ def parse(line: str) -> list[str]:
     args = []
     for token in shlex.split(line, comments=True)[1:]:
         if token in SHELL or token.startswith((">", "2>")):
-            break   # a redirection or the next command: the shell's, not largestep's
+            break  # a redirection or the next command: the shell's, not largestep's
         args.append(token)
     command: click.Command = cli
     ctx = command.make_context("largestep", args)
     path = []
     while isinstance(command, click.Group):
-        with warnings.catch_warnings():   # click 8.2 to 8.x: the subcommand's name is in protected_args (deprecated);
-            warnings.simplefilter("ignore", DeprecationWarning)   # click 9: args holds every token left
+        with warnings.catch_warnings():  # click 8.2 to 8.x: the subcommand's name is in protected_args (deprecated);
+            warnings.simplefilter("ignore", DeprecationWarning)  # click 9: args holds every token left
             rest = [*getattr(ctx, "protected_args", []), *ctx.args]
         if not rest:
             break
@@ -103,8 +104,11 @@ def test_the_quickstart_runs_the_whole_loop_from_the_command_line_and_from_pytho
 
 def documented_commands() -> list:
     pages = [README, *sorted((ROOT / "docs").glob("*.md"))]
-    return [pytest.param(line, id=f"{page.name}: {line}") for page in pages
-            for line in command_lines(page.read_text(encoding="utf-8"))]
+    return [
+        pytest.param(line, id=f"{page.name}: {line}")
+        for page in pages
+        for line in command_lines(page.read_text(encoding="utf-8"))
+    ]
 
 
 @pytest.mark.parametrize("line", documented_commands())
@@ -117,11 +121,13 @@ def test_every_command_in_the_readme_and_the_docs_parses(line):
 
 def test_a_line_with_an_option_that_does_not_exist_fails_to_parse():
     # the check above can fail: an option the command lacks, a value its type refuses, a missing required option
-    for line in ("largestep profile --workload fraud-gru --no-such-option",
-                 "largestep recommend --rule cubic",
-                 "largestep profile --workload fraud-gru --min-steps many",
-                 "largestep train --lr 0.001 --batch-size 128",
-                 "largestep runs show"):
+    for line in (
+        "largestep profile --workload fraud-gru --no-such-option",
+        "largestep recommend --rule cubic",
+        "largestep profile --workload fraud-gru --min-steps many",
+        "largestep train --lr 0.001 --batch-size 128",
+        "largestep runs show",
+    ):
         with pytest.raises(click.UsageError):
             parse(line)
 
@@ -151,10 +157,17 @@ def test_internals_documents_every_table_and_column_the_migrations_create():
     sections = {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
     missing = {}
     for (table,) in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall():
-        columns = [c for (c,) in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ? "
-                                             "ORDER BY ordinal_position", [table]).fetchall()]
+        columns = [
+            c
+            for (c,) in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+                [table],
+            ).fetchall()
+        ]
         text = sections.get(table, "")
-        if "the columns of `noise_estimates`" in " ".join(text.split()):   # noise_curve_points: its own, then the estimates'
+        if "the columns of `noise_estimates`" in " ".join(
+            text.split()
+        ):  # noise_curve_points: its own, then the estimates'
             text += sections.get("noise_estimates", "")
         if absent := [c for c in columns if f"`{c}`" not in text]:
             missing[table] = absent

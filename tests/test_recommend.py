@@ -10,20 +10,48 @@ from largestep.errors import UsageError
 from largestep.plan.recommend import RecommendConfig, recommend, scale_lr, warmup_steps
 
 
-def profile(step_ms: dict[int, float], memory: dict[int, int] | None = None, saturation: int | None = None,
-            total_memory: int | None = None, baseline=(128, 1e-3), noisy=()):
+def profile(
+    step_ms: dict[int, float],
+    memory: dict[int, int] | None = None,
+    saturation: int | None = None,
+    total_memory: int | None = None,
+    baseline=(128, 1e-3),
+    noisy=(),
+):
     points = []
     for b, ms in sorted(step_ms.items()):
-        points.append({"batch_size": b, "status": "ok", "median_s": ms / 1e3, "samples_per_s": b / (ms / 1e3),
-                       "peak_memory_bytes": (memory or {}).get(b, 1000 * b), "noisy": b in noisy})
+        points.append(
+            {
+                "batch_size": b,
+                "status": "ok",
+                "median_s": ms / 1e3,
+                "samples_per_s": b / (ms / 1e3),
+                "peak_memory_bytes": (memory or {}).get(b, 1000 * b),
+                "noisy": b in noisy,
+            }
+        )
     if saturation is None:  # as the profiler computes it
         best = max(p["samples_per_s"] for p in points)
         saturation = min(p["batch_size"] for p in points if p["samples_per_s"] >= 0.9 * best)
-    return {"id": "prof-synthetic", "workload": "w", "workload_spec": "w", "options": {}, "device_id": "cuda:x",
-            "device_name": "GPU", "device_kind": "cuda", "dtype": "fp32", "saturation_batch": saturation,
-            "baseline_batch_size": baseline[0], "baseline_lr": baseline[1], "optimizer": "adam", "epochs": 10,
-            "n_train": 1_000_000, "warmup_samples": 50_000, "device_total_memory_bytes": total_memory,
-            "points": points}
+    return {
+        "id": "prof-synthetic",
+        "workload": "w",
+        "workload_spec": "w",
+        "options": {},
+        "device_id": "cuda:x",
+        "device_name": "GPU",
+        "device_kind": "cuda",
+        "dtype": "fp32",
+        "saturation_batch": saturation,
+        "baseline_batch_size": baseline[0],
+        "baseline_lr": baseline[1],
+        "optimizer": "adam",
+        "epochs": 10,
+        "n_train": 1_000_000,
+        "warmup_samples": 50_000,
+        "device_total_memory_bytes": total_memory,
+        "points": points,
+    }
 
 
 def test_perfect_scaling_takes_the_largest_batch_before_saturation():
@@ -121,14 +149,17 @@ def test_rules_and_warmup_arithmetic():
     assert rec["learning_rate"] == pytest.approx(0.02)
 
 
-@pytest.mark.parametrize("config, says", [
-    (RecommendConfig(baseline_lr=0.0), "positive"),
-    (RecommendConfig(baseline_lr=-1e-3), "positive"),
-    (RecommendConfig(baseline_batch=100), "not measured"),
-    (RecommendConfig(memory_headroom=1.5), "headroom"),
-    (RecommendConfig(noise_scale=-5), "noise"),
-    (RecommendConfig(max_lr=0), "max-lr"),
-])
+@pytest.mark.parametrize(
+    "config, says",
+    [
+        (RecommendConfig(baseline_lr=0.0), "positive"),
+        (RecommendConfig(baseline_lr=-1e-3), "positive"),
+        (RecommendConfig(baseline_batch=100), "not measured"),
+        (RecommendConfig(memory_headroom=1.5), "headroom"),
+        (RecommendConfig(noise_scale=-5), "noise"),
+        (RecommendConfig(max_lr=0), "max-lr"),
+    ],
+)
 def test_bad_configs_are_usage_errors(config, says):
     with pytest.raises(UsageError, match=says):
         recommend(profile({128: 10, 256: 10}), config)
@@ -139,23 +170,27 @@ def test_a_profile_flagged_inconsistent_makes_the_recommendation_say_it_is_uncer
     assert recommend(p, RecommendConfig())["uncertain"] is None
     p["inconsistency"] = "step time falls from 514 ms at batch 16 to 331 ms at 32, beyond their quartiles"
     rec = recommend(p, RecommendConfig())
-    assert rec["uncertain"].startswith("uncertain: profile prof-synthetic stayed inconsistent after re-measuring "
-                                       "(step time falls from 514 ms at batch 16")
-    assert rec["reasons"][0] == rec["uncertain"]      # first among the reasons, not ranked on silently
+    assert rec["uncertain"].startswith(
+        "uncertain: profile prof-synthetic stayed inconsistent after re-measuring "
+        "(step time falls from 514 ms at batch 16"
+    )
+    assert rec["reasons"][0] == rec["uncertain"]  # first among the reasons, not ranked on silently
 
 
 def test_the_noise_rule_stops_growing_the_rate_near_the_noise_scale_and_the_linear_rule_says_when_it_goes_past():
     """McCandlish et al.: the optimal SGD rate is eps_max/(1 + B_noise/B), calibrated so the baseline keeps its own."""
     assert scale_lr(1e-3, 128, 128, "noise", 1000.0) == pytest.approx(1e-3)
     assert scale_lr(1e-3, 128, 8192, "noise", 1000.0) == pytest.approx(1e-3 * (1 + 1000 / 128) / (1 + 1000 / 8192))
-    assert scale_lr(1e-3, 128, 10**9, "noise", 1000.0) < 1e-3 * (1 + 1000 / 128) * 1.0001   # its ceiling: ~8.8x
-    p = profile({128: 10, 1024: 10, 4096: 10})          # perfect hardware scaling: the largest batch wins
+    assert scale_lr(1e-3, 128, 10**9, "noise", 1000.0) < 1e-3 * (1 + 1000 / 128) * 1.0001  # its ceiling: ~8.8x
+    p = profile({128: 10, 1024: 10, 4096: 10})  # perfect hardware scaling: the largest batch wins
     linear = recommend(p, RecommendConfig(noise_scale=500.0))
     assert linear["batch_size"] == 4096 and linear["learning_rate"] == pytest.approx(32e-3)
-    assert any("linear rule scales the learning rate past the noise scale" in r and "--rule noise" in r
-               for r in linear["reasons"])
+    assert any(
+        "linear rule scales the learning rate past the noise scale" in r and "--rule noise" in r
+        for r in linear["reasons"]
+    )
     noise = recommend(p, RecommendConfig(noise_scale=500.0, rule="noise"))
-    assert noise["learning_rate"] == pytest.approx(1e-3 * (1 + 500 / 128) / (1 + 500 / 4096))   # 4.4x, not 32x
+    assert noise["learning_rate"] == pytest.approx(1e-3 * (1 + 500 / 128) / (1 + 500 / 4096))  # 4.4x, not 32x
     assert not any("past the noise scale" in r for r in noise["reasons"])
     with pytest.raises(UsageError, match="--rule noise needs a gradient noise scale"):
         recommend(p, RecommendConfig(rule="noise"))
@@ -173,8 +208,8 @@ def test_candidates_are_ranked_by_the_lower_end_of_their_prediction_interval():
         point["step_times_s"] = list(point["median_s"] * np.exp(spread * np.repeat(rng.standard_normal(6), 10)))
     rec = recommend(p, RecommendConfig(noise_scale=100_000.0))
     by_batch = {c["batch_size"]: c for c in rec["candidates"]}
-    assert by_batch[1024]["speedup_time_to_target"] > by_batch[512]["speedup_time_to_target"]   # the point says 1024
-    assert by_batch[1024]["speedup_interval"][0] < by_batch[512]["speedup_interval"][0]        # its low end does not
+    assert by_batch[1024]["speedup_time_to_target"] > by_batch[512]["speedup_time_to_target"]  # the point says 1024
+    assert by_batch[1024]["speedup_interval"][0] < by_batch[512]["speedup_interval"][0]  # its low end does not
     assert rec["batch_size"] == 512 and by_batch[512]["rank"] == 1
     assert rec["predicted_speedup"]["coverage"] == 0.9
 
@@ -193,5 +228,7 @@ def test_a_candidate_faster_on_its_point_but_not_on_its_interval_leaves_the_base
     candidate = next(c for c in rec["candidates"] if c["batch_size"] == 512)
     assert candidate["speedup_time_to_target"] > 1 > candidate["speedup_interval"][0]
     assert rec["batch_size"] == 128
-    assert any(r.startswith("no measured batch's prediction interval lies above 1: the best, batch 512, is "
-                            "predicted") for r in rec["reasons"])
+    assert any(
+        r.startswith("no measured batch's prediction interval lies above 1: the best, batch 512, is predicted")
+        for r in rec["reasons"]
+    )

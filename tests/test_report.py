@@ -27,16 +27,23 @@ def verified_home(profiled_template, tmp_path_factory) -> tuple[Home, dict]:
     with store.connect(home) as con:
         store.save_recommendation(home, con, rec)
     run_ids = []
-    for role, batch, lr in (("baseline", rec["baseline"]["batch_size"], rec["baseline"]["learning_rate"]),
-                            ("recommended", rec["batch_size"], rec["learning_rate"])):
-        run_ids += starts.start_train(home, TINY, {}, "cpu", TrainConfig(batch_size=batch, lr=lr, epochs=2),
-                                       role=role, recommendation_id=rec["recommendation_id"])
+    for role, batch, lr in (
+        ("baseline", rec["baseline"]["batch_size"], rec["baseline"]["learning_rate"]),
+        ("recommended", rec["batch_size"], rec["learning_rate"]),
+    ):
+        run_ids += starts.start_train(
+            home,
+            TINY,
+            {},
+            "cpu",
+            TrainConfig(batch_size=batch, lr=lr, epochs=2),
+            role=role,
+            recommendation_id=rec["recommendation_id"],
+        )
     for run_id in run_ids:
         assert jobs.wait(home, run_id, timeout_s=180) == jobs.FINISHED
     store.ingest(home)
     return home, rec
-
-
 
 
 def test_the_report_is_self_contained_and_shows_everything(verified_home):
@@ -53,7 +60,7 @@ def test_the_report_is_self_contained_and_shows_everything(verified_home):
     for reason in rec["reasons"]:
         assert reason.replace("'", "&#x27;") in text
     # the verification: both groups compared, with the baseline's target
-    runs_section = text[text.index("id='runs'"):]
+    runs_section = text[text.index("id='runs'") :]
     assert "Target: the baseline" in runs_section and "recommended" in runs_section
     assert "No baseline and recommended training runs" not in runs_section
 
@@ -74,7 +81,9 @@ def test_cli_report_writes_the_file_atomically(capsys, verified_home, tmp_path):
     target = tmp_path / "out" / "report.html"
     target.parent.mkdir()
     target.write_text("old")
-    code, out, err = run_cli(capsys, "--home", str(home.root), "report", "--recommendation", "latest", "-o", str(target))
+    code, out, err = run_cli(
+        capsys, "--home", str(home.root), "report", "--recommendation", "latest", "-o", str(target)
+    )
     assert code == 0, err
     text = target.read_text()
     assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
@@ -83,8 +92,9 @@ def test_cli_report_writes_the_file_atomically(capsys, verified_home, tmp_path):
     assert "wrote" in err
 
 
-def test_cli_report_defaults_to_the_newest_and_a_file_in_the_working_folder(capsys, verified_home, tmp_path,
-                                                                            monkeypatch):
+def test_cli_report_defaults_to_the_newest_and_a_file_in_the_working_folder(
+    capsys, verified_home, tmp_path, monkeypatch
+):
     home, rec = verified_home
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(capsys, "--home", str(home.root), "report", "--profile", rec["profile_id"])
@@ -92,15 +102,24 @@ def test_cli_report_defaults_to_the_newest_and_a_file_in_the_working_folder(caps
     assert rec["recommendation_id"] in (tmp_path / "largestep-report.html").read_text()
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["report", "--recommendation", "rec-nope"], "no recommendation 'rec-nope'"),
-    (["report", "--profile", "prof-nope"], "no profile 'prof-nope'"),
-    (["report", "-o", "/nonexistent-folder/r.html"], "cannot write"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["report", "--recommendation", "rec-nope"], "no recommendation 'rec-nope'"),
+        (["report", "--profile", "prof-nope"], "no profile 'prof-nope'"),
+        (["report", "-o", "/nonexistent-folder/r.html"], "cannot write"),
+    ],
+)
 def test_cli_report_errors_are_one_line(capsys, verified_home, tmp_path, argv, says):
     home, _ = verified_home
-    code, out, err = run_cli(capsys, "--home", str(home.root), *argv[:1], *argv[1:],
-                         *([] if "-o" in argv else ["-o", str(tmp_path / "r.html")]))
+    code, out, err = run_cli(
+        capsys,
+        "--home",
+        str(home.root),
+        *argv[:1],
+        *argv[1:],
+        *([] if "-o" in argv else ["-o", str(tmp_path / "r.html")]),
+    )
     assert code == 2 and err.count("\n") == 1 and says in err, err
     assert not (tmp_path / "r.html").exists()
 
@@ -125,9 +144,10 @@ def test_a_run_tracked_from_your_own_code_joins_the_verification(verified_home, 
 
     home, rec = verified_home
     mine = Home(tmp_path / "home")
-    shutil.copytree(home.root, mine.root)   # the module's home stays as the other tests expect it
-    with largestep.track("tiny-mlp", batch_size=rec["batch_size"], recommendation=rec["recommendation_id"],
-                      home=mine.root) as tracked:
+    shutil.copytree(home.root, mine.root)  # the module's home stays as the other tests expect it
+    with largestep.track(
+        "tiny-mlp", batch_size=rec["batch_size"], recommendation=rec["recommendation_id"], home=mine.root
+    ) as tracked:
         plain_loop(tracked, steps=20, batch_size=rec["batch_size"])
     store.ingest(mine)
     runs_section = build_report(mine, recommendation_id=rec["recommendation_id"]).split("id='runs'")[1]
@@ -142,20 +162,60 @@ def test_the_report_judges_an_autopilots_runs_with_its_tolerances_and_colours_it
     from largestep.ui.report import ReportData, _runs_section, _summary
 
     def run(run_id: str, role: str, t: float) -> dict:
-        return {"id": run_id, "role": role, "seed": int(run_id[-1]), "state": "FINISHED", "best_val_loss": 0.5,
-                "final_val_loss": 0.5, "train_time_s": t, "steps": 10, "batch_size": 32, "lr": 1e-3}
+        return {
+            "id": run_id,
+            "role": role,
+            "seed": int(run_id[-1]),
+            "state": "FINISHED",
+            "best_val_loss": 0.5,
+            "final_val_loss": 0.5,
+            "train_time_s": t,
+            "steps": 10,
+            "batch_size": 32,
+            "lr": 1e-3,
+        }
 
     runs = [run(f"b{k}", "baseline", 10.0) for k in range(3)] + [run(f"r{k}", "recommended", 5.0) for k in range(3)]
-    evals = pd.DataFrame([{"run_id": r["id"], "step": 10, "train_time_s": r["train_time_s"],
-                           "wall_time_s": r["train_time_s"], "val_loss": 0.5} for r in runs])
-    rec = {"recommendation_id": "rec-1", "batch_size": 256, "learning_rate": 8e-3, "rule": "linear",
-           "warmup_steps": 1, "warmup_samples": 256, "baseline": {"batch_size": 32, "learning_rate": 1e-3},
-           "predicted_speedup": {"time_to_target": 2.0, "throughput": 4.0, "time_to_target_interval": [1.5, 2.6],
-                                 "coverage": 0.9}, "experiments_per_gpu_day": {}}
-    autopilot = {"headline": {"text": "batch 256 ...", "tone": "bad"},
-                 "comparison": {"tolerance": 0.2, "quality": {"tolerance_share": 0.3}}}
-    data = ReportData(profile={"id": "p"}, points=pd.DataFrame(), recommendation=rec, runs=runs, evaluations=evals,
-                      autopilot=autopilot)
+    evals = pd.DataFrame(
+        [
+            {
+                "run_id": r["id"],
+                "step": 10,
+                "train_time_s": r["train_time_s"],
+                "wall_time_s": r["train_time_s"],
+                "val_loss": 0.5,
+            }
+            for r in runs
+        ]
+    )
+    rec = {
+        "recommendation_id": "rec-1",
+        "batch_size": 256,
+        "learning_rate": 8e-3,
+        "rule": "linear",
+        "warmup_steps": 1,
+        "warmup_samples": 256,
+        "baseline": {"batch_size": 32, "learning_rate": 1e-3},
+        "predicted_speedup": {
+            "time_to_target": 2.0,
+            "throughput": 4.0,
+            "time_to_target_interval": [1.5, 2.6],
+            "coverage": 0.9,
+        },
+        "experiments_per_gpu_day": {},
+    }
+    autopilot = {
+        "headline": {"text": "batch 256 ...", "tone": "bad"},
+        "comparison": {"tolerance": 0.2, "quality": {"tolerance_share": 0.3}},
+    }
+    data = ReportData(
+        profile={"id": "p"},
+        points=pd.DataFrame(),
+        recommendation=rec,
+        runs=runs,
+        evaluations=evals,
+        autopilot=autopilot,
+    )
     assert "<p class='headline bad'>Measured: batch 256 ...</p>" in _summary(rec, data)
     assert "90% prediction interval 1.50–2.60×" in _summary(rec, data)
     section = _runs_section(rec, data)

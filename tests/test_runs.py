@@ -53,8 +53,9 @@ def test_a_run_killed_with_sigkill_is_crashed_and_keeps_its_flushed_metrics(home
 
 def test_an_absurd_learning_rate_ends_diverged_in_seconds(home, tiny_spec):
     started = time.monotonic()
-    [run] = starts.start_train(home, tiny_spec, {}, "cpu", TrainConfig(batch_size=32, lr=1e7, epochs=500,
-                                                                        warmup_samples=0))
+    [run] = starts.start_train(
+        home, tiny_spec, {}, "cpu", TrainConfig(batch_size=32, lr=1e7, epochs=500, warmup_samples=0)
+    )
     assert jobs.wait(home, run, timeout_s=60) == jobs.DIVERGED
     assert time.monotonic() - started < 30
     store.ingest(home)
@@ -75,8 +76,12 @@ def test_four_runs_and_readers_on_one_database_lose_nothing(home, tiny_spec):
 
     def reader():
         while not stop.is_set():
-            proc = subprocess.run([sys.executable, "-m", "largestep.cli", "runs", "--json"], capture_output=True,
-                                  text=True, env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
+            proc = subprocess.run(
+                [sys.executable, "-m", "largestep.cli", "runs", "--json"],
+                capture_output=True,
+                text=True,
+                env=dict(os.environ, LARGESTEP_HOME=str(home.root)),
+            )
             if proc.returncode != 0:
                 errors.append(proc.stderr)
 
@@ -115,9 +120,25 @@ def test_a_cancelled_queued_run_never_starts(home, tiny_spec):
 
 
 def test_killing_the_cli_while_a_run_goes_on_loses_nothing(home, tiny_spec):
-    cli = subprocess.Popen([sys.executable, "-m", "largestep.cli", "train", "--workload", tiny_spec, "--batch-size", "32",
-                            "--lr", "0.01", "--epochs", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "largestep.cli",
+            "train",
+            "--workload",
+            tiny_spec,
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.01",
+            "--epochs",
+            "4",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, LARGESTEP_HOME=str(home.root)),
+    )
     assert wait_for(lambda: home.jobs.exists() and any(home.jobs.iterdir()))
     run = next(home.jobs.iterdir()).name
     assert wait_for(lambda: _spooled(home, run, "eval") >= 1)
@@ -135,18 +156,47 @@ def test_killing_the_cli_while_a_run_goes_on_loses_nothing(home, tiny_spec):
 @pytest.mark.timeout(900)  # its subprocesses (or the session's autopilot) may take 300 s and more
 def test_train_runs_compare_from_the_command_line(home, tiny_spec):
     def cli(*argv):
-        proc = subprocess.run([sys.executable, "-m", "largestep.cli", *argv], capture_output=True, text=True,
-                              timeout=300, env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
+        proc = subprocess.run(
+            [sys.executable, "-m", "largestep.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=dict(os.environ, LARGESTEP_HOME=str(home.root)),
+        )
         return proc.returncode, proc.stdout, proc.stderr
 
-    code, out, err = cli("train", "--workload", tiny_spec, "--batch-size", "32", "--lr", "0.01", "--epochs", "3",
-                         "--repeats", "2", "--json")
+    code, out, err = cli(
+        "train",
+        "--workload",
+        tiny_spec,
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.01",
+        "--epochs",
+        "3",
+        "--repeats",
+        "2",
+        "--json",
+    )
     assert code == 0, err
     base = json.loads(out)
     assert [r["seed"] for r in base] == [0, 1] and base[0]["group_id"] == base[1]["group_id"]
     assert all(r["state"] == "FINISHED" and r["final_val_loss"] > 0 for r in base)
-    code, out, err = cli("train", "--workload", tiny_spec, "--batch-size", "128", "--lr", "0.04", "--epochs", "6",
-                         "--repeats", "2", "--json")
+    code, out, err = cli(
+        "train",
+        "--workload",
+        tiny_spec,
+        "--batch-size",
+        "128",
+        "--lr",
+        "0.04",
+        "--epochs",
+        "6",
+        "--repeats",
+        "2",
+        "--json",
+    )
     assert code == 0, err
     big = json.loads(out)
     code, out, err = cli("compare", base[0]["group_id"], big[0]["group_id"], "--json")
@@ -157,8 +207,9 @@ def test_train_runs_compare_from_the_command_line(home, tiny_spec):
     # two finished seeds a side: Welch's test on the final accuracies the runs reported
     base_accuracy = [r["final_primary_metric"] for r in base]
     big_accuracy = [r["final_primary_metric"] for r in big]
-    assert big_group["metric_difference"] == pytest.approx(statistics.fmean(big_accuracy)
-                                                           - statistics.fmean(base_accuracy))
+    assert big_group["metric_difference"] == pytest.approx(
+        statistics.fmean(big_accuracy) - statistics.fmean(base_accuracy)
+    )
     assert big_group["p_value"] == pytest.approx(_welch_p(big_accuracy, base_accuracy))
     assert result["target_val_loss"] >= result["baseline_best_val_loss"]
     code, out, err = cli("runs", "--status", "FINISHED", "--json")
@@ -167,18 +218,21 @@ def test_train_runs_compare_from_the_command_line(home, tiny_spec):
     code, out, err = cli("runs", "show", base[0]["id"], "--json")
     assert code == 0, err
     assert len(json.loads(out)["evaluations"]) == 3  # one an epoch
-    for bad, says in [(("compare", "nope", base[0]["id"]), "no run or group"), (("runs", "show", "nope"), "no run"),
-                      (("runs", "--status", "SLEEPING"), "unknown state"), (("runs", "cancel", "nope"), "no run"),
-                      (("train", "--workload", tiny_spec, "--batch-size", "32", "--lr", "-1"), "--lr"),
-                      (("train", "--workload", tiny_spec, "--batch-size", "30", "--lr", "1", "--accumulate", "4"),
-                       "divisible")]:
+    for bad, says in [
+        (("compare", "nope", base[0]["id"]), "no run or group"),
+        (("runs", "show", "nope"), "no run"),
+        (("runs", "--status", "SLEEPING"), "unknown state"),
+        (("runs", "cancel", "nope"), "no run"),
+        (("train", "--workload", tiny_spec, "--batch-size", "32", "--lr", "-1"), "--lr"),
+        (("train", "--workload", tiny_spec, "--batch-size", "30", "--lr", "1", "--accumulate", "4"), "divisible"),
+    ]:
         code, _, err = cli(*bad)
         assert code == 2 and says in err and err.count("\n") == 1, err
 
 
 @pytest.mark.timeout(900)  # its subprocesses (or the session's autopilot) may take 300 s and more
 def test_autopilot_ends_with_a_headline(autopilot_run):
-    home, code, result, stderr = autopilot_run   # `largestep autopilot --json`, run once for the session
+    home, code, result, stderr = autopilot_run  # `largestep autopilot --json`, run once for the session
     assert code == 0, stderr
     headline = result["headline"]
     assert headline["batch_size"] == result["recommendation"]["batch_size"]
@@ -187,8 +241,9 @@ def test_autopilot_ends_with_a_headline(autopilot_run):
     with store.connect(home) as con:
         rec = store.load_recommendation(con, result["recommendation"]["recommendation_id"])
         roles = {r["role"] for r in store.frame_records(store.list_runs(con))}
-        runs = {arm: [store.get_run(con, run_id) for run_id in result[f"{arm}_runs"]]
-                for arm in ("baseline", "recommended")}
+        runs = {
+            arm: [store.get_run(con, run_id) for run_id in result[f"{arm}_runs"]] for arm in ("baseline", "recommended")
+        }
         evals = store.run_evaluations(con, result["baseline_runs"] + result["recommended_runs"])
     assert rec is not None and roles == {"baseline", "recommended"}
     assert headline["predicted_speedup"] == pytest.approx(rec["predicted_speedup"]["time_to_target"])
@@ -209,8 +264,10 @@ def test_autopilot_ends_with_a_headline(autopilot_run):
     assert "reached in" in headline["text"] and f"of {len(runs['recommended'])} seeds" in headline["text"]
     # the quality: Welch's test on the final accuracies of the two seeds of each arm, and the difference's interval
     # (a run that diverged has no final accuracy: it weighs nothing, and with one seed a side there is no p-value)
-    accuracy = {arm: [r["final_primary_metric"] for r in arm_runs if r["final_primary_metric"] is not None]
-                for arm, arm_runs in runs.items()}
+    accuracy = {
+        arm: [r["final_primary_metric"] for r in arm_runs if r["final_primary_metric"] is not None]
+        for arm, arm_runs in runs.items()
+    }
     if min(len(values) for values in accuracy.values()) < 2:
         assert headline["p_value"] is None
     else:
@@ -237,15 +294,21 @@ def _median_time(evals, arm_runs: list[dict], target: float) -> float | None:
 
 
 def _cli(home, *argv, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "largestep.cli", *argv], capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
+    return subprocess.run(
+        [sys.executable, "-m", "largestep.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, LARGESTEP_HOME=str(home.root)),
+    )
 
 
 @pytest.mark.slow
 def test_a_detached_run_is_cancelled_from_the_command_line(home, tiny_spec):
     started = time.monotonic()
-    proc = _cli(home, "train", "--workload", tiny_spec, "-b", "16", "--lr", "0.01", "--epochs", "200", "--detach",
-                "--json")
+    proc = _cli(
+        home, "train", "--workload", tiny_spec, "-b", "16", "--lr", "0.01", "--epochs", "200", "--detach", "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - started < 60  # it returned while the 200 epochs go on
     queued = json.loads(proc.stdout)
@@ -276,8 +339,21 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 def test_a_run_stops_at_the_target_validation_loss(home, tiny_spec):
     # the tiny model is below 0.2 at its first evaluation (the end of epoch 1, 2048 / 32 = 64 steps)
-    proc = _cli(home, "train", "--workload", tiny_spec, "-b", "32", "--lr", "0.01", "--epochs", "20",
-                "--target-val-loss", "0.2", "--json")
+    proc = _cli(
+        home,
+        "train",
+        "--workload",
+        tiny_spec,
+        "-b",
+        "32",
+        "--lr",
+        "0.01",
+        "--epochs",
+        "20",
+        "--target-val-loss",
+        "0.2",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     run = json.loads(proc.stdout)
     assert run["state"] == "FINISHED" and run["stop_reason"] == "target" and run["reached_target"]

@@ -15,11 +15,28 @@ BATCHES = (32, 64, 128, 256, 512, 1024)
 
 def profile(step_time, batches=BATCHES, b0=32, lr0=1e-3) -> dict:
     """A stored profile whose step time at batch B is ``step_time(B)``."""
-    points = [{"batch_size": b, "status": "ok", "median_s": step_time(b), "p25_s": step_time(b),
-               "p75_s": step_time(b), "peak_memory_bytes": 1000 * b} for b in batches]
-    return {"id": "prof-synthetic", "workload": "synthetic", "points": points, "baseline_batch_size": b0,
-            "baseline_lr": lr0, "epochs": 10, "n_train": 100_000, "warmup_samples": 5000,
-            "device_total_memory_bytes": None}
+    points = [
+        {
+            "batch_size": b,
+            "status": "ok",
+            "median_s": step_time(b),
+            "p25_s": step_time(b),
+            "p75_s": step_time(b),
+            "peak_memory_bytes": 1000 * b,
+        }
+        for b in batches
+    ]
+    return {
+        "id": "prof-synthetic",
+        "workload": "synthetic",
+        "points": points,
+        "baseline_batch_size": b0,
+        "baseline_lr": lr0,
+        "epochs": 10,
+        "n_train": 100_000,
+        "warmup_samples": 5000,
+        "device_total_memory_bytes": None,
+    }
 
 
 def linear_time(overhead: float, per_sample: float):
@@ -92,7 +109,7 @@ def test_the_batch_never_shrinks_even_where_the_noise_scale_dips():
 def test_sqrt_rule_and_excluded_batches_carry_over_from_the_recommendation():
     t = linear_time(64e-4, 1e-4)
     prof = profile(t)
-    prof["device_total_memory_bytes"] = 300_000   # 90% of it: batches above 270 do not fit
+    prof["device_total_memory_bytes"] = 300_000  # 90% of it: batches above 270 do not fit
     plan = plan_schedule(rec_for(prof, rule="sqrt"), curve((0.0, 64), (1.0, 100_000)))
     assert max(p["batch_size"] for p in plan["phases"]) == 256
     for p in plan["phases"]:

@@ -27,15 +27,21 @@ from largestep.measure import devices, selfcheck
 
 @pytest.mark.slow
 def test_doctor_devices_on_a_machine_without_a_gpu_says_so_runs_the_cpu_checks_and_writes_a_report(
-        capsys, tmp_path, monkeypatch):
+    capsys, tmp_path, monkeypatch
+):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     report = tmp_path / "selfcheck.json"
     code, out, _ = run_cli(capsys, "doctor", "--devices", "--report", str(report))
     assert "no CUDA GPU on this machine" in out and f"report written to {report}" in out
     document = json.loads(report.read_text())
     checks = {(c["device"], c["name"]): c for c in document["checks"]}
-    assert set(checks) == {("cuda", "gpus"), ("cpu", "timing: matmul"), ("cpu", "timing: training step"),
-                           ("cpu", "out of memory"), ("cpu", "precision")}
+    assert set(checks) == {
+        ("cuda", "gpus"),
+        ("cpu", "timing: matmul"),
+        ("cpu", "timing: training step"),
+        ("cpu", "out of memory"),
+        ("cpu", "precision"),
+    }
     assert checks[("cpu", "out of memory")]["verdict"] == "skipped"
     for name in ("timing: matmul", "timing: training step"):
         measured = checks[("cpu", name)]["measured"]
@@ -73,11 +79,14 @@ def test_nvml_check_is_a_problem_when_nvml_lists_no_gpu_with_torchs_uuid(monkeyp
     assert check.verdict == "problem" and f"GPU-{UUID_A}" in check.summary
 
 
-@pytest.mark.parametrize("error, verdict", [
-    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB"), "ok"),
-    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED"), "ok"),
-    (RuntimeError("CUDA error: an illegal memory access was encountered"), "problem"),  # not an OOM: a bug
-])
+@pytest.mark.parametrize(
+    "error, verdict",
+    [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB"), "ok"),
+        (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED"), "ok"),
+        (RuntimeError("CUDA error: an illegal memory access was encountered"), "problem"),  # not an OOM: a bug
+    ],
+)
 def test_an_induced_out_of_memory_must_be_recognised_and_leave_the_gpu_usable(one_gpu, monkeypatch, error, verdict):
     real_empty = torch.empty
 
@@ -105,8 +114,9 @@ def test_on_a_gpu_the_profilers_timing_is_checked_against_cuda_events_in_blocks(
     monkeypatch.setattr(selfcheck, "TIMING_BUDGET_S", 0.5)
     busy = FakeAllocator(fixed_bytes=0, bytes_per_sample=0, seconds_per_forward=0.002)
     with cuda_on_cpu(one_gpu, busy):
-        check = selfcheck._timing(devices.device_info("cuda:0"), "timing: training step",
-                                  selfcheck._training_step(torch.device("cuda:0")))
+        check = selfcheck._timing(
+            devices.device_info("cuda:0"), "timing: training step", selfcheck._training_step(torch.device("cuda:0"))
+        )
     measured = check.measured
     assert measured["reference"] == "CUDA events" and check.verdict in ("ok", "warn", "problem")
     assert measured["rounds"] >= selfcheck.MIN_ROUNDS
@@ -127,6 +137,7 @@ def test_each_gpu_is_checked_as_the_current_device_so_cuda_events_time_that_gpu(
         def check(info):
             current_in[name] = two["current"]
             return selfcheck.DeviceCheck(info.id, name, "ok", "")
+
         return check
 
     for name in ("_nvml", "_out_of_memory", "_precision"):
@@ -135,7 +146,7 @@ def test_each_gpu_is_checked_as_the_current_device_so_cuda_events_time_that_gpu(
     with cuda_on_cpu(two, busy):
         checks = {c.name: c for c in selfcheck.check_devices()}
     assert current_in == {"_nvml": 1, "_out_of_memory": 1, "_precision": 1}
-    assert two["current"] == 0   # the GPU current before the checks is current again after them
+    assert two["current"] == 0  # the GPU current before the checks is current again after them
     step = checks["timing: training step"]
     assert step.device == f"cuda:GPU-{UUID_B}" and step.measured["reference"] == "CUDA events"
     assert abs(step.measured["ratio"] - 1.0) <= selfcheck.AGREE_WITHIN, step.summary
@@ -161,14 +172,16 @@ def test_the_nccl_check_meets_over_loopback_as_a_jobs_ranks_do(monkeypatch):
     results = []
     queue = type("Queue", (), {"put": lambda self, item: results.append(item)})()
     selfcheck._all_reduce_rank(0, 2, 29500, "gloo", queue)
-    assert loopback_interface() and seen == {"GLOO_SOCKET_IFNAME": loopback_interface(),
-                                             "NCCL_SOCKET_IFNAME": loopback_interface()}
+    assert loopback_interface() and seen == {
+        "GLOO_SOCKET_IFNAME": loopback_interface(),
+        "NCCL_SOCKET_IFNAME": loopback_interface(),
+    }
     assert results == [(0, "RuntimeError: no second rank here")]
 
 
-
-def test_doctor_devices_waits_for_the_job_on_a_device_and_holds_its_lock_while_it_checks(capsys, home, tmp_path,
-                                                                                           monkeypatch):
+def test_doctor_devices_waits_for_the_job_on_a_device_and_holds_its_lock_while_it_checks(
+    capsys, home, tmp_path, monkeypatch
+):
     import threading
     import time
 
@@ -179,7 +192,7 @@ def test_doctor_devices_waits_for_the_job_on_a_device_and_holds_its_lock_while_i
     path = str(home.locks / "device-cpu.lock")
     running, released = threading.Event(), []
 
-    def a_job_on_the_cpu():   # (another thread: filelock refuses one thread two instances of a lock)
+    def a_job_on_the_cpu():  # (another thread: filelock refuses one thread two instances of a lock)
         with FileLock(path):
             running.set()
             time.sleep(0.5)
@@ -193,6 +206,7 @@ def test_doctor_devices_waits_for_the_job_on_a_device_and_holds_its_lock_while_i
                 FileLock(path).acquire(timeout=0)
             except Timeout:
                 taken.append(True)
+
         prober = threading.Thread(target=probe)
         prober.start()
         prober.join()
@@ -207,8 +221,8 @@ def test_doctor_devices_waits_for_the_job_on_a_device_and_holds_its_lock_while_i
     job.join()
     assert code == 0 and "waiting for the job on cpu to end" in err
     [(checked_at, held)] = checked
-    assert checked_at > released[0] and held   # after the job ended, and holding the lock: no job starts meanwhile
-    assert not taken_elsewhere()               # given back after
+    assert checked_at > released[0] and held  # after the job ended, and holding the lock: no job starts meanwhile
+    assert not taken_elsewhere()  # given back after
 
 
 def test_doctor_devices_json_records_the_tf32_and_cudnn_settings(capsys, home, tmp_path, monkeypatch):
@@ -216,8 +230,11 @@ def test_doctor_devices_json_records_the_tf32_and_cudnn_settings(capsys, home, t
     monkeypatch.setattr(selfcheck, "check_devices", lambda: [])
     report = tmp_path / "report.json"
     code, out, _ = run_cli(capsys, "doctor", "--devices", "--json", "--report", str(report))
-    settings = {"matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-                "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32, "cudnn_benchmark": torch.backends.cudnn.benchmark,
-                "float32_matmul_precision": torch.get_float32_matmul_precision()}
+    settings = {
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
     assert code == 0 and json.loads(out)["math_settings"] == settings
     assert json.loads(report.read_text())["math_settings"] == settings

@@ -23,9 +23,17 @@ GPU_FIELDS = ("gpu_util_pct", "mem_used_bytes", "power_w", "sm_clock_mhz", "temp
 
 
 def cuda_info(uuid: str = UUID_A, index: int = 0) -> DeviceInfo:
-    return DeviceInfo(id=f"cuda:GPU-{uuid}", kind="cuda", index=index, name="NVIDIA A100-SXM4-40GB",
-                      total_memory_bytes=40 * 2**30, compute_capability="8.0", uuid=f"GPU-{uuid}", cores=108,
-                      torch_device=f"cuda:{index}")
+    return DeviceInfo(
+        id=f"cuda:GPU-{uuid}",
+        kind="cuda",
+        index=index,
+        name="NVIDIA A100-SXM4-40GB",
+        total_memory_bytes=40 * 2**30,
+        compute_capability="8.0",
+        uuid=f"GPU-{uuid}",
+        cores=108,
+        torch_device=f"cuda:{index}",
+    )
 
 
 def cpu_info() -> DeviceInfo:
@@ -45,8 +53,9 @@ def nvml(monkeypatch):
 def test_nvml_status_reports_driver_and_gpus_and_initialises_once(nvml):
     fake = nvml([FakeGpu(uuid=f"GPU-{UUID_A}"), FakeGpu(uuid=f"GPU-{UUID_B}")], driver_version="550.54.15")
     status = telemetry.nvml_status()
-    assert status == telemetry.NvmlStatus(available=True, reason=None, driver_version="550.54.15",
-                                          nvml_version="12.535.104.05", gpu_count=2)
+    assert status == telemetry.NvmlStatus(
+        available=True, reason=None, driver_version="550.54.15", nvml_version="12.535.104.05", gpu_count=2
+    )
     telemetry.nvml_status()
     telemetry.Sampler(cuda_info())
     assert fake.calls["nvmlInit"] == 1
@@ -61,7 +70,10 @@ def test_nvml_strings_as_bytes_are_decoded(nvml):
 @pytest.mark.parametrize(
     "init_error, reason",
     [
-        ("NVMLError_LibraryNotFound", "NVIDIA driver library (libnvidia-ml) not found: no NVIDIA driver on this machine"),
+        (
+            "NVMLError_LibraryNotFound",
+            "NVIDIA driver library (libnvidia-ml) not found: no NVIDIA driver on this machine",
+        ),
         ("NVMLError_DriverNotLoaded", "NVIDIA driver is not loaded"),
         ("NVMLError_NoPermission", "NVML failed to start: Insufficient Permissions"),
     ],
@@ -72,7 +84,9 @@ def test_nvml_failures_fall_back_to_psutil_with_the_reason(nvml, init_error, rea
     assert (status.available, status.reason, status.gpu_count) == (False, reason, 0)
 
     with telemetry.Sampler(cuda_info(), interval_s=0.02) as sampler:
-        assert wait_for(lambda: len(sampler.samples) >= 2, timeout=5.0, poll_s=0.005), "timed out waiting for the sampler"
+        assert wait_for(lambda: len(sampler.samples) >= 2, timeout=5.0, poll_s=0.005), (
+            "timed out waiting for the sampler"
+        )
     assert (sampler.source, sampler.reason) == ("psutil", reason)
     for sample in sampler.samples:
         assert sample["source"] == "psutil"
@@ -100,23 +114,42 @@ def test_the_real_nvidia_ml_py_on_a_machine_without_a_driver(monkeypatch):
 
 
 def test_gpu_sampler_reads_every_field_in_units_and_tags_batch_sizes(nvml):
-    nvml([FakeGpu(uuid=f"GPU-{UUID_A}", gpu_util_pct=87, mem_used_bytes=12 * 2**30, power_mw=251_500,
-                  sm_clock_mhz=1410, temp_c=61)])
+    nvml(
+        [
+            FakeGpu(
+                uuid=f"GPU-{UUID_A}",
+                gpu_util_pct=87,
+                mem_used_bytes=12 * 2**30,
+                power_mw=251_500,
+                sm_clock_mhz=1410,
+                temp_c=61,
+            )
+        ]
+    )
     sampler = telemetry.Sampler(cuda_info(), interval_s=0.01)
     assert (sampler.source, sampler.reason) == ("nvml", None)
     sampler.tag = 128
     with sampler:
-        assert wait_for(lambda: len(sampler.samples) >= 2, timeout=5.0, poll_s=0.005), "timed out waiting for the sampler"
+        assert wait_for(lambda: len(sampler.samples) >= 2, timeout=5.0, poll_s=0.005), (
+            "timed out waiting for the sampler"
+        )
         sampler.tag = 256
         count = len(sampler.samples)
-        assert wait_for(lambda: len(sampler.samples) >= count + 2, timeout=5.0, poll_s=0.005), "timed out waiting for the sampler"
+        assert wait_for(lambda: len(sampler.samples) >= count + 2, timeout=5.0, poll_s=0.005), (
+            "timed out waiting for the sampler"
+        )
 
     samples = sampler.samples
     assert all(set(s) == set(telemetry.SAMPLE_KEYS) for s in samples)
     last = samples[-1]
     assert last["source"] == "nvml"
     assert (last["gpu_util_pct"], last["mem_used_bytes"], last["power_w"], last["sm_clock_mhz"], last["temp_c"]) == (
-        87, 12 * 2**30, 251.5, 1410, 61)
+        87,
+        12 * 2**30,
+        251.5,
+        1410,
+        61,
+    )
     assert last["rss_bytes"] > 0
     tags = [s["batch_size"] for s in samples]
     assert tags[0] == 128 and tags[-1] == 256 and tags == sorted(tags)
@@ -125,13 +158,19 @@ def test_gpu_sampler_reads_every_field_in_units_and_tags_batch_sizes(nvml):
 
 
 def test_unsupported_fields_are_none_asked_once_and_the_sampler_keeps_going(nvml):
-    fake = nvml([FakeGpu(
-        uuid=f"GPU-{UUID_A}",
-        unsupported=frozenset({"nvmlDeviceGetPowerUsage", "nvmlDeviceGetClockInfo"}),
-        failing=(("nvmlDeviceGetTemperature", "NVMLError_GpuIsLost"),),  # transient: asked every tick
-    )])
+    fake = nvml(
+        [
+            FakeGpu(
+                uuid=f"GPU-{UUID_A}",
+                unsupported=frozenset({"nvmlDeviceGetPowerUsage", "nvmlDeviceGetClockInfo"}),
+                failing=(("nvmlDeviceGetTemperature", "NVMLError_GpuIsLost"),),  # transient: asked every tick
+            )
+        ]
+    )
     with telemetry.Sampler(cuda_info(), interval_s=0.01) as sampler:
-        assert wait_for(lambda: len(sampler.samples) >= 5, timeout=5.0, poll_s=0.005), "timed out waiting for the sampler"
+        assert wait_for(lambda: len(sampler.samples) >= 5, timeout=5.0, poll_s=0.005), (
+            "timed out waiting for the sampler"
+        )
         assert sampler._thread.is_alive()
 
     samples = sampler.samples
@@ -145,8 +184,13 @@ def test_unsupported_fields_are_none_asked_once_and_the_sampler_keeps_going(nvml
 @pytest.mark.parametrize("bytes_strings", [False, True])
 def test_cuda_devices_are_matched_to_nvml_by_uuid_not_index(nvml, monkeypatch, bytes_strings):
     # NVML enumerates in PCI order (A, B); CUDA_VISIBLE_DEVICES=1,0 makes torch's cuda:0 GPU B.
-    nvml([FakeGpu(uuid=f"GPU-{UUID_A}", gpu_util_pct=10, temp_c=40),
-          FakeGpu(uuid=f"GPU-{UUID_B}", gpu_util_pct=90, temp_c=80)], bytes_strings=bytes_strings)
+    nvml(
+        [
+            FakeGpu(uuid=f"GPU-{UUID_A}", gpu_util_pct=10, temp_c=40),
+            FakeGpu(uuid=f"GPU-{UUID_B}", gpu_util_pct=90, temp_c=80),
+        ],
+        bytes_strings=bytes_strings,
+    )
     install_fake_cuda(monkeypatch, [cuda_properties(UUID_B), cuda_properties(UUID_A)])
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
 
@@ -201,7 +245,9 @@ def test_a_failing_callback_does_not_stop_sampling():
         raise OSError("disk full")
 
     with telemetry.Sampler(cpu_info(), interval_s=0.01, on_samples=broken, flush_every_s=0.01) as sampler:
-        assert wait_for(lambda: len(sampler.samples) >= 5, timeout=5.0, poll_s=0.005), "timed out waiting for the sampler"
+        assert wait_for(lambda: len(sampler.samples) >= 5, timeout=5.0, poll_s=0.005), (
+            "timed out waiting for the sampler"
+        )
         assert sampler._thread.is_alive()
 
 
@@ -220,7 +266,9 @@ def test_a_sampler_starts_once():
 def test_other_processes_on_the_gpu_are_background_and_ours_are_not(nvml):
     nvml([FakeGpu(uuid=f"GPU-{UUID_A}", processes=((os.getpid(), 2**30), (4_000_001, 3 * 2**30), (4_000_002, None)))])
     with telemetry.Sampler(cuda_info(), interval_s=0.01) as sampler:
-        assert wait_for(lambda: len(sampler.samples) >= 2, timeout=5.0, poll_s=0.005), "timed out waiting for the sampler"
+        assert wait_for(lambda: len(sampler.samples) >= 2, timeout=5.0, poll_s=0.005), (
+            "timed out waiting for the sampler"
+        )
     last = sampler.samples[-1]
     assert (last["other_gpu_processes"], last["other_gpu_mem_bytes"]) == (2, 3 * 2**30)
 
@@ -228,12 +276,16 @@ def test_other_processes_on_the_gpu_are_background_and_ours_are_not(nvml):
 def test_a_gpu_alone_has_no_background_and_a_driver_that_cannot_list_processes_is_asked_once(nvml):
     nvml([FakeGpu(uuid=f"GPU-{UUID_A}", processes=((os.getpid(), 2**30),))])
     with telemetry.Sampler(cuda_info(), interval_s=0.01) as sampler:
-        assert wait_for(lambda: len(sampler.samples) >= 2, timeout=5.0, poll_s=0.005), "timed out waiting for the sampler"
+        assert wait_for(lambda: len(sampler.samples) >= 2, timeout=5.0, poll_s=0.005), (
+            "timed out waiting for the sampler"
+        )
     assert (sampler.samples[-1]["other_gpu_processes"], sampler.samples[-1]["other_gpu_mem_bytes"]) == (0, 0)
 
     fake = nvml([FakeGpu(uuid=f"GPU-{UUID_A}", unsupported=frozenset({"nvmlDeviceGetComputeRunningProcesses"}))])
     with telemetry.Sampler(cuda_info(), interval_s=0.01) as sampler:
-        assert wait_for(lambda: len(sampler.samples) >= 3, timeout=5.0, poll_s=0.005), "timed out waiting for the sampler"
+        assert wait_for(lambda: len(sampler.samples) >= 3, timeout=5.0, poll_s=0.005), (
+            "timed out waiting for the sampler"
+        )
     assert all(s["other_gpu_processes"] is None for s in sampler.samples)
     assert fake.calls["nvmlDeviceGetComputeRunningProcesses"] == 1
 
@@ -255,12 +307,16 @@ def test_the_jobs_own_work_is_not_background_load():
 
 
 def test_background_load_sums_up_samples_as_a_run_stores_it():
-    samples = [{"other_cpu_pct": pct, "other_gpu_processes": gpu, "other_gpu_mem_bytes": memory}
-               for pct, gpu, memory in [(10.0, 0, 0), (20.0, 1, 2**30), (30.0, 2, 3 * 2**30), (40.0, 0, 0),
-                                        (None, None, None)]]
-    assert telemetry.background_load(samples) == {"background_cpu_pct": 25.0, "background_cpu_p90_pct": 37.0,
-                                                  "background_gpu_processes": 2,
-                                                  "background_gpu_mem_bytes": 3 * 2**30}
+    samples = [
+        {"other_cpu_pct": pct, "other_gpu_processes": gpu, "other_gpu_mem_bytes": memory}
+        for pct, gpu, memory in [(10.0, 0, 0), (20.0, 1, 2**30), (30.0, 2, 3 * 2**30), (40.0, 0, 0), (None, None, None)]
+    ]
+    assert telemetry.background_load(samples) == {
+        "background_cpu_pct": 25.0,
+        "background_cpu_p90_pct": 37.0,
+        "background_gpu_processes": 2,
+        "background_gpu_mem_bytes": 3 * 2**30,
+    }
     assert set(telemetry.background_load([]).values()) == {None}
 
 
@@ -283,7 +339,7 @@ def test_a_competing_process_is_background_load_and_the_jobs_own_work_is_not():
     job = subprocess.Popen(spin)
     competitor = subprocess.Popen(spin)
     try:
-        time.sleep(0.3)   # both running
+        time.sleep(0.3)  # both running
         job_mark, competitor_mark = cpu_mark(psutil.Process(job.pid)), cpu_mark(psutil.Process(competitor.pid))
         with telemetry.Sampler(cpu_info(), interval_s=0.2, root_pid=job.pid) as sampler:
             time.sleep(1.5)
@@ -310,8 +366,11 @@ def test_a_timed_window_counts_other_processes_busy_cores_and_not_the_jobs_own()
     job = subprocess.Popen(spin)
     competitor = subprocess.Popen(spin)
     try:
-        time.sleep(0.3)   # both running
-        meters = {"job": telemetry.WindowLoad(root_pid=job.pid), "competitor": telemetry.WindowLoad(root_pid=competitor.pid)}
+        time.sleep(0.3)  # both running
+        meters = {
+            "job": telemetry.WindowLoad(root_pid=job.pid),
+            "competitor": telemetry.WindowLoad(root_pid=competitor.pid),
+        }
         marks = {"job": cpu_mark(psutil.Process(job.pid)), "competitor": cpu_mark(psutil.Process(competitor.pid))}
         for meter in meters.values():
             meter.open()
@@ -319,8 +378,10 @@ def test_a_timed_window_counts_other_processes_busy_cores_and_not_the_jobs_own()
         for meter in meters.values():
             meter.close()
         # the cores each used, as the kernel counted them (on a shared machine, whatever share of one it got)
-        cores = {name: share_of_machine(psutil.Process(process.pid), marks[name]) * psutil.cpu_count() / 100.0
-                 for name, process in (("job", job), ("competitor", competitor))}
+        cores = {
+            name: share_of_machine(psutil.Process(process.pid), marks[name]) * psutil.cpu_count() / 100.0
+            for name, process in (("job", job), ("competitor", competitor))
+        }
     finally:
         for process in (job, competitor):
             process.kill()
@@ -334,10 +395,10 @@ def test_a_timed_window_counts_other_processes_busy_cores_and_not_the_jobs_own()
 
 def test_a_window_too_short_for_the_kernels_clock_has_no_load():
     meter = telemetry.WindowLoad()
-    assert meter.others_busy_cores() is None   # never opened
+    assert meter.others_busy_cores() is None  # never opened
     meter.open()
     meter.close()
-    assert meter.others_busy_cores() is None   # shorter than a few of the kernel's 10 ms ticks
+    assert meter.others_busy_cores() is None  # shorter than a few of the kernel's 10 ms ticks
 
 
 # ---------------------------------------------------------------------------------------------

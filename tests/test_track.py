@@ -45,16 +45,27 @@ def plain_loop(run, steps: int = 40, batch_size: int = 32, eval_every: int = 10,
 
 
 def cli(home, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "largestep.cli", *args], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, LARGESTEP_HOME=str(home.root)))
+    return subprocess.run(
+        [sys.executable, "-m", "largestep.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, LARGESTEP_HOME=str(home.root)),
+    )
 
 
 def script(home, body: str) -> subprocess.Popen:
     """A user's training program in a process (and session) of its own, tracking into ``home``."""
     code = "import largestep, time, sys\n" + textwrap.dedent(body)
-    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True,
-                            env=dict(os.environ, LARGESTEP_HOME=str(home.root)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        start_new_session=True,
+        env=dict(os.environ, LARGESTEP_HOME=str(home.root)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def spool_runs(home) -> list[str]:
@@ -63,15 +74,16 @@ def spool_runs(home) -> list[str]:
 
 @pytest.mark.slow
 def test_a_tracked_loop_is_running_while_it_trains_and_finished_with_its_metrics_after(home, monkeypatch):
-    with largestep.track("plain-mlp", batch_size=32, lr=1e-2, seed=3, tags=["plain-loop"], home=home.root,
-                      primary_metric="accuracy") as run:
+    with largestep.track(
+        "plain-mlp", batch_size=32, lr=1e-2, seed=3, tags=["plain-loop"], home=home.root, primary_metric="accuracy"
+    ) as run:
         plain_loop(run, steps=20)
         # live: the heartbeat hands the rows to the spool within a second; ingest sees a RUNNING run
         assert wait_for(lambda: store.ingest(home).rows.get("metrics", 0) > 0, timeout=5)
         with store.connect(home) as con:
             live = store.list_runs(con)
         assert list(live["state"]) == ["RUNNING"]
-        page = open_page(monkeypatch, home, "runs")   # the dashboard shows it live, with its last step
+        page = open_page(monkeypatch, home, "runs")  # the dashboard shows it live, with its last step
         assert list(page.dataframe[0].value["state"]) == ["RUNNING"]
         assert any(run.id in m.value and "running" in m.value for m in page.markdown)
         plain_loop(run, steps=40, first=21)
@@ -88,10 +100,10 @@ def test_a_tracked_loop_is_running_while_it_trains_and_finished_with_its_metrics
     counts = names.groupby("name").size().to_dict()
     assert counts["train_loss"] == 60 and counts["val_loss"] == 6 and counts["val_accuracy"] == 6
     assert counts["samples_per_s"] >= 59
-    assert record["train_time_s"] < record["wall_time_s"]   # evaluation inside run.paused() is off the clock
+    assert record["train_time_s"] < record["wall_time_s"]  # evaluation inside run.paused() is off the clock
     listed = json.loads(cli(home, "runs", "--json").stdout)
     assert [(r["id"], r["state"]) for r in listed] == [(run.id, "FINISHED")]
-    shown = cli(home, "runs", "show", run.id)   # its evaluations have no epoch: the loop did not say
+    shown = cli(home, "runs", "show", run.id)  # its evaluations have no epoch: the loop did not say
     assert shown.returncode == 0, shown.stderr
     assert len([line for line in shown.stdout.splitlines() if line.startswith("  step ")]) == 6
 
@@ -139,44 +151,53 @@ def test_bad_values_are_recorded_as_missing_with_one_warning_each_and_never_rais
         record = store.get_run(con, run.id)
     assert record["state"] == "FINISHED"
     assert sorted(zip(rows["name"], rows["step"], rows["value"])) == [
-        ("lr", 4, 1e-3), ("train_loss", 3, 0.5), ("train_loss", 4, 0.25)]
+        ("lr", 4, 1e-3),
+        ("train_loss", 3, 0.5),
+        ("train_loss", 4, 0.25),
+    ]
 
 
 def test_a_step_going_backwards_is_refused_with_a_clear_error_and_ends_the_run_failed(home):
     with pytest.raises(UsageError, match="step 5 comes after step 10; steps must not go backwards"):
         with largestep.track("plain-mlp", batch_size=8, home=home.root) as run:
             run.log(10, train_loss=0.5)
-            run.log(10, val_loss=0.6)   # the same step again is fine: a validation at a training step
+            run.log(10, val_loss=0.6)  # the same step again is fine: a validation at a training step
             run.log(5, train_loss=0.4)
     for bad in (-1, 1.5, "3", True):
-        with largestep.track("plain-mlp", batch_size=8, home=home.root) as other, pytest.raises(UsageError, match="step"):
+        with (
+            largestep.track("plain-mlp", batch_size=8, home=home.root) as other,
+            pytest.raises(UsageError, match="step"),
+        ):
             other.log(bad, train_loss=0.5)
     store.ingest(home)
     with store.connect(home) as con:
         assert store.get_run(con, run.id)["error"].startswith("log: step 5 comes after step 10")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"batch_size": 0}, "batch_size must be a positive integer"),
-    ({"batch_size": 32, "lr": -1.0}, "lr must be a positive number"),
-    ({"batch_size": 32, "epochs_planned": 3}, "unknown option 'epochs_planned'"),
-    ({"batch_size": 32, "primary_metric_mode": "up"}, "primary_metric_mode must be 'max' or 'min'"),
-    ({"batch_size": 32, "device": "tpu"}, "unknown device"),
-    ({"batch_size": 32, "recommendation": "latest"}, "no recommendations in"),
-    # the CLI's bounds, the columns' range: a run the store cannot hold is refused, not set aside at ingest
-    ({"batch_size": 32, "seed": 3_000_000_000}, "seed must be between 0 and 2,147,483,647"),
-    ({"batch_size": 32, "seed": -1}, "seed must be between 0 and"),
-    ({"batch_size": 2**31}, "batch_size must be between 1 and 2,147,483,647"),
-    ({"batch_size": 32, "accumulate": 2**31}, "accumulate must be between 1 and"),
-    ({"batch_size": 32, "world_size": 2**31}, "world_size must be between 1 and"),
-    ({"batch_size": 32, "total_steps": 2**63}, "total_steps must be between 1 and"),
-    ({"batch_size": 32, "epochs": float("inf")}, "epochs must be a finite number"),
-    ({"batch_size": 32, "lr": float("nan")}, "lr must be a finite number"),
-    ({"batch_size": 32, "group": 7}, "group must be a string or None"),
-    # hyperparameters the run's spec and the database's JSON can hold, refused before the run's folder
-    ({"batch_size": 32, "hyperparameters": {"model": object()}}, "hyperparameters must be JSON"),
-    ({"batch_size": 32, "hyperparameters": {"dropout": float("nan")}}, "hyperparameters must be JSON"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"batch_size": 32, "lr": -1.0}, "lr must be a positive number"),
+        ({"batch_size": 32, "epochs_planned": 3}, "unknown option 'epochs_planned'"),
+        ({"batch_size": 32, "primary_metric_mode": "up"}, "primary_metric_mode must be 'max' or 'min'"),
+        ({"batch_size": 32, "device": "tpu"}, "unknown device"),
+        ({"batch_size": 32, "recommendation": "latest"}, "no recommendations in"),
+        # the CLI's bounds, the columns' range: a run the store cannot hold is refused, not set aside at ingest
+        ({"batch_size": 32, "seed": 3_000_000_000}, "seed must be between 0 and 2,147,483,647"),
+        ({"batch_size": 32, "seed": -1}, "seed must be between 0 and"),
+        ({"batch_size": 2**31}, "batch_size must be between 1 and 2,147,483,647"),
+        ({"batch_size": 32, "accumulate": 2**31}, "accumulate must be between 1 and"),
+        ({"batch_size": 32, "world_size": 2**31}, "world_size must be between 1 and"),
+        ({"batch_size": 32, "total_steps": 2**63}, "total_steps must be between 1 and"),
+        ({"batch_size": 32, "epochs": float("inf")}, "epochs must be a finite number"),
+        ({"batch_size": 32, "lr": float("nan")}, "lr must be a finite number"),
+        ({"batch_size": 32, "group": 7}, "group must be a string or None"),
+        # hyperparameters the run's spec and the database's JSON can hold, refused before the run's folder
+        ({"batch_size": 32, "hyperparameters": {"model": object()}}, "hyperparameters must be JSON"),
+        ({"batch_size": 32, "hyperparameters": {"dropout": float("nan")}}, "hyperparameters must be JSON"),
+    ],
+)
 def test_bad_input_is_one_clear_error_and_writes_nothing(home, kwargs, message):
     with pytest.raises(largestep.errors.LargestepError, match=message) as raised:
         largestep.track("plain-mlp", home=home.root, **kwargs).start()
@@ -186,13 +207,16 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(home, kwargs, message):
 
 @pytest.mark.slow
 def test_a_tracked_process_that_dies_is_crashed_and_keeps_what_it_flushed(home):
-    proc = script(home, """
+    proc = script(
+        home,
+        """
         with largestep.track("doomed", batch_size=16) as run:
             for step in range(1, 31):
                 run.log(step, train_loss=1.0 / step)
             print(run.id, flush=True)
             time.sleep(60)
-    """)
+    """,
+    )
     run_id = proc.stdout.readline().strip()
     assert run_id, proc.stderr.read()
     assert wait_for(lambda: jobs.derive_state(home.job_dir(run_id)) == jobs.RUNNING, 10)
@@ -208,18 +232,24 @@ def test_a_tracked_process_that_dies_is_crashed_and_keeps_what_it_flushed(home):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ending, error", [
-    ('raise ValueError("tokenizer missing")', "ValueError: tokenizer missing"),
-    ("sys.exit(0)", "the process exited before the run was finished"),
-])
+@pytest.mark.parametrize(
+    "ending, error",
+    [
+        ('raise ValueError("tokenizer missing")', "ValueError: tokenizer missing"),
+        ("sys.exit(0)", "the process exited before the run was finished"),
+    ],
+)
 def test_a_run_left_open_when_the_process_exits_ends_failed_with_why(home, ending, error):
     # as a Hugging Face train() that raises: no hook ends the run, the interpreter's exit does
-    proc = script(home, f"""
+    proc = script(
+        home,
+        f"""
         run = largestep.track("left-open", batch_size=16).start()
         run.log(1, train_loss=1.0)
         print(run.id, flush=True)
         {ending}
-    """)
+    """,
+    )
     out, _err = proc.communicate(timeout=60)
     run_id = out.strip()
     assert jobs.derive_state(home.job_dir(run_id)) == jobs.FAILED
@@ -230,12 +260,15 @@ def test_a_run_left_open_when_the_process_exits_ends_failed_with_why(home, endin
 
 @pytest.mark.slow
 def test_cancel_refuses_a_tracked_run_and_leaves_the_users_process_alone(home):
-    proc = script(home, """
+    proc = script(
+        home,
+        """
         with largestep.track("mine", batch_size=16) as run:
             run.log(1, train_loss=1.0)
             print(run.id, flush=True)
             time.sleep(30)
-    """)
+    """,
+    )
     try:
         run_id = proc.stdout.readline().strip()
         assert run_id, proc.stderr.read()
@@ -253,13 +286,13 @@ def test_cancel_refuses_a_tracked_run_and_leaves_the_users_process_alone(home):
 def test_a_full_batch_of_rows_is_written_without_waiting_for_the_next_beat(home, monkeypatch):
     import largestep.jobs.track as track
 
-    monkeypatch.setattr(track, "HEARTBEAT_S", 60.0)   # only a full batch can wake the writer within the test
+    monkeypatch.setattr(track, "HEARTBEAT_S", 60.0)  # only a full batch can wake the writer within the test
     with largestep.track("plain-mlp", batch_size=8, home=home.root) as run:
         for step in range(ROWS_PER_EVENT - 1):
             run.log(step, train_loss=1.0)
         job_dir = home.job_dir(run.id)
 
-        def metric_rows():   # the engine's reader: a line still being written is not read yet
+        def metric_rows():  # the engine's reader: a line still being written is not read yet
             return sum(len(e.get("rows", [])) for e in jobs.events.read_all(job_dir) if e["type"] == "metrics")
 
         assert not wait_for(metric_rows, timeout=0.5)
@@ -271,8 +304,13 @@ def test_a_full_batch_of_rows_is_written_without_waiting_for_the_next_beat(home,
 def test_a_run_tied_to_a_recommendation_takes_its_role_and_rate_from_the_batch(home):
     from test_export import make_rec
 
-    rec = make_rec(recommendation_id="rec-0000beef", batch_size=1024, learning_rate=0.008,
-                   baseline={"batch_size": 128, "learning_rate": 0.001}, device={"id": "cpu", "kind": "cpu"})
+    rec = make_rec(
+        recommendation_id="rec-0000beef",
+        batch_size=1024,
+        learning_rate=0.008,
+        baseline={"batch_size": 128, "learning_rate": 0.001},
+        device={"id": "cpu", "kind": "cpu"},
+    )
     with store.connect(home) as con:
         store.save_recommendation(home, con, rec)
     ids = {}
@@ -285,7 +323,10 @@ def test_a_run_tied_to_a_recommendation_takes_its_role_and_rate_from_the_batch(h
         runs = {batch: store.get_run(con, run_id) for batch, run_id in ids.items()}
         tied = store.recommendation_runs(con, "rec-0000beef")
     assert [(runs[b]["role"], runs[b]["lr"]) for b in (1024, 128, 256)] == [
-        ("recommended", 0.008), ("baseline", 0.001), ("external", None)]
+        ("recommended", 0.008),
+        ("baseline", 0.001),
+        ("external", None),
+    ]
     assert all(r["recommendation_id"] == "rec-0000beef" for r in runs.values())
     assert sorted(tied["role"]) == ["baseline", "recommended"]
     with pytest.raises(UsageError, match="no recommendation 'rec-nothere'"):

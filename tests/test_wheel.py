@@ -31,8 +31,10 @@ def test_the_declared_packages_are_the_folders():
     of engine/ with an __init__.py is listed, and nothing else."""
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert setuptools["package-dir"] == {"largestep": "engine", "largestep.app": "app"}
-    folders = {"largestep" + "".join(f".{part}" for part in init.parent.relative_to(ROOT / "engine").parts)
-               for init in (ROOT / "engine").rglob("__init__.py")}
+    folders = {
+        "largestep" + "".join(f".{part}" for part in init.parent.relative_to(ROOT / "engine").parts)
+        for init in (ROOT / "engine").rglob("__init__.py")
+    }
     assert set(setuptools["packages"]) == folders | {"largestep.app"}
 
 
@@ -54,8 +56,22 @@ def installed(tmp_path_factory):
     installed with its dependencies in a new environment, torch first (the CPU build, as ./dev installs it)."""
     where = tmp_path_factory.mktemp("wheel")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(where / "dist"),
-         str(ROOT)], cwd=where, env=env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "-w",
+            str(where / "dist"),
+            str(ROOT),
+        ],
+        cwd=where,
+        env=env,
+    )
     [wheel] = (where / "dist").glob("largestep-*.whl")
     run([sys.executable, "-m", "venv", str(where / "venv")], cwd=where, env=env)
     bin_dir = where / "venv" / "bin"
@@ -76,7 +92,8 @@ def project(tmp_path):
     (folder / "app").mkdir()
     (folder / "app" / "__init__.py").write_text("NAME = 'the user\\'s app'\n")
     (folder / "app" / "main.py").write_text("raise SystemExit('the user\\'s app/main.py must never run')\n")
-    (folder / "my_workload.py").write_text(textwrap.dedent("""
+    (folder / "my_workload.py").write_text(
+        textwrap.dedent("""
         import torch
 
         from engine import helper   # the user's own module, beside this file
@@ -92,7 +109,8 @@ def project(tmp_path):
             return Workload(name="users-mlp", model=lambda: torch.nn.Sequential(torch.nn.Linear(8, 16),
                             torch.nn.ReLU(), torch.nn.Linear(16, 2)), train=(x[:384], y[:384]), val=(x[384:], y[384:]),
                             loss=torch.nn.functional.cross_entropy, baseline_batch_size=16, baseline_lr=1e-2)
-    """))
+    """)
+    )
     return folder
 
 
@@ -107,9 +125,15 @@ def test_the_wheel_holds_largestep_alone(installed):
         names = archive.namelist()
         tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith((".dist-info", ".data"))}
         assert tops == {"largestep"}
-        assert {"largestep/__init__.py", "largestep/about.py", "largestep/app/main.py", "largestep/app/sections/runs.py",
-                "largestep/jobs/__main__.py", "largestep/cli/__main__.py"} <= set(names)
-        settings = archive.read("largestep/app/streamlit.toml").decode()   # the file itself, not a link
+        assert {
+            "largestep/__init__.py",
+            "largestep/about.py",
+            "largestep/app/main.py",
+            "largestep/app/sections/runs.py",
+            "largestep/jobs/__main__.py",
+            "largestep/cli/__main__.py",
+        } <= set(names)
+        settings = archive.read("largestep/app/streamlit.toml").decode()  # the file itself, not a link
         assert 'address = "127.0.0.1"' in settings and "enableXsrfProtection = true" in settings
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         assert "largestep = largestep.cli:run" in archive.read(entry_points).decode()
@@ -123,7 +147,8 @@ def test_from_a_folder_with_its_own_engine_the_cli_a_tracked_script_and_a_worklo
     assert "profile" in helped.stdout and "autopilot" in helped.stdout
 
     script = project / "train_mine.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import engine
         import largestep
 
@@ -133,14 +158,32 @@ def test_from_a_folder_with_its_own_engine_the_cli_a_tracked_script_and_a_worklo
                 run.log(step, train_loss=1.0 / step)
             run.log(5, val_loss=0.4)
         print(run.id)
-    """))
+    """)
+    )
     run_id = run([str(bin_dir / "python"), str(script)], project, env).stdout.strip().splitlines()[-1]
     assert run_id.startswith("train-")
     listed = json.loads(run([largestep, "runs", "--json"], project, env).stdout)
     assert [(r["id"], r["state"]) for r in listed] == [(run_id, "FINISHED")]
 
-    profiled = run([largestep, "profile", "--workload", "my_workload.py:make", "--batch-sizes", "8,16",
-                    "--min-seconds", "0.1", "--min-steps", "3", "--rounds", "1", "--json"], project, env)
+    profiled = run(
+        [
+            largestep,
+            "profile",
+            "--workload",
+            "my_workload.py:make",
+            "--batch-sizes",
+            "8,16",
+            "--min-seconds",
+            "0.1",
+            "--min-steps",
+            "3",
+            "--rounds",
+            "1",
+            "--json",
+        ],
+        project,
+        env,
+    )
     summary = json.loads(profiled.stdout)
     assert summary["profile_id"].startswith("prof-") and summary["workload"] == "users-mlp"
     assert [p["status"] for p in summary["points"]] == ["ok", "ok"]
@@ -158,8 +201,14 @@ def test_from_a_folder_with_its_own_app_the_dashboard_renders_a_page(installed, 
     bin_dir, _wheel = installed
     port = free_port()
     log = open(tmp_path / "dashboard.log", "wb")
-    server = subprocess.Popen([str(bin_dir / "largestep"), "dashboard", "--port", str(port)], cwd=project,
-                              env=user_env(project), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [str(bin_dir / "largestep"), "dashboard", "--port", str(port)],
+        cwd=project,
+        env=user_env(project),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -173,13 +222,16 @@ def test_from_a_folder_with_its_own_app_the_dashboard_renders_a_page(installed, 
             assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "dashboard.log").read_text()
             time.sleep(0.5)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM,
+                headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
             try:
                 page = browser.new_page()
                 page.set_default_timeout(90_000)
                 page.goto(url)
-                page.get_by_text("Nothing measured here yet").wait_for()   # the Overview, rendered by the page itself
+                page.get_by_text("Nothing measured here yet").wait_for()  # the Overview, rendered by the page itself
                 assert page.get_by_text("No module named").count() == 0
                 page.goto(f"{url}/runs")
                 page.get_by_role("heading", name="Runs").wait_for()

@@ -20,7 +20,7 @@ from largestep.workloads.cache import MANIFEST, PAYLOAD, cache_of
 
 # A file workload that counts its builds in a file beside it, with a lambda model factory and a
 # locally defined metric (neither importable by name: they must be stored by value).
-COUNTING = textwrap.dedent('''
+COUNTING = textwrap.dedent("""
     from pathlib import Path
 
     import torch
@@ -40,7 +40,7 @@ COUNTING = textwrap.dedent('''
         return Workload(name="counting", model=lambda: torch.nn.Linear(4, 2), train=(x[:samples], y[:samples]),
                         val=(x[samples:], y[samples:]), loss=torch.nn.functional.cross_entropy,
                         baseline_batch_size=8, baseline_lr=1e-2, metrics={"accuracy": accuracy})
-''')
+""")
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_options_and_an_edited_source_make_new_entries(home, counting, tmp_path)
     spec, builds = counting
     cache = cache_of(home)
     load_workload(spec, {"samples": "32"}, cache)
-    load_workload(spec, {"samples": 32}, cache)          # the same value, from --set or from code
+    load_workload(spec, {"samples": 32}, cache)  # the same value, from --set or from code
     assert builds() == 1
     assert load_workload(spec, {"samples": 48}, cache).n_train == 48
     assert builds() == 2
@@ -118,7 +118,7 @@ def test_concurrent_loads_build_once(home):
 
     def build():
         built.append(1)
-        time.sleep(0.3)   # long enough for the other loader to find the entry missing and wait
+        time.sleep(0.3)  # long enough for the other loader to find the entry missing and wait
         return template
 
     results = []
@@ -134,7 +134,8 @@ def test_concurrent_loads_build_once(home):
 
 def test_a_dataset_workload_is_not_cached(home, tmp_path):
     source = tmp_path / "ds.py"
-    source.write_text(textwrap.dedent('''
+    source.write_text(
+        textwrap.dedent("""
         import torch
         from largestep import Workload
 
@@ -147,7 +148,8 @@ def test_a_dataset_workload_is_not_cached(home, tmp_path):
         def make():
             return Workload(name="ds", model=lambda: torch.nn.Linear(3, 2), train=Pairs(), val=Pairs(),
                             loss=torch.nn.functional.cross_entropy, baseline_batch_size=4, baseline_lr=1e-2)
-    '''))
+    """)
+    )
     cache = cache_of(home)
     assert load_workload(f"{source}:make", {}, cache).uses_dataset
     assert cache.usage().entries == 0
@@ -165,7 +167,7 @@ def test_cache_clear_says_what_it_freed(home, counting, capsys):
     spec, builds = counting
     load_workload(spec, {}, cache_of(home))
     load_workload(spec, {"samples": 32}, cache_of(home))
-    (cache_of(home).root / ".tmp-abc-1-ff").mkdir()           # left by a job killed while writing
+    (cache_of(home).root / ".tmp-abc-1-ff").mkdir()  # left by a job killed while writing
     code, out, _ = run_cli(capsys, "cache")
     assert code == 0 and "2 workloads" in out
     code, out, err = run_cli(capsys, "cache", "clear")
@@ -185,7 +187,7 @@ def test_hardware_and_doctor_show_the_cache_size(home, counting, capsys):
     assert '"workload_cache"' in out
     from largestep import store
 
-    store.ingest(home.ensure())   # a home with a database: doctor checks it
+    store.ingest(home.ensure())  # a home with a database: doctor checks it
     code, out, _ = run_cli(capsys, "doctor")
     size_line = next(line for line in out.splitlines() if "size:" in line)
     assert "workload cache" in size_line and "0 B" not in size_line.split("workload cache")[1]
@@ -203,8 +205,9 @@ def test_jobs_read_the_workload_the_submitter_built(home, counting):
     from largestep.measure.train import TrainConfig
 
     spec, builds = counting
-    profile_id = start_profile(home, spec, {}, "cpu", ProfileConfig(batch_sizes=(8, 16), min_steps=2,
-                                                                    min_seconds=0.01, warmup_steps=1))
+    profile_id = start_profile(
+        home, spec, {}, "cpu", ProfileConfig(batch_sizes=(8, 16), min_steps=2, min_seconds=0.01, warmup_steps=1)
+    )
     [run_id] = start_train(home, spec, {}, "cpu", TrainConfig(batch_size=8, lr=1e-2, max_steps=4))
     for job_id in (profile_id, run_id):
         wait_finished(home, job_id, timeout_s=180)
@@ -219,7 +222,7 @@ def test_a_workload_that_passed_its_trial_is_not_tried_again(home, counting, mon
     trials = []
     original = Workload.check_runs
     monkeypatch.setattr(Workload, "check_runs", lambda self: trials.append(1) or original(self))
-    load_workload(spec, {}, cache_of(home))                   # a job's load: no trial, entry not marked
+    load_workload(spec, {}, cache_of(home))  # a job's load: no trial, entry not marked
     load_workload(spec, {}, cache_of(home), check=True)
     load_workload(spec, {}, cache_of(home), check=True)
     assert len(trials) == 1
@@ -230,7 +233,8 @@ def test_a_workload_that_passed_its_trial_is_not_tried_again(home, counting, mon
 
 def test_a_workload_failing_its_trial_is_refused_and_not_stored(home, tmp_path):
     source = tmp_path / "no_loss.py"
-    source.write_text(textwrap.dedent('''
+    source.write_text(
+        textwrap.dedent("""
         import torch
         from largestep import Workload
 
@@ -238,7 +242,8 @@ def test_a_workload_failing_its_trial_is_refused_and_not_stored(home, tmp_path):
             x = torch.randn(20, 3)
             return Workload(name="no-loss", model=lambda: torch.nn.Linear(3, 2), train=(x, x[:, 0]),
                             val=(x, x[:, 0]), loss=None, baseline_batch_size=4, baseline_lr=1e-2)
-    '''))
+    """)
+    )
     with pytest.raises(WorkloadError, match="carries no loss"):
         load_workload(f"{source}:make", {}, cache_of(home), check=True)
     assert not home.root.exists()
@@ -247,19 +252,25 @@ def test_a_workload_failing_its_trial_is_refused_and_not_stored(home, tmp_path):
 # -- a request tried before: its facts, read without loading the workload -----------------------------------
 
 
-def test_a_request_tried_before_is_checked_from_its_facts_until_a_file_it_reads_changes(home, counting, tmp_path,
-                                                                                          monkeypatch):
+def test_a_request_tried_before_is_checked_from_its_facts_until_a_file_it_reads_changes(
+    home, counting, tmp_path, monkeypatch
+):
     from largestep.workloads.loader import cached_facts
 
     spec, builds = counting
     cache = cache_of(home)
-    assert cached_facts(spec, {"samples": "32"}, cache) is None       # never loaded
-    load_workload(spec, {"samples": "32"}, cache)                     # a job's load, untried: nothing to recall
+    assert cached_facts(spec, {"samples": "32"}, cache) is None  # never loaded
+    load_workload(spec, {"samples": "32"}, cache)  # a job's load, untried: nothing to recall
     assert cached_facts(spec, {"samples": "32"}, cache) is None
     loaded = load_workload(spec, {"samples": "32"}, cache, check=True)
     facts = cached_facts(spec, {"samples": "32"}, cache)
-    assert (facts.name, facts.n_train, facts.n_val, facts.baseline_batch_size, facts.baseline_lr) == \
-        (loaded.name, 32, loaded.n_val, 8, 1e-2)
+    assert (facts.name, facts.n_train, facts.n_val, facts.baseline_batch_size, facts.baseline_lr) == (
+        loaded.name,
+        32,
+        loaded.n_val,
+        8,
+        1e-2,
+    )
     # another request, or the same one from another folder (its relative paths name other files), is not it
     assert cached_facts(spec, {"samples": "48"}, cache) is None
     monkeypatch.chdir(tmp_path)
@@ -314,8 +325,14 @@ def test_a_command_submitting_jobs_for_a_tried_workload_imports_no_torch(home, c
     env = {**os.environ, "LARGESTEP_HOME": str(home.root)}
 
     def submit(*argv: str, detach: bool = True) -> tuple[dict, dict]:
-        proc = subprocess.run([sys.executable, "-c", COMMAND_AND_TORCH, *argv, *(["--detach"] if detach else []),
-                               "--json"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=180)
+        proc = subprocess.run(
+            [sys.executable, "-c", COMMAND_AND_TORCH, *argv, *(["--detach"] if detach else []), "--json"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            timeout=180,
+        )
         lines = proc.stdout.strip().splitlines()
         assert proc.returncode == 0 and len(lines) >= 2, proc.stderr[-2000:]
         output, imported = json.loads("\n".join(lines[:-1])), json.loads(lines[-1])
@@ -323,9 +340,9 @@ def test_a_command_submitting_jobs_for_a_tried_workload_imports_no_torch(home, c
 
     train = ("train", "--workload", spec, "--batch-size", "8", "--lr", "0.01", "--epochs", "1")
     first, imported = submit(*train)
-    assert imported == {"code": 0, "torch": True}           # the first check loads the workload and tries it
+    assert imported == {"code": 0, "torch": True}  # the first check loads the workload and tries it
     again, imported = submit(*train)
-    assert imported == {"code": 0, "torch": False}          # the same request again: its facts suffice
+    assert imported == {"code": 0, "torch": False}  # the same request again: its facts suffice
     profile_argv = ("profile", "--workload", spec, "--batch-sizes", "8,16", "--min-seconds", "0.05")
     profile, imported = submit(*profile_argv)
     assert imported == {"code": 0, "torch": False}
@@ -335,7 +352,11 @@ def test_a_command_submitting_jobs_for_a_tried_workload_imports_no_torch(home, c
     assert [p["batch_size"] for p in followed["points"]] == [8, 16] and followed["state"] == "FINISHED"
     for job_id in [*first["run_ids"], *again["run_ids"], profile["job_id"]]:
         wait_finished(home, job_id, timeout_s=180)
-    check = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys
         from pathlib import Path
         from largestep.home import Home
@@ -343,5 +364,11 @@ def test_a_command_submitting_jobs_for_a_tried_workload_imports_no_torch(home, c
         from largestep.jobs.start import load_checked
         AutopilotConfig().validate()
         print(load_checked(Home(Path({str(home.root)!r})), {spec!r}, {{}}).baseline_batch_size, "torch" in sys.modules)
-    """)], capture_output=True, text=True, cwd=ROOT, check=True)
+    """),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
     assert check.stdout.split() == ["8", "False"]

@@ -35,7 +35,7 @@ def train_steps(workload: Workload, model: torch.nn.Module, epochs: int, batch_s
     for _ in range(epochs):
         order = torch.randperm(workload.n_train, generator=generator)
         for start in range(0, workload.n_train, batch_size):
-            *inputs, target = (t[order[start:start + batch_size]] for t in workload.train)
+            *inputs, target = (t[order[start : start + batch_size]] for t in workload.train)
             loss = workload.loss(model(*inputs), target)
             optimizer.zero_grad()
             loss.backward()
@@ -50,18 +50,21 @@ def validation_metrics(workload: Workload, model: torch.nn.Module) -> dict[str, 
 
 # -- built-ins -------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def csv_table(tmp_path) -> Path:
     """200 rows: a number with gaps, a text column, a boolean, and a yes/no label."""
     rng = np.random.default_rng(0)
     n = 200
     amount = rng.normal(size=n)
-    frame = pd.DataFrame({
-        "amount": amount,
-        "colour": rng.choice(["red", "green", "blue"], n),
-        "online": rng.random(n) > 0.5,
-        "label": np.where(amount > 0, "yes", "no"),
-    })
+    frame = pd.DataFrame(
+        {
+            "amount": amount,
+            "colour": rng.choice(["red", "green", "blue"], n),
+            "online": rng.random(n) > 0.5,
+            "label": np.where(amount > 0, "yes", "no"),
+        }
+    )
     frame.loc[::10, "amount"] = np.nan
     path = tmp_path / "cards.csv"
     frame.to_csv(path, index=False)
@@ -74,7 +77,7 @@ def test_each_builtin_loads_and_its_model_trains_one_step(name, csv_table):
     workload = load_workload(name, options)
     workload.validate()
     model = workload.model()
-    assert model is not workload.model()            # a fresh model per call
+    assert model is not workload.model()  # a fresh model per call
     *inputs, target = (t[:16] for t in workload.train)
     loss = workload.loss(model(*inputs), target)
     loss.backward()
@@ -87,17 +90,21 @@ def test_each_builtin_loads_and_its_model_trains_one_step(name, csv_table):
     assert any(row["name"] == name and row["source"] == "builtin" and row["description"] for row in list_workloads())
 
 
-@pytest.mark.parametrize("name, sums", [
-    ("fraud-gru", (4799.999565, 9.0, 999.4315, 2.0, 33850.791246, 6690.114394)),
-    ("fraud-mlp", (-0.000293, 9.0, 15.450028, 2.0, 4384.226615, 854.144948)),
-])
+@pytest.mark.parametrize(
+    "name, sums",
+    [
+        ("fraud-gru", (4799.999565, 9.0, 999.4315, 2.0, 33850.791246, 6690.114394)),
+        ("fraud-mlp", (-0.000293, 9.0, 15.450028, 2.0, 4384.226615, 854.144948)),
+    ],
+)
 def test_fraud_data_stays_what_it_was_for_a_seed(name, sums):
     """Sums of every tensor as the generator made them before it was made faster: a seed's data never changes."""
     threads = torch.get_num_threads()
     w = load_workload(name, {"samples": 300, "val_samples": 60, "seed": 3})
     assert torch.get_num_threads() == threads, "the generator gives back torch's thread setting"
-    found = [float(t.double().sum()) for t in w.train + w.val] + [float(t.double().abs().sum())
-                                                                   for t in (w.train[0], w.val[0])]
+    found = [float(t.double().sum()) for t in w.train + w.val] + [
+        float(t.double().abs().sum()) for t in (w.train[0], w.val[0])
+    ]
     assert found == pytest.approx(sums, rel=1e-5, abs=1e-3)
 
 
@@ -146,14 +153,18 @@ def test_fraud_options_are_checked():
 
 # -- average precision -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("scores, labels, expected", [
-    ([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0], (1 / 1 + 2 / 3) / 2),   # positives at ranks 1 and 3
-    ([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1], (1 / 1 + 2 / 3) / 2),   # same ranking, unsorted input
-    ([3.0, 2.0, 1.0], [1, 1, 0], 1.0),                            # perfect ranking
-    ([1.0, 2.0, 3.0], [1, 0, 0], 1 / 3),                          # the only positive last
-    ([0.5, 0.5, 0.5, 0.5], [1, 0, 0, 1], 0.5),                    # all tied: one threshold
-    ([0.9, 0.5, 0.5, 0.1], [0, 1, 0, 1], 0.5 * 1 / 3 + 0.5 * 2 / 4),  # a tie in the middle
-])
+
+@pytest.mark.parametrize(
+    "scores, labels, expected",
+    [
+        ([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0], (1 / 1 + 2 / 3) / 2),  # positives at ranks 1 and 3
+        ([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1], (1 / 1 + 2 / 3) / 2),  # same ranking, unsorted input
+        ([3.0, 2.0, 1.0], [1, 1, 0], 1.0),  # perfect ranking
+        ([1.0, 2.0, 3.0], [1, 0, 0], 1 / 3),  # the only positive last
+        ([0.5, 0.5, 0.5, 0.5], [1, 0, 0, 1], 0.5),  # all tied: one threshold
+        ([0.9, 0.5, 0.5, 0.1], [0, 1, 0, 1], 0.5 * 1 / 3 + 0.5 * 2 / 4),  # a tie in the middle
+    ],
+)
 def test_average_precision_on_hand_computed_examples(scores, labels, expected):
     assert average_precision(torch.tensor(scores), torch.tensor(labels, dtype=torch.float)) == pytest.approx(expected)
 
@@ -168,6 +179,7 @@ def test_average_precision_accepts_class_logits_and_flags_undefined_cases():
 
 # -- table -----------------------------------------------------------------------------------
 
+
 def test_table_csv_classification_encodes_each_column_kind(csv_table):
     workload = load_workload("table", {"path": str(csv_table), "label": "label", "val_fraction": "0.25"})
     x, y = workload.train
@@ -178,9 +190,9 @@ def test_table_csv_classification_encodes_each_column_kind(csv_table):
     assert workload.primary_metric == "accuracy" and workload.primary_metric_mode == "max"
     assert workload.model()(x[:4]).shape == (4, 2)
     one_hot = x[:, 2:]
-    assert torch.equal(one_hot.sum(1), torch.full((150,), 2.0))   # one colour and one boolean per row
+    assert torch.equal(one_hot.sum(1), torch.full((150,), 2.0))  # one colour and one boolean per row
     assert torch.isfinite(x).all()
-    assert abs(float(x[:, 0].mean())) < 0.2                        # standardised with train statistics
+    assert abs(float(x[:, 0].mean())) < 0.2  # standardised with train statistics
 
 
 def test_table_is_deterministic_given_the_seed(csv_table):
@@ -207,7 +219,7 @@ def test_table_parquet_regression_learns(tmp_path):
     before = validation_metrics(workload, model)["mae"]
     train_steps(workload, model, epochs=20, batch_size=32)
     after = validation_metrics(workload, model)["mae"]
-    assert after < 5 < before    # in the label's units: the label's spread is about 36
+    assert after < 5 < before  # in the label's units: the label's spread is about 36
 
 
 def test_table_label_type_picks_the_task(tmp_path):
@@ -228,20 +240,23 @@ def test_table_caps_categories_at_the_most_frequent(tmp_path):
     path = tmp_path / "cities.csv"
     frame.to_csv(path, index=False)
     workload = load_workload("table", {"path": str(path), "label": "y"})
-    assert workload.train[0].shape[1] == 50 + 1    # the 50 most frequent, then "other"
+    assert workload.train[0].shape[1] == 50 + 1  # the 50 most frequent, then "other"
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("no path", "set path"),
-    ("no label", "set label"),
-    ("missing file", "no such file"),
-    ("unknown format", ".csv or .parquet"),
-    ("corrupt parquet", "cannot read"),
-    ("unknown label", "one of: amount, colour, online, label"),
-    ("too few rows", "at least 10"),
-    ("only the label", "no column besides the label"),
-    ("single class", "at least two classes"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("no path", "set path"),
+        ("no label", "set label"),
+        ("missing file", "no such file"),
+        ("unknown format", ".csv or .parquet"),
+        ("corrupt parquet", "cannot read"),
+        ("unknown label", "one of: amount, colour, online, label"),
+        ("too few rows", "at least 10"),
+        ("only the label", "no column besides the label"),
+        ("single class", "at least two classes"),
+    ],
+)
 def test_table_errors_say_how_to_fix(case, expected, csv_table, tmp_path):
     tiny = tmp_path / "tiny.csv"
     pd.DataFrame({"x": range(5), "y": range(5)}).to_csv(tiny, index=False)
@@ -329,14 +344,15 @@ def entry_points(tmp_path, monkeypatch, user_module) -> None:
     dist_info.mkdir(parents=True)
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-largestep-plugin\nVersion: 1.0\n")
     (dist_info / "entry_points.txt").write_text(
-        f"[largestep.workloads]\nplugin-tiny = {user_module}:make\nplugin-broken = no_such_module_xyz:make\n")
+        f"[largestep.workloads]\nplugin-tiny = {user_module}:make\nplugin-broken = no_such_module_xyz:make\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path / "dists"))
 
 
 def test_module_function_spec_with_converted_options(user_module):
     workload = load_workload(f"{user_module}:make", {"n": "20", "scale": "0.5", "shuffle": "yes", "tag": "t"})
     assert workload.name == "t" and workload.n_train == 20
-    assert float(workload.train[0].abs().max()) < 2.5            # scale 0.5 applied as a float
+    assert float(workload.train[0].abs().max()) < 2.5  # scale 0.5 applied as a float
 
 
 def test_file_spec_relative_absolute_and_with_sibling_import(tmp_path, monkeypatch):
@@ -346,7 +362,7 @@ def test_file_spec_relative_absolute_and_with_sibling_import(tmp_path, monkeypat
     assert load_workload(f"{path}:make", {"n": 2048}).n_train == 2048
     monkeypatch.chdir(tmp_path / "project" / "models")
     assert load_workload("wl.py:make", {"n": "2e3"}).n_train == 2000
-    assert str(tmp_path / "project" / "models") not in sys.path    # put back after the import
+    assert str(tmp_path / "project" / "models") not in sys.path  # put back after the import
     sys.modules.pop("wl_sibling_constants", None)
 
 
@@ -367,6 +383,7 @@ def test_entry_point_loads_and_is_listed(entry_points):
 
 
 # -- loader: errors --------------------------------------------------------------------------
+
 
 def test_unknown_name_lists_the_built_ins_and_spec_forms():
     message = load_error("no-such-workload")
@@ -428,12 +445,15 @@ def test_unknown_option_names_the_accepted_ones(user_module):
     assert "samples" in load_error("fraud-gru", {"sampels": 10})
 
 
-@pytest.mark.parametrize("options, expected", [
-    ({"n": "many"}, "n='many' of workload"),
-    ({"n": "1.5"}, "an integer"),
-    ({"scale": "big"}, "a number"),
-    ({"shuffle": "maybe"}, "true or false"),
-])
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({"n": "many"}, "n='many' of workload"),
+        ({"n": "1.5"}, "an integer"),
+        ({"scale": "big"}, "a number"),
+        ({"shuffle": "maybe"}, "true or false"),
+    ],
+)
 def test_option_with_a_bad_type(user_module, options, expected):
     assert expected in load_error(f"{user_module}:make", options)
 

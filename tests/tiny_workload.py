@@ -19,9 +19,16 @@ def make(samples: int = 2048, features: int = 16, seed: int = 0) -> Workload:
         return float((output.argmax(dim=1) == target).float().mean())
 
     return Workload(
-        name="tiny-mlp", model=model, train=(x[:samples], y[:samples]), val=(x[samples:], y[samples:]),
-        loss=torch.nn.functional.cross_entropy, baseline_batch_size=32, baseline_lr=1e-2, optimizer="adam",
-        metrics={"accuracy": accuracy}, epochs=3,
+        name="tiny-mlp",
+        model=model,
+        train=(x[:samples], y[:samples]),
+        val=(x[samples:], y[samples:]),
+        loss=torch.nn.functional.cross_entropy,
+        baseline_batch_size=32,
+        baseline_lr=1e-2,
+        optimizer="adam",
+        metrics={"accuracy": accuracy},
+        epochs=3,
     )
 
 
@@ -42,6 +49,12 @@ def make_oom(limit: int = 64) -> Workload:
     """The tiny workload whose model raises torch.OutOfMemoryError above ``limit`` samples."""
     base = make()
     return Workload(
-        name="tiny-oom", model=lambda: _OomAbove(base.model(), limit), train=base.train, val=base.val,
-        loss=base.loss, baseline_batch_size=16, baseline_lr=1e-2, metrics=dict(base.metrics),
+        name="tiny-oom",
+        model=lambda: _OomAbove(base.model(), limit),
+        train=base.train,
+        val=base.val,
+        loss=base.loss,
+        baseline_batch_size=16,
+        baseline_lr=1e-2,
+        metrics=dict(base.metrics),
     )

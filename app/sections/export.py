@@ -10,25 +10,40 @@ from largestep.ui import export, report
 home = resolve_home()
 
 st.title("Export")
-st.caption("Take a recommendation to your own training code: config files, snippets for PyTorch, Hugging Face, "
-           "Lightning and DeepSpeed, and the CLI line that reproduces it.")
+st.caption(
+    "Take a recommendation to your own training code: config files, snippets for PyTorch, Hugging Face, "
+    "Lightning and DeepSpeed, and the CLI line that reproduces it."
+)
 
 choices = widgets.load_or_stop(export.recommendation_choices, home, empty=export.EXPORT_START)
 
 labels = {c.id: c.label for c in choices}
-rec_id = st.selectbox("Recommendation", list(labels), format_func=labels.get, key="export.recommendation",
-                      help="Newest first.")
+rec_id = st.selectbox(
+    "Recommendation", list(labels), format_func=labels.get, key="export.recommendation", help="Newest first."
+)
 rec = export.load_recommendation(home, rec_id)
 if rec is None:
     st.error(f"Recommendation {rec_id} is no longer stored.")
     st.stop()
 
 left, middle, right = st.columns([1, 1, 2])
-devices = left.number_input("Devices", min_value=1, value=rec.get("world_size") or 1, step=1, key="export.devices",
-                            help="Data-parallel processes the global batch is split over.")
-micro_batch = middle.number_input("Micro-batch per device", min_value=1, value=None, step=1, key="export.micro_batch",
-                                  placeholder="auto: the whole share",
-                                  help="Samples per forward/backward pass; the rest becomes gradient accumulation.")
+devices = left.number_input(
+    "Devices",
+    min_value=1,
+    value=rec.get("world_size") or 1,
+    step=1,
+    key="export.devices",
+    help="Data-parallel processes the global batch is split over.",
+)
+micro_batch = middle.number_input(
+    "Micro-batch per device",
+    min_value=1,
+    value=None,
+    step=1,
+    key="export.micro_batch",
+    placeholder="auto: the whole share",
+    help="Samples per forward/backward pass; the rest becomes gradient accumulation.",
+)
 fmt = right.selectbox("Preview", export.FORMATS, format_func=export.FORMAT_LABELS.get, key="export.format")
 
 try:
@@ -42,13 +57,22 @@ if view is not None:
     st.markdown("**Download**")
     row = st.container(horizontal=True)
     for item in view.downloads:
-        row.download_button(item.label, item.data, file_name=item.file_name, mime=item.mime,
-                               key=f"export.download.{item.fmt}", on_click="ignore", icon=":material/download:")
+        row.download_button(
+            item.label,
+            item.data,
+            file_name=item.file_name,
+            mime=item.mime,
+            key=f"export.download.{item.fmt}",
+            on_click="ignore",
+            icon=":material/download:",
+        )
     st.code(view.preview, language=view.language, line_numbers=view.language == "python", wrap_lines=True)
 
 st.subheader("Report")
-st.caption("One self-contained HTML file: the profile's charts, this recommendation and its verification runs, "
-           "interactive and readable offline.")
+st.caption(
+    "One self-contained HTML file: the profile's charts, this recommendation and its verification runs, "
+    "interactive and readable offline."
+)
 
 
 def report_html() -> str:
@@ -59,5 +83,13 @@ def report_html() -> str:
         return report.error_page(str(exc))
 
 
-st.download_button("HTML report", report_html, file_name=f"largestep-report-{rec_id}.html", mime="text/html",
-                   key="export.download.report", on_click="ignore", icon=":material/description:", type="primary")
+st.download_button(
+    "HTML report",
+    report_html,
+    file_name=f"largestep-report-{rec_id}.html",
+    mime="text/html",
+    key="export.download.report",
+    on_click="ignore",
+    icon=":material/description:",
+    type="primary",
+)

@@ -30,7 +30,9 @@ report = widgets.hardware_card()
 st.subheader("Profile a workload")
 available = {w["name"]: w for w in workloads()}
 workload = st.selectbox(
-    "Workload", list(available), key="profile.workload",
+    "Workload",
+    list(available),
+    key="profile.workload",
     format_func=lambda name: f"{name} — {available[name]['description']}" if available[name]["description"] else name,
     help="Built-in workloads and workloads installed as entry points in group largestep.workloads.",
 )
@@ -39,30 +41,56 @@ with st.form("profile.form"):
     data_path = label = ""
     if workload == profiles.TABLE_WORKLOAD:
         left, right = st.columns(2)
-        data_path = left.text_input("Data file (CSV or Parquet)", key="profile.data_path",
-                                    placeholder="/data/transactions.parquet")
+        data_path = left.text_input(
+            "Data file (CSV or Parquet)", key="profile.data_path", placeholder="/data/transactions.parquet"
+        )
         label = right.text_input("Label column", key="profile.label", placeholder="is_fraud")
     left, right = st.columns(2)
     device = left.selectbox("Device", list(devices), format_func=devices.get, key="profile.device")
     dtype = right.selectbox("Precision", list(profiles.DTYPES), key="profile.dtype")
     left, middle, right = st.columns(3)
-    min_batch = left.number_input("Min batch", min_value=1, value=None, step=1, key="profile.min_batch",
-                                  placeholder="auto: a quarter of the baseline")
-    max_batch = middle.number_input("Max batch", min_value=1, value=profiles.DEFAULT_MAX_BATCH, step=1,
-                                    key="profile.max_batch")
-    batch_list = right.text_input("Or these batch sizes only", key="profile.batch_list",
-                                  placeholder="32,128,512,2048", help="Comma-separated; replaces min and max.")
+    min_batch = left.number_input(
+        "Min batch",
+        min_value=1,
+        value=None,
+        step=1,
+        key="profile.min_batch",
+        placeholder="auto: a quarter of the baseline",
+    )
+    max_batch = middle.number_input(
+        "Max batch", min_value=1, value=profiles.DEFAULT_MAX_BATCH, step=1, key="profile.max_batch"
+    )
+    batch_list = right.text_input(
+        "Or these batch sizes only",
+        key="profile.batch_list",
+        placeholder="32,128,512,2048",
+        help="Comma-separated; replaces min and max.",
+    )
     left, right = st.columns(2)
-    budget = left.text_input("Memory budget", key="profile.memory_budget", placeholder="e.g. 12GiB (empty: none)",
-                             help="Stop before a batch predicted or measured above this. Units: MiB, GiB, GB ...")
-    full = right.checkbox("Full sweep", key="profile.full",
-                          help="Keep going past a throughput plateau, up to the max batch.")
+    budget = left.text_input(
+        "Memory budget",
+        key="profile.memory_budget",
+        placeholder="e.g. 12GiB (empty: none)",
+        help="Stop before a batch predicted or measured above this. Units: MiB, GiB, GB ...",
+    )
+    full = right.checkbox(
+        "Full sweep", key="profile.full", help="Keep going past a throughput plateau, up to the max batch."
+    )
     submitted = st.form_submit_button("Start profiling", type="primary", key="profile.submit")
 
 if submitted:
-    form = profiles.ProfileForm(workload=workload, device=device, dtype=dtype, min_batch=min_batch,
-                             max_batch=max_batch, batch_list=batch_list, memory_budget=budget, full=full,
-                             data_path=data_path, label=label)
+    form = profiles.ProfileForm(
+        workload=workload,
+        device=device,
+        dtype=dtype,
+        min_batch=min_batch,
+        max_batch=max_batch,
+        batch_list=batch_list,
+        memory_budget=budget,
+        full=full,
+        data_path=data_path,
+        label=label,
+    )
     try:
         with st.spinner("Checking the workload …"):
             job_id = profiles.submit_profile(home, form, list(available))
@@ -116,9 +144,15 @@ live = next(c.live for c in choices if c.id == selected)
 others = [profile_id for profile_id in labels if profile_id != selected]
 # a profile overlaid before it was selected (or deleted since) is no longer an option
 st.session_state["profiles.overlay"] = [p for p in st.session_state.get("profiles.overlay", []) if p in others]
-overlay = st.multiselect("Overlay other profiles", others, format_func=labels.get, key="profiles.overlay",
-                         disabled=not others, placeholder="compare step time and throughput with …",
-                         help="Their step time and throughput are drawn dotted over this profile's.")
+overlay = st.multiselect(
+    "Overlay other profiles",
+    others,
+    format_func=labels.get,
+    key="profiles.overlay",
+    disabled=not others,
+    placeholder="compare step time and throughput with …",
+    help="Their step time and throughput are drawn dotted over this profile's.",
+)
 
 
 def profile_panel(profile_id: str, overlay_ids: tuple[str, ...]) -> None:
@@ -140,7 +174,7 @@ def profile_panel(profile_id: str, overlay_ids: tuple[str, ...]) -> None:
     for column, metric in zip(st.columns(4), view.metrics):
         column.metric(metric.label, metric.value, help=metric.help)
     figures = list(view.figures.items())
-    pairs = [figures[i:i + 2] for i in range(0, len(figures), 2)]
+    pairs = [figures[i : i + 2] for i in range(0, len(figures), 2)]
     for pair in pairs:
         for column, (name, figure) in zip(st.columns(2) if len(pair) == 2 else [st.container()], pair):
             column.plotly_chart(figure, key=f"chart.{name}", width="stretch")

@@ -27,8 +27,9 @@ st.caption("A larger batch with the learning rate scaled to keep lr/batch fixed,
 choices = widgets.load_or_stop(recommend.profile_choices, home, empty=recommend.RECOMMEND_START)
 
 labels = {c.id: c.label for c in choices}
-profile_id = st.selectbox("Profile", list(labels), format_func=labels.get, key="recommend.profile",
-                          on_change=forget_inputs)
+profile_id = st.selectbox(
+    "Profile", list(labels), format_func=labels.get, key="recommend.profile", on_change=forget_inputs
+)
 defaults = recommend.profile_defaults(home, profile_id)
 if defaults is None or not defaults["measured"]:
     st.info(f"Profile `{profile_id}` has no measured batch sizes yet; wait for it to finish on the Profiles page.")
@@ -42,9 +43,13 @@ if defaults["refusal"]:
     with st.container(border=True):
         st.warning(defaults["refusal"], icon=":material/warning:")
         left, right = st.columns(2, vertical_alignment="center")
-        if left.button(f"Re-profile the {len(defaults['untrusted'])} untrusted batch sizes", key="recommend.reprofile",
-                       icon=":material/refresh:", help="Measure them again (the other points are carried over); the "
-                       "new profile appears in the list above when it ends."):
+        if left.button(
+            f"Re-profile the {len(defaults['untrusted'])} untrusted batch sizes",
+            key="recommend.reprofile",
+            icon=":material/refresh:",
+            help="Measure them again (the other points are carried over); the "
+            "new profile appears in the list above when it ends.",
+        ):
             try:
                 with st.spinner("Starting the profile …"):
                     job_id = recommend.start_reprofile(home, profile_id)
@@ -52,34 +57,59 @@ if defaults["refusal"]:
                 st.error(str(exc))
             else:
                 st.success(f"Started profile `{job_id}`: pick it above when it has finished.")
-        accept_load = right.checkbox(recommend.ACCEPT_LOAD_LABEL, key="recommend.accept_load",
-                                     help="Recommend from this profile anyway: the recommendation carries the "
-                                          "warning wherever it is shown and exported.")
+        accept_load = right.checkbox(
+            recommend.ACCEPT_LOAD_LABEL,
+            key="recommend.accept_load",
+            help="Recommend from this profile anyway: the recommendation carries the "
+            "warning wherever it is shown and exported.",
+        )
 
 # -- inputs --------------------------------------------------------------------------------------
 st.subheader("Baseline and rule")
 left, middle, right = st.columns(3)
 baseline_batch = left.number_input(
-    "Baseline batch", min_value=1, step=1, value=defaults["baseline_batch"], key="recommend.baseline_batch",
+    "Baseline batch",
+    min_value=1,
+    step=1,
+    value=defaults["baseline_batch"],
+    key="recommend.baseline_batch",
     help="The batch you train with now; it must be one the profile measured: "
-         + ", ".join(str(b) for b in defaults["measured"]))
+    + ", ".join(str(b) for b in defaults["measured"]),
+)
 baseline_lr = middle.text_input(
-    "Baseline learning rate", value=f"{defaults['baseline_lr']:g}" if defaults["baseline_lr"] else "",
-    key="recommend.baseline_lr", help="Its learning rate, e.g. 0.001 or 1e-3.")
-rule = right.radio("Learning-rate rule", recommend.RULES, key="recommend.rule", horizontal=True,
-                   format_func={"linear": "linear (lr/batch fixed)", "sqrt": "square root",
-                                "noise": "noise scale"}.get,
-                   help="linear: Goyal et al. 2017, Smith et al. 2021; square root: for adaptive optimizers "
-                        "(Malladi et al. 2022); noise scale: McCandlish et al. 2018's lr0·(1 + B_noise/B0)/"
-                        "(1 + B_noise/B), which stops growing near the noise scale (needs an estimate).")
+    "Baseline learning rate",
+    value=f"{defaults['baseline_lr']:g}" if defaults["baseline_lr"] else "",
+    key="recommend.baseline_lr",
+    help="Its learning rate, e.g. 0.001 or 1e-3.",
+)
+rule = right.radio(
+    "Learning-rate rule",
+    recommend.RULES,
+    key="recommend.rule",
+    horizontal=True,
+    format_func={"linear": "linear (lr/batch fixed)", "sqrt": "square root", "noise": "noise scale"}.get,
+    help="linear: Goyal et al. 2017, Smith et al. 2021; square root: for adaptive optimizers "
+    "(Malladi et al. 2022); noise scale: McCandlish et al. 2018's lr0·(1 + B_noise/B0)/"
+    "(1 + B_noise/B), which stops growing near the noise scale (needs an estimate).",
+)
 left, right = st.columns(2)
 headroom = left.number_input(
-    "Memory headroom", min_value=0.05, max_value=1.0, value=0.9, step=0.05, key="recommend.headroom",
+    "Memory headroom",
+    min_value=0.05,
+    max_value=1.0,
+    value=0.9,
+    step=0.05,
+    key="recommend.headroom",
     help="Candidates may use at most this share of the device's memory"
-         + (f" ({format_bytes(defaults['device_total_memory_bytes'])})"
-            if defaults.get("device_total_memory_bytes") else "") + ".")
-max_lr = right.text_input("Max learning rate", key="recommend.max_lr", placeholder="empty: no cap",
-                          help="Never recommend a learning rate above this.")
+    + (f" ({format_bytes(defaults['device_total_memory_bytes'])})" if defaults.get("device_total_memory_bytes") else "")
+    + ".",
+)
+max_lr = right.text_input(
+    "Max learning rate",
+    key="recommend.max_lr",
+    placeholder="empty: no cap",
+    help="Never recommend a learning rate above this.",
+)
 
 # -- noise scale ---------------------------------------------------------------------------------
 st.subheader("Gradient noise scale")
@@ -95,15 +125,21 @@ if picked in {n.id for n in noise}:
     st.session_state["recommend.noise_id"] = picked
 if "recommend.noise_mode" not in st.session_state:
     st.session_state["recommend.noise_mode"] = "stored" if noise else "perfect"
-noise_mode = st.radio("Noise scale to use", modes, format_func=recommend.NOISE_MODES.get, key="recommend.noise_mode",
-                      horizontal=True,
-                      help="B_noise (McCandlish et al. 2018) sets how fast the steps needed fall as the batch grows.")
+noise_mode = st.radio(
+    "Noise scale to use",
+    modes,
+    format_func=recommend.NOISE_MODES.get,
+    key="recommend.noise_mode",
+    horizontal=True,
+    help="B_noise (McCandlish et al. 2018) sets how fast the steps needed fall as the batch grows.",
+)
 noise_id, noise_scale = None, ""
 if noise_mode == "stored":
     if noise:
         noise_labels = {n.id: n.label for n in noise}
-        noise_id = st.selectbox("Stored estimate", list(noise_labels), format_func=noise_labels.get,
-                                key="recommend.noise_id")
+        noise_id = st.selectbox(
+            "Stored estimate", list(noise_labels), format_func=noise_labels.get, key="recommend.noise_id"
+        )
     else:
         st.caption(f"No reliable estimate for {defaults['workload']} yet: estimate one below.")
 elif noise_mode == "manual":
@@ -150,9 +186,18 @@ if flash:
 
 # -- compute -------------------------------------------------------------------------------------
 if st.button("Compute and save the recommendation", type="primary", key="recommend.compute"):
-    form = recommend.RecommendForm(profile_id=profile_id, baseline_batch=baseline_batch, baseline_lr=baseline_lr,
-                                  rule=rule, noise_mode=noise_mode, noise_id=noise_id, noise_scale=noise_scale,
-                                  memory_headroom=headroom, max_lr=max_lr, accept_load=accept_load)
+    form = recommend.RecommendForm(
+        profile_id=profile_id,
+        baseline_batch=baseline_batch,
+        baseline_lr=baseline_lr,
+        rule=rule,
+        noise_mode=noise_mode,
+        noise_id=noise_id,
+        noise_scale=noise_scale,
+        memory_headroom=headroom,
+        max_lr=max_lr,
+        accept_load=accept_load,
+    )
     try:
         with st.spinner("Computing …"):
             rec = recommend.compute_recommendation(home, form)
@@ -197,11 +242,20 @@ if view.schedule is not None:
     st.dataframe(view.schedule.phases, hide_index=True, width="stretch")
     st.markdown("\n".join(f"- {reason}" for reason in view.schedule.reasons))
 else:
-    st.caption("No noise curve for this workload yet: `largestep noise --workload W --at 0,0.25,0.5,1` measures one, "
-               "and the next recommendation plans a growing batch schedule from it.")
+    st.caption(
+        "No noise curve for this workload yet: `largestep noise --workload W --at 0,0.25,0.5,1` measures one, "
+        "and the next recommendation plans a growing batch schedule from it."
+    )
 
 st.markdown("**Export**")
 row = st.container(horizontal=True)
 for item in recommend.downloads(rec):
-    row.download_button(item.label, item.data, file_name=item.file_name, mime=item.mime,
-                           key=f"recommend.download.{item.fmt}", on_click="ignore", icon=":material/download:")
+    row.download_button(
+        item.label,
+        item.data,
+        file_name=item.file_name,
+        mime=item.mime,
+        key=f"recommend.download.{item.fmt}",
+        on_click="ignore",
+        icon=":material/download:",
+    )

@@ -22,13 +22,25 @@ options = runs.filter_options(every_run)
 left, middle, right, last = st.columns(4)
 states = left.multiselect("State", options["states"], key="runs.states", placeholder="any state")
 workloads = middle.multiselect("Workload", options["workloads"], key="runs.workloads", placeholder="any workload")
-groups = right.multiselect("Group", options["groups"], key="runs.groups", placeholder="any group",
-                           help="Repeats of one config (other seeds) share a group.")
+groups = right.multiselect(
+    "Group",
+    options["groups"],
+    key="runs.groups",
+    placeholder="any group",
+    help="Repeats of one config (other seeds) share a group.",
+)
 roles = last.multiselect("Role", options["roles"], key="runs.roles", placeholder="any role")
 shown = runs.filter_runs(every_run, states, workloads, groups, roles)
-st.dataframe(runs.runs_table(shown), hide_index=True, width="stretch", key="runs.table",
-             column_config={"LR": st.column_config.NumberColumn(format="%.3g"),
-                            "final val loss": st.column_config.NumberColumn(format="%.4f")})
+st.dataframe(
+    runs.runs_table(shown),
+    hide_index=True,
+    width="stretch",
+    key="runs.table",
+    column_config={
+        "LR": st.column_config.NumberColumn(format="%.3g"),
+        "final val loss": st.column_config.NumberColumn(format="%.4f"),
+    },
+)
 st.caption(f"{len(shown)} of {len(every_run)} runs")
 if unreadable := runs.unreadable_note(every_run):
     st.warning(unreadable)
@@ -60,10 +72,16 @@ running_runs()
 st.subheader("Curves")
 labels = runs.run_labels(shown)
 if "runs.selected" not in st.session_state:  # a shared link: ?run=ID&run=ID; else the latest groups
-    st.session_state["runs.selected"] = ([r for r in st.query_params.get_all("run") if r in labels]
-                                         or [r for r in runs.default_selection(shown) if r in labels])
-selected = st.multiselect("Runs to chart", list(labels), format_func=labels.get, key="runs.selected",
-                          placeholder="choose runs to chart and compare")
+    st.session_state["runs.selected"] = [r for r in st.query_params.get_all("run") if r in labels] or [
+        r for r in runs.default_selection(shown) if r in labels
+    ]
+selected = st.multiselect(
+    "Runs to chart",
+    list(labels),
+    format_func=labels.get,
+    key="runs.selected",
+    placeholder="choose runs to chart and compare",
+)
 if selected:
     st.query_params["run"] = selected  # the address names the charted runs, so it can be shared
 else:
@@ -80,8 +98,15 @@ except LargestepError as exc:
 left, middle, right = st.columns([2, 2, 3])
 metric = middle.selectbox("Metric", metric_names or [runs.DEFAULT_METRIC], key="runs.metric")
 x = left.selectbox("x-axis", list(runs.X_AXES), format_func=runs.X_AXES.get, key="runs.x")
-smoothing = right.slider("Smoothing (EMA)", 0.0, 0.99, 0.6, 0.01, key="runs.smoothing",
-                         help="Applied to the downsampled series (at most ~1,000 points per run); 0: raw.")
+smoothing = right.slider(
+    "Smoothing (EMA)",
+    0.0,
+    0.99,
+    0.6,
+    0.01,
+    key="runs.smoothing",
+    help="Applied to the downsampled series (at most ~1,000 points per run); 0: raw.",
+)
 left, right, _ = st.columns([1, 1, 5])
 log_x = left.toggle("log x", key="runs.log_x")
 log_y = right.toggle("log y", key="runs.log_y")
@@ -89,8 +114,12 @@ log_y = right.toggle("log y", key="runs.log_y")
 units = runs.comparison_units(every_run, selected)
 baseline = None
 if len(units) >= 2:
-    baseline = st.selectbox("Baseline for the comparison", units, key="runs.baseline",
-                            help="Every other run or group is timed to this one's best validation loss.")
+    baseline = st.selectbox(
+        "Baseline for the comparison",
+        units,
+        key="runs.baseline",
+        help="Every other run or group is timed to this one's best validation loss.",
+    )
 live = any(r in runs.active_runs(every_run) for r in selected)
 
 
@@ -99,8 +128,9 @@ def charts() -> None:
     try:
         if live:
             runs.load_runs(home)  # ingest what the jobs have written since
-        view, comparison = runs.selection_view(home, selected, labels, metric, x, log_x, log_y, smoothing,
-                                                   units, baseline)
+        view, comparison = runs.selection_view(
+            home, selected, labels, metric, x, log_x, log_y, smoothing, units, baseline
+        )
     except LargestepError as exc:
         st.error(str(exc))
         return

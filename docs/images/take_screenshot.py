@@ -48,15 +48,18 @@ def main(home: str, pages: list[str]) -> None:
                 raise SystemExit("the dashboard did not start")
             time.sleep(0.5)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM,
+                headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
             height = int(os.environ.get("SHOT_HEIGHT", "1900"))
             page = browser.new_page(viewport={"width": 1400, "height": height})
             page.set_default_timeout(120_000)
             for name in pages or [""]:
                 page.goto(f"{url}/{name}")
                 page.get_by_test_id("stMain").wait_for()
-                time.sleep(3)   # let the charts draw
+                time.sleep(3)  # let the charts draw
                 page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')")
                 time.sleep(2)
                 out = IMAGES / (f"dashboard-{name}.png" if name else "dashboard.png")

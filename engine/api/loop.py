@@ -27,13 +27,34 @@ def _home(home) -> Home:
     return resolve_home(home).check()
 
 
-def profile(workload, *, options: Mapping[str, object] | None = None, data: str | None = None,
-            label: str | None = None, device: str = "auto", batch_sizes: Sequence[int] | str | None = None,
-            min_batch: int | None = None, max_batch: int | None = None, dtype: str = "fp32",
-            memory_budget: str | int | None = None, full: bool = False, min_steps: int = 10,
-            min_seconds: float = 1.0, warmup_steps: int = 3, rounds: int = 3, seed: int = 0, compile: bool = False,
-            tf32: bool | None = None, nproc: int = 1, launcher: str = "local", ray_address: str | None = None, home=None,
-            quiet: bool = False, estimator: str | None = None, threads: int | None = None) -> Profile:
+def profile(
+    workload,
+    *,
+    options: Mapping[str, object] | None = None,
+    data: str | None = None,
+    label: str | None = None,
+    device: str = "auto",
+    batch_sizes: Sequence[int] | str | None = None,
+    min_batch: int | None = None,
+    max_batch: int | None = None,
+    dtype: str = "fp32",
+    memory_budget: str | int | None = None,
+    full: bool = False,
+    min_steps: int = 10,
+    min_seconds: float = 1.0,
+    warmup_steps: int = 3,
+    rounds: int = 3,
+    seed: int = 0,
+    compile: bool = False,
+    tf32: bool | None = None,
+    nproc: int = 1,
+    launcher: str = "local",
+    ray_address: str | None = None,
+    home=None,
+    quiet: bool = False,
+    estimator: str | None = None,
+    threads: int | None = None,
+) -> Profile:
     """Measure step time, throughput and memory against batch size, as `largestep profile` does (a job).
 
     ``batch_sizes``: explicit sizes, e.g. ``[32, 128, 512]`` (else powers of two from ``min_batch``, default a
@@ -51,10 +72,23 @@ def profile(workload, *, options: Mapping[str, object] | None = None, data: str 
     from ..store.outcomes import profile_outcome
 
     config = ProfileConfig.from_options(
-        batch_sizes=batch_sizes, min_batch=min_batch, max_batch=max_batch, memory_budget=memory_budget, nproc=nproc,
-        dtype=dtype, full=full, min_steps=min_steps, min_seconds=min_seconds, warmup_steps=warmup_steps,
-        rounds=rounds, seed=seed, compile=compile, tf32=tf32, threads=threads,
-        **({"estimator": estimator} if estimator is not None else {}))
+        batch_sizes=batch_sizes,
+        min_batch=min_batch,
+        max_batch=max_batch,
+        memory_budget=memory_budget,
+        nproc=nproc,
+        dtype=dtype,
+        full=full,
+        min_steps=min_steps,
+        min_seconds=min_seconds,
+        warmup_steps=warmup_steps,
+        rounds=rounds,
+        seed=seed,
+        compile=compile,
+        tf32=tf32,
+        threads=threads,
+        **({"estimator": estimator} if estimator is not None else {}),
+    )
     run_on = launcher_from_cli(launcher, ray_address)
     where = _home(home)
     chosen = workload_options(options, data, label)
@@ -64,11 +98,23 @@ def profile(workload, *, options: Mapping[str, object] | None = None, data: str 
     return Profile.of(profile_outcome(where, job_id, state))
 
 
-def noise(workload, *, options: Mapping[str, object] | None = None, data: str | None = None,
-          label: str | None = None, device: str = "auto", batch_small: int | None = None,
-          batch_big: int | None = None, batches: int = 32, warm_steps: int | str = "auto",
-          at: Sequence[float] | str | None = None, seed: int = 0, compile: bool = False, home=None,
-          quiet: bool = False) -> NoiseEstimate | NoiseCurve:
+def noise(
+    workload,
+    *,
+    options: Mapping[str, object] | None = None,
+    data: str | None = None,
+    label: str | None = None,
+    device: str = "auto",
+    batch_small: int | None = None,
+    batch_big: int | None = None,
+    batches: int = 32,
+    warm_steps: int | str = "auto",
+    at: Sequence[float] | str | None = None,
+    seed: int = 0,
+    compile: bool = False,
+    home=None,
+    quiet: bool = False,
+) -> NoiseEstimate | NoiseCurve:
     """Estimate the gradient noise scale B_simple with its 90% interval, as `largestep noise` does (a job).
 
     ``batch_small``: default the workload's baseline batch; ``batch_big``: a multiple of it (default 8x).
@@ -91,12 +137,25 @@ def noise(workload, *, options: Mapping[str, object] | None = None, data: str | 
     return NoiseEstimate.of(noise_outcome(where, job_id))
 
 
-def recommend(profile: "Profile | str" = "latest", *, baseline_batch: int | None = None,
-              baseline_lr: float | None = None, rule: str = "linear", noise_scale: float | None = None,
-              estimate_noise: bool = False, noise: "NoiseEstimate | str | None" = None,
-              noise_curve: "NoiseCurve | str | None" = "latest", memory_headroom: float = 0.9,
-              max_lr: float | None = None, warmup_samples: int | None = None, check_stability: bool = False,
-              device: str = "auto", home=None, quiet: bool = False, accept_load: bool = False) -> Recommendation:
+def recommend(
+    profile: "Profile | str" = "latest",
+    *,
+    baseline_batch: int | None = None,
+    baseline_lr: float | None = None,
+    rule: str = "linear",
+    noise_scale: float | None = None,
+    estimate_noise: bool = False,
+    noise: "NoiseEstimate | str | None" = None,
+    noise_curve: "NoiseCurve | str | None" = "latest",
+    memory_headroom: float = 0.9,
+    max_lr: float | None = None,
+    warmup_samples: int | None = None,
+    check_stability: bool = False,
+    device: str = "auto",
+    home=None,
+    quiet: bool = False,
+    accept_load: bool = False,
+) -> Recommendation:
     """Recommend a batch size and learning rate from a profile, as `largestep recommend` does; saved in the store.
 
     ``profile``: a :class:`Profile`, its id, or "latest". The noise scale: ``noise_scale`` (a number),
@@ -111,26 +170,55 @@ def recommend(profile: "Profile | str" = "latest", *, baseline_batch: int | None
     from ..plan.recommend import RecommendConfig
     from ..store.outcomes import ended, recommend_and_save
 
-    config = RecommendConfig.from_options(baseline_batch, baseline_lr, rule, noise_scale, memory_headroom, max_lr,
-                                          warmup_samples, accept_load)
+    config = RecommendConfig.from_options(
+        baseline_batch, baseline_lr, rule, noise_scale, memory_headroom, max_lr, warmup_samples, accept_load
+    )
     where = _home(home)
 
     def follow_to_end(job_id: str, what: str) -> None:
         ended(where, job_id, follow(where, job_id, quiet=quiet), what)
 
-    rec = recommend_and_save(where, _id(profile, Profile, "profile"), config, _id(noise, NoiseEstimate, "noise"),
-                             _id(noise_curve, NoiseCurve, "noise_curve") or "none", estimate_noise, check_stability,
-                             device, follow=follow_to_end)
+    rec = recommend_and_save(
+        where,
+        _id(profile, Profile, "profile"),
+        config,
+        _id(noise, NoiseEstimate, "noise"),
+        _id(noise_curve, NoiseCurve, "noise_curve") or "none",
+        estimate_noise,
+        check_stability,
+        device,
+        follow=follow_to_end,
+    )
     return Recommendation.of(rec)
 
 
-def autopilot(workload, *, options: Mapping[str, object] | None = None, data: str | None = None,
-              label: str | None = None, repeats: int = 3, epochs: float | None = None, rule: str = "linear",
-              arms: Sequence[str] | str | None = None, until_decisive: bool = False, max_repeats: int = 10,
-              quality_tolerance: float = 0.01, compile: bool = False, device: str = "auto", nproc: int = 1,
-              launcher: str = "local", ray_address: str | None = None, home=None, quiet: bool = False,
-              accept_load: bool = False, quiet_timeout: float | None = None, threads: int | None = None,
-              until_verified: bool = False, max_attempts: int = 2, **settings) -> Autopilot:
+def autopilot(
+    workload,
+    *,
+    options: Mapping[str, object] | None = None,
+    data: str | None = None,
+    label: str | None = None,
+    repeats: int = 3,
+    epochs: float | None = None,
+    rule: str = "linear",
+    arms: Sequence[str] | str | None = None,
+    until_decisive: bool = False,
+    max_repeats: int = 10,
+    quality_tolerance: float = 0.01,
+    compile: bool = False,
+    device: str = "auto",
+    nproc: int = 1,
+    launcher: str = "local",
+    ray_address: str | None = None,
+    home=None,
+    quiet: bool = False,
+    accept_load: bool = False,
+    quiet_timeout: float | None = None,
+    threads: int | None = None,
+    until_verified: bool = False,
+    max_attempts: int = 2,
+    **settings,
+) -> Autopilot:
     """The whole loop in one job, as `largestep autopilot` does: profile, noise scale, recommend, train the baseline
     and the recommendation (``repeats`` seeds each, one after the other on the device), compare, and one headline.
 
@@ -152,10 +240,25 @@ def autopilot(workload, *, options: Mapping[str, object] | None = None, data: st
     from ..store import ingest
     from ..store.outcomes import autopilot_outcome, ended
 
-    config = AutopilotConfig.from_options(repeats, epochs, rule, arms, until_decisive, max_repeats, quality_tolerance,
-                                          compile, nproc, launcher, ray_address, accept_load=accept_load,
-                                          quiet_timeout=quiet_timeout, threads=threads, until_verified=until_verified,
-                                          max_attempts=max_attempts, **settings)
+    config = AutopilotConfig.from_options(
+        repeats,
+        epochs,
+        rule,
+        arms,
+        until_decisive,
+        max_repeats,
+        quality_tolerance,
+        compile,
+        nproc,
+        launcher,
+        ray_address,
+        accept_load=accept_load,
+        quiet_timeout=quiet_timeout,
+        threads=threads,
+        until_verified=until_verified,
+        max_attempts=max_attempts,
+        **settings,
+    )
     where = _home(home)
     chosen = workload_options(options, data, label)
     with workload_spec(where, workload, chosen, launcher) as spec:

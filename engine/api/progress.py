@@ -18,8 +18,13 @@ def follow(home: Home, job_id: str, describe: Callable[[dict], str | None] | Non
     """
     if quiet:
         return watch(home, job_id, lambda update: None)
-    bar = _tqdm()(total=100, desc=f"{job_id}: starting", bar_format="{desc} {bar} {percentage:3.0f}% [{elapsed}]",
-               leave=True, dynamic_ncols=True)
+    bar = _tqdm()(
+        total=100,
+        desc=f"{job_id}: starting",
+        bar_format="{desc} {bar} {percentage:3.0f}% [{elapsed}]",
+        leave=True,
+        dynamic_ncols=True,
+    )
 
     def show(update: Update) -> None:
         for event in update.events:
@@ -28,7 +33,7 @@ def follow(home: Home, job_id: str, describe: Callable[[dict], str | None] | Non
                 bar.write(text)
         done = round(max(0.0, min(100.0, 100.0 * update.progress)), 1)
         description = f"{job_id}: {update.phase or update.state.lower()}"
-        if done != bar.n or description != bar.desc:   # a bar redrawn only when it changed: a short log
+        if done != bar.n or description != bar.desc:  # a bar redrawn only when it changed: a short log
             bar.n = done
             bar.set_description_str(description, refresh=False)
             bar.refresh()

@@ -9,8 +9,19 @@ from ..jobs.track import TrackConfig, TrackedRun, lr_for, role_for
 __all__ = ["track"]
 
 
-def track(name, *, batch_size, lr=None, seed=None, tags=(), recommendation=None, home=None, device=None, run_id=None,
-          **options):
+def track(
+    name,
+    *,
+    batch_size,
+    lr=None,
+    seed=None,
+    tags=(),
+    recommendation=None,
+    home=None,
+    device=None,
+    run_id=None,
+    **options,
+):
     """A training run of your own code, seen by largestep as any run: ``with largestep.track(...) as run``.
 
     ``recommendation``: ``"latest"`` or a recommendation id ties the run to it: its role becomes
@@ -22,7 +33,9 @@ def track(name, *, batch_size, lr=None, seed=None, tags=(), recommendation=None,
     primary_metric, primary_metric_mode, hyperparameters). Bad input raises
     :class:`largestep.errors.UsageError` before anything is written.
     """
-    unknown = sorted(set(options) - set(TrackConfig.__dataclass_fields__) - {"name", "batch_size", "lr", "seed", "tags"})
+    unknown = sorted(
+        set(options) - set(TrackConfig.__dataclass_fields__) - {"name", "batch_size", "lr", "seed", "tags"}
+    )
     if unknown:
         allowed = sorted(set(TrackConfig.__dataclass_fields__) - {"name"})
         raise UsageError(f"track: unknown option {unknown[0]!r}; use one of {', '.join(allowed)}")
@@ -34,6 +47,12 @@ def track(name, *, batch_size, lr=None, seed=None, tags=(), recommendation=None,
         rec = read_recommendation(where, str(recommendation))
         if lr is None:
             lr = lr_for(rec, role_for(rec, batch_size))
-    config = TrackConfig(name=name, batch_size=batch_size, lr=lr, seed=seed,
-                         tags=(tags,) if isinstance(tags, str) else tuple(tags or ()), **options)
+    config = TrackConfig(
+        name=name,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        tags=(tags,) if isinstance(tags, str) else tuple(tags or ()),
+        **options,
+    )
     return TrackedRun(where, config, device=device, recommendation=rec, run_id=run_id)

@@ -17,8 +17,10 @@ def workload_options(options: Mapping[str, object] | None, data: str | None, lab
     """The workload function's keyword arguments: ``options`` (the CLI's ``--set KEY=VALUE``), ``data`` and
     ``label`` (``--data``, ``--label``, for the ``table`` workload)."""
     if options is not None and not isinstance(options, Mapping):
-        raise UsageError(f"options must be a dict of the workload function's arguments, e.g. {{'samples': 4000}}, "
-                         f"not {type(options).__name__}")
+        raise UsageError(
+            f"options must be a dict of the workload function's arguments, e.g. {{'samples': 4000}}, "
+            f"not {type(options).__name__}"
+        )
     chosen = {str(k): v for k, v in (options or {}).items()}
     if data is not None:
         chosen["path"] = str(data)
@@ -38,15 +40,21 @@ def workload_spec(home: Home, workload: object, options: dict, launcher: str = "
         yield workload
         return
     if not isinstance(workload, Workload):
-        raise UsageError(f"workload must be a spec such as 'fraud-mlp' or 'path/to/file.py:make', or a "
-                         f"largestep.Workload, not {type(workload).__name__}")
+        raise UsageError(
+            f"workload must be a spec such as 'fraud-mlp' or 'path/to/file.py:make', or a "
+            f"largestep.Workload, not {type(workload).__name__}"
+        )
     if options:
-        raise UsageError(f"options go to a workload function; workload {workload.name!r} was built in Python "
-                         f"already: build it with the values you want instead")
+        raise UsageError(
+            f"options go to a workload function; workload {workload.name!r} was built in Python "
+            f"already: build it with the values you want instead"
+        )
     if launcher != "local":
-        raise UsageError(f"workload {workload.name!r} was built in Python and reaches its jobs through this "
-                         f"machine's workload cache, which a Ray task cannot read; give a spec such as "
-                         f"'path/to/file.py:make' for launcher='ray'")
+        raise UsageError(
+            f"workload {workload.name!r} was built in Python and reaches its jobs through this "
+            f"machine's workload cache, which a Ray task cannot read; give a spec such as "
+            f"'path/to/file.py:make' for launcher='ray'"
+        )
     from ..workloads.cache import STORED_PREFIX, cache_of
 
     key, undo = cache_of(home.check()).put(workload)

@@ -63,6 +63,6 @@ def run() -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):   # a reader that went away (`largestep runs | head`), a closed stream
+        except (OSError, ValueError):  # a reader that went away (`largestep runs | head`), a closed stream
             pass
     os._exit(code)

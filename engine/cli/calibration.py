@@ -27,18 +27,43 @@ def calibration(ctx, workload, device, as_json):
     else:
         view = load_calibration(home, workload, device)
     if as_json:
-        emit_json({"verifications": [{k: v for k, v in p.items() if k != "comparison"} for p in view.points]
-                   if view else [], "corrections": view.corrections if view else []})
+        emit_json(
+            {
+                "verifications": [{k: v for k, v in p.items() if k != "comparison"} for p in view.points]
+                if view
+                else [],
+                "corrections": view.corrections if view else [],
+            }
+        )
         return
     if view is None or view.empty:
-        click.echo("no verifications yet: run `largestep autopilot --workload W` (or `largestep compare` a "
-                   "recommendation's baseline and recommended runs)")
+        click.echo(
+            "no verifications yet: run `largestep autopilot --workload W` (or `largestep compare` a "
+            "recommendation's baseline and recommended runs)"
+        )
         return
     rows = view.table.to_dict(orient="records")
-    shown = ["verification", "workload", "device", "batch", "speedup predicted", "speedup raw model",
-             "speedup measured", "steps predicted", "steps measured", "time/step predicted", "time/step measured",
-             "B_crit implied", "verified"]
-    console().print(table("Verifications: predicted against measured (90% intervals)", shown,
-                          [[row[c] for c in shown] for row in rows]))
+    shown = [
+        "verification",
+        "workload",
+        "device",
+        "batch",
+        "speedup predicted",
+        "speedup raw model",
+        "speedup measured",
+        "steps predicted",
+        "steps measured",
+        "time/step predicted",
+        "time/step measured",
+        "B_crit implied",
+        "verified",
+    ]
+    console().print(
+        table(
+            "Verifications: predicted against measured (90% intervals)",
+            shown,
+            [[row[c] for c in shown] for row in rows],
+        )
+    )
     for correction in view.corrections:
         console().print(f"[bold]{correction['text']}[/bold]")

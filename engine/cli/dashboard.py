@@ -13,7 +13,6 @@ from .group import cli
 from .options import home_of
 
 
-
 def app_dir() -> Path:
     """Where the package's Streamlit app is installed (engine never imports it: it only runs it)."""
     import importlib.util
@@ -56,8 +55,11 @@ def streamlit_flags(config_path: Path) -> list[str]:
     try:
         config = tomllib.loads(config_path.read_text())
     except OSError:
-        config = {"server": {"address": "127.0.0.1", "headless": True},
-                  "browser": {"gatherUsageStats": False}, "client": {"showErrorDetails": "none"}}
+        config = {
+            "server": {"address": "127.0.0.1", "headless": True},
+            "browser": {"gatherUsageStats": False},
+            "client": {"showErrorDetails": "none"},
+        }
     flags = []
     for section, values in config.items():
         for key, value in values.items():

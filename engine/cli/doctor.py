@@ -15,16 +15,29 @@ DEFAULT_REPORT = "largestep-selfcheck.json"
 
 @cli.command()
 @json_option
-@click.option("--devices", "check_devices", is_flag=True,
-              help="Also check every device: the profiler's timing against CUDA events (torch.utils.benchmark on "
-                   "the CPU), NVML, an induced out-of-memory error, bf16/fp16, and NCCL with several GPUs. Takes "
-                   "seconds; writes a JSON report to attach to a bug report.")
-@click.option("--repair", is_flag=True,
-              help="Also repair what can be repaired without losing anything: a damaged database is moved aside "
-                   "and rebuilt from the home's files (the jobs' spools, the saved recommendations), and jobs set "
-                   "aside are read again.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=DEFAULT_REPORT, show_default=True,
-              help="Where --devices writes its JSON report.")
+@click.option(
+    "--devices",
+    "check_devices",
+    is_flag=True,
+    help="Also check every device: the profiler's timing against CUDA events (torch.utils.benchmark on "
+    "the CPU), NVML, an induced out-of-memory error, bf16/fp16, and NCCL with several GPUs. Takes "
+    "seconds; writes a JSON report to attach to a bug report.",
+)
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Also repair what can be repaired without losing anything: a damaged database is moved aside "
+    "and rebuilt from the home's files (the jobs' spools, the saved recommendations), and jobs set "
+    "aside are read again.",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    default=DEFAULT_REPORT,
+    show_default=True,
+    help="Where --devices writes its JSON report.",
+)
 @click.pass_context
 def doctor(ctx, as_json, check_devices, repair, report_path):
     """Check the home: the database readable and migrated, spools consistent, jobs set aside, orphaned
@@ -37,7 +50,7 @@ def doctor(ctx, as_json, check_devices, repair, report_path):
     from ..store.doctor import PROBLEM, diagnose
 
     home = home_of(ctx)
-    checks = diagnose(home, repair=repair) if home.holds_anything() else []   # an empty home is not created by looking
+    checks = diagnose(home, repair=repair) if home.holds_anything() else []  # an empty home is not created by looking
     if as_json:
         emit_json({"home": str(home.root), "checks": [asdict(c) for c in checks]})
     elif not checks:
@@ -72,12 +85,20 @@ def _device_section(home, as_json: bool, report_path: Path) -> int:
     document = selfcheck.report(checks)
     write_atomic(report_path, json.dumps(jsonable(document), indent=2, default=str, allow_nan=False) + "\n")
     if as_json:
-        emit_json({"report": str(report_path), "checks": document["checks"],
-                   "math_settings": document["math_settings"], "versions": document["versions"]})
+        emit_json(
+            {
+                "report": str(report_path),
+                "checks": document["checks"],
+                "math_settings": document["math_settings"],
+                "versions": document["versions"],
+            }
+        )
     else:
         rows = [[c.device, c.name, c.verdict, c.summary] for c in checks]
         console().print(table("devices", ["device", "check", "verdict", "finding"], rows))
-        click.echo(f"float32 math by default: {format_math(document['math_settings'])} (a workload's tf32 field or "
-                   f"--tf32 sets it for its jobs)")
+        click.echo(
+            f"float32 math by default: {format_math(document['math_settings'])} (a workload's tf32 field or "
+            f"--tf32 sets it for its jobs)"
+        )
         click.echo(f"report written to {report_path}: attach it to a bug report")
     return 1 if any(c.verdict == selfcheck.PROBLEM for c in checks) else 0

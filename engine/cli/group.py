@@ -11,8 +11,12 @@ __all__ = ["cli"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--home", metavar="DIR", envvar="LARGESTEP_HOME",
-              help="Where the database and job spools live (default ./.largestep, or $LARGESTEP_HOME).")
+@click.option(
+    "--home",
+    metavar="DIR",
+    envvar="LARGESTEP_HOME",
+    help="Where the database and job spools live (default ./.largestep, or $LARGESTEP_HOME).",
+)
 @click.version_option(__version__, prog_name="largestep")
 @click.pass_context
 def cli(ctx: click.Context, home: str | None) -> None:

@@ -11,8 +11,20 @@ from ..errors import UsageError
 from ..home import Home, resolve_home
 from ..units import parse_count, parse_float  # noqa: F401  (the commands' parsers, shared with the Python API)
 
-__all__ = ["State", "home_of", "open_store", "json_option", "device_option", "nproc_option", "launch_options",
-           "workload_options", "workload_settings", "parse_float", "parse_count", "parse_nproc"]
+__all__ = [
+    "State",
+    "home_of",
+    "open_store",
+    "json_option",
+    "device_option",
+    "nproc_option",
+    "launch_options",
+    "workload_options",
+    "workload_settings",
+    "parse_float",
+    "parse_count",
+    "parse_nproc",
+]
 
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps."
 
@@ -55,23 +67,34 @@ def device_option(help: str = DEVICE_HELP) -> Callable[[Callable], Callable]:
 
 
 def compile_option(fn: Callable) -> Callable:
-    return click.option("--compile", "compile_model", is_flag=True,
-                        help="torch.compile the model; compiling happens before the clock starts and its time is "
-                             "recorded apart (each new batch size recompiles, untimed).")(fn)
+    return click.option(
+        "--compile",
+        "compile_model",
+        is_flag=True,
+        help="torch.compile the model; compiling happens before the clock starts and its time is "
+        "recorded apart (each new batch size recompiles, untimed).",
+    )(fn)
 
 
 def tf32_option(fn: Callable) -> Callable:
-    return click.option("--tf32/--no-tf32", "tf32", default=None,
-                        help="TF32 in float32 matmuls and convolutions (Ampere and newer GPUs: several times faster, "
-                             "less precise), for the profile and the runs alike. Default: the workload's tf32 field, "
-                             "else torch's defaults. Recorded with every profile and run.")(fn)
+    return click.option(
+        "--tf32/--no-tf32",
+        "tf32",
+        default=None,
+        help="TF32 in float32 matmuls and convolutions (Ampere and newer GPUs: several times faster, "
+        "less precise), for the profile and the runs alike. Default: the workload's tf32 field, "
+        "else torch's defaults. Recorded with every profile and run.",
+    )(fn)
 
 
 def threads_option(fn: Callable) -> Callable:
-    return click.option("--threads", metavar="N",
-                        help="torch's intra-op threads on the CPU (default: torch's, one a core). On a machine others "
-                             "keep busy, fewer threads than cores leave a core to them, so a step does not wait "
-                             "for a thread that lost its core; the runs trained from a profile use its threads.")(fn)
+    return click.option(
+        "--threads",
+        metavar="N",
+        help="torch's intra-op threads on the CPU (default: torch's, one a core). On a machine others "
+        "keep busy, fewer threads than cores leave a core to them, so a step does not wait "
+        "for a thread that lost its core; the runs trained from a profile use its threads.",
+    )(fn)
 
 
 def nproc_option(help: str) -> Callable[[Callable], Callable]:
@@ -80,12 +103,20 @@ def nproc_option(help: str) -> Callable[[Callable], Callable]:
 
 def launch_options(fn: Callable) -> Callable:
     """--launcher, --ray-address: where the job's work runs (here, or as tasks on a Ray cluster)."""
-    fn = click.option("--ray-address", metavar="ADDR",
-                      help="The Ray cluster, e.g. ray://head:10001 or head:6379 (default: $RAY_ADDRESS, else the "
-                           "cluster started on this machine, else a new local one).")(fn)
-    fn = click.option("--launcher", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-                      help="local: processes on this machine; ray: tasks on a Ray cluster, one GPU (or CPU) each "
-                           "(pip install 'largestep[ray]').")(fn)
+    fn = click.option(
+        "--ray-address",
+        metavar="ADDR",
+        help="The Ray cluster, e.g. ray://head:10001 or head:6379 (default: $RAY_ADDRESS, else the "
+        "cluster started on this machine, else a new local one).",
+    )(fn)
+    fn = click.option(
+        "--launcher",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="local: processes on this machine; ray: tasks on a Ray cluster, one GPU (or CPU) each "
+        "(pip install 'largestep[ray]').",
+    )(fn)
     return fn
 
 
@@ -93,11 +124,21 @@ def workload_options(fn: Callable) -> Callable:
     """--workload, --set KEY=VALUE, --data, --label: shared by every command that loads a workload."""
     fn = click.option("--label", metavar="COLUMN", help="The label column, for --workload table.")(fn)
     fn = click.option("--data", metavar="FILE", help="A Parquet or CSV file, for --workload table.")(fn)
-    fn = click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-                      help="An argument of the workload function, e.g. --set samples=4000 (repeatable).")(fn)
-    fn = click.option("--workload", "-w", required=True, metavar="W",
-                      help="A built-in (fraud-gru, fraud-mlp, table), package.module:function, "
-                           "path/to/file.py:function, or an entry point in group largestep.workloads.")(fn)
+    fn = click.option(
+        "--set",
+        "settings",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="An argument of the workload function, e.g. --set samples=4000 (repeatable).",
+    )(fn)
+    fn = click.option(
+        "--workload",
+        "-w",
+        required=True,
+        metavar="W",
+        help="A built-in (fraud-gru, fraud-mlp, table), package.module:function, "
+        "path/to/file.py:function, or an entry point in group largestep.workloads.",
+    )(fn)
     return fn
 
 

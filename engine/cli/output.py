@@ -67,8 +67,15 @@ def follow_job(home: Home, job_id: str, describe: Callable[[dict], str | None], 
     from ..jobs.follow import Update, watch
 
     interactive = sys.stderr.isatty() and not quiet
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                        TimeElapsedColumn(), console=console(stderr=True), disable=not interactive, transient=False)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=console(stderr=True),
+        disable=not interactive,
+        transient=False,
+    )
 
     def show(update: Update) -> None:
         for event in update.events:
@@ -89,8 +96,9 @@ def follow_job(home: Home, job_id: str, describe: Callable[[dict], str | None], 
         raise
 
 
-def finish_job(home: Home, job_id: str, what: str, quiet: bool,
-               describe: Callable[[dict], str | None] = lambda e: None) -> str:
+def finish_job(
+    home: Home, job_id: str, what: str, quiet: bool, describe: Callable[[dict], str | None] = lambda e: None
+) -> str:
     """Follow a job to its end, ingest its spool, and turn a failure into a one-line error."""
     from .. import store
 

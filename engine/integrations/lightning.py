@@ -40,15 +40,24 @@ class LargestepLogger(Logger):
     x processes. ``lr``: the peak learning rate; by default the optimizer's at the start of fit.
     """
 
-    def __init__(self, name: str | None = None, *, batch_size: int | None = None, lr: float | None = None,
-                 seed: int | None = None, tags: tuple[str, ...] | list[str] = (), recommendation: str | None = None,
-                 home: str | None = None, **track_options: Any):
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        seed: int | None = None,
+        tags: tuple[str, ...] | list[str] = (),
+        recommendation: str | None = None,
+        home: str | None = None,
+        **track_options: Any,
+    ):
         super().__init__()
         self._name = name
         self._batch_size, self._lr, self._seed, self._tags = batch_size, lr, seed, tuple(tags)
         self._recommendation, self._home, self._options = recommendation, home, track_options
         self._hyperparameters: dict[str, Any] = {}
-        self._run_id = new_run_id()       # Lightning asks for the version (its checkpoint folder) before fit starts
+        self._run_id = new_run_id()  # Lightning asks for the version (its checkpoint folder) before fit starts
         self._trainer = None
         self.run: TrackedRun | None = None
 
@@ -78,18 +87,18 @@ class LargestepLogger(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.run is None or not self.run.running:
-            return   # before fit (a bare validate) or after it (test): not part of the training run
+            return  # before fit (a bare validate) or after it (test): not part of the training run
         metrics = dict(metrics)
         step = step if step is not None else self._trainer.global_step
         named = largestep_names(metrics, RENAMES)
         # Lightning adds its 0-based epoch index to every row; largestep's epoch is the training done, in
         # epochs (1.00 at the end of the first), as track() and the launched runs define it
         named.pop("epoch", None)
-        done = _epochs_done(self._trainer, int(self._trainer.global_step))   # optimizer steps taken so far
+        done = _epochs_done(self._trainer, int(self._trainer.global_step))  # optimizer steps taken so far
         if done is not None:
             named["epoch"] = done
         training_row = not any(name.startswith("val_") for name in named)
-        if training_row and "lr" not in named:   # the rate the optimizer is stepping with, beside its loss
+        if training_row and "lr" not in named:  # the rate the optimizer is stepping with, beside its loss
             lr = _current_lr(self._trainer)
             if lr is not None:
                 named["lr"] = lr
@@ -113,12 +122,21 @@ class LargestepLogger(Logger):
         batch_size = self._batch_size or _effective_batch(trainer, model, self._hyperparameters)
         lr = self._lr if self._lr is not None else _current_lr(trainer)
         self.run = track(
-            self._name or type(model).__name__, batch_size=batch_size, lr=lr, seed=self._seed, tags=self._tags,
-            recommendation=self._recommendation, home=self._home, run_id=self._run_id,
-            accumulate=int(trainer.accumulate_grad_batches), world_size=int(trainer.world_size),
+            self._name or type(model).__name__,
+            batch_size=batch_size,
+            lr=lr,
+            seed=self._seed,
+            tags=self._tags,
+            recommendation=self._recommendation,
+            home=self._home,
+            run_id=self._run_id,
+            accumulate=int(trainer.accumulate_grad_batches),
+            world_size=int(trainer.world_size),
             epochs=float(trainer.max_epochs) if trainer.max_epochs and trainer.max_epochs > 0 else None,
             total_steps=int(trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else None,
-            hyperparameters=self._hyperparameters, **self._options)
+            hyperparameters=self._hyperparameters,
+            **self._options,
+        )
         self.run.start()
 
 
@@ -134,8 +152,10 @@ def _effective_batch(trainer: Any, model: Any, hyperparameters: dict) -> int:
     if per_device is None:
         per_device = hyperparameters.get("batch_size")
     if not isinstance(per_device, int) or isinstance(per_device, bool):
-        raise UsageError("LargestepLogger cannot tell the batch size from the train loader, the datamodule or the "
-                         "hyperparameters; pass LargestepLogger(batch_size=GLOBAL_BATCH)")
+        raise UsageError(
+            "LargestepLogger cannot tell the batch size from the train loader, the datamodule or the "
+            "hyperparameters; pass LargestepLogger(batch_size=GLOBAL_BATCH)"
+        )
     return per_device * int(trainer.accumulate_grad_batches) * int(trainer.world_size)
 
 

@@ -16,12 +16,14 @@ def require(module: str, extra: str, what: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(f"{what} needs {module.split('.')[0]}, which is not installed: "
-                          f"pip install 'largestep[{extra}]'") from None
+        raise ImportError(
+            f"{what} needs {module.split('.')[0]}, which is not installed: pip install 'largestep[{extra}]'"
+        ) from None
 
 
-def largestep_names(metrics: Mapping[str, Any], renames: Mapping[str, str | None],
-                    prefixes: Mapping[str, str] | None = None) -> dict[str, Any]:
+def largestep_names(
+    metrics: Mapping[str, Any], renames: Mapping[str, str | None], prefixes: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """A framework's metrics under largestep's names: ``renames`` first (None drops a metric), then
     ``prefixes`` (``eval_accuracy`` to ``val_accuracy``), then separators such as ``val/acc`` or
     ``val-acc`` become ``val_acc``."""
@@ -34,7 +36,7 @@ def largestep_names(metrics: Mapping[str, Any], renames: Mapping[str, str | None
         else:
             for old, new in (prefixes or {}).items():
                 if key.startswith(old):
-                    key = new + key[len(old):]
+                    key = new + key[len(old) :]
                     break
         named[re.sub(r"[^0-9A-Za-z_]+", "_", key).strip("_") or "metric"] = value
     return named
@@ -43,6 +45,7 @@ def largestep_names(metrics: Mapping[str, Any], renames: Mapping[str, str | None
 def json_safe(params: Mapping[str, Any]) -> dict[str, Any]:
     """Hyperparameters as JSON can keep them: numbers, strings, booleans and None as they are,
     lists and dicts inside out, anything else by its text."""
+
     def safe(value: Any) -> Any:
         if value is None or isinstance(value, (bool, int, str)):
             return value

@@ -25,22 +25,54 @@ from transformers import TrainerCallback  # noqa: E402  (after the one-line chec
 __all__ = ["LargestepCallback"]
 
 # The Trainer's log keys under largestep's names; None: bookkeeping that is not a metric of the run.
-RENAMES = {"loss": "train_loss", "learning_rate": "lr", "eval_loss": "val_loss", "total_flos": None,
-           "eval_runtime": None, "eval_samples_per_second": None, "eval_steps_per_second": None,
-           "train_runtime": None, "train_samples_per_second": None, "train_steps_per_second": None,
-           "train_loss": "train_loss_mean"}   # the summary at the end: the mean over the whole run
-PREFIXES = {"eval_": "val_"}   # the evaluation's metrics: eval_accuracy is val_accuracy
+RENAMES = {
+    "loss": "train_loss",
+    "learning_rate": "lr",
+    "eval_loss": "val_loss",
+    "total_flos": None,
+    "eval_runtime": None,
+    "eval_samples_per_second": None,
+    "eval_steps_per_second": None,
+    "train_runtime": None,
+    "train_samples_per_second": None,
+    "train_steps_per_second": None,
+    "train_loss": "train_loss_mean",
+}  # the summary at the end: the mean over the whole run
+PREFIXES = {"eval_": "val_"}  # the evaluation's metrics: eval_accuracy is val_accuracy
 # The TrainingArguments kept with the run (the whole set is long and mostly about I/O).
-ARGUMENTS = ("per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay",
-             "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "num_train_epochs", "max_steps",
-             "lr_scheduler_type", "warmup_ratio", "warmup_steps", "optim", "seed", "bf16", "fp16")
+ARGUMENTS = (
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "num_train_epochs",
+    "max_steps",
+    "lr_scheduler_type",
+    "warmup_ratio",
+    "warmup_steps",
+    "optim",
+    "seed",
+    "bf16",
+    "fp16",
+)
 
 
 class LargestepCallback(TrainerCallback):
     """Log a Hugging Face ``Trainer.train`` as a largestep run (see :func:`largestep.track` for the arguments)."""
 
-    def __init__(self, name: str | None = None, *, tags: tuple[str, ...] | list[str] = (),
-                 recommendation: str | None = None, home: str | None = None, **track_options: Any):
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        tags: tuple[str, ...] | list[str] = (),
+        recommendation: str | None = None,
+        home: str | None = None,
+        **track_options: Any,
+    ):
         self._name, self._tags = name, tuple(tags)
         self._recommendation, self._home, self._options = recommendation, home, track_options
         self.run: TrackedRun | None = None
@@ -50,12 +82,20 @@ class LargestepCallback(TrainerCallback):
             return
         batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         self.run = track(
-            self._name or _model_name(model), batch_size=batch_size, lr=args.learning_rate, seed=args.seed,
-            tags=self._tags, recommendation=self._recommendation, home=self._home,
-            accumulate=args.gradient_accumulation_steps, world_size=args.world_size,
+            self._name or _model_name(model),
+            batch_size=batch_size,
+            lr=args.learning_rate,
+            seed=args.seed,
+            tags=self._tags,
+            recommendation=self._recommendation,
+            home=self._home,
+            accumulate=args.gradient_accumulation_steps,
+            world_size=args.world_size,
             epochs=float(args.num_train_epochs) if args.max_steps <= 0 else None,
             total_steps=state.max_steps or None,
-            hyperparameters=json_safe({name: getattr(args, name, None) for name in ARGUMENTS}), **self._options)
+            hyperparameters=json_safe({name: getattr(args, name, None) for name in ARGUMENTS}),
+            **self._options,
+        )
         self.run.start()
 
     def on_log(self, args, state, control, logs=None, **kwargs):

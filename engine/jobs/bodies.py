@@ -19,8 +19,16 @@ from ..measure.devices import versions
 from ..workloads import load_workload
 from ..workloads.cache import WorkloadCache, cache_of
 
-__all__ = ["profile_task", "noise_task", "noise_curve_task", "stability_task", "train_task", "run_training", "SpoolRunLog",
-           "profile_config_from_params"]
+__all__ = [
+    "profile_task",
+    "noise_task",
+    "noise_curve_task",
+    "stability_task",
+    "train_task",
+    "run_training",
+    "SpoolRunLog",
+    "profile_config_from_params",
+]
 
 
 def device_and_workload(params: dict, cache: WorkloadCache | None):
@@ -57,27 +65,47 @@ def profile_task(ctx: JobContext) -> None:
     use_threads(config.threads)
     device, workload = device_and_workload(params, cache_of(ctx.home))
     info = devices.device_info(device)
-    math = devices.use_math(workload, config.tf32)   # TF32 and cuDNN as the runs it predicts will have them
+    math = devices.use_math(workload, config.tf32)  # TF32 and cuDNN as the runs it predicts will have them
     planned = plan_batch_sizes(config, workload)
     carried = _carried_points(ctx, params.get("carry_from"), planned)
 
-    sampler = telemetry.Sampler(info, on_samples=lambda samples: ctx.spool.emit(events.TELEMETRY, samples=samples),
-                                root_pid=torchrun.job_root_pid())
+    sampler = telemetry.Sampler(
+        info,
+        on_samples=lambda samples: ctx.spool.emit(events.TELEMETRY, samples=samples),
+        root_pid=torchrun.job_root_pid(),
+    )
     ctx.spool.emit(
-        events.PROFILE_START, profile_id=ctx.job_id, workload=workload.name, workload_spec=params["workload"],
+        events.PROFILE_START,
+        profile_id=ctx.job_id,
+        workload=workload.name,
+        workload_spec=params["workload"],
         world_size=distributed.world_size(),
-        options=params.get("options") or {}, device=info.to_dict(), config=asdict(config), planned=planned,
-        baseline_batch_size=workload.baseline_batch_size, baseline_lr=workload.baseline_lr,
-        optimizer=workload.optimizer_name, n_train=workload.n_train, epochs=workload.epochs,
-        warmup_samples=workload.default_warmup_samples(), weight_decay=workload.weight_decay,
-        schedule=workload.schedule, decay_samples=workload.decay_samples, max_grad_norm=workload.max_grad_norm,
-        telemetry_source=sampler.source, telemetry_reason=sampler.reason, versions=versions(), math_settings=math,
-        estimator=config.estimator, threads=torch_threads(), cores=os.cpu_count(),
+        options=params.get("options") or {},
+        device=info.to_dict(),
+        config=asdict(config),
+        planned=planned,
+        baseline_batch_size=workload.baseline_batch_size,
+        baseline_lr=workload.baseline_lr,
+        optimizer=workload.optimizer_name,
+        n_train=workload.n_train,
+        epochs=workload.epochs,
+        warmup_samples=workload.default_warmup_samples(),
+        weight_decay=workload.weight_decay,
+        schedule=workload.schedule,
+        decay_samples=workload.decay_samples,
+        max_grad_norm=workload.max_grad_norm,
+        telemetry_source=sampler.source,
+        telemetry_reason=sampler.reason,
+        versions=versions(),
+        math_settings=math,
+        estimator=config.estimator,
+        threads=torch_threads(),
+        cores=os.cpu_count(),
         carried_from=params.get("carry_from"),
     )
 
     power = telemetry.WindowPower(info, sampler)
-    others = telemetry.WindowLoad(root_pid=torchrun.job_root_pid())   # other processes' CPU over each window
+    others = telemetry.WindowLoad(root_pid=torchrun.job_root_pid())  # other processes' CPU over each window
 
     def tag(batch_size: int | None) -> None:
         """Called as the clock starts (the batch size being timed) and stops (None)."""
@@ -93,23 +121,38 @@ def profile_task(ctx: JobContext) -> None:
         load = telemetry.background_load([s for s in sampler.samples if s["batch_size"] == point.batch_size])
         ctx.spool.emit(events.POINT, profile_id=ctx.job_id, **point.to_dict(), **load)
         ctx.spool.flush()
-        ctx.progress(f"measured batch {point.batch_size}", visits_done / max(1, visits_expected),
-                     batch_size=point.batch_size, visits_done=visits_done, visits_planned=visits_expected)
+        ctx.progress(
+            f"measured batch {point.batch_size}",
+            visits_done / max(1, visits_expected),
+            batch_size=point.batch_size,
+            visits_done=visits_done,
+            visits_planned=visits_expected,
+        )
 
     ctx.progress(f"profiling {len(planned)} batch sizes on {info.torch_device}", 0.0)
     with sampler:
-        result = run_profile(workload, device, config, on_point=on_point, telemetry_tag=tag,
-                             power_between=power.mean_power_w, others_busy_cores=others.others_busy_cores)
+        result = run_profile(
+            workload,
+            device,
+            config,
+            on_point=on_point,
+            telemetry_tag=tag,
+            power_between=power.mean_power_w,
+            others_busy_cores=others.others_busy_cores,
+        )
     if carried:
-        for point, background in carried:   # a re-profile: the other profile's points it did not measure again
+        for point, background in carried:  # a re-profile: the other profile's points it did not measure again
             ctx.spool.emit(events.POINT, profile_id=ctx.job_id, **point.to_dict(), **background)
         result = with_points(result, [point for point, _ in carried])
     fit = result.memory_fit
     ctx.spool.emit(
-        events.PROFILE_END, profile_id=ctx.job_id, stop_reason=result.stop_reason,
+        events.PROFILE_END,
+        profile_id=ctx.job_id,
+        stop_reason=result.stop_reason,
         saturation_batch=result.saturation_batch,
         memory_fit_intercept_bytes=fit.intercept_bytes if fit else None,
-        memory_fit_slope_bytes=fit.slope_bytes if fit else None, inconsistency=result.inconsistency,
+        memory_fit_slope_bytes=fit.slope_bytes if fit else None,
+        inconsistency=result.inconsistency,
     )
     ctx.progress("done", 1.0)
 
@@ -136,8 +179,11 @@ def _carried_points(ctx: JobContext, carry_from: str | None, planned: list[int])
     if not carry_from:
         return []
     record = events.profile_record(events.read_all(ctx.home.job_dir(carry_from)))
-    return [(ProfilePoint.from_dict(row), {k: row.get(k) for k in events.BACKGROUND_FIELDS})
-            for row in record["points"] if row["batch_size"] not in planned]
+    return [
+        (ProfilePoint.from_dict(row), {k: row.get(k) for k in events.BACKGROUND_FIELDS})
+        for row in record["points"]
+        if row["batch_size"] not in planned
+    ]
 
 
 def _end_profile_at_out_of_memory(ctx: JobContext, oom: distributed.RankOutOfMemory) -> None:
@@ -150,9 +196,14 @@ def _end_profile_at_out_of_memory(ctx: JobContext, oom: distributed.RankOutOfMem
     ctx.spool.emit(events.POINT, profile_id=ctx.job_id, **point.to_dict())
     points = [*spooled, point]
     fit = fit_memory(points)
-    ctx.spool.emit(events.PROFILE_END, profile_id=ctx.job_id, stop_reason=OOM, saturation_batch=saturation_batch(points),
-                   memory_fit_intercept_bytes=fit.intercept_bytes if fit else None,
-                   memory_fit_slope_bytes=fit.slope_bytes if fit else None)
+    ctx.spool.emit(
+        events.PROFILE_END,
+        profile_id=ctx.job_id,
+        stop_reason=OOM,
+        saturation_batch=saturation_batch(points),
+        memory_fit_intercept_bytes=fit.intercept_bytes if fit else None,
+        memory_fit_slope_bytes=fit.slope_bytes if fit else None,
+    )
     ctx.progress("done", 1.0)
 
 
@@ -165,13 +216,24 @@ def noise_task(ctx: JobContext) -> None:
     device, workload = device_and_workload(params, cache_of(ctx.home))
     devices.use_math(workload)
     estimate = estimate_noise(
-        workload, device, batch_small=params.get("batch_small"), batch_big=params.get("batch_big"),
-        batches=params.get("batches", 32), warm_steps=params.get("warm_steps", 0), seed=params.get("seed", 0),
-        compile=bool(params.get("compile")), on_progress=lambda phase, fraction: ctx.progress(phase, fraction),
+        workload,
+        device,
+        batch_small=params.get("batch_small"),
+        batch_big=params.get("batch_big"),
+        batches=params.get("batches", 32),
+        warm_steps=params.get("warm_steps", 0),
+        seed=params.get("seed", 0),
+        compile=bool(params.get("compile")),
+        on_progress=lambda phase, fraction: ctx.progress(phase, fraction),
     )
-    ctx.spool.emit(events.NOISE_ESTIMATE, workload=workload.name, workload_spec=params["workload"],
-                   options=params.get("options") or {}, device=devices.device_info(device).to_dict(),
-                   **estimate.to_dict())
+    ctx.spool.emit(
+        events.NOISE_ESTIMATE,
+        workload=workload.name,
+        workload_spec=params["workload"],
+        options=params.get("options") or {},
+        device=devices.device_info(device).to_dict(),
+        **estimate.to_dict(),
+    )
     ctx.progress("done", 1.0)
 
 
@@ -184,17 +246,27 @@ def noise_curve_task(ctx: JobContext) -> None:
     ctx.progress("loading workload", 0.0)
     device, workload = device_and_workload(params, cache_of(ctx.home))
     devices.use_math(workload)
-    described = {"workload": workload.name, "workload_spec": params["workload"],
-                 "options": params.get("options") or {}, "device": devices.device_info(device).to_dict()}
+    described = {
+        "workload": workload.name,
+        "workload_spec": params["workload"],
+        "options": params.get("options") or {},
+        "device": devices.device_info(device).to_dict(),
+    }
 
     def on_point(point) -> None:
         ctx.spool.emit(events.NOISE_CURVE_POINT, **described, **point.to_dict())
         ctx.spool.flush()
 
     estimate_noise_curve(
-        workload, device, tuple(params["at"]), batch_small=params.get("batch_small"),
-        batch_big=params.get("batch_big"), batches=params.get("batches", 32), seed=params.get("seed", 0),
-        compile=bool(params.get("compile")), on_point=on_point,
+        workload,
+        device,
+        tuple(params["at"]),
+        batch_small=params.get("batch_small"),
+        batch_big=params.get("batch_big"),
+        batches=params.get("batches", 32),
+        seed=params.get("seed", 0),
+        compile=bool(params.get("compile")),
+        on_point=on_point,
         on_progress=lambda phase, fraction: ctx.progress(phase, fraction),
     )
     ctx.progress("done", 1.0)
@@ -207,9 +279,15 @@ def stability_task(ctx: JobContext) -> None:
     params = ctx.params
     device, workload = device_and_workload(params, cache_of(ctx.home))
     devices.use_math(workload)
-    result = check_stability(workload, device, params["batch_size"], params["lr"], steps=params.get("steps", 60),
-                             dtype=params.get("dtype", "fp32"),
-                             on_progress=lambda f: ctx.progress("learning-rate ramp", f))
+    result = check_stability(
+        workload,
+        device,
+        params["batch_size"],
+        params["lr"],
+        steps=params.get("steps", 60),
+        dtype=params.get("dtype", "fp32"),
+        on_progress=lambda f: ctx.progress("learning-rate ramp", f),
+    )
     ctx.spool.emit(events.STABILITY, id=ctx.job_id, **result.to_dict())
     ctx.progress("done", 1.0)
 
@@ -245,18 +323,35 @@ def run_training(params: dict, emit, progress, save_to: str | None = None, cache
     use_threads(config.threads)
     device, workload = device_and_workload(params, cache)
     info = devices.device_info(device)
-    meta = {"workload": workload.name, "workload_spec": params["workload"], "options": params.get("options") or {},
-            "device": info.to_dict(), "versions": versions(), "launcher": params.get("launcher"),
-            "role": params.get("role"), "recommendation_id": params.get("recommendation_id"),
-            "primary_metric": workload.main_metric, "primary_metric_mode": workload.primary_metric_mode}
+    meta = {
+        "workload": workload.name,
+        "workload_spec": params["workload"],
+        "options": params.get("options") or {},
+        "device": info.to_dict(),
+        "versions": versions(),
+        "launcher": params.get("launcher"),
+        "role": params.get("role"),
+        "recommendation_id": params.get("recommendation_id"),
+        "primary_metric": workload.main_metric,
+        "primary_metric_mode": workload.primary_metric_mode,
+    }
     # the background load over the whole run, so a comparison can flag runs trained under other conditions;
     # sampled by rank 0 alone, which reports the run (the other ranks are in the job's process tree)
     reporting = distributed.rank() == 0
-    sampler = (telemetry.Sampler(info, interval_s=telemetry.RUN_INTERVAL_S, root_pid=torchrun.job_root_pid())
-               if reporting else None)
+    sampler = (
+        telemetry.Sampler(info, interval_s=telemetry.RUN_INTERVAL_S, root_pid=torchrun.job_root_pid())
+        if reporting
+        else None
+    )
     with sampler or contextlib.nullcontext():
-        result = train(workload, device, config, log=SpoolRunLog(emit, meta),
-                       progress=lambda phase, f: progress(phase, f), save_to=save_to)
+        result = train(
+            workload,
+            device,
+            config,
+            log=SpoolRunLog(emit, meta),
+            progress=lambda phase, f: progress(phase, f),
+            save_to=save_to,
+        )
     if reporting:
         emit(events.RUN_END, **asdict(result), **telemetry.background_load(sampler.samples))
         progress("done", 1.0)

@@ -17,7 +17,7 @@ from ..home import Home
 
 __all__ = ["Update", "watch", "last_log_line", "describe_profile_event", "describe_autopilot_event", "load_note"]
 
-POLL_S = 0.2     # how often the spool is read while the job runs
+POLL_S = 0.2  # how often the spool is read while the job runs
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,9 @@ class Update:
     """What a job added since the last look: its new events, where it is, and its state."""
 
     events: list[dict]
-    phase: str                 # the job's own words for its current step ("batch 256", "noise scale")
-    progress: float            # 0..1
-    state: str                 # PENDING or RUNNING; a final state in the last update
+    phase: str  # the job's own words for its current step ("batch 256", "noise scale")
+    progress: float  # 0..1
+    state: str  # PENDING or RUNNING; a final state in the last update
 
 
 def watch(home: Home, job_id: str, show: Callable[[Update], None], poll_s: float = POLL_S) -> str:
@@ -45,8 +45,14 @@ def watch(home: Home, job_id: str, show: Callable[[Update], None], poll_s: float
             batch = events.read(job_dir, offset)
             offset = batch.offset
             status = read_status(job_dir) or {}
-            show(Update(batch.events, str(status.get("phase") or status.get("state") or ""),
-                        float(status.get("progress") or 0.0), state))
+            show(
+                Update(
+                    batch.events,
+                    str(status.get("phase") or status.get("state") or ""),
+                    float(status.get("progress") or 0.0),
+                    state,
+                )
+            )
             if state in FINAL_STATES:
                 return state
             pause(job_dir, poll_s)
@@ -85,16 +91,18 @@ def describe_profile_event(event: dict) -> str | None:
         rounds = f", over {event['visits']} visits" if (event.get("visits") or 1) > 1 else ""
         again = ", re-measured" if event.get("remeasured") else ""
         flag = ", inconsistent with its neighbours" if event.get("inconsistent") else ""
-        step = event.get("estimate_s") or event["median_s"]   # the profile's estimate, the median in an old spool
-        return (f"batch {event['batch_size']}: {step * 1e3:.2f} ms/step, "
-                f"{event['samples_per_s']:,.0f} samples/s{bound}{rounds}{again}{load_note(event)}{flag}")
+        step = event.get("estimate_s") or event["median_s"]  # the profile's estimate, the median in an old spool
+        return (
+            f"batch {event['batch_size']}: {step * 1e3:.2f} ms/step, "
+            f"{event['samples_per_s']:,.0f} samples/s{bound}{rounds}{again}{load_note(event)}{flag}"
+        )
     return f"batch {event['batch_size']}: {event['status']} ({event.get('error') or ''})"
 
 
 def describe_autopilot_event(event: dict) -> str | None:
     """The autopilot's phases and its recommendation as lines; None for the rest."""
     if event.get("type") == events.AUTOPILOT_PHASE and event.get("untrusted"):
-        return None   # why it stops: the command's error says it, once
+        return None  # why it stops: the command's error says it, once
     if event.get("type") == events.AUTOPILOT_PHASE and "job" not in event and "run_ids" not in event:
         # waiting for a quiet window: how long so far, and how busy the machine is
         return f"phase: {event['phase']}" + (f": {event['detail']}" if event.get("detail") else "")
@@ -105,15 +113,26 @@ def describe_autopilot_event(event: dict) -> str | None:
         speed = doc["predicted_speedup"]
         span = speed.get("time_to_target_interval")
         raw = speed.get("raw") if speed.get("corrected") else None
-        return (f"recommended: batch {doc['batch_size']}, lr {doc['learning_rate']:.3g} "
-                f"(predicted {speed['time_to_target']:.2f}x to target"
-                + (f", {speed.get('coverage', 0.9):.0%} prediction interval {span[0]:.2f}x to {span[1]:.2f}x"
-                   if span else "")
-                + (f"; {raw['time_to_target']:.2f}x on the raw noise model, corrected by "
-                   f"{doc['correction']['verifications']} verification(s))" if raw else ")"))
+        return (
+            f"recommended: batch {doc['batch_size']}, lr {doc['learning_rate']:.3g} "
+            f"(predicted {speed['time_to_target']:.2f}x to target"
+            + (
+                f", {speed.get('coverage', 0.9):.0%} prediction interval {span[0]:.2f}x to {span[1]:.2f}x"
+                if span
+                else ""
+            )
+            + (
+                f"; {raw['time_to_target']:.2f}x on the raw noise model, corrected by "
+                f"{doc['correction']['verifications']} verification(s))"
+                if raw
+                else ")"
+            )
+        )
     if event.get("type") == events.VERIFICATION:
         point = event["verification"]
         said = "verified" if point.get("verified") else f"not verified ({point.get('failed_why')})"
-        return (f"{said}: batch {point['batch_size']} ({point.get('rule')} rule), attempt {point.get('attempt') or 1}"
-                + (f"; {point['learned']}" if point.get("learned") else ""))
+        return (
+            f"{said}: batch {point['batch_size']} ({point.get('rule')} rule), attempt {point.get('attempt') or 1}"
+            + (f"; {point['learned']}" if point.get("learned") else "")
+        )
     return None

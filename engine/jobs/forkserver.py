@@ -43,16 +43,25 @@ from filelock import FileLock, Timeout
 from ..about import module
 from ..home import Home
 
-__all__ = ["WARM_ENV", "enabled", "launcher_key", "source_version", "fork_job", "ForkedJob", "start_in_background",
-           "running", "stop"]
+__all__ = [
+    "WARM_ENV",
+    "enabled",
+    "launcher_key",
+    "source_version",
+    "fork_job",
+    "ForkedJob",
+    "start_in_background",
+    "running",
+    "stop",
+]
 
-WARM_ENV = "LARGESTEP_WARM_LAUNCHER"    # "0": never start or use a launcher
-ANSWER_S = 2.0          # a launcher that has not forked the job by then is busy or hung: start it afresh
-GO_WAIT_S = 60.0        # a child whose submitter is silent this long was given up: it exits, having run nothing
-IDLE_S = 300.0          # a launcher with no request and no job running for this long exits (a job it forked
-                        # lives on when it exits: it is in its own session)
-TICK_S = 1.0            # how often a launcher reaps its children and looks whether it should exit
-MAX_REQUEST = 1 << 20   # bytes: a job's request is its folder, cwd and environment
+WARM_ENV = "LARGESTEP_WARM_LAUNCHER"  # "0": never start or use a launcher
+ANSWER_S = 2.0  # a launcher that has not forked the job by then is busy or hung: start it afresh
+GO_WAIT_S = 60.0  # a child whose submitter is silent this long was given up: it exits, having run nothing
+IDLE_S = 300.0  # a launcher with no request and no job running for this long exits (a job it forked
+# lives on when it exits: it is in its own session)
+TICK_S = 1.0  # how often a launcher reaps its children and looks whether it should exit
+MAX_REQUEST = 1 << 20  # bytes: a job's request is its folder, cwd and environment
 # Variables read while the launcher imports (the interpreter's, the thread pools' sizes, torch's own
 # settings): a job whose environment differs in any of them needs a launcher of its own.
 IMPORT_TIME_ENV = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "GOMP_", "KMP_", "TORCH", "PYTORCH", "LD_")
@@ -62,8 +71,14 @@ SET_BY_TORCH_ENV = frozenset({"TORCHINDUCTOR_CACHE_DIR"})
 ENGINE_ROOT = Path(__file__).resolve().parents[1]
 # The launcher's command (not ``-m largestep.jobs.forkserver``: the package imports this module first)
 LAUNCHER_MAIN = f"import sys; from {module('jobs.forkserver')} import main; sys.exit(main(sys.argv[1:]))"
-PRELOADED = ("torch", "torch._dynamo", "setproctitle", module("jobs.bodies"), module("measure.train"),
-             module("measure.profiler"))
+PRELOADED = (
+    "torch",
+    "torch._dynamo",
+    "setproctitle",
+    module("jobs.bodies"),
+    module("measure.train"),
+    module("measure.profiler"),
+)
 
 
 def enabled(env: dict) -> bool:
@@ -91,14 +106,17 @@ def source_version() -> str:
 
 def launcher_key(home: Home, env: dict, version: str | None = None) -> str:
     """Which launcher may start a job with ``env`` in ``home``."""
-    import_env = sorted((name, value) for name, value in env.items()
-                        if name.startswith(IMPORT_TIME_ENV) and name not in SET_BY_TORCH_ENV)
+    import_env = sorted(
+        (name, value)
+        for name, value in env.items()
+        if name.startswith(IMPORT_TIME_ENV) and name not in SET_BY_TORCH_ENV
+    )
     material = json.dumps([str(home.root), sys.executable, version or source_version(), import_env])
     return hashlib.sha256(material.encode()).hexdigest()[:20]
 
 
 def _address(key: str) -> str:
-    return f"\0largestep-launcher-{key}"      # Linux abstract namespace: gone with the process, no file to clean
+    return f"\0largestep-launcher-{key}"  # Linux abstract namespace: gone with the process, no file to clean
 
 
 def _record_path(home: Home, key: str) -> Path:
@@ -125,7 +143,7 @@ class ForkedJob:
             self.connection.close()
 
     def abandon(self) -> None:
-        self.connection.close()       # the child reads no "go" and exits
+        self.connection.close()  # the child reads no "go" and exits
 
 
 def fork_job(home: Home, job_dir: Path, env: dict, cwd: str) -> ForkedJob | None:
@@ -155,9 +173,15 @@ def start_in_background(home: Home, env: dict) -> None:
             if _live_record(_record_path(home, key)) is not None:
                 return
             with open(home.launchers / f"{key}.log", "ab") as log:
-                proc = subprocess.Popen([sys.executable, "-c", LAUNCHER_MAIN, str(home.root), key],
-                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, env=env, cwd="/")
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", LAUNCHER_MAIN, str(home.root), key],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env=env,
+                    cwd="/",
+                )
             _write_record(_record_path(home, key), proc.pid, key)
     except (OSError, Timeout):
         return  # the job started anyway; the next one may start its launcher
@@ -200,9 +224,18 @@ def _write_record(path: Path, pid: int, key: str, serving_since: float | None = 
     """The launcher's record: written by its starter (pid), then by the launcher once it serves."""
     from .spool import write_json_atomic
 
-    write_json_atomic(path, {"pid": pid, "pid_started": psutil.Process(pid).create_time(), "key": key,
-                             "version": source_version(), "python": sys.executable, "started_at": time.time(),
-                             "serving_since": serving_since})
+    write_json_atomic(
+        path,
+        {
+            "pid": pid,
+            "pid_started": psutil.Process(pid).create_time(),
+            "key": key,
+            "version": source_version(),
+            "python": sys.executable,
+            "started_at": time.time(),
+            "serving_since": serving_since,
+        },
+    )
 
 
 def _live_record(path: Path) -> dict | None:
@@ -243,14 +276,14 @@ def serve(home: Home, key: str) -> int:
     listener.listen(64)
     listener.settimeout(TICK_S)
     record = _record_path(home, key)
-    with _record_lock(home, key, timeout_s=30.0):       # after its starter's record, never before it
+    with _record_lock(home, key, timeout_s=30.0):  # after its starter's record, never before it
         _write_record(record, os.getpid(), key, serving_since=time.time())
     print(f"launcher {os.getpid()} serving {home.root} (engine {version})", flush=True)
     busy_at = time.monotonic()
     try:
         while time.monotonic() - busy_at < IDLE_S and home.root.is_dir():
             if _reap_children():
-                busy_at = time.monotonic()    # a job still runs: the next one is likely submitted when it ends
+                busy_at = time.monotonic()  # a job still runs: the next one is likely submitted when it ends
             try:
                 connection, _ = listener.accept()
             except socket.timeout:
@@ -277,17 +310,20 @@ def _preload() -> None:
     import importlib
 
     import numpy  # noqa: F401  its BLAS starts its pool on import, with handlers that make fork safe
+
     threads = _os_threads()
-    for module in PRELOADED:
-        importlib.import_module(module)
+    for name in PRELOADED:
+        importlib.import_module(name)
     import setproctitle
     import torch
 
-    setproctitle.getproctitle()   # finds the process's argv memory now, while the environment is the one it started with
+    setproctitle.getproctitle()  # finds the process's argv memory now, while the environment is the one it started with
 
     if _os_threads() != threads or threading.active_count() != 1 or torch.cuda.is_initialized():
-        raise SystemExit(f"importing {', '.join(PRELOADED)} started threads ({_os_threads()} now, {threads} "
-                         "before): forking would not be safe, not serving")
+        raise SystemExit(
+            f"importing {', '.join(PRELOADED)} started threads ({_os_threads()} now, {threads} "
+            "before): forking would not be safe, not serving"
+        )
 
 
 def _os_threads() -> int:
@@ -320,11 +356,11 @@ def _serve_one(listener: socket.socket, connection: socket.socket, version: str)
         return True
     try:
         pid = os.fork()
-    except OSError as exc:    # out of processes or memory: the submitter reads no pid and starts the job afresh
+    except OSError as exc:  # out of processes or memory: the submitter reads no pid and starts the job afresh
         print(f"cannot fork: {exc}", flush=True)
         return True
     if pid == 0:
-        listener.close()      # the job must not keep the launcher's address bound once the launcher is gone
+        listener.close()  # the job must not keep the launcher's address bound once the launcher is gone
         _become_job(connection, *job)
     return True
 
@@ -338,7 +374,7 @@ def _become_job(connection: socket.socket, job_dir: str, env: dict, cwd: str) ->
     """In the forked child: become what ``python -m largestep.jobs JOB_DIR`` started by the submitter would
     be (its own session, its cwd, its environment, stdio, signal handlers), wait for "go", run it, exit."""
     try:
-        os.setsid()           # its own session and process group: cancel signals the group
+        os.setsid()  # its own session and process group: cancel signals the group
         _look_like_a_job(job_dir)
         for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
@@ -352,7 +388,7 @@ def _become_job(connection: socket.socket, job_dir: str, env: dict, cwd: str) ->
         go = _read_line(connection) == b"go"
         connection.close()
     except BaseException:
-        os._exit(0)           # nothing ran: the submitter, without a pid, starts the job itself
+        os._exit(0)  # nothing ran: the submitter, without a pid, starts the job itself
     if not go:
         os._exit(0)
     os._exit(_run_as_main(job_dir))
@@ -368,8 +404,7 @@ def _redirect_stdio(log: Path, unbuffered: bool) -> None:
     os.close(null)
     os.close(out)
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
-    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=unbuffered,
-                                  line_buffering=False)
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=unbuffered, line_buffering=False)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True, errors="backslashreplace")
 
 
@@ -402,7 +437,7 @@ def _run_as_main(job_dir: str) -> int:
     except BaseException:
         traceback.print_exc()
         code = 1
-    atexit._run_exitfuncs()   # what the interpreter runs at exit (a DataLoader's workers, logging)
+    atexit._run_exitfuncs()  # what the interpreter runs at exit (a DataLoader's workers, logging)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

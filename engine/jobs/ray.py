@@ -34,9 +34,9 @@ __all__ = ["LAUNCHERS", "INSTALL_HINT", "check_launcher", "launcher_from_cli", "
 
 LAUNCHERS = ("local", "ray")
 INSTALL_HINT = "pip install 'largestep[ray]'"
-FLUSH_EVERY_S = 0.5          # the task sends its events at least this often ...
-FLUSH_EVERY_EVENTS = 200     # ... or after this many
-POLL_S = 0.2                 # the driver drains the queue and checks the task this often
+FLUSH_EVERY_S = 0.5  # the task sends its events at least this often ...
+FLUSH_EVERY_EVENTS = 200  # ... or after this many
+POLL_S = 0.2  # the driver drains the queue and checks the task this often
 
 
 def launcher_from_cli(launcher: str, ray_address: str | None, cpus: int | None = None) -> dict | None:
@@ -61,8 +61,10 @@ def check_launcher(launcher: dict | None, device: str, nproc: int = 1) -> dict |
     except ImportError:
         raise UsageError(f"--launcher ray needs Ray, which is not installed; install it with: {INSTALL_HINT}") from None
     if nproc != 1:
-        raise UsageError("--nproc and --launcher ray do not combine: a Ray task runs one process; "
-                         "use --nproc on a machine with several devices, or Ray for many single-device runs")
+        raise UsageError(
+            "--nproc and --launcher ray do not combine: a Ray task runs one process; "
+            "use --nproc on a machine with several devices, or Ray for many single-device runs"
+        )
     if str(device or "auto") not in ("auto", "cpu", "cuda"):
         raise UsageError(f"with --launcher ray, --device is auto, cpu or cuda (Ray picks the GPU), not {device}")
     cpus = launcher.get("cpus", 1)
@@ -155,9 +157,12 @@ def ray_task(ctx) -> None:
     ctx.progress("connecting to Ray", 0.0)
     root = str(Path(__file__).resolve().parents[2])
     stop = threading.Event()
-    ray.init(address=launcher.get("address"), ignore_reinit_error=True,
-             # workers on this machine import the engine from this checkout even when it is not installed
-             runtime_env={"env_vars": {"PYTHONPATH": root}} if not _importable_everywhere() else None)
+    ray.init(
+        address=launcher.get("address"),
+        ignore_reinit_error=True,
+        # workers on this machine import the engine from this checkout even when it is not installed
+        runtime_env={"env_vars": {"PYTHONPATH": root}} if not _importable_everywhere() else None,
+    )
     # Ray's driver installs its own SIGTERM handler (sys.exit), and an exception raised from a handler
     # inside Ray's C++ wait comes out garbled: the handler only sets a flag, the loop below acts on it
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
@@ -166,8 +171,11 @@ def ray_task(ctx) -> None:
         options = _resources(ray.cluster_resources(), ctx.params.get("device", "auto"), launcher.get("cpus", 1))
         queue = Queue()
         spec = {k: v for k, v in ctx.spec.items() if k != "launcher"}
-        ref = ray.remote(_run_remote).options(max_retries=0, name=f"largestep-{ctx.job_id}", **options).remote(
-            spec, queue)
+        ref = (
+            ray.remote(_run_remote)
+            .options(max_retries=0, name=f"largestep-{ctx.job_id}", **options)
+            .remote(spec, queue)
+        )
         wanted = ", ".join(f"{v} {k.removeprefix('num_').upper()}" for k, v in options.items())
         ctx.progress(f"queued on Ray ({wanted})", 0.0, ray_task=ref.task_id().hex())
         while not done:
@@ -188,8 +196,13 @@ def ray_task(ctx) -> None:
             raise LargestepError(f"the Ray task failed: {message.splitlines()[0][:1000]}") from None
         except ray.exceptions.TaskCancelledError:
             raise Cancelled() from None
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.ActorDiedError,
-                ray.exceptions.ObjectLostError, ray.exceptions.OutOfMemoryError) as exc:
+        except (
+            ray.exceptions.WorkerCrashedError,
+            ray.exceptions.NodeDiedError,
+            ray.exceptions.ActorDiedError,
+            ray.exceptions.ObjectLostError,
+            ray.exceptions.OutOfMemoryError,
+        ) as exc:
             raise Crashed(f"the Ray task died: {type(exc).__name__}: {str(exc).splitlines()[0][:500]}") from None
     finally:
         if ref is not None and not done:  # cancelled here (SIGTERM) or an error while waiting

@@ -33,10 +33,33 @@ from . import events, forkserver
 from .spool import Spool, read_spec, read_status, write_json_atomic
 
 __all__ = [
-    "PENDING", "RUNNING", "FINISHED", "FAILED", "KILLED", "DIVERGED", "CRASHED",
-    "FINAL_STATES", "STATES", "JobContext", "submit", "cancel", "derive_state", "exit_record",
-    "crash_reason", "job_process", "new_job_id", "wait", "register_kind", "run_job", "resolve_body", "outcome_of",
-    "TRACKED", "runs_job_dir", "job_environment", "pause", "holding_devices",
+    "PENDING",
+    "RUNNING",
+    "FINISHED",
+    "FAILED",
+    "KILLED",
+    "DIVERGED",
+    "CRASHED",
+    "FINAL_STATES",
+    "STATES",
+    "JobContext",
+    "submit",
+    "cancel",
+    "derive_state",
+    "exit_record",
+    "crash_reason",
+    "job_process",
+    "new_job_id",
+    "wait",
+    "register_kind",
+    "run_job",
+    "resolve_body",
+    "outcome_of",
+    "TRACKED",
+    "runs_job_dir",
+    "job_environment",
+    "pause",
+    "holding_devices",
 ]
 
 PENDING, RUNNING, FINISHED, FAILED = "PENDING", "RUNNING", "FINISHED", "FAILED"
@@ -44,18 +67,24 @@ KILLED, DIVERGED, CRASHED = "KILLED", "DIVERGED", "CRASHED"
 STATES = (PENDING, RUNNING, FINISHED, FAILED, KILLED, DIVERGED, CRASHED)
 FINAL_STATES = frozenset({FINISHED, FAILED, KILLED, DIVERGED, CRASHED})
 
-HEARTBEAT_S = 1.0           # how often a job rewrites its status file
-STALE_AFTER_S = 120.0       # a live pid whose heartbeat is older than this is taken as hung
-GRACE_S = 5.0               # without a pid: a job silent this long, with no process running it, has ended
+HEARTBEAT_S = 1.0  # how often a job rewrites its status file
+STALE_AFTER_S = 120.0  # a live pid whose heartbeat is older than this is taken as hung
+GRACE_S = 5.0  # without a pid: a job silent this long, with no process running it, has ended
 CANCEL_MARKER = "cancelled"
 CANCEL_GRACE_S = {None: 5.0, "autopilot": 30.0}  # SIGTERM to SIGKILL; an autopilot cancels its children first
-QUEUE_POLL_S = 0.25          # how often a queued job looks whether its turn has come
-TRACKED = "tracked"          # spec["launcher"] of a run tracked from the user's own process (largestep.track)
+QUEUE_POLL_S = 0.25  # how often a queued job looks whether its turn has come
+TRACKED = "tracked"  # spec["launcher"] of a run tracked from the user's own process (largestep.track)
 
 
 # a job id's prefix by kind, as the README shows them: train-1a2b3c4d, prof-1a2b3c4d, ...
-ID_PREFIXES = {"train": "train", "profile": "prof", "noise": "noise", "noise_curve": "curve",
-               "stability": "stab", "autopilot": "auto"}
+ID_PREFIXES = {
+    "train": "train",
+    "profile": "prof",
+    "noise": "noise",
+    "noise_curve": "curve",
+    "stability": "stab",
+    "autopilot": "auto",
+}
 
 
 def new_job_id(kind: str) -> str:
@@ -65,8 +94,16 @@ def new_job_id(kind: str) -> str:
 # -- launching and cancelling, from the CLI or the dashboard -----------------------------------
 
 
-def submit(home: Home, kind: str, params: dict, device: str, workload: str | None = None,
-           job_id: str | None = None, locks: list[str] | None = None, launcher: str | None = None) -> str:
+def submit(
+    home: Home,
+    kind: str,
+    params: dict,
+    device: str,
+    workload: str | None = None,
+    job_id: str | None = None,
+    locks: list[str] | None = None,
+    launcher: str | None = None,
+) -> str:
     """Write the job's spec and start its process in a new session; return the job id.
 
     The new process outlives the caller (a closed browser tab, a finished CLI command). It is forked by
@@ -80,8 +117,16 @@ def submit(home: Home, kind: str, params: dict, device: str, workload: str | Non
     job_id = job_id or new_job_id(kind)
     job_dir = home.job_dir(job_id)
     job_dir.mkdir(parents=True)
-    spec = {"id": job_id, "kind": kind, "device": device, "workload": workload, "params": params,
-            "created_at": time.time(), "home": str(home.root), "locks": list(locks or [device])}
+    spec = {
+        "id": job_id,
+        "kind": kind,
+        "device": device,
+        "workload": workload,
+        "params": params,
+        "created_at": time.time(),
+        "home": str(home.root),
+        "locks": list(locks or [device]),
+    }
     if launcher is not None:
         spec["launcher"] = launcher
     write_json_atomic(job_dir / "spec.json", spec)
@@ -95,9 +140,17 @@ def submit(home: Home, kind: str, params: dict, device: str, workload: str | Non
         forkserver.start_in_background(home, env)
     pid = forked.pid if forked is not None else _start_fresh(job_id, job_dir, env)
     try:
-        write_json_atomic(job_dir / "status.json",
-                           {"state": PENDING, "pid": pid, "pid_started": _create_time(pid),
-                            "heartbeat": time.time(), "phase": "queued", "progress": 0.0})
+        write_json_atomic(
+            job_dir / "status.json",
+            {
+                "state": PENDING,
+                "pid": pid,
+                "pid_started": _create_time(pid),
+                "heartbeat": time.time(),
+                "phase": "queued",
+                "progress": 0.0,
+            },
+        )
     except BaseException:
         if forked is not None:
             forked.abandon()  # it runs nothing without its "go"
@@ -123,8 +176,12 @@ def _start_fresh(job_id: str, job_dir: Path, env: dict) -> int:
     with open(job_dir / "output.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", module("jobs"), str(job_dir)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, env=env, cwd=os.getcwd(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            cwd=os.getcwd(),
         )
     # collect its exit status the moment it ends, so a long-lived submitter (the autopilot, the
     # dashboard) never keeps finished jobs as zombie processes
@@ -148,8 +205,10 @@ def cancel(home: Home, job_id: str, grace_s: float | None = None) -> bool:
         if derive_state(job_dir) in FINAL_STATES:
             return False
         pid = (read_status(job_dir) or {}).get("pid")
-        raise LargestepError(f"{job_id} is tracked from your own training code (pid {pid}); largestep did not start "
-                             "that process and will not kill it: stop it where it runs")
+        raise LargestepError(
+            f"{job_id} is tracked from your own training code (pid {pid}); largestep did not start "
+            "that process and will not kill it: stop it where it runs"
+        )
     if grace_s is None:
         grace_s = CANCEL_GRACE_S.get(spec.get("kind"), CANCEL_GRACE_S[None])
     (job_dir / CANCEL_MARKER).touch()
@@ -193,7 +252,7 @@ def pause(job_dir: Path, seconds: float) -> None:
     pid = (read_status(job_dir) or {}).get("pid")
     try:
         fd = os.pidfd_open(pid) if pid and hasattr(os, "pidfd_open") else None
-    except OSError:   # gone already, or not ours to watch
+    except OSError:  # gone already, or not ours to watch
         fd = None
     if fd is None:
         time.sleep(seconds)
@@ -276,8 +335,9 @@ def runs_job_dir(cmdline: list[str], job_dir: Path | str) -> bool:
     """Is ``cmdline`` that of ``python -m largestep.jobs JOB_DIR``? A job forked by the warm launcher shows it as
     one title, padded with empty arguments (or split at its spaces), so it is read as one line."""
     target = str(job_dir)
-    return ((target in cmdline and module("jobs") in cmdline)
-            or " ".join(cmdline).rstrip().endswith(f" -m {module('jobs')} {target}"))
+    return (target in cmdline and module("jobs") in cmdline) or " ".join(cmdline).rstrip().endswith(
+        f" -m {module('jobs')} {target}"
+    )
 
 
 def _recently_active(job_dir: Path, status: dict, now: float) -> bool:
@@ -337,7 +397,7 @@ _KINDS: dict[str, str] = {
     "stability": module("jobs.bodies") + ":stability_task",
     "train": module("jobs.bodies") + ":train_task",
     "autopilot": module("jobs.autopilot") + ":autopilot_task",
-    "ray": module("jobs.ray") + ":ray_task",     # any kind above, run as a Ray task (spec["launcher"] == "ray")
+    "ray": module("jobs.ray") + ":ray_task",  # any kind above, run as a Ray task (spec["launcher"] == "ray")
 }
 
 
@@ -388,7 +448,7 @@ def holding_devices(home: Home, names: list[str], on_wait: Callable[[str], None]
 
     with contextlib.ExitStack() as stack:
         if home.locks.is_dir():
-            for name in sorted(set(names)):   # sorted, as jobs take theirs: never a deadlock with one of them
+            for name in sorted(set(names)):  # sorted, as jobs take theirs: never a deadlock with one of them
                 lock = _device_lock(home, name)
                 try:
                     lock.acquire(timeout=0)

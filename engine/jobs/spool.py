@@ -15,11 +15,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Spool", "FLUSH_EVERY_S", "FLUSH_EVERY_EVENTS", "json_default", "write_json_atomic", "read_status",
-           "read_spec"]
+__all__ = [
+    "Spool",
+    "FLUSH_EVERY_S",
+    "FLUSH_EVERY_EVENTS",
+    "json_default",
+    "write_json_atomic",
+    "read_status",
+    "read_spec",
+]
 
-FLUSH_EVERY_S = 0.5         # events reach the disk at least this often ...
-FLUSH_EVERY_EVENTS = 200    # ... or after this many, whichever comes first
+FLUSH_EVERY_S = 0.5  # events reach the disk at least this often ...
+FLUSH_EVERY_EVENTS = 200  # ... or after this many, whichever comes first
 
 
 class Spool:
@@ -34,8 +41,7 @@ class Spool:
         self._status: dict[str, Any] = read_status(self.dir) or {}
 
     def emit(self, type_: str, **fields: Any) -> None:
-        line = json.dumps({"type": type_, "t": time.time(), **fields}, default=json_default,
-                          allow_nan=True)
+        line = json.dumps({"type": type_, "t": time.time(), **fields}, default=json_default, allow_nan=True)
         with self._lock:
             self._events.write(line + "\n")
             self._pending += 1

@@ -15,9 +15,19 @@ from ..measure import devices_config
 from ..measure.profiler_config import ProfileConfig, plan_batch_sizes
 from ..units import INT32_MAX, check_int
 
-MAX_REPEATS = 1000      # runs queued by one request (each is a job folder and a process)
+MAX_REPEATS = 1000  # runs queued by one request (each is a job folder and a process)
 
-__all__ = ["start_profile", "start_reprofile", "start_noise", "start_noise_curve", "start_noise_request", "start_stability", "start_train", "start_autopilot", "load_checked"]
+__all__ = [
+    "start_profile",
+    "start_reprofile",
+    "start_noise",
+    "start_noise_curve",
+    "start_noise_request",
+    "start_stability",
+    "start_train",
+    "start_autopilot",
+    "load_checked",
+]
 
 
 def undone_on_bad_input(home: Home):
@@ -46,8 +56,15 @@ def load_checked(home: Home, workload: str, options: dict):
     return facts if facts is not None else load_workload(workload, options, cache, check=True)
 
 
-def start_profile(home: Home, workload: str, options: dict, device: str, config: ProfileConfig,
-                  launcher: dict | None = None, carry_from: str | None = None) -> str:
+def start_profile(
+    home: Home,
+    workload: str,
+    options: dict,
+    device: str,
+    config: ProfileConfig,
+    launcher: dict | None = None,
+    carry_from: str | None = None,
+) -> str:
     """Validate everything, then start a profiling job; returns its id (also the profile's id).
 
     Every check that can fail on bad input runs before the job's folder is written.
@@ -66,8 +83,14 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
         workload = absolute_workload_spec(workload)
         home.check()
         check_database_file(home.database)
-        params = {"workload": workload, "options": dict(options), "device": device, "config": asdict(config),
-                  "launcher": launcher, **carried}
+        params = {
+            "workload": workload,
+            "options": dict(options),
+            "device": device,
+            "config": asdict(config),
+            "launcher": launcher,
+            **carried,
+        }
         return jobs.submit(home, "profile", params, device="ray", workload=workload, launcher="ray")
     check_nproc(config.nproc, device)
     resolved = devices_config.resolve_name(device)
@@ -76,23 +99,32 @@ def start_profile(home: Home, workload: str, options: dict, device: str, config:
     check_database_file(home.database)
     with undone_on_bad_input(home):
         loaded = load_checked(home, workload, options)  # a bad workload fails here, before anything is written
-        params = {"workload": workload, "options": dict(options), "device": resolved, "config": asdict(config),
-                  **carried}
+        params = {
+            "workload": workload,
+            "options": dict(options),
+            "device": resolved,
+            "config": asdict(config),
+            **carried,
+        }
         if min(plan_batch_sizes(config, loaded), default=loaded.n_train + 1) > loaded.n_train:
-            raise UsageError(f"every batch size to profile is larger than the {loaded.n_train} training samples of "
-                             f"{loaded.name}; use batch sizes up to {loaded.n_train}")
+            raise UsageError(
+                f"every batch size to profile is larger than the {loaded.n_train} training samples of "
+                f"{loaded.name}; use batch sizes up to {loaded.n_train}"
+            )
         if config.nproc > 1:
             for b in plan_batch_sizes(config, loaded):
                 if b % config.nproc == 0:
                     break
             else:
                 raise UsageError(f"no batch size to profile is divisible by --nproc {config.nproc}")
-    return jobs.submit(home, "profile", params, device=resolved, workload=loaded.name,
-                       locks=lock_names(resolved, config.nproc))
+    return jobs.submit(
+        home, "profile", params, device=resolved, workload=loaded.name, locks=lock_names(resolved, config.nproc)
+    )
 
 
-def start_reprofile(home: Home, profile: dict, batch_sizes: list[int], device: str,
-                    launcher: dict | None = None) -> str:
+def start_reprofile(
+    home: Home, profile: dict, batch_sizes: list[int], device: str, launcher: dict | None = None
+) -> str:
     """Measure again the ``batch_sizes`` of a stored ``profile`` (a record as
     :func:`largestep.store.load_profile` or :func:`largestep.jobs.events.profile_record` gives it: the sizes
     it measured under load, or that failed the physics check), with its workload, options and config, on
@@ -104,13 +136,24 @@ def start_reprofile(home: Home, profile: dict, batch_sizes: list[int], device: s
         raise UsageError(f"profile {profile.get('id')} has no batch size to measure again")
     config = profile_config_of(profile.get("config") or {}, batch_sizes=tuple(sorted(batch_sizes)))
     spec = profile.get("workload_spec") or profile.get("workload")
-    return start_profile(home, spec, profile.get("options") or {}, device, config, launcher=launcher,
-                         carry_from=profile["id"])
+    return start_profile(
+        home, spec, profile.get("options") or {}, device, config, launcher=launcher, carry_from=profile["id"]
+    )
 
 
-def start_noise(home: Home, workload: str, options: dict, device: str, batch_small: int | None = None,
-                batch_big: int | None = None, batches: int = 32, warm_steps: int | None = None, seed: int = 0,
-                launcher: dict | None = None, compile: bool = False) -> str:
+def start_noise(
+    home: Home,
+    workload: str,
+    options: dict,
+    device: str,
+    batch_small: int | None = None,
+    batch_big: int | None = None,
+    batches: int = 32,
+    warm_steps: int | None = None,
+    seed: int = 0,
+    launcher: dict | None = None,
+    compile: bool = False,
+) -> str:
     """Validate, then start a gradient-noise-scale job; returns its id (also the estimate's id).
 
     ``warm_steps=None`` trains the baseline for one epoch first (see ``default_warm_steps``).
@@ -128,19 +171,37 @@ def start_noise(home: Home, workload: str, options: dict, device: str, batch_sma
         if warm_steps is None:
             warm_steps = default_warm_steps(loaded)
         batch_small, batch_big = check_noise_args(loaded, batch_small, batch_big, batches, warm_steps)
-    params = {"workload": workload, "options": dict(options), "device": resolved, "batch_small": batch_small,
-              "batch_big": batch_big, "batches": batches, "warm_steps": warm_steps, "seed": seed,
-              "compile": bool(compile)}
+    params = {
+        "workload": workload,
+        "options": dict(options),
+        "device": resolved,
+        "batch_small": batch_small,
+        "batch_big": batch_big,
+        "batches": batches,
+        "warm_steps": warm_steps,
+        "seed": seed,
+        "compile": bool(compile),
+    }
     if launcher is not None:
         params.update(workload=absolute_workload_spec(workload), launcher=launcher)
         return jobs.submit(home, "noise", params, device="ray", workload=loaded.name, launcher="ray")
-    return jobs.submit(home, "noise", params, device=resolved, workload=loaded.name,
-                       locks=[devices_config.lock_name(resolved)])
+    return jobs.submit(
+        home, "noise", params, device=resolved, workload=loaded.name, locks=[devices_config.lock_name(resolved)]
+    )
 
 
-def start_noise_curve(home: Home, workload: str, options: dict, device: str, at: tuple[float, ...],
-                      batch_small: int | None = None, batch_big: int | None = None, batches: int = 32,
-                      seed: int = 0, compile: bool = False) -> str:
+def start_noise_curve(
+    home: Home,
+    workload: str,
+    options: dict,
+    device: str,
+    at: tuple[float, ...],
+    batch_small: int | None = None,
+    batch_big: int | None = None,
+    batches: int = 32,
+    seed: int = 0,
+    compile: bool = False,
+) -> str:
     """Validate, then start a job estimating the noise scale at the fractions ``at`` of one baseline
     run's training; returns its id (also the curve's id)."""
     from ..measure.noise_config import check_curve_fractions, check_noise_args
@@ -153,36 +214,86 @@ def start_noise_curve(home: Home, workload: str, options: dict, device: str, at:
     with undone_on_bad_input(home):
         loaded = load_checked(home, workload, options)
         batch_small, batch_big = check_noise_args(loaded, batch_small, batch_big, batches, 0)
-    params = {"workload": workload, "options": dict(options), "device": resolved, "at": list(at),
-              "batch_small": batch_small, "batch_big": batch_big, "batches": batches, "seed": seed,
-              "compile": bool(compile)}
-    return jobs.submit(home, "noise_curve", params, device=resolved, workload=loaded.name,
-                       locks=[devices_config.lock_name(resolved)])
+    params = {
+        "workload": workload,
+        "options": dict(options),
+        "device": resolved,
+        "at": list(at),
+        "batch_small": batch_small,
+        "batch_big": batch_big,
+        "batches": batches,
+        "seed": seed,
+        "compile": bool(compile),
+    }
+    return jobs.submit(
+        home, "noise_curve", params, device=resolved, workload=loaded.name, locks=[devices_config.lock_name(resolved)]
+    )
 
 
 def start_noise_request(home: Home, workload: str, options: dict, device: str, request) -> str:
     """Validate, then start what a :class:`~largestep.measure.noise_config.NoiseRequest` asks for: one estimate, or a
     curve when it gives fractions ``at``; returns the job's id."""
     if request.at is not None:
-        return start_noise_curve(home, workload, options, device, request.at, request.batch_small, request.batch_big,
-                                 request.batches, request.seed, compile=request.compile)
-    return start_noise(home, workload, options, device, request.batch_small, request.batch_big, request.batches,
-                       request.warm_steps, request.seed, compile=request.compile)
+        return start_noise_curve(
+            home,
+            workload,
+            options,
+            device,
+            request.at,
+            request.batch_small,
+            request.batch_big,
+            request.batches,
+            request.seed,
+            compile=request.compile,
+        )
+    return start_noise(
+        home,
+        workload,
+        options,
+        device,
+        request.batch_small,
+        request.batch_big,
+        request.batches,
+        request.warm_steps,
+        request.seed,
+        compile=request.compile,
+    )
 
 
 def start_stability(home: Home, rec: dict, device: str, steps: int = 60) -> str:
     """Start a stability check of a recommendation's batch and rate on ``device``."""
     resolved = devices_config.resolve_name(device)
-    params = {"workload": rec["workload_spec"], "options": rec.get("workload_options") or {},
-              "device": resolved, "batch_size": rec["batch_size"], "lr": rec["learning_rate"],
-              "steps": steps, "dtype": rec.get("dtype", "fp32")}
-    return jobs.submit(home, "stability", params, device=resolved, workload=rec.get("workload"),
-                       locks=[devices_config.lock_name(resolved)])
+    params = {
+        "workload": rec["workload_spec"],
+        "options": rec.get("workload_options") or {},
+        "device": resolved,
+        "batch_size": rec["batch_size"],
+        "lr": rec["learning_rate"],
+        "steps": steps,
+        "dtype": rec.get("dtype", "fp32"),
+    }
+    return jobs.submit(
+        home,
+        "stability",
+        params,
+        device=resolved,
+        workload=rec.get("workload"),
+        locks=[devices_config.lock_name(resolved)],
+    )
 
 
-def start_train(home: Home, workload: str, options: dict, device: str, config, repeats: int = 1,
-                role: str | None = None, recommendation_id: str | None = None, launcher: dict | None = None,
-                save_weights: bool = False) -> list[str]:
+def start_train(
+    home: Home,
+    workload: str,
+    options: dict,
+    device: str,
+    config,
+    repeats: int = 1,
+    role: str | None = None,
+    recommendation_id: str | None = None,
+    launcher: dict | None = None,
+    save_weights: bool = False,
+) -> list[str]:
     """Validate, then queue ``repeats`` training runs (seeds seed, seed+1, ...) as one group.
 
     They run one after another on the device (the per-device lock), so they never time each other.
@@ -200,15 +311,17 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
     config.validate()
     check_int(repeats, "--repeats", high=MAX_REPEATS)
     if config.seed + repeats - 1 > INT32_MAX:
-        raise UsageError(f"--seed {config.seed} with --repeats {repeats} runs seeds beyond {INT32_MAX:,}; "
-                         f"use a --seed up to {INT32_MAX - repeats + 1:,}")
+        raise UsageError(
+            f"--seed {config.seed} with --repeats {repeats} runs seeds beyond {INT32_MAX:,}; "
+            f"use a --seed up to {INT32_MAX - repeats + 1:,}"
+        )
     launcher = check_launcher(launcher, device, config.nproc)
     if launcher is None:  # here: the device, its dtype and the workload are checked on this machine
         check_nproc(config.nproc, device)
         resolved = devices_config.resolve_name(device)
         devices_config.check_dtype(resolved, config.dtype)
         device = resolved
-    else:                 # on the cluster: Ray picks the device; the workload loads on the worker
+    else:  # on the cluster: Ray picks the device; the workload loads on the worker
         workload = absolute_workload_spec(workload)
     home.check()
     check_database_file(home.database)
@@ -216,8 +329,10 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
         with undone_on_bad_input(home):
             loaded = load_checked(home, workload, options)
             if config.batch_size > loaded.n_train:
-                raise UsageError(f"--batch-size {config.batch_size} is larger than the {loaded.n_train} training "
-                                 f"samples of {loaded.name}")
+                raise UsageError(
+                    f"--batch-size {config.batch_size} is larger than the {loaded.n_train} training "
+                    f"samples of {loaded.name}"
+                )
             if config.batch_schedule:
                 from ..measure.batch_schedule import check_batch_schedule
 
@@ -229,9 +344,15 @@ def start_train(home: Home, workload: str, options: dict, device: str, config, r
     job_ids = []
     for k in range(repeats):
         run_config = replace(config, seed=config.seed + k, group=group)
-        params = {"workload": workload, "options": dict(options), "device": device,
-                  "config": asdict(run_config), "role": role, "recommendation_id": recommendation_id,
-                  "save_weights": save_weights}
+        params = {
+            "workload": workload,
+            "options": dict(options),
+            "device": device,
+            "config": asdict(run_config),
+            "role": role,
+            "recommendation_id": recommendation_id,
+            "save_weights": save_weights,
+        }
         if launcher is not None:
             params["launcher"] = launcher
         job_ids.append(jobs.submit(home, "train", params, **where))
@@ -256,8 +377,9 @@ def start_autopilot(home: Home, workload: str, options: dict, device: str, confi
     with undone_on_bad_input(home):
         loaded = load_checked(home, workload, options)
         if loaded.baseline_batch_size % config.nproc:
-            raise UsageError(f"--nproc {config.nproc} does not divide {loaded.name}'s baseline batch "
-                             f"{loaded.baseline_batch_size}: every rank needs an equal share of every batch")
-    params = {"workload": workload, "options": dict(options), "device": resolved,
-              "autopilot": asdict(config)}
+            raise UsageError(
+                f"--nproc {config.nproc} does not divide {loaded.name}'s baseline batch "
+                f"{loaded.baseline_batch_size}: every rank needs an equal share of every batch"
+            )
+    params = {"workload": workload, "options": dict(options), "device": resolved, "autopilot": asdict(config)}
     return jobs.submit(home, "autopilot", params, device=f"autopilot-{resolved}", workload=loaded.name)

@@ -44,14 +44,24 @@ from .spool import Spool, read_spec, write_json_atomic
 from ..measure.devices_config import check_nproc, device_kind, lock_names  # noqa: F401  part of this API
 from ..measure.distributed import RankOutOfMemory, loopback_interface, loopback_sockets  # noqa: F401  (this API's)
 
-__all__ = ["DEFAULT_TIMEOUT_S", "check_nproc", "lock_names", "run_ranks", "rank_environment", "loopback_interface",
-           "rank_status_path", "rank_main", "in_rank", "job_root_pid"]
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "check_nproc",
+    "lock_names",
+    "run_ranks",
+    "rank_environment",
+    "loopback_interface",
+    "rank_status_path",
+    "rank_main",
+    "in_rank",
+    "job_root_pid",
+]
 
-DEFAULT_TIMEOUT_S = 600.0    # a collective waiting longer than this fails the run (a rank hung or died)
+DEFAULT_TIMEOUT_S = 600.0  # a collective waiting longer than this fails the run (a rank hung or died)
 RANK_STATUS = "rank0-status.json"
-RANK_STORE = "rendezvous.store"   # the FileStore the ranks meet through
-JOB_PID_ENV = "LARGESTEP_JOB_PID"   # the job process's pid, as its ranks see it
-RANK_GRACE_S = 4.0           # after SIGTERM, how long the job waits for the ranks before SIGKILL
+RANK_STORE = "rendezvous.store"  # the FileStore the ranks meet through
+JOB_PID_ENV = "LARGESTEP_JOB_PID"  # the job process's pid, as its ranks see it
+RANK_GRACE_S = 4.0  # after SIGTERM, how long the job waits for the ranks before SIGKILL
 OUT_OF_MEMORY = "OUT_OF_MEMORY"  # a rank record's state: it ran out of memory and left (see RankOutOfMemory)
 
 
@@ -96,12 +106,18 @@ def rank_environment(nproc: int, rank: int, timeout_s: float) -> dict[str, str]:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
-               GROUP_RANK="0", LARGESTEP_COLLECTIVE_TIMEOUT_S=str(timeout_s))
-    env[JOB_PID_ENV] = str(os.getpid())   # the root of the job's process tree: the ranks' load is not background
+    env.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(nproc),
+        LOCAL_WORLD_SIZE=str(nproc),
+        GROUP_RANK="0",
+        LARGESTEP_COLLECTIVE_TIMEOUT_S=str(timeout_s),
+    )
+    env[JOB_PID_ENV] = str(os.getpid())  # the root of the job's process tree: the ranks' load is not background
     # N ranks on one machine: share the cores instead of each taking them all
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return loopback_sockets(env)   # a user who set the interfaces knows their network better than we do
+    return loopback_sockets(env)  # a user who set the interfaces knows their network better than we do
 
 
 def _start_ranks(job_dir: Path, nproc: int, timeout_s: float) -> list[subprocess.Popen]:
@@ -110,8 +126,16 @@ def _start_ranks(job_dir: Path, nproc: int, timeout_s: float) -> list[subprocess
     try:
         with open(job_dir / "output.log", "ab") as log:
             for rank in range(nproc):
-                procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                              env=rank_environment(nproc, rank, timeout_s), cwd=os.getcwd()))
+                procs.append(
+                    subprocess.Popen(
+                        cmd,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=rank_environment(nproc, rank, timeout_s),
+                        cwd=os.getcwd(),
+                    )
+                )
     except BaseException:
         _stop(procs)
         raise
@@ -120,7 +144,7 @@ def _start_ranks(job_dir: Path, nproc: int, timeout_s: float) -> list[subprocess
 
 @dataclass(frozen=True)
 class _Ended:
-    first_failed: int | None   # the rank whose non-zero exit ended the run; None: every rank finished
+    first_failed: int | None  # the rank whose non-zero exit ended the run; None: every rank finished
 
 
 def _ranks_ended(procs: list[subprocess.Popen]) -> _Ended | None:
@@ -151,8 +175,10 @@ def _explain(job_dir: Path, nproc: int, first_failed: int | None) -> None:
         if record and record.get("state") == "DIVERGED":
             raise Diverged(record.get("error") or "training diverged")
     if records[first_failed] is None:
-        raise Crashed(f"rank {first_failed} of {nproc} died without an exit record (killed by a signal or the "
-                      f"system); the other ranks were stopped")
+        raise Crashed(
+            f"rank {first_failed} of {nproc} died without an exit record (killed by a signal or the "
+            f"system); the other ranks were stopped"
+        )
     # the rank that failed first: a peer that lost it (a closed connection) fails after it, with an error of no use
     failed = sorted((records[r].get("ended_at") or float("inf"), r) for r, state in states.items() if state == "FAILED")
     r = failed[0][1] if failed else first_failed
@@ -267,8 +293,13 @@ def rank_main(job_dir: Path) -> int:
         timeout = timedelta(seconds=float(os.environ.get("LARGESTEP_COLLECTIVE_TIMEOUT_S", DEFAULT_TIMEOUT_S)))
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         rendezvous = dist.FileStore(str(job_dir / RANK_STORE), world_size)
-        dist.init_process_group("nccl" if kind == "cuda" else "gloo", store=rendezvous, rank=global_rank,
-                                world_size=world_size, timeout=timeout)
+        dist.init_process_group(
+            "nccl" if kind == "cuda" else "gloo",
+            store=rendezvous,
+            rank=global_rank,
+            world_size=world_size,
+            timeout=timeout,
+        )
         spec["rank"] = global_rank
         spool = _rank_spool(job_dir, global_rank == 0)
         try:
@@ -292,8 +323,10 @@ def rank_main(job_dir: Path) -> int:
         state, error = "FAILED", f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the record must not be interrupted
-        write_json_atomic(job_dir / f"rank-{global_rank}.json", {"state": state, "error": error, "pid": os.getpid(),
-                                                                  "batch_size": batch_size, "ended_at": time.time()})
+        write_json_atomic(
+            job_dir / f"rank-{global_rank}.json",
+            {"state": state, "error": error, "pid": os.getpid(), "batch_size": batch_size, "ended_at": time.time()},
+        )
         if state in (OUT_OF_MEMORY, "FAILED"):
             # leave at once: tearing down a group whose other ranks wait in a collective (the gradient all-reduce
             # this rank will never join) could block, and this rank's exit is what makes the job process stop them
@@ -320,8 +353,10 @@ def in_rank(ctx) -> bool:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        print("usage: python -m largestep.jobs.torchrun JOB_DIR (started by the job process, once per rank)",
-              file=sys.stderr)
+        print(
+            "usage: python -m largestep.jobs.torchrun JOB_DIR (started by the job process, once per rank)",
+            file=sys.stderr,
+        )
         sys.exit(2)
     from .torchrun import rank_main as _rank_main  # the imported module's functions, not __main__'s
 

@@ -45,32 +45,32 @@ from .spool import Spool, json_default, write_json_atomic
 
 __all__ = ["TrackConfig", "TrackedRun", "role_for", "lr_for", "new_run_id", "ROLES", "EXTERNAL", "ROWS_PER_EVENT"]
 
-EXTERNAL = "external"                      # the role of a run not tied to a recommendation's batch
+EXTERNAL = "external"  # the role of a run not tied to a recommendation's batch
 ROLES = (EXTERNAL, "baseline", "recommended")
-ROWS_PER_EVENT = 500                       # pending rows that wake the heartbeat thread to write them
-RESERVED = frozenset({"wall_time_s", "train_time_s"})   # the run's clock sets these, never the caller
+ROWS_PER_EVENT = 500  # pending rows that wake the heartbeat thread to write them
+RESERVED = frozenset({"wall_time_s", "train_time_s"})  # the run's clock sets these, never the caller
 PRIMARY_METRIC_MODES = ("max", "min")
-_TRAIN = frozenset(events.TRAIN_METRICS)                # a wide training row's metrics
-_INDEX = frozenset({"epoch", "samples"})                 # where a row sits, given by the caller
+_TRAIN = frozenset(events.TRAIN_METRICS)  # a wide training row's metrics
+_INDEX = frozenset({"epoch", "samples"})  # where a row sits, given by the caller
 
 
 @dataclass(frozen=True)
 class TrackConfig:
     """What a tracked run says about itself; validated before anything is written."""
 
-    name: str                               # the model or workload name, as runs are listed by
-    batch_size: int                         # global batch: samples per optimizer step, all processes together
-    lr: float | None = None                 # peak learning rate
+    name: str  # the model or workload name, as runs are listed by
+    batch_size: int  # global batch: samples per optimizer step, all processes together
+    lr: float | None = None  # peak learning rate
     seed: int | None = None
     tags: tuple[str, ...] = ()
-    accumulate: int = 1                     # micro-batches per optimizer step
-    world_size: int = 1                     # data-parallel processes
-    epochs: float | None = None             # planned training length, if known
-    total_steps: int | None = None          # planned optimizer steps, if known: the run's progress bar
-    group: str | None = None                # repeats of one config share a group
-    primary_metric: str | None = None       # the validation metric compared across runs ("accuracy": val_accuracy)
-    primary_metric_mode: str = "max"        # "max" | "min": which way the primary metric improves
-    hyperparameters: dict = field(default_factory=dict)   # anything else the caller wants kept with the run
+    accumulate: int = 1  # micro-batches per optimizer step
+    world_size: int = 1  # data-parallel processes
+    epochs: float | None = None  # planned training length, if known
+    total_steps: int | None = None  # planned optimizer steps, if known: the run's progress bar
+    group: str | None = None  # repeats of one config share a group
+    primary_metric: str | None = None  # the validation metric compared across runs ("accuracy": val_accuracy)
+    primary_metric_mode: str = "max"  # "max" | "min": which way the primary metric improves
+    hyperparameters: dict = field(default_factory=dict)  # anything else the caller wants kept with the run
 
     def validate(self) -> None:
         """Every field against the bounds the CLI gives it and the column it lands in: a run the store
@@ -97,11 +97,13 @@ class TrackConfig:
             raise UsageError(f"track: primary_metric_mode must be 'max' or 'min', not {self.primary_metric_mode!r}")
         if not isinstance(self.hyperparameters, dict):
             raise UsageError(f"track: hyperparameters must be a dict, not {type(self.hyperparameters).__name__}")
-        try:   # as the run's spec and events write them; NaN is refused, the database's JSON has none
+        try:  # as the run's spec and events write them; NaN is refused, the database's JSON has none
             json.dumps(self.hyperparameters, default=json_default, allow_nan=False)
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise UsageError(f"track: hyperparameters must be JSON: numbers, strings, lists and dicts of them "
-                             f"({' '.join(str(exc).split())[:200]})") from None
+            raise UsageError(
+                f"track: hyperparameters must be JSON: numbers, strings, lists and dicts of them "
+                f"({' '.join(str(exc).split())[:200]})"
+            ) from None
 
     @property
     def micro_batch(self) -> int | None:
@@ -140,14 +142,20 @@ class TrackedRun:
     :meth:`finish` where a framework's hooks bracket the training (the integrations do).
     """
 
-    def __init__(self, home: Home, config: TrackConfig, device: str | None = None,
-                 recommendation: dict | None = None, run_id: str | None = None):
+    def __init__(
+        self,
+        home: Home,
+        config: TrackConfig,
+        device: str | None = None,
+        recommendation: dict | None = None,
+        run_id: str | None = None,
+    ):
         config.validate()
         from ..measure import devices
 
         home.check()
         self.home, self.config = home, config
-        self.device = devices.resolve_device(device)   # a bad device fails here, before anything is written
+        self.device = devices.resolve_device(device)  # a bad device fails here, before anything is written
         self.role = role_for(recommendation, config.batch_size)
         self.recommendation_id = recommendation["recommendation_id"] if recommendation else None
         self.id = run_id or new_run_id()
@@ -155,13 +163,13 @@ class TrackedRun:
         if self.dir.exists():
             raise UsageError(f"track: run {self.id} exists already in {home.jobs}; give each run its own id")
         self._spool: Spool | None = None
-        self._lock = threading.Lock()         # guards the pending rows between the caller and the heartbeat
-        self._rows: list[dict] = []           # wide training rows (events.TRAIN_METRICS)
-        self._values: list[dict] = []         # long rows: validation metrics without a loss, other names
-        self._evals: list[dict] = []          # eval events
+        self._lock = threading.Lock()  # guards the pending rows between the caller and the heartbeat
+        self._rows: list[dict] = []  # wide training rows (events.TRAIN_METRICS)
+        self._values: list[dict] = []  # long rows: validation metrics without a loss, other names
+        self._evals: list[dict] = []  # eval events
         self._warned: set[str] = set()
         self._last_step: int | None = None
-        self._last_samples: tuple[float, float] | None = None   # (clock, samples) at the last log that had them
+        self._last_samples: tuple[float, float] | None = None  # (clock, samples) at the last log that had them
         self._last_epoch: float | None = None
         self._final_val_loss: float | None = None
         self._best_val_loss: float | None = None
@@ -169,12 +177,12 @@ class TrackedRun:
         self._last_loss: float | None = None
         self._start = 0.0
         self._paused_s = 0.0
-        self._stop = threading.Event()        # the run is ending: the heartbeat thread stops
-        self._wake = threading.Event()        # a full batch of rows is pending: write it now
+        self._stop = threading.Event()  # the run is ending: the heartbeat thread stops
+        self._wake = threading.Event()  # a full batch of rows is pending: write it now
         self._beat: threading.Thread | None = None
-        self._sampler = None                  # the background load while the run trains (telemetry.Sampler)
+        self._sampler = None  # the background load while the run trains (telemetry.Sampler)
         self._owner_pid = os.getpid()
-        self._state: str | None = None       # set once the run has ended
+        self._state: str | None = None  # set once the run has ended
 
     @property
     def running(self) -> bool:
@@ -188,7 +196,7 @@ class TrackedRun:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         self.finish(exc)
-        return False   # the caller's exception goes on up: the run records it, it does not swallow it
+        return False  # the caller's exception goes on up: the run records it, it does not swallow it
 
     def start(self) -> "TrackedRun":
         """Write the run's folder (spec, status, run_start) and start its heartbeat."""
@@ -201,21 +209,47 @@ class TrackedRun:
         self.dir.mkdir(parents=True)
         config = self._config_record()
         now = time.time()
-        write_json_atomic(self.dir / "spec.json", {
-            "id": self.id, "kind": "train", "device": str(self.device), "workload": self.config.name,
-            "params": {"config": config, "role": self.role, "recommendation_id": self.recommendation_id},
-            "created_at": now, "home": str(self.home.root), "locks": [], "launcher": TRACKED})
+        write_json_atomic(
+            self.dir / "spec.json",
+            {
+                "id": self.id,
+                "kind": "train",
+                "device": str(self.device),
+                "workload": self.config.name,
+                "params": {"config": config, "role": self.role, "recommendation_id": self.recommendation_id},
+                "created_at": now,
+                "home": str(self.home.root),
+                "locks": [],
+                "launcher": TRACKED,
+            },
+        )
         self._spool = Spool(self.dir)
-        self._spool.status(state=RUNNING, pid=os.getpid(), pid_started=_create_time(os.getpid()),
-                           phase="training (your code)", progress=None, started_at=now)
+        self._spool.status(
+            state=RUNNING,
+            pid=os.getpid(),
+            pid_started=_create_time(os.getpid()),
+            phase="training (your code)",
+            progress=None,
+            started_at=now,
+        )
         devices.reset_peak_memory(self.device)
         self._spool.emit(events.START, kind="train", pid=os.getpid())
         self._spool.emit(
-            events.RUN_START, config=config, workload=self.config.name, device=devices.device_info(self.device).to_dict(),
-            versions=versions(), launcher=TRACKED, role=self.role, recommendation_id=self.recommendation_id,
-            primary_metric=self.config.primary_metric, primary_metric_mode=self.config.primary_metric_mode,
-            epochs=self.config.epochs, total_steps=self.config.total_steps,
-            micro_batch=self.config.micro_batch, world_size=self.config.world_size)
+            events.RUN_START,
+            config=config,
+            workload=self.config.name,
+            device=devices.device_info(self.device).to_dict(),
+            versions=versions(),
+            launcher=TRACKED,
+            role=self.role,
+            recommendation_id=self.recommendation_id,
+            primary_metric=self.config.primary_metric,
+            primary_metric_mode=self.config.primary_metric_mode,
+            epochs=self.config.epochs,
+            total_steps=self.config.total_steps,
+            micro_batch=self.config.micro_batch,
+            world_size=self.config.world_size,
+        )
         self._spool.flush()
         self._sampler = telemetry.Sampler(devices.device_info(self.device), interval_s=telemetry.RUN_INTERVAL_S).start()
         self._start = time.perf_counter()
@@ -232,7 +266,7 @@ class TrackedRun:
         """
         if self._spool is None or self._state is not None:
             return self._state or FAILED
-        done = exc is None or isinstance(exc, SystemExit) and exc.code in (None, 0)   # sys.exit(0): the program is done
+        done = exc is None or isinstance(exc, SystemExit) and exc.code in (None, 0)  # sys.exit(0): the program is done
         state, error = (FINISHED, None) if done else outcome_of(exc)
         self._end(state, error, steps)
         return state
@@ -249,14 +283,22 @@ class TrackedRun:
         wall = time.perf_counter() - self._start
         self._sampler.stop()
         self._hand_over()
-        self._spool.emit(events.RUN_END, steps=max(steps or 0, self._last_step or 0),
-                         samples=self._last_samples[1] if self._last_samples else None, epochs=self._last_epoch,
-                         wall_time_s=wall, train_time_s=wall - self._paused_s, final_val_loss=self._final_val_loss,
-                         best_val_loss=self._best_val_loss, final_metrics=dict(self._final_metrics),
-                         reached_target=None, time_to_target_s=None,
-                         peak_memory_bytes=devices.peak_memory(self.device),
-                         stop_reason="finished" if state == FINISHED else state.lower(),
-                         **telemetry.background_load(self._sampler.samples))
+        self._spool.emit(
+            events.RUN_END,
+            steps=max(steps or 0, self._last_step or 0),
+            samples=self._last_samples[1] if self._last_samples else None,
+            epochs=self._last_epoch,
+            wall_time_s=wall,
+            train_time_s=wall - self._paused_s,
+            final_val_loss=self._final_val_loss,
+            best_val_loss=self._best_val_loss,
+            final_metrics=dict(self._final_metrics),
+            reached_target=None,
+            time_to_target_s=None,
+            peak_memory_bytes=devices.peak_memory(self.device),
+            stop_reason="finished" if state == FINISHED else state.lower(),
+            **telemetry.background_load(self._sampler.samples),
+        )
         self._spool.emit(events.EXIT, state=state, error=error)
         self._spool.status(state=state, phase="done", ended_at=time.time(), error=error)
         self._spool.close()
@@ -264,8 +306,8 @@ class TrackedRun:
     def _at_exit(self) -> None:
         """The interpreter is exiting with the run still open (a framework that never said it ended)."""
         if os.getpid() != self._owner_pid or self._state is not None:
-            return   # a forked child (a DataLoader worker) inherited this hook: the run is not its own
-        last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)   # an uncaught exception
+            return  # a forked child (a DataLoader worker) inherited this hook: the run is not its own
+        last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)  # an uncaught exception
         if last is not None:
             self.finish(last)
         else:
@@ -286,8 +328,13 @@ class TrackedRun:
             raise UsageError(f"run {self.id} is not running: log inside the `with largestep.track(...)` block")
         step = self._check_step(step)
         now = time.perf_counter()
-        index = {"step": step, "epoch": None, "samples": None, "wall_time_s": now - self._start,
-                 "train_time_s": now - self._start - self._paused_s}
+        index = {
+            "step": step,
+            "epoch": None,
+            "samples": None,
+            "wall_time_s": now - self._start,
+            "train_time_s": now - self._start - self._paused_s,
+        }
         train: dict[str, float | None] = {}
         validation: dict[str, float | None] = {}
         others: dict[str, float | None] = {}
@@ -323,7 +370,7 @@ class TrackedRun:
                 self._values.extend({**index, "name": name, "value": value} for name, value in others.items())
             pending = len(self._rows) + len(self._values)
         if pending >= ROWS_PER_EVENT:
-            self._wake.set()   # the heartbeat thread writes them now rather than at its next beat
+            self._wake.set()  # the heartbeat thread writes them now rather than at its next beat
 
     def paused(self) -> "_Paused":
         """``with run.paused():`` evaluation or checkpointing that must not count as training time."""
@@ -334,14 +381,16 @@ class TrackedRun:
             raise UsageError(f"log: step must be a non-negative integer (the optimizer step), not {step!r}")
         step = int(step)
         if self._last_step is not None and step < self._last_step:
-            raise UsageError(f"log: step {step} comes after step {self._last_step}; steps must not go backwards "
-                             "(log the global optimizer step, not a step within an epoch)")
+            raise UsageError(
+                f"log: step {step} comes after step {self._last_step}; steps must not go backwards "
+                "(log the global optimizer step, not a step within an epoch)"
+            )
         self._last_step = step
         return step
 
     def _number(self, name: str, value: Any, step: int) -> float | None:
         """``value`` as a finite float, or None with one warning per metric name."""
-        if type(value) is float or type(value) is int:   # the common case first: a loop calls this every step
+        if type(value) is float or type(value) is int:  # the common case first: a loop calls this every step
             number = float(value)
         else:
             number = _as_float(value)
@@ -349,8 +398,12 @@ class TrackedRun:
             return number
         if name not in self._warned:
             self._warned.add(name)
-            warnings.warn(f"largestep: {name}={value!r} at step {step} is not a finite number; recorded as missing "
-                          f"(this warning is shown once per metric)", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"largestep: {name}={value!r} at step {step} is not a finite number; recorded as missing "
+                f"(this warning is shown once per metric)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return None
 
     def _throughput(self, now: float, samples: float | None) -> float | None:
@@ -362,7 +415,7 @@ class TrackedRun:
 
     def _add_evaluation(self, index: dict, validation: dict) -> None:
         val_loss = validation.pop("val_loss")
-        metrics = {name[len("val_"):]: value for name, value in validation.items()}
+        metrics = {name[len("val_") :]: value for name, value in validation.items()}
         self._evals.append({**index, "val_loss": val_loss, "metrics": metrics})
         if val_loss is not None:
             self._final_val_loss = val_loss
@@ -388,14 +441,14 @@ class TrackedRun:
             self._wake.wait(HEARTBEAT_S)
             self._wake.clear()
             if self._stop.is_set():
-                return   # the run is ending: _end writes what is left
+                return  # the run is ending: _end writes what is left
             try:
                 self._hand_over()
                 if time.monotonic() - last_beat >= HEARTBEAT_S:
                     self._spool.status(phase=self._status_phase(), progress=self._progress())
                     self._spool.flush()
                     last_beat = time.monotonic()
-            except (OSError, ValueError):   # the spool closed while the run was ending
+            except (OSError, ValueError):  # the spool closed while the run was ending
                 return
 
     def _status_phase(self) -> str:
@@ -443,8 +496,8 @@ def _as_float(value: Any) -> float | None:
     item = getattr(value, "item", None)
     if callable(item):
         try:
-            value = item()   # a tensor on a GPU synchronises here, as .item() in the caller's loop would
-        except (ValueError, RuntimeError):   # more than one element
+            value = item()  # a tensor on a GPU synchronises here, as .item() in the caller's loop would
+        except (ValueError, RuntimeError):  # more than one element
             return None
         return float(value) if _is_real(value) else None
     return None

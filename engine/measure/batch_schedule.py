@@ -26,21 +26,32 @@ import numpy as np
 from ..errors import UsageError
 from ..units import check_int, check_number
 
-__all__ = ["parse_batch_schedule", "check_batch_schedule", "phase_index", "lr_multiple", "scheduled_steps",
-           "grown_batch", "check_adaptive", "RULES", "ADAPTIVE", "DEFAULT_ADAPTIVE_MULTIPLE", "NoiseTrend"]
+__all__ = [
+    "parse_batch_schedule",
+    "check_batch_schedule",
+    "phase_index",
+    "lr_multiple",
+    "scheduled_steps",
+    "grown_batch",
+    "check_adaptive",
+    "RULES",
+    "ADAPTIVE",
+    "DEFAULT_ADAPTIVE_MULTIPLE",
+    "NoiseTrend",
+]
 
-ADAPTIVE = "adaptive"              # --batch-schedule adaptive: the run grows its batch from the live noise scale
-DEFAULT_ADAPTIVE_MULTIPLE = 2.0    # double once B_noise exceeds this many times the batch: the doubled batch
-                                   # stays at or below the noise scale, where larger batches still save steps
+ADAPTIVE = "adaptive"  # --batch-schedule adaptive: the run grows its batch from the live noise scale
+DEFAULT_ADAPTIVE_MULTIPLE = 2.0  # double once B_noise exceeds this many times the batch: the doubled batch
+# stays at or below the noise scale, where larger batches still save steps
 
-WINDOW = 8               # logging intervals pooled into the smoothed noise scale
-MIN_INTERVALS = 4        # ... at least this many since the last change before the batch may grow
-PATIENCE = 2             # consecutive intervals whose lower end stands above the threshold
+WINDOW = 8  # logging intervals pooled into the smoothed noise scale
+MIN_INTERVALS = 4  # ... at least this many since the last change before the batch may grow
+PATIENCE = 2  # consecutive intervals whose lower end stands above the threshold
 TREND_CONFIDENCE = 0.90  # of the smoothed estimate's interval
-TREND_RESAMPLES = 400    # bootstrap resamples of the pooled intervals
+TREND_RESAMPLES = 400  # bootstrap resamples of the pooled intervals
 
 RULES = ("linear", "sqrt")
-Phases = tuple[tuple[int, float], ...]   # (batch size, start fraction of the run's samples), by start
+Phases = tuple[tuple[int, float], ...]  # (batch size, start fraction of the run's samples), by start
 
 
 def parse_batch_schedule(text: str) -> Phases:
@@ -53,8 +64,9 @@ def parse_batch_schedule(text: str) -> Phases:
         try:
             phases.append((int(batch), float(start)))
         except ValueError:
-            raise UsageError(f"--batch-schedule takes batch:fraction pairs such as 256:0,1024:0.3, not {part!r}"
-                             ) from None
+            raise UsageError(
+                f"--batch-schedule takes batch:fraction pairs such as 256:0,1024:0.3, not {part!r}"
+            ) from None
     return check_batch_schedule(tuple(phases))
 
 
@@ -68,15 +80,19 @@ def check_batch_schedule(phases: Phases, n_train: int | None = None) -> Phases:
         if n_train is not None and batch > n_train:
             raise UsageError(f"--batch-schedule batch {batch} is larger than the {n_train} training samples")
     if phases[0][1] != 0:
-        raise UsageError(f"--batch-schedule must start at fraction 0 (the first phase starts the run), not "
-                         f"{phases[0][1]:g}: e.g. {phases[0][0]}:0")
+        raise UsageError(
+            f"--batch-schedule must start at fraction 0 (the first phase starts the run), not "
+            f"{phases[0][1]:g}: e.g. {phases[0][0]}:0"
+        )
     starts = [start for _, start in phases]
     if any(b <= a for a, b in zip(starts, starts[1:])):
         raise UsageError("--batch-schedule start fractions must rise from phase to phase, e.g. 256:0,1024:0.3")
     batches = [batch for batch, _ in phases]
     if any(b <= a for a, b in zip(batches, batches[1:])):
-        raise UsageError(f"--batch-schedule batches must grow from phase to phase, not {' then '.join(map(str, batches))}"
-                         f" (a batch that shrinks or stays is not a schedule: train at one --batch-size)")
+        raise UsageError(
+            f"--batch-schedule batches must grow from phase to phase, not {' then '.join(map(str, batches))}"
+            f" (a batch that shrinks or stays is not a schedule: train at one --batch-size)"
+        )
     return tuple((int(b), float(s)) for b, s in phases)
 
 
@@ -86,8 +102,9 @@ def phase_index(phases: Phases, samples_seen: int, total_samples: int) -> int:
     return max(i for i, (_, start) in enumerate(phases) if progress >= start)
 
 
-def lr_multiple(phases: Phases, samples_seen: int, total_samples: int, warmup_samples: int,
-                rule: str = "linear") -> float:
+def lr_multiple(
+    phases: Phases, samples_seen: int, total_samples: int, warmup_samples: int, rule: str = "linear"
+) -> float:
     """The phase's rate over the first phase's, ramped from the previous phase's over the warm-up."""
     index = phase_index(phases, samples_seen, total_samples)
     first = phases[0][0]
@@ -119,20 +136,27 @@ def check_adaptive(sizes: tuple[int, ...], batch: int, multiple: float, accumula
         check_int(size, "an adaptive batch size")
     check_number(multiple, "the adaptive noise multiple", low=0)
     if accumulate < 2:
-        raise UsageError("--batch-schedule adaptive estimates the noise scale from the micro-batches of each step: "
-                         "give --accumulate 2 or more")
+        raise UsageError(
+            "--batch-schedule adaptive estimates the noise scale from the micro-batches of each step: "
+            "give --accumulate 2 or more"
+        )
     if nproc != 1:
         raise UsageError("--batch-schedule adaptive runs in one process: drop --nproc")
     if batch not in sizes:
-        raise UsageError(f"--batch-size {batch} is not among the batches the adaptive run may use "
-                         f"({', '.join(map(str, sorted(sizes)))}): profile it, or start from one of them")
+        raise UsageError(
+            f"--batch-size {batch} is not among the batches the adaptive run may use "
+            f"({', '.join(map(str, sorted(sizes)))}): profile it, or start from one of them"
+        )
     if any(size % accumulate for size in sizes if size >= batch):
-        raise UsageError(f"every batch the adaptive run may grow into must divide by --accumulate {accumulate}; "
-                         f"not {', '.join(str(s) for s in sorted(sizes) if s >= batch and s % accumulate)}")
+        raise UsageError(
+            f"every batch the adaptive run may grow into must divide by --accumulate {accumulate}; "
+            f"not {', '.join(str(s) for s in sorted(sizes) if s >= batch and s % accumulate)}"
+        )
 
 
-def grown_batch(batch: int, sizes: tuple[int, ...], noise_scale: float | None, multiple: float,
-                n_train: int) -> int | None:
+def grown_batch(
+    batch: int, sizes: tuple[int, ...], noise_scale: float | None, multiple: float, n_train: int
+) -> int | None:
     """The batch to grow into once the live noise scale exceeds ``multiple`` times ``batch``: double it,
     if the doubled batch is one of ``sizes`` (measured and memory-safe) and fits the data; else None."""
     doubled = 2 * batch
@@ -153,7 +177,7 @@ class NoiseTrend:
     def __init__(self, seed: int = 0):
         self.g2: list[float] = []
         self.trace: list[float] = []
-        self.above = 0          # consecutive intervals whose lower end stood above the threshold
+        self.above = 0  # consecutive intervals whose lower end stood above the threshold
         self.rng = np.random.default_rng(seed)
 
     def add(self, g2: float | None, trace_sigma: float | None) -> None:
@@ -177,11 +201,15 @@ class NoiseTrend:
             draws = np.where(g2_draws > 0, np.maximum(trace_draws, 0) / g2_draws, np.inf)
         tail = (1 - TREND_CONFIDENCE) / 2
         low, high = np.quantile(draws, [tail, 1 - tail], method="inverted_cdf")
-        return (float(trace.mean() / g2.mean()), float(low) if low > 0 else None,
-                float(high) if math.isfinite(high) else None)
+        return (
+            float(trace.mean() / g2.mean()),
+            float(low) if low > 0 else None,
+            float(high) if math.isfinite(high) else None,
+        )
 
-    def grown(self, batch: int, sizes: tuple[int, ...], multiple: float, n_train: int,
-              estimate: tuple | None = None) -> int | None:
+    def grown(
+        self, batch: int, sizes: tuple[int, ...], multiple: float, n_train: int, estimate: tuple | None = None
+    ) -> int | None:
         """The batch to grow into now, or None: :func:`grown_batch` on the interval's lower end, once it has
         stood above ``multiple`` times the batch for PATIENCE intervals; the pool starts again after it.
         ``estimate``: this interval's :meth:`estimate`, when the caller has it already."""

@@ -240,10 +240,7 @@ def _why_no_cuda() -> str:
     if torch.version.cuda is None:
         cause = f"torch {torch.__version__} is built without CUDA"
     else:
-        cause = (
-            f"torch {torch.__version__} is built for CUDA {torch.version.cuda}, "
-            "but no GPU or driver was found"
-        )
+        cause = f"torch {torch.__version__} is built for CUDA {torch.version.cuda}, but no GPU or driver was found"
     return f"no CUDA device is available on this machine ({cause})"
 
 
@@ -383,8 +380,7 @@ def check_dtype(device: torch.device | str, dtype: str) -> None:
         if dtype == "bf16" and not _cuda_bf16_supported(device):
             name = device_info(device).name
             raise DeviceError(
-                f"--dtype bf16: {name} has no native bfloat16 (needs compute capability 8.0+); "
-                "use fp16 or fp32"
+                f"--dtype bf16: {name} has no native bfloat16 (needs compute capability 8.0+); use fp16 or fp32"
             )
         return
     if device.type == "mps" and dtype == "fp16":
@@ -439,10 +435,12 @@ def math_settings() -> dict:
     torch's float32 matmul precision ("highest": no TF32; "high": TF32 allowed; "medium": bf16 allowed). On an
     Ampere or newer GPU, TF32 makes float32 matmuls several times faster: a profile measured without it predicts a
     run trained with it poorly, and the other way round."""
-    return {"matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-            "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
-            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-            "float32_matmul_precision": str(torch.get_float32_matmul_precision())}
+    return {
+        "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "float32_matmul_precision": str(torch.get_float32_matmul_precision()),
+    }
 
 
 def use_math(workload, tf32: bool | None = None) -> dict:
@@ -477,5 +475,10 @@ def versions() -> dict:
     """What a measurement or run was made with: largestep, torch, CUDA, Python, host."""
     from ..about import __version__
 
-    return {"largestep": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
-            "python": platform.python_version(), "host": platform.node()}
+    return {
+        "largestep": __version__,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "host": platform.node(),
+    }

@@ -16,11 +16,19 @@ from typing import Any
 
 from ..errors import UsageError
 
-__all__ = ["DTYPE_NAMES", "MAX_NPROC", "check_dtype", "check_nproc", "device_kind", "lock_name", "lock_names",
-           "resolve_name"]
+__all__ = [
+    "DTYPE_NAMES",
+    "MAX_NPROC",
+    "check_dtype",
+    "check_nproc",
+    "device_kind",
+    "lock_name",
+    "lock_names",
+    "resolve_name",
+]
 
-DTYPE_NAMES = ("fp32", "bf16", "fp16")   # the mixed-precision names the tool accepts (fp32: no autocast)
-MAX_NPROC = 4096    # data-parallel ranks a config may ask for (a sanity bound, far above one machine's devices)
+DTYPE_NAMES = ("fp32", "bf16", "fp16")  # the mixed-precision names the tool accepts (fp32: no autocast)
+MAX_NPROC = 4096  # data-parallel ranks a config may ask for (a sanity bound, far above one machine's devices)
 # Device files a GPU that torch could use needs on Linux: NVIDIA's driver, AMD's ROCm, WSL 2's GPU bridge.
 _GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
 _CUDA = re.compile(r"cuda(?::(\d+))?")
@@ -46,7 +54,7 @@ def check_dtype(device: str, dtype: str) -> None:
 
 
 def device_kind(device: Any) -> str:
-    """"cpu", "cuda" or "mps": the kind of device a ``--device`` names."""
+    """ "cpu", "cuda" or "mps": the kind of device a ``--device`` names."""
     text = str(device or "auto")
     if text == "auto":
         return "cuda" if _cuda_available() else "cpu"
@@ -99,8 +107,11 @@ def _no_gpu_here() -> bool:
     """Whether this process can tell, without torch, that torch would find no GPU: Linux without a GPU's
     device file. Elsewhere (macOS has MPS), or once torch is imported anyway (and may be asked cheaply, or
     told otherwise by a test's fake device), torch decides."""
-    return ("torch" not in sys.modules and sys.platform.startswith("linux")
-            and not any(glob.glob(pattern) for pattern in _GPU_DEVICE_FILES))
+    return (
+        "torch" not in sys.modules
+        and sys.platform.startswith("linux")
+        and not any(glob.glob(pattern) for pattern in _GPU_DEVICE_FILES)
+    )
 
 
 def _cuda_available() -> bool:

@@ -17,8 +17,21 @@ import torch.distributed as dist
 
 from .devices_config import MAX_NPROC  # one bound, checked before torch is imported
 
-__all__ = ["MAX_NPROC", "RankOutOfMemory", "loopback_interface", "loopback_sockets", "is_distributed", "rank", "world_size", "mean_across_ranks", "sum_across_ranks",
-           "total_across_ranks", "broadcast_float", "agree", "barrier"]
+__all__ = [
+    "MAX_NPROC",
+    "RankOutOfMemory",
+    "loopback_interface",
+    "loopback_sockets",
+    "is_distributed",
+    "rank",
+    "world_size",
+    "mean_across_ranks",
+    "sum_across_ranks",
+    "total_across_ranks",
+    "broadcast_float",
+    "agree",
+    "barrier",
+]
 
 
 class RankOutOfMemory(Exception):
@@ -96,8 +109,9 @@ def broadcast_float(value: float | None) -> float:
     """Rank 0's number on every rank (NaN stands for None)."""
     if not is_distributed():
         return float("nan") if value is None else float(value)
-    t = torch.tensor([float("nan") if value is None else float(value)], dtype=torch.float64,
-                     device=_collective_device())
+    t = torch.tensor(
+        [float("nan") if value is None else float(value)], dtype=torch.float64, device=_collective_device()
+    )
     dist.broadcast(t, src=0)
     return float(t.item())
 

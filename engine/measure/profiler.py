@@ -98,34 +98,33 @@ __all__ = [
 OK, OOM, OVER_BUDGET, ERROR = "ok", "oom", "over_budget", "error"
 
 
-BLOCK_SECONDS = 0.05       # GPU: steps are timed in blocks of about this long between two syncs ...
-MAX_BLOCK_STEPS = 64       # ... of at most this many steps
-SIZING_STEPS = 3           # GPU: untimed steps, each between two syncs, whose fastest sizes the blocks (unless
-                           # the warm-up ended on two steps that agreed: those size them)
-MAX_SCALER_BACKOFFS = 32   # fp16: extra warm-up steps while the loss scaler still skips updates, at most
-QUIET_PATIENCE = 2         # interleaved, a size is visited up to this many times its rounds while other processes
-                           # contend for the cores it needs, so that its timed steps come from uncontended visits
-CONTENTION_SLACK_CORES = curve.CONTENTION_SLACK_CORES   # beyond the spare cores, before a visit counts as contended
-MAX_REASONS = 2            # an inconsistent profile's flag names this many of its physics problems, then counts the rest
-REVISIT_WARMUP_STEPS = 1   # untimed steps when a visit returns to a batch size the shared model already ran (an
-                           # accelerator: its kernels' queue and caches; on the CPU none: the median of a size's
-                           # steps leaves out one slower first step)
-
+BLOCK_SECONDS = 0.05  # GPU: steps are timed in blocks of about this long between two syncs ...
+MAX_BLOCK_STEPS = 64  # ... of at most this many steps
+SIZING_STEPS = 3  # GPU: untimed steps, each between two syncs, whose fastest sizes the blocks (unless
+# the warm-up ended on two steps that agreed: those size them)
+MAX_SCALER_BACKOFFS = 32  # fp16: extra warm-up steps while the loss scaler still skips updates, at most
+QUIET_PATIENCE = 2  # interleaved, a size is visited up to this many times its rounds while other processes
+# contend for the cores it needs, so that its timed steps come from uncontended visits
+CONTENTION_SLACK_CORES = curve.CONTENTION_SLACK_CORES  # beyond the spare cores, before a visit counts as contended
+MAX_REASONS = 2  # an inconsistent profile's flag names this many of its physics problems, then counts the rest
+REVISIT_WARMUP_STEPS = 1  # untimed steps when a visit returns to a batch size the shared model already ran (an
+# accelerator: its kernels' queue and caches; on the CPU none: the median of a size's
+# steps leaves out one slower first step)
 
 
 @dataclass(frozen=True)
 class ProfilePoint:
     batch_size: int
-    status: str                          # ok | oom | over_budget | error
+    status: str  # ok | oom | over_budget | error
     step_times_s: tuple[float, ...] = ()  # raw, one per timed block of steps (Dataset workloads: loader included)
     median_s: float | None = None
-    estimate_s: float | None = None      # the step time: the config's estimator of the raw times (see largestep.curve)
+    estimate_s: float | None = None  # the step time: the config's estimator of the raw times (see largestep.curve)
     p25_s: float | None = None
     p75_s: float | None = None
-    noisy: bool = False                  # IQR/median above the config's threshold
-    samples_per_s: float | None = None   # batch_size / estimate_s
+    noisy: bool = False  # IQR/median above the config's threshold
+    samples_per_s: float | None = None  # batch_size / estimate_s
     peak_memory_bytes: int | None = None
-    memory_is_estimate: bool = False     # CPU: parameters + grads + optimizer state + saved activations
+    memory_is_estimate: bool = False  # CPU: parameters + grads + optimizer state + saved activations
     predicted_memory_bytes: int | None = None  # from the fit, for points refused before running
     flops_per_step: float | None = None
     flops_per_s: float | None = None
@@ -135,18 +134,18 @@ class ProfilePoint:
     ended_at: float | None = None
     error: str | None = None
     compute_median_s: float | None = None  # Dataset workloads: the step on batches already on the device
-    input_bound: bool = False            # the loader, not the compute, limits throughput at this batch
-    compile_s: float | None = None       # --compile: the first step, which compiles for this batch shape
-    visits: int = 1                      # interleaved visits whose timed steps make up step_times_s
-    remeasured: int = 0                  # times the physics check sent this point back to be measured again
-    inconsistent: bool = False           # still not physics after every re-measure (see physics_problems)
-    timed_s: float | None = None         # seconds inside the timed steps (with blocks of several steps, more than
-                                         # the sum of step_times_s, which holds one time a step per block)
-    others_busy_cores: float | None = None   # CPU cores other processes kept busy while the steps kept were timed
-    loaded_visits: int = 0               # visits set aside: other processes contended for the cores this size needs
-    under_load: bool = False             # too few uncontended visits: the steps kept include contended ones
-    warmup_steps: int | None = None      # untimed steps the size's first visit took before its clock started (the
-                                         # first, instrumented step included): fewer than --warmup-steps once steady
+    input_bound: bool = False  # the loader, not the compute, limits throughput at this batch
+    compile_s: float | None = None  # --compile: the first step, which compiles for this batch shape
+    visits: int = 1  # interleaved visits whose timed steps make up step_times_s
+    remeasured: int = 0  # times the physics check sent this point back to be measured again
+    inconsistent: bool = False  # still not physics after every re-measure (see physics_problems)
+    timed_s: float | None = None  # seconds inside the timed steps (with blocks of several steps, more than
+    # the sum of step_times_s, which holds one time a step per block)
+    others_busy_cores: float | None = None  # CPU cores other processes kept busy while the steps kept were timed
+    loaded_visits: int = 0  # visits set aside: other processes contended for the cores this size needs
+    under_load: bool = False  # too few uncontended visits: the steps kept include contended ones
+    warmup_steps: int | None = None  # untimed steps the size's first visit took before its clock started (the
+    # first, instrumented step included): fewer than --warmup-steps once steady
 
     @property
     def n(self) -> int:
@@ -186,14 +185,14 @@ class ProfileResult:
     device: dict
     config: ProfileConfig
     points: tuple[ProfilePoint, ...]
-    stop_reason: str                     # max | list | dataset | oom | over_budget | plateau | error
+    stop_reason: str  # max | list | dataset | oom | over_budget | plateau | error
     saturation_batch: int | None
     memory_fit: MemoryFit | None
     started_at: float
     ended_at: float
     n_train: int = 0
     extra: dict = field(default_factory=dict)
-    inconsistency: str | None = None     # why the step times cannot be physics after re-measuring; None: they can
+    inconsistency: str | None = None  # why the step times cannot be physics after re-measuring; None: they can
 
 
 # -- planning ----------------------------------------------------------------------------------
@@ -209,13 +208,20 @@ class Trainee:
     cost more than the visit measures, and a GPU cannot hold one copy a batch size)."""
 
     model: torch.nn.Module
-    forward: torch.nn.Module              # the model, or its DDP / compiled wrapper
+    forward: torch.nn.Module  # the model, or its DDP / compiled wrapper
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
 
     @classmethod
-    def build(cls, workload: Workload, device: torch.device, dtype: str = "fp32", seed: int = 0,
-              data_parallel: bool = False, compile: bool = False) -> "Trainee":
+    def build(
+        cls,
+        workload: Workload,
+        device: torch.device,
+        dtype: str = "fp32",
+        seed: int = 0,
+        data_parallel: bool = False,
+        compile: bool = False,
+    ) -> "Trainee":
         torch.manual_seed(seed)
         model = workload.model().to(device)
         model.train()
@@ -241,7 +247,7 @@ class FlopCounts:
     to the batch (a term that stays fixed, or grows faster than the batch, would make them differ), and
     a larger size then takes its FLOPs scaled from them instead of counted."""
 
-    counted: dict[int, float] = field(default_factory=dict)   # {batch size: FLOPs of one step}
+    counted: dict[int, float] = field(default_factory=dict)  # {batch size: FLOPs of one step}
 
     def scaled(self, batch_size: int) -> float | None:
         """The FLOPs of a step at ``batch_size``, when two sizes or more were counted and every one gave the
@@ -249,7 +255,7 @@ class FlopCounts:
         if len(self.counted) < 2:
             return None
         (first_batch, first), *others = self.counted.items()
-        if any(int(flops) * first_batch != int(first) * batch for batch, flops in others):   # exact, in integers
+        if any(int(flops) * first_batch != int(first) * batch for batch, flops in others):  # exact, in integers
             return None
         return first * batch_size / first_batch
 
@@ -258,10 +264,10 @@ class FlopCounts:
 class FirstVisit:
     """What the first visit to a batch size found, which a later visit stepping the same model reuses."""
 
-    flops: float | None            # of one step (counted or scaled, see FlopCounts)
-    activation_bytes: int          # saved for backward by one step
-    block_steps: int               # steps a timed block holds
-    warmup_steps: int              # untimed steps before its clock started (see ProfilePoint.warmup_steps)
+    flops: float | None  # of one step (counted or scaled, see FlopCounts)
+    activation_bytes: int  # saved for backward by one step
+    block_steps: int  # steps a timed block holds
+    warmup_steps: int  # untimed steps before its clock started (see ProfilePoint.warmup_steps)
 
 
 class StepRunner:
@@ -275,20 +281,33 @@ class StepRunner:
     :meth:`timed_loader_and_compute_steps` also times steps on batches already on the device.
     """
 
-    def __init__(self, workload: Workload, device: torch.device, batch_size: int,
-                 dtype: str = "fp32", seed: int = 0, data: tuple[torch.Tensor, ...] | None = None,
-                 data_parallel: bool = False, compile: bool = False, trainee: Trainee | None = None):
+    def __init__(
+        self,
+        workload: Workload,
+        device: torch.device,
+        batch_size: int,
+        dtype: str = "fp32",
+        seed: int = 0,
+        data: tuple[torch.Tensor, ...] | None = None,
+        data_parallel: bool = False,
+        compile: bool = False,
+        trainee: Trainee | None = None,
+    ):
         self.workload = workload
         self.device = device
-        self.batch_size = batch_size    # the global batch; with data_parallel each rank steps on its shard
+        self.batch_size = batch_size  # the global batch; with data_parallel each rank steps on its shard
         self.world = ddp_util.world_size() if data_parallel else 1
         self.rank = ddp_util.rank() if data_parallel else 0
         self.dtype = dtype
         # a fresh model and optimizer, unless one is shared with other visits (see Trainee)
-        self.owns_model = trainee is None   # a shared model outlives this runner (and its visit)
+        self.owns_model = trainee is None  # a shared model outlives this runner (and its visit)
         trainee = trainee or Trainee.build(workload, device, dtype, seed, data_parallel, compile)
-        self.model, self.forward, self.optimizer, self.scaler = (trainee.model, trainee.forward, trainee.optimizer,
-                                                                 trainee.scaler)
+        self.model, self.forward, self.optimizer, self.scaler = (
+            trainee.model,
+            trainee.forward,
+            trainee.optimizer,
+            trainee.scaler,
+        )
         self.n = workload.n_train
         self.cursor = 0
         self.last_batch: batches.Batch | None = None
@@ -299,10 +318,9 @@ class StepRunner:
             self.loaded = iter(self.loader)
         else:
             self.data = data if data is not None else shuffled_on_device(workload, device, seed)
-            self.streamed = None   # data left on the host: training's own batches, each gathered and pinned
+            self.streamed = None  # data left on the host: training's own batches, each gathered and pinned
             if not devices.fits_on_device(self.data, device):
-                self.streamed = TensorBatches(self.data, device, batch_size // self.world, seed, self.rank,
-                                              self.world)
+                self.streamed = TensorBatches(self.data, device, batch_size // self.world, seed, self.rank, self.world)
                 self.epoch = 0
                 self.stream = self.streamed.epoch(self.epoch)
 
@@ -317,7 +335,7 @@ class StepRunner:
         self.cursor = hi
         shard = self.batch_size // self.world  # this rank's disjoint share of the global batch
         lo, hi = lo + self.rank * shard, lo + (self.rank + 1) * shard
-        return tuple(t[lo:hi] for t in self.data)   # on the device already
+        return tuple(t[lo:hi] for t in self.data)  # on the device already
 
     def _next_streamed(self) -> batches.Batch:
         """Data left on the host, as training steps on it: the next batch of a fresh shuffle each epoch, gathered,
@@ -351,24 +369,33 @@ class StepRunner:
         clip = self.workload.max_grad_norm
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
-            if clip is not None:   # as training clips: the true gradients, not the loss-scaled ones
+            if clip is not None:  # as training clips: the true gradients, not the loss-scaled ones
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             loss.backward()
-            if clip is not None:   # a training step's cost includes its clipping
+            if clip is not None:  # a training step's cost includes its clipping
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.optimizer.step()
         return loss.detach()
 
-    def timed_steps(self, min_steps: int, min_seconds: float, max_steps: int, block_steps: int = 1,
-                    timed: list[float] | None = None) -> list[float]:
+    def timed_steps(
+        self, min_steps: int, min_seconds: float, max_steps: int, block_steps: int = 1, timed: list[float] | None = None
+    ) -> list[float]:
         """Raw step times, one per block of ``block_steps`` steps (see :func:`time_in_blocks`);
         ``min_steps`` and ``max_steps`` count blocks; ``timed``: blocks timed already (steady warm-up steps)."""
-        return time_in_blocks(self.step, self.device, min_steps, min_seconds, max_steps, block_steps,
-                              data_parallel=self.world > 1, timed=timed)
+        return time_in_blocks(
+            self.step,
+            self.device,
+            min_steps,
+            min_seconds,
+            max_steps,
+            block_steps,
+            data_parallel=self.world > 1,
+            timed=timed,
+        )
 
     @property
     def warmup_is_timed(self) -> bool:
@@ -377,11 +404,11 @@ class StepRunner:
         warm-up's steps the steady-state rule shows settled are timed steps already (see :meth:`warm_up`).
         Not on an accelerator (its blocks queue many steps), with a loader (blocks of consecutive steps),
         data-parallel (a barrier starts each block) or with fp16 loss scaling (a skipped update is cheaper)."""
-        return (self.device.type == "cpu" and self.data is not None and self.world == 1
-                and self.scaler is None)
+        return self.device.type == "cpu" and self.data is not None and self.world == 1 and self.scaler is None
 
-    def warm_up(self, steps: int, first_step_s: float | None = None,
-                block_steps: int | None = None) -> tuple[int, int, list[float]]:
+    def warm_up(
+        self, steps: int, first_step_s: float | None = None, block_steps: int | None = None
+    ) -> tuple[int, int, list[float]]:
         """Untimed steps until the steady state, at most ``steps``; returns (the steps of a timed block (see
         timed_steps), the warm-up steps taken, the times of those already steady when :attr:`warmup_is_timed`,
         which count as the size's first timed steps). ``first_step_s``: the seconds of the size's first step,
@@ -410,7 +437,7 @@ class StepRunner:
             times.append(self._one_synchronised_step())
             taken += 1
             skipped = self.scaler is not None and self.scaler.get_scale() < scale  # an overflow halves it
-        steady = times[-min(2, taken):] if taken and self.warmup_is_timed and self._settled(times) else []
+        steady = times[-min(2, taken) :] if taken and self.warmup_is_timed and self._settled(times) else []
         if block_steps is not None:
             return block_steps, taken, steady
         if self.device.type == "cpu" and self.data is not None:
@@ -421,7 +448,7 @@ class StepRunner:
         # Sized from the two warm-up steps that agreed, else from a few more steps; the fastest: least noise
         sizing = times[-2:] if self._settled(times) else [self._one_synchronised_step() for _ in range(SIZING_STEPS)]
         block = block_steps_for(min(sizing), epoch_steps=len(self.order) if self.data is None else None)
-        return (int(ddp_util.agree(block)) if self.world > 1 else block), taken, steady   # rank 0's blocks
+        return (int(ddp_util.agree(block)) if self.world > 1 else block), taken, steady  # rank 0's blocks
 
     def _settled(self, step_times: list[float]) -> bool:
         """Whether the last of ``step_times`` was not faster than the one before it by more than WARMUP_AGREEMENT
@@ -431,9 +458,15 @@ class StepRunner:
         settled = step_times[-1] >= (1 - WARMUP_AGREEMENT) * step_times[-2]
         return bool(ddp_util.agree(settled)) if self.world > 1 else settled
 
-    def timed_loader_and_compute_steps(self, min_blocks: int, min_seconds: float, max_blocks: int,
-                                       block_steps: int = 1, seed: int = 0, held: int = 4,
-                                       ) -> tuple[list[float], list[float]]:
+    def timed_loader_and_compute_steps(
+        self,
+        min_blocks: int,
+        min_seconds: float,
+        max_blocks: int,
+        block_steps: int = 1,
+        seed: int = 0,
+        held: int = 4,
+    ) -> tuple[list[float], list[float]]:
         """Raw step times, one per block of ``block_steps`` consecutive steps (see :func:`time_in_blocks`),
         with the loader (each step reads, collates and copies the next batch through the one iterator, which
         starts a new epoch where the user's loop would) and without it (the same steps on ``held`` batches
@@ -443,8 +476,8 @@ class StepRunner:
         blocks (see :func:`_collections_spread`). Single process only."""
         held_batches = itertools.cycle([self._next_loaded() for _ in range(held)])
         kinds = (self.step, lambda: self.step(next(held_batches)))
-        elapsed: tuple[list[float], list[float]] = ([], [])   # each kind's blocks: seconds ...
-        paused: tuple[list[float], list[float]] = ([], [])    # ... and the garbage collector's share of them
+        elapsed: tuple[list[float], list[float]] = ([], [])  # each kind's blocks: seconds ...
+        paused: tuple[list[float], list[float]] = ([], [])  # ... and the garbage collector's share of them
         order = np.random.default_rng(seed)
         total = 0.0
         with _CollectorPauses() as collector:
@@ -489,7 +522,7 @@ class StepRunner:
                 counter = FlopCounterMode(display=False)
                 with counter:
                     self.step()
-                flops = float(counter.get_total_flops()) * self.world   # the global batch's
+                flops = float(counter.get_total_flops()) * self.world  # the global batch's
             else:
                 seconds = self._one_synchronised_step()
         return flops, sum(saved.values()), seconds
@@ -527,9 +560,16 @@ class StepRunner:
         devices.free_memory(self.device, collect=self.owns_model)
 
 
-def time_in_blocks(step: Callable[[], object], device: torch.device, min_blocks: int, min_seconds: float,
-                   max_blocks: int, block_steps: int = 1, data_parallel: bool = False,
-                   timed: list[float] | None = None) -> list[float]:
+def time_in_blocks(
+    step: Callable[[], object],
+    device: torch.device,
+    min_blocks: int,
+    min_seconds: float,
+    max_blocks: int,
+    block_steps: int = 1,
+    data_parallel: bool = False,
+    timed: list[float] | None = None,
+) -> list[float]:
     """Time ``step`` as the profiler does: blocks of ``block_steps`` calls between two synchronisations
     of the device, one time per call per block, until ``min_blocks`` blocks and ``min_seconds``
     seconds (at most ``max_blocks``), ``timed`` (blocks already timed) included. Inside a block the host
@@ -548,8 +588,9 @@ def time_in_blocks(step: Callable[[], object], device: torch.device, min_blocks:
     return times
 
 
-def _timed_block(step: Callable[[], object], device: torch.device, block_steps: int,
-                 data_parallel: bool = False) -> float:
+def _timed_block(
+    step: Callable[[], object], device: torch.device, block_steps: int, data_parallel: bool = False
+) -> float:
     """Seconds of ``block_steps`` calls of ``step`` between two synchronisations of the device."""
     devices.synchronize(device)  # sync: the previous block's kernels are done
     if data_parallel:
@@ -621,14 +662,19 @@ def shuffled_on_device(workload: Workload, device: torch.device, seed: int) -> t
     return tuple(t[order].to(device) for t in workload.train)
 
 
-def measure_point(workload: Workload, device: torch.device, batch_size: int, config: ProfileConfig,
-                  data: tuple[torch.Tensor, ...] | None = None,
-                  telemetry_tag: Callable[[int | None], None] = lambda _b: None,
-                  power_between: Callable[[float, float], float | None] = lambda _a, _b: None,
-                  trainee: Trainee | None = None, first_visits: dict[int, FirstVisit] | None = None,
-                  others_busy_cores: Callable[[], float | None] = lambda: None,
-                  flop_counts: FlopCounts | None = None,
-                  ) -> ProfilePoint:
+def measure_point(
+    workload: Workload,
+    device: torch.device,
+    batch_size: int,
+    config: ProfileConfig,
+    data: tuple[torch.Tensor, ...] | None = None,
+    telemetry_tag: Callable[[int | None], None] = lambda _b: None,
+    power_between: Callable[[float, float], float | None] = lambda _a, _b: None,
+    trainee: Trainee | None = None,
+    first_visits: dict[int, FirstVisit] | None = None,
+    others_busy_cores: Callable[[], float | None] = lambda: None,
+    flop_counts: FlopCounts | None = None,
+) -> ProfilePoint:
     """Measure one batch size; out-of-memory and other errors become a point's status.
 
     ``trainee``: the model and optimizer to step (shared by the visits of an interleaved sweep);
@@ -642,8 +688,17 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
     runner = None
     try:
         devices.reset_peak_memory(device)
-        runner = StepRunner(workload, device, batch_size, config.dtype, config.seed, data,
-                            data_parallel=config.nproc > 1, compile=config.compile, trainee=trainee)
+        runner = StepRunner(
+            workload,
+            device,
+            batch_size,
+            config.dtype,
+            config.seed,
+            data,
+            data_parallel=config.nproc > 1,
+            compile=config.compile,
+            trainee=trainee,
+        )
         compile_s = clock_start = None
         if config.compile:  # compiles for this batch shape: timed apart, before any other step
             devices.synchronize(device)
@@ -651,11 +706,12 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
             runner.step()
             devices.synchronize(device)
             compile_s = time.perf_counter() - compile_start
-        if first_visits is not None and batch_size in first_visits:   # back to a size the shared model already ran
+        if first_visits is not None and batch_size in first_visits:  # back to a size the shared model already ran
             first = first_visits[batch_size]
             flops, activation_bytes, warmup_steps = first.flops, first.activation_bytes, first.warmup_steps
-            block_steps, _, steady = runner.warm_up(min(config.warmup_steps, revisit_warmup_steps(device)),
-                                                    block_steps=first.block_steps)
+            block_steps, _, steady = runner.warm_up(
+                min(config.warmup_steps, revisit_warmup_steps(device)), block_steps=first.block_steps
+            )
         else:
             # the size's first step, the first of its warm-up (untimed: no clock runs yet while the
             # instruments slow it): its saved activations, and its FLOPs unless the counts so far scale
@@ -675,14 +731,16 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
                 first_visits[batch_size] = FirstVisit(flops, activation_bytes, block_steps, warmup_steps)
         if clock_start is None:
             clock_start = _start_clock(device, batch_size, telemetry_tag)
-        compute: list[float] = []   # Dataset workloads: the same blocks of steps without the loader
+        compute: list[float] = []  # Dataset workloads: the same blocks of steps without the loader
         if workload.uses_dataset and config.nproc == 1:
-            times, compute = runner.timed_loader_and_compute_steps(config.min_steps, config.min_seconds,
-                                                                   config.max_steps, block_steps, config.seed)
+            times, compute = runner.timed_loader_and_compute_steps(
+                config.min_steps, config.min_seconds, config.max_steps, block_steps, config.seed
+            )
         else:
-            times = runner.timed_steps(config.min_steps, config.min_seconds, config.max_steps, block_steps,
-                                       timed=steady)
-        timed_s = float(sum(times) + sum(compute)) * block_steps   # a block's time is its time a step x its steps
+            times = runner.timed_steps(
+                config.min_steps, config.min_seconds, config.max_steps, block_steps, timed=steady
+            )
+        timed_s = float(sum(times) + sum(compute)) * block_steps  # a block's time is its time a step x its steps
         clock_end = time.time()
         telemetry_tag(None)
         # stop the clock: everything below is measured outside the timed steps
@@ -692,14 +750,27 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
             peak = runner.state_bytes() + activation_bytes + runner.batch_bytes()
         # every rank's GPU draws power for the global batch: the whole group's, over the global batch
         power = ddp_util.total_across_ranks(power_between(clock_start, clock_end))
-        return _with_statistics(ProfilePoint(
-            batch_size=batch_size, status=OK, peak_memory_bytes=int(peak), memory_is_estimate=estimate,
-            flops_per_step=flops or None, mean_power_w=power, started_at=started, ended_at=time.time(),
-            compute_median_s=float(np.median(compute)) if compute else None, compile_s=compile_s,
-            timed_s=timed_s, others_busy_cores=others_busy_cores(), warmup_steps=warmup_steps,
-        ), times, config)
+        return _with_statistics(
+            ProfilePoint(
+                batch_size=batch_size,
+                status=OK,
+                peak_memory_bytes=int(peak),
+                memory_is_estimate=estimate,
+                flops_per_step=flops or None,
+                mean_power_w=power,
+                started_at=started,
+                ended_at=time.time(),
+                compute_median_s=float(np.median(compute)) if compute else None,
+                compile_s=compile_s,
+                timed_s=timed_s,
+                others_busy_cores=others_busy_cores(),
+                warmup_steps=warmup_steps,
+            ),
+            times,
+            config,
+        )
     except Cancelled:
-        raise                 # the job was asked to stop: not a point of the profile
+        raise  # the job was asked to stop: not a point of the profile
     except Exception as exc:  # narrow below: OOM is a ceiling, anything else an error point
         telemetry_tag(None)
         status = OOM if devices.is_out_of_memory(exc) else ERROR
@@ -711,8 +782,9 @@ def measure_point(workload: Workload, device: torch.device, batch_size: int, con
             if status == OOM:
                 raise ddp_util.RankOutOfMemory(batch_size, f"rank {ddp_util.rank()}: {message}") from None
             raise
-        return ProfilePoint(batch_size=batch_size, status=status, error=message,
-                            started_at=started, ended_at=time.time())
+        return ProfilePoint(
+            batch_size=batch_size, status=status, error=message, started_at=started, ended_at=time.time()
+        )
     finally:
         if runner is not None:
             runner.close()
@@ -728,7 +800,9 @@ def _start_clock(device: torch.device, batch_size: int, telemetry_tag: Callable[
     return time.time()
 
 
-def _with_statistics(point: ProfilePoint, times: list[float] | tuple[float, ...], config: ProfileConfig) -> ProfilePoint:
+def _with_statistics(
+    point: ProfilePoint, times: list[float] | tuple[float, ...], config: ProfileConfig
+) -> ProfilePoint:
     """``point`` with its raw step times and everything derived from them: the step time (the config's
     estimator) and what follows from it, the median and quartiles beside it."""
     times = [float(t) for t in times]
@@ -736,7 +810,12 @@ def _with_statistics(point: ProfilePoint, times: list[float] | tuple[float, ...]
     step = curve.estimate(times, config.estimator)
     flops, power, compute = point.flops_per_step, point.mean_power_w, point.compute_median_s
     return replace(
-        point, step_times_s=tuple(times), median_s=median, p25_s=p25, p75_s=p75, estimate_s=step,
+        point,
+        step_times_s=tuple(times),
+        median_s=median,
+        p25_s=p25,
+        p75_s=p75,
+        estimate_s=step,
         noisy=median > 0 and (p75 - p25) / median > config.noisy_iqr_ratio,
         samples_per_s=point.batch_size / step if step > 0 else None,
         flops_per_s=(flops / step) if flops and step > 0 else None,
@@ -746,8 +825,9 @@ def _with_statistics(point: ProfilePoint, times: list[float] | tuple[float, ...]
     )
 
 
-def _merge_visits(visits: list[ProfilePoint], config: ProfileConfig, loaded_visits: int = 0,
-                  under_load: bool = False) -> ProfilePoint:
+def _merge_visits(
+    visits: list[ProfilePoint], config: ProfileConfig, loaded_visits: int = 0, under_load: bool = False
+) -> ProfilePoint:
     """One point from the visits to a batch size: their timed steps together, the largest peak.
     ``loaded_visits``: the size's visits set aside (not in ``visits``); ``under_load``: some of
     ``visits`` were contended (too few were not)."""
@@ -756,13 +836,20 @@ def _merge_visits(visits: list[ProfilePoint], config: ProfileConfig, loaded_visi
     loads = [(v.others_busy_cores, t) for v, t in zip(visits, timed) if v.others_busy_cores is not None]
     computes = [v.compute_median_s for v in visits if v.compute_median_s is not None]
     merged = replace(
-        visits[0], visits=len(visits), peak_memory_bytes=max(v.peak_memory_bytes or 0 for v in visits),
+        visits[0],
+        visits=len(visits),
+        peak_memory_bytes=max(v.peak_memory_bytes or 0 for v in visits),
         # the power and the load over the timed steps: each visit's mean, weighted by its timed seconds
-        mean_power_w=_time_weighted(powered), others_busy_cores=_time_weighted(loads),
-        loaded_visits=loaded_visits, under_load=under_load,
+        mean_power_w=_time_weighted(powered),
+        others_busy_cores=_time_weighted(loads),
+        loaded_visits=loaded_visits,
+        under_load=under_load,
         # a visit reports its compute-only median; the median of those is the point's
         compute_median_s=float(np.median(computes)) if computes else None,
-        started_at=min(v.started_at for v in visits), ended_at=max(v.ended_at for v in visits), timed_s=sum(timed))
+        started_at=min(v.started_at for v in visits),
+        ended_at=max(v.ended_at for v in visits),
+        timed_s=sum(timed),
+    )
     return _with_statistics(merged, [t for v in visits for t in v.step_times_s], config)
 
 
@@ -778,16 +865,20 @@ def _timed_seconds(point: ProfilePoint) -> float:
 
 def _needs_more(visits: list[ProfilePoint], config: ProfileConfig) -> bool:
     """Not yet ``min_steps`` steps and ``min_seconds`` seconds (within ``max_steps``)."""
-    steps = sum(v.n for v in visits)   # timed blocks: on a GPU (or a Dataset's loader) several steps each, else one
-    return steps < config.min_steps or (sum(_timed_seconds(v) for v in visits) < config.min_seconds
-                                        and steps < config.max_steps)
+    steps = sum(v.n for v in visits)  # timed blocks: on a GPU (or a Dataset's loader) several steps each, else one
+    return steps < config.min_steps or (
+        sum(_timed_seconds(v) for v in visits) < config.min_seconds and steps < config.max_steps
+    )
 
 
 # -- judgement over points ---------------------------------------------------------------------
 
 
-def saturation_batch(points: list[ProfilePoint] | tuple[ProfilePoint, ...], share: float = 0.9,
-                     noisy_threshold: float = curve.NOISY_IQR_RATIO) -> int | None:
+def saturation_batch(
+    points: list[ProfilePoint] | tuple[ProfilePoint, ...],
+    share: float = 0.9,
+    noisy_threshold: float = curve.NOISY_IQR_RATIO,
+) -> int | None:
     """The smallest batch reaching ``share`` of the best measured throughput, never a noisy point
     (see :func:`largestep.curve.saturation_batch`)."""
     return curve.saturation_batch(points, share, noisy_threshold)
@@ -801,8 +892,9 @@ def fit_memory(points: list[ProfilePoint] | tuple[ProfilePoint, ...]) -> MemoryF
     return MemoryFit(float(intercept), float(slope))
 
 
-def physics_problems(points: list[ProfilePoint] | tuple[ProfilePoint, ...],
-                     noisy_threshold: float = curve.NOISY_IQR_RATIO) -> list[tuple[int, str]]:
+def physics_problems(
+    points: list[ProfilePoint] | tuple[ProfilePoint, ...], noisy_threshold: float = curve.NOISY_IQR_RATIO
+) -> list[tuple[int, str]]:
     """(batch size, why) of each point whose step time cannot be the hardware's: see
     :func:`largestep.curve.physics_problems`."""
     return curve.physics_problems(points, noisy_threshold)
@@ -812,7 +904,7 @@ def _plateaued(points: list[ProfilePoint], gain: float, doublings: int) -> bool:
     ok = [p for p in points if p.status == OK and p.samples_per_s]
     if len(ok) < doublings + 1:
         return False
-    recent = ok[-(doublings + 1):]
+    recent = ok[-(doublings + 1) :]
     return all(b.samples_per_s < a.samples_per_s * (1 + gain) for a, b in zip(recent, recent[1:]))
 
 
@@ -827,11 +919,14 @@ class _Visits:
     expected: int = 0
 
 
-def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
-          telemetry_tag: Callable[[int | None], None] = lambda _b: None,
-          power_between: Callable[[float, float], float | None] = lambda _a, _b: None,
-          others_busy_cores: Callable[[], float | None] = lambda: None,
-          ) -> Iterator[tuple[ProfilePoint, int, int]]:
+def sweep(
+    workload: Workload,
+    device: torch.device,
+    config: ProfileConfig,
+    telemetry_tag: Callable[[int | None], None] = lambda _b: None,
+    power_between: Callable[[float, float], float | None] = lambda _a, _b: None,
+    others_busy_cores: Callable[[], float | None] = lambda: None,
+) -> Iterator[tuple[ProfilePoint, int, int]]:
     """Yield (point, visits done, visits expected) as each batch size is measured, and again as its
     rounds, a re-measure or the physics check complete it (a later point of a batch size replaces the
     earlier); ``StopIteration.value`` is (the stop reason, the inconsistency or None). Callers that
@@ -841,7 +936,7 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
     planned = plan_batch_sizes(config, workload)
     data = shuffled_on_device(workload, device, config.seed)
     interleaved = _interleaves(config, workload)
-    visits = _Visits(expected=len(planned) * (config.rounds if interleaved else 1))   # until the range is known
+    visits = _Visits(expected=len(planned) * (config.rounds if interleaved else 1))  # until the range is known
 
     # interleaved, every visit steps one model and counts each size's FLOPs once: what a visit costs
     # beyond its timed steps is a step or two of warm-up, not a model built, warmed and counted again
@@ -852,9 +947,19 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
     spare = spare_cores(device, config)
 
     def measure(batch_size: int, visit: ProfileConfig) -> ProfilePoint:
-        point = measure_point(workload, device, batch_size, visit, data, telemetry_tag, power_between,
-                              trainee=trainee, first_visits=first_visits, others_busy_cores=others_busy_cores,
-                              flop_counts=flop_counts)
+        point = measure_point(
+            workload,
+            device,
+            batch_size,
+            visit,
+            data,
+            telemetry_tag,
+            power_between,
+            trainee=trainee,
+            first_visits=first_visits,
+            others_busy_cores=others_busy_cores,
+            flop_counts=flop_counts,
+        )
         budget = config.memory_budget_bytes
         if point.status == OK and budget is not None and point.peak_memory_bytes > budget:
             point = replace(point, status=OVER_BUDGET, error="measured peak memory exceeds the budget")
@@ -876,7 +981,9 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
             points = [measured.get(p.batch_size, p) for p in points]
             # the physics check: what cannot be the hardware is measured again, in rounds of its own
             for attempt in range(1, config.remeasure + 1):
-                suspects = ddp_util.agree([b for b, _ in physics_problems(points, config.noisy_iqr_ratio)])   # rank 0's times decide
+                suspects = ddp_util.agree(
+                    [b for b, _ in physics_problems(points, config.noisy_iqr_ratio)]
+                )  # rank 0's times decide
                 if not suspects:
                     break
                 visits.expected += config.rounds * len(suspects)
@@ -889,7 +996,7 @@ def sweep(workload: Workload, device: torch.device, config: ProfileConfig,
                 yield replace(point, inconsistent=True), visits.done, visits.expected
         return reason, inconsistency
     finally:
-        data = trainee = None   # drop the device copy of the data and the model (measure holds them too)
+        data = trainee = None  # drop the device copy of the data and the model (measure holds them too)
         # An accelerator's cache is returned once the model's cycles are collected. On the CPU a collection
         # frees nothing the next measurement needs and costs a job 0.15 to 0.3 s at its end (a full pass over
         # torch's and torch._dynamo's objects) before the profile can be read.
@@ -929,8 +1036,14 @@ def _interleaves(config: ProfileConfig, workload: Workload) -> bool:
     return config.rounds > 1 and not config.compile and not workload.uses_dataset
 
 
-def _first_pass(workload: Workload, config: ProfileConfig, planned: list[int], points: list[ProfilePoint],
-                measure: Callable[[int], ProfilePoint], visits: _Visits) -> Iterator[tuple[ProfilePoint, int, int]]:
+def _first_pass(
+    workload: Workload,
+    config: ProfileConfig,
+    planned: list[int],
+    points: list[ProfilePoint],
+    measure: Callable[[int], ProfilePoint],
+    visits: _Visits,
+) -> Iterator[tuple[ProfilePoint, int, int]]:
     """Each planned size in increasing order until a stopping rule; appends to ``points``; returns the reason."""
     for batch_size in planned:
         if batch_size > workload.n_train:
@@ -938,8 +1051,12 @@ def _first_pass(workload: Workload, config: ProfileConfig, planned: list[int], p
         fit = fit_memory(points)
         budget = config.memory_budget_bytes
         if ddp_util.agree(budget is not None and fit is not None and fit.predict(batch_size) > budget):
-            point = ProfilePoint(batch_size, OVER_BUDGET, predicted_memory_bytes=int(fit.predict(batch_size)),
-                                 error="predicted memory exceeds the budget; not run")
+            point = ProfilePoint(
+                batch_size,
+                OVER_BUDGET,
+                predicted_memory_bytes=int(fit.predict(batch_size)),
+                error="predicted memory exceeds the budget; not run",
+            )
             points.append(point)
             yield point, visits.done, visits.expected
             return "over_budget"
@@ -949,15 +1066,21 @@ def _first_pass(workload: Workload, config: ProfileConfig, planned: list[int], p
         if point.status in (OOM, OVER_BUDGET, ERROR):
             return point.status
         powers_of_two = config.batch_sizes is None
-        if ddp_util.agree(powers_of_two and not config.full
-                          and _plateaued(points, config.plateau_gain, config.plateau_doublings)):
+        if ddp_util.agree(
+            powers_of_two and not config.full and _plateaued(points, config.plateau_gain, config.plateau_doublings)
+        ):
             return "plateau"
     return "list" if config.batch_sizes is not None else "max"
 
 
-def _rounds(batch_sizes: list[int], config: ProfileConfig, measure: Callable[[int], ProfilePoint], visits: _Visits,
-            remeasured: int = 0, visited: dict[int, list[ProfilePoint]] | None = None,
-            ) -> Iterator[tuple[ProfilePoint, int, int]]:
+def _rounds(
+    batch_sizes: list[int],
+    config: ProfileConfig,
+    measure: Callable[[int], ProfilePoint],
+    visits: _Visits,
+    remeasured: int = 0,
+    visited: dict[int, list[ProfilePoint]] | None = None,
+) -> Iterator[tuple[ProfilePoint, int, int]]:
     """Visit every one of ``batch_sizes`` once a round, in a shuffled order (the same on every rank: a
     seeded generator), until each has its steps and seconds from visits no other process contended
     (``under_load``); yield each point as it completes and return {batch size: point}. A size whose
@@ -967,7 +1090,7 @@ def _rounds(batch_sizes: list[int], config: ProfileConfig, measure: Callable[[in
     order = np.random.default_rng([config.seed, remeasured])
     timed: dict[int, list[ProfilePoint]] = {b: list((visited or {}).get(b, [])) for b in batch_sizes}
     done: dict[int, ProfilePoint] = {}
-    for batch_size in batch_sizes:   # measured already by the visits made (a visit of a few steps may be enough)
+    for batch_size in batch_sizes:  # measured already by the visits made (a visit of a few steps may be enough)
         point = _point_when_measured(timed[batch_size], config) if timed[batch_size] else None
         if point is not None:
             done[batch_size] = replace(point, remeasured=remeasured)
@@ -996,23 +1119,27 @@ def _point_when_measured(visits: list[ProfilePoint], config: ProfileConfig) -> P
     visited QUIET_PATIENCE times its rounds. Rank 0's clock decides (every rank takes the same steps)."""
     quiet = [v for v in visits if not v.under_load]
     loaded = len(visits) - len(quiet)
-    if quiet and not ddp_util.agree(_needs_more(quiet, config)):   # quiet: the same on every rank
+    if quiet and not ddp_util.agree(_needs_more(quiet, config)):  # quiet: the same on every rank
         return _merge_visits(quiet, config, loaded_visits=loaded)
     if len(visits) >= QUIET_PATIENCE * config.rounds and not ddp_util.agree(_needs_more(visits, config)):
         return _merge_visits(visits, config, loaded_visits=0, under_load=True)
     return None
 
 
-def _inconsistency(points: list[ProfilePoint], interleaved: bool, remeasure: int,
-                   noisy_threshold: float = curve.NOISY_IQR_RATIO) -> str | None:
+def _inconsistency(
+    points: list[ProfilePoint], interleaved: bool, remeasure: int, noisy_threshold: float = curve.NOISY_IQR_RATIO
+) -> str | None:
     """Why the profile's step times cannot all be physics, in one line; None when they can."""
     problems = physics_problems(points, noisy_threshold)
     if not problems:
         return None
     reasons = list(dict.fromkeys(why for _, why in problems))
     shown = reasons[:MAX_REASONS] + ([f"{len(reasons) - MAX_REASONS} more"] if len(reasons) > MAX_REASONS else [])
-    tries = (f"after {remeasure} re-measure{'s' if remeasure != 1 else ''}" if interleaved
-             else "measured contiguously, without re-measuring")
+    tries = (
+        f"after {remeasure} re-measure{'s' if remeasure != 1 else ''}"
+        if interleaved
+        else "measured contiguously, without re-measuring"
+    )
     return "; ".join(shown) + f" ({tries}: background load or drift, not the hardware)"
 
 
@@ -1036,22 +1163,29 @@ def with_points(result: ProfileResult, carried: list[ProfilePoint]) -> ProfileRe
     and judged again over them all: the saturation batch, the memory fit, the physics check."""
     config = result.config
     points = sorted([*result.points, *carried], key=lambda p: p.batch_size)
-    return replace(result, points=tuple(points),
-                   saturation_batch=saturation_batch(points, noisy_threshold=config.noisy_iqr_ratio),
-                   memory_fit=fit_memory(points),
-                   inconsistency=_inconsistency(points, config.rounds > 1 and not config.compile, config.remeasure,
-                                                config.noisy_iqr_ratio))
+    return replace(
+        result,
+        points=tuple(points),
+        saturation_batch=saturation_batch(points, noisy_threshold=config.noisy_iqr_ratio),
+        memory_fit=fit_memory(points),
+        inconsistency=_inconsistency(
+            points, config.rounds > 1 and not config.compile, config.remeasure, config.noisy_iqr_ratio
+        ),
+    )
 
 
-def run_profile(workload: Workload, device: torch.device, config: ProfileConfig,
-                on_point: Callable[[ProfilePoint, int, int], None] = lambda *_: None,   # (point, visits done, expected)
-                telemetry_tag: Callable[[int | None], None] = lambda _b: None,
-                power_between: Callable[[float, float], float | None] = lambda _a, _b: None,
-                others_busy_cores: Callable[[], float | None] = lambda: None,
-                ) -> ProfileResult:
+def run_profile(
+    workload: Workload,
+    device: torch.device,
+    config: ProfileConfig,
+    on_point: Callable[[ProfilePoint, int, int], None] = lambda *_: None,  # (point, visits done, expected)
+    telemetry_tag: Callable[[int | None], None] = lambda _b: None,
+    power_between: Callable[[float, float], float | None] = lambda _a, _b: None,
+    others_busy_cores: Callable[[], float | None] = lambda: None,
+) -> ProfileResult:
     """Run the whole sweep and judge it: saturation batch and memory fit."""
     started = time.time()
-    by_batch: dict[int, ProfilePoint] = {}   # a later point of a batch size (its rounds, a re-measure) replaces it
+    by_batch: dict[int, ProfilePoint] = {}  # a later point of a batch size (its rounds, a re-measure) replaces it
     gen = sweep(workload, device, config, telemetry_tag, power_between, others_busy_cores)
     while True:
         try:
@@ -1063,9 +1197,15 @@ def run_profile(workload: Workload, device: torch.device, config: ProfileConfig,
         on_point(point, done, expected)
     points = [by_batch[b] for b in sorted(by_batch)]
     return ProfileResult(
-        workload=workload.name, device=devices.device_info(device).to_dict(), config=config,
-        points=tuple(points), stop_reason=reason,
+        workload=workload.name,
+        device=devices.device_info(device).to_dict(),
+        config=config,
+        points=tuple(points),
+        stop_reason=reason,
         saturation_batch=saturation_batch(points, noisy_threshold=config.noisy_iqr_ratio),
-        memory_fit=fit_memory(points), started_at=started, ended_at=time.time(), n_train=workload.n_train,
+        memory_fit=fit_memory(points),
+        started_at=started,
+        ended_at=time.time(),
+        n_train=workload.n_train,
         inconsistency=inconsistency,
     )

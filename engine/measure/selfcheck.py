@@ -39,22 +39,22 @@ __all__ = ["DeviceCheck", "OK", "WARN", "PROBLEM", "SKIPPED", "check_devices", "
 
 OK, WARN, PROBLEM, SKIPPED = "ok", "warn", "problem", "skipped"
 
-AGREE_WITHIN = 0.25        # timing: the profiler's median within 25% of the reference's is "ok" ...
-DISAGREE_BEYOND = 1.0      # ... beyond 100% (twice or half) a "problem"; between, a "warn" (a shared, noisy machine)
-MATMUL_SIZE = 1024         # the known matmul: (n x n) @ (n x n) in fp32, 2 n^3 FLOPs
-ROUNDS = 15                # timing: rounds of ~50 ms of steps on each clock, in shuffled order, at most ...
-MIN_ROUNDS = 5             # ... at least ...
-TIMING_BUDGET_S = 4.0      # ... and no new round after this long (a busy machine slows every step)
+AGREE_WITHIN = 0.25  # timing: the profiler's median within 25% of the reference's is "ok" ...
+DISAGREE_BEYOND = 1.0  # ... beyond 100% (twice or half) a "problem"; between, a "warn" (a shared, noisy machine)
+MATMUL_SIZE = 1024  # the known matmul: (n x n) @ (n x n) in fp32, 2 n^3 FLOPs
+ROUNDS = 15  # timing: rounds of ~50 ms of steps on each clock, in shuffled order, at most ...
+MIN_ROUNDS = 5  # ... at least ...
+TIMING_BUDGET_S = 4.0  # ... and no new round after this long (a busy machine slows every step)
 ALL_REDUCE_TIMEOUT_S = 60.0
-NVML_LOAD_S = 1.0          # NVML: seconds of matmuls while power and energy are read
+NVML_LOAD_S = 1.0  # NVML: seconds of matmuls while power and energy are read
 
 
 @dataclass(frozen=True)
 class DeviceCheck:
-    device: str                 # the device's id ("cpu", "cuda:GPU-...")
-    name: str                   # "timing: matmul", "nvml", "out of memory", "precision", "nccl all-reduce"
-    verdict: str                # ok | warn | problem | skipped
-    summary: str                # one line for the table
+    device: str  # the device's id ("cpu", "cuda:GPU-...")
+    name: str  # "timing: matmul", "nvml", "out of memory", "precision", "nccl all-reduce"
+    verdict: str  # ok | warn | problem | skipped
+    summary: str  # one line for the table
     measured: dict = field(default_factory=dict)  # the raw figures behind the verdict
 
     def to_dict(self) -> dict:
@@ -72,8 +72,15 @@ def check_devices(on_check: Callable[[DeviceCheck], None] = lambda _c: None) -> 
 
     gpus = [d for d in found if d.kind == "cuda"]
     if not gpus:
-        record(DeviceCheck("cuda", "gpus", SKIPPED, "no CUDA GPU on this machine: only the CPU's checks run",
-                           {"torch_cuda": torch.version.cuda}))
+        record(
+            DeviceCheck(
+                "cuda",
+                "gpus",
+                SKIPPED,
+                "no CUDA GPU on this machine: only the CPU's checks run",
+                {"torch_cuda": torch.version.cuda},
+            )
+        )
     for info in found:
         device = torch.device(info.torch_device)
         # the GPU checked is the current one: a CUDA event recorded without a stream records on the current
@@ -85,8 +92,14 @@ def check_devices(on_check: Callable[[DeviceCheck], None] = lambda _c: None) -> 
                 record(_nvml(info))
                 record(_out_of_memory(info))
             elif info.kind == "cpu":
-                record(DeviceCheck(info.id, "out of memory", SKIPPED,
-                                   "not induced on the CPU: the kernel would kill the process instead of raising"))
+                record(
+                    DeviceCheck(
+                        info.id,
+                        "out of memory",
+                        SKIPPED,
+                        "not induced on the CPU: the kernel would kill the process instead of raising",
+                    )
+                )
             record(_precision(info))
     if len(gpus) >= 2:
         record(_nccl_all_reduce())
@@ -134,10 +147,15 @@ def _known_workload() -> Workload:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(4096, 256, generator=generator)
     y = torch.randint(0, 10, (4096,), generator=generator)
-    return Workload(name="selfcheck-mlp", train=(x, y), val=(x[:256], y[:256]),
-                    model=lambda: torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(),
-                                                      torch.nn.Linear(512, 10)),
-                    loss=torch.nn.functional.cross_entropy, baseline_batch_size=256, baseline_lr=1e-3)
+    return Workload(
+        name="selfcheck-mlp",
+        train=(x, y),
+        val=(x[:256], y[:256]),
+        model=lambda: torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10)),
+        loss=torch.nn.functional.cross_entropy,
+        baseline_batch_size=256,
+        baseline_lr=1e-3,
+    )
 
 
 def _timing(info: DeviceInfo, name: str, step: Callable[[], object]) -> DeviceCheck:
@@ -176,15 +194,26 @@ def _timing(info: DeviceInfo, name: str, step: Callable[[], object]) -> DeviceCh
     verdict = OK if off <= AGREE_WITHIN else WARN if off <= DISAGREE_BEYOND else PROBLEM
     load = psutil.getloadavg()[0]
     busy = load > (psutil.cpu_count() or 1)
-    summary = (f"profiler {profiler_s * 1e3:.3g} ms vs {reference} {reference_s * 1e3:.3g} ms a step "
-               f"({ratio:.2f}x)")
+    summary = f"profiler {profiler_s * 1e3:.3g} ms vs {reference} {reference_s * 1e3:.3g} ms a step ({ratio:.2f}x)"
     if verdict != OK and busy:  # other work on the machine, not the clocks, may be what differs
         verdict = WARN
         summary += f"; the machine is busy (load {load:.1f}): run again when it is idle"
-    return DeviceCheck(info.id, name, verdict, summary, {
-        "profiler_median_s": profiler_s, "reference": reference, "reference_median_s": reference_s,
-        "ratio": ratio, "rounds": len(reference_times), "load_average_1min": load,
-        "profiler_times_s": profiler_times, "reference_times_s": reference_times})
+    return DeviceCheck(
+        info.id,
+        name,
+        verdict,
+        summary,
+        {
+            "profiler_median_s": profiler_s,
+            "reference": reference,
+            "reference_median_s": reference_s,
+            "ratio": ratio,
+            "rounds": len(reference_times),
+            "load_average_1min": load,
+            "profiler_times_s": profiler_times,
+            "reference_times_s": reference_times,
+        },
+    )
 
 
 def _steps_in_a_block(step: Callable[[], object], device: torch.device) -> int:
@@ -199,6 +228,7 @@ def _reference_clock(step: Callable[[], object], device: torch.device) -> tuple[
     """(a function timing ``n`` steps at once, in seconds a step; the clock's name): CUDA events
     recorded on the GPU's stream, or torch.utils.benchmark's timer on the CPU."""
     if device.type == "cuda":
+
         def cuda_events(n: int) -> float:
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
@@ -224,8 +254,12 @@ def _nvml(info: DeviceInfo) -> DeviceCheck:
         return DeviceCheck(info.id, "nvml", WARN, f"NVML unavailable: {status.reason}; no power or energy figures")
     handle = telemetry.nvml_handle_for(info)
     if handle is None:
-        return DeviceCheck(info.id, "nvml", PROBLEM, f"NVML lists no GPU with torch's UUID {info.uuid}: telemetry "
-                                                     f"would read another GPU or none")
+        return DeviceCheck(
+            info.id,
+            "nvml",
+            PROBLEM,
+            f"NVML lists no GPU with torch's UUID {info.uuid}: telemetry would read another GPU or none",
+        )
     sampler = telemetry.Sampler(info, interval_s=0.05)
     meter = telemetry.WindowPower(info, sampler)
     device = torch.device(info.torch_device)
@@ -244,8 +278,13 @@ def _nvml(info: DeviceInfo) -> DeviceCheck:
         return DeviceCheck(info.id, "nvml", WARN, "UUID matches; this GPU reports no power", measured)
     sensible = 1.0 < watts < 2000.0
     source = "energy counter" if measured["energy_counter"] else "power samples"
-    return DeviceCheck(info.id, "nvml", OK if sensible else PROBLEM,
-                       f"UUID matches; {watts:.0f} W under a matmul load ({source})", measured)
+    return DeviceCheck(
+        info.id,
+        "nvml",
+        OK if sensible else PROBLEM,
+        f"UUID matches; {watts:.0f} W under a matmul load ({source})",
+        measured,
+    )
 
 
 def _out_of_memory(info: DeviceInfo) -> DeviceCheck:
@@ -265,8 +304,13 @@ def _out_of_memory(info: DeviceInfo) -> DeviceCheck:
         return DeviceCheck(info.id, "out of memory", PROBLEM, f"the GPU fails after an OOM: {_one_line(exc)}")
     if not caught:
         return DeviceCheck(info.id, "out of memory", PROBLEM, f"not recognised as out of memory: {error}")
-    return DeviceCheck(info.id, "out of memory", OK if usable else PROBLEM,
-                       "induced OOM caught; the GPU works after it", {"error": error})
+    return DeviceCheck(
+        info.id,
+        "out of memory",
+        OK if usable else PROBLEM,
+        "induced OOM caught; the GPU works after it",
+        {"error": error},
+    )
 
 
 def _small_matmul(device: torch.device) -> torch.Tensor:
@@ -300,8 +344,10 @@ def _nccl_all_reduce(backend: str = "nccl") -> DeviceCheck:
     context = mp.get_context("spawn")
     results = context.Queue()
     port = _free_port()
-    ranks = [context.Process(target=_all_reduce_rank, args=(rank, 2, port, backend, results), daemon=True)
-             for rank in range(2)]
+    ranks = [
+        context.Process(target=_all_reduce_rank, args=(rank, 2, port, backend, results), daemon=True)
+        for rank in range(2)
+    ]
     for process in ranks:
         process.start()
     outcomes = {}
@@ -319,11 +365,17 @@ def _nccl_all_reduce(backend: str = "nccl") -> DeviceCheck:
                 process.join()
     name = f"{backend} all-reduce"
     if len(outcomes) < 2:
-        return DeviceCheck("cuda", name, PROBLEM, f"2 ranks did not finish within {ALL_REDUCE_TIMEOUT_S:.0f} s",
-                           {"outcomes": outcomes})
+        return DeviceCheck(
+            "cuda", name, PROBLEM, f"2 ranks did not finish within {ALL_REDUCE_TIMEOUT_S:.0f} s", {"outcomes": outcomes}
+        )
     good = all(value == 3.0 for value in outcomes.values())
-    return DeviceCheck("cuda", name, OK if good else PROBLEM,
-                       "2 ranks agree (1 + 2 = 3)" if good else f"ranks saw {outcomes}", {"outcomes": outcomes})
+    return DeviceCheck(
+        "cuda",
+        name,
+        OK if good else PROBLEM,
+        "2 ranks agree (1 + 2 = 3)" if good else f"ranks saw {outcomes}",
+        {"outcomes": outcomes},
+    )
 
 
 def _all_reduce_rank(rank: int, world: int, port: int, backend: str, results) -> None:
@@ -332,7 +384,7 @@ def _all_reduce_rank(rank: int, world: int, port: int, backend: str, results) ->
     from .distributed import loopback_sockets
 
     try:
-        loopback_sockets(os.environ)   # as a job's ranks meet: over loopback, opening nothing another machine reaches
+        loopback_sockets(os.environ)  # as a job's ranks meet: over loopback, opening nothing another machine reaches
         device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)  # before the process group: NCCL binds to the current device

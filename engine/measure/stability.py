@@ -24,20 +24,30 @@ __all__ = ["StabilityResult", "check_stability", "apply_stability"]
 class StabilityResult:
     batch_size: int
     recommended_lr: float
-    lrs: tuple[float, ...]            # the rate used at each step
-    losses: tuple[float, ...]         # the training loss at each step (NaN/inf kept as None)
-    diverged_at_lr: float | None      # first rate at which the loss diverged, if any
-    max_stable_lr: float              # the largest rate reached before divergence
-    stable: bool                      # True when nothing diverged at or below the recommendation
+    lrs: tuple[float, ...]  # the rate used at each step
+    losses: tuple[float, ...]  # the training loss at each step (NaN/inf kept as None)
+    diverged_at_lr: float | None  # first rate at which the loss diverged, if any
+    max_stable_lr: float  # the largest rate reached before divergence
+    stable: bool  # True when nothing diverged at or below the recommendation
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def check_stability(workload: Workload, device: torch.device, batch_size: int, lr: float, steps: int = 60,
-                    start_factor: float = 0.1, end_factor: float = 3.0, divergence_factor: float = 4.0,
-                    smoothing: float = 0.9, dtype: str = "fp32", seed: int = 0,
-                    on_progress: Callable[[float], None] = lambda _f: None) -> StabilityResult:
+def check_stability(
+    workload: Workload,
+    device: torch.device,
+    batch_size: int,
+    lr: float,
+    steps: int = 60,
+    start_factor: float = 0.1,
+    end_factor: float = 3.0,
+    divergence_factor: float = 4.0,
+    smoothing: float = 0.9,
+    dtype: str = "fp32",
+    seed: int = 0,
+    on_progress: Callable[[float], None] = lambda _f: None,
+) -> StabilityResult:
     runner = StepRunner(workload, device, batch_size, dtype=dtype, seed=seed)
     # each group's rate relative to the one the optimizer was made with: a factory's groups ramp together
     group_scales = [group["lr"] / workload.baseline_lr for group in runner.optimizer.param_groups]
@@ -69,9 +79,15 @@ def check_stability(workload: Workload, device: torch.device, batch_size: int, l
         runner.close()
     stable_rates = lrs[:-1] if diverged_at is not None else lrs
     max_stable = stable_rates[-1] if stable_rates else lrs[0] / growth
-    return StabilityResult(batch_size=batch_size, recommended_lr=lr, lrs=tuple(lrs), losses=tuple(losses),
-                           diverged_at_lr=diverged_at, max_stable_lr=max_stable,
-                           stable=diverged_at is None or diverged_at > lr)
+    return StabilityResult(
+        batch_size=batch_size,
+        recommended_lr=lr,
+        lrs=tuple(lrs),
+        losses=tuple(losses),
+        diverged_at_lr=diverged_at,
+        max_stable_lr=max_stable,
+        stable=diverged_at is None or diverged_at > lr,
+    )
 
 
 def apply_stability(rec: dict, result: dict) -> dict:
@@ -82,12 +98,16 @@ def apply_stability(rec: dict, result: dict) -> dict:
             tail = f"it first diverged at {result['diverged_at_lr']:.3g}, above the recommendation"
         else:
             tail = f"no divergence up to {result['lrs'][-1]:.3g}"
-        rec["reasons"].append(f"stability check: the loss stayed stable at batch {result['batch_size']} up to and past "
-                              f"the recommended rate {rec['learning_rate']:.3g} ({tail})")
+        rec["reasons"].append(
+            f"stability check: the loss stayed stable at batch {result['batch_size']} up to and past "
+            f"the recommended rate {rec['learning_rate']:.3g} ({tail})"
+        )
         return rec
     old = rec["learning_rate"]
     rec["learning_rate"] = result["max_stable_lr"]
-    rec["reasons"].append(f"stability check: the loss diverged at lr {result['diverged_at_lr']:.3g}, below the "
-                          f"recommended {old:.3g}; backed off to {result['max_stable_lr']:.3g}, the largest rate "
-                          f"that stayed stable")
+    rec["reasons"].append(
+        f"stability check: the loss diverged at lr {result['diverged_at_lr']:.3g}, below the "
+        f"recommended {old:.3g}; backed off to {result['max_stable_lr']:.3g}, the largest rate "
+        f"that stayed stable"
+    )
     return rec

@@ -118,9 +118,7 @@ def _init_nvml() -> tuple[NvmlStatus, ModuleType | None]:
         pynvml.nvmlInit()
     except pynvml.NVMLError as exc:
         if isinstance(exc, _error_class(pynvml, "NVMLError_LibraryNotFound")):
-            return _unavailable(
-                "NVIDIA driver library (libnvidia-ml) not found: no NVIDIA driver on this machine"
-            )
+            return _unavailable("NVIDIA driver library (libnvidia-ml) not found: no NVIDIA driver on this machine")
         if isinstance(exc, _error_class(pynvml, "NVMLError_DriverNotLoaded")):
             return _unavailable("NVIDIA driver is not loaded")
         return _unavailable(f"NVML failed to start: {exc}")
@@ -274,8 +272,8 @@ class TreeCpu:
     """CPU seconds of a job's processes at one moment: {pid: seconds}, and when they were read."""
 
     seconds: dict[int, float]
-    read_at: float       # unix time of the reading
-    new_since: float     # a process not in an earlier reading, listed by this one, started after this time
+    read_at: float  # unix time of the reading
+    new_since: float  # a process not in an earlier reading, listed by this one, started after this time
 
     def since(self, earlier: "TreeCpu") -> float:
         """CPU seconds the tree used since ``earlier``. A process started since then (or since the
@@ -300,16 +298,16 @@ class ProcessTree:
     def __init__(self, root: psutil.Process):
         self.root = root
         self._listed: list[psutil.Process] = []
-        self._listed_at = float("-inf")     # monotonic time of the last listing
-        self._listed_wall = time.time()     # wall time of that listing, and of the one before it: before
-        self._new_since = time.time()       # that, a process found by the latest listing cannot have started
+        self._listed_at = float("-inf")  # monotonic time of the last listing
+        self._listed_wall = time.time()  # wall time of that listing, and of the one before it: before
+        self._new_since = time.time()  # that, a process found by the latest listing cannot have started
 
     def processes(self) -> list[psutil.Process]:
         if time.monotonic() - self._listed_at >= TREE_REFRESH_S:
             self._new_since, self._listed_wall = self._listed_wall, time.time()
             try:
                 self._listed = [self.root, *self.root.children(recursive=True)]
-            except psutil.Error:   # the root is gone (the job is ending): nothing of ours left to count
+            except psutil.Error:  # the root is gone (the job is ending): nothing of ours left to count
                 self._listed = []
             self._listed_at = time.monotonic()
         return self._listed
@@ -319,7 +317,7 @@ class ProcessTree:
         for process in self.processes():
             try:
                 times = process.cpu_times()
-            except psutil.Error:   # ended between the listing and the read
+            except psutil.Error:  # ended between the listing and the read
                 continue
             seconds[process.pid] = times.user + times.system
         return TreeCpu(seconds, time.time(), self._new_since)
@@ -388,7 +386,7 @@ class _Reader:
         self._last_cpu_pct: float | None = None
         self._last_other_cpu_pct: float | None = None
         self.tree = ProcessTree(self.root)
-        self._own_cpu = self.tree.cpu_seconds()   # the job's CPU seconds at the last sample
+        self._own_cpu = self.tree.cpu_seconds()  # the job's CPU seconds at the last sample
         self._fields: tuple[tuple[str, Callable], ...] = ()
         self._gpu_processes: Callable | None = None
         self._permanent_errors: tuple[type[BaseException], ...] = ()
@@ -567,9 +565,7 @@ class Sampler:
     def start(self) -> Sampler:
         if self._thread is not None:
             raise RuntimeError("a Sampler can be started only once")
-        self._thread = threading.Thread(
-            target=self._run, name=f"largestep-sampler-{self.device.id}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"largestep-sampler-{self.device.id}", daemon=True)
         self._thread.start()
         return self
 

@@ -52,12 +52,22 @@ from ..workloads import batches
 from ..workloads.base import Workload
 from ..workloads.base_config import SCHEDULES
 
-__all__ = ["TrainConfig", "RunResult", "RunLog", "NullLog", "train", "lr_at", "lr_factor", "SCHEDULES",
-           "TensorBatches", "training_batches"]
+__all__ = [
+    "TrainConfig",
+    "RunResult",
+    "RunLog",
+    "NullLog",
+    "train",
+    "lr_at",
+    "lr_factor",
+    "SCHEDULES",
+    "TensorBatches",
+    "training_batches",
+]
 
-WSD_DEFAULT_DECAY = 0.2   # "wsd" without decay_samples: the last fifth of the run decays
-NOISE_PROBE_EVERY = 8     # data-parallel: the noise probe reads the gradients' norms on every 8th step (and on each
-                          # logging step), so the run's steps cost what its profile's did, give or take an eighth of it
+WSD_DEFAULT_DECAY = 0.2  # "wsd" without decay_samples: the last fifth of the run decays
+NOISE_PROBE_EVERY = 8  # data-parallel: the noise probe reads the gradients' norms on every 8th step (and on each
+# logging step), so the run's steps cost what its profile's did, give or take an eighth of it
 
 
 class RunLog(Protocol):
@@ -92,9 +102,9 @@ class NullLog:
         pass
 
 
-_INDEX = ("step", "epoch", "samples", "wall_time_s", "train_time_s")   # where a metric row sits in the run
+_INDEX = ("step", "epoch", "samples", "wall_time_s", "train_time_s")  # where a metric row sits in the run
 PROGRESS_EVERY_S = 1.0  # progress reported at most this often: a job's report rewrites and fsyncs its status
-                        # file (about 250 µs of CPU and 0.5 ms of wall time), and its heartbeat runs at 1 s
+# file (about 250 µs of CPU and 0.5 ms of wall time), and its heartbeat runs at 1 s
 
 
 @dataclass
@@ -102,8 +112,8 @@ class RunResult:
     steps: int = 0
     samples: int = 0
     epochs: float = 0.0
-    wall_time_s: float = 0.0               # everything, evaluation included
-    train_time_s: float = 0.0              # training only: evaluation is outside this clock
+    wall_time_s: float = 0.0  # everything, evaluation included
+    train_time_s: float = 0.0  # training only: evaluation is outside this clock
     final_val_loss: float | None = None
     best_val_loss: float | None = None
     final_metrics: dict = field(default_factory=dict)
@@ -111,11 +121,16 @@ class RunResult:
     time_to_target_s: float | None = None  # training time at the first evaluation at or below the target
     peak_memory_bytes: int | None = None
     diverged: bool = False
-    stop_reason: str = "epochs"            # epochs | target | max_steps | diverged
+    stop_reason: str = "epochs"  # epochs | target | max_steps | diverged
 
 
-def lr_factor(samples_seen: int, warmup_samples: int, total_samples: int, schedule: str = "constant",
-              decay_samples: int | None = None) -> float:
+def lr_factor(
+    samples_seen: int,
+    warmup_samples: int,
+    total_samples: int,
+    schedule: str = "constant",
+    decay_samples: int | None = None,
+) -> float:
     """The multiple of each group's base rate for the optimizer step about to run; lengths in samples.
 
     Linear warm-up over ``warmup_samples``, then:
@@ -142,8 +157,14 @@ def lr_factor(samples_seen: int, warmup_samples: int, total_samples: int, schedu
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
-def lr_at(samples_seen: int, peak_lr: float, warmup_samples: int, total_samples: int, schedule: str = "constant",
-          decay_samples: int | None = None) -> float:
+def lr_at(
+    samples_seen: int,
+    peak_lr: float,
+    warmup_samples: int,
+    total_samples: int,
+    schedule: str = "constant",
+    decay_samples: int | None = None,
+) -> float:
     """Learning rate for the optimizer step about to run (one parameter group at ``peak_lr``)."""
     return peak_lr * lr_factor(samples_seen, warmup_samples, total_samples, schedule, decay_samples)
 
@@ -157,8 +178,15 @@ class TensorBatches:
     takes the r-th. So the union of the shards is exactly the single-process micro-batch.
     """
 
-    def __init__(self, tensors: tuple[torch.Tensor, ...], device: torch.device, micro_batch: int, seed: int,
-                 rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        tensors: tuple[torch.Tensor, ...],
+        device: torch.device,
+        micro_batch: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.device = device
         self.micro_batch = micro_batch
         self.rank, self.world = rank, world
@@ -176,19 +204,20 @@ class TensorBatches:
         order = torch.randperm(self.n, generator=generator)
         if self.on_device:
             order = order.to(self.device)
-        span = self.micro_batch * self.world           # one global micro-step, all ranks together
+        span = self.micro_batch * self.world  # one global micro-step, all ranks together
         starts = range(self.rank * self.micro_batch, self.n - span + 1 + self.rank * self.micro_batch, span)
         if self.on_device:
             for start in starts:
-                index = order[start:start + self.micro_batch]
+                index = order[start : start + self.micro_batch]
                 yield tuple(t.index_select(0, index) for t in self.tensors)
         else:
             # copy the next batch while the current one computes
             pending = None
             for start in starts:
-                index = order[start:start + self.micro_batch]
-                batch = tuple(t.index_select(0, index).pin_memory().to(self.device, non_blocking=True)
-                              for t in self.tensors)
+                index = order[start : start + self.micro_batch]
+                batch = tuple(
+                    t.index_select(0, index).pin_memory().to(self.device, non_blocking=True) for t in self.tensors
+                )
                 if pending is not None:
                     yield pending
                 pending = batch
@@ -206,8 +235,9 @@ class _LoaderBatches:
 
     on_device = False
 
-    def __init__(self, workload: Workload, device: torch.device, micro_batch: int, seed: int,
-                 rank: int = 0, world: int = 1):
+    def __init__(
+        self, workload: Workload, device: torch.device, micro_batch: int, seed: int, rank: int = 0, world: int = 1
+    ):
         self.device = device
         self.n = workload.n_train
         self.order = batches.EpochOrder(self.n, micro_batch, seed, rank, world)
@@ -215,7 +245,7 @@ class _LoaderBatches:
 
     def epoch(self, epoch: int):
         self.order.set_epoch(epoch)
-        if self.device.type == "cpu":   # the loader's batches are in host memory already: nothing to copy
+        if self.device.type == "cpu":  # the loader's batches are in host memory already: nothing to copy
             yield from self.loader
             return
         for batch in self.loader:
@@ -225,8 +255,9 @@ class _LoaderBatches:
         return len(self.order) // accumulate
 
 
-def training_batches(workload: Workload, device: torch.device, micro_batch: int, seed: int, rank: int = 0,
-                     world: int = 1) -> TensorBatches | _LoaderBatches:
+def training_batches(
+    workload: Workload, device: torch.device, micro_batch: int, seed: int, rank: int = 0, world: int = 1
+) -> TensorBatches | _LoaderBatches:
     """The run's source of micro-batches: device-resident tensors, or the Dataset's loader."""
     if workload.uses_dataset:
         return _LoaderBatches(workload, device, micro_batch, seed, rank, world)
@@ -241,7 +272,7 @@ def _validation_batches(workload: Workload, device: torch.device, batch: int):
             yield batches.to_device(part, device, non_blocking=loader.pin_memory)
         return
     for start in range(0, workload.n_val, batch):
-        yield tuple(t[start:start + batch].to(device, non_blocking=True) for t in workload.val)
+        yield tuple(t[start : start + batch].to(device, non_blocking=True) for t in workload.val)
 
 
 def _as_float(output):
@@ -250,15 +281,16 @@ def _as_float(output):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, workload: Workload, device: torch.device, dtype: str,
-             batch: int = 4096) -> tuple[float, dict[str, float]]:
+def evaluate(
+    model: torch.nn.Module, workload: Workload, device: torch.device, dtype: str, batch: int = 4096
+) -> tuple[float, dict[str, float]]:
     """Validation loss (sample-weighted mean) and the workload's metrics on the whole validation set.
 
     Metrics score the logits (``out["logits"]``/``out.logits`` for models that return more) against
     the targets (a dict batch's ``labels``).
     """
     if workload.uses_dataset:
-        batch = min(batch, 256)   # items may be large (images, sequences); a loader batch is held whole
+        batch = min(batch, 256)  # items may be large (images, sequences); a loader batch is held whole
     model.eval()
     logits, targets, total, count = [], [], 0.0, 0
     for part in _validation_batches(workload, device, batch):
@@ -286,7 +318,7 @@ def _never() -> bool:
 
 def train(workload: Workload, device: torch.device, config: TrainConfig, log: RunLog | None = None,
           progress: Callable[[str, float], None] = _quiet, should_stop: Callable[[], bool] = _never,
-          save_to: str | None = None) -> RunResult:
+          save_to: str | None = None) -> RunResult:  # fmt: skip
     """Train once, reporting to ``log`` as it goes; raises Diverged when the loss explodes. With ``config.nproc > 1``
     this runs in each rank of a process group (:mod:`largestep.jobs.torchrun`); rank 0 alone reports."""
     world, rank = ddp_util.world_size(), ddp_util.rank()
@@ -295,7 +327,7 @@ def train(workload: Workload, device: torch.device, config: TrainConfig, log: Ru
         log, progress = NullLog(), progress if rank == 0 else _quiet
 
     # -- setup: TF32 and cuDNN, data and the run's length, model on the ranks, optimizer, noise probe ---------------
-    math_settings = devices.use_math(workload, config.tf32)   # recorded with the run, as a profile records its own
+    math_settings = devices.use_math(workload, config.tf32)  # recorded with the run, as a profile records its own
     torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     data = _Data(workload, device, config, phases, rank, world)
     model, forward, compile_s = _model_on_ranks(workload, device, config, world, rank)
@@ -310,14 +342,14 @@ def train(workload: Workload, device: torch.device, config: TrainConfig, log: Ru
 
     # -- the loop: a step, then what some steps ask for, until a stop -----------------------------------------------
     result, step, stop = RunResult(), 0, None
-    clock.start()   # sync: the setup's copies are done before the clock starts
+    clock.start()  # sync: the setup's copies are done before the clock starts
     for micro, micro_batch in data.micro_batches():
         # forward backward update (the update once every `accumulate` micro-batches)
         syncing = micro % config.accumulate == 0
         loss = forward_backward(micro_batch, syncing, step)
         if not syncing:
             continue
-        lr = update.step(result.samples)   # the rate logged: the run's peak rate times the schedule
+        lr = update.step(result.samples)  # the rate logged: the run's peak rate times the schedule
         step, result.samples = step + 1, result.samples + data.batch
 
         # divergence: a sync every few steps, not every step
@@ -340,15 +372,16 @@ def train(workload: Workload, device: torch.device, config: TrainConfig, log: Ru
         # the batch schedule's next phase: a new source of batches at its batch, from the next micro-batch on
         if data.phases is not None and data.next_phase(result.samples):
             interval.phase_started(step, result.samples, lr)
-            del micro_batch   # the old phase's last batch goes with its data, before the next phase's is made
+            del micro_batch  # the old phase's last batch goes with its data, before the next phase's is made
     return _finished(result, step, stop, clock, model, save_to, rank)
 
 
 # -- the loop's parts, in the order train() meets them ------------------------------------------------------------
 
 
-def _checked(workload: Workload, device: torch.device, config: TrainConfig, world: int
-             ) -> tuple[TrainConfig, batch_schedule.Phases | None]:
+def _checked(
+    workload: Workload, device: torch.device, config: TrainConfig, world: int
+) -> tuple[TrainConfig, batch_schedule.Phases | None]:
     """The config as run (the workload's schedule when it names none), checked against the workload, the device and
     the process group; and the batch schedule's phases (None: one batch throughout). An adaptive run starts with
     one phase and adds one each time its noise scale calls for a larger batch."""
@@ -356,15 +389,18 @@ def _checked(workload: Workload, device: torch.device, config: TrainConfig, worl
     config = replace(config, schedule=config.schedule or workload.schedule)  # recorded as run
     devices.check_dtype(device, config.dtype)
     if config.nproc != world:
-        raise UsageError(f"--nproc {config.nproc} needs a process group of {config.nproc} ranks (launched by the job "
-                         f"runner); this one has {world}")
+        raise UsageError(
+            f"--nproc {config.nproc} needs a process group of {config.nproc} ranks (launched by the job "
+            f"runner); this one has {world}"
+        )
     if config.batch_size > workload.n_train:
         raise UsageError(f"--batch-size {config.batch_size} is larger than the {workload.n_train} training samples")
     if config.adaptive_batches is not None:
         return config, ((config.batch_size, 0.0),)
     if config.batch_schedule:
-        return config, batch_schedule.check_batch_schedule(tuple(tuple(p) for p in config.batch_schedule),
-                                                           workload.n_train)
+        return config, batch_schedule.check_batch_schedule(
+            tuple(tuple(p) for p in config.batch_schedule), workload.n_train
+        )
     return config, None
 
 
@@ -373,13 +409,13 @@ class _Length:
     """How long the run is, in optimizer steps and samples, and how often it logs and evaluates."""
 
     epochs: float
-    warmup_samples: int          # the learning rate's linear warm-up
-    steps_per_epoch: int         # at the first batch
-    total_steps: int             # a batch schedule takes the first batch's samples in fewer steps
+    warmup_samples: int  # the learning rate's linear warm-up
+    steps_per_epoch: int  # at the first batch
+    total_steps: int  # a batch schedule takes the first batch's samples in fewer steps
     samples_per_epoch: int
-    total_samples: int           # the schedule's length: warm-up, decay, the batch schedule's phases
-    log_every: int               # optimizer steps a logging interval
-    eval_every_samples: int      # in samples, so a batch that grows does not make evaluation rarer
+    total_samples: int  # the schedule's length: warm-up, decay, the batch schedule's phases
+    log_every: int  # optimizer steps a logging interval
+    eval_every_samples: int  # in samples, so a batch that grows does not make evaluation rarer
     max_steps: int | None
 
     @classmethod
@@ -388,26 +424,34 @@ class _Length:
         steps_per_epoch = source.steps_per_epoch(config.accumulate)
         if steps_per_epoch == 0:
             raise UsageError(f"--batch-size {config.batch_size} is larger than the {workload.n_train} training samples")
-        epoch_steps = max(1, math.ceil(epochs * steps_per_epoch))   # the run's steps at the first batch
+        epoch_steps = max(1, math.ceil(epochs * steps_per_epoch))  # the run's steps at the first batch
         total_steps = epoch_steps
         if phases is not None:  # the same samples as at the first batch, in fewer steps as the batch grows
             total_steps = batch_schedule.scheduled_steps(phases, epoch_steps * config.batch_size)
         if config.max_steps is not None:
             total_steps = min(total_steps, config.max_steps)
         return cls(
-            epochs=epochs, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-            warmup_samples=(config.warmup_samples if config.warmup_samples is not None
-                            else workload.default_warmup_samples()),
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+            warmup_samples=(
+                config.warmup_samples if config.warmup_samples is not None else workload.default_warmup_samples()
+            ),
             samples_per_epoch=steps_per_epoch * config.batch_size,
             total_samples=(total_steps if phases is None else epoch_steps) * config.batch_size,
             log_every=config.log_every_steps or max(1, steps_per_epoch // 20),
             eval_every_samples=max(1, round(config.eval_every_epochs * steps_per_epoch)) * config.batch_size,
-            max_steps=config.max_steps)
+            max_steps=config.max_steps,
+        )
 
     def facts(self) -> dict:
         """What the run's start reports of its length."""
-        return {"epochs": self.epochs, "warmup_samples": self.warmup_samples, "steps_per_epoch": self.steps_per_epoch,
-                "total_steps": self.total_steps}
+        return {
+            "epochs": self.epochs,
+            "warmup_samples": self.warmup_samples,
+            "steps_per_epoch": self.steps_per_epoch,
+            "total_steps": self.total_steps,
+        }
 
     def end_reason(self, step: int) -> str:
         """Why the run's last step was its last: the step cap, or the run's epochs done."""
@@ -423,13 +467,13 @@ class _Data:
 
     def __init__(self, workload: Workload, device: torch.device, config: TrainConfig, phases, rank: int, world: int):
         self.workload, self.device, self.config, self.rank, self.world = workload, device, config, rank, world
-        self.phases = phases             # None: one batch throughout
-        self.batch = config.batch_size   # samples per optimizer step; a batch schedule changes it between phases
-        self.switching = False           # a new phase starts with the next micro-batch
+        self.phases = phases  # None: one batch throughout
+        self.batch = config.batch_size  # samples per optimizer step; a batch schedule changes it between phases
+        self.switching = False  # a new phase starts with the next micro-batch
         self.trend = batch_schedule.NoiseTrend(config.seed) if config.adaptive_batches is not None else None
         self.source = training_batches(workload, device, config.micro_batch, config.seed, rank, world)
         self.length = _Length.of(workload, config, self.source, phases)
-        self.current = None              # this epoch's batches
+        self.current = None  # this epoch's batches
 
     def micro_batches(self) -> Iterator[tuple[int, batches.Batch]]:
         """(number within its epoch from 1, micro-batch), epoch after epoch, for as long as the caller asks (no
@@ -441,10 +485,16 @@ class _Data:
             # the old phase's source, and its copy of the data on the device, go before the next phase makes its
             # own: the two copies at once would need twice the room the run was planned with
             self.source = None
-            self.source = training_batches(self.workload, self.device, self.batch // self.config.accumulate,
-                                           self.config.seed, self.rank, self.world)
+            self.source = training_batches(
+                self.workload,
+                self.device,
+                self.batch // self.config.accumulate,
+                self.config.seed,
+                self.rank,
+                self.world,
+            )
             self.switching = False
-        self.current = self.source.epoch(epoch)   # kept until the run returns: a loader's workers stop off the clock
+        self.current = self.source.epoch(epoch)  # kept until the run returns: a loader's workers stop off the clock
         return enumerate(self.current, 1)
 
     def next_phase(self, samples: int) -> bool:
@@ -454,7 +504,7 @@ class _Data:
         if batch == self.batch:
             return False
         self.batch, self.switching = batch, True
-        self.current.close()   # the old phase's batches end here; its source goes as the next micro-batch is asked for
+        self.current.close()  # the old phase's batches end here; its source goes as the next micro-batch is asked for
         return True
 
     def observe(self, noise_rows: list[dict], row: dict, samples: int, log: RunLog) -> None:
@@ -468,16 +518,23 @@ class _Data:
         if estimate is not None:
             index = {k: row[k] for k in _INDEX}
             smoothed = zip(("noise_scale_smoothed", "noise_scale_low", "noise_scale_high"), estimate)
-            log.logged_values([{**index, "name": name, "value": value} for name, value in smoothed
-                               if value is not None])
-        grown = self.trend.grown(self.batch, tuple(self.config.adaptive_batches), self.config.adaptive_multiple,
-                                 self.workload.n_train, estimate)
+            log.logged_values(
+                [{**index, "name": name, "value": value} for name, value in smoothed if value is not None]
+            )
+        grown = self.trend.grown(
+            self.batch,
+            tuple(self.config.adaptive_batches),
+            self.config.adaptive_multiple,
+            self.workload.n_train,
+            estimate,
+        )
         if grown is not None and samples < self.length.total_samples:
             self.phases = (*self.phases, (grown, samples / self.length.total_samples))
 
 
-def _model_on_ranks(workload: Workload, device: torch.device, config: TrainConfig, world: int, rank: int
-                    ) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:
+def _model_on_ranks(
+    workload: Workload, device: torch.device, config: TrainConfig, world: int, rank: int
+) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:
     """The workload's model on the device, what the loop runs forward, and the seconds its compilation took (None:
     not compiled). With several ranks, forward is the model wrapped in DistributedDataParallel and each rank draws
     its own dropout noise from here; compiled (when asked) before the clock starts."""
@@ -504,8 +561,9 @@ class _Update:
     workload's ``max_grad_norm`` (the true ones: under fp16 the loss-scaled gradients are unscaled first).
     """
 
-    def __init__(self, workload: Workload, model: torch.nn.Module, config: TrainConfig, device: torch.device,
-                 data: _Data):
+    def __init__(
+        self, workload: Workload, model: torch.nn.Module, config: TrainConfig, device: torch.device, data: _Data
+    ):
         self.model, self.data = model, data
         self.optimizer = workload.make_optimizer(model, config.lr)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]  # each group's own peak rate
@@ -515,15 +573,14 @@ class _Update:
         self.peak_lr, self.schedule, self.rule = config.lr, config.schedule, config.batch_schedule_rule
         self.warmup, self.total_samples = data.length.warmup_samples, data.length.total_samples
         self.decay_samples = workload.decay_samples
-        self.factor_set = None   # the schedule's multiple the parameter groups run at now
+        self.factor_set = None  # the schedule's multiple the parameter groups run at now
 
     def step(self, samples: int) -> float:
         """The optimizer step after ``samples``; the rate it ran at (the run's peak rate times the schedule)."""
         factor = lr_factor(samples, self.warmup, self.total_samples, self.schedule, self.decay_samples)
         if self.data.phases is not None:
-            factor *= batch_schedule.lr_multiple(self.data.phases, samples, self.total_samples, self.warmup,
-                                                 self.rule)
-        if factor != self.factor_set:   # constant stretches (after warm-up, wsd's stable phase) set nothing a step
+            factor *= batch_schedule.lr_multiple(self.data.phases, samples, self.total_samples, self.warmup, self.rule)
+        if factor != self.factor_set:  # constant stretches (after warm-up, wsd's stable phase) set nothing a step
             for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
                 group["lr"] = base_lr * factor
             self.factor_set = factor
@@ -542,8 +599,9 @@ class _Update:
         return self.peak_lr * factor
 
 
-def _noise_probe(forward: torch.nn.Module, model: torch.nn.Module, device: torch.device, config: TrainConfig,
-                 scaler, world: int) -> _NoiseProbe | None:
+def _noise_probe(
+    forward: torch.nn.Module, model: torch.nn.Module, device: torch.device, config: TrainConfig, scaler, world: int
+) -> _NoiseProbe | None:
     """The run's gradient noise probe: an adaptive batch's, from each step's micro-batches (loss-scaled ones
     unscaled); else a data-parallel run's, from the ranks' gradients (fp16 goes without: a loss-scaled gradient
     would need unscaling first); else none."""
@@ -585,21 +643,30 @@ class _Clock:
     def row(self, step: int, samples: int, loss: float, lr: float, throughput: float | None) -> dict:
         """A metrics row: where the run is (step, epoch, samples, wall and training time) and its values now."""
         wall = time.perf_counter() - self.started
-        return {"step": step, "epoch": samples / self.samples_per_epoch, "samples": samples, "wall_time_s": wall,
-                "train_time_s": wall - self.eval_time, "train_loss": loss, "lr": lr, "samples_per_s": throughput}
+        return {
+            "step": step,
+            "epoch": samples / self.samples_per_epoch,
+            "samples": samples,
+            "wall_time_s": wall,
+            "train_time_s": wall - self.eval_time,
+            "train_loss": loss,
+            "lr": lr,
+            "samples_per_s": throughput,
+        }
 
 
 class _Interval:
     """The logging interval: its mean training loss (kept on the device until read), its throughput in training
     time, and the noise probe's estimate, logged at its end; progress reported at most every PROGRESS_EVERY_S."""
 
-    def __init__(self, log: RunLog, progress: Callable[[str, float], None], probe: _NoiseProbe | None, data: _Data,
-                 clock: _Clock):
+    def __init__(
+        self, log: RunLog, progress: Callable[[str, float], None], probe: _NoiseProbe | None, data: _Data, clock: _Clock
+    ):
         self.run_log, self.progress, self.probe, self.data, self.clock = log, progress, probe, data, clock
         self.total_steps = data.length.total_steps
         self.losses = _IntervalLoss()
         self.last_train_time, self.last_samples = 0.0, 0
-        self.last_progress = -math.inf   # the first logging step reports progress, then at most every PROGRESS_EVERY_S
+        self.last_progress = -math.inf  # the first logging step reports progress, then at most every PROGRESS_EVERY_S
 
     def log(self, step: int, samples: int, lr: float) -> None:
         devices.synchronize(self.clock.device)  # sync: the interval's steps are done before the clock is read
@@ -629,15 +696,23 @@ class _Interval:
         self.run_log.logged_values([{**{k: row[k] for k in _INDEX}, "name": "batch_size", "value": batch}])
 
 
-def _forward_backward(workload: Workload, forward: torch.nn.Module, model: torch.nn.Module, config: TrainConfig,
-                      device: torch.device, scaler, probe: _NoiseProbe | None, interval: _Interval):
+def _forward_backward(
+    workload: Workload,
+    forward: torch.nn.Module,
+    model: torch.nn.Module,
+    config: TrainConfig,
+    device: torch.device,
+    scaler,
+    probe: _NoiseProbe | None,
+    interval: _Interval,
+):
     """The loop's forward and backward of one micro-batch, as a function of (micro-batch, whether the step's gradient
     is complete after it, steps done) that returns the micro-batch's loss (kept for the interval's mean).
 
     The loss is scaled so that accumulation averages; with DDP the gradient all-reduce runs inside the last
     micro-batch's backward only. Everything a call needs is looked up once, here: this runs every micro-batch.
     """
-    autocast = devices.autocast(device, config.dtype)   # one context, entered every micro-batch
+    autocast = devices.autocast(device, config.dtype)  # one context, entered every micro-batch
     accumulate, loss_fn, where = config.accumulate, workload.loss, workload.where
     log_every = interval.data.length.log_every
     arm = probe.arm if probe is not None and probe.every > 1 else None
@@ -646,11 +721,11 @@ def _forward_backward(workload: Workload, forward: torch.nn.Module, model: torch
 
     def forward_backward(micro_batch, syncing: bool, step: int) -> torch.Tensor:
         if arm is not None:
-            arm(step + 1, log_every)   # whether the step about to run is probed
+            arm(step + 1, log_every)  # whether the step about to run is probed
         with _no_sync_unless(forward, syncing):
             with autocast:
                 loss = batches.loss_of(loss_fn, batches.model_output(forward, micro_batch), micro_batch, where)
-            scaled = loss / accumulate if accumulate > 1 else loss   # no op a step when not accumulating
+            scaled = loss / accumulate if accumulate > 1 else loss  # no op a step when not accumulating
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if after_micro_batch is not None:
             after_micro_batch(model)
@@ -672,8 +747,9 @@ class _Divergence:
         current = float(ddp_util.mean_across_ranks(loss.detach().float()))  # sync (and all ranks agree)
         if self.first is None and math.isfinite(current):
             self.first = current
-        if math.isfinite(current) and not (self.first is not None and self.first > 0
-                                           and current > self.factor * self.first):
+        if math.isfinite(current) and not (
+            self.first is not None and self.first > 0 and current > self.factor * self.first
+        ):
             return
         result.diverged, result.stop_reason = True, "diverged"
         self.log.logged([self.clock.row(step, result.samples, current, lr, None)])
@@ -684,11 +760,21 @@ class _Evaluation:
     """Validation every ``eval_every_samples`` and at the last step, outside the training clock: rank 0 evaluates
     and decides for every rank."""
 
-    def __init__(self, model: torch.nn.Module, workload: Workload, device: torch.device, config: TrainConfig,
-                 length: _Length, log: RunLog, clock: _Clock, rank: int, world: int):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        workload: Workload,
+        device: torch.device,
+        config: TrainConfig,
+        length: _Length,
+        log: RunLog,
+        clock: _Clock,
+        rank: int,
+        world: int,
+    ):
         self.model, self.workload, self.device, self.dtype = model, workload, device, config.dtype
         self.target, self.log, self.clock, self.rank, self.world = config.target_val_loss, log, clock, rank, world
-        self.every = self.next = length.eval_every_samples   # the next evaluation: once this many samples are done
+        self.every = self.next = length.eval_every_samples  # the next evaluation: once this many samples are done
 
     def run(self, step: int, result: RunResult) -> str | None:
         """Evaluate and record it; "target" when the validation loss reached the target. Raises Diverged when it is
@@ -696,36 +782,64 @@ class _Evaluation:
         while self.next <= result.samples:
             self.next += self.every
         with self.clock.stopped():
-            val_loss, metrics = (evaluate(self.model, self.workload, self.device, self.dtype) if self.rank == 0
-                                 else (None, {}))
+            val_loss, metrics = (
+                evaluate(self.model, self.workload, self.device, self.dtype) if self.rank == 0 else (None, {})
+            )
             val_loss = ddp_util.broadcast_float(val_loss) if self.world > 1 else val_loss  # rank 0 decides for all
         train_time = self.clock.train_time()
         result.final_val_loss, result.final_metrics = val_loss, metrics
         result.best_val_loss = val_loss if result.best_val_loss is None else min(result.best_val_loss, val_loss)
-        self.log.evaluated(step=step, epoch=result.samples / self.clock.samples_per_epoch, samples=result.samples,
-                           wall_time_s=self.clock.wall(), train_time_s=train_time, val_loss=val_loss, metrics=metrics)
+        self.log.evaluated(
+            step=step,
+            epoch=result.samples / self.clock.samples_per_epoch,
+            samples=result.samples,
+            wall_time_s=self.clock.wall(),
+            train_time_s=train_time,
+            val_loss=val_loss,
+            metrics=metrics,
+        )
         if not math.isfinite(val_loss):
             result.diverged, result.stop_reason = True, "diverged"
-            raise Diverged(f"validation loss {val_loss} at step {step}: the model's weights or the validation "
-                           f"data hold NaN or infinite values")
+            raise Diverged(
+                f"validation loss {val_loss} at step {step}: the model's weights or the validation "
+                f"data hold NaN or infinite values"
+            )
         if self.target is not None and val_loss <= self.target:
             result.reached_target, result.time_to_target_s = True, train_time
             return "target"
         return None
 
 
-def _started(log: RunLog, config: TrainConfig, workload: Workload, model: torch.nn.Module, data: _Data, world: int,
-             compile_s: float | None, probe: _NoiseProbe | None, math_settings: dict) -> None:
+def _started(
+    log: RunLog,
+    config: TrainConfig,
+    workload: Workload,
+    model: torch.nn.Module,
+    data: _Data,
+    world: int,
+    compile_s: float | None,
+    probe: _NoiseProbe | None,
+    math_settings: dict,
+) -> None:
     """The run's first report: its config and what it is made of."""
-    log.started(config=asdict(config), **data.length.facts(), micro_batch=config.micro_batch,
-                n_train=workload.n_train, n_params=sum(p.numel() for p in model.parameters()),
-                on_device=data.source.on_device, world_size=world,
-                backend=torch.distributed.get_backend() if world > 1 else None, compile_s=compile_s,
-                noise_probe_every=probe.every if probe is not None else None, math_settings=math_settings)
+    log.started(
+        config=asdict(config),
+        **data.length.facts(),
+        micro_batch=config.micro_batch,
+        n_train=workload.n_train,
+        n_params=sum(p.numel() for p in model.parameters()),
+        on_device=data.source.on_device,
+        world_size=world,
+        backend=torch.distributed.get_backend() if world > 1 else None,
+        compile_s=compile_s,
+        noise_probe_every=probe.every if probe is not None else None,
+        math_settings=math_settings,
+    )
 
 
-def _finished(result: RunResult, step: int, stop: str, clock: _Clock, model: torch.nn.Module, save_to: str | None,
-              rank: int) -> RunResult:
+def _finished(
+    result: RunResult, step: int, stop: str, clock: _Clock, model: torch.nn.Module, save_to: str | None, rank: int
+) -> RunResult:
     """The run's record, once the device's queued work is done; its weights saved by rank 0 when asked."""
     devices.synchronize(clock.device)
     result.steps, result.stop_reason = step, stop
@@ -745,16 +859,23 @@ def _divergence(loss: float, step: int, lr: float, first_loss: float | None, fac
     the loss function (no learning rate makes the first step NaN), one that grew is the learning rate."""
     where = f"loss {loss:.4g} at step {step} (lr {lr:.3g})"
     if first_loss is None:
-        return (f"{where}, not finite from the first step: look for NaN or infinite values in the training data "
-                f"(inputs or targets) or the loss function")
+        return (
+            f"{where}, not finite from the first step: look for NaN or infinite values in the training data "
+            f"(inputs or targets) or the loss function"
+        )
     if not math.isfinite(loss):
-        return (f"{where} after starting at {first_loss:.4g}: the learning rate is too high for this batch, or a "
-                f"later batch holds NaN or infinite values")
-    return f"{where}, more than {factor:g} times its start {first_loss:.4g}: the learning rate is too high for this batch"
+        return (
+            f"{where} after starting at {first_loss:.4g}: the learning rate is too high for this batch, or a "
+            f"later batch holds NaN or infinite values"
+        )
+    return (
+        f"{where}, more than {factor:g} times its start {first_loss:.4g}: the learning rate is too high for this batch"
+    )
 
 
-def compile_before_clock(forward: torch.nn.Module, workload: Workload, device: torch.device, dtype: str,
-                         batch_sizes: tuple[int, ...]) -> float:
+def compile_before_clock(
+    forward: torch.nn.Module, workload: Workload, device: torch.device, dtype: str, batch_sizes: tuple[int, ...]
+) -> float:
     """Compile the forward and backward for each of ``batch_sizes`` (a batch shape each), outside the
     clock of the work that follows; their seconds.
 
@@ -794,14 +915,15 @@ class _NoiseProbe:
     over the steps of the interval (averages first, then the ratio).
     """
 
-    def __init__(self, ddp_model, device: torch.device, batch_small: int, batch_big: int,
-                 every: int = NOISE_PROBE_EVERY):
+    def __init__(
+        self, ddp_model, device: torch.device, batch_small: int, batch_big: int, every: int = NOISE_PROBE_EVERY
+    ):
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
         self.batch_small, self.batch_big = batch_small, batch_big
         self.small_sum = torch.zeros((), dtype=torch.float64, device=device)  # Σ over probed steps of local |g|²
-        self.big_sum = torch.zeros((), dtype=torch.float64, device=device)    # Σ over probed steps of |all-reduced g|²
-        self.steps = 0                                                        # probed steps in the sums
+        self.big_sum = torch.zeros((), dtype=torch.float64, device=device)  # Σ over probed steps of |all-reduced g|²
+        self.steps = 0  # probed steps in the sums
         self.every, self.probing = every, True
 
         def hook(_state, bucket):
@@ -821,8 +943,10 @@ class _NoiseProbe:
             return
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if grads:
-            self.big_sum += torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads])) ** 2
+            self.big_sum += (
+                torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads]))
+                ** 2
+            )
         self.steps += 1
 
     def log_rows(self, row: dict) -> list[dict]:
@@ -834,11 +958,19 @@ class _NoiseProbe:
         self.steps = 0
         g2, trace_sigma = noise_scale_from_norms(small, big, self.batch_small, self.batch_big)
         index = {k: row[k] for k in _INDEX}
-        values = {"noise_g_small_sq": small, "noise_g_big_sq": big, "noise_g2": g2, "noise_trace_sigma": trace_sigma,
-                  # B_simple only where both estimates are positive: a single interval can be noisy
-                  "noise_scale": trace_sigma / g2 if g2 > 0 and trace_sigma > 0 else None}
-        return [{**index, "name": name, "value": value} for name, value in values.items()
-                if value is not None and math.isfinite(value)]
+        values = {
+            "noise_g_small_sq": small,
+            "noise_g_big_sq": big,
+            "noise_g2": g2,
+            "noise_trace_sigma": trace_sigma,
+            # B_simple only where both estimates are positive: a single interval can be noisy
+            "noise_scale": trace_sigma / g2 if g2 > 0 and trace_sigma > 0 else None,
+        }
+        return [
+            {**index, "name": name, "value": value}
+            for name, value in values.items()
+            if value is not None and math.isfinite(value)
+        ]
 
 
 class _MicroNoiseProbe(_NoiseProbe):
@@ -848,23 +980,31 @@ class _MicroNoiseProbe(_NoiseProbe):
     One flattened copy of the gradients per micro-batch: cheap next to a forward and backward of the
     small models this is for. The interval's estimate and its rows are the data-parallel probe's."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, accumulate: int, batch_small: int,
-                 batch_big: int, scaler=None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        accumulate: int,
+        batch_small: int,
+        batch_big: int,
+        scaler=None,
+    ):
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.accumulate = accumulate
         self.batch_small, self.batch_big = batch_small, batch_big
         self.small_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.big_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.step_small = torch.zeros((), dtype=torch.float64, device=device)   # this step's, loss-scaled
-        self.good_steps = torch.zeros((), dtype=torch.float64, device=device)   # steps with finite gradients
+        self.step_small = torch.zeros((), dtype=torch.float64, device=device)  # this step's, loss-scaled
+        self.good_steps = torch.zeros((), dtype=torch.float64, device=device)  # steps with finite gradients
         self.steps = 0
-        self.every, self.probing = 1, True   # every step: an adaptive batch follows its live noise scale
-        self.scaler = scaler   # fp16: every gradient is the loss scale times the true one until unscaled
-        self.previous: torch.Tensor | None = None   # the accumulated gradient before this micro-batch
+        self.every, self.probing = 1, True  # every step: an adaptive batch follows its live noise scale
+        self.scaler = scaler  # fp16: every gradient is the loss scale times the true one until unscaled
+        self.previous: torch.Tensor | None = None  # the accumulated gradient before this micro-batch
 
     def _flat(self) -> torch.Tensor:
-        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(torch.float64)
-                          for p in self.params])
+        return torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(torch.float64) for p in self.params]
+        )
 
     def after_micro_batch(self, model: torch.nn.Module) -> None:
         flat = self._flat()
@@ -889,10 +1029,10 @@ class _MicroNoiseProbe(_NoiseProbe):
         self.small_sum += torch.where(finite, small, torch.zeros_like(small))
         self.good_steps += finite.double()
         self.step_small = torch.zeros_like(self.step_small)
-        self.previous = None   # the optimizer step clears the gradients
+        self.previous = None  # the optimizer step clears the gradients
 
     def log_rows(self, row: dict) -> list[dict]:
-        self.steps = int(self.good_steps)   # sync, once an interval
+        self.steps = int(self.good_steps)  # sync, once an interval
         self.good_steps.zero_()
         return super().log_rows(row)
 
@@ -909,7 +1049,7 @@ class _IntervalLoss:
 
     def __init__(self):
         self.kept: list[torch.Tensor] = []
-        self.folded: torch.Tensor | None = None   # the sum of the losses folded so far, in float32
+        self.folded: torch.Tensor | None = None  # the sum of the losses folded so far, in float32
         self.folded_count = 0
 
     def add(self, loss: torch.Tensor) -> None:
@@ -918,7 +1058,7 @@ class _IntervalLoss:
             self._fold()
 
     def _fold(self) -> None:
-        part = torch.stack(self.kept).float().sum()   # in float32, as autocast losses may be lower
+        part = torch.stack(self.kept).float().sum()  # in float32, as autocast losses may be lower
         self.folded = part if self.folded is None else self.folded + part
         self.folded_count += len(self.kept)
         self.kept = []
@@ -943,4 +1083,3 @@ def _process_peak_rss() -> int | None:
         return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
     except (ImportError, OSError):
         return None
-

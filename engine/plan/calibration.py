@@ -36,13 +36,27 @@ from .censored import ratio_interval
 from .steps import StepsModel, noise_draws
 from .verdict import FASTER, QUALITY_FAILED, interval_text
 
-__all__ = ["step_time_bias", "implied_critical_batch", "implied_correction", "measured_factors", "verification_point",
-           "verification_id", "Correction", "correction_from", "indistinguishable", "indistinguishable_text",
-           "next_attempt", "verified", "VERIFIED_QUALITY", "model_of", "CORRECTION_DRAWS"]
+__all__ = [
+    "step_time_bias",
+    "implied_critical_batch",
+    "implied_correction",
+    "measured_factors",
+    "verification_point",
+    "verification_id",
+    "Correction",
+    "correction_from",
+    "indistinguishable",
+    "indistinguishable_text",
+    "next_attempt",
+    "verified",
+    "VERIFIED_QUALITY",
+    "model_of",
+    "CORRECTION_DRAWS",
+]
 
-VERIFIED_QUALITY = ("equivalent", "better")   # with "faster": what the headline shows in a success box
+VERIFIED_QUALITY = ("equivalent", "better")  # with "faster": what the headline shows in a success box
 CORRECTION_DRAWS = 4000
-_TIGHT = 1e-9     # the closed end of a bound, as an interval end a hair away from its point
+_TIGHT = 1e-9  # the closed end of a bound, as an interval end a hair away from its point
 
 
 def step_time_bias(point: dict) -> float | None:
@@ -82,7 +96,7 @@ def implied_correction(model: StepsModel, steps_factor: float | None, b0: int, b
     def gap(log_k: float) -> float:
         return math.log(model.factor(b0, b, math.exp(log_k))) - math.log(steps_factor)
 
-    low, high = -40.0, 40.0     # the model's factor grows with k: from 1 (k -> 0) to B/B0 (k -> inf)
+    low, high = -40.0, 40.0  # the model's factor grows with k: from 1 (k -> 0) to B/B0 (k -> inf)
     if gap(high) < 0:
         return math.inf
     if gap(low) > 0:
@@ -95,9 +109,14 @@ def _arm(group: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
     ended without a time) or time per step (every run that trained has one)."""
     runs = group.get("runs") or []
     if key == "steps":
-        values = [float(r["steps_to_target"]) if r.get("time_to_target_s") is not None and r.get("steps_to_target")
-                  else float(r["steps"]) if r.get("steps") and r.get("censored_at_s") is not None else math.inf
-                  for r in runs]
+        values = [
+            float(r["steps_to_target"])
+            if r.get("time_to_target_s") is not None and r.get("steps_to_target")
+            else float(r["steps"])
+            if r.get("steps") and r.get("censored_at_s") is not None
+            else math.inf
+            for r in runs
+        ]
         reached = [r.get("time_to_target_s") is not None and bool(r.get("steps_to_target")) for r in runs]
         return np.asarray(values, dtype=float), np.asarray(reached, dtype=bool)
     values = [float(r["time_per_step_s"]) for r in runs if r.get("time_per_step_s")]
@@ -143,7 +162,7 @@ def measured_factors(comparison: dict) -> dict:
         out["step_time"] = (time / steps["median"]) / (base_time / base_steps["median"])
     (bt, btr), (ot, otr) = _arm(base, "time"), _arm(other, "time")
     if len(bt) >= 2 and len(ot) >= 2 and out["step_time"] is not None:
-        ends = ratio_interval(ot, otr, bt, btr, confidence)   # the recommended arm's over the baseline's
+        ends = ratio_interval(ot, otr, bt, btr, confidence)  # the recommended arm's over the baseline's
         out["step_time_interval"] = _interval(float(ends["low"]), float(ends["high"]))
     return out
 
@@ -153,9 +172,13 @@ def model_of(rec: dict) -> StepsModel:
     corrections: its single noise estimate, else perfect scaling)."""
     stored = rec.get("steps_model") or {}
     if stored.get("kind") == "curve":
-        return StepsModel("curve", tuple(stored["fractions"]), tuple(stored["scales"]),
-                          tuple(tuple(i) if i else None for i in stored.get("intervals") or [None] * len(stored["scales"])),
-                          stored.get("source_id"))
+        return StepsModel(
+            "curve",
+            tuple(stored["fractions"]),
+            tuple(stored["scales"]),
+            tuple(tuple(i) if i else None for i in stored.get("intervals") or [None] * len(stored["scales"])),
+            stored.get("source_id"),
+        )
     if rec.get("noise_scale"):
         return StepsModel.from_estimate(rec["noise_scale"], rec.get("noise_interval"), rec.get("noise_id"))
     return StepsModel.perfect()
@@ -198,8 +221,16 @@ def _candidate(rec: dict, batch: int) -> dict:
     return next((c for c in rec.get("candidates") or [] if c["batch_size"] == batch), {})
 
 
-def verification_point(rec: dict, comparison: dict, *, source: str, created_at: float,
-                       autopilot_id: str | None = None, attempt: int = 1, device_name: str | None = None) -> dict:
+def verification_point(
+    rec: dict,
+    comparison: dict,
+    *,
+    source: str,
+    created_at: float,
+    autopilot_id: str | None = None,
+    attempt: int = 1,
+    device_name: str | None = None,
+) -> dict:
     """One calibration point: a ``verifications`` row (see the migration m016) from a recommendation document and
     the comparison of its baseline (the first group) and recommended (the second) runs."""
     groups = comparison.get("groups") or []
@@ -212,9 +243,12 @@ def verification_point(rec: dict, comparison: dict, *, source: str, created_at: 
     model = model_of(rec)
     predicted_interval = speed.get("time_to_target_interval") or [None, None]
     raw_interval = raw.get("time_to_target_interval") or predicted_interval
-    bias = rec.get("step_time_bias") or 1.0   # the runs' time per step over the profile's, as earlier runs measured
-    step_time = (chosen["step_time_s"] / baseline["step_time_s"] * bias
-                 if chosen.get("step_time_s") and baseline.get("step_time_s") else None)
+    bias = rec.get("step_time_bias") or 1.0  # the runs' time per step over the profile's, as earlier runs measured
+    step_time = (
+        chosen["step_time_s"] / baseline["step_time_s"] * bias
+        if chosen.get("step_time_s") and baseline.get("step_time_s")
+        else None
+    )
     predicted_steps = chosen.get("steps_factor") or model.factor(b0, b)
     measured = measured_factors(comparison)
     other = groups[1] if len(groups) > 1 else {}
@@ -223,32 +257,53 @@ def verification_point(rec: dict, comparison: dict, *, source: str, created_at: 
     measured_interval = other.get("speedup_interval") or [None, None]
     steps_interval = measured["steps_interval"] or [None, None]
     point = {
-        "id": verification_id(base_runs, rec_runs), "source": source, "autopilot_id": autopilot_id,
-        "attempt": attempt, "recommendation_id": rec["recommendation_id"], "workload": rec.get("workload"),
-        "device_id": (rec.get("device") or {}).get("id"), "device_name": device_name or (rec.get("device") or {}).get("name"),
-        "created_at": created_at, "baseline_batch": b0, "batch_size": b, "rule": rec.get("rule"),
+        "id": verification_id(base_runs, rec_runs),
+        "source": source,
+        "autopilot_id": autopilot_id,
+        "attempt": attempt,
+        "recommendation_id": rec["recommendation_id"],
+        "workload": rec.get("workload"),
+        "device_id": (rec.get("device") or {}).get("id"),
+        "device_name": device_name or (rec.get("device") or {}).get("name"),
+        "created_at": created_at,
+        "baseline_batch": b0,
+        "batch_size": b,
+        "rule": rec.get("rule"),
         "learning_rate": rec.get("learning_rate"),
-        "predicted_speedup": speed.get("time_to_target"), "predicted_low": predicted_interval[0],
+        "predicted_speedup": speed.get("time_to_target"),
+        "predicted_low": predicted_interval[0],
         "predicted_high": predicted_interval[1],
-        "raw_speedup": raw.get("time_to_target", speed.get("time_to_target")), "raw_low": raw_interval[0],
+        "raw_speedup": raw.get("time_to_target", speed.get("time_to_target")),
+        "raw_low": raw_interval[0],
         "raw_high": raw_interval[1],
-        "predicted_steps": predicted_steps, "predicted_steps_low": (chosen.get("steps_interval") or [None, None])[0],
+        "predicted_steps": predicted_steps,
+        "predicted_steps_low": (chosen.get("steps_interval") or [None, None])[0],
         "predicted_steps_high": (chosen.get("steps_interval") or [None, None])[1],
         "raw_steps": chosen.get("raw_steps_factor") or model.factor(b0, b),
-        "predicted_step_time": step_time, "step_time_bias": bias,
+        "predicted_step_time": step_time,
+        "step_time_bias": bias,
         "predicted_step_time_low": (chosen.get("step_time_interval") or [None, None])[0],
         "predicted_step_time_high": (chosen.get("step_time_interval") or [None, None])[1],
-        "measured_speedup": _finite(measured_speedup), "measured_low": measured_interval[0],
-        "measured_high": measured_interval[1], "measured_bound": bound.get("kind"),
-        "measured_steps": _finite(measured["steps"]), "measured_steps_low": steps_interval[0],
-        "measured_steps_high": steps_interval[1], "steps_bound": measured["steps_bound"],
+        "measured_speedup": _finite(measured_speedup),
+        "measured_low": measured_interval[0],
+        "measured_high": measured_interval[1],
+        "measured_bound": bound.get("kind"),
+        "measured_steps": _finite(measured["steps"]),
+        "measured_steps_low": steps_interval[0],
+        "measured_steps_high": steps_interval[1],
+        "steps_bound": measured["steps_bound"],
         "measured_step_time": measured["step_time"],
         "measured_step_time_low": (measured["step_time_interval"] or [None, None])[0],
         "measured_step_time_high": (measured["step_time_interval"] or [None, None])[1],
-        "verdict": (other.get("verdict") or {}).get("word"), "quality": (other.get("quality") or {}).get("verdict"),
-        "verified": verified(comparison), "failed_why": _failed_why(comparison),
-        "noise_model": model.kind, "b_simple": model.single,
-        "baseline_runs": base_runs, "recommended_runs": rec_runs, "comparison": comparison,
+        "verdict": (other.get("verdict") or {}).get("word"),
+        "quality": (other.get("quality") or {}).get("verdict"),
+        "verified": verified(comparison),
+        "failed_why": _failed_why(comparison),
+        "noise_model": model.kind,
+        "b_simple": model.single,
+        "baseline_runs": base_runs,
+        "recommended_runs": rec_runs,
+        "comparison": comparison,
     }
     point.update(_implied(model, measured, b0, b))
     return point
@@ -261,15 +316,24 @@ def _finite(value):
 def _implied(model: StepsModel, measured: dict, b0: int, b: int) -> dict:
     """The critical batch the measured steps factor implies, with its interval, the correction factor it means for
     the model, and in words what was learned (or why nothing was)."""
-    out = {"implied_b_crit": None, "b_crit_low": None, "b_crit_high": None, "ratio": None, "ratio_low": None,
-           "ratio_high": None, "learned": None}
+    out = {
+        "implied_b_crit": None,
+        "b_crit_low": None,
+        "b_crit_high": None,
+        "ratio": None,
+        "ratio_low": None,
+        "ratio_high": None,
+        "learned": None,
+    }
     steps, bound = measured["steps"], measured["steps_bound"]
     if b <= b0:
         out["learned"] = "nothing about the noise scale: the recommended batch is the baseline's"
         return out
     if steps is None:
-        out["learned"] = ("nothing about the noise scale: the recommended runs ended without reaching the target or "
-                          "a training time (diverged or crashed), which says more about the learning rate than steps")
+        out["learned"] = (
+            "nothing about the noise scale: the recommended runs ended without reaching the target or "
+            "a training time (diverged or crashed), which says more about the learning rate than steps"
+        )
         return out
     low, high = measured["steps_interval"] or (None, None)
     if bound == "at most":
@@ -344,23 +408,38 @@ class Correction:
         n = self.verifications
         span = interval_text(*self.interval).removesuffix("×")
         if self.absolute:
-            return (f"B_crit ≈ {_number(self.factor)} (90% interval {span}) implied by {n} verification"
-                    f"{'' if n == 1 else 's'} on this workload and device")
-        return (f"B_crit ≈ {self.factor:.2f}× B_simple (90% interval {span}×) implied by {n} verification"
-                f"{'' if n == 1 else 's'} on this workload and device")
+            return (
+                f"B_crit ≈ {_number(self.factor)} (90% interval {span}) implied by {n} verification"
+                f"{'' if n == 1 else 's'} on this workload and device"
+            )
+        return (
+            f"B_crit ≈ {self.factor:.2f}× B_simple (90% interval {span}×) implied by {n} verification"
+            f"{'' if n == 1 else 's'} on this workload and device"
+        )
 
     def as_dict(self) -> dict:
-        return {"factor": _plain(self.factor), "interval": self.interval, "absolute": self.absolute,
-                "verifications": self.verifications, "verification_ids": list(self.verification_ids),
-                "points": [list(p) for p in self.points], "text": self.describe()}
+        return {
+            "factor": _plain(self.factor),
+            "interval": self.interval,
+            "absolute": self.absolute,
+            "verifications": self.verifications,
+            "verification_ids": list(self.verification_ids),
+            "points": [list(p) for p in self.points],
+            "text": self.describe(),
+        }
 
     @classmethod
     def of(cls, stored: dict | None) -> "Correction | None":
         """A correction as a recommendation document stores it (:meth:`as_dict`)."""
         if not stored or stored.get("factor") is None or not stored.get("points"):
             return None
-        return cls(float(stored["factor"]), list(stored["interval"]), bool(stored["absolute"]),
-                   tuple(stored["verification_ids"]), tuple(tuple(p) for p in stored["points"]))
+        return cls(
+            float(stored["factor"]),
+            list(stored["interval"]),
+            bool(stored["absolute"]),
+            tuple(stored["verification_ids"]),
+            tuple(tuple(p) for p in stored["points"]),
+        )
 
 
 def _point_draws(point: float, low: float | None, high: float | None, n: int, rng) -> np.ndarray:
@@ -368,12 +447,12 @@ def _point_draws(point: float, low: float | None, high: float | None, n: int, rn
     estimate's); a bound's closed end a hair from its point."""
     if n == 0:
         return np.empty(0)
-    if math.isinf(point):   # perfect scaling measured: at least the interval's low end
+    if math.isinf(point):  # perfect scaling measured: at least the interval's low end
         if low is None or not math.isfinite(low) or low <= 0:
             return np.full(n, np.inf)
         point, high = low, None
         low = low * (1 - _TIGHT)
-    if point <= 0:          # no steps saved: as good as nothing, up to what the interval allows
+    if point <= 0:  # no steps saved: as good as nothing, up to what the interval allows
         if not high or not math.isfinite(high):
             return np.zeros(n)
         point, low = high * 1e-3, None
@@ -415,19 +494,26 @@ def indistinguishable(rec: dict) -> list[int]:
     if not interval:
         return [rec["batch_size"]]
     low, high = interval
-    return sorted(c["batch_size"] for c in rec["candidates"] if c.get("eligible") and c.get("speedup_time_to_target")
-                  and (c["batch_size"] == rec["batch_size"] or low <= c["speedup_time_to_target"] <= high))
+    return sorted(
+        c["batch_size"]
+        for c in rec["candidates"]
+        if c.get("eligible")
+        and c.get("speedup_time_to_target")
+        and (c["batch_size"] == rec["batch_size"] or low <= c["speedup_time_to_target"] <= high)
+    )
 
 
 def indistinguishable_text(rec: dict, batches: list[int]) -> str | None:
-    """"512 and 1024 are indistinguishable here: ..."; None when the choice stands alone."""
+    """ "512 and 1024 are indistinguishable here: ..."; None when the choice stands alone."""
     if len(batches) < 2:
         return None
     chosen = _candidate(rec, rec["batch_size"])
     names = ", ".join(str(b) for b in batches[:-1]) + f" and {batches[-1]}"
-    return (f"{names} are indistinguishable here: each one's predicted speedup lies within batch {rec['batch_size']}'s "
-            f"90% prediction interval ({interval_text(*chosen['speedup_interval'])}); the choice among them rests on "
-            f"the ranking's lower ends, not on a difference the model can show")
+    return (
+        f"{names} are indistinguishable here: each one's predicted speedup lies within batch {rec['batch_size']}'s "
+        f"90% prediction interval ({interval_text(*chosen['speedup_interval'])}); the choice among them rests on "
+        f"the ranking's lower ends, not on a difference the model can show"
+    )
 
 
 def next_attempt(rec: dict, tried: list[tuple[int, str]], last: dict) -> tuple[int, str, str] | None:
@@ -440,18 +526,37 @@ def next_attempt(rec: dict, tried: list[tuple[int, str]], last: dict) -> tuple[i
     lower end, whose interval still lies above the baseline's; None when no such batch is left."""
     batch, rule = last["batch_size"], last.get("rule") or rec.get("rule") or "linear"
     quality_failed = last.get("quality") in ("worse", QUALITY_FAILED) or (
-        last.get("measured_bound") == "at most" and last.get("implied_b_crit") is None)
+        last.get("measured_bound") == "at most" and last.get("implied_b_crit") is None
+    )
     if quality_failed and rule == "linear" and (batch, "sqrt") not in tried:
-        return batch, "sqrt", (f"batch {batch} under the linear rule lost quality or diverged: the square-root rule's "
-                               f"smaller learning rate at the same batch")
+        return (
+            batch,
+            "sqrt",
+            (
+                f"batch {batch} under the linear rule lost quality or diverged: the square-root rule's "
+                f"smaller learning rate at the same batch"
+            ),
+        )
     b0 = rec["baseline"]["batch_size"]
     smallest = min(b for b, _ in tried)
-    remaining = [c for c in rec["candidates"] if c.get("eligible") and b0 < c["batch_size"] < smallest
-                 and (c["batch_size"], rule) not in tried and c.get("speedup_interval")]
+    remaining = [
+        c
+        for c in rec["candidates"]
+        if c.get("eligible")
+        and b0 < c["batch_size"] < smallest
+        and (c["batch_size"], rule) not in tried
+        and c.get("speedup_interval")
+    ]
     remaining.sort(key=lambda c: (-c["speedup_interval"][0], c["batch_size"]))
     if not remaining or remaining[0]["speedup_interval"][0] <= 1:
         return None
     best = remaining[0]
-    return best["batch_size"], rule, (f"the corrected model ranks batch {best['batch_size']} next among the smaller "
-                                      f"batches (predicted {best['speedup_time_to_target']:.2f}×, 90% prediction "
-                                      f"interval {interval_text(*best['speedup_interval'])})")
+    return (
+        best["batch_size"],
+        rule,
+        (
+            f"the corrected model ranks batch {best['batch_size']} next among the smaller "
+            f"batches (predicted {best['speedup_time_to_target']:.2f}×, 90% prediction "
+            f"interval {interval_text(*best['speedup_interval'])})"
+        ),
+    )

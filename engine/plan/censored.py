@@ -27,8 +27,8 @@ import numpy as np
 
 __all__ = ["km_medians", "ratio_interval", "gehan_test", "smallest_p", "EXACT_SPLITS", "PERMUTATIONS"]
 
-EXACT_SPLITS = 5000     # enumerate every split of the pooled runs up to this many (3+3: 20, 7+7: 3432)
-PERMUTATIONS = 4000     # random splits beyond (a p-value's Monte-Carlo error ~ sqrt(p/4000): 0.0016 at p = 0.01)
+EXACT_SPLITS = 5000  # enumerate every split of the pooled runs up to this many (3+3: 20, 7+7: 3432)
+PERMUTATIONS = 4000  # random splits beyond (a p-value's Monte-Carlo error ~ sqrt(p/4000): 0.0016 at p = 0.01)
 
 
 def km_medians(times: np.ndarray, reached: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +66,7 @@ def _medians_of_copies(times: np.ndarray, reached: np.ndarray, copies: np.ndarra
     with np.errstate(divide="ignore", invalid="ignore"):
         # log of the survival factor at each rank, were it a rank that reached the target (copies at once)
         log_factor = np.where(at_risk > 0, np.log1p(-copies / np.maximum(at_risk, 1)), 0.0)
-    last = n - 1 - np.argmax(copies[:, ::-1] > 0, axis=-1)          # the longest time drawn
+    last = n - 1 - np.argmax(copies[:, ::-1] > 0, axis=-1)  # the longest time drawn
     bound = times[:, last]
     median = np.full(bound.shape, np.nan)
     patterns, which = np.unique(reached, axis=0, return_inverse=True)
@@ -96,8 +96,9 @@ def _ratio_range(base_median, base_bound, other_median, other_bound) -> tuple[np
     return low, high, both
 
 
-def ratio_interval(base_times, base_reached, other_times, other_reached, confidence: float,
-                   resamples: int = 2000, seed: int = 0) -> dict:
+def ratio_interval(
+    base_times, base_reached, other_times, other_reached, confidence: float, resamples: int = 2000, seed: int = 0
+) -> dict:
     """The ``confidence`` interval of (baseline median / other median), resampling each arm's seeds.
 
     Arrays ``(..., n)`` and ``(..., m)`` with the same leading shape. Returns arrays of that shape:
@@ -112,18 +113,24 @@ def ratio_interval(base_times, base_reached, other_times, other_reached, confide
     # the same resampling plan for every comparison: copies of each rank in each resample
     base_copies = rng.multinomial(n, np.full(n, 1 / n), size=resamples)
     other_copies = rng.multinomial(m, np.full(m, 1 / m), size=resamples)
-    base_median, base_bound = _medians_of_copies(*_by_time(base_times.reshape(-1, n), base_reached.reshape(-1, n)),
-                                                 base_copies)
-    other_median, other_bound = _medians_of_copies(*_by_time(other_times.reshape(-1, m),
-                                                             other_reached.reshape(-1, m)), other_copies)
+    base_median, base_bound = _medians_of_copies(
+        *_by_time(base_times.reshape(-1, n), base_reached.reshape(-1, n)), base_copies
+    )
+    other_median, other_bound = _medians_of_copies(
+        *_by_time(other_times.reshape(-1, m), other_reached.reshape(-1, m)), other_copies
+    )
     lows, highs, known = _ratio_range(base_median, base_bound, other_median, other_bound)
     tail = (1.0 - confidence) / 2.0
     low = np.quantile(lows, tail, axis=-1, method="inverted_cdf")
     high = np.quantile(highs, 1.0 - tail, axis=-1, method="inverted_cdf")
     low = np.where(low > 0, low, np.nan)
     high = np.where(np.isfinite(high), high, np.nan)
-    return {"low": low.reshape(lead), "high": high.reshape(lead), "both": known.sum(axis=-1).reshape(lead),
-            "resamples": resamples}
+    return {
+        "low": low.reshape(lead),
+        "high": high.reshape(lead),
+        "both": known.sum(axis=-1).reshape(lead),
+        "resamples": resamples,
+    }
 
 
 def _gehan_scores(times: np.ndarray, reached: np.ndarray) -> np.ndarray:
@@ -134,7 +141,7 @@ def _gehan_scores(times: np.ndarray, reached: np.ndarray) -> np.ndarray:
     that reached the target and tied with every other censored run."""
     t_i, t_j = times[..., :, None], times[..., None, :]
     e_i, e_j = reached[..., :, None], reached[..., None, :]
-    faster_than_i = e_j & ((t_j < t_i) | ((t_j == t_i) & ~e_i))     # [.., i, j]: j surely before i
+    faster_than_i = e_j & ((t_j < t_i) | ((t_j == t_i) & ~e_i))  # [.., i, j]: j surely before i
     return faster_than_i.sum(axis=-1) - faster_than_i.sum(axis=-2)
 
 
@@ -151,7 +158,7 @@ def gehan_test(base_times, base_reached, other_times, other_reached, seed: int =
     n, m = base_times.shape[-1], other_times.shape[-1]
     times = np.concatenate([base_times, other_times], axis=-1).reshape(-1, n + m)
     reached = np.concatenate([base_reached, other_reached], axis=-1).reshape(-1, n + m)
-    scores = _gehan_scores(times, reached).astype(float)          # [comparison, run]
+    scores = _gehan_scores(times, reached).astype(float)  # [comparison, run]
     observed = scores[:, :n].sum(axis=-1)
     splits = math.comb(n + m, n)
     exact = splits <= EXACT_SPLITS
@@ -163,7 +170,7 @@ def gehan_test(base_times, base_reached, other_times, other_reached, seed: int =
         rng = np.random.default_rng(seed)
         masks = (rng.permuted(np.tile(np.arange(n + m), (PERMUTATIONS, 1)), axis=1) < n).astype(float)
     # the scores sum to zero over the pooled runs, so the statistic's null distribution is centred on 0
-    null = np.abs(scores @ masks.T)                                  # [comparison, split]
+    null = np.abs(scores @ masks.T)  # [comparison, split]
     extreme = (null >= np.abs(observed)[:, None] - 1e-9).sum(axis=-1)
     p = extreme / splits if exact else (extreme + 1) / (PERMUTATIONS + 1)
     smallest = smallest_p(n, m)

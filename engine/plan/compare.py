@@ -42,15 +42,30 @@ from ..units import check_number
 from .censored import gehan_test, km_medians, ratio_interval
 from .verdict import CONFIDENCE, MIN_SEEDS, QUALITY_FAILED, QUALITY_TOO_FEW, failed_text, speedup_verdict
 
-__all__ = ["CONFIDENCE", "compare_groups", "time_to_target", "first_reach", "km_median", "welch_p_value",
-           "summarize", "comparison_table", "comparison_runs", "quality_verdict", "time_text", "speedup_text",
-           "check_tolerance", "background_conditions", "LOAD_DIFFERENCE_PCT", "FAILED_STATES"]
+__all__ = [
+    "CONFIDENCE",
+    "compare_groups",
+    "time_to_target",
+    "first_reach",
+    "km_median",
+    "welch_p_value",
+    "summarize",
+    "comparison_table",
+    "comparison_runs",
+    "quality_verdict",
+    "time_text",
+    "speedup_text",
+    "check_tolerance",
+    "background_conditions",
+    "LOAD_DIFFERENCE_PCT",
+    "FAILED_STATES",
+]
 
-BOOTSTRAP_RESAMPLES = 2000     # resamples of the seeds of each arm, for the speedup's interval
-FAILED_STATES = ("DIVERGED", "CRASHED", "FAILED", "KILLED")   # runs that ended without their final values
-QUALITY_TOLERANCE = 0.01       # default: a quality difference within 1% of the baseline's value is "no change"
-MAX_TOLERANCE = 10.0           # a target (or a quality band) ten times the baseline's value away is none
-LOAD_DIFFERENCE_PCT = 20.0     # percentage points of the machine's CPU busy with other processes: conditions differ
+BOOTSTRAP_RESAMPLES = 2000  # resamples of the seeds of each arm, for the speedup's interval
+FAILED_STATES = ("DIVERGED", "CRASHED", "FAILED", "KILLED")  # runs that ended without their final values
+QUALITY_TOLERANCE = 0.01  # default: a quality difference within 1% of the baseline's value is "no change"
+MAX_TOLERANCE = 10.0  # a target (or a quality band) ten times the baseline's value away is none
+LOAD_DIFFERENCE_PCT = 20.0  # percentage points of the machine's CPU busy with other processes: conditions differ
 
 
 def check_tolerance(tolerance: object, what: str = "--tolerance") -> float:
@@ -64,8 +79,11 @@ def first_reach(evals: pd.DataFrame, target: float) -> dict | None:
     if reached.empty:
         return None
     first = reached.iloc[0]
-    return {"train_time_s": float(first["train_time_s"]), "wall_time_s": float(first["wall_time_s"]),
-            "step": int(first["step"])}
+    return {
+        "train_time_s": float(first["train_time_s"]),
+        "wall_time_s": float(first["wall_time_s"]),
+        "step": int(first["step"]),
+    }
 
 
 def time_to_target(evals: pd.DataFrame, target: float) -> tuple[float | None, float | None]:
@@ -79,8 +97,11 @@ def summarize(values: list[float | None]) -> dict:
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-            "n": len(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+    }
 
 
 def km_median(reached: list[float], censored: list[float]) -> tuple[float | None, float | None]:
@@ -90,8 +111,9 @@ def km_median(reached: list[float], censored: list[float]) -> tuple[float | None
     lower bound is the longest time seen."""
     if not reached and not censored:
         return None, None
-    median, bound = km_medians(np.asarray([*reached, *censored], dtype=float),
-                               np.asarray([True] * len(reached) + [False] * len(censored)))
+    median, bound = km_medians(
+        np.asarray([*reached, *censored], dtype=float), np.asarray([True] * len(reached) + [False] * len(censored))
+    )
     return (None, float(bound)) if math.isnan(median) else (float(median), None)
 
 
@@ -99,14 +121,16 @@ def _arm_times(rows: list[dict]) -> tuple[list[float], list[float]]:
     """(times of the runs that reached the target, times the others are censored at). A run that ended
     without a training time (diverged, crashed) never gets there at all: censored at infinity."""
     reached = [r["time_to_target_s"] for r in rows if r["time_to_target_s"] is not None]
-    censored = [r["censored_at_s"] if r["censored_at_s"] is not None else math.inf
-                for r in rows if r["time_to_target_s"] is None]
+    censored = [
+        r["censored_at_s"] if r["censored_at_s"] is not None else math.inf
+        for r in rows
+        if r["time_to_target_s"] is None
+    ]
     return reached, censored
 
 
 def _censored_arrays(reached: list[float], censored: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    return (np.asarray([*reached, *censored], dtype=float),
-            np.asarray([True] * len(reached) + [False] * len(censored)))
+    return (np.asarray([*reached, *censored], dtype=float), np.asarray([True] * len(reached) + [False] * len(censored)))
 
 
 def _speedup(base_rows: list[dict], rows: list[dict], confidence: float) -> dict:
@@ -114,20 +138,32 @@ def _speedup(base_rows: list[dict], rows: list[dict], confidence: float) -> dict
     the censored-data bootstrap interval and the Gehan permutation test (with MIN_SEEDS seeds an arm)."""
     base_median, base_bound = km_median(*_arm_times(base_rows))
     median, bound = km_median(*_arm_times(rows))
-    out = {"speedup": None, "speedup_bound": None, "speedup_interval": None, "speedup_resamples": None,
-           "speedup_test": None}
+    out = {
+        "speedup": None,
+        "speedup_bound": None,
+        "speedup_interval": None,
+        "speedup_resamples": None,
+        "speedup_test": None,
+    }
     if base_median is not None and median is not None:
         out["speedup"] = base_median / median
     elif base_median is not None and bound is not None:
         out["speedup_bound"] = {"kind": "at most", "value": 0.0 if math.isinf(bound) else base_median / bound}
     elif median is not None and base_bound is not None:
-        out["speedup_bound"] = {"kind": "at least", "value": math.inf if math.isinf(base_bound) else base_bound / median}
+        out["speedup_bound"] = {
+            "kind": "at least",
+            "value": math.inf if math.isinf(base_bound) else base_bound / median,
+        }
     base_t, base_r = _censored_arrays(*_arm_times(base_rows))
     other_t, other_r = _censored_arrays(*_arm_times(rows))
     if len(base_rows) >= 2 and len(rows) >= 2:
         test = gehan_test(base_t, base_r, other_t, other_r)
-        out["speedup_test"] = {"p": float(test["p"]), "exact": bool(test["exact"]), "smallest": test["smallest"],
-                               "name": "Gehan-Wilcoxon permutation test"}
+        out["speedup_test"] = {
+            "p": float(test["p"]),
+            "exact": bool(test["exact"]),
+            "smallest": test["smallest"],
+            "name": "Gehan-Wilcoxon permutation test",
+        }
     if len(base_rows) >= MIN_SEEDS and len(rows) >= MIN_SEEDS:
         interval = ratio_interval(base_t, base_r, other_t, other_r, confidence, BOOTSTRAP_RESAMPLES)
         low, high = float(interval["low"]), float(interval["high"])
@@ -138,10 +174,16 @@ def _speedup(base_rows: list[dict], rows: list[dict], confidence: float) -> dict
 
 def _steps_median(rows: list[dict]) -> tuple[float | None, float | None]:
     """Kaplan-Meier (median, bound) of the steps to the target, censored at each run's steps as times are."""
-    reached = [float(r["steps_to_target"]) for r in rows if r["time_to_target_s"] is not None
-               and r["steps_to_target"] is not None]
-    censored = [float(r["steps"]) if r.get("steps") and r["censored_at_s"] is not None else math.inf
-                for r in rows if r["time_to_target_s"] is None]
+    reached = [
+        float(r["steps_to_target"])
+        for r in rows
+        if r["time_to_target_s"] is not None and r["steps_to_target"] is not None
+    ]
+    censored = [
+        float(r["steps"]) if r.get("steps") and r["censored_at_s"] is not None else math.inf
+        for r in rows
+        if r["time_to_target_s"] is None
+    ]
     return km_median(reached, censored)
 
 
@@ -168,7 +210,7 @@ def _difference_interval(a: list[float], b: list[float], confidence: float = CON
 
 
 def quality_verdict(difference: float | None, interval: list[float] | None, tolerance: float, mode: str) -> str:
-    """"equivalent" (the interval inside ±tolerance), "worse" or "better" (entirely beyond it, in the
+    """ "equivalent" (the interval inside ±tolerance), "worse" or "better" (entirely beyond it, in the
     direction that matters for ``mode``), else "inconclusive" (more seeds would tell)."""
     if difference is None or interval is None:
         return "inconclusive"
@@ -183,32 +225,60 @@ def quality_verdict(difference: float | None, interval: list[float] | None, tole
     return "inconclusive"
 
 
-def _quality(rows: list[dict], base_rows: list[dict], key: str, mode: str, relative_tolerance: float,
-             confidence: float, names: tuple[str, str]) -> dict:
+def _quality(
+    rows: list[dict],
+    base_rows: list[dict],
+    key: str,
+    mode: str,
+    relative_tolerance: float,
+    confidence: float,
+    names: tuple[str, str],
+) -> dict:
     """The quality difference of an arm from the baseline, its interval and verdict. A seed that ended
     without its final value (diverged, crashed, failed, cancelled) is listed and counts against
     equivalence; with fewer than MIN_SEEDS seeds in an arm there is no verdict."""
-    failed = [{"group": name, "run": r["id"], "seed": r.get("seed"), "state": r.get("state")}
-              for name, arm in zip(names, (base_rows, rows)) for r in arm if r.get("state") in FAILED_STATES]
+    failed = [
+        {"group": name, "run": r["id"], "seed": r.get("seed"), "state": r.get("state")}
+        for name, arm in zip(names, (base_rows, rows))
+        for r in arm
+        if r.get("state") in FAILED_STATES
+    ]
     a = [v for r in rows if (v := r[key]) is not None and math.isfinite(v)]
     b = [v for r in base_rows if (v := r[key]) is not None and math.isfinite(v)]
-    out = {"difference": None, "interval": None, "p_value": None, "tolerance": None, "verdict": "inconclusive",
-           "failed": failed, "seeds": min(len(rows), len(base_rows))}
+    out = {
+        "difference": None,
+        "interval": None,
+        "p_value": None,
+        "tolerance": None,
+        "verdict": "inconclusive",
+        "failed": failed,
+        "seeds": min(len(rows), len(base_rows)),
+    }
     if a and b:
         difference = statistics.fmean(a) - statistics.fmean(b)
         tolerance = relative_tolerance * abs(statistics.fmean(b))
         interval = _difference_interval(a, b, confidence)
-        out.update(difference=difference, interval=interval, p_value=welch_p_value(a, b), tolerance=tolerance,
-                   verdict=quality_verdict(difference, interval, tolerance, mode))
+        out.update(
+            difference=difference,
+            interval=interval,
+            p_value=welch_p_value(a, b),
+            tolerance=tolerance,
+            verdict=quality_verdict(difference, interval, tolerance, mode),
+        )
     if min(len(rows), len(base_rows)) < MIN_SEEDS:
         out["verdict"] = QUALITY_TOO_FEW
-    elif failed and out["verdict"] != "worse":   # the survivors alone cannot vouch for the arm
+    elif failed and out["verdict"] != "worse":  # the survivors alone cannot vouch for the arm
         out["verdict"] = QUALITY_FAILED
     return out
 
 
-def compare_groups(groups: list[tuple[str, list[dict]]], evals: pd.DataFrame, tolerance: float = 0.01,
-                   quality_tolerance: float = QUALITY_TOLERANCE, confidence: float = CONFIDENCE) -> dict:
+def compare_groups(
+    groups: list[tuple[str, list[dict]]],
+    evals: pd.DataFrame,
+    tolerance: float = 0.01,
+    quality_tolerance: float = QUALITY_TOLERANCE,
+    confidence: float = CONFIDENCE,
+) -> dict:
     """``groups``: (name, runs) pairs, the baseline first; ``evals``: :func:`largestep.store.run_evaluations`.
 
     ``tolerance``: the target is the baseline's best validation loss loosened by this share;
@@ -240,18 +310,32 @@ def compare_groups(groups: list[tuple[str, list[dict]]], evals: pd.DataFrame, to
         median, at_least = km_median(reached, censored)
         times = summarize([r["time_to_target_s"] for r in rows])
         group = {
-            "name": name, "runs": rows, "n": len(rows), "reached": times["n"],
-            "batch_size": runs[0].get("batch_size"), "lr": runs[0].get("lr"), "role": runs[0].get("role"),
+            "name": name,
+            "runs": rows,
+            "n": len(rows),
+            "reached": times["n"],
+            "batch_size": runs[0].get("batch_size"),
+            "lr": runs[0].get("lr"),
+            "role": runs[0].get("role"),
             "time_to_target_s": times,
-            "time_to_target": {"median_s": median, "at_least_s": at_least, "reached": times["n"], "n": len(rows),
-                               "censored_runs": [r["id"] for r in rows if r["time_to_target_s"] is None]},
+            "time_to_target": {
+                "median_s": median,
+                "at_least_s": at_least,
+                "reached": times["n"],
+                "n": len(rows),
+                "censored_runs": [r["id"] for r in rows if r["time_to_target_s"] is None],
+            },
             "wall_time_to_target_s": summarize([r["wall_time_to_target_s"] for r in rows]),
             "final_val_loss": summarize([r["final_val_loss"] for r in rows]),
             "metric": summarize([r["metric"] for r in rows]),
             "time_per_step_s": summarize([r["time_per_step_s"] for r in rows]),
             "steps_to_target": summarize([r["steps_to_target"] for r in rows]),
             "steps_to_target_median": dict(zip(("median", "at_least"), _steps_median(rows))),
-            "speedup": None, "speedup_interval": None, "metric_difference": None, "p_value": None, "quality": None,
+            "speedup": None,
+            "speedup_interval": None,
+            "metric_difference": None,
+            "p_value": None,
+            "quality": None,
             "verdict": None,
         }
         if index == 0:
@@ -259,37 +343,53 @@ def compare_groups(groups: list[tuple[str, list[dict]]], evals: pd.DataFrame, to
         else:
             group.update(_speedup(base_rows, rows, confidence))
             group["verdict"] = asdict(speedup_verdict(group, len(base_rows), confidence))
-            group["quality"] = _quality(rows, base_rows, quality_key, quality_mode, quality_tolerance, confidence,
-                                        (baseline_name, name))
+            group["quality"] = _quality(
+                rows, base_rows, quality_key, quality_mode, quality_tolerance, confidence, (baseline_name, name)
+            )
             if metric:
                 group["metric_difference"] = group["quality"]["difference"]
                 group["p_value"] = group["quality"]["p_value"]
         out_groups.append(group)
     conditions = background_conditions(out_groups)
-    return {"baseline": baseline_name, "target_val_loss": target, "baseline_best_val_loss": best,
-            "tolerance": tolerance, "time_basis": "training time, evaluation excluded",
-            "time_statistic": "Kaplan-Meier median over seeds; a run that never reached the target counts as at "
-                              "least its whole training time",
-            "confidence": confidence, "metric": metric, "metric_mode": mode, "min_seeds": MIN_SEEDS,
-            "quality": {"name": quality_name, "mode": quality_mode, "tolerance_share": quality_tolerance},
-            "conditions": conditions, "groups": out_groups}
+    return {
+        "baseline": baseline_name,
+        "target_val_loss": target,
+        "baseline_best_val_loss": best,
+        "tolerance": tolerance,
+        "time_basis": "training time, evaluation excluded",
+        "time_statistic": "Kaplan-Meier median over seeds; a run that never reached the target counts as at "
+        "least its whole training time",
+        "confidence": confidence,
+        "metric": metric,
+        "metric_mode": mode,
+        "min_seeds": MIN_SEEDS,
+        "quality": {"name": quality_name, "mode": quality_mode, "tolerance_share": quality_tolerance},
+        "conditions": conditions,
+        "groups": out_groups,
+    }
 
 
 def _run_row(run: dict, evals: pd.DataFrame, target: float) -> dict:
     reach = first_reach(evals[evals["run_id"] == run["id"]], target)
     steps, train_time = run.get("steps"), run.get("train_time_s")
-    return {"id": run["id"], "seed": run.get("seed"), "state": run.get("state"),
-            "time_to_target_s": reach["train_time_s"] if reach else None,
-            "wall_time_to_target_s": reach["wall_time_s"] if reach else None,
-            "steps_to_target": reach["step"] if reach else None,
-            "censored_at_s": None if reach else train_time,
-            "final_val_loss": run.get("final_val_loss"), "metric": run.get("final_primary_metric"),
-            "train_time_s": train_time, "steps": steps,
-            "time_per_step_s": train_time / steps if train_time and steps else None,
-            "background_cpu_pct": _finite(run.get("background_cpu_pct")),
-            "background_gpu_processes": _finite(run.get("background_gpu_processes")),
-            "background_gpu_mem_bytes": _finite(run.get("background_gpu_mem_bytes")),
-            "conditions_differ": False}
+    return {
+        "id": run["id"],
+        "seed": run.get("seed"),
+        "state": run.get("state"),
+        "time_to_target_s": reach["train_time_s"] if reach else None,
+        "wall_time_to_target_s": reach["wall_time_s"] if reach else None,
+        "steps_to_target": reach["step"] if reach else None,
+        "censored_at_s": None if reach else train_time,
+        "final_val_loss": run.get("final_val_loss"),
+        "metric": run.get("final_primary_metric"),
+        "train_time_s": train_time,
+        "steps": steps,
+        "time_per_step_s": train_time / steps if train_time and steps else None,
+        "background_cpu_pct": _finite(run.get("background_cpu_pct")),
+        "background_gpu_processes": _finite(run.get("background_gpu_processes")),
+        "background_gpu_mem_bytes": _finite(run.get("background_gpu_mem_bytes")),
+        "conditions_differ": False,
+    }
 
 
 def _finite(value) -> float | None:
@@ -321,8 +421,10 @@ def background_conditions(groups: list[dict]) -> dict:
     for group in groups:
         loads = [r["background_cpu_pct"] for r in group["runs"] if r["background_cpu_pct"] is not None]
         group["background_cpu_pct"] = statistics.median(loads) if loads else None
-    rule = (f"every run of a group, or one run, with a share of the CPU busy with other processes more than "
-            f"{LOAD_DIFFERENCE_PCT:.0f} points from the others', or other processes on a run's GPU")
+    rule = (
+        f"every run of a group, or one run, with a share of the CPU busy with other processes more than "
+        f"{LOAD_DIFFERENCE_PCT:.0f} points from the others', or other processes on a run's GPU"
+    )
     measured = [g for g in groups if g["background_cpu_pct"] is not None]
     if len(measured) > 1:
         low = min(measured, key=lambda g: g["background_cpu_pct"])
@@ -331,19 +433,27 @@ def background_conditions(groups: list[dict]) -> dict:
             for group in (low, high):
                 for row in group["runs"]:
                     row["conditions_differ"] = True
-            text = (f"the {high['name']} runs ran with a median {high['background_cpu_pct']:.0f}% of the CPU busy "
-                    f"with other processes, the {low['name']} runs with {low['background_cpu_pct']:.0f}%")
-            return {"differed": True, "text": text, "rule": rule,
-                    "flagged_runs": [r["id"] for g in (high, low) for r in g["runs"]]}
+            text = (
+                f"the {high['name']} runs ran with a median {high['background_cpu_pct']:.0f}% of the CPU busy "
+                f"with other processes, the {low['name']} runs with {low['background_cpu_pct']:.0f}%"
+            )
+            return {
+                "differed": True,
+                "text": text,
+                "rule": rule,
+                "flagged_runs": [r["id"] for g in (high, low) for r in g["runs"]],
+            }
     runs = [(g["name"], r) for g in groups for r in g["runs"]]
-    flagged = [(name, run, why) for name, run in runs if (why := _run_differs(run, [r for _, r in runs if r is not run]))]
+    flagged = [
+        (name, run, why) for name, run in runs if (why := _run_differs(run, [r for _, r in runs if r is not run]))
+    ]
     for _name, run, _why in flagged:
         run["conditions_differ"] = True
     if not flagged:
         return {"differed": False, "text": None, "rule": rule, "flagged_runs": []}
     others = [r for _, r in runs if not r["conditions_differ"]]
     text = "; ".join(f"{name} seed {run.get('seed')} {why}" for name, run, why in flagged)
-    if others:   # every run flagged: there are no others to speak of
+    if others:  # every run flagged: there are no others to speak of
         text += "; the others " + _others_text(others)
     return {"differed": True, "text": text, "rule": rule, "flagged_runs": [run["id"] for _, run, _ in flagged]}
 
@@ -368,17 +478,21 @@ def _run_differs(run: dict, others: list[dict]) -> str | None:
     if gpu and other_gpu and statistics.median(other_gpu) == 0:
         memory = run.get("background_gpu_mem_bytes")
         count = int(gpu)
-        reasons.append(f"shared its GPU with {count} other process{'' if count == 1 else 'es'}"
-                       + (f" ({format_bytes(memory)})" if memory else ""))
+        reasons.append(
+            f"shared its GPU with {count} other process{'' if count == 1 else 'es'}"
+            + (f" ({format_bytes(memory)})" if memory else "")
+        )
     return " and ".join(reasons) or None
 
 
 def _others_text(others: list[dict]) -> str:
-    """"with 2% to 5%" of the CPU busy with other processes (and "alone on the GPU" where measured)."""
+    """ "with 2% to 5%" of the CPU busy with other processes (and "alone on the GPU" where measured)."""
     loads = sorted(r["background_cpu_pct"] for r in others if r["background_cpu_pct"] is not None)
     if not loads:
         return "did not measure their load"
-    text = f"with {loads[0]:.0f}%" if round(loads[0]) == round(loads[-1]) else f"with {loads[0]:.0f}% to {loads[-1]:.0f}%"
+    text = (
+        f"with {loads[0]:.0f}%" if round(loads[0]) == round(loads[-1]) else f"with {loads[0]:.0f}% to {loads[-1]:.0f}%"
+    )
     if any(r["background_gpu_processes"] is not None for r in others):
         text += ", the GPU to themselves"
     return text
@@ -388,7 +502,7 @@ def _others_text(others: list[dict]) -> str:
 
 
 def time_text(time_to_target: dict) -> str:
-    """"12.3 s", or "≥ 40.1 s" when fewer than half the runs reached the target."""
+    """ "12.3 s", or "≥ 40.1 s" when fewer than half the runs reached the target."""
     if time_to_target.get("median_s") is not None:
         return f"{time_to_target['median_s']:.3g} s"
     if time_to_target.get("at_least_s") is not None:
@@ -413,37 +527,56 @@ def comparison_table(result: dict) -> list[dict]:
         baseline = index == 0
         q = g.get("quality") or {}
         interval = q.get("interval")
-        rows.append({
-            "group": g["name"], "role": g.get("role") or "", "batch": g.get("batch_size"),
-            "lr": f"{g['lr']:.3g}" if g.get("lr") is not None else DASH,
-            "reached": f"{g['reached']} of {g['n']}",
-            "time to target (median)": time_text(g["time_to_target"]),
-            "speedup": "baseline" if baseline else speedup_text(g),
-            "final val loss": mean_std(g["final_val_loss"], 4),
-            f"final {result.get('metric') or 'metric'}": mean_std(g["metric"], 4),
-            f"Δ {quality}": "" if baseline else (
-                DASH if q.get("difference") is None else f"{q['difference']:+.4f}"
-                + (f" ({interval[0]:+.4f} to {interval[1]:+.4f})" if interval else "")),
-            "quality": "" if baseline else q.get("verdict", DASH) + (
-                f" ({failed_text(q['failed'])})" if q.get("failed") else ""),
-            "p (Welch)": "" if baseline else (f"{q['p_value']:.3g}" if q.get("p_value") is not None else DASH),
-            "background CPU": format_pct(g.get("background_cpu_pct"))
-            + (" (differed)" if any(r.get("conditions_differ") for r in g.get("runs") or []) else ""),
-        })
+        rows.append(
+            {
+                "group": g["name"],
+                "role": g.get("role") or "",
+                "batch": g.get("batch_size"),
+                "lr": f"{g['lr']:.3g}" if g.get("lr") is not None else DASH,
+                "reached": f"{g['reached']} of {g['n']}",
+                "time to target (median)": time_text(g["time_to_target"]),
+                "speedup": "baseline" if baseline else speedup_text(g),
+                "final val loss": mean_std(g["final_val_loss"], 4),
+                f"final {result.get('metric') or 'metric'}": mean_std(g["metric"], 4),
+                f"Δ {quality}": ""
+                if baseline
+                else (
+                    DASH
+                    if q.get("difference") is None
+                    else f"{q['difference']:+.4f}"
+                    + (f" ({interval[0]:+.4f} to {interval[1]:+.4f})" if interval else "")
+                ),
+                "quality": ""
+                if baseline
+                else q.get("verdict", DASH) + (f" ({failed_text(q['failed'])})" if q.get("failed") else ""),
+                "p (Welch)": "" if baseline else (f"{q['p_value']:.3g}" if q.get("p_value") is not None else DASH),
+                "background CPU": format_pct(g.get("background_cpu_pct"))
+                + (" (differed)" if any(r.get("conditions_differ") for r in g.get("runs") or []) else ""),
+            }
+        )
     return rows
 
 
 def comparison_runs(result: dict) -> list[dict]:
     """One row per training run of the comparison."""
+
     def rounded(value, digits=2):
         return None if value is None else round(float(value), digits)
 
-    return [{"group": g["name"], "run": run["id"], "seed": run.get("seed"), "state": run.get("state"),
-             "time to target (s)": rounded(run.get("time_to_target_s")),
-             "censored at (s)": rounded(run.get("censored_at_s")),
-             "training time (s)": rounded(run.get("train_time_s")),
-             "final val loss": rounded(run.get("final_val_loss"), 4), "final metric": rounded(run.get("metric"), 4),
-             "background CPU": format_pct(run.get("background_cpu_pct")),
-             "conditions": "differed" if run.get("conditions_differ") else ""}
-            for g in result.get("groups") or [] for run in g.get("runs") or []]
-
+    return [
+        {
+            "group": g["name"],
+            "run": run["id"],
+            "seed": run.get("seed"),
+            "state": run.get("state"),
+            "time to target (s)": rounded(run.get("time_to_target_s")),
+            "censored at (s)": rounded(run.get("censored_at_s")),
+            "training time (s)": rounded(run.get("train_time_s")),
+            "final val loss": rounded(run.get("final_val_loss"), 4),
+            "final metric": rounded(run.get("metric"), 4),
+            "background CPU": format_pct(run.get("background_cpu_pct")),
+            "conditions": "differed" if run.get("conditions_differ") else "",
+        }
+        for g in result.get("groups") or []
+        for run in g.get("runs") or []
+    ]

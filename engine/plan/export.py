@@ -76,9 +76,14 @@ __all__ = [
 FORMATS = ("yaml", "json", "toml", "torch", "hf", "lightning", "deepspeed", "cli")
 DATA_FORMATS = ("yaml", "json", "toml")
 FILE_SUFFIX = {
-    "yaml": ".yaml", "json": ".json", "toml": ".toml",
-    "torch": ".py", "hf": ".py", "lightning": ".py",
-    "deepspeed": ".json", "cli": ".sh",
+    "yaml": ".yaml",
+    "json": ".json",
+    "toml": ".toml",
+    "torch": ".py",
+    "hf": ".py",
+    "lightning": ".py",
+    "deepspeed": ".json",
+    "cli": ".sh",
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
 FACTORY = "factory:"  # a workload's optimizer factory, recorded as "factory:<function name>"
@@ -102,17 +107,22 @@ def split_batch(global_batch: int, devices: int = 1, micro_batch: int | None = N
     global_batch = _positive_int(global_batch, "the global batch")
     devices = _positive_int(devices, "--devices")
     if global_batch % devices:
-        raise UsageError(f"--devices {devices} does not divide the global batch {global_batch}; "
-                         f"use one of {_join(_divisors(global_batch))}")
+        raise UsageError(
+            f"--devices {devices} does not divide the global batch {global_batch}; "
+            f"use one of {_join(_divisors(global_batch))}"
+        )
     per_device = global_batch // devices
     if micro_batch is None:
         return per_device, 1, devices
     micro_batch = _positive_int(micro_batch, "--micro-batch")
     if per_device % micro_batch:
-        share = (f"the {per_device} samples each of {devices} devices takes per step" if devices > 1
-                 else "the global batch")
-        raise UsageError(f"--micro-batch {micro_batch} does not divide {share} (global batch {global_batch}); "
-                         f"use one of {_join(_divisors(per_device))}")
+        share = (
+            f"the {per_device} samples each of {devices} devices takes per step" if devices > 1 else "the global batch"
+        )
+        raise UsageError(
+            f"--micro-batch {micro_batch} does not divide {share} (global batch {global_batch}); "
+            f"use one of {_join(_divisors(per_device))}"
+        )
     return micro_batch, per_device // micro_batch, devices
 
 
@@ -124,8 +134,10 @@ def _split_for(rec: dict, devices: int | None, micro_batch: int | None) -> tuple
         micro, accumulation, n = split_batch(global_batch, rec.get("world_size") or 1, own_micro)
         own_accumulation = rec.get("gradient_accumulation_steps") or 1
         if accumulation != own_accumulation:
-            raise UsageError(f"recommendation {rec['recommendation_id']} is inconsistent: micro-batch {own_micro} x "
-                             f"accumulation {own_accumulation} x {n} devices is not its batch {global_batch}")
+            raise UsageError(
+                f"recommendation {rec['recommendation_id']} is inconsistent: micro-batch {own_micro} x "
+                f"accumulation {own_accumulation} x {n} devices is not its batch {global_batch}"
+            )
         return micro, accumulation, n
     if devices is None:
         devices = rec.get("world_size") or 1
@@ -172,7 +184,7 @@ def config_document(rec: dict, devices: int | None = None, micro_batch: int | No
     if rec["optimizer"] == "sgd":
         optimizer["momentum"] = SGD_MOMENTUM
     if rec["optimizer"].startswith(FACTORY):
-        optimizer["factory"] = rec["optimizer"][len(FACTORY):]
+        optimizer["factory"] = rec["optimizer"][len(FACTORY) :]
     baseline = rec.get("baseline") or {}
     device = rec.get("device") or {}
     speedup = rec.get("predicted_speedup") or {}
@@ -223,8 +235,14 @@ def config_document(rec: dict, devices: int | None = None, micro_batch: int | No
         "prediction": {
             "speedup_throughput": _number(speedup.get("throughput")),
             "speedup_time_to_target": _number(speedup.get("time_to_target")),
-            **({"speedup_time_to_target_interval": [_number(v) for v in speedup["time_to_target_interval"]],
-                "coverage": _number(speedup.get("coverage"))} if speedup.get("time_to_target_interval") else {}),
+            **(
+                {
+                    "speedup_time_to_target_interval": [_number(v) for v in speedup["time_to_target_interval"]],
+                    "coverage": _number(speedup.get("coverage")),
+                }
+                if speedup.get("time_to_target_interval")
+                else {}
+            ),
             # the noise model ranked on: the estimate or curve, and its correction by earlier verifications
             **({"noise_model": model_text(rec)} if rec.get("steps_model") else {}),
             "experiments_per_gpu_day": {
@@ -233,11 +251,11 @@ def config_document(rec: dict, devices: int | None = None, micro_batch: int | No
             },
         },
     }
-    if rec.get("threads"):   # --threads the profile measured with: the run should train on as many
+    if rec.get("threads"):  # --threads the profile measured with: the run should train on as many
         doc["training"]["threads"] = int(rec["threads"])
     if rec.get("estimator"):
-        doc["measured_on"]["estimator"] = rec["estimator"]   # which statistic of the steps is the step time
-    if rec.get("accepted_load"):   # made from a profile that could not be trusted: why, wherever it goes
+        doc["measured_on"]["estimator"] = rec["estimator"]  # which statistic of the steps is the step time
+    if rec.get("accepted_load"):  # made from a profile that could not be trusted: why, wherever it goes
         doc["measured_on"]["accepted_load"] = rec["accepted_load"]
     if rec.get("batch_schedule"):
         doc["batch_schedule"] = _batch_schedule_section(rec["batch_schedule"])
@@ -252,15 +270,28 @@ def _batch_schedule_section(plan: dict) -> dict:
         "spec": plan["spec"],
         "epochs": _number(plan.get("epochs")),
         "samples_ratio": _number(plan.get("samples_ratio")),
-        "phases": [{"start_fraction": float(p["start_fraction"]), "batch_size": int(p["batch_size"]),
-                    "learning_rate": float(p["learning_rate"]), "warmup_samples": int(p["warmup_samples"])}
-                   for p in plan["phases"]],
-        "prediction": {"speedup_over_baseline": _number(speed["over_baseline"]),
-                       "speedup_over_best_fixed": _number(speed["over_best_fixed"]),
-                       "best_fixed_batch": int(plan["best_fixed"]["batch_size"]),
-                       **({"speedup_over_baseline_interval": [_number(v) for v in speed["over_baseline_interval"]],
-                           "speedup_over_best_fixed_interval": [_number(v) for v in speed["over_best_fixed_interval"]]}
-                          if speed.get("over_baseline_interval") else {})},
+        "phases": [
+            {
+                "start_fraction": float(p["start_fraction"]),
+                "batch_size": int(p["batch_size"]),
+                "learning_rate": float(p["learning_rate"]),
+                "warmup_samples": int(p["warmup_samples"]),
+            }
+            for p in plan["phases"]
+        ],
+        "prediction": {
+            "speedup_over_baseline": _number(speed["over_baseline"]),
+            "speedup_over_best_fixed": _number(speed["over_best_fixed"]),
+            "best_fixed_batch": int(plan["best_fixed"]["batch_size"]),
+            **(
+                {
+                    "speedup_over_baseline_interval": [_number(v) for v in speed["over_baseline_interval"]],
+                    "speedup_over_best_fixed_interval": [_number(v) for v in speed["over_best_fixed_interval"]],
+                }
+                if speed.get("over_baseline_interval")
+                else {}
+            ),
+        },
     }
 
 
@@ -269,7 +300,7 @@ def _schedule_and_clipping(rec: dict, batch: int) -> dict:
     a recommendation without them keeps the document it always had."""
     extra: dict[str, Any] = {}
     if rec.get("schedule") == "wsd":
-        samples = _int(rec.get("decay_samples"))   # None: the last fifth of the run
+        samples = _int(rec.get("decay_samples"))  # None: the last fifth of the run
         extra["decay_samples"] = samples
         extra["decay_steps"] = -(-samples // batch) if samples is not None else None
     if _number(rec.get("max_grad_norm")) is not None:
@@ -282,8 +313,9 @@ def _check(rec: dict) -> None:
     if missing:
         raise UsageError(f"the recommendation lacks {', '.join(missing)}; run `largestep recommend` again")
     if rec["optimizer"] not in OPTIMIZERS and not rec["optimizer"].startswith(FACTORY):
-        raise UsageError(f"optimizer {rec['optimizer']!r} cannot be exported; known: {', '.join(OPTIMIZERS)} "
-                         f"or an optimizer factory")
+        raise UsageError(
+            f"optimizer {rec['optimizer']!r} cannot be exported; known: {', '.join(OPTIMIZERS)} or an optimizer factory"
+        )
     schedule = rec.get("schedule") or "constant"
     if schedule not in SCHEDULES:
         raise UsageError(f"schedule {schedule!r} cannot be exported; known: {', '.join(SCHEDULES)}")
@@ -384,9 +416,13 @@ def _header(doc: dict) -> list[str]:
         rule = f"rule: {_clean(scale['rule'])}, lr = baseline lr x sqrt(batch / baseline batch)"
     if base["batch_size"] and base["learning_rate"]:
         rule += f" (baseline: batch {base['batch_size']} at lr {base['learning_rate']:.4g})"
-    noise = (f"gradient noise scale about {scale['noise_scale']:,.0f}" if scale["noise_scale"] is not None
-             else "noise scale: not estimated (perfect scaling assumed up to saturation)"
-             if scale["assumed_perfect_scaling"] else f"noise model: {_clean(doc['prediction'].get('noise_model') or '-')}")
+    noise = (
+        f"gradient noise scale about {scale['noise_scale']:,.0f}"
+        if scale["noise_scale"] is not None
+        else "noise scale: not estimated (perfect scaling assumed up to saturation)"
+        if scale["assumed_perfect_scaling"]
+        else f"noise model: {_clean(doc['prediction'].get('noise_model') or '-')}"
+    )
     lines = [
         f"generated by largestep {__version__} from recommendation {_clean(ls['recommendation_id'])} "
         f"made on {_clean(ls['created_at'] or 'an unknown date')}"
@@ -405,9 +441,14 @@ def _header(doc: dict) -> list[str]:
         parts = []
         if pred["speedup_time_to_target"] is not None:
             span = pred.get("speedup_time_to_target_interval")
-            parts.append(f"{pred['speedup_time_to_target']:.2f}x the speed to the target"
-                         + (f" ({(pred.get('coverage') or 0.9):.0%} prediction interval {span[0]:.2f}x to {span[1]:.2f}x)"
-                            if span else ""))
+            parts.append(
+                f"{pred['speedup_time_to_target']:.2f}x the speed to the target"
+                + (
+                    f" ({(pred.get('coverage') or 0.9):.0%} prediction interval {span[0]:.2f}x to {span[1]:.2f}x)"
+                    if span
+                    else ""
+                )
+            )
         if pred["speedup_throughput"] is not None:
             parts.append(f"{pred['speedup_throughput']:.2f}x the throughput")
         lines.append("predicted: " + ", ".join(parts) + " of the baseline")
@@ -415,7 +456,7 @@ def _header(doc: dict) -> list[str]:
 
 
 def _schedule_interval(prediction: dict) -> str:
-    """", 90% prediction intervals 1.1x-1.6x and 0.9x-1.2x" where the plan has them."""
+    """ ", 90% prediction intervals 1.1x-1.6x and 0.9x-1.2x" where the plan has them."""
     low = prediction.get("speedup_over_baseline_interval")
     fixed = prediction.get("speedup_over_best_fixed_interval")
     if not low or not fixed:
@@ -477,9 +518,11 @@ def _factory_note(doc: dict) -> list[str]:
     optimizer = doc["training"]["optimizer"]
     if "factory" not in optimizer:
         return []
-    return [f"{optimizer['factory']} is the optimizer factory of workload {_clean(doc['workload']['spec'] or '-')}: "
-            f"import it from there; called with LEARNING_RATE it scales every parameter group alike "
-            f"(x{doc['scaling']['lr_scale'] or 1:.4g} of the baseline's rates)"]
+    return [
+        f"{optimizer['factory']} is the optimizer factory of workload {_clean(doc['workload']['spec'] or '-')}: "
+        f"import it from there; called with LEARNING_RATE it scales every parameter group alike "
+        f"(x{doc['scaling']['lr_scale'] or 1:.4g} of the baseline's rates)"
+    ]
 
 
 def _knobs(doc: dict) -> str:
@@ -499,8 +542,10 @@ def _knobs(doc: dict) -> str:
     if t.get("max_grad_norm") is not None:
         lines.append(f"MAX_GRAD_NORM = {t.get('max_grad_norm')!r}  # clip gradients to this global norm")
     if t["schedule"] == "wsd":
-        lines.append(f"DECAY_STEPS = {t['decay_steps']!r}  # optimizer steps of the final decay"
-                     + ("" if t["decay_steps"] is not None else "; None: the last fifth of the run"))
+        lines.append(
+            f"DECAY_STEPS = {t['decay_steps']!r}  # optimizer steps of the final decay"
+            + ("" if t["decay_steps"] is not None else "; None: the last fifth of the run")
+        )
     lines += [
         f"WARMUP_STEPS = {t['warmup_steps']}  # optimizer steps of linear warm-up ({t['warmup_samples']} samples)",
         f"EPOCHS = {epochs if epochs is not None else 1}"
@@ -580,12 +625,14 @@ def _torch(doc: dict) -> str:
         imports.append("from torch.utils.data.distributed import DistributedSampler")
     out = _comment(_header(doc) + _factory_note(doc))
     if distributed:
-        out += _comment([
-            f"{t['devices']} devices: launch with `torchrun --nproc_per_node {t['devices']} <your script>`; "
-            f"each process loads MICRO_BATCH = {t['micro_batch_size']} samples per pass",
-            "through a DistributedSampler, and the model is wrapped in DistributedDataParallel, which "
-            "averages gradients across devices. Each process trains on the GPU torchrun's LOCAL_RANK names.",
-        ])
+        out += _comment(
+            [
+                f"{t['devices']} devices: launch with `torchrun --nproc_per_node {t['devices']} <your script>`; "
+                f"each process loads MICRO_BATCH = {t['micro_batch_size']} samples per pass",
+                "through a DistributedSampler, and the model is wrapped in DistributedDataParallel, which "
+                "averages gradients across devices. Each process trains on the GPU torchrun's LOCAL_RANK names.",
+            ]
+        )
     out += "\n".join(imports) + "\n\n" + _knobs(doc)
     out += "\nassert MICRO_BATCH * ACCUMULATION * DEVICES == GLOBAL_BATCH\n"
     out += _lr_factor(doc)
@@ -598,7 +645,7 @@ def train(model, train_dataset, loss_fn, device="cpu"):
     """Train `model` on `train_dataset` (items: inputs..., target) with the recommended settings."""
 '''
     if distributed:
-        body += '''    # one process per device, started by torchrun, which names this process's device in LOCAL_RANK;
+        body += """    # one process per device, started by torchrun, which names this process's device in LOCAL_RANK;
     # the device is made current before the process group starts (NCCL binds to the current device)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
@@ -609,36 +656,37 @@ def train(model, train_dataset, loss_fn, device="cpu"):
     model.to(device)
     model = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[local_rank] if torch.device(device).type == "cuda" else None)
-'''
+"""
     else:
         body += "    model.to(device)\n"
-    body += f'''    optimizer = {optimizer}
+    body += f"""    optimizer = {optimizer}
     sampler = {sampler}
     loader = DataLoader(train_dataset, batch_size=MICRO_BATCH, shuffle=sampler is None, sampler=sampler,
                         drop_last=True)
 {_total_steps_line(doc, "    ", total)}    scheduler = {_scheduler_line(doc, "total_steps")}
-'''
+"""
     if dtype == "fp16":
-        body += '    scaler = torch.amp.GradScaler(torch.device(device).type)  # fp16 needs loss scaling\n'
+        body += "    scaler = torch.amp.GradScaler(torch.device(device).type)  # fp16 needs loss scaling\n"
     body += "\n    for epoch in range(EPOCHS):\n"
     if distributed:
         body += "        sampler.set_epoch(epoch)  # a different shuffle each epoch, the same on every device\n"
-    body += '''        optimizer.zero_grad(set_to_none=True)
+    body += """        optimizer.zero_grad(set_to_none=True)
         for i, (*inputs, target) in enumerate(loader):
             # forward backward: the loss is divided so the accumulated gradient is the mean over
             # the global batch, not the sum of ACCUMULATION micro-batch means
-'''
+"""
     indent = "            "
     if distributed:
-        body += (f"{indent}stepping = (i + 1) % ACCUMULATION == 0\n"
-                 f"{indent}# micro-batches that only accumulate skip DDP's gradient all-reduce\n"
-                 f"{indent}with contextlib.nullcontext() if stepping else model.no_sync():\n")
+        body += (
+            f"{indent}stepping = (i + 1) % ACCUMULATION == 0\n"
+            f"{indent}# micro-batches that only accumulate skip DDP's gradient all-reduce\n"
+            f"{indent}with contextlib.nullcontext() if stepping else model.no_sync():\n"
+        )
         indent += "    "
     forward = "loss = loss_fn(model(*(x.to(device) for x in inputs)), target.to(device))"
     if dtype in ("bf16", "fp16"):
         torch_dtype = "torch.bfloat16" if dtype == "bf16" else "torch.float16"
-        body += (f"{indent}with torch.autocast(torch.device(device).type, dtype={torch_dtype}):\n"
-                 f"{indent}    {forward}\n")
+        body += f"{indent}with torch.autocast(torch.device(device).type, dtype={torch_dtype}):\n{indent}    {forward}\n"
     else:
         body += f"{indent}{forward}\n"
     if dtype == "fp16":
@@ -658,10 +706,10 @@ def train(model, train_dataset, loss_fn, device="cpu"):
         body += "            scaler.step(optimizer)\n            scaler.update()\n"
     else:
         body += "            optimizer.step()\n"
-    body += '''            scheduler.step()
+    body += """            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
     return model
-'''
+"""
     if "batch_schedule" in doc:
         body += _batch_schedule_code(doc) + _torch_batch_schedule(doc)
     return out + body
@@ -674,18 +722,25 @@ def _hf(doc: dict) -> str:
     scheduler = _HF_SCHEDULER[t["schedule"]]
     factory = t["optimizer"].get("factory")
     out = _comment(_header(doc) + _factory_note(doc))
-    out += _comment([
-        f"global batch {t['batch_size']} = per_device_train_batch_size {t['micro_batch_size']} x "
-        f"gradient_accumulation_steps {t['gradient_accumulation_steps']} x {_devices(t['devices'])}"
-        + (f" (launch with `torchrun --nproc_per_node {t['devices']}` or `accelerate launch`)"
-           if t["devices"] > 1 else ""),
-    ])
+    out += _comment(
+        [
+            f"global batch {t['batch_size']} = per_device_train_batch_size {t['micro_batch_size']} x "
+            f"gradient_accumulation_steps {t['gradient_accumulation_steps']} x {_devices(t['devices'])}"
+            + (
+                f" (launch with `torchrun --nproc_per_node {t['devices']}` or `accelerate launch`)"
+                if t["devices"] > 1
+                else ""
+            ),
+        ]
+    )
     explicit = None
     if factory:
         explicit = f"{factory}(model, {t['learning_rate']!r})"
     elif name == "sgd":
-        explicit = f"torch.optim.SGD(model.parameters(), lr={t['learning_rate']!r}, momentum={SGD_MOMENTUM!r}, " \
-                   f"weight_decay={wd!r})"
+        explicit = (
+            f"torch.optim.SGD(model.parameters(), lr={t['learning_rate']!r}, momentum={SGD_MOMENTUM!r}, "
+            f"weight_decay={wd!r})"
+        )
     elif name == "adam" and wd:
         explicit = f"torch.optim.Adam(model.parameters(), lr={t['learning_rate']!r}, weight_decay={wd!r})"
     out += ("import torch\n" if explicit else "") + "from transformers import Trainer, TrainingArguments\n\n"
@@ -698,7 +753,7 @@ def _hf(doc: dict) -> str:
     }.get(name, "  # unused: make_trainer below passes the workload's optimizer factory")
     args_wd = 0.0 if name == "adam" else wd
     args = [
-        f'output_dir={"largestep-" + _clean(doc["largestep"]["recommendation_id"])!r},',
+        f"output_dir={'largestep-' + _clean(doc['largestep']['recommendation_id'])!r},",
         f"per_device_train_batch_size={t['micro_batch_size']},",
         f"gradient_accumulation_steps={t['gradient_accumulation_steps']},",
         f"learning_rate={t['learning_rate']!r},",
@@ -706,8 +761,9 @@ def _hf(doc: dict) -> str:
         f'lr_scheduler_type="{scheduler}",',
     ]
     if t["schedule"] == "wsd" and t["decay_steps"] is not None:
-        args.append(f'lr_scheduler_kwargs={{"num_decay_steps": {t["decay_steps"]}}},  # the final decay, '
-                    f'optimizer steps')
+        args.append(
+            f'lr_scheduler_kwargs={{"num_decay_steps": {t["decay_steps"]}}},  # the final decay, optimizer steps'
+        )
     # the Trainer clips at 1.0 unless told: 0 turns clipping off, as the workload trains
     args.append(f"max_grad_norm={t.get('max_grad_norm') if t.get('max_grad_norm') is not None else 0.0!r},")
     if t["epochs"] is not None:
@@ -725,16 +781,22 @@ def make_trainer(model, train_dataset, **kwargs):
     """A Trainer with these arguments; the learning-rate schedule comes from `args`."""
 '''
     if explicit:
-        why = ("the workload's optimizer factory, every parameter group scaled alike" if factory
-               else "SGD with momentum 0.9, as measured" if name == "sgd"
-               else "Adam's own (L2) weight decay, which AdamW does not reproduce")
+        why = (
+            "the workload's optimizer factory, every parameter group scaled alike"
+            if factory
+            else "SGD with momentum 0.9, as measured"
+            if name == "sgd"
+            else "Adam's own (L2) weight decay, which AdamW does not reproduce"
+        )
         out += f"    # {why}; with scheduler None the Trainer builds its warm-up schedule on it\n"
         out += f"    optimizer = {explicit}\n"
-        out += "    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, " \
-               "optimizers=(optimizer, None), **kwargs)\n"
+        out += (
+            "    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, "
+            "optimizers=(optimizer, None), **kwargs)\n"
+        )
     else:
         out += "    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, **kwargs)\n"
-    out += '''    # the batch the Trainer will actually step on: train_batch_size is the per-device batch times the GPUs
+    out += """    # the batch the Trainer will actually step on: train_batch_size is the per-device batch times the GPUs
     # one process drives (DataParallel when several are visible to it), times the processes
     used = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
     assert used == GLOBAL_BATCH, (
@@ -742,12 +804,16 @@ def make_trainer(model, train_dataset, **kwargs):
         f"{args.gradient_accumulation_steps} accumulated x {args.world_size} processes), not GLOBAL_BATCH "
         f"{GLOBAL_BATCH}: launch DEVICES processes with torchrun, each seeing one GPU")
     return trainer
-'''
+"""
     return out
 
 
-_HF_SCHEDULER = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear",
-                 "wsd": "warmup_stable_decay"}
+_HF_SCHEDULER = {
+    "constant": "constant_with_warmup",
+    "cosine": "cosine",
+    "linear": "linear",
+    "wsd": "warmup_stable_decay",
+}
 _LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 _LIGHTNING_ACCELERATOR = {"cuda": "gpu", "mps": "mps", "cpu": "cpu"}
 
@@ -758,8 +824,12 @@ def _lightning(doc: dict) -> str:
     precision = _LIGHTNING_PRECISION.get(t["dtype"], "32-true")
     out = _comment(_header(doc) + _factory_note(doc))
     if t["devices"] > 1:
-        out += _comment([f"{t['devices']} devices: Lightning adds the DistributedSampler; each device loads "
-                         f"MICRO_BATCH = {t['micro_batch_size']} samples per pass"])
+        out += _comment(
+            [
+                f"{t['devices']} devices: Lightning adds the DistributedSampler; each device loads "
+                f"MICRO_BATCH = {t['micro_batch_size']} samples per pass"
+            ]
+        )
     imports = _math_import(doc) + ["import lightning as L", "import torch", "from torch.utils.data import DataLoader"]
     out += "\n".join(imports) + "\n\n"
     out += _knobs(doc)
@@ -805,16 +875,17 @@ def fit(model, loss_fn, train_dataset):
 def _batch_schedule_code(doc: dict) -> str:
     """The schedule's constants and the function giving each step's batch and rate (torch and lightning)."""
     plan = doc["batch_schedule"]
-    phases = "".join(f"    ({p['start_fraction']!r}, {p['batch_size']}, {p['learning_rate']!r}),\n"
-                     for p in plan["phases"])
+    phases = "".join(
+        f"    ({p['start_fraction']!r}, {p['batch_size']}, {p['learning_rate']!r}),\n" for p in plan["phases"]
+    )
     warmup = plan["phases"][0]["warmup_samples"]
     epochs = plan["epochs"] if plan["epochs"] is not None else doc["training"]["epochs"] or 1
     return f'''
 
-# -- the batch schedule: the batch grows as the gradient noise scale does (noise curve {_clean(plan['curve_id'])})
-# predicted {plan['prediction']['speedup_over_baseline']:.2f}x the baseline's speed and \
-{plan['prediction']['speedup_over_best_fixed']:.2f}x the best fixed batch's \
-({plan['prediction']['best_fixed_batch']}){_schedule_interval(plan['prediction'])}
+# -- the batch schedule: the batch grows as the gradient noise scale does (noise curve {_clean(plan["curve_id"])})
+# predicted {plan["prediction"]["speedup_over_baseline"]:.2f}x the baseline's speed and \
+{plan["prediction"]["speedup_over_best_fixed"]:.2f}x the best fixed batch's \
+({plan["prediction"]["best_fixed_batch"]}){_schedule_interval(plan["prediction"])}
 BATCH_SCHEDULE = [  # (share of the run's samples at which the phase starts, batch size, peak learning rate)
 {phases}]
 SCHEDULE_WARMUP_SAMPLES = {warmup}  # each phase ramps its rate linearly from the previous phase's
@@ -836,8 +907,11 @@ def scheduled_phase(samples_seen: int, total_samples: int) -> tuple[int, float]:
 
 def _torch_batch_schedule(doc: dict) -> str:
     optimizer = _optimizer(doc, "model", "model.parameters()")
-    clip = ("            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)\n"
-            if doc["training"].get("max_grad_norm") is not None else "")
+    clip = (
+        "            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)\n"
+        if doc["training"].get("max_grad_norm") is not None
+        else ""
+    )
     return f'''
 
 def train_with_batch_schedule(model, train_dataset, loss_fn, device="cpu"):
@@ -921,24 +995,36 @@ def _deepspeed(doc: dict) -> str:
     elif name == "sgd":
         params["momentum"] = SGD_MOMENTUM  # not a DeepSpeed optimizer: built as torch.optim.SGD
     notes = _header(doc) + _factory_note(doc)
-    warmup = {"warmup_min_lr": 0, "warmup_max_lr": lr, "warmup_num_steps": t["warmup_steps"],
-              "warmup_type": "linear"}  # DeepSpeed's default warm-up is logarithmic
+    warmup = {
+        "warmup_min_lr": 0,
+        "warmup_max_lr": lr,
+        "warmup_num_steps": t["warmup_steps"],
+        "warmup_type": "linear",
+    }  # DeepSpeed's default warm-up is logarithmic
     scheduler: dict[str, Any] = {"type": "WarmupLR", "params": warmup}
     if t["schedule"] == "cosine":
-        notes.append("cosine decay after warm-up needs the run's total optimizer steps (epochs x steps per "
-                     "epoch), which the recommendation does not know: replace the scheduler with "
-                     '{"type": "WarmupCosineLR", "params": {"total_num_steps": N, "warmup_num_steps": '
-                     f'{t["warmup_steps"]}, "warmup_type": "linear", "cos_min_ratio": 0}}}}')
+        notes.append(
+            "cosine decay after warm-up needs the run's total optimizer steps (epochs x steps per "
+            "epoch), which the recommendation does not know: replace the scheduler with "
+            '{"type": "WarmupCosineLR", "params": {"total_num_steps": N, "warmup_num_steps": '
+            f'{t["warmup_steps"]}, "warmup_type": "linear", "cos_min_ratio": 0}}}}'
+        )
     elif t["schedule"] == "linear":
-        notes.append("linear decay after warm-up needs the run's total optimizer steps: replace the scheduler with "
-                     '{"type": "WarmupDecayLR", "params": {"total_num_steps": N, "warmup_num_steps": '
-                     f'{t["warmup_steps"]}, "warmup_type": "linear", "warmup_max_lr": {lr!r}}}}}')
+        notes.append(
+            "linear decay after warm-up needs the run's total optimizer steps: replace the scheduler with "
+            '{"type": "WarmupDecayLR", "params": {"total_num_steps": N, "warmup_num_steps": '
+            f'{t["warmup_steps"]}, "warmup_type": "linear", "warmup_max_lr": {lr!r}}}}}'
+        )
     elif t["schedule"] == "wsd":
-        notes.append("DeepSpeed has no warm-up-stable-decay scheduler: pass lr_scheduler=LambdaLR(optimizer, "
-                     "lr_factor) to deepspeed.initialize, with lr_factor from `largestep export --format torch`")
+        notes.append(
+            "DeepSpeed has no warm-up-stable-decay scheduler: pass lr_scheduler=LambdaLR(optimizer, "
+            "lr_factor) to deepspeed.initialize, with lr_factor from `largestep export --format torch`"
+        )
     if "factory" in t["optimizer"]:
-        notes.append(f"the optimizer is the workload's factory: pass optimizer={t['optimizer']['factory']}(model, "
-                     f"{lr!r}) to deepspeed.initialize (this config then has no optimizer section)")
+        notes.append(
+            f"the optimizer is the workload's factory: pass optimizer={t['optimizer']['factory']}(model, "
+            f"{lr!r}) to deepspeed.initialize (this config then has no optimizer section)"
+        )
     config = {
         "_comment": notes,
         "train_batch_size": t["batch_size"],
@@ -961,8 +1047,14 @@ def _cli(doc: dict) -> str:
     argv = ["largestep", "train", "--workload", str(w["spec"] or w["name"])]
     for key, value in w["options"].items():
         argv += ["--set", f"{key}={value}"]
-    argv += ["--batch-size", str(t["batch_size"]), "--lr", repr(t["learning_rate"]),
-             "--warmup-samples", str(t["warmup_samples"])]
+    argv += [
+        "--batch-size",
+        str(t["batch_size"]),
+        "--lr",
+        repr(t["learning_rate"]),
+        "--warmup-samples",
+        str(t["warmup_samples"]),
+    ]
     if t["epochs"] is not None:
         argv += ["--epochs", str(t["epochs"])]
     if t["gradient_accumulation_steps"] > 1:
@@ -982,6 +1074,12 @@ def _cli(doc: dict) -> str:
 
 
 _WRITERS = {
-    "yaml": _yaml, "json": _json, "toml": _toml,
-    "torch": _torch, "hf": _hf, "lightning": _lightning, "deepspeed": _deepspeed, "cli": _cli,
+    "yaml": _yaml,
+    "json": _json,
+    "toml": _toml,
+    "torch": _torch,
+    "hf": _hf,
+    "lightning": _lightning,
+    "deepspeed": _deepspeed,
+    "cli": _cli,
 }

@@ -32,10 +32,10 @@ HOURS_PER_DAY = 24.0
 
 @dataclass(frozen=True)
 class PlanConfig:
-    gpu_hours_per_day: float = 24.0      # hours each GPU is free for these experiments, per day (0..24]
-    gpus: int = 1                        # GPUs, each running one experiment at a time
-    epochs: float | None = None          # passes over the training set per baseline run; None: the profile's
-    noise_scale: float | None = None     # B_noise; None: perfect scaling (S(B) B constant)
+    gpu_hours_per_day: float = 24.0  # hours each GPU is free for these experiments, per day (0..24]
+    gpus: int = 1  # GPUs, each running one experiment at a time
+    epochs: float | None = None  # passes over the training set per baseline run; None: the profile's
+    noise_scale: float | None = None  # B_noise; None: perfect scaling (S(B) B constant)
 
     def validate(self) -> None:
         hours = self.gpu_hours_per_day
@@ -58,12 +58,12 @@ class PlanConfig:
 class PlanRow:
     batch_size: int
     step_time_s: float
-    steps: float                 # optimizer steps per run
-    run_time_s: float            # predicted wall time of one run (training only)
-    experiments_per_day: float   # budget seconds / run time, all GPUs together
-    runs_per_day: int            # whole runs that fit: floor(per GPU) x GPUs
-    vs_baseline: float           # experiments_per_day / the baseline's
-    role: str | None             # "baseline" | "recommended" | None
+    steps: float  # optimizer steps per run
+    run_time_s: float  # predicted wall time of one run (training only)
+    experiments_per_day: float  # budget seconds / run time, all GPUs together
+    runs_per_day: int  # whole runs that fit: floor(per GPU) x GPUs
+    vs_baseline: float  # experiments_per_day / the baseline's
+    role: str | None  # "baseline" | "recommended" | None
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class Plan:
     recommended_batch: int | None
     config: PlanConfig
     epochs: float
-    samples_per_run: float       # at the baseline batch
+    samples_per_run: float  # at the baseline batch
     notes: tuple[str, ...] = ()  # what the profile lacks and what was compared instead
 
     def row(self, batch: int | None) -> PlanRow | None:
@@ -86,16 +86,20 @@ class Plan:
         return rec.vs_baseline if rec is not None else None
 
 
-def plan_experiments(profile: dict, config: PlanConfig, baseline_batch: int | None = None,
-                     recommended_batch: int | None = None) -> Plan:
+def plan_experiments(
+    profile: dict, config: PlanConfig, baseline_batch: int | None = None, recommended_batch: int | None = None
+) -> Plan:
     """The plan for a stored profile (see :func:`largestep.store.load_profile`).
 
     ``baseline_batch`` defaults to the workload's; both it and ``recommended_batch`` must have
     been measured. Raises UsageError, saying how to fix it, when the plan cannot be made.
     """
     config.validate()
-    measured = {p["batch_size"]: step_time(p) for p in profile.get("points", [])
-                if p.get("status") == "ok" and p.get("median_s")}
+    measured = {
+        p["batch_size"]: step_time(p)
+        for p in profile.get("points", [])
+        if p.get("status") == "ok" and p.get("median_s")
+    }
     if not measured:
         raise UsageError(f"profile {profile.get('id')} has no measured batch sizes; run `largestep profile` again")
     n_train = profile.get("n_train")
@@ -103,13 +107,16 @@ def plan_experiments(profile: dict, config: PlanConfig, baseline_batch: int | No
         raise UsageError(f"profile {profile.get('id')} does not record the training-set size; profile it again")
     listing = ", ".join(str(b) for b in sorted(measured))
     if baseline_batch is not None and baseline_batch not in measured:
-        raise UsageError(f"the baseline batch {baseline_batch} was not measured in profile {profile.get('id')} "
-                         f"(measured: {listing})")
+        raise UsageError(
+            f"the baseline batch {baseline_batch} was not measured in profile {profile.get('id')} (measured: {listing})"
+        )
     b0, notes = _reference_batch(profile, measured)
     b0 = baseline_batch or b0
     if recommended_batch is not None and recommended_batch not in measured:
-        raise UsageError(f"the recommended batch {recommended_batch} was not measured in profile "
-                         f"{profile.get('id')} (measured: {listing})")
+        raise UsageError(
+            f"the recommended batch {recommended_batch} was not measured in profile "
+            f"{profile.get('id')} (measured: {listing})"
+        )
     epochs = config.epochs if config.epochs is not None else (profile.get("epochs") or 1)
     samples = epochs * n_train
     baseline_steps = samples / b0
@@ -127,11 +134,27 @@ def plan_experiments(profile: dict, config: PlanConfig, baseline_batch: int | No
     for b, t, steps, run_time in raw:
         rate = config.budget_s / run_time
         role = "baseline" if b == b0 else "recommended" if b == recommended_batch else None
-        rows.append(PlanRow(batch_size=b, step_time_s=t, steps=steps, run_time_s=run_time,
-                            experiments_per_day=rate, runs_per_day=math.floor(per_gpu_s / run_time) * config.gpus,
-                            vs_baseline=rate / baseline_rate, role=role))
-    return Plan(rows=tuple(rows), baseline_batch=b0, recommended_batch=recommended_batch, config=config,
-                epochs=epochs, samples_per_run=samples, notes=notes)
+        rows.append(
+            PlanRow(
+                batch_size=b,
+                step_time_s=t,
+                steps=steps,
+                run_time_s=run_time,
+                experiments_per_day=rate,
+                runs_per_day=math.floor(per_gpu_s / run_time) * config.gpus,
+                vs_baseline=rate / baseline_rate,
+                role=role,
+            )
+        )
+    return Plan(
+        rows=tuple(rows),
+        baseline_batch=b0,
+        recommended_batch=recommended_batch,
+        config=config,
+        epochs=epochs,
+        samples_per_run=samples,
+        notes=notes,
+    )
 
 
 def _reference_batch(profile: dict, measured: dict[int, float]) -> tuple[int, tuple[str, ...]]:
@@ -142,10 +165,14 @@ def _reference_batch(profile: dict, measured: dict[int, float]) -> tuple[int, tu
         return b0, ()
     if not b0:
         nearest = min(measured)
-        return nearest, (f"profile {profile.get('id')} does not record the workload's baseline batch; "
-                         f"compared with the smallest measured batch, {nearest}",)
+        return nearest, (
+            f"profile {profile.get('id')} does not record the workload's baseline batch; "
+            f"compared with the smallest measured batch, {nearest}",
+        )
     nearest = min(measured, key=lambda b: (abs(math.log(b / b0)), b))
     sizes = ",".join(str(b) for b in sorted({*measured, b0}))
-    return nearest, (f"the baseline batch {b0} was not measured in profile {profile.get('id')}; compared with "
-                     f"the nearest measured batch, {nearest}. Measure it with `largestep profile --batch-sizes "
-                     f"{sizes}`",)
+    return nearest, (
+        f"the baseline batch {b0} was not measured in profile {profile.get('id')}; compared with "
+        f"the nearest measured batch, {nearest}. Measure it with `largestep profile --batch-sizes "
+        f"{sizes}`",
+    )

@@ -35,45 +35,80 @@ from ..format import format_bytes
 from ..units import INT64_MAX, check_int
 from .steps import NOISE_CONFIDENCE, StepsModel, noise_draws, scaled_noise, steps_factor_draws  # noqa: F401
 
-__all__ = ["RecommendConfig", "Candidate", "recommend", "scale_lr", "warmup_steps", "memory_safe_batches",
-           "SECONDS_PER_DAY", "RULES", "step_time", "accepted_load_note", "prediction_draws", "PREDICTION_COVERAGE",
-           "noise_draws", "step_time_draws", "step_time_blocks", "prediction_interval", "PredictionDraws",
-           "model_factor", "steps_model", "choose", "model_text"]
+__all__ = [
+    "RecommendConfig",
+    "Candidate",
+    "recommend",
+    "scale_lr",
+    "warmup_steps",
+    "memory_safe_batches",
+    "SECONDS_PER_DAY",
+    "RULES",
+    "step_time",
+    "accepted_load_note",
+    "prediction_draws",
+    "PREDICTION_COVERAGE",
+    "noise_draws",
+    "step_time_draws",
+    "step_time_blocks",
+    "prediction_interval",
+    "PredictionDraws",
+    "model_factor",
+    "steps_model",
+    "choose",
+    "model_text",
+]
 
 RULES = ("linear", "sqrt", "noise")
 SECONDS_PER_DAY = 86_400.0
-TIE_SHARE = 0.05  # candidates within 5% of the best lower end of the predicted speedup count as tied; the smaller batch wins
-PREDICTION_COVERAGE = 0.90   # of every predicted speedup's interval; candidates rank by its lower end
-PREDICTION_DRAWS = 4000      # Monte-Carlo draws of what the prediction is uncertain of
-MIN_BLOCKS = 4               # a point timed in fewer visits is resampled as this many contiguous blocks of its steps
+TIE_SHARE = (
+    0.05  # candidates within 5% of the best lower end of the predicted speedup count as tied; the smaller batch wins
+)
+PREDICTION_COVERAGE = 0.90  # of every predicted speedup's interval; candidates rank by its lower end
+PREDICTION_DRAWS = 4000  # Monte-Carlo draws of what the prediction is uncertain of
+MIN_BLOCKS = 4  # a point timed in fewer visits is resampled as this many contiguous blocks of its steps
 
 
 @dataclass(frozen=True)
 class RecommendConfig:
-    baseline_batch: int | None = None     # default: the workload's, as stored with the profile
-    baseline_lr: float | None = None      # default: the workload's
-    rule: str = "linear"                  # "linear" (lr/batch fixed) | "sqrt"
-    noise_scale: float | None = None      # B_noise; None: assume perfect scaling up to saturation
-    memory_headroom: float = 0.9          # candidates use at most this share of the device's memory
-    max_lr: float | None = None           # never recommend a learning rate above this
-    warmup_samples: int | None = None     # default: the workload's warm-up, in samples
-    accept_load: bool = False             # use a profile that cannot be trusted (under load, not physics); the
-                                          # recommendation then carries why it could not be (accepted_load)
+    baseline_batch: int | None = None  # default: the workload's, as stored with the profile
+    baseline_lr: float | None = None  # default: the workload's
+    rule: str = "linear"  # "linear" (lr/batch fixed) | "sqrt"
+    noise_scale: float | None = None  # B_noise; None: assume perfect scaling up to saturation
+    memory_headroom: float = 0.9  # candidates use at most this share of the device's memory
+    max_lr: float | None = None  # never recommend a learning rate above this
+    warmup_samples: int | None = None  # default: the workload's warm-up, in samples
+    accept_load: bool = False  # use a profile that cannot be trusted (under load, not physics); the
+    # recommendation then carries why it could not be (accepted_load)
 
     @classmethod
-    def from_options(cls, baseline_batch=None, baseline_lr=None, rule="linear", noise_scale=None, memory_headroom=0.9,
-                     max_lr=None, warmup_samples=None, accept_load=False) -> "RecommendConfig":
+    def from_options(
+        cls,
+        baseline_batch=None,
+        baseline_lr=None,
+        rule="linear",
+        noise_scale=None,
+        memory_headroom=0.9,
+        max_lr=None,
+        warmup_samples=None,
+        accept_load=False,
+    ) -> "RecommendConfig":
         """The config `largestep recommend`'s options ask for (text, as typed) or ``largestep.recommend``'s
         (numbers), validated: a one-line UsageError naming the option otherwise."""
         from ..units import parse_count, parse_float, parse_positive_int
 
         config = cls(
-            baseline_batch=parse_positive_int(baseline_batch, "--baseline-batch") if baseline_batch is not None else None,
-            baseline_lr=parse_float(baseline_lr, "--baseline-lr"), rule=rule,
+            baseline_batch=parse_positive_int(baseline_batch, "--baseline-batch")
+            if baseline_batch is not None
+            else None,
+            baseline_lr=parse_float(baseline_lr, "--baseline-lr"),
+            rule=rule,
             noise_scale=parse_float(noise_scale, "--noise-scale"),
-            memory_headroom=parse_float(memory_headroom, "--memory-headroom"), max_lr=parse_float(max_lr, "--max-lr"),
+            memory_headroom=parse_float(memory_headroom, "--memory-headroom"),
+            max_lr=parse_float(max_lr, "--max-lr"),
             warmup_samples=parse_count(warmup_samples, "--warmup-samples") if warmup_samples is not None else None,
-            accept_load=bool(accept_load))
+            accept_load=bool(accept_load),
+        )
         config.validate()
         return config
 
@@ -101,19 +136,19 @@ class Candidate:
     step_time_s: float
     samples_per_s: float
     peak_memory_bytes: int | None
-    time_ratio: float | None               # predicted T(B) / T(B0); None when not eligible
-    speedup_time_to_target: float | None   # 1 / time_ratio
-    speedup_throughput: float              # (B / t(B)) / (B0 / t(B0))
-    run_time_s: float | None               # predicted wall time of one training run
+    time_ratio: float | None  # predicted T(B) / T(B0); None when not eligible
+    speedup_time_to_target: float | None  # 1 / time_ratio
+    speedup_throughput: float  # (B / t(B)) / (B0 / t(B0))
+    run_time_s: float | None  # predicted wall time of one training run
     eligible: bool
-    excluded: str | None = None            # why not eligible, in words
-    rank: int | None = None                # by the lower end of speedup_interval
-    speedup_interval: list[float] | None = None   # PREDICTION_COVERAGE prediction interval of the speedup
-    step_time_blocks: list[float] | None = None   # the visits' median step times its interval resampled
-    steps_factor: float | None = None             # predicted S(B0)/S(B) on the model ranked on (corrected, if any)
-    steps_interval: list[float] | None = None     # ... its prediction interval
-    raw_steps_factor: float | None = None         # ... on the raw noise model
-    raw_speedup: float | None = None              # the raw noise model's predicted speedup, beside the ranked one
+    excluded: str | None = None  # why not eligible, in words
+    rank: int | None = None  # by the lower end of speedup_interval
+    speedup_interval: list[float] | None = None  # PREDICTION_COVERAGE prediction interval of the speedup
+    step_time_blocks: list[float] | None = None  # the visits' median step times its interval resampled
+    steps_factor: float | None = None  # predicted S(B0)/S(B) on the model ranked on (corrected, if any)
+    steps_interval: list[float] | None = None  # ... its prediction interval
+    raw_steps_factor: float | None = None  # ... on the raw noise model
+    raw_speedup: float | None = None  # the raw noise model's predicted speedup, beside the ranked one
     raw_interval: list[float] | None = None
     step_time_interval: list[float] | None = None  # t(B)/t(B0) with the measured step-time bias: its interval
 
@@ -127,19 +162,27 @@ def memory_safe_batches(profile: dict, memory_headroom: float = 0.9) -> tuple[in
     the sizes a run may move between without trying an unmeasured one."""
     total = profile.get("device_total_memory_bytes")
     limit = total * memory_headroom if total else None
-    return tuple(sorted(p["batch_size"] for p in profile["points"]
-                        if p["status"] == "ok" and p.get("median_s") and not _over_memory(p, limit)))
+    return tuple(
+        sorted(
+            p["batch_size"]
+            for p in profile["points"]
+            if p["status"] == "ok" and p.get("median_s") and not _over_memory(p, limit)
+        )
+    )
 
 
-def scale_lr(baseline_lr: float, baseline_batch: int, batch: int, rule: str = "linear",
-             noise_scale: float | None = None) -> float:
+def scale_lr(
+    baseline_lr: float, baseline_batch: int, batch: int, rule: str = "linear", noise_scale: float | None = None
+) -> float:
     """The learning rate for ``batch``: linear keeps lr/batch fixed; sqrt scales with sqrt(B/B0); noise is
     McCandlish et al.'s eps_max/(1 + B_noise/B) with eps_max set so the baseline keeps its rate."""
     ratio = batch / baseline_batch
     if rule == "noise":
         if noise_scale is None:
-            raise UsageError("--rule noise needs a gradient noise scale: estimate one (`largestep noise`, "
-                             "--estimate-noise) or give --noise-scale")
+            raise UsageError(
+                "--rule noise needs a gradient noise scale: estimate one (`largestep noise`, "
+                "--estimate-noise) or give --noise-scale"
+            )
         return baseline_lr * (1 + noise_scale / baseline_batch) / (1 + noise_scale / batch)
     return baseline_lr * (ratio if rule == "linear" else math.sqrt(ratio))
 
@@ -153,7 +196,7 @@ def _decay_samples(profile: dict) -> int | None:
     return None
 
 
-WSD_DEFAULT_DECAY = 0.2   # as largestep.measure.train: plan and measure do not import each other
+WSD_DEFAULT_DECAY = 0.2  # as largestep.measure.train: plan and measure do not import each other
 
 
 def warmup_steps(warmup_samples: int, batch: int) -> int:
@@ -204,15 +247,22 @@ class PredictionDraws:
     so candidates are compared on the same draws."""
 
     raw_steps: dict[int, np.ndarray]
-    steps: dict[int, np.ndarray]          # the model ranked on: corrected where there is a correction, else raw
+    steps: dict[int, np.ndarray]  # the model ranked on: corrected where there is a correction, else raw
     step_time: dict[int, np.ndarray]
 
     def speedup(self, batch: int, raw: bool = False) -> np.ndarray:
         return (self.raw_steps if raw else self.steps)[batch] / self.step_time[batch]
 
 
-def prediction_draws(ok: dict, b0: int, model: StepsModel, biases: list[float] | None = None,
-                     correction=None, draws: int = PREDICTION_DRAWS, seed: int = 0) -> PredictionDraws:
+def prediction_draws(
+    ok: dict,
+    b0: int,
+    model: StepsModel,
+    biases: list[float] | None = None,
+    correction=None,
+    draws: int = PREDICTION_DRAWS,
+    seed: int = 0,
+) -> PredictionDraws:
     """Monte-Carlo draws of every measured batch's predicted factors over ``b0`` (``ok``: batch -> point).
 
     One draw takes the model's noise scales (one, or a curve's points), one step time for each batch, one
@@ -248,8 +298,9 @@ def prediction_interval(draws: np.ndarray) -> list[float]:
     return [float(low), float(high)]
 
 
-def steps_model(noise_scale: float | None, noise_interval: tuple | None, noise_id: str | None,
-                curve: list[dict] | None) -> StepsModel:
+def steps_model(
+    noise_scale: float | None, noise_interval: tuple | None, noise_id: str | None, curve: list[dict] | None
+) -> StepsModel:
     """The raw model of steps a recommendation ranks with: the noise curve where one with two reliable points is
     given (the schedule planner's), else the single estimate, else perfect scaling."""
     from_curve = StepsModel.from_curve(curve) if curve else None
@@ -260,9 +311,14 @@ def steps_model(noise_scale: float | None, noise_interval: tuple | None, noise_i
     return StepsModel.perfect()
 
 
-def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None,
-              biases: list[float] | None = None, curve: list[dict] | None = None,
-              calibration: list[dict] | None = None) -> dict:
+def recommend(
+    profile: dict,
+    config: RecommendConfig,
+    noise: dict | None = None,
+    biases: list[float] | None = None,
+    curve: list[dict] | None = None,
+    calibration: list[dict] | None = None,
+) -> dict:
     """The recommendation document for a stored profile (see :func:`largestep.store.load_profile`).
 
     ``noise`` is a stored noise estimate; its ``b_simple`` is used unless ``config.noise_scale``
@@ -276,148 +332,304 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None,
     ranked on the corrected model and the raw prediction is kept beside.
     Raises UsageError when the profile cannot support a recommendation.
     """
-    from .calibration import correction_from, indistinguishable, indistinguishable_text
+    from .calibration import indistinguishable, indistinguishable_text
 
+    # -- the input: the measured batches, the baseline pair, and whether the profile can be trusted ----------------
     config.validate()
+    ok, b0, lr0 = _measured(profile, config)
+    refused = curve_module.refusal(profile)  # after the user's own input is checked: a typo is told first
+    if refused is not None and not config.accept_load:
+        raise UnusableProfile(refused, profile["id"])
+
+    # -- the model of steps (noise scale or curve, corrected by earlier verifications) and the prediction's draws -
+    basis = _basis(profile, config, ok, b0, lr0, noise, biases, curve, calibration)
+
+    # -- candidates: each measured batch's rate, why it is excluded, its predictions and intervals (raw beside) ----
+    candidates = [_candidate(basis, config, b) for b in sorted(ok)]
+
+    # -- ranked on the prediction interval's lower end; the baseline stays at or past the saturation batch --------
+    candidates, best, tied, chosen = _ranked(candidates)
+    if basis.saturation is not None and b0 >= basis.saturation:
+        chosen = next(c for c in candidates if c.batch_size == b0)
+
+    # -- why, in plain words: what decided (memory, max lr, saturation, noise, a tie), the model, the profile ------
+    reasons = _why(profile, config, basis, candidates, best, tied, chosen, refused)
+
+    # -- the document, and the batches the model cannot tell apart from the chosen one ----------------------------
+    rec = _with_chosen(_document(profile, config, basis, candidates, chosen, reasons, refused, biases), asdict(chosen))
+    rec["indistinguishable"] = indistinguishable(rec)
+    stable = indistinguishable_text(rec, rec["indistinguishable"])
+    if stable:
+        rec["reasons"].append(stable)
+    return rec
+
+
+@dataclass(frozen=True)
+class _Basis:
+    """What every candidate is priced on: the baseline pair, the model of steps (corrected by earlier verifications
+    where there are any), the Monte-Carlo draws of the prediction, and the limits a candidate must keep."""
+
+    ok: dict  # batch -> the profile's measured point
+    b0: int
+    lr0: float
+    t0: float  # the baseline's step time
+    noise_scale: float | None
+    noise_id: str | None
+    noise_interval: tuple | None
+    model: StepsModel  # the raw model of steps
+    correction: object  # a largestep.plan.calibration.Correction, or None
+    perfect: bool  # nothing but the assumption of perfect scaling
+    draws: PredictionDraws
+    bias: float  # the runs' time per step over the profile's, as measured (their median)
+    saturation: int | None
+    memory_total: int | None
+    memory_limit: float | None
+    noisy_threshold: float
+    train_samples: float  # the samples of one training run (0: unknown)
+
+
+def _measured(profile: dict, config: RecommendConfig) -> tuple[dict, int, float]:
+    """The profile's measured batches (batch -> point) and the baseline pair; a UsageError when it measured no
+    batch, or not the baseline's."""
     ok = {p["batch_size"]: p for p in profile["points"] if p["status"] == "ok" and p.get("median_s")}
     if not ok:
         raise UsageError(f"profile {profile['id']} has no measured batch sizes; run `largestep profile` again")
-    noisy_threshold = (profile.get("config") or {}).get("noisy_iqr_ratio", curve_module.NOISY_IQR_RATIO) \
-        if isinstance(profile.get("config"), dict) else curve_module.NOISY_IQR_RATIO
     b0 = config.baseline_batch or profile.get("baseline_batch_size")
     lr0 = config.baseline_lr or profile.get("baseline_lr")
     if b0 not in ok:
         measured = ", ".join(str(b) for b in sorted(ok))
-        raise UsageError(f"baseline batch {b0} was not measured in profile {profile['id']} (measured: {measured}); "
-                         f"profile it with --batch-sizes {b0},...")
-    refused = curve_module.refusal(profile)   # after the user's own input is checked: a typo is told first
-    if refused is not None and not config.accept_load:
-        raise UnusableProfile(refused, profile["id"])
-    noise_scale = config.noise_scale
-    noise_id = noise_interval = None
-    if noise_scale is None and noise is not None and noise.get("b_simple"):
-        noise_scale, noise_id = float(noise["b_simple"]), noise.get("id")
-        noise_interval = (noise.get("ci_low"), noise.get("ci_high"))   # ci_high None: unbounded above
+        raise UsageError(
+            f"baseline batch {b0} was not measured in profile {profile['id']} (measured: {measured}); "
+            f"profile it with --batch-sizes {b0},..."
+        )
+    return ok, b0, lr0
+
+
+def _noise_scale(config: RecommendConfig, noise: dict | None) -> tuple[float | None, str | None, tuple | None]:
+    """B_noise as given (--noise-scale), else the stored estimate's, with its id and bootstrap interval."""
+    if config.noise_scale is None and noise is not None and noise.get("b_simple"):
+        # ci_high None: unbounded above
+        return float(noise["b_simple"]), noise.get("id"), (noise.get("ci_low"), noise.get("ci_high"))
+    return config.noise_scale, None, None
+
+
+def _basis(
+    profile: dict,
+    config: RecommendConfig,
+    ok: dict,
+    b0: int,
+    lr0: float,
+    noise: dict | None,
+    biases: list[float] | None,
+    curve: list[dict] | None,
+    calibration: list[dict] | None,
+) -> _Basis:
+    """The model of steps a recommendation ranks on, corrected by ``calibration``, its draws, and the limits."""
+    from .calibration import correction_from
+
+    noise_scale, noise_id, noise_interval = _noise_scale(config, noise)
     if config.rule == "noise" and noise_scale is None:
-        scale_lr(1.0, 1, 1, "noise")   # says how to get one
+        scale_lr(1.0, 1, 1, "noise")  # says how to get one
     model = steps_model(noise_scale, noise_interval, noise_id, curve if config.noise_scale is None else None)
     correction = correction_from(calibration, model) if calibration else None
-    perfect = model.perfect_scaling and correction is None   # nothing but the assumption of perfect scaling
-    saturation = profile.get("saturation_batch")
-    memory_total = profile.get("device_total_memory_bytes")
-    memory_limit = memory_total * config.memory_headroom if memory_total else None
-    warmup = config.warmup_samples
-    if warmup is None:  # the workload's, stored with the profile; else the Workload default, 5% of an epoch
-        warmup = profile.get("warmup_samples") or (profile.get("n_train") or 0) // 20
-    train_samples = (profile.get("epochs") or 1) * (profile.get("n_train") or 0)
+    settings, memory_total = profile.get("config"), profile.get("device_total_memory_bytes")
+    return _Basis(
+        ok=ok,
+        b0=b0,
+        lr0=lr0,
+        t0=step_time(ok[b0]),
+        noise_scale=noise_scale,
+        noise_id=noise_id,
+        noise_interval=noise_interval,
+        model=model,
+        correction=correction,
+        perfect=model.perfect_scaling and correction is None,
+        draws=prediction_draws(ok, b0, model, biases, correction),
+        bias=float(np.median(biases)) if biases else 1.0,
+        saturation=profile.get("saturation_batch"),
+        memory_total=memory_total,
+        memory_limit=memory_total * config.memory_headroom if memory_total else None,
+        noisy_threshold=(
+            settings.get("noisy_iqr_ratio", curve_module.NOISY_IQR_RATIO)
+            if isinstance(settings, dict)
+            else curve_module.NOISY_IQR_RATIO
+        ),
+        train_samples=(profile.get("epochs") or 1) * (profile.get("n_train") or 0),
+    )
 
-    t0 = step_time(ok[b0])
-    draws = prediction_draws(ok, b0, model, biases, correction)
-    bias = float(np.median(biases)) if biases else 1.0   # the runs' time per step over the profile's, as measured
-    candidates: list[Candidate] = []
-    for b in sorted(ok):
-        point = ok[b]
-        t = step_time(point)
-        spread = _spread(point)
-        lr = scale_lr(lr0, b0, b, config.rule, noise_scale)
-        excluded = None
-        if b < b0:
-            excluded = "smaller than the baseline"
-        elif b == b0:
-            pass  # what the user runs today is always a candidate
-        elif _over_memory(point, memory_limit):
-            excluded = f"peak memory {format_bytes(point['peak_memory_bytes'])} over {config.memory_headroom:.0%} of the device"
-        elif config.max_lr is not None and lr > config.max_lr * (1 + 1e-12):
-            excluded = f"learning rate {lr:.3g} above --max-lr {config.max_lr:g}"
-        elif perfect and saturation is not None and b > saturation:
-            excluded = f"past the saturation batch {saturation} (perfect scaling is only assumed up to it)"
-        elif spread is not None and spread > noisy_threshold:
-            excluded = (f"noisy: its steps spread {spread:.0%} of their median (IQR), above {noisy_threshold:.0%}; "
-                        f"its step time is no figure to rank")
-        factor, raw_factor = model_factor(model, correction, b0, b), model.factor(b0, b)
-        ratio = (t / t0) * bias / factor if excluded is None else None
-        run_time = None
-        if train_samples and excluded is None:
-            baseline_run = train_samples / b0 * t0
-            run_time = baseline_run * ratio
-        eligible = excluded is None
-        candidates.append(Candidate(
-            batch_size=b, learning_rate=lr, step_time_s=t, samples_per_s=b / t,
-            peak_memory_bytes=point.get("peak_memory_bytes"), time_ratio=ratio,
-            speedup_time_to_target=(1 / ratio) if ratio else None, speedup_throughput=(b / t) / (b0 / t0),
-            run_time_s=run_time, eligible=eligible, excluded=excluded,
-            speedup_interval=prediction_interval(draws.speedup(b)) if eligible else None,
-            step_time_blocks=step_time_blocks(point), steps_factor=factor,
-            steps_interval=prediction_interval(draws.steps[b]) if eligible else None, raw_steps_factor=raw_factor,
-            raw_speedup=raw_factor * t0 / t / bias if eligible else None,
-            raw_interval=prediction_interval(draws.speedup(b, raw=True)) if eligible else None,
-            step_time_interval=prediction_interval(draws.step_time[b]) if eligible else None,
-        ))
 
-    # ranked by the prediction interval's lower end: a candidate wins on what it is nearly sure to give
+def _excluded(basis: _Basis, config: RecommendConfig, b: int, point: dict, lr: float) -> str | None:
+    """Why batch ``b`` cannot be recommended, in words (memory, --max-lr, saturation, noisy steps), or None."""
+    if b < basis.b0:
+        return "smaller than the baseline"
+    if b == basis.b0:
+        return None  # what the user runs today is always a candidate
+    if _over_memory(point, basis.memory_limit):
+        return f"peak memory {format_bytes(point['peak_memory_bytes'])} over {config.memory_headroom:.0%} of the device"
+    if config.max_lr is not None and lr > config.max_lr * (1 + 1e-12):
+        return f"learning rate {lr:.3g} above --max-lr {config.max_lr:g}"
+    if basis.perfect and basis.saturation is not None and b > basis.saturation:
+        return f"past the saturation batch {basis.saturation} (perfect scaling is only assumed up to it)"
+    spread = _spread(point)
+    if spread is not None and spread > basis.noisy_threshold:
+        return (
+            f"noisy: its steps spread {spread:.0%} of their median (IQR), above {basis.noisy_threshold:.0%}; "
+            f"its step time is no figure to rank"
+        )
+    return None
+
+
+def _candidate(basis: _Basis, config: RecommendConfig, b: int) -> Candidate:
+    """Batch ``b`` as a candidate: its rate and step time, why it is excluded and, if it is not, its predicted
+    speedup over the baseline with the intervals of it and of its two factors, the raw model's beside."""
+    point, b0, t0, draws = basis.ok[b], basis.b0, basis.t0, basis.draws
+    t = step_time(point)
+    lr = scale_lr(basis.lr0, b0, b, config.rule, basis.noise_scale)
+    excluded = _excluded(basis, config, b, point, lr)
+    eligible = excluded is None
+    factor, raw_factor = model_factor(basis.model, basis.correction, b0, b), basis.model.factor(b0, b)
+    ratio = (t / t0) * basis.bias / factor if eligible else None
+    return Candidate(
+        batch_size=b,
+        learning_rate=lr,
+        step_time_s=t,
+        samples_per_s=b / t,
+        peak_memory_bytes=point.get("peak_memory_bytes"),
+        time_ratio=ratio,
+        speedup_time_to_target=(1 / ratio) if ratio else None,
+        speedup_throughput=(b / t) / (b0 / t0),
+        run_time_s=basis.train_samples / b0 * t0 * ratio if basis.train_samples and eligible else None,
+        eligible=eligible,
+        excluded=excluded,
+        speedup_interval=prediction_interval(draws.speedup(b)) if eligible else None,
+        step_time_blocks=step_time_blocks(point),
+        steps_factor=factor,
+        steps_interval=prediction_interval(draws.steps[b]) if eligible else None,
+        raw_steps_factor=raw_factor,
+        raw_speedup=raw_factor * t0 / t / basis.bias if eligible else None,
+        raw_interval=prediction_interval(draws.speedup(b, raw=True)) if eligible else None,
+        step_time_interval=prediction_interval(draws.step_time[b]) if eligible else None,
+    )
+
+
+def _ranked(candidates: list[Candidate]) -> tuple[list[Candidate], Candidate, list[Candidate], Candidate]:
+    """The candidates with their ranks by the prediction interval's lower end (a candidate wins on what it is nearly
+    sure to give), the best, those within TIE_SHARE of its lower end, and the chosen: the smallest of those."""
     eligible = sorted((c for c in candidates if c.eligible), key=lambda c: (-c.speedup_interval[0], c.batch_size))
     ranks = {c.batch_size: i + 1 for i, c in enumerate(eligible)}
-    candidates = [_with_rank(c, ranks.get(c.batch_size)) for c in candidates]
     best = eligible[0]
     tied = [c for c in eligible if c.speedup_interval[0] >= best.speedup_interval[0] * (1 - TIE_SHARE)]
     chosen = min(tied, key=lambda c: c.batch_size)
+    return [_with_rank(c, ranks.get(c.batch_size)) for c in candidates], best, tied, chosen
+
+
+def _why(
+    profile: dict,
+    config: RecommendConfig,
+    basis: _Basis,
+    candidates: list[Candidate],
+    best: Candidate,
+    tied: list[Candidate],
+    chosen: Candidate,
+    refused: str | None,
+) -> list[str]:
+    """The recommendation's reasons, in order: an accepted load, an inconsistent profile, the corrected model, what
+    decided, and the linear rule past the noise scale."""
+    b0, saturation, noise_scale = basis.b0, basis.saturation, basis.noise_scale
     reasons: list[str] = []
     if saturation is not None and b0 >= saturation:
-        chosen = next(c for c in candidates if c.batch_size == b0)
-        reasons.append(f"the baseline batch {b0} is already at or past the saturation batch {saturation}: larger "
-                       f"batches barely raise throughput on this device, so the baseline stays as it is")
+        reasons.append(
+            f"the baseline batch {b0} is already at or past the saturation batch {saturation}: larger "
+            f"batches barely raise throughput on this device, so the baseline stays as it is"
+        )
     else:
-        reasons += _reasons(candidates, chosen, best, tied, b0, saturation, model, config, memory_total)
-    if correction is not None:
-        reasons.insert(0, _correction_reason(model, correction, chosen))
-
+        reasons += _reasons(candidates, chosen, best, tied, b0, saturation, basis.model, config, basis.memory_total)
+    if basis.correction is not None:
+        reasons.insert(0, _correction_reason(basis.model, basis.correction, chosen))
     uncertain = _uncertainty(profile)
     if uncertain:
         reasons.insert(0, uncertain)
-    accepted = accepted_load_note(refused) if refused is not None else None
-    if accepted:
-        reasons.insert(0, accepted)
-
-    baseline_run = train_samples / b0 * t0 if train_samples else None
-    rec_run = chosen.run_time_s if chosen.batch_size != b0 else baseline_run
-
+    if refused is not None:
+        reasons.insert(0, accepted_load_note(refused))
     if config.rule == "linear" and noise_scale is not None and chosen.batch_size > noise_scale:
-        reasons.append(f"the linear rule scales the learning rate past the noise scale (batch {chosen.batch_size} above "
-                       f"B_noise ≈ {noise_scale:,.0f}), where McCandlish et al.'s optimal rate eps_max/(1 + B_noise/B) "
-                       f"has stopped growing: try --rule noise ({scale_lr(lr0, b0, chosen.batch_size, 'noise', noise_scale):.3g} "
-                       f"here) if the runs diverge or lose quality")
-    rec = {
+        reasons.append(
+            f"the linear rule scales the learning rate past the noise scale (batch {chosen.batch_size} "
+            f"above B_noise ≈ {noise_scale:,.0f}), where McCandlish et al.'s optimal rate "
+            f"eps_max/(1 + B_noise/B) has stopped growing: try --rule noise "
+            f"({scale_lr(basis.lr0, b0, chosen.batch_size, 'noise', noise_scale):.3g} here) if the runs "
+            f"diverge or lose quality"
+        )
+    return reasons
+
+
+def _warmup_samples(profile: dict, config: RecommendConfig) -> int:
+    """The warm-up in samples: --warmup-samples, else the workload's, stored with the profile; else the Workload
+    default, 5% of an epoch."""
+    if config.warmup_samples is not None:
+        return config.warmup_samples
+    return profile.get("warmup_samples") or (profile.get("n_train") or 0) // 20
+
+
+def _steps_model_document(model) -> dict:
+    """The model of steps a recommendation rests on, as its document keeps it."""
+    intervals = [list(i) if i else None for i in model.intervals]
+    return {
+        "kind": model.kind,
+        "fractions": list(model.fractions),
+        "scales": list(model.scales),
+        "intervals": intervals,
+        "source_id": model.source_id,
+        "text": model.describe(),
+    }
+
+
+def _document(profile: dict, config: RecommendConfig, basis: _Basis, candidates: list[Candidate], chosen: Candidate,
+              reasons: list[str], refused: str | None, biases: list[float] | None) -> dict:  # fmt: skip
+    """The recommendation document's fields, before those that follow from the chosen candidate."""
+    b0, model, correction = basis.b0, basis.model, basis.correction
+    baseline_run = basis.train_samples / b0 * basis.t0 if basis.train_samples else None
+    run_times = {
+        "baseline": baseline_run,
+        "recommended": chosen.run_time_s if chosen.batch_size != b0 else baseline_run,
+    }
+    return {
         "recommendation_id": f"rec-{secrets.token_hex(4)}",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
         "tool_version": __version__,
-        "workload": profile.get("workload"), "workload_spec": profile.get("workload_spec"),
+        "workload": profile.get("workload"),
+        "workload_spec": profile.get("workload_spec"),
         "workload_options": profile.get("options") or {},
-        "profile_id": profile["id"], "noise_id": noise_id,
-        "device": {"id": profile.get("device_id"), "name": profile.get("device_name"), "kind": profile.get("device_kind")},
-        "dtype": profile.get("dtype") or "fp32",
-        "warmup_samples": int(warmup),
-        # a data-parallel profile measured global batches over its ranks (config.nproc)
-        "gradient_accumulation_steps": 1, "world_size": _world_size(profile),
-        "rule": config.rule, "optimizer": profile.get("optimizer") or "adam",
-        "weight_decay": profile.get("weight_decay") or 0.0, "epochs": profile.get("epochs"),
-        "schedule": profile.get("schedule") or "constant", "decay_samples": _decay_samples(profile),
-        "max_grad_norm": profile.get("max_grad_norm"),
-        "baseline": {"batch_size": b0, "learning_rate": lr0},
-        "noise_scale": noise_scale, "noise_interval": list(noise_interval) if noise_interval else None,
-        "assumed_perfect_scaling": perfect,
-        "steps_model": {"kind": model.kind, "fractions": list(model.fractions), "scales": list(model.scales),
-                        "intervals": [list(i) if i else None for i in model.intervals], "source_id": model.source_id,
-                        "text": model.describe()},
-        "correction": correction.as_dict() if correction is not None else None,
-        "saturation_batch": saturation,
-        "experiments_per_gpu_day": {
-            "baseline": SECONDS_PER_DAY / baseline_run if baseline_run else None,
-            "recommended": SECONDS_PER_DAY / rec_run if rec_run else None,
+        "profile_id": profile["id"],
+        "noise_id": basis.noise_id,
+        "device": {
+            "id": profile.get("device_id"),
+            "name": profile.get("device_name"),
+            "kind": profile.get("device_kind"),
         },
-        "run_time_s": {"baseline": baseline_run, "recommended": rec_run},
+        "dtype": profile.get("dtype") or "fp32",
+        "warmup_samples": int(_warmup_samples(profile, config)),
+        # a data-parallel profile measured global batches over its ranks (config.nproc)
+        "gradient_accumulation_steps": 1,
+        "world_size": _world_size(profile),
+        "rule": config.rule,
+        "optimizer": profile.get("optimizer") or "adam",
+        "weight_decay": profile.get("weight_decay") or 0.0,
+        "epochs": profile.get("epochs"),
+        "schedule": profile.get("schedule") or "constant",
+        "decay_samples": _decay_samples(profile),
+        "max_grad_norm": profile.get("max_grad_norm"),
+        "baseline": {"batch_size": b0, "learning_rate": basis.lr0},
+        "noise_scale": basis.noise_scale,
+        "noise_interval": list(basis.noise_interval) if basis.noise_interval else None,
+        "assumed_perfect_scaling": basis.perfect,
+        "steps_model": _steps_model_document(model),
+        "correction": correction.as_dict() if correction is not None else None,
+        "saturation_batch": basis.saturation,
+        "experiments_per_gpu_day": {name: SECONDS_PER_DAY / t if t else None for name, t in run_times.items()},
+        "run_time_s": run_times,
         "candidates": [asdict(c) for c in candidates],
         "reasons": reasons,
-        "uncertain": uncertain,
+        "uncertain": _uncertainty(profile),
         # the profile could not be trusted and the user accepted it: why, carried wherever this is shown
         "accepted_load": refused,
         "estimator": profile.get("estimator") or "median",
@@ -425,14 +637,8 @@ def recommend(profile: dict, config: RecommendConfig, noise: dict | None = None,
         "threads": _profile_threads(profile),
         "stability": None,
         "interval_basis": _interval_basis(model, biases, correction),
-        "step_time_bias": bias,
+        "step_time_bias": basis.bias,
     }
-    rec = _with_chosen(rec, asdict(chosen))
-    rec["indistinguishable"] = indistinguishable(rec)
-    stable = indistinguishable_text(rec, rec["indistinguishable"])
-    if stable:
-        rec["reasons"].append(stable)
-    return rec
 
 
 def _with_chosen(rec: dict, chosen: dict) -> dict:
@@ -441,28 +647,43 @@ def _with_chosen(rec: dict, chosen: dict) -> dict:
     coverage = PREDICTION_COVERAGE
     corrected = rec.get("correction") is not None
     baseline = chosen["batch_size"] == b0
-    ranked = {"time_to_target": chosen.get("speedup_time_to_target") or 1.0,
-              "time_to_target_interval": chosen.get("speedup_interval") or [1.0, 1.0]}
-    raw = {"time_to_target": chosen.get("raw_speedup") or 1.0,
-           "time_to_target_interval": chosen.get("raw_interval") or [1.0, 1.0]}
+    ranked = {
+        "time_to_target": chosen.get("speedup_time_to_target") or 1.0,
+        "time_to_target_interval": chosen.get("speedup_interval") or [1.0, 1.0],
+    }
+    raw = {
+        "time_to_target": chosen.get("raw_speedup") or 1.0,
+        "time_to_target_interval": chosen.get("raw_interval") or [1.0, 1.0],
+    }
     run_time = rec.get("run_time_s") or {}
     return {
-        **rec, "batch_size": chosen["batch_size"], "learning_rate": chosen["learning_rate"],
+        **rec,
+        "batch_size": chosen["batch_size"],
+        "learning_rate": chosen["learning_rate"],
         "warmup_steps": warmup_steps(rec["warmup_samples"], chosen["batch_size"]),
         "micro_batch_size": chosen["batch_size"] // rec["world_size"],
-        "predicted_speedup": {"throughput": chosen["speedup_throughput"], **ranked,
-                              # Monte-Carlo over the noise model, its correction, the profile's visits and measured bias
-                              "coverage": coverage, "interval_basis": rec["interval_basis"],
-                              "model": "corrected" if corrected else "raw",
-                              "raw": raw, "corrected": ranked if corrected else None,
-                              "steps_factor": {"predicted": chosen.get("steps_factor"),
-                                               "interval": chosen.get("steps_interval"),
-                                               "raw": chosen.get("raw_steps_factor")},
-                              "step_time_factor": {"predicted": chosen["step_time_s"] / next(
-                                  c["step_time_s"] for c in rec["candidates"] if c["batch_size"] == b0)
-                                                   * rec.get("step_time_bias", 1.0),
-                                                   "interval": chosen.get("step_time_interval"),
-                                                   "bias": rec.get("step_time_bias", 1.0)}},
+        "predicted_speedup": {
+            "throughput": chosen["speedup_throughput"],
+            **ranked,
+            # Monte-Carlo over the noise model, its correction, the profile's visits and measured bias
+            "coverage": coverage,
+            "interval_basis": rec["interval_basis"],
+            "model": "corrected" if corrected else "raw",
+            "raw": raw,
+            "corrected": ranked if corrected else None,
+            "steps_factor": {
+                "predicted": chosen.get("steps_factor"),
+                "interval": chosen.get("steps_interval"),
+                "raw": chosen.get("raw_steps_factor"),
+            },
+            "step_time_factor": {
+                "predicted": chosen["step_time_s"]
+                / next(c["step_time_s"] for c in rec["candidates"] if c["batch_size"] == b0)
+                * rec.get("step_time_bias", 1.0),
+                "interval": chosen.get("step_time_interval"),
+                "bias": rec.get("step_time_bias", 1.0),
+            },
+        },
         "run_time_s": {**run_time, "recommended": run_time.get("baseline") if baseline else chosen.get("run_time_s")},
     }
 
@@ -473,9 +694,16 @@ def choose(rec: dict, batch: int, rule: str, why: str) -> dict:
     chosen = next((c for c in rec["candidates"] if c["batch_size"] == batch and c.get("eligible")), None)
     if chosen is None:
         raise UsageError(f"batch {batch} is not an eligible candidate of recommendation {rec['recommendation_id']}")
-    out = _with_chosen({**rec, "recommendation_id": f"rec-{secrets.token_hex(4)}",
-                        "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"), "rule": rule,
-                        "reasons": [why, *[r for r in rec["reasons"] if "indistinguishable" not in r]]}, chosen)
+    out = _with_chosen(
+        {
+            **rec,
+            "recommendation_id": f"rec-{secrets.token_hex(4)}",
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+            "rule": rule,
+            "reasons": [why, *[r for r in rec["reasons"] if "indistinguishable" not in r]],
+        },
+        chosen,
+    )
     from .calibration import indistinguishable
 
     per_day = out["run_time_s"]
@@ -488,8 +716,11 @@ def model_text(rec: dict) -> str:
     """The noise model a recommendation ranked on, in words: "B_noise ≈ 1,234" or the curve, and the correction."""
     stored = rec.get("steps_model") or {}
     if not stored:
-        return ("perfect scaling assumed (no noise-scale estimate)" if rec.get("assumed_perfect_scaling")
-                or rec.get("noise_scale") is None else f"B_noise ≈ {rec['noise_scale']:,.0f}")
+        return (
+            "perfect scaling assumed (no noise-scale estimate)"
+            if rec.get("assumed_perfect_scaling") or rec.get("noise_scale") is None
+            else f"B_noise ≈ {rec['noise_scale']:,.0f}"
+        )
     text = stored.get("text") or stored.get("kind")
     correction = rec.get("correction")
     if correction:
@@ -505,8 +736,10 @@ def _correction_reason(model: StepsModel, correction, chosen: Candidate) -> str:
     else:
         corrected = f"the noise curve scaled ×{correction.factor:.2f}"
     raw = f"{chosen.raw_speedup:.2f}×" if chosen.raw_speedup else "-"
-    return (f"corrected noise model: {correction.describe()}, so {corrected}; candidates are ranked on it (batch "
-            f"{chosen.batch_size}: {chosen.speedup_time_to_target or 1:.2f}× corrected, {raw} on the raw model)")
+    return (
+        f"corrected noise model: {correction.describe()}, so {corrected}; candidates are ranked on it (batch "
+        f"{chosen.batch_size}: {chosen.speedup_time_to_target or 1:.2f}× corrected, {raw} on the raw model)"
+    )
 
 
 def step_time(point: dict) -> float:
@@ -544,10 +777,15 @@ def _interval_basis(model: StepsModel, biases: list[float] | None, correction=No
     else:
         parts.insert(0, "the noise scale as given (no interval: not resampled)")
     if correction is not None:
-        parts.append(f"the noise model's correction within what {correction.verifications} verification(s) on this "
-                     f"workload and device measured")
-    parts.append(f"the step-time bias of {len(biases)} earlier verification(s) on this workload and device" if biases
-                 else "no measured step-time bias yet (no earlier runs on this workload and device)")
+        parts.append(
+            f"the noise model's correction within what {correction.verifications} verification(s) on this "
+            f"workload and device measured"
+        )
+    parts.append(
+        f"the step-time bias of {len(biases)} earlier verification(s) on this workload and device"
+        if biases
+        else "no measured step-time bias yet (no earlier runs on this workload and device)"
+    )
     return "; ".join(parts)
 
 
@@ -555,8 +793,10 @@ def _uncertainty(profile: dict) -> str | None:
     """Why the ranking cannot be trusted as it stands (the profile was flagged inconsistent); None if it can."""
     if not profile.get("inconsistency"):
         return None
-    return (f"uncertain: profile {profile['id']} stayed inconsistent after re-measuring ({profile['inconsistency']}), "
-            f"so the ranking rests on step times that are not the hardware's; profile again on a quieter machine")
+    return (
+        f"uncertain: profile {profile['id']} stayed inconsistent after re-measuring ({profile['inconsistency']}), "
+        f"so the ranking rests on step times that are not the hardware's; profile again on a quieter machine"
+    )
 
 
 def _world_size(profile: dict) -> int:
@@ -585,32 +825,48 @@ def _reasons(candidates, chosen, best, tied, b0, saturation, model: StepsModel, 
     by_saturation = [c for c in above if c.excluded and c.excluded.startswith("past the saturation")]
     by_noise = [c for c in above if c.excluded and c.excluded.startswith("noisy")]
     if model.perfect_scaling:
-        reasons.append("no gradient-noise-scale estimate: perfect scaling (steps fall as 1/B) was assumed up to the "
-                       "saturation batch; run `largestep noise` or pass --estimate-noise for a sharper prediction")
+        reasons.append(
+            "no gradient-noise-scale estimate: perfect scaling (steps fall as 1/B) was assumed up to the "
+            "saturation batch; run `largestep noise` or pass --estimate-noise for a sharper prediction"
+        )
     if by_saturation:
-        reasons.append(f"saturation: throughput reaches 90% of its best at batch {saturation}; larger batches add "
-                       f"little speed on this device")
+        reasons.append(
+            f"saturation: throughput reaches 90% of its best at batch {saturation}; larger batches add "
+            f"little speed on this device"
+        )
     if by_memory:
-        reasons.append(f"memory: batch {by_memory[0].batch_size} and above need more than "
-                       f"{config.memory_headroom:.0%} of the device's {format_bytes(memory_total)}")
+        reasons.append(
+            f"memory: batch {by_memory[0].batch_size} and above need more than "
+            f"{config.memory_headroom:.0%} of the device's {format_bytes(memory_total)}"
+        )
     if by_lr:
         reasons.append(f"max lr: batch {by_lr[0].batch_size} would need a learning rate above {config.max_lr:g}")
     if by_noise:
-        reasons.append(f"noisy: the steps of batch {', '.join(str(c.batch_size) for c in by_noise)} spread too widely "
-                       f"to rank them (a busy machine); profile again when it is quieter")
+        reasons.append(
+            f"noisy: the steps of batch {', '.join(str(c.batch_size) for c in by_noise)} spread too widely "
+            f"to rank them (a busy machine); profile again when it is quieter"
+        )
     if model.single is not None:
         verdict = "beyond it each doubling of the batch needs nearly as many steps"
-        reasons.append(f"noise scale: B_noise is about {model.single:,.0f}; below it larger batches cut the steps "
-                       f"needed almost in proportion, {verdict}")
+        reasons.append(
+            f"noise scale: B_noise is about {model.single:,.0f}; below it larger batches cut the steps "
+            f"needed almost in proportion, {verdict}"
+        )
     elif model.kind == "curve":
-        reasons.append(f"noise scale: steps priced over {model.describe()}, stretch by stretch of the baseline's "
-                       f"training, as the batch schedule is planned: the two agree on the best fixed batch")
+        reasons.append(
+            f"noise scale: steps priced over {model.describe()}, stretch by stretch of the baseline's "
+            f"training, as the batch schedule is planned: the two agree on the best fixed batch"
+        )
     if chosen is not best:
-        reasons.append(f"batch {chosen.batch_size}'s predicted speedup has a lower end within {TIE_SHARE:.0%} of the "
-                       f"best (batch {best.batch_size}); the smaller batch was preferred")
+        reasons.append(
+            f"batch {chosen.batch_size}'s predicted speedup has a lower end within {TIE_SHARE:.0%} of the "
+            f"best (batch {best.batch_size}); the smaller batch was preferred"
+        )
     if chosen.batch_size == largest and chosen.batch_size != b0:
-        reasons.append(f"the largest measured batch ({largest}) limited the search: profile larger batches "
-                       f"(--max-batch) to see whether they are faster still")
+        reasons.append(
+            f"the largest measured batch ({largest}) limited the search: profile larger batches "
+            f"(--max-batch) to see whether they are faster still"
+        )
     if chosen.batch_size == b0:
         reasons.append(_kept_baseline_reason(candidates, b0))
     return reasons
@@ -623,7 +879,9 @@ def _kept_baseline_reason(candidates, b0: int) -> str:
         return f"no measured batch is predicted to reach the target faster than the baseline {b0}"
     best = max(hopeful, key=lambda c: c.speedup_time_to_target)
     low, high = best.speedup_interval
-    return (f"no measured batch's prediction interval lies above 1: the best, batch {best.batch_size}, is predicted "
-            f"{best.speedup_time_to_target:.2f}x ({PREDICTION_COVERAGE:.0%} prediction interval {low:.2f}x to "
-            f"{high:.2f}x), too uncertain to rank above the baseline {b0}; a profile whose visits agree (a quieter "
-            f"machine, more --min-seconds) narrows it")
+    return (
+        f"no measured batch's prediction interval lies above 1: the best, batch {best.batch_size}, is predicted "
+        f"{best.speedup_time_to_target:.2f}x ({PREDICTION_COVERAGE:.0%} prediction interval {low:.2f}x to "
+        f"{high:.2f}x), too uncertain to rank above the baseline {b0}; a profile whose visits agree (a quieter "
+        f"machine, more --min-seconds) narrows it"
+    )

@@ -41,18 +41,18 @@ from .recommend import PREDICTION_COVERAGE, PREDICTION_DRAWS, prediction_interva
 from .steps import CELLS, StepsModel, scaled_noise
 
 __all__ = ["Phase", "plan_schedule", "with_batch_schedule", "schedule_spec", "CELLS"]
-SPEC_DIGITS = 3      # decimals of a phase's start fraction in the `--batch-schedule` spec
+SPEC_DIGITS = 3  # decimals of a phase's start fraction in the `--batch-schedule` spec
 
 
 @dataclass(frozen=True)
 class Phase:
     batch_size: int
-    learning_rate: float           # after this phase's warm-up
-    start_fraction: float          # of the scheduled run's samples at which the phase begins
-    baseline_fraction: float       # of the baseline's training (the noise curve's axis) it begins at
-    noise_scale: float             # B_noise at its start (interpolated from the curve)
-    warmup_samples: int            # linear ramp from the previous phase's rate (from 0 for the first)
-    step_time_s: float             # measured t(B)
+    learning_rate: float  # after this phase's warm-up
+    start_fraction: float  # of the scheduled run's samples at which the phase begins
+    baseline_fraction: float  # of the baseline's training (the noise curve's axis) it begins at
+    noise_scale: float  # B_noise at its start (interpolated from the curve)
+    warmup_samples: int  # linear ramp from the previous phase's rate (from 0 for the first)
+    step_time_s: float  # measured t(B)
 
 
 def plan_schedule(rec: dict, curve: list[dict]) -> dict:
@@ -62,8 +62,10 @@ def plan_schedule(rec: dict, curve: list[dict]) -> dict:
     Raises UsageError when the curve has fewer than two reliable points.
     """
     if rec.get("rule") == "noise":
-        raise UsageError("a batch schedule scales its rate by the linear or sqrt rule: recommend with --rule linear "
-                         "or sqrt to plan one")
+        raise UsageError(
+            "a batch schedule scales its rate by the linear or sqrt rule: recommend with --rule linear "
+            "or sqrt to plan one"
+        )
     fractions, scales, left_out = _reliable_points(curve)
     model = StepsModel.from_curve(curve)
     correction = _correction(rec)
@@ -79,15 +81,18 @@ def plan_schedule(rec: dict, curve: list[dict]) -> dict:
     starts = np.arange(CELLS) / CELLS
     noise = scaled_noise(model.cell_noise()[:, None], np.array([correction or 1.0]))[:, 0]
     with np.errstate(invalid="ignore"):
-        steps_ratio = np.where(np.isinf(noise[:, None]), b0 / batches[None, :],
-                               (1 + noise[:, None] / batches[None, :]) / (1 + noise[:, None] / b0))   # [cell, batch]
+        steps_ratio = np.where(
+            np.isinf(noise[:, None]),
+            b0 / batches[None, :],
+            (1 + noise[:, None] / batches[None, :]) / (1 + noise[:, None] / b0),
+        )  # [cell, batch]
     cost = steps_ratio * step_times[None, :] / t0 / CELLS
 
     path = _cheapest_growing_path(cost)
     schedule_time = float(cost[np.arange(CELLS), path].sum())
     fixed_times = cost.sum(axis=0)
     best_fixed = int(np.argmin(fixed_times))
-    if _ranked_on(rec, model) and rec["batch_size"] in batches:   # the recommender's choice, on the same model
+    if _ranked_on(rec, model) and rec["batch_size"] in batches:  # the recommender's choice, on the same model
         best_fixed = int(np.flatnonzero(batches == rec["batch_size"])[0])
     # samples of each stretch (in baseline-run units): steps x batch
     samples = steps_ratio[np.arange(CELLS), path] * batches[path] / b0 / CELLS
@@ -100,27 +105,47 @@ def plan_schedule(rec: dict, curve: list[dict]) -> dict:
         if phases and batches[path[cell]] == phases[-1].batch_size:
             continue
         b = int(batches[path[cell]])
-        phases.append(Phase(batch_size=b, learning_rate=scale_lr(lr0, b0, b, rec.get("rule", "linear")),
-                            start_fraction=float(sample_starts[cell]), baseline_fraction=float(starts[cell]),
-                            noise_scale=float(noise[cell]), warmup_samples=warmup,
-                            step_time_s=float(step_times[path[cell]])))
+        phases.append(
+            Phase(
+                batch_size=b,
+                learning_rate=scale_lr(lr0, b0, b, rec.get("rule", "linear")),
+                start_fraction=float(sample_starts[cell]),
+                baseline_fraction=float(starts[cell]),
+                noise_scale=float(noise[cell]),
+                warmup_samples=warmup,
+                step_time_s=float(step_times[path[cell]]),
+            )
+        )
     over_baseline, over_fixed = _schedule_intervals(model, rec, eligible, b0, path, best_fixed)
     return {
         "curve_id": curve[0].get("curve_id") if curve else None,
         "rule": rec.get("rule", "linear"),
         "phases": [asdict(p) for p in phases],
         "spec": schedule_spec(phases),
-        "samples_ratio": samples_ratio,   # the scheduled run's samples over the baseline run's
+        "samples_ratio": samples_ratio,  # the scheduled run's samples over the baseline run's
         "epochs": (rec.get("epochs") or 0) * samples_ratio or None,
-        "predicted_speedup": {"over_baseline": 1 / schedule_time,
-                              "over_best_fixed": float(fixed_times[best_fixed]) / schedule_time,
-                              "over_baseline_interval": over_baseline, "over_best_fixed_interval": over_fixed,
-                              "coverage": PREDICTION_COVERAGE},
-        "best_fixed": {"batch_size": int(batches[best_fixed]),
-                       "speedup_over_baseline": 1 / float(fixed_times[best_fixed])},
+        "predicted_speedup": {
+            "over_baseline": 1 / schedule_time,
+            "over_best_fixed": float(fixed_times[best_fixed]) / schedule_time,
+            "over_baseline_interval": over_baseline,
+            "over_best_fixed_interval": over_fixed,
+            "coverage": PREDICTION_COVERAGE,
+        },
+        "best_fixed": {
+            "batch_size": int(batches[best_fixed]),
+            "speedup_over_baseline": 1 / float(fixed_times[best_fixed]),
+        },
         "noise_curve": [{"fraction": f, "b_simple": s} for f, s in zip(fractions, scales)],
-        "reasons": _reasons(phases, fractions, scales, left_out, int(batches[best_fixed]),
-                            float(fixed_times[best_fixed]) / schedule_time, int(batches[-1]), over_fixed),
+        "reasons": _reasons(
+            phases,
+            fractions,
+            scales,
+            left_out,
+            int(batches[best_fixed]),
+            float(fixed_times[best_fixed]) / schedule_time,
+            int(batches[-1]),
+            over_fixed,
+        ),
     }
 
 
@@ -147,12 +172,17 @@ def schedule_spec(phases: list[Phase]) -> str:
 
 def _reliable_points(curve: list[dict]) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """The curve's reliable points (fraction, B_simple) by fraction, and the fractions left out."""
-    kept = sorted((p["fraction"], p["b_simple"]) for p in curve
-                  if p.get("b_simple") is not None and math.isfinite(p["b_simple"]) and p["b_simple"] > 0)
+    kept = sorted(
+        (p["fraction"], p["b_simple"])
+        for p in curve
+        if p.get("b_simple") is not None and math.isfinite(p["b_simple"]) and p["b_simple"] > 0
+    )
     left_out = sorted(p["fraction"] for p in curve if p.get("b_simple") is None)
     if len(kept) < 2:
-        raise UsageError(f"the noise curve has {len(kept)} reliable point(s); a schedule needs two at least: "
-                         f"run `largestep noise --at 0,0.25,0.5,1` again with more --batches")
+        raise UsageError(
+            f"the noise curve has {len(kept)} reliable point(s); a schedule needs two at least: "
+            f"run `largestep noise --at 0,0.25,0.5,1` again with more --batches"
+        )
     return np.array([f for f, _ in kept]), np.array([s for _, s in kept]), left_out
 
 
@@ -166,32 +196,46 @@ def _correction(rec: dict) -> float | None:
 def _ranked_on(rec: dict, model: StepsModel) -> bool:
     """Whether the recommendation ranked its fixed batches on this same curve."""
     stored = rec.get("steps_model") or {}
-    return (stored.get("kind") == "curve" and list(stored.get("fractions") or []) == list(model.fractions)
-            and list(stored.get("scales") or []) == list(model.scales))
+    return (
+        stored.get("kind") == "curve"
+        and list(stored.get("fractions") or []) == list(model.fractions)
+        and list(stored.get("scales") or []) == list(model.scales)
+    )
 
 
-def _schedule_intervals(model: StepsModel, rec: dict, eligible: list[dict], b0: int, path: np.ndarray,
-                        best_fixed: int, draws: int = PREDICTION_DRAWS, seed: int = 0) -> tuple[list, list]:
+def _schedule_intervals(
+    model: StepsModel,
+    rec: dict,
+    eligible: list[dict],
+    b0: int,
+    path: np.ndarray,
+    best_fixed: int,
+    draws: int = PREDICTION_DRAWS,
+    seed: int = 0,
+) -> tuple[list, list]:
     """Prediction intervals of the planned path's speedup over the baseline and over the best fixed batch: both
     priced again under draws of each reliable curve point's B_noise (:meth:`StepsModel.noise_draws`), of the
     recommendation's correction, and of each batch's step time."""
     from .calibration import Correction
 
     rng = np.random.default_rng(seed)
-    noise = model.noise_draws(draws, rng)                               # [cell, draw]
+    noise = model.noise_draws(draws, rng)  # [cell, draw]
     correction = Correction.of(rec.get("correction"))
     if _correction(rec) is not None and correction is not None:
         noise = scaled_noise(noise, correction.draws(draws, rng))
     elif _correction(rec) is not None:
         noise = noise * _correction(rec)
-    t0 = next(step_time_draws(c, draws, rng) for c in eligible if c["batch_size"] == b0) \
-        if any(c["batch_size"] == b0 for c in eligible) else None
-    times = np.stack([step_time_draws(c, draws, rng) for c in eligible])   # [batch, draw]
+    t0 = (
+        next(step_time_draws(c, draws, rng) for c in eligible if c["batch_size"] == b0)
+        if any(c["batch_size"] == b0 for c in eligible)
+        else None
+    )
+    times = np.stack([step_time_draws(c, draws, rng) for c in eligible])  # [batch, draw]
     if t0 is None:
         t0 = times[0]
     batches = np.array([c["batch_size"] for c in eligible], dtype=float)
 
-    def cost(columns: np.ndarray) -> np.ndarray:   # the baseline-relative time of a batch per cell: [draw]
+    def cost(columns: np.ndarray) -> np.ndarray:  # the baseline-relative time of a batch per cell: [draw]
         b = batches[columns][:, None]
         with np.errstate(invalid="ignore"):
             steps = np.where(np.isinf(noise), b0 / b, (1 + noise / b) / (1 + noise / b0))
@@ -205,12 +249,12 @@ def _schedule_intervals(model: StepsModel, rec: dict, eligible: list[dict], b0: 
 def _cheapest_growing_path(cost: np.ndarray) -> np.ndarray:
     """For each stretch, the batch (a column) minimising the total cost with batches never shrinking."""
     cells, options = cost.shape
-    best = np.empty_like(cost)          # best[i, b]: least cost of stretches 0..i ending at batch b
+    best = np.empty_like(cost)  # best[i, b]: least cost of stretches 0..i ending at batch b
     came_from = np.zeros((cells, options), dtype=int)
     best[0] = cost[0]
     for i in range(1, cells):
         # the cheapest predecessor at a batch no larger than b: a running minimum over the columns
-        came_from[i] = [int(np.argmin(best[i - 1, :b + 1])) for b in range(options)]
+        came_from[i] = [int(np.argmin(best[i - 1, : b + 1])) for b in range(options)]
         best[i] = cost[i] + best[i - 1, came_from[i]]
     path = np.empty(cells, dtype=int)
     path[-1] = int(np.argmin(best[-1]))
@@ -219,23 +263,39 @@ def _cheapest_growing_path(cost: np.ndarray) -> np.ndarray:
     return path
 
 
-def _reasons(phases: list[Phase], fractions: np.ndarray, scales: np.ndarray, left_out: list[float],
-             best_fixed: int, gain: float, largest: int, gain_interval: list[float]) -> list[str]:
-    reasons = [f"noise scale: B_noise goes from about {scales[0]:,.0f} at {fractions[0]:g} of the baseline's "
-               f"training to about {scales[-1]:,.0f} at {fractions[-1]:g}; each phase uses the measured batch with "
-               f"the least predicted time (1 + B_noise/B)·t(B) at its own noise scale"]
+def _reasons(
+    phases: list[Phase],
+    fractions: np.ndarray,
+    scales: np.ndarray,
+    left_out: list[float],
+    best_fixed: int,
+    gain: float,
+    largest: int,
+    gain_interval: list[float],
+) -> list[str]:
+    reasons = [
+        f"noise scale: B_noise goes from about {scales[0]:,.0f} at {fractions[0]:g} of the baseline's "
+        f"training to about {scales[-1]:,.0f} at {fractions[-1]:g}; each phase uses the measured batch with "
+        f"the least predicted time (1 + B_noise/B)·t(B) at its own noise scale"
+    ]
     if left_out:
         reasons.append(f"the curve's points at {', '.join(f'{f:g}' for f in left_out)} were unreliable and left out")
     if len(phases) == 1:
-        reasons.append(f"one batch ({phases[0].batch_size}) is best over the whole run: the noise scale does not "
-                       f"change enough to make another measured batch faster at any point")
+        reasons.append(
+            f"one batch ({phases[0].batch_size}) is best over the whole run: the noise scale does not "
+            f"change enough to make another measured batch faster at any point"
+        )
     else:
         steps = ", then ".join(f"{p.batch_size} from {p.baseline_fraction:.0%}" for p in phases)
         reasons.append(f"the batch grows as the noise scale does: {steps} of the baseline's training")
-        reasons.append(f"predicted {gain:.2f}x the speed of the best fixed batch ({best_fixed}) under the same curve "
-                       f"({PREDICTION_COVERAGE:.0%} prediction interval {gain_interval[0]:.2f}x to "
-                       f"{gain_interval[1]:.2f}x): small batches while the gradient is clear, large ones once it is noisy")
+        reasons.append(
+            f"predicted {gain:.2f}x the speed of the best fixed batch ({best_fixed}) under the same curve "
+            f"({PREDICTION_COVERAGE:.0%} prediction interval {gain_interval[0]:.2f}x to "
+            f"{gain_interval[1]:.2f}x): small batches while the gradient is clear, large ones once it is noisy"
+        )
     if phases[-1].batch_size == largest:
-        reasons.append(f"the largest eligible batch ({largest}) limited the last phase: profile larger batches "
-                       f"(--max-batch) to see whether they are faster still")
+        reasons.append(
+            f"the largest eligible batch ({largest}) limited the last phase: profile larger batches "
+            f"(--max-batch) to see whether they are faster still"
+        )
     return reasons

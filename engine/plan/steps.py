@@ -25,11 +25,18 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-__all__ = ["CELLS", "StepsModel", "steps_factor_draws", "scaled_noise", "cell_centres", "noise_draws",
-           "NOISE_CONFIDENCE"]
+__all__ = [
+    "CELLS",
+    "StepsModel",
+    "steps_factor_draws",
+    "scaled_noise",
+    "cell_centres",
+    "noise_draws",
+    "NOISE_CONFIDENCE",
+]
 
-CELLS = 200                  # equal stretches of the baseline's training a noise curve is applied over
-NOISE_CONFIDENCE = 0.90      # of a stored noise estimate's bootstrap interval (largestep noise's default)
+CELLS = 200  # equal stretches of the baseline's training a noise curve is applied over
+NOISE_CONFIDENCE = 0.90  # of a stored noise estimate's bootstrap interval (largestep noise's default)
 
 
 def noise_draws(noise_scale: float | None, interval: tuple | None, draws: int, rng) -> np.ndarray:
@@ -65,30 +72,38 @@ class StepsModel:
     ``fractions`` and ``scales``: the reliable points (one for an estimate, placed at 0); ``intervals``: each
     point's bootstrap interval (None: not resampled; an end None: open)."""
 
-    kind: str                                        # "estimate" | "curve" | "perfect scaling"
+    kind: str  # "estimate" | "curve" | "perfect scaling"
     fractions: tuple[float, ...] = (0.0,)
     scales: tuple[float, ...] = (math.inf,)
     intervals: tuple[tuple | None, ...] = (None,)
-    source_id: str | None = None                     # the noise estimate's or the curve's id
+    source_id: str | None = None  # the noise estimate's or the curve's id
 
     @classmethod
     def perfect(cls) -> "StepsModel":
         return cls("perfect scaling")
 
     @classmethod
-    def from_estimate(cls, noise_scale: float, interval: tuple | None = None,
-                      source_id: str | None = None) -> "StepsModel":
+    def from_estimate(
+        cls, noise_scale: float, interval: tuple | None = None, source_id: str | None = None
+    ) -> "StepsModel":
         return cls("estimate", (0.0,), (float(noise_scale),), (tuple(interval) if interval else None,), source_id)
 
     @classmethod
     def from_curve(cls, curve: list[dict]) -> "StepsModel | None":
         """The curve's reliable points (B_simple finite and positive) by fraction; None with fewer than two."""
-        kept = sorted((p for p in curve if p.get("b_simple") is not None and math.isfinite(p["b_simple"])
-                       and p["b_simple"] > 0), key=lambda p: p["fraction"])
+        kept = sorted(
+            (p for p in curve if p.get("b_simple") is not None and math.isfinite(p["b_simple"]) and p["b_simple"] > 0),
+            key=lambda p: p["fraction"],
+        )
         if len(kept) < 2:
             return None
-        return cls("curve", tuple(float(p["fraction"]) for p in kept), tuple(float(p["b_simple"]) for p in kept),
-                   tuple((p.get("ci_low"), p.get("ci_high")) for p in kept), kept[0].get("curve_id"))
+        return cls(
+            "curve",
+            tuple(float(p["fraction"]) for p in kept),
+            tuple(float(p["b_simple"]) for p in kept),
+            tuple((p.get("ci_low"), p.get("ci_high")) for p in kept),
+            kept[0].get("curve_id"),
+        )
 
     @property
     def perfect_scaling(self) -> bool:
@@ -114,9 +129,10 @@ class StepsModel:
         points = np.stack([noise_draws(s, i, draws, rng) for s, i in zip(self.scales, self.intervals)])
         if len(self.scales) == 1:
             return points
-        points = np.minimum(points, 1e300)                    # interpolation needs finite values
-        weights = np.stack([np.interp(cell_centres(), self.fractions, np.eye(len(self.scales))[k])
-                            for k in range(len(self.scales))])   # [point, cell]
+        points = np.minimum(points, 1e300)  # interpolation needs finite values
+        weights = np.stack(
+            [np.interp(cell_centres(), self.fractions, np.eye(len(self.scales))[k]) for k in range(len(self.scales))]
+        )  # [point, cell]
         return weights.T @ points
 
     def factor(self, b0: int, b: int, correction: float = 1.0) -> float:
@@ -124,7 +140,7 @@ class StepsModel:
         return float(steps_factor_draws(scaled_noise(self.cell_noise()[:, None], np.array([correction])), b0, b)[0])
 
     def describe(self, correction: float | None = None) -> str:
-        """"B_noise ≈ 1,234" / "the noise curve nois-… (B_noise 650 to 2,971)" / "perfect scaling", corrected."""
+        """ "B_noise ≈ 1,234" / "the noise curve nois-… (B_noise 650 to 2,971)" / "perfect scaling", corrected."""
         if self.perfect_scaling:
             return "perfect scaling assumed (no noise-scale estimate)"
         k = correction if correction is not None and correction != 1.0 else None

@@ -21,34 +21,55 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["CONFIDENCE", "MIN_SEEDS", "Verdict", "speedup_verdict", "calls", "interval_text", "headline_tone",
-           "look_levels", "SEQUENTIAL_RULE", "FASTER", "SLOWER", "NO_DIFFERENCE", "TOO_FEW", "AT_LEAST", "AT_MOST",
-           "NOT_MEASURED", "QUALITY_FAILED", "QUALITY_TOO_FEW", "quality_words", "failed_text"]
+__all__ = [
+    "CONFIDENCE",
+    "MIN_SEEDS",
+    "Verdict",
+    "speedup_verdict",
+    "calls",
+    "interval_text",
+    "headline_tone",
+    "look_levels",
+    "SEQUENTIAL_RULE",
+    "FASTER",
+    "SLOWER",
+    "NO_DIFFERENCE",
+    "TOO_FEW",
+    "AT_LEAST",
+    "AT_MOST",
+    "NOT_MEASURED",
+    "QUALITY_FAILED",
+    "QUALITY_TOO_FEW",
+    "quality_words",
+    "failed_text",
+]
 
-CONFIDENCE = 0.90      # of every interval of a comparison with a fixed number of seeds
-MIN_SEEDS = 3          # seeds an arm before any "faster", "slower" or "equivalent"
+CONFIDENCE = 0.90  # of every interval of a comparison with a fixed number of seeds
+MIN_SEEDS = 3  # seeds an arm before any "faster", "slower" or "equivalent"
 
 FASTER, SLOWER, NO_DIFFERENCE = "faster", "slower", "no measurable difference"
 TOO_FEW, AT_LEAST, AT_MOST, NOT_MEASURED = "too few seeds to say", "at least", "at most", "not measured"
-QUALITY_FAILED, QUALITY_TOO_FEW = "seeds failed", TOO_FEW     # quality verdicts besides compare's four
+QUALITY_FAILED, QUALITY_TOO_FEW = "seeds failed", TOO_FEW  # quality verdicts besides compare's four
 
-SEQUENTIAL_RULE = ("group-sequential alpha spending: the 10% chance of a false \"faster\" or \"slower\" is spent "
-                   "linearly over the seeds up to --max-repeats, and each look (its interval and its exact test) is "
-                   "tested at its own share, so by the union bound the total stays at most 10% whatever the looks' "
-                   "correlation")
+SEQUENTIAL_RULE = (
+    'group-sequential alpha spending: the 10% chance of a false "faster" or "slower" is spent '
+    "linearly over the seeds up to --max-repeats, and each look (its interval and its exact test) is "
+    "tested at its own share, so by the union bound the total stays at most 10% whatever the looks' "
+    "correlation"
+)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    word: str          # FASTER, SLOWER, NO_DIFFERENCE, TOO_FEW, AT_LEAST, AT_MOST or NOT_MEASURED
-    text: str          # for a sentence: "1.90× faster (90% interval 1.41–2.55×; exact test p = 0.10)"
-    cell: str          # for a table cell: "1.90× faster (1.41–2.55×)"
-    tone: str          # "good" | "bad" | "neutral"
-    decisive: bool     # faster or slower: an interval and a test at the comparison's level agree
+    word: str  # FASTER, SLOWER, NO_DIFFERENCE, TOO_FEW, AT_LEAST, AT_MOST or NOT_MEASURED
+    text: str  # for a sentence: "1.90× faster (90% interval 1.41–2.55×; exact test p = 0.10)"
+    cell: str  # for a table cell: "1.90× faster (1.41–2.55×)"
+    tone: str  # "good" | "bad" | "neutral"
+    decisive: bool  # faster or slower: an interval and a test at the comparison's level agree
 
 
 def interval_text(low: float | None, high: float | None) -> str:
-    """"1.41–2.55×"; an end the censored runs leave open is said as such: "up to 2.02×", "1.20× or more"."""
+    """ "1.41–2.55×"; an end the censored runs leave open is said as such: "up to 2.02×", "1.20× or more"."""
     if low is not None and high is not None:
         return f"{low:.2f}–{high:.2f}×"
     if high is not None:
@@ -89,13 +110,23 @@ def speedup_verdict(group: dict, baseline_seeds: int, confidence: float = CONFID
         return Verdict(NOT_MEASURED, text, "not reached", "neutral", False)
     if point is None:
         kind, value = bound["kind"], bound["value"]
-        why = ("fewer than half of its seeds reached the target" if kind == AT_MOST
-               else "fewer than half of the baseline's seeds reached its own target")
-        if kind == AT_MOST and value == 0:   # most seeds ended without a time at all (diverged, crashed)
-            return Verdict(AT_MOST, "not reached: fewer than half of its seeds reached the target and the others "
-                                    "ended without a training time", "not reached", "neutral", False)
-        return Verdict(kind, f"{kind} {_ratio(value)} ({why}: only a bound is known)", f"{kind} {_ratio(value)}",
-                       "neutral", False)
+        why = (
+            "fewer than half of its seeds reached the target"
+            if kind == AT_MOST
+            else "fewer than half of the baseline's seeds reached its own target"
+        )
+        if kind == AT_MOST and value == 0:  # most seeds ended without a time at all (diverged, crashed)
+            return Verdict(
+                AT_MOST,
+                "not reached: fewer than half of its seeds reached the target and the others "
+                "ended without a training time",
+                "not reached",
+                "neutral",
+                False,
+            )
+        return Verdict(
+            kind, f"{kind} {_ratio(value)} ({why}: only a bound is known)", f"{kind} {_ratio(value)}", "neutral", False
+        )
     if seeds < MIN_SEEDS:
         text = f"{point:.2f}×, too few seeds to say ({seeds} in the smaller arm; {MIN_SEEDS} an arm are needed)"
         return Verdict(TOO_FEW, text, f"{point:.2f}× (too few seeds to say)", "neutral", False)
@@ -103,23 +134,45 @@ def speedup_verdict(group: dict, baseline_seeds: int, confidence: float = CONFID
     p = test.get("p")
     test_text = "" if p is None else f"; {'exact' if test.get('exact') else 'permutation'} test p = {p:.2g}"
     resamples = group.get("speedup_resamples") or {}
-    if resamples and resamples["both_reached"] < resamples["of"]:   # the rest were bounds, kept as bounds
+    if resamples and resamples["both_reached"] < resamples["of"]:  # the rest were bounds, kept as bounds
         test_text += f"; both medians reached in {resamples['both_reached']:,} of {resamples['of']:,} resamples"
-    call = int(calls(math.nan if low is None else low, math.nan if high is None else high,
-                     math.nan if p is None else p, seeds, confidence))
+    call = int(
+        calls(
+            math.nan if low is None else low,
+            math.nan if high is None else high,
+            math.nan if p is None else p,
+            seeds,
+            confidence,
+        )
+    )
     span = interval_text(low, high)
     if call == 1:
-        return Verdict(FASTER, f"{point:.2f}× faster ({level} interval {span}{test_text})",
-                       f"{point:.2f}× faster ({span})", "good", True)
+        return Verdict(
+            FASTER,
+            f"{point:.2f}× faster ({level} interval {span}{test_text})",
+            f"{point:.2f}× faster ({span})",
+            "good",
+            True,
+        )
     if call == -1:
-        return Verdict(SLOWER, f"slower: {point:.2f}× ({level} interval {span}{test_text})",
-                       f"slower: {point:.2f}× ({span})", "bad", True)
-    return Verdict(NO_DIFFERENCE, f"no measurable difference ({level} interval {span}, median ratio {point:.2f}×"
-                                  f"{test_text})", f"no measurable difference ({span})", "neutral", False)
+        return Verdict(
+            SLOWER,
+            f"slower: {point:.2f}× ({level} interval {span}{test_text})",
+            f"slower: {point:.2f}× ({span})",
+            "bad",
+            True,
+        )
+    return Verdict(
+        NO_DIFFERENCE,
+        f"no measurable difference ({level} interval {span}, median ratio {point:.2f}×{test_text})",
+        f"no measurable difference ({span})",
+        "neutral",
+        False,
+    )
 
 
 def failed_text(failed: list[dict]) -> str:
-    """"recommended seed 1 diverged, baseline seed 2 crashed"."""
+    """ "recommended seed 1 diverged, baseline seed 2 crashed"."""
     return ", ".join(f"{f['group']} seed {f.get('seed')} {str(f.get('state') or 'failed').lower()}" for f in failed)
 
 
@@ -150,9 +203,9 @@ def quality_words(quality: dict | None, name: str, confidence: float = CONFIDENC
 
 
 def headline_tone(speed: Verdict | dict | None, quality: dict | None) -> str:
-    """"good" (a success box), "bad" (an error box) or "neutral" (a caution) for a headline: never good for
+    """ "good" (a success box), "bad" (an error box) or "neutral" (a caution) for a headline: never good for
     an arm whose quality is worse or whose seeds failed, however fast."""
-    word = (speed.word if isinstance(speed, Verdict) else (speed or {}).get("word"))
+    word = speed.word if isinstance(speed, Verdict) else (speed or {}).get("word")
     verdict = (quality or {}).get("verdict")
     if word == SLOWER or verdict in ("worse", QUALITY_FAILED):
         return "bad"

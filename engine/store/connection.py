@@ -22,8 +22,8 @@ from .migrations import migrate
 
 __all__ = ["connect", "connect_empty", "is_damage", "damaged", "DamagedDatabase", "LOCK_TIMEOUT_S"]
 
-LOCK_TIMEOUT_S = 120.0          # how long to wait for another largestep process to finish
-OPEN_RETRIES = 40               # how often to retry DuckDB's own lock error (another program)
+LOCK_TIMEOUT_S = 120.0  # how long to wait for another largestep process to finish
+OPEN_RETRIES = 40  # how often to retry DuckDB's own lock error (another program)
 
 
 _migrated: set[Path] = set()
@@ -42,7 +42,9 @@ def connect(home: Home, migrate_schema: bool = True) -> Iterator[duckdb.DuckDBPy
     try:
         lock.acquire()
     except Timeout:
-        raise StoreError(f"database {home.database} stayed locked for {LOCK_TIMEOUT_S:.0f}s; is a largestep command stuck?") from None
+        raise StoreError(
+            f"database {home.database} stayed locked for {LOCK_TIMEOUT_S:.0f}s; is a largestep command stuck?"
+        ) from None
     try:
         _drop_empty_file(home)
         # a database file deleted under a long-running process (the dashboard) is re-created whole

@@ -30,15 +30,15 @@ from ..workloads.cache import cache_of
 __all__ = ["Check", "diagnose", "OK", "WARN", "PROBLEM"]
 
 OK, WARN, PROBLEM = "ok", "warn", "problem"
-DAMAGED_SUFFIX = ".damaged-"    # a damaged database moved aside by --repair: largestep.duckdb.damaged-<time>
+DAMAGED_SUFFIX = ".damaged-"  # a damaged database moved aside by --repair: largestep.duckdb.damaged-<time>
 
 
 @dataclass(frozen=True)
 class Check:
     name: str
-    verdict: str                                   # ok | warn | problem
+    verdict: str  # ok | warn | problem
     summary: str
-    details: tuple[str, ...] = field(default=())   # one line per finding, with what to do
+    details: tuple[str, ...] = field(default=())  # one line per finding, with what to do
 
 
 def diagnose(home: Home, repair: bool = False) -> list[Check]:
@@ -50,21 +50,29 @@ def diagnose(home: Home, repair: bool = False) -> list[Check]:
     elif database.verdict == PROBLEM:
         return [database, _spools(home), _orphans(home), _launchers(home), _size(home)]
     retried = _retry_set_aside(home) if repair else 0
-    report = ingest(home)   # as every command does: it creates a missing database, migrates an old one
+    report = ingest(home)  # as every command does: it creates a missing database, migrates an old one
     database = rebuilt or _database(home)[0]
-    return [database, _set_aside(home, retried), _spools(home), _recommendation_files(report.unreadable_files),
-            _orphans(home), _launchers(home), _size(home)]
+    return [
+        database,
+        _set_aside(home, retried),
+        _spools(home),
+        _recommendation_files(report.unreadable_files),
+        _orphans(home),
+        _launchers(home),
+        _size(home),
+    ]
 
 
 def _database(home: Home) -> tuple[Check, str | None]:
     """The database's check, and what is wrong with it when the file is DuckDB's but cannot be read whole
     (cut short, a checksum that fails): what ``--repair`` rebuilds."""
     if not home.database.exists():
-        return Check("database", WARN, f"no database at {home.database} yet; the next command creates it "
-                                       f"from the home's files"), None
+        return Check(
+            "database", WARN, f"no database at {home.database} yet; the next command creates it from the home's files"
+        ), None
     try:
         check_database_file(home.database)
-    except StoreError as exc:   # a folder, or a file of another program: never touched, not even by --repair
+    except StoreError as exc:  # a folder, or a file of another program: never touched, not even by --repair
         return Check("database", PROBLEM, str(exc), ("move it away, or choose another --home",)), None
     try:
         with connect(home, migrate_schema=False) as con:
@@ -72,13 +80,23 @@ def _database(home: Home) -> tuple[Check, str | None]:
             _read_whole(con)
     except Exception as exc:  # noqa: BLE001 - whatever stops it being read is the finding
         first = exc.reason if isinstance(exc, DamagedDatabase) else (str(exc).splitlines() or [type(exc).__name__])[0]
-        return Check("database", PROBLEM, f"cannot read {home.database}: {first}",
-                     ("run `largestep doctor --repair`: it moves the file aside and rebuilds the database from "
-                      "the home's files (every job's spool, every saved recommendation)",)), first
+        return Check(
+            "database",
+            PROBLEM,
+            f"cannot read {home.database}: {first}",
+            (
+                "run `largestep doctor --repair`: it moves the file aside and rebuilds the database from "
+                "the home's files (every job's spool, every saved recommendation)",
+            ),
+        ), first
     missing = [name for name, _ in MIGRATIONS if name not in applied]
     if missing:
-        return Check("database", WARN, f"readable; {len(missing)} migration(s) not applied yet: "
-                                       f"{', '.join(missing)}", ("any largestep command applies them",)), None
+        return Check(
+            "database",
+            WARN,
+            f"readable; {len(missing)} migration(s) not applied yet: {', '.join(missing)}",
+            ("any largestep command applies them",),
+        ), None
     return Check("database", OK, f"readable and migrated ({len(MIGRATIONS)} migrations)"), None
 
 
@@ -99,8 +117,12 @@ def _rebuild(home: Home, damage: str) -> Check:
         wal = home.database.with_name(home.database.name + ".wal")
         if wal.exists():
             os.replace(wal, aside.with_name(aside.name + ".wal"))
-    return Check("database", WARN, f"was damaged ({damage}); rebuilt from the home's files",
-                 (f"the damaged file is kept as {aside}: remove it once the rebuilt database has what you need",))
+    return Check(
+        "database",
+        WARN,
+        f"was damaged ({damage}); rebuilt from the home's files",
+        (f"the damaged file is kept as {aside}: remove it once the rebuilt database has what you need",),
+    )
 
 
 def _retry_set_aside(home: Home) -> int:
@@ -118,8 +140,10 @@ def _set_aside(home: Home, retried: int = 0) -> Check:
     again = f" ({plural(retried, 'job')} read again, {retried - len(rows)} now ingested)" if retried else ""
     if not rows:
         return Check("set-aside jobs", OK, f"none: every job's spool was ingested{again}")
-    details = tuple(f"{job_id}: {error}; fix or remove {home.job_dir(job_id)}, then `largestep doctor --repair` "
-                    f"reads it again" for job_id, error in rows)
+    details = tuple(
+        f"{job_id}: {error}; fix or remove {home.job_dir(job_id)}, then `largestep doctor --repair` reads it again"
+        for job_id, error in rows
+    )
     return Check("set-aside jobs", PROBLEM, f"{len(rows)} job(s) whose spool cannot be ingested{again}", details)
 
 
@@ -144,8 +168,9 @@ def _spools(home: Home) -> Check:
 def _recommendation_files(unreadable: list[str]) -> Check:
     if not unreadable:
         return Check("recommendation files", OK, "every saved recommendation is in the database")
-    return Check("recommendation files", WARN, f"{len(unreadable)} saved recommendation(s) cannot be read",
-                 tuple(unreadable))
+    return Check(
+        "recommendation files", WARN, f"{len(unreadable)} saved recommendation(s) cannot be read", tuple(unreadable)
+    )
 
 
 def _orphans(home: Home) -> Check:
@@ -157,8 +182,9 @@ def _orphans(home: Home) -> Check:
             continue
         proc = jobs.job_process(folder)
         if proc is not None:
-            details.append(f"{folder.name} has ended but its process {proc.pid} still runs; "
-                           f"stop it with `kill {proc.pid}`")
+            details.append(
+                f"{folder.name} has ended but its process {proc.pid} still runs; stop it with `kill {proc.pid}`"
+            )
     if details:
         return Check("processes", WARN, f"{len(details)} orphaned job process(es)", tuple(details))
     return Check("processes", OK, "no process outlives its job")
@@ -172,10 +198,13 @@ def _launchers(home: Home) -> Check:
     if not launchers:
         return Check("warm launcher", OK, "none running: the next job starts as a fresh process, and starts one")
     version = forkserver.source_version()
-    details = tuple(f"pid {r['pid']}: "
-                    + (f"serving for {time.time() - r['serving_since']:.0f} s" if r.get("serving_since") else "importing")
-                    + ("" if r.get("version") == version else "; started from older engine code: it exits by itself")
-                    + f"; stop it with `kill {r['pid']}`" for r in launchers)
+    details = tuple(
+        f"pid {r['pid']}: "
+        + (f"serving for {time.time() - r['serving_since']:.0f} s" if r.get("serving_since") else "importing")
+        + ("" if r.get("version") == version else "; started from older engine code: it exits by itself")
+        + f"; stop it with `kill {r['pid']}`"
+        for r in launchers
+    )
     return Check("warm launcher", OK, f"{len(launchers)} running: jobs start with torch already imported", details)
 
 
@@ -186,10 +215,19 @@ def _size(home: Home) -> Check:
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
     kept = sorted(home.root.glob(f"{home.database.name}{DAMAGED_SUFFIX}*")) if home.root.is_dir() else []
-    parts = {"database": size(home.database), "jobs": size(home.jobs),
-             "recommendations": size(home.recommendations), "workload cache": cache_of(home).usage().bytes,
-             "damaged databases kept": sum(size(path) for path in kept)}
-    summary = ", ".join(f"{name} {format_bytes(n)}" for name, n in parts.items() if n or name != "damaged databases kept")
-    details = tuple(f"{path} was moved aside by `largestep doctor --repair`: remove it once the rebuilt database has "
-                    f"what you need" for path in kept if not path.name.endswith(".wal"))
+    parts = {
+        "database": size(home.database),
+        "jobs": size(home.jobs),
+        "recommendations": size(home.recommendations),
+        "workload cache": cache_of(home).usage().bytes,
+        "damaged databases kept": sum(size(path) for path in kept),
+    }
+    summary = ", ".join(
+        f"{name} {format_bytes(n)}" for name, n in parts.items() if n or name != "damaged databases kept"
+    )
+    details = tuple(
+        f"{path} was moved aside by `largestep doctor --repair`: remove it once the rebuilt database has what you need"
+        for path in kept
+        if not path.name.endswith(".wal")
+    )
     return Check("size", OK, f"{format_bytes(sum(parts.values()))} in {home.root} ({summary})", details)

@@ -28,10 +28,15 @@ from ..jobs.spool import write_json_atomic
 from .connection import connect
 from .rows import insert_row as _insert_row, insert_verification, update_row as _update_row
 
-__all__ = ["ingest", "IngestReport", "SpoolUnreadable", "save_recommendation", "save_verification",
-           "insert_verification", "record_comparison"]
-
-
+__all__ = [
+    "ingest",
+    "IngestReport",
+    "SpoolUnreadable",
+    "save_recommendation",
+    "save_verification",
+    "insert_verification",
+    "record_comparison",
+]
 
 
 @dataclass
@@ -39,8 +44,8 @@ class IngestReport:
     jobs_seen: int = 0
     events: int = 0
     skipped_lines: int = 0
-    set_aside: list[str] = field(default_factory=list)   # jobs whose spool could not be ingested
-    unreadable_files: list[str] = field(default_factory=list)   # saved recommendations that could not be read
+    set_aside: list[str] = field(default_factory=list)  # jobs whose spool could not be ingested
+    unreadable_files: list[str] = field(default_factory=list)  # saved recommendations that could not be read
     rows: dict[str, int] = field(default_factory=dict)
 
     def add_rows(self, table: str, n: int) -> None:
@@ -59,8 +64,10 @@ def ingest(home: Home) -> IngestReport:
     home.ensure()
     job_dirs = sorted(p for p in home.jobs.iterdir() if p.is_dir())
     with connect(home) as con:
-        known = {row[0]: _Known(*row[1:]) for row in
-                 con.execute("SELECT id, state, spool_offset, set_aside FROM jobs").fetchall()}
+        known = {
+            row[0]: _Known(*row[1:])
+            for row in con.execute("SELECT id, state, spool_offset, set_aside FROM jobs").fetchall()
+        }
         for job_dir in job_dirs:
             report.jobs_seen += 1
             try:
@@ -171,21 +178,38 @@ def _check_spec(spec: object, job_dir: Path) -> None:
     if not isinstance(spec, dict):
         raise SpoolUnreadable("spec.json is not a JSON object")
     if spec.get("id") != job_dir.name:
-        raise SpoolUnreadable(f"spec.json names job {spec.get('id')!r}, not its folder {job_dir.name!r} "
-                              f"(a copied or renamed job folder?)")
+        raise SpoolUnreadable(
+            f"spec.json names job {spec.get('id')!r}, not its folder {job_dir.name!r} (a copied or renamed job folder?)"
+        )
     if not spec.get("kind") or not isinstance(spec["kind"], str):
         raise SpoolUnreadable("spec.json has no job kind")
 
 
-def _write_job(con, job_dir: Path, spec: dict, new: bool, events: list[dict], state: str, status: dict,
-               offset: int, report: IngestReport) -> None:
+def _write_job(
+    con,
+    job_dir: Path,
+    spec: dict,
+    new: bool,
+    events: list[dict],
+    state: str,
+    status: dict,
+    offset: int,
+    report: IngestReport,
+) -> None:
     """The job's row, its events' rows and its new offset (inside the caller's transaction)."""
     if new:
         con.execute(
             "INSERT INTO jobs (id, kind, state, workload, device, created_at, spec, spool_offset) "
             "VALUES (?, ?, ?, ?, ?, to_timestamp(?), ?, 0)",
-            [spec["id"], spec["kind"], jobs.PENDING, spec.get("workload"), spec.get("device"),
-             spec.get("created_at", time.time()), json.dumps(spec)],
+            [
+                spec["id"],
+                spec["kind"],
+                jobs.PENDING,
+                spec.get("workload"),
+                spec.get("device"),
+                spec.get("created_at", time.time()),
+                json.dumps(spec),
+            ],
         )
     by_type: dict[str, list[dict]] = {}
     for event in events:
@@ -197,14 +221,24 @@ def _write_job(con, job_dir: Path, spec: dict, new: bool, events: list[dict], st
         "heartbeat_at = to_timestamp(?), "
         "started_at = coalesce(started_at, to_timestamp(?)), "
         "ended_at = coalesce(ended_at, to_timestamp(?)), error = coalesce(?, error) WHERE id = ?",
-        [state, offset, status.get("pid"), status.get("phase"), status.get("progress"),
-         status.get("heartbeat"), status.get("started_at"),
-         status.get("ended_at") if state in jobs.FINAL_STATES else None,
-         status.get("error") if state in jobs.FINAL_STATES else None, spec["id"]],
+        [
+            state,
+            offset,
+            status.get("pid"),
+            status.get("phase"),
+            status.get("progress"),
+            status.get("heartbeat"),
+            status.get("started_at"),
+            status.get("ended_at") if state in jobs.FINAL_STATES else None,
+            status.get("error") if state in jobs.FINAL_STATES else None,
+            spec["id"],
+        ],
     )
     if state == jobs.CRASHED:
-        con.execute("UPDATE jobs SET ended_at = coalesce(ended_at, now()), error = coalesce(error, ?) WHERE id = ?",
-                    [jobs.crash_reason(job_dir), spec["id"]])
+        con.execute(
+            "UPDATE jobs SET ended_at = coalesce(ended_at, now()), error = coalesce(error, ?) WHERE id = ?",
+            [jobs.crash_reason(job_dir), spec["id"]],
+        )
 
 
 def _why_unreadable(con, job_dir: Path, spec: dict, new: bool, batch: ev.Batch, exc: Exception) -> str:
@@ -239,9 +273,16 @@ def _set_aside(con, job_dir: Path, reason: str) -> None:
         "VALUES (?, ?, ?, ?, ?, to_timestamp(?), now(), ?, ?, true) "
         "ON CONFLICT (id) DO UPDATE SET state = excluded.state, error = excluded.error, set_aside = true, "
         "ended_at = coalesce(jobs.ended_at, now())",
-        [job_dir.name, str(spec.get("kind") or "unknown"), jobs.FAILED, _text(spec.get("workload")),
-         _text(spec.get("device")), _unix_time(spec.get("created_at")) or time.time(), error,
-         json.dumps(spec, default=str)],
+        [
+            job_dir.name,
+            str(spec.get("kind") or "unknown"),
+            jobs.FAILED,
+            _text(spec.get("workload")),
+            _text(spec.get("device")),
+            _unix_time(spec.get("created_at")) or time.time(),
+            error,
+            json.dumps(spec, default=str),
+        ],
     )
 
 
@@ -260,8 +301,14 @@ def _unix_time(value: object) -> float | None:
 # never text from a spool; every value is a bound parameter.
 
 
-def _insert_rows(con, table: str, rows: list[dict], columns: list[str] | None = None, replace: bool = False,
-                 timestamps: tuple[str, ...] = ()) -> int:
+def _insert_rows(
+    con,
+    table: str,
+    rows: list[dict],
+    columns: list[str] | None = None,
+    replace: bool = False,
+    timestamps: tuple[str, ...] = (),
+) -> int:
     """Insert ``rows`` (dicts; ``columns``, else every key any row has; a key a row lacks is NULL) in one
     statement. Columns in ``timestamps`` hold unix seconds and are stored as TIMESTAMPTZ."""
     if not rows:
@@ -310,11 +357,11 @@ def _arrays(columns: dict[str, list]) -> dict | None:
     for name, values in columns.items():
         try:
             array = np.array(values)
-        except (ValueError, OverflowError):   # ragged lists
+        except (ValueError, OverflowError):  # ragged lists
             return None
         if array.ndim != 1:
             return None
-        if array.dtype.kind in "US":   # fixed-width text, which DuckDB reads far slower than the str objects
+        if array.dtype.kind in "US":  # fixed-width text, which DuckDB reads far slower than the str objects
             array = np.array(values, dtype=object)
         if array.dtype.kind == "f" and np.isnan(array).any():
             return None
@@ -336,8 +383,16 @@ def _upsert_device(con, device: dict, host: str | None) -> None:
         "last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), now()) "
         "ON CONFLICT (id) DO UPDATE SET name = excluded.name, total_memory_bytes = excluded.total_memory_bytes, "
         "last_seen = now()",
-        [device["id"], device.get("kind"), device.get("name"), device.get("total_memory_bytes"),
-         device.get("compute_capability"), device.get("uuid"), device.get("cores"), host],
+        [
+            device["id"],
+            device.get("kind"),
+            device.get("name"),
+            device.get("total_memory_bytes"),
+            device.get("compute_capability"),
+            device.get("uuid"),
+            device.get("cores"),
+            host,
+        ],
     )
 
 
@@ -345,7 +400,9 @@ def _upsert_device(con, device: dict, host: str | None) -> None:
 
 
 def _on_start(con, job_id: str, events: list[dict], report: IngestReport) -> None:
-    con.execute("UPDATE jobs SET started_at = coalesce(started_at, to_timestamp(?)) WHERE id = ?", [events[0]["t"], job_id])
+    con.execute(
+        "UPDATE jobs SET started_at = coalesce(started_at, to_timestamp(?)) WHERE id = ?", [events[0]["t"], job_id]
+    )
 
 
 def _on_exit(con, job_id: str, events: list[dict], report: IngestReport) -> None:
@@ -367,8 +424,17 @@ def _on_points(con, job_id: str, events: list[dict], report: IngestReport) -> No
     # a batch size's later point (its rounds done, re-measured, flagged) replaces the earlier; within one
     # statement INSERT OR REPLACE would keep the first of two rows with the same key
     latest = {(row["profile_id"], row["batch_size"]): row for row in map(ev.point_row, events)}
-    report.add_rows("profile_points", _insert_rows(con, "profile_points", list(latest.values()), _POINT_COLUMNS,
-                                                   replace=True, timestamps=("started_at", "ended_at")))
+    report.add_rows(
+        "profile_points",
+        _insert_rows(
+            con,
+            "profile_points",
+            list(latest.values()),
+            _POINT_COLUMNS,
+            replace=True,
+            timestamps=("started_at", "ended_at"),
+        ),
+    )
 
 
 def _on_profile_end(con, job_id: str, events: list[dict], report: IngestReport) -> None:
@@ -376,15 +442,28 @@ def _on_profile_end(con, job_id: str, events: list[dict], report: IngestReport) 
         _update_row(con, "profiles", ev.profile_end_row(e), "id", e["profile_id"])
 
 
-_TELEMETRY_COLUMNS = ["t", "batch_size", "source", "gpu_util_pct", "mem_used_bytes", "power_w", "sm_clock_mhz",
-                      "temp_c", "cpu_util_pct", "rss_bytes", "other_cpu_pct", "other_gpu_processes",
-                      "other_gpu_mem_bytes"]
+_TELEMETRY_COLUMNS = [
+    "t",
+    "batch_size",
+    "source",
+    "gpu_util_pct",
+    "mem_used_bytes",
+    "power_w",
+    "sm_clock_mhz",
+    "temp_c",
+    "cpu_util_pct",
+    "rss_bytes",
+    "other_cpu_pct",
+    "other_gpu_processes",
+    "other_gpu_mem_bytes",
+]
 
 
 def _on_telemetry(con, job_id: str, events: list[dict], report: IngestReport) -> None:
     rows = [{**sample, "job_id": job_id} for e in events for sample in e.get("samples") or []]
-    report.add_rows("telemetry", _insert_rows(con, "telemetry", rows, ["job_id", *_TELEMETRY_COLUMNS],
-                                              timestamps=("t",)))
+    report.add_rows(
+        "telemetry", _insert_rows(con, "telemetry", rows, ["job_id", *_TELEMETRY_COLUMNS], timestamps=("t",))
+    )
 
 
 def _on_noise_estimate(con, job_id: str, events: list[dict], report: IngestReport) -> None:
@@ -405,8 +484,16 @@ def _on_stability(con, job_id: str, events: list[dict], report: IngestReport) ->
     for e in events:
         con.execute(
             "INSERT OR REPLACE INTO stability_checks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [job_id, e["batch_size"], e["recommended_lr"], e.get("diverged_at_lr"), e["max_stable_lr"], e["stable"],
-             list(e["lrs"]), [x if x is not None else float("nan") for x in e["losses"]]],
+            [
+                job_id,
+                e["batch_size"],
+                e["recommended_lr"],
+                e.get("diverged_at_lr"),
+                e["max_stable_lr"],
+                e["stable"],
+                list(e["lrs"]),
+                [x if x is not None else float("nan") for x in e["losses"]],
+            ],
         )
         report.add_rows("stability_checks", 1)
 
@@ -430,18 +517,21 @@ def _on_metrics(con, job_id: str, events: list[dict], report: IngestReport) -> N
     with _incoming(con, wide) as (source, params):
         for name in metrics:
             k = len(params)
-            value = f'CAST("{name}" AS DOUBLE)'   # as the value column would cast it, before the NaN test
+            value = f'CAST("{name}" AS DOUBLE)'  # as the value column would cast it, before the NaN test
             [(inserted,)] = con.execute(
                 f"INSERT INTO metrics (run_id, {index}, name, value) SELECT ${k + 1}, {index}, ${k + 2}, {value} "
-                f"FROM {source} WHERE NOT isnan({value})", [*params, job_id, name]).fetchall()
+                f"FROM {source} WHERE NOT isnan({value})",
+                [*params, job_id, name],
+            ).fetchall()
             report.add_rows("metrics", inserted)
 
 
 def _on_metric_values(con, job_id: str, events: list[dict], report: IngestReport) -> None:
     """Rows already in long form ({step, epoch, samples, wall_time_s, train_time_s, name, value}), e.g.
     ``noise_scale`` from a data-parallel run."""
-    rows = [{"run_id": job_id, **row} for e in events for row in e.get("rows") or []
-            if not _is_missing(row.get("value"))]
+    rows = [
+        {"run_id": job_id, **row} for e in events for row in e.get("rows") or [] if not _is_missing(row.get("value"))
+    ]
     report.add_rows("metrics", _insert_rows(con, "metrics", rows, ["run_id", *ev.METRIC_INDEX, "name", "value"]))
 
 
@@ -467,17 +557,26 @@ def _on_recommendation(con, job_id: str, events: list[dict], report: IngestRepor
 def _on_autopilot_phase(con, job_id: str, events: list[dict], report: IngestReport) -> None:
     e = events[-1]
     _upsert_autopilot(con, job_id, e["t"], phase=e.get("phase"))
-    for e in events:   # it stopped on a profile that could not be trusted: why, and which profile
+    for e in events:  # it stopped on a profile that could not be trusted: why, and which profile
         if e.get("untrusted"):
             _upsert_autopilot(con, job_id, e["t"], untrusted=e["untrusted"], profile_id=e.get("profile_id"))
 
 
 def _on_autopilot_result(con, job_id: str, events: list[dict], report: IngestReport) -> None:
     e = events[-1]
-    _upsert_autopilot(con, job_id, e["t"], phase="done", profile_id=e.get("profile_id"), noise_id=e.get("noise_id"),
-                      recommendation_id=e.get("recommendation_id"), baseline_runs=e.get("baseline_runs"),
-                      recommended_runs=e.get("recommended_runs"), headline=e.get("headline"),
-                      comparison=e.get("comparison"))
+    _upsert_autopilot(
+        con,
+        job_id,
+        e["t"],
+        phase="done",
+        profile_id=e.get("profile_id"),
+        noise_id=e.get("noise_id"),
+        recommendation_id=e.get("recommendation_id"),
+        baseline_runs=e.get("baseline_runs"),
+        recommended_runs=e.get("recommended_runs"),
+        headline=e.get("headline"),
+        comparison=e.get("comparison"),
+    )
 
 
 def _on_verification(con, job_id: str, events: list[dict], report: IngestReport) -> None:
@@ -487,8 +586,11 @@ def _on_verification(con, job_id: str, events: list[dict], report: IngestReport)
 
 
 def _upsert_autopilot(con, job_id: str, t: float, **fields) -> None:
-    con.execute("INSERT INTO autopilots (id, workload, updated_at) SELECT id, workload, to_timestamp(?) FROM jobs "
-                "WHERE id = ? ON CONFLICT (id) DO NOTHING", [t, job_id])
+    con.execute(
+        "INSERT INTO autopilots (id, workload, updated_at) SELECT id, workload, to_timestamp(?) FROM jobs "
+        "WHERE id = ? ON CONFLICT (id) DO NOTHING",
+        [t, job_id],
+    )
     given = {name: value for name, value in fields.items() if value is not None}
     if given:
         _update_row(con, "autopilots", given, "id", job_id)
@@ -497,12 +599,24 @@ def _upsert_autopilot(con, job_id: str, t: float, **fields) -> None:
 
 EventHandler = Callable[[duckdb.DuckDBPyConnection, str, list[dict], IngestReport], None]
 _HANDLERS: dict[str, EventHandler] = {
-    ev.START: _on_start, ev.EXIT: _on_exit, ev.PROFILE_START: _on_profile_start, ev.POINT: _on_points,
-    ev.PROFILE_END: _on_profile_end, ev.TELEMETRY: _on_telemetry, ev.NOISE_ESTIMATE: _on_noise_estimate,
-    ev.NOISE_CURVE_POINT: _on_noise_curve_point,    ev.STABILITY: _on_stability, ev.RUN_START: _on_run_start, ev.METRICS: _on_metrics,
-    ev.METRIC_VALUES: _on_metric_values, ev.EVAL: _on_eval, ev.RUN_END: _on_run_end,
-    ev.RECOMMENDATION: _on_recommendation, ev.AUTOPILOT_PHASE: _on_autopilot_phase,
-    ev.AUTOPILOT_RESULT: _on_autopilot_result, ev.VERIFICATION: _on_verification,
+    ev.START: _on_start,
+    ev.EXIT: _on_exit,
+    ev.PROFILE_START: _on_profile_start,
+    ev.POINT: _on_points,
+    ev.PROFILE_END: _on_profile_end,
+    ev.TELEMETRY: _on_telemetry,
+    ev.NOISE_ESTIMATE: _on_noise_estimate,
+    ev.NOISE_CURVE_POINT: _on_noise_curve_point,
+    ev.STABILITY: _on_stability,
+    ev.RUN_START: _on_run_start,
+    ev.METRICS: _on_metrics,
+    ev.METRIC_VALUES: _on_metric_values,
+    ev.EVAL: _on_eval,
+    ev.RUN_END: _on_run_end,
+    ev.RECOMMENDATION: _on_recommendation,
+    ev.AUTOPILOT_PHASE: _on_autopilot_phase,
+    ev.AUTOPILOT_RESULT: _on_autopilot_result,
+    ev.VERIFICATION: _on_verification,
 }
 assert set(_HANDLERS) == set(ev.CATALOGUE), "every catalogued event has its handler"
 
@@ -550,24 +664,47 @@ def record_comparison(home: Home, con, groups: list[tuple[str, list[dict]]], res
         return None
     (_, base), (_, other) = groups[0], groups[1]
     ids = {r.get("recommendation_id") for r in [*base, *other]}
-    if len(ids) != 1 or None in ids or {r.get("role") for r in base} != {"baseline"} \
-            or {r.get("role") for r in other} != {"recommended"}:
+    if (
+        len(ids) != 1
+        or None in ids
+        or {r.get("role") for r in base} != {"baseline"}
+        or {r.get("role") for r in other} != {"recommended"}
+    ):
         return None
     rec = load_recommendation(con, ids.pop())
     if rec is None:
         return None
-    known = con.execute("SELECT source FROM verifications WHERE id = ?",
-                        [verification_id([r["id"] for r in base], [r["id"] for r in other])]).fetchone()
+    known = con.execute(
+        "SELECT source FROM verifications WHERE id = ?",
+        [verification_id([r["id"] for r in base], [r["id"] for r in other])],
+    ).fetchone()
     if known and known[0] == "autopilot":
         return None
-    point = verification_point(rec, {**result, "groups": result["groups"][:2]}, source="compare",
-                               created_at=time.time(), device_name=(rec.get("device") or {}).get("name"))
+    point = verification_point(
+        rec,
+        {**result, "groups": result["groups"][:2]},
+        source="compare",
+        created_at=time.time(),
+        device_name=(rec.get("device") or {}).get("name"),
+    )
     save_verification(home, con, point)
     return point
 
 
-CANDIDATE_COLUMNS = ["batch_size", "learning_rate", "step_time_s", "samples_per_s", "peak_memory_bytes", "time_ratio",
-                     "speedup_time_to_target", "speedup_throughput", "run_time_s", "eligible", "excluded", "rank"]
+CANDIDATE_COLUMNS = [
+    "batch_size",
+    "learning_rate",
+    "step_time_s",
+    "samples_per_s",
+    "peak_memory_bytes",
+    "time_ratio",
+    "speedup_time_to_target",
+    "speedup_throughput",
+    "run_time_s",
+    "eligible",
+    "excluded",
+    "rank",
+]
 
 
 def _insert_recommendation(con, rec: dict) -> None:
@@ -577,13 +714,32 @@ def _insert_recommendation(con, rec: dict) -> None:
         "speedup_throughput, speedup_time_to_target, experiments_per_day_baseline, experiments_per_day_recommended, "
         "document, accepted_load) VALUES (?, CAST(? AS TIMESTAMPTZ), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
         "?, ?, ?, ?)",
-        [rec["recommendation_id"], rec["created_at"], rec["profile_id"], rec.get("noise_id"),
-         (rec.get("stability") or {}).get("id"), rec.get("workload"), rec["device"].get("id"), rec["batch_size"],
-         rec["learning_rate"], rec["warmup_steps"], rec["rule"], rec["baseline"]["batch_size"],
-         rec["baseline"]["learning_rate"], rec.get("noise_scale"), rec["predicted_speedup"]["throughput"],
-         rec["predicted_speedup"]["time_to_target"], rec["experiments_per_gpu_day"]["baseline"],
-         rec["experiments_per_gpu_day"]["recommended"], json.dumps(rec, default=str), rec.get("accepted_load")],
+        [
+            rec["recommendation_id"],
+            rec["created_at"],
+            rec["profile_id"],
+            rec.get("noise_id"),
+            (rec.get("stability") or {}).get("id"),
+            rec.get("workload"),
+            rec["device"].get("id"),
+            rec["batch_size"],
+            rec["learning_rate"],
+            rec["warmup_steps"],
+            rec["rule"],
+            rec["baseline"]["batch_size"],
+            rec["baseline"]["learning_rate"],
+            rec.get("noise_scale"),
+            rec["predicted_speedup"]["throughput"],
+            rec["predicted_speedup"]["time_to_target"],
+            rec["experiments_per_gpu_day"]["baseline"],
+            rec["experiments_per_gpu_day"]["recommended"],
+            json.dumps(rec, default=str),
+            rec.get("accepted_load"),
+        ],
     )
-    _insert_rows(con, "recommendation_candidates",   # the table's columns; the document keeps the rest
-                 [{"recommendation_id": rec["recommendation_id"], **c} for c in rec["candidates"]],
-                 columns=["recommendation_id", *CANDIDATE_COLUMNS])
+    _insert_rows(
+        con,
+        "recommendation_candidates",  # the table's columns; the document keeps the rest
+        [{"recommendation_id": rec["recommendation_id"], **c} for c in rec["candidates"]],
+        columns=["recommendation_id", *CANDIDATE_COLUMNS],
+    )

@@ -53,7 +53,7 @@ def m001_devices_and_jobs(con: duckdb.DuckDBPyConnection) -> None:
             spec JSON,
             spool_offset BIGINT NOT NULL DEFAULT 0   -- bytes of events.jsonl already ingested
         );
-    
+
     """)
 
 
@@ -124,7 +124,7 @@ def m002_profiles(con: duckdb.DuckDBPyConnection) -> None:
             rss_bytes BIGINT
         );
         CREATE INDEX telemetry_job ON telemetry (job_id);
-    
+
     """)
 
 
@@ -203,7 +203,7 @@ def m003_noise_and_recommendations(con: duckdb.DuckDBPyConnection) -> None:
             rank INTEGER,
             PRIMARY KEY (recommendation_id, batch_size)
         );
-    
+
     """)
 
 
@@ -263,7 +263,7 @@ def m004_runs(con: duckdb.DuckDBPyConnection) -> None:
             value DOUBLE
         );
         CREATE INDEX metrics_run ON metrics (run_id);
-    
+
     """)
 
 
@@ -283,7 +283,7 @@ def m005_autopilots(con: duckdb.DuckDBPyConnection) -> None:
             comparison JSON,
             updated_at TIMESTAMPTZ
         );
-    
+
     """)
 
 
@@ -298,14 +298,14 @@ def m006_jobs_set_aside(con: duckdb.DuckDBPyConnection) -> None:
 def m007_point_loader_and_compile(con: duckdb.DuckDBPyConnection) -> None:
     # Dataset workloads are timed with their loader and without it: the compute alone, and whether the
     # loader limits throughput at that batch size (a larger batch will not help there)
-    con.execute("ALTER TABLE profile_points ADD COLUMN compute_median_s DOUBLE")   # seconds; NULL: tensor data
+    con.execute("ALTER TABLE profile_points ADD COLUMN compute_median_s DOUBLE")  # seconds; NULL: tensor data
     con.execute("ALTER TABLE profile_points ADD COLUMN input_bound BOOLEAN DEFAULT false")
     # --compile: the first step at a batch size compiles; its time is kept apart from the timed steps
     con.execute("ALTER TABLE profile_points ADD COLUMN compile_s DOUBLE")
     # the workload's training recipe, which a recommendation and its exports carry on
-    con.execute("ALTER TABLE profiles ADD COLUMN schedule VARCHAR")            # constant | cosine | linear | wsd
-    con.execute("ALTER TABLE profiles ADD COLUMN decay_samples BIGINT")        # wsd: the final decay's length
-    con.execute("ALTER TABLE profiles ADD COLUMN max_grad_norm DOUBLE")        # gradient clipping; NULL: none
+    con.execute("ALTER TABLE profiles ADD COLUMN schedule VARCHAR")  # constant | cosine | linear | wsd
+    con.execute("ALTER TABLE profiles ADD COLUMN decay_samples BIGINT")  # wsd: the final decay's length
+    con.execute("ALTER TABLE profiles ADD COLUMN max_grad_norm DOUBLE")  # gradient clipping; NULL: none
 
 
 @migration
@@ -313,13 +313,13 @@ def m008_background_load(con: duckdb.DuckDBPyConnection) -> None:
     # The background load: what processes outside a job's own process tree did while it ran, so that a
     # comparison can flag runs (and a profile the points) measured under different conditions
     for table in ("runs", "profile_points"):
-        con.execute(f"ALTER TABLE {table} ADD COLUMN background_cpu_pct DOUBLE")        # mean other-process CPU %
-        con.execute(f"ALTER TABLE {table} ADD COLUMN background_cpu_p90_pct DOUBLE")    # its 90th percentile
+        con.execute(f"ALTER TABLE {table} ADD COLUMN background_cpu_pct DOUBLE")  # mean other-process CPU %
+        con.execute(f"ALTER TABLE {table} ADD COLUMN background_cpu_p90_pct DOUBLE")  # its 90th percentile
         con.execute(f"ALTER TABLE {table} ADD COLUMN background_gpu_processes INTEGER")  # most seen on the GPU
-        con.execute(f"ALTER TABLE {table} ADD COLUMN background_gpu_mem_bytes BIGINT")   # their device memory
-    con.execute("ALTER TABLE telemetry ADD COLUMN other_cpu_pct DOUBLE")         # whole-machine busy % not ours
+        con.execute(f"ALTER TABLE {table} ADD COLUMN background_gpu_mem_bytes BIGINT")  # their device memory
+    con.execute("ALTER TABLE telemetry ADD COLUMN other_cpu_pct DOUBLE")  # whole-machine busy % not ours
     con.execute("ALTER TABLE telemetry ADD COLUMN other_gpu_processes INTEGER")  # other compute processes on the GPU
-    con.execute("ALTER TABLE telemetry ADD COLUMN other_gpu_mem_bytes BIGINT")   # their device memory
+    con.execute("ALTER TABLE telemetry ADD COLUMN other_gpu_mem_bytes BIGINT")  # their device memory
 
 
 @migration
@@ -327,8 +327,8 @@ def m009_profile_consistency(con: duckdb.DuckDBPyConnection) -> None:
     # Profiles are measured in interleaved rounds and checked against physics (step time cannot fall as
     # the batch grows; a point cannot sit far above its neighbours' trend); what stays inconsistent after
     # re-measuring is flagged, with the reason
-    con.execute("ALTER TABLE profiles ADD COLUMN inconsistency VARCHAR")              # NULL: consistent
-    con.execute("ALTER TABLE profile_points ADD COLUMN visits INTEGER DEFAULT 1")     # interleaved visits timed
+    con.execute("ALTER TABLE profiles ADD COLUMN inconsistency VARCHAR")  # NULL: consistent
+    con.execute("ALTER TABLE profile_points ADD COLUMN visits INTEGER DEFAULT 1")  # interleaved visits timed
     con.execute("ALTER TABLE profile_points ADD COLUMN remeasured INTEGER DEFAULT 0")  # sent back by the check
     con.execute("ALTER TABLE profile_points ADD COLUMN inconsistent BOOLEAN DEFAULT false")
 
@@ -371,7 +371,7 @@ def m010_noise_curves(con: duckdb.DuckDBPyConnection) -> None:
 def m011_contended_visits(con: duckdb.DuckDBPyConnection) -> None:
     # A visit during which other processes took the cores the steps needed is set aside and the size
     # visited again; a size that found too few uncontended visits keeps them all, flagged
-    con.execute("ALTER TABLE profile_points ADD COLUMN others_busy_cores DOUBLE")      # over the steps kept
+    con.execute("ALTER TABLE profile_points ADD COLUMN others_busy_cores DOUBLE")  # over the steps kept
     con.execute("ALTER TABLE profile_points ADD COLUMN loaded_visits INTEGER DEFAULT 0")  # visits set aside
     con.execute("ALTER TABLE profile_points ADD COLUMN under_load BOOLEAN DEFAULT false")
 
@@ -402,7 +402,7 @@ def m015_trusted_profiles(con: duckdb.DuckDBPyConnection) -> None:
     # A point's step time is a robust estimate of its raw steps (interference only adds time), the median
     # kept beside it; the profile records which estimator it used (NULL: profiled before, the median)
     con.execute("ALTER TABLE profile_points ADD COLUMN estimate_s DOUBLE")
-    con.execute("ALTER TABLE profiles ADD COLUMN estimator VARCHAR")        # median | p25 | p10 | min | ...
+    con.execute("ALTER TABLE profiles ADD COLUMN estimator VARCHAR")  # median | p25 | p10 | min | ...
     # torch's intra-op threads the steps ran on (--threads, else torch's default) and the machine's cores:
     # threads and other processes' busy cores beyond the cores make a step wait for a descheduled thread
     con.execute("ALTER TABLE profiles ADD COLUMN threads INTEGER")
@@ -489,15 +489,17 @@ def m016_verifications(con: duckdb.DuckDBPyConnection) -> None:
 
     rows = con.execute(
         "SELECT a.id, epoch(a.updated_at), a.comparison, r.document, r.device_id FROM autopilots a "
-        "JOIN recommendations r ON r.id = a.recommendation_id WHERE a.comparison IS NOT NULL").fetchall()
+        "JOIN recommendations r ON r.id = a.recommendation_id WHERE a.comparison IS NOT NULL"
+    ).fetchall()
     for autopilot_id, updated, comparison, document, _device in rows:
         try:
             comparison, rec = json.loads(comparison), json.loads(document)
             if len(comparison.get("groups") or []) < 2:
                 continue
-            point = verification_point(rec, comparison, source="autopilot", created_at=updated,
-                                       autopilot_id=autopilot_id)
-        except (ValueError, KeyError, TypeError, ZeroDivisionError):   # a document too old to read: no point
+            point = verification_point(
+                rec, comparison, source="autopilot", created_at=updated, autopilot_id=autopilot_id
+            )
+        except (ValueError, KeyError, TypeError, ZeroDivisionError):  # a document too old to read: no point
             continue
         insert_verification(con, point)
 

@@ -15,12 +15,32 @@ from .. import curve
 from ..errors import LargestepError, UsageError
 from ..home import Home, check_database_file
 
-__all__ = ["reading", "ended", "profile_summary", "profile_outcome", "noise_outcome", "noise_curve_outcome",
-           "recommendation", "recommend_and_save", "autopilot_outcome"]
+__all__ = [
+    "reading",
+    "ended",
+    "profile_summary",
+    "profile_outcome",
+    "noise_outcome",
+    "noise_curve_outcome",
+    "recommendation",
+    "recommend_and_save",
+    "autopilot_outcome",
+]
 
 #: A noise curve point's fields a user is shown.
-CURVE_SHOWN = ("fraction", "step", "b_simple", "ci_low", "ci_high", "batch_small", "batch_big", "batches",
-               "unreliable", "reason", "elapsed_s")
+CURVE_SHOWN = (
+    "fraction",
+    "step",
+    "b_simple",
+    "ci_low",
+    "ci_high",
+    "batch_small",
+    "batch_big",
+    "batches",
+    "unreliable",
+    "reason",
+    "elapsed_s",
+)
 
 
 @contextmanager
@@ -81,46 +101,78 @@ def profile_summary(profile: dict) -> dict:
     """A stored profile (from :func:`largestep.store.load_profile`) in the shape `profile --json` promises."""
     points = []
     for p in profile["points"]:
-        points.append({
-            "batch_size": p["batch_size"], "status": p["status"],
-            # the step time is the profile's estimator of the timed steps; the median and quartiles beside it
-            "step_time_s": {"estimate": p.get("estimate_s") or p.get("median_s"), "median": p.get("median_s"),
-                            "p25": p.get("p25_s"), "p75": p.get("p75_s"), "n": p.get("n") or 0},
-            "samples_per_s": p.get("samples_per_s"), "peak_memory_bytes": p.get("peak_memory_bytes"),
-            "memory_is_estimate": p.get("memory_is_estimate"), "flops_per_step": p.get("flops_per_step"),
-            "flops_per_s": p.get("flops_per_s"), "energy_per_sample_j": p.get("energy_per_sample_j"),
-            "noisy": p.get("noisy"), "error": p.get("error"),
-            # Dataset workloads: the step without its loader, and whether the loader limits throughput
-            "compute_time_s": p.get("compute_median_s"), "input_bound": bool(p.get("input_bound")),
-            # interleaved rounds, the physics check, and other processes' CPU share while it was timed
-            "visits": p.get("visits"), "remeasured": p.get("remeasured"), "inconsistent": bool(p.get("inconsistent")),
-            "background_cpu_pct": p.get("background_cpu_pct"),
-            # visits set aside because other processes took the cores the steps needed, and whether too
-            # few were left uncontended (the steps kept include contended ones)
-            "others_busy_cores": p.get("others_busy_cores"), "loaded_visits": p.get("loaded_visits") or 0,
-            "under_load": bool(p.get("under_load")),
-            # untimed steps before the size's first timed ones: fewer than --warmup-steps once steady
-            "warmup_steps": int(p["warmup_steps"]) if p.get("warmup_steps") is not None else None,
-        })
+        points.append(
+            {
+                "batch_size": p["batch_size"],
+                "status": p["status"],
+                # the step time is the profile's estimator of the timed steps; the median and quartiles beside it
+                "step_time_s": {
+                    "estimate": p.get("estimate_s") or p.get("median_s"),
+                    "median": p.get("median_s"),
+                    "p25": p.get("p25_s"),
+                    "p75": p.get("p75_s"),
+                    "n": p.get("n") or 0,
+                },
+                "samples_per_s": p.get("samples_per_s"),
+                "peak_memory_bytes": p.get("peak_memory_bytes"),
+                "memory_is_estimate": p.get("memory_is_estimate"),
+                "flops_per_step": p.get("flops_per_step"),
+                "flops_per_s": p.get("flops_per_s"),
+                "energy_per_sample_j": p.get("energy_per_sample_j"),
+                "noisy": p.get("noisy"),
+                "error": p.get("error"),
+                # Dataset workloads: the step without its loader, and whether the loader limits throughput
+                "compute_time_s": p.get("compute_median_s"),
+                "input_bound": bool(p.get("input_bound")),
+                # interleaved rounds, the physics check, and other processes' CPU share while it was timed
+                "visits": p.get("visits"),
+                "remeasured": p.get("remeasured"),
+                "inconsistent": bool(p.get("inconsistent")),
+                "background_cpu_pct": p.get("background_cpu_pct"),
+                # visits set aside because other processes took the cores the steps needed, and whether too
+                # few were left uncontended (the steps kept include contended ones)
+                "others_busy_cores": p.get("others_busy_cores"),
+                "loaded_visits": p.get("loaded_visits") or 0,
+                "under_load": bool(p.get("under_load")),
+                # untimed steps before the size's first timed ones: fewer than --warmup-steps once steady
+                "warmup_steps": int(p["warmup_steps"]) if p.get("warmup_steps") is not None else None,
+            }
+        )
     fit = None
     if profile.get("memory_fit_slope_bytes") is not None:
-        fit = {"intercept_bytes": profile["memory_fit_intercept_bytes"], "slope_bytes": profile["memory_fit_slope_bytes"]}
+        fit = {
+            "intercept_bytes": profile["memory_fit_intercept_bytes"],
+            "slope_bytes": profile["memory_fit_slope_bytes"],
+        }
     return {
-        "profile_id": profile["id"], "workload": profile["workload"], "state": profile.get("state"),
-        "device": {"id": profile.get("device_id"), "name": profile.get("device_name"), "kind": profile.get("device_kind")},
-        "dtype": profile.get("dtype"), "saturation_batch": profile.get("saturation_batch"),
-        "stop_reason": profile.get("stop_reason"), "memory_fit": fit,
+        "profile_id": profile["id"],
+        "workload": profile["workload"],
+        "state": profile.get("state"),
+        "device": {
+            "id": profile.get("device_id"),
+            "name": profile.get("device_name"),
+            "kind": profile.get("device_kind"),
+        },
+        "dtype": profile.get("dtype"),
+        "saturation_batch": profile.get("saturation_batch"),
+        "stop_reason": profile.get("stop_reason"),
+        "memory_fit": fit,
         "memory_budget_bytes": profile.get("memory_budget_bytes"),
         "baseline": {"batch_size": profile.get("baseline_batch_size"), "learning_rate": profile.get("baseline_lr")},
         "telemetry": {"source": profile.get("telemetry_source"), "reason": profile.get("telemetry_reason")},
-        "started_at": profile.get("started_at"), "ended_at": profile.get("ended_at"), "points": points,
+        "started_at": profile.get("started_at"),
+        "ended_at": profile.get("ended_at"),
+        "points": points,
         "inconsistency": profile.get("inconsistency"),
-        "math_settings": profile.get("math_settings"),   # TF32 and cuDNN as measured (None: recorded before)
-        "estimator": profile.get("estimator") or "median", "threads": profile.get("threads"),
-        "cores": profile.get("cores"), "carried_from": profile.get("carried_from"),
+        "math_settings": profile.get("math_settings"),  # TF32 and cuDNN as measured (None: recorded before)
+        "estimator": profile.get("estimator") or "median",
+        "threads": profile.get("threads"),
+        "cores": profile.get("cores"),
+        "carried_from": profile.get("carried_from"),
         # why the profile cannot be used for recommending (`recommend` refuses it unless --accept-load); and
         # whether torch's threads and other processes' busy cores exceed the machine's (then --threads)
-        "refusal": curve.refusal(profile), "threads_note": curve.threads_note(profile),
+        "refusal": curve.refusal(profile),
+        "threads_note": curve.threads_note(profile),
     }
 
 
@@ -135,7 +187,7 @@ def noise_outcome(home: Home, job_id: str) -> dict:
 
     with connect(home) as con:
         estimate = load_noise(con, job_id)
-    shown = [f for f in events.NOISE_FIELDS if f not in ("g_small_sq", "g_big_sq")]   # the norms stay in the store
+    shown = [f for f in events.NOISE_FIELDS if f not in ("g_small_sq", "g_big_sq")]  # the norms stay in the store
     return {"noise_id": job_id, "workload": estimate["workload"], **{k: estimate.get(k) for k in shown}}
 
 
@@ -146,8 +198,11 @@ def noise_curve_outcome(home: Home, job_id: str) -> dict:
 
     with connect(home) as con:
         points = load_noise_curve(con, job_id)
-    return {"curve_id": job_id, "workload": points[0]["workload"] if points else None,
-            "points": [{k: p.get(k) for k in CURVE_SHOWN} for p in points]}
+    return {
+        "curve_id": job_id,
+        "workload": points[0]["workload"] if points else None,
+        "points": [{k: p.get(k) for k in CURVE_SHOWN} for p in points],
+    }
 
 
 # -- recommendations -------------------------------------------------------------------------------
@@ -164,22 +219,39 @@ def recommendation(con, profile_id: str | None, config, noise_id: str | None, cu
     profile, noise = recommendation_inputs(con, profile_id, noise_id, stored_noise=config.noise_scale is None)
     curve = [] if curve_id == "none" else load_noise_curve(con, curve_id, workload=profile["workload"])
     if not curve and curve_id not in ("none", "latest"):
-        raise UsageError(f"no noise curve {curve_id!r}: run `largestep noise --at 0,0.25,0.5,1`, or give "
-                         f"--noise-curve latest or none")
+        raise UsageError(
+            f"no noise curve {curve_id!r}: run `largestep noise --at 0,0.25,0.5,1`, or give "
+            f"--noise-curve latest or none"
+        )
     # the profile-to-run step-time bias earlier verifications measured on this workload and device widens the
     # prediction interval; the steps they measured correct the noise model, which the noise curve (if any) is,
     # as the batch schedule planned from it
     workload, device = profile.get("workload"), profile.get("device_id")
-    rec = make(profile, config, noise, step_time_biases(con, workload, device), curve=curve or None,
-               calibration=verification_points(con, workload, device))
+    rec = make(
+        profile,
+        config,
+        noise,
+        step_time_biases(con, workload, device),
+        curve=curve or None,
+        calibration=verification_points(con, workload, device),
+    )
     if curve_id == "none":
         return rec
     return with_batch_schedule(rec, curve, chosen=curve_id != "latest")
 
 
-def recommend_and_save(home: Home, profile_id: str | None, config, noise_id: str | None = None,
-                       curve_id: str = "latest", estimate_noise: bool = False, check_stability: bool = False,
-                       device: str = "auto", *, follow: Callable[[str, str], None]) -> dict:
+def recommend_and_save(
+    home: Home,
+    profile_id: str | None,
+    config,
+    noise_id: str | None = None,
+    curve_id: str = "latest",
+    estimate_noise: bool = False,
+    check_stability: bool = False,
+    device: str = "auto",
+    *,
+    follow: Callable[[str, str], None],
+) -> dict:
     """`largestep recommend`: a recommendation from a stored profile, saved, and returned as its document.
 
     ``estimate_noise``: estimate the noise scale first (a job); ``check_stability``: train briefly at the chosen
@@ -193,8 +265,15 @@ def recommend_and_save(home: Home, profile_id: str | None, config, noise_id: str
     from .ingest import save_recommendation
     from .queries import load_stability
 
-    chosen = [flag for flag, given in (("--noise-scale", config.noise_scale is not None),
-                                       ("--estimate-noise", estimate_noise), ("--noise", noise_id is not None)) if given]
+    chosen = [
+        flag
+        for flag, given in (
+            ("--noise-scale", config.noise_scale is not None),
+            ("--estimate-noise", estimate_noise),
+            ("--noise", noise_id is not None),
+        )
+        if given
+    ]
     if len(chosen) > 1:
         raise UsageError(f"give only one of {', '.join(chosen)}")
     config.validate()
@@ -203,8 +282,9 @@ def recommend_and_save(home: Home, profile_id: str | None, config, noise_id: str
     with reading(home) as con:
         rec = recommendation(con, profile_id, config, noise_id, curve_id)  # validates before any job starts
     if estimate_noise:
-        job_id = start_noise(home, rec["workload_spec"], rec["workload_options"], device,
-                             batch_small=rec["baseline"]["batch_size"])
+        job_id = start_noise(
+            home, rec["workload_spec"], rec["workload_options"], device, batch_small=rec["baseline"]["batch_size"]
+        )
         follow(job_id, "noise estimate")
         with connect(home) as con:
             rec = recommendation(con, rec["profile_id"], config, job_id, curve_id)
@@ -231,6 +311,13 @@ def autopilot_outcome(home: Home, job_id: str) -> dict:
     with connect(home) as con:
         result = load_autopilot(con, job_id)
         rec = load_recommendation(con, result["recommendation_id"])
-    return {"autopilot_id": job_id, "headline": result["headline"], "recommendation": rec,
-            "comparison": result["comparison"], "profile_id": result["profile_id"], "noise_id": result["noise_id"],
-            "baseline_runs": result["baseline_runs"], "recommended_runs": result["recommended_runs"]}
+    return {
+        "autopilot_id": job_id,
+        "headline": result["headline"],
+        "recommendation": rec,
+        "comparison": result["comparison"],
+        "profile_id": result["profile_id"],
+        "noise_id": result["noise_id"],
+        "baseline_runs": result["baseline_runs"],
+        "recommended_runs": result["recommended_runs"],
+    }

@@ -8,16 +8,17 @@ import json
 
 __all__ = ["insert_row", "update_row", "insert_verification", "VERIFICATION_COLUMNS", "JSON_COLUMNS", "TIME_COLUMNS"]
 
-JSON_COLUMNS = frozenset({"options", "config", "versions", "final_metrics", "headline", "comparison",
-                           "math_settings"})
-TIME_COLUMNS = frozenset({"started_at", "ended_at", "created_at"})    # unix seconds in a row, TIMESTAMPTZ stored
+JSON_COLUMNS = frozenset({"options", "config", "versions", "final_metrics", "headline", "comparison", "math_settings"})
+TIME_COLUMNS = frozenset({"started_at", "ended_at", "created_at"})  # unix seconds in a row, TIMESTAMPTZ stored
 
 
 def _values(row: dict) -> tuple[list[str], list[str], list]:
     names = list(row)
     marks = ["to_timestamp(?)" if name in TIME_COLUMNS else "?" for name in names]
-    values = [json.dumps(value, default=str) if name in JSON_COLUMNS and value is not None else value
-              for name, value in row.items()]
+    values = [
+        json.dumps(value, default=str) if name in JSON_COLUMNS and value is not None else value
+        for name, value in row.items()
+    ]
     return names, marks, values
 
 
@@ -35,15 +36,61 @@ def update_row(con, table: str, row: dict, key: str, key_value: str) -> None:
 
 #: The ``verifications`` table's columns (largestep.plan.calibration.verification_point's keys).
 VERIFICATION_COLUMNS = [
-    "id", "source", "autopilot_id", "attempt", "recommendation_id", "workload", "device_id", "device_name", "created_at",
-    "baseline_batch", "batch_size", "rule", "learning_rate", "predicted_speedup", "predicted_low", "predicted_high",
-    "raw_speedup", "raw_low", "raw_high", "predicted_steps", "predicted_steps_low", "predicted_steps_high", "raw_steps",
-    "predicted_step_time", "step_time_bias", "predicted_step_time_low", "predicted_step_time_high", "measured_speedup",
+    "id",
+    "source",
+    "autopilot_id",
+    "attempt",
+    "recommendation_id",
+    "workload",
+    "device_id",
+    "device_name",
+    "created_at",
+    "baseline_batch",
+    "batch_size",
+    "rule",
+    "learning_rate",
+    "predicted_speedup",
+    "predicted_low",
+    "predicted_high",
+    "raw_speedup",
+    "raw_low",
+    "raw_high",
+    "predicted_steps",
+    "predicted_steps_low",
+    "predicted_steps_high",
+    "raw_steps",
+    "predicted_step_time",
+    "step_time_bias",
+    "predicted_step_time_low",
+    "predicted_step_time_high",
+    "measured_speedup",
     "measured_low",
-    "measured_high", "measured_bound", "measured_steps", "measured_steps_low", "measured_steps_high", "steps_bound",
-    "measured_step_time", "measured_step_time_low", "measured_step_time_high", "verdict", "quality", "verified",
-    "failed_why", "noise_model", "b_simple", "implied_b_crit", "b_crit_low", "b_crit_high", "ratio", "ratio_low",
-    "ratio_high", "learned", "baseline_runs", "recommended_runs", "comparison"]
+    "measured_high",
+    "measured_bound",
+    "measured_steps",
+    "measured_steps_low",
+    "measured_steps_high",
+    "steps_bound",
+    "measured_step_time",
+    "measured_step_time_low",
+    "measured_step_time_high",
+    "verdict",
+    "quality",
+    "verified",
+    "failed_why",
+    "noise_model",
+    "b_simple",
+    "implied_b_crit",
+    "b_crit_low",
+    "b_crit_high",
+    "ratio",
+    "ratio_low",
+    "ratio_high",
+    "learned",
+    "baseline_runs",
+    "recommended_runs",
+    "comparison",
+]
 
 
 def insert_verification(con, row: dict) -> None:

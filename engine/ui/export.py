@@ -14,12 +14,19 @@ from ..plan.export import FORMATS, export_config
 from .widgets import CODE_LANGUAGE, FORMAT_LABELS, Download, downloads, load_recommendation
 
 __all__ = [
-    "EXPORT_START", "RecommendationChoice", "recommendation_choices", "ExportView", "export_view", "FORMATS",
-    "FORMAT_LABELS", "load_recommendation"
+    "EXPORT_START",
+    "RecommendationChoice",
+    "recommendation_choices",
+    "ExportView",
+    "export_view",
+    "FORMATS",
+    "FORMAT_LABELS",
+    "load_recommendation",
 ]
 
-EXPORT_START = ("No recommendation yet — compute one on the Recommend page (or run `largestep recommend`), "
-                "then export it here.")
+EXPORT_START = (
+    "No recommendation yet — compute one on the Recommend page (or run `largestep recommend`), then export it here."
+)
 
 
 @dataclass(frozen=True)
@@ -36,9 +43,14 @@ def recommendation_choices(home: Home) -> list[RecommendationChoice]:
     out = []
     for r in store.frame_records(frame):
         created = pd.Timestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M") if r.get("created_at") else "?"
-        out.append(RecommendationChoice(
-            r["id"], f"{r['workload']} · batch {r['batch_size']} at lr {r['learning_rate']:.3g} "
-                     f"(baseline {r['baseline_batch_size']}) · {created} ({r['id']})", r["profile_id"]))
+        out.append(
+            RecommendationChoice(
+                r["id"],
+                f"{r['workload']} · batch {r['batch_size']} at lr {r['learning_rate']:.3g} "
+                f"(baseline {r['baseline_batch_size']}) · {created} ({r['id']})",
+                r["profile_id"],
+            )
+        )
     return out
 
 
@@ -46,7 +58,7 @@ def recommendation_choices(home: Home) -> list[RecommendationChoice]:
 class ExportView:
     preview: str
     language: str
-    split: str                            # "global 512 = micro-batch 128 × accumulation 2 × 2 devices"
+    split: str  # "global 512 = micro-batch 128 × accumulation 2 × 2 devices"
     downloads: list[Download]
 
 
@@ -58,7 +70,13 @@ def export_view(rec: dict, fmt: str, devices: int | None = None, micro_batch: in
         raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     doc = config_document(rec, devices, micro_batch)  # raises UsageError on a split that does not divide
     t = doc["training"]
-    split = (f"global batch {t['batch_size']} = micro-batch {t['micro_batch_size']} × accumulation "
-             f"{t['gradient_accumulation_steps']} × {t['devices']} device{'s' if t['devices'] > 1 else ''}")
-    return ExportView(preview=export_config(rec, fmt, devices, micro_batch), language=CODE_LANGUAGE[fmt], split=split,
-                      downloads=downloads(rec, devices, micro_batch))
+    split = (
+        f"global batch {t['batch_size']} = micro-batch {t['micro_batch_size']} × accumulation "
+        f"{t['gradient_accumulation_steps']} × {t['devices']} device{'s' if t['devices'] > 1 else ''}"
+    )
+    return ExportView(
+        preview=export_config(rec, fmt, devices, micro_batch),
+        language=CODE_LANGUAGE[fmt],
+        split=split,
+        downloads=downloads(rec, devices, micro_batch),
+    )

@@ -24,16 +24,33 @@ from ..plan.verdict import headline_tone, interval_text, quality_words
 from .widgets import TABLE_WORKLOAD, Metric, cancel, device_options
 
 __all__ = [
-    "START_MESSAGE", "PHASE_HELP", "MAX_REPEATS", "WorkloadChoice", "workload_choices", "AutopilotForm",
-    "autopilot_request", "submit_autopilot", "AutopilotChoice", "autopilot_choices", "PhaseView", "AutopilotView",
-    "autopilot_view", "headline_metrics", "unfinished_runs", "cancel", "device_options", "restart_autopilot"
+    "START_MESSAGE",
+    "PHASE_HELP",
+    "MAX_REPEATS",
+    "WorkloadChoice",
+    "workload_choices",
+    "AutopilotForm",
+    "autopilot_request",
+    "submit_autopilot",
+    "AutopilotChoice",
+    "autopilot_choices",
+    "PhaseView",
+    "AutopilotView",
+    "autopilot_view",
+    "headline_metrics",
+    "unfinished_runs",
+    "cancel",
+    "device_options",
+    "restart_autopilot",
 ]
 
-START_MESSAGE = ("Nothing measured here yet. Pick a workload above and press **Profile & train**: largestep "
-                 "profiles step time against batch size, estimates the gradient noise scale, recommends a "
-                 "larger batch with a scaled learning rate, then trains the baseline and the recommendation "
-                 "and compares them. From a terminal: `largestep autopilot --workload fraud-gru`.")
-MAX_REPEATS = 20                 # seeds per arm the form accepts; more is a job for the CLI
+START_MESSAGE = (
+    "Nothing measured here yet. Pick a workload above and press **Profile & train**: largestep "
+    "profiles step time against batch size, estimates the gradient noise scale, recommends a "
+    "larger batch with a scaled learning rate, then trains the baseline and the recommendation "
+    "and compares them. From a terminal: `largestep autopilot --workload fraud-gru`."
+)
+MAX_REPEATS = 20  # seeds per arm the form accepts; more is a job for the CLI
 
 PHASE_HELP = {
     "profile": "step time, throughput and memory against batch size",
@@ -41,7 +58,7 @@ PHASE_HELP = {
     "recommendation": "a larger batch and its learning rate, from the profile and the noise scale",
     "training runs": "the baseline and the recommendation, seed by seed in turn, so the machine's drift falls on both",
     "comparison": "time to the baseline's validation loss (Kaplan-Meier median, a bootstrap interval), and the "
-                  "quality difference with its interval",
+    "quality difference with its interval",
 }
 LIVE_STATES = (jobs.PENDING, jobs.RUNNING)
 
@@ -51,9 +68,9 @@ LIVE_STATES = (jobs.PENDING, jobs.RUNNING)
 
 @dataclass(frozen=True)
 class WorkloadChoice:
-    name: str                         # what the picker shows and the user picks
-    spec: str                         # what the loader is given: a built-in or entry point name, or a path/module spec
-    source: str                       # "builtin" | "entry point" | "config"
+    name: str  # what the picker shows and the user picks
+    spec: str  # what the loader is given: a built-in or entry point name, or a path/module spec
+    source: str  # "builtin" | "entry point" | "config"
     description: str = ""
     options: dict = field(default_factory=dict)
 
@@ -76,8 +93,16 @@ def workload_choices(folder: str | None = None) -> tuple[dict[str, WorkloadChoic
     choices: dict[str, WorkloadChoice] = {}
     problems: list[str] = []
     for row in list_workloads():
-        choices.setdefault(row["name"], WorkloadChoice(row["name"], row.get("spec") or row["name"], row["source"],
-                                                       row.get("description") or "", dict(row.get("options") or {})))
+        choices.setdefault(
+            row["name"],
+            WorkloadChoice(
+                row["name"],
+                row.get("spec") or row["name"],
+                row["source"],
+                row.get("description") or "",
+                dict(row.get("options") or {}),
+            ),
+        )
     try:
         configured = configured_workloads(folder)
     except LargestepError as exc:
@@ -86,11 +111,14 @@ def workload_choices(folder: str | None = None) -> tuple[dict[str, WorkloadChoic
     for row in configured:
         known = choices.get(row["name"])
         if known is not None and (known.source, known.spec) != ("config", row["spec"]):
-            problems.append(f"the configured workload {row['name']!r} has the name of a {known.source} workload; "
-                            f"give it another name in the config file")
+            problems.append(
+                f"the configured workload {row['name']!r} has the name of a {known.source} workload; "
+                f"give it another name in the config file"
+            )
             continue
-        choices[row["name"]] = WorkloadChoice(row["name"], row["spec"], "config", row.get("description") or "",
-                                              dict(row.get("options") or {}))
+        choices[row["name"]] = WorkloadChoice(
+            row["name"], row["spec"], "config", row.get("description") or "", dict(row.get("options") or {})
+        )
     return choices, problems
 
 
@@ -101,16 +129,16 @@ def workload_choices(folder: str | None = None) -> tuple[dict[str, WorkloadChoic
 class AutopilotForm:
     """What the Overview's launcher collects, as the user set it."""
 
-    workload: str                     # a name from workload_choices
+    workload: str  # a name from workload_choices
     device: str = "cpu"
-    repeats: int = 3                  # seeds per arm (baseline, recommended)
-    epochs: float | None = None       # None: the workload's own
-    data_path: str = ""               # the table workload only: a CSV or Parquet file (data, never code)
-    label: str = ""                   # the table workload only: the label column
-    compile: bool = False             # torch.compile the model in every step of the loop
-    both_arms: bool = False           # train both arms even when the recommendation is the baseline
-    schedule_arm: bool = False        # and a third: the batch schedule planned from a noise curve
-    until_verified: bool = False      # a failed verification: learn, and try the next pair the corrected model ranks
+    repeats: int = 3  # seeds per arm (baseline, recommended)
+    epochs: float | None = None  # None: the workload's own
+    data_path: str = ""  # the table workload only: a CSV or Parquet file (data, never code)
+    label: str = ""  # the table workload only: the label column
+    compile: bool = False  # torch.compile the model in every step of the loop
+    both_arms: bool = False  # train both arms even when the recommendation is the baseline
+    schedule_arm: bool = False  # and a third: the batch schedule planned from a noise curve
+    until_verified: bool = False  # a failed verification: learn, and try the next pair the corrected model ranks
 
 
 def autopilot_request(form: AutopilotForm, choices: dict[str, WorkloadChoice]) -> tuple[str, dict, AutopilotConfig]:
@@ -133,9 +161,17 @@ def autopilot_request(form: AutopilotForm, choices: dict[str, WorkloadChoice]) -
     epochs = form.epochs
     if epochs is not None and (not isinstance(epochs, (int, float)) or not math.isfinite(epochs) or epochs <= 0):
         raise UsageError(f"epochs must be a positive number (or empty for the workload's own), not {epochs!r}")
-    return choice.spec, options, AutopilotConfig(repeats=repeats, epochs=float(epochs) if epochs else None,
-                                                 compile=bool(form.compile),
-                                                 arms=_arms(form), until_verified=bool(form.until_verified))
+    return (
+        choice.spec,
+        options,
+        AutopilotConfig(
+            repeats=repeats,
+            epochs=float(epochs) if epochs else None,
+            compile=bool(form.compile),
+            arms=_arms(form),
+            until_verified=bool(form.until_verified),
+        ),
+    )
 
 
 def _arms(form: AutopilotForm) -> tuple[str, ...] | None:
@@ -161,7 +197,7 @@ def submit_autopilot(home: Home, form: AutopilotForm, choices: dict[str, Workloa
 @dataclass(frozen=True)
 class AutopilotChoice:
     id: str
-    label: str                        # never changes over the autopilot's life (a select box keeps old labels)
+    label: str  # never changes over the autopilot's life (a select box keeps old labels)
     live: bool
 
 
@@ -173,22 +209,31 @@ def autopilot_choices(home: Home) -> list[AutopilotChoice]:
     out = []
     for row in frame.to_dict(orient="records"):
         created = pd.Timestamp(row["created_at"]).strftime("%Y-%m-%d %H:%M") if not pd.isna(row["created_at"]) else "?"
-        out.append(AutopilotChoice(row["id"], f"{row.get('workload') or '?'} · {row.get('device') or '?'} · {created} "
-                                              f"({row['id']})", row["state"] in LIVE_STATES))
+        out.append(
+            AutopilotChoice(
+                row["id"],
+                f"{row.get('workload') or '?'} · {row.get('device') or '?'} · {created} ({row['id']})",
+                row["state"] in LIVE_STATES,
+            )
+        )
     return out
 
 
 @dataclass(frozen=True)
 class PhaseView:
     name: str
-    status: str                       # "done" | "running" | "waiting" | "failed" | "cancelled" | "not run"
+    status: str  # "done" | "running" | "waiting" | "failed" | "cancelled" | "not run"
     detail: str = ""
 
     @property
     def icon(self) -> str:
-        return {"done": ":material/check_circle:", "running": ":material/progress_activity:",
-                "waiting": ":material/schedule:", "failed": ":material/error:",
-                "cancelled": ":material/cancel:"}.get(self.status, ":material/remove:")
+        return {
+            "done": ":material/check_circle:",
+            "running": ":material/progress_activity:",
+            "waiting": ":material/schedule:",
+            "failed": ":material/error:",
+            "cancelled": ":material/cancel:",
+        }.get(self.status, ":material/remove:")
 
 
 @dataclass
@@ -197,20 +242,20 @@ class AutopilotView:
     workload: str
     device: str
     state: str
-    live: bool                        # still pending or running: refresh it
-    progress: float                   # 0..1 over the six phases
-    phase: str                        # the phase now (or "queued", "done")
+    live: bool  # still pending or running: refresh it
+    progress: float  # 0..1 over the six phases
+    phase: str  # the phase now (or "queued", "done")
     phases: list[PhaseView]
     caption: str
     error: str | None = None
-    recommendation: str | None = None # "batch 512 at lr 0.016 (baseline 32 at 0.001), predicted 3.1x"
-    headline: dict | None = None      # largestep.jobs.autopilot.headline's dict, once compared
+    recommendation: str | None = None  # "batch 512 at lr 0.016 (baseline 32 at 0.001), predicted 3.1x"
+    headline: dict | None = None  # largestep.jobs.autopilot.headline's dict, once compared
     metrics: list[Metric] = field(default_factory=list)
     comparison: pd.DataFrame | None = None
     runs: pd.DataFrame | None = None
     run_ids: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)   # runs that did not finish, and so weigh nothing
-    untrusted: str | None = None      # it stopped: its profile could not be trusted and the machine never quietened
+    warnings: list[str] = field(default_factory=list)  # runs that did not finish, and so weigh nothing
+    untrusted: str | None = None  # it stopped: its profile could not be trusted and the machine never quietened
     accepted_load: str | None = None  # its recommendation came from a profile accepted though untrusted
 
     @property
@@ -248,17 +293,23 @@ def autopilot_view(home: Home, autopilot_id: str | None = None, ingest: bool = T
     progress = 1.0 if state == jobs.FINISHED else float(status.get("progress") or job.get("progress") or 0.0)
     phases = _phases(state, phase, status if live else {}, row)
     view = AutopilotView(
-        id=job["id"], workload=str(row.get("workload") or job.get("workload") or "?"),
-        device=str(job.get("device") or "?").removeprefix("autopilot-"), state=state, live=live,
-        progress=max(0.0, min(1.0, progress)), phase=phase, phases=phases,
-        caption=_caption(job, state), error=job.get("error") if state not in (jobs.FINISHED, *LIVE_STATES) else None,
+        id=job["id"],
+        workload=str(row.get("workload") or job.get("workload") or "?"),
+        device=str(job.get("device") or "?").removeprefix("autopilot-"),
+        state=state,
+        live=live,
+        progress=max(0.0, min(1.0, progress)),
+        phase=phase,
+        phases=phases,
+        caption=_caption(job, state),
+        error=job.get("error") if state not in (jobs.FINISHED, *LIVE_STATES) else None,
         recommendation=_recommendation_text(rec) if rec else None,
         run_ids=list(row.get("baseline_runs") or []) + list(row.get("recommended_runs") or []),
         untrusted=row.get("untrusted"),
         accepted_load=accepted_load_note(rec["accepted_load"]) if rec and rec.get("accepted_load") else None,
     )
     if view.untrusted and view.error == view.untrusted:
-        view.error = None   # said in its warning box, with the button to profile again
+        view.error = None  # said in its warning box, with the button to profile again
     headline, comparison = row.get("headline"), row.get("comparison")
     if headline:
         view.headline = headline
@@ -285,16 +336,19 @@ def restart_autopilot(home: Home, autopilot_id: str) -> str:
     known = {k: v for k, v in (params.get("autopilot") or {}).items() if k in AutopilotConfig.__dataclass_fields__}
     if known.get("arms") is not None:
         known["arms"] = tuple(known["arms"])
-    job_id = actions.start_autopilot(home, params["workload"], params.get("options") or {}, params["device"],
-                                     AutopilotConfig(**known))
+    job_id = actions.start_autopilot(
+        home, params["workload"], params.get("options") or {}, params["device"], AutopilotConfig(**known)
+    )
     store.ingest(home)
     return job_id
 
 
 def _caption(job: dict, state: str) -> str:
     created = pd.Timestamp(job["created_at"]).strftime("%Y-%m-%d %H:%M") if job.get("created_at") else "?"
-    return (f"**{job.get('workload') or '?'}** on `{str(job.get('device') or '?').removeprefix('autopilot-')}` · "
-            f"autopilot `{job['id']}` · started {created} · {state.lower()}")
+    return (
+        f"**{job.get('workload') or '?'}** on `{str(job.get('device') or '?').removeprefix('autopilot-')}` · "
+        f"autopilot `{job['id']}` · started {created} · {state.lower()}"
+    )
 
 
 def _phases(state: str, phase: str, status: dict, row: dict) -> list[PhaseView]:
@@ -304,7 +358,7 @@ def _phases(state: str, phase: str, status: dict, row: dict) -> list[PhaseView]:
     elif phase in PHASES:
         current = PHASES.index(phase)
     else:
-        current = 0 if state not in LIVE_STATES else -1   # queued: nothing started yet
+        current = 0 if state not in LIVE_STATES else -1  # queued: nothing started yet
     ended = {jobs.KILLED: "cancelled"}.get(state, "failed")
     out = []
     for index, name in enumerate(PHASES):
@@ -347,24 +401,30 @@ def _recommendation_text(rec: dict) -> str:
     base = rec.get("baseline") or {}
     speed = rec.get("predicted_speedup") or {}
     predicted = speed.get("time_to_target")
-    text = (f"batch **{rec['batch_size']}** at learning rate **{rec['learning_rate']:.3g}** "
-            f"(baseline {base.get('batch_size')} at {base.get('learning_rate', float('nan')):.3g}, {rec.get('rule', 'linear')} rule)")
+    text = (
+        f"batch **{rec['batch_size']}** at learning rate **{rec['learning_rate']:.3g}** "
+        f"(baseline {base.get('batch_size')} at {base.get('learning_rate', float('nan')):.3g}, {rec.get('rule', 'linear')} rule)"
+    )
     if predicted is not None:
         text += f"; predicted {predicted:.2f}× the baseline's speed to its validation loss"
         if speed.get("time_to_target_interval"):
             text += f" ({predicted_interval_text(speed)})"
-        if speed.get("corrected"):   # ranked on the corrected noise model: the raw prediction beside it
-            text += (f" on the noise model corrected by {(rec.get('correction') or {}).get('verifications')} "
-                     f"verification(s); {speed['raw']['time_to_target']:.2f}× on the raw one")
+        if speed.get("corrected"):  # ranked on the corrected noise model: the raw prediction beside it
+            text += (
+                f" on the noise model corrected by {(rec.get('correction') or {}).get('verifications')} "
+                f"verification(s); {speed['raw']['time_to_target']:.2f}× on the raw one"
+            )
     alike = rec.get("indistinguishable") or []
-    if len(alike) > 1:   # how stable the choice is
-        text += (f"; batches {', '.join(map(str, alike[:-1]))} and {alike[-1]} are indistinguishable here (each "
-                 f"one's prediction lies within the choice's interval)")
+    if len(alike) > 1:  # how stable the choice is
+        text += (
+            f"; batches {', '.join(map(str, alike[:-1]))} and {alike[-1]} are indistinguishable here (each "
+            f"one's prediction lies within the choice's interval)"
+        )
     return text
 
 
 def predicted_interval_text(speed: dict) -> str:
-    """"90% prediction interval 1.50–3.02×" of a recommendation's ``predicted_speedup``."""
+    """ "90% prediction interval 1.50–3.02×" of a recommendation's ``predicted_speedup``."""
     interval = speed.get("time_to_target_interval")
     if not interval:
         return "no interval"
@@ -384,32 +444,50 @@ def headline_metrics(headline: dict) -> list[Metric]:
         measured_text = "baseline kept"
     elif verdict.get("cell"):
         measured_text = verdict["cell"]
-    elif measured is not None:   # a headline stored before verdicts: the ratio and interval, no word
+    elif measured is not None:  # a headline stored before verdicts: the ratio and interval, no word
         measured_text = f"{measured:.2f}×" + (f" ({interval_text(*interval)})" if interval else "")
     else:
         measured_text = "not reached"
     predicted_interval = headline.get("predicted_speedup_interval")
     coverage = headline.get("predicted_coverage")
     return [
-        Metric("Measured speedup", measured_text,
-               "baseline's training time to its own validation loss over the recommendation's (Kaplan-Meier medians "
-               "over seeds, a run that never reached it counted as at least its whole time; evaluation excluded), "
-               f"with a {headline.get('confidence', 0.9):.0%} bootstrap interval for censored data and an exact "
-               "test: \"faster\" only when both say so, and never on fewer than three seeds an arm"
-               + (f"; reached in {headline.get('reached')} of {headline.get('seeds')} seeds"
-                  if headline.get("seeds") else "")),
-        Metric("Predicted speedup", (f"{predicted:.2f}×" + (f" ({interval_text(*predicted_interval)})"
-                                                           if predicted_interval else ""))
-               if predicted is not None else "—",
-               "from the profile and the gradient noise scale: [(1 + B_noise/B1)/(1 + B_noise/B2)]·t(B1)/t(B2)"
-               + (f"; {coverage:.0%} prediction interval from resampling the noise estimate and the profile's visits"
-                  if coverage and predicted_interval else "")),
-        Metric(f"{name} difference", f"{diff:+.4f}" if diff is not None else "—",
-               f"{name} of the recommendation minus the baseline's (means over seeds)"
-               + (f"; {quality_words(quality, name, headline.get('confidence', 0.9))}" if quality else "")),
-        Metric("p-value", f"{p:.3g}" if p is not None else "—",
-               f"Welch's t-test on the {name}: a small p means the difference is unlikely to be chance; "
-               f"it needs two or more finished seeds in each arm"),
+        Metric(
+            "Measured speedup",
+            measured_text,
+            "baseline's training time to its own validation loss over the recommendation's (Kaplan-Meier medians "
+            "over seeds, a run that never reached it counted as at least its whole time; evaluation excluded), "
+            f"with a {headline.get('confidence', 0.9):.0%} bootstrap interval for censored data and an exact "
+            'test: "faster" only when both say so, and never on fewer than three seeds an arm'
+            + (
+                f"; reached in {headline.get('reached')} of {headline.get('seeds')} seeds"
+                if headline.get("seeds")
+                else ""
+            ),
+        ),
+        Metric(
+            "Predicted speedup",
+            (f"{predicted:.2f}×" + (f" ({interval_text(*predicted_interval)})" if predicted_interval else ""))
+            if predicted is not None
+            else "—",
+            "from the profile and the gradient noise scale: [(1 + B_noise/B1)/(1 + B_noise/B2)]·t(B1)/t(B2)"
+            + (
+                f"; {coverage:.0%} prediction interval from resampling the noise estimate and the profile's visits"
+                if coverage and predicted_interval
+                else ""
+            ),
+        ),
+        Metric(
+            f"{name} difference",
+            f"{diff:+.4f}" if diff is not None else "—",
+            f"{name} of the recommendation minus the baseline's (means over seeds)"
+            + (f"; {quality_words(quality, name, headline.get('confidence', 0.9))}" if quality else ""),
+        ),
+        Metric(
+            "p-value",
+            f"{p:.3g}" if p is not None else "—",
+            f"Welch's t-test on the {name}: a small p means the difference is unlikely to be chance; "
+            f"it needs two or more finished seeds in each arm",
+        ),
     ]
 
 
@@ -423,7 +501,12 @@ def unfinished_runs(comparison: dict) -> list[str]:
             if run.get("state") and run["state"] != jobs.FINISHED:
                 states[run["state"]] = states.get(run["state"], 0) + 1
         for state, count in sorted(states.items()):
-            out.append(f"{count} of {len(runs)} {group['name']} runs {state.lower()}"
-                       + (" (loss not finite or exploding: the learning rate may be too high for this batch)"
-                          if state == jobs.DIVERGED else ""))
+            out.append(
+                f"{count} of {len(runs)} {group['name']} runs {state.lower()}"
+                + (
+                    " (loss not finite or exploding: the learning rate may be too high for this batch)"
+                    if state == jobs.DIVERGED
+                    else ""
+                )
+            )
     return out

@@ -24,23 +24,57 @@ from .charts import runs as runcharts
 from .widgets import Metric, cancel
 
 __all__ = [
-    "START_MESSAGE", "X_AXES", "DEFAULT_X", "DEFAULT_METRIC", "LIVE_STATES", "load_runs", "filter_runs",
-    "runs_table", "unreadable_note", "run_labels", "active_runs", "RunProgress", "default_selection", "run_progress",
-    "metric_choices", "CurvesView", "curves_view", "selection_view", "comparison_units", "ComparisonView", "comparison_view", "cancel"
+    "START_MESSAGE",
+    "X_AXES",
+    "DEFAULT_X",
+    "DEFAULT_METRIC",
+    "LIVE_STATES",
+    "load_runs",
+    "filter_runs",
+    "runs_table",
+    "unreadable_note",
+    "run_labels",
+    "active_runs",
+    "RunProgress",
+    "default_selection",
+    "run_progress",
+    "metric_choices",
+    "CurvesView",
+    "curves_view",
+    "selection_view",
+    "comparison_units",
+    "ComparisonView",
+    "comparison_view",
+    "cancel",
 ]
 
-START_MESSAGE = ("No training runs yet. Start one with `largestep train --workload fraud-gru --repeats 3`, or let "
-                 "`largestep autopilot --workload fraud-gru` profile, recommend and train the baseline and the "
-                 "recommendation for you; they show here as they run.")
-X_AXES = runcharts.AXIS_TITLES           # metrics column -> axis title
+START_MESSAGE = (
+    "No training runs yet. Start one with `largestep train --workload fraud-gru --repeats 3`, or let "
+    "`largestep autopilot --workload fraud-gru` profile, recommend and train the baseline and the "
+    "recommendation for you; they show here as they run."
+)
+X_AXES = runcharts.AXIS_TITLES  # metrics column -> axis title
 DEFAULT_X = "step"
 DEFAULT_METRIC = "train_loss"
 LIVE_STATES = (jobs.PENDING, jobs.RUNNING)
 NO_GROUP = "(no group)"
 NO_ROLE = "(no role)"
 
-TABLE_COLUMNS = ["id", "state", "workload", "batch", "LR", "seed", "group", "role", "tags", "duration",
-                 "final val loss", "metric", "background load"]
+TABLE_COLUMNS = [
+    "id",
+    "state",
+    "workload",
+    "batch",
+    "LR",
+    "seed",
+    "group",
+    "role",
+    "tags",
+    "duration",
+    "final val loss",
+    "metric",
+    "background load",
+]
 
 
 def load_runs(home: Home) -> pd.DataFrame:
@@ -60,7 +94,7 @@ def _role(row) -> str:
     return value if isinstance(value, str) and value else NO_ROLE
 
 
-DEFAULT_GROUPS = 2     # charted when nothing is picked: an autopilot's baseline and recommended arms
+DEFAULT_GROUPS = 2  # charted when nothing is picked: an autopilot's baseline and recommended arms
 
 
 def default_selection(runs: pd.DataFrame, groups: int = DEFAULT_GROUPS) -> list[str]:
@@ -68,7 +102,7 @@ def default_selection(runs: pd.DataFrame, groups: int = DEFAULT_GROUPS) -> list[
     charts the latest comparison, e.g. right after an autopilot, before anything is picked."""
     chosen: list[str] = []
     picked: list[str] = []
-    for row in runs.to_dict("records"):   # newest first
+    for row in runs.to_dict("records"):  # newest first
         group = row["group_id"] if isinstance(row.get("group_id"), str) and row["group_id"] else row["id"]
         if group not in chosen:
             if len(chosen) == groups:
@@ -78,8 +112,13 @@ def default_selection(runs: pd.DataFrame, groups: int = DEFAULT_GROUPS) -> list[
     return picked
 
 
-def filter_runs(runs: pd.DataFrame, states: list[str] | None = None, workloads: list[str] | None = None,
-                groups: list[str] | None = None, roles: list[str] | None = None) -> pd.DataFrame:
+def filter_runs(
+    runs: pd.DataFrame,
+    states: list[str] | None = None,
+    workloads: list[str] | None = None,
+    groups: list[str] | None = None,
+    roles: list[str] | None = None,
+) -> pd.DataFrame:
     """The runs matching every filter given; an empty or None filter matches everything."""
     if runs.empty:
         return runs
@@ -129,18 +168,25 @@ def runs_table(runs: pd.DataFrame, now: float | None = None) -> pd.DataFrame:
     for row in runs.to_dict(orient="records"):
         tags = row.get("tags")
         metric_name, metric = row.get("primary_metric"), _number(row.get("final_primary_metric"))
-        rows.append({
-            "id": row["id"], "state": row["state"], "workload": row.get("workload"),
-            "batch": _number(row.get("batch_size")), "LR": _number(row.get("lr")), "seed": _number(row.get("seed")),
-            "group": row.get("group_id") if isinstance(row.get("group_id"), str) else "",
-            "role": row.get("role") if isinstance(row.get("role"), str) else "",
-            "tags": ", ".join(tags) if tags is not None and len(tags) else "",
-            "duration": format_duration(_duration_s(row, now)),
-            "final val loss": _number(row.get("final_val_loss")),
-            "metric": f"{metric_name} {metric:.4g}" if metric_name and metric is not None else "",
-            "background load": format_background_load(_number(row.get("background_cpu_pct")),
-                                                      _number(row.get("background_gpu_processes"))),
-        })
+        rows.append(
+            {
+                "id": row["id"],
+                "state": row["state"],
+                "workload": row.get("workload"),
+                "batch": _number(row.get("batch_size")),
+                "LR": _number(row.get("lr")),
+                "seed": _number(row.get("seed")),
+                "group": row.get("group_id") if isinstance(row.get("group_id"), str) else "",
+                "role": row.get("role") if isinstance(row.get("role"), str) else "",
+                "tags": ", ".join(tags) if tags is not None and len(tags) else "",
+                "duration": format_duration(_duration_s(row, now)),
+                "final val loss": _number(row.get("final_val_loss")),
+                "metric": f"{metric_name} {metric:.4g}" if metric_name and metric is not None else "",
+                "background load": format_background_load(
+                    _number(row.get("background_cpu_pct")), _number(row.get("background_gpu_processes"))
+                ),
+            }
+        )
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     for column in ("batch", "seed"):
         table[column] = table[column].astype("Int64")
@@ -188,7 +234,7 @@ class RunProgress:
     id: str
     state: str
     label: str
-    progress: float                   # 0..1
+    progress: float  # 0..1
     detail: str
 
 
@@ -201,11 +247,21 @@ def run_progress(home: Home, runs: pd.DataFrame) -> list[RunProgress]:
         status = jobs.read_status(job_dir) or {}
         progress = status.get("progress")
         progress = 0.0 if progress is None else max(0.0, min(1.0, float(progress)))
-        label = " · ".join(filter(None, [str(row.get("workload") or "?"),
-                                         f"batch {int(row['batch_size'])}" if _number(row.get("batch_size")) else "",
-                                         f"seed {int(row['seed'])}" if _number(row.get("seed")) is not None else ""]))
-        out.append(RunProgress(id=row["id"], state=state, label=label, progress=progress,
-                               detail=str(status.get("phase") or "")))
+        label = " · ".join(
+            filter(
+                None,
+                [
+                    str(row.get("workload") or "?"),
+                    f"batch {int(row['batch_size'])}" if _number(row.get("batch_size")) else "",
+                    f"seed {int(row['seed'])}" if _number(row.get("seed")) is not None else "",
+                ],
+            )
+        )
+        out.append(
+            RunProgress(
+                id=row["id"], state=state, label=label, progress=progress, detail=str(status.get("phase") or "")
+            )
+        )
     return out
 
 
@@ -225,11 +281,19 @@ def metric_choices(home: Home, run_ids: list[str]) -> list[str]:
 @dataclass
 class CurvesView:
     figure: go.Figure
-    points: int                       # buckets drawn, over all runs
+    points: int  # buckets drawn, over all runs
 
 
-def curves_view(home: Home, run_ids: list[str], labels: dict[str, str], metric: str, x: str = DEFAULT_X,
-                log_x: bool = False, log_y: bool = False, smoothing: float = 0.0) -> CurvesView:
+def curves_view(
+    home: Home,
+    run_ids: list[str],
+    labels: dict[str, str],
+    metric: str,
+    x: str = DEFAULT_X,
+    log_x: bool = False,
+    log_y: bool = False,
+    smoothing: float = 0.0,
+) -> CurvesView:
     """The chart of one metric of the selected runs, from the downsampled series."""
     with store.connect(home) as con:
         return _curves(con, run_ids, labels, metric, x, log_x, log_y, smoothing)
@@ -238,15 +302,32 @@ def curves_view(home: Home, run_ids: list[str], labels: dict[str, str], metric: 
 def _curves(con, run_ids, labels, metric, x, log_x, log_y, smoothing) -> CurvesView:
     curves = store.run_curves(con, run_ids, metric, x, log_x=log_x)
     # One revision per metric and axis: a refresh keeps the zoom, another axis starts afresh.
-    figure = runcharts.curves_figure(curves, labels, metric, x, log_x, log_y, smoothing,
-                                     uirevision=f"runs:{metric}:{x}:{log_x}:{log_y}",
-                                     batch_changes=store.batch_changes(con, run_ids))
+    figure = runcharts.curves_figure(
+        curves,
+        labels,
+        metric,
+        x,
+        log_x,
+        log_y,
+        smoothing,
+        uirevision=f"runs:{metric}:{x}:{log_x}:{log_y}",
+        batch_changes=store.batch_changes(con, run_ids),
+    )
     return CurvesView(figure=figure, points=len(curves))
 
 
-def selection_view(home: Home, run_ids: list[str], labels: dict[str, str], metric: str, x: str = DEFAULT_X,
-                   log_x: bool = False, log_y: bool = False, smoothing: float = 0.0, units: list[str] | None = None,
-                   baseline: str | None = None) -> tuple[CurvesView, ComparisonView | None]:
+def selection_view(
+    home: Home,
+    run_ids: list[str],
+    labels: dict[str, str],
+    metric: str,
+    x: str = DEFAULT_X,
+    log_x: bool = False,
+    log_y: bool = False,
+    smoothing: float = 0.0,
+    units: list[str] | None = None,
+    baseline: str | None = None,
+) -> tuple[CurvesView, ComparisonView | None]:
     """The curves of the selected runs and, with a baseline, their comparison: one connection."""
     with store.connect(home) as con:
         curves = _curves(con, run_ids, labels, metric, x, log_x, log_y, smoothing)
@@ -281,12 +362,13 @@ class ComparisonView:
     figure: go.Figure | None = None
     result: dict = field(default_factory=dict)
     caption: str = ""
-    conditions: str | None = None     # the runs ran under different background load: which, in words
+    conditions: str | None = None  # the runs ran under different background load: which, in words
 
 
 def unit_names(groups: list[dict]) -> dict[str, str]:
     """Group id -> what a person reads in a legend: "recommended · batch 1024, lr 0.008"; the id
     is added where two groups would read alike, and stands alone where nothing else is known."""
+
     def label(group: dict) -> str:
         parts = [group["role"]] if group.get("role") else []
         if group.get("batch_size") and group.get("lr"):
@@ -298,8 +380,15 @@ def unit_names(groups: list[dict]) -> dict[str, str]:
     return {name: f"{text} ({name})" if text in alike and text != name else text for name, text in labels.items()}
 
 
-def comparison_view(home: Home, units: list[str], baseline: str, x: str = "train_time_s", log_x: bool = False,
-                    log_y: bool = False, tolerance: float | None = None) -> ComparisonView:
+def comparison_view(
+    home: Home,
+    units: list[str],
+    baseline: str,
+    x: str = "train_time_s",
+    log_x: bool = False,
+    log_y: bool = False,
+    tolerance: float | None = None,
+) -> ComparisonView:
     """Time to the baseline's validation loss, speedup and p-value of each unit against ``baseline``.
 
     ``tolerance`` None: the tolerances an autopilot compared these runs with, else the defaults (0.01)."""
@@ -307,8 +396,15 @@ def comparison_view(home: Home, units: list[str], baseline: str, x: str = "train
         return _comparison(con, units, baseline, x, log_x, log_y, tolerance)
 
 
-def _comparison(con, units: list[str], baseline: str, x: str = "train_time_s", log_x: bool = False,
-                log_y: bool = False, tolerance: float | None = None) -> ComparisonView:
+def _comparison(
+    con,
+    units: list[str],
+    baseline: str,
+    x: str = "train_time_s",
+    log_x: bool = False,
+    log_y: bool = False,
+    tolerance: float | None = None,
+) -> ComparisonView:
     ordered = [baseline] + [u for u in units if u != baseline]
     groups = []
     for unit in ordered:
@@ -317,11 +413,15 @@ def _comparison(con, units: list[str], baseline: str, x: str = "train_time_s", l
             groups.append((unit, runs))
     evals = store.run_evaluations(con, [r["id"] for _, rs in groups for r in rs])
     if len(groups) < 2 or groups[0][0] != baseline:
-        return ComparisonView(error="the comparison needs the baseline and at least one other run or group "
-                                    "that has started training")
+        return ComparisonView(
+            error="the comparison needs the baseline and at least one other run or group that has started training"
+        )
     stored = store.comparison_tolerances(con, [r["id"] for _, rs in groups for r in rs]) if tolerance is None else None
-    tolerances = ({"tolerance": stored["tolerance"], "quality_tolerance": stored["quality_tolerance"]} if stored
-                  else {"tolerance": 0.01 if tolerance is None else tolerance})
+    tolerances = (
+        {"tolerance": stored["tolerance"], "quality_tolerance": stored["quality_tolerance"]}
+        if stored
+        else {"tolerance": 0.01 if tolerance is None else tolerance}
+    )
     try:
         result = compare_groups(groups, evals, **tolerances)
     except UsageError as exc:
@@ -333,33 +433,66 @@ def _comparison(con, units: list[str], baseline: str, x: str = "train_time_s", l
     for group in result["groups"]:
         ttt = group["time_to_target"]
         if group["name"] == baseline:
-            metrics.append(Metric("Baseline time to target", time_text(ttt),
-                                  f"{group['name']}: training time to validation loss {result['target_val_loss']:.4g}, "
-                                  f"median over {group['n']} run(s) ({group['reached']} reached it)"))
+            metrics.append(
+                Metric(
+                    "Baseline time to target",
+                    time_text(ttt),
+                    f"{group['name']}: training time to validation loss {result['target_val_loss']:.4g}, "
+                    f"median over {group['n']} run(s) ({group['reached']} reached it)",
+                )
+            )
             continue
-        metrics.append(Metric(
-            f"Speedup of {names[group['name']]}", speedup_text(group),
-            f"{(group.get('verdict') or {}).get('text', '')}. The baseline's median time to target over this group's "
-            f"({time_text(ttt)}), with a {result['confidence']:.0%} bootstrap interval for censored data and an exact "
-            f"test; {group['reached']} of {group['n']} runs reached the target, the others count as at least their "
-            f"whole training time"))
+        metrics.append(
+            Metric(
+                f"Speedup of {names[group['name']]}",
+                speedup_text(group),
+                f"{(group.get('verdict') or {}).get('text', '')}. The baseline's median time to target over this group's "
+                f"({time_text(ttt)}), with a {result['confidence']:.0%} bootstrap interval for censored data and an exact "
+                f"test; {group['reached']} of {group['n']} runs reached the target, the others count as at least their "
+                f"whole training time",
+            )
+        )
         quality = group.get("quality") or {}
         if quality.get("difference") is not None or quality.get("failed"):
             p = quality.get("p_value")
             value = DASH if quality.get("difference") is None else f"{quality['difference']:+.4f}"
-            metrics.append(Metric(f"Δ {quality_name}", value + (f" (p={p:.2g})" if p is not None else ""),
-                                  f"{quality_words(quality, quality_name, result['confidence'])}; p: Welch's t-test, "
-                                  f"needs two or more runs per group"))
+            metrics.append(
+                Metric(
+                    f"Δ {quality_name}",
+                    value + (f" (p={p:.2g})" if p is not None else ""),
+                    f"{quality_words(quality, quality_name, result['confidence'])}; p: Welch's t-test, "
+                    f"needs two or more runs per group",
+                )
+            )
     table = pd.DataFrame(comparison_table(result))
     groups_ids = {names.get(name, name): [r["id"] for r in runs] for name, runs in groups}
-    figure = runcharts.comparison_figure(evals, groups_ids, names.get(baseline, baseline), result["target_val_loss"],
-                                         x, log_x, log_y, uirevision=f"compare:{x}:{log_x}:{log_y}")
-    caption = (f"Target: validation loss {result['target_val_loss']:.4g} (the baseline's best "
-               f"{result['baseline_best_val_loss']:.4g} + {result['tolerance']:.0%}); times are "
-               f"{result['time_basis']}. A selected run that belongs to a group brings in all of the group's repeats.")
+    figure = runcharts.comparison_figure(
+        evals,
+        groups_ids,
+        names.get(baseline, baseline),
+        result["target_val_loss"],
+        x,
+        log_x,
+        log_y,
+        uirevision=f"compare:{x}:{log_x}:{log_y}",
+    )
+    caption = (
+        f"Target: validation loss {result['target_val_loss']:.4g} (the baseline's best "
+        f"{result['baseline_best_val_loss']:.4g} + {result['tolerance']:.0%}); times are "
+        f"{result['time_basis']}. A selected run that belongs to a group brings in all of the group's repeats."
+    )
     if stored:
-        caption += (f" Tolerances as autopilot `{stored['autopilot']}` compared these runs: target "
-                    f"{stored['tolerance']:.0%}, quality {stored['quality_tolerance']:.0%}.")
+        caption += (
+            f" Tolerances as autopilot `{stored['autopilot']}` compared these runs: target "
+            f"{stored['tolerance']:.0%}, quality {stored['quality_tolerance']:.0%}."
+        )
     conditions = result["conditions"]
-    return ComparisonView(error=None, metrics=metrics, table=table, figure=figure, result=result, caption=caption,
-                          conditions=f"Conditions differed: {conditions['text']}." if conditions["differed"] else None)
+    return ComparisonView(
+        error=None,
+        metrics=metrics,
+        table=table,
+        figure=figure,
+        result=result,
+        caption=caption,
+        conditions=f"Conditions differed: {conditions['text']}." if conditions["differed"] else None,
+    )

@@ -16,22 +16,52 @@ from ..home import Home
 from ..plan.export import FILE_SUFFIX, FORMATS, export_config, export_filename
 
 __all__ = [
-    "Metric", "DeviceCard", "HardwareView", "hardware_view", "device_options", "TABLE_WORKLOAD", "cancel",
-    "ProfileChoice", "profile_choices", "parse_optional_float", "load_recommendation", "latest_recommendation_for",
-    "FORMAT_LABELS", "CODE_LANGUAGE", "Download", "downloads"
+    "Metric",
+    "DeviceCard",
+    "HardwareView",
+    "hardware_view",
+    "device_options",
+    "TABLE_WORKLOAD",
+    "cancel",
+    "ProfileChoice",
+    "profile_choices",
+    "parse_optional_float",
+    "load_recommendation",
+    "latest_recommendation_for",
+    "FORMAT_LABELS",
+    "CODE_LANGUAGE",
+    "Download",
+    "downloads",
 ]
 
-TABLE_WORKLOAD = "table"            # the built-in that reads a user's data file (options: path, label)
+TABLE_WORKLOAD = "table"  # the built-in that reads a user's data file (options: path, label)
 FORMAT_LABELS = {
-    "yaml": "YAML", "json": "JSON", "toml": "TOML", "torch": "PyTorch", "hf": "Hugging Face",
-    "lightning": "Lightning", "deepspeed": "DeepSpeed", "cli": "CLI",
+    "yaml": "YAML",
+    "json": "JSON",
+    "toml": "TOML",
+    "torch": "PyTorch",
+    "hf": "Hugging Face",
+    "lightning": "Lightning",
+    "deepspeed": "DeepSpeed",
+    "cli": "CLI",
 }
-CODE_LANGUAGE = {"yaml": "yaml", "json": "json", "toml": "toml", "torch": "python", "hf": "python",
-                 "lightning": "python", "deepspeed": "json", "cli": "bash"}
-MIME = {".yaml": "application/yaml", ".json": "application/json", ".toml": "application/toml",
-        ".py": "text/x-python", ".sh": "text/x-shellscript"}
-
-
+CODE_LANGUAGE = {
+    "yaml": "yaml",
+    "json": "json",
+    "toml": "toml",
+    "torch": "python",
+    "hf": "python",
+    "lightning": "python",
+    "deepspeed": "json",
+    "cli": "bash",
+}
+MIME = {
+    ".yaml": "application/yaml",
+    ".json": "application/json",
+    ".toml": "application/toml",
+    ".py": "text/x-python",
+    ".sh": "text/x-shellscript",
+}
 
 
 @dataclass(frozen=True)
@@ -43,17 +73,17 @@ class Metric:
 
 @dataclass(frozen=True)
 class DeviceCard:
-    title: str                        # "NVIDIA A100-SXM4-40GB"
-    subtitle: str                     # "CUDA · cuda:0"
-    facts: tuple[Metric, ...]         # memory, cores, compute capability
-    live: tuple[Metric, ...] = ()     # NVML now: utilisation, power, temperature, memory used
+    title: str  # "NVIDIA A100-SXM4-40GB"
+    subtitle: str  # "CUDA · cuda:0"
+    facts: tuple[Metric, ...]  # memory, cores, compute capability
+    live: tuple[Metric, ...] = ()  # NVML now: utilisation, power, temperature, memory used
 
 
 @dataclass(frozen=True)
 class HardwareView:
     cards: tuple[DeviceCard, ...]
-    nvml_note: str | None             # why there is no GPU telemetry; None when NVML works
-    software: str                     # "torch 2.x · CUDA - · Python 3.11 · host"
+    nvml_note: str | None  # why there is no GPU telemetry; None when NVML works
+    software: str  # "torch 2.x · CUDA - · Python 3.11 · host"
 
 
 def hardware_view(report: dict) -> HardwareView:
@@ -67,25 +97,44 @@ def hardware_view(report: dict) -> HardwareView:
         if device.get("compute_capability"):
             facts.append(Metric("Compute capability", str(device["compute_capability"])))
         live = _live_metrics(device.get("live") or {})
-        cards.append(DeviceCard(title=str(device.get("name") or kind), subtitle=f"{kind.upper()} · {device.get('torch_device', '')}",
-                                facts=tuple(facts), live=live))
+        cards.append(
+            DeviceCard(
+                title=str(device.get("name") or kind),
+                subtitle=f"{kind.upper()} · {device.get('torch_device', '')}",
+                facts=tuple(facts),
+                live=live,
+            )
+        )
     nvml = report.get("nvml") or {}
     note = None
     if not nvml.get("available"):
-        note = (f"NVML is absent: {nvml.get('reason') or 'unknown reason'}. GPU utilisation, power and "
-                f"temperature cannot be read here; profiles sample CPU utilisation and process memory with "
-                f"psutil instead.")
-    software = " · ".join(filter(None, [
-        f"torch {report.get('torch')}", f"CUDA {report['cuda']}" if report.get("cuda") else "CPU-only torch",
-        f"{report.get('torch_threads')} torch threads" if report.get("torch_threads") else None,
-        f"Python {report.get('python')}", report.get("host"),
-    ]))
+        note = (
+            f"NVML is absent: {nvml.get('reason') or 'unknown reason'}. GPU utilisation, power and "
+            f"temperature cannot be read here; profiles sample CPU utilisation and process memory with "
+            f"psutil instead."
+        )
+    software = " · ".join(
+        filter(
+            None,
+            [
+                f"torch {report.get('torch')}",
+                f"CUDA {report['cuda']}" if report.get("cuda") else "CPU-only torch",
+                f"{report.get('torch_threads')} torch threads" if report.get("torch_threads") else None,
+                f"Python {report.get('python')}",
+                report.get("host"),
+            ],
+        )
+    )
     return HardwareView(cards=tuple(cards), nvml_note=note, software=software)
 
 
 def _live_metrics(sample: dict) -> tuple[Metric, ...]:
-    shown = [("gpu_util_pct", "GPU util", "{:.0f} %"), ("power_w", "Power", "{:.0f} W"),
-             ("temp_c", "Temperature", "{:.0f} °C"), ("sm_clock_mhz", "SM clock", "{:.0f} MHz")]
+    shown = [
+        ("gpu_util_pct", "GPU util", "{:.0f} %"),
+        ("power_w", "Power", "{:.0f} W"),
+        ("temp_c", "Temperature", "{:.0f} °C"),
+        ("sm_clock_mhz", "SM clock", "{:.0f} MHz"),
+    ]
     out = [Metric(label, fmt.format(sample[key])) for key, label, fmt in shown if sample.get(key) is not None]
     if sample.get("mem_used_bytes") is not None:
         out.append(Metric("Memory used", format_bytes(sample["mem_used_bytes"])))
@@ -116,8 +165,8 @@ def cancel(home: Home, job_id: str) -> str:
 @dataclass(frozen=True)
 class ProfileChoice:
     id: str
-    label: str                        # "fraud-gru · AMD EPYC · fp32 · 2025-01-31 14:02 (prof-1a2b3c4d)"
-    live: bool                        # its job is still pending or running
+    label: str  # "fraud-gru · AMD EPYC · fp32 · 2025-01-31 14:02 (prof-1a2b3c4d)"
+    live: bool  # its job is still pending or running
 
 
 def profile_choices(home: Home) -> list[ProfileChoice]:
@@ -132,8 +181,10 @@ def profile_choices(home: Home) -> list[ProfileChoice]:
     for row in frame.to_dict(orient="records"):
         started = pd.Timestamp(row["started_at"]).strftime("%Y-%m-%d %H:%M") if not pd.isna(row["started_at"]) else "?"
         state = row.get("state") or "?"
-        label = (f"{row['workload']} · {row.get('device_name') or row.get('device_kind') or '?'} · "
-                 f"{row.get('dtype') or '?'} · {started} ({row['id']})")
+        label = (
+            f"{row['workload']} · {row.get('device_name') or row.get('device_kind') or '?'} · "
+            f"{row.get('dtype') or '?'} · {started} ({row['id']})"
+        )
         choices.append(ProfileChoice(row["id"], label, state in (jobs.PENDING, jobs.RUNNING)))
     return choices
 
@@ -178,7 +229,13 @@ def downloads(rec: dict, devices: int | None = None, micro_batch: int | None = N
     out = []
     for fmt in FORMATS:
         suffix = FILE_SUFFIX[fmt]
-        out.append(Download(fmt=fmt, label=FORMAT_LABELS.get(fmt, fmt), file_name=export_filename(rec, fmt),
-                            mime=MIME.get(suffix, "text/plain"),
-                            data=export_config(rec, fmt, devices=devices, micro_batch=micro_batch)))
+        out.append(
+            Download(
+                fmt=fmt,
+                label=FORMAT_LABELS.get(fmt, fmt),
+                file_name=export_filename(rec, fmt),
+                mime=MIME.get(suffix, "text/plain"),
+                data=export_config(rec, fmt, devices=devices, micro_batch=micro_batch),
+            )
+        )
     return out

@@ -1,4 +1,4 @@
-"""The Workload contract: what gets profiled and trained.
+r"""The Workload contract: what gets profiled and trained.
 
 A workload function takes no required arguments and returns a :class:`Workload`
 (see DESIGN.md, "The workload contract"). ``train`` and ``val`` are either tuples of tensors
@@ -29,10 +29,10 @@ Metric = Callable[[torch.Tensor, torch.Tensor], float]
 OptimizerFactory = Callable[[torch.nn.Module, float], torch.optim.Optimizer]
 Split = Union[tuple[torch.Tensor, ...], torch.utils.data.Dataset]
 
-_ITEMS_CHECKED = 3   # Dataset items compared at validation: the first, the middle and the last
+_ITEMS_CHECKED = 3  # Dataset items compared at validation: the first, the middle and the last
 
 
-MAX_WORKLOAD_EPOCHS = 1_000_000     # a typical training length beyond this is a typo
+MAX_WORKLOAD_EPOCHS = 1_000_000  # a typical training length beyond this is a typo
 
 
 def _field(where: str, check: Callable[..., object], *args: object, **bounds: object) -> None:
@@ -46,32 +46,32 @@ def _field(where: str, check: Callable[..., object], *args: object, **bounds: ob
 @dataclass(frozen=True, eq=False)
 class Workload:
     name: str
-    model: Callable[[], torch.nn.Module]          # factory: a fresh, randomly initialised model per call
-    train: Split                                  # (*inputs, target) tensors, dim 0 indexes samples; or a
-                                                  # map-style Dataset of tensor tuples or dicts
-    val: Split                                    # same layout as train
+    model: Callable[[], torch.nn.Module]  # factory: a fresh, randomly initialised model per call
+    train: Split  # (*inputs, target) tensors, dim 0 indexes samples; or a
+    # map-style Dataset of tensor tuples or dicts
+    val: Split  # same layout as train
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None  # loss(output, target) -> scalar mean;
-                                                  # None: the model's output carries it (out["loss"], out.loss)
-    baseline_batch_size: int                      # the batch size the user trains with today
-    baseline_lr: float                            # the learning rate that goes with it
+    # None: the model's output carries it (out["loss"], out.loss)
+    baseline_batch_size: int  # the batch size the user trains with today
+    baseline_lr: float  # the learning rate that goes with it
     optimizer: Literal["adam", "adamw", "sgd"] | OptimizerFactory = "adam"  # a name ("sgd": momentum 0.9)
-                                                  # or a factory (model, lr) -> Optimizer
+    # or a factory (model, lr) -> Optimizer
     # Optional fields below; new ones may be added, never required ones.
     metrics: Mapping[str, Metric] = field(default_factory=dict)  # validation metrics beside the loss
-    primary_metric: str | None = None             # the metric compared between runs; default: the first
+    primary_metric: str | None = None  # the metric compared between runs; default: the first
     primary_metric_mode: Literal["max", "min"] = "max"  # whether higher or lower is better
-    epochs: int = 10                              # a typical training length, in epochs
-    warmup_samples: int | None = None             # linear warm-up length in samples; None: 5% of an epoch
-    weight_decay: float = 0.0                     # passed to a named optimizer
-    max_grad_norm: float | None = None            # clip gradients to this global norm; None: no clipping
+    epochs: int = 10  # a typical training length, in epochs
+    warmup_samples: int | None = None  # linear warm-up length in samples; None: 5% of an epoch
+    weight_decay: float = 0.0  # passed to a named optimizer
+    max_grad_norm: float | None = None  # clip gradients to this global norm; None: no clipping
     schedule: Literal["constant", "cosine", "linear", "wsd"] = "constant"  # after warm-up (see SCHEDULES)
-    decay_samples: int | None = None              # "wsd": the final decay's length in samples; None: 20% of the run
+    decay_samples: int | None = None  # "wsd": the final decay's length in samples; None: 20% of the run
     collate_fn: Callable[[list], Any] | None = None  # Dataset workloads: the DataLoader's; None: torch's default
-    num_workers: int | None = None                # Dataset workloads: loader processes; None: see default_num_workers
-    pin_memory: bool | None = None                # Dataset workloads: pinned host batches; None: on a GPU
-    tf32: bool | None = None                      # TF32 in float32 matmuls and convolutions (Ampere and newer GPUs),
-                                                  # for profiles, runs and estimates alike; None: torch's defaults
-    cudnn_benchmark: bool | None = None           # torch.backends.cudnn.benchmark (autotuned convolutions); None: as is
+    num_workers: int | None = None  # Dataset workloads: loader processes; None: see default_num_workers
+    pin_memory: bool | None = None  # Dataset workloads: pinned host batches; None: on a GPU
+    tf32: bool | None = None  # TF32 in float32 matmuls and convolutions (Ampere and newer GPUs),
+    # for profiles, runs and estimates alike; None: torch's defaults
+    cudnn_benchmark: bool | None = None  # torch.backends.cudnn.benchmark (autotuned convolutions); None: as is
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -86,8 +86,10 @@ class Workload:
         if not callable(self.model):
             raise WorkloadError(f"{where}: model must be a factory (a callable returning an nn.Module)")
         if self.loss is not None and not callable(self.loss):
-            raise WorkloadError(f"{where}: loss must be a callable loss(output, target) -> scalar, or None when "
-                                f"the model's output carries its loss")
+            raise WorkloadError(
+                f"{where}: loss must be a callable loss(output, target) -> scalar, or None when "
+                f"the model's output carries its loss"
+            )
         if batches.is_dataset(self.train) != batches.is_dataset(self.val):
             raise WorkloadError(f"{where}: train and val must both be tensor tuples or both be Datasets")
         if batches.is_dataset(self.train):
@@ -99,13 +101,20 @@ class Workload:
         _field(where, check_number, self.baseline_lr, "baseline_lr", low=0)
         _field(where, check_number, self.weight_decay, "weight_decay", low=0, low_inclusive=True)
         if not callable(self.optimizer) and self.optimizer not in OPTIMIZERS:
-            raise WorkloadError(f"{where}: optimizer must be one of {', '.join(OPTIMIZERS)} or a factory "
-                                f"(model, lr) -> torch.optim.Optimizer, not {self.optimizer!r}")
-        if self.max_grad_norm is not None and (isinstance(self.max_grad_norm, bool)
-                                               or not isinstance(self.max_grad_norm, (int, float))
-                                               or not math.isfinite(self.max_grad_norm) or self.max_grad_norm <= 0):
-            raise WorkloadError(f"{where}: max_grad_norm must be a finite positive number (or None for no "
-                                f"clipping), not {self.max_grad_norm!r}")
+            raise WorkloadError(
+                f"{where}: optimizer must be one of {', '.join(OPTIMIZERS)} or a factory "
+                f"(model, lr) -> torch.optim.Optimizer, not {self.optimizer!r}"
+            )
+        if self.max_grad_norm is not None and (
+            isinstance(self.max_grad_norm, bool)
+            or not isinstance(self.max_grad_norm, (int, float))
+            or not math.isfinite(self.max_grad_norm)
+            or self.max_grad_norm <= 0
+        ):
+            raise WorkloadError(
+                f"{where}: max_grad_norm must be a finite positive number (or None for no "
+                f"clipping), not {self.max_grad_norm!r}"
+            )
         if self.schedule not in SCHEDULES:
             raise WorkloadError(f"{where}: schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         for name in ("warmup_samples", "decay_samples", "num_workers"):
@@ -127,8 +136,10 @@ class Workload:
         for split in ("train", "val"):
             tensors = getattr(self, split)
             if not isinstance(tensors, (tuple, list)) or len(tensors) < 2:
-                raise WorkloadError(f"{where}: {split} must be a tuple (*inputs, target) of at least two tensors, "
-                                    f"or a map-style torch.utils.data.Dataset")
+                raise WorkloadError(
+                    f"{where}: {split} must be a tuple (*inputs, target) of at least two tensors, "
+                    f"or a map-style torch.utils.data.Dataset"
+                )
             if not all(isinstance(t, torch.Tensor) for t in tensors):
                 raise WorkloadError(f"{where}: every item of {split} must be a torch.Tensor")
             lengths = {int(t.shape[0]) if t.dim() else -1 for t in tensors}
@@ -149,8 +160,10 @@ class Workload:
             try:
                 n = len(dataset)
             except TypeError:
-                raise WorkloadError(f"{where}: {split} is a Dataset without __len__ (an IterableDataset?); "
-                                    f"give a map-style Dataset with __len__ and __getitem__") from None
+                raise WorkloadError(
+                    f"{where}: {split} is a Dataset without __len__ (an IterableDataset?); "
+                    f"give a map-style Dataset with __len__ and __getitem__"
+                ) from None
             if n == 0:
                 raise WorkloadError(f"{where}: {split} has no samples")
             indices = sorted({0, n // 2, n - 1})[:_ITEMS_CHECKED]
@@ -158,31 +171,39 @@ class Workload:
             shapes = self.collate_fn is None
             for index, item in zip(indices[1:], items[1:]):
                 if batches.describe_item(item, shapes) != batches.describe_item(items[0], shapes):
-                    raise WorkloadError(f"{where}: {split} items change shape or type: item 0 is "
-                                        f"{batches.describe_item(items[0])}, item {index} is "
-                                        f"{batches.describe_item(item)}; make every item alike, or give a "
-                                        f"collate_fn that pads them")
+                    raise WorkloadError(
+                        f"{where}: {split} items change shape or type: item 0 is "
+                        f"{batches.describe_item(items[0])}, item {index} is "
+                        f"{batches.describe_item(item)}; make every item alike, or give a "
+                        f"collate_fn that pads them"
+                    )
             first_items.append(items[0])
         train_item, val_item = first_items
         if batches.describe_item(train_item, shapes=False) != batches.describe_item(val_item, shapes=False):
-            raise WorkloadError(f"{where}: train and val items differ: {batches.describe_item(train_item)} vs "
-                                f"{batches.describe_item(val_item)}; give both splits the same kind of item")
+            raise WorkloadError(
+                f"{where}: train and val items differ: {batches.describe_item(train_item)} vs "
+                f"{batches.describe_item(val_item)}; give both splits the same kind of item"
+            )
 
     @staticmethod
     def _item(dataset, split: str, index: int, where: str):
         try:
             item = dataset[index]
         except Exception as exc:  # user code: one line, not a traceback
-            raise WorkloadError(f"{where}: reading item {index} of {split} raised {type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0] if str(exc) else ''}; fix the Dataset") from None
+            raise WorkloadError(
+                f"{where}: reading item {index} of {split} raised {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}; fix the Dataset"
+            ) from None
         if isinstance(item, Mapping):
             if not item:
                 raise WorkloadError(f"{where}: {split} items are empty dicts; give the model's keyword inputs")
             return item
         if isinstance(item, (tuple, list)) and len(item) >= 2:
             return item
-        raise WorkloadError(f"{where}: {split} items must be a tuple (*inputs, target) or a dict of model inputs, "
-                            f"not {batches.describe_item(item)}")
+        raise WorkloadError(
+            f"{where}: {split} items must be a tuple (*inputs, target) or a dict of model inputs, "
+            f"not {batches.describe_item(item)}"
+        )
 
     # -- helpers shared by the profiler, the noise estimator and the training loop -------------
 
@@ -228,11 +249,15 @@ class Workload:
             try:
                 optimizer = self.optimizer(model, lr)
             except Exception as exc:  # user code: one line, not a traceback
-                raise WorkloadError(f"{self.where}: the optimizer factory raised {type(exc).__name__}: "
-                                    f"{' '.join(str(exc).split())[:200]}; fix the factory") from None
+                raise WorkloadError(
+                    f"{self.where}: the optimizer factory raised {type(exc).__name__}: "
+                    f"{' '.join(str(exc).split())[:200]}; fix the factory"
+                ) from None
             if not isinstance(optimizer, torch.optim.Optimizer):
-                raise WorkloadError(f"{self.where}: the optimizer factory returned {type(optimizer).__name__}, not a "
-                                    f"torch.optim.Optimizer; return e.g. torch.optim.AdamW(model.parameters(), lr=lr)")
+                raise WorkloadError(
+                    f"{self.where}: the optimizer factory returned {type(optimizer).__name__}, not a "
+                    f"torch.optim.Optimizer; return e.g. torch.optim.AdamW(model.parameters(), lr=lr)"
+                )
             return optimizer
         params = model.parameters()
         if self.optimizer == "adam":
@@ -261,12 +286,15 @@ class Workload:
             raise
         except Exception as exc:  # the user's model or loss: one line, not a traceback
             message = str(exc).splitlines()[0] if str(exc) else ""
-            raise WorkloadError(f"{self.where}: a trial step on 2 training samples raised {type(exc).__name__}: "
-                                f"{message}") from None
-        if not finite:   # every step would diverge at once: say so before a job starts
-            raise WorkloadError(f"{self.where}: a trial step on its first 2 training samples gives the loss "
-                                f"{float(loss.detach().float().mean()):g}: look for NaN or infinite values in those "
-                                f"samples (inputs or targets), the model's initial weights or the loss function")
+            raise WorkloadError(
+                f"{self.where}: a trial step on 2 training samples raised {type(exc).__name__}: {message}"
+            ) from None
+        if not finite:  # every step would diverge at once: say so before a job starts
+            raise WorkloadError(
+                f"{self.where}: a trial step on its first 2 training samples gives the loss "
+                f"{float(loss.detach().float().mean()):g}: look for NaN or infinite values in those "
+                f"samples (inputs or targets), the model's initial weights or the loss function"
+            )
         if self.metrics:
             batches.target_of(batch, self.where)
 
@@ -279,8 +307,10 @@ class Workload:
         try:
             return collate(items)
         except Exception as exc:
-            raise WorkloadError(f"{self.where}: collating train items into a batch raised {type(exc).__name__}: "
-                                f"{' '.join(str(exc).split())[:200]}; make items alike or fix the collate_fn") from None
+            raise WorkloadError(
+                f"{self.where}: collating train items into a batch raised {type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]}; make items alike or fix the collate_fn"
+            ) from None
 
     def evaluate_metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
         """The workload's metrics on validation outputs; a metric that fails is reported as NaN."""

@@ -3,4 +3,4 @@
 __all__ = ["OPTIMIZERS", "SCHEDULES"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "linear", "wsd")   # after warm-up; see largestep.measure.train.lr_factor
+SCHEDULES = ("constant", "cosine", "linear", "wsd")  # after warm-up; see largestep.measure.train.lr_factor

@@ -21,14 +21,27 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import WorkloadError
 
-__all__ = ["Batch", "is_dataset", "model_output", "loss_of", "output_loss", "logits_of", "target_of",
-           "to_device", "batch_length", "slice_batch", "describe_item", "EpochOrder", "make_loader",
-           "default_num_workers"]
+__all__ = [
+    "Batch",
+    "is_dataset",
+    "model_output",
+    "loss_of",
+    "output_loss",
+    "logits_of",
+    "target_of",
+    "to_device",
+    "batch_length",
+    "slice_batch",
+    "describe_item",
+    "EpochOrder",
+    "make_loader",
+    "default_num_workers",
+]
 
 #: One batch: ``(*inputs, target)`` or a dict of keyword inputs (``labels`` among them).
 Batch = Union[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]
 
-LABELS = "labels"   # the key of a dict batch that holds the targets (as in Hugging Face)
+LABELS = "labels"  # the key of a dict batch that holds the targets (as in Hugging Face)
 
 
 def is_dataset(split: object) -> bool:
@@ -37,6 +50,7 @@ def is_dataset(split: object) -> bool:
 
 
 # -- feeding a model ---------------------------------------------------------------------------
+
 
 def model_output(model: Callable[..., Any], batch: Batch) -> Any:
     """``model(**batch)`` for a dict batch, ``model(*inputs)`` for ``(*inputs, target)``."""
@@ -56,9 +70,11 @@ def output_loss(output: Any, where: str) -> torch.Tensor:
     """``out["loss"]`` or ``out.loss``; a one-line WorkloadError when the output carries none."""
     value = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
     if not isinstance(value, torch.Tensor):
-        raise WorkloadError(f"{where}: loss=None, but the model's output ({type(output).__name__}) carries no loss; "
-                            f"return {{'loss': ...}} (or an object with .loss), e.g. pass labels in the batch, "
-                            f"or give the workload a loss function")
+        raise WorkloadError(
+            f"{where}: loss=None, but the model's output ({type(output).__name__}) carries no loss; "
+            f"return {{'loss': ...}} (or an object with .loss), e.g. pass labels in the batch, "
+            f"or give the workload a loss function"
+        )
     return value
 
 
@@ -75,13 +91,16 @@ def target_of(batch: Batch, where: str) -> torch.Tensor:
     """The targets of a batch: the last tensor of a tuple, a dict batch's ``labels``."""
     if isinstance(batch, Mapping):
         if LABELS not in batch:
-            raise WorkloadError(f"{where}: its dict batches have no {LABELS!r} key (keys: {', '.join(batch)}), "
-                                f"but a loss function or metric needs the targets; add {LABELS!r} to each item")
+            raise WorkloadError(
+                f"{where}: its dict batches have no {LABELS!r} key (keys: {', '.join(batch)}), "
+                f"but a loss function or metric needs the targets; add {LABELS!r} to each item"
+            )
         return batch[LABELS]
     return batch[-1]
 
 
 # -- moving and cutting batches ----------------------------------------------------------------
+
 
 def to_device(batch: Batch, device: torch.device, non_blocking: bool = False) -> Batch:
     if isinstance(batch, Mapping):
@@ -106,8 +125,10 @@ def batch_length(batch: Batch) -> int:
 
 def slice_batch(batch: Batch, lo: int, hi: int) -> Batch:
     """Samples ``lo:hi`` of every tensor of a batch (other values are kept as they are)."""
+
     def cut(value):
         return value[lo:hi] if isinstance(value, torch.Tensor) and value.dim() > 0 else value
+
     if isinstance(batch, Mapping):
         return {key: cut(value) for key, value in batch.items()}
     return tuple(cut(value) for value in batch)
@@ -115,11 +136,13 @@ def slice_batch(batch: Batch, lo: int, hi: int) -> Batch:
 
 def describe_item(item: Any, shapes: bool = True) -> str:
     """A Dataset item in a few words, to say how two items differ: ``dict(input_ids: int64[16], labels: int64[])``."""
+
     def one(value):
         if isinstance(value, torch.Tensor):
             dtype = str(value.dtype).removeprefix("torch.")
             return f"{dtype}{list(value.shape)}" if shapes else dtype
         return type(value).__name__
+
     if isinstance(item, Mapping):
         return "dict(" + ", ".join(f"{key}: {one(value)}" for key, value in item.items()) + ")"
     if isinstance(item, (tuple, list)):
@@ -128,6 +151,7 @@ def describe_item(item: Any, shapes: bool = True) -> str:
 
 
 # -- reading a Dataset -------------------------------------------------------------------------
+
 
 class EpochOrder(Sampler[list[int]]):
     """The index batches of one epoch: a fresh permutation from the seed, cut into micro-batches.
@@ -157,7 +181,7 @@ class EpochOrder(Sampler[list[int]]):
         span = self.micro_batch * self.world
         for start in range(0, len(self) * span, span):
             lo = start + self.rank * self.micro_batch
-            yield order[lo:lo + self.micro_batch]
+            yield order[lo : lo + self.micro_batch]
 
 
 def default_num_workers(device: torch.device) -> int:
@@ -169,8 +193,9 @@ def default_num_workers(device: torch.device) -> int:
     return max(0, min(4, cores - 1))
 
 
-def make_loader(workload, split: str, device: torch.device, sampler: Sampler | None = None,
-                batch_size: int | None = None) -> DataLoader:
+def make_loader(
+    workload, split: str, device: torch.device, sampler: Sampler | None = None, batch_size: int | None = None
+) -> DataLoader:
     """A DataLoader over ``workload.<split>`` with the workload's collate_fn, workers and pinning.
 
     Give ``sampler`` (index batches, e.g. :class:`EpochOrder`) for training order, or
@@ -179,8 +204,7 @@ def make_loader(workload, split: str, device: torch.device, sampler: Sampler | N
     device = torch.device(device)
     workers = workload.num_workers if workload.num_workers is not None else default_num_workers(device)
     pin = workload.pin_memory if workload.pin_memory is not None else device.type == "cuda"
-    common = dict(collate_fn=workload.collate_fn, num_workers=workers, pin_memory=pin,
-                  persistent_workers=workers > 0)
+    common = dict(collate_fn=workload.collate_fn, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
     dataset = getattr(workload, split)
     if sampler is not None:
         return DataLoader(dataset, batch_sampler=sampler, **common)

@@ -64,16 +64,27 @@ from ..home import Home
 if TYPE_CHECKING:
     from .base import Workload
 
-__all__ = ["WorkloadCache", "WorkloadFacts", "CacheUsage", "cache_of", "cache_key", "key_files", "request_key",
-           "torch_version", "FORMAT", "STORED_PREFIX", "stored_key"]
+__all__ = [
+    "WorkloadCache",
+    "WorkloadFacts",
+    "CacheUsage",
+    "cache_of",
+    "cache_key",
+    "key_files",
+    "request_key",
+    "torch_version",
+    "FORMAT",
+    "STORED_PREFIX",
+    "stored_key",
+]
 
-FORMAT = 1                      # bumped when the layout of an entry changes: older entries are never read
-PAYLOAD = "workload.pt"         # the pickled Workload, tensors in torch's zip format
-MANIFEST = "entry.json"         # what the entry holds and the payload's checksum; written last
-_REQUEST_PREFIX = "request-"   # beside an entry: a request that loads it, with its facts (see WorkloadCache.remember)
-_TEMP_PREFIX = ".tmp-"          # an entry being written (or left by a job that was killed while writing)
+FORMAT = 1  # bumped when the layout of an entry changes: older entries are never read
+PAYLOAD = "workload.pt"  # the pickled Workload, tensors in torch's zip format
+MANIFEST = "entry.json"  # what the entry holds and the payload's checksum; written last
+_REQUEST_PREFIX = "request-"  # beside an entry: a request that loads it, with its facts (see WorkloadCache.remember)
+_TEMP_PREFIX = ".tmp-"  # an entry being written (or left by a job that was killed while writing)
 _LOCK_SUFFIX = ".lock"
-STORED_PREFIX = "cached:"       # the spec of a workload stored from Python: "cached:<key>"
+STORED_PREFIX = "cached:"  # the spec of a workload stored from Python: "cached:<key>"
 _STORED_SPEC = re.compile(rf"^{STORED_PREFIX}([0-9a-f]{{32}})$")
 
 
@@ -107,8 +118,7 @@ def key_files(source_file: str | None, kwargs: Mapping[str, object]) -> list[str
 def request_key(spec: str, options: Mapping[str, object]) -> str:
     """A request as given (the spec and its options before they are bound to the function, from this working
     folder, with this torch): what :meth:`WorkloadCache.recall` looks a workload's facts up by."""
-    described = {"format": FORMAT, "spec": spec, "options": dict(options), "torch": torch_version(),
-                 "cwd": os.getcwd()}
+    described = {"format": FORMAT, "spec": spec, "options": dict(options), "torch": torch_version(), "cwd": os.getcwd()}
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=repr).encode()).hexdigest()[:32]
 
 
@@ -118,7 +128,7 @@ def torch_version() -> str:
 
     try:
         return metadata.version("torch")
-    except metadata.PackageNotFoundError:   # a torch built from source without metadata
+    except metadata.PackageNotFoundError:  # a torch built from source without metadata
         import torch
 
         return torch.__version__
@@ -130,9 +140,12 @@ def _file_digest(path: Path) -> bytes:
         if not path.is_file():
             return b""
         with open(path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").digest() if hasattr(hashlib, "file_digest") \
+            return (
+                hashlib.file_digest(fh, "sha256").digest()
+                if hasattr(hashlib, "file_digest")
                 else hashlib.sha256(fh.read()).digest()
-    except (OSError, ValueError):   # unreadable, or a string too long to be a path: the build will say
+            )
+    except (OSError, ValueError):  # unreadable, or a string too long to be a path: the build will say
         return b""
 
 
@@ -149,14 +162,19 @@ class WorkloadFacts:
 
     @classmethod
     def of(cls, workload: "Workload") -> "WorkloadFacts":
-        return cls(name=workload.name, n_train=workload.n_train, n_val=workload.n_val,
-                   baseline_batch_size=workload.baseline_batch_size, baseline_lr=float(workload.baseline_lr))
+        return cls(
+            name=workload.name,
+            n_train=workload.n_train,
+            n_val=workload.n_val,
+            baseline_batch_size=workload.baseline_batch_size,
+            baseline_lr=float(workload.baseline_lr),
+        )
 
 
 @dataclass(frozen=True)
 class CacheUsage:
-    entries: int                 # complete entries
-    bytes: int                   # on disk, counting unfinished temporary entries
+    entries: int  # complete entries
+    bytes: int  # on disk, counting unfinished temporary entries
 
     @property
     def summary(self) -> str:
@@ -170,8 +188,13 @@ class WorkloadCache:
 
     # -- loading -------------------------------------------------------------------------------
 
-    def load(self, key: str, build: Callable[[], Workload], defined_in: ModuleType | None = None,
-             check: Callable[[Workload], None] | None = None) -> Workload:
+    def load(
+        self,
+        key: str,
+        build: Callable[[], Workload],
+        defined_in: ModuleType | None = None,
+        check: Callable[[Workload], None] | None = None,
+    ) -> Workload:
         """The cached workload under ``key``, else ``build()``, stored for the next job.
 
         ``defined_in``: a module that later processes cannot import (a workload file), whose
@@ -188,10 +211,10 @@ class WorkloadCache:
             self.root.mkdir(parents=True, exist_ok=True)
             lock = FileLock(str(lock_path))
             lock.acquire()
-        except OSError:   # a read-only home: build, keep nothing
+        except OSError:  # a read-only home: build, keep nothing
             return _built(build, check)
         try:
-            cached = self._read(key, remove_bad=True)   # another job may have built it while this one waited
+            cached = self._read(key, remove_bad=True)  # another job may have built it while this one waited
             if cached is not None:
                 return self._checked(key, *cached, check)
             workload = _built(build, check)
@@ -211,14 +234,15 @@ class WorkloadCache:
         finally:
             lock.release()
 
-    def _checked(self, key: str, workload: Workload, manifest: dict,
-                 check: Callable[[Workload], None] | None) -> Workload:
+    def _checked(
+        self, key: str, workload: Workload, manifest: dict, check: Callable[[Workload], None] | None
+    ) -> Workload:
         """``workload``, given its trial unless its entry passed one; a pass is recorded in the entry."""
         if check is None or manifest.get("checked"):
             return workload
         check(workload)
         temporary = self.root / key / f"{_TEMP_PREFIX}{MANIFEST}-{os.getpid()}"
-        with contextlib.suppress(OSError):   # the next load would only try it again
+        with contextlib.suppress(OSError):  # the next load would only try it again
             temporary.write_text(json.dumps({**manifest, "checked": True}), encoding="utf-8")
             os.replace(temporary, self.root / key / MANIFEST)
         return workload
@@ -235,8 +259,11 @@ class WorkloadCache:
             # they are first touched, where reading it into memory and copying it into tensors cost a job's
             # start three times as long (fraud-gru: 0.11 s against 0.035 s)
             with open(entry / PAYLOAD, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as payload:
-                if manifest.get("format") != FORMAT or manifest.get("bytes") != len(payload) \
-                        or manifest.get("crc32") != zlib.crc32(payload):
+                if (
+                    manifest.get("format") != FORMAT
+                    or manifest.get("bytes") != len(payload)
+                    or manifest.get("crc32") != zlib.crc32(payload)
+                ):
                     raise ValueError("checksum")
             workload = _unpickle(entry / PAYLOAD)
             from .base import Workload
@@ -264,8 +291,15 @@ class WorkloadCache:
         try:
             temporary.mkdir()
             (temporary / PAYLOAD).write_bytes(payload)
-            manifest = {"format": FORMAT, "name": name, "bytes": len(payload), "crc32": zlib.crc32(payload),
-                        "checked": checked, "created": time.time(), **extra}
+            manifest = {
+                "format": FORMAT,
+                "name": name,
+                "bytes": len(payload),
+                "crc32": zlib.crc32(payload),
+                "checked": checked,
+                "created": time.time(),
+                **extra,
+            }
             (temporary / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
             os.rename(temporary, self.root / key)
             return True
@@ -283,15 +317,19 @@ class WorkloadCache:
         WorkloadError, and writes nothing."""
         where = f"workload {workload.name!r}"
         if workload.uses_dataset:
-            raise WorkloadError(f"{where} reads Datasets, which cannot be stored for the jobs it starts; put the "
-                                f"function that builds it in a file and pass 'path/to/file.py:make' instead")
+            raise WorkloadError(
+                f"{where} reads Datasets, which cannot be stored for the jobs it starts; put the "
+                f"function that builds it in a file and pass 'path/to/file.py:make' instead"
+            )
         try:
             payload = _pickle(workload, None)
         except Exception as exc:  # noqa: BLE001 - whatever the user's objects raise, said in one line
             message = " ".join(str(exc).split())[:200]
-            raise WorkloadError(f"{where} cannot be stored for the jobs it starts ({type(exc).__name__}: {message}); "
-                                f"put the function that builds it in a file and pass 'path/to/file.py:make' "
-                                f"instead") from None
+            raise WorkloadError(
+                f"{where} cannot be stored for the jobs it starts ({type(exc).__name__}: {message}); "
+                f"put the function that builds it in a file and pass 'path/to/file.py:make' "
+                f"instead"
+            ) from None
         key = hashlib.sha256(payload).hexdigest()[:32]
         if self._holds(key, payload):
             return key, _nothing
@@ -303,7 +341,7 @@ class WorkloadCache:
             with FileLock(str(lock_path)):
                 if self._holds(key, payload):
                     return key, _nothing
-                shutil.rmtree(self.root / key, ignore_errors=True)   # an entry that does not check out
+                shutil.rmtree(self.root / key, ignore_errors=True)  # an entry that does not check out
                 written = self._write_payload(key, workload.name, payload, checked=False, paths=_import_folders())
         except OSError as exc:
             written, reason = False, exc.strerror or str(exc)
@@ -319,8 +357,10 @@ class WorkloadCache:
 
         if not written:
             undo()
-            raise WorkloadError(f"{where} cannot be stored in the workload cache {self.root} ({reason}); free some "
-                                f"space (`largestep cache clear`) or choose another home")
+            raise WorkloadError(
+                f"{where} cannot be stored in the workload cache {self.root} ({reason}); free some "
+                f"space (`largestep cache clear`) or choose another home"
+            )
         return key, undo
 
     def _holds(self, key: str, payload: bytes) -> bool:
@@ -329,8 +369,12 @@ class WorkloadCache:
             manifest = json.loads((self.root / key / MANIFEST).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return False
-        return (manifest.get("format") == FORMAT and manifest.get("bytes") == len(payload)
-                and manifest.get("crc32") == zlib.crc32(payload) and (self.root / key / PAYLOAD).is_file())
+        return (
+            manifest.get("format") == FORMAT
+            and manifest.get("bytes") == len(payload)
+            and manifest.get("crc32") == zlib.crc32(payload)
+            and (self.root / key / PAYLOAD).is_file()
+        )
 
     def stored(self, key: str, check: Callable[[Workload], None] | None = None) -> Workload:
         """The workload stored from Python as ``key`` (see :meth:`put`), given its trial unless it passed one. The
@@ -344,17 +388,21 @@ class WorkloadCache:
                 sys.path.append(folder)
         cached = self._read(key)
         if cached is None and (self.root / key / PAYLOAD).is_file():
-            try:   # there, but it does not load here: say why (a module this process cannot import)
+            try:  # there, but it does not load here: say why (a module this process cannot import)
                 _unpickle(self.root / key / PAYLOAD)
             except Exception as exc:  # noqa: BLE001 - whatever unpickling the user's objects raises, in one line
                 message = " ".join(str(exc).split())[:200]
-                raise WorkloadError(f"workload {STORED_PREFIX}{key} cannot be loaded here ({type(exc).__name__}: "
-                                    f"{message}); define what it needs in an installed module or a file, or give "
-                                    f"a spec such as path/to/file.py:make") from None
+                raise WorkloadError(
+                    f"workload {STORED_PREFIX}{key} cannot be loaded here ({type(exc).__name__}: "
+                    f"{message}); define what it needs in an installed module or a file, or give "
+                    f"a spec such as path/to/file.py:make"
+                ) from None
         if cached is None:
-            raise WorkloadError(f"workload {STORED_PREFIX}{key} is no longer in the workload cache {self.root} "
-                                f"(cleared?); build the Workload again in Python and pass it, or give a spec such "
-                                f"as path/to/file.py:make")
+            raise WorkloadError(
+                f"workload {STORED_PREFIX}{key} is no longer in the workload cache {self.root} "
+                f"(cleared?); build the Workload again in Python and pass it, or give a spec such "
+                f"as path/to/file.py:make"
+            )
         return self._checked(key, *cached, check)
 
     # -- requests: a workload's facts without loading it ----------------------------------------
@@ -363,10 +411,12 @@ class WorkloadCache:
         """Note beside entry ``key`` that ``request`` (see :func:`request_key`) loads it and passed its trial, with
         the workload's facts and the digests of the ``files`` its key covers. Nothing when there is no such entry."""
         entry = self.root / key
-        record = {"facts": asdict(WorkloadFacts.of(workload)),
-                  "files": {path: _file_digest(Path(path)).hex() for path in files}}
+        record = {
+            "facts": asdict(WorkloadFacts.of(workload)),
+            "files": {path: _file_digest(Path(path)).hex() for path in files},
+        }
         temporary = entry / f"{_TEMP_PREFIX}{_REQUEST_PREFIX}{request}-{os.getpid()}"
-        with contextlib.suppress(OSError):   # a read-only home, an entry just cleared: the next check loads it
+        with contextlib.suppress(OSError):  # a read-only home, an entry just cleared: the next check loads it
             temporary.write_text(json.dumps(record), encoding="utf-8")
             os.replace(temporary, entry / f"{_REQUEST_PREFIX}{request}.json")
 
@@ -378,14 +428,18 @@ class WorkloadCache:
             try:
                 record = json.loads(path.read_text(encoding="utf-8"))
                 manifest = json.loads((entry / MANIFEST).read_text(encoding="utf-8"))
-                if entry.name.startswith(_TEMP_PREFIX) or manifest.get("format") != FORMAT \
-                        or not manifest.get("checked") or not (entry / PAYLOAD).is_file():
+                if (
+                    entry.name.startswith(_TEMP_PREFIX)
+                    or manifest.get("format") != FORMAT
+                    or not manifest.get("checked")
+                    or not (entry / PAYLOAD).is_file()
+                ):
                     continue
                 if any(_file_digest(Path(name)).hex() != digest for name, digest in record["files"].items()):
                     continue
                 return WorkloadFacts(**record["facts"])
             except (OSError, ValueError, TypeError, KeyError, AttributeError):
-                continue   # a record or manifest half-written or edited: load the workload instead
+                continue  # a record or manifest half-written or edited: load the workload instead
         return None
 
     # -- a request refused after loading ---------------------------------------------------------
@@ -400,13 +454,13 @@ class WorkloadCache:
         try:
             yield
         except errors:
-            for path in sorted(set(self._paths()) - before, reverse=True):   # a record before its entry
+            for path in sorted(set(self._paths()) - before, reverse=True):  # a record before its entry
                 if path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
             for folder in created:
-                with contextlib.suppress(OSError):   # not empty: something else wrote there meanwhile
+                with contextlib.suppress(OSError):  # not empty: something else wrote there meanwhile
                     folder.rmdir()
             raise
 
@@ -429,7 +483,7 @@ class WorkloadCache:
         for path in self._children():
             if path.name.endswith(_LOCK_SUFFIX):
                 continue
-            key = path.name[len(_TEMP_PREFIX):].split("-")[0] if path.name.startswith(_TEMP_PREFIX) else path.name
+            key = path.name[len(_TEMP_PREFIX) :].split("-")[0] if path.name.startswith(_TEMP_PREFIX) else path.name
             with self._locked(key) as held:
                 if not held:
                     busy += 1
@@ -496,6 +550,7 @@ def _size(path: Path) -> int:
 
 
 # -- the payload -------------------------------------------------------------------------------
+
 
 def _pickle(workload: Workload, defined_in: ModuleType | None) -> bytes:
     import cloudpickle

@@ -80,7 +80,7 @@ def configured_workloads(folder: str | os.PathLike | None = None) -> list[dict]:
     path, entries = found
     where = f"`workloads` in {path}" if path.name == CONFIG_FILE else f"`tool.largestep.workloads` in {path}"
     if not isinstance(entries, list):
-        raise WorkloadError(f"{where} must be a list of specs such as \"models/net.py:make\"")
+        raise WorkloadError(f'{where} must be a list of specs such as "models/net.py:make"')
     rows, seen = [], set()
     for index, entry in enumerate(entries):
         row = _entry(entry, index, where, path.parent)
@@ -98,8 +98,9 @@ def _entry(entry: Any, index: int, where: str, base: Path) -> dict:
     elif isinstance(entry, dict):
         unknown = sorted(set(entry) - _TABLE_KEYS)
         if unknown:
-            raise WorkloadError(f"{label} has unknown key {', '.join(map(repr, unknown))}; "
-                                f"use {', '.join(sorted(_TABLE_KEYS))}")
+            raise WorkloadError(
+                f"{label} has unknown key {', '.join(map(repr, unknown))}; use {', '.join(sorted(_TABLE_KEYS))}"
+            )
         spec, name = entry.get("spec"), entry.get("name")
         options, description = entry.get("options", {}), entry.get("description")
         if not isinstance(options, dict):
@@ -109,14 +110,21 @@ def _entry(entry: Any, index: int, where: str, base: Path) -> dict:
         if description is not None and not isinstance(description, str):
             raise WorkloadError(f"{label}: description must be a string")
     else:
-        raise WorkloadError(f"{label} is a {type(entry).__name__}; write a spec string such as "
-                            f"\"models/net.py:make\" or a table {{ name = ..., spec = ... }}")
+        raise WorkloadError(
+            f"{label} is a {type(entry).__name__}; write a spec string such as "
+            f'"models/net.py:make" or a table {{ name = ..., spec = ... }}'
+        )
     if not isinstance(spec, str) or ":" not in spec.strip(":") or not spec.strip():
         raise WorkloadError(f"{label}: spec {spec!r} must be package.module:function or path/to/file.py:function")
     spec = spec.strip()
     resolved = _absolute(spec, base)
-    return {"name": (name or _default_name(spec)).strip(), "spec": resolved, "options": dict(options),
-            "source": "config", "description": description or spec}
+    return {
+        "name": (name or _default_name(spec)).strip(),
+        "spec": resolved,
+        "options": dict(options),
+        "source": "config",
+        "description": description or spec,
+    }
 
 
 def _absolute(spec: str, base: Path) -> str:

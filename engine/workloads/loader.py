@@ -50,16 +50,20 @@ BUILTINS: dict[str, str] = {
     "table": module("workloads.table") + ":table",
 }
 
-_SPEC_FORMS = (f"a built-in ({', '.join(BUILTINS)}), package.module:function, path/to/file.py:function, "
-               f"or an entry point in group {ENTRY_POINT_GROUP}")
-_MAX_MESSAGE = 300                       # characters of a user exception's message kept in ours
-_file_modules = itertools.count()        # a fresh module name per file load: a re-load sees edits
+_SPEC_FORMS = (
+    f"a built-in ({', '.join(BUILTINS)}), package.module:function, path/to/file.py:function, "
+    f"or an entry point in group {ENTRY_POINT_GROUP}"
+)
+_MAX_MESSAGE = 300  # characters of a user exception's message kept in ours
+_file_modules = itertools.count()  # a fresh module name per file load: a re-load sees edits
 
 
 # -- public API ------------------------------------------------------------------------------
 
-def load_workload(spec: str, options: Mapping[str, object] | None = None,
-                  cache: WorkloadCache | None = None, check: bool = False) -> Workload:
+
+def load_workload(
+    spec: str, options: Mapping[str, object] | None = None, cache: WorkloadCache | None = None, check: bool = False
+) -> Workload:
     """Resolve ``spec``, call its function with ``options`` as keyword arguments, return the Workload.
 
     String option values (from ``--set name=value``) become int, float or bool when the
@@ -75,8 +79,9 @@ def load_workload(spec: str, options: Mapping[str, object] | None = None,
         except KeyboardInterrupt:
             if pressed:
                 raise
-            raise WorkloadError(f"workload {spec!r} raised KeyboardInterrupt; fix the workload function "
-                                f"or its options") from None
+            raise WorkloadError(
+                f"workload {spec!r} raised KeyboardInterrupt; fix the workload function or its options"
+            ) from None
 
 
 def cached_facts(spec: str, options: Mapping[str, object] | None, cache: WorkloadCache | None) -> WorkloadFacts | None:
@@ -101,7 +106,7 @@ def cached_facts(spec: str, options: Mapping[str, object] | None, cache: Workloa
 def _ctrl_c_noticed() -> Iterator[list[int]]:
     """A list that gets an item when SIGINT arrives; the handler before it then runs as usual."""
     if threading.current_thread() is not threading.main_thread():
-        yield [signal.SIGINT]   # signals reach the main thread only: take any interrupt as real
+        yield [signal.SIGINT]  # signals reach the main thread only: take any interrupt as real
         return
     pressed: list[int] = []
     previous = signal.getsignal(signal.SIGINT)
@@ -109,7 +114,7 @@ def _ctrl_c_noticed() -> Iterator[list[int]]:
     def on_sigint(signum, frame):
         pressed.append(signum)
         if callable(previous):
-            previous(signum, frame)     # Python's own handler raises KeyboardInterrupt
+            previous(signum, frame)  # Python's own handler raises KeyboardInterrupt
         elif previous != signal.SIG_IGN:
             raise KeyboardInterrupt
 
@@ -120,8 +125,9 @@ def _ctrl_c_noticed() -> Iterator[list[int]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _load_workload(spec: str, options: Mapping[str, object] | None, cache: WorkloadCache | None,
-                   check: bool) -> Workload:
+def _load_workload(
+    spec: str, options: Mapping[str, object] | None, cache: WorkloadCache | None, check: bool
+) -> Workload:
     if not isinstance(spec, str) or not spec.strip():
         raise WorkloadError(f"no workload given; name {_SPEC_FORMS}")
     spec = spec.strip()
@@ -149,28 +155,32 @@ def _load_workload(spec: str, options: Mapping[str, object] | None, cache: Workl
         module = sys.modules.get(getattr(function, "__module__", None) or "")
         source = _source_file(function)
         key = cache_key(spec, source, kwargs)
-        workload = cache.load(key, lambda: _build(function, spec, kwargs),
-                              defined_in=module if folder is not None else None, check=trial)
-        if check and not workload.uses_dataset:   # tried: the next check of this request needs only its facts
+        workload = cache.load(
+            key, lambda: _build(function, spec, kwargs), defined_in=module if folder is not None else None, check=trial
+        )
+        if check and not workload.uses_dataset:  # tried: the next check of this request needs only its facts
             cache.remember(request_key(spec, dict(options or {})), key, workload, key_files(source, kwargs))
         return workload
 
 
-def _load_stored(spec: str, options: Mapping[str, object] | None, cache: WorkloadCache | None,
-                 check: bool) -> Workload:
+def _load_stored(spec: str, options: Mapping[str, object] | None, cache: WorkloadCache | None, check: bool) -> Workload:
     """A workload built in Python, from the home's workload cache (a ``cached:<key>`` spec)."""
     if options:
-        raise WorkloadError(f"workload {spec!r} was built in Python and takes no options; build it with the values "
-                            f"you want and pass it again")
+        raise WorkloadError(
+            f"workload {spec!r} was built in Python and takes no options; build it with the values "
+            f"you want and pass it again"
+        )
     if cache is None:
-        raise WorkloadError(f"workload {spec!r} was built in Python and lives in a home's workload cache, which this "
-                            f"process has none of (a Ray task on another machine); give a spec such as "
-                            f"path/to/file.py:make")
+        raise WorkloadError(
+            f"workload {spec!r} was built in Python and lives in a home's workload cache, which this "
+            f"process has none of (a Ray task on another machine); give a spec such as "
+            f"path/to/file.py:make"
+        )
     from .base import Workload
 
     key = stored_key(spec)
     workload = cache.stored(key, Workload.check_runs if check else None)
-    if check:   # tried: the next check of this request needs only its facts
+    if check:  # tried: the next check of this request needs only its facts
         cache.remember(request_key(spec, {}), key, workload, [])
     return workload
 
@@ -179,7 +189,7 @@ def _source_file(function: Callable[..., Any]) -> str | None:
     """The file that defines ``function`` (a built-in's generator, the user's file or module)."""
     try:
         return inspect.getsourcefile(inspect.unwrap(function))
-    except TypeError:   # a builtin or C function: only its spec and options key it
+    except TypeError:  # a builtin or C function: only its spec and options key it
         return None
 
 
@@ -198,9 +208,10 @@ def _configured(name: str) -> dict | None:
 
 def list_workloads() -> list[dict[str, str]]:
     """Built-ins and installed entry points: ``name``, ``source`` ("builtin" | "entry point"), ``description``."""
-    rows = [{"name": name, "source": "builtin", "description": _first_line(_builtin(name).__doc__)}
-            for name in BUILTINS]
-    seen = set(BUILTINS)   # a built-in wins over an entry point of the same name, as in load_workload
+    rows = [
+        {"name": name, "source": "builtin", "description": _first_line(_builtin(name).__doc__)} for name in BUILTINS
+    ]
+    seen = set(BUILTINS)  # a built-in wins over an entry point of the same name, as in load_workload
     for entry in _entry_points():
         if entry.name in seen:
             continue
@@ -213,6 +224,7 @@ def list_workloads() -> list[dict[str, str]]:
 
 # -- resolving a spec to a function ----------------------------------------------------------
 
+
 def _resolve(spec: str) -> tuple[Callable[..., Any], str | None]:
     """The workload function, and the folder to keep on sys.path while it runs (files only)."""
     if spec in BUILTINS:
@@ -222,7 +234,9 @@ def _resolve(spec: str) -> tuple[Callable[..., Any], str | None]:
     if ":" in spec:
         location, _, attribute = spec.rpartition(":")
         if not location or not attribute:
-            raise WorkloadError(f"bad workload spec {spec!r}; write package.module:function or path/to/file.py:function")
+            raise WorkloadError(
+                f"bad workload spec {spec!r}; write package.module:function or path/to/file.py:function"
+            )
         if _is_file_location(location):
             module, folder = _import_file(location)
             return _get_function(module, attribute, where=location), folder
@@ -269,35 +283,43 @@ def _import_file(location: str) -> tuple[types.ModuleType, str]:
 def _import_module(name: str) -> types.ModuleType:
     # the current folder goes last on sys.path, as `python -m` would put it first: `largestep` run in
     # a project finds the project's modules, but they cannot shadow installed packages
-    importlib.invalidate_caches()   # a module written since the last import (a dashboard session) is found
+    importlib.invalidate_caches()  # a module written since the last import (a dashboard session) is found
     try:
         with _on_sys_path(os.getcwd(), front=False):
             return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
-            raise WorkloadError(f"no module named {name!r}; check the spelling, install it, or run from "
-                                f"the folder that contains it (or add that folder to PYTHONPATH)") from None
-        raise WorkloadError(f"importing module {name!r} failed with {_describe(exc)}; "
-                            f"install the missing package") from None
+            raise WorkloadError(
+                f"no module named {name!r}; check the spelling, install it, or run from "
+                f"the folder that contains it (or add that folder to PYTHONPATH)"
+            ) from None
+        raise WorkloadError(
+            f"importing module {name!r} failed with {_describe(exc)}; install the missing package"
+        ) from None
     except (Exception, SystemExit) as exc:
         raise WorkloadError(f"importing module {name!r} failed with {_describe(exc)}; fix the module") from None
 
 
 def _get_function(module: types.ModuleType, attribute: str, where: str) -> Callable[..., Any]:
     target: Any = module
-    for part in attribute.split("."):   # "module:Class.method" works, as in entry points
+    for part in attribute.split("."):  # "module:Class.method" works, as in entry points
         if not hasattr(target, part):
             raise WorkloadError(f"{where} has no function {attribute!r}; {_functions_hint(module)}")
         target = getattr(target, part)
     if not callable(target):
-        raise WorkloadError(f"{attribute!r} in {where} is a {type(target).__name__}, not a function; "
-                            f"name a function that returns a Workload")
+        raise WorkloadError(
+            f"{attribute!r} in {where} is a {type(target).__name__}, not a function; "
+            f"name a function that returns a Workload"
+        )
     return target
 
 
 def _functions_hint(module: types.ModuleType) -> str:
-    names = sorted(name for name, value in vars(module).items()
-                   if inspect.isfunction(value) and value.__module__ == module.__name__ and not name.startswith("_"))
+    names = sorted(
+        name
+        for name, value in vars(module).items()
+        if inspect.isfunction(value) and value.__module__ == module.__name__ and not name.startswith("_")
+    )
     return f"its functions are: {', '.join(names[:12])}" if names else "it defines no functions"
 
 
@@ -312,11 +334,15 @@ def _load_entry_point(entry: metadata.EntryPoint) -> Callable[..., Any]:
     try:
         target = entry.load()
     except (Exception, SystemExit) as exc:
-        raise WorkloadError(f"entry point {entry.name!r} ({entry.value}) failed to load with {_describe(exc)}; "
-                            f"reinstall or fix the package that provides it") from None
+        raise WorkloadError(
+            f"entry point {entry.name!r} ({entry.value}) failed to load with {_describe(exc)}; "
+            f"reinstall or fix the package that provides it"
+        ) from None
     if not callable(target):
-        raise WorkloadError(f"entry point {entry.name!r} ({entry.value}) is a {type(target).__name__}, "
-                            f"not a function; point it at a function that returns a Workload")
+        raise WorkloadError(
+            f"entry point {entry.name!r} ({entry.value}) is a {type(target).__name__}, "
+            f"not a function; point it at a function that returns a Workload"
+        )
     return target
 
 
@@ -329,45 +355,61 @@ def _unknown_name_message(spec: str) -> str:
 
 # -- calling the function --------------------------------------------------------------------
 
+
 def _build(function: Callable[..., Any], spec: str, kwargs: dict[str, object]) -> Workload:
     """Call the workload function with options already bound (see _bind_options)."""
     try:
         result = function(**kwargs)
     except WorkloadError:
-        raise   # already says what to fix, e.g. Workload.validate on mismatched tensors
+        raise  # already says what to fix, e.g. Workload.validate on mismatched tensors
     except (Exception, SystemExit) as exc:
-        raise WorkloadError(f"workload {spec!r} raised {_describe(exc)}; fix the workload function "
-                            f"or its options") from None
+        raise WorkloadError(
+            f"workload {spec!r} raised {_describe(exc)}; fix the workload function or its options"
+        ) from None
     from .base import Workload
 
     if not isinstance(result, Workload):
-        raise WorkloadError(f"workload {spec!r} returned {_describe_value(result)}, not a Workload; "
-                            f"make the function return largestep.Workload(...)")
+        raise WorkloadError(
+            f"workload {spec!r} returned {_describe_value(result)}, not a Workload; "
+            f"make the function return largestep.Workload(...)"
+        )
     return result
 
 
 def _bind_options(function: Callable[..., Any], spec: str, options: dict[str, object]) -> dict[str, object]:
     try:
         parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):   # some C functions have no signature: pass options as given
+    except (TypeError, ValueError):  # some C functions have no signature: pass options as given
         return options
-    named = {name: p for name, p in parameters.items()
-             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    named = {
+        name: p
+        for name, p in parameters.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     unknown = [name for name in options if name not in named]
     if unknown and not takes_any:
         accepted = ", ".join(named) if named else "none"
-        raise WorkloadError(f"workload {spec!r} has no option {', '.join(map(repr, unknown))}; "
-                            f"its options are: {accepted}")
-    missing = [name for name, p in parameters.items()
-               if p.default is inspect.Parameter.empty and name not in options
-               and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+        raise WorkloadError(
+            f"workload {spec!r} has no option {', '.join(map(repr, unknown))}; its options are: {accepted}"
+        )
+    missing = [
+        name
+        for name, p in parameters.items()
+        if p.default is inspect.Parameter.empty
+        and name not in options
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
     if missing:
-        raise WorkloadError(f"workload {spec!r} needs {', '.join(missing)}; pass them as options "
-                            f"(e.g. --set {missing[0]}=...) or give them defaults")
+        raise WorkloadError(
+            f"workload {spec!r} needs {', '.join(missing)}; pass them as options "
+            f"(e.g. --set {missing[0]}=...) or give them defaults"
+        )
     hints = _type_hints(function)
-    return {name: _convert(name, value, _option_type(named.get(name), hints.get(name)), spec)
-            for name, value in options.items()}
+    return {
+        name: _convert(name, value, _option_type(named.get(name), hints.get(name)), spec)
+        for name, value in options.items()
+    }
 
 
 def _type_hints(function: Callable[..., Any]) -> dict[str, Any]:
@@ -380,10 +422,10 @@ def _type_hints(function: Callable[..., Any]) -> dict[str, Any]:
 def _option_type(parameter: inspect.Parameter | None, hint: Any) -> type | None:
     """bool, int or float when the parameter's default (else its annotation) says so; else None."""
     default = None if parameter is None else parameter.default
-    if default is not None and default is not inspect.Parameter.empty:   # identity: a default may be an array
+    if default is not None and default is not inspect.Parameter.empty:  # identity: a default may be an array
         kind = type(default)
         return kind if kind in (bool, int, float) else None
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):   # `int | None`, Optional[int]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # `int | None`, Optional[int]
         options = [a for a in typing.get_args(hint) if a is not type(None)]
         hint = options[0] if len(options) == 1 else None
     return hint if hint in (bool, int, float) else None
@@ -406,7 +448,7 @@ def _convert(name: str, value: object, kind: type | None, spec: str) -> object:
             try:
                 return int(text)
             except ValueError:
-                number = float(text)   # "2e4" is an integer written as a float
+                number = float(text)  # "2e4" is an integer written as a float
                 if not number.is_integer():
                     raise
                 return int(number)
@@ -417,6 +459,7 @@ def _convert(name: str, value: object, kind: type | None, spec: str) -> object:
 
 
 # -- small helpers ---------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def _on_sys_path(folder: str | None, front: bool = True) -> Iterator[None]:

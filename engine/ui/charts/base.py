@@ -12,14 +12,25 @@ import plotly.graph_objects as go
 from ...format import short_count
 
 __all__ = [
-    "NO_DATA", "HEIGHT", "BLUE", "ORANGE", "GREY", "RED", "GREEN", "ok_points", "numeric", "flag", "revision_of",
-    "apply_layout", "empty_figure", "batch_axis"
+    "NO_DATA",
+    "HEIGHT",
+    "BLUE",
+    "ORANGE",
+    "GREY",
+    "RED",
+    "GREEN",
+    "ok_points",
+    "numeric",
+    "flag",
+    "revision_of",
+    "apply_layout",
+    "empty_figure",
+    "batch_axis",
 ]
 
 NO_DATA = "no data"
-HEIGHT = 380                    # pixels, every single-panel figure
+HEIGHT = 380  # pixels, every single-panel figure
 BLUE, ORANGE, GREY, RED, GREEN = "#1f77b4", "#ff7f0e", "#7f7f7f", "#d62728", "#2ca02c"
-
 
 
 def ok_points(points: pd.DataFrame | None, *required: str) -> pd.DataFrame:
@@ -61,11 +72,14 @@ def revision_of(kind: str, frame: pd.DataFrame | None, id_column: str, uirevisio
     return f"{kind}:{owner}"
 
 
-def apply_layout(fig: go.Figure, title: str, x_title: str | None, y_title: str | None, revision: str,
-            subtitle: str | None = None) -> go.Figure:
+def apply_layout(
+    fig: go.Figure, title: str, x_title: str | None, y_title: str | None, revision: str, subtitle: str | None = None
+) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, subtitle=dict(text=subtitle) if subtitle else None),
-        uirevision=revision, height=HEIGHT, hovermode="closest",
+        uirevision=revision,
+        height=HEIGHT,
+        hovermode="closest",
         margin=dict(l=60, r=20, t=70 if subtitle else 50, b=50),
         # inside the top-left corner: on these charts the data rises to the right, leaving it empty
         legend=dict(x=0.01, y=0.99, xanchor="left", yanchor="top", bgcolor="rgba(255,255,255,0.75)"),
@@ -81,8 +95,9 @@ def apply_layout(fig: go.Figure, title: str, x_title: str | None, y_title: str |
 def empty_figure(title: str, x_title: str, y_title: str, revision: str, message: str = NO_DATA) -> go.Figure:
     fig = go.Figure()
     apply_layout(fig, title, x_title, y_title, revision)
-    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
-                       font=dict(size=16, color=GREY))
+    fig.add_annotation(
+        text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font=dict(size=16, color=GREY)
+    )
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     return fig

@@ -22,9 +22,9 @@ from .base import NO_DATA
 
 __all__ = ["AXIS_TITLES", "ema", "curves_figure", "comparison_figure", "group_bands"]
 
-HEIGHT = 420                    # pixels
-RAW_OPACITY = 0.25              # the unsmoothed line behind a smoothed one
-BAND_OPACITY = 0.15             # the min..max band of each bucket, and the ± std band of a group
+HEIGHT = 420  # pixels
+RAW_OPACITY = 0.25  # the unsmoothed line behind a smoothed one
+BAND_OPACITY = 0.15  # the min..max band of each bucket, and the ± std band of a group
 AXIS_TITLES = {
     "step": "step (optimizer steps)",
     "epoch": "epoch",
@@ -32,8 +32,18 @@ AXIS_TITLES = {
     "wall_time_s": "wall time (s, evaluation included)",
     "train_time_s": "training time (s, evaluation excluded)",
 }
-_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-            "#bcbd22", "#17becf")
+_COLOURS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 _GREY = "#7f7f7f"
 
 
@@ -59,19 +69,23 @@ def ema(values, weight: float) -> np.ndarray:
 
 
 def _rgba(hex_colour: str, alpha: float) -> str:
-    r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def _layout(title: str, x: str, y_title: str, log_x: bool, log_y: bool, uirevision: str,
-            subtitle: str | None = None) -> dict:
+def _layout(
+    title: str, x: str, y_title: str, log_x: bool, log_y: bool, uirevision: str, subtitle: str | None = None
+) -> dict:
     return dict(
         title=dict(text=title, subtitle=dict(text=subtitle) if subtitle else None),
-        uirevision=uirevision, height=HEIGHT, hovermode="x unified",
+        uirevision=uirevision,
+        height=HEIGHT,
+        hovermode="x unified",
         margin=dict(l=60, r=20, t=70 if subtitle else 50, b=50),
         legend=dict(orientation="h", x=0, y=-0.18, xanchor="left", yanchor="top"),
-        xaxis=dict(title=dict(text=AXIS_TITLES.get(x, x) + (" (log)" if log_x else "")),
-                   type="log" if log_x else "linear"),
+        xaxis=dict(
+            title=dict(text=AXIS_TITLES.get(x, x) + (" (log)" if log_x else "")), type="log" if log_x else "linear"
+        ),
         yaxis=dict(title=dict(text=y_title + (" (log)" if log_y else "")), type="log" if log_y else "linear"),
     )
 
@@ -86,24 +100,42 @@ def _empty(layout: dict, message: str = NO_DATA) -> go.Figure:
     hidden = dict(showticklabels=False, showgrid=False, zeroline=False)
     layout["xaxis"].update(hidden)
     layout["yaxis"].update(hidden)
-    layout["annotations"] = [dict(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
-                                  font=dict(size=16, color=_GREY))]
+    layout["annotations"] = [
+        dict(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font=dict(size=16, color=_GREY))
+    ]
     return _figure([], layout)
 
 
 def _band(x: np.ndarray, low: np.ndarray, high: np.ndarray, colour: str, group: str, name: str) -> dict:
     """A filled polygon from ``low`` to ``high``: one trace, drawn behind its line."""
-    return dict(x=np.concatenate([x, x[::-1]]), y=np.concatenate([high, low[::-1]]), mode="lines",
-                line=dict(width=0), fill="toself", fillcolor=_rgba(colour, BAND_OPACITY), legendgroup=group,
-                showlegend=False, hoverinfo="skip", name=name)
+    return dict(
+        x=np.concatenate([x, x[::-1]]),
+        y=np.concatenate([high, low[::-1]]),
+        mode="lines",
+        line=dict(width=0),
+        fill="toself",
+        fillcolor=_rgba(colour, BAND_OPACITY),
+        legendgroup=group,
+        showlegend=False,
+        hoverinfo="skip",
+        name=name,
+    )
 
 
 # -- curves --------------------------------------------------------------------------------------
 
 
-def curves_figure(curves: pd.DataFrame | None, labels: dict[str, str], metric: str, x: str = "step",
-                  log_x: bool = False, log_y: bool = False, smoothing: float = 0.0,
-                  uirevision: str | None = None, batch_changes: pd.DataFrame | None = None) -> go.Figure:
+def curves_figure(
+    curves: pd.DataFrame | None,
+    labels: dict[str, str],
+    metric: str,
+    x: str = "step",
+    log_x: bool = False,
+    log_y: bool = False,
+    smoothing: float = 0.0,
+    uirevision: str | None = None,
+    batch_changes: pd.DataFrame | None = None,
+) -> go.Figure:
     """One metric of several runs against ``x``: per run, the buckets' min..max as a faint band,
     the last value of each bucket as the line, EMA-smoothed with ``smoothing`` > 0 (the raw line
     then stays faint behind it).
@@ -113,9 +145,17 @@ def curves_figure(curves: pd.DataFrame | None, labels: dict[str, str], metric: s
     (:func:`largestep.store.batch_changes`): a dashed vertical line in the run's colour where a batch
     schedule changed its batch, labelled with the new batch.
     """
-    layout = _layout(metric, x, metric, log_x, log_y, uirevision or f"runs:{metric}:{x}",
-                     subtitle="line: last value per bucket" + (f", EMA {smoothing:.2f}" if smoothing else "")
-                              + "; band: min..max per bucket (spikes kept)")
+    layout = _layout(
+        metric,
+        x,
+        metric,
+        log_x,
+        log_y,
+        uirevision or f"runs:{metric}:{x}",
+        subtitle="line: last value per bucket"
+        + (f", EMA {smoothing:.2f}" if smoothing else "")
+        + "; band: min..max per bucket (spikes kept)",
+    )
     if curves is None or curves.empty:
         return _empty(layout, f"no {metric} recorded yet for the selected runs" if labels else NO_DATA)
     traces = []
@@ -127,16 +167,34 @@ def curves_figure(curves: pd.DataFrame | None, labels: dict[str, str], metric: s
         xs = data["x_last"].to_numpy(dtype=float)
         y_min, y_max = data["y_min"].to_numpy(dtype=float), data["y_max"].to_numpy(dtype=float)
         y_last = data["y_last"].to_numpy(dtype=float)
-        if (y_max > y_min).any():   # buckets of one point have nothing to show as a band
+        if (y_max > y_min).any():  # buckets of one point have nothing to show as a band
             traces.append(_band(xs, y_min, y_max, colour, run_id, f"{label} min..max"))
         if smoothing > 0:
-            traces.append(dict(x=xs, y=y_last, mode="lines", line=dict(color=colour, width=1), opacity=RAW_OPACITY,
-                               legendgroup=run_id, showlegend=False, name=f"{label} raw", hoverinfo="skip"))
-        traces.append(dict(
-            x=xs, y=ema(y_last, smoothing) if smoothing > 0 else y_last, legendgroup=run_id,
-            mode="lines+markers" if len(xs) < 30 else "lines", line=dict(color=colour, width=2),
-            marker=dict(size=5), name=label, hovertemplate=f"{label}: %{{y:.4g}}<extra></extra>",
-        ))
+            traces.append(
+                dict(
+                    x=xs,
+                    y=y_last,
+                    mode="lines",
+                    line=dict(color=colour, width=1),
+                    opacity=RAW_OPACITY,
+                    legendgroup=run_id,
+                    showlegend=False,
+                    name=f"{label} raw",
+                    hoverinfo="skip",
+                )
+            )
+        traces.append(
+            dict(
+                x=xs,
+                y=ema(y_last, smoothing) if smoothing > 0 else y_last,
+                legendgroup=run_id,
+                mode="lines+markers" if len(xs) < 30 else "lines",
+                line=dict(color=colour, width=2),
+                marker=dict(size=5),
+                name=label,
+                hovertemplate=f"{label}: %{{y:.4g}}<extra></extra>",
+            )
+        )
     _mark_batch_changes(layout, batch_changes, [r for r in labels if r in by_run], x, log_x)
     return _figure(traces, layout)
 
@@ -150,11 +208,31 @@ def _mark_batch_changes(layout: dict, changes: pd.DataFrame | None, drawn: list[
         colour = _COLOURS[index % len(_COLOURS)]
         for change in changes[changes["run_id"] == run_id].itertuples():
             at = float(getattr(change, x))
-            shapes.append(dict(type="line", xref="x", yref="paper", x0=at, x1=at, y0=0, y1=1,
-                               line=dict(color=colour, dash="dash", width=1)))
+            shapes.append(
+                dict(
+                    type="line",
+                    xref="x",
+                    yref="paper",
+                    x0=at,
+                    x1=at,
+                    y0=0,
+                    y1=1,
+                    line=dict(color=colour, dash="dash", width=1),
+                )
+            )
             # an annotation on a log axis is placed in log10 units, a shape in data units
-            notes.append(dict(x=math.log10(at) if log_x and at > 0 else at, y=1, xref="x", yref="paper", text=f"batch {change.batch_size}",
-                              showarrow=False, yanchor="bottom", font=dict(size=10, color=colour)))
+            notes.append(
+                dict(
+                    x=math.log10(at) if log_x and at > 0 else at,
+                    y=1,
+                    xref="x",
+                    yref="paper",
+                    text=f"batch {change.batch_size}",
+                    showarrow=False,
+                    yanchor="bottom",
+                    font=dict(size=10, color=colour),
+                )
+            )
     layout["shapes"] = shapes
     layout["annotations"] = notes
 
@@ -173,22 +251,39 @@ def group_bands(evals: pd.DataFrame, groups: dict[str, list[str]], x: str = "tra
     group_of = {run_id: name for name, run_ids in groups.items() for run_id in run_ids}
     part = evals[evals["run_id"].isin(group_of)].sort_values(["run_id", "step"])
     part = part.assign(group=part["run_id"].map(group_of), eval=part.groupby("run_id").cumcount())
-    stats = part.groupby(["group", "eval"], sort=False).agg(
-        n=("val_loss", "size"), x=(x, "mean"), mean=("val_loss", "mean"), std=("val_loss", "std")).reset_index()
+    stats = (
+        part.groupby(["group", "eval"], sort=False)
+        .agg(n=("val_loss", "size"), x=(x, "mean"), mean=("val_loss", "mean"), std=("val_loss", "std"))
+        .reset_index()
+    )
     order = {name: i for i, name in enumerate(groups)}
-    return stats.sort_values(["group", "eval"], key=lambda c: c.map(order) if c.name == "group" else c,
-                             ignore_index=True)
+    return stats.sort_values(
+        ["group", "eval"], key=lambda c: c.map(order) if c.name == "group" else c, ignore_index=True
+    )
 
 
-def comparison_figure(evals: pd.DataFrame | None, groups: dict[str, list[str]], baseline: str,
-                      target: float | None, x: str = "train_time_s", log_x: bool = False, log_y: bool = False,
-                      uirevision: str | None = None) -> go.Figure:
+def comparison_figure(
+    evals: pd.DataFrame | None,
+    groups: dict[str, list[str]],
+    baseline: str,
+    target: float | None,
+    x: str = "train_time_s",
+    log_x: bool = False,
+    log_y: bool = False,
+    uirevision: str | None = None,
+) -> go.Figure:
     """Validation loss of each group against ``x``: the mean over repeats, ± one standard
     deviation as a band, each repeat faint behind it; the target (from the baseline) dashed."""
-    layout = _layout("Validation loss by group", x, "validation loss", log_x, log_y,
-                     uirevision or f"compare:{x}",
-                     subtitle=f"baseline {baseline}; line: mean over repeats, band: ± 1 std"
-                              + ("; dashed: target" if target is not None else ""))
+    layout = _layout(
+        "Validation loss by group",
+        x,
+        "validation loss",
+        log_x,
+        log_y,
+        uirevision or f"compare:{x}",
+        subtitle=f"baseline {baseline}; line: mean over repeats, band: ± 1 std"
+        + ("; dashed: target" if target is not None else ""),
+    )
     if evals is None or evals.empty:
         return _empty(layout, "no validation loss recorded yet")
     bands = dict(tuple(group_bands(evals, groups, x).groupby("group", sort=False)))
@@ -201,25 +296,59 @@ def comparison_figure(evals: pd.DataFrame | None, groups: dict[str, list[str]], 
             continue
         for run in (by_run[r] for r in run_ids if r in by_run):
             run_id = run["run_id"].iloc[0]
-            traces.append(dict(x=run[x].to_numpy(), y=run["val_loss"].to_numpy(), mode="lines", legendgroup=name,
-                               line=dict(color=colour, width=1), opacity=RAW_OPACITY, showlegend=False,
-                               name=f"{name} {run_id}", hoverinfo="skip"))
+            traces.append(
+                dict(
+                    x=run[x].to_numpy(),
+                    y=run["val_loss"].to_numpy(),
+                    mode="lines",
+                    legendgroup=name,
+                    line=dict(color=colour, width=1),
+                    opacity=RAW_OPACITY,
+                    showlegend=False,
+                    name=f"{name} {run_id}",
+                    hoverinfo="skip",
+                )
+            )
         xs, mean = band["x"].to_numpy(dtype=float), band["mean"].to_numpy(dtype=float)
         std = band["std"].fillna(0.0).to_numpy(dtype=float)
         if (std > 0).any():
             traces.append(_band(xs, mean - std, mean + std, colour, name, f"{name} ± std"))
         n = int(band["n"].max())
-        traces.append(dict(
-            x=xs, y=mean, mode="lines+markers", legendgroup=name, line=dict(color=colour, width=2),
-            name=f"{name} ({n} run{'s' if n != 1 else ''})"
-                 + (" · baseline" if name == baseline and "baseline" not in name else ""),
-            customdata=np.column_stack([std, band["n"].to_numpy()]),
-            hovertemplate=f"{name}: %{{y:.4g}} ± %{{customdata[0]:.2g}} (n=%{{customdata[1]}})<extra></extra>",
-        ))
+        traces.append(
+            dict(
+                x=xs,
+                y=mean,
+                mode="lines+markers",
+                legendgroup=name,
+                line=dict(color=colour, width=2),
+                name=f"{name} ({n} run{'s' if n != 1 else ''})"
+                + (" · baseline" if name == baseline and "baseline" not in name else ""),
+                customdata=np.column_stack([std, band["n"].to_numpy()]),
+                hovertemplate=f"{name}: %{{y:.4g}} ± %{{customdata[0]:.2g}} (n=%{{customdata[1]}})<extra></extra>",
+            )
+        )
     if target is not None:
-        layout["shapes"] = [dict(type="line", xref="paper", x0=0, x1=1, y0=target, y1=target,
-                                 line=dict(color=_GREY, dash="dash", width=1))]
-        layout["annotations"] = [dict(text=f"target {target:.4g}", xref="paper", x=1, xanchor="right",
-                                      y=math.log10(target) if log_y and target > 0 else target,
-                                      yanchor="bottom", showarrow=False, font=dict(color=_GREY))]
+        layout["shapes"] = [
+            dict(
+                type="line",
+                xref="paper",
+                x0=0,
+                x1=1,
+                y0=target,
+                y1=target,
+                line=dict(color=_GREY, dash="dash", width=1),
+            )
+        ]
+        layout["annotations"] = [
+            dict(
+                text=f"target {target:.4g}",
+                xref="paper",
+                x=1,
+                xanchor="right",
+                y=math.log10(target) if log_y and target > 0 else target,
+                yanchor="bottom",
+                showarrow=False,
+                font=dict(color=_GREY),
+            )
+        ]
     return _figure(traces, layout)
