@@ -387,3 +387,17 @@ def test_the_cycle_check_catches_one_closed_inside_a_function(tmp_path):
     assert import_cycle(tmp_path, (MODULE_LEVEL,)) is None
     cycle = import_cycle(tmp_path, (MODULE_LEVEL, IN_FUNCTION))
     assert cycle is not None and set(cycle) == {f"{PACKAGE}.measure.devices", f"{PACKAGE}.measure.devices_config"}
+
+
+def test_the_command_line_starts_without_numerical_libraries():
+    # Every `largestep` command imports the command group and each command's module: what they import at their
+    # top, every command pays (SciPy's stats took 1.2 s of each, NumPy 0.2 s); they import it where it is used.
+    script = (
+        "import sys\n"
+        "import largestep.cli\n"
+        "heavy = sorted({'torch', 'numpy', 'scipy', 'pandas', 'duckdb', 'streamlit'} & set(sys.modules))\n"
+        "print(','.join(heavy) or 'none')\n"
+    )
+    result = subprocess.run([sys.executable, "-P", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "none"

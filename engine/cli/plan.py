@@ -11,7 +11,6 @@ from .options import device_option, home_of, json_option, open_store
 from .output import console, emit_json, finish_job, table, write_atomic
 from ..errors import UsageError
 from ..format import format_ms, grouped
-from ..plan.recommend import accepted_load_note, model_text
 from ..plan.verdict import interval_text
 
 
@@ -110,6 +109,8 @@ def recommend(
 
 
 def print_recommendation(rec: dict) -> None:
+    from ..plan.recommend import accepted_load_note, model_text  # NumPy with it: not every command's start-up
+
     out = console()
     base = rec["baseline"]
     rows = []

@@ -30,7 +30,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize
 
 from .censored import ratio_interval
 from .steps import StepsModel, noise_draws
@@ -101,6 +100,8 @@ def implied_correction(model: StepsModel, steps_factor: float | None, b0: int, b
         return math.inf
     if gap(low) > 0:
         return 0.0
+    from scipy import optimize  # here, not at the top: every command imports this module, few solve
+
     return math.exp(optimize.brentq(gap, low, high, xtol=1e-10))
 
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
-from scipy import stats
 
 __all__ = [
     "CELLS",
@@ -48,7 +48,7 @@ def noise_draws(noise_scale: float | None, interval: tuple | None, draws: int, r
         return np.full(draws, np.inf)
     if not interval:
         return np.full(draws, float(noise_scale))
-    z = stats.norm.ppf(0.5 + NOISE_CONFIDENCE / 2)
+    z = NormalDist().inv_cdf(0.5 + NOISE_CONFIDENCE / 2)
     low, high = interval
     wide = math.log(10.0) / z
     sigma_low = math.log(noise_scale / low) / z if low and 0 < low < noise_scale else wide
