@@ -241,8 +241,20 @@ def test_the_prediction_carries_its_own_interval_with_a_stated_coverage():
     # visits that disagree more widen it; a measured profile-to-run bias moves it
     wider = recommend(profile(0.2), RecommendConfig(), noise)["predicted_speedup"]["time_to_target_interval"]
     assert wider[1] - wider[0] > high - low
-    biased = recommend(profile(0.05), RecommendConfig(), noise, biases=[1.3, 1.4])["predicted_speedup"]
+    biased_rec = recommend(profile(0.05), RecommendConfig(), noise, biases=[1.3, 1.4])
+    biased = biased_rec["predicted_speedup"]
     assert biased["time_to_target_interval"][1] < high and "2 earlier verification" in biased["interval_basis"]
+    # the bias is of the step-time ratio between two batches: the baseline over itself stays exactly 1x
+    (baseline,) = [c for c in biased_rec["candidates"] if c["batch_size"] == 32]
+    assert baseline["speedup_time_to_target"] == 1.0 and baseline["speedup_interval"] == [1.0, 1.0]
+
+
+def test_a_verification_of_the_baseline_against_itself_teaches_no_step_time_bias():
+    from largestep.plan.calibration import step_time_bias
+
+    pair = {"baseline_batch": 128, "measured_step_time": 1.5, "predicted_step_time": 1.72, "step_time_bias": None}
+    assert step_time_bias({**pair, "batch_size": 256}) == pytest.approx(1.5 / 1.72)
+    assert step_time_bias({**pair, "batch_size": 128}) is None  # run-to-run noise, not the profile's ratio
 
 
 def test_a_comparison_is_decisive_only_when_its_verdict_says_faster_slower_or_equivalent():

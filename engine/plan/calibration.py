@@ -60,11 +60,11 @@ _TIGHT = 1e-9  # the closed end of a bound, as an interval end a hair away from 
 
 def step_time_bias(point: dict) -> float | None:
     """What a verification measured of the profile's time-per-step factor: the runs' over the profile's (1.0: the
-    profile had it right); None where it was not measured. The prediction it checked may itself have been scaled
+    profile had it right); None where it was not measured, or where the pair was the baseline twice. The prediction it checked may itself have been scaled
     by earlier runs' bias (``step_time_bias``), which is taken out."""
     measured, predicted = point.get("measured_step_time"), point.get("predicted_step_time")
-    if not measured or not predicted:
-        return None
+    if not measured or not predicted or point.get("batch_size") == point.get("baseline_batch"):
+        return None  # the baseline against itself: its ratio is 1 by definition, what it measured is noise
     return measured / (predicted / (point.get("step_time_bias") or 1.0))
 
 

@@ -278,7 +278,8 @@ def prediction_draws(
         factor = correction.draws(draws, rng)
         corrected = factor[None, :] if correction.absolute else scaled_noise(noise, factor)
         steps = {batch: steps_factor_draws(corrected, b0, batch) for batch in times}
-    step_time = {batch: times[batch] / times[b0] * bias for batch in times}
+    # the bias is of a step-time ratio between two batches: the baseline's over itself stays 1
+    step_time = {batch: times[batch] / times[b0] * (bias if batch != b0 else 1.0) for batch in times}
     return PredictionDraws(raw_steps=raw, steps=steps, step_time=step_time)
 
 
@@ -488,7 +489,8 @@ def _candidate(basis: _Basis, config: RecommendConfig, b: int) -> Candidate:
     excluded = _excluded(basis, config, b, point, lr)
     eligible = excluded is None
     factor, raw_factor = model_factor(basis.model, basis.correction, b0, b), basis.model.factor(b0, b)
-    ratio = (t / t0) * basis.bias / factor if eligible else None
+    bias = basis.bias if b != b0 else 1.0  # a bias of the step-time ratio: none for the baseline over itself
+    ratio = (t / t0) * bias / factor if eligible else None
     return Candidate(
         batch_size=b,
         learning_rate=lr,
@@ -506,7 +508,7 @@ def _candidate(basis: _Basis, config: RecommendConfig, b: int) -> Candidate:
         steps_factor=factor,
         steps_interval=prediction_interval(draws.steps[b]) if eligible else None,
         raw_steps_factor=raw_factor,
-        raw_speedup=raw_factor * t0 / t / basis.bias if eligible else None,
+        raw_speedup=raw_factor * t0 / t / bias if eligible else None,
         raw_interval=prediction_interval(draws.speedup(b, raw=True)) if eligible else None,
         step_time_interval=prediction_interval(draws.step_time[b]) if eligible else None,
     )
@@ -679,7 +681,7 @@ def _with_chosen(rec: dict, chosen: dict) -> dict:
             "step_time_factor": {
                 "predicted": chosen["step_time_s"]
                 / next(c["step_time_s"] for c in rec["candidates"] if c["batch_size"] == b0)
-                * rec.get("step_time_bias", 1.0),
+                * (rec.get("step_time_bias", 1.0) if chosen["batch_size"] != b0 else 1.0),
                 "interval": chosen.get("step_time_interval"),
                 "bias": rec.get("step_time_bias", 1.0),
             },
