@@ -246,6 +246,17 @@ def test_verifications_pool_into_one_correction_whose_interval_spans_what_they_s
     assert correction_from([points[2]], StepsModel.from_estimate(1000.0)) is None
 
 
+def test_steps_cut_as_fast_as_the_batch_grew_never_correct_the_noise_scale_down():
+    # fraud-gru, 128 -> 256: steps to the target 2.25x fewer (90% interval 1.78-2.86x), more than the batch grew,
+    # so B_crit is unbounded; the interval's low end alone implies 0.22x B_simple. Centred there, the correction
+    # shrank B_noise from 4,097 to 896 and the next autopilot kept the baseline
+    point = {"id": "v", "ratio": math.inf, "ratio_low": 0.2187, "ratio_high": math.inf}
+    correction = correction_from([point], StepsModel.from_estimate(4097.0))
+    assert correction.factor == pytest.approx(1.0, rel=0.05)  # the raw model stands, its doubt widened below
+    assert correction.interval[0] == pytest.approx(0.2187, rel=0.1) and correction.interval[1] is None
+    assert "(90% interval 0.2" in correction.describe() and "× or more)" in correction.describe()
+
+
 # -- failed verifications ---------------------------------------------------------------------------------------
 
 

@@ -402,19 +402,22 @@ class Correction:
         out = np.empty(draws)
         for index, (point, low, high) in enumerate(self.points):
             chosen = which == index
-            out[chosen] = _point_draws(point, low, high, int(chosen.sum()), rng)
+            # an unbounded point (steps cut as fast as the batch grew) is no evidence against the raw model (1x)
+            anchor = None if self.absolute else 1.0
+            out[chosen] = _point_draws(point, low, high, int(chosen.sum()), rng, anchor)
         return out
 
     def describe(self) -> str:
         n = self.verifications
-        span = interval_text(*self.interval).removesuffix("×")
+        span = interval_text(*self.interval).replace("×", "")
         if self.absolute:
             return (
                 f"B_crit ≈ {_number(self.factor)} (90% interval {span}) implied by {n} verification"
                 f"{'' if n == 1 else 's'} on this workload and device"
             )
         return (
-            f"B_crit ≈ {self.factor:.2f}× B_simple (90% interval {span}×) implied by {n} verification"
+            f"B_crit ≈ {self.factor:.2f}× B_simple (90% interval {interval_text(*self.interval)}) implied by {n} "
+            f"verification"
             f"{'' if n == 1 else 's'} on this workload and device"
         )
 
@@ -443,16 +446,21 @@ class Correction:
         )
 
 
-def _point_draws(point: float, low: float | None, high: float | None, n: int, rng) -> np.ndarray:
+def _point_draws(point: float, low: float | None, high: float | None, n: int, rng,
+                 anchor: float | None = None) -> np.ndarray:  # fmt: skip
     """Draws of one verification's value through its point and interval (a two-piece log-normal, as a noise
-    estimate's); a bound's closed end a hair from its point."""
+    estimate's); a bound's closed end a hair from its point. ``anchor``: where an unbounded point is centred
+    when its interval's low end lies below it (the raw model's own value); None: at that low end."""
     if n == 0:
         return np.empty(0)
     if math.isinf(point):  # perfect scaling measured: at least the interval's low end
         if low is None or not math.isfinite(low) or low <= 0:
             return np.full(n, np.inf)
-        point, high = low, None
-        low = low * (1 - _TIGHT)
+        if anchor is not None and anchor > low:
+            point, high = anchor, None
+        else:
+            point, high = low, None
+            low = low * (1 - _TIGHT)
     if point <= 0:  # no steps saved: as good as nothing, up to what the interval allows
         if not high or not math.isfinite(high):
             return np.zeros(n)
