@@ -75,53 +75,35 @@ def ingest(home: Home) -> IngestReport:
             except SpoolUnreadable as exc:
                 _set_aside(con, job_dir, str(exc))
                 report.set_aside.append(job_dir.name)
-        _ingest_recommendation_files(con, home, report)
-        _ingest_verification_files(con, home, report)
+        _ingest_saved_files(
+            con, home.recommendations, "recommendations", "recommendation_id", save_recommendation_row, report
+        )
+        _ingest_saved_files(con, home.verifications, "verifications", "id", insert_verification, report)
     return report
 
 
-def _ingest_recommendation_files(con, home: Home, report: IngestReport) -> None:
-    """Recommendations saved as files (by the CLI and the dashboard) that the database lacks: after
-    it was deleted, or a save that stopped between the file and the row. Each in its own transaction;
-    a file that cannot be read is left for `largestep doctor`."""
-    if not home.recommendations.is_dir():
+def _ingest_saved_files(con, folder: Path, table: str, id_key: str, save, report: IngestReport) -> None:
+    """Documents saved as files in ``folder`` (recommendations by the CLI and the dashboard, verifications by
+    `largestep compare`) that ``table`` lacks: after the database was deleted, or a save that stopped between the
+    file and the row. Each is ``save``d in its own transaction; a file that cannot be read is left for
+    `largestep doctor`."""
+    if not folder.is_dir():
         return
-    stored = {row[0] for row in con.execute("SELECT id FROM recommendations").fetchall()}
-    for path in sorted(home.recommendations.glob("*.json")):
+    stored = {row[0] for row in con.execute(f"SELECT id FROM {table}").fetchall()}
+    for path in sorted(folder.glob("*.json")):
         if path.stem in stored:
             continue
         try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(rec, dict) or rec.get("recommendation_id") != path.stem:
-                raise ValueError(f"not the recommendation {path.stem}")
-            save_recommendation_row(con, rec)
+            document = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(document, dict) or document.get(id_key) != path.stem:
+                raise ValueError(f"not the {table.removesuffix('s')} {path.stem}")
+            save(con, document)
         except _DATABASE_ERRORS:
             raise
         except Exception as exc:  # noqa: BLE001 - a bad file is skipped, never fatal
             report.unreadable_files.append(f"{path}: {' '.join(str(exc).split())[:200]}")
             continue
-        report.add_rows("recommendations", 1)
-
-
-def _ingest_verification_files(con, home: Home, report: IngestReport) -> None:
-    """Verifications `largestep compare` saved as files that the database lacks (as recommendations above)."""
-    if not home.verifications.is_dir():
-        return
-    stored = {row[0] for row in con.execute("SELECT id FROM verifications").fetchall()}
-    for path in sorted(home.verifications.glob("*.json")):
-        if path.stem in stored:
-            continue
-        try:
-            row = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(row, dict) or row.get("id") != path.stem:
-                raise ValueError(f"not the verification {path.stem}")
-            insert_verification(con, row)
-        except _DATABASE_ERRORS:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a bad file is skipped, never fatal
-            report.unreadable_files.append(f"{path}: {' '.join(str(exc).split())[:200]}")
-            continue
-        report.add_rows("verifications", 1)
+        report.add_rows(table, 1)
 
 
 @dataclass(frozen=True)
