@@ -486,8 +486,9 @@ def correction_from(points: list[dict], model: StepsModel, seed: int = 0) -> Cor
         return None
     probe = Correction(1.0, [None, None], model.perfect_scaling, tuple(i for i, _ in used), tuple(v for _, v in used))
     draws = probe.draws(CORRECTION_DRAWS, np.random.default_rng(seed))
-    median = float(np.quantile(draws, 0.5))
-    low, high = np.quantile(draws, [0.05, 0.95])
+    with np.errstate(invalid="ignore"):  # an unbounded verification draws infinities: a quantile among them is inf
+        median = float(np.quantile(draws, 0.5))
+        low, high = np.quantile(draws, [0.05, 0.95])
     interval = [float(low) if low > 0 else None, float(high) if math.isfinite(high) else None]
     return Correction(median, interval, model.perfect_scaling, probe.verification_ids, probe.points)
 
