@@ -260,7 +260,9 @@ def test_autopilot_ends_with_a_headline(autopilot_run):
         # two seeds an arm: the ratio, and no word about it
         assert f"{expected:.2f}×, too few seeds to say" in headline["text"] and "faster" not in headline["text"]
     else:
-        assert headline["measured_speedup"] is None and "at most" in headline["text"]
+        # a bound ("at most"), or none where its seeds ended without a training time (diverged at the scaled rate)
+        assert headline["measured_speedup"] is None
+        assert "at most" in headline["text"] or "ended without a training time" in headline["text"]
     assert "reached in" in headline["text"] and f"of {len(runs['recommended'])} seeds" in headline["text"]
     # the quality: Welch's test on the final accuracies of the two seeds of each arm, and the difference's interval
     # (a run that diverged has no final accuracy: it weighs nothing, and with one seed a side there is no p-value)
