@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -455,7 +456,8 @@ def fake_children(monkeypatch, home) -> list[dict]:
 
     def train(home_, spec, options, device, config, repeats, role=None, recommendation_id=None, launcher=None):
         job_id = f"train-{next(counter)}"
-        rng = np.random.default_rng(hash((config.batch_size, config.seed, role, config.lr)) % 2**32)
+        # a seed from the run's config that holds across processes (hash() of a str is salted per process)
+        rng = np.random.default_rng(zlib.crc32(repr((config.batch_size, config.seed, role, config.lr)).encode()))
         overshoots = config.lr > 1e-2 * math.sqrt(config.batch_size / 32) * 1.01
         runs, evals = simulated_runs(
             job_id,
